@@ -1,0 +1,34 @@
+namespace PtHost.Contract;
+
+/// <summary>Thread-safe counters for one transport in one process.</summary>
+public sealed class TransportCounters
+{
+    private long _opened, _active, _failed, _bytesIn, _bytesOut;
+
+    /// <summary>A session started (and is now active).</summary>
+    public void SessionOpened() { Interlocked.Increment(ref _opened); Interlocked.Increment(ref _active); }
+
+    /// <summary>An active session ended.</summary>
+    public void SessionClosed() => Interlocked.Decrement(ref _active);
+
+    /// <summary>A session could not be set up.</summary>
+    public void SessionFailed() => Interlocked.Increment(ref _failed);
+
+    /// <summary>Bytes received from the application side (client) or from the transport (server).</summary>
+    public void AddBytesIn(long n) => Interlocked.Add(ref _bytesIn, n);
+
+    /// <summary>Bytes sent towards the application side (client) or towards the transport (server).</summary>
+    public void AddBytesOut(long n) => Interlocked.Add(ref _bytesOut, n);
+
+    /// <summary>A consistent-enough snapshot.</summary>
+    public TransportStats Snapshot() => new(Volatile.Read(ref _opened), Volatile.Read(ref _active),
+        Volatile.Read(ref _failed), Volatile.Read(ref _bytesIn), Volatile.Read(ref _bytesOut));
+}
+
+/// <summary>A snapshot of a transport's counters.</summary>
+/// <param name="SessionsOpened">Sessions started since the process began.</param>
+/// <param name="SessionsActive">Sessions open now.</param>
+/// <param name="SessionsFailed">Sessions that could not be set up.</param>
+/// <param name="BytesIn">Bytes received (see <see cref="TransportCounters.AddBytesIn"/>).</param>
+/// <param name="BytesOut">Bytes sent.</param>
+public sealed record TransportStats(long SessionsOpened, long SessionsActive, long SessionsFailed, long BytesIn, long BytesOut);

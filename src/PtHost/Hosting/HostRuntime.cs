@@ -1,0 +1,161 @@
+using System.Net;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using PtHost.Configuration;
+using PtHost.Contract;
+using PtHost.Ipc;
+using PtHost.Net;
+using PtHost.Plugins;
+using PtHost.Socks;
+
+namespace PtHost.Hosting;
+
+/// <summary>
+/// Runs the configured role: creates each transport, opens its front end or server, prints the
+/// CMETHOD/SMETHOD lines, and on stop drains sessions (spec/ipc.md §4, §9).
+/// </summary>
+public sealed class HostRuntime : IHostedService
+{
+    public static readonly TimeSpan StatusInterval = TimeSpan.FromSeconds(60);
+    private readonly PtConfig _config;
+    private readonly IpcWriter _ipc;
+    private readonly SignalRouter _signals;
+    private readonly TransportRegistry _registry;
+    private readonly ILoggerFactory _loggers;
+    private readonly ILogger _log;
+    private readonly IHostApplicationLifetime _lifetime;
+    private readonly HostOptions _hostOptions;
+    private readonly List<Socks5Listener> _frontEnds = [];
+    private readonly List<(string Name, IServerManager Manager)> _servers = [];
+    private readonly List<IAsyncDisposable> _factories = [];
+    private readonly Dictionary<string, TransportCounters> _counters = [];
+    private Timer? _statusTimer;
+
+    public HostRuntime(PtConfig config, IpcWriter ipc, SignalRouter signals, TransportRegistry registry,
+        ILoggerFactory loggers, IHostApplicationLifetime lifetime, Microsoft.Extensions.Options.IOptions<HostOptions> hostOptions)
+    {
+        _config = config;
+        _ipc = ipc;
+        _signals = signals;
+        _registry = registry;
+        _loggers = loggers;
+        _log = loggers.CreateLogger("PtHost");
+        _lifetime = lifetime;
+        _hostOptions = hostOptions.Value;
+    }
+
+    /// <summary>Set when no transport could start: the process exits with this code.</summary>
+    public int? FailureExitCode { get; private set; }
+
+    public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        _ipc.Version("2");
+        if (_config.PluginDirectory is { } dir) _registry.LoadPlugins(dir, _log);
+        var dialer = new DirectDialer();
+        int started = 0;
+        foreach (string name in _config.Transports)
+        {
+            var transport = _registry.Create(name);
+            if (transport is null)
+            {
+                ReportError(name, $"no transport named \"{name}\" (known: {string.Join(", ", _registry.Names.Order())})");
+                continue;
+            }
+            var counters = new TransportCounters();
+            _counters[name] = counters;
+            try
+            {
+                string state = Path.Combine(_config.StateDirectory, name);
+                Directory.CreateDirectory(state);
+                var context = new TransportEnvironment(name, _config.Options.GetValueOrDefault(name), state, _signals.For(name), dialer, _loggers, counters);
+                if (_config.Role == Role.Client) await StartClientAsync(name, transport, context).ConfigureAwait(false);
+                else await StartServerAsync(name, transport, context, dialer, cancellationToken).ConfigureAwait(false);
+                started++;
+            }
+            catch (Exception e) when (e is TransportOptionsException or System.Net.Sockets.SocketException or IOException or UnauthorizedAccessException)
+            {
+                ReportError(name, e.Message);
+            }
+        }
+        if (_config.Role == Role.Client) _ipc.CmethodsDone(); else _ipc.SmethodsDone();
+        if (started == 0)
+        {
+            _log.LogError("no transport started; exiting");
+            FailureExitCode = ExitCodes.Unavailable;
+            _lifetime.StopApplication();
+            return;
+        }
+        _statusTimer = new Timer(_ => ReportStatus(), null, StatusInterval, StatusInterval);
+    }
+
+    private void ReportError(string name, string message)
+    {
+        _log.LogError("transport {Name} not started: {Message}", name, message);
+        if (_config.Role == Role.Client) _ipc.CmethodError(name, message); else _ipc.SmethodError(name, message);
+    }
+
+    private Task StartClientAsync(string name, IPluggableTransport transport, TransportEnvironment context)
+    {
+        var factory = transport.CreateClientFactory(context);
+        _factories.Add(factory);
+        var listener = new Socks5Listener(name, _config.ProxyListenAddresses[name], factory, context.Counters, new Socks5Limits(), _loggers.CreateLogger("PtHost.Socks"));
+        _frontEnds.Add(listener);
+        listener.Start();
+        _ipc.Cmethod(name, "socks5", listener.LocalEndPoint);
+        return Task.CompletedTask;
+    }
+
+    private async Task StartServerAsync(string name, IPluggableTransport transport, TransportEnvironment context, DirectDialer dialer, CancellationToken ct)
+    {
+        var factory = transport.CreateServerFactory(context);
+        _factories.Add(factory);
+        var handler = new InboundHandler(_config, dialer, context.Counters);
+        var binding = new ServerBinding(_config.BindAddresses[name], _config.Target, handler);
+        var manager = _config.Target is null
+            ? await factory.ProxyAsync(binding, ct).ConfigureAwait(false)
+            : await factory.ListenAsync(binding, ct).ConfigureAwait(false);
+        _servers.Add((name, manager));
+        _ipc.Smethod(name, manager.LocalEndPoint, manager.Args);
+    }
+
+    private void ReportStatus()
+    {
+        foreach (var (name, c) in _counters) _ipc.Status(name, c.Snapshot());
+    }
+
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        _statusTimer?.Dispose();
+        // Stop accepting everywhere first, then let sessions drain until the host's shutdown timeout.
+        using var drain = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        drain.CancelAfter(_hostOptions.ShutdownTimeout - TimeSpan.FromMilliseconds(250));
+        var stops = _frontEnds.Select(f => f.StopAsync(drain.Token)).Concat(_servers.Select(s => s.Manager.StopAsync(drain.Token)));
+        await Task.WhenAll(stops).ConfigureAwait(false);
+        foreach (var f in _frontEnds) await f.DisposeAsync().ConfigureAwait(false);
+        foreach (var (_, m) in _servers) await m.DisposeAsync().ConfigureAwait(false);
+        foreach (var f in _factories) await f.DisposeAsync().ConfigureAwait(false);
+        if (_counters.Count > 0) ReportStatus();
+    }
+}
+
+/// <summary>The host's side of server sessions: the bound target, or an allow-listed destination.</summary>
+internal sealed class InboundHandler(PtConfig config, DirectDialer dialer, TransportCounters counters) : IInboundHandler
+{
+    public async ValueTask<Stream> OpenAsync(InboundSession session, CancellationToken cancellationToken)
+    {
+        if (config.Target is { } target) return await dialer.ConnectAsync(target, null, cancellationToken).ConfigureAwait(false);
+        var destination = session.Destination
+            ?? throw new TransportConnectException(ConnectFailure.NotAllowed, "this server is free (no target) and the session names no destination");
+        var allow = config.Allow!;
+        return await dialer.ConnectAsync(destination, a => allow.Allows(a, destination.Port), cancellationToken).ConfigureAwait(false);
+    }
+
+    public Task RelayAsync(Stream transport, Stream onward, CancellationToken cancellationToken) =>
+        Relay.RunAsync(transport, onward, counters.AddBytesIn, counters.AddBytesOut, cancellationToken);
+}
+
+/// <summary>sysexits(3) codes used by pthost.</summary>
+public static class ExitCodes
+{
+    public const int Ok = 0, Usage = 64, DataError = 65, Unavailable = 69, Software = 70, CantCreate = 73, IoError = 74, Config = 78;
+}

@@ -1,0 +1,106 @@
+using System.Net;
+using System.Text;
+using PtHost.Contract;
+
+namespace PtHost.Ipc;
+
+/// <summary>
+/// The one writer of stdout (spec/ipc.md §4). Each method writes one protocol line and flushes.
+/// Names follow the spec's keywords, as goptlib does.
+/// </summary>
+public sealed class IpcWriter
+{
+    private readonly TextWriter _out;
+    private readonly Lock _lock = new();
+
+    public IpcWriter(TextWriter output) => _out = output;
+
+    /// <summary>A writer over the process's real stdout (UTF-8, no BOM, "\n" line ends).</summary>
+    public static IpcWriter ForStdout() =>
+        new(new StreamWriter(Console.OpenStandardOutput(), new UTF8Encoding(false)) { NewLine = "\n", AutoFlush = false });
+
+    public void Version(string version) => Line($"VERSION {version}");
+    public void VersionError() => Line("VERSION-ERROR no-version");
+    public void EnvError(string message) => Line($"ENV-ERROR {OneLine(message)}");
+    public void Cmethod(string transport, string protocol, IPEndPoint ep) => Line($"CMETHOD {transport} {protocol} {ep}");
+    public void CmethodError(string transport, string message) => Line($"CMETHOD-ERROR {transport} {OneLine(message)}");
+    public void CmethodsDone() => Line("CMETHODS DONE");
+
+    public void Smethod(string transport, IPEndPoint ep, IReadOnlyDictionary<string, string> args)
+    {
+        var sb = new StringBuilder("SMETHOD ").Append(transport).Append(' ').Append(ep.ToString());
+        if (args.Count > 0)
+        {
+            sb.Append(" ARGS:");
+            bool first = true;
+            foreach (var (k, v) in args)
+            {
+                if (!first) sb.Append(',');
+                first = false;
+                sb.Append(EscapeArg(k)).Append('=').Append(EscapeArg(v));
+            }
+        }
+        Line(sb.ToString());
+    }
+
+    public void SmethodError(string transport, string message) => Line($"SMETHOD-ERROR {transport} {OneLine(message)}");
+    public void SmethodsDone() => Line("SMETHODS DONE");
+
+    /// <summary><c>LOG SEVERITY=… MESSAGE=…</c>; the message is quoted as in pt-spec (C-style escapes).</summary>
+    public void Log(string severity, string message) => Line($"LOG SEVERITY={severity} MESSAGE={Quote(message)}");
+
+    public void Status(string transport, TransportStats s) =>
+        Line($"STATUS TRANSPORT={transport} CONNECTIONS={s.SessionsActive} OPENED={s.SessionsOpened} FAILED={s.SessionsFailed} BYTES-IN={s.BytesIn} BYTES-OUT={s.BytesOut}");
+
+    public void Cmessage(string transport, string payload) => Line($"CMESSAGE {transport} {OneLine(payload)}");
+    public void Smessage(string transport, string payload) => Line($"SMESSAGE {transport} {OneLine(payload)}");
+
+    /// <summary>Escapes <c>\</c>, <c>=</c> and <c>,</c> with a backslash (pt-spec, SMETHOD ARGS).</summary>
+    public static string EscapeArg(string s)
+    {
+        var sb = new StringBuilder(s.Length);
+        foreach (char c in s)
+        {
+            if (c is '\\' or '=' or ',') sb.Append('\\');
+            sb.Append(c is '\r' or '\n' ? ' ' : c);
+        }
+        return sb.ToString();
+    }
+
+    public static string Quote(string s)
+    {
+        var sb = new StringBuilder(s.Length + 2).Append('"');
+        foreach (char c in s)
+        {
+            switch (c)
+            {
+                case '"': sb.Append("\\\""); break;
+                case '\\': sb.Append("\\\\"); break;
+                case '\n': sb.Append("\\n"); break;
+                case '\r': sb.Append("\\r"); break;
+                case '\t': sb.Append("\\t"); break;
+                default: sb.Append(c < ' ' ? ' ' : c); break;
+            }
+        }
+        return sb.Append('"').ToString();
+    }
+
+    private static string OneLine(string s) => s.Contains('\n') || s.Contains('\r') ? s.Replace('\r', ' ').Replace('\n', ' ') : s;
+
+    private void Line(string line)
+    {
+        lock (_lock)
+        {
+            try
+            {
+                _out.Write(line);
+                _out.Write('\n');
+                _out.Flush();
+            }
+            catch (IOException)
+            {
+                // The parent closed our stdout; nothing more can be said. Logged by the caller's shutdown path.
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging;
+using Newtonsoft.Json;
+using Newtonsoft.Json.Linq;
+using PtHost.Configuration;
+using PtHost.Contract;
+
+namespace PtHost.Ipc;
+
+/// <summary>
+/// CMESSAGE/SMESSAGE envelopes (spec/ipc.md §6): one <see cref="TransportSignals"/> per transport,
+/// stamping ids on the way out and dropping malformed, duplicated, misaddressed and expired
+/// messages on the way in.
+/// </summary>
+public sealed class SignalRouter
+{
+    public const int MaxPayloadBytes = 60 * 1024;
+    public const int IncomingCapacity = 256;
+    public const int DedupeWindow = 4096;
+    public static readonly TimeSpan DefaultLifetime = TimeSpan.FromMinutes(10);
+
+    private readonly Dictionary<string, TransportSignals> _channels = new(StringComparer.Ordinal);
+    private readonly IpcWriter _writer;
+    private readonly ILogger _log;
+    private readonly TimeProvider _time;
+    private long _nextMessageId;
+
+    public SignalRouter(Role role, IpcWriter writer, ILogger<SignalRouter> log, TimeProvider? time = null)
+    {
+        Role = role;
+        _writer = writer;
+        _log = log;
+        _time = time ?? TimeProvider.System;
+        InstanceId = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8));
+    }
+
+    public Role Role { get; }
+
+    /// <summary>This process's id: <c>cid</c> of a client, <c>sid</c> of a server.</summary>
+    public string InstanceId { get; }
+
+    /// <summary>The keyword this process reads on stdin.</summary>
+    public string IncomingKeyword => Role == Role.Client ? "SMESSAGE" : "CMESSAGE";
+
+    public ISignalChannel For(string transport)
+    {
+        lock (_channels)
+        {
+            if (!_channels.TryGetValue(transport, out var ch)) _channels[transport] = ch = new TransportSignals(this, transport);
+            return ch;
+        }
+    }
+
+    /// <summary>Handles one stdin line already split as keyword, transport, payload. Returns why it was dropped, or null.</summary>
+    public string? Deliver(string transport, string payload)
+    {
+        TransportSignals? ch;
+        lock (_channels) _channels.TryGetValue(transport, out ch);
+        if (ch is null) return Drop($"no transport \"{transport}\" in this process");
+        if (payload.Length > MaxPayloadBytes) return Drop("payload longer than " + MaxPayloadBytes);
+        JObject env;
+        try
+        {
+            using var reader = new JsonTextReader(new StringReader(payload)) { MaxDepth = 32, DateParseHandling = DateParseHandling.None };
+            env = JToken.ReadFrom(reader) as JObject ?? throw new JsonReaderException("not an object");
+        }
+        catch (JsonException e) { return Drop("payload is not a JSON object: " + e.Message); }
+
+        if (env["v"]?.Type != JTokenType.Integer || (long)env["v"]! != 1) return Drop("\"v\" must be 1");
+        if (env["mid"]?.Type != JTokenType.Integer || (long)env["mid"]! <= 0) return Drop("\"mid\" must be a positive integer");
+        if (env["kind"]?.Type != JTokenType.String) return Drop("\"kind\" must be a string");
+        long mid = (long)env["mid"]!;
+        long re = env["re"]?.Type == JTokenType.Integer ? (long)env["re"]! : 0;
+        string? cid = env["cid"]?.Type == JTokenType.String ? (string)env["cid"]! : null;
+        string? sid = env["sid"]?.Type == JTokenType.String ? (string)env["sid"]! : null;
+        DateTimeOffset? expires = null;
+        if (env["exp"] is { } exp)
+        {
+            if (exp.Type != JTokenType.Integer) return Drop("\"exp\" must be an integer (UNIX seconds)");
+            expires = DateTimeOffset.FromUnixTimeSeconds(Math.Clamp((long)exp, 0, 253402300799));
+            if (_time.GetUtcNow() > expires) return Drop($"expired at {expires:O}");
+        }
+        string sender;
+        if (Role == Role.Server)
+        {
+            if (cid is null) return Drop("a CMESSAGE must carry the sender's \"cid\"");
+            sender = cid;
+        }
+        else
+        {
+            if (cid is not null && cid != InstanceId) return Drop($"addressed to client {cid}, not {InstanceId}");
+            if (sid is null) return Drop("an SMESSAGE must carry the sender's \"sid\"");
+            sender = sid;
+        }
+        if (!ch.FirstSight(sender, mid)) return Drop($"duplicate of message {sender}/{mid}");
+        var signal = new Signal((string)env["kind"]!, env["body"])
+        {
+            MessageId = mid,
+            ReplyTo = re,
+            ClientId = Role == Role.Server ? cid : null,
+            Expires = expires,
+        };
+        ch.Enqueue(signal);
+        return null;
+
+        string Drop(string why)
+        {
+            _log.LogWarning("{Keyword} {Transport} dropped: {Why}", IncomingKeyword, transport, why);
+            return why;
+        }
+    }
+
+    private long Send(string transport, Signal s)
+    {
+        long mid = Interlocked.Increment(ref _nextMessageId);
+        var env = new JObject { ["v"] = 1, ["mid"] = mid };
+        if (Role == Role.Client) env["cid"] = InstanceId;
+        else
+        {
+            env["sid"] = InstanceId;
+            if (s.ClientId is not null) env["cid"] = s.ClientId;
+        }
+        if (s.ReplyTo > 0) env["re"] = s.ReplyTo;
+        env["exp"] = (s.Expires ?? _time.GetUtcNow() + DefaultLifetime).ToUnixTimeSeconds();
+        env["kind"] = s.Kind;
+        if (s.Body is not null) env["body"] = s.Body;
+        string payload = env.ToString(Formatting.None);
+        if (payload.Length > MaxPayloadBytes) throw new ArgumentException($"signal payload longer than {MaxPayloadBytes} characters");
+        if (Role == Role.Client) _writer.Cmessage(transport, payload);
+        else _writer.Smessage(transport, payload);
+        return mid;
+    }
+
+    private sealed class TransportSignals : ISignalChannel
+    {
+        private readonly SignalRouter _router;
+        private readonly string _transport;
+        private readonly Channel<Signal> _incoming = Channel.CreateBounded<Signal>(
+            new BoundedChannelOptions(IncomingCapacity) { FullMode = BoundedChannelFullMode.DropOldest, SingleWriter = true });
+        private readonly HashSet<(string, long)> _seen = [];
+        private readonly Queue<(string, long)> _seenOrder = new();
+
+        public TransportSignals(SignalRouter router, string transport)
+        {
+            _router = router;
+            _transport = transport;
+        }
+
+        public string InstanceId => _router.InstanceId;
+        public ChannelReader<Signal> Incoming => _incoming.Reader;
+        public long Send(Signal signal) => _router.Send(_transport, signal);
+        public void Enqueue(Signal s) => _incoming.Writer.TryWrite(s);
+
+        public bool FirstSight(string sender, long mid)
+        {
+            lock (_seen)
+            {
+                if (!_seen.Add((sender, mid))) return false;
+                _seenOrder.Enqueue((sender, mid));
+                if (_seenOrder.Count > DedupeWindow) _seen.Remove(_seenOrder.Dequeue());
+                return true;
+            }
+        }
+
+        public override string ToString() => string.Create(CultureInfo.InvariantCulture, $"signals({_transport})");
+    }
+}

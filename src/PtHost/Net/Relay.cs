@@ -1,0 +1,201 @@
+using System.Buffers;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using PtHost.Contract;
+
+namespace PtHost.Net;
+
+/// <summary>
+/// Carries bytes both ways between two streams until both directions end (spec/ipc.md §7).
+/// An end of stream is passed on as a half-close (TCP FIN); an error in either direction aborts
+/// both. Between two sockets on Linux the bytes move with splice(2) through a pipe, never through
+/// user space; otherwise through pooled buffers. A direction holds no buffer while idle.
+/// </summary>
+public static class Relay
+{
+    public const int BufferSize = 64 * 1024;
+
+    /// <summary>Relays until both directions end. Byte counts go to <paramref name="aToB"/> and <paramref name="bToA"/>.</summary>
+    public static async Task RunAsync(Stream a, Stream b, Action<long>? aToB, Action<long>? bToA, CancellationToken cancellationToken)
+    {
+        using var abort = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var t1 = PumpAsync(a, b, aToB, abort);
+        var t2 = PumpAsync(b, a, bToA, abort);
+        await Task.WhenAll(t1, t2).ConfigureAwait(false);
+    }
+
+    private static async Task PumpAsync(Stream from, Stream to, Action<long>? count, CancellationTokenSource abort)
+    {
+        try
+        {
+            await CopyAsync(from, to, count, abort.Token).ConfigureAwait(false);
+            ShutdownWrite(to);
+        }
+        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
+        {
+            // One direction failed: the session is over. Abort the other direction too.
+            abort.Cancel();
+            Abort(from);
+            Abort(to);
+        }
+    }
+
+    /// <summary>Copies until <paramref name="from"/> ends. Does not half-close <paramref name="to"/>.</summary>
+    public static Task CopyAsync(Stream from, Stream to, Action<long>? count, CancellationToken ct)
+    {
+        if (Splice.Available && from is NetworkStream fs && to is NetworkStream ts)
+            return Splice.CopyAsync(fs.Socket, ts.Socket, count, ct);
+        return BufferedCopyAsync(from, to, count, ct);
+    }
+
+    private static async Task BufferedCopyAsync(Stream from, Stream to, Action<long>? count, CancellationToken ct)
+    {
+        bool hot = false;
+        while (true)
+        {
+            // Wait for data without holding a buffer (zero-byte read), unless the last read filled one.
+            if (!hot && await from.ReadAsync(Memory<byte>.Empty, ct).ConfigureAwait(false) != 0) { }
+            byte[] buffer = ArrayPool<byte>.Shared.Rent(BufferSize);
+            try
+            {
+                int n = await from.ReadAsync(buffer.AsMemory(0, BufferSize), ct).ConfigureAwait(false);
+                if (n == 0) return;
+                await to.WriteAsync(buffer.AsMemory(0, n), ct).ConfigureAwait(false);
+                count?.Invoke(n);
+                hot = n == BufferSize;
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+    }
+
+    /// <summary>Sends FIN on a socket stream, or completes a stream that supports <see cref="IHalfClosable"/>.</summary>
+    public static void ShutdownWrite(Stream s)
+    {
+        try
+        {
+            switch (s)
+            {
+                case NetworkStream ns: ns.Socket.Shutdown(SocketShutdown.Send); break;
+                case IHalfClosable h: h.ShutdownWrite(); break;
+                default: s.Flush(); break;
+            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException) { }
+    }
+
+    /// <summary>Closes a stream abortively (RST on a socket) so the peer sees a reset, not a clean end.</summary>
+    public static void Abort(Stream s)
+    {
+        try
+        {
+            if (s is NetworkStream ns) ns.Socket.LingerState = new LingerOption(true, 0);
+            s.Dispose();
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException) { }
+    }
+}
+
+/// <summary>splice(2) from socket to socket through a pipe (Linux only).</summary>
+internal static partial class Splice
+{
+    private const uint SPLICE_F_MOVE = 1, SPLICE_F_NONBLOCK = 2;
+    private const int O_NONBLOCK = 0x800, O_CLOEXEC = 0x80000, F_SETPIPE_SZ = 1031;
+    private const int EAGAIN = 11, EINTR = 4;
+    private const int PipeSize = 1 << 20;
+
+    public static bool Available { get; } = OperatingSystem.IsLinux() &&
+        Environment.GetEnvironmentVariable("PTHOST_NO_SPLICE") is null or "" or "0";
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial nint splice(int fdIn, nint offIn, int fdOut, nint offOut, nuint len, uint flags);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static unsafe partial int pipe2(int* fds, int flags);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int fcntl(int fd, int cmd, int arg);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int close(int fd);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static unsafe partial nint read(int fd, byte* buf, nuint count);
+
+    public static async Task CopyAsync(Socket from, Socket to, Action<long>? count, CancellationToken ct)
+    {
+        int pipeR = -1, pipeW = -1;
+        try
+        {
+            while (true)
+            {
+                // Wait until readable (zero-byte receive consumes nothing), then move what is there.
+                await from.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None, ct).ConfigureAwait(false);
+                if (pipeR < 0) (pipeR, pipeW) = OpenPipe();
+                nint n = splice((int)from.Handle, 0, pipeW, 0, PipeSize, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+                if (n == 0) return;
+                if (n < 0)
+                {
+                    int errno = Marshal.GetLastPInvokeError();
+                    if (errno is EAGAIN or EINTR) continue;
+                    throw new SocketException(errno);
+                }
+                count?.Invoke(n);
+                await DrainAsync(pipeR, to, n, ct).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            if (pipeR >= 0) { close(pipeR); close(pipeW); }
+        }
+    }
+
+    private static async ValueTask DrainAsync(int pipeR, Socket to, nint pending, CancellationToken ct)
+    {
+        while (pending > 0)
+        {
+            nint m = splice(pipeR, 0, (int)to.Handle, 0, (nuint)pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (m > 0) { pending -= m; continue; }
+            int errno = Marshal.GetLastPInvokeError();
+            if (m < 0 && errno == EINTR) continue;
+            if (m < 0 && errno != EAGAIN) throw new SocketException(errno);
+            // The destination is full: take bytes out of the pipe and let the socket wait for room.
+            byte[] buffer = ArrayPool<byte>.Shared.Rent((int)Math.Min(pending, Relay.BufferSize));
+            try
+            {
+                int r = ReadPipe(pipeR, buffer, (int)Math.Min(pending, buffer.Length));
+                await to.SendAsync(buffer.AsMemory(0, r), SocketFlags.None, ct).ConfigureAwait(false);
+                pending -= r;
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+    }
+
+    private static unsafe int ReadPipe(int fd, byte[] buffer, int count)
+    {
+        fixed (byte* p = buffer)
+        {
+            while (true)
+            {
+                nint r = read(fd, p, (nuint)count);
+                if (r > 0) return (int)r;
+                int errno = Marshal.GetLastPInvokeError();
+                if (r < 0 && errno == EINTR) continue;
+                throw new IOException($"pipe read failed (errno {errno})");
+            }
+        }
+    }
+
+    private static unsafe (int, int) OpenPipe()
+    {
+        int* fds = stackalloc int[2];
+        if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) throw new SocketException(Marshal.GetLastPInvokeError());
+        fcntl(fds[1], F_SETPIPE_SZ, PipeSize); // best effort: the default 64 KiB still works
+        return (fds[0], fds[1]);
+    }
+}

@@ -1,0 +1,110 @@
+using System.Reflection;
+using System.Reflection.Metadata;
+using System.Reflection.PortableExecutable;
+using System.Runtime.Loader;
+using Microsoft.Extensions.Logging;
+using PtHost.Contract;
+
+namespace PtHost.Plugins;
+
+/// <summary>
+/// Transports by name: the built-in ones, and those found in the <c>plugindir</c> directory
+/// (spec/ipc.md §8). Plugin assemblies load into one <see cref="AssemblyLoadContext"/> per
+/// directory; the contract and its dependencies are shared with the host so interfaces match.
+/// </summary>
+public sealed class TransportRegistry
+{
+    private readonly Dictionary<string, Func<IPluggableTransport>> _factories = new(StringComparer.Ordinal);
+
+    public TransportRegistry()
+    {
+        Register("plain", () => new PtHost.Transports.Plain.PlainTransport());
+    }
+
+    public IEnumerable<string> Names => _factories.Keys;
+
+    public void Register(string name, Func<IPluggableTransport> factory)
+    {
+        if (!_factories.TryAdd(name, factory)) throw new InvalidOperationException($"transport \"{name}\" is registered twice");
+    }
+
+    public IPluggableTransport? Create(string name) => _factories.TryGetValue(name, out var f) ? f() : null;
+
+    /// <summary>Loads every assembly in <paramref name="directory"/> that references the contract and registers its transports.</summary>
+    public IReadOnlyList<string> LoadPlugins(string directory, ILogger log)
+    {
+        var loaded = new List<string>();
+        var context = new PluginLoadContext(directory);
+        foreach (string path in Directory.EnumerateFiles(directory, "*.dll").Order(StringComparer.Ordinal))
+        {
+            if (!ReferencesContract(path)) continue;
+            Assembly assembly;
+            try { assembly = context.LoadFromAssemblyPath(Path.GetFullPath(path)); }
+            catch (Exception e) when (e is BadImageFormatException or FileLoadException or FileNotFoundException)
+            {
+                log.LogWarning("plugin {Path} not loaded: {Error}", path, e.Message);
+                continue;
+            }
+            Type[] types;
+            try { types = assembly.GetExportedTypes(); }
+            catch (Exception e) when (e is ReflectionTypeLoadException or FileNotFoundException or FileLoadException)
+            {
+                log.LogWarning("plugin {Path} not loaded: {Error}", path, e.Message);
+                continue;
+            }
+            foreach (var type in types)
+            {
+                if (type.IsAbstract || !typeof(IPluggableTransport).IsAssignableFrom(type) || type.GetConstructor(Type.EmptyTypes) is null) continue;
+                IPluggableTransport probe;
+                try { probe = (IPluggableTransport)Activator.CreateInstance(type)!; }
+                catch (TargetInvocationException e)
+                {
+                    log.LogWarning("plugin transport {Type} in {Path} failed to construct: {Error}", type.FullName, path, e.InnerException?.Message);
+                    continue;
+                }
+                if (!Configuration.PtConfig.IsTransportName(probe.Name) || _factories.ContainsKey(probe.Name))
+                {
+                    log.LogWarning("plugin transport {Type} in {Path} ignored: name \"{Name}\" is invalid or taken", type.FullName, path, probe.Name);
+                    continue;
+                }
+                var t = type;
+                Register(probe.Name, () => (IPluggableTransport)Activator.CreateInstance(t)!);
+                loaded.Add(probe.Name);
+                log.LogInformation("plugin transport \"{Name}\" loaded from {Path}", probe.Name, path);
+            }
+        }
+        return loaded;
+    }
+
+    private static bool ReferencesContract(string path)
+    {
+        try
+        {
+            using var stream = File.OpenRead(path);
+            using var pe = new PEReader(stream);
+            if (!pe.HasMetadata) return false;
+            var md = pe.GetMetadataReader();
+            foreach (var handle in md.AssemblyReferences)
+                if (md.GetString(md.GetAssemblyReference(handle).Name) == typeof(IPluggableTransport).Assembly.GetName().Name) return true;
+            return false;
+        }
+        catch (BadImageFormatException) { return false; }
+    }
+
+    private sealed class PluginLoadContext(string directory) : AssemblyLoadContext("pthost-plugins:" + directory)
+    {
+        private static readonly HashSet<string> Shared = new(StringComparer.Ordinal)
+        {
+            typeof(IPluggableTransport).Assembly.GetName().Name!,
+            typeof(Newtonsoft.Json.Linq.JToken).Assembly.GetName().Name!,
+            typeof(ILogger).Assembly.GetName().Name!,
+        };
+
+        protected override Assembly? Load(AssemblyName name)
+        {
+            if (name.Name is null || Shared.Contains(name.Name)) return null; // the host's copy
+            string candidate = Path.Combine(directory, name.Name + ".dll");
+            return File.Exists(candidate) ? LoadFromAssemblyPath(Path.GetFullPath(candidate)) : null;
+        }
+    }
+}

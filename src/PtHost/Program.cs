@@ -1,0 +1,175 @@
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Console;
+using Newtonsoft.Json;
+using Newtonsoft.Json.Linq;
+using PtHost.Configuration;
+using PtHost.Contract;
+using PtHost.Hosting;
+using PtHost.Ipc;
+using PtHost.Plugins;
+
+namespace PtHost;
+
+public static class Program
+{
+    public const string Usage = """
+        usage: pthost '<json configuration>'        run as a PT 2.0 client or server (spec/ipc.md)
+               pthost --config FILE                 the same, configuration read from FILE
+               pthost generate-config TRANSPORT     print {"client": {...}, "server": {...}} options
+               pthost demo                          start a server and a client on loopback and fetch through them
+               pthost --version | --help
+        """;
+
+    public static async Task<int> Main(string[] args)
+    {
+        if (args.Length == 0)
+        {
+            Console.Error.WriteLine("pthost: no configuration given");
+            Console.Error.WriteLine(Usage);
+            return ExitCodes.Usage;
+        }
+        switch (args[0])
+        {
+            case "--help" or "-h":
+                Console.Error.WriteLine(Usage);
+                return ExitCodes.Ok;
+            case "--version":
+                Console.Out.WriteLine("pthost " + VersionText);
+                return ExitCodes.Ok;
+            case "generate-config":
+                return GenerateConfig(args);
+            case "demo":
+                return await Demo.DemoCommand.RunAsync(args[1..]).ConfigureAwait(false);
+        }
+
+        string json;
+        if (args[0] == "--config")
+        {
+            if (args.Length != 2) return UsageError("--config takes exactly one FILE");
+            try { json = await File.ReadAllTextAsync(args[1]).ConfigureAwait(false); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                Console.Error.WriteLine($"pthost: cannot read {args[1]}: {e.Message}");
+                return ExitCodes.Config;
+            }
+        }
+        else if (args.Length == 1 && args[0].TrimStart().StartsWith('{')) json = args[0];
+        else return UsageError($"unexpected argument \"{args[0]}\"");
+
+        PtConfig config;
+        var ipc = IpcWriter.ForStdout();
+        try
+        {
+            config = PtConfig.Parse(json);
+            if (!PtConfig.IsSupportedVersion(config.PtVersion))
+            {
+                ipc.VersionError();
+                Console.Error.WriteLine($"pthost: config key 'ptversion': \"{config.PtVersion}\" is not supported (supported: 2)");
+                return ExitCodes.Config;
+            }
+        }
+        catch (ConfigException e)
+        {
+            ipc.EnvError(e.Message);
+            Console.Error.WriteLine("pthost: " + e.Message);
+            return ExitCodes.Config;
+        }
+        try { Directory.CreateDirectory(config.StateDirectory); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            ipc.EnvError($"config key 'state': cannot create {config.StateDirectory}");
+            Console.Error.WriteLine($"pthost: config key 'state': cannot create {config.StateDirectory}: {e.Message}");
+            return ExitCodes.CantCreate;
+        }
+        return await RunAsync(config, ipc).ConfigureAwait(false);
+    }
+
+    public static string VersionText => typeof(Program).Assembly.GetName().Version?.ToString(3) ?? "0";
+
+    private static int UsageError(string message)
+    {
+        Console.Error.WriteLine("pthost: " + message);
+        Console.Error.WriteLine(Usage);
+        return ExitCodes.Usage;
+    }
+
+    private static async Task<int> RunAsync(PtConfig config, IpcWriter ipc)
+    {
+        var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true, ApplicationName = "pthost" });
+        ConfigureLogging(builder.Logging, config.LogLevel);
+        builder.Services.Configure<ConsoleLifetimeOptions>(o => o.SuppressStatusMessages = true);
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(5));
+        builder.Services.AddSingleton<IHostLifetime, Microsoft.Extensions.Hosting.Internal.ConsoleLifetime>();
+        builder.Services.AddSingleton(config);
+        builder.Services.AddSingleton(ipc);
+        builder.Services.AddSingleton(sp => new SignalRouter(config.Role, ipc, sp.GetRequiredService<ILogger<SignalRouter>>()));
+        builder.Services.AddSingleton<TransportRegistry>();
+        builder.Services.AddSingleton<HostRuntime>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<HostRuntime>());
+        using var host = builder.Build();
+
+        var lifetime = host.Services.GetRequiredService<IHostApplicationLifetime>();
+        var log = host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("PtHost");
+        var stdin = new StdinReader(Console.OpenStandardInput(), host.Services.GetRequiredService<SignalRouter>(), host.Services.GetRequiredService<ILogger<StdinReader>>());
+        stdin.Start(() =>
+        {
+            if (!config.ExitOnStdinClose) return;
+            log.LogInformation("stdin closed; shutting down");
+            lifetime.StopApplication();
+        });
+        var runtime = host.Services.GetRequiredService<HostRuntime>();
+        try
+        {
+            await host.RunAsync().ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            log.LogCritical(e, "pthost failed");
+            return ExitCodes.Software;
+        }
+        return runtime.FailureExitCode ?? ExitCodes.Ok;
+    }
+
+    /// <summary>Logs go to stderr only, one line each (stdout belongs to the IPC).</summary>
+    public static void ConfigureLogging(ILoggingBuilder logging, LogLevel level)
+    {
+        logging.ClearProviders();
+        logging.SetMinimumLevel(level);
+        logging.AddSimpleConsole(o =>
+        {
+            o.SingleLine = true;
+            o.TimestampFormat = "HH:mm:ss.fff ";
+            o.ColorBehavior = LoggerColorBehavior.Disabled;
+        });
+        logging.Services.Configure<ConsoleLoggerOptions>(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
+    }
+
+    private static int GenerateConfig(string[] args)
+    {
+        if (args.Length != 2) return UsageError("generate-config takes exactly one TRANSPORT");
+        string name = args[1];
+        var registry = new TransportRegistry();
+        var transport = registry.Create(name);
+        if (transport is null) return UsageError($"no transport named \"{name}\" (known: {string.Join(", ", registry.Names.Order())})");
+        using var loggers = LoggerFactory.Create(b => ConfigureLogging(b, LogLevel.Warning));
+        string state = Path.Combine(Directory.GetCurrentDirectory(), name);
+        var ipc = new IpcWriter(TextWriter.Null);
+        var signals = new SignalRouter(Role.Server, ipc, loggers.CreateLogger<SignalRouter>());
+        var context = new TransportEnvironment(name, null, state, signals.For(name), new Net.DirectDialer(), loggers, new TransportCounters());
+        try
+        {
+            var server = transport.CreateServerFactory(context);
+            var generated = server.GenerateConfiguration();
+            var result = new JObject { ["client"] = generated.Client, ["server"] = generated.Server };
+            Console.Out.WriteLine(result.ToString(Formatting.Indented));
+            return ExitCodes.Ok;
+        }
+        catch (TransportOptionsException e)
+        {
+            Console.Error.WriteLine($"pthost: {name}: {e.Message}");
+            return ExitCodes.Software;
+        }
+    }
+}

@@ -1,0 +1,369 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+using Newtonsoft.Json.Linq;
+using PtHost.Contract;
+using PtHost.Net;
+
+namespace PtHost.Socks;
+
+/// <summary>Limits and timeouts of the SOCKS5 front end (spec/ipc.md §5.7).</summary>
+public sealed record Socks5Limits
+{
+    public TimeSpan HandshakeTimeout { get; init; } = TimeSpan.FromSeconds(10);
+    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    public int MaxSessions { get; init; } = 16384;
+    public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromSeconds(2);
+}
+
+/// <summary>
+/// The SOCKS5 front end for one transport (RFC 1928, RFC 1929, PT settings methods 0x09 and 0x80):
+/// accepts on a loopback listener, negotiates, asks the transport for a connection and relays.
+/// Every malformed message gets the reply the protocol has for it and a close; nothing stops the listener.
+/// </summary>
+public sealed class Socks5Listener : IAsyncDisposable
+{
+    private readonly Socket _listener;
+    private readonly IClientFactory _factory;
+    private readonly TransportCounters _counters;
+    private readonly Socks5Limits _limits;
+    private readonly ILogger _log;
+    private readonly CancellationTokenSource _stopping = new();
+    private readonly CancellationTokenSource _sessionsAbort = new();
+    private readonly HashSet<Task> _sessions = [];
+    private Task? _acceptLoop;
+    private static long s_sessionIds;
+
+    public Socks5Listener(string transport, IPEndPoint bind, IClientFactory factory, TransportCounters counters, Socks5Limits limits, ILogger log)
+    {
+        Transport = transport;
+        _factory = factory;
+        _counters = counters;
+        _limits = limits;
+        _log = log;
+        _listener = new Socket(bind.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            _listener.Bind(bind);
+            _listener.Listen(4096);
+        }
+        catch
+        {
+            _listener.Dispose();
+            throw;
+        }
+        LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
+    }
+
+    public string Transport { get; }
+    public IPEndPoint LocalEndPoint { get; }
+
+    public int ActiveSessions { get { lock (_sessions) return _sessions.Count; } }
+
+    public void Start() => _acceptLoop = AcceptLoopAsync();
+
+    private async Task AcceptLoopAsync()
+    {
+        while (!_stopping.IsCancellationRequested)
+        {
+            Socket client;
+            try
+            {
+                client = await _listener.AcceptAsync(_stopping.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) { break; }
+            catch (ObjectDisposedException) { break; }
+            catch (SocketException e)
+            {
+                // EMFILE and friends: keep serving, but do not spin.
+                _log.LogWarning("SOCKS accept on {Endpoint} failed: {Error}", LocalEndPoint, e.SocketErrorCode);
+                await Task.Delay(50).ConfigureAwait(false);
+                continue;
+            }
+            if (ActiveSessions >= _limits.MaxSessions)
+            {
+                _log.LogWarning("SOCKS {Transport}: {Max} sessions open, refusing one", Transport, _limits.MaxSessions);
+                client.LingerState = new LingerOption(true, 0);
+                client.Dispose();
+                continue;
+            }
+            client.NoDelay = true;
+            var task = RunSessionAsync(client);
+            lock (_sessions)
+                if (!task.IsCompleted) _sessions.Add(task);
+            _ = task.ContinueWith(t => { lock (_sessions) _sessions.Remove(t); }, TaskScheduler.Default);
+        }
+    }
+
+    /// <summary>Stops accepting, lets sessions finish until <paramref name="ct"/> fires, then aborts them.</summary>
+    public async Task StopAsync(CancellationToken ct)
+    {
+        _stopping.Cancel();
+        _listener.Dispose();
+        if (_acceptLoop is not null) await _acceptLoop.ConfigureAwait(false);
+        Task[] open;
+        lock (_sessions) open = [.. _sessions];
+        try { await Task.WhenAll(open).WaitAsync(ct).ConfigureAwait(false); }
+        catch (OperationCanceledException)
+        {
+            _sessionsAbort.Cancel();
+            await Task.WhenAll(open).ConfigureAwait(false);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync(new CancellationToken(true)).ConfigureAwait(false);
+        _stopping.Dispose();
+        _sessionsAbort.Dispose();
+    }
+
+    private async Task RunSessionAsync(Socket socket)
+    {
+        await Task.Yield();
+        long id = Interlocked.Increment(ref s_sessionIds);
+        var clientStream = new NetworkStream(socket, ownsSocket: true);
+        Stream? upstream = null;
+        bool opened = false;
+        try
+        {
+            using var handshake = CancellationTokenSource.CreateLinkedTokenSource(_sessionsAbort.Token);
+            handshake.CancelAfter(_limits.HandshakeTimeout);
+            var reader = PipeReader.Create(clientStream, new StreamPipeReaderOptions(bufferSize: 512, minimumReadSize: 256, leaveOpen: true, useZeroByteReads: true));
+            var outcome = await NegotiateAsync(reader, clientStream, id, handshake.Token).ConfigureAwait(false);
+            if (outcome is null) return;
+            (upstream, var leftover) = outcome.Value;
+            opened = true;
+            _counters.SessionOpened();
+            if (leftover is not null)
+            {
+                await upstream.WriteAsync(leftover, _sessionsAbort.Token).ConfigureAwait(false);
+                _counters.AddBytesIn(leftover.Length);
+            }
+            await Relay.RunAsync(clientStream, upstream, _counters.AddBytesIn, _counters.AddBytesOut, _sessionsAbort.Token).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
+        {
+            _log.LogDebug("SOCKS {Transport} session {Id} ended: {Error}", Transport, id, e.Message);
+        }
+        catch (Exception e)
+        {
+            _log.LogError(e, "SOCKS {Transport} session {Id} failed", Transport, id);
+        }
+        finally
+        {
+            if (opened) _counters.SessionClosed();
+            if (upstream is not null) await upstream.DisposeAsync().ConfigureAwait(false);
+            await clientStream.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Runs the handshake; returns the upstream stream and any bytes the client sent after its request, or null when the session was refused (reply already sent).</summary>
+    private async Task<(Stream, byte[]?)?> NegotiateAsync(PipeReader reader, NetworkStream client, long id, CancellationToken ct)
+    {
+        byte[] reply = new byte[22];
+        try
+        {
+            // RFC 1928 §3: method selection.
+            byte method = Socks5.MethodNoneAcceptable;
+            Socks5Error error = default;
+            (await ReadMessageAsync(reader, (ref ReadOnlySequence<byte> b) => Socks5Parser.TryParseGreeting(ref b, out method, out error), ct).ConfigureAwait(false))
+                .ThrowIfInvalid(() => error);
+            reply[0] = Socks5.Version;
+            reply[1] = method;
+            await client.WriteAsync(reply.AsMemory(0, 2), ct).ConfigureAwait(false);
+            if (method == Socks5.MethodNoneAcceptable)
+            {
+                _log.LogInformation("SOCKS {Transport} session {Id}: no acceptable method offered", Transport, id);
+                await LingerCloseAsync(client, reader).ConfigureAwait(false);
+                return null;
+            }
+
+            // Method-specific sub-negotiation: settings block (no reply of its own) or RFC 1929.
+            ConnectionSettings settings = ConnectionSettings.Empty;
+            Socks5Error? settingsError = null;
+            if (method is Socks5.MethodJsonParameters or Socks5.MethodPtPrivate)
+            {
+                JObject? json = null;
+                var status = await ReadMessageAsync(reader, (ref ReadOnlySequence<byte> b) => Socks5Parser.TryParseSettings(ref b, out json, out error), ct).ConfigureAwait(false);
+                if (status == ParseStatus.Invalid)
+                {
+                    if (error.Reply == Socks5.ReplySettingsTooLarge)
+                        return await RefuseAsync(client, reader, error, id).ConfigureAwait(false); // the block cannot be skipped
+                    settingsError = error;
+                }
+                else settings = new ConnectionSettings(json!, SettingsSource.Json);
+            }
+            else if (method == Socks5.MethodUserPass)
+            {
+                string? args = null;
+                var status = await ReadMessageAsync(reader, (ref ReadOnlySequence<byte> b) => Socks5Parser.TryParseUserPass(ref b, out args, out error), ct).ConfigureAwait(false);
+                string? problem = status == ParseStatus.Invalid ? error.Message : null;
+                if (problem is null)
+                {
+                    try { settings = new ConnectionSettings(PtArgs.Parse(args!), SettingsSource.PtArgs); }
+                    catch (FormatException fe) { problem = "PT arguments: " + fe.Message; }
+                }
+                // RFC 1929 §2: a non-zero status, then the server MUST close the connection.
+                reply[0] = Socks5.UserPassVersion;
+                reply[1] = problem is null ? (byte)0 : (byte)1;
+                await client.WriteAsync(reply.AsMemory(0, 2), ct).ConfigureAwait(false);
+                if (problem is not null)
+                {
+                    _log.LogInformation("SOCKS {Transport} session {Id}: {Problem}", Transport, id, problem);
+                    await LingerCloseAsync(client, reader).ConfigureAwait(false);
+                    return null;
+                }
+            }
+
+            // RFC 1928 §4: the request.
+            Destination? destination = null;
+            var requestStatus = await ReadMessageAsync(reader, (ref ReadOnlySequence<byte> b) => Socks5Parser.TryParseRequest(ref b, out destination, out error), ct).ConfigureAwait(false);
+            if (requestStatus == ParseStatus.Invalid) return await RefuseAsync(client, reader, error, id).ConfigureAwait(false);
+            if (settingsError is { } se) return await RefuseAsync(client, reader, se, id).ConfigureAwait(false);
+
+            object? parsed;
+            try { parsed = _factory.ParseSettings(settings); }
+            catch (SettingsException e)
+            {
+                return await RefuseAsync(client, reader, new Socks5Error(Socks5.ReplySettingsInvalidKeys, e.Message), id).ConfigureAwait(false);
+            }
+
+            Stream upstream;
+            using (var connect = CancellationTokenSource.CreateLinkedTokenSource(_sessionsAbort.Token))
+            {
+                connect.CancelAfter(_limits.ConnectTimeout);
+                try
+                {
+                    upstream = await _factory.ConnectAsync(new ConnectRequest(destination!, parsed, id), connect.Token).ConfigureAwait(false);
+                }
+                catch (TransportConnectException e)
+                {
+                    return await RefuseAsync(client, reader, new Socks5Error((byte)e.Failure, e.Message), id).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (!_sessionsAbort.IsCancellationRequested)
+                {
+                    return await RefuseAsync(client, reader, new Socks5Error((byte)ConnectFailure.TimedOut, $"transport connect took longer than {_limits.ConnectTimeout.TotalSeconds:0} s"), id).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is IOException or SocketException)
+                {
+                    return await RefuseAsync(client, reader, new Socks5Error((byte)ConnectFailure.General, e.Message), id).ConfigureAwait(false);
+                }
+            }
+
+            byte[]? leftover = null;
+            try
+            {
+                int n = Socks5.WriteReply(reply, Socks5.ReplySucceeded, (upstream as NetworkStream)?.Socket.LocalEndPoint as IPEndPoint);
+                await client.WriteAsync(reply.AsMemory(0, n), ct).ConfigureAwait(false);
+                // Bytes the client pipelined after its request are already buffered: pass them on, lose none.
+                if (reader.TryRead(out var rest))
+                {
+                    if (!rest.Buffer.IsEmpty) leftover = rest.Buffer.ToArray();
+                    reader.AdvanceTo(rest.Buffer.End);
+                }
+                await reader.CompleteAsync().ConfigureAwait(false);
+            }
+            catch
+            {
+                await upstream.DisposeAsync().ConfigureAwait(false);
+                throw;
+            }
+            _log.LogDebug("SOCKS {Transport} session {Id} connected to {Destination}", Transport, id, destination);
+            return (upstream, leftover);
+        }
+        catch (InvalidMessageException e)
+        {
+            return await RefuseAsync(client, reader, e.Error, id).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!_sessionsAbort.IsCancellationRequested)
+        {
+            _counters.SessionFailed();
+            _log.LogInformation("SOCKS {Transport} session {Id}: handshake not finished within {Seconds} s", Transport, id, _limits.HandshakeTimeout.TotalSeconds);
+            return null;
+        }
+        catch (EndOfStreamException)
+        {
+            _log.LogDebug("SOCKS {Transport} session {Id}: client closed during the handshake", Transport, id);
+            return null;
+        }
+    }
+
+    private async Task<(Stream, byte[]?)?> RefuseAsync(NetworkStream client, PipeReader reader, Socks5Error error, long id)
+    {
+        _counters.SessionFailed();
+        _log.LogInformation("SOCKS {Transport} session {Id} refused (reply 0x{Reply:x2}): {Message}", Transport, id, error.Reply, error.Message);
+        byte[] reply = new byte[22];
+        // A refused greeting is answered with "no acceptable methods" (05 FF); every later message with a reply.
+        int n = error.Reply == Socks5.MethodNoneAcceptable ? WriteMethodRefusal(reply) : Socks5.WriteReply(reply, error.Reply);
+        try
+        {
+            using var cts = new CancellationTokenSource(_limits.DrainTimeout);
+            await client.WriteAsync(reply.AsMemory(0, n), cts.Token).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException) { return null; }
+        await LingerCloseAsync(client, reader).ConfigureAwait(false);
+        return null;
+
+        static int WriteMethodRefusal(byte[] b) { b[0] = Socks5.Version; b[1] = Socks5.MethodNoneAcceptable; return 2; }
+    }
+
+    /// <summary>
+    /// Sends FIN and reads (discarding) for a short while before closing, so that unread input does
+    /// not turn the close into a reset that destroys the reply in flight.
+    /// </summary>
+    private async Task LingerCloseAsync(NetworkStream client, PipeReader reader)
+    {
+        try
+        {
+            await reader.CompleteAsync().ConfigureAwait(false);
+            client.Socket.Shutdown(SocketShutdown.Send);
+            using var cts = new CancellationTokenSource(_limits.DrainTimeout);
+            byte[] sink = ArrayPool<byte>.Shared.Rent(4096);
+            try
+            {
+                int total = 0;
+                int n;
+                while (total < 256 * 1024 && (n = await client.ReadAsync(sink, cts.Token).ConfigureAwait(false)) > 0) total += n;
+            }
+            finally { ArrayPool<byte>.Shared.Return(sink); }
+        }
+        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException) { }
+    }
+
+    private delegate ParseStatus Parser(ref ReadOnlySequence<byte> buffer);
+
+    /// <summary>Reads until <paramref name="parse"/> completes or rejects one message; consumes only that message.</summary>
+    private static async ValueTask<ParseStatus> ReadMessageAsync(PipeReader reader, Parser parse, CancellationToken ct)
+    {
+        while (true)
+        {
+            var result = await reader.ReadAsync(ct).ConfigureAwait(false);
+            var buffer = result.Buffer;
+            var status = parse(ref buffer);
+            if (status == ParseStatus.Incomplete)
+            {
+                reader.AdvanceTo(result.Buffer.Start, result.Buffer.End);
+                if (result.IsCompleted) throw new EndOfStreamException();
+                continue;
+            }
+            reader.AdvanceTo(status == ParseStatus.Done || !buffer.Equals(result.Buffer) ? buffer.Start : result.Buffer.Start);
+            return status;
+        }
+    }
+}
+
+internal sealed class InvalidMessageException(Socks5Error error) : Exception(error.Message)
+{
+    public Socks5Error Error { get; } = error;
+}
+
+internal static class ParseStatusExtensions
+{
+    public static void ThrowIfInvalid(this ParseStatus status, Func<Socks5Error> error)
+    {
+        if (status == ParseStatus.Invalid) throw new InvalidMessageException(error());
+    }
+}
