@@ -1,0 +1,136 @@
+using System.Net;
+using Newtonsoft.Json.Linq;
+
+namespace PtHost.Tests.Process;
+
+/// <summary>
+/// A real server pthost and a real client pthost, with CMESSAGE/SMESSAGE lines carried between
+/// them by the test as an application would (spec/ipc.md §6).
+/// </summary>
+public sealed class PtChain : IAsyncDisposable
+{
+    public PtProcess Server { get; }
+    public PtProcess Client { get; }
+    public IPEndPoint ServerEndPoint { get; private set; } = null!;
+    public IPEndPoint SocksEndPoint { get; private set; } = null!;
+    public List<string> ServerStartup { get; private set; } = [];
+    public List<string> ClientStartup { get; private set; } = [];
+    private readonly CancellationTokenSource _cts = new();
+    private Task? _relay;
+
+    private PtChain(PtProcess server, PtProcess client)
+    {
+        Server = server;
+        Client = client;
+    }
+
+    /// <summary>Starts the server, then the client (with <c>serverAddress</c> pointing at it unless <paramref name="clientOptions"/> says otherwise).</summary>
+    public static async Task<PtChain> StartAsync(JObject serverConfig, Func<IPEndPoint, JObject> clientConfig, bool relayMessages = true)
+    {
+        var server = PtProcess.StartPthost(serverConfig.ToString(Newtonsoft.Json.Formatting.None));
+        PtProcess? client = null;
+        try
+        {
+            var serverLines = await server.ReadUntilDoneAsync();
+            var smethod = serverLines.Single(l => l.StartsWith("SMETHOD ", StringComparison.Ordinal));
+            var serverEp = IPEndPoint.Parse(smethod.Split(' ')[2]);
+            client = PtProcess.StartPthost(clientConfig(serverEp).ToString(Newtonsoft.Json.Formatting.None));
+            var clientLines = await client.ReadUntilDoneAsync();
+            var cmethod = clientLines.Single(l => l.StartsWith("CMETHOD ", StringComparison.Ordinal));
+            var chain = new PtChain(server, client)
+            {
+                ServerEndPoint = serverEp,
+                SocksEndPoint = IPEndPoint.Parse(cmethod.Split(' ')[3]),
+                ServerStartup = serverLines,
+                ClientStartup = clientLines,
+            };
+            if (relayMessages) chain.StartRelay(serverLines.Concat(clientLines));
+            return chain;
+        }
+        catch
+        {
+            await server.DisposeAsync();
+            if (client is not null) await client.DisposeAsync();
+            throw;
+        }
+    }
+
+    public static JObject FreeServer(string transport = "plain", params string[] allow) => new()
+    {
+        ["role"] = "server",
+        ["transports"] = new JArray(transport),
+        ["allow"] = new JArray(allow.Length == 0 ? ["127.0.0.1"] : allow),
+        ["exit-on-stdin-close"] = true,
+    };
+
+    public static JObject BoundServer(string target, string transport = "plain") => new()
+    {
+        ["role"] = "server",
+        ["transports"] = new JArray(transport),
+        ["target"] = target,
+        ["exit-on-stdin-close"] = true,
+    };
+
+    public static JObject ClientWith(JObject? plainOptions) => new()
+    {
+        ["role"] = "client",
+        ["transports"] = new JArray("plain"),
+        ["options"] = plainOptions is null ? new JObject() : new JObject { ["plain"] = plainOptions },
+        ["exit-on-stdin-close"] = true,
+    };
+
+    /// <summary>Copies each CMESSAGE the client prints to the server's stdin, and each SMESSAGE the other way.</summary>
+    private void StartRelay(IEnumerable<string> alreadyRead)
+    {
+        var early = alreadyRead.ToList();
+        _relay = Task.Run(async () =>
+        {
+            foreach (var l in early) await Forward(l);
+            var fromServer = Pump(Server);
+            var fromClient = Pump(Client);
+            await Task.WhenAll(fromServer, fromClient);
+        });
+
+        async Task Pump(PtProcess p)
+        {
+            while (!_cts.IsCancellationRequested)
+            {
+                string line;
+                try { line = await p.ReadLineAsync(TimeSpan.FromHours(1)); }
+                catch (Exception) { return; }
+                await Forward(line);
+            }
+        }
+
+        async Task Forward(string line)
+        {
+            try
+            {
+                if (line.StartsWith("CMESSAGE ", StringComparison.Ordinal)) await Server.WriteLineAsync(line);
+                else if (line.StartsWith("SMESSAGE ", StringComparison.Ordinal)) await Client.WriteLineAsync(line);
+            }
+            catch (IOException) { }
+            catch (ObjectDisposedException) { }
+            catch (InvalidOperationException) { }
+        }
+    }
+
+    /// <summary>Closes both stdins and returns the exit codes (server, client).</summary>
+    public async Task<(int Server, int Client)> StopAsync()
+    {
+        _cts.Cancel();
+        Client.CloseStdin();
+        Server.CloseStdin();
+        int c = await Client.WaitForExitAsync();
+        int s = await Server.WaitForExitAsync();
+        return (s, c);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _cts.Cancel();
+        await Client.DisposeAsync();
+        await Server.DisposeAsync();
+        if (_relay is not null) await _relay.WaitAsync(TimeSpan.FromSeconds(10)).ContinueWith(_ => { });
+    }
+}
