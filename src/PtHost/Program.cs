@@ -112,7 +112,10 @@ public static class Program
 
         var lifetime = host.Services.GetRequiredService<IHostApplicationLifetime>();
         var log = host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("PtHost");
-        var stdin = new StdinReader(Console.OpenStandardInput(), host.Services.GetRequiredService<SignalRouter>(), host.Services.GetRequiredService<ILogger<StdinReader>>());
+        var router = host.Services.GetRequiredService<SignalRouter>();
+        // Open every transport's signal queue before stdin is read: a message may arrive before the transport starts.
+        foreach (string t in config.Transports) router.For(t);
+        var stdin = new StdinReader(Console.OpenStandardInput(), router, host.Services.GetRequiredService<ILogger<StdinReader>>());
         stdin.Start(() =>
         {
             if (!config.ExitOnStdinClose) return;

@@ -135,3 +135,18 @@ public class LauncherTests
         return o.ToString(Newtonsoft.Json.Formatting.None);
     }
 }
+
+/// <summary>The README's first command: the demo runs a server and a client and fetches through them.</summary>
+[Collection("process")]
+public class DemoTests
+{
+    [Fact]
+    public async Task Demo_fetches_through_a_server_and_a_client_and_says_OK()
+    {
+        await using var p = PtProcess.StartPthost("demo");
+        Assert.Equal(0, await p.WaitForExitAsync(TimeSpan.FromSeconds(90)));
+        Assert.Contains("demo: demo OK", p.StdoutLines);
+        Assert.Contains(p.StdoutLines, l => l.Contains("sha256 matches", StringComparison.Ordinal));
+        Assert.DoesNotContain("dropped", p.Stderr);
+    }
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every PtHost test on a fresh Debian 12 machine with the .NET 10 SDK:
+# installs the Debian programs the tests drive (when missing), publishes the real
+# executable to out/pthost, and runs the whole test suite against it.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+packages=(curl ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "test.sh: installing ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+dotnet publish src/PtHost -c Release -o out --nologo -v q
+export PTHOST_EXE="$PWD/out/pthost"
+
+log=$(mktemp)
+set +e
+dotnet test PtHost.sln -c Release --nologo 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for CI: totals over every test assembly.
+awk '/(Passed|Failed)!  -/ { for (i = 1; i <= NF; i++) { if ($i == "Failed:") f += $(i+1); if ($i == "Passed:") p += $(i+1); if ($i == "Skipped:") s += $(i+1) } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+rm -f "$log"
+exit "$status"
