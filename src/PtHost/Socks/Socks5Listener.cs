@@ -132,7 +132,7 @@ public sealed class Socks5Listener : IAsyncDisposable
             using var handshake = CancellationTokenSource.CreateLinkedTokenSource(_sessionsAbort.Token);
             handshake.CancelAfter(_limits.HandshakeTimeout);
             var reader = PipeReader.Create(clientStream, new StreamPipeReaderOptions(bufferSize: 512, minimumReadSize: 256, leaveOpen: true, useZeroByteReads: true));
-            var outcome = await NegotiateAsync(reader, clientStream, id, handshake.Token).ConfigureAwait(false);
+            var outcome = await NegotiateAsync(reader, clientStream, id, handshake).ConfigureAwait(false);
             if (outcome is null) return;
             (upstream, var leftover) = outcome.Value;
             opened = true;
@@ -161,8 +161,9 @@ public sealed class Socks5Listener : IAsyncDisposable
     }
 
     /// <summary>Runs the handshake; returns the upstream stream and any bytes the client sent after its request, or null when the session was refused (reply already sent).</summary>
-    private async Task<(Stream, byte[]?)?> NegotiateAsync(PipeReader reader, NetworkStream client, long id, CancellationToken ct)
+    private async Task<(Stream, byte[]?)?> NegotiateAsync(PipeReader reader, NetworkStream client, long id, CancellationTokenSource handshake)
     {
+        var ct = handshake.Token;
         byte[] reply = new byte[22];
         try
         {
@@ -222,6 +223,10 @@ public sealed class Socks5Listener : IAsyncDisposable
             Destination? destination = null;
             var requestStatus = await ReadMessageAsync(reader, (ref ReadOnlySequence<byte> b) => Socks5Parser.TryParseRequest(ref b, out destination, out error), ct).ConfigureAwait(false);
             if (requestStatus == ParseStatus.Invalid) return await RefuseAsync(client, reader, error, id).ConfigureAwait(false);
+            // The client has said everything; from here the connect timeout governs (§5.7).
+            handshake.CancelAfter(Timeout.InfiniteTimeSpan);
+            if (handshake.IsCancellationRequested) throw new OperationCanceledException(ct);
+            ct = _sessionsAbort.Token;
             if (settingsError is { } se) return await RefuseAsync(client, reader, se, id).ConfigureAwait(false);
 
             object? parsed;

@@ -29,7 +29,7 @@ public sealed class SocksClient : IAsyncDisposable
     public async Task<byte[]> ReadExactlyAsync(int n, TimeSpan? timeout = null)
     {
         var buf = new byte[n];
-        using var cts = new CancellationTokenSource(timeout ?? TimeSpan.FromSeconds(20));
+        using var cts = new CancellationTokenSource(timeout ?? TimeSpan.FromSeconds(45));
         await Stream.ReadExactlyAsync(buf, cts.Token);
         return buf;
     }
