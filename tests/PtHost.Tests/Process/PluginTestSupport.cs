@@ -17,17 +17,11 @@ internal static class PluginBuild
 
     private static readonly string Scratch = CreateScratch();
 
-    /// <summary>The directory holding PtHost.sln.</summary>
-    public static string RepoRoot { get; } = FindRepoRoot();
+    private static string RepoRoot => PtHostExecutable.RepoRoot;
 
-    /// <summary><c>dotnet publish src/PtHost -c Release -o &lt;temp&gt;</c>, once.</summary>
-    private static readonly Lazy<Task<string>> s_published = new(PublishAsync);
-
-    /// <summary><c>dotnet build tests/fixtures/XorTransport -c Release -o &lt;temp&gt;</c>, once, after the publish
+    /// <summary><c>dotnet build tests/fixtures/XorTransport -c Release -o &lt;temp&gt;</c>, once, after pthost is published
     /// (both build src/PtHost.Contract in Release; running them one after the other keeps them off each other's files).</summary>
     private static readonly Lazy<Task<string>> s_plugin = new(BuildPluginAsync);
-
-    public static Task<string> PublishedHostDirectory => s_published.Value;
 
     public static Task<string> PluginDirectory => s_plugin.Value;
 
@@ -70,30 +64,15 @@ internal static class PluginBuild
         }
     }
 
-    private static string FindRepoRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "PtHost.sln"))) return dir.FullName;
-        throw new InvalidOperationException($"no PtHost.sln above {AppContext.BaseDirectory}");
-    }
-
-    private static async Task<string> PublishAsync()
-    {
-        string output = NewTempDirectory("pthost");
-        await DotnetAsync("publish", Path.Combine(RepoRoot, "src", "PtHost"), output).ConfigureAwait(false);
-        if (!File.Exists(Path.Combine(output, "pthost.dll"))) throw new InvalidOperationException($"publish produced no pthost.dll in {output}");
-        return output;
-    }
-
     private static async Task<string> BuildPluginAsync()
     {
-        await s_published.Value.ConfigureAwait(false);
+        _ = PtHostExecutable.Path;
         string output = NewTempDirectory("plugins");
         await DotnetAsync("build", Path.Combine(RepoRoot, "tests", "fixtures", "XorTransport"), output).ConfigureAwait(false);
         return output;
     }
 
-    private static async Task DotnetAsync(string verb, string project, string output)
+    internal static async Task DotnetAsync(string verb, string project, string output)
     {
         var psi = new ProcessStartInfo(DotnetExecutable())
         {
@@ -141,223 +120,6 @@ internal static class PluginBuild
     {
         try { if (!p.HasExited) p.Kill(entireProcessTree: true); }
         catch (Exception e) when (e is InvalidOperationException or System.ComponentModel.Win32Exception) { }
-    }
-}
-
-/// <summary>
-/// A running pthost process: stdout lines are collected (and checked to be protocol lines only),
-/// stderr kept for failure messages. Dispose kills it if it is still running.
-/// </summary>
-internal sealed class PtProcess : IAsyncDisposable
-{
-    public static readonly TimeSpan LineTimeout = TimeSpan.FromSeconds(30);
-    public static readonly TimeSpan ExitTimeout = TimeSpan.FromSeconds(20);
-
-    /// <summary>The keywords a line on pthost's stdout may begin with (spec/ipc.md §4).</summary>
-    public static readonly string[] ProtocolKeywords =
-    [
-        "VERSION", "CMETHOD", "CMETHOD-ERROR", "CMETHODS", "SMETHOD", "SMETHOD-ERROR", "SMETHODS",
-        "CMESSAGE", "SMESSAGE", "LOG", "STATUS", "ENV-ERROR",
-    ];
-
-    private readonly System.Diagnostics.Process _process;
-    private readonly Channel<string> _lines = Channel.CreateUnbounded<string>();
-    private readonly List<string> _stdout = [];
-    private readonly ConcurrentQueue<string> _stderr = new();
-    private readonly Task _stdoutPump;
-    private readonly Task _stderrPump;
-
-    private PtProcess(System.Diagnostics.Process process)
-    {
-        _process = process;
-        _stdoutPump = PumpStdoutAsync();
-        _stderrPump = PumpStderrAsync();
-    }
-
-    public static async Task<PtProcess> StartAsync(string configJson)
-    {
-        string dir = await PluginBuild.PublishedHostDirectory.ConfigureAwait(false);
-        string apphost = Path.Combine(dir, "pthost");
-        var psi = File.Exists(apphost) && !OperatingSystem.IsWindows()
-            ? new ProcessStartInfo(apphost)
-            : new ProcessStartInfo("dotnet") { ArgumentList = { Path.Combine(dir, "pthost.dll") } };
-        psi.ArgumentList.Add(configJson);
-        psi.RedirectStandardInput = true;
-        psi.RedirectStandardOutput = true;
-        psi.RedirectStandardError = true;
-        psi.UseShellExecute = false;
-        psi.WorkingDirectory = dir;
-        psi.StandardOutputEncoding = new UTF8Encoding(false);
-        var process = System.Diagnostics.Process.Start(psi) ?? throw new InvalidOperationException("cannot start pthost");
-        return new PtProcess(process);
-    }
-
-    public int Id => _process.Id;
-
-    /// <summary>Every stdout line so far.</summary>
-    public IReadOnlyList<string> StdoutLines { get { lock (_stdout) return [.. _stdout]; } }
-
-    /// <summary>Everything on stderr so far (logs).</summary>
-    public string Stderr => string.Join("\n", _stderr);
-
-    private async Task PumpStdoutAsync()
-    {
-        try
-        {
-            while (await _process.StandardOutput.ReadLineAsync().ConfigureAwait(false) is { } line)
-            {
-                lock (_stdout) _stdout.Add(line);
-                _lines.Writer.TryWrite(line);
-            }
-        }
-        catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException) { }
-        finally { _lines.Writer.TryComplete(); }
-    }
-
-    private async Task PumpStderrAsync()
-    {
-        try
-        {
-            while (await _process.StandardError.ReadLineAsync().ConfigureAwait(false) is { } line) _stderr.Enqueue(line);
-        }
-        catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException) { }
-    }
-
-    /// <summary>The next stdout line; null at end of stdout. Throws <see cref="TimeoutException"/>.</summary>
-    public async Task<string?> ReadLineAsync(TimeSpan? timeout = null)
-    {
-        using var cts = new CancellationTokenSource(timeout ?? LineTimeout);
-        try
-        {
-            return await _lines.Reader.WaitToReadAsync(cts.Token).ConfigureAwait(false) && _lines.Reader.TryRead(out var line) ? line : null;
-        }
-        catch (OperationCanceledException)
-        {
-            throw new TimeoutException($"pthost {Id}: no stdout line within {(timeout ?? LineTimeout).TotalSeconds} s\n{Describe()}");
-        }
-    }
-
-    /// <summary>Reads lines up to and including <paramref name="last"/> (e.g. "CMETHODS DONE").</summary>
-    public async Task<List<string>> ReadUntilAsync(string last)
-    {
-        var lines = new List<string>();
-        while (true)
-        {
-            string? line = await ReadLineAsync().ConfigureAwait(false)
-                ?? throw new InvalidOperationException($"pthost {Id}: stdout ended before \"{last}\"\n{Describe()}");
-            lines.Add(line);
-            if (line == last) return lines;
-        }
-    }
-
-    /// <summary>Waits for the process to exit by itself; returns its exit code.</summary>
-    public async Task<int> WaitForExitAsync(TimeSpan? timeout = null)
-    {
-        using var cts = new CancellationTokenSource(timeout ?? ExitTimeout);
-        try { await _process.WaitForExitAsync(cts.Token).ConfigureAwait(false); }
-        catch (OperationCanceledException)
-        {
-            throw new TimeoutException($"pthost {Id} did not exit within {(timeout ?? ExitTimeout).TotalSeconds} s\n{Describe()}");
-        }
-        // Let the pumps reach end of stream (the pipes close with the process).
-        await Task.WhenAll(_stdoutPump, _stderrPump).WaitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
-        return _process.ExitCode;
-    }
-
-    /// <summary>Closes stdin (with <c>exit-on-stdin-close</c> the process shuts down) and waits for the exit code.</summary>
-    public Task<int> CloseStdinAndWaitAsync()
-    {
-        try { _process.StandardInput.Close(); }
-        catch (IOException) { }
-        return WaitForExitAsync();
-    }
-
-    /// <summary>Asserts that every stdout line so far is a protocol line.</summary>
-    public void AssertOnlyProtocolLinesOnStdout()
-    {
-        foreach (string line in StdoutLines)
-        {
-            string keyword = line.Split(' ', 2)[0];
-            Assert.True(Array.IndexOf(ProtocolKeywords, keyword) >= 0, $"pthost {Id}: not a protocol line on stdout: \"{line}\"\n{Describe()}");
-        }
-    }
-
-    public string Describe() =>
-        $"--- stdout ---\n{string.Join("\n", StdoutLines)}\n--- stderr ---\n{Stderr}";
-
-    public async ValueTask DisposeAsync()
-    {
-        PluginBuild.Kill(_process);
-        try { await _process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false); }
-        catch (TimeoutException) { }
-        try { await Task.WhenAll(_stdoutPump, _stderrPump).WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false); }
-        catch (TimeoutException) { }
-        _process.Dispose();
-    }
-}
-
-/// <summary>A TCP echo server on 127.0.0.1 that also records what each connection sent it.</summary>
-internal sealed class PluginEchoServer : IAsyncDisposable
-{
-    private const int RecordLimit = 4 << 20;
-    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
-    private readonly CancellationTokenSource _stop = new();
-    private readonly ConcurrentBag<Task> _connections = [];
-    private readonly Task _acceptLoop;
-
-    public PluginEchoServer()
-    {
-        _listener.Start();
-        EndPoint = (IPEndPoint)_listener.LocalEndpoint;
-        _acceptLoop = AcceptLoopAsync();
-    }
-
-    public IPEndPoint EndPoint { get; }
-
-    /// <summary>What each finished connection sent (up to 4 MiB each), in order of completion.</summary>
-    public ConcurrentQueue<byte[]> Received { get; } = new();
-
-    private async Task AcceptLoopAsync()
-    {
-        while (!_stop.IsCancellationRequested)
-        {
-            Socket s;
-            try { s = await _listener.AcceptSocketAsync(_stop.Token).ConfigureAwait(false); }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { return; }
-            _connections.Add(EchoAsync(s));
-        }
-    }
-
-    private async Task EchoAsync(Socket s)
-    {
-        var seen = new MemoryStream();
-        byte[] buffer = new byte[64 * 1024];
-        try
-        {
-            while (true)
-            {
-                int n = await s.ReceiveAsync(buffer, SocketFlags.None, _stop.Token).ConfigureAwait(false);
-                if (n == 0) break;
-                if (seen.Length < RecordLimit) seen.Write(buffer, 0, (int)Math.Min(n, RecordLimit - seen.Length));
-                await s.SendAsync(buffer.AsMemory(0, n), SocketFlags.None, _stop.Token).ConfigureAwait(false);
-            }
-            s.Shutdown(SocketShutdown.Send);
-        }
-        catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException) { }
-        finally
-        {
-            Received.Enqueue(seen.ToArray());
-            s.Dispose();
-        }
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        await _stop.CancelAsync().ConfigureAwait(false);
-        _listener.Stop();
-        await _acceptLoop.WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
-        await Task.WhenAll(_connections).WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
-        _stop.Dispose();
     }
 }
 

@@ -9,6 +9,7 @@ namespace PtHost.Tests.Process;
 /// (tests/fixtures/XorTransport) is loaded from <c>plugindir</c> by a published pthost, client and
 /// server, and carries traffic between them.
 /// </summary>
+[Collection("process")]
 public class PluginTransportTests
 {
     private const byte Key = 0xA5;
@@ -99,8 +100,8 @@ public class PluginTransportTests
             ["exit-on-stdin-close"] = true,
         };
         if (options is not null) config["options"] = new JObject { ["xor"] = JToken.Parse(options) };
-        await using var client = await PtProcess.StartAsync(config.ToString(Newtonsoft.Json.Formatting.None));
-        var lines = await client.ReadUntilAsync("CMETHODS DONE");
+        await using var client = PtProcess.StartPthost(config.ToString(Newtonsoft.Json.Formatting.None));
+        var lines = await client.ReadUntilDoneAsync();
         Assert.Equal("VERSION 2", lines[0]);
         Assert.Contains(lines, l => l.StartsWith("CMETHOD-ERROR xor ", StringComparison.Ordinal));
         Assert.DoesNotContain(lines, l => l.StartsWith("CMETHOD xor ", StringComparison.Ordinal));
@@ -110,7 +111,7 @@ public class PluginTransportTests
         var all = client.StdoutLines;
         int done = all.ToList().IndexOf("CMETHODS DONE");
         int error = all.ToList().FindIndex(l => l.StartsWith("CMETHOD-ERROR xor ", StringComparison.Ordinal));
-        Assert.True(error >= 0 && error < done, client.Describe());
+        Assert.True(error >= 0 && error < done, client.Stderr);
     }
 
     [Fact]
@@ -126,8 +127,8 @@ public class PluginTransportTests
             ["state"] = PluginBuild.NewTempDirectory("state"),
             ["exit-on-stdin-close"] = true,
         };
-        await using var server = await PtProcess.StartAsync(config.ToString(Newtonsoft.Json.Formatting.None));
-        var lines = await server.ReadUntilAsync("SMETHODS DONE");
+        await using var server = PtProcess.StartPthost(config.ToString(Newtonsoft.Json.Formatting.None));
+        var lines = await server.ReadUntilDoneAsync();
         Assert.Contains(lines, l => l.StartsWith("SMETHOD-ERROR xor ", StringComparison.Ordinal) && l.Contains("key", StringComparison.Ordinal));
         Assert.DoesNotContain(lines, l => l.StartsWith("SMETHOD xor ", StringComparison.Ordinal));
         Assert.Equal(69, await server.WaitForExitAsync());
@@ -145,8 +146,8 @@ public class PluginTransportTests
             ["state"] = PluginBuild.NewTempDirectory("state"),
             ["exit-on-stdin-close"] = true,
         };
-        await using var client = await PtProcess.StartAsync(config.ToString(Newtonsoft.Json.Formatting.None));
-        var lines = await client.ReadUntilAsync("CMETHODS DONE");
+        await using var client = PtProcess.StartPthost(config.ToString(Newtonsoft.Json.Formatting.None));
+        var lines = await client.ReadUntilDoneAsync();
         Assert.Contains(lines, l => l.StartsWith("CMETHOD-ERROR xor ", StringComparison.Ordinal));
         Assert.Equal(69, await client.WaitForExitAsync());
         client.AssertOnlyProtocolLinesOnStdout();
@@ -179,9 +180,9 @@ public class PluginTransportTests
     /// <summary>An echo target, a server pthost bound to it, and a client pthost; all with the xor plugin.</summary>
     private sealed class XorPair : IAsyncDisposable
     {
-        private XorPair(PluginEchoServer echo) => Echo = echo;
+        private XorPair(EchoServer echo) => Echo = echo;
 
-        public PluginEchoServer Echo { get; }
+        public EchoServer Echo { get; }
         public PtProcess Server { get; private set; } = null!;
         public PtProcess Client { get; private set; } = null!;
         public IPEndPoint ServerEndPoint { get; private set; } = null!;
@@ -190,25 +191,25 @@ public class PluginTransportTests
         public static async Task<XorPair> StartAsync(byte key)
         {
             string plugins = await PluginBuild.PluginDirectory;
-            var pair = new XorPair(new PluginEchoServer());
+            var pair = new XorPair(new EchoServer());
             try
             {
                 var options = new JObject { ["xor"] = new JObject { ["key"] = key } };
-                pair.Server = await PtProcess.StartAsync(new JObject
+                pair.Server = PtProcess.StartPthost(new JObject
                 {
                     ["role"] = "server",
                     ["transports"] = new JArray("xor"),
                     ["plugindir"] = plugins,
                     ["options"] = options,
-                    ["target"] = pair.Echo.EndPoint.ToString(),
+                    ["target"] = $"127.0.0.1:{pair.Echo.Port}",
                     ["state"] = PluginBuild.NewTempDirectory("state"),
                     ["exit-on-stdin-close"] = true,
                 }.ToString(Newtonsoft.Json.Formatting.None));
-                var serverLines = await pair.Server.ReadUntilAsync("SMETHODS DONE");
+                var serverLines = await pair.Server.ReadUntilDoneAsync();
                 string smethod = Assert.Single(serverLines, l => l.StartsWith("SMETHOD xor ", StringComparison.Ordinal));
                 pair.ServerEndPoint = IPEndPoint.Parse(smethod.Split(' ')[2]);
 
-                pair.Client = await PtProcess.StartAsync(new JObject
+                pair.Client = PtProcess.StartPthost(new JObject
                 {
                     ["role"] = "client",
                     ["transports"] = new JArray("xor"),
@@ -217,7 +218,7 @@ public class PluginTransportTests
                     ["state"] = PluginBuild.NewTempDirectory("state"),
                     ["exit-on-stdin-close"] = true,
                 }.ToString(Newtonsoft.Json.Formatting.None));
-                var clientLines = await pair.Client.ReadUntilAsync("CMETHODS DONE");
+                var clientLines = await pair.Client.ReadUntilDoneAsync();
                 Assert.Equal("VERSION 2", clientLines[0]);
                 string cmethod = Assert.Single(clientLines, l => l.StartsWith("CMETHOD xor ", StringComparison.Ordinal));
                 string[] parts = cmethod.Split(' ');
@@ -235,10 +236,10 @@ public class PluginTransportTests
         /// <summary>Closes both processes' stdin; each must exit 0 having printed protocol lines only.</summary>
         public async Task StopAndAssertCleanExitAsync()
         {
-            var client = Client.CloseStdinAndWaitAsync();
-            var server = Server.CloseStdinAndWaitAsync();
-            Assert.True(await client == 0, "client exit code\n" + Client.Describe());
-            Assert.True(await server == 0, "server exit code\n" + Server.Describe());
+            Client.CloseStdin();
+            Server.CloseStdin();
+            Assert.True(await Client.WaitForExitAsync() == 0, "client exit code\n" + Client.Stderr);
+            Assert.True(await Server.WaitForExitAsync() == 0, "server exit code\n" + Server.Stderr);
             Client.AssertOnlyProtocolLinesOnStdout();
             Server.AssertOnlyProtocolLinesOnStdout();
         }

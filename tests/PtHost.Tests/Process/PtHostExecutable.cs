@@ -1,5 +1,3 @@
-using System.Diagnostics;
-
 namespace PtHost.Tests.Process;
 
 /// <summary>
@@ -30,16 +28,8 @@ public static class PtHostExecutable
             return env;
         }
         string outDir = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "pthost-test-publish-" + Environment.ProcessId);
-        var psi = new ProcessStartInfo("dotnet", ["publish", System.IO.Path.Combine(RepoRoot, "src", "PtHost"), "-c", "Release", "-o", outDir, "--nologo", "-v", "q"])
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-        };
-        using var p = System.Diagnostics.Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(TimeSpan.FromMinutes(5))) { p.Kill(true); throw new TimeoutException("dotnet publish took over 5 minutes"); }
-        if (p.ExitCode != 0) throw new InvalidOperationException($"dotnet publish failed ({p.ExitCode}): {stdout.Result}\n{stderr.Result}");
+        // Blocking is fine here: once per test run, before any process test starts.
+        PluginBuild.DotnetAsync("publish", System.IO.Path.Combine(RepoRoot, "src", "PtHost"), outDir).GetAwaiter().GetResult();
         return System.IO.Path.Combine(outDir, "pthost");
     }
 }

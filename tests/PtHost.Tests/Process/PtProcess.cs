@@ -20,9 +20,12 @@ public sealed class PtProcess : IAsyncDisposable
     private readonly Task _stdoutPump;
     private readonly Task _stderrPump;
 
-    private PtProcess(System.Diagnostics.Process process)
+    private readonly string? _scratch;
+
+    private PtProcess(System.Diagnostics.Process process, string? scratch)
     {
         _process = process;
+        _scratch = scratch;
         _stdoutPump = Task.Run(async () =>
         {
             while (await process.StandardOutput.ReadLineAsync() is { } line)
@@ -51,11 +54,13 @@ public sealed class PtProcess : IAsyncDisposable
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
-            WorkingDirectory = workingDirectory ?? Path.GetTempPath(),
         };
+        // Each process gets a working directory of its own: "state" defaults to it.
+        string? scratch = workingDirectory is null ? Directory.CreateTempSubdirectory("pthost-proc-").FullName : null;
+        psi.WorkingDirectory = workingDirectory ?? scratch!;
         foreach (var a in args) psi.ArgumentList.Add(a);
         if (env is not null) foreach (var (k, v) in env) psi.Environment[k] = v;
-        return new PtProcess(System.Diagnostics.Process.Start(psi)!);
+        return new PtProcess(System.Diagnostics.Process.Start(psi)!, scratch);
     }
 
     public IReadOnlyList<string> StdoutLines { get { lock (_stdout) return [.. _stdout]; } }
@@ -135,5 +140,10 @@ public sealed class PtProcess : IAsyncDisposable
             await _process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(10)).ContinueWith(_ => { });
         }
         _process.Dispose();
+        if (_scratch is not null)
+        {
+            try { Directory.Delete(_scratch, recursive: true); }
+            catch (IOException) { }
+        }
     }
 }

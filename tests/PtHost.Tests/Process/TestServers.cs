@@ -4,9 +4,10 @@ using System.Text;
 
 namespace PtHost.Tests.Process;
 
-/// <summary>Loopback TCP servers the process tests reach through pthost.</summary>
+/// <summary>A loopback TCP echo server that also records what each connection sent (up to 4 MiB).</summary>
 public sealed class EchoServer : IAsyncDisposable
 {
+    private const int RecordLimit = 4 << 20;
     private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
     private readonly CancellationTokenSource _cts = new();
     private readonly Task _loop;
@@ -19,6 +20,9 @@ public sealed class EchoServer : IAsyncDisposable
 
     public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
     public int Accepted;
+
+    /// <summary>What each finished connection sent, in order of completion.</summary>
+    public System.Collections.Concurrent.ConcurrentQueue<byte[]> Received { get; } = new();
 
     private async Task LoopAsync()
     {
@@ -33,12 +37,20 @@ public sealed class EchoServer : IAsyncDisposable
                 using (c)
                 {
                     var s = c.GetStream();
+                    var seen = new MemoryStream();
+                    var buffer = new byte[64 * 1024];
                     try
                     {
-                        await s.CopyToAsync(s, _cts.Token);
+                        int n;
+                        while ((n = await s.ReadAsync(buffer, _cts.Token)) > 0)
+                        {
+                            if (seen.Length < RecordLimit) seen.Write(buffer, 0, (int)Math.Min(n, RecordLimit - seen.Length));
+                            await s.WriteAsync(buffer.AsMemory(0, n), _cts.Token);
+                        }
                         c.Client.Shutdown(SocketShutdown.Send);
                     }
                     catch (Exception) { }
+                    finally { Received.Enqueue(seen.ToArray()); }
                 }
             });
         }
