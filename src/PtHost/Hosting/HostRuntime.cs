@@ -62,7 +62,6 @@ public sealed class HostRuntime : IHostedService
                 continue;
             }
             var counters = new TransportCounters();
-            _counters[name] = counters;
             try
             {
                 string state = Path.Combine(_config.StateDirectory, name);
@@ -70,6 +69,7 @@ public sealed class HostRuntime : IHostedService
                 var context = new TransportEnvironment(name, _config.Options.GetValueOrDefault(name), state, _signals.For(name), dialer, _loggers, counters);
                 if (_config.Role == Role.Client) await StartClientAsync(name, transport, context).ConfigureAwait(false);
                 else await StartServerAsync(name, transport, context, dialer, cancellationToken).ConfigureAwait(false);
+                _counters[name] = counters; // STATUS lines report transports that started
                 started++;
             }
             catch (Exception e) when (e is TransportOptionsException or System.Net.Sockets.SocketException or IOException or UnauthorizedAccessException)
