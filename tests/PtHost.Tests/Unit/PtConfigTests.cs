@@ -1,0 +1,420 @@
+using System.Net;
+using Microsoft.Extensions.Logging;
+using Newtonsoft.Json.Linq;
+using PtHost.Configuration;
+
+namespace PtHost.Tests.Unit;
+
+public class PtConfigTests
+{
+    /// <summary>Parses JSON written with single quotes for readability.</summary>
+    private static PtConfig Parse(string json) => PtConfig.Parse(json.Replace('\'', '"'));
+
+    private static ConfigException Refused(string json) => Assert.Throws<ConfigException>(() => Parse(json));
+
+    private const string Client = "'role':'client','transports':['plain']";
+    private const string BoundServer = "'role':'server','transports':['plain'],'target':'127.0.0.1:9000'";
+    private const string FreeServer = "'role':'server','transports':['plain'],'allow':['10.0.0.0/8']";
+
+    [Fact]
+    public void Minimal_client_gets_the_defaults()
+    {
+        var c = Parse("{" + Client + "}");
+        Assert.Equal(Role.Client, c.Role);
+        Assert.Equal("2", c.PtVersion);
+        Assert.Equal(["plain"], c.Transports);
+        Assert.Equal(new IPEndPoint(IPAddress.Loopback, 0), Assert.Single(c.ProxyListenAddresses, kv => kv.Key == "plain").Value);
+        Assert.Empty(c.BindAddresses);
+        Assert.Null(c.Target);
+        Assert.Null(c.Allow);
+        Assert.Empty(c.Options);
+        Assert.Null(c.PluginDirectory);
+        Assert.Equal(Path.GetFullPath(Directory.GetCurrentDirectory()), c.StateDirectory);
+        Assert.False(c.ExitOnStdinClose);
+        Assert.Equal(LogLevel.Information, c.LogLevel);
+    }
+
+    [Fact]
+    public void Minimal_bound_server_gets_the_defaults()
+    {
+        var c = Parse("{" + BoundServer + "}");
+        Assert.Equal(Role.Server, c.Role);
+        Assert.Equal("127.0.0.1:9000", c.Target!.ToString());
+        Assert.Null(c.Allow);
+        Assert.Empty(c.ProxyListenAddresses);
+        Assert.Equal(new IPEndPoint(IPAddress.Loopback, 0), c.BindAddresses["plain"]);
+    }
+
+    [Fact]
+    public void Free_server_with_allow_list_is_accepted()
+    {
+        var c = Parse("{" + FreeServer + "}");
+        Assert.Null(c.Target);
+        Assert.Equal(1, c.Allow!.Count);
+        Assert.True(c.Allow.Allows(IPAddress.Parse("10.1.1.1"), 80));
+    }
+
+    [Fact]
+    public void Free_server_with_empty_allow_list_is_accepted_and_allows_nothing()
+    {
+        var c = Parse("{'role':'server','transports':['plain'],'allow':[]}");
+        Assert.Equal(0, c.Allow!.Count);
+        Assert.False(c.Allow.Allows(IPAddress.Loopback, 80));
+    }
+
+    [Fact]
+    public void Free_server_without_allow_is_refused_naming_allow()
+    {
+        var e = Refused("{'role':'server','transports':['plain']}");
+        Assert.Equal("allow", e.Key);
+        Assert.Contains("free server", e.Message);
+    }
+
+    [Fact]
+    public void Bound_server_with_allow_is_refused_naming_allow()
+    {
+        var e = Refused("{" + BoundServer + ",'allow':['10.0.0.0/8']}");
+        Assert.Equal("allow", e.Key);
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("not json")]
+    [InlineData("{")]
+    [InlineData("[]")]
+    [InlineData("'client'")]
+    [InlineData("null")]
+    [InlineData("{'role':'client','transports':['plain']} {}")]
+    [InlineData("{'role':'client','transports':['plain']} x")]
+    public void Document_that_is_not_one_JSON_object_is_refused(string json) =>
+        Assert.Equal("(document)", Refused(json).Key);
+
+    [Theory]
+    [InlineData("bogus")]
+    [InlineData("Role")]
+    [InlineData("proxy-listen-addr")]
+    [InlineData("")]
+    public void Unknown_key_is_refused_naming_the_key(string key)
+    {
+        var e = Refused("{" + Client + ",'" + key + "':1}");
+        Assert.Equal(key, e.Key);
+        Assert.Contains("unknown key", e.Message);
+        Assert.Contains("ptversion", e.Message);
+    }
+
+    [Fact]
+    public void Unknown_key_is_reported_before_other_problems()
+    {
+        Assert.Equal("zzz", Refused("{'zzz':1}").Key);
+    }
+
+    [Fact]
+    public void ConfigException_message_names_the_key()
+    {
+        var e = new ConfigException("state", "broken");
+        Assert.Equal("state", e.Key);
+        Assert.Equal("config key 'state': broken", e.Message);
+    }
+
+    [Theory]
+    [InlineData("{'transports':['plain']}")]
+    [InlineData("{'role':'Client','transports':['plain']}")]
+    [InlineData("{'role':'both','transports':['plain']}")]
+    [InlineData("{'role':1,'transports':['plain']}")]
+    [InlineData("{'role':null,'transports':['plain']}")]
+    public void Role_must_be_client_or_server(string json) => Assert.Equal("role", Refused(json).Key);
+
+    [Theory]
+    [InlineData("{'role':'client'}")]
+    [InlineData("{'role':'client','transports':'plain'}")]
+    [InlineData("{'role':'client','transports':[]}")]
+    [InlineData("{'role':'client','transports':[1]}")]
+    [InlineData("{'role':'client','transports':[null]}")]
+    [InlineData("{'role':'client','transports':['']}")]
+    [InlineData("{'role':'client','transports':['a-b']}")]
+    [InlineData("{'role':'client','transports':['a b']}")]
+    [InlineData("{'role':'client','transports':['obfs4','plain','obfs4']}")]
+    [InlineData("{'role':'client','transports':['pläin']}")]
+    public void Transports_must_be_a_non_empty_list_of_distinct_names(string json) =>
+        Assert.Equal("transports", Refused(json).Key);
+
+    [Fact]
+    public void Transport_names_are_1_to_64_ASCII_letters_digits_or_underscores()
+    {
+        Assert.True(PtConfig.IsTransportName("obfs4"));
+        Assert.True(PtConfig.IsTransportName("Web_Tunnel_2"));
+        Assert.True(PtConfig.IsTransportName(new string('a', 64)));
+        Assert.False(PtConfig.IsTransportName(new string('a', 65)));
+        Assert.False(PtConfig.IsTransportName(""));
+        Assert.False(PtConfig.IsTransportName("a.b"));
+        Assert.False(PtConfig.IsTransportName("ａ")); // full-width letter
+        Assert.Equal(2, Parse("{'role':'client','transports':['" + new string('a', 64) + "','b']}").Transports.Count);
+        Assert.Equal("transports", Refused("{'role':'client','transports':['" + new string('a', 65) + "']}").Key);
+    }
+
+    [Fact]
+    public void Transports_keep_their_order()
+    {
+        var c = Parse("{'role':'client','transports':['zeta','alpha','mid']}");
+        Assert.Equal(["zeta", "alpha", "mid"], c.Transports);
+    }
+
+    [Fact]
+    public void Options_are_kept_per_transport()
+    {
+        var c = Parse("{'role':'client','transports':['a','b'],'options':{'a':{'k':1},'b':'text'}}");
+        Assert.Equal(1, (int)c.Options["a"]["k"]!);
+        Assert.Equal("text", (string)c.Options["b"]!);
+        Assert.Equal(2, c.Options.Count);
+    }
+
+    [Theory]
+    [InlineData("'options':[]")]
+    [InlineData("'options':'x'")]
+    [InlineData("'options':{'other':{}}")]
+    public void Options_must_be_an_object_of_listed_transports(string fragment) =>
+        Assert.Equal("options", Refused("{" + Client + "," + fragment + "}").Key);
+
+    [Theory]
+    [InlineData("error", LogLevel.Error)]
+    [InlineData("warning", LogLevel.Warning)]
+    [InlineData("notice", LogLevel.Information)]
+    [InlineData("info", LogLevel.Information)]
+    [InlineData("debug", LogLevel.Debug)]
+    [InlineData("trace", LogLevel.Trace)]
+    [InlineData("none", LogLevel.None)]
+    public void Loglevel_maps_to_LogLevel(string text, LogLevel level) =>
+        Assert.Equal(level, Parse("{" + Client + ",'loglevel':'" + text + "'}").LogLevel);
+
+    [Theory]
+    [InlineData("'loglevel':'warn'")]
+    [InlineData("'loglevel':'INFO'")]
+    [InlineData("'loglevel':''")]
+    [InlineData("'loglevel':2")]
+    public void Loglevel_other_than_the_listed_names_is_refused(string fragment) =>
+        Assert.Equal("loglevel", Refused("{" + Client + "," + fragment + "}").Key);
+
+    [Theory]
+    [InlineData("true", true)]
+    [InlineData("false", false)]
+    public void Exit_on_stdin_close_is_a_boolean(string value, bool expected) =>
+        Assert.Equal(expected, Parse("{" + Client + ",'exit-on-stdin-close':" + value + "}").ExitOnStdinClose);
+
+    [Theory]
+    [InlineData("'true'")]
+    [InlineData("1")]
+    [InlineData("null")]
+    public void Exit_on_stdin_close_other_than_a_boolean_is_refused(string value) =>
+        Assert.Equal("exit-on-stdin-close", Refused("{" + Client + ",'exit-on-stdin-close':" + value + "}").Key);
+
+    [Theory]
+    [InlineData("'2'", "2")]
+    [InlineData("'2.1'", "2.1")]
+    [InlineData("'3'", "3")] // support is checked by the launcher (IsSupportedVersion), not by the parser
+    public void Ptversion_is_a_string(string value, string expected) =>
+        Assert.Equal(expected, Parse("{" + Client + ",'ptversion':" + value + "}").PtVersion);
+
+    [Theory]
+    [InlineData("2")]
+    [InlineData("2.0")]
+    [InlineData("null")]
+    public void Ptversion_other_than_a_string_is_refused(string value) =>
+        Assert.Equal("ptversion", Refused("{" + Client + ",'ptversion':" + value + "}").Key);
+
+    [Theory]
+    [InlineData("2", true)]
+    [InlineData("2.0", true)]
+    [InlineData("2.1", true)]
+    [InlineData("1", false)]
+    [InlineData("3.0", false)]
+    [InlineData("2.2", false)]
+    [InlineData("", false)]
+    public void Supported_versions_are_2_and_2_0_and_2_1(string v, bool supported) =>
+        Assert.Equal(supported, PtConfig.IsSupportedVersion(v));
+
+    [Fact]
+    public void State_is_made_absolute()
+    {
+        var c = Parse("{" + Client + ",'state':'some/relative/dir'}");
+        Assert.Equal(Path.GetFullPath("some/relative/dir"), c.StateDirectory);
+        Assert.True(Path.IsPathRooted(c.StateDirectory));
+    }
+
+    [Fact]
+    public void State_other_than_a_string_is_refused() =>
+        Assert.Equal("state", Refused("{" + Client + ",'state':{}}").Key);
+
+    [Fact]
+    public void Plugindir_must_be_an_existing_directory()
+    {
+        string dir = Directory.CreateTempSubdirectory("pthost-unit-").FullName;
+        try
+        {
+            Assert.Equal(dir, PtConfig.FromObject(JObject.Parse("{\"role\":\"client\",\"transports\":[\"plain\"]}").Also(o => o["plugindir"] = dir)).PluginDirectory);
+            string missing = Path.Combine(dir, "missing");
+            var e = Assert.Throws<ConfigException>(() => PtConfig.FromObject(JObject.Parse("{\"role\":\"client\",\"transports\":[\"plain\"]}").Also(o => o["plugindir"] = missing)));
+            Assert.Equal("plugindir", e.Key);
+            Assert.Contains(missing, e.Message);
+            Assert.Equal("plugindir", Refused("{" + Client + ",'plugindir':5}").Key);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Theory]
+    [InlineData("'bindaddr':{'plain':'127.0.0.1:1'}", "bindaddr")]
+    [InlineData("'target':'127.0.0.1:1'", "target")]
+    [InlineData("'allow':['10.0.0.0/8']", "allow")]
+    [InlineData("'allow':[]", "allow")]
+    [InlineData("'target':null", "target")]
+    public void Server_only_keys_are_refused_for_a_client(string fragment, string key)
+    {
+        var e = Refused("{" + Client + "," + fragment + "}");
+        Assert.Equal(key, e.Key);
+        Assert.Contains("role \"server\" only", e.Message);
+    }
+
+    [Theory]
+    [InlineData("'proxylistenaddr':'127.0.0.1:0'")]
+    [InlineData("'proxylistenaddr':{'plain':'127.0.0.1:1080'}")]
+    public void Client_only_keys_are_refused_for_a_server(string fragment)
+    {
+        var e = Refused("{" + BoundServer + "," + fragment + "}");
+        Assert.Equal("proxylistenaddr", e.Key);
+        Assert.Contains("role \"client\" only", e.Message);
+    }
+
+    [Fact]
+    public void Proxylistenaddr_string_is_shared_by_all_transports_when_the_port_is_0()
+    {
+        var c = Parse("{'role':'client','transports':['a','b'],'proxylistenaddr':'0.0.0.0:0'}");
+        Assert.Equal(new IPEndPoint(IPAddress.Any, 0), c.ProxyListenAddresses["a"]);
+        Assert.Equal(new IPEndPoint(IPAddress.Any, 0), c.ProxyListenAddresses["b"]);
+    }
+
+    [Fact]
+    public void Proxylistenaddr_string_with_fixed_port_serves_one_transport()
+    {
+        var c = Parse("{" + Client + ",'proxylistenaddr':'[::1]:1080'}");
+        Assert.Equal(new IPEndPoint(IPAddress.IPv6Loopback, 1080), c.ProxyListenAddresses["plain"]);
+    }
+
+    [Fact]
+    public void Proxylistenaddr_string_with_fixed_port_and_two_transports_is_refused()
+    {
+        var e = Refused("{'role':'client','transports':['a','b'],'proxylistenaddr':'127.0.0.1:1080'}");
+        Assert.Equal("proxylistenaddr", e.Key);
+        Assert.Contains("one transport", e.Message);
+    }
+
+    [Fact]
+    public void Proxylistenaddr_object_gives_each_transport_its_address_and_defaults_the_rest()
+    {
+        var c = Parse("{'role':'client','transports':['a','b','c'],'proxylistenaddr':{'a':'127.0.0.1:1080','b':'[::1]:1081'}}");
+        Assert.Equal(new IPEndPoint(IPAddress.Loopback, 1080), c.ProxyListenAddresses["a"]);
+        Assert.Equal(new IPEndPoint(IPAddress.IPv6Loopback, 1081), c.ProxyListenAddresses["b"]);
+        Assert.Equal(new IPEndPoint(IPAddress.Loopback, 0), c.ProxyListenAddresses["c"]);
+        Assert.Equal(3, c.ProxyListenAddresses.Count);
+    }
+
+    [Theory]
+    [InlineData("'proxylistenaddr':{'other':'127.0.0.1:1'}")]
+    [InlineData("'proxylistenaddr':{'plain':1080}")]
+    [InlineData("'proxylistenaddr':{'plain':'localhost:1080'}")]
+    [InlineData("'proxylistenaddr':1080")]
+    [InlineData("'proxylistenaddr':['127.0.0.1:1']")]
+    [InlineData("'proxylistenaddr':null")]
+    [InlineData("'proxylistenaddr':'localhost:1080'")]
+    [InlineData("'proxylistenaddr':'127.0.0.1'")]
+    [InlineData("'proxylistenaddr':'::1:1080'")]
+    [InlineData("'proxylistenaddr':'127.0.0.1:65536'")]
+    public void Proxylistenaddr_must_be_ip_port_or_object_of_listed_transports(string fragment) =>
+        Assert.Equal("proxylistenaddr", Refused("{" + Client + "," + fragment + "}").Key);
+
+    [Fact]
+    public void Bindaddr_object_gives_each_transport_its_address_and_defaults_the_rest()
+    {
+        var c = Parse("{'role':'server','transports':['a','b'],'target':'example.org:443','bindaddr':{'a':'0.0.0.0:443'}}");
+        Assert.Equal(new IPEndPoint(IPAddress.Any, 443), c.BindAddresses["a"]);
+        Assert.Equal(new IPEndPoint(IPAddress.Loopback, 0), c.BindAddresses["b"]);
+    }
+
+    [Theory]
+    [InlineData("'bindaddr':'0.0.0.0:443'")]
+    [InlineData("'bindaddr':{'other':'0.0.0.0:443'}")]
+    [InlineData("'bindaddr':{'plain':443}")]
+    [InlineData("'bindaddr':{'plain':'example.org:443'}")]
+    [InlineData("'bindaddr':{'plain':'0.0.0.0'}")]
+    public void Bindaddr_must_be_an_object_of_listed_transports_to_ip_port(string fragment) =>
+        Assert.Equal("bindaddr", Refused("{" + BoundServer + "," + fragment + "}").Key);
+
+    [Theory]
+    [InlineData("example.org:443")]
+    [InlineData("[2001:db8::1]:443")]
+    [InlineData("192.0.2.1:1")]
+    public void Target_is_host_port(string target) =>
+        Assert.Equal(target, Parse("{'role':'server','transports':['plain'],'target':'" + target + "'}").Target!.ToString());
+
+    [Theory]
+    [InlineData("'example.org:0'")]
+    [InlineData("'example.org'")]
+    [InlineData("'[::1]'")]
+    [InlineData("''")]
+    [InlineData("443")]
+    [InlineData("null")]
+    public void Target_without_a_non_zero_port_is_refused(string value) =>
+        Assert.Equal("target", Refused("{'role':'server','transports':['plain'],'target':" + value + "}").Key);
+
+    [Theory]
+    [InlineData("'allow':'10.0.0.0/8'")]
+    [InlineData("'allow':[8]")]
+    [InlineData("'allow':[null]")]
+    [InlineData("'allow':['example.org']")]
+    [InlineData("'allow':['10.0.0.0/8','10.0.0.0/33']")]
+    public void Allow_must_be_an_array_of_ip_or_cidr_strings(string fragment) =>
+        Assert.Equal("allow", Refused("{'role':'server','transports':['plain']," + fragment + "}").Key);
+
+    [Fact]
+    public void Allow_error_carries_the_entry()
+    {
+        var e = Refused("{'role':'server','transports':['plain'],'allow':['300.1.1.1']}");
+        Assert.Contains("300.1.1.1", e.Message);
+    }
+
+    [Theory]
+    [InlineData("127.0.0.1:0", "127.0.0.1", 0)]
+    [InlineData("[::]:9", "::", 9)]
+    public void ParseEndPoint_reads_ip_port(string text, string ip, int port) =>
+        Assert.Equal(new IPEndPoint(IPAddress.Parse(ip), port), PtConfig.ParseEndPoint("k", text));
+
+    [Theory]
+    [InlineData("example.org:1")]
+    [InlineData("127.0.0.1")]
+    [InlineData("")]
+    public void ParseEndPoint_refuses_anything_but_ip_port_naming_the_key(string text) =>
+        Assert.Equal("some-key", Assert.Throws<ConfigException>(() => PtConfig.ParseEndPoint("some-key", text)).Key);
+
+    [Fact]
+    public void Every_documented_key_is_accepted_somewhere()
+    {
+        string dir = Directory.CreateTempSubdirectory("pthost-unit-").FullName;
+        try
+        {
+            var client = JObject.Parse("{\"ptversion\":\"2\",\"role\":\"client\",\"transports\":[\"plain\"],\"proxylistenaddr\":\"127.0.0.1:0\",\"options\":{\"plain\":{}},\"state\":\"s\",\"exit-on-stdin-close\":true,\"loglevel\":\"debug\"}");
+            client["plugindir"] = dir;
+            PtConfig.FromObject(client);
+            PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"bindaddr\":{},\"target\":\"a.example:1\"}"));
+            PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"allow\":[]}"));
+            Assert.Equal(12, PtConfig.Keys.Length);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+}
+
+internal static class JObjectExtensions
+{
+    public static JObject Also(this JObject o, Action<JObject> change)
+    {
+        change(o);
+        return o;
+    }
+}
