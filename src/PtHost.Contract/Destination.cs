@@ -14,9 +14,36 @@ public sealed record Destination
         ArgumentException.ThrowIfNullOrEmpty(host);
         ArgumentOutOfRangeException.ThrowIfNegative(port);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(port, 65535);
+        Address = ParseLiteral(host);
+        if (Address is null && !IsValidHostName(host))
+            throw new ArgumentException($"\"{host}\" is neither an IP literal nor a host name", nameof(host));
         Host = host;
         Port = port;
-        Address = IPAddress.TryParse(host, out var ip) && host.Contains(ip.AddressFamily == AddressFamily.InterNetworkV6 ? ':' : '.') ? ip : null;
+    }
+
+    /// <summary>An IPv6 literal, or an IPv4 literal in strict dotted-quad form; null otherwise.</summary>
+    public static IPAddress? ParseLiteral(string host)
+    {
+        if (host.Contains(':'))
+            return IPAddress.TryParse(host, out var v6) && v6.AddressFamily == AddressFamily.InterNetworkV6 ? v6 : null;
+        return IsStrictIPv4(host) ? IPAddress.Parse(host) : null;
+    }
+
+    /// <summary>
+    /// Four decimal octets 0–255 without leading zeros. The shorthand and octal/hex forms that
+    /// inet_aton accepts ("127.1", "010.0.0.1", "0x7f.0.0.1") are not addresses here.
+    /// </summary>
+    public static bool IsStrictIPv4(ReadOnlySpan<char> text)
+    {
+        int parts = 0;
+        foreach (var range in text.Split('.'))
+        {
+            var part = text[range];
+            if (++parts > 4 || part.Length is 0 or > 3 || (part.Length > 1 && part[0] == '0')) return false;
+            foreach (char c in part) if (!char.IsAsciiDigit(c)) return false;
+            if (int.Parse(part, NumberStyles.None, CultureInfo.InvariantCulture) > 255) return false;
+        }
+        return parts == 4;
     }
 
     /// <summary>Creates a destination from an IP endpoint.</summary>
@@ -60,7 +87,7 @@ public sealed record Destination
             if (colon <= 0 || text.IndexOf(':') != colon) return false;
             host = text[..colon];
             portText = text[(colon + 1)..];
-            if (!IsValidHostName(host)) return false;
+            if (!IsStrictIPv4(host) && !IsValidHostName(host)) return false;
         }
         if (portText.Length is 0 or > 5 || !portText.All(char.IsAsciiDigit)) return false;
         int port = int.Parse(portText, NumberStyles.None, CultureInfo.InvariantCulture);
@@ -73,12 +100,19 @@ public sealed record Destination
     public static Destination Parse(string text) =>
         TryParse(text, out var d) ? d : throw new FormatException($"'{text}' is not host:port");
 
-    /// <summary>A domain name (1–255 bytes, printable ASCII without spaces, colons or brackets) or an IPv4 literal.</summary>
+    /// <summary>
+    /// A domain name: 1–255 characters of printable ASCII without spaces, colons, brackets, slashes
+    /// or '@'. A name whose last label is numeric ("127.1", "10.0.0.010", "0x7f.1") is an address in
+    /// disguise (resolvers parse it as one): it is valid only as a strict dotted quad.
+    /// </summary>
     public static bool IsValidHostName(string host)
     {
         if (host.Length is 0 or > 255) return false;
         foreach (char c in host)
             if (c <= ' ' || c >= 0x7f || c is ':' or '[' or ']' or '/' or '\\' or '@') return false;
-        return true;
+        string last = host.TrimEnd('.');
+        last = last[(last.LastIndexOf('.') + 1)..];
+        bool numeric = last.Length > 0 && (last.All(char.IsAsciiDigit) || last.StartsWith("0x", StringComparison.OrdinalIgnoreCase));
+        return !numeric || IsStrictIPv4(host);
     }
 }

@@ -57,8 +57,8 @@ public sealed class AllowList
                 throw new FormatException($"\"{text}\": bad prefix length");
             addressPart = addressPart[..slash];
         }
-        if (!IPAddress.TryParse(addressPart, out var ip) || (ip.AddressFamily == AddressFamily.InterNetwork && !addressPart.Contains('.')))
-            throw new FormatException($"\"{text}\" is not ip-or-cidr[:port]");
+        var ip = PtHost.Contract.Destination.ParseLiteral(addressPart)
+            ?? throw new FormatException($"\"{text}\" is not ip-or-cidr[:port] (IPv4 as a strict dotted quad)");
         if (ip.IsIPv4MappedToIPv6) ip = ip.MapToIPv4();
         int bits = ip.AddressFamily == AddressFamily.InterNetwork ? 32 : 128;
         if (prefix < 0) prefix = bits;

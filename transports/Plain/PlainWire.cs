@@ -19,6 +19,8 @@ public static class PlainWire
     public static byte[] BuildRequest(Destination? destination)
     {
         byte[] dest = destination is null ? [] : Encoding.UTF8.GetBytes(destination.ToString());
+        if (dest.Length > MaxDestinationLength)
+            throw new ArgumentException($"destination is {dest.Length} bytes; plain carries at most {MaxDestinationLength}", nameof(destination));
         var result = new byte[HeaderLength + dest.Length];
         Magic.CopyTo(result);
         BinaryPrimitives.WriteUInt16BigEndian(result.AsSpan(4), (ushort)dest.Length);

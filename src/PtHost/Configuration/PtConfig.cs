@@ -43,17 +43,8 @@ public sealed class PtConfig
     public static PtConfig Parse(string json)
     {
         JObject root;
-        try
-        {
-            using var reader = new JsonTextReader(new StringReader(json)) { DateParseHandling = DateParseHandling.None, MaxDepth = 64 };
-            var token = JToken.ReadFrom(reader);
-            if (reader.Read()) throw new ConfigException("(document)", "text follows the JSON object");
-            root = token as JObject ?? throw new ConfigException("(document)", "must be a JSON object");
-        }
-        catch (JsonException e)
-        {
-            throw new ConfigException("(document)", "not valid JSON: " + e.Message);
-        }
+        try { root = StrictJson.Parse(json) as JObject ?? throw new ConfigException("(document)", "must be a JSON object"); }
+        catch (FormatException e) { throw new ConfigException("(document)", "not valid JSON (RFC 8259): " + e.Message); }
         return FromObject(root);
     }
 
@@ -101,7 +92,7 @@ public sealed class PtConfig
             Transports = transports,
             Options = options,
             PluginDirectory = OptionalString(root, "plugindir"),
-            StateDirectory = Path.GetFullPath(OptionalString(root, "state") ?? Directory.GetCurrentDirectory()),
+            StateDirectory = ParseState(OptionalString(root, "state")),
             ExitOnStdinClose = OptionalBool(root, "exit-on-stdin-close") ?? false,
             LogLevel = ParseLogLevel(OptionalString(root, "loglevel")),
             ProxyListenAddresses = role == Role.Client ? ParseProxyListen(root, transports) : RejectFor(root, "proxylistenaddr", "client", new Dictionary<string, IPEndPoint>()),
@@ -116,6 +107,17 @@ public sealed class PtConfig
         if (config.PluginDirectory is not null && !Directory.Exists(config.PluginDirectory))
             throw new ConfigException("plugindir", $"\"{config.PluginDirectory}\" is not a directory");
         return config;
+    }
+
+    private static string ParseState(string? text)
+    {
+        if (text is null) return Directory.GetCurrentDirectory();
+        if (text.Length == 0 || text.Contains('\0')) throw new ConfigException("state", "must be a directory path");
+        try { return Path.GetFullPath(text); }
+        catch (Exception e) when (e is ArgumentException or NotSupportedException or PathTooLongException)
+        {
+            throw new ConfigException("state", $"\"{text}\" is not a usable path: {e.Message}");
+        }
     }
 
     public static bool IsTransportName(string s) => s.Length is > 0 and <= 64 && s.All(c => char.IsAsciiLetterOrDigit(c) || c == '_');

@@ -61,25 +61,21 @@ public sealed class SignalRouter
         if (ch is null) return Drop($"no transport \"{transport}\" in this process");
         if (payload.Length > MaxPayloadBytes) return Drop("payload longer than " + MaxPayloadBytes);
         JObject env;
-        try
-        {
-            using var reader = new JsonTextReader(new StringReader(payload)) { MaxDepth = 32, DateParseHandling = DateParseHandling.None };
-            env = JToken.ReadFrom(reader) as JObject ?? throw new JsonReaderException("not an object");
-        }
-        catch (JsonException e) { return Drop("payload is not a JSON object: " + e.Message); }
+        try { env = StrictJson.ParseObject(payload); }
+        catch (FormatException e) { return Drop("payload is not a JSON object: " + e.Message); }
 
-        if (env["v"]?.Type != JTokenType.Integer || (long)env["v"]! != 1) return Drop("\"v\" must be 1");
-        if (env["mid"]?.Type != JTokenType.Integer || (long)env["mid"]! <= 0) return Drop("\"mid\" must be a positive integer");
-        if (env["kind"]?.Type != JTokenType.String) return Drop("\"kind\" must be a string");
-        long mid = (long)env["mid"]!;
-        long re = env["re"]?.Type == JTokenType.Integer ? (long)env["re"]! : 0;
+        if (!StrictJson.TryGetInt64(env["v"], out long v) || v != 1) return Drop("\"v\" must be 1");
+        if (!StrictJson.TryGetInt64(env["mid"], out long mid) || mid <= 0) return Drop("\"mid\" must be a positive 64-bit integer");
+        if (env["kind"] is not { Type: JTokenType.String } kindToken || !IsKind((string)kindToken!)) return Drop("\"kind\" must be a string of [a-z0-9.-], 1 to 64 characters");
+        long re = 0;
+        if (env["re"] is { } reToken && (!StrictJson.TryGetInt64(reToken, out re) || re < 0)) return Drop("\"re\" must be a non-negative 64-bit integer");
         string? cid = env["cid"]?.Type == JTokenType.String ? (string)env["cid"]! : null;
         string? sid = env["sid"]?.Type == JTokenType.String ? (string)env["sid"]! : null;
         DateTimeOffset? expires = null;
         if (env["exp"] is { } exp)
         {
-            if (exp.Type != JTokenType.Integer) return Drop("\"exp\" must be an integer (UNIX seconds)");
-            expires = DateTimeOffset.FromUnixTimeSeconds(Math.Clamp((long)exp, 0, 253402300799));
+            if (!StrictJson.TryGetInt64(exp, out long expSeconds)) return Drop("\"exp\" must be an integer (UNIX seconds)");
+            expires = DateTimeOffset.FromUnixTimeSeconds(Math.Clamp(expSeconds, 0, 253402300799));
             if (_time.GetUtcNow() > expires) return Drop($"expired at {expires:O}");
         }
         string sender;
@@ -112,8 +108,13 @@ public sealed class SignalRouter
         }
     }
 
+    /// <summary>A signal kind: 1–64 characters of [a-z0-9.-].</summary>
+    public static bool IsKind(string kind) =>
+        kind.Length is > 0 and <= 64 && kind.All(c => char.IsAsciiLetterLower(c) || char.IsAsciiDigit(c) || c is '.' or '-');
+
     private long Send(string transport, Signal s)
     {
+        if (!IsKind(s.Kind)) throw new ArgumentException($"signal kind \"{s.Kind}\" is not [a-z0-9.-]{{1,64}}");
         long mid = Interlocked.Increment(ref _nextMessageId);
         var env = new JObject { ["v"] = 1, ["mid"] = mid };
         if (Role == Role.Client) env["cid"] = InstanceId;

@@ -56,7 +56,8 @@ public sealed class StdinReader
             }
             Append(chunk.AsSpan(start, n - start));
         }
-        if (length > 0 && !discarding) HandleLine(buffer.AsSpan(0, length));
+        if (discarding) _log.LogWarning("stdin line longer than {Max} bytes discarded", MaxLineBytes);
+        else if (length > 0) HandleLine(buffer.AsSpan(0, length));
 
         void Append(ReadOnlySpan<byte> bytes)
         {
@@ -77,7 +78,12 @@ public sealed class StdinReader
         var parts = line.Split(' ', 3);
         if (parts.Length == 3 && parts[0] == _router.IncomingKeyword)
         {
-            _router.Deliver(parts[1], parts[2]);
+            try { _router.Deliver(parts[1], parts[2]); }
+            catch (Exception e)
+            {
+                // A line from the parent must never stop the reader: log and go on with the next line.
+                _log.LogError(e, "stdin line could not be handled");
+            }
             return;
         }
         _log.LogWarning("stdin line ignored (expected \"{Keyword} <transport> <payload>\"): {Line}",

@@ -2,7 +2,6 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.Net;
 using System.Text;
-using Newtonsoft.Json;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 
@@ -127,17 +126,14 @@ public static class Socks5Parser
         catch (DecoderFallbackException) { error = new(Socks5.ReplySettingsBadJson, "settings block is not UTF-8"); return ParseStatus.Invalid; }
         try
         {
-            using var json = new JsonTextReader(new StringReader(text)) { MaxDepth = 32, DateParseHandling = DateParseHandling.None };
-            var token = JToken.ReadFrom(json);
-            while (json.Read())
-                if (json.TokenType != JsonToken.Comment) throw new JsonReaderException("text after the JSON value");
+            var token = StrictJson.Parse(text);
             settings = token as JObject;
             if (settings is null) { error = new(Socks5.ReplySettingsBadJson, $"settings block is a JSON {token.Type}, not an object"); return ParseStatus.Invalid; }
             return ParseStatus.Done;
         }
-        catch (JsonException e)
+        catch (FormatException e)
         {
-            error = new(Socks5.ReplySettingsBadJson, "settings block is not JSON: " + e.Message);
+            error = new(Socks5.ReplySettingsBadJson, "settings block is not JSON (RFC 8259): " + e.Message);
             return ParseStatus.Invalid;
         }
     }

