@@ -179,6 +179,7 @@ public static class Socks5Parser
         destination = null;
         error = default;
         var reader = new SequenceReader<byte>(buffer);
+        if (reader.TryPeek(out byte first) && first != Socks5.Version) { error = new(0x01, $"request version {first}, expected 5"); return ParseStatus.Invalid; }
         if (reader.Remaining < 4) return ParseStatus.Incomplete;
         reader.TryRead(out byte ver);
         reader.TryRead(out byte cmd);
