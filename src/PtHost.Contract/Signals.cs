@@ -7,7 +7,8 @@ namespace PtHost.Contract;
 /// Out-of-band messages between the client and server processes of one transport, carried by the
 /// application as CMESSAGE/SMESSAGE lines (spec/ipc.md §6). Delivery is unreliable: messages may
 /// be lost, late, duplicated or copied by hand. The host stamps ids, drops duplicates and expired
-/// messages; a transport that needs an answer retries with the same <see cref="Signal.MessageId"/>.
+/// messages. A transport that needs an answer sends again (each send gets a new
+/// <see cref="Signal.MessageId"/>) and accepts a reply to any of the ids it sent.
 /// </summary>
 public interface ISignalChannel
 {

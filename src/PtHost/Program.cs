@@ -17,7 +17,8 @@ public static class Program
     public const string Usage = """
         usage: pthost '<json configuration>'        run as a PT 2.0 client or server (spec/ipc.md)
                pthost --config FILE                 the same, configuration read from FILE
-               pthost generate-config TRANSPORT     print {"client": {...}, "server": {...}} options
+               pthost generate-config TRANSPORT [--plugindir DIR]
+                                                    print {"client": {...}, "server": {...}} options
                pthost demo                          start a server and a client on loopback and fetch through them
                pthost --version | --help
         """;
@@ -51,6 +52,7 @@ public static class Program
             try { json = await File.ReadAllTextAsync(args[1]).ConfigureAwait(false); }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
+                IpcWriter.ForStdout().EnvError($"config file {args[1]} cannot be read");
                 Console.Error.WriteLine($"pthost: cannot read {args[1]}: {e.Message}");
                 return ExitCodes.Config;
             }
@@ -151,12 +153,18 @@ public static class Program
 
     private static int GenerateConfig(string[] args)
     {
-        if (args.Length != 2) return UsageError("generate-config takes exactly one TRANSPORT");
+        if (args.Length is not (2 or 4) || (args.Length == 4 && args[2] != "--plugindir"))
+            return UsageError("usage: generate-config TRANSPORT [--plugindir DIR]");
         string name = args[1];
+        using var loggers = LoggerFactory.Create(b => ConfigureLogging(b, LogLevel.Warning));
         var registry = new TransportRegistry();
+        if (args.Length == 4)
+        {
+            if (!Directory.Exists(args[3])) return UsageError($"--plugindir \"{args[3]}\" is not a directory");
+            registry.LoadPlugins(args[3], loggers.CreateLogger("PtHost"));
+        }
         var transport = registry.Create(name);
         if (transport is null) return UsageError($"no transport named \"{name}\" (known: {string.Join(", ", registry.Names.Order())})");
-        using var loggers = LoggerFactory.Create(b => ConfigureLogging(b, LogLevel.Warning));
         string state = Path.Combine(Directory.GetCurrentDirectory(), name);
         var ipc = new IpcWriter(TextWriter.Null);
         var signals = new SignalRouter(Role.Server, ipc, loggers.CreateLogger<SignalRouter>());

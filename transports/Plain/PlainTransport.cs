@@ -356,6 +356,7 @@ internal sealed class PlainListener : IServerManager
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or EndOfStreamException or ObjectDisposedException)
         {
+            if (!opened && onward is null) _context.Counters.SessionFailed(); // preamble timeout or a peer that vanished
             _log.LogDebug("plain session {Id} ended: {Error}", id, e.Message);
         }
         finally

@@ -38,7 +38,8 @@ public sealed class PtConfig
     public Microsoft.Extensions.Logging.LogLevel LogLevel { get; private init; } = Microsoft.Extensions.Logging.LogLevel.Information;
 
     /// <summary>The versions of the IPC this host speaks; "2" is printed as <c>VERSION 2</c>.</summary>
-    public static bool IsSupportedVersion(string v) => v is "2" or "2.0" or "2.1";
+    public static bool IsSupportedVersion(string v) =>
+        v.Split(',', StringSplitOptions.TrimEntries).Any(x => x is "2" or "2.0" or "2.1");
 
     public static PtConfig Parse(string json)
     {

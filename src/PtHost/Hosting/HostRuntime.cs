@@ -72,8 +72,11 @@ public sealed class HostRuntime : IHostedService
                 _counters[name] = counters; // STATUS lines report transports that started
                 started++;
             }
-            catch (Exception e) when (e is TransportOptionsException or System.Net.Sockets.SocketException or IOException or UnauthorizedAccessException)
+            catch (Exception e) when (e is not OutOfMemoryException)
             {
+                // A transport (perhaps a plugin) failing in any way costs that transport only.
+                if (e is not (TransportOptionsException or System.Net.Sockets.SocketException or IOException or UnauthorizedAccessException))
+                    _log.LogError(e, "transport {Name} threw while starting", name);
                 ReportError(name, e.Message);
             }
         }
@@ -91,6 +94,7 @@ public sealed class HostRuntime : IHostedService
     private void ReportError(string name, string message)
     {
         _log.LogError("transport {Name} not started: {Message}", name, message);
+        _ipc.Log("error", $"transport {name} not started: {message}");
         if (_config.Role == Role.Client) _ipc.CmethodError(name, message); else _ipc.SmethodError(name, message);
     }
 
@@ -126,6 +130,7 @@ public sealed class HostRuntime : IHostedService
     public async Task StopAsync(CancellationToken cancellationToken)
     {
         _statusTimer?.Dispose();
+        _ipc.Log("notice", "shutting down: no new sessions; open sessions drain");
         // Stop accepting everywhere first, then let sessions drain until the host's shutdown timeout.
         using var drain = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         drain.CancelAfter(_hostOptions.ShutdownTimeout - TimeSpan.FromMilliseconds(250));

@@ -59,7 +59,7 @@ public sealed class SignalRouter
         TransportSignals? ch;
         lock (_channels) _channels.TryGetValue(transport, out ch);
         if (ch is null) return Drop($"no transport \"{transport}\" in this process");
-        if (payload.Length > MaxPayloadBytes) return Drop("payload longer than " + MaxPayloadBytes);
+        if (System.Text.Encoding.UTF8.GetByteCount(payload) > MaxPayloadBytes) return Drop($"payload longer than {MaxPayloadBytes} bytes");
         JObject env;
         try { env = StrictJson.ParseObject(payload); }
         catch (FormatException e) { return Drop("payload is not a JSON object: " + e.Message); }
@@ -128,7 +128,7 @@ public sealed class SignalRouter
         env["kind"] = s.Kind;
         if (s.Body is not null) env["body"] = s.Body;
         string payload = env.ToString(Formatting.None);
-        if (payload.Length > MaxPayloadBytes) throw new ArgumentException($"signal payload longer than {MaxPayloadBytes} characters");
+        if (System.Text.Encoding.UTF8.GetByteCount(payload) > MaxPayloadBytes) throw new ArgumentException($"signal payload longer than {MaxPayloadBytes} bytes");
         if (Role == Role.Client) _writer.Cmessage(transport, payload);
         else _writer.Smessage(transport, payload);
         return mid;

@@ -84,6 +84,7 @@ public sealed class Socks5Listener : IAsyncDisposable
             }
             if (ActiveSessions >= _limits.MaxSessions)
             {
+                _counters.SessionFailed();
                 _log.LogWarning("SOCKS {Transport}: {Max} sessions open, refusing one", Transport, _limits.MaxSessions);
                 client.LingerState = new LingerOption(true, 0);
                 client.Dispose();
@@ -177,6 +178,7 @@ public sealed class Socks5Listener : IAsyncDisposable
             await client.WriteAsync(reply.AsMemory(0, 2), ct).ConfigureAwait(false);
             if (method == Socks5.MethodNoneAcceptable)
             {
+                _counters.SessionFailed();
                 _log.LogInformation("SOCKS {Transport} session {Id}: no acceptable method offered", Transport, id);
                 await LingerCloseAsync(client, reader).ConfigureAwait(false);
                 return null;
@@ -188,7 +190,16 @@ public sealed class Socks5Listener : IAsyncDisposable
             if (method is Socks5.MethodJsonParameters or Socks5.MethodPtPrivate)
             {
                 JObject? json = null;
-                var status = await ReadMessageAsync(reader, (ref ReadOnlySequence<byte> b) => Socks5Parser.TryParseSettings(ref b, out json, out error), ct).ConfigureAwait(false);
+                ParseStatus status;
+                try
+                {
+                    status = await ReadMessageAsync(reader, (ref ReadOnlySequence<byte> b) => Socks5Parser.TryParseSettings(ref b, out json, out error), ct).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (handshake.IsCancellationRequested && !_sessionsAbort.IsCancellationRequested)
+                {
+                    // PT 3.0: a settings block that does not arrive in time is answered 0x11.
+                    return await RefuseAsync(client, reader, new Socks5Error(Socks5.ReplySettingsTimeout, $"settings block not complete within {_limits.HandshakeTimeout.TotalSeconds:0} s"), id).ConfigureAwait(false);
+                }
                 if (status == ParseStatus.Invalid)
                 {
                     if (error.Reply == Socks5.ReplySettingsTooLarge)
@@ -213,6 +224,7 @@ public sealed class Socks5Listener : IAsyncDisposable
                 await client.WriteAsync(reply.AsMemory(0, 2), ct).ConfigureAwait(false);
                 if (problem is not null)
                 {
+                    _counters.SessionFailed();
                     _log.LogInformation("SOCKS {Transport} session {Id}: {Problem}", Transport, id, problem);
                     await LingerCloseAsync(client, reader).ConfigureAwait(false);
                     return null;

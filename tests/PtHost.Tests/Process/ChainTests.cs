@@ -102,6 +102,16 @@ public class ChainTests
     }
 
     [Fact]
+    public async Task A_settings_block_that_never_completes_is_answered_0x11_after_the_handshake_timeout()
+    {
+        await using var chain = await PtChain.StartAsync(PtChain.FreeServer(), ep => PtChain.ClientWith(new JObject { ["serverAddress"] = ep.ToString() }));
+        await using var socks = await SocksClient.ConnectAsync(chain.SocksEndPoint);
+        await socks.SendAsync([.. SocksClient.Greeting(0x09), 0, 0, 0, 10, (byte)'{']);
+        Assert.Equal(new byte[] { 5, 9 }, await socks.ReadExactlyAsync(2));
+        Assert.Equal(0x11, await socks.ReadReplyAsync());
+    }
+
+    [Fact]
     public async Task PT1_arguments_in_RFC1929_username_and_NUL_password_reach_the_transport()
     {
         await using var echo = new EchoServer();
