@@ -11,6 +11,18 @@ public sealed class Chain : IAsyncDisposable
 {
     public static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(20);
 
+    /// <summary>Environment added to every pthost started (--pthost-env K=V), for experiments such as DOTNET_ settings.</summary>
+    public static Dictionary<string, string?> ExtraEnv { get; } = [];
+
+    private static Dictionary<string, string?> Env(IReadOnlyDictionary<string, string?>? env)
+    {
+        var merged = new Dictionary<string, string?>(ExtraEnv);
+        if (env is not null)
+            foreach (var (k, v) in env)
+                if (v is not null || !merged.ContainsKey(k)) merged[k] = v;
+        return merged;
+    }
+
     public required Child Server { get; init; }
     public required Child Client { get; init; }
     public required IPEndPoint Socks { get; init; }
@@ -47,7 +59,7 @@ public sealed class Chain : IAsyncDisposable
             ["state"] = Path.Combine(stateRoot, "server"),
             ["exit-on-stdin-close"] = true,
         };
-        var child = Child.Start("pthost server", pthost, [config.ToJsonString()], env);
+        var child = Child.Start("pthost server", pthost, [config.ToJsonString()], Env(env));
         try
         {
             var (_, line) = await child.WaitForLineAsync(l => l.StartsWith("SMETHOD plain ", StringComparison.Ordinal), StartTimeout, IsIpcError).ConfigureAwait(false);
@@ -73,7 +85,7 @@ public sealed class Chain : IAsyncDisposable
             ["state"] = Path.Combine(stateRoot, "client"),
             ["exit-on-stdin-close"] = true,
         };
-        var child = Child.Start("pthost client", pthost, [config.ToJsonString()], env);
+        var child = Child.Start("pthost client", pthost, [config.ToJsonString()], Env(env));
         try
         {
             var (_, line) = await child.WaitForLineAsync(l => l.StartsWith("CMETHOD plain ", StringComparison.Ordinal), StartTimeout, IsIpcError).ConfigureAwait(false);

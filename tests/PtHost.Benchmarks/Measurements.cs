@@ -140,7 +140,7 @@ public static class Measurements
         return new LoadResult([.. latencies.Where((_, i) => ok[i])], failures, firstError, elapsed);
     }
 
-    public sealed record ConnRateResult(double PerSecond, double P50Ms, double P99Ms, int Failures, string? FirstError, double PtHostCpuMsPerConn, double HarnessCpuMsPerConn);
+    public sealed record ConnRateResult(double PerSecond, double P50Ms, double P99Ms, int Failures, string? FirstError, double PtHostCpuMsPerConn, double HarnessCpuMsPerConn, JsonObject Raw);
 
     public static async Task<ConnRateResult> ConnRateAsync(Context ctx)
     {
@@ -150,14 +150,40 @@ public static class Measurements
         // Warm-up (JIT tiering, thread pool growth), not measured.
         await OpenManyAsync(chain.Socks, echo.EndPoint, Math.Min(500, ctx.ConnTotal), ctx.ConnConcurrency, null, timeout).ConfigureAwait(false);
         await Task.Delay(300).ConfigureAwait(false);
-        double cpuBefore = Sys.CpuSeconds(chain.Client.Pid) + Sys.CpuSeconds(chain.Server.Pid);
-        double selfBefore = Sys.CpuSeconds(Environment.ProcessId);
+        var c0 = Sys.CpuSplit(chain.Client.Pid);
+        var s0 = Sys.CpuSplit(chain.Server.Pid);
+        var h0 = Sys.CpuSplit(Environment.ProcessId);
         var r = await OpenManyAsync(chain.Socks, echo.EndPoint, ctx.ConnTotal, ctx.ConnConcurrency, null, timeout).ConfigureAwait(false);
-        double cpu = Sys.CpuSeconds(chain.Client.Pid) + Sys.CpuSeconds(chain.Server.Pid) - cpuBefore;
-        double self = Sys.CpuSeconds(Environment.ProcessId) - selfBefore;
+        var c1 = Sys.CpuSplit(chain.Client.Pid);
+        var s1 = Sys.CpuSplit(chain.Server.Pid);
+        var h1 = Sys.CpuSplit(Environment.ProcessId);
         if (r.Successes == 0) throw new InvalidOperationException($"no SOCKS session succeeded: {r.FirstError}");
+        double Per(double seconds) => seconds * 1000 / r.Successes;
+        var raw = new JsonObject
+        {
+            ["per_second"] = r.PerSecond,
+            ["successes"] = r.Successes,
+            ["failures"] = r.Failures,
+            ["first_error"] = r.FirstError,
+            ["elapsed_s"] = r.Elapsed.TotalSeconds,
+            ["p50_ms"] = Stats.Percentile(r.LatenciesMs, 50),
+            ["p90_ms"] = Stats.Percentile(r.LatenciesMs, 90),
+            ["p99_ms"] = Stats.Percentile(r.LatenciesMs, 99),
+            ["max_ms"] = Stats.Percentile(r.LatenciesMs, 100),
+            ["cpu_ms_per_conn"] = new JsonObject
+            {
+                ["client_user"] = Per(c1.User - c0.User),
+                ["client_sys"] = Per(c1.System - c0.System),
+                ["server_user"] = Per(s1.User - s0.User),
+                ["server_sys"] = Per(s1.System - s0.System),
+                ["harness_user"] = Per(h1.User - h0.User),
+                ["harness_sys"] = Per(h1.System - h0.System),
+            },
+        };
+        double pthost = c1.User - c0.User + c1.System - c0.System + s1.User - s0.User + s1.System - s0.System;
+        double harness = h1.User - h0.User + h1.System - h0.System;
         return new ConnRateResult(r.PerSecond, Stats.Percentile(r.LatenciesMs, 50), Stats.Percentile(r.LatenciesMs, 99), r.Failures, r.FirstError,
-            cpu * 1000 / r.Successes, self * 1000 / r.Successes);
+            Per(pthost), Per(harness), raw);
     }
 
     // ---------------------------------------------------------------- 3. idle session memory
@@ -234,7 +260,7 @@ public static class Measurements
     public static async Task<double> VersionRunAsync(Context ctx)
     {
         long start = Stopwatch.GetTimestamp();
-        var r = await Child.RunAsync(ctx.PtHost, ["--version"], TimeSpan.FromSeconds(20)).ConfigureAwait(false);
+        var r = await Child.RunAsync(ctx.PtHost, ["--version"], TimeSpan.FromSeconds(20), Chain.ExtraEnv).ConfigureAwait(false);
         double ms = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
         return r.ExitCode == 0 ? ms : throw new InvalidOperationException($"pthost --version exited {r.ExitCode}: {r.StderrTail}");
     }

@@ -15,6 +15,7 @@ public static class Program
           --pthost PATH    use this pthost executable instead of publishing src/PtHost
           --only LIST      comma-separated subset of: throughput,connrate,memory,startup
           --strict         exit 3 when a target is missed
+          --pthost-env K=V add an environment variable to every pthost started (repeatable; for experiments)
           --micro          run only the in-process BenchmarkDotNet micro-benchmark of the SOCKS5 request parser
         """;
 
@@ -34,6 +35,10 @@ public static class Program
                 case "--json" when i + 1 < args.Length: jsonPath = args[++i]; break;
                 case "--pthost" when i + 1 < args.Length: pthost = Path.GetFullPath(args[++i]); break;
                 case "--only" when i + 1 < args.Length: only = [.. args[++i].Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)]; break;
+                case "--pthost-env" when i + 1 < args.Length && args[i + 1].Contains('='):
+                    var kv = args[++i].Split('=', 2);
+                    Chain.ExtraEnv[kv[0]] = kv[1];
+                    break;
                 case "--help" or "-h": Console.WriteLine(Usage); return 0;
                 default: Console.Error.WriteLine($"unknown or incomplete argument \"{args[i]}\"\n{Usage}"); return 64;
             }
@@ -106,6 +111,7 @@ public static class Program
                     ["open_file_limit"] = Sys.OpenFileLimit(),
                 },
                 ["pthost"] = pthost,
+                ["pthost_env"] = new JsonObject(Chain.ExtraEnv.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))),
                 ["git_commit"] = repo is null ? null : await GitCommitAsync(repo).ConfigureAwait(false),
                 ["parameters"] = new JsonObject
                 {
@@ -209,7 +215,7 @@ public static class Program
                     p99.Samples.Add(r.P99Ms);
                     cpu.Samples.Add(r.PtHostCpuMsPerConn);
                     selfCpu.Samples.Add(r.HarnessCpuMsPerConn);
-                    raw.Add(new JsonObject { ["rep"] = rep, ["per_second"] = r.PerSecond, ["p50_ms"] = r.P50Ms, ["p99_ms"] = r.P99Ms, ["failures"] = r.Failures, ["first_error"] = r.FirstError, ["pthost_cpu_ms_per_conn"] = r.PtHostCpuMsPerConn, ["harness_cpu_ms_per_conn"] = r.HarnessCpuMsPerConn });
+                    raw.Add(Tag(r.Raw, "connrate", rep));
                     if (r.Failures > 0) rate.Note = $"{r.Failures} failed: {r.FirstError}";
                     return r.PerSecond;
                 }).ConfigureAwait(false);

@@ -31,11 +31,17 @@ public static class Sys
     /// <summary>User+system CPU time of a process in seconds (USER_HZ = 100 on Linux x86-64).</summary>
     public static double CpuSeconds(int pid)
     {
+        var (user, system) = CpuSplit(pid);
+        return user + system;
+    }
+
+    /// <summary>User and system CPU time of a process in seconds.</summary>
+    public static (double User, double System) CpuSplit(int pid)
+    {
         string stat = File.ReadAllText($"/proc/{pid}/stat");
         var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
         // After "pid (comm) ": state is fields[0]; utime is field 14 overall, i.e. fields[11]; stime fields[12].
-        long ticks = long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture);
-        return ticks / 100.0;
+        return (long.Parse(fields[11], CultureInfo.InvariantCulture) / 100.0, long.Parse(fields[12], CultureInfo.InvariantCulture) / 100.0);
     }
 
     /// <summary>The soft limit on open files of this process.</summary>
