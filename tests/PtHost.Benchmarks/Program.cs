@@ -53,8 +53,20 @@ public static class Program
 
         // Children never outlive the harness: exit, Ctrl-C, SIGTERM, and a watchdog.
         AppDomain.CurrentDomain.ProcessExit += (_, _) => Child.KillAll();
-        Console.CancelKeyPress += (_, _) => Child.KillAll();
-        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, _ => Child.KillAll());
+        Console.CancelKeyPress += (_, e) =>
+        {
+            e.Cancel = true;
+            Console.Error.WriteLine("bench: interrupted; killing children");
+            Child.KillAll();
+            Environment.Exit(130);
+        };
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c =>
+        {
+            c.Cancel = true;
+            Console.Error.WriteLine("bench: terminated; killing children");
+            Child.KillAll();
+            Environment.Exit(143);
+        });
         var budget = quick ? TimeSpan.FromMinutes(15) : TimeSpan.FromMinutes(45);
         using var watchdog = new Timer(_ =>
         {
