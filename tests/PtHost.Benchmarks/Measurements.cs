@@ -1,0 +1,286 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json.Nodes;
+
+namespace PtHost.Benchmarks;
+
+public sealed class Context
+{
+    public required string PtHost { get; init; }
+    public required string WorkDir { get; init; }
+    public required Action<string> Say { get; init; }
+    public string Iperf3 { get; set; } = "iperf3";
+    public string? Proxychains { get; set; }
+    public int Repetitions { get; init; }
+    public int IperfSeconds { get; init; }
+    public int ConnTotal { get; init; }
+    public int ConnConcurrency { get; init; }
+    public int IdleSessions { get; init; }
+    public int StartupRuns { get; init; }
+
+    private int _stateCounter;
+    public string NewStateDir()
+    {
+        string d = Path.Combine(WorkDir, "state-" + Interlocked.Increment(ref _stateCounter).ToString(CultureInfo.InvariantCulture));
+        Directory.CreateDirectory(d);
+        return d;
+    }
+}
+
+/// <summary>Result of opening many SOCKS sessions.</summary>
+public sealed record LoadResult(double[] LatenciesMs, int Failures, string? FirstError, TimeSpan Elapsed)
+{
+    public int Successes => LatenciesMs.Length;
+    public double PerSecond => Successes / Elapsed.TotalSeconds;
+}
+
+public static class Measurements
+{
+    // ---------------------------------------------------------------- 1. throughput
+
+    /// <summary>One iperf3 run against a fresh <c>iperf3 -s -1</c> on <paramref name="port"/>; returns receiver Gbit/s.</summary>
+    public static async Task<(double Gbps, JsonObject Raw)> IperfOnceAsync(Context ctx, int port, string[] wrapper)
+    {
+        await using var server = Child.Start("iperf3 -s", ctx.Iperf3, ["-s", "-1", "-B", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture)], captureAllStdout: true);
+        await Sys.WaitListeningAsync(port, TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+        string[] clientArgs = ["-c", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture), "-t", ctx.IperfSeconds.ToString(CultureInfo.InvariantCulture), "-J"];
+        string file = wrapper.Length > 0 ? wrapper[0] : ctx.Iperf3;
+        string[] args = wrapper.Length > 0 ? [.. wrapper[1..], ctx.Iperf3, .. clientArgs] : clientArgs;
+        var r = await Child.RunAsync(file, args, TimeSpan.FromSeconds(ctx.IperfSeconds + 40)).ConfigureAwait(false);
+        JsonObject json;
+        try { json = JsonNode.Parse(r.Stdout)?.AsObject() ?? throw new FormatException("empty"); }
+        catch (Exception e) when (e is System.Text.Json.JsonException or FormatException or InvalidOperationException)
+        {
+            throw new InvalidOperationException($"iperf3 client exited {r.ExitCode} without JSON: {Sys.Tail(r.Stdout, 300)} {r.StderrTail}");
+        }
+        if (json["error"] is { } err) throw new InvalidOperationException($"iperf3: {err}");
+        double bps = json["end"]?["sum_received"]?["bits_per_second"]?.GetValue<double>()
+                     ?? throw new InvalidOperationException("iperf3 JSON has no end.sum_received.bits_per_second");
+        try { await server.WaitExitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false); }
+        catch (TimeoutException) { server.Kill(); }
+        var raw = new JsonObject
+        {
+            ["bits_per_second"] = bps,
+            ["retransmits"] = json["end"]?["sum_sent"]?["retransmits"]?.DeepClone(),
+            ["cpu_utilization_percent"] = json["end"]?["cpu_utilization_percent"]?.DeepClone(),
+        };
+        return (bps / 1e9, raw);
+    }
+
+    public static async Task<(double Gbps, JsonObject Raw)> IperfDirectAsync(Context ctx) =>
+        await IperfOnceAsync(ctx, Sys.FreePort(), []).ConfigureAwait(false);
+
+    /// <summary>iperf3 through proxychains → pthost client → plain → pthost server (target = the iperf3 server).</summary>
+    public static async Task<(double Gbps, JsonObject Raw)> IperfChainAsync(Context ctx, bool noSplice)
+    {
+        string proxychains = ctx.Proxychains ?? throw new InvalidOperationException("proxychains4 is not available");
+        int port = Sys.FreePort();
+        string state = ctx.NewStateDir();
+        await using var chain = await Chain.StartAsync(ctx.PtHost, state, port, noSplice).ConfigureAwait(false);
+        string conf = Path.Combine(state, "proxychains.conf");
+        await File.WriteAllTextAsync(conf, $"""
+            strict_chain
+            quiet_mode
+            tcp_read_time_out 15000
+            tcp_connect_time_out 8000
+            [ProxyList]
+            socks5 127.0.0.1 {chain.Socks.Port}
+
+            """).ConfigureAwait(false);
+        double cpuBefore = Sys.CpuSeconds(chain.Client.Pid) + Sys.CpuSeconds(chain.Server.Pid);
+        var sw = Stopwatch.StartNew();
+        var (gbps, raw) = await IperfOnceAsync(ctx, port, [proxychains, "-q", "-f", conf]).ConfigureAwait(false);
+        double cpu = Sys.CpuSeconds(chain.Client.Pid) + Sys.CpuSeconds(chain.Server.Pid) - cpuBefore;
+        raw["pthost_cpu_seconds"] = cpu;
+        raw["pthost_cpu_percent_of_one_core"] = cpu / sw.Elapsed.TotalSeconds * 100;
+        return (gbps, raw);
+    }
+
+    // ---------------------------------------------------------------- 2. connection set-up
+
+    /// <summary>
+    /// Opens <paramref name="total"/> SOCKS sessions with at most <paramref name="concurrency"/> in flight.
+    /// Latency = TCP connect start → SOCKS success reply read. Sessions are closed at once unless
+    /// <paramref name="keep"/> is given, in which case they are added to it and left open.
+    /// </summary>
+    public static async Task<LoadResult> OpenManyAsync(IPEndPoint socks, IPEndPoint destination, int total, int concurrency, List<Socket>? keep, TimeSpan perConnectTimeout)
+    {
+        var latencies = new double[total];
+        var ok = new bool[total];
+        int next = -1, failures = 0;
+        string? firstError = null;
+        var sw = Stopwatch.StartNew();
+        async Task Worker()
+        {
+            while (true)
+            {
+                int i = Interlocked.Increment(ref next);
+                if (i >= total) return;
+                long start = Stopwatch.GetTimestamp();
+                using var cts = new CancellationTokenSource(perConnectTimeout);
+                try
+                {
+                    var s = await Socks5Client.ConnectAsync(socks, destination, cts.Token).ConfigureAwait(false);
+                    latencies[i] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+                    ok[i] = true;
+                    if (keep is not null) lock (keep) keep.Add(s);
+                    else s.Dispose();
+                }
+                catch (Exception e) when (e is SocketException or IOException or OperationCanceledException)
+                {
+                    Interlocked.Increment(ref failures);
+                    Interlocked.CompareExchange(ref firstError, e.GetType().Name + ": " + e.Message, null);
+                }
+            }
+        }
+        await Task.WhenAll(Enumerable.Range(0, Math.Min(concurrency, total)).Select(_ => Task.Run(Worker))).ConfigureAwait(false);
+        var elapsed = sw.Elapsed;
+        return new LoadResult([.. latencies.Where((_, i) => ok[i])], failures, firstError, elapsed);
+    }
+
+    public sealed record ConnRateResult(double PerSecond, double P50Ms, double P99Ms, int Failures, string? FirstError, double PtHostCpuMsPerConn, double HarnessCpuMsPerConn, JsonObject Raw);
+
+    public static async Task<ConnRateResult> ConnRateAsync(Context ctx)
+    {
+        await using var echo = new EchoServer();
+        await using var chain = await Chain.StartAsync(ctx.PtHost, ctx.NewStateDir(), echo.EndPoint.Port, noSplice: false).ConfigureAwait(false);
+        var timeout = TimeSpan.FromSeconds(10);
+        // Warm-up (JIT tiering, thread pool growth), not measured.
+        await OpenManyAsync(chain.Socks, echo.EndPoint, Math.Min(500, ctx.ConnTotal), ctx.ConnConcurrency, null, timeout).ConfigureAwait(false);
+        await Task.Delay(300).ConfigureAwait(false);
+        var c0 = Sys.CpuSplit(chain.Client.Pid);
+        var s0 = Sys.CpuSplit(chain.Server.Pid);
+        var h0 = Sys.CpuSplit(Environment.ProcessId);
+        var r = await OpenManyAsync(chain.Socks, echo.EndPoint, ctx.ConnTotal, ctx.ConnConcurrency, null, timeout).ConfigureAwait(false);
+        var c1 = Sys.CpuSplit(chain.Client.Pid);
+        var s1 = Sys.CpuSplit(chain.Server.Pid);
+        var h1 = Sys.CpuSplit(Environment.ProcessId);
+        if (r.Successes == 0) throw new InvalidOperationException($"no SOCKS session succeeded: {r.FirstError}");
+        double Per(double seconds) => seconds * 1000 / r.Successes;
+        var raw = new JsonObject
+        {
+            ["per_second"] = r.PerSecond,
+            ["successes"] = r.Successes,
+            ["failures"] = r.Failures,
+            ["first_error"] = r.FirstError,
+            ["elapsed_s"] = r.Elapsed.TotalSeconds,
+            ["p50_ms"] = Stats.Percentile(r.LatenciesMs, 50),
+            ["p90_ms"] = Stats.Percentile(r.LatenciesMs, 90),
+            ["p99_ms"] = Stats.Percentile(r.LatenciesMs, 99),
+            ["max_ms"] = Stats.Percentile(r.LatenciesMs, 100),
+            ["cpu_ms_per_conn"] = new JsonObject
+            {
+                ["client_user"] = Per(c1.User - c0.User),
+                ["client_sys"] = Per(c1.System - c0.System),
+                ["server_user"] = Per(s1.User - s0.User),
+                ["server_sys"] = Per(s1.System - s0.System),
+                ["harness_user"] = Per(h1.User - h0.User),
+                ["harness_sys"] = Per(h1.System - h0.System),
+            },
+        };
+        double pthost = c1.User - c0.User + c1.System - c0.System + s1.User - s0.User + s1.System - s0.System;
+        double harness = h1.User - h0.User + h1.System - h0.System;
+        return new ConnRateResult(r.PerSecond, Stats.Percentile(r.LatenciesMs, 50), Stats.Percentile(r.LatenciesMs, 99), r.Failures, r.FirstError,
+            Per(pthost), Per(harness), raw);
+    }
+
+    // ---------------------------------------------------------------- 3. idle session memory
+
+    public sealed record MemoryResult(int Sessions, long ClientBeforeKiB, long ClientAfterKiB, long ServerBeforeKiB, long ServerAfterKiB, JsonObject Raw)
+    {
+        public double ClientPerSession => (ClientAfterKiB - ClientBeforeKiB) / (double)Sessions;
+        public double ServerPerSession => (ServerAfterKiB - ServerBeforeKiB) / (double)Sessions;
+        public double TotalPerSession => ClientPerSession + ServerPerSession;
+    }
+
+    public static async Task<MemoryResult> IdleMemoryAsync(Context ctx, int sessions)
+    {
+        await using var echo = new EchoServer();
+        await using var chain = await Chain.StartAsync(ctx.PtHost, ctx.NewStateDir(), echo.EndPoint.Port, noSplice: false).ConfigureAwait(false);
+        var timeout = TimeSpan.FromSeconds(15);
+        int cpid = chain.Client.Pid, spid = chain.Server.Pid;
+
+        // Warm-up: a few sessions opened and closed, so code paths and pools count in the baseline.
+        var warm = await OpenManyAsync(chain.Socks, echo.EndPoint, 128, ctx.ConnConcurrency, null, timeout).ConfigureAwait(false);
+        if (warm.Successes == 0) throw new InvalidOperationException($"warm-up: no SOCKS session succeeded: {warm.FirstError}");
+        await WaitUntilAsync(() => echo.Live == 0, TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+        await Task.Delay(1000).ConfigureAwait(false);
+        var before = Snapshot(cpid, spid);
+
+        var kept = new List<Socket>(sessions);
+        try
+        {
+            var r = await OpenManyAsync(chain.Socks, echo.EndPoint, sessions, ctx.ConnConcurrency, kept, timeout).ConfigureAwait(false);
+            if (r.Failures > 0) throw new InvalidOperationException($"{r.Failures} of {sessions} sessions failed: {r.FirstError}");
+            await WaitUntilAsync(() => echo.Live >= sessions, TimeSpan.FromSeconds(15)).ConfigureAwait(false);
+            await Task.Delay(2000).ConfigureAwait(false);
+            var after = Snapshot(cpid, spid);
+            if (echo.Live < sessions) throw new InvalidOperationException($"only {echo.Live} of {sessions} sessions still open at the target after settling");
+            var raw = new JsonObject
+            {
+                ["sessions"] = sessions,
+                ["before"] = before.Json,
+                ["after"] = after.Json,
+                ["live_at_target"] = echo.Live,
+            };
+            return new MemoryResult(sessions, before.ClientRss, after.ClientRss, before.ServerRss, after.ServerRss, raw);
+        }
+        finally
+        {
+            foreach (var s in kept) s.Dispose();
+        }
+    }
+
+    private sealed record ProcSnapshot(long ClientRss, long ServerRss, JsonObject Json);
+
+    private static ProcSnapshot Snapshot(int cpid, int spid)
+    {
+        JsonObject One(int pid) => new()
+        {
+            ["VmRSS_KiB"] = Sys.StatusKiB(pid, "VmRSS"),
+            ["RssAnon_KiB"] = Sys.StatusKiB(pid, "RssAnon"),
+            ["RssFile_KiB"] = Sys.StatusKiB(pid, "RssFile"),
+            ["Threads"] = Sys.Threads(pid),
+            ["fds"] = Sys.OpenFds(pid),
+        };
+        return new ProcSnapshot(Sys.StatusKiB(cpid, "VmRSS"), Sys.StatusKiB(spid, "VmRSS"), new JsonObject { ["client"] = One(cpid), ["server"] = One(spid) });
+    }
+
+    private static async Task WaitUntilAsync(Func<bool> condition, TimeSpan timeout)
+    {
+        var sw = Stopwatch.StartNew();
+        while (!condition() && sw.Elapsed < timeout) await Task.Delay(20).ConfigureAwait(false);
+    }
+
+    // ---------------------------------------------------------------- 4. start-up
+
+    /// <summary>The runtime's floor: process start → exit of <c>pthost --version</c>, in ms.</summary>
+    public static async Task<double> VersionRunAsync(Context ctx)
+    {
+        long start = Stopwatch.GetTimestamp();
+        var r = await Child.RunAsync(ctx.PtHost, ["--version"], TimeSpan.FromSeconds(20), Chain.ExtraEnv).ConfigureAwait(false);
+        double ms = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+        return r.ExitCode == 0 ? ms : throw new InvalidOperationException($"pthost --version exited {r.ExitCode}: {r.StderrTail}");
+    }
+
+    /// <summary>Process start → <c>CMETHODS DONE</c> (client) or <c>SMETHODS DONE</c> (server) read on stdout, in ms.</summary>
+    public static async Task<double> StartupOnceAsync(Context ctx, bool server)
+    {
+        string state = ctx.NewStateDir();
+        if (server)
+        {
+            var (child, _, t) = await Chain.StartServerAsync(ctx.PtHost, state, "127.0.0.1:9", null).ConfigureAwait(false);
+            await child.DisposeAsync().ConfigureAwait(false);
+            return t.TotalMilliseconds;
+        }
+        else
+        {
+            // Nothing listens on the server address; the client does not dial it until a SOCKS request.
+            var (child, _, t) = await Chain.StartClientAsync(ctx.PtHost, state, Sys.FreePort(), null).ConfigureAwait(false);
+            await child.DisposeAsync().ConfigureAwait(false);
+            return t.TotalMilliseconds;
+        }
+    }
+}
