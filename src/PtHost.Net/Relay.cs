@@ -133,7 +133,13 @@ internal static partial class Splice
             {
                 // Wait until readable (zero-byte receive consumes nothing), then move what is there.
                 await from.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None, ct).ConfigureAwait(false);
-                if (pipeR < 0) (pipeR, pipeW) = OpenPipe();
+                if (pipeR < 0)
+                {
+                    // No pipe yet: a session that ends without data (or is only readable because of
+                    // its FIN) must not cost a pipe. Nothing buffered means end of stream here.
+                    if (from.Available == 0 && await IsEndOfStreamAsync(from, to, count, ct).ConfigureAwait(false)) return;
+                    (pipeR, pipeW) = OpenPipe();
+                }
                 nint n = splice((int)from.Handle, 0, pipeW, 0, PipeSize, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
                 if (n == 0) return;
                 if (n < 0)
@@ -149,6 +155,23 @@ internal static partial class Splice
         finally
         {
             if (pipeR >= 0) { close(pipeR); close(pipeW); }
+        }
+    }
+
+    /// <summary>Reads one byte: true at end of stream; otherwise passes the byte on and returns false.</summary>
+    private static async ValueTask<bool> IsEndOfStreamAsync(Socket from, Socket to, Action<long>? count, CancellationToken ct)
+    {
+        byte[] one = ArrayPool<byte>.Shared.Rent(1);
+        try
+        {
+            if (await from.ReceiveAsync(one.AsMemory(0, 1), SocketFlags.None, ct).ConfigureAwait(false) == 0) return true;
+            await to.SendAsync(one.AsMemory(0, 1), SocketFlags.None, ct).ConfigureAwait(false);
+            count?.Invoke(1);
+            return false;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(one);
         }
     }
 
