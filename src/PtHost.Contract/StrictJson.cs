@@ -27,8 +27,9 @@ public static class StrictJson
             using var doc = JsonDocument.Parse(text, Options);
             return Convert(doc.RootElement);
         }
-        catch (JsonException e)
+        catch (Exception e) when (e is JsonException or InvalidOperationException or ArgumentException)
         {
+            // InvalidOperationException: a string with a lone surrogate escape ("\ud800") cannot become UTF-16 text.
             throw new FormatException(e.Message, e);
         }
     }

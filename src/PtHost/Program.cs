@@ -50,7 +50,7 @@ public static class Program
         {
             if (args.Length != 2) return UsageError("--config takes exactly one FILE");
             try { json = await File.ReadAllTextAsync(args[1]).ConfigureAwait(false); }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
             {
                 IpcWriter.ForStdout().EnvError($"config file {args[1]} cannot be read");
                 Console.Error.WriteLine($"pthost: cannot read {args[1]}: {e.Message}");
@@ -171,15 +171,16 @@ public static class Program
         var context = new TransportEnvironment(name, null, state, signals.For(name), new Net.DirectDialer(), loggers, new TransportCounters());
         try
         {
+            // Foreign code (a plugin) may throw anything here: one clear line and exit 70.
             var server = transport.CreateServerFactory(context);
             var generated = server.GenerateConfiguration();
             var result = new JObject { ["client"] = generated.Client, ["server"] = generated.Server };
             Console.Out.WriteLine(result.ToString(Formatting.Indented));
             return ExitCodes.Ok;
         }
-        catch (TransportOptionsException e)
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
-            Console.Error.WriteLine($"pthost: {name}: {e.Message}");
+            Console.Error.WriteLine($"pthost: {name}: cannot generate a configuration: {e.Message}");
             return ExitCodes.Software;
         }
     }

@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net;
 
 namespace PtHost.Transports.Plain;
 
@@ -228,14 +229,12 @@ internal sealed class PlainServer : IServerFactory
 
 internal sealed class PlainListener : IServerManager
 {
+    public const int MaxSessions = 16384;
     private readonly TransportEnvironment _context;
     private readonly ServerBinding _binding;
-    private readonly Socket _listener;
+    private readonly TcpSessionListener _listener;
     private readonly ILogger _log;
     private readonly CancellationTokenSource _stopping = new();
-    private readonly CancellationTokenSource _abort = new();
-    private readonly HashSet<Task> _sessions = [];
-    private readonly Task _acceptLoop;
     private readonly Task _signalLoop;
     private readonly string _advertised;
     private static long s_ids;
@@ -245,22 +244,19 @@ internal sealed class PlainListener : IServerManager
         _context = context;
         _binding = binding;
         _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Plain");
-        _listener = new Socket(binding.BindAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
-            _listener.Bind(binding.BindAddress);
-            _listener.Listen(4096);
+            _listener = new TcpSessionListener("plain", binding.BindAddress, ServeAsync, _log, MaxSessions, context.Counters.SessionFailed);
         }
         catch (SocketException e)
         {
-            _listener.Dispose();
             throw new TransportOptionsException($"cannot listen on {binding.BindAddress}: {e.SocketErrorCode}", e);
         }
-        LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
+        LocalEndPoint = _listener.LocalEndPoint;
         _advertised = (options.Advertise ?? new Destination(LocalEndPoint)).ToString();
         // Announce where this server is, for clients started with "discover" (spec/plain.md §3).
         _context.Signals.Send(new Signal(PlainSignals.Server, new JObject { ["address"] = _advertised }));
-        _acceptLoop = AcceptLoopAsync();
+        _listener.Start();
         _signalLoop = AnswerHellosAsync();
     }
 
@@ -283,39 +279,17 @@ internal sealed class PlainListener : IServerManager
         catch (OperationCanceledException) { }
     }
 
-    private async Task AcceptLoopAsync()
+    private async Task ServeAsync(Socket socket, CancellationToken abort)
     {
-        while (!_stopping.IsCancellationRequested)
-        {
-            Socket s;
-            try { s = await _listener.AcceptAsync(_stopping.Token).ConfigureAwait(false); }
-            catch (OperationCanceledException) { break; }
-            catch (ObjectDisposedException) { break; }
-            catch (SocketException e)
-            {
-                _log.LogWarning("plain accept on {Endpoint} failed: {Error}", LocalEndPoint, e.SocketErrorCode);
-                await Task.Delay(50).ConfigureAwait(false);
-                continue;
-            }
-            s.NoDelay = true;
-            var task = ServeAsync(s);
-            lock (_sessions) if (!task.IsCompleted) _sessions.Add(task);
-            _ = task.ContinueWith(t => { lock (_sessions) _sessions.Remove(t); }, TaskScheduler.Default);
-        }
-    }
-
-    private async Task ServeAsync(Socket socket)
-    {
-        await Task.Yield();
         long id = Interlocked.Increment(ref s_ids);
         var remote = socket.RemoteEndPoint;
         var stream = new NetworkStream(socket, ownsSocket: true);
         Stream? onward = null;
-        bool opened = false;
+        bool opened = false, failed = false;
         try
         {
             Destination? destination;
-            using (var preamble = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token))
+            using (var preamble = CancellationTokenSource.CreateLinkedTokenSource(abort))
             {
                 preamble.CancelAfter(PlainServer.PreambleTimeout);
                 byte[] header = new byte[PlainWire.HeaderLength];
@@ -323,6 +297,7 @@ internal sealed class PlainListener : IServerManager
                 int length = PlainWire.ParseHeader(header);
                 if (length < 0)
                 {
+                    failed = true;
                     _context.Counters.SessionFailed();
                     _log.LogInformation("plain session {Id} from {Remote}: not a plain preamble; closed", id, remote);
                     return;
@@ -332,18 +307,20 @@ internal sealed class PlainListener : IServerManager
                 try { destination = PlainWire.ParseDestination(dest); }
                 catch (FormatException e)
                 {
-                    await ReplyAsync(stream, (byte)ConnectFailure.AddressTypeNotSupported).ConfigureAwait(false);
+                    failed = true;
                     _context.Counters.SessionFailed();
+                    await ReplyAsync(stream, (byte)ConnectFailure.AddressTypeNotSupported).ConfigureAwait(false);
                     _log.LogInformation("plain session {Id} from {Remote}: {Error}", id, remote, e.Message);
                     return;
                 }
             }
             try
             {
-                onward = await _binding.Handler.OpenAsync(new InboundSession(remote, destination, id), _abort.Token).ConfigureAwait(false);
+                onward = await _binding.Handler.OpenAsync(new InboundSession(remote, destination, id), abort).ConfigureAwait(false);
             }
             catch (TransportConnectException e)
             {
+                failed = true;
                 _context.Counters.SessionFailed();
                 _log.LogInformation("plain session {Id}: {Error}", id, e.Message);
                 await ReplyAsync(stream, (byte)e.Failure).ConfigureAwait(false);
@@ -352,11 +329,11 @@ internal sealed class PlainListener : IServerManager
             await ReplyAsync(stream, 0).ConfigureAwait(false);
             opened = true;
             _context.Counters.SessionOpened();
-            await _binding.Handler.RelayAsync(stream, onward, _abort.Token).ConfigureAwait(false);
+            await _binding.Handler.RelayAsync(stream, onward, abort).ConfigureAwait(false);
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or EndOfStreamException or ObjectDisposedException)
         {
-            if (!opened && onward is null) _context.Counters.SessionFailed(); // preamble timeout or a peer that vanished
+            if (!opened && !failed) _context.Counters.SessionFailed(); // preamble timeout or a peer that vanished
             _log.LogDebug("plain session {Id} ended: {Error}", id, e.Message);
         }
         finally
@@ -376,23 +353,14 @@ internal sealed class PlainListener : IServerManager
     public async Task StopAsync(CancellationToken cancellationToken)
     {
         if (!_stopping.IsCancellationRequested) _stopping.Cancel();
-        _listener.Dispose();
-        await _acceptLoop.ConfigureAwait(false);
         await _signalLoop.ConfigureAwait(false);
-        Task[] open;
-        lock (_sessions) open = [.. _sessions];
-        try { await Task.WhenAll(open).WaitAsync(cancellationToken).ConfigureAwait(false); }
-        catch (OperationCanceledException)
-        {
-            _abort.Cancel();
-            await Task.WhenAll(open).ConfigureAwait(false);
-        }
+        await _listener.StopAsync(cancellationToken).ConfigureAwait(false);
     }
 
     public async ValueTask DisposeAsync()
     {
         await StopAsync(new CancellationToken(true)).ConfigureAwait(false);
+        await _listener.DisposeAsync().ConfigureAwait(false);
         _stopping.Dispose();
-        _abort.Dispose();
     }
 }

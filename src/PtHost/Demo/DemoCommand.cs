@@ -75,7 +75,7 @@ public static class DemoCommand
             Say(ok ? "demo OK" : "demo FAILED");
             return ok ? ExitCodes.Ok : ExitCodes.Software;
         }
-        catch (Exception e) when (e is TimeoutException or IOException or SocketException or InvalidDataException)
+        catch (Exception e) when (e is TimeoutException or IOException or SocketException or InvalidDataException or InvalidOperationException or System.ComponentModel.Win32Exception)
         {
             Say("demo FAILED: " + e.Message);
             return ExitCodes.Software;

@@ -40,7 +40,7 @@ public sealed class TransportRegistry
             if (!ReferencesContract(path)) continue;
             Assembly assembly;
             try { assembly = context.LoadFromAssemblyPath(Path.GetFullPath(path)); }
-            catch (Exception e) when (e is BadImageFormatException or FileLoadException or FileNotFoundException)
+            catch (Exception e) when (e is BadImageFormatException or IOException or UnauthorizedAccessException)
             {
                 log.LogWarning("plugin {Path} not loaded: {Error}", path, e.Message);
                 continue;
@@ -55,22 +55,23 @@ public sealed class TransportRegistry
             foreach (var type in types)
             {
                 if (type.IsAbstract || !typeof(IPluggableTransport).IsAssignableFrom(type) || type.GetConstructor(Type.EmptyTypes) is null) continue;
-                IPluggableTransport probe;
-                try { probe = (IPluggableTransport)Activator.CreateInstance(type)!; }
-                catch (TargetInvocationException e)
+                string name;
+                try { name = ((IPluggableTransport)Activator.CreateInstance(type)!).Name; }
+                catch (Exception e) when (e is not OutOfMemoryException)
                 {
-                    log.LogWarning("plugin transport {Type} in {Path} failed to construct: {Error}", type.FullName, path, e.InnerException?.Message);
+                    // Foreign code: whatever it throws costs this type only.
+                    log.LogWarning("plugin transport {Type} in {Path} failed to construct: {Error}", type.FullName, path, (e as TargetInvocationException)?.InnerException?.Message ?? e.Message);
                     continue;
                 }
-                if (!Configuration.PtConfig.IsTransportName(probe.Name) || _factories.ContainsKey(probe.Name))
+                if (!Configuration.PtConfig.IsTransportName(name) || _factories.ContainsKey(name))
                 {
-                    log.LogWarning("plugin transport {Type} in {Path} ignored: name \"{Name}\" is invalid or taken", type.FullName, path, probe.Name);
+                    log.LogWarning("plugin transport {Type} in {Path} ignored: name \"{Name}\" is invalid or taken", type.FullName, path, name);
                     continue;
                 }
                 var t = type;
-                Register(probe.Name, () => (IPluggableTransport)Activator.CreateInstance(t)!);
-                loaded.Add(probe.Name);
-                log.LogInformation("plugin transport \"{Name}\" loaded from {Path}", probe.Name, path);
+                Register(name, () => (IPluggableTransport)Activator.CreateInstance(t)!);
+                loaded.Add(name);
+                log.LogInformation("plugin transport \"{Name}\" loaded from {Path}", name, path);
             }
         }
         return loaded;
@@ -88,7 +89,7 @@ public sealed class TransportRegistry
                 if (md.GetString(md.GetAssemblyReference(handle).Name) == typeof(IPluggableTransport).Assembly.GetName().Name) return true;
             return false;
         }
-        catch (BadImageFormatException) { return false; }
+        catch (Exception e) when (e is BadImageFormatException or IOException or UnauthorizedAccessException) { return false; }
     }
 
     private sealed class PluginLoadContext(string directory) : AssemblyLoadContext("pthost-plugins:" + directory)

@@ -25,15 +25,11 @@ public sealed record Socks5Limits
 /// </summary>
 public sealed class Socks5Listener : IAsyncDisposable
 {
-    private readonly Socket _listener;
+    private readonly TcpSessionListener _listener;
     private readonly IClientFactory _factory;
     private readonly TransportCounters _counters;
     private readonly Socks5Limits _limits;
     private readonly ILogger _log;
-    private readonly CancellationTokenSource _stopping = new();
-    private readonly CancellationTokenSource _sessionsAbort = new();
-    private readonly HashSet<Task> _sessions = [];
-    private Task? _acceptLoop;
     private static long s_sessionIds;
 
     public Socks5Listener(string transport, IPEndPoint bind, IClientFactory factory, TransportCounters counters, Socks5Limits limits, ILogger log)
@@ -43,107 +39,43 @@ public sealed class Socks5Listener : IAsyncDisposable
         _counters = counters;
         _limits = limits;
         _log = log;
-        _listener = new Socket(bind.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-        try
-        {
-            _listener.Bind(bind);
-            _listener.Listen(4096);
-        }
-        catch
-        {
-            _listener.Dispose();
-            throw;
-        }
-        LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
+        _listener = new TcpSessionListener($"SOCKS {transport}", bind, RunSessionAsync, log, limits.MaxSessions, counters.SessionFailed);
     }
 
     public string Transport { get; }
-    public IPEndPoint LocalEndPoint { get; }
+    public IPEndPoint LocalEndPoint => _listener.LocalEndPoint;
 
-    public int ActiveSessions { get { lock (_sessions) return _sessions.Count; } }
+    public int ActiveSessions => _listener.ActiveSessions;
 
-    public void Start() => _acceptLoop = AcceptLoopAsync();
-
-    private async Task AcceptLoopAsync()
-    {
-        while (!_stopping.IsCancellationRequested)
-        {
-            Socket client;
-            try
-            {
-                client = await _listener.AcceptAsync(_stopping.Token).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException) { break; }
-            catch (ObjectDisposedException) { break; }
-            catch (SocketException e)
-            {
-                // EMFILE and friends: keep serving, but do not spin.
-                _log.LogWarning("SOCKS accept on {Endpoint} failed: {Error}", LocalEndPoint, e.SocketErrorCode);
-                await Task.Delay(50).ConfigureAwait(false);
-                continue;
-            }
-            if (ActiveSessions >= _limits.MaxSessions)
-            {
-                _counters.SessionFailed();
-                _log.LogWarning("SOCKS {Transport}: {Max} sessions open, refusing one", Transport, _limits.MaxSessions);
-                client.LingerState = new LingerOption(true, 0);
-                client.Dispose();
-                continue;
-            }
-            client.NoDelay = true;
-            var task = RunSessionAsync(client);
-            lock (_sessions)
-                if (!task.IsCompleted) _sessions.Add(task);
-            _ = task.ContinueWith(t => { lock (_sessions) _sessions.Remove(t); }, TaskScheduler.Default);
-        }
-    }
+    public void Start() => _listener.Start();
 
     /// <summary>Stops accepting, lets sessions finish until <paramref name="ct"/> fires, then aborts them.</summary>
-    public async Task StopAsync(CancellationToken ct)
-    {
-        _stopping.Cancel();
-        _listener.Dispose();
-        if (_acceptLoop is not null) await _acceptLoop.ConfigureAwait(false);
-        Task[] open;
-        lock (_sessions) open = [.. _sessions];
-        try { await Task.WhenAll(open).WaitAsync(ct).ConfigureAwait(false); }
-        catch (OperationCanceledException)
-        {
-            _sessionsAbort.Cancel();
-            await Task.WhenAll(open).ConfigureAwait(false);
-        }
-    }
+    public Task StopAsync(CancellationToken ct) => _listener.StopAsync(ct);
 
-    public async ValueTask DisposeAsync()
-    {
-        await StopAsync(new CancellationToken(true)).ConfigureAwait(false);
-        _stopping.Dispose();
-        _sessionsAbort.Dispose();
-    }
+    public ValueTask DisposeAsync() => _listener.DisposeAsync();
 
-    private async Task RunSessionAsync(Socket socket)
+    private async Task RunSessionAsync(Socket socket, CancellationToken abort)
     {
-        await Task.Yield();
         long id = Interlocked.Increment(ref s_sessionIds);
         var clientStream = new NetworkStream(socket, ownsSocket: true);
         Stream? upstream = null;
         bool opened = false;
         try
         {
-            using var handshake = CancellationTokenSource.CreateLinkedTokenSource(_sessionsAbort.Token);
+            using var handshake = CancellationTokenSource.CreateLinkedTokenSource(abort);
             handshake.CancelAfter(_limits.HandshakeTimeout);
             var reader = PipeReader.Create(clientStream, new StreamPipeReaderOptions(bufferSize: 512, minimumReadSize: 256, leaveOpen: true, useZeroByteReads: true));
-            var outcome = await NegotiateAsync(reader, clientStream, id, handshake).ConfigureAwait(false);
+            var outcome = await NegotiateAsync(reader, clientStream, id, handshake, abort).ConfigureAwait(false);
             if (outcome is null) return;
             (upstream, var leftover) = outcome.Value;
             opened = true;
             _counters.SessionOpened();
             if (leftover is not null)
             {
-                await upstream.WriteAsync(leftover, _sessionsAbort.Token).ConfigureAwait(false);
+                await upstream.WriteAsync(leftover, abort).ConfigureAwait(false);
                 _counters.AddBytesIn(leftover.Length);
             }
-            await Relay.RunAsync(clientStream, upstream, _counters.AddBytesIn, _counters.AddBytesOut, _sessionsAbort.Token).ConfigureAwait(false);
+            await Relay.RunAsync(clientStream, upstream, _counters.AddBytesIn, _counters.AddBytesOut, abort).ConfigureAwait(false);
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
         {
@@ -162,7 +94,7 @@ public sealed class Socks5Listener : IAsyncDisposable
     }
 
     /// <summary>Runs the handshake; returns the upstream stream and any bytes the client sent after its request, or null when the session was refused (reply already sent).</summary>
-    private async Task<(Stream, byte[]?)?> NegotiateAsync(PipeReader reader, NetworkStream client, long id, CancellationTokenSource handshake)
+    private async Task<(Stream, byte[]?)?> NegotiateAsync(PipeReader reader, NetworkStream client, long id, CancellationTokenSource handshake, CancellationToken abort)
     {
         var ct = handshake.Token;
         byte[] reply = new byte[22];
@@ -195,7 +127,7 @@ public sealed class Socks5Listener : IAsyncDisposable
                 {
                     status = await ReadMessageAsync(reader, (ref ReadOnlySequence<byte> b) => Socks5Parser.TryParseSettings(ref b, out json, out error), ct).ConfigureAwait(false);
                 }
-                catch (OperationCanceledException) when (handshake.IsCancellationRequested && !_sessionsAbort.IsCancellationRequested)
+                catch (OperationCanceledException) when (handshake.IsCancellationRequested && !abort.IsCancellationRequested)
                 {
                     // PT 3.0: a settings block that does not arrive in time is answered 0x11.
                     return await RefuseAsync(client, reader, new Socks5Error(Socks5.ReplySettingsTimeout, $"settings block not complete within {_limits.HandshakeTimeout.TotalSeconds:0} s"), id).ConfigureAwait(false);
@@ -238,7 +170,7 @@ public sealed class Socks5Listener : IAsyncDisposable
             // The client has said everything; from here the connect timeout governs (§5.7).
             handshake.CancelAfter(Timeout.InfiniteTimeSpan);
             if (handshake.IsCancellationRequested) throw new OperationCanceledException(ct);
-            ct = _sessionsAbort.Token;
+            ct = abort;
             if (settingsError is { } se) return await RefuseAsync(client, reader, se, id).ConfigureAwait(false);
 
             object? parsed;
@@ -249,7 +181,7 @@ public sealed class Socks5Listener : IAsyncDisposable
             }
 
             Stream upstream;
-            using (var connect = CancellationTokenSource.CreateLinkedTokenSource(_sessionsAbort.Token))
+            using (var connect = CancellationTokenSource.CreateLinkedTokenSource(abort))
             {
                 connect.CancelAfter(_limits.ConnectTimeout);
                 try
@@ -260,7 +192,7 @@ public sealed class Socks5Listener : IAsyncDisposable
                 {
                     return await RefuseAsync(client, reader, new Socks5Error((byte)e.Failure, e.Message), id).ConfigureAwait(false);
                 }
-                catch (OperationCanceledException) when (!_sessionsAbort.IsCancellationRequested)
+                catch (OperationCanceledException) when (!abort.IsCancellationRequested)
                 {
                     return await RefuseAsync(client, reader, new Socks5Error((byte)ConnectFailure.TimedOut, $"transport connect took longer than {_limits.ConnectTimeout.TotalSeconds:0} s"), id).ConfigureAwait(false);
                 }
@@ -295,7 +227,7 @@ public sealed class Socks5Listener : IAsyncDisposable
         {
             return await RefuseAsync(client, reader, e.Error, id).ConfigureAwait(false);
         }
-        catch (OperationCanceledException) when (!_sessionsAbort.IsCancellationRequested)
+        catch (OperationCanceledException) when (!abort.IsCancellationRequested)
         {
             _counters.SessionFailed();
             _log.LogInformation("SOCKS {Transport} session {Id}: handshake not finished within {Seconds} s", Transport, id, _limits.HandshakeTimeout.TotalSeconds);

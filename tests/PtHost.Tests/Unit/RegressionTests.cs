@@ -97,4 +97,19 @@ public class RegressionTests
     [Fact]
     public void Destination_domain_with_leading_zero_is_not_an_octal_address() =>
         Assert.False(Destination.TryParse("010.0.0.1:80", out _));
+
+    [Fact]
+    public void A_lone_surrogate_escape_is_bad_JSON_not_an_exception()
+    {
+        Assert.Throws<FormatException>(() => StrictJson.Parse("{\"a\":\"\\ud800\"}"));
+        byte[] body = Encoding.UTF8.GetBytes("{\"a\":\"\\ud800\"}");
+        byte[] message = new byte[4 + body.Length];
+        BinaryPrimitives.WriteInt32BigEndian(message, body.Length);
+        body.CopyTo(message, 4);
+        var buffer = new ReadOnlySequence<byte>(message);
+        Assert.Equal(ParseStatus.Invalid, Socks5Parser.TryParseSettings(ref buffer, out _, out var error));
+        Assert.Equal(Socks5.ReplySettingsBadJson, error.Reply);
+        var e = Assert.Throws<ConfigException>(() => PtConfig.Parse("{\"role\":\"client\",\"transports\":[\"plain\"],\"state\":\"\\ud800\"}"));
+        Assert.Equal("(document)", e.Key);
+    }
 }

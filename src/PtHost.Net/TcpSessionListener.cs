@@ -1,0 +1,116 @@
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+
+namespace PtHost.Net;
+
+/// <summary>
+/// A TCP listener that runs one task per accepted connection and tracks them: a limit on open
+/// sessions (over it, the connection is reset at once), stop = no more accepts, drain until the
+/// token fires, then abort what is left. Accept errors (EMFILE …) are logged and do not stop it.
+/// </summary>
+public sealed class TcpSessionListener : IAsyncDisposable
+{
+    private readonly Socket _listener;
+    private readonly Func<Socket, CancellationToken, Task> _serve;
+    private readonly ILogger _log;
+    private readonly string _name;
+    private readonly int _maxSessions;
+    private readonly Action? _refused;
+    private readonly CancellationTokenSource _stopping = new();
+    private readonly CancellationTokenSource _abort = new();
+    private readonly HashSet<Task> _sessions = [];
+    private Task? _acceptLoop;
+
+    /// <param name="serve">Serves one connection; owns the socket. Its token fires when the session must end now.</param>
+    /// <param name="refused">Called for each connection turned away by the session limit.</param>
+    public TcpSessionListener(string name, IPEndPoint bind, Func<Socket, CancellationToken, Task> serve, ILogger log, int maxSessions, Action? refused = null)
+    {
+        _name = name;
+        _serve = serve;
+        _log = log;
+        _maxSessions = maxSessions;
+        _refused = refused;
+        _listener = new Socket(bind.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            _listener.Bind(bind);
+            _listener.Listen(4096);
+        }
+        catch
+        {
+            _listener.Dispose();
+            throw;
+        }
+        LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
+    }
+
+    public IPEndPoint LocalEndPoint { get; }
+
+    public int ActiveSessions { get { lock (_sessions) return _sessions.Count; } }
+
+    public void Start() => _acceptLoop ??= AcceptLoopAsync();
+
+    private async Task AcceptLoopAsync()
+    {
+        while (!_stopping.IsCancellationRequested)
+        {
+            Socket socket;
+            try
+            {
+                socket = await _listener.AcceptAsync(_stopping.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) { break; }
+            catch (ObjectDisposedException) { break; }
+            catch (SocketException e)
+            {
+                _log.LogWarning("{Name}: accept on {Endpoint} failed: {Error}", _name, LocalEndPoint, e.SocketErrorCode);
+                await Task.Delay(50).ConfigureAwait(false);
+                continue;
+            }
+            if (ActiveSessions >= _maxSessions)
+            {
+                _log.LogWarning("{Name}: {Max} sessions open, refusing one", _name, _maxSessions);
+                _refused?.Invoke();
+                socket.LingerState = new LingerOption(true, 0);
+                socket.Dispose();
+                continue;
+            }
+            socket.NoDelay = true;
+            var task = RunAsync(socket);
+            lock (_sessions)
+                if (!task.IsCompleted) _sessions.Add(task);
+            _ = task.ContinueWith(t => { lock (_sessions) _sessions.Remove(t); }, TaskScheduler.Default);
+        }
+    }
+
+    private async Task RunAsync(Socket socket)
+    {
+        await Task.Yield(); // leave the accept loop at once
+        try { await _serve(socket, _abort.Token).ConfigureAwait(false); }
+        catch (Exception e) { _log.LogError(e, "{Name}: session failed", _name); }
+    }
+
+    /// <summary>Stops accepting; sessions finish until <paramref name="drain"/> fires, then are aborted.</summary>
+    public async Task StopAsync(CancellationToken drain)
+    {
+        if (!_stopping.IsCancellationRequested) _stopping.Cancel();
+        _listener.Dispose();
+        if (_acceptLoop is not null) await _acceptLoop.ConfigureAwait(false);
+        Task[] open;
+        lock (_sessions) open = [.. _sessions];
+        try { await Task.WhenAll(open).WaitAsync(drain).ConfigureAwait(false); }
+        catch (OperationCanceledException)
+        {
+            _abort.Cancel();
+            await Task.WhenAll(open).ConfigureAwait(false);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync(new CancellationToken(true)).ConfigureAwait(false);
+        _stopping.Dispose();
+        _abort.Dispose();
+    }
+}
