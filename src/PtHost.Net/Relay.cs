@@ -54,7 +54,7 @@ public static class Relay
         while (true)
         {
             // Wait for data without holding a buffer (zero-byte read), unless the last read filled one.
-            if (!hot && await from.ReadAsync(Memory<byte>.Empty, ct).ConfigureAwait(false) != 0) { }
+            if (!hot) await from.ReadAsync(Memory<byte>.Empty, ct).ConfigureAwait(false);
             byte[] buffer = ArrayPool<byte>.Shared.Rent(BufferSize);
             try
             {
@@ -140,7 +140,7 @@ internal static partial class Splice
                     if (from.Available == 0 && await IsEndOfStreamAsync(from, to, count, ct).ConfigureAwait(false)) return;
                     (pipeR, pipeW) = OpenPipe();
                 }
-                nint n = splice((int)from.Handle, 0, pipeW, 0, PipeSize, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+                nint n = SpliceSocket(from, pipeW, PipeSize, fromSocket: true);
                 if (n == 0) return;
                 if (n < 0)
                 {
@@ -179,7 +179,7 @@ internal static partial class Splice
     {
         while (pending > 0)
         {
-            nint m = splice(pipeR, 0, (int)to.Handle, 0, (nuint)pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            nint m = SpliceSocket(to, pipeR, (nuint)pending, fromSocket: false);
             if (m > 0) { pending -= m; continue; }
             int errno = Marshal.GetLastPInvokeError();
             if (m < 0 && errno == EINTR) continue;
@@ -196,6 +196,29 @@ internal static partial class Splice
             {
                 ArrayPool<byte>.Shared.Return(buffer);
             }
+        }
+    }
+
+    /// <summary>
+    /// One splice between a socket and a pipe end. The socket's handle is referenced for the call, so
+    /// a concurrent Dispose (the other direction aborting) cannot close, and let the kernel reuse, the
+    /// descriptor underneath it; a disposed socket throws <see cref="ObjectDisposedException"/>.
+    /// </summary>
+    private static nint SpliceSocket(Socket socket, int pipeFd, nuint length, bool fromSocket)
+    {
+        var handle = socket.SafeHandle;
+        bool added = false;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            int fd = (int)handle.DangerousGetHandle();
+            return fromSocket
+                ? splice(fd, 0, pipeFd, 0, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+                : splice(pipeFd, 0, fd, 0, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        }
+        finally
+        {
+            if (added) handle.DangerousRelease();
         }
     }
 
