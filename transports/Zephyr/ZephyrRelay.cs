@@ -28,6 +28,8 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
     private readonly Lock _lock = new();
     private readonly Dictionary<uint, Connection> _byZid = [];
     private readonly Dictionary<IPAddress, int> _perSource = [];
+    // Connections waiting for a peer's matching bind, by the zid they named (§4.3).
+    private readonly Dictionary<uint, List<Connection>> _waitersFor = [];
     private readonly CancellationTokenSource _stop = new();
     private Socket? _listener;
     private Task _acceptLoop = Task.CompletedTask;
@@ -35,7 +37,7 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
     private Timer? _statsTimer;
     private int _connections, _pairs;
     private long _accepted, _refusedByLimits, _bindings, _bindFailures, _timeouts, _bytes;
-    private long _lastLimitLog = long.MinValue;
+    private long _lastLimitLog = long.MinValue / 2; // "long ago", without overflow in now - last
 
     public ZephyrRelay(ZephyrRelayOptions options, ILogger logger)
     {
@@ -199,7 +201,8 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
                 _log.LogDebug("zid {Zid}: bad bind request from {Remote} ({Error}); closing", c.Zid, c.Remote, error);
                 return;
             }
-            var (outcome, peer) = Bind(c, target);
+            var (outcome, peer, evicted) = Bind(c, target);
+            Evict(evicted);
             switch (outcome)
             {
                 case BindOutcome.Matched:
@@ -209,7 +212,7 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
                     return;
                 case BindOutcome.Waiting:
                     if (await c.Matched!.Task.ConfigureAwait(false)) handedOff = true; // the peer's task relays the pair
-                    else _log.LogDebug("zid {Zid}: peer {Peer} did not bind back within {Timeout}s; closing", c.Zid, target, _options.PeerTimeout.TotalSeconds);
+                    else _log.LogDebug("zid {Zid}: no matching bind from {Peer}: {Reason}; closing", c.Zid, target, c.Unmatched);
                     return;
                 case BindOutcome.Closed:
                     return;
@@ -258,31 +261,69 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
 
     private enum BindOutcome { Matched, Waiting, Closed, SelfBind, UnknownPeer, PeerBoundElsewhere }
 
-    /// <summary>§4.3: the bind rules, decided atomically for both sides.</summary>
-    private (BindOutcome, Connection?) Bind(Connection c, uint target)
+    /// <summary>
+    /// §4.3: the bind rules, decided atomically for both sides. Also returns the connections
+    /// waiting for <paramref name="c"/> that can no longer be matched: <paramref name="c"/> just
+    /// named someone else (or was joined), so they are closed at once rather than at their timeout.
+    /// </summary>
+    private (BindOutcome, Connection?, List<Connection>?) Bind(Connection c, uint target)
     {
         lock (_lock)
         {
-            if (c.State != ConnectionState.Registered) return (BindOutcome.Closed, null); // timed out meanwhile
-            if (target == c.Zid) return (BindOutcome.SelfBind, null);
-            if (!_byZid.TryGetValue(target, out var peer) || peer.State == ConnectionState.Closed) return (BindOutcome.UnknownPeer, null);
+            if (c.State != ConnectionState.Registered) return (BindOutcome.Closed, null, null); // timed out meanwhile
+            if (target == c.Zid) return (BindOutcome.SelfBind, null, null);
+            if (!_byZid.TryGetValue(target, out var peer) || peer.State == ConnectionState.Closed) return (BindOutcome.UnknownPeer, null, null);
             if (peer.State == ConnectionState.Bound || (peer.State == ConnectionState.Waiting && peer.Target != c.Zid))
-                return (BindOutcome.PeerBoundElsewhere, null);
+                return (BindOutcome.PeerBoundElsewhere, null, null);
             if (peer.State == ConnectionState.Waiting)
             {
+                RemoveWaiter(peer);
                 peer.State = c.State = ConnectionState.Bound;
                 c.Target = target;
                 _pairs++;
                 _bindings++;
-                return (BindOutcome.Matched, peer);
+                var evicted = TakeWaiters(c.Zid, "peer bound to another");
+                var more = TakeWaiters(peer.Zid, "peer bound to another");
+                if (more is not null) (evicted ??= []).AddRange(more);
+                return (BindOutcome.Matched, peer, evicted);
             }
             // The peer has not sent its bind request yet: wait for it to name us.
             c.State = ConnectionState.Waiting;
             c.Target = target;
             c.Deadline = Environment.TickCount64 + (long)_options.PeerTimeout.TotalMilliseconds;
             c.Matched = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
-            return (BindOutcome.Waiting, null);
+            if (!_waitersFor.TryGetValue(target, out var list)) _waitersFor[target] = list = new List<Connection>(1);
+            list.Add(c);
+            c.InWaiters = true;
+            return (BindOutcome.Waiting, null, TakeWaiters(c.Zid, "peer bound to another"));
         }
+    }
+
+    /// <summary>Under the lock: ends the wait of every connection waiting for <paramref name="zid"/>.</summary>
+    private List<Connection>? TakeWaiters(uint zid, string reason)
+    {
+        if (!_waitersFor.Remove(zid, out var list)) return null;
+        foreach (var w in list)
+        {
+            w.InWaiters = false;
+            w.State = ConnectionState.Closed;
+            w.Unmatched = reason;
+        }
+        return list;
+    }
+
+    private void RemoveWaiter(Connection c)
+    {
+        if (!c.InWaiters) return;
+        c.InWaiters = false;
+        if (_waitersFor.TryGetValue(c.Target, out var list) && list.Remove(c) && list.Count == 0) _waitersFor.Remove(c.Target);
+    }
+
+    /// <summary>Outside the lock: wakes evicted waiters; their tasks close them.</summary>
+    private static void Evict(List<Connection>? evicted)
+    {
+        if (evicted is null) return;
+        foreach (var w in evicted) w.Matched!.TrySetResult(false);
     }
 
     /// <summary>§4.2, §4.3: closes connections whose bind request or whose peer's bind did not come in time.</summary>
@@ -296,6 +337,11 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
             {
                 if (c.State is not (ConnectionState.Registered or ConnectionState.Waiting) || c.Deadline > now) continue;
                 (expired ??= []).Add((c, c.State));
+                if (c.State == ConnectionState.Waiting)
+                {
+                    RemoveWaiter(c);
+                    c.Unmatched = $"no bind back within {_options.PeerTimeout.TotalSeconds}s";
+                }
                 c.State = ConnectionState.Closed; // nobody can bind to it any more
             }
         }
@@ -397,9 +443,12 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
     /// <summary>Removes a connection and closes its socket (abortively: RST). Idempotent.</summary>
     private void Close(Connection c, bool abort)
     {
+        List<Connection>? evicted;
         lock (_lock)
         {
             c.State = ConnectionState.Closed;
+            RemoveWaiter(c);
+            evicted = c.Registered ? TakeWaiters(c.Zid, "peer closed") : null;
             if (!c.Released)
             {
                 c.Released = true;
@@ -409,6 +458,7 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
                 if (left <= 0) _perSource.Remove(c.Source); else _perSource[c.Source] = left;
             }
         }
+        Evict(evicted);
         try
         {
             if (abort) c.Socket.LingerState = new LingerOption(true, 0);
@@ -452,6 +502,8 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
         public uint Target;
         public long Deadline;
         public TaskCompletionSource<bool>? Matched;
+        public bool InWaiters;
+        public string? Unmatched;
 
         public EndPoint? Remote
         {

@@ -153,7 +153,9 @@ public class ZephyrRelayTests
         await a.BindAsync(unknown);
         await AssertClosedSoonAsync(a);
         // A zid above 2^31 - 1 is never assigned: unknown too.
-        await b.BindAsync(0x80000000u | a.Zid);
+        var request = ZephyrWire.BuildBindRequest(a.Zid);
+        request[8] |= 0x80;
+        await b.SendAsync(request);
         await AssertClosedSoonAsync(b);
     }
 
@@ -196,6 +198,18 @@ public class ZephyrRelayTests
         Assert.NotEqual(End.Timeout, result.End);
         Assert.Equal(0, result.Bytes);
         Assert.InRange(clock.Elapsed, TimeSpan.FromSeconds(1.5), TimeSpan.FromSeconds(6));
+    }
+
+    [Fact]
+    public async Task A_bind_whose_peer_goes_away_is_closed_at_once()
+    {
+        await using var relay = await ZephyrRelayProcess.StartAsync();
+        using var a = await ZephyrPeer.ConnectAsync(relay.EndPoint);
+        var b = await ZephyrPeer.ConnectAsync(relay.EndPoint);
+        await a.BindAsync(b.Zid);
+        await Task.Delay(200);
+        b.Dispose();
+        await AssertClosedSoonAsync(a);
     }
 
     // ---- §4.4 early data ----
