@@ -43,6 +43,8 @@ public static class Program
                 return GenerateConfig(args);
             case "demo":
                 return await Demo.DemoCommand.RunAsync(args[1..]).ConfigureAwait(false);
+            case "relay":
+                return await RelayCommand.RunAsync(args[1..]).ConfigureAwait(false);
         }
 
         string json;

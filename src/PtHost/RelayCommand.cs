@@ -1,0 +1,143 @@
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
+using PtHost.Hosting;
+using PtHost.Transports.Zephyr;
+
+namespace PtHost;
+
+/// <summary>
+/// <c>pthost relay NAME ...</c>: runs a relay service in the foreground. Prints one line
+/// <c>LISTEN NAME ip:port</c> on stdout once listening (spec/zephyr.md §5), logs to stderr,
+/// exits 0 on SIGTERM/SIGINT, 64 on bad arguments, 69 when the address cannot be bound.
+/// </summary>
+public static class RelayCommand
+{
+    public const string Usage = """
+        usage: pthost relay zephyr [--listen IP:PORT] [--bind-timeout SECONDS] [--peer-timeout SECONDS]
+                                   [--max-connections N] [--max-per-source N] [--loglevel LEVEL]
+        """;
+
+    public static async Task<int> RunAsync(string[] args)
+    {
+        if (args.Length == 0) return UsageError("relay needs a NAME (known: zephyr)");
+        return args[0] switch
+        {
+            "zephyr" => await RunZephyrAsync(args[1..]).ConfigureAwait(false),
+            "--help" or "-h" => Help(),
+            _ => UsageError($"no relay named \"{args[0]}\" (known: zephyr)"),
+        };
+    }
+
+    private static int Help()
+    {
+        Console.Error.WriteLine(Usage);
+        return ExitCodes.Ok;
+    }
+
+    private static async Task<int> RunZephyrAsync(string[] args)
+    {
+        var options = new ZephyrRelayOptions();
+        var level = LogLevel.Information;
+        for (int i = 0; i < args.Length; i++)
+        {
+            string name = args[i];
+            if (name is "--help" or "-h") return Help();
+            if (i + 1 >= args.Length) return UsageError($"{name} needs a value");
+            string value = args[++i];
+            switch (name)
+            {
+                case "--listen":
+                    if (!IPEndPoint.TryParse(value, out var listen) || !value.Contains(':', StringComparison.Ordinal))
+                        return UsageError($"--listen \"{value}\" is not IP:PORT");
+                    options = options with { Listen = listen };
+                    break;
+                case "--bind-timeout":
+                    if (!TryParseSeconds(value, out var bind)) return UsageError($"--bind-timeout \"{value}\" is not a positive number of seconds");
+                    options = options with { BindTimeout = bind };
+                    break;
+                case "--peer-timeout":
+                    if (!TryParseSeconds(value, out var peer)) return UsageError($"--peer-timeout \"{value}\" is not a positive number of seconds");
+                    options = options with { PeerTimeout = peer };
+                    break;
+                case "--max-connections":
+                    if (!TryParseCount(value, out int max)) return UsageError($"--max-connections \"{value}\" is not a positive integer");
+                    options = options with { MaxConnections = max };
+                    break;
+                case "--max-per-source":
+                    if (!TryParseCount(value, out int perSource)) return UsageError($"--max-per-source \"{value}\" is not a positive integer");
+                    options = options with { MaxPerSource = perSource };
+                    break;
+                case "--loglevel":
+                    if (ParseLogLevel(value) is not { } parsed) return UsageError($"--loglevel \"{value}\" is not one of error, warning, notice, info, debug, trace, none");
+                    level = parsed;
+                    break;
+                default:
+                    return UsageError($"unknown option \"{name}\"");
+            }
+        }
+
+        using var loggers = LoggerFactory.Create(b => Program.ConfigureLogging(b, level));
+        var log = loggers.CreateLogger("PtHost.Relay.Zephyr");
+        var relay = new ZephyrRelay(options, log);
+        try
+        {
+            relay.Start();
+        }
+        catch (SocketException e)
+        {
+            Console.Error.WriteLine($"pthost: relay zephyr: cannot listen on {options.Listen}: {e.Message}");
+            return ExitCodes.Unavailable;
+        }
+
+        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        void OnSignal(PosixSignalContext context)
+        {
+            context.Cancel = true; // we exit ourselves, with code 0
+            stop.TrySetResult();
+        }
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+
+        await Console.Out.WriteLineAsync($"LISTEN zephyr {relay.LocalEndPoint}").ConfigureAwait(false);
+        await Console.Out.FlushAsync().ConfigureAwait(false);
+
+        await stop.Task.ConfigureAwait(false);
+        log.LogInformation("signal received; closing the listener");
+        await relay.DisposeAsync().ConfigureAwait(false);
+        relay.LogStats();
+        return ExitCodes.Ok;
+    }
+
+    private static bool TryParseSeconds(string s, out TimeSpan value)
+    {
+        value = default;
+        if (!double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double seconds) || !(seconds > 0) || seconds > 86_400) return false;
+        value = TimeSpan.FromSeconds(seconds);
+        return true;
+    }
+
+    private static bool TryParseCount(string s, out int value) =>
+        int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out value) && value > 0;
+
+    /// <summary>The level names of the configuration's "loglevel" key (spec/ipc.md).</summary>
+    private static LogLevel? ParseLogLevel(string s) => s.ToLowerInvariant() switch
+    {
+        "error" => LogLevel.Error,
+        "warning" => LogLevel.Warning,
+        "notice" or "info" or "information" => LogLevel.Information,
+        "debug" => LogLevel.Debug,
+        "trace" => LogLevel.Trace,
+        "none" => LogLevel.None,
+        _ => null,
+    };
+
+    private static int UsageError(string message)
+    {
+        // One line: the error. (The usage text is printed by --help.)
+        Console.Error.WriteLine("pthost: relay: " + message);
+        return ExitCodes.Usage;
+    }
+}

@@ -1,0 +1,517 @@
+using System.Buffers.Binary;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using System.Security.Cryptography;
+using Microsoft.Extensions.Logging;
+using PtHost.Net;
+
+namespace PtHost.Transports.Zephyr;
+
+/// <summary>Counters of a running relay, for the stats line (spec/zephyr.md §4.7).</summary>
+public readonly record struct ZephyrRelayStats(
+    int Connections, int BoundPairs, long Accepted, long RefusedByLimits, long Bindings,
+    long BindFailures, long Timeouts, long Bytes);
+
+/// <summary>
+/// The Zephyr relay service (spec/zephyr.md §4): assigns each accepted connection a zid, waits
+/// for its bind request, joins two connections that named each other, then carries bytes both
+/// ways untouched (splice(2) on Linux). An unbound connection holds a 12-byte buffer and no more.
+/// </summary>
+public sealed partial class ZephyrRelay : IAsyncDisposable
+{
+    private const int MaxZidTries = 10; // §4.1, as the reference relay
+    private static readonly TimeSpan DrainLimit = TimeSpan.FromSeconds(10);
+
+    private readonly ZephyrRelayOptions _options;
+    private readonly ILogger _log;
+    private readonly Lock _lock = new();
+    private readonly Dictionary<uint, Connection> _byZid = [];
+    private readonly Dictionary<IPAddress, int> _perSource = [];
+    // Connections waiting for a peer's matching bind, by the zid they named (§4.3).
+    private readonly Dictionary<uint, List<Connection>> _waitersFor = [];
+    private readonly CancellationTokenSource _stop = new();
+    private Socket? _listener;
+    private Task _acceptLoop = Task.CompletedTask;
+    private Timer? _sweeper;
+    private Timer? _statsTimer;
+    private int _connections, _pairs;
+    private long _accepted, _refusedByLimits, _bindings, _bindFailures, _timeouts, _bytes;
+    private long _lastLimitLog = long.MinValue / 2; // "long ago", without overflow in now - last
+
+    public ZephyrRelay(ZephyrRelayOptions options, ILogger logger)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(options.BindTimeout, TimeSpan.Zero);
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(options.PeerTimeout, TimeSpan.Zero);
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxConnections, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxPerSource, 1);
+        _options = options;
+        _log = logger;
+    }
+
+    /// <summary>The address actually bound (port 0 resolved). Valid after <see cref="Start"/>.</summary>
+    public IPEndPoint LocalEndPoint => (IPEndPoint)(_listener ?? throw new InvalidOperationException("not started")).LocalEndPoint!;
+
+    /// <summary>Binds the listener and starts accepting. Throws <see cref="SocketException"/> when the address cannot be bound.</summary>
+    public void Start()
+    {
+        var listen = _options.Listen;
+        var socket = new Socket(listen.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            if (listen.AddressFamily == AddressFamily.InterNetworkV6 && listen.Address.Equals(IPAddress.IPv6Any)) socket.DualMode = true;
+            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            socket.Bind(listen);
+            socket.Listen(4096);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+        _listener = socket;
+        var shortest = _options.BindTimeout < _options.PeerTimeout ? _options.BindTimeout : _options.PeerTimeout;
+        var tick = TimeSpan.FromMilliseconds(Math.Clamp(shortest.TotalMilliseconds / 8, 50, 1000));
+        _sweeper = new Timer(_ => Sweep(), null, tick, tick);
+        _statsTimer = new Timer(_ => LogStats(), null, _options.StatsInterval, _options.StatsInterval);
+        _acceptLoop = AcceptLoopAsync(socket);
+        _log.LogInformation("zephyr relay listening on {EndPoint} (bind timeout {Bind}s, peer timeout {Peer}s, max {Max} connections, {PerSource} per source)",
+            LocalEndPoint, _options.BindTimeout.TotalSeconds, _options.PeerTimeout.TotalSeconds, _options.MaxConnections, _options.MaxPerSource);
+    }
+
+    public ZephyrRelayStats GetStats()
+    {
+        lock (_lock)
+            return new ZephyrRelayStats(_connections, _pairs, Interlocked.Read(ref _accepted), Interlocked.Read(ref _refusedByLimits),
+                Interlocked.Read(ref _bindings), Interlocked.Read(ref _bindFailures), Interlocked.Read(ref _timeouts), Interlocked.Read(ref _bytes));
+    }
+
+    public void LogStats()
+    {
+        var s = GetStats();
+        _log.LogInformation("stats: connections={Connections} bound-pairs={Pairs} accepted={Accepted} refused-by-limits={Refused} bindings={Bindings} bind-failures={Failures} timeouts={Timeouts} bytes={Bytes}",
+            s.Connections, s.BoundPairs, s.Accepted, s.RefusedByLimits, s.Bindings, s.BindFailures, s.Timeouts, s.Bytes);
+    }
+
+    /// <summary>Closes the listener, then every connection still held.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        await _stop.CancelAsync().ConfigureAwait(false);
+        _listener?.Dispose();
+        await _acceptLoop.ConfigureAwait(false);
+        if (_sweeper is not null) await _sweeper.DisposeAsync().ConfigureAwait(false);
+        if (_statsTimer is not null) await _statsTimer.DisposeAsync().ConfigureAwait(false);
+        List<Connection> all;
+        lock (_lock) all = [.. _byZid.Values];
+        foreach (var c in all) Close(c, abort: true);
+        _stop.Dispose();
+    }
+
+    private async Task AcceptLoopAsync(Socket listener)
+    {
+        while (!_stop.IsCancellationRequested)
+        {
+            Socket socket;
+            try
+            {
+                socket = await listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { return; }
+            catch (SocketException e)
+            {
+                if (_stop.IsCancellationRequested) return;
+                // Out of descriptors and the like: wait a little rather than spin.
+                _log.LogWarning("accept failed: {Message}", e.Message);
+                try { await Task.Delay(100, _stop.Token).ConfigureAwait(false); }
+                catch (OperationCanceledException) { return; }
+                continue;
+            }
+            Interlocked.Increment(ref _accepted);
+            Admit(socket);
+        }
+    }
+
+    /// <summary>§4.6: a connection over a limit is accepted and closed at once, before the assignment.</summary>
+    private void Admit(Socket socket)
+    {
+        var address = (socket.RemoteEndPoint as IPEndPoint)?.Address ?? IPAddress.None;
+        if (address.IsIPv4MappedToIPv6) address = address.MapToIPv4();
+        string? limit = null;
+        lock (_lock)
+        {
+            int fromSource = _perSource.GetValueOrDefault(address);
+            if (_connections >= _options.MaxConnections) limit = $"max-connections {_options.MaxConnections}";
+            else if (fromSource >= _options.MaxPerSource) limit = $"max-per-source {_options.MaxPerSource}";
+            else
+            {
+                _connections++;
+                _perSource[address] = fromSource + 1;
+            }
+        }
+        if (limit is not null)
+        {
+            long refused = Interlocked.Increment(ref _refusedByLimits);
+            socket.Dispose();
+            LogLimit(limit, address, refused);
+            return;
+        }
+        _ = ServeAsync(new Connection(socket, address));
+    }
+
+    /// <summary>One log line when a limit is hit, then at most one every 10 s while it stays hit.</summary>
+    private void LogLimit(string limit, IPAddress address, long refused)
+    {
+        long now = Environment.TickCount64;
+        long last = Interlocked.Read(ref _lastLimitLog);
+        if (now - last < 10_000 || Interlocked.CompareExchange(ref _lastLimitLog, now, last) != last) return;
+        _log.LogWarning("connection limit hit ({Limit}): refused a connection from {Address}; {Refused} refused by limits so far", limit, address, refused);
+    }
+
+    private async Task ServeAsync(Connection c)
+    {
+        bool handedOff = false;
+        try
+        {
+            c.Socket.NoDelay = true; // §4.1
+            if (!Register(c))
+            {
+                _log.LogWarning("no free zid after {Tries} tries; closing {Remote}", MaxZidTries, c.Remote);
+                return;
+            }
+            // §4.1: the assignment, then exactly 12 bytes of bind request. Nothing past them is read
+            // before binding: early bytes stay in the socket and are relayed once bound (§4.4).
+            var message = new byte[ZephyrWire.MessageLength];
+            ZephyrWire.WriteAssignment(message, c.Zid);
+            await c.Socket.SendAsync(message, SocketFlags.None).ConfigureAwait(false);
+            int got = 0;
+            while (got < message.Length)
+            {
+                int n = await c.Socket.ReceiveAsync(message.AsMemory(got), SocketFlags.None).ConfigureAwait(false);
+                if (n == 0)
+                {
+                    _log.LogDebug("zid {Zid}: closed by {Remote} before a bind request ({Got} of 12 bytes)", c.Zid, c.Remote, got);
+                    return;
+                }
+                got += n;
+            }
+            var error = ZephyrWire.ParseBindRequest(message, out uint target);
+            if (error != BindRequestError.None)
+            {
+                Interlocked.Increment(ref _bindFailures);
+                _log.LogDebug("zid {Zid}: bad bind request from {Remote} ({Error}); closing", c.Zid, c.Remote, error);
+                return;
+            }
+            var (outcome, peer, evicted) = Bind(c, target);
+            Evict(evicted);
+            switch (outcome)
+            {
+                case BindOutcome.Matched:
+                    handedOff = true;
+                    peer!.Matched!.TrySetResult(true);
+                    await RunPairAsync(peer, c).ConfigureAwait(false);
+                    return;
+                case BindOutcome.Waiting:
+                    if (await c.Matched!.Task.ConfigureAwait(false)) handedOff = true; // the peer's task relays the pair
+                    else _log.LogDebug("zid {Zid}: no matching bind from {Peer}: {Reason}; closing", c.Zid, target, c.Unmatched);
+                    return;
+                case BindOutcome.Closed:
+                    return;
+                default:
+                    Interlocked.Increment(ref _bindFailures);
+                    _log.LogDebug("zid {Zid}: bind to {Peer} refused ({Reason}); closing", c.Zid, target, outcome);
+                    return;
+            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException or OperationCanceledException)
+        {
+            _log.LogTrace("zid {Zid}: {Message}", c.Zid, e.Message);
+        }
+        catch (Exception e)
+        {
+            _log.LogError(e, "zid {Zid}: unexpected failure", c.Zid);
+        }
+        finally
+        {
+            if (!handedOff) Close(c, abort: false);
+        }
+    }
+
+    /// <summary>§4.1: a random non-negative 32-bit zid from the CSPRNG, unused by any held connection.</summary>
+    private bool Register(Connection c)
+    {
+        Span<byte> random = stackalloc byte[4];
+        lock (_lock)
+        {
+            if (c.State == ConnectionState.Closed) return false;
+            for (int i = 0; i < MaxZidTries; i++)
+            {
+                RandomNumberGenerator.Fill(random);
+                uint zid = BinaryPrimitives.ReadUInt32BigEndian(random) & ZephyrWire.MaxZid;
+                if (_byZid.TryAdd(zid, c))
+                {
+                    c.Zid = zid;
+                    c.Registered = true;
+                    c.Deadline = Environment.TickCount64 + (long)_options.BindTimeout.TotalMilliseconds;
+                    return true;
+                }
+            }
+        }
+        return false;
+    }
+
+    private enum BindOutcome { Matched, Waiting, Closed, SelfBind, UnknownPeer, PeerBoundElsewhere }
+
+    /// <summary>
+    /// §4.3: the bind rules, decided atomically for both sides. Also returns the connections
+    /// waiting for <paramref name="c"/> that can no longer be matched: <paramref name="c"/> just
+    /// named someone else (or was joined), so they are closed at once rather than at their timeout.
+    /// </summary>
+    private (BindOutcome, Connection?, List<Connection>?) Bind(Connection c, uint target)
+    {
+        lock (_lock)
+        {
+            if (c.State != ConnectionState.Registered) return (BindOutcome.Closed, null, null); // timed out meanwhile
+            if (target == c.Zid) return (BindOutcome.SelfBind, null, null);
+            if (!_byZid.TryGetValue(target, out var peer) || peer.State == ConnectionState.Closed) return (BindOutcome.UnknownPeer, null, null);
+            if (peer.State == ConnectionState.Bound || (peer.State == ConnectionState.Waiting && peer.Target != c.Zid))
+                return (BindOutcome.PeerBoundElsewhere, null, null);
+            if (peer.State == ConnectionState.Waiting)
+            {
+                RemoveWaiter(peer);
+                peer.State = c.State = ConnectionState.Bound;
+                c.Target = target;
+                _pairs++;
+                _bindings++;
+                var evicted = TakeWaiters(c.Zid, "peer bound to another");
+                var more = TakeWaiters(peer.Zid, "peer bound to another");
+                if (more is not null) (evicted ??= []).AddRange(more);
+                return (BindOutcome.Matched, peer, evicted);
+            }
+            // The peer has not sent its bind request yet: wait for it to name us.
+            c.State = ConnectionState.Waiting;
+            c.Target = target;
+            c.Deadline = Environment.TickCount64 + (long)_options.PeerTimeout.TotalMilliseconds;
+            c.Matched = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+            if (!_waitersFor.TryGetValue(target, out var list)) _waitersFor[target] = list = new List<Connection>(1);
+            list.Add(c);
+            c.InWaiters = true;
+            return (BindOutcome.Waiting, null, TakeWaiters(c.Zid, "peer bound to another"));
+        }
+    }
+
+    /// <summary>Under the lock: ends the wait of every connection waiting for <paramref name="zid"/>.</summary>
+    private List<Connection>? TakeWaiters(uint zid, string reason)
+    {
+        if (!_waitersFor.Remove(zid, out var list)) return null;
+        foreach (var w in list)
+        {
+            w.InWaiters = false;
+            w.State = ConnectionState.Closed;
+            w.Unmatched = reason;
+        }
+        return list;
+    }
+
+    private void RemoveWaiter(Connection c)
+    {
+        if (!c.InWaiters) return;
+        c.InWaiters = false;
+        if (_waitersFor.TryGetValue(c.Target, out var list) && list.Remove(c) && list.Count == 0) _waitersFor.Remove(c.Target);
+    }
+
+    /// <summary>Outside the lock: wakes evicted waiters; their tasks close them.</summary>
+    private static void Evict(List<Connection>? evicted)
+    {
+        if (evicted is null) return;
+        foreach (var w in evicted) w.Matched!.TrySetResult(false);
+    }
+
+    /// <summary>§4.2, §4.3: closes connections whose bind request or whose peer's bind did not come in time.</summary>
+    private void Sweep()
+    {
+        long now = Environment.TickCount64;
+        List<(Connection, ConnectionState)>? expired = null;
+        lock (_lock)
+        {
+            foreach (var c in _byZid.Values)
+            {
+                if (c.State is not (ConnectionState.Registered or ConnectionState.Waiting) || c.Deadline > now) continue;
+                (expired ??= []).Add((c, c.State));
+                if (c.State == ConnectionState.Waiting)
+                {
+                    RemoveWaiter(c);
+                    c.Unmatched = $"no bind back within {_options.PeerTimeout.TotalSeconds}s";
+                }
+                c.State = ConnectionState.Closed; // nobody can bind to it any more
+            }
+        }
+        if (expired is null) return;
+        foreach (var (c, state) in expired)
+        {
+            Interlocked.Increment(ref _timeouts);
+            if (state == ConnectionState.Waiting) c.Matched!.TrySetResult(false); // its task closes it
+            else
+            {
+                _log.LogDebug("zid {Zid}: no bind request from {Remote} within {Timeout}s; closing", c.Zid, c.Remote, _options.BindTimeout.TotalSeconds);
+                Close(c, abort: false); // fails the pending receive
+            }
+        }
+    }
+
+    /// <summary>
+    /// §4.4, §4.5: relays a bound pair. An end of stream is passed on as FIN after every byte read
+    /// before it was written; once both directions ended both sockets close normally. A reset
+    /// aborts both. Before aborting a socket that a finished direction wrote to, the relay waits
+    /// until the peer acknowledged every byte, so an abort never discards a delivered tail.
+    /// </summary>
+    private async Task RunPairAsync(Connection a, Connection b)
+    {
+        _log.LogDebug("bound zid {A} ({RemoteA}) <-> zid {B} ({RemoteB})", a.Zid, a.Remote, b.Zid, b.Remote);
+        var activity = new Activity();
+        using var cancel = new CancellationTokenSource();
+        bool clean = false;
+        Connection? drained = null;
+        try
+        {
+            using var sa = new NetworkStream(a.Socket, ownsSocket: false);
+            using var sb = new NetworkStream(b.Socket, ownsSocket: false);
+            Action<long> count = n =>
+            {
+                Interlocked.Add(ref _bytes, n);
+                Volatile.Write(ref activity.Last, Environment.TickCount64);
+            };
+            var ab = PumpAsync(sa, sb, count, cancel.Token);
+            var ba = PumpAsync(sb, sa, count, cancel.Token);
+            var first = await Task.WhenAny(ab, ba).ConfigureAwait(false);
+            var other = first == ab ? ba : ab;
+            if (!await first.ConfigureAwait(false))
+            {
+                await cancel.CancelAsync().ConfigureAwait(false);
+                await other.ConfigureAwait(false);
+                return;
+            }
+            // One side ended and its FIN was passed on. The other direction may go on while it moves bytes.
+            drained = first == ab ? b : a;
+            Volatile.Write(ref activity.Last, Environment.TickCount64);
+            long idle = (long)_options.HalfCloseIdleTimeout.TotalMilliseconds;
+            var check = TimeSpan.FromMilliseconds(Math.Clamp(idle / 4, 10, 1000));
+            while (!other.IsCompleted)
+            {
+                await Task.WhenAny(other, Task.Delay(check, CancellationToken.None)).ConfigureAwait(false);
+                if (!other.IsCompleted && Environment.TickCount64 - Volatile.Read(ref activity.Last) >= idle)
+                {
+                    _log.LogDebug("zid {A} <-> {B}: half-closed and idle for {Idle}s; closing", a.Zid, b.Zid, _options.HalfCloseIdleTimeout.TotalSeconds);
+                    await cancel.CancelAsync().ConfigureAwait(false);
+                }
+            }
+            clean = await other.ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            _log.LogError(e, "zid {A} <-> {B}: unexpected failure", a.Zid, b.Zid);
+        }
+        finally
+        {
+            if (!clean && drained is not null) await WaitAcknowledgedAsync(drained.Socket, DrainLimit).ConfigureAwait(false);
+            Close(a, abort: !clean);
+            Close(b, abort: !clean);
+            lock (_lock) _pairs--;
+            _log.LogDebug("zid {A} <-> {B}: {How}", a.Zid, b.Zid, clean ? "closed" : "aborted");
+        }
+    }
+
+    private sealed class Activity
+    {
+        public long Last;
+    }
+
+    /// <summary>Copies one direction; on its end of stream passes FIN on. False on an error or cancellation.</summary>
+    private static async Task<bool> PumpAsync(NetworkStream from, NetworkStream to, Action<long> count, CancellationToken ct)
+    {
+        try
+        {
+            await Relay.CopyAsync(from, to, count, ct).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
+        {
+            return false;
+        }
+        Relay.ShutdownWrite(to);
+        return true;
+    }
+
+    /// <summary>Removes a connection and closes its socket (abortively: RST). Idempotent.</summary>
+    private void Close(Connection c, bool abort)
+    {
+        List<Connection>? evicted;
+        lock (_lock)
+        {
+            c.State = ConnectionState.Closed;
+            RemoveWaiter(c);
+            evicted = c.Registered ? TakeWaiters(c.Zid, "peer closed") : null;
+            if (!c.Released)
+            {
+                c.Released = true;
+                if (c.Registered && _byZid.TryGetValue(c.Zid, out var held) && held == c) _byZid.Remove(c.Zid);
+                _connections--;
+                int left = _perSource.GetValueOrDefault(c.Source) - 1;
+                if (left <= 0) _perSource.Remove(c.Source); else _perSource[c.Source] = left;
+            }
+        }
+        Evict(evicted);
+        try
+        {
+            if (abort) c.Socket.LingerState = new LingerOption(true, 0);
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+        c.Socket.Dispose();
+    }
+
+    /// <summary>Waits (bounded) until the kernel holds no unacknowledged bytes for <paramref name="socket"/> (Linux SIOCOUTQ).</summary>
+    private static async Task WaitAcknowledgedAsync(Socket socket, TimeSpan limit)
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        long deadline = Environment.TickCount64 + (long)limit.TotalMilliseconds;
+        try
+        {
+            while (Environment.TickCount64 < deadline)
+            {
+                if (ioctl((int)socket.Handle, SIOCOUTQ, out int pending) != 0 || pending <= 0) return;
+                await Task.Delay(10).ConfigureAwait(false);
+            }
+        }
+        catch (ObjectDisposedException) { }
+    }
+
+    private const nuint SIOCOUTQ = 0x5411;
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int ioctl(int fd, nuint request, out int value);
+
+    private enum ConnectionState { Registered, Waiting, Bound, Closed }
+
+    /// <summary>One accepted connection. While unbound it holds no buffer (the 12-byte one lives in its task).</summary>
+    private sealed class Connection(Socket socket, IPAddress source)
+    {
+        public readonly Socket Socket = socket;
+        public readonly IPAddress Source = source;
+        public uint Zid;
+        public bool Registered;
+        public bool Released;
+        public ConnectionState State;
+        public uint Target;
+        public long Deadline;
+        public TaskCompletionSource<bool>? Matched;
+        public bool InWaiters;
+        public string? Unmatched;
+
+        public EndPoint? Remote
+        {
+            get
+            {
+                try { return Socket.RemoteEndPoint; }
+                catch (Exception e) when (e is SocketException or ObjectDisposedException) { return null; }
+            }
+        }
+    }
+}

@@ -1,0 +1,32 @@
+using System.Net;
+
+namespace PtHost.Transports.Zephyr;
+
+/// <summary>Settings of the Zephyr relay service (spec/zephyr.md §5).</summary>
+public sealed record ZephyrRelayOptions
+{
+    public const int DefaultPort = 8888;
+
+    public IPEndPoint Listen { get; init; } = new(IPAddress.Any, DefaultPort);
+
+    /// <summary>Time to receive the whole 12-byte bind request after accepting (§4.2).</summary>
+    public TimeSpan BindTimeout { get; init; } = TimeSpan.FromSeconds(15);
+
+    /// <summary>Time for the named peer to bind back after a bind request (§4.3).</summary>
+    public TimeSpan PeerTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// After one direction of a bound pair ended (FIN passed on), how long the other direction may
+    /// stay idle before the pair is closed (§4.5).
+    /// </summary>
+    public TimeSpan HalfCloseIdleTimeout { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>Connections held at once, in any state (§4.6).</summary>
+    public int MaxConnections { get; init; } = 20_000;
+
+    /// <summary>Connections held at once from one source address (§4.6).</summary>
+    public int MaxPerSource { get; init; } = 1_000;
+
+    /// <summary>Interval of the stats log line.</summary>
+    public TimeSpan StatsInterval { get; init; } = TimeSpan.FromSeconds(60);
+}
