@@ -20,6 +20,9 @@ public static class Program
                pthost generate-config TRANSPORT [--plugindir DIR]
                                                     print {"client": {...}, "server": {...}} options
                pthost demo                          start a server and a client on loopback and fetch through them
+               pthost relay zephyr --listen IP:PORT [--bind-timeout S] [--peer-timeout S]
+                                   [--max-connections N] [--max-per-source N] [--loglevel L]
+                                                    run the Zephyr relay service (spec/zephyr.md)
                pthost --version | --help
         """;
 
