@@ -29,8 +29,9 @@ public class LoadTests(ITestOutputHelper output)
         Assert.Equal(50, warm.Verified);
         await Task.Delay(1000);
         int clientFd0 = ProcStats.FdCount(client), serverFd0 = ProcStats.FdCount(server);
+        int clientSock0 = ProcStats.SocketCount(client), serverSock0 = ProcStats.SocketCount(server);
         long clientRss0 = ProcStats.RssBytes(client), serverRss0 = ProcStats.RssBytes(server);
-        output.WriteLine($"baseline: client {clientFd0} fds {clientRss0 >> 20} MiB, server {serverFd0} fds {serverRss0 >> 20} MiB");
+        output.WriteLine($"baseline: client {clientFd0} fds ({clientSock0} sockets/pipes) {clientRss0 >> 20} MiB, server {serverFd0} fds ({serverSock0} sockets/pipes) {serverRss0 >> 20} MiB");
 
         var rss = new List<(long Client, long Server)>();
         for (int round = 1; round <= 2; round++)
@@ -44,14 +45,18 @@ public class LoadTests(ITestOutputHelper output)
             Assert.True(r.ClientFdsAtPeak >= clientFd0 + 2 * Sessions, $"client had {r.ClientFdsAtPeak} fds at the peak");
             Assert.True(r.ServerFdsAtPeak >= serverFd0 + 2 * Sessions, $"server had {r.ServerFdsAtPeak} fds at the peak");
 
-            // Every socket is released once the sessions have closed.
-            int cf = await ProcStats.WaitForFdsAtMostAsync(client, clientFd0 + 16, TimeSpan.FromSeconds(30));
-            int sf = await ProcStats.WaitForFdsAtMostAsync(server, serverFd0 + 16, TimeSpan.FromSeconds(30));
+            // Every socket is released once the sessions have closed (a couple of spare ones tolerated),
+            // and the fd total is back near the baseline (the runtime may open a few more assembly files).
+            int cs = await ProcStats.WaitForSocketsAtMostAsync(client, clientSock0 + 2, TimeSpan.FromSeconds(30));
+            int ss = await ProcStats.WaitForSocketsAtMostAsync(server, serverSock0 + 2, TimeSpan.FromSeconds(30));
             await Task.Delay(2000);
+            int cf = ProcStats.FdCount(client), sf = ProcStats.FdCount(server);
             rss.Add((ProcStats.RssBytes(client), ProcStats.RssBytes(server)));
-            output.WriteLine($"after round {round}: client {cf} fds {rss[^1].Client >> 20} MiB, server {sf} fds {rss[^1].Server >> 20} MiB");
-            Assert.InRange(cf, 0, clientFd0 + 16);
-            Assert.InRange(sf, 0, serverFd0 + 16);
+            output.WriteLine($"after round {round}: client {cf} fds ({cs} sockets/pipes) {rss[^1].Client >> 20} MiB, server {sf} fds ({ss} sockets/pipes) {rss[^1].Server >> 20} MiB");
+            Assert.True(cs <= clientSock0 + 2, $"client: {clientSock0} → {cs} sockets/pipes: {ProcStats.FdSummary(client)}");
+            Assert.True(ss <= serverSock0 + 2, $"server: {serverSock0} → {ss} sockets/pipes: {ProcStats.FdSummary(server)}");
+            Assert.InRange(cf, 0, clientFd0 + 32);
+            Assert.InRange(sf, 0, serverFd0 + 32);
         }
         // Memory does not keep growing: the second round ends within a generous bound of the first.
         Assert.True(rss[1].Client <= rss[0].Client * 3 / 2 + (64L << 20), $"client RSS grew {rss[0].Client >> 20} → {rss[1].Client >> 20} MiB");
@@ -140,7 +145,8 @@ public class LoadTests(ITestOutputHelper output)
 /// <summary>Totals for the README.</summary>
 public static class ReliabilityTally
 {
-    private static long s_sessions, s_bytes;
+    private static long s_sessions, s_bytes, s_faults;
+    public static void AddFault() => Interlocked.Increment(ref s_faults);
     public static void Add(long sessions, long bytes)
     {
         Interlocked.Add(ref s_sessions, sessions);
