@@ -68,7 +68,6 @@ public class LoadTests(ITestOutputHelper output)
         var (s, c) = await chain.StopAsync();
         Assert.Equal(0, s);
         Assert.Equal(0, c);
-        ReliabilityTally.Add(sessions: 2 * Sessions + 50, bytes: 0);
     }
 
     private static string Tail(string s) => s.Length > 4000 ? s[^4000..] : s;
@@ -137,19 +136,6 @@ public class LoadTests(ITestOutputHelper output)
                 mismatches++;
                 errors.Enqueue($"session {i}: the far end did not receive its bytes intact");
             }
-        ReliabilityTally.Add(sessions: 0, bytes: 2 * bytes);
         return new RoundResult(opened, verified, mismatches, [.. errors], bytes, clientPeak, serverPeak);
-    }
-}
-
-/// <summary>Totals for the README.</summary>
-public static class ReliabilityTally
-{
-    private static long s_sessions, s_bytes, s_faults;
-    public static void AddFault() => Interlocked.Increment(ref s_faults);
-    public static void Add(long sessions, long bytes)
-    {
-        Interlocked.Add(ref s_sessions, sessions);
-        Interlocked.Add(ref s_bytes, bytes);
     }
 }

@@ -121,7 +121,6 @@ public class ParserFuzzTests(ITestOutputHelper output)
             }
         }).WaitAsync(Budget);
         output.WriteLine($"{name}: {iterations} inputs, " + string.Join(", ", counts.OrderBy(kv => kv.Key).Select(kv => $"{kv.Key} {kv.Value}")));
-        FuzzTally.Add(iterations);
     }
 
     [Fact]
@@ -152,7 +151,6 @@ public class ParserFuzzTests(ITestOutputHelper output)
             }
         }).WaitAsync(Budget);
         output.WriteLine($"{name}: {iterations} inputs");
-        FuzzTally.Add(iterations);
     }
 
     /// <summary>PT 1.0 arguments: only FormatException; what parses formats back to the same arguments.</summary>
@@ -197,7 +195,6 @@ public class ParserFuzzTests(ITestOutputHelper output)
             }
         }).WaitAsync(Budget);
         output.WriteLine($"ptconfig structural: {iterations} inputs");
-        FuzzTally.Add(iterations);
     }
 
     /// <summary>Strict JSON: only FormatException; what parses re-serialises and parses to the same tree.</summary>
@@ -243,7 +240,6 @@ public class ParserFuzzTests(ITestOutputHelper output)
             }
             catch (Exception ex) { throw new Xunit.Sdk.XunitException($"input {text}: {ex}"); }
         }
-        FuzzTally.Add(iterations);
     }
 
     /// <summary>The plain preamble: ParseHeader gives -1 or a length ≤ 262; ParseDestination only FormatException; a parsed destination rebuilds to the same bytes.</summary>
@@ -263,7 +259,6 @@ public class ParserFuzzTests(ITestOutputHelper output)
             }
         }).WaitAsync(Budget);
         output.WriteLine($"plainwire: {iterations} inputs, {accepted} accepted");
-        FuzzTally.Add(iterations);
     }
 
     internal static bool CheckPreamble(byte[] input)
@@ -315,12 +310,4 @@ public static class JsonMutations
         }
         target.Replace(value);
     }
-}
-
-/// <summary>Totals for the README: how many inputs the fuzzers tried in this run.</summary>
-public static class FuzzTally
-{
-    private static long s_inputs;
-    public static void Add(long n) => Interlocked.Add(ref s_inputs, n);
-    public static long Inputs => Interlocked.Read(ref s_inputs);
 }
