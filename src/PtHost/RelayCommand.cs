@@ -50,9 +50,10 @@ public static class RelayCommand
             switch (name)
             {
                 case "--listen":
-                    if (!IPEndPoint.TryParse(value, out var listen) || !value.Contains(':', StringComparison.Ordinal))
+                    // Strict IP literals, as in the configuration (spec/ipc.md §3.5).
+                    if (!Contract.Destination.TryParse(value, out var listen) || listen.Address is null)
                         return UsageError($"--listen \"{value}\" is not IP:PORT");
-                    options = options with { Listen = listen };
+                    options = options with { Listen = new IPEndPoint(listen.Address, listen.Port) };
                     break;
                 case "--bind-timeout":
                     if (!TryParseSeconds(value, out var bind)) return UsageError($"--bind-timeout \"{value}\" is not a positive number of seconds");
@@ -71,7 +72,7 @@ public static class RelayCommand
                     options = options with { MaxPerSource = perSource };
                     break;
                 case "--loglevel":
-                    if (ParseLogLevel(value) is not { } parsed) return UsageError($"--loglevel \"{value}\" is not one of error, warning, notice, info, debug, trace, none");
+                    if (Configuration.PtConfig.TryParseLogLevel(value) is not { } parsed) return UsageError($"--loglevel \"{value}\" is not one of error, warning, notice, info, debug, trace, none");
                     level = parsed;
                     break;
                 default:
@@ -121,18 +122,6 @@ public static class RelayCommand
 
     private static bool TryParseCount(string s, out int value) =>
         int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out value) && value > 0;
-
-    /// <summary>The level names of the configuration's "loglevel" key (spec/ipc.md).</summary>
-    private static LogLevel? ParseLogLevel(string s) => s.ToLowerInvariant() switch
-    {
-        "error" => LogLevel.Error,
-        "warning" => LogLevel.Warning,
-        "notice" or "info" or "information" => LogLevel.Information,
-        "debug" => LogLevel.Debug,
-        "trace" => LogLevel.Trace,
-        "none" => LogLevel.None,
-        _ => null,
-    };
 
     private static int UsageError(string message)
     {

@@ -140,15 +140,20 @@ public sealed class PtConfig
         _ => throw new ConfigException(key, "must be true or false"),
     };
 
-    private static Microsoft.Extensions.Logging.LogLevel ParseLogLevel(string? s) => s switch
+    private static Microsoft.Extensions.Logging.LogLevel ParseLogLevel(string? s) =>
+        s is null ? Microsoft.Extensions.Logging.LogLevel.Information
+        : TryParseLogLevel(s) ?? throw new ConfigException("loglevel", $"\"{s}\" is not one of error, warning, notice, info, debug, trace, none");
+
+    /// <summary>The level names PtHost accepts (PT's names plus trace and none).</summary>
+    public static Microsoft.Extensions.Logging.LogLevel? TryParseLogLevel(string s) => s switch
     {
-        null or "notice" or "info" => Microsoft.Extensions.Logging.LogLevel.Information,
+        "notice" or "info" => Microsoft.Extensions.Logging.LogLevel.Information,
         "error" => Microsoft.Extensions.Logging.LogLevel.Error,
         "warning" => Microsoft.Extensions.Logging.LogLevel.Warning,
         "debug" => Microsoft.Extensions.Logging.LogLevel.Debug,
         "trace" => Microsoft.Extensions.Logging.LogLevel.Trace,
         "none" => Microsoft.Extensions.Logging.LogLevel.None,
-        _ => throw new ConfigException("loglevel", $"\"{s}\" is not one of error, warning, notice, info, debug, trace, none"),
+        _ => null,
     };
 
     public static IPEndPoint ParseEndPoint(string key, string text)
