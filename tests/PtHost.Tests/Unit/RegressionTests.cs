@@ -75,13 +75,7 @@ public class RegressionTests
     [InlineData("{} // comment")]
     public void Settings_that_are_not_RFC_8259_JSON_are_refused_with_12(string text)
     {
-        byte[] body = Encoding.UTF8.GetBytes(text);
-        byte[] message = new byte[4 + body.Length];
-        BinaryPrimitives.WriteInt32BigEndian(message, body.Length);
-        body.CopyTo(message, 4);
-        var buffer = new ReadOnlySequence<byte>(message);
-        Assert.Equal(ParseStatus.Invalid, Socks5Parser.TryParseSettings(ref buffer, out _, out var error));
-        Assert.Equal(Socks5.ReplySettingsBadJson, error.Reply);
+        AssertSettingsRefusedAsBadJson(text);
     }
 
     // LATENT 6
@@ -102,14 +96,19 @@ public class RegressionTests
     public void A_lone_surrogate_escape_is_bad_JSON_not_an_exception()
     {
         Assert.Throws<FormatException>(() => StrictJson.Parse("{\"a\":\"\\ud800\"}"));
-        byte[] body = Encoding.UTF8.GetBytes("{\"a\":\"\\ud800\"}");
+        AssertSettingsRefusedAsBadJson("{\"a\":\"\\ud800\"}");
+        var e = Assert.Throws<ConfigException>(() => PtConfig.Parse("{\"role\":\"client\",\"transports\":[\"plain\"],\"state\":\"\\ud800\"}"));
+        Assert.Equal("(document)", e.Key);
+    }
+
+    private static void AssertSettingsRefusedAsBadJson(string text)
+    {
+        byte[] body = Encoding.UTF8.GetBytes(text);
         byte[] message = new byte[4 + body.Length];
         BinaryPrimitives.WriteInt32BigEndian(message, body.Length);
         body.CopyTo(message, 4);
         var buffer = new ReadOnlySequence<byte>(message);
         Assert.Equal(ParseStatus.Invalid, Socks5Parser.TryParseSettings(ref buffer, out _, out var error));
         Assert.Equal(Socks5.ReplySettingsBadJson, error.Reply);
-        var e = Assert.Throws<ConfigException>(() => PtConfig.Parse("{\"role\":\"client\",\"transports\":[\"plain\"],\"state\":\"\\ud800\"}"));
-        Assert.Equal("(document)", e.Key);
     }
 }
