@@ -19,9 +19,9 @@ public class ZephyrTransportTests(ITestOutputHelper output)
         : throw new InvalidOperationException("curl is missing: run the README's test command (bash test.sh), which installs it");
 
     [Fact]
-    public async Task Curl_fetches_20_MB_through_zephyr_with_the_SHA256_intact()
+    public async Task Curl_fetches_100_MB_through_zephyr_with_the_SHA256_intact()
     {
-        var body = RandomNumberGenerator.GetBytes(20 * 1024 * 1024);
+        var body = RandomNumberGenerator.GetBytes(100 * 1024 * 1024);
         await using var http = new HttpFileServer(body);
         await using var relay = await ZephyrRelayProcess.StartAsync();
         await using var chain = await ZephyrChain.StartAsync(relay.EndPoint.ToString());
@@ -32,7 +32,7 @@ public class ZephyrTransportTests(ITestOutputHelper output)
             var watch = Stopwatch.StartNew();
             var (exit, _, err) = await ChainTests.RunAsync(Curl, "-sS", "--max-time", "60", "--socks5-hostname", chain.SocksEndPoint.ToString(),
                 "-o", file, $"http://localhost:{http.Port}/file.bin");
-            output.WriteLine($"20 MB through zephyr in {watch.Elapsed.TotalSeconds:0.00} s");
+            output.WriteLine($"100 MB through zephyr in {watch.Elapsed.TotalSeconds:0.00} s");
             Assert.True(exit == 0, $"curl exit {exit}: {err}\nclient stderr:\n{chain.Client.Stderr}\nserver stderr:\n{chain.Server.Stderr}");
             Assert.Equal(SHA256.HashData(body), SHA256.HashData(await File.ReadAllBytesAsync(file)));
         }
@@ -48,9 +48,9 @@ public class ZephyrTransportTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task Twenty_MB_go_up_and_come_back_through_an_echo_server()
+    public async Task Hundred_MB_go_up_and_come_back_through_an_echo_server()
     {
-        var data = RandomNumberGenerator.GetBytes(20 * 1024 * 1024);
+        var data = RandomNumberGenerator.GetBytes(100 * 1024 * 1024);
         await using var echo = new EchoServer();
         await using var relay = await ZephyrRelayProcess.StartAsync();
         await using var chain = await ZephyrChain.StartAsync(relay.EndPoint.ToString());
@@ -64,9 +64,9 @@ public class ZephyrTransportTests(ITestOutputHelper output)
             await socks.Stream.WriteAsync(data);
             socks.Socket.Shutdown(SocketShutdown.Send);
         });
-        var back = await socks.ReadToEndAsync(TimeSpan.FromSeconds(60));
+        var back = await socks.ReadToEndAsync(TimeSpan.FromSeconds(90));
         await send;
-        output.WriteLine($"20 MB up and back through zephyr in {watch.Elapsed.TotalSeconds:0.00} s");
+        output.WriteLine($"100 MB up and back through zephyr in {watch.Elapsed.TotalSeconds:0.00} s");
         Assert.Equal(SHA256.HashData(data), SHA256.HashData(back));
     }
 
