@@ -239,11 +239,19 @@ public class ZephyrTransportOptionsTests
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(10));
         var ct = Capture(async () =>
         {
-            await ca.AuthenticateAsClientAsync(client, cts.Token);
-            Assert.Equal(SslProtocols.Tls13, ca.SslProtocol);
-            // TLS 1.3 servers check the client certificate after the client's handshake ends: wait for the verdict.
-            await ca.WriteAsync(new byte[] { 1 }, cts.Token);
-            if (await ca.ReadAsync(new byte[1], cts.Token) != 1) throw new AuthenticationException("server closed");
+            try
+            {
+                await ca.AuthenticateAsClientAsync(client, cts.Token);
+                Assert.Equal(SslProtocols.Tls13, ca.SslProtocol);
+                // TLS 1.3 servers check the client certificate after the client's handshake ends: wait for the verdict.
+                await ca.WriteAsync(new byte[] { 1 }, cts.Token);
+                if (await ca.ReadAsync(new byte[1], cts.Token) != 1) throw new AuthenticationException("server closed");
+            }
+            catch
+            {
+                a.Close();
+                throw;
+            }
         });
         var st = Capture(async () =>
         {
