@@ -178,6 +178,65 @@ public class ZephyrTransportTests(ITestOutputHelper output)
         Assert.Equal(-1, seen.AsSpan().IndexOf(Encoding.ASCII.GetBytes($"127.0.0.1:{http.Port}")));
     }
 
+    [Fact]
+    public async Task A_resent_offer_gets_the_same_zid_and_the_server_lets_go_when_the_client_never_binds()
+    {
+        await using var relay = await ZephyrRelayProcess.StartAsync("--peer-timeout", "2");
+        using var client = await ZephyrPeer.ConnectAsync(relay.EndPoint); // joins, but never binds
+        var generated = await ZephyrChain.GenerateAsync();
+        var config = PtChain.FreeServer("zephyr");
+        config["options"] = new JObject { ["zephyr"] = generated["server"] };
+        await using var server = PtProcess.StartPthost(config.ToString(Newtonsoft.Json.Formatting.None));
+        var startup = await server.ReadUntilDoneAsync();
+        Assert.Contains(startup, l => l.StartsWith("SMETHOD zephyr ", StringComparison.Ordinal) && l.Contains("ARGS:pin=", StringComparison.Ordinal));
+
+        long exp = DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 60;
+        var body = new JObject { ["zid"] = client.Zid, ["relay"] = relay.EndPoint.ToString(), ["nonce"] = "0123456789abcdef" };
+        var answers = new List<JObject>();
+        foreach (int mid in new[] { 7, 8 })
+        {
+            var envelope = new JObject { ["v"] = 1, ["mid"] = mid, ["cid"] = "00000000000000aa", ["exp"] = exp, ["kind"] = "zephyr.offer", ["body"] = body };
+            await server.WriteLineAsync("CMESSAGE zephyr " + envelope.ToString(Newtonsoft.Json.Formatting.None));
+            string line = await server.WaitForLineAsync("SMESSAGE zephyr ");
+            var answer = JObject.Parse(line["SMESSAGE zephyr ".Length..]);
+            Assert.Equal("zephyr.answer", (string?)answer["kind"]);
+            Assert.Equal("00000000000000aa", (string?)answer["cid"]);
+            Assert.Equal(mid, (long)answer["re"]!);
+            Assert.Equal("0123456789abcdef", (string?)answer["body"]!["nonce"]);
+            answers.Add(answer);
+        }
+        long zid = (long)answers[0]["body"]!["zid"]!;
+        Assert.Equal(zid, (long)answers[1]["body"]!["zid"]!);
+        Assert.NotEqual(client.Zid, zid);
+        // The relay drops the server's waiting connection after its peer timeout; the server does not hang on to a second one.
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (!relay.Process.Stderr.Contains($"zid {zid}: no matching bind", StringComparison.Ordinal) && DateTime.UtcNow < deadline) await Task.Delay(100);
+        Assert.Contains($"zid {zid}: no matching bind", relay.Process.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("bound zid", relay.Process.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task An_offer_naming_a_relay_outside_the_servers_relays_gets_an_error_answer()
+    {
+        var generated = await ZephyrChain.GenerateAsync();
+        var options = (JObject)generated["server"]!;
+        options["relays"] = new JArray("127.0.0.1:1");
+        var config = PtChain.FreeServer("zephyr");
+        config["options"] = new JObject { ["zephyr"] = options };
+        await using var server = PtProcess.StartPthost(config.ToString(Newtonsoft.Json.Formatting.None));
+        await server.ReadUntilDoneAsync();
+        var envelope = new JObject
+        {
+            ["v"] = 1, ["mid"] = 3, ["cid"] = "00000000000000bb", ["exp"] = DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 60, ["kind"] = "zephyr.offer",
+            ["body"] = new JObject { ["zid"] = 5, ["relay"] = "127.0.0.1:2", ["nonce"] = "n" },
+        };
+        await server.WriteLineAsync("CMESSAGE zephyr " + envelope.ToString(Newtonsoft.Json.Formatting.None));
+        var answer = JObject.Parse((await server.WaitForLineAsync("SMESSAGE zephyr "))["SMESSAGE zephyr ".Length..]);
+        Assert.Equal(3, (long)answer["re"]!);
+        Assert.Null(answer["body"]!["zid"]);
+        Assert.Contains("127.0.0.1:2", (string?)answer["body"]!["error"]);
+    }
+
     private static async Task<byte> ConnectReply(PtChain chain, byte[] request)
     {
         await using var socks = await SocksClient.ConnectAsync(chain.SocksEndPoint);
