@@ -145,6 +145,39 @@ public class ZephyrTransportOptionsTests
         Assert.True(o.Certificate!.HasPrivateKey);
     }
 
+    [Fact]
+    public async Task Without_a_certificate_option_the_server_creates_one_in_its_state_directory_once()
+    {
+        string state = Path.Combine(Path.GetTempPath(), $"pthost-zephyr-state-{Guid.NewGuid():N}");
+        try
+        {
+            var options = new JObject { ["clientPins"] = new JArray(new string('a', 64)) };
+            string first = await StartAndReadPinAsync(state, options);
+            Assert.True(File.Exists(Path.Combine(state, ZephyrServer.CertificateFile)));
+            if (!OperatingSystem.IsWindows())
+                Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Path.Combine(state, ZephyrServer.KeyFile)));
+            Assert.Equal(first, await StartAndReadPinAsync(state, options));
+        }
+        finally { Directory.Delete(state, true); }
+    }
+
+    private static async Task<string> StartAndReadPinAsync(string state, JObject options)
+    {
+        var loggers = Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance;
+        var context = new TransportEnvironment("zephyr", options, state, new SilentSignals(), new PtHost.Net.DirectDialer(), loggers, new TransportCounters());
+        await using var factory = new ZephyrTransport().CreateServerFactory(context);
+        await using var manager = await factory.ProxyAsync(new ServerBinding(new IPEndPoint(IPAddress.Loopback, 0), null, null!), default);
+        return manager.Args["pin"];
+    }
+
+    private sealed class SilentSignals : ISignalChannel
+    {
+        private readonly System.Threading.Channels.Channel<Signal> _incoming = System.Threading.Channels.Channel.CreateUnbounded<Signal>();
+        public string InstanceId => "0000000000000001";
+        public long Send(Signal signal) => 1;
+        public System.Threading.Channels.ChannelReader<Signal> Incoming => _incoming.Reader;
+    }
+
     // ---- §7.4 certificates and pins ----
 
     [Fact]
