@@ -22,12 +22,14 @@ internal sealed class ZephyrClient : IClientFactory
     private readonly CancellationTokenSource _stop = new();
     private readonly ConcurrentDictionary<string, PendingOffer> _pending = new(StringComparer.Ordinal);
     private readonly Task _answers;
+    private readonly SslStreamCertificateContext _certificateContext;
 
     public ZephyrClient(TransportEnvironment context, ZephyrClientOptions options)
     {
         _context = context;
         _options = options;
         _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Zephyr");
+        _certificateContext = SslStreamCertificateContext.Create(options.Certificate, null, offline: true);
         _answers = ReadAnswersAsync(_stop.Token);
     }
 
@@ -61,7 +63,7 @@ internal sealed class ZephyrClient : IClientFactory
                     limit.CancelAfter(_options.TlsTimeout);
                     try
                     {
-                        await tls.AuthenticateAsClientAsync(ZephyrSession.ClientTls(_options.Certificate, _options.ServerPin), limit.Token).ConfigureAwait(false);
+                        await tls.AuthenticateAsClientAsync(ZephyrSession.ClientTls(_certificateContext, _options.ServerPin), limit.Token).ConfigureAwait(false);
                         await tls.WriteAsync(PlainWire.BuildRequest(far), limit.Token).ConfigureAwait(false);
                         byte[] reply = new byte[1];
                         if (await tls.ReadAsync(reply, limit.Token).ConfigureAwait(false) != 1)

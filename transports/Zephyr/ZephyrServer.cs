@@ -78,6 +78,7 @@ internal sealed class ZephyrServerManager : IServerManager
     private readonly TransportEnvironment _context;
     private readonly ZephyrServerOptions _options;
     private readonly X509Certificate2 _certificate;
+    private readonly SslStreamCertificateContext _certificateContext;
     private readonly ServerBinding _binding;
     private readonly ILogger _log;
     private readonly CancellationTokenSource _stopping = new();
@@ -92,6 +93,7 @@ internal sealed class ZephyrServerManager : IServerManager
         _context = context;
         _options = options;
         _certificate = certificate;
+        _certificateContext = SslStreamCertificateContext.Create(certificate, null, offline: true);
         _binding = binding;
         _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Zephyr");
         LocalEndPoint = binding.BindAddress;
@@ -236,7 +238,7 @@ internal sealed class ZephyrServerManager : IServerManager
             {
                 // The relay closes us after its peer timeout if the client never binds (§4.3); this is a backstop.
                 limit.CancelAfter(HandshakeLimit);
-                await tls.AuthenticateAsServerAsync(ZephyrSession.ServerTls(_certificate, _options.ClientPins), limit.Token).ConfigureAwait(false);
+                await tls.AuthenticateAsServerAsync(ZephyrSession.ServerTls(_certificateContext, _options.ClientPins), limit.Token).ConfigureAwait(false);
                 limit.CancelAfter(_options.TlsTimeout);
                 byte[] header = new byte[PlainWire.HeaderLength];
                 await tls.ReadExactlyAsync(header, limit.Token).ConfigureAwait(false);

@@ -48,7 +48,10 @@ internal static class ZephyrSession
         }
     }
 
-    public static SslClientAuthenticationOptions ClientTls(X509Certificate2 own, byte[] serverPin)
+    public static SslClientAuthenticationOptions ClientTls(X509Certificate2 own, byte[] serverPin) =>
+        ClientTls(SslStreamCertificateContext.Create(own, null, offline: true), serverPin);
+
+    public static SslClientAuthenticationOptions ClientTls(SslStreamCertificateContext own, byte[] serverPin)
     {
         var pins = new[] { serverPin };
         return new SslClientAuthenticationOptions
@@ -56,17 +59,20 @@ internal static class ZephyrSession
             TargetHost = "",
             EnabledSslProtocols = SslProtocols.Tls13,
             CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
-            ClientCertificateContext = SslStreamCertificateContext.Create(own, null, offline: true),
+            ClientCertificateContext = own,
             // The pin is the whole trust decision: chain and name errors of a self-signed certificate are expected.
             RemoteCertificateValidationCallback = (_, cert, _, _) => ZephyrCredentials.Matches(cert, pins),
         };
     }
 
-    public static SslServerAuthenticationOptions ServerTls(X509Certificate2 own, IReadOnlyList<byte[]> clientPins) => new()
+    public static SslServerAuthenticationOptions ServerTls(X509Certificate2 own, IReadOnlyList<byte[]> clientPins) =>
+        ServerTls(SslStreamCertificateContext.Create(own, null, offline: true), clientPins);
+
+    public static SslServerAuthenticationOptions ServerTls(SslStreamCertificateContext own, IReadOnlyList<byte[]> clientPins) => new()
     {
         EnabledSslProtocols = SslProtocols.Tls13,
         CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
-        ServerCertificateContext = SslStreamCertificateContext.Create(own, null, offline: true),
+        ServerCertificateContext = own,
         ClientCertificateRequired = true,
         RemoteCertificateValidationCallback = (_, cert, _, _) => ZephyrCredentials.Matches(cert, clientPins),
     };
