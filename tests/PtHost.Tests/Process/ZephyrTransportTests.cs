@@ -179,6 +179,31 @@ public class ZephyrTransportTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task When_the_first_answer_is_lost_the_resent_offer_s_answer_completes_the_session()
+    {
+        await using var echo = new EchoServer();
+        await using var relay = await ZephyrRelayProcess.StartAsync();
+        // signalTimeout 6 s: an unanswered offer is sent again after 2 s.
+        await using var chain = await ZephyrChain.StartAsync(relay.EndPoint.ToString(), signalTimeout: 6, relayMessages: false);
+        await using var socks = await SocksClient.ConnectAsync(chain.SocksEndPoint);
+        await socks.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(IPAddress.Loopback, echo.Port), .. "late"u8.ToArray()]);
+
+        string first = await chain.Client.WaitForLineAsync("CMESSAGE zephyr ");
+        await chain.Server.WriteLineAsync(first);
+        string lost = await chain.Server.WaitForLineAsync("SMESSAGE zephyr "); // not delivered
+        string again = await chain.Client.WaitForLineAsync("CMESSAGE zephyr ");
+        Assert.NotEqual(first, again);
+        await chain.Server.WriteLineAsync(again);
+        string answer = await chain.Server.WaitForLineAsync("SMESSAGE zephyr ");
+        Assert.Equal(JObject.Parse(lost["SMESSAGE zephyr ".Length..])["body"]!.ToString(), JObject.Parse(answer["SMESSAGE zephyr ".Length..])["body"]!.ToString());
+        await chain.Client.WriteLineAsync(answer);
+
+        await socks.ReadExactlyAsync(2);
+        Assert.Equal(0x00, await socks.ReadReplyAsync());
+        Assert.Equal("late"u8.ToArray(), await socks.ReadExactlyAsync(4));
+    }
+
+    [Fact]
     public async Task A_resent_offer_gets_the_same_zid_and_the_server_lets_go_when_the_client_never_binds()
     {
         await using var relay = await ZephyrRelayProcess.StartAsync("--peer-timeout", "2");
