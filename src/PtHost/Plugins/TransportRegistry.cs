@@ -19,6 +19,7 @@ public sealed class TransportRegistry
     public TransportRegistry()
     {
         Register("plain", () => new PtHost.Transports.Plain.PlainTransport());
+        Register("zephyr", () => new PtHost.Transports.Zephyr.ZephyrTransport());
     }
 
     public IEnumerable<string> Names => _factories.Keys;

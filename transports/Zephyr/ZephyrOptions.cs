@@ -1,0 +1,115 @@
+using System.Security.Cryptography.X509Certificates;
+using Newtonsoft.Json.Linq;
+using PtHost.Contract;
+
+namespace PtHost.Transports.Zephyr;
+
+/// <summary>Client options (spec/zephyr.md §7.1).</summary>
+internal sealed record ZephyrClientOptions(
+    IReadOnlyList<Destination> Relays, byte[] ServerPin, X509Certificate2 Certificate, TimeSpan SignalTimeout, TimeSpan TlsTimeout)
+{
+    public static ZephyrClientOptions Parse(JToken? options)
+    {
+        if (options is not JObject o) throw new TransportOptionsException("zephyr client options must be an object with \"relay\", \"serverPin\", \"certificate\" and \"key\"");
+        var reader = new ZephyrOptionReader(o, "client", ["relay", "relays", "serverPin", "certificate", "key", "pkcs12", "signalTimeout", "tlsTimeout"]);
+        var relays = reader.Relays() ?? throw new TransportOptionsException("zephyr client option \"relay\" (or \"relays\") is required");
+        string pinText = reader.String("serverPin") ?? throw new TransportOptionsException("zephyr client option \"serverPin\" is required");
+        byte[] pin = ZephyrCredentials.ParsePin(pinText) ?? throw new TransportOptionsException("zephyr option \"serverPin\" must be 64 hex digits (SHA-256 of the server certificate)");
+        var cert = reader.Certificate() ?? throw new TransportOptionsException("zephyr client options need \"certificate\" and \"key\" (PEM) or \"pkcs12\"");
+        return new(relays, pin, cert, reader.Seconds("signalTimeout", ZephyrDefaults.SignalTimeout), reader.Seconds("tlsTimeout", ZephyrDefaults.TlsTimeout));
+    }
+}
+
+/// <summary>Server options (spec/zephyr.md §7.1). <see cref="Certificate"/> null: the state directory's.</summary>
+internal sealed record ZephyrServerOptions(
+    IReadOnlyList<Destination>? Relays, IReadOnlyList<byte[]> ClientPins, X509Certificate2? Certificate, TimeSpan SignalTimeout, TimeSpan TlsTimeout)
+{
+    public static ZephyrServerOptions Parse(JToken? options)
+    {
+        if (options is null || options.Type == JTokenType.Null) return new(null, [], null, ZephyrDefaults.SignalTimeout, ZephyrDefaults.TlsTimeout);
+        if (options is not JObject o) throw new TransportOptionsException("zephyr server options must be an object");
+        var reader = new ZephyrOptionReader(o, "server", ["relay", "relays", "clientPins", "certificate", "key", "pkcs12", "signalTimeout", "tlsTimeout"]);
+        var pins = new List<byte[]>();
+        if (o["clientPins"] is { } p)
+        {
+            if (p is not JArray a) throw new TransportOptionsException("zephyr option \"clientPins\" must be an array of pins");
+            foreach (var item in a)
+            {
+                if (item.Type != JTokenType.String || ZephyrCredentials.ParsePin((string)item!) is not { } pin)
+                    throw new TransportOptionsException("zephyr option \"clientPins\": each pin must be 64 hex digits (SHA-256 of a client certificate)");
+                pins.Add(pin);
+            }
+        }
+        return new(reader.Relays(), pins, reader.Certificate(), reader.Seconds("signalTimeout", ZephyrDefaults.SignalTimeout), reader.Seconds("tlsTimeout", ZephyrDefaults.TlsTimeout));
+    }
+}
+
+internal static class ZephyrDefaults
+{
+    public static readonly TimeSpan SignalTimeout = TimeSpan.FromSeconds(20);
+    public static readonly TimeSpan TlsTimeout = TimeSpan.FromSeconds(10);
+    /// <summary>The relay's default peer timeout (§4.3): how long a server waits for its client to bind.</summary>
+    public static readonly TimeSpan RelayPeerTimeout = TimeSpan.FromSeconds(30);
+}
+
+internal sealed class ZephyrOptionReader
+{
+    private readonly JObject _o;
+    private readonly string _side;
+
+    public ZephyrOptionReader(JObject o, string side, string[] known)
+    {
+        _o = o;
+        _side = side;
+        foreach (var p in o.Properties())
+            if (!known.Contains(p.Name, StringComparer.Ordinal))
+                throw new TransportOptionsException($"zephyr has no {side} option \"{p.Name}\" (known: {string.Join(", ", known)})");
+    }
+
+    public string? String(string name) => _o[name] switch
+    {
+        null => null,
+        { Type: JTokenType.String } v => (string)v!,
+        _ => throw new TransportOptionsException($"zephyr option \"{name}\" must be a string"),
+    };
+
+    public TimeSpan Seconds(string name, TimeSpan fallback)
+    {
+        var v = _o[name];
+        if (v is null) return fallback;
+        if (v.Type is not (JTokenType.Integer or JTokenType.Float) || (double)v! is not (> 0 and <= 3600 and var s))
+            throw new TransportOptionsException($"zephyr option \"{name}\" must be a number of seconds above 0, at most 3600");
+        return TimeSpan.FromSeconds(s);
+    }
+
+    public IReadOnlyList<Destination>? Relays()
+    {
+        if (_o["relay"] is not null && _o["relays"] is not null) throw new TransportOptionsException("zephyr options \"relay\" and \"relays\" exclude each other");
+        var list = new List<Destination>();
+        if (String("relay") is { } one) list.Add(ParseRelay(one));
+        else if (_o["relays"] is { } many)
+        {
+            if (many is not JArray a || a.Count == 0) throw new TransportOptionsException("zephyr option \"relays\" must be a non-empty array of \"host:port\"");
+            foreach (var item in a)
+                list.Add(item.Type == JTokenType.String ? ParseRelay((string)item!) : throw new TransportOptionsException("zephyr option \"relays\" must be a non-empty array of \"host:port\""));
+        }
+        else return null;
+        return list;
+    }
+
+    private static Destination ParseRelay(string text) =>
+        Destination.TryParse(text, out var d) && d.Port != 0 ? d : throw new TransportOptionsException($"zephyr relay \"{text}\" is not \"host:port\"");
+
+    public X509Certificate2? Certificate()
+    {
+        string? pem = String("certificate"), key = String("key"), p12 = String("pkcs12");
+        if (p12 is not null)
+        {
+            if (pem is not null || key is not null) throw new TransportOptionsException("zephyr option \"pkcs12\" excludes \"certificate\" and \"key\"");
+            return ZephyrCredentials.FromPkcs12(p12, _side);
+        }
+        if (pem is null && key is null) return null;
+        if (pem is null || key is null) throw new TransportOptionsException("zephyr options \"certificate\" and \"key\" go together");
+        return ZephyrCredentials.FromPem(pem, key, _side);
+    }
+}

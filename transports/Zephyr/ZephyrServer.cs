@@ -1,0 +1,320 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Authentication;
+using System.Security.Cryptography.X509Certificates;
+using Microsoft.Extensions.Logging;
+using Newtonsoft.Json.Linq;
+using PtHost.Contract;
+using PtHost.Transports.Plain;
+
+namespace PtHost.Transports.Zephyr;
+
+/// <summary>The server factory: generates configurations and starts <see cref="ZephyrServerManager"/>s.</summary>
+internal sealed class ZephyrServer(TransportEnvironment context, ZephyrServerOptions options) : IServerFactory
+{
+    public const string CertificateFile = "server-cert.pem";
+    public const string KeyFile = "server-key.pem";
+
+    /// <summary>A fresh server and client certificate, each side pinning the other (§7.4).</summary>
+    public GeneratedConfiguration GenerateConfiguration()
+    {
+        using var server = ZephyrCredentials.Generate("zephyr server");
+        using var client = ZephyrCredentials.Generate("zephyr client");
+        var clientOptions = new JObject
+        {
+            ["serverPin"] = ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(server)),
+            ["certificate"] = ZephyrCredentials.CertificatePem(client),
+            ["key"] = ZephyrCredentials.KeyPem(client),
+        };
+        var serverOptions = new JObject
+        {
+            ["certificate"] = ZephyrCredentials.CertificatePem(server),
+            ["key"] = ZephyrCredentials.KeyPem(server),
+            ["clientPins"] = new JArray(ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(client))),
+        };
+        return new(clientOptions, serverOptions);
+    }
+
+    public ValueTask<IServerManager> ListenAsync(ServerBinding binding, CancellationToken cancellationToken) => StartAsync(binding);
+
+    public ValueTask<IServerManager> ProxyAsync(ServerBinding binding, CancellationToken cancellationToken) => StartAsync(binding);
+
+    private ValueTask<IServerManager> StartAsync(ServerBinding binding)
+    {
+        if (options.ClientPins.Count == 0)
+            throw new TransportOptionsException("zephyr server option \"clientPins\" is required: the pins of the client certificates allowed in (pthost generate-config zephyr)");
+        var cert = options.Certificate ?? LoadOrCreateStateCertificate();
+        return ValueTask.FromResult<IServerManager>(new ZephyrServerManager(context, options, cert, binding));
+    }
+
+    /// <summary>The server certificate kept in the state directory, created on first use (§7.4).</summary>
+    private X509Certificate2 LoadOrCreateStateCertificate()
+    {
+        string certPath = Path.Combine(context.StateDirectory, CertificateFile), keyPath = Path.Combine(context.StateDirectory, KeyFile);
+        if (File.Exists(certPath) && File.Exists(keyPath))
+            return ZephyrCredentials.FromPem(File.ReadAllText(certPath), File.ReadAllText(keyPath), $"server (state directory {context.StateDirectory})");
+        using var cert = ZephyrCredentials.Generate("zephyr server");
+        Directory.CreateDirectory(context.StateDirectory);
+        var keyOptions = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write };
+        if (!OperatingSystem.IsWindows()) keyOptions.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        using (var w = new StreamWriter(keyPath, keyOptions)) w.Write(ZephyrCredentials.KeyPem(cert));
+        File.WriteAllText(certPath, ZephyrCredentials.CertificatePem(cert));
+        return X509CertificateLoader.LoadPkcs12(cert.Export(X509ContentType.Pkcs12), null);
+    }
+
+    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+}
+
+/// <summary>
+/// A running zephyr server: answers offers by joining the named relay, binding to the client's
+/// zid, then serving one TLS session over the bound stream (spec/zephyr.md §7.3, server steps).
+/// </summary>
+internal sealed class ZephyrServerManager : IServerManager
+{
+    /// <summary>Offers in progress at once; further offers are dropped (and logged).</summary>
+    public const int MaxPendingSessions = 4096;
+    private readonly TransportEnvironment _context;
+    private readonly ZephyrServerOptions _options;
+    private readonly X509Certificate2 _certificate;
+    private readonly SslStreamCertificateContext _certificateContext;
+    private readonly ServerBinding _binding;
+    private readonly ILogger _log;
+    private readonly CancellationTokenSource _stopping = new();
+    private readonly CancellationTokenSource _abort = new();
+    private readonly ConcurrentDictionary<string, Task<uint?>> _offers = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<long, Task> _sessions = new();
+    private readonly Task _signalLoop;
+    private static long s_ids;
+
+    public ZephyrServerManager(TransportEnvironment context, ZephyrServerOptions options, X509Certificate2 certificate, ServerBinding binding)
+    {
+        _context = context;
+        _options = options;
+        _certificate = certificate;
+        _certificateContext = SslStreamCertificateContext.Create(certificate, null, offline: true);
+        _binding = binding;
+        _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Zephyr");
+        LocalEndPoint = binding.BindAddress;
+        string pin = ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(certificate));
+        Args = new Dictionary<string, string> { ["pin"] = pin };
+        _log.LogInformation("zephyr server: certificate pin {Pin}; waiting for offers", pin);
+        _signalLoop = AnswerOffersAsync();
+    }
+
+    public IPEndPoint LocalEndPoint { get; }
+
+    public IReadOnlyDictionary<string, string> Args { get; }
+
+    public TransportStats GetStats() => _context.Counters.Snapshot();
+
+    /// <summary>How long a session may wait for its client's bind and TLS handshake: the relay's peer timeout plus the TLS timeout.</summary>
+    private TimeSpan HandshakeLimit => ZephyrDefaults.RelayPeerTimeout + _options.TlsTimeout;
+
+    private async Task AnswerOffersAsync()
+    {
+        try
+        {
+            await foreach (var s in _context.Signals.Incoming.ReadAllAsync(_stopping.Token).ConfigureAwait(false))
+            {
+                if (s.Kind != ZephyrSignals.Offer || s.ClientId is null) continue;
+                if (!TryReadOffer(s, out uint clientZid, out var relay, out string nonce, out string? problem))
+                {
+                    _log.LogWarning("zephyr: offer {Id} from {Client} dropped: {Problem}", s.MessageId, s.ClientId, problem);
+                    if (nonce.Length > 0) Answer(s, new JObject { ["nonce"] = nonce, ["error"] = problem });
+                    continue;
+                }
+                if (_offers.TryGetValue(nonce, out var known))
+                {
+                    // The client sent the same offer again: answer this copy too, with the same zid.
+                    _ = AnswerAgainAsync(s, nonce, known);
+                    continue;
+                }
+                if (_sessions.Count >= MaxPendingSessions)
+                {
+                    _log.LogWarning("zephyr: offer {Id} dropped: {Max} sessions in progress", s.MessageId, MaxPendingSessions);
+                    continue;
+                }
+                long id = Interlocked.Increment(ref s_ids);
+                var joined = new TaskCompletionSource<uint?>(TaskCreationOptions.RunContinuationsAsynchronously);
+                _offers[nonce] = joined.Task;
+                var session = Task.Run(() => ServeAsync(id, s, relay!, clientZid, nonce, joined));
+                _sessions[id] = session;
+                _ = session.ContinueWith(_ =>
+                {
+                    _sessions.TryRemove(id, out Task? _);
+                    // Copies of the offer may still arrive until it expires: remember the nonce that long.
+                    _ = Task.Delay(_options.SignalTimeout + TimeSpan.FromSeconds(5)).ContinueWith(__ => _offers.TryRemove(nonce, out Task<uint?>? _), TaskScheduler.Default);
+                }, TaskScheduler.Default);
+            }
+        }
+        catch (OperationCanceledException) { }
+        catch (System.Threading.Channels.ChannelClosedException) { }
+    }
+
+    private bool TryReadOffer(Signal s, out uint zid, out Destination? relay, out string nonce, out string? problem)
+    {
+        zid = 0;
+        relay = null;
+        nonce = "";
+        problem = null;
+        if (s.Body is not JObject body) { problem = "no body"; return false; }
+        if (body["nonce"] is not { Type: JTokenType.String } n || ((string)n!).Length is 0 or > ZephyrSignals.MaxNonceLength)
+        {
+            problem = "no valid \"nonce\"";
+            return false;
+        }
+        nonce = (string)n!;
+        if (body["zid"] is not { Type: JTokenType.Integer } z || (long)z is < 0 or > ZephyrWire.MaxZid) { problem = "no valid \"zid\""; return false; }
+        zid = (uint)(long)z;
+        if (body["relay"] is not { Type: JTokenType.String } r || !Destination.TryParse((string)r!, out relay) || relay.Port == 0)
+        {
+            problem = "no valid \"relay\"";
+            return false;
+        }
+        string named = relay.ToString();
+        if (_options.Relays is { } allowed && !allowed.Any(a => string.Equals(a.ToString(), named, StringComparison.OrdinalIgnoreCase)))
+        {
+            problem = $"relay {named} is not one of this server's \"relays\"";
+            return false;
+        }
+        return true;
+    }
+
+    private void Answer(Signal offer, JObject body)
+    {
+        try
+        {
+            _context.Signals.Send(new Signal(ZephyrSignals.Answer, body)
+            {
+                ClientId = offer.ClientId,
+                ReplyTo = offer.MessageId,
+                Expires = DateTimeOffset.UtcNow + _options.SignalTimeout,
+            });
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
+        {
+            _log.LogDebug("zephyr: answer to {Id} not sent: {Error}", offer.MessageId, e.Message);
+        }
+    }
+
+    private async Task AnswerAgainAsync(Signal offer, string nonce, Task<uint?> joined)
+    {
+        if (await joined.ConfigureAwait(false) is uint zid) Answer(offer, new JObject { ["zid"] = zid, ["nonce"] = nonce });
+    }
+
+    private async Task ServeAsync(long id, Signal offer, Destination relay, uint clientZid, string nonce, TaskCompletionSource<uint?> joined)
+    {
+        var abort = _abort.Token;
+        Stream? stream = null, onward = null;
+        ZephyrTlsStream? tlsStream = null;
+        bool opened = false, failed = false;
+        try
+        {
+            uint zid;
+            try
+            {
+                (stream, zid) = await ZephyrSession.JoinRelayAsync(_context.Dialer, relay, _options.TlsTimeout, abort).ConfigureAwait(false);
+                await stream.WriteAsync(ZephyrWire.BuildBindRequest(clientZid), abort).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is TransportConnectException or IOException or SocketException)
+            {
+                failed = true;
+                _context.Counters.SessionFailed();
+                joined.TrySetResult(null);
+                _log.LogInformation("zephyr session {Id}: relay {Relay}: {Error}", id, relay, e.Message);
+                Answer(offer, new JObject { ["nonce"] = nonce, ["error"] = $"server cannot use relay {relay}" });
+                return;
+            }
+            joined.TrySetResult(zid);
+            Answer(offer, new JObject { ["zid"] = zid, ["nonce"] = nonce });
+            _log.LogDebug("zephyr session {Id}: relay {Relay} zid {Zid} waits for client zid {Client}", id, relay, zid, clientZid);
+
+            var tls = new SslStream(stream, leaveInnerStreamOpen: true);
+            tlsStream = new ZephyrTlsStream(tls, stream);
+            Destination? destination;
+            using (var limit = CancellationTokenSource.CreateLinkedTokenSource(abort))
+            {
+                // The relay closes us after its peer timeout if the client never binds (§4.3); this is a backstop.
+                limit.CancelAfter(HandshakeLimit);
+                await tls.AuthenticateAsServerAsync(ZephyrSession.ServerTls(_certificateContext, _options.ClientPins), limit.Token).ConfigureAwait(false);
+                limit.CancelAfter(_options.TlsTimeout);
+                byte[] header = new byte[PlainWire.HeaderLength];
+                await tls.ReadExactlyAsync(header, limit.Token).ConfigureAwait(false);
+                int length = PlainWire.ParseHeader(header);
+                if (length < 0)
+                {
+                    failed = true;
+                    _context.Counters.SessionFailed();
+                    _log.LogInformation("zephyr session {Id}: not a preamble inside TLS; closed", id);
+                    return;
+                }
+                byte[] dest = new byte[length];
+                await tls.ReadExactlyAsync(dest, limit.Token).ConfigureAwait(false);
+                try { destination = PlainWire.ParseDestination(dest); }
+                catch (FormatException e)
+                {
+                    failed = true;
+                    _context.Counters.SessionFailed();
+                    await tls.WriteAsync(new[] { (byte)ConnectFailure.AddressTypeNotSupported }, limit.Token).ConfigureAwait(false);
+                    _log.LogInformation("zephyr session {Id}: {Error}", id, e.Message);
+                    return;
+                }
+            }
+            try
+            {
+                onward = await _binding.Handler.OpenAsync(new InboundSession(new DnsEndPoint(relay.Host, relay.Port), destination, id), abort).ConfigureAwait(false);
+            }
+            catch (TransportConnectException e)
+            {
+                failed = true;
+                _context.Counters.SessionFailed();
+                _log.LogInformation("zephyr session {Id}: {Error}", id, e.Message);
+                using var replyLimit = new CancellationTokenSource(_options.TlsTimeout);
+                await tls.WriteAsync(new[] { (byte)e.Failure }, replyLimit.Token).ConfigureAwait(false);
+                return;
+            }
+            using (var replyLimit = new CancellationTokenSource(_options.TlsTimeout))
+                await tls.WriteAsync(new byte[] { 0 }, replyLimit.Token).ConfigureAwait(false);
+            opened = true;
+            _context.Counters.SessionOpened();
+            await _binding.Handler.RelayAsync(tlsStream, onward, abort).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or EndOfStreamException
+            or ObjectDisposedException or AuthenticationException)
+        {
+            if (!opened && !failed) _context.Counters.SessionFailed();
+            joined.TrySetResult(null);
+            if (e is AuthenticationException) _log.LogWarning("zephyr session {Id}: TLS refused: {Error}", id, e.Message);
+            else _log.LogDebug("zephyr session {Id} ended: {Error}", id, e.Message);
+        }
+        finally
+        {
+            if (opened) _context.Counters.SessionClosed();
+            if (onward is not null) await onward.DisposeAsync().ConfigureAwait(false);
+            if (tlsStream is not null) await tlsStream.DisposeAsync().ConfigureAwait(false);
+            else if (stream is not null) await stream.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        if (!_stopping.IsCancellationRequested) _stopping.Cancel();
+        await _signalLoop.ConfigureAwait(false);
+        try { await Task.WhenAll(_sessions.Values).WaitAsync(cancellationToken).ConfigureAwait(false); }
+        catch (OperationCanceledException)
+        {
+            _abort.Cancel();
+            await Task.WhenAll(_sessions.Values).ConfigureAwait(false);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync(new CancellationToken(true)).ConfigureAwait(false);
+        _stopping.Dispose();
+        _abort.Dispose();
+        _certificate.Dispose();
+    }
+}

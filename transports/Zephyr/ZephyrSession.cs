@@ -1,0 +1,134 @@
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Authentication;
+using System.Security.Cryptography.X509Certificates;
+using PtHost.Contract;
+
+namespace PtHost.Transports.Zephyr;
+
+/// <summary>Signal kinds of the zephyr transport (spec/zephyr.md §7.2).</summary>
+internal static class ZephyrSignals
+{
+    public const string Offer = "zephyr.offer";
+    public const string Answer = "zephyr.answer";
+    /// <summary>Longest nonce accepted in an offer.</summary>
+    public const int MaxNonceLength = 64;
+}
+
+/// <summary>Steps both peers share: joining the relay (§7.3) and the TLS parameters (§7.4).</summary>
+internal static class ZephyrSession
+{
+    /// <summary>Connects to a relay and reads the 12-byte assignment; returns the stream and the own zid.</summary>
+    public static async Task<(Stream Stream, uint Zid)> JoinRelayAsync(INetworkDialer dialer, Destination relay, TimeSpan timeout, CancellationToken ct)
+    {
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        limit.CancelAfter(timeout);
+        var stream = await dialer.ConnectTcpAsync(relay, limit.Token).ConfigureAwait(false);
+        try
+        {
+            if (stream is NetworkStream ns) ns.Socket.NoDelay = true;
+            byte[] assignment = new byte[ZephyrWire.MessageLength];
+            await stream.ReadExactlyAsync(assignment, limit.Token).ConfigureAwait(false);
+            var error = ZephyrWire.ParseAssignment(assignment, out uint zid);
+            if (error != BindRequestError.None || zid > ZephyrWire.MaxZid)
+                throw new TransportConnectException(ConnectFailure.General, $"relay {relay} sent no valid assignment ({error})");
+            return (stream, zid);
+        }
+        catch (Exception e) when (e is IOException or SocketException or EndOfStreamException or OperationCanceledException)
+        {
+            await stream.DisposeAsync().ConfigureAwait(false);
+            if (e is OperationCanceledException && ct.IsCancellationRequested) throw;
+            throw new TransportConnectException(e is OperationCanceledException ? ConnectFailure.TimedOut : ConnectFailure.HostUnreachable,
+                $"relay {relay}: no assignment: {e.Message}", e);
+        }
+        catch
+        {
+            await stream.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    public static SslClientAuthenticationOptions ClientTls(X509Certificate2 own, byte[] serverPin) =>
+        ClientTls(SslStreamCertificateContext.Create(own, null, offline: true), serverPin);
+
+    public static SslClientAuthenticationOptions ClientTls(SslStreamCertificateContext own, byte[] serverPin)
+    {
+        var pins = new[] { serverPin };
+        return new SslClientAuthenticationOptions
+        {
+            TargetHost = "",
+            EnabledSslProtocols = SslProtocols.Tls13,
+            CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
+            ClientCertificateContext = own,
+            // The pin is the whole trust decision: chain and name errors of a self-signed certificate are expected.
+            RemoteCertificateValidationCallback = (_, cert, _, _) => ZephyrCredentials.Matches(cert, pins),
+        };
+    }
+
+    public static SslServerAuthenticationOptions ServerTls(X509Certificate2 own, IReadOnlyList<byte[]> clientPins) =>
+        ServerTls(SslStreamCertificateContext.Create(own, null, offline: true), clientPins);
+
+    public static SslServerAuthenticationOptions ServerTls(SslStreamCertificateContext own, IReadOnlyList<byte[]> clientPins) => new()
+    {
+        EnabledSslProtocols = SslProtocols.Tls13,
+        CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
+        ServerCertificateContext = own,
+        ClientCertificateRequired = true,
+        RemoteCertificateValidationCallback = (_, cert, _, _) => ZephyrCredentials.Matches(cert, clientPins),
+    };
+}
+
+/// <summary>
+/// The TLS stream over a bound relay connection. Ending the write side sends TLS close_notify,
+/// then FIN; reads go on (spec/zephyr.md §7.5).
+/// </summary>
+internal sealed class ZephyrTlsStream(SslStream tls, Stream transport) : Stream, IHalfClosable
+{
+    private int _shut;
+
+    public override bool CanRead => true;
+    public override bool CanWrite => true;
+    public override bool CanSeek => false;
+    public override long Length => throw new NotSupportedException();
+    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+
+    public void ShutdownWrite()
+    {
+        if (Interlocked.Exchange(ref _shut, 1) != 0) return;
+        try { tls.ShutdownAsync().GetAwaiter().GetResult(); }
+        catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException or NotSupportedException) { }
+        if (transport is NetworkStream ns)
+        {
+            try { ns.Socket.Shutdown(SocketShutdown.Send); }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+        }
+    }
+
+    public override int Read(byte[] buffer, int offset, int count) => tls.Read(buffer, offset, count);
+    public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) => tls.ReadAsync(buffer, cancellationToken);
+    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) => tls.ReadAsync(buffer, offset, count, cancellationToken);
+    public override void Write(byte[] buffer, int offset, int count) => tls.Write(buffer, offset, count);
+    public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default) => tls.WriteAsync(buffer, cancellationToken);
+    public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) => tls.WriteAsync(buffer, offset, count, cancellationToken);
+    public override void Flush() => tls.Flush();
+    public override Task FlushAsync(CancellationToken cancellationToken) => tls.FlushAsync(cancellationToken);
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            tls.Dispose();
+            transport.Dispose();
+        }
+        base.Dispose(disposing);
+    }
+
+    public override async ValueTask DisposeAsync()
+    {
+        await tls.DisposeAsync().ConfigureAwait(false);
+        await transport.DisposeAsync().ConfigureAwait(false);
+        await base.DisposeAsync().ConfigureAwait(false);
+    }
+}
