@@ -60,21 +60,17 @@ public sealed class SocksClient : IAsyncDisposable
         return b;
     }
 
-    public static byte[] ConnectIPv4(IPAddress ip, int port)
-    {
-        var b = new byte[10];
-        b[0] = 5; b[1] = 1; b[2] = 0; b[3] = 1;
-        ip.TryWriteBytes(b.AsSpan(4, 4), out _);
-        BinaryPrimitives.WriteUInt16BigEndian(b.AsSpan(8), (ushort)port);
-        return b;
-    }
+    public static byte[] ConnectIPv4(IPAddress ip, int port) => ConnectIp(ip, port, atyp: 1, length: 4);
 
-    public static byte[] ConnectIPv6(IPAddress ip, int port)
+    public static byte[] ConnectIPv6(IPAddress ip, int port) => ConnectIp(ip, port, atyp: 4, length: 16);
+
+    /// <summary>VER 5, CMD CONNECT, RSV 0, ATYP, the address bytes, the port big-endian (RFC 1928 §4).</summary>
+    private static byte[] ConnectIp(IPAddress ip, int port, byte atyp, int length)
     {
-        var b = new byte[22];
-        b[0] = 5; b[1] = 1; b[2] = 0; b[3] = 4;
-        ip.TryWriteBytes(b.AsSpan(4, 16), out _);
-        BinaryPrimitives.WriteUInt16BigEndian(b.AsSpan(20), (ushort)port);
+        var b = new byte[4 + length + 2];
+        b[0] = 5; b[1] = 1; b[2] = 0; b[3] = atyp;
+        Assert.True(ip.TryWriteBytes(b.AsSpan(4, length), out _), $"{ip} is not a {length}-byte address");
+        BinaryPrimitives.WriteUInt16BigEndian(b.AsSpan(4 + length), (ushort)port);
         return b;
     }
 
