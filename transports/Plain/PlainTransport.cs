@@ -134,15 +134,7 @@ internal sealed class PlainClient : IClientFactory
         var stream = await _context.Dialer.ConnectTcpAsync(server, ct).ConfigureAwait(false);
         try
         {
-            await stream.WriteAsync(PlainWire.BuildRequest(far), ct).ConfigureAwait(false);
-            byte[] reply = new byte[1];
-            if (await stream.ReadAsync(reply, ct).ConfigureAwait(false) != 1)
-                throw new TransportConnectException(ConnectFailure.General, $"server {server} closed before replying");
-            if (reply[0] != 0)
-            {
-                var failure = Enum.IsDefined((ConnectFailure)reply[0]) ? (ConnectFailure)reply[0] : ConnectFailure.General;
-                throw new TransportConnectException(failure, $"server {server} could not reach {(far?.ToString() ?? "its target")} (reply 0x{reply[0]:x2})");
-            }
+            await PlainWire.RequestAsync(stream, far, $"server {server}", ct).ConfigureAwait(false);
             return stream;
         }
         catch (Exception e) when (e is IOException or SocketException)
@@ -292,19 +284,14 @@ internal sealed class PlainListener : IServerManager
             using (var preamble = CancellationTokenSource.CreateLinkedTokenSource(abort))
             {
                 preamble.CancelAfter(PlainServer.PreambleTimeout);
-                byte[] header = new byte[PlainWire.HeaderLength];
-                await stream.ReadExactlyAsync(header, preamble.Token).ConfigureAwait(false);
-                int length = PlainWire.ParseHeader(header);
-                if (length < 0)
+                try { destination = await PlainWire.ReadRequestAsync(stream, preamble.Token).ConfigureAwait(false); }
+                catch (InvalidDataException)
                 {
                     failed = true;
                     _context.Counters.SessionFailed();
                     _log.LogInformation("plain session {Id} from {Remote}: not a plain preamble; closed", id, remote);
                     return;
                 }
-                byte[] dest = new byte[length];
-                await stream.ReadExactlyAsync(dest, preamble.Token).ConfigureAwait(false);
-                try { destination = PlainWire.ParseDestination(dest); }
                 catch (FormatException e)
                 {
                     failed = true;

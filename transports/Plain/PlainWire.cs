@@ -45,4 +45,38 @@ public static class PlainWire
         catch (DecoderFallbackException) { throw new FormatException("destination is not UTF-8"); }
         return Destination.TryParse(text, out var d) && d.Port != 0 ? d : throw new FormatException($"destination \"{text}\" is not host:port");
     }
+
+    /// <summary>
+    /// Client side of §2 over any stream (plain's socket, zephyr's TLS): sends the preamble and reads
+    /// the reply byte. A refusal, or an end before the reply, throws <see cref="TransportConnectException"/>
+    /// naming <paramref name="server"/>.
+    /// </summary>
+    public static async Task RequestAsync(Stream stream, Destination? far, string server, CancellationToken ct)
+    {
+        await stream.WriteAsync(BuildRequest(far), ct).ConfigureAwait(false);
+        byte[] reply = new byte[1];
+        if (await stream.ReadAsync(reply, ct).ConfigureAwait(false) != 1)
+            throw new TransportConnectException(ConnectFailure.General, $"{server} closed before replying");
+        if (reply[0] != 0)
+        {
+            var failure = Enum.IsDefined((ConnectFailure)reply[0]) ? (ConnectFailure)reply[0] : ConnectFailure.General;
+            throw new TransportConnectException(failure, $"{server} could not reach {(far?.ToString() ?? "its target")} (reply 0x{reply[0]:x2})");
+        }
+    }
+
+    /// <summary>
+    /// Server side of §2: reads exactly the preamble (never a byte past it) and returns the
+    /// destination, null for none. Throws <see cref="InvalidDataException"/> when the header is not
+    /// plain's (close without a reply) and <see cref="FormatException"/> for a bad destination (reply 0x08).
+    /// </summary>
+    public static async Task<Destination?> ReadRequestAsync(Stream stream, CancellationToken ct)
+    {
+        byte[] header = new byte[HeaderLength];
+        await stream.ReadExactlyAsync(header, ct).ConfigureAwait(false);
+        int length = ParseHeader(header);
+        if (length < 0) throw new InvalidDataException("not a plain preamble");
+        byte[] dest = new byte[length];
+        await stream.ReadExactlyAsync(dest, ct).ConfigureAwait(false);
+        return ParseDestination(dest);
+    }
 }

@@ -64,15 +64,7 @@ internal sealed class ZephyrClient : IClientFactory
                     try
                     {
                         await tls.AuthenticateAsClientAsync(ZephyrSession.ClientTls(_certificateContext, _options.ServerPin), limit.Token).ConfigureAwait(false);
-                        await tls.WriteAsync(PlainWire.BuildRequest(far), limit.Token).ConfigureAwait(false);
-                        byte[] reply = new byte[1];
-                        if (await tls.ReadAsync(reply, limit.Token).ConfigureAwait(false) != 1)
-                            throw new TransportConnectException(ConnectFailure.General, "zephyr server closed before replying");
-                        if (reply[0] != 0)
-                        {
-                            var failure = Enum.IsDefined((ConnectFailure)reply[0]) ? (ConnectFailure)reply[0] : ConnectFailure.General;
-                            throw new TransportConnectException(failure, $"zephyr server could not reach {(far?.ToString() ?? "its target")} (reply 0x{reply[0]:x2})");
-                        }
+                        await PlainWire.RequestAsync(tls, far, "zephyr server", limit.Token).ConfigureAwait(false);
                     }
                     catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
                     {

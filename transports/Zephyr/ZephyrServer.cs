@@ -240,19 +240,14 @@ internal sealed class ZephyrServerManager : IServerManager
                 limit.CancelAfter(HandshakeLimit);
                 await tls.AuthenticateAsServerAsync(ZephyrSession.ServerTls(_certificateContext, _options.ClientPins), limit.Token).ConfigureAwait(false);
                 limit.CancelAfter(_options.TlsTimeout);
-                byte[] header = new byte[PlainWire.HeaderLength];
-                await tls.ReadExactlyAsync(header, limit.Token).ConfigureAwait(false);
-                int length = PlainWire.ParseHeader(header);
-                if (length < 0)
+                try { destination = await PlainWire.ReadRequestAsync(tls, limit.Token).ConfigureAwait(false); }
+                catch (InvalidDataException)
                 {
                     failed = true;
                     _context.Counters.SessionFailed();
                     _log.LogInformation("zephyr session {Id}: not a preamble inside TLS; closed", id);
                     return;
                 }
-                byte[] dest = new byte[length];
-                await tls.ReadExactlyAsync(dest, limit.Token).ConfigureAwait(false);
-                try { destination = PlainWire.ParseDestination(dest); }
                 catch (FormatException e)
                 {
                     failed = true;
