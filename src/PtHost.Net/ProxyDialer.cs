@@ -43,7 +43,8 @@ public sealed class ProxyDialer(UpstreamProxy proxy, DirectDialer? direct = null
             switch (Proxy.Kind)
             {
                 case UpstreamProxyKind.Socks5:
-                    await ProxyHandshake.Socks5Async(stream, destination, Proxy.User, Proxy.Password, _name, limit.Token).ConfigureAwait(false);
+                    await ProxyHandshake.Socks5Async(stream, destination,
+                        Proxy.User is { } u ? u.AsMemory() : (ReadOnlyMemory<byte>?)null, Proxy.Password is { } p ? p.AsMemory() : (ReadOnlyMemory<byte>?)null, _name, limit.Token).ConfigureAwait(false);
                     break;
                 case UpstreamProxyKind.Socks4a:
                     await ProxyHandshake.Socks4aAsync(stream, destination, Proxy.User ?? [], _name, limit.Token).ConfigureAwait(false);

@@ -80,7 +80,7 @@ public sealed class UpstreamProxy
         foreach (char c in uri)
             if (c <= ' ' || c >= 0x7f) throw new FormatException("proxy URI contains a space, a control or a non-ASCII character (percent-encode it)");
         int sep = uri.IndexOf("://", StringComparison.Ordinal);
-        if (sep <= 0) throw new FormatException($"proxy URI \"{Redact(uri)}\" has no scheme (expected socks5://, socks4a:// or http://)");
+        if (sep <= 0) throw new FormatException("proxy URI has no scheme (expected socks5://, socks4a:// or http://)");
         string scheme = uri[..sep].ToLowerInvariant();
         var kind = scheme switch
         {
