@@ -15,6 +15,10 @@ public sealed class ProxyDialer(UpstreamProxy proxy, DirectDialer? direct = null
     private readonly DirectDialer _direct = direct ?? new DirectDialer();
     private readonly TimeSpan _timeout = timeout ?? DirectDialer.DefaultTimeout;
     private readonly string _name = proxy.ToString();
+    private readonly string _prefix = "upstream proxy " + proxy;
+
+    /// <summary>The dialer that reaches the proxy (its outbound bind addresses apply).</summary>
+    public DirectDialer Direct => _direct;
 
     /// <summary>The proxy every connection goes through.</summary>
     public UpstreamProxy Proxy { get; } = proxy;
@@ -44,13 +48,13 @@ public sealed class ProxyDialer(UpstreamProxy proxy, DirectDialer? direct = null
             {
                 case UpstreamProxyKind.Socks5:
                     await ProxyHandshake.Socks5Async(stream, destination,
-                        Proxy.User is { } u ? u.AsMemory() : (ReadOnlyMemory<byte>?)null, Proxy.Password is { } p ? p.AsMemory() : (ReadOnlyMemory<byte>?)null, _name, limit.Token).ConfigureAwait(false);
+                        Proxy.User is { } u ? u.AsMemory() : (ReadOnlyMemory<byte>?)null, Proxy.Password is { } p ? p.AsMemory() : (ReadOnlyMemory<byte>?)null, _prefix, limit.Token).ConfigureAwait(false);
                     break;
                 case UpstreamProxyKind.Socks4a:
-                    await ProxyHandshake.Socks4aAsync(stream, destination, Proxy.User ?? [], _name, limit.Token).ConfigureAwait(false);
+                    await ProxyHandshake.Socks4aAsync(stream, destination, Proxy.User ?? [], _prefix, limit.Token).ConfigureAwait(false);
                     break;
                 default:
-                    await ProxyHandshake.HttpConnectAsync(stream, destination, Proxy.User, Proxy.Password, _name, limit.Token).ConfigureAwait(false);
+                    await ProxyHandshake.HttpConnectAsync(stream, destination, Proxy.User, Proxy.Password, _prefix, limit.Token).ConfigureAwait(false);
                     break;
             }
             return stream;

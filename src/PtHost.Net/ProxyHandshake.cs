@@ -11,7 +11,8 @@ namespace PtHost.Net;
 /// <summary>
 /// The client side of the proxy handshakes (spec/external.md §2.3): SOCKS5 (RFC 1928, RFC 1929),
 /// SOCKS 4a and HTTP CONNECT. Each reads exactly the proxy's reply and nothing after it, so bytes
-/// the far end sends first stay in the stream. Failures throw <see cref="TransportConnectException"/>.
+/// the far end sends first stay in the stream. Failures throw <see cref="TransportConnectException"/>
+/// whose message begins with <c>proxyName</c> (e.g. "upstream proxy socks5://127.0.0.1:1080").
 /// </summary>
 public static class ProxyHandshake
 {
@@ -95,7 +96,7 @@ public static class ProxyHandshake
         var ip = destination.Address;
         if (ip is { IsIPv4MappedToIPv6: true }) ip = ip.MapToIPv4();
         if (ip is { AddressFamily: AddressFamily.InterNetworkV6 })
-            throw new TransportConnectException(ConnectFailure.AddressTypeNotSupported, $"upstream proxy {proxyName}: SOCKS 4a cannot carry the IPv6 destination {destination}");
+            throw new TransportConnectException(ConnectFailure.AddressTypeNotSupported, $"{proxyName}: SOCKS 4a cannot carry the IPv6 destination {destination}");
         if (userId.Length > 255) throw new ArgumentException("USERID longer than 255 bytes");
         byte[] buffer = ArrayPool<byte>.Shared.Rent(1024);
         try
@@ -194,14 +195,14 @@ public static class ProxyHandshake
     };
 
     private static TransportConnectException Fail(ConnectFailure failure, string proxyName, string what) =>
-        new(failure, $"upstream proxy {proxyName} {what}");
+        new(failure, $"{proxyName} {what}");
 
     private static async ValueTask ReadExactAsync(Stream stream, Memory<byte> buffer, string proxyName, CancellationToken ct)
     {
         try { await stream.ReadExactlyAsync(buffer, ct).ConfigureAwait(false); }
         catch (EndOfStreamException e)
         {
-            throw new TransportConnectException(ConnectFailure.General, $"upstream proxy {proxyName} closed the connection during the handshake", e);
+            throw new TransportConnectException(ConnectFailure.General, $"{proxyName} closed the connection during the handshake", e);
         }
     }
 }

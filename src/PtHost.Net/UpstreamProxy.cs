@@ -201,11 +201,21 @@ public sealed class UpstreamProxy
         return colon >= 0 && colon < at ? uri[..(colon + 1)] + "***" + uri[at..] : uri;
     }
 
+    /// <summary>The URI with its credentials (percent-encoded), e.g. for a child's TOR_PT_PROXY. Never log it.</summary>
+    public string ToUri()
+    {
+        string creds = User is null ? "" : Encode(User) + (Password is null ? "" : ":" + Encode(Password)) + "@";
+        return $"{Scheme}://{creds}{Server}";
+
+        static string Encode(byte[] b) => string.Concat(b.Select(x => char.IsAsciiLetterOrDigit((char)x) || x is (byte)'-' or (byte)'.' or (byte)'_' or (byte)'~' ? ((char)x).ToString() : $"%{x:X2}"));
+    }
+
+    private string Scheme => Kind switch { UpstreamProxyKind.Socks5 => "socks5", UpstreamProxyKind.Socks4a => "socks4a", _ => "http" };
+
     /// <summary><c>scheme://[user:***@]ip:port</c>: the password never appears.</summary>
     public override string ToString()
     {
-        string scheme = Kind switch { UpstreamProxyKind.Socks5 => "socks5", UpstreamProxyKind.Socks4a => "socks4a", _ => "http" };
         string creds = User is null ? "" : Uri.EscapeDataString(Encoding.UTF8.GetString(User)) + (Password is null ? "" : ":***") + "@";
-        return $"{scheme}://{creds}{Server}";
+        return $"{Scheme}://{creds}{Server}";
     }
 }

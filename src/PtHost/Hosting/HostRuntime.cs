@@ -67,7 +67,7 @@ public sealed class HostRuntime : IHostedService
                 string state = Path.Combine(_config.StateDirectory, name);
                 Directory.CreateDirectory(state);
                 var context = new TransportEnvironment(name, _config.Options.GetValueOrDefault(name), state, _signals.For(name), dialer, _loggers, counters);
-                if (_config.Role == Role.Client) await StartClientAsync(name, transport, context).ConfigureAwait(false);
+                if (_config.Role == Role.Client) await StartClientAsync(name, transport, context, cancellationToken).ConfigureAwait(false);
                 else await StartServerAsync(name, transport, context, dialer, cancellationToken).ConfigureAwait(false);
                 _counters[name] = counters; // STATUS lines report transports that started
                 started++;
@@ -98,15 +98,15 @@ public sealed class HostRuntime : IHostedService
         if (_config.Role == Role.Client) _ipc.CmethodError(name, message); else _ipc.SmethodError(name, message);
     }
 
-    private Task StartClientAsync(string name, IPluggableTransport transport, TransportEnvironment context)
+    private async Task StartClientAsync(string name, IPluggableTransport transport, TransportEnvironment context, CancellationToken ct)
     {
         var factory = transport.CreateClientFactory(context);
         _factories.Add(factory);
+        if (factory is IStartableClientFactory startable) await startable.StartAsync(ct).ConfigureAwait(false);
         var listener = new Socks5Listener(name, _config.ProxyListenAddresses[name], factory, context.Counters, new Socks5Limits(), _loggers.CreateLogger("PtHost.Socks"));
         _frontEnds.Add(listener);
         listener.Start();
         _ipc.Cmethod(name, "socks5", listener.LocalEndPoint);
-        return Task.CompletedTask;
     }
 
     private async Task StartServerAsync(string name, IPluggableTransport transport, TransportEnvironment context, DirectDialer dialer, CancellationToken ct)

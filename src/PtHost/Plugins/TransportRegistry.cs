@@ -20,6 +20,7 @@ public sealed class TransportRegistry
     {
         Register("plain", () => new PtHost.Transports.Plain.PlainTransport());
         Register("zephyr", () => new PtHost.Transports.Zephyr.ZephyrTransport());
+        Register("external", () => new PtHost.Transports.External.ExternalTransport());
     }
 
     public IEnumerable<string> Names => _factories.Keys;
@@ -29,7 +30,11 @@ public sealed class TransportRegistry
         if (!_factories.TryAdd(name, factory)) throw new InvalidOperationException($"transport \"{name}\" is registered twice");
     }
 
-    public IPluggableTransport? Create(string name) => _factories.TryGetValue(name, out var f) ? f() : null;
+    /// <summary>The transport named <paramref name="name"/>; every <c>external_&lt;method&gt;</c> is the external transport (spec/external.md §4.1).</summary>
+    public IPluggableTransport? Create(string name) =>
+        _factories.TryGetValue(name, out var f) ? f()
+        : PtHost.Transports.External.ExternalTransport.IsExternalName(name) ? new PtHost.Transports.External.ExternalTransport(name)
+        : null;
 
     /// <summary>Loads every assembly in <paramref name="directory"/> that references the contract and registers its transports.</summary>
     public IReadOnlyList<string> LoadPlugins(string directory, ILogger log)
