@@ -1,0 +1,325 @@
+using System.Net;
+using System.Security.Cryptography;
+using System.Text;
+using Newtonsoft.Json.Linq;
+using Xunit.Abstractions;
+
+namespace PtHost.Tests.Process;
+
+/// <summary>
+/// The external transport (spec/external.md §4) with Debian's obfs4proxy on both ends: a pthost
+/// PT 2.0 server and client each run obfs4proxy as a PT 1.0 child; the obfs4 cert the server's
+/// child reports in SMETHOD ARGS goes to the client as per-connection settings.
+/// </summary>
+[Collection("process")]
+public class ExternalTransportTests(ITestOutputHelper output)
+{
+    private const string Name = "external_obfs4";
+    private static string Obfs4proxy => DebianProxy.Require("/usr/bin/obfs4proxy");
+    private static string Curl => DebianProxy.Require("/usr/bin/curl");
+
+    private static JObject ServerConfig(int target, JObject? extra = null)
+    {
+        var options = new JObject { ["exec"] = Obfs4proxy, ["serverOptions"] = new JObject { ["iat-mode"] = "0" } };
+        if (extra is not null) options.Merge(extra);
+        var c = PtChain.BoundServer($"127.0.0.1:{target}", Name);
+        c["options"] = new JObject { [Name] = options };
+        return c;
+    }
+
+    private static JObject ClientConfig(IPEndPoint server) => new()
+    {
+        ["role"] = "client",
+        ["transports"] = new JArray(Name),
+        ["options"] = new JObject { [Name] = new JObject { ["exec"] = Obfs4proxy, ["serverAddress"] = server.ToString() } },
+        ["exit-on-stdin-close"] = true,
+    };
+
+    private static string Cert(PtChain chain)
+    {
+        string smethod = chain.ServerStartup.Single(l => l.StartsWith("SMETHOD ", StringComparison.Ordinal));
+        var m = System.Text.RegularExpressions.Regex.Match(smethod, @"ARGS:cert=([^,]+),iat-mode=0$");
+        Assert.True(m.Success, $"SMETHOD line without the child's ARGS: {smethod}");
+        return m.Groups[1].Value;
+    }
+
+    /// <summary>GET through the SOCKS5 front end with the settings as a JSON block (method 09); returns the body.</summary>
+    private static async Task<(byte Reply, byte[] Body)> GetWithJsonSettingsAsync(IPEndPoint socksEp, JObject settings, int port)
+    {
+        await using var socks = await SocksClient.ConnectAsync(socksEp);
+        await socks.SendAsync([.. SocksClient.Greeting(0x09), .. SocksClient.SettingsBlock(settings.ToString(Newtonsoft.Json.Formatting.None)),
+            .. SocksClient.ConnectIPv4(IPAddress.Loopback, port)]);
+        Assert.Equal([5, 9], await socks.ReadExactlyAsync(2));
+        byte reply = await socks.ReadReplyAsync();
+        if (reply != 0) return (reply, []);
+        await socks.SendAsync(Encoding.ASCII.GetBytes("GET /file.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+        var all = await socks.ReadToEndAsync(TimeSpan.FromSeconds(60));
+        int split = all.AsSpan().IndexOf("\r\n\r\n"u8);
+        Assert.True(split > 0, "no HTTP header came back");
+        Assert.StartsWith("HTTP/1.1 200", Encoding.ASCII.GetString(all, 0, split));
+        return (0, all[(split + 4)..]);
+    }
+
+    private async Task<int> CurlAsync(PtChain chain, string args, int port, string file)
+    {
+        // PT 1.0 arguments in the RFC 1929 user name, percent-encoded for the URL (curl decodes them).
+        var (exit, _, err) = await ChainTests.RunAsync(Curl, "-sS", "--max-time", "60", "-x", $"socks5h://{Uri.EscapeDataString(args)}@{chain.SocksEndPoint}",
+            "-o", file, $"http://localhost:{port}/file.bin");
+        output.WriteLine($"curl exit {exit}: {err}");
+        return exit;
+    }
+
+    /// <summary>The children of <paramref name="pid"/> (every thread's /proc children list).</summary>
+    internal static List<int> ChildPids(int pid)
+    {
+        var result = new List<int>();
+        foreach (var task in Directory.EnumerateDirectories($"/proc/{pid}/task"))
+        {
+            try
+            {
+                foreach (var p in File.ReadAllText(Path.Combine(task, "children")).Split(' ', StringSplitOptions.RemoveEmptyEntries))
+                    result.Add(int.Parse(p));
+            }
+            catch (IOException) { }
+        }
+        return result;
+    }
+
+    private static string Comm(int pid) => File.ReadAllText($"/proc/{pid}/comm").Trim();
+
+    private static async Task WaitForAsync(Func<bool> condition, string what, TimeSpan? limit = null)
+    {
+        var deadline = DateTime.UtcNow + (limit ?? TimeSpan.FromSeconds(60));
+        while (!condition())
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException(what);
+            await Task.Delay(100);
+        }
+    }
+
+    [Fact]
+    public async Task Obfs4proxy_on_both_ends_carries_a_file_intact_with_the_cert_as_JSON_settings_and_with_curl()
+    {
+        var body = RandomNumberGenerator.GetBytes(4 * 1024 * 1024);
+        await using var http = new HttpFileServer(body);
+        await using var chain = await PtChain.StartAsync(ServerConfig(http.Port), ClientConfig);
+        string cert = Cert(chain);
+        Assert.Contains(chain.ClientStartup, l => l.StartsWith($"CMETHOD {Name} socks5 127.0.0.1:", StringComparison.Ordinal));
+
+        var (reply, got) = await GetWithJsonSettingsAsync(chain.SocksEndPoint, new JObject { ["cert"] = cert, ["iat-mode"] = 0 }, http.Port);
+        Assert.Equal(0, reply);
+        Assert.Equal(SHA256.HashData(body), SHA256.HashData(got));
+
+        string file = Path.Combine(Path.GetTempPath(), $"pthost-obfs4-{Guid.NewGuid():N}");
+        try
+        {
+            Assert.Equal(0, await CurlAsync(chain, $"cert={cert};iat-mode=0", http.Port, file));
+            Assert.Equal(SHA256.HashData(body), SHA256.HashData(await File.ReadAllBytesAsync(file)));
+        }
+        finally { File.Delete(file); }
+
+        int serverChild = Assert.Single(ChildPids(chain.Server.Pid), p => Comm(p) == "obfs4proxy");
+        int clientChild = Assert.Single(ChildPids(chain.Client.Pid), p => Comm(p) == "obfs4proxy");
+        var (s, c) = await chain.StopAsync();
+        Assert.Equal(0, s);
+        Assert.Equal(0, c);
+        Assert.False(Directory.Exists($"/proc/{serverChild}"), "the server's obfs4proxy outlived pthost");
+        Assert.False(Directory.Exists($"/proc/{clientChild}"), "the client's obfs4proxy outlived pthost");
+        chain.Server.AssertOnlyProtocolLinesOnStdout();
+        chain.Client.AssertOnlyProtocolLinesOnStdout();
+    }
+
+    [Fact]
+    public async Task A_wrong_cert_fails_that_session_cleanly_and_the_next_one_works()
+    {
+        var body = RandomNumberGenerator.GetBytes(64 * 1024);
+        await using var http = new HttpFileServer(body);
+        await using var chain = await PtChain.StartAsync(ServerConfig(http.Port), ClientConfig);
+        string cert = Cert(chain);
+        // A well-formed cert of other keys: obfs4's handshake fails (the server never answers it).
+        string wrong = Convert.ToBase64String(RandomNumberGenerator.GetBytes(52)).TrimEnd('=');
+        var (reply, _) = await GetWithJsonSettingsAsync(chain.SocksEndPoint, new JObject { ["cert"] = wrong, ["iat-mode"] = "0" }, http.Port);
+        Assert.NotEqual(0, reply);
+        output.WriteLine($"wrong cert: reply {reply:x2}");
+        // A setting obfs4 cannot parse at all is refused by the child at once.
+        var (bad, _) = await GetWithJsonSettingsAsync(chain.SocksEndPoint, new JObject { ["cert"] = "not-a-cert", ["iat-mode"] = "0" }, http.Port);
+        Assert.NotEqual(0, bad);
+        // Settings that PT 1.0 cannot carry are refused by pthost with 13.
+        var (nested, _) = await GetWithJsonSettingsAsync(chain.SocksEndPoint, new JObject { ["cert"] = new JObject() }, http.Port);
+        Assert.Equal(0x13, nested);
+
+        var (ok, got) = await GetWithJsonSettingsAsync(chain.SocksEndPoint, new JObject { ["cert"] = cert, ["iat-mode"] = "0" }, http.Port);
+        Assert.Equal(0, ok);
+        Assert.Equal(body, got);
+        Assert.Contains(chain.Client.StdoutLines, l => l.StartsWith("CMETHOD ", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_child_that_dies_is_restarted_and_sessions_work_again_on_both_ends()
+    {
+        var body = RandomNumberGenerator.GetBytes(256 * 1024);
+        await using var http = new HttpFileServer(body);
+        await using var chain = await PtChain.StartAsync(ServerConfig(http.Port), ClientConfig);
+        string cert = Cert(chain);
+        var settings = new JObject { ["cert"] = cert, ["iat-mode"] = "0" };
+        Assert.Equal(body, (await GetWithJsonSettingsAsync(chain.SocksEndPoint, settings, http.Port)).Body);
+
+        foreach (var (process, role) in new[] { (chain.Client, "client"), (chain.Server, "server") })
+        {
+            int old = Assert.Single(ChildPids(process.Pid), p => Comm(p) == "obfs4proxy");
+            Assert.Equal(0, kill(old, 9));
+            await WaitForAsync(() => process.Stderr.Contains($"{Name}: /usr/bin/obfs4proxy (pid {old}) exited with code"), $"the {role} did not report its child's death:\n{process.Stderr}");
+            await WaitForAsync(() => process.Stderr.Contains($"{Name}: /usr/bin/obfs4proxy restarted"), $"the {role} did not restart its child:\n{process.Stderr}");
+            int now = Assert.Single(ChildPids(process.Pid), p => Comm(p) == "obfs4proxy");
+            Assert.NotEqual(old, now);
+            // The server's child is started again on the address and with the keys of the SMETHOD line.
+            var (reply, got) = await GetWithJsonSettingsAsync(chain.SocksEndPoint, settings, http.Port);
+            Assert.True(reply == 0, $"after the {role} child's restart: reply {reply:x2}\nclient:\n{chain.Client.Stderr}\nserver:\n{chain.Server.Stderr}");
+            Assert.Equal(body, got);
+        }
+        Assert.DoesNotContain("different SMETHOD ARGS", chain.Server.Stderr);
+        var (s, c) = await chain.StopAsync();
+        Assert.Equal((0, 0), (s, c));
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int kill(int pid, int sig);
+}
+
+/// <summary>
+/// The external transport's handling of what a PT 1.0 program says, with small programs written by
+/// the test (real processes, run by a real pthost): -ERROR lines, LOG forwarding, a program that
+/// keeps dying, the environment it is given.
+/// </summary>
+[Collection("process")]
+public class ExternalProgramTests
+{
+    private static async Task<string> ScriptAsync(string dir, string body)
+    {
+        string path = Path.Combine(dir, "pt.sh");
+        await File.WriteAllTextAsync(path, "#!/bin/sh\n" + body + "\n");
+        if (OperatingSystem.IsLinux()) File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        return path;
+    }
+
+    private static string ClientJson(string exec, string dir, JObject? extra = null)
+    {
+        var options = new JObject { ["exec"] = exec, ["method"] = "fake", ["startTimeout"] = 20 };
+        if (extra is not null) options.Merge(extra);
+        return new JObject
+        {
+            ["role"] = "client",
+            ["transports"] = new JArray("external"),
+            ["state"] = dir,
+            ["options"] = new JObject { ["external"] = options },
+            ["exit-on-stdin-close"] = true,
+        }.ToString(Newtonsoft.Json.Formatting.None);
+    }
+
+    [Fact]
+    public async Task A_CMETHOD_ERROR_from_the_program_becomes_our_CMETHOD_ERROR_and_exit_69()
+    {
+        string dir = Directory.CreateTempSubdirectory("pthost-ext-").FullName;
+        string exec = await ScriptAsync(dir, """
+            echo 'VERSION 1'
+            echo 'LOG SEVERITY=warning MESSAGE="no \"bridges\" here"'
+            echo 'CMETHOD-ERROR fake this transport is broken'
+            echo 'CMETHODS DONE'
+            cat >/dev/null
+            """);
+        await using var p = PtProcess.StartPthost(ClientJson(exec, dir));
+        var lines = await p.ReadUntilDoneAsync();
+        Assert.Contains(lines, l => l.StartsWith("CMETHOD-ERROR external ", StringComparison.Ordinal) && l.EndsWith("CMETHOD-ERROR this transport is broken", StringComparison.Ordinal));
+        Assert.Equal(69, await p.WaitForExitAsync());
+        Assert.Contains("external: fake: no \"bridges\" here", p.Stderr); // the LOG line, unquoted, on our stderr
+        p.AssertOnlyProtocolLinesOnStdout();
+    }
+
+    [Theory]
+    [InlineData("echo 'VERSION-ERROR no-version'", "does not speak PT 1.0 (VERSION-ERROR no-version)")]
+    [InlineData("echo 'ENV-ERROR no TOR_PT_STATE_LOCATION'", "ENV-ERROR no TOR_PT_STATE_LOCATION")]
+    [InlineData("echo 'VERSION 1'; echo 'CMETHOD other socks5 127.0.0.1:9'; echo 'CMETHODS DONE'; cat >/dev/null", "did not offer the method \"fake\"")]
+    [InlineData("echo 'VERSION 1'; exit 3", "exited (code 3) before its start-up lines were complete")]
+    [InlineData("echo 'VERSION 1'; echo 'CMETHOD fake socks5 not-an-address'; cat >/dev/null", "malformed CMETHOD line")]
+    public async Task A_program_that_fails_to_start_is_a_clean_CMETHOD_ERROR(string script, string message)
+    {
+        string dir = Directory.CreateTempSubdirectory("pthost-ext-").FullName;
+        string exec = await ScriptAsync(dir, script);
+        await using var p = PtProcess.StartPthost(ClientJson(exec, dir));
+        var lines = await p.ReadUntilDoneAsync();
+        Assert.Contains(lines, l => l.StartsWith("CMETHOD-ERROR external ", StringComparison.Ordinal) && l.Contains(message, StringComparison.Ordinal));
+        Assert.Equal(69, await p.WaitForExitAsync());
+    }
+
+    [Fact]
+    public async Task A_program_that_never_finishes_its_lines_times_out()
+    {
+        string dir = Directory.CreateTempSubdirectory("pthost-ext-").FullName;
+        string exec = await ScriptAsync(dir, "echo 'VERSION 1'; cat >/dev/null");
+        await using var p = PtProcess.StartPthost(ClientJson(exec, dir, new JObject { ["startTimeout"] = 1 }));
+        var lines = await p.ReadUntilDoneAsync();
+        Assert.Contains(lines, l => l.StartsWith("CMETHOD-ERROR external ", StringComparison.Ordinal) && l.Contains("within 1 s", StringComparison.Ordinal));
+        Assert.Equal(69, await p.WaitForExitAsync());
+    }
+
+    [Fact]
+    public async Task The_program_gets_the_PT1_client_environment_and_none_of_ours()
+    {
+        string dir = Directory.CreateTempSubdirectory("pthost-ext-").FullName;
+        string exec = await ScriptAsync(dir, $"""
+            env | grep '^TOR_PT_' | sort > {dir}/env.txt
+            echo 'VERSION 1'
+            echo 'CMETHOD fake socks5 127.0.0.1:9'
+            echo 'CMETHODS DONE'
+            cat >/dev/null
+            """);
+        var env = new Dictionary<string, string> { ["TOR_PT_SERVER_TRANSPORTS"] = "leak" };
+        await using var p = PtProcess.Start(PtHostExecutable.Path, [ClientJson(exec, dir)], env);
+        var lines = await p.ReadUntilDoneAsync();
+        Assert.Contains(lines, l => l.StartsWith("CMETHOD external socks5 ", StringComparison.Ordinal));
+        string seen = await File.ReadAllTextAsync(Path.Combine(dir, "env.txt"));
+        Assert.Equal($"""
+            TOR_PT_CLIENT_TRANSPORTS=fake
+            TOR_PT_EXIT_ON_STDIN_CLOSE=1
+            TOR_PT_MANAGED_TRANSPORT_VER=1
+            TOR_PT_STATE_LOCATION={dir}/external/pt_state/
+
+            """, seen);
+        p.CloseStdin();
+        Assert.Equal(0, await p.WaitForExitAsync());
+    }
+
+    [Fact]
+    public async Task A_program_that_keeps_dying_is_restarted_with_back_off_then_given_up_and_sessions_fail_with_01()
+    {
+        string dir = Directory.CreateTempSubdirectory("pthost-ext-").FullName;
+        // Starts fine the first time, then exits at once; every later start fails the same way.
+        string exec = await ScriptAsync(dir, $"""
+            echo start >> {dir}/starts
+            echo 'VERSION 1'
+            echo 'CMETHOD fake socks5 127.0.0.1:9'
+            echo 'CMETHODS DONE'
+            exit 7
+            """);
+        await using var p = PtProcess.StartPthost(ClientJson(exec, dir, new JObject { ["maxRestarts"] = 2 }));
+        var lines = await p.ReadUntilDoneAsync();
+        var socksEp = IPEndPoint.Parse(lines.Single(l => l.StartsWith("CMETHOD ", StringComparison.Ordinal)).Split(' ')[3]);
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        while (!p.Stderr.Contains("giving up"))
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException("no give-up:\n" + p.Stderr);
+            await Task.Delay(100);
+        }
+        Assert.Contains("exited with code 7", p.Stderr);
+        Assert.Contains("restarting in 1 s", p.Stderr);
+        Assert.Contains("died 3 times in a row; giving up", p.Stderr);
+        Assert.Equal(3, (await File.ReadAllLinesAsync(Path.Combine(dir, "starts"))).Length); // the first start and two restarts
+
+        await using var socks = await SocksClient.ConnectAsync(socksEp);
+        await socks.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(IPAddress.Loopback, 80)]);
+        await socks.ReadExactlyAsync(2);
+        Assert.Equal(0x01, await socks.ReadReplyAsync());
+        p.CloseStdin();
+        Assert.Equal(0, await p.WaitForExitAsync());
+    }
+}
