@@ -290,6 +290,79 @@ public class ExternalProgramTests
     }
 
     [Fact]
+    public async Task Server_role_gives_the_PT1_server_environment_and_passes_SMETHOD_ARGS_through_escaped()
+    {
+        string dir = Directory.CreateTempSubdirectory("pthost-ext-").FullName;
+        await using var target = new EchoServer();
+        // The program reports a listener of its own and ARGS whose values need escaping.
+        string exec = await ScriptAsync(dir, $$"""
+            env | grep '^TOR_PT_' | sort > {{dir}}/env.txt
+            echo 'VERSION 1'
+            printf '%s\n' 'SMETHOD fake 127.0.0.1:4711 ARGS:cert=a\,b\=c,iat-mode=0'
+            echo 'SMETHODS DONE'
+            cat >/dev/null
+            """);
+        var config = new JObject
+        {
+            ["role"] = "server",
+            ["transports"] = new JArray("external_fake"),
+            ["target"] = $"127.0.0.1:{target.Port}",
+            ["bindaddr"] = new JObject { ["external_fake"] = "127.0.0.1:4711" },
+            ["state"] = dir,
+            ["options"] = new JObject { ["external_fake"] = new JObject { ["exec"] = exec, ["serverOptions"] = new JObject { ["a:b"] = "x;y=z\\" } } },
+            ["exit-on-stdin-close"] = true,
+        };
+        await using var p = PtProcess.StartPthost(config.ToString(Newtonsoft.Json.Formatting.None));
+        var lines = await p.ReadUntilDoneAsync();
+        Assert.Contains(@"SMETHOD external_fake 127.0.0.1:4711 ARGS:cert=a\,b\=c,iat-mode=0", lines);
+        var env = (await File.ReadAllLinesAsync(Path.Combine(dir, "env.txt"))).ToDictionary(l => l[..l.IndexOf('=')], l => l[(l.IndexOf('=') + 1)..]);
+        Assert.Equal("1", env["TOR_PT_MANAGED_TRANSPORT_VER"]);
+        Assert.Equal("fake", env["TOR_PT_SERVER_TRANSPORTS"]);
+        Assert.Equal("fake-127.0.0.1:4711", env["TOR_PT_SERVER_BINDADDR"]);
+        Assert.Equal("", env["TOR_PT_EXTENDED_SERVER_PORT"]);
+        Assert.Equal(@"fake:a\:b=x\;y\=z\\", env["TOR_PT_SERVER_TRANSPORT_OPTIONS"]);
+        Assert.Equal($"{dir}/external_fake/pt_state/", env["TOR_PT_STATE_LOCATION"]);
+        Assert.Equal("1", env["TOR_PT_EXIT_ON_STDIN_CLOSE"]);
+        Assert.False(env.ContainsKey("TOR_PT_CLIENT_TRANSPORTS"));
+
+        // TOR_PT_ORPORT is pthost's own loopback port, which forwards to the target and counts the session.
+        var orport = IPEndPoint.Parse(env["TOR_PT_ORPORT"]);
+        Assert.Equal(IPAddress.Loopback, orport.Address);
+        using (var c = new System.Net.Sockets.TcpClient())
+        {
+            await c.ConnectAsync(orport);
+            var s = c.GetStream();
+            await s.WriteAsync("hello"u8.ToArray());
+            var back = new byte[5];
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+            await s.ReadExactlyAsync(back, cts.Token);
+            Assert.Equal("hello"u8.ToArray(), back);
+        }
+        p.CloseStdin();
+        Assert.Equal(0, await p.WaitForExitAsync());
+        Assert.Contains(p.StdoutLines, l => l.StartsWith("STATUS TRANSPORT=external_fake ", StringComparison.Ordinal) && l.Contains("OPENED=1", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_free_server_is_an_SMETHOD_ERROR_because_PT1_carries_no_destination()
+    {
+        string dir = Directory.CreateTempSubdirectory("pthost-ext-").FullName;
+        string exec = await ScriptAsync(dir, "cat >/dev/null");
+        var config = new JObject
+        {
+            ["role"] = "server",
+            ["transports"] = new JArray("external_fake"),
+            ["allow"] = new JArray("127.0.0.1"),
+            ["state"] = dir,
+            ["options"] = new JObject { ["external_fake"] = new JObject { ["exec"] = exec } },
+        };
+        await using var p = PtProcess.StartPthost(config.ToString(Newtonsoft.Json.Formatting.None));
+        var lines = await p.ReadUntilDoneAsync();
+        Assert.Contains(lines, l => l.StartsWith("SMETHOD-ERROR external_fake external_fake serves a bound server only", StringComparison.Ordinal));
+        Assert.Equal(69, await p.WaitForExitAsync());
+    }
+
+    [Fact]
     public async Task A_program_that_keeps_dying_is_restarted_with_back_off_then_given_up_and_sessions_fail_with_01()
     {
         string dir = Directory.CreateTempSubdirectory("pthost-ext-").FullName;
