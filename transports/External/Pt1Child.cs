@@ -153,7 +153,9 @@ internal sealed class Pt1Child : IAsyncDisposable
         foreach (var a in _options.Args) psi.ArgumentList.Add(a);
         // The child must see our PT 1.0 environment only, not the one pthost itself may have been given.
         foreach (var key in psi.Environment.Keys.Where(k => k.StartsWith("TOR_PT_", StringComparison.Ordinal)).ToList()) psi.Environment.Remove(key);
-        foreach (var (k, v) in _environment(previous)) psi.Environment[k] = v;
+        var environment = _environment(previous);
+        foreach (var (k, v) in environment) psi.Environment[k] = v;
+        bool proxyGiven = environment.ContainsKey("TOR_PT_PROXY");
 
         System.Diagnostics.Process process;
         try { process = System.Diagnostics.Process.Start(psi) ?? throw new Pt1StartException("could not be started"); }
@@ -161,7 +163,7 @@ internal sealed class Pt1Child : IAsyncDisposable
         _log.LogInformation("{Name}: started {Exec} (pid {Pid})", _name, _options.Exec, process.Id);
 
         var startup = new TaskCompletionSource<Pt1Endpoint>(TaskCreationOptions.RunContinuationsAsynchronously);
-        _ = PumpStdoutAsync(process, startup);
+        _ = PumpStdoutAsync(process, startup, proxyGiven);
         _ = PumpStderrAsync(process);
         try
         {
@@ -180,9 +182,10 @@ internal sealed class Pt1Child : IAsyncDisposable
         }
     }
 
-    private async Task PumpStdoutAsync(System.Diagnostics.Process process, TaskCompletionSource<Pt1Endpoint> startup)
+    private async Task PumpStdoutAsync(System.Diagnostics.Process process, TaskCompletionSource<Pt1Endpoint> startup, bool proxyGiven)
     {
         Pt1Endpoint? offered = null;
+        bool proxyDone = false;
         string? error = null;
         try
         {
@@ -210,7 +213,7 @@ internal sealed class Pt1Child : IAsyncDisposable
                         case "VERSION-ERROR": error = $"does not speak PT 1.0 (VERSION-ERROR {line.Rest})"; break;
                         case "ENV-ERROR": error = $"ENV-ERROR {line.Rest}"; break;
                         case "PROXY-ERROR": error = $"PROXY-ERROR {line.Rest}"; break;
-                        case "PROXY": break; // PROXY DONE
+                        case "PROXY": proxyDone = line.Rest == "DONE"; break;
                         case "CMETHOD" when _client:
                             var (cm, protocol, cep) = Pt1Wire.ParseCmethod(line.Rest);
                             if (cm != _options.Method) break;
@@ -226,7 +229,9 @@ internal sealed class Pt1Child : IAsyncDisposable
                             if (m == _options.Method) error = $"{line.Keyword} {msg}";
                             break;
                         case "CMETHODS" or "SMETHODS" when line.Rest == "DONE":
-                            error ??= offered is null ? $"did not offer the method \"{_options.Method}\"" : null;
+                            error ??= offered is null ? $"did not offer the method \"{_options.Method}\""
+                                : proxyGiven && !proxyDone ? "was given TOR_PT_PROXY but did not answer PROXY DONE (it would bypass the upstream proxy)"
+                                : null;
                             break;
                         default:
                             _log.LogDebug("{Name}: {Line}", _name, text);

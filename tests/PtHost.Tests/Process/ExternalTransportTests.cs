@@ -182,6 +182,42 @@ public class ExternalTransportTests(ITestOutputHelper output)
         Assert.Equal((0, 0), (s, c));
     }
 
+    [Fact]
+    public async Task The_hosts_upstream_proxy_is_passed_to_the_child_as_TOR_PT_PROXY_and_used_by_it()
+    {
+        // The client side runs in this process (the JSON option that sets the upstream proxy is the
+        // launcher's business), with a ProxyDialer towards a real dante; obfs4proxy must go through it.
+        var body = RandomNumberGenerator.GetBytes(64 * 1024);
+        await using var http = new HttpFileServer(body);
+        var server = PtProcess.StartPthost(ServerConfig(http.Port).ToString(Newtonsoft.Json.Formatting.None));
+        await using var _ = server;
+        var lines = await server.ReadUntilDoneAsync();
+        string smethod = lines.Single(l => l.StartsWith("SMETHOD ", StringComparison.Ordinal));
+        var serverEp = IPEndPoint.Parse(smethod.Split(' ')[2]);
+        string cert = System.Text.RegularExpressions.Regex.Match(smethod, "cert=([^,]+)").Groups[1].Value;
+
+        await using var dante = await DebianProxy.DanteAsync("127.0.0.2");
+        string state = Directory.CreateTempSubdirectory("pthost-ext-").FullName;
+        using var loggers = Microsoft.Extensions.Logging.LoggerFactory.Create(b => { });
+        var dialer = PtHost.Net.ProxyDialer.Create(PtHost.Net.UpstreamProxy.Parse($"socks5://{dante.EndPoint}"));
+        var context = new PtHost.Contract.TransportEnvironment(Name, new JObject { ["exec"] = Obfs4proxy }, state,
+            Moq.Mock.Of<PtHost.Contract.ISignalChannel>(), dialer, loggers, new PtHost.Contract.TransportCounters());
+        var transport = new PtHost.Transports.External.ExternalTransport(Name);
+        await using var client = transport.CreateClientFactory(context);
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await ((PtHost.Contract.IStartableClientFactory)client).StartAsync(cts.Token);
+        var settings = client.ParseSettings(new PtHost.Contract.ConnectionSettings(new JObject { ["cert"] = cert, ["iat-mode"] = "0" }, PtHost.Contract.SettingsSource.Json));
+        await using var stream = await client.ConnectAsync(new PtHost.Contract.ConnectRequest(new PtHost.Contract.Destination(serverEp), settings, 1), cts.Token);
+        await stream.WriteAsync(Encoding.ASCII.GetBytes("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), cts.Token);
+        var all = new MemoryStream();
+        await stream.CopyToAsync(all, cts.Token);
+        var got = all.ToArray();
+        int split = got.AsSpan().IndexOf("\r\n\r\n"u8);
+        Assert.Equal(SHA256.HashData(body), SHA256.HashData(got[(split + 4)..]));
+        // dante's log names the obfs4 server as the destination it connected to.
+        Assert.Contains($"127.0.0.1.{serverEp.Port}", dante.Log);
+    }
+
     [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
     private static extern int kill(int pid, int sig);
 }
