@@ -69,7 +69,7 @@ public sealed class TransportRegistry
                     log.LogWarning("plugin transport {Type} in {Path} failed to construct: {Error}", type.FullName, path, (e as TargetInvocationException)?.InnerException?.Message ?? e.Message);
                     continue;
                 }
-                if (!Configuration.PtConfig.IsTransportName(name) || _factories.ContainsKey(name))
+                if (!Configuration.PtConfig.IsTransportName(name) || _factories.ContainsKey(name) || PtHost.Transports.External.ExternalTransport.IsExternalName(name))
                 {
                     log.LogWarning("plugin transport {Type} in {Path} ignored: name \"{Name}\" is invalid or taken", type.FullName, path, name);
                     continue;
