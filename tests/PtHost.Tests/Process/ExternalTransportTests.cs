@@ -398,6 +398,32 @@ public class ExternalProgramTests
         Assert.Equal(69, await p.WaitForExitAsync());
     }
 
+    [Theory]
+    [InlineData("trap 'echo TERM >> {dir}/signals; exit 0' TERM", false)]
+    [InlineData("trap 'echo TERM >> {dir}/signals' TERM", true)]
+    public async Task On_shutdown_a_program_that_ignores_stdin_close_gets_SIGTERM_and_then_SIGKILL(string trap, bool needsKill)
+    {
+        string dir = Directory.CreateTempSubdirectory("pthost-ext-").FullName;
+        // Ignores stdin entirely; the second variant also survives SIGTERM.
+        string exec = await ScriptAsync(dir, trap.Replace("{dir}", dir) + $"""
+
+            echo $$ > {dir}/pid
+            echo 'VERSION 1'
+            echo 'CMETHOD fake socks5 127.0.0.1:9'
+            echo 'CMETHODS DONE'
+            while :; do sleep 0.2; done
+            """);
+        await using var p = PtProcess.StartPthost(ClientJson(exec, dir));
+        await p.ReadUntilDoneAsync();
+        int child = int.Parse((await File.ReadAllTextAsync(Path.Combine(dir, "pid"))).Trim());
+        p.CloseStdin();
+        Assert.Equal(0, await p.WaitForExitAsync(TimeSpan.FromSeconds(40)));
+        Assert.False(Directory.Exists($"/proc/{child}") && !File.ReadAllText($"/proc/{child}/stat").Contains(") Z "), "the program outlived pthost");
+        Assert.Equal("TERM", (await File.ReadAllTextAsync(Path.Combine(dir, "signals"))).Trim());
+        Assert.Contains("still runs 3 s after stdin closed; sending SIGTERM", p.Stderr);
+        Assert.Equal(needsKill, p.Stderr.Contains("ignored SIGTERM; killing it"));
+    }
+
     [Fact]
     public async Task A_program_that_keeps_dying_is_restarted_with_back_off_then_given_up_and_sessions_fail_with_01()
     {
