@@ -151,13 +151,16 @@ public static class ProxyHandshake
         try
         {
             int n = 0;
-            while (n < 4 || !header.AsSpan(n - 4, 4).SequenceEqual("\r\n\r\n"u8))
+            int matched; // how much of CRLF CRLF the bytes read so far end with
+            while ((matched = TerminatorSuffix(header.AsSpan(0, n))) < 4)
             {
-                if (n == MaxHttpHeader) throw Fail(ConnectFailure.General, proxyName, $"sent a response header longer than {MaxHttpHeader} bytes");
-                // One byte at a time: bytes after the blank line belong to the tunnel.
-                int got = await stream.ReadAsync(header.AsMemory(n, 1), ct).ConfigureAwait(false);
+                // Bytes after the blank line belong to the tunnel: never read past it. The blank
+                // line cannot end sooner than 4 - matched bytes from here, so that many are safe.
+                int want = Math.Min(4 - matched, MaxHttpHeader - n);
+                if (want == 0) throw Fail(ConnectFailure.General, proxyName, $"sent a response header longer than {MaxHttpHeader} bytes");
+                int got = await stream.ReadAsync(header.AsMemory(n, want), ct).ConfigureAwait(false);
                 if (got == 0) throw Fail(ConnectFailure.General, proxyName, "closed the connection before answering CONNECT");
-                n++;
+                n += got;
             }
             string head = Encoding.Latin1.GetString(header, 0, n);
             string statusLine = head[..head.IndexOf('\r')];
@@ -177,6 +180,15 @@ public static class ProxyHandshake
             throw Fail(failure, proxyName, $"answered CONNECT {authority} with \"{Printable(statusLine)}\"");
         }
         finally { ArrayPool<byte>.Shared.Return(header); }
+    }
+
+    /// <summary>The length of the longest end of <paramref name="read"/> that begins CR LF CR LF (4 = the whole terminator).</summary>
+    private static int TerminatorSuffix(ReadOnlySpan<byte> read)
+    {
+        ReadOnlySpan<byte> terminator = "\r\n\r\n"u8;
+        for (int m = Math.Min(4, read.Length); m > 0; m--)
+            if (read[^m..].SequenceEqual(terminator[..m])) return m;
+        return 0;
     }
 
     private static string Printable(string s) => new(s.Take(120).Select(c => c is < ' ' or > '~' ? '?' : c).ToArray());

@@ -37,7 +37,7 @@ public sealed class DebianProxy : IAsyncDisposable
             return (Require("/usr/bin/microsocks"), args, null);
         });
 
-    /// <summary>danted (SOCKS4 and SOCKS5, no authentication), its outgoing connections from <paramref name="external"/>, logging every connect to stderr.</summary>
+    /// <summary>danted (SOCKS4 and SOCKS5, no authentication; runs as the test's own user), its outgoing connections from <paramref name="external"/>, logging every connect to stderr.</summary>
     public static Task<DebianProxy> DanteAsync(string external) =>
         StartAsync(port => (Require("/usr/sbin/danted"), ["-f", "{dir}/danted.conf", "-N", "1", "-p", "{dir}/danted.pid"],
             ("danted.conf", $$"""
@@ -46,8 +46,6 @@ public sealed class DebianProxy : IAsyncDisposable
                 external: {{external}}
                 clientmethod: none
                 socksmethod: none
-                user.privileged: root
-                user.unprivileged: nobody
                 client pass {
                   from: 127.0.0.0/8 to: 0.0.0.0/0
                   log: connect disconnect error
