@@ -66,8 +66,6 @@ internal sealed class ExternalClient : IClientFactory, IStartableClientFactory
         _child = new Pt1Child(context.Name, options, client: true, _ => Environment(), log);
     }
 
-    internal Pt1Child Child => _child;
-
     /// <summary>pt-spec §3.2.2, plus the host's upstream proxy and outbound bind addresses, which the child then applies itself.</summary>
     private Dictionary<string, string> Environment()
     {
@@ -198,8 +196,6 @@ internal sealed class ExternalServerManager : IServerManager
         _orPort = new TcpSessionListener(context.Name + "-orport", new IPEndPoint(IPAddress.Loopback, 0), ServeAsync, _log, MaxSessions, context.Counters.SessionFailed);
         _child = new Pt1Child(context.Name, options, client: false, Environment, _log);
     }
-
-    internal Pt1Child Child => _child;
 
     /// <summary>pt-spec §3.2.3. After a restart the child is asked for the address it first reported, so SMETHOD stays true.</summary>
     private Dictionary<string, string> Environment(IPEndPoint? previous)

@@ -51,9 +51,6 @@ internal sealed class Pt1Child : IAsyncDisposable
 
     private static TaskCompletionSource<Pt1Endpoint> NewReady() => new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    /// <summary>The running child's process id, or null while none runs.</summary>
-    public int? ProcessId { get { lock (_lock) return _process is { HasExited: false } p ? p.Id : null; } }
-
     /// <summary>Starts the child and waits for its start-up lines; throws <see cref="TransportOptionsException"/> when it fails.</summary>
     public async Task<Pt1Endpoint> StartAsync(CancellationToken ct)
     {

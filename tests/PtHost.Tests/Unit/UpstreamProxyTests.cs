@@ -78,6 +78,42 @@ public class UpstreamProxyParseTests
         Assert.DoesNotContain("test1234", e);
     }
 
+    [Fact]
+    public void Mutated_URIs_either_parse_and_round_trip_or_fail_with_a_FormatException()
+    {
+        // Seeded, so a failure can be repeated.
+        var random = new Random(0x9A0C);
+        string[] seeds = ["socks5://tor:test1234@198.51.100.1:8000", "socks4a://id@198.51.100.2:8001", "http://a%3Ab@[2001:db8::3]:443/", "http://u:p@127.0.0.1:1"];
+        const string alphabet = ":/@[]%.0123456789abcfhkosptx?#;=-_~ \u00e9";
+        int parsed = 0;
+        for (int i = 0; i < 5000; i++)
+        {
+            var chars = seeds[i % seeds.Length].ToCharArray().ToList();
+            for (int k = random.Next(1, 4); k > 0; k--)
+            {
+                int at = random.Next(chars.Count + 1);
+                switch (random.Next(3))
+                {
+                    case 0 when chars.Count > 0 && at < chars.Count: chars.RemoveAt(at); break;
+                    case 1 when at < chars.Count: chars[at] = alphabet[random.Next(alphabet.Length)]; break;
+                    default: chars.Insert(at, alphabet[random.Next(alphabet.Length)]); break;
+                }
+            }
+            string uri = new(chars.ToArray());
+            if (!UpstreamProxy.TryParse(uri, out var proxy, out var error))
+            {
+                Assert.False(string.IsNullOrEmpty(error));
+                continue;
+            }
+            parsed++;
+            var again = UpstreamProxy.Parse(proxy.ToUri());
+            Assert.Equal((proxy.Kind, proxy.Server), (again.Kind, again.Server));
+            Assert.Equal(proxy.User, again.User);
+            Assert.Equal(proxy.Password, again.Password);
+        }
+        Assert.InRange(parsed, 1, 4999);
+    }
+
     [Theory]
     [InlineData("203.0.113.4", null, "203.0.113.4")]
     [InlineData(null, "[2001:db8::4]", "2001:db8::4")]
