@@ -27,13 +27,20 @@ public class ExternalTransportTests(ITestOutputHelper output)
         return c;
     }
 
-    private static JObject ClientConfig(IPEndPoint server) => new()
+    private static JObject ClientConfig(IPEndPoint server) => ClientConfig(server, withServerAddress: true);
+
+    private static JObject ClientConfig(IPEndPoint server, bool withServerAddress)
     {
-        ["role"] = "client",
-        ["transports"] = new JArray(Name),
-        ["options"] = new JObject { [Name] = new JObject { ["exec"] = Obfs4proxy, ["serverAddress"] = server.ToString() } },
-        ["exit-on-stdin-close"] = true,
-    };
+        var options = new JObject { ["exec"] = Obfs4proxy };
+        if (withServerAddress) options["serverAddress"] = server.ToString();
+        return new()
+        {
+            ["role"] = "client",
+            ["transports"] = new JArray(Name),
+            ["options"] = new JObject { [Name] = options },
+            ["exit-on-stdin-close"] = true,
+        };
+    }
 
     private static string Cert(PtChain chain)
     {
@@ -44,11 +51,14 @@ public class ExternalTransportTests(ITestOutputHelper output)
     }
 
     /// <summary>GET through the SOCKS5 front end with the settings as a JSON block (method 09); returns the body.</summary>
-    private static async Task<(byte Reply, byte[] Body)> GetWithJsonSettingsAsync(IPEndPoint socksEp, JObject settings, int port)
+    private static Task<(byte Reply, byte[] Body)> GetWithJsonSettingsAsync(IPEndPoint socksEp, JObject settings, int port) =>
+        GetWithJsonSettingsAsync(socksEp, settings, new IPEndPoint(IPAddress.Loopback, port));
+
+    private static async Task<(byte Reply, byte[] Body)> GetWithJsonSettingsAsync(IPEndPoint socksEp, JObject settings, IPEndPoint destination)
     {
         await using var socks = await SocksClient.ConnectAsync(socksEp);
         await socks.SendAsync([.. SocksClient.Greeting(0x09), .. SocksClient.SettingsBlock(settings.ToString(Newtonsoft.Json.Formatting.None)),
-            .. SocksClient.ConnectIPv4(IPAddress.Loopback, port)]);
+            .. SocksClient.ConnectIPv4(destination.Address, destination.Port)]);
         Assert.Equal([5, 9], await socks.ReadExactlyAsync(2));
         byte reply = await socks.ReadReplyAsync();
         if (reply != 0) return (reply, []);
@@ -127,6 +137,20 @@ public class ExternalTransportTests(ITestOutputHelper output)
         Assert.False(Directory.Exists($"/proc/{clientChild}"), "the client's obfs4proxy outlived pthost");
         chain.Server.AssertOnlyProtocolLinesOnStdout();
         chain.Client.AssertOnlyProtocolLinesOnStdout();
+    }
+
+    [Fact]
+    public async Task Without_serverAddress_the_SOCKS_destination_is_the_obfs4_server_as_in_a_Tor_bridge_line()
+    {
+        var body = RandomNumberGenerator.GetBytes(256 * 1024);
+        await using var http = new HttpFileServer(body);
+        await using var chain = await PtChain.StartAsync(ServerConfig(http.Port), ep => ClientConfig(ep, withServerAddress: false));
+        var (reply, got) = await GetWithJsonSettingsAsync(chain.SocksEndPoint, new JObject { ["cert"] = Cert(chain), ["iat-mode"] = "0" }, chain.ServerEndPoint);
+        Assert.Equal(0, reply);
+        Assert.Equal(SHA256.HashData(body), SHA256.HashData(got));
+        // An unspecified destination names no server: 04.
+        var (none, _) = await GetWithJsonSettingsAsync(chain.SocksEndPoint, new JObject { ["cert"] = Cert(chain) }, new IPEndPoint(IPAddress.Any, 0));
+        Assert.Equal(0x04, none);
     }
 
     [Fact]
