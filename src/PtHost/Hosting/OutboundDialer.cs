@@ -7,7 +7,7 @@ namespace PtHost.Hosting;
 
 /// <summary>
 /// The dialer every transport gets (TransportEnvironment.Dialer): the upstream proxy and outbound
-/// bind addresses of the configuration applied (spec/ipc.md §10.3).
+/// bind addresses of the configuration applied (spec/ipc.md §10.5).
 /// </summary>
 internal static class OutboundDialer
 {

@@ -9,7 +9,7 @@ namespace PtHost.Socks;
 /// <summary>
 /// SOCKS4 and SOCKS4a (the "SOCKS 4A" extension): a PT 1.0 client may carry its per-connection
 /// arguments in USERID (pt-spec §3.5). The front end answers version 4 requests on the same port
-/// as SOCKS5 (spec/ipc.md §5.8).
+/// as SOCKS5 (spec/ipc.md §5.11).
 /// </summary>
 public static class Socks4
 {

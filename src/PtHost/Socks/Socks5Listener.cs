@@ -100,7 +100,7 @@ public sealed class Socks5Listener : IAsyncDisposable
         byte[] reply = new byte[22];
         try
         {
-            // The first byte says which SOCKS version speaks (spec/ipc.md §5.8); nothing is consumed.
+            // The first byte says which SOCKS version speaks (spec/ipc.md §5.11); nothing is consumed.
             var peek = await reader.ReadAsync(ct).ConfigureAwait(false);
             if (peek.Buffer.IsEmpty)
             {
