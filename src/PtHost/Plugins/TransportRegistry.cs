@@ -20,7 +20,6 @@ public sealed class TransportRegistry
     {
         Register("plain", () => new PtHost.Transports.Plain.PlainTransport());
         Register("zephyr", () => new PtHost.Transports.Zephyr.ZephyrTransport());
-        Register("external", () => new PtHost.Transports.External.ExternalTransport());
     }
 
     public IEnumerable<string> Names => _factories.Keys;
@@ -30,7 +29,11 @@ public sealed class TransportRegistry
         if (!_factories.TryAdd(name, factory)) throw new InvalidOperationException($"transport \"{name}\" is registered twice");
     }
 
-    /// <summary>The transport named <paramref name="name"/>; every <c>external_&lt;method&gt;</c> is the external transport (spec/external.md §4.1).</summary>
+    /// <summary>
+    /// The transport named <paramref name="name"/>; <c>external</c> and every <c>external_&lt;method&gt;</c>
+    /// is the external transport (spec/external.md §4.1). It is not in <see cref="Names"/>: it cannot run
+    /// without options, so a PT 1.0 <c>*</c> does not start it.
+    /// </summary>
     public IPluggableTransport? Create(string name) =>
         _factories.TryGetValue(name, out var f) ? f()
         : PtHost.Transports.External.ExternalTransport.IsExternalName(name) ? new PtHost.Transports.External.ExternalTransport(name)
