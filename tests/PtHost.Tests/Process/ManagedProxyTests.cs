@@ -94,7 +94,10 @@ public class ManagedProxyTests
         await using var wrong = PtProcess.Start(PtHostExecutable.Path, [], ClientEnv($"socks5://tor:wrong@{proxy.EndPoint}"));
         var socksEp = await StartClientAsync(wrong);
         Assert.Equal(0x02, await SessionAsync(socksEp, serverEp, echo.Port));
-        Assert.Contains("rejected the username/password", wrong.Stderr + string.Join('\n', wrong.StdoutLines));
+        // The log line may reach stderr after the reply: wait for it (bounded).
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (!wrong.Stderr.Contains("rejected the username/password") && DateTime.UtcNow < deadline) await Task.Delay(50);
+        Assert.Contains("rejected the username/password", wrong.Stderr);
         Assert.Equal(1, echo.Accepted); // only the good client's session reached the far end
     }
 
