@@ -448,6 +448,119 @@ public class ExternalProgramTests
         Assert.Equal(needsKill, p.Stderr.Contains("ignored SIGTERM; killing it"));
     }
 
+    /// <summary>
+    /// A PT 1.0 client program in Debian's python3: offers socks4 or socks5, records what each session
+    /// sent (user id or UNAME/PASSWD, destination) as one JSON line, answers success and echoes.
+    /// </summary>
+    private const string RecordingProgram = """
+        import json, socket, struct, sys, threading
+        proto, log = sys.argv[1], sys.argv[2]
+        srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(16)
+        print("VERSION 1"); print("CMETHOD fake %s 127.0.0.1:%d" % (proto, srv.getsockname()[1])); print("CMETHODS DONE"); sys.stdout.flush()
+        def exact(c, n):
+            b = b""
+            while len(b) < n:
+                d = c.recv(n - len(b))
+                if not d: raise EOFError
+                b += d
+            return b
+        def until0(c):
+            b = b""
+            while True:
+                d = exact(c, 1)
+                if d == b"\0": return b
+                b += d
+        def serve(c):
+            rec = {}
+            if proto == "socks4":
+                _, _, port = struct.unpack(">BBH", exact(c, 4)); ip = exact(c, 4)
+                rec["userid"] = until0(c).hex()
+                rec["dest"] = (until0(c).decode() if ip[:3] == b"\0\0\0" else socket.inet_ntoa(ip)) + ":%d" % port
+                c.sendall(b"\0\x5a" + b"\0" * 6)
+            else:
+                _, n = exact(c, 2); rec["methods"] = exact(c, n).hex()
+                m = 2 if "02" in [rec["methods"][i:i+2] for i in range(0, len(rec["methods"]), 2)] else 0
+                c.sendall(bytes([5, m]))
+                if m == 2:
+                    _, ul = exact(c, 2); rec["uname"] = exact(c, ul).hex(); pl = exact(c, 1)[0]; rec["passwd"] = exact(c, pl).hex()
+                    c.sendall(b"\x01\x00")
+                _, _, _, atyp = exact(c, 4)
+                host = exact(c, exact(c, 1)[0]).decode() if atyp == 3 else socket.inet_ntoa(exact(c, 4))
+                rec["dest"] = host + ":%d" % struct.unpack(">H", exact(c, 2))[0]
+                c.sendall(b"\x05\0\0\x01" + b"\0" * 6)
+            with open(log, "a") as f: f.write(json.dumps(rec) + "\n")
+            while True:
+                d = c.recv(65536)
+                if not d: break
+                c.sendall(d)
+            c.close()
+        threading.Thread(target=lambda: sys.stdin.read() or sys.exit(0), daemon=True).start()
+        while True:
+            c, _ = srv.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+        """;
+
+    private static async Task<JObject> OneSessionAsync(string proto, JObject settings, string destination)
+    {
+        string dir = Directory.CreateTempSubdirectory("pthost-ext-").FullName;
+        string script = Path.Combine(dir, "pt.py");
+        await File.WriteAllTextAsync(script, RecordingProgram);
+        string log = Path.Combine(dir, "sessions.jsonl");
+        string python = DebianProxy.Require("/usr/bin/python3");
+        var config = new JObject
+        {
+            ["role"] = "client",
+            ["transports"] = new JArray("external"),
+            ["state"] = dir,
+            ["options"] = new JObject { ["external"] = new JObject { ["exec"] = python, ["args"] = new JArray("-u", script, proto, log), ["method"] = "fake", ["serverAddress"] = destination } },
+            ["exit-on-stdin-close"] = true,
+        };
+        await using var p = PtProcess.StartPthost(config.ToString(Newtonsoft.Json.Formatting.None));
+        var lines = await p.ReadUntilDoneAsync();
+        var socksEp = IPEndPoint.Parse(lines.Single(l => l.StartsWith("CMETHOD external socks5 ", StringComparison.Ordinal)).Split(' ')[3]);
+        await using (var socks = await SocksClient.ConnectAsync(socksEp))
+        {
+            await socks.SendAsync([.. SocksClient.Greeting(0x09), .. SocksClient.SettingsBlock(settings.ToString(Newtonsoft.Json.Formatting.None)), .. SocksClient.ConnectIPv4(IPAddress.Any, 0)]);
+            await socks.ReadExactlyAsync(2);
+            Assert.Equal(0, await socks.ReadReplyAsync());
+            await socks.SendAsync("echo"u8.ToArray());
+            Assert.Equal("echo"u8.ToArray(), await socks.ReadExactlyAsync(4));
+        }
+        p.CloseStdin();
+        Assert.Equal(0, await p.WaitForExitAsync());
+        return JObject.Parse(Assert.Single(await File.ReadAllLinesAsync(log)));
+    }
+
+    private static string Hex(string s) => Convert.ToHexStringLower(Encoding.UTF8.GetBytes(s));
+
+    [Fact]
+    public async Task Short_arguments_go_in_UNAME_with_a_lone_NUL_PASSWD_and_only_method_02_is_offered()
+    {
+        var rec = await OneSessionAsync("socks5", new JObject { ["cert"] = "a=b;c", ["iat-mode"] = 0 }, "bridge.example:443");
+        Assert.Equal("02", (string?)rec["methods"]);
+        Assert.Equal(Hex(@"cert=a\=b\;c;iat-mode=0"), (string?)rec["uname"]);
+        Assert.Equal("00", (string?)rec["passwd"]);
+        Assert.Equal("bridge.example:443", (string?)rec["dest"]);
+    }
+
+    [Fact]
+    public async Task Long_arguments_fill_UNAME_with_255_bytes_and_continue_in_PASSWD()
+    {
+        string cert = new('x', 300);
+        var rec = await OneSessionAsync("socks5", new JObject { ["cert"] = cert }, "192.0.2.7:443");
+        string all = "cert=" + cert;
+        Assert.Equal(Hex(all[..255]), (string?)rec["uname"]);
+        Assert.Equal(Hex(all[255..]), (string?)rec["passwd"]);
+        Assert.Equal("192.0.2.7:443", (string?)rec["dest"]);
+    }
+
+    [Fact]
+    public async Task A_socks4_program_gets_the_arguments_as_USERID_and_a_host_name_as_SOCKS4a()
+    {
+        var rec = await OneSessionAsync("socks4", new JObject { ["cert"] = "abc" }, "bridge.example:443");
+        Assert.Equal(Hex("cert=abc"), (string?)rec["userid"]);
+        Assert.Equal("bridge.example:443", (string?)rec["dest"]);
+    }
+
     [Fact]
     public async Task A_program_that_keeps_dying_is_restarted_with_back_off_then_given_up_and_sessions_fail_with_01()
     {
