@@ -21,7 +21,7 @@ public sealed partial class PtConfig
     public static readonly string[] Keys =
     [
         "ptversion", "role", "transports", "proxylistenaddr", "bindaddr", "target", "options", "allow",
-        "plugindir", "state", "exit-on-stdin-close", "loglevel",
+        "plugindir", "state", "exit-on-stdin-close", "loglevel", "proxy",
     ];
 
     public string PtVersion { get; private init; } = "2";
@@ -110,6 +110,7 @@ public sealed partial class PtConfig
             BindAddresses = role == Role.Server ? ParseBindAddresses(root, transports) : RejectFor(root, "bindaddr", "server", new Dictionary<string, IPEndPoint>()),
             Target = role == Role.Server ? ParseTarget(root) : RejectFor<Destination?>(root, "target", "server", null),
             Allow = role == Role.Server ? ParseAllow(root) : RejectFor<AllowList?>(root, "allow", "server", null),
+            UpstreamProxy = role == Role.Client ? ParseProxy(root) : RejectFor<string?>(root, "proxy", "client", null),
         };
         if (config.Role == Role.Server && config.Target is null && config.Allow is null)
             throw new ConfigException("allow", "a free server (no \"target\") requires an explicit \"allow\" list of destinations");
@@ -118,6 +119,14 @@ public sealed partial class PtConfig
         if (config.PluginDirectory is not null && !Directory.Exists(config.PluginDirectory))
             throw new ConfigException("plugindir", $"\"{config.PluginDirectory}\" is not a directory");
         return config;
+    }
+
+    /// <summary><c>proxy</c>: the upstream proxy URI, TOR_PT_PROXY's syntax (spec/external.md §2.1).</summary>
+    private static string? ParseProxy(JObject root)
+    {
+        string? text = OptionalString(root, "proxy");
+        if (text is null) return null;
+        return Net.UpstreamProxy.TryParse(text, out _, out string? error) ? text : throw new ConfigException("proxy", error!);
     }
 
     private static string ParseState(string? text)

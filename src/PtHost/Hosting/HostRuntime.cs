@@ -60,7 +60,11 @@ public sealed class HostRuntime : IHostedService
             if (_config.Role == Role.Client && _config.UpstreamProxy is not null) _ipc.ProxyDone();
             _ipc.StatusVersion("pthost", Program.VersionText);
         }
-        else _ipc.Version("2");
+        else
+        {
+            _ipc.Version("2");
+            if (_config.Role == Role.Client && _config.UpstreamProxy is not null) _ipc.ProxyDone();
+        }
         if (_config.PluginDirectory is { } dir) _registry.LoadPlugins(dir, _log);
         var dialer = OutboundDialer.Create(_config);
         int started = 0;

@@ -81,6 +81,32 @@ public class ManagedProxyTests
     }
 
     [Fact]
+    public async Task The_PT2_proxy_key_sends_every_transport_connection_through_dante()
+    {
+        await using var echo = new EchoServer();
+        var (server, serverEp) = await StartPlainServerAsync();
+        await using var _ = server;
+        await using var dante = await DebianProxy.DanteAsync("127.0.0.2");
+        await using var client = PtProcess.StartPthost($$"""{"role":"client","transports":["plain"],"proxy":"socks5://{{dante.EndPoint}}"}""");
+        var lines = await client.ReadUntilDoneAsync();
+        Assert.Equal(["VERSION 2", "PROXY DONE"], lines[..2]);
+        var socksEp = IPEndPoint.Parse(lines.Single(l => l.StartsWith("CMETHOD plain socks5 ", StringComparison.Ordinal)).Split(' ')[3]);
+        Assert.Equal(0, await SessionAsync(socksEp, serverEp, echo.Port));
+        Assert.Contains($"127.0.0.1.{serverEp.Port}", dante.Log);
+    }
+
+    [Theory]
+    [InlineData("socks5://127.0.0.1")]
+    [InlineData("ftp://127.0.0.1:21")]
+    public async Task A_bad_PT2_proxy_key_is_a_config_error_naming_proxy(string proxy)
+    {
+        await using var p = PtProcess.StartPthost($$"""{"role":"client","transports":["plain"],"proxy":"{{proxy}}"}""");
+        Assert.Equal(78, await p.WaitForExitAsync());
+        var line = Assert.Single(p.StdoutLines);
+        Assert.StartsWith("ENV-ERROR config key 'proxy': ", line);
+    }
+
+    [Fact]
     public async Task Microsocks_credentials_from_TOR_PT_PROXY_are_used_and_wrong_ones_fail_the_session_with_02()
     {
         await using var echo = new EchoServer();

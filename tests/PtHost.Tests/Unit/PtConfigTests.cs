@@ -394,17 +394,28 @@ public class PtConfigTests
         Assert.Equal("some-key", Assert.Throws<ConfigException>(() => PtConfig.ParseEndPoint("some-key", text)).Key);
 
     [Fact]
+    public void Proxy_is_a_client_key_checked_like_TOR_PT_PROXY()
+    {
+        var c = PtConfig.FromObject(JObject.Parse("{\"role\":\"client\",\"transports\":[\"plain\"],\"proxy\":\"http://u:p@127.0.0.1:3128\"}"));
+        Assert.Equal("http://u:p@127.0.0.1:3128", c.UpstreamProxy);
+        var bad = Assert.Throws<ConfigException>(() => PtConfig.FromObject(JObject.Parse("{\"role\":\"client\",\"transports\":[\"plain\"],\"proxy\":\"socks5://localhost:1080\"}")));
+        Assert.Equal("proxy", bad.Key);
+        var server = Assert.Throws<ConfigException>(() => PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"allow\":[],\"proxy\":\"socks5://127.0.0.1:1080\"}")));
+        Assert.Equal("proxy", server.Key);
+    }
+
+    [Fact]
     public void Every_documented_key_is_accepted_somewhere()
     {
         string dir = Directory.CreateTempSubdirectory("pthost-unit-").FullName;
         try
         {
-            var client = JObject.Parse("{\"ptversion\":\"2\",\"role\":\"client\",\"transports\":[\"plain\"],\"proxylistenaddr\":\"127.0.0.1:0\",\"options\":{\"plain\":{}},\"state\":\"s\",\"exit-on-stdin-close\":true,\"loglevel\":\"debug\"}");
+            var client = JObject.Parse("{\"ptversion\":\"2\",\"role\":\"client\",\"transports\":[\"plain\"],\"proxylistenaddr\":\"127.0.0.1:0\",\"options\":{\"plain\":{}},\"state\":\"s\",\"exit-on-stdin-close\":true,\"loglevel\":\"debug\",\"proxy\":\"socks5://127.0.0.1:1080\"}");
             client["plugindir"] = dir;
             PtConfig.FromObject(client);
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"bindaddr\":{},\"target\":\"a.example:1\"}"));
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"allow\":[]}"));
-            Assert.Equal(12, PtConfig.Keys.Length);
+            Assert.Equal(13, PtConfig.Keys.Length);
         }
         finally { Directory.Delete(dir, true); }
     }
