@@ -32,6 +32,29 @@ public class TorTests
         Assert.Contains("Registered server transport 'plain'", bridge.Tor.Output);
     }
 
+    [Fact]
+    public async Task With_Socks5Proxy_tor_hands_pthost_TOR_PT_PROXY_and_the_bridge_connection_comes_through_microsocks()
+    {
+        await using var net = await LoopbackNamespace.CreateAsync();
+        await using var bridge = await TorBridge.StartAsync(net);
+        // microsocks binds its outgoing connections to 127.0.0.5: the bridge's ExtORPort learns that
+        // address through USERADDR only if pthost really went through the proxy.
+        string microsocks = File.Exists("/usr/bin/microsocks") ? "/usr/bin/microsocks"
+            : throw new InvalidOperationException("microsocks is missing: run the README's test command (bash test.sh), which installs it");
+        net.Start(microsocks, ["-i", "127.0.0.1", "-p", "1080", "-b", "127.0.0.5"]);
+        await using var client = net.Tor("client", $"""
+            SocksPort 127.0.0.1:9050
+            UseBridges 1
+            Bridge plain 127.0.0.1:{TorBridge.TransportPort}
+            ClientTransportPlugin plain exec {PtHostExecutable.Path}
+            Socks5Proxy 127.0.0.1:1080
+            """);
+        await client.WaitForLogAsync("Bootstrapped 15% (handshake_done)", Bootstrap);
+        await client.WaitForFileAsync("(PROXY DONE)", Bootstrap);
+        await bridge.Tor.WaitForFileAsync("Got client's hash and it was legit", Bootstrap);
+        await bridge.Tor.WaitForFileAsync("to '127.0.0.5:", Bootstrap);
+    }
+
     /// <summary>A tor bridge serving plain through pthost, ExtORPort on, debug log to a file.</summary>
     internal sealed class TorBridge : IAsyncDisposable
     {
