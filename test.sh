@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(curl ca-certificates)
+packages=(curl ca-certificates
+  # QUIC (src/PtHost.Quic): runtime libraries, the ngtcp2 example peers, headers + gcc for the layout test
+  libngtcp2-9 libngtcp2-crypto-gnutls2 libgnutls30 ngtcp2-server ngtcp2-client
+  libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev gcc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

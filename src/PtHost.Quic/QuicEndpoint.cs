@@ -270,6 +270,9 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
         if (dcid.Length == QuicConnection.CidLength) _byCid.TryGetValue(Key(dcid), out conn);
         if (conn is null && longHeader) _byInitialDcid.TryGetValue(Convert.ToHexString(dcid), out conn);
         var from = buf.AsSpan(AddrOffset, addrLen);
+        // A stateless reset carries a random DCID: hand unknown short-header packets to a
+        // connection with that peer address, whose ngtcp2 checks the reset token.
+        if (conn is null && !longHeader) conn = FindByRemote(from);
         if (conn is null)
         {
             if (longHeader) conn = TryAccept(buf, n, from);
@@ -284,6 +287,15 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
             return;
         }
         ReadPacket(conn, buf, n, from);
+    }
+
+    private QuicConnection? FindByRemote(ReadOnlySpan<byte> from)
+    {
+        foreach (var c in _connections)
+            if (c.State < QuicConnection.ConnState.Closing &&
+                from.SequenceEqual(c.RemoteSocketAddress.Buffer.Span[..c.RemoteSocketAddress.Size]))
+                return c;
+        return null;
     }
 
     private void ReadPacket(QuicConnection conn, byte[] buf, int n, ReadOnlySpan<byte> from)
@@ -650,8 +662,8 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
         if (n <= 0) return;
         var to = new SocketAddress(LocalEndPoint.AddressFamily, from.Length);
         from.CopyTo(to.Buffer.Span);
+        Interlocked.Increment(ref StatelessResetsSent);
         SendRaw(new ReadOnlySpan<byte>(SendBuf, (int)n), to);
-        StatelessResetsSent++;
     }
 
     private void DeleteConnection(QuicConnection c)
