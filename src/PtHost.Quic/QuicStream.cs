@@ -18,7 +18,7 @@ public sealed class QuicStreamAbortedException(string message, ulong? errorCode 
 /// copy into pinned chunks that ngtcp2 sends from, and which are released when acknowledged;
 /// a writer waits once StreamSendBuffer bytes are queued and unacknowledged.
 /// </summary>
-public sealed class QuicStream : Stream
+public sealed class QuicStream : Stream, PtHost.Contract.IHalfClosable
 {
     private readonly record struct Segment(byte[] Buffer, int Length);
 
@@ -53,7 +53,13 @@ public sealed class QuicStream : Stream
         _sendLimit = sendLimit;
     }
 
+    private readonly TaskCompletionSource _closedTcs = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
     public long Id { get; }
+
+    /// <summary>Completes when ngtcp2 has closed the stream: for a local unidirectional stream,
+    /// once every byte and the FIN were acknowledged (or the connection ended).</summary>
+    public Task Completed => _closedTcs.Task;
     public bool IsUnidirectional => (Id & 2) != 0;
     /// <summary>True when this side opened the stream.</summary>
     public bool IsLocal => ((Id & 1) == 1) == Connection.IsServer;
@@ -181,6 +187,8 @@ public sealed class QuicStream : Stream
         Connection.ScheduleStreamWork(this);
     }
 
+    void PtHost.Contract.IHalfClosable.ShutdownWrite() => CompleteWrites();
+
     /// <summary>Abandons the stream both ways (RESET_STREAM and STOP_SENDING with this code).</summary>
     public void Abort(ulong errorCode) => Connection.AbortStream(this, errorCode);
 
@@ -261,6 +269,7 @@ public sealed class QuicStream : Stream
     internal void OnClosed(Exception? error)
     {
         Closed = true;
+        _closedTcs.TrySetResult();
         OnReadAborted(error ?? new QuicStreamAbortedException("stream closed"));
         OnWriteAborted(error ?? new QuicStreamAbortedException("stream closed"));
         lock (_sendLock)
