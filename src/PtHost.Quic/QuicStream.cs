@@ -90,7 +90,15 @@ public sealed class QuicStream : Stream, PtHost.Contract.IHalfClosable
     public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         if (!CanRead) throw new NotSupportedException("this unidirectional stream is send-only");
-        if (buffer.Length == 0 || _readEof) return 0;
+        if (_readEof) return 0;
+        if (buffer.Length == 0)
+        {
+            // Zero-byte read: wait until data (or the end) is there, without taking any.
+            if (_current.Buffer is not null && _currentPos < _current.Length) return 0;
+            try { await _received.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false); }
+            catch (ChannelClosedException e) when (e.InnerException is not null) { throw e.InnerException; }
+            return 0;
+        }
         if (_current.Buffer is null || _currentPos == _current.Length)
         {
             if (_current.Buffer is not null) ArrayPool<byte>.Shared.Return(_current.Buffer);

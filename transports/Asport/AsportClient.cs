@@ -54,6 +54,7 @@ public sealed class AsportClient : IAsyncDisposable
     private readonly AsportClientOptions _options;
     private readonly ILogger _log;
     private readonly Func<IPEndPoint?, CancellationToken, ValueTask<Stream>> _openLocal;
+    private readonly Func<QuicStream, IPEndPoint?, CancellationToken, Task>? _serveConnect;
     private readonly CancellationTokenSource _stop = new();
     private Task? _run;
     private TaskCompletionSource<int> _registered = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -61,11 +62,14 @@ public sealed class AsportClient : IAsyncDisposable
     public long Connections, TcpForwarded, UdpForwarded, Malformed;
 
     /// <param name="openLocal">Opens the onward stream for a Connect (default: TCP to LocalTarget).</param>
-    public AsportClient(AsportClientOptions options, ILogger log, Func<IPEndPoint?, CancellationToken, ValueTask<Stream>>? openLocal = null)
+    /// <param name="serveConnect">Serves a whole Connect stream after its header instead (the transport's sessions).</param>
+    public AsportClient(AsportClientOptions options, ILogger log, Func<IPEndPoint?, CancellationToken, ValueTask<Stream>>? openLocal = null,
+        Func<QuicStream, IPEndPoint?, CancellationToken, Task>? serveConnect = null)
     {
         _options = options;
         _log = log;
         _openLocal = openLocal ?? OpenTcpAsync;
+        _serveConnect = serveConnect;
     }
 
     /// <summary>The public port the server bound, once registered (reset on each reconnect).</summary>
@@ -162,8 +166,8 @@ public sealed class AsportClient : IAsyncDisposable
             }
             _log.LogInformation("asport client: registered, public port {Port}", port);
             resetBackoff();
-            _registered.TrySetResult(port);
             OnRegistered?.Invoke(port);
+            _registered.TrySetResult(port);
 
             var tasks = new[]
             {
@@ -236,10 +240,15 @@ public sealed class AsportClient : IAsyncDisposable
                 }
                 if (have == head.Length) throw new IOException("Connect header too long");
             }
+            Interlocked.Increment(ref TcpForwarded);
+            if (_serveConnect is not null)
+            {
+                await _serveConnect(s, source, ct).ConfigureAwait(false);
+                return;
+            }
             var local = await _openLocal(source, ct).ConfigureAwait(false);
             await using (local.ConfigureAwait(false))
             {
-                Interlocked.Increment(ref TcpForwarded);
                 await Relay.RunAsync(s, local, null, null, ct).ConfigureAwait(false);
             }
         }

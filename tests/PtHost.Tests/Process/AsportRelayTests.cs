@@ -19,7 +19,7 @@ namespace PtHost.Tests.Process;
 public sealed class AsportRelayTests
 {
     private static readonly TimeSpan Wait = TimeSpan.FromSeconds(30);
-    private static readonly QuicCertificate Cert = QuicCertificate.CreateSelfSigned("asport.test");
+    internal static readonly QuicCertificate Cert = QuicCertificate.CreateSelfSigned("asport.test");
     private static readonly Guid User = Guid.Parse("6f0d0f5e-2b4c-4d6a-9c11-0123456789ab");
     private const string Password = "correct horse";
     private const int PortLo = 20000, PortHi = 60000;
