@@ -182,7 +182,8 @@ public sealed unsafe partial class QuicConnection : IAsyncDisposable
     /// <summary>Graceful close: CONNECTION_CLOSE with an application error code.</summary>
     public Task CloseAsync(ulong applicationErrorCode = 0, string reason = "")
     {
-        Endpoint.Post(() => CloseLocally(applicationErrorCode, reason));
+        // After the endpoint is gone the connection is already closed (its loop terminated it).
+        Endpoint.TryPost(() => CloseLocally(applicationErrorCode, reason));
         return Closed;
     }
 
@@ -200,7 +201,7 @@ public sealed unsafe partial class QuicConnection : IAsyncDisposable
         ScheduleFlush();
     }
 
-    internal void AbortStream(QuicStream stream, ulong code) => Endpoint.Post(() =>
+    internal void AbortStream(QuicStream stream, ulong code) => Endpoint.TryPost(() =>
     {
         if (State < ConnState.Closing && !stream.Closed) Ngtcp2.ConnShutdownStream(Conn, stream.Id, code);
         stream.OnWriteAborted(new QuicStreamAbortedException("stream aborted locally", code));

@@ -156,9 +156,10 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
 
     internal void Post(Action action)
     {
-        if (!_events.Writer.TryWrite(new LoopEvent(EventKind.Invoke, action, null, 0, 0)))
-            throw new ObjectDisposedException(nameof(QuicEndpoint));
+        if (!TryPost(action)) throw new ObjectDisposedException(nameof(QuicEndpoint));
     }
+
+    internal bool TryPost(Action action) => _events.Writer.TryWrite(new LoopEvent(EventKind.Invoke, action, null, 0, 0));
 
     internal void PostFlush(QuicConnection c)
     {
@@ -226,7 +227,8 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
                 MarkDirty(c);
             }
         }
-        foreach (var c in _dirty) Flush(c);
+        // Index loop: a flush that fails deletes its connection (Flush skips deleted ones).
+        for (var i = 0; i < _dirty.Count; i++) Flush(_dirty[i]);
         _dirty.Clear();
         foreach (var c in _connections)
         {
@@ -674,7 +676,6 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
         if (c.InitialDcidKey is not null && _byInitialDcid.TryGetValue(c.InitialDcidKey, out var o) && o == c)
             _byInitialDcid.Remove(c.InitialDcidKey);
         _connections.Remove(c);
-        _dirty.Remove(c);
         c.Delete();
     }
 

@@ -160,6 +160,16 @@ public sealed class QuicLoopbackTests
     }
 
     [Fact]
+    public async Task System_trust_mode_refuses_a_self_signed_server_certificate()
+    {
+        await using var server = QuicEndpoint.CreateServer(new IPEndPoint(IPAddress.Loopback, 0), ServerOptions());
+        await using var client = QuicEndpoint.CreateClient(new IPEndPoint(IPAddress.Loopback, 0));
+        var options = new QuicClientOptions { Verification = QuicPeerVerification.SystemTrust("pthost.test"), ApplicationProtocols = ["test"] };
+        var e = await Assert.ThrowsAnyAsync<Exception>(() => client.ConnectAsync(server.LocalEndPoint, options).WaitAsync(Wait));
+        Assert.Contains("TLS handshake failed", e.Message);
+    }
+
+    [Fact]
     public async Task A_client_without_a_verification_choice_is_refused()
     {
         var options = new QuicClientOptions { ApplicationProtocols = ["test"] };
