@@ -61,7 +61,8 @@ public sealed partial class QuicEndpoint
             foreach (var c in _connections.ToArray()) c.CloseLocally(0, "endpoint shutting down");
             done.TrySetResult();
         });
-        await done.Task.WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+        try { await done.Task.WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false); }
+        catch (TimeoutException) { _log.LogWarning("QUIC endpoint {Local}: connections did not close within 5 s", LocalEndPoint); }
         _events.Writer.TryComplete();
         _stop.Cancel();
         _accepted?.Writer.TryComplete();

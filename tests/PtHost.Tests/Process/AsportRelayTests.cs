@@ -36,7 +36,7 @@ public sealed class AsportRelayTests
         }
     }
 
-    internal static string WriteConfig(string dir, bool replyAuthFailed = true, string ports = "20000-60000", string network = "127.0.0.0/8")
+    internal static string WriteConfig(string dir, bool replyAuthFailed = true, string ports = "20000-60000", string network = "127.0.0.0/8", int? associationTimeout = null)
     {
         File.WriteAllText(Path.Combine(dir, "cert.pem"), Cert.CertificatePem);
         File.WriteAllText(Path.Combine(dir, "key.pem"), Cert.PrivateKeyPem);
@@ -49,15 +49,16 @@ public sealed class AsportRelayTests
             ["allowed_networks"] = new JArray(network),
             ["reply_auth_failed"] = replyAuthFailed,
         };
+        if (associationTimeout is { } t) config["association_timeout"] = t;
         var path = Path.Combine(dir, "asport.json");
         File.WriteAllText(path, config.ToString());
         return path;
     }
 
-    internal static async Task<RelayProcess> StartRelayAsync(string listen = "127.0.0.1:0", bool replyAuthFailed = true, string ports = "20000-60000", string network = "127.0.0.0/8")
+    internal static async Task<RelayProcess> StartRelayAsync(string listen = "127.0.0.1:0", bool replyAuthFailed = true, string ports = "20000-60000", string network = "127.0.0.0/8", int? associationTimeout = null)
     {
         var dir = Directory.CreateTempSubdirectory("pthost-asport-").FullName;
-        var config = WriteConfig(dir, replyAuthFailed, ports, network);
+        var config = WriteConfig(dir, replyAuthFailed, ports, network, associationTimeout);
         var p = PtProcess.StartPthost("relay", "asport", "--listen", listen, "--config", config, "--loglevel", "debug");
         try
         {
@@ -264,6 +265,62 @@ public sealed class AsportRelayTests
         client.Start();
         await client.Registered.WaitAsync(Wait);
         await conn.CloseAsync();
+    }
+
+    [Fact]
+    public async Task An_idle_association_ends_with_a_Dissociate_and_the_next_datagram_gets_a_new_id()
+    {
+        await using var relay = await StartRelayAsync(associationTimeout: 1);
+        await using var endpoint = QuicEndpoint.CreateClient(new IPEndPoint(IPAddress.Loopback, 0));
+        var conn = await endpoint.ConnectAsync(relay.EndPoint, new QuicClientOptions
+        {
+            Verification = QuicPeerVerification.Pinned(Cert.Sha256), ApplicationProtocols = ["asport"],
+        }).WaitAsync(Wait);
+        var label = new byte[16];
+        AsportWire.WriteUuid(label, User);
+        var token = await conn.ExportKeyingMaterialAsync(label, System.Text.Encoding.UTF8.GetBytes(Password), 32);
+        var hello = new byte[AsportWire.ClientHelloSize];
+        AsportWire.WriteClientHello(hello, new ClientHello(User, token, ForwardMode.UdpNative, PortLo, PortHi));
+        var hs = await conn.OpenUnidirectionalStreamAsync();
+        await hs.WriteAsync(hello);
+        hs.CompleteWrites();
+        var reply = await ReadStreamAsync(await conn.AcceptStreamAsync().AsTask().WaitAsync(Wait));
+        Assert.True(AsportWire.TryReadServerHello(reply, out var code, out var port));
+        Assert.Equal(ServerHelloCode.Success, code);
+
+        using var udp = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        udp.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        async Task<PacketHeader> SendAndReceiveAsync()
+        {
+            var buf = new byte[65536];
+            using var cts = new CancellationTokenSource(Wait);
+            while (true)
+            {
+                await udp.SendToAsync(new byte[] { 1, 2, 3 }, SocketFlags.None, new IPEndPoint(IPAddress.Loopback, port), cts.Token);
+                var recv = conn.ReceiveDatagramAsync(buf, cts.Token).AsTask();
+                if (await Task.WhenAny(recv, Task.Delay(1000, cts.Token)) != recv) continue;
+                var n = await recv;
+                Assert.True(AsportWire.TryReadHeader(buf.AsSpan(0, n), out var cmd) && cmd == AsportCommand.Packet);
+                Assert.True(AsportWire.TryReadPacketHeader(buf.AsSpan(2, n - 2), out var h, out _));
+                Assert.Equal((IPEndPoint)udp.LocalEndPoint!, h.Address);
+                return h;
+            }
+        }
+        var first = await SendAndReceiveAsync();
+        Assert.Equal(1, first.AssocId);
+        // §3.5: after the association timeout the server sends Dissociate on a uni stream.
+        var dissociate = await ReadStreamAsync(await conn.AcceptStreamAsync().AsTask().WaitAsync(Wait));
+        Assert.Equal(new byte[] { 0, 4, 0, 1 }, dissociate);
+        var second = await SendAndReceiveAsync();
+        Assert.Equal(2, second.AssocId);
+        await conn.CloseAsync();
+    }
+
+    private static async Task<byte[]> ReadStreamAsync(Stream s)
+    {
+        var ms = new MemoryStream();
+        await s.CopyToAsync(ms).WaitAsync(Wait);
+        return ms.ToArray();
     }
 
     [Fact]
