@@ -32,7 +32,7 @@ public sealed partial class QuicEndpoint
         }
         catch (Exception e)
         {
-            Post(() => conn.CloseLocally(0, "handshake abandoned"));
+            TryPost(() => conn.CloseLocally(0, "handshake abandoned"));
             if (e is TimeoutException) throw new QuicConnectionException($"QUIC handshake with {remote} timed out");
             throw;
         }
