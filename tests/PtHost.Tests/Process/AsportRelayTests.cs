@@ -197,6 +197,20 @@ public sealed class AsportRelayTests
     }
 
     [Fact]
+    public async Task A_port_that_cannot_be_bound_gets_BindFailed()
+    {
+        using var taken = new TcpListener(IPAddress.Any, 0);
+        taken.Start();
+        var port = ((IPEndPoint)taken.LocalEndpoint).Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        await using var relay = await StartRelayAsync(ports: port);
+        await using var client = Client(relay.EndPoint, new IPEndPoint(IPAddress.Loopback, 9), lo: 1, hi: 65535);
+        var refused = new TaskCompletionSource<ServerHelloCode>(TaskCreationOptions.RunContinuationsAsynchronously);
+        client.OnRefused += c => refused.TrySetResult(c);
+        client.Start();
+        Assert.Equal(ServerHelloCode.BindFailed, await refused.Task.WaitAsync(Wait));
+    }
+
+    [Fact]
     public async Task A_client_outside_the_allowed_networks_gets_NetworkDenied()
     {
         await using var relay = await StartRelayAsync(network: "10.0.0.0/8");
