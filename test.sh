@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(curl ca-certificates
+packages=(curl ca-certificates tor iproute2
   # QUIC (src/PtHost.Quic): runtime libraries, the ngtcp2 example peers, headers + gcc for the layout test
   libngtcp2-9 libngtcp2-crypto-gnutls2 libgnutls30 ngtcp2-server ngtcp2-client
   libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev gcc)
