@@ -200,3 +200,41 @@ public sealed class AsportWireTests
     [InlineData("")]
     public void Bad_port_ranges_are_refused(string text) => Assert.False(AsportServerOptions.TryParseRange(text, out _));
 }
+
+/// <summary>Random and mutated input never makes an ASPORT parser or the reassembly throw (spec/asport.md §4.2: malformed is dropped).</summary>
+public sealed class AsportRandomInputTests
+{
+    [Fact]
+    public void Random_and_mutated_commands_never_throw()
+    {
+        var rng = new Random(20261130);
+        var r = new AsportReassembly(TimeSpan.FromSeconds(15), maxPending: 64);
+        var valid = new byte[64];
+        var n = AsportWire.WritePacketHeader(valid, new PacketHeader(1, 2, 3, 0, 4, System.Net.IPEndPoint.Parse("1.2.3.4:5")));
+        for (int i = 0; i < 200_000; i++)
+        {
+            byte[] msg;
+            if (i % 2 == 0)
+            {
+                msg = new byte[rng.Next(0, 80)];
+                rng.NextBytes(msg);
+                if (msg.Length > 1 && rng.Next(2) == 0) { msg[0] = 0; msg[1] = (byte)rng.Next(0, 7); }
+            }
+            else
+            {
+                msg = valid[..(n + 4)];
+                msg[rng.Next(msg.Length)] = (byte)rng.Next(256);
+            }
+            AsportWire.TryReadClientHello(msg, out _);
+            AsportWire.TryReadServerHello(msg, out _, out _);
+            AsportWire.TryReadAddress(msg, out _, out _);
+            if (AsportWire.TryReadHeader(msg, out var cmd) && cmd == AsportCommand.Packet &&
+                AsportWire.TryReadPacketHeader(msg.AsSpan(2), out var h, out var used))
+            {
+                if (r.Offer(h, msg.AsSpan(2 + used), i, out var payload, out _, out _) == AsportReassembly.Result.Complete)
+                    AsportReassembly.ReturnBuffer(payload!);
+            }
+        }
+        Assert.True(r.PendingCount <= 64);
+    }
+}
