@@ -12,7 +12,7 @@ public sealed class QuicUnavailableException(string message) : Exception(message
 /// ngtcp2 fills in have the sizes and offsets we hard-code.</summary>
 public static unsafe class QuicLibrary
 {
-    private static readonly Lazy<string?> Problem = new(Probe);
+    private static readonly Lazy<string?> Problem = new(() => Probe(Ngtcp2.Lib, Ngtcp2Crypto.Lib, GnuTls.Lib));
 
     /// <summary>Null when QUIC is usable, otherwise a one-line reason with the fix.</summary>
     public static string? UnavailableReason => Problem.Value;
@@ -26,13 +26,14 @@ public static unsafe class QuicLibrary
 
     internal static nint CryptoLibrary { get; private set; }
 
-    private static string? Probe()
+    /// <summary>The check itself; the library names are parameters so a test can name a missing one.</summary>
+    internal static string? Probe(string ngtcp2, string crypto, string gnutls)
     {
         const string Install = "install the Debian packages libngtcp2-9 libngtcp2-crypto-gnutls2 libgnutls30";
-        foreach (var lib in new[] { Ngtcp2.Lib, Ngtcp2Crypto.Lib, GnuTls.Lib })
+        foreach (var lib in new[] { ngtcp2, crypto, gnutls })
             if (!NativeLibrary.TryLoad(lib, out _))
                 return $"QUIC unavailable: {lib} not found ({Install})";
-        CryptoLibrary = NativeLibrary.Load(Ngtcp2Crypto.Lib);
+        CryptoLibrary = NativeLibrary.Load(crypto);
         try
         {
             var info = (byte*)Ngtcp2.Version(0);
@@ -47,7 +48,7 @@ public static unsafe class QuicLibrary
             if (CheckLayouts() is { } layout) return "QUIC unavailable: " + layout;
             foreach (var name in CryptoCallbackNames)
                 if (!NativeLibrary.TryGetExport(CryptoLibrary, name, out _))
-                    return $"QUIC unavailable: {Ngtcp2Crypto.Lib} lacks {name}";
+                    return $"QUIC unavailable: {crypto} lacks {name}";
         }
         catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException)
         {

@@ -46,6 +46,15 @@ public sealed class QuicLoopbackTests
     }
 
     [Fact]
+    public void A_missing_library_is_reported_with_its_name_and_the_packages_to_install()
+    {
+        var reason = QuicLibrary.Probe("libngtcp2.so.9", "libngtcp2_crypto_gnutls.so.404", "libgnutls.so.30");
+        Assert.NotNull(reason);
+        Assert.Contains("libngtcp2_crypto_gnutls.so.404 not found", reason);
+        Assert.Contains("libngtcp2-crypto-gnutls2", reason);
+    }
+
+    [Fact]
     public async Task Handshake_agrees_on_alpn_and_both_sides_export_the_same_keying_material()
     {
         var (server, client, c, s) = await PairAsync();
