@@ -5,7 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(curl ca-certificates tor iproute2 obfs4proxy microsocks dante-server tinyproxy-bin)
+packages=(curl ca-certificates
+  # Tor compatibility: a real tor in a network namespace, PT 1.0 programs and upstream proxies
+  tor iproute2 obfs4proxy microsocks dante-server tinyproxy-bin
+  # QUIC (src/PtHost.Quic): runtime libraries, the ngtcp2 example peers, headers + gcc for the layout test
+  libngtcp2-9 libngtcp2-crypto-gnutls2 libgnutls30 ngtcp2-server ngtcp2-client
+  libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev gcc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

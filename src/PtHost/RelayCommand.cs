@@ -18,16 +18,18 @@ public static class RelayCommand
     public const string Usage = """
         usage: pthost relay zephyr [--listen IP:PORT] [--bind-timeout SECONDS] [--peer-timeout SECONDS]
                                    [--max-connections N] [--max-per-source N] [--loglevel LEVEL]
+               pthost relay asport --listen IP:PORT --config FILE [--loglevel LEVEL]
         """;
 
     public static async Task<int> RunAsync(string[] args)
     {
-        if (args.Length == 0) return UsageError("relay needs a NAME (known: zephyr)");
+        if (args.Length == 0) return UsageError("relay needs a NAME (known: zephyr, asport)");
         return args[0] switch
         {
             "zephyr" => await RunZephyrAsync(args[1..]).ConfigureAwait(false),
+            "asport" => await AsportRelayCommand.RunAsync(args[1..]).ConfigureAwait(false),
             "--help" or "-h" => Help(),
-            _ => UsageError($"no relay named \"{args[0]}\" (known: zephyr)"),
+            _ => UsageError($"no relay named \"{args[0]}\" (known: zephyr, asport)"),
         };
     }
 

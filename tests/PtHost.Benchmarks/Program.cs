@@ -13,7 +13,7 @@ public static class Program
           --quick          one repetition of each measurement, shorter runs
           --json FILE      where to write the results (default bench-results.json)
           --pthost PATH    use this pthost executable instead of publishing src/PtHost
-          --only LIST      comma-separated subset of: throughput,connrate,memory,startup
+          --only LIST      comma-separated subset of: throughput,connrate,memory,startup,asport
           --strict         exit 3 when a target is missed
           --pthost-env K=V add an environment variable to every pthost started (repeatable; for experiments)
           --micro          run only the in-process BenchmarkDotNet micro-benchmark of the SOCKS5 request parser
@@ -100,7 +100,7 @@ public static class Program
                 IdleSessions = 1000,
                 StartupRuns = quick ? 5 : 10,
             };
-            var (figures, details) = await RunAllAsync(ctx, only ?? ["throughput", "connrate", "memory", "startup"]).ConfigureAwait(false);
+            var (figures, details) = await RunAllAsync(ctx, only ?? ["throughput", "connrate", "memory", "startup", "asport"]).ConfigureAwait(false);
 
             string header = $"PtHost benchmarks ({(quick ? "quick" : "full")}: {ctx.Repetitions} repetition(s), medians) on {Environment.ProcessorCount} CPUs, " +
                             $"Linux {Sys.KernelRelease()}, .NET {Environment.Version}";
@@ -203,6 +203,52 @@ public static class Program
             {
                 ctx.Say("throughput: " + e.Message);
                 foreach (var f in new[] { direct, splice, spliceRatio, copy, copyRatio }) f.Error ??= e.Message;
+            }
+        }
+
+        // ------------------------------------------------ 1b. ASPORT (QUIC) against direct and Debian's ngtcp2 pair
+        if (only.Contains("asport"))
+        {
+            var direct = new Figure { Key = "asport_direct_gbps", Label = "Throughput, direct iperf3 (reference, same run)", Unit = "Gbit/s" };
+            var gtls = new Figure { Key = "asport_gtls_pair_gbps", Label = "Throughput, gtlsclient <- gtlsserver (ngtcp2 reference)", Unit = "Gbit/s" };
+            var asport = new Figure { Key = "asport_chain_gbps", Label = "Throughput via client->asport (QUIC)->server", Unit = "Gbit/s" };
+            var toGtls = new Figure { Key = "asport_ratio_to_gtls", Label = "ratio to the ngtcp2 pair", Unit = "", Indent = 1, Goal = Goal.AtLeast, Target = 0.8 };
+            var toDirect = new Figure { Key = "asport_ratio_to_direct", Label = "ratio to direct", Unit = "", Indent = 1 };
+            var handshake = new Figure { Key = "asport_quic_handshake_p50_ms", Label = "QUIC handshake to the ASPORT server, p50", Unit = "ms", Format = "0.0" };
+            figures.AddRange([direct, gtls, asport, toGtls, toDirect, handshake]);
+            var raw = new JsonArray();
+            details["asport"] = raw;
+            try
+            {
+                await Sys.EnsureToolsAsync([("iperf3", "iperf3"), ("proxychains4", "proxychains4"), ("gtlsclient", "ngtcp2-client")], ctx.Say).ConfigureAwait(false);
+                ctx.Iperf3 = Sys.Which("iperf3")!;
+                ctx.Proxychains = Sys.Which("proxychains4");
+                int megabytes = ctx.Repetitions == 1 ? 64 : 256;
+                for (int rep = 0; rep < ctx.Repetitions; rep++)
+                {
+                    ctx.Say($"asport {rep + 1}/{ctx.Repetitions}: direct");
+                    double d = await Attempt(direct, async () => (await Measurements.IperfDirectAsync(ctx).ConfigureAwait(false)).Gbps).ConfigureAwait(false);
+                    ctx.Say($"asport {rep + 1}/{ctx.Repetitions}: gtlsclient <- gtlsserver, {megabytes} MiB");
+                    double g = await Attempt(gtls, () => AsportBench.GtlsPairAsync(ctx, megabytes)).ConfigureAwait(false);
+                    ctx.Say($"asport {rep + 1}/{ctx.Repetitions}: chain through ASPORT");
+                    double a = await Attempt(asport, async () =>
+                    {
+                        var r = await AsportBench.ThroughputAsync(ctx).ConfigureAwait(false);
+                        handshake.Samples.Add(r.HandshakeP50Ms);
+                        raw.Add(Tag(r.Raw, "asport", rep));
+                        return r.Gbps;
+                    }).ConfigureAwait(false);
+                    if (!double.IsNaN(a) && !double.IsNaN(g) && g > 0) toGtls.Samples.Add(a / g);
+                    if (!double.IsNaN(a) && !double.IsNaN(d) && d > 0) toDirect.Samples.Add(a / d);
+                }
+                if (toGtls.Samples.Count == 0) toGtls.Error ??= asport.Error ?? gtls.Error;
+                if (toDirect.Samples.Count == 0) toDirect.Error ??= asport.Error ?? direct.Error;
+                if (handshake.Samples.Count == 0) handshake.Error ??= asport.Error;
+            }
+            catch (Exception e) when (e is InvalidOperationException or TimeoutException or IOException)
+            {
+                ctx.Say("asport: " + e.Message);
+                foreach (var f in new[] { direct, gtls, asport, toGtls, toDirect, handshake }) f.Error ??= e.Message;
             }
         }
 

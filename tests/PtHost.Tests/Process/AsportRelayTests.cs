@@ -1,0 +1,454 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using Microsoft.Extensions.Logging.Abstractions;
+using Newtonsoft.Json.Linq;
+using PtHost.Quic;
+using PtHost.Transports.Asport;
+
+namespace PtHost.Tests.Process;
+
+/// <summary>
+/// The real <c>pthost relay asport</c> process with our ASPORT client (behind "NAT") in the test:
+/// TCP forwarding checked with curl, UDP forwarding in native and QUIC modes through a UDP echo
+/// peer with payloads larger than one datagram, authentication and port policy, malformed
+/// input, and reconnection after a server restart (spec/asport.md).
+/// </summary>
+[Collection("process")]
+public sealed class AsportRelayTests
+{
+    private static readonly TimeSpan Wait = TimeSpan.FromSeconds(30);
+    internal static readonly QuicCertificate Cert = QuicCertificate.CreateSelfSigned("asport.test");
+    private static readonly Guid User = Guid.Parse("6f0d0f5e-2b4c-4d6a-9c11-0123456789ab");
+    private const string Password = "correct horse";
+    private const int PortLo = 20000, PortHi = 60000;
+
+    internal sealed class RelayProcess : IAsyncDisposable
+    {
+        public required PtProcess Process { get; init; }
+        public required IPEndPoint EndPoint { get; init; }
+        public required string Directory { get; init; }
+        public async ValueTask DisposeAsync()
+        {
+            await Process.DisposeAsync();
+            try { System.IO.Directory.Delete(Directory, true); } catch (IOException) { }
+        }
+    }
+
+    internal static string WriteConfig(string dir, bool replyAuthFailed = true, string ports = "20000-60000", string network = "127.0.0.0/8", int? associationTimeout = null)
+    {
+        File.WriteAllText(Path.Combine(dir, "cert.pem"), Cert.CertificatePem);
+        File.WriteAllText(Path.Combine(dir, "key.pem"), Cert.PrivateKeyPem);
+        var config = new JObject
+        {
+            ["certificate"] = "cert.pem",
+            ["key"] = "key.pem",
+            ["users"] = new JObject { [User.ToString()] = Password },
+            ["allowed_ports"] = new JArray(ports),
+            ["allowed_networks"] = new JArray(network),
+            ["reply_auth_failed"] = replyAuthFailed,
+        };
+        if (associationTimeout is { } t) config["association_timeout"] = t;
+        var path = Path.Combine(dir, "asport.json");
+        File.WriteAllText(path, config.ToString());
+        return path;
+    }
+
+    internal static async Task<RelayProcess> StartRelayAsync(string listen = "127.0.0.1:0", bool replyAuthFailed = true, string ports = "20000-60000", string network = "127.0.0.0/8", int? associationTimeout = null)
+    {
+        var dir = Directory.CreateTempSubdirectory("pthost-asport-").FullName;
+        var config = WriteConfig(dir, replyAuthFailed, ports, network, associationTimeout);
+        var p = PtProcess.StartPthost("relay", "asport", "--listen", listen, "--config", config, "--loglevel", "debug");
+        try
+        {
+            var line = await p.ReadLineAsync(Wait);
+            Assert.StartsWith("LISTEN asport ", line, StringComparison.Ordinal);
+            var parts = line.Split(' ');
+            Assert.Equal("sha256=" + Convert.ToHexString(Cert.Sha256).ToLowerInvariant(), parts[3]);
+            return new RelayProcess { Process = p, EndPoint = IPEndPoint.Parse(parts[2]), Directory = dir };
+        }
+        catch
+        {
+            await p.DisposeAsync();
+            throw;
+        }
+    }
+
+    private static AsportClient Client(IPEndPoint server, IPEndPoint target, ForwardMode mode = ForwardMode.Tcp,
+        string password = Password, ushort lo = PortLo, ushort hi = PortHi) =>
+        new(new AsportClientOptions
+        {
+            Server = server,
+            Verification = QuicPeerVerification.Pinned(Cert.Sha256),
+            User = User,
+            Password = password,
+            Mode = mode,
+            PortStart = lo,
+            PortEnd = hi,
+            LocalTarget = target,
+            ReconnectMin = TimeSpan.FromMilliseconds(200),
+            ReconnectMax = TimeSpan.FromSeconds(1),
+        }, NullLogger.Instance);
+
+    [Fact]
+    public async Task Tcp_forwarding_end_to_end_with_curl()
+    {
+        var body = RandomNumberGenerator.GetBytes(3 << 20);
+        await using var web = new HttpFileServer(body);
+        await using var relay = await StartRelayAsync();
+        await using var client = Client(relay.EndPoint, new IPEndPoint(IPAddress.Loopback, web.Port));
+        client.Start();
+        var port = await client.Registered.WaitAsync(Wait);
+        Assert.InRange(port, PortLo, PortHi);
+        var file = Path.Combine(relay.Directory, "got");
+        var (rc, err) = await RunAsync("curl", "-sS", "--max-time", "60", "-o", file, $"http://127.0.0.1:{port}/f");
+        Assert.True(rc == 0, "curl: " + err + relay.Process.Stderr);
+        Assert.Equal(SHA256.HashData(body), SHA256.HashData(File.ReadAllBytes(file)));
+        // Several at once share the QUIC connection.
+        var many = await Task.WhenAll(Enumerable.Range(0, 4).Select(i => RunAsync("curl", "-sS", "--max-time", "60", "-o", file + i, $"http://127.0.0.1:{port}/f")));
+        Assert.All(many, r => Assert.Equal(0, r.Item1));
+        for (var i = 0; i < 4; i++) Assert.Equal(body.Length, new FileInfo(file + i).Length);
+    }
+
+    [Theory]
+    [InlineData(ForwardMode.UdpNative)]
+    [InlineData(ForwardMode.UdpQuic)]
+    [InlineData(ForwardMode.TcpUdpNative)]
+    [InlineData(ForwardMode.TcpUdpQuic)]
+    public async Task Udp_forwarding_round_trips_payloads_larger_than_one_datagram(ForwardMode mode)
+    {
+        await using var echo = new UdpEcho();
+        await using var relay = await StartRelayAsync();
+        await using var client = Client(relay.EndPoint, echo.EndPoint, mode);
+        client.Start();
+        var port = await client.Registered.WaitAsync(Wait);
+        using var udp = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        udp.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        var target = new IPEndPoint(IPAddress.Loopback, port);
+        var buf = new byte[65536];
+        foreach (var size in new[] { 10, 1400, 4000, 20000 })
+        {
+            var payload = RandomNumberGenerator.GetBytes(size);
+            // UDP is lossy: resend until the echo comes back.
+            using var cts = new CancellationTokenSource(Wait);
+            while (true)
+            {
+                await udp.SendToAsync(payload, SocketFlags.None, target, cts.Token);
+                var recv = udp.ReceiveAsync(buf, SocketFlags.None, cts.Token).AsTask();
+                if (await Task.WhenAny(recv, Task.Delay(2000, cts.Token)) != recv) continue;
+                var n = await recv;
+                Assert.Equal(payload, buf.AsSpan(0, n).ToArray());
+                break;
+            }
+        }
+        Assert.True(echo.Received >= 4);
+        if (mode is ForwardMode.TcpUdpNative or ForwardMode.TcpUdpQuic)
+        {
+            // The TCP half is bound on the same port.
+            using var tcp = new TcpClient();
+            await tcp.ConnectAsync(target.Address, port);
+        }
+    }
+
+    [Fact]
+    public async Task A_wrong_token_gets_AuthFailed_when_configured_to_reply()
+    {
+        await using var relay = await StartRelayAsync(replyAuthFailed: true);
+        await using var client = Client(relay.EndPoint, new IPEndPoint(IPAddress.Loopback, 9), password: "wrong");
+        var refused = new TaskCompletionSource<ServerHelloCode>(TaskCreationOptions.RunContinuationsAsynchronously);
+        client.OnRefused += c => refused.TrySetResult(c);
+        client.Start();
+        Assert.Equal(ServerHelloCode.AuthFailed, await refused.Task.WaitAsync(Wait));
+        Assert.False(client.Registered.IsCompleted);
+    }
+
+    [Fact]
+    public async Task A_wrong_token_gets_silence_and_a_closed_connection_by_default()
+    {
+        await using var relay = await StartRelayAsync(replyAuthFailed: false);
+        await using var endpoint = QuicEndpoint.CreateClient(new IPEndPoint(IPAddress.Loopback, 0));
+        var conn = await endpoint.ConnectAsync(relay.EndPoint, new QuicClientOptions
+        {
+            Verification = QuicPeerVerification.Pinned(Cert.Sha256),
+            ApplicationProtocols = ["asport"],
+        }).WaitAsync(Wait);
+        var hello = new byte[AsportWire.ClientHelloSize];
+        AsportWire.WriteClientHello(hello, new ClientHello(User, new byte[32], ForwardMode.Tcp, PortLo, PortHi));
+        var s = await conn.OpenUnidirectionalStreamAsync();
+        await s.WriteAsync(hello);
+        s.CompleteWrites();
+        var closed = await conn.Closed.WaitAsync(Wait);
+        Assert.True(closed.ByPeer);
+        // No ServerHello stream was opened before the close.
+        await Assert.ThrowsAnyAsync<Exception>(() => conn.AcceptStreamAsync().AsTask().WaitAsync(Wait));
+        await WaitForAsync(() => relay.Process.Stderr.Contains("authentication failed"));
+    }
+
+    [Fact]
+    public async Task A_port_range_outside_the_allowed_ports_gets_PortDenied()
+    {
+        await using var relay = await StartRelayAsync(ports: "40000-40010");
+        await using var client = Client(relay.EndPoint, new IPEndPoint(IPAddress.Loopback, 9), lo: 50000, hi: 50010);
+        var refused = new TaskCompletionSource<ServerHelloCode>(TaskCreationOptions.RunContinuationsAsynchronously);
+        client.OnRefused += c => refused.TrySetResult(c);
+        client.Start();
+        Assert.Equal(ServerHelloCode.PortDenied, await refused.Task.WaitAsync(Wait));
+    }
+
+    [Fact]
+    public async Task A_port_that_cannot_be_bound_gets_BindFailed()
+    {
+        using var taken = new TcpListener(IPAddress.Any, 0);
+        taken.Start();
+        var port = ((IPEndPoint)taken.LocalEndpoint).Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        await using var relay = await StartRelayAsync(ports: port);
+        await using var client = Client(relay.EndPoint, new IPEndPoint(IPAddress.Loopback, 9), lo: 1, hi: 65535);
+        var refused = new TaskCompletionSource<ServerHelloCode>(TaskCreationOptions.RunContinuationsAsynchronously);
+        client.OnRefused += c => refused.TrySetResult(c);
+        client.Start();
+        Assert.Equal(ServerHelloCode.BindFailed, await refused.Task.WaitAsync(Wait));
+    }
+
+    [Fact]
+    public async Task A_client_outside_the_allowed_networks_gets_NetworkDenied()
+    {
+        await using var relay = await StartRelayAsync(network: "10.0.0.0/8");
+        await using var client = Client(relay.EndPoint, new IPEndPoint(IPAddress.Loopback, 9));
+        var refused = new TaskCompletionSource<ServerHelloCode>(TaskCreationOptions.RunContinuationsAsynchronously);
+        client.OnRefused += c => refused.TrySetResult(c);
+        client.Start();
+        Assert.Equal(ServerHelloCode.NetworkDenied, await refused.Task.WaitAsync(Wait));
+    }
+
+    [Fact]
+    public async Task Malformed_hellos_and_fragments_are_dropped_and_the_server_keeps_serving()
+    {
+        await using var echo = new UdpEcho();
+        await using var relay = await StartRelayAsync();
+        await using var endpoint = QuicEndpoint.CreateClient(new IPEndPoint(IPAddress.Loopback, 0));
+        var qopts = new QuicClientOptions { Verification = QuicPeerVerification.Pinned(Cert.Sha256), ApplicationProtocols = ["asport"] };
+
+        // 1. A garbage ClientHello closes that connection.
+        var bad = await endpoint.ConnectAsync(relay.EndPoint, qopts).WaitAsync(Wait);
+        var s = await bad.OpenUnidirectionalStreamAsync();
+        await s.WriteAsync(new byte[] { 0, 0, 1, 2, 3 });
+        s.CompleteWrites();
+        Assert.True((await bad.Closed.WaitAsync(Wait)).ByPeer);
+
+        // 2. An authenticated UDP client sends broken commands and fragments: dropped, connection stays.
+        var conn = await endpoint.ConnectAsync(relay.EndPoint, qopts).WaitAsync(Wait);
+        var label = new byte[16];
+        AsportWire.WriteUuid(label, User);
+        var token = await conn.ExportKeyingMaterialAsync(label, System.Text.Encoding.UTF8.GetBytes(Password), 32);
+        var hello = new byte[AsportWire.ClientHelloSize];
+        AsportWire.WriteClientHello(hello, new ClientHello(User, token, ForwardMode.UdpNative, PortLo, PortHi));
+        var hs = await conn.OpenUnidirectionalStreamAsync();
+        await hs.WriteAsync(hello);
+        hs.CompleteWrites();
+        var reply = await conn.AcceptStreamAsync().AsTask().WaitAsync(Wait);
+        var r = new byte[8];
+        var got = 0;
+        int n;
+        while ((n = await reply.ReadAsync(r.AsMemory(got))) > 0) got += n;
+        Assert.True(AsportWire.TryReadServerHello(r.AsSpan(0, got), out var code, out _));
+        Assert.Equal(ServerHelloCode.Success, code);
+        byte[][] garbage =
+        [
+            [1, 3, 0, 0],                                  // version 1
+            [0, 9],                                        // unknown command
+            [0, 3, 0, 1, 0, 1, 2, 5, 0, 0, 0xFF],          // frag_id 5 >= total 2
+            [0, 3, 0, 1, 0, 1, 2, 0, 0, 1, 0xFF, 7],       // first fragment without address
+            [0, 3, 0, 1],                                  // truncated
+            [0, 0, 1, 2],                                  // a ClientHello after authentication
+        ];
+        foreach (var g in garbage) Assert.True(conn.TrySendDatagram(g));
+        var gs = await conn.OpenUnidirectionalStreamAsync();
+        await gs.WriteAsync(new byte[] { 0, 3, 0xFF });
+        gs.CompleteWrites();
+        var bidi = await conn.OpenBidirectionalStreamAsync();
+        await bidi.WriteAsync(new byte[] { 0, 2 });
+        // Heartbeats keep working and the connection is still up.
+        Assert.True(conn.TrySendDatagram(new byte[] { 0, 5 }));
+        var stillUp = await Task.WhenAny(conn.Closed, Task.Delay(TimeSpan.FromSeconds(2)));
+        Assert.NotSame(conn.Closed, stillUp);
+        await WaitForAsync(() => relay.Process.Stderr.Contains("dropped malformed command"));
+
+        // 3. A proper client is still served.
+        await using var client = Client(relay.EndPoint, echo.EndPoint, ForwardMode.UdpNative);
+        client.Start();
+        await client.Registered.WaitAsync(Wait);
+        await conn.CloseAsync();
+    }
+
+    [Fact]
+    public async Task An_idle_association_ends_with_a_Dissociate_and_the_next_datagram_gets_a_new_id()
+    {
+        await using var relay = await StartRelayAsync(associationTimeout: 1);
+        await using var endpoint = QuicEndpoint.CreateClient(new IPEndPoint(IPAddress.Loopback, 0));
+        var conn = await endpoint.ConnectAsync(relay.EndPoint, new QuicClientOptions
+        {
+            Verification = QuicPeerVerification.Pinned(Cert.Sha256), ApplicationProtocols = ["asport"],
+        }).WaitAsync(Wait);
+        var label = new byte[16];
+        AsportWire.WriteUuid(label, User);
+        var token = await conn.ExportKeyingMaterialAsync(label, System.Text.Encoding.UTF8.GetBytes(Password), 32);
+        var hello = new byte[AsportWire.ClientHelloSize];
+        AsportWire.WriteClientHello(hello, new ClientHello(User, token, ForwardMode.UdpNative, PortLo, PortHi));
+        var hs = await conn.OpenUnidirectionalStreamAsync();
+        await hs.WriteAsync(hello);
+        hs.CompleteWrites();
+        var reply = await ReadStreamAsync(await conn.AcceptStreamAsync().AsTask().WaitAsync(Wait));
+        Assert.True(AsportWire.TryReadServerHello(reply, out var code, out var port));
+        Assert.Equal(ServerHelloCode.Success, code);
+
+        using var udp = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        udp.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        async Task<PacketHeader> SendAndReceiveAsync()
+        {
+            var buf = new byte[65536];
+            using var cts = new CancellationTokenSource(Wait);
+            while (true)
+            {
+                await udp.SendToAsync(new byte[] { 1, 2, 3 }, SocketFlags.None, new IPEndPoint(IPAddress.Loopback, port), cts.Token);
+                var recv = conn.ReceiveDatagramAsync(buf, cts.Token).AsTask();
+                if (await Task.WhenAny(recv, Task.Delay(1000, cts.Token)) != recv) continue;
+                var n = await recv;
+                Assert.True(AsportWire.TryReadHeader(buf.AsSpan(0, n), out var cmd) && cmd == AsportCommand.Packet);
+                Assert.True(AsportWire.TryReadPacketHeader(buf.AsSpan(2, n - 2), out var h, out _));
+                Assert.Equal((IPEndPoint)udp.LocalEndPoint!, h.Address);
+                return h;
+            }
+        }
+        var first = await SendAndReceiveAsync();
+        Assert.Equal(1, first.AssocId);
+        // §3.5: after the association timeout the server sends Dissociate on a uni stream.
+        var dissociate = await ReadStreamAsync(await conn.AcceptStreamAsync().AsTask().WaitAsync(Wait));
+        Assert.Equal(new byte[] { 0, 4, 0, 1 }, dissociate);
+        var second = await SendAndReceiveAsync();
+        Assert.Equal(2, second.AssocId);
+        await conn.CloseAsync();
+    }
+
+    private static async Task<byte[]> ReadStreamAsync(Stream s)
+    {
+        var ms = new MemoryStream();
+        await s.CopyToAsync(ms).WaitAsync(Wait);
+        return ms.ToArray();
+    }
+
+    [Fact]
+    public async Task The_client_reconnects_after_a_server_restart()
+    {
+        var body = RandomNumberGenerator.GetBytes(1000);
+        await using var web = new HttpFileServer(body);
+        var relay = await StartRelayAsync();
+        var listen = relay.EndPoint.ToString();
+        await using var client = Client(relay.EndPoint, new IPEndPoint(IPAddress.Loopback, web.Port));
+        var registrations = System.Threading.Channels.Channel.CreateUnbounded<int>();
+        client.OnRegistered += p => registrations.Writer.TryWrite(p);
+        client.Start();
+        using var cts = new CancellationTokenSource(Wait * 2);
+        var first = await registrations.Reader.ReadAsync(cts.Token);
+        relay.Process.Signal(15);
+        Assert.Equal(0, await relay.Process.WaitForExitAsync());
+        await relay.DisposeAsync();
+        await using var again = await StartRelayAsync(listen);
+        var second = await registrations.Reader.ReadAsync(cts.Token);
+        Assert.InRange(second, PortLo, PortHi);
+        var file = Path.Combine(again.Directory, "got");
+        var (rc, err) = await RunAsync("curl", "-sS", "--max-time", "30", "-o", file, $"http://127.0.0.1:{second}/f");
+        Assert.True(rc == 0, err);
+        Assert.Equal(body, File.ReadAllBytes(file));
+        Assert.True(client.Connections >= 2);
+        _ = first;
+    }
+
+    [Theory]
+    [InlineData("--listen", "nowhere", "--config", "x")]
+    [InlineData("--listen", "127.0.0.1:0")]
+    [InlineData("--config", "x")]
+    [InlineData("--bogus", "1")]
+    public async Task Bad_arguments_exit_64(params string[] args)
+    {
+        await using var p = PtProcess.StartPthost(["relay", "asport", .. args]);
+        Assert.Equal(64, await p.WaitForExitAsync());
+        Assert.Empty(p.StdoutLines);
+    }
+
+    [Fact]
+    public async Task A_bad_configuration_exits_78_naming_the_key()
+    {
+        var dir = Directory.CreateTempSubdirectory("pthost-asport-bad-").FullName;
+        try
+        {
+            var path = WriteConfig(dir);
+            var o = JObject.Parse(File.ReadAllText(path));
+            o["allowed_ports"] = new JArray("5-4");
+            File.WriteAllText(path, o.ToString());
+            await using var p = PtProcess.StartPthost("relay", "asport", "--listen", "127.0.0.1:0", "--config", path);
+            Assert.Equal(78, await p.WaitForExitAsync());
+            Assert.Contains("allowed_ports", p.Stderr);
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
+    private static async Task WaitForAsync(Func<bool> condition)
+    {
+        using var cts = new CancellationTokenSource(Wait);
+        while (!condition()) await Task.Delay(50, cts.Token);
+    }
+
+    internal static async Task<(int, string)> RunAsync(string file, params string[] args)
+    {
+        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var o = p.StandardOutput.ReadToEndAsync();
+        var e = p.StandardError.ReadToEndAsync();
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(120));
+        await p.WaitForExitAsync(cts.Token);
+        return (p.ExitCode, await o + await e);
+    }
+}
+
+/// <summary>A loopback UDP echo peer.</summary>
+internal sealed class UdpEcho : IAsyncDisposable
+{
+    private readonly Socket _socket = new(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+    private readonly CancellationTokenSource _cts = new();
+    private readonly Task _loop;
+    public int Received;
+
+    public UdpEcho()
+    {
+        _socket.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        _loop = Task.Run(async () =>
+        {
+            var buf = new byte[65536];
+            var from = new SocketAddress(AddressFamily.InterNetwork);
+            while (!_cts.IsCancellationRequested)
+            {
+                int n;
+                try { n = await _socket.ReceiveFromAsync(buf, SocketFlags.None, from, _cts.Token); }
+                catch (SocketException) { continue; }
+                catch (Exception) { return; }
+                Interlocked.Increment(ref Received);
+                try { await _socket.SendToAsync(buf.AsMemory(0, n), SocketFlags.None, from, _cts.Token); }
+                catch (SocketException) { }
+            }
+        });
+    }
+
+    public IPEndPoint EndPoint => (IPEndPoint)_socket.LocalEndPoint!;
+
+    public async ValueTask DisposeAsync()
+    {
+        _cts.Cancel();
+        _socket.Dispose();
+        try { await _loop; } catch (Exception) { }
+    }
+}
