@@ -52,12 +52,14 @@ public sealed class ZephyrChain : IAsyncDisposable
         var generated = JsonNode.Parse(gen.Stdout)!.AsObject();
         var clientOptions = generated["client"]!.DeepClone().AsObject();
         clientOptions["relay"] = relay.ToString();
+        var serverOptions = generated["server"]!.DeepClone().AsObject();
+        serverOptions["relay"] = relay.ToString(); // the server joins only relays it is told about
         var serverConfig = new JsonObject
         {
             ["role"] = "server",
             ["transports"] = new JsonArray("zephyr"),
             ["allow"] = new JsonArray("127.0.0.1"),
-            ["options"] = new JsonObject { ["zephyr"] = generated["server"]!.DeepClone() },
+            ["options"] = new JsonObject { ["zephyr"] = serverOptions },
             ["state"] = Path.Combine(stateRoot, "server"),
             ["exit-on-stdin-close"] = true,
         };
