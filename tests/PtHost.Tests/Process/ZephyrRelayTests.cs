@@ -419,7 +419,7 @@ public class ZephyrRelayTests
         }
     }
 
-    internal static async Task<Socket> ConnectRawAsync(IPEndPoint endPoint)
+    public static async Task<Socket> ConnectRawAsync(IPEndPoint endPoint)
     {
         var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
@@ -435,7 +435,7 @@ public class ZephyrRelayTests
         }
     }
 
-    internal static async Task<byte[]> ReadExactlyAsync(Socket socket, int count)
+    public static async Task<byte[]> ReadExactlyAsync(Socket socket, int count)
     {
         var buffer = new byte[count];
         using var cts = new CancellationTokenSource(Wait);
@@ -480,7 +480,7 @@ public class ZephyrRelayTests
 }
 
 /// <summary>A raw Zephyr peer: a socket to the relay and the zid it was assigned.</summary>
-internal sealed class ZephyrPeer(Socket socket, uint zid) : IDisposable
+public sealed class ZephyrPeer(Socket socket, uint zid) : IDisposable
 {
     public Socket Socket { get; } = socket;
     public uint Zid { get; } = zid;
@@ -513,7 +513,7 @@ internal sealed class ZephyrPeer(Socket socket, uint zid) : IDisposable
 }
 
 /// <summary>A running <c>pthost relay zephyr --listen 127.0.0.1:0</c> and the address from its LISTEN line.</summary>
-internal sealed class ZephyrRelayProcess : IAsyncDisposable
+public sealed class ZephyrRelayProcess : IAsyncDisposable
 {
     private ZephyrRelayProcess(PtProcess process, IPEndPoint endPoint)
     {

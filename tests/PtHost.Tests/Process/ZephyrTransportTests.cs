@@ -283,7 +283,7 @@ public class ZephyrTransportTests(ITestOutputHelper output)
 }
 
 /// <summary>A zephyr server and client pthost configured from <c>pthost generate-config zephyr</c>.</summary>
-internal static class ZephyrChain
+public static class ZephyrChain
 {
     public static async Task<JObject> GenerateAsync()
     {
