@@ -45,13 +45,15 @@ public static class Chart
                 int w = (int)Math.Round(Math.Clamp(m / max, 0, 1) * BarMax);
                 string cls = f.Pass switch { true => "pass", false => "miss", _ => "plain" };
                 body.Append(CultureInfo.InvariantCulture, $"<rect class=\"{cls}\" x=\"{x0}\" y=\"{y - 13}\" width=\"{Math.Max(w, 1)}\" height=\"15\" rx=\"2\"/>\n");
+                int textX = x0 + w + 6;
                 if (f.Goal != Goal.None)
                 {
                     int tx = x0 + (int)Math.Round(Math.Clamp(f.Target / max, 0, 1) * BarMax);
                     body.Append(CultureInfo.InvariantCulture, $"<line class=\"target\" x1=\"{tx}\" y1=\"{y - 17}\" x2=\"{tx}\" y2=\"{y + 6}\"/>\n");
+                    textX = Math.Max(textX, tx + 6); // the value never sits under the tick
                 }
                 string value = f.ValueText + (f.Goal != Goal.None ? $"  (target {f.TargetText})" : "");
-                body.Append(Text(x0 + w + 6, y, value, "value"));
+                body.Append(Text(textX, y, value, "value"));
             }
         }
         y += 30;
