@@ -21,8 +21,6 @@ public static class RelayCommand
                                    [--loglevel LEVEL]
         """;
 
-    private const string InlineCompletions = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
-
     public static async Task<int> RunAsync(string[] args)
     {
         if (args.Length == 0) return UsageError("relay needs a NAME (known: zephyr)");
@@ -42,11 +40,6 @@ public static class RelayCommand
 
     private static async Task<int> RunZephyrAsync(string[] args)
     {
-        // A relay's socket continuations are short and never block (splice(2) calls and
-        // bookkeeping): run them on the epoll thread instead of handing each one to the thread
-        // pool, whose wake-ups and spinning cost about a fifth of the relay's CPU per byte
-        // (spec/zephyr.md §5). Read by the runtime when the first socket operation starts.
-        if (Environment.GetEnvironmentVariable(InlineCompletions) is null) Environment.SetEnvironmentVariable(InlineCompletions, "1");
         var options = new ZephyrRelayOptions();
         var level = LogLevel.Information;
         for (int i = 0; i < args.Length; i++)
