@@ -18,7 +18,7 @@ public class ZephyrTests(ITestOutputHelper output)
     private static readonly string[] RelayLimits = ["--max-per-source", "20000", "--max-connections", "20000"];
 
     [Fact]
-    public async Task Two_thousand_concurrent_sessions_through_zephyr_lose_no_byte_and_leak_nothing()
+    public async Task Two_rounds_of_2000_concurrent_sessions_through_zephyr_lose_no_byte_leak_nothing_and_do_not_grow_memory()
     {
         ulong limit = ProcStats.RaiseFdLimit();
         Assert.True(limit >= 3 * LoadTests.Sessions + 1000, $"RLIMIT_NOFILE {limit} is too low for {LoadTests.Sessions} sessions");
@@ -33,26 +33,36 @@ public class ZephyrTests(ITestOutputHelper output)
         int c0 = ProcStats.SocketCount(client), s0 = ProcStats.SocketCount(server), r0 = ProcStats.SocketCount(relayPid);
         long crss0 = ProcStats.RssBytes(client), srss0 = ProcStats.RssBytes(server), rrss0 = ProcStats.RssBytes(relayPid);
 
-        var watch = Stopwatch.StartNew();
-        var r = await LoadTests.RunRoundAsync(chain, echo, LoadTests.Sessions, seed: 8);
-        output.WriteLine($"{r.Opened} opened, {r.Verified} verified, {r.Mismatches} mismatches, {r.Errors.Count} errors, {r.Bytes} bytes each way in {watch.Elapsed.TotalSeconds:0.0} s; fds at peak client {r.ClientFdsAtPeak}, server {r.ServerFdsAtPeak}");
-        Assert.True(r.Errors.Count == 0, $"{r.Errors.Count} sessions failed, e.g.:\n{string.Join("\n", r.Errors.Take(5))}");
-        Assert.Equal(0, r.Mismatches);
-        Assert.Equal(LoadTests.Sessions, r.Verified);
-        // All were open at once: the client holds a SOCKS and a relay socket per session, the server a relay and a target socket.
-        Assert.True(r.ClientFdsAtPeak >= 2 * LoadTests.Sessions, $"client had {r.ClientFdsAtPeak} fds at the peak");
-        Assert.True(r.ServerFdsAtPeak >= 2 * LoadTests.Sessions, $"server had {r.ServerFdsAtPeak} fds at the peak");
+        var rss = new List<(long Client, long Server, long Relay)>();
+        for (int round = 1; round <= 2; round++)
+        {
+            var watch = Stopwatch.StartNew();
+            var r = await LoadTests.RunRoundAsync(chain, echo, LoadTests.Sessions, seed: 8 + round);
+            output.WriteLine($"round {round}: {r.Opened} opened, {r.Verified} verified, {r.Mismatches} mismatches, {r.Errors.Count} errors, {r.Bytes} bytes each way in {watch.Elapsed.TotalSeconds:0.0} s; fds at peak client {r.ClientFdsAtPeak}, server {r.ServerFdsAtPeak}");
+            Assert.True(r.Errors.Count == 0, $"{r.Errors.Count} sessions failed, e.g.:\n{string.Join("\n", r.Errors.Take(5))}");
+            Assert.Equal(0, r.Mismatches);
+            Assert.Equal(LoadTests.Sessions, r.Verified);
+            // All were open at once: the client holds a SOCKS and a relay socket per session, the server a relay and a target socket.
+            Assert.True(r.ClientFdsAtPeak >= 2 * LoadTests.Sessions, $"client had {r.ClientFdsAtPeak} fds at the peak");
+            Assert.True(r.ServerFdsAtPeak >= 2 * LoadTests.Sessions, $"server had {r.ServerFdsAtPeak} fds at the peak");
 
-        int c1 = await ProcStats.WaitForSocketsAtMostAsync(client, c0 + 2, TimeSpan.FromSeconds(30));
-        int s1 = await ProcStats.WaitForSocketsAtMostAsync(server, s0 + 2, TimeSpan.FromSeconds(30));
-        int r1 = await ProcStats.WaitForSocketsAtMostAsync(relayPid, r0 + 2, TimeSpan.FromSeconds(30));
-        output.WriteLine($"sockets/pipes: client {c0} → {c1}, server {s0} → {s1}, relay {r0} → {r1}; RSS MiB client {crss0 >> 20} → {ProcStats.RssBytes(client) >> 20}, server {srss0 >> 20} → {ProcStats.RssBytes(server) >> 20}, relay {rrss0 >> 20} → {ProcStats.RssBytes(relayPid) >> 20}");
-        Assert.True(c1 <= c0 + 2, $"client: {ProcStats.FdSummary(client)}");
-        Assert.True(s1 <= s0 + 2, $"server: {ProcStats.FdSummary(server)}");
-        Assert.True(r1 <= r0 + 2, $"relay: {ProcStats.FdSummary(relayPid)}");
-        Assert.True(ProcStats.RssBytes(client) <= crss0 + (512L << 20));
-        Assert.True(ProcStats.RssBytes(server) <= srss0 + (512L << 20));
-        Assert.True(ProcStats.RssBytes(relayPid) <= rrss0 + (256L << 20));
+            int c1 = await ProcStats.WaitForSocketsAtMostAsync(client, c0 + 2, TimeSpan.FromSeconds(30));
+            int s1 = await ProcStats.WaitForSocketsAtMostAsync(server, s0 + 2, TimeSpan.FromSeconds(30));
+            int r1 = await ProcStats.WaitForSocketsAtMostAsync(relayPid, r0 + 2, TimeSpan.FromSeconds(30));
+            await Task.Delay(2000);
+            rss.Add((ProcStats.RssBytes(client), ProcStats.RssBytes(server), ProcStats.RssBytes(relayPid)));
+            output.WriteLine($"after round {round}: sockets/pipes client {c0} → {c1}, server {s0} → {s1}, relay {r0} → {r1}; RSS MiB client {crss0 >> 20} → {rss[^1].Client >> 20}, server {srss0 >> 20} → {rss[^1].Server >> 20}, relay {rrss0 >> 20} → {rss[^1].Relay >> 20}");
+            Assert.True(c1 <= c0 + 2, $"client: {ProcStats.FdSummary(client)}");
+            Assert.True(s1 <= s0 + 2, $"server: {ProcStats.FdSummary(server)}");
+            Assert.True(r1 <= r0 + 2, $"relay: {ProcStats.FdSummary(relayPid)}");
+        }
+        // Memory does not keep growing: round 2 ends within a generous bound of round 1, and of the baseline.
+        Assert.True(rss[1].Client <= rss[0].Client * 3 / 2 + (64L << 20), $"client RSS grew {rss[0].Client >> 20} → {rss[1].Client >> 20} MiB");
+        Assert.True(rss[1].Server <= rss[0].Server * 3 / 2 + (64L << 20), $"server RSS grew {rss[0].Server >> 20} → {rss[1].Server >> 20} MiB");
+        Assert.True(rss[1].Relay <= rss[0].Relay * 3 / 2 + (64L << 20), $"relay RSS grew {rss[0].Relay >> 20} → {rss[1].Relay >> 20} MiB");
+        Assert.True(rss[1].Client <= crss0 + (512L << 20));
+        Assert.True(rss[1].Server <= srss0 + (512L << 20));
+        Assert.True(rss[1].Relay <= rrss0 + (256L << 20));
     }
 
     [Fact]
