@@ -18,7 +18,7 @@ public class ZephyrRelayTests
     // ---- §5 the command ----
 
     [Fact]
-    public async Task Prints_one_LISTEN_line_with_the_bound_address_and_exits_0_on_SIGTERM()
+    public async Task Prints_one_LISTEN_line_with_the_bound_address_one_STATUS_line_at_shutdown_and_exits_0_on_SIGTERM()
     {
         await using var relay = await ZephyrRelayProcess.StartAsync();
         Assert.NotEqual(0, relay.EndPoint.Port);
@@ -26,7 +26,10 @@ public class ZephyrRelayTests
         using var peer = await ZephyrPeer.ConnectAsync(relay.EndPoint); // it really listens there
         relay.Process.Signal(15);
         Assert.Equal(0, await relay.Process.WaitForExitAsync());
-        Assert.Single(relay.Process.StdoutLines);
+        // §5: the LISTEN line, then (the default interval being 60 s) only the shutdown STATUS line (§4.7).
+        Assert.Collection(relay.Process.StdoutLines,
+            l => Assert.Equal($"LISTEN zephyr {relay.EndPoint}", l),
+            l => Assert.StartsWith("STATUS TRANSPORT=zephyr CONNECTIONS=0 BOUND-PAIRS=0 ACCEPTED=1 ", l, StringComparison.Ordinal));
     }
 
     [Fact]
