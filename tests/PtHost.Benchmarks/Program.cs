@@ -21,7 +21,7 @@ public static class Program
           --micro          run only the in-process BenchmarkDotNet micro-benchmark of the SOCKS5 request parser
         """;
 
-    private static string FullUsage => Usage + "scenarios:\n" + string.Join("\n", Scenarios.All.Select(sc => $"  {sc.Name,-16} {sc.Title}"));
+    private static string FullUsage => Usage.TrimEnd() + "\nscenarios:\n" + string.Join("\n", Scenarios.All.Select(sc => $"  {sc.Name,-16} {sc.Title}"));
 
     public static async Task<int> Main(string[] args)
     {
