@@ -17,7 +17,8 @@ public static class RelayCommand
 {
     public const string Usage = """
         usage: pthost relay zephyr [--listen IP:PORT] [--bind-timeout SECONDS] [--peer-timeout SECONDS]
-                                   [--max-connections N] [--max-per-source N] [--loglevel LEVEL]
+                                   [--max-connections N] [--max-per-source N] [--stats-interval SECONDS]
+                                   [--loglevel LEVEL]
                pthost relay asport --listen IP:PORT --config FILE [--loglevel LEVEL]
         """;
 
@@ -65,6 +66,10 @@ public static class RelayCommand
                     if (!TryParseSeconds(value, out var peer)) return UsageError($"--peer-timeout \"{value}\" is not a positive number of seconds");
                     options = options with { PeerTimeout = peer };
                     break;
+                case "--stats-interval":
+                    if (!TryParseSeconds(value, out var every)) return UsageError($"--stats-interval \"{value}\" is not a positive number of seconds");
+                    options = options with { StatsInterval = every };
+                    break;
                 case "--max-connections":
                     if (!TryParseCount(value, out int max)) return UsageError($"--max-connections \"{value}\" is not a positive integer");
                     options = options with { MaxConnections = max };
@@ -104,15 +109,31 @@ public static class RelayCommand
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
 
-        await Console.Out.WriteLineAsync($"LISTEN zephyr {relay.LocalEndPoint}").ConfigureAwait(false);
-        await Console.Out.FlushAsync().ConfigureAwait(false);
+        var stdout = new Lock();
+        void Print(string line)
+        {
+            lock (stdout)
+            {
+                Console.Out.WriteLine(line);
+                Console.Out.Flush();
+            }
+        }
+        Print($"LISTEN zephyr {relay.LocalEndPoint}");
+        // spec/zephyr.md §4.7: STATUS lines every stats interval, and one more at shutdown.
+        var status = new Timer(_ => Print(StatusLine(relay.GetStats())), null, options.StatsInterval, options.StatsInterval);
 
         await stop.Task.ConfigureAwait(false);
         log.LogInformation("signal received; closing the listener");
+        await status.DisposeAsync().ConfigureAwait(false);
         await relay.DisposeAsync().ConfigureAwait(false);
         relay.LogStats();
+        Print(StatusLine(relay.GetStats()));
         return ExitCodes.Ok;
     }
+
+    /// <summary>The relay's STATUS line (spec/zephyr.md §4.7).</summary>
+    public static string StatusLine(ZephyrRelayStats s) => string.Create(CultureInfo.InvariantCulture,
+        $"STATUS TRANSPORT=zephyr CONNECTIONS={s.Connections} BOUND-PAIRS={s.BoundPairs} ACCEPTED={s.Accepted} REFUSED-BY-LIMITS={s.RefusedByLimits} BINDINGS={s.Bindings} BIND-FAILURES={s.BindFailures} TIMEOUTS={s.Timeouts} BYTES={s.Bytes}");
 
     private static bool TryParseSeconds(string s, out TimeSpan value)
     {

@@ -138,7 +138,7 @@ public static class AsportBench
             socks5 127.0.0.1 {socks.Port}
 
             """).ConfigureAwait(false);
-        var (gbps, raw) = await Measurements.IperfOnceAsync(ctx, iperfPort, [proxychains, "-q", "-f", conf]).ConfigureAwait(false);
+        var (gbps, raw) = await Measurements.IperfOnceAsync(ctx, iperfPort, iperfPort, [proxychains, "-q", "-f", conf]).ConfigureAwait(false);
         raw["handshake_ms"] = new JsonArray(handshakes.Select(h => (JsonNode?)h).ToArray());
         return new Result(gbps, handshakes[handshakes.Count / 2], raw);
     }

@@ -14,6 +14,9 @@ public sealed class Chain : IAsyncDisposable
     /// <summary>Environment added to every pthost started (--pthost-env K=V), for experiments such as DOTNET_ settings.</summary>
     public static Dictionary<string, string?> ExtraEnv { get; } = [];
 
+    /// <summary>The environment for a pthost child: <see cref="ExtraEnv"/> plus <paramref name="env"/>.</summary>
+    public static Dictionary<string, string?> ExtraEnvFor(IReadOnlyDictionary<string, string?>? env) => Env(env);
+
     private static Dictionary<string, string?> Env(IReadOnlyDictionary<string, string?>? env)
     {
         var merged = new Dictionary<string, string?>(ExtraEnv);
@@ -44,7 +47,7 @@ public sealed class Chain : IAsyncDisposable
         }
     }
 
-    private static bool IsIpcError(string line) =>
+    public static bool IsIpcError(string line) =>
         line.StartsWith("ENV-ERROR", StringComparison.Ordinal) || line.StartsWith("VERSION-ERROR", StringComparison.Ordinal)
         || line.StartsWith("SMETHOD-ERROR", StringComparison.Ordinal) || line.StartsWith("CMETHOD-ERROR", StringComparison.Ordinal);
 

@@ -19,15 +19,18 @@ public sealed class Child : IAsyncDisposable
     private readonly Task _stdoutPump;
     private readonly Task _stderrPump;
     private readonly StringBuilder? _allStdout;
+    private readonly Action<string>? _observer;
+    private readonly SemaphoreSlim _stdinLock = new(1, 1);
 
     public string Name { get; }
     public long StartTimestamp { get; }
     public int Pid => _process.Id;
     public bool HasExited => _process.HasExited;
 
-    private Child(string name, ProcessStartInfo psi, bool captureAllStdout)
+    private Child(string name, ProcessStartInfo psi, bool captureAllStdout, Action<string>? observer)
     {
         Name = name;
+        _observer = observer;
         _allStdout = captureAllStdout ? new StringBuilder() : null;
         _process = new Process { StartInfo = psi };
         StartTimestamp = Stopwatch.GetTimestamp();
@@ -37,8 +40,12 @@ public sealed class Child : IAsyncDisposable
         _stderrPump = PumpStderrAsync();
     }
 
-    /// <summary>Starts <paramref name="file"/>; stdin stays open (a pipe) until disposal or <see cref="CloseStdin"/>.</summary>
-    public static Child Start(string name, string file, IEnumerable<string> args, IReadOnlyDictionary<string, string?>? env = null, bool captureAllStdout = false)
+    /// <summary>
+    /// Starts <paramref name="file"/>; stdin stays open (a pipe) until disposal or <see cref="CloseStdin"/>.
+    /// <paramref name="observer"/> sees every stdout line as it is read (on the pump's thread), before waiters do.
+    /// </summary>
+    public static Child Start(string name, string file, IEnumerable<string> args, IReadOnlyDictionary<string, string?>? env = null,
+        bool captureAllStdout = false, Action<string>? observer = null)
     {
         var psi = new ProcessStartInfo(file)
         {
@@ -59,7 +66,7 @@ public sealed class Child : IAsyncDisposable
                 if (v is null) psi.Environment.Remove(k);
                 else psi.Environment[k] = v;
             }
-        return new Child(name, psi, captureAllStdout);
+        return new Child(name, psi, captureAllStdout, observer);
     }
 
     /// <summary>Runs a command to completion with a timeout (killed on timeout); returns exit code and output.</summary>
@@ -85,6 +92,7 @@ public sealed class Child : IAsyncDisposable
             while (await _process.StandardOutput.ReadLineAsync().ConfigureAwait(false) is { } line)
             {
                 long ts = Stopwatch.GetTimestamp();
+                _observer?.Invoke(line);
                 if (_allStdout is not null) lock (_allStdout) _allStdout.Append(line).Append('\n');
                 else _stdout.Writer.TryWrite((ts, line));
             }
@@ -154,6 +162,19 @@ public sealed class Child : IAsyncDisposable
         // Let the pumps see EOF so captured output is complete.
         await Task.WhenAny(Task.WhenAll(_stdoutPump, _stderrPump), Task.Delay(2000)).ConfigureAwait(false);
         return _process.ExitCode;
+    }
+
+    /// <summary>Writes one line to the child's stdin (serialised; a closed pipe is ignored).</summary>
+    public async Task WriteLineAsync(string line)
+    {
+        await _stdinLock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            await _process.StandardInput.WriteAsync(line + "\n").ConfigureAwait(false);
+            await _process.StandardInput.FlushAsync().ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or InvalidOperationException or ObjectDisposedException) { }
+        finally { _stdinLock.Release(); }
     }
 
     public void CloseStdin()

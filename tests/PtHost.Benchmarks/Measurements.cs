@@ -13,6 +13,10 @@ public sealed class Context
     public required Action<string> Say { get; init; }
     public string Iperf3 { get; set; } = "iperf3";
     public string? Proxychains { get; set; }
+    /// <summary>Bytes each in-harness stream measurement sends (<see cref="StreamPump"/>).</summary>
+    public long StreamBytes { get; init; } = 4L << 30;
+    /// <summary>Idle registered connections held on the zephyr relay.</summary>
+    public int RelayIdleConnections { get; init; } = 10_000;
     public int Repetitions { get; init; }
     public int IperfSeconds { get; init; }
     public int ConnTotal { get; init; }
@@ -40,12 +44,16 @@ public static class Measurements
 {
     // ---------------------------------------------------------------- 1. throughput
 
-    /// <summary>One iperf3 run against a fresh <c>iperf3 -s -1</c> on <paramref name="port"/>; returns receiver Gbit/s.</summary>
-    public static async Task<(double Gbps, JsonObject Raw)> IperfOnceAsync(Context ctx, int port, string[] wrapper)
+    /// <summary>
+    /// One iperf3 run: a fresh <c>iperf3 -s -1</c> on <paramref name="serverPort"/>, the client aimed at
+    /// <paramref name="clientPort"/> (the server itself, or a forwarder in front of it), optionally
+    /// wrapped (proxychains). Returns the receiver's Gbit/s.
+    /// </summary>
+    public static async Task<(double Gbps, JsonObject Raw)> IperfOnceAsync(Context ctx, int serverPort, int clientPort, string[] wrapper)
     {
-        await using var server = Child.Start("iperf3 -s", ctx.Iperf3, ["-s", "-1", "-B", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture)], captureAllStdout: true);
-        await Sys.WaitListeningAsync(port, TimeSpan.FromSeconds(10)).ConfigureAwait(false);
-        string[] clientArgs = ["-c", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture), "-t", ctx.IperfSeconds.ToString(CultureInfo.InvariantCulture), "-J"];
+        await using var server = Child.Start("iperf3 -s", ctx.Iperf3, ["-s", "-1", "-B", "127.0.0.1", "-p", serverPort.ToString(CultureInfo.InvariantCulture)], captureAllStdout: true);
+        await Sys.WaitListeningAsync(serverPort, TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+        string[] clientArgs = ["-c", "127.0.0.1", "-p", clientPort.ToString(CultureInfo.InvariantCulture), "-t", ctx.IperfSeconds.ToString(CultureInfo.InvariantCulture), "-J"];
         string file = wrapper.Length > 0 ? wrapper[0] : ctx.Iperf3;
         string[] args = wrapper.Length > 0 ? [.. wrapper[1..], ctx.Iperf3, .. clientArgs] : clientArgs;
         var r = await Child.RunAsync(file, args, TimeSpan.FromSeconds(ctx.IperfSeconds + 40)).ConfigureAwait(false);
@@ -69,33 +77,52 @@ public static class Measurements
         return (bps / 1e9, raw);
     }
 
-    public static async Task<(double Gbps, JsonObject Raw)> IperfDirectAsync(Context ctx) =>
-        await IperfOnceAsync(ctx, Sys.FreePort(), []).ConfigureAwait(false);
+    public static async Task<(double Gbps, JsonObject Raw)> IperfDirectAsync(Context ctx)
+    {
+        int port = Sys.FreePort();
+        return await IperfOnceAsync(ctx, port, port, []).ConfigureAwait(false);
+    }
 
-    /// <summary>iperf3 through proxychains → pthost client → plain → pthost server (target = the iperf3 server).</summary>
-    public static async Task<(double Gbps, JsonObject Raw)> IperfChainAsync(Context ctx, bool noSplice)
+    /// <summary>iperf3 through <c>socat -b 262144</c> (a plain TCP forwarder with large buffers) to the iperf3 server.</summary>
+    public static async Task<(double Gbps, JsonObject Raw)> IperfSocatAsync(Context ctx)
+    {
+        int serverPort = Sys.FreePort();
+        await using var socat = await Baselines.StartSocatAsync(serverPort).ConfigureAwait(false);
+        var (gbps, raw) = await IperfOnceAsync(ctx, serverPort, socat.Port, []).ConfigureAwait(false);
+        raw["forwarder_cpu_seconds"] = Sys.CpuSeconds(socat.Child.Pid);
+        return (gbps, raw);
+    }
+
+    /// <summary>iperf3 through proxychains → dante (a real SOCKS5 server) → the iperf3 server.</summary>
+    public static async Task<(double Gbps, JsonObject Raw)> IperfDanteAsync(Context ctx)
+    {
+        await using var dante = await Baselines.StartDanteAsync(ctx.NewStateDir()).ConfigureAwait(false);
+        return await IperfViaSocksAsync(ctx, dante.Port, [], Sys.FreePort()).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// iperf3 through proxychains → a SOCKS5 server on 127.0.0.1:<paramref name="socksPort"/> → the iperf3
+    /// server on <paramref name="serverPort"/>; the CPU of <paramref name="pids"/> during the run is in the raw record.
+    /// </summary>
+    public static async Task<(double Gbps, JsonObject Raw)> IperfViaSocksAsync(Context ctx, int socksPort, int[] pids, int serverPort)
     {
         string proxychains = ctx.Proxychains ?? throw new InvalidOperationException("proxychains4 is not available");
-        int port = Sys.FreePort();
-        string state = ctx.NewStateDir();
-        await using var chain = await Chain.StartAsync(ctx.PtHost, state, port, noSplice).ConfigureAwait(false);
-        string conf = Path.Combine(state, "proxychains.conf");
-        await File.WriteAllTextAsync(conf, $"""
-            strict_chain
-            quiet_mode
-            tcp_read_time_out 15000
-            tcp_connect_time_out 8000
-            [ProxyList]
-            socks5 127.0.0.1 {chain.Socks.Port}
-
-            """).ConfigureAwait(false);
-        double cpuBefore = Sys.CpuSeconds(chain.Client.Pid) + Sys.CpuSeconds(chain.Server.Pid);
+        string conf = Baselines.WriteProxychainsConf(ctx.NewStateDir(), socksPort);
+        double cpuBefore = pids.Sum(Sys.CpuSeconds);
         var sw = Stopwatch.StartNew();
-        var (gbps, raw) = await IperfOnceAsync(ctx, port, [proxychains, "-q", "-f", conf]).ConfigureAwait(false);
-        double cpu = Sys.CpuSeconds(chain.Client.Pid) + Sys.CpuSeconds(chain.Server.Pid) - cpuBefore;
+        var (gbps, raw) = await IperfOnceAsync(ctx, serverPort, serverPort, [proxychains, "-q", "-f", conf]).ConfigureAwait(false);
+        double cpu = pids.Sum(Sys.CpuSeconds) - cpuBefore;
         raw["pthost_cpu_seconds"] = cpu;
         raw["pthost_cpu_percent_of_one_core"] = cpu / sw.Elapsed.TotalSeconds * 100;
         return (gbps, raw);
+    }
+
+    /// <summary>iperf3 through proxychains → pthost client (SOCKS5) → plain → pthost server (target = the iperf3 server).</summary>
+    public static async Task<(double Gbps, JsonObject Raw)> IperfChainAsync(Context ctx, bool noSplice)
+    {
+        int port = Sys.FreePort();
+        await using var chain = await Chain.StartAsync(ctx.PtHost, ctx.NewStateDir(), port, noSplice).ConfigureAwait(false);
+        return await IperfViaSocksAsync(ctx, chain.Socks.Port, [chain.Client.Pid, chain.Server.Pid], port).ConfigureAwait(false);
     }
 
     // ---------------------------------------------------------------- 2. connection set-up
@@ -142,23 +169,44 @@ public static class Measurements
 
     public sealed record ConnRateResult(double PerSecond, double P50Ms, double P99Ms, int Failures, string? FirstError, double PtHostCpuMsPerConn, double HarnessCpuMsPerConn, JsonObject Raw);
 
+    /// <summary>Session set-up rate through the plain chain to an echo server in the harness.</summary>
     public static async Task<ConnRateResult> ConnRateAsync(Context ctx)
     {
         await using var echo = new EchoServer();
         await using var chain = await Chain.StartAsync(ctx.PtHost, ctx.NewStateDir(), echo.EndPoint.Port, noSplice: false).ConfigureAwait(false);
-        var timeout = TimeSpan.FromSeconds(10);
+        return await ConnRateAsync(chain.Socks, echo.EndPoint, [chain.Client.Pid, chain.Server.Pid], ctx.ConnTotal, ctx.ConnConcurrency, Math.Min(500, ctx.ConnTotal)).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Opens <paramref name="total"/> SOCKS sessions through <paramref name="socks"/> to <paramref name="target"/>
+    /// (after <paramref name="warmup"/> unmeasured ones); rate, latency percentiles, and the CPU of
+    /// <paramref name="pids"/> and of the harness per session.
+    /// </summary>
+    public static async Task<ConnRateResult> ConnRateAsync(IPEndPoint socks, IPEndPoint target, int[] pids, int total, int concurrency, int warmup)
+    {
+        var timeout = TimeSpan.FromSeconds(20);
         // Warm-up (JIT tiering, thread pool growth), not measured.
-        await OpenManyAsync(chain.Socks, echo.EndPoint, Math.Min(500, ctx.ConnTotal), ctx.ConnConcurrency, null, timeout).ConfigureAwait(false);
+        if (warmup > 0) await OpenManyAsync(socks, target, warmup, concurrency, null, timeout).ConfigureAwait(false);
         await Task.Delay(300).ConfigureAwait(false);
-        var c0 = Sys.CpuSplit(chain.Client.Pid);
-        var s0 = Sys.CpuSplit(chain.Server.Pid);
+        var p0 = pids.Select(Sys.CpuSplit).ToArray();
         var h0 = Sys.CpuSplit(Environment.ProcessId);
-        var r = await OpenManyAsync(chain.Socks, echo.EndPoint, ctx.ConnTotal, ctx.ConnConcurrency, null, timeout).ConfigureAwait(false);
-        var c1 = Sys.CpuSplit(chain.Client.Pid);
-        var s1 = Sys.CpuSplit(chain.Server.Pid);
+        var r = await OpenManyAsync(socks, target, total, concurrency, null, timeout).ConfigureAwait(false);
+        var p1 = pids.Select(Sys.CpuSplit).ToArray();
         var h1 = Sys.CpuSplit(Environment.ProcessId);
         if (r.Successes == 0) throw new InvalidOperationException($"no SOCKS session succeeded: {r.FirstError}");
         double Per(double seconds) => seconds * 1000 / r.Successes;
+        var cpuJson = new JsonObject
+        {
+            ["harness_user"] = Per(h1.User - h0.User),
+            ["harness_sys"] = Per(h1.System - h0.System),
+        };
+        double pthost = 0;
+        for (int i = 0; i < pids.Length; i++)
+        {
+            cpuJson[$"pid{i}_user"] = Per(p1[i].User - p0[i].User);
+            cpuJson[$"pid{i}_sys"] = Per(p1[i].System - p0[i].System);
+            pthost += p1[i].User - p0[i].User + p1[i].System - p0[i].System;
+        }
         var raw = new JsonObject
         {
             ["per_second"] = r.PerSecond,
@@ -170,17 +218,8 @@ public static class Measurements
             ["p90_ms"] = Stats.Percentile(r.LatenciesMs, 90),
             ["p99_ms"] = Stats.Percentile(r.LatenciesMs, 99),
             ["max_ms"] = Stats.Percentile(r.LatenciesMs, 100),
-            ["cpu_ms_per_conn"] = new JsonObject
-            {
-                ["client_user"] = Per(c1.User - c0.User),
-                ["client_sys"] = Per(c1.System - c0.System),
-                ["server_user"] = Per(s1.User - s0.User),
-                ["server_sys"] = Per(s1.System - s0.System),
-                ["harness_user"] = Per(h1.User - h0.User),
-                ["harness_sys"] = Per(h1.System - h0.System),
-            },
+            ["cpu_ms_per_conn"] = cpuJson,
         };
-        double pthost = c1.User - c0.User + c1.System - c0.System + s1.User - s0.User + s1.System - s0.System;
         double harness = h1.User - h0.User + h1.System - h0.System;
         return new ConnRateResult(r.PerSecond, Stats.Percentile(r.LatenciesMs, 50), Stats.Percentile(r.LatenciesMs, 99), r.Failures, r.FirstError,
             Per(pthost), Per(harness), raw);
@@ -248,7 +287,7 @@ public static class Measurements
         return new ProcSnapshot(Sys.StatusKiB(cpid, "VmRSS"), Sys.StatusKiB(spid, "VmRSS"), new JsonObject { ["client"] = One(cpid), ["server"] = One(spid) });
     }
 
-    private static async Task WaitUntilAsync(Func<bool> condition, TimeSpan timeout)
+    public static async Task WaitUntilAsync(Func<bool> condition, TimeSpan timeout)
     {
         var sw = Stopwatch.StartNew();
         while (!condition() && sw.Elapsed < timeout) await Task.Delay(20).ConfigureAwait(false);

@@ -12,17 +12,23 @@ public static class Program
         usage: dotnet run -c Release --project tests/PtHost.Benchmarks -- [options]
           --quick          one repetition of each measurement, shorter runs
           --json FILE      where to write the results (default bench-results.json)
+          --svg FILE       where to write the chart (default: the JSON file's name with .svg)
+          --reps N         repetitions of each measurement (default 3, --quick 1); medians are reported
           --pthost PATH    use this pthost executable instead of publishing src/PtHost
-          --only LIST      comma-separated subset of: throughput,connrate,memory,startup,asport
+          --only LIST      comma-separated scenario names (see below; default all)
           --strict         exit 3 when a target is missed
           --pthost-env K=V add an environment variable to every pthost started (repeatable; for experiments)
           --micro          run only the in-process BenchmarkDotNet micro-benchmark of the SOCKS5 request parser
         """;
 
+    private static string FullUsage => Usage.TrimEnd() + "\nscenarios:\n" + string.Join("\n", Scenarios.All.Select(sc => $"  {sc.Name,-16} {sc.Title}"));
+
     public static async Task<int> Main(string[] args)
     {
         bool quick = false, strict = false, micro = false;
+        int? reps = null;
         string jsonPath = "bench-results.json";
+        string? svgPath = null;
         string? pthost = null;
         HashSet<string>? only = null;
         for (int i = 0; i < args.Length; i++)
@@ -33,16 +39,27 @@ public static class Program
                 case "--strict": strict = true; break;
                 case "--micro": micro = true; break;
                 case "--json" when i + 1 < args.Length: jsonPath = args[++i]; break;
+                case "--svg" when i + 1 < args.Length: svgPath = args[++i]; break;
+                case "--reps" when i + 1 < args.Length && int.TryParse(args[i + 1], NumberStyles.None, CultureInfo.InvariantCulture, out int r) && r > 0:
+                    reps = r;
+                    i++;
+                    break;
                 case "--pthost" when i + 1 < args.Length: pthost = Path.GetFullPath(args[++i]); break;
                 case "--only" when i + 1 < args.Length: only = [.. args[++i].Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)]; break;
                 case "--pthost-env" when i + 1 < args.Length && args[i + 1].Contains('='):
                     var kv = args[++i].Split('=', 2);
                     Chain.ExtraEnv[kv[0]] = kv[1];
                     break;
-                case "--help" or "-h": Console.WriteLine(Usage); return 0;
-                default: Console.Error.WriteLine($"unknown or incomplete argument \"{args[i]}\"\n{Usage}"); return 64;
+                case "--help" or "-h": Console.WriteLine(FullUsage); return 0;
+                default: Console.Error.WriteLine($"unknown or incomplete argument \"{args[i]}\"\n{FullUsage}"); return 64;
             }
         }
+        if (only is not null && only.FirstOrDefault(n => Scenarios.All.All(sc => sc.Name != n)) is { } unknown)
+        {
+            Console.Error.WriteLine($"no scenario named \"{unknown}\"\n{FullUsage}");
+            return 64;
+        }
+        svgPath ??= Path.ChangeExtension(jsonPath, ".svg");
         string? repo = Sys.FindRepoRoot();
 
         if (micro)
@@ -93,14 +110,26 @@ public static class Program
                 PtHost = pthost,
                 WorkDir = work,
                 Say = Say,
-                Repetitions = quick ? 1 : 3,
+                Repetitions = reps ?? (quick ? 1 : 3),
                 IperfSeconds = quick ? 3 : 5,
                 ConnTotal = quick ? 2000 : 5000,
+                StreamBytes = quick ? 2L << 30 : 4L << 30,
+                RelayIdleConnections = 10_000,
                 ConnConcurrency = 64,
                 IdleSessions = 1000,
                 StartupRuns = quick ? 5 : 10,
             };
-            var (figures, details) = await RunAllAsync(ctx, only ?? ["throughput", "connrate", "memory", "startup", "asport"]).ConfigureAwait(false);
+            var runs = new List<ScenarioRun>();
+            foreach (var scenario in Scenarios.All.Where(sc => only is null || only.Contains(sc.Name)))
+            {
+                var run = new ScenarioRun(scenario);
+                runs.Add(run);
+                Say($"scenario {scenario.Name}: {scenario.Title}");
+                try { await scenario.RunAsync(ctx, run).ConfigureAwait(false); }
+                catch (Exception e) when (ScenarioRun.IsMeasurementFailure(e)) { run.FailRemaining(e); }
+            }
+            var figures = runs.SelectMany(r => r.Figures).ToList();
+            var details = new JsonObject(runs.SelectMany(r => r.Details.Select(kv => KeyValuePair.Create(kv.Key, kv.Value?.DeepClone()))));
 
             string header = $"PtHost benchmarks ({(quick ? "quick" : "full")}: {ctx.Repetitions} repetition(s), medians) on {Environment.ProcessorCount} CPUs, " +
                             $"Linux {Sys.KernelRelease()}, .NET {Environment.Version}";
@@ -132,13 +161,18 @@ public static class Program
                     ["conn_concurrency"] = ctx.ConnConcurrency,
                     ["idle_sessions"] = ctx.IdleSessions,
                     ["startup_runs"] = ctx.StartupRuns,
+                    ["stream_bytes"] = ctx.StreamBytes,
+                    ["relay_idle_connections"] = ctx.RelayIdleConnections,
                 },
+                ["scenarios"] = new JsonArray([.. runs.Select(r => (JsonNode?)JsonValue.Create(r.Scenario.Name))]),
                 ["figures"] = new JsonObject(figures.Select(f => KeyValuePair.Create(f.Key, (JsonNode?)f.ToJson()))),
                 ["details"] = details,
                 ["table"] = header + "\n" + table,
             };
             await File.WriteAllTextAsync(jsonPath, json.ToJsonString(new JsonSerializerOptions { WriteIndented = true })).ConfigureAwait(false);
             Console.WriteLine($"results written to {Path.GetFullPath(jsonPath)}");
+            await File.WriteAllTextAsync(svgPath, Chart.Render(header, [.. runs.Select(r => (r.Scenario, (IReadOnlyList<Figure>)r.Figures))])).ConfigureAwait(false);
+            Console.WriteLine($"chart written to {Path.GetFullPath(svgPath)}");
 
             if (figures.Any(f => f.Error is not null)) return 1;
             if (strict && figures.Any(f => f.Pass == false)) return 3;
@@ -155,219 +189,6 @@ public static class Program
             try { Directory.Delete(work, recursive: true); }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
         }
-    }
-
-    private static async Task<(List<Figure>, JsonObject)> RunAllAsync(Context ctx, HashSet<string> only)
-    {
-        var figures = new List<Figure>();
-        var details = new JsonObject();
-
-        // ------------------------------------------------ 1. throughput
-        if (only.Contains("throughput"))
-        {
-            var direct = new Figure { Key = "throughput_direct_gbps", Label = "Throughput, direct iperf3 (reference)", Unit = "Gbit/s", Format = "0.00" };
-            var splice = new Figure { Key = "throughput_chain_splice_gbps", Label = "Throughput via client->plain->server, splice", Unit = "Gbit/s" };
-            var spliceRatio = new Figure { Key = "throughput_chain_splice_ratio", Label = "ratio to direct", Unit = "", Indent = 1, Goal = Goal.AtLeast, Target = 0.4 };
-            var copy = new Figure { Key = "throughput_chain_nosplice_gbps", Label = "Throughput via client->plain->server, PTHOST_NO_SPLICE=1", Unit = "Gbit/s" };
-            var copyRatio = new Figure { Key = "throughput_chain_nosplice_ratio", Label = "ratio to direct", Unit = "", Indent = 1, Goal = Goal.AtLeast, Target = 0.4 };
-            figures.AddRange([direct, splice, spliceRatio, copy, copyRatio]);
-            var raw = new JsonArray();
-            details["throughput"] = raw;
-            try
-            {
-                await Sys.EnsureToolsAsync([("iperf3", "iperf3"), ("proxychains4", "proxychains4")], ctx.Say).ConfigureAwait(false);
-                ctx.Iperf3 = Sys.Which("iperf3")!;
-                ctx.Proxychains = Sys.Which("proxychains4");
-                // Interleaved per repetition, so each ratio compares runs made close together.
-                for (int rep = 0; rep < ctx.Repetitions; rep++)
-                {
-                    ctx.Say($"throughput {rep + 1}/{ctx.Repetitions}: direct");
-                    double d = await Attempt(direct, async () => { var r = await Measurements.IperfDirectAsync(ctx).ConfigureAwait(false); raw.Add(Tag(r.Raw, "direct", rep)); return r.Gbps; }).ConfigureAwait(false);
-                    foreach (var (noSplice, fig, ratio) in new[] { (false, splice, spliceRatio), (true, copy, copyRatio) })
-                    {
-                        ctx.Say($"throughput {rep + 1}/{ctx.Repetitions}: chain, {(noSplice ? "no splice" : "splice")}");
-                        double g = await Attempt(fig, async () =>
-                        {
-                            var r = await Measurements.IperfChainAsync(ctx, noSplice).ConfigureAwait(false);
-                            raw.Add(Tag(r.Raw, noSplice ? "chain_nosplice" : "chain_splice", rep));
-                            return r.Gbps;
-                        }).ConfigureAwait(false);
-                        if (!double.IsNaN(d) && !double.IsNaN(g) && d > 0) ratio.Samples.Add(g / d);
-                        else if (ratio.Samples.Count == 0) ratio.Error ??= fig.Error ?? direct.Error;
-                    }
-                }
-                if (spliceRatio.Samples.Count > 0) spliceRatio.Error = null;
-                if (copyRatio.Samples.Count > 0) copyRatio.Error = null;
-            }
-            catch (Exception e) when (e is InvalidOperationException or TimeoutException or IOException)
-            {
-                ctx.Say("throughput: " + e.Message);
-                foreach (var f in new[] { direct, splice, spliceRatio, copy, copyRatio }) f.Error ??= e.Message;
-            }
-        }
-
-        // ------------------------------------------------ 1b. ASPORT (QUIC) against direct and Debian's ngtcp2 pair
-        if (only.Contains("asport"))
-        {
-            var direct = new Figure { Key = "asport_direct_gbps", Label = "Throughput, direct iperf3 (reference, same run)", Unit = "Gbit/s" };
-            var gtls = new Figure { Key = "asport_gtls_pair_gbps", Label = "Throughput, gtlsclient <- gtlsserver (ngtcp2 reference)", Unit = "Gbit/s" };
-            var asport = new Figure { Key = "asport_chain_gbps", Label = "Throughput via client->asport (QUIC)->server", Unit = "Gbit/s" };
-            var toGtls = new Figure { Key = "asport_ratio_to_gtls", Label = "ratio to the ngtcp2 pair", Unit = "", Indent = 1, Goal = Goal.AtLeast, Target = 0.8 };
-            var toDirect = new Figure { Key = "asport_ratio_to_direct", Label = "ratio to direct", Unit = "", Indent = 1 };
-            var handshake = new Figure { Key = "asport_quic_handshake_p50_ms", Label = "QUIC handshake to the ASPORT server, p50", Unit = "ms", Format = "0.0" };
-            figures.AddRange([direct, gtls, asport, toGtls, toDirect, handshake]);
-            var raw = new JsonArray();
-            details["asport"] = raw;
-            try
-            {
-                await Sys.EnsureToolsAsync([("iperf3", "iperf3"), ("proxychains4", "proxychains4"), ("gtlsclient", "ngtcp2-client")], ctx.Say).ConfigureAwait(false);
-                ctx.Iperf3 = Sys.Which("iperf3")!;
-                ctx.Proxychains = Sys.Which("proxychains4");
-                int megabytes = ctx.Repetitions == 1 ? 64 : 256;
-                for (int rep = 0; rep < ctx.Repetitions; rep++)
-                {
-                    ctx.Say($"asport {rep + 1}/{ctx.Repetitions}: direct");
-                    double d = await Attempt(direct, async () => (await Measurements.IperfDirectAsync(ctx).ConfigureAwait(false)).Gbps).ConfigureAwait(false);
-                    ctx.Say($"asport {rep + 1}/{ctx.Repetitions}: gtlsclient <- gtlsserver, {megabytes} MiB");
-                    double g = await Attempt(gtls, () => AsportBench.GtlsPairAsync(ctx, megabytes)).ConfigureAwait(false);
-                    ctx.Say($"asport {rep + 1}/{ctx.Repetitions}: chain through ASPORT");
-                    double a = await Attempt(asport, async () =>
-                    {
-                        var r = await AsportBench.ThroughputAsync(ctx).ConfigureAwait(false);
-                        handshake.Samples.Add(r.HandshakeP50Ms);
-                        raw.Add(Tag(r.Raw, "asport", rep));
-                        return r.Gbps;
-                    }).ConfigureAwait(false);
-                    if (!double.IsNaN(a) && !double.IsNaN(g) && g > 0) toGtls.Samples.Add(a / g);
-                    if (!double.IsNaN(a) && !double.IsNaN(d) && d > 0) toDirect.Samples.Add(a / d);
-                }
-                if (toGtls.Samples.Count == 0) toGtls.Error ??= asport.Error ?? gtls.Error;
-                if (toDirect.Samples.Count == 0) toDirect.Error ??= asport.Error ?? direct.Error;
-                if (handshake.Samples.Count == 0) handshake.Error ??= asport.Error;
-            }
-            catch (Exception e) when (e is InvalidOperationException or TimeoutException or IOException)
-            {
-                ctx.Say("asport: " + e.Message);
-                foreach (var f in new[] { direct, gtls, asport, toGtls, toDirect, handshake }) f.Error ??= e.Message;
-            }
-        }
-
-        // ------------------------------------------------ 2. connection set-up
-        if (only.Contains("connrate"))
-        {
-            var rate = new Figure { Key = "socks_connections_per_second", Label = $"SOCKS sessions set up per second ({ctx.ConnTotal}, {ctx.ConnConcurrency} in flight)", Unit = "conn/s", Format = "0", Goal = Goal.AtLeast, Target = 2000 };
-            var p50 = new Figure { Key = "socks_setup_p50_ms", Label = "set-up latency p50", Unit = "ms", Indent = 1 };
-            var p99 = new Figure { Key = "socks_setup_p99_ms", Label = "set-up latency p99", Unit = "ms", Indent = 1 };
-            var cpu = new Figure { Key = "pthost_cpu_ms_per_connection", Label = "pthost CPU per session (client+server)", Unit = "ms", Indent = 1, Format = "0.000" };
-            var selfCpu = new Figure { Key = "harness_cpu_ms_per_connection", Label = "harness CPU per session (load + target)", Unit = "ms", Indent = 1, Format = "0.000" };
-            figures.AddRange([rate, p50, p99, cpu, selfCpu]);
-            var raw = new JsonArray();
-            details["connrate"] = raw;
-            for (int rep = 0; rep < ctx.Repetitions; rep++)
-            {
-                ctx.Say($"connection rate {rep + 1}/{ctx.Repetitions}");
-                await Attempt(rate, async () =>
-                {
-                    var r = await Measurements.ConnRateAsync(ctx).ConfigureAwait(false);
-                    p50.Samples.Add(r.P50Ms);
-                    p99.Samples.Add(r.P99Ms);
-                    cpu.Samples.Add(r.PtHostCpuMsPerConn);
-                    selfCpu.Samples.Add(r.HarnessCpuMsPerConn);
-                    raw.Add(Tag(r.Raw, "connrate", rep));
-                    if (r.Failures > 0) rate.Note = $"{r.Failures} failed: {r.FirstError}";
-                    return r.PerSecond;
-                }).ConfigureAwait(false);
-            }
-        }
-
-        // ------------------------------------------------ 3. idle session memory
-        if (only.Contains("memory"))
-        {
-            int sessions = ctx.IdleSessions;
-            long limit = Sys.OpenFileLimit();
-            // The harness holds both ends (SOCKS client side and the target's accepted side) of each session.
-            if (limit > 0 && limit < 2L * sessions + 256)
-            {
-                sessions = (int)Math.Max(100, (limit - 256) / 2);
-                ctx.Say($"memory: open-file limit {limit} is low; measuring {sessions} sessions instead of {ctx.IdleSessions}");
-            }
-            var total = new Figure { Key = "idle_session_kib_total", Label = $"RSS per idle session, client+server ({sessions} sessions)", Unit = "KiB", Format = "0.0", Goal = Goal.AtMost, Target = 40 };
-            var client = new Figure { Key = "idle_session_kib_client", Label = "client", Unit = "KiB", Format = "0.0", Indent = 1 };
-            var server = new Figure { Key = "idle_session_kib_server", Label = "server", Unit = "KiB", Format = "0.0", Indent = 1 };
-            figures.AddRange([total, client, server]);
-            var raw = new JsonArray();
-            details["memory"] = raw;
-            for (int rep = 0; rep < ctx.Repetitions; rep++)
-            {
-                ctx.Say($"idle memory {rep + 1}/{ctx.Repetitions}: {sessions} sessions");
-                await Attempt(total, async () =>
-                {
-                    var r = await Measurements.IdleMemoryAsync(ctx, sessions).ConfigureAwait(false);
-                    client.Samples.Add(r.ClientPerSession);
-                    server.Samples.Add(r.ServerPerSession);
-                    r.Raw["rep"] = rep;
-                    raw.Add(r.Raw);
-                    return r.TotalPerSession;
-                }).ConfigureAwait(false);
-            }
-        }
-
-        // ------------------------------------------------ 4. start-up
-        if (only.Contains("startup"))
-        {
-            var client = new Figure { Key = "startup_client_ms", Label = $"Start-up to CMETHODS DONE (client, {ctx.StartupRuns} runs)", Unit = "ms", Format = "0", Goal = Goal.AtMost, Target = 200 };
-            var server = new Figure { Key = "startup_server_ms", Label = $"Start-up to SMETHODS DONE (server, {ctx.StartupRuns} runs)", Unit = "ms", Format = "0" };
-            var floor = new Figure { Key = "startup_version_ms", Label = "runtime floor: pthost --version start to exit", Unit = "ms", Format = "0", Indent = 1 };
-            figures.AddRange([client, server, floor]);
-            ctx.Say($"start-up: {ctx.StartupRuns} runs each (after one unmeasured run)");
-            try
-            {
-                await Measurements.StartupOnceAsync(ctx, server: false).ConfigureAwait(false);
-                for (int i = 0; i < ctx.StartupRuns; i++)
-                {
-                    await Attempt(client, () => Measurements.StartupOnceAsync(ctx, server: false)).ConfigureAwait(false);
-                    await Attempt(server, () => Measurements.StartupOnceAsync(ctx, server: true)).ConfigureAwait(false);
-                    await Attempt(floor, () => Measurements.VersionRunAsync(ctx)).ConfigureAwait(false);
-                }
-            }
-            catch (Exception e) when (e is InvalidOperationException or TimeoutException or IOException)
-            {
-                client.Error ??= e.Message;
-                server.Error ??= e.Message;
-                floor.Error ??= e.Message;
-            }
-        }
-        return (figures, details);
-    }
-
-    /// <summary>Runs one measurement; a failure is recorded on the figure (first error kept) and yields NaN.</summary>
-    private static async Task<double> Attempt(Figure figure, Func<Task<double>> run)
-    {
-        try
-        {
-            double v = await run().ConfigureAwait(false);
-            figure.Samples.Add(v);
-            if (figure.Error is not null)
-            {
-                figure.Note = "some repetitions failed: " + figure.Error;
-                figure.Error = null;
-            }
-            return v;
-        }
-        catch (Exception e) when (e is InvalidOperationException or TimeoutException or IOException or System.Net.Sockets.SocketException or UnauthorizedAccessException or FormatException)
-        {
-            Console.Error.WriteLine($"bench: {figure.Label}: {e.Message}");
-            if (figure.Samples.Count == 0) figure.Error ??= e.Message;
-            else figure.Note = "some repetitions failed: " + e.Message;
-            return double.NaN;
-        }
-    }
-
-    private static JsonObject Tag(JsonObject o, string kind, int rep)
-    {
-        o["kind"] = kind;
-        o["rep"] = rep;
-        return o;
     }
 
     private static async Task<string?> GitCommitAsync(string repo)

@@ -12,6 +12,8 @@ public sealed class Figure
     public required string Key { get; init; }
     public required string Label { get; init; }
     public required string Unit { get; init; }
+    /// <summary>The scenario that reported it (set by <see cref="ScenarioRun.Add"/>).</summary>
+    public string Scenario { get; set; } = "";
     public List<double> Samples { get; } = [];
     public Goal Goal { get; init; }
     public double Target { get; init; }
@@ -53,6 +55,7 @@ public sealed class Figure
         var o = new JsonObject
         {
             ["label"] = Label,
+            ["scenario"] = Scenario,
             ["unit"] = Unit,
             ["median"] = Median,
             ["samples"] = new JsonArray([.. Samples.Select(s => (JsonNode?)JsonValue.Create(s))]),

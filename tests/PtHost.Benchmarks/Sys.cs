@@ -6,7 +6,7 @@ using System.Net.Sockets;
 namespace PtHost.Benchmarks;
 
 /// <summary>/proc readers, port helpers, tool discovery and installation, publishing pthost.</summary>
-public static class Sys
+public static partial class Sys
 {
     /// <summary>A field of /proc/PID/status in KiB (VmRSS, RssAnon, VmHWM, ...).</summary>
     public static long StatusKiB(int pid, string field)
@@ -148,6 +148,12 @@ public static class Sys
         string exe = Path.Combine(outDir, "pthost");
         return File.Exists(exe) ? exe : throw new InvalidOperationException($"dotnet publish did not produce {exe}");
     }
+
+    /// <summary>Sends SIGTERM to <paramref name="pid"/> (no error when it is gone).</summary>
+    public static void Terminate(int pid) => _ = kill(pid, 15);
+
+    [System.Runtime.InteropServices.LibraryImport("libc", SetLastError = true)]
+    private static partial int kill(int pid, int signal);
 
     public static string Tail(string s, int chars) => s.Length <= chars ? s : s[^chars..];
 

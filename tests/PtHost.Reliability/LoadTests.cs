@@ -13,7 +13,7 @@ public class LoadTests(ITestOutputHelper output)
     public const int Sessions = 2000;
     private static readonly TimeSpan RoundLimit = TimeSpan.FromSeconds(150);
 
-    private sealed record RoundResult(int Opened, int Verified, int Mismatches, List<string> Errors, long Bytes, int ClientFdsAtPeak, int ServerFdsAtPeak);
+    internal sealed record RoundResult(int Opened, int Verified, int Mismatches, List<string> Errors, long Bytes, int ClientFdsAtPeak, int ServerFdsAtPeak);
 
     [Fact]
     public async Task Two_rounds_of_2000_concurrent_sessions_lose_no_byte_leak_no_fd_and_do_not_grow_memory()
@@ -72,7 +72,8 @@ public class LoadTests(ITestOutputHelper output)
 
     private static string Tail(string s) => s.Length > 4000 ? s[^4000..] : s;
 
-    private static async Task<RoundResult> RunRoundAsync(PtChain chain, EchoServer echo, int n, int seed)
+    /// <summary>Opens <paramref name="n"/> sessions, all at once, each echoing 32–64 KiB checked at both ends (also used by the zephyr load test).</summary>
+    internal static async Task<RoundResult> RunRoundAsync(PtChain chain, EchoServer echo, int n, int seed)
     {
         using var cts = new CancellationTokenSource(RoundLimit);
         var rng = new Random(seed);

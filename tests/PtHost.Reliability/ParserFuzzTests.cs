@@ -261,6 +261,70 @@ public class ParserFuzzTests(ITestOutputHelper output)
         output.WriteLine($"plainwire: {iterations} inputs, {accepted} accepted");
     }
 
+    /// <summary>
+    /// Zephyr relay messages (spec/zephyr.md §2, §3): a verdict for every input, None only for
+    /// magic 82 96 44 a1 and length 4; bytes after the first 12 never change it; an accepted
+    /// message rebuilds to the same 12 bytes.
+    /// </summary>
+    [Fact]
+    public async Task Zephyr_bind_request_and_assignment_survive_mutation()
+    {
+        int iterations = Mutator.Iterations(CiIterations);
+        var counts = new Dictionary<PtHost.Transports.Zephyr.BindRequestError, int>();
+        byte[][] seeds =
+        [
+            PtHost.Transports.Zephyr.ZephyrWire.BuildBindRequest(0),
+            PtHost.Transports.Zephyr.ZephyrWire.BuildBindRequest(0x7fffffff),
+            PtHost.Transports.Zephyr.ZephyrWire.BuildAssignment(123456789),
+            [0x82, 0x96, 0x44, 0xa1, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff],
+            [0x82, 0x96, 0x44, 0xa1, 0, 0, 0, 8, 0, 0, 0, 1, 0, 0, 0, 2],
+        ];
+        await Task.Run(() =>
+        {
+            var m = new Mutator(7001);
+            for (int i = 0; i < iterations; i++)
+            {
+                var input = m.Next(seeds);
+                try
+                {
+                    var verdict = CheckZephyrMessage(input, m.Random);
+                    counts[verdict] = counts.GetValueOrDefault(verdict) + 1;
+                }
+                catch (Exception e) { throw new Xunit.Sdk.XunitException($"input {Convert.ToHexString(input)}: {e}"); }
+            }
+        }).WaitAsync(Budget);
+        output.WriteLine($"zephyr wire: {iterations} inputs, " + string.Join(", ", counts.OrderBy(kv => kv.Key).Select(kv => $"{kv.Key} {kv.Value}")));
+    }
+
+    internal static PtHost.Transports.Zephyr.BindRequestError CheckZephyrMessage(byte[] input, Random rng)
+    {
+        var error = PtHost.Transports.Zephyr.ZephyrWire.ParseBindRequest(input, out uint zid);
+        Assert.Equal(error, PtHost.Transports.Zephyr.ZephyrWire.ParseAssignment(input, out uint again));
+        Assert.Equal(zid, again);
+        byte[] longer = [.. input, .. RandomBytes(rng, 1 + rng.Next(16))];
+        if (input.Length >= 12) Assert.Equal(error, PtHost.Transports.Zephyr.ZephyrWire.ParseBindRequest(longer, out _));
+        switch (error)
+        {
+            case PtHost.Transports.Zephyr.BindRequestError.Truncated:
+                Assert.True(input.Length < 12);
+                break;
+            case PtHost.Transports.Zephyr.BindRequestError.WrongMagic:
+                Assert.False(input.AsSpan(0, 4).SequenceEqual(PtHost.Transports.Zephyr.ZephyrWire.Magic));
+                break;
+            case PtHost.Transports.Zephyr.BindRequestError.WrongLength:
+                Assert.NotEqual(4u, System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(input.AsSpan(4)));
+                break;
+            case PtHost.Transports.Zephyr.BindRequestError.None:
+                Assert.Equal(System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(input.AsSpan(8)), zid);
+                if (zid <= PtHost.Transports.Zephyr.ZephyrWire.MaxZid)
+                    Assert.Equal(input[..12], PtHost.Transports.Zephyr.ZephyrWire.BuildBindRequest(zid));
+                break;
+            default:
+                throw new Xunit.Sdk.XunitException($"undefined verdict {error}");
+        }
+        return error;
+    }
+
     internal static bool CheckPreamble(byte[] input)
     {
         int length = PlainWire.ParseHeader(input);

@@ -20,15 +20,28 @@ internal sealed record ZephyrClientOptions(
     }
 }
 
-/// <summary>Server options (spec/zephyr.md §7.1). <see cref="Certificate"/> null: the state directory's.</summary>
+/// <summary>
+/// Server options (spec/zephyr.md §7.1). <see cref="Certificate"/> null: the state directory's.
+/// <see cref="Relays"/> null with <see cref="AnyRelay"/> false: the server cannot serve (it joins
+/// only relays it was told about, unless told to join any).
+/// </summary>
 internal sealed record ZephyrServerOptions(
-    IReadOnlyList<Destination>? Relays, IReadOnlyList<byte[]> ClientPins, X509Certificate2? Certificate, TimeSpan SignalTimeout, TimeSpan TlsTimeout)
+    IReadOnlyList<Destination>? Relays, IReadOnlyList<byte[]> ClientPins, X509Certificate2? Certificate, TimeSpan SignalTimeout, TimeSpan TlsTimeout,
+    bool AnyRelay = false)
 {
     public static ZephyrServerOptions Parse(JToken? options)
     {
         if (options is null || options.Type == JTokenType.Null) return new(null, [], null, ZephyrDefaults.SignalTimeout, ZephyrDefaults.TlsTimeout);
         if (options is not JObject o) throw new TransportOptionsException("zephyr server options must be an object");
-        var reader = new ZephyrOptionReader(o, "server", ["relay", "relays", "clientPins", "certificate", "key", "pkcs12", "signalTimeout", "tlsTimeout"]);
+        var reader = new ZephyrOptionReader(o, "server", ["relay", "relays", "anyRelay", "clientPins", "certificate", "key", "pkcs12", "signalTimeout", "tlsTimeout"]);
+        bool anyRelay = o["anyRelay"] switch
+        {
+            null => false,
+            { Type: JTokenType.Boolean } b => (bool)b!,
+            _ => throw new TransportOptionsException("zephyr option \"anyRelay\" must be true or false"),
+        };
+        var relays = reader.Relays();
+        if (anyRelay && relays is not null) throw new TransportOptionsException("zephyr option \"anyRelay\": true excludes \"relay\" and \"relays\"");
         var pins = new List<byte[]>();
         if (o["clientPins"] is { } p)
         {
@@ -40,7 +53,7 @@ internal sealed record ZephyrServerOptions(
                 pins.Add(pin);
             }
         }
-        return new(reader.Relays(), pins, reader.Certificate(), reader.Seconds("signalTimeout", ZephyrDefaults.SignalTimeout), reader.Seconds("tlsTimeout", ZephyrDefaults.TlsTimeout));
+        return new(relays, pins, reader.Certificate(), reader.Seconds("signalTimeout", ZephyrDefaults.SignalTimeout), reader.Seconds("tlsTimeout", ZephyrDefaults.TlsTimeout), anyRelay);
     }
 }
 

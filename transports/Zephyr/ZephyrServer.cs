@@ -45,6 +45,10 @@ internal sealed class ZephyrServer(TransportEnvironment context, ZephyrServerOpt
     {
         if (options.ClientPins.Count == 0)
             throw new TransportOptionsException("zephyr server option \"clientPins\" is required: the pins of the client certificates allowed in (pthost generate-config zephyr)");
+        // §7.1: an offer comes from the application's message channel; by default the server joins
+        // only relays its operator named, so an offer cannot make it dial an arbitrary address.
+        if (options.Relays is null && !options.AnyRelay)
+            throw new TransportOptionsException("zephyr server option \"relay\" (or \"relays\") is required: the relays this server joins; \"anyRelay\": true joins any relay an offer names");
         var cert = options.Certificate ?? LoadOrCreateStateCertificate();
         return ValueTask.FromResult<IServerManager>(new ZephyrServerManager(context, options, cert, binding));
     }

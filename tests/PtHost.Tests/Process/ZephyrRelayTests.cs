@@ -18,7 +18,7 @@ public class ZephyrRelayTests
     // ---- §5 the command ----
 
     [Fact]
-    public async Task Prints_one_LISTEN_line_with_the_bound_address_and_exits_0_on_SIGTERM()
+    public async Task Prints_one_LISTEN_line_with_the_bound_address_one_STATUS_line_at_shutdown_and_exits_0_on_SIGTERM()
     {
         await using var relay = await ZephyrRelayProcess.StartAsync();
         Assert.NotEqual(0, relay.EndPoint.Port);
@@ -26,7 +26,10 @@ public class ZephyrRelayTests
         using var peer = await ZephyrPeer.ConnectAsync(relay.EndPoint); // it really listens there
         relay.Process.Signal(15);
         Assert.Equal(0, await relay.Process.WaitForExitAsync());
-        Assert.Single(relay.Process.StdoutLines);
+        // §5: the LISTEN line, then (the default interval being 60 s) only the shutdown STATUS line (§4.7).
+        Assert.Collection(relay.Process.StdoutLines,
+            l => Assert.Equal($"LISTEN zephyr {relay.EndPoint}", l),
+            l => Assert.StartsWith("STATUS TRANSPORT=zephyr CONNECTIONS=0 BOUND-PAIRS=0 ACCEPTED=1 ", l, StringComparison.Ordinal));
     }
 
     [Fact]
@@ -419,7 +422,7 @@ public class ZephyrRelayTests
         }
     }
 
-    internal static async Task<Socket> ConnectRawAsync(IPEndPoint endPoint)
+    public static async Task<Socket> ConnectRawAsync(IPEndPoint endPoint)
     {
         var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
@@ -435,7 +438,7 @@ public class ZephyrRelayTests
         }
     }
 
-    internal static async Task<byte[]> ReadExactlyAsync(Socket socket, int count)
+    public static async Task<byte[]> ReadExactlyAsync(Socket socket, int count)
     {
         var buffer = new byte[count];
         using var cts = new CancellationTokenSource(Wait);
@@ -480,7 +483,7 @@ public class ZephyrRelayTests
 }
 
 /// <summary>A raw Zephyr peer: a socket to the relay and the zid it was assigned.</summary>
-internal sealed class ZephyrPeer(Socket socket, uint zid) : IDisposable
+public sealed class ZephyrPeer(Socket socket, uint zid) : IDisposable
 {
     public Socket Socket { get; } = socket;
     public uint Zid { get; } = zid;
@@ -513,7 +516,7 @@ internal sealed class ZephyrPeer(Socket socket, uint zid) : IDisposable
 }
 
 /// <summary>A running <c>pthost relay zephyr --listen 127.0.0.1:0</c> and the address from its LISTEN line.</summary>
-internal sealed class ZephyrRelayProcess : IAsyncDisposable
+public sealed class ZephyrRelayProcess : IAsyncDisposable
 {
     private ZephyrRelayProcess(PtProcess process, IPEndPoint endPoint)
     {

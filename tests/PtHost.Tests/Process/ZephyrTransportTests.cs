@@ -210,6 +210,7 @@ public class ZephyrTransportTests(ITestOutputHelper output)
         using var client = await ZephyrPeer.ConnectAsync(relay.EndPoint); // joins, but never binds
         var generated = await ZephyrChain.GenerateAsync();
         var config = PtChain.FreeServer("zephyr");
+        generated["server"]!["relay"] = relay.EndPoint.ToString();
         config["options"] = new JObject { ["zephyr"] = generated["server"] };
         await using var server = PtProcess.StartPthost(config.ToString(Newtonsoft.Json.Formatting.None));
         var startup = await server.ReadUntilDoneAsync();
@@ -282,7 +283,7 @@ public class ZephyrTransportTests(ITestOutputHelper output)
 }
 
 /// <summary>A zephyr server and client pthost configured from <c>pthost generate-config zephyr</c>.</summary>
-internal static class ZephyrChain
+public static class ZephyrChain
 {
     public static async Task<JObject> GenerateAsync()
     {
@@ -297,8 +298,17 @@ internal static class ZephyrChain
         var generated = await GenerateAsync();
         var client = (JObject)generated["client"]!;
         var server = (JObject)generated["server"]!;
-        if (relays is JArray) client["relays"] = relays;
-        else client["relay"] = relays;
+        // The server joins only the relays it is told about (§7.1): the same list as the client.
+        if (relays is JArray)
+        {
+            client["relays"] = relays;
+            server["relays"] = relays.DeepClone();
+        }
+        else
+        {
+            client["relay"] = relays;
+            server["relay"] = relays.DeepClone();
+        }
         if (signalTimeout is { } t)
         {
             client["signalTimeout"] = t;

@@ -119,6 +119,35 @@ public class ZephyrTransportOptionsTests
         Assert.Throws<TransportOptionsException>(() => server.ProxyAsync(new ServerBinding(new IPEndPoint(IPAddress.Loopback, 0), null, null!), default).AsTask().GetAwaiter().GetResult());
     }
 
+    [Fact]
+    public void A_server_without_relays_refuses_to_start_unless_anyRelay_is_true()
+    {
+        var none = new ZephyrServer(null!, ZephyrServerOptions.Parse(Server()));
+        var e = Assert.Throws<TransportOptionsException>(() => none.ProxyAsync(new ServerBinding(new IPEndPoint(IPAddress.Loopback, 0), null, null!), default).AsTask().GetAwaiter().GetResult());
+        Assert.Contains("\"relays\"", e.Message, StringComparison.Ordinal);
+        Assert.Contains("anyRelay", e.Message, StringComparison.Ordinal);
+
+        Assert.True(ZephyrServerOptions.Parse(Server(s => s["anyRelay"] = true)).AnyRelay);
+        Assert.False(ZephyrServerOptions.Parse(Server(s => s["anyRelay"] = false)).AnyRelay);
+        var listed = ZephyrServerOptions.Parse(Server(s => s["relays"] = new JArray("127.0.0.1:8888", "relay.example:443")));
+        Assert.False(listed.AnyRelay);
+        Assert.Equal(2, listed.Relays!.Count);
+    }
+
+    [Theory]
+    [InlineData("anyRelay", "\"yes\"")]
+    [InlineData("anyRelay", "1")]
+    public void AnyRelay_must_be_a_boolean(string key, string json) =>
+        Assert.Throws<TransportOptionsException>(() => ZephyrServerOptions.Parse(Server(s => s[key] = JToken.Parse(json))));
+
+    [Fact]
+    public void AnyRelay_true_excludes_a_relay_list() =>
+        Assert.Throws<TransportOptionsException>(() => ZephyrServerOptions.Parse(Server(s =>
+        {
+            s["anyRelay"] = true;
+            s["relay"] = "127.0.0.1:8888";
+        })));
+
     [Theory]
     [InlineData("clientPins", "\"abc\"")]
     [InlineData("clientPins", "[\"abc\"]")]
@@ -151,7 +180,7 @@ public class ZephyrTransportOptionsTests
         string state = Path.Combine(Path.GetTempPath(), $"pthost-zephyr-state-{Guid.NewGuid():N}");
         try
         {
-            var options = new JObject { ["clientPins"] = new JArray(new string('a', 64)) };
+            var options = new JObject { ["clientPins"] = new JArray(new string('a', 64)), ["anyRelay"] = true };
             string first = await StartAndReadPinAsync(state, options);
             Assert.True(File.Exists(Path.Combine(state, ZephyrServer.CertificateFile)));
             if (!OperatingSystem.IsWindows())
