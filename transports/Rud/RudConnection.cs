@@ -18,7 +18,10 @@ public sealed class RudConnection
     public const long MaxAckDelayUs = 10_000;
     private const long InitialRttUs = 333_000;
     private const long GranularityUs = 1_000;
-    private const int PacketThreshold = 3;
+    private const int MaxPacketThreshold = 64;
+    private int _packetThreshold = 3;
+    private long _cwndBeforeRecovery, _ssthreshBeforeRecovery;
+    private ulong _recoveryCause = ulong.MaxValue;
     private const int MaxPacket = RudWire.MaxPacketSize;
     private const long MinWindow = 2 * MaxPacket;
 
@@ -45,7 +48,10 @@ public sealed class RudConnection
     private long _cwnd = 10 * MaxPacket, _ssthresh = long.MaxValue, _recoveryStart = -1;
     private double _tokens = 10 * MaxPacket;
     private long _tokensTime;
-    private long _firstLossAfterRtt = -1;
+    // Loss tolerance (§9.3): a moving average of packet outcomes, 1 = lost, weight 1/64 each.
+    private double _lossRate;
+    public const double LossTolerance = 0.10;
+    private const double LossWeight = 1.0 / 64;
 
     private readonly Dictionary<ulong, RudStream> _streams = [];
     private readonly Queue<RudStream> _sendQueue = new();
@@ -229,6 +235,9 @@ public sealed class RudConnection
             // Network agility (§7.1): follow the newest authenticated packet.
             Peer = RudEndpoint.Copy(from);
             _counters.Increment(ref _counters.Migrations);
+            // What went to the old address is gone: probe at once instead of after a backed-off PTO.
+            _ptoCount = 0;
+            if (_bytesInFlight > 0) _lastAckElicitingSent = now - PtoDuration;
         }
         _rx.Mark(n);
         if (newLargest) _largestRxTime = now;
@@ -345,7 +354,7 @@ public sealed class RudConnection
         if (!newlyAcked) return;
         DetectLoss(now);
         _ptoCount = 0;
-        _sent.PopDone();
+        _sent.PopDone(now - 4 * _srtt);
     }
 
     private void AckOne(ulong n, ref bool newlyAcked, long now, bool isLargest, ref long largestSentTime, ref bool largestEliciting)
@@ -353,13 +362,32 @@ public sealed class RudConnection
         int i = _sent.IndexOf(n);
         if (i < 0) return;
         ref var p = ref _sent[i];
-        if (p.Done) return;
+        if (p.Done)
+        {
+            if (p.Lost)
+            {
+                // A late acknowledgement: the loss was reordering (RFC 9002 §6.1.1, §7.? undo).
+                p.Lost = false;
+                _counters.Increment(ref _counters.SpuriousLosses);
+                _lossRate = Math.Max(0, _lossRate - LossWeight);
+                ulong distance = (_anyAcked ? Math.Max(_largestAcked, n) : n) - n;
+                _packetThreshold = (int)Math.Min(MaxPacketThreshold, Math.Max((ulong)_packetThreshold, distance + 1));
+                if (n == _recoveryCause)
+                {
+                    _cwnd = Math.Max(_cwnd, _cwndBeforeRecovery);
+                    _ssthresh = _ssthreshBeforeRecovery;
+                    _recoveryCause = ulong.MaxValue;
+                }
+            }
+            return;
+        }
         p.Done = true;
         newlyAcked = true;
         if (isLargest) { largestSentTime = p.SentTime; largestEliciting = p.AckEliciting; }
         if (p.InFlight)
         {
             _bytesInFlight -= p.Size;
+            _lossRate -= _lossRate * LossWeight;
             // NewReno (§9.3): no growth for packets sent before the current recovery period began.
             if (p.SentTime > _recoveryStart)
                 _cwnd += _cwnd < _ssthresh ? p.Size : Math.Max(1, (long)MaxPacket * p.Size / _cwnd);
@@ -394,16 +422,20 @@ public sealed class RudConnection
         long lostSendTime = now - lossDelay;
         _lossTime = 0;
         long largestLostSent = -1, firstLostSent = long.MaxValue;
+        ulong cause = 0;
         for (int i = 0; i < _sent.Count; i++)
         {
             ref var p = ref _sent[i];
             if (p.Number > _largestAcked) break;
             if (p.Done || !p.InFlight) { if (!p.InFlight) p.Done = true; continue; }
-            if (p.Number + PacketThreshold <= _largestAcked || p.SentTime <= lostSendTime)
+            if (p.Number + (ulong)_packetThreshold <= _largestAcked || p.SentTime <= lostSendTime)
             {
                 p.Done = true;
+                p.Lost = true;
+                cause = p.Number;
                 _bytesInFlight -= p.Size;
                 _counters.Increment(ref _counters.PacketsLost);
+                _lossRate += (1 - _lossRate) * LossWeight;
                 largestLostSent = Math.Max(largestLostSent, p.SentTime);
                 firstLostSent = Math.Min(firstLostSent, p.SentTime);
                 Requeue(ref p, p.Number);
@@ -414,8 +446,8 @@ public sealed class RudConnection
                 if (_lossTime == 0 || t < _lossTime) _lossTime = t;
             }
         }
-        if (largestLostSent >= 0) OnCongestionEvent(largestLostSent, firstLostSent, now);
-        _sent.PopDone();
+        if (largestLostSent >= 0) OnCongestionEvent(largestLostSent, firstLostSent, cause, now);
+        _sent.PopDone(now - 4 * _srtt);
     }
 
     /// <summary>Puts a packet's reliable frames back in the send queues (§9.2).</summary>
@@ -437,10 +469,18 @@ public sealed class RudConnection
 
     private ulong _retransmitOf;
 
-    private void OnCongestionEvent(long largestLostSent, long firstLostSent, long now)
+    private void OnCongestionEvent(long largestLostSent, long firstLostSent, ulong cause, long now)
     {
-        if (largestLostSent > _recoveryStart)
+        if (_lossRate <= LossTolerance)
         {
+            // Random loss below the tolerance is not taken as congestion (§9.3).
+            _counters.Increment(ref _counters.LossesTolerated);
+        }
+        else if (largestLostSent > _recoveryStart)
+        {
+            _cwndBeforeRecovery = _cwnd;
+            _ssthreshBeforeRecovery = _ssthresh;
+            _recoveryCause = cause;
             _recoveryStart = now;
             _ssthresh = Math.Max(_cwnd / 2, MinWindow);
             _cwnd = _ssthresh;
@@ -480,7 +520,17 @@ public sealed class RudConnection
         if (_streams.Count > 0 && now - _lastSend > _ep.Options.KeepAlive.Ticks / 10) _pingPending = true;
     }
 
-    private long? PtoAt => _bytesInFlight > 0 ? _lastAckElicitingSent + (PtoDuration << Math.Min(_ptoCount, 16)) : null;
+    private long? PtoAt => _bytesInFlight > 0 ? _lastAckElicitingSent + Math.Min(PtoDuration << Math.Min(_ptoCount, 16), MaxPtoUs) : null;
+
+    /// <summary>The backed-off PTO never exceeds 2 s, so a path that comes back is probed soon (§9.2).</summary>
+    private const long MaxPtoUs = 2_000_000;
+
+    /// <summary>Sends a PING soon (after the local address changed, §7.1).</summary>
+    internal void QueuePing()
+    {
+        _pingPending = true;
+        _ep.RequestFlush(this);
+    }
 
     /// <summary>The earliest time this connection needs the driver again.</summary>
     internal long NextWake(long now)
@@ -622,7 +672,7 @@ public sealed class RudConnection
             if (_probes > 0) _probes--;
         }
         _sent.Add(record);
-        if (!eliciting) _sent.PopDone();
+        if (!eliciting) _sent.PopDone(now - 4 * _srtt);
         return true;
     }
 

@@ -5,7 +5,7 @@ public sealed class RudCounters
 {
     public long Malformed, UnknownId, AuthFailed, Replayed, TokenInvalid, TokenExpired, HandshakeDropped, NoKeys, InternalErrors;
     public long ChallengesSent, DefersSent, HandshakesAccepted, HandshakesFailed, CompletesResent;
-    public long PacketsLost, ProbeTimeouts, CongestionEvents, RetransmissionsReceived, Migrations, StreamsRefused, DatagramsDropped, SendErrors;
+    public long PacketsLost, ProbeTimeouts, CongestionEvents, LossesTolerated, SpuriousLosses, RetransmissionsReceived, Migrations, StreamsRefused, DatagramsDropped, SendErrors;
 
     public void Increment(ref long field) => Interlocked.Increment(ref field);
 
@@ -29,6 +29,8 @@ public sealed class RudCounters
         ["packetsLost"] = Volatile.Read(ref PacketsLost),
         ["probeTimeouts"] = Volatile.Read(ref ProbeTimeouts),
         ["congestionEvents"] = Volatile.Read(ref CongestionEvents),
+        ["lossesTolerated"] = Volatile.Read(ref LossesTolerated),
+        ["spuriousLosses"] = Volatile.Read(ref SpuriousLosses),
         ["retransmissionsReceived"] = Volatile.Read(ref RetransmissionsReceived),
         ["migrations"] = Volatile.Read(ref Migrations),
         ["streamsRefused"] = Volatile.Read(ref StreamsRefused),

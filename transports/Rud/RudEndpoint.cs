@@ -134,6 +134,7 @@ public sealed class RudEndpoint : IAsyncDisposable
             var ep = (IPEndPoint)old.LocalEndPoint!;
             _socket = NewSocket(new IPEndPoint(ep.Address, 0));
             _receivers.Add(ReceiveLoopAsync(_socket));
+            foreach (var c in _connections.Values) if (c.IsEstablished) c.QueuePing();
         }
         old.Dispose();
     }

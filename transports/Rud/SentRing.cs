@@ -18,6 +18,7 @@ internal struct SentPacket
     public bool AckEliciting;
     public bool InFlight;
     public bool Done;        // acknowledged or declared lost
+    public bool Lost;        // declared lost (kept a while to notice a late acknowledgement)
     public RudStream? Stream;
     public ulong Offset;
     public int Length;
@@ -58,9 +59,10 @@ internal sealed class SentRing
         return i < (ulong)_count ? (int)i : -1;
     }
 
-    public void PopDone()
+    /// <summary>Drops finished packets from the front; lost ones only once sent before <paramref name="lostCutoff"/>.</summary>
+    public void PopDone(long lostCutoff)
     {
-        while (_count > 0 && _items[_head].Done)
+        while (_count > 0 && _items[_head].Done && (!_items[_head].Lost || _items[_head].SentTime < lostCutoff))
         {
             _items[_head] = default;
             _head = (_head + 1) % _items.Length;
