@@ -737,6 +737,17 @@ public sealed class RudConnection
         _closed.TrySetResult();
     }
 
+    /// <summary>Loss-recovery state, for logs and test diagnostics.</summary>
+    public string DebugState
+    {
+        get
+        {
+            lock (Gate)
+                return $"conn {LocalId:x}: sent {_nextSent} ring {_sent.Count} inflight {_bytesInFlight} cwnd {_cwnd} tokens {_tokens:0} pto {_ptoCount} lossTime {_lossTime} " +
+                    $"largestAcked {_largestAcked} rxLargest {_rx.Largest} sendQ {_sendQueue.Count} control {_control.Count} ping {_pingPending} threshold {_packetThreshold} streams {_streams.Count} closed {IsClosed}";
+        }
+    }
+
     /// <summary>A snapshot for tests and logs.</summary>
     public (long Cwnd, long SmoothedRttUs, long BytesInFlight) CongestionState { get { lock (Gate) return (_cwnd, _srtt, _bytesInFlight); } }
 }

@@ -338,6 +338,17 @@ public sealed class RudStream : Stream, IHalfClosable
 
     internal bool Finished => (SendDone && ReceiveDone && (_appClosed || _error is not null)) || (_error is not null);
 
+    /// <summary>Flow and reliability state, for logs and test diagnostics.</summary>
+    public string DebugState
+    {
+        get
+        {
+            lock (_gate)
+                return $"stream {Id}: write {_writeOffset} base {_sendBase} next {_nextNew} peerMax {_peerMax} lost {_lost.Count} fin {_finRequested}/{_finSent}/{_finAcked}/{_finLost} " +
+                    $"read {_readOffset} contiguous {_contiguous} advertised {_advertisedMax} final {_finalSize} ranges {_received.Count} queued {InSendQueue} work {HasSendWork} error {_error?.Message}";
+        }
+    }
+
     internal void ReturnBuffers()
     {
         if (_sendRing is not null) { ArrayPool<byte>.Shared.Return(_sendRing); _sendRing = null; }

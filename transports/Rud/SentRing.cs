@@ -128,7 +128,8 @@ internal struct ReceivedWindow
     {
         int length = 0;
         dest[..RudWire.MaxBitfieldBytes].Clear();
-        for (int i = 0; i < Size; i++)
+        // The window holds Largest and the 255 below it; bit 255 would alias Largest itself.
+        for (int i = 0; i < Size - 1; i++)
         {
             if ((ulong)i >= Largest) break;
             ulong n = Largest - 1 - (ulong)i;

@@ -55,9 +55,11 @@ public class RudEndpointTests(ITestOutputHelper output)
     {
         using var cts = new CancellationTokenSource(timeout);
         var cs = client.OpenStream();
+        LastStreams = [cs];
         // The server learns of the stream from its first frame.
         await cs.WriteAsync(up.AsMemory(0, 1), cts.Token);
         var ss = await server.AcceptStreamAsync(cts.Token);
+        LastStreams = [cs, ss];
         var sendUp = Task.Run(async () =>
         {
             for (int at = 1; at < up.Length; at += 64 * 1024)
@@ -81,6 +83,8 @@ public class RudEndpointTests(ITestOutputHelper output)
         await cs.DisposeAsync();
         await ss.DisposeAsync();
     }
+
+    internal static RudStream[] LastStreams = [];
 
     internal static async Task<byte[]> ReadAllAsync(Stream s, CancellationToken ct)
     {
@@ -236,6 +240,9 @@ public class RudEndpointTests(ITestOutputHelper output)
         {
             output.WriteLine("client " + string.Join(", ", pair.Client.Counters.Snapshot().Where(kv => kv.Value != 0)));
             output.WriteLine("server " + string.Join(", ", pair.Server.Counters.Snapshot().Where(kv => kv.Value != 0)));
+            foreach (var st in LastStreams) output.WriteLine(st.DebugState);
+            output.WriteLine(c.DebugState);
+            output.WriteLine(s.DebugState);
             output.WriteLine($"client cc {c.CongestionState}, server cc {s.CongestionState}, server peer {s.RemoteEndPoint}, client local {pair.Client.LocalEndPoint}");
         }
         Assert.True(moved);
