@@ -82,7 +82,6 @@ public sealed class RudStream : Stream, IHalfClosable
 
     public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
-        if (buffer.IsEmpty) return 0;
         while (true)
         {
             Task wait;
@@ -94,6 +93,8 @@ public sealed class RudStream : Stream, IHalfClosable
                 bool whole = Kind != StreamKind.Transactional || (_finalSize >= 0 && _contiguous == (ulong)_finalSize);
                 if (_contiguous > _readOffset && whole)
                 {
+                    if (buffer.IsEmpty) return 0; // a zero-byte read waits for data, like a socket's
+
                     int n = (int)Math.Min((ulong)buffer.Length, _contiguous - _readOffset);
                     CopyOut(_recvRing!, _readOffset, buffer.Span[..n]);
                     _readOffset += n == 0 ? 0 : (ulong)n;
