@@ -48,6 +48,12 @@ internal sealed class LossyUdpRelay : IAsyncDisposable
     public long Duplicated => Interlocked.Read(ref _duplicated);
     public long Tampered => Interlocked.Read(ref _tampered);
 
+    /// <summary>A copy of <see cref="FromClient"/> taken under the relay's lock.</summary>
+    public byte[][] ClientPackets()
+    {
+        lock (_queue) return FromClient is null ? [] : [.. FromClient];
+    }
+
     /// <summary>Sends <paramref name="data"/> to the server as if the client had sent it again.</summary>
     public void Inject(byte[] data) => _socket.SendTo(data, _server);
 

@@ -184,8 +184,7 @@ public class RudEndpointTests(ITestOutputHelper output)
         pair.Relay!.FromClient = [];
         var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
         await TransferBothWaysAsync(c, s, RandomNumberGenerator.GetBytes(200_000), RandomNumberGenerator.GetBytes(1000), Generous);
-        byte[][] sent;
-        lock (pair.Relay) sent = [.. pair.Relay.FromClient];
+        byte[][] sent = pair.Relay.ClientPackets();
         long before = pair.Server.Counters.Replayed;
         foreach (var p in sent.Skip(1)) pair.Relay.Inject(p);   // every data packet again
         pair.Relay.Inject(sent[0]);                              // the Exchange again, after confirmation
