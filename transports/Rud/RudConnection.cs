@@ -61,6 +61,9 @@ public sealed class RudConnection
     private int _peerOpen, _localOpen;
     private bool _pingPending;
     private readonly Channel<RudStream> _accept = Channel.CreateBounded<RudStream>(MaxPeerStreams);
+    private readonly Dictionary<ulong, RudDatagramChannel> _datagramChannels = [];
+    private readonly Channel<RudDatagramChannel> _acceptDatagrams = Channel.CreateBounded<RudDatagramChannel>(MaxPeerStreams);
+    private readonly Queue<OutgoingDatagram> _datagrams = new();
     private readonly TaskCompletionSource _closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     internal readonly TaskCompletionSource Established = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -144,6 +147,31 @@ public sealed class RudConnection
             _localOpen++;
             return s;
         }
+    }
+
+    /// <summary>Opens a datagram stream (§8.2): unreliable messages for UDP sessions.</summary>
+    public RudDatagramChannel OpenDatagramChannel()
+    {
+        lock (Gate)
+        {
+            if (IsClosed) throw new IOException($"connection closed: {CloseReason}");
+            if (_datagramChannels.Count >= MaxPeerStreams) throw new IOException($"at most {MaxPeerStreams} datagram streams");
+            ulong id = RudWire.MakeStreamId(_nextLocalSeq[(int)StreamKind.Datagram]++, StreamKind.Datagram, IsInitiator ? 0 : 1);
+            var ch = new RudDatagramChannel(this, id);
+            _datagramChannels.Add(id, ch);
+            return ch;
+        }
+    }
+
+    /// <summary>The next datagram stream the peer opened.</summary>
+    public ValueTask<RudDatagramChannel> AcceptDatagramChannelAsync(CancellationToken cancellationToken) => _acceptDatagrams.Reader.ReadAsync(cancellationToken);
+
+    internal bool QueueDatagram(in OutgoingDatagram d)
+    {
+        if (_datagrams.Count >= RudDatagramChannel.QueueLimit) { _counters.Increment(ref _counters.DatagramsDropped); return false; }
+        _datagrams.Enqueue(d);
+        _ep.RequestFlush(this);
+        return true;
     }
 
     /// <summary>The next stream the peer opened.</summary>
@@ -298,7 +326,7 @@ public sealed class RudConnection
                     return eliciting;
                 }
                 case FrameType.Datagram:
-                    _counters.Increment(ref _counters.DatagramsDropped); // no datagram channel in this version of the endpoint
+                    DatagramChannelFor(f.StreamId)?.Deliver(payload.Slice(f.DataOffset, f.DataLength));
                     break;
             }
         }
@@ -327,6 +355,20 @@ public sealed class RudConnection
         _peerOpen++;
         _accept.Writer.TryWrite(s);
         return s;
+    }
+
+    private RudDatagramChannel? DatagramChannelFor(ulong id)
+    {
+        if (_datagramChannels.TryGetValue(id, out var ch)) return ch;
+        if (RudWire.StreamSide(id) == (IsInitiator ? 0 : 1) || _datagramChannels.Count >= MaxPeerStreams)
+        {
+            _counters.Increment(ref _counters.DatagramsDropped);
+            return null;
+        }
+        ch = new RudDatagramChannel(this, id);
+        _datagramChannels.Add(id, ch);
+        _acceptDatagrams.Writer.TryWrite(ch);
+        return ch;
     }
 
     // ---- acknowledgements and loss detection (§9) ----
@@ -547,7 +589,7 @@ public sealed class RudConnection
         return t;
     }
 
-    private bool HasElicitingWork => _pingPending || _control.Count > 0 || _sendQueue.Count > 0;
+    private bool HasElicitingWork => _pingPending || _control.Count > 0 || _sendQueue.Count > 0 || _datagrams.Count > 0;
 
     /// <summary>Bytes per microsecond: 1.25 × window / smoothed RTT (§9.3).</summary>
     private double PacingRate => 1.25 * _cwnd / Math.Max(_srtt, 100);
@@ -610,6 +652,14 @@ public sealed class RudConnection
             {
                 frames[used++] = FrameType.Ping;
                 _pingPending = false;
+            }
+            while (_datagrams.Count > 0)
+            {
+                var d = _datagrams.Peek();
+                if (room - used < d.Length + 1 + 8 + 8 + 1 + 2) break;
+                used += RudWire.WriteDatagramFrame(frames[used..], d.StreamId, d.Index, d.Buffer.AsSpan(0, d.Length));
+                _datagrams.Dequeue();
+                System.Buffers.ArrayPool<byte>.Shared.Return(d.Buffer);
             }
             while (_sendQueue.Count > 0)
             {
@@ -716,6 +766,10 @@ public sealed class RudConnection
         _control.Clear();
         _sent.Clear();
         _accept.Writer.TryComplete(error);
+        _acceptDatagrams.Writer.TryComplete(error);
+        foreach (var ch in _datagramChannels.Values) ch.Complete(error);
+        _datagramChannels.Clear();
+        while (_datagrams.TryDequeue(out var d)) System.Buffers.ArrayPool<byte>.Shared.Return(d.Buffer);
         Established.TrySetException(error);
         _send?.Dispose();
         _recv?.Dispose();
