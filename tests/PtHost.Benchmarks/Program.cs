@@ -17,11 +17,12 @@ public static class Program
           --strict         exit 3 when a target is missed
           --pthost-env K=V add an environment variable to every pthost started (repeatable; for experiments)
           --micro          run only the in-process BenchmarkDotNet micro-benchmark of the SOCKS5 request parser
+          --rud            run only the in-process RUD figures: handshake p50 per mode, throughput at 0/1/5 % loss
         """;
 
     public static async Task<int> Main(string[] args)
     {
-        bool quick = false, strict = false, micro = false;
+        bool quick = false, strict = false, micro = false, rud = false;
         string jsonPath = "bench-results.json";
         string? pthost = null;
         HashSet<string>? only = null;
@@ -32,6 +33,7 @@ public static class Program
                 case "--quick": quick = true; break;
                 case "--strict": strict = true; break;
                 case "--micro": micro = true; break;
+                case "--rud": rud = true; break;
                 case "--json" when i + 1 < args.Length: jsonPath = args[++i]; break;
                 case "--pthost" when i + 1 < args.Length: pthost = Path.GetFullPath(args[++i]); break;
                 case "--only" when i + 1 < args.Length: only = [.. args[++i].Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)]; break;
@@ -45,6 +47,7 @@ public static class Program
         }
         string? repo = Sys.FindRepoRoot();
 
+        if (rud) return await RudBench.RunAsync(quick).ConfigureAwait(false);
         if (micro)
         {
             string artifacts = Path.Combine(repo ?? Directory.GetCurrentDirectory(), "artifacts", "bench", "BenchmarkDotNet.Artifacts");
