@@ -64,7 +64,11 @@ internal sealed record RudClientOptions(Destination? ServerAddress, byte[] Serve
                 default: throw new TransportOptionsException($"rud has no client option \"{p.Name}\" (known: serverAddress, serverKey, handshakeTimeout)");
             }
         }
-        return new(server, key ?? throw new TransportOptionsException("rud client option \"serverKey\" is required (pthost generate-config rud)"), timeout);
+        if (key is null) throw new TransportOptionsException("rud client option \"serverKey\" is required (pthost generate-config rud)");
+        Span<byte> probe = stackalloc byte[X25519.KeySize];
+        if (!X25519.Agree(X25519.GeneratePrivateKey(), key, probe))
+            throw new TransportOptionsException("rud option \"serverKey\" is not a usable X25519 public key (a low-order point)");
+        return new(server, key, timeout);
     }
 }
 
