@@ -112,3 +112,21 @@ public class RudDatagramTests
         Assert.Equal("ok"u8.ToArray(), await RudEndpointTests.ReadAllAsync(st, cts.Token));
     }
 }
+
+/// <summary>RUD over IPv6 loopback (spec/rud.md §4.4: tokens bind 16-byte addresses).</summary>
+public class RudIPv6Tests
+{
+    [Fact]
+    public async Task A_deferred_exchange_and_a_stream_work_over_IPv6()
+    {
+        var key = X25519.GeneratePrivateKey();
+        await using var s = RudEndpoint.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.IPv6Loopback, 0), new RudEndpointOptions { StaticPrivateKey = key, Challenge = ChallengePolicy.Always });
+        await using var c = RudEndpoint.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.IPv6Loopback, 0), new RudEndpointOptions());
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        var cc = await c.ConnectAsync(s.LocalEndPoint, s.StaticPublicKey, cts.Token);
+        var sc = await s.AcceptConnectionAsync(cts.Token);
+        Assert.Equal(ExchangeMode.Deferred, cc.Mode);
+        Assert.Equal(System.Net.Sockets.AddressFamily.InterNetworkV6, sc.RemoteEndPoint.AddressFamily);
+        await RudEndpointTests.TransferBothWaysAsync(cc, sc, RandomNumberGenerator.GetBytes(200_000), RandomNumberGenerator.GetBytes(200_000), TimeSpan.FromSeconds(30));
+    }
+}
