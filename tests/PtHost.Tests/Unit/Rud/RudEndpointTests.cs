@@ -221,6 +221,19 @@ public class RudEndpointTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task Loss_above_the_tolerance_is_taken_as_congestion_and_the_window_shrinks()
+    {
+        // §9.3: at 25 % loss the moving loss rate passes 10 %, so NewReno backs off; the bytes still arrive.
+        await using var pair = Pair.Start(relaySeed: 25);
+        pair.Relay!.Loss = 0.25;
+        pair.Relay.Delay = TimeSpan.FromMilliseconds(5);
+        var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
+        await TransferBothWaysAsync(c, s, RandomNumberGenerator.GetBytes(150_000), RandomNumberGenerator.GetBytes(1000), Generous);
+        Assert.True(pair.Client.Counters.CongestionEvents > 0, "no congestion event at 25 % loss");
+        Assert.True(c.CongestionState.Cwnd < 10 * RudWire.MaxPacketSize, $"window {c.CongestionState.Cwnd} did not shrink below the initial window");
+    }
+
+    [Fact]
     public async Task The_connection_survives_the_client_moving_to_a_new_port_mid_transfer()
     {
         await using var pair = Pair.Start();
