@@ -10,7 +10,9 @@ packages=(curl ca-certificates
   tor iproute2 obfs4proxy microsocks dante-server tinyproxy-bin
   # QUIC (src/PtHost.Quic): runtime libraries, the ngtcp2 example peers, headers + gcc for the layout test
   libngtcp2-9 libngtcp2-crypto-gnutls2 libgnutls30 ngtcp2-server ngtcp2-client
-  libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev gcc)
+  libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev gcc
+  # RUD: X25519 through the system OpenSSL (libcrypto.so.3)
+  libssl3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -19,13 +19,14 @@ public static class Program
           --strict         exit 3 when a target is missed
           --pthost-env K=V add an environment variable to every pthost started (repeatable; for experiments)
           --micro          run only the in-process BenchmarkDotNet micro-benchmark of the SOCKS5 request parser
+          --rud            run only the in-process RUD figures: handshake p50 per mode, throughput at 0/1/5 % loss
         """;
 
     private static string FullUsage => Usage.TrimEnd() + "\nscenarios:\n" + string.Join("\n", Scenarios.All.Select(sc => $"  {sc.Name,-16} {sc.Title}"));
 
     public static async Task<int> Main(string[] args)
     {
-        bool quick = false, strict = false, micro = false;
+        bool quick = false, strict = false, micro = false, rud = false;
         int? reps = null;
         string jsonPath = "bench-results.json";
         string? svgPath = null;
@@ -38,6 +39,7 @@ public static class Program
                 case "--quick": quick = true; break;
                 case "--strict": strict = true; break;
                 case "--micro": micro = true; break;
+                case "--rud": rud = true; break;
                 case "--json" when i + 1 < args.Length: jsonPath = args[++i]; break;
                 case "--svg" when i + 1 < args.Length: svgPath = args[++i]; break;
                 case "--reps" when i + 1 < args.Length && int.TryParse(args[i + 1], NumberStyles.None, CultureInfo.InvariantCulture, out int r) && r > 0:
@@ -62,6 +64,7 @@ public static class Program
         svgPath ??= Path.ChangeExtension(jsonPath, ".svg");
         string? repo = Sys.FindRepoRoot();
 
+        if (rud) return await RudBench.RunAsync(quick).ConfigureAwait(false);
         if (micro)
         {
             string artifacts = Path.Combine(repo ?? Directory.GetCurrentDirectory(), "artifacts", "bench", "BenchmarkDotNet.Artifacts");

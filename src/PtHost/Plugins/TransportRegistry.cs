@@ -21,6 +21,7 @@ public sealed class TransportRegistry
         Register("plain", () => new PtHost.Transports.Plain.PlainTransport());
         Register("zephyr", () => new PtHost.Transports.Zephyr.ZephyrTransport());
         Register("asport", () => new PtHost.Transports.Asport.AsportTransport());
+        Register("rud", () => new PtHost.Transports.Rud.RudTransport());
     }
 
     public IEnumerable<string> Names => _factories.Keys;

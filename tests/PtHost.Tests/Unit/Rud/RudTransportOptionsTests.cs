@@ -1,0 +1,95 @@
+using Newtonsoft.Json.Linq;
+using PtHost.Contract;
+using PtHost.Transports.Rud;
+
+namespace PtHost.Tests.Unit.Rud;
+
+/// <summary>The rud transport's options (spec/rud.md §12), checked once at start-up.</summary>
+public class RudTransportOptionsTests
+{
+    private static string PublicKey()
+    {
+        var pub = new byte[32];
+        X25519.PublicKey(X25519.GeneratePrivateKey(), pub);
+        return Convert.ToBase64String(pub);
+    }
+
+    [Fact]
+    public void A_client_needs_serverKey_and_takes_serverAddress_and_handshakeTimeout()
+    {
+        var o = RudClientOptions.Parse(new JObject { ["serverKey"] = PublicKey(), ["serverAddress"] = "example.org:443", ["handshakeTimeout"] = 2.5 });
+        Assert.Equal("example.org", o.ServerAddress!.Host);
+        Assert.Equal(TimeSpan.FromSeconds(2.5), o.HandshakeTimeout);
+        Assert.Contains("serverKey", Assert.Throws<TransportOptionsException>(() => RudClientOptions.Parse(new JObject())).Message);
+        Assert.Contains("serverKey", Assert.Throws<TransportOptionsException>(() => RudClientOptions.Parse(null)).Message);
+    }
+
+    [Theory]
+    [InlineData("{\"serverKey\": \"not base64!\"}", "not base64")]
+    [InlineData("{\"serverKey\": \"AAAA\"}", "32 bytes")]
+    [InlineData("{\"serverKey\": \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"}", "low-order")]
+    [InlineData("{\"serverKey\": 5}", "base64 string")]
+    [InlineData("{\"serverKey\": \"KEY\", \"serverAddress\": \"nope\"}", "host:port")]
+    [InlineData("{\"serverKey\": \"KEY\", \"handshakeTimeout\": 0}", "seconds")]
+    [InlineData("{\"serverKey\": \"KEY\", \"colour\": \"red\"}", "no client option \"colour\"")]
+    public void Bad_client_options_are_refused_with_a_reason(string json, string reason)
+    {
+        var o = JObject.Parse(json.Replace("KEY", PublicKey(), StringComparison.Ordinal));
+        Assert.Contains(reason, Assert.Throws<TransportOptionsException>(() => RudClientOptions.Parse(o)).Message);
+    }
+
+    [Fact]
+    public void Server_options_default_to_the_state_key_load_challenges_and_no_first_contact()
+    {
+        var o = RudServerOptions.Parse(null);
+        Assert.Null(o.Key);
+        Assert.Equal(ChallengePolicy.Load, o.Challenge);
+        Assert.False(o.FirstContact);
+        var all = RudServerOptions.Parse(new JObject { ["key"] = Convert.ToBase64String(X25519.GeneratePrivateKey()), ["challenge"] = "always", ["firstContact"] = true });
+        Assert.Equal(ChallengePolicy.Always, all.Challenge);
+        Assert.True(all.FirstContact);
+        Assert.Throws<TransportOptionsException>(() => RudServerOptions.Parse(new JObject { ["challenge"] = "sometimes" }));
+        Assert.Throws<TransportOptionsException>(() => RudServerOptions.Parse(new JObject { ["firstContact"] = "yes" }));
+        Assert.Throws<TransportOptionsException>(() => RudServerOptions.Parse(new JObject { ["keys"] = "x" }));
+    }
+
+    [Fact]
+    public void Generated_options_pair_the_servers_private_key_with_its_public_key()
+    {
+        var context = new TransportEnvironment("rud", null, Path.GetTempPath(), null!, null!, Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance, new TransportCounters());
+        var generated = new RudTransport().CreateServerFactory(context).GenerateConfiguration();
+        var priv = Convert.FromBase64String((string)generated.Server["key"]!);
+        var pub = new byte[32];
+        X25519.PublicKey(priv, pub);
+        Assert.Equal(Convert.ToBase64String(pub), (string)generated.Client["serverKey"]!);
+        Assert.NotNull(RudClientOptions.Parse(generated.Client));
+        Assert.NotNull(RudServerOptions.Parse(generated.Server));
+    }
+}
+
+/// <summary>The server's key kept in its state directory (spec/rud.md §12).</summary>
+public class RudServerStateKeyTests
+{
+    [Fact]
+    public async Task A_server_without_a_key_option_creates_one_in_its_state_directory_mode_0600_and_reuses_it()
+    {
+        string state = Path.Combine(Path.GetTempPath(), $"pthost-rud-state-{Guid.NewGuid():N}");
+        try
+        {
+            var context = new TransportEnvironment("rud", null, state, null!, null!, Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance, new TransportCounters());
+            var binding = new ServerBinding(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0), null, null!);
+            string first, second;
+            await using (var server = await new RudTransport().CreateServerFactory(context).ListenAsync(binding, CancellationToken.None))
+                first = server.Args["key"];
+            await using (var server = await new RudTransport().CreateServerFactory(context).ListenAsync(binding, CancellationToken.None))
+                second = server.Args["key"];
+            Assert.Equal(first, second);
+            string file = Path.Combine(state, RudServer.KeyFile);
+            if (!OperatingSystem.IsWindows()) Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(file));
+            var pub = new byte[32];
+            X25519.PublicKey(Convert.FromBase64String(File.ReadAllText(file)), pub);
+            Assert.Equal(first, Convert.ToBase64String(pub));
+        }
+        finally { if (Directory.Exists(state)) Directory.Delete(state, true); }
+    }
+}

@@ -1,0 +1,445 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging;
+using Newtonsoft.Json.Linq;
+using PtHost.Contract;
+using PtHost.Transports.Plain;
+
+namespace PtHost.Transports.Rud;
+
+/// <summary>
+/// The rud transport (spec/rud.md §12): the server process serves RUD streams on one UDP socket;
+/// the client process keeps one connection per server and opens one stream per session, with
+/// plain's preamble inside each stream.
+/// </summary>
+public sealed class RudTransport : IPluggableTransport
+{
+    public string Name => "rud";
+
+    public IClientFactory CreateClientFactory(TransportEnvironment context) => new RudClient(context, RudClientOptions.Parse(context.Options));
+
+    public IServerFactory CreateServerFactory(TransportEnvironment context) => new RudServer(context, RudServerOptions.Parse(context.Options));
+}
+
+internal static class RudOptionText
+{
+    public static byte[] Key(JToken value, string name)
+    {
+        if (value.Type != JTokenType.String) throw new TransportOptionsException($"rud option \"{name}\" must be a base64 string of 32 bytes");
+        try
+        {
+            var k = Convert.FromBase64String((string)value!);
+            return k.Length == X25519.KeySize ? k : throw new TransportOptionsException($"rud option \"{name}\" must be 32 bytes (base64), not {k.Length}");
+        }
+        catch (FormatException) { throw new TransportOptionsException($"rud option \"{name}\" is not base64"); }
+    }
+
+    public static TimeSpan Seconds(JToken value, string name) =>
+        value.Type is JTokenType.Integer or JTokenType.Float && (double)value! is > 0 and <= 3600 and var s
+            ? TimeSpan.FromSeconds(s)
+            : throw new TransportOptionsException($"rud option \"{name}\" must be a number of seconds above 0, at most 3600");
+}
+
+/// <summary>Client options (§12): the server's public key, optionally its address.</summary>
+internal sealed record RudClientOptions(Destination? ServerAddress, byte[] ServerKey, TimeSpan HandshakeTimeout)
+{
+    public static RudClientOptions Parse(JToken? options)
+    {
+        if (options is not JObject o) throw new TransportOptionsException("rud client options must be an object with \"serverKey\" (pthost generate-config rud)");
+        Destination? server = null;
+        byte[]? key = null;
+        var timeout = TimeSpan.FromSeconds(10);
+        foreach (var p in o.Properties())
+        {
+            switch (p.Name)
+            {
+                case "serverAddress":
+                    if (p.Value.Type != JTokenType.String || !Destination.TryParse((string)p.Value!, out server) || server.Port == 0)
+                        throw new TransportOptionsException("rud option \"serverAddress\" must be \"host:port\"");
+                    break;
+                case "serverKey": key = RudOptionText.Key(p.Value, "serverKey"); break;
+                case "handshakeTimeout": timeout = RudOptionText.Seconds(p.Value, "handshakeTimeout"); break;
+                default: throw new TransportOptionsException($"rud has no client option \"{p.Name}\" (known: serverAddress, serverKey, handshakeTimeout)");
+            }
+        }
+        if (key is null) throw new TransportOptionsException("rud client option \"serverKey\" is required (pthost generate-config rud)");
+        Span<byte> probe = stackalloc byte[X25519.KeySize];
+        if (!X25519.Agree(X25519.GeneratePrivateKey(), key, probe))
+            throw new TransportOptionsException("rud option \"serverKey\" is not a usable X25519 public key (a low-order point)");
+        return new(server, key, timeout);
+    }
+}
+
+/// <summary>Server options (§12).</summary>
+internal sealed record RudServerOptions(byte[]? Key, ChallengePolicy Challenge, bool FirstContact)
+{
+    public static RudServerOptions Parse(JToken? options)
+    {
+        if (options is null || options.Type == JTokenType.Null) return new(null, ChallengePolicy.Load, false);
+        if (options is not JObject o) throw new TransportOptionsException("rud server options must be an object");
+        byte[]? key = null;
+        var challenge = ChallengePolicy.Load;
+        bool first = false;
+        foreach (var p in o.Properties())
+        {
+            switch (p.Name)
+            {
+                case "key": key = RudOptionText.Key(p.Value, "key"); break;
+                case "challenge":
+                    challenge = p.Value.Type == JTokenType.String ? (string)p.Value! switch
+                    {
+                        "load" => ChallengePolicy.Load,
+                        "always" => ChallengePolicy.Always,
+                        "never" => ChallengePolicy.Never,
+                        _ => throw new TransportOptionsException("rud option \"challenge\" must be \"load\", \"always\" or \"never\""),
+                    } : throw new TransportOptionsException("rud option \"challenge\" must be \"load\", \"always\" or \"never\"");
+                    break;
+                case "firstContact":
+                    first = p.Value.Type == JTokenType.Boolean ? (bool)p.Value : throw new TransportOptionsException("rud option \"firstContact\" must be true or false");
+                    break;
+                default: throw new TransportOptionsException($"rud has no server option \"{p.Name}\" (known: key, challenge, firstContact)");
+            }
+        }
+        return new(key, challenge, first);
+    }
+}
+
+internal sealed record RudSettings(Destination? Destination);
+
+/// <summary>The client side: one connection per server (re-made when it closes), one stream per session.</summary>
+internal sealed class RudClient : IClientFactory
+{
+    private static readonly TimeSpan PreambleTimeout = TimeSpan.FromSeconds(10);
+    private readonly TransportEnvironment _context;
+    private readonly RudClientOptions _options;
+    private readonly ILogger _log;
+    private readonly ConcurrentDictionary<string, ServerLink> _links = new(StringComparer.Ordinal);
+    private readonly object _endpointGate = new();
+    private RudEndpoint? _v4, _v6;
+
+    public RudClient(TransportEnvironment context, RudClientOptions options)
+    {
+        _context = context;
+        _options = options;
+        _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Rud");
+    }
+
+    private sealed class ServerLink
+    {
+        public readonly SemaphoreSlim Gate = new(1, 1);
+        public RudConnection? Connection;
+    }
+
+    public object? ParseSettings(ConnectionSettings settings)
+    {
+        settings.RejectUnknownKeys("destination");
+        string? d = settings.GetString("destination");
+        if (d is null) return new RudSettings(null);
+        return Destination.TryParse(d, out var dest) && dest.Port != 0 ? new RudSettings(dest) : throw new SettingsException("destination", "must be \"host:port\"");
+    }
+
+    public async ValueTask<Stream> ConnectAsync(ConnectRequest request, CancellationToken cancellationToken)
+    {
+        var far = (request.Settings as RudSettings)?.Destination;
+        Destination server;
+        if (_options.ServerAddress is { } configured)
+        {
+            server = configured;
+            if (far is null && !request.Destination.IsUnspecified) far = request.Destination;
+        }
+        else
+        {
+            // Tor bridge style: the SOCKS destination is the server.
+            server = request.Destination;
+            if (server.IsUnspecified) throw new TransportConnectException(ConnectFailure.HostUnreachable, "no server address: the request names none and options give none");
+        }
+        for (int attempt = 0; ; attempt++)
+        {
+            var conn = await ConnectionAsync(server, cancellationToken).ConfigureAwait(false);
+            RudStream stream;
+            try { stream = conn.OpenStream(); }
+            catch (IOException) when (attempt == 0) { continue; } // closed just now: make a new connection once
+            catch (IOException e) { throw new TransportConnectException(ConnectFailure.General, $"rud server {server}: {e.Message}", e); }
+            try
+            {
+                using var preamble = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+                preamble.CancelAfter(PreambleTimeout);
+                await PlainWire.RequestAsync(stream, far, $"rud server {server}", preamble.Token).ConfigureAwait(false);
+                return stream;
+            }
+            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+            {
+                stream.Abort();
+                throw new TransportConnectException(ConnectFailure.TimedOut, $"rud server {server} did not answer the stream's preamble in time");
+            }
+            catch (IOException e)
+            {
+                stream.Abort();
+                throw new TransportConnectException(ConnectFailure.General, $"rud server {server}: {e.Message}", e);
+            }
+            catch
+            {
+                stream.Abort();
+                throw;
+            }
+        }
+    }
+
+    /// <summary>The live connection to <paramref name="server"/>, made (one handshake at a time) when there is none.</summary>
+    private async Task<RudConnection> ConnectionAsync(Destination server, CancellationToken ct)
+    {
+        var link = _links.GetOrAdd(server.ToString(), _ => new ServerLink());
+        await link.Gate.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            if (link.Connection is { IsClosed: false } live) return live;
+            IPAddress address = server.Address ?? await ResolveAsync(server, ct).ConfigureAwait(false);
+            var endpoint = EndpointFor(address.AddressFamily);
+            try
+            {
+                link.Connection = await endpoint.ConnectAsync(new IPEndPoint(address, server.Port), _options.ServerKey, ct).ConfigureAwait(false);
+                _log.LogInformation("rud: connected to {Server} ({Mode} exchange)", server, link.Connection.Mode);
+                return link.Connection;
+            }
+            catch (TimeoutException e)
+            {
+                throw new TransportConnectException(ConnectFailure.TimedOut, $"rud server {server}: no handshake within {_options.HandshakeTimeout.TotalSeconds:0.#} s (wrong serverKey, or the server is unreachable)", e);
+            }
+        }
+        finally { link.Gate.Release(); }
+    }
+
+    private static async Task<IPAddress> ResolveAsync(Destination server, CancellationToken ct)
+    {
+        IPAddress[] addresses;
+        try { addresses = await Dns.GetHostAddressesAsync(server.Host, ct).ConfigureAwait(false); }
+        catch (SocketException e) { throw new TransportConnectException(ConnectFailure.HostUnreachable, $"rud server {server.Host} does not resolve: {e.Message}", e); }
+        return addresses.FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork) ?? addresses.FirstOrDefault()
+            ?? throw new TransportConnectException(ConnectFailure.HostUnreachable, $"rud server {server.Host} has no address");
+    }
+
+    private RudEndpoint EndpointFor(AddressFamily family)
+    {
+        lock (_endpointGate)
+        {
+            var options = new RudEndpointOptions { HandshakeTimeout = _options.HandshakeTimeout };
+            var log = _context.LoggerFactory.CreateLogger("PtHost.Transports.Rud");
+            if (family == AddressFamily.InterNetworkV6) return _v6 ??= RudEndpoint.Bind(new IPEndPoint(IPAddress.IPv6Any, 0), options, log);
+            return _v4 ??= RudEndpoint.Bind(new IPEndPoint(IPAddress.Any, 0), options, log);
+        }
+    }
+
+    public TransportStats GetStats() => _context.Counters.Snapshot();
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_v4 is not null) await _v4.DisposeAsync().ConfigureAwait(false);
+        if (_v6 is not null) await _v6.DisposeAsync().ConfigureAwait(false);
+    }
+}
+
+/// <summary>The server factory: keys, and <see cref="RudServerManager"/>s.</summary>
+internal sealed class RudServer(TransportEnvironment context, RudServerOptions options) : IServerFactory
+{
+    public const string KeyFile = "rud-key";
+
+    /// <summary>A fresh static key pair: the private key for the server, the public key for clients (§12).</summary>
+    public GeneratedConfiguration GenerateConfiguration()
+    {
+        var key = X25519.GeneratePrivateKey();
+        var pub = new byte[X25519.KeySize];
+        X25519.PublicKey(key, pub);
+        return new(new JObject { ["serverKey"] = Convert.ToBase64String(pub) }, new JObject { ["key"] = Convert.ToBase64String(key) });
+    }
+
+    public ValueTask<IServerManager> ListenAsync(ServerBinding binding, CancellationToken cancellationToken) => Start(binding);
+
+    public ValueTask<IServerManager> ProxyAsync(ServerBinding binding, CancellationToken cancellationToken) => Start(binding);
+
+    private ValueTask<IServerManager> Start(ServerBinding binding)
+    {
+        var key = options.Key ?? LoadOrCreateStateKey();
+        return ValueTask.FromResult<IServerManager>(new RudServerManager(context, options, key, binding));
+    }
+
+    /// <summary>The key kept in the state directory (mode 0600), created on first use (§12).</summary>
+    private byte[] LoadOrCreateStateKey()
+    {
+        string path = Path.Combine(context.StateDirectory, KeyFile);
+        if (File.Exists(path))
+        {
+            try
+            {
+                var k = Convert.FromBase64String(File.ReadAllText(path).Trim());
+                if (k.Length == X25519.KeySize) return k;
+            }
+            catch (FormatException) { }
+            throw new TransportOptionsException($"rud: {path} does not hold a base64 32-byte key");
+        }
+        var key = X25519.GeneratePrivateKey();
+        Directory.CreateDirectory(context.StateDirectory);
+        var fileOptions = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
+        if (!OperatingSystem.IsWindows()) fileOptions.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        using (var w = new StreamWriter(path, fileOptions)) w.Write(Convert.ToBase64String(key));
+        return key;
+    }
+
+    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+}
+
+/// <summary>A running rud server: accepts connections and serves every stream they open (§12).</summary>
+internal sealed class RudServerManager : IServerManager
+{
+    private static readonly TimeSpan PreambleTimeout = TimeSpan.FromSeconds(10);
+    private readonly TransportEnvironment _context;
+    private readonly ServerBinding _binding;
+    private readonly ILogger _log;
+    private readonly RudEndpoint _endpoint;
+    private readonly CancellationTokenSource _stopping = new();
+    private readonly CancellationTokenSource _abort = new();
+    private readonly Task _acceptLoop;
+    private readonly ConcurrentDictionary<long, Task> _sessions = new();
+    private static long s_ids;
+
+    public RudServerManager(TransportEnvironment context, RudServerOptions options, byte[] key, ServerBinding binding)
+    {
+        _context = context;
+        _binding = binding;
+        _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Rud");
+        try
+        {
+            _endpoint = RudEndpoint.Bind(binding.BindAddress, new RudEndpointOptions
+            {
+                StaticPrivateKey = key, Challenge = options.Challenge, AllowFirstContact = options.FirstContact,
+            }, _log);
+        }
+        catch (SocketException e)
+        {
+            throw new TransportOptionsException($"cannot listen on udp {binding.BindAddress}: {e.SocketErrorCode}", e);
+        }
+        LocalEndPoint = _endpoint.LocalEndPoint;
+        Args = new Dictionary<string, string> { ["key"] = Convert.ToBase64String(_endpoint.StaticPublicKey!) };
+        _acceptLoop = AcceptConnectionsAsync();
+    }
+
+    public IPEndPoint LocalEndPoint { get; }
+
+    public IReadOnlyDictionary<string, string> Args { get; }
+
+    public TransportStats GetStats() => _context.Counters.Snapshot();
+
+    internal RudEndpoint Endpoint => _endpoint;
+
+    private async Task AcceptConnectionsAsync()
+    {
+        try
+        {
+            while (true)
+            {
+                var conn = await _endpoint.AcceptConnectionAsync(_stopping.Token).ConfigureAwait(false);
+                _log.LogInformation("rud: connection from {Remote} ({Mode} exchange)", conn.RemoteEndPoint, conn.Mode);
+                _ = AcceptStreamsAsync(conn);
+            }
+        }
+        catch (OperationCanceledException) { }
+        catch (ChannelClosedException) { }
+    }
+
+    private async Task AcceptStreamsAsync(RudConnection conn)
+    {
+        try
+        {
+            while (true)
+            {
+                var stream = await conn.AcceptStreamAsync(_stopping.Token).ConfigureAwait(false);
+                long id = Interlocked.Increment(ref s_ids);
+                var task = ServeAsync(conn, stream, id);
+                _sessions[id] = task;
+                _ = task.ContinueWith(_ => _sessions.TryRemove(id, out Task? _), TaskScheduler.Default);
+            }
+        }
+        catch (OperationCanceledException) { }
+        catch (ChannelClosedException) { }
+        catch (IOException) { }
+    }
+
+    private async Task ServeAsync(RudConnection conn, RudStream stream, long id)
+    {
+        var remote = conn.RemoteEndPoint;
+        Stream? onward = null;
+        bool opened = false, failed = false;
+        try
+        {
+            Destination? destination;
+            using (var preamble = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token))
+            {
+                preamble.CancelAfter(PreambleTimeout);
+                try { destination = await PlainWire.ReadRequestAsync(stream, preamble.Token).ConfigureAwait(false); }
+                catch (InvalidDataException)
+                {
+                    failed = true;
+                    _context.Counters.SessionFailed();
+                    _log.LogInformation("rud session {Id} from {Remote}: not a plain preamble; stream reset", id, remote);
+                    stream.Abort(2);
+                    return;
+                }
+                catch (FormatException e)
+                {
+                    failed = true;
+                    _context.Counters.SessionFailed();
+                    await stream.WriteAsync(new[] { (byte)ConnectFailure.AddressTypeNotSupported }, _abort.Token).ConfigureAwait(false);
+                    stream.ShutdownWrite();
+                    _log.LogInformation("rud session {Id} from {Remote}: {Error}", id, remote, e.Message);
+                    return;
+                }
+            }
+            try { onward = await _binding.Handler.OpenAsync(new InboundSession(remote, destination, id), _abort.Token).ConfigureAwait(false); }
+            catch (TransportConnectException e)
+            {
+                failed = true;
+                _context.Counters.SessionFailed();
+                _log.LogInformation("rud session {Id}: {Error}", id, e.Message);
+                await stream.WriteAsync(new[] { (byte)e.Failure }, _abort.Token).ConfigureAwait(false);
+                stream.ShutdownWrite();
+                return;
+            }
+            await stream.WriteAsync(new byte[] { 0 }, _abort.Token).ConfigureAwait(false);
+            opened = true;
+            _context.Counters.SessionOpened();
+            await _binding.Handler.RelayAsync(stream, onward, _abort.Token).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or EndOfStreamException or ObjectDisposedException)
+        {
+            if (!opened && !failed) _context.Counters.SessionFailed();
+            _log.LogDebug("rud session {Id} ended: {Error}", id, e.Message);
+        }
+        finally
+        {
+            if (opened) _context.Counters.SessionClosed();
+            if (onward is not null) await onward.DisposeAsync().ConfigureAwait(false);
+            await stream.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        if (!_stopping.IsCancellationRequested) _stopping.Cancel();
+        await _acceptLoop.ConfigureAwait(false);
+        try { await Task.WhenAll(_sessions.Values).WaitAsync(cancellationToken).ConfigureAwait(false); }
+        catch (OperationCanceledException) { }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (!_stopping.IsCancellationRequested) _stopping.Cancel();
+        _abort.Cancel();
+        await _acceptLoop.ConfigureAwait(false);
+        try { await Task.WhenAll(_sessions.Values).WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false); }
+        catch (Exception) { }
+        await _endpoint.DisposeAsync().ConfigureAwait(false);
+        _stopping.Dispose();
+        _abort.Dispose();
+    }
+}

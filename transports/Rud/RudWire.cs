@@ -1,0 +1,390 @@
+using System.Buffers.Binary;
+
+namespace PtHost.Transports.Rud;
+
+/// <summary>Packet and message types (spec/rud.md §3).</summary>
+public static class PacketType
+{
+    public const byte Data = 0x01;
+    public const byte DataPhase1 = 0x81;
+    public const byte Hello = 0x02;          // initiator
+    public const byte Challenge = 0x02;      // responder
+    public const byte Exchange = 0x03;       // initiator
+    public const byte ResponderComplete = 0x03;
+    public const byte InitiatorComplete = 0x04;
+    public const byte Defer = 0x04;          // responder
+}
+
+/// <summary>Frame types (spec/rud.md §3.2).</summary>
+public static class FrameType
+{
+    public const byte Padding = 0x00;
+    public const byte Ping = 0x01;
+    public const byte ResetStream = 0x04;
+    public const byte MaxStreamData = 0x05;
+    public const byte Datagram = 0x06;
+    public const byte Close = 0x07;
+    public const byte Stream = 0x08;
+    public const byte StreamFinal = 0x09;
+}
+
+/// <summary>
+/// Pure encoders and decoders over spans (spec/rud.md §2–§4): no sockets, no state, no
+/// allocation; every Try* returns false on malformed input and never throws for it.
+/// </summary>
+public static class RudWire
+{
+    public const int IdSize = 8;
+    public const int Version = 0x01;
+    public const int HandshakeSize = 1200;
+    public const int MaxPacketSize = 1350;
+    public const int MaxReceiveSize = 1500;
+    public const int MaxBitfieldBytes = 32;
+    public const int MaxTokenLength = 255;
+    public const ulong MaxVarint = (1UL << 62) - 1;
+
+    // ---- varints (§2) ----
+
+    public static int VarintLength(ulong v) => v < 64 ? 1 : v < 16384 ? 2 : v < (1UL << 30) ? 4 : 8;
+
+    public static int WriteVarint(Span<byte> s, ulong v)
+    {
+        switch (VarintLength(v))
+        {
+            case 1: s[0] = (byte)v; return 1;
+            case 2: BinaryPrimitives.WriteUInt16BigEndian(s, (ushort)(v | 0x4000)); return 2;
+            case 4: BinaryPrimitives.WriteUInt32BigEndian(s, (uint)v | 0x8000_0000); return 4;
+            default:
+                if (v > MaxVarint) throw new ArgumentOutOfRangeException(nameof(v));
+                BinaryPrimitives.WriteUInt64BigEndian(s, v | 0xC000_0000_0000_0000); return 8;
+        }
+    }
+
+    public static bool TryReadVarint(ReadOnlySpan<byte> s, ref int pos, out ulong v)
+    {
+        v = 0;
+        if (pos >= s.Length) return false;
+        int len = 1 << (s[pos] >> 6);
+        if (s.Length - pos < len) return false;
+        v = s[pos] & 0x3Fu;
+        for (int i = 1; i < len; i++) v = (v << 8) | s[pos + i];
+        pos += len;
+        return true;
+    }
+
+    public static ulong ReadId(ReadOnlySpan<byte> s) => BinaryPrimitives.ReadUInt64BigEndian(s);
+
+    public static void WriteId(Span<byte> s, ulong id) => BinaryPrimitives.WriteUInt64BigEndian(s, id);
+
+    // ---- data packet (§3.1) ----
+
+    /// <summary>Parses a Data packet's plaintext part: the header length (= AAD length) and the sent index.</summary>
+    public static bool TryParseDataHeader(ReadOnlySpan<byte> packet, out ulong sentIndex, out int headerLength)
+    {
+        sentIndex = 0;
+        headerLength = 0;
+        if (packet.Length < IdSize + 1 + 1 + RudKeys.TagSize) return false;
+        if (packet[IdSize] is not (PacketType.Data or PacketType.DataPhase1)) return false;
+        int pos = IdSize + 1;
+        if (!TryReadVarint(packet, ref pos, out sentIndex)) return false;
+        headerLength = pos;
+        return packet.Length - pos >= RudKeys.TagSize;
+    }
+
+    /// <summary>Writes stream identifier, type and sent index; returns the header length.</summary>
+    public static int WriteDataHeader(Span<byte> packet, ulong streamIdentifier, int phase, ulong sentIndex)
+    {
+        WriteId(packet, streamIdentifier);
+        packet[IdSize] = phase == 0 ? PacketType.Data : PacketType.DataPhase1;
+        return IdSize + 1 + WriteVarint(packet[(IdSize + 1)..], sentIndex);
+    }
+
+    // ---- header block (§3.1) ----
+
+    public const byte FlagAck = 0x01;
+    public const byte FlagRetransmit = 0x02;
+
+    /// <summary>Parses a header block; returns false when malformed. <paramref name="bitfield"/> is a slice of the payload.</summary>
+    public static bool TryParseHeaderBlock(ReadOnlySpan<byte> payload, out HeaderBlock header, out int length)
+    {
+        header = default;
+        length = 0;
+        if (payload.IsEmpty) return false;
+        byte flags = payload[0];
+        if ((flags & ~(FlagAck | FlagRetransmit)) != 0) return false;
+        int pos = 1;
+        if ((flags & FlagAck) != 0)
+        {
+            if (!TryReadVarint(payload, ref pos, out ulong ackIndex) || !TryReadVarint(payload, ref pos, out ulong delay)) return false;
+            if (pos >= payload.Length) return false;
+            int n = payload[pos++];
+            if (n > MaxBitfieldBytes || payload.Length - pos < n) return false;
+            header.HasAck = true;
+            header.AckIndex = ackIndex;
+            header.AckDelayMicroseconds = delay;
+            header.BitfieldOffset = pos;
+            header.BitfieldLength = n;
+            pos += n;
+        }
+        if ((flags & FlagRetransmit) != 0)
+        {
+            if (!TryReadVarint(payload, ref pos, out ulong r)) return false;
+            header.HasRetransmit = true;
+            header.RetransmitIndex = r;
+        }
+        length = pos;
+        return true;
+    }
+
+    // ---- frames (§3.2) ----
+
+    /// <summary>
+    /// Reads the next frame at <paramref name="pos"/>; false when the frame is malformed or
+    /// truncated. A PADDING byte is returned as a frame of its own.
+    /// </summary>
+    public static bool TryReadFrame(ReadOnlySpan<byte> payload, ref int pos, out Frame frame)
+    {
+        frame = default;
+        if (pos >= payload.Length) return false;
+        byte type = payload[pos++];
+        frame.Type = type;
+        switch (type)
+        {
+            case FrameType.Padding:
+            case FrameType.Ping:
+                return true;
+            case FrameType.ResetStream:
+                return TryReadVarint(payload, ref pos, out frame.StreamId) && TryReadVarint(payload, ref pos, out frame.Code)
+                    && TryReadVarint(payload, ref pos, out frame.Offset) && ValidStreamId(frame.StreamId);
+            case FrameType.MaxStreamData:
+                return TryReadVarint(payload, ref pos, out frame.StreamId) && TryReadVarint(payload, ref pos, out frame.Offset) && ValidStreamId(frame.StreamId);
+            case FrameType.Datagram:
+            {
+                if (!TryReadVarint(payload, ref pos, out frame.StreamId) || !TryReadVarint(payload, ref pos, out frame.Offset)) return false;
+                if (pos >= payload.Length || payload[pos++] != 1) return false; // packet count
+                if (!TryReadVarint(payload, ref pos, out ulong len) || len > (ulong)(payload.Length - pos)) return false;
+                frame.DataOffset = pos;
+                frame.DataLength = (int)len;
+                pos += (int)len;
+                return ValidStreamId(frame.StreamId) && StreamKindOf(frame.StreamId) == StreamKind.Datagram;
+            }
+            case FrameType.Close:
+            {
+                if (!TryReadVarint(payload, ref pos, out frame.Code) || !TryReadVarint(payload, ref pos, out ulong len) || len > (ulong)(payload.Length - pos)) return false;
+                frame.DataOffset = pos;
+                frame.DataLength = (int)len;
+                pos += (int)len;
+                return true;
+            }
+            case FrameType.Stream:
+            case FrameType.StreamFinal:
+            {
+                if (!TryReadVarint(payload, ref pos, out frame.StreamId) || !TryReadVarint(payload, ref pos, out frame.Offset)) return false;
+                if (!TryReadVarint(payload, ref pos, out ulong len) || len > (ulong)(payload.Length - pos)) return false;
+                if (frame.Offset + len > MaxVarint) return false;
+                frame.DataOffset = pos;
+                frame.DataLength = (int)len;
+                pos += (int)len;
+                return ValidStreamId(frame.StreamId) && StreamKindOf(frame.StreamId) != StreamKind.Datagram;
+            }
+            default:
+                return false;
+        }
+    }
+
+    public static bool ValidStreamId(ulong id) => ((id >> 1) & 3) != 3;
+
+    public static StreamKind StreamKindOf(ulong id) => (StreamKind)((id >> 1) & 3);
+
+    /// <summary>0 for a stream the initiator opened, 1 for the responder's (§8.1).</summary>
+    public static int StreamSide(ulong id) => (int)(id & 1);
+
+    public static ulong StreamSequence(ulong id) => id >> 3;
+
+    public static ulong MakeStreamId(ulong sequence, StreamKind kind, int side) => (sequence << 3) | ((ulong)(uint)kind << 1) | (uint)side;
+
+    /// <summary>Length of a STREAM frame header for these values (type, id, offset, length).</summary>
+    public static int StreamFrameOverhead(ulong streamId, ulong offset, int length) =>
+        1 + VarintLength(streamId) + VarintLength(offset) + VarintLength((ulong)length);
+
+    public static int WriteStreamFrame(Span<byte> s, ulong streamId, ulong offset, ReadOnlySpan<byte> data, bool final)
+    {
+        int pos = 0;
+        s[pos++] = final ? FrameType.StreamFinal : FrameType.Stream;
+        pos += WriteVarint(s[pos..], streamId);
+        pos += WriteVarint(s[pos..], offset);
+        pos += WriteVarint(s[pos..], (ulong)data.Length);
+        data.CopyTo(s[pos..]);
+        return pos + data.Length;
+    }
+
+    public static int WriteDatagramFrame(Span<byte> s, ulong streamId, ulong index, ReadOnlySpan<byte> data)
+    {
+        int pos = 0;
+        s[pos++] = FrameType.Datagram;
+        pos += WriteVarint(s[pos..], streamId);
+        pos += WriteVarint(s[pos..], index);
+        s[pos++] = 1;
+        pos += WriteVarint(s[pos..], (ulong)data.Length);
+        data.CopyTo(s[pos..]);
+        return pos + data.Length;
+    }
+
+    public static int WriteMaxStreamData(Span<byte> s, ulong streamId, ulong max)
+    {
+        s[0] = FrameType.MaxStreamData;
+        int pos = 1 + WriteVarint(s[1..], streamId);
+        return pos + WriteVarint(s[pos..], max);
+    }
+
+    public static int WriteResetStream(Span<byte> s, ulong streamId, ulong code, ulong finalSize)
+    {
+        s[0] = FrameType.ResetStream;
+        int pos = 1 + WriteVarint(s[1..], streamId);
+        pos += WriteVarint(s[pos..], code);
+        return pos + WriteVarint(s[pos..], finalSize);
+    }
+
+    public static int WriteClose(Span<byte> s, ulong code, ReadOnlySpan<byte> reason)
+    {
+        s[0] = FrameType.Close;
+        int pos = 1 + WriteVarint(s[1..], code);
+        pos += WriteVarint(s[pos..], (ulong)reason.Length);
+        reason.CopyTo(s[pos..]);
+        return pos + reason.Length;
+    }
+
+    // ---- handshake messages (§4.1) ----
+
+    /// <summary>Hello: 0×8 | 0x02 | version | initiator id | zero padding to 1200.</summary>
+    public static int WriteHello(Span<byte> s, ulong initiatorId)
+    {
+        s[..HandshakeSize].Clear();
+        s[IdSize] = PacketType.Hello;
+        s[IdSize + 1] = Version;
+        WriteId(s[(IdSize + 2)..], initiatorId);
+        return HandshakeSize;
+    }
+
+    public static bool TryParseHello(ReadOnlySpan<byte> s, out ulong initiatorId)
+    {
+        initiatorId = 0;
+        if (s.Length < HandshakeSize || ReadId(s) != 0 || s[IdSize] != PacketType.Hello || s[IdSize + 1] != Version) return false;
+        initiatorId = ReadId(s[(IdSize + 2)..]);
+        return initiatorId != 0;
+    }
+
+    /// <summary>Offset of the mezzanine in an Exchange (no token) or initiator Complete (with a token).</summary>
+    public static int MezzanineOffset(int tokenLength, bool complete) => IdSize + 2 + IdSize + X25519.KeySize + (complete ? 1 + tokenLength : 0);
+
+    public const int MezzaninePlainSize = 9;
+    public const int MezzanineSize = MezzaninePlainSize + RudKeys.TagSize;
+
+    /// <summary>
+    /// Writes the plaintext part of an Exchange (<paramref name="token"/> empty) or an initiator
+    /// Complete; the caller seals the mezzanine at <see cref="MezzanineOffset"/>. Zero-fills to 1200.
+    /// </summary>
+    public static int WriteExchangePlaintext(Span<byte> s, bool complete, ulong initiatorId, ReadOnlySpan<byte> ephemeral, ReadOnlySpan<byte> token)
+    {
+        s[..HandshakeSize].Clear();
+        s[IdSize] = complete ? PacketType.InitiatorComplete : PacketType.Exchange;
+        s[IdSize + 1] = Version;
+        WriteId(s[(IdSize + 2)..], initiatorId);
+        ephemeral.CopyTo(s[(IdSize + 2 + IdSize)..]);
+        int pos = IdSize + 2 + IdSize + X25519.KeySize;
+        if (complete)
+        {
+            s[pos++] = (byte)token.Length;
+            token.CopyTo(s[pos..]);
+            pos += token.Length;
+        }
+        return pos;
+    }
+
+    /// <summary>Parses an Exchange or initiator Complete; the spans are slices of <paramref name="s"/>.</summary>
+    public static bool TryParseExchange(ReadOnlySpan<byte> s, out bool complete, out ulong initiatorId, out int ephemeralOffset, out int tokenOffset, out int tokenLength, out int mezzanineOffset)
+    {
+        complete = false;
+        initiatorId = 0;
+        ephemeralOffset = tokenOffset = tokenLength = mezzanineOffset = 0;
+        if (s.Length < HandshakeSize || ReadId(s) != 0 || s[IdSize + 1] != Version) return false;
+        if (s[IdSize] == PacketType.InitiatorComplete) complete = true;
+        else if (s[IdSize] != PacketType.Exchange) return false;
+        initiatorId = ReadId(s[(IdSize + 2)..]);
+        ephemeralOffset = IdSize + 2 + IdSize;
+        int pos = ephemeralOffset + X25519.KeySize;
+        if (complete)
+        {
+            tokenLength = s[pos++];
+            if (tokenLength == 0) return false;
+            tokenOffset = pos;
+            pos += tokenLength;
+        }
+        mezzanineOffset = pos;
+        return initiatorId != 0 && pos + MezzanineSize <= s.Length;
+    }
+
+    /// <summary>Challenge (static key and token) or Defer (token only).</summary>
+    public static int WriteChallengeOrDefer(Span<byte> s, ulong initiatorId, ReadOnlySpan<byte> staticKey, ReadOnlySpan<byte> token)
+    {
+        bool challenge = !staticKey.IsEmpty;
+        WriteId(s, initiatorId);
+        s[IdSize] = challenge ? PacketType.Challenge : PacketType.Defer;
+        s[IdSize + 1] = Version;
+        int pos = IdSize + 2;
+        if (challenge)
+        {
+            staticKey.CopyTo(s[pos..]);
+            pos += X25519.KeySize;
+        }
+        s[pos++] = (byte)token.Length;
+        token.CopyTo(s[pos..]);
+        return pos + token.Length;
+    }
+
+    /// <summary>Parses a Challenge (<paramref name="challenge"/> true: a static key precedes the token) or Defer.</summary>
+    public static bool TryParseChallengeOrDefer(ReadOnlySpan<byte> s, bool challenge, out int staticKeyOffset, out int tokenOffset, out int tokenLength)
+    {
+        staticKeyOffset = tokenOffset = tokenLength = 0;
+        if (s.Length < IdSize + 3 || s[IdSize + 1] != Version) return false;
+        int pos = IdSize + 2;
+        if (challenge)
+        {
+            if (s.Length < pos + X25519.KeySize + 1) return false;
+            staticKeyOffset = pos;
+            pos += X25519.KeySize;
+        }
+        tokenLength = s[pos++];
+        tokenOffset = pos;
+        return tokenLength > 0 && s.Length >= pos + tokenLength;
+    }
+
+    public const int ResponderCompletePlainSize = IdSize + 1; // responder id | ticket length 0
+    public const int ResponderCompleteSize = IdSize + 2 + X25519.KeySize + ResponderCompletePlainSize + RudKeys.TagSize;
+}
+
+/// <summary>Stream kinds (spec/rud.md §8.2).</summary>
+public enum StreamKind { Asynchronous = 0, Transactional = 1, Datagram = 2 }
+
+/// <summary>A parsed header block (§3.1).</summary>
+public struct HeaderBlock
+{
+    public bool HasAck;
+    public ulong AckIndex;
+    public ulong AckDelayMicroseconds;
+    public int BitfieldOffset;
+    public int BitfieldLength;
+    public bool HasRetransmit;
+    public ulong RetransmitIndex;
+}
+
+/// <summary>A parsed frame; data fields are offsets into the payload.</summary>
+public struct Frame
+{
+    public byte Type;
+    public ulong StreamId;
+    public ulong Offset;   // STREAM offset, MAX_STREAM_DATA maximum, RESET final size, DATAGRAM index
+    public ulong Code;
+    public int DataOffset;
+    public int DataLength;
+}
