@@ -31,7 +31,7 @@ public static class StunAttribute
     /// <summary>The comprehension-required attributes this server understands (spec/turn.md §3.2).</summary>
     public static bool IsUnderstood(ushort type) => type is MappedAddress or Username or MessageIntegrity or ErrorCode
         or UnknownAttributes or ChannelNumber or Lifetime or XorPeerAddress or Data or Realm or Nonce or XorRelayedAddress
-        or RequestedTransport or XorMappedAddress or EvenPort or ReservationToken;
+        or RequestedTransport or XorMappedAddress or EvenPort or ReservationToken or RequestedAddressFamily;
 }
 
 /// <summary>Why a byte sequence is not a well-formed STUN message.</summary>
@@ -318,6 +318,7 @@ public static class Stun
         403 => "Forbidden",
         420 => "Unknown Attribute",
         437 => "Allocation Mismatch",
+        440 => "Address Family not Supported",
         438 => "Stale Nonce",
         441 => "Wrong Credentials",
         442 => "Unsupported Transport Protocol",

@@ -154,6 +154,8 @@ public sealed class TurnServer : IAsyncDisposable
         Span<ushort> unknown = stackalloc ushort[16];
         int n = request.UnknownRequired(unknown);
         if (n == 0) return false;
+        _log.LogInformation("TURN {Client}: method 0x{Method:x3} refused (420): unknown comprehension-required attribute(s) {Types}",
+            client.Remote, request.Method, string.Join(", ", unknown[..n].ToArray().Select(t => $"0x{t:x4}")));
         Span<byte> buffer = stackalloc byte[ResponseBuffer];
         var w = new StunWriter(buffer, request.Method, StunClass.Error, request.TransactionId);
         w.AddErrorCode(420);
@@ -330,6 +332,20 @@ public sealed class TurnServer : IAsyncDisposable
         {
             SendError(client, request, 442, key);
             return;
+        }
+        if (request.TryGet(StunAttribute.RequestedAddressFamily, out var family))
+        {
+            // RFC 6156 §4.2: relayed addresses here are IPv4 (spec/turn.md §3.4).
+            if (family.Length != 4 || family[0] is not (1 or 2))
+            {
+                SendError(client, request, 400, key, "Bad Request: REQUESTED-ADDRESS-FAMILY");
+                return;
+            }
+            if (family[0] == 2)
+            {
+                SendError(client, request, 440, key);
+                return;
+            }
         }
         bool hasEven = request.TryGet(StunAttribute.EvenPort, out var even);
         bool hasToken = request.TryGet(StunAttribute.ReservationToken, out var token);
@@ -661,7 +677,7 @@ public sealed class TurnServer : IAsyncDisposable
                 var (peer, n) = await session.ReceiveAsync(buffer.AsMemory(DataHeaderRoom, max), _stop.Token).ConfigureAwait(false);
                 if (n < 0)
                 {
-                    _log.LogInformation("TURN allocation {Id}: the transport ended the UDP association; allocation deleted", allocation.Id);
+                    if (!allocation.Deleted) _log.LogInformation("TURN allocation {Id}: the transport ended the UDP association; allocation deleted", allocation.Id);
                     Remove(allocation);
                     return;
                 }

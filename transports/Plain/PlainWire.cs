@@ -14,7 +14,7 @@ public static class PlainWire
 {
     public static ReadOnlySpan<byte> Magic => "PTP\x01"u8;
     /// <summary>The magic of a UDP association: version 1 with the high bit set.</summary>
-    public static ReadOnlySpan<byte> DatagramMagic => "PTP\x81"u8;
+    public static ReadOnlySpan<byte> DatagramMagic => [0x50, 0x54, 0x50, 0x81];
     public const int HeaderLength = 6;
     public const int MaxDestinationLength = 262;
 
