@@ -87,6 +87,8 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
 {
     public const int QueueFrames = 2048;
     public const int MaxPeers = 256;
+    /// <summary>SO_RCVBUF of each UDP socket: room for bursts while the transport is busy.</summary>
+    public const int ReceiveBuffer = 1 << 20;
     private readonly IPEndPoint? _target;
     private readonly UdpPeerPolicy? _policy;
     private readonly ILogger _log;
@@ -122,6 +124,7 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
         {
             _shared = new Socket(AddressFamily.InterNetworkV6, SocketType.Dgram, ProtocolType.Udp) { DualMode = true };
             _shared.Bind(new IPEndPoint(IPAddress.IPv6Any, 0));
+            _shared.ReceiveBufferSize = ReceiveBuffer;
             Relayed = PeerAddress.From((IPEndPoint)_shared.LocalEndPoint!).Unmapped();
             _ = ReceiveSharedAsync(_stop.Token);
         }
@@ -186,6 +189,7 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
             if (_target is not null)
             {
                 var socket = new Socket(_target.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
+                socket.ReceiveBufferSize = ReceiveBuffer;
                 socket.Connect(_target);
                 state = new PeerState(true, null, socket);
                 _ = ReceiveBoundAsync(socket, peer, _stop.Token);
@@ -233,68 +237,58 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
     private async Task ReceiveSharedAsync(CancellationToken ct)
     {
         var from = new SocketAddress(AddressFamily.InterNetworkV6);
+        byte[] datagram = ArrayPool<byte>.Shared.Rent(DatagramFrame.MaxPayload);
         try
         {
             while (!ct.IsCancellationRequested)
             {
-                byte[] frame = ArrayPool<byte>.Shared.Rent(DatagramFrame.MaxFrameLength);
                 int n;
-                try { n = await _shared!.ReceiveFromAsync(frame.AsMemory(DatagramFrame.MaxHeaderLength, DatagramFrame.MaxPayload), SocketFlags.None, from, ct).ConfigureAwait(false); }
-                catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionReset or SocketError.ConnectionRefused or SocketError.HostUnreachable or SocketError.NetworkUnreachable)
-                {
-                    ArrayPool<byte>.Shared.Return(frame);
-                    continue;
-                }
-                catch
-                {
-                    ArrayPool<byte>.Shared.Return(frame);
-                    throw;
-                }
+                try { n = await _shared!.ReceiveFromAsync(datagram.AsMemory(0, DatagramFrame.MaxPayload), SocketFlags.None, from, ct).ConfigureAwait(false); }
+                catch (SocketException e) when (IsTransient(e)) { continue; }
                 var peer = ToPeer(from).Unmapped();
                 bool known;
                 lock (_lock) known = _contacted.Contains(peer.WithPort(0));
-                if (!known || !Peer(peer).Allowed)
-                {
-                    ArrayPool<byte>.Shared.Return(frame); // only peers this association sent to may answer
-                    continue;
-                }
-                Enqueue(frame, peer, n);
+                if (!known || !Peer(peer).Allowed) continue; // only peers this association sent to may answer
+                Enqueue(datagram.AsSpan(0, n), peer);
             }
         }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(datagram);
+        }
     }
 
     private async Task ReceiveBoundAsync(Socket socket, PeerAddress peer, CancellationToken ct)
     {
+        byte[] datagram = ArrayPool<byte>.Shared.Rent(DatagramFrame.MaxPayload);
         try
         {
             while (!ct.IsCancellationRequested)
             {
-                byte[] frame = ArrayPool<byte>.Shared.Rent(DatagramFrame.MaxFrameLength);
                 int n;
-                try { n = await socket.ReceiveAsync(frame.AsMemory(DatagramFrame.MaxHeaderLength, DatagramFrame.MaxPayload), SocketFlags.None, ct).ConfigureAwait(false); }
-                catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionReset or SocketError.ConnectionRefused or SocketError.HostUnreachable or SocketError.NetworkUnreachable)
-                {
-                    ArrayPool<byte>.Shared.Return(frame);
-                    continue;
-                }
-                catch
-                {
-                    ArrayPool<byte>.Shared.Return(frame);
-                    throw;
-                }
-                Enqueue(frame, peer, n);
+                try { n = await socket.ReceiveAsync(datagram.AsMemory(0, DatagramFrame.MaxPayload), SocketFlags.None, ct).ConfigureAwait(false); }
+                catch (SocketException e) when (IsTransient(e)) { continue; }
+                Enqueue(datagram.AsSpan(0, n), peer);
             }
         }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(datagram);
+        }
     }
 
-    /// <summary>Puts the header in front of a datagram received at <see cref="DatagramFrame.MaxHeaderLength"/>; drops it when the queue is full.</summary>
-    private void Enqueue(byte[] frame, PeerAddress peer, int length)
+    /// <summary>ICMP errors reported on a UDP socket (Linux); the association goes on.</summary>
+    private static bool IsTransient(SocketException e) =>
+        e.SocketErrorCode is SocketError.ConnectionReset or SocketError.ConnectionRefused or SocketError.HostUnreachable or SocketError.NetworkUnreachable;
+
+    /// <summary>Frames a datagram into a pooled buffer of its own size and queues it; drops it when the queue is full.</summary>
+    private void Enqueue(ReadOnlySpan<byte> datagram, PeerAddress peer)
     {
-        int start = DatagramFrame.MaxHeaderLength - DatagramFrame.HeaderLength(peer);
-        DatagramFrame.WriteHeader(frame.AsSpan(start), DatagramFrameType.Data, peer, length);
-        if (!_toClient.Writer.TryWrite((frame, start, DatagramFrame.HeaderLength(peer) + length))) ArrayPool<byte>.Shared.Return(frame);
+        byte[] frame = ArrayPool<byte>.Shared.Rent(DatagramFrame.HeaderLength(peer) + datagram.Length);
+        int n = DatagramFrame.Write(frame, DatagramFrameType.Data, peer, datagram);
+        if (!_toClient.Writer.TryWrite((frame, 0, n))) ArrayPool<byte>.Shared.Return(frame);
     }
 
     /// <summary>Reads a Linux sockaddr_in / sockaddr_in6 (family in host order, port in network order).</summary>
