@@ -545,7 +545,7 @@ public sealed class TurnServer : IAsyncDisposable
                 SendError(client, request, 400, key, "Bad Request: channel bound to another peer");
                 return;
             }
-            if (allocation.ChannelOf.TryGetValue(peer, out var other) && other != channel)
+            if (allocation.ChannelOf.TryGetValue(peer.Unmapped(), out var other) && other != channel)
             {
                 SendError(client, request, 400, key, "Bad Request: peer bound to another channel");
                 return;
@@ -576,7 +576,7 @@ public sealed class TurnServer : IAsyncDisposable
         var now = _time.GetUtcNow();
         lock (allocation.Lock)
         {
-            int fresh = peers.Select(p => p.WithPort(0)).Distinct().Count(p => !allocation.Permissions.ContainsKey(p));
+            int fresh = peers.Select(p => p.Unmapped().WithPort(0)).Distinct().Count(p => !allocation.Permissions.ContainsKey(p));
             if (allocation.Permissions.Count + fresh > _limits.MaxPermissions
                 || (channel != 0 && !allocation.Channels.ContainsKey(channel) && allocation.Channels.Count >= _limits.MaxChannels))
             {
@@ -586,15 +586,15 @@ public sealed class TurnServer : IAsyncDisposable
             if (channel != 0)
             {
                 if ((allocation.Channels.TryGetValue(channel, out var bound) && !bound.Peer.Equals(peers[0]))
-                    || (allocation.ChannelOf.TryGetValue(peers[0], out var other) && other != channel))
+                    || (allocation.ChannelOf.TryGetValue(peers[0].Unmapped(), out var other) && other != channel))
                 {
                     request.Send(allocation.Client, key, 400, "Bad Request: channel or peer bound meanwhile");
                     return;
                 }
                 allocation.Channels[channel] = new ChannelBinding(peers[0], now + _limits.ChannelLifetime);
-                allocation.ChannelOf[peers[0]] = channel;
+                allocation.ChannelOf[peers[0].Unmapped()] = channel;
             }
-            foreach (var p in peers) allocation.Permissions[p.WithPort(0)] = now + _limits.PermissionLifetime;
+            foreach (var p in peers) allocation.Permissions[p.Unmapped().WithPort(0)] = now + _limits.PermissionLifetime;
         }
         request.Send(allocation.Client, key, 0, null);
     }
@@ -661,7 +661,7 @@ public sealed class TurnServer : IAsyncDisposable
     private bool HasPermission(Allocation allocation, PeerAddress peer)
     {
         var now = _time.GetUtcNow();
-        lock (allocation.Lock) return allocation.Permissions.TryGetValue(peer.WithPort(0), out var expires) && expires >= now;
+        lock (allocation.Lock) return allocation.Permissions.TryGetValue(peer.Unmapped().WithPort(0), out var expires) && expires >= now;
     }
 
     // ---- data: peer → client (RFC 5766 §10.3, §11.6) -------------------------------------------
@@ -684,7 +684,7 @@ public sealed class TurnServer : IAsyncDisposable
                 if (!HasPermission(allocation, peer)) continue; // RFC 5766 §10.3: no permission, no delivery
                 ushort channel;
                 lock (allocation.Lock)
-                    channel = allocation.ChannelOf.TryGetValue(peer, out var c) && allocation.Channels.TryGetValue(c, out var b) && b.Expires >= _time.GetUtcNow() ? c : (ushort)0;
+                    channel = allocation.ChannelOf.TryGetValue(peer.Unmapped(), out var c) && allocation.Channels.TryGetValue(c, out var b) && b.Expires >= _time.GetUtcNow() ? c : (ushort)0;
                 if (channel != 0)
                 {
                     int start = DataHeaderRoom - 4;
@@ -766,7 +766,7 @@ public sealed class TurnServer : IAsyncDisposable
                     {
                         if (b.Expires >= now) continue;
                         a.Channels.Remove(c);
-                        a.ChannelOf.Remove(b.Peer);
+                        a.ChannelOf.Remove(b.Peer.Unmapped());
                     }
                 }
             }
@@ -793,6 +793,8 @@ public sealed class TurnServer : IAsyncDisposable
             if (_perUser.TryGetValue(allocation.User, out int n)) { if (n <= 1) _perUser.Remove(allocation.User); else _perUser[allocation.User] = n - 1; }
             session = allocation.Session;
         }
+        if (session is StreamDatagramSession framed && framed.Dropped > 0)
+            _log.LogInformation("TURN allocation {Id}: {Dropped} datagrams dropped because the transport was congested", allocation.Id, framed.Dropped);
         if (session is not null) _ = session.DisposeAsync().AsTask();
     }
 

@@ -288,8 +288,14 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
     {
         byte[] frame = ArrayPool<byte>.Shared.Rent(DatagramFrame.HeaderLength(peer) + datagram.Length);
         int n = DatagramFrame.Write(frame, DatagramFrameType.Data, peer, datagram);
-        if (!_toClient.Writer.TryWrite((frame, 0, n))) ArrayPool<byte>.Shared.Return(frame);
+        if (!_toClient.Writer.TryWrite((frame, 0, n)))
+        {
+            ArrayPool<byte>.Shared.Return(frame);
+            Interlocked.Increment(ref _dropped);
+        }
     }
+
+    private long _dropped;
 
     /// <summary>Reads a Linux sockaddr_in / sockaddr_in6 (family in host order, port in network order).</summary>
     internal static PeerAddress ToPeer(SocketAddress address)
@@ -338,6 +344,8 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
     private void End()
     {
         if (Interlocked.Exchange(ref _ended, 1) != 0) return;
+        if (Interlocked.Read(ref _dropped) > 0)
+            _log.LogInformation("UDP association {Id}: {Dropped} datagrams from peers dropped because the transport was congested", _id, _dropped);
         _stop.Cancel();
         _toClient.Writer.TryComplete();
         _shared?.Dispose();
