@@ -74,6 +74,36 @@ public partial class TurnTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task Bound_server_sends_every_peer_s_datagrams_to_its_target()
+    {
+        await using var peer = await EchoPeer.StartAsync();
+        await using var chain = await TurnChain.StartAsync(PtChain.BoundServer($"127.0.0.1:{peer.Port}"));
+        // The client names a TEST-NET peer; the bound server process sends to its target instead (spec/turn.md §5.4).
+        var (exit, text) = await Uclient(chain, peer, ["-n", "10", "-m", "1", "-c"], peerAddress: "192.0.2.1");
+        output.WriteLine(LastLines(text));
+        AssertDelivered(exit, text, 10, chain);
+    }
+
+    [Fact]
+    public async Task Uclient_through_zephyr_and_its_relay_loses_nothing()
+    {
+        await using var peer = await EchoPeer.StartAsync();
+        await using var relay = await ZephyrRelayProcess.StartAsync();
+        var generated = await ZephyrChain.GenerateAsync();
+        var zephyrClient = (JObject)generated["client"]!;
+        zephyrClient["relay"] = relay.EndPoint.ToString();
+        var serverConfig = PtChain.FreeServer("zephyr", "127.0.0.1");
+        serverConfig["options"] = new JObject { ["zephyr"] = generated["server"] };
+        var clientConfig = TurnChain.ClientConfig(null, "zephyr");
+        clientConfig["options"] = new JObject { ["zephyr"] = zephyrClient };
+        await using var chain = await TurnChain.StartAsync(serverConfig, clientConfig, "zephyr");
+        var (exit, text) = await Uclient(chain, peer, ["-n", "10", "-m", "2", "-c"]);
+        output.WriteLine(LastLines(text));
+        AssertDelivered(exit, text, 20, chain);
+        Assert.Contains(chain.Chain.Client.StdoutLines, l => l.StartsWith("CMESSAGE zephyr {", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task Wrong_password_cannot_complete_allocation()
     {
         await using var peer = new CountingPeer();
@@ -197,18 +227,18 @@ internal sealed class TurnChain : IAsyncDisposable
     public required PtChain Chain { get; init; }
     public required IPEndPoint TurnEndPoint { get; init; }
 
-    public static async Task<TurnChain> StartAsync(JObject serverConfig, string transport = "plain")
+    public static async Task<TurnChain> StartAsync(JObject serverConfig, JObject? clientConfig = null, string transport = "plain")
     {
-        var chain = await PtChain.StartAsync(serverConfig, server => ClientConfig(server, transport));
+        var chain = await PtChain.StartAsync(serverConfig, server => clientConfig ?? ClientConfig(server, transport));
         var line = chain.ClientStartup.Single(l => l.StartsWith($"CMETHOD {transport} turn ", StringComparison.Ordinal));
         return new TurnChain { Chain = chain, TurnEndPoint = IPEndPoint.Parse(line.Split(' ')[3]) };
     }
 
-    public static JObject ClientConfig(IPEndPoint server, string transport = "plain") => new()
+    public static JObject ClientConfig(IPEndPoint? server, string transport = "plain") => new()
     {
         ["role"] = "client",
         ["transports"] = new JArray(transport),
-        ["options"] = new JObject { [transport] = new JObject { ["serverAddress"] = server.ToString() } },
+        ["options"] = new JObject { [transport] = new JObject { ["serverAddress"] = server?.ToString() } },
         ["turn"] = new JObject
         {
             ["listenaddr"] = "127.0.0.1:0",
