@@ -122,7 +122,15 @@ public sealed class HostRuntime : IHostedService
             _ipc.Log("warning", $"transport {name} cannot carry UDP: no TURN listener");
             return;
         }
-        var listener = new PtHost.Turn.TurnListener(name, turn, factory, _loggers.CreateLogger("PtHost.Turn"));
+        PtHost.Turn.TurnListener listener;
+        try { listener = new PtHost.Turn.TurnListener(name, turn, factory, _loggers.CreateLogger("PtHost.Turn")); }
+        catch (System.Net.Sockets.SocketException e)
+        {
+            // The transport's SOCKS front end is already announced: it stays; only its TURN listener is missing.
+            _log.LogError("transport {Name}: TURN listener not started: cannot listen on {Address}: {Error}", name, turn.ListenAddress, e.SocketErrorCode);
+            _ipc.Log("error", $"transport {name}: TURN listener not started: cannot listen on {turn.ListenAddress}: {e.SocketErrorCode}");
+            return;
+        }
         _turnListeners.Add(listener);
         listener.Start();
         _ipc.Cmethod(name, "turn", listener.LocalEndPoint);
