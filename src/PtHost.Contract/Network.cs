@@ -45,7 +45,10 @@ public interface IDatagramSession : IAsyncDisposable
     /// <summary>Where the server process sends from (the TURN relayed address); unspecified if not known.</summary>
     PeerAddress RelayedAddress { get; }
 
-    /// <summary>Sends one datagram for <paramref name="peer"/>; may drop it under congestion.</summary>
+    /// <summary>
+    /// Sends one datagram for <paramref name="peer"/>; may drop it under congestion. The payload must be
+    /// copied (or sent) before the call returns: callers reuse the buffer at once and do not wait for the task.
+    /// </summary>
     ValueTask SendAsync(PeerAddress peer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken);
 
     /// <summary>

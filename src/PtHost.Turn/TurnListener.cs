@@ -27,14 +27,14 @@ public sealed class TurnListener : IAsyncDisposable
     private readonly Lock _lock = new();
     private long _sessions;
 
-    public TurnListener(string transport, TurnOptions options, IClientFactory factory, ILogger log, TimeProvider? time = null)
+    public TurnListener(string transport, TurnOptions options, IClientFactory factory, ILogger log, TimeProvider? time = null, TransportCounters? counters = null)
     {
         _transport = transport;
         _options = options;
         _log = log;
         if (factory is not (IDatagramClientFactory or IDatagramStreamCarrier))
             throw new TransportOptionsException($"transport {transport} cannot carry UDP (spec/turn.md §5.1)");
-        Server = new TurnServer(options, (id, ct) => OpenSessionAsync(factory, id, ct), log, time);
+        Server = new TurnServer(options, (id, ct) => OpenSessionAsync(factory, id, ct), log, time, counters);
         (_udp, _tcp) = Bind(options.ListenAddress);
         LocalEndPoint = (IPEndPoint)_udp.LocalEndPoint!;
         var ip = LocalEndPoint.Address;

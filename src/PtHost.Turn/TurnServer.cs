@@ -57,8 +57,15 @@ public sealed class TurnServer : IAsyncDisposable
     private readonly CancellationTokenSource _stop = new();
     private long _ids;
 
-    public TurnServer(TurnOptions options, DatagramSessionOpener open, ILogger log, TimeProvider? time = null)
+    private readonly TransportCounters? _counters;
+
+    /// <summary>
+    /// Creates the state machine. <paramref name="counters"/>, when given, counts allocations as
+    /// sessions and datagram payload bytes (client → peer as in, peer → client as out) for STATUS lines.
+    /// </summary>
+    public TurnServer(TurnOptions options, DatagramSessionOpener open, ILogger log, TimeProvider? time = null, TransportCounters? counters = null)
     {
+        _counters = counters;
         _options = options;
         _limits = options.Limits;
         _open = open;
@@ -408,6 +415,7 @@ public sealed class TurnServer : IAsyncDisposable
         {
             _log.LogInformation("TURN allocation {Id} for {Client}: the transport could not open a UDP association: {Error}", allocation.Id, allocation.Client.Remote, e.Message);
             Remove(allocation);
+            _counters?.SessionFailed();
             request.Send(allocation.Client, key, 508, $"Insufficient Capacity: transport: {e.Message}");
             return;
         }
@@ -423,6 +431,7 @@ public sealed class TurnServer : IAsyncDisposable
             }
             allocation.Session = session;
         }
+        _counters?.SessionOpened();
         request.Send(allocation.Client, key, 0, null, w =>
         {
             w.AddXorAddress(StunAttribute.XorRelayedAddress, relayed, request.TransactionId);
@@ -619,7 +628,8 @@ public sealed class TurnServer : IAsyncDisposable
             return;
         }
         packet.Span.Overlaps(data, out int offset);
-        _ = session.SendAsync(peer, packet.Slice(offset, data.Length), _stop.Token);
+        _counters?.AddBytesIn(data.Length);
+        _ = session.SendAsync(peer, packet.Slice(offset, data.Length), _stop.Token); // copies before returning (IDatagramSession)
     }
 
     private void HandleChannelData(TurnClient client, ReadOnlyMemory<byte> packet)
@@ -655,7 +665,8 @@ public sealed class TurnServer : IAsyncDisposable
             Drop(client, $"ChannelData to {peer} without permission");
             return;
         }
-        _ = session.SendAsync(peer, packet.Slice(4, length), _stop.Token);
+        _counters?.AddBytesIn(length);
+        _ = session.SendAsync(peer, packet.Slice(4, length), _stop.Token); // copies before returning (IDatagramSession)
     }
 
     private bool HasPermission(Allocation allocation, PeerAddress peer)
@@ -682,6 +693,7 @@ public sealed class TurnServer : IAsyncDisposable
                     return;
                 }
                 if (!HasPermission(allocation, peer)) continue; // RFC 5766 §10.3: no permission, no delivery
+                _counters?.AddBytesOut(n);
                 ushort channel;
                 lock (allocation.Lock)
                     channel = allocation.ChannelOf.TryGetValue(peer.Unmapped(), out var c) && allocation.Channels.TryGetValue(c, out var b) && b.Expires >= _time.GetUtcNow() ? c : (ushort)0;
@@ -795,7 +807,11 @@ public sealed class TurnServer : IAsyncDisposable
         }
         if (session is StreamDatagramSession framed && framed.Dropped > 0)
             _log.LogInformation("TURN allocation {Id}: {Dropped} datagrams dropped because the transport was congested", allocation.Id, framed.Dropped);
-        if (session is not null) _ = session.DisposeAsync().AsTask();
+        if (session is not null)
+        {
+            _counters?.SessionClosed();
+            _ = session.DisposeAsync().AsTask();
+        }
     }
 
     public async ValueTask DisposeAsync()
@@ -805,7 +821,7 @@ public sealed class TurnServer : IAsyncDisposable
         lock (_lock) all = [.. _allocations.Values];
         foreach (var a in all) Remove(a);
         await Task.Yield();
-        _stop.Dispose();
+        // _stop is not disposed: allocation tasks still finishing read its token.
     }
 
     private sealed class Allocation(long id, TurnClient client, string user, byte[] allocateTransaction, DateTimeOffset expires)

@@ -108,12 +108,12 @@ public sealed class HostRuntime : IHostedService
         _frontEnds.Add(listener);
         listener.Start();
         _ipc.Cmethod(name, "socks5", listener.LocalEndPoint);
-        StartTurn(name, factory);
+        StartTurn(name, factory, context.Counters);
         return Task.CompletedTask;
     }
 
     /// <summary>The transport's TURN listener and its CMETHOD line (spec/turn.md §2), when "turn" is configured.</summary>
-    private void StartTurn(string name, IClientFactory factory)
+    private void StartTurn(string name, IClientFactory factory, TransportCounters counters)
     {
         if (_config.Turn is not { } turn) return;
         if (factory is not (IDatagramClientFactory or IDatagramStreamCarrier))
@@ -123,7 +123,7 @@ public sealed class HostRuntime : IHostedService
             return;
         }
         PtHost.Turn.TurnListener listener;
-        try { listener = new PtHost.Turn.TurnListener(name, turn, factory, _loggers.CreateLogger("PtHost.Turn")); }
+        try { listener = new PtHost.Turn.TurnListener(name, turn, factory, _loggers.CreateLogger("PtHost.Turn"), counters: counters); }
         catch (System.Net.Sockets.SocketException e)
         {
             // The transport's SOCKS front end is already announced: it stays; only its TURN listener is missing.

@@ -52,6 +52,22 @@ public class DatagramAssociationTests
     public void Malformed_frame_is_refused(string hex) =>
         Assert.Equal(-1, DatagramFrame.TryParse(Convert.FromHexString(hex), out _, out _, out _));
 
+    [Fact]
+    public void Random_bytes_never_make_the_frame_parser_throw_or_overrun()
+    {
+        var random = new Random(5766);
+        byte[] data = new byte[128];
+        for (int i = 0; i < 20000; i++)
+        {
+            int n = random.Next(data.Length);
+            random.NextBytes(data.AsSpan(0, n));
+            if (i % 2 == 0 && n > 3) data[3] = (byte)(i % 4 == 0 ? 1 : 4);
+            int length = DatagramFrame.TryParse(data.AsSpan(0, n), out _, out _, out var payload);
+            Assert.InRange(length, -1, n);
+            if (length > 0) Assert.InRange(payload.End.Value, payload.Start.Value, length);
+        }
+    }
+
     // ---- peer policy (spec/turn.md §6.1) -------------------------------------------------------------
 
     [Theory]

@@ -479,6 +479,29 @@ public class TurnServerTests : IAsyncDisposable
         await _sessions[0].Disposed.Task.WaitAsync(Wait);
     }
 
+    [Fact]
+    public async Task Allocations_and_payload_bytes_are_counted_for_status_lines()
+    {
+        var counters = new TransportCounters();
+        _server = new TurnServer(new TurnOptions(new IPEndPoint(IPAddress.Loopback, 0), Realm, new Dictionary<string, string> { [User] = Password }),
+            (id, ct) =>
+            {
+                var s = new FakeSession();
+                lock (_sessions) _sessions.Add(s);
+                return ValueTask.FromResult<IDatagramSession>(s);
+            }, NullLogger.Instance, _time, counters);
+        var t = new TurnTestClient(_server, new FakeClient("203.0.113.5", 5555));
+        await t.AllocateAsync();
+        await t.BindAsync(0x4001, Peer);
+        _server.Handle(t.Client, new byte[] { 0x40, 0x01, 0x00, 0x03, (byte)'a', (byte)'b', (byte)'c', 0 });
+        _sessions[0].Deliver(Peer, "12345"u8.ToArray());
+        await t.Client.NextRawAsync();
+        var during = counters.Snapshot();
+        Assert.Equal((1L, 1L, 0L, 3L, 5L), (during.SessionsOpened, during.SessionsActive, during.SessionsFailed, during.BytesIn, during.BytesOut));
+        await t.SendAsync(StunMethod.Refresh, (ref StunWriter w) => w.AddUInt32(StunAttribute.Lifetime, 0));
+        Assert.Equal(0, counters.Snapshot().SessionsActive);
+    }
+
     // ---- helpers -------------------------------------------------------------------------------
 
     internal static byte[] Tid() => System.Security.Cryptography.RandomNumberGenerator.GetBytes(12);
