@@ -112,6 +112,7 @@ public sealed class StreamDatagramSession : IDatagramSession
         }
     }
 
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<(PeerAddress Peer, int Length)> ReceiveAsync(Memory<byte> buffer, CancellationToken cancellationToken)
     {
         while (true)
@@ -147,6 +148,7 @@ public sealed class StreamDatagramSession : IDatagramSession
     }
 
     /// <summary>Reads until a whole frame is at <c>_in[_start..]</c>; the caller calls <see cref="Consume"/>.</summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<(DatagramFrameType, PeerAddress, Range)> ReadFrameAsync(CancellationToken ct)
     {
         while (true)

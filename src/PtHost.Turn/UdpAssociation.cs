@@ -145,6 +145,7 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
 
     public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException("use WriteAsync");
 
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
         while (buffer.Length > 0)
@@ -207,6 +208,7 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
         }
     }
 
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask SendAsync(PeerAddress peer, ReadOnlyMemory<byte> payload, CancellationToken ct)
     {
         var state = Peer(peer);
@@ -307,6 +309,7 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
             : PeerAddress.FromBytes(bytes.Slice(8, 16), port);
     }
 
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
     public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         if (_pending.Buffer is null)

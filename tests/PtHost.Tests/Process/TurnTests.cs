@@ -111,7 +111,7 @@ public partial class TurnTests(ITestOutputHelper output)
         var (exit, text) = await Uclient(chain, peer, ["-n", "2", "-m", "1"], password: "not-the-password");
         Assert.NotEqual(0, exit);
         Assert.Contains("Cannot complete Allocation", text);
-        Assert.Contains($"wrong credentials for user \"{User}\"", chain.Chain.Client.Stderr);
+        await StderrContainsAsync(chain.Chain.Client, $"wrong credentials for user \"{User}\"");
         Assert.Equal(0, peer.Received);
     }
 
@@ -128,7 +128,7 @@ public partial class TurnTests(ITestOutputHelper output)
         Assert.NotEqual(0, exit);
         Assert.Contains("error 403", text);
         Assert.Equal(0, peer.Received);
-        Assert.Contains("refused:", chain.Chain.Server.Stderr);
+        await StderrContainsAsync(chain.Chain.Server, "refused:");
     }
 
     [Theory]
@@ -193,6 +193,17 @@ public partial class TurnTests(ITestOutputHelper output)
     }
 
     // ---- helpers ---------------------------------------------------------------------------------
+
+    /// <summary>Waits (up to 20 s) until a log line has been read from the process's stderr pipe.</summary>
+    private static async Task StderrContainsAsync(PtProcess process, string text)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (!process.Stderr.Contains(text, StringComparison.Ordinal))
+        {
+            if (DateTime.UtcNow > deadline) Assert.Fail($"stderr never said \"{text}\":\n{process.Stderr}");
+            await Task.Delay(50);
+        }
+    }
 
     private async Task<(int Exit, string Text)> Uclient(TurnChain chain, IPeer peer, string[] flags, string password = Password, string peerAddress = "127.0.0.1")
     {
