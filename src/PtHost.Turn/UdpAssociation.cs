@@ -122,8 +122,7 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
         _closed = closed;
         if (target is null)
         {
-            _shared = new Socket(AddressFamily.InterNetworkV6, SocketType.Dgram, ProtocolType.Udp) { DualMode = true };
-            _shared.Bind(new IPEndPoint(IPAddress.IPv6Any, 0));
+            _shared = OpenShared();
             _shared.ReceiveBufferSize = ReceiveBuffer;
             Relayed = PeerAddress.From((IPEndPoint)_shared.LocalEndPoint!).Unmapped();
             _ = ReceiveSharedAsync(_stop.Token);
@@ -134,6 +133,33 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
         }
         byte[] frame = ArrayPool<byte>.Shared.Rent(DatagramFrame.MaxHeaderLength);
         _toClient.Writer.TryWrite((frame, 0, DatagramFrame.Write(frame, DatagramFrameType.Relayed, Relayed, default)));
+    }
+
+    /// <summary>A dual-stack socket on <c>[::]:0</c>; an IPv4 socket on <c>0.0.0.0:0</c> where the host has no IPv6.</summary>
+    private static Socket OpenShared()
+    {
+        var socket = new Socket(AddressFamily.InterNetworkV6, SocketType.Dgram, ProtocolType.Udp);
+        try
+        {
+            socket.DualMode = true;
+            socket.Bind(new IPEndPoint(IPAddress.IPv6Any, 0));
+            return socket;
+        }
+        catch (SocketException)
+        {
+            socket.Dispose();
+        }
+        socket = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        try
+        {
+            socket.Bind(new IPEndPoint(IPAddress.Any, 0));
+            return socket;
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
     }
 
     /// <summary>What the RELAYED frame reports: the shared socket's port (its address is the wildcard), or the bound target.</summary>
@@ -198,9 +224,12 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
             else
             {
                 string? refused = _policy!.Refuse(peer);
+                var address = peer.Unmapped().ToIPAddress();
+                bool dual = _shared!.AddressFamily == AddressFamily.InterNetworkV6;
+                if (refused is null && !dual && address.AddressFamily == AddressFamily.InterNetworkV6) refused = "this host has no IPv6";
                 if (refused is not null) _log.LogInformation("UDP association {Id}: peer {Peer} refused: {Reason}", _id, peer, refused);
-                var v6 = peer.Unmapped().ToIPAddress();
-                state = new PeerState(refused is null, refused is null ? new IPEndPoint(v6.IsIPv4MappedToIPv6 ? v6 : v6.MapToIPv6(), peer.Port).Serialize() : null, null);
+                var endPoint = new IPEndPoint(dual && address.AddressFamily == AddressFamily.InterNetwork ? address.MapToIPv6() : address, peer.Port);
+                state = new PeerState(refused is null, refused is null ? endPoint.Serialize() : null, null);
             }
             _peers[peer] = state;
             if (!peer.Unmapped().Equals(peer)) _peers.TryAdd(peer.Unmapped(), state);
@@ -238,7 +267,7 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
 
     private async Task ReceiveSharedAsync(CancellationToken ct)
     {
-        var from = new SocketAddress(AddressFamily.InterNetworkV6);
+        var from = new SocketAddress(_shared!.AddressFamily);
         byte[] datagram = ArrayPool<byte>.Shared.Rent(DatagramFrame.MaxPayload);
         try
         {
