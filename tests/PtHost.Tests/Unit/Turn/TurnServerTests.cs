@@ -363,6 +363,27 @@ public class TurnServerTests : IAsyncDisposable
         Assert.Equal(0, t.Client.Pending); // the unpermitted peer's datagram was not delivered
     }
 
+    [Theory]
+    [InlineData("2001:db8::7", 1)]
+    [InlineData("2001:db8::7", 4)]
+    [InlineData("192.0.2.7", 0)]
+    [InlineData("192.0.2.7", 3)]
+    public async Task Data_indication_is_well_formed_for_both_families_and_any_padding(string ip, int length)
+    {
+        var t = new TurnTestClient(_server, new FakeClient("203.0.113.5", 5555));
+        await t.AllocateAsync();
+        var peer = PeerAddress.From(new IPEndPoint(IPAddress.Parse(ip), 4000));
+        Assert.Equal(StunClass.Success, (await t.SendAsync(StunMethod.CreatePermission, (ref StunWriter w) => w.AddXorAddress(StunAttribute.XorPeerAddress, peer))).Class);
+        byte[] payload = [.. Enumerable.Range(1, length).Select(i => (byte)i)];
+        _sessions[0].Deliver(peer, payload);
+        var data = await t.Client.NextAsync();
+        Assert.Equal(StunMethod.Data, data.Method);
+        Assert.Equal(peer, data.XorAddress(StunAttribute.XorPeerAddress));
+        Assert.True(data.Message.TryGet(StunAttribute.Data, out var got));
+        Assert.Equal(payload, got.ToArray());
+        Assert.Equal(0, data.Bytes.Length % 4);
+    }
+
     [Fact]
     public async Task Permission_expires_after_300_seconds()
     {
