@@ -559,6 +559,11 @@ public sealed class TurnServer : IAsyncDisposable
                 SendError(client, request, 400, key, "Bad Request: peer bound to another channel");
                 return;
             }
+            if (IsCooling(allocation, channel, peer, _time.GetUtcNow()))
+            {
+                SendError(client, request, 400, key, "Bad Request: channel or peer was bound otherwise less than 5 minutes ago");
+                return;
+            }
         }
         _ = CompletePermissionAsync(allocation, new PendingRequest(request), key, [peer], channel);
     }
@@ -600,8 +605,14 @@ public sealed class TurnServer : IAsyncDisposable
                     request.Send(allocation.Client, key, 400, "Bad Request: channel or peer bound meanwhile");
                     return;
                 }
+                if (IsCooling(allocation, channel, peers[0], now))
+                {
+                    request.Send(allocation.Client, key, 400, "Bad Request: channel or peer was bound otherwise less than 5 minutes ago");
+                    return;
+                }
                 allocation.Channels[channel] = new ChannelBinding(peers[0], now + _limits.ChannelLifetime);
                 allocation.ChannelOf[peers[0].Unmapped()] = channel;
+                allocation.Cooling.Remove(channel);
             }
             foreach (var p in peers) allocation.Permissions[p.Unmapped().WithPort(0)] = now + _limits.PermissionLifetime;
         }
@@ -774,11 +785,13 @@ public sealed class TurnServer : IAsyncDisposable
                 lock (a.Lock)
                 {
                     foreach (var (p, e) in a.Permissions.ToArray()) if (e < now) a.Permissions.Remove(p);
+                    foreach (var (c, b) in a.Cooling.ToArray()) if (b.Expires < now) a.Cooling.Remove(c);
                     foreach (var (c, b) in a.Channels.ToArray())
                     {
                         if (b.Expires >= now) continue;
                         a.Channels.Remove(c);
                         a.ChannelOf.Remove(b.Peer.Unmapped());
+                        a.Cooling[c] = new ChannelBinding(b.Peer, now + ChannelCooling);
                     }
                 }
             }
@@ -834,6 +847,7 @@ public sealed class TurnServer : IAsyncDisposable
         public readonly Dictionary<PeerAddress, DateTimeOffset> Permissions = [];
         public readonly Dictionary<ushort, ChannelBinding> Channels = [];
         public readonly Dictionary<PeerAddress, ushort> ChannelOf = [];
+        public readonly Dictionary<ushort, ChannelBinding> Cooling = []; // expired bindings, for 5 minutes
         public readonly HashSet<PeerAddress> Checked = [];
         public DateTimeOffset Expires = expires;
         public volatile IDatagramSession? Session;
@@ -842,4 +856,19 @@ public sealed class TurnServer : IAsyncDisposable
     }
 
     private readonly record struct ChannelBinding(PeerAddress Peer, DateTimeOffset Expires);
+
+    /// <summary>RFC 5766 §11: after a binding expires, neither its channel nor its peer may be bound otherwise for 5 minutes.</summary>
+    public static readonly TimeSpan ChannelCooling = TimeSpan.FromMinutes(5);
+
+    /// <summary>True when an expired binding still holds <paramref name="channel"/> for another peer, or <paramref name="peer"/> for another channel. Caller holds the allocation's lock.</summary>
+    private static bool IsCooling(Allocation allocation, ushort channel, PeerAddress peer, DateTimeOffset now)
+    {
+        foreach (var (c, b) in allocation.Cooling)
+        {
+            if (b.Expires < now) continue;
+            if (c == channel && !b.Peer.Equals(peer)) return true;
+            if (c != channel && b.Peer.Unmapped().Equals(peer.Unmapped())) return true;
+        }
+        return false;
+    }
 }

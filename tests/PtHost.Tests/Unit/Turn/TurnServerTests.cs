@@ -481,6 +481,38 @@ public class TurnServerTests : IAsyncDisposable
     }
 
     [Fact]
+    public async Task Expired_channel_and_peer_cannot_be_bound_otherwise_for_5_minutes()
+    {
+        var t = new TurnTestClient(_server, new FakeClient("203.0.113.5", 5555));
+        await t.AllocateAsync();
+        await t.SendAsync(StunMethod.Refresh, (ref StunWriter w) => w.AddUInt32(StunAttribute.Lifetime, 3600));
+        Assert.Equal(StunClass.Success, (await t.BindAsync(0x4001, Peer)).Class);
+        _time.Now += TimeSpan.FromSeconds(601);
+        _server.Expire();
+        await t.ChallengeAsync(); // the nonce (600 s) is stale too
+        Assert.Equal(400, (await t.BindAsync(0x4001, Peer2)).ErrorCode);
+        Assert.Equal(400, (await t.BindAsync(0x4002, Peer)).ErrorCode);
+        _time.Now += TimeSpan.FromSeconds(301);
+        _server.Expire();
+        await t.ChallengeAsync();
+        Assert.Equal(StunClass.Success, (await t.BindAsync(0x4001, Peer2)).Class);
+        Assert.Equal(StunClass.Success, (await t.BindAsync(0x4002, Peer)).Class);
+    }
+
+    [Fact]
+    public async Task Expired_binding_may_be_renewed_with_the_same_channel_and_peer()
+    {
+        var t = new TurnTestClient(_server, new FakeClient("203.0.113.5", 5555));
+        await t.AllocateAsync();
+        await t.SendAsync(StunMethod.Refresh, (ref StunWriter w) => w.AddUInt32(StunAttribute.Lifetime, 3600));
+        await t.BindAsync(0x4001, Peer);
+        _time.Now += TimeSpan.FromSeconds(601);
+        _server.Expire();
+        await t.ChallengeAsync();
+        Assert.Equal(StunClass.Success, (await t.BindAsync(0x4001, Peer)).Class);
+    }
+
+    [Fact]
     public async Task Session_end_deletes_the_allocation()
     {
         var t = new TurnTestClient(_server, new FakeClient("203.0.113.5", 5555));
