@@ -102,7 +102,7 @@ public sealed class PtConfig
             BindAddresses = role == Role.Server ? ParseBindAddresses(root, transports) : RejectFor(root, "bindaddr", "server", new Dictionary<string, IPEndPoint>()),
             Target = role == Role.Server ? ParseTarget(root) : RejectFor<Destination?>(root, "target", "server", null),
             Allow = role == Role.Server ? ParseAllow(root) : RejectFor<AllowList?>(root, "allow", "server", null),
-            Turn = role == Role.Client ? TurnConfig.Parse(root["turn"]) : RejectFor<PtHost.Turn.TurnOptions?>(root, "turn", "client", null),
+            Turn = role == Role.Client ? TurnConfig.Parse(root["turn"], transports.Count) : RejectFor<PtHost.Turn.TurnOptions?>(root, "turn", "client", null),
         };
         if (config.Role == Role.Server && config.Target is null && config.Allow is null)
             throw new ConfigException("allow", "a free server (no \"target\") requires an explicit \"allow\" list of destinations");

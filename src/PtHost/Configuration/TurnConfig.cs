@@ -13,7 +13,7 @@ public static class TurnConfig
     public const int MaxRealmChars = 127, MaxUserBytes = 512;
 
     /// <summary>Null when the key is absent (no TURN listeners).</summary>
-    public static TurnOptions? Parse(JToken? token)
+    public static TurnOptions? Parse(JToken? token, int transports = 1)
     {
         if (token is null) return null;
         if (token is not JObject o) throw new ConfigException("turn", "must be an object {\"listenaddr\", \"realm\", \"users\"}");
@@ -26,6 +26,8 @@ public static class TurnConfig
             { Type: JTokenType.String } s => PtConfig.ParseEndPoint("turn", (string)s!),
             _ => throw new ConfigException("turn", "\"listenaddr\" must be \"ip:port\""),
         };
+        if (listen.Port != 0 && transports > 1)
+            throw new ConfigException("turn", "a fixed \"listenaddr\" port can serve one transport only; use port 0 (each transport then gets its own port)");
         if (o["realm"] is not { Type: JTokenType.String } realmToken || ((string)realmToken!).Length is 0 or > MaxRealmChars)
             throw new ConfigException("turn", $"\"realm\" must be a string of 1 to {MaxRealmChars} characters");
         if (o["users"] is not JObject usersObject || !usersObject.HasValues)

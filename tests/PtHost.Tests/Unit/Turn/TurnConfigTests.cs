@@ -44,6 +44,14 @@ public class TurnConfigTests
         Assert.Equal("turn", Assert.Throws<ConfigException>(() => Parse("{" + Client + "," + turn + "}")).Key);
 
     [Fact]
+    public void Fixed_turn_port_with_two_transports_is_refused_and_port_0_is_not()
+    {
+        const string two = "'role':'client','transports':['plain','zephyr']";
+        Assert.Equal("turn", Assert.Throws<ConfigException>(() => Parse("{" + two + ",'turn':{'listenaddr':'127.0.0.1:3478','realm':'r','users':{'u':'p'}}}")).Key);
+        Assert.NotNull(Parse("{" + two + ",'turn':{'listenaddr':'127.0.0.1:0','realm':'r','users':{'u':'p'}}}").Turn);
+    }
+
+    [Fact]
     public void Turn_key_applies_to_clients_only() =>
         Assert.Equal("turn", Assert.Throws<ConfigException>(() =>
             Parse("{'role':'server','transports':['plain'],'target':'127.0.0.1:1','turn':{'realm':'r','users':{'u':'p'}}}")).Key);
