@@ -11,6 +11,8 @@ packages=(curl ca-certificates
   # QUIC (src/PtHost.Quic): runtime libraries, the ngtcp2 example peers, headers + gcc for the layout test
   libngtcp2-9 libngtcp2-crypto-gnutls2 libgnutls30 ngtcp2-server ngtcp2-client
   libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev gcc
+  # TURN: coturn's turnutils_uclient / turnutils_peer
+  coturn
   # RUD: X25519 through the system OpenSSL (libcrypto.so.3)
   libssl3)
 missing=()

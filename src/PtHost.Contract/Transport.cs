@@ -100,7 +100,20 @@ public interface IStartableClientFactory
 /// <param name="Destination">The SOCKS request's destination; <see cref="Destination.IsUnspecified"/> when a PT 2.0 client sent <c>[::0]:0</c>.</param>
 /// <param name="Settings">What <see cref="IClientFactory.ParseSettings"/> returned.</param>
 /// <param name="Session">A process-unique session number for logs.</param>
-public sealed record ConnectRequest(Destination Destination, object? Settings, long Session);
+/// <param name="Kind">A byte stream (SOCKS), or a UDP association whose stream carries framed datagrams (TURN, spec/turn.md §5).</param>
+public sealed record ConnectRequest(Destination Destination, object? Settings, long Session, SessionKind Kind = SessionKind.Stream);
+
+/// <summary>What a session carries end to end.</summary>
+public enum SessionKind
+{
+    /// <summary>A TCP byte stream to the destination or target.</summary>
+    Stream,
+    /// <summary>
+    /// A UDP association (spec/turn.md §5): the stream carries datagram frames, which the server
+    /// process's host turns into UDP datagrams to allow-listed peers or the bound target.
+    /// </summary>
+    Datagram,
+}
 
 /// <summary>Server side of a transport.</summary>
 public interface IServerFactory : IAsyncDisposable
@@ -163,4 +176,5 @@ public interface IInboundHandler
 /// <param name="Remote">The transport-level peer (client process or relay).</param>
 /// <param name="Destination">For a free server, where the client asked to go; null for none.</param>
 /// <param name="Session">A process-unique session number for logs.</param>
-public sealed record InboundSession(System.Net.EndPoint? Remote, Destination? Destination, long Session);
+/// <param name="Kind">What the client asked for; a transport passes on what its client side sent (spec/turn.md §5).</param>
+public sealed record InboundSession(System.Net.EndPoint? Remote, Destination? Destination, long Session, SessionKind Kind = SessionKind.Stream);

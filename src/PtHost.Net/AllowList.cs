@@ -27,6 +27,21 @@ public sealed class AllowList
         return false;
     }
 
+    /// <summary>
+    /// True when an entry that lies wholly inside <paramref name="network"/>/<paramref name="prefix"/>
+    /// allows the address and port: a catch-all such as <c>0.0.0.0/0</c> does not count. Used for
+    /// UDP peers in special-purpose ranges (spec/turn.md §6.1).
+    /// </summary>
+    public bool AllowsWithin(IPAddress address, int port, IPAddress network, int prefix)
+    {
+        if (address.IsIPv4MappedToIPv6) address = address.MapToIPv4();
+        var range = new Entry(network.GetAddressBytes(), prefix, 0);
+        foreach (var e in _entries)
+            if ((e.Port == 0 || e.Port == port) && e.Prefix >= prefix && e.Network.Length == range.Network.Length
+                && range.Contains(new IPAddress(e.Network)) && e.Contains(address)) return true;
+        return false;
+    }
+
     private static Entry ParseEntry(string text)
     {
         string addressPart = text;

@@ -82,7 +82,7 @@ internal static class PlainSignals
 /// <summary>Per-connection settings plain accepts.</summary>
 internal sealed record PlainSettings(Destination? Destination);
 
-internal sealed class PlainClient : IClientFactory
+internal sealed class PlainClient : IClientFactory, IDatagramStreamCarrier
 {
     public static readonly TimeSpan HelloRetry = TimeSpan.FromSeconds(5);
     private readonly TransportEnvironment _context;
@@ -128,19 +128,19 @@ internal sealed class PlainClient : IClientFactory
             // Tor-style: the SOCKS destination is the server (a bridge address).
             server = request.Destination;
             if (server.IsUnspecified) throw new TransportConnectException(ConnectFailure.HostUnreachable, "no server address: the request names none and options give none");
-            return await OpenAsync(server, far, cancellationToken).ConfigureAwait(false);
+            return await OpenAsync(server, far, request.Kind, cancellationToken).ConfigureAwait(false);
         }
         // With a known server, the request's destination (when given) is where the server should go.
         if (far is null && !request.Destination.IsUnspecified) far = request.Destination;
-        return await OpenAsync(server, far, cancellationToken).ConfigureAwait(false);
+        return await OpenAsync(server, far, request.Kind, cancellationToken).ConfigureAwait(false);
     }
 
-    private async Task<Stream> OpenAsync(Destination server, Destination? far, CancellationToken ct)
+    private async Task<Stream> OpenAsync(Destination server, Destination? far, SessionKind kind, CancellationToken ct)
     {
         var stream = await _context.Dialer.ConnectTcpAsync(server, ct).ConfigureAwait(false);
         try
         {
-            await PlainWire.RequestAsync(stream, far, $"server {server}", ct).ConfigureAwait(false);
+            await PlainWire.RequestAsync(stream, far, $"server {server}", ct, kind).ConfigureAwait(false);
             return stream;
         }
         catch (Exception e) when (e is IOException or SocketException)
@@ -287,10 +287,11 @@ internal sealed class PlainListener : IServerManager
         try
         {
             Destination? destination;
+            SessionKind kind;
             using (var preamble = CancellationTokenSource.CreateLinkedTokenSource(abort))
             {
                 preamble.CancelAfter(PlainServer.PreambleTimeout);
-                try { destination = await PlainWire.ReadRequestAsync(stream, preamble.Token).ConfigureAwait(false); }
+                try { (destination, kind) = await PlainWire.ReadPreambleAsync(stream, preamble.Token).ConfigureAwait(false); }
                 catch (InvalidDataException)
                 {
                     failed = true;
@@ -309,7 +310,7 @@ internal sealed class PlainListener : IServerManager
             }
             try
             {
-                onward = await _binding.Handler.OpenAsync(new InboundSession(remote, destination, id), abort).ConfigureAwait(false);
+                onward = await _binding.Handler.OpenAsync(new InboundSession(remote, destination, id, kind), abort).ConfigureAwait(false);
             }
             catch (TransportConnectException e)
             {

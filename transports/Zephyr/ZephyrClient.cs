@@ -14,7 +14,7 @@ namespace PtHost.Transports.Zephyr;
 internal sealed record ZephyrSettings(Destination? Destination);
 
 /// <summary>The client side (spec/zephyr.md §7.3, client steps).</summary>
-internal sealed class ZephyrClient : IClientFactory
+internal sealed class ZephyrClient : IClientFactory, IDatagramStreamCarrier
 {
     private readonly TransportEnvironment _context;
     private readonly ZephyrClientOptions _options;
@@ -64,7 +64,7 @@ internal sealed class ZephyrClient : IClientFactory
                     try
                     {
                         await tls.AuthenticateAsClientAsync(ZephyrSession.ClientTls(_certificateContext, _options.ServerPin), limit.Token).ConfigureAwait(false);
-                        await PlainWire.RequestAsync(tls, far, "zephyr server", limit.Token).ConfigureAwait(false);
+                        await PlainWire.RequestAsync(tls, far, "zephyr server", limit.Token, request.Kind).ConfigureAwait(false);
                     }
                     catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
                     {

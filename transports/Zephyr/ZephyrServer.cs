@@ -238,13 +238,14 @@ internal sealed class ZephyrServerManager : IServerManager
             var tls = new SslStream(stream, leaveInnerStreamOpen: true);
             tlsStream = new ZephyrTlsStream(tls, stream);
             Destination? destination;
+            SessionKind kind;
             using (var limit = CancellationTokenSource.CreateLinkedTokenSource(abort))
             {
                 // The relay closes us after its peer timeout if the client never binds (§4.3); this is a backstop.
                 limit.CancelAfter(HandshakeLimit);
                 await tls.AuthenticateAsServerAsync(ZephyrSession.ServerTls(_certificateContext, _options.ClientPins), limit.Token).ConfigureAwait(false);
                 limit.CancelAfter(_options.TlsTimeout);
-                try { destination = await PlainWire.ReadRequestAsync(tls, limit.Token).ConfigureAwait(false); }
+                try { (destination, kind) = await PlainWire.ReadPreambleAsync(tls, limit.Token).ConfigureAwait(false); }
                 catch (InvalidDataException)
                 {
                     failed = true;
@@ -263,7 +264,7 @@ internal sealed class ZephyrServerManager : IServerManager
             }
             try
             {
-                onward = await _binding.Handler.OpenAsync(new InboundSession(new DnsEndPoint(relay.Host, relay.Port), destination, id), abort).ConfigureAwait(false);
+                onward = await _binding.Handler.OpenAsync(new InboundSession(new DnsEndPoint(relay.Host, relay.Port), destination, id, kind), abort).ConfigureAwait(false);
             }
             catch (TransportConnectException e)
             {

@@ -21,7 +21,7 @@ public sealed partial class PtConfig
     public static readonly string[] Keys =
     [
         "ptversion", "role", "transports", "proxylistenaddr", "bindaddr", "target", "options", "allow",
-        "plugindir", "state", "exit-on-stdin-close", "loglevel", "proxy",
+        "plugindir", "state", "exit-on-stdin-close", "loglevel", "proxy", "turn",
     ];
 
     public string PtVersion { get; private init; } = "2";
@@ -32,6 +32,8 @@ public sealed partial class PtConfig
     public Destination? Target { get; private init; }
     public IReadOnlyDictionary<string, JToken> Options { get; private init; } = new Dictionary<string, JToken>();
     public AllowList? Allow { get; private init; }
+    /// <summary>The TURN front end (client role; spec/turn.md §2); null for none.</summary>
+    public PtHost.Turn.TurnOptions? Turn { get; private init; }
     public string? PluginDirectory { get; private init; }
     public string StateDirectory { get; private init; } = Directory.GetCurrentDirectory();
     public bool ExitOnStdinClose { get; private init; }
@@ -111,6 +113,7 @@ public sealed partial class PtConfig
             Target = role == Role.Server ? ParseTarget(root) : RejectFor<Destination?>(root, "target", "server", null),
             Allow = role == Role.Server ? ParseAllow(root) : RejectFor<AllowList?>(root, "allow", "server", null),
             UpstreamProxy = role == Role.Client ? ParseProxy(root) : RejectFor<string?>(root, "proxy", "client", null),
+            Turn = role == Role.Client ? TurnConfig.Parse(root["turn"], transports.Count) : RejectFor<PtHost.Turn.TurnOptions?>(root, "turn", "client", null),
         };
         if (config.Role == Role.Server && config.Target is null && config.Allow is null)
             throw new ConfigException("allow", "a free server (no \"target\") requires an explicit \"allow\" list of destinations");

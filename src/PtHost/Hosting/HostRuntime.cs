@@ -26,6 +26,8 @@ public sealed class HostRuntime : IHostedService
     private readonly IHostApplicationLifetime _lifetime;
     private readonly HostOptions _hostOptions;
     private readonly List<Socks5Listener> _frontEnds = [];
+    private readonly List<PtHost.Turn.TurnListener> _turnListeners = []; // spec/turn.md
+    private PtHost.Turn.UdpAssociationHost? _udp; // spec/turn.md §5.4
     private readonly List<(string Name, IServerManager Manager)> _servers = [];
     private readonly List<IAsyncDisposable> _factories = [];
     private readonly Dictionary<string, TransportCounters> _counters = [];
@@ -127,6 +129,31 @@ public sealed class HostRuntime : IHostedService
         _frontEnds.Add(listener);
         listener.Start();
         _ipc.Cmethod(name, "socks5", listener.LocalEndPoint);
+        StartTurn(name, factory, context.Counters);
+    }
+
+    /// <summary>The transport's TURN listener and its CMETHOD line (spec/turn.md §2), when "turn" is configured.</summary>
+    private void StartTurn(string name, IClientFactory factory, TransportCounters counters)
+    {
+        if (_config.Turn is not { } turn) return;
+        if (factory is not (IDatagramClientFactory or IDatagramStreamCarrier))
+        {
+            _log.LogWarning("transport {Name} cannot carry UDP: no TURN listener", name);
+            _ipc.Log("warning", $"transport {name} cannot carry UDP: no TURN listener");
+            return;
+        }
+        PtHost.Turn.TurnListener listener;
+        try { listener = new PtHost.Turn.TurnListener(name, turn, factory, _loggers.CreateLogger("PtHost.Turn"), counters: counters); }
+        catch (System.Net.Sockets.SocketException e)
+        {
+            // The transport's SOCKS front end is already announced: it stays; only its TURN listener is missing.
+            _log.LogError("transport {Name}: TURN listener not started: cannot listen on {Address}: {Error}", name, turn.ListenAddress, e.SocketErrorCode);
+            _ipc.Log("error", $"transport {name}: TURN listener not started: cannot listen on {turn.ListenAddress}: {e.SocketErrorCode}");
+            return;
+        }
+        _turnListeners.Add(listener);
+        listener.Start();
+        _ipc.Cmethod(name, "turn", listener.LocalEndPoint);
     }
 
     private async Task StartServerAsync(string name, IPluggableTransport transport, TransportEnvironment context, INetworkDialer dialer, CancellationToken ct)
@@ -136,7 +163,8 @@ public sealed class HostRuntime : IHostedService
         var extOrPort = _config.ExtendedOrPort is { } ext
             ? new ExtOrPort.ExtOrPortClient(ext, _config.AuthCookieFile!, name, new DirectDialer(), _loggers.CreateLogger("PtHost.ExtOrPort"))
             : null;
-        var handler = new InboundHandler(_config, dialer, extOrPort, context.Counters);
+        _udp ??= new PtHost.Turn.UdpAssociationHost(_config.Target, _config.Allow, _loggers.CreateLogger("PtHost.Turn"));
+        var handler = new InboundHandler(_config, dialer, extOrPort, context.Counters, _udp);
         var binding = new ServerBinding(_config.BindAddresses[name], _config.Target, handler);
         var manager = _config.Target is null
             ? await factory.ProxyAsync(binding, ct).ConfigureAwait(false)
@@ -157,9 +185,11 @@ public sealed class HostRuntime : IHostedService
         // Stop accepting everywhere first, then let sessions drain until the host's shutdown timeout.
         using var drain = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _abort.Token);
         drain.CancelAfter(_hostOptions.ShutdownTimeout - TimeSpan.FromMilliseconds(250));
-        var stops = _frontEnds.Select(f => f.StopAsync(drain.Token)).Concat(_servers.Select(s => s.Manager.StopAsync(drain.Token)));
+        var stops = _frontEnds.Select(f => f.StopAsync(drain.Token)).Concat(_servers.Select(s => s.Manager.StopAsync(drain.Token)))
+            .Concat(_turnListeners.Select(t => t.StopAsync(drain.Token)));
         await Task.WhenAll(stops).ConfigureAwait(false);
         foreach (var f in _frontEnds) await f.DisposeAsync().ConfigureAwait(false);
+        foreach (var t in _turnListeners) await t.DisposeAsync().ConfigureAwait(false);
         foreach (var (_, m) in _servers) await m.DisposeAsync().ConfigureAwait(false);
         foreach (var f in _factories) await f.DisposeAsync().ConfigureAwait(false);
         if (_counters.Count > 0) ReportStatus();
@@ -167,11 +197,15 @@ public sealed class HostRuntime : IHostedService
 }
 
 /// <summary>The host's side of server sessions: the bound target, or an allow-listed destination.</summary>
-/// <remarks>In PT 1.0 server mode with an ExtORPort, every session goes through its handshake (spec/ipc.md §10.4).</remarks>
-internal sealed class InboundHandler(PtConfig config, INetworkDialer dialer, ExtOrPort.ExtOrPortClient? extOrPort, TransportCounters counters) : IInboundHandler
+/// <remarks>In PT 1.0 server mode with an ExtORPort, every stream session goes through its handshake (spec/ipc.md §10.4).</remarks>
+internal sealed class InboundHandler(PtConfig config, INetworkDialer dialer, ExtOrPort.ExtOrPortClient? extOrPort, TransportCounters counters,
+    PtHost.Turn.UdpAssociationHost? udp = null) : IInboundHandler
 {
     public async ValueTask<Stream> OpenAsync(InboundSession session, CancellationToken cancellationToken)
     {
+        if (session.Kind == SessionKind.Datagram) // a UDP association (spec/turn.md §5.4)
+            return udp is null ? throw new TransportConnectException(ConnectFailure.CommandNotSupported, "this server carries no UDP")
+                : await udp.OpenAsync(session, cancellationToken).ConfigureAwait(false);
         if (extOrPort is not null) return await extOrPort.OpenAsync(session.Remote, cancellationToken).ConfigureAwait(false);
         if (config.Target is { } target) return await dialer.ConnectTcpAsync(target, cancellationToken).ConfigureAwait(false);
         var destination = session.Destination

@@ -36,7 +36,7 @@ public sealed class PtChain : IAsyncDisposable
             var serverEp = IPEndPoint.Parse(smethod.Split(' ')[2]);
             client = PtProcess.StartPthost(clientConfig(serverEp).ToString(Newtonsoft.Json.Formatting.None));
             var clientLines = await client.ReadUntilDoneAsync();
-            var cmethod = clientLines.Single(l => l.StartsWith("CMETHOD ", StringComparison.Ordinal));
+            var cmethod = clientLines.Single(l => l.StartsWith("CMETHOD ", StringComparison.Ordinal) && l.Split(' ')[2] == "socks5");
             var chain = new PtChain(server, client)
             {
                 ServerEndPoint = serverEp,

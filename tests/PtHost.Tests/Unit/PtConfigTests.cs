@@ -412,10 +412,11 @@ public class PtConfigTests
         {
             var client = JObject.Parse("{\"ptversion\":\"2\",\"role\":\"client\",\"transports\":[\"plain\"],\"proxylistenaddr\":\"127.0.0.1:0\",\"options\":{\"plain\":{}},\"state\":\"s\",\"exit-on-stdin-close\":true,\"loglevel\":\"debug\",\"proxy\":\"socks5://127.0.0.1:1080\"}");
             client["plugindir"] = dir;
+            client["turn"] = JObject.Parse("{\"realm\":\"r\",\"users\":{\"u\":\"p\"}}");
             PtConfig.FromObject(client);
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"bindaddr\":{},\"target\":\"a.example:1\"}"));
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"allow\":[]}"));
-            Assert.Equal(13, PtConfig.Keys.Length);
+            Assert.Equal(14, PtConfig.Keys.Length);
         }
         finally { Directory.Delete(dir, true); }
     }

@@ -1,0 +1,327 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Net;
+using System.Net.Sockets;
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging;
+using PtHost.Contract;
+
+namespace PtHost.Turn;
+
+/// <summary>
+/// One transport's TURN listener in the client process (spec/turn.md §2): UDP and TCP on the same
+/// port, one <see cref="TurnServer"/>, and allocations whose relayed side is a UDP association
+/// through the transport (native <see cref="IDatagramClientFactory"/>, or framed in its streams).
+/// </summary>
+public sealed class TurnListener : IAsyncDisposable
+{
+    public const int BindAttempts = 16;
+    private readonly string _transport;
+    private readonly TurnOptions _options;
+    private readonly ILogger _log;
+    private readonly Socket _udp;
+    private readonly Socket _tcp;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly List<Task> _loops = [];
+    private readonly HashSet<TcpTurnClient> _connections = [];
+    private readonly Lock _lock = new();
+    private long _sessions;
+
+    public TurnListener(string transport, TurnOptions options, IClientFactory factory, ILogger log, TimeProvider? time = null, TransportCounters? counters = null)
+    {
+        _transport = transport;
+        _options = options;
+        _log = log;
+        if (factory is not (IDatagramClientFactory or IDatagramStreamCarrier))
+            throw new TransportOptionsException($"transport {transport} cannot carry UDP (spec/turn.md §5.1)");
+        Server = new TurnServer(options, (id, ct) => OpenSessionAsync(factory, id, ct), log, time, counters);
+        (_udp, _tcp) = Bind(options.ListenAddress);
+        LocalEndPoint = (IPEndPoint)_udp.LocalEndPoint!;
+        var ip = LocalEndPoint.Address;
+        Server.PublicAddress = ip.Equals(IPAddress.Any) || ip.Equals(IPAddress.IPv6Any) ? IPAddress.Loopback : ip;
+    }
+
+    /// <summary>The bound address (printed as <c>CMETHOD &lt;t&gt; turn &lt;ip:port&gt;</c>).</summary>
+    public IPEndPoint LocalEndPoint { get; }
+
+    public TurnServer Server { get; }
+
+    /// <summary>Binds UDP (port 0 picks one), then TCP on the same port; retries when TCP finds it taken.</summary>
+    private static (Socket Udp, Socket Tcp) Bind(IPEndPoint address)
+    {
+        for (int attempt = 0; ; attempt++)
+        {
+            var udp = new Socket(address.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
+            try
+            {
+                udp.Bind(address);
+                udp.ReceiveBufferSize = 4 << 20;
+                udp.SendBufferSize = 4 << 20;
+                var tcp = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+                try
+                {
+                    tcp.Bind(new IPEndPoint(address.Address, ((IPEndPoint)udp.LocalEndPoint!).Port));
+                    tcp.Listen(512);
+                    return (udp, tcp);
+                }
+                catch (SocketException e) when (e.SocketErrorCode == SocketError.AddressAlreadyInUse && address.Port == 0 && attempt < BindAttempts)
+                {
+                    tcp.Dispose();
+                    udp.Dispose();
+                }
+                catch
+                {
+                    tcp.Dispose();
+                    throw;
+                }
+            }
+            catch
+            {
+                udp.Dispose();
+                throw;
+            }
+        }
+    }
+
+    public void Start()
+    {
+        _loops.Add(UdpLoopAsync(_stop.Token));
+        _loops.Add(AcceptLoopAsync(_stop.Token));
+        _loops.Add(ExpiryLoopAsync(_stop.Token));
+    }
+
+    private async ValueTask<IDatagramSession> OpenSessionAsync(IClientFactory factory, long allocation, CancellationToken ct)
+    {
+        long id = Interlocked.Increment(ref _sessions);
+        var request = new ConnectRequest(new Destination("0.0.0.0", 0), factory.ParseSettings(ConnectionSettings.Empty), id, SessionKind.Datagram);
+        if (factory is IDatagramClientFactory native) return await native.OpenDatagramSessionAsync(request, ct).ConfigureAwait(false);
+        var stream = await factory.ConnectAsync(request, ct).ConfigureAwait(false);
+        return await StreamDatagramSession.StartAsync(stream, ct).ConfigureAwait(false);
+    }
+
+    // ---- UDP ---------------------------------------------------------------------------------
+
+    private sealed class UdpTurnClient(Socket socket, SocketAddress address, PeerAddress remote) : TurnClient(remote)
+    {
+        public override bool IsStream => false;
+
+        public override void Send(ReadOnlySpan<byte> message)
+        {
+            try { socket.SendTo(message, SocketFlags.None, address); }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+        }
+    }
+
+    private async Task UdpLoopAsync(CancellationToken ct)
+    {
+        byte[] buffer = GC.AllocateUninitializedArray<byte>(65536, pinned: true);
+        var from = new SocketAddress(_udp.AddressFamily);
+        var clients = new Dictionary<PeerAddress, UdpTurnClient>();
+        while (!ct.IsCancellationRequested)
+        {
+            int n;
+            try { n = await _udp.ReceiveFromAsync(buffer, SocketFlags.None, from, ct).ConfigureAwait(false); }
+            catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionReset or SocketError.ConnectionRefused or SocketError.MessageSize) { continue; }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { return; }
+            var remote = UdpAssociation.ToPeer(from);
+            // One client object per source address while it has an allocation; a transient one otherwise.
+            if (!clients.TryGetValue(remote, out var client))
+            {
+                var copy = new SocketAddress(from.Family, from.Size);
+                from.Buffer.CopyTo(copy.Buffer);
+                client = new UdpTurnClient(_udp, copy, remote);
+                if (clients.Count > 4 * _options.Limits.MaxAllocations) clients.Clear();
+                clients[remote] = client;
+            }
+            try { Server.Handle(client, buffer.AsMemory(0, n)); }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                _log.LogError(e, "TURN {Transport}: message from {Client} threw", _transport, remote);
+            }
+            if ((n & 0xff) == 0) Prune(clients);
+        }
+    }
+
+    private void Prune(Dictionary<PeerAddress, UdpTurnClient> clients)
+    {
+        if (clients.Count < 64) return;
+        foreach (var (remote, client) in clients.ToArray())
+            if (!Server.HasAllocation(client)) clients.Remove(remote);
+    }
+
+    // ---- TCP (RFC 5766 §11 framing) --------------------------------------------------------------
+
+    private async Task AcceptLoopAsync(CancellationToken ct)
+    {
+        while (!ct.IsCancellationRequested)
+        {
+            Socket socket;
+            try { socket = await _tcp.AcceptAsync(ct).ConfigureAwait(false); }
+            catch (SocketException) { continue; }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { return; }
+            socket.NoDelay = true;
+            var client = new TcpTurnClient(socket, PeerAddress.From((IPEndPoint)socket.RemoteEndPoint!), DateTimeOffset.UtcNow);
+            lock (_lock)
+            {
+                if (_connections.Count >= _options.Limits.MaxTcpConnections)
+                {
+                    _log.LogWarning("TURN {Transport}: TCP connection from {Client} closed: {Max} connections", _transport, client.Remote, _options.Limits.MaxTcpConnections);
+                    socket.Dispose();
+                    continue;
+                }
+                _connections.Add(client);
+            }
+            _ = ServeTcpAsync(client, ct);
+        }
+    }
+
+    private async Task ServeTcpAsync(TcpTurnClient client, CancellationToken ct)
+    {
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(2 * (ushort.MaxValue + Stun.HeaderLength + 4));
+        int start = 0, end = 0;
+        var writer = client.RunWriterAsync(ct);
+        try
+        {
+            while (!ct.IsCancellationRequested)
+            {
+                // Split the stream: a STUN message is 20 + length; ChannelData 4 + length, padded to 4 (§11.5).
+                while (end - start >= 4)
+                {
+                    var head = buffer.AsSpan(start, end - start);
+                    int length;
+                    if ((head[0] & 0xC0) == 0x40) length = Stun.Pad(4 + BinaryPrimitives.ReadUInt16BigEndian(head[2..]));
+                    else if ((head[0] & 0xC0) == 0) length = Stun.FrameLength(head);
+                    else
+                    {
+                        _log.LogInformation("TURN {Transport}: TCP client {Client} sent neither STUN nor ChannelData; closed", _transport, client.Remote);
+                        return;
+                    }
+                    if (end - start < length) break;
+                    try { Server.Handle(client, buffer.AsMemory(start, length)); }
+                    catch (Exception e) when (e is not OutOfMemoryException)
+                    {
+                        _log.LogError(e, "TURN {Transport}: message from {Client} threw", _transport, client.Remote);
+                    }
+                    start += length;
+                }
+                if (start == end) start = end = 0;
+                else if (start > buffer.Length / 2)
+                {
+                    Buffer.BlockCopy(buffer, start, buffer, 0, end - start);
+                    end -= start;
+                    start = 0;
+                }
+                int n = await client.Socket.ReceiveAsync(buffer.AsMemory(end), SocketFlags.None, ct).ConfigureAwait(false);
+                if (n == 0) return;
+                end += n;
+            }
+        }
+        catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { }
+        finally
+        {
+            Server.ClientGone(client);
+            client.Close();
+            await writer.ConfigureAwait(false);
+            lock (_lock) _connections.Remove(client);
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    private sealed class TcpTurnClient(Socket socket, PeerAddress remote, DateTimeOffset accepted) : TurnClient(remote)
+    {
+        private readonly Channel<(byte[] Buffer, int Length)> _out =
+            Channel.CreateBounded<(byte[], int)>(new BoundedChannelOptions(1024) { SingleReader = true });
+
+        public Socket Socket { get; } = socket;
+        public DateTimeOffset Accepted { get; } = accepted;
+        public override bool IsStream => true;
+
+        public override void Send(ReadOnlySpan<byte> message)
+        {
+            byte[] copy = ArrayPool<byte>.Shared.Rent(message.Length);
+            message.CopyTo(copy);
+            if (!_out.Writer.TryWrite((copy, message.Length))) ArrayPool<byte>.Shared.Return(copy);
+        }
+
+        public async Task RunWriterAsync(CancellationToken ct)
+        {
+            byte[] batch = ArrayPool<byte>.Shared.Rent(64 * 1024);
+            try
+            {
+                while (await _out.Reader.WaitToReadAsync(ct).ConfigureAwait(false))
+                {
+                    int used = 0;
+                    while (_out.Reader.TryPeek(out var m) && (used == 0 || used + m.Length <= batch.Length))
+                    {
+                        _out.Reader.TryRead(out m);
+                        if (m.Length > batch.Length - used)
+                        {
+                            await Socket.SendAsync(m.Buffer.AsMemory(0, m.Length), SocketFlags.None, ct).ConfigureAwait(false);
+                            ArrayPool<byte>.Shared.Return(m.Buffer);
+                            continue;
+                        }
+                        Buffer.BlockCopy(m.Buffer, 0, batch, used, m.Length);
+                        used += m.Length;
+                        ArrayPool<byte>.Shared.Return(m.Buffer);
+                    }
+                    if (used > 0) await Socket.SendAsync(batch.AsMemory(0, used), SocketFlags.None, ct).ConfigureAwait(false);
+                }
+            }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(batch);
+                while (_out.Reader.TryRead(out var m)) ArrayPool<byte>.Shared.Return(m.Buffer);
+            }
+        }
+
+        public void Close()
+        {
+            _out.Writer.TryComplete();
+            Socket.Dispose();
+        }
+    }
+
+    // ---- lifetimes ---------------------------------------------------------------------------
+
+    private async Task ExpiryLoopAsync(CancellationToken ct)
+    {
+        using var timer = new PeriodicTimer(TimeSpan.FromSeconds(1));
+        try
+        {
+            while (await timer.WaitForNextTickAsync(ct).ConfigureAwait(false))
+            {
+                Server.Expire();
+                var now = DateTimeOffset.UtcNow;
+                List<TcpTurnClient> idle;
+                lock (_lock) idle = _connections.Where(c => now - c.Accepted > _options.Limits.TcpIdleWithoutAllocation && !Server.HasAllocation(c)).ToList();
+                foreach (var c in idle)
+                {
+                    _log.LogInformation("TURN {Transport}: TCP client {Client} made no allocation in {Seconds} s; closed", _transport, c.Remote, _options.Limits.TcpIdleWithoutAllocation.TotalSeconds);
+                    c.Close();
+                }
+            }
+        }
+        catch (OperationCanceledException) { }
+    }
+
+    /// <summary>Stops accepting and ends every allocation.</summary>
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        if (!_stop.IsCancellationRequested) _stop.Cancel();
+        _udp.Dispose();
+        _tcp.Dispose();
+        List<TcpTurnClient> open;
+        lock (_lock) open = [.. _connections];
+        foreach (var c in open) c.Close();
+        await Task.WhenAll(_loops).WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        try { await StopAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false); }
+        catch (TimeoutException) { }
+        await Server.DisposeAsync().ConfigureAwait(false);
+        _stop.Dispose();
+    }
+}

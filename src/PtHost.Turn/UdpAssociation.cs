@@ -1,0 +1,408 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Net;
+using System.Net.Sockets;
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging;
+using PtHost.Contract;
+using PtHost.Net;
+
+namespace PtHost.Turn;
+
+/// <summary>
+/// The server process's side of UDP associations (spec/turn.md §5.4, §6): opens one per
+/// <see cref="SessionKind.Datagram"/> session, within a process-wide limit.
+/// </summary>
+public sealed class UdpAssociationHost
+{
+    public const int DefaultMaxAssociations = 1024;
+    private readonly Destination? _target;
+    private readonly UdpPeerPolicy? _policy;
+    private readonly ILogger _log;
+    private readonly int _max;
+    private int _open;
+
+    public UdpAssociationHost(Destination? target, AllowList? allow, ILogger log, int maxAssociations = DefaultMaxAssociations)
+    {
+        _target = target;
+        _policy = allow is null ? null : new UdpPeerPolicy(allow);
+        _log = log;
+        _max = maxAssociations;
+    }
+
+    /// <summary>Associations open now.</summary>
+    public int Open => Volatile.Read(ref _open);
+
+    /// <summary>
+    /// Opens an association: a stream that takes frames from the transport and gives frames back.
+    /// Throws <see cref="TransportConnectException"/> (limit reached: 01; target unresolvable: 04).
+    /// </summary>
+    public async ValueTask<Stream> OpenAsync(InboundSession session, CancellationToken cancellationToken)
+    {
+        if (Interlocked.Increment(ref _open) > _max)
+        {
+            Interlocked.Decrement(ref _open);
+            throw new TransportConnectException(ConnectFailure.General, $"UDP association refused: {_max} are open");
+        }
+        try
+        {
+            IPEndPoint? target = null;
+            if (_target is { } t)
+            {
+                IPAddress address = t.Address ?? (await ResolveAsync(t, cancellationToken).ConfigureAwait(false));
+                target = new IPEndPoint(address, t.Port);
+            }
+            var association = new UdpAssociation(target, _policy, _log, session.Session, () => Interlocked.Decrement(ref _open));
+            _log.LogDebug("UDP association {Id}: relayed address {Relayed}", session.Session, association.Relayed);
+            return association;
+        }
+        catch
+        {
+            Interlocked.Decrement(ref _open);
+            throw;
+        }
+    }
+
+    private static async Task<IPAddress> ResolveAsync(Destination d, CancellationToken ct)
+    {
+        try
+        {
+            var found = await Dns.GetHostAddressesAsync(d.Host, ct).ConfigureAwait(false);
+            return found.Length > 0 ? found[0] : throw new TransportConnectException(ConnectFailure.HostUnreachable, $"{d.Host} has no addresses");
+        }
+        catch (SocketException e)
+        {
+            throw new TransportConnectException(ConnectFailure.HostUnreachable, $"cannot resolve {d.Host}: {e.SocketErrorCode}", e);
+        }
+    }
+}
+
+/// <summary>
+/// One UDP association in the server process (spec/turn.md §5.4). As a stream: what the transport
+/// writes is parsed into frames and sent as datagrams; what it reads is frames built from the
+/// datagrams that came back. A free server uses one UDP socket for every peer and accepts replies
+/// only from peers it has sent to; a bound server uses one socket per peer, connected to the target.
+/// </summary>
+internal sealed class UdpAssociation : Stream, IHalfClosable
+{
+    public const int QueueFrames = 2048;
+    public const int MaxPeers = 256;
+    /// <summary>SO_RCVBUF of each UDP socket: room for bursts while the transport is busy.</summary>
+    public const int ReceiveBuffer = 1 << 20;
+    private readonly IPEndPoint? _target;
+    private readonly UdpPeerPolicy? _policy;
+    private readonly ILogger _log;
+    private readonly long _id;
+    private readonly Action _closed;
+    private readonly Channel<(byte[] Buffer, int Offset, int Length)> _toClient =
+        Channel.CreateBounded<(byte[], int, int)>(new BoundedChannelOptions(QueueFrames) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Socket? _shared;
+    private readonly Dictionary<PeerAddress, PeerState> _peers = [];
+    private readonly HashSet<PeerAddress> _contacted = []; // addresses (port 0) this association has sent to
+    private readonly Lock _lock = new();
+    private readonly byte[] _in = ArrayPool<byte>.Shared.Rent(2 * DatagramFrame.MaxFrameLength);
+    private int _inLength;
+    private (byte[] Buffer, int Offset, int Length) _pending;
+    private int _ended;
+
+    private sealed class PeerState(bool allowed, SocketAddress? address, Socket? socket)
+    {
+        public readonly bool Allowed = allowed;
+        public readonly SocketAddress? Address = address;
+        public readonly Socket? Socket = socket;
+    }
+
+    public UdpAssociation(IPEndPoint? target, UdpPeerPolicy? policy, ILogger log, long id, Action closed)
+    {
+        _target = target;
+        _policy = policy;
+        _log = log;
+        _id = id;
+        _closed = closed;
+        if (target is null)
+        {
+            _shared = OpenShared();
+            _shared.ReceiveBufferSize = ReceiveBuffer;
+            Relayed = PeerAddress.From((IPEndPoint)_shared.LocalEndPoint!).Unmapped();
+            _ = ReceiveSharedAsync(_stop.Token);
+        }
+        else
+        {
+            Relayed = PeerAddress.From(target);
+        }
+        byte[] frame = ArrayPool<byte>.Shared.Rent(DatagramFrame.MaxHeaderLength);
+        _toClient.Writer.TryWrite((frame, 0, DatagramFrame.Write(frame, DatagramFrameType.Relayed, Relayed, default)));
+    }
+
+    /// <summary>A dual-stack socket on <c>[::]:0</c>; an IPv4 socket on <c>0.0.0.0:0</c> where the host has no IPv6.</summary>
+    private static Socket OpenShared()
+    {
+        var socket = new Socket(AddressFamily.InterNetworkV6, SocketType.Dgram, ProtocolType.Udp);
+        try
+        {
+            socket.DualMode = true;
+            socket.Bind(new IPEndPoint(IPAddress.IPv6Any, 0));
+            return socket;
+        }
+        catch (SocketException)
+        {
+            socket.Dispose();
+        }
+        socket = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        try
+        {
+            socket.Bind(new IPEndPoint(IPAddress.Any, 0));
+            return socket;
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>What the RELAYED frame reports: the shared socket's port (its address is the wildcard), or the bound target.</summary>
+    public PeerAddress Relayed { get; }
+
+    // ---- transport → UDP -------------------------------------------------------------------
+
+    public override void Write(ReadOnlySpan<byte> buffer) => throw new NotSupportedException("use WriteAsync");
+
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException("use WriteAsync");
+
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        while (buffer.Length > 0)
+        {
+            int n = Math.Min(buffer.Length, _in.Length - _inLength);
+            buffer[..n].CopyTo(_in.AsMemory(_inLength));
+            _inLength += n;
+            buffer = buffer[n..];
+            int at = 0;
+            while (true)
+            {
+                int length = DatagramFrame.TryParse(_in.AsSpan(at, _inLength - at), out var type, out var peer, out var payload);
+                if (length < 0) throw new IOException("malformed datagram frame from the client process");
+                if (length == 0) break;
+                var (start, end) = (at + payload.Start.Value, at + payload.End.Value);
+                if (type == DatagramFrameType.Data) await SendAsync(peer, _in.AsMemory(start, end - start), cancellationToken).ConfigureAwait(false);
+                else if (type == DatagramFrameType.Check) Answer(peer, Peer(peer).Allowed ? DatagramFrameType.Allowed : DatagramFrameType.Refused);
+                at += length; // other types are skipped (spec/turn.md §5.2)
+            }
+            if (at > 0)
+            {
+                Buffer.BlockCopy(_in, at, _in, 0, _inLength - at);
+                _inLength -= at;
+            }
+        }
+    }
+
+    public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+        WriteAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+    private PeerState Peer(PeerAddress peer)
+    {
+        lock (_lock)
+        {
+            if (_peers.TryGetValue(peer, out var known)) return known;
+            if (_peers.Count >= MaxPeers)
+            {
+                _log.LogInformation("UDP association {Id}: peer {Peer} refused: {Max} peers already", _id, peer, MaxPeers);
+                return new PeerState(false, null, null); // not remembered
+            }
+            PeerState state;
+            if (_target is not null)
+            {
+                var socket = new Socket(_target.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
+                socket.ReceiveBufferSize = ReceiveBuffer;
+                socket.Connect(_target);
+                state = new PeerState(true, null, socket);
+                _ = ReceiveBoundAsync(socket, peer, _stop.Token);
+            }
+            else
+            {
+                string? refused = _policy!.Refuse(peer);
+                var address = peer.Unmapped().ToIPAddress();
+                bool dual = _shared!.AddressFamily == AddressFamily.InterNetworkV6;
+                if (refused is null && !dual && address.AddressFamily == AddressFamily.InterNetworkV6) refused = "this host has no IPv6";
+                if (refused is not null) _log.LogInformation("UDP association {Id}: peer {Peer} refused: {Reason}", _id, peer, refused);
+                var endPoint = new IPEndPoint(dual && address.AddressFamily == AddressFamily.InterNetwork ? address.MapToIPv6() : address, peer.Port);
+                state = new PeerState(refused is null, refused is null ? endPoint.Serialize() : null, null);
+            }
+            _peers[peer] = state;
+            if (!peer.Unmapped().Equals(peer)) _peers.TryAdd(peer.Unmapped(), state);
+            return state;
+        }
+    }
+
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask SendAsync(PeerAddress peer, ReadOnlyMemory<byte> payload, CancellationToken ct)
+    {
+        var state = Peer(peer);
+        try
+        {
+            if (!state.Allowed) return; // dropped; the client learns it from CHECK (spec/turn.md §5.3)
+            if (state.Socket is null)
+                lock (_lock) if (_contacted.Count < MaxPeers) _contacted.Add(peer.Unmapped().WithPort(0));
+            if (state.Socket is { } bound) await bound.SendAsync(payload, SocketFlags.None, ct).ConfigureAwait(false);
+            else await _shared!.SendToAsync(payload, SocketFlags.None, state.Address!, ct).ConfigureAwait(false);
+        }
+        catch (SocketException e)
+        {
+            // ICMP errors (refused, unreachable) surface here on Linux; UDP goes on.
+            _log.LogDebug("UDP association {Id}: sending to {Peer}: {Error}", _id, peer, e.SocketErrorCode);
+        }
+    }
+
+    private void Answer(PeerAddress peer, DatagramFrameType type)
+    {
+        byte[] frame = ArrayPool<byte>.Shared.Rent(DatagramFrame.MaxHeaderLength);
+        int n = DatagramFrame.Write(frame, type, peer, default);
+        if (!_toClient.Writer.TryWrite((frame, 0, n))) ArrayPool<byte>.Shared.Return(frame);
+    }
+
+    // ---- UDP → transport -------------------------------------------------------------------
+
+    private async Task ReceiveSharedAsync(CancellationToken ct)
+    {
+        var from = new SocketAddress(_shared!.AddressFamily);
+        byte[] datagram = ArrayPool<byte>.Shared.Rent(DatagramFrame.MaxPayload);
+        try
+        {
+            while (!ct.IsCancellationRequested)
+            {
+                int n;
+                try { n = await _shared!.ReceiveFromAsync(datagram.AsMemory(0, DatagramFrame.MaxPayload), SocketFlags.None, from, ct).ConfigureAwait(false); }
+                catch (SocketException e) when (IsTransient(e)) { continue; }
+                var peer = ToPeer(from).Unmapped();
+                bool known;
+                lock (_lock) known = _contacted.Contains(peer.WithPort(0));
+                if (!known || !Peer(peer).Allowed) continue; // only peers this association sent to may answer
+                Enqueue(datagram.AsSpan(0, n), peer);
+            }
+        }
+        catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(datagram);
+        }
+    }
+
+    private async Task ReceiveBoundAsync(Socket socket, PeerAddress peer, CancellationToken ct)
+    {
+        byte[] datagram = ArrayPool<byte>.Shared.Rent(DatagramFrame.MaxPayload);
+        try
+        {
+            while (!ct.IsCancellationRequested)
+            {
+                int n;
+                try { n = await socket.ReceiveAsync(datagram.AsMemory(0, DatagramFrame.MaxPayload), SocketFlags.None, ct).ConfigureAwait(false); }
+                catch (SocketException e) when (IsTransient(e)) { continue; }
+                Enqueue(datagram.AsSpan(0, n), peer);
+            }
+        }
+        catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(datagram);
+        }
+    }
+
+    /// <summary>ICMP errors reported on a UDP socket (Linux); the association goes on.</summary>
+    private static bool IsTransient(SocketException e) =>
+        e.SocketErrorCode is SocketError.ConnectionReset or SocketError.ConnectionRefused or SocketError.HostUnreachable or SocketError.NetworkUnreachable;
+
+    /// <summary>Frames a datagram into a pooled buffer of its own size and queues it; drops it when the queue is full.</summary>
+    private void Enqueue(ReadOnlySpan<byte> datagram, PeerAddress peer)
+    {
+        byte[] frame = ArrayPool<byte>.Shared.Rent(DatagramFrame.HeaderLength(peer) + datagram.Length);
+        int n = DatagramFrame.Write(frame, DatagramFrameType.Data, peer, datagram);
+        if (!_toClient.Writer.TryWrite((frame, 0, n)))
+        {
+            ArrayPool<byte>.Shared.Return(frame);
+            Interlocked.Increment(ref _dropped);
+        }
+    }
+
+    private long _dropped;
+
+    /// <summary>Reads a Linux sockaddr_in / sockaddr_in6 (family in host order, port in network order).</summary>
+    internal static PeerAddress ToPeer(SocketAddress address)
+    {
+        var bytes = address.Buffer.Span;
+        int port = BinaryPrimitives.ReadUInt16BigEndian(bytes[2..]);
+        return address.Family == AddressFamily.InterNetwork
+            ? PeerAddress.FromBytes(bytes.Slice(4, 4), port)
+            : PeerAddress.FromBytes(bytes.Slice(8, 16), port);
+    }
+
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
+    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        if (_pending.Buffer is null)
+        {
+            if (!await _toClient.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false)) return 0;
+            if (buffer.IsEmpty) return 0;
+            _toClient.Reader.TryRead(out _pending);
+        }
+        if (buffer.IsEmpty) return 0;
+        int written = 0;
+        while (true)
+        {
+            int n = Math.Min(_pending.Length, buffer.Length - written);
+            _pending.Buffer.AsSpan(_pending.Offset, n).CopyTo(buffer.Span[written..]);
+            written += n;
+            if (n < _pending.Length)
+            {
+                _pending = (_pending.Buffer, _pending.Offset + n, _pending.Length - n);
+                return written;
+            }
+            ArrayPool<byte>.Shared.Return(_pending.Buffer);
+            _pending = default;
+            if (written == buffer.Length || !_toClient.Reader.TryRead(out _pending)) return written;
+        }
+    }
+
+    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+        ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+    public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException("use ReadAsync");
+
+    /// <summary>The client ended its direction: the association is over (spec/turn.md §5.4).</summary>
+    public void ShutdownWrite() => End();
+
+    private void End()
+    {
+        if (Interlocked.Exchange(ref _ended, 1) != 0) return;
+        if (Interlocked.Read(ref _dropped) > 0)
+            _log.LogInformation("UDP association {Id}: {Dropped} datagrams from peers dropped because the transport was congested", _id, _dropped);
+        _stop.Cancel();
+        _toClient.Writer.TryComplete();
+        _shared?.Dispose();
+        lock (_lock)
+            foreach (var p in _peers.Values) p.Socket?.Dispose();
+        _closed();
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            End();
+            while (_toClient.Reader.TryRead(out var f)) ArrayPool<byte>.Shared.Return(f.Buffer);
+        }
+        base.Dispose(disposing);
+    }
+
+    public override bool CanRead => true;
+    public override bool CanSeek => false;
+    public override bool CanWrite => true;
+    public override long Length => throw new NotSupportedException();
+    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+    public override void Flush() { }
+    public override Task FlushAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+    public override void SetLength(long value) => throw new NotSupportedException();
+}

@@ -1,0 +1,356 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json.Nodes;
+using PtHost.Contract;
+using PtHost.Turn;
+
+namespace PtHost.Benchmarks;
+
+/// <summary>
+/// The TURN scenario (spec/turn.md): UDP datagrams per second and loss through a TURN allocation
+/// carried by plain, against iperf3 UDP direct on loopback; round-trip latency of small datagrams
+/// through TURN + plain against a direct UDP echo.
+/// </summary>
+public static class TurnBench
+{
+    private const int DatagramBytes = 1200, PingBytes = 64, Pings = 2000;
+    private const string Realm = "bench", User = "bench", Password = "bench";
+
+    public static async Task RunAsync(Context ctx, List<Figure> figures, JsonObject details)
+    {
+        var direct = new Figure { Key = "udp_direct_datagrams_per_second", Label = $"UDP {DatagramBytes} B datagrams/s received, iperf3 -u -b 0 direct (reference)", Unit = "dgram/s", Format = "0" };
+        var directLoss = new Figure { Key = "udp_direct_loss_percent", Label = "loss", Unit = "%", Format = "0.0", Indent = 1 };
+        var turn = new Figure { Key = "turn_plain_datagrams_per_second", Label = $"UDP {DatagramBytes} B datagrams/s received, TURN channel + plain, unpaced sender", Unit = "dgram/s", Format = "0" };
+        var turnLoss = new Figure { Key = "turn_plain_loss_percent", Label = "loss", Unit = "%", Format = "0.0", Indent = 1 };
+        var ratio = new Figure { Key = "turn_plain_ratio", Label = "ratio to direct (received datagrams/s)", Unit = "", Indent = 1 };
+        var directP50 = new Figure { Key = "udp_direct_rtt_p50_ms", Label = $"RTT {PingBytes} B, direct UDP echo, p50", Unit = "ms", Format = "0.000" };
+        var directP99 = new Figure { Key = "udp_direct_rtt_p99_ms", Label = "p99", Unit = "ms", Format = "0.000", Indent = 1 };
+        var turnP50 = new Figure { Key = "turn_plain_rtt_p50_ms", Label = $"RTT {PingBytes} B, TURN channel + plain, p50", Unit = "ms", Format = "0.000" };
+        var turnP99 = new Figure { Key = "turn_plain_rtt_p99_ms", Label = "p99", Unit = "ms", Format = "0.000", Indent = 1 };
+        figures.AddRange([direct, directLoss, turn, turnLoss, ratio, directP50, directP99, turnP50, turnP99]);
+        var raw = new JsonArray();
+        details["turn"] = raw;
+        try
+        {
+            await Sys.EnsureToolsAsync([("iperf3", "iperf3")], ctx.Say).ConfigureAwait(false);
+            string iperf3 = Sys.Which("iperf3")!;
+            for (int rep = 0; rep < ctx.Repetitions; rep++)
+            {
+                ctx.Say($"turn {rep + 1}/{ctx.Repetitions}: iperf3 UDP direct");
+                var (d, dLoss, dRaw) = await IperfUdpAsync(iperf3, ctx.IperfSeconds).ConfigureAwait(false);
+                direct.Samples.Add(d);
+                directLoss.Samples.Add(dLoss);
+                dRaw["kind"] = "iperf3_udp_direct";
+                dRaw["rep"] = rep;
+                raw.Add(dRaw);
+
+                ctx.Say($"turn {rep + 1}/{ctx.Repetitions}: TURN + plain flood and ping");
+                await using var chain = await TurnChain.StartAsync(ctx).ConfigureAwait(false);
+                var (t, tLoss, tRaw) = await FloodAsync(chain, ctx.IperfSeconds).ConfigureAwait(false);
+                turn.Samples.Add(t);
+                turnLoss.Samples.Add(tLoss);
+                if (d > 0) ratio.Samples.Add(t / d);
+                tRaw["kind"] = "turn_plain_flood";
+                tRaw["rep"] = rep;
+                raw.Add(tRaw);
+
+                var (dp50, dp99, _) = await PingAsync(null).ConfigureAwait(false);
+                directP50.Samples.Add(dp50);
+                directP99.Samples.Add(dp99);
+                var (tp50, tp99, lost) = await PingAsync(chain).ConfigureAwait(false);
+                turnP50.Samples.Add(tp50);
+                turnP99.Samples.Add(tp99);
+                if (lost > 0) turnP50.Note = $"{lost} of {Pings} pings unanswered within 1 s";
+            }
+        }
+        catch (Exception e) when (e is InvalidOperationException or TimeoutException or IOException or SocketException or FormatException)
+        {
+            ctx.Say("turn: " + e.Message);
+            foreach (var f in new[] { direct, directLoss, turn, turnLoss, ratio, directP50, directP99, turnP50, turnP99 })
+                if (f.Samples.Count == 0) f.Error ??= e.Message;
+        }
+    }
+
+    /// <summary>iperf3 UDP at unlimited rate: datagrams/s the receiver got, and the loss it reported.</summary>
+    private static async Task<(double PerSecond, double LossPercent, JsonObject Raw)> IperfUdpAsync(string iperf3, int seconds)
+    {
+        int port = Sys.FreePort();
+        await using var server = Child.Start("iperf3 -s", iperf3, ["-s", "-1", "-B", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture)], captureAllStdout: true);
+        await Sys.WaitListeningAsync(port, TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+        var r = await Child.RunAsync(iperf3, ["-c", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture), "-u", "-b", "0",
+            "-l", DatagramBytes.ToString(CultureInfo.InvariantCulture), "-t", seconds.ToString(CultureInfo.InvariantCulture), "-J"], TimeSpan.FromSeconds(seconds + 40)).ConfigureAwait(false);
+        var json = JsonNode.Parse(r.Stdout)?.AsObject() ?? throw new FormatException("iperf3 printed no JSON");
+        if (json["error"] is { } err) throw new InvalidOperationException($"iperf3: {err}");
+        var sum = json["end"]?["sum"] ?? throw new InvalidOperationException("iperf3 JSON has no end.sum");
+        double packets = sum["packets"]!.GetValue<double>(), lost = sum["lost_packets"]!.GetValue<double>(), secs = sum["seconds"]!.GetValue<double>();
+        try { await server.WaitExitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false); }
+        catch (TimeoutException) { server.Kill(); }
+        return ((packets - lost) / secs, packets > 0 ? lost / packets * 100 : 0,
+            new JsonObject { ["packets"] = packets, ["lost_packets"] = lost, ["seconds"] = secs });
+    }
+
+    /// <summary>Sends ChannelData of <see cref="DatagramBytes"/> as fast as one thread can for <paramref name="seconds"/>; counts what a sink behind the server process gets.</summary>
+    private static async Task<(double PerSecond, double LossPercent, JsonObject Raw)> FloodAsync(TurnChain chain, int seconds)
+    {
+        using var sink = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp) { ReceiveBufferSize = 8 << 20 };
+        sink.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        long received = 0;
+        using var stop = new CancellationTokenSource();
+        var counter = Task.Run(async () =>
+        {
+            byte[] b = new byte[65536];
+            try
+            {
+                while (true)
+                {
+                    await sink.ReceiveAsync(b, SocketFlags.None, stop.Token).ConfigureAwait(false);
+                    Interlocked.Increment(ref received);
+                }
+            }
+            catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException) { }
+        });
+        await using var client = await TurnClient.AllocateAsync(chain.Turn).ConfigureAwait(false);
+        await client.BindAsync(0x4000, (IPEndPoint)sink.LocalEndPoint!).ConfigureAwait(false);
+        byte[] frame = new byte[4 + DatagramBytes];
+        BinaryPrimitives.WriteUInt16BigEndian(frame, 0x4000);
+        BinaryPrimitives.WriteUInt16BigEndian(frame.AsSpan(2), DatagramBytes);
+        long sent = 0;
+        double cpuBefore = Sys.CpuSeconds(chain.Client.Pid) + Sys.CpuSeconds(chain.Server.Pid);
+        var sw = Stopwatch.StartNew();
+        await Task.Run(() =>
+        {
+            while (sw.Elapsed.TotalSeconds < seconds)
+            {
+                try { client.Socket.Send(frame); sent++; }
+                catch (SocketException) { }
+            }
+        }).ConfigureAwait(false);
+        double elapsed = sw.Elapsed.TotalSeconds;
+        // Let what is in flight arrive: until the count stops growing for 500 ms (at most 10 s).
+        long last = -1;
+        for (int i = 0; i < 20 && Interlocked.Read(ref received) != last; i++)
+        {
+            last = Interlocked.Read(ref received);
+            await Task.Delay(500).ConfigureAwait(false);
+        }
+        double cpu = Sys.CpuSeconds(chain.Client.Pid) + Sys.CpuSeconds(chain.Server.Pid) - cpuBefore;
+        stop.Cancel();
+        await counter.ConfigureAwait(false);
+        long got = Interlocked.Read(ref received);
+        return (got / elapsed, sent > 0 ? (sent - got) * 100.0 / sent : 0,
+            new JsonObject { ["sent"] = sent, ["received"] = got, ["seconds"] = elapsed, ["pthost_cpu_seconds"] = cpu });
+    }
+
+    /// <summary>One <see cref="PingBytes"/>-byte datagram at a time to an echo socket, directly or through a TURN channel; RTT percentiles in ms.</summary>
+    private static async Task<(double P50, double P99, int Lost)> PingAsync(TurnChain? chain)
+    {
+        using var echo = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        echo.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        using var stop = new CancellationTokenSource();
+        var echoLoop = Task.Run(async () =>
+        {
+            byte[] b = new byte[2048];
+            try
+            {
+                while (true)
+                {
+                    var r = await echo.ReceiveFromAsync(b, new IPEndPoint(IPAddress.Any, 0), stop.Token).ConfigureAwait(false);
+                    await echo.SendToAsync(b.AsMemory(0, r.ReceivedBytes), r.RemoteEndPoint, stop.Token).ConfigureAwait(false);
+                }
+            }
+            catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException) { }
+        });
+        TurnClient? client = null;
+        Socket socket;
+        byte[] message;
+        if (chain is null)
+        {
+            socket = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+            socket.Connect(echo.LocalEndPoint!);
+            message = new byte[PingBytes];
+        }
+        else
+        {
+            client = await TurnClient.AllocateAsync(chain.Turn).ConfigureAwait(false);
+            await client.BindAsync(0x4001, (IPEndPoint)echo.LocalEndPoint!).ConfigureAwait(false);
+            socket = client.Socket;
+            message = new byte[4 + PingBytes];
+            BinaryPrimitives.WriteUInt16BigEndian(message, 0x4001);
+            BinaryPrimitives.WriteUInt16BigEndian(message.AsSpan(2), PingBytes);
+        }
+        var rtts = new List<double>(Pings);
+        int lost = 0;
+        byte[] reply = new byte[2048];
+        try
+        {
+            for (int i = 0; i < Pings; i++)
+            {
+                BinaryPrimitives.WriteInt32BigEndian(message.AsSpan(message.Length - 4), i);
+                long start = Stopwatch.GetTimestamp();
+                socket.Send(message);
+                using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(1));
+                try
+                {
+                    while (true)
+                    {
+                        int n = await socket.ReceiveAsync(reply, SocketFlags.None, limit.Token).ConfigureAwait(false);
+                        if (n == message.Length && BinaryPrimitives.ReadInt32BigEndian(reply.AsSpan(n - 4)) == i) break;
+                    }
+                    rtts.Add(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+                }
+                catch (OperationCanceledException) { lost++; }
+            }
+        }
+        finally
+        {
+            if (client is not null) await client.DisposeAsync().ConfigureAwait(false);
+            else socket.Dispose();
+            stop.Cancel();
+            await echoLoop.ConfigureAwait(false);
+        }
+        if (rtts.Count == 0) throw new TimeoutException("no ping was answered");
+        return (Stats.Percentile(rtts, 50), Stats.Percentile(rtts, 99), lost);
+    }
+
+    /// <summary>A free plain server (allow 127.0.0.1) and a client with a TURN listener.</summary>
+    private sealed class TurnChain : IAsyncDisposable
+    {
+        public required Child Server { get; init; }
+        public required Child Client { get; init; }
+        public required IPEndPoint Turn { get; init; }
+
+        public static async Task<TurnChain> StartAsync(Context ctx)
+        {
+            string state = ctx.NewStateDir();
+            var serverConfig = new JsonObject
+            {
+                ["role"] = "server", ["transports"] = new JsonArray("plain"), ["allow"] = new JsonArray("127.0.0.1"),
+                ["state"] = Path.Combine(state, "server"), ["exit-on-stdin-close"] = true,
+            };
+            var server = Child.Start("pthost server", ctx.PtHost, [serverConfig.ToJsonString()]);
+            try
+            {
+                var (_, line) = await server.WaitForLineAsync(l => l.StartsWith("SMETHOD plain ", StringComparison.Ordinal), PtHost.Benchmarks.Chain.StartTimeout).ConfigureAwait(false);
+                var clientConfig = new JsonObject
+                {
+                    ["role"] = "client", ["transports"] = new JsonArray("plain"),
+                    ["options"] = new JsonObject { ["plain"] = new JsonObject { ["serverAddress"] = line.Split(' ')[2] } },
+                    ["turn"] = new JsonObject { ["realm"] = Realm, ["users"] = new JsonObject { [User] = Password } },
+                    ["state"] = Path.Combine(state, "client"), ["exit-on-stdin-close"] = true,
+                };
+                var client = Child.Start("pthost client", ctx.PtHost, [clientConfig.ToJsonString()]);
+                try
+                {
+                    var (_, turnLine) = await client.WaitForLineAsync(l => l.StartsWith("CMETHOD plain turn ", StringComparison.Ordinal), PtHost.Benchmarks.Chain.StartTimeout).ConfigureAwait(false);
+                    return new TurnChain { Server = server, Client = client, Turn = IPEndPoint.Parse(turnLine.Split(' ')[3]) };
+                }
+                catch
+                {
+                    await client.DisposeAsync().ConfigureAwait(false);
+                    throw;
+                }
+            }
+            catch
+            {
+                await server.DisposeAsync().ConfigureAwait(false);
+                throw;
+            }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await Client.DisposeAsync().ConfigureAwait(false);
+            await Server.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>The smallest TURN client the scenario needs: Allocate with long-term credentials, ChannelBind.</summary>
+    private sealed class TurnClient : IAsyncDisposable
+    {
+        private static readonly byte[] Key = Stun.LongTermKey(User, Realm, Password);
+        private string _nonce = "";
+
+        private TurnClient(Socket socket) => Socket = socket;
+
+        public Socket Socket { get; }
+
+        public static async Task<TurnClient> AllocateAsync(IPEndPoint server)
+        {
+            var s = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp) { ReceiveBufferSize = 4 << 20, SendBufferSize = 4 << 20 };
+            s.Connect(server);
+            var c = new TurnClient(s);
+            int code = await c.RequestAsync(StunMethod.Allocate, 0, default, signed: false).ConfigureAwait(false);
+            if (code == 401) code = await c.RequestAsync(StunMethod.Allocate, 0, default, signed: true).ConfigureAwait(false);
+            if (code != 0) throw new InvalidOperationException($"TURN Allocate failed with {code}");
+            return c;
+        }
+
+        public async Task BindAsync(ushort channel, IPEndPoint peer)
+        {
+            int code = await RequestAsync(StunMethod.ChannelBind, channel, PeerAddress.From(peer), signed: true).ConfigureAwait(false);
+            if (code != 0) throw new InvalidOperationException($"TURN ChannelBind failed with {code}");
+        }
+
+        private async Task<int> RequestAsync(int method, ushort channel, PeerAddress peer, bool signed)
+        {
+            byte[] tid = System.Security.Cryptography.RandomNumberGenerator.GetBytes(12);
+            byte[] buffer = new byte[512];
+            int length = Build(buffer, method, tid, channel, peer, signed);
+            byte[] reply = new byte[2048];
+            for (int attempt = 0; attempt < 5; attempt++)
+            {
+                Socket.Send(buffer.AsSpan(0, length));
+                using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+                try
+                {
+                    while (true)
+                    {
+                        int n = await Socket.ReceiveAsync(reply, SocketFlags.None, limit.Token).ConfigureAwait(false);
+                        var (ok, code, nonce) = Read(reply.AsSpan(0, n), tid);
+                        if (!ok) continue;
+                        if (nonce is not null) _nonce = nonce;
+                        return code;
+                    }
+                }
+                catch (OperationCanceledException) { }
+            }
+            throw new TimeoutException($"no answer to TURN method 0x{method:x3}");
+        }
+
+        private int Build(Span<byte> buffer, int method, byte[] tid, ushort channel, PeerAddress peer, bool signed)
+        {
+            var w = new StunWriter(buffer, method, StunClass.Request, tid);
+            if (method == StunMethod.Allocate) w.AddUInt32(StunAttribute.RequestedTransport, 17u << 24);
+            if (method == StunMethod.ChannelBind)
+            {
+                w.AddUInt32(StunAttribute.ChannelNumber, (uint)channel << 16);
+                w.AddXorAddress(StunAttribute.XorPeerAddress, peer);
+            }
+            if (signed)
+            {
+                w.AddString(StunAttribute.Username, User);
+                w.AddString(StunAttribute.Realm, Realm);
+                w.AddString(StunAttribute.Nonce, _nonce);
+                w.AddIntegrity(Key);
+            }
+            return w.Length;
+        }
+
+        private static (bool Ok, int Code, string? Nonce) Read(ReadOnlySpan<byte> data, byte[] tid)
+        {
+            if (Stun.TryParse(data, out var m) != StunParseError.None || !m.TransactionId.SequenceEqual(tid)) return (false, 0, null);
+            string? nonce = m.TryGet(StunAttribute.Nonce, out var n) ? System.Text.Encoding.ASCII.GetString(n) : null;
+            int code = m.Class == StunClass.Success ? 0 : m.TryGet(StunAttribute.ErrorCode, out var e) ? e[2] * 100 + e[3] : 500;
+            return (true, code, nonce);
+        }
+
+        public ValueTask DisposeAsync()
+        {
+            Socket.Dispose();
+            return ValueTask.CompletedTask;
+        }
+    }
+}

@@ -1,0 +1,458 @@
+using System.Buffers.Binary;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.RegularExpressions;
+using Newtonsoft.Json.Linq;
+using PtHost.Contract;
+using PtHost.Turn;
+using Xunit.Abstractions;
+
+namespace PtHost.Tests.Process;
+
+/// <summary>
+/// The TURN front end end to end (spec/turn.md): coturn's real turnutils_uclient against the client
+/// process's TURN listener, through the plain transport, to a turnutils_peer echo peer behind the
+/// server process; and the server process's peer restrictions.
+/// </summary>
+[Collection("process")]
+public partial class TurnTests(ITestOutputHelper output)
+{
+    internal const string Realm = "example.org", User = "test", Password = "secret";
+
+    internal static string Tool(string name) => File.Exists("/usr/bin/" + name) ? "/usr/bin/" + name
+        : throw new InvalidOperationException($"{name} is missing: run the README's test command (bash test.sh), which installs coturn");
+
+    [Theory]
+    [InlineData("channels over UDP")]
+    [InlineData("indications over UDP", "-s")]
+    [InlineData("channels over TCP", "-t")]
+    [InlineData("indications over TCP", "-t", "-s")]
+    public async Task Uclient_through_plain_to_an_echo_peer_loses_nothing(string mode, params string[] flags)
+    {
+        await using var peer = await EchoPeer.StartAsync();
+        await using var chain = await TurnChain.StartAsync(PtChain.FreeServer("plain", "127.0.0.1"));
+        var (exit, text) = await Uclient(chain, peer, ["-n", "10", "-m", "1", .. flags]);
+        output.WriteLine($"{mode}: {LastLines(text)}");
+        AssertDelivered(exit, text, 20, chain); // RTP and RTCP allocations, 10 messages each
+        var (s, c) = await chain.Chain.StopAsync();
+        Assert.Equal(0, s);
+        Assert.Equal(0, c);
+        chain.Chain.Client.AssertOnlyProtocolLinesOnStdout();
+    }
+
+    /// <summary>
+    /// 10 clients × 1000 messages of 1000 bytes at 1 ms intervals. On a machine whose load average
+    /// is many times its core count, the kernel's default 208 KiB receive buffers of uclient's and
+    /// turnutils_peer's own sockets can overflow while those tools are descheduled (seen at load 59);
+    /// such an attempt is repeated, at most three attempts. PtHost's own queues must never drop.
+    /// </summary>
+    [Fact]
+    public async Task Uclient_load_of_10000_messages_through_plain_loses_nothing()
+    {
+        await using var peer = await EchoPeer.StartAsync();
+        await using var chain = await TurnChain.StartAsync(PtChain.FreeServer("plain", "127.0.0.1"));
+        for (int attempt = 1; ; attempt++)
+        {
+            long kernelDropsBefore = UdpReceiveBufferErrors();
+            var (exit, text) = await Uclient(chain, peer, ["-n", "1000", "-m", "10", "-l", "1000", "-z", "1", "-c"]);
+            long kernelDrops = UdpReceiveBufferErrors() - kernelDropsBefore;
+            output.WriteLine($"attempt {attempt}: {LastLines(text)}; kernel UDP receive-buffer drops during the run: {kernelDrops}");
+            Assert.DoesNotContain("dropped because the transport was congested", chain.Chain.Client.Stderr + chain.Chain.Server.Stderr);
+            if (attempt < 3 && exit == 0 && !text.Contains("Total lost packets 0 ", StringComparison.Ordinal) && kernelDrops > 0) continue;
+            AssertDelivered(exit, text, 10000, chain);
+            return;
+        }
+    }
+
+    /// <summary>RcvbufErrors of /proc/net/snmp: datagrams the kernel dropped because a socket's receive buffer was full.</summary>
+    private static long UdpReceiveBufferErrors()
+    {
+        var lines = File.ReadAllLines("/proc/net/snmp").Where(l => l.StartsWith("Udp: ", StringComparison.Ordinal)).ToArray();
+        int column = Array.IndexOf(lines[0].Split(' '), "RcvbufErrors");
+        return long.Parse(lines[1].Split(' ')[column], System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    [Fact]
+    public async Task Bound_server_sends_every_peer_s_datagrams_to_its_target()
+    {
+        await using var peer = await EchoPeer.StartAsync();
+        await using var chain = await TurnChain.StartAsync(PtChain.BoundServer($"127.0.0.1:{peer.Port}"));
+        // The client names a TEST-NET peer; the bound server process sends to its target instead (spec/turn.md §5.4).
+        var (exit, text) = await Uclient(chain, peer, ["-n", "10", "-m", "1", "-c"], peerAddress: "192.0.2.1");
+        output.WriteLine(LastLines(text));
+        AssertDelivered(exit, text, 10, chain);
+    }
+
+    [Fact]
+    public async Task Uclient_through_zephyr_and_its_relay_loses_nothing()
+    {
+        await using var peer = await EchoPeer.StartAsync();
+        await using var relay = await ZephyrRelayProcess.StartAsync();
+        var generated = await ZephyrChain.GenerateAsync();
+        var zephyrClient = (JObject)generated["client"]!;
+        zephyrClient["relay"] = relay.EndPoint.ToString();
+        var serverConfig = PtChain.FreeServer("zephyr", "127.0.0.1");
+        serverConfig["options"] = new JObject { ["zephyr"] = generated["server"] };
+        var clientConfig = TurnChain.ClientConfig(null, "zephyr");
+        clientConfig["options"] = new JObject { ["zephyr"] = zephyrClient };
+        await using var chain = await TurnChain.StartAsync(serverConfig, clientConfig, "zephyr");
+        var (exit, text) = await Uclient(chain, peer, ["-n", "10", "-m", "2", "-c"]);
+        output.WriteLine(LastLines(text));
+        AssertDelivered(exit, text, 20, chain);
+        Assert.Contains(chain.Chain.Client.StdoutLines, l => l.StartsWith("CMESSAGE zephyr {", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Wrong_password_cannot_complete_allocation()
+    {
+        await using var peer = new CountingPeer();
+        await using var chain = await TurnChain.StartAsync(PtChain.FreeServer("plain", "127.0.0.1"));
+        var (exit, text) = await Uclient(chain, peer, ["-n", "2", "-m", "1"], password: "not-the-password");
+        Assert.NotEqual(0, exit);
+        Assert.Contains("Cannot complete Allocation", text);
+        await StderrContainsAsync(chain.Chain.Client, $"wrong credentials for user \"{User}\"");
+        Assert.Equal(0, peer.Received);
+    }
+
+    [Theory]
+    [InlineData("127.0.0.1")]
+    [InlineData("0.0.0.0")]
+    [InlineData("10.0.0.1")]
+    [InlineData("192.168.1.1")]
+    public async Task Catch_all_allow_list_still_refuses_special_peers_to_uclient_with_403(string peerAddress)
+    {
+        await using var peer = new CountingPeer();
+        await using var chain = await TurnChain.StartAsync(PtChain.FreeServer("plain", "0.0.0.0/0", "::/0"));
+        var (exit, text) = await Uclient(chain, peer, ["-n", "3", "-m", "1", "-c"], peerAddress: peerAddress);
+        Assert.NotEqual(0, exit);
+        Assert.Contains("error 403", text);
+        Assert.Equal(0, peer.Received);
+        await StderrContainsAsync(chain.Chain.Server, "refused:");
+    }
+
+    [Theory]
+    [InlineData("127.0.0.1")]
+    [InlineData("::ffff:127.0.0.1")]
+    [InlineData("0.0.0.0")]
+    [InlineData("::")]
+    [InlineData("::1")]
+    [InlineData("::127.0.0.1")]
+    [InlineData("::ffff:10.0.0.1")]
+    [InlineData("172.16.5.4")]
+    [InlineData("169.254.0.1")]
+    [InlineData("224.0.0.251")]
+    public async Task Special_and_mapped_peers_get_403_and_no_datagram_reaches_the_local_peer(string address)
+    {
+        await using var peer = new CountingPeer();
+        await using var chain = await TurnChain.StartAsync(PtChain.FreeServer("plain", "0.0.0.0/0", "::/0"));
+        await using var client = await RawTurnClient.ConnectAsync(chain.TurnEndPoint);
+        Assert.Equal(0, await client.AllocateAsync());
+        var target = PeerAddress.From(new IPEndPoint(IPAddress.Parse(address), peer.Port));
+        Assert.Equal(403, await client.CreatePermissionAsync(target));
+        client.SendIndication(target, "must not arrive"u8.ToArray());
+        // Control: a public-looking but unroutable peer (TEST-NET-1) is allowed by the catch-all list.
+        Assert.Equal(0, await client.CreatePermissionAsync(PeerAddress.From(new IPEndPoint(IPAddress.Parse("192.0.2.1"), 9))));
+        Assert.Equal(0, peer.Received);
+    }
+
+    [Fact]
+    public async Task Explicitly_allowed_loopback_peer_is_reached_in_its_mapped_form_too()
+    {
+        await using var peer = new CountingPeer();
+        await using var chain = await TurnChain.StartAsync(PtChain.FreeServer("plain", $"127.0.0.1:{peer.Port}"));
+        await using var client = await RawTurnClient.ConnectAsync(chain.TurnEndPoint);
+        Assert.Equal(0, await client.AllocateAsync());
+        var mapped = PeerAddress.From(new IPEndPoint(IPAddress.Parse("::ffff:127.0.0.1"), peer.Port));
+        Assert.Equal(0, await client.CreatePermissionAsync(mapped));
+        Assert.Equal(403, await client.CreatePermissionAsync(PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port + 1))));
+        client.SendIndication(mapped, "ping"u8.ToArray());
+        var (from, data) = await client.ReceiveDataAsync();
+        Assert.Equal("ping"u8.ToArray(), data);
+        Assert.Equal(peer.Port, from.Port);
+        Assert.Equal(1, peer.Received);
+    }
+
+    [Fact]
+    public async Task Malformed_datagrams_leave_the_listener_serving()
+    {
+        await using var peer = await EchoPeer.StartAsync();
+        await using var chain = await TurnChain.StartAsync(PtChain.FreeServer("plain", "127.0.0.1"));
+        await using var client = await RawTurnClient.ConnectAsync(chain.TurnEndPoint);
+        var random = new Random(5766);
+        for (int i = 0; i < 200; i++)
+        {
+            byte[] junk = new byte[random.Next(1, 300)];
+            random.NextBytes(junk);
+            if (i % 3 == 0 && junk.Length >= 20) BinaryPrimitives.WriteUInt32BigEndian(junk.AsSpan(4), Stun.MagicCookie);
+            client.SendRaw(junk);
+        }
+        Assert.Equal(0, await client.AllocateAsync());
+        var (exit, text) = await Uclient(chain, peer, ["-n", "5", "-m", "1", "-c"]);
+        AssertDelivered(exit, text, 5, chain);
+    }
+
+    // ---- helpers ---------------------------------------------------------------------------------
+
+    /// <summary>Waits (up to 20 s) until a log line has been read from the process's stderr pipe.</summary>
+    private static async Task StderrContainsAsync(PtProcess process, string text)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (!process.Stderr.Contains(text, StringComparison.Ordinal))
+        {
+            if (DateTime.UtcNow > deadline) Assert.Fail($"stderr never said \"{text}\":\n{process.Stderr}");
+            await Task.Delay(50);
+        }
+    }
+
+    private async Task<(int Exit, string Text)> Uclient(TurnChain chain, IPeer peer, string[] flags, string password = Password, string peerAddress = "127.0.0.1")
+    {
+        var (exit, o, e) = await ChainTests.RunAsync(Tool("turnutils_uclient"),
+            ["-u", User, "-w", password, "-e", peerAddress, "-r", peer.Port.ToString(System.Globalization.CultureInfo.InvariantCulture),
+             "-p", chain.TurnEndPoint.Port.ToString(System.Globalization.CultureInfo.InvariantCulture), .. flags, chain.TurnEndPoint.Address.ToString()]);
+        return (exit, o + e);
+    }
+
+    private static void AssertDelivered(int exit, string text, int messages, TurnChain chain)
+    {
+        string context = $"\nuclient:\n{LastLines(text, 20)}\nclient stderr:\n{Tail(chain.Chain.Client.Stderr)}\nserver stderr:\n{Tail(chain.Chain.Server.Stderr)}";
+        Assert.True(exit == 0, $"uclient exit {exit}{context}");
+        Assert.Contains("Total lost packets 0 ", text);
+        var totals = TotalsPattern().Match(text);
+        Assert.True(totals.Success, "no totals line" + context);
+        Assert.Equal(messages, int.Parse(totals.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture));
+        Assert.Equal(messages, int.Parse(totals.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture));
+    }
+
+    [GeneratedRegex(@"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\s*$", RegexOptions.Multiline)]
+    private static partial Regex TotalsPattern();
+
+    private static string LastLines(string text, int n = 4) => string.Join('\n', text.Split('\n', StringSplitOptions.RemoveEmptyEntries).TakeLast(n));
+
+    private static string Tail(string text) => text.Length > 4000 ? text[^4000..] : text;
+}
+
+/// <summary>A server pthost and a client pthost whose configuration has a <c>turn</c> key.</summary>
+internal sealed class TurnChain : IAsyncDisposable
+{
+    public required PtChain Chain { get; init; }
+    public required IPEndPoint TurnEndPoint { get; init; }
+
+    public static async Task<TurnChain> StartAsync(JObject serverConfig, JObject? clientConfig = null, string transport = "plain")
+    {
+        var chain = await PtChain.StartAsync(serverConfig, server => clientConfig ?? ClientConfig(server, transport));
+        var line = chain.ClientStartup.Single(l => l.StartsWith($"CMETHOD {transport} turn ", StringComparison.Ordinal));
+        return new TurnChain { Chain = chain, TurnEndPoint = IPEndPoint.Parse(line.Split(' ')[3]) };
+    }
+
+    public static JObject ClientConfig(IPEndPoint? server, string transport = "plain") => new()
+    {
+        ["role"] = "client",
+        ["transports"] = new JArray(transport),
+        ["options"] = new JObject { [transport] = new JObject { ["serverAddress"] = server?.ToString() } },
+        ["turn"] = new JObject
+        {
+            ["listenaddr"] = "127.0.0.1:0",
+            ["realm"] = TurnTests.Realm,
+            ["users"] = new JObject { [TurnTests.User] = TurnTests.Password },
+        },
+        ["exit-on-stdin-close"] = true,
+    };
+
+    public ValueTask DisposeAsync() => Chain.DisposeAsync();
+}
+
+/// <summary>coturn's turnutils_peer (a UDP echo server) on a loopback port.</summary>
+internal sealed class EchoPeer : IAsyncDisposable, IPeer
+{
+    private readonly PtProcess _process;
+
+    private EchoPeer(PtProcess process, int port)
+    {
+        _process = process;
+        Port = port;
+    }
+
+    public int Port { get; }
+
+    public static async Task<EchoPeer> StartAsync()
+    {
+        for (int attempt = 0; ; attempt++)
+        {
+            int port;
+            using (var probe = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp))
+            {
+                probe.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+                port = ((IPEndPoint)probe.LocalEndPoint!).Port;
+            }
+            var process = PtProcess.Start(TurnTests.Tool("turnutils_peer"), ["-L", "127.0.0.1", "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture)], null);
+            var peer = new EchoPeer(process, port);
+            if (await peer.ProbeAsync()) return peer;
+            await process.DisposeAsync();
+            if (attempt == 4) throw new InvalidOperationException("turnutils_peer does not echo");
+        }
+    }
+
+    /// <summary>Sends a probe until it comes back (the peer is up), within 20 s.</summary>
+    private async Task<bool> ProbeAsync()
+    {
+        using var s = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        s.Connect(new IPEndPoint(IPAddress.Loopback, Port));
+        byte[] b = new byte[64];
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (DateTime.UtcNow < deadline)
+        {
+            try { await s.SendAsync("probe"u8.ToArray(), SocketFlags.None); }
+            catch (SocketException) { }
+            using var wait = new CancellationTokenSource(TimeSpan.FromMilliseconds(500));
+            try
+            {
+                if (await s.ReceiveAsync(b, SocketFlags.None, wait.Token) == 5) return true;
+            }
+            catch (Exception e) when (e is OperationCanceledException or SocketException) { }
+        }
+        return false;
+    }
+
+    public ValueTask DisposeAsync() => _process.DisposeAsync();
+}
+
+internal interface IPeer
+{
+    int Port { get; }
+}
+
+/// <summary>The observation point of the refusal tests: a UDP echo socket on 127.0.0.1 that counts what reaches it.</summary>
+internal sealed class CountingPeer : IAsyncDisposable, IPeer
+{
+    private readonly Socket _socket = new(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Task _loop;
+    private int _received;
+
+    public CountingPeer()
+    {
+        _socket.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        Port = ((IPEndPoint)_socket.LocalEndPoint!).Port;
+        _loop = Task.Run(async () =>
+        {
+            byte[] b = new byte[70000];
+            try
+            {
+                while (true)
+                {
+                    var r = await _socket.ReceiveFromAsync(b, new IPEndPoint(IPAddress.Any, 0), _stop.Token);
+                    Interlocked.Increment(ref _received);
+                    await _socket.SendToAsync(b.AsMemory(0, r.ReceivedBytes), r.RemoteEndPoint, _stop.Token);
+                }
+            }
+            catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException) { }
+        });
+    }
+
+    public int Port { get; }
+
+    public int Received => Volatile.Read(ref _received);
+
+    public async ValueTask DisposeAsync()
+    {
+        _stop.Cancel();
+        await _loop.WaitAsync(TimeSpan.FromSeconds(10));
+        _socket.Dispose();
+        _stop.Dispose();
+    }
+}
+
+/// <summary>A minimal TURN client over UDP built on the codec, for the checks turnutils_uclient cannot make.</summary>
+internal sealed class RawTurnClient : IAsyncDisposable
+{
+    private readonly Socket _socket;
+    private readonly byte[] _key = Stun.LongTermKey(TurnTests.User, TurnTests.Realm, TurnTests.Password);
+    private string _nonce = "";
+
+    private RawTurnClient(Socket socket) => _socket = socket;
+
+    public static Task<RawTurnClient> ConnectAsync(IPEndPoint server)
+    {
+        var s = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        s.Connect(server);
+        return Task.FromResult(new RawTurnClient(s));
+    }
+
+    public void SendRaw(byte[] bytes) => _socket.Send(bytes);
+
+    /// <summary>Returns 0 on success, otherwise the error code.</summary>
+    public async Task<int> AllocateAsync()
+    {
+        var first = await RequestAsync(StunMethod.Allocate, (ref StunWriter w) => w.AddUInt32(StunAttribute.RequestedTransport, 17u << 24), signed: false);
+        if (first.Code != 401) return first.Code;
+        return (await RequestAsync(StunMethod.Allocate, (ref StunWriter w) => w.AddUInt32(StunAttribute.RequestedTransport, 17u << 24))).Code;
+    }
+
+    public async Task<int> CreatePermissionAsync(PeerAddress peer) =>
+        (await RequestAsync(StunMethod.CreatePermission, (ref StunWriter w) => w.AddXorAddress(StunAttribute.XorPeerAddress, peer))).Code;
+
+    public void SendIndication(PeerAddress peer, byte[] data)
+    {
+        byte[] buffer = new byte[2048];
+        var w = new StunWriter(buffer, StunMethod.Send, StunClass.Indication, Unit.Turn.TurnServerTests.Tid());
+        w.AddXorAddress(StunAttribute.XorPeerAddress, peer);
+        w.Add(StunAttribute.Data, data);
+        _socket.Send(w.Written);
+    }
+
+    public async Task<(PeerAddress From, byte[] Data)> ReceiveDataAsync()
+    {
+        byte[] buffer = new byte[70000];
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+        while (true)
+        {
+            int n = await _socket.ReceiveAsync(buffer, SocketFlags.None, cts.Token);
+            var parsed = new Unit.Turn.Parsed(buffer[..n]);
+            if (parsed.Class != StunClass.Indication || parsed.Method != StunMethod.Data) continue;
+            parsed.Message.TryGet(StunAttribute.Data, out var data);
+            return (parsed.XorAddress(StunAttribute.XorPeerAddress), data.ToArray());
+        }
+    }
+
+    private async Task<(int Code, Unit.Turn.Parsed Response)> RequestAsync(int method, Unit.Turn.TurnServerTests.Attributes attributes, bool signed = true)
+    {
+        byte[] tid = Unit.Turn.TurnServerTests.Tid();
+        string nonce = _nonce;
+        byte[] key = _key;
+        byte[] request = Unit.Turn.TurnServerTests.Build(method, StunClass.Request, tid, (ref StunWriter w) =>
+        {
+            attributes(ref w);
+            if (!signed) return;
+            w.AddString(StunAttribute.Username, TurnTests.User);
+            w.AddString(StunAttribute.Realm, TurnTests.Realm);
+            w.AddString(StunAttribute.Nonce, nonce);
+            w.AddIntegrity(key);
+        });
+        byte[] buffer = new byte[70000];
+        for (int attempt = 0; attempt < 8; attempt++) // UDP: retransmit (RFC 5389 §7.2.1), generously spaced
+        {
+            _socket.Send(request);
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+            try
+            {
+                while (true)
+                {
+                    int n = await _socket.ReceiveAsync(buffer, SocketFlags.None, cts.Token);
+                    var parsed = new Unit.Turn.Parsed(buffer[..n]);
+                    if (!parsed.TransactionId.AsSpan().SequenceEqual(tid)) continue;
+                    if (parsed.String(StunAttribute.Nonce) is { } fresh) _nonce = fresh;
+                    return (parsed.Class == StunClass.Success ? 0 : parsed.ErrorCode, parsed);
+                }
+            }
+            catch (OperationCanceledException) { }
+        }
+        throw new TimeoutException($"no answer to STUN method 0x{method:x3}");
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        _socket.Dispose();
+        return ValueTask.CompletedTask;
+    }
+}

@@ -1,0 +1,254 @@
+using System.IO.Pipelines;
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging.Abstractions;
+using PtHost.Contract;
+using PtHost.Net;
+using PtHost.Transports.Plain;
+using PtHost.Turn;
+
+namespace PtHost.Tests.Unit.Turn;
+
+/// <summary>UDP carried in streams (spec/turn.md §5): the frame, the peer policy, and both ends of an association.</summary>
+public class DatagramAssociationTests
+{
+    private static readonly TimeSpan Wait = TimeSpan.FromSeconds(20);
+
+    private static PeerAddress P(string ip, int port) => PeerAddress.From(new IPEndPoint(IPAddress.Parse(ip), port));
+
+    [Fact]
+    public void Ipv4_frame_is_length_type_atyp_address_port_payload()
+    {
+        byte[] frame = new byte[64];
+        int n = DatagramFrame.Write(frame, DatagramFrameType.Data, P("192.0.2.1", 3478), "hi"u8);
+        Assert.Equal(Convert.FromHexString("000a" + "00" + "01" + "c0000201" + "0d96" + "6869"), frame[..n]);
+    }
+
+    [Fact]
+    public void Ipv6_frame_round_trips()
+    {
+        byte[] frame = new byte[64];
+        var peer = P("2001:db8::1", 5000);
+        int n = DatagramFrame.Write(frame, DatagramFrameType.Check, peer, default);
+        Assert.Equal(22, n);
+        Assert.Equal(n, DatagramFrame.TryParse(frame.AsSpan(0, n + 5), out var type, out var back, out var payload));
+        Assert.Equal(DatagramFrameType.Check, type);
+        Assert.Equal(peer, back);
+        Assert.Equal(0, payload.End.Value - payload.Start.Value);
+    }
+
+    [Fact]
+    public void Partial_frame_needs_more_bytes()
+    {
+        byte[] frame = new byte[64];
+        int n = DatagramFrame.Write(frame, DatagramFrameType.Data, P("192.0.2.1", 1), "abc"u8);
+        for (int i = 0; i < n; i++) Assert.Equal(0, DatagramFrame.TryParse(frame.AsSpan(0, i), out _, out _, out _));
+    }
+
+    [Theory]
+    [InlineData("0008" + "00" + "03" + "c0000201" + "0001")] // unknown ATYP
+    [InlineData("0004" + "00" + "01" + "c000")]             // LENGTH too short for an IPv4 address and port
+    [InlineData("0010" + "00" + "04" + "00000000")]         // LENGTH too short for an IPv6 address and port
+    public void Malformed_frame_is_refused(string hex) =>
+        Assert.Equal(-1, DatagramFrame.TryParse(Convert.FromHexString(hex), out _, out _, out _));
+
+    [Fact]
+    public void Random_bytes_never_make_the_frame_parser_throw_or_overrun()
+    {
+        var random = new Random(5766);
+        byte[] data = new byte[128];
+        for (int i = 0; i < 20000; i++)
+        {
+            int n = random.Next(data.Length);
+            random.NextBytes(data.AsSpan(0, n));
+            if (i % 2 == 0 && n > 3) data[3] = (byte)(i % 4 == 0 ? 1 : 4);
+            int length = DatagramFrame.TryParse(data.AsSpan(0, n), out _, out _, out var payload);
+            Assert.InRange(length, -1, n);
+            if (length > 0) Assert.InRange(payload.End.Value, payload.Start.Value, length);
+        }
+    }
+
+    // ---- peer policy (spec/turn.md §6.1) -------------------------------------------------------------
+
+    [Theory]
+    [InlineData("127.0.0.1")]
+    [InlineData("::ffff:127.0.0.1")]
+    [InlineData("0.0.0.0")]
+    [InlineData("0.1.2.3")]
+    [InlineData("::")]
+    [InlineData("::1")]
+    [InlineData("::127.0.0.1")]
+    [InlineData("64:ff9b::7f00:1")]
+    [InlineData("10.1.2.3")]
+    [InlineData("::ffff:10.1.2.3")]
+    [InlineData("172.16.0.1")]
+    [InlineData("172.31.255.255")]
+    [InlineData("192.168.1.1")]
+    [InlineData("100.64.0.1")]
+    [InlineData("169.254.1.1")]
+    [InlineData("224.0.0.1")]
+    [InlineData("239.255.255.250")]
+    [InlineData("255.255.255.255")]
+    [InlineData("fe80::1")]
+    [InlineData("fc00::1")]
+    [InlineData("fd12:3456::1")]
+    [InlineData("ff02::1")]
+    public void Catch_all_allow_list_does_not_open_special_ranges(string ip)
+    {
+        var policy = new UdpPeerPolicy(AllowList.Parse(["0.0.0.0/0", "::/0"]));
+        Assert.NotNull(policy.Refuse(P(ip, 3478)));
+    }
+
+    [Theory]
+    [InlineData("8.8.8.8")]
+    [InlineData("::ffff:8.8.8.8")]
+    [InlineData("172.32.0.1")]
+    [InlineData("2001:4860::8888")]
+    public void Catch_all_allow_list_allows_public_addresses(string ip) =>
+        Assert.Null(new UdpPeerPolicy(AllowList.Parse(["0.0.0.0/0", "::/0"])).Refuse(P(ip, 3478)));
+
+    [Fact]
+    public void Explicit_entry_inside_a_special_range_allows_it_mapped_form_included()
+    {
+        var policy = new UdpPeerPolicy(AllowList.Parse(["127.0.0.1", "10.0.0.0/8:53"]));
+        Assert.Null(policy.Refuse(P("127.0.0.1", 3480)));
+        Assert.Null(policy.Refuse(P("::ffff:127.0.0.1", 3480)));
+        Assert.NotNull(policy.Refuse(P("127.0.0.2", 3480)));
+        Assert.Null(policy.Refuse(P("10.9.9.9", 53)));
+        Assert.NotNull(policy.Refuse(P("10.9.9.9", 54)));
+        Assert.NotNull(policy.Refuse(P("8.8.8.8", 53))); // not listed at all
+        Assert.NotNull(policy.Refuse(P("127.0.0.1", 0))); // port 0 never
+    }
+
+    [Fact]
+    public void Wide_entry_covering_a_special_range_does_not_open_it()
+    {
+        // 0.0.0.0/1 covers 10/8 and 127/8 but lies inside neither.
+        var policy = new UdpPeerPolicy(AllowList.Parse(["0.0.0.0/1"]));
+        Assert.NotNull(policy.Refuse(P("10.0.0.1", 1)));
+        Assert.NotNull(policy.Refuse(P("127.0.0.1", 1)));
+        Assert.Null(policy.Refuse(P("8.8.8.8", 1)));
+    }
+
+    // ---- plain's preamble for an association (spec/plain.md §2.5) ----------------------------------
+
+    [Fact]
+    public async Task Plain_preamble_for_a_udp_association_is_PTP_0x81_with_no_destination()
+    {
+        byte[] request = PlainWire.BuildRequest(null, SessionKind.Datagram);
+        Assert.Equal(new byte[] { 0x50, 0x54, 0x50, 0x81, 0x00, 0x00 }, request);
+        Assert.Equal(0, PlainWire.ParseHeader(request, out var kind));
+        Assert.Equal(SessionKind.Datagram, kind);
+        var (destination, readKind) = await PlainWire.ReadPreambleAsync(new MemoryStream(request), CancellationToken.None);
+        Assert.Null(destination);
+        Assert.Equal(SessionKind.Datagram, readKind);
+        Assert.Equal(SessionKind.Stream, (await PlainWire.ReadPreambleAsync(new MemoryStream(PlainWire.BuildRequest(null)), CancellationToken.None)).Kind);
+    }
+
+    [Fact]
+    public async Task Plain_udp_association_naming_a_destination_is_malformed()
+    {
+        byte[] request = [0x50, 0x54, 0x50, 0x81, 0x00, 0x03, (byte)'a', (byte)':', (byte)'1'];
+        await Assert.ThrowsAsync<FormatException>(() => PlainWire.ReadPreambleAsync(new MemoryStream(request), CancellationToken.None));
+    }
+
+    // ---- both ends over an in-memory stream, real UDP on loopback ------------------------------------
+
+    [Fact]
+    public async Task Client_session_and_server_association_carry_datagrams_to_an_allowed_peer_only()
+    {
+        using var echo = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        echo.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        var echoAddress = PeerAddress.From((IPEndPoint)echo.LocalEndPoint!);
+        using var other = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        other.Bind(new IPEndPoint(IPAddress.Parse("127.0.0.2"), 0));
+        var otherAddress = PeerAddress.From((IPEndPoint)other.LocalEndPoint!);
+        using var cts = new CancellationTokenSource(Wait);
+        var echoTask = Task.Run(async () =>
+        {
+            byte[] b = new byte[2048];
+            var from = new IPEndPoint(IPAddress.Any, 0);
+            while (!cts.IsCancellationRequested)
+            {
+                var r = await echo.ReceiveFromAsync(b, from, cts.Token);
+                await echo.SendToAsync(b.AsMemory(0, r.ReceivedBytes), r.RemoteEndPoint, cts.Token);
+            }
+        });
+
+        var host = new UdpAssociationHost(null, AllowList.Parse([$"127.0.0.1:{echoAddress.Port}"]), NullLogger.Instance);
+        var onward = await host.OpenAsync(new InboundSession(null, null, 1, SessionKind.Datagram), cts.Token);
+        var (clientSide, serverSide) = DuplexPair();
+        var relay = Relay.RunAsync(serverSide, onward, null, null, cts.Token);
+        await using var session = await StreamDatagramSession.StartAsync(clientSide, cts.Token);
+        Assert.NotEqual(0, session.RelayedAddress.Port);
+
+        byte[] buffer = new byte[2048];
+        var receive = session.ReceiveAsync(buffer, cts.Token).AsTask();
+        Assert.True(await session.CheckPeerAsync(echoAddress, cts.Token));
+        Assert.False(await session.CheckPeerAsync(otherAddress, cts.Token));
+        Assert.False(await session.CheckPeerAsync(P("::ffff:127.0.0.1", 9), cts.Token));
+        await session.SendAsync(otherAddress, "refused"u8.ToArray(), cts.Token);
+        await session.SendAsync(echoAddress, "ping"u8.ToArray(), cts.Token);
+        var (peer, n) = await receive.WaitAsync(cts.Token);
+        Assert.Equal(echoAddress, peer);
+        Assert.Equal("ping"u8.ToArray(), buffer[..n]);
+        Assert.Equal(0, other.Available); // the refused peer got nothing
+        Assert.Equal(1, host.Open);
+
+        await session.DisposeAsync();
+        await relay.WaitAsync(cts.Token);
+        await onward.DisposeAsync();
+        Assert.Equal(0, host.Open);
+        cts.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => echoTask);
+    }
+
+    [Fact]
+    public async Task Association_limit_refuses_the_next_one()
+    {
+        var host = new UdpAssociationHost(null, AllowList.Parse(["127.0.0.1"]), NullLogger.Instance, maxAssociations: 1);
+        await using var first = await host.OpenAsync(new InboundSession(null, null, 1, SessionKind.Datagram), CancellationToken.None);
+        var e = await Assert.ThrowsAsync<TransportConnectException>(async () => await host.OpenAsync(new InboundSession(null, null, 2, SessionKind.Datagram), CancellationToken.None));
+        Assert.Equal(ConnectFailure.General, e.Failure);
+    }
+
+    /// <summary>Two connected in-memory duplex streams.</summary>
+    internal static (Stream A, Stream B) DuplexPair()
+    {
+        var ab = new Pipe();
+        var ba = new Pipe();
+        return (new DuplexStream(ba.Reader, ab.Writer), new DuplexStream(ab.Reader, ba.Writer));
+    }
+
+    private sealed class DuplexStream(PipeReader reader, PipeWriter writer) : Stream, IHalfClosable
+    {
+        private readonly Stream _in = reader.AsStream();
+        private readonly Stream _out = writer.AsStream();
+        public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) => _in.ReadAsync(buffer, cancellationToken);
+        public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            await _out.WriteAsync(buffer, cancellationToken);
+            await _out.FlushAsync(cancellationToken);
+        }
+        public void ShutdownWrite() => writer.Complete();
+        public override int Read(byte[] buffer, int offset, int count) => _in.Read(buffer, offset, count);
+        public override void Write(byte[] buffer, int offset, int count) => _out.Write(buffer, offset, count);
+        protected override void Dispose(bool disposing)
+        {
+            if (disposing)
+            {
+                writer.Complete();
+                reader.Complete();
+            }
+            base.Dispose(disposing);
+        }
+        public override bool CanRead => true;
+        public override bool CanSeek => false;
+        public override bool CanWrite => true;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override void Flush() => _out.Flush();
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+    }
+}
