@@ -18,20 +18,22 @@ public static class RelayCommand
     public const string Usage = """
         usage: pthost relay zephyr [--listen IP:PORT] [--bind-timeout SECONDS] [--peer-timeout SECONDS]
                                    [--max-connections N] [--max-per-source N] [--loglevel LEVEL]
+               pthost relay jet --listen IP:PORT [--config FILE] [--loglevel LEVEL]
         """;
 
     public static async Task<int> RunAsync(string[] args)
     {
-        if (args.Length == 0) return UsageError("relay needs a NAME (known: zephyr)");
+        if (args.Length == 0) return UsageError("relay needs a NAME (known: zephyr, jet)");
         return args[0] switch
         {
             "zephyr" => await RunZephyrAsync(args[1..]).ConfigureAwait(false),
+            "jet" => await JetRelayCommand.RunAsync(args[1..]).ConfigureAwait(false), // spec/jet.md §5.1
             "--help" or "-h" => Help(),
-            _ => UsageError($"no relay named \"{args[0]}\" (known: zephyr)"),
+            _ => UsageError($"no relay named \"{args[0]}\" (known: zephyr, jet)"),
         };
     }
 
-    private static int Help()
+    internal static int Help()
     {
         Console.Error.WriteLine(Usage);
         return ExitCodes.Ok;
@@ -123,7 +125,7 @@ public static class RelayCommand
     private static bool TryParseCount(string s, out int value) =>
         int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out value) && value > 0;
 
-    private static int UsageError(string message)
+    internal static int UsageError(string message)
     {
         // One line: the error. (The usage text is printed by --help.)
         Console.Error.WriteLine("pthost: relay: " + message);
