@@ -20,6 +20,7 @@ public sealed class TransportRegistry
     {
         Register("plain", () => new PtHost.Transports.Plain.PlainTransport());
         Register("zephyr", () => new PtHost.Transports.Zephyr.ZephyrTransport());
+        Register("jet", () => new PtHost.Transports.Jet.JetTransport());
     }
 
     public IEnumerable<string> Names => _factories.Keys;
