@@ -147,6 +147,23 @@ public class JetRelayTests
         Assert.Equal(HttpStatusCode.OK, (await keyed.Rest.DeleteAsync($"/jet/association/{aid2}")).StatusCode);
     }
 
+    [Fact]
+    public async Task Instances_share_nothing_each_candidate_names_the_instance_that_issued_it()
+    {
+        await using var a = await JetRelayProcess.StartAsync(new JObject { ["instance"] = "relay-a" });
+        await using var b = await JetRelayProcess.StartAsync(new JObject { ["instance"] = "relay-b" });
+        var (aid, candidates) = await a.CreateAndGatherAsync();
+        Assert.Equal(a.Tcp!.Port, candidates["tcp"].Url.Port);
+        Assert.Equal(HttpStatusCode.NotFound, (await b.Rest.GetAsync($"/jet/association/{aid}")).StatusCode);
+        // Accepting A's candidate at B fails: the association lives in A only.
+        await using var wrong = await JetPeer.ConnectAsync(b.Tcp!);
+        await wrong.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, candidates["tcp"].Id, candidates["tcp"].Url.Authority));
+        var refused = await wrong.ReadResponseAsync();
+        Assert.Equal(400, refused.Status);
+        Assert.Equal("relay-b", refused.Header("Jet-Instance"));
+        await AssertPairsAsync(a, aid, candidates["tcp"].Id, candidates["tcp"].Url.Authority);
+    }
+
     // ---- §5.4 binary protocol v2 ----
 
     [Theory]
