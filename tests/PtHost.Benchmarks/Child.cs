@@ -156,6 +156,13 @@ public sealed class Child : IAsyncDisposable
         return _process.ExitCode;
     }
 
+    /// <summary>Writes one line to the child's stdin (the jet scenario carries CMESSAGE/SMESSAGE lines this way).</summary>
+    public async Task WriteLineAsync(string line)
+    {
+        await _process.StandardInput.WriteAsync(line + "\n").ConfigureAwait(false);
+        await _process.StandardInput.FlushAsync().ConfigureAwait(false);
+    }
+
     public void CloseStdin()
     {
         try { _process.StandardInput.Close(); }

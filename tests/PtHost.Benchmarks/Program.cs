@@ -13,7 +13,7 @@ public static class Program
           --quick          one repetition of each measurement, shorter runs
           --json FILE      where to write the results (default bench-results.json)
           --pthost PATH    use this pthost executable instead of publishing src/PtHost
-          --only LIST      comma-separated subset of: throughput,connrate,memory,startup
+          --only LIST      comma-separated subset of: throughput,connrate,memory,startup,jet
           --strict         exit 3 when a target is missed
           --pthost-env K=V add an environment variable to every pthost started (repeatable; for experiments)
           --micro          run only the in-process BenchmarkDotNet micro-benchmark of the SOCKS5 request parser
@@ -100,7 +100,7 @@ public static class Program
                 IdleSessions = 1000,
                 StartupRuns = quick ? 5 : 10,
             };
-            var (figures, details) = await RunAllAsync(ctx, only ?? ["throughput", "connrate", "memory", "startup"]).ConfigureAwait(false);
+            var (figures, details) = await RunAllAsync(ctx, only ?? ["throughput", "connrate", "memory", "startup", "jet"]).ConfigureAwait(false);
 
             string header = $"PtHost benchmarks ({(quick ? "quick" : "full")}: {ctx.Repetitions} repetition(s), medians) on {Environment.ProcessorCount} CPUs, " +
                             $"Linux {Sys.KernelRelease()}, .NET {Environment.Version}";
@@ -291,6 +291,8 @@ public static class Program
                 floor.Error ??= e.Message;
             }
         }
+        // ------------------------------------------------ 5. jet (spec/jet.md; JetBench.cs)
+        if (only.Contains("jet")) await JetBench.RunAsync(ctx, figures, details).ConfigureAwait(false);
         return (figures, details);
     }
 
