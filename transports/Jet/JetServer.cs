@@ -443,7 +443,8 @@ internal sealed class JetServerManager : IServerManager
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or EndOfStreamException
             or ObjectDisposedException or AuthenticationException or InvalidDataException)
         {
-            if (e is AuthenticationException) _log.LogWarning("jet offer {Id}: TLS refused on the {Kind} candidate: {Error}", offer.Id, kind, e.Message);
+            // A candidate that lost the race may be closed mid-handshake: only a refusal with no session chosen is news.
+            if (e is AuthenticationException && Volatile.Read(ref offer.Claimed) == 0) _log.LogWarning("jet offer {Id}: TLS refused on the {Kind} candidate: {Error}", offer.Id, kind, e.Message);
             else _log.LogDebug("jet offer {Id}: {Kind} candidate ended: {Error}", offer.Id, kind, e.Message);
         }
         finally
