@@ -222,8 +222,10 @@ public sealed partial class JetRelay : IAsyncDisposable
     }
 
     /// <summary>An accepted connection waiting for its connector, then for the end of the session.</summary>
-    private sealed class Waiter(Stream stream, ReadOnlyMemory<byte> early, Socket? socket)
+    private sealed class Waiter(Stream stream, ReadOnlyMemory<byte> early, Socket? socket, CancellationToken hangUp = default)
     {
+        /// <summary>Fires when a WebSocket acceptor's connection ends (Kestrel's RequestAborted).</summary>
+        public CancellationToken HangUp { get; } = hangUp;
         public Stream Stream { get; } = stream;
         /// <summary>Bytes that followed the accept request in the same read: relayed first (§5.4).</summary>
         public ReadOnlyMemory<byte> Early { get; } = early;
@@ -367,9 +369,11 @@ public sealed partial class JetRelay : IAsyncDisposable
     private async Task WaitAsAcceptorAsync(Association a, Candidate c, Waiter w)
     {
         using var watch = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
-        var gone = w.Socket is { } s && w.Early.IsEmpty ? WatchHangUpAsync(s, watch.Token) : Task.Delay(Timeout.Infinite, watch.Token);
+        using var hangUp = CancellationTokenSource.CreateLinkedTokenSource(watch.Token, w.HangUp);
+        var gone = w.Socket is { } s && w.Early.IsEmpty ? WatchHangUpAsync(s, watch.Token)
+            : w.HangUp.CanBeCanceled ? WaitCancelledAsync(hangUp.Token) : Task.Delay(Timeout.Infinite, watch.Token);
         var limit = Task.Delay(_options.AssociationTimeout, watch.Token);
-        await Task.WhenAny(w.Paired.Task, gone, limit).ConfigureAwait(false);
+        var first = await Task.WhenAny(w.Paired.Task, gone, limit).ConfigureAwait(false);
         await watch.CancelAsync().ConfigureAwait(false);
         bool paired;
         lock (_lock)
@@ -386,10 +390,17 @@ public sealed partial class JetRelay : IAsyncDisposable
         if (!paired)
         {
             _log.LogDebug("association {Aid} candidate {Cid}: acceptor {Why} before a connector came", a.Id, c.Id,
-                gone.IsCompletedSuccessfully ? "hung up" : _stop.IsCancellationRequested ? "cut at shutdown" : "timed out");
+                first == gone ? "hung up" : first == limit ? "timed out" : "was cut (DELETE or shutdown)");
             return;
         }
         await w.SessionDone.Task.ConfigureAwait(false);
+    }
+
+    /// <summary>Completes (successfully) when <paramref name="ct"/> fires.</summary>
+    private static async Task WaitCancelledAsync(CancellationToken ct)
+    {
+        try { await Task.Delay(Timeout.Infinite, ct).ConfigureAwait(false); }
+        catch (OperationCanceledException) { }
     }
 
     /// <summary>Completes when the socket reaches end of stream or fails, without consuming data.</summary>

@@ -377,6 +377,24 @@ public class JetRelayTests
 
     // ---- §6 WebSocket ----
 
+    [Fact]
+    public async Task A_WebSocket_acceptor_that_goes_away_frees_its_candidate()
+    {
+        await using var relay = await JetRelayProcess.StartAsync();
+        var (aid, candidates) = await relay.CreateAndGatherAsync();
+        var (cid, url) = candidates["ws"];
+        var gone = await JetWebSockets.ConnectAsync(url, JetMethod.Accept, aid, cid);
+        await WaitForStateAsync(relay, aid, cid, "accepted");
+        gone.Abort(); // the TCP connection closes without a Close frame
+        gone.Dispose();
+        await WaitForStateAsync(relay, aid, cid, "gathered");
+        using var acceptor = await JetWebSockets.ConnectAsync(url, JetMethod.Accept, aid, cid);
+        await WaitForStateAsync(relay, aid, cid, "accepted");
+        using var connector = await JetWebSockets.ConnectAsync(url, JetMethod.Connect, aid, cid);
+        await JetWebSockets.SendAsync(connector, "again"u8.ToArray());
+        Assert.Equal("again", JetWebSockets.Text(await JetWebSockets.ReceiveAsync(acceptor, 5)));
+    }
+
     [Theory]
     [InlineData("ws")]
     [InlineData("wss")]
