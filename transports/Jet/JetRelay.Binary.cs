@@ -120,7 +120,7 @@ public sealed partial class JetRelay
                     }
                 case JetMethod.Accept:
                     {
-                        var waiter = new Waiter(stream, early, kind == CandidateKind.Tcp ? socket : null);
+                        var waiter = new Waiter(stream, early, socket);
                         int s = TryAccept(request, kind, waiter, out var a, out var c, out string why);
                         if (s != 0)
                         {

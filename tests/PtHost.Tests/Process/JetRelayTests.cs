@@ -360,19 +360,29 @@ public class JetRelayTests
         Assert.Equal(400, (await second.ReadResponseAsync()).Status);
     }
 
-    [Fact]
-    public async Task An_acceptor_that_hangs_up_frees_its_candidate_for_a_new_accept()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task An_acceptor_that_hangs_up_frees_its_candidate_for_a_new_accept(bool tls)
     {
         await using var relay = await JetRelayProcess.StartAsync();
         var (aid, candidates) = await relay.CreateAndGatherAsync();
-        var (cid, url) = candidates["tcp"];
-        await using (var first = await JetPeer.ConnectAsync(relay.Tcp!))
+        var (cid, url) = candidates[tls ? "tls" : "tcp"];
+        var ep = tls ? relay.Tls! : relay.Tcp!;
+        await using (var first = await JetPeer.ConnectAsync(ep, tls))
         {
             await first.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, url.Authority));
             await WaitForStateAsync(relay, aid, cid, "accepted");
         }
         await WaitForStateAsync(relay, aid, cid, "gathered");
-        await AssertPairsAsync(relay, aid, cid, url.Authority);
+        // Accepted again, by someone who stays: it pairs.
+        await using var acceptor = await JetPeer.ConnectAsync(ep, tls);
+        await acceptor.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, url.Authority));
+        await WaitForStateAsync(relay, aid, cid, "accepted");
+        await using var connector = await JetPeer.ConnectAsync(ep, tls);
+        await connector.SendRequestAsync(JetWire.BuildRequest(JetMethod.Connect, aid, cid, url.Authority), "ping"u8.ToArray());
+        Assert.Equal(200, (await connector.ReadResponseAsync()).Status);
+        Assert.Equal("ping", JetWebSockets.Text(await acceptor.ReadExactlyAsync(4)));
     }
 
     // ---- §6 WebSocket ----
