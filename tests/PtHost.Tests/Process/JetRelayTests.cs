@@ -328,6 +328,60 @@ public class JetRelayTests
         Assert.True(await slow.IsClosedAsync());
     }
 
+    [Fact]
+    public async Task Random_bytes_on_every_listener_never_stop_the_relay()
+    {
+        await using var relay = await JetRelayProcess.StartAsync(new JObject { ["handshakeTimeout"] = 2 });
+        var rng = new Random(9);
+        var endpoints = new[] { relay.Tcp!, relay.Tls!, relay.Http, relay.Wss! };
+        var attacks = Enumerable.Range(0, 80).Select(async i =>
+        {
+            byte[] junk = new byte[rng.Next(1, 3000)];
+            lock (rng) rng.NextBytes(junk);
+            if (i % 4 == 0) JetWire.Signature.CopyTo(junk); // a valid signature, then garbage
+            using var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            await s.ConnectAsync(endpoints[i % endpoints.Length]);
+            try
+            {
+                await s.SendAsync(junk);
+                if (i % 3 == 0) s.Shutdown(SocketShutdown.Send);
+                using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+                var buffer = new byte[4096];
+                while (await s.ReceiveAsync(buffer, SocketFlags.None, cts.Token) > 0) { }
+            }
+            catch (SocketException) { } // a reset is an acceptable end
+        });
+        await Task.WhenAll(attacks);
+        Assert.False(relay.Process.StdoutLines.Count > 1);
+        var (aid, candidates) = await relay.CreateAndGatherAsync();
+        await AssertPairsAsync(relay, aid, candidates["tcp"].Id, candidates["tcp"].Url.Authority);
+    }
+
+    [Fact]
+    public async Task Connections_over_maxConnections_are_closed_at_once_and_the_relay_recovers()
+    {
+        await using var relay = await JetRelayProcess.StartAsync(new JObject { ["maxConnections"] = 2 });
+        var (aid, candidates) = await relay.CreateAndGatherAsync();
+        var (cid, url) = candidates["tcp"];
+        await using var a = await JetPeer.ConnectAsync(relay.Tcp!);
+        await using var b = await JetPeer.ConnectAsync(relay.Tcp!);
+        await a.SendAsync(0x4A); // both held, waiting for the rest of a packet
+        await b.SendAsync(0x4A);
+        await using (var over = await JetPeer.ConnectAsync(relay.Tcp!))
+            Assert.True(await over.IsClosedAsync());
+        await a.DisposeAsync();
+        await b.DisposeAsync();
+        // Once they are gone, pairs are served again.
+        await WaitUntilAsync(async () =>
+        {
+            await using var probe = await JetPeer.ConnectAsync(relay.Tcp!);
+            await probe.SendRequestAsync(JetWire.BuildRequest(JetMethod.Test, aid, cid, url.Authority));
+            try { return (await probe.ReadResponseAsync()).Status == 200; }
+            catch (Exception e) when (e is IOException or EndOfStreamException) { return false; }
+        });
+        await AssertPairsAsync(relay, aid, cid, url.Authority);
+    }
+
     // ---- §5.5 policy ----
 
     [Fact]
