@@ -106,6 +106,6 @@ internal sealed class JetOptionReader
         if (pem is null && key is null) return null;
         if (pem is null || key is null) throw new TransportOptionsException("jet options \"certificate\" and \"key\" go together");
         try { return ZephyrCredentials.FromPem(pem, key, "jet"); }
-        catch (TransportOptionsException e) { throw new TransportOptionsException(e.Message.Replace("zephyr jet", "jet", StringComparison.Ordinal), e); }
+        catch (TransportOptionsException e) { throw new TransportOptionsException($"jet: certificate/key PEM unusable: {e.InnerException?.Message ?? e.Message}", e); }
     }
 }

@@ -119,7 +119,7 @@ public sealed record JetRelayOptions
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or TransportOptionsException)
             {
-                throw new FormatException($"certificate: {e.Message}");
+                throw new FormatException($"certificate: {(e is TransportOptionsException ? e.InnerException?.Message ?? e.Message : e.Message)}");
             }
         }
         if (Str(o, "instance") is { } instance)

@@ -68,6 +68,30 @@ public class JetRelayTests
         Assert.Empty(p.StdoutLines);
     }
 
+    [Fact]
+    public async Task The_tls_and_wss_listeners_use_the_configured_certificate()
+    {
+        using var cert = Transports.Zephyr.ZephyrCredentials.Generate("relay.example.net");
+        string dir = Directory.CreateTempSubdirectory("pthost-jet-cert-").FullName;
+        await File.WriteAllTextAsync(Path.Combine(dir, "relay.pem"), Transports.Zephyr.ZephyrCredentials.CertificatePem(cert));
+        await File.WriteAllTextAsync(Path.Combine(dir, "relay.key"), Transports.Zephyr.ZephyrCredentials.KeyPem(cert));
+        string config = Path.Combine(dir, "relay.json");
+        await File.WriteAllTextAsync(config, """{"listen": "127.0.0.1:0", "certificateFile": "relay.pem", "keyFile": "relay.key"}""");
+        await using var p = PtProcess.StartPthost("relay", "jet", "--config", config);
+        string line = await p.ReadLineAsync();
+        var tls = IPEndPoint.Parse(line.Split(' ').Single(f => f.StartsWith("tls=", StringComparison.Ordinal))[4..]);
+        var wss = IPEndPoint.Parse(line.Split(' ').Single(f => f.StartsWith("wss=", StringComparison.Ordinal))[4..]);
+        foreach (var ep in new[] { tls, wss })
+        {
+            using var client = new TcpClient();
+            await client.ConnectAsync(ep);
+            byte[]? seen = null;
+            await using var ssl = new System.Net.Security.SslStream(client.GetStream(), false, (_, c, _, _) => { seen = c?.GetRawCertData(); return true; });
+            await ssl.AuthenticateAsClientAsync("relay.example.net");
+            Assert.Equal(cert.RawData, seen);
+        }
+    }
+
     // ---- §5.2 REST ----
 
     [Fact]
