@@ -46,11 +46,9 @@ public sealed partial class JetRelay
                 continue;
             }
             Interlocked.Increment(ref _accepted);
-            if (Interlocked.Increment(ref _connections) > _options.MaxConnections)
+            if (!Admit((socket.RemoteEndPoint as IPEndPoint)?.Address))
             {
-                Interlocked.Decrement(ref _connections);
-                Interlocked.Increment(ref _refusedByLimits);
-                socket.Dispose();
+                socket.Dispose(); // §5.5: over a limit, closed at once
                 continue;
             }
             _ = ServeBinaryAsync(socket, kind);
@@ -60,6 +58,7 @@ public sealed partial class JetRelay
     private async Task ServeBinaryAsync(Socket socket, CandidateKind kind)
     {
         var remote = socket.RemoteEndPoint;
+        var source = (remote as IPEndPoint)?.Address;
         Stream stream = new NetworkStream(socket, ownsSocket: true);
         bool handedOver = false;
         try
@@ -176,7 +175,7 @@ public sealed partial class JetRelay
         }
         finally
         {
-            Interlocked.Decrement(ref _connections);
+            Release(source);
             if (!handedOver) await stream.DisposeAsync().ConfigureAwait(false);
         }
     }

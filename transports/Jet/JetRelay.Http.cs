@@ -213,10 +213,8 @@ public sealed partial class JetRelay
             await ErrorAsync(ctx, 400, "a WebSocket upgrade is required on this path").ConfigureAwait(false);
             return;
         }
-        if (Interlocked.Increment(ref _connections) > _options.MaxConnections)
+        if (!Admit(remote))
         {
-            Interlocked.Decrement(ref _connections);
-            Interlocked.Increment(ref _refusedByLimits);
             await ErrorAsync(ctx, 503, "connection limit reached").ConfigureAwait(false);
             return;
         }
@@ -232,7 +230,7 @@ public sealed partial class JetRelay
         }
         finally
         {
-            Interlocked.Decrement(ref _connections);
+            Release(remote);
         }
     }
 

@@ -38,6 +38,7 @@ public sealed partial class JetRelay : IAsyncDisposable
     private readonly Action<ILoggingBuilder> _configureLogging;
     private readonly Lock _lock = new();
     private readonly Dictionary<Guid, Association> _associations = [];
+    private readonly Dictionary<IPAddress, int> _perSource = [];
     private readonly CancellationTokenSource _stop = new();
     private readonly List<Task> _acceptLoops = [];
     private readonly List<Socket> _listeners = [];
@@ -442,4 +443,35 @@ public sealed partial class JetRelay : IAsyncDisposable
     }
 
     private void Count(long n) => Interlocked.Add(ref _bytes, n);
+
+    /// <summary>§5.5: takes a connection slot (total and per source), or refuses.</summary>
+    private bool Admit(IPAddress? source)
+    {
+        var address = source ?? IPAddress.None;
+        if (address.IsIPv4MappedToIPv6) address = address.MapToIPv4();
+        lock (_perSource)
+        {
+            int from = _perSource.GetValueOrDefault(address);
+            if (_connections >= _options.MaxConnections || from >= _options.MaxPerSource)
+            {
+                Interlocked.Increment(ref _refusedByLimits);
+                return false;
+            }
+            _connections++;
+            _perSource[address] = from + 1;
+            return true;
+        }
+    }
+
+    private void Release(IPAddress? source)
+    {
+        var address = source ?? IPAddress.None;
+        if (address.IsIPv4MappedToIPv6) address = address.MapToIPv4();
+        lock (_perSource)
+        {
+            _connections--;
+            if (_perSource.TryGetValue(address, out int n) && n > 1) _perSource[address] = n - 1;
+            else _perSource.Remove(address);
+        }
+    }
 }

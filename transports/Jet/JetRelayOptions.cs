@@ -68,6 +68,9 @@ public sealed record JetRelayOptions
     /// <summary>Binary and WebSocket connections held at once; further ones are closed at once (503 on WebSocket).</summary>
     public int MaxConnections { get; init; } = 10_000;
 
+    /// <summary>Binary and WebSocket connections held at once from one source address.</summary>
+    public int MaxPerSource { get; init; } = 1_000;
+
     /// <summary>Associations held at once; creating one more answers 503.</summary>
     public int MaxAssociations { get; init; } = 10_000;
 
@@ -76,7 +79,7 @@ public sealed record JetRelayOptions
 
     private static readonly string[] Known =
         ["listen", "tcp", "tls", "wss", "certificateFile", "keyFile", "instance", "externalHost", "external", "apiKey", "policy",
-         "associationTimeout", "handshakeTimeout", "maxConnections", "maxAssociations", "statsInterval"];
+         "associationTimeout", "handshakeTimeout", "maxConnections", "maxPerSource", "maxAssociations", "statsInterval"];
 
     /// <summary>
     /// The defaults for <c>--listen</c> alone: tcp, tls and wss listeners on the same address with
@@ -159,6 +162,7 @@ public sealed record JetRelayOptions
         if (o["handshakeTimeout"] is { } ht) r = r with { HandshakeTimeout = Seconds(ht, "handshakeTimeout") };
         if (o["statsInterval"] is { } si) r = r with { StatsInterval = Seconds(si, "statsInterval") };
         if (o["maxConnections"] is { } mc) r = r with { MaxConnections = Count(mc, "maxConnections") };
+        if (o["maxPerSource"] is { } mp) r = r with { MaxPerSource = Count(mp, "maxPerSource") };
         if (o["maxAssociations"] is { } ma) r = r with { MaxAssociations = Count(ma, "maxAssociations") };
         return r;
     }

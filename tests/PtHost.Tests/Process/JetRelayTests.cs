@@ -381,10 +381,12 @@ public class JetRelayTests
         await AssertPairsAsync(relay, aid, candidates["tcp"].Id, candidates["tcp"].Url.Authority);
     }
 
-    [Fact]
-    public async Task Connections_over_maxConnections_are_closed_at_once_and_the_relay_recovers()
+    [Theory]
+    [InlineData("maxConnections")]
+    [InlineData("maxPerSource")]
+    public async Task Connections_over_a_limit_are_closed_at_once_and_the_relay_recovers(string limit)
     {
-        await using var relay = await JetRelayProcess.StartAsync(new JObject { ["maxConnections"] = 2 });
+        await using var relay = await JetRelayProcess.StartAsync(new JObject { [limit] = 2 });
         var (aid, candidates) = await relay.CreateAndGatherAsync();
         var (cid, url) = candidates["tcp"];
         await using var a = await JetPeer.ConnectAsync(relay.Tcp!);
@@ -393,6 +395,7 @@ public class JetRelayTests
         await b.SendAsync(0x4A);
         await using (var over = await JetPeer.ConnectAsync(relay.Tcp!))
             Assert.True(await over.IsClosedAsync());
+        Assert.Equal(503, await JetWebSockets.RefusedStatusAsync(candidates["ws"].Url, JetMethod.Accept, aid, candidates["ws"].Id));
         await a.DisposeAsync();
         await b.DisposeAsync();
         // Once they are gone, pairs are served again.
