@@ -107,7 +107,13 @@ public sealed record JetRelayOptions
             if (!Known.Contains(p.Name, StringComparer.Ordinal)) throw new FormatException($"unknown key \"{p.Name}\" (known: {string.Join(", ", Known)})");
 
         var r = defaults;
-        if (o["listen"] is { } listen) r = r with { Listen = EndPoint(listen, "listen") ?? throw new FormatException("\"listen\" cannot be false") };
+        if (o["listen"] is { } listen)
+        {
+            var ep = EndPoint(listen, "listen") ?? throw new FormatException("\"listen\" cannot be false");
+            // Listeners left at their defaults follow the new address (same IP, port 0).
+            IPEndPoint? Follow(IPEndPoint? d) => d is not null && d.Address.Equals(defaults.Listen.Address) && d.Port == 0 ? new IPEndPoint(ep.Address, 0) : d;
+            r = r with { Listen = ep, Tcp = Follow(r.Tcp), Tls = Follow(r.Tls), Wss = Follow(r.Wss) };
+        }
         if (o.ContainsKey("tcp")) r = r with { Tcp = EndPoint(o["tcp"]!, "tcp") };
         if (o.ContainsKey("tls")) r = r with { Tls = EndPoint(o["tls"]!, "tls") };
         if (o.ContainsKey("wss")) r = r with { Wss = EndPoint(o["wss"]!, "wss") };

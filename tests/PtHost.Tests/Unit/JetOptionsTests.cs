@@ -47,6 +47,15 @@ public class JetOptionsTests
         Assert.Equal(100, o.MaxConnections);
     }
 
+    [Fact]
+    public void Listeners_left_at_their_defaults_follow_the_configured_listen_address()
+    {
+        var o = JetRelayOptions.Parse("""{"listen": "127.0.0.2:9000", "tls": "127.0.0.1:9443"}""", Defaults, "/");
+        Assert.Equal(new IPEndPoint(IPAddress.Parse("127.0.0.2"), 0), o.Tcp);
+        Assert.Equal(new IPEndPoint(IPAddress.Parse("127.0.0.2"), 0), o.Wss);
+        Assert.Equal(IPEndPoint.Parse("127.0.0.1:9443"), o.Tls);
+    }
+
     [Theory]
     [InlineData("""{"listen": false}""")]
     [InlineData("""{"tcp": "relay:1"}""")]
