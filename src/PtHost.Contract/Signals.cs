@@ -23,6 +23,13 @@ public interface ISignalChannel
 
     /// <summary>Messages from the peer process, oldest first (bounded; the oldest are dropped when full).</summary>
     ChannelReader<Signal> Incoming { get; }
+
+    /// <summary>
+    /// False when the process has no signal channel (PT 1.0 managed mode has no CMESSAGE/SMESSAGE):
+    /// <see cref="Send"/> then writes nothing and nothing ever arrives. A transport that cannot work
+    /// without signals throws <see cref="TransportOptionsException"/> at factory creation, saying so.
+    /// </summary>
+    bool Available => true;
 }
 
 /// <summary>One out-of-band message.</summary>

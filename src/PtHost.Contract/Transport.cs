@@ -85,6 +85,17 @@ public interface IClientFactory : IAsyncDisposable
     TransportStats GetStats();
 }
 
+/// <summary>
+/// A client factory whose start takes time or can fail after construction (an external PT 1.0
+/// program, spec/external.md §4): the host awaits <see cref="StartAsync"/> before it opens the SOCKS
+/// front end and writes the CMETHOD line; a <see cref="TransportOptionsException"/> becomes CMETHOD-ERROR.
+/// </summary>
+public interface IStartableClientFactory
+{
+    /// <summary>Finishes starting; throws <see cref="TransportOptionsException"/> when the transport cannot run.</summary>
+    ValueTask StartAsync(CancellationToken cancellationToken);
+}
+
 /// <summary>One session's request to a client factory.</summary>
 /// <param name="Destination">The SOCKS request's destination; <see cref="Destination.IsUnspecified"/> when a PT 2.0 client sent <c>[::0]:0</c>.</param>
 /// <param name="Settings">What <see cref="IClientFactory.ParseSettings"/> returned.</param>

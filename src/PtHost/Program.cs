@@ -30,6 +30,8 @@ public static class Program
 
     public static async Task<int> Main(string[] args)
     {
+        if (args.Length == 0 && PtConfig.IsManaged(Environment.GetEnvironmentVariables()))
+            return await RunManagedAsync(Environment.GetEnvironmentVariables()).ConfigureAwait(false);
         if (args.Length == 0)
         {
             Console.Error.WriteLine("pthost: no configuration given");
@@ -95,6 +97,48 @@ public static class Program
         return await RunAsync(config, ipc).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// PT 1.0 managed mode (spec/ipc.md §10): started by tor with TOR_PT_* variables and no arguments.
+    /// Errors are the pt-spec lines (VERSION-ERROR, ENV-ERROR, PROXY-ERROR) and exit 78.
+    /// </summary>
+    private static async Task<int> RunManagedAsync(System.Collections.IDictionary env)
+    {
+        var ipc = IpcWriter.ForStdout();
+        PtConfig config;
+        IReadOnlyList<string> ignored;
+        try { config = PtConfig.FromTorEnvironment(env, new TransportRegistry().Names.ToList(), out ignored); }
+        catch (NoVersionException e)
+        {
+            ipc.VersionError();
+            Console.Error.WriteLine("pthost: " + e.Message);
+            return ExitCodes.Config;
+        }
+        catch (EnvironmentException e)
+        {
+            ipc.EnvError(e.Message);
+            Console.Error.WriteLine("pthost: " + e.Message);
+            return ExitCodes.Config;
+        }
+        if (env["PTHOST_LOGLEVEL"] is string levelText && PtConfig.TryParseLogLevel(levelText) is { } level) config = config.WithLogLevel(level);
+        try { Directory.CreateDirectory(config.StateDirectory); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            ipc.EnvError($"TOR_PT_STATE_LOCATION: cannot create {config.StateDirectory}: {e.Message}");
+            Console.Error.WriteLine($"pthost: TOR_PT_STATE_LOCATION: cannot create {config.StateDirectory}: {e.Message}");
+            return ExitCodes.CantCreate;
+        }
+        if (config.UpstreamProxy is { } proxy && Hosting.OutboundDialer.ValidateProxy(proxy) is { } proxyProblem)
+        {
+            // pt-spec §3.3.3: VERSION first, then PROXY-ERROR, then exit.
+            ipc.Version("1");
+            ipc.ProxyError(proxyProblem);
+            Console.Error.WriteLine("pthost: TOR_PT_PROXY: " + proxyProblem);
+            return ExitCodes.Config;
+        }
+        foreach (string name in ignored) Console.Error.WriteLine($"pthost: transport \"{name}\" is not one pthost has; ignored");
+        return await RunAsync(config, ipc).ConfigureAwait(false);
+    }
+
     public static string VersionText => typeof(Program).Assembly.GetName().Version?.ToString(3) ?? "0";
 
     private static int UsageError(string message)
@@ -113,7 +157,7 @@ public static class Program
         builder.Services.AddSingleton<IHostLifetime, Microsoft.Extensions.Hosting.Internal.ConsoleLifetime>();
         builder.Services.AddSingleton(config);
         builder.Services.AddSingleton(ipc);
-        builder.Services.AddSingleton(sp => new SignalRouter(config.Role, ipc, sp.GetRequiredService<ILogger<SignalRouter>>()));
+        builder.Services.AddSingleton(sp => new SignalRouter(config.Role, ipc, sp.GetRequiredService<ILogger<SignalRouter>>(), available: config.IpcVersion != 1));
         builder.Services.AddSingleton<TransportRegistry>();
         builder.Services.AddSingleton<HostRuntime>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<HostRuntime>());
@@ -132,6 +176,20 @@ public static class Program
             lifetime.StopApplication();
         });
         var runtime = host.Services.GetRequiredService<HostRuntime>();
+        // The first SIGINT stops accepting and lets sessions drain (the host's lifetime does that);
+        // the second ends them at once (spec/ipc.md §9).
+        int interrupts = 0;
+        using var sigint = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGINT, context =>
+        {
+            context.Cancel = true;
+            if (Interlocked.Increment(ref interrupts) == 1) lifetime.StopApplication();
+            else
+            {
+                log.LogInformation("second SIGINT: ending open sessions now");
+                runtime.AbortSessions();
+            }
+        });
+        using var parentWatch = config.IpcVersion == 1 ? ParentWatch.Start(lifetime, log) : null;
         try
         {
             await host.RunAsync().ConfigureAwait(false);

@@ -15,7 +15,13 @@ public sealed class PlainTransport : IPluggableTransport
 {
     public string Name => "plain";
 
-    public IClientFactory CreateClientFactory(TransportEnvironment context) => new PlainClient(context, PlainClientOptions.Parse(context.Options));
+    public IClientFactory CreateClientFactory(TransportEnvironment context)
+    {
+        var options = PlainClientOptions.Parse(context.Options);
+        if (options.Discover && !context.Signals.Available)
+            throw new TransportOptionsException("plain option \"discover\" needs the SMESSAGE signal channel, which PT 1.0 does not have");
+        return new PlainClient(context, options);
+    }
 
     public IServerFactory CreateServerFactory(TransportEnvironment context) => new PlainServer(context, PlainServerOptions.Parse(context.Options));
 }

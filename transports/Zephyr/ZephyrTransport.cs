@@ -11,7 +11,11 @@ public sealed class ZephyrTransport : IPluggableTransport
 {
     public string Name => "zephyr";
 
-    public IClientFactory CreateClientFactory(TransportEnvironment context) => new ZephyrClient(context, ZephyrClientOptions.Parse(context.Options));
+    public IClientFactory CreateClientFactory(TransportEnvironment context) => new ZephyrClient(RequireSignals(context), ZephyrClientOptions.Parse(context.Options));
 
-    public IServerFactory CreateServerFactory(TransportEnvironment context) => new ZephyrServer(context, ZephyrServerOptions.Parse(context.Options));
+    public IServerFactory CreateServerFactory(TransportEnvironment context) => new ZephyrServer(RequireSignals(context), ZephyrServerOptions.Parse(context.Options));
+
+    /// <summary>Both peers learn each other's zid only through signals (spec/zephyr.md §7): no channel, no zephyr.</summary>
+    private static TransportEnvironment RequireSignals(TransportEnvironment context) => context.Signals.Available ? context
+        : throw new TransportOptionsException("zephyr needs the CMESSAGE/SMESSAGE signal channel to exchange relay identifiers, and PT 1.0 (Tor) has none; run pthost with a PT 2.0 JSON configuration");
 }

@@ -16,7 +16,7 @@ public sealed class ConfigException(string key, string problem) : Exception($"co
 }
 
 /// <summary>The PT 2.0 JSON configuration, validated (spec/ipc.md §3). Unknown keys are errors.</summary>
-public sealed class PtConfig
+public sealed partial class PtConfig
 {
     public static readonly string[] Keys =
     [
@@ -36,6 +36,16 @@ public sealed class PtConfig
     public string StateDirectory { get; private init; } = Directory.GetCurrentDirectory();
     public bool ExitOnStdinClose { get; private init; }
     public Microsoft.Extensions.Logging.LogLevel LogLevel { get; private init; } = Microsoft.Extensions.Logging.LogLevel.Information;
+
+    /// <summary>A copy with another log level (PTHOST_LOGLEVEL in PT 1.0 managed mode).</summary>
+    public PtConfig WithLogLevel(Microsoft.Extensions.Logging.LogLevel level) => new()
+    {
+        IpcVersion = IpcVersion, PtVersion = PtVersion, Role = Role, Transports = Transports,
+        ProxyListenAddresses = ProxyListenAddresses, BindAddresses = BindAddresses, Target = Target, Options = Options,
+        Allow = Allow, PluginDirectory = PluginDirectory, StateDirectory = StateDirectory, ExitOnStdinClose = ExitOnStdinClose,
+        LogLevel = level, ExtendedOrPort = ExtendedOrPort, AuthCookieFile = AuthCookieFile, UpstreamProxy = UpstreamProxy,
+        OutboundBindV4 = OutboundBindV4, OutboundBindV6 = OutboundBindV6,
+    };
 
     /// <summary>The versions of the IPC this host speaks; "2" is printed as <c>VERSION 2</c>.</summary>
     public static bool IsSupportedVersion(string v) =>

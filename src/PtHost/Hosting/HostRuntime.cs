@@ -29,7 +29,11 @@ public sealed class HostRuntime : IHostedService
     private readonly List<(string Name, IServerManager Manager)> _servers = [];
     private readonly List<IAsyncDisposable> _factories = [];
     private readonly Dictionary<string, TransportCounters> _counters = [];
+    private readonly CancellationTokenSource _abort = new();
     private Timer? _statusTimer;
+
+    /// <summary>Ends open sessions now instead of letting them drain (a second SIGINT).</summary>
+    public void AbortSessions() => _abort.Cancel();
 
     public HostRuntime(PtConfig config, IpcWriter ipc, SignalRouter signals, TransportRegistry registry,
         ILoggerFactory loggers, IHostApplicationLifetime lifetime, Microsoft.Extensions.Options.IOptions<HostOptions> hostOptions)
@@ -49,13 +53,25 @@ public sealed class HostRuntime : IHostedService
 
     public async Task StartAsync(CancellationToken cancellationToken)
     {
-        _ipc.Version("2");
+        if (_config.IpcVersion == 1)
+        {
+            // pt-spec §3.3: VERSION first; PROXY DONE once the upstream proxy is accepted (Program validated it).
+            _ipc.Version("1");
+            if (_config.Role == Role.Client && _config.UpstreamProxy is not null) _ipc.ProxyDone();
+            _ipc.StatusVersion("pthost", Program.VersionText);
+        }
+        else _ipc.Version("2");
         if (_config.PluginDirectory is { } dir) _registry.LoadPlugins(dir, _log);
-        var dialer = new DirectDialer();
+        var dialer = OutboundDialer.Create(_config);
         int started = 0;
         foreach (string name in _config.Transports)
         {
             var transport = _registry.Create(name);
+            if (transport is null && _config.IpcVersion == 1)
+            {
+                _log.LogInformation("transport {Name} is not one pthost has; ignored (pt-spec §3.2.1)", name);
+                continue;
+            }
             if (transport is null)
             {
                 ReportError(name, $"no transport named \"{name}\" (known: {string.Join(", ", _registry.Names.Order())})");
@@ -67,7 +83,7 @@ public sealed class HostRuntime : IHostedService
                 string state = Path.Combine(_config.StateDirectory, name);
                 Directory.CreateDirectory(state);
                 var context = new TransportEnvironment(name, _config.Options.GetValueOrDefault(name), state, _signals.For(name), dialer, _loggers, counters);
-                if (_config.Role == Role.Client) await StartClientAsync(name, transport, context).ConfigureAwait(false);
+                if (_config.Role == Role.Client) await StartClientAsync(name, transport, context, cancellationToken).ConfigureAwait(false);
                 else await StartServerAsync(name, transport, context, dialer, cancellationToken).ConfigureAwait(false);
                 _counters[name] = counters; // STATUS lines report transports that started
                 started++;
@@ -98,22 +114,25 @@ public sealed class HostRuntime : IHostedService
         if (_config.Role == Role.Client) _ipc.CmethodError(name, message); else _ipc.SmethodError(name, message);
     }
 
-    private Task StartClientAsync(string name, IPluggableTransport transport, TransportEnvironment context)
+    private async Task StartClientAsync(string name, IPluggableTransport transport, TransportEnvironment context, CancellationToken ct)
     {
         var factory = transport.CreateClientFactory(context);
         _factories.Add(factory);
+        if (factory is IStartableClientFactory startable) await startable.StartAsync(ct).ConfigureAwait(false);
         var listener = new Socks5Listener(name, _config.ProxyListenAddresses[name], factory, context.Counters, new Socks5Limits(), _loggers.CreateLogger("PtHost.Socks"));
         _frontEnds.Add(listener);
         listener.Start();
         _ipc.Cmethod(name, "socks5", listener.LocalEndPoint);
-        return Task.CompletedTask;
     }
 
-    private async Task StartServerAsync(string name, IPluggableTransport transport, TransportEnvironment context, DirectDialer dialer, CancellationToken ct)
+    private async Task StartServerAsync(string name, IPluggableTransport transport, TransportEnvironment context, INetworkDialer dialer, CancellationToken ct)
     {
         var factory = transport.CreateServerFactory(context);
         _factories.Add(factory);
-        var handler = new InboundHandler(_config, dialer, context.Counters);
+        var extOrPort = _config.ExtendedOrPort is { } ext
+            ? new ExtOrPort.ExtOrPortClient(ext, _config.AuthCookieFile!, name, new DirectDialer(), _loggers.CreateLogger("PtHost.ExtOrPort"))
+            : null;
+        var handler = new InboundHandler(_config, dialer, extOrPort, context.Counters);
         var binding = new ServerBinding(_config.BindAddresses[name], _config.Target, handler);
         var manager = _config.Target is null
             ? await factory.ProxyAsync(binding, ct).ConfigureAwait(false)
@@ -132,7 +151,7 @@ public sealed class HostRuntime : IHostedService
         _statusTimer?.Dispose();
         _ipc.Log("notice", "shutting down: no new sessions; open sessions drain");
         // Stop accepting everywhere first, then let sessions drain until the host's shutdown timeout.
-        using var drain = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        using var drain = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _abort.Token);
         drain.CancelAfter(_hostOptions.ShutdownTimeout - TimeSpan.FromMilliseconds(250));
         var stops = _frontEnds.Select(f => f.StopAsync(drain.Token)).Concat(_servers.Select(s => s.Manager.StopAsync(drain.Token)));
         await Task.WhenAll(stops).ConfigureAwait(false);
@@ -144,15 +163,17 @@ public sealed class HostRuntime : IHostedService
 }
 
 /// <summary>The host's side of server sessions: the bound target, or an allow-listed destination.</summary>
-internal sealed class InboundHandler(PtConfig config, DirectDialer dialer, TransportCounters counters) : IInboundHandler
+/// <remarks>In PT 1.0 server mode with an ExtORPort, every session goes through its handshake (spec/ipc.md §10.4).</remarks>
+internal sealed class InboundHandler(PtConfig config, INetworkDialer dialer, ExtOrPort.ExtOrPortClient? extOrPort, TransportCounters counters) : IInboundHandler
 {
     public async ValueTask<Stream> OpenAsync(InboundSession session, CancellationToken cancellationToken)
     {
-        if (config.Target is { } target) return await dialer.ConnectAsync(target, null, cancellationToken).ConfigureAwait(false);
+        if (extOrPort is not null) return await extOrPort.OpenAsync(session.Remote, cancellationToken).ConfigureAwait(false);
+        if (config.Target is { } target) return await dialer.ConnectTcpAsync(target, cancellationToken).ConfigureAwait(false);
         var destination = session.Destination
             ?? throw new TransportConnectException(ConnectFailure.NotAllowed, "this server is free (no target) and the session names no destination");
         var allow = config.Allow!;
-        return await dialer.ConnectAsync(destination, a => allow.Allows(a, destination.Port), cancellationToken).ConfigureAwait(false);
+        return await OutboundDialer.ConnectAllowedAsync(dialer, destination, a => allow.Allows(a, destination.Port), cancellationToken).ConfigureAwait(false);
     }
 
     public Task RelayAsync(Stream transport, Stream onward, CancellationToken cancellationToken) =>

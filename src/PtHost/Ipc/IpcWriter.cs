@@ -43,6 +43,13 @@ public sealed class IpcWriter
         Line(sb.ToString());
     }
 
+    public void ProxyDone() => Line("PROXY DONE");
+    public void ProxyError(string message) => Line($"PROXY-ERROR {OneLine(message)}");
+
+    /// <summary><c>STATUS TYPE=version IMPLEMENTATION=… VERSION=…</c> (pt-spec §3.3.5, read by tor ≥ 0.4.8).</summary>
+    public void StatusVersion(string implementation, string version) =>
+        Line($"STATUS TYPE=version IMPLEMENTATION={implementation} VERSION={version}");
+
     public void SmethodError(string transport, string message) => Line($"SMETHOD-ERROR {transport} {OneLine(message)}");
     public void SmethodsDone() => Line("SMETHODS DONE");
 

@@ -27,9 +27,10 @@ public sealed class SignalRouter
     private readonly TimeProvider _time;
     private long _nextMessageId;
 
-    public SignalRouter(Role role, IpcWriter writer, ILogger<SignalRouter> log, TimeProvider? time = null)
+    public SignalRouter(Role role, IpcWriter writer, ILogger<SignalRouter> log, TimeProvider? time = null, bool available = true)
     {
         Role = role;
+        Available = available;
         _writer = writer;
         _log = log;
         _time = time ?? TimeProvider.System;
@@ -37,6 +38,9 @@ public sealed class SignalRouter
     }
 
     public Role Role { get; }
+
+    /// <summary>False in PT 1.0 managed mode: no CMESSAGE/SMESSAGE lines are written or read.</summary>
+    public bool Available { get; }
 
     /// <summary>This process's id: <c>cid</c> of a client, <c>sid</c> of a server.</summary>
     public string InstanceId { get; }
@@ -58,6 +62,7 @@ public sealed class SignalRouter
     {
         TransportSignals? ch;
         lock (_channels) _channels.TryGetValue(transport, out ch);
+        if (!Available) return Drop("PT 1.0 managed mode has no signal channel");
         if (ch is null) return Drop($"no transport \"{transport}\" in this process");
         if (System.Text.Encoding.UTF8.GetByteCount(payload) > MaxPayloadBytes) return Drop($"payload longer than {MaxPayloadBytes} bytes");
         JObject env;
@@ -129,6 +134,11 @@ public sealed class SignalRouter
         if (s.Body is not null) env["body"] = s.Body;
         string payload = env.ToString(Formatting.None);
         if (System.Text.Encoding.UTF8.GetByteCount(payload) > MaxPayloadBytes) throw new ArgumentException($"signal payload longer than {MaxPayloadBytes} bytes");
+        if (!Available)
+        {
+            _log.LogDebug("signal {Kind} for {Transport} not sent: PT 1.0 has no signal channel", s.Kind, transport);
+            return mid;
+        }
         if (Role == Role.Client) _writer.Cmessage(transport, payload);
         else _writer.Smessage(transport, payload);
         return mid;
@@ -150,6 +160,7 @@ public sealed class SignalRouter
         }
 
         public string InstanceId => _router.InstanceId;
+        public bool Available => _router.Available;
         public ChannelReader<Signal> Incoming => _incoming.Reader;
         public long Send(Signal signal) => _router.Send(_transport, signal);
         public void Enqueue(Signal s) => _incoming.Writer.TryWrite(s);

@@ -30,7 +30,15 @@ public sealed class TransportRegistry
         if (!_factories.TryAdd(name, factory)) throw new InvalidOperationException($"transport \"{name}\" is registered twice");
     }
 
-    public IPluggableTransport? Create(string name) => _factories.TryGetValue(name, out var f) ? f() : null;
+    /// <summary>
+    /// The transport named <paramref name="name"/>; <c>external</c> and every <c>external_&lt;method&gt;</c>
+    /// is the external transport (spec/external.md §4.1). It is not in <see cref="Names"/>: it cannot run
+    /// without options, so a PT 1.0 <c>*</c> does not start it.
+    /// </summary>
+    public IPluggableTransport? Create(string name) =>
+        _factories.TryGetValue(name, out var f) ? f()
+        : PtHost.Transports.External.ExternalTransport.IsExternalName(name) ? new PtHost.Transports.External.ExternalTransport(name)
+        : null;
 
     /// <summary>Loads every assembly in <paramref name="directory"/> that references the contract and registers its transports.</summary>
     public IReadOnlyList<string> LoadPlugins(string directory, ILogger log)
@@ -65,7 +73,7 @@ public sealed class TransportRegistry
                     log.LogWarning("plugin transport {Type} in {Path} failed to construct: {Error}", type.FullName, path, (e as TargetInvocationException)?.InnerException?.Message ?? e.Message);
                     continue;
                 }
-                if (!Configuration.PtConfig.IsTransportName(name) || _factories.ContainsKey(name))
+                if (!Configuration.PtConfig.IsTransportName(name) || _factories.ContainsKey(name) || PtHost.Transports.External.ExternalTransport.IsExternalName(name))
                 {
                     log.LogWarning("plugin transport {Type} in {Path} ignored: name \"{Name}\" is invalid or taken", type.FullName, path, name);
                     continue;

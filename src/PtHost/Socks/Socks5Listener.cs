@@ -100,6 +100,17 @@ public sealed class Socks5Listener : IAsyncDisposable
         byte[] reply = new byte[22];
         try
         {
+            // The first byte says which SOCKS version speaks (spec/ipc.md §5.11); nothing is consumed.
+            var peek = await reader.ReadAsync(ct).ConfigureAwait(false);
+            if (peek.Buffer.IsEmpty)
+            {
+                reader.AdvanceTo(peek.Buffer.Start);
+                throw new EndOfStreamException();
+            }
+            bool socks4 = peek.Buffer.FirstSpan[0] == Socks4.Version;
+            reader.AdvanceTo(peek.Buffer.Start);
+            if (socks4) return await NegotiateSocks4Async(reader, client, id, handshake, abort).ConfigureAwait(false);
+
             // RFC 1928 §3: method selection.
             byte method = Socks5.MethodNoneAcceptable;
             Socks5Error error = default;
@@ -167,61 +178,7 @@ public sealed class Socks5Listener : IAsyncDisposable
             Destination? destination = null;
             var requestStatus = await ReadMessageAsync(reader, (ref ReadOnlySequence<byte> b) => Socks5Parser.TryParseRequest(ref b, out destination, out error), ct).ConfigureAwait(false);
             if (requestStatus == ParseStatus.Invalid) return await RefuseAsync(client, reader, error, id).ConfigureAwait(false);
-            // The client has said everything; from here the connect timeout governs (§5.7).
-            handshake.CancelAfter(Timeout.InfiniteTimeSpan);
-            if (handshake.IsCancellationRequested) throw new OperationCanceledException(ct);
-            ct = abort;
-            if (settingsError is { } se) return await RefuseAsync(client, reader, se, id).ConfigureAwait(false);
-
-            object? parsed;
-            try { parsed = _factory.ParseSettings(settings); }
-            catch (SettingsException e)
-            {
-                return await RefuseAsync(client, reader, new Socks5Error(Socks5.ReplySettingsInvalidKeys, e.Message), id).ConfigureAwait(false);
-            }
-
-            Stream upstream;
-            using (var connect = CancellationTokenSource.CreateLinkedTokenSource(abort))
-            {
-                connect.CancelAfter(_limits.ConnectTimeout);
-                try
-                {
-                    upstream = await _factory.ConnectAsync(new ConnectRequest(destination!, parsed, id), connect.Token).ConfigureAwait(false);
-                }
-                catch (TransportConnectException e)
-                {
-                    return await RefuseAsync(client, reader, new Socks5Error((byte)e.Failure, e.Message), id).ConfigureAwait(false);
-                }
-                catch (OperationCanceledException) when (!abort.IsCancellationRequested)
-                {
-                    return await RefuseAsync(client, reader, new Socks5Error((byte)ConnectFailure.TimedOut, $"transport connect took longer than {_limits.ConnectTimeout.TotalSeconds:0} s"), id).ConfigureAwait(false);
-                }
-                catch (Exception e) when (e is IOException or SocketException)
-                {
-                    return await RefuseAsync(client, reader, new Socks5Error((byte)ConnectFailure.General, e.Message), id).ConfigureAwait(false);
-                }
-            }
-
-            byte[]? leftover = null;
-            try
-            {
-                int n = Socks5.WriteReply(reply, Socks5.ReplySucceeded, (upstream as NetworkStream)?.Socket.LocalEndPoint as IPEndPoint);
-                await client.WriteAsync(reply.AsMemory(0, n), ct).ConfigureAwait(false);
-                // Bytes the client pipelined after its request are already buffered: pass them on, lose none.
-                if (reader.TryRead(out var rest))
-                {
-                    if (!rest.Buffer.IsEmpty) leftover = rest.Buffer.ToArray();
-                    reader.AdvanceTo(rest.Buffer.End);
-                }
-                await reader.CompleteAsync().ConfigureAwait(false);
-            }
-            catch
-            {
-                await upstream.DisposeAsync().ConfigureAwait(false);
-                throw;
-            }
-            _log.LogDebug("SOCKS {Transport} session {Id} connected to {Destination}", Transport, id, destination);
-            return (upstream, leftover);
+            return await ConnectAsync(client, reader, destination!, settings, settingsError, id, handshake, abort, socks4: false).ConfigureAwait(false);
         }
         catch (InvalidMessageException e)
         {
@@ -240,13 +197,102 @@ public sealed class Socks5Listener : IAsyncDisposable
         }
     }
 
-    private async Task<(Stream, byte[]?)?> RefuseAsync(NetworkStream client, PipeReader reader, Socks5Error error, long id)
+    /// <summary>SOCKS4/4a: one request carrying the destination and, in USERID, PT 1.0 arguments.</summary>
+    private async Task<(Stream, byte[]?)?> NegotiateSocks4Async(PipeReader reader, NetworkStream client, long id, CancellationTokenSource handshake, CancellationToken abort)
+    {
+        Destination? destination = null;
+        string? userId = null;
+        Socks5Error error = default;
+        var status = await ReadMessageAsync(reader, (ref ReadOnlySequence<byte> b) => Socks4.TryParseRequest(ref b, out destination, out userId, out error), handshake.Token).ConfigureAwait(false);
+        if (status == ParseStatus.Invalid) return await RefuseAsync(client, reader, error, id, socks4: true).ConfigureAwait(false);
+        ConnectionSettings settings = ConnectionSettings.Empty;
+        if (userId!.Length > 0)
+        {
+            try { settings = new ConnectionSettings(PtArgs.Parse(userId), SettingsSource.PtArgs); }
+            catch (FormatException fe)
+            {
+                return await RefuseAsync(client, reader, new Socks5Error(Socks4.ReplyRejected, "PT arguments in USERID: " + fe.Message), id, socks4: true).ConfigureAwait(false);
+            }
+        }
+        return await ConnectAsync(client, reader, destination!, settings, null, id, handshake, abort, socks4: true).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The part both SOCKS versions share once the request is read: settings checked, the transport
+    /// asked for a connection, and the reply of the client's version written.
+    /// </summary>
+    private async Task<(Stream, byte[]?)?> ConnectAsync(NetworkStream client, PipeReader reader, Destination destination, ConnectionSettings settings,
+        Socks5Error? settingsError, long id, CancellationTokenSource handshake, CancellationToken abort, bool socks4)
+    {
+        var ct = handshake.Token;
+        byte[] reply = new byte[22];
+            // The client has said everything; from here the connect timeout governs (§5.7).
+            handshake.CancelAfter(Timeout.InfiniteTimeSpan);
+            if (handshake.IsCancellationRequested) throw new OperationCanceledException(ct);
+            ct = abort;
+            if (settingsError is { } se) return await RefuseAsync(client, reader, se, id, socks4).ConfigureAwait(false);
+
+            object? parsed;
+            try { parsed = _factory.ParseSettings(settings); }
+            catch (SettingsException e)
+            {
+                return await RefuseAsync(client, reader, new Socks5Error(Socks5.ReplySettingsInvalidKeys, e.Message), id, socks4).ConfigureAwait(false);
+            }
+
+            Stream upstream;
+            using (var connect = CancellationTokenSource.CreateLinkedTokenSource(abort))
+            {
+                connect.CancelAfter(_limits.ConnectTimeout);
+                try
+                {
+                    upstream = await _factory.ConnectAsync(new ConnectRequest(destination!, parsed, id), connect.Token).ConfigureAwait(false);
+                }
+                catch (TransportConnectException e)
+                {
+                    return await RefuseAsync(client, reader, new Socks5Error((byte)e.Failure, e.Message), id, socks4).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (!abort.IsCancellationRequested)
+                {
+                    return await RefuseAsync(client, reader, new Socks5Error((byte)ConnectFailure.TimedOut, $"transport connect took longer than {_limits.ConnectTimeout.TotalSeconds:0} s"), id, socks4).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is IOException or SocketException)
+                {
+                    return await RefuseAsync(client, reader, new Socks5Error((byte)ConnectFailure.General, e.Message), id, socks4).ConfigureAwait(false);
+                }
+            }
+
+            byte[]? leftover = null;
+            try
+            {
+                var bound = (upstream as NetworkStream)?.Socket.LocalEndPoint as IPEndPoint;
+                int n = socks4 ? Socks4.WriteReply(reply, Socks4.ReplyGranted, bound) : Socks5.WriteReply(reply, Socks5.ReplySucceeded, bound);
+                await client.WriteAsync(reply.AsMemory(0, n), ct).ConfigureAwait(false);
+                // Bytes the client pipelined after its request are already buffered: pass them on, lose none.
+                if (reader.TryRead(out var rest))
+                {
+                    if (!rest.Buffer.IsEmpty) leftover = rest.Buffer.ToArray();
+                    reader.AdvanceTo(rest.Buffer.End);
+                }
+                await reader.CompleteAsync().ConfigureAwait(false);
+            }
+            catch
+            {
+                await upstream.DisposeAsync().ConfigureAwait(false);
+                throw;
+            }
+            _log.LogDebug("SOCKS {Transport} session {Id} connected to {Destination}", Transport, id, destination);
+            return (upstream, leftover);
+    }
+
+    private async Task<(Stream, byte[]?)?> RefuseAsync(NetworkStream client, PipeReader reader, Socks5Error error, long id, bool socks4 = false)
     {
         _counters.SessionFailed();
-        _log.LogInformation("SOCKS {Transport} session {Id} refused (reply 0x{Reply:x2}): {Message}", Transport, id, error.Reply, error.Message);
+        _log.LogInformation("SOCKS{Version} {Transport} session {Id} refused (reply 0x{Reply:x2}): {Message}", socks4 ? "4" : "5", Transport, id, error.Reply, error.Message);
         byte[] reply = new byte[22];
         // A refused greeting is answered with "no acceptable methods" (05 FF); every later message with a reply.
-        int n = error.Reply == Socks5.MethodNoneAcceptable ? WriteMethodRefusal(reply) : Socks5.WriteReply(reply, error.Reply);
+        // SOCKS4 has one failure code (91) for everything.
+        int n = socks4 ? Socks4.WriteReply(reply, Socks4.ReplyRejected)
+            : error.Reply == Socks5.MethodNoneAcceptable ? WriteMethodRefusal(reply) : Socks5.WriteReply(reply, error.Reply);
         try
         {
             using var cts = new CancellationTokenSource(_limits.DrainTimeout);

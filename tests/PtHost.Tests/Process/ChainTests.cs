@@ -207,7 +207,8 @@ public class ChainTests
     {
         await using var echo = new EchoServer();
         await using var chain = await PtChain.StartAsync(PtChain.FreeServer(), ep => PtChain.ClientWith(new JObject { ["serverAddress"] = ep.ToString() }));
-        foreach (var bad in new[] { new byte[] { 4, 1, 0, 80, 127, 0, 0, 1, 0 }, [5, 0], [5, 1, 0x03] })
+        // Version 4 is SOCKS4 (spec/ipc.md §5.11, its own tests); any other version is no greeting.
+        foreach (var bad in new[] { new byte[] { 6, 1, 0 }, [0, 1, 0], [5, 0], [5, 1, 0x03] })
         {
             await using var socks = await SocksClient.ConnectAsync(chain.SocksEndPoint);
             await socks.SendAsync(bad);

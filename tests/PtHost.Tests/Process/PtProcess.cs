@@ -132,8 +132,11 @@ public sealed class PtProcess : IAsyncDisposable
         }
     }
 
+    private int _disposed;
+
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) == 1) return;
         if (!_process.HasExited)
         {
             try { _process.Kill(true); } catch (InvalidOperationException) { }

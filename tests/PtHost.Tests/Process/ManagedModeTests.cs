@@ -1,0 +1,219 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+
+namespace PtHost.Tests.Process;
+
+/// <summary>
+/// PT 1.0 managed mode (spec/ipc.md §10) driven the way tor drives it: environment in, pt-spec lines
+/// out, exit codes. The real tor runs in <see cref="TorTests"/>.
+/// </summary>
+[Collection("process")]
+public class ManagedModeTests
+{
+    private static readonly string State = Path.Combine(Path.GetTempPath(), "pthost-pt1-state-" + Environment.ProcessId) + "/";
+
+    public static Dictionary<string, string> ClientEnv(params (string, string)[] extra)
+    {
+        var env = new Dictionary<string, string>
+        {
+            ["TOR_PT_MANAGED_TRANSPORT_VER"] = "1",
+            ["TOR_PT_STATE_LOCATION"] = State,
+            ["TOR_PT_CLIENT_TRANSPORTS"] = "plain",
+            ["TOR_PT_EXIT_ON_STDIN_CLOSE"] = "1",
+        };
+        foreach (var (k, v) in extra) env[k] = v;
+        return env;
+    }
+
+    public static Dictionary<string, string> ServerEnv(params (string, string)[] extra)
+    {
+        var env = new Dictionary<string, string>
+        {
+            ["TOR_PT_MANAGED_TRANSPORT_VER"] = "1",
+            ["TOR_PT_STATE_LOCATION"] = State,
+            ["TOR_PT_SERVER_TRANSPORTS"] = "plain",
+            ["TOR_PT_SERVER_BINDADDR"] = "plain-127.0.0.1:0",
+            ["TOR_PT_ORPORT"] = "127.0.0.1:9",
+            ["TOR_PT_EXIT_ON_STDIN_CLOSE"] = "1",
+        };
+        foreach (var (k, v) in extra) env[k] = v;
+        return env;
+    }
+
+    private static PtProcess Start(Dictionary<string, string> env) => PtProcess.Start(PtHostExecutable.Path, [], env);
+
+    public static TheoryData<string, string, string, string[]> EnvironmentErrors => new()
+    {
+        { "client", "TOR_PT_MANAGED_TRANSPORT_VER", "2", ["VERSION-ERROR no-version"] },
+        { "client", "TOR_PT_STATE_LOCATION", "", ["ENV-ERROR TOR_PT_STATE_LOCATION \"\" is not an absolute path"] },
+        { "client", "TOR_PT_STATE_LOCATION", "state/here", ["ENV-ERROR TOR_PT_STATE_LOCATION \"state/here\" is not an absolute path"] },
+        { "client", "TOR_PT_OUTBOUND_BIND_ADDRESS_V4", "127.1", ["ENV-ERROR TOR_PT_OUTBOUND_BIND_ADDRESS_V4=\"127.1\" is not an IPv4 address"] },
+        { "server", "TOR_PT_SERVER_BINDADDR", "plain-127.0.0.1", ["ENV-ERROR TOR_PT_SERVER_BINDADDR entry \"plain-127.0.0.1\": \"127.0.0.1\" is not ip:port"] },
+        { "server", "TOR_PT_SERVER_BINDADDR", "plain:127.0.0.1:80", ["ENV-ERROR TOR_PT_SERVER_BINDADDR entry \"plain:127.0.0.1:80\" is not name-ip:port"] },
+        { "server", "TOR_PT_ORPORT", "nowhere", ["ENV-ERROR TOR_PT_ORPORT=\"nowhere\" is not ip:port"] },
+        { "server", "TOR_PT_EXTENDED_SERVER_PORT", "127.0.0.1:4200", ["ENV-ERROR TOR_PT_EXTENDED_SERVER_PORT is set but TOR_PT_AUTH_COOKIE_FILE is not"] },
+    };
+
+    [Theory]
+    [MemberData(nameof(EnvironmentErrors))]
+    public async Task Environment_errors_print_their_pt_spec_line_and_exit_78(string role, string variable, string value, string[] expected)
+    {
+        var env = role == "client" ? ClientEnv((variable, value)) : ServerEnv((variable, value));
+        await using var p = Start(env);
+        Assert.Equal(78, await p.WaitForExitAsync());
+        Assert.Equal(expected, p.StdoutLines);
+    }
+
+    [Fact]
+    public async Task A_missing_state_location_is_ENV_ERROR_with_pt_spec_words()
+    {
+        var env = ClientEnv();
+        env.Remove("TOR_PT_STATE_LOCATION");
+        await using var p = PtProcess.Start("/usr/bin/env", ["-u", "TOR_PT_STATE_LOCATION", PtHostExecutable.Path], env);
+        Assert.Equal(78, await p.WaitForExitAsync());
+        Assert.Equal(["ENV-ERROR No TOR_PT_STATE_LOCATION environment variable."], p.StdoutLines);
+    }
+
+    [Theory]
+    [InlineData("socks9://127.0.0.1:1080")]
+    [InlineData("socks5://127.0.0.1")]
+    [InlineData("not a uri")]
+    public async Task A_bad_proxy_URI_is_VERSION_then_PROXY_ERROR_and_exit_78(string proxy)
+    {
+        await using var p = Start(ClientEnv(("TOR_PT_PROXY", proxy)));
+        Assert.Equal(78, await p.WaitForExitAsync());
+        var lines = p.StdoutLines;
+        Assert.Equal(2, lines.Count);
+        Assert.Equal("VERSION 1", lines[0]);
+        Assert.StartsWith("PROXY-ERROR ", lines[1]);
+    }
+
+    [Fact]
+    public async Task Client_lines_follow_pt_spec_and_unknown_transports_are_ignored_silently()
+    {
+        await using var p = Start(ClientEnv(("TOR_PT_CLIENT_TRANSPORTS", "obfs4,plain,meek_lite,zephyr")));
+        var lines = await p.ReadUntilDoneAsync();
+        Assert.Equal("VERSION 1", lines[0]);
+        Assert.StartsWith("STATUS TYPE=version IMPLEMENTATION=pthost VERSION=", lines[1]);
+        Assert.Matches(@"^CMETHOD plain socks5 127\.0\.0\.1:\d+$", lines[2]);
+        // zephyr cannot work without signals: it says why, and the others run.
+        Assert.Contains(lines, l => l.StartsWith("CMETHOD-ERROR zephyr ", StringComparison.Ordinal) && l.Contains("signal channel"));
+        Assert.DoesNotContain(lines, l => l.Contains("obfs4") || l.Contains("meek_lite"));
+        Assert.Equal("CMETHODS DONE", lines[^1]);
+        p.CloseStdin();
+        Assert.Equal(0, await p.WaitForExitAsync());
+        p.AssertOnlyProtocolLinesOnStdout();
+        Assert.DoesNotContain(p.StdoutLines, l => l.StartsWith("CMESSAGE", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Server_prints_SMETHOD_at_its_bind_address()
+    {
+        int port = ChainTests.UnusedPort();
+        await using var p = Start(ServerEnv(("TOR_PT_SERVER_BINDADDR", $"plain-127.0.0.1:{port}")));
+        var lines = await p.ReadUntilDoneAsync();
+        Assert.Equal(["VERSION 1", lines[1], $"SMETHOD plain 127.0.0.1:{port}", "SMETHODS DONE"], lines);
+        Assert.StartsWith("STATUS TYPE=version", lines[1]);
+    }
+
+    [Fact]
+    public async Task SOCKS4a_with_PT_arguments_in_USERID_reaches_the_server()
+    {
+        // curl speaks SOCKS4a to the PT 1.0 client; USERID carries destination=… (pt-spec §3.5),
+        // which the plain server (free, allow-listed) follows to the HTTP server.
+        byte[] body = RandomNumberGenerator.GetBytes(300_000);
+        await using var http = new HttpFileServer(body);
+        await using var server = PtProcess.StartPthost($$"""{"role":"server","transports":["plain"],"allow":["127.0.0.1"]}""");
+        var serverLines = await server.ReadUntilDoneAsync();
+        string serverAddress = serverLines.Single(l => l.StartsWith("SMETHOD plain", StringComparison.Ordinal)).Split(' ')[2];
+        await using var client = Start(ClientEnv());
+        var lines = await client.ReadUntilDoneAsync();
+        string socks = lines.Single(l => l.StartsWith("CMETHOD plain", StringComparison.Ordinal)).Split(' ')[3];
+        string file = Path.Combine(Path.GetTempPath(), $"pthost-socks4a-{Guid.NewGuid():N}");
+        try
+        {
+            var (exit, _, err) = await ChainTests.RunAsync("/usr/bin/curl", "-sS", "-o", file,
+                "-x", $"socks4a://destination=127.0.0.1%3A{http.Port}@{socks}", $"http://{serverAddress}/file");
+            Assert.True(exit == 0, $"curl exit {exit}: {err}\nclient stderr:\n{client.Stderr}\nserver stderr:\n{server.Stderr}");
+            Assert.Equal(SHA256.HashData(body), SHA256.HashData(await File.ReadAllBytesAsync(file)));
+        }
+        finally { File.Delete(file); }
+    }
+
+    [Fact]
+    public async Task SOCKS4_requests_that_cannot_be_served_get_reply_91()
+    {
+        await using var client = Start(ClientEnv());
+        var lines = await client.ReadUntilDoneAsync();
+        var ep = IPEndPoint.Parse(lines.Single(l => l.StartsWith("CMETHOD plain", StringComparison.Ordinal)).Split(' ')[3]);
+        int closed = ChainTests.UnusedPort();
+        using var tcp = new TcpClient();
+        await tcp.ConnectAsync(ep);
+        var s = tcp.GetStream();
+        await s.WriteAsync((byte[])[4, 1, (byte)(closed >> 8), (byte)closed, 127, 0, 0, 1, 0]);
+        var reply = new byte[8];
+        await s.ReadExactlyAsync(reply).AsTask().WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(0, reply[0]);
+        Assert.Equal(0x5B, reply[1]);
+        Assert.Equal(0, await s.ReadAsync(new byte[1]).AsTask().WaitAsync(TimeSpan.FromSeconds(10)));
+    }
+
+    [Fact]
+    public async Task First_SIGINT_drains_open_sessions_and_the_second_ends_them()
+    {
+        await using var echo = new EchoServer();
+        await using var serverProcess = PtProcess.StartPthost($$"""{"role":"server","transports":["plain"],"target":"127.0.0.1:{{echo.Port}}"}""");
+        string serverAddress = (await serverProcess.ReadUntilDoneAsync()).Single(l => l.StartsWith("SMETHOD plain", StringComparison.Ordinal)).Split(' ')[2];
+        await using var client = Start(ClientEnv(("TOR_PT_EXIT_ON_STDIN_CLOSE", "0")));
+        var ep = IPEndPoint.Parse((await client.ReadUntilDoneAsync()).Single(l => l.StartsWith("CMETHOD plain", StringComparison.Ordinal)).Split(' ')[3]);
+        var server = IPEndPoint.Parse(serverAddress);
+        await using var socks = await SocksClient.ConnectAsync(ep);
+        await socks.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(server.Address, server.Port)]);
+        await socks.ReadExactlyAsync(2);
+        Assert.Equal(0x00, await socks.ReadReplyAsync());
+        await socks.Stream.WriteAsync("before"u8.ToArray());
+        Assert.Equal("before", await ReadTextAsync(socks.Stream, 6));
+
+        client.Signal(2); // SIGINT: no new sessions, this one goes on
+        await client.WaitForLineAsync("LOG SEVERITY=notice MESSAGE=\"shutting down");
+        await socks.Stream.WriteAsync("during"u8.ToArray());
+        Assert.Equal("during", await ReadTextAsync(socks.Stream, 6));
+
+        client.Signal(2); // the second SIGINT ends it
+        Assert.Equal(0, await client.WaitForExitAsync());
+        Assert.Contains("second SIGINT", client.Stderr);
+        Assert.Equal(0, await socks.Stream.ReadAsync(new byte[16]).AsTask().WaitAsync(TimeSpan.FromSeconds(10)));
+    }
+
+    [Fact]
+    public async Task The_process_ends_when_its_parent_goes_away()
+    {
+        // A shell starts pthost in the background (stdin from /dev/null: not a stdin close, since
+        // TOR_PT_EXIT_ON_STDIN_CLOSE=0) and exits; pthost is re-parented and must notice.
+        var env = ClientEnv(("TOR_PT_EXIT_ON_STDIN_CLOSE", "0"));
+        env["PTHOST"] = PtHostExecutable.Path;
+        await using var shell = PtProcess.Start("/bin/sh", ["-c", "\"$PTHOST\" >/dev/null 2>&1 & echo $!; sleep 2"], env);
+        int pid = int.Parse(await shell.ReadLineAsync());
+        Assert.Equal(0, await shell.WaitForExitAsync());
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (IsRunning(pid))
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"pthost {pid} still runs 30 s after its parent exited");
+            await Task.Delay(100);
+        }
+    }
+
+    private static bool IsRunning(int pid)
+    {
+        try { return !File.ReadAllText($"/proc/{pid}/stat").Split(' ')[2].Equals("Z", StringComparison.Ordinal); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return false; }
+    }
+
+    private static async Task<string> ReadTextAsync(Stream s, int n)
+    {
+        var buffer = new byte[n];
+        await s.ReadExactlyAsync(buffer).AsTask().WaitAsync(TimeSpan.FromSeconds(20));
+        return System.Text.Encoding.ASCII.GetString(buffer);
+    }
+}
