@@ -13,6 +13,8 @@ packages=(curl ca-certificates
   libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev gcc
   # TURN: coturn's turnutils_uclient / turnutils_peer
   coturn
+  # JET: a real browser opens the relay's WebSocket
+  chromium
   # RUD: X25519 through the system OpenSSL (libcrypto.so.3)
   libssl3)
 missing=()

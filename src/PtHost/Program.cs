@@ -23,6 +23,8 @@ public static class Program
                pthost relay zephyr --listen IP:PORT [--bind-timeout S] [--peer-timeout S]
                                    [--max-connections N] [--max-per-source N] [--loglevel L]
                                                     run the Zephyr relay service (spec/zephyr.md)
+               pthost relay jet --listen IP:PORT [--config FILE] [--loglevel L]
+                                                    run the JET relay service (spec/jet.md)
                pthost --version | --help
         """;
 

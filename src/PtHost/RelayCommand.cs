@@ -20,21 +20,23 @@ public static class RelayCommand
                                    [--max-connections N] [--max-per-source N] [--stats-interval SECONDS]
                                    [--loglevel LEVEL]
                pthost relay asport --listen IP:PORT --config FILE [--loglevel LEVEL]
+               pthost relay jet --listen IP:PORT [--config FILE] [--loglevel LEVEL]
         """;
 
     public static async Task<int> RunAsync(string[] args)
     {
-        if (args.Length == 0) return UsageError("relay needs a NAME (known: zephyr, asport)");
+        if (args.Length == 0) return UsageError("relay needs a NAME (known: zephyr, jet, asport)");
         return args[0] switch
         {
             "zephyr" => await RunZephyrAsync(args[1..]).ConfigureAwait(false),
+            "jet" => await JetRelayCommand.RunAsync(args[1..]).ConfigureAwait(false), // spec/jet.md §5.1
             "asport" => await AsportRelayCommand.RunAsync(args[1..]).ConfigureAwait(false),
             "--help" or "-h" => Help(),
-            _ => UsageError($"no relay named \"{args[0]}\" (known: zephyr, asport)"),
+            _ => UsageError($"no relay named \"{args[0]}\" (known: zephyr, jet, asport)"),
         };
     }
 
-    private static int Help()
+    internal static int Help()
     {
         Console.Error.WriteLine(Usage);
         return ExitCodes.Ok;
@@ -146,7 +148,7 @@ public static class RelayCommand
     private static bool TryParseCount(string s, out int value) =>
         int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out value) && value > 0;
 
-    private static int UsageError(string message)
+    internal static int UsageError(string message)
     {
         // One line: the error. (The usage text is printed by --help.)
         Console.Error.WriteLine("pthost: relay: " + message);

@@ -34,6 +34,7 @@ public static class Scenarios
         new ZephyrIdleScenario(),
         new AsportScenario(),
         new TurnScenario(),
+        new JetScenario(),
     ];
 }
 

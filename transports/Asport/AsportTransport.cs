@@ -81,7 +81,7 @@ internal sealed record AsportTransportClientOptions(Destination? ServerAddress)
 }
 
 /// <summary>Client process: TCP to the announced public address, plain's preamble, raw bytes.</summary>
-internal sealed class AsportTransportClient : IClientFactory
+internal sealed class AsportTransportClient : IClientFactory, IDatagramStreamCarrier
 {
     private readonly TransportEnvironment _context;
     private readonly AsportTransportClientOptions _options;
@@ -134,18 +134,18 @@ internal sealed class AsportTransportClient : IClientFactory
         {
             server = request.Destination;
             if (server.IsUnspecified) throw new TransportConnectException(ConnectFailure.HostUnreachable, "no asport server address: none configured, none announced, none in the request");
-            return await OpenAsync(server, far, cancellationToken).ConfigureAwait(false);
+            return await OpenAsync(server, far, request.Kind, cancellationToken).ConfigureAwait(false);
         }
         if (far is null && !request.Destination.IsUnspecified) far = request.Destination;
-        return await OpenAsync(server, far, cancellationToken).ConfigureAwait(false);
+        return await OpenAsync(server, far, request.Kind, cancellationToken).ConfigureAwait(false);
     }
 
-    private async Task<Stream> OpenAsync(Destination server, Destination? far, CancellationToken ct)
+    private async Task<Stream> OpenAsync(Destination server, Destination? far, SessionKind kind, CancellationToken ct)
     {
         var stream = await _context.Dialer.ConnectTcpAsync(server, ct).ConfigureAwait(false);
         try
         {
-            await PlainWire.RequestAsync(stream, far, $"asport address {server}", ct).ConfigureAwait(false);
+            await PlainWire.RequestAsync(stream, far, $"asport address {server}", ct, kind).ConfigureAwait(false);
             return stream;
         }
         catch (Exception e) when (e is IOException or SocketException)
@@ -272,10 +272,11 @@ internal sealed class AsportTransportManager : IServerManager
         try
         {
             Destination? destination;
+            SessionKind kind;
             using (var preamble = CancellationTokenSource.CreateLinkedTokenSource(ct))
             {
                 preamble.CancelAfter(PreambleTimeout);
-                try { destination = await PlainWire.ReadRequestAsync(stream, preamble.Token).ConfigureAwait(false); }
+                try { (destination, kind) = await PlainWire.ReadPreambleAsync(stream, preamble.Token).ConfigureAwait(false); }
                 catch (Exception e) when (e is InvalidDataException or FormatException)
                 {
                     _context.Counters.SessionFailed();
@@ -286,7 +287,7 @@ internal sealed class AsportTransportManager : IServerManager
             }
             try
             {
-                onward = await _binding.Handler.OpenAsync(new InboundSession(source, destination, id), ct).ConfigureAwait(false);
+                onward = await _binding.Handler.OpenAsync(new InboundSession(source, destination, id, kind), ct).ConfigureAwait(false);
             }
             catch (TransportConnectException e)
             {

@@ -109,7 +109,7 @@ internal sealed record RudServerOptions(byte[]? Key, ChallengePolicy Challenge, 
 internal sealed record RudSettings(Destination? Destination);
 
 /// <summary>The client side: one connection per server (re-made when it closes), one stream per session.</summary>
-internal sealed class RudClient : IClientFactory
+internal sealed class RudClient : IClientFactory, IDatagramStreamCarrier
 {
     private static readonly TimeSpan PreambleTimeout = TimeSpan.FromSeconds(10);
     private readonly TransportEnvironment _context;
@@ -166,7 +166,7 @@ internal sealed class RudClient : IClientFactory
             {
                 using var preamble = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
                 preamble.CancelAfter(PreambleTimeout);
-                await PlainWire.RequestAsync(stream, far, $"rud server {server}", preamble.Token).ConfigureAwait(false);
+                await PlainWire.RequestAsync(stream, far, $"rud server {server}", preamble.Token, request.Kind).ConfigureAwait(false);
                 return stream;
             }
             catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
@@ -373,10 +373,11 @@ internal sealed class RudServerManager : IServerManager
         try
         {
             Destination? destination;
+            SessionKind kind;
             using (var preamble = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token))
             {
                 preamble.CancelAfter(PreambleTimeout);
-                try { destination = await PlainWire.ReadRequestAsync(stream, preamble.Token).ConfigureAwait(false); }
+                try { (destination, kind) = await PlainWire.ReadPreambleAsync(stream, preamble.Token).ConfigureAwait(false); }
                 catch (InvalidDataException)
                 {
                     failed = true;
@@ -395,7 +396,7 @@ internal sealed class RudServerManager : IServerManager
                     return;
                 }
             }
-            try { onward = await _binding.Handler.OpenAsync(new InboundSession(remote, destination, id), _abort.Token).ConfigureAwait(false); }
+            try { onward = await _binding.Handler.OpenAsync(new InboundSession(remote, destination, id, kind), _abort.Token).ConfigureAwait(false); }
             catch (TransportConnectException e)
             {
                 failed = true;

@@ -20,6 +20,7 @@ public sealed class TransportRegistry
     {
         Register("plain", () => new PtHost.Transports.Plain.PlainTransport());
         Register("zephyr", () => new PtHost.Transports.Zephyr.ZephyrTransport());
+        Register("jet", () => new PtHost.Transports.Jet.JetTransport());
         Register("asport", () => new PtHost.Transports.Asport.AsportTransport());
         Register("rud", () => new PtHost.Transports.Rud.RudTransport());
     }

@@ -63,6 +63,29 @@ public sealed class AsportTransportTests
     }
 
     [Fact]
+    public async Task A_libngtcp2_that_is_not_the_real_one_gives_SMETHOD_ERROR_naming_QUIC()
+    {
+        // A stand-in libngtcp2.so.9 without ngtcp2_version, found first through LD_LIBRARY_PATH:
+        // the start-up check refuses it, the asport server says why, the process keeps its other lines.
+        string dir = Directory.CreateTempSubdirectory("pthost-fake-ngtcp2-").FullName;
+        try
+        {
+            string source = Path.Combine(dir, "fake.c");
+            await File.WriteAllTextAsync(source, "int not_ngtcp2 = 1;\n");
+            var (rc, _, err) = await ChainTests.RunAsync("/usr/bin/gcc", "-shared", "-fPIC", "-o", Path.Combine(dir, "libngtcp2.so.9"), source);
+            Assert.True(rc == 0, "gcc: " + err);
+            var config = ServerConfig(new IPEndPoint(IPAddress.Loopback, 1), "127.0.0.1:9");
+            await using var p = PtProcess.Start(PtHostExecutable.Path, [config.ToString(Newtonsoft.Json.Formatting.None)],
+                new Dictionary<string, string> { ["LD_LIBRARY_PATH"] = dir });
+            var lines = await p.ReadUntilDoneAsync();
+            Assert.Contains(lines, l => l.StartsWith("SMETHOD-ERROR asport QUIC unavailable: ", StringComparison.Ordinal) && l.Contains("ngtcp2_version", StringComparison.Ordinal));
+            Assert.Equal("SMETHODS DONE", lines[^1]);
+            Assert.Equal(69, await p.WaitForExitAsync()); // no transport started
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Fact]
     public async Task Bad_server_options_give_SMETHOD_ERROR()
     {
         var config = ServerConfig(new IPEndPoint(IPAddress.Loopback, 1), "127.0.0.1:9");

@@ -92,13 +92,14 @@ public class ManagedModeTests
     [Fact]
     public async Task Client_lines_follow_pt_spec_and_unknown_transports_are_ignored_silently()
     {
-        await using var p = Start(ClientEnv(("TOR_PT_CLIENT_TRANSPORTS", "obfs4,plain,meek_lite,zephyr")));
+        await using var p = Start(ClientEnv(("TOR_PT_CLIENT_TRANSPORTS", "obfs4,plain,meek_lite,zephyr,jet")));
         var lines = await p.ReadUntilDoneAsync();
         Assert.Equal("VERSION 1", lines[0]);
         Assert.StartsWith("STATUS TYPE=version IMPLEMENTATION=pthost VERSION=", lines[1]);
         Assert.Matches(@"^CMETHOD plain socks5 127\.0\.0\.1:\d+$", lines[2]);
         // zephyr cannot work without signals: it says why, and the others run.
         Assert.Contains(lines, l => l.StartsWith("CMETHOD-ERROR zephyr ", StringComparison.Ordinal) && l.Contains("signal channel"));
+        Assert.Contains(lines, l => l.StartsWith("CMETHOD-ERROR jet ", StringComparison.Ordinal) && l.Contains("signal channel"));
         Assert.DoesNotContain(lines, l => l.Contains("obfs4") || l.Contains("meek_lite"));
         Assert.Equal("CMETHODS DONE", lines[^1]);
         p.CloseStdin();
@@ -115,6 +116,24 @@ public class ManagedModeTests
         var lines = await p.ReadUntilDoneAsync();
         Assert.Equal(["VERSION 1", lines[1], $"SMETHOD plain 127.0.0.1:{port}", "SMETHODS DONE"], lines);
         Assert.StartsWith("STATUS TYPE=version", lines[1]);
+    }
+
+    [Fact]
+    public async Task Without_an_ExtORPort_sessions_go_to_TOR_PT_ORPORT()
+    {
+        await using var echo = new EchoServer();
+        await using var server = Start(ServerEnv(("TOR_PT_ORPORT", $"127.0.0.1:{echo.Port}"), ("TOR_PT_EXTENDED_SERVER_PORT", "")));
+        var smethod = (await server.ReadUntilDoneAsync()).Single(l => l.StartsWith("SMETHOD plain", StringComparison.Ordinal));
+        var serverEp = IPEndPoint.Parse(smethod.Split(' ')[2]);
+        await using var client = Start(ClientEnv());
+        var socksEp = IPEndPoint.Parse((await client.ReadUntilDoneAsync()).Single(l => l.StartsWith("CMETHOD plain", StringComparison.Ordinal)).Split(' ')[3]);
+        await using var socks = await SocksClient.ConnectAsync(socksEp);
+        // As tor does for a bridge line without arguments: no authentication, CONNECT to the bridge.
+        await socks.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(serverEp.Address, serverEp.Port), .. "OR cells"u8.ToArray()]);
+        Assert.Equal([5, 0], await socks.ReadExactlyAsync(2));
+        Assert.Equal(0x00, await socks.ReadReplyAsync());
+        Assert.Equal("OR cells"u8.ToArray(), await socks.ReadExactlyAsync(8));
+        Assert.Equal(1, echo.Accepted);
     }
 
     [Fact]

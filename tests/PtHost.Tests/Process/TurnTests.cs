@@ -92,6 +92,7 @@ public partial class TurnTests(ITestOutputHelper output)
         var generated = await ZephyrChain.GenerateAsync();
         var zephyrClient = (JObject)generated["client"]!;
         zephyrClient["relay"] = relay.EndPoint.ToString();
+        generated["server"]!["relay"] = relay.EndPoint.ToString(); // the server joins listed relays only (spec/zephyr.md §7.1)
         var serverConfig = PtChain.FreeServer("zephyr", "127.0.0.1");
         serverConfig["options"] = new JObject { ["zephyr"] = generated["server"] };
         var clientConfig = TurnChain.ClientConfig(null, "zephyr");
@@ -101,6 +102,49 @@ public partial class TurnTests(ITestOutputHelper output)
         output.WriteLine(LastLines(text));
         AssertDelivered(exit, text, 20, chain);
         Assert.Contains(chain.Chain.Client.StdoutLines, l => l.StartsWith("CMESSAGE zephyr {", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Uclient_through_jet_and_its_relay_loses_nothing()
+    {
+        await using var peer = await EchoPeer.StartAsync();
+        await using var relay = await JetRelayProcess.StartAsync();
+        var generated = await JetChain.GenerateAsync();
+        var server = (JObject)generated["server"]!;
+        server["relay"] = $"http://{relay.Http}";
+        var serverConfig = PtChain.FreeServer("jet", "127.0.0.1");
+        serverConfig["options"] = new JObject { ["jet"] = server };
+        var clientConfig = TurnChain.ClientConfig(null, "jet");
+        clientConfig["options"] = new JObject { ["jet"] = generated["client"] };
+        await using var chain = await TurnChain.StartAsync(serverConfig, clientConfig, "jet");
+        var (exit, text) = await Uclient(chain, peer, ["-n", "10", "-m", "2", "-c"]);
+        output.WriteLine(LastLines(text));
+        AssertDelivered(exit, text, 20, chain);
+        Assert.Contains(chain.Chain.Client.StdoutLines, l => l.StartsWith("CMESSAGE jet {", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Uclient_through_rud_loses_nothing()
+    {
+        await using var peer = await EchoPeer.StartAsync();
+        await using var keys = PtProcess.StartPthost("generate-config", "rud");
+        Assert.Equal(0, await keys.WaitForExitAsync());
+        var generated = JObject.Parse(string.Join("\n", keys.StdoutLines));
+        var serverConfig = PtChain.FreeServer("rud", "127.0.0.1");
+        serverConfig["options"] = new JObject { ["rud"] = generated["server"] };
+        var ptChain = await PtChain.StartAsync(serverConfig, serverEp =>
+        {
+            var config = TurnChain.ClientConfig(serverEp, "rud");
+            var client = (JObject)generated["client"]!;
+            client["serverAddress"] = serverEp.ToString();
+            config["options"] = new JObject { ["rud"] = client };
+            return config;
+        });
+        var line = ptChain.ClientStartup.Single(l => l.StartsWith("CMETHOD rud turn ", StringComparison.Ordinal));
+        await using var chain = new TurnChain { Chain = ptChain, TurnEndPoint = IPEndPoint.Parse(line.Split(' ')[3]) };
+        var (exit, text) = await Uclient(chain, peer, ["-n", "10", "-m", "2", "-c"]);
+        output.WriteLine(LastLines(text));
+        AssertDelivered(exit, text, 20, chain);
     }
 
     [Fact]

@@ -1,0 +1,212 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Net.WebSockets;
+using System.Security.Authentication;
+using System.Text;
+using Newtonsoft.Json.Linq;
+using PtHost.Transports.Jet;
+
+namespace PtHost.Tests.Process;
+
+/// <summary>A real <c>pthost relay jet</c> process, its REST API, and its listeners from the LISTEN line.</summary>
+internal sealed class JetRelayProcess : IAsyncDisposable
+{
+    private readonly HttpClient _http;
+
+    private JetRelayProcess(PtProcess process, string line, string? apiKey)
+    {
+        Process = process;
+        var fields = line.Split(' ');
+        Http = IPEndPoint.Parse(fields[2]);
+        foreach (var f in fields.Skip(3))
+        {
+            var (k, v) = (f[..f.IndexOf('=')], IPEndPoint.Parse(f[(f.IndexOf('=') + 1)..]));
+            switch (k)
+            {
+                case "tcp": Tcp = v; break;
+                case "tls": Tls = v; break;
+                case "wss": Wss = v; break;
+            }
+        }
+        _http = new HttpClient(new SocketsHttpHandler { SslOptions = { RemoteCertificateValidationCallback = (_, _, _, _) => true } })
+        {
+            BaseAddress = new Uri($"http://{Http}"),
+            Timeout = TimeSpan.FromSeconds(20),
+        };
+        if (apiKey is not null) _http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", apiKey);
+    }
+
+    public PtProcess Process { get; }
+    public IPEndPoint Http { get; }
+    public IPEndPoint? Tcp { get; }
+    public IPEndPoint? Tls { get; }
+    public IPEndPoint? Wss { get; }
+    public HttpClient Rest => _http;
+
+    /// <summary>Starts the relay on loopback; <paramref name="config"/> (JSON) goes to a --config file.</summary>
+    public static async Task<JetRelayProcess> StartAsync(JObject? config = null, string? apiKey = null)
+    {
+        List<string> args = ["relay", "jet", "--listen", "127.0.0.1:0", "--loglevel", "debug"];
+        if (config is not null)
+        {
+            string file = Path.Combine(Directory.CreateTempSubdirectory("pthost-jet-").FullName, "relay.json");
+            await File.WriteAllTextAsync(file, config.ToString());
+            args.AddRange(["--config", file]);
+        }
+        var process = PtProcess.StartPthost([.. args]);
+        try
+        {
+            string line = await process.ReadLineAsync();
+            Assert.StartsWith("LISTEN jet ", line, StringComparison.Ordinal);
+            return new JetRelayProcess(process, line, apiKey);
+        }
+        catch
+        {
+            await process.DisposeAsync();
+            throw;
+        }
+    }
+
+    /// <summary>POST /jet/association/{new id}, then POST /jet/gather/{id}: the id and candidates by scheme.</summary>
+    public async Task<(Guid Aid, Dictionary<string, (Guid Id, Uri Url)> Candidates)> CreateAndGatherAsync()
+    {
+        var aid = Guid.NewGuid();
+        (await _http.PostAsync($"/jet/association/{aid}", null)).EnsureSuccessStatusCode();
+        var gathered = JObject.Parse(await (await _http.PostAsync($"/jet/gather/{aid}", null)).EnsureSuccessStatusCode().Content.ReadAsStringAsync());
+        var candidates = new Dictionary<string, (Guid, Uri)>();
+        foreach (var c in (JArray)gathered["candidates"]!)
+        {
+            var url = new Uri((string)c["url"]!);
+            candidates[url.Scheme] = (Guid.Parse((string)c["id"]!), url);
+        }
+        return (aid, candidates);
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        _http.Dispose();
+        return Process.DisposeAsync();
+    }
+}
+
+/// <summary>A raw binary-protocol peer (spec/jet.md §2–4) over TCP or TLS.</summary>
+internal sealed class JetPeer : IAsyncDisposable
+{
+    public static readonly TimeSpan Wait = TimeSpan.FromSeconds(20);
+
+    private JetPeer(Socket socket, Stream stream)
+    {
+        Socket = socket;
+        Stream = stream;
+    }
+
+    public Socket Socket { get; }
+    public Stream Stream { get; }
+
+    public static async Task<JetPeer> ConnectAsync(IPEndPoint relay, bool tls = false)
+    {
+        var socket = new Socket(relay.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        await socket.ConnectAsync(relay);
+        Stream stream = new NetworkStream(socket, ownsSocket: true);
+        if (tls)
+        {
+            var ssl = new SslStream(stream, false, (_, _, _, _) => true);
+            await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions { TargetHost = "relay", EnabledSslProtocols = SslProtocols.Tls13 });
+            stream = ssl;
+        }
+        return new JetPeer(socket, stream);
+    }
+
+    public Task SendAsync(params byte[] bytes) => Stream.WriteAsync(bytes).AsTask();
+
+    public Task SendRequestAsync(string text, params byte[] after) => SendAsync([.. JetWire.BuildPacket(text), .. after]);
+
+    /// <summary>Reads exactly one JET packet and parses the response in it.</summary>
+    public async Task<JetResponse> ReadResponseAsync()
+    {
+        using var cts = new CancellationTokenSource(Wait);
+        byte[] header = new byte[8];
+        await Stream.ReadExactlyAsync(header, cts.Token);
+        Assert.Equal(JetPacketError.None, JetWire.ParseHeader(header, out int size, out byte mask));
+        byte[] payload = new byte[size - 8];
+        await Stream.ReadExactlyAsync(payload, cts.Token);
+        JetWire.ApplyMask(payload, mask);
+        Assert.True(JetWire.TryParseResponse(payload, out var response, out string? problem), problem);
+        return response!;
+    }
+
+    public async Task<byte[]> ReadExactlyAsync(int n)
+    {
+        using var cts = new CancellationTokenSource(Wait);
+        byte[] b = new byte[n];
+        await Stream.ReadExactlyAsync(b, cts.Token);
+        return b;
+    }
+
+    /// <summary>True when the relay closed the connection (end of stream or reset) within the wait.</summary>
+    public async Task<bool> IsClosedAsync()
+    {
+        using var cts = new CancellationTokenSource(Wait);
+        try { return await Stream.ReadAsync(new byte[1], cts.Token) == 0; }
+        catch (IOException) { return true; }
+    }
+
+    public void ShutdownSend()
+    {
+        if (Stream is SslStream ssl) ssl.ShutdownAsync().GetAwaiter().GetResult();
+        Socket.Shutdown(SocketShutdown.Send);
+    }
+
+    public ValueTask DisposeAsync() => Stream.DisposeAsync();
+
+    public static string Host(IPEndPoint ep) => ep.ToString();
+}
+
+internal static class JetWebSockets
+{
+    public static async Task<ClientWebSocket> ConnectAsync(Uri candidate, JetMethod method, Guid aid, Guid cid)
+    {
+        var ws = new ClientWebSocket();
+        ws.Options.CollectHttpResponseDetails = true;
+        ws.Options.RemoteCertificateValidationCallback = (_, _, _, _) => true;
+        using var cts = new CancellationTokenSource(JetPeer.Wait);
+        await ws.ConnectAsync(new Uri(candidate, $"/jet/{JetWire.MethodName(method)}/{aid}/{cid}"), cts.Token);
+        return ws;
+    }
+
+    /// <summary>The HTTP status of a refused WebSocket handshake.</summary>
+    public static async Task<int> RefusedStatusAsync(Uri candidate, JetMethod method, Guid aid, Guid cid)
+    {
+        using var ws = new ClientWebSocket();
+        ws.Options.CollectHttpResponseDetails = true;
+        ws.Options.RemoteCertificateValidationCallback = (_, _, _, _) => true;
+        using var cts = new CancellationTokenSource(JetPeer.Wait);
+        await Assert.ThrowsAsync<WebSocketException>(() => ws.ConnectAsync(new Uri(candidate, $"/jet/{JetWire.MethodName(method)}/{aid}/{cid}"), cts.Token));
+        return (int)ws.HttpStatusCode;
+    }
+
+    public static async Task SendAsync(WebSocket ws, byte[] data)
+    {
+        using var cts = new CancellationTokenSource(JetPeer.Wait);
+        await ws.SendAsync(data, WebSocketMessageType.Binary, true, cts.Token);
+    }
+
+    /// <summary>Receives until <paramref name="n"/> bytes have arrived (messages may be split or joined).</summary>
+    public static async Task<byte[]> ReceiveAsync(WebSocket ws, int n)
+    {
+        using var cts = new CancellationTokenSource(JetPeer.Wait);
+        var result = new byte[n];
+        int got = 0;
+        while (got < n)
+        {
+            var r = await ws.ReceiveAsync(result.AsMemory(got), cts.Token);
+            Assert.NotEqual(WebSocketMessageType.Close, r.MessageType);
+            got += r.Count;
+        }
+        return result;
+    }
+
+    public static string Text(byte[] b) => Encoding.ASCII.GetString(b);
+}

@@ -1,0 +1,167 @@
+using System.Diagnostics;
+using System.Net;
+using System.Security.Cryptography;
+using Newtonsoft.Json.Linq;
+using Xunit.Abstractions;
+
+namespace PtHost.Tests.Process;
+
+/// <summary>
+/// The jet transport end to end (spec/jet.md §7): a real relay process, a real server and client
+/// pthost with a generated configuration, CMESSAGE/SMESSAGE carried by the test, curl as the application.
+/// </summary>
+[Collection("process")]
+public class JetTransportTests(ITestOutputHelper output)
+{
+    private static string Curl => File.Exists("/usr/bin/curl") ? "/usr/bin/curl"
+        : throw new InvalidOperationException("curl is missing: run the README's test command (bash test.sh), which installs it");
+
+    [Theory]
+    [InlineData("tcp")]
+    [InlineData("tls")]
+    [InlineData("ws")]
+    [InlineData("wss")]
+    [InlineData("direct")]
+    public async Task Curl_fetches_through_each_candidate_kind(string kind)
+    {
+        var body = RandomNumberGenerator.GetBytes(300_000);
+        await using var http = new HttpFileServer(body);
+        await using var relay = await JetRelayProcess.StartAsync();
+        await using var chain = await JetChain.StartAsync(relay, editServer: o => o["kinds"] = new JArray(kind));
+        await AssertCurlAsync(chain, http, body);
+        Assert.Contains($"through the {kind} candidate", chain.Client.Stderr, StringComparison.Ordinal);
+        Assert.Contains(chain.Client.StdoutLines, l => l.StartsWith("CMESSAGE jet {", StringComparison.Ordinal) && l.Contains("\"kind\":\"jet.offer\"", StringComparison.Ordinal));
+        Assert.Contains(chain.Server.StdoutLines, l => l.StartsWith("SMESSAGE jet {", StringComparison.Ordinal) && l.Contains("\"kind\":\"jet.answer\"", StringComparison.Ordinal));
+        var (s, c) = await chain.StopAsync();
+        Assert.Equal(0, s);
+        Assert.Equal(0, c);
+        chain.Server.AssertOnlyProtocolLinesOnStdout();
+        chain.Client.AssertOnlyProtocolLinesOnStdout();
+    }
+
+    [Fact]
+    public async Task Curl_fetches_100_MB_with_every_candidate_raced_and_the_SHA256_intact()
+    {
+        var body = RandomNumberGenerator.GetBytes(100 * 1024 * 1024);
+        await using var http = new HttpFileServer(body);
+        await using var relay = await JetRelayProcess.StartAsync();
+        await using var chain = await JetChain.StartAsync(relay, editServer: o => o["kinds"] = new JArray("tcp", "tls", "ws", "wss", "direct"));
+        var watch = Stopwatch.StartNew();
+        await AssertCurlAsync(chain, http, body);
+        output.WriteLine($"100 MB through jet in {watch.Elapsed.TotalSeconds:0.00} s");
+        // The candidates that lost the race were closed, and the relay removed the finished session's candidate.
+        await JetRelayTests.WaitUntilAsync(() => Task.FromResult(relay.Process.Stderr.Contains("session finished, candidate removed", StringComparison.Ordinal)));
+    }
+
+    [Fact]
+    public async Task A_candidate_that_cannot_connect_is_skipped_and_another_carries_the_session()
+    {
+        var body = RandomNumberGenerator.GetBytes(10_000);
+        await using var http = new HttpFileServer(body);
+        await using var relay = await JetRelayProcess.StartAsync();
+        int dead = ChainTests.UnusedPort();
+        await using var chain = await JetChain.StartAsync(relay, editServer: o =>
+        {
+            o["kinds"] = new JArray("direct", "ws");
+            o["directAddress"] = $"127.0.0.1:{dead}"; // advertised, but nothing listens there
+        });
+        await AssertCurlAsync(chain, http, body);
+        Assert.Contains($"direct candidate 127.0.0.1:{dead} skipped", chain.Client.Stderr, StringComparison.Ordinal);
+        Assert.Contains("through the ws candidate", chain.Client.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task With_no_usable_candidate_the_request_fails_with_0x04_and_the_client_keeps_serving()
+    {
+        await using var relay = await JetRelayProcess.StartAsync();
+        int dead = ChainTests.UnusedPort();
+        await using var chain = await JetChain.StartAsync(relay, editServer: o =>
+        {
+            o["kinds"] = new JArray("direct");
+            o.Remove("relay");
+            o["directAddress"] = $"127.0.0.1:{dead}";
+        });
+        await using var echo = new EchoServer();
+        for (int i = 0; i < 2; i++)
+        {
+            await using var socks = await SocksClient.ConnectAsync(chain.SocksEndPoint);
+            await socks.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(IPAddress.Loopback, echo.Port)]);
+            Assert.Equal(new byte[] { 5, 0 }, await socks.ReadExactlyAsync(2));
+            Assert.Equal(0x04, await socks.ReadReplyAsync());
+        }
+        Assert.Equal(0, echo.Accepted);
+    }
+
+    [Fact]
+    public async Task A_wrong_server_pin_fails_every_candidate_and_the_request_gets_a_failure_reply()
+    {
+        await using var relay = await JetRelayProcess.StartAsync();
+        await using var echo = new EchoServer();
+        string otherPin = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32));
+        await using var chain = await JetChain.StartAsync(relay, editClient: o => o["serverPin"] = otherPin);
+        await using var socks = await SocksClient.ConnectAsync(chain.SocksEndPoint);
+        await socks.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(IPAddress.Loopback, echo.Port)]);
+        await socks.ReadExactlyAsync(2);
+        Assert.NotEqual(0x00, await socks.ReadReplyAsync());
+        Assert.Equal(0, echo.Accepted);
+    }
+
+    [Fact]
+    public async Task The_direct_listener_refuses_an_unknown_association_with_404()
+    {
+        await using var relay = await JetRelayProcess.StartAsync();
+        await using var chain = await JetChain.StartAsync(relay, editServer: o => o["kinds"] = new JArray("direct", "tcp"));
+        await using var peer = await JetPeer.ConnectAsync(chain.ServerEndPoint);
+        await peer.SendRequestAsync(Transports.Jet.JetWire.BuildRequest(Transports.Jet.JetMethod.Connect, Guid.NewGuid(), Guid.NewGuid(), chain.ServerEndPoint.ToString()));
+        Assert.Equal(404, (await peer.ReadResponseAsync()).Status);
+        Assert.True(await peer.IsClosedAsync());
+    }
+
+    private static async Task AssertCurlAsync(PtChain chain, HttpFileServer http, byte[] body)
+    {
+        string file = Path.Combine(Path.GetTempPath(), $"pthost-jet-{Guid.NewGuid():N}");
+        try
+        {
+            var (exit, _, err) = await ChainTests.RunAsync(Curl, "-sS", "--max-time", "90", "--socks5-hostname", chain.SocksEndPoint.ToString(),
+                "-o", file, $"http://localhost:{http.Port}/file.bin");
+            Assert.True(exit == 0, $"curl exit {exit}: {err}\nclient stderr:\n{chain.Client.Stderr}\nserver stderr:\n{chain.Server.Stderr}");
+            Assert.Equal(SHA256.HashData(body), SHA256.HashData(await File.ReadAllBytesAsync(file)));
+        }
+        finally { File.Delete(file); }
+    }
+}
+
+/// <summary>A jet server and client pthost configured from <c>pthost generate-config jet</c>, the server pointed at a relay process.</summary>
+internal static class JetChain
+{
+    public static async Task<JObject> GenerateAsync()
+    {
+        await using var p = PtProcess.StartPthost("generate-config", "jet");
+        Assert.Equal(0, await p.WaitForExitAsync());
+        return JObject.Parse(string.Join("\n", p.StdoutLines));
+    }
+
+    public static async Task<PtChain> StartAsync(JetRelayProcess relay, Action<JObject>? editClient = null, Action<JObject>? editServer = null)
+    {
+        var generated = await GenerateAsync();
+        var client = (JObject)generated["client"]!;
+        var server = (JObject)generated["server"]!;
+        server["relay"] = $"http://{relay.Http}";
+        client["signalTimeout"] = 10;
+        server["signalTimeout"] = 10;
+        editClient?.Invoke(client);
+        editServer?.Invoke(server);
+        var serverConfig = PtChain.FreeServer("jet");
+        serverConfig["options"] = new JObject { ["jet"] = server };
+        serverConfig["loglevel"] = "debug";
+        var clientConfig = new JObject
+        {
+            ["role"] = "client",
+            ["transports"] = new JArray("jet"),
+            ["options"] = new JObject { ["jet"] = client },
+            ["exit-on-stdin-close"] = true,
+            ["loglevel"] = "debug",
+        };
+        return await PtChain.StartAsync(serverConfig, _ => clientConfig);
+    }
+}

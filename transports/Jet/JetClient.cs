@@ -1,0 +1,255 @@
+using System.Collections.Concurrent;
+using System.Net.Security;
+using System.Security.Authentication;
+using System.Security.Cryptography;
+using Microsoft.Extensions.Logging;
+using Newtonsoft.Json.Linq;
+using PtHost.Contract;
+using PtHost.Transports.Plain;
+
+namespace PtHost.Transports.Jet;
+
+/// <summary>Per-connection settings jet accepts (as plain: an optional destination).</summary>
+internal sealed record JetSettings(Destination? Destination);
+
+/// <summary>The client side (spec/jet.md §7.3, client steps): offer, race every candidate, keep the first usable.</summary>
+internal sealed class JetClient : IClientFactory, IDatagramStreamCarrier
+{
+    private readonly TransportEnvironment _context;
+    private readonly JetClientOptions _options;
+    private readonly ILogger _log;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly ConcurrentDictionary<string, PendingOffer> _pending = new(StringComparer.Ordinal);
+    private readonly Task _answers;
+    private readonly SslStreamCertificateContext _certificateContext;
+    private readonly JetSession _session;
+
+    public JetClient(TransportEnvironment context, JetClientOptions options)
+    {
+        _context = context;
+        _options = options;
+        _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Jet");
+        _certificateContext = SslStreamCertificateContext.Create(options.Certificate, null, offline: true);
+        _session = new JetSession(context.Dialer);
+        _answers = ReadAnswersAsync(_stop.Token);
+    }
+
+    /// <summary>How often an unanswered offer is sent again: a third of the signal timeout, at most 5 s.</summary>
+    private TimeSpan ResendInterval => TimeSpan.FromTicks(Math.Min(_options.SignalTimeout.Ticks / 3, TimeSpan.FromSeconds(5).Ticks));
+
+    public object? ParseSettings(ConnectionSettings settings)
+    {
+        settings.RejectUnknownKeys("destination");
+        string? d = settings.GetString("destination");
+        if (d is null) return new JetSettings(null);
+        return Destination.TryParse(d, out var dest) && dest.Port != 0
+            ? new JetSettings(dest)
+            : throw new SettingsException("destination", "must be \"host:port\"");
+    }
+
+    public async ValueTask<Stream> ConnectAsync(ConnectRequest request, CancellationToken cancellationToken)
+    {
+        var far = (request.Settings as JetSettings)?.Destination ?? (request.Destination.IsUnspecified ? null : request.Destination);
+        var (association, candidates) = await OfferAsync(request.Session, cancellationToken).ConfigureAwait(false);
+        var (candidate, tls) = await RaceAsync(request.Session, association, candidates, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            limit.CancelAfter(_options.TlsTimeout);
+            try { await PlainWire.RequestAsync(tls, far, "jet server", limit.Token, request.Kind).ConfigureAwait(false); }
+            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+            {
+                throw new TransportConnectException(ConnectFailure.TimedOut, $"jet server did not reply within {_options.TlsTimeout.TotalSeconds:0.###} s");
+            }
+            catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException)
+            {
+                throw new TransportConnectException(ConnectFailure.General, $"jet connection ended before the server replied: {e.Message}", e);
+            }
+            _log.LogDebug("jet session {Id}: through the {Kind} candidate {Url}", request.Session, candidate.Kind, candidate.Url);
+            return tls;
+        }
+        catch
+        {
+            await tls.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// §7.3 step 3: every candidate at once — connect, JET 200, end-to-end TLS 1.3 with the pinned
+    /// server. The first to finish wins; the others are cancelled or closed.
+    /// </summary>
+    private async Task<(JetCandidate, JetTlsStream)> RaceAsync(long session, Guid association, IReadOnlyList<JetCandidate> candidates, CancellationToken ct)
+    {
+        using var race = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        var attempts = candidates.Select(c => AttemptAsync(c, association, race.Token)).ToList();
+        var errors = new List<string>();
+        var pending = attempts.ToList();
+        (JetCandidate, JetTlsStream)? winner = null;
+        while (pending.Count > 0)
+        {
+            var done = await Task.WhenAny(pending).ConfigureAwait(false);
+            pending.Remove(done);
+            int index = attempts.IndexOf(done);
+            if (done.IsCompletedSuccessfully)
+            {
+                winner = (candidates[index], done.Result);
+                break;
+            }
+            string error = done.Exception?.InnerException?.Message ?? "cancelled";
+            _log.LogInformation("jet session {Id}: {Kind} candidate {Url} skipped: {Error}", session, candidates[index].Kind, candidates[index].Url.Authority, error);
+            errors.Add($"{candidates[index].Kind} {candidates[index].Url.Authority}: {error}");
+        }
+        await race.CancelAsync().ConfigureAwait(false);
+        // Close the losers: those still running end by the cancellation, those that also succeeded are closed.
+        foreach (var t in pending)
+        {
+            try
+            {
+                var loser = await t.ConfigureAwait(false);
+                await loser.DisposeAsync().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException) { } // a loser's failure is no news
+        }
+        if (winner is { } w) return w;
+        ct.ThrowIfCancellationRequested();
+        throw new TransportConnectException(ConnectFailure.HostUnreachable, "jet: no candidate usable (" + string.Join("; ", errors) + ")");
+    }
+
+    private async Task<JetTlsStream> AttemptAsync(JetCandidate candidate, Guid association, CancellationToken ct)
+    {
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        limit.CancelAfter(_options.TlsTimeout);
+        Stream? stream = null;
+        try
+        {
+            stream = await _session.OpenAsync(candidate, JetMethod.Connect, association, limit.Token).ConfigureAwait(false);
+            var tls = new SslStream(stream, leaveInnerStreamOpen: true);
+            var result = new JetTlsStream(tls, stream);
+            try
+            {
+                await tls.AuthenticateAsClientAsync(JetSession.ClientTls(_certificateContext, _options.ServerPin), limit.Token).ConfigureAwait(false);
+                return result;
+            }
+            catch
+            {
+                await result.DisposeAsync().ConfigureAwait(false);
+                stream = null;
+                throw;
+            }
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            if (stream is not null) await stream.DisposeAsync().ConfigureAwait(false);
+            throw new TransportConnectException(ConnectFailure.TimedOut, $"no TLS within {_options.TlsTimeout.TotalSeconds:0.###} s");
+        }
+        catch (AuthenticationException e)
+        {
+            throw new TransportConnectException(ConnectFailure.General, $"TLS refused (server pin or client certificate): {e.Message}", e);
+        }
+        catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException)
+        {
+            if (stream is not null) await stream.DisposeAsync().ConfigureAwait(false);
+            throw new TransportConnectException(ConnectFailure.General, $"ended during TLS: {e.Message}", e);
+        }
+    }
+
+    /// <summary>§7.3 steps 1–2: sends the offer, again every <see cref="ResendInterval"/>, until an answer or the signal timeout.</summary>
+    private async Task<(Guid, IReadOnlyList<JetCandidate>)> OfferAsync(long session, CancellationToken ct)
+    {
+        string nonce = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16));
+        var pending = new PendingOffer();
+        _pending[nonce] = pending;
+        var deadline = DateTimeOffset.UtcNow + _options.SignalTimeout;
+        var body = new JObject { ["nonce"] = nonce };
+        try
+        {
+            using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            limit.CancelAfter(_options.SignalTimeout);
+            while (true)
+            {
+                lock (pending) pending.MessageIds.Add(_context.Signals.Send(new Signal(JetSignals.Offer, body) { Expires = deadline }));
+                try
+                {
+                    var answer = await pending.Answer.Task.WaitAsync(ResendInterval, limit.Token).ConfigureAwait(false);
+                    return ReadAnswer(answer);
+                }
+                catch (TimeoutException)
+                {
+                    _log.LogDebug("jet session {Id}: no answer yet; offering again", session);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            throw new TransportConnectException(ConnectFailure.TimedOut, $"jet: no answer to the offer within {_options.SignalTimeout.TotalSeconds:0.###} s (are CMESSAGE/SMESSAGE lines carried?)");
+        }
+        finally
+        {
+            _pending.TryRemove(nonce, out _);
+        }
+    }
+
+    /// <summary>Validates an answer (§7.2): an error, or an association and at least one well-formed candidate.</summary>
+    internal static (Guid, IReadOnlyList<JetCandidate>) ReadAnswer(JObject answer)
+    {
+        if (answer["error"] is { Type: JTokenType.String } error)
+            throw new TransportConnectException(ConnectFailure.HostUnreachable, $"jet server refused the offer: {(string)error!}");
+        if (answer["association"] is not { Type: JTokenType.String } a || !Guid.TryParseExact((string)a!, "D", out var association))
+            throw new TransportConnectException(ConnectFailure.General, "jet answer has no valid \"association\"");
+        if (answer["candidates"] is not JArray list || list.Count == 0)
+            throw new TransportConnectException(ConnectFailure.HostUnreachable, "jet answer lists no candidates");
+        var result = new List<JetCandidate>();
+        foreach (var item in list.Take(16))
+        {
+            if (item is not JObject c || c["id"] is not { Type: JTokenType.String } id || !Guid.TryParseExact((string)id!, "D", out var cid)
+                || c["url"] is not { Type: JTokenType.String } u || !Uri.TryCreate((string)u!, UriKind.Absolute, out var url)
+                || url.Scheme is not ("tcp" or "tls" or "ws" or "wss") || url.Port <= 0)
+                throw new TransportConnectException(ConnectFailure.General, "jet answer has a malformed candidate");
+            bool direct = c["direct"] is { Type: JTokenType.Boolean } d && (bool)d!;
+            if (direct && url.Scheme != "tcp") throw new TransportConnectException(ConnectFailure.General, "jet answer has a direct candidate that is not tcp://");
+            result.Add(new JetCandidate(cid, url, direct));
+        }
+        return (association, result);
+    }
+
+    /// <summary>Hands each answer to the offer it names (by nonce), if it replies to one of that offer's messages.</summary>
+    private async Task ReadAnswersAsync(CancellationToken ct)
+    {
+        try
+        {
+            await foreach (var s in _context.Signals.Incoming.ReadAllAsync(ct).ConfigureAwait(false))
+            {
+                if (s.Kind != JetSignals.Answer || s.Body is not JObject body) continue;
+                if (body["nonce"] is not { Type: JTokenType.String } n || !_pending.TryGetValue((string)n!, out var pending))
+                {
+                    _log.LogDebug("jet: answer {Id} matches no waiting offer (late or foreign); dropped", s.MessageId);
+                    continue;
+                }
+                bool replies;
+                lock (pending) replies = pending.MessageIds.Contains(s.ReplyTo);
+                if (replies) pending.Answer.TrySetResult(body);
+                else _log.LogWarning("jet: answer {Id} names an offer's nonce but replies to none of its messages; dropped", s.MessageId);
+            }
+        }
+        catch (OperationCanceledException) { }
+        catch (System.Threading.Channels.ChannelClosedException) { }
+    }
+
+    public TransportStats GetStats() => _context.Counters.Snapshot();
+
+    public async ValueTask DisposeAsync()
+    {
+        _stop.Cancel();
+        await _answers.ConfigureAwait(false);
+        _stop.Dispose();
+        _session.Dispose();
+        _options.Certificate.Dispose();
+    }
+
+    private sealed class PendingOffer
+    {
+        public HashSet<long> MessageIds { get; } = [];
+        public TaskCompletionSource<JObject> Answer { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+}

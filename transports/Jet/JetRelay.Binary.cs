@@ -1,0 +1,269 @@
+using System.Buffers;
+using System.Net;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Authentication;
+using Microsoft.Extensions.Logging;
+
+namespace PtHost.Transports.Jet;
+
+/// <summary>The binary protocol over TCP and TLS (spec/jet.md §5.4).</summary>
+public sealed partial class JetRelay
+{
+    private IPEndPoint StartBinaryListener(IPEndPoint listen, CandidateKind kind)
+    {
+        var socket = new Socket(listen.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            if (listen.AddressFamily == AddressFamily.InterNetworkV6 && listen.Address.Equals(IPAddress.IPv6Any)) socket.DualMode = true;
+            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            socket.Bind(listen);
+            socket.Listen(4096);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+        _listeners.Add(socket);
+        _acceptLoops.Add(AcceptLoopAsync(socket, kind));
+        return (IPEndPoint)socket.LocalEndPoint!;
+    }
+
+    private async Task AcceptLoopAsync(Socket listener, CandidateKind kind)
+    {
+        while (!_stop.IsCancellationRequested)
+        {
+            Socket socket;
+            try { socket = await listener.AcceptAsync(_stop.Token).ConfigureAwait(false); }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { return; }
+            catch (SocketException e)
+            {
+                if (_stop.IsCancellationRequested) return;
+                _log.LogWarning("accept failed: {Message}", e.Message);
+                try { await Task.Delay(100, _stop.Token).ConfigureAwait(false); }
+                catch (OperationCanceledException) { return; }
+                continue;
+            }
+            Interlocked.Increment(ref _accepted);
+            if (!Admit((socket.RemoteEndPoint as IPEndPoint)?.Address))
+            {
+                socket.Dispose(); // §5.5: over a limit, closed at once
+                continue;
+            }
+            _ = ServeBinaryAsync(socket, kind);
+        }
+    }
+
+    private async Task ServeBinaryAsync(Socket socket, CandidateKind kind)
+    {
+        var remote = socket.RemoteEndPoint;
+        var source = (remote as IPEndPoint)?.Address;
+        Stream stream = new NetworkStream(socket, ownsSocket: true);
+        bool handedOver = false;
+        try
+        {
+            socket.NoDelay = true;
+            JetRequest? request;
+            int status;
+            string? problem;
+            byte[] early;
+            using (var limit = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token))
+            {
+                limit.CancelAfter(_options.HandshakeTimeout);
+                try
+                {
+                    if (kind == CandidateKind.Tls)
+                    {
+                        var tcp = stream;
+                        var tls = new SslStream(tcp, leaveInnerStreamOpen: false);
+                        stream = new JetTlsStream(tls, tcp);
+                        await tls.AuthenticateAsServerAsync(new SslServerAuthenticationOptions
+                        {
+                            ServerCertificateContext = _certificateContext,
+                            EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
+                        }, limit.Token).ConfigureAwait(false);
+                    }
+                    (status, request, problem, early) = await ReadRequestAsync(stream, limit.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (!_stop.IsCancellationRequested)
+                {
+                    Interlocked.Increment(ref _errors);
+                    _log.LogInformation("{Kind} {Remote}: no complete JET request within {Seconds}s; 408 and close", Lower(kind), remote, _options.HandshakeTimeout.TotalSeconds);
+                    await RespondAndCloseAsync(stream, 408).ConfigureAwait(false);
+                    return;
+                }
+                catch (AuthenticationException e)
+                {
+                    Interlocked.Increment(ref _errors);
+                    _log.LogInformation("tls {Remote}: handshake failed: {Error}", remote, e.Message);
+                    return;
+                }
+            }
+            if (request is null)
+            {
+                Interlocked.Increment(ref _errors);
+                _log.LogInformation("{Kind} {Remote}: {Status}: {Problem}", Lower(kind), remote, status, problem);
+                await RespondAndCloseAsync(stream, status).ConfigureAwait(false);
+                return;
+            }
+
+            switch (request.Method)
+            {
+                case JetMethod.Test:
+                    {
+                        int s = TryTest(request, out string why);
+                        if (s != 200) _log.LogInformation("{Kind} {Remote}: test {Aid}/{Cid}: {Status}: {Problem}", Lower(kind), remote, request.Association, request.Candidate, s, why);
+                        await RespondAndCloseAsync(stream, s).ConfigureAwait(false);
+                        return;
+                    }
+                case JetMethod.Accept:
+                    {
+                        var waiter = new Waiter(stream, early, socket);
+                        int s = TryAccept(request, kind, waiter, out var a, out var c, out string why);
+                        if (s != 0)
+                        {
+                            Interlocked.Increment(ref _errors);
+                            _log.LogInformation("{Kind} {Remote}: accept {Aid}/{Cid}: {Status}: {Problem}", Lower(kind), remote, request.Association, request.Candidate, s, why);
+                            await RespondAndCloseAsync(stream, s).ConfigureAwait(false);
+                            return;
+                        }
+                        if (request.IsV1)
+                        {
+                            // §3.3: only the v1 acceptor gets a response, naming its new association.
+                            string text = JetWire.BuildResponse(200, new("Jet-Version", "1"), new("Jet-Instance", _options.Instance),
+                                new("Jet-Association", a!.Id.ToString("D")), new("Jet-Timeout", ((int)_options.AssociationTimeout.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture)));
+                            using var limit = new CancellationTokenSource(ResponseLimit);
+                            await stream.WriteAsync(JetWire.BuildPacket(text), limit.Token).ConfigureAwait(false);
+                        }
+                        _log.LogDebug("{Kind} {Remote}: accepted {Aid}/{Cid}", Lower(kind), remote, a!.Id, c!.Id);
+                        await WaitAsAcceptorAsync(a, c, waiter).ConfigureAwait(false);
+                        return;
+                    }
+                default:
+                    {
+                        int s = TryConnect(request, claim: true, out var a, out var c, out var acceptor, out string why);
+                        if (s != 0)
+                        {
+                            Interlocked.Increment(ref _errors);
+                            _log.LogInformation("{Kind} {Remote}: connect {Aid}/{Cid}: {Status}: {Problem}", Lower(kind), remote, request.Association, request.Candidate, s, why);
+                            await RespondAndCloseAsync(stream, s).ConfigureAwait(false);
+                            return;
+                        }
+                        try
+                        {
+                            using var limit = new CancellationTokenSource(ResponseLimit);
+                            await stream.WriteAsync(JetWire.BuildPacket(ConnectResponse(a!, c!, request)), limit.Token).ConfigureAwait(false);
+                        }
+                        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException)
+                        {
+                            acceptor!.Paired.TrySetResult(true);
+                            Finish(a!, c!);
+                            acceptor.SessionDone.TrySetResult();
+                            throw;
+                        }
+                        handedOver = true;
+                        await using (stream.ConfigureAwait(false))
+                            await RelayAsync(a!, c!, acceptor!, stream, early).ConfigureAwait(false);
+                        return;
+                    }
+            }
+        }
+        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException or EndOfStreamException)
+        {
+            _log.LogDebug("{Kind} {Remote}: {Error}", Lower(kind), remote, e.Message);
+        }
+        finally
+        {
+            Release(source);
+            if (!handedOver) await stream.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    private string ConnectResponse(Association a, Candidate c, JetRequest r) => r.IsV1
+        ? JetWire.BuildResponse(200, new("Jet-Version", "1"), new("Jet-Instance", _options.Instance), new("Jet-Association", a.Id.ToString("D")))
+        : JetWire.BuildResponse(200, new("Jet-Version", r.Version.ToString(System.Globalization.CultureInfo.InvariantCulture)), new("Jet-Instance", _options.Instance),
+            new("Jet-Association", a.Id.ToString("D")), new("Jet-Candidate", c.Id.ToString("D")));
+
+    /// <summary>
+    /// Reads exactly one JET packet and parses its request (§5.4). Returns the status (0 for a
+    /// request) and the bytes that followed the packet in the same reads: they are the peer's first
+    /// relayed bytes, never dropped.
+    /// </summary>
+    internal static async Task<(int Status, JetRequest? Request, string? Problem, byte[] Early)> ReadRequestAsync(Stream stream, CancellationToken ct)
+    {
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(4096);
+        try
+        {
+            int got = 0;
+            int size = 0;
+            byte mask = 0;
+            while (true)
+            {
+                if (got > 0)
+                {
+                    var error = JetWire.ParseHeader(buffer.AsSpan(0, got), out size, out mask);
+                    if (error == JetPacketError.BadSignature) return (400, null, "bad JET signature", []);
+                    if (error == JetPacketError.SizeTooSmall) return (400, null, $"packet size {size} is below 8", []);
+                    if (error == JetPacketError.None)
+                    {
+                        if (got >= size) break;
+                        if (buffer.Length < size)
+                        {
+                            byte[] bigger = ArrayPool<byte>.Shared.Rent(size + 4096);
+                            buffer.AsSpan(0, got).CopyTo(bigger);
+                            ArrayPool<byte>.Shared.Return(buffer);
+                            buffer = bigger;
+                        }
+                    }
+                }
+                int n = await stream.ReadAsync(buffer.AsMemory(got), ct).ConfigureAwait(false);
+                if (n == 0)
+                    return (400, null, got == 0 ? "closed before a JET packet" : size > 0 ? $"closed after {got} of the packet's {size} bytes" : "closed inside the JET header", []);
+                got += n;
+            }
+            var payload = buffer.AsSpan(JetWire.HeaderLength, size - JetWire.HeaderLength);
+            JetWire.ApplyMask(payload, mask);
+            int status = JetWire.ParseRequest(payload, out var request, out string? problem);
+            byte[] early = got > size ? buffer.AsSpan(size, got - size).ToArray() : [];
+            return (status, request, problem, early);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>Non-200 → response, then a close (§5.6): FIN after the response, unread input drained briefly so no RST overtakes it.</summary>
+    private async Task RespondAndCloseAsync(Stream stream, int status)
+    {
+        try
+        {
+            using var limit = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+            limit.CancelAfter(ResponseLimit);
+            var headers = new KeyValuePair<string, string>[] { new("Jet-Instance", _options.Instance), new("Connection", "Close") };
+            await stream.WriteAsync(JetWire.BuildPacket(JetWire.BuildResponse(status, headers)), limit.Token).ConfigureAwait(false);
+            await stream.FlushAsync(limit.Token).ConfigureAwait(false);
+            PtHost.Net.Relay.ShutdownWrite(stream);
+            limit.CancelAfter(LingerLimit);
+            byte[] sink = ArrayPool<byte>.Shared.Rent(4096);
+            try
+            {
+                for (int total = 0; total < 256 * 1024;)
+                {
+                    int n = await stream.ReadAsync(sink, limit.Token).ConfigureAwait(false);
+                    if (n == 0) break;
+                    total += n;
+                }
+            }
+            finally { ArrayPool<byte>.Shared.Return(sink); }
+        }
+        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException) { }
+        finally
+        {
+            await stream.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    private static string Lower(CandidateKind kind) => kind.ToString().ToLowerInvariant();
+}

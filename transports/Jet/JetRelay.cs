@@ -1,0 +1,477 @@
+using System.Buffers;
+using System.Net;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Authentication;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using System.Text;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Newtonsoft.Json.Linq;
+using PtHost.Transports.Zephyr;
+
+namespace PtHost.Transports.Jet;
+
+/// <summary>Counters of a running relay, for the stats line (spec/jet.md §5.7).</summary>
+public readonly record struct JetRelayStats(int Connections, int Associations, long Accepted, long RefusedByLimits, long Sessions, long Errors, long Bytes);
+
+/// <summary>
+/// The JET relay service (spec/jet.md §5). Kestrel serves the REST API and the WebSocket paths
+/// (ws:// on the HTTP listener, wss:// on the HTTPS one); the binary protocol has listeners of its
+/// own (tcp://, tls://) so that a relayed TCP pair moves bytes with splice(2) and half-closes
+/// pass through as FIN. Associations live in this process only: instances share nothing, and
+/// every candidate URL names the instance that issued it.
+/// </summary>
+public sealed partial class JetRelay : IAsyncDisposable
+{
+    private static readonly TimeSpan ResponseLimit = TimeSpan.FromSeconds(5);
+    private static readonly TimeSpan LingerLimit = TimeSpan.FromSeconds(2);
+
+    private readonly JetRelayOptions _options;
+    private readonly ILogger _log;
+    private readonly Action<ILoggingBuilder> _configureLogging;
+    private readonly Lock _lock = new();
+    private readonly Dictionary<Guid, Association> _associations = [];
+    private readonly Dictionary<IPAddress, int> _perSource = [];
+    private readonly CancellationTokenSource _stop = new();
+    private readonly List<Task> _acceptLoops = [];
+    private readonly List<Socket> _listeners = [];
+    private readonly byte[]? _apiKey;
+    private X509Certificate2? _certificate;
+    private SslStreamCertificateContext? _certificateContext;
+    private WebApplication? _web;
+    private Timer? _sweeper, _statsTimer;
+    private int _connections;
+    private long _accepted, _refusedByLimits, _sessions, _errors, _bytes;
+
+    public JetRelay(JetRelayOptions options, ILoggerFactory loggers, Action<ILoggingBuilder> configureLogging)
+    {
+        _options = options;
+        _log = loggers.CreateLogger("PtHost.Relay.Jet");
+        _configureLogging = configureLogging;
+        _apiKey = options.ApiKey is null ? null : Encoding.UTF8.GetBytes(options.ApiKey);
+    }
+
+    /// <summary>The HTTP listener (REST, ws://); valid after <see cref="StartAsync"/>.</summary>
+    public IPEndPoint HttpEndPoint { get; private set; } = null!;
+    public IPEndPoint? TcpEndPoint { get; private set; }
+    public IPEndPoint? TlsEndPoint { get; private set; }
+    public IPEndPoint? WssEndPoint { get; private set; }
+
+    /// <summary>The SHA-256 pin of the tls/wss certificate (64 hex digits), or null without TLS listeners.</summary>
+    public string? CertificatePin => _certificate is null ? null : ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(_certificate));
+
+    /// <summary>Binds every listener. Throws <see cref="SocketException"/> or <see cref="IOException"/> when an address cannot be bound.</summary>
+    public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        if (_options.Tls is not null || _options.Wss is not null)
+        {
+            _certificate = _options.Certificate ?? ZephyrCredentials.Generate(_options.Instance);
+            _certificateContext = SslStreamCertificateContext.Create(_certificate, null, offline: true);
+        }
+        if (_options.Tcp is { } tcp) TcpEndPoint = StartBinaryListener(tcp, CandidateKind.Tcp);
+        if (_options.Tls is { } tls) TlsEndPoint = StartBinaryListener(tls, CandidateKind.Tls);
+
+        var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions { Args = [] });
+        builder.Logging.ClearProviders();
+        _configureLogging(builder.Logging);
+        builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
+        builder.WebHost.UseKestrelCore().ConfigureKestrel(k =>
+        {
+            k.AddServerHeader = false;
+            k.Limits.MaxConcurrentConnections = _options.MaxConnections;
+            k.Limits.MaxConcurrentUpgradedConnections = _options.MaxConnections;
+            k.Limits.RequestHeadersTimeout = _options.HandshakeTimeout;
+            k.Limits.KeepAliveTimeout = TimeSpan.FromSeconds(30);
+            k.Limits.MaxRequestBodySize = 4096;
+            k.Limits.MaxRequestHeaderCount = 32;
+            k.Limits.MaxRequestHeadersTotalSize = 16 * 1024;
+            k.Listen(_options.Listen);
+            if (_options.Wss is { } wss) k.Listen(wss, l => l.UseHttps(h =>
+            {
+                h.ServerCertificate = _certificate;
+                h.HandshakeTimeout = _options.HandshakeTimeout;
+            }));
+        });
+        var web = builder.Build();
+        web.UseWebSockets(new WebSocketOptions { KeepAliveInterval = TimeSpan.FromSeconds(30) });
+        web.Run(HandleHttpAsync);
+        await web.StartAsync(cancellationToken).ConfigureAwait(false);
+        _web = web;
+        foreach (string address in web.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses)
+        {
+            var uri = new Uri(address);
+            var ep = new IPEndPoint(IPAddress.Parse(uri.Host.Trim('[', ']')), uri.Port);
+            if (uri.Scheme == "https") WssEndPoint = ep;
+            else HttpEndPoint = ep;
+        }
+
+        var tick = TimeSpan.FromMilliseconds(Math.Clamp(_options.AssociationTimeout.TotalMilliseconds / 10, 100, 5000));
+        _sweeper = new Timer(_ => Sweep(), null, tick, tick);
+        _statsTimer = new Timer(_ => LogStats(), null, _options.StatsInterval, _options.StatsInterval);
+        _log.LogInformation("jet relay \"{Instance}\": REST and ws on {Http}, tcp {Tcp}, tls {Tls}, wss {Wss}; policy {Policy}, association timeout {Timeout}s{Key}{Pin}",
+            _options.Instance, HttpEndPoint, TcpEndPoint?.ToString() ?? "off", TlsEndPoint?.ToString() ?? "off", WssEndPoint?.ToString() ?? "off",
+            _options.Policy.ToString().ToLowerInvariant(), _options.AssociationTimeout.TotalSeconds, _apiKey is null ? "" : ", API key required",
+            CertificatePin is { } pin ? $", certificate pin {pin}" : "");
+    }
+
+    public JetRelayStats GetStats()
+    {
+        int associations;
+        lock (_lock) associations = _associations.Count;
+        return new JetRelayStats(Volatile.Read(ref _connections), associations, Interlocked.Read(ref _accepted), Interlocked.Read(ref _refusedByLimits),
+            Interlocked.Read(ref _sessions), Interlocked.Read(ref _errors), Interlocked.Read(ref _bytes));
+    }
+
+    public void LogStats()
+    {
+        var s = GetStats();
+        _log.LogInformation("stats: connections={Connections} associations={Associations} accepted={Accepted} refused-by-limits={Refused} sessions={Sessions} errors={Errors} bytes={Bytes}",
+            s.Connections, s.Associations, s.Accepted, s.RefusedByLimits, s.Sessions, s.Errors, s.Bytes);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stop.CancelAsync().ConfigureAwait(false);
+        foreach (var l in _listeners) l.Dispose();
+        await Task.WhenAll(_acceptLoops).ConfigureAwait(false);
+        if (_web is not null)
+        {
+            using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+            try { await _web.StopAsync(limit.Token).ConfigureAwait(false); }
+            catch (OperationCanceledException) { }
+            await _web.DisposeAsync().ConfigureAwait(false);
+        }
+        if (_sweeper is not null) await _sweeper.DisposeAsync().ConfigureAwait(false);
+        if (_statsTimer is not null) await _statsTimer.DisposeAsync().ConfigureAwait(false);
+        List<Waiter> waiting = [];
+        lock (_lock)
+            foreach (var a in _associations.Values)
+                foreach (var c in a.Candidates.Values)
+                    if (c.Waiter is { } w) waiting.Add(w);
+        foreach (var w in waiting) w.Cut();
+        _certificate?.Dispose();
+        _stop.Dispose();
+    }
+
+    // ---- §5.3 candidates ----
+
+    private string CandidateUrl(CandidateKind kind)
+    {
+        string scheme = kind.ToString().ToLowerInvariant();
+        if (_options.External.TryGetValue(kind, out var ext)) return $"{scheme}://{ext}";
+        IPEndPoint? bound = kind switch
+        {
+            CandidateKind.Tcp => TcpEndPoint,
+            CandidateKind.Tls => TlsEndPoint,
+            CandidateKind.Ws => HttpEndPoint,
+            _ => WssEndPoint,
+        };
+        if (bound is null) throw new InvalidOperationException($"no {scheme} listener");
+        string host = _options.ExternalHost ?? HostOf(bound.Address);
+        return $"{scheme}://{new Contract.Destination(host, bound.Port)}";
+    }
+
+    private static string HostOf(IPAddress address)
+    {
+        if (address.Equals(IPAddress.Any)) return "127.0.0.1";
+        if (address.Equals(IPAddress.IPv6Any)) return "::1";
+        return address.ToString();
+    }
+
+    private IEnumerable<CandidateKind> OfferedKinds()
+    {
+        if (TcpEndPoint is not null) yield return CandidateKind.Tcp;
+        if (TlsEndPoint is not null) yield return CandidateKind.Tls;
+        yield return CandidateKind.Ws;
+        if (WssEndPoint is not null) yield return CandidateKind.Wss;
+    }
+
+    // ---- state ----
+
+    private enum CandidateState
+    {
+        Gathered,
+        Accepted,
+        Connected,
+    }
+
+    private sealed class Association(Guid id, bool viaApi, bool v1)
+    {
+        public Guid Id { get; } = id;
+        public bool ViaApi { get; } = viaApi;
+        public bool V1 { get; } = v1;
+        public bool Gathered { get; set; }
+        public Dictionary<Guid, Candidate> Candidates { get; } = [];
+        public long LastUsed { get; set; } = Environment.TickCount64;
+    }
+
+    private sealed class Candidate(Guid id, CandidateKind kind, string url)
+    {
+        public Guid Id { get; } = id;
+        public CandidateKind Kind { get; } = kind;
+        public string Url { get; } = url;
+        public CandidateState State { get; set; }
+        public Waiter? Waiter { get; set; }
+        public int Version { get; set; }
+    }
+
+    /// <summary>An accepted connection waiting for its connector, then for the end of the session.</summary>
+    private sealed class Waiter(Stream stream, ReadOnlyMemory<byte> early, Socket? socket, CancellationToken hangUp = default)
+    {
+        /// <summary>Fires when a WebSocket acceptor's connection ends (Kestrel's RequestAborted).</summary>
+        public CancellationToken HangUp { get; } = hangUp;
+        public Stream Stream { get; } = stream;
+        /// <summary>Bytes that followed the accept request in the same read: relayed first (§5.4).</summary>
+        public ReadOnlyMemory<byte> Early { get; } = early;
+        public Socket? Socket { get; } = socket;
+        public TaskCompletionSource<bool> Paired { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public TaskCompletionSource SessionDone { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public void Cut() => Paired.TrySetResult(false);
+    }
+
+    private void Touch(Association a) => a.LastUsed = Environment.TickCount64;
+
+    /// <summary>§5.5: removes associations unused for the association timeout (no waiting or relayed connection).</summary>
+    private void Sweep()
+    {
+        long now = Environment.TickCount64;
+        long limit = (long)_options.AssociationTimeout.TotalMilliseconds;
+        List<Guid> expired = [];
+        lock (_lock)
+        {
+            foreach (var a in _associations.Values)
+                if (now - a.LastUsed > limit && a.Candidates.Values.All(c => c.State == CandidateState.Gathered)) expired.Add(a.Id);
+            foreach (var id in expired) _associations.Remove(id);
+        }
+        foreach (var id in expired) _log.LogDebug("association {Aid} expired after {Seconds}s unused", id, _options.AssociationTimeout.TotalSeconds);
+    }
+
+    /// <summary>§5.5: a finished session removes its candidate; an association left without candidates goes too.</summary>
+    private void Finish(Association a, Candidate c)
+    {
+        lock (_lock)
+        {
+            a.Candidates.Remove(c.Id);
+            Touch(a);
+            if (a.Candidates.Count == 0 && _associations.TryGetValue(a.Id, out var held) && held == a) _associations.Remove(a.Id);
+        }
+    }
+
+    private Association? CreateAssociation(Guid id, bool viaApi, bool v1)
+    {
+        lock (_lock)
+        {
+            if (_associations.Count >= _options.MaxAssociations || _associations.ContainsKey(id)) return null;
+            var a = new Association(id, viaApi, v1);
+            _associations[id] = a;
+            return a;
+        }
+    }
+
+    /// <summary>
+    /// The accept rules (§5.4): returns 0 and registers <paramref name="waiter"/>, or the status.
+    /// </summary>
+    private int TryAccept(JetRequest r, CandidateKind arrivedOn, Waiter waiter, out Association? association, out Candidate? candidate, out string problem)
+    {
+        association = null;
+        candidate = null;
+        problem = "";
+        lock (_lock)
+        {
+            if (r.IsV1)
+            {
+                var aid = Guid.NewGuid();
+                if (_associations.Count >= _options.MaxAssociations) { problem = "association limit reached"; return 503; }
+                association = new Association(aid, viaApi: false, v1: true);
+                _associations[aid] = association;
+                candidate = new Candidate(Guid.Empty, arrivedOn, "") { State = CandidateState.Accepted, Waiter = waiter, Version = r.Version };
+                association.Candidates[Guid.Empty] = candidate;
+                return 0;
+            }
+            if (!_associations.TryGetValue(r.Association, out association))
+            {
+                if (_options.Policy != AssociationPolicy.Any) { problem = $"unknown association {r.Association}"; return 400; }
+                if (_associations.Count >= _options.MaxAssociations) { problem = "association limit reached"; return 503; }
+                association = new Association(r.Association, viaApi: false, v1: false);
+                _associations[r.Association] = association;
+            }
+            if (association.V1) { problem = "a v1 association takes no v2 accept"; return 400; }
+            if (!association.Candidates.TryGetValue(r.Candidate, out candidate))
+            {
+                if (_options.Policy != AssociationPolicy.Any || association.Gathered)
+                {
+                    problem = $"unknown candidate {r.Candidate} of association {r.Association}";
+                    return 404;
+                }
+                candidate = new Candidate(r.Candidate, arrivedOn, CandidateUrl(arrivedOn));
+                association.Candidates[r.Candidate] = candidate;
+            }
+            if (candidate.Kind != arrivedOn)
+            {
+                problem = $"candidate {r.Candidate} is a {candidate.Kind.ToString().ToLowerInvariant()} candidate, this is the {arrivedOn.ToString().ToLowerInvariant()} listener";
+                return 400;
+            }
+            if (candidate.State != CandidateState.Gathered) { problem = $"candidate {r.Candidate} is already {candidate.State.ToString().ToLowerInvariant()}"; return 400; }
+            candidate.State = CandidateState.Accepted;
+            candidate.Waiter = waiter;
+            candidate.Version = r.Version;
+            Touch(association);
+            return 0;
+        }
+    }
+
+    /// <summary>The connect rules (§5.4), checked without claiming (<paramref name="claim"/> false) or claiming the waiting acceptor.</summary>
+    private int TryConnect(JetRequest r, bool claim, out Association? association, out Candidate? candidate, out Waiter? waiter, out string problem)
+    {
+        association = null;
+        candidate = null;
+        waiter = null;
+        problem = "";
+        lock (_lock)
+        {
+            if (!_associations.TryGetValue(r.Association, out association)) { problem = $"unknown association {r.Association}"; return 404; }
+            if (association.V1 != r.IsV1) { problem = "version mismatch (v1 and v2 do not mix)"; return 400; }
+            var cid = r.IsV1 ? Guid.Empty : r.Candidate;
+            if (!association.Candidates.TryGetValue(cid, out candidate)) { problem = $"unknown candidate {cid}"; return 404; }
+            if (candidate.State == CandidateState.Gathered || candidate.Waiter is null) { problem = $"candidate {cid} is not accepted yet"; return 400; }
+            if (candidate.State == CandidateState.Connected) { problem = $"candidate {cid} is already connected"; return 400; }
+            if (!r.IsV1 && candidate.Version != r.Version) { problem = $"version mismatch: accepted with {candidate.Version}, connect with {r.Version}"; return 400; }
+            if (!claim) return 0;
+            waiter = candidate.Waiter;
+            candidate.State = CandidateState.Connected;
+            Touch(association);
+            return 0;
+        }
+    }
+
+    private int TryTest(JetRequest r, out string problem)
+    {
+        problem = "";
+        lock (_lock)
+        {
+            if (!_associations.TryGetValue(r.Association, out var a)) { problem = $"unknown association {r.Association}"; return 404; }
+            if (!a.Candidates.ContainsKey(r.Candidate)) { problem = $"unknown candidate {r.Candidate}"; return 404; }
+            Touch(a);
+            return 200;
+        }
+    }
+
+    /// <summary>
+    /// The acceptor's side after registration: waits for the connector (at most the association
+    /// timeout, or until the acceptor hangs up), then for the session to end.
+    /// </summary>
+    private async Task WaitAsAcceptorAsync(Association a, Candidate c, Waiter w)
+    {
+        using var watch = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+        using var hangUp = CancellationTokenSource.CreateLinkedTokenSource(watch.Token, w.HangUp);
+        var gone = w.Socket is { } s && w.Early.IsEmpty ? WatchHangUpAsync(s, watch.Token)
+            : w.HangUp.CanBeCanceled ? WaitCancelledAsync(hangUp.Token) : Task.Delay(Timeout.Infinite, watch.Token);
+        var limit = Task.Delay(_options.AssociationTimeout, watch.Token);
+        var first = await Task.WhenAny(w.Paired.Task, gone, limit).ConfigureAwait(false);
+        await watch.CancelAsync().ConfigureAwait(false);
+        bool paired;
+        lock (_lock)
+        {
+            paired = c.State == CandidateState.Connected && c.Waiter == w;
+            if (!paired && c.Waiter == w)
+            {
+                c.State = CandidateState.Gathered;
+                c.Waiter = null;
+                if (a.V1) _associations.Remove(a.Id);
+                Touch(a);
+            }
+        }
+        if (!paired)
+        {
+            _log.LogDebug("association {Aid} candidate {Cid}: acceptor {Why} before a connector came", a.Id, c.Id,
+                first == gone ? "hung up" : first == limit ? "timed out" : "was cut (DELETE or shutdown)");
+            return;
+        }
+        await w.SessionDone.Task.ConfigureAwait(false);
+    }
+
+    /// <summary>Completes (successfully) when <paramref name="ct"/> fires.</summary>
+    private static async Task WaitCancelledAsync(CancellationToken ct)
+    {
+        try { await Task.Delay(Timeout.Infinite, ct).ConfigureAwait(false); }
+        catch (OperationCanceledException) { }
+    }
+
+    /// <summary>Completes when the socket reaches end of stream or fails, without consuming data.</summary>
+    private static async Task WatchHangUpAsync(Socket s, CancellationToken ct)
+    {
+        try
+        {
+            await s.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None, ct).ConfigureAwait(false);
+            if (s.Available > 0) await Task.Delay(Timeout.Infinite, ct).ConfigureAwait(false); // data, not a hang-up
+        }
+        catch (SocketException) { }
+        catch (ObjectDisposedException) { }
+    }
+
+    /// <summary>The connector's side once it has claimed the acceptor: early bytes first, then bytes both ways until both ends finish (§5.4).</summary>
+    private async Task RelayAsync(Association a, Candidate c, Waiter acceptor, Stream connector, ReadOnlyMemory<byte> connectorEarly)
+    {
+        Interlocked.Increment(ref _sessions);
+        acceptor.Paired.TrySetResult(true);
+        _log.LogDebug("association {Aid} candidate {Cid}: paired", a.Id, c.Id);
+        try
+        {
+            using var limit = new CancellationTokenSource(_options.HandshakeTimeout);
+            if (!connectorEarly.IsEmpty) await acceptor.Stream.WriteAsync(connectorEarly, limit.Token).ConfigureAwait(false);
+            if (!acceptor.Early.IsEmpty) await connector.WriteAsync(acceptor.Early, limit.Token).ConfigureAwait(false);
+            Interlocked.Add(ref _bytes, connectorEarly.Length + acceptor.Early.Length);
+            await PtHost.Net.Relay.RunAsync(connector, acceptor.Stream, Count, Count, _stop.Token).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
+        {
+            _log.LogDebug("association {Aid} candidate {Cid}: session ended: {Error}", a.Id, c.Id, e.Message);
+        }
+        finally
+        {
+            Finish(a, c);
+            acceptor.SessionDone.TrySetResult();
+            _log.LogDebug("association {Aid} candidate {Cid}: session finished, candidate removed", a.Id, c.Id);
+        }
+    }
+
+    private void Count(long n) => Interlocked.Add(ref _bytes, n);
+
+    /// <summary>§5.5: takes a connection slot (total and per source), or refuses.</summary>
+    private bool Admit(IPAddress? source)
+    {
+        var address = source ?? IPAddress.None;
+        if (address.IsIPv4MappedToIPv6) address = address.MapToIPv4();
+        lock (_perSource)
+        {
+            int from = _perSource.GetValueOrDefault(address);
+            if (_connections >= _options.MaxConnections || from >= _options.MaxPerSource)
+            {
+                Interlocked.Increment(ref _refusedByLimits);
+                return false;
+            }
+            _connections++;
+            _perSource[address] = from + 1;
+            return true;
+        }
+    }
+
+    private void Release(IPAddress? source)
+    {
+        var address = source ?? IPAddress.None;
+        if (address.IsIPv4MappedToIPv6) address = address.MapToIPv4();
+        lock (_perSource)
+        {
+            _connections--;
+            if (_perSource.TryGetValue(address, out int n) && n > 1) _perSource[address] = n - 1;
+            else _perSource.Remove(address);
+        }
+    }
+}

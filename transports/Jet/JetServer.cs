@@ -1,0 +1,553 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Authentication;
+using System.Security.Cryptography.X509Certificates;
+using Microsoft.Extensions.Logging;
+using Newtonsoft.Json.Linq;
+using PtHost.Contract;
+using PtHost.Transports.Plain;
+using PtHost.Transports.Zephyr;
+
+namespace PtHost.Transports.Jet;
+
+/// <summary>The server factory: generates configurations and starts <see cref="JetServerManager"/>s.</summary>
+internal sealed class JetServer(TransportEnvironment context, JetServerOptions options) : IServerFactory
+{
+    public const string CertificateFile = "server-cert.pem";
+    public const string KeyFile = "server-key.pem";
+
+    /// <summary>A fresh server and client certificate, each side pinning the other (§7.4).</summary>
+    public GeneratedConfiguration GenerateConfiguration()
+    {
+        using var server = ZephyrCredentials.Generate("jet server");
+        using var client = ZephyrCredentials.Generate("jet client");
+        var clientOptions = new JObject
+        {
+            ["serverPin"] = ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(server)),
+            ["certificate"] = ZephyrCredentials.CertificatePem(client),
+            ["key"] = ZephyrCredentials.KeyPem(client),
+        };
+        var serverOptions = new JObject
+        {
+            ["certificate"] = ZephyrCredentials.CertificatePem(server),
+            ["key"] = ZephyrCredentials.KeyPem(server),
+            ["clientPins"] = new JArray(ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(client))),
+        };
+        return new(clientOptions, serverOptions);
+    }
+
+    public ValueTask<IServerManager> ListenAsync(ServerBinding binding, CancellationToken cancellationToken) => StartAsync(binding);
+
+    public ValueTask<IServerManager> ProxyAsync(ServerBinding binding, CancellationToken cancellationToken) => StartAsync(binding);
+
+    private ValueTask<IServerManager> StartAsync(ServerBinding binding)
+    {
+        if (options.ClientPins.Count == 0)
+            throw new TransportOptionsException("jet server option \"clientPins\" is required: the pins of the client certificates allowed in (pthost generate-config jet)");
+        if (options.Relay is null && !options.Direct)
+            throw new TransportOptionsException("jet server needs \"relay\" (the relay's REST base URL) or \"direct\" in \"kinds\"");
+        if (options.Relay is null && options.Kinds.Any(k => k != "direct"))
+            throw new TransportOptionsException("jet server: \"kinds\" names relay candidates but \"relay\" is not set");
+        var cert = options.Certificate ?? LoadOrCreateStateCertificate();
+        return ValueTask.FromResult<IServerManager>(new JetServerManager(context, options, cert, binding));
+    }
+
+    /// <summary>The server certificate kept in the state directory, created on first use (§7.4).</summary>
+    private X509Certificate2 LoadOrCreateStateCertificate()
+    {
+        string certPath = Path.Combine(context.StateDirectory, CertificateFile), keyPath = Path.Combine(context.StateDirectory, KeyFile);
+        if (File.Exists(certPath) && File.Exists(keyPath))
+            return ZephyrCredentials.FromPem(File.ReadAllText(certPath), File.ReadAllText(keyPath), $"jet server (state directory {context.StateDirectory})");
+        using var cert = ZephyrCredentials.Generate("jet server");
+        Directory.CreateDirectory(context.StateDirectory);
+        var keyOptions = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write };
+        if (!OperatingSystem.IsWindows()) keyOptions.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        using (var w = new StreamWriter(keyPath, keyOptions)) w.Write(ZephyrCredentials.KeyPem(cert));
+        File.WriteAllText(certPath, ZephyrCredentials.CertificatePem(cert));
+        return X509CertificateLoader.LoadPkcs12(cert.Export(X509ContentType.Pkcs12), null);
+    }
+
+    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+}
+
+/// <summary>
+/// A running jet server (spec/jet.md §7.3, server steps): per offer, an association at the relay,
+/// an accept on each gathered candidate, optionally a direct candidate on its own listener; the
+/// first candidate that carries a TLS session and a preamble is served, the others are closed.
+/// </summary>
+internal sealed class JetServerManager : IServerManager
+{
+    /// <summary>Offers in progress at once; further offers are dropped (and logged).</summary>
+    public const int MaxPendingOffers = 1024;
+    private readonly TransportEnvironment _context;
+    private readonly JetServerOptions _options;
+    private readonly X509Certificate2 _certificate;
+    private readonly SslStreamCertificateContext _certificateContext;
+    private readonly ServerBinding _binding;
+    private readonly ILogger _log;
+    private readonly JetSession _session;
+    private readonly CancellationTokenSource _stopping = new();
+    private readonly CancellationTokenSource _abort = new();
+    private readonly ConcurrentDictionary<string, Offer> _offers = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<Guid, Offer> _direct = new();
+    private readonly ConcurrentDictionary<long, Task> _tasks = new();
+    private readonly Socket? _listener;
+    private readonly Task _signalLoop;
+    private readonly Task _acceptLoop = Task.CompletedTask;
+    private static long s_ids;
+
+    public JetServerManager(TransportEnvironment context, JetServerOptions options, X509Certificate2 certificate, ServerBinding binding)
+    {
+        _context = context;
+        _options = options;
+        _certificate = certificate;
+        _certificateContext = SslStreamCertificateContext.Create(certificate, null, offline: true);
+        _binding = binding;
+        _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Jet");
+        _session = new JetSession(context.Dialer);
+        if (options.Relay?.Scheme is not null && options.ApiKey is not null)
+            _session.Http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", options.ApiKey);
+        LocalEndPoint = binding.BindAddress;
+        if (options.Direct)
+        {
+            var socket = new Socket(binding.BindAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+            try
+            {
+                socket.Bind(binding.BindAddress);
+                socket.Listen(512);
+            }
+            catch
+            {
+                socket.Dispose();
+                throw;
+            }
+            _listener = socket;
+            LocalEndPoint = (IPEndPoint)socket.LocalEndPoint!;
+            _acceptLoop = AcceptDirectAsync(socket);
+        }
+        string pin = ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(certificate));
+        Args = new Dictionary<string, string> { ["pin"] = pin };
+        _log.LogInformation("jet server: certificate pin {Pin}; relay {Relay}; candidates {Kinds}{Direct}", pin, options.Relay?.ToString() ?? "none",
+            string.Join(",", options.Kinds.Order()), options.Direct ? $" (direct on {LocalEndPoint})" : "");
+        _signalLoop = AnswerOffersAsync();
+    }
+
+    public IPEndPoint LocalEndPoint { get; }
+
+    public IReadOnlyDictionary<string, string> Args { get; }
+
+    public TransportStats GetStats() => _context.Counters.Snapshot();
+
+    /// <summary>How long an offer's candidates wait for the client: its race may start a signal timeout late and take a TLS timeout.</summary>
+    private TimeSpan OfferLifetime => _options.SignalTimeout + _options.TlsTimeout + _options.TlsTimeout;
+
+    /// <summary>One client offer: its association, the answer, and its candidate connections.</summary>
+    private sealed class Offer(string nonce, long id)
+    {
+        public string Nonce { get; } = nonce;
+        public long Id { get; } = id;
+        public Guid Association { get; set; }
+        public Guid DirectCandidate { get; set; }
+        public int DirectUsed;
+        public int Claimed;
+        public TaskCompletionSource<JObject> Answer { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public ConcurrentDictionary<int, CancellationTokenSource> Candidates { get; } = new();
+        private int _next;
+        public int NextCandidate() => Interlocked.Increment(ref _next);
+    }
+
+    private async Task AnswerOffersAsync()
+    {
+        try
+        {
+            await foreach (var s in _context.Signals.Incoming.ReadAllAsync(_stopping.Token).ConfigureAwait(false))
+            {
+                if (s.Kind != JetSignals.Offer || s.ClientId is null) continue;
+                if (s.Body is not JObject body || body["nonce"] is not { Type: JTokenType.String } n || ((string)n!).Length is 0 or > JetSignals.MaxNonceLength)
+                {
+                    _log.LogWarning("jet: offer {Id} from {Client} dropped: no valid \"nonce\"", s.MessageId, s.ClientId);
+                    continue;
+                }
+                string nonce = (string)n!;
+                if (_offers.TryGetValue(nonce, out var known))
+                {
+                    // The client sent the same offer again: answer this copy too, with the same candidates.
+                    Track(AnswerAgainAsync(s, known));
+                    continue;
+                }
+                if (_offers.Count >= MaxPendingOffers)
+                {
+                    _log.LogWarning("jet: offer {Id} dropped: {Max} offers in progress", s.MessageId, MaxPendingOffers);
+                    continue;
+                }
+                var offer = new Offer(nonce, Interlocked.Increment(ref s_ids));
+                _offers[nonce] = offer;
+                Track(ServeOfferAsync(s, offer));
+            }
+        }
+        catch (OperationCanceledException) { }
+        catch (System.Threading.Channels.ChannelClosedException) { }
+    }
+
+    private void Track(Task task)
+    {
+        long key = Interlocked.Increment(ref s_ids);
+        _tasks[key] = task;
+        _ = task.ContinueWith(_ => _tasks.TryRemove(key, out Task? _), TaskScheduler.Default);
+    }
+
+    private async Task AnswerAgainAsync(Signal s, Offer offer) => Answer(s, await offer.Answer.Task.ConfigureAwait(false));
+
+    private void Answer(Signal offer, JObject body)
+    {
+        try
+        {
+            _context.Signals.Send(new Signal(JetSignals.Answer, body)
+            {
+                ClientId = offer.ClientId,
+                ReplyTo = offer.MessageId,
+                Expires = DateTimeOffset.UtcNow + _options.SignalTimeout,
+            });
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
+        {
+            _log.LogDebug("jet: answer to {Id} not sent: {Error}", offer.MessageId, e.Message);
+        }
+    }
+
+    /// <summary>§7.3 server steps 1–4 for one offer, then waits for its session (or the offer's lifetime) and cleans up.</summary>
+    private async Task ServeOfferAsync(Signal signal, Offer offer)
+    {
+        var abort = _abort.Token;
+        offer.Association = Guid.NewGuid();
+        var listed = new JArray();
+        var problems = new List<string>();
+        bool created = false;
+        try
+        {
+            if (_options.Relay is { } relay)
+            {
+                try
+                {
+                    var gathered = await CreateAndGatherAsync(relay, offer.Association, abort).ConfigureAwait(false);
+                    created = true;
+                    var accepts = gathered.Where(c => _options.Kinds.Contains(c.Kind)).Select(async c =>
+                    {
+                        using var limit = CancellationTokenSource.CreateLinkedTokenSource(abort);
+                        limit.CancelAfter(_options.TlsTimeout);
+                        try
+                        {
+                            var stream = await _session.OpenAsync(c, JetMethod.Accept, offer.Association, limit.Token).ConfigureAwait(false);
+                            return (c, stream, (string?)null);
+                        }
+                        catch (Exception e) when (e is TransportConnectException or OperationCanceledException)
+                        {
+                            return (c, (Stream?)null, (string?)$"{c.Kind} {c.Url.Authority}: {e.Message}");
+                        }
+                    }).ToList();
+                    foreach (var (c, stream, problem) in await Task.WhenAll(accepts).ConfigureAwait(false))
+                    {
+                        if (stream is null)
+                        {
+                            problems.Add(problem!);
+                            _log.LogInformation("jet offer {Id}: accept on {Problem}; candidate left out", offer.Id, problem);
+                            continue;
+                        }
+                        listed.Add(new JObject { ["id"] = c.Id.ToString("D"), ["url"] = c.Url.ToString().TrimEnd('/') });
+                        Track(ServeCandidateAsync(offer, stream, c.Kind, new DnsEndPoint(c.Url.IdnHost, c.Url.Port)));
+                    }
+                }
+                catch (Exception e) when (e is HttpRequestException or TransportConnectException or InvalidDataException or Newtonsoft.Json.JsonException or TaskCanceledException)
+                {
+                    problems.Add($"relay {relay.Authority}: {e.Message}");
+                    _log.LogWarning("jet offer {Id}: relay {Relay}: {Error}", offer.Id, relay, e.Message);
+                }
+            }
+            if (_options.Direct)
+            {
+                offer.DirectCandidate = Guid.NewGuid();
+                _direct[offer.Association] = offer;
+                var advertised = _options.DirectAddress ?? new Destination(AdvertisedHost(LocalEndPoint.Address), LocalEndPoint.Port);
+                listed.Add(new JObject { ["id"] = offer.DirectCandidate.ToString("D"), ["url"] = $"tcp://{advertised}", ["direct"] = true });
+            }
+            var answer = listed.Count > 0
+                ? new JObject { ["nonce"] = offer.Nonce, ["association"] = offer.Association.ToString("D"), ["candidates"] = listed }
+                : new JObject { ["nonce"] = offer.Nonce, ["error"] = "server has no usable candidate (" + string.Join("; ", problems) + ")" };
+            offer.Answer.TrySetResult(answer);
+            Answer(signal, answer);
+            if (listed.Count == 0)
+            {
+                _context.Counters.SessionFailed();
+                return;
+            }
+            _log.LogDebug("jet offer {Id}: association {Aid}, {Count} candidates offered", offer.Id, offer.Association, listed.Count);
+
+            // Wait for a session to be chosen and to end; without one, the candidates go after the offer's lifetime.
+            try { await offer.Done.Task.WaitAsync(OfferLifetime, abort).ConfigureAwait(false); }
+            catch (TimeoutException)
+            {
+                if (Volatile.Read(ref offer.Claimed) == 0)
+                {
+                    _log.LogInformation("jet offer {Id}: no client came within {Seconds}s; candidates closed", offer.Id, OfferLifetime.TotalSeconds);
+                    _context.Counters.SessionFailed();
+                    CutCandidates(offer, keep: -1);
+                }
+                else await offer.Done.Task.WaitAsync(abort).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException) { }
+        finally
+        {
+            offer.Answer.TrySetResult(new JObject { ["nonce"] = offer.Nonce, ["error"] = "server stopping" });
+            CutCandidates(offer, keep: -1);
+            _direct.TryRemove(offer.Association, out _);
+            if (created) await DeleteAssociationAsync(offer.Association).ConfigureAwait(false);
+            // Copies of the offer may still arrive until it expires: remember the nonce that long.
+            _ = Task.Delay(_options.SignalTimeout + TimeSpan.FromSeconds(5)).ContinueWith(_ => _offers.TryRemove(offer.Nonce, out Offer? _), TaskScheduler.Default);
+        }
+    }
+
+    private static string AdvertisedHost(IPAddress address)
+    {
+        if (address.Equals(IPAddress.Any)) return "127.0.0.1";
+        if (address.Equals(IPAddress.IPv6Any)) return "::1";
+        return address.ToString();
+    }
+
+    private async Task<List<JetCandidate>> CreateAndGatherAsync(Uri relay, Guid association, CancellationToken ct)
+    {
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        limit.CancelAfter(_options.TlsTimeout);
+        using (var created = await _session.Http.PostAsync(new Uri(relay, $"/jet/association/{association:D}"), null, limit.Token).ConfigureAwait(false))
+            if (!created.IsSuccessStatusCode) throw new HttpRequestException($"POST /jet/association answered {(int)created.StatusCode}");
+        using var gather = await _session.Http.PostAsync(new Uri(relay, $"/jet/gather/{association:D}"), null, limit.Token).ConfigureAwait(false);
+        if (!gather.IsSuccessStatusCode) throw new HttpRequestException($"POST /jet/gather answered {(int)gather.StatusCode}");
+        var body = JObject.Parse(await gather.Content.ReadAsStringAsync(limit.Token).ConfigureAwait(false));
+        var result = new List<JetCandidate>();
+        if (body["candidates"] is not JArray list) throw new InvalidDataException("gather answer has no \"candidates\"");
+        foreach (var c in list)
+        {
+            if (c["id"] is { Type: JTokenType.String } id && Guid.TryParse((string)id!, out var cid)
+                && c["url"] is { Type: JTokenType.String } u && Uri.TryCreate((string)u!, UriKind.Absolute, out var url)
+                && url.Scheme is "tcp" or "tls" or "ws" or "wss")
+                result.Add(new JetCandidate(cid, url, Direct: false));
+        }
+        return result;
+    }
+
+    private async Task DeleteAssociationAsync(Guid association)
+    {
+        try
+        {
+            using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+            using var _ = await _session.Http.DeleteAsync(new Uri(_options.Relay!, $"/jet/association/{association:D}"), limit.Token).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is HttpRequestException or OperationCanceledException)
+        {
+            _log.LogDebug("jet: DELETE association {Aid}: {Error}", association, e.Message);
+        }
+    }
+
+    private static void CutCandidates(Offer offer, int keep)
+    {
+        foreach (var (key, cts) in offer.Candidates)
+        {
+            if (key == keep) continue;
+            try { cts.Cancel(); }
+            catch (ObjectDisposedException) { }
+        }
+    }
+
+    /// <summary>
+    /// One candidate connection (§7.3 server step 5): a relay's error packet is logged; otherwise
+    /// TLS 1.3 (pinned client) and the preamble. The first candidate to deliver a preamble is the
+    /// session; the others are closed.
+    /// </summary>
+    private async Task ServeCandidateAsync(Offer offer, Stream stream, string kind, EndPoint remote)
+    {
+        int key = offer.NextCandidate();
+        using var cut = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
+        offer.Candidates[key] = cut;
+        JetTlsStream? tlsStream = null;
+        Stream? onward = null;
+        bool opened = false;
+        try
+        {
+            Destination? destination;
+            SessionKind sessionKind;
+            SslStream tls;
+            using (var limit = CancellationTokenSource.CreateLinkedTokenSource(cut.Token))
+            {
+                limit.CancelAfter(OfferLifetime);
+                byte[] first = new byte[1];
+                if (await stream.ReadAsync(first, limit.Token).ConfigureAwait(false) == 0) return;
+                if (first[0] == JetWire.Signature[0])
+                {
+                    // The relay refused our accept after all: one JET packet with the status, then a close.
+                    var response = await JetSession.ReadResponseAsync(new PrefixedStream(first, stream), limit.Token).ConfigureAwait(false);
+                    _log.LogInformation("jet offer {Id}: relay refused the {Kind} accept with {Status}", offer.Id, kind, response.Status);
+                    return;
+                }
+                var inner = new PrefixedStream(first, stream);
+                tls = new SslStream(inner, leaveInnerStreamOpen: true);
+                tlsStream = new JetTlsStream(tls, inner);
+                await tls.AuthenticateAsServerAsync(JetSession.ServerTls(_certificateContext, _options.ClientPins), limit.Token).ConfigureAwait(false);
+                try { (destination, sessionKind) = await PlainWire.ReadPreambleAsync(tls, limit.Token).ConfigureAwait(false); }
+                catch (EndOfStreamException)
+                {
+                    _log.LogDebug("jet offer {Id}: {Kind} candidate closed by the client (lost the race)", offer.Id, kind);
+                    return;
+                }
+                catch (InvalidDataException)
+                {
+                    _log.LogInformation("jet offer {Id}: not a preamble inside TLS on the {Kind} candidate; closed", offer.Id, kind);
+                    return;
+                }
+                catch (FormatException e)
+                {
+                    if (Interlocked.CompareExchange(ref offer.Claimed, 1, 0) == 0) _context.Counters.SessionFailed();
+                    await tls.WriteAsync(new[] { (byte)ConnectFailure.AddressTypeNotSupported }, limit.Token).ConfigureAwait(false);
+                    _log.LogInformation("jet offer {Id}: {Error}", offer.Id, e.Message);
+                    offer.Done.TrySetResult();
+                    return;
+                }
+            }
+            if (Interlocked.CompareExchange(ref offer.Claimed, 1, 0) != 0)
+            {
+                _log.LogWarning("jet offer {Id}: a second preamble on the {Kind} candidate; closed", offer.Id, kind);
+                return;
+            }
+            CutCandidates(offer, keep: key);
+            _log.LogDebug("jet offer {Id}: session on the {Kind} candidate", offer.Id, kind);
+            try
+            {
+                onward = await _binding.Handler.OpenAsync(new InboundSession(remote, destination, offer.Id, sessionKind), _abort.Token).ConfigureAwait(false);
+            }
+            catch (TransportConnectException e)
+            {
+                _context.Counters.SessionFailed();
+                _log.LogInformation("jet offer {Id}: {Error}", offer.Id, e.Message);
+                using var replyLimit = new CancellationTokenSource(_options.TlsTimeout);
+                await tls.WriteAsync(new[] { (byte)e.Failure }, replyLimit.Token).ConfigureAwait(false);
+                return;
+            }
+            using (var replyLimit = new CancellationTokenSource(_options.TlsTimeout))
+                await tls.WriteAsync(new byte[] { 0 }, replyLimit.Token).ConfigureAwait(false);
+            opened = true;
+            _context.Counters.SessionOpened();
+            await _binding.Handler.RelayAsync(tlsStream, onward, _abort.Token).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or EndOfStreamException
+            or ObjectDisposedException or AuthenticationException or InvalidDataException)
+        {
+            // A candidate that lost the race may be closed mid-handshake: only a refusal with no session chosen is news.
+            if (e is AuthenticationException && Volatile.Read(ref offer.Claimed) == 0) _log.LogWarning("jet offer {Id}: TLS refused on the {Kind} candidate: {Error}", offer.Id, kind, e.Message);
+            else _log.LogDebug("jet offer {Id}: {Kind} candidate ended: {Error}", offer.Id, kind, e.Message);
+        }
+        finally
+        {
+            offer.Candidates.TryRemove(key, out _);
+            if (opened)
+            {
+                _context.Counters.SessionClosed();
+                offer.Done.TrySetResult();
+            }
+            if (onward is not null) await onward.DisposeAsync().ConfigureAwait(false);
+            if (tlsStream is not null) await tlsStream.DisposeAsync().ConfigureAwait(false);
+            else await stream.DisposeAsync().ConfigureAwait(false);
+            if (Volatile.Read(ref offer.Claimed) != 0 && !opened && offer.Candidates.IsEmpty) offer.Done.TrySetResult();
+        }
+    }
+
+    // ---- §7.3 direct candidates ----
+
+    private async Task AcceptDirectAsync(Socket listener)
+    {
+        while (!_stopping.IsCancellationRequested)
+        {
+            Socket socket;
+            try { socket = await listener.AcceptAsync(_stopping.Token).ConfigureAwait(false); }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { return; }
+            catch (SocketException e)
+            {
+                if (_stopping.IsCancellationRequested) return;
+                _log.LogWarning("jet direct: accept failed: {Error}", e.Message);
+                try { await Task.Delay(100, _stopping.Token).ConfigureAwait(false); }
+                catch (OperationCanceledException) { return; }
+                continue;
+            }
+            Track(ServeDirectAsync(socket));
+        }
+    }
+
+    /// <summary>A client's connect on the direct listener: only a live offer's association and its direct candidate are accepted (404 otherwise).</summary>
+    private async Task ServeDirectAsync(Socket socket)
+    {
+        socket.NoDelay = true;
+        var remote = socket.RemoteEndPoint!;
+        var stream = new NetworkStream(socket, ownsSocket: true);
+        bool handedOver = false;
+        try
+        {
+            using var limit = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
+            limit.CancelAfter(_options.TlsTimeout);
+            var (status, request, problem, early) = await JetRelay.ReadRequestAsync(stream, limit.Token).ConfigureAwait(false);
+            Offer? offer = null;
+            if (request is not null)
+            {
+                if (request.Method != JetMethod.Connect || request.IsV1) (status, problem) = (400, "the direct candidate takes v2 connect only");
+                else if (!_direct.TryGetValue(request.Association, out offer) || offer.DirectCandidate != request.Candidate)
+                    (status, problem) = (404, $"unknown association {request.Association} or candidate {request.Candidate}");
+                else if (Interlocked.Exchange(ref offer.DirectUsed, 1) != 0) (status, problem) = (400, "the direct candidate is already connected");
+                else status = 200;
+            }
+            if (status != 200)
+            {
+                _log.LogInformation("jet direct {Remote}: {Status}: {Problem}", remote, status, problem);
+                await stream.WriteAsync(JetWire.BuildPacket(JetWire.BuildResponse(status, new KeyValuePair<string, string>("Connection", "Close"))), limit.Token).ConfigureAwait(false);
+                socket.Shutdown(SocketShutdown.Send);
+                return;
+            }
+            await stream.WriteAsync(JetWire.BuildPacket(JetWire.BuildResponse(200, new("Jet-Version", "2"),
+                new("Jet-Association", request!.Association.ToString("D")), new("Jet-Candidate", request.Candidate.ToString("D")))), limit.Token).ConfigureAwait(false);
+            handedOver = true;
+            Stream s = early.Length > 0 ? new PrefixedStream(early, stream) : stream;
+            await ServeCandidateAsync(offer!, s, "direct", remote).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
+        {
+            _log.LogDebug("jet direct {Remote}: {Error}", remote, e.Message);
+        }
+        finally
+        {
+            if (!handedOver) await stream.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        if (!_stopping.IsCancellationRequested) _stopping.Cancel();
+        _listener?.Dispose();
+        await _signalLoop.ConfigureAwait(false);
+        await _acceptLoop.ConfigureAwait(false);
+        try { await Task.WhenAll(_tasks.Values).WaitAsync(cancellationToken).ConfigureAwait(false); }
+        catch (OperationCanceledException)
+        {
+            _abort.Cancel();
+            await Task.WhenAll(_tasks.Values).ConfigureAwait(false);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync(new CancellationToken(true)).ConfigureAwait(false);
+        _stopping.Dispose();
+        _abort.Dispose();
+        _session.Dispose();
+        _certificate.Dispose();
+    }
+}

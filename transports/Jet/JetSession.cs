@@ -1,0 +1,165 @@
+using System.Net.Http;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Net.WebSockets;
+using System.Security.Authentication;
+using System.Security.Cryptography.X509Certificates;
+using PtHost.Contract;
+using PtHost.Transports.Zephyr;
+
+namespace PtHost.Transports.Jet;
+
+/// <summary>Signal kinds of the jet transport (spec/jet.md §7.2).</summary>
+internal static class JetSignals
+{
+    public const string Offer = "jet.offer";
+    public const string Answer = "jet.answer";
+    public const int MaxNonceLength = 64;
+}
+
+/// <summary>One candidate as the answer lists it (spec/jet.md §7.2).</summary>
+internal sealed record JetCandidate(Guid Id, Uri Url, bool Direct)
+{
+    public string Kind => Direct ? "direct" : Url.Scheme;
+}
+
+/// <summary>
+/// The steps both peers share (spec/jet.md §7.3–7.4): opening a candidate as acceptor or connector
+/// through the host's dialer, and the pinned TLS 1.3 parameters (zephyr's credentials).
+/// </summary>
+internal sealed class JetSession : IDisposable
+{
+    private readonly INetworkDialer _dialer;
+    private readonly SocketsHttpHandler _handler;
+    private readonly HttpMessageInvoker _invoker;
+
+    public JetSession(INetworkDialer dialer)
+    {
+        _dialer = dialer;
+        _handler = new SocketsHttpHandler
+        {
+            // Every connection, REST and WebSocket alike, goes through the host's dialer (upstream proxy, bind address).
+            ConnectCallback = async (ctx, ct) => await dialer.ConnectTcpAsync(new Destination(ctx.DnsEndPoint.Host, ctx.DnsEndPoint.Port), ct).ConfigureAwait(false),
+            // The relay's certificate is not what protects the session: the end-to-end TLS inside is (§7.4).
+            SslOptions = new SslClientAuthenticationOptions { RemoteCertificateValidationCallback = (_, _, _, _) => true },
+            PooledConnectionIdleTimeout = TimeSpan.FromSeconds(30),
+        };
+        _invoker = new HttpMessageInvoker(_handler, disposeHandler: false);
+        Http = new HttpClient(_handler, disposeHandler: false) { Timeout = TimeSpan.FromSeconds(30) };
+    }
+
+    /// <summary>For the relay's REST API.</summary>
+    public HttpClient Http { get; }
+
+    /// <summary>
+    /// Opens <paramref name="candidate"/> for <paramref name="method"/> (accept or connect) and returns the
+    /// byte stream. A connect waits for the 200 (and checks a <c>Jet-Candidate</c> header when one is sent,
+    /// requires it from a direct candidate); an accept returns as soon as its request is written.
+    /// Throws <see cref="TransportConnectException"/>.
+    /// </summary>
+    public async Task<Stream> OpenAsync(JetCandidate candidate, JetMethod method, Guid association, CancellationToken ct)
+    {
+        var url = candidate.Url;
+        if (url.Scheme is "ws" or "wss")
+        {
+            var ws = new ClientWebSocket();
+            try
+            {
+                await ws.ConnectAsync(new Uri(url, $"/jet/{JetWire.MethodName(method)}/{association:D}/{candidate.Id:D}"), _invoker, ct).ConfigureAwait(false);
+                return new JetWebSocketStream(ws);
+            }
+            catch (Exception e) when (e is WebSocketException or HttpRequestException or IOException)
+            {
+                ws.Dispose();
+                throw new TransportConnectException(ConnectFailure.HostUnreachable, $"{url.Scheme} candidate {url.Authority}: {e.Message}", e);
+            }
+            catch
+            {
+                ws.Dispose();
+                throw;
+            }
+        }
+
+        var destination = new Destination(url.IdnHost, url.Port);
+        var tcp = await _dialer.ConnectTcpAsync(destination, ct).ConfigureAwait(false);
+        Stream stream = tcp;
+        try
+        {
+            if (tcp is NetworkStream ns) ns.Socket.NoDelay = true;
+            if (url.Scheme == "tls")
+            {
+                var ssl = new SslStream(tcp, leaveInnerStreamOpen: false);
+                stream = new JetTlsStream(ssl, tcp);
+                await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
+                {
+                    TargetHost = url.IdnHost,
+                    RemoteCertificateValidationCallback = (_, _, _, _) => true,
+                    EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
+                }, ct).ConfigureAwait(false);
+            }
+            await stream.WriteAsync(JetWire.BuildPacket(JetWire.BuildRequest(method, association, candidate.Id, url.Authority)), ct).ConfigureAwait(false);
+            if (method == JetMethod.Connect)
+            {
+                var response = await ReadResponseAsync(stream, ct).ConfigureAwait(false);
+                if (response.Status != 200)
+                    throw new TransportConnectException(ConnectFailure.HostUnreachable, $"{candidate.Kind} candidate {url.Authority} answered {response.Status}");
+                string? named = response.Header("Jet-Candidate");
+                if ((candidate.Direct && named is null) || (named is not null && (!Guid.TryParse(named, out var cid) || cid != candidate.Id)))
+                    throw new TransportConnectException(ConnectFailure.General, $"{candidate.Kind} candidate {url.Authority} answered for another candidate ({named ?? "none named"})");
+            }
+            return stream;
+        }
+        catch (Exception e) when (e is IOException or SocketException or AuthenticationException or EndOfStreamException or InvalidDataException)
+        {
+            await stream.DisposeAsync().ConfigureAwait(false);
+            throw new TransportConnectException(ConnectFailure.HostUnreachable, $"{candidate.Kind} candidate {url.Authority}: {e.Message}", e);
+        }
+        catch
+        {
+            await stream.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>Reads exactly one JET packet (never a byte past it) and parses the response in it.</summary>
+    public static async Task<JetResponse> ReadResponseAsync(Stream stream, CancellationToken ct)
+    {
+        byte[] header = new byte[JetWire.HeaderLength];
+        await stream.ReadExactlyAsync(header, ct).ConfigureAwait(false);
+        if (JetWire.ParseHeader(header, out int size, out byte mask) != JetPacketError.None) throw new InvalidDataException("not a JET packet");
+        byte[] payload = new byte[size - JetWire.HeaderLength];
+        await stream.ReadExactlyAsync(payload, ct).ConfigureAwait(false);
+        JetWire.ApplyMask(payload, mask);
+        return JetWire.TryParseResponse(payload, out var response, out string? problem) ? response! : throw new InvalidDataException(problem);
+    }
+
+    public static SslClientAuthenticationOptions ClientTls(SslStreamCertificateContext own, byte[] serverPin)
+    {
+        var pins = new[] { serverPin };
+        return new SslClientAuthenticationOptions
+        {
+            TargetHost = "",
+            EnabledSslProtocols = SslProtocols.Tls13,
+            CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
+            ClientCertificateContext = own,
+            // The pin is the whole trust decision (§7.4).
+            RemoteCertificateValidationCallback = (_, cert, _, _) => ZephyrCredentials.Matches(cert, pins),
+        };
+    }
+
+    public static SslServerAuthenticationOptions ServerTls(SslStreamCertificateContext own, IReadOnlyList<byte[]> clientPins) => new()
+    {
+        EnabledSslProtocols = SslProtocols.Tls13,
+        CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
+        ServerCertificateContext = own,
+        ClientCertificateRequired = true,
+        RemoteCertificateValidationCallback = (_, cert, _, _) => ZephyrCredentials.Matches(cert, clientPins),
+    };
+
+    public void Dispose()
+    {
+        Http.Dispose();
+        _invoker.Dispose();
+        _handler.Dispose();
+    }
+}
