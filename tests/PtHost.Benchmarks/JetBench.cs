@@ -145,7 +145,7 @@ public static class JetBench
             socks5 127.0.0.1 {chain.Socks.Port}
 
             """).ConfigureAwait(false);
-        var (gbps, _) = await Measurements.IperfOnceAsync(ctx, port, [ctx.Proxychains!, "-q", "-f", conf]).ConfigureAwait(false);
+        var (gbps, _) = await Measurements.IperfOnceAsync(ctx, port, port, [ctx.Proxychains!, "-q", "-f", conf]).ConfigureAwait(false);
         return gbps;
     }
 
