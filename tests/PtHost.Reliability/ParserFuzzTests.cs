@@ -135,6 +135,64 @@ public class ParserFuzzTests(ITestOutputHelper output)
     [Fact]
     public Task Socks5_request_survives_mutation() => FuzzSocks("request", 1004, Seeds.Requests, Request, [0x01, 0x04, 0x07, 0x08]);
 
+    public static readonly SocksParse Socks4Request = (ref ReadOnlySequence<byte> b, out string? r, out Socks5Error e) =>
+    {
+        var s = Socks4.TryParseRequest(ref b, out var d, out var user, out e);
+        r = s == ParseStatus.Done ? $"{d}|{user}" : null;
+        return s;
+    };
+
+    public static readonly SocksParse ExtOrPortCommand = (ref ReadOnlySequence<byte> b, out string? r, out Socks5Error e) =>
+    {
+        e = default;
+        var s = ExtOrPort.ExtOrPortWire.TryParseCommand(ref b, out ushort cmd, out var body);
+        r = s == ParseStatus.Done ? $"{cmd:x4}:{Convert.ToHexString(body.ToArray())}" : null;
+        return s;
+    };
+
+    public static readonly SocksParse ExtOrPortAuthTypes = (ref ReadOnlySequence<byte> b, out string? r, out Socks5Error e) =>
+    {
+        e = default;
+        var s = ExtOrPort.ExtOrPortWire.TryParseAuthTypes(ref b, out bool safeCookie);
+        r = s == ParseStatus.Done ? safeCookie.ToString() : null;
+        return s;
+    };
+
+    private static readonly byte[][] Socks4Seeds =
+    [
+        [4, 1, 0, 80, 127, 0, 0, 1, 0],
+        [4, 1, 1, 187, 192, 0, 2, 7, .. "cert=abc;iat-mode=0"u8.ToArray(), 0],
+        [4, 1, 0, 80, 0, 0, 0, 1, 0, .. "bridge.example"u8.ToArray(), 0],
+        [4, 2, 0, 80, 10, 0, 0, 1, .. "k=v"u8.ToArray(), 0],
+    ];
+
+    private static readonly byte[][] ExtOrPortCommandSeeds =
+    [
+        [0x10, 0x00, 0x00, 0x00], [0x10, 0x01, 0x00, 0x00], [0x10, 0x02, 0x00, 0x03, 1, 2, 3],
+        [0x00, 0x01, 0x00, 0x0e, .. "127.0.0.1:4321"u8.ToArray()], [0x00, 0x02, 0x00, 0x05, .. "plain"u8.ToArray()],
+    ];
+
+    private static readonly byte[][] ExtOrPortAuthSeeds = [[1, 0], [3, 1, 0], [0], [2, 3, 4, 0]];
+
+    [Fact]
+    public Task Socks4_request_survives_mutation() => FuzzSocks("socks4", 1005, Socks4Seeds, Socks4Request, [Socks4.ReplyRejected]);
+
+    [Fact]
+    public Task ExtOrPort_reply_frames_survive_mutation() => FuzzSocks("extorport-command", 1006, ExtOrPortCommandSeeds, ExtOrPortCommand, [0]);
+
+    [Fact]
+    public Task ExtOrPort_auth_type_lists_survive_mutation() => FuzzSocks("extorport-auth", 1007, ExtOrPortAuthSeeds, ExtOrPortAuthTypes, [0]);
+
+    /// <summary>TOR_PT_SERVER_TRANSPORT_OPTIONS and TOR_PT_SERVER_BINDADDR: only EnvironmentException.</summary>
+    [Fact]
+    public Task Tor_environment_values_survive_mutation() => FuzzStrings("tor-env", 2101,
+        ["plain:k=v;plain:a\\:b=c\\;d", "obfs4:cert=x;obfs4:iat-mode=0", "plain-127.0.0.1:9100,obfs4-[::1]:443", "a:b=c;"],
+        text =>
+        {
+            try { PtConfig.ParseServerTransportOptions(text, ["plain", "obfs4", "a"]); } catch (EnvironmentException) { }
+            try { PtConfig.ParseServerBindAddresses(text, ["plain", "obfs4"]); } catch (EnvironmentException) { }
+        });
+
     private async Task FuzzStrings(string name, int seed, string[] seeds, Action<string> check)
     {
         int iterations = Mutator.Iterations(CiIterations);

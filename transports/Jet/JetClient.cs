@@ -5,6 +5,7 @@ using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net;
 using PtHost.Transports.Plain;
 
 namespace PtHost.Transports.Jet;
@@ -79,13 +80,13 @@ internal sealed class JetClient : IClientFactory, IDatagramStreamCarrier
     /// §7.3 step 3: every candidate at once — connect, JET 200, end-to-end TLS 1.3 with the pinned
     /// server. The first to finish wins; the others are cancelled or closed.
     /// </summary>
-    private async Task<(JetCandidate, JetTlsStream)> RaceAsync(long session, Guid association, IReadOnlyList<JetCandidate> candidates, CancellationToken ct)
+    private async Task<(JetCandidate, HalfClosableTlsStream)> RaceAsync(long session, Guid association, IReadOnlyList<JetCandidate> candidates, CancellationToken ct)
     {
         using var race = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var attempts = candidates.Select(c => AttemptAsync(c, association, race.Token)).ToList();
         var errors = new List<string>();
         var pending = attempts.ToList();
-        (JetCandidate, JetTlsStream)? winner = null;
+        (JetCandidate, HalfClosableTlsStream)? winner = null;
         while (pending.Count > 0)
         {
             var done = await Task.WhenAny(pending).ConfigureAwait(false);
@@ -116,7 +117,7 @@ internal sealed class JetClient : IClientFactory, IDatagramStreamCarrier
         throw new TransportConnectException(ConnectFailure.HostUnreachable, "jet: no candidate usable (" + string.Join("; ", errors) + ")");
     }
 
-    private async Task<JetTlsStream> AttemptAsync(JetCandidate candidate, Guid association, CancellationToken ct)
+    private async Task<HalfClosableTlsStream> AttemptAsync(JetCandidate candidate, Guid association, CancellationToken ct)
     {
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
         limit.CancelAfter(_options.TlsTimeout);
@@ -125,7 +126,7 @@ internal sealed class JetClient : IClientFactory, IDatagramStreamCarrier
         {
             stream = await _session.OpenAsync(candidate, JetMethod.Connect, association, limit.Token).ConfigureAwait(false);
             var tls = new SslStream(stream, leaveInnerStreamOpen: true);
-            var result = new JetTlsStream(tls, stream);
+            var result = new HalfClosableTlsStream(tls, stream);
             try
             {
                 await tls.AuthenticateAsClientAsync(JetSession.ClientTls(_certificateContext, _options.ServerPin), limit.Token).ConfigureAwait(false);

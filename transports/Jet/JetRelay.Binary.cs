@@ -1,3 +1,4 @@
+using PtHost.Net;
 using System.Buffers;
 using System.Net;
 using System.Net.Security;
@@ -77,7 +78,7 @@ public sealed partial class JetRelay
                     {
                         var tcp = stream;
                         var tls = new SslStream(tcp, leaveInnerStreamOpen: false);
-                        stream = new JetTlsStream(tls, tcp);
+                        stream = new HalfClosableTlsStream(tls, tcp);
                         await tls.AuthenticateAsServerAsync(new SslServerAuthenticationOptions
                         {
                             ServerCertificateContext = _certificateContext,

@@ -8,6 +8,7 @@ using System.Security.Cryptography.X509Certificates;
 using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net;
 using PtHost.Transports.Plain;
 using PtHost.Transports.Zephyr;
 
@@ -372,7 +373,7 @@ internal sealed class JetServerManager : IServerManager
         int key = offer.NextCandidate();
         using var cut = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
         offer.Candidates[key] = cut;
-        JetTlsStream? tlsStream = null;
+        HalfClosableTlsStream? tlsStream = null;
         Stream? onward = null;
         bool opened = false;
         try
@@ -394,7 +395,7 @@ internal sealed class JetServerManager : IServerManager
                 }
                 var inner = new PrefixedStream(first, stream);
                 tls = new SslStream(inner, leaveInnerStreamOpen: true);
-                tlsStream = new JetTlsStream(tls, inner);
+                tlsStream = new HalfClosableTlsStream(tls, inner);
                 await tls.AuthenticateAsServerAsync(JetSession.ServerTls(_certificateContext, _options.ClientPins), limit.Token).ConfigureAwait(false);
                 try { (destination, sessionKind) = await PlainWire.ReadPreambleAsync(tls, limit.Token).ConfigureAwait(false); }
                 catch (EndOfStreamException)

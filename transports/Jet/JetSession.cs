@@ -5,6 +5,7 @@ using System.Net.WebSockets;
 using System.Security.Authentication;
 using System.Security.Cryptography.X509Certificates;
 using PtHost.Contract;
+using PtHost.Net;
 using PtHost.Transports.Zephyr;
 
 namespace PtHost.Transports.Jet;
@@ -89,7 +90,7 @@ internal sealed class JetSession : IDisposable
             if (url.Scheme == "tls")
             {
                 var ssl = new SslStream(tcp, leaveInnerStreamOpen: false);
-                stream = new JetTlsStream(ssl, tcp);
+                stream = new HalfClosableTlsStream(ssl, tcp);
                 await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
                 {
                     TargetHost = url.IdnHost,

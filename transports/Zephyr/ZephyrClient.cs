@@ -6,6 +6,7 @@ using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net;
 using PtHost.Transports.Plain;
 
 namespace PtHost.Transports.Zephyr;
@@ -55,7 +56,7 @@ internal sealed class ZephyrClient : IClientFactory, IDatagramStreamCarrier
             uint serverZid = await OfferAsync(request.Session, relay, zid, cancellationToken).ConfigureAwait(false);
             await stream.WriteAsync(ZephyrWire.BuildBindRequest(serverZid), cancellationToken).ConfigureAwait(false);
             var tls = new SslStream(stream, leaveInnerStreamOpen: true);
-            var result = new ZephyrTlsStream(tls, stream);
+            var result = new HalfClosableTlsStream(tls, stream);
             try
             {
                 using (var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))

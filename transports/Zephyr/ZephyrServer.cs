@@ -7,6 +7,7 @@ using System.Security.Cryptography.X509Certificates;
 using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net;
 using PtHost.Transports.Plain;
 
 namespace PtHost.Transports.Zephyr;
@@ -212,7 +213,7 @@ internal sealed class ZephyrServerManager : IServerManager
     {
         var abort = _abort.Token;
         Stream? stream = null, onward = null;
-        ZephyrTlsStream? tlsStream = null;
+        HalfClosableTlsStream? tlsStream = null;
         bool opened = false, failed = false;
         try
         {
@@ -236,7 +237,7 @@ internal sealed class ZephyrServerManager : IServerManager
             _log.LogDebug("zephyr session {Id}: relay {Relay} zid {Zid} waits for client zid {Client}", id, relay, zid, clientZid);
 
             var tls = new SslStream(stream, leaveInnerStreamOpen: true);
-            tlsStream = new ZephyrTlsStream(tls, stream);
+            tlsStream = new HalfClosableTlsStream(tls, stream);
             Destination? destination;
             SessionKind kind;
             using (var limit = CancellationTokenSource.CreateLinkedTokenSource(abort))
