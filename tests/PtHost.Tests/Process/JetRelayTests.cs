@@ -406,7 +406,22 @@ public class JetRelayTests
             try { return (await probe.ReadResponseAsync()).Status == 200; }
             catch (Exception e) when (e is IOException or EndOfStreamException) { return false; }
         });
-        await AssertPairsAsync(relay, aid, cid, url.Authority);
+        // And whole pairs again. A pair takes both slots of maxPerSource = 2, and the relay releases a
+        // closed probe's slot a moment after the probe sees its close: retry with a fresh association.
+        await WaitUntilAsync(async () =>
+        {
+            var (freshAid, fresh) = await relay.CreateAndGatherAsync();
+            var (freshCid, freshUrl) = fresh["tcp"];
+            try
+            {
+                await AssertPairsAsync(relay, freshAid, freshCid, freshUrl.Authority).WaitAsync(TimeSpan.FromSeconds(5));
+                return true;
+            }
+            catch (Exception e) when (e is TimeoutException or IOException or EndOfStreamException or System.Net.Sockets.SocketException or Xunit.Sdk.XunitException)
+            {
+                return false;
+            }
+        }, "a pair through the relay once the held connections are gone");
     }
 
     // ---- §5.5 policy ----
