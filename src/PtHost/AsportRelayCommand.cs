@@ -1,6 +1,5 @@
 using System.Net;
 using System.Net.Sockets;
-using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
 using PtHost.Hosting;
 using PtHost.Quic;
@@ -70,19 +69,13 @@ public static class AsportRelayCommand
             return ExitCodes.Unavailable;
         }
 
-        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        void OnSignal(PosixSignalContext context)
-        {
-            context.Cancel = true;
-            stop.TrySetResult();
-        }
-        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
-        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        // Registered now, before the LISTEN line: a signal right after it is handled.
+        var stop = RelayCommand.WaitForStopSignalAsync();
 
         await Console.Out.WriteLineAsync($"LISTEN asport {server.LocalEndPoint} sha256={Convert.ToHexString(options.Certificate.Sha256).ToLowerInvariant()}").ConfigureAwait(false);
         await Console.Out.FlushAsync().ConfigureAwait(false);
 
-        await stop.Task.ConfigureAwait(false);
+        await stop.ConfigureAwait(false);
         log.LogInformation("signal received; closing");
         await server.DisposeAsync().ConfigureAwait(false);
         server.LogStats();

@@ -1,6 +1,5 @@
 using System.Net;
 using System.Net.Sockets;
-using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
 using PtHost.Hosting;
 using PtHost.Transports.Jet;
@@ -75,14 +74,8 @@ internal static class JetRelayCommand
             return ExitCodes.Unavailable;
         }
 
-        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        void OnSignal(PosixSignalContext context)
-        {
-            context.Cancel = true;
-            stop.TrySetResult();
-        }
-        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
-        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        // Registered now, before the LISTEN line: a signal right after it is handled.
+        var stop = RelayCommand.WaitForStopSignalAsync();
 
         string line = $"LISTEN jet {relay.HttpEndPoint}"
             + (relay.TcpEndPoint is { } t ? $" tcp={t}" : "")
@@ -91,7 +84,7 @@ internal static class JetRelayCommand
         await Console.Out.WriteLineAsync(line).ConfigureAwait(false);
         await Console.Out.FlushAsync().ConfigureAwait(false);
 
-        await stop.Task.ConfigureAwait(false);
+        await stop.ConfigureAwait(false);
         log.LogInformation("signal received; closing the listeners");
         relay.LogStats();
         await relay.DisposeAsync().ConfigureAwait(false);

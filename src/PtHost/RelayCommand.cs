@@ -36,6 +36,23 @@ public static class RelayCommand
         };
     }
 
+    /// <summary>
+    /// Completes at the first SIGTERM or SIGINT; both are handled (no default termination), so a relay
+    /// closes its listeners and exits 0 itself. The handlers are registered before this returns.
+    /// </summary>
+    internal static async Task WaitForStopSignalAsync()
+    {
+        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        void OnSignal(PosixSignalContext context)
+        {
+            context.Cancel = true; // we exit ourselves, with code 0
+            stop.TrySetResult();
+        }
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        await stop.Task.ConfigureAwait(false);
+    }
+
     internal static int Help()
     {
         Console.Error.WriteLine(Usage);
@@ -102,14 +119,8 @@ public static class RelayCommand
             return ExitCodes.Unavailable;
         }
 
-        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        void OnSignal(PosixSignalContext context)
-        {
-            context.Cancel = true; // we exit ourselves, with code 0
-            stop.TrySetResult();
-        }
-        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
-        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+        // Registered now, before the LISTEN line: a signal right after it is handled.
+        var stop = RelayCommand.WaitForStopSignalAsync();
 
         var stdout = new Lock();
         void Print(string line)
@@ -124,7 +135,7 @@ public static class RelayCommand
         // spec/zephyr.md §4.7: STATUS lines every stats interval, and one more at shutdown.
         var status = new Timer(_ => Print(StatusLine(relay.GetStats())), null, options.StatsInterval, options.StatsInterval);
 
-        await stop.Task.ConfigureAwait(false);
+        await stop.ConfigureAwait(false);
         log.LogInformation("signal received; closing the listener");
         await status.DisposeAsync().ConfigureAwait(false);
         await relay.DisposeAsync().ConfigureAwait(false);
