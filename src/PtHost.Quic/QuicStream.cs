@@ -137,9 +137,22 @@ public sealed class QuicStream : Stream, PtHost.Contract.IHalfClosable
             _current = next;
             _currentPos = 0;
         }
-        var n = Math.Min(buffer.Length, _current.Length - _currentPos);
-        _current.Buffer.AsSpan(_current.Offset + _currentPos, n).CopyTo(buffer.Span);
-        _currentPos += n;
+        // Fill the caller's buffer from as many queued segments as it holds (a segment is one
+        // packet's worth): one read, one write downstream and one credit update per batch.
+        var span = buffer.Span;
+        var n = 0;
+        while (true)
+        {
+            var take = Math.Min(span.Length - n, _current.Length - _currentPos);
+            _current.Buffer.AsSpan(_current.Offset + _currentPos, take).CopyTo(span[n..]);
+            _currentPos += take;
+            n += take;
+            if (n == span.Length) break;
+            if (!_received.Reader.TryRead(out var more)) break;
+            ReleaseCurrent();
+            _current = more;
+            _currentPos = 0;
+        }
         Interlocked.Add(ref Flags.PendingCredit, n);
         Connection.ScheduleStreamWork(this);
         return n;
