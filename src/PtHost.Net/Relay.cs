@@ -86,12 +86,14 @@ public static class Relay
         catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException) { }
     }
 
-    /// <summary>Closes a stream abortively (RST on a socket) so the peer sees a reset, not a clean end.</summary>
+    /// <summary>Closes a stream abortively (RST on a socket, <see cref="IAbortable.Abort"/> on a
+    /// transport stream) so the peer sees a reset, not a clean end.</summary>
     public static void Abort(Stream s)
     {
         try
         {
             if (s is NetworkStream ns) ns.Socket.LingerState = new LingerOption(true, 0);
+            else if (s is IAbortable a) a.Abort();
             s.Dispose();
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException) { }
