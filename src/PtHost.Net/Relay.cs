@@ -92,7 +92,11 @@ public static class Relay
     {
         try
         {
-            if (s is NetworkStream ns) ns.Socket.LingerState = new LingerOption(true, 0);
+            // Close(0) is .NET's abortive close: SO_LINGER 0 and, when the other direction still has
+            // a receive pending on the socket, a disconnect that sends RST. Setting LingerState and
+            // disposing instead shuts the socket down first when an operation is pending, and the
+            // peer sees a FIN — a clean end — before the RST.
+            if (s is NetworkStream ns) ns.Socket.Close(0);
             else if (s is IAbortable a) a.Abort();
             s.Dispose();
         }
