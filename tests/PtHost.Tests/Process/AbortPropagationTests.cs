@@ -83,36 +83,23 @@ public sealed class AbortPropagationTests
             $"{transport}: expected a connection reset, got {r.Error}");
     }
 
-    [Fact]
-    public async Task A_target_reset_reaches_the_socks_client_as_a_reset_over_plain()
+    [Theory]
+    [InlineData("plain")]
+    [InlineData("rud")]
+    [InlineData("asport")]
+    public async Task A_target_reset_reaches_the_socks_client_as_a_reset(string transport)
     {
         await using var target = new ResettingServer(256 * 1024);
-        await using var chain = await PtChain.StartAsync(PtChain.FreeServer(), ep => PtChain.ClientWith(new JObject { ["serverAddress"] = ep.ToString() }));
-        AssertReset(await ReadUntilEndAsync(chain, target.Port), "plain");
+        await using var relay = transport == "asport" ? await AsportRelayTests.StartRelayAsync() : null;
+        await using var chain = transport switch
+        {
+            "plain" => await PtChain.StartAsync(PtChain.FreeServer(), ep => PtChain.ClientWith(new JObject { ["serverAddress"] = ep.ToString() })),
+            "rud" => await RudChain.StartAsync(),
+            _ => await PtChain.StartAsync(AsportTransportTests.ServerConfig(relay!.EndPoint, $"127.0.0.1:{target.Port}"), _ => AsportTransportTests.ClientConfig()),
+        };
+        AssertReset(await ReadUntilEndAsync(chain, target.Port), transport);
         // The hosts go on serving: a second session is reset the same way, not refused.
-        AssertReset(await ReadUntilEndAsync(chain, target.Port), "plain");
-        Assert.Equal(2, target.Resets);
-    }
-
-    [Fact]
-    public async Task A_target_reset_reaches_the_socks_client_as_a_reset_over_rud()
-    {
-        await using var target = new ResettingServer(256 * 1024);
-        await using var chain = await RudChain.StartAsync();
-        AssertReset(await ReadUntilEndAsync(chain, target.Port), "rud");
-        AssertReset(await ReadUntilEndAsync(chain, target.Port), "rud");
-        Assert.Equal(2, target.Resets);
-    }
-
-    [Fact]
-    public async Task A_target_reset_reaches_the_socks_client_as_a_reset_over_asport()
-    {
-        await using var target = new ResettingServer(256 * 1024);
-        await using var relay = await AsportRelayTests.StartRelayAsync();
-        await using var chain = await PtChain.StartAsync(
-            AsportTransportTests.ServerConfig(relay.EndPoint, $"127.0.0.1:{target.Port}"), _ => AsportTransportTests.ClientConfig());
-        AssertReset(await ReadUntilEndAsync(chain, target.Port), "asport");
-        AssertReset(await ReadUntilEndAsync(chain, target.Port), "asport");
+        AssertReset(await ReadUntilEndAsync(chain, target.Port), transport);
         Assert.Equal(2, target.Resets);
     }
 }
