@@ -5,6 +5,7 @@ using System.Security.Cryptography;
 using PtHost.Contract;
 using PtHost.Reliability.Support;
 using PtHost.Tests.Process;
+using PtHost.Transports.Jet;
 using PtHost.Turn;
 using Xunit.Abstractions;
 
@@ -187,5 +188,98 @@ public class HostileClientTests(ITestOutputHelper output)
         {
             foreach (var u in users) u.Dispose();
         }
+    }
+
+    // ---- JET relay (spec/jet.md §5.5, §5.6) ------------------------------------------------------------
+
+    /// <summary>A v2 pair on the tcp candidate carrying 1 MiB each way, checked by SHA-256: the legitimate session.</summary>
+    private static async Task JetPairAsync(JetRelayProcess relay)
+    {
+        var (aid, candidates) = await relay.CreateAndGatherAsync();
+        var (cid, url) = candidates["tcp"];
+        await using var acceptor = await JetPeer.ConnectAsync(relay.Tcp!);
+        await acceptor.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, url.Authority));
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (!(await relay.Rest.GetStringAsync($"/jet/association/{aid}")).Contains("\"accepted\"", StringComparison.Ordinal))
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the acceptor was not registered");
+            await Task.Delay(50);
+        }
+        await using var connector = await JetPeer.ConnectAsync(relay.Tcp!);
+        await connector.SendRequestAsync(JetWire.BuildRequest(JetMethod.Connect, aid, cid, url.Authority));
+        Assert.Equal(200, (await connector.ReadResponseAsync()).Status);
+        byte[] there = RandomNumberGenerator.GetBytes(1 << 20), back = RandomNumberGenerator.GetBytes(1 << 20);
+        var s1 = connector.SendAsync(there);
+        var s2 = acceptor.SendAsync(back);
+        Assert.Equal(SHA256.HashData(there), SHA256.HashData(await acceptor.ReadExactlyAsync(there.Length)));
+        Assert.Equal(SHA256.HashData(back), SHA256.HashData(await connector.ReadExactlyAsync(back.Length)));
+        await Task.WhenAll(s1, s2);
+    }
+
+    /// <summary>
+    /// Every JET listener at once, 100 connections each (handshakeTimeout 5 s, §5.1): the tcp port gets
+    /// 4 bytes of a JET header (→ 408 then close, §5.6), the tls port a silent or half-started TLS
+    /// handshake, the HTTP port (REST and ws://) unfinished request headers and a body that never
+    /// arrives, the HTTPS port (wss://) a silent TLS handshake. A pair relays bytes meanwhile; all are
+    /// cut by the handshake timeout; the relay's sockets go back to the baseline; memory stays bounded.
+    /// </summary>
+    [Fact]
+    public async Task Jet_slow_clients_on_every_listener_are_cut_by_the_handshake_timeout_while_a_pair_relays()
+    {
+        const int Each = 100;
+        await using var relay = await JetRelayProcess.StartAsync(new Newtonsoft.Json.Linq.JObject { ["handshakeTimeout"] = 5 });
+        int pid = relay.Process.Pid;
+        await JetPairAsync(relay); // warm-up
+        await Task.Delay(500);
+        int sock0 = ProcStats.SocketCount(pid);
+        long rss0 = ProcStats.RssBytes(pid);
+        var aid = Guid.NewGuid();
+        var clock = Stopwatch.StartNew();
+        var groups = new (string What, IPEndPoint Target, byte[] First)[]
+        {
+            ("tcp: 4 bytes of a JET header", relay.Tcp!, "JET\0"u8.ToArray()),
+            ("tls: silent TLS handshake", relay.Tls!, []),
+            ("tls: 5 bytes of a TLS record", relay.Tls!, [0x16, 0x03, 0x01, 0x02, 0x00]),
+            ("http: unfinished request headers", relay.Http, System.Text.Encoding.ASCII.GetBytes($"POST /jet/association/{aid} HTTP/1.1\r\nHost: relay\r\n")),
+            ("http: a body that never arrives", relay.Http, System.Text.Encoding.ASCII.GetBytes($"POST /jet/gather/{aid} HTTP/1.1\r\nHost: relay\r\nContent-Length: 4000\r\n\r\nx")),
+            ("wss: silent TLS handshake", relay.Wss!, []),
+        };
+        var attacks = new List<(string What, Task<List<Hostile.Cut>> Cuts)>();
+        foreach (var g in groups)
+        {
+            var opened = await Hostile.OpenAsync(g.Target, Each, g.First, clock);
+            attacks.Add((g.What, Hostile.AwaitCutsAsync(opened, clock, TimeSpan.FromSeconds(60))));
+        }
+        int sockPeak = ProcStats.SocketCount(pid);
+        // Meanwhile a pair relays bytes and the REST API answers.
+        await JetPairAsync(relay);
+        Assert.Equal(HttpStatusCode.NotFound, (await relay.Rest.GetAsync($"/jet/association/{Guid.NewGuid()}")).StatusCode);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(5) || attacks.Any(a => !a.Cuts.IsCompleted), "the pair is meant to run during the attack");
+        long rssPeak = ProcStats.RssBytes(pid);
+
+        foreach (var (what, cuts) in attacks)
+        {
+            var result = await cuts;
+            // The handshake timer starts at accept, after our clock; generous above for a loaded machine.
+            Hostile.Check(result, 4.0, 30, what, output);
+            if (what.StartsWith("tcp", StringComparison.Ordinal))
+                Assert.All(result, c =>
+                {
+                    Assert.Equal(JetPacketError.None, JetWire.ParseHeader(c.Received, out int size, out byte mask));
+                    var payload = c.Received[JetWire.HeaderLength..size];
+                    JetWire.ApplyMask(payload, mask);
+                    Assert.True(JetWire.TryParseResponse(payload, out var response, out _));
+                    Assert.Equal(408, response!.Status);
+                });
+            if (what.StartsWith("http: unfinished", StringComparison.Ordinal))
+                Assert.All(result, c => Assert.StartsWith("HTTP/1.1 408", System.Text.Encoding.ASCII.GetString(c.Received), StringComparison.Ordinal));
+        }
+        await JetPairAsync(relay);
+        int sock1 = await ProcStats.WaitForSocketsAtMostAsync(pid, sock0 + 2, TimeSpan.FromSeconds(15));
+        long rss1 = ProcStats.RssBytes(pid);
+        output.WriteLine($"jet relay: sockets/pipes {sock0} → {sockPeak} → {sock1}; RSS {rss0 >> 20} → {rssPeak >> 20} (during) → {rss1 >> 20} MiB");
+        Assert.True(sockPeak >= sock0 + groups.Length * Each / 2, "the attack did not hold the relay's sockets");
+        Assert.True(sock1 <= sock0 + 2, ProcStats.FdSummary(pid));
+        Assert.True(rssPeak <= rss0 + (128L << 20), $"RSS grew {rss0 >> 20} → {rssPeak >> 20} MiB");
     }
 }
