@@ -2,10 +2,14 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using System.Security.Cryptography;
+using Microsoft.Extensions.Logging.Abstractions;
 using PtHost.Contract;
 using PtHost.Reliability.Support;
 using PtHost.Tests.Process;
+using PtHost.Quic;
+using PtHost.Transports.Asport;
 using PtHost.Transports.Jet;
+using PtHost.Transports.Rud;
 using PtHost.Turn;
 using Xunit.Abstractions;
 
@@ -281,5 +285,244 @@ public class HostileClientTests(ITestOutputHelper output)
         Assert.True(sockPeak >= sock0 + groups.Length * Each / 2, "the attack did not hold the relay's sockets");
         Assert.True(sock1 <= sock0 + 2, ProcStats.FdSummary(pid));
         Assert.True(rssPeak <= rss0 + (128L << 20), $"RSS grew {rss0 >> 20} → {rssPeak >> 20} MiB");
+    }
+
+    // ---- ASPORT relay (spec/asport.md §2, §3.1) ---------------------------------------------------------
+
+    private static QuicClientOptions AsportQuic => new()
+    {
+        ApplicationProtocols = ["asport"],
+        Verification = QuicPeerVerification.Pinned(AsportRelayTests.Cert.Sha256),
+        IdleTimeout = TimeSpan.FromSeconds(60),
+        HandshakeTimeout = TimeSpan.FromSeconds(30),
+    };
+
+    /// <summary>A TCP connection through the registered public port to an echo server: 256 KiB there and back.</summary>
+    private static async Task AsportEchoAsync(int port)
+    {
+        using var tcp = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        await tcp.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port), cts.Token);
+        var data = RandomNumberGenerator.GetBytes(256 * 1024);
+        var reading = Sessions.ReadAllAsync(tcp, cts.Token);
+        await tcp.SendAsync(data, SocketFlags.None, cts.Token);
+        tcp.Shutdown(SocketShutdown.Send);
+        Assert.Equal(SHA256.HashData(data), SHA256.HashData(await reading));
+    }
+
+    /// <summary>
+    /// 100 QUIC connections that complete the handshake and never open the ClientHello stream are
+    /// closed by the relay at its handshake_timeout (3 s, §3.1); 50 QUIC Initials that are never
+    /// continued (a forwarder passes only the client's first datagram) are given up by the relay
+    /// within the handshake timeout, and it never sends more than 3 × the bytes it received to such
+    /// an unvalidated address (RFC 9000 §8.1). A registered client forwards TCP meanwhile.
+    /// </summary>
+    [Fact]
+    public async Task Asport_silent_quic_connections_and_abandoned_initials_are_cut_while_a_client_forwards()
+    {
+        await using var echo = new EchoServer();
+        await using var relay = await AsportRelayTests.StartRelayAsync();
+        int pid = relay.Process.Pid;
+        await using var legit = new AsportClient(new AsportClientOptions
+        {
+            Server = relay.EndPoint,
+            Verification = QuicPeerVerification.Pinned(AsportRelayTests.Cert.Sha256),
+            User = Guid.Parse("6f0d0f5e-2b4c-4d6a-9c11-0123456789ab"),
+            Password = "correct horse",
+            PortStart = 20000,
+            PortEnd = 60000,
+            LocalTarget = new IPEndPoint(IPAddress.Loopback, echo.Port),
+        }, NullLogger.Instance);
+        legit.Start();
+        int port = await legit.Registered.WaitAsync(TimeSpan.FromSeconds(30));
+        await AsportEchoAsync(port);
+        await Task.Delay(500);
+        int sock0 = ProcStats.SocketCount(pid);
+        long rss0 = ProcStats.RssBytes(pid);
+        var clock = Stopwatch.StartNew();
+
+        // Abandoned Initials: each forwarder relays the client's first datagram and nothing after it.
+        await using var initiator = QuicEndpoint.CreateClient(new IPEndPoint(IPAddress.Loopback, 0));
+        using var stopInitiators = new CancellationTokenSource();
+        var abandoned = Enumerable.Range(0, 50).Select(n => Task.Run(async () =>
+        {
+            using var forwarder = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+            forwarder.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            var connecting = initiator.ConnectAsync((IPEndPoint)forwarder.LocalEndPoint!, AsportQuic, stopInitiators.Token);
+            var buf = new byte[2048];
+            var from = new IPEndPoint(IPAddress.Any, 0);
+            using var window = new CancellationTokenSource(TimeSpan.FromSeconds(16));
+            var first = await forwarder.ReceiveFromAsync(buf, SocketFlags.None, from, window.Token);
+            int sent = first.ReceivedBytes;
+            var started = clock.Elapsed;
+            await forwarder.SendToAsync(buf.AsMemory(0, sent), SocketFlags.None, relay.EndPoint);
+            long fromRelay = 0;
+            int datagrams = 0;
+            var last = started;
+            try
+            {
+                while (true)
+                {
+                    var r = await forwarder.ReceiveFromAsync(buf, SocketFlags.None, from, window.Token);
+                    if (!((IPEndPoint)r.RemoteEndPoint).Equals(relay.EndPoint)) continue; // the initiator's retransmissions: dropped
+                    fromRelay += r.ReceivedBytes;
+                    datagrams++;
+                    last = clock.Elapsed;
+                }
+            }
+            catch (OperationCanceledException) { }
+            _ = connecting.ContinueWith(t => t.Exception, TaskScheduler.Default); // fails once cancelled: expected
+            return (Sent: sent, FromRelay: fromRelay, Datagrams: datagrams, Gave: (last - started).TotalSeconds);
+        })).ToList();
+
+        // Silent connections: the handshake completes, no ClientHello follows.
+        await using var silentEndpoint = QuicEndpoint.CreateClient(new IPEndPoint(IPAddress.Loopback, 0));
+        var silent = new List<(QuicConnection Connection, TimeSpan Started)>();
+        for (int i = 0; i < 100; i++)
+        {
+            var started = clock.Elapsed;
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+            silent.Add((await silentEndpoint.ConnectAsync(relay.EndPoint, AsportQuic, cts.Token), started));
+        }
+        var silentCuts = silent.Select(async s =>
+        {
+            var closed = await Task.WhenAny(s.Connection.Closed, Task.Delay(TimeSpan.FromSeconds(40))) == s.Connection.Closed;
+            return new Hostile.Cut(closed, (clock.Elapsed - s.Started).TotalSeconds, []);
+        }).ToList();
+
+        // Meanwhile the registered client forwards TCP.
+        for (int i = 0; i < 3; i++) await AsportEchoAsync(port);
+        long rssPeak = ProcStats.RssBytes(pid);
+        Assert.True(silentCuts.Any(c => !c.IsCompleted) || abandoned.Any(a => !a.IsCompleted), "the forwarded sessions are meant to run during the attack");
+
+        Hostile.Check([.. await Task.WhenAll(silentCuts)], 2.5, 25, "QUIC connections that never send a ClientHello", output);
+        var given = await Task.WhenAll(abandoned);
+        await stopInitiators.CancelAsync();
+        var spans = given.Select(g => g.Gave).Order().ToList();
+        output.WriteLine($"50 abandoned Initials ({given[0].Sent} bytes each): the relay answered each with {given.Min(g => g.Datagrams)}–{given.Max(g => g.Datagrams)} datagrams ({given.Min(g => g.FromRelay)}–{given.Max(g => g.FromRelay)} bytes), the last {spans[0]:F1}–{spans[^1]:F1} s after the Initial");
+        Assert.All(given, g => Assert.True(g.Datagrams > 0, "the relay never answered an Initial"));
+        Assert.All(given, g => Assert.True(g.FromRelay <= 3 * g.Sent, $"{g.FromRelay} bytes sent to an unvalidated address for {g.Sent} received"));
+        Assert.All(given, g => Assert.InRange(g.Gave, 0, 15));
+
+        await AsportEchoAsync(port);
+        foreach (var s in silent) await s.Connection.DisposeAsync();
+        int sock1 = await ProcStats.WaitForSocketsAtMostAsync(pid, sock0 + 2, TimeSpan.FromSeconds(15));
+        long rss1 = ProcStats.RssBytes(pid);
+        output.WriteLine($"asport relay: sockets/pipes {sock0} → {sock1}; RSS {rss0 >> 20} → {rssPeak >> 20} (during) → {rss1 >> 20} MiB");
+        Assert.True(sock1 <= sock0 + 2, ProcStats.FdSummary(pid));
+        Assert.True(rssPeak <= rss0 + (128L << 20), $"RSS grew {rss0 >> 20} → {rssPeak >> 20} MiB");
+    }
+
+    // ---- RUD server (spec/rud.md §4.3, §4.4) ------------------------------------------------------------
+
+    /// <summary>
+    /// Floods on the rud server process's UDP port from 100 source ports: Hellos (first contact is off
+    /// in PtHost, §12), Exchanges with random keys (the mezzanine fails) and Completes with forged
+    /// tokens. The server answers none (probe resistance, §4.3) and keeps no state; then 200 valid
+    /// Exchanges that are never confirmed: beyond 128 unconfirmed connections the server answers with a
+    /// stateless Defer instead of creating state (§4.4). SOCKS sessions through rud work meanwhile;
+    /// memory stays bounded and the sockets are those of the baseline.
+    /// </summary>
+    [Fact]
+    public async Task Rud_hello_and_exchange_floods_get_no_state_and_the_stateless_challenge_bounds_unconfirmed_connections()
+    {
+        await using var echo = new EchoServer();
+        await using var chain = await RudChain.StartAsync();
+        int pid = chain.Server.Pid;
+        await Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 64 * 1024);
+        await Task.Delay(500);
+        int sock0 = ProcStats.SocketCount(pid);
+        long rss0 = ProcStats.RssBytes(pid);
+        var target = chain.ServerEndPoint;
+        byte[] serverKey = Convert.FromBase64String(chain.ServerStartup.Single(l => l.StartsWith("SMETHOD rud ", StringComparison.Ordinal)).Split("key=")[1].Split([' ', ','])[0].Replace("\\", "", StringComparison.Ordinal)); // PT args escape '='
+
+        // The flood.
+        const int Sources = 100, PerSource = 150;
+        long answers = 0;
+        var flood = Enumerable.Range(0, Sources).Select(i => Task.Run(async () =>
+        {
+            using var s = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+            s.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            s.Connect(target);
+            var packet = new byte[RudWire.HandshakeSize];
+            var rng = new Random(i);
+            for (int k = 0; k < PerSource; k++)
+            {
+                switch (k % 3)
+                {
+                    case 0: RudWire.WriteHello(packet, (ulong)rng.NextInt64(1, long.MaxValue)); break;
+                    case 1:
+                    case 2:
+                        {
+                            var eph = new byte[X25519.KeySize];
+                            rng.NextBytes(eph);
+                            var token = new byte[24];
+                            rng.NextBytes(token);
+                            int at = RudWire.WriteExchangePlaintext(packet, k % 3 == 2, (ulong)rng.NextInt64(1, long.MaxValue), eph, k % 3 == 2 ? token : []);
+                            rng.NextBytes(packet.AsSpan(at, RudWire.MezzanineSize));
+                            break;
+                        }
+                }
+                await s.SendAsync(packet, SocketFlags.None);
+                if (k % 50 == 49) await Task.Delay(5);
+            }
+            // Whatever came back (nothing is expected).
+            var buf = new byte[2048];
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(1));
+            try { while (true) { await s.ReceiveAsync(buf, SocketFlags.None, cts.Token); Interlocked.Increment(ref answers); } }
+            catch (OperationCanceledException) { }
+        })).ToList();
+        var during = Task.Run(async () => { for (int i = 0; i < 3; i++) await Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 256 * 1024); });
+        await Task.WhenAll([.. flood, during]);
+        long rssFlood = ProcStats.RssBytes(pid);
+        output.WriteLine($"{Sources * PerSource} Hello/Exchange/Complete packets from {Sources} ports with unusable keys or tokens: {answers} answers; server RSS {rss0 >> 20} → {rssFlood >> 20} MiB");
+        Assert.Equal(0, answers);
+
+        // Valid Exchanges (a real initiator's, each forwarded once from its own port) that are never confirmed.
+        const int Unconfirmed = 200;
+        await using var initiator = RudEndpoint.Bind(new IPEndPoint(IPAddress.Loopback, 0), new RudEndpointOptions { HandshakeTimeout = TimeSpan.FromSeconds(30) });
+        using var stop = new CancellationTokenSource();
+        var replies = new List<byte>();
+        var forwarders = new List<Socket>();
+        try
+        {
+            for (int i = 0; i < Unconfirmed; i++)
+            {
+                var f = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+                forwarders.Add(f);
+                f.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+                _ = initiator.ConnectAsync((IPEndPoint)f.LocalEndPoint!, serverKey, stop.Token).ContinueWith(t => t.Exception, TaskScheduler.Default);
+                var buf = new byte[2048];
+                using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+                int n = await f.ReceiveAsync(buf, SocketFlags.None, cts.Token);
+                Assert.True(RudWire.TryParseExchange(buf.AsSpan(0, n), out bool complete, out _, out _, out _, out _, out _) && !complete);
+                await f.SendToAsync(buf.AsMemory(0, n), SocketFlags.None, target);
+                // The server's answer comes to the forwarder: a Complete (state created) or a Defer (none).
+                var from = new IPEndPoint(IPAddress.Any, 0);
+                while (true)
+                {
+                    var r = await f.ReceiveFromAsync(buf, SocketFlags.None, from, cts.Token);
+                    if (!((IPEndPoint)r.RemoteEndPoint).Equals(target)) continue; // the initiator's retransmission
+                    replies.Add(buf[RudWire.IdSize]);
+                    break;
+                }
+            }
+            await Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 256 * 1024);
+        }
+        finally
+        {
+            await stop.CancelAsync();
+            foreach (var f in forwarders) f.Dispose();
+        }
+        int completes = replies.Count(r => r == PacketType.ResponderComplete), defers = replies.Count(r => r == PacketType.Defer);
+        long rssExchanges = ProcStats.RssBytes(pid);
+        output.WriteLine($"{Unconfirmed} valid Exchanges never confirmed: {completes} Completes (connections created), then {defers} Defers (stateless); server RSS {rssExchanges >> 20} MiB");
+        // The load threshold is 128 unconfirmed connections; the SOCKS sessions' own connection is confirmed.
+        Assert.InRange(completes, 120, 130);
+        Assert.Equal(Unconfirmed - completes, defers);
+        int sock1 = await ProcStats.WaitForSocketsAtMostAsync(pid, sock0 + 2, TimeSpan.FromSeconds(15));
+        output.WriteLine($"rud server: sockets/pipes {sock0} → {sock1}");
+        Assert.True(sock1 <= sock0 + 2, ProcStats.FdSummary(pid));
+        Assert.True(rssFlood <= rss0 + (96L << 20) && rssExchanges <= rss0 + (96L << 20), $"RSS grew {rss0 >> 20} → {rssFlood >> 20} / {rssExchanges >> 20} MiB");
     }
 }
