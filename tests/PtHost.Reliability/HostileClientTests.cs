@@ -287,6 +287,62 @@ public class HostileClientTests(ITestOutputHelper output)
         Assert.True(rssPeak <= rss0 + (128L << 20), $"RSS grew {rss0 >> 20} → {rssPeak >> 20} MiB");
     }
 
+    /// <summary>
+    /// The WebSocket side and the per-source limit (associationTimeout 5 s, maxPerSource 60, §5.5): 50
+    /// ws:// acceptors that no connector ever joins are closed when the association timeout passes; a
+    /// pair relays while they wait; with 60 connections held from one address a 61st binary
+    /// connection is closed at once without a byte and a 61st WebSocket request gets 503; after the
+    /// cuts the relay serves again and its sockets are back to the baseline.
+    /// </summary>
+    [Fact]
+    public async Task Jet_waiting_websocket_acceptors_are_cut_by_the_association_timeout_and_the_per_source_limit_holds()
+    {
+        const int Waiting = 50, PerSource = 60;
+        await using var relay = await JetRelayProcess.StartAsync(new Newtonsoft.Json.Linq.JObject { ["handshakeTimeout"] = 5, ["associationTimeout"] = 5, ["maxPerSource"] = PerSource });
+        int pid = relay.Process.Pid;
+        await JetPairAsync(relay);
+        await Task.Delay(500);
+        int sock0 = ProcStats.SocketCount(pid);
+        var clock = Stopwatch.StartNew();
+        var acceptors = new List<(System.Net.WebSockets.ClientWebSocket Ws, TimeSpan Started)>();
+        for (int i = 0; i < Waiting; i++)
+        {
+            var (aid, candidates) = await relay.CreateAndGatherAsync();
+            var (cid, url) = candidates["ws"];
+            var started = clock.Elapsed;
+            acceptors.Add((await JetWebSockets.ConnectAsync(url, JetMethod.Accept, aid, cid), started));
+        }
+        var cutting = acceptors.Select(async a =>
+        {
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            bool ended;
+            try { ended = (await a.Ws.ReceiveAsync(new byte[64], cts.Token)).MessageType == System.Net.WebSockets.WebSocketMessageType.Close; }
+            catch (System.Net.WebSockets.WebSocketException) { ended = true; }
+            catch (OperationCanceledException) { ended = false; }
+            var held = (clock.Elapsed - a.Started).TotalSeconds;
+            a.Ws.Dispose();
+            return new Hostile.Cut(ended, held, []);
+        }).ToList();
+        // A pair relays while they wait (2 connections: 52 held).
+        await JetPairAsync(relay);
+        // Up to the limit with silent binary connections, then one more of each kind.
+        var silent = await Hostile.OpenAsync(relay.Tcp!, PerSource - Waiting, [], clock);
+        var silentCuts = Hostile.AwaitCutsAsync(silent, clock, TimeSpan.FromSeconds(60));
+        await Task.Delay(300);
+        var over = await Hostile.AwaitCutsAsync(await Hostile.OpenAsync(relay.Tcp!, 1, "JET\0"u8.ToArray(), clock), clock, TimeSpan.FromSeconds(20));
+        output.WriteLine($"binary connection over the per-source limit: cut after {over[0].HeldSeconds:F2} s, {over[0].Received.Length} bytes received");
+        Assert.True(over[0].Ended && over[0].HeldSeconds < 3 && over[0].Received.Length == 0, "over the limit: closed at once, no response");
+        var (aid2, c2) = await relay.CreateAndGatherAsync();
+        Assert.Equal(503, await JetWebSockets.RefusedStatusAsync(c2["ws"].Url, JetMethod.Accept, aid2, c2["ws"].Id));
+
+        Hostile.Check([.. await Task.WhenAll(cutting)], 4.0, 30, "ws:// acceptors never joined (association timeout 5 s)", output);
+        Hostile.Check(await silentCuts, 4.0, 30, "silent binary connections filling the per-source limit (handshake timeout 5 s)", output);
+        await JetPairAsync(relay);
+        int sock1 = await ProcStats.WaitForSocketsAtMostAsync(pid, sock0 + 2, TimeSpan.FromSeconds(15));
+        output.WriteLine($"jet relay: sockets/pipes {sock0} → {sock1}");
+        Assert.True(sock1 <= sock0 + 2, ProcStats.FdSummary(pid));
+    }
+
     // ---- ASPORT relay (spec/asport.md §2, §3.1) ---------------------------------------------------------
 
     private static QuicClientOptions AsportQuic => new()
