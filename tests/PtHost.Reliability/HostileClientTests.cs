@@ -81,7 +81,7 @@ public class HostileClientTests(ITestOutputHelper output)
         // Meanwhile UDP allocations carry datagrams.
         for (int i = 0; i < 3; i++) await TurnRoundTripAsync(turn.TurnEndPoint, echo);
         long rssPeak = ProcStats.RssBytes(pid);
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(55), "the legitimate sessions are meant to run during the attack");
+        Assert.False(cutting.IsCompleted, "the legitimate sessions are meant to run while the attackers are held");
 
         var cuts = await cutting;
         Hostile.Check(cuts, 59, 100, "TCP connections holding 10 bytes of a STUN header", output);
@@ -540,6 +540,7 @@ public class HostileClientTests(ITestOutputHelper output)
         using var stop = new CancellationTokenSource();
         var replies = new List<byte>();
         var forwarders = new List<Socket>();
+        var exchanging = Stopwatch.StartNew();
         try
         {
             for (int i = 0; i < Unconfirmed; i++)
@@ -573,9 +574,12 @@ public class HostileClientTests(ITestOutputHelper output)
         int completes = replies.Count(r => r == PacketType.ResponderComplete), defers = replies.Count(r => r == PacketType.Defer);
         long rssExchanges = ProcStats.RssBytes(pid);
         output.WriteLine($"{Unconfirmed} valid Exchanges never confirmed: {completes} Completes (connections created), then {defers} Defers (stateless); server RSS {rssExchanges >> 20} MiB");
-        // The load threshold is 128 unconfirmed connections; the SOCKS sessions' own connection is confirmed.
-        Assert.InRange(completes, 120, 130);
-        Assert.Equal(Unconfirmed - completes, defers);
+        // The load threshold is 128 unconfirmed connections (the SOCKS sessions' own connection is confirmed).
+        // Unconfirmed connections end at the 30 s idle timeout: on a machine slow enough to take longer
+        // than that for the 200 exchanges, early ones may have gone and let a few more Completes through.
+        Assert.Equal(Unconfirmed, completes + defers);
+        Assert.InRange(completes, 120, exchanging.Elapsed < TimeSpan.FromSeconds(25) ? 130 : Unconfirmed - 1);
+        Assert.True(defers > 0, "no Defer: the stateless challenge never engaged");
         int sock1 = await ProcStats.WaitForSocketsAtMostAsync(pid, sock0 + 2, TimeSpan.FromSeconds(15));
         output.WriteLine($"rud server: sockets/pipes {sock0} → {sock1}");
         Assert.True(sock1 <= sock0 + 2, ProcStats.FdSummary(pid));
