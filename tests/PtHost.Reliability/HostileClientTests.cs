@@ -249,12 +249,13 @@ public class HostileClientTests(ITestOutputHelper output)
             ("wss: silent TLS handshake", relay.Wss!, []),
         };
         var attacks = new List<(string What, Task<List<Hostile.Cut>> Cuts)>();
+        int sockPeak = 0;
         foreach (var g in groups)
         {
             var opened = await Hostile.OpenAsync(g.Target, Each, g.First, clock);
             attacks.Add((g.What, Hostile.AwaitCutsAsync(opened, clock, TimeSpan.FromSeconds(60))));
+            sockPeak = Math.Max(sockPeak, ProcStats.SocketCount(pid));
         }
-        int sockPeak = ProcStats.SocketCount(pid);
         // Meanwhile a pair relays bytes and the REST API answers.
         await JetPairAsync(relay);
         Assert.Equal(HttpStatusCode.NotFound, (await relay.Rest.GetAsync($"/jet/association/{Guid.NewGuid()}")).StatusCode);
@@ -282,7 +283,8 @@ public class HostileClientTests(ITestOutputHelper output)
         int sock1 = await ProcStats.WaitForSocketsAtMostAsync(pid, sock0 + 2, TimeSpan.FromSeconds(15));
         long rss1 = ProcStats.RssBytes(pid);
         output.WriteLine($"jet relay: sockets/pipes {sock0} → {sockPeak} → {sock1}; RSS {rss0 >> 20} → {rssPeak >> 20} (during) → {rss1 >> 20} MiB");
-        Assert.True(sockPeak >= sock0 + groups.Length * Each / 2, "the attack did not hold the relay's sockets");
+        // Earlier groups may already be cut while later ones connect (5 s): at least one group was held whole.
+        Assert.True(sockPeak >= sock0 + Each, "the attack did not hold the relay's sockets");
         Assert.True(sock1 <= sock0 + 2, ProcStats.FdSummary(pid));
         Assert.True(rssPeak <= rss0 + (128L << 20), $"RSS grew {rss0 >> 20} → {rssPeak >> 20} MiB");
     }
