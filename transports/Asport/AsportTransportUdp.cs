@@ -27,6 +27,8 @@ internal static class AsportUdpFrames
 
     /// <summary>OPEN for <c>[::]:0</c>: 22 bytes, as long as the longest RELAYED answer (no amplification).</summary>
     public static readonly byte[] OpenFrame = Build(Open, PeerAddress.FromBytes(new byte[16], 0));
+    /// <summary>OPEN for <c>[::]:1</c>: keep-alive of an open association; never opens one.</summary>
+    public static readonly byte[] KeepaliveFrame = Build(Open, PeerAddress.FromBytes(new byte[16], 1));
     /// <summary>CLOSE for <c>0.0.0.0:0</c>: 10 bytes, the shortest frame.</summary>
     public static readonly byte[] CloseFrame = Build(Close, PeerAddress.FromBytes(new byte[4], 0));
 
@@ -259,7 +261,7 @@ internal sealed class AsportDatagramSession : IDatagramSession
                     Terminate($"nothing heard from the server process for {DeadAfter.TotalSeconds:0} s");
                     return;
                 }
-                SendControl(AsportUdpFrames.OpenFrame);
+                SendControl(AsportUdpFrames.KeepaliveFrame);
             }
         }
         catch (OperationCanceledException) { }
@@ -309,12 +311,12 @@ internal sealed class AsportDatagramHandler(TransportEnvironment context, Server
 
     public IAsportUdpAssociation? Open(AsportUdpPeer peer, ReadOnlySpan<byte> payload)
     {
-        if (!AsportUdpFrames.TryRead(payload, out var type, out _, out _))
+        if (!AsportUdpFrames.TryRead(payload, out var type, out var address, out _))
         {
             Malformed(peer, "not one datagram frame");
             return null;
         }
-        if (type == AsportUdpFrames.Open)
+        if (type == AsportUdpFrames.Open && address.Port == 0)
         {
             if (payload.Length < AsportUdpFrames.OpenFrame.Length)
             {
@@ -325,7 +327,8 @@ internal sealed class AsportDatagramHandler(TransportEnvironment context, Server
             association.Start();
             return association;
         }
-        if (type != AsportUdpFrames.Close) AsportDatagramAssociation.Fire(peer, AsportUdpFrames.CloseFrame, CancellationToken.None); // no such association
+        // No such association (a keep-alive included: a new one would have another relayed address).
+        if (type != AsportUdpFrames.Close) AsportDatagramAssociation.Fire(peer, AsportUdpFrames.CloseFrame, CancellationToken.None);
         return null;
     }
 
