@@ -1,7 +1,9 @@
 using System.Net;
+using System.Net.Sockets;
 using System.Text.RegularExpressions;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Turn;
 
 namespace PtHost.Tests.Process;
 
@@ -158,5 +160,79 @@ public partial class TurnTests
         Assert.Equal(508, await client.AllocateAsync());
         await StderrContainsAsync(chain.Chain.Client, "no answer over UDP from");
         await StderrContainsAsync(chain.Chain.Client, "ICMP port unreachable");
+    }
+
+    /// <summary>
+    /// The test speaks the mapping itself to the public UDP port of a real relay and server process
+    /// (spec/asport.md §6.2): DATA before OPEN and a keep-alive OPEN get CLOSE without state, a short
+    /// OPEN gets nothing, OPEN gets RELAYED, CHECK gets ALLOWED/REFUSED, a 3,000-byte DATA (several
+    /// QUIC datagrams) reaches the peer and its echo comes back, junk is dropped, and after CLOSE the
+    /// association is gone (DATA gets CLOSE, the peer sees nothing more).
+    /// </summary>
+    [Fact]
+    public async Task Asport_public_UDP_port_follows_the_OPEN_CLOSE_rules()
+    {
+        await using var peer = new CountingPeer();
+        await using var relay = await AsportRelayTests.StartRelayAsync();
+        await using var chain = await AsportChainAsync(AsportServer(PtChain.FreeServer("asport", $"127.0.0.1:{peer.Port}"), relay.EndPoint, 3), udpBound: true);
+        var allowed = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port));
+        var refused = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port + 1));
+        var any6 = PeerAddress.FromBytes(new byte[16], 0);
+        using var udp = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        udp.Connect(chain.Chain.ServerEndPoint); // the public port: the relay's IP with the port it assigned
+        var payload = new byte[3000];
+        Random.Shared.NextBytes(payload);
+
+        Send(udp, DatagramFrameType.Data, allowed, payload);
+        Assert.Equal((DatagramFrameType)0x06, (await ReceiveFrameAsync(udp)).Type);   // no such association
+        Send(udp, (DatagramFrameType)0x05, any6.WithPort(1), []);
+        Assert.Equal((DatagramFrameType)0x06, (await ReceiveFrameAsync(udp)).Type);   // a keep-alive never opens one
+        Send(udp, (DatagramFrameType)0x05, PeerAddress.FromBytes(new byte[4], 0), []); // 10 bytes: shorter than RELAYED, dropped
+        Send(udp, (DatagramFrameType)0x05, any6, []);
+        var relayed = await ReceiveFrameAsync(udp);
+        Assert.Equal(DatagramFrameType.Relayed, relayed.Type);
+        Assert.NotEqual(0, relayed.Peer.Port);
+        Send(udp, DatagramFrameType.Check, allowed, []);
+        Assert.Equal((DatagramFrameType.Allowed, allowed), Pick(await ReceiveFrameAsync(udp))); // nothing answered the short OPEN
+        Send(udp, DatagramFrameType.Check, refused, []);
+        Assert.Equal((DatagramFrameType.Refused, refused), Pick(await ReceiveFrameAsync(udp)));
+        udp.Send(new byte[] { 0xde, 0xad, 0xbe, 0xef, 0x00 }); // not a frame: dropped, the association goes on
+        Send(udp, DatagramFrameType.Data, allowed, payload);
+        var echo = await ReceiveFrameAsync(udp);
+        Assert.Equal((DatagramFrameType.Data, allowed), Pick(echo));
+        Assert.Equal(payload, echo.Payload);
+        Assert.Equal(1, peer.Received);
+        Send(udp, (DatagramFrameType)0x05, any6.WithPort(1), []);
+        Assert.Equal(DatagramFrameType.Relayed, (await ReceiveFrameAsync(udp)).Type); // keep-alive of the open association
+
+        Send(udp, (DatagramFrameType)0x06, PeerAddress.FromBytes(new byte[4], 0), []);
+        // CLOSE is one-way; the next DATA shows the association is gone.
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (true)
+        {
+            Send(udp, DatagramFrameType.Data, allowed, payload);
+            var answer = await ReceiveFrameAsync(udp);
+            if (answer.Type == (DatagramFrameType)0x06) break;
+            Assert.True(DateTime.UtcNow < deadline, "the association outlived its CLOSE");
+        }
+        Assert.Equal(1, peer.Received);
+    }
+
+    private static (DatagramFrameType, PeerAddress) Pick((DatagramFrameType Type, PeerAddress Peer, byte[] Payload) f) => (f.Type, f.Peer);
+
+    private static void Send(Socket udp, DatagramFrameType type, PeerAddress peer, byte[] payload)
+    {
+        var frame = new byte[DatagramFrame.HeaderLength(peer) + payload.Length];
+        DatagramFrame.Write(frame, type, peer, payload);
+        udp.Send(frame);
+    }
+
+    private static async Task<(DatagramFrameType Type, PeerAddress Peer, byte[] Payload)> ReceiveFrameAsync(Socket udp)
+    {
+        var buffer = new byte[70000];
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+        int n = await udp.ReceiveAsync(buffer, SocketFlags.None, cts.Token);
+        Assert.Equal(n, DatagramFrame.TryParse(buffer.AsSpan(0, n), out var type, out var peer, out var payload));
+        return (type, peer, buffer[payload]);
     }
 }
