@@ -222,6 +222,57 @@ public partial class TurnTests
         Assert.Equal(1, peer.Received);
     }
 
+    /// <summary>
+    /// The relay restarts: the server process registers again, its old associations are gone, and the
+    /// client process's session ends (CLOSE to its keep-alive, or the new address, or 60 s of silence)
+    /// so the TURN allocation is deleted; a new allocation then works over the new registration.
+    /// </summary>
+    [Fact]
+    public async Task Asport_allocation_ends_when_the_server_re_registers_and_a_new_one_works()
+    {
+        await using var peer = new CountingPeer();
+        var relay = await AsportRelayTests.StartRelayAsync();
+        var listen = relay.EndPoint.ToString();
+        await using var chain = await AsportChainAsync(AsportServer(PtChain.FreeServer("asport", $"127.0.0.1:{peer.Port}"), relay.EndPoint, 3), udpBound: true);
+        var target = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port));
+        await using (var before = await RawTurnClient.ConnectAsync(chain.TurnEndPoint))
+        {
+            Assert.Equal(0, await before.AllocateAsync());
+            Assert.Equal(0, await before.CreatePermissionAsync(target));
+            relay.Process.Signal(15);
+            Assert.Equal(0, await relay.Process.WaitForExitAsync(TimeSpan.FromSeconds(60)));
+            await relay.DisposeAsync();
+            await using var again = await AsportRelayTests.StartRelayAsync(listen);
+            await StderrCountAsync(chain.Chain.Server, "asport client: registered, public port", 2);
+            // Keep-alive every 15 s, 60 s of silence at most: within 90 s the session has ended.
+            await StderrContainsAsync(chain.Chain.Client, "asport UDP association via", TimeSpan.FromSeconds(90));
+            await StderrCountAsync(chain.Chain.Client, "learned from SMESSAGE", 2); // the new registration reached the client
+            await using var after = await RawTurnClient.ConnectAsync(chain.TurnEndPoint);
+            Assert.Equal(0, await after.AllocateAsync());
+            Assert.Equal(0, await after.CreatePermissionAsync(target));
+            after.SendIndication(target, "after"u8.ToArray());
+            var (_, data) = await after.ReceiveDataAsync();
+            Assert.Equal("after"u8.ToArray(), data);
+        }
+    }
+
+    private static async Task StderrCountAsync(PtProcess process, string text, int count)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        while (CountOf(process.Stderr, text) < count)
+        {
+            if (DateTime.UtcNow > deadline) Assert.Fail($"stderr did not say \"{text}\" {count} times:\n{process.Stderr}");
+            await Task.Delay(100);
+        }
+    }
+
+    private static int CountOf(string haystack, string needle)
+    {
+        int n = 0;
+        for (int at = haystack.IndexOf(needle, StringComparison.Ordinal); at >= 0; at = haystack.IndexOf(needle, at + needle.Length, StringComparison.Ordinal)) n++;
+        return n;
+    }
+
     private static (DatagramFrameType, PeerAddress) Pick((DatagramFrameType Type, PeerAddress Peer, byte[] Payload) f) => (f.Type, f.Peer);
 
     private static void Send(Socket udp, DatagramFrameType type, PeerAddress peer, byte[] payload)
