@@ -169,7 +169,11 @@ internal sealed class AsportDatagramSession : IDatagramSession
 
     public ValueTask SendAsync(PeerAddress peer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
     {
-        if (payload.Length > MaxDatagramSize) throw new ArgumentOutOfRangeException(nameof(payload), "datagram too large");
+        if (payload.Length > MaxDatagramSize)
+        {
+            Interlocked.Increment(ref _dropped); // cannot cross the public port in one datagram (spec/asport.md §6.2)
+            return ValueTask.CompletedTask;
+        }
         byte[] frame = ArrayPool<byte>.Shared.Rent(DatagramFrame.HeaderLength(peer) + payload.Length);
         try
         {
@@ -283,7 +287,7 @@ internal sealed class AsportDatagramSession : IDatagramSession
         var dropped = Interlocked.Read(ref _dropped);
         var malformed = Interlocked.Read(ref _malformed);
         if (dropped + malformed > 0)
-            _log.LogInformation("asport UDP association: {Dropped} datagrams not sent (socket buffer full or ICMP error), {Malformed} malformed datagrams dropped", dropped, malformed);
+            _log.LogInformation("asport UDP association: {Dropped} datagrams not sent (too large, socket buffer full or ICMP error), {Malformed} malformed datagrams dropped", dropped, malformed);
     }
 
     public async ValueTask DisposeAsync()

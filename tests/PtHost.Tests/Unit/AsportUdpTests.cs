@@ -76,7 +76,7 @@ public sealed class AsportUdpTests
     }
 
     [Fact]
-    public async Task OPEN_is_repeated_until_RELAYED_then_DATA_and_CHECK_flow_and_dispose_sends_CLOSE()
+    public async Task OPEN_is_repeated_until_RELAYED_then_DATA_and_CHECK_flow_oversized_DATA_is_dropped_and_dispose_sends_CLOSE()
     {
         using var server = new ScriptedServer();
         var open = AsportDatagramSession.OpenAsync(server.EndPoint, null, CancellationToken.None, NullLogger.Instance, CancellationToken.None);
@@ -90,6 +90,7 @@ public sealed class AsportUdpTests
         Assert.Equal(relayed, session.RelayedAddress);
 
         var peer = PeerAddress.From(new IPEndPoint(IPAddress.Parse("192.0.2.7"), 53));
+        await session.SendAsync(peer, new byte[AsportUdpFrames.MaxPayload + 1], CancellationToken.None); // too large: dropped, not thrown
         await session.SendAsync(peer, new byte[] { 1, 2, 3 }, CancellationToken.None);
         byte[] data;
         do (data, _) = await server.ReceiveAsync(); while (data.AsSpan().SequenceEqual(AsportUdpFrames.OpenFrame)); // late repeats
