@@ -392,6 +392,7 @@ internal sealed class AsportDatagramAssociation : Stream, IHalfClosable, IAsport
             _log.LogInformation("asport UDP association {Id} from {Source}: {Error}", _id, _peer.Source, e.Message);
             Fire(_peer, AsportUdpFrames.CloseFrame, CancellationToken.None);
             End();
+            ArrayPool<byte>.Shared.Return(_out); // the relay loop never ran: nothing writes to it
             return;
         }
         _context.Counters.SessionOpened();
@@ -409,6 +410,7 @@ internal sealed class AsportDatagramAssociation : Stream, IHalfClosable, IAsport
             _context.Counters.SessionClosed();
             await onward.DisposeAsync().ConfigureAwait(false);
             End();
+            ArrayPool<byte>.Shared.Return(_out); // the relay loop is over: nothing writes to it any more
             var dropped = Interlocked.Read(ref _dropped);
             if (dropped > 0) _log.LogInformation("asport UDP association {Id}: {Dropped} datagrams dropped (queue full, too large, or not sent)", _id, dropped);
         }
