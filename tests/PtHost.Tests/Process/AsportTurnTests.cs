@@ -144,6 +144,32 @@ public partial class TurnTests
     }
 
     /// <summary>
+    /// With an upstream proxy (the client's "proxy" key) UDP would go around it: the allocation is carried
+    /// in a TCP session through the proxy instead, although the public port has UDP bound (spec/asport.md §6.2).
+    /// </summary>
+    [Fact]
+    public async Task Asport_with_an_upstream_proxy_carries_allocations_in_TCP_sessions_through_it()
+    {
+        await using var peer = await EchoPeer.StartAsync();
+        await using var proxy = await DebianProxy.MicrosocksAsync("127.0.0.3");
+        await using var relay = await AsportRelayTests.StartRelayAsync();
+        var clientConfig = TurnChain.ClientConfig(null, "asport");
+        clientConfig["options"] = new JObject { ["asport"] = new JObject() };
+        clientConfig["proxy"] = $"socks5://{proxy.EndPoint}";
+        await using var chain = await TurnChain.StartAsync(AsportServer(PtChain.FreeServer("asport", "127.0.0.1"), relay.EndPoint, 3), clientConfig, "asport");
+        await StderrContainsAsync(chain.Chain.Client, "learned from SMESSAGE (UDP bound)");
+        var (exit, text) = await Uclient(chain, peer, ["-n", "10", "-m", "1", "-l", "1400", "-c"]);
+        output.WriteLine(LastLines(text));
+        AssertDelivered(exit, text, 10, chain);
+        await StderrContainsAsync(chain.Chain.Client, "UDP associations are carried in TCP sessions");
+        Assert.Contains("an upstream proxy is configured", chain.Chain.Client.Stderr);
+        Assert.Contains($"connected to {chain.Chain.ServerEndPoint}", proxy.Log); // the session went through microsocks
+        var (tcp, udp) = await RelayCountersAsync(relay);
+        Assert.True(tcp >= 1, "no TCP session crossed the public port");
+        Assert.Equal(0, udp);
+    }
+
+    /// <summary>
     /// A client told "udp": true for a port without UDP: OPEN gets ICMP port unreachable, no RELAYED,
     /// and the allocation fails with 508 whose reason says so; the listener goes on serving.
     /// </summary>
