@@ -62,13 +62,12 @@ public partial class TurnTests
     /// uclient sends 2,000-byte messages: each frame is larger than one QUIC datagram, so native mode
     /// fragments every packet (spec/asport.md §3.4). The relay's counters prove the UDP path: no TCP
     /// connection reached the public port, and at least every message crossed its UDP port.
-    /// Native mode: 5 allocations × 200 messages. QUIC mode: 2 × 20, because PtHost.Quic does not yet
-    /// return unidirectional-stream credit, so one ASPORT connection carries at most 255 QUIC-mode
-    /// packets each way (spec/asport.md §6.2, "Known defect").
+    /// Native mode: 5 allocations × 200 messages. QUIC mode: 2 × 200 — 400 unidirectional streams each
+    /// way on one ASPORT connection, beyond its 256-stream limit, so stream credit must come back.
     /// </summary>
     [Theory]
     [InlineData(3, 5, 200)] // TCP + UDP native
-    [InlineData(4, 2, 20)]  // TCP + UDP over QUIC streams
+    [InlineData(4, 2, 200)] // TCP + UDP over QUIC streams
     public async Task Asport_uclient_over_the_public_UDP_port_loses_nothing(int mode, int clients, int messages)
     {
         var inv = System.Globalization.CultureInfo.InvariantCulture;
