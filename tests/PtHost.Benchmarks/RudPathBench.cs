@@ -34,16 +34,20 @@ public static class RudPathBench
     private static Child StartIn(string ns, string name, string file, IEnumerable<string> args, bool pthost = true) =>
         Child.Start(name, "ip", [.. LossyLink.Exec(ns), file, .. args], pthost ? Chain.ExtraEnvFor(null) : null);
 
-    private static JsonObject ServerConfig(string transport, string state, int iperfPort, JsonObject? options, bool bind) => new()
+    private static JsonObject ServerConfig(string transport, string state, int iperfPort, JsonObject? options, bool bind)
     {
-        ["role"] = "server",
-        ["transports"] = new JsonArray(transport),
-        ["target"] = $"127.0.0.1:{iperfPort}",
-        ["state"] = Path.Combine(state, "server"),
-        ["exit-on-stdin-close"] = true,
-        ["bindaddr"] = bind ? new JsonObject { [transport] = LossyLink.AddressB + ":0" } : null,
-        ["options"] = options is null ? null : new JsonObject { [transport] = options },
-    };
+        var config = new JsonObject
+        {
+            ["role"] = "server",
+            ["transports"] = new JsonArray(transport),
+            ["target"] = $"127.0.0.1:{iperfPort}",
+            ["state"] = Path.Combine(state, "server"),
+            ["exit-on-stdin-close"] = true,
+        };
+        if (bind) config["bindaddr"] = new JsonObject { [transport] = LossyLink.AddressB + ":0" };
+        if (options is not null) config["options"] = new JsonObject { [transport] = options };
+        return config;
+    }
 
     private static JsonObject ClientConfig(string transport, string state, JsonObject options) => new()
     {
@@ -75,7 +79,7 @@ public static class RudPathBench
         await using var client = StartIn(link.NamespaceA, "pthost client (plain, A)", ctx.PtHost,
             [ClientConfig("plain", state, new JsonObject { ["serverAddress"] = address }).ToJsonString()]);
         int socks = await SocksPortAsync(client, "plain").ConfigureAwait(false);
-        return await IperfAcrossAsync(ctx, link, state, socks, iperfPort).ConfigureAwait(false);
+        return await IperfAcrossAsync(ctx, link, state, socks, iperfPort, [client.Pid, server.Pid]).ConfigureAwait(false);
     }
 
     public static async Task<Result> RudAsync(Context ctx, LossyLink link)
@@ -91,7 +95,7 @@ public static class RudPathBench
         await using var client = StartIn(link.NamespaceA, "pthost client (rud, A)", ctx.PtHost,
             [ClientConfig("rud", state, new JsonObject { ["serverAddress"] = address, ["serverKey"] = Convert.ToBase64String(pub) }).ToJsonString()]);
         int socks = await SocksPortAsync(client, "rud").ConfigureAwait(false);
-        return await IperfAcrossAsync(ctx, link, state, socks, iperfPort).ConfigureAwait(false);
+        return await IperfAcrossAsync(ctx, link, state, socks, iperfPort, [client.Pid, server.Pid]).ConfigureAwait(false);
     }
 
     public static async Task<Result> AsportAsync(Context ctx, LossyLink link, int handshakes)
@@ -147,7 +151,7 @@ public static class RudPathBench
         await using var client = StartIn(link.NamespaceA, "pthost client (asport, A)", ctx.PtHost,
             [ClientConfig("asport", state, new JsonObject { ["serverAddress"] = publicAddress }).ToJsonString()]);
         int socks = await SocksPortAsync(client, "asport").ConfigureAwait(false);
-        var result = await IperfAcrossAsync(ctx, link, state, socks, iperfPort).ConfigureAwait(false);
+        var result = await IperfAcrossAsync(ctx, link, state, socks, iperfPort, [client.Pid, server.Pid, relay.Pid]).ConfigureAwait(false);
         if (times.Count > 0) result.Raw["quic_handshake_ms"] = new JsonArray([.. times.Select(t => (JsonNode?)t)]);
         return result;
     }
@@ -155,9 +159,9 @@ public static class RudPathBench
     /// <summary>
     /// iperf3 -s in B on 127.0.0.1:<paramref name="iperfPort"/>; iperf3 -c in A through proxychains
     /// to the SOCKS port <paramref name="socksPort"/> in A. Returns the receiver's Mbit/s and the
-    /// link's counters for the run (the loss actually applied).
+    /// link's counters for the run (the loss actually applied) and the CPU seconds <paramref name="pids"/> used.
     /// </summary>
-    private static async Task<Result> IperfAcrossAsync(Context ctx, LossyLink link, string state, int socksPort, int iperfPort)
+    private static async Task<Result> IperfAcrossAsync(Context ctx, LossyLink link, string state, int socksPort, int iperfPort, int[] pids)
     {
         string proxychains = ctx.Proxychains ?? throw new InvalidOperationException("proxychains4 is not available");
         string conf = Baselines.WriteProxychainsConf(state, socksPort);
@@ -170,12 +174,14 @@ public static class RudPathBench
             await Task.Delay(20).ConfigureAwait(false);
         }
         link.ResetCounters();
+        double[] cpu0 = [.. pids.Select(Sys.CpuSeconds)];
         var sw = Stopwatch.StartNew();
         var r = await Child.RunAsync("ip", [.. LossyLink.Exec(link.NamespaceA), proxychains, "-q", "-f", conf,
             ctx.Iperf3, "-c", "127.0.0.1", "-p", port, "-t", ctx.IperfSeconds.ToString(CultureInfo.InvariantCulture), "-J"],
             TimeSpan.FromSeconds(ctx.IperfSeconds + 60)).ConfigureAwait(false);
         double seconds = sw.Elapsed.TotalSeconds;
         var counters = link.Counters;
+        double[] cpu = [.. pids.Select((pid, i) => Sys.CpuSeconds(pid) - cpu0[i])];
         JsonObject json;
         try { json = JsonNode.Parse(r.Stdout)?.AsObject() ?? throw new FormatException("empty"); }
         catch (Exception e) when (e is System.Text.Json.JsonException or FormatException or InvalidOperationException)
@@ -198,6 +204,7 @@ public static class RudPathBench
             ["link_packets_tail_dropped"] = counters.Overflow,
             ["link_bytes_forwarded"] = counters.Bytes,
             ["link_seconds"] = seconds,
+            ["cpu_seconds_client_server_relay"] = new JsonArray([.. cpu.Select(c => (JsonNode?)c)]),
         };
         return new Result(bps / 1e6, raw);
     }

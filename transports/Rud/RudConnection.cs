@@ -35,6 +35,10 @@ public sealed class RudConnection
 
     private ReceivedWindow _rx;
     private int _ackElicitingUnacked;
+    private long _ackElicitingReceived;
+    /// <summary>Acknowledgement frequency (§9.1): every second ack-eliciting packet for the first <see cref="AckQuickPackets"/>, then every tenth.</summary>
+    public const int AckEvery = 10;
+    public const int AckQuickPackets = 100;
     private bool _ackNow;
     private long _ackDeadline, _largestRxTime;
 
@@ -50,7 +54,7 @@ public sealed class RudConnection
     private long _tokensTime;
     // Loss tolerance (§9.3): a moving average of packet outcomes, 1 = lost, weight 1/64 each.
     private double _lossRate;
-    public const double LossTolerance = 0.10;
+    public const double LossTolerance = 0.15;
     private const double LossWeight = 1.0 / 64;
 
     private readonly Dictionary<ulong, RudStream> _streams = [];
@@ -278,9 +282,19 @@ public sealed class RudConnection
         if (eliciting)
         {
             _ackElicitingUnacked++;
-            if (outOfOrder || _ackElicitingUnacked >= 2) _ackNow = true;
+            int every = ++_ackElicitingReceived <= AckQuickPackets ? 2 : AckEvery;
+            if (outOfOrder || _ackElicitingUnacked >= every) _ackNow = true;
             else if (_ackDeadline == 0) _ackDeadline = now + MaxAckDelayUs;
         }
+        // Send what this packet made due (an acknowledgement, data the window now allows) at once,
+        // on the receiving thread: no hand-over to the driver loop per packet.
+        Flush(now);
+    }
+
+    /// <summary>Sends what is due now from the caller's thread (a stream write); the caller holds <see cref="Gate"/>.</summary>
+    internal void FlushInline()
+    {
+        if (!IsClosed) Flush(_ep.Now());
     }
 
     private static bool ValidateFrames(ReadOnlySpan<byte> frames)
@@ -428,10 +442,12 @@ public sealed class RudConnection
         if (isLargest) { largestSentTime = p.SentTime; largestEliciting = p.AckEliciting; }
         if (p.InFlight)
         {
+            // An underused window does not grow (§9.3, RFC 9002 §7.8): only while at least half of it is in flight.
+            bool windowUsed = 2 * _bytesInFlight >= _cwnd;
             _bytesInFlight -= p.Size;
             _lossRate -= _lossRate * LossWeight;
             // NewReno (§9.3): no growth for packets sent before the current recovery period began.
-            if (p.SentTime > _recoveryStart)
+            if (p.SentTime > _recoveryStart && windowUsed)
                 _cwnd += _cwnd < _ssthresh ? p.Size : Math.Max(1, (long)MaxPacket * p.Size / _cwnd);
         }
         if (n >= _sendPhaseFirst) _sendPhaseAcked = true;

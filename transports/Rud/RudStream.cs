@@ -129,6 +129,7 @@ public sealed class RudStream : Stream, IHalfClosable
                     _writeOffset += (ulong)n;
                     buffer = buffer[n..];
                     _conn.ScheduleSend(this);
+                    _conn.FlushInline();
                     continue;
                 }
                 _writeWaiter ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -358,7 +359,7 @@ public sealed class RudStream : Stream, IHalfClosable
 
     private void MaybeOpenWindow()
     {
-        if (_readOffset + Window - _advertisedMax >= Window / 2 && _finalSize < 0)
+        if (_readOffset + Window - _advertisedMax >= Window / 8 && _finalSize < 0)
         {
             _advertisedMax = _readOffset + Window;
             _conn.QueueWindowUpdate(this);

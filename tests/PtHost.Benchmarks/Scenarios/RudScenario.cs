@@ -64,8 +64,11 @@ public sealed class RudScenario : IScenario
         }
         using (link)
         {
+            // TCP's congestion control in the namespaces (inherited from the host; bbr here) decides how plain copes with loss.
+            var cc = await Child.RunAsync("ip", [.. LossyLink.Exec(link.NamespaceA), "cat", "/proc/sys/net/ipv4/tcp_congestion_control"], TimeSpan.FromSeconds(10)).ConfigureAwait(false);
             run.Details["rud_link"] = new JsonObject
             {
+                ["tcp_congestion_control"] = cc.Stdout.Trim(),
                 ["kind"] = "two network namespaces joined by TUN devices; the harness copies packets, drops a seeded random fraction each way, delays each",
                 ["one_way_delay_ms"] = OneWayDelayMs,
                 ["mtu"] = 1500,
