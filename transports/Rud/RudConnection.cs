@@ -624,14 +624,21 @@ public sealed class RudConnection
     internal void Flush(long now)
     {
         if (IsClosed || !IsEstablished) return;
-        for (int budget = 64; budget > 0; budget--)
+        try
         {
-            bool ackDue = _rx.Any && (_ackNow || (_ackDeadline != 0 && now >= _ackDeadline));
-            bool mayElicit = HasElicitingWork && (_probes > 0 || (_bytesInFlight + MaxPacket <= _cwnd && PacingAllows(now)));
-            if (!mayElicit && !ackDue) return;
-            if (!SendPacket(now, mayElicit)) return;
+            for (int budget = 64; budget > 0; budget--)
+            {
+                bool ackDue = _rx.Any && (_ackNow || (_ackDeadline != 0 && now >= _ackDeadline));
+                bool mayElicit = HasElicitingWork && (_probes > 0 || (_bytesInFlight + MaxPacket <= _cwnd && PacingAllows(now)));
+                if (!mayElicit && !ackDue) return;
+                if (!SendPacket(now, mayElicit)) return;
+            }
+            _ep.RequestFlush(this); // more to do: come back on the next turn
         }
-        _ep.RequestFlush(this); // more to do: come back on the next turn
+        finally
+        {
+            _ep.SendBatch();
+        }
     }
 
     private bool SendPacket(long now, bool elicit)
@@ -720,9 +727,17 @@ public sealed class RudConnection
 
         var packet = _ep.SendPacketBuffer.AsSpan();
         int h = RudWire.WriteDataHeader(packet, RemoteId, _send!.Phase, _nextSent);
+        // A packet whose STREAM frame filled the room left (more data was waiting) is padded to
+        // exactly MaxPacket (§9.4): a burst of equal-sized packets goes out as one segmented send.
+        int fill = MaxPacket - (h + pos + RudKeys.TagSize);
+        if (record.Stream is not null && used >= room - 2 && fill > 0)
+        {
+            plain.Slice(pos, fill).Clear();
+            pos += fill;
+        }
         _send.Seal(_nextSent, packet[..h], plain[..pos], packet[h..]);
         int size = h + pos + RudKeys.TagSize;
-        _ep.SendTo(packet[..size], Peer);
+        _ep.Enqueue(packet[..size], Peer);
         _nextSent++;
         _lastSend = now;
         if (_rx.Any) { _ackNow = false; _ackDeadline = 0; _ackElicitingUnacked = 0; }

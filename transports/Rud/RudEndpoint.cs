@@ -60,6 +60,7 @@ public sealed class RudEndpoint : IAsyncDisposable
     private readonly Task _driver;
     private readonly List<Task> _receivers = [];
     private Socket _socket;
+    private readonly UdpBatch _batch;
     private int _flushRequested;
     private int _unconfirmed;
     private long _nextPrune;
@@ -76,6 +77,7 @@ public sealed class RudEndpoint : IAsyncDisposable
         Options = options;
         _log = log ?? NullLogger.Instance;
         _tokens = new TokenIssuer(options.TokenLifetime);
+        _batch = new UdpBatch(Counters);
         if (options.StaticPrivateKey is { } key)
         {
             _staticPublic = new byte[X25519.KeySize];
@@ -448,10 +450,17 @@ public sealed class RudEndpoint : IAsyncDisposable
 
     internal void SendTo(ReadOnlySpan<byte> packet, SocketAddress to)
     {
+        _batch.Send(_socket); // keep the order of what was batched before
         try { _socket.SendTo(packet, SocketFlags.None, to); }
         catch (SocketException) { Counters.Increment(ref Counters.SendErrors); }
         catch (ObjectDisposedException) { Counters.Increment(ref Counters.SendErrors); }
     }
+
+    /// <summary>Adds a packet to the send batch (§9.4); <see cref="SendBatch"/> sends it. Caller holds <see cref="Gate"/>.</summary>
+    internal void Enqueue(ReadOnlySpan<byte> packet, SocketAddress to) => _batch.Add(_socket, packet, to);
+
+    /// <summary>Sends the batched packets. Caller holds <see cref="Gate"/>.</summary>
+    internal void SendBatch() => _batch.Send(_socket);
 
     /// <summary>Asks the driver loop for a turn (a stream has data, a frame is queued).</summary>
     internal void RequestFlush(RudConnection _)
