@@ -286,10 +286,13 @@ public sealed class RudConnection
             if (outOfOrder || _ackElicitingUnacked >= every) _ackNow = true;
             else if (_ackDeadline == 0) _ackDeadline = now + MaxAckDelayUs;
         }
-        // Send what this packet made due (an acknowledgement, data the window now allows) at once,
-        // on the receiving thread: no hand-over to the driver loop per packet.
-        Flush(now);
+        // Send what this packet made due (an acknowledgement, data the window now allows) on the
+        // receiving thread once its batch is handled: no hand-over to the driver loop (§9.4).
+        _ep.Touch(this);
     }
+
+    /// <summary>Whether the endpoint's receive batch has this connection on its flush list.</summary>
+    internal bool Touched;
 
     /// <summary>Sends what is due now from the caller's thread (a stream write); the caller holds <see cref="Gate"/>.</summary>
     internal void FlushInline()
