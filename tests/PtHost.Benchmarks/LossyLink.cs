@@ -61,7 +61,7 @@ public sealed partial class LossyLink : IDisposable
         int fdA = -1, fdB = -1;
         try
         {
-            // Left-overs of a killed earlier run with the same pid would block the names.
+            await RemoveStaleAsync().ConfigureAwait(false);
             await IpAsync(["netns", "del", nsA], check: false).ConfigureAwait(false);
             await IpAsync(["netns", "del", nsB], check: false).ConfigureAwait(false);
             await IpAsync(["netns", "add", nsA]).ConfigureAwait(false);
@@ -78,6 +78,9 @@ public sealed partial class LossyLink : IDisposable
             var link = new LossyLink(nsA, nsB, oneWayDelay, fdA, fdB, seed);
             link._ab.Start();
             link._ba.Start();
+            // Ctrl-C, SIGTERM and the watchdog end the harness with Environment.Exit, which skips
+            // the scenario's using block: the namespaces go with the process anyway.
+            AppDomain.CurrentDomain.ProcessExit += link.OnProcessExit;
             return link;
         }
         catch
@@ -103,10 +106,26 @@ public sealed partial class LossyLink : IDisposable
         _ba.Reset();
     }
 
+    private void OnProcessExit(object? sender, EventArgs e) => Dispose();
+
+    /// <summary>Deletes namespaces an earlier harness left behind when it was killed (SIGKILL): rudbench-a/b-PID of a PID no longer running.</summary>
+    private static async Task RemoveStaleAsync()
+    {
+        if (!Directory.Exists("/run/netns")) return;
+        foreach (var path in Directory.GetFiles("/run/netns", "rudbench-*"))
+        {
+            string name = Path.GetFileName(path);
+            if (!int.TryParse(name[(name.LastIndexOf('-') + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out int pid)) continue;
+            if (pid == Environment.ProcessId || Directory.Exists($"/proc/{pid}")) continue;
+            await IpAsync(["netns", "del", name], check: false).ConfigureAwait(false);
+        }
+    }
+
     public void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
+        AppDomain.CurrentDomain.ProcessExit -= OnProcessExit;
         _stop = true;
         _ab.Join();
         _ba.Join();
