@@ -11,7 +11,7 @@ namespace PtHost.Transports.Rud;
 /// </summary>
 public sealed class RudStream : Stream, IHalfClosable
 {
-    public const int Window = 1 << 20;
+    public const int Window = 4 << 20;
     private readonly RudConnection _conn;
     private readonly object _gate;
 
