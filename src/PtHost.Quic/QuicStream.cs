@@ -18,7 +18,7 @@ public sealed class QuicStreamAbortedException(string message, ulong? errorCode 
 /// copy into pinned chunks that ngtcp2 sends from, and which are released when acknowledged;
 /// a writer waits once StreamSendBuffer bytes are queued and unacknowledged.
 /// </summary>
-public sealed class QuicStream : Stream, PtHost.Contract.IHalfClosable
+public sealed class QuicStream : Stream, PtHost.Contract.IHalfClosable, PtHost.Contract.IAbortable
 {
     /// <summary>Received bytes: a run inside a pooled chunk. The loop fills chunks front to
     /// back, so a segment ending at the chunk's end is its last, and the reader returns the
@@ -241,6 +241,12 @@ public sealed class QuicStream : Stream, PtHost.Contract.IHalfClosable
     }
 
     void PtHost.Contract.IHalfClosable.ShutdownWrite() => CompleteWrites();
+
+    /// <summary>The application error code <see cref="PtHost.Contract.IAbortable.Abort"/> sends in
+    /// RESET_STREAM and STOP_SENDING: the session's other side failed.</summary>
+    public const ulong SessionAbortedCode = 1;
+
+    void PtHost.Contract.IAbortable.Abort() => Abort(SessionAbortedCode);
 
     /// <summary>Abandons the stream both ways (RESET_STREAM and STOP_SENDING with this code).</summary>
     public void Abort(ulong errorCode) => Connection.AbortStream(this, errorCode);
