@@ -453,6 +453,7 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
     {
         Ngtcp2.SettingsDefault(Ngtcp2.StructVersion, SettingsBuf);
         *(ulong*)(SettingsBuf + Layout.Settings.InitialTs) = Now();
+        *(int*)(SettingsBuf + Layout.Settings.CcAlgo) = (int)o.CongestionControl;
         *(ulong*)(SettingsBuf + Layout.Settings.HandshakeTimeout) = (ulong)o.HandshakeTimeout.Ticks * 100;
         *(ulong*)(SettingsBuf + Layout.Settings.MaxWindow) = (ulong)o.ConnectionReceiveWindow;
         *(ulong*)(SettingsBuf + Layout.Settings.MaxStreamWindow) = (ulong)o.StreamReceiveWindow;

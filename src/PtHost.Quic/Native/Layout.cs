@@ -24,7 +24,7 @@ internal static class Layout
 
     public static class Settings
     {
-        public const int Size = 184, InitialTs = 48, LogPrintf = 64, MaxTxUdpPayloadSize = 72,
+        public const int Size = 184, CcAlgo = 40, InitialTs = 48, LogPrintf = 64, MaxTxUdpPayloadSize = 72,
             MaxWindow = 104, MaxStreamWindow = 112, HandshakeTimeout = 136, NoPmtud = 180;
     }
 
