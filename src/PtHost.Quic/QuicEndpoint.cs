@@ -455,8 +455,8 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
         *(ulong*)(SettingsBuf + Layout.Settings.InitialTs) = Now();
         *(int*)(SettingsBuf + Layout.Settings.CcAlgo) = (int)o.CongestionControl;
         *(ulong*)(SettingsBuf + Layout.Settings.HandshakeTimeout) = (ulong)o.HandshakeTimeout.Ticks * 100;
-        *(ulong*)(SettingsBuf + Layout.Settings.MaxWindow) = (ulong)o.ConnectionReceiveWindow;
-        *(ulong*)(SettingsBuf + Layout.Settings.MaxStreamWindow) = (ulong)o.StreamReceiveWindow;
+        *(ulong*)(SettingsBuf + Layout.Settings.MaxWindow) = (ulong)o.MaxConnectionReceiveWindow;
+        *(ulong*)(SettingsBuf + Layout.Settings.MaxStreamWindow) = (ulong)o.MaxStreamReceiveWindow;
         Ngtcp2.TransportParamsDefault(Ngtcp2.StructVersion, Params);
         var p = Params;
         *(ulong*)(p + Layout.TransportParams.InitialMaxStreamDataBidiLocal) = (ulong)o.StreamReceiveWindow;
