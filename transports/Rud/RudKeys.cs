@@ -60,7 +60,8 @@ public static class RudKeys
 /// <summary>One direction's packet protection in one key phase: AES-256-GCM with nonce = iv XOR sent index (§5.4).</summary>
 public sealed class PacketProtection : IDisposable
 {
-    private readonly AesGcm _aead;
+    private readonly AesGcm? _aead;
+    private readonly GnutlsAead? _fast;
     private readonly byte[] _iv = new byte[RudKeys.NonceSize];
 
     public PacketProtection(byte[] secret, int phase)
@@ -70,7 +71,9 @@ public sealed class PacketProtection : IDisposable
         Span<byte> key = stackalloc byte[32];
         HKDF.Expand(HashAlgorithmName.SHA512, secret, key, "RUD1 key"u8);
         HKDF.Expand(HashAlgorithmName.SHA512, secret, _iv, "RUD1 iv"u8);
-        _aead = new AesGcm(key, RudKeys.TagSize);
+        if (RudKeys.TagSize == 16 && GnutlsAead.Available) _fast = GnutlsAead.TryCreate(key);
+        if (_fast is null) _aead = new AesGcm(key, RudKeys.TagSize);
+        key.Clear();
     }
 
     public byte[] Secret { get; }
@@ -93,7 +96,8 @@ public sealed class PacketProtection : IDisposable
     {
         Span<byte> nonce = stackalloc byte[RudKeys.NonceSize];
         Nonce(sentIndex, nonce);
-        _aead.Encrypt(nonce, plaintext, output[..plaintext.Length], output.Slice(plaintext.Length, RudKeys.TagSize), aad);
+        if (_fast is not null) _fast.Seal(nonce, aad, plaintext, output[..(plaintext.Length + RudKeys.TagSize)]);
+        else _aead!.Encrypt(nonce, plaintext, output[..plaintext.Length], output.Slice(plaintext.Length, RudKeys.TagSize), aad);
     }
 
     /// <summary>Decrypts ciphertext-then-tag into <paramref name="plaintext"/>; false when it does not authenticate.</summary>
@@ -103,15 +107,20 @@ public sealed class PacketProtection : IDisposable
         Span<byte> nonce = stackalloc byte[RudKeys.NonceSize];
         Nonce(sentIndex, nonce);
         int n = sealedData.Length - RudKeys.TagSize;
+        if (_fast is not null) return _fast.Open(nonce, aad, sealedData, plaintext[..n]);
         try
         {
-            _aead.Decrypt(nonce, sealedData[..n], sealedData[n..], plaintext[..n], aad);
+            _aead!.Decrypt(nonce, sealedData[..n], sealedData[n..], plaintext[..n], aad);
             return true;
         }
         catch (AuthenticationTagMismatchException) { return false; }
     }
 
-    public void Dispose() => _aead.Dispose();
+    public void Dispose()
+    {
+        _aead?.Dispose();
+        _fast?.Dispose();
+    }
 }
 
 /// <summary>Stateless challenge tokens (spec/rud.md §4.4).</summary>
