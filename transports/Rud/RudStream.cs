@@ -123,8 +123,8 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
                 ulong space = Window - (_writeOffset - _sendBase);
                 if (space > 0)
                 {
-                    _sendRing ??= ArrayPool<byte>.Shared.Rent(Window);
                     int n = (int)Math.Min(space, (ulong)buffer.Length);
+                    _sendRing = EnsureRing(_sendRing, _sendBase, _writeOffset, _writeOffset + (ulong)n);
                     CopyIn(_sendRing, _writeOffset, buffer.Span[..n]);
                     _writeOffset += (ulong)n;
                     buffer = buffer[n..];
@@ -304,7 +304,7 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
             if (_appClosed) { /* consumed and dropped */ }
             else
             {
-                _recvRing ??= ArrayPool<byte>.Shared.Rent(Window);
+                _recvRing = EnsureRing(_recvRing, _readOffset, _readOffset + (ulong)(_recvRing?.Length ?? 0), end);
                 CopyIn(_recvRing, from, slice);
             }
             _received.Add(from, end);
@@ -375,18 +375,46 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
         w?.TrySetResult();
     }
 
+    /// <summary>
+    /// A ring that holds stream offsets up to <paramref name="needEnd"/> from <paramref name="liveFrom"/>
+    /// (at most <see cref="Window"/> bytes, by flow control). Rings start at 64 KiB and double as a
+    /// stream's data in flight grows, so an idle or slow stream holds little and only busy ones reach
+    /// the full window; the bytes in [<paramref name="liveFrom"/>, <paramref name="liveTo"/>) move over.
+    /// </summary>
+    private static byte[] EnsureRing(byte[]? ring, ulong liveFrom, ulong liveTo, ulong needEnd)
+    {
+        ulong need = needEnd - liveFrom;
+        int cap = ring?.Length ?? 0;
+        if (ring is not null && need <= (ulong)cap) return ring;
+        int size = Math.Max(InitialRing, cap);
+        while ((ulong)size < need) size *= 2;
+        var bigger = ArrayPool<byte>.Shared.Rent(Math.Min(size, Window));
+        if (ring is not null)
+        {
+            int live = (int)Math.Min(liveTo - liveFrom, (ulong)cap);
+            int at = (int)(liveFrom % (ulong)cap);
+            int first = Math.Min(live, cap - at);
+            CopyIn(bigger, liveFrom, ring.AsSpan(at, first));
+            if (first < live) CopyIn(bigger, liveFrom + (ulong)first, ring.AsSpan(0, live - first));
+            ArrayPool<byte>.Shared.Return(ring);
+        }
+        return bigger;
+    }
+
+    private const int InitialRing = 64 * 1024;
+
     private static void CopyIn(byte[] ring, ulong offset, ReadOnlySpan<byte> data)
     {
-        int at = (int)(offset % Window);
-        int first = Math.Min(data.Length, Window - at);
+        int at = (int)(offset % (ulong)ring.Length);
+        int first = Math.Min(data.Length, ring.Length - at);
         data[..first].CopyTo(ring.AsSpan(at));
         if (first < data.Length) data[first..].CopyTo(ring);
     }
 
     private static void CopyOut(byte[] ring, ulong offset, Span<byte> dest)
     {
-        int at = (int)(offset % Window);
-        int first = Math.Min(dest.Length, Window - at);
+        int at = (int)(offset % (ulong)ring.Length);
+        int first = Math.Min(dest.Length, ring.Length - at);
         ring.AsSpan(at, first).CopyTo(dest);
         if (first < dest.Length) ring.AsSpan(0, dest.Length - first).CopyTo(dest[first..]);
     }
