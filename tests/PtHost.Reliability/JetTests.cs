@@ -50,7 +50,7 @@ public class JetTests(ITestOutputHelper output)
         // At the peak the client holds a SOCKS and a relay socket per session, the server a relay and a
         // target socket, the relay both ends of each pair.
         await TransportScenarios.LoadAsync(output, chain, echo,
-            [new("client", chain.Client.Pid, 2 * n), new("server", chain.Server.Pid, 2 * n), new("relay", relay.Process.Pid, 2 * n)],
+            [new("client", chain.Client.Pid, 2 * n), new("server", chain.Server.Pid, 2 * n, relay.Http.Port), new("relay", relay.Process.Pid, 2 * n, relay.Http.Port)],
             rounds: 2, seed: 300);
         var (s, c) = await chain.StopAsync();
         Assert.Equal(0, s);
@@ -104,6 +104,10 @@ public class JetTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>Client, server and relay; the REST connections between server and relay are a keep-alive pool.</summary>
+    private static Watched[] Watch(PtChain chain, JetRelayProcess relay) =>
+        [new("client", chain.Client.Pid), new("server", chain.Server.Pid, 0, relay.Http.Port), new("relay", relay.Process.Pid, 0, relay.Http.Port)];
+
     [Fact]
     public async Task A_refusing_target_is_answered_05_and_leaves_nothing_behind()
     {
@@ -111,7 +115,7 @@ public class JetTests(ITestOutputHelper output)
         await using var relay = await JetRelayProcess.StartAsync(RelayConfig(), loglevel: "warning");
         await using var chain = await StartChainAsync(relay);
         await TransportScenarios.RefusingTargetAsync(output, chain, echo,
-            [new("client", chain.Client.Pid), new("server", chain.Server.Pid), new("relay", relay.Process.Pid)]);
+            Watch(chain, relay));
     }
 
     [Fact]
@@ -121,7 +125,7 @@ public class JetTests(ITestOutputHelper output)
         await using var relay = await JetRelayProcess.StartAsync(RelayConfig(), loglevel: "warning");
         await using var chain = await StartChainAsync(relay);
         await TransportScenarios.StalledFarEndAsync(output, chain, echo,
-            [new("client", chain.Client.Pid), new("server", chain.Server.Pid), new("relay", relay.Process.Pid)]);
+            Watch(chain, relay));
     }
 
     [Fact]

@@ -7,8 +7,51 @@ using Xunit.Abstractions;
 
 namespace PtHost.Reliability.Support;
 
-/// <summary>A process on the path whose sockets and memory a scenario watches, and how many fds it must hold at the load peak.</summary>
-public sealed record Watched(string Name, int Pid, int PeakFdsAtLeast = 0);
+/// <summary>
+/// A process on the path whose sockets and memory a scenario watches, and how many fds it must hold at the
+/// load peak. <paramref name="PooledPort"/>: TCP sockets with this local or remote port are an HTTP
+/// keep-alive pool (the jet server's REST connections to the relay, idle-closed after 30 s), counted apart
+/// from the per-session sockets and bounded; <see cref="TransportScenarios.PoolDrainsAsync"/> shows they go.
+/// </summary>
+public sealed record Watched(string Name, int Pid, int PeakFdsAtLeast = 0, int PooledPort = 0)
+{
+    /// <summary>Sockets and pipes, less the pooled ones.</summary>
+    public int Sockets => ProcStats.SocketCount(Pid) - Pooled;
+
+    /// <summary>TCP sockets with <see cref="PooledPort"/> as their local or remote port.</summary>
+    public int Pooled
+    {
+        get
+        {
+            if (PooledPort == 0) return 0;
+            var inodes = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var file in new[] { "/proc/net/tcp", "/proc/net/tcp6" })
+                foreach (var line in File.ReadLines(file).Skip(1))
+                {
+                    var f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                    if (f[3] != "0A" && (Port(f[1]) == PooledPort || Port(f[2]) == PooledPort)) inodes.Add(f[9]); // not the listener
+                }
+            int n = 0;
+            foreach (var fd in Directory.GetFileSystemEntries($"/proc/{Pid}/fd"))
+            {
+                try { if (new FileInfo(fd).LinkTarget is { } t && t.StartsWith("socket:[", StringComparison.Ordinal) && inodes.Contains(t[8..^1])) n++; }
+                catch (IOException) { }
+            }
+            return n;
+
+            static int Port(string hexAddr) => Convert.ToInt32(hexAddr.Split(':')[1], 16);
+        }
+    }
+
+    /// <summary>Polls until <see cref="Sockets"/> is at most <paramref name="limit"/> (or the time is up); returns the last count.</summary>
+    public async Task<int> WaitForSocketsAtMostAsync(int limit, TimeSpan within)
+    {
+        var deadline = DateTime.UtcNow + within;
+        int n;
+        while ((n = Sockets) > limit && DateTime.UtcNow < deadline) await Task.Delay(250);
+        return n;
+    }
+}
 
 /// <summary>
 /// The load and fault scenarios of the relay transports (jet, asport, rud), run against a started
@@ -28,7 +71,7 @@ public static class TransportScenarios
         var warm = await LoadTests.RunRoundAsync(chain, echo, 50, seed);
         Assert.True(warm.Verified == 50, $"warm-up: {string.Join("\n", warm.Errors.Take(5))}");
         await Task.Delay(1000);
-        var sock0 = procs.Select(p => ProcStats.SocketCount(p.Pid)).ToArray();
+        var sock0 = procs.Select(p => p.Sockets).ToArray();
         var rss0 = procs.Select(p => ProcStats.RssBytes(p.Pid)).ToArray();
         var rss = new List<long[]>();
         for (int round = 1; round <= rounds; round++)
@@ -46,13 +89,17 @@ public static class TransportScenarios
 
             var after = new int[procs.Count];
             for (int i = 0; i < procs.Count; i++)
-                after[i] = await ProcStats.WaitForSocketsAtMostAsync(procs[i].Pid, sock0[i] + 2, TimeSpan.FromSeconds(45));
+                after[i] = await procs[i].WaitForSocketsAtMostAsync(sock0[i] + 2, TimeSpan.FromSeconds(45));
             await Task.Delay(2000);
             rss.Add(procs.Select(p => ProcStats.RssBytes(p.Pid)).ToArray());
             output.WriteLine($"after round {round}: sockets/pipes {string.Join(", ", procs.Select((p, i) => $"{p.Name} {sock0[i]} → {after[i]}"))}; RSS MiB {string.Join(", ", procs.Select((p, i) => $"{p.Name} {rss0[i] >> 20} → {rss[^1][i] >> 20}"))}");
             for (int i = 0; i < procs.Count; i++)
+            {
                 Assert.True(after[i] <= sock0[i] + 2, $"{procs[i].Name}: {sock0[i]} → {after[i]} sockets/pipes: {ProcStats.FdSummary(procs[i].Pid)}");
+                AssertPoolBounded(output, procs[i]);
+            }
         }
+        await PoolDrainsAsync(output, procs, sock0);
         for (int i = 0; i < procs.Count; i++)
         {
             // Memory does not keep growing (round 2 within 1.5 × round 1 + 64 MiB) and stays within 512 MiB of the baseline.
@@ -179,7 +226,7 @@ public static class TransportScenarios
     {
         await Support.Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 1024);
         await Task.Delay(500);
-        var sock0 = procs.Select(p => ProcStats.SocketCount(p.Pid)).ToArray();
+        var sock0 = procs.Select(p => p.Sockets).ToArray();
         int closed = ClosedPort.Get();
         var replies = await Task.WhenAll(Enumerable.Range(0, 50).Select(async _ =>
         {
@@ -189,14 +236,16 @@ public static class TransportScenarios
             return (reply, ended);
         }));
         output.WriteLine($"refusing target: replies {string.Join(", ", replies.GroupBy(r => r.reply).Select(g => $"{g.Key:x2} ×{g.Count()}"))}, {replies.Count(r => r.ended)} closed after the reply");
-        Assert.All(replies, r => Assert.Equal(0x05, r.reply));
+        Assert.True(replies.All(r => r.reply == 0x05), $"not every reply was 05:\nclient stderr:\n{Tail(chain.Client.Stderr)}\nserver stderr:\n{Tail(chain.Server.Stderr)}");
         Assert.All(replies, r => Assert.True(r.ended, "the session was not closed after its failure reply"));
         await Support.Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 256 * 1024);
         for (int i = 0; i < procs.Count; i++)
         {
-            int n = await ProcStats.WaitForSocketsAtMostAsync(procs[i].Pid, sock0[i] + 2, TimeSpan.FromSeconds(20));
+            int n = await procs[i].WaitForSocketsAtMostAsync(sock0[i] + 2, TimeSpan.FromSeconds(20));
             Assert.True(n <= sock0[i] + 2, $"{procs[i].Name}: {sock0[i]} → {n} sockets/pipes: {ProcStats.FdSummary(procs[i].Pid)}");
+            AssertPoolBounded(output, procs[i]);
         }
+        await PoolDrainsAsync(output, procs, sock0);
     }
 
     /// <summary>A far end that never reads blocks only its own session: 8 × 1 MiB echo sessions pass meanwhile; a reset tears the path down.</summary>
@@ -211,7 +260,7 @@ public static class TransportScenarios
         });
         await Support.Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 1024);
         await Task.Delay(500);
-        var sock0 = procs.Select(p => ProcStats.SocketCount(p.Pid)).ToArray();
+        var sock0 = procs.Select(p => p.Sockets).ToArray();
         var rss0 = procs.Select(p => ProcStats.RssBytes(p.Pid)).ToArray();
 
         var (reply, stalled) = await Support.Sessions.ConnectAsync(chain.SocksEndPoint, stall.Port, TimeSpan.FromSeconds(60));
@@ -246,9 +295,10 @@ public static class TransportScenarios
         Assert.True(await stall.WaitFinishedAsync(1, TimeSpan.FromSeconds(45)), "the far end's connection stayed open after the application reset its session");
         for (int i = 0; i < procs.Count; i++)
         {
-            int n = await ProcStats.WaitForSocketsAtMostAsync(procs[i].Pid, sock0[i] + 2, TimeSpan.FromSeconds(30));
+            int n = await procs[i].WaitForSocketsAtMostAsync(sock0[i] + 2, TimeSpan.FromSeconds(30));
             output.WriteLine($"{procs[i].Name}: sockets/pipes {sock0[i]} → {n}");
             Assert.True(n <= sock0[i] + 2, $"{procs[i].Name}: {sock0[i]} → {n} sockets/pipes: {ProcStats.FdSummary(procs[i].Pid)}");
+            AssertPoolBounded(output, procs[i]);
         }
         await Support.Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 256 * 1024);
     }
@@ -312,6 +362,31 @@ public static class TransportScenarios
         Assert.True(await far.WaitFinishedAsync(4, TimeSpan.FromSeconds(30)));
         Assert.Empty(far.Errors);
         Assert.Equal(sent.Select(Convert.ToHexString).Order(), farGot.Select(Convert.ToHexString).Order());
+    }
+
+    /// <summary>The keep-alive pool holds at most one connection per concurrent REST call (64 handshakes in flight, a few calls each).</summary>
+    private static void AssertPoolBounded(ITestOutputHelper output, Watched w)
+    {
+        if (w.PooledPort == 0) return;
+        int pooled = w.Pooled;
+        output.WriteLine($"{w.Name}: {pooled} pooled REST connections (port {w.PooledPort})");
+        Assert.InRange(pooled, 0, 256);
+    }
+
+    /// <summary>
+    /// The pooled REST connections close once idle (30 s, spec/jet.md §7): afterwards every socket and pipe of each
+    /// watched process, pooled or not, is back to <paramref name="baseline"/> (its <see cref="Watched.Sockets"/> count) + 2.
+    /// </summary>
+    public static async Task PoolDrainsAsync(ITestOutputHelper output, IReadOnlyList<Watched> procs, int[] baseline)
+    {
+        for (int i = 0; i < procs.Count; i++)
+        {
+            if (procs[i].PooledPort == 0) continue;
+            var watch = Stopwatch.StartNew();
+            int n = await ProcStats.WaitForSocketsAtMostAsync(procs[i].Pid, baseline[i] + 2, TimeSpan.FromSeconds(90));
+            output.WriteLine($"{procs[i].Name}: all sockets/pipes {n} (baseline {baseline[i]}) {watch.Elapsed.TotalSeconds:0} s later");
+            Assert.True(n <= baseline[i] + 2, $"{procs[i].Name}: {ProcStats.FdSummary(procs[i].Pid)}");
+        }
     }
 
     public static string Tail(string s) => s.Length > 4000 ? s[^4000..] : s;
