@@ -364,13 +364,17 @@ public static class TransportScenarios
         Assert.Equal(sent.Select(Convert.ToHexString).Order(), farGot.Select(Convert.ToHexString).Order());
     }
 
-    /// <summary>The keep-alive pool holds at most one connection per concurrent REST call (64 handshakes in flight, a few calls each).</summary>
+    /// <summary>
+    /// The keep-alive pool holds at most one connection per concurrent REST call: create and gather while at most
+    /// 64 sessions are set up, but one DELETE per session when a round's sessions all end at once. So the bound
+    /// is one per session; <see cref="PoolDrainsAsync"/> shows that they close.
+    /// </summary>
     private static void AssertPoolBounded(ITestOutputHelper output, Watched w)
     {
         if (w.PooledPort == 0) return;
         int pooled = w.Pooled;
         output.WriteLine($"{w.Name}: {pooled} pooled REST connections (port {w.PooledPort})");
-        Assert.InRange(pooled, 0, 256);
+        Assert.InRange(pooled, 0, LoadTests.Sessions);
     }
 
     /// <summary>
