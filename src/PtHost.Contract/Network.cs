@@ -175,3 +175,15 @@ public interface IHalfClosable
     /// <summary>Ends the write direction; reads continue.</summary>
     void ShutdownWrite();
 }
+
+/// <summary>
+/// A transport stream that can end abortively, so that the far end sees an error rather than a
+/// clean end of stream (the counterpart of a TCP reset: QUIC and RUD RESET_STREAM, a TLS
+/// connection's socket closed with RST). The host calls it when the other side of a session
+/// failed (spec/ipc.md §7); a stream without it is only disposed.
+/// </summary>
+public interface IAbortable
+{
+    /// <summary>Ends both directions at once with an error the peer can see; disposal follows.</summary>
+    void Abort();
+}

@@ -10,7 +10,7 @@ namespace PtHost.Net;
 /// reads go on. The shutdown runs in the background (the write side is idle when it is called) and
 /// disposal waits for it (spec/zephyr.md §7.5, spec/jet.md).
 /// </summary>
-public sealed class HalfClosableTlsStream(SslStream tls, Stream transport) : Stream, IHalfClosable
+public sealed class HalfClosableTlsStream(SslStream tls, Stream transport) : Stream, IHalfClosable, IAbortable
 {
     private Task _closing = Task.CompletedTask;
     private int _shut;
@@ -27,6 +27,13 @@ public sealed class HalfClosableTlsStream(SslStream tls, Stream transport) : Str
     {
         if (Interlocked.Exchange(ref _shut, 1) != 0) return;
         _closing = ShutdownCoreAsync();
+    }
+
+    /// <summary>Resets the transport under the TLS (RST on a socket) without close_notify.</summary>
+    public void Abort()
+    {
+        Interlocked.Exchange(ref _shut, 1);
+        Relay.Abort(transport);
     }
 
     private async Task ShutdownCoreAsync()

@@ -86,12 +86,18 @@ public static class Relay
         catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException) { }
     }
 
-    /// <summary>Closes a stream abortively (RST on a socket) so the peer sees a reset, not a clean end.</summary>
+    /// <summary>Closes a stream abortively (RST on a socket, <see cref="IAbortable.Abort"/> on a
+    /// transport stream) so the peer sees a reset, not a clean end.</summary>
     public static void Abort(Stream s)
     {
         try
         {
-            if (s is NetworkStream ns) ns.Socket.LingerState = new LingerOption(true, 0);
+            // Close(0) is .NET's abortive close: SO_LINGER 0 and, when the other direction still has
+            // a receive pending on the socket, a disconnect that sends RST. Setting LingerState and
+            // disposing instead shuts the socket down first when an operation is pending, and the
+            // peer sees a FIN — a clean end — before the RST.
+            if (s is NetworkStream ns) ns.Socket.Close(0);
+            else if (s is IAbortable a) a.Abort();
             s.Dispose();
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException) { }

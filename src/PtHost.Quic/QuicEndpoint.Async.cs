@@ -66,74 +66,17 @@ public sealed partial class QuicEndpoint
         _events.Writer.TryComplete();
         _stop.Cancel();
         _accepted?.Writer.TryComplete();
-        try { await _loop.WaitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false); } catch (Exception e) { _log.LogDebug(e, "quic loop ended"); }
+        WakeForShutdown();
+        var stopped = true;
+        try { await _loopDone.Task.WaitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false); }
+        catch (TimeoutException)
+        {
+            stopped = false;
+            _log.LogWarning("QUIC endpoint {Local}: I/O thread did not stop within 10 s", LocalEndPoint);
+        }
         _socket.Dispose();
-        try { await _receive.WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false); } catch (Exception e) { _log.LogDebug(e, "quic receive ended"); }
-        await _timer.DisposeAsync().ConfigureAwait(false);
-        FreeNative();
+        // Native memory stays allocated if the thread might still use it.
+        if (stopped) FreeNative();
         _stop.Dispose();
-    }
-
-    private async Task ReceiveLoopAsync()
-    {
-        var from = new SocketAddress(LocalEndPoint.AddressFamily);
-        while (!_stop.IsCancellationRequested)
-        {
-            var buf = ArrayPool<byte>.Shared.Rent(RecvBufferSize);
-            int n;
-            try
-            {
-                n = await _socket.ReceiveFromAsync(buf.AsMemory(0, AddrOffset), SocketFlags.None, from, _stop.Token).ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is SocketException { SocketErrorCode: SocketError.ConnectionReset or SocketError.MessageSize or SocketError.ConnectionRefused or SocketError.HostUnreachable or SocketError.NetworkUnreachable })
-            {
-                ArrayPool<byte>.Shared.Return(buf);
-                continue;
-            }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException)
-            {
-                ArrayPool<byte>.Shared.Return(buf);
-                if (!_stop.IsCancellationRequested) _log.LogError(e, "QUIC socket {Local} failed", LocalEndPoint);
-                return;
-            }
-            if (Volatile.Read(ref _queuedPackets) >= MaxQueuedPackets)
-            {
-                ArrayPool<byte>.Shared.Return(buf);
-                continue;
-            }
-            from.Buffer.Span[..from.Size].CopyTo(buf.AsSpan(AddrOffset));
-            Interlocked.Increment(ref _queuedPackets);
-            if (!_events.Writer.TryWrite(new LoopEvent(EventKind.Packet, null, buf, n, from.Size)))
-            {
-                ArrayPool<byte>.Shared.Return(buf);
-                return;
-            }
-        }
-    }
-
-    private async Task RunLoopAsync()
-    {
-        var reader = _events.Reader;
-        try
-        {
-            while (await reader.WaitToReadAsync().ConfigureAwait(false))
-            {
-                while (reader.TryRead(out var ev))
-                {
-                    try { Handle(ev); }
-                    catch (Exception e) { _log.LogError(e, "QUIC event failed"); }
-                }
-                try { Service(); }
-                catch (Exception e) { _log.LogError(e, "QUIC service failed"); }
-            }
-        }
-        finally
-        {
-            foreach (var c in _connections.ToArray())
-            {
-                c.Terminate(new QuicCloseInfo("endpoint closed", false, null), deleteNow: true);
-                DeleteConnection(c);
-            }
-        }
     }
 }

@@ -22,16 +22,13 @@ namespace PtHost.Quic;
 public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
 {
     internal const int MaxPacketSize = 1472;
-    private const int RecvBufferSize = 2048;
-    private const int AddrOffset = 1920;          // received source sockaddr sits here in the buffer
-    private const int MaxQueuedPackets = 8192;
     private const int MaxVecs = 64;
     private const string Priority =
         "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:+CHACHA20-POLY1305:" +
         "-GROUP-ALL:+GROUP-X25519:+GROUP-SECP256R1:+GROUP-SECP384R1:%DISABLE_TLS13_COMPAT_MODE";
 
-    private enum EventKind : byte { Packet, Tick, Flush, Invoke }
-    private readonly record struct LoopEvent(EventKind Kind, object? Target, byte[]? Buffer, int Length, int AddressLength);
+    private enum EventKind : byte { Flush, Invoke }
+    private readonly record struct LoopEvent(EventKind Kind, object Target);
 
     private readonly Socket _socket;
     private readonly ILogger _log;
@@ -45,10 +42,6 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
     private readonly List<QuicConnection> _connections = [];
     private readonly List<QuicConnection> _dirty = [];
     private readonly CancellationTokenSource _stop = new();
-    private readonly Timer _timer;
-    private ulong _armedDeadline = ulong.MaxValue;
-    private int _queuedPackets;
-    private readonly Task _loop, _receive;
     private int _resetsThisSecond;
     private long _resetSecond;
 
@@ -100,9 +93,7 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
             _serverCredentials = LoadServerCredentials(server.Certificate);
             _accepted = Channel.CreateBounded<QuicConnection>(new BoundedChannelOptions(server.AcceptQueue) { FullMode = BoundedChannelFullMode.Wait });
         }
-        _timer = new Timer(static s => ((QuicEndpoint)s!)._events.Writer.TryWrite(new LoopEvent(EventKind.Tick, null, null, 0, 0)), this, Timeout.Infinite, Timeout.Infinite);
-        _loop = Task.Run(RunLoopAsync);
-        _receive = Task.Run(ReceiveLoopAsync);
+        StartIo();
     }
 
     /// <summary>An endpoint that only connects out.</summary>
@@ -150,6 +141,7 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
         if (_serverCredentials != 0) GnuTls.CertificateFreeCredentials(_serverCredentials);
         _serverCredentials = 0;
         NativeMemory.Free(_scratch);
+        FreeIo();
     }
 
     // ---- posting work to the loop ----
@@ -159,11 +151,17 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
         if (!TryPost(action)) throw new ObjectDisposedException(nameof(QuicEndpoint));
     }
 
-    internal bool TryPost(Action action) => _events.Writer.TryWrite(new LoopEvent(EventKind.Invoke, action, null, 0, 0));
+    internal bool TryPost(Action action)
+    {
+        if (!_events.Writer.TryWrite(new LoopEvent(EventKind.Invoke, action))) return false;
+        Wake();
+        return true;
+    }
 
     internal void PostFlush(QuicConnection c)
     {
-        if (!_events.Writer.TryWrite(new LoopEvent(EventKind.Flush, c, null, 0, 0))) Volatile.Write(ref c.FlushScheduled, 0);
+        if (!_events.Writer.TryWrite(new LoopEvent(EventKind.Flush, c))) Volatile.Write(ref c.FlushScheduled, 0);
+        else Wake();
     }
 
     internal void LogCallbackFailure(Exception e) => _log.LogError(e, "QUIC callback failed");
@@ -178,21 +176,13 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
     {
         switch (ev.Kind)
         {
-            case EventKind.Packet:
-                Interlocked.Decrement(ref _queuedPackets);
-                try { OnPacket(ev.Buffer!, ev.Length, ev.AddressLength); }
-                finally { ArrayPool<byte>.Shared.Return(ev.Buffer!); }
-                break;
             case EventKind.Flush:
-                var c = (QuicConnection)ev.Target!;
+                var c = (QuicConnection)ev.Target;
                 Volatile.Write(ref c.FlushScheduled, 0);
                 MarkDirty(c);
                 break;
             case EventKind.Invoke:
-                ((Action)ev.Target!)();
-                break;
-            case EventKind.Tick:
-                _armedDeadline = ulong.MaxValue;
+                ((Action)ev.Target)();
                 break;
         }
     }
@@ -235,25 +225,15 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
             if (c.State >= QuicConnection.ConnState.Closing) deadline = Math.Min(deadline, c.DeleteAt);
             else deadline = Math.Min(deadline, Ngtcp2.ConnGetExpiry(c.Conn));
         }
-        if (deadline != _armedDeadline)
-        {
-            _armedDeadline = deadline;
-            if (deadline == ulong.MaxValue) _timer.Change(Timeout.Infinite, Timeout.Infinite);
-            else
-            {
-                now = Now();
-                var ms = deadline <= now ? 0 : (long)Math.Min((deadline - now + 999_999) / 1_000_000, int.MaxValue);
-                _timer.Change(ms, Timeout.Infinite);
-            }
-        }
+        _nextDeadline = deadline;
     }
 
     // ---- packets in ----
 
-    private void OnPacket(byte[] buf, int n, int addrLen)
+    private void OnPacket(byte* packet, int n, ReadOnlySpan<byte> from)
     {
         if (n < 1) return;
-        var span = buf.AsSpan(0, n);
+        var span = new ReadOnlySpan<byte>(packet, n);
         var longHeader = (span[0] & 0x80) != 0;
         ReadOnlySpan<byte> dcid;
         if (longHeader)
@@ -271,13 +251,12 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
         QuicConnection? conn = null;
         if (dcid.Length == QuicConnection.CidLength) _byCid.TryGetValue(Key(dcid), out conn);
         if (conn is null && longHeader) _byInitialDcid.TryGetValue(Convert.ToHexString(dcid), out conn);
-        var from = buf.AsSpan(AddrOffset, addrLen);
         // A stateless reset carries a random DCID: hand unknown short-header packets to a
         // connection with that peer address, whose ngtcp2 checks the reset token.
         if (conn is null && !longHeader) conn = FindByRemote(from);
         if (conn is null)
         {
-            if (longHeader) conn = TryAccept(buf, n, from);
+            if (longHeader) conn = TryAccept(packet, n, from);
             else SendStatelessReset(dcid, n, from);
             if (conn is null) return;
         }
@@ -288,7 +267,7 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
                 Send(conn, conn.ClosePacket.AsSpan(0, conn.ClosePacketLength));
             return;
         }
-        ReadPacket(conn, buf, n, from);
+        ReadPacket(conn, packet, n, from);
     }
 
     private QuicConnection? FindByRemote(ReadOnlySpan<byte> from)
@@ -300,12 +279,10 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
         return null;
     }
 
-    private void ReadPacket(QuicConnection conn, byte[] buf, int n, ReadOnlySpan<byte> from)
+    private void ReadPacket(QuicConnection conn, byte* packet, int n, ReadOnlySpan<byte> from)
     {
         FillPath(ReadPath, from);
-        int rv;
-        fixed (byte* p = buf)
-            rv = Ngtcp2.ConnReadPkt(conn.Conn, ReadPath, Ngtcp2.StructVersion, PktInfo, p, (nuint)n, Now());
+        var rv = Ngtcp2.ConnReadPkt(conn.Conn, ReadPath, Ngtcp2.StructVersion, PktInfo, packet, (nuint)n, Now());
         if (rv != 0)
         {
             OnFatal(conn, rv);
@@ -380,11 +357,10 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
 
     // ---- accepting ----
 
-    private QuicConnection? TryAccept(byte[] buf, int n, ReadOnlySpan<byte> from)
+    private QuicConnection? TryAccept(byte* packet, int n, ReadOnlySpan<byte> from)
     {
         if (_server is null || _stop.IsCancellationRequested) return null;
-        int rv;
-        fixed (byte* p = buf) rv = Ngtcp2.Accept(PktHd, p, (nuint)n);
+        var rv = Ngtcp2.Accept(PktHd, packet, (nuint)n);
         if (rv != 0) return null; // not an acceptable Initial (version negotiation is not offered)
         var remote = new SocketAddress(LocalEndPoint.AddressFamily, from.Length);
         from.CopyTo(remote.Buffer.Span);
@@ -685,16 +661,7 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
 
     private void SendRaw(ReadOnlySpan<byte> packet, SocketAddress to)
     {
-        try
-        {
-            _socket.SendTo(packet, SocketFlags.None, to);
-        }
-        catch (SocketException e)
-        {
-            // UDP: a full buffer or an ICMP error loses this packet; QUIC recovery resends.
-            _log.LogDebug("QUIC send to {To} failed: {Error}", to, e.SocketErrorCode);
-        }
-        catch (ObjectDisposedException) { }
+        fixed (byte* p = packet) SendPackets(p, packet.Length, packet.Length, to);
     }
 
     /// <summary>Write every packet the connection has ready: stream data, datagrams, ACKs, control frames.</summary>
@@ -712,10 +679,13 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
         if (c.State == QuicConnection.ConnState.Established) c.UpdateDatagramSize();
         var ts = Now();
         var conn = c.Conn;
-        var buf = SendBuf;
+        // Packets are written back to back into the batch; a run of equal-sized packets (the
+        // last may be shorter) leaves in one GSO sendmsg.
+        int batchLen = 0, segment = 0, segments = 0;
         for (var packets = 0; packets < 4096; packets++)
         {
             nint written;
+            var buf = SendBatch + batchLen;
             if (c.State == QuicConnection.ConnState.Established && c.DatagramsOut.TryPeek(out var d))
             {
                 int accepted = 0;
@@ -786,12 +756,29 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
             }
             if (written < 0)
             {
+                SendPackets(SendBatch, batchLen, segment, c.RemoteSocketAddress);
                 OnFatal(c, (int)written);
                 return;
             }
             if (written == 0) break;
-            Send(c, new ReadOnlySpan<byte>(buf, (int)written));
+            var size = (int)written;
+            if (segments > 0 && size > segment)
+            {
+                // Larger than the run's segment size (a path MTU probe): the run leaves first.
+                SendPackets(SendBatch, batchLen, segment, c.RemoteSocketAddress);
+                Buffer.MemoryCopy(buf, SendBatch, SendBatchCapacity, size);
+                batchLen = segments = 0;
+            }
+            if (segments == 0) segment = size;
+            batchLen += size;
+            segments++;
+            if (size < segment || segments == MaxGsoSegments || batchLen + MaxPacketSize > MaxGsoBytes)
+            {
+                SendPackets(SendBatch, batchLen, segment, c.RemoteSocketAddress);
+                batchLen = segments = 0;
+            }
         }
+        SendPackets(SendBatch, batchLen, segment, c.RemoteSocketAddress);
         Ngtcp2.ConnUpdatePktTxTime(conn, ts);
     }
 

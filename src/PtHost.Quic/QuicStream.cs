@@ -18,9 +18,12 @@ public sealed class QuicStreamAbortedException(string message, ulong? errorCode 
 /// copy into pinned chunks that ngtcp2 sends from, and which are released when acknowledged;
 /// a writer waits once StreamSendBuffer bytes are queued and unacknowledged.
 /// </summary>
-public sealed class QuicStream : Stream, PtHost.Contract.IHalfClosable
+public sealed class QuicStream : Stream, PtHost.Contract.IHalfClosable, PtHost.Contract.IAbortable
 {
-    private readonly record struct Segment(byte[] Buffer, int Length);
+    /// <summary>Received bytes: a run inside a pooled chunk. The loop fills chunks front to
+    /// back, so a segment ending at the chunk's end is its last, and the reader returns the
+    /// chunk to the pool when it has consumed that segment.</summary>
+    private readonly record struct Segment(byte[] Buffer, int Offset, int Length);
 
     internal readonly QuicConnection Connection;
     private readonly Channel<Segment> _received = Channel.CreateUnbounded<Segment>(
@@ -28,6 +31,8 @@ public sealed class QuicStream : Stream, PtHost.Contract.IHalfClosable
     private Segment _current;
     private int _currentPos;
     private bool _readEof;
+    private byte[]? _fill;          // loop thread: the chunk OnData appends to
+    private int _fillPos;
     /// <summary>Interlocked counters live outside the Stream (a MarshalByRefObject).</summary>
     internal sealed class Signals { public int WorkScheduled; public long PendingCredit; }
     internal readonly Signals Flags = new();
@@ -75,11 +80,20 @@ public sealed class QuicStream : Stream, PtHost.Contract.IHalfClosable
     /// <summary>Loop thread: ngtcp2 delivered in-order data (valid only during the callback).</summary>
     internal void OnData(ReadOnlySpan<byte> data, bool fin)
     {
-        if (data.Length > 0)
+        while (data.Length > 0)
         {
-            var buf = ArrayPool<byte>.Shared.Rent(data.Length);
-            data.CopyTo(buf);
-            if (!_received.Writer.TryWrite(new Segment(buf, data.Length))) ArrayPool<byte>.Shared.Return(buf);
+            if (_fill is null || _fillPos == PinnedChunkPool.ChunkSize)
+            {
+                _fill = PinnedChunkPool.Rent();
+                _fillPos = 0;
+            }
+            var n = Math.Min(data.Length, PinnedChunkPool.ChunkSize - _fillPos);
+            data[..n].CopyTo(_fill.AsSpan(_fillPos));
+            // A completed channel (reader gone or aborted) drops the bytes; the chunk is then
+            // left to the collector rather than risk returning it twice.
+            if (!_received.Writer.TryWrite(new Segment(_fill, _fillPos, n))) { _fill = null; return; }
+            _fillPos += n;
+            data = data[n..];
         }
         if (fin) _received.Writer.TryComplete();
     }
@@ -101,8 +115,7 @@ public sealed class QuicStream : Stream, PtHost.Contract.IHalfClosable
         }
         if (_current.Buffer is null || _currentPos == _current.Length)
         {
-            if (_current.Buffer is not null) ArrayPool<byte>.Shared.Return(_current.Buffer);
-            _current = default;
+            ReleaseCurrent();
             Segment next;
             while (!_received.Reader.TryRead(out next))
             {
@@ -116,18 +129,50 @@ public sealed class QuicStream : Stream, PtHost.Contract.IHalfClosable
                 if (!more)
                 {
                     _readEof = true;
+                    if (_lastChunk is not null) PinnedChunkPool.Return(_lastChunk); // the final, partly filled chunk
+                    _lastChunk = null;
                     return 0;
                 }
             }
             _current = next;
             _currentPos = 0;
         }
-        var n = Math.Min(buffer.Length, _current.Length - _currentPos);
-        _current.Buffer.AsSpan(_currentPos, n).CopyTo(buffer.Span);
-        _currentPos += n;
+        // Fill the caller's buffer from as many queued segments as it holds (a segment is one
+        // packet's worth): one read, one write downstream and one credit update per batch.
+        var span = buffer.Span;
+        var n = 0;
+        while (true)
+        {
+            var take = Math.Min(span.Length - n, _current.Length - _currentPos);
+            _current.Buffer.AsSpan(_current.Offset + _currentPos, take).CopyTo(span[n..]);
+            _currentPos += take;
+            n += take;
+            if (n == span.Length) break;
+            if (!_received.Reader.TryRead(out var more)) break;
+            ReleaseCurrent();
+            _current = more;
+            _currentPos = 0;
+        }
         Interlocked.Add(ref Flags.PendingCredit, n);
         Connection.ScheduleStreamWork(this);
         return n;
+    }
+
+    private byte[]? _lastChunk;     // reader: chunk of the last consumed segment, not yet returned
+
+    /// <summary>Reader: done with the current segment; its chunk goes back when this was the chunk's last segment.</summary>
+    private void ReleaseCurrent()
+    {
+        if (_current.Buffer is not null)
+        {
+            if (_current.Offset + _current.Length == PinnedChunkPool.ChunkSize)
+            {
+                PinnedChunkPool.Return(_current.Buffer);
+                _lastChunk = null;
+            }
+            else _lastChunk = _current.Buffer;
+        }
+        _current = default;
     }
 
     public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
@@ -196,6 +241,12 @@ public sealed class QuicStream : Stream, PtHost.Contract.IHalfClosable
     }
 
     void PtHost.Contract.IHalfClosable.ShutdownWrite() => CompleteWrites();
+
+    /// <summary>The application error code <see cref="PtHost.Contract.IAbortable.Abort"/> sends in
+    /// RESET_STREAM and STOP_SENDING: the session's other side failed.</summary>
+    public const ulong SessionAbortedCode = 1;
+
+    void PtHost.Contract.IAbortable.Abort() => Abort(SessionAbortedCode);
 
     /// <summary>Abandons the stream both ways (RESET_STREAM and STOP_SENDING with this code).</summary>
     public void Abort(ulong errorCode) => Connection.AbortStream(this, errorCode);
@@ -300,12 +351,9 @@ public sealed class QuicStream : Stream, PtHost.Contract.IHalfClosable
                 StopReadingRequested = true;
                 Connection.ScheduleStreamWork(this);
             }
-            if (_current.Buffer is not null)
-            {
-                ArrayPool<byte>.Shared.Return(_current.Buffer);
-                _current = default;
-            }
-            while (_received.Reader.TryRead(out var s)) ArrayPool<byte>.Shared.Return(s.Buffer);
+            // Chunks still queued here may be shared with the loop's fill chunk: they are left
+            // to the collector (only on a stream disposed before its end).
+            _current = default;
         }
         base.Dispose(disposing);
     }

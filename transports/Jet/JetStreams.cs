@@ -106,7 +106,7 @@ public sealed class JetWebSocketStream(WebSocket socket) : Stream, IHalfClosable
 }
 
 /// <summary>A stream whose first bytes were already read: they are returned first, then the inner stream's.</summary>
-public sealed class PrefixedStream(ReadOnlyMemory<byte> prefix, Stream inner) : Stream, IHalfClosable
+public sealed class PrefixedStream(ReadOnlyMemory<byte> prefix, Stream inner) : Stream, IHalfClosable, IAbortable
 {
     private ReadOnlyMemory<byte> _prefix = prefix;
 
@@ -140,6 +140,9 @@ public sealed class PrefixedStream(ReadOnlyMemory<byte> prefix, Stream inner) : 
     }
 
     public void ShutdownWrite() => PtHost.Net.Relay.ShutdownWrite(inner);
+
+    /// <summary>Aborts the inner stream (RST on a socket).</summary>
+    public void Abort() => PtHost.Net.Relay.Abort(inner);
     public override void Write(byte[] buffer, int offset, int count) => inner.Write(buffer, offset, count);
     public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default) => inner.WriteAsync(buffer, cancellationToken);
     public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) => inner.WriteAsync(buffer, offset, count, cancellationToken);

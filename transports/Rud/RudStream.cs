@@ -9,7 +9,7 @@ namespace PtHost.Transports.Rud;
 /// All state is guarded by the endpoint's lock; reads and writes wait on completion sources,
 /// never by blocking a thread.
 /// </summary>
-public sealed class RudStream : Stream, IHalfClosable
+public sealed class RudStream : Stream, IHalfClosable, IAbortable
 {
     public const int Window = 1 << 20;
     private readonly RudConnection _conn;
@@ -148,6 +148,8 @@ public sealed class RudStream : Stream, IHalfClosable
             _conn.ScheduleSend(this);
         }
     }
+
+    void IAbortable.Abort() => Abort(1);
 
     /// <summary>Ends the stream at once both ways with RESET_STREAM (§8.4).</summary>
     public void Abort(ulong code = 1)

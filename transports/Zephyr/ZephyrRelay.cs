@@ -461,7 +461,8 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
         Evict(evicted);
         try
         {
-            if (abort) c.Socket.LingerState = new LingerOption(true, 0);
+            // Close(0): an abortive close that resets even while a receive is pending (see Relay.Abort).
+            if (abort) c.Socket.Close(0);
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
         c.Socket.Dispose();

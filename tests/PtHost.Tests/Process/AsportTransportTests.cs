@@ -12,7 +12,7 @@ namespace PtHost.Tests.Process;
 [Collection("process")]
 public sealed class AsportTransportTests
 {
-    private static JObject ServerConfig(IPEndPoint relay, string target, string? password = null) => new()
+    internal static JObject ServerConfig(IPEndPoint relay, string target, string? password = null) => new()
     {
         ["role"] = "server",
         ["transports"] = new JArray("asport"),
@@ -31,7 +31,7 @@ public sealed class AsportTransportTests
         },
     };
 
-    private static JObject ClientConfig() => new()
+    internal static JObject ClientConfig() => new()
     {
         ["role"] = "client",
         ["transports"] = new JArray("asport"),

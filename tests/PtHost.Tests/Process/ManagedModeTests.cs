@@ -202,7 +202,9 @@ public class ManagedModeTests
         client.Signal(2); // the second SIGINT ends it
         Assert.Equal(0, await client.WaitForExitAsync());
         Assert.Contains("second SIGINT", client.Stderr);
-        Assert.Equal(0, await socks.Stream.ReadAsync(new byte[16]).AsTask().WaitAsync(TimeSpan.FromSeconds(10)));
+        // spec/ipc.md §7/§9: a session aborted at shutdown is reset, not ended cleanly.
+        var e = await Assert.ThrowsAsync<IOException>(() => socks.Stream.ReadAsync(new byte[16]).AsTask().WaitAsync(TimeSpan.FromSeconds(10)));
+        Assert.Equal(System.Net.Sockets.SocketError.ConnectionReset, Assert.IsType<System.Net.Sockets.SocketException>(e.InnerException).SocketErrorCode);
     }
 
     [Fact]

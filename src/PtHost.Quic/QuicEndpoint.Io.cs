@@ -1,0 +1,285 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
+using PtHost.Quic.Native;
+
+namespace PtHost.Quic;
+
+/// <summary>
+/// The endpoint's I/O thread. One OS thread per endpoint owns the UDP socket and every ngtcp2
+/// connection on it: it reads datagrams straight into native memory with recvmsg (UDP GRO
+/// hands it up to 64 KiB of same-sized datagrams in one call), runs posted work, services
+/// expiries and writes packets, which leave in batches of equal-sized segments through one
+/// sendmsg with UDP_SEGMENT (generic segmentation offload). It sleeps in ppoll on the socket
+/// and an eventfd, with a nanosecond timeout taken from ngtcp2's earliest expiry, so pacing
+/// and loss timers fire when they are due rather than on a millisecond timer.
+/// </summary>
+public sealed unsafe partial class QuicEndpoint
+{
+    private const int RecvCapacity = 65536;
+    private const int RecvControlSize = 64;
+    private const int MaxDatagramsPerTurn = 64;
+    /// <summary>A GSO send carries at most this many bytes (the UDP length field) and 64 segments.</summary>
+    private const int MaxGsoBytes = 65000, MaxGsoSegments = 64;
+    private const int SendBatchCapacity = MaxGsoBytes + MaxPacketSize;
+
+    private int _fd;
+    private int _eventFd = -1;
+    private int _sleeping, _wakePending;
+    private bool _gsoDisabled;
+    private ulong _nextDeadline = ulong.MaxValue;
+    private Thread? _thread;
+    private readonly TaskCompletionSource _loopDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    // Thread-owned native I/O memory (one block, freed with the scratch).
+    private byte* _io;
+    private const int IoSize = RecvCapacity + 128 + RecvControlSize + Posix.MsgHdr.Size + Layout.Vec.Size
+        + SendBatchCapacity + Posix.MsgHdr.Size + Layout.Vec.Size + 32 + 2 * Posix.PollFd.Size + 16 + 8;
+    private byte* RecvBuf => _io;
+    private byte* RecvAddr => RecvBuf + RecvCapacity;
+    private byte* RecvControl => RecvAddr + 128;
+    private byte* RecvMsg => RecvControl + RecvControlSize;
+    private byte* RecvIov => RecvMsg + Posix.MsgHdr.Size;
+    private byte* SendBatch => RecvIov + Layout.Vec.Size;
+    private byte* SendMsg => SendBatch + SendBatchCapacity;
+    private byte* SendIov => SendMsg + Posix.MsgHdr.Size;
+    private byte* SendControl => SendIov + Layout.Vec.Size;
+    private byte* PollFds => SendControl + 32;
+    private byte* TimeSpec => PollFds + 2 * Posix.PollFd.Size;
+    private byte* EventWord => TimeSpec + 16;
+
+    private void StartIo()
+    {
+        _io = (byte*)NativeMemory.AllocZeroed(IoSize);
+        _fd = (int)_socket.Handle;
+        _eventFd = Posix.EventFd(0, Posix.EfdNonBlock | Posix.EfdCloexec);
+        if (_eventFd < 0) throw new SocketException(Marshal.GetLastPInvokeError());
+        int on = 1;
+        // GRO is an optimisation: a kernel without it delivers datagrams one by one.
+        if (Posix.SetSockOpt(_fd, Posix.SolUdp, Posix.UdpGro, (byte*)&on, sizeof(int)) != 0)
+            _log.LogDebug("QUIC endpoint {Local}: UDP_GRO unavailable ({Errno})", LocalEndPoint, Marshal.GetLastPInvokeError());
+        _thread = new Thread(RunLoop) { IsBackground = true, Name = "QUIC " + LocalEndPoint };
+        _thread.Start();
+    }
+
+    private void FreeIo()
+    {
+        if (_eventFd >= 0) Posix.Close(_eventFd);
+        _eventFd = -1;
+        NativeMemory.Free(_io);
+        _io = null;
+    }
+
+    /// <summary>After queueing work: wake the thread if it sleeps (Dekker pairing with <see cref="Sleep"/>).</summary>
+    private void Wake()
+    {
+        Interlocked.MemoryBarrier();
+        if (Volatile.Read(ref _sleeping) == 0 || Interlocked.Exchange(ref _wakePending, 1) != 0) return;
+        ulong one = 1;
+        Posix.Write(_eventFd, (byte*)&one, 8);
+    }
+
+    private void WakeForShutdown()
+    {
+        ulong one = 1;
+        Posix.Write(_eventFd, (byte*)&one, 8);
+    }
+
+    private void RunLoop()
+    {
+        var reader = _events.Reader;
+        try
+        {
+            while (true)
+            {
+                for (var i = 0; i < 4096 && reader.TryRead(out var ev); i++)
+                {
+                    try { Handle(ev); }
+                    catch (Exception e) { _log.LogError(e, "QUIC event failed"); }
+                }
+                if (reader.Completion.IsCompleted || _stop.IsCancellationRequested) break;
+                bool more;
+                try { more = ReceiveTurn(); }
+                catch (Exception e)
+                {
+                    _log.LogError(e, "QUIC receive failed");
+                    more = false;
+                }
+                try { Service(); }
+                catch (Exception e) { _log.LogError(e, "QUIC service failed"); }
+                if (!more) Sleep();
+            }
+        }
+        finally
+        {
+            foreach (var c in _connections.ToArray())
+            {
+                try
+                {
+                    c.Terminate(new QuicCloseInfo("endpoint closed", false, null), deleteNow: true);
+                    DeleteConnection(c);
+                }
+                catch (Exception e) { _log.LogDebug(e, "QUIC connection clean-up"); }
+            }
+            _loopDone.TrySetResult();
+        }
+    }
+
+    /// <summary>Waits for a datagram, posted work, or the next ngtcp2 expiry.</summary>
+    private void Sleep()
+    {
+        Volatile.Write(ref _sleeping, 1);
+        Interlocked.MemoryBarrier();
+        if (_events.Reader.TryPeek(out _))
+        {
+            Volatile.Write(ref _sleeping, 0);
+            return;
+        }
+        var fds = PollFds;
+        *(int*)(fds + Posix.PollFd.Fd) = _fd;
+        *(short*)(fds + Posix.PollFd.Events) = Posix.PollIn;
+        *(short*)(fds + Posix.PollFd.REvents) = 0;
+        *(int*)(fds + Posix.PollFd.Size + Posix.PollFd.Fd) = _eventFd;
+        *(short*)(fds + Posix.PollFd.Size + Posix.PollFd.Events) = Posix.PollIn;
+        *(short*)(fds + Posix.PollFd.Size + Posix.PollFd.REvents) = 0;
+        long* ts = null;
+        if (_nextDeadline != ulong.MaxValue)
+        {
+            var now = Now();
+            var wait = _nextDeadline <= now ? 0 : Math.Min(_nextDeadline - now, 60UL * 1_000_000_000);
+            ts = (long*)TimeSpec;
+            ts[0] = (long)(wait / 1_000_000_000);
+            ts[1] = (long)(wait % 1_000_000_000);
+        }
+        var rv = Posix.PPoll(fds, 2, ts, 0);
+        Volatile.Write(ref _sleeping, 0);
+        if (rv > 0 && (*(short*)(fds + Posix.PollFd.Size + Posix.PollFd.REvents) & Posix.PollIn) != 0)
+        {
+            Volatile.Write(ref _wakePending, 0);
+            Posix.Read(_eventFd, EventWord, 8);
+        }
+    }
+
+    /// <summary>Reads what the socket has, up to <see cref="MaxDatagramsPerTurn"/> recvmsg calls;
+    /// true when it stopped at that limit (more may be waiting).</summary>
+    private bool ReceiveTurn()
+    {
+        var msg = RecvMsg;
+        for (var i = 0; i < MaxDatagramsPerTurn; i++)
+        {
+            *(nint*)(RecvIov + Layout.Vec.Base) = (nint)RecvBuf;
+            *(nuint*)(RecvIov + Layout.Vec.Len) = RecvCapacity;
+            *(nint*)(msg + Posix.MsgHdr.Name) = (nint)RecvAddr;
+            *(uint*)(msg + Posix.MsgHdr.NameLen) = 128;
+            *(nint*)(msg + Posix.MsgHdr.Iov) = (nint)RecvIov;
+            *(nuint*)(msg + Posix.MsgHdr.IovLen) = 1;
+            *(nint*)(msg + Posix.MsgHdr.Control) = (nint)RecvControl;
+            *(nuint*)(msg + Posix.MsgHdr.ControlLen) = RecvControlSize;
+            *(int*)(msg + Posix.MsgHdr.Flags) = 0;
+            var n = Posix.RecvMsg(_fd, msg, Posix.MsgDontWait);
+            if (n < 0)
+            {
+                var errno = Marshal.GetLastPInvokeError();
+                if (errno == Posix.EAgain) return false;
+                if (errno == Posix.EIntr) continue;
+                // ICMP errors surface here on UDP (ECONNREFUSED, EHOSTUNREACH …): the packet that
+                // caused them is lost and QUIC recovers; keep reading.
+                _log.LogDebug("QUIC recvmsg on {Local}: errno {Errno}", LocalEndPoint, errno);
+                continue;
+            }
+            var segment = (int)n;
+            var controlLen = (int)*(nuint*)(msg + Posix.MsgHdr.ControlLen);
+            for (var off = 0; off + Posix.CmsgHdr.Size <= controlLen;)
+            {
+                var cm = RecvControl + off;
+                var len = (int)*(nuint*)(cm + Posix.CmsgHdr.Len);
+                if (len < Posix.CmsgHdr.Size) break;
+                if (*(int*)(cm + Posix.CmsgHdr.Level) == Posix.SolUdp && *(int*)(cm + Posix.CmsgHdr.Type) == Posix.UdpGro && len >= Posix.CmsgHdr.Size + 4)
+                {
+                    var gso = *(int*)(cm + Posix.CmsgHdr.Data);
+                    if (gso > 0) segment = gso;
+                }
+                off += (len + 7) & ~7;
+            }
+            var addrLen = (int)*(uint*)(msg + Posix.MsgHdr.NameLen);
+            var from = new ReadOnlySpan<byte>(RecvAddr, Math.Min(addrLen, 128));
+            for (var off = 0; off < (int)n; off += segment)
+                OnPacket(RecvBuf + off, Math.Min(segment, (int)n - off), from);
+        }
+        return true;
+    }
+
+    /// <summary>Sends <paramref name="length"/> bytes of equal-sized packets (the last may be
+    /// shorter) to <paramref name="to"/>, as one GSO send when there are several.</summary>
+    private void SendPackets(byte* data, int length, int segmentSize, SocketAddress to)
+    {
+        if (length <= 0) return;
+        if (length > segmentSize && _gsoDisabled)
+        {
+            for (var off = 0; off < length; off += segmentSize)
+                SendPackets(data + off, Math.Min(segmentSize, length - off), segmentSize, to);
+            return;
+        }
+        var msg = SendMsg;
+        fixed (byte* name = to.Buffer.Span)
+        {
+            for (var attempt = 0; ; attempt++)
+            {
+                *(nint*)(SendIov + Layout.Vec.Base) = (nint)data;
+                *(nuint*)(SendIov + Layout.Vec.Len) = (nuint)length;
+                *(nint*)(msg + Posix.MsgHdr.Name) = (nint)name;
+                *(uint*)(msg + Posix.MsgHdr.NameLen) = (uint)to.Size;
+                *(nint*)(msg + Posix.MsgHdr.Iov) = (nint)SendIov;
+                *(nuint*)(msg + Posix.MsgHdr.IovLen) = 1;
+                *(int*)(msg + Posix.MsgHdr.Flags) = 0;
+                if (length > segmentSize)
+                {
+                    var cm = SendControl;
+                    *(nuint*)(cm + Posix.CmsgHdr.Len) = (nuint)(Posix.CmsgHdr.Size + sizeof(ushort));
+                    *(int*)(cm + Posix.CmsgHdr.Level) = Posix.SolUdp;
+                    *(int*)(cm + Posix.CmsgHdr.Type) = Posix.UdpSegment;
+                    *(ushort*)(cm + Posix.CmsgHdr.Data) = (ushort)segmentSize;
+                    *(nint*)(msg + Posix.MsgHdr.Control) = (nint)cm;
+                    *(nuint*)(msg + Posix.MsgHdr.ControlLen) = (nuint)Posix.CmsgSpace(sizeof(ushort));
+                }
+                else
+                {
+                    *(nint*)(msg + Posix.MsgHdr.Control) = 0;
+                    *(nuint*)(msg + Posix.MsgHdr.ControlLen) = 0;
+                }
+                if (Posix.SendMsg(_fd, msg, Posix.MsgDontWait) >= 0) return;
+                var errno = Marshal.GetLastPInvokeError();
+                if (errno == Posix.EIntr) continue;
+                if (errno == Posix.EAgain && attempt < 3)
+                {
+                    WaitWritable();
+                    continue;
+                }
+                if (length > segmentSize && errno is Posix.EIo or Posix.EInval or Posix.ENoProtoOpt or Posix.EOpNotSupp or Posix.EMsgSize)
+                {
+                    // The route's device cannot segment: fall back to one packet per call for good.
+                    _log.LogInformation("QUIC endpoint {Local}: UDP GSO refused (errno {Errno}); sending packets one by one", LocalEndPoint, errno);
+                    _gsoDisabled = true;
+                    SendPackets(data, length, segmentSize, to);
+                    return;
+                }
+                // A full buffer or an ICMP error loses these packets; QUIC recovery resends.
+                _log.LogDebug("QUIC sendmsg to {To} failed: errno {Errno}", to, errno);
+                return;
+            }
+        }
+    }
+
+    private void WaitWritable()
+    {
+        var fds = PollFds;
+        *(int*)(fds + Posix.PollFd.Fd) = _fd;
+        *(short*)(fds + Posix.PollFd.Events) = Posix.PollOut;
+        *(short*)(fds + Posix.PollFd.REvents) = 0;
+        var ts = (long*)TimeSpec;
+        ts[0] = 0;
+        ts[1] = 5_000_000;
+        Posix.PPoll(fds, 1, ts, 0);
+    }
+}

@@ -1,0 +1,105 @@
+using System.Net;
+using System.Net.Sockets;
+using Newtonsoft.Json.Linq;
+
+namespace PtHost.Tests.Process;
+
+/// <summary>
+/// spec/ipc.md §7 "Errors": a session whose far side fails ends with an error at the near side,
+/// over every kind of transport stream — a TCP reset from the target reaches the SOCKS client as
+/// a reset, never as a clean end of stream after which it would take a cut-off transfer for a
+/// whole one. Over plain that is a TCP reset all the way; over rud a RESET_STREAM; over asport a
+/// QUIC RESET_STREAM between the relay and the server process.
+/// </summary>
+[Collection("process")]
+public sealed class AbortPropagationTests
+{
+    /// <summary>Accepts connections, writes <paramref name="bytes"/> to each, then resets it (SO_LINGER 0).</summary>
+    private sealed class ResettingServer : IAsyncDisposable
+    {
+        private readonly Socket _listener = new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        private readonly CancellationTokenSource _stop = new();
+        private readonly Task _loop;
+        public int Resets;
+
+        public ResettingServer(int bytes)
+        {
+            _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            _listener.Listen(16);
+            _loop = Task.Run(async () =>
+            {
+                var data = new byte[bytes];
+                new Random(7).NextBytes(data);
+                while (!_stop.IsCancellationRequested)
+                {
+                    Socket s;
+                    try { s = await _listener.AcceptAsync(_stop.Token); }
+                    catch (Exception) { return; }
+                    try
+                    {
+                        await s.SendAsync(data);
+                        await Task.Delay(200);
+                        s.LingerState = new LingerOption(true, 0);
+                        Interlocked.Increment(ref Resets);
+                    }
+                    catch (SocketException) { }
+                    finally { s.Dispose(); }
+                }
+            });
+        }
+
+        public int Port => ((IPEndPoint)_listener.LocalEndPoint!).Port;
+
+        public async ValueTask DisposeAsync()
+        {
+            _stop.Cancel();
+            _listener.Dispose();
+            await _loop.WaitAsync(TimeSpan.FromSeconds(10));
+        }
+    }
+
+    private static async Task<(long Bytes, Exception? Error)> ReadUntilEndAsync(PtChain chain, int port)
+    {
+        await using var socks = await SocksClient.ConnectAsync(chain.SocksEndPoint);
+        await socks.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(IPAddress.Loopback, port)]);
+        Assert.Equal(new byte[] { 5, 0 }, await socks.ReadExactlyAsync(2));
+        Assert.Equal(0, await socks.ReadReplyAsync());
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        var buf = new byte[65536];
+        long total = 0;
+        try
+        {
+            int n;
+            while ((n = await socks.Stream.ReadAsync(buf, cts.Token)) > 0) total += n;
+            return (total, null);
+        }
+        catch (IOException e) { return (total, e); }
+    }
+
+    private static void AssertReset((long Bytes, Exception? Error) r, string transport)
+    {
+        Assert.True(r.Error is not null, $"{transport}: the SOCKS client saw a clean end of stream after {r.Bytes} bytes, not a reset");
+        Assert.True(r.Error!.InnerException is SocketException { SocketErrorCode: SocketError.ConnectionReset },
+            $"{transport}: expected a connection reset, got {r.Error}");
+    }
+
+    [Theory]
+    [InlineData("plain")]
+    [InlineData("rud")]
+    [InlineData("asport")]
+    public async Task A_target_reset_reaches_the_socks_client_as_a_reset(string transport)
+    {
+        await using var target = new ResettingServer(256 * 1024);
+        await using var relay = transport == "asport" ? await AsportRelayTests.StartRelayAsync() : null;
+        await using var chain = transport switch
+        {
+            "plain" => await PtChain.StartAsync(PtChain.FreeServer(), ep => PtChain.ClientWith(new JObject { ["serverAddress"] = ep.ToString() })),
+            "rud" => await RudChain.StartAsync(),
+            _ => await PtChain.StartAsync(AsportTransportTests.ServerConfig(relay!.EndPoint, $"127.0.0.1:{target.Port}"), _ => AsportTransportTests.ClientConfig()),
+        };
+        AssertReset(await ReadUntilEndAsync(chain, target.Port), transport);
+        // The hosts go on serving: a second session is reset the same way, not refused.
+        AssertReset(await ReadUntilEndAsync(chain, target.Port), transport);
+        Assert.Equal(2, target.Resets);
+    }
+}
