@@ -113,7 +113,10 @@ internal static unsafe class Callbacks
         try
         {
             if (Of(userData).Streams.TryGetValue(streamId, out var s))
+            {
                 s.OnReadAborted(new QuicStreamAbortedException($"peer reset the stream (error {appErrorCode})", appErrorCode));
+                s.FinishIfRemoteUni();
+            }
             return 0;
         }
         catch (Exception e) { return Fail(userData, e); }

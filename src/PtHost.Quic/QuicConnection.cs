@@ -215,12 +215,25 @@ public sealed unsafe partial class QuicConnection : IAsyncDisposable
         while (StreamWork.TryDequeue(out var s))
         {
             Volatile.Write(ref s.Flags.WorkScheduled, 0);
-            if (s.Closed || State >= ConnState.Closing) continue;
+            if (State >= ConnState.Closing) continue;
             var credit = Interlocked.Exchange(ref s.Flags.PendingCredit, 0);
             if (credit > 0)
             {
-                Ngtcp2.ConnExtendMaxStreamOffset(Conn, s.Id, (ulong)credit);
+                // Bytes read after the stream closed still count against the connection's window:
+                // its credit goes back too, or MAX_DATA would shrink with every stream the
+                // application finished reading after ngtcp2 had closed it.
+                if (!s.Closed) Ngtcp2.ConnExtendMaxStreamOffset(Conn, s.Id, (ulong)credit);
                 Ngtcp2.ConnExtendMaxOffset(Conn, (ulong)credit);
+            }
+            if (s.Closed) continue;
+            if (s.RemoteUniFinished && Streams.Remove(s.Id))
+            {
+                // libngtcp2 0.12.1 never closes a remote unidirectional stream (no stream_close
+                // callback after its FIN or reset), so MAX_STREAMS would stay where it started:
+                // the stream is finished here and its credit returned (spec/asport.md §7).
+                Ngtcp2.ConnExtendMaxStreamsUni(Conn, 1);
+                s.OnClosed(null);
+                continue;
             }
             if (s.StopReadingRequested)
             {

@@ -49,6 +49,7 @@ public sealed class QuicStream : Stream, PtHost.Contract.IHalfClosable, PtHost.C
     internal bool InSendQueue;       // loop thread only
     internal bool Blocked;           // loop thread only: flow control blocked
     internal bool StopReadingRequested;
+    internal bool RemoteUniFinished;  // loop thread only: a peer's unidirectional stream got its FIN or reset
     internal bool Closed;            // loop thread only
 
     internal QuicStream(QuicConnection connection, long id, int sendLimit)
@@ -91,11 +92,24 @@ public sealed class QuicStream : Stream, PtHost.Contract.IHalfClosable, PtHost.C
             data[..n].CopyTo(_fill.AsSpan(_fillPos));
             // A completed channel (reader gone or aborted) drops the bytes; the chunk is then
             // left to the collector rather than risk returning it twice.
-            if (!_received.Writer.TryWrite(new Segment(_fill, _fillPos, n))) { _fill = null; return; }
+            if (!_received.Writer.TryWrite(new Segment(_fill, _fillPos, n))) { _fill = null; break; }
             _fillPos += n;
             data = data[n..];
         }
-        if (fin) _received.Writer.TryComplete();
+        if (fin)
+        {
+            _received.Writer.TryComplete();
+            FinishIfRemoteUni();
+        }
+    }
+
+    /// <summary>Loop thread (inside a callback): a peer's unidirectional stream has nothing more
+    /// to come; the connection finishes it outside the callback.</summary>
+    internal void FinishIfRemoteUni()
+    {
+        if (!IsUnidirectional || IsLocal || RemoteUniFinished) return;
+        RemoteUniFinished = true;
+        Connection.ScheduleStreamWork(this);
     }
 
     /// <summary>Loop thread: the receive side ended abnormally.</summary>

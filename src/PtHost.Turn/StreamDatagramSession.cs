@@ -75,7 +75,12 @@ public sealed class StreamDatagramSession : IDatagramSession
 
     public ValueTask SendAsync(PeerAddress peer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
     {
-        if (payload.Length > MaxDatagramSize) throw new ArgumentOutOfRangeException(nameof(payload), "datagram too large");
+        if (payload.Length > MaxDatagramSize)
+        {
+            // Larger than a frame can carry (spec/turn.md §5.2): lost like any UDP datagram, and counted.
+            Interlocked.Increment(ref _dropped);
+            return ValueTask.CompletedTask;
+        }
         byte[] frame = ArrayPool<byte>.Shared.Rent(DatagramFrame.HeaderLength(peer) + payload.Length);
         int n = DatagramFrame.Write(frame, DatagramFrameType.Data, peer, payload.Span);
         if (!_out.Writer.TryWrite((frame, n)))

@@ -212,7 +212,14 @@ public sealed class TurnListener : IAsyncDisposable
                     start = 0;
                 }
                 int n = await client.Socket.ReceiveAsync(buffer.AsMemory(end), SocketFlags.None, ct).ConfigureAwait(false);
-                if (n == 0) return;
+                if (n == 0)
+                {
+                    // The client half-closed: answers to what it sent are still written (for at most 5 s) before the close.
+                    client.CompleteOutput();
+                    try { await writer.WaitAsync(TimeSpan.FromSeconds(5), ct).ConfigureAwait(false); }
+                    catch (TimeoutException) { }
+                    return;
+                }
                 end += n;
             }
         }
@@ -274,6 +281,9 @@ public sealed class TurnListener : IAsyncDisposable
                 while (_out.Reader.TryRead(out var m)) ArrayPool<byte>.Shared.Return(m.Buffer);
             }
         }
+
+        /// <summary>No more messages: the writer ends once it has sent what is queued.</summary>
+        public void CompleteOutput() => _out.Writer.TryComplete();
 
         public void Close()
         {

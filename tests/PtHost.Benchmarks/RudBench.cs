@@ -8,7 +8,7 @@ namespace PtHost.Benchmarks;
 
 /// <summary>
 /// RUD in-process figures (run with --rud): handshake time p50 per exchange mode on loopback, and
-/// one-way stream throughput through a seeded lossy UDP relay at 0, 1 and 5 % loss (10 ms each
+/// one-way stream throughput through a seeded lossy UDP relay at 0, 1 and 5 % loss (5 ms each
 /// way). No TCP or QUIC comparison: loss for TCP needs netem, which this machine does not have.
 /// </summary>
 internal static class RudBench
@@ -42,7 +42,7 @@ internal static class RudBench
         {
             await using var s = RudEndpoint.Bind(new IPEndPoint(IPAddress.Loopback, 0), new RudEndpointOptions { StaticPrivateKey = X25519.GeneratePrivateKey() });
             await using var c = RudEndpoint.Bind(new IPEndPoint(IPAddress.Loopback, 0), new RudEndpointOptions());
-            await using var relay = new LossyUdpRelay(s.LocalEndPoint, seed: 1) { Loss = loss, Delay = TimeSpan.FromMilliseconds(10) };
+            await using var relay = new LossyUdpRelay(s.LocalEndPoint, seed: 1) { Loss = loss, Delay = TimeSpan.FromMilliseconds(5) };
             using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(5));
             var cc = await c.ConnectAsync(relay.EndPoint, s.StaticPublicKey, cts.Token);
             var sc = await s.AcceptConnectionAsync(cts.Token);
@@ -64,7 +64,7 @@ internal static class RudBench
             if (total != data.Length) throw new InvalidOperationException($"received {total} of {data.Length} bytes");
             double seconds = watch.Elapsed.TotalSeconds;
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"rud throughput loss {loss * 100,3:0}%  rtt 20 ms  {size >> 20} MB in {seconds:0.00} s = {size / seconds / 1e6 * 8:0.0} Mbit/s  (relay dropped {relay.Dropped}, sender lost {c.Counters.PacketsLost}, congestion events {c.Counters.CongestionEvents})"));
+                $"rud throughput loss {loss * 100,3:0}%  rtt 10 ms  {size >> 20} MB in {seconds:0.00} s = {size / seconds / 1e6 * 8:0.0} Mbit/s  (relay dropped {relay.Dropped}, sender lost {c.Counters.PacketsLost}, congestion events {c.Counters.CongestionEvents}, tolerated {c.Counters.LossesTolerated}, spurious {c.Counters.SpuriousLosses}, PTOs {c.Counters.ProbeTimeouts}; {cc.DebugState})"));
         }
         return 0;
     }

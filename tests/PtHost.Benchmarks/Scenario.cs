@@ -35,6 +35,7 @@ public static class Scenarios
         new AsportScenario(),
         new TurnScenario(),
         new JetScenario(),
+        new RudScenario(),
     ];
 }
 

@@ -45,19 +45,28 @@ public sealed class AsportClient : IAsyncDisposable
     /// <summary>Bidirectional streams (forwarded TCP connections) the server may have open at once on our connection.</summary>
     public const int MaxForwardedStreams = 16384;
 
-    private sealed class Association(ushort id, Socket socket, IPEndPoint? source)
+    /// <summary>One association: a socket towards LocalTarget, or (the transport) a handler's state.</summary>
+    private sealed class Association(ushort id, Socket? socket, IPEndPoint? source, IAsportUdpAssociation? handler = null)
     {
         public readonly ushort Id = id;
-        public readonly Socket Socket = socket;
+        public readonly Socket? Socket = socket;
+        public readonly IAsportUdpAssociation? Handler = handler;
         public readonly IPEndPoint? Source = source;
         public int NextPacketId;
         public long LastActive = Environment.TickCount64;
+
+        public void End()
+        {
+            Socket?.Dispose();
+            Handler?.End();
+        }
     }
 
     private readonly AsportClientOptions _options;
     private readonly ILogger _log;
     private readonly Func<IPEndPoint?, CancellationToken, ValueTask<Stream>> _openLocal;
     private readonly Func<QuicStream, IPEndPoint?, CancellationToken, Task>? _serveConnect;
+    private readonly IAsportUdpHandler? _udp;
     private readonly CancellationTokenSource _stop = new();
     private Task? _run;
     private TaskCompletionSource<int> _registered = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -66,13 +75,15 @@ public sealed class AsportClient : IAsyncDisposable
 
     /// <param name="openLocal">Opens the onward stream for a Connect (default: TCP to LocalTarget).</param>
     /// <param name="serveConnect">Serves a whole Connect stream after its header instead (the transport's sessions).</param>
+    /// <param name="udp">Takes every association's packets instead of a UDP socket towards LocalTarget (the transport, spec/asport.md §6.2).</param>
     public AsportClient(AsportClientOptions options, ILogger log, Func<IPEndPoint?, CancellationToken, ValueTask<Stream>>? openLocal = null,
-        Func<QuicStream, IPEndPoint?, CancellationToken, Task>? serveConnect = null)
+        Func<QuicStream, IPEndPoint?, CancellationToken, Task>? serveConnect = null, IAsportUdpHandler? udp = null)
     {
         _options = options;
         _log = log;
         _openLocal = openLocal ?? OpenTcpAsync;
         _serveConnect = serveConnect;
+        _udp = udp;
     }
 
     /// <summary>The public port the server bound, once registered (reset on each reconnect).</summary>
@@ -194,7 +205,7 @@ public sealed class AsportClient : IAsyncDisposable
             life.Cancel();
             lock (associations)
             {
-                foreach (var a in associations.Values) a.Socket.Dispose();
+                foreach (var a in associations.Values) a.End();
                 associations.Clear();
             }
         }
@@ -299,7 +310,7 @@ public sealed class AsportClient : IAsyncDisposable
         {
             var id = BinaryPrimitives.ReadUInt16BigEndian(msg[2..]);
             lock (assoc)
-                if (assoc.Remove(id, out var gone)) gone.Socket.Dispose();
+                if (assoc.Remove(id, out var gone)) gone.End();
             return;
         }
         if (cmd != AsportCommand.Packet || !AsportWire.TryReadPacketHeader(msg[2..], out var h, out var used))
@@ -314,6 +325,12 @@ public sealed class AsportClient : IAsyncDisposable
         lock (_reassemblyLock) r = _reassembly.Offer(h, msg[(2 + used)..], Environment.TickCount64, out payload, out length, out address);
         if (r == AsportReassembly.Result.Rejected) { Interlocked.Increment(ref Malformed); return; }
         if (r == AsportReassembly.Result.Incomplete) return;
+        if (_udp is not null)
+        {
+            try { ToHandler(conn, assoc, h.AssocId, address, payload.AsSpan(0, length)); }
+            finally { AsportReassembly.ReturnBuffer(payload!); }
+            return;
+        }
         try
         {
             Association? a;
@@ -330,10 +347,37 @@ public sealed class AsportClient : IAsyncDisposable
                 a.LastActive = Environment.TickCount64;
             }
             Interlocked.Increment(ref UdpForwarded);
-            try { a.Socket.Send(payload.AsSpan(0, length)); }
+            try { a.Socket!.Send(payload.AsSpan(0, length)); }
             catch (Exception e) when (e is SocketException or ObjectDisposedException) { _log.LogDebug("asport client: UDP send failed: {Error}", e.Message); }
         }
         finally { AsportReassembly.ReturnBuffer(payload!); }
+    }
+
+    /// <summary>
+    /// The transport's UDP (spec/asport.md §6.2): a packet of a live association goes to its handler;
+    /// the first packet of another one asks the handler whether to hold state for it.
+    /// </summary>
+    private void ToHandler(QuicConnection conn, Dictionary<ushort, Association> assoc, ushort id, IPEndPoint? address, ReadOnlySpan<byte> payload)
+    {
+        Interlocked.Increment(ref UdpForwarded);
+        IAsportUdpAssociation? live;
+        lock (assoc)
+        {
+            if (assoc.TryGetValue(id, out var a) && a.Handler is { Ended: false } h)
+            {
+                a.LastActive = Environment.TickCount64;
+                live = h;
+            }
+            else
+            {
+                if (a is not null) assoc.Remove(id);
+                // Created under the lock: in QUIC mode packets of one association arrive on concurrent streams.
+                var created = _udp!.Open(new AsportUdpPeer(conn, id, address, _options.Mode), payload);
+                if (created is not null) assoc[id] = new Association(id, null, address, created);
+                return;
+            }
+        }
+        live.OnPacket(payload);
     }
 
     /// <summary>Replies from the local target go back as Packets of the same association, in the mode the client asked for.</summary>
@@ -344,7 +388,7 @@ public sealed class AsportClient : IAsyncDisposable
         while (!ct.IsCancellationRequested)
         {
             int n;
-            try { n = await a.Socket.ReceiveAsync(buf, SocketFlags.None, ct).ConfigureAwait(false); }
+            try { n = await a.Socket!.ReceiveAsync(buf, SocketFlags.None, ct).ConfigureAwait(false); }
             catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionRefused) { continue; }
             catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException) { return; }
             a.LastActive = Environment.TickCount64;
@@ -369,10 +413,10 @@ public sealed class AsportClient : IAsyncDisposable
                 var now = Environment.TickCount64;
                 lock (assoc)
                     foreach (var a in assoc.Values.ToArray())
-                        if (now - a.LastActive > (long)_options.UdpIdleTimeout.TotalMilliseconds)
+                        if (now - a.LastActive > (long)_options.UdpIdleTimeout.TotalMilliseconds || a.Handler is { Ended: true })
                         {
                             assoc.Remove(a.Id);
-                            a.Socket.Dispose();
+                            a.End();
                         }
                 lock (_reassemblyLock) _reassembly.Expire(now);
             }

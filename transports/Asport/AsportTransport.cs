@@ -4,8 +4,10 @@ using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net;
 using PtHost.Quic;
 using PtHost.Transports.Plain;
+using PtHost.Turn;
 
 namespace PtHost.Transports.Asport;
 
@@ -13,7 +15,8 @@ namespace PtHost.Transports.Asport;
 /// The asport transport (spec/asport.md §6). The server process is an ASPORT client: it
 /// registers with an ASPORT server and announces the public address it was given (SMETHOD and
 /// an "asport.address" SMESSAGE). The client process reaches that address over TCP; every
-/// session starts with plain's preamble, so bound and free servers both work.
+/// session starts with plain's preamble, so bound and free servers both work. TURN allocations
+/// reach the public UDP port directly when the server bound one (spec/asport.md §6.2).
 /// </summary>
 public sealed class AsportTransport : IPluggableTransport
 {
@@ -63,31 +66,47 @@ internal sealed record AsportTransportServerOptions(IPEndPoint Server, byte[] Pi
     }
 }
 
-internal sealed record AsportTransportClientOptions(Destination? ServerAddress)
+/// <param name="ServerAddress">The public address when no SMESSAGE announced one.</param>
+/// <param name="Udp">Whether <paramref name="ServerAddress"/>'s port has UDP bound (spec/asport.md §6.2).</param>
+internal sealed record AsportTransportClientOptions(Destination? ServerAddress, bool Udp = false)
 {
     public static AsportTransportClientOptions Parse(JToken? options)
     {
         if (options is null || options.Type == JTokenType.Null) return new((Destination?)null);
         if (options is not JObject o) throw new TransportOptionsException("asport client options must be an object");
         Destination? server = null;
+        var udp = false;
         foreach (var p in o.Properties())
         {
-            if (p.Name != "serverAddress") throw new TransportOptionsException($"asport has no client option \"{p.Name}\" (known: serverAddress)");
+            if (p.Name == "udp")
+            {
+                if (p.Value.Type != JTokenType.Boolean) throw new TransportOptionsException("asport option \"udp\" must be true or false");
+                udp = (bool)p.Value!;
+                continue;
+            }
+            if (p.Name != "serverAddress") throw new TransportOptionsException($"asport has no client option \"{p.Name}\" (known: serverAddress, udp)");
+            if (p.Value.Type == JTokenType.Null) continue;
             if (p.Value.Type != JTokenType.String || !Destination.TryParse((string)p.Value!, out server) || server.Port == 0)
                 throw new TransportOptionsException("asport option \"serverAddress\" must be \"host:port\"");
         }
-        return new(server);
+        return new(server, udp);
     }
 }
 
-/// <summary>Client process: TCP to the announced public address, plain's preamble, raw bytes.</summary>
-internal sealed class AsportTransportClient : IClientFactory, IDatagramStreamCarrier
+/// <summary>
+/// Client process: TCP to the announced public address, plain's preamble, raw bytes; TURN allocations
+/// over UDP to the public port when it is bound, else carried in a TCP session (spec/asport.md §6.2).
+/// </summary>
+internal sealed class AsportTransportClient : IClientFactory, IDatagramClientFactory, IDatagramStreamCarrier
 {
+    /// <summary>The latest announcement; <see cref="Gone"/> fires when a different address replaces it.</summary>
+    private sealed record Announcement(Destination Address, bool Udp, CancellationTokenSource Gone);
+
     private readonly TransportEnvironment _context;
     private readonly AsportTransportClientOptions _options;
     private readonly ILogger _log;
     private readonly CancellationTokenSource _stop = new();
-    private Destination? _announced;
+    private Announcement? _announced;
 
     public AsportTransportClient(TransportEnvironment context, AsportTransportClientOptions options)
     {
@@ -115,8 +134,13 @@ internal sealed class AsportTransportClient : IClientFactory, IDatagramStreamCar
                 if (s.Kind != AsportTransport.AddressSignal) continue;
                 if (s.Body?["address"] is { Type: JTokenType.String } a && Destination.TryParse((string)a!, out var addr) && addr.Port != 0)
                 {
-                    Volatile.Write(ref _announced, addr);
-                    _log.LogInformation("asport: server address {Address} learned from SMESSAGE", addr);
+                    var udp = s.Body["udp"] is { Type: JTokenType.Boolean } u && (bool)u!;
+                    var previous = Volatile.Read(ref _announced);
+                    var same = previous is not null && previous.Address.ToString() == addr.ToString();
+                    Volatile.Write(ref _announced, new Announcement(addr, udp, same ? previous!.Gone : new CancellationTokenSource()));
+                    // UDP associations sent to the old public port cannot reach the server any more.
+                    if (!same && previous is not null) previous.Gone.Cancel();
+                    _log.LogInformation("asport: server address {Address} learned from SMESSAGE (UDP {Udp})", addr, udp ? "bound" : "not bound");
                 }
             }
         }
@@ -128,7 +152,7 @@ internal sealed class AsportTransportClient : IClientFactory, IDatagramStreamCar
     {
         var far = request.Settings as Destination;
         Destination server;
-        if (Volatile.Read(ref _announced) is { } announced) server = announced;
+        if (Volatile.Read(ref _announced) is { } announced) server = announced.Address;
         else if (_options.ServerAddress is { } configured) server = configured;
         else
         {
@@ -158,6 +182,48 @@ internal sealed class AsportTransportClient : IClientFactory, IDatagramStreamCar
             await stream.DisposeAsync().ConfigureAwait(false);
             throw;
         }
+    }
+
+    private readonly CancellationTokenSource _configuredGone = new();
+    private int _fallbackLogged;
+
+    /// <summary>
+    /// A TURN allocation (spec/asport.md §6.2): UDP to the public port when it is bound (announced with
+    /// "udp": true, or the "udp" option for a configured address) and no upstream proxy is configured;
+    /// otherwise the association is carried in a TCP session to the public TCP port (spec/turn.md §5.2).
+    /// </summary>
+    public async ValueTask<IDatagramSession> OpenDatagramSessionAsync(ConnectRequest request, CancellationToken cancellationToken)
+    {
+        Destination server;
+        bool udp;
+        CancellationToken gone;
+        if (Volatile.Read(ref _announced) is { } announced) (server, udp, gone) = (announced.Address, announced.Udp, announced.Gone.Token);
+        else if (_options.ServerAddress is { } configured) (server, udp, gone) = (configured, _options.Udp, _configuredGone.Token);
+        else throw new TransportConnectException(ConnectFailure.HostUnreachable, "no asport server address: none configured, none announced");
+        if (!udp || _context.Dialer is ProxyDialer)
+        {
+            if (Interlocked.Exchange(ref _fallbackLogged, 1) == 0)
+                _log.LogInformation("asport: UDP associations are carried in TCP sessions to {Address} ({Why})", server,
+                    udp ? "an upstream proxy is configured" : "the public port has no UDP bound");
+            var stream = await ConnectAsync(request, cancellationToken).ConfigureAwait(false);
+            return await StreamDatagramSession.StartAsync(stream, cancellationToken).ConfigureAwait(false);
+        }
+        IPAddress address;
+        if (server.Address is { } literal) address = literal;
+        else
+        {
+            try
+            {
+                var found = await Dns.GetHostAddressesAsync(server.Host, cancellationToken).ConfigureAwait(false);
+                address = found.Length > 0 ? found[0] : throw new TransportConnectException(ConnectFailure.HostUnreachable, $"{server.Host} has no addresses");
+            }
+            catch (SocketException e)
+            {
+                throw new TransportConnectException(ConnectFailure.HostUnreachable, $"cannot resolve {server.Host}: {e.SocketErrorCode}", e);
+            }
+        }
+        var bind = (_context.Dialer as DirectDialer)?.Bind.For(address);
+        return await AsportDatagramSession.OpenAsync(new IPEndPoint(address, server.Port), bind, gone, _log, cancellationToken).ConfigureAwait(false);
     }
 
     public TransportStats GetStats() => _context.Counters.Snapshot();
@@ -232,7 +298,8 @@ internal sealed class AsportTransportManager : IServerManager
             PortStart = options.PortStart,
             PortEnd = options.PortEnd,
             LocalTarget = target,
-        }, _log, serveConnect: ServeAsync);
+        }, _log, serveConnect: ServeAsync,
+            udp: AsportWire.ForwardsUdp(options.Mode) ? new AsportDatagramHandler(context, binding, _log, () => Interlocked.Increment(ref s_ids)) : null);
         _client.OnRegistered += Announce;
         _client.OnRefused += code => _log.LogError("asport: the server refused this client: {Code}", code);
     }
@@ -260,7 +327,8 @@ internal sealed class AsportTransportManager : IServerManager
     {
         var address = new IPEndPoint(_options.Server.Address, port).ToString();
         _log.LogInformation("asport: public address {Address}", address);
-        _context.Signals.Send(new Signal(AsportTransport.AddressSignal, new JObject { ["address"] = address }));
+        _context.Signals.Send(new Signal(AsportTransport.AddressSignal,
+            new JObject { ["address"] = address, ["udp"] = AsportWire.ForwardsUdp(_options.Mode) }));
     }
 
     /// <summary>One Connect stream = one session: plain's preamble, then the host relays.</summary>

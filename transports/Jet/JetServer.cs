@@ -339,12 +339,23 @@ internal sealed class JetServerManager : IServerManager
             if (!created.IsSuccessStatusCode) throw new HttpRequestException($"POST /jet/association answered {(int)created.StatusCode}");
         using var gather = await _session.Http.PostAsync(new Uri(relay, $"/jet/gather/{association:D}"), null, limit.Token).ConfigureAwait(false);
         if (!gather.IsSuccessStatusCode) throw new HttpRequestException($"POST /jet/gather answered {(int)gather.StatusCode}");
-        var body = JObject.Parse(await gather.Content.ReadAsStringAsync(limit.Token).ConfigureAwait(false));
+        return ReadGatherAnswer(await gather.Content.ReadAsStringAsync(limit.Token).ConfigureAwait(false));
+    }
+
+    /// <summary>
+    /// The relay's answer to <c>POST /jet/gather/{aid}</c> (spec/jet.md §5.2): its well-formed
+    /// candidates (an id that is a UUID, a tcp/tls/ws/wss URL); others are left out. Throws only
+    /// <see cref="Newtonsoft.Json.JsonException"/> (not a JSON object) or <see cref="InvalidDataException"/> (no candidate list).
+    /// </summary>
+    internal static List<JetCandidate> ReadGatherAnswer(string json)
+    {
+        var body = JObject.Parse(json);
         var result = new List<JetCandidate>();
         if (body["candidates"] is not JArray list) throw new InvalidDataException("gather answer has no \"candidates\"");
-        foreach (var c in list)
+        foreach (var item in list)
         {
-            if (c["id"] is { Type: JTokenType.String } id && Guid.TryParse((string)id!, out var cid)
+            // An element that is not an object is skipped (indexing a JValue would throw InvalidOperationException).
+            if (item is JObject c && c["id"] is { Type: JTokenType.String } id && Guid.TryParse((string)id!, out var cid)
                 && c["url"] is { Type: JTokenType.String } u && Uri.TryCreate((string)u!, UriKind.Absolute, out var url)
                 && url.Scheme is "tcp" or "tls" or "ws" or "wss")
                 result.Add(new JetCandidate(cid, url, Direct: false));

@@ -35,6 +35,10 @@ public sealed class RudConnection
 
     private ReceivedWindow _rx;
     private int _ackElicitingUnacked;
+    private long _ackElicitingReceived;
+    /// <summary>Acknowledgement frequency (§9.1): every second ack-eliciting packet for the first <see cref="AckQuickPackets"/>, then every tenth.</summary>
+    public const int AckEvery = 10;
+    public const int AckQuickPackets = 100;
     private bool _ackNow;
     private long _ackDeadline, _largestRxTime;
 
@@ -50,7 +54,7 @@ public sealed class RudConnection
     private long _tokensTime;
     // Loss tolerance (§9.3): a moving average of packet outcomes, 1 = lost, weight 1/64 each.
     private double _lossRate;
-    public const double LossTolerance = 0.10;
+    public const double LossTolerance = 0.15;
     private const double LossWeight = 1.0 / 64;
 
     private readonly Dictionary<ulong, RudStream> _streams = [];
@@ -288,9 +292,22 @@ public sealed class RudConnection
         if (eliciting)
         {
             _ackElicitingUnacked++;
-            if (outOfOrder || _ackElicitingUnacked >= 2) _ackNow = true;
+            int every = ++_ackElicitingReceived <= AckQuickPackets ? 2 : AckEvery;
+            if (outOfOrder || _ackElicitingUnacked >= every) _ackNow = true;
             else if (_ackDeadline == 0) _ackDeadline = now + MaxAckDelayUs;
         }
+        // Send what this packet made due (an acknowledgement, data the window now allows) on the
+        // receiving thread once its batch is handled: no hand-over to the driver loop (§9.4).
+        _ep.Touch(this);
+    }
+
+    /// <summary>Whether the endpoint's receive batch has this connection on its flush list.</summary>
+    internal bool Touched;
+
+    /// <summary>Sends what is due now from the caller's thread (a stream write); the caller holds <see cref="Gate"/>.</summary>
+    internal void FlushInline()
+    {
+        if (!IsClosed) Flush(_ep.Now());
     }
 
     private static bool ValidateFrames(ReadOnlySpan<byte> frames)
@@ -438,10 +455,12 @@ public sealed class RudConnection
         if (isLargest) { largestSentTime = p.SentTime; largestEliciting = p.AckEliciting; }
         if (p.InFlight)
         {
+            // An underused window does not grow (§9.3, RFC 9002 §7.8): only while at least half of it is in flight.
+            bool windowUsed = 2 * _bytesInFlight >= _cwnd;
             _bytesInFlight -= p.Size;
             _lossRate -= _lossRate * LossWeight;
             // NewReno (§9.3): no growth for packets sent before the current recovery period began.
-            if (p.SentTime > _recoveryStart)
+            if (p.SentTime > _recoveryStart && windowUsed)
                 _cwnd += _cwnd < _ssthresh ? p.Size : Math.Max(1, (long)MaxPacket * p.Size / _cwnd);
         }
         if (n >= _sendPhaseFirst) _sendPhaseAcked = true;
@@ -618,14 +637,21 @@ public sealed class RudConnection
     internal void Flush(long now)
     {
         if (IsClosed || !IsEstablished) return;
-        for (int budget = 64; budget > 0; budget--)
+        try
         {
-            bool ackDue = _rx.Any && (_ackNow || (_ackDeadline != 0 && now >= _ackDeadline));
-            bool mayElicit = HasElicitingWork && (_probes > 0 || (_bytesInFlight + MaxPacket <= _cwnd && PacingAllows(now)));
-            if (!mayElicit && !ackDue) return;
-            if (!SendPacket(now, mayElicit)) return;
+            for (int budget = 64; budget > 0; budget--)
+            {
+                bool ackDue = _rx.Any && (_ackNow || (_ackDeadline != 0 && now >= _ackDeadline));
+                bool mayElicit = HasElicitingWork && (_probes > 0 || (_bytesInFlight + MaxPacket <= _cwnd && PacingAllows(now)));
+                if (!mayElicit && !ackDue) return;
+                if (!SendPacket(now, mayElicit)) return;
+            }
+            _ep.RequestFlush(this); // more to do: come back on the next turn
         }
-        _ep.RequestFlush(this); // more to do: come back on the next turn
+        finally
+        {
+            _ep.SendBatch();
+        }
     }
 
     private bool SendPacket(long now, bool elicit)
@@ -714,9 +740,17 @@ public sealed class RudConnection
 
         var packet = _ep.SendPacketBuffer.AsSpan();
         int h = RudWire.WriteDataHeader(packet, RemoteId, _send!.Phase, _nextSent);
+        // A packet whose STREAM frame filled the room left (more data was waiting) is padded to
+        // exactly MaxPacket (§9.4): a burst of equal-sized packets goes out as one segmented send.
+        int fill = MaxPacket - (h + pos + RudKeys.TagSize);
+        if (record.Stream is not null && used >= room - 2 && fill > 0)
+        {
+            plain.Slice(pos, fill).Clear();
+            pos += fill;
+        }
         _send.Seal(_nextSent, packet[..h], plain[..pos], packet[h..]);
         int size = h + pos + RudKeys.TagSize;
-        _ep.SendTo(packet[..size], Peer);
+        _ep.Enqueue(packet[..size], Peer);
         _nextSent++;
         _lastSend = now;
         if (_rx.Any) { _ackNow = false; _ackDeadline = 0; _ackElicitingUnacked = 0; }

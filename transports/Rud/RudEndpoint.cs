@@ -60,6 +60,7 @@ public sealed class RudEndpoint : IAsyncDisposable
     private readonly Task _driver;
     private readonly List<Task> _receivers = [];
     private Socket _socket;
+    private readonly UdpBatch _batch;
     private int _flushRequested;
     private int _unconfirmed;
     private long _nextPrune;
@@ -76,6 +77,7 @@ public sealed class RudEndpoint : IAsyncDisposable
         Options = options;
         _log = log ?? NullLogger.Instance;
         _tokens = new TokenIssuer(options.TokenLifetime);
+        _batch = new UdpBatch(Counters);
         if (options.StaticPrivateKey is { } key)
         {
             _staticPublic = new byte[X25519.KeySize];
@@ -384,30 +386,67 @@ public sealed class RudEndpoint : IAsyncDisposable
 
     // ---- packets in ----
 
-    private async Task ReceiveLoopAsync(Socket socket)
+    private Task ReceiveLoopAsync(Socket socket) =>
+        Task.Factory.StartNew(() => ReceiveLoop(socket), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+
+    /// <summary>
+    /// The socket's receive thread (§9.4): a batch of datagrams per system call, handled under one
+    /// acquisition of the lock; then each connection the batch touched sends what became due.
+    /// </summary>
+    private void ReceiveLoop(Socket socket)
     {
-        await Task.Yield();
-        var buffer = new byte[RudWire.MaxReceiveSize + 1];
+        Thread.CurrentThread.Name = "rud receive";
+        var receiver = new UdpReceiver();
         var from = new SocketAddress(socket.AddressFamily);
         while (!_stop.IsCancellationRequested)
         {
-            int n;
-            try { n = await socket.ReceiveFromAsync(buffer, SocketFlags.None, from, _stop.Token).ConfigureAwait(false); }
-            catch (OperationCanceledException) { return; }
-            catch (ObjectDisposedException) { return; }
-            catch (SocketException e) when (e.SocketErrorCode is SocketError.OperationAborted or SocketError.Interrupted) { return; }
-            catch (SocketException) { continue; } // an ICMP error for an earlier send
-            if (n > RudWire.MaxReceiveSize) { Counters.Increment(ref Counters.Malformed); continue; }
+            int n = receiver.Receive(socket, 100);
+            if (n < 0) return;
+            if (n == 0) continue;
             lock (Gate)
             {
-                try { OnPacket(buffer.AsSpan(0, n), from, Now()); }
-                catch (Exception e) when (e is not OutOfMemoryException)
+                long now = Now();
+                for (int i = 0; i < n; i++)
                 {
-                    Counters.Increment(ref Counters.InternalErrors);
-                    _log.LogWarning(e, "rud: packet from {From} dropped after an internal error", from);
+                    var packet = receiver.Packet(i);
+                    if (packet.Length > RudWire.MaxReceiveSize) { Counters.Increment(ref Counters.Malformed); continue; }
+                    receiver.Source(i, from);
+                    try { OnPacket(packet, from, now); }
+                    catch (Exception e) when (e is not OutOfMemoryException)
+                    {
+                        Counters.Increment(ref Counters.InternalErrors);
+                        _log.LogWarning(e, "rud: packet from {From} dropped after an internal error", from);
+                    }
                 }
+                FlushTouched(now);
             }
         }
+    }
+
+    private readonly List<RudConnection> _touched = [];
+
+    /// <summary>Marks a connection to flush after the current receive batch. Caller holds <see cref="Gate"/>.</summary>
+    internal void Touch(RudConnection conn)
+    {
+        if (conn.Touched) return;
+        conn.Touched = true;
+        _touched.Add(conn);
+    }
+
+    private void FlushTouched(long now)
+    {
+        foreach (var conn in _touched)
+        {
+            conn.Touched = false;
+            try { conn.Flush(now); }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                Counters.Increment(ref Counters.InternalErrors);
+                _log.LogError(e, "rud: connection {Id} failed", conn.LocalId);
+                conn.CloseLocked(1, "internal error", sendClose: true);
+            }
+        }
+        _touched.Clear();
     }
 
     /// <summary>Routes one packet (§3); everything unusable is dropped and counted (§10).</summary>
@@ -448,10 +487,17 @@ public sealed class RudEndpoint : IAsyncDisposable
 
     internal void SendTo(ReadOnlySpan<byte> packet, SocketAddress to)
     {
+        _batch.Send(_socket); // keep the order of what was batched before
         try { _socket.SendTo(packet, SocketFlags.None, to); }
         catch (SocketException) { Counters.Increment(ref Counters.SendErrors); }
         catch (ObjectDisposedException) { Counters.Increment(ref Counters.SendErrors); }
     }
+
+    /// <summary>Adds a packet to the send batch (§9.4); <see cref="SendBatch"/> sends it. Caller holds <see cref="Gate"/>.</summary>
+    internal void Enqueue(ReadOnlySpan<byte> packet, SocketAddress to) => _batch.Add(_socket, packet, to);
+
+    /// <summary>Sends the batched packets. Caller holds <see cref="Gate"/>.</summary>
+    internal void SendBatch() => _batch.Send(_socket);
 
     /// <summary>Asks the driver loop for a turn (a stream has data, a frame is queued).</summary>
     internal void RequestFlush(RudConnection _)

@@ -11,7 +11,7 @@ namespace PtHost.Transports.Rud;
 /// </summary>
 public sealed class RudStream : Stream, IHalfClosable, IAbortable
 {
-    public const int Window = 1 << 20;
+    public const int Window = 4 << 20;
     private readonly RudConnection _conn;
     private readonly object _gate;
 
@@ -129,6 +129,7 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
                     _writeOffset += (ulong)n;
                     buffer = buffer[n..];
                     _conn.ScheduleSend(this);
+                    _conn.FlushInline();
                     continue;
                 }
                 _writeWaiter ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -360,7 +361,7 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
 
     private void MaybeOpenWindow()
     {
-        if (_readOffset + Window - _advertisedMax >= Window / 2 && _finalSize < 0)
+        if (_readOffset + Window - _advertisedMax >= Window / 8 && _finalSize < 0)
         {
             _advertisedMax = _readOffset + Window;
             _conn.QueueWindowUpdate(this);

@@ -238,10 +238,10 @@ public partial class TurnTests(ITestOutputHelper output)
 
     // ---- helpers ---------------------------------------------------------------------------------
 
-    /// <summary>Waits (up to 20 s) until a log line has been read from the process's stderr pipe.</summary>
-    private static async Task StderrContainsAsync(PtProcess process, string text)
+    /// <summary>Waits (up to 20 s unless told) until a log line has been read from the process's stderr pipe.</summary>
+    private static async Task StderrContainsAsync(PtProcess process, string text, TimeSpan? within = null)
     {
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        var deadline = DateTime.UtcNow + (within ?? TimeSpan.FromSeconds(20));
         while (!process.Stderr.Contains(text, StringComparison.Ordinal))
         {
             if (DateTime.UtcNow > deadline) Assert.Fail($"stderr never said \"{text}\":\n{process.Stderr}");

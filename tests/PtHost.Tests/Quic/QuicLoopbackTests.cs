@@ -284,6 +284,46 @@ public sealed class QuicLoopbackTests
         }
     }
 
+    [Fact]
+    public async Task Unidirectional_streams_beyond_the_peer_limit_flow_as_earlier_ones_finish_both_ways()
+    {
+        // libngtcp2 0.12.1 never closes a peer's unidirectional stream itself; PtHost.Quic must
+        // return its MAX_STREAMS credit after the FIN (ASPORT's QUIC mode sends one per packet).
+        var so = new QuicServerOptions { Certificate = Cert, ApplicationProtocols = ["test"], MaxIncomingUnidirectionalStreams = 4 };
+        var co = new QuicClientOptions { Verification = QuicPeerVerification.Pinned(Cert.Sha256), ApplicationProtocols = ["test"], MaxIncomingUnidirectionalStreams = 4 };
+        var (server, client, c, s) = await PairAsync(so, co);
+        await using (server)
+        await using (client)
+        {
+            const int Count = 40;
+            async Task<List<string>> ReceiveAsync(QuicConnection conn)
+            {
+                var got = new List<string>();
+                for (var i = 0; i < Count; i++)
+                {
+                    await using var st = await conn.AcceptStreamAsync().AsTask().WaitAsync(Wait);
+                    Assert.True(st.IsUnidirectional);
+                    got.Add(Encoding.ASCII.GetString(await ReadAllAsync(st).WaitAsync(Wait)));
+                }
+                return got;
+            }
+            async Task SendAsync(QuicConnection conn, string who)
+            {
+                for (var i = 0; i < Count; i++)
+                {
+                    var st = await conn.OpenUnidirectionalStreamAsync().AsTask().WaitAsync(Wait);
+                    await st.WriteAsync(Encoding.ASCII.GetBytes($"{who} {i}"));
+                    st.CompleteWrites();
+                }
+            }
+            var atServer = ReceiveAsync(s);
+            var atClient = ReceiveAsync(c);
+            await Task.WhenAll(SendAsync(c, "client"), SendAsync(s, "server"));
+            Assert.Equal(Enumerable.Range(0, Count).Select(i => $"client {i}"), (await atServer).OrderBy(x => int.Parse(x.Split(' ')[1])));
+            Assert.Equal(Enumerable.Range(0, Count).Select(i => $"server {i}"), (await atClient).OrderBy(x => int.Parse(x.Split(' ')[1])));
+        }
+    }
+
     internal static async Task<byte[]> ReadAllAsync(Stream s)
     {
         var ms = new MemoryStream();

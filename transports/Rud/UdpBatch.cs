@@ -1,0 +1,150 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+
+namespace PtHost.Transports.Rud;
+
+/// <summary>
+/// Packets bound for one peer, sent with one sendmsg(2) and UDP generic segmentation offload
+/// (UDP_SEGMENT, Linux ≥ 4.18): the kernel cuts the buffer into datagrams of the first packet's
+/// size (the last may be shorter), so a burst of full data packets costs one system call and one
+/// trip through the IP stack instead of one per packet (spec/rud.md §9.4). Where GSO is refused
+/// (another OS, an old kernel) the batch falls back to one send per packet for good. Not
+/// thread-safe: the endpoint's lock serialises every use.
+/// </summary>
+internal sealed unsafe partial class UdpBatch
+{
+    /// <summary>At most this many datagrams per send (the kernel allows 64 and 64 KiB in total).</summary>
+    public const int MaxSegments = 44;
+
+    private readonly byte[] _buffer = GC.AllocateUninitializedArray<byte>(MaxSegments * RudWire.MaxReceiveSize, pinned: true);
+    private readonly RudCounters _counters;
+    private int _count, _bytes, _segment;
+    private bool _closed;
+    private SocketAddress? _peer;
+    private bool _gso = OperatingSystem.IsLinux();
+
+    public UdpBatch(RudCounters counters) => _counters = counters;
+
+    /// <summary>Whether the last sends went out with GSO (false once the kernel refused it).</summary>
+    public bool UsesGso => _gso;
+
+    /// <summary>Adds one packet; sends the batch first when this packet cannot join it.</summary>
+    public void Add(Socket socket, ReadOnlySpan<byte> packet, SocketAddress to)
+    {
+        if (_count > 0 && (_closed || packet.Length > _segment || _count == MaxSegments || !to.Equals(_peer))) Send(socket);
+        if (_count == 0)
+        {
+            _segment = packet.Length;
+            _peer = to;
+            _closed = false;
+        }
+        packet.CopyTo(_buffer.AsSpan(_bytes));
+        _bytes += packet.Length;
+        _count++;
+        // A shorter packet can only be a batch's last segment.
+        if (packet.Length < _segment) _closed = true;
+    }
+
+    /// <summary>Sends what is batched.</summary>
+    public void Send(Socket socket)
+    {
+        if (_count == 0) return;
+        try
+        {
+            if (_count == 1 || !_gso || !TrySendSegmented(socket)) SendEach(socket);
+        }
+        finally
+        {
+            _count = 0;
+            _bytes = 0;
+            _peer = null;
+            _closed = false;
+        }
+    }
+
+    private void SendEach(Socket socket)
+    {
+        for (int at = 0; at < _bytes; at += _segment)
+        {
+            int len = Math.Min(_segment, _bytes - at);
+            try { socket.SendTo(_buffer.AsSpan(at, len), SocketFlags.None, _peer!); }
+            catch (SocketException) { _counters.Increment(ref _counters.SendErrors); }
+            catch (ObjectDisposedException) { _counters.Increment(ref _counters.SendErrors); return; }
+        }
+    }
+
+    private const int SolUdp = 17, UdpSegment = 103;
+    private const int EAGAIN = 11, EINTR = 4, EIO = 5, EINVAL = 22, ENOPROTOOPT = 92, EOPNOTSUPP = 95;
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct IoVec
+    {
+        public byte* Base;
+        public nuint Length;
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct MsgHdr
+    {
+        public byte* Name;
+        public uint NameLength;
+        public IoVec* Iov;
+        public nuint IovLength;
+        public byte* Control;
+        public nuint ControlLength;
+        public int Flags;
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct SegmentCmsg
+    {
+        public nuint Length;
+        public int Level;
+        public int Type;
+        public ushort Segment;
+        private readonly ushort _pad1;
+        private readonly uint _pad2;
+    }
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial nint sendmsg(int fd, MsgHdr* msg, int flags);
+
+    /// <summary>One sendmsg with UDP_SEGMENT; false when it did not go out (the caller sends packet by packet).</summary>
+    private bool TrySendSegmented(Socket socket)
+    {
+        bool added = false;
+        var handle = socket.SafeHandle;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            int fd = (int)handle.DangerousGetHandle();
+            var cmsg = new SegmentCmsg { Length = (nuint)(sizeof(nuint) + 2 * sizeof(int) + sizeof(ushort)), Level = SolUdp, Type = UdpSegment, Segment = (ushort)_segment };
+            fixed (byte* data = _buffer)
+            fixed (byte* name = _peer!.Buffer.Span)
+            {
+                var iov = new IoVec { Base = data, Length = (nuint)_bytes };
+                var msg = new MsgHdr { Name = name, NameLength = (uint)_peer.Size, Iov = &iov, IovLength = 1, Control = (byte*)&cmsg, ControlLength = (nuint)sizeof(SegmentCmsg) };
+                for (int attempt = 0; attempt < 3; attempt++)
+                {
+                    nint sent = sendmsg(fd, &msg, 0);
+                    if (sent >= 0) return true;
+                    int errno = Marshal.GetLastPInvokeError();
+                    if (errno == EINTR) continue;
+                    // A full send buffer on the non-blocking socket: the per-packet path waits for room.
+                    if (errno == EAGAIN) return false;
+                    // No GSO here: per packet from now on. Other errors (a route, an ICMP report) are
+                    // left to the per-packet path, which counts them.
+                    if (errno is EIO or EINVAL or ENOPROTOOPT or EOPNOTSUPP) _gso = false;
+                    return false;
+                }
+                return false;
+            }
+        }
+        catch (ObjectDisposedException) { return true; }
+        finally
+        {
+            if (added) handle.DangerousRelease();
+        }
+    }
+}
