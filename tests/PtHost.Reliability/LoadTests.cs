@@ -73,7 +73,7 @@ public class LoadTests(ITestOutputHelper output)
     private static string Tail(string s) => s.Length > 4000 ? s[^4000..] : s;
 
     /// <summary>Opens <paramref name="n"/> sessions, all at once, each echoing 32–64 KiB checked at both ends (also used by the zephyr load test).</summary>
-    internal static async Task<RoundResult> RunRoundAsync(PtChain chain, EchoServer echo, int n, int seed)
+    internal static async Task<RoundResult> RunRoundAsync(PtChain chain, EchoServer echo, int n, int seed, Action? atPeak = null)
     {
         using var cts = new CancellationTokenSource(RoundLimit);
         var rng = new Random(seed);
@@ -103,6 +103,7 @@ public class LoadTests(ITestOutputHelper output)
         var clients = await Task.WhenAll(opens);
         int opened = clients.Count(c => c is not null);
         int clientPeak = ProcStats.FdCount(chain.Client.Pid), serverPeak = ProcStats.FdCount(chain.Server.Pid);
+        atPeak?.Invoke();
 
         // Then every session moves its data at once, half-closes, and reads the echo to the end.
         int verified = 0, mismatches = 0;

@@ -42,6 +42,9 @@ public sealed record AsportClientOptions
 /// </summary>
 public sealed class AsportClient : IAsyncDisposable
 {
+    /// <summary>Bidirectional streams (forwarded TCP connections) the server may have open at once on our connection.</summary>
+    public const int MaxForwardedStreams = 16384;
+
     /// <summary>One association: a socket towards LocalTarget, or (the transport) a handler's state.</summary>
     private sealed class Association(ushort id, Socket? socket, IPEndPoint? source, IAsportUdpAssociation? handler = null)
     {
@@ -142,6 +145,9 @@ public sealed class AsportClient : IAsyncDisposable
             ApplicationProtocols = [AsportServer.Alpn],
             HandshakeTimeout = _options.HandshakeTimeout,
             IdleTimeout = _options.IdleTimeout,
+            // Each forwarded TCP connection is a bidirectional stream the server opens (§3.3): allow as
+            // many at once as the host holds SOCKS sessions, not QUIC's default of 256 (the 257th waited).
+            MaxIncomingBidirectionalStreams = MaxForwardedStreams,
         }, ct).ConfigureAwait(false);
         Interlocked.Increment(ref Connections);
         await using var _ = conn.ConfigureAwait(false);

@@ -362,6 +362,7 @@ internal sealed class AsportTransportManager : IServerManager
                 _context.Counters.SessionFailed();
                 _log.LogInformation("asport session {Id}: {Error}", id, e.Message);
                 await ReplyAsync(stream, (byte)e.Failure, ct).ConfigureAwait(false);
+                await FinishRefusedAsync(stream, ct).ConfigureAwait(false);
                 return;
             }
             await ReplyAsync(stream, 0, ct).ConfigureAwait(false);
@@ -383,6 +384,22 @@ internal sealed class AsportTransportManager : IServerManager
 
     private static async Task ReplyAsync(Stream stream, byte code, CancellationToken ct) =>
         await stream.WriteAsync(new[] { code }, ct).ConfigureAwait(false);
+
+    /// <summary>
+    /// After a failure reply: FIN, then wait (at most 10 s) for the PT client to close its side, which it does on
+    /// reading the reply. Disposing at once also sends STOP_SENDING while the relay may still be writing the
+    /// session's first bytes into the stream; under many concurrent refusals the relay then forwarded neither
+    /// the reply nor a close, and the SOCKS request waited for its 30 s connect limit.
+    /// </summary>
+    private static async Task FinishRefusedAsync(QuicStream stream, CancellationToken ct)
+    {
+        stream.CompleteWrites();
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        limit.CancelAfter(PreambleTimeout);
+        var buf = new byte[512];
+        try { while (await stream.ReadAsync(buf, limit.Token).ConfigureAwait(false) > 0) { } }
+        catch (Exception e) when (e is IOException or OperationCanceledException or ObjectDisposedException) { }
+    }
 
     public TransportStats GetStats() => _context.Counters.Snapshot();
 

@@ -92,7 +92,10 @@ internal sealed class JetServerManager : IServerManager
     private readonly JetSession _session;
     private readonly CancellationTokenSource _stopping = new();
     private readonly CancellationTokenSource _abort = new();
+    // Every nonce seen (for resent offers): for the session's life and signalTimeout + 5 s after it.
     private readonly ConcurrentDictionary<string, Offer> _offers = new(StringComparer.Ordinal);
+    // Offers not yet settled (no session chosen, not ended): the ones MaxPendingOffers bounds.
+    private int _pending;
     private readonly ConcurrentDictionary<Guid, Offer> _direct = new();
     private readonly ConcurrentDictionary<long, Task> _tasks = new();
     private readonly Socket? _listener;
@@ -154,6 +157,7 @@ internal sealed class JetServerManager : IServerManager
         public Guid DirectCandidate { get; set; }
         public int DirectUsed;
         public int Claimed;
+        public int Settled;
         public TaskCompletionSource<JObject> Answer { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public ConcurrentDictionary<int, CancellationTokenSource> Candidates { get; } = new();
@@ -180,18 +184,25 @@ internal sealed class JetServerManager : IServerManager
                     Track(AnswerAgainAsync(s, known));
                     continue;
                 }
-                if (_offers.Count >= MaxPendingOffers)
+                if (Volatile.Read(ref _pending) >= MaxPendingOffers)
                 {
                     _log.LogWarning("jet: offer {Id} dropped: {Max} offers in progress", s.MessageId, MaxPendingOffers);
                     continue;
                 }
                 var offer = new Offer(nonce, Interlocked.Increment(ref s_ids));
+                Interlocked.Increment(ref _pending);
                 _offers[nonce] = offer;
                 Track(ServeOfferAsync(s, offer));
             }
         }
         catch (OperationCanceledException) { }
         catch (System.Threading.Channels.ChannelClosedException) { }
+    }
+
+    /// <summary>The offer is no longer in progress (its session was chosen, or it ended): once per offer.</summary>
+    private void Settle(Offer offer)
+    {
+        if (Interlocked.Exchange(ref offer.Settled, 1) == 0) Interlocked.Decrement(ref _pending);
     }
 
     private void Track(Task task)
@@ -304,6 +315,7 @@ internal sealed class JetServerManager : IServerManager
         finally
         {
             offer.Answer.TrySetResult(new JObject { ["nonce"] = offer.Nonce, ["error"] = "server stopping" });
+            Settle(offer);
             CutCandidates(offer, keep: -1);
             _direct.TryRemove(offer.Association, out _);
             if (created) await DeleteAssociationAsync(offer.Association).ConfigureAwait(false);
@@ -422,6 +434,7 @@ internal sealed class JetServerManager : IServerManager
                 catch (FormatException e)
                 {
                     if (Interlocked.CompareExchange(ref offer.Claimed, 1, 0) == 0) _context.Counters.SessionFailed();
+                    Settle(offer);
                     await tls.WriteAsync(new[] { (byte)ConnectFailure.AddressTypeNotSupported }, limit.Token).ConfigureAwait(false);
                     _log.LogInformation("jet offer {Id}: {Error}", offer.Id, e.Message);
                     offer.Done.TrySetResult();
@@ -433,6 +446,7 @@ internal sealed class JetServerManager : IServerManager
                 _log.LogWarning("jet offer {Id}: a second preamble on the {Kind} candidate; closed", offer.Id, kind);
                 return;
             }
+            Settle(offer);
             CutCandidates(offer, keep: key);
             _log.LogDebug("jet offer {Id}: session on the {Kind} candidate", offer.Id, kind);
             try

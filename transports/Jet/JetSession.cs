@@ -81,6 +81,25 @@ internal sealed class JetSession : IDisposable
             }
         }
 
+        // The server answers the offer as soon as its accept packets are written, so a connect can reach the
+        // relay before the accept it pairs with: 400 "not accepted yet". It is retried on a new connection
+        // (20 ms, doubling to 500 ms) until ct — the caller's tlsTimeout — ends (spec/jet.md §7.3).
+        for (var delay = TimeSpan.FromMilliseconds(20); ; delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromMilliseconds(500).Ticks)))
+        {
+            var stream = await OpenBinaryAsync(candidate, method, association, ct).ConfigureAwait(false);
+            if (stream is not null) return stream;
+            try { await Task.Delay(delay, ct).ConfigureAwait(false); }
+            catch (OperationCanceledException)
+            {
+                throw new TransportConnectException(ConnectFailure.HostUnreachable, $"{candidate.Kind} candidate {url.Authority} answered 400 until the time ran out");
+            }
+        }
+    }
+
+    /// <summary>One attempt on a binary (tcp, tls) candidate; null when a connect was answered 400 (not accepted yet).</summary>
+    private async Task<Stream?> OpenBinaryAsync(JetCandidate candidate, JetMethod method, Guid association, CancellationToken ct)
+    {
+        var url = candidate.Url;
         var destination = new Destination(url.IdnHost, url.Port);
         var tcp = await _dialer.ConnectTcpAsync(destination, ct).ConfigureAwait(false);
         Stream stream = tcp;
@@ -102,6 +121,11 @@ internal sealed class JetSession : IDisposable
             if (method == JetMethod.Connect)
             {
                 var response = await ReadResponseAsync(stream, ct).ConfigureAwait(false);
+                if (response.Status == 400)
+                {
+                    await stream.DisposeAsync().ConfigureAwait(false);
+                    return null;
+                }
                 if (response.Status != 200)
                     throw new TransportConnectException(ConnectFailure.HostUnreachable, $"{candidate.Kind} candidate {url.Authority} answered {response.Status}");
                 string? named = response.Header("Jet-Candidate");

@@ -153,6 +153,16 @@ public sealed class RudConnection
         }
     }
 
+    /// <summary>Opens an asynchronous stream, or returns null when the connection is closed or at the stream limit.</summary>
+    public RudStream? TryOpenStream()
+    {
+        lock (Gate)
+        {
+            if (IsClosed || _localOpen >= MaxPeerStreams) return null;
+            return OpenStream();
+        }
+    }
+
     /// <summary>Opens a datagram stream (§8.2): unreliable messages for UDP sessions.</summary>
     public RudDatagramChannel OpenDatagramChannel()
     {

@@ -126,10 +126,11 @@ internal sealed class RudClient : IClientFactory, IDatagramStreamCarrier
         _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Rud");
     }
 
+    /// <summary>The connections to one server: as many as the open streams need (256 each, spec/rud.md §12).</summary>
     private sealed class ServerLink
     {
         public readonly SemaphoreSlim Gate = new(1, 1);
-        public RudConnection? Connection;
+        public readonly List<RudConnection> Connections = [];
     }
 
     public object? ParseSettings(ConnectionSettings settings)
@@ -155,58 +156,59 @@ internal sealed class RudClient : IClientFactory, IDatagramStreamCarrier
             server = request.Destination;
             if (server.IsUnspecified) throw new TransportConnectException(ConnectFailure.HostUnreachable, "no server address: the request names none and options give none");
         }
-        for (int attempt = 0; ; attempt++)
+        var stream = await OpenStreamAsync(server, cancellationToken).ConfigureAwait(false);
+        try
         {
-            var conn = await ConnectionAsync(server, cancellationToken).ConfigureAwait(false);
-            RudStream stream;
-            try { stream = conn.OpenStream(); }
-            catch (IOException) when (attempt == 0) { continue; } // closed just now: make a new connection once
-            catch (IOException e) { throw new TransportConnectException(ConnectFailure.General, $"rud server {server}: {e.Message}", e); }
-            try
-            {
-                using var preamble = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-                preamble.CancelAfter(PreambleTimeout);
-                await PlainWire.RequestAsync(stream, far, $"rud server {server}", preamble.Token, request.Kind).ConfigureAwait(false);
-                return stream;
-            }
-            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
-            {
-                stream.Abort();
-                throw new TransportConnectException(ConnectFailure.TimedOut, $"rud server {server} did not answer the stream's preamble in time");
-            }
-            catch (IOException e)
-            {
-                stream.Abort();
-                throw new TransportConnectException(ConnectFailure.General, $"rud server {server}: {e.Message}", e);
-            }
-            catch
-            {
-                stream.Abort();
-                throw;
-            }
+            using var preamble = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            preamble.CancelAfter(PreambleTimeout);
+            await PlainWire.RequestAsync(stream, far, $"rud server {server}", preamble.Token, request.Kind).ConfigureAwait(false);
+            return stream;
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            stream.Abort();
+            throw new TransportConnectException(ConnectFailure.TimedOut, $"rud server {server} did not answer the stream's preamble in time");
+        }
+        catch (IOException e)
+        {
+            stream.Abort();
+            throw new TransportConnectException(ConnectFailure.General, $"rud server {server}: {e.Message}", e);
+        }
+        catch
+        {
+            stream.Abort();
+            throw;
         }
     }
 
-    /// <summary>The live connection to <paramref name="server"/>, made (one handshake at a time) when there is none.</summary>
-    private async Task<RudConnection> ConnectionAsync(Destination server, CancellationToken ct)
+    /// <summary>
+    /// A new stream on a live connection to <paramref name="server"/> that has room for it; when every
+    /// connection is closed or holds its 256 streams, a new connection is made (one handshake at a time).
+    /// </summary>
+    private async Task<RudStream> OpenStreamAsync(Destination server, CancellationToken ct)
     {
         var link = _links.GetOrAdd(server.ToString(), _ => new ServerLink());
         await link.Gate.WaitAsync(ct).ConfigureAwait(false);
         try
         {
-            if (link.Connection is { IsClosed: false } live) return live;
+            link.Connections.RemoveAll(c => c.IsClosed);
+            foreach (var c in link.Connections)
+                if (c.TryOpenStream() is { } s) return s;
             IPAddress address = server.Address ?? await ResolveAsync(server, ct).ConfigureAwait(false);
             var endpoint = EndpointFor(address.AddressFamily);
+            RudConnection conn;
             try
             {
-                link.Connection = await endpoint.ConnectAsync(new IPEndPoint(address, server.Port), _options.ServerKey, ct).ConfigureAwait(false);
-                _log.LogInformation("rud: connected to {Server} ({Mode} exchange)", server, link.Connection.Mode);
-                return link.Connection;
+                conn = await endpoint.ConnectAsync(new IPEndPoint(address, server.Port), _options.ServerKey, ct).ConfigureAwait(false);
             }
             catch (TimeoutException e)
             {
                 throw new TransportConnectException(ConnectFailure.TimedOut, $"rud server {server}: no handshake within {_options.HandshakeTimeout.TotalSeconds:0.#} s (wrong serverKey, or the server is unreachable)", e);
             }
+            link.Connections.Add(conn);
+            _log.LogInformation("rud: connected to {Server} ({Mode} exchange, connection {Count})", server, conn.Mode, link.Connections.Count);
+            try { return conn.OpenStream(); }
+            catch (IOException e) { throw new TransportConnectException(ConnectFailure.General, $"rud server {server}: {e.Message}", e); }
         }
         finally { link.Gate.Release(); }
     }

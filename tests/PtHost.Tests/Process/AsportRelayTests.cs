@@ -20,8 +20,8 @@ public sealed class AsportRelayTests
 {
     private static readonly TimeSpan Wait = TimeSpan.FromSeconds(30);
     internal static readonly QuicCertificate Cert = QuicCertificate.CreateSelfSigned("asport.test");
-    private static readonly Guid User = Guid.Parse("6f0d0f5e-2b4c-4d6a-9c11-0123456789ab");
-    private const string Password = "correct horse";
+    internal static readonly Guid User = Guid.Parse("6f0d0f5e-2b4c-4d6a-9c11-0123456789ab");
+    internal const string Password = "correct horse";
     private const int PortLo = 20000, PortHi = 60000;
 
     internal sealed class RelayProcess : IAsyncDisposable
