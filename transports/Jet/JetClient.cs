@@ -119,12 +119,16 @@ internal sealed class JetClient : IClientFactory, IDatagramStreamCarrier
 
     private async Task<HalfClosableTlsStream> AttemptAsync(JetCandidate candidate, Guid association, CancellationToken ct)
     {
+        // Pairing with the server's accept belongs to the offer/answer exchange: a connect answered 400
+        // (not accepted yet) is retried for up to signalTimeout; the TLS handshake then has tlsTimeout.
+        using var pairing = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        pairing.CancelAfter(_options.SignalTimeout);
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        limit.CancelAfter(_options.TlsTimeout);
         Stream? stream = null;
         try
         {
-            stream = await _session.OpenAsync(candidate, JetMethod.Connect, association, limit.Token).ConfigureAwait(false);
+            stream = await _session.OpenAsync(candidate, JetMethod.Connect, association, pairing.Token).ConfigureAwait(false);
+            limit.CancelAfter(_options.TlsTimeout);
             var tls = new SslStream(stream, leaveInnerStreamOpen: true);
             var result = new HalfClosableTlsStream(tls, stream);
             try
