@@ -40,13 +40,10 @@ public class JetTests(ITestOutputHelper output)
         return await PtChain.StartAsync(serverConfig, _ => clientConfig);
     }
 
-    // OPEN DEFECT (issue 7, 2026-11-30): in 4 of 7 runs 1–3 of the 4,000 sessions failed: the relay
-    // answered the client's connect "400 not accepted yet" for 10–30 s although the server had written
-    // its accept and logged no refusal (the accept seems registered and then dropped, or never
-    // registered). Skipped so the suite's verdict stays meaningful while it is open; run it with
-    //   PTHOST_EXE=$PWD/out/pthost dotnet test tests/PtHost.Reliability --filter "FullyQualifiedName~JetTests.Two_rounds"
-    // after removing the Skip. Client and server log refusals at info to show the reason.
-    [Fact(Skip = "open defect: ~1 in 2,000 jet sessions under load gets 400 'not accepted yet' until its timeout (see comment)")]
+    // This test found a relay defect (fixed 2026-11-30): a waiting acceptor's zero-byte receive
+    // sometimes completed with nothing on the socket, the relay took it for a hang-up and dropped
+    // the accept, and the client's connect got "400 not accepted yet" until its timeout.
+    [Fact]
     public async Task Two_rounds_of_2000_concurrent_sessions_through_jet_lose_no_byte_leak_nothing_and_do_not_grow_memory()
     {
         await using var echo = new EchoServer();

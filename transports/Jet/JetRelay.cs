@@ -409,8 +409,20 @@ public sealed partial class JetRelay : IAsyncDisposable
     {
         try
         {
-            await s.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None, ct).ConfigureAwait(false);
-            if (s.Available > 0) await Task.Delay(Timeout.Infinite, ct).ConfigureAwait(false); // data, not a hang-up
+            while (true)
+            {
+                await s.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None, ct).ConfigureAwait(false);
+                if (s.Available > 0)
+                {
+                    await Task.Delay(Timeout.Infinite, ct).ConfigureAwait(false); // data, not a hang-up
+                    return;
+                }
+                // A zero-byte receive can complete while nothing happened on the socket (seen about once
+                // in 2,000 waiting acceptors under load): only a socket that polls readable with nothing
+                // to read has hung up. Anything else is waited for again.
+                if (s.Poll(0, SelectMode.SelectRead) && s.Available == 0) return;
+                await Task.Delay(10, ct).ConfigureAwait(false);
+            }
         }
         catch (SocketException) { }
         catch (ObjectDisposedException) { }
