@@ -103,7 +103,7 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
     private readonly Lock _lock = new();
     private readonly byte[] _in = ArrayPool<byte>.Shared.Rent(2 * DatagramFrame.MaxFrameLength);
     private int _inLength;
-    private (byte[] Buffer, int Offset, int Length) _pending;
+    private readonly PooledSegmentReader _reader;
     private int _ended;
 
     private sealed class PeerState(bool allowed, SocketAddress? address, Socket? socket)
@@ -115,6 +115,7 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
 
     public UdpAssociation(IPEndPoint? target, UdpPeerPolicy? policy, ILogger log, long id, Action closed)
     {
+        _reader = new PooledSegmentReader(_toClient.Reader);
         _target = target;
         _policy = policy;
         _log = log;
@@ -338,32 +339,8 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
             : PeerAddress.FromBytes(bytes.Slice(8, 16), port);
     }
 
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
-    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
-    {
-        if (_pending.Buffer is null)
-        {
-            if (!await _toClient.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false)) return 0;
-            if (buffer.IsEmpty) return 0;
-            _toClient.Reader.TryRead(out _pending);
-        }
-        if (buffer.IsEmpty) return 0;
-        int written = 0;
-        while (true)
-        {
-            int n = Math.Min(_pending.Length, buffer.Length - written);
-            _pending.Buffer.AsSpan(_pending.Offset, n).CopyTo(buffer.Span[written..]);
-            written += n;
-            if (n < _pending.Length)
-            {
-                _pending = (_pending.Buffer, _pending.Offset + n, _pending.Length - n);
-                return written;
-            }
-            ArrayPool<byte>.Shared.Return(_pending.Buffer);
-            _pending = default;
-            if (written == buffer.Length || !_toClient.Reader.TryRead(out _pending)) return written;
-        }
-    }
+    public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) =>
+        _reader.ReadAsync(buffer, cancellationToken);
 
     public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
         ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();

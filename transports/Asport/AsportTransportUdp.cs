@@ -360,13 +360,14 @@ internal sealed class AsportDatagramAssociation : Stream, IHalfClosable, IAsport
     private readonly CancellationTokenSource _stop = new();
     private readonly byte[] _out = ArrayPool<byte>.Shared.Rent(2 * DatagramFrame.MaxFrameLength);
     private int _outLength;
-    private (byte[] Buffer, int Offset, int Length) _pending;
+    private readonly PooledSegmentReader _reader;
     private byte[]? _relayed;
     private int _ended;
     private long _dropped;
 
     public AsportDatagramAssociation(AsportUdpPeer peer, TransportEnvironment context, ServerBinding binding, ILogger log, long id)
     {
+        _reader = new PooledSegmentReader(_fromClient.Reader);
         _peer = peer;
         _context = context;
         _binding = binding;
@@ -462,32 +463,8 @@ internal sealed class AsportDatagramAssociation : Stream, IHalfClosable, IAsport
         _stop.Cancel();
     }
 
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
-    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
-    {
-        if (_pending.Buffer is null)
-        {
-            if (!await _fromClient.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false)) return 0;
-            if (buffer.IsEmpty) return 0;
-            _fromClient.Reader.TryRead(out _pending);
-        }
-        if (buffer.IsEmpty) return 0;
-        int written = 0;
-        while (true)
-        {
-            int n = Math.Min(_pending.Length, buffer.Length - written);
-            _pending.Buffer.AsSpan(_pending.Offset, n).CopyTo(buffer.Span[written..]);
-            written += n;
-            if (n < _pending.Length)
-            {
-                _pending = (_pending.Buffer, _pending.Offset + n, _pending.Length - n);
-                return written;
-            }
-            ArrayPool<byte>.Shared.Return(_pending.Buffer);
-            _pending = default;
-            if (written == buffer.Length || !_fromClient.Reader.TryRead(out _pending)) return written;
-        }
-    }
+    public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) =>
+        _reader.ReadAsync(buffer, cancellationToken);
 
     public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
         ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
