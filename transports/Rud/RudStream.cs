@@ -355,8 +355,8 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
 
     internal void ReturnBuffers()
     {
-        if (_sendRing is not null) { ArrayPool<byte>.Shared.Return(_sendRing); _sendRing = null; }
-        if (_recvRing is not null) { ArrayPool<byte>.Shared.Return(_recvRing); _recvRing = null; }
+        if (_sendRing is not null) { RingPool.Return(_sendRing); _sendRing = null; }
+        if (_recvRing is not null) { RingPool.Return(_recvRing); _recvRing = null; }
     }
 
     private void MaybeOpenWindow()
@@ -388,7 +388,7 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
         if (ring is not null && need <= (ulong)cap) return ring;
         int size = Math.Max(InitialRing, cap);
         while ((ulong)size < need) size *= 2;
-        var bigger = ArrayPool<byte>.Shared.Rent(Math.Min(size, Window));
+        var bigger = RingPool.Rent(Math.Min(size, Window));
         if (ring is not null)
         {
             int live = (int)Math.Min(liveTo - liveFrom, (ulong)cap);
@@ -396,7 +396,7 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
             int first = Math.Min(live, cap - at);
             CopyIn(bigger, liveFrom, ring.AsSpan(at, first));
             if (first < live) CopyIn(bigger, liveFrom + (ulong)first, ring.AsSpan(0, live - first));
-            ArrayPool<byte>.Shared.Return(ring);
+            RingPool.Return(ring);
         }
         return bigger;
     }
