@@ -13,6 +13,15 @@ public sealed class PooledSegmentReader(ChannelReader<(byte[] Buffer, int Offset
 {
     private (byte[] Buffer, int Offset, int Length) _pending;
 
+    /// <summary>Returns the partly read segment and every queued one to the pool (at disposal, after
+    /// the channel was completed; no read may run concurrently).</summary>
+    public void ReturnQueued()
+    {
+        if (_pending.Buffer is not null) ArrayPool<byte>.Shared.Return(_pending.Buffer);
+        _pending = default;
+        while (source.TryRead(out var f)) ArrayPool<byte>.Shared.Return(f.Buffer);
+    }
+
     /// <summary>0 once the channel is completed and drained.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken)

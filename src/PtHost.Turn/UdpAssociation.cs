@@ -368,7 +368,7 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
         if (disposing)
         {
             End();
-            while (_toClient.Reader.TryRead(out var f)) ArrayPool<byte>.Shared.Return(f.Buffer);
+            _reader.ReturnQueued();
         }
         base.Dispose(disposing);
     }

@@ -519,7 +519,7 @@ internal sealed class AsportDatagramAssociation : Stream, IHalfClosable, IAsport
         if (disposing)
         {
             End();
-            while (_fromClient.Reader.TryRead(out var f)) ArrayPool<byte>.Shared.Return(f.Buffer);
+            _reader.ReturnQueued();
         }
         base.Dispose(disposing);
     }
