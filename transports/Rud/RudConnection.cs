@@ -407,12 +407,22 @@ public sealed class RudConnection
         long largestNewlySentTime = -1;
         bool largestEliciting = false;
         AckOne(header.AckIndex, ref newlyAcked, now, isLargest: true, ref largestNewlySentTime, ref largestEliciting);
-        for (int i = 0; i < bitfield.Length * 8; i++)
+        // Packets below the oldest one still kept are settled: the walk stops there.
+        ulong floor = _sent.Count > 0 ? _sent.FirstNumber : _nextSent;
+        for (int b = 0; b < bitfield.Length; b++)
         {
-            if ((bitfield[i >> 3] & (0x80 >> (i & 7))) == 0) continue;
-            if ((ulong)i + 1 > header.AckIndex) break;
-            ulong n = header.AckIndex - 1 - (ulong)i;
-            AckOne(n, ref newlyAcked, now, isLargest: false, ref largestNewlySentTime, ref largestEliciting);
+            int v = bitfield[b];
+            if (v == 0) continue;
+            ulong top = header.AckIndex - 1 - 8 * (ulong)b; // the packet bit 7 of this byte names
+            if ((ulong)(8 * b) + 1 > header.AckIndex || top < floor) break;
+            for (int j = 0; j < 8; j++)
+            {
+                if ((v & (0x80 >> j)) == 0) continue;
+                if ((ulong)j > top) break;
+                ulong n = top - (ulong)j;
+                if (n < floor) break;
+                AckOne(n, ref newlyAcked, now, isLargest: false, ref largestNewlySentTime, ref largestEliciting);
+            }
         }
         if (!_anyAcked || header.AckIndex > _largestAcked)
         {
@@ -539,6 +549,7 @@ public sealed class RudConnection
     }
 
     private ulong _retransmitOf;
+    private bool _rekeyProbeSent;
 
     private void OnCongestionEvent(long largestLostSent, long firstLostSent, ulong cause, long now)
     {
@@ -657,13 +668,33 @@ public sealed class RudConnection
     private bool SendPacket(long now, bool elicit)
     {
         MaybeRekey();
-        var frames = _ep.SendFrames.AsSpan();
-        int headerRoom = RudWire.IdSize + 1 + 8 + RudKeys.TagSize + 1 + 8 + 8 + 1 + RudWire.MaxBitfieldBytes + 8;
-        int room = MaxPacket - headerRoom;
+        // The payload is built in place: header block first (its ACK part is known now), then room
+        // for a retransmit index, then the frames; no copy between buffers.
+        var plain = _ep.SendPlain.AsSpan();
+        // The ACK block rides only while ack-eliciting packets wait for it (§9.1): repeating it on
+        // every packet made each side walk the window per packet for nothing, and cost the room.
+        bool withAck = _rx.Any && _ackElicitingUnacked > 0;
+        int pos = 1;
+        if (withAck)
+        {
+            pos += RudWire.WriteVarint(plain[pos..], _rx.Largest);
+            pos += RudWire.WriteVarint(plain[pos..], (ulong)Math.Max(0, now - _largestRxTime));
+            int lengthAt = pos++;
+            int bf = _rx.WriteBitfield(plain[pos..]);
+            plain[lengthAt] = (byte)bf;
+            pos += bf;
+        }
+        int ackEnd = pos;
+        // A retransmitted packet's index is below the next one, so its varint is never longer;
+        // unused, the reserved bytes are zeros: PADDING frames (§3.2).
+        int framesAt = ackEnd + RudWire.VarintLength(_nextSent);
+        int h = RudWire.IdSize + 1 + RudWire.VarintLength(_nextSent);
+        int plainRoom = MaxPacket - h - RudKeys.TagSize;
+        var frames = plain[framesAt..plainRoom];
+        int room = frames.Length;
         int used = 0;
         var record = new SentPacket { Number = _nextSent, SentTime = now };
         bool retransmission = false;
-        _retransmitOf = 0;
         if (elicit)
         {
             if (_control.Count > 0 && room - used > 40)
@@ -701,7 +732,7 @@ public sealed class RudConnection
             {
                 var s = _sendQueue.Peek();
                 if (!s.HasSendWork || s.Connection != this) { _sendQueue.Dequeue(); s.InSendQueue = false; continue; }
-                int n = s.WriteFrame(frames[used..room], out ulong off, out int len, out bool fin, out bool re);
+                int n = s.WriteFrame(frames[used..], out ulong off, out int len, out bool fin, out bool re);
                 if (n == 0) break;
                 used += n;
                 record.Stream = s;
@@ -718,42 +749,29 @@ public sealed class RudConnection
         bool eliciting = used > 0;
         if (!eliciting && !(_rx.Any && (_ackNow || (_ackDeadline != 0 && now >= _ackDeadline)))) return false;
 
-        // Header block.
-        var plain = _ep.SendPlain.AsSpan();
-        int pos = 0;
         byte flags = 0;
-        if (_rx.Any) flags |= RudWire.FlagAck;
+        if (withAck) flags |= RudWire.FlagAck;
         if (retransmission) flags |= RudWire.FlagRetransmit;
-        plain[pos++] = flags;
-        if (_rx.Any)
-        {
-            pos += RudWire.WriteVarint(plain[pos..], _rx.Largest);
-            pos += RudWire.WriteVarint(plain[pos..], (ulong)Math.Max(0, now - _largestRxTime));
-            int lengthAt = pos++;
-            int bf = _rx.WriteBitfield(plain[pos..]);
-            plain[lengthAt] = (byte)bf;
-            pos += bf;
-        }
+        plain[0] = flags;
+        pos = ackEnd;
         if (retransmission) pos += RudWire.WriteVarint(plain[pos..], _retransmitOf);
-        frames[..used].CopyTo(plain[pos..]);
-        pos += used;
-
-        var packet = _ep.SendPacketBuffer.AsSpan();
-        int h = RudWire.WriteDataHeader(packet, RemoteId, _send!.Phase, _nextSent);
+        plain[pos..framesAt].Clear();
+        pos = framesAt + used;
         // A packet whose STREAM frame filled the room left (more data was waiting) is padded to
         // exactly MaxPacket (§9.4): a burst of equal-sized packets goes out as one segmented send.
-        int fill = MaxPacket - (h + pos + RudKeys.TagSize);
-        if (record.Stream is not null && used >= room - 2 && fill > 0)
+        if (record.Stream is not null && used >= room - 2 && pos < plainRoom)
         {
-            plain.Slice(pos, fill).Clear();
-            pos += fill;
+            plain[pos..plainRoom].Clear();
+            pos = plainRoom;
         }
-        _send.Seal(_nextSent, packet[..h], plain[..pos], packet[h..]);
         int size = h + pos + RudKeys.TagSize;
-        _ep.Enqueue(packet[..size], Peer);
+        var packet = _ep.ReservePacket(Peer);
+        RudWire.WriteDataHeader(packet, RemoteId, _send!.Phase, _nextSent);
+        _send.Seal(_nextSent, packet[..h], plain[..pos], packet[h..]);
+        _ep.CommitPacket(size);
         _nextSent++;
         _lastSend = now;
-        if (_rx.Any) { _ackNow = false; _ackDeadline = 0; _ackElicitingUnacked = 0; }
+        if (withAck) { _ackNow = false; _ackDeadline = 0; _ackElicitingUnacked = 0; }
         record.Size = size;
         record.AckEliciting = eliciting;
         record.InFlight = eliciting;
@@ -773,7 +791,15 @@ public sealed class RudConnection
     /// <summary>Key update (§7.3): after RekeyInterval packets, once the current phase has been acknowledged.</summary>
     private void MaybeRekey()
     {
-        if (_nextSent - _sendPhaseFirst < (ulong)RekeyInterval || !_sendPhaseAcked) return;
+        if (_nextSent - _sendPhaseFirst < (ulong)RekeyInterval) return;
+        if (!_sendPhaseAcked)
+        {
+            // Only ack-eliciting packets get acknowledged: a side that sends nothing but
+            // acknowledgements asks for one with a PING, once per phase.
+            if (!_rekeyProbeSent) { _pingPending = true; _rekeyProbeSent = true; }
+            return;
+        }
+        _rekeyProbeSent = false;
         var next = _send!.Next();
         _send.Dispose();
         _send = next;

@@ -68,7 +68,6 @@ public sealed class RudEndpoint : IAsyncDisposable
     internal readonly object Gate = new();
     internal readonly byte[] ReceivePlain = new byte[RudWire.MaxReceiveSize];
     internal readonly byte[] SendPlain = new byte[RudWire.MaxReceiveSize];
-    internal readonly byte[] SendFrames = new byte[RudWire.MaxReceiveSize];
     internal readonly byte[] SendPacketBuffer = new byte[RudWire.MaxReceiveSize];
 
     private RudEndpoint(Socket socket, RudEndpointOptions options, ILogger? log)
@@ -493,8 +492,11 @@ public sealed class RudEndpoint : IAsyncDisposable
         catch (ObjectDisposedException) { Counters.Increment(ref Counters.SendErrors); }
     }
 
-    /// <summary>Adds a packet to the send batch (§9.4); <see cref="SendBatch"/> sends it. Caller holds <see cref="Gate"/>.</summary>
-    internal void Enqueue(ReadOnlySpan<byte> packet, SocketAddress to) => _batch.Add(_socket, packet, to);
+    /// <summary>Room for one packet to <paramref name="to"/> in the send batch (§9.4), written in place; <see cref="CommitPacket"/> adds it. Caller holds <see cref="Gate"/>.</summary>
+    internal Span<byte> ReservePacket(SocketAddress to) => _batch.Reserve(_socket, to);
+
+    /// <summary>Adds the packet written into <see cref="ReservePacket"/>'s span; <see cref="SendBatch"/> sends it.</summary>
+    internal void CommitPacket(int length) => _batch.Commit(_socket, length);
 
     /// <summary>Sends the batched packets. Caller holds <see cref="Gate"/>.</summary>
     internal void SendBatch() => _batch.Send(_socket);

@@ -151,6 +151,12 @@ public static class RudWire
         switch (type)
         {
             case FrameType.Padding:
+            {
+                // A run of PADDING frames is read as one (a full packet can end in dozens).
+                int more = payload[pos..].IndexOfAnyExcept((byte)FrameType.Padding);
+                pos = more < 0 ? payload.Length : pos + more;
+                return true;
+            }
             case FrameType.Ping:
                 return true;
             case FrameType.ResetStream:

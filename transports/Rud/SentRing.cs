@@ -77,32 +77,28 @@ internal sealed class SentRing
     }
 }
 
-/// <summary>Received sent indexes: the largest and a 256-packet window below it (spec/rud.md §6.2, §3.1).</summary>
+/// <summary>
+/// Received sent indexes: the largest and a 256-packet window below it (spec/rud.md §6.2, §3.1),
+/// kept as a 256-bit shift register — bit i set = packet (Largest − i) received — so marking,
+/// the replay test and the acknowledgement bitfield are a few word operations, not a walk over
+/// 256 packets.
+/// </summary>
 internal struct ReceivedWindow
 {
     public const int Size = 256;
-    private ulong _b0, _b1, _b2, _b3;   // bit (n % 256) set = n received, for n in (Largest - 256, Largest]
+    private ulong _w0, _w1, _w2, _w3;   // bit i of the 256-bit value (w0 = bits 0..63) = Largest - i received
     public ulong Largest;
     public bool Any;
 
-    private readonly bool Get(ulong n)
-    {
-        int i = (int)(n % Size);
-        ulong w = (i >> 6) switch { 0 => _b0, 1 => _b1, 2 => _b2, _ => _b3 };
-        return ((w >> (i & 63)) & 1) != 0;
-    }
-
-    private void Set(ulong n, bool v)
-    {
-        int i = (int)(n % Size);
-        ulong bit = 1UL << (i & 63);
-        ref ulong w = ref _b0;
-        switch (i >> 6) { case 1: w = ref _b1; break; case 2: w = ref _b2; break; case 3: w = ref _b3; break; }
-        w = v ? w | bit : w & ~bit;
-    }
-
     /// <summary>True for a packet already received or too old to tell (a replay, §6.2).</summary>
-    public readonly bool IsReplay(ulong n) => Any && n <= Largest && (Largest - n >= Size || Get(n));
+    public readonly bool IsReplay(ulong n)
+    {
+        if (!Any || n > Largest) return false;
+        ulong d = Largest - n;
+        if (d >= Size) return true;
+        ulong w = (d >> 6) switch { 0 => _w0, 1 => _w1, 2 => _w2, _ => _w3 };
+        return ((w >> (int)(d & 63)) & 1) != 0;
+    }
 
     public void Mark(ulong n)
     {
@@ -110,32 +106,61 @@ internal struct ReceivedWindow
         {
             Any = true;
             Largest = n;
-            _b0 = _b1 = _b2 = _b3 = 0;
-            Set(n, true);
+            _w0 = 1;
+            _w1 = _w2 = _w3 = 0;
             return;
         }
         if (n > Largest)
         {
-            if (n - Largest >= Size) _b0 = _b1 = _b2 = _b3 = 0;
-            else for (ulong k = Largest + 1; k < n; k++) Set(k, false);
+            ShiftUp(n - Largest);
             Largest = n;
+            _w0 |= 1;
+            return;
         }
-        Set(n, true);
+        ulong d = Largest - n;
+        if (d >= Size) return;
+        ulong bit = 1UL << (int)(d & 63);
+        switch (d >> 6)
+        {
+            case 0: _w0 |= bit; break;
+            case 1: _w1 |= bit; break;
+            case 2: _w2 |= bit; break;
+            default: _w3 |= bit; break;
+        }
+    }
+
+    /// <summary>Moves every bit <paramref name="by"/> places up (older); bits beyond 255 fall out.</summary>
+    private void ShiftUp(ulong by)
+    {
+        if (by >= Size) { _w0 = _w1 = _w2 = _w3 = 0; return; }
+        int words = (int)(by >> 6), bits = (int)(by & 63);
+        Span<ulong> w = [_w0, _w1, _w2, _w3];
+        for (int i = 3; i >= 0; i--)
+        {
+            int src = i - words;
+            ulong v = src >= 0 ? w[src] << bits : 0;
+            if (bits != 0 && src - 1 >= 0) v |= w[src - 1] >> (64 - bits);
+            w[i] = v;
+        }
+        _w0 = w[0]; _w1 = w[1]; _w2 = w[2]; _w3 = w[3];
     }
 
     /// <summary>Writes the acknowledgement bitfield (trailing zero bytes dropped); returns its length.</summary>
     public readonly int WriteBitfield(Span<byte> dest)
     {
+        // Output bit i (MSB first in each byte) = packet Largest - 1 - i = register bit i + 1:
+        // the register shifted down by one, bits reversed within each byte. Bit 255 would alias
+        // the largest itself and stays 0 (nothing shifts into it); packets below 0 were never set.
+        Span<ulong> r = [(_w0 >> 1) | (_w1 << 63), (_w1 >> 1) | (_w2 << 63), (_w2 >> 1) | (_w3 << 63), _w3 >> 1];
         int length = 0;
-        dest[..RudWire.MaxBitfieldBytes].Clear();
-        // The window holds Largest and the 255 below it; bit 255 would alias Largest itself.
-        for (int i = 0; i < Size - 1; i++)
+        for (int i = 0; i < 4; i++)
         {
-            if ((ulong)i >= Largest) break;
-            ulong n = Largest - 1 - (ulong)i;
-            if (!Get(n)) continue;
-            dest[i >> 3] |= (byte)(0x80 >> (i & 7));
-            length = (i >> 3) + 1;
+            ulong x = r[i];
+            x = ((x >> 1) & 0x5555555555555555UL) | ((x & 0x5555555555555555UL) << 1);
+            x = ((x >> 2) & 0x3333333333333333UL) | ((x & 0x3333333333333333UL) << 2);
+            x = ((x >> 4) & 0x0F0F0F0F0F0F0F0FUL) | ((x & 0x0F0F0F0F0F0F0F0FUL) << 4);
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(dest[(8 * i)..], x);
+            if (x != 0) length = 8 * i + 8 - System.Numerics.BitOperations.LeadingZeroCount(x) / 8;
         }
         return length;
     }

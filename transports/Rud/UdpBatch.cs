@@ -29,21 +29,38 @@ internal sealed unsafe partial class UdpBatch
     /// <summary>Whether the last sends went out with GSO (false once the kernel refused it).</summary>
     public bool UsesGso => _gso;
 
-    /// <summary>Adds one packet; sends the batch first when this packet cannot join it.</summary>
-    public void Add(Socket socket, ReadOnlySpan<byte> packet, SocketAddress to)
+    /// <summary>
+    /// Room for the next packet to <paramref name="to"/> at the end of the batch (sent first when
+    /// full or bound elsewhere); the caller writes the packet there and calls <see cref="Commit"/>.
+    /// </summary>
+    public Span<byte> Reserve(Socket socket, SocketAddress to)
     {
-        if (_count > 0 && (_closed || packet.Length > _segment || _count == MaxSegments || !to.Equals(_peer))) Send(socket);
+        if (_count > 0 && (_closed || _count == MaxSegments || !to.Equals(_peer))) Send(socket);
+        if (_count == 0) _peer = to;
+        return _buffer.AsSpan(_bytes, RudWire.MaxReceiveSize);
+    }
+
+    /// <summary>Adds the packet of <paramref name="length"/> bytes written into <see cref="Reserve"/>'s span.</summary>
+    public void Commit(Socket socket, int length)
+    {
+        if (_count > 0 && length > _segment)
+        {
+            // Longer than the batch's segment: it cannot join. The others go now and it moves to the front.
+            int at = _bytes;
+            var peer = _peer;
+            Send(socket);
+            _buffer.AsSpan(at, length).CopyTo(_buffer);
+            _peer = peer;
+        }
         if (_count == 0)
         {
-            _segment = packet.Length;
-            _peer = to;
+            _segment = length;
             _closed = false;
         }
-        packet.CopyTo(_buffer.AsSpan(_bytes));
-        _bytes += packet.Length;
+        _bytes += length;
         _count++;
         // A shorter packet can only be a batch's last segment.
-        if (packet.Length < _segment) _closed = true;
+        if (length < _segment) _closed = true;
     }
 
     /// <summary>Sends what is batched.</summary>

@@ -198,6 +198,51 @@ public class RudWireTests
         Assert.Equal(0x40, bits[0]);   // 12 is the largest; 11 missing, 10 received
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void The_receive_window_agrees_with_a_set_of_received_indexes(int seed)
+    {
+        // The shift-register window against the obvious model: after each of 20,000 marks (in
+        // order, reordered, duplicated, with jumps beyond the window) the replay answers and the
+        // bitfield bytes must match what a set of received indexes says.
+        var random = new Random(seed);
+        var w = new ReceivedWindow();
+        var seen = new HashSet<ulong>();
+        ulong largest = 0;
+        ulong next = (ulong)random.Next(0, 5);
+        var bits = new byte[32];
+        var expected = new byte[32];
+        for (int step = 0; step < 20_000; step++)
+        {
+            ulong n = random.Next(10) switch
+            {
+                0 when largest > 300 => largest - (ulong)random.Next(0, 300), // old or duplicate
+                1 => next + (ulong)random.Next(0, 40),                        // a gap
+                2 => next + (ulong)random.Next(250, 600),                     // beyond the window
+                _ => next,
+            };
+            bool replay = seen.Count > 0 && n <= largest && (largest - n >= ReceivedWindow.Size || seen.Contains(n));
+            Assert.Equal(replay, w.IsReplay(n));
+            if (seen.Count > 0 && n <= largest && largest - n >= ReceivedWindow.Size) continue; // too old: not marked
+            w.Mark(n);
+            seen.Add(n);
+            if (n >= largest) { largest = n; next = n + 1; }
+            Assert.Equal(largest, w.Largest);
+            Array.Clear(expected);
+            int length = 0;
+            for (int i = 0; i < ReceivedWindow.Size - 1 && (ulong)i < largest; i++)
+            {
+                if (!seen.Contains(largest - 1 - (ulong)i)) continue;
+                expected[i >> 3] |= (byte)(0x80 >> (i & 7));
+                length = (i >> 3) + 1;
+            }
+            Assert.Equal(length, w.WriteBitfield(bits));
+            Assert.Equal(expected.AsSpan(0, length).ToArray(), bits.AsSpan(0, length).ToArray());
+        }
+    }
+
     [Fact]
     public void A_packet_sealed_with_a_sent_index_opens_only_with_the_same_index_and_header()
     {
