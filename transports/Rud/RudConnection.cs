@@ -80,7 +80,13 @@ public sealed class RudConnection
         LocalId = localId;
         Peer = peer;
         _lastReceive = _lastSend = _tokensTime = now;
+        if (endpoint.Options.CongestionControl == CongestionControl.Bbr) _bbr = new Bbr(MaxPacket, _cwnd, InitialRttUs, now);
     }
+
+    private readonly Bbr? _bbr;
+
+    /// <summary>The congestion window in force (BBR's or NewReno's).</summary>
+    private long Cwnd => _bbr?.Window ?? _cwnd;
 
     public bool IsInitiator { get; }
     public ulong LocalId { get; }
@@ -429,10 +435,20 @@ public sealed class RudConnection
             _largestAcked = header.AckIndex;
             _anyAcked = true;
         }
-        if (largestNewlySentTime >= 0 && largestEliciting) UpdateRtt(now - largestNewlySentTime, (long)Math.Min(header.AckDelayMicroseconds, (ulong)MaxAckDelayUs));
+        long rttSample = 0;
+        if (largestNewlySentTime >= 0 && largestEliciting)
+        {
+            UpdateRtt(now - largestNewlySentTime, (long)Math.Min(header.AckDelayMicroseconds, (ulong)MaxAckDelayUs));
+            rttSample = _latestRtt;
+        }
         if (!newlyAcked) return;
         DetectLoss(now);
         _ptoCount = 0;
+        if (_bbr is not null)
+        {
+            _bbr.OnAckDone(_ackedBytes, rttSample, _bytesInFlight, now);
+            _ackedBytes = 0;
+        }
         _sent.PopDone(now - 4 * _srtt);
     }
 
@@ -469,8 +485,13 @@ public sealed class RudConnection
             bool windowUsed = 2 * _bytesInFlight >= _cwnd;
             _bytesInFlight -= p.Size;
             _lossRate -= _lossRate * LossWeight;
+            if (_bbr is not null)
+            {
+                _bbr.OnAcked(ref p, now);
+                _ackedBytes += p.Size;
+            }
             // NewReno (§9.3): no growth for packets sent before the current recovery period began.
-            if (p.SentTime > _recoveryStart && windowUsed)
+            else if (p.SentTime > _recoveryStart && windowUsed)
                 _cwnd += _cwnd < _ssthresh ? p.Size : Math.Max(1, (long)MaxPacket * p.Size / _cwnd);
         }
         if (n >= _sendPhaseFirst) _sendPhaseAcked = true;
@@ -516,6 +537,7 @@ public sealed class RudConnection
                 cause = p.Number;
                 _bytesInFlight -= p.Size;
                 _counters.Increment(ref _counters.PacketsLost);
+                _bbr?.OnLost(p.Size);
                 _lossRate += (1 - _lossRate) * LossWeight;
                 largestLostSent = Math.Max(largestLostSent, p.SentTime);
                 firstLostSent = Math.Min(firstLostSent, p.SentTime);
@@ -549,10 +571,17 @@ public sealed class RudConnection
     }
 
     private ulong _retransmitOf;
+    private long _ackedBytes;
     private bool _rekeyProbeSent;
 
     private void OnCongestionEvent(long largestLostSent, long firstLostSent, ulong cause, long now)
     {
+        if (_bbr is not null)
+        {
+            // BBR (§9.3) reads congestion from its model of the path, not from loss.
+            if (_hasRtt && largestLostSent - firstLostSent > 3 * PtoDuration) _bbr.OnPersistentCongestion();
+            return;
+        }
         if (_lossRate <= LossTolerance)
         {
             // Random loss below the tolerance is not taken as congestion (§9.3).
@@ -624,7 +653,7 @@ public sealed class RudConnection
         if (_lossTime != 0) t = Math.Min(t, _lossTime);
         else if (PtoAt is long pto) t = Math.Min(t, pto);
         if (_streams.Count > 0) t = Math.Min(t, _lastSend + _ep.Options.KeepAlive.Ticks / 10);
-        if (HasElicitingWork && _bytesInFlight + MaxPacket <= _cwnd && _tokens < 0)
+        if (HasElicitingWork && _bytesInFlight + MaxPacket <= Cwnd && _tokens < 0)
             t = Math.Min(t, now + (long)Math.Ceiling(-_tokens / PacingRate));
         return t;
     }
@@ -632,7 +661,7 @@ public sealed class RudConnection
     private bool HasElicitingWork => _pingPending || _control.Count > 0 || _sendQueue.Count > 0 || _datagrams.Count > 0;
 
     /// <summary>Bytes per microsecond: 1.25 × window / smoothed RTT (§9.3).</summary>
-    private double PacingRate => 1.25 * _cwnd / Math.Max(_srtt, 100);
+    private double PacingRate => _bbr?.PacingRate ?? 1.25 * _cwnd / Math.Max(_srtt, 100);
 
     private bool PacingAllows(long now)
     {
@@ -653,8 +682,13 @@ public sealed class RudConnection
             for (int budget = 64; budget > 0; budget--)
             {
                 bool ackDue = _rx.Any && (_ackNow || (_ackDeadline != 0 && now >= _ackDeadline));
-                bool mayElicit = HasElicitingWork && (_probes > 0 || (_bytesInFlight + MaxPacket <= _cwnd && PacingAllows(now)));
-                if (!mayElicit && !ackDue) return;
+                bool mayElicit = HasElicitingWork && (_probes > 0 || (_bytesInFlight + MaxPacket <= Cwnd && PacingAllows(now)));
+                if (!mayElicit && !ackDue)
+                {
+                    // Nothing to send with room in the window: rate samples until now say little about the path.
+                    if (_bbr is not null && !HasElicitingWork && _bytesInFlight + MaxPacket <= Cwnd) _bbr.OnAppLimited(_bytesInFlight);
+                    return;
+                }
                 if (!SendPacket(now, mayElicit)) return;
             }
             _ep.RequestFlush(this); // more to do: come back on the next turn
@@ -778,6 +812,7 @@ public sealed class RudConnection
         record.Done = !eliciting;
         if (eliciting)
         {
+            _bbr?.OnSend(ref record, _bytesInFlight, now);
             _bytesInFlight += size;
             _lastAckElicitingSent = now;
             _tokens -= size;
@@ -867,11 +902,11 @@ public sealed class RudConnection
         get
         {
             lock (Gate)
-                return $"conn {LocalId:x}: sent {_nextSent} ring {_sent.Count} inflight {_bytesInFlight} cwnd {_cwnd} tokens {_tokens:0} pto {_ptoCount} lossTime {_lossTime} " +
-                    $"largestAcked {_largestAcked} rxLargest {_rx.Largest} sendQ {_sendQueue.Count} control {_control.Count} ping {_pingPending} threshold {_packetThreshold} streams {_streams.Count} closed {IsClosed}";
+                return $"conn {LocalId:x}: sent {_nextSent} ring {_sent.Count} inflight {_bytesInFlight} cwnd {Cwnd} tokens {_tokens:0} pto {_ptoCount} lossTime {_lossTime} " +
+                    $"largestAcked {_largestAcked} rxLargest {_rx.Largest} sendQ {_sendQueue.Count} control {_control.Count} ping {_pingPending} threshold {_packetThreshold} streams {_streams.Count} closed {IsClosed}" + (_bbr is null ? "" : " " + _bbr.State);
         }
     }
 
     /// <summary>A snapshot for tests and logs.</summary>
-    public (long Cwnd, long SmoothedRttUs, long BytesInFlight) CongestionState { get { lock (Gate) return (_cwnd, _srtt, _bytesInFlight); } }
+    public (long Cwnd, long SmoothedRttUs, long BytesInFlight) CongestionState { get { lock (Gate) return (Cwnd, _srtt, _bytesInFlight); } }
 }

@@ -27,6 +27,8 @@ public sealed class RudEndpointOptions
     public int LoadThreshold { get; init; } = 128;
     /// <summary>Packets per key phase before a key update (§7.3); smaller only in tests.</summary>
     public long RekeyInterval { get; init; } = 1L << 22;
+    /// <summary>Congestion control of the connections (§9.3).</summary>
+    public CongestionControl CongestionControl { get; init; } = CongestionControl.Bbr;
     /// <summary>Wall clock for timestamps and tokens.</summary>
     public TimeProvider Clock { get; init; } = TimeProvider.System;
 }

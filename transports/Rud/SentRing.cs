@@ -24,6 +24,11 @@ internal struct SentPacket
     public int Length;
     public bool Fin;
     public ControlFrame Control;
+    // Delivery-rate state when sent (BBR, draft-cheng-iccrg-delivery-rate-estimation).
+    public long Delivered;
+    public long DeliveredTime;
+    public long FirstSentTime;
+    public bool AppLimited;
 }
 
 /// <summary>Sent packets by consecutive sent index, oldest first; a growable ring of structs.</summary>

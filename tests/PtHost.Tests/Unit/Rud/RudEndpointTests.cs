@@ -224,7 +224,7 @@ public class RudEndpointTests(ITestOutputHelper output)
     public async Task Loss_above_the_tolerance_is_taken_as_congestion_and_the_window_shrinks()
     {
         // §9.3: at 25 % loss the moving loss rate passes the 15 % tolerance, so NewReno backs off; the bytes still arrive.
-        await using var pair = Pair.Start(relaySeed: 25);
+        await using var pair = Pair.Start(client: new RudEndpointOptions { CongestionControl = CongestionControl.NewReno }, relaySeed: 25);
         pair.Relay!.Loss = 0.25;
         pair.Relay.Delay = TimeSpan.FromMilliseconds(5);
         var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
