@@ -32,7 +32,7 @@ internal sealed class Bbr
     private enum Mode { Startup, Drain, ProbeBw, ProbeRtt }
 
     private readonly int _mss;
-    private readonly long _minWindow;
+    private readonly long _minWindow, _floorWindow, _ackAllowance;
     private Mode _mode = Mode.Startup;
 
     // Delivery-rate estimation (connection state).
@@ -61,12 +61,18 @@ internal sealed class Bbr
     private long _roundLost, _roundDeliveredStart, _ackLost;
     /// <summary>A round that loses more than this share of what it moved ends startup (spec/rud.md §9.3): far above random loss (5 % varies by ±2 % per round).</summary>
     public const double StartupLossLimit = 0.15;
-    private const int StartupLossMinPackets = 10;
+    private const int StartupLossMinPackets = 50;
 
-    public Bbr(int maxPacket, long initialWindow, long initialRttUs, long now)
+    /// <param name="ackEvery">How many ack-eliciting packets the receiver lets pass before it acknowledges (§9.1).</param>
+    public Bbr(int maxPacket, int ackEvery, long initialWindow, long initialRttUs, long now)
     {
         _mss = maxPacket;
         _minWindow = 4L * maxPacket;
+        // The receiver acknowledges every ackEvery-th packet or after its ack delay: a window
+        // smaller than that waits for the delay each round trip and the estimate decays with it
+        // (loopback, tiny BDP). The window keeps room for two acknowledgement batches on top of the BDP.
+        _floorWindow = (ackEvery + 2L) * maxPacket;
+        _ackAllowance = 2L * ackEvery * maxPacket;
         Window = initialWindow;
         PacingRate = HighGain * initialWindow / Math.Max(initialRttUs, 1);
         _rtPropStamp = now;
@@ -187,11 +193,11 @@ internal sealed class Bbr
         else if (rttSample > 0) PacingRate = Math.Max(PacingRate, HighGain * Window / rttSample);
 
         // Window.
-        long target = Bdp(_cwndGain) + 3L * _mss;
+        long target = Bdp(_cwndGain) + _ackAllowance;
         if (_mode == Mode.ProbeRtt) Window = Math.Min(Window, _minWindow);
         else if (_filledPipe) Window = Math.Min(Window + ackedBytes, target);
         else if (Window < target || _delivered < 10L * _mss) Window += ackedBytes;
-        Window = Math.Max(Window, _minWindow);
+        Window = Math.Max(Window, _mode == Mode.ProbeRtt ? _minWindow : _floorWindow);
     }
 
     /// <summary>A packet in flight was declared lost.</summary>

@@ -80,10 +80,23 @@ public sealed class RudConnection
         LocalId = localId;
         Peer = peer;
         _lastReceive = _lastSend = _tokensTime = now;
-        if (endpoint.Options.CongestionControl == CongestionControl.Bbr) _bbr = new Bbr(MaxPacket, _cwnd, InitialRttUs, now);
+        if (endpoint.Options.CongestionControl == CongestionControl.Bbr) _bbr = new Bbr(MaxPacket, AckEvery, _cwnd, InitialRttUs, now);
     }
 
     private readonly Bbr? _bbr;
+
+    // Path MTU probing (§9.5): the packet size in use, and the probe in flight (0: none).
+    private int _maxPacket = RudWire.MaxPacketSize;
+    private ulong _mtuProbe;
+    private bool _mtuProbing;
+    private long _mtuProbeDeadline, _mtuNextProbe;
+    private int _mtuProbeAttempts;
+    private bool _mtuDone;
+    private const int MtuProbeAttempts = 3;
+    private const long MtuRetryUs = 2_000_000;
+
+    /// <summary>The largest packet this connection sends now (§9.5).</summary>
+    public int MaxPacketSize { get { lock (Gate) return _maxPacket; } }
 
     /// <summary>The congestion window in force (BBR's or NewReno's).</summary>
     private long Cwnd => _bbr?.Window ?? _cwnd;
@@ -108,7 +121,8 @@ public sealed class RudConnection
     // ---- handshake state, driven by the endpoint ----
     internal byte[]? HandshakePacket;
     internal int HandshakeLength;
-    internal long HandshakeResendAt, HandshakeInterval, HandshakeDeadline;
+    internal long HandshakeResendAt, HandshakeInterval, HandshakeDeadline, HandshakeSentTime;
+    internal bool HandshakeResent;
     internal byte[]? EphemeralPrivate;
     internal byte[]? EphemeralPublic;
     internal byte[]? ServerStatic;
@@ -119,8 +133,10 @@ public sealed class RudConnection
     internal EphemeralKeyId ReplayKey;
 
     /// <summary>Installs the traffic keys (§5.3) and marks the connection established.</summary>
-    internal void Establish(byte[] initiatorSecret, byte[] responderSecret, long now)
+    internal void Establish(byte[] initiatorSecret, byte[] responderSecret, long now, long handshakeRtt = 0)
     {
+        // The initiator's exchange was answered once, without a resend: that round trip seeds the RTT (§9.2).
+        if (handshakeRtt > 0) UpdateRtt(handshakeRtt, 0);
         _send = new PacketProtection(IsInitiator ? initiatorSecret : responderSecret, 0);
         _recv = new PacketProtection(IsInitiator ? responderSecret : initiatorSecret, 0);
         if (IsInitiator)
@@ -130,6 +146,8 @@ public sealed class RudConnection
         }
         else _nextSent = 1;
         _sendPhaseFirst = _nextSent;
+        _mtuNextProbe = now;
+        _mtuDone = !_ep.ProbesPathMtu;
         IsEstablished = true;
         HandshakePacket = null;
         _lastReceive = now;
@@ -283,6 +301,12 @@ public sealed class RudConnection
             // Network agility (§7.1): follow the newest authenticated packet.
             Peer = RudEndpoint.Copy(from);
             _counters.Increment(ref _counters.Migrations);
+            // A new path may not carry what the old one did (§9.5).
+            _maxPacket = RudWire.MaxPacketSize;
+            _mtuProbing = false;
+            _mtuProbeAttempts = 0;
+            _mtuDone = !_ep.ProbesPathMtu;
+            _mtuNextProbe = now;
             // What went to the old address is gone: probe at once instead of after a backed-off PTO.
             _ptoCount = 0;
             if (_bytesInFlight > 0) _lastAckElicitingSent = now - PtoDuration;
@@ -430,6 +454,19 @@ public sealed class RudConnection
                 AckOne(n, ref newlyAcked, now, isLargest: false, ref largestNewlySentTime, ref largestEliciting);
             }
         }
+        if (_mtuProbing && _mtuProbe <= header.AckIndex)
+        {
+            // The probe is not kept for loss detection, so the window walk may stop short of it.
+            ulong d = header.AckIndex - _mtuProbe;
+            if (d == 0 || (d - 1 < (ulong)bitfield.Length * 8 && (bitfield[(int)((d - 1) >> 3)] & (0x80 >> (int)((d - 1) & 7))) != 0))
+            {
+                // The larger packet crossed the path (§9.5).
+                _mtuProbing = false;
+                _mtuDone = true;
+                _maxPacket = RudWire.ProbedPacketSize;
+                _counters.Increment(ref _counters.PathMtuRaised);
+            }
+        }
         if (!_anyAcked || header.AckIndex > _largestAcked)
         {
             _largestAcked = header.AckIndex;
@@ -441,6 +478,14 @@ public sealed class RudConnection
             UpdateRtt(now - largestNewlySentTime, (long)Math.Min(header.AckDelayMicroseconds, (ulong)MaxAckDelayUs));
             rttSample = _latestRtt;
         }
+        else if (_newestElicitingSent > 0)
+        {
+            // The largest was ack-only (both directions busy): the newest ack-eliciting packet this
+            // acknowledgement covers still measures the path; its ack delay is unknown, so none is taken off.
+            UpdateRtt(now - _newestElicitingSent, 0);
+            rttSample = _latestRtt;
+        }
+        _newestElicitingSent = 0;
         if (!newlyAcked) return;
         DetectLoss(now);
         _ptoCount = 0;
@@ -454,6 +499,7 @@ public sealed class RudConnection
 
     private void AckOne(ulong n, ref bool newlyAcked, long now, bool isLargest, ref long largestSentTime, ref bool largestEliciting)
     {
+
         int i = _sent.IndexOf(n);
         if (i < 0) return;
         ref var p = ref _sent[i];
@@ -479,6 +525,7 @@ public sealed class RudConnection
         p.Done = true;
         newlyAcked = true;
         if (isLargest) { largestSentTime = p.SentTime; largestEliciting = p.AckEliciting; }
+        else if (p.AckEliciting && p.SentTime > _newestElicitingSent) _newestElicitingSent = p.SentTime;
         if (p.InFlight)
         {
             // An underused window does not grow (§9.3, RFC 9002 §7.8): only while at least half of it is in flight.
@@ -571,7 +618,7 @@ public sealed class RudConnection
     }
 
     private ulong _retransmitOf;
-    private long _ackedBytes;
+    private long _ackedBytes, _newestElicitingSent;
     private bool _rekeyProbeSent;
 
     private void OnCongestionEvent(long largestLostSent, long firstLostSent, ulong cause, long now)
@@ -610,6 +657,13 @@ public sealed class RudConnection
         {
             CloseLocked(5, "idle timeout", sendClose: false);
             return;
+        }
+        if (_mtuProbing && now >= _mtuProbeDeadline)
+        {
+            // Unanswered: the path does not carry it (or it was lost); a few more tries, then keep the base size.
+            _mtuProbing = false;
+            if (++_mtuProbeAttempts >= MtuProbeAttempts) _mtuDone = true;
+            else _mtuNextProbe = now + MtuRetryUs;
         }
         if (_lossTime != 0 && now >= _lossTime) DetectLoss(now);
         else if (PtoAt is long pto && now >= pto)
@@ -650,10 +704,12 @@ public sealed class RudConnection
         if (!IsEstablished) return IsInitiator ? Math.Min(HandshakeResendAt, HandshakeDeadline) : long.MaxValue;
         long t = _lastReceive + _ep.Options.IdleTimeout.Ticks / 10;
         if (_ackDeadline != 0) t = Math.Min(t, _ackDeadline);
+        if (_mtuProbing) t = Math.Min(t, _mtuProbeDeadline);
+        else if (!_mtuDone) t = Math.Min(t, Math.Max(_mtuNextProbe, now));
         if (_lossTime != 0) t = Math.Min(t, _lossTime);
         else if (PtoAt is long pto) t = Math.Min(t, pto);
         if (_streams.Count > 0) t = Math.Min(t, _lastSend + _ep.Options.KeepAlive.Ticks / 10);
-        if (HasElicitingWork && _bytesInFlight + MaxPacket <= Cwnd && _tokens < 0)
+        if (HasElicitingWork && _bytesInFlight + _maxPacket <= Cwnd && _tokens < 0)
             t = Math.Min(t, now + (long)Math.Ceiling(-_tokens / PacingRate));
         return t;
     }
@@ -679,14 +735,15 @@ public sealed class RudConnection
         if (IsClosed || !IsEstablished) return;
         try
         {
+            if (!_mtuDone && !_mtuProbing && now >= _mtuNextProbe && _rx.Any) SendMtuProbe(now);
             for (int budget = 64; budget > 0; budget--)
             {
                 bool ackDue = _rx.Any && (_ackNow || (_ackDeadline != 0 && now >= _ackDeadline));
-                bool mayElicit = HasElicitingWork && (_probes > 0 || (_bytesInFlight + MaxPacket <= Cwnd && PacingAllows(now)));
+                bool mayElicit = HasElicitingWork && (_probes > 0 || (_bytesInFlight + _maxPacket <= Cwnd && PacingAllows(now)));
                 if (!mayElicit && !ackDue)
                 {
                     // Nothing to send with room in the window: rate samples until now say little about the path.
-                    if (_bbr is not null && !HasElicitingWork && _bytesInFlight + MaxPacket <= Cwnd) _bbr.OnAppLimited(_bytesInFlight);
+                    if (_bbr is not null && !HasElicitingWork && _bytesInFlight + _maxPacket <= Cwnd) _bbr.OnAppLimited(_bytesInFlight);
                     return;
                 }
                 if (!SendPacket(now, mayElicit)) return;
@@ -723,7 +780,7 @@ public sealed class RudConnection
         // unused, the reserved bytes are zeros: PADDING frames (§3.2).
         int framesAt = ackEnd + RudWire.VarintLength(_nextSent);
         int h = RudWire.IdSize + 1 + RudWire.VarintLength(_nextSent);
-        int plainRoom = MaxPacket - h - RudKeys.TagSize;
+        int plainRoom = _maxPacket - h - RudKeys.TagSize;
         var frames = plain[framesAt..plainRoom];
         int room = frames.Length;
         int used = 0;
@@ -792,7 +849,7 @@ public sealed class RudConnection
         plain[pos..framesAt].Clear();
         pos = framesAt + used;
         // A packet whose STREAM frame filled the room left (more data was waiting) is padded to
-        // exactly MaxPacket (§9.4): a burst of equal-sized packets goes out as one segmented send.
+        // exactly the packet size (§9.4): a burst of equal-sized packets goes out as one segmented send.
         if (record.Stream is not null && used >= room - 2 && pos < plainRoom)
         {
             plain[pos..plainRoom].Clear();
@@ -821,6 +878,33 @@ public sealed class RudConnection
         _sent.Add(record);
         if (!eliciting) _sent.PopDone(now - 4 * _srtt);
         return true;
+    }
+
+    /// <summary>
+    /// Sends a path MTU probe (§9.5): a PING padded to <see cref="RudWire.ProbedPacketSize"/>
+    /// bytes, not counted in flight, so its loss is never taken for congestion; acknowledged, the
+    /// connection's packets grow to that size.
+    /// </summary>
+    private void SendMtuProbe(long now)
+    {
+        MaybeRekey();
+        var plain = _ep.SendPlain.AsSpan();
+        int h = RudWire.IdSize + 1 + RudWire.VarintLength(_nextSent);
+        int length = RudWire.ProbedPacketSize - h - RudKeys.TagSize;
+        plain[0] = 0; // no ACK block
+        plain[1] = FrameType.Ping;
+        plain[2..length].Clear();
+        var packet = _ep.ReservePacket(Peer);
+        RudWire.WriteDataHeader(packet, RemoteId, _send!.Phase, _nextSent);
+        _send.Seal(_nextSent, packet[..h], plain[..length], packet[h..]);
+        _ep.CommitPacket(RudWire.ProbedPacketSize);
+        _sent.Add(new SentPacket { Number = _nextSent, SentTime = now, Size = RudWire.ProbedPacketSize, Done = true });
+        _mtuProbe = _nextSent;
+        _mtuProbing = true;
+        _nextSent++;
+        _lastSend = now;
+        _mtuProbeDeadline = now + Math.Max(3 * PtoDuration, 200_000);
+        _counters.Increment(ref _counters.PathMtuProbes);
     }
 
     /// <summary>Key update (§7.3): after RekeyInterval packets, once the current phase has been acknowledged.</summary>

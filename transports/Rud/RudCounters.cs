@@ -6,6 +6,7 @@ public sealed class RudCounters
     public long Malformed, UnknownId, AuthFailed, Replayed, TokenInvalid, TokenExpired, HandshakeDropped, NoKeys, InternalErrors;
     public long ChallengesSent, DefersSent, HandshakesAccepted, HandshakesFailed, CompletesResent;
     public long PacketsLost, ProbeTimeouts, CongestionEvents, LossesTolerated, SpuriousLosses, RetransmissionsReceived, Migrations, StreamsRefused, DatagramsDropped, SendErrors;
+    public long PathMtuProbes, PathMtuRaised;
 
     public void Increment(ref long field) => Interlocked.Increment(ref field);
 
@@ -36,6 +37,8 @@ public sealed class RudCounters
         ["streamsRefused"] = Volatile.Read(ref StreamsRefused),
         ["datagramsDropped"] = Volatile.Read(ref DatagramsDropped),
         ["sendErrors"] = Volatile.Read(ref SendErrors),
+        ["pathMtuProbes"] = Volatile.Read(ref PathMtuProbes),
+        ["pathMtuRaised"] = Volatile.Read(ref PathMtuRaised),
     };
 
     /// <summary>Packets dropped because of what they contained (every reason of §10).</summary>

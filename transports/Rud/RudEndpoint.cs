@@ -27,6 +27,8 @@ public sealed class RudEndpointOptions
     public int LoadThreshold { get; init; } = 128;
     /// <summary>Packets per key phase before a key update (§7.3); smaller only in tests.</summary>
     public long RekeyInterval { get; init; } = 1L << 22;
+    /// <summary>Whether connections probe for <see cref="RudWire.ProbedPacketSize"/>-byte packets (§9.5).</summary>
+    public bool PathMtuProbe { get; init; } = true;
     /// <summary>Congestion control of the connections (§9.3).</summary>
     public CongestionControl CongestionControl { get; init; } = CongestionControl.Bbr;
     /// <summary>Wall clock for timestamps and tokens.</summary>
@@ -79,6 +81,7 @@ public sealed class RudEndpoint : IAsyncDisposable
         _log = log ?? NullLogger.Instance;
         _tokens = new TokenIssuer(options.TokenLifetime);
         _batch = new UdpBatch(Counters);
+        _dontFragment = SetDontFragment(socket);
         if (options.StaticPrivateKey is { } key)
         {
             _staticPublic = new byte[X25519.KeySize];
@@ -120,6 +123,31 @@ public sealed class RudEndpoint : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Path MTU probes (§9.5) must not be fragmented: IP_PMTUDISC_PROBE sets DF and lets a
+    /// datagram larger than the interface refuse to leave (EMSGSIZE) instead of being cut up.
+    /// False where the option is missing: the endpoint then does not probe.
+    /// </summary>
+    private static bool SetDontFragment(Socket s)
+    {
+        const int IpProtoIp = 0, IpMtuDiscover = 10, IpProtoIpv6 = 41, Ipv6MtuDiscover = 23, PmtuDiscProbe = 3;
+        if (!OperatingSystem.IsLinux()) return false;
+        Span<byte> value = stackalloc byte[4];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(value, PmtuDiscProbe);
+        try
+        {
+            if (s.AddressFamily == AddressFamily.InterNetworkV6) s.SetRawSocketOption(IpProtoIpv6, Ipv6MtuDiscover, value);
+            else s.SetRawSocketOption(IpProtoIp, IpMtuDiscover, value);
+            return true;
+        }
+        catch (SocketException) { return false; }
+    }
+
+    private bool _dontFragment;
+
+    /// <summary>Whether this endpoint's connections probe for larger packets (§9.5).</summary>
+    internal bool ProbesPathMtu => Options.PathMtuProbe && _dontFragment;
+
     internal long Now() => Stopwatch.GetElapsedTime(_t0).Ticks / 10;
 
     private long WallMs() => Options.Clock.GetUtcNow().ToUnixTimeMilliseconds();
@@ -136,6 +164,7 @@ public sealed class RudEndpoint : IAsyncDisposable
             old = _socket;
             var ep = (IPEndPoint)old.LocalEndPoint!;
             _socket = NewSocket(new IPEndPoint(ep.Address, 0));
+            _dontFragment = SetDontFragment(_socket);
             _receivers.Add(ReceiveLoopAsync(_socket));
             foreach (var c in _connections.Values) if (c.IsEstablished) c.QueuePing();
         }
@@ -218,6 +247,8 @@ public sealed class RudEndpoint : IAsyncDisposable
     {
         conn.HandshakeInterval = 500_000;
         conn.HandshakeResendAt = now + conn.HandshakeInterval;
+        conn.HandshakeSentTime = now;
+        conn.HandshakeResent = false;
         SendTo(conn.HandshakePacket.AsSpan(0, conn.HandshakeLength), conn.Peer);
         RequestFlush(conn);
     }
@@ -258,7 +289,7 @@ public sealed class RudEndpoint : IAsyncDisposable
                 { Counters.Increment(ref Counters.AuthFailed); return; }
                 conn.RemoteId = RudWire.ReadId(plain);
             }
-            conn.Establish(i, r, now);
+            conn.Establish(i, r, now, conn.HandshakeResent ? 0 : now - conn.HandshakeSentTime);
             conn.EphemeralPrivate = null;
             RequestFlush(conn);
         }
@@ -541,6 +572,7 @@ public sealed class RudEndpoint : IAsyncDisposable
                             {
                                 SendTo(conn.HandshakePacket.AsSpan(0, conn.HandshakeLength), conn.Peer);
                                 conn.HandshakeInterval *= 2;
+                                conn.HandshakeResent = true;
                                 conn.HandshakeResendAt = now + conn.HandshakeInterval;
                             }
                         }

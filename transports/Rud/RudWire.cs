@@ -38,6 +38,8 @@ public static class RudWire
     public const int Version = 0x01;
     public const int HandshakeSize = 1200;
     public const int MaxPacketSize = 1350;
+    /// <summary>The larger packet size a connection uses once a probe of it was acknowledged (§9.5): a 1500-byte IPv6 path less its headers.</summary>
+    public const int ProbedPacketSize = 1452;
     public const int MaxReceiveSize = 1500;
     public const int MaxBitfieldBytes = 32;
     public const int MaxTokenLength = 255;

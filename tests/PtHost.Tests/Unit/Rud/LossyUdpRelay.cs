@@ -36,6 +36,10 @@ internal sealed class LossyUdpRelay : IAsyncDisposable
     public double Loss { get; set; }
     public double Duplicate { get; set; }
     public TimeSpan Delay { get; set; }
+    /// <summary>Datagrams longer than this are dropped (a path with a smaller MTU); 0: no limit.</summary>
+    public int MaxDatagram { get; set; }
+    public long TooBig => Interlocked.Read(ref _tooBig);
+    private long _tooBig;
     /// <summary>Up to this much extra random delay per packet: packets overtake each other.</summary>
     public TimeSpan Jitter { get; set; }
     /// <summary>When set, decides per packet (data, toServer) whether to flip a byte in it.</summary>
@@ -78,6 +82,7 @@ internal sealed class LossyUdpRelay : IAsyncDisposable
                     _client = from;
                     FromClient?.Add(data);
                 }
+                if (MaxDatagram > 0 && data.Length > MaxDatagram) { _tooBig++; continue; }
                 if (_random.NextDouble() < Loss) { _dropped++; continue; }
                 int copies = _random.NextDouble() < Duplicate ? 2 : 1;
                 if (copies == 2) _duplicated++;

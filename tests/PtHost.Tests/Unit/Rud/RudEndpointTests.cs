@@ -25,6 +25,7 @@ public class RudEndpointTests(ITestOutputHelper output)
             {
                 StaticPrivateKey = key, Challenge = server.Challenge, AllowFirstContact = server.AllowFirstContact,
                 TokenLifetime = server.TokenLifetime, RekeyInterval = server.RekeyInterval, HandshakeTimeout = server.HandshakeTimeout,
+                PathMtuProbe = server.PathMtuProbe, CongestionControl = server.CongestionControl,
             });
             var c = RudEndpoint.Bind(new IPEndPoint(IPAddress.Loopback, 0), client ?? new RudEndpointOptions());
             var pair = new Pair { Server = s, Client = c };
@@ -246,6 +247,52 @@ public class RudEndpointTests(ITestOutputHelper output)
         smallest = Math.Min(smallest, (long)c.CongestionState.Cwnd);
         Assert.True(pair.Client.Counters.CongestionEvents > 0, "no congestion event at 25 % loss");
         Assert.True(smallest < 10 * RudWire.MaxPacketSize, $"window never went below the initial window (smallest {smallest})");
+    }
+
+    [Fact]
+    public async Task Packets_grow_to_1452_bytes_once_a_probe_of_that_size_is_acknowledged()
+    {
+        // §9.5: loopback carries anything, so the probe is answered and both sides send 1452-byte packets.
+        await using var pair = Pair.Start(relaySeed: 7);
+        pair.Relay!.FromClient = [];
+        var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        using var dbg = new CancellationTokenSource();
+        var printer = Task.Run(async () => { while (!dbg.IsCancellationRequested) { await Task.Delay(1000); output.WriteLine($"DBG {watch.ElapsedMilliseconds} C {c.DebugState} S {s.DebugState} maxc {c.MaxPacketSize} maxs {s.MaxPacketSize} cli {string.Join(",", pair.Client.Counters.Snapshot().Where(k => k.Value != 0))} srv {string.Join(",", pair.Server.Counters.Snapshot().Where(k => k.Value != 0))}"); } });
+        await TransferBothWaysAsync(c, s, RandomNumberGenerator.GetBytes(2_000_000), RandomNumberGenerator.GetBytes(2_000_000), TimeSpan.FromSeconds(4));
+        dbg.Cancel();
+        output.WriteLine($"client migrations {pair.Client.Counters.Migrations} server migrations {pair.Server.Counters.Migrations} client probes {pair.Client.Counters.PathMtuProbes} raised {pair.Client.Counters.PathMtuRaised} sendErrors {pair.Client.Counters.SendErrors}; server probes {pair.Server.Counters.PathMtuProbes} raised {pair.Server.Counters.PathMtuRaised}; relay max {pair.Relay.ClientPackets().Max(p => p.Length)}");
+        Assert.Equal(RudWire.ProbedPacketSize, c.MaxPacketSize);
+        Assert.Equal(RudWire.ProbedPacketSize, s.MaxPacketSize);
+        Assert.Equal(1, pair.Client.Counters.PathMtuRaised);
+        Assert.Equal(1, pair.Server.Counters.PathMtuRaised);
+        var sizes = pair.Relay.ClientPackets().Select(p => p.Length).ToArray();
+        Assert.Equal(RudWire.ProbedPacketSize, sizes.Max());
+        Assert.True(sizes.Count(n => n == RudWire.ProbedPacketSize) > 1000, "the bulk of the transfer used the larger size");
+    }
+
+    [Fact]
+    public async Task A_path_that_drops_large_datagrams_keeps_1350_byte_packets_and_loses_no_data()
+    {
+        // §9.5: the probe (and its retries) vanish; nothing else is lost and the size stays 1350.
+        await using var pair = Pair.Start(relaySeed: 8);
+        var t0 = System.Diagnostics.Stopwatch.StartNew();
+        pair.Relay!.MaxDatagram = 1400;
+        var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
+        output.WriteLine($"connected after {t0.ElapsedMilliseconds} ms");
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        using var dbg = new CancellationTokenSource();
+        var printer = Task.Run(async () => { while (!dbg.IsCancellationRequested) { await Task.Delay(1000); output.WriteLine($"DBG {watch.ElapsedMilliseconds} C {c.DebugState} S {s.DebugState} srvprobes {pair.Server.Counters.PathMtuProbes} toobig {pair.Relay.TooBig} maxc {c.MaxPacketSize} maxs {s.MaxPacketSize}"); } });
+        await TransferBothWaysAsync(c, s, RandomNumberGenerator.GetBytes(3_000_000), RandomNumberGenerator.GetBytes(1_000_000), TimeSpan.FromSeconds(5));
+        dbg.Cancel();
+        output.WriteLine($"{watch.ElapsedMilliseconds} ms; client probes {pair.Client.Counters.PathMtuProbes} lost {pair.Client.Counters.PacketsLost} pto {pair.Client.Counters.ProbeTimeouts}; server lost {pair.Server.Counters.PacketsLost}; relay too big {pair.Relay.TooBig}; {c.DebugState}");
+        Assert.Equal(RudWire.MaxPacketSize, c.MaxPacketSize);
+        Assert.Equal(RudWire.MaxPacketSize, s.MaxPacketSize);
+        Assert.True(pair.Client.Counters.PathMtuProbes >= 1);
+        Assert.Equal(0, pair.Client.Counters.PathMtuRaised);
+        Assert.True(pair.Relay.TooBig >= 1, "the relay saw the probe");
+        Assert.Equal(0, pair.Client.Counters.PacketsLost);
+        Assert.Equal(0, pair.Client.Counters.CongestionEvents);
     }
 
     [Fact]
