@@ -40,10 +40,22 @@ internal static class RudOptionText
         value.Type is JTokenType.Integer or JTokenType.Float && (double)value! is > 0 and <= 3600 and var s
             ? TimeSpan.FromSeconds(s)
             : throw new TransportOptionsException($"rud option \"{name}\" must be a number of seconds above 0, at most 3600");
+
+    /// <summary>The option's spelling of <paramref name="c"/>, for logs.</summary>
+    public static string CongestionName(CongestionControl c) => c == CongestionControl.NewReno ? "newreno" : "bbr";
+
+    /// <summary>The "congestion" option (§12): "bbr" (the default) or "newreno".</summary>
+    public static CongestionControl Congestion(JToken value) =>
+        value.Type == JTokenType.String ? (string)value! switch
+        {
+            "bbr" => CongestionControl.Bbr,
+            "newreno" => CongestionControl.NewReno,
+            _ => throw new TransportOptionsException($"rud option \"congestion\" must be \"bbr\" or \"newreno\", not \"{(string)value!}\""),
+        } : throw new TransportOptionsException("rud option \"congestion\" must be the string \"bbr\" or \"newreno\"");
 }
 
-/// <summary>Client options (§12): the server's public key, optionally its address.</summary>
-internal sealed record RudClientOptions(Destination? ServerAddress, byte[] ServerKey, TimeSpan HandshakeTimeout)
+/// <summary>Client options (§12): the server's public key, optionally its address, the congestion control.</summary>
+internal sealed record RudClientOptions(Destination? ServerAddress, byte[] ServerKey, TimeSpan HandshakeTimeout, CongestionControl Congestion = CongestionControl.Bbr)
 {
     public static RudClientOptions Parse(JToken? options)
     {
@@ -51,6 +63,7 @@ internal sealed record RudClientOptions(Destination? ServerAddress, byte[] Serve
         Destination? server = null;
         byte[]? key = null;
         var timeout = TimeSpan.FromSeconds(10);
+        var congestion = CongestionControl.Bbr;
         foreach (var p in o.Properties())
         {
             switch (p.Name)
@@ -61,19 +74,20 @@ internal sealed record RudClientOptions(Destination? ServerAddress, byte[] Serve
                     break;
                 case "serverKey": key = RudOptionText.Key(p.Value, "serverKey"); break;
                 case "handshakeTimeout": timeout = RudOptionText.Seconds(p.Value, "handshakeTimeout"); break;
-                default: throw new TransportOptionsException($"rud has no client option \"{p.Name}\" (known: serverAddress, serverKey, handshakeTimeout)");
+                case "congestion": congestion = RudOptionText.Congestion(p.Value); break;
+                default: throw new TransportOptionsException($"rud has no client option \"{p.Name}\" (known: serverAddress, serverKey, handshakeTimeout, congestion)");
             }
         }
         if (key is null) throw new TransportOptionsException("rud client option \"serverKey\" is required (pthost generate-config rud)");
         Span<byte> probe = stackalloc byte[X25519.KeySize];
         if (!X25519.Agree(X25519.GeneratePrivateKey(), key, probe))
             throw new TransportOptionsException("rud option \"serverKey\" is not a usable X25519 public key (a low-order point)");
-        return new(server, key, timeout);
+        return new(server, key, timeout, congestion);
     }
 }
 
 /// <summary>Server options (§12).</summary>
-internal sealed record RudServerOptions(byte[]? Key, ChallengePolicy Challenge, bool FirstContact)
+internal sealed record RudServerOptions(byte[]? Key, ChallengePolicy Challenge, bool FirstContact, CongestionControl Congestion = CongestionControl.Bbr)
 {
     public static RudServerOptions Parse(JToken? options)
     {
@@ -82,6 +96,7 @@ internal sealed record RudServerOptions(byte[]? Key, ChallengePolicy Challenge, 
         byte[]? key = null;
         var challenge = ChallengePolicy.Load;
         bool first = false;
+        var congestion = CongestionControl.Bbr;
         foreach (var p in o.Properties())
         {
             switch (p.Name)
@@ -99,10 +114,11 @@ internal sealed record RudServerOptions(byte[]? Key, ChallengePolicy Challenge, 
                 case "firstContact":
                     first = p.Value.Type == JTokenType.Boolean ? (bool)p.Value : throw new TransportOptionsException("rud option \"firstContact\" must be true or false");
                     break;
-                default: throw new TransportOptionsException($"rud has no server option \"{p.Name}\" (known: key, challenge, firstContact)");
+                case "congestion": congestion = RudOptionText.Congestion(p.Value); break;
+                default: throw new TransportOptionsException($"rud has no server option \"{p.Name}\" (known: key, challenge, firstContact, congestion)");
             }
         }
-        return new(key, challenge, first);
+        return new(key, challenge, first, congestion);
     }
 }
 
@@ -206,7 +222,7 @@ internal sealed class RudClient : IClientFactory, IDatagramStreamCarrier
                 throw new TransportConnectException(ConnectFailure.TimedOut, $"rud server {server}: no handshake within {_options.HandshakeTimeout.TotalSeconds:0.#} s (wrong serverKey, or the server is unreachable)", e);
             }
             link.Connections.Add(conn);
-            _log.LogInformation("rud: connected to {Server} ({Mode} exchange, connection {Count})", server, conn.Mode, link.Connections.Count);
+            _log.LogInformation("rud: connected to {Server} ({Mode} exchange, connection {Count}, congestion {Congestion})", server, conn.Mode, link.Connections.Count, RudOptionText.CongestionName(endpoint.Options.CongestionControl));
             try { return conn.OpenStream(); }
             catch (IOException e) { throw new TransportConnectException(ConnectFailure.General, $"rud server {server}: {e.Message}", e); }
         }
@@ -226,7 +242,7 @@ internal sealed class RudClient : IClientFactory, IDatagramStreamCarrier
     {
         lock (_endpointGate)
         {
-            var options = new RudEndpointOptions { HandshakeTimeout = _options.HandshakeTimeout };
+            var options = new RudEndpointOptions { HandshakeTimeout = _options.HandshakeTimeout, CongestionControl = _options.Congestion };
             var log = _context.LoggerFactory.CreateLogger("PtHost.Transports.Rud");
             if (family == AddressFamily.InterNetworkV6) return _v6 ??= RudEndpoint.Bind(new IPEndPoint(IPAddress.IPv6Any, 0), options, log);
             return _v4 ??= RudEndpoint.Bind(new IPEndPoint(IPAddress.Any, 0), options, log);
@@ -315,6 +331,7 @@ internal sealed class RudServerManager : IServerManager
             _endpoint = RudEndpoint.Bind(binding.BindAddress, new RudEndpointOptions
             {
                 StaticPrivateKey = key, Challenge = options.Challenge, AllowFirstContact = options.FirstContact,
+                CongestionControl = options.Congestion,
             }, _log);
         }
         catch (SocketException e)
@@ -341,7 +358,7 @@ internal sealed class RudServerManager : IServerManager
             while (true)
             {
                 var conn = await _endpoint.AcceptConnectionAsync(_stopping.Token).ConfigureAwait(false);
-                _log.LogInformation("rud: connection from {Remote} ({Mode} exchange)", conn.RemoteEndPoint, conn.Mode);
+                _log.LogInformation("rud: connection from {Remote} ({Mode} exchange, congestion {Congestion})", conn.RemoteEndPoint, conn.Mode, RudOptionText.CongestionName(_endpoint.Options.CongestionControl));
                 _ = AcceptStreamsAsync(conn);
             }
         }

@@ -57,6 +57,21 @@ public class RudTransportTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task With_congestion_newreno_on_both_sides_curl_fetches_through_rud_and_both_logs_name_newreno()
+    {
+        var body = RandomNumberGenerator.GetBytes(5 * 1024 * 1024);
+        await using var http = new HttpFileServer(body);
+        await using var chain = await RudChain.StartAsync(editClient: o => o["congestion"] = "newreno", editServer: o => o["congestion"] = "newreno");
+        await FetchAsync(chain, http, body, "5 MB with newreno");
+        var (s, c) = await chain.StopAsync();
+        Assert.Equal(0, s);
+        Assert.Equal(0, c);
+        Assert.Contains("exchange, congestion newreno)", chain.Server.Stderr, StringComparison.Ordinal);
+        Assert.Contains("congestion newreno)", chain.Client.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("congestion bbr", chain.Server.Stderr + chain.Client.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Ten_MB_go_up_and_come_back_through_an_echo_server()
     {
         var data = RandomNumberGenerator.GetBytes(10 * 1024 * 1024);
@@ -172,14 +187,16 @@ public class RudTransportTests(ITestOutputHelper output)
 /// <summary>A rud server (free, allow 127.0.0.1) and client pthost configured from <c>pthost generate-config rud</c>.</summary>
 internal static class RudChain
 {
-    public static async Task<PtChain> StartAsync(Action<JObject>? editClient = null, Func<IPEndPoint, IPEndPoint>? relayFor = null)
+    public static async Task<PtChain> StartAsync(Action<JObject>? editClient = null, Func<IPEndPoint, IPEndPoint>? relayFor = null, Action<JObject>? editServer = null)
     {
         await using var p = PtProcess.StartPthost("generate-config", "rud");
         Assert.Equal(0, await p.WaitForExitAsync());
         var generated = JObject.Parse(string.Join("\n", p.StdoutLines));
         var serverConfig = PtChain.FreeServer("rud");
         serverConfig["loglevel"] = "info";
-        serverConfig["options"] = new JObject { ["rud"] = generated["server"] };
+        var server = (JObject)generated["server"]!;
+        editServer?.Invoke(server);
+        serverConfig["options"] = new JObject { ["rud"] = server };
         return await PtChain.StartAsync(serverConfig, serverEp =>
         {
             var client = (JObject)generated["client"]!;

@@ -54,6 +54,35 @@ public class RudTransportOptionsTests
     }
 
     [Fact]
+    public void Congestion_control_defaults_to_bbr_and_takes_newreno_on_either_side()
+    {
+        Assert.Equal(CongestionControl.Bbr, RudClientOptions.Parse(new JObject { ["serverKey"] = PublicKey() }).Congestion);
+        Assert.Equal(CongestionControl.Bbr, RudServerOptions.Parse(null).Congestion);
+        Assert.Equal(CongestionControl.Bbr, RudServerOptions.Parse(new JObject()).Congestion);
+        Assert.Equal(CongestionControl.Bbr, RudClientOptions.Parse(new JObject { ["serverKey"] = PublicKey(), ["congestion"] = "bbr" }).Congestion);
+        Assert.Equal(CongestionControl.NewReno, RudClientOptions.Parse(new JObject { ["serverKey"] = PublicKey(), ["congestion"] = "newreno" }).Congestion);
+        Assert.Equal(CongestionControl.Bbr, RudServerOptions.Parse(new JObject { ["congestion"] = "bbr" }).Congestion);
+        Assert.Equal(CongestionControl.NewReno, RudServerOptions.Parse(new JObject { ["congestion"] = "newreno" }).Congestion);
+    }
+
+    [Theory]
+    [InlineData("{\"congestion\": \"cubic\"}", "must be \"bbr\" or \"newreno\", not \"cubic\"")]
+    [InlineData("{\"congestion\": \"BBR\"}", "must be \"bbr\" or \"newreno\", not \"BBR\"")]
+    [InlineData("{\"congestion\": \"\"}", "must be \"bbr\" or \"newreno\"")]
+    [InlineData("{\"congestion\": 1}", "must be the string \"bbr\" or \"newreno\"")]
+    [InlineData("{\"congestion\": null}", "must be the string \"bbr\" or \"newreno\"")]
+    [InlineData("{\"congestion\": [\"bbr\"]}", "must be the string \"bbr\" or \"newreno\"")]
+    [InlineData("{\"congestoin\": \"bbr\"}", "known: key, challenge, firstContact, congestion")]
+    public void Bad_congestion_options_are_refused_on_both_sides_naming_the_allowed_values(string json, string reason)
+    {
+        Assert.Contains(reason, Assert.Throws<TransportOptionsException>(() => RudServerOptions.Parse(JObject.Parse(json))).Message);
+        var client = JObject.Parse(json);
+        client["serverKey"] = PublicKey();
+        string clientReason = reason.Replace("key, challenge, firstContact, congestion", "serverAddress, serverKey, handshakeTimeout, congestion", StringComparison.Ordinal);
+        Assert.Contains(clientReason, Assert.Throws<TransportOptionsException>(() => RudClientOptions.Parse(client)).Message);
+    }
+
+    [Fact]
     public void Generated_options_pair_the_servers_private_key_with_its_public_key()
     {
         var context = new TransportEnvironment("rud", null, Path.GetTempPath(), null!, null!, Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance, new TransportCounters());
