@@ -256,12 +256,8 @@ public class RudEndpointTests(ITestOutputHelper output)
         await using var pair = Pair.Start(relaySeed: 7);
         pair.Relay!.FromClient = [];
         var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
-        var watch = System.Diagnostics.Stopwatch.StartNew();
-        using var dbg = new CancellationTokenSource();
-        var printer = Task.Run(async () => { while (!dbg.IsCancellationRequested) { await Task.Delay(1000); output.WriteLine($"DBG {watch.ElapsedMilliseconds} C {c.DebugState} S {s.DebugState} maxc {c.MaxPacketSize} maxs {s.MaxPacketSize} cli {string.Join(",", pair.Client.Counters.Snapshot().Where(k => k.Value != 0))} srv {string.Join(",", pair.Server.Counters.Snapshot().Where(k => k.Value != 0))}"); } });
-        await TransferBothWaysAsync(c, s, RandomNumberGenerator.GetBytes(2_000_000), RandomNumberGenerator.GetBytes(2_000_000), TimeSpan.FromSeconds(4));
-        dbg.Cancel();
-        output.WriteLine($"client migrations {pair.Client.Counters.Migrations} server migrations {pair.Server.Counters.Migrations} client probes {pair.Client.Counters.PathMtuProbes} raised {pair.Client.Counters.PathMtuRaised} sendErrors {pair.Client.Counters.SendErrors}; server probes {pair.Server.Counters.PathMtuProbes} raised {pair.Server.Counters.PathMtuRaised}; relay max {pair.Relay.ClientPackets().Max(p => p.Length)}");
+        await TransferBothWaysAsync(c, s, RandomNumberGenerator.GetBytes(2_000_000), RandomNumberGenerator.GetBytes(2_000_000), Generous);
+        output.WriteLine($"client probes {pair.Client.Counters.PathMtuProbes} raised {pair.Client.Counters.PathMtuRaised}; server probes {pair.Server.Counters.PathMtuProbes} raised {pair.Server.Counters.PathMtuRaised}");
         Assert.Equal(RudWire.ProbedPacketSize, c.MaxPacketSize);
         Assert.Equal(RudWire.ProbedPacketSize, s.MaxPacketSize);
         Assert.Equal(1, pair.Client.Counters.PathMtuRaised);
@@ -276,20 +272,15 @@ public class RudEndpointTests(ITestOutputHelper output)
     {
         // §9.5: the probe (and its retries) vanish; nothing else is lost and the size stays 1350.
         await using var pair = Pair.Start(relaySeed: 8);
-        var t0 = System.Diagnostics.Stopwatch.StartNew();
         pair.Relay!.MaxDatagram = 1400;
         var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
-        output.WriteLine($"connected after {t0.ElapsedMilliseconds} ms");
-        var watch = System.Diagnostics.Stopwatch.StartNew();
-        using var dbg = new CancellationTokenSource();
-        var printer = Task.Run(async () => { while (!dbg.IsCancellationRequested) { await Task.Delay(1000); output.WriteLine($"DBG {watch.ElapsedMilliseconds} C {c.DebugState} S {s.DebugState} srvprobes {pair.Server.Counters.PathMtuProbes} toobig {pair.Relay.TooBig} maxc {c.MaxPacketSize} maxs {s.MaxPacketSize}"); } });
-        await TransferBothWaysAsync(c, s, RandomNumberGenerator.GetBytes(3_000_000), RandomNumberGenerator.GetBytes(1_000_000), TimeSpan.FromSeconds(5));
-        dbg.Cancel();
-        output.WriteLine($"{watch.ElapsedMilliseconds} ms; client probes {pair.Client.Counters.PathMtuProbes} lost {pair.Client.Counters.PacketsLost} pto {pair.Client.Counters.ProbeTimeouts}; server lost {pair.Server.Counters.PacketsLost}; relay too big {pair.Relay.TooBig}; {c.DebugState}");
+        await TransferBothWaysAsync(c, s, RandomNumberGenerator.GetBytes(3_000_000), RandomNumberGenerator.GetBytes(1_000_000), Generous);
+        output.WriteLine($"client probes {pair.Client.Counters.PathMtuProbes}, lost {pair.Client.Counters.PacketsLost}; relay dropped {pair.Relay.TooBig} too big; {c.DebugState}");
         Assert.Equal(RudWire.MaxPacketSize, c.MaxPacketSize);
         Assert.Equal(RudWire.MaxPacketSize, s.MaxPacketSize);
         Assert.True(pair.Client.Counters.PathMtuProbes >= 1);
         Assert.Equal(0, pair.Client.Counters.PathMtuRaised);
+        Assert.Equal(0, pair.Server.Counters.PathMtuRaised);
         Assert.True(pair.Relay.TooBig >= 1, "the relay saw the probe");
         Assert.Equal(0, pair.Client.Counters.PacketsLost);
         Assert.Equal(0, pair.Client.Counters.CongestionEvents);
