@@ -28,7 +28,6 @@ internal sealed class Bbr
     private const int FullPipeRounds = 3;
     private static readonly double[] s_cycle = [1.25, 0.75, 1, 1, 1, 1, 1, 1];
 
-    private static readonly bool s_trace = Environment.GetEnvironmentVariable("RUD_BBR_TRACE") == "1";
     private enum Mode { Startup, Drain, ProbeBw, ProbeRtt }
 
     private readonly int _mss;
@@ -139,7 +138,6 @@ internal sealed class Bbr
             // An interval shorter than the minimum RTT is an artefact of ack compression (draft-cheng §3.3).
             if (interval > 0 && (_rtProp == long.MaxValue || interval >= _rtProp)) rate = (double)delivered / interval;
         }
-        if (s_trace && haveSample) Console.Error.WriteLine($"{now} rate {rate * 8:0} del {_delivered - priorDelivered} send {_rsSendElapsed} ack {_rsAckElapsed} app {_rsAppLimited} rtt {rttSample} inflight {bytesInFlight} {State} win {Window}");
         _rsPriorDelivered = -1;
 
         // Rounds: one ends when a packet sent after the previous round's end is acknowledged.
