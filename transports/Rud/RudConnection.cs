@@ -80,7 +80,7 @@ public sealed class RudConnection
         LocalId = localId;
         Peer = peer;
         _lastReceive = _lastSend = _tokensTime = now;
-        if (endpoint.Options.CongestionControl == CongestionControl.Bbr) _bbr = new Bbr(MaxPacket, AckEvery, _cwnd, InitialRttUs, now);
+        if (endpoint.Options.CongestionControl == CongestionControl.Bbr) _bbr = new Bbr(MaxPacket, AckEvery, UdpReceiver.Batch, _cwnd, InitialRttUs, now);
     }
 
     private readonly Bbr? _bbr;

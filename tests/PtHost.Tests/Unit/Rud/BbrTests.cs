@@ -53,7 +53,7 @@ internal sealed class BbrPath
         _queueLimit = queueLimit;
         RandomLoss = randomLoss;
         _random = new Random(seed);
-        Bbr = new Bbr(Mss, AckEvery, 10 * Mss, 333_000, 0);
+        Bbr = new Bbr(Mss, AckEvery, 32, 10 * Mss, 333_000, 0);
         Schedule(0, Kind.SenderWake, 0);
     }
 
