@@ -894,10 +894,10 @@ public sealed class RudConnection
         plain[0] = 0; // no ACK block
         plain[1] = FrameType.Ping;
         plain[2..length].Clear();
-        var packet = _ep.ReservePacket(Peer);
+        var packet = _ep.SendPacketBuffer.AsSpan(0, RudWire.ProbedPacketSize);
         RudWire.WriteDataHeader(packet, RemoteId, _send!.Phase, _nextSent);
         _send.Seal(_nextSent, packet[..h], plain[..length], packet[h..]);
-        _ep.CommitPacket(RudWire.ProbedPacketSize);
+        _ep.SendProbe(packet, Peer);
         _sent.Add(new SentPacket { Number = _nextSent, SentTime = now, Size = RudWire.ProbedPacketSize, Done = true });
         _mtuProbe = _nextSent;
         _mtuProbing = true;

@@ -81,7 +81,7 @@ public sealed class RudEndpoint : IAsyncDisposable
         _log = log ?? NullLogger.Instance;
         _tokens = new TokenIssuer(options.TokenLifetime);
         _batch = new UdpBatch(Counters);
-        _dontFragment = SetDontFragment(socket);
+        _mtuDiscover = ReadMtuDiscover(socket);
         if (options.StaticPrivateKey is { } key)
         {
             _staticPublic = new byte[X25519.KeySize];
@@ -123,30 +123,57 @@ public sealed class RudEndpoint : IAsyncDisposable
         }
     }
 
+    private const int IpProtoIp = 0, IpMtuDiscover = 10, IpProtoIpv6 = 41, Ipv6MtuDiscover = 23, PmtuDiscProbe = 3;
+
     /// <summary>
-    /// Path MTU probes (§9.5) must not be fragmented: IP_PMTUDISC_PROBE sets DF and lets a
-    /// datagram larger than the interface refuse to leave (EMSGSIZE) instead of being cut up.
-    /// False where the option is missing: the endpoint then does not probe.
+    /// The socket's path-MTU-discovery mode (IP_MTU_DISCOVER / IPV6_MTU_DISCOVER) as the system
+    /// set it, or -1 where the option is missing (the endpoint then does not probe, §9.5).
     /// </summary>
-    private static bool SetDontFragment(Socket s)
+    private static int ReadMtuDiscover(Socket s)
     {
-        const int IpProtoIp = 0, IpMtuDiscover = 10, IpProtoIpv6 = 41, Ipv6MtuDiscover = 23, PmtuDiscProbe = 3;
-        if (!OperatingSystem.IsLinux()) return false;
+        if (!OperatingSystem.IsLinux()) return -1;
         Span<byte> value = stackalloc byte[4];
-        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(value, PmtuDiscProbe);
         try
         {
-            if (s.AddressFamily == AddressFamily.InterNetworkV6) s.SetRawSocketOption(IpProtoIpv6, Ipv6MtuDiscover, value);
-            else s.SetRawSocketOption(IpProtoIp, IpMtuDiscover, value);
-            return true;
+            int n = s.AddressFamily == AddressFamily.InterNetworkV6
+                ? s.GetRawSocketOption(IpProtoIpv6, Ipv6MtuDiscover, value)
+                : s.GetRawSocketOption(IpProtoIp, IpMtuDiscover, value);
+            return n == 4 ? System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(value) : -1;
         }
-        catch (SocketException) { return false; }
+        catch (SocketException) { return -1; }
     }
 
-    private bool _dontFragment;
+    private static void SetMtuDiscover(Socket s, int mode)
+    {
+        Span<byte> value = stackalloc byte[4];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(value, mode);
+        if (s.AddressFamily == AddressFamily.InterNetworkV6) s.SetRawSocketOption(IpProtoIpv6, Ipv6MtuDiscover, value);
+        else s.SetRawSocketOption(IpProtoIp, IpMtuDiscover, value);
+    }
+
+    private int _mtuDiscover = -1;
 
     /// <summary>Whether this endpoint's connections probe for larger packets (§9.5).</summary>
-    internal bool ProbesPathMtu => Options.PathMtuProbe && _dontFragment;
+    internal bool ProbesPathMtu => Options.PathMtuProbe && _mtuDiscover >= 0;
+
+    /// <summary>
+    /// Sends a path MTU probe (§9.5) on its own: what is batched goes first, then the probe with
+    /// IP_PMTUDISC_PROBE (don't fragment; larger than the interface → EMSGSIZE, counted), then the
+    /// socket's own mode again, so ordinary packets are still fragmented where a path needs it.
+    /// Caller holds <see cref="Gate"/>.
+    /// </summary>
+    internal void SendProbe(ReadOnlySpan<byte> packet, SocketAddress to)
+    {
+        _batch.Send(_socket);
+        try
+        {
+            SetMtuDiscover(_socket, PmtuDiscProbe);
+            try { _socket.SendTo(packet, SocketFlags.None, to); }
+            finally { SetMtuDiscover(_socket, _mtuDiscover); }
+        }
+        catch (SocketException) { Counters.Increment(ref Counters.SendErrors); }
+        catch (ObjectDisposedException) { Counters.Increment(ref Counters.SendErrors); }
+    }
 
     internal long Now() => Stopwatch.GetElapsedTime(_t0).Ticks / 10;
 
@@ -164,7 +191,7 @@ public sealed class RudEndpoint : IAsyncDisposable
             old = _socket;
             var ep = (IPEndPoint)old.LocalEndPoint!;
             _socket = NewSocket(new IPEndPoint(ep.Address, 0));
-            _dontFragment = SetDontFragment(_socket);
+            _mtuDiscover = ReadMtuDiscover(_socket);
             _receivers.Add(ReceiveLoopAsync(_socket));
             foreach (var c in _connections.Values) if (c.IsEstablished) c.QueuePing();
         }
