@@ -40,10 +40,12 @@ public sealed partial class LossyLink : IDisposable
         set { _ab.Loss = value; _ba.Loss = value; }
     }
 
-    private LossyLink(string nsA, string nsB, TimeSpan delay, int fdA, int fdB, int seed)
+    private LossyLink(string nsA, string nsB, string devA, string devB, TimeSpan delay, int fdA, int fdB, int seed)
     {
         NamespaceA = nsA;
         NamespaceB = nsB;
+        _devA = devA;
+        _devB = devB;
         OneWayDelay = delay;
         _fdA = fdA;
         _fdB = fdB;
@@ -75,7 +77,7 @@ public sealed partial class LossyLink : IDisposable
                 await IpAsync(["-n", ns, "addr", "add", addr + "/30", "dev", dev]).ConfigureAwait(false);
                 await IpAsync(["-n", ns, "link", "set", dev, "mtu", Mtu.ToString(CultureInfo.InvariantCulture), "up"]).ConfigureAwait(false);
             }
-            var link = new LossyLink(nsA, nsB, oneWayDelay, fdA, fdB, seed);
+            var link = new LossyLink(nsA, nsB, devA, devB, oneWayDelay, fdA, fdB, seed);
             link._ab.Start();
             link._ba.Start();
             // Ctrl-C, SIGTERM and the watchdog end the harness with Environment.Exit, which skips
@@ -99,6 +101,25 @@ public sealed partial class LossyLink : IDisposable
     /// <summary>Counters of both directions since the last <see cref="ResetCounters"/>.</summary>
     public LinkCounters Counters => new(
         _ab.Forwarded + _ba.Forwarded, _ab.Dropped + _ba.Dropped, _ab.Overflow + _ba.Overflow, _ab.Bytes + _ba.Bytes);
+
+    private readonly string _devA, _devB;
+
+    /// <summary>
+    /// Packets the two TUN devices dropped on transmit since they were made (their queue of
+    /// 500 packets toward the harness's reader was full): drops in front of the link that its
+    /// own counters never see. -1 when the statistics cannot be read.
+    /// </summary>
+    public async Task<long> DeviceTxDroppedAsync()
+    {
+        long total = 0;
+        foreach (var (ns, dev) in new[] { (NamespaceA, _devA), (NamespaceB, _devB) })
+        {
+            var r = await Child.RunAsync("ip", [.. Exec(ns), "cat", $"/sys/class/net/{dev}/statistics/tx_dropped"], TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+            if (r.ExitCode != 0 || !long.TryParse(r.Stdout.Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out long n)) return -1;
+            total += n;
+        }
+        return total;
+    }
 
     public void ResetCounters()
     {

@@ -72,6 +72,7 @@ public sealed class RudScenario : IScenario
                 ["kind"] = "two network namespaces joined by TUN devices; the harness copies packets, drops a seeded random fraction each way, delays each",
                 ["one_way_delay_ms"] = OneWayDelayMs,
                 ["mtu"] = 1500,
+                ["device_queue"] = "each TUN device queues at most 500 packets (txqueuelen) toward the harness's reader and drops beyond; those drops are in link_device_tx_dropped per run, not in the link's own counters",
                 ["namespace_a"] = "iperf3 client, proxychains, pthost client, asport relay",
                 ["namespace_b"] = "pthost server (asport: the ASPORT client), iperf3 server",
             };
