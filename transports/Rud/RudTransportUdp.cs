@@ -49,7 +49,7 @@ internal static class RudUdpFrames
     /// <summary>Writes a frame into <paramref name="destination"/> (at least <see cref="MaxFrame"/> bytes); 0 when the payload is above <see cref="MaxPayload"/>.</summary>
     public static int TryWrite(Span<byte> destination, DatagramFrameType type, PeerAddress peer, ReadOnlySpan<byte> payload)
     {
-        if (DatagramFrame.HeaderLength(peer) + payload.Length > MaxFrame || destination.Length < DatagramFrame.HeaderLength(peer) + payload.Length) return 0;
+        if (payload.Length > MaxPayload || destination.Length < DatagramFrame.HeaderLength(peer) + payload.Length) return 0;
         return DatagramFrame.Write(destination, type, peer, payload);
     }
 }
@@ -220,10 +220,14 @@ internal sealed class RudDatagramSession : IDatagramSession
             {
                 case DatagramFrameType.Data:
                     var bytes = _in.AsSpan(payload);
-                    int length = Math.Min(bytes.Length, buffer.Length);
-                    bytes[..length].CopyTo(buffer.Span);
+                    if (bytes.Length > buffer.Length || bytes.Length > MaxDatagramSize)
+                    {
+                        Interlocked.Increment(ref _malformed); // above 1,178 bytes: never cut, dropped
+                        continue;
+                    }
+                    bytes.CopyTo(buffer.Span);
                     Interlocked.Increment(ref _received);
-                    return (peer, length);
+                    return (peer, bytes.Length);
                 case DatagramFrameType.Allowed:
                 case DatagramFrameType.Refused:
                     if (_checks.TryGetValue(peer, out var answer)) answer.TrySetResult(type == DatagramFrameType.Allowed);
@@ -426,9 +430,9 @@ internal sealed class RudDatagramAssociation : Stream, IHalfClosable
             try { n = await _channel.ReceiveAsync(_in, cancellationToken).ConfigureAwait(false); }
             catch (ChannelClosedException) { return 0; }
             Volatile.Write(ref _lastHeard, Environment.TickCount64);
-            if (!RudUdpFrames.TryRead(_in.AsSpan(0, n), out var type, out _, out _))
+            if (!RudUdpFrames.TryRead(_in.AsSpan(0, n), out var type, out _, out var payload) || payload.GetOffsetAndLength(n).Length > RudUdpFrames.MaxPayload)
             {
-                Interlocked.Increment(ref _malformed);
+                Interlocked.Increment(ref _malformed); // not one frame, or a payload above 1,178 bytes
                 continue;
             }
             switch (type)
@@ -468,12 +472,12 @@ internal sealed class RudDatagramAssociation : Stream, IHalfClosable
             int at = 0;
             while (true)
             {
-                int length = DatagramFrame.TryParse(_out.AsSpan(at, _outLength - at), out var type, out _, out _);
+                int length = DatagramFrame.TryParse(_out.AsSpan(at, _outLength - at), out var type, out _, out var payload);
                 if (length < 0) return ValueTask.FromException(new IOException("malformed datagram frame from the host"));
                 if (length == 0) break;
                 var frame = _out.AsSpan(at, length);
                 if (type == DatagramFrameType.Relayed && _relayed is null) Volatile.Write(ref _relayed, frame.ToArray());
-                if (length > RudUdpFrames.MaxFrame) Interlocked.Increment(ref _tooLarge); // a peer's datagram above 1178 bytes
+                if (payload.GetOffsetAndLength(length).Length > RudUdpFrames.MaxPayload) Interlocked.Increment(ref _tooLarge); // a peer's datagram above 1,178 bytes
                 else if (_channel.TrySend(frame)) Interlocked.Increment(ref _toClient);
                 else Interlocked.Increment(ref _notQueued);
                 at += length;

@@ -1,0 +1,152 @@
+using System.Net;
+using Microsoft.Extensions.Logging.Abstractions;
+using PtHost.Contract;
+using PtHost.Transports.Rud;
+using PtHost.Turn;
+
+namespace PtHost.Tests.Unit.Rud;
+
+/// <summary>UDP sessions over datagram streams (spec/rud.md §12.1): the framing, and the client session against a scripted server.</summary>
+public class RudUdpSessionTests
+{
+    private static readonly PeerAddress V4 = PeerAddress.From(IPEndPoint.Parse("192.0.2.1:3478"));
+    private static readonly PeerAddress V6 = PeerAddress.From(IPEndPoint.Parse("[2001:db8::1]:65535"));
+
+    [Fact]
+    public void Frames_round_trip_for_both_families_up_to_the_largest_payload()
+    {
+        Assert.Equal(1178, RudUdpFrames.MaxPayload);
+        var buffer = new byte[RudUdpFrames.MaxFrame];
+        foreach (var peer in new[] { V4, V6 })
+        {
+            foreach (int size in new[] { 0, 1, 100, RudUdpFrames.MaxPayload })
+            {
+                var payload = new byte[size];
+                Random.Shared.NextBytes(payload);
+                int n = RudUdpFrames.TryWrite(buffer, DatagramFrameType.Data, peer, payload);
+                Assert.Equal(DatagramFrame.HeaderLength(peer) + size, n);
+                Assert.True(n <= RudDatagramChannel.MaxDatagramSize);
+                Assert.True(RudUdpFrames.TryRead(buffer.AsSpan(0, n), out var type, out var read, out var range));
+                Assert.Equal(DatagramFrameType.Data, type);
+                Assert.Equal(peer, read);
+                Assert.Equal(payload, buffer[range]);
+            }
+            Assert.Equal(0, RudUdpFrames.TryWrite(buffer, DatagramFrameType.Data, peer, new byte[RudUdpFrames.MaxPayload + 1]));
+        }
+        // The example of spec/turn.md §5.2 is one datagram here too.
+        byte[] example = Convert.FromHexString("000a0001c00002010d966869");
+        Assert.True(RudUdpFrames.TryRead(example, out var t, out var p, out var r));
+        Assert.Equal((DatagramFrameType.Data, V4, "hi"), (t, p, System.Text.Encoding.ASCII.GetString(example[r])));
+        Assert.Equal("0014050400000000000000000000000000000000" + "0000", Convert.ToHexString(RudUdpFrames.OpenFrame).ToLowerInvariant());
+        Assert.Equal("0014050400000000000000000000000000000000" + "0001", Convert.ToHexString(RudUdpFrames.KeepaliveFrame).ToLowerInvariant());
+        Assert.Equal("00080601000000000000", Convert.ToHexString(RudUdpFrames.CloseFrame).ToLowerInvariant());
+    }
+
+    [Theory]
+    [InlineData("")]                          // empty
+    [InlineData("000a00")]                     // shorter than any header
+    [InlineData("000a0002c00002010d966869")]   // ATYP 2
+    [InlineData("000a0003c00002010d966869")]   // ATYP 3 (names are not carried)
+    [InlineData("00050001c00002010d96")]       // LENGTH too short for its address
+    [InlineData("000b0001c00002010d966869")]   // LENGTH beyond the datagram
+    [InlineData("00090001c00002010d966869")]   // LENGTH short of the datagram: trailing byte
+    [InlineData("000a0001c00002010d966869000a0001c00002010d966869")] // two frames in one datagram
+    [InlineData("00080004c0000201")]           // IPv6 without its address
+    [InlineData("ffff0001c00002010d96")]       // LENGTH 65535 in a 10-byte datagram
+    public void Malformed_datagrams_are_rejected_without_exceptions(string hex)
+    {
+        Assert.False(RudUdpFrames.TryRead(Convert.FromHexString(hex), out _, out _, out _));
+    }
+
+    [Fact]
+    public void Random_input_never_throws()
+    {
+        var random = new Random(1234);
+        var buffer = new byte[RudUdpFrames.MaxFrame];
+        for (int i = 0; i < 20000; i++)
+        {
+            int n = random.Next(0, 64);
+            random.NextBytes(buffer.AsSpan(0, n));
+            if (i % 2 == 0 && n >= 2) { buffer[0] = 0; buffer[1] = (byte)(n - 2); }
+            if (RudUdpFrames.TryRead(buffer.AsSpan(0, n), out _, out _, out var range))
+                Assert.InRange(range.End.Value, range.Start.Value, n);
+        }
+    }
+
+    private static (DatagramFrameType Type, PeerAddress Peer, byte[] Payload) Read(byte[] buffer, int n)
+    {
+        Assert.True(RudUdpFrames.TryRead(buffer.AsSpan(0, n), out var type, out var peer, out var payload));
+        return (type, peer, buffer[payload]);
+    }
+
+    private static void Send(RudDatagramChannel ch, DatagramFrameType type, PeerAddress peer, ReadOnlySpan<byte> payload)
+    {
+        var frame = new byte[RudUdpFrames.MaxFrame];
+        Assert.True(ch.TrySend(frame.AsSpan(0, RudUdpFrames.TryWrite(frame, type, peer, payload))));
+    }
+
+    /// <summary>
+    /// The client session over a real RUD connection, the server side scripted: OPEN until RELAYED,
+    /// CHECK answered, DATA both ways, an oversize payload dropped, junk ignored, CLOSE from the server ends it.
+    /// </summary>
+    [Fact]
+    public async Task Client_session_opens_checks_relays_and_ends_on_close()
+    {
+        await using var pair = RudEndpointTests.Pair.Start();
+        var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        var opening = RudDatagramSession.OpenAsync(c.OpenDatagramChannel(), "test", NullLogger.Instance, cts.Token);
+        var server = await s.AcceptDatagramChannelAsync(cts.Token);
+        var buffer = new byte[RudUdpFrames.MaxFrame];
+        int n = await server.ReceiveAsync(buffer, cts.Token);
+        Assert.Equal(RudUdpFrames.OpenFrame, buffer[..n]);
+        server.TrySend(new byte[] { 1, 2, 3 }); // junk before RELAYED: ignored
+        var relayed = PeerAddress.From(IPEndPoint.Parse("[::]:40000"));
+        Send(server, DatagramFrameType.Relayed, relayed, default);
+        await using var session = await opening;
+        Assert.Equal(relayed, session.RelayedAddress);
+        Assert.Equal(1178, session.MaxDatagramSize);
+
+        var check = session.CheckPeerAsync(V4, cts.Token).AsTask();
+        var receiving = session.ReceiveAsync(new byte[2048], cts.Token).AsTask(); // the TURN server's receive loop
+        while (true)
+        {
+            n = await server.ReceiveAsync(buffer, cts.Token);
+            var f = Read(buffer, n);
+            if (f.Type == DatagramFrameType.Check) { Assert.Equal(V4, f.Peer); break; } // OPEN repeats may come first
+        }
+        Send(server, DatagramFrameType.Refused, V4, default);
+        Assert.False(await check);
+
+        await session.SendAsync(V6, new byte[1179], cts.Token);      // too large: dropped
+        await session.SendAsync(V6, "hello"u8.ToArray(), cts.Token);
+        while (true)
+        {
+            n = await server.ReceiveAsync(buffer, cts.Token);
+            var f = Read(buffer, n);
+            if (f.Type == DatagramFrameType.Check || f.Type == RudUdpFrames.Open) continue;
+            Assert.Equal((DatagramFrameType.Data, V6, "hello"), (f.Type, f.Peer, System.Text.Encoding.ASCII.GetString(f.Payload)));
+            break;
+        }
+        Send(server, DatagramFrameType.Data, V4, "back"u8);
+        var (from, length) = await receiving;
+        Assert.Equal((V4, 4), (from, length));
+
+        Send(server, RudUdpFrames.Close, PeerAddress.FromBytes(new byte[4], 0), default);
+        Assert.Equal(-1, (await session.ReceiveAsync(new byte[2048], cts.Token)).Length);
+    }
+
+    /// <summary>A server that answers OPEN with CLOSE refuses the association: the open fails with a TransportConnectException.</summary>
+    [Fact]
+    public async Task Close_instead_of_relayed_fails_the_open()
+    {
+        await using var pair = RudEndpointTests.Pair.Start();
+        var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        var opening = RudDatagramSession.OpenAsync(c.OpenDatagramChannel(), "test", NullLogger.Instance, cts.Token);
+        var server = await s.AcceptDatagramChannelAsync(cts.Token);
+        Assert.True(server.TrySend(RudUdpFrames.CloseFrame));
+        var e = await Assert.ThrowsAsync<TransportConnectException>(() => opening);
+        Assert.Contains("refused the UDP association", e.Message);
+    }
+}
