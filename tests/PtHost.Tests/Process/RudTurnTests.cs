@@ -44,8 +44,8 @@ public partial class TurnTests
     private static partial Regex RudEndedPattern();
 
     /// <summary>
-    /// 5 allocations × 100 messages of 1,000 bytes (RTP and RTCP allocations each: uclient -m 5 makes
-    /// 5 clients with channels), 0 lost on loopback, every one over a datagram stream.
+    /// 5 allocations (uclient -m 5 -c: one allocation per client, no RTCP) × 100 messages of 1,000
+    /// bytes over channels, 0 lost on loopback, every one over a datagram stream.
     /// </summary>
     [Fact]
     public async Task Uclient_through_rud_loses_nothing()

@@ -149,4 +149,72 @@ public class RudUdpSessionTests
         var e = await Assert.ThrowsAsync<TransportConnectException>(() => opening);
         Assert.Contains("refused the UDP association", e.Message);
     }
+
+    /// <summary>
+    /// A connection carries at most 256 datagram streams over its life (spec/rud.md §8.1 limit, datagram
+    /// streams are never closed on the wire): the rud client factory opens UDP session 257 on a second
+    /// connection. The server side is scripted (RELAYED for every OPEN).
+    /// </summary>
+    [Fact]
+    public async Task Session_257_goes_to_a_new_connection()
+    {
+        await using var pair = RudEndpointTests.Pair.Start();
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(120));
+        int connections = 0;
+        var relayed = new byte[RudUdpFrames.MaxFrame];
+        int relayedLength = RudUdpFrames.TryWrite(relayed, DatagramFrameType.Relayed, PeerAddress.From(IPEndPoint.Parse("[::]:40000")), default);
+        async Task AnswerAsync(RudDatagramChannel ch)
+        {
+            var b = new byte[RudUdpFrames.MaxFrame];
+            try
+            {
+                while (true)
+                {
+                    int n = await ch.ReceiveAsync(b, cts.Token);
+                    if (RudUdpFrames.TryRead(b.AsSpan(0, n), out var t, out _, out _) && t == RudUdpFrames.Open) ch.TrySend(relayed.AsSpan(0, relayedLength));
+                }
+            }
+            catch (Exception e) when (e is OperationCanceledException or System.Threading.Channels.ChannelClosedException) { }
+        }
+        var serving = Task.Run(async () =>
+        {
+            try
+            {
+                while (true)
+                {
+                    var conn = await pair.Server.AcceptConnectionAsync(cts.Token);
+                    Interlocked.Increment(ref connections);
+                    _ = Task.Run(async () =>
+                    {
+                        try { while (true) _ = AnswerAsync(await conn.AcceptDatagramChannelAsync(cts.Token)); }
+                        catch (Exception e) when (e is OperationCanceledException or System.Threading.Channels.ChannelClosedException) { }
+                    });
+                }
+            }
+            catch (Exception e) when (e is OperationCanceledException or System.Threading.Channels.ChannelClosedException) { }
+        });
+        var options = new Newtonsoft.Json.Linq.JObject
+        {
+            ["serverAddress"] = pair.Server.LocalEndPoint.ToString(),
+            ["serverKey"] = Convert.ToBase64String(pair.ServerPublic),
+        };
+        var context = new TransportEnvironment("rud", options, Path.GetTempPath(), null!, null!, NullLoggerFactory.Instance, new TransportCounters());
+        var client = (IDatagramClientFactory)new RudTransport().CreateClientFactory(context);
+        try
+        {
+            for (int i = 0; i < 257; i++)
+            {
+                var request = new ConnectRequest(new Destination("0.0.0.0", 0), null, i, SessionKind.Datagram);
+                await using var session = await client.OpenDatagramSessionAsync(request, cts.Token);
+                Assert.Equal(40000, session.RelayedAddress.Port);
+            }
+            Assert.Equal(2, Volatile.Read(ref connections));
+        }
+        finally
+        {
+            await ((IAsyncDisposable)client).DisposeAsync();
+            cts.Cancel();
+            await serving;
+        }
+    }
 }
