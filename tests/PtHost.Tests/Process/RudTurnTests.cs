@@ -2,6 +2,7 @@ using System.Net;
 using System.Text.RegularExpressions;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Turn;
 
 namespace PtHost.Tests.Process;
 
@@ -15,11 +16,12 @@ namespace PtHost.Tests.Process;
 public partial class TurnTests
 {
     /// <summary>A rud client process (TURN listener on) and a rud server process with fresh keys.</summary>
-    private static async Task<TurnChain> RudChainAsync(JObject serverConfig)
+    private static async Task<TurnChain> RudChainAsync(JObject serverConfig, Action<byte[]>? serverKey = null)
     {
         await using var keys = PtProcess.StartPthost("generate-config", "rud");
         Assert.Equal(0, await keys.WaitForExitAsync());
         var generated = JObject.Parse(string.Join("\n", keys.StdoutLines));
+        serverKey?.Invoke(Convert.FromBase64String((string)generated["client"]!["serverKey"]!));
         serverConfig["options"] = new JObject { ["rud"] = generated["server"] };
         var ptChain = await PtChain.StartAsync(serverConfig, serverEp =>
         {
@@ -164,5 +166,70 @@ public partial class TurnTests
             break;
         }
         Assert.DoesNotContain("carried in a stream", chain.Chain.Server.Stderr);
+    }
+
+    /// <summary>
+    /// The test speaks §12.1 itself, with the real RUD endpoint, to a real server process: DATA as the
+    /// first datagram of a stream gets CLOSE; OPEN gets RELAYED; CHECK gets ALLOWED / REFUSED by the
+    /// allow list; junk is dropped; DATA to the allowed peer comes back; DATA to a refused peer never
+    /// arrives (and is logged); a keep-alive gets RELAYED; CLOSE ends the association (logged with its counts).
+    /// </summary>
+    [Fact]
+    public async Task Rud_server_follows_the_datagram_stream_rules()
+    {
+        await using var peer = new CountingPeer();
+        await using var other = new CountingPeer();
+        byte[] key = [];
+        await using var chain = await RudChainAsync(PtChain.FreeServer("rud", $"127.0.0.1:{peer.Port}"), k => key = k);
+        await using var endpoint = PtHost.Transports.Rud.RudEndpoint.Bind(new IPEndPoint(IPAddress.Loopback, 0), new PtHost.Transports.Rud.RudEndpointOptions());
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        var conn = await endpoint.ConnectAsync(chain.Chain.ServerEndPoint, key, cts.Token);
+        var allowed = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port));
+        var refused = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, other.Port));
+        var any6 = PeerAddress.FromBytes(new byte[16], 0);
+        var buffer = new byte[2048];
+
+        void Send(PtHost.Transports.Rud.RudDatagramChannel ch, DatagramFrameType type, PeerAddress to, ReadOnlySpan<byte> payload)
+        {
+            var frame = new byte[DatagramFrame.HeaderLength(to) + payload.Length];
+            DatagramFrame.Write(frame, type, to, payload);
+            Assert.True(ch.TrySend(frame));
+        }
+        async Task<(DatagramFrameType Type, PeerAddress Peer, byte[] Payload)> ReceiveAsync(PtHost.Transports.Rud.RudDatagramChannel ch)
+        {
+            int n = await ch.ReceiveAsync(buffer, cts.Token);
+            Assert.Equal(n, DatagramFrame.TryParse(buffer.AsSpan(0, n), out var type, out var from, out var payload));
+            return (type, from, buffer[payload]);
+        }
+
+        var stray = conn.OpenDatagramChannel();
+        Send(stray, DatagramFrameType.Data, allowed, "first"u8);
+        Assert.Equal((DatagramFrameType)0x06, (await ReceiveAsync(stray)).Type); // not OPEN: CLOSE
+        await StderrContainsAsync(chain.Chain.Server, "is not OPEN [::]:0; CLOSE sent");
+
+        var ch = conn.OpenDatagramChannel();
+        Send(ch, (DatagramFrameType)0x05, any6, default);
+        var relayed = await ReceiveAsync(ch);
+        Assert.Equal(DatagramFrameType.Relayed, relayed.Type);
+        Assert.NotEqual(0, relayed.Peer.Port);
+        Send(ch, DatagramFrameType.Check, allowed, default);
+        Assert.Equal((DatagramFrameType.Allowed, allowed), Pick(await ReceiveAsync(ch)));
+        Send(ch, DatagramFrameType.Check, refused, default);
+        Assert.Equal((DatagramFrameType.Refused, refused), Pick(await ReceiveAsync(ch)));
+        Assert.True(ch.TrySend(new byte[] { 0xde, 0xad, 0xbe, 0xef, 0x00 })); // not a frame: dropped, the association goes on
+        Send(ch, DatagramFrameType.Data, refused, "must not arrive"u8); // dropped by the server process
+        var payload = new byte[1178];
+        Random.Shared.NextBytes(payload);
+        Send(ch, DatagramFrameType.Data, allowed, payload);
+        var echo = await ReceiveAsync(ch);
+        Assert.Equal((DatagramFrameType.Data, allowed), Pick(echo));
+        Assert.Equal(payload, echo.Payload);
+        Send(ch, (DatagramFrameType)0x05, any6.WithPort(1), default);
+        Assert.Equal(DatagramFrameType.Relayed, (await ReceiveAsync(ch)).Type); // keep-alive of the open association
+        Send(ch, (DatagramFrameType)0x06, PeerAddress.FromBytes(new byte[4], 0), default);
+        await StderrContainsAsync(chain.Chain.Server, "ended: 4 frames from the client, 4 datagrams to it, 0 too large for a RUD datagram, 0 not queued (send queue full), 1 malformed");
+        Assert.Equal(1, peer.Received);
+        Assert.Equal(0, other.Received);
+        conn.Close();
     }
 }
