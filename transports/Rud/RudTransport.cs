@@ -209,14 +209,47 @@ internal sealed class RudClient : IClientFactory, IDatagramClientFactory, IDatag
         var server = _options.ServerAddress ?? (request.Destination.IsUnspecified
             ? throw new TransportConnectException(ConnectFailure.HostUnreachable, "no server address for a UDP association: rud needs the \"serverAddress\" option")
             : request.Destination);
-        var channel = await OpenOnLinkAsync(server, static c =>
+        var (conn, channel) = await OpenOnLinkAsync(server, c =>
         {
-            try { return c.OpenDatagramChannel(); }
-            catch (IOException) { return null; } // closed, or its 256 datagram streams are used up
+            try { return new DatagramOpen(c, c.OpenDatagramChannel()); }
+            catch (IOException)
+            {
+                // Closed, or its 256 datagram streams are used up (they are never closed on the wire,
+                // §12.1): a connection with nothing else left on it is closed here.
+                if (!c.IsClosed && c.OpenStreams == 0 && _liveDatagramSessions.GetValueOrDefault(c) == 0)
+                {
+                    _log.LogInformation("rud: closing a connection to {Server}: its 256 datagram streams are used and nothing is open on it", server);
+                    c.Close("every datagram stream used");
+                }
+                return null;
+            }
         }, cancellationToken).ConfigureAwait(false);
-        var session = await RudDatagramSession.OpenAsync(channel, server.ToString(), _log, cancellationToken).ConfigureAwait(false);
+        _liveDatagramSessions.AddOrUpdate(conn, 1, static (_, n) => n + 1);
+        RudDatagramSession session;
+        try
+        {
+            session = await RudDatagramSession.OpenAsync(channel, server.ToString(), _log, () => SessionEnded(conn), cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            SessionEnded(conn);
+            throw;
+        }
         _log.LogInformation("rud: UDP association on datagram stream {Stream} to {Server}, relayed address {Relayed}", session.StreamId, server, session.RelayedAddress);
         return session;
+    }
+
+    private sealed record DatagramOpen(RudConnection Connection, RudDatagramChannel Channel);
+
+    /// <summary>UDP sessions still open per connection: an exhausted connection is closed only when it has none.</summary>
+    private readonly ConcurrentDictionary<RudConnection, int> _liveDatagramSessions = new();
+
+    private void SessionEnded(RudConnection conn)
+    {
+        while (_liveDatagramSessions.TryGetValue(conn, out int n))
+        {
+            if (n <= 1 ? _liveDatagramSessions.TryRemove(new KeyValuePair<RudConnection, int>(conn, n)) : _liveDatagramSessions.TryUpdate(conn, n - 1, n)) return;
+        }
     }
 
     /// <summary>

@@ -76,10 +76,13 @@ internal sealed class RudDatagramSession : IDatagramSession
     private Task _keepalive = Task.CompletedTask;
     private long _lastHeard = Environment.TickCount64;
     private long _sent, _received, _tooLarge, _notQueued, _malformed;
-    private int _ended;
+    private int _ended, _endedCalled;
 
-    private RudDatagramSession(RudDatagramChannel channel, string server, ILogger log)
+    private readonly Action? _onEnded;
+
+    private RudDatagramSession(RudDatagramChannel channel, string server, ILogger log, Action? ended)
     {
+        _onEnded = ended;
         _channel = channel;
         _server = server;
         _log = log;
@@ -96,9 +99,9 @@ internal sealed class RudDatagramSession : IDatagramSession
     /// Opens an association on <paramref name="channel"/>: OPEN at 0, 0.25, 0.75, 1.75, 3.75, 5.75 … s
     /// until RELAYED (or CLOSE) within <see cref="OpenTimeout"/>.
     /// </summary>
-    public static async Task<RudDatagramSession> OpenAsync(RudDatagramChannel channel, string server, ILogger log, CancellationToken cancellationToken)
+    public static async Task<RudDatagramSession> OpenAsync(RudDatagramChannel channel, string server, ILogger log, Action? ended, CancellationToken cancellationToken)
     {
-        var session = new RudDatagramSession(channel, server, log);
+        var session = new RudDatagramSession(channel, server, log, ended);
         try
         {
             using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
@@ -124,6 +127,7 @@ internal sealed class RudDatagramSession : IDatagramSession
         }
         catch
         {
+            session._endedCalled = 1; // the caller accounts for a session that never opened
             await session.DisposeAsync().ConfigureAwait(false);
             throw;
         }
@@ -273,6 +277,7 @@ internal sealed class RudDatagramSession : IDatagramSession
         _channel.Complete(null); // datagrams still arriving for this stream are dropped, not queued
         _log.LogInformation("rud UDP association on datagram stream {Stream} to {Server}: {Sent} datagrams sent, {Received} received, {TooLarge} too large for a RUD datagram, {NotQueued} not queued (send queue full), {Malformed} malformed",
             _channel.Id, _server, Interlocked.Read(ref _sent), Interlocked.Read(ref _received), Interlocked.Read(ref _tooLarge), Interlocked.Read(ref _notQueued), Interlocked.Read(ref _malformed));
+        if (Interlocked.Exchange(ref _endedCalled, 1) == 0) _onEnded?.Invoke();
     }
 
     public async ValueTask DisposeAsync()

@@ -95,7 +95,7 @@ public class RudUdpSessionTests
         await using var pair = RudEndpointTests.Pair.Start();
         var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        var opening = RudDatagramSession.OpenAsync(c.OpenDatagramChannel(), "test", NullLogger.Instance, cts.Token);
+        var opening = RudDatagramSession.OpenAsync(c.OpenDatagramChannel(), "test", NullLogger.Instance, null, cts.Token);
         var server = await s.AcceptDatagramChannelAsync(cts.Token);
         var buffer = new byte[RudUdpFrames.MaxFrame];
         int n = await server.ReceiveAsync(buffer, cts.Token);
@@ -143,7 +143,7 @@ public class RudUdpSessionTests
         await using var pair = RudEndpointTests.Pair.Start();
         var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        var opening = RudDatagramSession.OpenAsync(c.OpenDatagramChannel(), "test", NullLogger.Instance, cts.Token);
+        var opening = RudDatagramSession.OpenAsync(c.OpenDatagramChannel(), "test", NullLogger.Instance, null, cts.Token);
         var server = await s.AcceptDatagramChannelAsync(cts.Token);
         Assert.True(server.TrySend(RudUdpFrames.CloseFrame));
         var e = await Assert.ThrowsAsync<TransportConnectException>(() => opening);
@@ -151,16 +151,17 @@ public class RudUdpSessionTests
     }
 
     /// <summary>
-    /// A connection carries at most 256 datagram streams over its life (spec/rud.md §8.1 limit, datagram
-    /// streams are never closed on the wire): the rud client factory opens UDP session 257 on a second
-    /// connection. The server side is scripted (RELAYED for every OPEN).
+    /// A connection carries at most 256 datagram streams over its life (datagram streams are never
+    /// closed on the wire, spec/rud.md §12.1): the rud client factory opens UDP session 257 on a second
+    /// connection, and closes the first one once nothing is left open on it (not before). The server
+    /// side is scripted (RELAYED for every OPEN).
     /// </summary>
     [Fact]
-    public async Task Session_257_goes_to_a_new_connection()
+    public async Task Session_257_goes_to_a_new_connection_and_the_used_one_closes_when_idle()
     {
         await using var pair = RudEndpointTests.Pair.Start();
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(120));
-        int connections = 0;
+        var serverConnections = new System.Collections.Concurrent.ConcurrentQueue<RudConnection>();
         var relayed = new byte[RudUdpFrames.MaxFrame];
         int relayedLength = RudUdpFrames.TryWrite(relayed, DatagramFrameType.Relayed, PeerAddress.From(IPEndPoint.Parse("[::]:40000")), default);
         async Task AnswerAsync(RudDatagramChannel ch)
@@ -183,7 +184,7 @@ public class RudUdpSessionTests
                 while (true)
                 {
                     var conn = await pair.Server.AcceptConnectionAsync(cts.Token);
-                    Interlocked.Increment(ref connections);
+                    serverConnections.Enqueue(conn);
                     _ = Task.Run(async () =>
                     {
                         try { while (true) _ = AnswerAsync(await conn.AcceptDatagramChannelAsync(cts.Token)); }
@@ -200,15 +201,27 @@ public class RudUdpSessionTests
         };
         var context = new TransportEnvironment("rud", options, Path.GetTempPath(), null!, null!, NullLoggerFactory.Instance, new TransportCounters());
         var client = (IDatagramClientFactory)new RudTransport().CreateClientFactory(context);
+        ConnectRequest Request(int i) => new(new Destination("0.0.0.0", 0), null, i, SessionKind.Datagram);
         try
         {
-            for (int i = 0; i < 257; i++)
+            var held = await client.OpenDatagramSessionAsync(Request(0), cts.Token);
+            for (int i = 1; i < 256; i++)
             {
-                var request = new ConnectRequest(new Destination("0.0.0.0", 0), null, i, SessionKind.Datagram);
-                await using var session = await client.OpenDatagramSessionAsync(request, cts.Token);
+                await using var session = await client.OpenDatagramSessionAsync(Request(i), cts.Token);
                 Assert.Equal(40000, session.RelayedAddress.Port);
             }
-            Assert.Equal(2, Volatile.Read(ref connections));
+            Assert.Single(serverConnections);
+            await using (var second = await client.OpenDatagramSessionAsync(Request(256), cts.Token))
+                Assert.Equal(40000, second.RelayedAddress.Port);
+            Assert.Equal(2, serverConnections.Count);
+            var first = serverConnections.First();
+            Assert.False(first.IsClosed); // the held session is still open on it
+            await held.DisposeAsync();
+            await using (var third = await client.OpenDatagramSessionAsync(Request(257), cts.Token))
+                Assert.Equal(40000, third.RelayedAddress.Port);
+            Assert.Equal(2, serverConnections.Count); // 257 went to the second connection
+            while (!first.IsClosed) await Task.Delay(20, cts.Token); // the CLOSE of the used-up connection arrives
+            Assert.False(serverConnections.Last().IsClosed);
         }
         finally
         {
