@@ -232,4 +232,33 @@ public partial class TurnTests
         Assert.Equal(0, other.Received);
         conn.Close();
     }
+
+    /// <summary>
+    /// The stream-carried path still works on the server (an older client, or any IDatagramStreamCarrier
+    /// use): an asynchronous stream whose plain preamble asks for a datagram session carries the
+    /// association with spec/turn.md §5.2 framing, and the server process logs that it did.
+    /// </summary>
+    [Fact]
+    public async Task Rud_server_still_serves_a_UDP_association_carried_in_a_stream()
+    {
+        await using var peer = new CountingPeer();
+        byte[] key = [];
+        await using var chain = await RudChainAsync(PtChain.FreeServer("rud", $"127.0.0.1:{peer.Port}"), k => key = k);
+        await using var endpoint = PtHost.Transports.Rud.RudEndpoint.Bind(new IPEndPoint(IPAddress.Loopback, 0), new PtHost.Transports.Rud.RudEndpointOptions());
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        var conn = await endpoint.ConnectAsync(chain.Chain.ServerEndPoint, key, cts.Token);
+        var stream = conn.OpenStream();
+        await PtHost.Transports.Plain.PlainWire.RequestAsync(stream, null, "test", cts.Token, SessionKind.Datagram);
+        await using var session = await StreamDatagramSession.StartAsync(stream, cts.Token);
+        var allowed = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port));
+        var buffer = new byte[2048];
+        var receiving = session.ReceiveAsync(buffer, cts.Token).AsTask(); // the receive loop also takes the CHECK's answer
+        Assert.True(await session.CheckPeerAsync(allowed, cts.Token));
+        await session.SendAsync(allowed, "over a stream"u8.ToArray(), cts.Token);
+        var (from, n) = await receiving;
+        Assert.Equal(allowed, from);
+        Assert.Equal("over a stream"u8.ToArray(), buffer[..n]);
+        await StderrContainsAsync(chain.Chain.Server, "a UDP association carried in a stream");
+        conn.Close();
+    }
 }
