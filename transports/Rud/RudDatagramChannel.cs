@@ -46,6 +46,7 @@ public sealed class RudDatagramChannel
     }
 
     /// <summary>The next datagram, copied into <paramref name="buffer"/>; returns its length (cut to the buffer).</summary>
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<int> ReceiveAsync(Memory<byte> buffer, CancellationToken cancellationToken)
     {
         var (data, length) = await _received.Reader.ReadAsync(cancellationToken).ConfigureAwait(false);

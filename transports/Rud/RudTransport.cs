@@ -124,8 +124,11 @@ internal sealed record RudServerOptions(byte[]? Key, ChallengePolicy Challenge, 
 
 internal sealed record RudSettings(Destination? Destination);
 
-/// <summary>The client side: one connection per server (re-made when it closes), one stream per session.</summary>
-internal sealed class RudClient : IClientFactory, IDatagramStreamCarrier
+/// <summary>
+/// The client side: one connection per server (re-made when it closes), one stream per session; one
+/// datagram stream per UDP session (spec/rud.md §12.1).
+/// </summary>
+internal sealed class RudClient : IClientFactory, IDatagramClientFactory, IDatagramStreamCarrier
 {
     private static readonly TimeSpan PreambleTimeout = TimeSpan.FromSeconds(10);
     private readonly TransportEnvironment _context;
@@ -198,10 +201,69 @@ internal sealed class RudClient : IClientFactory, IDatagramStreamCarrier
     }
 
     /// <summary>
+    /// A UDP association (spec/rud.md §12.1): one datagram stream on a connection to the server,
+    /// chosen as for a stream; OPEN until RELAYED.
+    /// </summary>
+    public async ValueTask<IDatagramSession> OpenDatagramSessionAsync(ConnectRequest request, CancellationToken cancellationToken)
+    {
+        var server = _options.ServerAddress ?? (request.Destination.IsUnspecified
+            ? throw new TransportConnectException(ConnectFailure.HostUnreachable, "no server address for a UDP association: rud needs the \"serverAddress\" option")
+            : request.Destination);
+        var (conn, channel) = await OpenOnLinkAsync(server, c =>
+        {
+            try { return new DatagramOpen(c, c.OpenDatagramChannel()); }
+            catch (IOException)
+            {
+                // Closed, or its 256 datagram streams are used up (they are never closed on the wire,
+                // §12.1): a connection with nothing else left on it is closed here.
+                if (!c.IsClosed && c.OpenStreams == 0 && _liveDatagramSessions.GetValueOrDefault(c) == 0)
+                {
+                    _log.LogInformation("rud: closing a connection to {Server}: its 256 datagram streams are used and nothing is open on it", server);
+                    c.Close("every datagram stream used");
+                }
+                return null;
+            }
+        }, cancellationToken).ConfigureAwait(false);
+        _liveDatagramSessions.AddOrUpdate(conn, 1, static (_, n) => n + 1);
+        RudDatagramSession session;
+        try
+        {
+            session = await RudDatagramSession.OpenAsync(channel, server.ToString(), _log, () => SessionEnded(conn), cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            SessionEnded(conn);
+            throw;
+        }
+        _log.LogInformation("rud: UDP association on datagram stream {Stream} to {Server}, relayed address {Relayed}", session.StreamId, server, session.RelayedAddress);
+        return session;
+    }
+
+    private sealed record DatagramOpen(RudConnection Connection, RudDatagramChannel Channel);
+
+    /// <summary>UDP sessions still open per connection: an exhausted connection is closed only when it has none.</summary>
+    private readonly ConcurrentDictionary<RudConnection, int> _liveDatagramSessions = new();
+
+    private void SessionEnded(RudConnection conn)
+    {
+        while (_liveDatagramSessions.TryGetValue(conn, out int n))
+        {
+            if (n <= 1 ? _liveDatagramSessions.TryRemove(new KeyValuePair<RudConnection, int>(conn, n)) : _liveDatagramSessions.TryUpdate(conn, n - 1, n)) return;
+        }
+    }
+
+    /// <summary>
     /// A new stream on a live connection to <paramref name="server"/> that has room for it; when every
     /// connection is closed or holds its 256 streams, a new connection is made (one handshake at a time).
     /// </summary>
-    private async Task<RudStream> OpenStreamAsync(Destination server, CancellationToken ct)
+    private Task<RudStream> OpenStreamAsync(Destination server, CancellationToken ct) =>
+        OpenOnLinkAsync(server, static c => c.TryOpenStream(), ct);
+
+    /// <summary>
+    /// <paramref name="tryOpen"/> on the first live connection to <paramref name="server"/> where it
+    /// succeeds; when none does, on a new connection (one handshake at a time per server).
+    /// </summary>
+    private async Task<T> OpenOnLinkAsync<T>(Destination server, Func<RudConnection, T?> tryOpen, CancellationToken ct) where T : class
     {
         var link = _links.GetOrAdd(server.ToString(), _ => new ServerLink());
         await link.Gate.WaitAsync(ct).ConfigureAwait(false);
@@ -209,7 +271,7 @@ internal sealed class RudClient : IClientFactory, IDatagramStreamCarrier
         {
             link.Connections.RemoveAll(c => c.IsClosed);
             foreach (var c in link.Connections)
-                if (c.TryOpenStream() is { } s) return s;
+                if (tryOpen(c) is { } s) return s;
             IPAddress address = server.Address ?? await ResolveAsync(server, ct).ConfigureAwait(false);
             var endpoint = EndpointFor(address.AddressFamily);
             RudConnection conn;
@@ -223,8 +285,7 @@ internal sealed class RudClient : IClientFactory, IDatagramStreamCarrier
             }
             link.Connections.Add(conn);
             _log.LogInformation("rud: connected to {Server} ({Mode} exchange, connection {Count}, congestion {Congestion})", server, conn.Mode, link.Connections.Count, RudOptionText.CongestionName(endpoint.Options.CongestionControl));
-            try { return conn.OpenStream(); }
-            catch (IOException e) { throw new TransportConnectException(ConnectFailure.General, $"rud server {server}: {e.Message}", e); }
+            return tryOpen(conn) ?? throw new TransportConnectException(ConnectFailure.General, $"rud server {server}: the new connection {(conn.IsClosed ? "closed: " + conn.CloseReason : "refused a stream")}");
         }
         finally { link.Gate.Release(); }
     }
@@ -360,6 +421,7 @@ internal sealed class RudServerManager : IServerManager
                 var conn = await _endpoint.AcceptConnectionAsync(_stopping.Token).ConfigureAwait(false);
                 _log.LogInformation("rud: connection from {Remote} ({Mode} exchange, congestion {Congestion})", conn.RemoteEndPoint, conn.Mode, RudOptionText.CongestionName(_endpoint.Options.CongestionControl));
                 _ = AcceptStreamsAsync(conn);
+                _ = AcceptDatagramChannelsAsync(conn);
             }
         }
         catch (OperationCanceledException) { }
@@ -375,6 +437,26 @@ internal sealed class RudServerManager : IServerManager
                 var stream = await conn.AcceptStreamAsync(_stopping.Token).ConfigureAwait(false);
                 long id = Interlocked.Increment(ref s_ids);
                 var task = ServeAsync(conn, stream, id);
+                _sessions[id] = task;
+                _ = task.ContinueWith(_ => _sessions.TryRemove(id, out Task? _), TaskScheduler.Default);
+            }
+        }
+        catch (OperationCanceledException) { }
+        catch (ChannelClosedException) { }
+        catch (IOException) { }
+    }
+
+    /// <summary>Every datagram stream a client opens is one UDP association (§12.1).</summary>
+    private async Task AcceptDatagramChannelsAsync(RudConnection conn)
+    {
+        try
+        {
+            while (true)
+            {
+                var channel = await conn.AcceptDatagramChannelAsync(_stopping.Token).ConfigureAwait(false);
+                long id = Interlocked.Increment(ref s_ids);
+                var association = new RudDatagramAssociation(channel, conn.RemoteEndPoint, _context, _binding, _log, id);
+                var task = association.RunAsync(_abort.Token);
                 _sessions[id] = task;
                 _ = task.ContinueWith(_ => _sessions.TryRemove(id, out Task? _), TaskScheduler.Default);
             }
@@ -427,6 +509,8 @@ internal sealed class RudServerManager : IServerManager
             }
             await stream.WriteAsync(new byte[] { 0 }, _abort.Token).ConfigureAwait(false);
             opened = true;
+            if (kind == SessionKind.Datagram)
+                _log.LogInformation("rud session {Id} from {Remote}: a UDP association carried in a stream (spec/turn.md §5.2), not in a datagram stream", id, remote);
             _context.Counters.SessionOpened();
             await _binding.Handler.RelayAsync(stream, onward, _abort.Token).ConfigureAwait(false);
         }

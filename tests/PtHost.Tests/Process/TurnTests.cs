@@ -124,30 +124,6 @@ public partial class TurnTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public async Task Uclient_through_rud_loses_nothing()
-    {
-        await using var peer = await EchoPeer.StartAsync();
-        await using var keys = PtProcess.StartPthost("generate-config", "rud");
-        Assert.Equal(0, await keys.WaitForExitAsync());
-        var generated = JObject.Parse(string.Join("\n", keys.StdoutLines));
-        var serverConfig = PtChain.FreeServer("rud", "127.0.0.1");
-        serverConfig["options"] = new JObject { ["rud"] = generated["server"] };
-        var ptChain = await PtChain.StartAsync(serverConfig, serverEp =>
-        {
-            var config = TurnChain.ClientConfig(serverEp, "rud");
-            var client = (JObject)generated["client"]!;
-            client["serverAddress"] = serverEp.ToString();
-            config["options"] = new JObject { ["rud"] = client };
-            return config;
-        });
-        var line = ptChain.ClientStartup.Single(l => l.StartsWith("CMETHOD rud turn ", StringComparison.Ordinal));
-        await using var chain = new TurnChain { Chain = ptChain, TurnEndPoint = IPEndPoint.Parse(line.Split(' ')[3]) };
-        var (exit, text) = await Uclient(chain, peer, ["-n", "10", "-m", "2", "-c"]);
-        output.WriteLine(LastLines(text));
-        AssertDelivered(exit, text, 20, chain);
-    }
-
-    [Fact]
     public async Task Wrong_password_cannot_complete_allocation()
     {
         await using var peer = new CountingPeer();
