@@ -223,15 +223,14 @@ public sealed class RudConnection
         lock (Gate) CloseLocked(0, reason, sendClose: true);
     }
 
-    /// <summary>Queues a stream with data to send; <paramref name="wake"/> false when the caller flushes inline right after.</summary>
-    internal void ScheduleSend(RudStream s, bool wake = true)
+    internal void ScheduleSend(RudStream s)
     {
         if (!s.InSendQueue && s.HasSendWork)
         {
             s.InSendQueue = true;
             _sendQueue.Enqueue(s);
         }
-        if (wake) _ep.RequestFlush(this);
+        _ep.RequestFlush(this);
     }
 
     internal void QueueWindowUpdate(RudStream s)
@@ -338,13 +337,7 @@ public sealed class RudConnection
     /// <summary>Sends what is due now from the caller's thread (a stream write); the caller holds <see cref="Gate"/>.</summary>
     internal void FlushInline()
     {
-        if (IsClosed) return;
-        long now = _ep.Now();
-        Flush(now);
-        // The driver sleeps until the earliest timer it knew of: wake it only when this send made
-        // an earlier one (a first packet in flight: its PTO; pacing that holds data back). A
-        // window-limited sender needs nothing: the acknowledgements' batch flushes it (§9.4).
-        if (NextWake(now) < _ep.DriverWakeAt) _ep.RequestFlush(this);
+        if (!IsClosed) Flush(_ep.Now());
     }
 
     private static bool ValidateFrames(ReadOnlySpan<byte> frames)

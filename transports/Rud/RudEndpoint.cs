@@ -570,9 +570,6 @@ public sealed class RudEndpoint : IAsyncDisposable
         catch (ObjectDisposedException) { }
     }
 
-    /// <summary>When the driver loop next wakes by itself (µs, <see cref="Now"/>); read under <see cref="Gate"/>.</summary>
-    internal long DriverWakeAt;
-
     private async Task DriveAsync()
     {
         await Task.Yield();
@@ -624,7 +621,6 @@ public sealed class RudEndpoint : IAsyncDisposable
                         if (expiry <= now) _replayCache.Remove(k);
                 }
                 wait = next - now;
-                DriverWakeAt = next;
             }
             if (Volatile.Read(ref _flushRequested) == 1) continue;
             int ms = (int)Math.Clamp((wait + 999) / 1000, 1, 1000);

@@ -128,7 +128,7 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
                     CopyIn(_sendRing, _writeOffset, buffer.Span[..n]);
                     _writeOffset += (ulong)n;
                     buffer = buffer[n..];
-                    _conn.ScheduleSend(this, wake: false);
+                    _conn.ScheduleSend(this);
                     _conn.FlushInline();
                     continue;
                 }
