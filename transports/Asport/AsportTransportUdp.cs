@@ -12,80 +12,50 @@ namespace PtHost.Transports.Asport;
 /// <summary>
 /// The asport transport's UDP mapping (spec/asport.md §6.2): every UDP datagram between the client
 /// process and the public UDP port is exactly one frame of spec/turn.md §5.2 (LENGTH included), with
-/// two frame types of this mapping only: OPEN and CLOSE.
+/// two frame types of this mapping only: OPEN and CLOSE (<see cref="AssociationFrames"/>).
 /// </summary>
 internal static class AsportUdpFrames
 {
-    /// <summary>Client → server: open the association, or keep it alive; answered by RELAYED.</summary>
-    public const DatagramFrameType Open = (DatagramFrameType)0x05;
-    /// <summary>Either way: the association is over (or, from the server, unknown).</summary>
-    public const DatagramFrameType Close = (DatagramFrameType)0x06;
+    public const DatagramFrameType Open = AssociationFrames.Open;
+    public const DatagramFrameType Close = AssociationFrames.Close;
     /// <summary>The largest frame in one datagram: the largest UDP payload over IPv4.</summary>
     public const int MaxFrame = 65507;
     /// <summary>The largest datagram payload a TURN allocation can send this way (any peer family).</summary>
     public const int MaxPayload = MaxFrame - DatagramFrame.MaxHeaderLength;
 
-    /// <summary>OPEN for <c>[::]:0</c>: 22 bytes, as long as the longest RELAYED answer (no amplification).</summary>
-    public static readonly byte[] OpenFrame = Build(Open, PeerAddress.FromBytes(new byte[16], 0));
-    /// <summary>OPEN for <c>[::]:1</c>: keep-alive of an open association; never opens one.</summary>
-    public static readonly byte[] KeepaliveFrame = Build(Open, PeerAddress.FromBytes(new byte[16], 1));
-    /// <summary>CLOSE for <c>0.0.0.0:0</c>: 10 bytes, the shortest frame.</summary>
-    public static readonly byte[] CloseFrame = Build(Close, PeerAddress.FromBytes(new byte[4], 0));
-
-    private static byte[] Build(DatagramFrameType type, PeerAddress address)
-    {
-        var frame = new byte[DatagramFrame.HeaderLength(address)];
-        DatagramFrame.Write(frame, type, address, default);
-        return frame;
-    }
+    public static byte[] OpenFrame => AssociationFrames.OpenFrame;
+    public static byte[] KeepaliveFrame => AssociationFrames.KeepaliveFrame;
+    public static byte[] CloseFrame => AssociationFrames.CloseFrame;
 
     /// <summary>True when the datagram is exactly one well-formed frame.</summary>
     public static bool TryRead(ReadOnlySpan<byte> datagram, out DatagramFrameType type, out PeerAddress peer, out Range payload) =>
-        DatagramFrame.TryParse(datagram, out type, out peer, out payload) is var n && n > 0 && n == datagram.Length;
+        AssociationFrames.TryRead(datagram, out type, out peer, out payload);
 }
 
 /// <summary>
 /// Client process: one TURN allocation = one UDP socket connected to the announced public address
-/// (spec/asport.md §6.2). OPEN until RELAYED, then DATA and CHECK out, DATA, ALLOWED and REFUSED in;
-/// OPEN every 15 s keeps the association alive, 60 s without a frame from the server ends it.
+/// (spec/asport.md §6.2); the association's life is <see cref="FramedDatagramClientSession"/>'s, and a
+/// change of the announced address ends it too.
 /// </summary>
-internal sealed class AsportDatagramSession : IDatagramSession
+internal sealed class AsportDatagramSession : FramedDatagramClientSession
 {
-    public static readonly TimeSpan OpenTimeout = TimeSpan.FromSeconds(10);
-    public static readonly TimeSpan CheckTimeout = TimeSpan.FromSeconds(10);
-    public static readonly TimeSpan KeepaliveInterval = TimeSpan.FromSeconds(15);
-    public static readonly TimeSpan DeadAfter = TimeSpan.FromSeconds(60);
     /// <summary>Socket buffers: room for bursts while the TURN server is busy.</summary>
     public const int SocketBuffer = 1 << 20;
 
     private readonly Socket _socket;
-    private readonly ILogger _log;
-    private readonly byte[] _in = GC.AllocateUninitializedArray<byte>(65536);
-    private readonly ConcurrentDictionary<PeerAddress, TaskCompletionSource<bool>> _checks = new();
-    private readonly CancellationTokenSource _stop = new();
     private CancellationTokenRegistration _addressGone;
-    private Task _keepalive = Task.CompletedTask;
-    private long _lastHeard = Environment.TickCount64;
-    private long _dropped, _malformed;
-    private int _ended;
     private bool _refusedSeen;
 
-    private AsportDatagramSession(Socket socket, ILogger log)
-    {
-        _socket = socket;
-        _log = log;
-    }
+    private AsportDatagramSession(Socket socket, ILogger log) : base(log, 65536) => _socket = socket;
 
-    public int MaxDatagramSize => AsportUdpFrames.MaxPayload;
-
-    public PeerAddress RelayedAddress { get; private set; }
+    public override int MaxDatagramSize => AsportUdpFrames.MaxPayload;
 
     /// <summary>The public UDP address this session sends to.</summary>
     public IPEndPoint Server => (IPEndPoint)_socket.RemoteEndPoint!;
 
     /// <summary>
-    /// Opens an association: OPEN at 0, 0.25, 0.75, 1.75, 3.75, 5.75 … s until RELAYED (or CLOSE) within
-    /// <see cref="OpenTimeout"/>. <paramref name="addressGone"/> ends the session when the announced address changes.
+    /// Opens an association (OPEN until RELAYED or CLOSE, within <see cref="FramedDatagramClientSession.OpenTimeout"/>).
+    /// <paramref name="addressGone"/> ends the session when the announced address changes.
     /// </summary>
     public static async Task<AsportDatagramSession> OpenAsync(IPEndPoint server, IPAddress? bind, CancellationToken addressGone, ILogger log, CancellationToken cancellationToken)
     {
@@ -99,26 +69,15 @@ internal sealed class AsportDatagramSession : IDatagramSession
             socket.Connect(server);
             socket.Blocking = false; // a full send buffer drops the datagram (UDP semantics), it never blocks the TURN server
             session = new AsportDatagramSession(socket, log);
-            using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            limit.CancelAfter(OpenTimeout);
-            var answer = session.AwaitRelayedAsync(limit.Token);
-            var delay = TimeSpan.FromMilliseconds(250);
-            while (!answer.IsCompleted)
-            {
-                session.SendControl(AsportUdpFrames.OpenFrame);
-                await Task.WhenAny(answer, Task.Delay(delay, limit.Token)).ConfigureAwait(false);
-                delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(2).Ticks));
-            }
-            bool opened;
-            try { opened = await answer.ConfigureAwait(false); }
+            bool? opened;
+            try { opened = await session.OpenAssociationAsync(cancellationToken).ConfigureAwait(false); }
             catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested)
             {
                 throw new TransportConnectException(ConnectFailure.TimedOut,
                     $"no answer over UDP from {server} within {OpenTimeout.TotalSeconds:0} s" + (session._refusedSeen ? " (ICMP port unreachable: is UDP bound there?)" : ""), e);
             }
-            if (!opened) throw new TransportConnectException(ConnectFailure.General, $"the server process refused the UDP association (CLOSE from {server})");
+            if (opened != true) throw new TransportConnectException(ConnectFailure.General, $"the server process refused the UDP association (CLOSE from {server})");
             session._addressGone = addressGone.Register(static s => ((AsportDatagramSession)s!).Terminate("the announced address changed"), session);
-            session._keepalive = session.KeepaliveLoopAsync(session._stop.Token);
             return session;
         }
         catch (SocketException e)
@@ -135,172 +94,45 @@ internal sealed class AsportDatagramSession : IDatagramSession
         }
     }
 
-    /// <summary>Receives until RELAYED (true) or CLOSE (false); other frames before RELAYED are dropped.</summary>
-    private async Task<bool> AwaitRelayedAsync(CancellationToken ct)
-    {
-        while (true)
-        {
-            int n;
-            try { n = await _socket.ReceiveAsync(_in, SocketFlags.None, ct).ConfigureAwait(false); }
-            catch (SocketException e) when (IsTransient(e))
-            {
-                _refusedSeen |= e.SocketErrorCode == SocketError.ConnectionRefused;
-                continue;
-            }
-            if (!AsportUdpFrames.TryRead(_in.AsSpan(0, n), out var type, out var peer, out _)) continue;
-            if (type == DatagramFrameType.Relayed)
-            {
-                RelayedAddress = peer;
-                Volatile.Write(ref _lastHeard, Environment.TickCount64);
-                return true;
-            }
-            if (type == AsportUdpFrames.Close) return false;
-        }
-    }
-
     private static bool IsTransient(SocketException e) =>
         e.SocketErrorCode is SocketError.ConnectionRefused or SocketError.ConnectionReset or SocketError.HostUnreachable or SocketError.NetworkUnreachable or SocketError.MessageSize;
 
-    private void SendControl(byte[] frame)
+    protected override bool SendDatagram(ReadOnlySpan<byte> frame)
     {
-        try { _socket.Send(frame, SocketFlags.None, out _); }
-        catch (ObjectDisposedException) { }
-    }
-
-    public ValueTask SendAsync(PeerAddress peer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
-    {
-        if (payload.Length > MaxDatagramSize)
-        {
-            Interlocked.Increment(ref _dropped); // cannot cross the public port in one datagram (spec/asport.md §6.2)
-            return ValueTask.CompletedTask;
-        }
-        byte[] frame = ArrayPool<byte>.Shared.Rent(DatagramFrame.HeaderLength(peer) + payload.Length);
         try
         {
-            int n = DatagramFrame.Write(frame, DatagramFrameType.Data, peer, payload.Span);
-            _socket.Send(frame, 0, n, SocketFlags.None, out var error);
-            if (error != SocketError.Success) Interlocked.Increment(ref _dropped); // full buffer, ICMP error: dropped as UDP would
+            _socket.Send(frame, SocketFlags.None, out var error);
+            return error == SocketError.Success;
         }
-        catch (ObjectDisposedException) { }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(frame);
-        }
-        return ValueTask.CompletedTask;
+        catch (ObjectDisposedException) { return false; }
     }
 
-    /// <summary>CHECK, repeated at 0.5, 1.5, 3.5, 5.5 … s until ALLOWED or REFUSED, within <see cref="CheckTimeout"/>.</summary>
-    public async ValueTask<bool> CheckPeerAsync(PeerAddress peer, CancellationToken cancellationToken)
+    protected override async ValueTask<int> ReceiveDatagramAsync(Memory<byte> into, CancellationToken cancellationToken)
     {
-        var answer = _checks.GetOrAdd(peer, _ => new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously));
-        byte[] frame = new byte[DatagramFrame.HeaderLength(peer)];
-        DatagramFrame.Write(frame, DatagramFrameType.Check, peer, default);
-        using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _stop.Token);
-        limit.CancelAfter(CheckTimeout);
-        var delay = TimeSpan.FromMilliseconds(500);
-        try
+        try { return await _socket.ReceiveAsync(into, SocketFlags.None, cancellationToken).ConfigureAwait(false); }
+        catch (SocketException e) when (IsTransient(e))
         {
-            while (true)
-            {
-                SendControl(frame);
-                try { return await answer.Task.WaitAsync(delay, limit.Token).ConfigureAwait(false); }
-                catch (TimeoutException) { }
-                delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(2).Ticks));
-            }
+            _refusedSeen |= e.SocketErrorCode == SocketError.ConnectionRefused;
+            return 0;
         }
-        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
-        {
-            return false; // no answer in time, or the session ended: treated as refused
-        }
-        finally
-        {
-            _checks.TryRemove(new KeyValuePair<PeerAddress, TaskCompletionSource<bool>>(peer, answer));
-        }
+        catch (Exception e) when (e is ObjectDisposedException or SocketException) { return -1; }
     }
 
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
-    public async ValueTask<(PeerAddress Peer, int Length)> ReceiveAsync(Memory<byte> buffer, CancellationToken cancellationToken)
-    {
-        while (true)
-        {
-            if (Volatile.Read(ref _ended) != 0) return (default, -1);
-            int n;
-            try { n = await _socket.ReceiveAsync(_in, SocketFlags.None, cancellationToken).ConfigureAwait(false); }
-            catch (SocketException e) when (IsTransient(e)) { continue; }
-            catch (Exception e) when (e is ObjectDisposedException or SocketException) { return (default, -1); }
-            if (!AsportUdpFrames.TryRead(_in.AsSpan(0, n), out var type, out var peer, out var payload))
-            {
-                Interlocked.Increment(ref _malformed);
-                continue;
-            }
-            Volatile.Write(ref _lastHeard, Environment.TickCount64);
-            switch (type)
-            {
-                case DatagramFrameType.Data:
-                    var bytes = _in.AsSpan(payload);
-                    int length = Math.Min(bytes.Length, buffer.Length);
-                    bytes[..length].CopyTo(buffer.Span);
-                    return (peer, length);
-                case DatagramFrameType.Allowed:
-                case DatagramFrameType.Refused:
-                    if (_checks.TryGetValue(peer, out var answer)) answer.TrySetResult(type == DatagramFrameType.Allowed);
-                    break;
-                case AsportUdpFrames.Close:
-                    Terminate("the server process ended the association");
-                    return (default, -1);
-            }
-            // RELAYED (the answer to a keep-alive OPEN) and unknown types: nothing more to do.
-        }
-    }
+    protected override void LogEnded(string why) =>
+        Log.LogInformation("asport UDP association via {Server} ended: {Why}", _socket.RemoteEndPoint, why);
 
-    private async Task KeepaliveLoopAsync(CancellationToken ct)
+    protected override void OnClosed()
     {
-        using var timer = new PeriodicTimer(KeepaliveInterval);
-        try
-        {
-            while (await timer.WaitForNextTickAsync(ct).ConfigureAwait(false))
-            {
-                if (Environment.TickCount64 - Volatile.Read(ref _lastHeard) > (long)DeadAfter.TotalMilliseconds)
-                {
-                    Terminate($"nothing heard from the server process for {DeadAfter.TotalSeconds:0} s");
-                    return;
-                }
-                SendControl(AsportUdpFrames.KeepaliveFrame);
-            }
-        }
-        catch (OperationCanceledException) { }
-    }
-
-    /// <summary>Ends the session: the socket closes, a pending receive returns -1, checks answer false.</summary>
-    private void Terminate(string why)
-    {
-        if (Interlocked.Exchange(ref _ended, 1) != 0) return;
-        _log.LogInformation("asport UDP association via {Server} ended: {Why}", _socket.RemoteEndPoint, why);
-        Close();
-    }
-
-    private void Close()
-    {
-        _stop.Cancel();
-        foreach (var c in _checks.Values) c.TrySetResult(false);
         _socket.Dispose();
-        var dropped = Interlocked.Read(ref _dropped);
-        var malformed = Interlocked.Read(ref _malformed);
-        if (dropped + malformed > 0)
-            _log.LogInformation("asport UDP association: {Dropped} datagrams not sent (too large, socket buffer full or ICMP error), {Malformed} malformed datagrams dropped", dropped, malformed);
+        var (_, _, tooLarge, notSent, malformed) = Counts;
+        if (tooLarge + notSent + malformed > 0)
+            Log.LogInformation("asport UDP association: {Dropped} datagrams not sent (too large, socket buffer full or ICMP error), {Malformed} malformed datagrams dropped", tooLarge + notSent, malformed);
     }
 
-    public async ValueTask DisposeAsync()
+    public override async ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _ended, 1) == 0)
-        {
-            // Best effort: the server process frees the association now instead of after its idle time-out.
-            SendControl(AsportUdpFrames.CloseFrame);
-            SendControl(AsportUdpFrames.CloseFrame);
-            Close();
-        }
+        await base.DisposeAsync().ConfigureAwait(false);
         await _addressGone.DisposeAsync().ConfigureAwait(false);
-        await _keepalive.ConfigureAwait(false);
     }
 }
 

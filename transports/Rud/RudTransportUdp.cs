@@ -12,39 +12,24 @@ namespace PtHost.Transports.Rud;
 /// <summary>
 /// UDP sessions over RUD datagram streams (spec/rud.md §12.1): every datagram of a datagram stream
 /// (§8.2) is exactly one frame of spec/turn.md §5.2, LENGTH included, with the OPEN and CLOSE types
-/// of spec/asport.md §6.2. One datagram stream carries one UDP association.
+/// of spec/asport.md §6.2 (<see cref="AssociationFrames"/>). One datagram stream carries one UDP association.
 /// </summary>
 internal static class RudUdpFrames
 {
-    /// <summary>Client → server: open the association, or keep it alive; answered by RELAYED.</summary>
-    public const DatagramFrameType Open = (DatagramFrameType)0x05;
-    /// <summary>Either way: the association is over.</summary>
-    public const DatagramFrameType Close = (DatagramFrameType)0x06;
+    public const DatagramFrameType Open = AssociationFrames.Open;
+    public const DatagramFrameType Close = AssociationFrames.Close;
     /// <summary>The largest frame: one RUD datagram.</summary>
     public const int MaxFrame = RudDatagramChannel.MaxDatagramSize;
     /// <summary>The largest payload of a UDP session (any peer family): 1200 − 22 = 1178.</summary>
     public const int MaxPayload = MaxFrame - DatagramFrame.MaxHeaderLength;
 
-    /// <summary>OPEN for <c>[::]:0</c>: 22 bytes, as long as the longest RELAYED answer.</summary>
-    public static readonly byte[] OpenFrame = Build(Open, PeerAddress.FromBytes(new byte[16], 0));
-    /// <summary>OPEN for <c>[::]:1</c>: keep-alive of an open association; never opens one.</summary>
-    public static readonly byte[] KeepaliveFrame = Build(Open, PeerAddress.FromBytes(new byte[16], 1));
-    /// <summary>CLOSE for <c>0.0.0.0:0</c>: 10 bytes.</summary>
-    public static readonly byte[] CloseFrame = Build(Close, PeerAddress.FromBytes(new byte[4], 0));
-
-    private static byte[] Build(DatagramFrameType type, PeerAddress address)
-    {
-        var frame = new byte[DatagramFrame.HeaderLength(address)];
-        DatagramFrame.Write(frame, type, address, default);
-        return frame;
-    }
+    public static byte[] OpenFrame => AssociationFrames.OpenFrame;
+    public static byte[] KeepaliveFrame => AssociationFrames.KeepaliveFrame;
+    public static byte[] CloseFrame => AssociationFrames.CloseFrame;
 
     /// <summary>True when the datagram is exactly one well-formed frame (LENGTH = datagram length − 2); never throws.</summary>
-    public static bool TryRead(ReadOnlySpan<byte> datagram, out DatagramFrameType type, out PeerAddress peer, out Range payload)
-    {
-        int n = DatagramFrame.TryParse(datagram, out type, out peer, out payload);
-        return n > 0 && n == datagram.Length;
-    }
+    public static bool TryRead(ReadOnlySpan<byte> datagram, out DatagramFrameType type, out PeerAddress peer, out Range payload) =>
+        AssociationFrames.TryRead(datagram, out type, out peer, out payload);
 
     /// <summary>Writes a frame into <paramref name="destination"/> (at least <see cref="MaxFrame"/> bytes); 0 when the payload is above <see cref="MaxPayload"/>.</summary>
     public static int TryWrite(Span<byte> destination, DatagramFrameType type, PeerAddress peer, ReadOnlySpan<byte> payload)
@@ -56,73 +41,42 @@ internal static class RudUdpFrames
 
 /// <summary>
 /// Client process: one TURN allocation = one RUD datagram stream on a connection to the server
-/// (spec/rud.md §12.1). OPEN until RELAYED, then DATA and CHECK out, DATA, ALLOWED and REFUSED in;
-/// OPEN <c>[::]:1</c> every 15 s keeps the association alive, 60 s without a frame ends it, as does
-/// CLOSE from the server or the connection ending.
+/// (spec/rud.md §12.1); the association's life is <see cref="FramedDatagramClientSession"/>'s,
+/// and the connection's end ends it too.
 /// </summary>
-internal sealed class RudDatagramSession : IDatagramSession
+internal sealed class RudDatagramSession : FramedDatagramClientSession
 {
-    public static readonly TimeSpan OpenTimeout = TimeSpan.FromSeconds(10);
-    public static readonly TimeSpan CheckTimeout = TimeSpan.FromSeconds(10);
-    public static readonly TimeSpan KeepaliveInterval = TimeSpan.FromSeconds(15);
-    public static readonly TimeSpan DeadAfter = TimeSpan.FromSeconds(60);
-
     private readonly RudDatagramChannel _channel;
     private readonly string _server;
-    private readonly ILogger _log;
-    private readonly byte[] _in = GC.AllocateUninitializedArray<byte>(RudUdpFrames.MaxFrame);
-    private readonly ConcurrentDictionary<PeerAddress, TaskCompletionSource<bool>> _checks = new();
-    private readonly CancellationTokenSource _stop = new();
-    private Task _keepalive = Task.CompletedTask;
-    private long _lastHeard = Environment.TickCount64;
-    private long _sent, _received, _tooLarge, _notQueued, _malformed;
-    private int _ended, _endedCalled;
-
     private readonly Action? _onEnded;
+    private int _endedCalled;
 
-    private RudDatagramSession(RudDatagramChannel channel, string server, ILogger log, Action? ended)
+    private RudDatagramSession(RudDatagramChannel channel, string server, ILogger log, Action? ended) : base(log, RudUdpFrames.MaxFrame)
     {
         _onEnded = ended;
         _channel = channel;
         _server = server;
-        _log = log;
     }
 
-    public int MaxDatagramSize => RudUdpFrames.MaxPayload;
-
-    public PeerAddress RelayedAddress { get; private set; }
+    public override int MaxDatagramSize => RudUdpFrames.MaxPayload;
 
     /// <summary>The datagram stream's id (spec/rud.md §8.1).</summary>
     public ulong StreamId => _channel.Id;
 
-    /// <summary>
-    /// Opens an association on <paramref name="channel"/>: OPEN at 0, 0.25, 0.75, 1.75, 3.75, 5.75 … s
-    /// until RELAYED (or CLOSE) within <see cref="OpenTimeout"/>.
-    /// </summary>
+    /// <summary>Opens an association on <paramref name="channel"/> (OPEN until RELAYED or CLOSE, within <see cref="FramedDatagramClientSession.OpenTimeout"/>).</summary>
     public static async Task<RudDatagramSession> OpenAsync(RudDatagramChannel channel, string server, ILogger log, Action? ended, CancellationToken cancellationToken)
     {
         var session = new RudDatagramSession(channel, server, log, ended);
         try
         {
-            using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            limit.CancelAfter(OpenTimeout);
-            var answer = session.AwaitRelayedAsync(limit.Token);
-            var delay = TimeSpan.FromMilliseconds(250);
-            while (!answer.IsCompleted)
-            {
-                session.SendControl(RudUdpFrames.OpenFrame);
-                await Task.WhenAny(answer, Task.Delay(delay, limit.Token)).ConfigureAwait(false);
-                delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(2).Ticks));
-            }
             bool? opened;
-            try { opened = await answer.ConfigureAwait(false); }
+            try { opened = await session.OpenAssociationAsync(cancellationToken).ConfigureAwait(false); }
             catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested)
             {
                 throw new TransportConnectException(ConnectFailure.TimedOut, $"rud server {server}: no answer on datagram stream {channel.Id} within {OpenTimeout.TotalSeconds:0} s", e);
             }
             if (opened is null) throw new TransportConnectException(ConnectFailure.General, $"rud server {server}: the connection closed while opening a UDP association");
             if (opened == false) throw new TransportConnectException(ConnectFailure.General, $"rud server {server} refused the UDP association (CLOSE on datagram stream {channel.Id})");
-            session._keepalive = session.KeepaliveLoopAsync(session._stop.Token);
             return session;
         }
         catch
@@ -133,163 +87,24 @@ internal sealed class RudDatagramSession : IDatagramSession
         }
     }
 
-    /// <summary>Receives until RELAYED (true), CLOSE (false) or the connection's end (null); other frames before RELAYED are dropped.</summary>
-    private async Task<bool?> AwaitRelayedAsync(CancellationToken ct)
+    protected override bool SendDatagram(ReadOnlySpan<byte> frame) => _channel.TrySend(frame);
+
+    protected override async ValueTask<int> ReceiveDatagramAsync(Memory<byte> into, CancellationToken cancellationToken)
     {
-        while (true)
-        {
-            int n;
-            try { n = await _channel.ReceiveAsync(_in, ct).ConfigureAwait(false); }
-            catch (ChannelClosedException) { return null; }
-            if (!RudUdpFrames.TryRead(_in.AsSpan(0, n), out var type, out var peer, out _))
-            {
-                Interlocked.Increment(ref _malformed);
-                continue;
-            }
-            if (type == DatagramFrameType.Relayed)
-            {
-                RelayedAddress = peer;
-                Volatile.Write(ref _lastHeard, Environment.TickCount64);
-                return true;
-            }
-            if (type == RudUdpFrames.Close) return false;
-        }
+        try { return await _channel.ReceiveAsync(into, cancellationToken).ConfigureAwait(false); }
+        catch (ChannelClosedException) { return -1; }
     }
 
-    private void SendControl(byte[] frame) => _channel.TrySend(frame);
+    protected override void LogEnded(string why) =>
+        Log.LogInformation("rud UDP association on datagram stream {Stream} to {Server} ended: {Why}", _channel.Id, _server, why);
 
-    public ValueTask SendAsync(PeerAddress peer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
+    protected override void OnClosed()
     {
-        if (payload.Length > MaxDatagramSize)
-        {
-            Interlocked.Increment(ref _tooLarge); // does not fit one RUD datagram (spec/rud.md §12.1)
-            return ValueTask.CompletedTask;
-        }
-        Span<byte> frame = stackalloc byte[RudUdpFrames.MaxFrame];
-        int n = RudUdpFrames.TryWrite(frame, DatagramFrameType.Data, peer, payload.Span);
-        if (_channel.TrySend(frame[..n])) Interlocked.Increment(ref _sent);
-        else Interlocked.Increment(ref _notQueued); // the connection's datagram queue is full, or it closed: dropped as UDP would
-        return ValueTask.CompletedTask;
-    }
-
-    /// <summary>CHECK, repeated at 0.5, 1.5, 3.5, 5.5 … s until ALLOWED or REFUSED, within <see cref="CheckTimeout"/>.</summary>
-    public async ValueTask<bool> CheckPeerAsync(PeerAddress peer, CancellationToken cancellationToken)
-    {
-        var answer = _checks.GetOrAdd(peer, _ => new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously));
-        byte[] frame = new byte[DatagramFrame.HeaderLength(peer)];
-        DatagramFrame.Write(frame, DatagramFrameType.Check, peer, default);
-        using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _stop.Token);
-        limit.CancelAfter(CheckTimeout);
-        var delay = TimeSpan.FromMilliseconds(500);
-        try
-        {
-            while (true)
-            {
-                SendControl(frame);
-                try { return await answer.Task.WaitAsync(delay, limit.Token).ConfigureAwait(false); }
-                catch (TimeoutException) { }
-                delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(2).Ticks));
-            }
-        }
-        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
-        {
-            return false; // no answer in time, or the session ended: treated as refused
-        }
-        finally
-        {
-            _checks.TryRemove(new KeyValuePair<PeerAddress, TaskCompletionSource<bool>>(peer, answer));
-        }
-    }
-
-    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
-    public async ValueTask<(PeerAddress Peer, int Length)> ReceiveAsync(Memory<byte> buffer, CancellationToken cancellationToken)
-    {
-        while (true)
-        {
-            if (Volatile.Read(ref _ended) != 0) return (default, -1);
-            int n;
-            try { n = await _channel.ReceiveAsync(_in, cancellationToken).ConfigureAwait(false); }
-            catch (ChannelClosedException)
-            {
-                Terminate("the RUD connection closed");
-                return (default, -1);
-            }
-            if (!RudUdpFrames.TryRead(_in.AsSpan(0, n), out var type, out var peer, out var payload))
-            {
-                Interlocked.Increment(ref _malformed);
-                continue;
-            }
-            Volatile.Write(ref _lastHeard, Environment.TickCount64);
-            switch (type)
-            {
-                case DatagramFrameType.Data:
-                    var bytes = _in.AsSpan(payload);
-                    if (bytes.Length > buffer.Length || bytes.Length > MaxDatagramSize)
-                    {
-                        Interlocked.Increment(ref _malformed); // above 1,178 bytes: never cut, dropped
-                        continue;
-                    }
-                    bytes.CopyTo(buffer.Span);
-                    Interlocked.Increment(ref _received);
-                    return (peer, bytes.Length);
-                case DatagramFrameType.Allowed:
-                case DatagramFrameType.Refused:
-                    if (_checks.TryGetValue(peer, out var answer)) answer.TrySetResult(type == DatagramFrameType.Allowed);
-                    break;
-                case RudUdpFrames.Close:
-                    Terminate("the server process ended the association");
-                    return (default, -1);
-            }
-            // RELAYED (the answer to a keep-alive OPEN) and unknown types: nothing more to do.
-        }
-    }
-
-    private async Task KeepaliveLoopAsync(CancellationToken ct)
-    {
-        using var timer = new PeriodicTimer(KeepaliveInterval);
-        try
-        {
-            while (await timer.WaitForNextTickAsync(ct).ConfigureAwait(false))
-            {
-                if (Environment.TickCount64 - Volatile.Read(ref _lastHeard) > (long)DeadAfter.TotalMilliseconds)
-                {
-                    Terminate($"nothing heard from the server process for {DeadAfter.TotalSeconds:0} s");
-                    return;
-                }
-                SendControl(RudUdpFrames.KeepaliveFrame);
-            }
-        }
-        catch (OperationCanceledException) { }
-    }
-
-    /// <summary>Ends the session: a pending receive returns -1, checks answer false, later datagrams are dropped.</summary>
-    private void Terminate(string why)
-    {
-        if (Interlocked.Exchange(ref _ended, 1) != 0) return;
-        _log.LogInformation("rud UDP association on datagram stream {Stream} to {Server} ended: {Why}", _channel.Id, _server, why);
-        Close();
-    }
-
-    private void Close()
-    {
-        _stop.Cancel();
-        foreach (var c in _checks.Values) c.TrySetResult(false);
         _channel.Complete(null); // datagrams still arriving for this stream are dropped, not queued
-        _log.LogInformation("rud UDP association on datagram stream {Stream} to {Server}: {Sent} datagrams sent, {Received} received, {TooLarge} too large for a RUD datagram, {NotQueued} not queued (send queue full), {Malformed} malformed",
-            _channel.Id, _server, Interlocked.Read(ref _sent), Interlocked.Read(ref _received), Interlocked.Read(ref _tooLarge), Interlocked.Read(ref _notQueued), Interlocked.Read(ref _malformed));
+        var (sent, received, tooLarge, notQueued, malformed) = Counts;
+        Log.LogInformation("rud UDP association on datagram stream {Stream} to {Server}: {Sent} datagrams sent, {Received} received, {TooLarge} too large for a RUD datagram, {NotQueued} not queued (send queue full), {Malformed} malformed",
+            _channel.Id, _server, sent, received, tooLarge, notQueued, malformed);
         if (Interlocked.Exchange(ref _endedCalled, 1) == 0) _onEnded?.Invoke();
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        if (Interlocked.Exchange(ref _ended, 1) == 0)
-        {
-            // Best effort: the server process frees the association now instead of after its idle time-out.
-            SendControl(RudUdpFrames.CloseFrame);
-            SendControl(RudUdpFrames.CloseFrame);
-            Close();
-        }
-        await _keepalive.ConfigureAwait(false);
     }
 }
 
