@@ -77,9 +77,10 @@ public sealed class UdpTurnClient : IDisposable
     private readonly string _user, _realm;
     private byte[] _nonce = [];
 
-    public UdpTurnClient(IPEndPoint server, string user, string realm, string password)
+    /// <param name="local">The source address (default 127.0.0.1).</param>
+    public UdpTurnClient(IPEndPoint server, string user, string realm, string password, IPAddress? local = null)
     {
-        _socket.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        _socket.Bind(new IPEndPoint(local ?? IPAddress.Loopback, 0));
         _socket.Connect(server);
         _user = user;
         _realm = realm;
