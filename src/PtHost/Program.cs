@@ -168,14 +168,17 @@ public static class Program
         var router = host.Services.GetRequiredService<SignalRouter>();
         // Open every transport's signal queue before stdin is read: a message may arrive before the transport starts.
         foreach (string t in config.Transports) router.For(t);
-        var stdin = new StdinReader(Console.OpenStandardInput(), router, host.Services.GetRequiredService<ILogger<StdinReader>>());
+        var runtime = host.Services.GetRequiredService<HostRuntime>();
+        var stdin = new StdinReader(Console.OpenStandardInput(), router, host.Services.GetRequiredService<ILogger<StdinReader>>())
+        {
+            StatusRequested = config.IpcVersion == 1 ? null : runtime.ReportStatusNow,
+        };
         stdin.Start(() =>
         {
             if (!config.ExitOnStdinClose) return;
             log.LogInformation("stdin closed; shutting down");
             lifetime.StopApplication();
         });
-        var runtime = host.Services.GetRequiredService<HostRuntime>();
         // The first SIGINT stops accepting and lets sessions drain (the host's lifetime does that);
         // the second ends them at once (spec/ipc.md §9).
         int interrupts = 0;

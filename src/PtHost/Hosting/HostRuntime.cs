@@ -33,6 +33,7 @@ public sealed class HostRuntime : IHostedService
     private readonly Dictionary<string, TransportCounters> _counters = [];
     private readonly CancellationTokenSource _abort = new();
     private Timer? _statusTimer;
+    private bool _methodsDone;
 
     /// <summary>Ends open sessions now instead of letting them drain (a second SIGINT).</summary>
     public void AbortSessions() => _abort.Cancel();
@@ -91,7 +92,7 @@ public sealed class HostRuntime : IHostedService
                 var context = new TransportEnvironment(name, _config.Options.GetValueOrDefault(name), state, _signals.For(name), dialer, _loggers, counters);
                 if (_config.Role == Role.Client) await StartClientAsync(name, transport, context, cancellationToken).ConfigureAwait(false);
                 else await StartServerAsync(name, transport, context, dialer, cancellationToken).ConfigureAwait(false);
-                _counters[name] = counters; // STATUS lines report transports that started
+                lock (_counters) _counters[name] = counters; // STATUS lines report transports that started
                 started++;
             }
             catch (Exception e) when (e is not OutOfMemoryException)
@@ -103,6 +104,7 @@ public sealed class HostRuntime : IHostedService
             }
         }
         if (_config.Role == Role.Client) _ipc.CmethodsDone(); else _ipc.SmethodsDone();
+        Volatile.Write(ref _methodsDone, started > 0);
         if (started == 0)
         {
             _log.LogError("no transport started; exiting");
@@ -175,7 +177,16 @@ public sealed class HostRuntime : IHostedService
 
     private void ReportStatus()
     {
-        foreach (var (name, c) in _counters) _ipc.Status(name, c.Snapshot());
+        lock (_counters) foreach (var (name, c) in _counters) _ipc.Status(name, c.Snapshot());
+    }
+
+    /// <summary>
+    /// A parent's <c>STATUS</c> request on stdin (spec/ipc.md §4.7): one STATUS line per started
+    /// transport at once. Before <c>*METHODS DONE</c> it writes nothing (§4.9).
+    /// </summary>
+    public void ReportStatusNow()
+    {
+        if (Volatile.Read(ref _methodsDone)) ReportStatus();
     }
 
     public async Task StopAsync(CancellationToken cancellationToken)

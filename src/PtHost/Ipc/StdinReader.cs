@@ -5,8 +5,9 @@ namespace PtHost.Ipc;
 
 /// <summary>
 /// Reads stdin lines on a dedicated thread (stdin is a blocking descriptor) and hands CMESSAGE /
-/// SMESSAGE lines to the <see cref="SignalRouter"/> (spec/ipc.md §6). Lines over
-/// <see cref="MaxLineBytes"/> are discarded whole. Reports end of input.
+/// SMESSAGE lines to the <see cref="SignalRouter"/> (spec/ipc.md §6), and a <c>STATUS</c> line to
+/// <see cref="StatusRequested"/> (spec/ipc.md §4.7). Lines over <see cref="MaxLineBytes"/> are
+/// discarded whole. Reports end of input.
 /// </summary>
 public sealed class StdinReader
 {
@@ -14,6 +15,12 @@ public sealed class StdinReader
     private readonly Stream _input;
     private readonly SignalRouter _router;
     private readonly ILogger _log;
+
+    /// <summary>The keyword of a parent's request for STATUS lines now (spec/ipc.md §4.10).</summary>
+    public const string StatusRequestKeyword = "STATUS";
+
+    /// <summary>Runs on the reader thread for each <c>STATUS</c> line; null: such lines are ignored like any unknown line.</summary>
+    public Action? StatusRequested { get; init; }
 
     public StdinReader(Stream input, SignalRouter router, ILogger<StdinReader> log)
     {
@@ -75,6 +82,12 @@ public sealed class StdinReader
         string line;
         try { line = new UTF8Encoding(false, true).GetString(bytes); }
         catch (DecoderFallbackException) { _log.LogWarning("stdin line is not UTF-8; ignored"); return; }
+        if (line == StatusRequestKeyword && StatusRequested is { } status)
+        {
+            try { status(); }
+            catch (Exception e) { _log.LogError(e, "STATUS request could not be answered"); }
+            return;
+        }
         var parts = line.Split(' ', 3);
         if (parts.Length == 3 && parts[0] == _router.IncomingKeyword)
         {

@@ -43,6 +43,30 @@ public class ChainTests
     }
 
     [Fact]
+    public async Task A_STATUS_line_on_stdin_is_answered_at_once_with_current_counters()
+    {
+        await using var echo = new EchoServer();
+        // No message relay: this test reads the processes' stdout itself.
+        await using var chain = await PtChain.StartAsync(PtChain.FreeServer(), ep => PtChain.ClientWith(new JObject { ["serverAddress"] = ep.ToString() }), relayMessages: false);
+        await using (var socks = await SocksClient.ConnectAsync(chain.SocksEndPoint))
+        {
+            await socks.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(IPAddress.Loopback, echo.Port)]);
+            Assert.Equal(new byte[] { 5, 0 }, await socks.ReadExactlyAsync(2));
+            Assert.Equal(0x00, await socks.ReadReplyAsync());
+            await socks.SendAsync("12345"u8.ToArray());
+            Assert.Equal("12345"u8.ToArray(), await socks.ReadExactlyAsync(5));
+            // spec/ipc.md §4.7: the counters are read when the line is written; the session is open now.
+            // The relay counts a chunk once it is written on, so the echo may reach us a moment before its count.
+            Assert.Equal("STATUS TRANSPORT=plain CONNECTIONS=1 OPENED=1 FAILED=0 BYTES-IN=5 BYTES-OUT=5",
+                await RequestStatusUntilAsync(chain.Client, l => l.EndsWith(" BYTES-OUT=5", StringComparison.Ordinal)));
+        }
+        string server = await RequestStatusUntilAsync(chain.Server, l => l.Contains(" CONNECTIONS=0 ", StringComparison.Ordinal));
+        Assert.Equal("STATUS TRANSPORT=plain CONNECTIONS=0 OPENED=1 FAILED=0 BYTES-IN=5 BYTES-OUT=5", server);
+        chain.Client.AssertOnlyProtocolLinesOnStdout();
+        Assert.DoesNotContain("stdin line ignored", chain.Client.Stderr);
+    }
+
+    [Fact]
     public async Task Without_the_SMESSAGE_a_discovering_client_cannot_reach_the_server()
     {
         await using var echo = new EchoServer();
@@ -226,6 +250,18 @@ public class ChainTests
         var sw = Stopwatch.StartNew();
         Assert.Empty(await socks.ReadToEndAsync(TimeSpan.FromSeconds(30)));
         Assert.InRange(sw.Elapsed, TimeSpan.FromSeconds(8), TimeSpan.FromSeconds(20));
+    }
+
+    /// <summary>Writes STATUS on stdin and reads the answer until one satisfies <paramref name="done"/> (10 s at most).</summary>
+    private static async Task<string> RequestStatusUntilAsync(PtProcess process, Func<string, bool> done)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (true)
+        {
+            await process.WriteLineAsync("STATUS");
+            string line = await process.WaitForLineAsync("STATUS TRANSPORT=plain ", TimeSpan.FromSeconds(5));
+            if (done(line) || DateTime.UtcNow > deadline) return line;
+        }
     }
 
     private static async Task<byte> ConnectReply(PtChain chain, byte[] request)

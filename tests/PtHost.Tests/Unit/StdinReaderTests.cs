@@ -223,4 +223,21 @@ public class StdinReaderTests
         new StdinReader(broken.Object, _server, _readerLog).Start(eof.Set);
         Assert.True(eof.Wait(TimeSpan.FromSeconds(10)));
     }
+    [Fact]
+    public void A_STATUS_line_requests_status_and_is_not_a_message()
+    {
+        int requests = 0;
+        new StdinReader(new MemoryStream(Encoding.UTF8.GetBytes("STATUS\nSTATUS\r\n" + Line(1) + "\nSTATUS x\n")), _server, _readerLog)
+        { StatusRequested = () => requests++ }.Run();
+        Assert.Equal(2, requests);
+        Assert.Equal([1L], DeliveredIds());
+        Assert.Equal(1, ReaderWarnings("stdin line ignored"));
+    }
+
+    [Fact]
+    public void Without_a_status_handler_a_STATUS_line_is_ignored_with_a_warning()
+    {
+        Run("STATUS\n");
+        Assert.Equal(1, ReaderWarnings("stdin line ignored"));
+    }
 }
