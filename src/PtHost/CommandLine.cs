@@ -30,7 +30,8 @@ internal static class CommandLine
     /// <summary>Parses <paramref name="args"/> and runs the command; returns the exit code.</summary>
     public static async Task<int> InvokeAsync(string[] args)
     {
-        var root = Build();
+        // The relay subcommands load three transport assemblies: built only for "pthost relay ..." (start-up of the other forms).
+        var root = Build(relays: args.Length > 0 && args[0] == "relay");
         // No response files: an argument is never replaced by a file's contents (a JSON document starting with '@' is just text).
         var result = root.Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
         if (result.Action is ParseErrorAction) return UsageError(CommandPath(result.CommandResult), result.Errors[0].Message);
@@ -39,8 +40,8 @@ internal static class CommandLine
         return await result.InvokeAsync(invocation).ConfigureAwait(false);
     }
 
-    /// <summary>The whole command tree.</summary>
-    public static RootCommand Build()
+    /// <summary>The command tree; the <c>relay</c> command has its subcommands when <paramref name="relays"/> is set.</summary>
+    public static RootCommand Build(bool relays = true)
     {
         var json = new Argument<string?>("JSON")
         {
@@ -88,7 +89,8 @@ internal static class CommandLine
         root.Subcommands.Add(demo);
 
         var relay = new Command("relay", "Run a relay service in the foreground: LISTEN and STATUS lines on stdout, logs on stderr, exit 0 on SIGTERM/SIGINT.");
-        foreach (var service in TransportRegistry.Relays) relay.Subcommands.Add(RelayCommand(service));
+        if (relays)
+            foreach (var service in TransportRegistry.Relays) relay.Subcommands.Add(RelayCommand(service));
         root.Subcommands.Add(relay);
         return root;
     }
