@@ -34,7 +34,12 @@ internal static class CommandLine
         var root = Build(relays: args.Length > 0 && args[0] == "relay");
         // No response files: an argument is never replaced by a file's contents (a JSON document starting with '@' is just text).
         var result = root.Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
-        if (result.Action is ParseErrorAction) return UsageError(CommandPath(result.CommandResult), result.Errors[0].Message);
+        if (result.Action is ParseErrorAction)
+        {
+            // One line: an argument nobody knows says most ("relay nosuch" also lacks a subcommand).
+            var error = result.Errors.FirstOrDefault(e => result.UnmatchedTokens.Any(t => e.Message.Contains($"'{t}'", StringComparison.Ordinal))) ?? result.Errors[0];
+            return UsageError(CommandPath(result.CommandResult), error.Message);
+        }
         // Signals are the host's (ConsoleLifetime), not the parser's; exceptions are not turned into exit 1.
         var invocation = new InvocationConfiguration { EnableDefaultExceptionHandler = false, ProcessTerminationTimeout = null };
         return await result.InvokeAsync(invocation).ConfigureAwait(false);
