@@ -4,9 +4,9 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using Microsoft.Extensions.Logging.Abstractions;
 using PtHost.Contract;
+using PtHost.Quic;
 using PtHost.Reliability.Support;
 using PtHost.Tests.Process;
-using PtHost.Quic;
 using PtHost.Transports.Asport;
 using PtHost.Transports.Jet;
 using PtHost.Transports.Rud;
@@ -392,7 +392,7 @@ public class HostileClientTests(ITestOutputHelper output)
         await using var echo = new EchoServer();
         await using var relay = await AsportRelayTests.StartRelayAsync();
         int pid = relay.Process.Pid;
-        await using var legit = new AsportClient(new AsportClientOptions
+        await using var legit = new AsportRelayClient(new AsportRelayClientOptions
         {
             Server = relay.EndPoint,
             Verification = QuicPeerVerification.Pinned(AsportRelayTests.Cert.Sha256),

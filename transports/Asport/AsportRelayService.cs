@@ -21,16 +21,16 @@ public sealed class AsportRelayService : IRelayService
     {
         if (QuicLibrary.UnavailableReason is { } why) throw new PlatformNotSupportedException(why);
         string file = arguments.File("config")!;
-        AsportServerOptions options;
-        try { options = AsportServerOptions.Load(file) with { Listen = arguments.EndPoint("listen")! }; }
+        AsportRelayOptions options;
+        try { options = AsportRelayOptions.Load(file) with { Listen = arguments.EndPoint("listen")! }; }
         catch (Exception e) when (e is FormatException or IOException or UnauthorizedAccessException)
         {
             throw new TransportOptionsException($"{file}: {e.Message}", e);
         }
-        return new Running(new AsportServer(options, loggerFactory.CreateLogger("PtHost.Relay.Asport")), options);
+        return new Running(new AsportRelay(options, loggerFactory.CreateLogger("PtHost.Relay.Asport")), options);
     }
 
-    private sealed class Running(AsportServer server, AsportServerOptions options) : IRelay
+    private sealed class Running(AsportRelay server, AsportRelayOptions options) : IRelay
     {
         public Task StartAsync(CancellationToken cancellationToken)
         {

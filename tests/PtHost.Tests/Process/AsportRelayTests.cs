@@ -75,9 +75,9 @@ public sealed class AsportRelayTests
         }
     }
 
-    private static AsportClient Client(IPEndPoint server, IPEndPoint target, ForwardMode mode = ForwardMode.Tcp,
+    private static AsportRelayClient Client(IPEndPoint server, IPEndPoint target, ForwardMode mode = ForwardMode.Tcp,
         string password = Password, ushort lo = PortLo, ushort hi = PortHi) =>
-        new(new AsportClientOptions
+        new(new AsportRelayClientOptions
         {
             Server = server,
             Verification = QuicPeerVerification.Pinned(Cert.Sha256),
