@@ -23,7 +23,7 @@ public sealed class AsportRelayService : IRelayService
         string file = arguments.File("config")!;
         AsportRelayOptions options;
         try { options = AsportRelayOptions.Load(file) with { Listen = arguments.EndPoint("listen")! }; }
-        catch (Exception e) when (e is FormatException or IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is OptionsException or IOException or UnauthorizedAccessException)
         {
             throw new TransportOptionsException($"{file}: {e.Message}", e);
         }

@@ -29,7 +29,7 @@ public sealed class JetRelayService : IRelayService
                 options = JetRelayOptions.Parse(File.ReadAllText(full), options, Path.GetDirectoryName(full)!);
                 if (arguments.IsGiven("listen")) options = options with { Listen = listen }; // the command line wins
             }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException)
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or OptionsException)
             {
                 throw new TransportOptionsException($"configuration {file}: {e.Message}", e);
             }
