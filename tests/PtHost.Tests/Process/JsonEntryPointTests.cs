@@ -63,10 +63,7 @@ public sealed class JsonEntryPointTests
     {
         string file = Path.Combine(Directory.CreateTempSubdirectory("pthost-json-").FullName, "relay.json");
         await File.WriteAllTextAsync(file, json);
-        await using var p = PtProcess.StartPthost("relay", "jet", "--listen", "127.0.0.1:0", "--config", file);
-        Assert.Equal(78, await p.WaitForExitAsync());
-        Assert.Empty(p.StdoutLines);
-        Assert.Contains($"pthost: relay jet: configuration {file}: {message}", p.Stderr, StringComparison.Ordinal);
+        await AssertRelayRefusesAsync("jet", file, $"configuration {file}: {message}");
     }
 
     [Theory]
@@ -82,10 +79,16 @@ public sealed class JsonEntryPointTests
             : json.TrimEnd().TrimEnd('}') + "/* c */ }";
         Assert.NotEqual(await File.ReadAllTextAsync(file), json);
         await File.WriteAllTextAsync(file, json);
-        await using var p = PtProcess.StartPthost("relay", "asport", "--listen", "127.0.0.1:0", "--config", file);
+        await AssertRelayRefusesAsync("asport", file, $"{file}: {message}");
+    }
+
+    /// <summary>The relay exits 78 with nothing on stdout and the message on stderr.</summary>
+    private static async Task AssertRelayRefusesAsync(string relay, string configFile, string message)
+    {
+        await using var p = PtProcess.StartPthost("relay", relay, "--listen", "127.0.0.1:0", "--config", configFile);
         Assert.Equal(78, await p.WaitForExitAsync());
         Assert.Empty(p.StdoutLines);
-        Assert.Contains($"pthost: relay asport: {file}: {message}", p.Stderr, StringComparison.Ordinal);
+        Assert.Contains($"pthost: relay {relay}: {message}", p.Stderr, StringComparison.Ordinal);
     }
 
     [Theory]

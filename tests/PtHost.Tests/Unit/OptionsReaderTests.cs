@@ -1,8 +1,6 @@
 using System.Buffers;
-using System.Buffers.Binary;
 using System.Net;
 using System.Numerics;
-using System.Text;
 using Newtonsoft.Json.Linq;
 using PtHost.Configuration;
 using PtHost.Contract;
@@ -71,11 +69,7 @@ public class OptionsReaderTests
     [Fact]
     public void A_settings_block_with_a_duplicate_key_is_refused_with_12_naming_the_key()
     {
-        byte[] body = Encoding.UTF8.GetBytes("""{"destination":"a:1","destination":"b:1"}""");
-        byte[] block = new byte[4 + body.Length];
-        BinaryPrimitives.WriteInt32BigEndian(block, body.Length);
-        body.CopyTo(block, 4);
-        var buffer = new ReadOnlySequence<byte>(block);
+        var buffer = new ReadOnlySequence<byte>(Socks5SettingsTests.Block("""{"destination":"a:1","destination":"b:1"}"""));
         Assert.Equal(ParseStatus.Invalid, Socks5Parser.TryParseSettings(ref buffer, out _, out var error));
         Assert.Equal(Socks5.ReplySettingsBadJson, error.Reply);
         Assert.Contains("destination: appears twice", error.Message, StringComparison.Ordinal);
