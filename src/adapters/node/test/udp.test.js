@@ -1,0 +1,68 @@
+'use strict';
+// 1,000 UDP datagrams echoed over TURN (RFC 5766) through plain, counted.
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const dgram = require('node:dgram');
+const pthost = require('pthost');
+const h = require('./helpers');
+
+const COUNT = 1000;
+const WINDOW = 32;
+
+test('1,000 UDP datagrams echoed over TURN through plain', { timeout: 90000 }, async (t) => {
+  const echo = dgram.createSocket('udp4');
+  echo.on('message', (msg, rinfo) => echo.send(msg, rinfo.port, rinfo.address));
+  await new Promise((r) => echo.bind(0, '127.0.0.1', r));
+  const echoPort = echo.address().port;
+
+  const proxy = pthost.createProxy({ transports: ['plain'], allow: ['127.0.0.1'] });
+  const client = pthost.createConnector({ transports: ['plain'], options: { plain: { discover: true } } });
+  client.signals.pipe(proxy.signals);
+  proxy.signals.pipe(client.signals);
+  const socket = client[0].createUDPSocket('udp4');
+  t.after(async () => {
+    await new Promise((r) => socket.close(r));
+    await h.closeAll(client, proxy);
+    echo.close();
+  });
+  const errors = [];
+  socket.on('error', (err) => errors.push(err));
+
+  // A window of datagrams in flight; one not echoed within a second is sent again (UDP may drop).
+  const echoed = new Set();
+  let next = 0;
+  let resent = 0;
+  let lastProgress = Date.now();
+  const sentAt = new Map();
+  const send = (i) => { sentAt.set(i, Date.now()); socket.send(`datagram ${i}`, echoPort, '127.0.0.1'); };
+  const done = new Promise((resolve) => {
+    socket.on('message', (msg, rinfo) => {
+      assert.equal(rinfo.address, '127.0.0.1');
+      assert.equal(rinfo.port, echoPort);
+      assert.equal(rinfo.size, msg.length);
+      const i = Number(/^datagram (\d+)$/.exec(msg.toString())[1]);
+      if (echoed.has(i)) return;
+      echoed.add(i);
+      sentAt.delete(i);
+      lastProgress = Date.now();
+      if (next < COUNT) send(next++);
+      if (echoed.size === COUNT) resolve();
+    });
+  });
+  for (; next < WINDOW; next++) send(next);
+  const resend = setInterval(() => {
+    for (const [i, at] of sentAt) if (Date.now() - at > 1000) { resent++; send(i); }
+  }, 250);
+  try {
+    await h.waitFor(() => echoed.size === COUNT || errors.length > 0 || Date.now() - lastProgress > 20000, 80000, 'the echoes');
+    assert.deepEqual(errors, []);
+    await done;
+  } finally {
+    clearInterval(resend);
+  }
+  assert.equal(echoed.size, COUNT);
+  t.diagnostic(`echoed ${echoed.size} of ${COUNT}; ${resent} sent again; relayed address ${JSON.stringify(socket.address())}`);
+  const stats = await new Promise((resolve, reject) => client[0].getStats((err, s) => (err ? reject(err) : resolve(s))));
+  assert.equal(stats.opened, 1, 'one TURN allocation, one session (spec/turn.md §3.5)');
+});
