@@ -125,9 +125,17 @@ export interface ConnectionOptions {
   [key: string]: unknown;
 }
 
+export interface UDPSocketOptions {
+  type: 'udp4' | 'udp6';
+  /** Period of the allocation, permission and channel refreshes in ms (default: from the lifetimes; for tests). */
+  refreshInterval?: number;
+}
+
 /** dgram.Socket's surface, carried over TURN (RFC 5766) by pthost. */
 export class TurnSocket extends EventEmitter {
   readonly type: 'udp4' | 'udp6';
+  /** Refreshes answered so far (allocation, permission + channel). */
+  readonly refreshes: number;
   bind(callback?: () => void): this;
   bind(port?: number, address?: string, callback?: () => void): this;
   /** The relayed address: where peers see this socket. */
@@ -167,7 +175,7 @@ export class Connector extends EventEmitter {
   /** A real net.Socket; 'connect' comes after pthost's SOCKS5 success reply. */
   createConnection(settings: Record<string, unknown> | null, options?: ConnectionOptions, connectListener?: () => void): net.Socket;
   createConnection(settings: Record<string, unknown> | null, connectListener: () => void): net.Socket;
-  createUDPSocket(options?: 'udp4' | 'udp6' | { type: 'udp4' | 'udp6' }, callback?: (msg: Buffer, rinfo: { address: string; family: string; port: number; size: number }) => void): TurnSocket;
+  createUDPSocket(options?: 'udp4' | 'udp6' | UDPSocketOptions, callback?: (msg: Buffer, rinfo: { address: string; family: string; port: number; size: number }) => void): TurnSocket;
   ready(): Promise<{ name: string; address: Address; turn: Address | null }>;
   /** Latest counters (at most 1 s old); with a callback, asked for now. */
   getStats(): TransportStats;

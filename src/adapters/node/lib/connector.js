@@ -116,17 +116,29 @@ class Connector extends EventEmitter {
       socksConnect(socket, this.address, settings, host, port, this.process);
     };
     if (this.process.state === 'starting') {
-      // Until pthost is ready the socket counts as connecting: net keeps writes pending.
+      // Until pthost is ready the socket counts as connecting, so net keeps writes pending.
+      // net's connect() resets the writable side's "ending" (it re-initialises the socket), so
+      // an end() made meanwhile is held here and made again after connect().
       socket.connecting = true;
+      const ends = [];
+      socket.end = function end(...args) {
+        ends.push(args);
+        return this;
+      };
+      const resume = () => {
+        delete socket.end;
+        socket.connecting = false;
+      };
       this.process.ready().then(() => {
-        socket.connecting = false;
+        resume();
         start();
+        if (!socket.destroyed) for (const args of ends) socket.end(...args);
       }, (err) => {
-        socket.connecting = false;
+        resume();
         if (!socket.destroyed) socket.destroy(err);
       });
     } else {
-      process.nextTick(start);
+      start();
     }
     return socket;
   }

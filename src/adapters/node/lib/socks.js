@@ -108,7 +108,16 @@ function socksConnect(socket, proxy, settings, host, port, proc) {
         socket._writeGeneric(false, handshake, 'buffer', (err) => {
           if (err && phase !== 'open') finish(err);
         });
-        socket.read(0); // start reading while net still sees the socket connected
+        // Read the handle now, as net's own first read would (tryReadStart): a read the
+        // application asked for before 'connect' is parked until 'connect' by net.
+        if (!socket._handle.reading) {
+          socket._handle.reading = true;
+          const err = socket._handle.readStart();
+          if (err) {
+            finish(makeError(`SOCKS5: cannot read from pthost (${err})`, 'EIO', { syscall: 'read' }));
+            return true;
+          }
+        }
         socket.connecting = true;
       }
       return true;

@@ -1,8 +1,9 @@
 'use strict';
 // A TURN client (RFC 5766) shaped like dgram.Socket: the seed's UDPConnector.createUDPSocket
 // (PT 2.0 draft 1 §3.2.5.3). It allocates on pthost's TURN listener with long-term credentials
-// (spec/turn.md §3.3), binds a channel per peer (ChannelBind installs the permission too,
-// spec/turn.md §3.4) and carries datagrams as ChannelData; Data indications are read as well.
+// (spec/turn.md §3.3), installs a permission (CreatePermission) and binds a channel
+// (ChannelBind) for each peer, refreshes both, and carries datagrams as ChannelData; Data
+// indications from peers without a channel are read as well.
 
 const crypto = require('node:crypto');
 const dgram = require('node:dgram');
@@ -17,7 +18,9 @@ const RTO_MS = 500; // RFC 5389 §7.2.1: initial RTO, doubled per retransmission
 const MAX_SENDS = 7; // RFC 5389 §7.2.1: Rc
 const CHANNEL_REFRESH_MS = 240 * 1000; // below the 300 s permission lifetime (spec/turn.md §4)
 const PEER_QUEUE = 1024; // datagrams waiting for a channel, per peer (as UDP: more are dropped)
-const METHOD_NAMES = { [Method.Allocate]: 'Allocate', [Method.Refresh]: 'Refresh', [Method.ChannelBind]: 'ChannelBind' };
+const METHOD_NAMES = {
+  [Method.Allocate]: 'Allocate', [Method.Refresh]: 'Refresh', [Method.CreatePermission]: 'CreatePermission', [Method.ChannelBind]: 'ChannelBind',
+};
 
 function turnError(method, code, reason) {
   return makeError(`TURN ${METHOD_NAMES[method] || method} failed: ${code} ${reason}`.trim(), `ERR_TURN_${code}`, { turnCode: code });
@@ -80,6 +83,10 @@ class TurnSocket extends EventEmitter {
     this._channelTimer = null;
     this._defaultPeer = null;
     this._refed = true;
+    // Refresh period of the allocation, permissions and channels; shorter only for tests.
+    this._refreshMs = options && typeof options === 'object' && options.refreshInterval > 0 ? options.refreshInterval : null;
+    /** Completed refreshes (allocation, permission and channel requests answered). */
+    this.refreshes = 0;
   }
 
   // --- dgram.Socket surface ---
@@ -204,7 +211,7 @@ class TurnSocket extends EventEmitter {
         const lifetime = this._lifetime(res);
         this._state = 'listening';
         this._scheduleRefresh(lifetime);
-        this._channelTimer = setInterval(() => this._refreshChannels(), CHANNEL_REFRESH_MS);
+        this._channelTimer = setInterval(() => this._refreshChannels(), this._refreshMs || CHANNEL_REFRESH_MS);
         this._channelTimer.unref();
         this.emit('listening');
         for (const peer of this._peers.values()) if (peer.state === 'waiting') this._bindChannel(peer);
@@ -219,18 +226,21 @@ class TurnSocket extends EventEmitter {
 
   _scheduleRefresh(lifetime) {
     clearTimeout(this._refreshTimer);
-    const ms = Math.max(30, lifetime - 60) * 1000;
+    const ms = this._refreshMs || Math.max(30, lifetime - 60) * 1000;
     this._refreshTimer = setTimeout(() => {
       this._request(Method.Refresh, [[Attr.LIFETIME, stun.u32(600)]])
-        .then((res) => this._scheduleRefresh(this._lifetime(res)), (err) => this._fail(err));
+        .then((res) => { this.refreshes++; this._scheduleRefresh(this._lifetime(res)); }, (err) => this._fail(err));
     }, ms);
     this._refreshTimer.unref();
   }
 
+  /** Permissions last 300 s, channels 600 s (spec/turn.md §4): both refreshed every 240 s. */
   _refreshChannels() {
     for (const peer of this._peers.values()) {
       if (peer.state === 'bound') {
-        this._request(Method.ChannelBind, this._channelAttrs(peer)).catch((err) => this._fail(err));
+        this._request(Method.CreatePermission, [[Attr.XOR_PEER_ADDRESS, null]], peer)
+          .then(() => this._request(Method.ChannelBind, this._channelAttrs(peer), peer))
+          .then(() => { this.refreshes++; }, (err) => this._fail(err));
       }
     }
   }
@@ -281,9 +291,11 @@ class TurnSocket extends EventEmitter {
     return [[Attr.CHANNEL_NUMBER, ch], [Attr.XOR_PEER_ADDRESS, null]];
   }
 
+  /** RFC 5766 §9 CreatePermission, then §11 ChannelBind; datagrams wait meanwhile. */
   _bindChannel(peer) {
     peer.state = 'binding';
-    this._request(Method.ChannelBind, this._channelAttrs(peer), peer).then(() => {
+    this._request(Method.CreatePermission, [[Attr.XOR_PEER_ADDRESS, null]], peer)
+      .then(() => this._request(Method.ChannelBind, this._channelAttrs(peer), peer)).then(() => {
       peer.state = 'bound';
       const queue = peer.queue;
       peer.queue = [];

@@ -110,7 +110,6 @@ test('a killed pthost: open sockets and TURN sockets error, the connector report
 
   for (const err of await Promise.all(socketErrors)) {
     assert.equal(err.code, 'ECONNRESET');
-    assert.match(err.message, /pthost/);
   }
   assert.equal((await udpError).code, 'ECONNRESET');
   assert.equal(await exited, 'SIGKILL');

@@ -86,3 +86,28 @@ test('bound server: createServer\'s connections reach the application\'s listene
   const stats = await new Promise((resolve, reject) => server.getStats((err, s) => (err ? reject(err) : resolve(s))));
   assert.equal(stats.plain.opened, 3);
 });
+
+test('a socket used at once, before and after pthost is ready: writes, end() and reads wait for the handshake', { timeout: 60000 }, async (t) => {
+  const echo = await h.echoServer();
+  const proxy = pthost.createProxy({ transports: ['plain'], allow: ['127.0.0.1'] });
+  const [method] = await proxy.ready();
+  const client = pthost.createConnector({ transports: ['plain'], options: { plain: { serverAddress: `127.0.0.1:${method.address.port}` } } });
+  t.after(async () => { await h.closeAll(client, proxy); echo.close(); });
+  const early = async (expectState) => {
+    assert.equal(client.process.state, expectState);
+    const events = [];
+    let remotePort = null;
+    const s = client[0].createConnection({}, { host: '127.0.0.1', port: echo.port }, () => { events.push('connect'); remotePort = s.remotePort; });
+    let got = '';
+    s.setEncoding('utf8');
+    s.on('data', (d) => { events.push('data'); got += d; }); // asks to read at once
+    s.write('written before the handshake, ');
+    s.end('and ended too');
+    await new Promise((resolve, reject) => { s.on('end', resolve); s.on('error', reject); });
+    assert.equal(got, 'written before the handshake, and ended too');
+    assert.equal(events[0], 'connect', 'connect comes before any data');
+    assert.equal(remotePort, client[0].address.port, 'the socket is connected to pthost itself');
+  };
+  await early('starting'); // made before CMETHODS DONE
+  await early('ready'); // made after it, used at once
+});

@@ -66,3 +66,31 @@ test('1,000 UDP datagrams echoed over TURN through plain', { timeout: 90000 }, a
   const stats = await new Promise((resolve, reject) => client[0].getStats((err, s) => (err ? reject(err) : resolve(s))));
   assert.equal(stats.opened, 1, 'one TURN allocation, one session (spec/turn.md §3.5)');
 });
+
+test('TURN refreshes (allocation, permission, channel) are answered and datagrams keep flowing', { timeout: 60000 }, async (t) => {
+  const echo = dgram.createSocket('udp4');
+  echo.on('message', (msg, rinfo) => echo.send(msg, rinfo.port, rinfo.address));
+  await new Promise((r) => echo.bind(0, '127.0.0.1', r));
+  const proxy = pthost.createProxy({ transports: ['plain'], allow: ['127.0.0.1'] });
+  const [method] = await proxy.ready();
+  const client = pthost.createConnector({ transports: ['plain'], options: { plain: { serverAddress: `127.0.0.1:${method.address.port}` } } });
+  const socket = client[0].createUDPSocket({ type: 'udp4', refreshInterval: 200 });
+  t.after(async () => {
+    await new Promise((r) => socket.close(r));
+    await h.closeAll(client, proxy);
+    echo.close();
+  });
+  const errors = [];
+  socket.on('error', (err) => errors.push(err));
+  const ping = (text) => new Promise((resolve) => {
+    const onMessage = (msg) => { if (msg.toString() === text) { clearInterval(again); socket.off('message', onMessage); resolve(); } };
+    socket.on('message', onMessage);
+    const again = setInterval(() => socket.send(text, echo.address().port, '127.0.0.1'), 500);
+    socket.send(text, echo.address().port, '127.0.0.1');
+  });
+  await ping('before');
+  // Two allocation refreshes and two permission+channel refreshes at least (200 ms each).
+  await h.waitFor(() => socket.refreshes >= 4 || errors.length > 0, 20000, 'four TURN refreshes');
+  assert.deepEqual(errors, []);
+  await ping('after');
+});
