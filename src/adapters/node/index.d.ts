@@ -23,7 +23,7 @@ export interface Configuration {
    * credentials; `false`: none (createUDPSocket then fails).
    */
   turn?: { listenaddr?: string; realm: string; users: Record<string, string> } | false;
-  /** Server: where each server transport listens. */
+  /** Server: where the server transport listens. */
   bindaddr?: Record<string, string>;
   /** Free server (createProxy): destinations pthost may reach (spec/ipc.md §3.4). */
   allow?: string[];
@@ -60,7 +60,7 @@ export type Stats = Record<string, TransportStats>;
 export interface PtHostError extends Error {
   code:
     | 'ERR_PTHOST_CONFIG' | 'ERR_PTHOST_STATE' | 'ERR_PTHOST_EXIT' | 'ERR_PTHOST_METHOD' | 'ERR_PTHOST_CLOSED'
-    | 'ERR_PTHOST_USAGE' | 'ERR_PTHOST_NO_TURN' | string;
+    | 'ERR_PTHOST_USAGE' | 'ERR_PTHOST_NO_TURN' | 'ETIMEDOUT' | string;
   /** ERR_PTHOST_CONFIG: the configuration key pthost named. */
   key?: string;
   /** ERR_PTHOST_METHOD: the transport and pthost's reason. */
@@ -200,26 +200,29 @@ export type Connectors = Connector[] & {
 /** The seed's createConnector(configuration, localStorage, signals) → [Connector]. */
 export function createConnector(configuration: Configuration, localStorage?: string | null, signals?: Duplex | null, options?: AdapterOptions): Connectors;
 
+/** A server's SMETHOD line. */
 export interface ServerMethod {
   name: string;
-  address: Address | null;
+  address: Address;
   /** SMETHOD ARGS (e.g. zephyr's pin). */
   args: Record<string, string>;
-  error: PtHostError | null;
 }
 
-/** The seed's ServerManager. */
+/** The seed's ServerManager, for the one transport of a server. */
 export class ServerManager extends EventEmitter {
   readonly process: PtHostProcess | null;
   readonly signals: Signals;
-  readonly methods: ServerMethod[];
-  ready(): Promise<ServerMethod[]>;
-  /** Latest counters per transport (at most 1 s old); with a callback, asked for now. */
-  getStats(): Stats;
-  getStats(callback: (err: Error | null, stats: Stats) => void): void;
+  /** The SMETHOD line once ready, else null. */
+  readonly method: ServerMethod | null;
+  /** SMETHOD-ERROR, start-up error or exit, else null. */
+  readonly error: PtHostError | null;
+  ready(): Promise<ServerMethod>;
+  /** Latest counters (at most 1 s old); with a callback, asked for now. */
+  getStats(): TransportStats;
+  getStats(callback: (err: Error | null, stats: TransportStats) => void): void;
   /** pthost stops (stdin closes, sessions drain), then the application's server closes. */
   close(callback?: (err: Error | null) => void): this;
-  on(event: 'ready', listener: (methods: ServerMethod[]) => void): this;
+  on(event: 'ready', listener: (method: ServerMethod | null) => void): this;
   on(event: 'exit', listener: (code: number | null, signal: NodeJS.Signals | null) => void): this;
   on(event: 'error', listener: (err: PtHostError) => void): this;
   on(event: string | symbol, listener: (...args: any[]) => void): this;
@@ -233,23 +236,24 @@ export interface ServerOptions extends net.ServerOpts, AdapterOptions {
 /** net.Server + ServerManager (the seed's createServer result). */
 export type PtServer = Omit<net.Server, 'close'> & {
   readonly process: PtHostProcess | null;
-  readonly methods: ServerMethod[];
+  readonly method: ServerMethod | null;
+  readonly error: PtHostError | null;
   readonly signals: Signals;
   readonly manager: ServerManager;
-  ready(): Promise<ServerMethod[]>;
-  getStats(): Stats;
-  getStats(callback: (err: Error | null, stats: Stats) => void): void;
+  ready(): Promise<ServerMethod>;
+  getStats(): TransportStats;
+  getStats(callback: (err: Error | null, stats: TransportStats) => void): void;
   close(callback?: (err: Error | null) => void): PtServer;
 };
 
 /** The seed's generateConfiguration(), for one transport: { client, server } configurations. */
 export function generateConfiguration(transport: string, options?: AdapterOptions & { plugindir?: string }): { client: Configuration; server: Configuration };
 
-/** The seed's createServer: a bound server whose target is the returned net.Server. */
+/** The seed's createServer: a bound server (one transport) whose target is the returned net.Server. */
 export function createServer(configuration: Configuration, local?: string | null, signals?: Duplex | null, options?: ServerOptions, connectionListener?: (socket: net.Socket) => void): PtServer;
 export function createServer(configuration: Configuration, local: string | null | undefined, signals: Duplex | null | undefined, connectionListener: (socket: net.Socket) => void): PtServer;
 
-/** The seed's createProxy: a free server (configuration.allow); connectionListener is never called. */
+/** The seed's createProxy: a free server (one transport, configuration.allow); connectionListener is never called. */
 export function createProxy(configuration: Configuration, local?: string | null, signals?: Duplex | null, options?: AdapterOptions, connectionListener?: (socket: net.Socket) => void): ServerManager;
 
 /** Whether a transport with these client options is bound (see Connector.isBound). */

@@ -37,7 +37,7 @@ function socketLostError(cause) {
 // SOCKS5 reply codes (spec/ipc.md §5.6) → Node error codes. The mapping is the adapter's
 // choice; spec/adapters.md lists it.
 const REPLY_CODES = new Map([
-  [0x01, ['EIO', 'general failure']],
+  [0x01, ['ECONNABORTED', 'general failure']],
   [0x02, ['EACCES', 'not allowed by ruleset']],
   [0x03, ['ENETUNREACH', 'network unreachable']],
   [0x04, ['EHOSTUNREACH', 'host unreachable']],
@@ -52,7 +52,7 @@ const REPLY_CODES = new Map([
 ]);
 
 function replyError(rep, host, port) {
-  const [code, text] = REPLY_CODES.get(rep) || ['EPROTO', 'unknown reply code'];
+  const [code, text] = REPLY_CODES.get(rep) || ['ECONNABORTED', 'unknown reply code'];
   const hex = rep.toString(16).padStart(2, '0');
   return makeError(`SOCKS5 reply ${hex} (${text}) for ${host}:${port}`, code, {
     syscall: 'connect', address: host, port, socksReply: rep,

@@ -9,7 +9,12 @@ const fs = require('node:fs');
 const { parseLine } = require('./lines');
 const { makeError, startupError, methodError, exitError, socketLostError } = require('./errors');
 
+const os = require('node:os');
+const path = require('node:path');
+
 const STDERR_KEEP = 64 * 1024;
+const START_LIMIT_MS = 30000; // spec/adapters.md §2.3: CMETHODS/SMETHODS DONE within 30 s
+const STATS_LIMIT_MS = 5000; // spec/adapters.md §2.7: the answer to a STATUS request
 const STATS_INTERVAL_MS = 1000; // getStats() is current to within one second (spec/adapters.md)
 const KILL_AFTER_MS = 10000; // spec/ipc.md §9.2: allow at least 5 s between stdin close and SIGKILL
 
@@ -44,6 +49,9 @@ function buildConfiguration(role, configuration, local) {
   if (!Array.isArray(cfg.transports) || cfg.transports.length === 0 || !cfg.transports.every((t) => typeof t === 'string')) {
     throw new TypeError('configuration.transports must be a non-empty array of transport names');
   }
+  if (cfg['exit-on-stdin-close'] === false) {
+    throw new TypeError('exit-on-stdin-close must stay true: it is how the adapter ends pthost (spec/adapters.md §2.4)');
+  }
   cfg.role = role;
   cfg['exit-on-stdin-close'] = true;
   if (local !== undefined && local !== null) {
@@ -69,6 +77,12 @@ class PtHostProcess extends EventEmitter {
     super();
     this.role = role;
     this.configuration = buildConfiguration(role, configuration, local);
+    // No local storage given: a private directory, removed after pthost exits (spec/adapters.md §2.3).
+    this._tempState = null;
+    if (this.configuration.state === undefined) {
+      this._tempState = fs.mkdtempSync(path.join(os.tmpdir(), 'pthost-state-'));
+      this.configuration.state = this._tempState;
+    }
     this.transports = this.configuration.transports.slice();
     this.signals = signals;
     this.state = 'starting'; // starting → ready → closing → exited
@@ -95,9 +109,16 @@ class PtHostProcess extends EventEmitter {
       stdio: ['pipe', 'pipe', 'pipe'],
       env: (options && options.env) || process.env,
       windowsHide: true,
+      detached: true, // its own session: a terminal's Ctrl-C reaches the application only
     });
     this.pid = this.child.pid;
     trackLive(this);
+    this._startTimer = setTimeout(() => {
+      if (this.state !== 'starting') return;
+      this._startTimedOut = true;
+      this.child.kill('SIGKILL');
+    }, START_LIMIT_MS);
+    this._startTimer.unref();
 
     this.child.on('error', (err) => {
       // spawn failure (ENOENT, EACCES): there will be no 'close' with lines.
@@ -175,6 +196,7 @@ class PtHostProcess extends EventEmitter {
 
   _onDone() {
     if (this.state !== 'starting') return;
+    clearTimeout(this._startTimer);
     this.state = 'ready';
     this.startedTransports = this.transports.filter((t) => {
       const m = this.methods.get(t);
@@ -230,7 +252,21 @@ class PtHostProcess extends EventEmitter {
       process.nextTick(callback, null, {});
       return;
     }
-    this._statsWaiters.push(callback);
+    let answered = false;
+    const timer = setTimeout(() => {
+      if (answered) return;
+      answered = true;
+      this._statsWaiters = this._statsWaiters.filter((w) => w !== waiter);
+      callback(makeError(`pthost did not answer a STATUS request within ${STATS_LIMIT_MS} ms`, 'ETIMEDOUT'), this.snapshot());
+    }, STATS_LIMIT_MS);
+    timer.unref();
+    const waiter = (err, stats) => {
+      if (answered) return;
+      answered = true;
+      clearTimeout(timer);
+      callback(err, stats);
+    };
+    this._statsWaiters.push(waiter);
     if (this._statsWaiters.length === 1) this._requestStatus();
   }
 
@@ -256,6 +292,8 @@ class PtHostProcess extends EventEmitter {
 
   _failStart(err) {
     if (this.state !== 'starting') return;
+    clearTimeout(this._startTimer);
+    if (this._tempState) fs.rm(this._tempState, { recursive: true, force: true }, () => {});
     this.state = 'exited';
     this.error = err;
     live.delete(this);
@@ -269,6 +307,8 @@ class PtHostProcess extends EventEmitter {
 
   _onClose(code, signal) {
     if (this._partial !== '') { this._onLine(this._partial); this._partial = ''; }
+    clearTimeout(this._startTimer);
+    if (this._tempState) fs.rm(this._tempState, { recursive: true, force: true }, () => {});
     this.exitCode = code;
     this.signalCode = signal;
     if (this._pollTimer) clearInterval(this._pollTimer);
@@ -276,7 +316,10 @@ class PtHostProcess extends EventEmitter {
     live.delete(this);
     this.signals._detach();
     if (this.state === 'starting') {
-      this._failStart(startupError(code, signal, this._stderr, this._envError));
+      const err = this._startTimedOut
+        ? makeError(`pthost did not finish starting within ${START_LIMIT_MS / 1000} s`, 'ETIMEDOUT', { stderr: this._stderr })
+        : startupError(code, signal, this._stderr, this._envError);
+      this._failStart(err);
       return;
     }
     const wasClosing = this.state === 'closing';

@@ -38,6 +38,13 @@ function generateConfiguration(transport, adapterOptions) {
   return { client: wrap(generated.client), server: wrap(generated.server) };
 }
 
+/** The seed's server interfaces are per transport (spec/adapters.md §2.1): one name. */
+function checkOneTransport(configuration) {
+  if (configuration && Array.isArray(configuration.transports) && configuration.transports.length !== 1) {
+    throw new TypeError('a server runs exactly one transport: configuration.transports must have one name');
+  }
+}
+
 function splitOptions(options) {
   const netOptions = {};
   const adapterOptions = {};
@@ -48,7 +55,11 @@ function splitOptions(options) {
   return { netOptions, adapterOptions };
 }
 
-/** The seed's ServerManager: close(callback) and getStats(), plus ready() and the SMETHOD lines. */
+function zeroStats() {
+  return { connections: 0, opened: 0, failed: 0, bytesIn: 0, bytesOut: 0 };
+}
+
+/** The seed's ServerManager: close(callback) and getStats(), plus ready() and the SMETHOD line. */
 class ServerManager extends EventEmitter {
   constructor(signals) {
     super();
@@ -63,7 +74,7 @@ class ServerManager extends EventEmitter {
   _start(proc) {
     this.process = proc;
     proc.on('exit', (code, signal) => this.emit('exit', code, signal));
-    proc.on('ready', () => this.emit('ready', this.methods));
+    proc.on('ready', () => this.emit('ready', this.method));
     proc.on('error', (err) => {
       if (this.listenerCount('error') > 0) this.emit('error', err);
     });
@@ -77,34 +88,46 @@ class ServerManager extends EventEmitter {
     else this._waiting.push(fn);
   }
 
-  /** Each transport's SMETHOD line: [{ name, address: { host, port }, args, error }]. */
-  get methods() {
-    if (!this.process) return [];
-    return this.process.transports.map((name) => {
-      const m = this.process.methods.get(name) || {};
-      return { name, address: m.address ? { ...m.address } : null, args: { ...(m.args || {}) }, error: m.error || null };
-    });
+  /** The SMETHOD line: { name, address: { host, port }, args }, or null before it (or after SMETHOD-ERROR). */
+  get method() {
+    if (!this.process) return null;
+    const name = this.process.transports[0];
+    const m = this.process.methods.get(name);
+    if (!m || !m.address || m.error) return null;
+    return { name, address: { ...m.address }, args: { ...m.args } };
   }
 
-  /** Resolves with `methods` once SMETHODS DONE was read; rejects with pthost's start-up error. */
+  /** The transport's SMETHOD-ERROR, pthost's start-up error, or null. */
+  get error() {
+    if (this._startError) return this._startError;
+    if (!this.process) return null;
+    const m = this.process.methods.get(this.process.transports[0]);
+    return (m && m.error) || this.process.error;
+  }
+
+  /** Resolves with `method` once SMETHODS DONE was read; rejects with SMETHOD-ERROR or the start-up error. */
   ready() {
     if (this._startError) return Promise.reject(this._startError);
     return new Promise((resolve, reject) => {
-      this._whenStarted(() => this.process.ready().then(() => resolve(this.methods), reject));
+      this._whenStarted(() => this.process.ready().then(() => {
+        const m = this.method;
+        if (m) resolve(m);
+        else reject(this.error || makeError('pthost did not start the transport', 'ERR_PTHOST_METHOD'));
+      }, reject));
     });
   }
 
   /**
-   * Statistics per transport, { name: { connections, opened, failed, bytesIn, bytesOut } }:
-   * without a callback the latest (at most 1 s old), with one asked for now (STATUS on stdin).
+   * The transport's statistics { connections, opened, failed, bytesIn, bytesOut }: without a
+   * callback the latest (at most 1 s old), with one asked for now (STATUS on stdin, §2.7).
    */
   getStats(callback) {
+    const pick = (all) => (all && this.process && all[this.process.transports[0]]) || zeroStats();
     if (typeof callback === 'function') {
-      if (!this.process) this._whenStarted(() => this.process.requestStats(callback));
-      else this.process.requestStats(callback);
+      this._whenStarted(() => this.process.requestStats((err, all) => callback(err, pick(all))));
       return undefined;
     }
-    return this.process ? this.process.snapshot() : {};
+    return pick(this.process && this.process.snapshot());
   }
 
   /** Stops pthost (stdin closes, sessions drain, spec/ipc.md §9) and then the application's server. */
@@ -144,6 +167,7 @@ function createServer(configuration, local, signals, options, connectionListener
   if (configuration && (configuration.target !== undefined || configuration.allow !== undefined)) {
     throw new TypeError('createServer sets pthost\'s target itself; use createProxy for a free server with allow');
   }
+  checkOneTransport(configuration);
   const { netOptions, adapterOptions } = splitOptions(options);
   buildConfiguration('server', { ...configuration, target: '127.0.0.1:1' }, local); // TypeErrors now, not later
   const own = ownSignals(signals);
@@ -170,7 +194,8 @@ function createServer(configuration, local, signals, options, connectionListener
 
   // net.Server + ServerManager (the seed's "net.Server + ServerManager").
   Object.defineProperty(server, 'process', { get: () => manager.process });
-  Object.defineProperty(server, 'methods', { get: () => manager.methods });
+  Object.defineProperty(server, 'method', { get: () => manager.method });
+  Object.defineProperty(server, 'error', { get: () => manager.error, configurable: true });
   server.signals = own;
   server.manager = manager;
   server.ready = () => manager.ready();
@@ -193,6 +218,7 @@ function createProxy(configuration, local, signals, options, connectionListener)
   if (configuration && configuration.target !== undefined) {
     throw new TypeError('createProxy makes a free server: remove target (or use createServer)');
   }
+  checkOneTransport(configuration);
   const { adapterOptions } = splitOptions(options);
   const own = ownSignals(signals);
   const manager = new ServerManager(own);

@@ -7,6 +7,7 @@
 const { Duplex } = require('node:stream');
 
 const MAX_LINE = 65536; // spec/ipc.md §4.10: pthost discards longer stdin lines
+const MAX_UNREAD = 4096; // spec/adapters.md §2.5: unread output lines kept, the oldest dropped
 
 class Signals extends Duplex {
   constructor(options) {
@@ -15,11 +16,25 @@ class Signals extends Duplex {
     this._skipping = false;
     this._sink = null; // (line) => void, set by the pthost process this stream belongs to
     this._pending = []; // lines written before a process attached
+    this._ended = false; // the process exited: lines for it are dropped (spec/ipc.md §6.6)
+    this._unread = []; // output lines waiting for a reader
+    this._wanted = false;
   }
 
   /** Called by the adapter: a message pthost wrote. */
   _emitMessage(line) {
-    this.push(line + '\n');
+    this._unread.push(line + '\n');
+    if (this._unread.length > MAX_UNREAD) this._unread.shift();
+    if (this._wanted) this._flush();
+  }
+
+  _flush() {
+    while (this._unread.length > 0) {
+      if (!this.push(this._unread.shift())) {
+        this._wanted = false;
+        return;
+      }
+    }
   }
 
   _attach(sink) {
@@ -32,9 +47,13 @@ class Signals extends Duplex {
 
   _detach() {
     this._sink = null;
+    this._ended = true;
   }
 
-  _read() {}
+  _read() {
+    this._wanted = true;
+    this._flush();
+  }
 
   _write(chunk, encoding, callback) {
     let text = this._partial + chunk.toString('utf8');
@@ -58,7 +77,7 @@ class Signals extends Duplex {
 
   _deliver(line) {
     if (this._sink) this._sink(line);
-    else if (this._pending.length < 256) this._pending.push(line);
+    else if (!this._ended && this._pending.length < MAX_UNREAD) this._pending.push(line);
   }
 }
 

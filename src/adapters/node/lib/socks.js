@@ -6,6 +6,7 @@
 // the bytes read are kept from the application; afterwards the socket is untouched.
 
 const net = require('node:net');
+const { domainToASCII } = require('node:url');
 const { Readable } = require('node:stream');
 const { replyError, protocolError, makeError } = require('./errors');
 const { ipv6Bytes } = require('./ip');
@@ -21,7 +22,7 @@ function encodeDestination(host, port) {
   if (kind === 6) {
     return Buffer.concat([Buffer.from([0x04]), ipv6Bytes(host), p]);
   }
-  const name = Buffer.from(host, 'ascii');
+  const name = Buffer.from(/^[\x00-\x7f]*$/.test(host) ? host : domainToASCII(host), 'ascii');
   if (name.length === 0 || name.length > 255) throw new RangeError(`host name "${host}" must have 1 to 255 characters`);
   return Buffer.concat([Buffer.from([0x03, name.length]), name, p]);
 }
@@ -130,7 +131,8 @@ function socksConnect(socket, proxy, settings, host, port, proc) {
   socket.push = function push(chunk, encoding) {
     if (chunk === null) {
       if (phase !== 'open') {
-        finish(makeError('pthost closed the connection during the SOCKS5 handshake', 'ECONNRESET', { syscall: 'connect', address: host, port }));
+        // An end before the reply is a general failure (01), unless pthost is exiting.
+        finish(proc.isDying() ? proc.lostError() : replyError(0x01, host, port));
         return false;
       }
       if (proc.isDying()) {

@@ -75,11 +75,41 @@ function readXorAddress(value, tid) {
   return null;
 }
 
+// CRC-32 (ISO 3309, as zlib), for FINGERPRINT (RFC 5389 §15.5).
+const CRC_TABLE = new Int32Array(256).map((_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c;
+});
+
+function crc32(buf) {
+  let c = -1;
+  for (let i = 0; i < buf.length; i++) c = CRC_TABLE[(c ^ buf[i]) & 0xff] ^ (c >>> 8);
+  return (c ^ -1) >>> 0;
+}
+
+/** Appends FINGERPRINT: CRC-32 of the message up to it, length covering it, XOR 0x5354554e. */
+function withFingerprint(msg) {
+  const out = Buffer.alloc(msg.length + 8);
+  msg.copy(out, 0);
+  out.writeUInt16BE(msg.length + 8 - 20, 2);
+  out.writeUInt16BE(Attr.FINGERPRINT, msg.length);
+  out.writeUInt16BE(4, msg.length + 2);
+  out.writeUInt32BE((crc32(out.subarray(0, msg.length)) ^ 0x5354554e) >>> 0, msg.length + 4);
+  return out;
+}
+
 /**
  * Builds a message. `attrs` is a list of [type, Buffer]. With `key`, MESSAGE-INTEGRITY is added
- * last (RFC 5389 §15.4: HMAC-SHA1 over the message with the length covering the attribute).
+ * (RFC 5389 §15.4: HMAC-SHA1 over the message with the length covering the attribute); with
+ * `fingerprint`, FINGERPRINT after it (§15.5).
  */
-function encode(method, cls, tid, attrs, key) {
+function encode(method, cls, tid, attrs, key, fingerprint) {
+  const msg = encodeBody(method, cls, tid, attrs, key);
+  return fingerprint ? withFingerprint(msg) : msg;
+}
+
+function encodeBody(method, cls, tid, attrs, key) {
   const parts = [];
   let len = 0;
   for (const [type, value] of attrs) {
@@ -150,5 +180,6 @@ function u32(n) {
 }
 
 module.exports = {
+  crc32,
   MAGIC, Method, Class, Attr, encode, decode, verifyIntegrity, errorCode, longTermKey, xorAddress, readXorAddress, u32, messageType, splitType,
 };

@@ -17,7 +17,9 @@ const { Method, Class, Attr } = stun;
 const RTO_MS = 500; // RFC 5389 §7.2.1: initial RTO, doubled per retransmission
 const MAX_SENDS = 7; // RFC 5389 §7.2.1: Rc
 const CHANNEL_REFRESH_MS = 240 * 1000; // below the 300 s permission lifetime (spec/turn.md §4)
-const PEER_QUEUE = 1024; // datagrams waiting for a channel, per peer (as UDP: more are dropped)
+const PEER_QUEUE = 256; // datagrams waiting for a channel, per peer (as UDP: more are dropped)
+const LAST_WAIT_MS = 8000; // RFC 5389 §7.2.1: Rm × RTO after the last send (39.5 s in all)
+const MAX_PAYLOAD = 65527; // spec/turn.md §5.2: largest datagram a frame carries
 const METHOD_NAMES = {
   [Method.Allocate]: 'Allocate', [Method.Refresh]: 'Refresh', [Method.CreatePermission]: 'CreatePermission', [Method.ChannelBind]: 'ChannelBind',
 };
@@ -130,8 +132,10 @@ class TurnSocket extends EventEmitter {
     };
     if (this._state === 'closed') { fail(makeError('Not running', 'ERR_SOCKET_DGRAM_NOT_RUNNING')); return; }
     if (!Number.isInteger(port) || port <= 0 || port > 65535) { fail(new RangeError(`port must be 1..65535, not ${port}`)); return; }
+    if (data.reduce((n, d) => n + d.length, 0) > MAX_PAYLOAD) { fail(makeError(`a datagram over TURN carries at most ${MAX_PAYLOAD} bytes`, 'EMSGSIZE')); return; }
     const host = address || this._loopback();
-    const go = (ip) => this._sendTo(ip, port, data, callback, fail);
+    // An IPv4-mapped IPv6 peer is the IPv4 peer (spec/adapters.md §2.8 item 8).
+    const go = (ip) => this._sendTo(ip.replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/i, '$1'), port, data, callback, fail);
     if (net.isIP(host)) go(host);
     else {
       dns.lookup(host, { family: this.type === 'udp6' ? 6 : 4 }, (err, ip) => (err ? fail(err) : go(ip)));
@@ -154,7 +158,7 @@ class TurnSocket extends EventEmitter {
     };
     if (wasListening && udp) {
       // Refresh with LIFETIME 0 deletes the allocation at once (spec/turn.md §3.4).
-      const msg = stun.encode(Method.Refresh, Class.Request, crypto.randomBytes(12), this._authAttrs([[Attr.LIFETIME, stun.u32(0)]]), this._key);
+      const msg = stun.encode(Method.Refresh, Class.Request, crypto.randomBytes(12), this._authAttrs([[Attr.LIFETIME, stun.u32(0)]]), this._key, true);
       udp.send(msg, () => done());
     } else {
       done();
@@ -204,7 +208,7 @@ class TurnSocket extends EventEmitter {
       udp.on('message', (buf) => this._onPacket(buf));
       udp.on('error', (err) => this._fail(err));
       udp.connect(server.port, server.host, (err) => (err ? reject(err) : resolve()));
-    })).then(() => this._request(Method.Allocate, [[Attr.REQUESTED_TRANSPORT, Buffer.from([17, 0, 0, 0])]]))
+    })).then(() => this._request(Method.Allocate, [[Attr.REQUESTED_TRANSPORT, Buffer.from([17, 0, 0, 0])], [Attr.LIFETIME, stun.u32(600)]]))
       .then((res) => {
         if (this._state === 'closed') return;
         this._relayed = stun.readXorAddress(res.attrs.get(Attr.XOR_RELAYED_ADDRESS) || Buffer.alloc(0), res.tid);
@@ -226,7 +230,7 @@ class TurnSocket extends EventEmitter {
 
   _scheduleRefresh(lifetime) {
     clearTimeout(this._refreshTimer);
-    const ms = this._refreshMs || Math.max(30, lifetime - 60) * 1000;
+    const ms = this._refreshMs || Math.max(lifetime - 60, lifetime / 2) * 1000;
     this._refreshTimer = setTimeout(() => {
       this._request(Method.Refresh, [[Attr.LIFETIME, stun.u32(600)]])
         .then((res) => { this.refreshes++; this._scheduleRefresh(this._lifetime(res)); }, (err) => this._fail(err));
@@ -342,7 +346,7 @@ class TurnSocket extends EventEmitter {
       }
       const tid = crypto.randomBytes(12);
       const concrete = attrs.map(([t, v]) => (t === Attr.XOR_PEER_ADDRESS && v === null ? [t, stun.xorAddress(peer.address, peer.port, tid)] : [t, v]));
-      const packet = stun.encode(method, Class.Request, tid, this._authAttrs(concrete), this._nonce ? this._key : null);
+      const packet = stun.encode(method, Class.Request, tid, this._authAttrs(concrete), this._nonce ? this._key : null, true);
       const key = tid.toString('hex');
       const t = { method, resolve, reject, sends: 0, timer: null };
       const transmit = () => {
@@ -351,9 +355,9 @@ class TurnSocket extends EventEmitter {
           reject(makeError(`TURN ${METHOD_NAMES[method] || method}: no answer from pthost`, 'ETIMEDOUT'));
           return;
         }
-        t.timer = setTimeout(transmit, RTO_MS << t.sends);
-        t.timer.unref();
         t.sends++;
+        t.timer = setTimeout(transmit, t.sends < MAX_SENDS ? RTO_MS << (t.sends - 1) : LAST_WAIT_MS);
+        t.timer.unref();
         this._udp.send(packet);
       };
       this._transactions.set(key, t);

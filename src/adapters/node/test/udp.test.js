@@ -72,7 +72,7 @@ test('TURN refreshes (allocation, permission, channel) are answered and datagram
   echo.on('message', (msg, rinfo) => echo.send(msg, rinfo.port, rinfo.address));
   await new Promise((r) => echo.bind(0, '127.0.0.1', r));
   const proxy = pthost.createProxy({ transports: ['plain'], allow: ['127.0.0.1'] });
-  const [method] = await proxy.ready();
+  const method = await proxy.ready();
   const client = pthost.createConnector({ transports: ['plain'], options: { plain: { serverAddress: `127.0.0.1:${method.address.port}` } } });
   const socket = client[0].createUDPSocket({ type: 'udp4', refreshInterval: 200 });
   t.after(async () => {
