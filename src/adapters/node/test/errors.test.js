@@ -4,7 +4,6 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const dgram = require('node:dgram');
 const pthost = require('pthost');
 const h = require('./helpers');
 
@@ -82,9 +81,7 @@ test('SOCKS5 failure replies become \'error\' events with a mapped code', { time
 
 test('a killed pthost: open sockets and TURN sockets error, the connector reports it', { timeout: 60000 }, async (t) => {
   const echo = await h.echoServer();
-  const udpEcho = dgram.createSocket('udp4');
-  udpEcho.on('message', (m, r) => udpEcho.send(m, r.port, r.address));
-  await new Promise((r) => udpEcho.bind(0, '127.0.0.1', r));
+  const udpEcho = await h.udpEchoServer();
   const proxy = pthost.createProxy({ transports: ['plain'], allow: ['127.0.0.1'] });
   const method = await proxy.ready();
   const client = pthost.createConnector({ transports: ['plain'], options: { plain: { serverAddress: `127.0.0.1:${method.address.port}` } } });
@@ -102,7 +99,7 @@ test('a killed pthost: open sockets and TURN sockets error, the connector report
     sockets.push(s);
   }
   const udp = connector.createUDPSocket('udp4');
-  udp.send('ping', udpEcho.address().port, '127.0.0.1');
+  udp.send('ping', udpEcho.port, '127.0.0.1');
   await new Promise((resolve) => udp.once('message', resolve));
 
   const socketErrors = sockets.map((s) => new Promise((resolve) => s.once('error', resolve)));

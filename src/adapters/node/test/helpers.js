@@ -4,6 +4,7 @@
 
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
+const dgram = require('node:dgram');
 const fs = require('node:fs');
 const http = require('node:http');
 const net = require('node:net');
@@ -67,6 +68,27 @@ async function echoServer() {
   });
   const a = await listening(server, 0, '127.0.0.1');
   return { server, port: a.port, close: () => { for (const s of sockets) s.destroy(); server.close(); } };
+}
+
+/** A UDP echo socket on 127.0.0.1:0. */
+async function udpEchoServer() {
+  const socket = dgram.createSocket('udp4');
+  socket.on('message', (msg, rinfo) => socket.send(msg, rinfo.port, rinfo.address));
+  await new Promise((resolve) => socket.bind(0, '127.0.0.1', resolve));
+  return { port: socket.address().port, close: () => socket.close() };
+}
+
+/** A TURN socket of `client`'s first connector, closed (with client and proxy) after the test. */
+function turnSocket(t, client, proxy, echo, options) {
+  const socket = client[0].createUDPSocket(options);
+  t.after(async () => {
+    await new Promise((resolve) => socket.close(resolve));
+    await closeAll(client, proxy);
+    echo.close();
+  });
+  const errors = [];
+  socket.on('error', (err) => errors.push(err));
+  return { socket, errors };
 }
 
 function sha256(buf) {
@@ -135,5 +157,5 @@ async function zephyrRelay() {
 }
 
 module.exports = {
-  PTHOST_EXE, waitFor, pidGone, tempDir, listening, webServer, echoServer, sha256, fetchThrough, once, closeAll, waitForLine, zephyrRelay,
+  PTHOST_EXE, waitFor, pidGone, tempDir, listening, webServer, echoServer, udpEchoServer, turnSocket, sha256, fetchThrough, once, closeAll, waitForLine, zephyrRelay,
 };

@@ -3,7 +3,6 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const dgram = require('node:dgram');
 const pthost = require('pthost');
 const h = require('./helpers');
 
@@ -11,23 +10,14 @@ const COUNT = 1000;
 const WINDOW = 32;
 
 test('1,000 UDP datagrams echoed over TURN through plain', { timeout: 90000 }, async (t) => {
-  const echo = dgram.createSocket('udp4');
-  echo.on('message', (msg, rinfo) => echo.send(msg, rinfo.port, rinfo.address));
-  await new Promise((r) => echo.bind(0, '127.0.0.1', r));
-  const echoPort = echo.address().port;
+  const echo = await h.udpEchoServer();
+  const echoPort = echo.port;
 
   const proxy = pthost.createProxy({ transports: ['plain'], allow: ['127.0.0.1'] });
   const client = pthost.createConnector({ transports: ['plain'], options: { plain: { discover: true } } });
   client.signals.pipe(proxy.signals);
   proxy.signals.pipe(client.signals);
-  const socket = client[0].createUDPSocket('udp4');
-  t.after(async () => {
-    await new Promise((r) => socket.close(r));
-    await h.closeAll(client, proxy);
-    echo.close();
-  });
-  const errors = [];
-  socket.on('error', (err) => errors.push(err));
+  const { socket, errors } = h.turnSocket(t, client, proxy, echo, 'udp4');
 
   // A window of datagrams in flight; one not echoed within a second is sent again (UDP may drop).
   const echoed = new Set();
@@ -68,25 +58,16 @@ test('1,000 UDP datagrams echoed over TURN through plain', { timeout: 90000 }, a
 });
 
 test('TURN refreshes (allocation, permission, channel) are answered and datagrams keep flowing', { timeout: 60000 }, async (t) => {
-  const echo = dgram.createSocket('udp4');
-  echo.on('message', (msg, rinfo) => echo.send(msg, rinfo.port, rinfo.address));
-  await new Promise((r) => echo.bind(0, '127.0.0.1', r));
+  const echo = await h.udpEchoServer();
   const proxy = pthost.createProxy({ transports: ['plain'], allow: ['127.0.0.1'] });
   const method = await proxy.ready();
   const client = pthost.createConnector({ transports: ['plain'], options: { plain: { serverAddress: `127.0.0.1:${method.address.port}` } } });
-  const socket = client[0].createUDPSocket({ type: 'udp4', refreshInterval: 200 });
-  t.after(async () => {
-    await new Promise((r) => socket.close(r));
-    await h.closeAll(client, proxy);
-    echo.close();
-  });
-  const errors = [];
-  socket.on('error', (err) => errors.push(err));
+  const { socket, errors } = h.turnSocket(t, client, proxy, echo, { type: 'udp4', refreshInterval: 200 });
   const ping = (text) => new Promise((resolve) => {
     const onMessage = (msg) => { if (msg.toString() === text) { clearInterval(again); socket.off('message', onMessage); resolve(); } };
     socket.on('message', onMessage);
-    const again = setInterval(() => socket.send(text, echo.address().port, '127.0.0.1'), 500);
-    socket.send(text, echo.address().port, '127.0.0.1');
+    const again = setInterval(() => socket.send(text, echo.port, '127.0.0.1'), 500);
+    socket.send(text, echo.port, '127.0.0.1');
   });
   await ping('before');
   // Two allocation refreshes and two permission+channel refreshes at least (200 ms each).
