@@ -38,6 +38,8 @@ export interface AdapterOptions {
   env?: NodeJS.ProcessEnv;
   /** 'inherit': copy pthost's stderr to this process's stderr; default: kept for error messages. */
   stderr?: 'pipe' | 'inherit';
+  /** true: pthost in a session of its own (a terminal's Ctrl-C then reaches the application only). */
+  setsid?: boolean;
 }
 
 export interface Address {

@@ -71,7 +71,7 @@ class PtHostProcess extends EventEmitter {
    * @param {object} configuration pthost configuration (spec/ipc.md §3.2) without role
    * @param {string|null} local the state directory
    * @param {import('./signals').Signals} signals the adapter's own Signals
-   * @param {object} options { executable, env, stderr: 'pipe'|'inherit' }
+   * @param {object} options { executable, env, stderr: 'pipe'|'inherit', setsid }
    */
   constructor(role, configuration, local, signals, options) {
     super();
@@ -109,7 +109,10 @@ class PtHostProcess extends EventEmitter {
       stdio: ['pipe', 'pipe', 'pipe'],
       env: (options && options.env) || process.env,
       windowsHide: true,
-      detached: true, // its own session: a terminal's Ctrl-C reaches the application only
+      // pthost stays in the application's session unless asked: a session of its own is also an
+      // autogroup of its own for the Linux scheduler, which cost 15-30 % of the throughput under
+      // CPU contention (spec/adapters.md §4.9).
+      detached: options ? options.setsid === true : false,
     });
     this.pid = this.child.pid;
     trackLive(this);

@@ -10,7 +10,7 @@ const { PtHostProcess, executablePath, buildConfiguration } = require('./process
 const { ownSignals } = require('./signals');
 const { makeError } = require('./errors');
 
-const ADAPTER_KEYS = ['executable', 'env', 'stderr', 'listen'];
+const ADAPTER_KEYS = ['executable', 'env', 'stderr', 'setsid', 'listen'];
 
 /**
  * The seed's generateConfiguration(): runs `pthost generate-config T` (spec/ipc.md §2.3) and

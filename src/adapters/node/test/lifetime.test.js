@@ -5,14 +5,15 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
+const fs = require('node:fs');
 const path = require('node:path');
 const { spawn } = require('node:child_process');
 const h = require('./helpers');
 
 const APP = path.join(__dirname, 'fixtures', 'app.js');
 
-async function runApp(how) {
-  const child = spawn(process.execPath, [APP, how], { stdio: ['ignore', 'pipe', 'pipe'], cwd: path.join(__dirname, '..') });
+async function runApp(how, setsid) {
+  const child = spawn(process.execPath, [APP, how, setsid ? 'setsid' : ''], { stdio: ['ignore', 'pipe', 'pipe'], cwd: path.join(__dirname, '..') });
   let stderr = '';
   child.stderr.on('data', (d) => { stderr += d; });
   const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
@@ -54,3 +55,20 @@ for (const signal of ['SIGTERM', 'SIGKILL']) {
     await assertNoPthostLeft(app.pids, signal);
   });
 }
+
+function sessionOf(pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[3]);
+}
+
+test('pthost shares the application\'s session, or has its own with setsid: true; SIGKILL ends it either way', { timeout: 60000 }, async () => {
+  for (const setsid of [false, true]) {
+    const app = await runApp('wait', setsid);
+    const same = sessionOf(app.pids.client) === sessionOf(app.pids.app);
+    assert.equal(same, !setsid, `setsid: ${setsid}`);
+    assert.equal(sessionOf(app.pids.client), setsid ? app.pids.client : sessionOf(app.pids.app));
+    process.kill(app.pids.app, 'SIGKILL');
+    await app.exited;
+    await assertNoPthostLeft(app.pids, `SIGKILL (setsid: ${setsid})`);
+  }
+});
