@@ -97,14 +97,14 @@ class Connector extends EventEmitter {
       options = {};
     }
     options = options || {};
-    const socket = new net.Socket({ allowHalfOpen: options.allowHalfOpen, signal: options.signal });
-    if (typeof connectListener === 'function') socket.once('connect', connectListener);
-    applySocketOptions(socket, options);
     const host = options.host === undefined || options.host === null || options.host === '' ? '0.0.0.0' : String(options.host);
     const port = options.port === undefined || options.port === null ? 0 : Number(options.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) {
       throw new RangeError(`options.port must be an integer 0..65535, not ${options.port}`);
     }
+    const socket = new net.Socket({ allowHalfOpen: options.allowHalfOpen, signal: options.signal });
+    if (typeof connectListener === 'function') socket.once('connect', connectListener);
+    applySocketOptions(socket, options);
     this.process.track(socket);
     const start = () => {
       if (socket.destroyed) return;

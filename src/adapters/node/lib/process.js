@@ -269,8 +269,9 @@ class PtHostProcess extends EventEmitter {
       clearTimeout(timer);
       callback(err, stats);
     };
+    // Its own request every time: only lines read after it count as the answer (§2.7).
     this._statsWaiters.push(waiter);
-    if (this._statsWaiters.length === 1) this._requestStatus();
+    this._requestStatus();
   }
 
   // --- stdin (spec/ipc.md §4.10) ---
