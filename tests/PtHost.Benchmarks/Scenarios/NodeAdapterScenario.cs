@@ -12,9 +12,9 @@ namespace PtHost.Benchmarks;
 /// (createConnection, its own pthost client) and, in the same repetition (alternating which goes
 /// first), on a hand-written SOCKS5 client in node through a harness-started pthost client (the
 /// same chain without the adapter); each after a 256 MiB warm-up stream; plus iperf3 via
-/// proxychains through a chain as the C reference. Start-up: adapter
-/// start (createConnector) to the first 'connect', against pthost's own start (process start →
-/// CMETHODS DONE → SOCKS success reply) measured by the harness.
+/// proxychains through a chain as the C reference. Start-up, in one node process, alternating:
+/// createConnector to the first 'connect', against pthost's own start (spawn → CMETHODS DONE →
+/// SOCKS5 success reply by hand).
 /// </summary>
 public sealed class NodeAdapterScenario : IScenario
 {
@@ -28,10 +28,12 @@ public sealed class NodeAdapterScenario : IScenario
         var ratio = new Figure { Key = "adapter_node_ratio", Label = "ratio to the plain SOCKS5 client", Unit = "", Indent = 1, Goal = Goal.AtLeast, Target = 0.95 };
         var iperf = new Figure { Key = "adapter_node_iperf_gbps", Label = "iperf3 via proxychains, same chain (C reference)", Unit = "Gbit/s" };
         var iperfRatio = new Figure { Key = "adapter_node_iperf_ratio", Label = "adapter socket / iperf3", Unit = "", Indent = 1 };
-        var own = new Figure { Key = "adapter_node_startup_pthost_ms", Label = $"pthost start -> CMETHODS DONE -> first SOCKS reply ({ctx.StartupRuns} runs, harness)", Unit = "ms", Format = "0" };
-        var start = new Figure { Key = "adapter_node_startup_ms", Label = $"createConnector -> first 'connect' ({ctx.StartupRuns} runs, node)", Unit = "ms", Format = "0" };
+        var own = new Figure { Key = "adapter_node_startup_pthost_ms", Label = $"pthost alone: spawn -> CMETHODS DONE -> first SOCKS reply ({ctx.StartupRuns} runs)", Unit = "ms", Format = "0" };
+        var start = new Figure { Key = "adapter_node_startup_ms", Label = $"adapter: createConnector -> first 'connect' ({ctx.StartupRuns} runs)", Unit = "ms", Format = "0" };
         var delta = new Figure { Key = "adapter_node_startup_delta_ms", Label = "adapter start-up minus pthost's own", Unit = "ms", Format = "0", Indent = 1, Goal = Goal.AtMost, Target = 50 };
-        run.Add(raw, adapter, ratio, iperf, iperfRatio, own, start, delta);
+        var ownAfter = new Figure { Key = "adapter_node_after_done_pthost_ms", Label = "pthost alone: CMETHODS DONE read -> SOCKS reply (two round trips)", Unit = "ms", Format = "0.0", Indent = 1 };
+        var startAfter = new Figure { Key = "adapter_node_after_done_ms", Label = "adapter: CMETHODS DONE read -> 'connect' (one round trip)", Unit = "ms", Format = "0.0", Indent = 1 };
+        run.Add(raw, adapter, ratio, iperf, iperfRatio, own, start, delta, ownAfter, startAfter);
         var records = run.Raw("adapter-node");
 
         string? node = Sys.Which("node");
@@ -86,23 +88,22 @@ public sealed class NodeAdapterScenario : IScenario
                 ScenarioRun.AddRatio(ratio, a, r, adapter, raw);
 
                 ctx.Say($"{step}: start-up, pthost alone and through the adapter");
+                JsonObject? startup = null;
                 await ScenarioRun.AttemptAsync(own, async () =>
                 {
-                    var ms = new List<double>();
-                    for (int i = 0; i <= ctx.StartupRuns; i++)
+                    startup = await RunNodeAsync(node!, script!, adapterDir!, "startup", new JsonObject
                     {
-                        double t = await PtHostStartToFirstConnectionAsync(ctx, serverPort, sink.EndPoint).ConfigureAwait(false);
-                        if (i > 0) ms.Add(t);
-                    }
-                    records.Add(ScenarioRun.Tag(new JsonObject { ["ms"] = new JsonArray([.. ms.Select(x => (JsonNode)x)]) }, "startup_pthost", rep));
-                    return Stats.Median(ms);
+                        ["serverPort"] = serverPort, ["sinkPort"] = sink.EndPoint.Port, ["runs"] = ctx.StartupRuns, ["pthost"] = ctx.PtHost, ["state"] = ctx.NewStateDir(),
+                    }).ConfigureAwait(false);
+                    records.Add(ScenarioRun.Tag(startup, "startup", rep));
+                    return Median(startup, "own", "ms");
                 }).ConfigureAwait(false);
-                await ScenarioRun.AttemptAsync(start, async () =>
-                {
-                    var o = await RunNodeAsync(node!, script!, adapterDir!, "startup", new JsonObject { ["serverPort"] = serverPort, ["sinkPort"] = sink.EndPoint.Port, ["runs"] = ctx.StartupRuns, ["pthost"] = ctx.PtHost }).ConfigureAwait(false);
-                    records.Add(ScenarioRun.Tag(o, "startup_adapter", rep));
-                    return Stats.Median([.. o["ms"]!.AsArray().Select(x => (double)x!)]);
-                }).ConfigureAwait(false);
+                Task<double> Part(string side, string field) => startup is null
+                    ? throw new InvalidOperationException(own.Error ?? "start-up not measured")
+                    : Task.FromResult(Median(startup, side, field));
+                await ScenarioRun.AttemptAsync(start, () => Part("adapter", "ms")).ConfigureAwait(false);
+                await ScenarioRun.AttemptAsync(ownAfter, () => Part("own", "afterDone")).ConfigureAwait(false);
+                await ScenarioRun.AttemptAsync(startAfter, () => Part("adapter", "afterDone")).ConfigureAwait(false);
             }
             if (own.Samples.Count > rep && start.Samples.Count > rep) delta.Samples.Add(start.Samples[rep] - own.Samples[rep]);
             else if (delta.Samples.Count == 0) delta.Error ??= start.Error ?? own.Error ?? "not measured";
@@ -119,6 +120,9 @@ public sealed class NodeAdapterScenario : IScenario
         }
     }
 
+    private static double Median(JsonObject o, string side, string field) =>
+        Stats.Median([.. o[side]!.AsArray().Select(x => (double)x![field]!)]);
+
     /// <summary>Runs the node side once; returns its JSON line.</summary>
     private static async Task<JsonObject> RunNodeAsync(string node, string script, string adapterDir, string mode, JsonObject args)
     {
@@ -126,18 +130,6 @@ public sealed class NodeAdapterScenario : IScenario
         if (r.ExitCode != 0) throw new InvalidOperationException($"node {mode} exited {r.ExitCode}: {r.StderrTail}");
         string line = r.Stdout.Trim().Split('\n')[^1];
         return JsonNode.Parse(line) as JsonObject ?? throw new FormatException($"node {mode} printed \"{line}\"");
-    }
-
-    /// <summary>pthost client process start → CMETHODS DONE → SOCKS5 success reply through it, in ms.</summary>
-    private static async Task<double> PtHostStartToFirstConnectionAsync(Context ctx, int serverPort, IPEndPoint destination)
-    {
-        var (client, socksPort, _) = await Chain.StartClientAsync(ctx.PtHost, ctx.NewStateDir(), serverPort, null).ConfigureAwait(false);
-        await using (client.ConfigureAwait(false))
-        {
-            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20));
-            using var s = await Socks5Client.ConnectAsync(new IPEndPoint(IPAddress.Loopback, socksPort), destination, cts.Token).ConfigureAwait(false);
-            return Stopwatch.GetElapsedTime(client.StartTimestamp).TotalMilliseconds;
-        }
     }
 }
 

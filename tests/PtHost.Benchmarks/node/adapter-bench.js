@@ -5,13 +5,15 @@
 //                      on net.connect, then the stream: the same chain without the adapter.
 // MODE stream-adapter: { serverPort, sinkPort, bytes, pthost } — createConnector (its own pthost
 //                      client to the harness's server) and createConnection, then the stream.
-// MODE startup:        { serverPort, sinkPort, runs, pthost } — createConnector → first 'connect',
-//                      one unmeasured run first.
+// MODE startup:        { serverPort, sinkPort, runs, pthost } — pthost's own start (spawn →
+//                      CMETHODS DONE → SOCKS5 success reply, by hand) and the adapter's
+//                      (createConnector → first 'connect'), alternating, one unmeasured pair first.
 // Each prints one JSON line on stdout. The stream: 1 MiB writes with backpressure, end(), and the
 // time from the first write to the 'end' the sink's close sends back. Both stream modes first
 // send 256 MiB on a connection of their own, so that the pthost client is equally warm.
 
 const net = require('node:net');
+const { spawn } = require('node:child_process');
 const { performance } = require('node:perf_hooks');
 
 const [adapterDir, mode, json] = process.argv.slice(2);
@@ -74,6 +76,45 @@ function connected(socket) {
   });
 }
 
+/** pthost alone: spawn it as the adapter would, read stdout to CMETHODS DONE, SOCKS5 by hand. */
+function ownStart() {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const cfg = { ...clientConfig(), role: 'client', 'exit-on-stdin-close': true, state: p.state };
+    delete cfg.turn;
+    const child = spawn(p.pthost, [JSON.stringify(cfg)], { stdio: ['pipe', 'pipe', 'ignore'] });
+    let out = '';
+    child.on('error', reject);
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', function onData(d) {
+      out += d;
+      if (!out.includes('CMETHODS DONE\n')) return;
+      child.stdout.off('data', onData);
+      const done = performance.now();
+      const socksPort = Number(/^CMETHOD plain socks5 127\.0\.0\.1:(\d+)$/m.exec(out)[1]);
+      rawSocks(socksPort, p.sinkPort).then((s) => {
+        const now = performance.now();
+        s.destroy();
+        child.on('close', () => resolve({ ms: now - t0, afterDone: now - done }));
+        child.stdin.end();
+      }, reject);
+    });
+  });
+}
+
+async function adapterStart() {
+  const t0 = performance.now();
+  const conns = pthost.createConnector(clientConfig(), null, null, { executable: p.pthost });
+  let done = 0;
+  conns.process.once('ready', () => { done = performance.now(); });
+  const s = conns[0].createConnection({}, { host: '127.0.0.1', port: p.sinkPort });
+  await connected(s);
+  const now = performance.now();
+  s.destroy();
+  await new Promise((r) => conns.close(r));
+  return { ms: now - t0, afterDone: now - done };
+}
+
 async function main() {
   if (mode === 'stream-raw') {
     await stream(await rawSocks(p.socksPort, p.sinkPort), WARM_UP);
@@ -93,17 +134,18 @@ async function main() {
     return { gbps: (p.bytes * 8) / (ms / 1000) / 1e9, ms };
   }
   if (mode === 'startup') {
-    const ms = [];
+    const own = [];
+    const adapter = [];
     for (let i = 0; i <= p.runs; i++) {
-      const t0 = performance.now();
-      const conns = pthost.createConnector(clientConfig(), null, null, { executable: p.pthost });
-      const s = conns[0].createConnection({}, { host: '127.0.0.1', port: p.sinkPort });
-      await connected(s);
-      if (i > 0) ms.push(performance.now() - t0);
-      s.destroy();
-      await new Promise((r) => conns.close(r));
+      const first = i % 2 === 0 ? ownStart : adapterStart;
+      const second = first === ownStart ? adapterStart : ownStart;
+      const a = await first();
+      const b = await second();
+      if (i === 0) continue;
+      (first === ownStart ? own : adapter).push(a);
+      (second === ownStart ? own : adapter).push(b);
     }
-    return { ms };
+    return { own, adapter };
   }
   throw new Error(`unknown mode ${mode}`);
 }
