@@ -133,6 +133,9 @@ export interface UDPSocketOptions {
   refreshInterval?: number;
 }
 
+/** The socket createConnection returns: net.Socket, plus the SOCKS5 reply's bound address. */
+export type PtSocket = net.Socket & { socksBoundAddress?: Address };
+
 /** dgram.Socket's surface, carried over TURN (RFC 5766) by pthost. */
 export class TurnSocket extends EventEmitter {
   readonly type: 'udp4' | 'udp6';
@@ -174,9 +177,12 @@ export class Connector extends EventEmitter {
   readonly error: PtHostError | null;
   /** true: the address given to createConnection names the PT server; false: the final destination. */
   isBound(): boolean;
-  /** A real net.Socket; 'connect' comes after pthost's SOCKS5 success reply. */
-  createConnection(settings: Record<string, unknown> | null, options?: ConnectionOptions, connectListener?: () => void): net.Socket;
-  createConnection(settings: Record<string, unknown> | null, connectListener: () => void): net.Socket;
+  /**
+   * A real net.Socket; 'connect' comes after pthost's SOCKS5 success reply, whose BND.ADDR and
+   * BND.PORT are then the socket's `socksBoundAddress`.
+   */
+  createConnection(settings: Record<string, unknown> | null, options?: ConnectionOptions, connectListener?: () => void): PtSocket;
+  createConnection(settings: Record<string, unknown> | null, connectListener: () => void): PtSocket;
   createUDPSocket(options?: 'udp4' | 'udp6' | UDPSocketOptions, callback?: (msg: Buffer, rinfo: { address: string; family: string; port: number; size: number }) => void): TurnSocket;
   ready(): Promise<{ name: string; address: Address; turn: Address | null }>;
   /** Latest counters (at most 1 s old); with a callback, asked for now. */

@@ -9,7 +9,7 @@ const net = require('node:net');
 const { domainToASCII } = require('node:url');
 const { Readable } = require('node:stream');
 const { replyError, protocolError, makeError } = require('./errors');
-const { ipv6Bytes } = require('./ip');
+const { ipv6Bytes, formatIPv6 } = require('./ip');
 
 const METHOD_JSON = 0x09; // PT 2.1/3.0 JSON Parameter Block
 const METHOD_JSON_DRAFT = 0x80; // PT 2.0 draft 2, same format
@@ -65,7 +65,15 @@ function parseResponse(buf, host, port) {
     size = 1 + buf[6] + 6;
   } else return { error: protocolError(`SOCKS5: bad address type ${atyp} in the reply`, host, port) };
   if (buf.length < 2 + size) return { need: true };
-  return { done: true, consumed: 2 + size };
+  return { done: true, consumed: 2 + size, bound: boundAddress(buf.subarray(5, 2 + size)) };
+}
+
+/** BND.ADDR:BND.PORT of a success reply (ATYP and what follows) as { host, port }. */
+function boundAddress(b) {
+  const port = b.readUInt16BE(b.length - 2);
+  if (b[0] === 0x01) return { host: `${b[1]}.${b[2]}.${b[3]}.${b[4]}`, port };
+  if (b[0] === 0x04) return { host: formatIPv6(b.subarray(1, 17)), port };
+  return { host: b.subarray(2, 2 + b[1]).toString('latin1'), port };
 }
 
 /**
@@ -145,7 +153,10 @@ function socksConnect(socket, proxy, settings, host, port, proc) {
     received = received.length === 0 ? chunk : Buffer.concat([received, chunk]);
     const r = parseResponse(received, host, port);
     if (r.error) finish(r.error);
-    else if (r.done) finish(null, received.subarray(r.consumed));
+    else if (r.done) {
+      socket.socksBoundAddress = r.bound; // spec/adapters.md §2.2: the reply's BND.ADDR:BND.PORT
+      finish(null, received.subarray(r.consumed));
+    }
     return true;
   };
 

@@ -46,6 +46,9 @@ test('free server: createProxy reaches what allow admits and refuses the rest wi
 
   const ok = connector.createConnection({}, { host: '127.0.0.1', port: allowed.port });
   await connected(ok);
+  // The success reply's BND: the local address of pthost's connection to the server (spec/ipc.md §5.6).
+  assert.equal(ok.socksBoundAddress.host, '127.0.0.1');
+  assert.ok(ok.socksBoundAddress.port > 0);
   assert.equal(await roundTrip(ok, 'through the free server'), 'through the free server');
   ok.destroy();
 

@@ -23,7 +23,7 @@ test('SOCKS5: greeting offers 09 and 80; block and request follow at once (spec/
 test('SOCKS5: replies parse, failures keep their code', () => {
   assert.deepEqual(parseResponse(Buffer.from([0x05, 0x09, 0x05, 0x00, 0x00, 0x01, 127, 0, 0, 1, 0x30]), 'h', 1), { need: true });
   const ok = parseResponse(Buffer.from([0x05, 0x09, 0x05, 0x00, 0x00, 0x01, 127, 0, 0, 1, 0x30, 0x39, 0xaa]), 'h', 1);
-  assert.deepEqual(ok, { done: true, consumed: 12 });
+  assert.deepEqual(ok, { done: true, consumed: 12, bound: { host: '127.0.0.1', port: 0x3039 } });
   const refused = parseResponse(Buffer.from([0x05, 0x80, 0x05, 0x05, 0x00, 0x01, 0, 0, 0, 0, 0, 0]), 'h', 1);
   assert.equal(refused.error.code, 'ECONNREFUSED');
   assert.equal(parseResponse(Buffer.from([0x05, 0xff]), 'h', 1).error.code, 'EPROTO');
