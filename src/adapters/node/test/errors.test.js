@@ -118,3 +118,15 @@ test('a killed pthost: open sockets and TURN sockets error, the connector report
   const late = await failure(connector.createConnection({}, { host: '127.0.0.1', port: echo.port }));
   assert.equal(late.code, 'ERR_PTHOST_EXIT');
 });
+
+test('generateConfiguration: an unknown transport is pthost\'s usage error (exit 64)', { timeout: 30000 }, () => {
+  assert.throws(() => pthost.generateConfiguration('nosuch'), (err) => {
+    assert.equal(err.code, 'ERR_PTHOST_USAGE');
+    assert.equal(err.exitCode, 64);
+    assert.match(err.message, /^pthost: .*nosuch/);
+    return true;
+  });
+  const { client, server } = pthost.generateConfiguration('plain');
+  assert.deepEqual(client, { transports: ['plain'], options: { plain: {} } });
+  assert.deepEqual(server, { transports: ['plain'], options: { plain: {} } });
+});
