@@ -43,6 +43,11 @@ for project in tests/PtHost.Tests tests/PtHost.Reliability; do
   s=${PIPESTATUS[0]}
   [ "$s" -eq 0 ] || status=$s
 done
+# The Node adapter (src/adapters/node): packs it, installs the tarball offline in a temporary
+# project and runs node --test there against out/pthost; its last line is counted below.
+bash src/adapters/node/test.sh 2>&1 | tee -a "$log"
+s=${PIPESTATUS[0]}
+[ "$s" -eq 0 ] || status=$s
 set -e
 # One closing line for CI: totals over every test assembly.
 awk '/(Passed|Failed)!  -/ { for (i = 1; i <= NF; i++) { if ($i == "Failed:") f += $(i+1); if ($i == "Passed:") p += $(i+1); if ($i == "Skipped:") s += $(i+1) } }
