@@ -1,9 +1,9 @@
 """One pthost child process: launch, stdout lines, stdin lines, stderr, end.
 
-spec/adapters.md §2 describes what this module does with spec/ipc.md: the
-configuration always has ``exit-on-stdin-close: true`` (§2.3), stdout is parsed
-line by line (§4), stdin carries message lines and ``STATUS`` requests (§4.10),
-stderr is kept for error messages (§4.11).
+spec/adapters.md §2.3–§2.7 describe what this module does with spec/ipc.md:
+the configuration always has ``exit-on-stdin-close: true``, stdout is parsed
+line by line (spec/ipc.md §4), stdin carries message lines and ``STATUS``
+requests (spec/ipc.md §4.10), stderr is kept for error messages.
 """
 
 from __future__ import annotations

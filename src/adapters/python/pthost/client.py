@@ -39,7 +39,7 @@ _sendmsg = _SocketBase.sendmsg
 _connect = _SocketBase.connect
 
 # Transports whose SOCKS destination names the PT server unless an option
-# names it (spec/adapters.md §3.3): option that makes them free.
+# names it (spec/adapters.md §2.9): the options that make them free.
 _SERVER_OPTIONS = {"plain": ("serverAddress", "discover"), "rud": ("serverAddress",),
                    "asport": ("serverAddress",)}
 # Transports that always know their server (relays and signals): always free.
@@ -72,7 +72,7 @@ class TransportSocket(_SocketBase):
 
     def connect(self, address) -> None:
         """Connect through the transport: ``address`` is the PT server for a bound transport and
-        the final destination for a free one (spec/adapters.md §3.3). Raises the mapped
+        the final destination for a free one (spec/adapters.md §2.9). Raises the mapped
         :class:`~pthost.errors.SocksError` subclass on a failure reply (spec/ipc.md §5.6)."""
         transport = self._pt_transport
         if transport is None:
@@ -247,7 +247,7 @@ class PluggableTransport:
 
     def isBound(self) -> bool:
         """True when ``connect()``'s address selects the PT server; False when the transport
-        already knows its server and the address is the final destination (spec/adapters.md §3.3)."""
+        already knows its server and the address is the final destination (spec/adapters.md §2.9)."""
         if self._name in _ALWAYS_FREE:
             return False
         options = (self._factory._config.get("options") or {}).get(self._name)
@@ -429,7 +429,7 @@ class TransportFactory:
     dict or JSON text; ``role`` may be omitted and ``exit-on-stdin-close`` is
     always true. Unless it has a ``turn`` key or ``turn=False`` is given, the
     adapter adds one with loopback-only random credentials, so that
-    ``create_datagram_endpoint`` works (spec/adapters.md §3.5). ``local`` is the
+    ``create_datagram_endpoint`` works (spec/adapters.md §2.3). ``local`` is the
     seed's local storage: pthost's ``state`` (default: a private temporary
     directory removed on close). ``signals`` is a :class:`Signals` object
     (default: a new one, at :attr:`signals`).

@@ -1,4 +1,4 @@
-"""The server side (spec/adapters.md §4): the seed's ``ServerTransport`` and ``ServerManager``.
+"""The server side (spec/adapters.md §3.6): the seed's ``ServerTransport`` and ``ServerManager``.
 
 PT 2.0 draft 1 gives Python no server interface; its JavaScript one
 (``generateConfiguration``, ``createServer``, ``createProxy``, ``ServerManager``)
@@ -147,6 +147,8 @@ class ServerTransport:
     def _start(self, configuration, local, signals, options, target=None, allow=None) -> PtHostProcess:
         config: dict = {"role": "server", "transports": [self._name]}
         for key, value in (options or {}).items():
+            if key in ("role", "transports"):
+                raise ValueError(f"options may not set {key!r}: a ServerTransport runs its one transport as server")
             if key == "bindaddr" and isinstance(value, (str, tuple)):
                 value = {self._name: _host_port(value)}
             elif key == "target" and not isinstance(value, str):

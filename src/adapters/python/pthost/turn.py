@@ -1,4 +1,4 @@
-"""An RFC 5766 TURN client for pthost's TURN front end (spec/turn.md §2–§4, spec/adapters.md §3.5).
+"""An RFC 5766 TURN client for pthost's TURN front end (spec/turn.md §2–§4, spec/adapters.md §2.8, §3.5).
 
 ``TurnCore`` holds what both drivers share: STUN messages (RFC 5389 §6,
 §15), long-term credentials (§10.2), the allocation's channels. The asyncio
