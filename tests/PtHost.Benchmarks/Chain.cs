@@ -52,13 +52,20 @@ public sealed class Chain : IAsyncDisposable
         || line.StartsWith("SMETHOD-ERROR", StringComparison.Ordinal) || line.StartsWith("CMETHOD-ERROR", StringComparison.Ordinal);
 
     /// <summary>Starts a bound plain server; returns it, its port, and the time from start to <c>SMETHODS DONE</c>.</summary>
-    public static async Task<(Child Child, int Port, TimeSpan Startup)> StartServerAsync(string pthost, string stateRoot, string target, IReadOnlyDictionary<string, string?>? env)
+    public static Task<(Child Child, int Port, TimeSpan Startup)> StartServerAsync(string pthost, string stateRoot, string target, IReadOnlyDictionary<string, string?>? env) =>
+        StartServerAsync(pthost, stateRoot, "target", JsonValue.Create(target), env);
+
+    /// <summary>Starts a free plain server that may reach the <paramref name="allow"/> entries (spec/ipc.md §3.4).</summary>
+    public static Task<(Child Child, int Port, TimeSpan Startup)> StartFreeServerAsync(string pthost, string stateRoot, string[] allow, IReadOnlyDictionary<string, string?>? env) =>
+        StartServerAsync(pthost, stateRoot, "allow", new JsonArray([.. allow.Select(a => (JsonNode)JsonValue.Create(a))]), env);
+
+    private static async Task<(Child Child, int Port, TimeSpan Startup)> StartServerAsync(string pthost, string stateRoot, string destinationKey, JsonNode destination, IReadOnlyDictionary<string, string?>? env)
     {
         var config = new JsonObject
         {
             ["role"] = "server",
             ["transports"] = new JsonArray("plain"),
-            ["target"] = target,
+            [destinationKey] = destination,
             ["state"] = Path.Combine(stateRoot, "server"),
             ["exit-on-stdin-close"] = true,
         };

@@ -36,6 +36,7 @@ public static class Scenarios
         new TurnScenario(),
         new JetScenario(),
         new RudScenario(),
+        new PythonAdapterScenario(),
     ];
 }
 
