@@ -266,6 +266,19 @@ public sealed class PythonAdapterScenario : IScenario
     private static void SocksUpload(IPEndPoint socks, IPEndPoint sink, long bytes)
     {
         using var s = SocksConnect(socks, sink);
+        SendThenDrain(s, bytes);
+    }
+
+    private static (long Received, double Seconds) SocksDownload(IPEndPoint socks, IPEndPoint source)
+    {
+        using var s = SocksConnect(socks, source);
+        var (total, elapsed) = ReceiveToEnd(s);
+        return (total, elapsed.TotalSeconds);
+    }
+
+    /// <summary>Sends <paramref name="bytes"/> in 128 KiB blocks, ends the direction, reads until the peer ends.</summary>
+    private static void SendThenDrain(Socket s, long bytes)
+    {
         var block = new byte[SendBlock];
         Random.Shared.NextBytes(block);
         for (long left = bytes; left > 0;)
@@ -275,33 +288,36 @@ public sealed class PythonAdapterScenario : IScenario
         while (s.Receive(drain) > 0) { }
     }
 
-    private static (long Received, double Seconds) SocksDownload(IPEndPoint socks, IPEndPoint source)
+    /// <summary>Reads to the end of the stream; the time runs from the first byte (as the Python side measures).</summary>
+    private static (long Bytes, TimeSpan Elapsed) ReceiveToEnd(Socket s)
     {
-        using var s = SocksConnect(socks, source);
         var buffer = new byte[ReceiveBlock];
         long total = s.Receive(buffer);
         long start = Stopwatch.GetTimestamp();
         int n;
         while ((n = s.Receive(buffer)) > 0) total += n;
-        return (total, Stopwatch.GetElapsedTime(start).TotalSeconds);
+        return (total, Stopwatch.GetElapsedTime(start));
     }
 
-    /// <summary>Accepts streams and reads each to its end, timing first byte to end of stream.</summary>
-    private sealed class BulkSink : IAsyncDisposable
+    /// <summary>A loopback listener that serves each accepted stream on its own thread (blocking calls only).</summary>
+    private abstract class BulkEnd : IAsyncDisposable
     {
         private readonly Socket _listener = new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        private readonly Channel<(long Bytes, TimeSpan Elapsed)> _done = Channel.CreateUnbounded<(long, TimeSpan)>();
-        private readonly Task _accept;
+        private Task? _accept;
 
-        public BulkSink()
+        protected BulkEnd()
         {
             _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
             _listener.Listen(16);
             EndPoint = (IPEndPoint)_listener.LocalEndPoint!;
-            _accept = Task.Factory.StartNew(AcceptLoop, TaskCreationOptions.LongRunning);
         }
 
         public IPEndPoint EndPoint { get; }
+
+        /// <summary>Starts accepting; called by the derived constructor once its fields are set.</summary>
+        protected void Start() => _accept = Task.Factory.StartNew(AcceptLoop, TaskCreationOptions.LongRunning);
+
+        protected abstract void Serve(Socket s);
 
         private void AcceptLoop()
         {
@@ -310,24 +326,40 @@ public sealed class PythonAdapterScenario : IScenario
                 Socket s;
                 try { s = _listener.Accept(); }
                 catch (Exception e) when (e is SocketException or ObjectDisposedException) { return; }
-                Task.Factory.StartNew(() => Drain(s), TaskCreationOptions.LongRunning);
+                Task.Factory.StartNew(() =>
+                {
+                    using (s)
+                    {
+                        try { Serve(s); }
+                        catch (SocketException) { }
+                    }
+                }, TaskCreationOptions.LongRunning);
             }
         }
 
-        private void Drain(Socket s)
+        public async ValueTask DisposeAsync()
         {
-            using (s)
+            _listener.Dispose();
+            if (_accept is not null) await _accept.ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Reads each stream to its end, timing first byte to end of stream.</summary>
+    private sealed class BulkSink : BulkEnd
+    {
+        private readonly Channel<(long Bytes, TimeSpan Elapsed)> _done = Channel.CreateUnbounded<(long, TimeSpan)>();
+
+        public BulkSink() => Start();
+
+        protected override void Serve(Socket s)
+        {
+            try
             {
-                try
-                {
-                    var buffer = new byte[ReceiveBlock];
-                    long total = s.Receive(buffer);
-                    long start = Stopwatch.GetTimestamp();
-                    int n;
-                    while ((n = s.Receive(buffer)) > 0) total += n;
-                    _done.Writer.TryWrite((total, Stopwatch.GetElapsedTime(start)));
-                }
-                catch (SocketException) { _done.Writer.TryWrite((-1, TimeSpan.Zero)); }
+                _done.Writer.TryWrite(ReceiveToEnd(s));
+            }
+            catch (SocketException)
+            {
+                _done.Writer.TryWrite((-1, TimeSpan.Zero));
             }
         }
 
@@ -339,65 +371,19 @@ public sealed class PythonAdapterScenario : IScenario
             if (got != bytes) throw new IOException($"the sink received {got} of {bytes} bytes");
             return elapsed.TotalSeconds;
         }
-
-        public async ValueTask DisposeAsync()
-        {
-            _listener.Dispose();
-            await _accept.ConfigureAwait(false);
-        }
     }
 
-    /// <summary>Accepts streams and sends each a fixed number of bytes, then ends its direction.</summary>
-    private sealed class BulkSource : IAsyncDisposable
+    /// <summary>Sends each stream a fixed number of bytes, ends its direction, and waits for the peer's end.</summary>
+    private sealed class BulkSource : BulkEnd
     {
-        private readonly Socket _listener = new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        private readonly Task _accept;
         private readonly long _bytes;
 
         public BulkSource(long bytes)
         {
             _bytes = bytes;
-            _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-            _listener.Listen(16);
-            EndPoint = (IPEndPoint)_listener.LocalEndPoint!;
-            _accept = Task.Factory.StartNew(AcceptLoop, TaskCreationOptions.LongRunning);
+            Start();
         }
 
-        public IPEndPoint EndPoint { get; }
-
-        private void AcceptLoop()
-        {
-            while (true)
-            {
-                Socket s;
-                try { s = _listener.Accept(); }
-                catch (Exception e) when (e is SocketException or ObjectDisposedException) { return; }
-                Task.Factory.StartNew(() => Send(s), TaskCreationOptions.LongRunning);
-            }
-        }
-
-        private void Send(Socket s)
-        {
-            using (s)
-            {
-                try
-                {
-                    var block = new byte[SendBlock];
-                    Random.Shared.NextBytes(block);
-                    for (long left = _bytes; left > 0;)
-                        left -= s.Send(block, 0, (int)Math.Min(left, block.Length), SocketFlags.None);
-                    s.Shutdown(SocketShutdown.Send);
-                    var drain = new byte[4096];
-                    while (s.Receive(drain) > 0) { }
-                }
-                catch (SocketException) { }
-            }
-        }
-
-        public async ValueTask DisposeAsync()
-        {
-            _listener.Dispose();
-            await _accept.ConfigureAwait(false);
-        }
+        protected override void Serve(Socket s) => SendThenDrain(s, _bytes);
     }
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import secrets
 import socket
@@ -456,7 +457,6 @@ class TransportFactory:
         """Start pthost with ``configuration`` (a running one is closed first) and wait for
         ``CMETHODS DONE``. Raises :class:`~pthost.errors.ConfigurationError` (exit 78) or
         :class:`~pthost.errors.TransportStartError` (no transport started)."""
-        import json
         config = json.loads(configuration) if isinstance(configuration, (str, bytes)) else dict(configuration)
         if config.setdefault("role", "client") != "client":
             raise ValueError('a TransportFactory runs pthost as "client"; use ServerTransport for servers')

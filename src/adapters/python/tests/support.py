@@ -126,11 +126,16 @@ class UdpEcho:
             self.sock.sendto(data, addr)
 
     def close(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        close_serving(self.sock)
+
+
+def close_serving(sock):
+    """Close a socket a thread is blocked on: shutdown wakes its recvfrom/accept on Linux."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
 
 
 class ZephyrRelay:

@@ -6,7 +6,7 @@ import unittest
 
 import pthost
 
-from support import require_pthost, wait_until
+from support import close_serving, require_pthost, wait_until
 
 
 def plain_client(server, **kwargs):
@@ -41,11 +41,7 @@ class Listener:
                 conn.sendall(b"listener saw " + data)
 
     def close(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        close_serving(self.sock)
 
 
 def exchange(sock, data: bytes) -> bytes:
