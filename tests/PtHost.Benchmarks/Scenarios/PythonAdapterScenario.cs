@@ -16,13 +16,14 @@ namespace PtHost.Benchmarks;
 /// back-to-back pairs alternating who goes first; uploads are timed at the harness's sink (first
 /// byte to end of stream), downloads by each receiver the same way. Start-up: adapter start (TransportFactory()) to
 /// its first connection (connect() returned, end to end for plain), against pthost's own start to
-/// CMETHODS DONE with the same configuration, measured by the harness; pairs interleaved.
+/// CMETHODS DONE with the same configuration, measured by the harness; pairs interleaved; both
+/// pthosts in sessions of their own (the adapter starts pthost with setsid, spec/adapters.md §2.3).
 /// </summary>
 public sealed class PythonAdapterScenario : IScenario
 {
     private const int SendBlock = 128 * 1024;
     private const int ReceiveBlock = 256 * 1024;
-    private const int Pairs = 5;
+    private const int Pairs = 9;
     private static readonly TimeSpan StreamTimeout = TimeSpan.FromSeconds(180);
 
     public string Name => "adapter-python";
@@ -61,7 +62,7 @@ public sealed class PythonAdapterScenario : IScenario
             ["PYTHONPATH"] = Path.Combine(repo, "src", "adapters", "python"),
             ["PYTHONDONTWRITEBYTECODE"] = "1",
         };
-        long bytes = ctx.StreamBytes / 8;
+        long bytes = ctx.StreamBytes / 16;
 
         try
         {
@@ -212,12 +213,12 @@ public sealed class PythonAdapterScenario : IScenario
     {
         await app.WriteLineAsync($"startup {echo}").ConfigureAwait(false);
         var r = await ReplyAsync(app, Chain.StartTimeout).ConfigureAwait(false);
-        var (client, socksPort, startup) = await Chain.StartClientAsync(ctx.PtHost, state, serverPort, null).ConfigureAwait(false);
+        var (client, socksPort, startup) = await Chain.StartClientAsync(ctx.PtHost, state, serverPort, null, ownSession: true).ConfigureAwait(false);
         await using (client.ConfigureAwait(false))
         {
             var first = await Task.Factory.StartNew(() =>
             {
-                using var s = SocksConnect(new IPEndPoint(IPAddress.Loopback, socksPort), echo);
+                using var s = SocksConnect(new IPEndPoint(IPAddress.Loopback, socksPort), echo, settingsBlock: true);
                 return Stopwatch.GetElapsedTime(client.StartTimestamp);
             }, TaskCreationOptions.LongRunning).ConfigureAwait(false);
             return (r["startup_ms"]!.GetValue<double>(), r["first_connection_ms"]!.GetValue<double>(), startup.TotalMilliseconds, first.TotalMilliseconds);
@@ -233,18 +234,25 @@ public sealed class PythonAdapterScenario : IScenario
         return o;
     }
 
-    /// <summary>A blocking SOCKS5 CONNECT (method 00; only synchronous calls, see <see cref="StreamPump"/>).</summary>
-    private static Socket SocksConnect(IPEndPoint socks, IPEndPoint destination)
+    /// <summary>
+    /// A blocking SOCKS5 CONNECT, greeting and request in one write (only synchronous calls, see
+    /// <see cref="StreamPump"/>): method 00, or with <paramref name="settingsBlock"/> the adapter's own
+    /// bytes (methods 09 and 80 offered, an empty settings block, spec/adapters.md §2.2), so that a
+    /// first connection takes the same path through pthost as the adapter's.
+    /// </summary>
+    private static Socket SocksConnect(IPEndPoint socks, IPEndPoint destination, bool settingsBlock = false)
     {
         var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         try
         {
             s.Connect(socks);
-            var request = new byte[3 + 10];
-            request[0] = 5; request[1] = 1; request[2] = 0;
-            request[3] = 5; request[4] = 1; request[5] = 0; request[6] = 1;
-            destination.Address.MapToIPv4().TryWriteBytes(request.AsSpan(7, 4), out _);
-            request[11] = (byte)(destination.Port >> 8); request[12] = (byte)destination.Port;
+            byte[] greeting = settingsBlock ? [5, 2, 9, 0x80, 0, 0, 0, 0] : [5, 1, 0];
+            var request = new byte[greeting.Length + 10];
+            greeting.CopyTo(request, 0);
+            var connect = request.AsSpan(greeting.Length);
+            connect[0] = 5; connect[1] = 1; connect[2] = 0; connect[3] = 1;
+            destination.Address.MapToIPv4().TryWriteBytes(connect.Slice(4, 4), out _);
+            connect[8] = (byte)(destination.Port >> 8); connect[9] = (byte)destination.Port;
             s.Send(request);
             var reply = new byte[2 + 10];
             for (int got = 0; got < reply.Length;)
@@ -253,7 +261,7 @@ public sealed class PythonAdapterScenario : IScenario
                 if (n == 0) throw new IOException("pthost closed during the SOCKS handshake");
                 got += n;
             }
-            if (reply[1] != 0 || reply[3] != 0) throw new IOException($"SOCKS reply {reply[1]:x2} {reply[3]:x2}");
+            if (reply[1] != greeting[2] || reply[3] != 0) throw new IOException($"SOCKS reply {reply[1]:x2} {reply[3]:x2}");
             return s;
         }
         catch
