@@ -165,6 +165,12 @@ class PtHostProcess:
         (no transport started), :class:`PtHostExitedError` (anything else).
         """
         argv = [self.executable, json.dumps(self.config, separators=(",", ":"), ensure_ascii=False)]
+        if self._signals is not None:
+            try:
+                self._signals._claim(self)  # before launching: a Signals object serves one pthost
+            except BaseException:
+                self._remove_temp_state()
+                raise
         env = None
         if self.env is not None:
             env = dict(os.environ)
@@ -184,7 +190,7 @@ class PtHostProcess:
         threading.Thread(target=self._read_stdout, name=f"pthost-{self.proc.pid}-stdout", daemon=True).start()
         threading.Thread(target=self._read_stderr, name=f"pthost-{self.proc.pid}-stderr", daemon=True).start()
         if self._signals is not None:
-            self._signals._attach(self)
+            self._signals._flush_pending()
         deadline = time.monotonic() + self.start_timeout
         with self._cond:
             while not self._done and not self._exited:

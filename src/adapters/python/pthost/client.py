@@ -109,7 +109,7 @@ class TransportSocket(_SocketBase):
             _SocketBase.close(self)
             raise
         finally:
-            if timeout == 0.0:
+            if timeout == 0.0 and self.fileno() != -1:
                 self.settimeout(0.0)
         self._pt_peer = tuple(address)
         self._pt_process = process

@@ -44,20 +44,31 @@ class Signals:
         self._queue: collections.deque[str] = collections.deque(maxlen=QUEUE_LIMIT)
         self._callback = callback
         self._process = None
+        self._started = False
         self._pending: list[str] = []
         self._ended = False
 
     # ------------------------------------------------------- the adapter side
 
-    def _attach(self, process) -> None:
+    def _claim(self, process) -> None:
+        """Serve ``process`` (about to start); lines sent meanwhile wait for :meth:`_flush_pending`."""
         with self._cond:
-            if self._process is not None and not self._process.exited:
+            if self._process is not None and not self._process.exited and self._process is not process:
                 raise ValueError("this Signals object already serves a running pthost")
             self._process = process
             self._ended = False
+            self._started = False
+
+    def _flush_pending(self) -> None:
+        """pthost runs: write the lines sent before it started."""
+        with self._cond:
+            self._started = True
             pending, self._pending = self._pending, []
         for line in pending:
-            self.send(line)
+            try:
+                self.send(line)
+            except ValueError as e:  # a line of the wrong kind, sent before the role was known
+                _log.warning("pthost adapter: message dropped: %s", e)
 
     def _detach(self, process) -> None:
         with self._cond:
@@ -105,7 +116,7 @@ class Signals:
             raise ValueError(f"not a CMESSAGE/SMESSAGE line: {line[:40]!r}")
         with self._cond:
             process = self._process
-            if process is None:
+            if process is None or not self._started:
                 self._pending.append(line)
                 return
         if keyword != self.accepts:

@@ -172,7 +172,7 @@ def carry(source, sink):
     return t
 
 
-def run_app(*args, **kwargs) -> subprocess.Popen:
+def run_app(mode: str, state: str, **kwargs) -> subprocess.Popen:
     """A small application process using the installed adapter (same interpreter)."""
-    return subprocess.Popen([sys.executable, os.path.join(APPS, "app.py"), *args],
+    return subprocess.Popen([sys.executable, os.path.join(APPS, "app.py"), mode, state],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)

@@ -4,6 +4,7 @@
 import json
 import os
 import signal
+import tempfile
 import unittest
 
 import pthost
@@ -54,7 +55,8 @@ class NoOrphans(unittest.TestCase):
     def test_interpreter_exit_ends_pthost(self):
         for mode in ("exit", "raise"):
             with self.subTest(mode=mode):
-                app = run_app(mode)
+                state = self.enterContext(tempfile.TemporaryDirectory())
+                app = run_app(mode, state)
                 pids = json.loads(app.stdout.readline())
                 out, err = app.communicate(timeout=30)
                 app.stdout.close()
@@ -66,7 +68,7 @@ class NoOrphans(unittest.TestCase):
                     self.assertTrue(process_gone(pid), f"pthost {pid} outlived the interpreter ({mode})")
 
     def test_sigkill_of_the_application_ends_pthost(self):
-        app = run_app("wait")
+        app = run_app("wait", self.enterContext(tempfile.TemporaryDirectory()))
         self.addCleanup(app.stdin.close)
         self.addCleanup(app.stderr.close)
         self.addCleanup(app.stdout.close)

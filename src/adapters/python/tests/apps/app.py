@@ -8,15 +8,18 @@ then, by mode:
 """
 
 import json
+import os
 import sys
 
 import pthost
 
 
-def main(mode: str) -> None:
-    server = pthost.ServerTransport("plain").createProxy(allow=["127.0.0.1"])
+def main(mode: str, state: str) -> None:
+    # State directories the test owns: a killed application cannot remove private ones.
+    server = pthost.ServerTransport("plain").createProxy(local=os.path.join(state, "server"), allow=["127.0.0.1"])
     client = pthost.TransportFactory(
-        {"transports": ["plain"], "options": {"plain": {"serverAddress": "%s:%d" % server.address}}})
+        {"transports": ["plain"], "options": {"plain": {"serverAddress": "%s:%d" % server.address}}},
+        local=os.path.join(state, "client"))
     print(json.dumps({"server": server.pid, "client": client.pid}), flush=True)
     if mode == "raise":
         raise RuntimeError("app: ending with an unhandled exception")
@@ -25,4 +28,4 @@ def main(mode: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])
