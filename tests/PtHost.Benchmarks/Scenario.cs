@@ -37,6 +37,7 @@ public static class Scenarios
         new JetScenario(),
         new RudScenario(),
         new NodeAdapterScenario(),
+        new PythonAdapterScenario(),
     ];
 }
 
