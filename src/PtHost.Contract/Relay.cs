@@ -23,7 +23,7 @@ public interface IRelayService
 
     /// <summary>
     /// Reads the arguments and any configuration file they name; binds nothing. Throws
-    /// <see cref="TransportOptionsException"/> for a bad configuration (exit 78) and
+    /// <see cref="TransportOptionsException"/> or <see cref="OptionsException"/> for a bad configuration (exit 78) and
     /// <see cref="PlatformNotSupportedException"/> when the relay cannot run here (exit 69).
     /// </summary>
     IRelay Create(RelayArguments arguments, ILoggerFactory loggerFactory);

@@ -30,7 +30,7 @@ internal sealed class RelayHost(IRelayService service, RelayArguments arguments,
             _relay = service.Create(arguments, loggers);
             await _relay.StartAsync(cancellationToken).ConfigureAwait(false);
         }
-        catch (TransportOptionsException e)
+        catch (Exception e) when (e is TransportOptionsException or OptionsException)
         {
             Fail(ExitCodes.Config, e.Message);
             return;
