@@ -100,45 +100,54 @@ internal static class CommandLine
         return root;
     }
 
-    /// <summary><c>pthost relay NAME</c>: the relay's own options, plus <c>--loglevel</c>.</summary>
+    /// <summary>
+    /// <c>pthost relay NAME</c>: the relay's own options, plus <c>--loglevel</c>. An option may be given
+    /// more than once; every value must be valid and the last one counts (as the hand-written parsers did).
+    /// </summary>
     private static Command RelayCommand(IRelayService service)
     {
         var command = new Command(service.Name, service.Description);
-        var options = new List<(RelayOption Relay, Option<string> Option)>();
+        var options = new List<(RelayOption Relay, Option<string[]> Option)>();
         foreach (var o in service.Options)
         {
-            var option = new Option<string>("--" + o.Name) { Description = o.Help, HelpName = o.ValueName, Required = o.Required };
-            if (o.Default is { } text) option.DefaultValueFactory = _ => text;
-            option.Validators.Add(r =>
-            {
-                if (!r.Implicit && r.Tokens.Count == 1 && !o.TryRead(r.Tokens[0].Value, out _, out string? problem)) r.AddError(problem!);
-            });
+            var option = Repeatable("--" + o.Name, o.Help, o.ValueName, o.Default, text => o.TryRead(text, out _, out string? problem) ? null : problem);
+            option.Required = o.Required;
             command.Options.Add(option);
             options.Add((o, option));
         }
-        var level = new Option<string>("--loglevel")
-        {
-            Description = "Threshold of the stderr log: error, warning, notice, info, debug, trace or none.",
-            HelpName = "LEVEL",
-            DefaultValueFactory = _ => "info",
-        };
-        level.Validators.Add(r =>
-        {
-            if (!r.Implicit && r.Tokens.Count == 1 && PtConfig.TryParseLogLevel(r.Tokens[0].Value) is null)
-                r.AddError($"--loglevel \"{r.Tokens[0].Value}\" is not one of error, warning, notice, info, debug, trace, none");
-        });
+        var level = Repeatable("--loglevel", "Threshold of the stderr log: error, warning, notice, info, debug, trace or none.", "LEVEL", "info",
+            text => PtConfig.TryParseLogLevel(text) is null ? $"--loglevel \"{text}\" is not one of error, warning, notice, info, debug, trace, none" : null);
         command.Options.Add(level);
         command.SetAction((parse, _) =>
         {
             var given = new Dictionary<string, string>(StringComparer.Ordinal);
             foreach (var (o, option) in options)
-                if (parse.GetResult(option) is { Implicit: false } r) given[o.Name] = r.Tokens[0].Value;
+                if (parse.GetResult(option) is { Implicit: false } r) given[o.Name] = r.Tokens[^1].Value;
             RelayArguments arguments;
             try { arguments = RelayArguments.Read(service.Options, given); }
             catch (FormatException e) { return Task.FromResult(UsageError("relay " + service.Name, e.Message)); }
-            return Program.RunRelayAsync(service, arguments, PtConfig.TryParseLogLevel(parse.GetValue(level)!)!.Value);
+            string levelText = parse.GetResult(level) is { Implicit: false } l ? l.Tokens[^1].Value : "info";
+            return Program.RunRelayAsync(service, arguments, PtConfig.TryParseLogLevel(levelText)!.Value);
         });
         return command;
+    }
+
+    /// <summary>An option taking one value per occurrence, given any number of times; <paramref name="check"/> returns the problem with a value, or null.</summary>
+    private static Option<string[]> Repeatable(string name, string help, string valueName, string? defaultText, Func<string, string?> check)
+    {
+        var option = new Option<string[]>(name) { Description = help, HelpName = valueName, Arity = ArgumentArity.OneOrMore, AllowMultipleArgumentsPerToken = false };
+        if (defaultText is not null) option.DefaultValueFactory = _ => [defaultText];
+        option.Validators.Add(r =>
+        {
+            if (r.Implicit) return;
+            foreach (var token in r.Tokens)
+                if (check(token.Value) is { } problem)
+                {
+                    r.AddError(problem);
+                    return;
+                }
+        });
+        return option;
     }
 
     /// <summary>A usage error: one line <c>pthost: [COMMAND: ]PROBLEM</c> on stderr, exit 64 (spec/ipc.md §2.5).</summary>

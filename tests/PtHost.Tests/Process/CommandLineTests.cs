@@ -83,7 +83,8 @@ public partial class CommandLineTests
     [InlineData(new[] { "relay", "asport", "--listen", "127.0.0.1:0" }, "--config")]
     [InlineData(new[] { "relay", "jet", "--listen", "localhost:80" }, "--listen")]
     [InlineData(new[] { "relay", "zephyr", "--loglevel", "loud" }, "--loglevel")]
-    [InlineData(new[] { "relay", "zephyr", "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:1" }, "--listen")]
+    [InlineData(new[] { "relay", "zephyr", "--listen", "nowhere", "--listen", "127.0.0.1:0" }, "--listen")]
+    [InlineData(new[] { "--config", "a.json", "--config", "b.json" }, "--config")]
     [InlineData(new[] { "--config" }, "--config")]
     [InlineData(new[] { "notjson" }, "notjson")]
     [InlineData(new[] { "{}", "--config", "c.json" }, "--config")]
@@ -95,6 +96,19 @@ public partial class CommandLineTests
         string line = Assert.Single(p.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
         Assert.StartsWith("pthost: ", line, StringComparison.Ordinal);
         Assert.Contains(named, line, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_relay_option_given_twice_counts_its_last_value()
+    {
+        // As the hand-written parsers did: scripts that add an option to a base command line keep working.
+        await using var p = PtProcess.StartPthost("relay", "zephyr", "--listen", "127.0.0.1:1", "--loglevel", "debug", "--listen", "127.0.0.1:0", "--loglevel", "warning");
+        string line = await p.ReadLineAsync();
+        Assert.Matches(@"^LISTEN zephyr 127\.0\.0\.1:\d+$", line);
+        Assert.NotEqual("LISTEN zephyr 127.0.0.1:1", line);
+        p.Signal(15);
+        Assert.Equal(0, await p.WaitForExitAsync());
+        Assert.DoesNotContain("info:", p.Stderr, StringComparison.Ordinal); // --loglevel warning counted
     }
 
     [Theory]
