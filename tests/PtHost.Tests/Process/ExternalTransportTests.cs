@@ -97,9 +97,6 @@ public class ExternalTransportTests(ITestOutputHelper output)
 
     private static string Comm(int pid) => File.ReadAllText($"/proc/{pid}/comm").Trim();
 
-    private static Task WaitForAsync(Func<bool> condition, string what, TimeSpan? limit = null) =>
-        Eventually.TrueAsync(condition, what, limit ?? TimeSpan.FromSeconds(60));
-
     [Fact]
     public async Task Obfs4proxy_on_both_ends_carries_a_file_intact_with_the_cert_as_JSON_settings_and_with_curl()
     {
@@ -185,8 +182,8 @@ public class ExternalTransportTests(ITestOutputHelper output)
         {
             int old = Assert.Single(ChildPids(process.Pid), p => Comm(p) == "obfs4proxy");
             Assert.Equal(0, kill(old, 9));
-            await WaitForAsync(() => process.Stderr.Contains($"{Name}: /usr/bin/obfs4proxy (pid {old}) exited with code"), $"the {role} did not report its child's death:\n{process.Stderr}");
-            await WaitForAsync(() => process.Stderr.Contains($"{Name}: /usr/bin/obfs4proxy restarted"), $"the {role} did not restart its child:\n{process.Stderr}");
+            await process.WaitForStderrAsync($"{Name}: /usr/bin/obfs4proxy (pid {old}) exited with code", within: TimeSpan.FromSeconds(60)); // the death reported
+            await process.WaitForStderrAsync($"{Name}: /usr/bin/obfs4proxy restarted", within: TimeSpan.FromSeconds(60));
             int now = Assert.Single(ChildPids(process.Pid), p => Comm(p) == "obfs4proxy");
             Assert.NotEqual(old, now);
             // The server's child is started again on the address and with the keys of the SMETHOD line.
