@@ -412,43 +412,18 @@ internal sealed class DroppingForwarder : IAsyncDisposable
 /// </summary>
 internal sealed class HashingUploadServer : IAsyncDisposable
 {
-    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
-    private readonly CancellationTokenSource _cts = new();
-    private readonly Task _loop;
+    private readonly ScriptServer _server = new((socket, ct) => ServeAsync(socket, ct));
 
-    public HashingUploadServer()
+    public int Port => _server.Port;
+
+    private static async Task ServeAsync(Socket socket, CancellationToken ct)
     {
-        _listener.Start();
-        _loop = Task.Run(LoopAsync);
-    }
-
-    public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
-
-    private async Task LoopAsync()
-    {
-        while (!_cts.IsCancellationRequested)
-        {
-            TcpClient c;
-            try { c = await _listener.AcceptTcpClientAsync(_cts.Token); }
-            catch (Exception) { return; }
-            _ = Task.Run(async () =>
-            {
-                using (c)
-                {
-                    try { await ServeAsync(c.GetStream()); }
-                    catch (Exception) { }
-                }
-            });
-        }
-    }
-
-    private async Task ServeAsync(NetworkStream s)
-    {
+        using var s = new NetworkStream(socket, ownsSocket: false);
         var head = new List<byte>();
         var one = new byte[1];
         while (head.Count < 16384)
         {
-            if (await s.ReadAsync(one, _cts.Token) == 0) return;
+            if (await s.ReadAsync(one, ct) == 0) return;
             head.Add(one[0]);
             if (head.Count >= 4 && head[^4] == '\r' && head[^3] == '\n' && head[^2] == '\r' && head[^1] == '\n') break;
         }
@@ -457,7 +432,7 @@ internal sealed class HashingUploadServer : IAsyncDisposable
             .Select(p => long.Parse(p[1].Trim(), CultureInfo.InvariantCulture)).FirstOrDefault(-1);
         if (length < 0)
         {
-            await s.WriteAsync("HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"u8.ToArray(), _cts.Token);
+            await s.WriteAsync("HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"u8.ToArray(), ct);
             return;
         }
         using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
@@ -465,20 +440,15 @@ internal sealed class HashingUploadServer : IAsyncDisposable
         long got = 0;
         while (got < length)
         {
-            int n = await s.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, length - got)), _cts.Token);
+            int n = await s.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, length - got)), ct);
             if (n == 0) break;
             sha.AppendData(buffer, 0, n);
             got += n;
         }
         byte[] body = Encoding.ASCII.GetBytes($"{got} {Convert.ToHexStringLower(sha.GetHashAndReset())}\n");
-        await s.WriteAsync(Encoding.ASCII.GetBytes($"HTTP/1.1 200 OK\r\nContent-Length: {body.Length}\r\nConnection: close\r\n\r\n"), _cts.Token);
-        await s.WriteAsync(body, _cts.Token);
+        await s.WriteAsync(Encoding.ASCII.GetBytes($"HTTP/1.1 200 OK\r\nContent-Length: {body.Length}\r\nConnection: close\r\n\r\n"), ct);
+        await s.WriteAsync(body, ct);
     }
 
-    public async ValueTask DisposeAsync()
-    {
-        _cts.Cancel();
-        _listener.Stop();
-        await _loop;
-    }
+    public ValueTask DisposeAsync() => _server.DisposeAsync();
 }

@@ -1,7 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 
-namespace PtHost.Reliability.Support;
+namespace PtHost.Testing;
 
 /// <summary>A loopback TCP server that runs a script for each accepted connection (the far end of a session).</summary>
 public sealed class ScriptServer : IAsyncDisposable
