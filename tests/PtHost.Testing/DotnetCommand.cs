@@ -51,7 +51,7 @@ public static class DotnetCommand
         return !string.IsNullOrEmpty(host) && File.Exists(host) ? host : "dotnet";
     }
 
-    public static void Kill(Process p)
+    private static void Kill(Process p)
     {
         try { if (!p.HasExited) p.Kill(entireProcessTree: true); }
         catch (Exception e) when (e is InvalidOperationException or System.ComponentModel.Win32Exception) { }
