@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Collections.Concurrent;
 using System.Net;
 using System.Net.Sockets;
@@ -73,14 +74,14 @@ public sealed class EchoServer : IAsyncDisposable
     private async Task ServeAsync(Socket s)
     {
         var seen = _recordLimit > 0 ? new MemoryStream() : null;
+        byte[]? buffer = null;
         try
         {
-            byte[]? buffer = null;
             while (true)
             {
-                // Zero-byte receive first: an idle connection holds no buffer.
+                // Zero-byte receive first: an idle connection holds no buffer; a busy one a pooled one.
                 await s.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None, _stop.Token).ConfigureAwait(false);
-                buffer ??= new byte[64 * 1024];
+                buffer ??= ArrayPool<byte>.Shared.Rent(64 * 1024);
                 int n = await s.ReceiveAsync(buffer, SocketFlags.None, _stop.Token).ConfigureAwait(false);
                 if (n == 0) break;
                 if (seen is not null && seen.Length < _recordLimit) seen.Write(buffer, 0, (int)Math.Min(n, _recordLimit - seen.Length));
@@ -91,6 +92,7 @@ public sealed class EchoServer : IAsyncDisposable
         catch (Exception e) when (e is SocketException or OperationCanceledException or ObjectDisposedException) { }
         finally
         {
+            if (buffer is not null) ArrayPool<byte>.Shared.Return(buffer);
             if (seen is not null) Received.Enqueue(seen.ToArray());
             lock (_open) _open.Remove(s);
             s.Dispose();
