@@ -16,7 +16,9 @@ packages=(curl ca-certificates
   # JET: a real browser opens the relay's WebSocket
   chromium
   # RUD: X25519 through the system OpenSSL (libcrypto.so.3)
-  libssl3)
+  libssl3
+  # Python adapter (src/adapters/python): Debian's python3 with venv, and an offline pip build backend
+  python3 python3-venv python3-setuptools python3-wheel)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -43,6 +45,13 @@ for project in tests/PtHost.Tests tests/PtHost.Reliability; do
   s=${PIPESTATUS[0]}
   [ "$s" -eq 0 ] || status=$s
 done
+# The Node adapter (src/adapters/node): packs it, installs the tarball offline in a temporary
+# project and runs node --test there against out/pthost; its last line is counted below.
+bash src/adapters/node/test.sh 2>&1 | tee -a "$log"
+s=${PIPESTATUS[0]}
+[ "$s" -eq 0 ] || status=$s
+# Python adapter: its own venv and unittest run against out/pthost (src/adapters/python/test.sh).
+bash src/adapters/python/test.sh 2>&1 | tee -a "$log"; s=${PIPESTATUS[0]}; [ "$s" -eq 0 ] || status=$s
 set -e
 # One closing line for CI: totals over every test assembly.
 awk '/(Passed|Failed)!  -/ { for (i = 1; i <= NF; i++) { if ($i == "Failed:") f += $(i+1); if ($i == "Passed:") p += $(i+1); if ($i == "Skipped:") s += $(i+1) } }

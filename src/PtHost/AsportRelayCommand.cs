@@ -48,8 +48,8 @@ public static class AsportRelayCommand
             Console.Error.WriteLine("pthost: relay asport: " + why);
             return ExitCodes.Unavailable;
         }
-        AsportServerOptions options;
-        try { options = AsportServerOptions.Load(config) with { Listen = listen }; }
+        AsportRelayOptions options;
+        try { options = AsportRelayOptions.Load(config) with { Listen = listen }; }
         catch (Exception e) when (e is FormatException or IOException or UnauthorizedAccessException)
         {
             Console.Error.WriteLine($"pthost: relay asport: {config}: {e.Message}");
@@ -58,7 +58,7 @@ public static class AsportRelayCommand
 
         using var loggers = LoggerFactory.Create(b => Program.ConfigureLogging(b, level));
         var log = loggers.CreateLogger("PtHost.Relay.Asport");
-        var server = new AsportServer(options, log);
+        var server = new AsportRelay(options, log);
         try
         {
             server.Start();

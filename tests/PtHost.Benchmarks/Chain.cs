@@ -52,13 +52,20 @@ public sealed class Chain : IAsyncDisposable
         || line.StartsWith("SMETHOD-ERROR", StringComparison.Ordinal) || line.StartsWith("CMETHOD-ERROR", StringComparison.Ordinal);
 
     /// <summary>Starts a bound plain server; returns it, its port, and the time from start to <c>SMETHODS DONE</c>.</summary>
-    public static async Task<(Child Child, int Port, TimeSpan Startup)> StartServerAsync(string pthost, string stateRoot, string target, IReadOnlyDictionary<string, string?>? env)
+    public static Task<(Child Child, int Port, TimeSpan Startup)> StartServerAsync(string pthost, string stateRoot, string target, IReadOnlyDictionary<string, string?>? env) =>
+        StartServerAsync(pthost, stateRoot, "target", JsonValue.Create(target), env);
+
+    /// <summary>Starts a free plain server that may reach the <paramref name="allow"/> entries (spec/ipc.md §3.4).</summary>
+    public static Task<(Child Child, int Port, TimeSpan Startup)> StartFreeServerAsync(string pthost, string stateRoot, string[] allow, IReadOnlyDictionary<string, string?>? env) =>
+        StartServerAsync(pthost, stateRoot, "allow", new JsonArray([.. allow.Select(a => (JsonNode)JsonValue.Create(a))]), env);
+
+    private static async Task<(Child Child, int Port, TimeSpan Startup)> StartServerAsync(string pthost, string stateRoot, string destinationKey, JsonNode destination, IReadOnlyDictionary<string, string?>? env)
     {
         var config = new JsonObject
         {
             ["role"] = "server",
             ["transports"] = new JsonArray("plain"),
-            ["target"] = target,
+            [destinationKey] = destination,
             ["state"] = Path.Combine(stateRoot, "server"),
             ["exit-on-stdin-close"] = true,
         };
@@ -77,8 +84,14 @@ public sealed class Chain : IAsyncDisposable
         }
     }
 
-    /// <summary>Starts a plain client; returns it, its SOCKS port, and the time from start to <c>CMETHODS DONE</c>.</summary>
-    public static async Task<(Child Child, int SocksPort, TimeSpan Startup)> StartClientAsync(string pthost, string stateRoot, int serverPort, IReadOnlyDictionary<string, string?>? env)
+    /// <summary>
+    /// Starts a plain client; returns it, its SOCKS port, and the time from start to <c>CMETHODS DONE</c>.
+    /// With <paramref name="ownSession"/> it runs under setsid(1), as an application adapter starts it:
+    /// with the kernel's autogroup scheduling a session is its own CPU group, so a comparison with an
+    /// adapter's pthost must put both in sessions of their own.
+    /// </summary>
+    public static async Task<(Child Child, int SocksPort, TimeSpan Startup)> StartClientAsync(string pthost, string stateRoot, int serverPort,
+        IReadOnlyDictionary<string, string?>? env, bool ownSession = false)
     {
         var config = new JsonObject
         {
@@ -88,7 +101,11 @@ public sealed class Chain : IAsyncDisposable
             ["state"] = Path.Combine(stateRoot, "client"),
             ["exit-on-stdin-close"] = true,
         };
-        var child = Child.Start("pthost client", pthost, [config.ToJsonString()], Env(env));
+        // setsid(1) execs in place (the child is no group leader), so the pid is pthost's.
+        var child = ownSession
+            ? Child.Start("pthost client", Sys.Which("setsid") ?? throw new InvalidOperationException("setsid (util-linux) not found"),
+                [pthost, config.ToJsonString()], Env(env))
+            : Child.Start("pthost client", pthost, [config.ToJsonString()], Env(env));
         try
         {
             var (_, line) = await child.WaitForLineAsync(l => l.StartsWith("CMETHOD plain ", StringComparison.Ordinal), StartTimeout, IsIpcError).ConfigureAwait(false);

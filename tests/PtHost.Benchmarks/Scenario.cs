@@ -36,6 +36,8 @@ public static class Scenarios
         new TurnScenario(),
         new JetScenario(),
         new RudScenario(),
+        new NodeAdapterScenario(),
+        new PythonAdapterScenario(),
     ];
 }
 

@@ -72,7 +72,7 @@ public class AsportTests(ITestOutputHelper output)
             int announced = Announcements(chain);
 
             // The client's TCP connections to the public port die with the relay (EOF or reset at once); the
-            // server process learns it by the QUIC idle timeout (10 s, AsportClientOptions.IdleTimeout) and
+            // server process learns it by the QUIC idle timeout (10 s, AsportRelayClientOptions.IdleTimeout) and
             // then closes its target sockets. The test allows 30 s for the SOCKS streams.
             var ends = await TransportScenarios.KillUnderStreamsAsync(output, chain, echo.Port, 10, async () =>
             {

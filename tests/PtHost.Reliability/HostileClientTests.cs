@@ -4,8 +4,8 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using Microsoft.Extensions.Logging.Abstractions;
 using PtHost.Contract;
-using PtHost.Reliability.Support;
 using PtHost.Quic;
+using PtHost.Reliability.Support;
 using PtHost.Transports.Asport;
 using PtHost.Transports.Jet;
 using PtHost.Transports.Rud;
@@ -376,7 +376,7 @@ public class HostileClientTests(ITestOutputHelper output)
         await using var echo = new EchoServer();
         await using var relay = await AsportRelayProcess.StartAsync();
         int pid = relay.Process.Pid;
-        await using var legit = new AsportClient(new AsportClientOptions
+        await using var legit = new AsportRelayClient(new AsportRelayClientOptions
         {
             Server = relay.EndPoint,
             Verification = QuicPeerVerification.Pinned(AsportRelayProcess.Cert.Sha256),

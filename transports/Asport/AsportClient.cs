@@ -1,436 +1,257 @@
-using System.Buffers;
-using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
-using System.Text;
 using Microsoft.Extensions.Logging;
+using Newtonsoft.Json.Linq;
+using PtHost.Contract;
 using PtHost.Net;
-using PtHost.Quic;
+using PtHost.Transports.Plain;
+using PtHost.Turn;
 
 namespace PtHost.Transports.Asport;
 
-/// <summary>Thrown when the server answered the ClientHello with an error code.</summary>
-public sealed class AsportRejectedException(ServerHelloCode code) : IOException($"ASPORT server refused: {code}")
-{
-    public ServerHelloCode Code { get; } = code;
-}
-
-public sealed record AsportClientOptions
-{
-    public required IPEndPoint Server { get; init; }
-    public required QuicPeerVerification Verification { get; init; }
-    public required Guid User { get; init; }
-    public required string Password { get; init; }
-    public ForwardMode Mode { get; init; } = ForwardMode.Tcp;
-    public ushort PortStart { get; init; } = 1;
-    public ushort PortEnd { get; init; } = 65535;
-    /// <summary>Where forwarded TCP connections and UDP packets go (the service behind NAT).</summary>
-    public required IPEndPoint LocalTarget { get; init; }
-    public TimeSpan Heartbeat { get; init; } = TimeSpan.FromSeconds(3);
-    public TimeSpan HandshakeTimeout { get; init; } = TimeSpan.FromSeconds(3);
-    public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromSeconds(10);
-    public TimeSpan UdpIdleTimeout { get; init; } = TimeSpan.FromSeconds(60);
-    public TimeSpan ReconnectMin { get; init; } = TimeSpan.FromMilliseconds(500);
-    public TimeSpan ReconnectMax { get; init; } = TimeSpan.FromSeconds(30);
-}
-
 /// <summary>
-/// The ASPORT client (spec/asport.md §4.5), the side behind NAT: keeps a QUIC connection to the
-/// server, authenticates, sends a Heartbeat every 3 s, turns Connect streams into TCP
-/// connections to the local target and Packets into UDP on one socket per association, and
-/// reconnects with exponential back-off when the server goes away.
+/// Client process: TCP to the announced public address, plain's preamble, raw bytes; TURN allocations
+/// over UDP to the public port when it is bound, else carried in a TCP session (spec/asport.md §6.2).
 /// </summary>
-public sealed class AsportClient : IAsyncDisposable
+internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, IDatagramStreamCarrier
 {
-    /// <summary>Bidirectional streams (forwarded TCP connections) the server may have open at once on our connection.</summary>
-    public const int MaxForwardedStreams = 16384;
+    /// <summary>The latest announcement; <see cref="Gone"/> fires when a different address replaces it.</summary>
+    private sealed record Announcement(Destination Address, bool Udp, CancellationTokenSource Gone);
 
-    /// <summary>One association: a socket towards LocalTarget, or (the transport) a handler's state.</summary>
-    private sealed class Association(ushort id, Socket? socket, IPEndPoint? source, IAsportUdpAssociation? handler = null)
-    {
-        public readonly ushort Id = id;
-        public readonly Socket? Socket = socket;
-        public readonly IAsportUdpAssociation? Handler = handler;
-        public readonly IPEndPoint? Source = source;
-        public int NextPacketId;
-        public long LastActive = Environment.TickCount64;
-
-        public void End()
-        {
-            Socket?.Dispose();
-            Handler?.End();
-        }
-    }
-
+    private readonly TransportEnvironment _context;
     private readonly AsportClientOptions _options;
     private readonly ILogger _log;
-    private readonly Func<IPEndPoint?, CancellationToken, ValueTask<Stream>> _openLocal;
-    private readonly Func<QuicStream, IPEndPoint?, CancellationToken, Task>? _serveConnect;
-    private readonly IAsportUdpHandler? _udp;
     private readonly CancellationTokenSource _stop = new();
-    private Task? _run;
-    private TaskCompletionSource<int> _registered = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private Announcement? _announced;
 
-    public long Connections, TcpForwarded, UdpForwarded, Malformed;
-
-    /// <param name="openLocal">Opens the onward stream for a Connect (default: TCP to LocalTarget).</param>
-    /// <param name="serveConnect">Serves a whole Connect stream after its header instead (the transport's sessions).</param>
-    /// <param name="udp">Takes every association's packets instead of a UDP socket towards LocalTarget (the transport, spec/asport.md §6.2).</param>
-    public AsportClient(AsportClientOptions options, ILogger log, Func<IPEndPoint?, CancellationToken, ValueTask<Stream>>? openLocal = null,
-        Func<QuicStream, IPEndPoint?, CancellationToken, Task>? serveConnect = null, IAsportUdpHandler? udp = null)
+    public AsportClient(TransportEnvironment context, AsportClientOptions options)
     {
+        _context = context;
         _options = options;
-        _log = log;
-        _openLocal = openLocal ?? OpenTcpAsync;
-        _serveConnect = serveConnect;
-        _udp = udp;
+        _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Asport");
+        _ = FollowAnnouncementsAsync(_stop.Token);
     }
 
-    /// <summary>The public port the server bound, once registered (reset on each reconnect).</summary>
-    public Task<int> Registered => _registered.Task;
-
-    /// <summary>Raised with the public port after every successful registration.</summary>
-    public event Action<int>? OnRegistered;
-
-    /// <summary>Raised when the server refuses the ClientHello.</summary>
-    public event Action<ServerHelloCode>? OnRefused;
-
-    public void Start() => _run = Task.Run(() => RunAsync(_stop.Token));
-
-    private async ValueTask<Stream> OpenTcpAsync(IPEndPoint? source, CancellationToken ct)
+    public object? ParseSettings(ConnectionSettings settings)
     {
-        var s = new Socket(_options.LocalTarget.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        settings.RejectUnknownKeys("destination");
+        string? d = settings.GetString("destination");
+        if (d is null) return null;
+        return Destination.TryParse(d, out var dest) && dest.Port != 0 ? dest : throw new SettingsException("destination", "must be \"host:port\"");
+    }
+
+    /// <summary>The latest "asport.address" SMESSAGE wins over the configured address (the public port changes when the server re-registers).</summary>
+    private async Task FollowAnnouncementsAsync(CancellationToken ct)
+    {
         try
         {
-            await s.ConnectAsync(_options.LocalTarget, ct).ConfigureAwait(false);
-            return new NetworkStream(s, ownsSocket: true);
+            await foreach (var s in _context.Signals.Incoming.ReadAllAsync(ct).ConfigureAwait(false))
+            {
+                if (s.Kind != AsportTransport.AddressSignal) continue;
+                if (s.Body?["address"] is { Type: JTokenType.String } a && Destination.TryParse((string)a!, out var addr) && addr.Port != 0)
+                {
+                    var udp = s.Body["udp"] is { Type: JTokenType.Boolean } u && (bool)u!;
+                    var previous = Volatile.Read(ref _announced);
+                    var same = previous is not null && previous.Address.ToString() == addr.ToString();
+                    Volatile.Write(ref _announced, new Announcement(addr, udp, same ? previous!.Gone : new CancellationTokenSource()));
+                    // UDP associations sent to the old public port cannot reach the server any more.
+                    if (!same && previous is not null) previous.Gone.Cancel();
+                    _log.LogInformation("asport: server address {Address} learned from SMESSAGE (UDP {Udp})", addr, udp ? "bound" : "not bound");
+                }
+            }
+        }
+        catch (OperationCanceledException) { }
+        catch (System.Threading.Channels.ChannelClosedException) { }
+    }
+
+    public async ValueTask<Stream> ConnectAsync(ConnectRequest request, CancellationToken cancellationToken)
+    {
+        var far = request.Settings as Destination;
+        Destination server;
+        if (Volatile.Read(ref _announced) is { } announced) server = announced.Address;
+        else if (_options.ServerAddress is { } configured) server = configured;
+        else
+        {
+            server = request.Destination;
+            if (server.IsUnspecified) throw new TransportConnectException(ConnectFailure.HostUnreachable, "no asport server address: none configured, none announced, none in the request");
+            return await OpenAsync(server, far, request.Kind, cancellationToken).ConfigureAwait(false);
+        }
+        if (far is null && !request.Destination.IsUnspecified) far = request.Destination;
+        return await OpenAsync(server, far, request.Kind, cancellationToken).ConfigureAwait(false);
+    }
+
+    private async Task<Stream> OpenAsync(Destination server, Destination? far, SessionKind kind, CancellationToken ct)
+    {
+        var stream = await _context.Dialer.ConnectTcpAsync(server, ct).ConfigureAwait(false);
+        try
+        {
+            await PlainWire.RequestAsync(stream, far, $"asport address {server}", ct, kind).ConfigureAwait(false);
+            return stream;
+        }
+        catch (Exception e) when (e is IOException or SocketException)
+        {
+            await stream.DisposeAsync().ConfigureAwait(false);
+            throw new TransportConnectException(ConnectFailure.General, $"asport address {server}: {e.Message}", e);
         }
         catch
         {
-            s.Dispose();
+            await stream.DisposeAsync().ConfigureAwait(false);
             throw;
         }
     }
 
-    private async Task RunAsync(CancellationToken ct)
-    {
-        var delay = _options.ReconnectMin;
-        var family = _options.Server.AddressFamily;
-        await using var endpoint = QuicEndpoint.CreateClient(new IPEndPoint(family == AddressFamily.InterNetwork ? IPAddress.Any : IPAddress.IPv6Any, 0), _log);
-        while (!ct.IsCancellationRequested)
-        {
-            var registered = false;
-            try
-            {
-                registered = await ConnectionAsync(endpoint, ct, () => delay = _options.ReconnectMin).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException) when (ct.IsCancellationRequested) { return; }
-            catch (Exception e) when (e is IOException or SocketException or TimeoutException or OperationCanceledException)
-            {
-                _log.LogWarning("asport client: {Error}; reconnecting in {Delay:0.0} s", e.Message, delay.TotalSeconds);
-            }
-            if (registered) _registered = new(TaskCreationOptions.RunContinuationsAsynchronously);
-            try { await Task.Delay(delay, ct).ConfigureAwait(false); }
-            catch (OperationCanceledException) { return; }
-            delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, _options.ReconnectMax.Ticks));
-        }
-    }
-
-    /// <summary>One connection's life; true when it got registered before it ended.</summary>
-    private async Task<bool> ConnectionAsync(QuicEndpoint endpoint, CancellationToken ct, Action resetBackoff)
-    {
-        var conn = await endpoint.ConnectAsync(_options.Server, new QuicClientOptions
-        {
-            Verification = _options.Verification,
-            ApplicationProtocols = [AsportServer.Alpn],
-            HandshakeTimeout = _options.HandshakeTimeout,
-            IdleTimeout = _options.IdleTimeout,
-            // Each forwarded TCP connection is a bidirectional stream the server opens (§3.3): allow as
-            // many at once as the host holds SOCKS sessions, not QUIC's default of 256 (the 257th waited).
-            MaxIncomingBidirectionalStreams = MaxForwardedStreams,
-        }, ct).ConfigureAwait(false);
-        Interlocked.Increment(ref Connections);
-        await using var _ = conn.ConfigureAwait(false);
-        using var life = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        var associations = new Dictionary<ushort, Association>();
-        try
-        {
-            // ClientHello on a uni stream, closed after writing (§3.1).
-            var label = new byte[16];
-            AsportWire.WriteUuid(label, _options.User);
-            var token = await conn.ExportKeyingMaterialAsync(label, Encoding.UTF8.GetBytes(_options.Password), 32).ConfigureAwait(false);
-            var hello = new byte[AsportWire.ClientHelloSize];
-            AsportWire.WriteClientHello(hello, new ClientHello(_options.User, token, _options.Mode, _options.PortStart, _options.PortEnd));
-            var hs = await conn.OpenUnidirectionalStreamAsync(ct).ConfigureAwait(false);
-            await hs.WriteAsync(hello, ct).ConfigureAwait(false);
-            hs.CompleteWrites();
-
-            // ServerHello on the first stream the server opens.
-            using var helloTimeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            helloTimeout.CancelAfter(_options.HandshakeTimeout + TimeSpan.FromSeconds(2));
-            QuicStream reply;
-            try { reply = await conn.AcceptStreamAsync(helloTimeout.Token).ConfigureAwait(false); }
-            catch (OperationCanceledException) when (!ct.IsCancellationRequested) { throw new TimeoutException("no ServerHello (wrong credentials with a silent server?)"); }
-            var cmd = await AsportPackets.ReadStreamCommandAsync(reply, 5, helloTimeout.Token).ConfigureAwait(false)
-                ?? throw new IOException("ServerHello too long");
-            var ok = AsportWire.TryReadServerHello(cmd.Buffer.AsSpan(0, cmd.Length), out var code, out var port);
-            ArrayPool<byte>.Shared.Return(cmd.Buffer);
-            if (!ok) throw new IOException("malformed ServerHello");
-            if (code != ServerHelloCode.Success)
-            {
-                OnRefused?.Invoke(code);
-                throw new AsportRejectedException(code);
-            }
-            _log.LogInformation("asport client: registered, public port {Port}", port);
-            resetBackoff();
-            OnRegistered?.Invoke(port);
-            _registered.TrySetResult(port);
-
-            var tasks = new[]
-            {
-                HeartbeatLoopAsync(conn, life.Token),
-                StreamLoopAsync(conn, associations, life.Token),
-                DatagramLoopAsync(conn, associations, life.Token),
-                SweepLoopAsync(associations, life.Token),
-            };
-            var closed = await conn.Closed.WaitAsync(ct).ConfigureAwait(false);
-            _log.LogWarning("asport client: connection ended: {Reason}", closed.Reason);
-            life.Cancel();
-            try { await Task.WhenAll(tasks).WaitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false); }
-            catch (Exception e) when (e is OperationCanceledException or IOException or TimeoutException) { }
-            return true;
-        }
-        finally
-        {
-            life.Cancel();
-            lock (associations)
-            {
-                foreach (var a in associations.Values) a.End();
-                associations.Clear();
-            }
-        }
-    }
-
-    private async Task HeartbeatLoopAsync(QuicConnection conn, CancellationToken ct)
-    {
-        using var timer = new PeriodicTimer(_options.Heartbeat);
-        var hb = new byte[2];
-        AsportWire.WriteHeartbeat(hb);
-        try
-        {
-            while (await timer.WaitForNextTickAsync(ct).ConfigureAwait(false)) conn.TrySendDatagram(hb);
-        }
-        catch (OperationCanceledException) { }
-    }
-
-    private async Task StreamLoopAsync(QuicConnection conn, Dictionary<ushort, Association> assoc, CancellationToken ct)
-    {
-        while (!ct.IsCancellationRequested)
-        {
-            QuicStream s;
-            try { s = await conn.AcceptStreamAsync(ct).ConfigureAwait(false); }
-            catch (Exception e) when (e is OperationCanceledException or IOException) { return; }
-            if (s.IsUnidirectional) _ = Task.Run(() => UniStreamAsync(conn, assoc, s, ct), CancellationToken.None);
-            else _ = Task.Run(() => ConnectStreamAsync(s, ct), CancellationToken.None);
-        }
-    }
-
-    // Connect (§3.4): header + source address, then raw bytes both ways.
-    private async Task ConnectStreamAsync(QuicStream s, CancellationToken ct)
-    {
-        await using var _ = s.ConfigureAwait(false);
-        try
-        {
-            var head = new byte[AsportWire.HeaderSize + AsportWire.MaxAddressSize];
-            var have = 0;
-            IPEndPoint? source = null;
-            while (true)
-            {
-                var n = await s.ReadAsync(head.AsMemory(have, 1), ct).ConfigureAwait(false);
-                if (n == 0) throw new IOException("stream ended inside the Connect header");
-                have += n;
-                if (have >= 3)
-                {
-                    if (!AsportWire.TryReadHeader(head, out var cmd) || cmd != AsportCommand.Connect) throw new IOException("not a Connect");
-                    if (AsportWire.TryReadAddress(head.AsSpan(2, have - 2), out source, out var used) && used == have - 2) break;
-                    if (head[2] is not (AsportWire.AtypIPv4 or AsportWire.AtypIPv6 or AsportWire.AtypNone)) throw new IOException("bad address type");
-                }
-                if (have == head.Length) throw new IOException("Connect header too long");
-            }
-            Interlocked.Increment(ref TcpForwarded);
-            if (_serveConnect is not null)
-            {
-                await _serveConnect(s, source, ct).ConfigureAwait(false);
-                return;
-            }
-            var local = await _openLocal(source, ct).ConfigureAwait(false);
-            await using (local.ConfigureAwait(false))
-            {
-                await Relay.RunAsync(s, local, null, null, ct).ConfigureAwait(false);
-            }
-        }
-        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException or PtHost.Contract.TransportConnectException)
-        {
-            if (e is IOException { Message: var m } && m.StartsWith("not a", StringComparison.Ordinal)) Interlocked.Increment(ref Malformed);
-            _log.LogDebug("asport client: Connect stream ended: {Error}", e.Message);
-            s.Abort(1);
-        }
-    }
-
-    private async Task UniStreamAsync(QuicConnection conn, Dictionary<ushort, Association> assoc, QuicStream s, CancellationToken ct)
-    {
-        await using var _ = s.ConfigureAwait(false);
-        (byte[] Buffer, int Length)? cmd;
-        try { cmd = await AsportPackets.ReadStreamCommandAsync(s, AsportPackets.MaxStreamCommand, ct).ConfigureAwait(false); }
-        catch (Exception e) when (e is IOException or OperationCanceledException) { return; }
-        if (cmd is not { } c) return;
-        try { OnCommand(conn, assoc, c.Buffer.AsSpan(0, c.Length), streams: true, ct); }
-        finally { ArrayPool<byte>.Shared.Return(c.Buffer); }
-    }
-
-    private async Task DatagramLoopAsync(QuicConnection conn, Dictionary<ushort, Association> assoc, CancellationToken ct)
-    {
-        var buf = new byte[65536];
-        while (!ct.IsCancellationRequested)
-        {
-            int n;
-            try { n = await conn.ReceiveDatagramAsync(buf, ct).ConfigureAwait(false); }
-            catch (Exception e) when (e is OperationCanceledException or IOException) { return; }
-            OnCommand(conn, assoc, buf.AsSpan(0, n), streams: false, ct);
-        }
-    }
-
-    private readonly AsportReassembly _reassembly = new(TimeSpan.FromSeconds(15));
-    private readonly object _reassemblyLock = new();
-
-    private void OnCommand(QuicConnection conn, Dictionary<ushort, Association> assoc, ReadOnlySpan<byte> msg, bool streams, CancellationToken ct)
-    {
-        if (!AsportWire.TryReadHeader(msg, out var cmd)) { Interlocked.Increment(ref Malformed); return; }
-        if (cmd == AsportCommand.Dissociate && msg.Length == 4)
-        {
-            var id = BinaryPrimitives.ReadUInt16BigEndian(msg[2..]);
-            lock (assoc)
-                if (assoc.Remove(id, out var gone)) gone.End();
-            return;
-        }
-        if (cmd != AsportCommand.Packet || !AsportWire.TryReadPacketHeader(msg[2..], out var h, out var used))
-        {
-            Interlocked.Increment(ref Malformed);
-            return;
-        }
-        byte[]? payload;
-        int length;
-        IPEndPoint? address;
-        AsportReassembly.Result r;
-        lock (_reassemblyLock) r = _reassembly.Offer(h, msg[(2 + used)..], Environment.TickCount64, out payload, out length, out address);
-        if (r == AsportReassembly.Result.Rejected) { Interlocked.Increment(ref Malformed); return; }
-        if (r == AsportReassembly.Result.Incomplete) return;
-        if (_udp is not null)
-        {
-            try { ToHandler(conn, assoc, h.AssocId, address, payload.AsSpan(0, length)); }
-            finally { AsportReassembly.ReturnBuffer(payload!); }
-            return;
-        }
-        try
-        {
-            Association? a;
-            lock (assoc)
-            {
-                if (!assoc.TryGetValue(h.AssocId, out a))
-                {
-                    var sock = new Socket(_options.LocalTarget.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
-                    sock.Connect(_options.LocalTarget);
-                    a = new Association(h.AssocId, sock, address);
-                    assoc[h.AssocId] = a;
-                    _ = Task.Run(() => UdpBackAsync(conn, assoc, a, ct), CancellationToken.None);
-                }
-                a.LastActive = Environment.TickCount64;
-            }
-            Interlocked.Increment(ref UdpForwarded);
-            try { a.Socket!.Send(payload.AsSpan(0, length)); }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException) { _log.LogDebug("asport client: UDP send failed: {Error}", e.Message); }
-        }
-        finally { AsportReassembly.ReturnBuffer(payload!); }
-    }
+    private readonly CancellationTokenSource _configuredGone = new();
+    private int _fallbackLogged;
 
     /// <summary>
-    /// The transport's UDP (spec/asport.md §6.2): a packet of a live association goes to its handler;
-    /// the first packet of another one asks the handler whether to hold state for it.
+    /// A TURN allocation (spec/asport.md §6.2): UDP to the public port when it is bound (announced with
+    /// "udp": true, or the "udp" option for a configured address) and no upstream proxy is configured;
+    /// otherwise the association is carried in a TCP session to the public TCP port (spec/turn.md §5.2).
     /// </summary>
-    private void ToHandler(QuicConnection conn, Dictionary<ushort, Association> assoc, ushort id, IPEndPoint? address, ReadOnlySpan<byte> payload)
+    public async ValueTask<IDatagramSession> OpenDatagramSessionAsync(ConnectRequest request, CancellationToken cancellationToken)
     {
-        Interlocked.Increment(ref UdpForwarded);
-        IAsportUdpAssociation? live;
-        lock (assoc)
+        Destination server;
+        bool udp;
+        CancellationToken gone;
+        if (Volatile.Read(ref _announced) is { } announced) (server, udp, gone) = (announced.Address, announced.Udp, announced.Gone.Token);
+        else if (_options.ServerAddress is { } configured) (server, udp, gone) = (configured, _options.Udp, _configuredGone.Token);
+        else throw new TransportConnectException(ConnectFailure.HostUnreachable, "no asport server address: none configured, none announced");
+        if (!udp || _context.Dialer is ProxyDialer)
         {
-            if (assoc.TryGetValue(id, out var a) && a.Handler is { Ended: false } h)
-            {
-                a.LastActive = Environment.TickCount64;
-                live = h;
-            }
-            else
-            {
-                if (a is not null) assoc.Remove(id);
-                // Created under the lock: in QUIC mode packets of one association arrive on concurrent streams.
-                var created = _udp!.Open(new AsportUdpPeer(conn, id, address, _options.Mode), payload);
-                if (created is not null) assoc[id] = new Association(id, null, address, created);
-                return;
-            }
+            if (Interlocked.Exchange(ref _fallbackLogged, 1) == 0)
+                _log.LogInformation("asport: UDP associations are carried in TCP sessions to {Address} ({Why})", server,
+                    udp ? "an upstream proxy is configured" : "the public port has no UDP bound");
+            var stream = await ConnectAsync(request, cancellationToken).ConfigureAwait(false);
+            return await StreamDatagramSession.StartAsync(stream, cancellationToken).ConfigureAwait(false);
         }
-        live.OnPacket(payload);
-    }
-
-    /// <summary>Replies from the local target go back as Packets of the same association, in the mode the client asked for.</summary>
-    private async Task UdpBackAsync(QuicConnection conn, Dictionary<ushort, Association> assoc, Association a, CancellationToken ct)
-    {
-        var buf = GC.AllocateUninitializedArray<byte>(AsportPackets.MaxPayload);
-        var overStreams = AsportWire.UdpOverStreams(_options.Mode);
-        while (!ct.IsCancellationRequested)
+        IPAddress address;
+        if (server.Address is { } literal) address = literal;
+        else
         {
-            int n;
-            try { n = await a.Socket!.ReceiveAsync(buf, SocketFlags.None, ct).ConfigureAwait(false); }
-            catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionRefused) { continue; }
-            catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException) { return; }
-            a.LastActive = Environment.TickCount64;
-            var pktId = (ushort)Interlocked.Increment(ref a.NextPacketId);
             try
             {
-                if (overStreams) await AsportPackets.SendOverStreamAsync(conn, a.Id, pktId, buf.AsMemory(0, n), a.Source, ct).ConfigureAwait(false);
-                else AsportPackets.SendNative(conn, a.Id, pktId, buf.AsSpan(0, n), a.Source);
+                var found = await Dns.GetHostAddressesAsync(server.Host, cancellationToken).ConfigureAwait(false);
+                address = found.Length > 0 ? found[0] : throw new TransportConnectException(ConnectFailure.HostUnreachable, $"{server.Host} has no addresses");
             }
-            catch (Exception e) when (e is IOException or OperationCanceledException) { return; }
+            catch (SocketException e)
+            {
+                throw new TransportConnectException(ConnectFailure.HostUnreachable, $"cannot resolve {server.Host}: {e.SocketErrorCode}", e);
+            }
         }
+        var bind = (_context.Dialer as DirectDialer)?.Bind.For(address);
+        return await AsportDatagramSession.OpenAsync(new IPEndPoint(address, server.Port), bind, gone, _log, cancellationToken).ConfigureAwait(false);
     }
 
-    /// <summary>Inactive associations lose their socket (§4.5).</summary>
-    private async Task SweepLoopAsync(Dictionary<ushort, Association> assoc, CancellationToken ct)
+    public TransportStats GetStats() => _context.Counters.Snapshot();
+
+    public ValueTask DisposeAsync()
     {
-        using var timer = new PeriodicTimer(TimeSpan.FromSeconds(Math.Clamp(_options.UdpIdleTimeout.TotalSeconds / 4, 1, 15)));
+        _stop.Cancel();
+        _stop.Dispose();
+        return ValueTask.CompletedTask;
+    }
+}
+
+/// <summary>
+/// Client process: one TURN allocation = one UDP socket connected to the announced public address
+/// (spec/asport.md §6.2); the association's life is <see cref="FramedDatagramClientSession"/>'s, and a
+/// change of the announced address ends it too.
+/// </summary>
+internal sealed class AsportDatagramSession : FramedDatagramClientSession
+{
+    /// <summary>Socket buffers: room for bursts while the TURN server is busy.</summary>
+    public const int SocketBuffer = 1 << 20;
+
+    private readonly Socket _socket;
+    private CancellationTokenRegistration _addressGone;
+    private bool _refusedSeen;
+
+    private AsportDatagramSession(Socket socket, ILogger log) : base(log, 65536) => _socket = socket;
+
+    public override int MaxDatagramSize => AsportUdpFrames.MaxPayload;
+
+    /// <summary>The public UDP address this session sends to.</summary>
+    public IPEndPoint Server => (IPEndPoint)_socket.RemoteEndPoint!;
+
+    /// <summary>
+    /// Opens an association (OPEN until RELAYED or CLOSE, within <see cref="FramedDatagramClientSession.OpenTimeout"/>).
+    /// <paramref name="addressGone"/> ends the session when the announced address changes.
+    /// </summary>
+    public static async Task<AsportDatagramSession> OpenAsync(IPEndPoint server, IPAddress? bind, CancellationToken addressGone, ILogger log, CancellationToken cancellationToken)
+    {
+        var socket = new Socket(server.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
+        AsportDatagramSession? session = null;
         try
         {
-            while (await timer.WaitForNextTickAsync(ct).ConfigureAwait(false))
+            socket.ReceiveBufferSize = SocketBuffer;
+            socket.SendBufferSize = SocketBuffer;
+            if (bind is not null) socket.Bind(new IPEndPoint(bind, 0));
+            socket.Connect(server);
+            socket.Blocking = false; // a full send buffer drops the datagram (UDP semantics), it never blocks the TURN server
+            session = new AsportDatagramSession(socket, log);
+            bool? opened;
+            try { opened = await session.OpenAssociationAsync(cancellationToken).ConfigureAwait(false); }
+            catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested)
             {
-                var now = Environment.TickCount64;
-                lock (assoc)
-                    foreach (var a in assoc.Values.ToArray())
-                        if (now - a.LastActive > (long)_options.UdpIdleTimeout.TotalMilliseconds || a.Handler is { Ended: true })
-                        {
-                            assoc.Remove(a.Id);
-                            a.End();
-                        }
-                lock (_reassemblyLock) _reassembly.Expire(now);
+                throw new TransportConnectException(ConnectFailure.TimedOut,
+                    $"no answer over UDP from {server} within {OpenTimeout.TotalSeconds:0} s" + (session._refusedSeen ? " (ICMP port unreachable: is UDP bound there?)" : ""), e);
             }
+            if (opened != true) throw new TransportConnectException(ConnectFailure.General, $"the server process refused the UDP association (CLOSE from {server})");
+            session._addressGone = addressGone.Register(static s => ((AsportDatagramSession)s!).Terminate("the announced address changed"), session);
+            return session;
         }
-        catch (OperationCanceledException) { }
+        catch (SocketException e)
+        {
+            if (session is not null) await session.DisposeAsync().ConfigureAwait(false);
+            else socket.Dispose();
+            throw new TransportConnectException(ConnectFailure.General, $"UDP socket towards {server}: {e.SocketErrorCode}", e);
+        }
+        catch
+        {
+            if (session is not null) await session.DisposeAsync().ConfigureAwait(false);
+            else socket.Dispose();
+            throw;
+        }
     }
 
-    public async ValueTask DisposeAsync()
+    private static bool IsTransient(SocketException e) =>
+        e.SocketErrorCode is SocketError.ConnectionRefused or SocketError.ConnectionReset or SocketError.HostUnreachable or SocketError.NetworkUnreachable or SocketError.MessageSize;
+
+    protected override bool SendDatagram(ReadOnlySpan<byte> frame)
     {
-        if (_stop.IsCancellationRequested) return;
-        _stop.Cancel();
-        if (_run is not null)
-            try { await _run.WaitAsync(TimeSpan.FromSeconds(15)).ConfigureAwait(false); }
-            catch (Exception e) when (e is OperationCanceledException or TimeoutException) { }
-        _stop.Dispose();
+        try
+        {
+            _socket.Send(frame, SocketFlags.None, out var error);
+            return error == SocketError.Success;
+        }
+        catch (ObjectDisposedException) { return false; }
+    }
+
+    protected override async ValueTask<int> ReceiveDatagramAsync(Memory<byte> into, CancellationToken cancellationToken)
+    {
+        try { return await _socket.ReceiveAsync(into, SocketFlags.None, cancellationToken).ConfigureAwait(false); }
+        catch (SocketException e) when (IsTransient(e))
+        {
+            _refusedSeen |= e.SocketErrorCode == SocketError.ConnectionRefused;
+            return 0;
+        }
+        catch (Exception e) when (e is ObjectDisposedException or SocketException) { return -1; }
+    }
+
+    protected override void LogEnded(string why) =>
+        Log.LogInformation("asport UDP association via {Server} ended: {Why}", _socket.RemoteEndPoint, why);
+
+    protected override void OnClosed()
+    {
+        _socket.Dispose();
+        var (_, _, tooLarge, notSent, malformed) = Counts;
+        if (tooLarge + notSent + malformed > 0)
+            Log.LogInformation("asport UDP association: {Dropped} datagrams not sent (too large, socket buffer full or ICMP error), {Malformed} malformed datagrams dropped", tooLarge + notSent, malformed);
+    }
+
+    public override async ValueTask DisposeAsync()
+    {
+        await base.DisposeAsync().ConfigureAwait(false);
+        await _addressGone.DisposeAsync().ConfigureAwait(false);
     }
 }

@@ -20,6 +20,19 @@ internal sealed class Pt1StartException(string message) : Exception(message);
 /// </summary>
 internal sealed class Pt1Child : IAsyncDisposable
 {
+    /// <summary>Variables every child gets (pt-spec §3.2.1): version 1, its state directory, exit on stdin close.</summary>
+    internal static Dictionary<string, string> CommonEnvironment(TransportEnvironment context)
+    {
+        string state = Path.Combine(context.StateDirectory, "pt_state") + Path.DirectorySeparatorChar;
+        Directory.CreateDirectory(state);
+        return new(StringComparer.Ordinal)
+        {
+            ["TOR_PT_MANAGED_TRANSPORT_VER"] = "1",
+            ["TOR_PT_STATE_LOCATION"] = state,
+            ["TOR_PT_EXIT_ON_STDIN_CLOSE"] = "1",
+        };
+    }
+
     public static readonly TimeSpan FirstBackoff = TimeSpan.FromSeconds(1);
     public static readonly TimeSpan MaxBackoff = TimeSpan.FromSeconds(30);
     /// <summary>A child that lived this long is healthy: the count of short lives starts again.</summary>

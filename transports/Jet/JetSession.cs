@@ -1,4 +1,3 @@
-using System.Net.Http;
 using System.Net.Security;
 using System.Net.Sockets;
 using System.Net.WebSockets;
@@ -9,14 +8,6 @@ using PtHost.Net;
 using PtHost.Transports.Zephyr;
 
 namespace PtHost.Transports.Jet;
-
-/// <summary>Signal kinds of the jet transport (spec/jet.md §7.2).</summary>
-internal static class JetSignals
-{
-    public const string Offer = "jet.offer";
-    public const string Answer = "jet.answer";
-    public const int MaxNonceLength = 64;
-}
 
 /// <summary>One candidate as the answer lists it (spec/jet.md §7.2).</summary>
 internal sealed record JetCandidate(Guid Id, Uri Url, bool Direct)

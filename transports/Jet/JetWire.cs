@@ -312,3 +312,11 @@ public static class JetWire
 
     private static string Truncate(string s) => s.Length <= 64 ? s : s[..64] + "…";
 }
+
+/// <summary>Signal kinds of the jet transport (spec/jet.md §7.2).</summary>
+internal static class JetSignals
+{
+    public const string Offer = "jet.offer";
+    public const string Answer = "jet.answer";
+    public const int MaxNonceLength = 64;
+}

@@ -102,3 +102,10 @@ public static class PlainWire
         return (ParseDestination(dest), kind);
     }
 }
+
+/// <summary>Signal kinds of the plain transport (spec/plain.md §3).</summary>
+internal static class PlainSignals
+{
+    public const string Hello = "hello";
+    public const string Server = "server";
+}

@@ -6,15 +6,6 @@ using PtHost.Contract;
 
 namespace PtHost.Transports.Zephyr;
 
-/// <summary>Signal kinds of the zephyr transport (spec/zephyr.md §7.2).</summary>
-internal static class ZephyrSignals
-{
-    public const string Offer = "zephyr.offer";
-    public const string Answer = "zephyr.answer";
-    /// <summary>Longest nonce accepted in an offer.</summary>
-    public const int MaxNonceLength = 64;
-}
-
 /// <summary>Steps both peers share: joining the relay (§7.3) and the TLS parameters (§7.4).</summary>
 internal static class ZephyrSession
 {
@@ -77,4 +68,3 @@ internal static class ZephyrSession
         RemoteCertificateValidationCallback = (_, cert, _, _) => ZephyrCredentials.Matches(cert, clientPins),
     };
 }
-

@@ -81,3 +81,12 @@ public static class ZephyrWire
         return BindRequestError.None;
     }
 }
+
+/// <summary>Signal kinds of the zephyr transport (spec/zephyr.md §7.2).</summary>
+internal static class ZephyrSignals
+{
+    public const string Offer = "zephyr.offer";
+    public const string Answer = "zephyr.answer";
+    /// <summary>Longest nonce accepted in an offer.</summary>
+    public const int MaxNonceLength = 64;
+}

@@ -24,9 +24,9 @@ public sealed class AsportRelayTests
     private const string Password = AsportRelayProcess.Password;
     private const int PortLo = 20000, PortHi = 60000;
 
-    private static AsportClient Client(IPEndPoint server, IPEndPoint target, ForwardMode mode = ForwardMode.Tcp,
+    private static AsportRelayClient Client(IPEndPoint server, IPEndPoint target, ForwardMode mode = ForwardMode.Tcp,
         string password = Password, ushort lo = PortLo, ushort hi = PortHi) =>
-        new(new AsportClientOptions
+        new(new AsportRelayClientOptions
         {
             Server = server,
             Verification = QuicPeerVerification.Pinned(Cert.Sha256),

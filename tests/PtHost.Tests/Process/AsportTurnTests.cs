@@ -17,7 +17,7 @@ public partial class TurnTests
 {
     private const string AsportUser = "6f0d0f5e-2b4c-4d6a-9c11-0123456789ab";
 
-    private static JObject AsportServer(JObject config, IPEndPoint relay, int mode)
+    private static JObject AsportRelay(JObject config, IPEndPoint relay, int mode)
     {
         config["options"] = new JObject
         {
@@ -73,7 +73,7 @@ public partial class TurnTests
         var inv = System.Globalization.CultureInfo.InvariantCulture;
         await using var peer = await EchoPeer.StartAsync();
         await using var relay = await AsportRelayProcess.StartAsync();
-        await using var chain = await AsportChainAsync(AsportServer(PtChain.FreeServer("asport", "127.0.0.1"), relay.EndPoint, mode), udpBound: true);
+        await using var chain = await AsportChainAsync(AsportRelay(PtChain.FreeServer("asport", "127.0.0.1"), relay.EndPoint, mode), udpBound: true);
         for (int attempt = 1; ; attempt++)
         {
             long kernelDropsBefore = UdpReceiveBufferErrors();
@@ -97,7 +97,7 @@ public partial class TurnTests
     {
         await using var peer = await EchoPeer.StartAsync();
         await using var relay = await AsportRelayProcess.StartAsync();
-        await using var chain = await AsportChainAsync(AsportServer(PtChain.BoundServer($"127.0.0.1:{peer.Port}", "asport"), relay.EndPoint, 3), udpBound: true);
+        await using var chain = await AsportChainAsync(AsportRelay(PtChain.BoundServer($"127.0.0.1:{peer.Port}", "asport"), relay.EndPoint, 3), udpBound: true);
         var (exit, text) = await Uclient(chain, peer.Port, ["-n", "10", "-m", "1", "-l", "1400", "-c"], peerAddress: "192.0.2.1");
         output.WriteLine(LastLines(text));
         AssertDelivered(exit, text, 10, chain);
@@ -112,7 +112,7 @@ public partial class TurnTests
     {
         await using var peer = new UdpEcho();
         await using var relay = await AsportRelayProcess.StartAsync();
-        await using var chain = await AsportChainAsync(AsportServer(PtChain.FreeServer("asport", $"127.0.0.1:{peer.Port}"), relay.EndPoint, 3), udpBound: true);
+        await using var chain = await AsportChainAsync(AsportRelay(PtChain.FreeServer("asport", $"127.0.0.1:{peer.Port}"), relay.EndPoint, 3), udpBound: true);
         await using var client = await UdpTurnClient.ConnectAsync(chain.TurnEndPoint);
         Assert.Equal(0, await client.AllocateAsync());
         Assert.Equal(403, await client.CreatePermissionAsync(PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port + 1))));
@@ -132,7 +132,7 @@ public partial class TurnTests
     {
         await using var peer = await EchoPeer.StartAsync();
         await using var relay = await AsportRelayProcess.StartAsync();
-        await using var chain = await AsportChainAsync(AsportServer(PtChain.FreeServer("asport", "127.0.0.1"), relay.EndPoint, 0), udpBound: false);
+        await using var chain = await AsportChainAsync(AsportRelay(PtChain.FreeServer("asport", "127.0.0.1"), relay.EndPoint, 0), udpBound: false);
         var (exit, text) = await Uclient(chain, peer.Port, ["-n", "10", "-m", "1", "-l", "1400", "-c"]);
         output.WriteLine(LastLines(text));
         AssertDelivered(exit, text, 10, chain);
@@ -155,7 +155,7 @@ public partial class TurnTests
         var clientConfig = TurnChain.ClientConfig(null, "asport");
         clientConfig["options"] = new JObject { ["asport"] = new JObject() };
         clientConfig["proxy"] = $"socks5://{proxy.EndPoint}";
-        await using var chain = await TurnChain.StartAsync(AsportServer(PtChain.FreeServer("asport", "127.0.0.1"), relay.EndPoint, 3), clientConfig, "asport");
+        await using var chain = await TurnChain.StartAsync(AsportRelay(PtChain.FreeServer("asport", "127.0.0.1"), relay.EndPoint, 3), clientConfig, "asport");
         await chain.Chain.Client.WaitForStderrAsync("learned from SMESSAGE (UDP bound)");
         var (exit, text) = await Uclient(chain, peer.Port, ["-n", "10", "-m", "1", "-l", "1400", "-c"]);
         output.WriteLine(LastLines(text));
@@ -176,7 +176,7 @@ public partial class TurnTests
     public async Task Asport_client_told_udp_where_none_is_bound_fails_the_allocation_with_508()
     {
         await using var relay = await AsportRelayProcess.StartAsync();
-        var server = AsportServer(PtChain.FreeServer("asport", "127.0.0.1"), relay.EndPoint, 0);
+        var server = AsportRelay(PtChain.FreeServer("asport", "127.0.0.1"), relay.EndPoint, 0);
         var ptChain = await PtChain.StartAsync(server, serverEp =>
         {
             var config = TurnChain.ClientConfig(null, "asport");
@@ -203,7 +203,7 @@ public partial class TurnTests
     {
         await using var peer = new UdpEcho();
         await using var relay = await AsportRelayProcess.StartAsync();
-        await using var chain = await AsportChainAsync(AsportServer(PtChain.FreeServer("asport", $"127.0.0.1:{peer.Port}"), relay.EndPoint, 3), udpBound: true);
+        await using var chain = await AsportChainAsync(AsportRelay(PtChain.FreeServer("asport", $"127.0.0.1:{peer.Port}"), relay.EndPoint, 3), udpBound: true);
         var allowed = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port));
         var refused = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port + 1));
         var any6 = PeerAddress.FromBytes(new byte[16], 0);
@@ -258,7 +258,7 @@ public partial class TurnTests
         await using var peer = new UdpEcho();
         var relay = await AsportRelayProcess.StartAsync();
         var listen = relay.EndPoint.ToString();
-        await using var chain = await AsportChainAsync(AsportServer(PtChain.FreeServer("asport", $"127.0.0.1:{peer.Port}"), relay.EndPoint, 3), udpBound: true);
+        await using var chain = await AsportChainAsync(AsportRelay(PtChain.FreeServer("asport", $"127.0.0.1:{peer.Port}"), relay.EndPoint, 3), udpBound: true);
         var target = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port));
         await using (var before = await UdpTurnClient.ConnectAsync(chain.TurnEndPoint))
         {

@@ -37,15 +37,15 @@ public sealed class AsportUdpTests
     [InlineData("{\"what\": true}", "what")]
     public void Bad_client_options_are_refused_naming_the_key(string json, string key)
     {
-        var e = Assert.Throws<TransportOptionsException>(() => AsportTransportClientOptions.Parse(JToken.Parse(json)));
+        var e = Assert.Throws<TransportOptionsException>(() => AsportClientOptions.Parse(JToken.Parse(json)));
         Assert.Contains(key, e.Message);
     }
 
     [Fact]
     public void Client_options_udp_and_a_null_serverAddress()
     {
-        Assert.Equal(new AsportTransportClientOptions(null, true), AsportTransportClientOptions.Parse(JToken.Parse("{\"serverAddress\": null, \"udp\": true}")));
-        var o = AsportTransportClientOptions.Parse(JToken.Parse("{\"serverAddress\": \"192.0.2.1:4000\"}"));
+        Assert.Equal(new AsportClientOptions(null, true), AsportClientOptions.Parse(JToken.Parse("{\"serverAddress\": null, \"udp\": true}")));
+        var o = AsportClientOptions.Parse(JToken.Parse("{\"serverAddress\": \"192.0.2.1:4000\"}"));
         Assert.False(o.Udp);
         Assert.Equal("192.0.2.1:4000", o.ServerAddress!.ToString());
     }

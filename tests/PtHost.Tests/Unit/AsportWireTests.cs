@@ -188,7 +188,7 @@ public sealed class AsportWireTests
     [InlineData("20000-20100", 20000, 20100)]
     public void Port_ranges_parse(string text, int start, int end)
     {
-        Assert.True(AsportServerOptions.TryParseRange(text, out var r));
+        Assert.True(AsportRelayOptions.TryParseRange(text, out var r));
         Assert.Equal((start, end), ((int)r.Start, (int)r.End));
     }
 
@@ -198,7 +198,7 @@ public sealed class AsportWireTests
     [InlineData("70000")]
     [InlineData("a-b")]
     [InlineData("")]
-    public void Bad_port_ranges_are_refused(string text) => Assert.False(AsportServerOptions.TryParseRange(text, out _));
+    public void Bad_port_ranges_are_refused(string text) => Assert.False(AsportRelayOptions.TryParseRange(text, out _));
 }
 
 /// <summary>Random and mutated input never makes an ASPORT parser or the reassembly throw (spec/asport.md §4.2: malformed is dropped).</summary>

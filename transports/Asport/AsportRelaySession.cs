@@ -9,7 +9,7 @@ namespace PtHost.Transports.Asport;
 
 /// <summary>One authenticated client on the server: its bound TCP/UDP port and the commands
 /// flowing over its QUIC connection (spec/asport.md §4.2–§4.4).</summary>
-internal sealed class AsportServerSession : IAsyncDisposable
+internal sealed class AsportRelaySession : IAsyncDisposable
 {
     private sealed class Association(ushort id, IPEndPoint source)
     {
@@ -21,9 +21,9 @@ internal sealed class AsportServerSession : IAsyncDisposable
 
     private readonly QuicConnection _conn;
     private readonly ClientHello _hello;
-    private readonly AsportServerOptions _options;
+    private readonly AsportRelayOptions _options;
     private readonly ILogger _log;
-    private readonly AsportServer _server;
+    private readonly AsportRelay _server;
     private readonly Socket? _tcp;
     private readonly Socket? _udp;
     private readonly object _assocLock = new();
@@ -36,7 +36,7 @@ internal sealed class AsportServerSession : IAsyncDisposable
 
     public int Port { get; }
 
-    private AsportServerSession(QuicConnection conn, ClientHello hello, AsportServerOptions options, int port, Socket? tcp, Socket? udp, ILogger log, AsportServer server)
+    private AsportRelaySession(QuicConnection conn, ClientHello hello, AsportRelayOptions options, int port, Socket? tcp, Socket? udp, ILogger log, AsportRelay server)
     {
         _conn = conn;
         _hello = hello;
@@ -50,7 +50,7 @@ internal sealed class AsportServerSession : IAsyncDisposable
     }
 
     /// <summary>Binds the port for the requested mode; null when it is taken.</summary>
-    public static AsportServerSession? TryBind(QuicConnection conn, ClientHello hello, AsportServerOptions o, int port, ILogger log, AsportServer server)
+    public static AsportRelaySession? TryBind(QuicConnection conn, ClientHello hello, AsportRelayOptions o, int port, ILogger log, AsportRelay server)
     {
         Socket? tcp = null, udp = null;
         try
@@ -67,7 +67,7 @@ internal sealed class AsportServerSession : IAsyncDisposable
                 udp = new Socket(ep.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
                 udp.Bind(ep);
             }
-            return new AsportServerSession(conn, hello, o, port, tcp, udp, log, server);
+            return new AsportRelaySession(conn, hello, o, port, tcp, udp, log, server);
         }
         catch (SocketException)
         {

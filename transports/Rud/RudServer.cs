@@ -4,107 +4,239 @@ using System.Net;
 using System.Net.Sockets;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
+using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Transports.Plain;
 using PtHost.Turn;
 
 namespace PtHost.Transports.Rud;
 
-/// <summary>
-/// UDP sessions over RUD datagram streams (spec/rud.md §12.1): every datagram of a datagram stream
-/// (§8.2) is exactly one frame of spec/turn.md §5.2, LENGTH included, with the OPEN and CLOSE types
-/// of spec/asport.md §6.2 (<see cref="AssociationFrames"/>). One datagram stream carries one UDP association.
-/// </summary>
-internal static class RudUdpFrames
+/// <summary>The server factory: keys, and <see cref="RudServerManager"/>s.</summary>
+internal sealed class RudServer(TransportEnvironment context, RudServerOptions options) : IServerFactory
 {
-    public const DatagramFrameType Open = AssociationFrames.Open;
-    public const DatagramFrameType Close = AssociationFrames.Close;
-    /// <summary>The largest frame: one RUD datagram.</summary>
-    public const int MaxFrame = RudDatagramChannel.MaxDatagramSize;
-    /// <summary>The largest payload of a UDP session (any peer family): 1200 − 22 = 1178.</summary>
-    public const int MaxPayload = MaxFrame - DatagramFrame.MaxHeaderLength;
+    public const string KeyFile = "rud-key";
 
-    public static byte[] OpenFrame => AssociationFrames.OpenFrame;
-    public static byte[] KeepaliveFrame => AssociationFrames.KeepaliveFrame;
-    public static byte[] CloseFrame => AssociationFrames.CloseFrame;
-
-    /// <summary>True when the datagram is exactly one well-formed frame (LENGTH = datagram length − 2); never throws.</summary>
-    public static bool TryRead(ReadOnlySpan<byte> datagram, out DatagramFrameType type, out PeerAddress peer, out Range payload) =>
-        AssociationFrames.TryRead(datagram, out type, out peer, out payload);
-
-    /// <summary>Writes a frame into <paramref name="destination"/> (at least <see cref="MaxFrame"/> bytes); 0 when the payload is above <see cref="MaxPayload"/>.</summary>
-    public static int TryWrite(Span<byte> destination, DatagramFrameType type, PeerAddress peer, ReadOnlySpan<byte> payload)
+    /// <summary>A fresh static key pair: the private key for the server, the public key for clients (§12).</summary>
+    public GeneratedConfiguration GenerateConfiguration()
     {
-        if (payload.Length > MaxPayload || destination.Length < DatagramFrame.HeaderLength(peer) + payload.Length) return 0;
-        return DatagramFrame.Write(destination, type, peer, payload);
+        var key = X25519.GeneratePrivateKey();
+        var pub = new byte[X25519.KeySize];
+        X25519.PublicKey(key, pub);
+        return new(new JObject { ["serverKey"] = Convert.ToBase64String(pub) }, new JObject { ["key"] = Convert.ToBase64String(key) });
     }
+
+    public ValueTask<IServerManager> ListenAsync(ServerBinding binding, CancellationToken cancellationToken) => Start(binding);
+
+    public ValueTask<IServerManager> ProxyAsync(ServerBinding binding, CancellationToken cancellationToken) => Start(binding);
+
+    private ValueTask<IServerManager> Start(ServerBinding binding)
+    {
+        var key = options.Key ?? LoadOrCreateStateKey();
+        return ValueTask.FromResult<IServerManager>(new RudServerManager(context, options, key, binding));
+    }
+
+    /// <summary>The key kept in the state directory (mode 0600), created on first use (§12).</summary>
+    private byte[] LoadOrCreateStateKey()
+    {
+        string path = Path.Combine(context.StateDirectory, KeyFile);
+        if (File.Exists(path))
+        {
+            try
+            {
+                var k = Convert.FromBase64String(File.ReadAllText(path).Trim());
+                if (k.Length == X25519.KeySize) return k;
+            }
+            catch (FormatException) { }
+            throw new TransportOptionsException($"rud: {path} does not hold a base64 32-byte key");
+        }
+        var key = X25519.GeneratePrivateKey();
+        Directory.CreateDirectory(context.StateDirectory);
+        var fileOptions = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
+        if (!OperatingSystem.IsWindows()) fileOptions.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        using (var w = new StreamWriter(path, fileOptions)) w.Write(Convert.ToBase64String(key));
+        return key;
+    }
+
+    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
 }
 
-/// <summary>
-/// Client process: one TURN allocation = one RUD datagram stream on a connection to the server
-/// (spec/rud.md §12.1); the association's life is <see cref="FramedDatagramClientSession"/>'s,
-/// and the connection's end ends it too.
-/// </summary>
-internal sealed class RudDatagramSession : FramedDatagramClientSession
+/// <summary>A running rud server: accepts connections and serves every stream they open (§12).</summary>
+internal sealed class RudServerManager : IServerManager
 {
-    private readonly RudDatagramChannel _channel;
-    private readonly string _server;
-    private readonly Action? _onEnded;
-    private int _endedCalled;
+    private static readonly TimeSpan PreambleTimeout = TimeSpan.FromSeconds(10);
+    private readonly TransportEnvironment _context;
+    private readonly ServerBinding _binding;
+    private readonly ILogger _log;
+    private readonly RudEndpoint _endpoint;
+    private readonly CancellationTokenSource _stopping = new();
+    private readonly CancellationTokenSource _abort = new();
+    private readonly Task _acceptLoop;
+    private readonly ConcurrentDictionary<long, Task> _sessions = new();
+    private static long s_ids;
 
-    private RudDatagramSession(RudDatagramChannel channel, string server, ILogger log, Action? ended) : base(log, RudUdpFrames.MaxFrame)
+    public RudServerManager(TransportEnvironment context, RudServerOptions options, byte[] key, ServerBinding binding)
     {
-        _onEnded = ended;
-        _channel = channel;
-        _server = server;
-    }
-
-    public override int MaxDatagramSize => RudUdpFrames.MaxPayload;
-
-    /// <summary>The datagram stream's id (spec/rud.md §8.1).</summary>
-    public ulong StreamId => _channel.Id;
-
-    /// <summary>Opens an association on <paramref name="channel"/> (OPEN until RELAYED or CLOSE, within <see cref="FramedDatagramClientSession.OpenTimeout"/>).</summary>
-    public static async Task<RudDatagramSession> OpenAsync(RudDatagramChannel channel, string server, ILogger log, Action? ended, CancellationToken cancellationToken)
-    {
-        var session = new RudDatagramSession(channel, server, log, ended);
+        _context = context;
+        _binding = binding;
+        _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Rud");
         try
         {
-            bool? opened;
-            try { opened = await session.OpenAssociationAsync(cancellationToken).ConfigureAwait(false); }
-            catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested)
+            _endpoint = RudEndpoint.Bind(binding.BindAddress, new RudEndpointOptions
             {
-                throw new TransportConnectException(ConnectFailure.TimedOut, $"rud server {server}: no answer on datagram stream {channel.Id} within {OpenTimeout.TotalSeconds:0} s", e);
-            }
-            if (opened is null) throw new TransportConnectException(ConnectFailure.General, $"rud server {server}: the connection closed while opening a UDP association");
-            if (opened == false) throw new TransportConnectException(ConnectFailure.General, $"rud server {server} refused the UDP association (CLOSE on datagram stream {channel.Id})");
-            return session;
+                StaticPrivateKey = key, Challenge = options.Challenge, AllowFirstContact = options.FirstContact,
+                CongestionControl = options.Congestion,
+            }, _log);
         }
-        catch
+        catch (SocketException e)
         {
-            session._endedCalled = 1; // the caller accounts for a session that never opened
-            await session.DisposeAsync().ConfigureAwait(false);
-            throw;
+            throw new TransportOptionsException($"cannot listen on udp {binding.BindAddress}: {e.SocketErrorCode}", e);
+        }
+        LocalEndPoint = _endpoint.LocalEndPoint;
+        Args = new Dictionary<string, string> { ["key"] = Convert.ToBase64String(_endpoint.StaticPublicKey!) };
+        _acceptLoop = AcceptConnectionsAsync();
+    }
+
+    public IPEndPoint LocalEndPoint { get; }
+
+    public IReadOnlyDictionary<string, string> Args { get; }
+
+    public TransportStats GetStats() => _context.Counters.Snapshot();
+
+    internal RudEndpoint Endpoint => _endpoint;
+
+    private async Task AcceptConnectionsAsync()
+    {
+        try
+        {
+            while (true)
+            {
+                var conn = await _endpoint.AcceptConnectionAsync(_stopping.Token).ConfigureAwait(false);
+                _log.LogInformation("rud: connection from {Remote} ({Mode} exchange, congestion {Congestion})", conn.RemoteEndPoint, conn.Mode, RudOptionText.CongestionName(_endpoint.Options.CongestionControl));
+                _ = AcceptStreamsAsync(conn);
+                _ = AcceptDatagramChannelsAsync(conn);
+            }
+        }
+        catch (OperationCanceledException) { }
+        catch (ChannelClosedException) { }
+    }
+
+    private async Task AcceptStreamsAsync(RudConnection conn)
+    {
+        try
+        {
+            while (true)
+            {
+                var stream = await conn.AcceptStreamAsync(_stopping.Token).ConfigureAwait(false);
+                long id = Interlocked.Increment(ref s_ids);
+                var task = ServeAsync(conn, stream, id);
+                _sessions[id] = task;
+                _ = task.ContinueWith(_ => _sessions.TryRemove(id, out Task? _), TaskScheduler.Default);
+            }
+        }
+        catch (OperationCanceledException) { }
+        catch (ChannelClosedException) { }
+        catch (IOException) { }
+    }
+
+    /// <summary>Every datagram stream a client opens is one UDP association (§12.1).</summary>
+    private async Task AcceptDatagramChannelsAsync(RudConnection conn)
+    {
+        try
+        {
+            while (true)
+            {
+                var channel = await conn.AcceptDatagramChannelAsync(_stopping.Token).ConfigureAwait(false);
+                long id = Interlocked.Increment(ref s_ids);
+                var association = new RudDatagramAssociation(channel, conn.RemoteEndPoint, _context, _binding, _log, id);
+                var task = association.RunAsync(_abort.Token);
+                _sessions[id] = task;
+                _ = task.ContinueWith(_ => _sessions.TryRemove(id, out Task? _), TaskScheduler.Default);
+            }
+        }
+        catch (OperationCanceledException) { }
+        catch (ChannelClosedException) { }
+        catch (IOException) { }
+    }
+
+    private async Task ServeAsync(RudConnection conn, RudStream stream, long id)
+    {
+        var remote = conn.RemoteEndPoint;
+        Stream? onward = null;
+        bool opened = false, failed = false;
+        try
+        {
+            Destination? destination;
+            SessionKind kind;
+            using (var preamble = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token))
+            {
+                preamble.CancelAfter(PreambleTimeout);
+                try { (destination, kind) = await PlainWire.ReadPreambleAsync(stream, preamble.Token).ConfigureAwait(false); }
+                catch (InvalidDataException)
+                {
+                    failed = true;
+                    _context.Counters.SessionFailed();
+                    _log.LogInformation("rud session {Id} from {Remote}: not a plain preamble; stream reset", id, remote);
+                    stream.Abort(2);
+                    return;
+                }
+                catch (FormatException e)
+                {
+                    failed = true;
+                    _context.Counters.SessionFailed();
+                    await stream.WriteAsync(new[] { (byte)ConnectFailure.AddressTypeNotSupported }, _abort.Token).ConfigureAwait(false);
+                    stream.ShutdownWrite();
+                    _log.LogInformation("rud session {Id} from {Remote}: {Error}", id, remote, e.Message);
+                    return;
+                }
+            }
+            try { onward = await _binding.Handler.OpenAsync(new InboundSession(remote, destination, id, kind), _abort.Token).ConfigureAwait(false); }
+            catch (TransportConnectException e)
+            {
+                failed = true;
+                _context.Counters.SessionFailed();
+                _log.LogInformation("rud session {Id}: {Error}", id, e.Message);
+                await stream.WriteAsync(new[] { (byte)e.Failure }, _abort.Token).ConfigureAwait(false);
+                stream.ShutdownWrite();
+                return;
+            }
+            await stream.WriteAsync(new byte[] { 0 }, _abort.Token).ConfigureAwait(false);
+            opened = true;
+            if (kind == SessionKind.Datagram)
+                _log.LogInformation("rud session {Id} from {Remote}: a UDP association carried in a stream (spec/turn.md §5.2), not in a datagram stream", id, remote);
+            _context.Counters.SessionOpened();
+            await _binding.Handler.RelayAsync(stream, onward, _abort.Token).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or EndOfStreamException or ObjectDisposedException)
+        {
+            if (!opened && !failed) _context.Counters.SessionFailed();
+            _log.LogDebug("rud session {Id} ended: {Error}", id, e.Message);
+        }
+        finally
+        {
+            if (opened) _context.Counters.SessionClosed();
+            if (onward is not null) await onward.DisposeAsync().ConfigureAwait(false);
+            await stream.DisposeAsync().ConfigureAwait(false);
         }
     }
 
-    protected override bool SendDatagram(ReadOnlySpan<byte> frame) => _channel.TrySend(frame);
-
-    protected override async ValueTask<int> ReceiveDatagramAsync(Memory<byte> into, CancellationToken cancellationToken)
+    public async Task StopAsync(CancellationToken cancellationToken)
     {
-        try { return await _channel.ReceiveAsync(into, cancellationToken).ConfigureAwait(false); }
-        catch (ChannelClosedException) { return -1; }
+        if (!_stopping.IsCancellationRequested) _stopping.Cancel();
+        await _acceptLoop.ConfigureAwait(false);
+        try { await Task.WhenAll(_sessions.Values).WaitAsync(cancellationToken).ConfigureAwait(false); }
+        catch (OperationCanceledException) { }
     }
 
-    protected override void LogEnded(string why) =>
-        Log.LogInformation("rud UDP association on datagram stream {Stream} to {Server} ended: {Why}", _channel.Id, _server, why);
-
-    protected override void OnClosed()
+    public async ValueTask DisposeAsync()
     {
-        _channel.Complete(null); // datagrams still arriving for this stream are dropped, not queued
-        var (sent, received, tooLarge, notQueued, malformed) = Counts;
-        Log.LogInformation("rud UDP association on datagram stream {Stream} to {Server}: {Sent} datagrams sent, {Received} received, {TooLarge} too large for a RUD datagram, {NotQueued} not queued (send queue full), {Malformed} malformed",
-            _channel.Id, _server, sent, received, tooLarge, notQueued, malformed);
-        if (Interlocked.Exchange(ref _endedCalled, 1) == 0) _onEnded?.Invoke();
+        if (!_stopping.IsCancellationRequested) _stopping.Cancel();
+        _abort.Cancel();
+        await _acceptLoop.ConfigureAwait(false);
+        try { await Task.WhenAll(_sessions.Values).WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false); }
+        catch (Exception) { }
+        await _endpoint.DisposeAsync().ConfigureAwait(false);
+        _stopping.Dispose();
+        _abort.Dispose();
     }
 }
 

@@ -20,7 +20,7 @@ namespace PtHost.Transports.Asport;
 /// </code>
 /// Relative paths are relative to the configuration file.
 /// </summary>
-public sealed record AsportServerOptions
+public sealed record AsportRelayOptions
 {
     public IPEndPoint Listen { get; init; } = new(IPAddress.Loopback, 0);
     public required QuicCertificate Certificate { get; init; }
@@ -39,7 +39,7 @@ public sealed record AsportServerOptions
          "handshake_timeout", "idle_timeout", "association_timeout"];
 
     /// <summary>Parses the file; throws <see cref="FormatException"/> naming the offending key.</summary>
-    public static AsportServerOptions Load(string path)
+    public static AsportRelayOptions Load(string path)
     {
         var text = File.ReadAllText(path);
         var dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
@@ -78,7 +78,7 @@ public sealed record AsportServerOptions
         try { networks = AllowList.Parse(na.Select(t => t is JValue { Type: JTokenType.String } v ? (string)v! : throw new FormatException($"\"allowed_networks\": {t} is not a string"))); }
         catch (FormatException e) { throw new FormatException("\"allowed_networks\": " + e.Message); }
 
-        var options = new AsportServerOptions { Certificate = cert, Users = users, AllowedPorts = ports, AllowedNetworks = networks };
+        var options = new AsportRelayOptions { Certificate = cert, Users = users, AllowedPorts = ports, AllowedNetworks = networks };
         if (o["bind_address"] is not null)
             options = options with { BindAddress = Destination.ParseLiteral(Str("bind_address")) ?? throw new FormatException("\"bind_address\" is not an IP literal") };
         if (o["reply_auth_failed"] is { } raf)
