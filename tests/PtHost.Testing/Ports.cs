@@ -57,15 +57,7 @@ public static class ProcessSockets
     /// side that owns <paramref name="local"/>, in this test's network namespace) and that its process has not read
     /// yet; null when there is no such connection. 0 after a send: the peer process has read everything.
     /// </summary>
-    public static long? ReceiveQueue(IPEndPoint local, IPEndPoint remote) => Queue(local, remote, receive: true);
-
-    /// <summary>
-    /// Bytes the side that owns <paramref name="local"/> has sent on the TCP connection to <paramref name="remote"/>
-    /// and the peer has not acknowledged yet; null when there is no such connection. 0: everything sent has arrived.
-    /// </summary>
-    public static long? SendQueue(IPEndPoint local, IPEndPoint remote) => Queue(local, remote, receive: false);
-
-    private static long? Queue(IPEndPoint local, IPEndPoint remote, bool receive)
+    public static long? ReceiveQueue(IPEndPoint local, IPEndPoint remote)
     {
         foreach (var table in new[] { "/proc/net/tcp", "/proc/net/tcp6" })
             foreach (var line in File.ReadLines(table).Skip(1))
@@ -73,8 +65,7 @@ public static class ProcessSockets
                 var f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
                 if (f.Length < 5 || !Same(ParseProcAddress(f[1]), local) || !Same(ParseProcAddress(f[2]), remote)) continue;
                 // tx_queue:rx_queue, in hex.
-                string queue = receive ? f[4][(f[4].IndexOf(':') + 1)..] : f[4][..f[4].IndexOf(':')];
-                return long.Parse(queue, NumberStyles.HexNumber, CultureInfo.InvariantCulture);
+                return long.Parse(f[4][(f[4].IndexOf(':') + 1)..], NumberStyles.HexNumber, CultureInfo.InvariantCulture);
             }
         return null;
 
