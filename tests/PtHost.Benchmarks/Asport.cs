@@ -5,6 +5,7 @@ using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using System.Text.Json.Nodes;
 using PtHost.Quic;
+using PtHost.Testing;
 
 namespace PtHost.Benchmarks;
 
@@ -44,10 +45,11 @@ public static class AsportBench
         }
         string server = Sys.Which("gtlsserver") ?? (File.Exists("/usr/sbin/gtlsserver") ? "/usr/sbin/gtlsserver" : throw new InvalidOperationException("gtlsserver missing (ngtcp2-server)"));
         string client = Sys.Which("gtlsclient") ?? throw new InvalidOperationException("gtlsclient missing (ngtcp2-client)");
-        int port = Sys.FreePort();
-        string p = port.ToString(CultureInfo.InvariantCulture);
-        await using var s = Child.Start("gtlsserver", server, ["-q", "-d", Path.Combine(dir, "htdocs"), "127.0.0.1", p, Path.Combine(dir, "key.pem"), Path.Combine(dir, "cert.pem")]);
-        await Task.Delay(300).ConfigureAwait(false); // gtlsserver prints nothing when ready; a first attempt below retries anyway
+        // Port 0: gtlsserver prints nothing, so its port is read from its own UDP socket.
+        await using var s = Child.Start("gtlsserver", server, ["-q", "-d", Path.Combine(dir, "htdocs"), "127.0.0.1", "0", Path.Combine(dir, "key.pem"), Path.Combine(dir, "cert.pem")]);
+        var bound = await ProcessSockets.WaitUdpSocketAsync(s.Pid, TimeSpan.FromSeconds(10)).ConfigureAwait(false)
+            ?? throw new TimeoutException($"gtlsserver bound no UDP socket: {s.StderrTail}");
+        string p = bound.Port.ToString(CultureInfo.InvariantCulture);
         for (int attempt = 0; ; attempt++)
         {
             var sw = Stopwatch.StartNew();
@@ -96,12 +98,12 @@ public static class AsportBench
         }
         handshakes.Sort();
 
-        int iperfPort = Sys.FreePort();
+        await using var iperf = await Iperf3Server.StartAsync(ctx.Iperf3).ConfigureAwait(false);
         var serverConfig = new JsonObject
         {
             ["role"] = "server",
             ["transports"] = new JsonArray("asport"),
-            ["target"] = $"127.0.0.1:{iperfPort}",
+            ["target"] = $"127.0.0.1:{iperf.Port}",
             ["state"] = Path.Combine(state, "server"),
             ["exit-on-stdin-close"] = true,
             ["options"] = new JsonObject
@@ -128,17 +130,8 @@ public static class AsportBench
         var (_, cmethod) = await client.WaitForLineAsync(l => l.StartsWith("CMETHOD asport ", StringComparison.Ordinal), Chain.StartTimeout,
             l => l.StartsWith("CMETHOD-ERROR", StringComparison.Ordinal)).ConfigureAwait(false);
         var socks = IPEndPoint.Parse(cmethod.Split(' ')[3]);
-        string conf = Path.Combine(state, "proxychains.conf");
-        await File.WriteAllTextAsync(conf, $"""
-            strict_chain
-            quiet_mode
-            tcp_read_time_out 15000
-            tcp_connect_time_out 8000
-            [ProxyList]
-            socks5 127.0.0.1 {socks.Port}
-
-            """).ConfigureAwait(false);
-        var (gbps, raw) = await Measurements.IperfOnceAsync(ctx, iperfPort, iperfPort, [proxychains, "-q", "-f", conf]).ConfigureAwait(false);
+        string conf = Baselines.WriteProxychainsConf(state, socks.Port);
+        var (gbps, raw) = await Measurements.IperfOnceAsync(ctx, iperf, iperf.Port, [proxychains, "-q", "-f", conf]).ConfigureAwait(false);
         raw["handshake_ms"] = new JsonArray(handshakes.Select(h => (JsonNode?)h).ToArray());
         return new Result(gbps, handshakes[handshakes.Count / 2], raw);
     }

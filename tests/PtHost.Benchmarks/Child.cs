@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text;
 using System.Threading.Channels;
+using PtHost.Testing;
 
 namespace PtHost.Benchmarks;
 
@@ -149,7 +150,7 @@ public sealed class Child : IAsyncDisposable
         }
         catch (ChannelClosedException)
         {
-            await Task.WhenAny(_stderrPump, Task.Delay(500)).ConfigureAwait(false);
+            await Eventually.CompletesWithinAsync(_stderrPump, TimeSpan.FromMilliseconds(500)).ConfigureAwait(false); // its last words, if they come at once
             throw new InvalidOperationException($"{Name} closed stdout (exited={_process.HasExited}) before the expected line; stderr: {StderrTail}");
         }
     }
@@ -160,7 +161,8 @@ public sealed class Child : IAsyncDisposable
         try { await _process.WaitForExitAsync(cts.Token).ConfigureAwait(false); }
         catch (OperationCanceledException) { throw new TimeoutException($"{Name} did not exit within {timeout.TotalSeconds:0.#} s"); }
         // Let the pumps see EOF so captured output is complete.
-        await Task.WhenAny(Task.WhenAll(_stdoutPump, _stderrPump), Task.Delay(2000)).ConfigureAwait(false);
+        // (Bounded: a grandchild that inherited the pipes would hold them open.)
+        await Eventually.CompletesWithinAsync(Task.WhenAll(_stdoutPump, _stderrPump), TimeSpan.FromSeconds(2)).ConfigureAwait(false);
         return _process.ExitCode;
     }
 

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using System.Text.Json.Nodes;
+using PtHost.Testing;
 using PtHost.Transports.Jet;
 
 namespace PtHost.Benchmarks;
@@ -132,26 +133,17 @@ public static class JetBench
 
     private static async Task<double> IperfJetAsync(Context ctx, JetRelayChild relay)
     {
-        int port = Sys.FreePort();
+        await using var iperf = await Iperf3Server.StartAsync(ctx.Iperf3).ConfigureAwait(false);
         string state = ctx.NewStateDir();
-        await using var chain = await JetChain.StartAsync(ctx.PtHost, state, relay, $"127.0.0.1:{port}", ["tcp"]).ConfigureAwait(false);
-        string conf = Path.Combine(state, "proxychains.conf");
-        await File.WriteAllTextAsync(conf, $"""
-            strict_chain
-            quiet_mode
-            tcp_read_time_out 15000
-            tcp_connect_time_out 8000
-            [ProxyList]
-            socks5 127.0.0.1 {chain.Socks.Port}
-
-            """).ConfigureAwait(false);
-        var (gbps, _) = await Measurements.IperfOnceAsync(ctx, port, port, [ctx.Proxychains!, "-q", "-f", conf]).ConfigureAwait(false);
+        await using var chain = await JetChain.StartAsync(ctx.PtHost, state, relay, $"127.0.0.1:{iperf.Port}", ["tcp"]).ConfigureAwait(false);
+        string conf = Baselines.WriteProxychainsConf(state, chain.Socks.Port);
+        var (gbps, _) = await Measurements.IperfOnceAsync(ctx, iperf, iperf.Port, [ctx.Proxychains!, "-q", "-f", conf]).ConfigureAwait(false);
         return gbps;
     }
 
     private static async Task<double> FirstByteAsync(Context ctx, JetRelayChild relay, JsonArray raw)
     {
-        await using var echo = new EchoServer();
+        await using var echo = new EchoServer(recordLimit: 0);
         string state = ctx.NewStateDir();
         await using var chain = await JetChain.StartAsync(ctx.PtHost, state, relay, echo.EndPoint.ToString(), ["tcp", "tls", "ws", "wss", "direct"]).ConfigureAwait(false);
         var samples = new List<double>();
@@ -220,17 +212,12 @@ public static class JetBench
             throw new InvalidOperationException("gather returned no tcp candidate");
         }
 
-        public async Task WaitAcceptedAsync(Guid aid, Guid cid)
-        {
-            var deadline = Stopwatch.StartNew();
-            while (deadline.Elapsed < TimeSpan.FromSeconds(10))
+        public Task WaitAcceptedAsync(Guid aid, Guid cid) =>
+            Eventually.TrueAsync(async () =>
             {
                 string text = await Rest.GetStringAsync($"/jet/association/{aid}").ConfigureAwait(false);
-                if (text.Contains($"\"id\":\"{cid}\"", StringComparison.Ordinal) && text.Contains("\"state\":\"accepted\"", StringComparison.Ordinal)) return;
-                await Task.Delay(10).ConfigureAwait(false);
-            }
-            throw new TimeoutException("the relay never reported the acceptor");
-        }
+                return text.Contains($"\"id\":\"{cid}\"", StringComparison.Ordinal) && text.Contains("\"state\":\"accepted\"", StringComparison.Ordinal);
+            }, "the relay to report the acceptor", TimeSpan.FromSeconds(10));
 
         public async ValueTask DisposeAsync()
         {

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 using System.Text.Json.Nodes;
+using PtHost.Testing;
 
 namespace PtHost.Benchmarks;
 
@@ -45,14 +46,12 @@ public static class Measurements
     // ---------------------------------------------------------------- 1. throughput
 
     /// <summary>
-    /// One iperf3 run: a fresh <c>iperf3 -s -1</c> on <paramref name="serverPort"/>, the client aimed at
-    /// <paramref name="clientPort"/> (the server itself, or a forwarder in front of it), optionally
-    /// wrapped (proxychains). Returns the receiver's Gbit/s.
+    /// One iperf3 run against a fresh <paramref name="server"/>, the client aimed at <paramref name="clientPort"/>
+    /// (the server itself, or a forwarder in front of it), optionally wrapped (proxychains). Returns the
+    /// receiver's Gbit/s.
     /// </summary>
-    public static async Task<(double Gbps, JsonObject Raw)> IperfOnceAsync(Context ctx, int serverPort, int clientPort, string[] wrapper)
+    public static async Task<(double Gbps, JsonObject Raw)> IperfOnceAsync(Context ctx, Iperf3Server server, int clientPort, string[] wrapper)
     {
-        await using var server = Child.Start("iperf3 -s", ctx.Iperf3, ["-s", "-1", "-B", "127.0.0.1", "-p", serverPort.ToString(CultureInfo.InvariantCulture)], captureAllStdout: true);
-        await Sys.WaitListeningAsync(serverPort, TimeSpan.FromSeconds(10)).ConfigureAwait(false);
         string[] clientArgs = ["-c", "127.0.0.1", "-p", clientPort.ToString(CultureInfo.InvariantCulture), "-t", ctx.IperfSeconds.ToString(CultureInfo.InvariantCulture), "-J"];
         string file = wrapper.Length > 0 ? wrapper[0] : ctx.Iperf3;
         string[] args = wrapper.Length > 0 ? [.. wrapper[1..], ctx.Iperf3, .. clientArgs] : clientArgs;
@@ -66,8 +65,7 @@ public static class Measurements
         if (json["error"] is { } err) throw new InvalidOperationException($"iperf3: {err}");
         double bps = json["end"]?["sum_received"]?["bits_per_second"]?.GetValue<double>()
                      ?? throw new InvalidOperationException("iperf3 JSON has no end.sum_received.bits_per_second");
-        try { await server.WaitExitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false); }
-        catch (TimeoutException) { server.Kill(); }
+        await server.FinishAsync().ConfigureAwait(false);
         var raw = new JsonObject
         {
             ["bits_per_second"] = bps,
@@ -79,16 +77,16 @@ public static class Measurements
 
     public static async Task<(double Gbps, JsonObject Raw)> IperfDirectAsync(Context ctx)
     {
-        int port = Sys.FreePort();
-        return await IperfOnceAsync(ctx, port, port, []).ConfigureAwait(false);
+        await using var server = await Iperf3Server.StartAsync(ctx.Iperf3).ConfigureAwait(false);
+        return await IperfOnceAsync(ctx, server, server.Port, []).ConfigureAwait(false);
     }
 
     /// <summary>iperf3 through <c>socat -b 262144</c> (a plain TCP forwarder with large buffers) to the iperf3 server.</summary>
     public static async Task<(double Gbps, JsonObject Raw)> IperfSocatAsync(Context ctx)
     {
-        int serverPort = Sys.FreePort();
-        await using var socat = await Baselines.StartSocatAsync(serverPort).ConfigureAwait(false);
-        var (gbps, raw) = await IperfOnceAsync(ctx, serverPort, socat.Port, []).ConfigureAwait(false);
+        await using var server = await Iperf3Server.StartAsync(ctx.Iperf3).ConfigureAwait(false);
+        await using var socat = await Baselines.StartSocatAsync(server.Port).ConfigureAwait(false);
+        var (gbps, raw) = await IperfOnceAsync(ctx, server, socat.Port, []).ConfigureAwait(false);
         raw["forwarder_cpu_seconds"] = Sys.CpuSeconds(socat.Child.Pid);
         return (gbps, raw);
     }
@@ -97,20 +95,21 @@ public static class Measurements
     public static async Task<(double Gbps, JsonObject Raw)> IperfDanteAsync(Context ctx)
     {
         await using var dante = await Baselines.StartDanteAsync(ctx.NewStateDir()).ConfigureAwait(false);
-        return await IperfViaSocksAsync(ctx, dante.Port, [], Sys.FreePort()).ConfigureAwait(false);
+        await using var server = await Iperf3Server.StartAsync(ctx.Iperf3).ConfigureAwait(false);
+        return await IperfViaSocksAsync(ctx, dante.Port, [], server).ConfigureAwait(false);
     }
 
     /// <summary>
     /// iperf3 through proxychains → a SOCKS5 server on 127.0.0.1:<paramref name="socksPort"/> → the iperf3
-    /// server on <paramref name="serverPort"/>; the CPU of <paramref name="pids"/> during the run is in the raw record.
+    /// <paramref name="server"/>; the CPU of <paramref name="pids"/> during the run is in the raw record.
     /// </summary>
-    public static async Task<(double Gbps, JsonObject Raw)> IperfViaSocksAsync(Context ctx, int socksPort, int[] pids, int serverPort)
+    public static async Task<(double Gbps, JsonObject Raw)> IperfViaSocksAsync(Context ctx, int socksPort, int[] pids, Iperf3Server server)
     {
         string proxychains = ctx.Proxychains ?? throw new InvalidOperationException("proxychains4 is not available");
         string conf = Baselines.WriteProxychainsConf(ctx.NewStateDir(), socksPort);
         double cpuBefore = pids.Sum(Sys.CpuSeconds);
         var sw = Stopwatch.StartNew();
-        var (gbps, raw) = await IperfOnceAsync(ctx, serverPort, serverPort, [proxychains, "-q", "-f", conf]).ConfigureAwait(false);
+        var (gbps, raw) = await IperfOnceAsync(ctx, server, server.Port, [proxychains, "-q", "-f", conf]).ConfigureAwait(false);
         double cpu = pids.Sum(Sys.CpuSeconds) - cpuBefore;
         raw["pthost_cpu_seconds"] = cpu;
         raw["pthost_cpu_percent_of_one_core"] = cpu / sw.Elapsed.TotalSeconds * 100;
@@ -120,9 +119,9 @@ public static class Measurements
     /// <summary>iperf3 through proxychains → pthost client (SOCKS5) → plain → pthost server (target = the iperf3 server).</summary>
     public static async Task<(double Gbps, JsonObject Raw)> IperfChainAsync(Context ctx, bool noSplice)
     {
-        int port = Sys.FreePort();
-        await using var chain = await Chain.StartAsync(ctx.PtHost, ctx.NewStateDir(), port, noSplice).ConfigureAwait(false);
-        return await IperfViaSocksAsync(ctx, chain.Socks.Port, [chain.Client.Pid, chain.Server.Pid], port).ConfigureAwait(false);
+        await using var server = await Iperf3Server.StartAsync(ctx.Iperf3).ConfigureAwait(false);
+        await using var chain = await Chain.StartAsync(ctx.PtHost, ctx.NewStateDir(), server.Port, noSplice).ConfigureAwait(false);
+        return await IperfViaSocksAsync(ctx, chain.Socks.Port, [chain.Client.Pid, chain.Server.Pid], server).ConfigureAwait(false);
     }
 
     // ---------------------------------------------------------------- 2. connection set-up
@@ -172,7 +171,7 @@ public static class Measurements
     /// <summary>Session set-up rate through the plain chain to an echo server in the harness.</summary>
     public static async Task<ConnRateResult> ConnRateAsync(Context ctx)
     {
-        await using var echo = new EchoServer();
+        await using var echo = new EchoServer(recordLimit: 0);
         await using var chain = await Chain.StartAsync(ctx.PtHost, ctx.NewStateDir(), echo.EndPoint.Port, noSplice: false).ConfigureAwait(false);
         return await ConnRateAsync(chain.Socks, echo.EndPoint, [chain.Client.Pid, chain.Server.Pid], ctx.ConnTotal, ctx.ConnConcurrency, Math.Min(500, ctx.ConnTotal)).ConfigureAwait(false);
     }
@@ -187,7 +186,8 @@ public static class Measurements
         var timeout = TimeSpan.FromSeconds(20);
         // Warm-up (JIT tiering, thread pool growth), not measured.
         if (warmup > 0) await OpenManyAsync(socks, target, warmup, concurrency, null, timeout).ConfigureAwait(false);
-        await Task.Delay(300).ConfigureAwait(false);
+        // The warm-up's sessions are torn down before the CPU counters are read.
+        await ProcStats.SocketsAtRestAsync(pids).ConfigureAwait(false);
         var p0 = pids.Select(Sys.CpuSplit).ToArray();
         var h0 = Sys.CpuSplit(Environment.ProcessId);
         var r = await OpenManyAsync(socks, target, total, concurrency, null, timeout).ConfigureAwait(false);
@@ -236,7 +236,7 @@ public static class Measurements
 
     public static async Task<MemoryResult> IdleMemoryAsync(Context ctx, int sessions)
     {
-        await using var echo = new EchoServer();
+        await using var echo = new EchoServer(recordLimit: 0);
         await using var chain = await Chain.StartAsync(ctx.PtHost, ctx.NewStateDir(), echo.EndPoint.Port, noSplice: false).ConfigureAwait(false);
         var timeout = TimeSpan.FromSeconds(15);
         int cpid = chain.Client.Pid, spid = chain.Server.Pid;
@@ -244,8 +244,9 @@ public static class Measurements
         // Warm-up: a few sessions opened and closed, so code paths and pools count in the baseline.
         var warm = await OpenManyAsync(chain.Socks, echo.EndPoint, 128, ctx.ConnConcurrency, null, timeout).ConfigureAwait(false);
         if (warm.Successes == 0) throw new InvalidOperationException($"warm-up: no SOCKS session succeeded: {warm.FirstError}");
-        await WaitUntilAsync(() => echo.Live == 0, TimeSpan.FromSeconds(10)).ConfigureAwait(false);
-        await Task.Delay(1000).ConfigureAwait(false);
+        await Eventually.HoldsWithinAsync(() => echo.Live == 0, TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+        // The warm-up's sessions are torn down in both processes before the baseline.
+        await ProcStats.SocketsAtRestAsync(cpid, spid).ConfigureAwait(false);
         var before = Snapshot(cpid, spid);
 
         var kept = new List<Socket>(sessions);
@@ -253,8 +254,9 @@ public static class Measurements
         {
             var r = await OpenManyAsync(chain.Socks, echo.EndPoint, sessions, ctx.ConnConcurrency, kept, timeout).ConfigureAwait(false);
             if (r.Failures > 0) throw new InvalidOperationException($"{r.Failures} of {sessions} sessions failed: {r.FirstError}");
-            await WaitUntilAsync(() => echo.Live >= sessions, TimeSpan.FromSeconds(15)).ConfigureAwait(false);
-            await Task.Delay(2000).ConfigureAwait(false);
+            await Eventually.HoldsWithinAsync(() => echo.Live >= sessions, TimeSpan.FromSeconds(15)).ConfigureAwait(false);
+            // Every session set up in both processes (their socket counts at rest) before the figures are read.
+            await ProcStats.SocketsAtRestAsync(cpid, spid).ConfigureAwait(false);
             var after = Snapshot(cpid, spid);
             if (echo.Live < sessions) throw new InvalidOperationException($"only {echo.Live} of {sessions} sessions still open at the target after settling");
             var raw = new JsonObject
@@ -287,12 +289,6 @@ public static class Measurements
         return new ProcSnapshot(Sys.StatusKiB(cpid, "VmRSS"), Sys.StatusKiB(spid, "VmRSS"), new JsonObject { ["client"] = One(cpid), ["server"] = One(spid) });
     }
 
-    public static async Task WaitUntilAsync(Func<bool> condition, TimeSpan timeout)
-    {
-        var sw = Stopwatch.StartNew();
-        while (!condition() && sw.Elapsed < timeout) await Task.Delay(20).ConfigureAwait(false);
-    }
-
     // ---------------------------------------------------------------- 4. start-up
 
     /// <summary>The runtime's floor: process start → exit of <c>pthost --version</c>, in ms.</summary>
@@ -316,8 +312,9 @@ public static class Measurements
         }
         else
         {
-            // Nothing listens on the server address; the client does not dial it until a SOCKS request.
-            var (child, _, t) = await Chain.StartClientAsync(ctx.PtHost, state, Sys.FreePort(), null).ConfigureAwait(false);
+            // Nothing listens on the server address (a port held but refusing); the client does not dial it until a SOCKS request.
+            using var nowhere = new RefusingPort();
+            var (child, _, t) = await Chain.StartClientAsync(ctx.PtHost, state, nowhere.Port, null).ConfigureAwait(false);
             await child.DisposeAsync().ConfigureAwait(false);
             return t.TotalMilliseconds;
         }

@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
-using PtHost.Tests.Unit.Rud;
+using PtHost.Testing;
 using PtHost.Transports.Rud;
 
 namespace PtHost.Benchmarks;

@@ -5,6 +5,7 @@ using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using System.Text.Json.Nodes;
 using PtHost.Quic;
+using PtHost.Testing;
 using PtHost.Transports.Rud;
 
 namespace PtHost.Benchmarks;
@@ -167,12 +168,8 @@ public static class RudPathBench
         string conf = Baselines.WriteProxychainsConf(state, socksPort);
         string port = iperfPort.ToString(CultureInfo.InvariantCulture);
         await using var server = StartIn(link.NamespaceB, "iperf3 -s (B)", ctx.Iperf3, ["-s", "-1", "-B", "127.0.0.1", "-p", port], pthost: false);
-        var wait = Stopwatch.StartNew();
-        while (!ListeningIn(server.Pid, iperfPort))
-        {
-            if (wait.Elapsed > TimeSpan.FromSeconds(10) || server.HasExited) throw new TimeoutException($"iperf3 -s in {link.NamespaceB} not listening on {port}: {server.StderrTail}");
-            await Task.Delay(20).ConfigureAwait(false);
-        }
+        if (await ProcessSockets.WaitTcpListenerAsync(server.Pid, TimeSpan.FromSeconds(10), iperfPort).ConfigureAwait(false) is null)
+            throw new TimeoutException($"iperf3 -s in {link.NamespaceB} not listening on {port}: {server.StderrTail}");
         long deviceDrops0 = await link.DeviceTxDroppedAsync().ConfigureAwait(false);
         link.ResetCounters();
         double[] cpu0 = [.. pids.Select(Sys.CpuSeconds)];
@@ -212,22 +209,6 @@ public static class RudPathBench
             ["cpu_seconds_client_server_relay"] = new JsonArray([.. cpu.Select(c => (JsonNode?)c)]),
         };
         return new Result(bps / 1e6, raw);
-    }
-
-    /// <summary>True when pid's network namespace has a TCP listener on 127.0.0.1:port (/proc/PID/net/tcp is per namespace).</summary>
-    private static bool ListeningIn(int pid, int port)
-    {
-        string local = "0100007F:" + port.ToString("X4", CultureInfo.InvariantCulture);
-        try
-        {
-            foreach (var line in File.ReadLines($"/proc/{pid}/net/tcp").Skip(1))
-            {
-                var f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
-                if (f.Length > 3 && f[1] == local && f[3] == "0A") return true;
-            }
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
-        return false;
     }
 
     /// <summary>

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using PtHost.Testing;
 
 namespace PtHost.Benchmarks;
 
@@ -43,7 +44,8 @@ public static class StreamPump
             sender.Shutdown(SocketShutdown.Send);
         }, TaskCreationOptions.LongRunning);
         var all = Task.WhenAll(tx, rx);
-        if (await Task.WhenAny(all, Task.Delay(timeout + TimeSpan.FromSeconds(5))).ConfigureAwait(false) != all)
+        // The limit the caller gave, and 5 s for the ends: a stream still running then has hung.
+        if (!await Eventually.CompletesWithinAsync(all, timeout + TimeSpan.FromSeconds(5)).ConfigureAwait(false))
         {
             sender.Dispose();
             receiver.Dispose();
@@ -77,7 +79,7 @@ public static class StreamPump
         try
         {
             a.Connect(via);
-            if (await Task.WhenAny(accept, Task.Delay(TimeSpan.FromSeconds(10))).ConfigureAwait(false) != accept)
+            if (!await Eventually.CompletesWithinAsync(accept, TimeSpan.FromSeconds(10)).ConfigureAwait(false))
                 throw new TimeoutException($"no connection arrived through {via} within 10 s");
             return (a, await accept.ConfigureAwait(false));
         }

@@ -60,36 +60,6 @@ public static partial class Sys
         return -1;
     }
 
-    /// <summary>A currently free TCP port on 127.0.0.1 (bind to 0, read, close).</summary>
-    public static int FreePort()
-    {
-        using var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        s.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        return ((IPEndPoint)s.LocalEndPoint!).Port;
-    }
-
-    /// <summary>True when something LISTENs on 127.0.0.1:port (reads /proc/net/tcp; makes no connection).</summary>
-    public static bool IsListening(int port)
-    {
-        string local = "0100007F:" + port.ToString("X4", CultureInfo.InvariantCulture);
-        foreach (var line in File.ReadLines("/proc/net/tcp").Skip(1))
-        {
-            var f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
-            if (f.Length > 3 && f[1] == local && f[3] == "0A") return true;
-        }
-        return false;
-    }
-
-    public static async Task WaitListeningAsync(int port, TimeSpan timeout)
-    {
-        var sw = Stopwatch.StartNew();
-        while (!IsListening(port))
-        {
-            if (sw.Elapsed > timeout) throw new TimeoutException($"nothing listens on 127.0.0.1:{port} after {timeout.TotalSeconds:0} s");
-            await Task.Delay(20).ConfigureAwait(false);
-        }
-    }
-
     public static string? Which(string program)
     {
         foreach (var dir in (Environment.GetEnvironmentVariable("PATH") ?? "/usr/local/bin:/usr/bin:/bin").Split(':', StringSplitOptions.RemoveEmptyEntries)

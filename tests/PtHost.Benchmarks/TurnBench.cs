@@ -6,6 +6,7 @@ using System.Net.Sockets;
 using System.Text.Json.Nodes;
 using PtHost.Contract;
 using PtHost.Turn;
+using PtHost.Testing;
 
 namespace PtHost.Benchmarks;
 
@@ -77,17 +78,14 @@ public static class TurnBench
     /// <summary>iperf3 UDP at unlimited rate: datagrams/s the receiver got, and the loss it reported.</summary>
     private static async Task<(double PerSecond, double LossPercent, JsonObject Raw)> IperfUdpAsync(string iperf3, int seconds)
     {
-        int port = Sys.FreePort();
-        await using var server = Child.Start("iperf3 -s", iperf3, ["-s", "-1", "-B", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture)], captureAllStdout: true);
-        await Sys.WaitListeningAsync(port, TimeSpan.FromSeconds(10)).ConfigureAwait(false);
-        var r = await Child.RunAsync(iperf3, ["-c", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture), "-u", "-b", "0",
+        await using var server = await Iperf3Server.StartAsync(iperf3).ConfigureAwait(false);
+        var r = await Child.RunAsync(iperf3, ["-c", "127.0.0.1", "-p", server.Port.ToString(CultureInfo.InvariantCulture), "-u", "-b", "0",
             "-l", DatagramBytes.ToString(CultureInfo.InvariantCulture), "-t", seconds.ToString(CultureInfo.InvariantCulture), "-J"], TimeSpan.FromSeconds(seconds + 40)).ConfigureAwait(false);
         var json = JsonNode.Parse(r.Stdout)?.AsObject() ?? throw new FormatException("iperf3 printed no JSON");
         if (json["error"] is { } err) throw new InvalidOperationException($"iperf3: {err}");
         var sum = json["end"]?["sum"] ?? throw new InvalidOperationException("iperf3 JSON has no end.sum");
         double packets = sum["packets"]!.GetValue<double>(), lost = sum["lost_packets"]!.GetValue<double>(), secs = sum["seconds"]!.GetValue<double>();
-        try { await server.WaitExitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false); }
-        catch (TimeoutException) { server.Kill(); }
+        await server.FinishAsync().ConfigureAwait(false);
         return ((packets - lost) / secs, packets > 0 ? lost / packets * 100 : 0,
             new JsonObject { ["packets"] = packets, ["lost_packets"] = lost, ["seconds"] = secs });
     }
@@ -130,12 +128,7 @@ public static class TurnBench
         }).ConfigureAwait(false);
         double elapsed = sw.Elapsed.TotalSeconds;
         // Let what is in flight arrive: until the count stops growing for 500 ms (at most 10 s).
-        long last = -1;
-        for (int i = 0; i < 20 && Interlocked.Read(ref received) != last; i++)
-        {
-            last = Interlocked.Read(ref received);
-            await Task.Delay(500).ConfigureAwait(false);
-        }
+        await Eventually.StableAsync(() => Interlocked.Read(ref received), TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(10), "datagrams arriving at the sink").ConfigureAwait(false);
         double cpu = Sys.CpuSeconds(chain.Client.Pid) + Sys.CpuSeconds(chain.Server.Pid) - cpuBefore;
         stop.Cancel();
         await counter.ConfigureAwait(false);

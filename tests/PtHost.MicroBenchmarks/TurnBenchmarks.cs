@@ -3,6 +3,7 @@ using System.Net;
 using BenchmarkDotNet.Attributes;
 using Microsoft.Extensions.Logging.Abstractions;
 using PtHost.Contract;
+using PtHost.Testing;
 using PtHost.Turn;
 
 namespace PtHost.MicroBenchmarks;
@@ -50,7 +51,7 @@ internal static class Turn
         byte[] nonce = n.ToArray();
         tid[0] = 1;
         server.Handle(client, Build(StunMethod.Allocate, tid, nonce, a => a.UInt32(StunAttribute.RequestedTransport, 17u << 24)));
-        for (int i = 0; i < 100 && !server.HasAllocation(client); i++) await Task.Delay(10);
+        await Eventually.TrueAsync(() => server.HasAllocation(client), "the allocation in the benchmark set-up", TimeSpan.FromSeconds(1));
         tid[0] = 2;
         var peerValue = new byte[8];
         Stun.WriteXorAddress(peerValue, Peer, tid);
@@ -59,7 +60,8 @@ internal static class Turn
             a.UInt32(StunAttribute.ChannelNumber, 0x4000u << 16);
             a.Attributes.Add((StunAttribute.XorPeerAddress, peerValue));
         }));
-        await Task.Delay(200);
+        await Eventually.TrueAsync(() => Stun.TryParse(client.Last, out var answer) == StunParseError.None && answer.Method == StunMethod.ChannelBind,
+            "the ChannelBind answer in the benchmark set-up", TimeSpan.FromSeconds(5));
         Stun.TryParse(client.Last, out var bound);
         if (bound.Class != StunClass.Success) throw new InvalidOperationException("ChannelBind failed in the benchmark set-up");
         return server;

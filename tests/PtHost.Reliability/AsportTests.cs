@@ -1,7 +1,6 @@
 using System.Net;
 using Newtonsoft.Json.Linq;
 using PtHost.Reliability.Support;
-using PtHost.Tests.Process;
 using Xunit.Abstractions;
 
 namespace PtHost.Reliability;
@@ -24,9 +23,9 @@ public class AsportTests(ITestOutputHelper output)
             ["asport"] = new JObject
             {
                 ["server"] = relay.ToString(),
-                ["pin"] = Convert.ToHexString(AsportRelayTests.Cert.Sha256).ToLowerInvariant(),
-                ["user"] = AsportRelayTests.User.ToString(),
-                ["password"] = AsportRelayTests.Password,
+                ["pin"] = Convert.ToHexString(AsportRelayProcess.Cert.Sha256).ToLowerInvariant(),
+                ["user"] = AsportRelayProcess.User.ToString(),
+                ["password"] = AsportRelayProcess.Password,
                 ["ports"] = "20000-60000",
             },
         };
@@ -45,7 +44,7 @@ public class AsportTests(ITestOutputHelper output)
     public async Task Two_rounds_of_2000_concurrent_sessions_through_asport_lose_no_byte_leak_nothing_and_do_not_grow_memory()
     {
         await using var echo = new EchoServer();
-        await using var relay = await AsportRelayTests.StartRelayAsync();
+        await using var relay = await AsportRelayProcess.StartAsync();
         await using var chain = await StartChainAsync(relay.EndPoint);
         int n = LoadTests.Sessions;
         // At the peak: the client holds a SOCKS socket and a TCP connection to the public port per session,
@@ -62,14 +61,14 @@ public class AsportTests(ITestOutputHelper output)
     public async Task Killing_the_relay_under_streaming_sessions_ends_each_and_the_hosts_serve_again_once_it_is_back()
     {
         await using var echo = new EchoServer();
-        var relay = await AsportRelayTests.StartRelayAsync();
-        AsportRelayTests.RelayProcess? again = null;
+        var relay = await AsportRelayProcess.StartAsync();
+        AsportRelayProcess? again = null;
         try
         {
             await using var chain = await StartChainAsync(relay.EndPoint);
             await Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 64 * 1024);
-            await Task.Delay(500);
-            int c0 = ProcStats.SocketCount(chain.Client.Pid), s0 = ProcStats.SocketCount(chain.Server.Pid);
+            var rest = await chain.SocketsAtRestAsync();
+            int c0 = rest[0], s0 = rest[1];
             int announced = Announcements(chain);
 
             // The client's TCP connections to the public port die with the relay (EOF or reset at once); the
@@ -96,9 +95,8 @@ public class AsportTests(ITestOutputHelper output)
 
             // A relay restarted on the same UDP port: the server process registers again, announces its new
             // public address (asport.address), and the same client carries sessions through it.
-            again = await AsportRelayTests.StartRelayAsync(relay.EndPoint.ToString());
-            var until = DateTime.UtcNow + TimeSpan.FromSeconds(60);
-            while (Announcements(chain) <= announced && DateTime.UtcNow < until) await Task.Delay(200);
+            again = await AsportRelayProcess.StartAsync(relay.EndPoint.ToString());
+            await Eventually.HoldsWithinAsync(() => Announcements(chain) > announced, TimeSpan.FromSeconds(60));
             Assert.True(Announcements(chain) > announced, $"the server did not register again:\n{TransportScenarios.Tail(chain.Server.Stderr)}");
             var took = await TransportScenarios.EchoWorksAgainAsync(chain, echo.Port, TimeSpan.FromSeconds(30));
             output.WriteLine($"registered again; first session through the restarted relay {took.TotalSeconds:0.0} s after the announcement was seen");
@@ -118,7 +116,7 @@ public class AsportTests(ITestOutputHelper output)
     public async Task A_refusing_target_is_answered_05_and_leaves_nothing_behind()
     {
         await using var echo = new EchoServer();
-        await using var relay = await AsportRelayTests.StartRelayAsync();
+        await using var relay = await AsportRelayProcess.StartAsync();
         await using var chain = await StartChainAsync(relay.EndPoint);
         await TransportScenarios.RefusingTargetAsync(output, chain, echo,
             [new("client", chain.Client.Pid), new("server", chain.Server.Pid), new("relay", relay.Process.Pid)]);
@@ -128,7 +126,7 @@ public class AsportTests(ITestOutputHelper output)
     public async Task A_far_end_that_never_reads_blocks_only_its_own_session()
     {
         await using var echo = new EchoServer();
-        await using var relay = await AsportRelayTests.StartRelayAsync();
+        await using var relay = await AsportRelayProcess.StartAsync();
         await using var chain = await StartChainAsync(relay.EndPoint);
         await TransportScenarios.StalledFarEndAsync(output, chain, echo,
             [new("client", chain.Client.Pid), new("server", chain.Server.Pid), new("relay", relay.Process.Pid)]);
@@ -137,7 +135,7 @@ public class AsportTests(ITestOutputHelper output)
     [Fact]
     public async Task Half_close_in_either_direction_still_carries_the_other()
     {
-        await using var relay = await AsportRelayTests.StartRelayAsync();
+        await using var relay = await AsportRelayProcess.StartAsync();
         await using var chain = await StartChainAsync(relay.EndPoint);
         await TransportScenarios.HalfCloseFromApplicationAsync(chain);
         await TransportScenarios.HalfCloseFromFarEndAsync(chain);

@@ -4,7 +4,6 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using Newtonsoft.Json.Linq;
 using PtHost.Reliability.Support;
-using PtHost.Tests.Process;
 using Xunit.Abstractions;
 
 namespace PtHost.Reliability;
@@ -38,8 +37,7 @@ public class FaultTests(ITestOutputHelper output)
             });
             streams.Add((c, writer, Sessions.EndsWithinAsync(c.Socket, TimeSpan.FromSeconds(30))));
         }
-        var until = DateTime.UtcNow + TimeSpan.FromSeconds(20);
-        while (Interlocked.Read(ref moved) < 3 * 1024 * 1024 && DateTime.UtcNow < until) await Task.Delay(50);
+        await Eventually.HoldsWithinAsync(() => Interlocked.Read(ref moved) >= 3 * 1024 * 1024, TimeSpan.FromSeconds(20));
         Assert.True(Interlocked.Read(ref moved) > 0, "no data moved before the kill");
         output.WriteLine($"{Interlocked.Read(ref moved)} bytes written before SIGKILL");
 
@@ -65,7 +63,8 @@ public class FaultTests(ITestOutputHelper output)
             Assert.Equal(0x05, reply);
         }
 
-        // A new server on the same port: the same client carries sessions again.
+        // A new server on the same port (the client's serverAddress names it; the killed server's port was
+        // given back by the kernel a moment ago): the same client carries sessions again.
         var config = PtChain.FreeServer();
         config["bindaddr"] = new JObject { ["plain"] = $"127.0.0.1:{serverPort}" };
         await using var restarted = PtProcess.StartPthost(config.ToString(Newtonsoft.Json.Formatting.None));
@@ -80,13 +79,12 @@ public class FaultTests(ITestOutputHelper output)
         await using var echo = new EchoServer();
         await using var chain = await Sessions.StartPlainChainAsync();
         await Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 1024);
-        await Task.Delay(500);
-        int clientFd0 = ProcStats.SocketCount(chain.Client.Pid), serverFd0 = ProcStats.SocketCount(chain.Server.Pid);
-        int closed = ClosedPort.Get();
+        var (clientFd0, serverFd0) = await BaselineAsync(chain);
+        using var closed = new RefusingPort();
 
         var replies = await Task.WhenAll(Enumerable.Range(0, 50).Select(async _ =>
         {
-            var (reply, c) = await Sessions.ConnectAsync(chain.SocksEndPoint, closed, TimeSpan.FromSeconds(30));
+            var (reply, c) = await Sessions.ConnectAsync(chain.SocksEndPoint, closed.Port, TimeSpan.FromSeconds(30));
             // After a failure reply the proxy closes its side (spec/ipc.md §5.8).
             bool ended = await Sessions.EndsWithinAsync(c.Socket, TimeSpan.FromSeconds(15));
             await c.DisposeAsync();
@@ -112,8 +110,7 @@ public class FaultTests(ITestOutputHelper output)
         await using var echo = new EchoServer();
         await using var chain = await Sessions.StartPlainChainAsync();
         await Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 1024);
-        await Task.Delay(500);
-        int clientFd0 = ProcStats.SocketCount(chain.Client.Pid), serverFd0 = ProcStats.SocketCount(chain.Server.Pid);
+        var (clientFd0, serverFd0) = await BaselineAsync(chain);
         output.WriteLine($"baseline fds: client {ProcStats.FdSummary(chain.Client.Pid)}; server {ProcStats.FdSummary(chain.Server.Pid)}");
         long clientRss0 = ProcStats.RssBytes(chain.Client.Pid), serverRss0 = ProcStats.RssBytes(chain.Server.Pid);
 
@@ -127,13 +124,8 @@ public class FaultTests(ITestOutputHelper output)
             try { while (true) { await stalled.Stream.WriteAsync(chunk, stopWriting.Token); Interlocked.Add(ref written, chunk.Length); } }
             catch (Exception) { }
         });
-        // Let the writer fill every buffer on the path and block.
-        long last = -1;
-        for (int i = 0; i < 40 && Interlocked.Read(ref written) != last; i++)
-        {
-            last = Interlocked.Read(ref written);
-            await Task.Delay(500);
-        }
+        // Let the writer fill every buffer on the path and block: no progress for 500 ms.
+        await Eventually.StableAsync(() => Interlocked.Read(ref written), TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(20), "the bytes the stalled session accepted");
 
         // Meanwhile other sessions on the same client work.
         await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 1024 * 1024)));
@@ -157,6 +149,13 @@ public class FaultTests(ITestOutputHelper output)
         Assert.InRange(cf, 0, clientFd0 + 2);
         Assert.InRange(sf, 0, serverFd0 + 2);
         await Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 256 * 1024);
+    }
+
+    /// <summary>The sockets and pipes of client and server with no session open, at rest: the baseline of a leak check.</summary>
+    private static async Task<(int Client, int Server)> BaselineAsync(PtChain chain)
+    {
+        var n = await chain.SocketsAtRestAsync();
+        return (n[0], n[1]);
     }
 
     [Fact]

@@ -6,7 +6,6 @@ using Microsoft.Extensions.Logging.Abstractions;
 using PtHost.Contract;
 using PtHost.Quic;
 using PtHost.Reliability.Support;
-using PtHost.Tests.Process;
 using PtHost.Transports.Asport;
 using PtHost.Transports.Jet;
 using PtHost.Transports.Rud;
@@ -27,7 +26,7 @@ public class HostileClientTests(ITestOutputHelper output)
     /// <summary>A UDP allocation to an in-process echo peer, a datagram there and back: the legitimate session.</summary>
     private static async Task TurnRoundTripAsync(IPEndPoint turn, UdpEcho echo)
     {
-        await using var client = await RawTurnClient.ConnectAsync(turn);
+        await using var client = await UdpTurnClient.ConnectAsync(turn);
         Assert.Equal(0, await client.AllocateAsync());
         var peer = PeerAddress.From(echo.EndPoint);
         Assert.Equal(0, await client.CreatePermissionAsync(peer));
@@ -36,7 +35,7 @@ public class HostileClientTests(ITestOutputHelper output)
         {
             client.SendIndication(peer, data);
             var receive = client.ReceiveDataAsync();
-            if (await Task.WhenAny(receive, Task.Delay(3000)) == receive)
+            if (await Eventually.CompletesWithinAsync(receive, TimeSpan.FromSeconds(3))) // else lost on the way: sent again
             {
                 var (from, back) = await receive;
                 Assert.Equal(peer, from);
@@ -62,14 +61,13 @@ public class HostileClientTests(ITestOutputHelper output)
         await using var turn = await TurnChain.StartAsync(PtChain.FreeServer("plain", "127.0.0.1"));
         int pid = turn.Chain.Client.Pid;
         await TurnRoundTripAsync(turn.TurnEndPoint, echo); // warm-up: the allocation's association stays (600 s lifetime)
-        await Task.Delay(500);
-        int sock0 = ProcStats.SocketCount(pid);
+        int sock0 = (await ProcStats.SocketsAtRestAsync(pid))[0];
         long rss0 = ProcStats.RssBytes(pid);
 
         var clock = Stopwatch.StartNew();
         byte[] half = TransportParserFuzzTests.BuildStun(StunMethod.Binding, StunClass.Request, TransportParserFuzzTests.Tid, [])[..10];
         var attackers = await Hostile.OpenAsync(turn.TurnEndPoint, Limit, half, clock);
-        int held = await WaitForSocketsAtLeastAsync(pid, sock0 + Limit, TimeSpan.FromSeconds(30));
+        int held = await ProcStats.WaitForSocketsAtLeastAsync(pid, sock0 + Limit, TimeSpan.FromSeconds(30));
         Assert.True(held >= sock0 + Limit, $"the listener holds {held - sock0} of {Limit} connections");
         // Over the limit: closed at accept, without a byte.
         var extra = await Hostile.OpenAsync(turn.TurnEndPoint, 8, half, clock);
@@ -96,14 +94,6 @@ public class HostileClientTests(ITestOutputHelper output)
         Assert.True(rssPeak <= rss0 + Limit * (160L << 10) + (64L << 20), $"RSS grew {rss0 >> 20} → {rssPeak >> 20} MiB");
     }
 
-    private static async Task<int> WaitForSocketsAtLeastAsync(int pid, int count, TimeSpan within)
-    {
-        var deadline = DateTime.UtcNow + within;
-        int n;
-        while ((n = ProcStats.SocketCount(pid)) < count && DateTime.UtcNow < deadline) await Task.Delay(200);
-        return n;
-    }
-
     /// <summary>
     /// UDP side: 40,000 unauthenticated Allocate requests from 200 source ports (each answered by a
     /// 401 with a stateless nonce, §3.3: nothing is kept), then one user asking for more than its 128
@@ -121,10 +111,10 @@ public class HostileClientTests(ITestOutputHelper output)
             ((Newtonsoft.Json.Linq.JObject)config["turn"]!["users"]!)["quota"] = "pw";
             return config;
         });
-        var turn = new TurnChain { Chain = chain, TurnEndPoint = IPEndPoint.Parse(chain.ClientStartup.Single(l => l.StartsWith("CMETHOD plain turn ", StringComparison.Ordinal)).Split(' ')[3]) };
+        var turn = TurnChain.Of(chain);
         int client = turn.Chain.Client.Pid, server = turn.Chain.Server.Pid;
-        await Task.Delay(500);
-        int c0 = ProcStats.SocketCount(client), s0 = ProcStats.SocketCount(server);
+        var rest = await ProcStats.SocketsAtRestAsync(client, server);
+        int c0 = rest[0], s0 = rest[1];
         long rss0 = ProcStats.RssBytes(client);
 
         // The flood: each source sends 200 Allocates without credentials as fast as it can, reading what comes back.
@@ -166,7 +156,7 @@ public class HostileClientTests(ITestOutputHelper output)
         // The quota: 130 allocations of one user from 130 ports; 128 hold, the others get 486. From
         // 127.0.0.2: the round trips above left their allocations (600 s) on 127.0.0.1 ports that a
         // new socket could be given again, and an Allocate on such a 5-tuple is a 437 (seen once in CI).
-        var users = Enumerable.Range(0, 130).Select(_ => new UdpTurnClient(turn.TurnEndPoint, "quota", TurnTests.Realm, "pw", IPAddress.Parse("127.0.0.2"))).ToList();
+        var users = Enumerable.Range(0, 130).Select(_ => new UdpTurnClient(turn.TurnEndPoint, "quota", TurnChain.Realm, "pw", IPAddress.Parse("127.0.0.2"))).ToList();
         try
         {
             var codes = new List<int>();
@@ -205,12 +195,7 @@ public class HostileClientTests(ITestOutputHelper output)
         var (cid, url) = candidates["tcp"];
         await using var acceptor = await JetPeer.ConnectAsync(relay.Tcp!);
         await acceptor.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, url.Authority));
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
-        while (!(await relay.Rest.GetStringAsync($"/jet/association/{aid}")).Contains("\"accepted\"", StringComparison.Ordinal))
-        {
-            Assert.True(DateTime.UtcNow < deadline, "the acceptor was not registered");
-            await Task.Delay(50);
-        }
+        await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
         await using var connector = await JetPeer.ConnectAsync(relay.Tcp!);
         await connector.SendRequestAsync(JetWire.BuildRequest(JetMethod.Connect, aid, cid, url.Authority));
         Assert.Equal(200, (await connector.ReadResponseAsync()).Status);
@@ -236,8 +221,7 @@ public class HostileClientTests(ITestOutputHelper output)
         await using var relay = await JetRelayProcess.StartAsync(new Newtonsoft.Json.Linq.JObject { ["handshakeTimeout"] = 5 });
         int pid = relay.Process.Pid;
         await JetPairAsync(relay); // warm-up
-        await Task.Delay(500);
-        int sock0 = ProcStats.SocketCount(pid);
+        int sock0 = (await ProcStats.SocketsAtRestAsync(pid))[0];
         long rss0 = ProcStats.RssBytes(pid);
         var aid = Guid.NewGuid();
         var clock = Stopwatch.StartNew();
@@ -308,8 +292,7 @@ public class HostileClientTests(ITestOutputHelper output)
         // first acceptors' cuts had freed places under the limit (seen once in CI).
         int pid = relay.Process.Pid;
         await JetPairAsync(relay);
-        await Task.Delay(500);
-        int sock0 = ProcStats.SocketCount(pid);
+        int sock0 = (await ProcStats.SocketsAtRestAsync(pid))[0];
         var clock = Stopwatch.StartNew();
         var acceptors = new List<(System.Net.WebSockets.ClientWebSocket Ws, TimeSpan Started)>();
         for (int i = 0; i < Waiting; i++)
@@ -340,7 +323,8 @@ public class HostileClientTests(ITestOutputHelper output)
         // Up to the limit with silent binary connections, then one more of each kind.
         var silent = await Hostile.OpenAsync(relay.Tcp!, PerSource - Waiting, [], clock);
         var silentCuts = Hostile.AwaitCutsAsync(silent, clock, TimeSpan.FromSeconds(60));
-        await Task.Delay(300);
+        // The relay has accepted them all (they count against the limit only once accepted).
+        await ProcStats.WaitForSocketsAtLeastAsync(pid, sock0 + PerSource, TimeSpan.FromSeconds(5));
         var overAt = clock.Elapsed;
         var over = await Hostile.AwaitCutsAsync(await Hostile.OpenAsync(relay.Tcp!, 1, "JET\0"u8.ToArray(), clock), clock, TimeSpan.FromSeconds(20));
         output.WriteLine($"binary connection over the per-source limit (sent {overAt.TotalSeconds:F1} s after the first acceptor): cut after {over[0].HeldSeconds:F2} s, {over[0].Received.Length} bytes received");
@@ -361,7 +345,7 @@ public class HostileClientTests(ITestOutputHelper output)
     private static QuicClientOptions AsportQuic => new()
     {
         ApplicationProtocols = ["asport"],
-        Verification = QuicPeerVerification.Pinned(AsportRelayTests.Cert.Sha256),
+        Verification = QuicPeerVerification.Pinned(AsportRelayProcess.Cert.Sha256),
         IdleTimeout = TimeSpan.FromSeconds(60),
         HandshakeTimeout = TimeSpan.FromSeconds(30),
     };
@@ -390,12 +374,12 @@ public class HostileClientTests(ITestOutputHelper output)
     public async Task Asport_silent_quic_connections_and_abandoned_initials_are_cut_while_a_client_forwards()
     {
         await using var echo = new EchoServer();
-        await using var relay = await AsportRelayTests.StartRelayAsync();
+        await using var relay = await AsportRelayProcess.StartAsync();
         int pid = relay.Process.Pid;
         await using var legit = new AsportRelayClient(new AsportRelayClientOptions
         {
             Server = relay.EndPoint,
-            Verification = QuicPeerVerification.Pinned(AsportRelayTests.Cert.Sha256),
+            Verification = QuicPeerVerification.Pinned(AsportRelayProcess.Cert.Sha256),
             User = Guid.Parse("6f0d0f5e-2b4c-4d6a-9c11-0123456789ab"),
             Password = "correct horse",
             PortStart = 20000,
@@ -405,8 +389,7 @@ public class HostileClientTests(ITestOutputHelper output)
         legit.Start();
         int port = await legit.Registered.WaitAsync(TimeSpan.FromSeconds(30));
         await AsportEchoAsync(port);
-        await Task.Delay(500);
-        int sock0 = ProcStats.SocketCount(pid);
+        int sock0 = (await ProcStats.SocketsAtRestAsync(pid))[0];
         long rss0 = ProcStats.RssBytes(pid);
         var clock = Stopwatch.StartNew();
 
@@ -455,7 +438,7 @@ public class HostileClientTests(ITestOutputHelper output)
         }
         var silentCuts = silent.Select(async s =>
         {
-            var closed = await Task.WhenAny(s.Connection.Closed, Task.Delay(TimeSpan.FromSeconds(40))) == s.Connection.Closed;
+            var closed = await Eventually.CompletesWithinAsync(s.Connection.Closed, TimeSpan.FromSeconds(40)); // the handshake timeout is 3 s; 40 s: never
             return new Hostile.Cut(closed, (clock.Elapsed - s.Started).TotalSeconds, []);
         }).ToList();
 
@@ -499,8 +482,8 @@ public class HostileClientTests(ITestOutputHelper output)
         await using var chain = await RudChain.StartAsync();
         int pid = chain.Server.Pid;
         await Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 64 * 1024);
-        await Task.Delay(500);
-        int sock0 = ProcStats.SocketCount(pid);
+        await chain.SessionsClosedAsync();
+        int sock0 = (await ProcStats.SocketsAtRestAsync(pid))[0];
         long rss0 = ProcStats.RssBytes(pid);
         var target = chain.ServerEndPoint;
         byte[] serverKey = Convert.FromBase64String(chain.ServerStartup.Single(l => l.StartsWith("SMETHOD rud ", StringComparison.Ordinal)).Split("key=")[1].Split([' ', ','])[0].Replace("\\", "", StringComparison.Ordinal)); // PT args escape '='
@@ -533,7 +516,7 @@ public class HostileClientTests(ITestOutputHelper output)
                         }
                 }
                 await s.SendAsync(packet, SocketFlags.None);
-                if (k % 50 == 49) await Task.Delay(5);
+                if (k % 50 == 49) await Task.Delay(5); // the flood's pace (a pause every 50 packets lets 100 senders share the machine with the server), not a wait for anything
             }
             // Whatever came back (nothing is expected).
             var buf = new byte[2048];

@@ -1,6 +1,5 @@
 using Newtonsoft.Json.Linq;
 using PtHost.Reliability.Support;
-using PtHost.Tests.Process;
 using Xunit.Abstractions;
 
 namespace PtHost.Reliability;
@@ -70,8 +69,8 @@ public class JetTests(ITestOutputHelper output)
         {
             await using var chain = await StartChainAsync(relay);
             await Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 64 * 1024);
-            await Task.Delay(500);
-            int c0 = ProcStats.SocketCount(chain.Client.Pid), s0 = ProcStats.SocketCount(chain.Server.Pid);
+            var rest = await chain.SocketsAtRestAsync();
+            int c0 = rest[0], s0 = rest[1];
 
             // The relay's death closes every TCP connection it held: the hosts see EOF or a reset at once
             // (no timeout is involved); the test allows 30 s.

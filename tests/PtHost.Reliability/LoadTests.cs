@@ -2,7 +2,6 @@ using System.Collections.Concurrent;
 using System.Net.Sockets;
 using System.Security.Cryptography;
 using PtHost.Reliability.Support;
-using PtHost.Tests.Process;
 using Xunit.Abstractions;
 
 namespace PtHost.Reliability;
@@ -27,9 +26,10 @@ public class LoadTests(ITestOutputHelper output)
         // Warm-up (JIT, pools), then the baseline.
         var warm = await RunRoundAsync(chain, echo, 50, seed: 1);
         Assert.Equal(50, warm.Verified);
-        await Task.Delay(1000);
-        int clientFd0 = ProcStats.FdCount(client), serverFd0 = ProcStats.FdCount(server);
-        int clientSock0 = ProcStats.SocketCount(client), serverSock0 = ProcStats.SocketCount(server);
+        var sock0 = await chain.SocketsAtRestAsync();
+        var fd0 = await ProcStats.FdsAtRestAsync(client, server);
+        int clientFd0 = fd0[0], serverFd0 = fd0[1];
+        int clientSock0 = sock0[0], serverSock0 = sock0[1];
         long clientRss0 = ProcStats.RssBytes(client), serverRss0 = ProcStats.RssBytes(server);
         output.WriteLine($"baseline: client {clientFd0} fds ({clientSock0} sockets/pipes) {clientRss0 >> 20} MiB, server {serverFd0} fds ({serverSock0} sockets/pipes) {serverRss0 >> 20} MiB");
 
@@ -49,8 +49,8 @@ public class LoadTests(ITestOutputHelper output)
             // and the fd total is back near the baseline (the runtime may open a few more assembly files).
             int cs = await ProcStats.WaitForSocketsAtMostAsync(client, clientSock0 + 2, TimeSpan.FromSeconds(30));
             int ss = await ProcStats.WaitForSocketsAtMostAsync(server, serverSock0 + 2, TimeSpan.FromSeconds(30));
-            await Task.Delay(2000);
-            int cf = ProcStats.FdCount(client), sf = ProcStats.FdCount(server);
+            var fds = await ProcStats.FdsAtRestAsync(client, server);
+            int cf = fds[0], sf = fds[1];
             rss.Add((ProcStats.RssBytes(client), ProcStats.RssBytes(server)));
             output.WriteLine($"after round {round}: client {cf} fds ({cs} sockets/pipes) {rss[^1].Client >> 20} MiB, server {sf} fds ({ss} sockets/pipes) {rss[^1].Server >> 20} MiB");
             Assert.True(cs <= clientSock0 + 2, $"client: {clientSock0} → {cs} sockets/pipes: {ProcStats.FdSummary(client)}");
@@ -129,8 +129,7 @@ public class LoadTests(ITestOutputHelper output)
         await Task.WhenAll(transfers);
 
         // The far end saw exactly what each session sent (by SHA-256).
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
-        while (echo.Received.Count < receivedBefore + opened && DateTime.UtcNow < deadline) await Task.Delay(100);
+        await Eventually.HoldsWithinAsync(() => echo.Received.Count >= receivedBefore + opened, TimeSpan.FromSeconds(30));
         var farHashes = new HashSet<string>(echo.Received.Skip(receivedBefore).Select(b => Convert.ToHexString(SHA256.HashData(b))));
         for (int i = 0; i < n; i++)
             if (clients[i] is not null && !farHashes.Contains(Convert.ToHexString(SHA256.HashData(payloads[i]))))

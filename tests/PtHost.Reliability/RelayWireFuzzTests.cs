@@ -2,7 +2,6 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using PtHost.Reliability.Support;
-using PtHost.Tests.Process;
 using PtHost.Transports.Jet;
 using PtHost.Turn;
 using Xunit.Abstractions;
@@ -70,7 +69,7 @@ public class RelayWireFuzzTests(ITestOutputHelper output)
         output.WriteLine($"{Inputs} mutated streams on the TURN TCP listener: all closed after our FIN within {cuts.Max(c => c.HeldSeconds):F1} s, {answered} well-formed answers");
         // Some mutated inputs stay valid requests: their answers arrive although the client half-closed at once.
         Assert.True(answered > 0, "no answer at all: responses to a client that half-closed are dropped");
-        await using var client = await RawTurnClient.ConnectAsync(turn.TurnEndPoint);
+        await using var client = await UdpTurnClient.ConnectAsync(turn.TurnEndPoint);
         Assert.Equal(0, await client.AllocateAsync());
     }
 

@@ -6,7 +6,6 @@ using FsCheck.Fluent;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 using PtHost.Socks;
-using PtHost.Tests.Process;
 using PtHost.Transports.Asport;
 using PtHost.Transports.Jet;
 using PtHost.Transports.Rud;

@@ -1,6 +1,5 @@
 using Newtonsoft.Json.Linq;
 using PtHost.Reliability.Support;
-using PtHost.Tests.Process;
 using Xunit.Abstractions;
 
 namespace PtHost.Reliability;
@@ -65,8 +64,7 @@ public class RudTests(ITestOutputHelper output)
         var (chain, serverConfig) = await StartChainAsync();
         await using var _ = chain;
         await Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 64 * 1024);
-        await Task.Delay(500);
-        int c0 = ProcStats.SocketCount(chain.Client.Pid);
+        int c0 = (await chain.SocketsAtRestAsync())[0];
 
         // Over UDP nothing tells the client that the server died: its connection closes after 30 s without an
         // authenticated packet (the idle timeout, spec/rud.md §7.4), failing its streams; the test allows 60 s.

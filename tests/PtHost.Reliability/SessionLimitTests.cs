@@ -2,7 +2,6 @@ using System.Diagnostics;
 using System.Net.Sockets;
 using Newtonsoft.Json.Linq;
 using PtHost.Reliability.Support;
-using PtHost.Tests.Process;
 using Xunit.Abstractions;
 
 namespace PtHost.Reliability;
@@ -28,8 +27,7 @@ public class SessionLimitTests(ITestOutputHelper output)
         await using var echo = new EchoServer();
         await using var chain = await PtChain.StartAsync(PtChain.FreeServer(), _ => PtChain.ClientWith(new JObject { ["discover"] = true }), relayMessages: false);
         string smessage = chain.ServerStartup.Single(l => l.StartsWith("SMESSAGE plain ", StringComparison.Ordinal));
-        await Task.Delay(500);
-        int sockets0 = ProcStats.SocketCount(chain.Client.Pid);
+        int sockets0 = (await ProcStats.SocketsAtRestAsync(chain.Client.Pid))[0];
         byte[] request = [.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(System.Net.IPAddress.Loopback, echo.Port)];
 
         var held = new Socket?[Limit];
@@ -62,9 +60,7 @@ public class SessionLimitTests(ITestOutputHelper output)
             await Task.WhenAll(Enumerable.Range(0, 256).Select(_ => Task.Run(Opener)));
             var opened = watch.Elapsed;
             // Accepted by the host (not just queued in the kernel's backlog).
-            var accepted = Stopwatch.StartNew();
-            int inHost;
-            while ((inHost = ProcStats.SocketCount(chain.Client.Pid) - sockets0) < Limit && accepted.Elapsed < TimeSpan.FromSeconds(5)) await Task.Delay(50);
+            int inHost = await ProcStats.WaitForSocketsAtLeastAsync(chain.Client.Pid, sockets0 + Limit, TimeSpan.FromSeconds(5)) - sockets0;
             output.WriteLine($"{Limit - failures} connections opened in {opened.TotalSeconds:0.0} s; the client pthost holds {inHost} more sockets than before");
             Assert.True(failures == 0, $"{failures} connections failed below the limit: {firstError}");
             Assert.True(inHost >= Limit, $"the client pthost accepted only {inHost} of {Limit} connections after {watch.Elapsed.TotalSeconds:0.0} s " +

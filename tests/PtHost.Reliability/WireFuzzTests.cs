@@ -1,7 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
 using PtHost.Reliability.Support;
-using PtHost.Tests.Process;
 using Xunit.Abstractions;
 
 namespace PtHost.Reliability;

@@ -1,9 +1,9 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using Newtonsoft.Json.Linq;
 using PtHost.Reliability.Support;
-using PtHost.Tests.Process;
 using Xunit.Abstractions;
 
 namespace PtHost.Reliability;
@@ -29,8 +29,8 @@ public class ZephyrTests(ITestOutputHelper output)
 
         var warm = await LoadTests.RunRoundAsync(chain, echo, 50, seed: 7);
         Assert.True(warm.Verified == 50, $"warm-up: {string.Join("\n", warm.Errors.Take(5))}");
-        await Task.Delay(1000);
-        int c0 = ProcStats.SocketCount(client), s0 = ProcStats.SocketCount(server), r0 = ProcStats.SocketCount(relayPid);
+        var rest = await chain.SocketsAtRestAsync(relayPid);
+        int c0 = rest[0], s0 = rest[1], r0 = rest[2];
         long crss0 = ProcStats.RssBytes(client), srss0 = ProcStats.RssBytes(server), rrss0 = ProcStats.RssBytes(relayPid);
 
         var rss = new List<(long Client, long Server, long Relay)>();
@@ -49,7 +49,7 @@ public class ZephyrTests(ITestOutputHelper output)
             int c1 = await ProcStats.WaitForSocketsAtMostAsync(client, c0 + 2, TimeSpan.FromSeconds(30));
             int s1 = await ProcStats.WaitForSocketsAtMostAsync(server, s0 + 2, TimeSpan.FromSeconds(30));
             int r1 = await ProcStats.WaitForSocketsAtMostAsync(relayPid, r0 + 2, TimeSpan.FromSeconds(30));
-            await Task.Delay(2000);
+            await ProcStats.SocketsAtRestAsync(client, server, relayPid); // the round's teardown has ended before RSS is read
             rss.Add((ProcStats.RssBytes(client), ProcStats.RssBytes(server), ProcStats.RssBytes(relayPid)));
             output.WriteLine($"after round {round}: sockets/pipes client {c0} → {c1}, server {s0} → {s1}, relay {r0} → {r1}; RSS MiB client {crss0 >> 20} → {rss[^1].Client >> 20}, server {srss0 >> 20} → {rss[^1].Server >> 20}, relay {rrss0 >> 20} → {rss[^1].Relay >> 20}");
             Assert.True(c1 <= c0 + 2, $"client: {ProcStats.FdSummary(client)}");
@@ -76,8 +76,8 @@ public class ZephyrTests(ITestOutputHelper output)
         {
             await using var chain = await ZephyrChain.StartAsync(new JArray(doomed.EndPoint.ToString(), spare.EndPoint.ToString()));
             await Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 64 * 1024);
-            await Task.Delay(500);
-            int c0 = ProcStats.SocketCount(chain.Client.Pid), s0 = ProcStats.SocketCount(chain.Server.Pid);
+            var rest = await chain.SocketsAtRestAsync();
+            int c0 = rest[0], s0 = rest[1];
 
             var phase = Stopwatch.StartNew();
             // Forty sessions each streaming without end through the doomed relay.
@@ -99,26 +99,27 @@ public class ZephyrTests(ITestOutputHelper output)
                     while (!stop.IsCancellationRequested)
                     {
                         await c.Stream.WriteAsync(block, stop.Token);
-                        await Task.Delay(5, stop.Token);
+                        await Task.Delay(5, stop.Token); // the pace of the load (see above), not a wait for anything
                     }
                 });
+                var echoed = new StrongBox<long>();
                 var reader = Task.Run(async () =>
                 {
-                    long n = 0;
                     var buffer = new byte[64 * 1024];
                     try
                     {
                         int k;
-                        while ((k = await c.Socket.ReceiveAsync(buffer, SocketFlags.None)) > 0) n += k;
+                        while ((k = await c.Socket.ReceiveAsync(buffer, SocketFlags.None)) > 0) Interlocked.Add(ref echoed.Value, k);
                     }
                     catch (SocketException) { }
                     catch (ObjectDisposedException) { }
-                    return n;
+                    return Interlocked.Read(ref echoed.Value);
                 });
-                return (Client: c, Reader: reader, Writer: writer);
+                return (Client: c, Reader: reader, Writer: writer, Echoed: echoed);
             }).ToList();
+            // Every transfer under way: its bytes come back through the doomed relay.
+            await Eventually.HoldsWithinAsync(() => sessions.All(s => Interlocked.Read(ref s.Echoed.Value) > 0 || s.Reader.IsCompleted), TimeSpan.FromSeconds(30));
             output.WriteLine($"{Transfers} transfers running after {phase.Elapsed.TotalSeconds:0.0} s");
-            await Task.Delay(1000);
             Assert.All(sessions, s => Assert.False(s.Reader.IsCompleted, "a session ended before the relay was killed"));
 
             doomed.Process.Signal(9);
@@ -183,9 +184,9 @@ public class ZephyrTests(ITestOutputHelper output)
             await a.BindAsync(b.Zid);
             await b.BindAsync(a.Zid);
             await a.SendAsync("ping"u8.ToArray());
-            Assert.Equal("ping"u8.ToArray(), await ZephyrRelayTests.ReadExactlyAsync(b.Socket, 4));
+            Assert.Equal("ping"u8.ToArray(), await b.ReadExactlyAsync(4));
             await b.SendAsync("pong"u8.ToArray());
-            Assert.Equal("pong"u8.ToArray(), await ZephyrRelayTests.ReadExactlyAsync(a.Socket, 4));
+            Assert.Equal("pong"u8.ToArray(), await a.ReadExactlyAsync(4));
         }
 
         var results = await Task.WhenAll(closes);

@@ -4,6 +4,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text.Json.Nodes;
 using System.Threading.Channels;
+using PtHost.Testing;
 
 namespace PtHost.Benchmarks;
 
@@ -68,7 +69,7 @@ public sealed class PythonAdapterScenario : IScenario
         {
             await using var sink = new BulkSink();
             await using var source = new BulkSource(bytes);
-            await using var echo = new EchoServer();
+            await using var echo = new EchoServer(recordLimit: 0);
             string state = ctx.NewStateDir();
             var (server, serverPort, _) = await Chain.StartFreeServerAsync(ctx.PtHost, state, ["127.0.0.1"], null).ConfigureAwait(false);
             await using var serverChild = server;
@@ -114,7 +115,7 @@ public sealed class PythonAdapterScenario : IScenario
                     async () =>
                     {
                         var receive = Task.Factory.StartNew(() => SocksDownload(socks, source.EndPoint), TaskCreationOptions.LongRunning);
-                        if (await Task.WhenAny(receive, Task.Delay(StreamTimeout)).ConfigureAwait(false) != receive)
+                        if (!await Eventually.CompletesWithinAsync(receive, StreamTimeout).ConfigureAwait(false))
                             throw new TimeoutException($"download not done within {StreamTimeout.TotalSeconds:0} s");
                         var (received, seconds) = await receive.ConfigureAwait(false);
                         if (received != bytes) throw new IOException($"the harness received {received} of {bytes} bytes");

@@ -1,5 +1,6 @@
 using System.Net;
 using System.Text.Json.Nodes;
+using PtHost.Testing;
 
 namespace PtHost.Benchmarks;
 
@@ -53,8 +54,9 @@ public sealed class ZephyrEndToEndScenario : IScenario
                 double p = await Measure(plain, "plain", () => Measurements.IperfChainAsync(ctx, noSplice: false)).ConfigureAwait(false);
                 double z = await Measure(zephyr, "zephyr", async () =>
                 {
+                    await using var iperf = await Iperf3Server.StartAsync(ctx.Iperf3).ConfigureAwait(false);
                     await using var chain = await ZephyrChain.StartAsync(ctx.PtHost, ctx.NewStateDir(), relay.EndPoint).ConfigureAwait(false);
-                    var r = await Measurements.IperfViaSocksAsync(ctx, chain.Socks.Port, [chain.Client.Pid, chain.Server.Pid, relay.Child.Pid], Sys.FreePort()).ConfigureAwait(false);
+                    var r = await Measurements.IperfViaSocksAsync(ctx, chain.Socks.Port, [chain.Client.Pid, chain.Server.Pid, relay.Child.Pid], iperf).ConfigureAwait(false);
                     if (r.Raw["pthost_cpu_percent_of_one_core"]?.GetValue<double>() is { } pct) cpu.Samples.Add(pct);
                     return r;
                 }).ConfigureAwait(false);
@@ -64,7 +66,7 @@ public sealed class ZephyrEndToEndScenario : IScenario
                 ctx.Say($"{step}: session set-up, {sessions} sessions");
                 await ScenarioRun.AttemptAsync(rate, async () =>
                 {
-                    await using var echo = new EchoServer();
+                    await using var echo = new EchoServer(recordLimit: 0);
                     await using var chain = await ZephyrChain.StartAsync(ctx.PtHost, ctx.NewStateDir(), relay.EndPoint).ConfigureAwait(false);
                     var r = await Measurements.ConnRateAsync(chain.Socks, echo.EndPoint, [chain.Client.Pid, chain.Server.Pid, relay.Child.Pid], sessions, inFlight, warmup: 100).ConfigureAwait(false);
                     p50.Samples.Add(r.P50Ms);

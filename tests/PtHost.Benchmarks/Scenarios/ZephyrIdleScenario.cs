@@ -1,5 +1,6 @@
 using System.Net.Sockets;
 using System.Text.Json.Nodes;
+using PtHost.Testing;
 
 namespace PtHost.Benchmarks;
 
@@ -37,7 +38,8 @@ public sealed class ZephyrIdleScenario : IScenario
                 int pid = relay.Child.Pid;
                 // Warm-up: code paths and pools count in the baseline.
                 await OpenAsync(relay, 256, close: true).ConfigureAwait(false);
-                await Task.Delay(1000).ConfigureAwait(false);
+                // The warm-up's connections are closed in the relay before the baseline.
+                await ProcStats.SocketsAtRestAsync(pid).ConfigureAwait(false);
                 long before = Sys.StatusKiB(pid, "VmRSS");
                 int fdsBefore = Sys.OpenFds(pid);
                 var start = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -45,7 +47,8 @@ public sealed class ZephyrIdleScenario : IScenario
                 double perSecond = count / System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds;
                 try
                 {
-                    await Task.Delay(2000).ConfigureAwait(false);
+                    // Every connection registered in the relay (its socket count at rest) before the figures are read.
+                    await ProcStats.SocketsAtRestAsync(pid).ConfigureAwait(false);
                     long after = Sys.StatusKiB(pid, "VmRSS");
                     int fdsAfter = Sys.OpenFds(pid);
                     if (fdsAfter - fdsBefore < count) throw new InvalidOperationException($"the relay holds only {fdsAfter - fdsBefore} of {count} connections");

@@ -1,6 +1,5 @@
 using System.Net;
 using System.Text;
-using PtHost.Tests.Process;
 
 namespace PtHost.Reliability.Support;
 

@@ -2,7 +2,6 @@ using System.Net;
 using System.Net.Sockets;
 using System.Security.Cryptography;
 using Newtonsoft.Json.Linq;
-using PtHost.Tests.Process;
 
 namespace PtHost.Reliability.Support;
 

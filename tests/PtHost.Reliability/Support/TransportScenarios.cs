@@ -2,7 +2,6 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net.Sockets;
 using System.Security.Cryptography;
-using PtHost.Tests.Process;
 using Xunit.Abstractions;
 
 namespace PtHost.Reliability.Support;
@@ -44,12 +43,18 @@ public sealed record Watched(string Name, int Pid, int PeakFdsAtLeast = 0, int P
     }
 
     /// <summary>Polls until <see cref="Sockets"/> is at most <paramref name="limit"/> (or the time is up); returns the last count.</summary>
-    public async Task<int> WaitForSocketsAtMostAsync(int limit, TimeSpan within)
+    public Task<int> WaitForSocketsAtMostAsync(int limit, TimeSpan within) => Eventually.ValueAsync(() => Sockets, n => n <= limit, within);
+
+    /// <summary>
+    /// The <see cref="Sockets"/> of each process once no count has changed for <see cref="ProcStats.RestQuiet"/>, after
+    /// the chain's processes report no open session: the baseline of a leak check.
+    /// </summary>
+    public static async Task<int[]> AtRestAsync(PtChain chain, IReadOnlyList<Watched> procs)
     {
-        var deadline = DateTime.UtcNow + within;
-        int n;
-        while ((n = Sockets) > limit && DateTime.UtcNow < deadline) await Task.Delay(250);
-        return n;
+        await chain.SessionsClosedAsync();
+        long Combined() => procs.Aggregate(0L, (acc, p) => (acc << 20) ^ p.Sockets);
+        await Eventually.StableAsync(Combined, ProcStats.RestQuiet, TimeSpan.FromSeconds(30), "the socket counts of " + string.Join(", ", procs.Select(p => p.Name)));
+        return [.. procs.Select(p => p.Sockets)];
     }
 }
 
@@ -70,8 +75,7 @@ public static class TransportScenarios
         Assert.True(limit >= 3 * LoadTests.Sessions + 1000, $"RLIMIT_NOFILE {limit} is too low for {LoadTests.Sessions} sessions");
         var warm = await LoadTests.RunRoundAsync(chain, echo, 50, seed);
         Assert.True(warm.Verified == 50, $"warm-up: {string.Join("\n", warm.Errors.Take(5))}");
-        await Task.Delay(1000);
-        var sock0 = procs.Select(p => p.Sockets).ToArray();
+        var sock0 = await Watched.AtRestAsync(chain, procs);
         var rss0 = procs.Select(p => ProcStats.RssBytes(p.Pid)).ToArray();
         var rss = new List<long[]>();
         for (int round = 1; round <= rounds; round++)
@@ -90,7 +94,7 @@ public static class TransportScenarios
             var after = new int[procs.Count];
             for (int i = 0; i < procs.Count; i++)
                 after[i] = await procs[i].WaitForSocketsAtMostAsync(sock0[i] + 2, TimeSpan.FromSeconds(45));
-            await Task.Delay(2000);
+            await ProcStats.SocketsAtRestAsync([.. procs.Select(p => p.Pid)]); // the round's teardown has ended before RSS is read
             rss.Add(procs.Select(p => ProcStats.RssBytes(p.Pid)).ToArray());
             output.WriteLine($"after round {round}: sockets/pipes {string.Join(", ", procs.Select((p, i) => $"{p.Name} {sock0[i]} → {after[i]}"))}; RSS MiB {string.Join(", ", procs.Select((p, i) => $"{p.Name} {rss0[i] >> 20} → {rss[^1][i] >> 20}"))}");
             for (int i = 0; i < procs.Count; i++)
@@ -133,7 +137,7 @@ public static class TransportScenarios
                         {
                             await c.Stream.WriteAsync(chunk, s._stop.Token);
                             Interlocked.Add(ref s._moved, chunk.Length);
-                            await Task.Delay(2, s._stop.Token);
+                            await Task.Delay(2, s._stop.Token); // the pace of the load (see above), not a wait for anything
                         }
                     }
                     catch (Exception) { } // broken pipe / reset once the path is gone, or our cancel
@@ -147,8 +151,7 @@ public static class TransportScenarios
         /// <summary>Waits until <paramref name="bytes"/> have been written (at most 30 s); false if nothing moved.</summary>
         public async Task<bool> WaitMovedAsync(long bytes)
         {
-            var until = DateTime.UtcNow + TimeSpan.FromSeconds(30);
-            while (Moved < bytes && DateTime.UtcNow < until) await Task.Delay(50);
+            await Eventually.HoldsWithinAsync(() => Moved >= bytes, TimeSpan.FromSeconds(30));
             return Moved > 0;
         }
 
@@ -204,20 +207,22 @@ public static class TransportScenarios
     {
         var watch = Stopwatch.StartNew();
         Exception? last = null;
-        while (watch.Elapsed < within)
+        // One attempt every 500 ms at most: each is a whole session that may take a while to fail.
+        bool worked = await Eventually.HoldsWithinAsync(async () =>
         {
             try
             {
                 using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
                 await Support.Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echoPort, 64 * 1024, cts.Token);
-                return watch.Elapsed;
+                return true;
             }
             catch (Exception e) when (e is not OperationCanceledException || watch.Elapsed < within)
             {
                 last = e;
-                await Task.Delay(500);
+                return false;
             }
-        }
+        }, within, poll: TimeSpan.FromMilliseconds(500));
+        if (worked) return watch.Elapsed;
         throw new TimeoutException($"no working session within {within.TotalSeconds} s; last: {last}\nclient stderr:\n{Tail(chain.Client.Stderr)}\nserver stderr:\n{Tail(chain.Server.Stderr)}");
     }
 
@@ -225,12 +230,11 @@ public static class TransportScenarios
     public static async Task RefusingTargetAsync(ITestOutputHelper output, PtChain chain, EchoServer echo, IReadOnlyList<Watched> procs)
     {
         await Support.Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 1024);
-        await Task.Delay(500);
-        var sock0 = procs.Select(p => p.Sockets).ToArray();
-        int closed = ClosedPort.Get();
+        var sock0 = await Watched.AtRestAsync(chain, procs);
+        using var closed = new RefusingPort();
         var replies = await Task.WhenAll(Enumerable.Range(0, 50).Select(async _ =>
         {
-            var (reply, c) = await Support.Sessions.ConnectAsync(chain.SocksEndPoint, closed, TimeSpan.FromSeconds(60));
+            var (reply, c) = await Support.Sessions.ConnectAsync(chain.SocksEndPoint, closed.Port, TimeSpan.FromSeconds(60));
             bool ended = await Support.Sessions.EndsWithinAsync(c.Socket, TimeSpan.FromSeconds(15));
             await c.DisposeAsync();
             return (reply, ended);
@@ -259,8 +263,7 @@ public static class TransportScenarios
             Interlocked.Add(ref drained, await ScriptServer.DrainAsync(s, ct));
         });
         await Support.Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 1024);
-        await Task.Delay(500);
-        var sock0 = procs.Select(p => p.Sockets).ToArray();
+        var sock0 = await Watched.AtRestAsync(chain, procs);
         var rss0 = procs.Select(p => ProcStats.RssBytes(p.Pid)).ToArray();
 
         var (reply, stalled) = await Support.Sessions.ConnectAsync(chain.SocksEndPoint, stall.Port, TimeSpan.FromSeconds(60));
@@ -274,12 +277,7 @@ public static class TransportScenarios
             catch (Exception) { }
         });
         // Let the writer fill every buffer on the path and block (no progress for 1 s).
-        long last = -1;
-        for (int i = 0; i < 60 && Interlocked.Read(ref written) != last; i++)
-        {
-            last = Interlocked.Read(ref written);
-            await Task.Delay(1000);
-        }
+        await Eventually.StableAsync(() => Interlocked.Read(ref written), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(60), "the bytes the stalled session accepted");
 
         await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Support.Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 1024 * 1024)));
         long blockedAt = Interlocked.Read(ref written);

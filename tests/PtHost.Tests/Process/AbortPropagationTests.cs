@@ -14,16 +14,26 @@ namespace PtHost.Tests.Process;
 [Collection("process")]
 public sealed class AbortPropagationTests
 {
-    /// <summary>Accepts connections, writes <paramref name="bytes"/> to each, then resets it (SO_LINGER 0).</summary>
+    /// <summary>
+    /// Accepts connections, writes <paramref name="bytes"/> to each, and resets it (SO_LINGER 0) once the SOCKS
+    /// client has them (<see cref="Delivered"/>): a transfer under way, not one that never started.
+    /// </summary>
     private sealed class ResettingServer : IAsyncDisposable
     {
         private readonly Socket _listener = new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         private readonly CancellationTokenSource _stop = new();
+        private readonly SemaphoreSlim _delivered = new(0);
         private readonly Task _loop;
         public int Resets;
 
+        /// <summary>The SOCKS client has read a connection's bytes: that connection is reset now.</summary>
+        public void Delivered() => _delivered.Release();
+
+        public int Bytes { get; }
+
         public ResettingServer(int bytes)
         {
+            Bytes = bytes;
             _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
             _listener.Listen(16);
             _loop = Task.Run(async () =>
@@ -38,11 +48,12 @@ public sealed class AbortPropagationTests
                     try
                     {
                         await s.SendAsync(data);
-                        await Task.Delay(200);
+                        // Bounded: a client that never gets the bytes sees the reset 30 s later (and the test says why it failed).
+                        await _delivered.WaitAsync(TimeSpan.FromSeconds(30), _stop.Token);
                         s.LingerState = new LingerOption(true, 0);
                         Interlocked.Increment(ref Resets);
                     }
-                    catch (SocketException) { }
+                    catch (Exception e) when (e is SocketException or OperationCanceledException) { }
                     finally { s.Dispose(); }
                 }
             });
@@ -58,22 +69,28 @@ public sealed class AbortPropagationTests
         }
     }
 
-    private static async Task<(long Bytes, Exception? Error)> ReadUntilEndAsync(PtChain chain, int port)
+    private static async Task<(long Bytes, Exception? Error)> ReadUntilEndAsync(PtChain chain, ResettingServer target)
     {
         await using var socks = await SocksClient.ConnectAsync(chain.SocksEndPoint);
-        await socks.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(IPAddress.Loopback, port)]);
+        await socks.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(IPAddress.Loopback, target.Port)]);
         Assert.Equal(new byte[] { 5, 0 }, await socks.ReadExactlyAsync(2));
         Assert.Equal(0, await socks.ReadReplyAsync());
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
         var buf = new byte[65536];
         long total = 0;
+        bool delivered = false;
         try
         {
             int n;
-            while ((n = await socks.Stream.ReadAsync(buf, cts.Token)) > 0) total += n;
+            while ((n = await socks.Stream.ReadAsync(buf, cts.Token)) > 0)
+            {
+                total += n;
+                if (total >= target.Bytes && !delivered) { delivered = true; target.Delivered(); }
+            }
             return (total, null);
         }
         catch (IOException e) { return (total, e); }
+        finally { if (!delivered) target.Delivered(); } // ended early: the server need not wait any longer
     }
 
     private static void AssertReset((long Bytes, Exception? Error) r, string transport)
@@ -90,16 +107,16 @@ public sealed class AbortPropagationTests
     public async Task A_target_reset_reaches_the_socks_client_as_a_reset(string transport)
     {
         await using var target = new ResettingServer(256 * 1024);
-        await using var relay = transport == "asport" ? await AsportRelayTests.StartRelayAsync() : null;
+        await using var relay = transport == "asport" ? await AsportRelayProcess.StartAsync() : null;
         await using var chain = transport switch
         {
             "plain" => await PtChain.StartAsync(PtChain.FreeServer(), ep => PtChain.ClientWith(new JObject { ["serverAddress"] = ep.ToString() })),
             "rud" => await RudChain.StartAsync(),
             _ => await PtChain.StartAsync(AsportTransportTests.ServerConfig(relay!.EndPoint, $"127.0.0.1:{target.Port}"), _ => AsportTransportTests.ClientConfig()),
         };
-        AssertReset(await ReadUntilEndAsync(chain, target.Port), transport);
+        AssertReset(await ReadUntilEndAsync(chain, target), transport);
         // The hosts go on serving: a second session is reset the same way, not refused.
-        AssertReset(await ReadUntilEndAsync(chain, target.Port), transport);
+        AssertReset(await ReadUntilEndAsync(chain, target), transport);
         Assert.Equal(2, target.Resets);
     }
 }

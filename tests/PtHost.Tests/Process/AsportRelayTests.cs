@@ -19,61 +19,10 @@ namespace PtHost.Tests.Process;
 public sealed class AsportRelayTests
 {
     private static readonly TimeSpan Wait = TimeSpan.FromSeconds(30);
-    internal static readonly QuicCertificate Cert = QuicCertificate.CreateSelfSigned("asport.test");
-    internal static readonly Guid User = Guid.Parse("6f0d0f5e-2b4c-4d6a-9c11-0123456789ab");
-    internal const string Password = "correct horse";
+    private static QuicCertificate Cert => AsportRelayProcess.Cert;
+    private static Guid User => AsportRelayProcess.User;
+    private const string Password = AsportRelayProcess.Password;
     private const int PortLo = 20000, PortHi = 60000;
-
-    internal sealed class RelayProcess : IAsyncDisposable
-    {
-        public required PtProcess Process { get; init; }
-        public required IPEndPoint EndPoint { get; init; }
-        public required string Directory { get; init; }
-        public async ValueTask DisposeAsync()
-        {
-            await Process.DisposeAsync();
-            try { System.IO.Directory.Delete(Directory, true); } catch (IOException) { }
-        }
-    }
-
-    internal static string WriteConfig(string dir, bool replyAuthFailed = true, string ports = "20000-60000", string network = "127.0.0.0/8", int? associationTimeout = null)
-    {
-        File.WriteAllText(Path.Combine(dir, "cert.pem"), Cert.CertificatePem);
-        File.WriteAllText(Path.Combine(dir, "key.pem"), Cert.PrivateKeyPem);
-        var config = new JObject
-        {
-            ["certificate"] = "cert.pem",
-            ["key"] = "key.pem",
-            ["users"] = new JObject { [User.ToString()] = Password },
-            ["allowed_ports"] = new JArray(ports),
-            ["allowed_networks"] = new JArray(network),
-            ["reply_auth_failed"] = replyAuthFailed,
-        };
-        if (associationTimeout is { } t) config["association_timeout"] = t;
-        var path = Path.Combine(dir, "asport.json");
-        File.WriteAllText(path, config.ToString());
-        return path;
-    }
-
-    internal static async Task<RelayProcess> StartRelayAsync(string listen = "127.0.0.1:0", bool replyAuthFailed = true, string ports = "20000-60000", string network = "127.0.0.0/8", int? associationTimeout = null)
-    {
-        var dir = Directory.CreateTempSubdirectory("pthost-asport-").FullName;
-        var config = WriteConfig(dir, replyAuthFailed, ports, network, associationTimeout);
-        var p = PtProcess.StartPthost("relay", "asport", "--listen", listen, "--config", config, "--loglevel", "debug");
-        try
-        {
-            var line = await p.ReadLineAsync(Wait);
-            Assert.StartsWith("LISTEN asport ", line, StringComparison.Ordinal);
-            var parts = line.Split(' ');
-            Assert.Equal("sha256=" + Convert.ToHexString(Cert.Sha256).ToLowerInvariant(), parts[3]);
-            return new RelayProcess { Process = p, EndPoint = IPEndPoint.Parse(parts[2]), Directory = dir };
-        }
-        catch
-        {
-            await p.DisposeAsync();
-            throw;
-        }
-    }
 
     private static AsportRelayClient Client(IPEndPoint server, IPEndPoint target, ForwardMode mode = ForwardMode.Tcp,
         string password = Password, ushort lo = PortLo, ushort hi = PortHi) =>
@@ -96,18 +45,18 @@ public sealed class AsportRelayTests
     {
         var body = RandomNumberGenerator.GetBytes(3 << 20);
         await using var web = new HttpFileServer(body);
-        await using var relay = await StartRelayAsync();
+        await using var relay = await AsportRelayProcess.StartAsync();
         await using var client = Client(relay.EndPoint, new IPEndPoint(IPAddress.Loopback, web.Port));
         client.Start();
         var port = await client.Registered.WaitAsync(Wait);
         Assert.InRange(port, PortLo, PortHi);
         var file = Path.Combine(relay.Directory, "got");
-        var (rc, err) = await RunAsync("curl", "-sS", "--max-time", "60", "-o", file, $"http://127.0.0.1:{port}/f");
+        var (rc, _, err) = await PtProcess.RunAsync("curl", "-sS", "--max-time", "60", "-o", file, $"http://127.0.0.1:{port}/f");
         Assert.True(rc == 0, "curl: " + err + relay.Process.Stderr);
         Assert.Equal(SHA256.HashData(body), SHA256.HashData(File.ReadAllBytes(file)));
         // Several at once share the QUIC connection.
-        var many = await Task.WhenAll(Enumerable.Range(0, 4).Select(i => RunAsync("curl", "-sS", "--max-time", "60", "-o", file + i, $"http://127.0.0.1:{port}/f")));
-        Assert.All(many, r => Assert.Equal(0, r.Item1));
+        var many = await Task.WhenAll(Enumerable.Range(0, 4).Select(i => PtProcess.RunAsync("curl", "-sS", "--max-time", "60", "-o", file + i, $"http://127.0.0.1:{port}/f")));
+        Assert.All(many, r => Assert.Equal(0, r.Exit));
         for (var i = 0; i < 4; i++) Assert.Equal(body.Length, new FileInfo(file + i).Length);
     }
 
@@ -119,7 +68,7 @@ public sealed class AsportRelayTests
     public async Task Udp_forwarding_round_trips_payloads_larger_than_one_datagram(ForwardMode mode)
     {
         await using var echo = new UdpEcho();
-        await using var relay = await StartRelayAsync();
+        await using var relay = await AsportRelayProcess.StartAsync();
         await using var client = Client(relay.EndPoint, echo.EndPoint, mode);
         client.Start();
         var port = await client.Registered.WaitAsync(Wait);
@@ -136,7 +85,7 @@ public sealed class AsportRelayTests
             {
                 await udp.SendToAsync(payload, SocketFlags.None, target, cts.Token);
                 var recv = udp.ReceiveAsync(buf, SocketFlags.None, cts.Token).AsTask();
-                if (await Task.WhenAny(recv, Task.Delay(2000, cts.Token)) != recv) continue;
+                if (!await Eventually.CompletesWithinAsync(recv, TimeSpan.FromSeconds(2))) continue; // lost on the way: send again
                 var n = await recv;
                 Assert.Equal(payload, buf.AsSpan(0, n).ToArray());
                 break;
@@ -154,7 +103,7 @@ public sealed class AsportRelayTests
     [Fact]
     public async Task A_wrong_token_gets_AuthFailed_when_configured_to_reply()
     {
-        await using var relay = await StartRelayAsync(replyAuthFailed: true);
+        await using var relay = await AsportRelayProcess.StartAsync(replyAuthFailed: true);
         await using var client = Client(relay.EndPoint, new IPEndPoint(IPAddress.Loopback, 9), password: "wrong");
         var refused = new TaskCompletionSource<ServerHelloCode>(TaskCreationOptions.RunContinuationsAsynchronously);
         client.OnRefused += c => refused.TrySetResult(c);
@@ -166,7 +115,7 @@ public sealed class AsportRelayTests
     [Fact]
     public async Task A_wrong_token_gets_silence_and_a_closed_connection_by_default()
     {
-        await using var relay = await StartRelayAsync(replyAuthFailed: false);
+        await using var relay = await AsportRelayProcess.StartAsync(replyAuthFailed: false);
         await using var endpoint = QuicEndpoint.CreateClient(new IPEndPoint(IPAddress.Loopback, 0));
         var conn = await endpoint.ConnectAsync(relay.EndPoint, new QuicClientOptions
         {
@@ -182,13 +131,13 @@ public sealed class AsportRelayTests
         Assert.True(closed.ByPeer);
         // No ServerHello stream was opened before the close.
         await Assert.ThrowsAnyAsync<Exception>(() => conn.AcceptStreamAsync().AsTask().WaitAsync(Wait));
-        await WaitForAsync(() => relay.Process.Stderr.Contains("authentication failed"));
+        await relay.Process.WaitForStderrAsync("authentication failed", within: Wait);
     }
 
     [Fact]
     public async Task A_port_range_outside_the_allowed_ports_gets_PortDenied()
     {
-        await using var relay = await StartRelayAsync(ports: "40000-40010");
+        await using var relay = await AsportRelayProcess.StartAsync(ports: "40000-40010");
         await using var client = Client(relay.EndPoint, new IPEndPoint(IPAddress.Loopback, 9), lo: 50000, hi: 50010);
         var refused = new TaskCompletionSource<ServerHelloCode>(TaskCreationOptions.RunContinuationsAsynchronously);
         client.OnRefused += c => refused.TrySetResult(c);
@@ -202,7 +151,7 @@ public sealed class AsportRelayTests
         using var taken = new TcpListener(IPAddress.Any, 0);
         taken.Start();
         var port = ((IPEndPoint)taken.LocalEndpoint).Port.ToString(System.Globalization.CultureInfo.InvariantCulture);
-        await using var relay = await StartRelayAsync(ports: port);
+        await using var relay = await AsportRelayProcess.StartAsync(ports: port);
         await using var client = Client(relay.EndPoint, new IPEndPoint(IPAddress.Loopback, 9), lo: 1, hi: 65535);
         var refused = new TaskCompletionSource<ServerHelloCode>(TaskCreationOptions.RunContinuationsAsynchronously);
         client.OnRefused += c => refused.TrySetResult(c);
@@ -213,7 +162,7 @@ public sealed class AsportRelayTests
     [Fact]
     public async Task A_client_outside_the_allowed_networks_gets_NetworkDenied()
     {
-        await using var relay = await StartRelayAsync(network: "10.0.0.0/8");
+        await using var relay = await AsportRelayProcess.StartAsync(network: "10.0.0.0/8");
         await using var client = Client(relay.EndPoint, new IPEndPoint(IPAddress.Loopback, 9));
         var refused = new TaskCompletionSource<ServerHelloCode>(TaskCreationOptions.RunContinuationsAsynchronously);
         client.OnRefused += c => refused.TrySetResult(c);
@@ -225,7 +174,7 @@ public sealed class AsportRelayTests
     public async Task Malformed_hellos_and_fragments_are_dropped_and_the_server_keeps_serving()
     {
         await using var echo = new UdpEcho();
-        await using var relay = await StartRelayAsync();
+        await using var relay = await AsportRelayProcess.StartAsync();
         await using var endpoint = QuicEndpoint.CreateClient(new IPEndPoint(IPAddress.Loopback, 0));
         var qopts = new QuicClientOptions { Verification = QuicPeerVerification.Pinned(Cert.Sha256), ApplicationProtocols = ["asport"] };
 
@@ -270,9 +219,9 @@ public sealed class AsportRelayTests
         await bidi.WriteAsync(new byte[] { 0, 2 });
         // Heartbeats keep working and the connection is still up.
         Assert.True(conn.TrySendDatagram(new byte[] { 0, 5 }));
-        var stillUp = await Task.WhenAny(conn.Closed, Task.Delay(TimeSpan.FromSeconds(2)));
-        Assert.NotSame(conn.Closed, stillUp);
-        await WaitForAsync(() => relay.Process.Stderr.Contains("dropped malformed command"));
+        // Nothing closes it: the relay would close at once on a connection-level error (2 s is ample for "at once").
+        Assert.False(await Eventually.CompletesWithinAsync(conn.Closed, TimeSpan.FromSeconds(2)), "the relay closed the connection over malformed commands");
+        await relay.Process.WaitForStderrAsync("dropped malformed command", within: Wait);
 
         // 3. A proper client is still served.
         await using var client = Client(relay.EndPoint, echo.EndPoint, ForwardMode.UdpNative);
@@ -284,7 +233,7 @@ public sealed class AsportRelayTests
     [Fact]
     public async Task An_idle_association_ends_with_a_Dissociate_and_the_next_datagram_gets_a_new_id()
     {
-        await using var relay = await StartRelayAsync(associationTimeout: 1);
+        await using var relay = await AsportRelayProcess.StartAsync(associationTimeout: 1);
         await using var endpoint = QuicEndpoint.CreateClient(new IPEndPoint(IPAddress.Loopback, 0));
         var conn = await endpoint.ConnectAsync(relay.EndPoint, new QuicClientOptions
         {
@@ -312,7 +261,7 @@ public sealed class AsportRelayTests
             {
                 await udp.SendToAsync(new byte[] { 1, 2, 3 }, SocketFlags.None, new IPEndPoint(IPAddress.Loopback, port), cts.Token);
                 var recv = conn.ReceiveDatagramAsync(buf, cts.Token).AsTask();
-                if (await Task.WhenAny(recv, Task.Delay(1000, cts.Token)) != recv) continue;
+                if (!await Eventually.CompletesWithinAsync(recv, TimeSpan.FromSeconds(1))) continue; // lost on the way: send again
                 var n = await recv;
                 Assert.True(AsportWire.TryReadHeader(buf.AsSpan(0, n), out var cmd) && cmd == AsportCommand.Packet);
                 Assert.True(AsportWire.TryReadPacketHeader(buf.AsSpan(2, n - 2), out var h, out _));
@@ -346,7 +295,7 @@ public sealed class AsportRelayTests
     {
         var body = RandomNumberGenerator.GetBytes(1000);
         await using var web = new HttpFileServer(body);
-        var relay = await StartRelayAsync();
+        var relay = await AsportRelayProcess.StartAsync();
         var listen = relay.EndPoint.ToString();
         await using var client = Client(relay.EndPoint, new IPEndPoint(IPAddress.Loopback, web.Port));
         var registrations = System.Threading.Channels.Channel.CreateUnbounded<int>();
@@ -357,11 +306,11 @@ public sealed class AsportRelayTests
         relay.Process.Signal(15);
         Assert.Equal(0, await relay.Process.WaitForExitAsync());
         await relay.DisposeAsync();
-        await using var again = await StartRelayAsync(listen);
+        await using var again = await AsportRelayProcess.StartAsync(listen);
         var second = await registrations.Reader.ReadAsync(cts.Token);
         Assert.InRange(second, PortLo, PortHi);
         var file = Path.Combine(again.Directory, "got");
-        var (rc, err) = await RunAsync("curl", "-sS", "--max-time", "30", "-o", file, $"http://127.0.0.1:{second}/f");
+        var (rc, _, err) = await PtProcess.RunAsync("curl", "-sS", "--max-time", "30", "-o", file, $"http://127.0.0.1:{second}/f");
         Assert.True(rc == 0, err);
         Assert.Equal(body, File.ReadAllBytes(file));
         Assert.True(client.Connections >= 2);
@@ -386,7 +335,7 @@ public sealed class AsportRelayTests
         var dir = Directory.CreateTempSubdirectory("pthost-asport-bad-").FullName;
         try
         {
-            var path = WriteConfig(dir);
+            var path = AsportRelayProcess.WriteConfig(dir);
             var o = JObject.Parse(File.ReadAllText(path));
             o["allowed_ports"] = new JArray("5-4");
             File.WriteAllText(path, o.ToString());
@@ -398,61 +347,5 @@ public sealed class AsportRelayTests
         {
             Directory.Delete(dir, true);
         }
-    }
-
-    private static async Task WaitForAsync(Func<bool> condition)
-    {
-        using var cts = new CancellationTokenSource(Wait);
-        while (!condition()) await Task.Delay(50, cts.Token);
-    }
-
-    internal static async Task<(int, string)> RunAsync(string file, params string[] args)
-    {
-        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = System.Diagnostics.Process.Start(psi)!;
-        var o = p.StandardOutput.ReadToEndAsync();
-        var e = p.StandardError.ReadToEndAsync();
-        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(120));
-        await p.WaitForExitAsync(cts.Token);
-        return (p.ExitCode, await o + await e);
-    }
-}
-
-/// <summary>A loopback UDP echo peer.</summary>
-internal sealed class UdpEcho : IAsyncDisposable
-{
-    private readonly Socket _socket = new(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
-    private readonly CancellationTokenSource _cts = new();
-    private readonly Task _loop;
-    public int Received;
-
-    public UdpEcho()
-    {
-        _socket.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        _loop = Task.Run(async () =>
-        {
-            var buf = new byte[65536];
-            var from = new SocketAddress(AddressFamily.InterNetwork);
-            while (!_cts.IsCancellationRequested)
-            {
-                int n;
-                try { n = await _socket.ReceiveFromAsync(buf, SocketFlags.None, from, _cts.Token); }
-                catch (SocketException) { continue; }
-                catch (Exception) { return; }
-                Interlocked.Increment(ref Received);
-                try { await _socket.SendToAsync(buf.AsMemory(0, n), SocketFlags.None, from, _cts.Token); }
-                catch (SocketException) { }
-            }
-        });
-    }
-
-    public IPEndPoint EndPoint => (IPEndPoint)_socket.LocalEndPoint!;
-
-    public async ValueTask DisposeAsync()
-    {
-        _cts.Cancel();
-        _socket.Dispose();
-        try { await _loop; } catch (Exception) { }
     }
 }

@@ -23,7 +23,7 @@ public sealed class AsportTransportTests
             ["asport"] = new JObject
             {
                 ["server"] = relay.ToString(),
-                ["pin"] = Convert.ToHexString(AsportRelayTests.Cert.Sha256).ToLowerInvariant(),
+                ["pin"] = Convert.ToHexString(AsportRelayProcess.Cert.Sha256).ToLowerInvariant(),
                 ["user"] = "6f0d0f5e-2b4c-4d6a-9c11-0123456789ab",
                 ["password"] = password ?? "correct horse",
                 ["ports"] = "20000-60000",
@@ -43,7 +43,7 @@ public sealed class AsportTransportTests
     {
         var body = RandomNumberGenerator.GetBytes(4 << 20);
         await using var web = new HttpFileServer(body);
-        await using var relay = await AsportRelayTests.StartRelayAsync();
+        await using var relay = await AsportRelayProcess.StartAsync();
         await using var chain = await PtChain.StartAsync(ServerConfig(relay.EndPoint, $"127.0.0.1:{web.Port}"), _ => ClientConfig());
         // SMETHOD names the relay's address with the public port it assigned.
         Assert.Equal(relay.EndPoint.Address, chain.ServerEndPoint.Address);
@@ -51,7 +51,7 @@ public sealed class AsportTransportTests
         Assert.Contains(chain.ServerStartup, l => l.StartsWith("SMESSAGE asport {", StringComparison.Ordinal)
             && l.Contains("\"kind\":\"asport.address\"", StringComparison.Ordinal) && l.Contains(chain.ServerEndPoint.ToString(), StringComparison.Ordinal));
         var file = Path.Combine(relay.Directory, "got");
-        var (rc, err) = await AsportRelayTests.RunAsync("curl", "-sS", "--max-time", "60", "--socks5-hostname", chain.SocksEndPoint.ToString(),
+        var (rc, _, err) = await PtProcess.RunAsync("curl", "-sS", "--max-time", "60", "--socks5-hostname", chain.SocksEndPoint.ToString(),
             "-o", file, $"http://127.0.0.1:{web.Port}/f");
         Assert.True(rc == 0, $"curl: {err}\nserver:\n{chain.Server.Stderr}\nclient:\n{chain.Client.Stderr}");
         Assert.Equal(SHA256.HashData(body), SHA256.HashData(File.ReadAllBytes(file)));
@@ -72,7 +72,7 @@ public sealed class AsportTransportTests
         {
             string source = Path.Combine(dir, "fake.c");
             await File.WriteAllTextAsync(source, "int not_ngtcp2 = 1;\n");
-            var (rc, _, err) = await ChainTests.RunAsync("/usr/bin/gcc", "-shared", "-fPIC", "-o", Path.Combine(dir, "libngtcp2.so.9"), source);
+            var (rc, _, err) = await PtProcess.RunAsync("/usr/bin/gcc", "-shared", "-fPIC", "-o", Path.Combine(dir, "libngtcp2.so.9"), source);
             Assert.True(rc == 0, "gcc: " + err);
             var config = ServerConfig(new IPEndPoint(IPAddress.Loopback, 1), "127.0.0.1:9");
             await using var p = PtProcess.Start(PtHostExecutable.Path, [config.ToString(Newtonsoft.Json.Formatting.None)],

@@ -24,7 +24,7 @@ public partial class TurnTests
             ["asport"] = new JObject
             {
                 ["server"] = relay.ToString(),
-                ["pin"] = Convert.ToHexString(AsportRelayTests.Cert.Sha256).ToLowerInvariant(),
+                ["pin"] = Convert.ToHexString(AsportRelayProcess.Cert.Sha256).ToLowerInvariant(),
                 ["user"] = AsportUser,
                 ["password"] = "correct horse",
                 ["ports"] = "20000-60000",
@@ -41,12 +41,12 @@ public partial class TurnTests
         clientConfig["options"] = new JObject { ["asport"] = clientOptions ?? new JObject() };
         var chain = await TurnChain.StartAsync(serverConfig, clientConfig, "asport");
         if (clientOptions is null)
-            await StderrContainsAsync(chain.Chain.Client, $"learned from SMESSAGE (UDP {(udpBound ? "bound" : "not bound")})");
+            await chain.Chain.Client.WaitForStderrAsync($"learned from SMESSAGE (UDP {(udpBound ? "bound" : "not bound")})");
         return chain;
     }
 
     /// <summary>Stops the relay (SIGTERM) and reads its final counters: TCP connections and UDP packets forwarded on public ports.</summary>
-    private static async Task<(long Tcp, long Udp)> RelayCountersAsync(AsportRelayTests.RelayProcess relay)
+    private static async Task<(long Tcp, long Udp)> RelayCountersAsync(AsportRelayProcess relay)
     {
         relay.Process.Signal(15);
         Assert.Equal(0, await relay.Process.WaitForExitAsync(TimeSpan.FromSeconds(60)));
@@ -72,12 +72,12 @@ public partial class TurnTests
     {
         var inv = System.Globalization.CultureInfo.InvariantCulture;
         await using var peer = await EchoPeer.StartAsync();
-        await using var relay = await AsportRelayTests.StartRelayAsync();
+        await using var relay = await AsportRelayProcess.StartAsync();
         await using var chain = await AsportChainAsync(AsportRelay(PtChain.FreeServer("asport", "127.0.0.1"), relay.EndPoint, mode), udpBound: true);
         for (int attempt = 1; ; attempt++)
         {
             long kernelDropsBefore = UdpReceiveBufferErrors();
-            var (exit, text) = await Uclient(chain, peer, ["-n", messages.ToString(inv), "-m", clients.ToString(inv), "-l", "2000", "-c"]);
+            var (exit, text) = await Uclient(chain, peer.Port, ["-n", messages.ToString(inv), "-m", clients.ToString(inv), "-l", "2000", "-c"]);
             long kernelDrops = UdpReceiveBufferErrors() - kernelDropsBefore;
             output.WriteLine($"mode {mode}, attempt {attempt}: {LastLines(text)}; kernel UDP receive-buffer drops: {kernelDrops}");
             // Repeated (at most 3 attempts) only when the kernel itself dropped datagrams of a socket on this loaded machine.
@@ -96,9 +96,9 @@ public partial class TurnTests
     public async Task Asport_bound_server_sends_every_peer_s_datagrams_to_its_target_over_UDP()
     {
         await using var peer = await EchoPeer.StartAsync();
-        await using var relay = await AsportRelayTests.StartRelayAsync();
+        await using var relay = await AsportRelayProcess.StartAsync();
         await using var chain = await AsportChainAsync(AsportRelay(PtChain.BoundServer($"127.0.0.1:{peer.Port}", "asport"), relay.EndPoint, 3), udpBound: true);
-        var (exit, text) = await Uclient(chain, peer, ["-n", "10", "-m", "1", "-l", "1400", "-c"], peerAddress: "192.0.2.1");
+        var (exit, text) = await Uclient(chain, peer.Port, ["-n", "10", "-m", "1", "-l", "1400", "-c"], peerAddress: "192.0.2.1");
         output.WriteLine(LastLines(text));
         AssertDelivered(exit, text, 10, chain);
         var (tcp, udp) = await RelayCountersAsync(relay);
@@ -110,10 +110,10 @@ public partial class TurnTests
     [Fact]
     public async Task Asport_peer_checks_over_UDP_refuse_what_the_allow_list_refuses()
     {
-        await using var peer = new CountingPeer();
-        await using var relay = await AsportRelayTests.StartRelayAsync();
+        await using var peer = new UdpEcho();
+        await using var relay = await AsportRelayProcess.StartAsync();
         await using var chain = await AsportChainAsync(AsportRelay(PtChain.FreeServer("asport", $"127.0.0.1:{peer.Port}"), relay.EndPoint, 3), udpBound: true);
-        await using var client = await RawTurnClient.ConnectAsync(chain.TurnEndPoint);
+        await using var client = await UdpTurnClient.ConnectAsync(chain.TurnEndPoint);
         Assert.Equal(0, await client.AllocateAsync());
         Assert.Equal(403, await client.CreatePermissionAsync(PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port + 1))));
         var allowed = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port));
@@ -131,12 +131,12 @@ public partial class TurnTests
     public async Task Asport_without_UDP_bound_carries_allocations_in_TCP_sessions()
     {
         await using var peer = await EchoPeer.StartAsync();
-        await using var relay = await AsportRelayTests.StartRelayAsync();
+        await using var relay = await AsportRelayProcess.StartAsync();
         await using var chain = await AsportChainAsync(AsportRelay(PtChain.FreeServer("asport", "127.0.0.1"), relay.EndPoint, 0), udpBound: false);
-        var (exit, text) = await Uclient(chain, peer, ["-n", "10", "-m", "1", "-l", "1400", "-c"]);
+        var (exit, text) = await Uclient(chain, peer.Port, ["-n", "10", "-m", "1", "-l", "1400", "-c"]);
         output.WriteLine(LastLines(text));
         AssertDelivered(exit, text, 10, chain);
-        await StderrContainsAsync(chain.Chain.Client, "UDP associations are carried in TCP sessions");
+        await chain.Chain.Client.WaitForStderrAsync("UDP associations are carried in TCP sessions");
         var (tcp, udp) = await RelayCountersAsync(relay);
         Assert.True(tcp >= 1, "no TCP session crossed the public port");
         Assert.Equal(0, udp);
@@ -151,16 +151,16 @@ public partial class TurnTests
     {
         await using var peer = await EchoPeer.StartAsync();
         await using var proxy = await DebianProxy.MicrosocksAsync("127.0.0.3");
-        await using var relay = await AsportRelayTests.StartRelayAsync();
+        await using var relay = await AsportRelayProcess.StartAsync();
         var clientConfig = TurnChain.ClientConfig(null, "asport");
         clientConfig["options"] = new JObject { ["asport"] = new JObject() };
         clientConfig["proxy"] = $"socks5://{proxy.EndPoint}";
         await using var chain = await TurnChain.StartAsync(AsportRelay(PtChain.FreeServer("asport", "127.0.0.1"), relay.EndPoint, 3), clientConfig, "asport");
-        await StderrContainsAsync(chain.Chain.Client, "learned from SMESSAGE (UDP bound)");
-        var (exit, text) = await Uclient(chain, peer, ["-n", "10", "-m", "1", "-l", "1400", "-c"]);
+        await chain.Chain.Client.WaitForStderrAsync("learned from SMESSAGE (UDP bound)");
+        var (exit, text) = await Uclient(chain, peer.Port, ["-n", "10", "-m", "1", "-l", "1400", "-c"]);
         output.WriteLine(LastLines(text));
         AssertDelivered(exit, text, 10, chain);
-        await StderrContainsAsync(chain.Chain.Client, "UDP associations are carried in TCP sessions");
+        await chain.Chain.Client.WaitForStderrAsync("UDP associations are carried in TCP sessions");
         Assert.Contains("an upstream proxy is configured", chain.Chain.Client.Stderr);
         Assert.Contains($"connected to {chain.Chain.ServerEndPoint}", proxy.Log); // the session went through microsocks
         var (tcp, udp) = await RelayCountersAsync(relay);
@@ -175,7 +175,7 @@ public partial class TurnTests
     [Fact]
     public async Task Asport_client_told_udp_where_none_is_bound_fails_the_allocation_with_508()
     {
-        await using var relay = await AsportRelayTests.StartRelayAsync();
+        await using var relay = await AsportRelayProcess.StartAsync();
         var server = AsportRelay(PtChain.FreeServer("asport", "127.0.0.1"), relay.EndPoint, 0);
         var ptChain = await PtChain.StartAsync(server, serverEp =>
         {
@@ -185,10 +185,10 @@ public partial class TurnTests
         }, relayMessages: false); // no SMESSAGE: the configured address and its "udp" option count
         var line = ptChain.ClientStartup.Single(l => l.StartsWith("CMETHOD asport turn ", StringComparison.Ordinal));
         await using var chain = new TurnChain { Chain = ptChain, TurnEndPoint = IPEndPoint.Parse(line.Split(' ')[3]) };
-        await using var client = await RawTurnClient.ConnectAsync(chain.TurnEndPoint);
+        await using var client = await UdpTurnClient.ConnectAsync(chain.TurnEndPoint);
         Assert.Equal(508, await client.AllocateAsync());
-        await StderrContainsAsync(chain.Chain.Client, "no answer over UDP from");
-        await StderrContainsAsync(chain.Chain.Client, "ICMP port unreachable");
+        await chain.Chain.Client.WaitForStderrAsync("no answer over UDP from");
+        await chain.Chain.Client.WaitForStderrAsync("ICMP port unreachable");
     }
 
     /// <summary>
@@ -201,8 +201,8 @@ public partial class TurnTests
     [Fact]
     public async Task Asport_public_UDP_port_follows_the_OPEN_CLOSE_rules()
     {
-        await using var peer = new CountingPeer();
-        await using var relay = await AsportRelayTests.StartRelayAsync();
+        await using var peer = new UdpEcho();
+        await using var relay = await AsportRelayProcess.StartAsync();
         await using var chain = await AsportChainAsync(AsportRelay(PtChain.FreeServer("asport", $"127.0.0.1:{peer.Port}"), relay.EndPoint, 3), udpBound: true);
         var allowed = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port));
         var refused = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port + 1));
@@ -255,24 +255,24 @@ public partial class TurnTests
     [Fact]
     public async Task Asport_allocation_ends_when_the_server_re_registers_and_a_new_one_works()
     {
-        await using var peer = new CountingPeer();
-        var relay = await AsportRelayTests.StartRelayAsync();
+        await using var peer = new UdpEcho();
+        var relay = await AsportRelayProcess.StartAsync();
         var listen = relay.EndPoint.ToString();
         await using var chain = await AsportChainAsync(AsportRelay(PtChain.FreeServer("asport", $"127.0.0.1:{peer.Port}"), relay.EndPoint, 3), udpBound: true);
         var target = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port));
-        await using (var before = await RawTurnClient.ConnectAsync(chain.TurnEndPoint))
+        await using (var before = await UdpTurnClient.ConnectAsync(chain.TurnEndPoint))
         {
             Assert.Equal(0, await before.AllocateAsync());
             Assert.Equal(0, await before.CreatePermissionAsync(target));
             relay.Process.Signal(15);
             Assert.Equal(0, await relay.Process.WaitForExitAsync(TimeSpan.FromSeconds(60)));
             await relay.DisposeAsync();
-            await using var again = await AsportRelayTests.StartRelayAsync(listen);
-            await StderrCountAsync(chain.Chain.Server, "asport client: registered, public port", 2);
+            await using var again = await AsportRelayProcess.StartAsync(listen);
+            await chain.Chain.Server.WaitForStderrAsync("asport client: registered, public port", 2, TimeSpan.FromSeconds(60));
             // Keep-alive every 15 s, 60 s of silence at most: within 90 s the session has ended.
-            await StderrContainsAsync(chain.Chain.Client, "asport UDP association via", TimeSpan.FromSeconds(90));
-            await StderrCountAsync(chain.Chain.Client, "learned from SMESSAGE", 2); // the new registration reached the client
-            await using var after = await RawTurnClient.ConnectAsync(chain.TurnEndPoint);
+            await chain.Chain.Client.WaitForStderrAsync("asport UDP association via", within: TimeSpan.FromSeconds(90));
+            await chain.Chain.Client.WaitForStderrAsync("learned from SMESSAGE", 2, TimeSpan.FromSeconds(60)); // the new registration reached the client
+            await using var after = await UdpTurnClient.ConnectAsync(chain.TurnEndPoint);
             Assert.Equal(0, await after.AllocateAsync());
             Assert.Equal(0, await after.CreatePermissionAsync(target));
             after.SendIndication(target, "after"u8.ToArray());
@@ -281,22 +281,6 @@ public partial class TurnTests
         }
     }
 
-    private static async Task StderrCountAsync(PtProcess process, string text, int count)
-    {
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
-        while (CountOf(process.Stderr, text) < count)
-        {
-            if (DateTime.UtcNow > deadline) Assert.Fail($"stderr did not say \"{text}\" {count} times:\n{process.Stderr}");
-            await Task.Delay(100);
-        }
-    }
-
-    private static int CountOf(string haystack, string needle)
-    {
-        int n = 0;
-        for (int at = haystack.IndexOf(needle, StringComparison.Ordinal); at >= 0; at = haystack.IndexOf(needle, at + needle.Length, StringComparison.Ordinal)) n++;
-        return n;
-    }
 
     private static (DatagramFrameType, PeerAddress) Pick((DatagramFrameType Type, PeerAddress Peer, byte[] Payload) f) => (f.Type, f.Peer);
 

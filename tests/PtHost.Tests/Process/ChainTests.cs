@@ -9,8 +9,7 @@ namespace PtHost.Tests.Process;
 [Collection("process")]
 public class ChainTests
 {
-    private static string Curl => File.Exists("/usr/bin/curl") ? "/usr/bin/curl"
-        : throw new InvalidOperationException("curl is missing: run the README's test command (bash test.sh), which installs it");
+    private static string Curl => DebianPrograms.Curl;
 
     [Fact]
     public async Task Curl_fetches_10_MB_through_client_plain_server_with_the_server_address_learned_by_SMESSAGE()
@@ -25,7 +24,7 @@ public class ChainTests
         string file = Path.Combine(Path.GetTempPath(), $"pthost-curl-{Guid.NewGuid():N}");
         try
         {
-            var (exit, _, err) = await RunAsync(Curl, "-sS", "--max-time", "60", "--socks5-hostname", chain.SocksEndPoint.ToString(),
+            var (exit, _, err) = await PtProcess.RunAsync(Curl, "-sS", "--max-time", "60", "--socks5-hostname", chain.SocksEndPoint.ToString(),
                 "-o", file, $"http://localhost:{http.Port}/file.bin");
             Assert.True(exit == 0, $"curl exit {exit}: {err}\nclient stderr:\n{chain.Client.Stderr}");
             Assert.Equal(SHA256.HashData(body), SHA256.HashData(await File.ReadAllBytesAsync(file)));
@@ -196,7 +195,8 @@ public class ChainTests
     [Fact]
     public async Task Failures_at_the_far_end_map_to_SOCKS_reply_codes()
     {
-        int closedPort = UnusedPort();
+        using var closed = new RefusingPort();
+        int closedPort = closed.Port;
         await using var echo = new EchoServer();
         await using var chain = await PtChain.StartAsync(PtChain.FreeServer("plain", "127.0.0.1"), ep => PtChain.ClientWith(new JObject { ["serverAddress"] = ep.ToString() }));
         Assert.Equal(0x05, await ConnectReply(chain, SocksClient.ConnectIPv4(IPAddress.Loopback, closedPort)));           // refused
@@ -222,7 +222,8 @@ public class ChainTests
             await socks.SendAsync("hello"u8.ToArray());
             Assert.Equal("hello"u8.ToArray(), await socks.ReadExactlyAsync(5));
         }
-        await using var refused = await PtChain.StartAsync(PtChain.BoundServer($"127.0.0.1:{UnusedPort()}"), _ => PtChain.ClientWith(null));
+        using var refusingTarget = new RefusingPort();
+        await using var refused = await PtChain.StartAsync(PtChain.BoundServer(refusingTarget.EndPoint.ToString()), _ => PtChain.ClientWith(null));
         Assert.Equal(0x05, await ConnectReply(refused, SocksClient.ConnectIPv4(refused.ServerEndPoint.Address, refused.ServerEndPoint.Port)));
     }
 
@@ -279,27 +280,5 @@ public class ChainTests
         await socks.ReadExactlyAsync(2);
         Assert.Equal(0x00, await socks.ReadReplyAsync());
         Assert.Equal("still here"u8.ToArray(), await socks.ReadExactlyAsync(10));
-    }
-
-    internal static int UnusedPort()
-    {
-        var l = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        int p = ((IPEndPoint)l.LocalEndpoint).Port;
-        l.Stop();
-        return p;
-    }
-
-    internal static async Task<(int Exit, string Stdout, string Stderr)> RunAsync(string file, params string[] args)
-    {
-        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = System.Diagnostics.Process.Start(psi)!;
-        var o = p.StandardOutput.ReadToEndAsync();
-        var e = p.StandardError.ReadToEndAsync();
-        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(120));
-        try { await p.WaitForExitAsync(cts.Token); }
-        catch (OperationCanceledException) { p.Kill(true); throw new TimeoutException($"{file} did not finish"); }
-        return (p.ExitCode, await o, await e);
     }
 }

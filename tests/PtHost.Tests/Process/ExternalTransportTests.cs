@@ -15,8 +15,8 @@ namespace PtHost.Tests.Process;
 public class ExternalTransportTests(ITestOutputHelper output)
 {
     private const string Name = "external_obfs4";
-    private static string Obfs4proxy => DebianProxy.Require("/usr/bin/obfs4proxy");
-    private static string Curl => DebianProxy.Require("/usr/bin/curl");
+    private static string Obfs4proxy => DebianPrograms.Require("/usr/bin/obfs4proxy");
+    private static string Curl => DebianPrograms.Curl;
 
     private static JObject ServerConfig(int target, JObject? extra = null)
     {
@@ -73,7 +73,7 @@ public class ExternalTransportTests(ITestOutputHelper output)
     private async Task<int> CurlAsync(PtChain chain, string args, int port, string file)
     {
         // PT 1.0 arguments in the RFC 1929 user name, percent-encoded for the URL (curl decodes them).
-        var (exit, _, err) = await ChainTests.RunAsync(Curl, "-sS", "--max-time", "60", "-x", $"socks5h://{Uri.EscapeDataString(args)}@{chain.SocksEndPoint}",
+        var (exit, _, err) = await PtProcess.RunAsync(Curl, "-sS", "--max-time", "60", "-x", $"socks5h://{Uri.EscapeDataString(args)}@{chain.SocksEndPoint}",
             "-o", file, $"http://localhost:{port}/file.bin");
         output.WriteLine($"curl exit {exit}: {err}");
         return exit;
@@ -96,16 +96,6 @@ public class ExternalTransportTests(ITestOutputHelper output)
     }
 
     private static string Comm(int pid) => File.ReadAllText($"/proc/{pid}/comm").Trim();
-
-    private static async Task WaitForAsync(Func<bool> condition, string what, TimeSpan? limit = null)
-    {
-        var deadline = DateTime.UtcNow + (limit ?? TimeSpan.FromSeconds(60));
-        while (!condition())
-        {
-            if (DateTime.UtcNow > deadline) throw new TimeoutException(what);
-            await Task.Delay(100);
-        }
-    }
 
     [Fact]
     public async Task Obfs4proxy_on_both_ends_carries_a_file_intact_with_the_cert_as_JSON_settings_and_with_curl()
@@ -192,8 +182,8 @@ public class ExternalTransportTests(ITestOutputHelper output)
         {
             int old = Assert.Single(ChildPids(process.Pid), p => Comm(p) == "obfs4proxy");
             Assert.Equal(0, kill(old, 9));
-            await WaitForAsync(() => process.Stderr.Contains($"{Name}: /usr/bin/obfs4proxy (pid {old}) exited with code"), $"the {role} did not report its child's death:\n{process.Stderr}");
-            await WaitForAsync(() => process.Stderr.Contains($"{Name}: /usr/bin/obfs4proxy restarted"), $"the {role} did not restart its child:\n{process.Stderr}");
+            await process.WaitForStderrAsync($"{Name}: /usr/bin/obfs4proxy (pid {old}) exited with code", within: TimeSpan.FromSeconds(60)); // the death reported
+            await process.WaitForStderrAsync($"{Name}: /usr/bin/obfs4proxy restarted", within: TimeSpan.FromSeconds(60));
             int now = Assert.Single(ChildPids(process.Pid), p => Comm(p) == "obfs4proxy");
             Assert.NotEqual(old, now);
             // The server's child is started again on the address and with the keys of the SMETHOD line.
@@ -505,7 +495,7 @@ public class ExternalProgramTests
         string script = Path.Combine(dir, "pt.py");
         await File.WriteAllTextAsync(script, RecordingProgram);
         string log = Path.Combine(dir, "sessions.jsonl");
-        string python = DebianProxy.Require("/usr/bin/python3");
+        string python = DebianPrograms.Require("/usr/bin/python3");
         var config = new JObject
         {
             ["role"] = "client",
@@ -576,12 +566,7 @@ public class ExternalProgramTests
         await using var p = PtProcess.StartPthost(ClientJson(exec, dir, new JObject { ["maxRestarts"] = 2 }));
         var lines = await p.ReadUntilDoneAsync();
         var socksEp = IPEndPoint.Parse(lines.Single(l => l.StartsWith("CMETHOD ", StringComparison.Ordinal)).Split(' ')[3]);
-        var deadline = DateTime.UtcNow.AddSeconds(60);
-        while (!p.Stderr.Contains("giving up"))
-        {
-            if (DateTime.UtcNow > deadline) throw new TimeoutException("no give-up:\n" + p.Stderr);
-            await Task.Delay(100);
-        }
+        await p.WaitForStderrAsync("giving up", within: TimeSpan.FromSeconds(60));
         Assert.Contains("exited with code 7", p.Stderr);
         Assert.Contains("restarting in 1 s", p.Stderr);
         Assert.Contains("died 3 times in a row; giving up", p.Stderr);

@@ -24,7 +24,7 @@ public class JetBrowserTests(ITestOutputHelper output)
         var (aid, candidates) = await relay.CreateAndGatherAsync();
         var (cid, url) = candidates["ws"];
         using var acceptor = await JetWebSockets.ConnectAsync(url, JetMethod.Accept, aid, cid);
-        await JetRelayTests.WaitForStateAsync(relay, aid, cid, "accepted");
+        await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
 
         var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         string page = $$"""
@@ -60,7 +60,7 @@ public class JetBrowserTests(ITestOutputHelper output)
         string profile = Directory.CreateTempSubdirectory("pthost-chromium-").FullName;
         try
         {
-            var (exit, dom, err) = await ChainTests.RunAsync("/usr/bin/timeout", "90", Chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            var (exit, dom, err) = await PtProcess.RunAsync("/usr/bin/timeout", "90", Chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync", $"--user-data-dir={profile}",
                 "--dump-dom", $"http://127.0.0.1:{site.Port}/");
             output.WriteLine(dom);

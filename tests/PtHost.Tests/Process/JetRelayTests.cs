@@ -201,7 +201,7 @@ public class JetRelayTests
         var ep = tls ? relay.Tls! : relay.Tcp!;
         await using var acceptor = await JetPeer.ConnectAsync(ep, tls);
         await acceptor.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, url.Authority), "early-from-acceptor"u8.ToArray());
-        await WaitForStateAsync(relay, aid, cid, "accepted");
+        await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
         await using var connector = await JetPeer.ConnectAsync(ep, tls);
         await connector.SendRequestAsync(JetWire.BuildRequest(JetMethod.Connect, aid, cid, url.Authority), "early-from-connector"u8.ToArray());
         var response = await connector.ReadResponseAsync();
@@ -223,7 +223,7 @@ public class JetRelayTests
         Assert.True(await connector.IsClosedAsync());
 
         // §5.5: the finished session removed its candidate.
-        await WaitUntilAsync(async () => !(await CandidateIdsAsync(relay, aid)).Contains(cid));
+        await Eventually.TrueAsync(async () => !(await CandidateIdsAsync(relay, aid)).Contains(cid), "the finished session's candidate to go");
     }
 
     [Fact]
@@ -399,16 +399,16 @@ public class JetRelayTests
         await a.DisposeAsync();
         await b.DisposeAsync();
         // Once they are gone, pairs are served again.
-        await WaitUntilAsync(async () =>
+        await Eventually.TrueAsync(async () =>
         {
             await using var probe = await JetPeer.ConnectAsync(relay.Tcp!);
             await probe.SendRequestAsync(JetWire.BuildRequest(JetMethod.Test, aid, cid, url.Authority));
             try { return (await probe.ReadResponseAsync()).Status == 200; }
             catch (Exception e) when (e is IOException or EndOfStreamException) { return false; }
-        });
+        }, "a test request answered 200 once the held connections are gone");
         // And whole pairs again. A pair takes both slots of maxPerSource = 2, and the relay releases a
         // closed probe's slot a moment after the probe sees its close: retry with a fresh association.
-        await WaitUntilAsync(async () =>
+        await Eventually.TrueAsync(async () =>
         {
             var (freshAid, fresh) = await relay.CreateAndGatherAsync();
             var (freshCid, freshUrl) = fresh["tcp"];
@@ -432,7 +432,7 @@ public class JetRelayTests
         await using var relay = await JetRelayProcess.StartAsync(new JObject { ["associationTimeout"] = 1 });
         var (aid, _) = await relay.CreateAndGatherAsync();
         Assert.Equal(HttpStatusCode.OK, (await relay.Rest.GetAsync($"/jet/association/{aid}")).StatusCode);
-        await WaitUntilAsync(async () => (await relay.Rest.GetAsync($"/jet/association/{aid}")).StatusCode == HttpStatusCode.NotFound);
+        await Eventually.TrueAsync(async () => (await relay.Rest.GetAsync($"/jet/association/{aid}")).StatusCode == HttpStatusCode.NotFound, "the unused association to expire");
     }
 
     [Fact]
@@ -450,7 +450,7 @@ public class JetRelayTests
         var (cid, url) = candidates["tcp"];
         await using var first = await JetPeer.ConnectAsync(relay.Tcp!);
         await first.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, url.Authority));
-        await WaitForStateAsync(relay, aid, cid, "accepted");
+        await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
         await using var second = await JetPeer.ConnectAsync(relay.Tcp!);
         await second.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, url.Authority));
         Assert.Equal(400, (await second.ReadResponseAsync()).Status);
@@ -468,13 +468,13 @@ public class JetRelayTests
         await using (var first = await JetPeer.ConnectAsync(ep, tls))
         {
             await first.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, url.Authority));
-            await WaitForStateAsync(relay, aid, cid, "accepted");
+            await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
         }
-        await WaitForStateAsync(relay, aid, cid, "gathered");
+        await relay.WaitForCandidateStateAsync(aid, cid, "gathered");
         // Accepted again, by someone who stays: it pairs.
         await using var acceptor = await JetPeer.ConnectAsync(ep, tls);
         await acceptor.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, url.Authority));
-        await WaitForStateAsync(relay, aid, cid, "accepted");
+        await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
         await using var connector = await JetPeer.ConnectAsync(ep, tls);
         await connector.SendRequestAsync(JetWire.BuildRequest(JetMethod.Connect, aid, cid, url.Authority), "ping"u8.ToArray());
         Assert.Equal(200, (await connector.ReadResponseAsync()).Status);
@@ -490,12 +490,12 @@ public class JetRelayTests
         var (aid, candidates) = await relay.CreateAndGatherAsync();
         var (cid, url) = candidates["ws"];
         var gone = await JetWebSockets.ConnectAsync(url, JetMethod.Accept, aid, cid);
-        await WaitForStateAsync(relay, aid, cid, "accepted");
+        await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
         gone.Abort(); // the TCP connection closes without a Close frame
         gone.Dispose();
-        await WaitForStateAsync(relay, aid, cid, "gathered");
+        await relay.WaitForCandidateStateAsync(aid, cid, "gathered");
         using var acceptor = await JetWebSockets.ConnectAsync(url, JetMethod.Accept, aid, cid);
-        await WaitForStateAsync(relay, aid, cid, "accepted");
+        await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
         using var connector = await JetWebSockets.ConnectAsync(url, JetMethod.Connect, aid, cid);
         await JetWebSockets.SendAsync(connector, "again"u8.ToArray());
         Assert.Equal("again", JetWebSockets.Text(await JetWebSockets.ReceiveAsync(acceptor, 5)));
@@ -510,7 +510,7 @@ public class JetRelayTests
         var (aid, candidates) = await relay.CreateAndGatherAsync();
         var (cid, url) = candidates[scheme];
         using var acceptor = await JetWebSockets.ConnectAsync(url, JetMethod.Accept, aid, cid);
-        await WaitForStateAsync(relay, aid, cid, "accepted");
+        await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
         using var connector = await JetWebSockets.ConnectAsync(url, JetMethod.Connect, aid, cid);
         await JetWebSockets.SendAsync(connector, "hello acceptor"u8.ToArray());
         Assert.Equal("hello acceptor", JetWebSockets.Text(await JetWebSockets.ReceiveAsync(acceptor, 14)));
@@ -535,7 +535,7 @@ public class JetRelayTests
         var (cid, url) = candidates["tcp"];
         await using var acceptor = await JetPeer.ConnectAsync(relay.Tcp!);
         await acceptor.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, url.Authority));
-        await WaitForStateAsync(relay, aid, cid, "accepted");
+        await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
         using var connector = await JetWebSockets.ConnectAsync(candidates["ws"].Url, JetMethod.Connect, aid, cid);
         await JetWebSockets.SendAsync(connector, "mixed"u8.ToArray());
         Assert.Equal("mixed", JetWebSockets.Text(await acceptor.ReadExactlyAsync(5)));
@@ -557,7 +557,7 @@ public class JetRelayTests
         Assert.Equal(HttpStatusCode.OK, (await relay.Rest.GetAsync($"/jet/test/{aid}/{cid}")).StatusCode);
         // And the candidate still works.
         using var acceptor = await JetWebSockets.ConnectAsync(url, JetMethod.Accept, aid, cid);
-        await WaitForStateAsync(relay, aid, cid, "accepted");
+        await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
         using var connector = await JetWebSockets.ConnectAsync(url, JetMethod.Connect, aid, cid);
         await JetWebSockets.SendAsync(connector, "x"u8.ToArray());
         Assert.Equal("x", JetWebSockets.Text(await JetWebSockets.ReceiveAsync(acceptor, 1)));
@@ -569,7 +569,7 @@ public class JetRelayTests
     {
         await using var acceptor = await JetPeer.ConnectAsync(relay.Tcp!);
         await acceptor.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, host));
-        await WaitForStateAsync(relay, aid, cid, "accepted");
+        await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
         await using var connector = await JetPeer.ConnectAsync(relay.Tcp!);
         await connector.SendRequestAsync(JetWire.BuildRequest(JetMethod.Connect, aid, cid, host), "ping"u8.ToArray());
         Assert.Equal(200, (await connector.ReadResponseAsync()).Status);
@@ -578,29 +578,10 @@ public class JetRelayTests
         Assert.Equal("pong", JetWebSockets.Text(await connector.ReadExactlyAsync(4)));
     }
 
-    internal static async Task WaitForStateAsync(JetRelayProcess relay, Guid aid, Guid cid, string state) =>
-        await WaitUntilAsync(async () =>
-        {
-            var r = await relay.Rest.GetAsync($"/jet/association/{aid}");
-            if (!r.IsSuccessStatusCode) return false;
-            var body = JObject.Parse(await r.Content.ReadAsStringAsync());
-            return ((JArray)body["candidates"]!).Any(c => (string?)c["id"] == cid.ToString("D") && (string?)c["state"] == state);
-        }, $"candidate {cid} never became {state}");
-
     private static async Task<List<Guid>> CandidateIdsAsync(JetRelayProcess relay, Guid aid)
     {
         var r = await relay.Rest.GetAsync($"/jet/association/{aid}");
         if (!r.IsSuccessStatusCode) return [];
         return [.. ((JArray)JObject.Parse(await r.Content.ReadAsStringAsync())["candidates"]!).Select(c => Guid.Parse((string)c["id"]!))];
-    }
-
-    internal static async Task WaitUntilAsync(Func<Task<bool>> condition, string what = "condition")
-    {
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
-        while (!await condition())
-        {
-            if (DateTime.UtcNow > deadline) throw new TimeoutException(what + " not met within 20 s");
-            await Task.Delay(50);
-        }
     }
 }

@@ -13,8 +13,7 @@ namespace PtHost.Tests.Process;
 [Collection("process")]
 public class JetTransportTests(ITestOutputHelper output)
 {
-    private static string Curl => File.Exists("/usr/bin/curl") ? "/usr/bin/curl"
-        : throw new InvalidOperationException("curl is missing: run the README's test command (bash test.sh), which installs it");
+    private static string Curl => DebianPrograms.Curl;
 
     [Theory]
     [InlineData("tcp")]
@@ -29,7 +28,7 @@ public class JetTransportTests(ITestOutputHelper output)
         await using var relay = await JetRelayProcess.StartAsync();
         await using var chain = await JetChain.StartAsync(relay, editServer: o => o["kinds"] = new JArray(kind));
         await AssertCurlAsync(chain, http, body);
-        Assert.Contains($"through the {kind} candidate", chain.Client.Stderr, StringComparison.Ordinal);
+        await chain.Client.WaitForStderrAsync($"through the {kind} candidate"); // the log may reach stderr after curl is done
         Assert.Contains(chain.Client.StdoutLines, l => l.StartsWith("CMESSAGE jet {", StringComparison.Ordinal) && l.Contains("\"kind\":\"jet.offer\"", StringComparison.Ordinal));
         Assert.Contains(chain.Server.StdoutLines, l => l.StartsWith("SMESSAGE jet {", StringComparison.Ordinal) && l.Contains("\"kind\":\"jet.answer\"", StringComparison.Ordinal));
         var (s, c) = await chain.StopAsync();
@@ -50,7 +49,7 @@ public class JetTransportTests(ITestOutputHelper output)
         await AssertCurlAsync(chain, http, body);
         output.WriteLine($"100 MB through jet in {watch.Elapsed.TotalSeconds:0.00} s");
         // The candidates that lost the race were closed, and the relay removed the finished session's candidate.
-        await JetRelayTests.WaitUntilAsync(() => Task.FromResult(relay.Process.Stderr.Contains("session finished, candidate removed", StringComparison.Ordinal)));
+        await relay.Process.WaitForStderrAsync("session finished, candidate removed");
     }
 
     [Fact]
@@ -59,22 +58,25 @@ public class JetTransportTests(ITestOutputHelper output)
         var body = RandomNumberGenerator.GetBytes(10_000);
         await using var http = new HttpFileServer(body);
         await using var relay = await JetRelayProcess.StartAsync();
-        int dead = ChainTests.UnusedPort();
+        using var refusing = new RefusingPort();
+        int dead = refusing.Port;
         await using var chain = await JetChain.StartAsync(relay, editServer: o =>
         {
             o["kinds"] = new JArray("direct", "ws");
             o["directAddress"] = $"127.0.0.1:{dead}"; // advertised, but nothing listens there
         });
         await AssertCurlAsync(chain, http, body);
-        Assert.Contains($"direct candidate 127.0.0.1:{dead} skipped", chain.Client.Stderr, StringComparison.Ordinal);
-        Assert.Contains("through the ws candidate", chain.Client.Stderr, StringComparison.Ordinal);
+        // The log may reach stderr after curl is done.
+        await chain.Client.WaitForStderrAsync($"direct candidate 127.0.0.1:{dead} skipped");
+        await chain.Client.WaitForStderrAsync("through the ws candidate");
     }
 
     [Fact]
     public async Task With_no_usable_candidate_the_request_fails_with_0x04_and_the_client_keeps_serving()
     {
         await using var relay = await JetRelayProcess.StartAsync();
-        int dead = ChainTests.UnusedPort();
+        using var refusing = new RefusingPort();
+        int dead = refusing.Port;
         await using var chain = await JetChain.StartAsync(relay, editServer: o =>
         {
             o["kinds"] = new JArray("direct");
@@ -122,46 +124,11 @@ public class JetTransportTests(ITestOutputHelper output)
         string file = Path.Combine(Path.GetTempPath(), $"pthost-jet-{Guid.NewGuid():N}");
         try
         {
-            var (exit, _, err) = await ChainTests.RunAsync(Curl, "-sS", "--max-time", "90", "--socks5-hostname", chain.SocksEndPoint.ToString(),
+            var (exit, _, err) = await PtProcess.RunAsync(Curl, "-sS", "--max-time", "90", "--socks5-hostname", chain.SocksEndPoint.ToString(),
                 "-o", file, $"http://localhost:{http.Port}/file.bin");
             Assert.True(exit == 0, $"curl exit {exit}: {err}\nclient stderr:\n{chain.Client.Stderr}\nserver stderr:\n{chain.Server.Stderr}");
             Assert.Equal(SHA256.HashData(body), SHA256.HashData(await File.ReadAllBytesAsync(file)));
         }
         finally { File.Delete(file); }
-    }
-}
-
-/// <summary>A jet server and client pthost configured from <c>pthost generate-config jet</c>, the server pointed at a relay process.</summary>
-internal static class JetChain
-{
-    public static async Task<JObject> GenerateAsync()
-    {
-        await using var p = PtProcess.StartPthost("generate-config", "jet");
-        Assert.Equal(0, await p.WaitForExitAsync());
-        return JObject.Parse(string.Join("\n", p.StdoutLines));
-    }
-
-    public static async Task<PtChain> StartAsync(JetRelayProcess relay, Action<JObject>? editClient = null, Action<JObject>? editServer = null)
-    {
-        var generated = await GenerateAsync();
-        var client = (JObject)generated["client"]!;
-        var server = (JObject)generated["server"]!;
-        server["relay"] = $"http://{relay.Http}";
-        client["signalTimeout"] = 10;
-        server["signalTimeout"] = 10;
-        editClient?.Invoke(client);
-        editServer?.Invoke(server);
-        var serverConfig = PtChain.FreeServer("jet");
-        serverConfig["options"] = new JObject { ["jet"] = server };
-        serverConfig["loglevel"] = "debug";
-        var clientConfig = new JObject
-        {
-            ["role"] = "client",
-            ["transports"] = new JArray("jet"),
-            ["options"] = new JObject { ["jet"] = client },
-            ["exit-on-stdin-close"] = true,
-            ["loglevel"] = "debug",
-        };
-        return await PtChain.StartAsync(serverConfig, _ => clientConfig);
     }
 }

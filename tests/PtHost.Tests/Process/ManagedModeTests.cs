@@ -111,9 +111,17 @@ public class ManagedModeTests
     [Fact]
     public async Task Server_prints_SMETHOD_at_its_bind_address()
     {
-        int port = ChainTests.UnusedPort();
-        await using var p = Start(ServerEnv(("TOR_PT_SERVER_BINDADDR", $"plain-127.0.0.1:{port}")));
-        var lines = await p.ReadUntilDoneAsync();
+        // tor names the port: a preset candidate, and a fresh one if another program holds it (SMETHOD-ERROR).
+        int port = 0;
+        List<string> lines = [];
+        await using var p = await PresetPort.StartAsync(async candidate =>
+        {
+            var started = Start(ServerEnv(("TOR_PT_SERVER_BINDADDR", $"plain-127.0.0.1:{candidate}")));
+            (port, lines) = (candidate, await started.ReadUntilDoneAsync());
+            if (!lines.Any(l => l.StartsWith("SMETHOD-ERROR ", StringComparison.Ordinal))) return started;
+            await started.DisposeAsync();
+            return null;
+        }, "pthost on the port of TOR_PT_SERVER_BINDADDR");
         Assert.Equal(["VERSION 1", lines[1], $"SMETHOD plain 127.0.0.1:{port}", "SMETHODS DONE"], lines);
         Assert.StartsWith("STATUS TYPE=version", lines[1]);
     }
@@ -152,7 +160,7 @@ public class ManagedModeTests
         string file = Path.Combine(Path.GetTempPath(), $"pthost-socks4a-{Guid.NewGuid():N}");
         try
         {
-            var (exit, _, err) = await ChainTests.RunAsync("/usr/bin/curl", "-sS", "-o", file,
+            var (exit, _, err) = await PtProcess.RunAsync("/usr/bin/curl", "-sS", "-o", file,
                 "-x", $"socks4a://destination=127.0.0.1%3A{http.Port}@{socks}", $"http://{serverAddress}/file");
             Assert.True(exit == 0, $"curl exit {exit}: {err}\nclient stderr:\n{client.Stderr}\nserver stderr:\n{server.Stderr}");
             Assert.Equal(SHA256.HashData(body), SHA256.HashData(await File.ReadAllBytesAsync(file)));
@@ -166,7 +174,8 @@ public class ManagedModeTests
         await using var client = Start(ClientEnv());
         var lines = await client.ReadUntilDoneAsync();
         var ep = IPEndPoint.Parse(lines.Single(l => l.StartsWith("CMETHOD plain", StringComparison.Ordinal)).Split(' ')[3]);
-        int closed = ChainTests.UnusedPort();
+        using var refusing = new RefusingPort();
+        int closed = refusing.Port;
         using var tcp = new TcpClient();
         await tcp.ConnectAsync(ep);
         var s = tcp.GetStream();
@@ -211,18 +220,16 @@ public class ManagedModeTests
     public async Task The_process_ends_when_its_parent_goes_away()
     {
         // A shell starts pthost in the background (stdin from /dev/null: not a stdin close, since
-        // TOR_PT_EXIT_ON_STDIN_CLOSE=0) and exits; pthost is re-parented and must notice.
+        // TOR_PT_EXIT_ON_STDIN_CLOSE=0), waits until it is up (CMETHODS DONE: it has noted its parent),
+        // and exits; pthost is re-parented and must notice.
         var env = ClientEnv(("TOR_PT_EXIT_ON_STDIN_CLOSE", "0"));
         env["PTHOST"] = PtHostExecutable.Path;
-        await using var shell = PtProcess.Start("/bin/sh", ["-c", "\"$PTHOST\" >/dev/null 2>&1 & echo $!; sleep 2"], env);
+        await using var shell = PtProcess.Start("/bin/sh", ["-c",
+            "out=$(mktemp); \"$PTHOST\" >\"$out\" 2>/dev/null & echo $!; " +
+            "until grep -q '^CMETHODS DONE' \"$out\"; do sleep 0.05; done; rm -f \"$out\""], env);
         int pid = int.Parse(await shell.ReadLineAsync());
         Assert.Equal(0, await shell.WaitForExitAsync());
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
-        while (IsRunning(pid))
-        {
-            Assert.True(DateTime.UtcNow < deadline, $"pthost {pid} still runs 30 s after its parent exited");
-            await Task.Delay(100);
-        }
+        Assert.True(await Eventually.HoldsWithinAsync(() => !IsRunning(pid), TimeSpan.FromSeconds(30)), $"pthost {pid} still runs 30 s after its parent exited");
     }
 
     private static bool IsRunning(int pid)

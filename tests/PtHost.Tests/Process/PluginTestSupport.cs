@@ -13,8 +13,6 @@ namespace PtHost.Tests.Process;
 /// </summary>
 internal static class PluginBuild
 {
-    public static readonly TimeSpan BuildTimeout = TimeSpan.FromMinutes(5);
-
     private static readonly string Scratch = CreateScratch();
 
     private static string RepoRoot => PtHostExecutable.RepoRoot;
@@ -68,58 +66,8 @@ internal static class PluginBuild
     {
         _ = PtHostExecutable.Path;
         string output = NewTempDirectory("plugins");
-        await DotnetAsync("build", Path.Combine(RepoRoot, "tests", "fixtures", "XorTransport"), output).ConfigureAwait(false);
+        await DotnetCommand.RunAsync("build", Path.Combine(RepoRoot, "tests", "fixtures", "XorTransport"), output).ConfigureAwait(false);
         return output;
-    }
-
-    internal static async Task DotnetAsync(string verb, string project, string output)
-    {
-        var psi = new ProcessStartInfo(DotnetExecutable())
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-            UseShellExecute = false,
-            WorkingDirectory = RepoRoot,
-        };
-        foreach (string a in new[] { verb, project, "-c", "Release", "-o", output, "--disable-build-servers", "-nologo", "-clp:NoSummary" })
-            psi.ArgumentList.Add(a);
-        // The test host may run under MSBuild-set variables; a nested build must not inherit them.
-        foreach (string key in psi.Environment.Keys.Where(k => k.StartsWith("MSBuild", StringComparison.OrdinalIgnoreCase)).ToList())
-            psi.Environment.Remove(key);
-        psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
-        psi.Environment["DOTNET_NOLOGO"] = "1";
-
-        using var p = System.Diagnostics.Process.Start(psi) ?? throw new InvalidOperationException("cannot start dotnet");
-        p.StandardInput.Close();
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        using var timeout = new CancellationTokenSource(BuildTimeout);
-        try
-        {
-            await p.WaitForExitAsync(timeout.Token).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException)
-        {
-            Kill(p);
-            throw new TimeoutException($"dotnet {verb} {project} took longer than {BuildTimeout}");
-        }
-        // Output ends when every process holding the pipes has gone; do not wait forever for stray nodes.
-        var both = Task.WhenAll(stdout, stderr);
-        string text = await both.WaitAsync(TimeSpan.FromSeconds(30)).ConfigureAwait(false) is var r ? r[0] + r[1] : "";
-        if (p.ExitCode != 0) throw new InvalidOperationException($"dotnet {verb} {project} exited {p.ExitCode}:\n{text}");
-    }
-
-    private static string DotnetExecutable()
-    {
-        string? host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH");
-        return !string.IsNullOrEmpty(host) && File.Exists(host) ? host : "dotnet";
-    }
-
-    internal static void Kill(System.Diagnostics.Process p)
-    {
-        try { if (!p.HasExited) p.Kill(entireProcessTree: true); }
-        catch (Exception e) when (e is InvalidOperationException or System.ComponentModel.Win32Exception) { }
     }
 }
 

@@ -167,14 +167,12 @@ public class PluginTransportTests
         return r;
     }
 
-    /// <summary>Waits (polling) for the recorder to finish a connection: the far side may still be closing.</summary>
+    /// <summary>Waits for the recorder to finish a connection (the far side may still be closing) and takes what it recorded.</summary>
     private static async Task<T> DequeueAsync<T>(System.Collections.Concurrent.ConcurrentQueue<T> queue, CancellationToken ct)
     {
-        while (true)
-        {
-            if (queue.TryDequeue(out var item)) return item;
-            await Task.Delay(20, ct);
-        }
+        T? item = default;
+        await Eventually.TrueAsync(() => { ct.ThrowIfCancellationRequested(); return queue.TryDequeue(out item); }, "a finished connection's record");
+        return item!;
     }
 
     /// <summary>An echo target, a server pthost bound to it, and a client pthost; all with the xor plugin.</summary>

@@ -4,7 +4,6 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
 using Newtonsoft.Json.Linq;
-using PtHost.Tests.Unit.Rud;
 using Xunit.Abstractions;
 
 namespace PtHost.Tests.Process;
@@ -17,8 +16,7 @@ namespace PtHost.Tests.Process;
 [Collection("process")]
 public class RudTransportTests(ITestOutputHelper output)
 {
-    private static string Curl => File.Exists("/usr/bin/curl") ? "/usr/bin/curl"
-        : throw new InvalidOperationException("curl is missing: run the README's test command (bash test.sh), which installs it");
+    private static string Curl => DebianPrograms.Curl;
 
     [Fact]
     public async Task Curl_fetches_20_MB_through_rud_with_the_SHA256_intact()
@@ -159,7 +157,7 @@ public class RudTransportTests(ITestOutputHelper output)
         try
         {
             var watch = Stopwatch.StartNew();
-            var (exit, _, err) = await ChainTests.RunAsync(Curl, "-sS", "--max-time", "120", "--socks5-hostname", chain.SocksEndPoint.ToString(),
+            var (exit, _, err) = await PtProcess.RunAsync(Curl, "-sS", "--max-time", "120", "--socks5-hostname", chain.SocksEndPoint.ToString(),
                 "-o", file, $"http://127.0.0.1:{http.Port}/file.bin");
             output.WriteLine($"{what} through rud in {watch.Elapsed.TotalSeconds:0.00} s");
             Assert.True(exit == 0, $"curl exit {exit}: {err}\nclient stderr:\n{chain.Client.Stderr}\nserver stderr:\n{chain.Server.Stderr}");
@@ -181,34 +179,5 @@ public class RudTransportTests(ITestOutputHelper output)
         await socks.SendAsync([.. SocksClient.Greeting(0x00), .. request]);
         Assert.Equal(new byte[] { 5, 0 }, await socks.ReadExactlyAsync(2));
         return await socks.ReadReplyAsync();
-    }
-}
-
-/// <summary>A rud server (free, allow 127.0.0.1) and client pthost configured from <c>pthost generate-config rud</c>.</summary>
-internal static class RudChain
-{
-    public static async Task<PtChain> StartAsync(Action<JObject>? editClient = null, Func<IPEndPoint, IPEndPoint>? relayFor = null, Action<JObject>? editServer = null)
-    {
-        await using var p = PtProcess.StartPthost("generate-config", "rud");
-        Assert.Equal(0, await p.WaitForExitAsync());
-        var generated = JObject.Parse(string.Join("\n", p.StdoutLines));
-        var serverConfig = PtChain.FreeServer("rud");
-        serverConfig["loglevel"] = "info";
-        var server = (JObject)generated["server"]!;
-        editServer?.Invoke(server);
-        serverConfig["options"] = new JObject { ["rud"] = server };
-        return await PtChain.StartAsync(serverConfig, serverEp =>
-        {
-            var client = (JObject)generated["client"]!;
-            client["serverAddress"] = (relayFor?.Invoke(serverEp) ?? serverEp).ToString();
-            editClient?.Invoke(client);
-            return new JObject
-            {
-                ["role"] = "client",
-                ["transports"] = new JArray("rud"),
-                ["options"] = new JObject { ["rud"] = client },
-                ["exit-on-stdin-close"] = true,
-            };
-        });
     }
 }

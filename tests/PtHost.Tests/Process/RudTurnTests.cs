@@ -38,7 +38,7 @@ public partial class TurnTests
     /// <summary>Frames from the client summed over the server's "association ended" lines, once <paramref name="associations"/> have ended.</summary>
     private static async Task<long> RudFramesFromClientsAsync(TurnChain chain, int associations)
     {
-        await StderrCountAsync(chain.Chain.Server, "frames from the client", associations);
+        await chain.Chain.Server.WaitForStderrAsync("frames from the client", associations, TimeSpan.FromSeconds(60));
         return RudEndedPattern().Matches(chain.Chain.Server.Stderr).Sum(m => long.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture));
     }
 
@@ -58,7 +58,7 @@ public partial class TurnTests
         for (int attempt = 1; ; attempt++)
         {
             long kernelDropsBefore = UdpReceiveBufferErrors();
-            var (exit, text) = await Uclient(chain, peer, ["-n", messages.ToString(System.Globalization.CultureInfo.InvariantCulture), "-m", clients.ToString(System.Globalization.CultureInfo.InvariantCulture), "-l", "1000", "-c"]);
+            var (exit, text) = await Uclient(chain, peer.Port, ["-n", messages.ToString(System.Globalization.CultureInfo.InvariantCulture), "-m", clients.ToString(System.Globalization.CultureInfo.InvariantCulture), "-l", "1000", "-c"]);
             long kernelDrops = UdpReceiveBufferErrors() - kernelDropsBefore;
             output.WriteLine($"attempt {attempt}: {LastLines(text)}; kernel UDP receive-buffer drops: {kernelDrops}");
             // Repeated (at most 3 attempts) only when the kernel itself dropped datagrams of a socket on this loaded machine.
@@ -66,7 +66,7 @@ public partial class TurnTests
             AssertDelivered(exit, text, clients * messages, chain);
             break;
         }
-        await StderrContainsAsync(chain.Chain.Client, "rud: UDP association on datagram stream");
+        await chain.Chain.Client.WaitForStderrAsync("rud: UDP association on datagram stream");
         Assert.DoesNotContain("carried in a stream", chain.Chain.Server.Stderr);
         // Each allocation ends when uclient is done; its CLOSE ends the server's association, which logs its count.
         long frames = await RudFramesFromClientsAsync(chain, clients);
@@ -81,10 +81,10 @@ public partial class TurnTests
         await using var peer = await EchoPeer.StartAsync();
         await using var chain = await RudChainAsync(PtChain.BoundServer($"127.0.0.1:{peer.Port}", "rud"));
         // The client names a TEST-NET peer; the bound server process sends to its target instead (spec/turn.md §5.4).
-        var (exit, text) = await Uclient(chain, peer, ["-n", "20", "-m", "1", "-l", "1100", "-c"], peerAddress: "192.0.2.1");
+        var (exit, text) = await Uclient(chain, peer.Port, ["-n", "20", "-m", "1", "-l", "1100", "-c"], peerAddress: "192.0.2.1");
         output.WriteLine(LastLines(text));
         AssertDelivered(exit, text, 20, chain);
-        await StderrContainsAsync(chain.Chain.Client, "rud: UDP association on datagram stream");
+        await chain.Chain.Client.WaitForStderrAsync("rud: UDP association on datagram stream");
         Assert.DoesNotContain("carried in a stream", chain.Chain.Server.Stderr);
     }
 
@@ -95,14 +95,14 @@ public partial class TurnTests
     [Fact]
     public async Task Rud_peer_checks_over_datagram_streams_refuse_what_the_allow_list_refuses()
     {
-        await using var peer = new CountingPeer();
-        await using var other = new CountingPeer();
+        await using var peer = new UdpEcho();
+        await using var other = new UdpEcho();
         await using var chain = await RudChainAsync(PtChain.FreeServer("rud", $"127.0.0.1:{peer.Port}"));
-        await using var client = await RawTurnClient.ConnectAsync(chain.TurnEndPoint);
+        await using var client = await UdpTurnClient.ConnectAsync(chain.TurnEndPoint);
         Assert.Equal(0, await client.AllocateAsync());
         var refused = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, other.Port));
         Assert.Equal(403, await client.CreatePermissionAsync(refused));
-        await StderrContainsAsync(chain.Chain.Server, "refused:");
+        await chain.Chain.Server.WaitForStderrAsync("refused:");
         client.SendIndication(refused, "must not arrive"u8.ToArray()); // no permission: the TURN server drops it
         var allowed = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port));
         Assert.Equal(0, await client.CreatePermissionAsync(allowed));
@@ -112,7 +112,7 @@ public partial class TurnTests
         Assert.Equal(peer.Port, from.Port);
         Assert.Equal(1, peer.Received);
         Assert.Equal(0, other.Received);
-        await StderrContainsAsync(chain.Chain.Client, "rud: UDP association on datagram stream");
+        await chain.Chain.Client.WaitForStderrAsync("rud: UDP association on datagram stream");
         Assert.DoesNotContain("carried in a stream", chain.Chain.Server.Stderr);
     }
 
@@ -123,10 +123,10 @@ public partial class TurnTests
     [Fact]
     public async Task Rud_datagram_above_1178_bytes_is_dropped_and_counted()
     {
-        await using var peer = new CountingPeer();
+        await using var peer = new UdpEcho();
         await using var chain = await RudChainAsync(PtChain.FreeServer("rud", $"127.0.0.1:{peer.Port}"));
         var allowed = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port));
-        await using (var client = await RawTurnClient.ConnectAsync(chain.TurnEndPoint))
+        await using (var client = await UdpTurnClient.ConnectAsync(chain.TurnEndPoint))
         {
             Assert.Equal(0, await client.AllocateAsync());
             Assert.Equal(0, await client.CreatePermissionAsync(allowed));
@@ -158,7 +158,7 @@ public partial class TurnTests
         for (int attempt = 1; ; attempt++)
         {
             long kernelDropsBefore = UdpReceiveBufferErrors();
-            var (exit, text) = await Uclient(chain, peer, ["-n", "1000", "-m", "10", "-l", "1000", "-z", "1", "-c"]);
+            var (exit, text) = await Uclient(chain, peer.Port, ["-n", "1000", "-m", "10", "-l", "1000", "-z", "1", "-c"]);
             long kernelDrops = UdpReceiveBufferErrors() - kernelDropsBefore;
             output.WriteLine($"attempt {attempt}: {LastLines(text)}; kernel UDP receive-buffer drops during the run: {kernelDrops}");
             if (attempt < 3 && exit == 0 && !text.Contains("Total lost packets 0 ", StringComparison.Ordinal) && kernelDrops > 0) continue;
@@ -177,8 +177,8 @@ public partial class TurnTests
     [Fact]
     public async Task Rud_server_follows_the_datagram_stream_rules()
     {
-        await using var peer = new CountingPeer();
-        await using var other = new CountingPeer();
+        await using var peer = new UdpEcho();
+        await using var other = new UdpEcho();
         byte[] key = [];
         await using var chain = await RudChainAsync(PtChain.FreeServer("rud", $"127.0.0.1:{peer.Port}"), k => key = k);
         await using var endpoint = PtHost.Transports.Rud.RudEndpoint.Bind(new IPEndPoint(IPAddress.Loopback, 0), new PtHost.Transports.Rud.RudEndpointOptions());
@@ -205,7 +205,7 @@ public partial class TurnTests
         var stray = conn.OpenDatagramChannel();
         Send(stray, DatagramFrameType.Data, allowed, "first"u8);
         Assert.Equal((DatagramFrameType)0x06, (await ReceiveAsync(stray)).Type); // not OPEN: CLOSE
-        await StderrContainsAsync(chain.Chain.Server, "is not OPEN [::]:0; CLOSE sent");
+        await chain.Chain.Server.WaitForStderrAsync("is not OPEN [::]:0; CLOSE sent");
 
         var ch = conn.OpenDatagramChannel();
         Send(ch, (DatagramFrameType)0x05, any6, default);
@@ -227,7 +227,7 @@ public partial class TurnTests
         Send(ch, (DatagramFrameType)0x05, any6.WithPort(1), default);
         Assert.Equal(DatagramFrameType.Relayed, (await ReceiveAsync(ch)).Type); // keep-alive of the open association
         Send(ch, (DatagramFrameType)0x06, PeerAddress.FromBytes(new byte[4], 0), default);
-        await StderrContainsAsync(chain.Chain.Server, "ended: 4 frames from the client, 4 datagrams to it, 0 too large for a RUD datagram, 0 not queued (send queue full), 1 malformed");
+        await chain.Chain.Server.WaitForStderrAsync("ended: 4 frames from the client, 4 datagrams to it, 0 too large for a RUD datagram, 0 not queued (send queue full), 1 malformed");
         Assert.Equal(1, peer.Received);
         Assert.Equal(0, other.Received);
         conn.Close();
@@ -241,7 +241,7 @@ public partial class TurnTests
     [Fact]
     public async Task Rud_server_still_serves_a_UDP_association_carried_in_a_stream()
     {
-        await using var peer = new CountingPeer();
+        await using var peer = new UdpEcho();
         byte[] key = [];
         await using var chain = await RudChainAsync(PtChain.FreeServer("rud", $"127.0.0.1:{peer.Port}"), k => key = k);
         await using var endpoint = PtHost.Transports.Rud.RudEndpoint.Bind(new IPEndPoint(IPAddress.Loopback, 0), new PtHost.Transports.Rud.RudEndpointOptions());
@@ -258,7 +258,7 @@ public partial class TurnTests
         var (from, n) = await receiving;
         Assert.Equal(allowed, from);
         Assert.Equal("over a stream"u8.ToArray(), buffer[..n]);
-        await StderrContainsAsync(chain.Chain.Server, "a UDP association carried in a stream");
+        await chain.Chain.Server.WaitForStderrAsync("a UDP association carried in a stream");
         conn.Close();
     }
 }

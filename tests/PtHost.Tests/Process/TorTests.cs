@@ -105,9 +105,9 @@ public sealed class LoopbackNamespace : IAsyncDisposable
         if (!File.Exists("/usr/bin/tor") && !File.Exists("/usr/sbin/tor"))
             throw new InvalidOperationException("tor is missing: run the README's test command (bash test.sh), which installs it");
         string name = $"pthost-{Environment.ProcessId}-{Interlocked.Increment(ref s_count)}";
-        var (exit, _, err) = await ChainTests.RunAsync(ip, "netns", "add", name);
+        var (exit, _, err) = await PtProcess.RunAsync(ip, "netns", "add", name);
         Assert.True(exit == 0, $"ip netns add {name}: {err} (the tests run as root, as CI does)");
-        (exit, _, err) = await ChainTests.RunAsync(ip, "netns", "exec", name, ip, "link", "set", "lo", "up");
+        (exit, _, err) = await PtProcess.RunAsync(ip, "netns", "exec", name, ip, "link", "set", "lo", "up");
         Assert.True(exit == 0, $"ip link set lo up in {name}: {err}");
         string dir = System.IO.Directory.CreateTempSubdirectory("pthost-tor-").FullName;
         return new LoopbackNamespace(name, dir);
@@ -150,16 +150,16 @@ public sealed class LoopbackNamespace : IAsyncDisposable
         lock (_processes) all = [.. _processes];
         foreach (var p in all) await p.DisposeAsync();
         // pthost children of tor die with their parent (stdin close, parent watch); give them a moment.
-        var (_, pids, _) = await ChainTests.RunAsync("/usr/sbin/ip", "netns", "pids", Name);
+        var (_, pids, _) = await PtProcess.RunAsync("/usr/sbin/ip", "netns", "pids", Name);
         await KillAll(pids);
-        await ChainTests.RunAsync("/usr/sbin/ip", "netns", "delete", Name);
+        await PtProcess.RunAsync("/usr/sbin/ip", "netns", "delete", Name);
         try { System.IO.Directory.Delete(Directory, true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
 
     private static async Task KillAll(string pids)
     {
         foreach (var pid in pids.Split('\n', StringSplitOptions.RemoveEmptyEntries))
-            await ChainTests.RunAsync("/bin/kill", "-9", pid.Trim());
+            await PtProcess.RunAsync("/bin/kill", "-9", pid.Trim());
     }
 }
 
@@ -170,22 +170,14 @@ public sealed class TorProcess(PtProcess process, string logFile) : IAsyncDispos
 
     public async Task WaitForLogAsync(string text, TimeSpan timeout)
     {
-        var sw = Stopwatch.StartNew();
-        while (!process.StdoutLines.Any(l => l.Contains(text, StringComparison.Ordinal)))
-        {
-            if (sw.Elapsed > timeout) throw new TimeoutException($"tor never logged \"{text}\"; its output:\n{Output}\n{Tail()}");
-            await Task.Delay(200);
-        }
+        if (!await Eventually.HoldsWithinAsync(() => process.StdoutLines.Any(l => l.Contains(text, StringComparison.Ordinal)), timeout))
+            throw new TimeoutException($"tor never logged \"{text}\"; its output:\n{Output}\n{Tail()}");
     }
 
     public async Task WaitForFileAsync(string text, TimeSpan timeout)
     {
-        var sw = Stopwatch.StartNew();
-        while (!FileContains(text))
-        {
-            if (sw.Elapsed > timeout) throw new TimeoutException($"tor's log file never had \"{text}\"; its output:\n{Output}\n{Tail()}");
-            await Task.Delay(200);
-        }
+        if (!await Eventually.HoldsWithinAsync(() => FileContains(text), timeout))
+            throw new TimeoutException($"tor's log file never had \"{text}\"; its output:\n{Output}\n{Tail()}");
     }
 
     public bool FileContains(string text)

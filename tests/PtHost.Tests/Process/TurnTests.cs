@@ -18,10 +18,9 @@ namespace PtHost.Tests.Process;
 [Collection("process")]
 public partial class TurnTests(ITestOutputHelper output)
 {
-    internal const string Realm = "example.org", User = "test", Password = "secret";
+    internal const string Realm = TurnChain.Realm, User = TurnChain.User, Password = TurnChain.Password;
 
-    internal static string Tool(string name) => File.Exists("/usr/bin/" + name) ? "/usr/bin/" + name
-        : throw new InvalidOperationException($"{name} is missing: run the README's test command (bash test.sh), which installs coturn");
+    internal static string Tool(string name) => DebianPrograms.Require("/usr/bin/" + name);
 
     [Theory]
     [InlineData("channels over UDP")]
@@ -32,7 +31,7 @@ public partial class TurnTests(ITestOutputHelper output)
     {
         await using var peer = await EchoPeer.StartAsync();
         await using var chain = await TurnChain.StartAsync(PtChain.FreeServer("plain", "127.0.0.1"));
-        var (exit, text) = await Uclient(chain, peer, ["-n", "10", "-m", "1", .. flags]);
+        var (exit, text) = await Uclient(chain, peer.Port, ["-n", "10", "-m", "1", .. flags]);
         output.WriteLine($"{mode}: {LastLines(text)}");
         AssertDelivered(exit, text, 20, chain); // RTP and RTCP allocations, 10 messages each
         var (s, c) = await chain.Chain.StopAsync();
@@ -55,7 +54,7 @@ public partial class TurnTests(ITestOutputHelper output)
         for (int attempt = 1; ; attempt++)
         {
             long kernelDropsBefore = UdpReceiveBufferErrors();
-            var (exit, text) = await Uclient(chain, peer, ["-n", "1000", "-m", "10", "-l", "1000", "-z", "1", "-c"]);
+            var (exit, text) = await Uclient(chain, peer.Port, ["-n", "1000", "-m", "10", "-l", "1000", "-z", "1", "-c"]);
             long kernelDrops = UdpReceiveBufferErrors() - kernelDropsBefore;
             output.WriteLine($"attempt {attempt}: {LastLines(text)}; kernel UDP receive-buffer drops during the run: {kernelDrops}");
             Assert.DoesNotContain("dropped because the transport was congested", chain.Chain.Client.Stderr + chain.Chain.Server.Stderr);
@@ -79,7 +78,7 @@ public partial class TurnTests(ITestOutputHelper output)
         await using var peer = await EchoPeer.StartAsync();
         await using var chain = await TurnChain.StartAsync(PtChain.BoundServer($"127.0.0.1:{peer.Port}"));
         // The client names a TEST-NET peer; the bound server process sends to its target instead (spec/turn.md §5.4).
-        var (exit, text) = await Uclient(chain, peer, ["-n", "10", "-m", "1", "-c"], peerAddress: "192.0.2.1");
+        var (exit, text) = await Uclient(chain, peer.Port, ["-n", "10", "-m", "1", "-c"], peerAddress: "192.0.2.1");
         output.WriteLine(LastLines(text));
         AssertDelivered(exit, text, 10, chain);
     }
@@ -98,7 +97,7 @@ public partial class TurnTests(ITestOutputHelper output)
         var clientConfig = TurnChain.ClientConfig(null, "zephyr");
         clientConfig["options"] = new JObject { ["zephyr"] = zephyrClient };
         await using var chain = await TurnChain.StartAsync(serverConfig, clientConfig, "zephyr");
-        var (exit, text) = await Uclient(chain, peer, ["-n", "10", "-m", "2", "-c"]);
+        var (exit, text) = await Uclient(chain, peer.Port, ["-n", "10", "-m", "2", "-c"]);
         output.WriteLine(LastLines(text));
         AssertDelivered(exit, text, 20, chain);
         Assert.Contains(chain.Chain.Client.StdoutLines, l => l.StartsWith("CMESSAGE zephyr {", StringComparison.Ordinal));
@@ -117,7 +116,7 @@ public partial class TurnTests(ITestOutputHelper output)
         var clientConfig = TurnChain.ClientConfig(null, "jet");
         clientConfig["options"] = new JObject { ["jet"] = generated["client"] };
         await using var chain = await TurnChain.StartAsync(serverConfig, clientConfig, "jet");
-        var (exit, text) = await Uclient(chain, peer, ["-n", "10", "-m", "2", "-c"]);
+        var (exit, text) = await Uclient(chain, peer.Port, ["-n", "10", "-m", "2", "-c"]);
         output.WriteLine(LastLines(text));
         AssertDelivered(exit, text, 20, chain);
         Assert.Contains(chain.Chain.Client.StdoutLines, l => l.StartsWith("CMESSAGE jet {", StringComparison.Ordinal));
@@ -126,12 +125,12 @@ public partial class TurnTests(ITestOutputHelper output)
     [Fact]
     public async Task Wrong_password_cannot_complete_allocation()
     {
-        await using var peer = new CountingPeer();
+        await using var peer = new UdpEcho();
         await using var chain = await TurnChain.StartAsync(PtChain.FreeServer("plain", "127.0.0.1"));
-        var (exit, text) = await Uclient(chain, peer, ["-n", "2", "-m", "1"], password: "not-the-password");
+        var (exit, text) = await Uclient(chain, peer.Port, ["-n", "2", "-m", "1"], password: "not-the-password");
         Assert.NotEqual(0, exit);
         Assert.Contains("Cannot complete Allocation", text);
-        await StderrContainsAsync(chain.Chain.Client, $"wrong credentials for user \"{User}\"");
+        await chain.Chain.Client.WaitForStderrAsync($"wrong credentials for user \"{User}\"");
         Assert.Equal(0, peer.Received);
     }
 
@@ -142,13 +141,13 @@ public partial class TurnTests(ITestOutputHelper output)
     [InlineData("192.168.1.1")]
     public async Task Catch_all_allow_list_still_refuses_special_peers_to_uclient_with_403(string peerAddress)
     {
-        await using var peer = new CountingPeer();
+        await using var peer = new UdpEcho();
         await using var chain = await TurnChain.StartAsync(PtChain.FreeServer("plain", "0.0.0.0/0", "::/0"));
-        var (exit, text) = await Uclient(chain, peer, ["-n", "3", "-m", "1", "-c"], peerAddress: peerAddress);
+        var (exit, text) = await Uclient(chain, peer.Port, ["-n", "3", "-m", "1", "-c"], peerAddress: peerAddress);
         Assert.NotEqual(0, exit);
         Assert.Contains("error 403", text);
         Assert.Equal(0, peer.Received);
-        await StderrContainsAsync(chain.Chain.Server, "refused:");
+        await chain.Chain.Server.WaitForStderrAsync("refused:");
     }
 
     [Theory]
@@ -164,9 +163,9 @@ public partial class TurnTests(ITestOutputHelper output)
     [InlineData("224.0.0.251")]
     public async Task Special_and_mapped_peers_get_403_and_no_datagram_reaches_the_local_peer(string address)
     {
-        await using var peer = new CountingPeer();
+        await using var peer = new UdpEcho();
         await using var chain = await TurnChain.StartAsync(PtChain.FreeServer("plain", "0.0.0.0/0", "::/0"));
-        await using var client = await RawTurnClient.ConnectAsync(chain.TurnEndPoint);
+        await using var client = await UdpTurnClient.ConnectAsync(chain.TurnEndPoint);
         Assert.Equal(0, await client.AllocateAsync());
         var target = PeerAddress.From(new IPEndPoint(IPAddress.Parse(address), peer.Port));
         Assert.Equal(403, await client.CreatePermissionAsync(target));
@@ -179,9 +178,9 @@ public partial class TurnTests(ITestOutputHelper output)
     [Fact]
     public async Task Explicitly_allowed_loopback_peer_is_reached_in_its_mapped_form_too()
     {
-        await using var peer = new CountingPeer();
+        await using var peer = new UdpEcho();
         await using var chain = await TurnChain.StartAsync(PtChain.FreeServer("plain", $"127.0.0.1:{peer.Port}"));
-        await using var client = await RawTurnClient.ConnectAsync(chain.TurnEndPoint);
+        await using var client = await UdpTurnClient.ConnectAsync(chain.TurnEndPoint);
         Assert.Equal(0, await client.AllocateAsync());
         var mapped = PeerAddress.From(new IPEndPoint(IPAddress.Parse("::ffff:127.0.0.1"), peer.Port));
         Assert.Equal(0, await client.CreatePermissionAsync(mapped));
@@ -198,7 +197,7 @@ public partial class TurnTests(ITestOutputHelper output)
     {
         await using var peer = await EchoPeer.StartAsync();
         await using var chain = await TurnChain.StartAsync(PtChain.FreeServer("plain", "127.0.0.1"));
-        await using var client = await RawTurnClient.ConnectAsync(chain.TurnEndPoint);
+        await using var client = await UdpTurnClient.ConnectAsync(chain.TurnEndPoint);
         var random = new Random(5766);
         for (int i = 0; i < 200; i++)
         {
@@ -208,27 +207,16 @@ public partial class TurnTests(ITestOutputHelper output)
             client.SendRaw(junk);
         }
         Assert.Equal(0, await client.AllocateAsync());
-        var (exit, text) = await Uclient(chain, peer, ["-n", "5", "-m", "1", "-c"]);
+        var (exit, text) = await Uclient(chain, peer.Port, ["-n", "5", "-m", "1", "-c"]);
         AssertDelivered(exit, text, 5, chain);
     }
 
     // ---- helpers ---------------------------------------------------------------------------------
 
-    /// <summary>Waits (up to 20 s unless told) until a log line has been read from the process's stderr pipe.</summary>
-    private static async Task StderrContainsAsync(PtProcess process, string text, TimeSpan? within = null)
+    private async Task<(int Exit, string Text)> Uclient(TurnChain chain, int peerPort, string[] flags, string password = Password, string peerAddress = "127.0.0.1")
     {
-        var deadline = DateTime.UtcNow + (within ?? TimeSpan.FromSeconds(20));
-        while (!process.Stderr.Contains(text, StringComparison.Ordinal))
-        {
-            if (DateTime.UtcNow > deadline) Assert.Fail($"stderr never said \"{text}\":\n{process.Stderr}");
-            await Task.Delay(50);
-        }
-    }
-
-    private async Task<(int Exit, string Text)> Uclient(TurnChain chain, IPeer peer, string[] flags, string password = Password, string peerAddress = "127.0.0.1")
-    {
-        var (exit, o, e) = await ChainTests.RunAsync(Tool("turnutils_uclient"),
-            ["-u", User, "-w", password, "-e", peerAddress, "-r", peer.Port.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        var (exit, o, e) = await PtProcess.RunAsync(Tool("turnutils_uclient"),
+            ["-u", User, "-w", password, "-e", peerAddress, "-r", peerPort.ToString(System.Globalization.CultureInfo.InvariantCulture),
              "-p", chain.TurnEndPoint.Port.ToString(System.Globalization.CultureInfo.InvariantCulture), .. flags, chain.TurnEndPoint.Address.ToString()]);
         return (exit, o + e);
     }
@@ -252,38 +240,12 @@ public partial class TurnTests(ITestOutputHelper output)
     private static string Tail(string text) => text.Length > 4000 ? text[^4000..] : text;
 }
 
-/// <summary>A server pthost and a client pthost whose configuration has a <c>turn</c> key.</summary>
-internal sealed class TurnChain : IAsyncDisposable
-{
-    public required PtChain Chain { get; init; }
-    public required IPEndPoint TurnEndPoint { get; init; }
-
-    public static async Task<TurnChain> StartAsync(JObject serverConfig, JObject? clientConfig = null, string transport = "plain")
-    {
-        var chain = await PtChain.StartAsync(serverConfig, server => clientConfig ?? ClientConfig(server, transport));
-        var line = chain.ClientStartup.Single(l => l.StartsWith($"CMETHOD {transport} turn ", StringComparison.Ordinal));
-        return new TurnChain { Chain = chain, TurnEndPoint = IPEndPoint.Parse(line.Split(' ')[3]) };
-    }
-
-    public static JObject ClientConfig(IPEndPoint? server, string transport = "plain") => new()
-    {
-        ["role"] = "client",
-        ["transports"] = new JArray(transport),
-        ["options"] = new JObject { [transport] = new JObject { ["serverAddress"] = server?.ToString() } },
-        ["turn"] = new JObject
-        {
-            ["listenaddr"] = "127.0.0.1:0",
-            ["realm"] = TurnTests.Realm,
-            ["users"] = new JObject { [TurnTests.User] = TurnTests.Password },
-        },
-        ["exit-on-stdin-close"] = true,
-    };
-
-    public ValueTask DisposeAsync() => Chain.DisposeAsync();
-}
-
-/// <summary>coturn's turnutils_peer (a UDP echo server) on a loopback port.</summary>
-internal sealed class EchoPeer : IAsyncDisposable, IPeer
+/// <summary>
+/// coturn's turnutils_peer, a UDP echo server on a loopback port P and on P + 1 (uclient's RTP and RTCP
+/// peers). It cannot bind port 0 (it would take P = random and P + 1 = 1), so P comes from
+/// <see cref="PresetPort"/>: a fresh candidate pair until the program has both sockets itself and echoes.
+/// </summary>
+internal sealed class EchoPeer : IAsyncDisposable
 {
     private readonly PtProcess _process;
 
@@ -295,25 +257,19 @@ internal sealed class EchoPeer : IAsyncDisposable, IPeer
 
     public int Port { get; }
 
-    public static async Task<EchoPeer> StartAsync()
+    public static Task<EchoPeer> StartAsync() => PresetPort.StartAsync(async port =>
     {
-        for (int attempt = 0; ; attempt++)
-        {
-            int port;
-            using (var probe = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp))
-            {
-                probe.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-                port = ((IPEndPoint)probe.LocalEndPoint!).Port;
-            }
-            var process = PtProcess.Start(TurnTests.Tool("turnutils_peer"), ["-L", "127.0.0.1", "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture)], null);
-            var peer = new EchoPeer(process, port);
-            if (await peer.ProbeAsync()) return peer;
-            await process.DisposeAsync();
-            if (attempt == 4) throw new InvalidOperationException("turnutils_peer does not echo");
-        }
-    }
+        var process = PtProcess.Start(TurnTests.Tool("turnutils_peer"), ["-L", "127.0.0.1", "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture)], null);
+        var peer = new EchoPeer(process, port);
+        // Its own sockets on P and P + 1 (not another program's), then an echo through P.
+        if (await ProcessSockets.WaitUdpSocketAsync(process.Pid, TimeSpan.FromSeconds(20), port) is not null
+            && await ProcessSockets.WaitUdpSocketAsync(process.Pid, TimeSpan.FromSeconds(5), port + 1) is not null
+            && await peer.ProbeAsync()) return peer;
+        await process.DisposeAsync();
+        return null;
+    }, "turnutils_peer", span: 2);
 
-    /// <summary>Sends a probe until it comes back (the peer is up), within 20 s.</summary>
+    /// <summary>Sends a probe until it comes back, within 20 s; each probe waits 500 ms for its echo before the next (UDP may drop one).</summary>
     private async Task<bool> ProbeAsync()
     {
         using var s = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
@@ -335,144 +291,4 @@ internal sealed class EchoPeer : IAsyncDisposable, IPeer
     }
 
     public ValueTask DisposeAsync() => _process.DisposeAsync();
-}
-
-internal interface IPeer
-{
-    int Port { get; }
-}
-
-/// <summary>The observation point of the refusal tests: a UDP echo socket on 127.0.0.1 that counts what reaches it.</summary>
-internal sealed class CountingPeer : IAsyncDisposable, IPeer
-{
-    private readonly Socket _socket = new(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
-    private readonly CancellationTokenSource _stop = new();
-    private readonly Task _loop;
-    private int _received;
-
-    public CountingPeer()
-    {
-        _socket.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        Port = ((IPEndPoint)_socket.LocalEndPoint!).Port;
-        _loop = Task.Run(async () =>
-        {
-            byte[] b = new byte[70000];
-            try
-            {
-                while (true)
-                {
-                    var r = await _socket.ReceiveFromAsync(b, new IPEndPoint(IPAddress.Any, 0), _stop.Token);
-                    Interlocked.Increment(ref _received);
-                    await _socket.SendToAsync(b.AsMemory(0, r.ReceivedBytes), r.RemoteEndPoint, _stop.Token);
-                }
-            }
-            catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException) { }
-        });
-    }
-
-    public int Port { get; }
-
-    public int Received => Volatile.Read(ref _received);
-
-    public async ValueTask DisposeAsync()
-    {
-        _stop.Cancel();
-        await _loop.WaitAsync(TimeSpan.FromSeconds(10));
-        _socket.Dispose();
-        _stop.Dispose();
-    }
-}
-
-/// <summary>A minimal TURN client over UDP built on the codec, for the checks turnutils_uclient cannot make.</summary>
-internal sealed class RawTurnClient : IAsyncDisposable
-{
-    private readonly Socket _socket;
-    private readonly byte[] _key = Stun.LongTermKey(TurnTests.User, TurnTests.Realm, TurnTests.Password);
-    private string _nonce = "";
-
-    private RawTurnClient(Socket socket) => _socket = socket;
-
-    public static Task<RawTurnClient> ConnectAsync(IPEndPoint server)
-    {
-        var s = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
-        s.Connect(server);
-        return Task.FromResult(new RawTurnClient(s));
-    }
-
-    public void SendRaw(byte[] bytes) => _socket.Send(bytes);
-
-    /// <summary>Returns 0 on success, otherwise the error code.</summary>
-    public async Task<int> AllocateAsync()
-    {
-        var first = await RequestAsync(StunMethod.Allocate, (ref StunWriter w) => w.AddUInt32(StunAttribute.RequestedTransport, 17u << 24), signed: false);
-        if (first.Code != 401) return first.Code;
-        return (await RequestAsync(StunMethod.Allocate, (ref StunWriter w) => w.AddUInt32(StunAttribute.RequestedTransport, 17u << 24))).Code;
-    }
-
-    public async Task<int> CreatePermissionAsync(PeerAddress peer) =>
-        (await RequestAsync(StunMethod.CreatePermission, (ref StunWriter w) => w.AddXorAddress(StunAttribute.XorPeerAddress, peer))).Code;
-
-    public void SendIndication(PeerAddress peer, byte[] data)
-    {
-        byte[] buffer = new byte[2048];
-        var w = new StunWriter(buffer, StunMethod.Send, StunClass.Indication, Unit.Turn.TurnServerTests.Tid());
-        w.AddXorAddress(StunAttribute.XorPeerAddress, peer);
-        w.Add(StunAttribute.Data, data);
-        _socket.Send(w.Written);
-    }
-
-    public async Task<(PeerAddress From, byte[] Data)> ReceiveDataAsync()
-    {
-        byte[] buffer = new byte[70000];
-        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20));
-        while (true)
-        {
-            int n = await _socket.ReceiveAsync(buffer, SocketFlags.None, cts.Token);
-            var parsed = new Unit.Turn.Parsed(buffer[..n]);
-            if (parsed.Class != StunClass.Indication || parsed.Method != StunMethod.Data) continue;
-            parsed.Message.TryGet(StunAttribute.Data, out var data);
-            return (parsed.XorAddress(StunAttribute.XorPeerAddress), data.ToArray());
-        }
-    }
-
-    private async Task<(int Code, Unit.Turn.Parsed Response)> RequestAsync(int method, Unit.Turn.TurnServerTests.Attributes attributes, bool signed = true)
-    {
-        byte[] tid = Unit.Turn.TurnServerTests.Tid();
-        string nonce = _nonce;
-        byte[] key = _key;
-        byte[] request = Unit.Turn.TurnServerTests.Build(method, StunClass.Request, tid, (ref StunWriter w) =>
-        {
-            attributes(ref w);
-            if (!signed) return;
-            w.AddString(StunAttribute.Username, TurnTests.User);
-            w.AddString(StunAttribute.Realm, TurnTests.Realm);
-            w.AddString(StunAttribute.Nonce, nonce);
-            w.AddIntegrity(key);
-        });
-        byte[] buffer = new byte[70000];
-        for (int attempt = 0; attempt < 8; attempt++) // UDP: retransmit (RFC 5389 §7.2.1), generously spaced
-        {
-            _socket.Send(request);
-            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(5));
-            try
-            {
-                while (true)
-                {
-                    int n = await _socket.ReceiveAsync(buffer, SocketFlags.None, cts.Token);
-                    var parsed = new Unit.Turn.Parsed(buffer[..n]);
-                    if (!parsed.TransactionId.AsSpan().SequenceEqual(tid)) continue;
-                    if (parsed.String(StunAttribute.Nonce) is { } fresh) _nonce = fresh;
-                    return (parsed.Class == StunClass.Success ? 0 : parsed.ErrorCode, parsed);
-                }
-            }
-            catch (OperationCanceledException) { }
-        }
-        throw new TimeoutException($"no answer to STUN method 0x{method:x3}");
-    }
-
-    public ValueTask DisposeAsync()
-    {
-        _socket.Dispose();
-        return ValueTask.CompletedTask;
-    }
 }

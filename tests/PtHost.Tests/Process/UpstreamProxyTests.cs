@@ -40,7 +40,7 @@ public class UpstreamProxyTests
     [Fact]
     public async Task Socks5_without_auth_through_microsocks_reaches_the_target_from_the_proxys_address()
     {
-        await using var target = new RecordingTarget();
+        await using var target = new EchoServer();
         await using var proxy = await DebianProxy.MicrosocksAsync("127.0.0.3");
         var dialer = ProxyDialer.Create(UpstreamProxy.Parse($"socks5://{proxy.EndPoint}"));
         await using (var s = await ConnectAsync(dialer, new Destination(target.EndPoint))) await AssertEchoesAsync(s);
@@ -52,7 +52,7 @@ public class UpstreamProxyTests
     [Fact]
     public async Task Socks5_with_RFC1929_credentials_through_microsocks_and_wrong_ones_are_not_allowed()
     {
-        await using var target = new RecordingTarget();
+        await using var target = new EchoServer();
         await using var proxy = await DebianProxy.MicrosocksAsync("127.0.0.3", "alice", "s3cret");
         var good = ProxyDialer.Create(UpstreamProxy.Parse($"socks5://alice:s3cret@{proxy.EndPoint}"));
         await using (var s = await ConnectAsync(good, new Destination(target.EndPoint))) await AssertEchoesAsync(s);
@@ -70,15 +70,15 @@ public class UpstreamProxyTests
     [Fact]
     public async Task Socks5_through_dante_is_logged_by_dante_and_a_refusal_comes_back_as_connection_refused()
     {
-        await using var target = new RecordingTarget();
+        await using var target = new EchoServer();
         await using var proxy = await DebianProxy.DanteAsync("127.0.0.2");
         var dialer = ProxyDialer.Create(UpstreamProxy.Parse($"socks5://{proxy.EndPoint}"));
         await using (var s = await ConnectAsync(dialer, new Destination("localhost", target.EndPoint.Port))) await AssertEchoesAsync(s);
         Assert.Equal(IPAddress.Parse("127.0.0.2"), Assert.Single(target.Remotes).Address);
         Assert.Contains($"127.0.0.1.{target.EndPoint.Port}", proxy.Log); // dante's "pass(1): tcp/connect" line names the target
 
-        int closed = DebianProxy.FreePort();
-        var refused = await FailsAsync(dialer, new Destination("127.0.0.1", closed));
+        using var closed = new RefusingPort();
+        var refused = await FailsAsync(dialer, new Destination("127.0.0.1", closed.Port));
         Assert.Equal(ConnectFailure.ConnectionRefused, refused.Failure);
     }
 
@@ -87,13 +87,14 @@ public class UpstreamProxyTests
     {
         // dante speaks SOCKS4 but not the 4a host-name form; Debian has no SOCKS 4a server that does,
         // so the host-name encoding is checked byte by byte in Unit/ProxyHandshakeTests.
-        await using var target = new RecordingTarget();
+        await using var target = new EchoServer();
         await using var proxy = await DebianProxy.DanteAsync("127.0.0.2");
         var dialer = ProxyDialer.Create(UpstreamProxy.Parse($"socks4a://pthost@{proxy.EndPoint}"));
         await using (var s = await ConnectAsync(dialer, new Destination(target.EndPoint))) await AssertEchoesAsync(s);
         Assert.Equal(IPAddress.Parse("127.0.0.2"), Assert.Single(target.Remotes).Address);
 
-        var refused = await FailsAsync(dialer, new Destination("127.0.0.1", DebianProxy.FreePort()));
+        using var closed = new RefusingPort();
+        var refused = await FailsAsync(dialer, new Destination("127.0.0.1", closed.Port));
         Assert.Equal(ConnectFailure.General, refused.Failure);
         Assert.Contains("(5b)", refused.Message);
         var v6 = await FailsAsync(dialer, new Destination("::1", 80));
@@ -103,7 +104,7 @@ public class UpstreamProxyTests
     [Fact]
     public async Task Http_CONNECT_through_tinyproxy_with_Basic_auth_and_wrong_credentials_are_not_allowed()
     {
-        await using var target = new RecordingTarget();
+        await using var target = new EchoServer();
         await using var proxy = await DebianProxy.TinyproxyAsync("127.0.0.4", "alice", "s3cret");
         var dialer = ProxyDialer.Create(UpstreamProxy.Parse($"http://alice:s3cret@{proxy.EndPoint}"));
         await using (var s = await ConnectAsync(dialer, new Destination(target.EndPoint))) await AssertEchoesAsync(s);
@@ -115,7 +116,8 @@ public class UpstreamProxyTests
         var none = await FailsAsync(ProxyDialer.Create(UpstreamProxy.Parse($"http://{proxy.EndPoint}")), new Destination(target.EndPoint));
         Assert.Equal(ConnectFailure.NotAllowed, none.Failure);
         Assert.Contains("407", none.Message);
-        var refused = await FailsAsync(dialer, new Destination("127.0.0.1", DebianProxy.FreePort()));
+        using var closed = new RefusingPort();
+        var refused = await FailsAsync(dialer, new Destination("127.0.0.1", closed.Port));
         Assert.Equal(ConnectFailure.General, refused.Failure);
         Assert.Contains("500", refused.Message);
         Assert.Single(target.Remotes);
@@ -124,7 +126,8 @@ public class UpstreamProxyTests
     [Fact]
     public async Task A_proxy_that_is_not_listening_is_a_general_failure_naming_the_proxy()
     {
-        var dialer = ProxyDialer.Create(UpstreamProxy.Parse($"socks5://127.0.0.1:{DebianProxy.FreePort()}"));
+        using var notListening = new RefusingPort();
+        var dialer = ProxyDialer.Create(UpstreamProxy.Parse($"socks5://{notListening.EndPoint}"));
         var e = await FailsAsync(dialer, new Destination("127.0.0.1", 80));
         Assert.Equal(ConnectFailure.General, e.Failure);
         Assert.Contains("is unreachable", e.Message);
@@ -161,7 +164,7 @@ public class UpstreamProxyTests
     public async Task Outbound_bind_address_is_applied_to_non_loopback_destinations_only()
     {
         var local = LocalNonLoopbackV4();
-        await using var target = new RecordingTarget(IPAddress.Any);
+        await using var target = new EchoServer(IPAddress.Any);
         // An address this machine does not have (TEST-NET-2): binding it fails, so a connect that
         // succeeds proves the bind was not attempted.
         var foreign = new DirectDialer(bind: new OutboundBindAddresses(IPAddress.Parse("198.51.100.77"), null));

@@ -100,7 +100,7 @@ public class ZephyrFaultTests(ITestOutputHelper output)
             await using var relay = await ZephyrRelayProcess.StartAsync();
             await using var chain = await ZephyrChain.StartAsync(relay.EndPoint.ToString());
             var watch = Stopwatch.StartNew();
-            var (exit, stdout, err) = await ChainTests.RunAsync("/usr/bin/curl", "-sS", "--max-time", "90", "-H", "Expect:", "--socks5-hostname", chain.SocksEndPoint.ToString(),
+            var (exit, stdout, err) = await PtProcess.RunAsync("/usr/bin/curl", "-sS", "--max-time", "90", "-H", "Expect:", "--socks5-hostname", chain.SocksEndPoint.ToString(),
                 "-T", file, $"http://localhost:{sink.Port}/upload.bin");
             output.WriteLine($"100 MB up through zephyr in {watch.Elapsed.TotalSeconds:0.00} s");
             Assert.True(exit == 0, $"curl exit {exit}: {err}\nclient stderr:\n{chain.Client.Stderr}\nserver stderr:\n{chain.Server.Stderr}");
@@ -203,42 +203,22 @@ public class ZephyrFaultTests(ITestOutputHelper output)
         public override string ToString() => $"client {Client}, server {Server}";
     }
 
-    /// <summary>What a process's descriptors point at, counted by kind ("socket", "pipe", "anon_inode:[eventpoll]", a path...).</summary>
-    private static string Kinds(int pid) => string.Join(", ", Directory.GetFileSystemEntries($"/proc/{pid}/fd")
-        .Select(f => { try { return new FileInfo(f).LinkTarget ?? "?"; } catch (IOException) { return "gone"; } })
-        .Select(t => t.StartsWith("socket:", StringComparison.Ordinal) ? "socket" : t.StartsWith("pipe:", StringComparison.Ordinal) ? "pipe" : t)
-        .GroupBy(t => t).OrderByDescending(g => g.Count()).Select(g => $"{g.Key} x{g.Count()}"));
+    private static string Kinds(int pid) => ProcStats.FdSummary(pid);
 
     /// <summary>
-    /// Sockets and pipes held by a process: what a session holds and could leak. (Files are left
-    /// out: the runtime opens assemblies and symbol files lazily, e.g. the first time it formats
-    /// an exception's stack trace for a log line, and keeps them.)
-    /// </summary>
-    private static int SocketsAndPipes(int pid) => Directory.GetFileSystemEntries($"/proc/{pid}/fd")
-        .Select(f => { try { return new FileInfo(f).LinkTarget ?? ""; } catch (IOException) { return ""; } })
-        .Count(t => t.StartsWith("socket:", StringComparison.Ordinal) || t.StartsWith("pipe:", StringComparison.Ordinal));
-
-    private static Descriptors Count(PtChain chain) => new(SocketsAndPipes(chain.Client.Pid), SocketsAndPipes(chain.Server.Pid));
-
-    /// <summary>
-    /// Waits until the descriptor counts stop changing (sessions are torn down asynchronously);
-    /// with <paramref name="target"/>, until both are at or below it. Bounded: returns the last counts.
+    /// The sockets and pipes of both processes (what a session holds and could leak) once they are at rest
+    /// (sessions are torn down asynchronously); with <paramref name="target"/>, once both are at or below it.
+    /// Bounded: returns the last counts.
     /// </summary>
     private static async Task<Descriptors> SettledDescriptorsAsync(PtChain chain, Descriptors? target)
     {
-        var deadline = Stopwatch.StartNew();
-        var last = Count(chain);
-        int stable = 0;
-        while (deadline.Elapsed < TimeSpan.FromSeconds(20))
+        if (target is not { } t)
         {
-            await Task.Delay(200);
-            var now = Count(chain);
-            if (target is { } t && now.Client <= t.Client && now.Server <= t.Server) return now;
-            stable = now == last ? stable + 1 : 0;
-            last = now;
-            if (target is null && stable >= 5) return now;
+            var n = await ProcStats.SocketsAtRestAsync(chain.Client.Pid, chain.Server.Pid);
+            return new(n[0], n[1]);
         }
-        return last;
+        return new(await ProcStats.WaitForSocketsAtMostAsync(chain.Client.Pid, t.Client, TimeSpan.FromSeconds(20)),
+            await ProcStats.WaitForSocketsAtMostAsync(chain.Server.Pid, t.Server, TimeSpan.FromSeconds(20)));
     }
 
     private enum TransferEnd { StillRunning, Reset, EndOfStream, Failed }
@@ -255,19 +235,15 @@ public class ZephyrFaultTests(ITestOutputHelper output)
 
         public async Task WaitForEchoedAsync(long bytes)
         {
-            var watch = Stopwatch.StartNew();
-            while (Echoed < bytes)
-            {
-                if (Reader.IsCompleted) throw new InvalidOperationException($"the transfer ended early ({await Reader}) after {Echoed} bytes");
-                if (watch.Elapsed > TimeSpan.FromSeconds(60)) throw new TimeoutException($"only {Echoed} of {bytes} bytes echoed in 60 s");
-                await Task.Delay(20);
-            }
+            if (!await Eventually.HoldsWithinAsync(() => Echoed >= bytes || Reader.IsCompleted, TimeSpan.FromSeconds(60)))
+                throw new TimeoutException($"only {Echoed} of {bytes} bytes echoed in 60 s");
+            if (Echoed < bytes) throw new InvalidOperationException($"the transfer ended early ({await Reader}) after {Echoed} bytes");
         }
 
+        /// <summary>How the transfer ended, or <see cref="TransferEnd.StillRunning"/> if it had not within <paramref name="within"/> (the limit under test).</summary>
         public async Task<TransferEnd> WaitForEndAsync(TimeSpan within)
         {
-            var done = await Task.WhenAny(Reader, Task.Delay(within));
-            var end = done == Reader ? await Reader : TransferEnd.StillRunning;
+            var end = await Eventually.CompletesWithinAsync(Reader, within) ? await Reader : TransferEnd.StillRunning;
             await Socks.DisposeAsync();
             try { await Writer.WaitAsync(TimeSpan.FromSeconds(10)); }
             catch (Exception) { /* the writer fails once the session is gone: expected */ }
@@ -319,23 +295,19 @@ public class ZephyrFaultTests(ITestOutputHelper output)
         return buffer[..got];
     }
 
-    private static Dictionary<string, long> ParseStatus(string line) =>
-        line.Split(' ').Skip(2).Select(kv => kv.Split('=', 2))
-            .ToDictionary(kv => kv[0], kv => long.Parse(kv[1], CultureInfo.InvariantCulture));
+    private static Dictionary<string, long> ParseStatus(string line) => PtProcess.ParseStatus(line);
 
+    /// <summary>Waits for a STATUS line of the relay (every --stats-interval) whose counters <paramref name="match"/> accepts.</summary>
     private static async Task<Dictionary<string, long>> WaitForStatusAsync(ZephyrRelayProcess relay, Func<Dictionary<string, long>, bool> match)
     {
-        var watch = Stopwatch.StartNew();
-        while (watch.Elapsed < TimeSpan.FromSeconds(20))
-        {
-            foreach (var line in relay.Process.StdoutLines.Where(l => l.StartsWith("STATUS TRANSPORT=zephyr ", StringComparison.Ordinal)).Reverse())
+        Dictionary<string, long>? found = null;
+        if (!await Eventually.HoldsWithinAsync(() =>
             {
-                var s = ParseStatus(line);
-                if (match(s)) return s;
-            }
-            await Task.Delay(100);
-        }
-        throw new TimeoutException("no matching STATUS line; stdout:\n" + string.Join("\n", relay.Process.StdoutLines));
+                found = relay.Process.StdoutLines.Where(l => l.StartsWith("STATUS TRANSPORT=zephyr ", StringComparison.Ordinal)).Reverse().Select(ParseStatus).FirstOrDefault(match);
+                return found is not null;
+            }, TimeSpan.FromSeconds(20)))
+            throw new TimeoutException("no matching STATUS line; stdout:\n" + string.Join("\n", relay.Process.StdoutLines));
+        return found!;
     }
 }
 
@@ -440,43 +412,18 @@ internal sealed class DroppingForwarder : IAsyncDisposable
 /// </summary>
 internal sealed class HashingUploadServer : IAsyncDisposable
 {
-    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
-    private readonly CancellationTokenSource _cts = new();
-    private readonly Task _loop;
+    private readonly ScriptServer _server = new((socket, ct) => ServeAsync(socket, ct));
 
-    public HashingUploadServer()
+    public int Port => _server.Port;
+
+    private static async Task ServeAsync(Socket socket, CancellationToken ct)
     {
-        _listener.Start();
-        _loop = Task.Run(LoopAsync);
-    }
-
-    public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
-
-    private async Task LoopAsync()
-    {
-        while (!_cts.IsCancellationRequested)
-        {
-            TcpClient c;
-            try { c = await _listener.AcceptTcpClientAsync(_cts.Token); }
-            catch (Exception) { return; }
-            _ = Task.Run(async () =>
-            {
-                using (c)
-                {
-                    try { await ServeAsync(c.GetStream()); }
-                    catch (Exception) { }
-                }
-            });
-        }
-    }
-
-    private async Task ServeAsync(NetworkStream s)
-    {
+        using var s = new NetworkStream(socket, ownsSocket: false);
         var head = new List<byte>();
         var one = new byte[1];
         while (head.Count < 16384)
         {
-            if (await s.ReadAsync(one, _cts.Token) == 0) return;
+            if (await s.ReadAsync(one, ct) == 0) return;
             head.Add(one[0]);
             if (head.Count >= 4 && head[^4] == '\r' && head[^3] == '\n' && head[^2] == '\r' && head[^1] == '\n') break;
         }
@@ -485,7 +432,7 @@ internal sealed class HashingUploadServer : IAsyncDisposable
             .Select(p => long.Parse(p[1].Trim(), CultureInfo.InvariantCulture)).FirstOrDefault(-1);
         if (length < 0)
         {
-            await s.WriteAsync("HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"u8.ToArray(), _cts.Token);
+            await s.WriteAsync("HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"u8.ToArray(), ct);
             return;
         }
         using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
@@ -493,20 +440,15 @@ internal sealed class HashingUploadServer : IAsyncDisposable
         long got = 0;
         while (got < length)
         {
-            int n = await s.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, length - got)), _cts.Token);
+            int n = await s.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, length - got)), ct);
             if (n == 0) break;
             sha.AppendData(buffer, 0, n);
             got += n;
         }
         byte[] body = Encoding.ASCII.GetBytes($"{got} {Convert.ToHexStringLower(sha.GetHashAndReset())}\n");
-        await s.WriteAsync(Encoding.ASCII.GetBytes($"HTTP/1.1 200 OK\r\nContent-Length: {body.Length}\r\nConnection: close\r\n\r\n"), _cts.Token);
-        await s.WriteAsync(body, _cts.Token);
+        await s.WriteAsync(Encoding.ASCII.GetBytes($"HTTP/1.1 200 OK\r\nContent-Length: {body.Length}\r\nConnection: close\r\n\r\n"), ct);
+        await s.WriteAsync(body, ct);
     }
 
-    public async ValueTask DisposeAsync()
-    {
-        _cts.Cancel();
-        _listener.Stop();
-        await _loop;
-    }
+    public ValueTask DisposeAsync() => _server.DisposeAsync();
 }

@@ -79,8 +79,8 @@ public class ZephyrRelayTests
         {
             for (int i = 0; i < 100; i++)
             {
-                var socket = await ConnectRawAsync(relay.EndPoint);
-                var assignment = await ReadExactlyAsync(socket, 12);
+                var socket = await ZephyrPeer.ConnectRawAsync(relay.EndPoint);
+                var assignment = await ZephyrPeer.ReadExactlyAsync(socket, 12);
                 Assert.Equal(new byte[] { 0x82, 0x96, 0x44, 0xa1, 0, 0, 0, 4 }, assignment[..8]);
                 Assert.True(assignment[8] < 0x80, "zid is negative as a signed 32-bit integer");
                 Assert.Equal(BindRequestError.None, ZephyrWire.ParseAssignment(assignment, out uint zid));
@@ -183,9 +183,9 @@ public class ZephyrRelayTests
             await AssertClosedSoonAsync(d);
 
             await a.SendAsync([1, 2, 3]);
-            Assert.Equal(new byte[] { 1, 2, 3 }, await ReadExactlyAsync(b.Socket, 3));
+            Assert.Equal(new byte[] { 1, 2, 3 }, await b.ReadExactlyAsync(3));
             await b.SendAsync([4, 5]);
-            Assert.Equal(new byte[] { 4, 5 }, await ReadExactlyAsync(a.Socket, 2));
+            Assert.Equal(new byte[] { 4, 5 }, await a.ReadExactlyAsync(2));
         }
     }
 
@@ -210,7 +210,8 @@ public class ZephyrRelayTests
         using var a = await ZephyrPeer.ConnectAsync(relay.EndPoint);
         var b = await ZephyrPeer.ConnectAsync(relay.EndPoint);
         await a.BindAsync(b.Zid);
-        await Task.Delay(200);
+        // The relay has read a's bind request (nothing of it left in the relay's receive queue): b goes away while a waits for it.
+        await Eventually.TrueAsync(() => ProcessSockets.ReceiveQueue(relay.EndPoint, (IPEndPoint)a.Socket.LocalEndPoint!) == 0, "the relay to read the bind request", Wait);
         b.Dispose();
         await AssertClosedSoonAsync(a);
     }
@@ -229,8 +230,8 @@ public class ZephyrRelayTests
         await a.SendAsync([.. ZephyrWire.BuildBindRequest(b.Zid), .. fromA]);
         Assert.Equal(End.Timeout, (await ReadToEndAsync(b.Socket, TimeSpan.FromMilliseconds(500))).End);
         await b.SendAsync([.. ZephyrWire.BuildBindRequest(a.Zid), .. fromB]);
-        Assert.Equal(fromA, await ReadExactlyAsync(b.Socket, fromA.Length));
-        Assert.Equal(fromB, await ReadExactlyAsync(a.Socket, fromB.Length));
+        Assert.Equal(fromA, await b.ReadExactlyAsync(fromA.Length));
+        Assert.Equal(fromB, await a.ReadExactlyAsync(fromB.Length));
     }
 
     // ---- §4.5 close rules ----
@@ -290,7 +291,7 @@ public class ZephyrRelayTests
         using (b)
         {
             await a.SendAsync([9]);
-            Assert.Equal(new byte[] { 9 }, await ReadExactlyAsync(b.Socket, 1));
+            Assert.Equal(new byte[] { 9 }, await b.ReadExactlyAsync(1));
             a.Socket.LingerState = new LingerOption(true, 0);
             a.Socket.Close();
             Assert.Equal(End.Reset, (await ReadToEndAsync(b.Socket, Wait)).End);
@@ -353,26 +354,24 @@ public class ZephyrRelayTests
         try
         {
             for (int i = 0; i < 5; i++) held.Add(await ZephyrPeer.ConnectAsync(relay.EndPoint));
-            using (var over = await ConnectRawAsync(relay.EndPoint))
+            using (var over = await ZephyrPeer.ConnectRawAsync(relay.EndPoint))
             {
                 var result = await ReadToEndAsync(over, Wait);
                 Assert.NotEqual(End.Timeout, result.End);
                 Assert.Equal(0, result.Bytes); // no assignment
             }
-            await WaitUntilAsync(() => relay.Process.Stderr.Contains("connection limit hit (max-per-source 5)", StringComparison.Ordinal), "the limit log line");
+            await relay.Process.WaitForStderrAsync("connection limit hit (max-per-source 5)", within: Wait);
 
-            // Room again once one of them is gone.
+            // Room again once one of them is gone (the relay notices the close on its own time).
             held[0].Dispose();
             held.RemoveAt(0);
-            var deadline = DateTime.UtcNow + Wait;
-            while (true)
+            await Eventually.TrueAsync(async () =>
             {
-                using var again = await ConnectRawAsync(relay.EndPoint);
+                using var again = await ZephyrPeer.ConnectRawAsync(relay.EndPoint);
+                // Accepted: the 12-byte assignment, and the connection still open 300 ms later (a refused one is closed at once).
                 var first = await ReadToEndAsync(again, TimeSpan.FromMilliseconds(300));
-                if (first.End == End.Timeout && first.Bytes == 12) break;
-                Assert.True(DateTime.UtcNow < deadline, "no connection accepted after one was closed");
-                await Task.Delay(50);
-            }
+                return first.End == End.Timeout && first.Bytes == 12;
+            }, "a connection accepted after one was closed", Wait);
         }
         finally { foreach (var p in held) p.Dispose(); }
     }
@@ -384,11 +383,11 @@ public class ZephyrRelayTests
         using var a = await ZephyrPeer.ConnectAsync(relay.EndPoint);
         using var b = await ZephyrPeer.ConnectAsync(relay.EndPoint);
         using var c = await ZephyrPeer.ConnectAsync(relay.EndPoint);
-        using var over = await ConnectRawAsync(relay.EndPoint);
+        using var over = await ZephyrPeer.ConnectRawAsync(relay.EndPoint);
         var result = await ReadToEndAsync(over, Wait);
         Assert.NotEqual(End.Timeout, result.End);
         Assert.Equal(0, result.Bytes);
-        await WaitUntilAsync(() => relay.Process.Stderr.Contains("connection limit hit (max-connections 3)", StringComparison.Ordinal), "the limit log line");
+        await relay.Process.WaitForStderrAsync("connection limit hit (max-connections 3)", within: Wait);
     }
 
     // ---- helpers ----
@@ -410,46 +409,6 @@ public class ZephyrRelayTests
         Assert.NotEqual(End.Timeout, result.End);
         Assert.Equal(0, result.Bytes);
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(3), $"closed after {clock.Elapsed}");
-    }
-
-    private static async Task WaitUntilAsync(Func<bool> condition, string what)
-    {
-        var deadline = DateTime.UtcNow + Wait;
-        while (!condition())
-        {
-            if (DateTime.UtcNow > deadline) throw new TimeoutException("waited in vain for " + what);
-            await Task.Delay(50);
-        }
-    }
-
-    public static async Task<Socket> ConnectRawAsync(IPEndPoint endPoint)
-    {
-        var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        try
-        {
-            using var cts = new CancellationTokenSource(Wait);
-            await socket.ConnectAsync(endPoint, cts.Token);
-            return socket;
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
-        }
-    }
-
-    public static async Task<byte[]> ReadExactlyAsync(Socket socket, int count)
-    {
-        var buffer = new byte[count];
-        using var cts = new CancellationTokenSource(Wait);
-        int got = 0;
-        while (got < count)
-        {
-            int n = await socket.ReceiveAsync(buffer.AsMemory(got), SocketFlags.None, cts.Token);
-            if (n == 0) throw new EndOfStreamException($"closed after {got} of {count} bytes");
-            got += n;
-        }
-        return buffer;
     }
 
     internal enum End { Eof, Reset, Timeout }
@@ -480,68 +439,4 @@ public class ZephyrRelayTests
         catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionReset or SocketError.ConnectionAborted) { end = End.Reset; }
         return new ReadResult(end, total, kept?.ToArray(), sha?.GetHashAndReset());
     }
-}
-
-/// <summary>A raw Zephyr peer: a socket to the relay and the zid it was assigned.</summary>
-public sealed class ZephyrPeer(Socket socket, uint zid) : IDisposable
-{
-    public Socket Socket { get; } = socket;
-    public uint Zid { get; } = zid;
-
-    public static async Task<ZephyrPeer> ConnectAsync(IPEndPoint relay)
-    {
-        var socket = await ZephyrRelayTests.ConnectRawAsync(relay);
-        try
-        {
-            var assignment = await ZephyrRelayTests.ReadExactlyAsync(socket, ZephyrWire.MessageLength);
-            Assert.Equal(BindRequestError.None, ZephyrWire.ParseAssignment(assignment, out uint zid));
-            return new ZephyrPeer(socket, zid);
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
-        }
-    }
-
-    public Task BindAsync(uint peerZid) => SendAsync(ZephyrWire.BuildBindRequest(peerZid));
-
-    public async Task SendAsync(byte[] data)
-    {
-        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-        await Socket.SendAsync(data, SocketFlags.None, cts.Token);
-    }
-
-    public void Dispose() => Socket.Dispose();
-}
-
-/// <summary>A running <c>pthost relay zephyr --listen 127.0.0.1:0</c> and the address from its LISTEN line.</summary>
-public sealed class ZephyrRelayProcess : IAsyncDisposable
-{
-    private ZephyrRelayProcess(PtProcess process, IPEndPoint endPoint)
-    {
-        Process = process;
-        EndPoint = endPoint;
-    }
-
-    public PtProcess Process { get; }
-    public IPEndPoint EndPoint { get; }
-
-    public static async Task<ZephyrRelayProcess> StartAsync(params string[] options)
-    {
-        var process = PtProcess.StartPthost(["relay", "zephyr", "--listen", "127.0.0.1:0", "--loglevel", "debug", .. options]);
-        try
-        {
-            string line = await process.ReadLineAsync();
-            Assert.StartsWith("LISTEN zephyr ", line, StringComparison.Ordinal);
-            return new ZephyrRelayProcess(process, IPEndPoint.Parse(line["LISTEN zephyr ".Length..]));
-        }
-        catch
-        {
-            await process.DisposeAsync();
-            throw;
-        }
-    }
-
-    public ValueTask DisposeAsync() => Process.DisposeAsync();
 }

@@ -15,8 +15,7 @@ namespace PtHost.Tests.Process;
 [Collection("process")]
 public class ZephyrTransportTests(ITestOutputHelper output)
 {
-    private static string Curl => File.Exists("/usr/bin/curl") ? "/usr/bin/curl"
-        : throw new InvalidOperationException("curl is missing: run the README's test command (bash test.sh), which installs it");
+    private static string Curl => DebianPrograms.Curl;
 
     [Fact]
     public async Task Curl_fetches_100_MB_through_zephyr_with_the_SHA256_intact()
@@ -30,7 +29,7 @@ public class ZephyrTransportTests(ITestOutputHelper output)
         try
         {
             var watch = Stopwatch.StartNew();
-            var (exit, _, err) = await ChainTests.RunAsync(Curl, "-sS", "--max-time", "60", "--socks5-hostname", chain.SocksEndPoint.ToString(),
+            var (exit, _, err) = await PtProcess.RunAsync(Curl, "-sS", "--max-time", "60", "--socks5-hostname", chain.SocksEndPoint.ToString(),
                 "-o", file, $"http://localhost:{http.Port}/file.bin");
             output.WriteLine($"100 MB through zephyr in {watch.Elapsed.TotalSeconds:0.00} s");
             Assert.True(exit == 0, $"curl exit {exit}: {err}\nclient stderr:\n{chain.Client.Stderr}\nserver stderr:\n{chain.Server.Stderr}");
@@ -107,8 +106,8 @@ public class ZephyrTransportTests(ITestOutputHelper output)
     public async Task With_no_relay_running_the_request_fails_with_0x04_and_the_client_keeps_serving()
     {
         await using var echo = new EchoServer();
-        int dead = ChainTests.UnusedPort();
-        await using var chain = await ZephyrChain.StartAsync($"127.0.0.1:{dead}", signalTimeout: 3);
+        using var dead = new RefusingPort();
+        await using var chain = await ZephyrChain.StartAsync(dead.EndPoint.ToString(), signalTimeout: 3);
         var watch = Stopwatch.StartNew();
         Assert.Equal(0x04, await ConnectReply(chain, SocksClient.ConnectIPv4(IPAddress.Loopback, echo.Port)));
         Assert.Equal(0x04, await ConnectReply(chain, SocksClient.ConnectIPv4(IPAddress.Loopback, echo.Port)));
@@ -122,7 +121,8 @@ public class ZephyrTransportTests(ITestOutputHelper output)
     {
         await using var echo = new EchoServer();
         await using var relay = await ZephyrRelayProcess.StartAsync();
-        var relays = new JArray($"127.0.0.1:{ChainTests.UnusedPort()}", relay.EndPoint.ToString());
+        using var dead = new RefusingPort();
+        var relays = new JArray(dead.EndPoint.ToString(), relay.EndPoint.ToString());
         await using var chain = await ZephyrChain.StartAsync(relays);
         await AssertEchoes(chain, echo, "fallback");
     }
@@ -164,7 +164,7 @@ public class ZephyrTransportTests(ITestOutputHelper output)
         string file = Path.Combine(Path.GetTempPath(), $"pthost-zephyr-{Guid.NewGuid():N}");
         try
         {
-            var (exit, _, err) = await ChainTests.RunAsync(Curl, "-sS", "--max-time", "60", "--socks5-hostname", chain.SocksEndPoint.ToString(),
+            var (exit, _, err) = await PtProcess.RunAsync(Curl, "-sS", "--max-time", "60", "--socks5-hostname", chain.SocksEndPoint.ToString(),
                 "-o", file, $"http://localhost:{http.Port}/file.bin");
             Assert.True(exit == 0, $"curl exit {exit}: {err}");
             Assert.Equal(body, await File.ReadAllBytesAsync(file));
@@ -235,9 +235,7 @@ public class ZephyrTransportTests(ITestOutputHelper output)
         Assert.Equal(zid, (long)answers[1]["body"]!["zid"]!);
         Assert.NotEqual(client.Zid, zid);
         // The relay drops the server's waiting connection after its peer timeout; the server does not hang on to a second one.
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
-        while (!relay.Process.Stderr.Contains($"zid {zid}: no matching bind", StringComparison.Ordinal) && DateTime.UtcNow < deadline) await Task.Delay(100);
-        Assert.Contains($"zid {zid}: no matching bind", relay.Process.Stderr, StringComparison.Ordinal);
+        await relay.Process.WaitForStderrAsync($"zid {zid}: no matching bind", within: TimeSpan.FromSeconds(10));
         Assert.DoesNotContain("bound zid", relay.Process.Stderr, StringComparison.Ordinal);
     }
 
@@ -279,53 +277,6 @@ public class ZephyrTransportTests(ITestOutputHelper output)
         await socks.ReadExactlyAsync(2);
         Assert.Equal(0x00, await socks.ReadReplyAsync());
         Assert.Equal(payload, await socks.ReadExactlyAsync(payload.Length));
-    }
-}
-
-/// <summary>A zephyr server and client pthost configured from <c>pthost generate-config zephyr</c>.</summary>
-public static class ZephyrChain
-{
-    public static async Task<JObject> GenerateAsync()
-    {
-        await using var p = PtProcess.StartPthost("generate-config", "zephyr");
-        Assert.Equal(0, await p.WaitForExitAsync());
-        return JObject.Parse(string.Join("\n", p.StdoutLines));
-    }
-
-    public static async Task<PtChain> StartAsync(JToken relays, double? signalTimeout = null, bool relayMessages = true,
-        Action<JObject>? editClient = null, Action<JObject>? editServer = null)
-    {
-        var generated = await GenerateAsync();
-        var client = (JObject)generated["client"]!;
-        var server = (JObject)generated["server"]!;
-        // The server joins only the relays it is told about (§7.1): the same list as the client.
-        if (relays is JArray)
-        {
-            client["relays"] = relays;
-            server["relays"] = relays.DeepClone();
-        }
-        else
-        {
-            client["relay"] = relays;
-            server["relay"] = relays.DeepClone();
-        }
-        if (signalTimeout is { } t)
-        {
-            client["signalTimeout"] = t;
-            server["signalTimeout"] = t;
-        }
-        editClient?.Invoke(client);
-        editServer?.Invoke(server);
-        var serverConfig = PtChain.FreeServer("zephyr");
-        serverConfig["options"] = new JObject { ["zephyr"] = server };
-        var clientConfig = new JObject
-        {
-            ["role"] = "client",
-            ["transports"] = new JArray("zephyr"),
-            ["options"] = new JObject { ["zephyr"] = client },
-            ["exit-on-stdin-close"] = true,
-        };
-        return await PtChain.StartAsync(serverConfig, _ => clientConfig, relayMessages);
     }
 }
 

@@ -17,13 +17,6 @@ public sealed class QuicInteropTests
         (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':').Append("/usr/sbin").Append("/usr/bin")
             .Select(d => Path.Combine(d, program)).FirstOrDefault(File.Exists);
 
-    private static int FreeUdpPort()
-    {
-        using var s = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
-        s.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        return ((IPEndPoint)s.LocalEndPoint!).Port;
-    }
-
     private static System.Diagnostics.Process StartTool(string file, params string[] args)
     {
         var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
@@ -50,19 +43,22 @@ public sealed class QuicInteropTests
         File.WriteAllText(Path.Combine(dir, "cert.pem"), cert.CertificatePem);
         File.WriteAllText(Path.Combine(dir, "key.pem"), cert.PrivateKeyPem);
         Directory.CreateDirectory(Path.Combine(dir, "htdocs"));
-        var port = FreeUdpPort();
-        var server = StartTool(gtlsserver!, "-q", "-d", Path.Combine(dir, "htdocs"), "127.0.0.1", port.ToString(),
+        // Port 0: gtlsserver prints nothing, so its port is read from its own UDP socket.
+        var server = StartTool(gtlsserver!, "-q", "-d", Path.Combine(dir, "htdocs"), "127.0.0.1", "0",
             Path.Combine(dir, "key.pem"), Path.Combine(dir, "cert.pem"));
         await using var client = QuicEndpoint.CreateClient(new IPEndPoint(IPAddress.Loopback, 0));
         try
         {
+            var bound = await ProcessSockets.WaitUdpSocketAsync(server.Id, Wait);
+            Assert.True(bound is not null, "gtlsserver did not bind its UDP socket");
+            int port = bound.Port;
             var options = new QuicClientOptions
             {
                 Verification = QuicPeerVerification.Pinned(cert.Sha256),
                 ApplicationProtocols = ["h3"],
                 HandshakeTimeout = TimeSpan.FromSeconds(3),
             };
-            // gtlsserver may not be listening yet: retry the handshake until it answers.
+            // A handshake that fails (3 s) is tried again until the deadline.
             QuicConnection? conn = null;
             var deadline = DateTime.UtcNow + Wait;
             while (conn is null)

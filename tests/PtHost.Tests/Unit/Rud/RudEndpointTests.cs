@@ -189,8 +189,7 @@ public class RudEndpointTests(ITestOutputHelper output)
         long before = pair.Server.Counters.Replayed;
         foreach (var p in sent.Skip(1)) pair.Relay.Inject(p);   // every data packet again
         pair.Relay.Inject(sent[0]);                              // the Exchange again, after confirmation
-        var deadline = DateTime.UtcNow + Generous;
-        while (pair.Server.Counters.Replayed - before < sent.Length && DateTime.UtcNow < deadline) await Task.Delay(50);
+        await Eventually.HoldsWithinAsync(() => pair.Server.Counters.Replayed - before >= sent.Length, Generous);
         Assert.Equal(sent.Length, pair.Server.Counters.Replayed - before);
         Assert.Equal(1, pair.Server.Counters.HandshakesAccepted);
         // The connection still works.
@@ -238,6 +237,7 @@ public class RudEndpointTests(ITestOutputHelper output)
             while (!sampling.IsCancellationRequested)
             {
                 smallest = Math.Min(smallest, (long)c.CongestionState.Cwnd);
+                // The sampling period (2 ms), not a wait for anything.
                 try { await Task.Delay(2, sampling.Token); } catch (OperationCanceledException) { }
             }
         });

@@ -220,7 +220,7 @@ public class RudUdpSessionTests
             await using (var third = await client.OpenDatagramSessionAsync(Request(257), cts.Token))
                 Assert.Equal(40000, third.RelayedAddress.Port);
             Assert.Equal(2, serverConnections.Count); // 257 went to the second connection
-            while (!first.IsClosed) await Task.Delay(20, cts.Token); // the CLOSE of the used-up connection arrives
+            await Eventually.TrueAsync(() => first.IsClosed, "the CLOSE of the used-up connection");
             Assert.False(serverConnections.Last().IsClosed);
         }
         finally

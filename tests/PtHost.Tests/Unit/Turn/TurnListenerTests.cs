@@ -65,7 +65,7 @@ public class TurnListenerTests
         byte[] twice = [0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0, 0x40, 0x00, 0x00, 0x05, 6, 7, 8, 9, 10, 0, 0, 0];
         await tcp.SendAsync(twice.AsMemory(0, 10), cts.Token);
         await tcp.SendAsync(twice.AsMemory(10), cts.Token);
-        for (int i = 0; i < 200 && session.Sent.Count < 2; i++) await Task.Delay(25, cts.Token);
+        await Eventually.HoldsWithinAsync(() => session.Sent.Count >= 2, TimeSpan.FromSeconds(5));
         Assert.Equal([new byte[] { 1, 2, 3, 4, 5 }, [6, 7, 8, 9, 10]], session.Sent.Select(s => s.Payload));
 
         session.Deliver(peer, [42, 43, 44]);

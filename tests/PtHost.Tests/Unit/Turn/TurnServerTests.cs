@@ -518,7 +518,7 @@ public class TurnServerTests : IAsyncDisposable
         var t = new TurnTestClient(_server, new FakeClient("203.0.113.5", 5555));
         await t.AllocateAsync();
         _sessions[0].End();
-        for (int i = 0; i < 200 && _server.AllocationCount > 0; i++) await Task.Delay(50);
+        await Eventually.HoldsWithinAsync(() => _server.AllocationCount == 0, TimeSpan.FromSeconds(10));
         Assert.Equal(0, _server.AllocationCount);
     }
 

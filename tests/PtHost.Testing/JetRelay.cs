@@ -8,10 +8,10 @@ using System.Text;
 using Newtonsoft.Json.Linq;
 using PtHost.Transports.Jet;
 
-namespace PtHost.Tests.Process;
+namespace PtHost.Testing;
 
 /// <summary>A real <c>pthost relay jet</c> process, its REST API, and its listeners from the LISTEN line.</summary>
-internal sealed class JetRelayProcess : IAsyncDisposable
+public sealed class JetRelayProcess : IAsyncDisposable
 {
     private readonly HttpClient _http;
 
@@ -84,6 +84,16 @@ internal sealed class JetRelayProcess : IAsyncDisposable
         return (aid, candidates);
     }
 
+    /// <summary>Waits until GET /jet/association/{aid} shows candidate <paramref name="cid"/> in <paramref name="state"/> (spec/jet.md §6).</summary>
+    public Task WaitForCandidateStateAsync(Guid aid, Guid cid, string state) =>
+        Eventually.TrueAsync(async () =>
+        {
+            var r = await _http.GetAsync($"/jet/association/{aid}");
+            if (!r.IsSuccessStatusCode) return false;
+            var body = JObject.Parse(await r.Content.ReadAsStringAsync());
+            return ((JArray)body["candidates"]!).Any(c => (string?)c["id"] == cid.ToString("D") && (string?)c["state"] == state);
+        }, $"candidate {cid} to become {state}");
+
     public ValueTask DisposeAsync()
     {
         _http.Dispose();
@@ -92,7 +102,7 @@ internal sealed class JetRelayProcess : IAsyncDisposable
 }
 
 /// <summary>A raw binary-protocol peer (spec/jet.md §2–4) over TCP or TLS.</summary>
-internal sealed class JetPeer : IAsyncDisposable
+public sealed class JetPeer : IAsyncDisposable
 {
     public static readonly TimeSpan Wait = TimeSpan.FromSeconds(20);
 
@@ -164,7 +174,7 @@ internal sealed class JetPeer : IAsyncDisposable
     public static string Host(IPEndPoint ep) => ep.ToString();
 }
 
-internal static class JetWebSockets
+public static class JetWebSockets
 {
     public static async Task<ClientWebSocket> ConnectAsync(Uri candidate, JetMethod method, Guid aid, Guid cid)
     {
@@ -209,4 +219,27 @@ internal static class JetWebSockets
     }
 
     public static string Text(byte[] b) => Encoding.ASCII.GetString(b);
+}
+
+/// <summary>A jet server and client pthost configured from <c>pthost generate-config jet</c>, the server pointed at a relay process (spec/jet.md §7).</summary>
+public static class JetChain
+{
+    public static Task<JObject> GenerateAsync() => PtChain.GenerateConfigAsync("jet");
+
+    public static async Task<PtChain> StartAsync(JetRelayProcess relay, Action<JObject>? editClient = null, Action<JObject>? editServer = null)
+    {
+        var generated = await GenerateAsync();
+        var client = (JObject)generated["client"]!;
+        var server = (JObject)generated["server"]!;
+        server["relay"] = $"http://{relay.Http}";
+        client["signalTimeout"] = 10;
+        server["signalTimeout"] = 10;
+        editClient?.Invoke(client);
+        editServer?.Invoke(server);
+        var serverConfig = PtChain.FreeServerOf("jet", server);
+        serverConfig["loglevel"] = "debug";
+        var clientConfig = PtChain.ClientOf("jet", client);
+        clientConfig["loglevel"] = "debug";
+        return await PtChain.StartAsync(serverConfig, _ => clientConfig);
+    }
 }

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace PtHost.Reliability.Support;
+namespace PtHost.Testing;
 
 /// <summary>Open file descriptors and resident memory of a process, read from /proc.</summary>
 public static class ProcStats
@@ -32,12 +32,35 @@ public static class ProcStats
     }
 
     /// <summary>Polls until <see cref="SocketCount"/> is at most <paramref name="limit"/> (or the time is up); returns the last count.</summary>
-    public static async Task<int> WaitForSocketsAtMostAsync(int pid, int limit, TimeSpan within)
+    public static Task<int> WaitForSocketsAtMostAsync(int pid, int limit, TimeSpan within) =>
+        Eventually.ValueAsync(() => SocketCount(pid), n => n <= limit, within);
+
+    /// <summary>Polls until <see cref="SocketCount"/> is at least <paramref name="count"/> (connections accepted by the process, not only queued by the kernel) or the time is up; returns the last count.</summary>
+    public static Task<int> WaitForSocketsAtLeastAsync(int pid, int count, TimeSpan within) =>
+        Eventually.ValueAsync(() => SocketCount(pid), n => n >= count, within);
+
+    /// <summary>How long a socket count must keep one value to count as at rest.</summary>
+    public static readonly TimeSpan RestQuiet = TimeSpan.FromMilliseconds(500);
+
+    /// <summary>
+    /// The sockets and pipes of each process once none of the counts has changed for <see cref="RestQuiet"/>: the
+    /// baseline of a leak check. Sessions are torn down after their client has seen the end, so a count taken at
+    /// once may still hold them.
+    /// </summary>
+    public static async Task<int[]> SocketsAtRestAsync(params int[] pids)
     {
-        var deadline = DateTime.UtcNow + within;
-        int n;
-        while ((n = SocketCount(pid)) > limit && DateTime.UtcNow < deadline) await Task.Delay(250);
-        return n;
+        // One number that changes whenever any of the counts does (each is far below 2^20).
+        long Combined() => pids.Aggregate(0L, (acc, pid) => (acc << 20) ^ SocketCount(pid));
+        await Eventually.StableAsync(Combined, RestQuiet, TimeSpan.FromSeconds(30), "the socket counts of " + string.Join(", ", pids)).ConfigureAwait(false);
+        return [.. pids.Select(SocketCount)];
+    }
+
+    /// <summary>The open file descriptors of each process once none of the counts has changed for <see cref="RestQuiet"/>.</summary>
+    public static async Task<int[]> FdsAtRestAsync(params int[] pids)
+    {
+        long Combined() => pids.Aggregate(0L, (acc, pid) => (acc << 20) ^ FdCount(pid));
+        await Eventually.StableAsync(Combined, RestQuiet, TimeSpan.FromSeconds(30), "the fd counts of " + string.Join(", ", pids)).ConfigureAwait(false);
+        return [.. pids.Select(FdCount)];
     }
 
     /// <summary>What a process's fds are: counts by kind, TCP sockets by state and local/remote port (for leak reports).</summary>

@@ -1,7 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 
-namespace PtHost.Reliability.Support;
+namespace PtHost.Testing;
 
 /// <summary>A loopback TCP server that runs a script for each accepted connection (the far end of a session).</summary>
 public sealed class ScriptServer : IAsyncDisposable
@@ -52,12 +52,7 @@ public sealed class ScriptServer : IAsyncDisposable
     }
 
     /// <summary>Waits until <paramref name="n"/> connections have finished their script.</summary>
-    public async Task<bool> WaitFinishedAsync(int n, TimeSpan within)
-    {
-        var deadline = DateTime.UtcNow + within;
-        while (Finished < n && DateTime.UtcNow < deadline) await Task.Delay(100);
-        return Finished >= n;
-    }
+    public Task<bool> WaitFinishedAsync(int n, TimeSpan within) => Eventually.HoldsWithinAsync(() => Finished >= n, within);
 
     public async ValueTask DisposeAsync()
     {
@@ -81,18 +76,5 @@ public sealed class ScriptServer : IAsyncDisposable
         }
         catch (SocketException) { }
         return total;
-    }
-}
-
-/// <summary>A port on loopback that refuses connections (bound, then closed).</summary>
-public static class ClosedPort
-{
-    public static int Get()
-    {
-        var l = new TcpListener(IPAddress.Loopback, 0);
-        l.Start();
-        int port = ((IPEndPoint)l.LocalEndpoint).Port;
-        l.Stop();
-        return port;
     }
 }

@@ -1,14 +1,14 @@
 using System.Net;
 using System.Net.Sockets;
 
-namespace PtHost.Tests.Unit.Rud;
+namespace PtHost.Testing;
 
 /// <summary>
 /// A UDP relay between a RUD client and server that loses, duplicates, delays, reorders and
 /// (on request) tampers with packets, from a seeded random source (netem is not available
 /// here). The client is whoever last sent from an address other than the server's.
 /// </summary>
-internal sealed class LossyUdpRelay : IAsyncDisposable
+public sealed class LossyUdpRelay : IAsyncDisposable
 {
     private readonly Socket _socket = new(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
     private readonly IPEndPoint _server;

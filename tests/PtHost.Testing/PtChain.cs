@@ -1,7 +1,7 @@
 using System.Net;
 using Newtonsoft.Json.Linq;
 
-namespace PtHost.Tests.Process;
+namespace PtHost.Testing;
 
 /// <summary>
 /// A real server pthost and a real client pthost, with CMESSAGE/SMESSAGE lines carried between
@@ -78,6 +78,51 @@ public sealed class PtChain : IAsyncDisposable
         ["options"] = plainOptions is null ? new JObject() : new JObject { ["plain"] = plainOptions },
         ["exit-on-stdin-close"] = true,
     };
+
+    /// <summary>A client of <paramref name="transport"/> with <paramref name="options"/> as its options (a generated client block).</summary>
+    public static JObject ClientOf(string transport, JObject options) => new()
+    {
+        ["role"] = "client",
+        ["transports"] = new JArray(transport),
+        ["options"] = new JObject { [transport] = options },
+        ["exit-on-stdin-close"] = true,
+    };
+
+    /// <summary>A free server (allow 127.0.0.1) of <paramref name="transport"/> with <paramref name="options"/> as its options.</summary>
+    public static JObject FreeServerOf(string transport, JObject options)
+    {
+        var config = FreeServer(transport);
+        config["options"] = new JObject { [transport] = options };
+        return config;
+    }
+
+    /// <summary><c>pthost generate-config TRANSPORT</c>: the matching "client" and "server" option blocks.</summary>
+    public static async Task<JObject> GenerateConfigAsync(string transport)
+    {
+        await using var p = PtProcess.StartPthost("generate-config", transport);
+        Assert.Equal(0, await p.WaitForExitAsync());
+        return JObject.Parse(string.Join("\n", p.StdoutLines));
+    }
+
+    /// <summary>The transport the server announced (<c>SMETHOD t ADDRESS</c>).</summary>
+    public string Transport => ServerStartup.First(l => l.StartsWith("SMETHOD ", StringComparison.Ordinal)).Split(' ')[1];
+
+    /// <summary>Waits until both processes say (STATUS, spec/ipc.md §4.7) that no session is open.</summary>
+    public async Task SessionsClosedAsync()
+    {
+        await Client.SessionsClosedAsync(Transport);
+        await Server.SessionsClosedAsync(Transport);
+    }
+
+    /// <summary>
+    /// The baseline of a leak check: no session open in either process (STATUS), then the sockets and pipes of
+    /// the client, the server and <paramref name="others"/> (a relay) once they are at rest, in that order.
+    /// </summary>
+    public async Task<int[]> SocketsAtRestAsync(params int[] others)
+    {
+        await SessionsClosedAsync();
+        return await ProcStats.SocketsAtRestAsync([Client.Pid, Server.Pid, .. others]);
+    }
 
     /// <summary>Copies each CMESSAGE the client prints to the server's stdin, and each SMESSAGE the other way.</summary>
     private void StartRelay(IEnumerable<string> alreadyRead)

@@ -1,4 +1,4 @@
-namespace PtHost.Tests.Process;
+namespace PtHost.Testing;
 
 /// <summary>
 /// The real published executable: <c>$PTHOST_EXE</c> when set (the test command publishes
@@ -29,7 +29,7 @@ public static class PtHostExecutable
         }
         string outDir = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "pthost-test-publish-" + Environment.ProcessId);
         // Blocking is fine here: once per test run, before any process test starts.
-        PluginBuild.DotnetAsync("publish", System.IO.Path.Combine(RepoRoot, "src", "PtHost"), outDir).GetAwaiter().GetResult();
+        DotnetCommand.RunAsync("publish", System.IO.Path.Combine(RepoRoot, "src", "PtHost"), outDir).GetAwaiter().GetResult();
         return System.IO.Path.Combine(outDir, "pthost");
     }
 }

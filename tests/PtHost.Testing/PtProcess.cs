@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Text;
 using System.Threading.Channels;
 
-namespace PtHost.Tests.Process;
+namespace PtHost.Testing;
 
 /// <summary>A running pthost (or other) process whose stdout lines are collected and checked.</summary>
 public sealed class PtProcess : IAsyncDisposable
@@ -100,10 +100,61 @@ public sealed class PtProcess : IAsyncDisposable
         }
     }
 
+    /// <summary>Waits until stderr has said <paramref name="text"/> at least <paramref name="count"/> times (a log line the process writes when the awaited thing happened).</summary>
+    public async Task WaitForStderrAsync(string text, int count = 1, TimeSpan? within = null)
+    {
+        if (!await Eventually.HoldsWithinAsync(() => Occurrences(Stderr, text) >= count, within ?? DefaultWait))
+            Assert.Fail($"stderr did not say \"{text}\" {count} time(s) within {(within ?? DefaultWait).TotalSeconds:0} s:\n{Stderr}");
+    }
+
+    private static int Occurrences(string haystack, string needle)
+    {
+        int n = 0;
+        for (int at = haystack.IndexOf(needle, StringComparison.Ordinal); at >= 0; at = haystack.IndexOf(needle, at + needle.Length, StringComparison.Ordinal)) n++;
+        return n;
+    }
+
+    /// <summary>
+    /// Asks for the STATUS lines now (spec/ipc.md §4.7, §4.10: the line <c>STATUS</c> on stdin) and returns the
+    /// counters of <paramref name="transport"/> from the answer. Reads <see cref="StdoutLines"/>, so it works while
+    /// a <see cref="PtChain"/> carries the process's messages.
+    /// </summary>
+    public async Task<Dictionary<string, long>> QueryStatusAsync(string transport)
+    {
+        string prefix = $"STATUS TRANSPORT={transport} ";
+        int before = StdoutLines.Count(l => l.StartsWith(prefix, StringComparison.Ordinal));
+        await WriteLineAsync("STATUS");
+        string? line = null;
+        await Eventually.TrueAsync(() =>
+        {
+            var answers = StdoutLines.Where(l => l.StartsWith(prefix, StringComparison.Ordinal)).ToList();
+            line = answers.Count > before ? answers[^1] : null;
+            return line is not null;
+        }, $"a STATUS line for {transport}", DefaultWait);
+        return ParseStatus(line!);
+    }
+
+    /// <summary>The K=V fields after <c>STATUS TRANSPORT=t</c> (spec/ipc.md §4.7; the relays' lines have the same shape).</summary>
+    public static Dictionary<string, long> ParseStatus(string line) =>
+        line.Split(' ').Skip(2).Select(kv => kv.Split('=', 2))
+            .ToDictionary(kv => kv[0], kv => long.Parse(kv[1], System.Globalization.CultureInfo.InvariantCulture));
+
+    /// <summary>Waits until the process's STATUS says no session of <paramref name="transport"/> is open (CONNECTIONS=0).</summary>
+    public Task SessionsClosedAsync(string transport) =>
+        Eventually.TrueAsync(async () => (await QueryStatusAsync(transport))["CONNECTIONS"] == 0, $"CONNECTIONS=0 for {transport} in pid {Pid}");
+
+    private readonly SemaphoreSlim _stdinLock = new(1, 1);
+
+    /// <summary>Writes one line to stdin; callers on several threads (a chain's message relay, a STATUS query) do not interleave.</summary>
     public async Task WriteLineAsync(string line)
     {
-        await _process.StandardInput.WriteAsync(line + "\n");
-        await _process.StandardInput.FlushAsync();
+        await _stdinLock.WaitAsync();
+        try
+        {
+            await _process.StandardInput.WriteAsync(line + "\n");
+            await _process.StandardInput.FlushAsync();
+        }
+        finally { _stdinLock.Release(); }
     }
 
     public void CloseStdin() => _process.StandardInput.Close();
@@ -131,6 +182,27 @@ public sealed class PtProcess : IAsyncDisposable
             Assert.True(Array.IndexOf(ProtocolKeywords, keyword) >= 0, $"non-protocol line on stdout: \"{line}\"");
         }
     }
+
+    /// <summary>Runs a program to its end (killed after <paramref name="timeout"/>, default 120 s); its exit code and output.</summary>
+    public static async Task<(int Exit, string Stdout, string Stderr)> RunAsync(string file, IEnumerable<string> args, TimeSpan? timeout = null)
+    {
+        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var o = p.StandardOutput.ReadToEndAsync();
+        var e = p.StandardError.ReadToEndAsync();
+        using var cts = new CancellationTokenSource(timeout ?? TimeSpan.FromSeconds(120));
+        try { await p.WaitForExitAsync(cts.Token); }
+        catch (OperationCanceledException)
+        {
+            p.Kill(true);
+            throw new TimeoutException($"{file} did not finish");
+        }
+        return (p.ExitCode, await o, await e);
+    }
+
+    /// <inheritdoc cref="RunAsync(string, IEnumerable{string}, TimeSpan?)"/>
+    public static Task<(int Exit, string Stdout, string Stderr)> RunAsync(string file, params string[] args) => RunAsync(file, args, null);
 
     private int _disposed;
 

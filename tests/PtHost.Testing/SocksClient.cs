@@ -3,7 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text;
 
-namespace PtHost.Tests.Process;
+namespace PtHost.Testing;
 
 /// <summary>A byte-level SOCKS5 client for tests: every message is written as the RFCs lay it out.</summary>
 public sealed class SocksClient : IAsyncDisposable

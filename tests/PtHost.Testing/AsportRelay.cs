@@ -1,0 +1,68 @@
+using System.Net;
+using Newtonsoft.Json.Linq;
+using PtHost.Quic;
+
+namespace PtHost.Testing;
+
+/// <summary>
+/// A running <c>pthost relay asport --listen ADDRESS --config FILE</c> (spec/asport.md) with a fresh
+/// self-signed certificate, one user, and the address and pin from its LISTEN line.
+/// </summary>
+public sealed class AsportRelayProcess : IAsyncDisposable
+{
+    private static readonly TimeSpan Wait = TimeSpan.FromSeconds(30);
+    public static readonly QuicCertificate Cert = QuicCertificate.CreateSelfSigned("asport.test");
+    public static readonly Guid User = Guid.Parse("6f0d0f5e-2b4c-4d6a-9c11-0123456789ab");
+    public const string Password = "correct horse";
+
+    public required PtProcess Process { get; init; }
+    public required IPEndPoint EndPoint { get; init; }
+    public required string Directory { get; init; }
+
+    /// <summary>Writes the certificate, key and asport.json into <paramref name="dir"/>; returns the config's path.</summary>
+    public static string WriteConfig(string dir, bool replyAuthFailed = true, string ports = "20000-60000", string network = "127.0.0.0/8", int? associationTimeout = null)
+    {
+        File.WriteAllText(Path.Combine(dir, "cert.pem"), Cert.CertificatePem);
+        File.WriteAllText(Path.Combine(dir, "key.pem"), Cert.PrivateKeyPem);
+        var config = new JObject
+        {
+            ["certificate"] = "cert.pem",
+            ["key"] = "key.pem",
+            ["users"] = new JObject { [User.ToString()] = Password },
+            ["allowed_ports"] = new JArray(ports),
+            ["allowed_networks"] = new JArray(network),
+            ["reply_auth_failed"] = replyAuthFailed,
+        };
+        if (associationTimeout is { } t) config["association_timeout"] = t;
+        var path = Path.Combine(dir, "asport.json");
+        File.WriteAllText(path, config.ToString());
+        return path;
+    }
+
+    /// <param name="listen">127.0.0.1:0 unless a test restarts a relay on the port an earlier one reported.</param>
+    public static async Task<AsportRelayProcess> StartAsync(string listen = "127.0.0.1:0", bool replyAuthFailed = true, string ports = "20000-60000", string network = "127.0.0.0/8", int? associationTimeout = null)
+    {
+        var dir = System.IO.Directory.CreateTempSubdirectory("pthost-asport-").FullName;
+        var config = WriteConfig(dir, replyAuthFailed, ports, network, associationTimeout);
+        var p = PtProcess.StartPthost("relay", "asport", "--listen", listen, "--config", config, "--loglevel", "debug");
+        try
+        {
+            var line = await p.ReadLineAsync(Wait);
+            Assert.StartsWith("LISTEN asport ", line, StringComparison.Ordinal);
+            var parts = line.Split(' ');
+            Assert.Equal("sha256=" + Convert.ToHexString(Cert.Sha256).ToLowerInvariant(), parts[3]);
+            return new AsportRelayProcess { Process = p, EndPoint = IPEndPoint.Parse(parts[2]), Directory = dir };
+        }
+        catch
+        {
+            await p.DisposeAsync();
+            throw;
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await Process.DisposeAsync();
+        try { System.IO.Directory.Delete(Directory, true); } catch (IOException) { }
+    }
+}
