@@ -72,10 +72,10 @@ public sealed class JsonEntryPointTests
     public async Task The_ASPORT_relay_configuration_refuses_duplicates_and_comments_naming_the_key(string edit, string message)
     {
         string dir = Directory.CreateTempSubdirectory("pthost-json-").FullName;
-        string file = AsportRelayTests.WriteConfig(dir);
+        string file = AsportRelayProcess.WriteConfig(dir);
         string json = await File.ReadAllTextAsync(file);
         json = edit == "users"
-            ? json.Replace($"\"{AsportRelayTests.User}\": \"{AsportRelayTests.Password}\"", $"\"{AsportRelayTests.User}\": \"a\", \"{AsportRelayTests.User}\": \"b\"", StringComparison.Ordinal)
+            ? json.Replace($"\"{AsportRelayProcess.User}\": \"{AsportRelayProcess.Password}\"", $"\"{AsportRelayProcess.User}\": \"a\", \"{AsportRelayProcess.User}\": \"b\"", StringComparison.Ordinal)
             : json.TrimEnd().TrimEnd('}') + "/* c */ }";
         Assert.NotEqual(await File.ReadAllTextAsync(file), json);
         await File.WriteAllTextAsync(file, json);
