@@ -12,68 +12,33 @@ using PtHost.Plugins;
 
 namespace PtHost;
 
+/// <summary>
+/// The executable: <see cref="CommandLine"/> reads the command line (spec/ipc.md §2); the PT
+/// client/server modes and every relay run under one generic host (same logging, same shutdown).
+/// </summary>
 public static class Program
 {
-    public const string Usage = """
-        usage: pthost '<json configuration>'        run as a PT 2.0 client or server (spec/ipc.md)
-               pthost --config FILE                 the same, configuration read from FILE
-               pthost generate-config TRANSPORT [--plugindir DIR]
-                                                    print {"client": {...}, "server": {...}} options
-               pthost demo                          start a server and a client on loopback and fetch through them
-               pthost relay zephyr --listen IP:PORT [--bind-timeout S] [--peer-timeout S]
-                                   [--max-connections N] [--max-per-source N] [--loglevel L]
-                                                    run the Zephyr relay service (spec/zephyr.md)
-               pthost relay jet --listen IP:PORT [--config FILE] [--loglevel L]
-                                                    run the JET relay service (spec/jet.md)
-               pthost --version | --help
-        """;
+    public static Task<int> Main(string[] args) => CommandLine.InvokeAsync(args);
 
-    public static async Task<int> Main(string[] args)
+    /// <summary>Forms 5 and 6 of spec/ipc.md §2.1: the configuration document from argv or from FILE.</summary>
+    internal static async Task<int> RunConfigAsync(string? json, string? file)
     {
-        if (args.Length == 0 && PtConfig.IsManaged(Environment.GetEnvironmentVariables()))
-            return await RunManagedAsync(Environment.GetEnvironmentVariables()).ConfigureAwait(false);
-        if (args.Length == 0)
+        if (file is not null)
         {
-            Console.Error.WriteLine("pthost: no configuration given");
-            Console.Error.WriteLine(Usage);
-            return ExitCodes.Usage;
-        }
-        switch (args[0])
-        {
-            case "--help" or "-h":
-                Console.Error.WriteLine(Usage);
-                return ExitCodes.Ok;
-            case "--version":
-                Console.Out.WriteLine("pthost " + VersionText);
-                return ExitCodes.Ok;
-            case "generate-config":
-                return GenerateConfig(args);
-            case "demo":
-                return await Demo.DemoCommand.RunAsync(args[1..]).ConfigureAwait(false);
-            case "relay":
-                return await RelayCommand.RunAsync(args[1..]).ConfigureAwait(false);
-        }
-
-        string json;
-        if (args[0] == "--config")
-        {
-            if (args.Length != 2) return UsageError("--config takes exactly one FILE");
-            try { json = await File.ReadAllTextAsync(args[1]).ConfigureAwait(false); }
+            try { json = await File.ReadAllTextAsync(file).ConfigureAwait(false); }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
             {
-                IpcWriter.ForStdout().EnvError($"config file {args[1]} cannot be read");
-                Console.Error.WriteLine($"pthost: cannot read {args[1]}: {e.Message}");
+                IpcWriter.ForStdout().EnvError($"config file {file} cannot be read");
+                Console.Error.WriteLine($"pthost: cannot read {file}: {e.Message}");
                 return ExitCodes.Config;
             }
         }
-        else if (args.Length == 1 && args[0].TrimStart().StartsWith('{')) json = args[0];
-        else return UsageError($"unexpected argument \"{args[0]}\"");
 
         PtConfig config;
         var ipc = IpcWriter.ForStdout();
         try
         {
-            config = PtConfig.Parse(json);
+            config = PtConfig.Parse(json!);
             if (!PtConfig.IsSupportedVersion(config.PtVersion))
             {
                 ipc.VersionError();
@@ -101,7 +66,7 @@ public static class Program
     /// PT 1.0 managed mode (spec/ipc.md §10): started by tor with TOR_PT_* variables and no arguments.
     /// Errors are the pt-spec lines (VERSION-ERROR, ENV-ERROR, PROXY-ERROR) and exit 78.
     /// </summary>
-    private static async Task<int> RunManagedAsync(System.Collections.IDictionary env)
+    internal static async Task<int> RunManagedAsync(System.Collections.IDictionary env)
     {
         var ipc = IpcWriter.ForStdout();
         PtConfig config;
@@ -139,22 +104,15 @@ public static class Program
         return await RunAsync(config, ipc).ConfigureAwait(false);
     }
 
-    public static string VersionText => typeof(Program).Assembly.GetName().Version?.ToString(3) ?? "0";
+    /// <summary>The version (three parts), as in <c>STATUS TYPE=version</c>.</summary>
+    public static string VersionText => BuildInfo.Version;
 
-    private static int UsageError(string message)
-    {
-        Console.Error.WriteLine("pthost: " + message);
-        Console.Error.WriteLine(Usage);
-        return ExitCodes.Usage;
-    }
+    /// <summary><c>pthost --version</c>: the version and the commit the executable was built from (spec/ipc.md §2.4).</summary>
+    public static string VersionLine => $"pthost {BuildInfo.Version} (commit {BuildInfo.Commit})";
 
     private static async Task<int> RunAsync(PtConfig config, IpcWriter ipc)
     {
-        var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true, ApplicationName = "pthost" });
-        ConfigureLogging(builder.Logging, config.LogLevel);
-        builder.Services.Configure<ConsoleLifetimeOptions>(o => o.SuppressStatusMessages = true);
-        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(5));
-        builder.Services.AddSingleton<IHostLifetime, Microsoft.Extensions.Hosting.Internal.ConsoleLifetime>();
+        var builder = CreateHostBuilder(config.LogLevel);
         builder.Services.AddSingleton(config);
         builder.Services.AddSingleton(ipc);
         builder.Services.AddSingleton(sp => new SignalRouter(config.Role, ipc, sp.GetRequiredService<ILogger<SignalRouter>>(), available: config.IpcVersion != 1));
@@ -205,6 +163,45 @@ public static class Program
         return runtime.FailureExitCode ?? ExitCodes.Ok;
     }
 
+    /// <summary>
+    /// The one host every long-running mode runs under: logging to stderr, SIGTERM/SIGINT/SIGQUIT stop
+    /// it (ConsoleLifetime), 5 s for services to stop before their tokens fire.
+    /// </summary>
+    internal static HostApplicationBuilder CreateHostBuilder(LogLevel level)
+    {
+        var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true, ApplicationName = "pthost" });
+        ConfigureLogging(builder.Logging, level);
+        builder.Services.Configure<ConsoleLifetimeOptions>(o => o.SuppressStatusMessages = true);
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(5));
+        builder.Services.AddSingleton<IHostLifetime, Microsoft.Extensions.Hosting.Internal.ConsoleLifetime>();
+        return builder;
+    }
+
+    /// <summary>
+    /// <c>pthost relay NAME</c> (spec/ipc.md §2.4): the relay runs as the host's service. Exit 0 after
+    /// SIGTERM/SIGINT, 78 for a bad configuration, 69 when it cannot run here or cannot listen.
+    /// </summary>
+    internal static async Task<int> RunRelayAsync(IRelayService service, RelayArguments arguments, LogLevel level)
+    {
+        var builder = CreateHostBuilder(level);
+        builder.Services.AddSingleton(IpcWriter.ForStdout());
+        builder.Services.AddSingleton(sp => new RelayHost(service, arguments, sp.GetRequiredService<IpcWriter>(),
+            sp.GetRequiredService<IHostApplicationLifetime>(), sp.GetRequiredService<ILoggerFactory>()));
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<RelayHost>());
+        using var host = builder.Build();
+        var relay = host.Services.GetRequiredService<RelayHost>();
+        try
+        {
+            await host.RunAsync().ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            Console.Error.WriteLine($"pthost: relay {service.Name} failed: {e}");
+            return ExitCodes.Software;
+        }
+        return relay.ExitCode;
+    }
+
     /// <summary>Logs go to stderr only, one line each (stdout belongs to the IPC).</summary>
     public static void ConfigureLogging(ILoggingBuilder logging, LogLevel level)
     {
@@ -217,22 +214,22 @@ public static class Program
             o.ColorBehavior = LoggerColorBehavior.Disabled;
         });
         logging.Services.Configure<ConsoleLoggerOptions>(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
+        // ASP.NET Core and hosting chatter (Kestrel in the JET relay): warnings and errors only.
+        logging.AddFilter("Microsoft", LogLevel.Warning);
     }
 
-    private static int GenerateConfig(string[] args)
+    /// <summary><c>pthost generate-config TRANSPORT [--plugindir DIR]</c> (spec/ipc.md §2.3).</summary>
+    internal static int GenerateConfig(string name, string? pluginDirectory)
     {
-        if (args.Length is not (2 or 4) || (args.Length == 4 && args[2] != "--plugindir"))
-            return UsageError("usage: generate-config TRANSPORT [--plugindir DIR]");
-        string name = args[1];
         using var loggers = LoggerFactory.Create(b => ConfigureLogging(b, LogLevel.Warning));
         var registry = new TransportRegistry();
-        if (args.Length == 4)
+        if (pluginDirectory is not null)
         {
-            if (!Directory.Exists(args[3])) return UsageError($"--plugindir \"{args[3]}\" is not a directory");
-            registry.LoadPlugins(args[3], loggers.CreateLogger("PtHost"));
+            if (!Directory.Exists(pluginDirectory)) return CommandLine.UsageError("generate-config", $"--plugindir \"{pluginDirectory}\" is not a directory");
+            registry.LoadPlugins(pluginDirectory, loggers.CreateLogger("PtHost"));
         }
         var transport = registry.Create(name);
-        if (transport is null) return UsageError($"no transport named \"{name}\" (known: {string.Join(", ", registry.Names.Order())})");
+        if (transport is null) return CommandLine.UsageError("generate-config", $"no transport named \"{name}\" (known: {string.Join(", ", registry.Names.Order())})");
         string state = Path.Combine(Directory.GetCurrentDirectory(), name);
         var ipc = new IpcWriter(TextWriter.Null);
         var signals = new SignalRouter(Role.Server, ipc, loggers.CreateLogger<SignalRouter>());

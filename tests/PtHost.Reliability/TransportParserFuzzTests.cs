@@ -445,8 +445,7 @@ public class TransportParserFuzzTests(ITestOutputHelper output)
             Assert.All(candidates, c => Assert.Contains(c.Url.Scheme, new[] { "tcp", "tls", "ws", "wss" }));
             return "accepted";
         }
-        catch (JsonException) { return "not JSON"; }
-        catch (InvalidDataException) { return "no candidates"; }
+        catch (InvalidDataException e) { return e.InnerException is FormatException ? "not JSON" : "no candidates"; }
     }
 
     /// <summary>The jet.answer body read by the client process: only TransportConnectException.</summary>

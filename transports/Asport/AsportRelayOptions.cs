@@ -1,6 +1,5 @@
 using System.Globalization;
 using System.Net;
-using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 using PtHost.Net;
 using PtHost.Quic;
@@ -34,61 +33,53 @@ public sealed record AsportRelayOptions
     public TimeSpan AssociationTimeout { get; init; } = TimeSpan.FromMinutes(5);
     public TimeSpan ReassemblyTimeout { get; init; } = TimeSpan.FromSeconds(15);
 
-    private static readonly HashSet<string> Keys =
+    private static readonly string[] Keys =
         ["certificate", "key", "users", "allowed_ports", "allowed_networks", "bind_address", "reply_auth_failed",
          "handshake_timeout", "idle_timeout", "association_timeout"];
 
-    /// <summary>Parses the file; throws <see cref="FormatException"/> naming the offending key.</summary>
+    /// <summary>Reads the file; throws <see cref="OptionsException"/> naming the offending key, or an I/O exception.</summary>
     public static AsportRelayOptions Load(string path)
     {
         var text = File.ReadAllText(path);
         var dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
-        JObject o;
-        try { o = StrictJson.ParseObject(text); }
-        catch (Exception e) { throw new FormatException("not a JSON object: " + e.Message); }
-        foreach (var p in o.Properties())
-            if (!Keys.Contains(p.Name)) throw new FormatException($"unknown key \"{p.Name}\"");
-        string Str(string key) => o[key] is JValue { Type: JTokenType.String } v ? (string)v! : throw new FormatException($"\"{key}\" must be a string");
-        string Rel(string key) => Path.Combine(dir, Str(key));
+        var o = OptionsReader.Parse(text);
+        o.RejectUnknown(Keys);
 
+        string certificate = o.Require("certificate").String("certificate")!, key = o.Require("key").String("key")!;
         QuicCertificate cert;
-        try { cert = QuicCertificate.Load(Rel("certificate"), Rel("key")); }
+        try { cert = QuicCertificate.Load(Path.Combine(dir, certificate), Path.Combine(dir, key)); }
         catch (Exception e) when (e is IOException or System.Security.Cryptography.CryptographicException or ArgumentException)
-        { throw new FormatException("\"certificate\"/\"key\": " + e.Message); }
+        { throw o.Fail("certificate", "unusable with \"key\": " + e.Message, e); }
 
+        var usersObject = o.Require("users", "an object \"UUID\": \"password\"").Object("users");
         var users = new Dictionary<Guid, string>();
-        if (o["users"] is not JObject uo || uo.Count == 0) throw new FormatException("\"users\" must be a non-empty object of UUID: password");
-        foreach (var u in uo.Properties())
+        foreach (string name in usersObject.Keys)
         {
-            if (!Guid.TryParseExact(u.Name, "D", out var id)) throw new FormatException($"\"users\": \"{u.Name}\" is not a UUID");
-            if (u.Value is not JValue { Type: JTokenType.String } pw || ((string)pw!).Length == 0) throw new FormatException($"\"users\": password of {u.Name} must be a non-empty string");
-            users[id] = (string)pw!;
+            if (!Guid.TryParseExact(name, "D", out var id)) throw usersObject.Fail(name, "is not a UUID");
+            string password = usersObject.String(name)!;
+            if (password.Length == 0) throw usersObject.Fail(name, "the password must not be empty");
+            users[id] = password;
         }
+        if (users.Count == 0) throw o.Fail("users", "must name at least one user: \"UUID\": \"password\"");
 
-        var ports = new List<(ushort, ushort)>();
-        if (o["allowed_ports"] is not JArray pa || pa.Count == 0) throw new FormatException("\"allowed_ports\" must be a non-empty array of \"N\" or \"N-M\"");
-        foreach (var t in pa)
-        {
-            if (t is not JValue { Type: JTokenType.String } sv || !TryParseRange((string)sv!, out var r)) throw new FormatException($"\"allowed_ports\": {t} is not \"N\" or \"N-M\" with 1 <= N <= M <= 65535");
-            ports.Add(r);
-        }
+        var ports = o.Require("allowed_ports").List("allowed_ports", t => TryParseRange(t, out _) ? t : null,
+            "is not \"N\" or \"N-M\" with 1 <= N <= M <= 65535", nonEmpty: true)!;
 
-        if (o["allowed_networks"] is not JArray na) throw new FormatException("\"allowed_networks\" must be an array of ip or ip/prefix");
+        var networkEntries = o.Require("allowed_networks").Strings("allowed_networks")!;
         AllowList networks;
-        try { networks = AllowList.Parse(na.Select(t => t is JValue { Type: JTokenType.String } v ? (string)v! : throw new FormatException($"\"allowed_networks\": {t} is not a string"))); }
-        catch (FormatException e) { throw new FormatException("\"allowed_networks\": " + e.Message); }
+        try { networks = AllowList.Parse(networkEntries); }
+        catch (FormatException e) { throw o.Fail("allowed_networks", e.Message, e); }
 
-        var options = new AsportRelayOptions { Certificate = cert, Users = users, AllowedPorts = ports, AllowedNetworks = networks };
-        if (o["bind_address"] is not null)
-            options = options with { BindAddress = Destination.ParseLiteral(Str("bind_address")) ?? throw new FormatException("\"bind_address\" is not an IP literal") };
-        if (o["reply_auth_failed"] is { } raf)
-            options = options with { ReplyAuthFailed = raf is JValue { Type: JTokenType.Boolean } b ? (bool)b! : throw new FormatException("\"reply_auth_failed\" must be true or false") };
-        TimeSpan Seconds(string key, TimeSpan dflt)
+        var options = new AsportRelayOptions
         {
-            if (o[key] is null) return dflt;
-            if (!StrictJson.TryGetInt64(o[key], out var s) || s <= 0 || s > 86_400) throw new FormatException($"\"{key}\" must be whole seconds 1..86400");
-            return TimeSpan.FromSeconds(s);
-        }
+            Certificate = cert,
+            Users = users,
+            AllowedPorts = ports.Select(p => TryParseRange(p, out var range) ? range : default).ToList(),
+            AllowedNetworks = networks,
+            BindAddress = o.Address("bind_address") ?? IPAddress.Any,
+            ReplyAuthFailed = o.Bool("reply_auth_failed", false),
+        };
+        TimeSpan Seconds(string k, TimeSpan fallback) => o.Integer(k, 1, 86_400) is { } s ? TimeSpan.FromSeconds(s) : fallback;
         return options with
         {
             HandshakeTimeout = Seconds("handshake_timeout", options.HandshakeTimeout),

@@ -10,12 +10,12 @@ internal sealed record JetClientOptions(byte[] ServerPin, X509Certificate2 Certi
 {
     public static JetClientOptions Parse(JToken? options)
     {
-        if (options is not JObject o) throw new TransportOptionsException("jet client options must be an object with \"serverPin\", \"certificate\" and \"key\" (pthost generate-config jet)");
-        var r = new JetOptionReader(o, "client", ["serverPin", "certificate", "key", "signalTimeout", "tlsTimeout"]);
-        string pinText = r.String("serverPin") ?? throw new TransportOptionsException("jet client option \"serverPin\" is required");
-        byte[] pin = ZephyrCredentials.ParsePin(pinText) ?? throw new TransportOptionsException("jet option \"serverPin\" must be 64 hex digits (SHA-256 of the server certificate)");
-        var cert = r.Certificate() ?? throw new TransportOptionsException("jet client options need \"certificate\" and \"key\" (PEM)");
-        return new(pin, cert, r.Seconds("signalTimeout", JetDefaults.SignalTimeout), r.Seconds("tlsTimeout", JetDefaults.TlsTimeout));
+        var r = OptionsReader.For(options, JetOptions.Path);
+        if (r.IsAbsent) throw r.Fail("is required: an object with \"serverPin\", \"certificate\" and \"key\" (pthost generate-config jet)");
+        r.RejectUnknown("serverPin", "certificate", "key", "signalTimeout", "tlsTimeout");
+        byte[] pin = r.Require("serverPin").Parse("serverPin", ZephyrCredentials.ParsePin, "must be 64 hex digits (SHA-256 of the server certificate)")!;
+        var cert = JetOptions.Certificate(r) ?? throw r.Fail("certificate", "is required with \"key\" (PEM)");
+        return new(pin, cert, JetOptions.Seconds(r, "signalTimeout", JetDefaults.SignalTimeout), JetOptions.Seconds(r, "tlsTimeout", JetDefaults.TlsTimeout));
     }
 }
 
@@ -31,38 +31,14 @@ internal sealed record JetServerOptions(
 
     public static JetServerOptions Parse(JToken? options)
     {
-        if (options is null || options.Type == JTokenType.Null)
-            return new(null, null, new HashSet<string>(RelayKinds), null, [], null, JetDefaults.SignalTimeout, JetDefaults.TlsTimeout);
-        if (options is not JObject o) throw new TransportOptionsException("jet server options must be an object");
-        var r = new JetOptionReader(o, "server", ["relay", "apiKey", "kinds", "directAddress", "clientPins", "certificate", "key", "signalTimeout", "tlsTimeout"]);
-        Uri? relay = null;
-        if (r.String("relay") is { } relayText)
-        {
-            if (!Uri.TryCreate(relayText, UriKind.Absolute, out relay) || relay.Scheme is not ("http" or "https") || relay.AbsolutePath != "/" || relay.Query.Length > 0)
-                throw new TransportOptionsException($"jet option \"relay\" \"{relayText}\" must be the relay's REST base URL, http(s)://host:port");
-        }
-        var kinds = new HashSet<string>(RelayKinds, StringComparer.Ordinal);
-        if (o["kinds"] is { } k)
-        {
-            if (k is not JArray a || a.Count == 0 || a.Any(t => t.Type != JTokenType.String || !AllKinds.Contains((string)t!)))
-                throw new TransportOptionsException("jet option \"kinds\" must be a non-empty array of \"tcp\", \"tls\", \"ws\", \"wss\", \"direct\"");
-            kinds = new HashSet<string>(a.Select(t => (string)t!), StringComparer.Ordinal);
-        }
-        Destination? direct = null;
-        if (r.String("directAddress") is { } d)
-            direct = Destination.TryParse(d, out var dd) && dd.Port != 0 ? dd : throw new TransportOptionsException($"jet option \"directAddress\" \"{d}\" is not \"host:port\"");
-        var pins = new List<byte[]>();
-        if (o["clientPins"] is { } p)
-        {
-            if (p is not JArray pa) throw new TransportOptionsException("jet option \"clientPins\" must be an array of pins");
-            foreach (var item in pa)
-            {
-                if (item.Type != JTokenType.String || ZephyrCredentials.ParsePin((string)item!) is not { } pin)
-                    throw new TransportOptionsException("jet option \"clientPins\": each pin must be 64 hex digits (SHA-256 of a client certificate)");
-                pins.Add(pin);
-            }
-        }
-        return new(relay, r.String("apiKey"), kinds, direct, pins, r.Certificate(), r.Seconds("signalTimeout", JetDefaults.SignalTimeout), r.Seconds("tlsTimeout", JetDefaults.TlsTimeout));
+        var r = OptionsReader.For(options, JetOptions.Path);
+        r.RejectUnknown("relay", "apiKey", "kinds", "directAddress", "clientPins", "certificate", "key", "signalTimeout", "tlsTimeout");
+        var relay = r.Parse("relay", t => Uri.TryCreate(t, UriKind.Absolute, out var u) && u.Scheme is "http" or "https" && u.AbsolutePath == "/" && u.Query.Length == 0 ? u : null,
+            "must be the relay's REST base URL, http(s)://host:port");
+        var kinds = r.List("kinds", t => AllKinds.Contains(t) ? t : null, "must be \"tcp\", \"tls\", \"ws\", \"wss\" or \"direct\"", nonEmpty: true) ?? RelayKinds;
+        var pins = r.List("clientPins", ZephyrCredentials.ParsePin, "must be 64 hex digits (SHA-256 of a client certificate)") ?? [];
+        return new(relay, r.String("apiKey"), new HashSet<string>(kinds, StringComparer.Ordinal), r.Destination("directAddress"), pins, JetOptions.Certificate(r),
+            JetOptions.Seconds(r, "signalTimeout", JetDefaults.SignalTimeout), JetOptions.Seconds(r, "tlsTimeout", JetDefaults.TlsTimeout));
     }
 }
 
@@ -72,40 +48,20 @@ internal static class JetDefaults
     public static readonly TimeSpan TlsTimeout = TimeSpan.FromSeconds(10);
 }
 
-internal sealed class JetOptionReader
+/// <summary>What both sides' options share (spec/jet.md §7.1).</summary>
+internal static class JetOptions
 {
-    private readonly JObject _o;
+    public const string Path = "options.jet";
 
-    public JetOptionReader(JObject o, string side, string[] known)
-    {
-        _o = o;
-        foreach (var p in o.Properties())
-            if (!known.Contains(p.Name, StringComparer.Ordinal))
-                throw new TransportOptionsException($"jet has no {side} option \"{p.Name}\" (known: {string.Join(", ", known)})");
-    }
+    public static TimeSpan Seconds(OptionsReader r, string key, TimeSpan fallback) => r.Seconds(key, fallback, max: 3600);
 
-    public string? String(string name) => _o[name] switch
+    /// <summary><c>certificate</c> and <c>key</c> (PEM); null when neither is given.</summary>
+    public static X509Certificate2? Certificate(OptionsReader r)
     {
-        null => null,
-        { Type: JTokenType.String } v => (string)v!,
-        _ => throw new TransportOptionsException($"jet option \"{name}\" must be a string"),
-    };
-
-    public TimeSpan Seconds(string name, TimeSpan fallback)
-    {
-        var v = _o[name];
-        if (v is null) return fallback;
-        if (v.Type is not (JTokenType.Integer or JTokenType.Float) || (double)v! is not (> 0 and <= 3600 and var s))
-            throw new TransportOptionsException($"jet option \"{name}\" must be a number of seconds above 0, at most 3600");
-        return TimeSpan.FromSeconds(s);
-    }
-
-    public X509Certificate2? Certificate()
-    {
-        string? pem = String("certificate"), key = String("key");
+        string? pem = r.String("certificate"), key = r.String("key");
         if (pem is null && key is null) return null;
-        if (pem is null || key is null) throw new TransportOptionsException("jet options \"certificate\" and \"key\" go together");
+        if (pem is null || key is null) throw r.Fail(pem is null ? "certificate" : "key", "goes together with \"" + (pem is null ? "key" : "certificate") + "\"");
         try { return ZephyrCredentials.FromPem(pem, key, "jet"); }
-        catch (TransportOptionsException e) { throw new TransportOptionsException($"jet: certificate/key PEM unusable: {e.InnerException?.Message ?? e.Message}", e); }
+        catch (TransportOptionsException e) { throw r.Fail("certificate", "certificate/key PEM unusable: " + (e.InnerException?.Message ?? e.Message), e); }
     }
 }

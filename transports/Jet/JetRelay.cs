@@ -35,7 +35,7 @@ public sealed partial class JetRelay : IAsyncDisposable
 
     private readonly JetRelayOptions _options;
     private readonly ILogger _log;
-    private readonly Action<ILoggingBuilder> _configureLogging;
+    private readonly ILoggerFactory _loggers;
     private readonly Lock _lock = new();
     private readonly Dictionary<Guid, Association> _associations = [];
     private readonly Dictionary<IPAddress, int> _perSource = [];
@@ -50,11 +50,11 @@ public sealed partial class JetRelay : IAsyncDisposable
     private int _connections;
     private long _accepted, _refusedByLimits, _sessions, _errors, _bytes;
 
-    public JetRelay(JetRelayOptions options, ILoggerFactory loggers, Action<ILoggingBuilder> configureLogging)
+    public JetRelay(JetRelayOptions options, ILoggerFactory loggers)
     {
         _options = options;
         _log = loggers.CreateLogger("PtHost.Relay.Jet");
-        _configureLogging = configureLogging;
+        _loggers = loggers;
         _apiKey = options.ApiKey is null ? null : Encoding.UTF8.GetBytes(options.ApiKey);
     }
 
@@ -79,9 +79,9 @@ public sealed partial class JetRelay : IAsyncDisposable
         if (_options.Tls is { } tls) TlsEndPoint = StartBinaryListener(tls, CandidateKind.Tls);
 
         var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions { Args = [] });
+        // Kestrel logs through the relay's own logging (the executable's host: same format, level and filters).
         builder.Logging.ClearProviders();
-        _configureLogging(builder.Logging);
-        builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
+        builder.Services.AddSingleton(_loggers);
         builder.WebHost.UseKestrelCore().ConfigureKestrel(k =>
         {
             k.AddServerHeader = false;

@@ -1,6 +1,5 @@
 using System.Net;
 using System.Security.Cryptography.X509Certificates;
-using Newtonsoft.Json;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 using PtHost.Transports.Zephyr;
@@ -93,32 +92,28 @@ public sealed record JetRelayOptions
         Wss = new IPEndPoint(listen.Address, 0),
     };
 
-    /// <summary>Reads the configuration file (JSON, spec/jet.md §5.1) over <paramref name="defaults"/>. Throws <see cref="FormatException"/>.</summary>
+    /// <summary>
+    /// Reads the configuration file (JSON, spec/jet.md §5.1) over <paramref name="defaults"/>. Throws
+    /// <see cref="OptionsException"/> naming the key (<c>(document)</c> for text that is not a JSON object).
+    /// </summary>
     public static JetRelayOptions Parse(string json, JetRelayOptions defaults, string baseDirectory)
     {
-        JObject o;
-        try
-        {
-            using var reader = new JsonTextReader(new StringReader(json)) { DateParseHandling = DateParseHandling.None };
-            o = JObject.Load(reader);
-        }
-        catch (JsonException e) { throw new FormatException($"not a JSON object: {e.Message}"); }
-        foreach (var p in o.Properties())
-            if (!Known.Contains(p.Name, StringComparer.Ordinal)) throw new FormatException($"unknown key \"{p.Name}\" (known: {string.Join(", ", Known)})");
+        var o = OptionsReader.Parse(json);
+        o.RejectUnknown(Known);
 
         var r = defaults;
-        if (o["listen"] is { } listen)
+        if (o.Has("listen"))
         {
-            var ep = EndPoint(listen, "listen") ?? throw new FormatException("\"listen\" cannot be false");
+            var ep = EndPoint(o, "listen") ?? throw o.Fail("listen", "cannot be false");
             // Listeners left at their defaults follow the new address (same IP, port 0).
             IPEndPoint? Follow(IPEndPoint? d) => d is not null && d.Address.Equals(defaults.Listen.Address) && d.Port == 0 ? new IPEndPoint(ep.Address, 0) : d;
             r = r with { Listen = ep, Tcp = Follow(r.Tcp), Tls = Follow(r.Tls), Wss = Follow(r.Wss) };
         }
-        if (o.ContainsKey("tcp")) r = r with { Tcp = EndPoint(o["tcp"]!, "tcp") };
-        if (o.ContainsKey("tls")) r = r with { Tls = EndPoint(o["tls"]!, "tls") };
-        if (o.ContainsKey("wss")) r = r with { Wss = EndPoint(o["wss"]!, "wss") };
-        string? certFile = Str(o, "certificateFile"), keyFile = Str(o, "keyFile");
-        if ((certFile is null) != (keyFile is null)) throw new FormatException("\"certificateFile\" and \"keyFile\" go together");
+        if (o.Has("tcp")) r = r with { Tcp = EndPoint(o, "tcp") };
+        if (o.Has("tls")) r = r with { Tls = EndPoint(o, "tls") };
+        if (o.Has("wss")) r = r with { Wss = EndPoint(o, "wss") };
+        string? certFile = o.String("certificateFile"), keyFile = o.String("keyFile");
+        if ((certFile is null) != (keyFile is null)) throw o.Fail(certFile is null ? "certificateFile" : "keyFile", "goes together with \"" + (certFile is null ? "keyFile" : "certificateFile") + "\"");
         if (certFile is not null)
         {
             try
@@ -128,75 +123,62 @@ public sealed record JetRelayOptions
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or TransportOptionsException)
             {
-                throw new FormatException($"certificate: {(e is TransportOptionsException ? e.InnerException?.Message ?? e.Message : e.Message)}");
+                throw o.Fail("certificateFile", "unusable: " + (e is TransportOptionsException ? e.InnerException?.Message ?? e.Message : e.Message), e);
             }
         }
-        if (Str(o, "instance") is { } instance)
+        if (o.String("instance") is { } instance)
         {
-            if (instance.Length is 0 or > 255 || instance.Any(c => c <= ' ' || c >= 0x7f)) throw new FormatException("\"instance\" must be 1–255 printable ASCII characters without spaces");
+            if (instance.Length is 0 or > 255 || instance.Any(c => c <= ' ' || c >= 0x7f)) throw o.Fail("instance", "must be 1–255 printable ASCII characters without spaces");
             r = r with { Instance = instance };
         }
-        if (Str(o, "externalHost") is { } host)
+        if (o.String("externalHost") is { } host)
         {
-            if (!Destination.IsValidHostName(host) && Destination.ParseLiteral(host) is null) throw new FormatException($"\"externalHost\" \"{host}\" is not a host name or IP literal");
+            if (!Destination.IsValidHostName(host) && Destination.ParseLiteral(host) is null) throw o.Fail("externalHost", $"\"{host}\" is not a host name or IP literal");
             r = r with { ExternalHost = host };
         }
-        if (o["external"] is { } ext)
+        if (o.Has("external"))
         {
-            if (ext is not JObject eo) throw new FormatException("\"external\" must be an object of kind → \"host:port\"");
+            var eo = o.Object("external");
+            if (eo.IsAbsent) throw o.Fail("external", "must be an object of kind → \"host:port\"");
             var map = new Dictionary<CandidateKind, Destination>();
-            foreach (var p in eo.Properties())
+            foreach (string name in eo.Keys)
             {
-                if (!Enum.TryParse<CandidateKind>(p.Name, ignoreCase: true, out var kind) || p.Name != p.Name.ToLowerInvariant())
-                    throw new FormatException($"\"external\": \"{p.Name}\" is not one of tcp, tls, ws, wss");
-                if (p.Value.Type != JTokenType.String || !Destination.TryParse((string)p.Value!, out var d) || d.Port == 0)
-                    throw new FormatException($"\"external\".{p.Name} must be \"host:port\"");
-                map[kind] = d;
+                var kind = name switch
+                {
+                    "tcp" => CandidateKind.Tcp,
+                    "tls" => CandidateKind.Tls,
+                    "ws" => CandidateKind.Ws,
+                    "wss" => CandidateKind.Wss,
+                    _ => throw eo.Fail(name, "unknown kind (known: tcp, tls, ws, wss)"),
+                };
+                map[kind] = eo.Destination(name)!;
             }
             r = r with { External = map };
         }
-        if (o.ContainsKey("apiKey"))
+        if (o.Has("apiKey"))
         {
-            string? key = o["apiKey"]!.Type == JTokenType.Null ? null : Str(o, "apiKey");
+            string? key = o.Token("apiKey")!.Type == JTokenType.Null ? null : o.String("apiKey");
             if (key is not null && (key.Length is < 16 or > 512 || key.Any(c => c <= ' ' || c >= 0x7f)))
-                throw new FormatException("\"apiKey\" must be 16–512 printable ASCII characters without spaces");
+                throw o.Fail("apiKey", "must be 16–512 printable ASCII characters without spaces");
             r = r with { ApiKey = key };
         }
-        if (Str(o, "policy") is { } policy)
-            r = r with { Policy = policy switch { "api" => AssociationPolicy.Api, "any" => AssociationPolicy.Any, _ => throw new FormatException("\"policy\" must be \"api\" or \"any\"") } };
-        if (o["associationTimeout"] is { } at) r = r with { AssociationTimeout = Seconds(at, "associationTimeout") };
-        if (o["handshakeTimeout"] is { } ht) r = r with { HandshakeTimeout = Seconds(ht, "handshakeTimeout") };
-        if (o["statsInterval"] is { } si) r = r with { StatsInterval = Seconds(si, "statsInterval") };
-        if (o["maxConnections"] is { } mc) r = r with { MaxConnections = Count(mc, "maxConnections") };
-        if (o["maxPerSource"] is { } mp) r = r with { MaxPerSource = Count(mp, "maxPerSource") };
-        if (o["maxAssociations"] is { } ma) r = r with { MaxAssociations = Count(ma, "maxAssociations") };
-        return r;
+        if (o.OneOf("policy", "api", "any") is { } policy) r = r with { Policy = policy == "api" ? AssociationPolicy.Api : AssociationPolicy.Any };
+        return r with
+        {
+            AssociationTimeout = o.Seconds("associationTimeout", r.AssociationTimeout, 86_400),
+            HandshakeTimeout = o.Seconds("handshakeTimeout", r.HandshakeTimeout, 86_400),
+            StatsInterval = o.Seconds("statsInterval", r.StatsInterval, 86_400),
+            MaxConnections = (int)o.Integer("maxConnections", r.MaxConnections, 1, 1_000_000),
+            MaxPerSource = (int)o.Integer("maxPerSource", r.MaxPerSource, 1, 1_000_000),
+            MaxAssociations = (int)o.Integer("maxAssociations", r.MaxAssociations, 1, 1_000_000),
+        };
     }
 
     internal static X509Certificate2 LoadPem(string certPem, string keyPem) => ZephyrCredentials.FromPem(certPem, keyPem, "jet relay");
 
-    private static string? Str(JObject o, string name) => o[name] switch
-    {
-        null => null,
-        { Type: JTokenType.String } v => (string)v!,
-        _ => throw new FormatException($"\"{name}\" must be a string"),
-    };
-
-    private static IPEndPoint? EndPoint(JToken v, string name)
-    {
-        if (v.Type == JTokenType.Boolean && !(bool)v) return null;
-        if (v.Type != JTokenType.String || !Destination.TryParse((string)v!, out var d) || d.Address is null)
-            throw new FormatException($"\"{name}\" must be \"ip:port\" (port 0: any free port) or false");
-        return new IPEndPoint(d.Address, d.Port);
-    }
-
-    private static TimeSpan Seconds(JToken v, string name) =>
-        v.Type is JTokenType.Integer or JTokenType.Float && (double)v! is > 0 and <= 86_400 and var s
-            ? TimeSpan.FromSeconds(s)
-            : throw new FormatException($"\"{name}\" must be a number of seconds above 0, at most 86400");
-
-    private static int Count(JToken v, string name) =>
-        v.Type == JTokenType.Integer && (long)v! is > 0 and <= 1_000_000 and var n
-            ? (int)n
-            : throw new FormatException($"\"{name}\" must be an integer 1–1000000");
+    /// <summary>"ip:port" (port 0: any free port), or false: the listener is off.</summary>
+    private static IPEndPoint? EndPoint(OptionsReader o, string key) =>
+        o.Token(key) is { Type: JTokenType.Boolean } b && !(bool)b ? null
+        : o.Token(key) is { Type: not JTokenType.String } other ? throw o.Fail(key, $"must be \"ip:port\" (port 0: any free port) or false, not {OptionsReader.Describe(other)}")
+        : o.EndPoint(key);
 }

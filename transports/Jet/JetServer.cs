@@ -273,7 +273,7 @@ internal sealed class JetServerManager : IServerManager
                         Track(ServeCandidateAsync(offer, stream, c.Kind, new DnsEndPoint(c.Url.IdnHost, c.Url.Port)));
                     }
                 }
-                catch (Exception e) when (e is HttpRequestException or TransportConnectException or InvalidDataException or Newtonsoft.Json.JsonException or TaskCanceledException)
+                catch (Exception e) when (e is HttpRequestException or TransportConnectException or InvalidDataException or TaskCanceledException)
                 {
                     problems.Add($"relay {relay.Authority}: {e.Message}");
                     _log.LogWarning("jet offer {Id}: relay {Relay}: {Error}", offer.Id, relay, e.Message);
@@ -345,11 +345,13 @@ internal sealed class JetServerManager : IServerManager
     /// <summary>
     /// The relay's answer to <c>POST /jet/gather/{aid}</c> (spec/jet.md §5.2): its well-formed
     /// candidates (an id that is a UUID, a tcp/tls/ws/wss URL); others are left out. Throws only
-    /// <see cref="Newtonsoft.Json.JsonException"/> (not a JSON object) or <see cref="InvalidDataException"/> (no candidate list).
+    /// <see cref="InvalidDataException"/> (not a JSON object, RFC 8259 strictly, or no candidate list).
     /// </summary>
     internal static List<JetCandidate> ReadGatherAnswer(string json)
     {
-        var body = JObject.Parse(json);
+        JObject body;
+        try { body = StrictJson.ParseObject(json); }
+        catch (FormatException e) { throw new InvalidDataException("gather answer is not a JSON object: " + e.Message, e); }
         var result = new List<JetCandidate>();
         if (body["candidates"] is not JArray list) throw new InvalidDataException("gather answer has no \"candidates\"");
         foreach (var item in list)

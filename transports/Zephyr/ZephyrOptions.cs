@@ -10,13 +10,13 @@ internal sealed record ZephyrClientOptions(
 {
     public static ZephyrClientOptions Parse(JToken? options)
     {
-        if (options is not JObject o) throw new TransportOptionsException("zephyr client options must be an object with \"relay\", \"serverPin\", \"certificate\" and \"key\"");
-        var reader = new ZephyrOptionReader(o, "client", ["relay", "relays", "serverPin", "certificate", "key", "pkcs12", "signalTimeout", "tlsTimeout"]);
-        var relays = reader.Relays() ?? throw new TransportOptionsException("zephyr client option \"relay\" (or \"relays\") is required");
-        string pinText = reader.String("serverPin") ?? throw new TransportOptionsException("zephyr client option \"serverPin\" is required");
-        byte[] pin = ZephyrCredentials.ParsePin(pinText) ?? throw new TransportOptionsException("zephyr option \"serverPin\" must be 64 hex digits (SHA-256 of the server certificate)");
-        var cert = reader.Certificate() ?? throw new TransportOptionsException("zephyr client options need \"certificate\" and \"key\" (PEM) or \"pkcs12\"");
-        return new(relays, pin, cert, reader.Seconds("signalTimeout", ZephyrDefaults.SignalTimeout), reader.Seconds("tlsTimeout", ZephyrDefaults.TlsTimeout));
+        var r = OptionsReader.For(options, ZephyrOptions.Path);
+        if (r.IsAbsent) throw r.Fail("is required: an object with \"relay\", \"serverPin\", \"certificate\" and \"key\" (pthost generate-config zephyr)");
+        r.RejectUnknown("relay", "relays", "serverPin", "certificate", "key", "pkcs12", "signalTimeout", "tlsTimeout");
+        var relays = ZephyrOptions.Relays(r) ?? throw r.Fail("relay", "is required (or \"relays\")");
+        byte[] pin = r.Require("serverPin").Parse("serverPin", ZephyrCredentials.ParsePin, "must be 64 hex digits (SHA-256 of the server certificate)")!;
+        var cert = ZephyrOptions.Certificate(r, "client") ?? throw r.Fail("certificate", "is required: \"certificate\" and \"key\" (PEM), or \"pkcs12\"");
+        return new(relays, pin, cert, ZephyrOptions.Seconds(r, "signalTimeout", ZephyrDefaults.SignalTimeout), ZephyrOptions.Seconds(r, "tlsTimeout", ZephyrDefaults.TlsTimeout));
     }
 }
 
@@ -31,29 +31,14 @@ internal sealed record ZephyrServerOptions(
 {
     public static ZephyrServerOptions Parse(JToken? options)
     {
-        if (options is null || options.Type == JTokenType.Null) return new(null, [], null, ZephyrDefaults.SignalTimeout, ZephyrDefaults.TlsTimeout);
-        if (options is not JObject o) throw new TransportOptionsException("zephyr server options must be an object");
-        var reader = new ZephyrOptionReader(o, "server", ["relay", "relays", "anyRelay", "clientPins", "certificate", "key", "pkcs12", "signalTimeout", "tlsTimeout"]);
-        bool anyRelay = o["anyRelay"] switch
-        {
-            null => false,
-            { Type: JTokenType.Boolean } b => (bool)b!,
-            _ => throw new TransportOptionsException("zephyr option \"anyRelay\" must be true or false"),
-        };
-        var relays = reader.Relays();
-        if (anyRelay && relays is not null) throw new TransportOptionsException("zephyr option \"anyRelay\": true excludes \"relay\" and \"relays\"");
-        var pins = new List<byte[]>();
-        if (o["clientPins"] is { } p)
-        {
-            if (p is not JArray a) throw new TransportOptionsException("zephyr option \"clientPins\" must be an array of pins");
-            foreach (var item in a)
-            {
-                if (item.Type != JTokenType.String || ZephyrCredentials.ParsePin((string)item!) is not { } pin)
-                    throw new TransportOptionsException("zephyr option \"clientPins\": each pin must be 64 hex digits (SHA-256 of a client certificate)");
-                pins.Add(pin);
-            }
-        }
-        return new(relays, pins, reader.Certificate(), reader.Seconds("signalTimeout", ZephyrDefaults.SignalTimeout), reader.Seconds("tlsTimeout", ZephyrDefaults.TlsTimeout), anyRelay);
+        var r = OptionsReader.For(options, ZephyrOptions.Path);
+        r.RejectUnknown("relay", "relays", "anyRelay", "clientPins", "certificate", "key", "pkcs12", "signalTimeout", "tlsTimeout");
+        bool anyRelay = r.Bool("anyRelay", false);
+        var relays = ZephyrOptions.Relays(r);
+        if (anyRelay && relays is not null) throw r.Fail("anyRelay", "true excludes \"relay\" and \"relays\"");
+        var pins = r.List("clientPins", ZephyrCredentials.ParsePin, "must be 64 hex digits (SHA-256 of a client certificate)") ?? [];
+        return new(relays, pins, ZephyrOptions.Certificate(r, "server"), ZephyrOptions.Seconds(r, "signalTimeout", ZephyrDefaults.SignalTimeout),
+            ZephyrOptions.Seconds(r, "tlsTimeout", ZephyrDefaults.TlsTimeout), anyRelay);
     }
 }
 
@@ -65,64 +50,39 @@ internal static class ZephyrDefaults
     public static readonly TimeSpan RelayPeerTimeout = TimeSpan.FromSeconds(30);
 }
 
-internal sealed class ZephyrOptionReader
+/// <summary>What both sides' options share (spec/zephyr.md §7.1).</summary>
+internal static class ZephyrOptions
 {
-    private readonly JObject _o;
-    private readonly string _side;
+    public const string Path = "options.zephyr";
 
-    public ZephyrOptionReader(JObject o, string side, string[] known)
+    public static TimeSpan Seconds(OptionsReader r, string key, TimeSpan fallback) => r.Seconds(key, fallback, max: 3600);
+
+    /// <summary><c>relay</c> (one "host:port") or <c>relays</c> (a non-empty array of them); null when neither is given.</summary>
+    public static IReadOnlyList<Destination>? Relays(OptionsReader r)
     {
-        _o = o;
-        _side = side;
-        foreach (var p in o.Properties())
-            if (!known.Contains(p.Name, StringComparer.Ordinal))
-                throw new TransportOptionsException($"zephyr has no {side} option \"{p.Name}\" (known: {string.Join(", ", known)})");
+        if (r.Has("relay") && r.Has("relays")) throw r.Fail("relays", "excludes \"relay\"");
+        if (r.Destination("relay") is { } one) return [one];
+        return r.List("relays", t => Destination.TryParse(t, out var d) && d.Port != 0 ? d : null, "must be \"host:port\"", nonEmpty: true);
     }
 
-    public string? String(string name) => _o[name] switch
+    /// <summary>The side's certificate: <c>certificate</c> and <c>key</c> (PEM), or <c>pkcs12</c>; null when none is given.</summary>
+    public static X509Certificate2? Certificate(OptionsReader r, string side)
     {
-        null => null,
-        { Type: JTokenType.String } v => (string)v!,
-        _ => throw new TransportOptionsException($"zephyr option \"{name}\" must be a string"),
-    };
-
-    public TimeSpan Seconds(string name, TimeSpan fallback)
-    {
-        var v = _o[name];
-        if (v is null) return fallback;
-        if (v.Type is not (JTokenType.Integer or JTokenType.Float) || (double)v! is not (> 0 and <= 3600 and var s))
-            throw new TransportOptionsException($"zephyr option \"{name}\" must be a number of seconds above 0, at most 3600");
-        return TimeSpan.FromSeconds(s);
-    }
-
-    public IReadOnlyList<Destination>? Relays()
-    {
-        if (_o["relay"] is not null && _o["relays"] is not null) throw new TransportOptionsException("zephyr options \"relay\" and \"relays\" exclude each other");
-        var list = new List<Destination>();
-        if (String("relay") is { } one) list.Add(ParseRelay(one));
-        else if (_o["relays"] is { } many)
+        string? pem = r.String("certificate"), key = r.String("key"), p12 = r.String("pkcs12");
+        try
         {
-            if (many is not JArray a || a.Count == 0) throw new TransportOptionsException("zephyr option \"relays\" must be a non-empty array of \"host:port\"");
-            foreach (var item in a)
-                list.Add(item.Type == JTokenType.String ? ParseRelay((string)item!) : throw new TransportOptionsException("zephyr option \"relays\" must be a non-empty array of \"host:port\""));
+            if (p12 is not null)
+            {
+                if (pem is not null || key is not null) throw r.Fail("pkcs12", "excludes \"certificate\" and \"key\"");
+                return ZephyrCredentials.FromPkcs12(p12, side);
+            }
+            if (pem is null && key is null) return null;
+            if (pem is null || key is null) throw r.Fail(pem is null ? "certificate" : "key", "goes together with \"" + (pem is null ? "key" : "certificate") + "\"");
+            return ZephyrCredentials.FromPem(pem, key, side);
         }
-        else return null;
-        return list;
-    }
-
-    private static Destination ParseRelay(string text) =>
-        Destination.TryParse(text, out var d) && d.Port != 0 ? d : throw new TransportOptionsException($"zephyr relay \"{text}\" is not \"host:port\"");
-
-    public X509Certificate2? Certificate()
-    {
-        string? pem = String("certificate"), key = String("key"), p12 = String("pkcs12");
-        if (p12 is not null)
+        catch (TransportOptionsException e)
         {
-            if (pem is not null || key is not null) throw new TransportOptionsException("zephyr option \"pkcs12\" excludes \"certificate\" and \"key\"");
-            return ZephyrCredentials.FromPkcs12(p12, _side);
+            throw r.Fail(p12 is not null ? "pkcs12" : "certificate", "unusable: " + (e.InnerException?.Message ?? e.Message), e);
         }
-        if (pem is null && key is null) return null;
-        if (pem is null || key is null) throw new TransportOptionsException("zephyr options \"certificate\" and \"key\" go together");
-        return ZephyrCredentials.FromPem(pem, key, _side);
     }
 }

@@ -164,18 +164,20 @@ internal sealed class ZephyrServerManager : IServerManager
         relay = null;
         nonce = "";
         problem = null;
-        if (s.Body is not JObject body) { problem = "no body"; return false; }
-        if (body["nonce"] is not { Type: JTokenType.String } n || ((string)n!).Length is 0 or > ZephyrSignals.MaxNonceLength)
+        try
         {
-            problem = "no valid \"nonce\"";
-            return false;
+            // spec/zephyr.md §7.2: {"nonce", "zid", "relay"}; the problem names the key ("body.zid: ...").
+            var body = OptionsReader.For(s.Body, "body");
+            if (body.IsAbsent) throw body.Fail("is required");
+            string n = body.Require("nonce").String("nonce")!;
+            if (n.Length is 0 or > ZephyrSignals.MaxNonceLength) throw body.Fail("nonce", $"must be 1 to {ZephyrSignals.MaxNonceLength} characters");
+            nonce = n;
+            zid = (uint)body.Require("zid").Integer("zid", 0, ZephyrWire.MaxZid)!.Value;
+            relay = body.Require("relay").Destination("relay")!;
         }
-        nonce = (string)n!;
-        if (body["zid"] is not { Type: JTokenType.Integer } z || (long)z is < 0 or > ZephyrWire.MaxZid) { problem = "no valid \"zid\""; return false; }
-        zid = (uint)(long)z;
-        if (body["relay"] is not { Type: JTokenType.String } r || !Destination.TryParse((string)r!, out relay) || relay.Port == 0)
+        catch (OptionsException e)
         {
-            problem = "no valid \"relay\"";
+            problem = e.Message;
             return false;
         }
         string named = relay.ToString();

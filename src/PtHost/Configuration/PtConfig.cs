@@ -53,49 +53,38 @@ public sealed partial class PtConfig
     public static bool IsSupportedVersion(string v) =>
         v.Split(',', StringSplitOptions.TrimEntries).Any(x => x is "2" or "2.0" or "2.1");
 
+    /// <summary>Parses and validates the document (spec/ipc.md §3); throws <see cref="ConfigException"/> naming the first bad key's path.</summary>
     public static PtConfig Parse(string json)
     {
-        JObject root;
-        try { root = StrictJson.Parse(json) as JObject ?? throw new ConfigException("(document)", "must be a JSON object"); }
-        catch (FormatException e) { throw new ConfigException("(document)", "not valid JSON (RFC 8259): " + e.Message); }
-        return FromObject(root);
+        try { return Read(OptionsReader.Parse(json)); }
+        catch (OptionsException e) { throw new ConfigException(e.Path, e.Problem); }
     }
 
+    /// <summary>Validates a parsed document; throws <see cref="ConfigException"/>.</summary>
     public static PtConfig FromObject(JObject root)
     {
-        foreach (var p in root.Properties())
-            if (Array.IndexOf(Keys, p.Name) < 0)
-                throw new ConfigException(p.Name, "unknown key (known: " + string.Join(", ", Keys) + ")");
+        try { return Read(OptionsReader.For(root, "")); }
+        catch (OptionsException e) { throw new ConfigException(e.Path, e.Problem); }
+    }
 
-        string version = OptionalString(root, "ptversion") ?? "2";
-        string roleText = OptionalString(root, "role") ?? throw new ConfigException("role", "required: \"client\" or \"server\"");
-        Role role = roleText switch
-        {
-            "client" => Role.Client,
-            "server" => Role.Server,
-            _ => throw new ConfigException("role", $"must be \"client\" or \"server\", not \"{roleText}\""),
-        };
+    private static PtConfig Read(OptionsReader r)
+    {
+        // §3.3: unknown keys first, in document order.
+        r.RejectUnknown(Keys);
+        string version = r.String("ptversion", "2");
+        Role role = r.Require("role", "\"client\" or \"server\"").OneOf("role", "client", "server") == "client" ? Role.Client : Role.Server;
 
-        var transportsToken = root["transports"] as JArray ?? throw new ConfigException("transports", "required: an array of transport names");
-        var transports = new List<string>();
-        foreach (var t in transportsToken)
-        {
-            if (t.Type != JTokenType.String || !IsTransportName((string)t!))
-                throw new ConfigException("transports", $"{t.ToString(Formatting.None)} is not a transport name ([A-Za-z0-9_]+)");
-            if (transports.Contains((string)t!)) throw new ConfigException("transports", $"\"{t}\" is listed twice");
-            transports.Add((string)t!);
-        }
-        if (transports.Count == 0) throw new ConfigException("transports", "must name at least one transport");
+        var transports = r.Require("transports", "an array of transport names")
+            .List("transports", t => IsTransportName(t) ? t : null, "is not a transport name ([A-Za-z0-9_]{1,64})", nonEmpty: true)!;
+        for (int i = 1; i < transports.Count; i++)
+            if (transports.Take(i).Contains(transports[i])) throw new OptionsException($"transports[{i}]", $"\"{transports[i]}\" is listed twice");
 
         var options = new Dictionary<string, JToken>();
-        if (root["options"] is { } optionsToken)
+        var optionsObject = r.Object("options");
+        foreach (string name in optionsObject.Keys)
         {
-            if (optionsToken is not JObject o) throw new ConfigException("options", "must be an object: transport → JSON");
-            foreach (var p in o.Properties())
-            {
-                if (!transports.Contains(p.Name)) throw new ConfigException("options", $"names \"{p.Name}\", which is not in transports");
-                options[p.Name] = p.Value;
-            }
+            if (!transports.Contains(name)) throw optionsObject.Fail(name, "names a transport that is not in transports");
+            options[name] = optionsObject.Token(name)!;
         }
 
         var config = new PtConfig
@@ -104,67 +93,54 @@ public sealed partial class PtConfig
             Role = role,
             Transports = transports,
             Options = options,
-            PluginDirectory = OptionalString(root, "plugindir"),
-            StateDirectory = ParseState(OptionalString(root, "state")),
-            ExitOnStdinClose = OptionalBool(root, "exit-on-stdin-close") ?? false,
-            LogLevel = ParseLogLevel(OptionalString(root, "loglevel")),
-            ProxyListenAddresses = role == Role.Client ? ParseProxyListen(root, transports) : RejectFor(root, "proxylistenaddr", "client", new Dictionary<string, IPEndPoint>()),
-            BindAddresses = role == Role.Server ? ParseBindAddresses(root, transports) : RejectFor(root, "bindaddr", "server", new Dictionary<string, IPEndPoint>()),
-            Target = role == Role.Server ? ParseTarget(root) : RejectFor<Destination?>(root, "target", "server", null),
-            Allow = role == Role.Server ? ParseAllow(root) : RejectFor<AllowList?>(root, "allow", "server", null),
-            UpstreamProxy = role == Role.Client ? ParseProxy(root) : RejectFor<string?>(root, "proxy", "client", null),
-            Turn = role == Role.Client ? TurnConfig.Parse(root["turn"], transports.Count) : RejectFor<PtHost.Turn.TurnOptions?>(root, "turn", "client", null),
+            PluginDirectory = r.String("plugindir"),
+            StateDirectory = ParseState(r),
+            ExitOnStdinClose = r.Bool("exit-on-stdin-close", false),
+            LogLevel = ParseLogLevel(r),
+            ProxyListenAddresses = role == Role.Client ? ParseProxyListen(r, transports) : RejectFor(r, "proxylistenaddr", "client", new Dictionary<string, IPEndPoint>()),
+            BindAddresses = role == Role.Server ? ParseBindAddresses(r, transports) : RejectFor(r, "bindaddr", "server", new Dictionary<string, IPEndPoint>()),
+            Target = role == Role.Server ? ParseTarget(r) : RejectFor<Destination?>(r, "target", "server", null),
+            Allow = role == Role.Server ? ParseAllow(r) : RejectFor<AllowList?>(r, "allow", "server", null),
+            UpstreamProxy = role == Role.Client ? ParseProxy(r) : RejectFor<string?>(r, "proxy", "client", null),
+            Turn = role == Role.Client ? TurnConfig.Read(r.Object("turn"), transports.Count) : RejectFor<PtHost.Turn.TurnOptions?>(r, "turn", "client", null),
         };
         if (config.Role == Role.Server && config.Target is null && config.Allow is null)
-            throw new ConfigException("allow", "a free server (no \"target\") requires an explicit \"allow\" list of destinations");
+            throw r.Fail("allow", "a free server (no \"target\") requires an explicit \"allow\" list of destinations");
         if (config.Role == Role.Server && config.Target is not null && config.Allow is not null)
-            throw new ConfigException("allow", "only a free server (no \"target\") takes an \"allow\" list");
+            throw r.Fail("allow", "only a free server (no \"target\") takes an \"allow\" list");
         if (config.PluginDirectory is not null && !Directory.Exists(config.PluginDirectory))
-            throw new ConfigException("plugindir", $"\"{config.PluginDirectory}\" is not a directory");
+            throw r.Fail("plugindir", $"\"{config.PluginDirectory}\" is not a directory");
         return config;
     }
 
     /// <summary><c>proxy</c>: the upstream proxy URI, TOR_PT_PROXY's syntax (spec/external.md §2.1).</summary>
-    private static string? ParseProxy(JObject root)
+    private static string? ParseProxy(OptionsReader r)
     {
-        string? text = OptionalString(root, "proxy");
+        string? text = r.String("proxy");
         if (text is null) return null;
-        return Net.UpstreamProxy.TryParse(text, out _, out string? error) ? text : throw new ConfigException("proxy", error!);
+        return Net.UpstreamProxy.TryParse(text, out _, out string? error) ? text : throw r.Fail("proxy", error!);
     }
 
-    private static string ParseState(string? text)
+    private static string ParseState(OptionsReader r)
     {
+        string? text = r.String("state");
         if (text is null) return Directory.GetCurrentDirectory();
-        if (text.Length == 0 || text.Contains('\0')) throw new ConfigException("state", "must be a directory path");
+        if (text.Length == 0 || text.Contains('\0')) throw r.Fail("state", "must be a directory path");
         try { return Path.GetFullPath(text); }
         catch (Exception e) when (e is ArgumentException or NotSupportedException or PathTooLongException)
         {
-            throw new ConfigException("state", $"\"{text}\" is not a usable path: {e.Message}");
+            throw r.Fail("state", $"\"{text}\" is not a usable path: {e.Message}");
         }
     }
 
     public static bool IsTransportName(string s) => s.Length is > 0 and <= 64 && s.All(c => char.IsAsciiLetterOrDigit(c) || c == '_');
 
-    private static T RejectFor<T>(JObject root, string key, string role, T value) =>
-        root[key] is null ? value : throw new ConfigException(key, $"applies to role \"{role}\" only");
+    private static T RejectFor<T>(OptionsReader r, string key, string role, T value) =>
+        r.Has(key) ? throw r.Fail(key, $"applies to role \"{role}\" only") : value;
 
-    private static string? OptionalString(JObject root, string key) => root[key] switch
-    {
-        null => null,
-        { Type: JTokenType.String } t => (string)t!,
-        _ => throw new ConfigException(key, "must be a string"),
-    };
-
-    private static bool? OptionalBool(JObject root, string key) => root[key] switch
-    {
-        null => null,
-        { Type: JTokenType.Boolean } t => (bool)t,
-        _ => throw new ConfigException(key, "must be true or false"),
-    };
-
-    private static Microsoft.Extensions.Logging.LogLevel ParseLogLevel(string? s) =>
-        s is null ? Microsoft.Extensions.Logging.LogLevel.Information
-        : TryParseLogLevel(s) ?? throw new ConfigException("loglevel", $"\"{s}\" is not one of error, warning, notice, info, debug, trace, none");
+    private static Microsoft.Extensions.Logging.LogLevel ParseLogLevel(OptionsReader r) =>
+        r.String("loglevel") is not { } s ? Microsoft.Extensions.Logging.LogLevel.Information
+        : TryParseLogLevel(s) ?? throw r.Fail("loglevel", $"\"{s}\" is not one of error, warning, notice, info, debug, trace, none");
 
     /// <summary>The level names PtHost accepts (PT's names plus trace and none).</summary>
     public static Microsoft.Extensions.Logging.LogLevel? TryParseLogLevel(string s) => s switch
@@ -178,75 +154,46 @@ public sealed partial class PtConfig
         _ => null,
     };
 
-    public static IPEndPoint ParseEndPoint(string key, string text)
-    {
-        if (!Destination.TryParse(text, out var d) || d.Address is null)
-            throw new ConfigException(key, $"\"{text}\" is not ip:port (IPv6 as [addr]:port)");
-        return new IPEndPoint(d.Address, d.Port);
-    }
-
-    private static Dictionary<string, IPEndPoint> ParseProxyListen(JObject root, List<string> transports)
+    /// <summary>A per-transport address object (<c>proxylistenaddr</c>, <c>bindaddr</c>): transport → "ip:port"; unnamed transports get 127.0.0.1:0.</summary>
+    private static Dictionary<string, IPEndPoint> ReadPerTransport(OptionsReader o, List<string> transports)
     {
         var result = new Dictionary<string, IPEndPoint>();
-        var token = root["proxylistenaddr"];
-        if (token is JObject perTransport)
+        foreach (string name in o.Keys)
         {
-            foreach (var p in perTransport.Properties())
-            {
-                if (!transports.Contains(p.Name)) throw new ConfigException("proxylistenaddr", $"names \"{p.Name}\", which is not in transports");
-                if (p.Value.Type != JTokenType.String) throw new ConfigException("proxylistenaddr", $"\"{p.Name}\" must be \"ip:port\"");
-                result[p.Name] = ParseEndPoint("proxylistenaddr", (string)p.Value!);
-            }
-            foreach (var t in transports) result.TryAdd(t, new IPEndPoint(IPAddress.Loopback, 0));
-            return result;
-        }
-        var shared = token is null ? new IPEndPoint(IPAddress.Loopback, 0)
-            : token.Type == JTokenType.String ? ParseEndPoint("proxylistenaddr", (string)token!)
-            : throw new ConfigException("proxylistenaddr", "must be \"ip:port\" or an object transport → \"ip:port\"");
-        if (shared.Port != 0 && transports.Count > 1)
-            throw new ConfigException("proxylistenaddr", "a fixed port can serve one transport only; use port 0 or an object transport → \"ip:port\"");
-        foreach (var t in transports) result[t] = shared;
-        return result;
-    }
-
-    private static Dictionary<string, IPEndPoint> ParseBindAddresses(JObject root, List<string> transports)
-    {
-        var result = new Dictionary<string, IPEndPoint>();
-        if (root["bindaddr"] is { } token)
-        {
-            if (token is not JObject o) throw new ConfigException("bindaddr", "must be an object: transport → \"ip:port\"");
-            foreach (var p in o.Properties())
-            {
-                if (!transports.Contains(p.Name)) throw new ConfigException("bindaddr", $"names \"{p.Name}\", which is not in transports");
-                if (p.Value.Type != JTokenType.String) throw new ConfigException("bindaddr", $"\"{p.Name}\" must be \"ip:port\"");
-                result[p.Name] = ParseEndPoint("bindaddr", (string)p.Value!);
-            }
+            if (!transports.Contains(name)) throw o.Fail(name, "names a transport that is not in transports");
+            result[name] = o.EndPoint(name)!;
         }
         foreach (var t in transports) result.TryAdd(t, new IPEndPoint(IPAddress.Loopback, 0));
         return result;
     }
 
-    private static Destination? ParseTarget(JObject root)
+    private static Dictionary<string, IPEndPoint> ParseProxyListen(OptionsReader r, IReadOnlyList<string> transports)
     {
-        string? text = OptionalString(root, "target");
-        if (text is null) return null;
-        if (!Destination.TryParse(text, out var d) || d.Port == 0)
-            throw new ConfigException("target", $"\"{text}\" is not host:port with a non-zero port");
-        return d;
+        var list = transports.ToList();
+        if (r.Token("proxylistenaddr") is JObject) return ReadPerTransport(r.Object("proxylistenaddr"), list);
+        if (r.Token("proxylistenaddr") is { Type: not JTokenType.String } other)
+            throw r.Fail("proxylistenaddr", $"must be \"ip:port\" or an object transport → \"ip:port\", not {OptionsReader.Describe(other)}");
+        var shared = r.EndPoint("proxylistenaddr") ?? new IPEndPoint(IPAddress.Loopback, 0);
+        if (shared.Port != 0 && transports.Count > 1)
+            throw r.Fail("proxylistenaddr", "a fixed port can serve one transport only; use port 0 or an object transport → \"ip:port\"");
+        return list.ToDictionary(t => t, _ => shared);
     }
 
-    private static AllowList? ParseAllow(JObject root)
+    private static Dictionary<string, IPEndPoint> ParseBindAddresses(OptionsReader r, IReadOnlyList<string> transports)
     {
-        var token = root["allow"];
-        if (token is null) return null;
-        if (token is not JArray a) throw new ConfigException("allow", "must be an array of \"ip-or-cidr[:port]\" strings");
-        var entries = new List<string>();
-        foreach (var e in a)
-        {
-            if (e.Type != JTokenType.String) throw new ConfigException("allow", $"{e.ToString(Formatting.None)} must be a string");
-            entries.Add((string)e!);
-        }
+        if (r.Token("bindaddr") is { Type: not JTokenType.Object } other)
+            throw r.Fail("bindaddr", $"must be an object: transport → \"ip:port\", not {OptionsReader.Describe(other)}");
+        return ReadPerTransport(r.Object("bindaddr"), transports.ToList());
+    }
+
+    private static Destination? ParseTarget(OptionsReader r) =>
+        r.Parse("target", t => Destination.TryParse(t, out var d) && d.Port != 0 ? d : null, "must be host:port with a non-zero port");
+
+    private static AllowList? ParseAllow(OptionsReader r)
+    {
+        var entries = r.Strings("allow");
+        if (entries is null) return null;
         try { return AllowList.Parse(entries); }
-        catch (FormatException fe) { throw new ConfigException("allow", fe.Message); }
+        catch (FormatException fe) { throw r.Fail("allow", fe.Message); }
     }
 }

@@ -98,7 +98,7 @@ public sealed class HostRuntime : IHostedService
             catch (Exception e) when (e is not OutOfMemoryException)
             {
                 // A transport (perhaps a plugin) failing in any way costs that transport only.
-                if (e is not (TransportOptionsException or System.Net.Sockets.SocketException or IOException or UnauthorizedAccessException))
+                if (e is not (TransportOptionsException or OptionsException or System.Net.Sockets.SocketException or IOException or UnauthorizedAccessException))
                     _log.LogError(e, "transport {Name} threw while starting", name);
                 ReportError(name, e.Message);
             }

@@ -59,6 +59,12 @@ public sealed class IpcWriter
     public void Status(string transport, TransportStats s) =>
         Line($"STATUS TRANSPORT={transport} CONNECTIONS={s.SessionsActive} OPENED={s.SessionsOpened} FAILED={s.SessionsFailed} BYTES-IN={s.BytesIn} BYTES-OUT={s.BytesOut}");
 
+    /// <summary><c>LISTEN &lt;relay&gt; &lt;text&gt;</c>: a relay is listening (spec/ipc.md §2.4).</summary>
+    public void Listen(string relay, string text) => Line($"LISTEN {relay} {OneLine(text)}");
+
+    /// <summary><c>STATUS &lt;fields&gt;</c> of a relay (e.g. spec/zephyr.md §4.7).</summary>
+    public void RelayStatus(string fields) => Line($"STATUS {OneLine(fields)}");
+
     public void Cmessage(string transport, string payload) => Line($"CMESSAGE {transport} {OneLine(payload)}");
     public void Smessage(string transport, string payload) => Line($"SMESSAGE {transport} {OneLine(payload)}");
 

@@ -27,6 +27,14 @@ public sealed class TransportRegistry
 
     public IEnumerable<string> Names => _factories.Keys;
 
+    /// <summary>The relay services the built-in transports contribute: <c>pthost relay NAME</c> (spec/ipc.md §2.4).</summary>
+    public static IReadOnlyList<IRelayService> Relays { get; } =
+    [
+        new PtHost.Transports.Zephyr.ZephyrRelayService(),
+        new PtHost.Transports.Jet.JetRelayService(),
+        new PtHost.Transports.Asport.AsportRelayService(),
+    ];
+
     public void Register(string name, Func<IPluggableTransport> factory)
     {
         if (!_factories.TryAdd(name, factory)) throw new InvalidOperationException($"transport \"{name}\" is registered twice");

@@ -37,8 +37,8 @@ public sealed class AsportUdpTests
     [InlineData("{\"what\": true}", "what")]
     public void Bad_client_options_are_refused_naming_the_key(string json, string key)
     {
-        var e = Assert.Throws<TransportOptionsException>(() => AsportClientOptions.Parse(JToken.Parse(json)));
-        Assert.Contains(key, e.Message);
+        var e = Assert.Throws<OptionsException>(() => AsportClientOptions.Parse(JToken.Parse(json)));
+        Assert.Equal("options.asport." + key, e.Path);
     }
 
     [Fact]

@@ -57,23 +57,28 @@ public class JetOptionsTests
     }
 
     [Theory]
-    [InlineData("""{"listen": false}""")]
-    [InlineData("""{"tcp": "relay:1"}""")]
-    [InlineData("""{"certificateFile": "c.pem"}""")]
-    [InlineData("""{"certificateFile": "missing.pem", "keyFile": "missing.key"}""")]
-    [InlineData("""{"instance": "two words"}""")]
-    [InlineData("""{"externalHost": "127.1"}""")]
-    [InlineData("""{"external": {"TCP": "h:1"}}""")]
-    [InlineData("""{"external": {"tcp": "h"}}""")]
-    [InlineData("""{"apiKey": "short"}""")]
-    [InlineData("""{"policy": "open"}""")]
-    [InlineData("""{"associationTimeout": 0}""")]
-    [InlineData("""{"maxConnections": 1.5}""")]
-    [InlineData("""{"extra": true}""")]
-    [InlineData("""[1]""")]
-    public void Bad_relay_configuration_is_a_FormatException(string json)
+    [InlineData("""{"listen": false}""", "listen")]
+    [InlineData("""{"tcp": "relay:1"}""", "tcp")]
+    [InlineData("""{"certificateFile": "c.pem"}""", "keyFile")]
+    [InlineData("""{"certificateFile": "missing.pem", "keyFile": "missing.key"}""", "certificateFile")]
+    [InlineData("""{"instance": "two words"}""", "instance")]
+    [InlineData("""{"externalHost": "127.1"}""", "externalHost")]
+    [InlineData("""{"external": {"TCP": "h:1"}}""", "external.TCP")]
+    [InlineData("""{"external": {"tcp": "h"}}""", "external.tcp")]
+    [InlineData("""{"apiKey": "short"}""", "apiKey")]
+    [InlineData("""{"policy": "open"}""", "policy")]
+    [InlineData("""{"associationTimeout": 0}""", "associationTimeout")]
+    [InlineData("""{"maxConnections": 1.5}""", "maxConnections")]
+    [InlineData("""{"extra": true}""", "extra")]
+    [InlineData("""[1]""", "(document)")]
+    [InlineData("""{"policy": "api", "policy": "any"}""", "policy")]
+    [InlineData("""{"external": {"tcp": "h:1", "tcp": "h:2"}}""", "external.tcp")]
+    [InlineData("""{"policy": "api" /* a comment */}""", "(document)")]
+    [InlineData("{\"external\": {\"tcp\": \"h:1\" // a comment\n}}", "external")]
+    [InlineData("""{"policy": 'api'}""", "policy")]
+    public void Bad_relay_configuration_is_refused_naming_the_key(string json, string key)
     {
-        Assert.Throws<FormatException>(() => JetRelayOptions.Parse(json, Defaults, Path.GetTempPath()));
+        Assert.Equal(key, Assert.Throws<OptionsException>(() => JetRelayOptions.Parse(json, Defaults, Path.GetTempPath())).Path);
     }
 
     [Fact]
@@ -100,7 +105,7 @@ public class JetOptionsTests
     {
         var o = (JObject)s_generated.Value.Server.DeepClone();
         o[key] = JToken.Parse(json);
-        Assert.Throws<TransportOptionsException>(() => JetServerOptions.Parse(o));
+        Assert.StartsWith("options.jet." + key, Assert.Throws<OptionsException>(() => JetServerOptions.Parse(o)).Path, StringComparison.Ordinal);
     }
 
     [Theory]
@@ -110,7 +115,7 @@ public class JetOptionsTests
     {
         var o = (JObject)s_generated.Value.Client.DeepClone();
         o.Remove(key);
-        Assert.Throws<TransportOptionsException>(() => JetClientOptions.Parse(o));
+        Assert.Equal("options.jet." + key, Assert.Throws<OptionsException>(() => JetClientOptions.Parse(o)).Path);
     }
 
     [Fact]

@@ -90,14 +90,15 @@ public class PtConfigTests
         Assert.Equal("(document)", Refused(json).Key);
 
     [Theory]
-    [InlineData("bogus")]
-    [InlineData("Role")]
-    [InlineData("proxy-listen-addr")]
-    [InlineData("")]
-    public void Unknown_key_is_refused_naming_the_key(string key)
+    [InlineData("bogus", "bogus")]
+    [InlineData("Role", "Role")]
+    [InlineData("proxy-listen-addr", "proxy-listen-addr")]
+    [InlineData("", "[\"\"]")]
+    [InlineData("a.b", "[\"a.b\"]")]
+    public void Unknown_key_is_refused_naming_the_key(string key, string path)
     {
         var e = Refused("{" + Client + ",'" + key + "':1}");
-        Assert.Equal(key, e.Key);
+        Assert.Equal(path, e.Key);
         Assert.Contains("unknown key", e.Message);
         Assert.Contains("ptversion", e.Message);
     }
@@ -136,7 +137,16 @@ public class PtConfigTests
     [InlineData("{'role':'client','transports':['obfs4','plain','obfs4']}")]
     [InlineData("{'role':'client','transports':['pläin']}")]
     public void Transports_must_be_a_non_empty_list_of_distinct_names(string json) =>
-        Assert.Equal("transports", Refused(json).Key);
+        Assert.Matches(@"^transports(\[\d+\])?$", Refused(json).Key);
+
+    [Fact]
+    public void A_bad_transport_name_is_named_by_its_index()
+    {
+        var e = Refused("{'role':'client','transports':['plain','a-b']}");
+        Assert.Equal("transports[1]", e.Key);
+        Assert.Equal("config key 'transports[1]': is not a transport name ([A-Za-z0-9_]{1,64}), not \"a-b\"", e.Message);
+        Assert.Equal("transports[2]", Refused("{'role':'client','transports':['obfs4','plain','obfs4']}").Key);
+    }
 
     [Fact]
     public void Transport_names_are_1_to_64_ASCII_letters_digits_or_underscores()
@@ -149,7 +159,7 @@ public class PtConfigTests
         Assert.False(PtConfig.IsTransportName("a.b"));
         Assert.False(PtConfig.IsTransportName("ａ")); // full-width letter
         Assert.Equal(2, Parse("{'role':'client','transports':['" + new string('a', 64) + "','b']}").Transports.Count);
-        Assert.Equal("transports", Refused("{'role':'client','transports':['" + new string('a', 65) + "']}").Key);
+        Assert.Equal("transports[0]", Refused("{'role':'client','transports':['" + new string('a', 65) + "']}").Key);
     }
 
     [Fact]
@@ -169,11 +179,11 @@ public class PtConfigTests
     }
 
     [Theory]
-    [InlineData("'options':[]")]
-    [InlineData("'options':'x'")]
-    [InlineData("'options':{'other':{}}")]
-    public void Options_must_be_an_object_of_listed_transports(string fragment) =>
-        Assert.Equal("options", Refused("{" + Client + "," + fragment + "}").Key);
+    [InlineData("'options':[]", "options")]
+    [InlineData("'options':'x'", "options")]
+    [InlineData("'options':{'other':{}}", "options.other")]
+    public void Options_must_be_an_object_of_listed_transports(string fragment, string key) =>
+        Assert.Equal(key, Refused("{" + Client + "," + fragment + "}").Key);
 
     [Theory]
     [InlineData("error", LogLevel.Error)]
@@ -328,7 +338,7 @@ public class PtConfigTests
     [InlineData("'proxylistenaddr':'::1:1080'")]
     [InlineData("'proxylistenaddr':'127.0.0.1:65536'")]
     public void Proxylistenaddr_must_be_ip_port_or_object_of_listed_transports(string fragment) =>
-        Assert.Equal("proxylistenaddr", Refused("{" + Client + "," + fragment + "}").Key);
+        Assert.Matches(@"^proxylistenaddr(\.\w+)?$", Refused("{" + Client + "," + fragment + "}").Key);
 
     [Fact]
     public void Bindaddr_object_gives_each_transport_its_address_and_defaults_the_rest()
@@ -345,7 +355,7 @@ public class PtConfigTests
     [InlineData("'bindaddr':{'plain':'example.org:443'}")]
     [InlineData("'bindaddr':{'plain':'0.0.0.0'}")]
     public void Bindaddr_must_be_an_object_of_listed_transports_to_ip_port(string fragment) =>
-        Assert.Equal("bindaddr", Refused("{" + BoundServer + "," + fragment + "}").Key);
+        Assert.Matches(@"^bindaddr(\.\w+)?$", Refused("{" + BoundServer + "," + fragment + "}").Key);
 
     [Theory]
     [InlineData("example.org:443")]
@@ -371,7 +381,7 @@ public class PtConfigTests
     [InlineData("'allow':['example.org']")]
     [InlineData("'allow':['10.0.0.0/8','10.0.0.0/33']")]
     public void Allow_must_be_an_array_of_ip_or_cidr_strings(string fragment) =>
-        Assert.Equal("allow", Refused("{'role':'server','transports':['plain']," + fragment + "}").Key);
+        Assert.Matches(@"^allow(\[\d+\])?$", Refused("{'role':'server','transports':['plain']," + fragment + "}").Key);
 
     [Fact]
     public void Allow_error_carries_the_entry()
@@ -383,15 +393,17 @@ public class PtConfigTests
     [Theory]
     [InlineData("127.0.0.1:0", "127.0.0.1", 0)]
     [InlineData("[::]:9", "::", 9)]
-    public void ParseEndPoint_reads_ip_port(string text, string ip, int port) =>
-        Assert.Equal(new IPEndPoint(IPAddress.Parse(ip), port), PtConfig.ParseEndPoint("k", text));
+    public void Proxylistenaddr_reads_ip_port(string text, string ip, int port) =>
+        Assert.Equal(new IPEndPoint(IPAddress.Parse(ip), port), Parse("{" + Client + ",'proxylistenaddr':'" + text + "'}").ProxyListenAddresses["plain"]);
 
     [Theory]
-    [InlineData("example.org:1")]
-    [InlineData("127.0.0.1")]
-    [InlineData("")]
-    public void ParseEndPoint_refuses_anything_but_ip_port_naming_the_key(string text) =>
-        Assert.Equal("some-key", Assert.Throws<ConfigException>(() => PtConfig.ParseEndPoint("some-key", text)).Key);
+    [InlineData("'proxylistenaddr':'example.org:1'", "proxylistenaddr")]
+    [InlineData("'proxylistenaddr':'127.0.0.1'", "proxylistenaddr")]
+    [InlineData("'proxylistenaddr':''", "proxylistenaddr")]
+    [InlineData("'proxylistenaddr':{'plain':'127.0.0.1'}", "proxylistenaddr.plain")]
+    [InlineData("'proxylistenaddr':{'plain':1080}", "proxylistenaddr.plain")]
+    public void Anything_but_ip_port_is_refused_naming_the_key_path(string fragment, string key) =>
+        Assert.Equal(key, Refused("{" + Client + "," + fragment + "}").Key);
 
     [Fact]
     public void Proxy_is_a_client_key_checked_like_TOR_PT_PROXY()

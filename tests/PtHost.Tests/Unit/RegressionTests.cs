@@ -95,10 +95,11 @@ public class RegressionTests
     [Fact]
     public void A_lone_surrogate_escape_is_bad_JSON_not_an_exception()
     {
-        Assert.Throws<FormatException>(() => StrictJson.Parse("{\"a\":\"\\ud800\"}"));
+        Assert.Equal("a", Assert.Throws<StrictJsonException>(() => StrictJson.Parse("{\"a\":\"\\ud800\"}")).Path);
         AssertSettingsRefusedAsBadJson("{\"a\":\"\\ud800\"}");
         var e = Assert.Throws<ConfigException>(() => PtConfig.Parse("{\"role\":\"client\",\"transports\":[\"plain\"],\"state\":\"\\ud800\"}"));
-        Assert.Equal("(document)", e.Key);
+        Assert.Equal("state", e.Key); // where the bad text is
+        Assert.Contains("not valid JSON", e.Message);
     }
 
     private static void AssertSettingsRefusedAsBadJson(string text)

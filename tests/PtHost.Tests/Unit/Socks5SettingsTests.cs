@@ -17,7 +17,7 @@ public class Socks5SettingsTests
         return result;
     }
 
-    private static byte[] Block(string json) => Block(Encoding.UTF8.GetBytes(json));
+    internal static byte[] Block(string json) => Block(Encoding.UTF8.GetBytes(json));
 
     private static (ParseStatus Status, JObject? Settings, Socks5Error Error, byte[] Left) Parse(ReadOnlySequence<byte> sequence)
     {

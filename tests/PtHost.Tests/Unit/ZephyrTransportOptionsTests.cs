@@ -61,15 +61,17 @@ public class ZephyrTransportOptionsTests
         Assert.Equal(TimeSpan.FromSeconds(3), o.TlsTimeout);
     }
 
-    public static TheoryData<string> BadClientEdits => new()
+    public static TheoryData<string, string> BadClientEdits => new()
     {
-        "no-relay", "relay-and-relays", "empty-relays", "relay-without-port", "no-pin", "short-pin", "non-hex-pin",
-        "no-certificate", "key-without-certificate", "garbage-pem", "zero-timeout", "string-timeout", "unknown-key",
+        { "no-relay", "relay" }, { "relay-and-relays", "relays" }, { "empty-relays", "relays" }, { "relay-without-port", "relay" },
+        { "no-pin", "serverPin" }, { "short-pin", "serverPin" }, { "non-hex-pin", "serverPin" }, { "no-certificate", "certificate" },
+        { "key-without-certificate", "certificate" }, { "garbage-pem", "certificate" }, { "zero-timeout", "signalTimeout" },
+        { "string-timeout", "tlsTimeout" }, { "unknown-key", "colour" },
     };
 
     [Theory]
     [MemberData(nameof(BadClientEdits))]
-    public void Bad_client_options_fail_at_start_up(string edit)
+    public void Bad_client_options_fail_at_start_up_naming_the_key(string edit, string key)
     {
         var o = Client(c =>
         {
@@ -90,14 +92,14 @@ public class ZephyrTransportOptionsTests
                 case "unknown-key": c["colour"] = "blue"; break;
             }
         });
-        Assert.Throws<TransportOptionsException>(() => ZephyrClientOptions.Parse(o));
+        Assert.Equal("options.zephyr." + key, Assert.Throws<OptionsException>(() => ZephyrClientOptions.Parse(o)).Path);
     }
 
     [Fact]
     public void Client_options_must_be_an_object()
     {
-        Assert.Throws<TransportOptionsException>(() => ZephyrClientOptions.Parse(null));
-        Assert.Throws<TransportOptionsException>(() => ZephyrClientOptions.Parse(new JArray()));
+        Assert.Equal("options.zephyr", Assert.Throws<OptionsException>(() => ZephyrClientOptions.Parse(null)).Path);
+        Assert.Equal("options.zephyr", Assert.Throws<OptionsException>(() => ZephyrClientOptions.Parse(new JArray())).Path);
     }
 
     [Fact]
@@ -138,11 +140,11 @@ public class ZephyrTransportOptionsTests
     [InlineData("anyRelay", "\"yes\"")]
     [InlineData("anyRelay", "1")]
     public void AnyRelay_must_be_a_boolean(string key, string json) =>
-        Assert.Throws<TransportOptionsException>(() => ZephyrServerOptions.Parse(Server(s => s[key] = JToken.Parse(json))));
+        Assert.Equal("options.zephyr." + key, Assert.Throws<OptionsException>(() => ZephyrServerOptions.Parse(Server(s => s[key] = JToken.Parse(json)))).Path);
 
     [Fact]
     public void AnyRelay_true_excludes_a_relay_list() =>
-        Assert.Throws<TransportOptionsException>(() => ZephyrServerOptions.Parse(Server(s =>
+        Assert.Throws<OptionsException>(() => ZephyrServerOptions.Parse(Server(s =>
         {
             s["anyRelay"] = true;
             s["relay"] = "127.0.0.1:8888";
@@ -158,7 +160,7 @@ public class ZephyrTransportOptionsTests
     public void Bad_server_options_fail_at_start_up(string key, string json)
     {
         var o = Server(s => s[key] = JToken.Parse(json));
-        Assert.Throws<TransportOptionsException>(() => ZephyrServerOptions.Parse(o));
+        Assert.StartsWith("options.zephyr." + key, Assert.Throws<OptionsException>(() => ZephyrServerOptions.Parse(o)).Path, StringComparison.Ordinal);
     }
 
     [Fact]

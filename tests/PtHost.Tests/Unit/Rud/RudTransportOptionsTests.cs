@@ -20,22 +20,22 @@ public class RudTransportOptionsTests
         var o = RudClientOptions.Parse(new JObject { ["serverKey"] = PublicKey(), ["serverAddress"] = "example.org:443", ["handshakeTimeout"] = 2.5 });
         Assert.Equal("example.org", o.ServerAddress!.Host);
         Assert.Equal(TimeSpan.FromSeconds(2.5), o.HandshakeTimeout);
-        Assert.Contains("serverKey", Assert.Throws<TransportOptionsException>(() => RudClientOptions.Parse(new JObject())).Message);
-        Assert.Contains("serverKey", Assert.Throws<TransportOptionsException>(() => RudClientOptions.Parse(null)).Message);
+        Assert.Contains("serverKey", Assert.Throws<OptionsException>(() => RudClientOptions.Parse(new JObject())).Message);
+        Assert.Contains("serverKey", Assert.Throws<OptionsException>(() => RudClientOptions.Parse(null)).Message);
     }
 
     [Theory]
     [InlineData("{\"serverKey\": \"not base64!\"}", "not base64")]
     [InlineData("{\"serverKey\": \"AAAA\"}", "32 bytes")]
     [InlineData("{\"serverKey\": \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"}", "low-order")]
-    [InlineData("{\"serverKey\": 5}", "base64 string")]
+    [InlineData("{\"serverKey\": 5}", "options.rud.serverKey: must be a string, not the number 5")]
     [InlineData("{\"serverKey\": \"KEY\", \"serverAddress\": \"nope\"}", "host:port")]
     [InlineData("{\"serverKey\": \"KEY\", \"handshakeTimeout\": 0}", "seconds")]
-    [InlineData("{\"serverKey\": \"KEY\", \"colour\": \"red\"}", "no client option \"colour\"")]
+    [InlineData("{\"serverKey\": \"KEY\", \"colour\": \"red\"}", "options.rud.colour: unknown key")]
     public void Bad_client_options_are_refused_with_a_reason(string json, string reason)
     {
         var o = JObject.Parse(json.Replace("KEY", PublicKey(), StringComparison.Ordinal));
-        Assert.Contains(reason, Assert.Throws<TransportOptionsException>(() => RudClientOptions.Parse(o)).Message);
+        Assert.Contains(reason, Assert.Throws<OptionsException>(() => RudClientOptions.Parse(o)).Message);
     }
 
     [Fact]
@@ -48,9 +48,9 @@ public class RudTransportOptionsTests
         var all = RudServerOptions.Parse(new JObject { ["key"] = Convert.ToBase64String(X25519.GeneratePrivateKey()), ["challenge"] = "always", ["firstContact"] = true });
         Assert.Equal(ChallengePolicy.Always, all.Challenge);
         Assert.True(all.FirstContact);
-        Assert.Throws<TransportOptionsException>(() => RudServerOptions.Parse(new JObject { ["challenge"] = "sometimes" }));
-        Assert.Throws<TransportOptionsException>(() => RudServerOptions.Parse(new JObject { ["firstContact"] = "yes" }));
-        Assert.Throws<TransportOptionsException>(() => RudServerOptions.Parse(new JObject { ["keys"] = "x" }));
+        Assert.Throws<OptionsException>(() => RudServerOptions.Parse(new JObject { ["challenge"] = "sometimes" }));
+        Assert.Throws<OptionsException>(() => RudServerOptions.Parse(new JObject { ["firstContact"] = "yes" }));
+        Assert.Throws<OptionsException>(() => RudServerOptions.Parse(new JObject { ["keys"] = "x" }));
     }
 
     [Fact]
@@ -69,17 +69,17 @@ public class RudTransportOptionsTests
     [InlineData("{\"congestion\": \"cubic\"}", "must be \"bbr\" or \"newreno\", not \"cubic\"")]
     [InlineData("{\"congestion\": \"BBR\"}", "must be \"bbr\" or \"newreno\", not \"BBR\"")]
     [InlineData("{\"congestion\": \"\"}", "must be \"bbr\" or \"newreno\"")]
-    [InlineData("{\"congestion\": 1}", "must be the string \"bbr\" or \"newreno\"")]
-    [InlineData("{\"congestion\": null}", "must be the string \"bbr\" or \"newreno\"")]
-    [InlineData("{\"congestion\": [\"bbr\"]}", "must be the string \"bbr\" or \"newreno\"")]
+    [InlineData("{\"congestion\": 1}", "options.rud.congestion: must be \"bbr\" or \"newreno\", not the number 1")]
+    [InlineData("{\"congestion\": null}", "options.rud.congestion: must be \"bbr\" or \"newreno\", not null")]
+    [InlineData("{\"congestion\": [\"bbr\"]}", "options.rud.congestion: must be \"bbr\" or \"newreno\", not an array")]
     [InlineData("{\"congestoin\": \"bbr\"}", "known: key, challenge, firstContact, congestion")]
     public void Bad_congestion_options_are_refused_on_both_sides_naming_the_allowed_values(string json, string reason)
     {
-        Assert.Contains(reason, Assert.Throws<TransportOptionsException>(() => RudServerOptions.Parse(JObject.Parse(json))).Message);
+        Assert.Contains(reason, Assert.Throws<OptionsException>(() => RudServerOptions.Parse(JObject.Parse(json))).Message);
         var client = JObject.Parse(json);
         client["serverKey"] = PublicKey();
         string clientReason = reason.Replace("key, challenge, firstContact, congestion", "serverAddress, serverKey, handshakeTimeout, congestion", StringComparison.Ordinal);
-        Assert.Contains(clientReason, Assert.Throws<TransportOptionsException>(() => RudClientOptions.Parse(client)).Message);
+        Assert.Contains(clientReason, Assert.Throws<OptionsException>(() => RudClientOptions.Parse(client)).Message);
     }
 
     [Fact]

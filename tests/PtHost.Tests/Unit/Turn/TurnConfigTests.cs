@@ -29,25 +29,25 @@ public class TurnConfigTests
     }
 
     [Theory]
-    [InlineData("'turn':[]")]
-    [InlineData("'turn':{'realm':'r','users':{'u':'p'},'port':1}")]
-    [InlineData("'turn':{'users':{'u':'p'}}")]
-    [InlineData("'turn':{'realm':'','users':{'u':'p'}}")]
-    [InlineData("'turn':{'realm':'r'}")]
-    [InlineData("'turn':{'realm':'r','users':{}}")]
-    [InlineData("'turn':{'realm':'r','users':{'u':''}}")]
-    [InlineData("'turn':{'realm':'r','users':{'u':1}}")]
-    [InlineData("'turn':{'realm':'r','users':{'a:b':'p'}}")]
-    [InlineData("'turn':{'realm':'r','users':{'u':'p'},'listenaddr':'localhost:1'}")]
-    [InlineData("'turn':{'realm':'r','users':{'u':'p'},'listenaddr':3478}")]
-    public void Malformed_turn_key_is_refused_naming_turn(string turn) =>
-        Assert.Equal("turn", Assert.Throws<ConfigException>(() => Parse("{" + Client + "," + turn + "}")).Key);
+    [InlineData("'turn':[]", "turn")]
+    [InlineData("'turn':{'realm':'r','users':{'u':'p'},'port':1}", "turn.port")]
+    [InlineData("'turn':{'users':{'u':'p'}}", "turn.realm")]
+    [InlineData("'turn':{'realm':'','users':{'u':'p'}}", "turn.realm")]
+    [InlineData("'turn':{'realm':'r'}", "turn.users")]
+    [InlineData("'turn':{'realm':'r','users':{}}", "turn.users")]
+    [InlineData("'turn':{'realm':'r','users':{'u':''}}", "turn.users.u")]
+    [InlineData("'turn':{'realm':'r','users':{'u':1}}", "turn.users.u")]
+    [InlineData("'turn':{'realm':'r','users':{'a:b':'p'}}", "turn.users[\"a:b\"]")]
+    [InlineData("'turn':{'realm':'r','users':{'u':'p'},'listenaddr':'localhost:1'}", "turn.listenaddr")]
+    [InlineData("'turn':{'realm':'r','users':{'u':'p'},'listenaddr':3478}", "turn.listenaddr")]
+    public void Malformed_turn_key_is_refused_naming_its_path(string turn, string key) =>
+        Assert.Equal(key, Assert.Throws<ConfigException>(() => Parse("{" + Client + "," + turn + "}")).Key);
 
     [Fact]
     public void Fixed_turn_port_with_two_transports_is_refused_and_port_0_is_not()
     {
         const string two = "'role':'client','transports':['plain','zephyr']";
-        Assert.Equal("turn", Assert.Throws<ConfigException>(() => Parse("{" + two + ",'turn':{'listenaddr':'127.0.0.1:3478','realm':'r','users':{'u':'p'}}}")).Key);
+        Assert.Equal("turn.listenaddr", Assert.Throws<ConfigException>(() => Parse("{" + two + ",'turn':{'listenaddr':'127.0.0.1:3478','realm':'r','users':{'u':'p'}}}")).Key);
         Assert.NotNull(Parse("{" + two + ",'turn':{'listenaddr':'127.0.0.1:0','realm':'r','users':{'u':'p'}}}").Turn);
     }
 

@@ -1,0 +1,69 @@
+using System.Net.Sockets;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using PtHost.Contract;
+using PtHost.Ipc;
+
+namespace PtHost.Hosting;
+
+/// <summary>
+/// One relay (<c>pthost relay NAME</c>, spec/ipc.md §2.4) as the host's service: creates and starts
+/// it, writes <c>LISTEN NAME ...</c> and then its <c>STATUS</c> lines on stdout, and closes it when
+/// the host stops (SIGTERM, SIGINT). A configuration it refuses ends the run with 78; a relay that
+/// cannot run here or cannot listen, with 69.
+/// </summary>
+internal sealed class RelayHost(IRelayService service, RelayArguments arguments, IpcWriter ipc, IHostApplicationLifetime lifetime, ILoggerFactory loggers)
+    : IHostedService
+{
+    private readonly ILogger _log = loggers.CreateLogger("PtHost.Relay");
+    private IRelay? _relay;
+    private Timer? _status;
+    private bool _listening;
+
+    /// <summary>The process's exit code once the host has stopped.</summary>
+    public int ExitCode { get; private set; } = ExitCodes.Ok;
+
+    public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            _relay = service.Create(arguments, loggers);
+            await _relay.StartAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is TransportOptionsException or OptionsException)
+        {
+            Fail(ExitCodes.Config, e.Message);
+            return;
+        }
+        catch (PlatformNotSupportedException e)
+        {
+            Fail(ExitCodes.Unavailable, e.Message);
+            return;
+        }
+        catch (Exception e) when (e is SocketException or IOException || e.InnerException is SocketException)
+        {
+            Fail(ExitCodes.Unavailable, "cannot listen: " + e.Message);
+            return;
+        }
+        _listening = true;
+        ipc.Listen(service.Name, _relay.ListenText);
+        if (_relay.StatusInterval is { } every) _status = new Timer(_ => ipc.RelayStatus(_relay.StatusText()), null, every, every);
+    }
+
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        if (_listening) _log.LogInformation("stopping: closing the listeners");
+        if (_status is not null) await _status.DisposeAsync().ConfigureAwait(false);
+        if (_relay is null) return;
+        await _relay.DisposeAsync().ConfigureAwait(false);
+        // The last STATUS line, after every held connection was closed (e.g. spec/zephyr.md §4.7).
+        if (_listening && _relay.StatusInterval is not null) ipc.RelayStatus(_relay.StatusText());
+    }
+
+    private void Fail(int exitCode, string message)
+    {
+        Console.Error.WriteLine($"pthost: relay {service.Name}: {message}");
+        ExitCode = exitCode;
+        lifetime.StopApplication();
+    }
+}

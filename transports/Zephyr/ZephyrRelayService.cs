@@ -1,0 +1,65 @@
+using System.Globalization;
+using Microsoft.Extensions.Logging;
+using PtHost.Contract;
+
+namespace PtHost.Transports.Zephyr;
+
+/// <summary><c>pthost relay zephyr</c> (spec/zephyr.md §5): its options, and the relay under the executable's host.</summary>
+public sealed class ZephyrRelayService : IRelayService
+{
+    public string Name => "zephyr";
+
+    public string Description => "Run the Zephyr relay service (spec/zephyr.md §4, §5).";
+
+    public IReadOnlyList<RelayOption> Options { get; } =
+    [
+        new("listen", RelayOptionKind.EndPoint, "Where to listen; [::]:PORT listens on IPv6 and IPv4, port 0 picks a free port.", $"0.0.0.0:{ZephyrRelayOptions.DefaultPort}"),
+        new("bind-timeout", RelayOptionKind.Seconds, "Time to receive the whole bind request (§4.2).", "15"),
+        new("peer-timeout", RelayOptionKind.Seconds, "Time for the named peer to bind back (§4.3).", "30"),
+        new("max-connections", RelayOptionKind.Count, "Connections held at once (§4.6).", "20000"),
+        new("max-per-source", RelayOptionKind.Count, "Connections held at once from one source address (§4.6).", "1000"),
+        new("stats-interval", RelayOptionKind.Seconds, "Interval of the stats log line and the STATUS line (§4.7).", "60"),
+    ];
+
+    public IRelay Create(RelayArguments arguments, ILoggerFactory loggerFactory)
+    {
+        var options = new ZephyrRelayOptions
+        {
+            Listen = arguments.EndPoint("listen")!,
+            BindTimeout = arguments.Seconds("bind-timeout"),
+            PeerTimeout = arguments.Seconds("peer-timeout"),
+            MaxConnections = arguments.Count("max-connections"),
+            MaxPerSource = arguments.Count("max-per-source"),
+            StatsInterval = arguments.Seconds("stats-interval"),
+        };
+        return new Running(new ZephyrRelay(options, loggerFactory.CreateLogger("PtHost.Relay.Zephyr")), options);
+    }
+
+    private sealed class Running(ZephyrRelay relay, ZephyrRelayOptions options) : IRelay
+    {
+        public Task StartAsync(CancellationToken cancellationToken)
+        {
+            try { relay.Start(); }
+            catch (System.Net.Sockets.SocketException e) { throw new IOException($"{options.Listen}: {e.Message}", e); }
+            return Task.CompletedTask;
+        }
+
+        public string ListenText => relay.LocalEndPoint.ToString();
+
+        public TimeSpan? StatusInterval => options.StatsInterval;
+
+        /// <summary>spec/zephyr.md §4.7.</summary>
+        public string StatusText()
+        {
+            var s = relay.GetStats();
+            return string.Create(CultureInfo.InvariantCulture,
+                $"TRANSPORT=zephyr CONNECTIONS={s.Connections} BOUND-PAIRS={s.BoundPairs} ACCEPTED={s.Accepted} REFUSED-BY-LIMITS={s.RefusedByLimits} BINDINGS={s.Bindings} BIND-FAILURES={s.BindFailures} TIMEOUTS={s.Timeouts} BYTES={s.Bytes}");
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await relay.DisposeAsync().ConfigureAwait(false);
+            relay.LogStats();
+        }
+    }
+}
