@@ -114,6 +114,17 @@ public readonly struct PeerAddress : IEquatable<PeerAddress>
         return FromBytes(bytes[..n], endPoint.Port);
     }
 
+    /// <summary>From a Linux <c>sockaddr_in</c> / <c>sockaddr_in6</c> as a receive call filled it (port in network order).</summary>
+    public static PeerAddress From(SocketAddress address)
+    {
+        ArgumentNullException.ThrowIfNull(address);
+        var bytes = address.Buffer.Span;
+        int port = System.Buffers.Binary.BinaryPrimitives.ReadUInt16BigEndian(bytes[2..]);
+        return address.Family == System.Net.Sockets.AddressFamily.InterNetwork
+            ? FromBytes(bytes.Slice(4, 4), port)
+            : FromBytes(bytes.Slice(8, 16), port);
+    }
+
     /// <summary>Writes the 4 or 16 address bytes; returns the count.</summary>
     public int WriteAddress(Span<byte> destination)
     {

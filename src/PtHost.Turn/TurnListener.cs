@@ -5,6 +5,7 @@ using System.Net.Sockets;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using PtHost.Contract;
+using PtHost.Net.Udp;
 
 namespace PtHost.Turn;
 
@@ -123,7 +124,7 @@ public sealed class TurnListener : IAsyncDisposable
             try { n = await _udp.ReceiveFromAsync(buffer, SocketFlags.None, from, ct).ConfigureAwait(false); }
             catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionReset or SocketError.ConnectionRefused or SocketError.MessageSize) { continue; }
             catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { return; }
-            var remote = UdpAssociation.ToPeer(from);
+            var remote = PeerAddress.From(from);
             // One client object per source address while it has an allocation; a transient one otherwise.
             if (!clients.TryGetValue(remote, out var client))
             {

@@ -5,6 +5,7 @@ using System.Security.Cryptography;
 using System.Text;
 using Microsoft.Extensions.Logging;
 using PtHost.Contract;
+using PtHost.Net.Udp;
 
 namespace PtHost.Turn;
 

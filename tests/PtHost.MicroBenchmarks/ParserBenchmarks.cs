@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Net;
 using BenchmarkDotNet.Attributes;
 using PtHost.Contract;
+using PtHost.Net.Udp;
 using PtHost.Socks;
 using PtHost.Transports.Asport;
 using PtHost.Transports.Jet;

@@ -4,8 +4,8 @@ using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 using PtHost.Net;
+using PtHost.Net.Udp;
 using PtHost.Transports.Plain;
-using PtHost.Turn;
 
 namespace PtHost.Transports.Asport;
 

@@ -5,9 +5,9 @@ using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net.Udp;
 using PtHost.Quic;
 using PtHost.Transports.Plain;
-using PtHost.Turn;
 
 namespace PtHost.Transports.Asport;
 

@@ -3,7 +3,7 @@ using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
 using PtHost.Contract;
-using PtHost.Turn;
+using PtHost.Net.Udp;
 
 namespace PtHost.Transports.Asport;
 

@@ -4,8 +4,8 @@ using System.Net.Sockets;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using PtHost.Contract;
+using PtHost.Net.Udp;
 using PtHost.Transports.Plain;
-using PtHost.Turn;
 
 namespace PtHost.Transports.Rud;
 

@@ -6,8 +6,8 @@ using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net.Udp;
 using PtHost.Transports.Plain;
-using PtHost.Turn;
 
 namespace PtHost.Transports.Rud;
 

@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 using PtHost.Contract;
-using PtHost.Turn;
+using PtHost.Net.Udp;
 
 namespace PtHost.Transports.Rud;
 

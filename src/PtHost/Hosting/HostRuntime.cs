@@ -1,4 +1,3 @@
-using System.Net;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using PtHost.Configuration;
@@ -27,7 +26,7 @@ public sealed class HostRuntime : IHostedService
     private readonly HostOptions _hostOptions;
     private readonly List<Socks5Listener> _frontEnds = [];
     private readonly List<PtHost.Turn.TurnListener> _turnListeners = []; // spec/turn.md
-    private PtHost.Turn.UdpAssociationHost? _udp; // spec/turn.md §5.4
+    private PtHost.Net.Udp.UdpAssociationHost? _udp; // spec/turn.md §5.4
     private readonly List<(string Name, IServerManager Manager)> _servers = [];
     private readonly List<IAsyncDisposable> _factories = [];
     private readonly Dictionary<string, TransportCounters> _counters = [];
@@ -165,7 +164,7 @@ public sealed class HostRuntime : IHostedService
         var extOrPort = _config.ExtendedOrPort is { } ext
             ? new ExtOrPort.ExtOrPortClient(ext, _config.AuthCookieFile!, name, new DirectDialer(), _loggers.CreateLogger("PtHost.ExtOrPort"))
             : null;
-        _udp ??= new PtHost.Turn.UdpAssociationHost(_config.Target, _config.Allow, _loggers.CreateLogger("PtHost.Turn"));
+        _udp ??= new PtHost.Net.Udp.UdpAssociationHost(_config.Target, _config.Allow, _loggers.CreateLogger("PtHost.Turn"));
         var handler = new InboundHandler(_config, dialer, extOrPort, context.Counters, _udp);
         var binding = new ServerBinding(_config.BindAddresses[name], _config.Target, handler);
         var manager = _config.Target is null
@@ -210,7 +209,7 @@ public sealed class HostRuntime : IHostedService
 /// <summary>The host's side of server sessions: the bound target, or an allow-listed destination.</summary>
 /// <remarks>In PT 1.0 server mode with an ExtORPort, every stream session goes through its handshake (spec/ipc.md §10.4).</remarks>
 internal sealed class InboundHandler(PtConfig config, INetworkDialer dialer, ExtOrPort.ExtOrPortClient? extOrPort, TransportCounters counters,
-    PtHost.Turn.UdpAssociationHost? udp = null) : IInboundHandler
+    PtHost.Net.Udp.UdpAssociationHost? udp = null) : IInboundHandler
 {
     public async ValueTask<Stream> OpenAsync(InboundSession session, CancellationToken cancellationToken)
     {

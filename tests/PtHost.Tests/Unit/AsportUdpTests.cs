@@ -3,8 +3,8 @@ using System.Net.Sockets;
 using Microsoft.Extensions.Logging.Abstractions;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net.Udp;
 using PtHost.Transports.Asport;
-using PtHost.Turn;
 
 namespace PtHost.Tests.Unit;
 

@@ -1,8 +1,8 @@
 using System.Net;
 using Microsoft.Extensions.Logging.Abstractions;
 using PtHost.Contract;
+using PtHost.Net.Udp;
 using PtHost.Transports.Rud;
-using PtHost.Turn;
 
 namespace PtHost.Tests.Unit.Rud;
 

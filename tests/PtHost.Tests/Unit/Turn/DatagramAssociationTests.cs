@@ -3,9 +3,9 @@ using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging.Abstractions;
 using PtHost.Contract;
+using PtHost.Net.Udp;
 using PtHost.Net;
 using PtHost.Transports.Plain;
-using PtHost.Turn;
 
 namespace PtHost.Tests.Unit.Turn;
 

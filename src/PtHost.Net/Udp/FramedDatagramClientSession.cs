@@ -3,7 +3,7 @@ using System.Collections.Concurrent;
 using Microsoft.Extensions.Logging;
 using PtHost.Contract;
 
-namespace PtHost.Turn;
+namespace PtHost.Net.Udp;
 
 /// <summary>
 /// The frames of a UDP association carried one frame per datagram (spec/asport.md §6.2,

@@ -1,13 +1,11 @@
 using System.Buffers;
-using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using PtHost.Contract;
-using PtHost.Net;
 
-namespace PtHost.Turn;
+namespace PtHost.Net.Udp;
 
 /// <summary>
 /// The server process's side of UDP associations (spec/turn.md §5.4, §6): opens one per
@@ -277,7 +275,7 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
                 int n;
                 try { n = await _shared!.ReceiveFromAsync(datagram.AsMemory(0, DatagramFrame.MaxPayload), SocketFlags.None, from, ct).ConfigureAwait(false); }
                 catch (SocketException e) when (IsTransient(e)) { continue; }
-                var peer = ToPeer(from).Unmapped();
+                var peer = PeerAddress.From(from).Unmapped();
                 bool known;
                 lock (_lock) known = _contacted.Contains(peer.WithPort(0));
                 if (!known || !Peer(peer).Allowed) continue; // only peers this association sent to may answer
@@ -328,16 +326,6 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
     }
 
     private long _dropped;
-
-    /// <summary>Reads a Linux sockaddr_in / sockaddr_in6 (family in host order, port in network order).</summary>
-    internal static PeerAddress ToPeer(SocketAddress address)
-    {
-        var bytes = address.Buffer.Span;
-        int port = BinaryPrimitives.ReadUInt16BigEndian(bytes[2..]);
-        return address.Family == AddressFamily.InterNetwork
-            ? PeerAddress.FromBytes(bytes.Slice(4, 4), port)
-            : PeerAddress.FromBytes(bytes.Slice(8, 16), port);
-    }
 
     public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) =>
         _reader.ReadAsync(buffer, cancellationToken);

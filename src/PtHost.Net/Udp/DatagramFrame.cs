@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using PtHost.Contract;
 
-namespace PtHost.Turn;
+namespace PtHost.Net.Udp;
 
 /// <summary>Frame types of a UDP association carried in a stream (spec/turn.md §5.2).</summary>
 public enum DatagramFrameType : byte

@@ -3,7 +3,7 @@ using System.Collections.Concurrent;
 using System.Threading.Channels;
 using PtHost.Contract;
 
-namespace PtHost.Turn;
+namespace PtHost.Net.Udp;
 
 /// <summary>
 /// The client side of a UDP association carried in any transport's stream (spec/turn.md §5):
