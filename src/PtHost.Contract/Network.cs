@@ -27,8 +27,8 @@ public interface IDatagramClientFactory
 
 /// <summary>
 /// Marks a stream client factory that passes <see cref="ConnectRequest.Kind"/> through to its server
-/// side (<see cref="InboundSession.Kind"/>), so the host can carry UDP inside its streams with the
-/// framing of spec/turn.md §5. The host opens a TURN listener only for transports that implement
+/// side (in the session preamble, <see cref="SessionPreamble.RequestAsync"/>), so the host can carry UDP
+/// inside its streams with the framing of spec/turn.md §5. The host opens a TURN listener only for transports that implement
 /// this or <see cref="IDatagramClientFactory"/>.
 /// </summary>
 public interface IDatagramStreamCarrier;

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
+using PtHost.Contract;
 
 namespace PtHost.Net;
 
@@ -8,8 +9,10 @@ namespace PtHost.Net;
 /// A TCP listener that runs one task per accepted connection and tracks them: a limit on open
 /// sessions (over it, the connection is reset at once), stop = no more accepts, drain until the
 /// token fires, then abort what is left. Accept errors (EMFILE …) are logged and do not stop it.
+/// Every TCP listener of the tree uses it: server transports through <see cref="IInboundHandler.ListenTcp"/>,
+/// the front ends and relays directly.
 /// </summary>
-public sealed class TcpSessionListener : IAsyncDisposable
+public sealed class TcpSessionListener : ISessionListener
 {
     private readonly Socket _listener;
     private readonly Func<Socket, CancellationToken, Task> _serve;

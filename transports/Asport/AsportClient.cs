@@ -5,12 +5,11 @@ using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 using PtHost.Net;
 using PtHost.Net.Udp;
-using PtHost.Transports.Plain;
 
 namespace PtHost.Transports.Asport;
 
 /// <summary>
-/// Client process: TCP to the announced public address, plain's preamble, raw bytes; TURN allocations
+/// Client process: TCP to the announced public address, the session preamble, raw bytes; TURN allocations
 /// over UDP to the public port when it is bound, else carried in a TCP session (spec/asport.md §6.2).
 /// </summary>
 internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, IDatagramStreamCarrier
@@ -85,7 +84,7 @@ internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, IDa
         var stream = await _context.Dialer.ConnectTcpAsync(server, ct).ConfigureAwait(false);
         try
         {
-            await PlainWire.RequestAsync(stream, far, $"asport address {server}", ct, kind).ConfigureAwait(false);
+            await SessionPreamble.RequestAsync(stream, far, $"asport address {server}", ct, kind).ConfigureAwait(false);
             return stream;
         }
         catch (Exception e) when (e is IOException or SocketException)
@@ -141,8 +140,6 @@ internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, IDa
         var bind = (_context.Dialer as DirectDialer)?.Bind.For(address);
         return await AsportDatagramSession.OpenAsync(new IPEndPoint(address, server.Port), bind, gone, _log, cancellationToken).ConfigureAwait(false);
     }
-
-    public TransportStats GetStats() => _context.Counters.Snapshot();
 
     public ValueTask DisposeAsync()
     {

@@ -6,7 +6,6 @@ using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 using PtHost.Net;
-using PtHost.Transports.Plain;
 
 namespace PtHost.Transports.Jet;
 
@@ -57,7 +56,7 @@ internal sealed class JetClient : IClientFactory, IDatagramStreamCarrier
         {
             using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             limit.CancelAfter(_options.TlsTimeout);
-            try { await PlainWire.RequestAsync(tls, far, "jet server", limit.Token, request.Kind).ConfigureAwait(false); }
+            try { await SessionPreamble.RequestAsync(tls, far, "jet server", limit.Token, request.Kind).ConfigureAwait(false); }
             catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
             {
                 throw new TransportConnectException(ConnectFailure.TimedOut, $"jet server did not reply within {_options.TlsTimeout.TotalSeconds:0.###} s");
@@ -240,8 +239,6 @@ internal sealed class JetClient : IClientFactory, IDatagramStreamCarrier
         catch (OperationCanceledException) { }
         catch (System.Threading.Channels.ChannelClosedException) { }
     }
-
-    public TransportStats GetStats() => _context.Counters.Snapshot();
 
     public async ValueTask DisposeAsync()
     {

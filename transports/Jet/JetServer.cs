@@ -9,7 +9,6 @@ using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 using PtHost.Net;
-using PtHost.Transports.Plain;
 using PtHost.Transports.Zephyr;
 
 namespace PtHost.Transports.Jet;
@@ -98,9 +97,8 @@ internal sealed class JetServerManager : IServerManager
     private int _pending;
     private readonly ConcurrentDictionary<Guid, Offer> _direct = new();
     private readonly ConcurrentDictionary<long, Task> _tasks = new();
-    private readonly Socket? _listener;
+    private readonly ISessionListener? _listener;
     private readonly Task _signalLoop;
-    private readonly Task _acceptLoop = Task.CompletedTask;
     private static long s_ids;
 
     public JetServerManager(TransportEnvironment context, JetServerOptions options, X509Certificate2 certificate, ServerBinding binding)
@@ -117,20 +115,8 @@ internal sealed class JetServerManager : IServerManager
         LocalEndPoint = binding.BindAddress;
         if (options.Direct)
         {
-            var socket = new Socket(binding.BindAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-            try
-            {
-                socket.Bind(binding.BindAddress);
-                socket.Listen(512);
-            }
-            catch
-            {
-                socket.Dispose();
-                throw;
-            }
-            _listener = socket;
-            LocalEndPoint = (IPEndPoint)socket.LocalEndPoint!;
-            _acceptLoop = AcceptDirectAsync(socket);
+            _listener = binding.Handler.ListenTcp(binding.BindAddress, (socket, _) => ServeDirectAsync(socket));
+            LocalEndPoint = _listener.LocalEndPoint;
         }
         string pin = ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(certificate));
         Args = new Dictionary<string, string> { ["pin"] = pin };
@@ -142,8 +128,6 @@ internal sealed class JetServerManager : IServerManager
     public IPEndPoint LocalEndPoint { get; }
 
     public IReadOnlyDictionary<string, string> Args { get; }
-
-    public TransportStats GetStats() => _context.Counters.Snapshot();
 
     /// <summary>How long an offer's candidates wait for the client: its race may start a signal timeout late and take a TLS timeout.</summary>
     private TimeSpan OfferLifetime => _options.SignalTimeout + _options.TlsTimeout + _options.TlsTimeout;
@@ -293,7 +277,7 @@ internal sealed class JetServerManager : IServerManager
             Answer(signal, answer);
             if (listed.Count == 0)
             {
-                _context.Counters.SessionFailed();
+                _binding.Handler.SessionFailed(null, $"jet offer {offer.Id}: {answer["error"]}");
                 return;
             }
             _log.LogDebug("jet offer {Id}: association {Aid}, {Count} candidates offered", offer.Id, offer.Association, listed.Count);
@@ -304,8 +288,7 @@ internal sealed class JetServerManager : IServerManager
             {
                 if (Volatile.Read(ref offer.Claimed) == 0)
                 {
-                    _log.LogInformation("jet offer {Id}: no client came within {Seconds}s; candidates closed", offer.Id, OfferLifetime.TotalSeconds);
-                    _context.Counters.SessionFailed();
+                    _binding.Handler.SessionFailed(null, $"jet offer {offer.Id}: no client came within {OfferLifetime.TotalSeconds}s; candidates closed");
                     CutCandidates(offer, keep: -1);
                 }
                 else await offer.Done.Task.WaitAsync(abort).ConfigureAwait(false);
@@ -397,13 +380,10 @@ internal sealed class JetServerManager : IServerManager
         using var cut = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
         offer.Candidates[key] = cut;
         HalfClosableTlsStream? tlsStream = null;
-        Stream? onward = null;
-        bool opened = false;
+        bool handedOver = false;
         try
         {
-            Destination? destination;
-            SessionKind sessionKind;
-            SslStream tls;
+            SessionRequest request;
             using (var limit = CancellationTokenSource.CreateLinkedTokenSource(cut.Token))
             {
                 limit.CancelAfter(OfferLifetime);
@@ -417,10 +397,11 @@ internal sealed class JetServerManager : IServerManager
                     return;
                 }
                 var inner = new PrefixedStream(first, stream);
-                tls = new SslStream(inner, leaveInnerStreamOpen: true);
+                var tls = new SslStream(inner, leaveInnerStreamOpen: true);
                 tlsStream = new HalfClosableTlsStream(tls, inner);
                 await tls.AuthenticateAsServerAsync(JetSession.ServerTls(_certificateContext, _options.ClientPins), limit.Token).ConfigureAwait(false);
-                try { (destination, sessionKind) = await PlainWire.ReadPreambleAsync(tls, limit.Token).ConfigureAwait(false); }
+                // The first candidate to deliver a preamble is the session (§7.3 step 5): jet reads it itself.
+                try { request = await SessionPreamble.ReadAsync(tls, limit.Token).ConfigureAwait(false); }
                 catch (EndOfStreamException)
                 {
                     _log.LogDebug("jet offer {Id}: {Kind} candidate closed by the client (lost the race)", offer.Id, kind);
@@ -429,15 +410,6 @@ internal sealed class JetServerManager : IServerManager
                 catch (InvalidDataException)
                 {
                     _log.LogInformation("jet offer {Id}: not a preamble inside TLS on the {Kind} candidate; closed", offer.Id, kind);
-                    return;
-                }
-                catch (FormatException e)
-                {
-                    if (Interlocked.CompareExchange(ref offer.Claimed, 1, 0) == 0) _context.Counters.SessionFailed();
-                    Settle(offer);
-                    await tls.WriteAsync(new[] { (byte)ConnectFailure.AddressTypeNotSupported }, limit.Token).ConfigureAwait(false);
-                    _log.LogInformation("jet offer {Id}: {Error}", offer.Id, e.Message);
-                    offer.Done.TrySetResult();
                     return;
                 }
             }
@@ -449,23 +421,8 @@ internal sealed class JetServerManager : IServerManager
             Settle(offer);
             CutCandidates(offer, keep: key);
             _log.LogDebug("jet offer {Id}: session on the {Kind} candidate", offer.Id, kind);
-            try
-            {
-                onward = await _binding.Handler.OpenAsync(new InboundSession(remote, destination, offer.Id, sessionKind), _abort.Token).ConfigureAwait(false);
-            }
-            catch (TransportConnectException e)
-            {
-                _context.Counters.SessionFailed();
-                _log.LogInformation("jet offer {Id}: {Error}", offer.Id, e.Message);
-                using var replyLimit = new CancellationTokenSource(_options.TlsTimeout);
-                await tls.WriteAsync(new[] { (byte)e.Failure }, replyLimit.Token).ConfigureAwait(false);
-                return;
-            }
-            using (var replyLimit = new CancellationTokenSource(_options.TlsTimeout))
-                await tls.WriteAsync(new byte[] { 0 }, replyLimit.Token).ConfigureAwait(false);
-            opened = true;
-            _context.Counters.SessionOpened();
-            await _binding.Handler.RelayAsync(tlsStream, onward, _abort.Token).ConfigureAwait(false);
+            handedOver = true;
+            await _binding.Handler.ServeAsync(tlsStream, remote, request, _abort.Token).ConfigureAwait(false);
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or EndOfStreamException
             or ObjectDisposedException or AuthenticationException or InvalidDataException)
@@ -477,43 +434,18 @@ internal sealed class JetServerManager : IServerManager
         finally
         {
             offer.Candidates.TryRemove(key, out _);
-            if (opened)
-            {
-                _context.Counters.SessionClosed();
-                offer.Done.TrySetResult();
-            }
-            if (onward is not null) await onward.DisposeAsync().ConfigureAwait(false);
-            if (tlsStream is not null) await tlsStream.DisposeAsync().ConfigureAwait(false);
+            if (handedOver) offer.Done.TrySetResult();
+            else if (tlsStream is not null) await tlsStream.DisposeAsync().ConfigureAwait(false);
             else await stream.DisposeAsync().ConfigureAwait(false);
-            if (Volatile.Read(ref offer.Claimed) != 0 && !opened && offer.Candidates.IsEmpty) offer.Done.TrySetResult();
+            if (Volatile.Read(ref offer.Claimed) != 0 && !handedOver && offer.Candidates.IsEmpty) offer.Done.TrySetResult();
         }
     }
 
     // ---- §7.3 direct candidates ----
 
-    private async Task AcceptDirectAsync(Socket listener)
-    {
-        while (!_stopping.IsCancellationRequested)
-        {
-            Socket socket;
-            try { socket = await listener.AcceptAsync(_stopping.Token).ConfigureAwait(false); }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { return; }
-            catch (SocketException e)
-            {
-                if (_stopping.IsCancellationRequested) return;
-                _log.LogWarning("jet direct: accept failed: {Error}", e.Message);
-                try { await Task.Delay(100, _stopping.Token).ConfigureAwait(false); }
-                catch (OperationCanceledException) { return; }
-                continue;
-            }
-            Track(ServeDirectAsync(socket));
-        }
-    }
-
     /// <summary>A client's connect on the direct listener: only a live offer's association and its direct candidate are accepted (404 otherwise).</summary>
     private async Task ServeDirectAsync(Socket socket)
     {
-        socket.NoDelay = true;
         var remote = socket.RemoteEndPoint!;
         var stream = new NetworkStream(socket, ownsSocket: true);
         bool handedOver = false;
@@ -557,20 +489,22 @@ internal sealed class JetServerManager : IServerManager
     public async Task StopAsync(CancellationToken cancellationToken)
     {
         if (!_stopping.IsCancellationRequested) _stopping.Cancel();
-        _listener?.Dispose();
         await _signalLoop.ConfigureAwait(false);
-        await _acceptLoop.ConfigureAwait(false);
-        try { await Task.WhenAll(_tasks.Values).WaitAsync(cancellationToken).ConfigureAwait(false); }
+        // Direct connections are the listener's to drain; the session each one carries watches _abort.
+        var direct = _listener?.StopAsync(cancellationToken) ?? Task.CompletedTask;
+        try { await Task.WhenAll(Task.WhenAll(_tasks.Values), direct).WaitAsync(cancellationToken).ConfigureAwait(false); }
         catch (OperationCanceledException)
         {
             _abort.Cancel();
             await Task.WhenAll(_tasks.Values).ConfigureAwait(false);
+            await direct.ConfigureAwait(false);
         }
     }
 
     public async ValueTask DisposeAsync()
     {
         await StopAsync(new CancellationToken(true)).ConfigureAwait(false);
+        if (_listener is not null) await _listener.DisposeAsync().ConfigureAwait(false);
         _stopping.Dispose();
         _abort.Dispose();
         _session.Dispose();

@@ -66,7 +66,7 @@ internal sealed class PlainClient : IClientFactory, IDatagramStreamCarrier
         var stream = await _context.Dialer.ConnectTcpAsync(server, ct).ConfigureAwait(false);
         try
         {
-            await PlainWire.RequestAsync(stream, far, $"server {server}", ct, kind).ConfigureAwait(false);
+            await SessionPreamble.RequestAsync(stream, far, $"server {server}", ct, kind).ConfigureAwait(false);
             return stream;
         }
         catch (Exception e) when (e is IOException or SocketException)
@@ -117,8 +117,6 @@ internal sealed class PlainClient : IClientFactory, IDatagramStreamCarrier
         catch (OperationCanceledException) { }
         catch (System.Threading.Channels.ChannelClosedException) { }
     }
-
-    public TransportStats GetStats() => _context.Counters.Snapshot();
 
     public ValueTask DisposeAsync()
     {

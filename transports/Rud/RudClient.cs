@@ -5,7 +5,6 @@ using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using PtHost.Contract;
 using PtHost.Net.Udp;
-using PtHost.Transports.Plain;
 
 namespace PtHost.Transports.Rud;
 
@@ -67,7 +66,7 @@ internal sealed class RudClient : IClientFactory, IDatagramClientFactory, IDatag
         {
             using var preamble = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             preamble.CancelAfter(PreambleTimeout);
-            await PlainWire.RequestAsync(stream, far, $"rud server {server}", preamble.Token, request.Kind).ConfigureAwait(false);
+            await SessionPreamble.RequestAsync(stream, far, $"rud server {server}", preamble.Token, request.Kind).ConfigureAwait(false);
             return stream;
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
@@ -196,8 +195,6 @@ internal sealed class RudClient : IClientFactory, IDatagramClientFactory, IDatag
             return _v4 ??= RudEndpoint.Bind(new IPEndPoint(IPAddress.Any, 0), options, log);
         }
     }
-
-    public TransportStats GetStats() => _context.Counters.Snapshot();
 
     public async ValueTask DisposeAsync()
     {

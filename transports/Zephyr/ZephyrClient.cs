@@ -7,7 +7,6 @@ using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 using PtHost.Net;
-using PtHost.Transports.Plain;
 
 namespace PtHost.Transports.Zephyr;
 
@@ -65,7 +64,7 @@ internal sealed class ZephyrClient : IClientFactory, IDatagramStreamCarrier
                     try
                     {
                         await tls.AuthenticateAsClientAsync(ZephyrSession.ClientTls(_certificateContext, _options.ServerPin), limit.Token).ConfigureAwait(false);
-                        await PlainWire.RequestAsync(tls, far, "zephyr server", limit.Token, request.Kind).ConfigureAwait(false);
+                        await SessionPreamble.RequestAsync(tls, far, "zephyr server", limit.Token, request.Kind).ConfigureAwait(false);
                     }
                     catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
                     {
@@ -178,8 +177,6 @@ internal sealed class ZephyrClient : IClientFactory, IDatagramStreamCarrier
         catch (OperationCanceledException) { }
         catch (System.Threading.Channels.ChannelClosedException) { }
     }
-
-    public TransportStats GetStats() => _context.Counters.Snapshot();
 
     public async ValueTask DisposeAsync()
     {

@@ -8,7 +8,6 @@ using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 using PtHost.Net;
-using PtHost.Transports.Plain;
 
 namespace PtHost.Transports.Zephyr;
 
@@ -112,8 +111,6 @@ internal sealed class ZephyrServerManager : IServerManager
 
     public IReadOnlyDictionary<string, string> Args { get; }
 
-    public TransportStats GetStats() => _context.Counters.Snapshot();
-
     /// <summary>How long a session may wait for its client's bind and TLS handshake: the relay's peer timeout plus the TLS timeout.</summary>
     private TimeSpan HandshakeLimit => ZephyrDefaults.RelayPeerTimeout + _options.TlsTimeout;
 
@@ -209,12 +206,16 @@ internal sealed class ZephyrServerManager : IServerManager
         if (await joined.ConfigureAwait(false) is uint zid) Answer(offer, new JObject { ["zid"] = zid, ["nonce"] = nonce });
     }
 
+    /// <summary>
+    /// One offer (§7.3 server steps): join the relay, bind to the client's zid, answer, run TLS as the
+    /// server; the stream then goes to the host, which reads the preamble and serves the session.
+    /// </summary>
     private async Task ServeAsync(long id, Signal offer, Destination relay, uint clientZid, string nonce, TaskCompletionSource<uint?> joined)
     {
         var abort = _abort.Token;
-        Stream? stream = null, onward = null;
+        var remote = new DnsEndPoint(relay.Host, relay.Port);
+        Stream? stream = null;
         HalfClosableTlsStream? tlsStream = null;
-        bool opened = false, failed = false;
         try
         {
             uint zid;
@@ -225,10 +226,8 @@ internal sealed class ZephyrServerManager : IServerManager
             }
             catch (Exception e) when (e is TransportConnectException or IOException or SocketException)
             {
-                failed = true;
-                _context.Counters.SessionFailed();
                 joined.TrySetResult(null);
-                _log.LogInformation("zephyr session {Id}: relay {Relay}: {Error}", id, relay, e.Message);
+                _binding.Handler.SessionFailed(remote, $"zephyr session {id}: relay {relay}: {e.Message}");
                 Answer(offer, new JObject { ["nonce"] = nonce, ["error"] = $"server cannot use relay {relay}" });
                 return;
             }
@@ -238,65 +237,24 @@ internal sealed class ZephyrServerManager : IServerManager
 
             var tls = new SslStream(stream, leaveInnerStreamOpen: true);
             tlsStream = new HalfClosableTlsStream(tls, stream);
-            Destination? destination;
-            SessionKind kind;
             using (var limit = CancellationTokenSource.CreateLinkedTokenSource(abort))
             {
                 // The relay closes us after its peer timeout if the client never binds (§4.3); this is a backstop.
                 limit.CancelAfter(HandshakeLimit);
                 await tls.AuthenticateAsServerAsync(ZephyrSession.ServerTls(_certificateContext, _options.ClientPins), limit.Token).ConfigureAwait(false);
-                limit.CancelAfter(_options.TlsTimeout);
-                try { (destination, kind) = await PlainWire.ReadPreambleAsync(tls, limit.Token).ConfigureAwait(false); }
-                catch (InvalidDataException)
-                {
-                    failed = true;
-                    _context.Counters.SessionFailed();
-                    _log.LogInformation("zephyr session {Id}: not a preamble inside TLS; closed", id);
-                    return;
-                }
-                catch (FormatException e)
-                {
-                    failed = true;
-                    _context.Counters.SessionFailed();
-                    await tls.WriteAsync(new[] { (byte)ConnectFailure.AddressTypeNotSupported }, limit.Token).ConfigureAwait(false);
-                    _log.LogInformation("zephyr session {Id}: {Error}", id, e.Message);
-                    return;
-                }
             }
-            try
-            {
-                onward = await _binding.Handler.OpenAsync(new InboundSession(new DnsEndPoint(relay.Host, relay.Port), destination, id, kind), abort).ConfigureAwait(false);
-            }
-            catch (TransportConnectException e)
-            {
-                failed = true;
-                _context.Counters.SessionFailed();
-                _log.LogInformation("zephyr session {Id}: {Error}", id, e.Message);
-                using var replyLimit = new CancellationTokenSource(_options.TlsTimeout);
-                await tls.WriteAsync(new[] { (byte)e.Failure }, replyLimit.Token).ConfigureAwait(false);
-                return;
-            }
-            using (var replyLimit = new CancellationTokenSource(_options.TlsTimeout))
-                await tls.WriteAsync(new byte[] { 0 }, replyLimit.Token).ConfigureAwait(false);
-            opened = true;
-            _context.Counters.SessionOpened();
-            await _binding.Handler.RelayAsync(tlsStream, onward, abort).ConfigureAwait(false);
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or EndOfStreamException
             or ObjectDisposedException or AuthenticationException)
         {
-            if (!opened && !failed) _context.Counters.SessionFailed();
             joined.TrySetResult(null);
             if (e is AuthenticationException) _log.LogWarning("zephyr session {Id}: TLS refused: {Error}", id, e.Message);
-            else _log.LogDebug("zephyr session {Id} ended: {Error}", id, e.Message);
-        }
-        finally
-        {
-            if (opened) _context.Counters.SessionClosed();
-            if (onward is not null) await onward.DisposeAsync().ConfigureAwait(false);
+            _binding.Handler.SessionFailed(remote, $"zephyr session {id}: {(e is AuthenticationException ? "TLS refused" : "ended before TLS")}: {e.Message}");
             if (tlsStream is not null) await tlsStream.DisposeAsync().ConfigureAwait(false);
             else if (stream is not null) await stream.DisposeAsync().ConfigureAwait(false);
+            return;
         }
+        await _binding.Handler.ServeAsync(tlsStream, remote, abort).ConfigureAwait(false);
     }
 
     public async Task StopAsync(CancellationToken cancellationToken)

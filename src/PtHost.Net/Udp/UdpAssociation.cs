@@ -32,10 +32,11 @@ public sealed class UdpAssociationHost
     public int Open => Volatile.Read(ref _open);
 
     /// <summary>
-    /// Opens an association: a stream that takes frames from the transport and gives frames back.
-    /// Throws <see cref="TransportConnectException"/> (limit reached: 01; target unresolvable: 04).
+    /// Opens an association for session <paramref name="session"/> (a number for logs): a stream that
+    /// takes frames from the transport and gives frames back. Throws <see cref="TransportConnectException"/>
+    /// (limit reached: 01; target unresolvable: 04).
     /// </summary>
-    public async ValueTask<Stream> OpenAsync(InboundSession session, CancellationToken cancellationToken)
+    public async ValueTask<Stream> OpenAsync(long session, CancellationToken cancellationToken)
     {
         if (Interlocked.Increment(ref _open) > _max)
         {
@@ -50,8 +51,8 @@ public sealed class UdpAssociationHost
                 IPAddress address = t.Address ?? (await ResolveAsync(t, cancellationToken).ConfigureAwait(false));
                 target = new IPEndPoint(address, t.Port);
             }
-            var association = new UdpAssociation(target, _policy, _log, session.Session, () => Interlocked.Decrement(ref _open));
-            _log.LogDebug("UDP association {Id}: relayed address {Relayed}", session.Session, association.Relayed);
+            var association = new UdpAssociation(target, _policy, _log, session, () => Interlocked.Decrement(ref _open));
+            _log.LogDebug("UDP association {Id}: relayed address {Relayed}", session, association.Relayed);
             return association;
         }
         catch

@@ -227,7 +227,7 @@ public partial class TurnTests
         Send(ch, (DatagramFrameType)0x05, any6.WithPort(1), default);
         Assert.Equal(DatagramFrameType.Relayed, (await ReceiveAsync(ch)).Type); // keep-alive of the open association
         Send(ch, (DatagramFrameType)0x06, PeerAddress.FromBytes(new byte[4], 0), default);
-        await StderrContainsAsync(chain.Chain.Server, "ended: 4 frames from the client, 4 datagrams to it, 0 too large for a RUD datagram, 0 not queued (send queue full), 1 malformed");
+        await StderrContainsAsync(chain.Chain.Server, "ended: 4 frames from the client, 4 datagrams to it, 0 too large for the carrier, 0 not sent (carrier full or gone), 1 malformed");
         Assert.Equal(1, peer.Received);
         Assert.Equal(0, other.Received);
         conn.Close();
@@ -248,7 +248,7 @@ public partial class TurnTests
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
         var conn = await endpoint.ConnectAsync(chain.Chain.ServerEndPoint, key, cts.Token);
         var stream = conn.OpenStream();
-        await PtHost.Transports.Plain.PlainWire.RequestAsync(stream, null, "test", cts.Token, SessionKind.Datagram);
+        await SessionPreamble.RequestAsync(stream, null, "test", cts.Token, SessionKind.Datagram);
         await using var session = await StreamDatagramSession.StartAsync(stream, cts.Token);
         var allowed = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port));
         var buffer = new byte[2048];
