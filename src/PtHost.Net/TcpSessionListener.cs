@@ -26,26 +26,40 @@ public sealed class TcpSessionListener : ISessionListener
     private Task? _acceptLoop;
 
     /// <param name="serve">Serves one connection; owns the socket. Its token fires when the session must end now.</param>
+    /// <param name="maxSessions">Connections served at once; one over it is reset at once (<see cref="int.MaxValue"/>: the caller keeps its own limits).</param>
     /// <param name="refused">Called for each connection turned away by the session limit.</param>
     public TcpSessionListener(string name, IPEndPoint bind, Func<Socket, CancellationToken, Task> serve, ILogger log, int maxSessions, Action? refused = null)
+        : this(name, Listen(bind), serve, log, maxSessions, refused)
     {
+    }
+
+    /// <summary>As the other constructor, on a socket the caller has bound and put in the listening state (its own options, backlog or port choice).</summary>
+    public TcpSessionListener(string name, Socket listening, Func<Socket, CancellationToken, Task> serve, ILogger log, int maxSessions, Action? refused = null)
+    {
+        ArgumentNullException.ThrowIfNull(listening);
         _name = name;
         _serve = serve;
         _log = log;
         _maxSessions = maxSessions;
         _refused = refused;
-        _listener = new Socket(bind.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        _listener = listening;
+        LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
+    }
+
+    private static Socket Listen(IPEndPoint bind)
+    {
+        var socket = new Socket(bind.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
-            _listener.Bind(bind);
-            _listener.Listen(4096);
+            socket.Bind(bind);
+            socket.Listen(4096);
+            return socket;
         }
         catch
         {
-            _listener.Dispose();
+            socket.Dispose();
             throw;
         }
-        LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
     }
 
     public IPEndPoint LocalEndPoint { get; }

@@ -5,6 +5,7 @@ using System.Net.Sockets;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using PtHost.Contract;
+using PtHost.Net;
 using PtHost.Net.Udp;
 
 namespace PtHost.Turn;
@@ -21,7 +22,7 @@ public sealed class TurnListener : IAsyncDisposable
     private readonly TurnOptions _options;
     private readonly ILogger _log;
     private readonly Socket _udp;
-    private readonly Socket _tcp;
+    private readonly TcpSessionListener _tcp;
     private readonly CancellationTokenSource _stop = new();
     private readonly List<Task> _loops = [];
     private readonly HashSet<TcpTurnClient> _connections = [];
@@ -36,7 +37,10 @@ public sealed class TurnListener : IAsyncDisposable
         if (factory is not (IDatagramClientFactory or IDatagramStreamCarrier))
             throw new TransportOptionsException($"transport {transport} cannot carry UDP (spec/turn.md §5.1)");
         Server = new TurnServer(options, (id, ct) => OpenSessionAsync(factory, id, ct), log, time, counters);
-        (_udp, _tcp) = Bind(options.ListenAddress);
+        var (udp, tcp) = Bind(options.ListenAddress);
+        _udp = udp;
+        // The limit is the TURN server's (spec/turn.md §4): over it a connection is reset at accept.
+        _tcp = new TcpSessionListener($"TURN {transport} tcp", tcp, ServeTcpAsync, log, options.Limits.MaxTcpConnections);
         LocalEndPoint = (IPEndPoint)_udp.LocalEndPoint!;
         var ip = LocalEndPoint.Address;
         Server.PublicAddress = ip.Equals(IPAddress.Any) || ip.Equals(IPAddress.IPv6Any) ? IPAddress.Loopback : ip;
@@ -87,7 +91,7 @@ public sealed class TurnListener : IAsyncDisposable
     public void Start()
     {
         _loops.Add(UdpLoopAsync(_stop.Token));
-        _loops.Add(AcceptLoopAsync(_stop.Token));
+        _tcp.Start();
         _loops.Add(ExpiryLoopAsync(_stop.Token));
     }
 
@@ -152,28 +156,12 @@ public sealed class TurnListener : IAsyncDisposable
 
     // ---- TCP (RFC 5766 §11 framing) --------------------------------------------------------------
 
-    private async Task AcceptLoopAsync(CancellationToken ct)
+    /// <summary>One TCP client, accepted by the listener's loop (spec/session.md §4).</summary>
+    private Task ServeTcpAsync(Socket socket, CancellationToken ct)
     {
-        while (!ct.IsCancellationRequested)
-        {
-            Socket socket;
-            try { socket = await _tcp.AcceptAsync(ct).ConfigureAwait(false); }
-            catch (SocketException) { continue; }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { return; }
-            socket.NoDelay = true;
-            var client = new TcpTurnClient(socket, PeerAddress.From((IPEndPoint)socket.RemoteEndPoint!), DateTimeOffset.UtcNow);
-            lock (_lock)
-            {
-                if (_connections.Count >= _options.Limits.MaxTcpConnections)
-                {
-                    _log.LogWarning("TURN {Transport}: TCP connection from {Client} closed: {Max} connections", _transport, client.Remote, _options.Limits.MaxTcpConnections);
-                    socket.Dispose();
-                    continue;
-                }
-                _connections.Add(client);
-            }
-            _ = ServeTcpAsync(client, ct);
-        }
+        var client = new TcpTurnClient(socket, PeerAddress.From((IPEndPoint)socket.RemoteEndPoint!), DateTimeOffset.UtcNow);
+        lock (_lock) _connections.Add(client);
+        return ServeTcpAsync(client, ct);
     }
 
     private async Task ServeTcpAsync(TcpTurnClient client, CancellationToken ct)
@@ -321,17 +309,18 @@ public sealed class TurnListener : IAsyncDisposable
     {
         if (!_stop.IsCancellationRequested) _stop.Cancel();
         _udp.Dispose();
-        _tcp.Dispose();
+        var tcp = _tcp.StopAsync(new CancellationToken(true)); // no drain: every connection ends now
         List<TcpTurnClient> open;
         lock (_lock) open = [.. _connections];
         foreach (var c in open) c.Close();
-        await Task.WhenAll(_loops).WaitAsync(cancellationToken).ConfigureAwait(false);
+        await Task.WhenAll(_loops.Append(tcp)).WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
     public async ValueTask DisposeAsync()
     {
         try { await StopAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false); }
         catch (TimeoutException) { }
+        await _tcp.DisposeAsync().ConfigureAwait(false);
         await Server.DisposeAsync().ConfigureAwait(false);
         _stop.Dispose();
     }

@@ -31,8 +31,7 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
     // Connections waiting for a peer's matching bind, by the zid they named (§4.3).
     private readonly Dictionary<uint, List<Connection>> _waitersFor = [];
     private readonly CancellationTokenSource _stop = new();
-    private Socket? _listener;
-    private Task _acceptLoop = Task.CompletedTask;
+    private TcpSessionListener? _listener;
     private Timer? _sweeper;
     private Timer? _statsTimer;
     private int _connections, _pairs;
@@ -69,12 +68,13 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
             socket.Dispose();
             throw;
         }
-        _listener = socket;
+        // The relay keeps its own limits (§4.6): the shared accept loop admits every connection to Admit.
+        _listener = new TcpSessionListener("zephyr relay", socket, Admit, _log, int.MaxValue);
         var shortest = _options.BindTimeout < _options.PeerTimeout ? _options.BindTimeout : _options.PeerTimeout;
         var tick = TimeSpan.FromMilliseconds(Math.Clamp(shortest.TotalMilliseconds / 8, 50, 1000));
         _sweeper = new Timer(_ => Sweep(), null, tick, tick);
         _statsTimer = new Timer(_ => LogStats(), null, _options.StatsInterval, _options.StatsInterval);
-        _acceptLoop = AcceptLoopAsync(socket);
+        _listener.Start();
         _log.LogInformation("zephyr relay listening on {EndPoint} (bind timeout {Bind}s, peer timeout {Peer}s, max {Max} connections, {PerSource} per source)",
             LocalEndPoint, _options.BindTimeout.TotalSeconds, _options.PeerTimeout.TotalSeconds, _options.MaxConnections, _options.MaxPerSource);
     }
@@ -97,43 +97,23 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await _stop.CancelAsync().ConfigureAwait(false);
-        _listener?.Dispose();
-        await _acceptLoop.ConfigureAwait(false);
+        // Stop accepting; the connections still held are closed below, which ends their tasks.
+        var stopped = _listener?.StopAsync(new CancellationToken(true)) ?? Task.CompletedTask;
         if (_sweeper is not null) await _sweeper.DisposeAsync().ConfigureAwait(false);
         if (_statsTimer is not null) await _statsTimer.DisposeAsync().ConfigureAwait(false);
         List<Connection> all;
         lock (_lock) all = [.. _byZid.Values];
         foreach (var c in all) Close(c, abort: true);
+        // A connection accepted during the stop may not be registered yet: it is not waited for long.
+        try { await stopped.WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false); }
+        catch (TimeoutException) { }
         _stop.Dispose();
     }
 
-    private async Task AcceptLoopAsync(Socket listener)
-    {
-        while (!_stop.IsCancellationRequested)
-        {
-            Socket socket;
-            try
-            {
-                socket = await listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { return; }
-            catch (SocketException e)
-            {
-                if (_stop.IsCancellationRequested) return;
-                // Out of descriptors and the like: wait a little rather than spin.
-                _log.LogWarning("accept failed: {Message}", e.Message);
-                try { await Task.Delay(100, _stop.Token).ConfigureAwait(false); }
-                catch (OperationCanceledException) { return; }
-                continue;
-            }
-            Interlocked.Increment(ref _accepted);
-            Admit(socket);
-        }
-    }
-
     /// <summary>§4.6: a connection over a limit is accepted and closed at once, before the assignment.</summary>
-    private void Admit(Socket socket)
+    private Task Admit(Socket socket, CancellationToken abort)
     {
+        Interlocked.Increment(ref _accepted);
         var address = (socket.RemoteEndPoint as IPEndPoint)?.Address ?? IPAddress.None;
         if (address.IsIPv4MappedToIPv6) address = address.MapToIPv4();
         string? limit = null;
@@ -153,9 +133,9 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
             long refused = Interlocked.Increment(ref _refusedByLimits);
             socket.Dispose();
             LogLimit(limit, address, refused);
-            return;
+            return Task.CompletedTask;
         }
-        _ = ServeAsync(new Connection(socket, address));
+        return ServeAsync(new Connection(socket, address));
     }
 
     /// <summary>One log line when a limit is hit, then at most one every 10 s while it stays hit.</summary>
