@@ -1,7 +1,7 @@
 using System.Security.Cryptography.X509Certificates;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
-using PtHost.Transports.Zephyr;
+using PtHost.Net.Tls;
 
 namespace PtHost.Transports.Jet;
 
@@ -12,9 +12,8 @@ internal sealed record JetClientOptions(byte[] ServerPin, X509Certificate2 Certi
     {
         if (options is not JObject o) throw new TransportOptionsException("jet client options must be an object with \"serverPin\", \"certificate\" and \"key\" (pthost generate-config jet)");
         var r = new JetOptionReader(o, "client", ["serverPin", "certificate", "key", "signalTimeout", "tlsTimeout"]);
-        string pinText = r.String("serverPin") ?? throw new TransportOptionsException("jet client option \"serverPin\" is required");
-        byte[] pin = ZephyrCredentials.ParsePin(pinText) ?? throw new TransportOptionsException("jet option \"serverPin\" must be 64 hex digits (SHA-256 of the server certificate)");
-        var cert = r.Certificate() ?? throw new TransportOptionsException("jet client options need \"certificate\" and \"key\" (PEM)");
+        byte[] pin = PinnedTlsOptions.ReadServerPin(o, "jet");
+        var cert = PinnedTlsOptions.ReadCertificate(o, "jet", "client", allowPkcs12: false) ?? throw new TransportOptionsException("jet client options need \"certificate\" and \"key\" (PEM)");
         return new(pin, cert, r.Seconds("signalTimeout", JetDefaults.SignalTimeout), r.Seconds("tlsTimeout", JetDefaults.TlsTimeout));
     }
 }
@@ -51,18 +50,8 @@ internal sealed record JetServerOptions(
         Destination? direct = null;
         if (r.String("directAddress") is { } d)
             direct = Destination.TryParse(d, out var dd) && dd.Port != 0 ? dd : throw new TransportOptionsException($"jet option \"directAddress\" \"{d}\" is not \"host:port\"");
-        var pins = new List<byte[]>();
-        if (o["clientPins"] is { } p)
-        {
-            if (p is not JArray pa) throw new TransportOptionsException("jet option \"clientPins\" must be an array of pins");
-            foreach (var item in pa)
-            {
-                if (item.Type != JTokenType.String || ZephyrCredentials.ParsePin((string)item!) is not { } pin)
-                    throw new TransportOptionsException("jet option \"clientPins\": each pin must be 64 hex digits (SHA-256 of a client certificate)");
-                pins.Add(pin);
-            }
-        }
-        return new(relay, r.String("apiKey"), kinds, direct, pins, r.Certificate(), r.Seconds("signalTimeout", JetDefaults.SignalTimeout), r.Seconds("tlsTimeout", JetDefaults.TlsTimeout));
+        var pins = PinnedTlsOptions.ReadClientPins(o, "jet");
+        return new(relay, r.String("apiKey"), kinds, direct, pins, PinnedTlsOptions.ReadCertificate(o, "jet", "server", allowPkcs12: false), r.Seconds("signalTimeout", JetDefaults.SignalTimeout), r.Seconds("tlsTimeout", JetDefaults.TlsTimeout));
     }
 }
 
@@ -98,14 +87,5 @@ internal sealed class JetOptionReader
         if (v.Type is not (JTokenType.Integer or JTokenType.Float) || (double)v! is not (> 0 and <= 3600 and var s))
             throw new TransportOptionsException($"jet option \"{name}\" must be a number of seconds above 0, at most 3600");
         return TimeSpan.FromSeconds(s);
-    }
-
-    public X509Certificate2? Certificate()
-    {
-        string? pem = String("certificate"), key = String("key");
-        if (pem is null && key is null) return null;
-        if (pem is null || key is null) throw new TransportOptionsException("jet options \"certificate\" and \"key\" go together");
-        try { return ZephyrCredentials.FromPem(pem, key, "jet"); }
-        catch (TransportOptionsException e) { throw new TransportOptionsException($"jet: certificate/key PEM unusable: {e.InnerException?.Message ?? e.Message}", e); }
     }
 }

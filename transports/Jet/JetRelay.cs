@@ -10,7 +10,7 @@ using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using PtHost.Net;
-using PtHost.Transports.Zephyr;
+using PtHost.Net.Tls;
 
 namespace PtHost.Transports.Jet;
 
@@ -60,14 +60,14 @@ public sealed partial class JetRelay : IAsyncDisposable
     public IPEndPoint? WssEndPoint { get; private set; }
 
     /// <summary>The SHA-256 pin of the tls/wss certificate (64 hex digits), or null without TLS listeners.</summary>
-    public string? CertificatePin => _certificate is null ? null : ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(_certificate));
+    public string? CertificatePin => _certificate is null ? null : PinnedTls.FormatPin(PinnedTls.Pin(_certificate));
 
     /// <summary>Binds every listener. Throws <see cref="SocketException"/> or <see cref="IOException"/> when an address cannot be bound.</summary>
     public async Task StartAsync(CancellationToken cancellationToken)
     {
         if (_options.Tls is not null || _options.Wss is not null)
         {
-            _certificate = _options.Certificate ?? ZephyrCredentials.Generate(_options.Instance);
+            _certificate = _options.Certificate ?? PinnedTls.Generate(_options.Instance);
             _certificateContext = SslStreamCertificateContext.Create(_certificate, null, offline: true);
         }
         if (_options.Tcp is { } tcp) TcpEndPoint = StartBinaryListener(tcp, CandidateKind.Tcp);

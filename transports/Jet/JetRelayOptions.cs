@@ -3,7 +3,7 @@ using System.Security.Cryptography.X509Certificates;
 using Newtonsoft.Json;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
-using PtHost.Transports.Zephyr;
+using PtHost.Net.Tls;
 
 namespace PtHost.Transports.Jet;
 
@@ -173,7 +173,7 @@ public sealed record JetRelayOptions
         return r;
     }
 
-    internal static X509Certificate2 LoadPem(string certPem, string keyPem) => ZephyrCredentials.FromPem(certPem, keyPem, "jet relay");
+    internal static X509Certificate2 LoadPem(string certPem, string keyPem) => PinnedTls.FromPem(certPem, keyPem, "jet relay");
 
     private static string? Str(JObject o, string name) => o[name] switch
     {

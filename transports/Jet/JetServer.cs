@@ -9,35 +9,15 @@ using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 using PtHost.Net;
-using PtHost.Transports.Zephyr;
+using PtHost.Net.Tls;
 
 namespace PtHost.Transports.Jet;
 
 /// <summary>The server factory: generates configurations and starts <see cref="JetServerManager"/>s.</summary>
 internal sealed class JetServer(TransportEnvironment context, JetServerOptions options) : IServerFactory
 {
-    public const string CertificateFile = "server-cert.pem";
-    public const string KeyFile = "server-key.pem";
-
     /// <summary>A fresh server and client certificate, each side pinning the other (§7.4).</summary>
-    public GeneratedConfiguration GenerateConfiguration()
-    {
-        using var server = ZephyrCredentials.Generate("jet server");
-        using var client = ZephyrCredentials.Generate("jet client");
-        var clientOptions = new JObject
-        {
-            ["serverPin"] = ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(server)),
-            ["certificate"] = ZephyrCredentials.CertificatePem(client),
-            ["key"] = ZephyrCredentials.KeyPem(client),
-        };
-        var serverOptions = new JObject
-        {
-            ["certificate"] = ZephyrCredentials.CertificatePem(server),
-            ["key"] = ZephyrCredentials.KeyPem(server),
-            ["clientPins"] = new JArray(ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(client))),
-        };
-        return new(clientOptions, serverOptions);
-    }
+    public GeneratedConfiguration GenerateConfiguration() => PinnedTls.GenerateConfiguration("jet");
 
     public ValueTask<IServerManager> ListenAsync(ServerBinding binding, CancellationToken cancellationToken) => StartAsync(binding);
 
@@ -51,23 +31,9 @@ internal sealed class JetServer(TransportEnvironment context, JetServerOptions o
             throw new TransportOptionsException("jet server needs \"relay\" (the relay's REST base URL) or \"direct\" in \"kinds\"");
         if (options.Relay is null && options.Kinds.Any(k => k != "direct"))
             throw new TransportOptionsException("jet server: \"kinds\" names relay candidates but \"relay\" is not set");
-        var cert = options.Certificate ?? LoadOrCreateStateCertificate();
+        // §7.4: without a configured certificate, the one kept in the state directory.
+        var cert = options.Certificate ?? PinnedTls.LoadOrCreateServerCertificate(context.StateDirectory, "jet");
         return ValueTask.FromResult<IServerManager>(new JetServerManager(context, options, cert, binding));
-    }
-
-    /// <summary>The server certificate kept in the state directory, created on first use (§7.4).</summary>
-    private X509Certificate2 LoadOrCreateStateCertificate()
-    {
-        string certPath = Path.Combine(context.StateDirectory, CertificateFile), keyPath = Path.Combine(context.StateDirectory, KeyFile);
-        if (File.Exists(certPath) && File.Exists(keyPath))
-            return ZephyrCredentials.FromPem(File.ReadAllText(certPath), File.ReadAllText(keyPath), $"jet server (state directory {context.StateDirectory})");
-        using var cert = ZephyrCredentials.Generate("jet server");
-        Directory.CreateDirectory(context.StateDirectory);
-        var keyOptions = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write };
-        if (!OperatingSystem.IsWindows()) keyOptions.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
-        using (var w = new StreamWriter(keyPath, keyOptions)) w.Write(ZephyrCredentials.KeyPem(cert));
-        File.WriteAllText(certPath, ZephyrCredentials.CertificatePem(cert));
-        return X509CertificateLoader.LoadPkcs12(cert.Export(X509ContentType.Pkcs12), null);
     }
 
     public ValueTask DisposeAsync() => ValueTask.CompletedTask;
@@ -118,7 +84,7 @@ internal sealed class JetServerManager : IServerManager
             _listener = binding.Handler.ListenTcp(binding.BindAddress, (socket, _) => ServeDirectAsync(socket));
             LocalEndPoint = _listener.LocalEndPoint;
         }
-        string pin = ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(certificate));
+        string pin = PinnedTls.FormatPin(PinnedTls.Pin(certificate));
         Args = new Dictionary<string, string> { ["pin"] = pin };
         _log.LogInformation("jet server: certificate pin {Pin}; relay {Relay}; candidates {Kinds}{Direct}", pin, options.Relay?.ToString() ?? "none",
             string.Join(",", options.Kinds.Order()), options.Direct ? $" (direct on {LocalEndPoint})" : "");
@@ -156,7 +122,7 @@ internal sealed class JetServerManager : IServerManager
             await foreach (var s in _context.Signals.Incoming.ReadAllAsync(_stopping.Token).ConfigureAwait(false))
             {
                 if (s.Kind != JetSignals.Offer || s.ClientId is null) continue;
-                if (s.Body is not JObject body || body["nonce"] is not { Type: JTokenType.String } n || ((string)n!).Length is 0 or > JetSignals.MaxNonceLength)
+                if (s.Body is not JObject body || body["nonce"] is not { Type: JTokenType.String } n || ((string)n!).Length is 0 or > SignalOffers.MaxNonceLength)
                 {
                     _log.LogWarning("jet: offer {Id} from {Client} dropped: no valid \"nonce\"", s.MessageId, s.ClientId);
                     continue;
@@ -198,22 +164,8 @@ internal sealed class JetServerManager : IServerManager
 
     private async Task AnswerAgainAsync(Signal s, Offer offer) => Answer(s, await offer.Answer.Task.ConfigureAwait(false));
 
-    private void Answer(Signal offer, JObject body)
-    {
-        try
-        {
-            _context.Signals.Send(new Signal(JetSignals.Answer, body)
-            {
-                ClientId = offer.ClientId,
-                ReplyTo = offer.MessageId,
-                Expires = DateTimeOffset.UtcNow + _options.SignalTimeout,
-            });
-        }
-        catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
-        {
-            _log.LogDebug("jet: answer to {Id} not sent: {Error}", offer.MessageId, e.Message);
-        }
-    }
+    private void Answer(Signal offer, JObject body) =>
+        SignalOffers.Answer(_context.Signals, JetSignals.Answer, offer, body, _options.SignalTimeout, _log);
 
     /// <summary>§7.3 server steps 1–4 for one offer, then waits for its session (or the offer's lifetime) and cleans up.</summary>
     private async Task ServeOfferAsync(Signal signal, Offer offer)
@@ -399,7 +351,7 @@ internal sealed class JetServerManager : IServerManager
                 var inner = new PrefixedStream(first, stream);
                 var tls = new SslStream(inner, leaveInnerStreamOpen: true);
                 tlsStream = new HalfClosableTlsStream(tls, inner);
-                await tls.AuthenticateAsServerAsync(JetSession.ServerTls(_certificateContext, _options.ClientPins), limit.Token).ConfigureAwait(false);
+                await tls.AuthenticateAsServerAsync(PinnedTls.ServerOptions(_certificateContext, _options.ClientPins), limit.Token).ConfigureAwait(false);
                 // The first candidate to deliver a preamble is the session (§7.3 step 5): jet reads it itself.
                 try { request = await SessionPreamble.ReadAsync(tls, limit.Token).ConfigureAwait(false); }
                 catch (EndOfStreamException)

@@ -1,6 +1,7 @@
 using System.Security.Cryptography.X509Certificates;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net.Tls;
 
 namespace PtHost.Transports.Zephyr;
 
@@ -13,9 +14,8 @@ internal sealed record ZephyrClientOptions(
         if (options is not JObject o) throw new TransportOptionsException("zephyr client options must be an object with \"relay\", \"serverPin\", \"certificate\" and \"key\"");
         var reader = new ZephyrOptionReader(o, "client", ["relay", "relays", "serverPin", "certificate", "key", "pkcs12", "signalTimeout", "tlsTimeout"]);
         var relays = reader.Relays() ?? throw new TransportOptionsException("zephyr client option \"relay\" (or \"relays\") is required");
-        string pinText = reader.String("serverPin") ?? throw new TransportOptionsException("zephyr client option \"serverPin\" is required");
-        byte[] pin = ZephyrCredentials.ParsePin(pinText) ?? throw new TransportOptionsException("zephyr option \"serverPin\" must be 64 hex digits (SHA-256 of the server certificate)");
-        var cert = reader.Certificate() ?? throw new TransportOptionsException("zephyr client options need \"certificate\" and \"key\" (PEM) or \"pkcs12\"");
+        byte[] pin = PinnedTlsOptions.ReadServerPin(o, "zephyr");
+        var cert = PinnedTlsOptions.ReadCertificate(o, "zephyr", "client", allowPkcs12: true) ?? throw new TransportOptionsException("zephyr client options need \"certificate\" and \"key\" (PEM) or \"pkcs12\"");
         return new(relays, pin, cert, reader.Seconds("signalTimeout", ZephyrDefaults.SignalTimeout), reader.Seconds("tlsTimeout", ZephyrDefaults.TlsTimeout));
     }
 }
@@ -42,18 +42,8 @@ internal sealed record ZephyrServerOptions(
         };
         var relays = reader.Relays();
         if (anyRelay && relays is not null) throw new TransportOptionsException("zephyr option \"anyRelay\": true excludes \"relay\" and \"relays\"");
-        var pins = new List<byte[]>();
-        if (o["clientPins"] is { } p)
-        {
-            if (p is not JArray a) throw new TransportOptionsException("zephyr option \"clientPins\" must be an array of pins");
-            foreach (var item in a)
-            {
-                if (item.Type != JTokenType.String || ZephyrCredentials.ParsePin((string)item!) is not { } pin)
-                    throw new TransportOptionsException("zephyr option \"clientPins\": each pin must be 64 hex digits (SHA-256 of a client certificate)");
-                pins.Add(pin);
-            }
-        }
-        return new(relays, pins, reader.Certificate(), reader.Seconds("signalTimeout", ZephyrDefaults.SignalTimeout), reader.Seconds("tlsTimeout", ZephyrDefaults.TlsTimeout), anyRelay);
+        var pins = PinnedTlsOptions.ReadClientPins(o, "zephyr");
+        return new(relays, pins, PinnedTlsOptions.ReadCertificate(o, "zephyr", "server", allowPkcs12: true), reader.Seconds("signalTimeout", ZephyrDefaults.SignalTimeout), reader.Seconds("tlsTimeout", ZephyrDefaults.TlsTimeout), anyRelay);
     }
 }
 
@@ -68,12 +58,10 @@ internal static class ZephyrDefaults
 internal sealed class ZephyrOptionReader
 {
     private readonly JObject _o;
-    private readonly string _side;
 
     public ZephyrOptionReader(JObject o, string side, string[] known)
     {
         _o = o;
-        _side = side;
         foreach (var p in o.Properties())
             if (!known.Contains(p.Name, StringComparer.Ordinal))
                 throw new TransportOptionsException($"zephyr has no {side} option \"{p.Name}\" (known: {string.Join(", ", known)})");
@@ -112,17 +100,4 @@ internal sealed class ZephyrOptionReader
 
     private static Destination ParseRelay(string text) =>
         Destination.TryParse(text, out var d) && d.Port != 0 ? d : throw new TransportOptionsException($"zephyr relay \"{text}\" is not \"host:port\"");
-
-    public X509Certificate2? Certificate()
-    {
-        string? pem = String("certificate"), key = String("key"), p12 = String("pkcs12");
-        if (p12 is not null)
-        {
-            if (pem is not null || key is not null) throw new TransportOptionsException("zephyr option \"pkcs12\" excludes \"certificate\" and \"key\"");
-            return ZephyrCredentials.FromPkcs12(p12, _side);
-        }
-        if (pem is null && key is null) return null;
-        if (pem is null || key is null) throw new TransportOptionsException("zephyr options \"certificate\" and \"key\" go together");
-        return ZephyrCredentials.FromPem(pem, key, _side);
-    }
 }

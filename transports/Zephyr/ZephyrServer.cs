@@ -8,34 +8,15 @@ using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 using PtHost.Net;
+using PtHost.Net.Tls;
 
 namespace PtHost.Transports.Zephyr;
 
 /// <summary>The server factory: generates configurations and starts <see cref="ZephyrServerManager"/>s.</summary>
 internal sealed class ZephyrServer(TransportEnvironment context, ZephyrServerOptions options) : IServerFactory
 {
-    public const string CertificateFile = "server-cert.pem";
-    public const string KeyFile = "server-key.pem";
-
     /// <summary>A fresh server and client certificate, each side pinning the other (§7.4).</summary>
-    public GeneratedConfiguration GenerateConfiguration()
-    {
-        using var server = ZephyrCredentials.Generate("zephyr server");
-        using var client = ZephyrCredentials.Generate("zephyr client");
-        var clientOptions = new JObject
-        {
-            ["serverPin"] = ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(server)),
-            ["certificate"] = ZephyrCredentials.CertificatePem(client),
-            ["key"] = ZephyrCredentials.KeyPem(client),
-        };
-        var serverOptions = new JObject
-        {
-            ["certificate"] = ZephyrCredentials.CertificatePem(server),
-            ["key"] = ZephyrCredentials.KeyPem(server),
-            ["clientPins"] = new JArray(ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(client))),
-        };
-        return new(clientOptions, serverOptions);
-    }
+    public GeneratedConfiguration GenerateConfiguration() => PinnedTls.GenerateConfiguration("zephyr");
 
     public ValueTask<IServerManager> ListenAsync(ServerBinding binding, CancellationToken cancellationToken) => StartAsync(binding);
 
@@ -49,23 +30,9 @@ internal sealed class ZephyrServer(TransportEnvironment context, ZephyrServerOpt
         // only relays its operator named, so an offer cannot make it dial an arbitrary address.
         if (options.Relays is null && !options.AnyRelay)
             throw new TransportOptionsException("zephyr server option \"relay\" (or \"relays\") is required: the relays this server joins; \"anyRelay\": true joins any relay an offer names");
-        var cert = options.Certificate ?? LoadOrCreateStateCertificate();
+        // §7.4: without a configured certificate, the one kept in the state directory.
+        var cert = options.Certificate ?? PinnedTls.LoadOrCreateServerCertificate(context.StateDirectory, "zephyr");
         return ValueTask.FromResult<IServerManager>(new ZephyrServerManager(context, options, cert, binding));
-    }
-
-    /// <summary>The server certificate kept in the state directory, created on first use (§7.4).</summary>
-    private X509Certificate2 LoadOrCreateStateCertificate()
-    {
-        string certPath = Path.Combine(context.StateDirectory, CertificateFile), keyPath = Path.Combine(context.StateDirectory, KeyFile);
-        if (File.Exists(certPath) && File.Exists(keyPath))
-            return ZephyrCredentials.FromPem(File.ReadAllText(certPath), File.ReadAllText(keyPath), $"server (state directory {context.StateDirectory})");
-        using var cert = ZephyrCredentials.Generate("zephyr server");
-        Directory.CreateDirectory(context.StateDirectory);
-        var keyOptions = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write };
-        if (!OperatingSystem.IsWindows()) keyOptions.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
-        using (var w = new StreamWriter(keyPath, keyOptions)) w.Write(ZephyrCredentials.KeyPem(cert));
-        File.WriteAllText(certPath, ZephyrCredentials.CertificatePem(cert));
-        return X509CertificateLoader.LoadPkcs12(cert.Export(X509ContentType.Pkcs12), null);
     }
 
     public ValueTask DisposeAsync() => ValueTask.CompletedTask;
@@ -101,7 +68,7 @@ internal sealed class ZephyrServerManager : IServerManager
         _binding = binding;
         _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Zephyr");
         LocalEndPoint = binding.BindAddress;
-        string pin = ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(certificate));
+        string pin = PinnedTls.FormatPin(PinnedTls.Pin(certificate));
         Args = new Dictionary<string, string> { ["pin"] = pin };
         _log.LogInformation("zephyr server: certificate pin {Pin}; waiting for offers", pin);
         _signalLoop = AnswerOffersAsync();
@@ -162,7 +129,7 @@ internal sealed class ZephyrServerManager : IServerManager
         nonce = "";
         problem = null;
         if (s.Body is not JObject body) { problem = "no body"; return false; }
-        if (body["nonce"] is not { Type: JTokenType.String } n || ((string)n!).Length is 0 or > ZephyrSignals.MaxNonceLength)
+        if (body["nonce"] is not { Type: JTokenType.String } n || ((string)n!).Length is 0 or > SignalOffers.MaxNonceLength)
         {
             problem = "no valid \"nonce\"";
             return false;
@@ -184,22 +151,8 @@ internal sealed class ZephyrServerManager : IServerManager
         return true;
     }
 
-    private void Answer(Signal offer, JObject body)
-    {
-        try
-        {
-            _context.Signals.Send(new Signal(ZephyrSignals.Answer, body)
-            {
-                ClientId = offer.ClientId,
-                ReplyTo = offer.MessageId,
-                Expires = DateTimeOffset.UtcNow + _options.SignalTimeout,
-            });
-        }
-        catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
-        {
-            _log.LogDebug("zephyr: answer to {Id} not sent: {Error}", offer.MessageId, e.Message);
-        }
-    }
+    private void Answer(Signal offer, JObject body) =>
+        SignalOffers.Answer(_context.Signals, ZephyrSignals.Answer, offer, body, _options.SignalTimeout, _log);
 
     private async Task AnswerAgainAsync(Signal offer, string nonce, Task<uint?> joined)
     {
@@ -241,7 +194,7 @@ internal sealed class ZephyrServerManager : IServerManager
             {
                 // The relay closes us after its peer timeout if the client never binds (§4.3); this is a backstop.
                 limit.CancelAfter(HandshakeLimit);
-                await tls.AuthenticateAsServerAsync(ZephyrSession.ServerTls(_certificateContext, _options.ClientPins), limit.Token).ConfigureAwait(false);
+                await tls.AuthenticateAsServerAsync(PinnedTls.ServerOptions(_certificateContext, _options.ClientPins), limit.Token).ConfigureAwait(false);
             }
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or EndOfStreamException
