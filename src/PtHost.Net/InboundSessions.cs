@@ -26,7 +26,7 @@ public sealed class InboundSessions : IInboundHandler
     private static long s_ids;
     private readonly string _transport;
     private readonly OnwardConnect _onward;
-    private readonly UdpAssociationHost? _associations;
+    private readonly ServerAssociations? _associations;
     private readonly TransportCounters _counters;
     private readonly ILogger _log;
 
@@ -34,7 +34,7 @@ public sealed class InboundSessions : IInboundHandler
     /// <param name="onward">Opens the onward stream of a stream session.</param>
     /// <param name="associations">The process's UDP associations; null when this server carries no UDP.</param>
     /// <param name="counters">The transport's STATUS counters.</param>
-    public InboundSessions(string transport, OnwardConnect onward, UdpAssociationHost? associations, TransportCounters counters, ILogger log)
+    public InboundSessions(string transport, OnwardConnect onward, ServerAssociations? associations, TransportCounters counters, ILogger log)
     {
         _transport = transport;
         _onward = onward;

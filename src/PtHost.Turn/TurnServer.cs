@@ -30,12 +30,12 @@ public abstract class TurnClient
 internal readonly record struct TurnClientKey(PeerAddress Remote, TurnClient? Connection);
 
 /// <summary>Opens the relayed side of an allocation: a UDP association through the transport.</summary>
-public delegate ValueTask<IDatagramSession> DatagramSessionOpener(long allocation, CancellationToken cancellationToken);
+public delegate ValueTask<IAssociation> AssociationOpener(long allocation, CancellationToken cancellationToken);
 
 /// <summary>
 /// The TURN server state machine (RFC 5766 over RFC 5389; spec/turn.md §3–§4), independent of
 /// sockets: listeners hand it each message with the client it came from; it answers through
-/// <see cref="TurnClient.Send"/>. Allocations relay through <see cref="IDatagramSession"/>s.
+/// <see cref="TurnClient.Send"/>. Allocations relay through <see cref="IAssociation"/>s.
 /// </summary>
 public sealed class TurnServer : IAsyncDisposable
 {
@@ -46,7 +46,7 @@ public sealed class TurnServer : IAsyncDisposable
 
     private readonly TurnOptions _options;
     private readonly TurnLimits _limits;
-    private readonly DatagramSessionOpener _open;
+    private readonly AssociationOpener _open;
     private readonly ILogger _log;
     private readonly TimeProvider _time;
     private readonly Dictionary<string, byte[]> _keys = new(StringComparer.Ordinal);
@@ -64,7 +64,7 @@ public sealed class TurnServer : IAsyncDisposable
     /// Creates the state machine. <paramref name="counters"/>, when given, counts allocations as
     /// sessions and datagram payload bytes (client → peer as in, peer → client as out) for STATUS lines.
     /// </summary>
-    public TurnServer(TurnOptions options, DatagramSessionOpener open, ILogger log, TimeProvider? time = null, TransportCounters? counters = null)
+    public TurnServer(TurnOptions options, AssociationOpener open, ILogger log, TimeProvider? time = null, TransportCounters? counters = null)
     {
         _counters = counters;
         _options = options;
@@ -405,7 +405,7 @@ public sealed class TurnServer : IAsyncDisposable
 
     private async Task CompleteAllocateAsync(Allocation allocation, PendingRequest request, byte[] key, TimeSpan lifetime, ulong reservation)
     {
-        IDatagramSession session;
+        IAssociation session;
         try
         {
             using var limit = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
@@ -641,7 +641,7 @@ public sealed class TurnServer : IAsyncDisposable
         }
         packet.Span.Overlaps(data, out int offset);
         _counters?.AddBytesIn(data.Length);
-        _ = session.SendAsync(peer, packet.Slice(offset, data.Length), _stop.Token); // copies before returning (IDatagramSession)
+        _ = session.SendAsync(peer, packet.Slice(offset, data.Length), _stop.Token); // copies before returning (IAssociation)
     }
 
     private void HandleChannelData(TurnClient client, ReadOnlyMemory<byte> packet)
@@ -678,7 +678,7 @@ public sealed class TurnServer : IAsyncDisposable
             return;
         }
         _counters?.AddBytesIn(length);
-        _ = session.SendAsync(peer, packet.Slice(4, length), _stop.Token); // copies before returning (IDatagramSession)
+        _ = session.SendAsync(peer, packet.Slice(4, length), _stop.Token); // copies before returning (IAssociation)
     }
 
     private bool HasPermission(Allocation allocation, PeerAddress peer)
@@ -689,7 +689,7 @@ public sealed class TurnServer : IAsyncDisposable
 
     // ---- data: peer → client (RFC 5766 §10.3, §11.6) -------------------------------------------
 
-    private async Task RelayFromPeersAsync(Allocation allocation, IDatagramSession session)
+    private async Task RelayFromPeersAsync(Allocation allocation, IAssociation session)
     {
         int max = Math.Min(session.MaxDatagramSize, ushort.MaxValue - DataHeaderRoom);
         byte[] buffer = ArrayPool<byte>.Shared.Rent(DataHeaderRoom + max + 4);
@@ -809,7 +809,7 @@ public sealed class TurnServer : IAsyncDisposable
 
     private void Remove(Allocation allocation)
     {
-        IDatagramSession? session;
+        IAssociation? session;
         lock (_lock)
         {
             if (allocation.Deleted) return;
@@ -819,7 +819,7 @@ public sealed class TurnServer : IAsyncDisposable
             if (_perUser.TryGetValue(allocation.User, out int n)) { if (n <= 1) _perUser.Remove(allocation.User); else _perUser[allocation.User] = n - 1; }
             session = allocation.Session;
         }
-        if (session is StreamDatagramSession framed && framed.Dropped > 0)
+        if (session is StreamAssociation framed && framed.Dropped > 0)
             _log.LogInformation("TURN allocation {Id}: {Dropped} datagrams dropped because the transport was congested", allocation.Id, framed.Dropped);
         if (session is not null)
         {
@@ -851,7 +851,7 @@ public sealed class TurnServer : IAsyncDisposable
         public readonly Dictionary<ushort, ChannelBinding> Cooling = []; // expired bindings, for 5 minutes
         public readonly HashSet<PeerAddress> Checked = [];
         public DateTimeOffset Expires = expires;
-        public volatile IDatagramSession? Session;
+        public volatile IAssociation? Session;
         public byte[]? AllocateResponse;
         public volatile bool Deleted;
     }

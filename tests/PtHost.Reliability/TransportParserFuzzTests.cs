@@ -173,7 +173,7 @@ public class TransportParserFuzzTests(ITestOutputHelper output)
             {
                 var s = new NullDatagramSession();
                 lock (sessions) sessions.Add(s);
-                return ValueTask.FromResult<IDatagramSession>(s);
+                return ValueTask.FromResult<IAssociation>(s);
             }, NullLogger.Instance);
         var clients = new[]
         {

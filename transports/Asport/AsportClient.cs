@@ -12,7 +12,7 @@ namespace PtHost.Transports.Asport;
 /// Client process: TCP to the announced public address, the session preamble, raw bytes; TURN allocations
 /// over UDP to the public port when it is bound, else carried in a TCP session (spec/asport.md §6.2).
 /// </summary>
-internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, IDatagramStreamCarrier
+internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, IStreamCarrier
 {
     /// <summary>The latest announcement; <see cref="Gone"/> fires when a different address replaces it.</summary>
     private sealed record Announcement(Destination Address, bool Udp, CancellationTokenSource Gone);
@@ -107,7 +107,7 @@ internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, IDa
     /// "udp": true, or the "udp" option for a configured address) and no upstream proxy is configured;
     /// otherwise the association is carried in a TCP session to the public TCP port (spec/turn.md §5.2).
     /// </summary>
-    public async ValueTask<IDatagramSession> OpenDatagramSessionAsync(ConnectRequest request, CancellationToken cancellationToken)
+    public async ValueTask<IAssociation> OpenAssociationAsync(ConnectRequest request, CancellationToken cancellationToken)
     {
         Destination server;
         bool udp;
@@ -121,7 +121,7 @@ internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, IDa
                 _log.LogInformation("asport: UDP associations are carried in TCP sessions to {Address} ({Why})", server,
                     udp ? "an upstream proxy is configured" : "the public port has no UDP bound");
             var stream = await ConnectAsync(request, cancellationToken).ConfigureAwait(false);
-            return await StreamDatagramSession.StartAsync(stream, cancellationToken).ConfigureAwait(false);
+            return await StreamAssociation.StartAsync(stream, cancellationToken).ConfigureAwait(false);
         }
         IPAddress address;
         if (server.Address is { } literal) address = literal;
@@ -138,7 +138,7 @@ internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, IDa
             }
         }
         var bind = (_context.Dialer as DirectDialer)?.Bind.For(address);
-        return await AsportDatagramSession.OpenAsync(new IPEndPoint(address, server.Port), bind, gone, _log, cancellationToken).ConfigureAwait(false);
+        return await AsportAssociation.OpenAsync(new IPEndPoint(address, server.Port), bind, gone, _log, cancellationToken).ConfigureAwait(false);
     }
 
     public ValueTask DisposeAsync()
@@ -151,10 +151,10 @@ internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, IDa
 
 /// <summary>
 /// Client process: one TURN allocation = one UDP socket connected to the announced public address
-/// (spec/asport.md §6.2); the association's life is <see cref="FramedDatagramClientSession"/>'s, and a
+/// (spec/asport.md §6.2); the association's life is <see cref="DatagramCarrierAssociation"/>'s, and a
 /// change of the announced address ends it too.
 /// </summary>
-internal sealed class AsportDatagramSession : FramedDatagramClientSession
+internal sealed class AsportAssociation : DatagramCarrierAssociation
 {
     /// <summary>Socket buffers: room for bursts while the TURN server is busy.</summary>
     public const int SocketBuffer = 1 << 20;
@@ -163,7 +163,7 @@ internal sealed class AsportDatagramSession : FramedDatagramClientSession
     private CancellationTokenRegistration _addressGone;
     private bool _refusedSeen;
 
-    private AsportDatagramSession(Socket socket, ILogger log) : base(log, 65536) => _socket = socket;
+    private AsportAssociation(Socket socket, ILogger log) : base(log, 65536) => _socket = socket;
 
     public override int MaxDatagramSize => AsportUdpFrames.MaxPayload;
 
@@ -171,13 +171,13 @@ internal sealed class AsportDatagramSession : FramedDatagramClientSession
     public IPEndPoint Server => (IPEndPoint)_socket.RemoteEndPoint!;
 
     /// <summary>
-    /// Opens an association (OPEN until RELAYED or CLOSE, within <see cref="FramedDatagramClientSession.OpenTimeout"/>).
+    /// Opens an association (OPEN until RELAYED or CLOSE, within <see cref="DatagramCarrierAssociation.OpenTimeout"/>).
     /// <paramref name="addressGone"/> ends the session when the announced address changes.
     /// </summary>
-    public static async Task<AsportDatagramSession> OpenAsync(IPEndPoint server, IPAddress? bind, CancellationToken addressGone, ILogger log, CancellationToken cancellationToken)
+    public static async Task<AsportAssociation> OpenAsync(IPEndPoint server, IPAddress? bind, CancellationToken addressGone, ILogger log, CancellationToken cancellationToken)
     {
         var socket = new Socket(server.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
-        AsportDatagramSession? session = null;
+        AsportAssociation? session = null;
         try
         {
             socket.ReceiveBufferSize = SocketBuffer;
@@ -185,16 +185,16 @@ internal sealed class AsportDatagramSession : FramedDatagramClientSession
             if (bind is not null) socket.Bind(new IPEndPoint(bind, 0));
             socket.Connect(server);
             socket.Blocking = false; // a full send buffer drops the datagram (UDP semantics), it never blocks the TURN server
-            session = new AsportDatagramSession(socket, log);
+            session = new AsportAssociation(socket, log);
             bool? opened;
-            try { opened = await session.OpenAssociationAsync(cancellationToken).ConfigureAwait(false); }
+            try { opened = await session.ExchangeOpenAsync(cancellationToken).ConfigureAwait(false); }
             catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested)
             {
                 throw new TransportConnectException(ConnectFailure.TimedOut,
                     $"no answer over UDP from {server} within {OpenTimeout.TotalSeconds:0} s" + (session._refusedSeen ? " (ICMP port unreachable: is UDP bound there?)" : ""), e);
             }
             if (opened != true) throw new TransportConnectException(ConnectFailure.General, $"the server process refused the UDP association (CLOSE from {server})");
-            session._addressGone = addressGone.Register(static s => ((AsportDatagramSession)s!).Terminate("the announced address changed"), session);
+            session._addressGone = addressGone.Register(static s => ((AsportAssociation)s!).Terminate("the announced address changed"), session);
             return session;
         }
         catch (SocketException e)

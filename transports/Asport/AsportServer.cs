@@ -124,7 +124,7 @@ internal sealed class AsportDatagramHandler(IInboundHandler host, ILogger log, C
 {
     private long _malformed;
 
-    public IAsportUdpAssociation? Open(AsportUdpPeer peer, ReadOnlySpan<byte> payload)
+    public IAsportUdpAssociation? Open(AsportPacketWriter peer, ReadOnlySpan<byte> payload)
     {
         if (!AsportUdpFrames.TryRead(payload, out var type, out var address, out _))
         {
@@ -148,7 +148,7 @@ internal sealed class AsportDatagramHandler(IInboundHandler host, ILogger log, C
         return null;
     }
 
-    private void Malformed(AsportUdpPeer peer, string what)
+    private void Malformed(AsportPacketWriter peer, string what)
     {
         if (Interlocked.Increment(ref _malformed) <= 10)
             log.LogInformation("asport UDP association {Id} from {Source}: dropped a malformed datagram: {What}", peer.Id, peer.Source, what);
@@ -160,7 +160,7 @@ internal sealed class AsportDatagramHandler(IInboundHandler host, ILogger log, C
 /// relay client's Packets are queued (at most <see cref="QueueFrames"/>; more are dropped), frames go
 /// back as Packets in the client's forward mode, one frame each.
 /// </summary>
-internal sealed class AsportDatagramCarrier(AsportUdpPeer peer, ILogger log) : IDatagramCarrier, IAsportUdpAssociation
+internal sealed class AsportDatagramCarrier(AsportPacketWriter peer, ILogger log) : IDatagramCarrier, IAsportUdpAssociation
 {
     public const int QueueFrames = 2048;
     // Not single-reader: Complete drains what is left while a receive may be pending.
@@ -206,7 +206,7 @@ internal sealed class AsportDatagramCarrier(AsportUdpPeer peer, ILogger log) : I
     public ValueTask<bool> SendAsync(ReadOnlyMemory<byte> frame, CancellationToken cancellationToken) => peer.SendAsync(frame, cancellationToken);
 
     /// <summary>Sends a control frame without waiting (QUIC mode opens a stream); failures are ignored.</summary>
-    internal static void Fire(AsportUdpPeer peer, byte[] frame)
+    internal static void Fire(AsportPacketWriter peer, byte[] frame)
     {
         var send = peer.SendAsync(frame, CancellationToken.None);
         if (!send.IsCompleted) _ = send.AsTask().ContinueWith(static t => _ = t.Exception, TaskScheduler.Default);

@@ -12,7 +12,7 @@ namespace PtHost.Transports.Jet;
 internal sealed record JetSettings(Destination? Destination);
 
 /// <summary>The client side (spec/jet.md §7.3, client steps): offer, race every candidate, keep the first usable.</summary>
-internal sealed class JetClient : IClientFactory, IDatagramStreamCarrier
+internal sealed class JetClient : IClientFactory, IStreamCarrier
 {
     private readonly TransportEnvironment _context;
     private readonly JetClientOptions _options;

@@ -8,7 +8,7 @@ namespace PtHost.Transports.Plain;
 /// <summary>Per-connection settings plain accepts.</summary>
 internal sealed record PlainSettings(Destination? Destination);
 
-internal sealed class PlainClient : IClientFactory, IDatagramStreamCarrier
+internal sealed class PlainClient : IClientFactory, IStreamCarrier
 {
     public static readonly TimeSpan HelloRetry = TimeSpan.FromSeconds(5);
     private readonly TransportEnvironment _context;

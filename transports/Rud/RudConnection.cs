@@ -65,8 +65,8 @@ public sealed class RudConnection
     private int _peerOpen, _localOpen;
     private bool _pingPending;
     private readonly Channel<RudStream> _accept = Channel.CreateBounded<RudStream>(MaxPeerStreams);
-    private readonly Dictionary<ulong, RudDatagramChannel> _datagramChannels = [];
-    private readonly Channel<RudDatagramChannel> _acceptDatagrams = Channel.CreateBounded<RudDatagramChannel>(MaxPeerStreams);
+    private readonly Dictionary<ulong, RudDatagramStream> _datagramChannels = [];
+    private readonly Channel<RudDatagramStream> _acceptDatagrams = Channel.CreateBounded<RudDatagramStream>(MaxPeerStreams);
     private readonly Queue<OutgoingDatagram> _datagrams = new();
     private readonly TaskCompletionSource _closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     internal readonly TaskCompletionSource Established = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -164,7 +164,7 @@ public sealed class RudConnection
     /// <summary>Opens a stream of <paramref name="kind"/>; throws when the connection is closed or at the stream limit.</summary>
     public RudStream OpenStream(StreamKind kind = StreamKind.Asynchronous)
     {
-        if (kind == StreamKind.Datagram) throw new ArgumentException("use OpenDatagramChannel for datagram streams", nameof(kind));
+        if (kind == StreamKind.Datagram) throw new ArgumentException("use OpenDatagramStream for datagram streams", nameof(kind));
         lock (Gate)
         {
             if (IsClosed) throw new IOException($"connection closed: {CloseReason}");
@@ -188,25 +188,25 @@ public sealed class RudConnection
     }
 
     /// <summary>Opens a datagram stream (§8.2): unreliable messages for UDP sessions.</summary>
-    public RudDatagramChannel OpenDatagramChannel()
+    public RudDatagramStream OpenDatagramStream()
     {
         lock (Gate)
         {
             if (IsClosed) throw new IOException($"connection closed: {CloseReason}");
             if (_datagramChannels.Count >= MaxPeerStreams) throw new IOException($"at most {MaxPeerStreams} datagram streams");
             ulong id = RudWire.MakeStreamId(_nextLocalSeq[(int)StreamKind.Datagram]++, StreamKind.Datagram, IsInitiator ? 0 : 1);
-            var ch = new RudDatagramChannel(this, id);
+            var ch = new RudDatagramStream(this, id);
             _datagramChannels.Add(id, ch);
             return ch;
         }
     }
 
     /// <summary>The next datagram stream the peer opened.</summary>
-    public ValueTask<RudDatagramChannel> AcceptDatagramChannelAsync(CancellationToken cancellationToken) => _acceptDatagrams.Reader.ReadAsync(cancellationToken);
+    public ValueTask<RudDatagramStream> AcceptDatagramStreamAsync(CancellationToken cancellationToken) => _acceptDatagrams.Reader.ReadAsync(cancellationToken);
 
     internal bool QueueDatagram(in OutgoingDatagram d)
     {
-        if (_datagrams.Count >= RudDatagramChannel.QueueLimit) { _counters.Increment(ref _counters.DatagramsDropped); return false; }
+        if (_datagrams.Count >= RudDatagramStream.QueueLimit) { _counters.Increment(ref _counters.DatagramsDropped); return false; }
         _datagrams.Enqueue(d);
         _ep.RequestFlush(this);
         return true;
@@ -383,7 +383,7 @@ public sealed class RudConnection
                     return eliciting;
                 }
                 case FrameType.Datagram:
-                    DatagramChannelFor(f.StreamId)?.Deliver(payload.Slice(f.DataOffset, f.DataLength));
+                    DatagramStreamFor(f.StreamId)?.Deliver(payload.Slice(f.DataOffset, f.DataLength));
                     break;
             }
         }
@@ -414,7 +414,7 @@ public sealed class RudConnection
         return s;
     }
 
-    private RudDatagramChannel? DatagramChannelFor(ulong id)
+    private RudDatagramStream? DatagramStreamFor(ulong id)
     {
         if (_datagramChannels.TryGetValue(id, out var ch)) return ch;
         if (RudWire.StreamSide(id) == (IsInitiator ? 0 : 1) || _datagramChannels.Count >= MaxPeerStreams)
@@ -422,7 +422,7 @@ public sealed class RudConnection
             _counters.Increment(ref _counters.DatagramsDropped);
             return null;
         }
-        ch = new RudDatagramChannel(this, id);
+        ch = new RudDatagramStream(this, id);
         _datagramChannels.Add(id, ch);
         _acceptDatagrams.Writer.TryWrite(ch);
         return ch;

@@ -107,7 +107,7 @@ internal sealed class RudServerManager : IServerManager
                 var conn = await _endpoint.AcceptConnectionAsync(_stopping.Token).ConfigureAwait(false);
                 _log.LogInformation("rud: connection from {Remote} ({Mode} exchange, congestion {Congestion})", conn.RemoteEndPoint, conn.Mode, RudOptionText.CongestionName(_endpoint.Options.CongestionControl));
                 _ = AcceptStreamsAsync(conn);
-                _ = AcceptDatagramChannelsAsync(conn);
+                _ = AcceptDatagramStreamsAsync(conn);
             }
         }
         catch (OperationCanceledException) { }
@@ -133,13 +133,13 @@ internal sealed class RudServerManager : IServerManager
     }
 
     /// <summary>Every datagram stream a client opens is one UDP association (§12.1).</summary>
-    private async Task AcceptDatagramChannelsAsync(RudConnection conn)
+    private async Task AcceptDatagramStreamsAsync(RudConnection conn)
     {
         try
         {
             while (true)
             {
-                var channel = await conn.AcceptDatagramChannelAsync(_stopping.Token).ConfigureAwait(false);
+                var channel = await conn.AcceptDatagramStreamAsync(_stopping.Token).ConfigureAwait(false);
                 long id = Interlocked.Increment(ref s_ids);
                 var task = _binding.Handler.ServeAssociationAsync(channel, conn.RemoteEndPoint, _abort.Token);
                 _sessions[id] = task;

@@ -13,7 +13,7 @@ namespace PtHost.Transports.Zephyr;
 internal sealed record ZephyrSettings(Destination? Destination);
 
 /// <summary>The client side (spec/zephyr.md §7.3, client steps).</summary>
-internal sealed class ZephyrClient : IClientFactory, IDatagramStreamCarrier
+internal sealed class ZephyrClient : IClientFactory, IStreamCarrier
 {
     private readonly TransportEnvironment _context;
     private readonly ZephyrClientOptions _options;

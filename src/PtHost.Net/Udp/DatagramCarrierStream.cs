@@ -54,15 +54,15 @@ internal sealed class DatagramCarrierStream : Stream, IHalfClosable
         }
         if (n < 0) return null;
         Volatile.Write(ref _lastHeard, Environment.TickCount64);
-        if (AssociationFrames.TryRead(_in.AsSpan(0, n), out var type, out var address, out _)
-            && type == AssociationFrames.Open && address.Port == 0 && n >= AssociationFrames.OpenFrame.Length)
+        if (DatagramFrame.TryReadDatagram(_in.AsSpan(0, n), out var type, out var address, out _)
+            && type == DatagramFrameType.Open && address.Port == 0 && n >= DatagramFrame.OpenFrame.Length)
             return true;
         Interlocked.Increment(ref _malformed);
         return false;
     }
 
     /// <summary>Sends CLOSE (best effort) without waiting.</summary>
-    public void SendClose() => Fire(AssociationFrames.CloseFrame);
+    public void SendClose() => Fire(DatagramFrame.CloseFrame);
 
     /// <summary>Runs the idle check until the association ends.</summary>
     public async Task IdleLoopAsync(Action<TimeSpan> ended)
@@ -120,17 +120,17 @@ internal sealed class DatagramCarrierStream : Stream, IHalfClosable
                 return 0;
             }
             Volatile.Write(ref _lastHeard, Environment.TickCount64);
-            if (!AssociationFrames.TryRead(_in.AsSpan(0, n), out var type, out _, out var payload) || payload.GetOffsetAndLength(n).Length > MaxPayload)
+            if (!DatagramFrame.TryReadDatagram(_in.AsSpan(0, n), out var type, out _, out var payload) || payload.GetOffsetAndLength(n).Length > MaxPayload)
             {
                 Interlocked.Increment(ref _malformed); // not one frame, or a payload above the carrier's maximum
                 continue;
             }
             switch (type)
             {
-                case AssociationFrames.Open: // OPEN repeated or keep-alive: RELAYED again, never longer than the OPEN
+                case DatagramFrameType.Open: // OPEN repeated or keep-alive: RELAYED again, never longer than the OPEN
                     if (Volatile.Read(ref _relayed) is { } relayed && n >= relayed.Length) Fire(relayed);
                     continue;
-                case AssociationFrames.Close:
+                case DatagramFrameType.Close:
                     End();
                     return 0;
                 case DatagramFrameType.Data:

@@ -26,7 +26,7 @@ public sealed class HostRuntime : IHostedService
     private readonly HostOptions _hostOptions;
     private readonly List<Socks5Listener> _frontEnds = [];
     private readonly List<PtHost.Turn.TurnListener> _turnListeners = []; // spec/turn.md
-    private PtHost.Net.Udp.UdpAssociationHost? _udp; // spec/turn.md §5.4
+    private PtHost.Net.Udp.ServerAssociations? _udp; // spec/turn.md §5.4
     private readonly List<(string Name, IServerManager Manager)> _servers = [];
     private readonly List<IAsyncDisposable> _factories = [];
     private readonly Dictionary<string, TransportCounters> _counters = [];
@@ -137,7 +137,7 @@ public sealed class HostRuntime : IHostedService
     private void StartTurn(string name, IClientFactory factory, TransportCounters counters)
     {
         if (_config.Turn is not { } turn) return;
-        if (factory is not (IDatagramClientFactory or IDatagramStreamCarrier))
+        if (factory is not (IDatagramClientFactory or IStreamCarrier))
         {
             _log.LogWarning("transport {Name} cannot carry UDP: no TURN listener", name);
             _ipc.Log("warning", $"transport {name} cannot carry UDP: no TURN listener");
@@ -164,7 +164,7 @@ public sealed class HostRuntime : IHostedService
         var extOrPort = _config.ExtendedOrPort is { } ext
             ? new ExtOrPort.ExtOrPortClient(ext, _config.AuthCookieFile!, name, new DirectDialer(), _loggers.CreateLogger("PtHost.ExtOrPort"))
             : null;
-        _udp ??= new PtHost.Net.Udp.UdpAssociationHost(_config.Target, _config.Allow, _loggers.CreateLogger("PtHost.Turn"));
+        _udp ??= new PtHost.Net.Udp.ServerAssociations(_config.Target, _config.Allow, _loggers.CreateLogger("PtHost.Turn"));
         var handler = new InboundSessions(name, Onward(dialer, extOrPort), _udp, context.Counters, _loggers.CreateLogger("PtHost.Sessions"));
         var binding = new ServerBinding(_config.BindAddresses[name], _config.Target, handler);
         var manager = _config.Target is null

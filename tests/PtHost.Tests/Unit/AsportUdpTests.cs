@@ -79,7 +79,7 @@ public sealed class AsportUdpTests
     public async Task OPEN_is_repeated_until_RELAYED_then_DATA_and_CHECK_flow_oversized_DATA_is_dropped_and_dispose_sends_CLOSE()
     {
         using var server = new ScriptedServer();
-        var open = AsportDatagramSession.OpenAsync(server.EndPoint, null, CancellationToken.None, NullLogger.Instance, CancellationToken.None);
+        var open = AsportAssociation.OpenAsync(server.EndPoint, null, CancellationToken.None, NullLogger.Instance, CancellationToken.None);
         var (first, from) = await server.ReceiveAsync();
         Assert.Equal(AsportUdpFrames.OpenFrame, first);
         var (second, _) = await server.ReceiveAsync(); // no answer yet: repeated
@@ -116,7 +116,7 @@ public sealed class AsportUdpTests
     public async Task CLOSE_instead_of_RELAYED_refuses_the_association()
     {
         using var server = new ScriptedServer();
-        var open = AsportDatagramSession.OpenAsync(server.EndPoint, null, CancellationToken.None, NullLogger.Instance, CancellationToken.None);
+        var open = AsportAssociation.OpenAsync(server.EndPoint, null, CancellationToken.None, NullLogger.Instance, CancellationToken.None);
         var (_, from) = await server.ReceiveAsync();
         await server.Socket.SendToAsync(AsportUdpFrames.CloseFrame, from);
         var e = await Assert.ThrowsAsync<TransportConnectException>(() => open);
@@ -128,9 +128,9 @@ public sealed class AsportUdpTests
     {
         using var server = new ScriptedServer();
         using var gone = new CancellationTokenSource();
-        async Task<(AsportDatagramSession, EndPoint)> OpenAsync()
+        async Task<(AsportAssociation, EndPoint)> OpenAsync()
         {
-            var open = AsportDatagramSession.OpenAsync(server.EndPoint, null, gone.Token, NullLogger.Instance, CancellationToken.None);
+            var open = AsportAssociation.OpenAsync(server.EndPoint, null, gone.Token, NullLogger.Instance, CancellationToken.None);
             var (_, from) = await server.ReceiveAsync();
             await server.Socket.SendToAsync(Frame(DatagramFrameType.Relayed, PeerAddress.From(new IPEndPoint(IPAddress.Loopback, 9)), []), from);
             return (await open, from);

@@ -16,7 +16,7 @@ public class RudDatagramTests
         return d;
     }
 
-    private static async Task<HashSet<int>> ReceiveAsync(RudDatagramChannel ch, int expected, TimeSpan quiet)
+    private static async Task<HashSet<int>> ReceiveAsync(RudDatagramStream ch, int expected, TimeSpan quiet)
     {
         var got = new HashSet<int>();
         var buffer = new byte[2048];
@@ -40,11 +40,11 @@ public class RudDatagramTests
     {
         await using var pair = RudEndpointTests.Pair.Start();
         var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
-        var ch = c.OpenDatagramChannel();
-        Assert.False(ch.TrySend(new byte[RudDatagramChannel.MaxDatagramSize + 1]));
+        var ch = c.OpenDatagramStream();
+        Assert.False(ch.TrySend(new byte[RudDatagramStream.MaxDatagramSize + 1]));
         Assert.True(ch.TrySend(Datagram(0)));
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-        var peer = await s.AcceptDatagramChannelAsync(cts.Token);
+        var peer = await s.AcceptDatagramStreamAsync(cts.Token);
         var receiving = ReceiveAsync(peer, 200, TimeSpan.FromSeconds(10));
         for (int i = 1; i < 200; i++)
         {
@@ -66,12 +66,12 @@ public class RudDatagramTests
         pair.Relay.Delay = TimeSpan.FromMilliseconds(20);
         pair.Relay.Jitter = TimeSpan.FromMilliseconds(5);
         var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
-        var ch = c.OpenDatagramChannel();
+        var ch = c.OpenDatagramStream();
         while (!ch.TrySend(Datagram(0))) await Task.Delay(1);
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        RudDatagramChannel peer;
+        RudDatagramStream peer;
         // The first datagram may be the one lost: send it until the channel shows up.
-        var accept = s.AcceptDatagramChannelAsync(cts.Token).AsTask();
+        var accept = s.AcceptDatagramStreamAsync(cts.Token).AsTask();
         while (!accept.IsCompleted) { ch.TrySend(Datagram(0)); await Task.WhenAny(accept, Task.Delay(200)); }
         peer = await accept;
         var receiving = ReceiveAsync(peer, 1000, TimeSpan.FromSeconds(3));

@@ -25,7 +25,7 @@ public class RudUdpSessionTests
                 Random.Shared.NextBytes(payload);
                 int n = RudUdpFrames.TryWrite(buffer, DatagramFrameType.Data, peer, payload);
                 Assert.Equal(DatagramFrame.HeaderLength(peer) + size, n);
-                Assert.True(n <= RudDatagramChannel.MaxDatagramSize);
+                Assert.True(n <= RudDatagramStream.MaxDatagramSize);
                 Assert.True(RudUdpFrames.TryRead(buffer.AsSpan(0, n), out var type, out var read, out var range));
                 Assert.Equal(DatagramFrameType.Data, type);
                 Assert.Equal(peer, read);
@@ -79,7 +79,7 @@ public class RudUdpSessionTests
         return (type, peer, buffer[payload]);
     }
 
-    private static void Send(RudDatagramChannel ch, DatagramFrameType type, PeerAddress peer, ReadOnlySpan<byte> payload)
+    private static void Send(RudDatagramStream ch, DatagramFrameType type, PeerAddress peer, ReadOnlySpan<byte> payload)
     {
         var frame = new byte[RudUdpFrames.MaxFrame];
         Assert.True(ch.TrySend(frame.AsSpan(0, RudUdpFrames.TryWrite(frame, type, peer, payload))));
@@ -95,8 +95,8 @@ public class RudUdpSessionTests
         await using var pair = RudEndpointTests.Pair.Start();
         var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        var opening = RudDatagramSession.OpenAsync(c.OpenDatagramChannel(), "test", NullLogger.Instance, null, cts.Token);
-        var server = await s.AcceptDatagramChannelAsync(cts.Token);
+        var opening = RudAssociation.OpenAsync(c.OpenDatagramStream(), "test", NullLogger.Instance, null, cts.Token);
+        var server = await s.AcceptDatagramStreamAsync(cts.Token);
         var buffer = new byte[RudUdpFrames.MaxFrame];
         int n = await server.ReceiveAsync(buffer, cts.Token);
         Assert.Equal(RudUdpFrames.OpenFrame, buffer[..n]);
@@ -143,8 +143,8 @@ public class RudUdpSessionTests
         await using var pair = RudEndpointTests.Pair.Start();
         var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        var opening = RudDatagramSession.OpenAsync(c.OpenDatagramChannel(), "test", NullLogger.Instance, null, cts.Token);
-        var server = await s.AcceptDatagramChannelAsync(cts.Token);
+        var opening = RudAssociation.OpenAsync(c.OpenDatagramStream(), "test", NullLogger.Instance, null, cts.Token);
+        var server = await s.AcceptDatagramStreamAsync(cts.Token);
         Assert.True(server.TrySend(RudUdpFrames.CloseFrame));
         var e = await Assert.ThrowsAsync<TransportConnectException>(() => opening);
         Assert.Contains("refused the UDP association", e.Message);
@@ -164,7 +164,7 @@ public class RudUdpSessionTests
         var serverConnections = new System.Collections.Concurrent.ConcurrentQueue<RudConnection>();
         var relayed = new byte[RudUdpFrames.MaxFrame];
         int relayedLength = RudUdpFrames.TryWrite(relayed, DatagramFrameType.Relayed, PeerAddress.From(IPEndPoint.Parse("[::]:40000")), default);
-        async Task AnswerAsync(RudDatagramChannel ch)
+        async Task AnswerAsync(RudDatagramStream ch)
         {
             var b = new byte[RudUdpFrames.MaxFrame];
             try
@@ -187,7 +187,7 @@ public class RudUdpSessionTests
                     serverConnections.Enqueue(conn);
                     _ = Task.Run(async () =>
                     {
-                        try { while (true) _ = AnswerAsync(await conn.AcceptDatagramChannelAsync(cts.Token)); }
+                        try { while (true) _ = AnswerAsync(await conn.AcceptDatagramStreamAsync(cts.Token)); }
                         catch (Exception e) when (e is OperationCanceledException or System.Threading.Channels.ChannelClosedException) { }
                     });
                 }
@@ -204,20 +204,20 @@ public class RudUdpSessionTests
         ConnectRequest Request(int i) => new(new Destination("0.0.0.0", 0), null, i, SessionKind.Datagram);
         try
         {
-            var held = await client.OpenDatagramSessionAsync(Request(0), cts.Token);
+            var held = await client.OpenAssociationAsync(Request(0), cts.Token);
             for (int i = 1; i < 256; i++)
             {
-                await using var session = await client.OpenDatagramSessionAsync(Request(i), cts.Token);
+                await using var session = await client.OpenAssociationAsync(Request(i), cts.Token);
                 Assert.Equal(40000, session.RelayedAddress.Port);
             }
             Assert.Single(serverConnections);
-            await using (var second = await client.OpenDatagramSessionAsync(Request(256), cts.Token))
+            await using (var second = await client.OpenAssociationAsync(Request(256), cts.Token))
                 Assert.Equal(40000, second.RelayedAddress.Port);
             Assert.Equal(2, serverConnections.Count);
             var first = serverConnections.First();
             Assert.False(first.IsClosed); // the held session is still open on it
             await held.DisposeAsync();
-            await using (var third = await client.OpenDatagramSessionAsync(Request(257), cts.Token))
+            await using (var third = await client.OpenAssociationAsync(Request(257), cts.Token))
                 Assert.Equal(40000, third.RelayedAddress.Port);
             Assert.Equal(2, serverConnections.Count); // 257 went to the second connection
             while (!first.IsClosed) await Task.Delay(20, cts.Token); // the CLOSE of the used-up connection arrives

@@ -174,11 +174,11 @@ public class DatagramAssociationTests
             }
         });
 
-        var host = new UdpAssociationHost(null, AllowList.Parse([$"127.0.0.1:{echoAddress.Port}"]), NullLogger.Instance);
+        var host = new ServerAssociations(null, AllowList.Parse([$"127.0.0.1:{echoAddress.Port}"]), NullLogger.Instance);
         var onward = await host.OpenAsync(1, cts.Token);
         var (clientSide, serverSide) = DuplexPair();
         var relay = Relay.RunAsync(serverSide, onward, null, null, cts.Token);
-        await using var session = await StreamDatagramSession.StartAsync(clientSide, cts.Token);
+        await using var session = await StreamAssociation.StartAsync(clientSide, cts.Token);
         Assert.NotEqual(0, session.RelayedAddress.Port);
 
         byte[] buffer = new byte[2048];
@@ -205,7 +205,7 @@ public class DatagramAssociationTests
     [Fact]
     public async Task Association_limit_refuses_the_next_one()
     {
-        var host = new UdpAssociationHost(null, AllowList.Parse(["127.0.0.1"]), NullLogger.Instance, maxAssociations: 1);
+        var host = new ServerAssociations(null, AllowList.Parse(["127.0.0.1"]), NullLogger.Instance, maxAssociations: 1);
         await using var first = await host.OpenAsync(1, CancellationToken.None);
         var e = await Assert.ThrowsAsync<TransportConnectException>(async () => await host.OpenAsync(2, CancellationToken.None));
         Assert.Equal(ConnectFailure.General, e.Failure);

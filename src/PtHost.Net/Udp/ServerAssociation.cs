@@ -11,7 +11,7 @@ namespace PtHost.Net.Udp;
 /// The server process's side of UDP associations (spec/turn.md §5.4, §6): opens one per
 /// <see cref="SessionKind.Datagram"/> session, within a process-wide limit.
 /// </summary>
-public sealed class UdpAssociationHost
+public sealed class ServerAssociations
 {
     public const int DefaultMaxAssociations = 1024;
     private readonly Destination? _target;
@@ -20,7 +20,7 @@ public sealed class UdpAssociationHost
     private readonly int _max;
     private int _open;
 
-    public UdpAssociationHost(Destination? target, AllowList? allow, ILogger log, int maxAssociations = DefaultMaxAssociations)
+    public ServerAssociations(Destination? target, AllowList? allow, ILogger log, int maxAssociations = DefaultMaxAssociations)
     {
         _target = target;
         _policy = allow is null ? null : new UdpPeerPolicy(allow);
@@ -51,7 +51,7 @@ public sealed class UdpAssociationHost
                 IPAddress address = t.Address ?? (await ResolveAsync(t, cancellationToken).ConfigureAwait(false));
                 target = new IPEndPoint(address, t.Port);
             }
-            var association = new UdpAssociation(target, _policy, _log, session, () => Interlocked.Decrement(ref _open));
+            var association = new ServerAssociation(target, _policy, _log, session, () => Interlocked.Decrement(ref _open));
             _log.LogDebug("UDP association {Id}: relayed address {Relayed}", session, association.Relayed);
             return association;
         }
@@ -82,7 +82,7 @@ public sealed class UdpAssociationHost
 /// datagrams that came back. A free server uses one UDP socket for every peer and accepts replies
 /// only from peers it has sent to; a bound server uses one socket per peer, connected to the target.
 /// </summary>
-internal sealed class UdpAssociation : Stream, IHalfClosable
+internal sealed class ServerAssociation : Stream, IHalfClosable
 {
     public const int QueueFrames = 2048;
     public const int MaxPeers = 256;
@@ -112,7 +112,7 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
         public readonly Socket? Socket = socket;
     }
 
-    public UdpAssociation(IPEndPoint? target, UdpPeerPolicy? policy, ILogger log, long id, Action closed)
+    public ServerAssociation(IPEndPoint? target, UdpPeerPolicy? policy, ILogger log, long id, Action closed)
     {
         _reader = new PooledSegmentReader(_toClient.Reader);
         _target = target;

@@ -10,7 +10,7 @@ namespace PtHost.Transports.Rud;
 /// queues are bounded: a full send queue refuses, a full receive queue drops the oldest. On the
 /// server one datagram stream is one UDP association's datagram carrier (spec/rud.md §12.1).
 /// </summary>
-public sealed class RudDatagramChannel : IDatagramCarrier
+public sealed class RudDatagramStream : IDatagramCarrier
 {
     public const int MaxDatagramSize = 1200;
     public const int QueueLimit = 256;
@@ -18,7 +18,7 @@ public sealed class RudDatagramChannel : IDatagramCarrier
     private readonly Channel<(byte[] Buffer, int Length)> _received;
     private ulong _nextIndex;
 
-    internal RudDatagramChannel(RudConnection conn, ulong id)
+    internal RudDatagramStream(RudConnection conn, ulong id)
     {
         _conn = conn;
         Id = id;
