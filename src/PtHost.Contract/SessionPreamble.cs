@@ -90,6 +90,39 @@ public static class SessionPreamble
     }
 
     /// <summary>
+    /// The client side over a TCP connection of its own: dials <paramref name="server"/> with the
+    /// host's dialer, then <see cref="RequestAsync"/>. Returns the connected stream; an I/O error
+    /// becomes <see cref="TransportConnectException"/> (0x01) naming <paramref name="what"/>, and the
+    /// connection is closed on any failure.
+    /// </summary>
+    /// <param name="dialer">The host's dialer (<see cref="TransportEnvironment.Dialer"/>).</param>
+    /// <param name="server">The server process's address.</param>
+    /// <param name="far">The destination to name in the preamble; null for the server's target.</param>
+    /// <param name="kind">A stream session, or a UDP association.</param>
+    /// <param name="what">How the server is named in errors, e.g. "server 192.0.2.1:443".</param>
+    /// <param name="ct">Cancels the dial and the wait for the reply.</param>
+    public static async Task<Stream> ConnectAsync(INetworkDialer dialer, Destination server, Destination? far, SessionKind kind, string what, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(dialer);
+        var stream = await dialer.ConnectTcpAsync(server, ct).ConfigureAwait(false);
+        try
+        {
+            await RequestAsync(stream, far, what, ct, kind).ConfigureAwait(false);
+            return stream;
+        }
+        catch (Exception e) when (e is IOException or System.Net.Sockets.SocketException)
+        {
+            await stream.DisposeAsync().ConfigureAwait(false);
+            throw new TransportConnectException(ConnectFailure.General, $"{what}: {e.Message}", e);
+        }
+        catch
+        {
+            await stream.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>
     /// Server side (spec/session.md §3): reads exactly the preamble, never a byte past it. Throws
     /// <see cref="InvalidDataException"/> when the header is not a preamble's (close without a reply);
     /// a destination that does not parse (or one a UDP association names) comes back in

@@ -46,11 +46,19 @@ public sealed class TcpSessionListener : ISessionListener
         LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
     }
 
-    private static Socket Listen(IPEndPoint bind)
+    /// <summary>
+    /// A TCP socket bound to <paramref name="bind"/> and listening (backlog 4096). A relay that must
+    /// bind again at once after a restart sets <paramref name="reuseAddress"/>; one on <c>[::]</c> also
+    /// takes IPv4 with <paramref name="dualMode"/>.
+    /// </summary>
+    public static Socket Listen(IPEndPoint bind, bool reuseAddress = false, bool dualMode = false)
     {
+        ArgumentNullException.ThrowIfNull(bind);
         var socket = new Socket(bind.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
+            if (dualMode && bind.AddressFamily == AddressFamily.InterNetworkV6 && bind.Address.Equals(IPAddress.IPv6Any)) socket.DualMode = true;
+            if (reuseAddress) socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
             socket.Bind(bind);
             socket.Listen(4096);
             return socket;

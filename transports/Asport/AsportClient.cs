@@ -79,25 +79,8 @@ internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, ISt
         return await OpenAsync(server, far, request.Kind, cancellationToken).ConfigureAwait(false);
     }
 
-    private async Task<Stream> OpenAsync(Destination server, Destination? far, SessionKind kind, CancellationToken ct)
-    {
-        var stream = await _context.Dialer.ConnectTcpAsync(server, ct).ConfigureAwait(false);
-        try
-        {
-            await SessionPreamble.RequestAsync(stream, far, $"asport address {server}", ct, kind).ConfigureAwait(false);
-            return stream;
-        }
-        catch (Exception e) when (e is IOException or SocketException)
-        {
-            await stream.DisposeAsync().ConfigureAwait(false);
-            throw new TransportConnectException(ConnectFailure.General, $"asport address {server}: {e.Message}", e);
-        }
-        catch
-        {
-            await stream.DisposeAsync().ConfigureAwait(false);
-            throw;
-        }
-    }
+    private Task<Stream> OpenAsync(Destination server, Destination? far, SessionKind kind, CancellationToken ct) =>
+        SessionPreamble.ConnectAsync(_context.Dialer, server, far, kind, $"asport address {server}", ct);
 
     private readonly CancellationTokenSource _configuredGone = new();
     private int _fallbackLogged;

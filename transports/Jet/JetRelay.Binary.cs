@@ -13,19 +13,7 @@ public sealed partial class JetRelay
 {
     private IPEndPoint StartBinaryListener(IPEndPoint listen, CandidateKind kind)
     {
-        var socket = new Socket(listen.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-        try
-        {
-            if (listen.AddressFamily == AddressFamily.InterNetworkV6 && listen.Address.Equals(IPAddress.IPv6Any)) socket.DualMode = true;
-            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
-            socket.Bind(listen);
-            socket.Listen(4096);
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
-        }
+        var socket = TcpSessionListener.Listen(listen, reuseAddress: true, dualMode: true);
         // The relay keeps its own limits (§5.5): the shared accept loop hands every connection to Admit.
         var listener = new TcpSessionListener($"jet relay {kind}", socket, (s, _) => AdmitBinary(s, kind), _log, int.MaxValue);
         _listeners.Add(listener);

@@ -55,19 +55,7 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
     public void Start()
     {
         var listen = _options.Listen;
-        var socket = new Socket(listen.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-        try
-        {
-            if (listen.AddressFamily == AddressFamily.InterNetworkV6 && listen.Address.Equals(IPAddress.IPv6Any)) socket.DualMode = true;
-            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
-            socket.Bind(listen);
-            socket.Listen(4096);
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
-        }
+        var socket = TcpSessionListener.Listen(listen, reuseAddress: true, dualMode: true);
         // The relay keeps its own limits (§4.6): the shared accept loop admits every connection to Admit.
         _listener = new TcpSessionListener("zephyr relay", socket, Admit, _log, int.MaxValue);
         var shortest = _options.BindTimeout < _options.PeerTimeout ? _options.BindTimeout : _options.PeerTimeout;
