@@ -1,10 +1,10 @@
 using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
-using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
 using PtHost.Net;
+using PtHost.Net.Native;
 
 namespace PtHost.Transports.Zephyr;
 
@@ -18,7 +18,7 @@ public readonly record struct ZephyrRelayStats(
 /// for its bind request, joins two connections that named each other, then carries bytes both
 /// ways untouched (splice(2) on Linux). An unbound connection holds a 12-byte buffer and no more.
 /// </summary>
-public sealed partial class ZephyrRelay : IAsyncDisposable
+public sealed class ZephyrRelay : IAsyncDisposable
 {
     private const int MaxZidTries = 10; // §4.1, as the reference relay
     private static readonly TimeSpan DrainLimit = TimeSpan.FromSeconds(10);
@@ -445,17 +445,12 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
         {
             while (Environment.TickCount64 < deadline)
             {
-                if (ioctl((int)socket.Handle, SIOCOUTQ, out int pending) != 0 || pending <= 0) return;
+                if (Libc.Ioctl((int)socket.Handle, Libc.SiocOutQ, out int pending) != 0 || pending <= 0) return;
                 await Task.Delay(10).ConfigureAwait(false);
             }
         }
         catch (ObjectDisposedException) { }
     }
-
-    private const nuint SIOCOUTQ = 0x5411;
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int ioctl(int fd, nuint request, out int value);
 
     private enum ConnectionState { Registered, Waiting, Bound, Closed }
 
