@@ -4,6 +4,7 @@ using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net.Udp;
 using PtHost.Quic;
 
 namespace PtHost.Transports.Asport;
@@ -126,14 +127,14 @@ internal sealed class AsportDatagramHandler(IInboundHandler host, ILogger log, C
 
     public IAsportUdpAssociation? Open(AsportPacketWriter peer, ReadOnlySpan<byte> payload)
     {
-        if (!AsportUdpFrames.TryRead(payload, out var type, out var address, out _))
+        if (!DatagramFrame.TryReadDatagram(payload, out var type, out var address, out _))
         {
             Malformed(peer, "not one datagram frame");
             return null;
         }
-        if (type == AsportUdpFrames.Open && address.Port == 0)
+        if (type == DatagramFrameType.Open && address.Port == 0)
         {
-            if (payload.Length < AsportUdpFrames.OpenFrame.Length)
+            if (payload.Length < DatagramFrame.OpenFrame.Length)
             {
                 Malformed(peer, "OPEN shorter than 22 bytes");
                 return null;
@@ -144,7 +145,7 @@ internal sealed class AsportDatagramHandler(IInboundHandler host, ILogger log, C
             return carrier;
         }
         // No such association (a keep-alive included: a new one would have another relayed address).
-        if (type != AsportUdpFrames.Close) AsportDatagramCarrier.Fire(peer, AsportUdpFrames.CloseFrame);
+        if (type != DatagramFrameType.Close) AsportDatagramCarrier.Fire(peer, DatagramFrame.CloseFrame);
         return null;
     }
 
@@ -177,7 +178,7 @@ internal sealed class AsportDatagramCarrier(AsportPacketWriter peer, ILogger log
     public void OnPacket(ReadOnlySpan<byte> payload)
     {
         // CLOSE ends the association at once: the relay client's next packet for this id must find it gone.
-        if (AsportUdpFrames.TryRead(payload, out var type, out _, out _) && type == AsportUdpFrames.Close)
+        if (DatagramFrame.TryReadDatagram(payload, out var type, out _, out _) && type == DatagramFrameType.Close)
         {
             Complete();
             return;

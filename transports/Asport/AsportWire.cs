@@ -2,7 +2,6 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
-using PtHost.Contract;
 using PtHost.Net.Udp;
 
 namespace PtHost.Transports.Asport;
@@ -237,18 +236,8 @@ public static class AsportWire
 /// </summary>
 internal static class AsportUdpFrames
 {
-    public const DatagramFrameType Open = DatagramFrameType.Open;
-    public const DatagramFrameType Close = DatagramFrameType.Close;
     /// <summary>The largest frame in one datagram: the largest UDP payload over IPv4.</summary>
     public const int MaxFrame = 65507;
     /// <summary>The largest datagram payload a TURN allocation can send this way (any peer family).</summary>
     public const int MaxPayload = MaxFrame - DatagramFrame.MaxHeaderLength;
-
-    public static byte[] OpenFrame => DatagramFrame.OpenFrame;
-    public static byte[] KeepaliveFrame => DatagramFrame.KeepaliveFrame;
-    public static byte[] CloseFrame => DatagramFrame.CloseFrame;
-
-    /// <summary>True when the datagram is exactly one well-formed frame.</summary>
-    public static bool TryRead(ReadOnlySpan<byte> datagram, out DatagramFrameType type, out PeerAddress peer, out Range payload) =>
-        DatagramFrame.TryReadDatagram(datagram, out type, out peer, out payload);
 }

@@ -406,20 +406,10 @@ public struct Frame
 /// </summary>
 internal static class RudUdpFrames
 {
-    public const DatagramFrameType Open = DatagramFrameType.Open;
-    public const DatagramFrameType Close = DatagramFrameType.Close;
     /// <summary>The largest frame: one RUD datagram.</summary>
     public const int MaxFrame = RudDatagramStream.MaxDatagramSize;
     /// <summary>The largest payload of a UDP session (any peer family): 1200 − 22 = 1178.</summary>
     public const int MaxPayload = MaxFrame - DatagramFrame.MaxHeaderLength;
-
-    public static byte[] OpenFrame => DatagramFrame.OpenFrame;
-    public static byte[] KeepaliveFrame => DatagramFrame.KeepaliveFrame;
-    public static byte[] CloseFrame => DatagramFrame.CloseFrame;
-
-    /// <summary>True when the datagram is exactly one well-formed frame (LENGTH = datagram length − 2); never throws.</summary>
-    public static bool TryRead(ReadOnlySpan<byte> datagram, out DatagramFrameType type, out PeerAddress peer, out Range payload) =>
-        DatagramFrame.TryReadDatagram(datagram, out type, out peer, out payload);
 
     /// <summary>Writes a frame into <paramref name="destination"/> (at least <see cref="MaxFrame"/> bytes); 0 when the payload is above <see cref="MaxPayload"/>.</summary>
     public static int TryWrite(Span<byte> destination, DatagramFrameType type, PeerAddress peer, ReadOnlySpan<byte> payload)

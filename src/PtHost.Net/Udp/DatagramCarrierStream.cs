@@ -1,4 +1,3 @@
-using System.Buffers;
 using PtHost.Contract;
 
 namespace PtHost.Net.Udp;
@@ -17,13 +16,13 @@ internal sealed class DatagramCarrierStream : Stream, IHalfClosable
     public static readonly TimeSpan IdleCheck = TimeSpan.FromSeconds(15);
     private readonly IDatagramCarrier _carrier;
     private readonly byte[] _in;
-    private readonly byte[] _out = ArrayPool<byte>.Shared.Rent(2 * DatagramFrame.MaxFrameLength);
+    private readonly FrameBuffer _out = new("the host");
     private readonly CancellationTokenSource _stop = new();
-    private int _outLength, _pendingAt, _pendingEnd;
+    private int _pendingAt, _pendingEnd;
     private byte[]? _relayed;
     private long _lastHeard = Environment.TickCount64;
     private long _fromClient, _toClient, _tooLarge, _notSent, _malformed;
-    private int _ended, _outReturned;
+    private int _ended;
 
     public DatagramCarrierStream(IDatagramCarrier carrier)
     {
@@ -156,27 +155,13 @@ internal sealed class DatagramCarrierStream : Stream, IHalfClosable
     {
         while (buffer.Length > 0)
         {
-            int n = Math.Min(buffer.Length, _out.Length - _outLength);
-            buffer[..n].CopyTo(_out.AsMemory(_outLength));
-            _outLength += n;
-            buffer = buffer[n..];
-            int at = 0;
-            while (true)
+            buffer = _out.Append(buffer);
+            while (_out.TryTake(out var type, out _, out var frame, out var payload))
             {
-                int length = DatagramFrame.TryParse(_out.AsSpan(at, _outLength - at), out var type, out _, out var payload);
-                if (length < 0) throw new IOException("malformed datagram frame from the host");
-                if (length == 0) break;
-                var frame = _out.AsMemory(at, length);
                 if (type == DatagramFrameType.Relayed && _relayed is null) Volatile.Write(ref _relayed, frame.ToArray());
-                if (payload.GetOffsetAndLength(length).Length > MaxPayload) Interlocked.Increment(ref _tooLarge); // a peer's datagram the carrier cannot take
+                if (payload.Length > MaxPayload) Interlocked.Increment(ref _tooLarge); // a peer's datagram the carrier cannot take
                 else if (await _carrier.SendAsync(frame, _stop.Token).ConfigureAwait(false)) Interlocked.Increment(ref _toClient);
                 else Interlocked.Increment(ref _notSent);
-                at += length;
-            }
-            if (at > 0)
-            {
-                Buffer.BlockCopy(_out, at, _out, 0, _outLength - at);
-                _outLength -= at;
             }
         }
     }
@@ -202,8 +187,7 @@ internal sealed class DatagramCarrierStream : Stream, IHalfClosable
         if (disposing)
         {
             End();
-            // The relay loop is over: nothing writes to the buffer any more.
-            if (Interlocked.Exchange(ref _outReturned, 1) == 0) ArrayPool<byte>.Shared.Return(_out);
+            _out.Release(); // the relay loop is over: nothing writes to the buffer any more
         }
         base.Dispose(disposing);
     }

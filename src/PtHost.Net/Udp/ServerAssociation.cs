@@ -100,8 +100,8 @@ internal sealed class ServerAssociation : Stream, IHalfClosable
     private readonly Dictionary<PeerAddress, PeerState> _peers = [];
     private readonly HashSet<PeerAddress> _contacted = []; // addresses (port 0) this association has sent to
     private readonly Lock _lock = new();
-    private readonly byte[] _in = ArrayPool<byte>.Shared.Rent(2 * DatagramFrame.MaxFrameLength);
-    private int _inLength;
+    // Never released: the relay may abort (and dispose) this stream while a write is still in it.
+    private readonly FrameBuffer _in = new("the client process");
     private readonly PooledSegmentReader _reader;
     private int _ended;
 
@@ -176,25 +176,12 @@ internal sealed class ServerAssociation : Stream, IHalfClosable
     {
         while (buffer.Length > 0)
         {
-            int n = Math.Min(buffer.Length, _in.Length - _inLength);
-            buffer[..n].CopyTo(_in.AsMemory(_inLength));
-            _inLength += n;
-            buffer = buffer[n..];
-            int at = 0;
-            while (true)
+            buffer = _in.Append(buffer);
+            while (_in.TryTake(out var type, out var peer, out _, out var payload))
             {
-                int length = DatagramFrame.TryParse(_in.AsSpan(at, _inLength - at), out var type, out var peer, out var payload);
-                if (length < 0) throw new IOException("malformed datagram frame from the client process");
-                if (length == 0) break;
-                var (start, end) = (at + payload.Start.Value, at + payload.End.Value);
-                if (type == DatagramFrameType.Data) await SendAsync(peer, _in.AsMemory(start, end - start), cancellationToken).ConfigureAwait(false);
+                if (type == DatagramFrameType.Data) await SendAsync(peer, payload, cancellationToken).ConfigureAwait(false);
                 else if (type == DatagramFrameType.Check) Answer(peer, Peer(peer).Allowed ? DatagramFrameType.Allowed : DatagramFrameType.Refused);
-                at += length; // other types are skipped (spec/turn.md §5.2)
-            }
-            if (at > 0)
-            {
-                Buffer.BlockCopy(_in, at, _in, 0, _inLength - at);
-                _inLength -= at;
+                // other types are skipped (spec/turn.md §5.2)
             }
         }
     }

@@ -26,7 +26,7 @@ public class RudUdpSessionTests
                 int n = RudUdpFrames.TryWrite(buffer, DatagramFrameType.Data, peer, payload);
                 Assert.Equal(DatagramFrame.HeaderLength(peer) + size, n);
                 Assert.True(n <= RudDatagramStream.MaxDatagramSize);
-                Assert.True(RudUdpFrames.TryRead(buffer.AsSpan(0, n), out var type, out var read, out var range));
+                Assert.True(DatagramFrame.TryReadDatagram(buffer.AsSpan(0, n), out var type, out var read, out var range));
                 Assert.Equal(DatagramFrameType.Data, type);
                 Assert.Equal(peer, read);
                 Assert.Equal(payload, buffer[range]);
@@ -35,11 +35,11 @@ public class RudUdpSessionTests
         }
         // The example of spec/turn.md §5.2 is one datagram here too.
         byte[] example = Convert.FromHexString("000a0001c00002010d966869");
-        Assert.True(RudUdpFrames.TryRead(example, out var t, out var p, out var r));
+        Assert.True(DatagramFrame.TryReadDatagram(example, out var t, out var p, out var r));
         Assert.Equal((DatagramFrameType.Data, V4, "hi"), (t, p, System.Text.Encoding.ASCII.GetString(example[r])));
-        Assert.Equal("0014050400000000000000000000000000000000" + "0000", Convert.ToHexString(RudUdpFrames.OpenFrame).ToLowerInvariant());
-        Assert.Equal("0014050400000000000000000000000000000000" + "0001", Convert.ToHexString(RudUdpFrames.KeepaliveFrame).ToLowerInvariant());
-        Assert.Equal("00080601000000000000", Convert.ToHexString(RudUdpFrames.CloseFrame).ToLowerInvariant());
+        Assert.Equal("0014050400000000000000000000000000000000" + "0000", Convert.ToHexString(DatagramFrame.OpenFrame).ToLowerInvariant());
+        Assert.Equal("0014050400000000000000000000000000000000" + "0001", Convert.ToHexString(DatagramFrame.KeepaliveFrame).ToLowerInvariant());
+        Assert.Equal("00080601000000000000", Convert.ToHexString(DatagramFrame.CloseFrame).ToLowerInvariant());
     }
 
     [Theory]
@@ -55,7 +55,7 @@ public class RudUdpSessionTests
     [InlineData("ffff0001c00002010d96")]       // LENGTH 65535 in a 10-byte datagram
     public void Malformed_datagrams_are_rejected_without_exceptions(string hex)
     {
-        Assert.False(RudUdpFrames.TryRead(Convert.FromHexString(hex), out _, out _, out _));
+        Assert.False(DatagramFrame.TryReadDatagram(Convert.FromHexString(hex), out _, out _, out _));
     }
 
     [Fact]
@@ -68,14 +68,14 @@ public class RudUdpSessionTests
             int n = random.Next(0, 64);
             random.NextBytes(buffer.AsSpan(0, n));
             if (i % 2 == 0 && n >= 2) { buffer[0] = 0; buffer[1] = (byte)(n - 2); }
-            if (RudUdpFrames.TryRead(buffer.AsSpan(0, n), out _, out _, out var range))
+            if (DatagramFrame.TryReadDatagram(buffer.AsSpan(0, n), out _, out _, out var range))
                 Assert.InRange(range.End.Value, range.Start.Value, n);
         }
     }
 
     private static (DatagramFrameType Type, PeerAddress Peer, byte[] Payload) Read(byte[] buffer, int n)
     {
-        Assert.True(RudUdpFrames.TryRead(buffer.AsSpan(0, n), out var type, out var peer, out var payload));
+        Assert.True(DatagramFrame.TryReadDatagram(buffer.AsSpan(0, n), out var type, out var peer, out var payload));
         return (type, peer, buffer[payload]);
     }
 
@@ -99,7 +99,7 @@ public class RudUdpSessionTests
         var server = await s.AcceptDatagramStreamAsync(cts.Token);
         var buffer = new byte[RudUdpFrames.MaxFrame];
         int n = await server.ReceiveAsync(buffer, cts.Token);
-        Assert.Equal(RudUdpFrames.OpenFrame, buffer[..n]);
+        Assert.Equal(DatagramFrame.OpenFrame, buffer[..n]);
         server.TrySend(new byte[] { 1, 2, 3 }); // junk before RELAYED: ignored
         var relayed = PeerAddress.From(IPEndPoint.Parse("[::]:40000"));
         Send(server, DatagramFrameType.Relayed, relayed, default);
@@ -124,7 +124,7 @@ public class RudUdpSessionTests
         {
             n = await server.ReceiveAsync(buffer, cts.Token);
             var f = Read(buffer, n);
-            if (f.Type == DatagramFrameType.Check || f.Type == RudUdpFrames.Open) continue;
+            if (f.Type == DatagramFrameType.Check || f.Type == DatagramFrameType.Open) continue;
             Assert.Equal((DatagramFrameType.Data, V6, "hello"), (f.Type, f.Peer, System.Text.Encoding.ASCII.GetString(f.Payload)));
             break;
         }
@@ -132,7 +132,7 @@ public class RudUdpSessionTests
         var (from, length) = await receiving;
         Assert.Equal((V4, 4), (from, length));
 
-        Send(server, RudUdpFrames.Close, PeerAddress.FromBytes(new byte[4], 0), default);
+        Send(server, DatagramFrameType.Close, PeerAddress.FromBytes(new byte[4], 0), default);
         Assert.Equal(-1, (await session.ReceiveAsync(new byte[2048], cts.Token)).Length);
     }
 
@@ -145,7 +145,7 @@ public class RudUdpSessionTests
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
         var opening = RudAssociation.OpenAsync(c.OpenDatagramStream(), "test", NullLogger.Instance, null, cts.Token);
         var server = await s.AcceptDatagramStreamAsync(cts.Token);
-        Assert.True(server.TrySend(RudUdpFrames.CloseFrame));
+        Assert.True(server.TrySend(DatagramFrame.CloseFrame));
         var e = await Assert.ThrowsAsync<TransportConnectException>(() => opening);
         Assert.Contains("refused the UDP association", e.Message);
     }
@@ -172,7 +172,7 @@ public class RudUdpSessionTests
                 while (true)
                 {
                     int n = await ch.ReceiveAsync(b, cts.Token);
-                    if (RudUdpFrames.TryRead(b.AsSpan(0, n), out var t, out _, out _) && t == RudUdpFrames.Open) ch.TrySend(relayed.AsSpan(0, relayedLength));
+                    if (DatagramFrame.TryReadDatagram(b.AsSpan(0, n), out var t, out _, out _) && t == DatagramFrameType.Open) ch.TrySend(relayed.AsSpan(0, relayedLength));
                 }
             }
             catch (Exception e) when (e is OperationCanceledException or System.Threading.Channels.ChannelClosedException) { }
