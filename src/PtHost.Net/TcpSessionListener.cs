@@ -20,6 +20,7 @@ public sealed class TcpSessionListener : ISessionListener
     private readonly string _name;
     private readonly int _maxSessions;
     private readonly Action? _refused;
+    private readonly bool _inline;
     private readonly CancellationTokenSource _stopping = new();
     private readonly CancellationTokenSource _abort = new();
     private readonly HashSet<Task> _sessions = [];
@@ -34,8 +35,14 @@ public sealed class TcpSessionListener : ISessionListener
     }
 
     /// <summary>As the other constructor, on a socket the caller has bound and put in the listening state (its own options, backlog or port choice).</summary>
-    public TcpSessionListener(string name, Socket listening, Func<Socket, CancellationToken, Task> serve, ILogger log, int maxSessions, Action? refused = null)
+    /// <param name="inline">
+    /// Runs <paramref name="serve"/> on the accept loop until its first await, so that what it decides
+    /// there follows the order of accepts (a relay's per-source and total limits); it must reach that
+    /// await at once. Otherwise each connection starts on the thread pool.
+    /// </param>
+    public TcpSessionListener(string name, Socket listening, Func<Socket, CancellationToken, Task> serve, ILogger log, int maxSessions, Action? refused = null, bool inline = false)
     {
+        _inline = inline;
         ArgumentNullException.ThrowIfNull(listening);
         _name = name;
         _serve = serve;
@@ -111,7 +118,7 @@ public sealed class TcpSessionListener : ISessionListener
 
     private async Task RunAsync(Socket socket)
     {
-        await Task.Yield(); // leave the accept loop at once
+        if (!_inline) await Task.Yield(); // leave the accept loop at once
         try { await _serve(socket, _abort.Token).ConfigureAwait(false); }
         catch (Exception e) { _log.LogError(e, "{Name}: session failed", _name); }
     }

@@ -14,8 +14,8 @@ public sealed partial class JetRelay
     private IPEndPoint StartBinaryListener(IPEndPoint listen, CandidateKind kind)
     {
         var socket = TcpSessionListener.Listen(listen, reuseAddress: true, dualMode: true);
-        // The relay keeps its own limits (§5.5): the shared accept loop hands every connection to Admit.
-        var listener = new TcpSessionListener($"jet relay {kind}", socket, (s, _) => AdmitBinary(s, kind), _log, int.MaxValue);
+        // The relay keeps its own limits (§5.5), applied in accept order: the shared loop runs Admit inline.
+        var listener = new TcpSessionListener($"jet relay {kind}", socket, (s, _) => AdmitBinary(s, kind), _log, int.MaxValue, inline: true);
         _listeners.Add(listener);
         listener.Start();
         return listener.LocalEndPoint;

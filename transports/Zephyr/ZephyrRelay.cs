@@ -56,8 +56,8 @@ public sealed class ZephyrRelay : IAsyncDisposable
     {
         var listen = _options.Listen;
         var socket = TcpSessionListener.Listen(listen, reuseAddress: true, dualMode: true);
-        // The relay keeps its own limits (§4.6): the shared accept loop admits every connection to Admit.
-        _listener = new TcpSessionListener("zephyr relay", socket, Admit, _log, int.MaxValue);
+        // The relay keeps its own limits (§4.6), applied in accept order: the shared loop runs Admit inline.
+        _listener = new TcpSessionListener("zephyr relay", socket, Admit, _log, int.MaxValue, inline: true);
         var shortest = _options.BindTimeout < _options.PeerTimeout ? _options.BindTimeout : _options.PeerTimeout;
         var tick = TimeSpan.FromMilliseconds(Math.Clamp(shortest.TotalMilliseconds / 8, 50, 1000));
         _sweeper = new Timer(_ => Sweep(), null, tick, tick);
