@@ -13,8 +13,8 @@ public interface INetworkDialer
 }
 
 /// <summary>
-/// Datagram sessions (the TURN front end, spec/turn.md §5). A client factory that implements this
-/// carries UDP natively (ASPORT Packet, RUD); the host prefers it over framing datagrams in a stream.
+/// A client factory with a datagram carrier of its own (spec/turn.md §5: asport's UDP to the public
+/// port, RUD datagram streams); the host prefers it over a stream carrier for its TURN front end.
 /// </summary>
 public interface IDatagramClientFactory
 {
@@ -22,22 +22,24 @@ public interface IDatagramClientFactory
     /// Opens a UDP association towards the server process (<see cref="ConnectRequest.Kind"/> is
     /// <see cref="SessionKind.Datagram"/>). Throws <see cref="TransportConnectException"/>.
     /// </summary>
-    ValueTask<IDatagramSession> OpenDatagramSessionAsync(ConnectRequest request, CancellationToken cancellationToken);
+    ValueTask<IAssociation> OpenAssociationAsync(ConnectRequest request, CancellationToken cancellationToken);
 }
 
 /// <summary>
-/// Marks a stream client factory that passes <see cref="ConnectRequest.Kind"/> through to its server
-/// side (<see cref="InboundSession.Kind"/>), so the host can carry UDP inside its streams with the
-/// framing of spec/turn.md §5. The host opens a TURN listener only for transports that implement
-/// this or <see cref="IDatagramClientFactory"/>.
+/// Marks a client factory whose streams are stream carriers (spec/turn.md §5): it passes
+/// <see cref="ConnectRequest.Kind"/> through to its server side in the session preamble
+/// (<see cref="SessionPreamble.RequestAsync"/>), so the host carries associations' frames in its
+/// streams. The host opens a TURN listener only for transports that implement this or
+/// <see cref="IDatagramClientFactory"/>.
 /// </summary>
-public interface IDatagramStreamCarrier;
+public interface IStreamCarrier;
 
 /// <summary>
-/// One UDP association: datagrams to and from several peers, each checked by the server process.
-/// Calls of each method are not concurrent with themselves (one sender, one receiver).
+/// The client process's end of a UDP association (spec/turn.md §5): datagrams to and from several
+/// peers, each checked by the server process. Calls of each method are not concurrent with
+/// themselves (one sender, one receiver).
 /// </summary>
-public interface IDatagramSession : IAsyncDisposable
+public interface IAssociation : IAsyncDisposable
 {
     /// <summary>The largest payload <see cref="SendAsync"/> accepts.</summary>
     int MaxDatagramSize { get; }
@@ -112,6 +114,17 @@ public readonly struct PeerAddress : IEquatable<PeerAddress>
         Span<byte> bytes = stackalloc byte[16];
         endPoint.Address.TryWriteBytes(bytes, out int n);
         return FromBytes(bytes[..n], endPoint.Port);
+    }
+
+    /// <summary>From a Linux <c>sockaddr_in</c> / <c>sockaddr_in6</c> as a receive call filled it (port in network order).</summary>
+    public static PeerAddress From(SocketAddress address)
+    {
+        ArgumentNullException.ThrowIfNull(address);
+        var bytes = address.Buffer.Span;
+        int port = System.Buffers.Binary.BinaryPrimitives.ReadUInt16BigEndian(bytes[2..]);
+        return address.Family == System.Net.Sockets.AddressFamily.InterNetwork
+            ? FromBytes(bytes.Slice(4, 4), port)
+            : FromBytes(bytes.Slice(8, 16), port);
     }
 
     /// <summary>Writes the 4 or 16 address bytes; returns the count.</summary>

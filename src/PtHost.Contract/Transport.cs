@@ -80,9 +80,6 @@ public interface IClientFactory : IAsyncDisposable
     /// reachable, or throws <see cref="TransportConnectException"/> with the failure to report.
     /// </summary>
     ValueTask<Stream> ConnectAsync(ConnectRequest request, CancellationToken cancellationToken);
-
-    /// <summary>A snapshot of this transport's counters.</summary>
-    TransportStats GetStats();
 }
 
 /// <summary>
@@ -151,30 +148,89 @@ public interface IServerManager : IAsyncDisposable
 
     /// <summary>Stops accepting; sessions in progress continue until they end or the token fires.</summary>
     Task StopAsync(CancellationToken cancellationToken);
-
-    /// <summary>A snapshot of this transport's counters.</summary>
-    TransportStats GetStats();
 }
 
-/// <summary>The host's half of an accepted server-side session.</summary>
+/// <summary>
+/// The host's half of server sessions (spec/session.md §3). A server transport only accepts or
+/// receives a stream and hands it here; the host reads the preamble, opens the onward connection
+/// (the bound target, an allow-listed destination, the ExtORPort, or its UDP association), writes
+/// the reply, relays with half-closes, counts the session and its bytes (STATUS, spec/ipc.md §4.7),
+/// logs, and disposes the stream. No member throws for a session's failure.
+/// </summary>
 public interface IInboundHandler
 {
     /// <summary>
-    /// Opens the onward connection: the bound target, or, for a free server, the session's
-    /// destination after the <c>allow</c> check. Throws <see cref="TransportConnectException"/>.
+    /// Serves one session whose stream starts with the session preamble (spec/session.md §3);
+    /// completes when the session is over. The stream is the host's from the call on.
     /// </summary>
-    ValueTask<Stream> OpenAsync(InboundSession session, CancellationToken cancellationToken);
+    /// <param name="stream">The transport's stream, after its own handshake.</param>
+    /// <param name="remote">The transport-level peer (client process or relay), for logs and the ExtORPort's USERADDR.</param>
+    /// <param name="cancellationToken">Aborts the session (the transport's shutdown after its drain time).</param>
+    Task ServeAsync(Stream stream, System.Net.EndPoint? remote, CancellationToken cancellationToken);
 
     /// <summary>
-    /// Carries bytes both ways between the transport's stream and the onward stream until both
-    /// directions have ended (half-closes are passed on), counting bytes; disposes neither stream.
+    /// As <see cref="ServeAsync(Stream, System.Net.EndPoint?, CancellationToken)"/> for a stream whose
+    /// preamble the transport has read itself with <see cref="SessionPreamble.ReadAsync"/> (jet must see
+    /// it to pick among racing candidates); the host goes on with the onward connection and the reply.
     /// </summary>
-    Task RelayAsync(Stream transport, Stream onward, CancellationToken cancellationToken);
+    Task ServeAsync(Stream stream, System.Net.EndPoint? remote, SessionRequest request, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Serves a stream that carries no preamble and expects no reply (a PT 1.0 program's connection to
+    /// its ORPort, the xor fixture): its bytes go to the bound target, or the ExtORPort, at once.
+    /// </summary>
+    Task ServeRawAsync(Stream stream, System.Net.EndPoint? remote, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Serves one UDP association whose frames travel one per datagram over <paramref name="carrier"/>
+    /// (spec/turn.md §5.6: an ASPORT association, a RUD datagram stream); completes when it is over,
+    /// after which the carrier is completed.
+    /// </summary>
+    Task ServeAssociationAsync(IDatagramCarrier carrier, System.Net.EndPoint? remote, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Reports a session that failed before the transport could hand it over (TLS refused, a relay
+    /// unreachable, no client came): the host counts it as FAILED and logs <paramref name="reason"/>.
+    /// </summary>
+    void SessionFailed(System.Net.EndPoint? remote, string reason);
+
+    /// <summary>
+    /// Listens on TCP with the host's accept loop (spec/session.md §4): <c>TCP_NODELAY</c>, a limit on
+    /// open connections (over it a connection is reset and counted as FAILED), and on stop a drain that
+    /// ends in <paramref name="serve"/>'s token firing. <paramref name="serve"/> owns the socket.
+    /// Throws <see cref="TransportOptionsException"/> when the address cannot be bound.
+    /// </summary>
+    ISessionListener ListenTcp(System.Net.IPEndPoint bindAddress, Func<System.Net.Sockets.Socket, CancellationToken, Task> serve);
 }
 
-/// <summary>What a server transport learned about one session.</summary>
-/// <param name="Remote">The transport-level peer (client process or relay).</param>
-/// <param name="Destination">For a free server, where the client asked to go; null for none.</param>
-/// <param name="Session">A process-unique session number for logs.</param>
-/// <param name="Kind">What the client asked for; a transport passes on what its client side sent (spec/turn.md §5).</param>
-public sealed record InboundSession(System.Net.EndPoint? Remote, Destination? Destination, long Session, SessionKind Kind = SessionKind.Stream);
+/// <summary>A TCP listener the host runs for a server transport (<see cref="IInboundHandler.ListenTcp"/>).</summary>
+public interface ISessionListener : IAsyncDisposable
+{
+    /// <summary>The bound address (the actual port when 0 was asked for).</summary>
+    System.Net.IPEndPoint LocalEndPoint { get; }
+
+    /// <summary>Stops accepting; connections being served go on until <paramref name="drain"/> fires, then are aborted.</summary>
+    Task StopAsync(CancellationToken drain);
+}
+
+/// <summary>
+/// The server side of a datagram carrier (spec/turn.md §5.6): moves one UDP association's frames
+/// (spec/turn.md §5.2, LENGTH included), exactly one per datagram, to and from the client process.
+/// </summary>
+public interface IDatagramCarrier
+{
+    /// <summary>The largest datagram the carrier moves; a frame above it is dropped.</summary>
+    int MaxFrameLength { get; }
+
+    /// <summary>
+    /// Receives the next datagram into <paramref name="buffer"/> (at least <see cref="MaxFrameLength"/>
+    /// bytes): its length, or -1 once the carrier has ended. One caller at a time.
+    /// </summary>
+    ValueTask<int> ReceiveAsync(Memory<byte> buffer, CancellationToken cancellationToken);
+
+    /// <summary>Sends one frame as one datagram; false when it was dropped (queue full, carrier gone). Never waits for the peer.</summary>
+    ValueTask<bool> SendAsync(ReadOnlyMemory<byte> frame, CancellationToken cancellationToken);
+
+    /// <summary>Ends the carrier: a pending receive returns -1, later datagrams are dropped.</summary>
+    void Complete();
+}

@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using PtHost.Contract;
+using PtHost.Net.Native;
 
 namespace PtHost.Net;
 
@@ -105,30 +106,12 @@ public static class Relay
 }
 
 /// <summary>splice(2) from socket to socket through a pipe (Linux only).</summary>
-internal static partial class Splice
+internal static class Splice
 {
-    private const uint SPLICE_F_MOVE = 1, SPLICE_F_NONBLOCK = 2;
-    private const int O_NONBLOCK = 0x800, O_CLOEXEC = 0x80000, F_SETPIPE_SZ = 1031;
-    private const int EAGAIN = 11, EINTR = 4;
     private const int PipeSize = 1 << 20;
 
     public static bool Available { get; } = OperatingSystem.IsLinux() &&
         Environment.GetEnvironmentVariable("PTHOST_NO_SPLICE") is null or "" or "0";
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint splice(int fdIn, nint offIn, int fdOut, nint offOut, nuint len, uint flags);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static unsafe partial int pipe2(int* fds, int flags);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int fcntl(int fd, int cmd, int arg);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int close(int fd);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static unsafe partial nint read(int fd, byte* buf, nuint count);
 
     public static async Task CopyAsync(Socket from, Socket to, Action<long>? count, CancellationToken ct)
     {
@@ -151,7 +134,7 @@ internal static partial class Splice
                 if (n < 0)
                 {
                     int errno = Marshal.GetLastPInvokeError();
-                    if (errno is EAGAIN or EINTR) continue;
+                    if (errno is Libc.EAgain or Libc.EIntr) continue;
                     throw new SocketException(errno);
                 }
                 count?.Invoke(n);
@@ -160,7 +143,7 @@ internal static partial class Splice
         }
         finally
         {
-            if (pipeR >= 0) { close(pipeR); close(pipeW); }
+            if (pipeR >= 0) { Libc.Close(pipeR); Libc.Close(pipeW); }
         }
     }
 
@@ -188,8 +171,8 @@ internal static partial class Splice
             nint m = SpliceSocket(to, pipeR, (nuint)pending, fromSocket: false);
             if (m > 0) { pending -= m; continue; }
             int errno = Marshal.GetLastPInvokeError();
-            if (m < 0 && errno == EINTR) continue;
-            if (m < 0 && errno != EAGAIN) throw new SocketException(errno);
+            if (m < 0 && errno == Libc.EIntr) continue;
+            if (m < 0 && errno != Libc.EAgain) throw new SocketException(errno);
             // The destination is full: take bytes out of the pipe and let the socket wait for room.
             byte[] buffer = ArrayPool<byte>.Shared.Rent((int)Math.Min(pending, Relay.BufferSize));
             try
@@ -219,8 +202,8 @@ internal static partial class Splice
             handle.DangerousAddRef(ref added);
             int fd = (int)handle.DangerousGetHandle();
             return fromSocket
-                ? splice(fd, 0, pipeFd, 0, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
-                : splice(pipeFd, 0, fd, 0, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+                ? Libc.Splice(fd, 0, pipeFd, 0, length, Libc.SpliceMove | Libc.SpliceNonBlock)
+                : Libc.Splice(pipeFd, 0, fd, 0, length, Libc.SpliceMove | Libc.SpliceNonBlock);
         }
         finally
         {
@@ -234,10 +217,10 @@ internal static partial class Splice
         {
             while (true)
             {
-                nint r = read(fd, p, (nuint)count);
+                nint r = Libc.Read(fd, p, (nuint)count);
                 if (r > 0) return (int)r;
                 int errno = Marshal.GetLastPInvokeError();
-                if (r < 0 && errno == EINTR) continue;
+                if (r < 0 && errno == Libc.EIntr) continue;
                 throw new IOException($"pipe read failed (errno {errno})");
             }
         }
@@ -246,8 +229,8 @@ internal static partial class Splice
     private static unsafe (int, int) OpenPipe()
     {
         int* fds = stackalloc int[2];
-        if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) throw new SocketException(Marshal.GetLastPInvokeError());
-        fcntl(fds[1], F_SETPIPE_SZ, PipeSize); // best effort: the default 64 KiB still works
+        if (Libc.Pipe2(fds, Libc.ONonBlock | Libc.OCloexec) != 0) throw new SocketException(Marshal.GetLastPInvokeError());
+        Libc.Fcntl(fds[1], Libc.FSetPipeSize, PipeSize); // best effort: the default 64 KiB still works
         return (fds[0], fds[1]);
     }
 }

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
+using PtHost.Contract;
 
 namespace PtHost.Net;
 
@@ -8,8 +9,10 @@ namespace PtHost.Net;
 /// A TCP listener that runs one task per accepted connection and tracks them: a limit on open
 /// sessions (over it, the connection is reset at once), stop = no more accepts, drain until the
 /// token fires, then abort what is left. Accept errors (EMFILE …) are logged and do not stop it.
+/// Every TCP listener of the tree uses it: server transports through <see cref="IInboundHandler.ListenTcp"/>,
+/// the front ends and relays directly.
 /// </summary>
-public sealed class TcpSessionListener : IAsyncDisposable
+public sealed class TcpSessionListener : ISessionListener
 {
     private readonly Socket _listener;
     private readonly Func<Socket, CancellationToken, Task> _serve;
@@ -17,32 +20,61 @@ public sealed class TcpSessionListener : IAsyncDisposable
     private readonly string _name;
     private readonly int _maxSessions;
     private readonly Action? _refused;
+    private readonly bool _inline;
     private readonly CancellationTokenSource _stopping = new();
     private readonly CancellationTokenSource _abort = new();
     private readonly HashSet<Task> _sessions = [];
     private Task? _acceptLoop;
 
     /// <param name="serve">Serves one connection; owns the socket. Its token fires when the session must end now.</param>
+    /// <param name="maxSessions">Connections served at once; one over it is reset at once (<see cref="int.MaxValue"/>: the caller keeps its own limits).</param>
     /// <param name="refused">Called for each connection turned away by the session limit.</param>
     public TcpSessionListener(string name, IPEndPoint bind, Func<Socket, CancellationToken, Task> serve, ILogger log, int maxSessions, Action? refused = null)
+        : this(name, Listen(bind), serve, log, maxSessions, refused)
     {
+    }
+
+    /// <summary>As the other constructor, on a socket the caller has bound and put in the listening state (its own options, backlog or port choice).</summary>
+    /// <param name="inline">
+    /// Runs <paramref name="serve"/> on the accept loop until its first await, so that what it decides
+    /// there follows the order of accepts (a relay's per-source and total limits); it must reach that
+    /// await at once. Otherwise each connection starts on the thread pool.
+    /// </param>
+    public TcpSessionListener(string name, Socket listening, Func<Socket, CancellationToken, Task> serve, ILogger log, int maxSessions, Action? refused = null, bool inline = false)
+    {
+        _inline = inline;
+        ArgumentNullException.ThrowIfNull(listening);
         _name = name;
         _serve = serve;
         _log = log;
         _maxSessions = maxSessions;
         _refused = refused;
-        _listener = new Socket(bind.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        _listener = listening;
+        LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
+    }
+
+    /// <summary>
+    /// A TCP socket bound to <paramref name="bind"/> and listening (backlog 4096). A relay that must
+    /// bind again at once after a restart sets <paramref name="reuseAddress"/>; one on <c>[::]</c> also
+    /// takes IPv4 with <paramref name="dualMode"/>.
+    /// </summary>
+    public static Socket Listen(IPEndPoint bind, bool reuseAddress = false, bool dualMode = false)
+    {
+        ArgumentNullException.ThrowIfNull(bind);
+        var socket = new Socket(bind.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
-            _listener.Bind(bind);
-            _listener.Listen(4096);
+            if (dualMode && bind.AddressFamily == AddressFamily.InterNetworkV6 && bind.Address.Equals(IPAddress.IPv6Any)) socket.DualMode = true;
+            if (reuseAddress) socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            socket.Bind(bind);
+            socket.Listen(4096);
+            return socket;
         }
         catch
         {
-            _listener.Dispose();
+            socket.Dispose();
             throw;
         }
-        LocalEndPoint = (IPEndPoint)_listener.LocalEndPoint!;
     }
 
     public IPEndPoint LocalEndPoint { get; }
@@ -86,7 +118,7 @@ public sealed class TcpSessionListener : IAsyncDisposable
 
     private async Task RunAsync(Socket socket)
     {
-        await Task.Yield(); // leave the accept loop at once
+        if (!_inline) await Task.Yield(); // leave the accept loop at once
         try { await _serve(socket, _abort.Token).ConfigureAwait(false); }
         catch (Exception e) { _log.LogError(e, "{Name}: session failed", _name); }
     }

@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
+using PtHost.Net.Native;
 using PtHost.Quic.Native;
 
 namespace PtHost.Quic;
@@ -34,30 +35,30 @@ public sealed unsafe partial class QuicEndpoint
 
     // Thread-owned native I/O memory (one block, freed with the scratch).
     private byte* _io;
-    private const int IoSize = RecvCapacity + 128 + RecvControlSize + Posix.MsgHdr.Size + Layout.Vec.Size
-        + SendBatchCapacity + Posix.MsgHdr.Size + Layout.Vec.Size + 32 + 2 * Posix.PollFd.Size + 16 + 8;
+    private const int IoSize = RecvCapacity + 128 + RecvControlSize + Libc.MsgHdrLayout.Size + Layout.Vec.Size
+        + SendBatchCapacity + Libc.MsgHdrLayout.Size + Layout.Vec.Size + 32 + 2 * Libc.PollFdLayout.Size + 16 + 8;
     private byte* RecvBuf => _io;
     private byte* RecvAddr => RecvBuf + RecvCapacity;
     private byte* RecvControl => RecvAddr + 128;
     private byte* RecvMsg => RecvControl + RecvControlSize;
-    private byte* RecvIov => RecvMsg + Posix.MsgHdr.Size;
+    private byte* RecvIov => RecvMsg + Libc.MsgHdrLayout.Size;
     private byte* SendBatch => RecvIov + Layout.Vec.Size;
     private byte* SendMsg => SendBatch + SendBatchCapacity;
-    private byte* SendIov => SendMsg + Posix.MsgHdr.Size;
+    private byte* SendIov => SendMsg + Libc.MsgHdrLayout.Size;
     private byte* SendControl => SendIov + Layout.Vec.Size;
     private byte* PollFds => SendControl + 32;
-    private byte* TimeSpec => PollFds + 2 * Posix.PollFd.Size;
+    private byte* TimeSpec => PollFds + 2 * Libc.PollFdLayout.Size;
     private byte* EventWord => TimeSpec + 16;
 
     private void StartIo()
     {
         _io = (byte*)NativeMemory.AllocZeroed(IoSize);
         _fd = (int)_socket.Handle;
-        _eventFd = Posix.EventFd(0, Posix.EfdNonBlock | Posix.EfdCloexec);
+        _eventFd = Libc.EventFd(0, Libc.EfdNonBlock | Libc.EfdCloexec);
         if (_eventFd < 0) throw new SocketException(Marshal.GetLastPInvokeError());
         int on = 1;
         // GRO is an optimisation: a kernel without it delivers datagrams one by one.
-        if (Posix.SetSockOpt(_fd, Posix.SolUdp, Posix.UdpGro, (byte*)&on, sizeof(int)) != 0)
+        if (Libc.SetSockOpt(_fd, Libc.SolUdp, Libc.UdpGro, (byte*)&on, sizeof(int)) != 0)
             _log.LogDebug("QUIC endpoint {Local}: UDP_GRO unavailable ({Errno})", LocalEndPoint, Marshal.GetLastPInvokeError());
         _thread = new Thread(RunLoop) { IsBackground = true, Name = "QUIC " + LocalEndPoint };
         _thread.Start();
@@ -65,7 +66,7 @@ public sealed unsafe partial class QuicEndpoint
 
     private void FreeIo()
     {
-        if (_eventFd >= 0) Posix.Close(_eventFd);
+        if (_eventFd >= 0) Libc.Close(_eventFd);
         _eventFd = -1;
         NativeMemory.Free(_io);
         _io = null;
@@ -77,13 +78,13 @@ public sealed unsafe partial class QuicEndpoint
         Interlocked.MemoryBarrier();
         if (Volatile.Read(ref _sleeping) == 0 || Interlocked.Exchange(ref _wakePending, 1) != 0) return;
         ulong one = 1;
-        Posix.Write(_eventFd, (byte*)&one, 8);
+        Libc.Write(_eventFd, (byte*)&one, 8);
     }
 
     private void WakeForShutdown()
     {
         ulong one = 1;
-        Posix.Write(_eventFd, (byte*)&one, 8);
+        Libc.Write(_eventFd, (byte*)&one, 8);
     }
 
     private void RunLoop()
@@ -137,12 +138,12 @@ public sealed unsafe partial class QuicEndpoint
             return;
         }
         var fds = PollFds;
-        *(int*)(fds + Posix.PollFd.Fd) = _fd;
-        *(short*)(fds + Posix.PollFd.Events) = Posix.PollIn;
-        *(short*)(fds + Posix.PollFd.REvents) = 0;
-        *(int*)(fds + Posix.PollFd.Size + Posix.PollFd.Fd) = _eventFd;
-        *(short*)(fds + Posix.PollFd.Size + Posix.PollFd.Events) = Posix.PollIn;
-        *(short*)(fds + Posix.PollFd.Size + Posix.PollFd.REvents) = 0;
+        *(int*)(fds + Libc.PollFdLayout.Fd) = _fd;
+        *(short*)(fds + Libc.PollFdLayout.Events) = Libc.PollIn;
+        *(short*)(fds + Libc.PollFdLayout.REvents) = 0;
+        *(int*)(fds + Libc.PollFdLayout.Size + Libc.PollFdLayout.Fd) = _eventFd;
+        *(short*)(fds + Libc.PollFdLayout.Size + Libc.PollFdLayout.Events) = Libc.PollIn;
+        *(short*)(fds + Libc.PollFdLayout.Size + Libc.PollFdLayout.REvents) = 0;
         long* ts = null;
         if (_nextDeadline != ulong.MaxValue)
         {
@@ -152,12 +153,12 @@ public sealed unsafe partial class QuicEndpoint
             ts[0] = (long)(wait / 1_000_000_000);
             ts[1] = (long)(wait % 1_000_000_000);
         }
-        var rv = Posix.PPoll(fds, 2, ts, 0);
+        var rv = Libc.PPoll(fds, 2, ts, 0);
         Volatile.Write(ref _sleeping, 0);
-        if (rv > 0 && (*(short*)(fds + Posix.PollFd.Size + Posix.PollFd.REvents) & Posix.PollIn) != 0)
+        if (rv > 0 && (*(short*)(fds + Libc.PollFdLayout.Size + Libc.PollFdLayout.REvents) & Libc.PollIn) != 0)
         {
             Volatile.Write(ref _wakePending, 0);
-            Posix.Read(_eventFd, EventWord, 8);
+            Libc.Read(_eventFd, EventWord, 8);
         }
     }
 
@@ -170,39 +171,39 @@ public sealed unsafe partial class QuicEndpoint
         {
             *(nint*)(RecvIov + Layout.Vec.Base) = (nint)RecvBuf;
             *(nuint*)(RecvIov + Layout.Vec.Len) = RecvCapacity;
-            *(nint*)(msg + Posix.MsgHdr.Name) = (nint)RecvAddr;
-            *(uint*)(msg + Posix.MsgHdr.NameLen) = 128;
-            *(nint*)(msg + Posix.MsgHdr.Iov) = (nint)RecvIov;
-            *(nuint*)(msg + Posix.MsgHdr.IovLen) = 1;
-            *(nint*)(msg + Posix.MsgHdr.Control) = (nint)RecvControl;
-            *(nuint*)(msg + Posix.MsgHdr.ControlLen) = RecvControlSize;
-            *(int*)(msg + Posix.MsgHdr.Flags) = 0;
-            var n = Posix.RecvMsg(_fd, msg, Posix.MsgDontWait);
+            *(nint*)(msg + Libc.MsgHdrLayout.Name) = (nint)RecvAddr;
+            *(uint*)(msg + Libc.MsgHdrLayout.NameLen) = 128;
+            *(nint*)(msg + Libc.MsgHdrLayout.Iov) = (nint)RecvIov;
+            *(nuint*)(msg + Libc.MsgHdrLayout.IovLen) = 1;
+            *(nint*)(msg + Libc.MsgHdrLayout.Control) = (nint)RecvControl;
+            *(nuint*)(msg + Libc.MsgHdrLayout.ControlLen) = RecvControlSize;
+            *(int*)(msg + Libc.MsgHdrLayout.Flags) = 0;
+            var n = Libc.RecvMsg(_fd, msg, Libc.MsgDontWait);
             if (n < 0)
             {
                 var errno = Marshal.GetLastPInvokeError();
-                if (errno == Posix.EAgain) return false;
-                if (errno == Posix.EIntr) continue;
+                if (errno == Libc.EAgain) return false;
+                if (errno == Libc.EIntr) continue;
                 // ICMP errors surface here on UDP (ECONNREFUSED, EHOSTUNREACH …): the packet that
                 // caused them is lost and QUIC recovers; keep reading.
                 _log.LogDebug("QUIC recvmsg on {Local}: errno {Errno}", LocalEndPoint, errno);
                 continue;
             }
             var segment = (int)n;
-            var controlLen = (int)*(nuint*)(msg + Posix.MsgHdr.ControlLen);
-            for (var off = 0; off + Posix.CmsgHdr.Size <= controlLen;)
+            var controlLen = (int)*(nuint*)(msg + Libc.MsgHdrLayout.ControlLen);
+            for (var off = 0; off + Libc.CmsgHdrLayout.Size <= controlLen;)
             {
                 var cm = RecvControl + off;
-                var len = (int)*(nuint*)(cm + Posix.CmsgHdr.Len);
-                if (len < Posix.CmsgHdr.Size) break;
-                if (*(int*)(cm + Posix.CmsgHdr.Level) == Posix.SolUdp && *(int*)(cm + Posix.CmsgHdr.Type) == Posix.UdpGro && len >= Posix.CmsgHdr.Size + 4)
+                var len = (int)*(nuint*)(cm + Libc.CmsgHdrLayout.Len);
+                if (len < Libc.CmsgHdrLayout.Size) break;
+                if (*(int*)(cm + Libc.CmsgHdrLayout.Level) == Libc.SolUdp && *(int*)(cm + Libc.CmsgHdrLayout.Type) == Libc.UdpGro && len >= Libc.CmsgHdrLayout.Size + 4)
                 {
-                    var gso = *(int*)(cm + Posix.CmsgHdr.Data);
+                    var gso = *(int*)(cm + Libc.CmsgHdrLayout.Data);
                     if (gso > 0) segment = gso;
                 }
                 off += (len + 7) & ~7;
             }
-            var addrLen = (int)*(uint*)(msg + Posix.MsgHdr.NameLen);
+            var addrLen = (int)*(uint*)(msg + Libc.MsgHdrLayout.NameLen);
             var from = new ReadOnlySpan<byte>(RecvAddr, Math.Min(addrLen, 128));
             for (var off = 0; off < (int)n; off += segment)
                 OnPacket(RecvBuf + off, Math.Min(segment, (int)n - off), from);
@@ -228,35 +229,35 @@ public sealed unsafe partial class QuicEndpoint
             {
                 *(nint*)(SendIov + Layout.Vec.Base) = (nint)data;
                 *(nuint*)(SendIov + Layout.Vec.Len) = (nuint)length;
-                *(nint*)(msg + Posix.MsgHdr.Name) = (nint)name;
-                *(uint*)(msg + Posix.MsgHdr.NameLen) = (uint)to.Size;
-                *(nint*)(msg + Posix.MsgHdr.Iov) = (nint)SendIov;
-                *(nuint*)(msg + Posix.MsgHdr.IovLen) = 1;
-                *(int*)(msg + Posix.MsgHdr.Flags) = 0;
+                *(nint*)(msg + Libc.MsgHdrLayout.Name) = (nint)name;
+                *(uint*)(msg + Libc.MsgHdrLayout.NameLen) = (uint)to.Size;
+                *(nint*)(msg + Libc.MsgHdrLayout.Iov) = (nint)SendIov;
+                *(nuint*)(msg + Libc.MsgHdrLayout.IovLen) = 1;
+                *(int*)(msg + Libc.MsgHdrLayout.Flags) = 0;
                 if (length > segmentSize)
                 {
                     var cm = SendControl;
-                    *(nuint*)(cm + Posix.CmsgHdr.Len) = (nuint)(Posix.CmsgHdr.Size + sizeof(ushort));
-                    *(int*)(cm + Posix.CmsgHdr.Level) = Posix.SolUdp;
-                    *(int*)(cm + Posix.CmsgHdr.Type) = Posix.UdpSegment;
-                    *(ushort*)(cm + Posix.CmsgHdr.Data) = (ushort)segmentSize;
-                    *(nint*)(msg + Posix.MsgHdr.Control) = (nint)cm;
-                    *(nuint*)(msg + Posix.MsgHdr.ControlLen) = (nuint)Posix.CmsgSpace(sizeof(ushort));
+                    *(nuint*)(cm + Libc.CmsgHdrLayout.Len) = (nuint)(Libc.CmsgHdrLayout.Size + sizeof(ushort));
+                    *(int*)(cm + Libc.CmsgHdrLayout.Level) = Libc.SolUdp;
+                    *(int*)(cm + Libc.CmsgHdrLayout.Type) = Libc.UdpSegment;
+                    *(ushort*)(cm + Libc.CmsgHdrLayout.Data) = (ushort)segmentSize;
+                    *(nint*)(msg + Libc.MsgHdrLayout.Control) = (nint)cm;
+                    *(nuint*)(msg + Libc.MsgHdrLayout.ControlLen) = (nuint)Libc.CmsgSpace(sizeof(ushort));
                 }
                 else
                 {
-                    *(nint*)(msg + Posix.MsgHdr.Control) = 0;
-                    *(nuint*)(msg + Posix.MsgHdr.ControlLen) = 0;
+                    *(nint*)(msg + Libc.MsgHdrLayout.Control) = 0;
+                    *(nuint*)(msg + Libc.MsgHdrLayout.ControlLen) = 0;
                 }
-                if (Posix.SendMsg(_fd, msg, Posix.MsgDontWait) >= 0) return;
+                if (Libc.SendMsg(_fd, msg, Libc.MsgDontWait) >= 0) return;
                 var errno = Marshal.GetLastPInvokeError();
-                if (errno == Posix.EIntr) continue;
-                if (errno == Posix.EAgain && attempt < 3)
+                if (errno == Libc.EIntr) continue;
+                if (errno == Libc.EAgain && attempt < 3)
                 {
                     WaitWritable();
                     continue;
                 }
-                if (length > segmentSize && errno is Posix.EIo or Posix.EInval or Posix.ENoProtoOpt or Posix.EOpNotSupp or Posix.EMsgSize)
+                if (length > segmentSize && errno is Libc.EIo or Libc.EInval or Libc.ENoProtoOpt or Libc.EOpNotSupp or Libc.EMsgSize)
                 {
                     // The route's device cannot segment: fall back to one packet per call for good.
                     _log.LogInformation("QUIC endpoint {Local}: UDP GSO refused (errno {Errno}); sending packets one by one", LocalEndPoint, errno);
@@ -274,12 +275,12 @@ public sealed unsafe partial class QuicEndpoint
     private void WaitWritable()
     {
         var fds = PollFds;
-        *(int*)(fds + Posix.PollFd.Fd) = _fd;
-        *(short*)(fds + Posix.PollFd.Events) = Posix.PollOut;
-        *(short*)(fds + Posix.PollFd.REvents) = 0;
+        *(int*)(fds + Libc.PollFdLayout.Fd) = _fd;
+        *(short*)(fds + Libc.PollFdLayout.Events) = Libc.PollOut;
+        *(short*)(fds + Libc.PollFdLayout.REvents) = 0;
         var ts = (long*)TimeSpec;
         ts[0] = 0;
         ts[1] = 5_000_000;
-        Posix.PPoll(fds, 1, ts, 0);
+        Libc.PPoll(fds, 1, ts, 0);
     }
 }

@@ -5,6 +5,8 @@ using System.Net.Sockets;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using PtHost.Contract;
+using PtHost.Net;
+using PtHost.Net.Udp;
 
 namespace PtHost.Turn;
 
@@ -20,7 +22,7 @@ public sealed class TurnListener : IAsyncDisposable
     private readonly TurnOptions _options;
     private readonly ILogger _log;
     private readonly Socket _udp;
-    private readonly Socket _tcp;
+    private readonly TcpSessionListener _tcp;
     private readonly CancellationTokenSource _stop = new();
     private readonly List<Task> _loops = [];
     private readonly HashSet<TcpTurnClient> _connections = [];
@@ -32,10 +34,13 @@ public sealed class TurnListener : IAsyncDisposable
         _transport = transport;
         _options = options;
         _log = log;
-        if (factory is not (IDatagramClientFactory or IDatagramStreamCarrier))
+        if (factory is not (IDatagramClientFactory or IStreamCarrier))
             throw new TransportOptionsException($"transport {transport} cannot carry UDP (spec/turn.md §5.1)");
         Server = new TurnServer(options, (id, ct) => OpenSessionAsync(factory, id, ct), log, time, counters);
-        (_udp, _tcp) = Bind(options.ListenAddress);
+        var (udp, tcp) = Bind(options.ListenAddress);
+        _udp = udp;
+        // The limit is the TURN server's (spec/turn.md §4): over it a connection is reset at accept.
+        _tcp = new TcpSessionListener($"TURN {transport} tcp", tcp, ServeTcpAsync, log, options.Limits.MaxTcpConnections);
         LocalEndPoint = (IPEndPoint)_udp.LocalEndPoint!;
         var ip = LocalEndPoint.Address;
         Server.PublicAddress = ip.Equals(IPAddress.Any) || ip.Equals(IPAddress.IPv6Any) ? IPAddress.Loopback : ip;
@@ -86,17 +91,17 @@ public sealed class TurnListener : IAsyncDisposable
     public void Start()
     {
         _loops.Add(UdpLoopAsync(_stop.Token));
-        _loops.Add(AcceptLoopAsync(_stop.Token));
+        _tcp.Start();
         _loops.Add(ExpiryLoopAsync(_stop.Token));
     }
 
-    private async ValueTask<IDatagramSession> OpenSessionAsync(IClientFactory factory, long allocation, CancellationToken ct)
+    private async ValueTask<IAssociation> OpenSessionAsync(IClientFactory factory, long allocation, CancellationToken ct)
     {
         long id = Interlocked.Increment(ref _sessions);
         var request = new ConnectRequest(new Destination("0.0.0.0", 0), factory.ParseSettings(ConnectionSettings.Empty), id, SessionKind.Datagram);
-        if (factory is IDatagramClientFactory native) return await native.OpenDatagramSessionAsync(request, ct).ConfigureAwait(false);
+        if (factory is IDatagramClientFactory native) return await native.OpenAssociationAsync(request, ct).ConfigureAwait(false);
         var stream = await factory.ConnectAsync(request, ct).ConfigureAwait(false);
-        return await StreamDatagramSession.StartAsync(stream, ct).ConfigureAwait(false);
+        return await StreamAssociation.StartAsync(stream, ct).ConfigureAwait(false);
     }
 
     // ---- UDP ---------------------------------------------------------------------------------
@@ -123,7 +128,7 @@ public sealed class TurnListener : IAsyncDisposable
             try { n = await _udp.ReceiveFromAsync(buffer, SocketFlags.None, from, ct).ConfigureAwait(false); }
             catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionReset or SocketError.ConnectionRefused or SocketError.MessageSize) { continue; }
             catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { return; }
-            var remote = UdpAssociation.ToPeer(from);
+            var remote = PeerAddress.From(from);
             // One client object per source address while it has an allocation; a transient one otherwise.
             if (!clients.TryGetValue(remote, out var client))
             {
@@ -151,28 +156,12 @@ public sealed class TurnListener : IAsyncDisposable
 
     // ---- TCP (RFC 5766 §11 framing) --------------------------------------------------------------
 
-    private async Task AcceptLoopAsync(CancellationToken ct)
+    /// <summary>One TCP client, accepted by the listener's loop (spec/session.md §4).</summary>
+    private Task ServeTcpAsync(Socket socket, CancellationToken ct)
     {
-        while (!ct.IsCancellationRequested)
-        {
-            Socket socket;
-            try { socket = await _tcp.AcceptAsync(ct).ConfigureAwait(false); }
-            catch (SocketException) { continue; }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { return; }
-            socket.NoDelay = true;
-            var client = new TcpTurnClient(socket, PeerAddress.From((IPEndPoint)socket.RemoteEndPoint!), DateTimeOffset.UtcNow);
-            lock (_lock)
-            {
-                if (_connections.Count >= _options.Limits.MaxTcpConnections)
-                {
-                    _log.LogWarning("TURN {Transport}: TCP connection from {Client} closed: {Max} connections", _transport, client.Remote, _options.Limits.MaxTcpConnections);
-                    socket.Dispose();
-                    continue;
-                }
-                _connections.Add(client);
-            }
-            _ = ServeTcpAsync(client, ct);
-        }
+        var client = new TcpTurnClient(socket, PeerAddress.From((IPEndPoint)socket.RemoteEndPoint!), DateTimeOffset.UtcNow);
+        lock (_lock) _connections.Add(client);
+        return ServeTcpAsync(client, ct);
     }
 
     private async Task ServeTcpAsync(TcpTurnClient client, CancellationToken ct)
@@ -320,17 +309,18 @@ public sealed class TurnListener : IAsyncDisposable
     {
         if (!_stop.IsCancellationRequested) _stop.Cancel();
         _udp.Dispose();
-        _tcp.Dispose();
+        var tcp = _tcp.StopAsync(new CancellationToken(true)); // no drain: every connection ends now
         List<TcpTurnClient> open;
         lock (_lock) open = [.. _connections];
         foreach (var c in open) c.Close();
-        await Task.WhenAll(_loops).WaitAsync(cancellationToken).ConfigureAwait(false);
+        await Task.WhenAll(_loops.Append(tcp)).WaitAsync(cancellationToken).ConfigureAwait(false);
     }
 
     public async ValueTask DisposeAsync()
     {
         try { await StopAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false); }
         catch (TimeoutException) { }
+        await _tcp.DisposeAsync().ConfigureAwait(false);
         await Server.DisposeAsync().ConfigureAwait(false);
         _stop.Dispose();
     }

@@ -2,10 +2,10 @@ using System.Buffers;
 using System.Net;
 using BenchmarkDotNet.Attributes;
 using PtHost.Contract;
+using PtHost.Net.Udp;
 using PtHost.Socks;
 using PtHost.Transports.Asport;
 using PtHost.Transports.Jet;
-using PtHost.Transports.Plain;
 using PtHost.Transports.Rud;
 using PtHost.Turn;
 
@@ -64,8 +64,8 @@ public class ParserBenchmarks
     [Benchmark(Description = "plain preamble (header + destination)")]
     public Destination? PlainPreamble()
     {
-        int length = PlainWire.ParseHeader(_preamble);
-        return PlainWire.ParseDestination(_preamble.AsSpan(PlainWire.HeaderLength, length));
+        int length = SessionPreamble.ParseHeader(_preamble);
+        return SessionPreamble.ParseDestination(_preamble.AsSpan(SessionPreamble.HeaderLength, length));
     }
 
     [Benchmark(Description = "STUN message (Allocate, 5 attributes, integrity, fingerprint)")]

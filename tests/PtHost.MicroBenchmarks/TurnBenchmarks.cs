@@ -43,7 +43,7 @@ internal static class Turn
     public static async Task<TurnServer> WithChannelAsync(Client client, Session session)
     {
         var server = new TurnServer(new TurnOptions(new IPEndPoint(IPAddress.Loopback, 0), Realm, new Dictionary<string, string> { [User] = Password }),
-            (_, _) => ValueTask.FromResult<IDatagramSession>(session), NullLogger.Instance);
+            (_, _) => ValueTask.FromResult<IAssociation>(session), NullLogger.Instance);
         var tid = new byte[12];
         server.Handle(client, Build(StunMethod.Allocate, tid, null, a => a.UInt32(StunAttribute.RequestedTransport, 17u << 24)));
         Stun.TryParse(client.Last, out var challenge);
@@ -86,7 +86,7 @@ internal static class Turn
         public override void Send(ReadOnlySpan<byte> message) => Last = message.ToArray();
     }
 
-    public sealed class Session : IDatagramSession
+    public sealed class Session : IAssociation
     {
         private readonly TaskCompletionSource _closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public long Sent;

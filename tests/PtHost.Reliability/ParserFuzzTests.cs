@@ -8,7 +8,6 @@ using PtHost.Contract;
 using PtHost.Ipc;
 using PtHost.Reliability.Support;
 using PtHost.Socks;
-using PtHost.Transports.Plain;
 using Xunit.Abstractions;
 
 namespace PtHost.Reliability;
@@ -385,18 +384,18 @@ public class ParserFuzzTests(ITestOutputHelper output)
 
     internal static bool CheckPreamble(byte[] input)
     {
-        int length = PlainWire.ParseHeader(input);
-        Assert.InRange(length, -1, PlainWire.MaxDestinationLength);
-        if (length < 0 || input.Length < PlainWire.HeaderLength + length) return false;
+        int length = SessionPreamble.ParseHeader(input);
+        Assert.InRange(length, -1, SessionPreamble.MaxDestinationLength);
+        if (length < 0 || input.Length < SessionPreamble.HeaderLength + length) return false;
         Destination? d;
-        try { d = PlainWire.ParseDestination(input.AsSpan(PlainWire.HeaderLength, length)); }
+        try { d = SessionPreamble.ParseDestination(input.AsSpan(SessionPreamble.HeaderLength, length)); }
         catch (FormatException) { return false; }
         if (d is null) { Assert.Equal(0, length); return true; }
         Assert.NotEqual(0, d.Port);
         // Rebuilt from the parsed destination (ports may have had leading zeros: spec/ipc.md §3.5 allows 1–5 digits).
-        var rebuilt = PlainWire.BuildRequest(d);
-        Assert.Equal(d, PlainWire.ParseDestination(rebuilt.AsSpan(PlainWire.HeaderLength)));
-        Assert.Equal(rebuilt.Length - PlainWire.HeaderLength, PlainWire.ParseHeader(rebuilt));
+        var rebuilt = SessionPreamble.BuildRequest(d);
+        Assert.Equal(d, SessionPreamble.ParseDestination(rebuilt.AsSpan(SessionPreamble.HeaderLength)));
+        Assert.Equal(rebuilt.Length - SessionPreamble.HeaderLength, SessionPreamble.ParseHeader(rebuilt));
         return true;
     }
 }

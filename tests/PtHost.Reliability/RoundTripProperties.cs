@@ -5,6 +5,7 @@ using FsCheck;
 using FsCheck.Fluent;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net.Udp;
 using PtHost.Socks;
 using PtHost.Transports.Asport;
 using PtHost.Transports.Jet;

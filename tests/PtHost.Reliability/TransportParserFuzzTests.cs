@@ -6,6 +6,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using Newtonsoft.Json;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net.Udp;
 using PtHost.Reliability.Support;
 using PtHost.Transports.Asport;
 using PtHost.Transports.Jet;
@@ -172,7 +173,7 @@ public class TransportParserFuzzTests(ITestOutputHelper output)
             {
                 var s = new NullDatagramSession();
                 lock (sessions) sessions.Add(s);
-                return ValueTask.FromResult<IDatagramSession>(s);
+                return ValueTask.FromResult<IAssociation>(s);
             }, NullLogger.Instance);
         var clients = new[]
         {

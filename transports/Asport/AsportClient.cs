@@ -4,16 +4,15 @@ using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 using PtHost.Net;
-using PtHost.Transports.Plain;
-using PtHost.Turn;
+using PtHost.Net.Udp;
 
 namespace PtHost.Transports.Asport;
 
 /// <summary>
-/// Client process: TCP to the announced public address, plain's preamble, raw bytes; TURN allocations
+/// Client process: TCP to the announced public address, the session preamble, raw bytes; TURN allocations
 /// over UDP to the public port when it is bound, else carried in a TCP session (spec/asport.md §6.2).
 /// </summary>
-internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, IDatagramStreamCarrier
+internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, IStreamCarrier
 {
     /// <summary>The latest announcement; <see cref="Gone"/> fires when a different address replaces it.</summary>
     private sealed record Announcement(Destination Address, bool Udp, CancellationTokenSource Gone);
@@ -80,25 +79,8 @@ internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, IDa
         return await OpenAsync(server, far, request.Kind, cancellationToken).ConfigureAwait(false);
     }
 
-    private async Task<Stream> OpenAsync(Destination server, Destination? far, SessionKind kind, CancellationToken ct)
-    {
-        var stream = await _context.Dialer.ConnectTcpAsync(server, ct).ConfigureAwait(false);
-        try
-        {
-            await PlainWire.RequestAsync(stream, far, $"asport address {server}", ct, kind).ConfigureAwait(false);
-            return stream;
-        }
-        catch (Exception e) when (e is IOException or SocketException)
-        {
-            await stream.DisposeAsync().ConfigureAwait(false);
-            throw new TransportConnectException(ConnectFailure.General, $"asport address {server}: {e.Message}", e);
-        }
-        catch
-        {
-            await stream.DisposeAsync().ConfigureAwait(false);
-            throw;
-        }
-    }
+    private Task<Stream> OpenAsync(Destination server, Destination? far, SessionKind kind, CancellationToken ct) =>
+        SessionPreamble.ConnectAsync(_context.Dialer, server, far, kind, $"asport address {server}", ct);
 
     private readonly CancellationTokenSource _configuredGone = new();
     private int _fallbackLogged;
@@ -108,7 +90,7 @@ internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, IDa
     /// "udp": true, or the "udp" option for a configured address) and no upstream proxy is configured;
     /// otherwise the association is carried in a TCP session to the public TCP port (spec/turn.md §5.2).
     /// </summary>
-    public async ValueTask<IDatagramSession> OpenDatagramSessionAsync(ConnectRequest request, CancellationToken cancellationToken)
+    public async ValueTask<IAssociation> OpenAssociationAsync(ConnectRequest request, CancellationToken cancellationToken)
     {
         Destination server;
         bool udp;
@@ -122,7 +104,7 @@ internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, IDa
                 _log.LogInformation("asport: UDP associations are carried in TCP sessions to {Address} ({Why})", server,
                     udp ? "an upstream proxy is configured" : "the public port has no UDP bound");
             var stream = await ConnectAsync(request, cancellationToken).ConfigureAwait(false);
-            return await StreamDatagramSession.StartAsync(stream, cancellationToken).ConfigureAwait(false);
+            return await StreamAssociation.StartAsync(stream, cancellationToken).ConfigureAwait(false);
         }
         IPAddress address;
         if (server.Address is { } literal) address = literal;
@@ -139,10 +121,8 @@ internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, IDa
             }
         }
         var bind = (_context.Dialer as DirectDialer)?.Bind.For(address);
-        return await AsportDatagramSession.OpenAsync(new IPEndPoint(address, server.Port), bind, gone, _log, cancellationToken).ConfigureAwait(false);
+        return await AsportAssociation.OpenAsync(new IPEndPoint(address, server.Port), bind, gone, _log, cancellationToken).ConfigureAwait(false);
     }
-
-    public TransportStats GetStats() => _context.Counters.Snapshot();
 
     public ValueTask DisposeAsync()
     {
@@ -154,10 +134,10 @@ internal sealed class AsportClient : IClientFactory, IDatagramClientFactory, IDa
 
 /// <summary>
 /// Client process: one TURN allocation = one UDP socket connected to the announced public address
-/// (spec/asport.md §6.2); the association's life is <see cref="FramedDatagramClientSession"/>'s, and a
+/// (spec/asport.md §6.2); the association's life is <see cref="DatagramCarrierAssociation"/>'s, and a
 /// change of the announced address ends it too.
 /// </summary>
-internal sealed class AsportDatagramSession : FramedDatagramClientSession
+internal sealed class AsportAssociation : DatagramCarrierAssociation
 {
     /// <summary>Socket buffers: room for bursts while the TURN server is busy.</summary>
     public const int SocketBuffer = 1 << 20;
@@ -166,7 +146,7 @@ internal sealed class AsportDatagramSession : FramedDatagramClientSession
     private CancellationTokenRegistration _addressGone;
     private bool _refusedSeen;
 
-    private AsportDatagramSession(Socket socket, ILogger log) : base(log, 65536) => _socket = socket;
+    private AsportAssociation(Socket socket, ILogger log) : base(log, 65536) => _socket = socket;
 
     public override int MaxDatagramSize => AsportUdpFrames.MaxPayload;
 
@@ -174,13 +154,13 @@ internal sealed class AsportDatagramSession : FramedDatagramClientSession
     public IPEndPoint Server => (IPEndPoint)_socket.RemoteEndPoint!;
 
     /// <summary>
-    /// Opens an association (OPEN until RELAYED or CLOSE, within <see cref="FramedDatagramClientSession.OpenTimeout"/>).
+    /// Opens an association (OPEN until RELAYED or CLOSE, within <see cref="DatagramCarrierAssociation.OpenTimeout"/>).
     /// <paramref name="addressGone"/> ends the session when the announced address changes.
     /// </summary>
-    public static async Task<AsportDatagramSession> OpenAsync(IPEndPoint server, IPAddress? bind, CancellationToken addressGone, ILogger log, CancellationToken cancellationToken)
+    public static async Task<AsportAssociation> OpenAsync(IPEndPoint server, IPAddress? bind, CancellationToken addressGone, ILogger log, CancellationToken cancellationToken)
     {
         var socket = new Socket(server.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
-        AsportDatagramSession? session = null;
+        AsportAssociation? session = null;
         try
         {
             socket.ReceiveBufferSize = SocketBuffer;
@@ -188,16 +168,16 @@ internal sealed class AsportDatagramSession : FramedDatagramClientSession
             if (bind is not null) socket.Bind(new IPEndPoint(bind, 0));
             socket.Connect(server);
             socket.Blocking = false; // a full send buffer drops the datagram (UDP semantics), it never blocks the TURN server
-            session = new AsportDatagramSession(socket, log);
+            session = new AsportAssociation(socket, log);
             bool? opened;
-            try { opened = await session.OpenAssociationAsync(cancellationToken).ConfigureAwait(false); }
+            try { opened = await session.ExchangeOpenAsync(cancellationToken).ConfigureAwait(false); }
             catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested)
             {
                 throw new TransportConnectException(ConnectFailure.TimedOut,
                     $"no answer over UDP from {server} within {OpenTimeout.TotalSeconds:0} s" + (session._refusedSeen ? " (ICMP port unreachable: is UDP bound there?)" : ""), e);
             }
             if (opened != true) throw new TransportConnectException(ConnectFailure.General, $"the server process refused the UDP association (CLOSE from {server})");
-            session._addressGone = addressGone.Register(static s => ((AsportDatagramSession)s!).Terminate("the announced address changed"), session);
+            session._addressGone = addressGone.Register(static s => ((AsportAssociation)s!).Terminate("the announced address changed"), session);
             return session;
         }
         catch (SocketException e)

@@ -372,7 +372,7 @@ public sealed class AsportRelayClient : IAsyncDisposable
             {
                 if (a is not null) assoc.Remove(id);
                 // Created under the lock: in QUIC mode packets of one association arrive on concurrent streams.
-                var created = _udp!.Open(new AsportUdpPeer(conn, id, address, _options.Mode), payload);
+                var created = _udp!.Open(new AsportPacketWriter(conn, id, address, _options.Mode), payload);
                 if (created is not null) assoc[id] = new Association(id, null, address, created);
                 return;
             }

@@ -24,7 +24,8 @@ internal sealed class AsportRelaySession : IAsyncDisposable
     private readonly AsportRelayOptions _options;
     private readonly ILogger _log;
     private readonly AsportRelay _server;
-    private readonly Socket? _tcp;
+    private readonly Socket? _tcpSocket;
+    private TcpSessionListener? _tcp;
     private readonly Socket? _udp;
     private readonly object _assocLock = new();
     private readonly Dictionary<IPEndPoint, Association> _bySource = [];
@@ -42,7 +43,7 @@ internal sealed class AsportRelaySession : IAsyncDisposable
         _hello = hello;
         _options = options;
         Port = port;
-        _tcp = tcp;
+        _tcpSocket = tcp;
         _udp = udp;
         _log = log;
         _server = server;
@@ -82,28 +83,23 @@ internal sealed class AsportRelaySession : IAsyncDisposable
         using var link = CancellationTokenSource.CreateLinkedTokenSource(stop, _cts.Token);
         var ct = link.Token;
         var tasks = new List<Task> { StreamLoopAsync(ct), DatagramLoopAsync(ct), SweepLoopAsync(ct) };
-        if (_tcp is not null) tasks.Add(TcpAcceptLoopAsync(ct));
+        if (_tcpSocket is not null)
+        {
+            // §4.2: every inbound TCP connection becomes one Connect stream (no limit of our own: the
+            // client's stream credit is the limit).
+            _tcp = new TcpSessionListener($"asport port {Port}", _tcpSocket, (s, _) => ForwardTcpAsync(s, ct), _log, int.MaxValue);
+            _tcp.Start();
+        }
         if (_udp is not null) tasks.Add(UdpReceiveLoopAsync(ct));
         await Task.WhenAny(_conn.Closed, Task.Delay(Timeout.Infinite, ct)).ConfigureAwait(false);
         _cts.Cancel();
-        _tcp?.Dispose();
+        if (_tcp is not null) tasks.Add(_tcp.StopAsync(new CancellationToken(true)));
         _udp?.Dispose();
         try { await Task.WhenAll(tasks).WaitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false); }
         catch (Exception e) when (e is OperationCanceledException or IOException or SocketException or ObjectDisposedException or TimeoutException) { }
     }
 
     // §4.2: one bidirectional stream per inbound TCP connection: Connect + source address, then raw bytes.
-    private async Task TcpAcceptLoopAsync(CancellationToken ct)
-    {
-        while (!ct.IsCancellationRequested)
-        {
-            Socket s;
-            try { s = await _tcp!.AcceptAsync(ct).ConfigureAwait(false); }
-            catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException) { return; }
-            _ = Task.Run(() => ForwardTcpAsync(s, ct), CancellationToken.None);
-        }
-    }
-
     private async Task ForwardTcpAsync(Socket socket, CancellationToken ct)
     {
         using var net = new NetworkStream(socket, ownsSocket: true);
@@ -301,13 +297,13 @@ internal sealed class AsportRelaySession : IAsyncDisposable
     private static IPEndPoint Normalize(IPEndPoint ep) =>
         ep.Address.IsIPv4MappedToIPv6 ? new IPEndPoint(ep.Address.MapToIPv4(), ep.Port) : ep;
 
-    public ValueTask DisposeAsync()
+    public async ValueTask DisposeAsync()
     {
         _cts.Cancel();
-        _tcp?.Dispose();
+        if (_tcp is not null) await _tcp.DisposeAsync().ConfigureAwait(false);
+        else _tcpSocket?.Dispose();
         _udp?.Dispose();
         _server.ReleasePort(Port);
         _cts.Dispose();
-        return ValueTask.CompletedTask;
     }
 }

@@ -7,7 +7,7 @@ namespace PtHost.Transports.Asport;
 /// The asport transport (spec/asport.md §6). The server process is an ASPORT client: it
 /// registers with an ASPORT server and announces the public address it was given (SMETHOD and
 /// an "asport.address" SMESSAGE). The client process reaches that address over TCP; every
-/// session starts with plain's preamble, so bound and free servers both work. TURN allocations
+/// session starts with the session preamble (spec/session.md), so bound and free servers both work. TURN allocations
 /// reach the public UDP port directly when the server bound one (spec/asport.md §6.2).
 /// </summary>
 public sealed class AsportTransport : IPluggableTransport

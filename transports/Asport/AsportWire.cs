@@ -2,8 +2,7 @@ using System.Buffers;
 using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
-using PtHost.Contract;
-using PtHost.Turn;
+using PtHost.Net.Udp;
 
 namespace PtHost.Transports.Asport;
 
@@ -233,22 +232,12 @@ public static class AsportWire
 /// <summary>
 /// The asport transport's UDP mapping (spec/asport.md §6.2): every UDP datagram between the client
 /// process and the public UDP port is exactly one frame of spec/turn.md §5.2 (LENGTH included), with
-/// two frame types of this mapping only: OPEN and CLOSE (<see cref="AssociationFrames"/>).
+/// two frame types of this mapping only: OPEN and CLOSE (<see cref="DatagramFrame"/>).
 /// </summary>
 internal static class AsportUdpFrames
 {
-    public const DatagramFrameType Open = AssociationFrames.Open;
-    public const DatagramFrameType Close = AssociationFrames.Close;
     /// <summary>The largest frame in one datagram: the largest UDP payload over IPv4.</summary>
     public const int MaxFrame = 65507;
     /// <summary>The largest datagram payload a TURN allocation can send this way (any peer family).</summary>
     public const int MaxPayload = MaxFrame - DatagramFrame.MaxHeaderLength;
-
-    public static byte[] OpenFrame => AssociationFrames.OpenFrame;
-    public static byte[] KeepaliveFrame => AssociationFrames.KeepaliveFrame;
-    public static byte[] CloseFrame => AssociationFrames.CloseFrame;
-
-    /// <summary>True when the datagram is exactly one well-formed frame.</summary>
-    public static bool TryRead(ReadOnlySpan<byte> datagram, out DatagramFrameType type, out PeerAddress peer, out Range payload) =>
-        AssociationFrames.TryRead(datagram, out type, out peer, out payload);
 }

@@ -99,7 +99,5 @@ internal sealed class ExternalClient : IClientFactory, IStartableClientFactory
         }
     }
 
-    public TransportStats GetStats() => _context.Counters.Snapshot();
-
     public ValueTask DisposeAsync() => _child.DisposeAsync();
 }

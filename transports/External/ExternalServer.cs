@@ -1,9 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
-using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
-using PtHost.Net;
 
 namespace PtHost.Transports.External;
 
@@ -40,23 +38,23 @@ internal sealed class ExternalServer(TransportEnvironment context) : IServerFact
 /// </summary>
 internal sealed class ExternalServerManager : IServerManager
 {
-    public const int MaxSessions = 16384;
     private readonly TransportEnvironment _context;
     private readonly ExternalOptions _options;
     private readonly ServerBinding _binding;
-    private readonly ILogger _log;
-    private readonly TcpSessionListener _orPort;
+    private readonly ISessionListener _orPort;
     private readonly Pt1Child _child;
-    private static long s_ids;
 
     public ExternalServerManager(TransportEnvironment context, ExternalOptions options, ServerBinding binding)
     {
         _context = context;
         _options = options;
         _binding = binding;
-        _log = context.LoggerFactory.CreateLogger("PtHost.Transports.External");
-        _orPort = new TcpSessionListener(context.Name + "-orport", new IPEndPoint(IPAddress.Loopback, 0), ServeAsync, _log, MaxSessions, context.Counters.SessionFailed);
-        _child = new Pt1Child(context.Name, options, client: false, Environment, _log);
+        var log = context.LoggerFactory.CreateLogger("PtHost.Transports.External");
+        // The child's ORPort connections carry no preamble: each goes to the host's target as it is.
+        var handler = binding.Handler;
+        _orPort = handler.ListenTcp(new IPEndPoint(IPAddress.Loopback, 0),
+            (socket, abort) => handler.ServeRawAsync(new NetworkStream(socket, ownsSocket: true), socket.RemoteEndPoint, abort));
+        _child = new Pt1Child(context.Name, options, client: false, Environment, log);
     }
 
     /// <summary>pt-spec §3.2.3. After a restart the child is asked for the address it first reported, so SMETHOD stays true.</summary>
@@ -73,7 +71,6 @@ internal sealed class ExternalServerManager : IServerManager
 
     public async Task StartAsync(CancellationToken ct)
     {
-        _orPort.Start();
         var endpoint = await _child.StartAsync(ct).ConfigureAwait(false);
         LocalEndPoint = endpoint.EndPoint;
         Args = endpoint.Args;
@@ -83,48 +80,11 @@ internal sealed class ExternalServerManager : IServerManager
 
     public IReadOnlyDictionary<string, string> Args { get; private set; } = new Dictionary<string, string>();
 
-    public TransportStats GetStats() => _context.Counters.Snapshot();
-
-    private async Task ServeAsync(Socket socket, CancellationToken abort)
-    {
-        long id = Interlocked.Increment(ref s_ids);
-        var stream = new NetworkStream(socket, ownsSocket: true);
-        Stream? onward = null;
-        bool opened = false;
-        try
-        {
-            try
-            {
-                onward = await _binding.Handler.OpenAsync(new InboundSession(socket.RemoteEndPoint, null, id), abort).ConfigureAwait(false);
-            }
-            catch (TransportConnectException e)
-            {
-                _context.Counters.SessionFailed();
-                _log.LogInformation("{Name} session {Id}: {Error}", _context.Name, id, e.Message);
-                return;
-            }
-            opened = true;
-            _context.Counters.SessionOpened();
-            await _binding.Handler.RelayAsync(stream, onward, abort).ConfigureAwait(false);
-        }
-        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
-        {
-            _log.LogDebug("{Name} session {Id} ended: {Error}", _context.Name, id, e.Message);
-        }
-        finally
-        {
-            if (opened) _context.Counters.SessionClosed();
-            if (onward is not null) await onward.DisposeAsync().ConfigureAwait(false);
-            await stream.DisposeAsync().ConfigureAwait(false);
-        }
-    }
-
     public Task StopAsync(CancellationToken cancellationToken) => _orPort.StopAsync(cancellationToken);
 
     public async ValueTask DisposeAsync()
     {
         await _child.DisposeAsync().ConfigureAwait(false);
-        await _orPort.StopAsync(new CancellationToken(true)).ConfigureAwait(false);
         await _orPort.DisposeAsync().ConfigureAwait(false);
     }
 }

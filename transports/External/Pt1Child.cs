@@ -1,8 +1,8 @@
 using System.Diagnostics;
 using System.Net;
-using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
 using PtHost.Contract;
+using PtHost.Net.Native;
 
 namespace PtHost.Transports.External;
 
@@ -287,7 +287,7 @@ internal sealed class Pt1Child : IAsyncDisposable
             try { process.StandardInput.Close(); } catch (IOException) { }
             if (await ExitedWithinAsync(process, StdinGrace).ConfigureAwait(false)) return;
             _log.LogInformation("{Name}: {Exec} (pid {Pid}) still runs {Seconds:0} s after stdin closed; sending SIGTERM", _name, _options.Exec, process.Id, StdinGrace.TotalSeconds);
-            _ = kill(process.Id, 15);
+            _ = Libc.Kill(process.Id, 15);
             if (await ExitedWithinAsync(process, TermGrace).ConfigureAwait(false)) return;
             _log.LogWarning("{Name}: {Exec} (pid {Pid}) ignored SIGTERM; killing it", _name, _options.Exec, process.Id);
             process.Kill(entireProcessTree: true);
@@ -306,9 +306,6 @@ internal sealed class Pt1Child : IAsyncDisposable
         }
         catch (OperationCanceledException) { return false; }
     }
-
-    [DllImport("libc", SetLastError = true)]
-    private static extern int kill(int pid, int sig);
 
     public async ValueTask DisposeAsync()
     {

@@ -1,12 +1,10 @@
-using System.Collections.Concurrent;
 using System.Net.Security;
 using System.Security.Authentication;
-using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 using PtHost.Net;
-using PtHost.Transports.Plain;
+using PtHost.Net.Tls;
 
 namespace PtHost.Transports.Jet;
 
@@ -14,14 +12,12 @@ namespace PtHost.Transports.Jet;
 internal sealed record JetSettings(Destination? Destination);
 
 /// <summary>The client side (spec/jet.md §7.3, client steps): offer, race every candidate, keep the first usable.</summary>
-internal sealed class JetClient : IClientFactory, IDatagramStreamCarrier
+internal sealed class JetClient : IClientFactory, IStreamCarrier
 {
     private readonly TransportEnvironment _context;
     private readonly JetClientOptions _options;
     private readonly ILogger _log;
-    private readonly CancellationTokenSource _stop = new();
-    private readonly ConcurrentDictionary<string, PendingOffer> _pending = new(StringComparer.Ordinal);
-    private readonly Task _answers;
+    private readonly SignalOffers _offers;
     private readonly SslStreamCertificateContext _certificateContext;
     private readonly JetSession _session;
 
@@ -32,11 +28,8 @@ internal sealed class JetClient : IClientFactory, IDatagramStreamCarrier
         _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Jet");
         _certificateContext = SslStreamCertificateContext.Create(options.Certificate, null, offline: true);
         _session = new JetSession(context.Dialer);
-        _answers = ReadAnswersAsync(_stop.Token);
+        _offers = new SignalOffers(context.Signals, "jet", JetSignals.Offer, JetSignals.Answer, options.SignalTimeout, _log);
     }
-
-    /// <summary>How often an unanswered offer is sent again: a third of the signal timeout, at most 5 s.</summary>
-    private TimeSpan ResendInterval => TimeSpan.FromTicks(Math.Min(_options.SignalTimeout.Ticks / 3, TimeSpan.FromSeconds(5).Ticks));
 
     public object? ParseSettings(ConnectionSettings settings)
     {
@@ -57,7 +50,7 @@ internal sealed class JetClient : IClientFactory, IDatagramStreamCarrier
         {
             using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             limit.CancelAfter(_options.TlsTimeout);
-            try { await PlainWire.RequestAsync(tls, far, "jet server", limit.Token, request.Kind).ConfigureAwait(false); }
+            try { await SessionPreamble.RequestAsync(tls, far, "jet server", limit.Token, request.Kind).ConfigureAwait(false); }
             catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
             {
                 throw new TransportConnectException(ConnectFailure.TimedOut, $"jet server did not reply within {_options.TlsTimeout.TotalSeconds:0.###} s");
@@ -133,7 +126,7 @@ internal sealed class JetClient : IClientFactory, IDatagramStreamCarrier
             var result = new HalfClosableTlsStream(tls, stream);
             try
             {
-                await tls.AuthenticateAsClientAsync(JetSession.ClientTls(_certificateContext, _options.ServerPin), limit.Token).ConfigureAwait(false);
+                await tls.AuthenticateAsClientAsync(PinnedTls.ClientOptions(_certificateContext, _options.ServerPin), limit.Token).ConfigureAwait(false);
                 return result;
             }
             catch
@@ -159,41 +152,9 @@ internal sealed class JetClient : IClientFactory, IDatagramStreamCarrier
         }
     }
 
-    /// <summary>§7.3 steps 1–2: sends the offer, again every <see cref="ResendInterval"/>, until an answer or the signal timeout.</summary>
-    private async Task<(Guid, IReadOnlyList<JetCandidate>)> OfferAsync(long session, CancellationToken ct)
-    {
-        string nonce = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16));
-        var pending = new PendingOffer();
-        _pending[nonce] = pending;
-        var deadline = DateTimeOffset.UtcNow + _options.SignalTimeout;
-        var body = new JObject { ["nonce"] = nonce };
-        try
-        {
-            using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            limit.CancelAfter(_options.SignalTimeout);
-            while (true)
-            {
-                lock (pending) pending.MessageIds.Add(_context.Signals.Send(new Signal(JetSignals.Offer, body) { Expires = deadline }));
-                try
-                {
-                    var answer = await pending.Answer.Task.WaitAsync(ResendInterval, limit.Token).ConfigureAwait(false);
-                    return ReadAnswer(answer);
-                }
-                catch (TimeoutException)
-                {
-                    _log.LogDebug("jet session {Id}: no answer yet; offering again", session);
-                }
-            }
-        }
-        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
-        {
-            throw new TransportConnectException(ConnectFailure.TimedOut, $"jet: no answer to the offer within {_options.SignalTimeout.TotalSeconds:0.###} s (are CMESSAGE/SMESSAGE lines carried?)");
-        }
-        finally
-        {
-            _pending.TryRemove(nonce, out _);
-        }
-    }
+    /// <summary>§7.3 steps 1–2: the offer carries only its nonce; the answer, the association and its candidates.</summary>
+    private async Task<(Guid, IReadOnlyList<JetCandidate>)> OfferAsync(long session, CancellationToken ct) =>
+        ReadAnswer(await _offers.OfferAsync([], session, ct).ConfigureAwait(false));
 
     /// <summary>Validates an answer (§7.2): an error, or an association and at least one well-formed candidate.</summary>
     internal static (Guid, IReadOnlyList<JetCandidate>) ReadAnswer(JObject answer)
@@ -218,43 +179,10 @@ internal sealed class JetClient : IClientFactory, IDatagramStreamCarrier
         return (association, result);
     }
 
-    /// <summary>Hands each answer to the offer it names (by nonce), if it replies to one of that offer's messages.</summary>
-    private async Task ReadAnswersAsync(CancellationToken ct)
-    {
-        try
-        {
-            await foreach (var s in _context.Signals.Incoming.ReadAllAsync(ct).ConfigureAwait(false))
-            {
-                if (s.Kind != JetSignals.Answer || s.Body is not JObject body) continue;
-                if (body["nonce"] is not { Type: JTokenType.String } n || !_pending.TryGetValue((string)n!, out var pending))
-                {
-                    _log.LogDebug("jet: answer {Id} matches no waiting offer (late or foreign); dropped", s.MessageId);
-                    continue;
-                }
-                bool replies;
-                lock (pending) replies = pending.MessageIds.Contains(s.ReplyTo);
-                if (replies) pending.Answer.TrySetResult(body);
-                else _log.LogWarning("jet: answer {Id} names an offer's nonce but replies to none of its messages; dropped", s.MessageId);
-            }
-        }
-        catch (OperationCanceledException) { }
-        catch (System.Threading.Channels.ChannelClosedException) { }
-    }
-
-    public TransportStats GetStats() => _context.Counters.Snapshot();
-
     public async ValueTask DisposeAsync()
     {
-        _stop.Cancel();
-        await _answers.ConfigureAwait(false);
-        _stop.Dispose();
+        await _offers.DisposeAsync().ConfigureAwait(false);
         _session.Dispose();
         _options.Certificate.Dispose();
-    }
-
-    private sealed class PendingOffer
-    {
-        public HashSet<long> MessageIds { get; } = [];
-        public TaskCompletionSource<JObject> Answer { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 }

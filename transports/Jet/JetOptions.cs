@@ -1,7 +1,7 @@
 using System.Security.Cryptography.X509Certificates;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
-using PtHost.Transports.Zephyr;
+using PtHost.Net.Tls;
 
 namespace PtHost.Transports.Jet;
 
@@ -13,7 +13,7 @@ internal sealed record JetClientOptions(byte[] ServerPin, X509Certificate2 Certi
         var r = OptionsReader.For(options, JetOptions.Path);
         if (r.IsAbsent) throw r.Fail("is required: an object with \"serverPin\", \"certificate\" and \"key\" (pthost generate-config jet)");
         r.RejectUnknown("serverPin", "certificate", "key", "signalTimeout", "tlsTimeout");
-        byte[] pin = r.Require("serverPin").Parse("serverPin", ZephyrCredentials.ParsePin, "must be 64 hex digits (SHA-256 of the server certificate)")!;
+        byte[] pin = PinnedTlsOptions.ReadServerPin(r);
         var cert = JetOptions.Certificate(r) ?? throw r.Fail("certificate", "is required with \"key\" (PEM)");
         return new(pin, cert, JetOptions.Seconds(r, "signalTimeout", JetDefaults.SignalTimeout), JetOptions.Seconds(r, "tlsTimeout", JetDefaults.TlsTimeout));
     }
@@ -36,7 +36,7 @@ internal sealed record JetServerOptions(
         var relay = r.Parse("relay", t => Uri.TryCreate(t, UriKind.Absolute, out var u) && u.Scheme is "http" or "https" && u.AbsolutePath == "/" && u.Query.Length == 0 ? u : null,
             "must be the relay's REST base URL, http(s)://host:port");
         var kinds = r.List("kinds", t => AllKinds.Contains(t) ? t : null, "must be \"tcp\", \"tls\", \"ws\", \"wss\" or \"direct\"", nonEmpty: true) ?? RelayKinds;
-        var pins = r.List("clientPins", ZephyrCredentials.ParsePin, "must be 64 hex digits (SHA-256 of a client certificate)") ?? [];
+        var pins = PinnedTlsOptions.ReadClientPins(r);
         return new(relay, r.String("apiKey"), new HashSet<string>(kinds, StringComparer.Ordinal), r.Destination("directAddress"), pins, JetOptions.Certificate(r),
             JetOptions.Seconds(r, "signalTimeout", JetDefaults.SignalTimeout), JetOptions.Seconds(r, "tlsTimeout", JetDefaults.TlsTimeout));
     }
@@ -56,12 +56,5 @@ internal static class JetOptions
     public static TimeSpan Seconds(OptionsReader r, string key, TimeSpan fallback) => r.Seconds(key, fallback, max: 3600);
 
     /// <summary><c>certificate</c> and <c>key</c> (PEM); null when neither is given.</summary>
-    public static X509Certificate2? Certificate(OptionsReader r)
-    {
-        string? pem = r.String("certificate"), key = r.String("key");
-        if (pem is null && key is null) return null;
-        if (pem is null || key is null) throw r.Fail(pem is null ? "certificate" : "key", "goes together with \"" + (pem is null ? "key" : "certificate") + "\"");
-        try { return ZephyrCredentials.FromPem(pem, key, "jet"); }
-        catch (TransportOptionsException e) { throw r.Fail("certificate", "certificate/key PEM unusable: " + (e.InnerException?.Message ?? e.Message), e); }
-    }
+    public static X509Certificate2? Certificate(OptionsReader r) => PinnedTlsOptions.ReadCertificate(r, "jet", allowPkcs12: false);
 }

@@ -1,10 +1,10 @@
-using PtHost.Net;
 using System.Buffers;
 using System.Net;
 using System.Net.Security;
 using System.Net.Sockets;
 using System.Security.Authentication;
 using Microsoft.Extensions.Logging;
+using PtHost.Net;
 
 namespace PtHost.Transports.Jet;
 
@@ -13,47 +13,23 @@ public sealed partial class JetRelay
 {
     private IPEndPoint StartBinaryListener(IPEndPoint listen, CandidateKind kind)
     {
-        var socket = new Socket(listen.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-        try
-        {
-            if (listen.AddressFamily == AddressFamily.InterNetworkV6 && listen.Address.Equals(IPAddress.IPv6Any)) socket.DualMode = true;
-            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
-            socket.Bind(listen);
-            socket.Listen(4096);
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
-        }
-        _listeners.Add(socket);
-        _acceptLoops.Add(AcceptLoopAsync(socket, kind));
-        return (IPEndPoint)socket.LocalEndPoint!;
+        var socket = TcpSessionListener.Listen(listen, reuseAddress: true, dualMode: true);
+        // The relay keeps its own limits (§5.5), applied in accept order: the shared loop runs Admit inline.
+        var listener = new TcpSessionListener($"jet relay {kind}", socket, (s, _) => AdmitBinary(s, kind), _log, int.MaxValue, inline: true);
+        _listeners.Add(listener);
+        listener.Start();
+        return listener.LocalEndPoint;
     }
 
-    private async Task AcceptLoopAsync(Socket listener, CandidateKind kind)
+    private Task AdmitBinary(Socket socket, CandidateKind kind)
     {
-        while (!_stop.IsCancellationRequested)
+        Interlocked.Increment(ref _accepted);
+        if (!Admit((socket.RemoteEndPoint as IPEndPoint)?.Address))
         {
-            Socket socket;
-            try { socket = await listener.AcceptAsync(_stop.Token).ConfigureAwait(false); }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { return; }
-            catch (SocketException e)
-            {
-                if (_stop.IsCancellationRequested) return;
-                _log.LogWarning("accept failed: {Message}", e.Message);
-                try { await Task.Delay(100, _stop.Token).ConfigureAwait(false); }
-                catch (OperationCanceledException) { return; }
-                continue;
-            }
-            Interlocked.Increment(ref _accepted);
-            if (!Admit((socket.RemoteEndPoint as IPEndPoint)?.Address))
-            {
-                socket.Dispose(); // §5.5: over a limit, closed at once
-                continue;
-            }
-            _ = ServeBinaryAsync(socket, kind);
+            socket.Dispose(); // §5.5: over a limit, closed at once
+            return Task.CompletedTask;
         }
+        return ServeBinaryAsync(socket, kind);
     }
 
     private async Task ServeBinaryAsync(Socket socket, CandidateKind kind)

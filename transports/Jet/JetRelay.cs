@@ -1,20 +1,16 @@
-using System.Buffers;
 using System.Net;
 using System.Net.Security;
 using System.Net.Sockets;
-using System.Security.Authentication;
-using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using System.Text;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
-using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
-using Newtonsoft.Json.Linq;
-using PtHost.Transports.Zephyr;
+using PtHost.Net;
+using PtHost.Net.Tls;
 
 namespace PtHost.Transports.Jet;
 
@@ -40,8 +36,7 @@ public sealed partial class JetRelay : IAsyncDisposable
     private readonly Dictionary<Guid, Association> _associations = [];
     private readonly Dictionary<IPAddress, int> _perSource = [];
     private readonly CancellationTokenSource _stop = new();
-    private readonly List<Task> _acceptLoops = [];
-    private readonly List<Socket> _listeners = [];
+    private readonly List<TcpSessionListener> _listeners = [];
     private readonly byte[]? _apiKey;
     private X509Certificate2? _certificate;
     private SslStreamCertificateContext? _certificateContext;
@@ -65,14 +60,14 @@ public sealed partial class JetRelay : IAsyncDisposable
     public IPEndPoint? WssEndPoint { get; private set; }
 
     /// <summary>The SHA-256 pin of the tls/wss certificate (64 hex digits), or null without TLS listeners.</summary>
-    public string? CertificatePin => _certificate is null ? null : ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(_certificate));
+    public string? CertificatePin => _certificate is null ? null : PinnedTls.FormatPin(PinnedTls.Pin(_certificate));
 
     /// <summary>Binds every listener. Throws <see cref="SocketException"/> or <see cref="IOException"/> when an address cannot be bound.</summary>
     public async Task StartAsync(CancellationToken cancellationToken)
     {
         if (_options.Tls is not null || _options.Wss is not null)
         {
-            _certificate = _options.Certificate ?? ZephyrCredentials.Generate(_options.Instance);
+            _certificate = _options.Certificate ?? PinnedTls.Generate(_options.Instance);
             _certificateContext = SslStreamCertificateContext.Create(_certificate, null, offline: true);
         }
         if (_options.Tcp is { } tcp) TcpEndPoint = StartBinaryListener(tcp, CandidateKind.Tcp);
@@ -139,8 +134,8 @@ public sealed partial class JetRelay : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await _stop.CancelAsync().ConfigureAwait(false);
-        foreach (var l in _listeners) l.Dispose();
-        await Task.WhenAll(_acceptLoops).ConfigureAwait(false);
+        // Stop accepting; the connections still open end with _stop (waited for at the end, briefly).
+        var stopped = Task.WhenAll(_listeners.Select(l => l.StopAsync(new CancellationToken(true))));
         if (_web is not null)
         {
             using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(5));
@@ -156,6 +151,8 @@ public sealed partial class JetRelay : IAsyncDisposable
                 foreach (var c in a.Candidates.Values)
                     if (c.Waiter is { } w) waiting.Add(w);
         foreach (var w in waiting) w.Cut();
+        try { await stopped.WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false); }
+        catch (TimeoutException) { }
         _certificate?.Dispose();
         _stop.Dispose();
     }

@@ -2,7 +2,7 @@ using System.Net;
 using System.Security.Cryptography.X509Certificates;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
-using PtHost.Transports.Zephyr;
+using PtHost.Net.Tls;
 
 namespace PtHost.Transports.Jet;
 
@@ -174,7 +174,7 @@ public sealed record JetRelayOptions
         };
     }
 
-    internal static X509Certificate2 LoadPem(string certPem, string keyPem) => ZephyrCredentials.FromPem(certPem, keyPem, "jet relay");
+    internal static X509Certificate2 LoadPem(string certPem, string keyPem) => PinnedTls.FromPem(certPem, keyPem, "jet relay");
 
     /// <summary>"ip:port" (port 0: any free port), or false: the listener is off.</summary>
     private static IPEndPoint? EndPoint(OptionsReader o, string key) =>

@@ -9,36 +9,15 @@ using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 using PtHost.Net;
-using PtHost.Transports.Plain;
-using PtHost.Transports.Zephyr;
+using PtHost.Net.Tls;
 
 namespace PtHost.Transports.Jet;
 
 /// <summary>The server factory: generates configurations and starts <see cref="JetServerManager"/>s.</summary>
 internal sealed class JetServer(TransportEnvironment context, JetServerOptions options) : IServerFactory
 {
-    public const string CertificateFile = "server-cert.pem";
-    public const string KeyFile = "server-key.pem";
-
     /// <summary>A fresh server and client certificate, each side pinning the other (§7.4).</summary>
-    public GeneratedConfiguration GenerateConfiguration()
-    {
-        using var server = ZephyrCredentials.Generate("jet server");
-        using var client = ZephyrCredentials.Generate("jet client");
-        var clientOptions = new JObject
-        {
-            ["serverPin"] = ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(server)),
-            ["certificate"] = ZephyrCredentials.CertificatePem(client),
-            ["key"] = ZephyrCredentials.KeyPem(client),
-        };
-        var serverOptions = new JObject
-        {
-            ["certificate"] = ZephyrCredentials.CertificatePem(server),
-            ["key"] = ZephyrCredentials.KeyPem(server),
-            ["clientPins"] = new JArray(ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(client))),
-        };
-        return new(clientOptions, serverOptions);
-    }
+    public GeneratedConfiguration GenerateConfiguration() => PinnedTls.GenerateConfiguration("jet");
 
     public ValueTask<IServerManager> ListenAsync(ServerBinding binding, CancellationToken cancellationToken) => StartAsync(binding);
 
@@ -52,23 +31,9 @@ internal sealed class JetServer(TransportEnvironment context, JetServerOptions o
             throw new TransportOptionsException("jet server needs \"relay\" (the relay's REST base URL) or \"direct\" in \"kinds\"");
         if (options.Relay is null && options.Kinds.Any(k => k != "direct"))
             throw new TransportOptionsException("jet server: \"kinds\" names relay candidates but \"relay\" is not set");
-        var cert = options.Certificate ?? LoadOrCreateStateCertificate();
+        // §7.4: without a configured certificate, the one kept in the state directory.
+        var cert = options.Certificate ?? PinnedTls.LoadOrCreateServerCertificate(context.StateDirectory, "jet");
         return ValueTask.FromResult<IServerManager>(new JetServerManager(context, options, cert, binding));
-    }
-
-    /// <summary>The server certificate kept in the state directory, created on first use (§7.4).</summary>
-    private X509Certificate2 LoadOrCreateStateCertificate()
-    {
-        string certPath = Path.Combine(context.StateDirectory, CertificateFile), keyPath = Path.Combine(context.StateDirectory, KeyFile);
-        if (File.Exists(certPath) && File.Exists(keyPath))
-            return ZephyrCredentials.FromPem(File.ReadAllText(certPath), File.ReadAllText(keyPath), $"jet server (state directory {context.StateDirectory})");
-        using var cert = ZephyrCredentials.Generate("jet server");
-        Directory.CreateDirectory(context.StateDirectory);
-        var keyOptions = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write };
-        if (!OperatingSystem.IsWindows()) keyOptions.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
-        using (var w = new StreamWriter(keyPath, keyOptions)) w.Write(ZephyrCredentials.KeyPem(cert));
-        File.WriteAllText(certPath, ZephyrCredentials.CertificatePem(cert));
-        return X509CertificateLoader.LoadPkcs12(cert.Export(X509ContentType.Pkcs12), null);
     }
 
     public ValueTask DisposeAsync() => ValueTask.CompletedTask;
@@ -98,9 +63,8 @@ internal sealed class JetServerManager : IServerManager
     private int _pending;
     private readonly ConcurrentDictionary<Guid, Offer> _direct = new();
     private readonly ConcurrentDictionary<long, Task> _tasks = new();
-    private readonly Socket? _listener;
+    private readonly ISessionListener? _listener;
     private readonly Task _signalLoop;
-    private readonly Task _acceptLoop = Task.CompletedTask;
     private static long s_ids;
 
     public JetServerManager(TransportEnvironment context, JetServerOptions options, X509Certificate2 certificate, ServerBinding binding)
@@ -117,22 +81,10 @@ internal sealed class JetServerManager : IServerManager
         LocalEndPoint = binding.BindAddress;
         if (options.Direct)
         {
-            var socket = new Socket(binding.BindAddress.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-            try
-            {
-                socket.Bind(binding.BindAddress);
-                socket.Listen(512);
-            }
-            catch
-            {
-                socket.Dispose();
-                throw;
-            }
-            _listener = socket;
-            LocalEndPoint = (IPEndPoint)socket.LocalEndPoint!;
-            _acceptLoop = AcceptDirectAsync(socket);
+            _listener = binding.Handler.ListenTcp(binding.BindAddress, (socket, _) => ServeDirectAsync(socket));
+            LocalEndPoint = _listener.LocalEndPoint;
         }
-        string pin = ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(certificate));
+        string pin = PinnedTls.FormatPin(PinnedTls.Pin(certificate));
         Args = new Dictionary<string, string> { ["pin"] = pin };
         _log.LogInformation("jet server: certificate pin {Pin}; relay {Relay}; candidates {Kinds}{Direct}", pin, options.Relay?.ToString() ?? "none",
             string.Join(",", options.Kinds.Order()), options.Direct ? $" (direct on {LocalEndPoint})" : "");
@@ -142,8 +94,6 @@ internal sealed class JetServerManager : IServerManager
     public IPEndPoint LocalEndPoint { get; }
 
     public IReadOnlyDictionary<string, string> Args { get; }
-
-    public TransportStats GetStats() => _context.Counters.Snapshot();
 
     /// <summary>How long an offer's candidates wait for the client: its race may start a signal timeout late and take a TLS timeout.</summary>
     private TimeSpan OfferLifetime => _options.SignalTimeout + _options.TlsTimeout + _options.TlsTimeout;
@@ -172,7 +122,7 @@ internal sealed class JetServerManager : IServerManager
             await foreach (var s in _context.Signals.Incoming.ReadAllAsync(_stopping.Token).ConfigureAwait(false))
             {
                 if (s.Kind != JetSignals.Offer || s.ClientId is null) continue;
-                if (s.Body is not JObject body || body["nonce"] is not { Type: JTokenType.String } n || ((string)n!).Length is 0 or > JetSignals.MaxNonceLength)
+                if (s.Body is not JObject body || body["nonce"] is not { Type: JTokenType.String } n || ((string)n!).Length is 0 or > SignalOffers.MaxNonceLength)
                 {
                     _log.LogWarning("jet: offer {Id} from {Client} dropped: no valid \"nonce\"", s.MessageId, s.ClientId);
                     continue;
@@ -214,22 +164,8 @@ internal sealed class JetServerManager : IServerManager
 
     private async Task AnswerAgainAsync(Signal s, Offer offer) => Answer(s, await offer.Answer.Task.ConfigureAwait(false));
 
-    private void Answer(Signal offer, JObject body)
-    {
-        try
-        {
-            _context.Signals.Send(new Signal(JetSignals.Answer, body)
-            {
-                ClientId = offer.ClientId,
-                ReplyTo = offer.MessageId,
-                Expires = DateTimeOffset.UtcNow + _options.SignalTimeout,
-            });
-        }
-        catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
-        {
-            _log.LogDebug("jet: answer to {Id} not sent: {Error}", offer.MessageId, e.Message);
-        }
-    }
+    private void Answer(Signal offer, JObject body) =>
+        SignalOffers.Answer(_context.Signals, JetSignals.Answer, offer, body, _options.SignalTimeout, _log);
 
     /// <summary>§7.3 server steps 1–4 for one offer, then waits for its session (or the offer's lifetime) and cleans up.</summary>
     private async Task ServeOfferAsync(Signal signal, Offer offer)
@@ -293,7 +229,7 @@ internal sealed class JetServerManager : IServerManager
             Answer(signal, answer);
             if (listed.Count == 0)
             {
-                _context.Counters.SessionFailed();
+                _binding.Handler.SessionFailed(null, $"jet offer {offer.Id}: {answer["error"]}");
                 return;
             }
             _log.LogDebug("jet offer {Id}: association {Aid}, {Count} candidates offered", offer.Id, offer.Association, listed.Count);
@@ -304,8 +240,7 @@ internal sealed class JetServerManager : IServerManager
             {
                 if (Volatile.Read(ref offer.Claimed) == 0)
                 {
-                    _log.LogInformation("jet offer {Id}: no client came within {Seconds}s; candidates closed", offer.Id, OfferLifetime.TotalSeconds);
-                    _context.Counters.SessionFailed();
+                    _binding.Handler.SessionFailed(null, $"jet offer {offer.Id}: no client came within {OfferLifetime.TotalSeconds}s; candidates closed");
                     CutCandidates(offer, keep: -1);
                 }
                 else await offer.Done.Task.WaitAsync(abort).ConfigureAwait(false);
@@ -399,13 +334,10 @@ internal sealed class JetServerManager : IServerManager
         using var cut = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
         offer.Candidates[key] = cut;
         HalfClosableTlsStream? tlsStream = null;
-        Stream? onward = null;
-        bool opened = false;
+        bool handedOver = false;
         try
         {
-            Destination? destination;
-            SessionKind sessionKind;
-            SslStream tls;
+            SessionRequest request;
             using (var limit = CancellationTokenSource.CreateLinkedTokenSource(cut.Token))
             {
                 limit.CancelAfter(OfferLifetime);
@@ -419,10 +351,11 @@ internal sealed class JetServerManager : IServerManager
                     return;
                 }
                 var inner = new PrefixedStream(first, stream);
-                tls = new SslStream(inner, leaveInnerStreamOpen: true);
+                var tls = new SslStream(inner, leaveInnerStreamOpen: true);
                 tlsStream = new HalfClosableTlsStream(tls, inner);
-                await tls.AuthenticateAsServerAsync(JetSession.ServerTls(_certificateContext, _options.ClientPins), limit.Token).ConfigureAwait(false);
-                try { (destination, sessionKind) = await PlainWire.ReadPreambleAsync(tls, limit.Token).ConfigureAwait(false); }
+                await tls.AuthenticateAsServerAsync(PinnedTls.ServerOptions(_certificateContext, _options.ClientPins), limit.Token).ConfigureAwait(false);
+                // The first candidate to deliver a preamble is the session (§7.3 step 5): jet reads it itself.
+                try { request = await SessionPreamble.ReadAsync(tls, limit.Token).ConfigureAwait(false); }
                 catch (EndOfStreamException)
                 {
                     _log.LogDebug("jet offer {Id}: {Kind} candidate closed by the client (lost the race)", offer.Id, kind);
@@ -431,15 +364,6 @@ internal sealed class JetServerManager : IServerManager
                 catch (InvalidDataException)
                 {
                     _log.LogInformation("jet offer {Id}: not a preamble inside TLS on the {Kind} candidate; closed", offer.Id, kind);
-                    return;
-                }
-                catch (FormatException e)
-                {
-                    if (Interlocked.CompareExchange(ref offer.Claimed, 1, 0) == 0) _context.Counters.SessionFailed();
-                    Settle(offer);
-                    await tls.WriteAsync(new[] { (byte)ConnectFailure.AddressTypeNotSupported }, limit.Token).ConfigureAwait(false);
-                    _log.LogInformation("jet offer {Id}: {Error}", offer.Id, e.Message);
-                    offer.Done.TrySetResult();
                     return;
                 }
             }
@@ -451,23 +375,8 @@ internal sealed class JetServerManager : IServerManager
             Settle(offer);
             CutCandidates(offer, keep: key);
             _log.LogDebug("jet offer {Id}: session on the {Kind} candidate", offer.Id, kind);
-            try
-            {
-                onward = await _binding.Handler.OpenAsync(new InboundSession(remote, destination, offer.Id, sessionKind), _abort.Token).ConfigureAwait(false);
-            }
-            catch (TransportConnectException e)
-            {
-                _context.Counters.SessionFailed();
-                _log.LogInformation("jet offer {Id}: {Error}", offer.Id, e.Message);
-                using var replyLimit = new CancellationTokenSource(_options.TlsTimeout);
-                await tls.WriteAsync(new[] { (byte)e.Failure }, replyLimit.Token).ConfigureAwait(false);
-                return;
-            }
-            using (var replyLimit = new CancellationTokenSource(_options.TlsTimeout))
-                await tls.WriteAsync(new byte[] { 0 }, replyLimit.Token).ConfigureAwait(false);
-            opened = true;
-            _context.Counters.SessionOpened();
-            await _binding.Handler.RelayAsync(tlsStream, onward, _abort.Token).ConfigureAwait(false);
+            handedOver = true;
+            await _binding.Handler.ServeAsync(tlsStream, remote, request, _abort.Token).ConfigureAwait(false);
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or EndOfStreamException
             or ObjectDisposedException or AuthenticationException or InvalidDataException)
@@ -479,43 +388,18 @@ internal sealed class JetServerManager : IServerManager
         finally
         {
             offer.Candidates.TryRemove(key, out _);
-            if (opened)
-            {
-                _context.Counters.SessionClosed();
-                offer.Done.TrySetResult();
-            }
-            if (onward is not null) await onward.DisposeAsync().ConfigureAwait(false);
-            if (tlsStream is not null) await tlsStream.DisposeAsync().ConfigureAwait(false);
+            if (handedOver) offer.Done.TrySetResult();
+            else if (tlsStream is not null) await tlsStream.DisposeAsync().ConfigureAwait(false);
             else await stream.DisposeAsync().ConfigureAwait(false);
-            if (Volatile.Read(ref offer.Claimed) != 0 && !opened && offer.Candidates.IsEmpty) offer.Done.TrySetResult();
+            if (Volatile.Read(ref offer.Claimed) != 0 && !handedOver && offer.Candidates.IsEmpty) offer.Done.TrySetResult();
         }
     }
 
     // ---- §7.3 direct candidates ----
 
-    private async Task AcceptDirectAsync(Socket listener)
-    {
-        while (!_stopping.IsCancellationRequested)
-        {
-            Socket socket;
-            try { socket = await listener.AcceptAsync(_stopping.Token).ConfigureAwait(false); }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { return; }
-            catch (SocketException e)
-            {
-                if (_stopping.IsCancellationRequested) return;
-                _log.LogWarning("jet direct: accept failed: {Error}", e.Message);
-                try { await Task.Delay(100, _stopping.Token).ConfigureAwait(false); }
-                catch (OperationCanceledException) { return; }
-                continue;
-            }
-            Track(ServeDirectAsync(socket));
-        }
-    }
-
     /// <summary>A client's connect on the direct listener: only a live offer's association and its direct candidate are accepted (404 otherwise).</summary>
     private async Task ServeDirectAsync(Socket socket)
     {
-        socket.NoDelay = true;
         var remote = socket.RemoteEndPoint!;
         var stream = new NetworkStream(socket, ownsSocket: true);
         bool handedOver = false;
@@ -559,20 +443,22 @@ internal sealed class JetServerManager : IServerManager
     public async Task StopAsync(CancellationToken cancellationToken)
     {
         if (!_stopping.IsCancellationRequested) _stopping.Cancel();
-        _listener?.Dispose();
         await _signalLoop.ConfigureAwait(false);
-        await _acceptLoop.ConfigureAwait(false);
-        try { await Task.WhenAll(_tasks.Values).WaitAsync(cancellationToken).ConfigureAwait(false); }
+        // Direct connections are the listener's to drain; the session each one carries watches _abort.
+        var direct = _listener?.StopAsync(cancellationToken) ?? Task.CompletedTask;
+        try { await Task.WhenAll(Task.WhenAll(_tasks.Values), direct).WaitAsync(cancellationToken).ConfigureAwait(false); }
         catch (OperationCanceledException)
         {
             _abort.Cancel();
             await Task.WhenAll(_tasks.Values).ConfigureAwait(false);
+            await direct.ConfigureAwait(false);
         }
     }
 
     public async ValueTask DisposeAsync()
     {
         await StopAsync(new CancellationToken(true)).ConfigureAwait(false);
+        if (_listener is not null) await _listener.DisposeAsync().ConfigureAwait(false);
         _stopping.Dispose();
         _abort.Dispose();
         _session.Dispose();

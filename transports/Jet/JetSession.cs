@@ -2,10 +2,8 @@ using System.Net.Security;
 using System.Net.Sockets;
 using System.Net.WebSockets;
 using System.Security.Authentication;
-using System.Security.Cryptography.X509Certificates;
 using PtHost.Contract;
 using PtHost.Net;
-using PtHost.Transports.Zephyr;
 
 namespace PtHost.Transports.Jet;
 
@@ -16,8 +14,8 @@ internal sealed record JetCandidate(Guid Id, Uri Url, bool Direct)
 }
 
 /// <summary>
-/// The steps both peers share (spec/jet.md §7.3–7.4): opening a candidate as acceptor or connector
-/// through the host's dialer, and the pinned TLS 1.3 parameters (zephyr's credentials).
+/// The step both peers share (spec/jet.md §7.3): opening a candidate as acceptor or connector
+/// through the host's dialer. The TLS of §7.4 is <see cref="PtHost.Net.Tls.PinnedTls"/>.
 /// </summary>
 internal sealed class JetSession : IDisposable
 {
@@ -148,29 +146,6 @@ internal sealed class JetSession : IDisposable
         JetWire.ApplyMask(payload, mask);
         return JetWire.TryParseResponse(payload, out var response, out string? problem) ? response! : throw new InvalidDataException(problem);
     }
-
-    public static SslClientAuthenticationOptions ClientTls(SslStreamCertificateContext own, byte[] serverPin)
-    {
-        var pins = new[] { serverPin };
-        return new SslClientAuthenticationOptions
-        {
-            TargetHost = "",
-            EnabledSslProtocols = SslProtocols.Tls13,
-            CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
-            ClientCertificateContext = own,
-            // The pin is the whole trust decision (§7.4).
-            RemoteCertificateValidationCallback = (_, cert, _, _) => ZephyrCredentials.Matches(cert, pins),
-        };
-    }
-
-    public static SslServerAuthenticationOptions ServerTls(SslStreamCertificateContext own, IReadOnlyList<byte[]> clientPins) => new()
-    {
-        EnabledSslProtocols = SslProtocols.Tls13,
-        CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
-        ServerCertificateContext = own,
-        ClientCertificateRequired = true,
-        RemoteCertificateValidationCallback = (_, cert, _, _) => ZephyrCredentials.Matches(cert, clientPins),
-    };
 
     public void Dispose()
     {

@@ -318,5 +318,4 @@ internal static class JetSignals
 {
     public const string Offer = "jet.offer";
     public const string Answer = "jet.answer";
-    public const int MaxNonceLength = 64;
 }

@@ -1,4 +1,3 @@
-using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
@@ -8,7 +7,7 @@ namespace PtHost.Transports.Plain;
 /// <summary>Per-connection settings plain accepts.</summary>
 internal sealed record PlainSettings(Destination? Destination);
 
-internal sealed class PlainClient : IClientFactory, IDatagramStreamCarrier
+internal sealed class PlainClient : IClientFactory, IStreamCarrier
 {
     public static readonly TimeSpan HelloRetry = TimeSpan.FromSeconds(5);
     private readonly TransportEnvironment _context;
@@ -61,25 +60,8 @@ internal sealed class PlainClient : IClientFactory, IDatagramStreamCarrier
         return await OpenAsync(server, far, request.Kind, cancellationToken).ConfigureAwait(false);
     }
 
-    private async Task<Stream> OpenAsync(Destination server, Destination? far, SessionKind kind, CancellationToken ct)
-    {
-        var stream = await _context.Dialer.ConnectTcpAsync(server, ct).ConfigureAwait(false);
-        try
-        {
-            await PlainWire.RequestAsync(stream, far, $"server {server}", ct, kind).ConfigureAwait(false);
-            return stream;
-        }
-        catch (Exception e) when (e is IOException or SocketException)
-        {
-            await stream.DisposeAsync().ConfigureAwait(false);
-            throw new TransportConnectException(ConnectFailure.General, $"server {server}: {e.Message}", e);
-        }
-        catch
-        {
-            await stream.DisposeAsync().ConfigureAwait(false);
-            throw;
-        }
-    }
+    private Task<Stream> OpenAsync(Destination server, Destination? far, SessionKind kind, CancellationToken ct) =>
+        SessionPreamble.ConnectAsync(_context.Dialer, server, far, kind, $"server {server}", ct);
 
     /// <summary>Sends "hello" until a "server" message arrives (a broadcast, or a reply to any hello sent).</summary>
     private async Task DiscoverAsync(CancellationToken ct)
@@ -117,8 +99,6 @@ internal sealed class PlainClient : IClientFactory, IDatagramStreamCarrier
         catch (OperationCanceledException) { }
         catch (System.Threading.Channels.ChannelClosedException) { }
     }
-
-    public TransportStats GetStats() => _context.Counters.Snapshot();
 
     public ValueTask DisposeAsync()
     {

@@ -4,8 +4,7 @@ using System.Net.Sockets;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using PtHost.Contract;
-using PtHost.Transports.Plain;
-using PtHost.Turn;
+using PtHost.Net.Udp;
 
 namespace PtHost.Transports.Rud;
 
@@ -15,7 +14,7 @@ internal sealed record RudSettings(Destination? Destination);
 /// The client side: one connection per server (re-made when it closes), one stream per session; one
 /// datagram stream per UDP session (spec/rud.md §12.1).
 /// </summary>
-internal sealed class RudClient : IClientFactory, IDatagramClientFactory, IDatagramStreamCarrier
+internal sealed class RudClient : IClientFactory, IDatagramClientFactory, IStreamCarrier
 {
     private static readonly TimeSpan PreambleTimeout = TimeSpan.FromSeconds(10);
     private readonly TransportEnvironment _context;
@@ -67,7 +66,7 @@ internal sealed class RudClient : IClientFactory, IDatagramClientFactory, IDatag
         {
             using var preamble = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             preamble.CancelAfter(PreambleTimeout);
-            await PlainWire.RequestAsync(stream, far, $"rud server {server}", preamble.Token, request.Kind).ConfigureAwait(false);
+            await SessionPreamble.RequestAsync(stream, far, $"rud server {server}", preamble.Token, request.Kind).ConfigureAwait(false);
             return stream;
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
@@ -91,19 +90,19 @@ internal sealed class RudClient : IClientFactory, IDatagramClientFactory, IDatag
     /// A UDP association (spec/rud.md §12.1): one datagram stream on a connection to the server,
     /// chosen as for a stream; OPEN until RELAYED.
     /// </summary>
-    public async ValueTask<IDatagramSession> OpenDatagramSessionAsync(ConnectRequest request, CancellationToken cancellationToken)
+    public async ValueTask<IAssociation> OpenAssociationAsync(ConnectRequest request, CancellationToken cancellationToken)
     {
         var server = _options.ServerAddress ?? (request.Destination.IsUnspecified
             ? throw new TransportConnectException(ConnectFailure.HostUnreachable, "no server address for a UDP association: rud needs the \"serverAddress\" option")
             : request.Destination);
         var (conn, channel) = await OpenOnLinkAsync(server, c =>
         {
-            try { return new DatagramOpen(c, c.OpenDatagramChannel()); }
+            try { return new DatagramOpen(c, c.OpenDatagramStream()); }
             catch (IOException)
             {
                 // Closed, or its 256 datagram streams are used up (they are never closed on the wire,
                 // §12.1): a connection with nothing else left on it is closed here.
-                if (!c.IsClosed && c.OpenStreams == 0 && _liveDatagramSessions.GetValueOrDefault(c) == 0)
+                if (!c.IsClosed && c.OpenStreams == 0 && _liveAssociations.GetValueOrDefault(c) == 0)
                 {
                     _log.LogInformation("rud: closing a connection to {Server}: its 256 datagram streams are used and nothing is open on it", server);
                     c.Close("every datagram stream used");
@@ -111,11 +110,11 @@ internal sealed class RudClient : IClientFactory, IDatagramClientFactory, IDatag
                 return null;
             }
         }, cancellationToken).ConfigureAwait(false);
-        _liveDatagramSessions.AddOrUpdate(conn, 1, static (_, n) => n + 1);
-        RudDatagramSession session;
+        _liveAssociations.AddOrUpdate(conn, 1, static (_, n) => n + 1);
+        RudAssociation session;
         try
         {
-            session = await RudDatagramSession.OpenAsync(channel, server.ToString(), _log, () => SessionEnded(conn), cancellationToken).ConfigureAwait(false);
+            session = await RudAssociation.OpenAsync(channel, server.ToString(), _log, () => SessionEnded(conn), cancellationToken).ConfigureAwait(false);
         }
         catch
         {
@@ -126,16 +125,16 @@ internal sealed class RudClient : IClientFactory, IDatagramClientFactory, IDatag
         return session;
     }
 
-    private sealed record DatagramOpen(RudConnection Connection, RudDatagramChannel Channel);
+    private sealed record DatagramOpen(RudConnection Connection, RudDatagramStream Channel);
 
     /// <summary>UDP sessions still open per connection: an exhausted connection is closed only when it has none.</summary>
-    private readonly ConcurrentDictionary<RudConnection, int> _liveDatagramSessions = new();
+    private readonly ConcurrentDictionary<RudConnection, int> _liveAssociations = new();
 
     private void SessionEnded(RudConnection conn)
     {
-        while (_liveDatagramSessions.TryGetValue(conn, out int n))
+        while (_liveAssociations.TryGetValue(conn, out int n))
         {
-            if (n <= 1 ? _liveDatagramSessions.TryRemove(new KeyValuePair<RudConnection, int>(conn, n)) : _liveDatagramSessions.TryUpdate(conn, n - 1, n)) return;
+            if (n <= 1 ? _liveAssociations.TryRemove(new KeyValuePair<RudConnection, int>(conn, n)) : _liveAssociations.TryUpdate(conn, n - 1, n)) return;
         }
     }
 
@@ -197,8 +196,6 @@ internal sealed class RudClient : IClientFactory, IDatagramClientFactory, IDatag
         }
     }
 
-    public TransportStats GetStats() => _context.Counters.Snapshot();
-
     public async ValueTask DisposeAsync()
     {
         if (_v4 is not null) await _v4.DisposeAsync().ConfigureAwait(false);
@@ -208,17 +205,17 @@ internal sealed class RudClient : IClientFactory, IDatagramClientFactory, IDatag
 
 /// <summary>
 /// Client process: one TURN allocation = one RUD datagram stream on a connection to the server
-/// (spec/rud.md §12.1); the association's life is <see cref="FramedDatagramClientSession"/>'s,
+/// (spec/rud.md §12.1); the association's life is <see cref="DatagramCarrierAssociation"/>'s,
 /// and the connection's end ends it too.
 /// </summary>
-internal sealed class RudDatagramSession : FramedDatagramClientSession
+internal sealed class RudAssociation : DatagramCarrierAssociation
 {
-    private readonly RudDatagramChannel _channel;
+    private readonly RudDatagramStream _channel;
     private readonly string _server;
     private readonly Action? _onEnded;
     private int _endedCalled;
 
-    private RudDatagramSession(RudDatagramChannel channel, string server, ILogger log, Action? ended) : base(log, RudUdpFrames.MaxFrame)
+    private RudAssociation(RudDatagramStream channel, string server, ILogger log, Action? ended) : base(log, RudUdpFrames.MaxFrame)
     {
         _onEnded = ended;
         _channel = channel;
@@ -230,14 +227,14 @@ internal sealed class RudDatagramSession : FramedDatagramClientSession
     /// <summary>The datagram stream's id (spec/rud.md §8.1).</summary>
     public ulong StreamId => _channel.Id;
 
-    /// <summary>Opens an association on <paramref name="channel"/> (OPEN until RELAYED or CLOSE, within <see cref="FramedDatagramClientSession.OpenTimeout"/>).</summary>
-    public static async Task<RudDatagramSession> OpenAsync(RudDatagramChannel channel, string server, ILogger log, Action? ended, CancellationToken cancellationToken)
+    /// <summary>Opens an association on <paramref name="channel"/> (OPEN until RELAYED or CLOSE, within <see cref="DatagramCarrierAssociation.OpenTimeout"/>).</summary>
+    public static async Task<RudAssociation> OpenAsync(RudDatagramStream channel, string server, ILogger log, Action? ended, CancellationToken cancellationToken)
     {
-        var session = new RudDatagramSession(channel, server, log, ended);
+        var session = new RudAssociation(channel, server, log, ended);
         try
         {
             bool? opened;
-            try { opened = await session.OpenAssociationAsync(cancellationToken).ConfigureAwait(false); }
+            try { opened = await session.ExchangeOpenAsync(cancellationToken).ConfigureAwait(false); }
             catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested)
             {
                 throw new TransportConnectException(ConnectFailure.TimedOut, $"rud server {server}: no answer on datagram stream {channel.Id} within {OpenTimeout.TotalSeconds:0} s", e);

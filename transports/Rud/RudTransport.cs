@@ -5,7 +5,7 @@ namespace PtHost.Transports.Rud;
 /// <summary>
 /// The rud transport (spec/rud.md §12): the server process serves RUD streams on one UDP socket;
 /// the client process keeps one connection per server and opens one stream per session, with
-/// plain's preamble inside each stream.
+/// the session preamble (spec/session.md) inside each stream.
 /// </summary>
 public sealed class RudTransport : IPluggableTransport
 {

@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 using PtHost.Contract;
-using PtHost.Turn;
+using PtHost.Net.Udp;
 
 namespace PtHost.Transports.Rud;
 
@@ -402,24 +402,14 @@ public struct Frame
 /// <summary>
 /// UDP sessions over RUD datagram streams (spec/rud.md §12.1): every datagram of a datagram stream
 /// (§8.2) is exactly one frame of spec/turn.md §5.2, LENGTH included, with the OPEN and CLOSE types
-/// of spec/asport.md §6.2 (<see cref="AssociationFrames"/>). One datagram stream carries one UDP association.
+/// of spec/asport.md §6.2 (<see cref="DatagramFrame"/>). One datagram stream carries one UDP association.
 /// </summary>
 internal static class RudUdpFrames
 {
-    public const DatagramFrameType Open = AssociationFrames.Open;
-    public const DatagramFrameType Close = AssociationFrames.Close;
     /// <summary>The largest frame: one RUD datagram.</summary>
-    public const int MaxFrame = RudDatagramChannel.MaxDatagramSize;
+    public const int MaxFrame = RudDatagramStream.MaxDatagramSize;
     /// <summary>The largest payload of a UDP session (any peer family): 1200 − 22 = 1178.</summary>
     public const int MaxPayload = MaxFrame - DatagramFrame.MaxHeaderLength;
-
-    public static byte[] OpenFrame => AssociationFrames.OpenFrame;
-    public static byte[] KeepaliveFrame => AssociationFrames.KeepaliveFrame;
-    public static byte[] CloseFrame => AssociationFrames.CloseFrame;
-
-    /// <summary>True when the datagram is exactly one well-formed frame (LENGTH = datagram length − 2); never throws.</summary>
-    public static bool TryRead(ReadOnlySpan<byte> datagram, out DatagramFrameType type, out PeerAddress peer, out Range payload) =>
-        AssociationFrames.TryRead(datagram, out type, out peer, out payload);
 
     /// <summary>Writes a frame into <paramref name="destination"/> (at least <see cref="MaxFrame"/> bytes); 0 when the payload is above <see cref="MaxPayload"/>.</summary>
     public static int TryWrite(Span<byte> destination, DatagramFrameType type, PeerAddress peer, ReadOnlySpan<byte> payload)

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
+using static PtHost.Net.Native.Libc;
 
 namespace PtHost.Transports.Rud;
 
@@ -12,7 +13,7 @@ namespace PtHost.Transports.Rud;
 /// (another OS, an old kernel) the batch falls back to one send per packet for good. Not
 /// thread-safe: the endpoint's lock serialises every use.
 /// </summary>
-internal sealed unsafe partial class UdpBatch
+internal sealed unsafe class UdpBatch
 {
     /// <summary>At most this many datagrams per send (the kernel allows 64 and 64 KiB in total).</summary>
     public const int MaxSegments = 44;
@@ -91,42 +92,6 @@ internal sealed unsafe partial class UdpBatch
         }
     }
 
-    private const int SolUdp = 17, UdpSegment = 103;
-    private const int EAGAIN = 11, EINTR = 4, EIO = 5, EINVAL = 22, ENOPROTOOPT = 92, EOPNOTSUPP = 95;
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct IoVec
-    {
-        public byte* Base;
-        public nuint Length;
-    }
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct MsgHdr
-    {
-        public byte* Name;
-        public uint NameLength;
-        public IoVec* Iov;
-        public nuint IovLength;
-        public byte* Control;
-        public nuint ControlLength;
-        public int Flags;
-    }
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct SegmentCmsg
-    {
-        public nuint Length;
-        public int Level;
-        public int Type;
-        public ushort Segment;
-        private readonly ushort _pad1;
-        private readonly uint _pad2;
-    }
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial nint sendmsg(int fd, MsgHdr* msg, int flags);
-
     /// <summary>One sendmsg with UDP_SEGMENT; false when it did not go out (the caller sends packet by packet).</summary>
     private bool TrySendSegmented(Socket socket)
     {
@@ -144,15 +109,15 @@ internal sealed unsafe partial class UdpBatch
                 var msg = new MsgHdr { Name = name, NameLength = (uint)_peer.Size, Iov = &iov, IovLength = 1, Control = (byte*)&cmsg, ControlLength = (nuint)sizeof(SegmentCmsg) };
                 for (int attempt = 0; attempt < 3; attempt++)
                 {
-                    nint sent = sendmsg(fd, &msg, 0);
+                    nint sent = SendMsg(fd, &msg, 0);
                     if (sent >= 0) return true;
                     int errno = Marshal.GetLastPInvokeError();
-                    if (errno == EINTR) continue;
+                    if (errno == EIntr) continue;
                     // A full send buffer on the non-blocking socket: the per-packet path waits for room.
-                    if (errno == EAGAIN) return false;
+                    if (errno == EAgain) return false;
                     // No GSO here: per packet from now on. Other errors (a route, an ICMP report) are
                     // left to the per-packet path, which counts them.
-                    if (errno is EIO or EINVAL or ENOPROTOOPT or EOPNOTSUPP) _gso = false;
+                    if (errno is EIo or EInval or ENoProtoOpt or EOpNotSupp) _gso = false;
                     return false;
                 }
                 return false;

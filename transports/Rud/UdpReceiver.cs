@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
+using static PtHost.Net.Native.Libc;
 
 namespace PtHost.Transports.Rud;
 
@@ -10,7 +11,7 @@ namespace PtHost.Transports.Rud;
 /// then handles the whole batch under one acquisition of its lock and sends what it made due
 /// once (spec/rud.md §9.4). Buffers are allocated once, pinned.
 /// </summary>
-internal sealed unsafe partial class UdpReceiver
+internal sealed unsafe class UdpReceiver
 {
     public const int Batch = 32;
     private const int SlotSize = RudWire.MaxReceiveSize + 1; // one more, to see oversized datagrams
@@ -55,7 +56,7 @@ internal sealed unsafe partial class UdpReceiver
             handle.DangerousAddRef(ref added);
             int fd = (int)handle.DangerousGetHandle();
             var pfd = new PollFd { Fd = fd, Events = PollIn };
-            int ready = poll(&pfd, 1, timeoutMs);
+            int ready = Poll(&pfd, 1, timeoutMs);
             if (ready <= 0) return 0;
             if ((pfd.Revents & PollNval) != 0) return -1;
             fixed (MMsgHdr* headers = _headers)
@@ -67,10 +68,10 @@ internal sealed unsafe partial class UdpReceiver
                     headers[i].Header = new MsgHdr { Name = names + i * NameSize, NameLength = NameSize, Iov = iov + i, IovLength = 1 };
                     headers[i].Length = 0;
                 }
-                int n = recvmmsg(fd, headers, Batch, MsgDontWait, null);
+                int n = RecvMMsg(fd, headers, Batch, MsgDontWait, null);
                 if (n >= 0) return n;
                 int errno = Marshal.GetLastPInvokeError();
-                return errno is EBADF or ENOTSOCK ? -1 : 0; // EAGAIN, EINTR, an ICMP error report: nothing to read now
+                return errno is EBadF or ENotSock ? -1 : 0; // EAGAIN, EINTR, an ICMP error report: nothing to read now
             }
         }
         catch (ObjectDisposedException) { return -1; }
@@ -79,47 +80,4 @@ internal sealed unsafe partial class UdpReceiver
             if (added) handle.DangerousRelease();
         }
     }
-
-    private const short PollIn = 1, PollNval = 0x20;
-    private const int MsgDontWait = 0x40, EBADF = 9, ENOTSOCK = 88;
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct PollFd
-    {
-        public int Fd;
-        public short Events;
-        public short Revents;
-    }
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct IoVec
-    {
-        public byte* Base;
-        public nuint Length;
-    }
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct MsgHdr
-    {
-        public byte* Name;
-        public uint NameLength;
-        public IoVec* Iov;
-        public nuint IovLength;
-        public byte* Control;
-        public nuint ControlLength;
-        public int Flags;
-    }
-
-    [StructLayout(LayoutKind.Sequential)]
-    private struct MMsgHdr
-    {
-        public MsgHdr Header;
-        public uint Length;
-    }
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int poll(PollFd* fds, nuint nfds, int timeoutMs);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int recvmmsg(int fd, MMsgHdr* msgvec, uint vlen, int flags, void* timeout);
 }

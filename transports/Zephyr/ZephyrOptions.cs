@@ -1,6 +1,7 @@
 using System.Security.Cryptography.X509Certificates;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net.Tls;
 
 namespace PtHost.Transports.Zephyr;
 
@@ -14,7 +15,7 @@ internal sealed record ZephyrClientOptions(
         if (r.IsAbsent) throw r.Fail("is required: an object with \"relay\", \"serverPin\", \"certificate\" and \"key\" (pthost generate-config zephyr)");
         r.RejectUnknown("relay", "relays", "serverPin", "certificate", "key", "pkcs12", "signalTimeout", "tlsTimeout");
         var relays = ZephyrOptions.Relays(r) ?? throw r.Fail("relay", "is required (or \"relays\")");
-        byte[] pin = r.Require("serverPin").Parse("serverPin", ZephyrCredentials.ParsePin, "must be 64 hex digits (SHA-256 of the server certificate)")!;
+        byte[] pin = PinnedTlsOptions.ReadServerPin(r);
         var cert = ZephyrOptions.Certificate(r, "client") ?? throw r.Fail("certificate", "is required: \"certificate\" and \"key\" (PEM), or \"pkcs12\"");
         return new(relays, pin, cert, ZephyrOptions.Seconds(r, "signalTimeout", ZephyrDefaults.SignalTimeout), ZephyrOptions.Seconds(r, "tlsTimeout", ZephyrDefaults.TlsTimeout));
     }
@@ -36,7 +37,7 @@ internal sealed record ZephyrServerOptions(
         bool anyRelay = r.Bool("anyRelay", false);
         var relays = ZephyrOptions.Relays(r);
         if (anyRelay && relays is not null) throw r.Fail("anyRelay", "true excludes \"relay\" and \"relays\"");
-        var pins = r.List("clientPins", ZephyrCredentials.ParsePin, "must be 64 hex digits (SHA-256 of a client certificate)") ?? [];
+        var pins = PinnedTlsOptions.ReadClientPins(r);
         return new(relays, pins, ZephyrOptions.Certificate(r, "server"), ZephyrOptions.Seconds(r, "signalTimeout", ZephyrDefaults.SignalTimeout),
             ZephyrOptions.Seconds(r, "tlsTimeout", ZephyrDefaults.TlsTimeout), anyRelay);
     }
@@ -66,23 +67,5 @@ internal static class ZephyrOptions
     }
 
     /// <summary>The side's certificate: <c>certificate</c> and <c>key</c> (PEM), or <c>pkcs12</c>; null when none is given.</summary>
-    public static X509Certificate2? Certificate(OptionsReader r, string side)
-    {
-        string? pem = r.String("certificate"), key = r.String("key"), p12 = r.String("pkcs12");
-        try
-        {
-            if (p12 is not null)
-            {
-                if (pem is not null || key is not null) throw r.Fail("pkcs12", "excludes \"certificate\" and \"key\"");
-                return ZephyrCredentials.FromPkcs12(p12, side);
-            }
-            if (pem is null && key is null) return null;
-            if (pem is null || key is null) throw r.Fail(pem is null ? "certificate" : "key", "goes together with \"" + (pem is null ? "key" : "certificate") + "\"");
-            return ZephyrCredentials.FromPem(pem, key, side);
-        }
-        catch (TransportOptionsException e)
-        {
-            throw r.Fail(p12 is not null ? "pkcs12" : "certificate", "unusable: " + (e.InnerException?.Message ?? e.Message), e);
-        }
-    }
+    public static X509Certificate2? Certificate(OptionsReader r, string side) => PinnedTlsOptions.ReadCertificate(r, side, allowPkcs12: true);
 }

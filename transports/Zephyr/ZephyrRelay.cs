@@ -1,10 +1,10 @@
 using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
-using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
 using PtHost.Net;
+using PtHost.Net.Native;
 
 namespace PtHost.Transports.Zephyr;
 
@@ -18,7 +18,7 @@ public readonly record struct ZephyrRelayStats(
 /// for its bind request, joins two connections that named each other, then carries bytes both
 /// ways untouched (splice(2) on Linux). An unbound connection holds a 12-byte buffer and no more.
 /// </summary>
-public sealed partial class ZephyrRelay : IAsyncDisposable
+public sealed class ZephyrRelay : IAsyncDisposable
 {
     private const int MaxZidTries = 10; // §4.1, as the reference relay
     private static readonly TimeSpan DrainLimit = TimeSpan.FromSeconds(10);
@@ -31,8 +31,7 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
     // Connections waiting for a peer's matching bind, by the zid they named (§4.3).
     private readonly Dictionary<uint, List<Connection>> _waitersFor = [];
     private readonly CancellationTokenSource _stop = new();
-    private Socket? _listener;
-    private Task _acceptLoop = Task.CompletedTask;
+    private TcpSessionListener? _listener;
     private Timer? _sweeper;
     private Timer? _statsTimer;
     private int _connections, _pairs;
@@ -56,25 +55,14 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
     public void Start()
     {
         var listen = _options.Listen;
-        var socket = new Socket(listen.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-        try
-        {
-            if (listen.AddressFamily == AddressFamily.InterNetworkV6 && listen.Address.Equals(IPAddress.IPv6Any)) socket.DualMode = true;
-            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
-            socket.Bind(listen);
-            socket.Listen(4096);
-        }
-        catch
-        {
-            socket.Dispose();
-            throw;
-        }
-        _listener = socket;
+        var socket = TcpSessionListener.Listen(listen, reuseAddress: true, dualMode: true);
+        // The relay keeps its own limits (§4.6), applied in accept order: the shared loop runs Admit inline.
+        _listener = new TcpSessionListener("zephyr relay", socket, Admit, _log, int.MaxValue, inline: true);
         var shortest = _options.BindTimeout < _options.PeerTimeout ? _options.BindTimeout : _options.PeerTimeout;
         var tick = TimeSpan.FromMilliseconds(Math.Clamp(shortest.TotalMilliseconds / 8, 50, 1000));
         _sweeper = new Timer(_ => Sweep(), null, tick, tick);
         _statsTimer = new Timer(_ => LogStats(), null, _options.StatsInterval, _options.StatsInterval);
-        _acceptLoop = AcceptLoopAsync(socket);
+        _listener.Start();
         _log.LogInformation("zephyr relay listening on {EndPoint} (bind timeout {Bind}s, peer timeout {Peer}s, max {Max} connections, {PerSource} per source)",
             LocalEndPoint, _options.BindTimeout.TotalSeconds, _options.PeerTimeout.TotalSeconds, _options.MaxConnections, _options.MaxPerSource);
     }
@@ -97,43 +85,23 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await _stop.CancelAsync().ConfigureAwait(false);
-        _listener?.Dispose();
-        await _acceptLoop.ConfigureAwait(false);
+        // Stop accepting; the connections still held are closed below, which ends their tasks.
+        var stopped = _listener?.StopAsync(new CancellationToken(true)) ?? Task.CompletedTask;
         if (_sweeper is not null) await _sweeper.DisposeAsync().ConfigureAwait(false);
         if (_statsTimer is not null) await _statsTimer.DisposeAsync().ConfigureAwait(false);
         List<Connection> all;
         lock (_lock) all = [.. _byZid.Values];
         foreach (var c in all) Close(c, abort: true);
+        // A connection accepted during the stop may not be registered yet: it is not waited for long.
+        try { await stopped.WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false); }
+        catch (TimeoutException) { }
         _stop.Dispose();
     }
 
-    private async Task AcceptLoopAsync(Socket listener)
-    {
-        while (!_stop.IsCancellationRequested)
-        {
-            Socket socket;
-            try
-            {
-                socket = await listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { return; }
-            catch (SocketException e)
-            {
-                if (_stop.IsCancellationRequested) return;
-                // Out of descriptors and the like: wait a little rather than spin.
-                _log.LogWarning("accept failed: {Message}", e.Message);
-                try { await Task.Delay(100, _stop.Token).ConfigureAwait(false); }
-                catch (OperationCanceledException) { return; }
-                continue;
-            }
-            Interlocked.Increment(ref _accepted);
-            Admit(socket);
-        }
-    }
-
     /// <summary>§4.6: a connection over a limit is accepted and closed at once, before the assignment.</summary>
-    private void Admit(Socket socket)
+    private Task Admit(Socket socket, CancellationToken abort)
     {
+        Interlocked.Increment(ref _accepted);
         var address = (socket.RemoteEndPoint as IPEndPoint)?.Address ?? IPAddress.None;
         if (address.IsIPv4MappedToIPv6) address = address.MapToIPv4();
         string? limit = null;
@@ -153,9 +121,9 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
             long refused = Interlocked.Increment(ref _refusedByLimits);
             socket.Dispose();
             LogLimit(limit, address, refused);
-            return;
+            return Task.CompletedTask;
         }
-        _ = ServeAsync(new Connection(socket, address));
+        return ServeAsync(new Connection(socket, address));
     }
 
     /// <summary>One log line when a limit is hit, then at most one every 10 s while it stays hit.</summary>
@@ -477,17 +445,12 @@ public sealed partial class ZephyrRelay : IAsyncDisposable
         {
             while (Environment.TickCount64 < deadline)
             {
-                if (ioctl((int)socket.Handle, SIOCOUTQ, out int pending) != 0 || pending <= 0) return;
+                if (Libc.Ioctl((int)socket.Handle, Libc.SiocOutQ, out int pending) != 0 || pending <= 0) return;
                 await Task.Delay(10).ConfigureAwait(false);
             }
         }
         catch (ObjectDisposedException) { }
     }
-
-    private const nuint SIOCOUTQ = 0x5411;
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int ioctl(int fd, nuint request, out int value);
 
     private enum ConnectionState { Registered, Waiting, Bound, Closed }
 

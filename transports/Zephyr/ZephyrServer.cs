@@ -8,35 +8,15 @@ using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 using PtHost.Net;
-using PtHost.Transports.Plain;
+using PtHost.Net.Tls;
 
 namespace PtHost.Transports.Zephyr;
 
 /// <summary>The server factory: generates configurations and starts <see cref="ZephyrServerManager"/>s.</summary>
 internal sealed class ZephyrServer(TransportEnvironment context, ZephyrServerOptions options) : IServerFactory
 {
-    public const string CertificateFile = "server-cert.pem";
-    public const string KeyFile = "server-key.pem";
-
     /// <summary>A fresh server and client certificate, each side pinning the other (§7.4).</summary>
-    public GeneratedConfiguration GenerateConfiguration()
-    {
-        using var server = ZephyrCredentials.Generate("zephyr server");
-        using var client = ZephyrCredentials.Generate("zephyr client");
-        var clientOptions = new JObject
-        {
-            ["serverPin"] = ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(server)),
-            ["certificate"] = ZephyrCredentials.CertificatePem(client),
-            ["key"] = ZephyrCredentials.KeyPem(client),
-        };
-        var serverOptions = new JObject
-        {
-            ["certificate"] = ZephyrCredentials.CertificatePem(server),
-            ["key"] = ZephyrCredentials.KeyPem(server),
-            ["clientPins"] = new JArray(ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(client))),
-        };
-        return new(clientOptions, serverOptions);
-    }
+    public GeneratedConfiguration GenerateConfiguration() => PinnedTls.GenerateConfiguration("zephyr");
 
     public ValueTask<IServerManager> ListenAsync(ServerBinding binding, CancellationToken cancellationToken) => StartAsync(binding);
 
@@ -50,23 +30,9 @@ internal sealed class ZephyrServer(TransportEnvironment context, ZephyrServerOpt
         // only relays its operator named, so an offer cannot make it dial an arbitrary address.
         if (options.Relays is null && !options.AnyRelay)
             throw new TransportOptionsException("zephyr server option \"relay\" (or \"relays\") is required: the relays this server joins; \"anyRelay\": true joins any relay an offer names");
-        var cert = options.Certificate ?? LoadOrCreateStateCertificate();
+        // §7.4: without a configured certificate, the one kept in the state directory.
+        var cert = options.Certificate ?? PinnedTls.LoadOrCreateServerCertificate(context.StateDirectory, "zephyr");
         return ValueTask.FromResult<IServerManager>(new ZephyrServerManager(context, options, cert, binding));
-    }
-
-    /// <summary>The server certificate kept in the state directory, created on first use (§7.4).</summary>
-    private X509Certificate2 LoadOrCreateStateCertificate()
-    {
-        string certPath = Path.Combine(context.StateDirectory, CertificateFile), keyPath = Path.Combine(context.StateDirectory, KeyFile);
-        if (File.Exists(certPath) && File.Exists(keyPath))
-            return ZephyrCredentials.FromPem(File.ReadAllText(certPath), File.ReadAllText(keyPath), $"server (state directory {context.StateDirectory})");
-        using var cert = ZephyrCredentials.Generate("zephyr server");
-        Directory.CreateDirectory(context.StateDirectory);
-        var keyOptions = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write };
-        if (!OperatingSystem.IsWindows()) keyOptions.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
-        using (var w = new StreamWriter(keyPath, keyOptions)) w.Write(ZephyrCredentials.KeyPem(cert));
-        File.WriteAllText(certPath, ZephyrCredentials.CertificatePem(cert));
-        return X509CertificateLoader.LoadPkcs12(cert.Export(X509ContentType.Pkcs12), null);
     }
 
     public ValueTask DisposeAsync() => ValueTask.CompletedTask;
@@ -102,7 +68,7 @@ internal sealed class ZephyrServerManager : IServerManager
         _binding = binding;
         _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Zephyr");
         LocalEndPoint = binding.BindAddress;
-        string pin = ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(certificate));
+        string pin = PinnedTls.FormatPin(PinnedTls.Pin(certificate));
         Args = new Dictionary<string, string> { ["pin"] = pin };
         _log.LogInformation("zephyr server: certificate pin {Pin}; waiting for offers", pin);
         _signalLoop = AnswerOffersAsync();
@@ -111,8 +77,6 @@ internal sealed class ZephyrServerManager : IServerManager
     public IPEndPoint LocalEndPoint { get; }
 
     public IReadOnlyDictionary<string, string> Args { get; }
-
-    public TransportStats GetStats() => _context.Counters.Snapshot();
 
     /// <summary>How long a session may wait for its client's bind and TLS handshake: the relay's peer timeout plus the TLS timeout.</summary>
     private TimeSpan HandshakeLimit => ZephyrDefaults.RelayPeerTimeout + _options.TlsTimeout;
@@ -170,7 +134,7 @@ internal sealed class ZephyrServerManager : IServerManager
             var body = OptionsReader.For(s.Body, "body");
             if (body.IsAbsent) throw body.Fail("is required");
             string n = body.Require("nonce").String("nonce")!;
-            if (n.Length is 0 or > ZephyrSignals.MaxNonceLength) throw body.Fail("nonce", $"must be 1 to {ZephyrSignals.MaxNonceLength} characters");
+            if (n.Length is 0 or > SignalOffers.MaxNonceLength) throw body.Fail("nonce", $"must be 1 to {SignalOffers.MaxNonceLength} characters");
             nonce = n;
             zid = (uint)body.Require("zid").Integer("zid", 0, ZephyrWire.MaxZid)!.Value;
             relay = body.Require("relay").Destination("relay")!;
@@ -189,34 +153,24 @@ internal sealed class ZephyrServerManager : IServerManager
         return true;
     }
 
-    private void Answer(Signal offer, JObject body)
-    {
-        try
-        {
-            _context.Signals.Send(new Signal(ZephyrSignals.Answer, body)
-            {
-                ClientId = offer.ClientId,
-                ReplyTo = offer.MessageId,
-                Expires = DateTimeOffset.UtcNow + _options.SignalTimeout,
-            });
-        }
-        catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
-        {
-            _log.LogDebug("zephyr: answer to {Id} not sent: {Error}", offer.MessageId, e.Message);
-        }
-    }
+    private void Answer(Signal offer, JObject body) =>
+        SignalOffers.Answer(_context.Signals, ZephyrSignals.Answer, offer, body, _options.SignalTimeout, _log);
 
     private async Task AnswerAgainAsync(Signal offer, string nonce, Task<uint?> joined)
     {
         if (await joined.ConfigureAwait(false) is uint zid) Answer(offer, new JObject { ["zid"] = zid, ["nonce"] = nonce });
     }
 
+    /// <summary>
+    /// One offer (§7.3 server steps): join the relay, bind to the client's zid, answer, run TLS as the
+    /// server; the stream then goes to the host, which reads the preamble and serves the session.
+    /// </summary>
     private async Task ServeAsync(long id, Signal offer, Destination relay, uint clientZid, string nonce, TaskCompletionSource<uint?> joined)
     {
         var abort = _abort.Token;
-        Stream? stream = null, onward = null;
+        var remote = new DnsEndPoint(relay.Host, relay.Port);
+        Stream? stream = null;
         HalfClosableTlsStream? tlsStream = null;
-        bool opened = false, failed = false;
         try
         {
             uint zid;
@@ -227,10 +181,8 @@ internal sealed class ZephyrServerManager : IServerManager
             }
             catch (Exception e) when (e is TransportConnectException or IOException or SocketException)
             {
-                failed = true;
-                _context.Counters.SessionFailed();
                 joined.TrySetResult(null);
-                _log.LogInformation("zephyr session {Id}: relay {Relay}: {Error}", id, relay, e.Message);
+                _binding.Handler.SessionFailed(remote, $"zephyr session {id}: relay {relay}: {e.Message}");
                 Answer(offer, new JObject { ["nonce"] = nonce, ["error"] = $"server cannot use relay {relay}" });
                 return;
             }
@@ -240,65 +192,24 @@ internal sealed class ZephyrServerManager : IServerManager
 
             var tls = new SslStream(stream, leaveInnerStreamOpen: true);
             tlsStream = new HalfClosableTlsStream(tls, stream);
-            Destination? destination;
-            SessionKind kind;
             using (var limit = CancellationTokenSource.CreateLinkedTokenSource(abort))
             {
                 // The relay closes us after its peer timeout if the client never binds (§4.3); this is a backstop.
                 limit.CancelAfter(HandshakeLimit);
-                await tls.AuthenticateAsServerAsync(ZephyrSession.ServerTls(_certificateContext, _options.ClientPins), limit.Token).ConfigureAwait(false);
-                limit.CancelAfter(_options.TlsTimeout);
-                try { (destination, kind) = await PlainWire.ReadPreambleAsync(tls, limit.Token).ConfigureAwait(false); }
-                catch (InvalidDataException)
-                {
-                    failed = true;
-                    _context.Counters.SessionFailed();
-                    _log.LogInformation("zephyr session {Id}: not a preamble inside TLS; closed", id);
-                    return;
-                }
-                catch (FormatException e)
-                {
-                    failed = true;
-                    _context.Counters.SessionFailed();
-                    await tls.WriteAsync(new[] { (byte)ConnectFailure.AddressTypeNotSupported }, limit.Token).ConfigureAwait(false);
-                    _log.LogInformation("zephyr session {Id}: {Error}", id, e.Message);
-                    return;
-                }
+                await tls.AuthenticateAsServerAsync(PinnedTls.ServerOptions(_certificateContext, _options.ClientPins), limit.Token).ConfigureAwait(false);
             }
-            try
-            {
-                onward = await _binding.Handler.OpenAsync(new InboundSession(new DnsEndPoint(relay.Host, relay.Port), destination, id, kind), abort).ConfigureAwait(false);
-            }
-            catch (TransportConnectException e)
-            {
-                failed = true;
-                _context.Counters.SessionFailed();
-                _log.LogInformation("zephyr session {Id}: {Error}", id, e.Message);
-                using var replyLimit = new CancellationTokenSource(_options.TlsTimeout);
-                await tls.WriteAsync(new[] { (byte)e.Failure }, replyLimit.Token).ConfigureAwait(false);
-                return;
-            }
-            using (var replyLimit = new CancellationTokenSource(_options.TlsTimeout))
-                await tls.WriteAsync(new byte[] { 0 }, replyLimit.Token).ConfigureAwait(false);
-            opened = true;
-            _context.Counters.SessionOpened();
-            await _binding.Handler.RelayAsync(tlsStream, onward, abort).ConfigureAwait(false);
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or EndOfStreamException
             or ObjectDisposedException or AuthenticationException)
         {
-            if (!opened && !failed) _context.Counters.SessionFailed();
             joined.TrySetResult(null);
             if (e is AuthenticationException) _log.LogWarning("zephyr session {Id}: TLS refused: {Error}", id, e.Message);
-            else _log.LogDebug("zephyr session {Id} ended: {Error}", id, e.Message);
-        }
-        finally
-        {
-            if (opened) _context.Counters.SessionClosed();
-            if (onward is not null) await onward.DisposeAsync().ConfigureAwait(false);
+            _binding.Handler.SessionFailed(remote, $"zephyr session {id}: {(e is AuthenticationException ? "TLS refused" : "ended before TLS")}: {e.Message}");
             if (tlsStream is not null) await tlsStream.DisposeAsync().ConfigureAwait(false);
             else if (stream is not null) await stream.DisposeAsync().ConfigureAwait(false);
+            return;
         }
+        await _binding.Handler.ServeAsync(tlsStream, remote, abort).ConfigureAwait(false);
     }
 
     public async Task StopAsync(CancellationToken cancellationToken)

@@ -1,12 +1,9 @@
-using System.Net.Security;
 using System.Net.Sockets;
-using System.Security.Authentication;
-using System.Security.Cryptography.X509Certificates;
 using PtHost.Contract;
 
 namespace PtHost.Transports.Zephyr;
 
-/// <summary>Steps both peers share: joining the relay (§7.3) and the TLS parameters (§7.4).</summary>
+/// <summary>The step both peers share: joining the relay (§7.3). The TLS of §7.4 is <see cref="PtHost.Net.Tls.PinnedTls"/>.</summary>
 internal static class ZephyrSession
 {
     /// <summary>Connects to a relay and reads the 12-byte assignment; returns the stream and the own zid.</summary>
@@ -38,33 +35,4 @@ internal static class ZephyrSession
             throw;
         }
     }
-
-    public static SslClientAuthenticationOptions ClientTls(X509Certificate2 own, byte[] serverPin) =>
-        ClientTls(SslStreamCertificateContext.Create(own, null, offline: true), serverPin);
-
-    public static SslClientAuthenticationOptions ClientTls(SslStreamCertificateContext own, byte[] serverPin)
-    {
-        var pins = new[] { serverPin };
-        return new SslClientAuthenticationOptions
-        {
-            TargetHost = "",
-            EnabledSslProtocols = SslProtocols.Tls13,
-            CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
-            ClientCertificateContext = own,
-            // The pin is the whole trust decision: chain and name errors of a self-signed certificate are expected.
-            RemoteCertificateValidationCallback = (_, cert, _, _) => ZephyrCredentials.Matches(cert, pins),
-        };
-    }
-
-    public static SslServerAuthenticationOptions ServerTls(X509Certificate2 own, IReadOnlyList<byte[]> clientPins) =>
-        ServerTls(SslStreamCertificateContext.Create(own, null, offline: true), clientPins);
-
-    public static SslServerAuthenticationOptions ServerTls(SslStreamCertificateContext own, IReadOnlyList<byte[]> clientPins) => new()
-    {
-        EnabledSslProtocols = SslProtocols.Tls13,
-        CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
-        ServerCertificateContext = own,
-        ClientCertificateRequired = true,
-        RemoteCertificateValidationCallback = (_, cert, _, _) => ZephyrCredentials.Matches(cert, clientPins),
-    };
 }

@@ -5,7 +5,7 @@ namespace PtHost.Transports.Zephyr;
 /// <summary>
 /// The zephyr transport (spec/zephyr.md §7): both peers dial out to a Zephyr relay, exchange their
 /// zids by CMESSAGE/SMESSAGE, bind, and run mutually authenticated TLS 1.3 (pinned certificates)
-/// over the joined stream, with plain's preamble inside.
+/// over the joined stream, with the session preamble (spec/session.md) inside.
 /// </summary>
 public sealed class ZephyrTransport : IPluggableTransport
 {

@@ -87,6 +87,4 @@ internal static class ZephyrSignals
 {
     public const string Offer = "zephyr.offer";
     public const string Answer = "zephyr.answer";
-    /// <summary>Longest nonce accepted in an offer.</summary>
-    public const int MaxNonceLength = 64;
 }

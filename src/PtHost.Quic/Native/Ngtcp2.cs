@@ -57,6 +57,10 @@ internal static unsafe partial class Ngtcp2
         byte* ccerr, ulong ts);
     [LibraryImport(Lib, EntryPoint = "ngtcp2_connection_close_error_set_application_error")]
     public static partial void CcerrSetApplicationError(byte* ccerr, ulong code, byte* reason, nuint reasonLen);
+    [LibraryImport(Lib, EntryPoint = "ngtcp2_connection_close_error_set_transport_error_liberr")]
+    public static partial void ConnectionCloseErrorSetTransportErrorLiberr(byte* ccerr, int liberr, byte* reason, nuint reasonLen);
+    [LibraryImport(Lib, EntryPoint = "ngtcp2_connection_close_error_set_transport_error_tls_alert")]
+    public static partial void ConnectionCloseErrorSetTransportErrorTlsAlert(byte* ccerr, byte alert, byte* reason, nuint reasonLen);
     [LibraryImport(Lib, EntryPoint = "ngtcp2_connection_close_error_default")]
     public static partial void CcerrDefault(byte* ccerr);
     [LibraryImport(Lib, EntryPoint = "ngtcp2_conn_get_connection_close_error")]

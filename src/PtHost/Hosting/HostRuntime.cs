@@ -1,4 +1,3 @@
-using System.Net;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using PtHost.Configuration;
@@ -27,7 +26,7 @@ public sealed class HostRuntime : IHostedService
     private readonly HostOptions _hostOptions;
     private readonly List<Socks5Listener> _frontEnds = [];
     private readonly List<PtHost.Turn.TurnListener> _turnListeners = []; // spec/turn.md
-    private PtHost.Turn.UdpAssociationHost? _udp; // spec/turn.md §5.4
+    private PtHost.Net.Udp.ServerAssociations? _udp; // spec/turn.md §5.4
     private readonly List<(string Name, IServerManager Manager)> _servers = [];
     private readonly List<IAsyncDisposable> _factories = [];
     private readonly Dictionary<string, TransportCounters> _counters = [];
@@ -138,7 +137,7 @@ public sealed class HostRuntime : IHostedService
     private void StartTurn(string name, IClientFactory factory, TransportCounters counters)
     {
         if (_config.Turn is not { } turn) return;
-        if (factory is not (IDatagramClientFactory or IDatagramStreamCarrier))
+        if (factory is not (IDatagramClientFactory or IStreamCarrier))
         {
             _log.LogWarning("transport {Name} cannot carry UDP: no TURN listener", name);
             _ipc.Log("warning", $"transport {name} cannot carry UDP: no TURN listener");
@@ -165,14 +164,29 @@ public sealed class HostRuntime : IHostedService
         var extOrPort = _config.ExtendedOrPort is { } ext
             ? new ExtOrPort.ExtOrPortClient(ext, _config.AuthCookieFile!, name, new DirectDialer(), _loggers.CreateLogger("PtHost.ExtOrPort"))
             : null;
-        _udp ??= new PtHost.Turn.UdpAssociationHost(_config.Target, _config.Allow, _loggers.CreateLogger("PtHost.Turn"));
-        var handler = new InboundHandler(_config, dialer, extOrPort, context.Counters, _udp);
+        _udp ??= new PtHost.Net.Udp.ServerAssociations(_config.Target, _config.Allow, _loggers.CreateLogger("PtHost.Turn"));
+        var handler = new InboundSessions(name, Onward(dialer, extOrPort), _udp, context.Counters, _loggers.CreateLogger("PtHost.Sessions"));
         var binding = new ServerBinding(_config.BindAddresses[name], _config.Target, handler);
         var manager = _config.Target is null
             ? await factory.ProxyAsync(binding, ct).ConfigureAwait(false)
             : await factory.ListenAsync(binding, ct).ConfigureAwait(false);
         _servers.Add((name, manager));
         _ipc.Smethod(name, manager.LocalEndPoint, manager.Args);
+    }
+
+    /// <summary>
+    /// Where server sessions go (spec/ipc.md §3.6): in PT 1.0 server mode with an ExtORPort, every
+    /// stream session through its handshake (§10.4); else the bound target, or for a free server the
+    /// session's destination after the <c>allow</c> check.
+    /// </summary>
+    private OnwardConnect Onward(INetworkDialer dialer, ExtOrPort.ExtOrPortClient? extOrPort)
+    {
+        if (extOrPort is not null) return (_, remote, ct) => extOrPort.OpenAsync(remote, ct);
+        if (_config.Target is { } target) return (_, _, ct) => dialer.ConnectTcpAsync(target, ct);
+        var allow = _config.Allow!;
+        return (destination, _, ct) => destination is null
+            ? throw new TransportConnectException(ConnectFailure.NotAllowed, "this server is free (no target) and the session names no destination")
+            : OutboundDialer.ConnectAllowedAsync(dialer, destination, a => allow.Allows(a, destination.Port), ct);
     }
 
     private void ReportStatus()
@@ -205,28 +219,6 @@ public sealed class HostRuntime : IHostedService
         foreach (var f in _factories) await f.DisposeAsync().ConfigureAwait(false);
         if (_counters.Count > 0) ReportStatus();
     }
-}
-
-/// <summary>The host's side of server sessions: the bound target, or an allow-listed destination.</summary>
-/// <remarks>In PT 1.0 server mode with an ExtORPort, every stream session goes through its handshake (spec/ipc.md §10.4).</remarks>
-internal sealed class InboundHandler(PtConfig config, INetworkDialer dialer, ExtOrPort.ExtOrPortClient? extOrPort, TransportCounters counters,
-    PtHost.Turn.UdpAssociationHost? udp = null) : IInboundHandler
-{
-    public async ValueTask<Stream> OpenAsync(InboundSession session, CancellationToken cancellationToken)
-    {
-        if (session.Kind == SessionKind.Datagram) // a UDP association (spec/turn.md §5.4)
-            return udp is null ? throw new TransportConnectException(ConnectFailure.CommandNotSupported, "this server carries no UDP")
-                : await udp.OpenAsync(session, cancellationToken).ConfigureAwait(false);
-        if (extOrPort is not null) return await extOrPort.OpenAsync(session.Remote, cancellationToken).ConfigureAwait(false);
-        if (config.Target is { } target) return await dialer.ConnectTcpAsync(target, cancellationToken).ConfigureAwait(false);
-        var destination = session.Destination
-            ?? throw new TransportConnectException(ConnectFailure.NotAllowed, "this server is free (no target) and the session names no destination");
-        var allow = config.Allow!;
-        return await OutboundDialer.ConnectAllowedAsync(dialer, destination, a => allow.Allows(a, destination.Port), cancellationToken).ConfigureAwait(false);
-    }
-
-    public Task RelayAsync(Stream transport, Stream onward, CancellationToken cancellationToken) =>
-        Relay.RunAsync(transport, onward, counters.AddBytesIn, counters.AddBytesOut, cancellationToken);
 }
 
 /// <summary>sysexits(3) codes used by pthost.</summary>

@@ -32,7 +32,7 @@ public sealed class RecordingTurnClient(string ip, int port, bool stream = false
 /// An association that accepts everything and never receives: peers with an even port pass the
 /// peer check, odd ones are refused (so both 403 and success paths run).
 /// </summary>
-public sealed class NullDatagramSession : IDatagramSession
+public sealed class NullDatagramSession : IAssociation
 {
     private readonly TaskCompletionSource _closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     public long Sent;

@@ -3,7 +3,7 @@ using System.Net.Sockets;
 using System.Text.RegularExpressions;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
-using PtHost.Turn;
+using PtHost.Net.Udp;
 
 namespace PtHost.Tests.Process;
 

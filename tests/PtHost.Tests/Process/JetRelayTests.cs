@@ -71,10 +71,10 @@ public class JetRelayTests
     [Fact]
     public async Task The_tls_and_wss_listeners_use_the_configured_certificate()
     {
-        using var cert = Transports.Zephyr.ZephyrCredentials.Generate("relay.example.net");
+        using var cert = Net.Tls.PinnedTls.Generate("relay.example.net");
         string dir = Directory.CreateTempSubdirectory("pthost-jet-cert-").FullName;
-        await File.WriteAllTextAsync(Path.Combine(dir, "relay.pem"), Transports.Zephyr.ZephyrCredentials.CertificatePem(cert));
-        await File.WriteAllTextAsync(Path.Combine(dir, "relay.key"), Transports.Zephyr.ZephyrCredentials.KeyPem(cert));
+        await File.WriteAllTextAsync(Path.Combine(dir, "relay.pem"), Net.Tls.PinnedTls.CertificatePem(cert));
+        await File.WriteAllTextAsync(Path.Combine(dir, "relay.key"), Net.Tls.PinnedTls.KeyPem(cert));
         string config = Path.Combine(dir, "relay.json");
         await File.WriteAllTextAsync(config, """{"listen": "127.0.0.1:0", "certificateFile": "relay.pem", "keyFile": "relay.key"}""");
         await using var p = PtProcess.StartPthost("relay", "jet", "--config", config);

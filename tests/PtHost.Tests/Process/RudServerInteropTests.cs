@@ -1,7 +1,7 @@
 using System.Net;
 using System.Text;
 using Newtonsoft.Json.Linq;
-using PtHost.Transports.Plain;
+using PtHost.Contract;
 using PtHost.Transports.Rud;
 
 namespace PtHost.Tests.Process;
@@ -33,7 +33,7 @@ public class RudServerInteropTests
     {
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
         await using var stream = conn.OpenStream();
-        await PlainWire.RequestAsync(stream, new PtHost.Contract.Destination("127.0.0.1", echo.Port), "pthost", cts.Token);
+        await SessionPreamble.RequestAsync(stream, new Destination("127.0.0.1", echo.Port), "pthost", cts.Token);
         await stream.WriteAsync("hello through rud"u8.ToArray(), cts.Token);
         var back = new byte[17];
         await stream.ReadExactlyAsync(back, cts.Token);
@@ -81,7 +81,7 @@ public class RudServerInteropTests
         var junk = conn.OpenStream();
         await junk.WriteAsync("GET / HTTP/1.1\r\n\r\n"u8.ToArray(), cts.Token);
         var error = await Assert.ThrowsAsync<IOException>(async () => await junk.ReadExactlyAsync(new byte[16], cts.Token));
-        Assert.Contains("reset by the peer (code 2)", error.Message, StringComparison.Ordinal);
+        Assert.Contains("reset by the peer (code 1)", error.Message, StringComparison.Ordinal);
         await EchoThroughAsync(conn, echo);
     }
 }

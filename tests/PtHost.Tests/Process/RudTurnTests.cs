@@ -2,7 +2,7 @@ using System.Net;
 using System.Text.RegularExpressions;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
-using PtHost.Turn;
+using PtHost.Net.Udp;
 
 namespace PtHost.Tests.Process;
 
@@ -189,25 +189,25 @@ public partial class TurnTests
         var any6 = PeerAddress.FromBytes(new byte[16], 0);
         var buffer = new byte[2048];
 
-        void Send(PtHost.Transports.Rud.RudDatagramChannel ch, DatagramFrameType type, PeerAddress to, ReadOnlySpan<byte> payload)
+        void Send(PtHost.Transports.Rud.RudDatagramStream ch, DatagramFrameType type, PeerAddress to, ReadOnlySpan<byte> payload)
         {
             var frame = new byte[DatagramFrame.HeaderLength(to) + payload.Length];
             DatagramFrame.Write(frame, type, to, payload);
             Assert.True(ch.TrySend(frame));
         }
-        async Task<(DatagramFrameType Type, PeerAddress Peer, byte[] Payload)> ReceiveAsync(PtHost.Transports.Rud.RudDatagramChannel ch)
+        async Task<(DatagramFrameType Type, PeerAddress Peer, byte[] Payload)> ReceiveAsync(PtHost.Transports.Rud.RudDatagramStream ch)
         {
             int n = await ch.ReceiveAsync(buffer, cts.Token);
             Assert.Equal(n, DatagramFrame.TryParse(buffer.AsSpan(0, n), out var type, out var from, out var payload));
             return (type, from, buffer[payload]);
         }
 
-        var stray = conn.OpenDatagramChannel();
+        var stray = conn.OpenDatagramStream();
         Send(stray, DatagramFrameType.Data, allowed, "first"u8);
         Assert.Equal((DatagramFrameType)0x06, (await ReceiveAsync(stray)).Type); // not OPEN: CLOSE
         await chain.Chain.Server.WaitForStderrAsync("is not OPEN [::]:0; CLOSE sent");
 
-        var ch = conn.OpenDatagramChannel();
+        var ch = conn.OpenDatagramStream();
         Send(ch, (DatagramFrameType)0x05, any6, default);
         var relayed = await ReceiveAsync(ch);
         Assert.Equal(DatagramFrameType.Relayed, relayed.Type);
@@ -227,14 +227,14 @@ public partial class TurnTests
         Send(ch, (DatagramFrameType)0x05, any6.WithPort(1), default);
         Assert.Equal(DatagramFrameType.Relayed, (await ReceiveAsync(ch)).Type); // keep-alive of the open association
         Send(ch, (DatagramFrameType)0x06, PeerAddress.FromBytes(new byte[4], 0), default);
-        await chain.Chain.Server.WaitForStderrAsync("ended: 4 frames from the client, 4 datagrams to it, 0 too large for a RUD datagram, 0 not queued (send queue full), 1 malformed");
+        await chain.Chain.Server.WaitForStderrAsync("ended: 4 frames from the client, 4 datagrams to it, 0 too large for the carrier, 0 not sent (carrier full or gone), 1 malformed");
         Assert.Equal(1, peer.Received);
         Assert.Equal(0, other.Received);
         conn.Close();
     }
 
     /// <summary>
-    /// The stream-carried path still works on the server (an older client, or any IDatagramStreamCarrier
+    /// The stream-carried path still works on the server (an older client, or any IStreamCarrier
     /// use): an asynchronous stream whose plain preamble asks for a datagram session carries the
     /// association with spec/turn.md §5.2 framing, and the server process logs that it did.
     /// </summary>
@@ -248,8 +248,8 @@ public partial class TurnTests
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
         var conn = await endpoint.ConnectAsync(chain.Chain.ServerEndPoint, key, cts.Token);
         var stream = conn.OpenStream();
-        await PtHost.Transports.Plain.PlainWire.RequestAsync(stream, null, "test", cts.Token, SessionKind.Datagram);
-        await using var session = await StreamDatagramSession.StartAsync(stream, cts.Token);
+        await SessionPreamble.RequestAsync(stream, null, "test", cts.Token, SessionKind.Datagram);
+        await using var session = await StreamAssociation.StartAsync(stream, cts.Token);
         var allowed = PeerAddress.From(new IPEndPoint(IPAddress.Loopback, peer.Port));
         var buffer = new byte[2048];
         var receiving = session.ReceiveAsync(buffer, cts.Token).AsTask(); // the receive loop also takes the CHECK's answer

@@ -5,6 +5,7 @@ using System.Text;
 using System.Text.RegularExpressions;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net.Udp;
 using PtHost.Turn;
 using Xunit.Abstractions;
 

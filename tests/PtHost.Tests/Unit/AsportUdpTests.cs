@@ -3,8 +3,8 @@ using System.Net.Sockets;
 using Microsoft.Extensions.Logging.Abstractions;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net.Udp;
 using PtHost.Transports.Asport;
-using PtHost.Turn;
 
 namespace PtHost.Tests.Unit;
 
@@ -14,21 +14,21 @@ public sealed class AsportUdpTests
     [Fact]
     public void OPEN_is_22_bytes_for_the_unspecified_IPv6_address_and_CLOSE_is_the_shortest_frame()
     {
-        Assert.Equal(Convert.FromHexString("00140504" + new string('0', 32) + "0000"), AsportUdpFrames.OpenFrame);
-        Assert.Equal(Convert.FromHexString("00140504" + new string('0', 32) + "0001"), AsportUdpFrames.KeepaliveFrame);
-        Assert.Equal(Convert.FromHexString("000806010000000000 00".Replace(" ", "")), AsportUdpFrames.CloseFrame);
+        Assert.Equal(Convert.FromHexString("00140504" + new string('0', 32) + "0000"), DatagramFrame.OpenFrame);
+        Assert.Equal(Convert.FromHexString("00140504" + new string('0', 32) + "0001"), DatagramFrame.KeepaliveFrame);
+        Assert.Equal(Convert.FromHexString("000806010000000000 00".Replace(" ", "")), DatagramFrame.CloseFrame);
         Assert.Equal(65485, AsportUdpFrames.MaxPayload);
     }
 
     [Fact]
     public void A_datagram_is_exactly_one_frame()
     {
-        Assert.True(AsportUdpFrames.TryRead(AsportUdpFrames.CloseFrame, out var type, out _, out _));
-        Assert.Equal(AsportUdpFrames.Close, type);
-        Assert.False(AsportUdpFrames.TryRead([.. AsportUdpFrames.CloseFrame, 0], out _, out _, out _)); // trailing byte
-        Assert.False(AsportUdpFrames.TryRead(AsportUdpFrames.OpenFrame.AsSpan(0, 21), out _, out _, out _)); // short
-        Assert.False(AsportUdpFrames.TryRead([], out _, out _, out _));
-        Assert.False(AsportUdpFrames.TryRead([0, 8, 6, 2, 0, 0, 0, 0, 0, 0], out _, out _, out _)); // ATYP 2
+        Assert.True(DatagramFrame.TryReadDatagram(DatagramFrame.CloseFrame, out var type, out _, out _));
+        Assert.Equal(DatagramFrameType.Close, type);
+        Assert.False(DatagramFrame.TryReadDatagram([.. DatagramFrame.CloseFrame, 0], out _, out _, out _)); // trailing byte
+        Assert.False(DatagramFrame.TryReadDatagram(DatagramFrame.OpenFrame.AsSpan(0, 21), out _, out _, out _)); // short
+        Assert.False(DatagramFrame.TryReadDatagram([], out _, out _, out _));
+        Assert.False(DatagramFrame.TryReadDatagram([0, 8, 6, 2, 0, 0, 0, 0, 0, 0], out _, out _, out _)); // ATYP 2
     }
 
     [Theory]
@@ -79,11 +79,11 @@ public sealed class AsportUdpTests
     public async Task OPEN_is_repeated_until_RELAYED_then_DATA_and_CHECK_flow_oversized_DATA_is_dropped_and_dispose_sends_CLOSE()
     {
         using var server = new ScriptedServer();
-        var open = AsportDatagramSession.OpenAsync(server.EndPoint, null, CancellationToken.None, NullLogger.Instance, CancellationToken.None);
+        var open = AsportAssociation.OpenAsync(server.EndPoint, null, CancellationToken.None, NullLogger.Instance, CancellationToken.None);
         var (first, from) = await server.ReceiveAsync();
-        Assert.Equal(AsportUdpFrames.OpenFrame, first);
+        Assert.Equal(DatagramFrame.OpenFrame, first);
         var (second, _) = await server.ReceiveAsync(); // no answer yet: repeated
-        Assert.Equal(AsportUdpFrames.OpenFrame, second);
+        Assert.Equal(DatagramFrame.OpenFrame, second);
         var relayed = PeerAddress.From(new IPEndPoint(IPAddress.IPv6Any, 40000));
         await server.Socket.SendToAsync(Frame(DatagramFrameType.Relayed, relayed, []), from);
         await using var session = await open;
@@ -93,7 +93,7 @@ public sealed class AsportUdpTests
         await session.SendAsync(peer, new byte[AsportUdpFrames.MaxPayload + 1], CancellationToken.None); // too large: dropped, not thrown
         await session.SendAsync(peer, new byte[] { 1, 2, 3 }, CancellationToken.None);
         byte[] data;
-        do (data, _) = await server.ReceiveAsync(); while (data.AsSpan().SequenceEqual(AsportUdpFrames.OpenFrame)); // late repeats
+        do (data, _) = await server.ReceiveAsync(); while (data.AsSpan().SequenceEqual(DatagramFrame.OpenFrame)); // late repeats
         Assert.Equal(Frame(DatagramFrameType.Data, peer, [1, 2, 3]), data);
 
         var check = session.CheckPeerAsync(peer, CancellationToken.None).AsTask();
@@ -109,16 +109,16 @@ public sealed class AsportUdpTests
         await session.DisposeAsync();
         byte[] last;
         do (last, _) = await server.ReceiveAsync(); while (last.AsSpan().SequenceEqual(Frame(DatagramFrameType.Check, peer, []))); // late repeats
-        Assert.Equal(AsportUdpFrames.CloseFrame, last);
+        Assert.Equal(DatagramFrame.CloseFrame, last);
     }
 
     [Fact]
     public async Task CLOSE_instead_of_RELAYED_refuses_the_association()
     {
         using var server = new ScriptedServer();
-        var open = AsportDatagramSession.OpenAsync(server.EndPoint, null, CancellationToken.None, NullLogger.Instance, CancellationToken.None);
+        var open = AsportAssociation.OpenAsync(server.EndPoint, null, CancellationToken.None, NullLogger.Instance, CancellationToken.None);
         var (_, from) = await server.ReceiveAsync();
-        await server.Socket.SendToAsync(AsportUdpFrames.CloseFrame, from);
+        await server.Socket.SendToAsync(DatagramFrame.CloseFrame, from);
         var e = await Assert.ThrowsAsync<TransportConnectException>(() => open);
         Assert.Contains("refused", e.Message);
     }
@@ -128,9 +128,9 @@ public sealed class AsportUdpTests
     {
         using var server = new ScriptedServer();
         using var gone = new CancellationTokenSource();
-        async Task<(AsportDatagramSession, EndPoint)> OpenAsync()
+        async Task<(AsportAssociation, EndPoint)> OpenAsync()
         {
-            var open = AsportDatagramSession.OpenAsync(server.EndPoint, null, gone.Token, NullLogger.Instance, CancellationToken.None);
+            var open = AsportAssociation.OpenAsync(server.EndPoint, null, gone.Token, NullLogger.Instance, CancellationToken.None);
             var (_, from) = await server.ReceiveAsync();
             await server.Socket.SendToAsync(Frame(DatagramFrameType.Relayed, PeerAddress.From(new IPEndPoint(IPAddress.Loopback, 9)), []), from);
             return (await open, from);
@@ -139,7 +139,7 @@ public sealed class AsportUdpTests
         await using (a)
         {
             var receive = a.ReceiveAsync(new byte[100], CancellationToken.None).AsTask();
-            await server.Socket.SendToAsync(AsportUdpFrames.CloseFrame, fromA);
+            await server.Socket.SendToAsync(DatagramFrame.CloseFrame, fromA);
             Assert.Equal(-1, (await receive.WaitAsync(TimeSpan.FromSeconds(20))).Length);
         }
         var (b, _) = await OpenAsync();

@@ -2,11 +2,11 @@ using System.Buffers;
 using System.Text;
 using Microsoft.Extensions.Logging.Abstractions;
 using PtHost.Configuration;
+using PtHost.Contract;
 using PtHost.Ipc;
 using PtHost.Net;
 using PtHost.Socks;
 using PtHost.Tests.Unit.Support;
-using PtHost.Transports.Plain;
 
 namespace PtHost.Tests.Unit;
 
@@ -155,11 +155,11 @@ public class ParserRandomInputTests
 
             byte[] header = Bytes(random, random.Next(0, 10));
             if (random.Next(2) == 0 && header.Length >= 4) "PTP\x01"u8.CopyTo(header);
-            int length = PlainWire.ParseHeader(header);
-            Assert.InRange(length, -1, PlainWire.MaxDestinationLength);
+            int length = SessionPreamble.ParseHeader(header);
+            Assert.InRange(length, -1, SessionPreamble.MaxDestinationLength);
 
             byte[] destination = random.Next(2) == 0 ? Bytes(random, random.Next(0, 12)) : Encoding.UTF8.GetBytes(entry);
-            try { PlainWire.ParseDestination(destination); } catch (FormatException) { }
+            try { SessionPreamble.ParseDestination(destination); } catch (FormatException) { }
         }
     }
 

@@ -8,7 +8,6 @@ using PtHost.Contract;
 using PtHost.Ipc;
 using PtHost.Net;
 using PtHost.Socks;
-using PtHost.Transports.Plain;
 
 namespace PtHost.Tests.Unit;
 
@@ -84,7 +83,7 @@ public class RegressionTests
     {
         // A host name is at most 255 characters, so no Destination overflows the 262-byte field.
         Assert.ThrowsAny<ArgumentException>(() => new Destination(new string('a', 70_000), 80));
-        Assert.Equal(PlainWire.HeaderLength + 261, PlainWire.BuildRequest(new Destination(new string('a', 255), 65535)).Length);
+        Assert.Equal(SessionPreamble.HeaderLength + 261, SessionPreamble.BuildRequest(new Destination(new string('a', 255), 65535)).Length);
     }
 
     // Related, contract (out of scope for this branch)

@@ -6,6 +6,7 @@ using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net.Tls;
 using PtHost.Transports.Zephyr;
 
 namespace PtHost.Tests.Unit;
@@ -108,8 +109,8 @@ public class ZephyrTransportOptionsTests
         var o = ZephyrServerOptions.Parse(Server());
         Assert.NotNull(o.Certificate);
         var client = ZephyrClientOptions.Parse(Client());
-        Assert.True(ZephyrCredentials.Matches(client.Certificate, o.ClientPins));
-        Assert.True(ZephyrCredentials.Matches(o.Certificate, [client.ServerPin]));
+        Assert.True(PinnedTls.Matches(client.Certificate, o.ClientPins));
+        Assert.True(PinnedTls.Matches(o.Certificate, [client.ServerPin]));
     }
 
     [Fact]
@@ -166,13 +167,13 @@ public class ZephyrTransportOptionsTests
     [Fact]
     public void A_certificate_may_come_as_base64_PKCS12()
     {
-        using var cert = ZephyrCredentials.Generate("t");
+        using var cert = PinnedTls.Generate("t");
         var o = ZephyrServerOptions.Parse(new JObject
         {
             ["pkcs12"] = Convert.ToBase64String(cert.Export(System.Security.Cryptography.X509Certificates.X509ContentType.Pkcs12)),
             ["clientPins"] = new JArray(new string('0', 64)),
         });
-        Assert.Equal(ZephyrCredentials.Pin(cert), ZephyrCredentials.Pin(o.Certificate!));
+        Assert.Equal(PinnedTls.Pin(cert), PinnedTls.Pin(o.Certificate!));
         Assert.True(o.Certificate!.HasPrivateKey);
     }
 
@@ -184,9 +185,9 @@ public class ZephyrTransportOptionsTests
         {
             var options = new JObject { ["clientPins"] = new JArray(new string('a', 64)), ["anyRelay"] = true };
             string first = await StartAndReadPinAsync(state, options);
-            Assert.True(File.Exists(Path.Combine(state, ZephyrServer.CertificateFile)));
+            Assert.True(File.Exists(Path.Combine(state, PinnedTls.CertificateFile)));
             if (!OperatingSystem.IsWindows())
-                Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Path.Combine(state, ZephyrServer.KeyFile)));
+                Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Path.Combine(state, PinnedTls.KeyFile)));
             Assert.Equal(first, await StartAndReadPinAsync(state, options));
         }
         finally { Directory.Delete(state, true); }
@@ -214,7 +215,7 @@ public class ZephyrTransportOptionsTests
     [Fact]
     public void Generated_certificates_are_self_signed_ECDSA_P256()
     {
-        using var cert = ZephyrCredentials.Generate("t");
+        using var cert = PinnedTls.Generate("t");
         using var key = cert.GetECDsaPrivateKey();
         Assert.NotNull(key);
         Assert.Equal(256, key!.KeySize);
@@ -224,8 +225,8 @@ public class ZephyrTransportOptionsTests
     [Fact]
     public void A_pin_is_the_SHA256_of_the_DER_certificate_in_64_hex_digits()
     {
-        using var cert = ZephyrCredentials.Generate("t");
-        string pin = ZephyrCredentials.FormatPin(ZephyrCredentials.Pin(cert));
+        using var cert = PinnedTls.Generate("t");
+        string pin = PinnedTls.FormatPin(PinnedTls.Pin(cert));
         Assert.Equal(Convert.ToHexStringLower(SHA256.HashData(cert.RawData)), pin);
         Assert.Equal(64, pin.Length);
     }
@@ -239,7 +240,7 @@ public class ZephyrTransportOptionsTests
         byte[] raw = RandomNumberGenerator.GetBytes(32);
         string text = upper ? Convert.ToHexString(raw) : Convert.ToHexStringLower(raw);
         if (colons) text = string.Join(":", Enumerable.Range(0, 32).Select(i => text.Substring(i * 2, 2)));
-        Assert.Equal(raw, ZephyrCredentials.ParsePin(text));
+        Assert.Equal(raw, PinnedTls.ParsePin(text));
     }
 
     [Theory]
@@ -247,17 +248,17 @@ public class ZephyrTransportOptionsTests
     [InlineData("00")]
     [InlineData("zz00000000000000000000000000000000000000000000000000000000000000")]
     [InlineData("000000000000000000000000000000000000000000000000000000000000000000")]
-    public void Malformed_pins_are_refused(string text) => Assert.Null(ZephyrCredentials.ParsePin(text));
+    public void Malformed_pins_are_refused(string text) => Assert.Null(PinnedTls.ParsePin(text));
 
     [Fact]
     public void Only_a_listed_pin_matches_and_no_certificate_never_matches()
     {
-        using var a = ZephyrCredentials.Generate("a");
-        using var b = ZephyrCredentials.Generate("b");
-        Assert.True(ZephyrCredentials.Matches(a, [ZephyrCredentials.Pin(b), ZephyrCredentials.Pin(a)]));
-        Assert.False(ZephyrCredentials.Matches(a, [ZephyrCredentials.Pin(b)]));
-        Assert.False(ZephyrCredentials.Matches(a, []));
-        Assert.False(ZephyrCredentials.Matches(null, [ZephyrCredentials.Pin(a)]));
+        using var a = PinnedTls.Generate("a");
+        using var b = PinnedTls.Generate("b");
+        Assert.True(PinnedTls.Matches(a, [PinnedTls.Pin(b), PinnedTls.Pin(a)]));
+        Assert.False(PinnedTls.Matches(a, [PinnedTls.Pin(b)]));
+        Assert.False(PinnedTls.Matches(a, []));
+        Assert.False(PinnedTls.Matches(null, [PinnedTls.Pin(a)]));
     }
 
     // ---- §7.4 TLS 1.3, mutually authenticated ----
@@ -267,7 +268,7 @@ public class ZephyrTransportOptionsTests
     {
         var client = ZephyrClientOptions.Parse(Client());
         var server = ZephyrServerOptions.Parse(Server());
-        var (c, s) = await HandshakeAsync(ZephyrSession.ClientTls(client.Certificate, client.ServerPin), ZephyrSession.ServerTls(server.Certificate!, server.ClientPins));
+        var (c, s) = await HandshakeAsync(PinnedTls.ClientOptions(client.Certificate, client.ServerPin), PinnedTls.ServerOptions(server.Certificate!, server.ClientPins));
         Assert.Null(c);
         Assert.Null(s);
     }
@@ -277,7 +278,7 @@ public class ZephyrTransportOptionsTests
     {
         var client = ZephyrClientOptions.Parse(Client());
         var server = ZephyrServerOptions.Parse(Server());
-        var (c, _) = await HandshakeAsync(ZephyrSession.ClientTls(client.Certificate, RandomNumberGenerator.GetBytes(32)), ZephyrSession.ServerTls(server.Certificate!, server.ClientPins));
+        var (c, _) = await HandshakeAsync(PinnedTls.ClientOptions(client.Certificate, RandomNumberGenerator.GetBytes(32)), PinnedTls.ServerOptions(server.Certificate!, server.ClientPins));
         Assert.IsType<AuthenticationException>(c);
     }
 
@@ -286,7 +287,7 @@ public class ZephyrTransportOptionsTests
     {
         var client = ZephyrClientOptions.Parse(Client());
         var server = ZephyrServerOptions.Parse(Server());
-        var (_, s) = await HandshakeAsync(ZephyrSession.ClientTls(client.Certificate, client.ServerPin), ZephyrSession.ServerTls(server.Certificate!, [RandomNumberGenerator.GetBytes(32)]));
+        var (_, s) = await HandshakeAsync(PinnedTls.ClientOptions(client.Certificate, client.ServerPin), PinnedTls.ServerOptions(server.Certificate!, [RandomNumberGenerator.GetBytes(32)]));
         Assert.IsType<AuthenticationException>(s);
     }
 

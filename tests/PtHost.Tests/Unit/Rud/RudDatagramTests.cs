@@ -17,11 +17,11 @@ public class RudDatagramTests
     }
 
     /// <summary>Sends when the channel's send queue has room (a full queue refuses the datagram).</summary>
-    private static Task SendAsync(RudDatagramChannel ch, byte[] datagram) =>
+    private static Task SendAsync(RudDatagramStream ch, byte[] datagram) =>
         Eventually.TrueAsync(() => ch.TrySend(datagram), "room in the datagram send queue");
 
     /// <summary>Receives until <paramref name="expected"/> datagrams have come or none has for <paramref name="quiet"/> (the rest were lost).</summary>
-    private static async Task<HashSet<int>> ReceiveAsync(RudDatagramChannel ch, int expected, TimeSpan quiet)
+    private static async Task<HashSet<int>> ReceiveAsync(RudDatagramStream ch, int expected, TimeSpan quiet)
     {
         var got = new HashSet<int>();
         var buffer = new byte[2048];
@@ -45,11 +45,11 @@ public class RudDatagramTests
     {
         await using var pair = RudEndpointTests.Pair.Start();
         var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
-        var ch = c.OpenDatagramChannel();
-        Assert.False(ch.TrySend(new byte[RudDatagramChannel.MaxDatagramSize + 1]));
+        var ch = c.OpenDatagramStream();
+        Assert.False(ch.TrySend(new byte[RudDatagramStream.MaxDatagramSize + 1]));
         Assert.True(ch.TrySend(Datagram(0)));
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-        var peer = await s.AcceptDatagramChannelAsync(cts.Token);
+        var peer = await s.AcceptDatagramStreamAsync(cts.Token);
         var receiving = ReceiveAsync(peer, 200, TimeSpan.FromSeconds(10));
         for (int i = 1; i < 200; i++)
         {
@@ -71,12 +71,12 @@ public class RudDatagramTests
         pair.Relay.Delay = TimeSpan.FromMilliseconds(20);
         pair.Relay.Jitter = TimeSpan.FromMilliseconds(5);
         var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
-        var ch = c.OpenDatagramChannel();
+        var ch = c.OpenDatagramStream();
         await SendAsync(ch, Datagram(0));
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        RudDatagramChannel peer;
+        RudDatagramStream peer;
         // The first datagram may be the one lost: send it until the channel shows up.
-        var accept = s.AcceptDatagramChannelAsync(cts.Token).AsTask();
+        var accept = s.AcceptDatagramStreamAsync(cts.Token).AsTask();
         while (!await Eventually.CompletesWithinAsync(accept, TimeSpan.FromMilliseconds(200))) ch.TrySend(Datagram(0)); // resent every 200 ms
         peer = await accept;
         var receiving = ReceiveAsync(peer, 1000, TimeSpan.FromSeconds(3));

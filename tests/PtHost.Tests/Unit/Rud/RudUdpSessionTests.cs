@@ -1,8 +1,8 @@
 using System.Net;
 using Microsoft.Extensions.Logging.Abstractions;
 using PtHost.Contract;
+using PtHost.Net.Udp;
 using PtHost.Transports.Rud;
-using PtHost.Turn;
 
 namespace PtHost.Tests.Unit.Rud;
 
@@ -25,8 +25,8 @@ public class RudUdpSessionTests
                 Random.Shared.NextBytes(payload);
                 int n = RudUdpFrames.TryWrite(buffer, DatagramFrameType.Data, peer, payload);
                 Assert.Equal(DatagramFrame.HeaderLength(peer) + size, n);
-                Assert.True(n <= RudDatagramChannel.MaxDatagramSize);
-                Assert.True(RudUdpFrames.TryRead(buffer.AsSpan(0, n), out var type, out var read, out var range));
+                Assert.True(n <= RudDatagramStream.MaxDatagramSize);
+                Assert.True(DatagramFrame.TryReadDatagram(buffer.AsSpan(0, n), out var type, out var read, out var range));
                 Assert.Equal(DatagramFrameType.Data, type);
                 Assert.Equal(peer, read);
                 Assert.Equal(payload, buffer[range]);
@@ -35,11 +35,11 @@ public class RudUdpSessionTests
         }
         // The example of spec/turn.md §5.2 is one datagram here too.
         byte[] example = Convert.FromHexString("000a0001c00002010d966869");
-        Assert.True(RudUdpFrames.TryRead(example, out var t, out var p, out var r));
+        Assert.True(DatagramFrame.TryReadDatagram(example, out var t, out var p, out var r));
         Assert.Equal((DatagramFrameType.Data, V4, "hi"), (t, p, System.Text.Encoding.ASCII.GetString(example[r])));
-        Assert.Equal("0014050400000000000000000000000000000000" + "0000", Convert.ToHexString(RudUdpFrames.OpenFrame).ToLowerInvariant());
-        Assert.Equal("0014050400000000000000000000000000000000" + "0001", Convert.ToHexString(RudUdpFrames.KeepaliveFrame).ToLowerInvariant());
-        Assert.Equal("00080601000000000000", Convert.ToHexString(RudUdpFrames.CloseFrame).ToLowerInvariant());
+        Assert.Equal("0014050400000000000000000000000000000000" + "0000", Convert.ToHexString(DatagramFrame.OpenFrame).ToLowerInvariant());
+        Assert.Equal("0014050400000000000000000000000000000000" + "0001", Convert.ToHexString(DatagramFrame.KeepaliveFrame).ToLowerInvariant());
+        Assert.Equal("00080601000000000000", Convert.ToHexString(DatagramFrame.CloseFrame).ToLowerInvariant());
     }
 
     [Theory]
@@ -55,7 +55,7 @@ public class RudUdpSessionTests
     [InlineData("ffff0001c00002010d96")]       // LENGTH 65535 in a 10-byte datagram
     public void Malformed_datagrams_are_rejected_without_exceptions(string hex)
     {
-        Assert.False(RudUdpFrames.TryRead(Convert.FromHexString(hex), out _, out _, out _));
+        Assert.False(DatagramFrame.TryReadDatagram(Convert.FromHexString(hex), out _, out _, out _));
     }
 
     [Fact]
@@ -68,18 +68,18 @@ public class RudUdpSessionTests
             int n = random.Next(0, 64);
             random.NextBytes(buffer.AsSpan(0, n));
             if (i % 2 == 0 && n >= 2) { buffer[0] = 0; buffer[1] = (byte)(n - 2); }
-            if (RudUdpFrames.TryRead(buffer.AsSpan(0, n), out _, out _, out var range))
+            if (DatagramFrame.TryReadDatagram(buffer.AsSpan(0, n), out _, out _, out var range))
                 Assert.InRange(range.End.Value, range.Start.Value, n);
         }
     }
 
     private static (DatagramFrameType Type, PeerAddress Peer, byte[] Payload) Read(byte[] buffer, int n)
     {
-        Assert.True(RudUdpFrames.TryRead(buffer.AsSpan(0, n), out var type, out var peer, out var payload));
+        Assert.True(DatagramFrame.TryReadDatagram(buffer.AsSpan(0, n), out var type, out var peer, out var payload));
         return (type, peer, buffer[payload]);
     }
 
-    private static void Send(RudDatagramChannel ch, DatagramFrameType type, PeerAddress peer, ReadOnlySpan<byte> payload)
+    private static void Send(RudDatagramStream ch, DatagramFrameType type, PeerAddress peer, ReadOnlySpan<byte> payload)
     {
         var frame = new byte[RudUdpFrames.MaxFrame];
         Assert.True(ch.TrySend(frame.AsSpan(0, RudUdpFrames.TryWrite(frame, type, peer, payload))));
@@ -95,11 +95,11 @@ public class RudUdpSessionTests
         await using var pair = RudEndpointTests.Pair.Start();
         var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        var opening = RudDatagramSession.OpenAsync(c.OpenDatagramChannel(), "test", NullLogger.Instance, null, cts.Token);
-        var server = await s.AcceptDatagramChannelAsync(cts.Token);
+        var opening = RudAssociation.OpenAsync(c.OpenDatagramStream(), "test", NullLogger.Instance, null, cts.Token);
+        var server = await s.AcceptDatagramStreamAsync(cts.Token);
         var buffer = new byte[RudUdpFrames.MaxFrame];
         int n = await server.ReceiveAsync(buffer, cts.Token);
-        Assert.Equal(RudUdpFrames.OpenFrame, buffer[..n]);
+        Assert.Equal(DatagramFrame.OpenFrame, buffer[..n]);
         server.TrySend(new byte[] { 1, 2, 3 }); // junk before RELAYED: ignored
         var relayed = PeerAddress.From(IPEndPoint.Parse("[::]:40000"));
         Send(server, DatagramFrameType.Relayed, relayed, default);
@@ -124,7 +124,7 @@ public class RudUdpSessionTests
         {
             n = await server.ReceiveAsync(buffer, cts.Token);
             var f = Read(buffer, n);
-            if (f.Type == DatagramFrameType.Check || f.Type == RudUdpFrames.Open) continue;
+            if (f.Type == DatagramFrameType.Check || f.Type == DatagramFrameType.Open) continue;
             Assert.Equal((DatagramFrameType.Data, V6, "hello"), (f.Type, f.Peer, System.Text.Encoding.ASCII.GetString(f.Payload)));
             break;
         }
@@ -132,7 +132,7 @@ public class RudUdpSessionTests
         var (from, length) = await receiving;
         Assert.Equal((V4, 4), (from, length));
 
-        Send(server, RudUdpFrames.Close, PeerAddress.FromBytes(new byte[4], 0), default);
+        Send(server, DatagramFrameType.Close, PeerAddress.FromBytes(new byte[4], 0), default);
         Assert.Equal(-1, (await session.ReceiveAsync(new byte[2048], cts.Token)).Length);
     }
 
@@ -143,9 +143,9 @@ public class RudUdpSessionTests
         await using var pair = RudEndpointTests.Pair.Start();
         var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        var opening = RudDatagramSession.OpenAsync(c.OpenDatagramChannel(), "test", NullLogger.Instance, null, cts.Token);
-        var server = await s.AcceptDatagramChannelAsync(cts.Token);
-        Assert.True(server.TrySend(RudUdpFrames.CloseFrame));
+        var opening = RudAssociation.OpenAsync(c.OpenDatagramStream(), "test", NullLogger.Instance, null, cts.Token);
+        var server = await s.AcceptDatagramStreamAsync(cts.Token);
+        Assert.True(server.TrySend(DatagramFrame.CloseFrame));
         var e = await Assert.ThrowsAsync<TransportConnectException>(() => opening);
         Assert.Contains("refused the UDP association", e.Message);
     }
@@ -164,7 +164,7 @@ public class RudUdpSessionTests
         var serverConnections = new System.Collections.Concurrent.ConcurrentQueue<RudConnection>();
         var relayed = new byte[RudUdpFrames.MaxFrame];
         int relayedLength = RudUdpFrames.TryWrite(relayed, DatagramFrameType.Relayed, PeerAddress.From(IPEndPoint.Parse("[::]:40000")), default);
-        async Task AnswerAsync(RudDatagramChannel ch)
+        async Task AnswerAsync(RudDatagramStream ch)
         {
             var b = new byte[RudUdpFrames.MaxFrame];
             try
@@ -172,7 +172,7 @@ public class RudUdpSessionTests
                 while (true)
                 {
                     int n = await ch.ReceiveAsync(b, cts.Token);
-                    if (RudUdpFrames.TryRead(b.AsSpan(0, n), out var t, out _, out _) && t == RudUdpFrames.Open) ch.TrySend(relayed.AsSpan(0, relayedLength));
+                    if (DatagramFrame.TryReadDatagram(b.AsSpan(0, n), out var t, out _, out _) && t == DatagramFrameType.Open) ch.TrySend(relayed.AsSpan(0, relayedLength));
                 }
             }
             catch (Exception e) when (e is OperationCanceledException or System.Threading.Channels.ChannelClosedException) { }
@@ -187,7 +187,7 @@ public class RudUdpSessionTests
                     serverConnections.Enqueue(conn);
                     _ = Task.Run(async () =>
                     {
-                        try { while (true) _ = AnswerAsync(await conn.AcceptDatagramChannelAsync(cts.Token)); }
+                        try { while (true) _ = AnswerAsync(await conn.AcceptDatagramStreamAsync(cts.Token)); }
                         catch (Exception e) when (e is OperationCanceledException or System.Threading.Channels.ChannelClosedException) { }
                     });
                 }
@@ -204,20 +204,20 @@ public class RudUdpSessionTests
         ConnectRequest Request(int i) => new(new Destination("0.0.0.0", 0), null, i, SessionKind.Datagram);
         try
         {
-            var held = await client.OpenDatagramSessionAsync(Request(0), cts.Token);
+            var held = await client.OpenAssociationAsync(Request(0), cts.Token);
             for (int i = 1; i < 256; i++)
             {
-                await using var session = await client.OpenDatagramSessionAsync(Request(i), cts.Token);
+                await using var session = await client.OpenAssociationAsync(Request(i), cts.Token);
                 Assert.Equal(40000, session.RelayedAddress.Port);
             }
             Assert.Single(serverConnections);
-            await using (var second = await client.OpenDatagramSessionAsync(Request(256), cts.Token))
+            await using (var second = await client.OpenAssociationAsync(Request(256), cts.Token))
                 Assert.Equal(40000, second.RelayedAddress.Port);
             Assert.Equal(2, serverConnections.Count);
             var first = serverConnections.First();
             Assert.False(first.IsClosed); // the held session is still open on it
             await held.DisposeAsync();
-            await using (var third = await client.OpenDatagramSessionAsync(Request(257), cts.Token))
+            await using (var third = await client.OpenAssociationAsync(Request(257), cts.Token))
                 Assert.Equal(40000, third.RelayedAddress.Port);
             Assert.Equal(2, serverConnections.Count); // 257 went to the second connection
             await Eventually.TrueAsync(() => first.IsClosed, "the CLOSE of the used-up connection");

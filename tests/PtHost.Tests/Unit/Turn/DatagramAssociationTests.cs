@@ -3,9 +3,8 @@ using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging.Abstractions;
 using PtHost.Contract;
+using PtHost.Net.Udp;
 using PtHost.Net;
-using PtHost.Transports.Plain;
-using PtHost.Turn;
 
 namespace PtHost.Tests.Unit.Turn;
 
@@ -135,21 +134,21 @@ public class DatagramAssociationTests
     [Fact]
     public async Task Plain_preamble_for_a_udp_association_is_PTP_0x81_with_no_destination()
     {
-        byte[] request = PlainWire.BuildRequest(null, SessionKind.Datagram);
+        byte[] request = SessionPreamble.BuildRequest(null, SessionKind.Datagram);
         Assert.Equal(new byte[] { 0x50, 0x54, 0x50, 0x81, 0x00, 0x00 }, request);
-        Assert.Equal(0, PlainWire.ParseHeader(request, out var kind));
+        Assert.Equal(0, SessionPreamble.ParseHeader(request, out var kind));
         Assert.Equal(SessionKind.Datagram, kind);
-        var (destination, readKind) = await PlainWire.ReadPreambleAsync(new MemoryStream(request), CancellationToken.None);
+        var (destination, readKind) = await SessionPreamble.ReadAsync(new MemoryStream(request), CancellationToken.None);
         Assert.Null(destination);
         Assert.Equal(SessionKind.Datagram, readKind);
-        Assert.Equal(SessionKind.Stream, (await PlainWire.ReadPreambleAsync(new MemoryStream(PlainWire.BuildRequest(null)), CancellationToken.None)).Kind);
+        Assert.Equal(SessionKind.Stream, (await SessionPreamble.ReadAsync(new MemoryStream(SessionPreamble.BuildRequest(null)), CancellationToken.None)).Kind);
     }
 
     [Fact]
     public async Task Plain_udp_association_naming_a_destination_is_malformed()
     {
         byte[] request = [0x50, 0x54, 0x50, 0x81, 0x00, 0x03, (byte)'a', (byte)':', (byte)'1'];
-        await Assert.ThrowsAsync<FormatException>(() => PlainWire.ReadPreambleAsync(new MemoryStream(request), CancellationToken.None));
+        Assert.NotNull((await SessionPreamble.ReadAsync(new MemoryStream(request), CancellationToken.None)).Error);
     }
 
     // ---- both ends over an in-memory stream, real UDP on loopback ------------------------------------
@@ -175,11 +174,11 @@ public class DatagramAssociationTests
             }
         });
 
-        var host = new UdpAssociationHost(null, AllowList.Parse([$"127.0.0.1:{echoAddress.Port}"]), NullLogger.Instance);
-        var onward = await host.OpenAsync(new InboundSession(null, null, 1, SessionKind.Datagram), cts.Token);
+        var host = new ServerAssociations(null, AllowList.Parse([$"127.0.0.1:{echoAddress.Port}"]), NullLogger.Instance);
+        var onward = await host.OpenAsync(1, cts.Token);
         var (clientSide, serverSide) = DuplexPair();
         var relay = Relay.RunAsync(serverSide, onward, null, null, cts.Token);
-        await using var session = await StreamDatagramSession.StartAsync(clientSide, cts.Token);
+        await using var session = await StreamAssociation.StartAsync(clientSide, cts.Token);
         Assert.NotEqual(0, session.RelayedAddress.Port);
 
         byte[] buffer = new byte[2048];
@@ -206,9 +205,9 @@ public class DatagramAssociationTests
     [Fact]
     public async Task Association_limit_refuses_the_next_one()
     {
-        var host = new UdpAssociationHost(null, AllowList.Parse(["127.0.0.1"]), NullLogger.Instance, maxAssociations: 1);
-        await using var first = await host.OpenAsync(new InboundSession(null, null, 1, SessionKind.Datagram), CancellationToken.None);
-        var e = await Assert.ThrowsAsync<TransportConnectException>(async () => await host.OpenAsync(new InboundSession(null, null, 2, SessionKind.Datagram), CancellationToken.None));
+        var host = new ServerAssociations(null, AllowList.Parse(["127.0.0.1"]), NullLogger.Instance, maxAssociations: 1);
+        await using var first = await host.OpenAsync(1, CancellationToken.None);
+        var e = await Assert.ThrowsAsync<TransportConnectException>(async () => await host.OpenAsync(2, CancellationToken.None));
         Assert.Equal(ConnectFailure.General, e.Failure);
     }
 

@@ -122,16 +122,16 @@ public class TurnListenerTests
         public ValueTask DisposeAsync() => ValueTask.CompletedTask;
     }
 
-    private sealed class NativeFactory : StreamOnlyFactory, IDatagramClientFactory, IDatagramStreamCarrier
+    private sealed class NativeFactory : StreamOnlyFactory, IDatagramClientFactory, IStreamCarrier
     {
         public List<FakeSession> Sessions { get; } = [];
 
-        public ValueTask<IDatagramSession> OpenDatagramSessionAsync(ConnectRequest request, CancellationToken cancellationToken)
+        public ValueTask<IAssociation> OpenAssociationAsync(ConnectRequest request, CancellationToken cancellationToken)
         {
             Assert.Equal(SessionKind.Datagram, request.Kind);
             var s = new FakeSession();
             lock (Sessions) Sessions.Add(s);
-            return ValueTask.FromResult<IDatagramSession>(s);
+            return ValueTask.FromResult<IAssociation>(s);
         }
     }
 }

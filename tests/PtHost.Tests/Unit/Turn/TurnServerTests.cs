@@ -26,7 +26,7 @@ public class TurnServerTests : IAsyncDisposable
             {
                 var s = new FakeSession();
                 lock (_sessions) _sessions.Add(s);
-                return ValueTask.FromResult<IDatagramSession>(s);
+                return ValueTask.FromResult<IAssociation>(s);
             }, NullLogger.Instance, _time);
 
     public async ValueTask DisposeAsync() => await _server.DisposeAsync();
@@ -250,7 +250,7 @@ public class TurnServerTests : IAsyncDisposable
         _server = new TurnServer(new TurnOptions(new IPEndPoint(IPAddress.Loopback, 0), Realm, new Dictionary<string, string> { [User] = Password }, new TurnLimits { MaxAllocationsPerUser = 1 }),
             (id, ct) => ++calls == 1
                 ? throw new TransportConnectException(ConnectFailure.ConnectionRefused, "server refused")
-                : ValueTask.FromResult<IDatagramSession>(new FakeSession()), NullLogger.Instance, _time);
+                : ValueTask.FromResult<IAssociation>(new FakeSession()), NullLogger.Instance, _time);
         var r = await new TurnTestClient(_server, new FakeClient("203.0.113.5", 1)).AllocateAsync();
         Assert.Equal(508, r.ErrorCode);
         Assert.Contains("server refused", r.Reason);
@@ -541,7 +541,7 @@ public class TurnServerTests : IAsyncDisposable
             {
                 var s = new FakeSession();
                 lock (_sessions) _sessions.Add(s);
-                return ValueTask.FromResult<IDatagramSession>(s);
+                return ValueTask.FromResult<IAssociation>(s);
             }, NullLogger.Instance, _time, counters);
         var t = new TurnTestClient(_server, new FakeClient("203.0.113.5", 5555));
         await t.AllocateAsync();
@@ -669,7 +669,7 @@ internal sealed class TurnTestClient(TurnServer server, FakeClient client, strin
 }
 
 /// <summary>A datagram session that records what is sent and delivers what the test says.</summary>
-internal sealed class FakeSession : IDatagramSession
+internal sealed class FakeSession : IAssociation
 {
     public static readonly PeerAddress Relayed = PeerAddress.From(new IPEndPoint(IPAddress.Parse("198.51.100.1"), 50000));
     private readonly Channel<(PeerAddress, byte[])> _incoming = Channel.CreateUnbounded<(PeerAddress, byte[])>();

@@ -2,7 +2,7 @@ using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 
-namespace PtHost.Turn;
+namespace PtHost.Net.Udp;
 
 /// <summary>
 /// Reads a channel of pooled byte segments as a byte stream: a read fills the caller's buffer from

@@ -1,9 +1,9 @@
 using System.Buffers.Binary;
 using PtHost.Contract;
 
-namespace PtHost.Turn;
+namespace PtHost.Net.Udp;
 
-/// <summary>Frame types of a UDP association carried in a stream (spec/turn.md §5.2).</summary>
+/// <summary>Frame types of a UDP association (spec/turn.md §5.2; OPEN and CLOSE §5.6).</summary>
 public enum DatagramFrameType : byte
 {
     /// <summary>A datagram: client → server "send to ADDRESS", server → client "received from ADDRESS".</summary>
@@ -16,6 +16,10 @@ public enum DatagramFrameType : byte
     Refused = 0x03,
     /// <summary>Server → client, first frame: ADDRESS is the server's UDP socket (the relayed address).</summary>
     Relayed = 0x04,
+    /// <summary>Datagram carriers only (§5.6), client → server: open the association (<c>[::]:0</c>), or keep it alive (<c>[::]:1</c>); answered by RELAYED.</summary>
+    Open = 0x05,
+    /// <summary>Datagram carriers only (§5.6), either way: the association is over (or, from an asport server, unknown).</summary>
+    Close = 0x06,
 }
 
 /// <summary>
@@ -33,6 +37,20 @@ public static class DatagramFrame
     public const int MaxHeaderLength = 2 + 1 + 1 + 16 + 2;
     /// <summary>The largest payload any frame can carry (an IPv6 peer).</summary>
     public const int MaxPayload = MaxFrameLength - MaxHeaderLength;
+
+    /// <summary>OPEN for <c>[::]:0</c>: 22 bytes, as long as the longest RELAYED answer (no amplification).</summary>
+    public static readonly byte[] OpenFrame = Build(DatagramFrameType.Open, PeerAddress.FromBytes(new byte[16], 0));
+    /// <summary>OPEN for <c>[::]:1</c>: keep-alive of an open association; never opens one.</summary>
+    public static readonly byte[] KeepaliveFrame = Build(DatagramFrameType.Open, PeerAddress.FromBytes(new byte[16], 1));
+    /// <summary>CLOSE for <c>0.0.0.0:0</c>: 10 bytes, the shortest frame.</summary>
+    public static readonly byte[] CloseFrame = Build(DatagramFrameType.Close, PeerAddress.FromBytes(new byte[4], 0));
+
+    private static byte[] Build(DatagramFrameType type, PeerAddress address)
+    {
+        var frame = new byte[HeaderLength(address)];
+        Write(frame, type, address, default);
+        return frame;
+    }
 
     public static int HeaderLength(PeerAddress peer) => 2 + 1 + 1 + peer.AddressLength + 2;
 
@@ -79,5 +97,15 @@ public static class DatagramFrame
         int start = 4 + addressLength + 2;
         payload = start..(2 + length);
         return 2 + length;
+    }
+
+    /// <summary>
+    /// A datagram carrier's datagram (§5.6): true when it is exactly one well-formed frame
+    /// (LENGTH = datagram length − 2); never throws.
+    /// </summary>
+    public static bool TryReadDatagram(ReadOnlySpan<byte> datagram, out DatagramFrameType type, out PeerAddress peer, out Range payload)
+    {
+        int n = TryParse(datagram, out type, out peer, out payload);
+        return n > 0 && n == datagram.Length;
     }
 }

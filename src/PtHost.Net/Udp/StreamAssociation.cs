@@ -3,14 +3,14 @@ using System.Collections.Concurrent;
 using System.Threading.Channels;
 using PtHost.Contract;
 
-namespace PtHost.Turn;
+namespace PtHost.Net.Udp;
 
 /// <summary>
-/// The client side of a UDP association carried in any transport's stream (spec/turn.md §5):
+/// The client process's end of a UDP association over a stream carrier (spec/turn.md §5.2):
 /// frames out through a bounded queue and one writer that batches them; frames in through one
 /// reader. A datagram that finds the queue full is dropped (UDP semantics), a control frame waits.
 /// </summary>
-public sealed class StreamDatagramSession : IDatagramSession
+public sealed class StreamAssociation : IAssociation
 {
     public const int QueueFrames = 2048;
     public const int BatchBytes = 64 * 1024;
@@ -28,7 +28,7 @@ public sealed class StreamDatagramSession : IDatagramSession
     private long _dropped;
     private int _disposed;
 
-    private StreamDatagramSession(Stream stream) => _stream = stream;
+    private StreamAssociation(Stream stream) => _stream = stream;
 
     public int MaxDatagramSize => DatagramFrame.MaxPayload;
 
@@ -41,9 +41,9 @@ public sealed class StreamDatagramSession : IDatagramSession
     /// Wraps the stream a transport returned for a <see cref="SessionKind.Datagram"/> request: reads
     /// the server's first frame (RELAYED) and starts the writer. Disposes the stream on failure.
     /// </summary>
-    public static async Task<StreamDatagramSession> StartAsync(Stream stream, CancellationToken cancellationToken)
+    public static async Task<StreamAssociation> StartAsync(Stream stream, CancellationToken cancellationToken)
     {
-        var session = new StreamDatagramSession(stream);
+        var session = new StreamAssociation(stream);
         try
         {
             using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);

@@ -1,28 +1,27 @@
 using System.Text;
 using PtHost.Contract;
-using PtHost.Transports.Plain;
 
 namespace PtHost.Tests.Unit;
 
-public class PlainWireTests
+public class SessionPreambleTests
 {
     [Fact]
     public void Magic_is_PTP_then_version_1()
     {
-        Assert.Equal(new byte[] { (byte)'P', (byte)'T', (byte)'P', 0x01 }, PlainWire.Magic.ToArray());
-        Assert.Equal(6, PlainWire.HeaderLength);
+        Assert.Equal(new byte[] { (byte)'P', (byte)'T', (byte)'P', 0x01 }, SessionPreamble.Magic.ToArray());
+        Assert.Equal(6, SessionPreamble.HeaderLength);
     }
 
     [Fact]
     public void Request_without_destination_is_the_bare_header_with_length_0()
     {
-        Assert.Equal(new byte[] { (byte)'P', (byte)'T', (byte)'P', 0x01, 0x00, 0x00 }, PlainWire.BuildRequest(null));
+        Assert.Equal(new byte[] { (byte)'P', (byte)'T', (byte)'P', 0x01, 0x00, 0x00 }, SessionPreamble.BuildRequest(null));
     }
 
     [Fact]
     public void Request_carries_host_port_after_a_big_endian_length()
     {
-        byte[] request = PlainWire.BuildRequest(new Destination("example.org", 443));
+        byte[] request = SessionPreamble.BuildRequest(new Destination("example.org", 443));
         Assert.Equal("PTP\x01"u8.ToArray(), request[..4]);
         Assert.Equal(new byte[] { 0x00, 15 }, request[4..6]);
         Assert.Equal("example.org:443", Encoding.ASCII.GetString(request, 6, request.Length - 6));
@@ -37,35 +36,35 @@ public class PlainWireTests
     public void Request_round_trips_through_ParseHeader_and_ParseDestination(string text)
     {
         var destination = Destination.Parse(text);
-        byte[] request = PlainWire.BuildRequest(destination);
-        int length = PlainWire.ParseHeader(request);
-        Assert.Equal(request.Length - PlainWire.HeaderLength, length);
-        Assert.Equal(destination, PlainWire.ParseDestination(request.AsSpan(PlainWire.HeaderLength, length)));
+        byte[] request = SessionPreamble.BuildRequest(destination);
+        int length = SessionPreamble.ParseHeader(request);
+        Assert.Equal(request.Length - SessionPreamble.HeaderLength, length);
+        Assert.Equal(destination, SessionPreamble.ParseDestination(request.AsSpan(SessionPreamble.HeaderLength, length)));
     }
 
     [Fact]
     public void Request_with_longest_domain_round_trips()
     {
         var destination = new Destination(new string('a', 255), 65535);
-        byte[] request = PlainWire.BuildRequest(destination);
-        int length = PlainWire.ParseHeader(request);
+        byte[] request = SessionPreamble.BuildRequest(destination);
+        int length = SessionPreamble.ParseHeader(request);
         Assert.Equal(261, length);
-        Assert.Equal(destination, PlainWire.ParseDestination(request.AsSpan(PlainWire.HeaderLength)));
+        Assert.Equal(destination, SessionPreamble.ParseDestination(request.AsSpan(SessionPreamble.HeaderLength)));
     }
 
     [Fact]
     public void Request_without_destination_round_trips_to_null()
     {
-        byte[] request = PlainWire.BuildRequest(null);
-        Assert.Equal(0, PlainWire.ParseHeader(request));
-        Assert.Null(PlainWire.ParseDestination(request.AsSpan(PlainWire.HeaderLength)));
+        byte[] request = SessionPreamble.BuildRequest(null);
+        Assert.Equal(0, SessionPreamble.ParseHeader(request));
+        Assert.Null(SessionPreamble.ParseDestination(request.AsSpan(SessionPreamble.HeaderLength)));
     }
 
     [Fact]
     public void ParseHeader_reads_only_the_first_six_bytes()
     {
         byte[] header = [.. "PTP\x01"u8, 0x00, 0x03, .. "a:1"u8, 0xEE, 0xFF];
-        Assert.Equal(3, PlainWire.ParseHeader(header));
+        Assert.Equal(3, SessionPreamble.ParseHeader(header));
     }
 
     [Theory]
@@ -77,7 +76,7 @@ public class PlainWireTests
     [InlineData(new byte[] { 0x05, 0x01, 0x00, 0x01, 0x00, 0x00 })]
     [InlineData(new byte[] { 0x16, 0x03, 0x01, 0x02, 0x00, 0x01 })]
     public void ParseHeader_refuses_short_or_foreign_headers(byte[] header) =>
-        Assert.Equal(-1, PlainWire.ParseHeader(header));
+        Assert.Equal(-1, SessionPreamble.ParseHeader(header));
 
     [Theory]
     [InlineData(262, 262)]
@@ -87,7 +86,7 @@ public class PlainWireTests
     public void ParseHeader_refuses_destination_longer_than_262(int length, int expected)
     {
         byte[] header = [.. "PTP\x01"u8, (byte)(length >> 8), (byte)length];
-        Assert.Equal(expected, PlainWire.ParseHeader(header));
+        Assert.Equal(expected, SessionPreamble.ParseHeader(header));
     }
 
     [Theory]
@@ -103,7 +102,7 @@ public class PlainWireTests
     [InlineData(" example.org:80")]
     public void ParseDestination_refuses_anything_but_host_and_non_zero_port(string text)
     {
-        var e = Assert.Throws<FormatException>(() => PlainWire.ParseDestination(Encoding.UTF8.GetBytes(text)));
+        var e = Assert.Throws<FormatException>(() => SessionPreamble.ParseDestination(Encoding.UTF8.GetBytes(text)));
         Assert.Contains("not host:port", e.Message);
     }
 
@@ -112,7 +111,7 @@ public class PlainWireTests
     [InlineData(new byte[] { (byte)'a', 0xC3, (byte)':', (byte)'1' })]
     public void ParseDestination_refuses_non_UTF8(byte[] bytes)
     {
-        var e = Assert.Throws<FormatException>(() => PlainWire.ParseDestination(bytes));
+        var e = Assert.Throws<FormatException>(() => SessionPreamble.ParseDestination(bytes));
         Assert.Contains("not UTF-8", e.Message);
     }
 }

@@ -14,7 +14,7 @@ public interface IAsportUdpHandler
     /// Returns the state to hold, or null to hold none (the packet was answered or dropped).
     /// The payload is valid during the call only.
     /// </summary>
-    IAsportUdpAssociation? Open(AsportUdpPeer peer, ReadOnlySpan<byte> payload);
+    IAsportUdpAssociation? Open(AsportPacketWriter peer, ReadOnlySpan<byte> payload);
 }
 
 /// <summary>A handler's state for one association.</summary>
@@ -31,13 +31,13 @@ public interface IAsportUdpAssociation
 }
 
 /// <summary>How a handler answers on one association: Packets back to the server in the client's forward mode (spec/asport.md §3.4).</summary>
-public sealed class AsportUdpPeer
+public sealed class AsportPacketWriter
 {
     private readonly QuicConnection _conn;
     private readonly bool _overStreams;
     private int _nextPacketId;
 
-    internal AsportUdpPeer(QuicConnection conn, ushort id, IPEndPoint? source, ForwardMode mode)
+    internal AsportPacketWriter(QuicConnection conn, ushort id, IPEndPoint? source, ForwardMode mode)
     {
         _conn = conn;
         Id = id;

@@ -1,19 +1,17 @@
 using System.Buffers;
-using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using PtHost.Contract;
-using PtHost.Net;
 
-namespace PtHost.Turn;
+namespace PtHost.Net.Udp;
 
 /// <summary>
 /// The server process's side of UDP associations (spec/turn.md §5.4, §6): opens one per
 /// <see cref="SessionKind.Datagram"/> session, within a process-wide limit.
 /// </summary>
-public sealed class UdpAssociationHost
+public sealed class ServerAssociations
 {
     public const int DefaultMaxAssociations = 1024;
     private readonly Destination? _target;
@@ -22,7 +20,7 @@ public sealed class UdpAssociationHost
     private readonly int _max;
     private int _open;
 
-    public UdpAssociationHost(Destination? target, AllowList? allow, ILogger log, int maxAssociations = DefaultMaxAssociations)
+    public ServerAssociations(Destination? target, AllowList? allow, ILogger log, int maxAssociations = DefaultMaxAssociations)
     {
         _target = target;
         _policy = allow is null ? null : new UdpPeerPolicy(allow);
@@ -34,10 +32,11 @@ public sealed class UdpAssociationHost
     public int Open => Volatile.Read(ref _open);
 
     /// <summary>
-    /// Opens an association: a stream that takes frames from the transport and gives frames back.
-    /// Throws <see cref="TransportConnectException"/> (limit reached: 01; target unresolvable: 04).
+    /// Opens an association for session <paramref name="session"/> (a number for logs): a stream that
+    /// takes frames from the transport and gives frames back. Throws <see cref="TransportConnectException"/>
+    /// (limit reached: 01; target unresolvable: 04).
     /// </summary>
-    public async ValueTask<Stream> OpenAsync(InboundSession session, CancellationToken cancellationToken)
+    public async ValueTask<Stream> OpenAsync(long session, CancellationToken cancellationToken)
     {
         if (Interlocked.Increment(ref _open) > _max)
         {
@@ -52,8 +51,8 @@ public sealed class UdpAssociationHost
                 IPAddress address = t.Address ?? (await ResolveAsync(t, cancellationToken).ConfigureAwait(false));
                 target = new IPEndPoint(address, t.Port);
             }
-            var association = new UdpAssociation(target, _policy, _log, session.Session, () => Interlocked.Decrement(ref _open));
-            _log.LogDebug("UDP association {Id}: relayed address {Relayed}", session.Session, association.Relayed);
+            var association = new ServerAssociation(target, _policy, _log, session, () => Interlocked.Decrement(ref _open));
+            _log.LogDebug("UDP association {Id}: relayed address {Relayed}", session, association.Relayed);
             return association;
         }
         catch
@@ -83,7 +82,7 @@ public sealed class UdpAssociationHost
 /// datagrams that came back. A free server uses one UDP socket for every peer and accepts replies
 /// only from peers it has sent to; a bound server uses one socket per peer, connected to the target.
 /// </summary>
-internal sealed class UdpAssociation : Stream, IHalfClosable
+internal sealed class ServerAssociation : Stream, IHalfClosable
 {
     public const int QueueFrames = 2048;
     public const int MaxPeers = 256;
@@ -101,8 +100,8 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
     private readonly Dictionary<PeerAddress, PeerState> _peers = [];
     private readonly HashSet<PeerAddress> _contacted = []; // addresses (port 0) this association has sent to
     private readonly Lock _lock = new();
-    private readonly byte[] _in = ArrayPool<byte>.Shared.Rent(2 * DatagramFrame.MaxFrameLength);
-    private int _inLength;
+    // Never released: the relay may abort (and dispose) this stream while a write is still in it.
+    private readonly FrameBuffer _in = new("the client process");
     private readonly PooledSegmentReader _reader;
     private int _ended;
 
@@ -113,7 +112,7 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
         public readonly Socket? Socket = socket;
     }
 
-    public UdpAssociation(IPEndPoint? target, UdpPeerPolicy? policy, ILogger log, long id, Action closed)
+    public ServerAssociation(IPEndPoint? target, UdpPeerPolicy? policy, ILogger log, long id, Action closed)
     {
         _reader = new PooledSegmentReader(_toClient.Reader);
         _target = target;
@@ -177,25 +176,12 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
     {
         while (buffer.Length > 0)
         {
-            int n = Math.Min(buffer.Length, _in.Length - _inLength);
-            buffer[..n].CopyTo(_in.AsMemory(_inLength));
-            _inLength += n;
-            buffer = buffer[n..];
-            int at = 0;
-            while (true)
+            buffer = _in.Append(buffer);
+            while (_in.TryTake(out var type, out var peer, out _, out var payload))
             {
-                int length = DatagramFrame.TryParse(_in.AsSpan(at, _inLength - at), out var type, out var peer, out var payload);
-                if (length < 0) throw new IOException("malformed datagram frame from the client process");
-                if (length == 0) break;
-                var (start, end) = (at + payload.Start.Value, at + payload.End.Value);
-                if (type == DatagramFrameType.Data) await SendAsync(peer, _in.AsMemory(start, end - start), cancellationToken).ConfigureAwait(false);
+                if (type == DatagramFrameType.Data) await SendAsync(peer, payload, cancellationToken).ConfigureAwait(false);
                 else if (type == DatagramFrameType.Check) Answer(peer, Peer(peer).Allowed ? DatagramFrameType.Allowed : DatagramFrameType.Refused);
-                at += length; // other types are skipped (spec/turn.md §5.2)
-            }
-            if (at > 0)
-            {
-                Buffer.BlockCopy(_in, at, _in, 0, _inLength - at);
-                _inLength -= at;
+                // other types are skipped (spec/turn.md §5.2)
             }
         }
     }
@@ -277,7 +263,7 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
                 int n;
                 try { n = await _shared!.ReceiveFromAsync(datagram.AsMemory(0, DatagramFrame.MaxPayload), SocketFlags.None, from, ct).ConfigureAwait(false); }
                 catch (SocketException e) when (IsTransient(e)) { continue; }
-                var peer = ToPeer(from).Unmapped();
+                var peer = PeerAddress.From(from).Unmapped();
                 bool known;
                 lock (_lock) known = _contacted.Contains(peer.WithPort(0));
                 if (!known || !Peer(peer).Allowed) continue; // only peers this association sent to may answer
@@ -328,16 +314,6 @@ internal sealed class UdpAssociation : Stream, IHalfClosable
     }
 
     private long _dropped;
-
-    /// <summary>Reads a Linux sockaddr_in / sockaddr_in6 (family in host order, port in network order).</summary>
-    internal static PeerAddress ToPeer(SocketAddress address)
-    {
-        var bytes = address.Buffer.Span;
-        int port = BinaryPrimitives.ReadUInt16BigEndian(bytes[2..]);
-        return address.Family == AddressFamily.InterNetwork
-            ? PeerAddress.FromBytes(bytes.Slice(4, 4), port)
-            : PeerAddress.FromBytes(bytes.Slice(8, 16), port);
-    }
 
     public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) =>
         _reader.ReadAsync(buffer, cancellationToken);

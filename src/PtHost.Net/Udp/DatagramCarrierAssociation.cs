@@ -3,51 +3,18 @@ using System.Collections.Concurrent;
 using Microsoft.Extensions.Logging;
 using PtHost.Contract;
 
-namespace PtHost.Turn;
+namespace PtHost.Net.Udp;
 
 /// <summary>
-/// The frames of a UDP association carried one frame per datagram (spec/asport.md §6.2,
-/// spec/rud.md §12.1): spec/turn.md §5.2 frames, LENGTH included, plus OPEN and CLOSE.
-/// </summary>
-public static class AssociationFrames
-{
-    /// <summary>Client → server: open the association, or keep it alive; answered by RELAYED.</summary>
-    public const DatagramFrameType Open = (DatagramFrameType)0x05;
-    /// <summary>Either way: the association is over (or, from an asport server, unknown).</summary>
-    public const DatagramFrameType Close = (DatagramFrameType)0x06;
-
-    /// <summary>OPEN for <c>[::]:0</c>: 22 bytes, as long as the longest RELAYED answer (no amplification).</summary>
-    public static readonly byte[] OpenFrame = Build(Open, PeerAddress.FromBytes(new byte[16], 0));
-    /// <summary>OPEN for <c>[::]:1</c>: keep-alive of an open association; never opens one.</summary>
-    public static readonly byte[] KeepaliveFrame = Build(Open, PeerAddress.FromBytes(new byte[16], 1));
-    /// <summary>CLOSE for <c>0.0.0.0:0</c>: 10 bytes, the shortest frame.</summary>
-    public static readonly byte[] CloseFrame = Build(Close, PeerAddress.FromBytes(new byte[4], 0));
-
-    private static byte[] Build(DatagramFrameType type, PeerAddress address)
-    {
-        var frame = new byte[DatagramFrame.HeaderLength(address)];
-        DatagramFrame.Write(frame, type, address, default);
-        return frame;
-    }
-
-    /// <summary>True when the datagram is exactly one well-formed frame (LENGTH = datagram length − 2); never throws.</summary>
-    public static bool TryRead(ReadOnlySpan<byte> datagram, out DatagramFrameType type, out PeerAddress peer, out Range payload)
-    {
-        int n = DatagramFrame.TryParse(datagram, out type, out peer, out payload);
-        return n > 0 && n == datagram.Length;
-    }
-}
-
-/// <summary>
-/// The client process's side of one UDP association whose frames travel one per datagram over a
-/// carrier the subclass provides (asport: a UDP socket to the public port; rud: a datagram
+/// The client process's end of one UDP association whose frames travel one per datagram over a
+/// datagram carrier the subclass provides (asport: a UDP socket to the public port; rud: a datagram
 /// stream). OPEN at 0, 0.25, 0.75, 1.75, 3.75, 5.75 … s until RELAYED (or CLOSE) within
 /// <see cref="OpenTimeout"/>; then DATA and CHECK out, DATA, ALLOWED and REFUSED in; OPEN
 /// <c>[::]:1</c> every <see cref="KeepaliveInterval"/>, and <see cref="DeadAfter"/> without a
 /// frame from the server ends it, as do CLOSE and the carrier's end. A DATA frame longer than the
-/// session's maximum or the caller's buffer is dropped and counted, never cut.
+/// association's maximum or the caller's buffer is dropped and counted, never cut.
 /// </summary>
-public abstract class FramedDatagramClientSession : IDatagramSession
+public abstract class DatagramCarrierAssociation : IAssociation
 {
     public static readonly TimeSpan OpenTimeout = TimeSpan.FromSeconds(10);
     public static readonly TimeSpan CheckTimeout = TimeSpan.FromSeconds(10);
@@ -63,7 +30,7 @@ public abstract class FramedDatagramClientSession : IDatagramSession
     private int _ended;
 
     /// <param name="maxFrame">The largest datagram the carrier moves (the receive buffer's size).</param>
-    protected FramedDatagramClientSession(ILogger log, int maxFrame)
+    protected DatagramCarrierAssociation(ILogger log, int maxFrame)
     {
         Log = log;
         _in = GC.AllocateUninitializedArray<byte>(maxFrame);
@@ -96,7 +63,7 @@ public abstract class FramedDatagramClientSession : IDatagramSession
     /// <see cref="OperationCanceledException"/> when nothing came within <see cref="OpenTimeout"/>
     /// (or <paramref name="cancellationToken"/> fired). On success the keep-alive starts.
     /// </summary>
-    protected async Task<bool?> OpenAssociationAsync(CancellationToken cancellationToken)
+    protected async Task<bool?> ExchangeOpenAsync(CancellationToken cancellationToken)
     {
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         limit.CancelAfter(OpenTimeout);
@@ -104,7 +71,7 @@ public abstract class FramedDatagramClientSession : IDatagramSession
         var delay = TimeSpan.FromMilliseconds(250);
         while (!answer.IsCompleted)
         {
-            SendDatagram(AssociationFrames.OpenFrame);
+            SendDatagram(DatagramFrame.OpenFrame);
             await Task.WhenAny(answer, Task.Delay(delay, limit.Token)).ConfigureAwait(false);
             delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(2).Ticks));
         }
@@ -120,7 +87,7 @@ public abstract class FramedDatagramClientSession : IDatagramSession
             int n = await ReceiveDatagramAsync(_in, ct).ConfigureAwait(false);
             if (n < 0) return null;
             if (n == 0) continue;
-            if (!AssociationFrames.TryRead(_in.AsSpan(0, n), out var type, out var peer, out _))
+            if (!DatagramFrame.TryReadDatagram(_in.AsSpan(0, n), out var type, out var peer, out _))
             {
                 Interlocked.Increment(ref _malformed);
                 continue;
@@ -131,7 +98,7 @@ public abstract class FramedDatagramClientSession : IDatagramSession
                 Volatile.Write(ref _lastHeard, Environment.TickCount64);
                 return true;
             }
-            if (type == AssociationFrames.Close) return false;
+            if (type == DatagramFrameType.Close) return false;
         }
     }
 
@@ -198,7 +165,7 @@ public abstract class FramedDatagramClientSession : IDatagramSession
                 return (default, -1);
             }
             if (n == 0) continue;
-            if (!AssociationFrames.TryRead(_in.AsSpan(0, n), out var type, out var peer, out var payload))
+            if (!DatagramFrame.TryReadDatagram(_in.AsSpan(0, n), out var type, out var peer, out var payload))
             {
                 Interlocked.Increment(ref _malformed);
                 continue;
@@ -220,7 +187,7 @@ public abstract class FramedDatagramClientSession : IDatagramSession
                 case DatagramFrameType.Refused:
                     if (_checks.TryGetValue(peer, out var answer)) answer.TrySetResult(type == DatagramFrameType.Allowed);
                     break;
-                case AssociationFrames.Close:
+                case DatagramFrameType.Close:
                     Terminate("the server process ended the association");
                     return (default, -1);
             }
@@ -240,7 +207,7 @@ public abstract class FramedDatagramClientSession : IDatagramSession
                     Terminate($"nothing heard from the server process for {DeadAfter.TotalSeconds:0} s");
                     return;
                 }
-                SendDatagram(AssociationFrames.KeepaliveFrame);
+                SendDatagram(DatagramFrame.KeepaliveFrame);
             }
         }
         catch (OperationCanceledException) { }
@@ -266,8 +233,8 @@ public abstract class FramedDatagramClientSession : IDatagramSession
     {
         if (Interlocked.Exchange(ref _ended, 1) == 0)
         {
-            SendDatagram(AssociationFrames.CloseFrame);
-            SendDatagram(AssociationFrames.CloseFrame);
+            SendDatagram(DatagramFrame.CloseFrame);
+            SendDatagram(DatagramFrame.CloseFrame);
             Close();
         }
         await _keepalive.ConfigureAwait(false);

@@ -1,14 +1,16 @@
 using System.Buffers;
 using System.Threading.Channels;
+using PtHost.Contract;
 
 namespace PtHost.Transports.Rud;
 
 /// <summary>
 /// A datagram stream (spec/rud.md §8.2, kind 2): unreliable, unordered messages of at most
 /// <see cref="MaxDatagramSize"/> bytes, each in one DATAGRAM frame, never retransmitted. Both
-/// queues are bounded: a full send queue refuses, a full receive queue drops the oldest.
+/// queues are bounded: a full send queue refuses, a full receive queue drops the oldest. On the
+/// server one datagram stream is one UDP association's datagram carrier (spec/rud.md §12.1).
 /// </summary>
-public sealed class RudDatagramChannel
+public sealed class RudDatagramStream : IDatagramCarrier
 {
     public const int MaxDatagramSize = 1200;
     public const int QueueLimit = 256;
@@ -16,7 +18,7 @@ public sealed class RudDatagramChannel
     private readonly Channel<(byte[] Buffer, int Length)> _received;
     private ulong _nextIndex;
 
-    internal RudDatagramChannel(RudConnection conn, ulong id)
+    internal RudDatagramStream(RudConnection conn, ulong id)
     {
         _conn = conn;
         Id = id;
@@ -55,6 +57,19 @@ public sealed class RudDatagramChannel
         ArrayPool<byte>.Shared.Return(data);
         return n;
     }
+
+    int IDatagramCarrier.MaxFrameLength => MaxDatagramSize;
+
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
+    async ValueTask<int> IDatagramCarrier.ReceiveAsync(Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        try { return await ReceiveAsync(buffer, cancellationToken).ConfigureAwait(false); }
+        catch (ChannelClosedException) { return -1; }
+    }
+
+    ValueTask<bool> IDatagramCarrier.SendAsync(ReadOnlyMemory<byte> frame, CancellationToken cancellationToken) => ValueTask.FromResult(TrySend(frame.Span));
+
+    void IDatagramCarrier.Complete() => Complete(null);
 
     internal void Deliver(ReadOnlySpan<byte> data)
     {

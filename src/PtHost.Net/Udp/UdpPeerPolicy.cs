@@ -1,8 +1,7 @@
 using System.Net;
 using PtHost.Contract;
-using PtHost.Net;
 
-namespace PtHost.Turn;
+namespace PtHost.Net.Udp;
 
 /// <summary>
 /// Which UDP peers a free server process may reach (spec/turn.md §6.1): the <c>allow</c> list, and

@@ -1,0 +1,268 @@
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+using PtHost.Contract;
+using PtHost.Net.Udp;
+
+namespace PtHost.Net;
+
+/// <summary>Opens a server session's onward stream: the bound target, an allow-listed destination, or the ExtORPort (spec/ipc.md §3.6, §10.4).</summary>
+/// <param name="destination">What the preamble named; null for none (and for sessions without a preamble).</param>
+/// <param name="remote">The transport-level peer, for the ExtORPort's USERADDR.</param>
+public delegate ValueTask<Stream> OnwardConnect(Destination? destination, EndPoint? remote, CancellationToken cancellationToken);
+
+/// <summary>
+/// The host's side of one server transport's sessions (spec/session.md §3): reads the preamble,
+/// opens the onward connection or the UDP association, replies, relays with half-closes, counts the
+/// session and its bytes in the transport's counters, logs, and disposes both streams. It knows
+/// nothing of the process around it (IPC, configuration): the executable and an in-process host
+/// build it the same way.
+/// </summary>
+public sealed class InboundSessions : IInboundHandler
+{
+    /// <summary>Connections a TCP listener serves at once; one over it is reset (spec/session.md §4).</summary>
+    public const int MaxTcpSessions = 16384;
+
+    private static long s_ids;
+    private readonly string _transport;
+    private readonly OnwardConnect _onward;
+    private readonly ServerAssociations? _associations;
+    private readonly TransportCounters _counters;
+    private readonly ILogger _log;
+
+    /// <param name="transport">The transport's name, for logs.</param>
+    /// <param name="onward">Opens the onward stream of a stream session.</param>
+    /// <param name="associations">The process's UDP associations; null when this server carries no UDP.</param>
+    /// <param name="counters">The transport's STATUS counters.</param>
+    public InboundSessions(string transport, OnwardConnect onward, ServerAssociations? associations, TransportCounters counters, ILogger log)
+    {
+        _transport = transport;
+        _onward = onward;
+        _associations = associations;
+        _counters = counters;
+        _log = log;
+    }
+
+    private static long NextId() => Interlocked.Increment(ref s_ids);
+
+    /// <inheritdoc/>
+    public async Task ServeAsync(Stream stream, EndPoint? remote, CancellationToken cancellationToken)
+    {
+        long id = NextId();
+        SessionRequest request;
+        try
+        {
+            using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            limit.CancelAfter(SessionPreamble.Timeout);
+            request = await SessionPreamble.ReadAsync(stream, limit.Token).ConfigureAwait(false);
+        }
+        catch (InvalidDataException)
+        {
+            // Not a PtHost client: no reply; a stream that can end with an error does (spec/session.md §3.1).
+            _counters.SessionFailed();
+            _log.LogInformation("{Transport} session {Id} from {Remote}: not a session preamble; closed", _transport, id, remote);
+            if (stream is IAbortable abortable) abortable.Abort();
+            await stream.DisposeAsync().ConfigureAwait(false);
+            return;
+        }
+        catch (Exception e) when (IsSessionEnd(e))
+        {
+            // A preamble that did not arrive within 10 s, or a peer that vanished.
+            _counters.SessionFailed();
+            _log.LogDebug("{Transport} session {Id} from {Remote} ended before its preamble: {Error}", _transport, id, remote, e.Message);
+            await stream.DisposeAsync().ConfigureAwait(false);
+            return;
+        }
+        await ServeRequestAsync(id, stream, remote, request, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <inheritdoc/>
+    public Task ServeAsync(Stream stream, EndPoint? remote, SessionRequest request, CancellationToken cancellationToken) =>
+        ServeRequestAsync(NextId(), stream, remote, request, cancellationToken);
+
+    private async Task ServeRequestAsync(long id, Stream stream, EndPoint? remote, SessionRequest request, CancellationToken ct)
+    {
+        Stream? onward = null;
+        bool opened = false, failed = false;
+        try
+        {
+            if (request.Error is { } error)
+            {
+                failed = true;
+                _counters.SessionFailed();
+                _log.LogInformation("{Transport} session {Id} from {Remote}: {Error}", _transport, id, remote, error);
+                await RefuseAsync(stream, ConnectFailure.AddressTypeNotSupported, ct).ConfigureAwait(false);
+                return;
+            }
+            try
+            {
+                onward = request.Kind == SessionKind.Datagram
+                    ? await OpenAssociationAsync(id, ct).ConfigureAwait(false)
+                    : await _onward(request.Destination, remote, ct).ConfigureAwait(false);
+            }
+            catch (TransportConnectException e)
+            {
+                failed = true;
+                _counters.SessionFailed();
+                _log.LogInformation("{Transport} session {Id} from {Remote}: {Error}", _transport, id, remote, e.Message);
+                await RefuseAsync(stream, e.Failure, ct).ConfigureAwait(false);
+                return;
+            }
+            await ReplyAsync(stream, 0, ct).ConfigureAwait(false);
+            opened = true;
+            _counters.SessionOpened();
+            if (request.Kind == SessionKind.Datagram)
+                _log.LogInformation("{Transport} session {Id} from {Remote}: a UDP association carried in a stream (spec/turn.md §5.2)", _transport, id, remote);
+            await Relay.RunAsync(stream, onward, _counters.AddBytesIn, _counters.AddBytesOut, ct).ConfigureAwait(false);
+        }
+        catch (Exception e) when (IsSessionEnd(e))
+        {
+            if (!opened && !failed) _counters.SessionFailed(); // the peer vanished, or shutdown aborted it, before the reply
+            _log.LogDebug("{Transport} session {Id} ended: {Error}", _transport, id, e.Message);
+        }
+        finally
+        {
+            if (opened) _counters.SessionClosed();
+            if (onward is not null) await onward.DisposeAsync().ConfigureAwait(false);
+            await stream.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    private ValueTask<Stream> OpenAssociationAsync(long id, CancellationToken ct) =>
+        _associations is null
+            ? throw new TransportConnectException(ConnectFailure.CommandNotSupported, "this server carries no UDP")
+            : _associations.OpenAsync(id, ct);
+
+    /// <summary>The reply byte, written within <see cref="SessionPreamble.Timeout"/>.</summary>
+    private static async Task ReplyAsync(Stream stream, byte code, CancellationToken ct)
+    {
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        limit.CancelAfter(SessionPreamble.Timeout);
+        await stream.WriteAsync(new[] { code }, limit.Token).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// A failure reply (spec/session.md §3.3): the byte, then the end of our direction, then what the
+    /// client still sends is read and dropped until it closes, at most <see cref="SessionPreamble.Timeout"/>;
+    /// closing at once could destroy the reply (a TCP reset for unread data, a QUIC STOP_SENDING).
+    /// </summary>
+    private static async Task RefuseAsync(Stream stream, ConnectFailure failure, CancellationToken ct)
+    {
+        await ReplyAsync(stream, (byte)failure, ct).ConfigureAwait(false);
+        Relay.ShutdownWrite(stream);
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        limit.CancelAfter(SessionPreamble.Timeout);
+        byte[] drop = new byte[512];
+        try { while (await stream.ReadAsync(drop, limit.Token).ConfigureAwait(false) > 0) { } }
+        catch (Exception e) when (IsSessionEnd(e)) { }
+    }
+
+    /// <inheritdoc/>
+    public async Task ServeRawAsync(Stream stream, EndPoint? remote, CancellationToken cancellationToken)
+    {
+        long id = NextId();
+        Stream? onward = null;
+        bool opened = false;
+        try
+        {
+            try { onward = await _onward(null, remote, cancellationToken).ConfigureAwait(false); }
+            catch (TransportConnectException e)
+            {
+                _counters.SessionFailed();
+                _log.LogInformation("{Transport} session {Id} from {Remote}: {Error}", _transport, id, remote, e.Message);
+                return;
+            }
+            opened = true;
+            _counters.SessionOpened();
+            await Relay.RunAsync(stream, onward, _counters.AddBytesIn, _counters.AddBytesOut, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (IsSessionEnd(e))
+        {
+            _log.LogDebug("{Transport} session {Id} ended: {Error}", _transport, id, e.Message);
+        }
+        finally
+        {
+            if (opened) _counters.SessionClosed();
+            if (onward is not null) await onward.DisposeAsync().ConfigureAwait(false);
+            await stream.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <inheritdoc/>
+    public async Task ServeAssociationAsync(IDatagramCarrier carrier, EndPoint? remote, CancellationToken cancellationToken)
+    {
+        long id = NextId();
+        var frames = new DatagramCarrierStream(carrier);
+        Stream? association = null;
+        Task idle = Task.CompletedTask;
+        bool opened = false;
+        try
+        {
+            var open = await frames.ReceiveOpenAsync(cancellationToken).ConfigureAwait(false);
+            if (open is null) return; // the carrier ended, or stayed silent, before its first datagram
+            if (open == false)
+            {
+                _counters.SessionFailed();
+                _log.LogInformation("{Transport} UDP association {Id} from {Remote}: the first datagram is not OPEN [::]:0; CLOSE sent", _transport, id, remote);
+                frames.SendClose();
+                return;
+            }
+            try { association = await OpenAssociationAsync(id, cancellationToken).ConfigureAwait(false); }
+            catch (TransportConnectException e)
+            {
+                _counters.SessionFailed();
+                _log.LogInformation("{Transport} UDP association {Id} from {Remote}: {Error}; CLOSE sent", _transport, id, remote, e.Message);
+                frames.SendClose();
+                return;
+            }
+            opened = true;
+            _counters.SessionOpened();
+            _log.LogInformation("{Transport} UDP association {Id} from {Remote}", _transport, id, remote);
+            idle = frames.IdleLoopAsync(t => _log.LogInformation("{Transport} UDP association {Id}: nothing from the client for {Seconds:0} s; ended", _transport, id, t.TotalSeconds));
+            await Relay.RunAsync(frames, association, _counters.AddBytesIn, _counters.AddBytesOut, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (IsSessionEnd(e))
+        {
+            _log.LogDebug("{Transport} UDP association {Id}: {Error}", _transport, id, e.Message);
+        }
+        finally
+        {
+            if (opened)
+            {
+                _counters.SessionClosed();
+                var (fromClient, toClient, tooLarge, notSent, malformed) = frames.Counts;
+                _log.LogInformation("{Transport} UDP association {Id} ended: {In} frames from the client, {Out} datagrams to it, {TooLarge} too large for the carrier, {NotSent} not sent (carrier full or gone), {Malformed} malformed",
+                    _transport, id, fromClient, toClient, tooLarge, notSent, malformed);
+            }
+            if (association is not null) await association.DisposeAsync().ConfigureAwait(false);
+            frames.End();
+            await idle.ConfigureAwait(false);
+            await frames.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <inheritdoc/>
+    public void SessionFailed(EndPoint? remote, string reason)
+    {
+        _counters.SessionFailed();
+        _log.LogInformation("{Transport} session from {Remote} failed before it began: {Reason}", _transport, remote, reason);
+    }
+
+    /// <inheritdoc/>
+    public ISessionListener ListenTcp(IPEndPoint bindAddress, Func<Socket, CancellationToken, Task> serve)
+    {
+        TcpSessionListener listener;
+        try { listener = new TcpSessionListener(_transport, bindAddress, serve, _log, MaxTcpSessions, _counters.SessionFailed); }
+        catch (SocketException e)
+        {
+            throw new TransportOptionsException($"cannot listen on {bindAddress}: {e.SocketErrorCode}", e);
+        }
+        listener.Start();
+        return listener;
+    }
+
+    /// <summary>How a session's I/O ends when the peer or the shutdown ends it.</summary>
+    private static bool IsSessionEnd(Exception e) =>
+        e is IOException or SocketException or OperationCanceledException or EndOfStreamException or ObjectDisposedException
+            or System.Security.Authentication.AuthenticationException;
+}

@@ -1,0 +1,177 @@
+using System.Net;
+
+namespace PtHost.Transports.Rud;
+
+/// <summary>Receiving (spec/rud.md §3.1, §6.2, §9.1): packets in, frames applied to streams.</summary>
+public sealed partial class RudConnection
+{
+    internal void OnDataPacket(ReadOnlySpan<byte> packet, SocketAddress from, long now)
+    {
+        if (!IsEstablished || IsClosed) { _counters.Increment(ref _counters.NoKeys); return; }
+        if (!RudWire.TryParseDataHeader(packet, out ulong n, out int headerLength)) { _counters.Increment(ref _counters.Malformed); return; }
+        if (_rx.IsReplay(n)) { _counters.Increment(ref _counters.Replayed); return; }
+        int phase = packet[RudWire.IdSize] == PacketType.DataPhase1 ? 1 : 0;
+        var plain = _ep.ReceivePlain;
+        int plainLength = packet.Length - headerLength - RudKeys.TagSize;
+        var aad = packet[..headerLength];
+        var sealedData = packet[headerLength..];
+        bool ok;
+        bool switched = false;
+        if (phase == _recv!.Phase) ok = _recv.Open(n, aad, sealedData, plain);
+        else if (n > _recvPhaseFirst || _recvPrev is null)
+        {
+            _recvNext ??= _recv.Next();
+            ok = _recvNext.Open(n, aad, sealedData, plain);
+            switched = ok;
+        }
+        else ok = _recvPrev.Open(n, aad, sealedData, plain);
+        if (!ok) { _counters.Increment(ref _counters.AuthFailed); return; }
+        var payload = plain.AsSpan(0, plainLength);
+        if (!RudWire.TryParseHeaderBlock(payload, out var header, out int hbLength) || !ValidateFrames(payload[hbLength..]))
+        {
+            _counters.Increment(ref _counters.Malformed);
+            return;
+        }
+        if (switched)
+        {
+            _recvPrev?.Dispose();
+            _recvPrev = _recv;
+            _recv = _recvNext;
+            _recvNext = null;
+            _recvPhaseFirst = n;
+            KeyUpdatesReceived++;
+        }
+        bool newLargest = !_rx.Any || n > _rx.Largest;
+        bool outOfOrder = _rx.Any && n != _rx.Largest + 1;
+        if (newLargest && !from.Equals(Peer))
+        {
+            // Network agility (§7.1): follow the newest authenticated packet.
+            Peer = RudEndpoint.Copy(from);
+            _counters.Increment(ref _counters.Migrations);
+            // A new path may not carry what the old one did (§9.5).
+            _maxPacket = RudWire.MaxPacketSize;
+            _mtuProbing = false;
+            _mtuProbeAttempts = 0;
+            _mtuDone = !_ep.ProbesPathMtu;
+            _mtuNextProbe = now;
+            // What went to the old address is gone: probe at once instead of after a backed-off PTO.
+            _ptoCount = 0;
+            if (_bytesInFlight > 0) _lastAckElicitingSent = now - PtoDuration;
+        }
+        _rx.Mark(n);
+        if (newLargest) _largestRxTime = now;
+        _lastReceive = now;
+        if (!IsInitiator && !Confirmed) _ep.OnConfirmed(this);
+        if (header.HasRetransmit) _counters.Increment(ref _counters.RetransmissionsReceived);
+        if (header.HasAck) OnAck(header, payload.Slice(header.BitfieldOffset, header.BitfieldLength), now);
+        bool eliciting = ApplyFrames(payload, hbLength, now);
+        if (IsClosed) return;
+        if (eliciting)
+        {
+            _ackElicitingUnacked++;
+            int every = ++_ackElicitingReceived <= AckQuickPackets ? 2 : AckEvery;
+            if (outOfOrder || _ackElicitingUnacked >= every) _ackNow = true;
+            else if (_ackDeadline == 0) _ackDeadline = now + MaxAckDelayUs;
+        }
+        // Send what this packet made due (an acknowledgement, data the window now allows) on the
+        // receiving thread once its batch is handled: no hand-over to the driver loop (§9.4).
+        _ep.Touch(this);
+    }
+
+    /// <summary>Whether the endpoint's receive batch has this connection on its flush list.</summary>
+    internal bool Touched;
+
+    /// <summary>Sends what is due now from the caller's thread (a stream write); the caller holds <see cref="Gate"/>.</summary>
+    internal void FlushInline()
+    {
+        if (!IsClosed) Flush(_ep.Now());
+    }
+
+    private static bool ValidateFrames(ReadOnlySpan<byte> frames)
+    {
+        int pos = 0;
+        while (pos < frames.Length)
+            if (!RudWire.TryReadFrame(frames, ref pos, out _)) return false;
+        return true;
+    }
+
+    private bool ApplyFrames(ReadOnlySpan<byte> payload, int start, long now)
+    {
+        bool eliciting = false;
+        int pos = start;
+        while (pos < payload.Length)
+        {
+            RudWire.TryReadFrame(payload, ref pos, out var f);
+            if (f.Type == FrameType.Padding) continue;
+            eliciting = true;
+            switch (f.Type)
+            {
+                case FrameType.Stream:
+                case FrameType.StreamFinal:
+                {
+                    var s = StreamFor(f.StreamId);
+                    if (s is not null && !s.OnStreamFrame(f.Offset, payload.Slice(f.DataOffset, f.DataLength), f.Type == FrameType.StreamFinal))
+                    {
+                        CloseLocked(3, $"flow-control violation on stream {f.StreamId}", sendClose: true);
+                        return eliciting;
+                    }
+                    break;
+                }
+                case FrameType.MaxStreamData:
+                    if (_streams.TryGetValue(f.StreamId, out var m)) m.OnMaxStreamData(f.Offset);
+                    break;
+                case FrameType.ResetStream:
+                    StreamFor(f.StreamId)?.OnReset(f.Code);
+                    break;
+                case FrameType.Close:
+                {
+                    string reason = System.Text.Encoding.UTF8.GetString(payload.Slice(f.DataOffset, Math.Min(f.DataLength, 200)));
+                    CloseLocked(f.Code, $"closed by the peer (code {f.Code}: {reason})", sendClose: false);
+                    return eliciting;
+                }
+                case FrameType.Datagram:
+                    DatagramStreamFor(f.StreamId)?.Deliver(payload.Slice(f.DataOffset, f.DataLength));
+                    break;
+            }
+        }
+        return eliciting;
+    }
+
+    /// <summary>The stream a frame names: an open one, a new one the peer opens (§8.1), or null when closed.</summary>
+    private RudStream? StreamFor(ulong id)
+    {
+        if (_streams.TryGetValue(id, out var s)) return s;
+        int side = RudWire.StreamSide(id);
+        if (side == (IsInitiator ? 0 : 1)) return null; // ours, already closed (or never opened)
+        int kind = (int)RudWire.StreamKindOf(id);
+        ulong seq = RudWire.StreamSequence(id);
+        var seen = _peerSeen[kind];
+        if (seen.ContiguousFrom(seq) > seq) return null; // opened before and closed since
+        seen.Add(seq, seq + 1);
+        if (_peerOpen >= MaxPeerStreams)
+        {
+            _control.Enqueue(new ControlFrame { Type = FrameType.ResetStream, StreamId = id, Code = 4 });
+            _counters.Increment(ref _counters.StreamsRefused);
+            return null;
+        }
+        s = new RudStream(this, id);
+        _streams.Add(id, s);
+        _peerOpen++;
+        _accept.Writer.TryWrite(s);
+        return s;
+    }
+
+    private RudDatagramStream? DatagramStreamFor(ulong id)
+    {
+        if (_datagramStreams.TryGetValue(id, out var ch)) return ch;
+        if (RudWire.StreamSide(id) == (IsInitiator ? 0 : 1) || _datagramStreams.Count >= MaxPeerStreams)
+        {
+            _counters.Increment(ref _counters.DatagramsDropped);
+            return null;
+        }
+        ch = new RudDatagramStream(this, id);
+        _datagramStreams.Add(id, ch);
+        _acceptDatagrams.Writer.TryWrite(ch);
+        return ch;
+    }
+}

@@ -1,0 +1,254 @@
+using System.Buffers.Binary;
+using System.Net;
+using System.Security.Cryptography;
+
+namespace PtHost.Transports.Rud;
+
+/// <summary>The key exchanges (spec/rud.md §4): initiating (§4.2: Hello, Exchange, first contact and deferred) and responding (§4.3: challenges, tokens, Complete), with the limits on unconfirmed exchanges.</summary>
+public sealed partial class RudEndpoint
+{
+    // ---- initiating (§4.2) ----
+
+    /// <summary>
+    /// Opens a connection to <paramref name="remote"/>. With <paramref name="serverStaticKey"/> the
+    /// immediate exchange is used (deferred if the responder asks); without it, first contact.
+    /// Throws <see cref="TimeoutException"/> when the handshake does not complete in time.
+    /// </summary>
+    public async Task<RudConnection> ConnectAsync(IPEndPoint remote, byte[]? serverStaticKey, CancellationToken cancellationToken)
+    {
+        RudConnection conn;
+        lock (Gate)
+        {
+            long now = Now();
+            var peer = remote.Serialize();
+            if (peer.Family != _socket.AddressFamily) throw new ArgumentException($"{remote} is not reachable from a socket of family {_socket.AddressFamily}");
+            conn = new RudConnection(this, initiator: true, NewLocalId(), peer, now) { RekeyInterval = Options.RekeyInterval };
+            conn.EphemeralPrivate = X25519.GeneratePrivateKey();
+            conn.EphemeralPublic = new byte[X25519.KeySize];
+            X25519.PublicKey(conn.EphemeralPrivate, conn.EphemeralPublic);
+            conn.HandshakePacket = new byte[RudWire.HandshakeSize];
+            conn.Mezzanine = new byte[RudWire.MezzaninePlainSize];
+            BinaryPrimitives.WriteInt64BigEndian(conn.Mezzanine, WallMs());
+            if (serverStaticKey is not null)
+            {
+                if (serverStaticKey.Length != X25519.KeySize) throw new ArgumentException("the server key must be 32 bytes", nameof(serverStaticKey));
+                conn.Mode = ExchangeMode.Immediate;
+                if (!SetServerKey(conn, serverStaticKey)) throw new ArgumentException("the server key is not a usable X25519 public key", nameof(serverStaticKey));
+                BuildInitiatorMessage(conn, complete: false, []);
+            }
+            else
+            {
+                conn.Mode = ExchangeMode.FirstContact;
+                conn.HandshakeLength = RudWire.WriteHello(conn.HandshakePacket, conn.LocalId);
+            }
+            _connections.Add(conn.LocalId, conn);
+            conn.HandshakeDeadline = now + Options.HandshakeTimeout.Ticks / 10;
+            RestartResend(conn, now);
+        }
+        try
+        {
+            await conn.Established.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+            return conn;
+        }
+        catch (OperationCanceledException)
+        {
+            lock (Gate) conn.FailHandshake("cancelled");
+            throw;
+        }
+    }
+
+    private static bool SetServerKey(RudConnection conn, byte[] key)
+    {
+        var es = new byte[X25519.KeySize];
+        if (!X25519.Agree(conn.EphemeralPrivate, key, es)) return false;
+        conn.ServerStatic = key;
+        conn.Es = es;
+        conn.MezzanineKey = RudKeys.MezzanineKey(es, conn.EphemeralPublic, key);
+        return true;
+    }
+
+    /// <summary>Builds the Exchange (no token) or initiator Complete into the connection's handshake packet (§4.1).</summary>
+    private static void BuildInitiatorMessage(RudConnection conn, bool complete, ReadOnlySpan<byte> token)
+    {
+        var s = conn.HandshakePacket.AsSpan();
+        int at = RudWire.WriteExchangePlaintext(s, complete, conn.LocalId, conn.EphemeralPublic, token);
+        Span<byte> nonce = stackalloc byte[RudKeys.NonceSize];
+        RudKeys.MezzanineNonce(nonce, complete ? (byte)1 : (byte)0);
+        using var aead = new AesGcm(conn.MezzanineKey!, RudKeys.TagSize);
+        aead.Encrypt(nonce, conn.Mezzanine, s.Slice(at, RudWire.MezzaninePlainSize), s.Slice(at + RudWire.MezzaninePlainSize, RudKeys.TagSize), s[..50]);
+        conn.HandshakeLength = RudWire.HandshakeSize;
+    }
+
+    private void RestartResend(RudConnection conn, long now)
+    {
+        conn.HandshakeInterval = 500_000;
+        conn.HandshakeResendAt = now + conn.HandshakeInterval;
+        conn.HandshakeSentTime = now;
+        conn.HandshakeResent = false;
+        SendTo(conn.HandshakePacket.AsSpan(0, conn.HandshakeLength), conn.Peer);
+        RequestFlush(conn);
+    }
+
+    private void OnInitiatorHandshake(RudConnection conn, ReadOnlySpan<byte> p, long now)
+    {
+        byte type = p[RudWire.IdSize];
+        if (type == PacketType.Challenge)
+        {
+            if (conn.Mode != ExchangeMode.FirstContact || conn.ServerStatic is not null
+                || !RudWire.TryParseChallengeOrDefer(p, challenge: true, out int keyAt, out int tokenAt, out int tokenLength))
+            { Counters.Increment(ref Counters.HandshakeDropped); return; }
+            if (!SetServerKey(conn, p.Slice(keyAt, X25519.KeySize).ToArray())) { Counters.Increment(ref Counters.HandshakeDropped); return; }
+            BuildInitiatorMessage(conn, complete: true, p.Slice(tokenAt, tokenLength));
+            RestartResend(conn, now);
+        }
+        else if (type == PacketType.Defer)
+        {
+            if (conn.ServerStatic is null || !RudWire.TryParseChallengeOrDefer(p, challenge: false, out _, out int tokenAt, out int tokenLength))
+            { Counters.Increment(ref Counters.HandshakeDropped); return; }
+            if (conn.Mode == ExchangeMode.Immediate) conn.Mode = ExchangeMode.Deferred;
+            BuildInitiatorMessage(conn, complete: true, p.Slice(tokenAt, tokenLength));
+            RestartResend(conn, now);
+        }
+        else if (type == PacketType.ResponderComplete)
+        {
+            if (conn.ServerStatic is null || p.Length < RudWire.ResponderCompleteSize || p[RudWire.IdSize + 1] != RudWire.Version)
+            { Counters.Increment(ref Counters.HandshakeDropped); return; }
+            var responderEphemeral = p.Slice(RudWire.IdSize + 2, X25519.KeySize);
+            Span<byte> ee = stackalloc byte[X25519.KeySize];
+            if (!X25519.Agree(conn.EphemeralPrivate, responderEphemeral, ee)) { Counters.Increment(ref Counters.HandshakeDropped); return; }
+            var (i, r) = RudKeys.TrafficSecrets(conn.Es, ee, conn.EphemeralPublic, responderEphemeral, conn.ServerStatic);
+            int aad = RudWire.IdSize + 2 + X25519.KeySize;
+            using (var check = new PacketProtection(r, 0))
+            {
+                Span<byte> plain = stackalloc byte[RudWire.ResponderCompletePlainSize];
+                if (!check.Open(0, p[..aad], p.Slice(aad, RudWire.ResponderCompletePlainSize + RudKeys.TagSize), plain))
+                { Counters.Increment(ref Counters.AuthFailed); return; }
+                conn.RemoteId = RudWire.ReadId(plain);
+            }
+            conn.Establish(i, r, now, conn.HandshakeResent ? 0 : now - conn.HandshakeSentTime);
+            conn.EphemeralPrivate = null;
+            RequestFlush(conn);
+        }
+        else Counters.Increment(ref Counters.Malformed);
+    }
+
+    // ---- responding (§4.3) ----
+
+    private void OnHello(ReadOnlySpan<byte> p, SocketAddress from, long now)
+    {
+        if (!Options.AllowFirstContact || !RudWire.TryParseHello(p, out ulong initiatorId)) { Counters.Increment(ref Counters.HandshakeDropped); return; }
+        Span<byte> token = stackalloc byte[TokenIssuer.TokenSize];
+        _tokens.Issue(ToEndPoint(from), initiatorId, WallMs(), token);
+        Span<byte> reply = stackalloc byte[RudWire.IdSize + 3 + X25519.KeySize + TokenIssuer.TokenSize];
+        int n = RudWire.WriteChallengeOrDefer(reply, initiatorId, _staticPublic, token);
+        SendTo(reply[..n], from);
+        Counters.Increment(ref Counters.ChallengesSent);
+    }
+
+    private void SendDefer(ulong initiatorId, SocketAddress from)
+    {
+        Span<byte> token = stackalloc byte[TokenIssuer.TokenSize];
+        _tokens.Issue(ToEndPoint(from), initiatorId, WallMs(), token);
+        Span<byte> reply = stackalloc byte[RudWire.IdSize + 3 + TokenIssuer.TokenSize];
+        int n = RudWire.WriteChallengeOrDefer(reply, initiatorId, [], token);
+        SendTo(reply[..n], from);
+        Counters.Increment(ref Counters.DefersSent);
+    }
+
+    private void OnExchange(ReadOnlySpan<byte> p, SocketAddress from, long now)
+    {
+        if (!RudWire.TryParseExchange(p, out bool complete, out ulong initiatorId, out int ephAt, out int tokenAt, out int tokenLength, out int mezzAt))
+        { Counters.Increment(ref Counters.HandshakeDropped); return; }
+        if (complete)
+        {
+            switch (_tokens.Check(p.Slice(tokenAt, tokenLength), ToEndPoint(from), initiatorId, WallMs()))
+            {
+                case TokenCheck.Invalid: Counters.Increment(ref Counters.TokenInvalid); return;
+                case TokenCheck.Expired:
+                    Counters.Increment(ref Counters.TokenExpired);
+                    SendDefer(initiatorId, from);
+                    return;
+            }
+        }
+        var eph = p.Slice(ephAt, X25519.KeySize);
+        var keyId = EphemeralKeyId.From(eph);
+        // A repeated Exchange of a live, unconfirmed connection: our Complete was lost (step 6).
+        if (_unconfirmedByKey.TryGetValue(keyId, out var existing) && !existing.IsClosed && existing.ResponderCompleteBytes is { } again)
+        {
+            SendTo(again, from);
+            Counters.Increment(ref Counters.CompletesResent);
+            return;
+        }
+        if (!complete && (Options.Challenge == ChallengePolicy.Always || (Options.Challenge == ChallengePolicy.Load && _unconfirmed > Options.LoadThreshold)))
+        {
+            SendDefer(initiatorId, from);
+            return;
+        }
+        Span<byte> es = stackalloc byte[X25519.KeySize];
+        if (!X25519.Agree(Options.StaticPrivateKey, eph, es)) { Counters.Increment(ref Counters.HandshakeDropped); return; }
+        var km = RudKeys.MezzanineKey(es, eph, _staticPublic);
+        Span<byte> nonce = stackalloc byte[RudKeys.NonceSize];
+        RudKeys.MezzanineNonce(nonce, complete ? (byte)1 : (byte)0);
+        Span<byte> mezz = stackalloc byte[RudWire.MezzaninePlainSize];
+        try
+        {
+            using var aead = new AesGcm(km, RudKeys.TagSize);
+            aead.Decrypt(nonce, p.Slice(mezzAt, RudWire.MezzaninePlainSize), p.Slice(mezzAt + RudWire.MezzaninePlainSize, RudKeys.TagSize), mezz, p[..50]);
+        }
+        catch (AuthenticationTagMismatchException) { Counters.Increment(ref Counters.AuthFailed); return; }
+        long stamp = BinaryPrimitives.ReadInt64BigEndian(mezz);
+        if (Math.Abs(WallMs() - stamp) > (long)ReplayWindow.TotalMilliseconds || mezz[8] != 0) { Counters.Increment(ref Counters.HandshakeDropped); return; }
+        if (_replayCache.ContainsKey(keyId)) { Counters.Increment(ref Counters.Replayed); return; }
+        if (_replayCache.Count >= ReplayCacheLimit || _connections.Count >= Options.MaxConnections) { Counters.Increment(ref Counters.HandshakeDropped); return; }
+
+        var conn = new RudConnection(this, initiator: false, NewLocalId(), Copy(from), now)
+        {
+            RemoteId = initiatorId,
+            Mode = complete ? ExchangeMode.Deferred : ExchangeMode.Immediate,
+            RekeyInterval = Options.RekeyInterval,
+            ReplayKey = keyId,
+        };
+        var sePrivate = X25519.GeneratePrivateKey();
+        Span<byte> sePublic = stackalloc byte[X25519.KeySize];
+        X25519.PublicKey(sePrivate, sePublic);
+        Span<byte> ee = stackalloc byte[X25519.KeySize];
+        if (!X25519.Agree(sePrivate, eph, ee)) { Counters.Increment(ref Counters.HandshakeDropped); return; }
+        var (i, r) = RudKeys.TrafficSecrets(es, ee, eph, sePublic, _staticPublic);
+        conn.Establish(i, r, now);
+        var reply = new byte[RudWire.ResponderCompleteSize];
+        RudWire.WriteId(reply, initiatorId);
+        reply[RudWire.IdSize] = PacketType.ResponderComplete;
+        reply[RudWire.IdSize + 1] = RudWire.Version;
+        sePublic.CopyTo(reply.AsSpan(RudWire.IdSize + 2));
+        int aad = RudWire.IdSize + 2 + X25519.KeySize;
+        Span<byte> plain = stackalloc byte[RudWire.ResponderCompletePlainSize];
+        RudWire.WriteId(plain, conn.LocalId);
+        plain[RudWire.IdSize] = 0; // ticket length (§7.5)
+        conn.SealResponderComplete(reply.AsSpan(0, aad), plain, reply.AsSpan(aad));
+        conn.ResponderCompleteBytes = reply;
+        _connections.Add(conn.LocalId, conn);
+        _replayCache[keyId] = now + 2 * ReplayWindow.Ticks / 10;
+        _unconfirmedByKey[keyId] = conn;
+        _unconfirmed++;
+        Counters.Increment(ref Counters.HandshakesAccepted);
+        SendTo(reply, from);
+        if (!_incoming.Writer.TryWrite(conn)) conn.CloseLocked(1, "accept queue full", sendClose: true);
+    }
+
+    internal void OnConfirmed(RudConnection conn)
+    {
+        conn.Confirmed = true;
+        conn.ResponderCompleteBytes = null;
+        _unconfirmed--;
+        _unconfirmedByKey.Remove(conn.ReplayKey);
+    }
+
+    internal void Forget(RudConnection conn)
+    {
+        if (_connections.Remove(conn.LocalId) && !conn.IsInitiator && !conn.Confirmed)
+        {
+            _unconfirmed--;
+            _unconfirmedByKey.Remove(conn.ReplayKey);
+        }
+    }
+}
