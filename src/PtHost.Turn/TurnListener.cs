@@ -66,7 +66,7 @@ public sealed class TurnListener : IAsyncDisposable
                 try
                 {
                     tcp.Bind(new IPEndPoint(address.Address, ((IPEndPoint)udp.LocalEndPoint!).Port));
-                    tcp.Listen(512);
+                    tcp.Listen(4096); // a burst up to the connection limit waits in the queue (spec/turn.md §2)
                     return (udp, tcp);
                 }
                 catch (SocketException e) when (e.SocketErrorCode == SocketError.AddressAlreadyInUse && address.Port == 0 && attempt < BindAttempts)
