@@ -21,7 +21,7 @@ public static partial class AddressScrubber
     public const string Scrubbed = "[scrubbed]";
 
     /// <summary>Whether a log argument is an address: its text, and its host name, are scrubbed.</summary>
-    public static bool IsAddress(object? value) => value is EndPoint or IPAddress or SocketAddress or Destination or Uri;
+    public static bool IsAddress(object? value) => value is EndPoint or IPAddress or SocketAddress or Destination or PeerAddress or Uri;
 
     /// <summary>
     /// The texts an address argument puts in a line: its own text and, for names, the host name
@@ -46,7 +46,7 @@ public static partial class AddressScrubber
                 if (uri.GetComponents(UriComponents.UserInfo | UriComponents.HostAndPort, UriFormat.UriEscaped) is { Length: > 0 } authority) tokens.Add(authority);
                 if (uri.Host.Length > 0) tokens.Add(uri.Host);
                 return;
-            case EndPoint or IPAddress or SocketAddress:
+            case EndPoint or IPAddress or SocketAddress or PeerAddress:
                 tokens.Add(value.ToString()!);
                 return;
         }
