@@ -9,10 +9,10 @@ namespace PtHost.Logging;
 
 /// <summary>
 /// Safe logging (spec/ipc.md §4.11): the addresses in a log line become <see cref="Scrubbed"/>. Two
-/// passes over the formatted line: first the text of the line's arguments of address types (and
-/// their host names, wherever they appear in the line, exception text included), then every
-/// address-shaped text left (IP literals with or without port, bracketed IPv6, <c>name:port</c>,
-/// a URL's authority), so addresses inside exception messages and strings go too. Unspecified
+/// passes over the formatted line: every address-shaped text (IP literals with or without port,
+/// bracketed IPv6, <c>name:port</c>, a URL's authority), so addresses inside exception messages and
+/// strings go too; then the texts and host names of the line's arguments of address types,
+/// wherever they appear in the line (a destination's DNS name alone, say), exception text included. Unspecified
 /// addresses (<c>0.0.0.0</c>, <c>::</c>) name no host and stay.
 /// </summary>
 public static partial class AddressScrubber
@@ -52,15 +52,19 @@ public static partial class AddressScrubber
         }
     }
 
-    /// <summary>The line with every address scrubbed: first <paramref name="tokens"/> (from the line's arguments), then address-shaped text.</summary>
+    /// <summary>The line with every address scrubbed: address-shaped text, then <paramref name="tokens"/> (from the line's arguments: host names).</summary>
     public static string Scrub(string text, IReadOnlyList<string>? tokens = null)
     {
+        text = AddressText().Replace(text, Evaluate);
         if (tokens is not null)
             foreach (string token in tokens) text = ReplaceToken(text, token);
-        return AddressText().Replace(text, Evaluate);
+        return text;
     }
 
-    /// <summary>Replaces whole occurrences of <paramref name="token"/> (not inside a longer name or number).</summary>
+    /// <summary>
+    /// Replaces whole occurrences of <paramref name="token"/> (not inside a longer name or number),
+    /// with the <c>:port</c> that follows a host.
+    /// </summary>
     private static string ReplaceToken(string text, string token)
     {
         if (token.Length == 0 || IsUnspecified(token)) return text;
@@ -68,12 +72,15 @@ public static partial class AddressScrubber
         if (at < 0) return text;
         var sb = new StringBuilder(text.Length);
         int from = 0;
-        for (; at >= 0; at = text.IndexOf(token, at + token.Length, StringComparison.OrdinalIgnoreCase))
+        for (; at >= 0; at = text.IndexOf(token, Math.Max(at + token.Length, from), StringComparison.OrdinalIgnoreCase))
         {
             int end = at + token.Length;
-            if ((at > 0 && IsNameChar(text[at - 1])) || (end < text.Length && IsNameChar(text[end]))) continue;
+            if (at < from || (at > 0 && IsNameChar(text[at - 1])) || (end < text.Length && IsNameChar(text[end]))) continue;
+            if (end + 1 < text.Length && text[end] == ':' && char.IsAsciiDigit(text[end + 1]))
+                for (end++; end < text.Length && char.IsAsciiDigit(text[end]); end++) { }
             sb.Append(text, from, at - from).Append(Scrubbed);
             from = end;
+            if (from >= text.Length) break;
         }
         return from == 0 ? text : sb.Append(text, from, text.Length - from).ToString();
     }

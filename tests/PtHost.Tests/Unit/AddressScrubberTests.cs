@@ -44,6 +44,16 @@ public partial class AddressScrubberTests
     }
 
     [Fact]
+    public void A_host_name_from_an_argument_goes_with_the_port_after_it()
+    {
+        var tokens = new List<string>();
+        AddressScrubber.AddTokens(new DnsEndPoint("relay", 8888), tokens);
+        AddressScrubber.AddTokens(new DnsEndPoint("127.0.0.1", 8888), tokens);
+        Assert.Equal("connecting to [scrubbed]: refused; [scrubbed]: refused",
+            AddressScrubber.Scrub("connecting to relay:9999: refused; 127.0.0.1:34907: refused", tokens));
+    }
+
+    [Fact]
     public void Every_sink_gets_message_arguments_and_exception_scrubbed()
     {
         var sink = new RecordingProvider();
