@@ -82,14 +82,30 @@ internal static class PluginBuild
         string output = NewTempDirectory("plugins");
         // Packages restored for this build, and its obj/, go to the scratch directory (the run's unique contract
         // version would otherwise pile up in the user's package cache); the other packages come from that cache.
+        await DotnetCommand.RunAsync("build", Path.Combine(RepoRoot, "tests", "fixtures", "XorTransport"), output,
+            [.. PackageProperties(), "BaseIntermediateOutputPath=" + PluginIntermediates + Path.DirectorySeparatorChar]).ConfigureAwait(false);
+        return output;
+    }
+
+    /// <summary>
+    /// <c>dotnet test tests/fixtures/XorTransport.Tests</c>: the plugin's own tests, built against the contract
+    /// package this run packed (after <see cref="PluginDirectory"/>, which packs it); throws with their output when any fails.
+    /// </summary>
+    public static async Task RunPluginOwnTestsAsync()
+    {
+        await PluginDirectory.ConfigureAwait(false);
+        await DotnetCommand.RunAsync("test", Path.Combine(RepoRoot, "tests", "fixtures", "XorTransport.Tests"), NewTempDirectory("plugin-tests"),
+            PackageProperties()).ConfigureAwait(false);
+    }
+
+    /// <summary>The contract package of this run, as the fixtures' project files take it; other packages from the user's cache.</summary>
+    private static string[] PackageProperties()
+    {
         string cache = Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } set
             ? set
             : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
-        await DotnetCommand.RunAsync("build", Path.Combine(RepoRoot, "tests", "fixtures", "XorTransport"), output,
-            "PtHostContractFeed=" + ContractFeed, "PtHostContractVersion=" + ContractVersion,
-            "RestorePackagesPath=" + NewTempDirectory("packages"), "RestoreFallbackFolders=" + cache,
-            "BaseIntermediateOutputPath=" + PluginIntermediates + Path.DirectorySeparatorChar).ConfigureAwait(false);
-        return output;
+        return ["PtHostContractFeed=" + ContractFeed, "PtHostContractVersion=" + ContractVersion,
+            "RestorePackagesPath=" + Path.Combine(Scratch, "packages"), "RestoreFallbackFolders=" + cache];
     }
 }
 

@@ -41,6 +41,11 @@ public class PluginTransportTests
     }
 
     [Fact]
+    public async Task The_plugins_own_tests_pass_against_the_contract_package() =>
+        // tests/fixtures/XorTransport.Tests (docs/writing-a-transport.md §9): dotnet test fails this test with their output.
+        await PluginBuild.RunPluginOwnTestsAsync();
+
+    [Fact]
     public async Task One_MiB_echoes_through_client_and_server_processes()
     {
         await using var pair = await XorPair.StartAsync(Key);
