@@ -2,7 +2,6 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Console;
-using Newtonsoft.Json;
 using Newtonsoft.Json.Linq;
 using PtHost.Configuration;
 using PtHost.Contract;
@@ -223,7 +222,12 @@ public static class Program
     {
         using var loggers = LoggerFactory.Create(b => ConfigureLogging(b, LogLevel.Warning));
         var registry = new TransportRegistry();
-        if (pluginDirectory is not null)
+        if (pluginDirectory is not null && !PluginSupport.IsSupported)
+        {
+            Console.Error.WriteLine($"pthost: generate-config: --plugindir: {PluginSupport.Unsupported}");
+            return ExitCodes.Config;
+        }
+        if (pluginDirectory is not null && PluginSupport.IsSupported)
         {
             if (!Directory.Exists(pluginDirectory)) return CommandLine.UsageError("generate-config", $"--plugindir \"{pluginDirectory}\" is not a directory");
             registry.LoadPlugins(pluginDirectory, loggers.CreateLogger("PtHost"));
@@ -240,7 +244,7 @@ public static class Program
             var server = transport.CreateServerFactory(context);
             var generated = server.GenerateConfiguration();
             var result = new JObject { ["client"] = generated.Client, ["server"] = generated.Server };
-            Console.Out.WriteLine(result.ToString(Formatting.Indented));
+            Console.Out.WriteLine(StrictJson.Write(result, indented: true));
             return ExitCodes.Ok;
         }
         catch (Exception e) when (e is not OutOfMemoryException)

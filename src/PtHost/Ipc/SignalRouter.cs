@@ -2,7 +2,6 @@ using System.Globalization;
 using System.Security.Cryptography;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
-using Newtonsoft.Json;
 using Newtonsoft.Json.Linq;
 using PtHost.Configuration;
 using PtHost.Contract;
@@ -132,7 +131,7 @@ public sealed class SignalRouter
         env["exp"] = (s.Expires ?? _time.GetUtcNow() + DefaultLifetime).ToUnixTimeSeconds();
         env["kind"] = s.Kind;
         if (s.Body is not null) env["body"] = s.Body;
-        string payload = env.ToString(Formatting.None);
+        string payload = StrictJson.Write(env);
         if (System.Text.Encoding.UTF8.GetByteCount(payload) > MaxPayloadBytes) throw new ArgumentException($"signal payload longer than {MaxPayloadBytes} bytes");
         if (!Available)
         {
