@@ -1,5 +1,6 @@
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Hosting.Systemd;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Console;
 using Newtonsoft.Json.Linq;
@@ -184,8 +185,12 @@ public static class Program
     {
         var builder = CreateHostBuilder(level);
         builder.Services.AddSingleton(IpcWriter.ForStdout());
+        // Under systemd (Type=notify: NOTIFY_SOCKET set), READY=1 once every listener is bound and logs with
+        // journald priorities (packaging/deb/systemd, spec/ipc.md §2.4).
+        var notifier = new SystemdNotifier();
+        if (notifier.IsEnabled) builder.Logging.AddSystemdConsole(o => o.UseUtcTimestamp = false);
         builder.Services.AddSingleton(sp => new RelayHost(service, arguments, sp.GetRequiredService<IpcWriter>(),
-            sp.GetRequiredService<IHostApplicationLifetime>(), sp.GetRequiredService<ILoggerFactory>()));
+            sp.GetRequiredService<IHostApplicationLifetime>(), sp.GetRequiredService<ILoggerFactory>(), notifier.IsEnabled ? notifier : null));
         builder.Services.AddHostedService(sp => sp.GetRequiredService<RelayHost>());
         using var host = builder.Build();
         var relay = host.Services.GetRequiredService<RelayHost>();

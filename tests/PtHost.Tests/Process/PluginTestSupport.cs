@@ -8,7 +8,7 @@ using System.Threading.Channels;
 namespace PtHost.Tests.Process;
 
 /// <summary>
-/// Builds what the plugin process tests need, once per test run: a published pthost and the
+/// Builds what the plugin process tests need, once per test run: a published framework-dependent pthost and the
 /// XorTransport fixture plugin (tests/fixtures/XorTransport), built outside the solution.
 /// </summary>
 internal static class PluginBuild
@@ -64,7 +64,7 @@ internal static class PluginBuild
 
     private static async Task<string> BuildPluginAsync()
     {
-        _ = PtHostExecutable.Path;
+        _ = PtHostExecutable.FrameworkDependentPath;
         string output = NewTempDirectory("plugins");
         await DotnetCommand.RunAsync("build", Path.Combine(RepoRoot, "tests", "fixtures", "XorTransport"), output).ConfigureAwait(false);
         return output;
