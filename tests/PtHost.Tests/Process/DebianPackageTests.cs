@@ -112,7 +112,7 @@ public partial class DebianPackageTests
             using var notify = new SystemdNotifyTests.NotifySocket();
             await using var zephyr = root.StartUnit("zephyr", notify.Environment);
             Assert.Equal("READY=1", await notify.ReceiveAsync(TimeSpan.FromSeconds(20)));
-            var listen = IPEndPoint.Parse(Assert.Single(zephyr.StdoutLines, l => l.StartsWith("LISTEN zephyr ", StringComparison.Ordinal)).Split(' ')[2]);
+            var listen = IPEndPoint.Parse((await zephyr.WaitForLineAsync("LISTEN zephyr ")).Split(' ')[2]);
             using (var tcp = new TcpClient()) await tcp.ConnectAsync(listen);
             zephyr.Signal(15);
             Assert.Equal(0, await zephyr.WaitForExitAsync());
@@ -122,7 +122,7 @@ public partial class DebianPackageTests
             using var notify = new SystemdNotifyTests.NotifySocket();
             await using var jet = root.StartUnit("jet", notify.Environment);
             Assert.Equal("READY=1", await notify.ReceiveAsync(TimeSpan.FromSeconds(20)));
-            string http = Assert.Single(jet.StdoutLines, l => l.StartsWith("LISTEN jet ", StringComparison.Ordinal)).Split(' ')[2];
+            string http = (await jet.WaitForLineAsync("LISTEN jet ")).Split(' ')[2];
             using var client = new HttpClient();
             string id = Guid.NewGuid().ToString();
             using var response = await client.PostAsync($"http://{http}/jet/association/{id}", null);

@@ -21,7 +21,7 @@ public class SystemdNotifyTests
         await using var relay = PtProcess.Start(PtHostExecutable.Path, ["relay", "zephyr", "--listen", "127.0.0.1:0"], notify.Environment);
         Assert.Equal("READY=1", await notify.ReceiveAsync(Wait));
         // READY means listening: the LISTEN line is out and the address accepts.
-        string listen = Assert.Single(relay.StdoutLines, l => l.StartsWith("LISTEN zephyr ", StringComparison.Ordinal));
+        string listen = await relay.WaitForLineAsync("LISTEN zephyr ");
         using (var tcp = new TcpClient()) await tcp.ConnectAsync(IPEndPoint.Parse(listen.Split(' ')[2]));
         relay.Signal(15);
         Assert.Equal("STOPPING=1", await notify.ReceiveAsync(Wait));
