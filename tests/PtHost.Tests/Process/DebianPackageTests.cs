@@ -53,6 +53,39 @@ public partial class DebianPackageTests
     }
 
     [Fact]
+    public async Task The_man_page_names_every_command_relay_option_configuration_key_and_exit_code()
+    {
+        string man = (await File.ReadAllTextAsync(Path.Combine(PtHostExecutable.RepoRoot, "packaging", "deb", "pthost.1"))).Replace("\\-", "-", StringComparison.Ordinal);
+        string pthost = PtHostExecutable.NativeAotPath;
+        // Commands and relay options, from the executable's own --help.
+        foreach (string command in new[] { "generate-config", "demo", "relay", "--config", "--version", "--help" })
+            Assert.Contains(command, man, StringComparison.Ordinal);
+        foreach (string relay in Relays)
+        {
+            var help = await PtProcess.RunAsync(pthost, "relay", relay, "--help");
+            Assert.Equal(0, help.Exit);
+            var options = OptionName().Matches(help.Stdout).Select(m => m.Groups[1].Value).Distinct().ToList();
+            Assert.Contains("--listen", options);
+            foreach (string option in options) Assert.Contains(option, man, StringComparison.Ordinal);
+        }
+        // Configuration keys: the list pthost gives for an unknown key (spec/ipc.md §3.3).
+        await using (var p = PtProcess.Start(pthost, ["{\"role\":\"client\",\"transports\":[\"plain\"],\"bogus\":1}"], null))
+        {
+            Assert.Equal(78, await p.WaitForExitAsync());
+            string line = Assert.Single(p.StdoutLines);
+            string known = line[(line.IndexOf("(known: ", StringComparison.Ordinal) + "(known: ".Length)..^1];
+            foreach (string key in known.Split(", "))
+                Assert.Matches(@"(?m)^\.B " + Regex.Escape(key) + "$", man);
+        }
+        // Exit codes (spec/ipc.md §2.5).
+        foreach (string code in new[] { "0", "64", "69", "70", "73", "78" })
+            Assert.Matches(@"(?m)^\.TP\n\.B " + code + "$", man);
+    }
+
+    [GeneratedRegex(@"^\s+(--[a-z-]+)", RegexOptions.Multiline)]
+    private static partial Regex OptionName();
+
+    [Fact]
     public async Task Lintian_reports_no_errors_and_no_warnings()
     {
         string deb = await s_deb.Value;
