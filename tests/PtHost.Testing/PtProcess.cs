@@ -46,6 +46,9 @@ public sealed class PtProcess : IAsyncDisposable
 
     public static PtProcess StartPthost(params string[] args) => Start(PtHostExecutable.Path, args, null);
 
+    /// <summary>The framework-dependent build: the one that loads managed plugins (spec/ipc.md §8.5).</summary>
+    public static PtProcess StartFrameworkDependent(params string[] args) => Start(PtHostExecutable.FrameworkDependentPath, args, null);
+
     public static PtProcess Start(string file, IEnumerable<string> args, IDictionary<string, string>? env, string? workingDirectory = null)
     {
         var psi = new ProcessStartInfo(file)
