@@ -32,6 +32,12 @@ public sealed partial class RudConnection
             _counters.Increment(ref _counters.Malformed);
             return;
         }
+        if (!CanTakeFrames(payload[hbLength..]))
+        {
+            // Reassembly limits (§8.3): not acknowledged, so the peer sends it again once there is room.
+            _counters.Increment(ref _counters.ReassemblyRefused);
+            return;
+        }
         if (switched)
         {
             _recvPrev?.Dispose();
@@ -95,6 +101,39 @@ public sealed partial class RudConnection
         return true;
     }
 
+    /// <summary>Per stream a packet names: the highest end of its STREAM frames and the ranges they may add.</summary>
+    private readonly List<(ulong Id, ulong End, int Ranges)> _taking = [];
+
+    /// <summary>Whether every STREAM frame of a payload fits the reassembly limits (§8.3).</summary>
+    private bool CanTakeFrames(ReadOnlySpan<byte> frames)
+    {
+        _taking.Clear();
+        int pos = 0;
+        while (pos < frames.Length)
+        {
+            RudWire.TryReadFrame(frames, ref pos, out var f);
+            if (f.Type is not (FrameType.Stream or FrameType.StreamFinal) || f.DataLength == 0) continue;
+            ulong end = f.Offset + (ulong)f.DataLength;
+            int ranges = _streams.TryGetValue(f.StreamId, out var s) ? s.NewRanges(f.Offset, end) : 1;
+            int i = 0;
+            while (i < _taking.Count && _taking[i].Id != f.StreamId) i++;
+            if (i == _taking.Count) _taking.Add((f.StreamId, end, ranges));
+            else _taking[i] = (f.StreamId, Math.Max(end, _taking[i].End), _taking[i].Ranges + ranges);
+        }
+        long planned = 0;
+        foreach (var (id, end, ranges) in _taking)
+        {
+            if (_streams.TryGetValue(id, out var s))
+            {
+                if (!s.CanTake(end, ranges, ref planned)) return false;
+            }
+            else if (RudWire.StreamSide(id) != (IsInitiator ? 0 : 1) && end <= RudStream.Window
+                && (ranges > RudStream.MaxReceiveRanges || !RudStream.CanGrow(Rings, 0, 0, end, ref planned)))
+                return false; // a stream these frames would open
+        }
+        return true;
+    }
+
     private bool ApplyFrames(ReadOnlySpan<byte> payload, int start, long now)
     {
         bool eliciting = false;
@@ -147,6 +186,14 @@ public sealed partial class RudConnection
         ulong seq = RudWire.StreamSequence(id);
         var seen = _peerSeen[kind];
         if (seen.ContiguousFrom(seq) > seq) return null; // opened before and closed since
+        if (seq >= seen.ContiguousFrom(0) + MaxPeerStreams)
+        {
+            // A peer with at most 256 streams open never names one 256 above the lowest it has not opened
+            // (§8.1): refused without a trace, so the set of seen sequences stays small.
+            _control.Enqueue(new ControlFrame { Type = FrameType.ResetStream, StreamId = id, Code = 4 });
+            _counters.Increment(ref _counters.StreamsRefused);
+            return null;
+        }
         seen.Add(seq, seq + 1);
         if (_peerOpen >= MaxPeerStreams)
         {

@@ -200,4 +200,45 @@ public sealed partial class RudConnection
         _sendPhaseAcked = false;
         KeyUpdatesSent++;
     }
+
+    /// <summary>
+    /// Test hook (tests/PtHost.Reliability's attack tests forge what a key holder can send): a Data
+    /// packet whose payload is a header block without ACK followed by exactly <paramref name="frames"/>,
+    /// sealed with the next sent index into <paramref name="packet"/>; returns its length. Nothing is
+    /// kept for loss recovery (the record is marked done).
+    /// </summary>
+    internal int SealRawPacket(ReadOnlySpan<byte> frames, Span<byte> packet)
+    {
+        lock (Gate)
+        {
+            if (!IsEstablished || IsClosed) throw new InvalidOperationException("not established");
+            var plain = new byte[1 + frames.Length];
+            frames.CopyTo(plain.AsSpan(1));
+            int h = RudWire.WriteDataHeader(packet, RemoteId, _send!.Phase, _nextSent);
+            _send.Seal(_nextSent, packet[..h], plain, packet[h..]);
+            int size = h + plain.Length + RudKeys.TagSize;
+            _sent.Add(new SentPacket { Number = _nextSent, SentTime = _ep.Now(), Size = size, Done = true });
+            _nextSent++;
+            return size;
+        }
+    }
+
+    /// <summary>Test hook: <see cref="SealRawPacket"/> sent to the peer's address; returns the packet's sent index.</summary>
+    internal ulong SendRawPacket(ReadOnlySpan<byte> frames)
+    {
+        var packet = new byte[RudWire.MaxReceiveSize];
+        lock (Gate)
+        {
+            ulong index = _nextSent;
+            int n = SealRawPacket(frames, packet);
+            _ep.SendTo(packet.AsSpan(0, n), Peer);
+            return index;
+        }
+    }
+
+    /// <summary>Test hook: whether the peer has acknowledged a packet with sent index at least <paramref name="index"/>.</summary>
+    internal bool AcknowledgedUpTo(ulong index)
+    {
+        lock (Gate) return _anyAcked && _largestAcked >= index;
+    }
 }

@@ -6,7 +6,7 @@ public sealed class RudCounters
     public long Malformed, UnknownId, AuthFailed, Replayed, TokenInvalid, TokenExpired, HandshakeDropped, NoKeys, InternalErrors;
     public long ChallengesSent, DefersSent, HandshakesAccepted, HandshakesFailed, CompletesResent;
     public long PacketsLost, ProbeTimeouts, CongestionEvents, LossesTolerated, SpuriousLosses, RetransmissionsReceived, Migrations, StreamsRefused, DatagramsDropped, SendErrors;
-    public long PathMtuProbes, PathMtuRaised;
+    public long PathMtuProbes, PathMtuRaised, ReassemblyRefused;
 
     public void Increment(ref long field) => Interlocked.Increment(ref field);
 
@@ -39,6 +39,7 @@ public sealed class RudCounters
         ["sendErrors"] = Volatile.Read(ref SendErrors),
         ["pathMtuProbes"] = Volatile.Read(ref PathMtuProbes),
         ["pathMtuRaised"] = Volatile.Read(ref PathMtuRaised),
+        ["reassemblyRefused"] = Volatile.Read(ref ReassemblyRefused),
     };
 
     /// <summary>Packets dropped because of what they contained (every reason of §10).</summary>

@@ -199,10 +199,13 @@ public sealed partial class RudEndpoint
         long stamp = BinaryPrimitives.ReadInt64BigEndian(mezz);
         if (Math.Abs(WallMs() - stamp) > (long)ReplayWindow.TotalMilliseconds || mezz[8] != 0) { Counters.Increment(ref Counters.HandshakeDropped); return; }
         if (_replayCache.ContainsKey(keyId)) { Counters.Increment(ref Counters.Replayed); return; }
-        if (_replayCache.Count >= ReplayCacheLimit || _connections.Count >= Options.MaxConnections) { Counters.Increment(ref Counters.HandshakeDropped); return; }
+        var source = Source(from);
+        if (_replayCache.Count >= ReplayCacheLimit || _connections.Count >= Options.MaxConnections || source.Connections >= ConnectionsPerSource)
+        { Counters.Increment(ref Counters.HandshakeDropped); return; }
 
-        var conn = new RudConnection(this, initiator: false, NewLocalId(), Copy(from), now)
+        var conn = new RudConnection(this, initiator: false, NewLocalId(), Copy(from), now, source.Rings)
         {
+            Source = source,
             RemoteId = initiatorId,
             Mode = complete ? ExchangeMode.Deferred : ExchangeMode.Immediate,
             RekeyInterval = Options.RekeyInterval,
@@ -227,6 +230,7 @@ public sealed partial class RudEndpoint
         conn.SealResponderComplete(reply.AsSpan(0, aad), plain, reply.AsSpan(aad));
         conn.ResponderCompleteBytes = reply;
         _connections.Add(conn.LocalId, conn);
+        source.Connections++;
         _replayCache[keyId] = now + 2 * ReplayWindow.Ticks / 10;
         _unconfirmedByKey[keyId] = conn;
         _unconfirmed++;
@@ -245,10 +249,13 @@ public sealed partial class RudEndpoint
 
     internal void Forget(RudConnection conn)
     {
-        if (_connections.Remove(conn.LocalId) && !conn.IsInitiator && !conn.Confirmed)
+        if (!_connections.Remove(conn.LocalId)) return;
+        if (!conn.IsInitiator && !conn.Confirmed)
         {
             _unconfirmed--;
             _unconfirmedByKey.Remove(conn.ReplayKey);
         }
+        if (conn.Source is { } source && --source.Connections == 0 && source.Rings.Used == 0)
+            _sources.Remove(source.Prefix);
     }
 }
