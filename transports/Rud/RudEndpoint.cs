@@ -57,7 +57,8 @@ public sealed partial class RudEndpoint : IAsyncDisposable
     private readonly ILogger _log;
     private readonly Dictionary<ulong, RudConnection> _connections = [];
     private readonly List<RudConnection> _iteration = [];
-    private readonly Dictionary<EphemeralKeyId, long> _replayCache = [];
+    private readonly ReplayCache _replay = new(ReplayCacheLimit, (long)ReplayWindow.TotalMilliseconds);
+    private readonly HandshakeLoad _handshakeLoad = new();
     private readonly Dictionary<EphemeralKeyId, RudConnection> _unconfirmedByKey = [];
     private readonly Channel<RudConnection> _incoming = Channel.CreateBounded<RudConnection>(new BoundedChannelOptions(256) { FullMode = BoundedChannelFullMode.DropWrite });
     private readonly SemaphoreSlim _wake = new(0, 1);
