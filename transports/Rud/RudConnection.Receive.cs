@@ -49,28 +49,15 @@ public sealed partial class RudConnection
         }
         bool newLargest = !_rx.Any || n > _rx.Largest;
         bool outOfOrder = _rx.Any && n != _rx.Largest + 1;
-        if (newLargest && !from.Equals(Peer))
-        {
-            // Network agility (§7.1): follow the newest authenticated packet.
-            Peer = RudEndpoint.Copy(from);
-            _counters.Increment(ref _counters.Migrations);
-            // A new path may not carry what the old one did (§9.5).
-            _maxPacket = RudWire.MaxPacketSize;
-            _mtuProbing = false;
-            _mtuProbeAttempts = 0;
-            _mtuDone = !_ep.ProbesPathMtu;
-            _mtuNextProbe = now;
-            // What went to the old address is gone: probe at once instead of after a backed-off PTO.
-            _ptoCount = 0;
-            if (_bytesInFlight > 0) _lastAckElicitingSent = now - PtoDuration;
-        }
+        // Network agility (§7.1): another address is challenged first; the connection moves when it answers.
+        if (!from.Equals(Peer)) OnPacketFromOtherAddress(from, packet.Length, newLargest, now);
         _rx.Mark(n);
         if (newLargest) _largestRxTime = now;
         _lastReceive = now;
         if (!IsInitiator && !Confirmed) _ep.OnConfirmed(this);
         if (header.HasRetransmit) _counters.Increment(ref _counters.RetransmissionsReceived);
         if (header.HasAck) OnAck(header, payload.Slice(header.BitfieldOffset, header.BitfieldLength), now);
-        bool eliciting = ApplyFrames(payload, hbLength, now);
+        bool eliciting = ApplyFrames(payload, hbLength, from, now);
         if (IsClosed) return;
         if (eliciting)
         {
@@ -134,7 +121,7 @@ public sealed partial class RudConnection
         return true;
     }
 
-    private bool ApplyFrames(ReadOnlySpan<byte> payload, int start, long now)
+    private bool ApplyFrames(ReadOnlySpan<byte> payload, int start, SocketAddress from, long now)
     {
         bool eliciting = false;
         int pos = start;
@@ -170,6 +157,12 @@ public sealed partial class RudConnection
                 }
                 case FrameType.Datagram:
                     DatagramStreamFor(f.StreamId)?.Deliver(payload.Slice(f.DataOffset, f.DataLength));
+                    break;
+                case FrameType.PathChallenge:
+                    OnPathChallenge(payload.Slice(f.DataOffset, 8), from, now);
+                    break;
+                case FrameType.PathResponse:
+                    OnPathResponse(payload.Slice(f.DataOffset, 8), now);
                     break;
             }
         }

@@ -204,22 +204,15 @@ public sealed partial class RudConnection
     /// <summary>
     /// Test hook (tests/PtHost.Reliability's attack tests forge what a key holder can send): a Data
     /// packet whose payload is a header block without ACK followed by exactly <paramref name="frames"/>,
-    /// sealed with the next sent index into <paramref name="packet"/>; returns its length. Nothing is
-    /// kept for loss recovery (the record is marked done).
+    /// sealed with the next sent index into <paramref name="packet"/>; returns its length (§7.1's
+    /// <see cref="SealFrames"/>).
     /// </summary>
     internal int SealRawPacket(ReadOnlySpan<byte> frames, Span<byte> packet)
     {
         lock (Gate)
         {
             if (!IsEstablished || IsClosed) throw new InvalidOperationException("not established");
-            var plain = new byte[1 + frames.Length];
-            frames.CopyTo(plain.AsSpan(1));
-            int h = RudWire.WriteDataHeader(packet, RemoteId, _send!.Phase, _nextSent);
-            _send.Seal(_nextSent, packet[..h], plain, packet[h..]);
-            int size = h + plain.Length + RudKeys.TagSize;
-            _sent.Add(new SentPacket { Number = _nextSent, SentTime = _ep.Now(), Size = size, Done = true });
-            _nextSent++;
-            return size;
+            return SealFrames(frames, packet, _ep.Now());
         }
     }
 

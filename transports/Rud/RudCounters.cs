@@ -6,7 +6,7 @@ public sealed class RudCounters
     public long Malformed, UnknownId, AuthFailed, Replayed, TokenInvalid, TokenExpired, HandshakeDropped, NoKeys, InternalErrors;
     public long ChallengesSent, DefersSent, HandshakesAccepted, HandshakesFailed, CompletesResent;
     public long PacketsLost, ProbeTimeouts, CongestionEvents, LossesTolerated, SpuriousLosses, RetransmissionsReceived, Migrations, StreamsRefused, DatagramsDropped, SendErrors;
-    public long PathMtuProbes, PathMtuRaised, ReassemblyRefused, HandshakeRateLimited;
+    public long PathMtuProbes, PathMtuRaised, ReassemblyRefused, HandshakeRateLimited, PathChallengesSent, PathChallengesLimited, PathValidationsFailed;
 
     public void Increment(ref long field) => Interlocked.Increment(ref field);
 
@@ -41,6 +41,9 @@ public sealed class RudCounters
         ["pathMtuRaised"] = Volatile.Read(ref PathMtuRaised),
         ["reassemblyRefused"] = Volatile.Read(ref ReassemblyRefused),
         ["handshakeRateLimited"] = Volatile.Read(ref HandshakeRateLimited),
+        ["pathChallengesSent"] = Volatile.Read(ref PathChallengesSent),
+        ["pathChallengesLimited"] = Volatile.Read(ref PathChallengesLimited),
+        ["pathValidationsFailed"] = Volatile.Read(ref PathValidationsFailed),
     };
 
     /// <summary>Packets dropped because of what they contained (every reason of §10).</summary>
