@@ -226,9 +226,9 @@ public sealed partial class RudEndpoint
             long now = Now();
             if (ResendComplete(keyId, from)) return; // a copy of this Exchange was accepted meanwhile
             if (_replay.Refuses(keyId, stamp)) { Counters.Increment(ref Counters.Replayed); return; }
-            var source = Source(from);
-            if (_connections.Count >= Options.MaxConnections || source.Connections >= ConnectionsPerSource)
+            if (_connections.Count >= Options.MaxConnections || (_sources.TryGetValue(prefix, out var known) && known.Connections >= ConnectionsPerSource))
             { Counters.Increment(ref Counters.HandshakeDropped); return; }
+            var source = Source(from);
 
             var conn = new RudConnection(this, initiator: false, NewLocalId(), Copy(from), now, source.Rings)
             {
