@@ -36,7 +36,7 @@ public sealed partial class RudEndpoint
                 catch (Exception e) when (e is not OutOfMemoryException)
                 {
                     Counters.Increment(ref Counters.InternalErrors);
-                    _log.LogWarning(e, "rud: packet from {From} dropped after an internal error", from);
+                    _log.PacketFailed(e, from);
                 }
             }
             lock (Gate)
@@ -52,7 +52,7 @@ public sealed partial class RudEndpoint
                     catch (Exception e) when (e is not OutOfMemoryException)
                     {
                         Counters.Increment(ref Counters.InternalErrors);
-                        _log.LogWarning(e, "rud: packet from {From} dropped after an internal error", from);
+                        _log.PacketFailed(e, from);
                     }
                 }
                 FlushTouched(now);
@@ -79,7 +79,7 @@ public sealed partial class RudEndpoint
             catch (Exception e) when (e is not OutOfMemoryException)
             {
                 Counters.Increment(ref Counters.InternalErrors);
-                _log.LogError(e, "rud: connection {Id} failed", conn.LocalId);
+                _log.ConnectionFailed(e, conn.LocalId);
                 conn.CloseLocked(1, "internal error", sendClose: true);
             }
         }
@@ -193,7 +193,7 @@ public sealed partial class RudEndpoint
                     catch (Exception e) when (e is not OutOfMemoryException)
                     {
                         Counters.Increment(ref Counters.InternalErrors);
-                        _log.LogError(e, "rud: connection {Id} failed", conn.LocalId);
+                        _log.ConnectionFailed(e, conn.LocalId);
                         conn.CloseLocked(1, "internal error", sendClose: true);
                     }
                 }
