@@ -118,8 +118,11 @@ public abstract class EmbeddedInstance : IAsyncDisposable
         return new TransportEnvironment(name, Options[name], state, SignalsFor(name), new DirectDialer(), Loggers, counters);
     }
 
+    private int _instanceDisposed;
+
     public virtual async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _instanceDisposed, 1) != 0) return;
         for (int i = Owned.Count - 1; i >= 0; i--) await Owned[i].DisposeAsync().ConfigureAwait(false);
         if (_ownedState is not null)
         {

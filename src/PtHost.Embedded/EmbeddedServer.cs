@@ -92,8 +92,12 @@ public sealed class EmbeddedServer : EmbeddedInstance
     /// <summary>The next accepted session; ends (<see cref="ChannelClosedException"/>) once the server is disposed.</summary>
     public ValueTask<EmbeddedSession> AcceptAsync(CancellationToken ct = default) => _accepted.Reader.ReadAsync(ct);
 
+    private int _disposed;
+
+    /// <summary>Stops the transport (sessions in progress get up to 5 s) and ends <see cref="AcceptAsync"/>; a second call does nothing.</summary>
     public override async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _accepted.Writer.TryComplete();
         await _stopping.CancelAsync().ConfigureAwait(false);
         if (_manager is not null) await _manager.StopAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(5)).ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
