@@ -26,15 +26,22 @@ public sealed class HttpTests
         Assert.True(clientStats["plain"].Opened >= 1);
     }
 
+    /// <summary>`generate-config zephyr`'s client and server options, both pointed at <paramref name="relay"/>.</summary>
+    private static async Task<(JsonObject Client, JsonObject Server)> ZephyrOptionsAsync(ZephyrRelayProcess relay)
+    {
+        var generated = await PtHostServer.GenerateConfigAsync("zephyr", Support.Options());
+        var client = (JsonObject)generated["client"]!.DeepClone();
+        var server = (JsonObject)generated["server"]!.DeepClone();
+        client["relay"] = relay.EndPoint.ToString();
+        server["relay"] = relay.EndPoint.ToString();
+        return (client, server);
+    }
+
     [Fact]
     public async Task HttpClientOverZephyrWithRelayAndLinkedSignals()
     {
         await using var relay = await ZephyrRelayProcess.StartAsync();
-        var generated = await PtHostServer.GenerateConfigAsync("zephyr", Support.Options());
-        var clientOptions = (JsonObject)generated["client"]!.DeepClone();
-        var serverOptions = (JsonObject)generated["server"]!.DeepClone();
-        clientOptions["relay"] = relay.EndPoint.ToString();
-        serverOptions["relay"] = relay.EndPoint.ToString();
+        var (clientOptions, serverOptions) = await ZephyrOptionsAsync(relay);
         await using var web = new HttpFileServer(Support.Body);
         await using var server = await PtHostServer.ProxyAsync("zephyr", serverOptions, ["127.0.0.1"], options: Support.Options());
         Assert.Matches("^[0-9a-f]{64}$", server.Args["pin"]);
@@ -69,11 +76,7 @@ public sealed class HttpTests
     public async Task LinkedSignalsCarryZephyrBetweenTwoInstances()
     {
         await using var relay = await ZephyrRelayProcess.StartAsync();
-        var generated = await PtHostServer.GenerateConfigAsync("zephyr", Support.Options());
-        var clientOptions = (JsonObject)generated["client"]!.DeepClone();
-        var serverOptions = (JsonObject)generated["server"]!.DeepClone();
-        clientOptions["relay"] = relay.EndPoint.ToString();
-        serverOptions["relay"] = relay.EndPoint.ToString();
+        var (clientOptions, serverOptions) = await ZephyrOptionsAsync(relay);
         await using var echo = new EchoServer();
         await using var server = await PtHostServer.ListenAsync("zephyr", serverOptions, $"127.0.0.1:{echo.Port}", options: Support.Options());
         await using var client = await PtHostClient.StartAsync(new JsonObject
