@@ -44,4 +44,18 @@ public sealed class UdpTests
         Assert.Equal(Count, seen.Count);
         Assert.True(echo.Received >= Count);
     }
+
+    [Fact]
+    public async Task APeerTheServerRefusesIsTurnError403()
+    {
+        await using var echo = new UdpEcho();
+        await using var server = await PtHostServer.ProxyAsync("plain", null, ["127.0.0.2"], options: Support.Options());
+        await using var client = await PtHostClient.StartAsync(Support.PlainClient(server.EndPoint), Support.Options());
+        using var udp = await client.CreateUdpClientAsync("plain");
+
+        var e = await Assert.ThrowsAsync<TurnException>(async () => await udp.SendAsync(new byte[] { 1 }, echo.EndPoint));
+
+        Assert.Equal(403, e.Code);
+        Assert.Equal(0, echo.Received);
+    }
 }
