@@ -52,7 +52,7 @@ dotnet build PtHost.sln -c Release --nologo -v q
 log=$(mktemp)
 status=0
 set +e
-for project in tests/PtHost.Tests tests/PtHost.Reliability; do
+for project in tests/PtHost.Tests tests/PtHost.Client.Tests tests/PtHost.Reliability; do
   dotnet test "$project" -c Release --no-build --nologo 2>&1 | tee -a "$log"
   s=${PIPESTATUS[0]}
   [ "$s" -eq 0 ] || status=$s

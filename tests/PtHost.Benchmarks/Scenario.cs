@@ -38,6 +38,7 @@ public static class Scenarios
         new RudScenario(),
         new NodeAdapterScenario(),
         new PythonAdapterScenario(),
+        new DotnetClientScenario(),
     ];
 }
 

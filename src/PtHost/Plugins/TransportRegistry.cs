@@ -19,22 +19,13 @@ public sealed class TransportRegistry
 
     public TransportRegistry()
     {
-        Register("plain", () => new PtHost.Transports.Plain.PlainTransport());
-        Register("zephyr", () => new PtHost.Transports.Zephyr.ZephyrTransport());
-        Register("jet", () => new PtHost.Transports.Jet.JetTransport());
-        Register("asport", () => new PtHost.Transports.Asport.AsportTransport());
-        Register("rud", () => new PtHost.Transports.Rud.RudTransport());
+        foreach (var (name, create) in PtHost.Embedded.BuiltInTransports.All) Register(name, create);
     }
 
     public IEnumerable<string> Names => _factories.Keys;
 
     /// <summary>The relay services the built-in transports contribute: <c>pthost relay NAME</c> (spec/ipc.md §2.4).</summary>
-    public static IReadOnlyList<IRelayService> Relays { get; } =
-    [
-        new PtHost.Transports.Zephyr.ZephyrRelayService(),
-        new PtHost.Transports.Jet.JetRelayService(),
-        new PtHost.Transports.Asport.AsportRelayService(),
-    ];
+    public static IReadOnlyList<IRelayService> Relays => PtHost.Embedded.BuiltInTransports.Relays;
 
     public void Register(string name, Func<IPluggableTransport> factory)
     {
@@ -48,7 +39,7 @@ public sealed class TransportRegistry
     /// </summary>
     public IPluggableTransport? Create(string name) =>
         _factories.TryGetValue(name, out var f) ? f()
-        : PtHost.Transports.External.ExternalTransport.IsExternalName(name) ? new PtHost.Transports.External.ExternalTransport(name)
+        : PtHost.Embedded.BuiltInTransports.IsExternal(name) ? PtHost.Embedded.BuiltInTransports.CreateExternal(name)
         : null;
 
     /// <summary>Loads every assembly in <paramref name="directory"/> that references the contract and registers its transports.</summary>

@@ -1,0 +1,107 @@
+using System.Net;
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging;
+using Nerdbank.Streams;
+using Newtonsoft.Json.Linq;
+using PtHost.Contract;
+using PtHost.Net;
+
+namespace PtHost.Embedded;
+
+/// <summary>One session a server transport accepted: the application's end of it, and what the client asked for.</summary>
+/// <param name="Stream">The session's bytes (the transport's data after the session preamble).</param>
+/// <param name="Destination">The destination the client named (spec/session.md §2); null when it named none.</param>
+/// <param name="Remote">The transport-level peer (client process or relay).</param>
+public sealed record EmbeddedSession(Stream Stream, Destination? Destination, EndPoint? Remote);
+
+/// <summary>
+/// PtHost's server side inside the application (spec/adapters.md §5.8): one transport whose accepted sessions
+/// are handed to the application as streams (<see cref="AcceptAsync"/>) instead of being dialled onward.
+/// </summary>
+public sealed class EmbeddedServer : EmbeddedInstance
+{
+    private const int AcceptQueue = 512;
+    private readonly Channel<EmbeddedSession> _accepted = Channel.CreateBounded<EmbeddedSession>(
+        new BoundedChannelOptions(AcceptQueue) { FullMode = BoundedChannelFullMode.Wait });
+    private readonly CancellationTokenSource _stopping = new();
+    private string[] _transports = [];
+    private IServerManager? _manager;
+
+    private EmbeddedServer(JObject config, ILoggerFactory? loggers) : base(server: true, config, loggers) { }
+
+    public override IReadOnlyList<string> Transports => _transports;
+
+    /// <summary>The address the transport reports (what pthost's SMETHOD line carries).</summary>
+    public IPEndPoint EndPoint => _manager!.LocalEndPoint;
+
+    /// <summary>The SMETHOD line's <c>ARGS:</c> (e.g. zephyr's <c>pin</c>).</summary>
+    public IReadOnlyDictionary<string, string> Args => _manager!.Args;
+
+    /// <summary>
+    /// Starts <paramref name="transport"/>'s server with <paramref name="options"/> (<c>options.&lt;t&gt;</c>) listening at
+    /// <paramref name="bindAddress"/> (default 127.0.0.1:0). Sessions of every destination are accepted: the
+    /// application decides what to do with each (it is its own target).
+    /// </summary>
+    public static async Task<EmbeddedServer> StartAsync(string transport, JObject? options, IPEndPoint? bindAddress = null,
+        string? state = null, ILoggerFactory? loggers = null, CancellationToken ct = default)
+    {
+        var config = new JObject { ["options"] = new JObject { [transport] = options } };
+        if (state is not null) config["state"] = state;
+        var server = new EmbeddedServer(config, loggers);
+        try
+        {
+            var counters = new TransportCounters();
+            var factory = Create(transport).CreateServerFactory(server.Environment(transport, counters));
+            server.Owned.Add(factory);
+            var sessions = new InboundSessions(transport, server.HandOverAsync, null, counters, server.Loggers.CreateLogger("PtHost.Sessions"));
+            // A free server: the session's destination is the application's to read, not a host to dial.
+            server._manager = await factory.ProxyAsync(new ServerBinding(bindAddress ?? new IPEndPoint(IPAddress.Loopback, 0), null, sessions), ct).ConfigureAwait(false);
+            server.Owned.Add(server._manager);
+            server._transports = [transport];
+            return server;
+        }
+        catch
+        {
+            await server.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// The host's onward connection for one session (InboundSessions relays the transport's stream to it): an
+    /// in-memory duplex pair, one end to the application. Nerdbank.Streams' FullDuplexStream.CreatePair fits:
+    /// two connected streams over pipes, with backpressure, and disposing one end is an end of stream at the other,
+    /// so the relay and the application see each other's close as a socket pair would.
+    /// </summary>
+    private async ValueTask<Stream> HandOverAsync(Destination? destination, EndPoint? remote, CancellationToken ct)
+    {
+        var (host, application) = FullDuplexStream.CreatePair();
+        try
+        {
+            await _accepted.Writer.WriteAsync(new EmbeddedSession(application, destination, remote), ct).ConfigureAwait(false);
+        }
+        catch (ChannelClosedException)
+        {
+            await host.DisposeAsync().ConfigureAwait(false);
+            await application.DisposeAsync().ConfigureAwait(false);
+            throw new TransportConnectException(ConnectFailure.General, "the in-process server is stopping");
+        }
+        return host;
+    }
+
+    /// <summary>The next accepted session; ends (<see cref="ChannelClosedException"/>) once the server is disposed.</summary>
+    public ValueTask<EmbeddedSession> AcceptAsync(CancellationToken ct = default) => _accepted.Reader.ReadAsync(ct);
+
+    private int _disposed;
+
+    /// <summary>Stops the transport (sessions in progress get up to 5 s) and ends <see cref="AcceptAsync"/>; a second call does nothing.</summary>
+    public override async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        _accepted.Writer.TryComplete();
+        await _stopping.CancelAsync().ConfigureAwait(false);
+        if (_manager is not null) await _manager.StopAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(5)).ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
+        await base.DisposeAsync().ConfigureAwait(false);
+        _stopping.Dispose();
+    }
+}

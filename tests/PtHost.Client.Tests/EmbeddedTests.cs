@@ -1,0 +1,139 @@
+using System.Globalization;
+using System.Net;
+using System.Text;
+using Newtonsoft.Json.Linq;
+using PtHost.Contract;
+using PtHost.Embedded;
+
+namespace PtHost.Client.Tests;
+
+/// <summary>The in-process host (spec/adapters.md §5.8): HttpClient over the transports' own streams, with no SOCKS listener.</summary>
+public sealed class EmbeddedTests
+{
+    /// <summary>The local ports of this process's listening TCP sockets: /proc/self/net/tcp* rows in state 0A whose inode is one of /proc/self/fd.</summary>
+    private static HashSet<int> ListeningPorts()
+    {
+        var inodes = new HashSet<string>();
+        foreach (var fd in Directory.EnumerateFileSystemEntries("/proc/self/fd"))
+        {
+            try
+            {
+                if (new FileInfo(fd).LinkTarget is { } target && target.StartsWith("socket:[", StringComparison.Ordinal)) inodes.Add(target[8..^1]);
+            }
+            catch (IOException) { }
+        }
+        var ports = new HashSet<int>();
+        foreach (var table in new[] { "/proc/self/net/tcp", "/proc/self/net/tcp6" })
+            foreach (var row in File.ReadLines(table).Skip(1))
+            {
+                var f = row.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                if (f[3] == "0A" && inodes.Contains(f[9])) ports.Add(int.Parse(f[1].Split(':')[1], NumberStyles.HexNumber, CultureInfo.InvariantCulture));
+            }
+        return ports;
+    }
+
+    [Fact]
+    public async Task HttpClientOverPlainInProcessOpensNoListener()
+    {
+        await using var web = new HttpFileServer(Support.Body);
+        await using var server = await Support.FreePlainServerAsync(); // a pthost process: its listener is not ours
+        Assert.Equal([web.Port], ListeningPorts());
+        await using var client = await EmbeddedClient.StartAsync(new JObject
+        {
+            ["transports"] = new JArray("plain"),
+            ["options"] = new JObject { ["plain"] = new JObject { ["serverAddress"] = server.EndPoint.ToString() } },
+        });
+        using var http = new HttpClient(new SocketsHttpHandler().UsePluggableTransport(client, "plain"));
+
+        var got = await Support.FetchAsync(http, $"http://127.0.0.1:{web.Port}/file");
+
+        Assert.Equal((200, Support.BodySha, Support.Body.Length), got);
+        Assert.Equal([web.Port], ListeningPorts());
+        var stats = client.GetStats("plain");
+        Assert.True(stats.SessionsOpened >= 1 && stats.BytesIn >= Support.Body.Length, stats.ToString());
+    }
+
+    [Fact]
+    public async Task HttpClientOverZephyrBothSidesInProcess()
+    {
+        await using var relay = await ZephyrRelayProcess.StartAsync();
+        var generated = JObject.Parse((await PtHostServer.GenerateConfigAsync("zephyr", Support.Options())).ToJsonString());
+        var clientOptions = (JObject)generated["client"]!;
+        var serverOptions = (JObject)generated["server"]!;
+        clientOptions["relay"] = relay.EndPoint.ToString();
+        serverOptions["relay"] = relay.EndPoint.ToString();
+
+        await using var server = await EmbeddedServer.StartAsync("zephyr", serverOptions);
+        await using var client = await EmbeddedClient.StartAsync(new JObject
+        {
+            ["transports"] = new JArray("zephyr"),
+            ["options"] = new JObject { ["zephyr"] = clientOptions },
+        });
+        int offers = 0, answers = 0;
+        client.SignalWritten += line => { Interlocked.Increment(ref offers); server.DeliverSignal(line); };
+        server.SignalWritten += line => { Interlocked.Increment(ref answers); client.DeliverSignal(line); };
+        using var stop = new CancellationTokenSource();
+        var serving = ServeHttpAsync(server, stop.Token);
+        using var http = new HttpClient(new SocketsHttpHandler().UsePluggableTransport(client, "zephyr"));
+
+        var got = await Support.FetchAsync(http, "http://app.example:80/file");
+
+        Assert.Equal((200, Support.BodySha, Support.Body.Length), got);
+        Assert.True(offers >= 1 && answers >= 1, $"{offers} offers, {answers} answers");
+        Assert.Empty(ListeningPorts());
+        await stop.CancelAsync();
+        await serving;
+    }
+
+    /// <summary>The application's side of the in-process server: each accepted session gets one HTTP response with the body.</summary>
+    private static async Task ServeHttpAsync(EmbeddedServer server, CancellationToken ct)
+    {
+        var sessions = new List<Task>();
+        try
+        {
+            while (true)
+            {
+                var session = await server.AcceptAsync(ct);
+                Assert.Equal(new Destination("app.example", 80), session.Destination);
+                sessions.Add(Task.Run(async () =>
+                {
+                    await using var s = session.Stream;
+                    var head = new StringBuilder();
+                    var one = new byte[1];
+                    while (!head.ToString().EndsWith("\r\n\r\n", StringComparison.Ordinal))
+                    {
+                        if (await s.ReadAsync(one, ct) == 0) return;
+                        head.Append((char)one[0]);
+                    }
+                    await s.WriteAsync(Encoding.ASCII.GetBytes($"HTTP/1.1 200 OK\r\nContent-Length: {Support.Body.Length}\r\nConnection: close\r\n\r\n"), ct);
+                    await s.WriteAsync(Support.Body, ct);
+                    await s.FlushAsync(ct);
+                }, ct));
+            }
+        }
+        catch (OperationCanceledException) { }
+        await Task.WhenAll(sessions).ContinueWith(_ => { }, TaskScheduler.Default);
+    }
+
+    [Fact]
+    public async Task ExternalTransportsAreRefusedInProcess()
+    {
+        var e = await Assert.ThrowsAsync<TransportOptionsException>(() => EmbeddedClient.StartAsync(new JObject
+        {
+            ["transports"] = new JArray("external_obfs4"),
+        }));
+        Assert.Contains("cannot run in process", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task SignalsFollowTheExecutablesEnvelopeRules()
+    {
+        await using var client = await EmbeddedClient.StartAsync(new JObject { ["transports"] = new JArray("plain") });
+        Assert.Throws<ArgumentException>(() => client.DeliverSignal("CMESSAGE plain {}"));
+        Assert.Equal("\"v\" must be 1", client.DeliverSignal("SMESSAGE plain {\"mid\":1}"));
+        const string valid = "SMESSAGE plain {\"v\":1,\"mid\":7,\"sid\":\"s1\",\"kind\":\"k\"}";
+        Assert.Null(client.DeliverSignal(valid));
+        Assert.StartsWith("duplicate", client.DeliverSignal(valid), StringComparison.Ordinal);
+        _ = IPAddress.Loopback;
+    }
+}

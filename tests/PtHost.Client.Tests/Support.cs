@@ -1,0 +1,50 @@
+using System.Net;
+using System.Security.Cryptography;
+using System.Text.Json.Nodes;
+
+[assembly: CollectionBehavior(DisableTestParallelization = true)]
+
+namespace PtHost.Client.Tests;
+
+internal static class Support
+{
+    public static readonly byte[] Body = RandomNumberGenerator.GetBytes(1 << 20);
+    public static readonly string BodySha = Convert.ToHexStringLower(SHA256.HashData(Body));
+
+    public static PtHostOptions Options() => new() { Executable = PtHostExecutable.Path };
+
+    public static JsonObject PlainClient(IPEndPoint server) => new()
+    {
+        ["transports"] = new JsonArray("plain"),
+        ["options"] = new JsonObject { ["plain"] = new JsonObject { ["serverAddress"] = server.ToString() } },
+    };
+
+    public static Task<PtHostServer> FreePlainServerAsync() => PtHostServer.ProxyAsync("plain", null, ["127.0.0.1"], options: Options());
+
+    public static bool Gone(int pid) => !File.Exists($"/proc/{pid}/stat") || File.ReadAllText($"/proc/{pid}/stat").Split(") ")[1].StartsWith('Z');
+
+    /// <summary>The pthost processes whose parent is this test process (/proc/PID/stat: comm and ppid).</summary>
+    public static int[] ChildPthosts()
+    {
+        var found = new List<int>();
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), out int pid)) continue;
+            string stat;
+            try { stat = File.ReadAllText(Path.Combine(dir, "stat")); }
+            catch (IOException) { continue; }
+            int close = stat.LastIndexOf(')');
+            string comm = stat[(stat.IndexOf('(') + 1)..close];
+            var fields = stat[(close + 2)..].Split(' ');
+            if (comm == "pthost" && fields[0] != "Z" && int.Parse(fields[1]) == Environment.ProcessId) found.Add(pid);
+        }
+        return [.. found];
+    }
+
+    public static async Task<(int Status, string Sha, int Length)> FetchAsync(HttpClient http, string url)
+    {
+        using var response = await http.GetAsync(url);
+        byte[] body = await response.Content.ReadAsByteArrayAsync();
+        return ((int)response.StatusCode, Convert.ToHexStringLower(SHA256.HashData(body)), body.Length);
+    }
+}
