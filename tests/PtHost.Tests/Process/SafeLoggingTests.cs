@@ -191,6 +191,8 @@ public sealed partial class SafeLoggingTests(ITestOutputHelper output)
         await using (var chain = await PtChain.StartAsync(Debug(AsportTransportTests.ServerConfig(relay.EndPoint, $"127.0.0.1:{echo.Port}")), _ => Debug(AsportTransportTests.ClientConfig())))
         {
             run.AddChain("asport", chain);
+            // The session needs the public address the server announces (asport.address, carried asynchronously).
+            await chain.Client.WaitForStderrAsync("learned from SMESSAGE");
             await EchoSessionAsync(chain.SocksEndPoint, SocksClient.ConnectIPv4(IPAddress.Loopback, echo.Port));
             await StopAsync(chain);
         }
