@@ -67,6 +67,7 @@ public sealed class HostRuntime : IHostedService
             _ipc.Version("2");
             if (_config.Role == Role.Client && _config.UpstreamProxy is not null) _ipc.ProxyDone();
         }
+        WarnAboutCatchAlls();
         if (_config.PluginDirectory is { } dir) _registry.LoadPlugins(dir, _log);
         var dialer = OutboundDialer.Create(_config);
         int started = 0;
@@ -112,6 +113,21 @@ public sealed class HostRuntime : IHostedService
             return;
         }
         _statusTimer = new Timer(_ => ReportStatus(), null, StatusInterval, StatusInterval);
+    }
+
+    /// <summary>
+    /// spec/ipc.md §3.4: an <c>allow</c> entry with prefix 0 makes a free server an open proxy to every
+    /// public address for whoever reaches its transport; said once at start-up on stderr and in a LOG line.
+    /// </summary>
+    private void WarnAboutCatchAlls()
+    {
+        if (_config.Allow is not { } allow) return;
+        foreach (string entry in allow.CatchAlls)
+        {
+            string message = $"allow entry \"{entry}\" is a catch-all: anyone who reaches this server's transport can reach every public address through it (special-purpose ranges stay refused unless an entry inside them names them)";
+            _log.LogWarning("{Message}", message);
+            _ipc.Log("warning", message);
+        }
     }
 
     private void ReportError(string name, string message)
@@ -186,7 +202,7 @@ public sealed class HostRuntime : IHostedService
         var allow = _config.Allow!;
         return (destination, _, ct) => destination is null
             ? throw new TransportConnectException(ConnectFailure.NotAllowed, "this server is free (no target) and the session names no destination")
-            : OutboundDialer.ConnectAllowedAsync(dialer, destination, a => allow.Allows(a, destination.Port), ct);
+            : OutboundDialer.ConnectAllowedAsync(dialer, destination, allow, ct);
     }
 
     private void ReportStatus()
