@@ -18,7 +18,12 @@ namespace PtHost;
 /// </summary>
 public static class Program
 {
-    public static Task<int> Main(string[] args) => CommandLine.InvokeAsync(args);
+    public static Task<int> Main(string[] args)
+    {
+        // Every process (client, server, each relay) takes the descriptors it may have (spec/ipc.md §7).
+        Net.DescriptorLimit.RaiseToHard();
+        return CommandLine.InvokeAsync(args);
+    }
 
     /// <summary>Forms 5 and 6 of spec/ipc.md §2.1: the configuration document from argv or from FILE.</summary>
     internal static async Task<int> RunConfigAsync(string? json, string? file)
