@@ -146,6 +146,7 @@ public sealed class HostRuntime : IHostedService
         _frontEnds.Add(listener);
         listener.Start();
         _ipc.Cmethod(name, "socks5", listener.LocalEndPoint);
+        WarnIfPublic(name, "SOCKS5 front end", listener.LocalEndPoint, "anyone who reaches it can use the transport");
         StartTurn(name, factory, context.Counters);
     }
 
@@ -171,6 +172,16 @@ public sealed class HostRuntime : IHostedService
         _turnListeners.Add(listener);
         listener.Start();
         _ipc.Cmethod(name, "turn", listener.LocalEndPoint);
+        WarnIfPublic(name, "TURN listener", listener.LocalEndPoint, "anyone who reaches it gets its unauthenticated replies (rate-limited, spec/turn.md §4)");
+    }
+
+    /// <summary>spec/ipc.md §3.2 <c>public-frontends</c>: a front end on a non-loopback address is said once, on stderr and in a LOG line.</summary>
+    private void WarnIfPublic(string name, string what, System.Net.IPEndPoint address, string consequence)
+    {
+        if (PtConfig.IsLoopback(address.Address)) return;
+        string message = $"transport {name}: {what} listens on {address}, not a loopback address (\"public-frontends\": true): {consequence}";
+        _log.LogWarning("{Message}", message);
+        _ipc.Log("warning", message);
     }
 
     private async Task StartServerAsync(string name, IPluggableTransport transport, TransportEnvironment context, INetworkDialer dialer, CancellationToken ct)
