@@ -454,13 +454,13 @@ public class PtConfigTests
         string dir = Directory.CreateTempSubdirectory("pthost-unit-").FullName;
         try
         {
-            var client = JObject.Parse("{\"ptversion\":\"2\",\"role\":\"client\",\"transports\":[\"plain\"],\"proxylistenaddr\":\"127.0.0.1:0\",\"options\":{\"plain\":{}},\"state\":\"s\",\"exit-on-stdin-close\":true,\"loglevel\":\"debug\",\"proxy\":\"socks5://127.0.0.1:1080\"}");
+            var client = JObject.Parse("{\"ptversion\":\"2\",\"role\":\"client\",\"transports\":[\"plain\"],\"proxylistenaddr\":\"127.0.0.1:0\",\"options\":{\"plain\":{}},\"state\":\"s\",\"exit-on-stdin-close\":true,\"loglevel\":\"debug\",\"proxy\":\"socks5://127.0.0.1:1080\",\"public-frontends\":false}");
             client["plugindir"] = dir;
             client["turn"] = JObject.Parse("{\"realm\":\"r\",\"users\":{\"u\":\"p\"}}");
             PtConfig.FromObject(client);
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"bindaddr\":{},\"target\":\"a.example:1\"}"));
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"allow\":[]}"));
-            Assert.Equal(14, PtConfig.Keys.Length);
+            Assert.Equal(15, PtConfig.Keys.Length);
         }
         finally { Directory.Delete(dir, true); }
     }
