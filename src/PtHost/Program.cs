@@ -231,6 +231,7 @@ public static class Program
         if (pluginDirectory is not null)
         {
             if (!Directory.Exists(pluginDirectory)) return CommandLine.UsageError("generate-config", $"--plugindir \"{pluginDirectory}\" is not a directory");
+            if (Plugins.PluginDirectory.Problem(pluginDirectory) is { } unsafeDirectory) return CommandLine.UsageError("generate-config", $"--plugindir: {unsafeDirectory}");
             registry.LoadPlugins(pluginDirectory, loggers.CreateLogger("PtHost"));
         }
         var transport = registry.Create(name);

@@ -114,6 +114,8 @@ public sealed partial class PtConfig
             throw r.Fail("allow", "only a free server (no \"target\") takes an \"allow\" list");
         if (config.PluginDirectory is not null && !Directory.Exists(config.PluginDirectory))
             throw r.Fail("plugindir", $"\"{config.PluginDirectory}\" is not a directory");
+        if (config.PluginDirectory is not null && Plugins.PluginDirectory.Problem(config.PluginDirectory) is { } unsafeDirectory)
+            throw r.Fail("plugindir", unsafeDirectory);
         return config;
     }
 
