@@ -44,8 +44,13 @@ internal sealed class ZephyrServer(TransportEnvironment context, ZephyrServerOpt
 /// </summary>
 internal sealed class ZephyrServerManager : IServerManager
 {
-    /// <summary>Offers in progress at once; further offers are dropped (and logged).</summary>
+    /// <summary>
+    /// Offers in progress at once (joining the relay, binding, TLS); further offers are dropped (and logged). Sessions
+    /// that have finished TLS no longer count (spec/zephyr.md §7.3): they were counted until they ended, which capped a
+    /// server at 4,096 concurrent sessions (issue 24: 9,000 sessions through the relay).
+    /// </summary>
     public const int MaxPendingSessions = 4096;
+    private int _settingUp;
     private readonly TransportEnvironment _context;
     private readonly ZephyrServerOptions _options;
     private readonly X509Certificate2 _certificate;
@@ -100,7 +105,7 @@ internal sealed class ZephyrServerManager : IServerManager
                     _ = AnswerAgainAsync(s, nonce, known);
                     continue;
                 }
-                if (_sessions.Count >= MaxPendingSessions)
+                if (Volatile.Read(ref _settingUp) >= MaxPendingSessions)
                 {
                     _log.LogWarning("zephyr: offer {Id} dropped: {Max} sessions in progress", s.MessageId, MaxPendingSessions);
                     continue;
@@ -108,6 +113,7 @@ internal sealed class ZephyrServerManager : IServerManager
                 long id = Interlocked.Increment(ref s_ids);
                 var joined = new TaskCompletionSource<uint?>(TaskCreationOptions.RunContinuationsAsynchronously);
                 _offers[nonce] = joined.Task;
+                Interlocked.Increment(ref _settingUp);
                 var session = Task.Run(() => ServeAsync(id, s, relay!, clientZid, nonce, joined));
                 _sessions[id] = session;
                 _ = session.ContinueWith(_ =>
@@ -167,6 +173,15 @@ internal sealed class ZephyrServerManager : IServerManager
     /// </summary>
     private async Task ServeAsync(long id, Signal offer, Destination relay, uint clientZid, string nonce, TaskCompletionSource<uint?> joined)
     {
+        HalfClosableTlsStream? established;
+        try { established = await SetUpAsync(id, offer, relay, clientZid, nonce, joined).ConfigureAwait(false); }
+        finally { Interlocked.Decrement(ref _settingUp); }
+        if (established is not null) await _binding.Handler.ServeAsync(established, new DnsEndPoint(relay.Host, relay.Port), _abort.Token).ConfigureAwait(false);
+    }
+
+    /// <summary>Steps 2–4 of §7.3 for one offer: the TLS stream once established, or null after answering or logging the failure.</summary>
+    private async Task<HalfClosableTlsStream?> SetUpAsync(long id, Signal offer, Destination relay, uint clientZid, string nonce, TaskCompletionSource<uint?> joined)
+    {
         var abort = _abort.Token;
         var remote = new DnsEndPoint(relay.Host, relay.Port);
         Stream? stream = null;
@@ -184,7 +199,7 @@ internal sealed class ZephyrServerManager : IServerManager
                 joined.TrySetResult(null);
                 _binding.Handler.SessionFailed(remote, $"zephyr session {id}: relay {relay}: {e.Message}");
                 Answer(offer, new JObject { ["nonce"] = nonce, ["error"] = $"server cannot use relay {relay}" });
-                return;
+                return null;
             }
             joined.TrySetResult(zid);
             Answer(offer, new JObject { ["zid"] = zid, ["nonce"] = nonce });
@@ -207,9 +222,9 @@ internal sealed class ZephyrServerManager : IServerManager
             _binding.Handler.SessionFailed(remote, $"zephyr session {id}: {(e is AuthenticationException ? "TLS refused" : "ended before TLS")}: {e.Message}");
             if (tlsStream is not null) await tlsStream.DisposeAsync().ConfigureAwait(false);
             else if (stream is not null) await stream.DisposeAsync().ConfigureAwait(false);
-            return;
+            return null;
         }
-        await _binding.Handler.ServeAsync(tlsStream, remote, abort).ConfigureAwait(false);
+        return tlsStream;
     }
 
     public async Task StopAsync(CancellationToken cancellationToken)

@@ -3,16 +3,17 @@ using System.Net.Sockets;
 using PtHost.Reliability.Support;
 using Xunit.Abstractions;
 
-namespace PtHost.Reliability;
+namespace PtHost.Reliability.Attacks;
 
 /// <summary>
-/// Issue 24, "sessions reset beyond 3,300": 9,000 sessions through client → plain → server → echo, all open at
-/// once, then each carrying data both ways while all stay open, with both pthost processes held at RLIMIT_NOFILE 20,000 (soft and hard, the
-/// issue's machine): 18,000 sockets per process leave room for only a few hundred splice pipes. Every byte is
-/// checked and no session may be reset (spec/ipc.md §7: a session that cannot get a pipe relays through pooled
-/// buffers; STATUS counts it in SPLICE-FALLBACKS).
+/// Issue 24, "sessions reset beyond 3,300": 9,000 sessions through client → plain → server → echo (and through
+/// client → <c>pthost relay zephyr</c> → server → echo), all open at once, then each carrying data both ways while
+/// all stay open, with every pthost process held at RLIMIT_NOFILE 20,000 (soft and hard, the issue's machine):
+/// 18,000 sockets per process leave room for only a few hundred splice pipes. Every byte is checked and no session
+/// may be reset (spec/ipc.md §7: a session that cannot get a pipe relays through pooled buffers; STATUS counts it in
+/// SPLICE-FALLBACKS).
 /// </summary>
-public class DescriptorTests(ITestOutputHelper output)
+public class HostDescriptorAttackTests(ITestOutputHelper output)
 {
     public const int Sessions = 9000;
     public const ulong ChildFdLimit = 20000;
@@ -25,14 +26,36 @@ public class DescriptorTests(ITestOutputHelper output)
         Assert.True(own >= 2 * Sessions + 1000, $"this process's RLIMIT_NOFILE is {own}; {2 * Sessions + 1000} needed (the hard limit cannot be raised here)");
         await using var echo = new EchoServer(recordLimit: 0);
         await using var chain = await PtChain.StartAsync(PtChain.FreeServer(), ep => PtChain.ClientWith(new Newtonsoft.Json.Linq.JObject { ["serverAddress"] = ep.ToString() }), fdLimit: ChildFdLimit);
-        foreach (var p in new[] { chain.Client, chain.Server })
+        await NineThousandSessionsAsync(chain, echo, "plain", null, TimeSpan.FromSeconds(300));
+    }
+
+    /// <summary>
+    /// The same through the Zephyr relay (spec/zephyr.md): the relay holds two sockets per session (18,000) and splices
+    /// each pair with the same pooled pipes, at RLIMIT_NOFILE 20,000 too.
+    /// </summary>
+    [Fact]
+    public async Task Nine_thousand_sessions_carry_data_through_the_zephyr_relay_at_a_20000_descriptor_limit_with_none_reset()
+    {
+        ulong own = ProcStats.RaiseFdLimit();
+        Assert.True(own >= 2 * Sessions + 1000, $"this process's RLIMIT_NOFILE is {own}; {2 * Sessions + 1000} needed (the hard limit cannot be raised here)");
+        await using var echo = new EchoServer(recordLimit: 0);
+        await using var relay = await ZephyrRelayProcess.StartAsync(ChildFdLimit, ["--loglevel", "warning", "--max-per-source", "20000", "--max-connections", "20000"]);
+        await using var chain = await ZephyrChain.StartAsync(relay.EndPoint.ToString(), fdLimit: ChildFdLimit);
+        // Each zephyr session is signalled (CMESSAGE/SMESSAGE through this test process), bound at the relay and
+        // TLS-authenticated: opening 9,000 took over 300 s on the 2 shared cores, hence the longer limit.
+        await NineThousandSessionsAsync(chain, echo, "zephyr", relay.Process, TimeSpan.FromSeconds(1200));
+    }
+
+    private async Task NineThousandSessionsAsync(PtChain chain, EchoServer echo, string transport, PtProcess? relay, TimeSpan limit)
+    {
+        foreach (var p in relay is null ? new[] { chain.Client, chain.Server } : [chain.Client, chain.Server, relay])
         {
             var (soft, hard) = ProcStats.FdLimits(p.Pid);
             output.WriteLine($"pid {p.Pid}: RLIMIT_NOFILE soft {soft}, hard {hard}");
             Assert.Equal(ChildFdLimit, hard);
         }
 
-        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(180));
+        using var cts = new CancellationTokenSource(limit);
         var errors = new ConcurrentQueue<string>();
         int resets = 0, refused = 0;
         var started = DateTime.UtcNow;
@@ -59,8 +82,8 @@ public class DescriptorTests(ITestOutputHelper output)
             finally { gate.Release(); }
         }));
         int opened = clients.Count(c => c is not null);
-        int clientFds = ProcStats.FdCount(chain.Client.Pid), serverFds = ProcStats.FdCount(chain.Server.Pid);
-        output.WriteLine($"{opened} of {Sessions} opened in {(DateTime.UtcNow - started).TotalSeconds:0.0} s; fds now: client {clientFds}, server {serverFds}");
+        string Fds() => $"client {ProcStats.FdCount(chain.Client.Pid)}, server {ProcStats.FdCount(chain.Server.Pid)}" + (relay is null ? "" : $", relay {ProcStats.FdCount(relay.Pid)}");
+        output.WriteLine($"{transport}: {opened} of {Sessions} opened in {(DateTime.UtcNow - started).TotalSeconds:0.0} s; fds now: {Fds()}");
 
         // Then every session sends 1–4 KiB of its own at once and reads its echo back, staying open: every session
         // has carried data in both directions while all 9,000 are held (a splice relay keeps a pipe per direction).
@@ -83,9 +106,7 @@ public class DescriptorTests(ITestOutputHelper output)
             }
             catch (Exception e) { Fail(i, "transfer", e); }
         }));
-        clientFds = ProcStats.FdCount(chain.Client.Pid);
-        serverFds = ProcStats.FdCount(chain.Server.Pid);
-        output.WriteLine($"{echoed.Count(e => e)} echoed while all are held, in {(DateTime.UtcNow - moved).TotalSeconds:0.0} s; fds now: client {clientFds}, server {serverFds}");
+        output.WriteLine($"{echoed.Count(e => e)} echoed while all are held, in {(DateTime.UtcNow - moved).TotalSeconds:0.0} s; fds now: {Fds()}");
 
         // Finally each half-closes and reads to the end: nothing more arrives, and the session ends cleanly.
         await Task.WhenAll(clients.Select(async (c, i) =>
@@ -118,11 +139,11 @@ public class DescriptorTests(ITestOutputHelper output)
         foreach (var e in errors.Take(5)) output.WriteLine("  " + e);
 
         // STATUS: how many sessions relayed through pooled buffers for want of a pipe (spec/ipc.md §4.7).
-        var clientStatus = await chain.Client.QueryStatusAsync("plain");
-        var serverStatus = await chain.Server.QueryStatusAsync("plain");
+        var clientStatus = await chain.Client.QueryStatusAsync(transport);
+        var serverStatus = await chain.Server.QueryStatusAsync(transport);
         output.WriteLine($"STATUS client: {string.Join(' ', clientStatus.Select(kv => $"{kv.Key}={kv.Value}"))}");
         output.WriteLine($"STATUS server: {string.Join(' ', serverStatus.Select(kv => $"{kv.Key}={kv.Value}"))}");
-        foreach (var p in new[] { chain.Client, chain.Server })
+        foreach (var p in relay is null ? new[] { chain.Client, chain.Server } : [chain.Client, chain.Server, relay])
             if (p.Stderr.Contains("Too many open files", StringComparison.Ordinal)) output.WriteLine($"pid {p.Pid} stderr mentions EMFILE");
 
         Assert.True(errors.IsEmpty, $"{errors.Count} sessions failed ({resets} reset), e.g.:\n{string.Join("\n", errors.Take(5))}");
