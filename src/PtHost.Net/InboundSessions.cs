@@ -60,7 +60,7 @@ public sealed class InboundSessions : IInboundHandler
         {
             // Not a PtHost client: no reply; a stream that can end with an error does (spec/session.md §3.1).
             _counters.SessionFailed();
-            _log.LogInformation("{Transport} session {Id} from {Remote}: not a session preamble; closed", _transport, id, remote);
+            _log.NotAPreamble(_transport, id, remote);
             if (stream is IAbortable abortable) abortable.Abort();
             await stream.DisposeAsync().ConfigureAwait(false);
             return;
@@ -69,7 +69,7 @@ public sealed class InboundSessions : IInboundHandler
         {
             // A preamble that did not arrive within 10 s, or a peer that vanished.
             _counters.SessionFailed();
-            _log.LogDebug("{Transport} session {Id} from {Remote} ended before its preamble: {Error}", _transport, id, remote, e.Message);
+            _log.EndedBeforePreamble(_transport, id, remote, e.Message);
             await stream.DisposeAsync().ConfigureAwait(false);
             return;
         }
@@ -90,7 +90,7 @@ public sealed class InboundSessions : IInboundHandler
             {
                 failed = true;
                 _counters.SessionFailed();
-                _log.LogInformation("{Transport} session {Id} from {Remote}: {Error}", _transport, id, remote, error);
+                _log.SessionRefused(_transport, id, remote, error);
                 await RefuseAsync(stream, ConnectFailure.AddressTypeNotSupported, ct).ConfigureAwait(false);
                 return;
             }
@@ -104,7 +104,7 @@ public sealed class InboundSessions : IInboundHandler
             {
                 failed = true;
                 _counters.SessionFailed();
-                _log.LogInformation("{Transport} session {Id} from {Remote}: {Error}", _transport, id, remote, e.Message);
+                _log.SessionRefused(_transport, id, remote, e.Message);
                 await RefuseAsync(stream, e.Failure, ct).ConfigureAwait(false);
                 return;
             }
@@ -112,13 +112,13 @@ public sealed class InboundSessions : IInboundHandler
             opened = true;
             _counters.SessionOpened();
             if (request.Kind == SessionKind.Datagram)
-                _log.LogInformation("{Transport} session {Id} from {Remote}: a UDP association carried in a stream (spec/turn.md §5.2)", _transport, id, remote);
+                _log.AssociationInStream(_transport, id, remote);
             await Relay.RunAsync(stream, onward, _counters.AddBytesIn, _counters.AddBytesOut, _counters.SpliceFallback, ct).ConfigureAwait(false);
         }
         catch (Exception e) when (IsSessionEnd(e))
         {
             if (!opened && !failed) _counters.SessionFailed(); // the peer vanished, or shutdown aborted it, before the reply
-            _log.LogDebug("{Transport} session {Id} ended: {Error}", _transport, id, e.Message);
+            _log.SessionEnded(_transport, id, e.Message);
         }
         finally
         {
@@ -169,7 +169,7 @@ public sealed class InboundSessions : IInboundHandler
             catch (TransportConnectException e)
             {
                 _counters.SessionFailed();
-                _log.LogInformation("{Transport} session {Id} from {Remote}: {Error}", _transport, id, remote, e.Message);
+                _log.SessionRefused(_transport, id, remote, e.Message);
                 return;
             }
             opened = true;
@@ -178,7 +178,7 @@ public sealed class InboundSessions : IInboundHandler
         }
         catch (Exception e) when (IsSessionEnd(e))
         {
-            _log.LogDebug("{Transport} session {Id} ended: {Error}", _transport, id, e.Message);
+            _log.SessionEnded(_transport, id, e.Message);
         }
         finally
         {
@@ -203,7 +203,7 @@ public sealed class InboundSessions : IInboundHandler
             if (open == false)
             {
                 _counters.SessionFailed();
-                _log.LogInformation("{Transport} UDP association {Id} from {Remote}: the first datagram is not OPEN [::]:0; CLOSE sent", _transport, id, remote);
+                _log.NotOpen(_transport, id, remote);
                 frames.SendClose();
                 return;
             }
@@ -211,19 +211,19 @@ public sealed class InboundSessions : IInboundHandler
             catch (TransportConnectException e)
             {
                 _counters.SessionFailed();
-                _log.LogInformation("{Transport} UDP association {Id} from {Remote}: {Error}; CLOSE sent", _transport, id, remote, e.Message);
+                _log.AssociationRefused(_transport, id, remote, e.Message);
                 frames.SendClose();
                 return;
             }
             opened = true;
             _counters.SessionOpened();
-            _log.LogInformation("{Transport} UDP association {Id} from {Remote}", _transport, id, remote);
-            idle = frames.IdleLoopAsync(t => _log.LogInformation("{Transport} UDP association {Id}: nothing from the client for {Seconds:0} s; ended", _transport, id, t.TotalSeconds));
+            _log.AssociationOpened(_transport, id, remote);
+            idle = frames.IdleLoopAsync(t => _log.AssociationIdle(_transport, id, t.TotalSeconds));
             await Relay.RunAsync(frames, association, _counters.AddBytesIn, _counters.AddBytesOut, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e) when (IsSessionEnd(e))
         {
-            _log.LogDebug("{Transport} UDP association {Id}: {Error}", _transport, id, e.Message);
+            _log.AssociationEnded(_transport, id, e.Message);
         }
         finally
         {
@@ -231,8 +231,7 @@ public sealed class InboundSessions : IInboundHandler
             {
                 _counters.SessionClosed();
                 var (fromClient, toClient, tooLarge, notSent, malformed) = frames.Counts;
-                _log.LogInformation("{Transport} UDP association {Id} ended: {In} frames from the client, {Out} datagrams to it, {TooLarge} too large for the carrier, {NotSent} not sent (carrier full or gone), {Malformed} malformed",
-                    _transport, id, fromClient, toClient, tooLarge, notSent, malformed);
+                _log.AssociationCounts(_transport, id, fromClient, toClient, tooLarge, notSent, malformed);
             }
             if (association is not null) await association.DisposeAsync().ConfigureAwait(false);
             frames.End();
@@ -245,7 +244,7 @@ public sealed class InboundSessions : IInboundHandler
     public void SessionFailed(EndPoint? remote, string reason)
     {
         _counters.SessionFailed();
-        _log.LogInformation("{Transport} session from {Remote} failed before it began: {Reason}", _transport, remote, reason);
+        _log.FailedBeforeBegin(_transport, remote, reason);
     }
 
     /// <inheritdoc/>

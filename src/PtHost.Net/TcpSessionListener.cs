@@ -96,13 +96,13 @@ public sealed class TcpSessionListener : ISessionListener
             catch (ObjectDisposedException) { break; }
             catch (SocketException e)
             {
-                _log.LogWarning("{Name}: accept on {Endpoint} failed: {Error}", _name, LocalEndPoint, e.SocketErrorCode);
+                _log.AcceptFailed(_name, LocalEndPoint, e.SocketErrorCode);
                 await Task.Delay(50).ConfigureAwait(false);
                 continue;
             }
             if (ActiveSessions >= _maxSessions)
             {
-                _log.LogWarning("{Name}: {Max} sessions open, refusing one", _name, _maxSessions);
+                _log.SessionLimit(_name, _maxSessions);
                 _refused?.Invoke();
                 socket.LingerState = new LingerOption(true, 0);
                 socket.Dispose();
@@ -120,7 +120,7 @@ public sealed class TcpSessionListener : ISessionListener
     {
         if (!_inline) await Task.Yield(); // leave the accept loop at once
         try { await _serve(socket, _abort.Token).ConfigureAwait(false); }
-        catch (Exception e) { _log.LogError(e, "{Name}: session failed", _name); }
+        catch (Exception e) { _log.SessionFailed(e, _name); }
     }
 
     /// <summary>Stops accepting; sessions finish until <paramref name="drain"/> fires, then are aborted.</summary>

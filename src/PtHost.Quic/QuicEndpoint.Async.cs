@@ -62,7 +62,7 @@ public sealed partial class QuicEndpoint
             done.TrySetResult();
         });
         try { await done.Task.WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false); }
-        catch (TimeoutException) { _log.LogWarning("QUIC endpoint {Local}: connections did not close within 5 s", LocalEndPoint); }
+        catch (TimeoutException) { _log.CloseTimeout(LocalEndPoint); }
         _events.Writer.TryComplete();
         _stop.Cancel();
         _accepted?.Writer.TryComplete();
@@ -72,7 +72,7 @@ public sealed partial class QuicEndpoint
         catch (TimeoutException)
         {
             stopped = false;
-            _log.LogWarning("QUIC endpoint {Local}: I/O thread did not stop within 10 s", LocalEndPoint);
+            _log.StopTimeout(LocalEndPoint);
         }
         _socket.Dispose();
         // Native memory stays allocated if the thread might still use it.

@@ -46,7 +46,7 @@ public sealed unsafe partial class QuicEndpoint
         }
         catch (Exception e)
         {
-            _log.LogWarning("QUIC accept from {Remote} failed: {Error}", conn.RemoteEndPoint, e.Message);
+            _log.AcceptFailed(conn.RemoteEndPoint, e.Message);
             conn.Terminate(new QuicCloseInfo(e.Message, false, null), deleteNow: true);
             conn.Delete();
             return null;
@@ -57,7 +57,7 @@ public sealed unsafe partial class QuicEndpoint
     {
         if (_accepted is null || !_accepted.Writer.TryWrite(c))
         {
-            _log.LogWarning("QUIC accept queue full; refusing {Remote}", c.RemoteEndPoint);
+            _log.AcceptQueueFull(c.RemoteEndPoint);
             c.CloseLocally(0x2, "server busy");
         }
     }

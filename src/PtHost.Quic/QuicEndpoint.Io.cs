@@ -59,7 +59,7 @@ public sealed unsafe partial class QuicEndpoint
         int on = 1;
         // GRO is an optimisation: a kernel without it delivers datagrams one by one.
         if (Libc.SetSockOpt(_fd, Libc.SolUdp, Libc.UdpGro, (byte*)&on, sizeof(int)) != 0)
-            _log.LogDebug("QUIC endpoint {Local}: UDP_GRO unavailable ({Errno})", LocalEndPoint, Marshal.GetLastPInvokeError());
+            _log.NoGro(LocalEndPoint, Marshal.GetLastPInvokeError());
         _thread = new Thread(RunLoop) { IsBackground = true, Name = "QUIC " + LocalEndPoint };
         _thread.Start();
     }
@@ -97,18 +97,18 @@ public sealed unsafe partial class QuicEndpoint
                 for (var i = 0; i < 4096 && reader.TryRead(out var ev); i++)
                 {
                     try { Handle(ev); }
-                    catch (Exception e) { _log.LogError(e, "QUIC event failed"); }
+                    catch (Exception e) { _log.EventFailed(e); }
                 }
                 if (reader.Completion.IsCompleted || _stop.IsCancellationRequested) break;
                 bool more;
                 try { more = ReceiveTurn(); }
                 catch (Exception e)
                 {
-                    _log.LogError(e, "QUIC receive failed");
+                    _log.ReceiveFailed(e);
                     more = false;
                 }
                 try { Service(); }
-                catch (Exception e) { _log.LogError(e, "QUIC service failed"); }
+                catch (Exception e) { _log.ServiceFailed(e); }
                 if (!more) Sleep();
             }
         }
@@ -121,7 +121,7 @@ public sealed unsafe partial class QuicEndpoint
                     c.Terminate(new QuicCloseInfo("endpoint closed", false, null), deleteNow: true);
                     DeleteConnection(c);
                 }
-                catch (Exception e) { _log.LogDebug(e, "QUIC connection clean-up"); }
+                catch (Exception e) { _log.CleanUpFailed(e); }
             }
             _loopDone.TrySetResult();
         }
@@ -186,7 +186,7 @@ public sealed unsafe partial class QuicEndpoint
                 if (errno == Libc.EIntr) continue;
                 // ICMP errors surface here on UDP (ECONNREFUSED, EHOSTUNREACH …): the packet that
                 // caused them is lost and QUIC recovers; keep reading.
-                _log.LogDebug("QUIC recvmsg on {Local}: errno {Errno}", LocalEndPoint, errno);
+                _log.ReceiveErrno(LocalEndPoint, errno);
                 continue;
             }
             var segment = (int)n;
@@ -260,13 +260,13 @@ public sealed unsafe partial class QuicEndpoint
                 if (length > segmentSize && errno is Libc.EIo or Libc.EInval or Libc.ENoProtoOpt or Libc.EOpNotSupp or Libc.EMsgSize)
                 {
                     // The route's device cannot segment: fall back to one packet per call for good.
-                    _log.LogInformation("QUIC endpoint {Local}: UDP GSO refused (errno {Errno}); sending packets one by one", LocalEndPoint, errno);
+                    _log.NoGso(LocalEndPoint, errno);
                     _gsoDisabled = true;
                     SendPackets(data, length, segmentSize, to);
                     return;
                 }
                 // A full buffer or an ICMP error loses these packets; QUIC recovery resends.
-                _log.LogDebug("QUIC sendmsg to {To} failed: errno {Errno}", to, errno);
+                _log.SendErrno(to, errno);
                 return;
             }
         }

@@ -158,7 +158,7 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
         else Wake();
     }
 
-    internal void LogCallbackFailure(Exception e) => _log.LogError(e, "QUIC callback failed");
+    internal void LogCallbackFailure(Exception e) => _log.CallbackFailed(e);
 
     // ---- receive task ----
 

@@ -66,7 +66,7 @@ public sealed class TurnListener : IAsyncDisposable
                 try
                 {
                     tcp.Bind(new IPEndPoint(address.Address, ((IPEndPoint)udp.LocalEndPoint!).Port));
-                    tcp.Listen(512);
+                    tcp.Listen(4096); // a burst up to the connection limit waits in the queue (spec/turn.md §2)
                     return (udp, tcp);
                 }
                 catch (SocketException e) when (e.SocketErrorCode == SocketError.AddressAlreadyInUse && address.Port == 0 && attempt < BindAttempts)
@@ -141,7 +141,7 @@ public sealed class TurnListener : IAsyncDisposable
             try { Server.Handle(client, buffer.AsMemory(0, n)); }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
-                _log.LogError(e, "TURN {Transport}: message from {Client} threw", _transport, remote);
+                _log.MessageThrew(e, _transport, remote);
             }
             if ((n & 0xff) == 0) Prune(clients);
         }
@@ -182,14 +182,14 @@ public sealed class TurnListener : IAsyncDisposable
                     else if ((head[0] & 0xC0) == 0) length = Stun.FrameLength(head);
                     else
                     {
-                        _log.LogInformation("TURN {Transport}: TCP client {Client} sent neither STUN nor ChannelData; closed", _transport, client.Remote);
+                        _log.NotStun(_transport, client.Remote);
                         return;
                     }
                     if (end - start < length) break;
                     try { Server.Handle(client, buffer.AsMemory(start, length)); }
                     catch (Exception e) when (e is not OutOfMemoryException)
                     {
-                        _log.LogError(e, "TURN {Transport}: message from {Client} threw", _transport, client.Remote);
+                        _log.MessageThrew(e, _transport, client.Remote);
                     }
                     start += length;
                 }
@@ -296,7 +296,7 @@ public sealed class TurnListener : IAsyncDisposable
                 lock (_lock) idle = _connections.Where(c => now - c.Accepted > _options.Limits.TcpIdleWithoutAllocation && !Server.HasAllocation(c)).ToList();
                 foreach (var c in idle)
                 {
-                    _log.LogInformation("TURN {Transport}: TCP client {Client} made no allocation in {Seconds} s; closed", _transport, c.Remote, _options.Limits.TcpIdleWithoutAllocation.TotalSeconds);
+                    _log.TcpIdle(_transport, c.Remote, _options.Limits.TcpIdleWithoutAllocation.TotalSeconds);
                     c.Close();
                 }
             }

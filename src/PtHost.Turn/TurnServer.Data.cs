@@ -89,7 +89,7 @@ public sealed partial class TurnServer
                 var (peer, n) = await session.ReceiveAsync(buffer.AsMemory(DataHeaderRoom, max), _stop.Token).ConfigureAwait(false);
                 if (n < 0)
                 {
-                    if (!allocation.Deleted) _log.LogInformation("TURN allocation {Id}: the transport ended the UDP association; allocation deleted", allocation.Id);
+                    if (!allocation.Deleted) _log.AssociationEnded(allocation.Id);
                     Remove(allocation);
                     return;
                 }
@@ -125,7 +125,7 @@ public sealed partial class TurnServer
         }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or IOException or InvalidDataException or System.Net.Sockets.SocketException)
         {
-            if (!allocation.Deleted) _log.LogInformation("TURN allocation {Id}: UDP association failed: {Error}", allocation.Id, e.Message);
+            if (!allocation.Deleted) _log.AssociationFailed(allocation.Id, e.Message);
             Remove(allocation);
         }
         finally

@@ -74,14 +74,14 @@ public sealed partial class TurnServer
             if (_allocations.Count >= _limits.MaxAllocations)
             {
                 SendError(client, request, 508, key);
-                _log.LogWarning("TURN: allocation for {Client} refused: {Max} allocations", client.Remote, _limits.MaxAllocations);
+                _log.AllocationLimit(client.Remote, _limits.MaxAllocations);
                 return;
             }
             int mine = _perUser.GetValueOrDefault(user);
             if (mine >= _limits.MaxAllocationsPerUser)
             {
                 SendError(client, request, 486, key);
-                _log.LogInformation("TURN: allocation for user \"{User}\" refused: quota {Max}", user, _limits.MaxAllocationsPerUser);
+                _log.UserQuota(user, _limits.MaxAllocationsPerUser);
                 return;
             }
             _perUser[user] = mine + 1;
@@ -108,7 +108,7 @@ public sealed partial class TurnServer
         }
         catch (Exception e) when (e is TransportConnectException or OperationCanceledException or IOException or System.Net.Sockets.SocketException)
         {
-            _log.LogInformation("TURN allocation {Id} for {Client}: the transport could not open a UDP association: {Error}", allocation.Id, allocation.Client.Remote, e.Message);
+            _log.NoAssociation(allocation.Id, allocation.Client.Remote, e.Message);
             Remove(allocation);
             _counters?.SessionFailed();
             request.Send(allocation.Client, key, 508, $"Insufficient Capacity: transport: {e.Message}");
@@ -140,7 +140,7 @@ public sealed partial class TurnServer
             w.AddXorAddress(StunAttribute.XorMappedAddress, allocation.Client.Remote, request.TransactionId);
         });
         allocation.AllocateResponse = request.LastResponse;
-        _log.LogDebug("TURN allocation {Id} for {Client} (user {User}): relayed {Relayed}, {Lifetime} s", allocation.Id, allocation.Client.Remote, allocation.User, relayed, lifetime.TotalSeconds);
+        _log.Allocated(allocation.Id, allocation.Client.Remote, allocation.User, relayed, lifetime.TotalSeconds);
         _ = RelayFromPeersAsync(allocation, session);
     }
 
@@ -164,7 +164,7 @@ public sealed partial class TurnServer
         {
             lifetime = TimeSpan.Zero;
             Remove(allocation);
-            _log.LogDebug("TURN allocation {Id} deleted by Refresh (lifetime 0)", allocation.Id);
+            _log.DeletedByRefresh(allocation.Id);
         }
         else
         {
@@ -276,7 +276,7 @@ public sealed partial class TurnServer
             catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or IOException) { allowed = false; }
             if (!allowed)
             {
-                _log.LogInformation("TURN allocation {Id}: peer {Peer} refused by the server process", allocation.Id, peer);
+                _log.PeerRefused(allocation.Id, peer);
                 request.Send(allocation.Client, key, 403, "Forbidden: the server process refuses this peer");
                 return;
             }

@@ -138,7 +138,7 @@ public sealed partial class TurnServer : IAsyncDisposable
     private void Drop(TurnClient client, string why)
     {
         Interlocked.Increment(ref _dropped);
-        _log.LogDebug("TURN {Client}: dropped: {Why}", client.Remote, why);
+        _log.Dropped(client.Remote, why);
     }
 
     private void HandleRequest(TurnClient client, StunMessage request)
@@ -177,8 +177,7 @@ public sealed partial class TurnServer : IAsyncDisposable
         int n = request.UnknownRequired(unknown);
         if (n == 0) return false;
         if (key is null && !MayAnswerUnauthenticated(client)) return true;
-        _log.LogInformation("TURN {Client}: method 0x{Method:x3} refused (420): unknown comprehension-required attribute(s) {Types}",
-            client.Remote, request.Method, string.Join(", ", unknown[..n].ToArray().Select(t => $"0x{t:x4}")));
+        _log.UnknownAttributes(client.Remote, request.Method, string.Join(", ", unknown[..n].ToArray().Select(t => $"0x{t:x4}")));
         Span<byte> buffer = stackalloc byte[ResponseBuffer];
         var w = new StunWriter(buffer, request.Method, StunClass.Error, request.TransactionId);
         w.AddErrorCode(420);
@@ -215,7 +214,7 @@ public sealed partial class TurnServer : IAsyncDisposable
         catch (DecoderFallbackException) { name = ""; }
         if (!_credentials.TryGetKey(name, out var k) || !Stun.CheckIntegrity(request, k))
         {
-            _log.LogInformation("TURN {Client}: {Method} with wrong credentials for user \"{User}\"", client.Remote, request.Method, name);
+            _log.WrongCredentials(client.Remote, request.Method, name);
             SendChallenge(client, request, 401);
             return false;
         }
@@ -270,7 +269,7 @@ public sealed partial class TurnServer : IAsyncDisposable
         }
         foreach (var a in expired)
         {
-            _log.LogDebug("TURN allocation {Id} expired", a.Id);
+            _log.Expired(a.Id);
             Remove(a);
         }
         lock (_lock)
@@ -314,7 +313,7 @@ public sealed partial class TurnServer : IAsyncDisposable
             session = allocation.Association;
         }
         if (session is StreamAssociation framed && framed.Dropped > 0)
-            _log.LogInformation("TURN allocation {Id}: {Dropped} datagrams dropped because the transport was congested", allocation.Id, framed.Dropped);
+            _log.Congested(allocation.Id, framed.Dropped);
         if (session is not null)
         {
             _counters?.SessionClosed();

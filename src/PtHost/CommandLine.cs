@@ -101,7 +101,7 @@ internal static class CommandLine
     }
 
     /// <summary>
-    /// <c>pthost relay NAME</c>: the relay's own options, plus <c>--loglevel</c>. An option may be given
+    /// <c>pthost relay NAME</c>: the relay's own options, plus <c>--loglevel</c> and <c>--unsafe-logging</c>. An option may be given
     /// more than once; every value must be valid and the last one counts (as the hand-written parsers did).
     /// </summary>
     private static Command RelayCommand(IRelayService service)
@@ -118,6 +118,11 @@ internal static class CommandLine
         var level = Repeatable("--loglevel", "Threshold of the stderr log: error, warning, notice, info, debug, trace or none.", "LEVEL", "info",
             text => PtConfig.TryParseLogLevel(text) is null ? $"--loglevel \"{text}\" is not one of error, warning, notice, info, debug, trace, none" : null);
         command.Options.Add(level);
+        var unsafeLogging = new Option<bool>("--unsafe-logging")
+        {
+            Description = "Keep the addresses of clients and peers in the logs (by default they are [scrubbed], spec/ipc.md §4.11).",
+        };
+        command.Options.Add(unsafeLogging);
         command.SetAction((parse, _) =>
         {
             var given = new Dictionary<string, string>(StringComparer.Ordinal);
@@ -127,7 +132,7 @@ internal static class CommandLine
             try { arguments = RelayArguments.Read(service.Options, given); }
             catch (FormatException e) { return Task.FromResult(UsageError("relay " + service.Name, e.Message)); }
             string levelText = parse.GetResult(level) is { Implicit: false } l ? l.Tokens[^1].Value : "info";
-            return Program.RunRelayAsync(service, arguments, PtConfig.TryParseLogLevel(levelText)!.Value);
+            return Program.RunRelayAsync(service, arguments, PtConfig.TryParseLogLevel(levelText)!.Value, parse.GetValue(unsafeLogging));
         });
         return command;
     }

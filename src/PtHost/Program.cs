@@ -8,6 +8,7 @@ using PtHost.Configuration;
 using PtHost.Contract;
 using PtHost.Hosting;
 using PtHost.Ipc;
+using PtHost.Logging;
 using PtHost.Plugins;
 
 namespace PtHost;
@@ -89,7 +90,9 @@ public static class Program
             Console.Error.WriteLine("pthost: " + e.Message);
             return ExitCodes.Config;
         }
-        if (env["PTHOST_LOGLEVEL"] is string levelText && PtConfig.TryParseLogLevel(levelText) is { } level) config = config.WithLogLevel(level);
+        if (env["PTHOST_LOGLEVEL"] is string levelText && PtConfig.TryParseLogLevel(levelText) is { } level) config = config.WithLogging(level, config.UnsafeLogging);
+        // PTHOST_UNSAFE_LOGGING=1 (exactly "1") keeps addresses in the logs (spec/ipc.md §4.11, §10.2).
+        if (env["PTHOST_UNSAFE_LOGGING"] is "1") config = config.WithLogging(config.LogLevel, unsafeLogging: true);
         try { Directory.CreateDirectory(config.StateDirectory); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -117,7 +120,8 @@ public static class Program
 
     private static async Task<int> RunAsync(PtConfig config, IpcWriter ipc)
     {
-        var builder = CreateHostBuilder(config.LogLevel);
+        ipc.UnsafeLogging = config.UnsafeLogging;
+        var builder = CreateHostBuilder(config.LogLevel, config.UnsafeLogging);
         builder.Services.AddSingleton(config);
         builder.Services.AddSingleton(ipc);
         builder.Services.AddSingleton(sp => new SignalRouter(config.Role, ipc, sp.GetRequiredService<ILogger<SignalRouter>>(), available: config.IpcVersion != 1));
@@ -172,10 +176,10 @@ public static class Program
     /// The one host every long-running mode runs under: logging to stderr, SIGTERM/SIGINT/SIGQUIT stop
     /// it (ConsoleLifetime), 5 s for services to stop before their tokens fire.
     /// </summary>
-    internal static HostApplicationBuilder CreateHostBuilder(LogLevel level)
+    internal static HostApplicationBuilder CreateHostBuilder(LogLevel level, bool unsafeLogging)
     {
         var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true, ApplicationName = "pthost" });
-        ConfigureLogging(builder.Logging, level);
+        ConfigureLogging(builder.Logging, level, unsafeLogging);
         builder.Services.Configure<ConsoleLifetimeOptions>(o => o.SuppressStatusMessages = true);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(5));
         builder.Services.AddSingleton<IHostLifetime, Microsoft.Extensions.Hosting.Internal.ConsoleLifetime>();
@@ -186,10 +190,10 @@ public static class Program
     /// <c>pthost relay NAME</c> (spec/ipc.md §2.4): the relay runs as the host's service. Exit 0 after
     /// SIGTERM/SIGINT, 78 for a bad configuration, 69 when it cannot run here or cannot listen.
     /// </summary>
-    internal static async Task<int> RunRelayAsync(IRelayService service, RelayArguments arguments, LogLevel level)
+    internal static async Task<int> RunRelayAsync(IRelayService service, RelayArguments arguments, LogLevel level, bool unsafeLogging)
     {
-        var builder = CreateHostBuilder(level);
-        builder.Services.AddSingleton(IpcWriter.ForStdout());
+        var builder = CreateHostBuilder(level, unsafeLogging);
+        builder.Services.AddSingleton(new IpcWriter(IpcWriter.Stdout()) { UnsafeLogging = unsafeLogging });
         builder.Services.AddSingleton(sp => new RelayHost(service, arguments, sp.GetRequiredService<IpcWriter>(),
             sp.GetRequiredService<IHostApplicationLifetime>(), sp.GetRequiredService<ILoggerFactory>()));
         builder.Services.AddHostedService(sp => sp.GetRequiredService<RelayHost>());
@@ -201,14 +205,18 @@ public static class Program
         }
         catch (Exception e)
         {
-            Console.Error.WriteLine($"pthost: relay {service.Name} failed: {e}");
+            string text = e.ToString();
+            Console.Error.WriteLine($"pthost: relay {service.Name} failed: {(unsafeLogging ? text : AddressScrubber.Scrub(text))}");
             return ExitCodes.Software;
         }
         return relay.ExitCode;
     }
 
-    /// <summary>Logs go to stderr only, one line each (stdout belongs to the IPC).</summary>
-    public static void ConfigureLogging(ILoggingBuilder logging, LogLevel level)
+    /// <summary>
+    /// Logs go to stderr only, one line each (stdout belongs to the IPC), with addresses scrubbed
+    /// unless <paramref name="unsafeLogging"/> (spec/ipc.md §4.11).
+    /// </summary>
+    public static void ConfigureLogging(ILoggingBuilder logging, LogLevel level, bool unsafeLogging = false)
     {
         logging.ClearProviders();
         logging.SetMinimumLevel(level);
@@ -221,6 +229,7 @@ public static class Program
         logging.Services.Configure<ConsoleLoggerOptions>(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
         // ASP.NET Core and hosting chatter (Kestrel in the JET relay): warnings and errors only.
         logging.AddFilter("Microsoft", LogLevel.Warning);
+        if (!unsafeLogging) logging.ScrubAddresses();
     }
 
     /// <summary><c>pthost generate-config TRANSPORT [--plugindir DIR]</c> (spec/ipc.md §2.3).</summary>

@@ -70,8 +70,7 @@ public class HostileClientTests(ITestOutputHelper output)
         int held = await ProcStats.WaitForSocketsAtLeastAsync(pid, sock0 + Limit, TimeSpan.FromSeconds(30));
         Assert.True(held >= sock0 + Limit, $"the listener holds {held - sock0} of {Limit} connections");
         // Over the limit: closed at accept, without a byte.
-        var extra = await Hostile.OpenAsync(turn.TurnEndPoint, 8, half, clock);
-        var extraCuts = await Hostile.AwaitCutsAsync(extra, clock, TimeSpan.FromSeconds(20));
+        var extraCuts = await Hostile.OpenOverLimitAsync(turn.TurnEndPoint, 8, half, clock, TimeSpan.FromSeconds(20));
         output.WriteLine($"8 connections over the limit: cut after {extraCuts.Min(c => c.HeldSeconds):F2}–{extraCuts.Max(c => c.HeldSeconds):F2} s");
         Assert.All(extraCuts, c => Assert.True(c.Ended && c.HeldSeconds < 15 && c.Received.Length == 0));
         var cutting = Hostile.AwaitCutsAsync(attackers, clock, TimeSpan.FromSeconds(120));
@@ -326,7 +325,7 @@ public class HostileClientTests(ITestOutputHelper output)
         // The relay has accepted them all (they count against the limit only once accepted).
         await ProcStats.WaitForSocketsAtLeastAsync(pid, sock0 + PerSource, TimeSpan.FromSeconds(5));
         var overAt = clock.Elapsed;
-        var over = await Hostile.AwaitCutsAsync(await Hostile.OpenAsync(relay.Tcp!, 1, "JET\0"u8.ToArray(), clock), clock, TimeSpan.FromSeconds(20));
+        var over = await Hostile.OpenOverLimitAsync(relay.Tcp!, 1, "JET\0"u8.ToArray(), clock, TimeSpan.FromSeconds(20));
         output.WriteLine($"binary connection over the per-source limit (sent {overAt.TotalSeconds:F1} s after the first acceptor): cut after {over[0].HeldSeconds:F2} s, {over[0].Received.Length} bytes received");
         Assert.True(over[0].Ended && over[0].HeldSeconds < 3 && over[0].Received.Length == 0, "over the limit: closed at once, no response");
         var (aid2, c2) = await relay.CreateAndGatherAsync();

@@ -2,12 +2,13 @@ using System.Diagnostics;
 
 namespace PtHost.Testing;
 
-/// <summary><c>dotnet build|publish PROJECT -c Release -o OUTPUT</c> from a test run (pthost itself, the fixture plugin).</summary>
+/// <summary><c>dotnet build|publish|pack PROJECT -c Release -o OUTPUT [-p:NAME=VALUE ...]</c> from a test run (pthost itself, the contract package, the fixture plugin).</summary>
 public static class DotnetCommand
 {
     public static readonly TimeSpan Timeout = TimeSpan.FromMinutes(5);
 
-    public static async Task RunAsync(string verb, string project, string output)
+    /// <param name="properties">MSBuild properties, each as <c>NAME=VALUE</c>.</param>
+    public static async Task RunAsync(string verb, string project, string output, params string[] properties)
     {
         var psi = new ProcessStartInfo(DotnetExecutable())
         {
@@ -19,6 +20,7 @@ public static class DotnetCommand
         };
         foreach (string a in new[] { verb, project, "-c", "Release", "-o", output, "--disable-build-servers", "-nologo", "-clp:NoSummary" })
             psi.ArgumentList.Add(a);
+        foreach (string property in properties) psi.ArgumentList.Add("-p:" + property);
         // The test host may run under MSBuild-set variables; a nested build must not inherit them.
         foreach (string key in psi.Environment.Keys.Where(k => k.StartsWith("MSBuild", StringComparison.OrdinalIgnoreCase)).ToList())
             psi.Environment.Remove(key);

@@ -46,9 +46,11 @@ public sealed class JetRelayProcess : IAsyncDisposable
     public HttpClient Rest => _http;
 
     /// <summary>Starts the relay on loopback; <paramref name="config"/> (JSON) goes to a --config file.</summary>
-    public static async Task<JetRelayProcess> StartAsync(JObject? config = null, string? apiKey = null, string listen = "127.0.0.1:0", string loglevel = "debug")
+    public static async Task<JetRelayProcess> StartAsync(JObject? config = null, string? apiKey = null, string listen = "127.0.0.1:0", string loglevel = "debug",
+        bool unsafeLogging = false)
     {
         List<string> args = ["relay", "jet", "--listen", listen, "--loglevel", loglevel];
+        if (unsafeLogging) args.Add("--unsafe-logging");
         if (config is not null)
         {
             string file = Path.Combine(Directory.CreateTempSubdirectory("pthost-jet-").FullName, "relay.json");

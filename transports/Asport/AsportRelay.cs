@@ -71,11 +71,11 @@ public sealed class AsportRelay : IAsyncDisposable
         }
         catch (Exception e) when (e is IOException or OperationCanceledException or ObjectDisposedException or SocketException or TimeoutException)
         {
-            _log.LogDebug("asport {Peer}: {Error}", peer, e.Message);
+            _log.ConnectionEnded(peer, e.Message);
         }
         catch (Exception e)
         {
-            _log.LogError(e, "asport {Peer}: session failed", peer);
+            _log.SessionFailed(e, peer);
         }
         finally
         {
@@ -115,7 +115,7 @@ public sealed class AsportRelay : IAsyncDisposable
         if (!CryptographicOperations.FixedTimeEquals(expected, hello.Token) || !known)
         {
             Interlocked.Increment(ref AuthFailures);
-            _log.LogWarning("asport {Peer}: authentication failed for {User}", conn.RemoteEndPoint, hello.User);
+            _log.AuthenticationFailed(conn.RemoteEndPoint, hello.User);
             if (_options.ReplyAuthFailed) await ReplyAsync(conn, ServerHelloCode.AuthFailed, 0).ConfigureAwait(false);
             await conn.CloseAsync(1, "").ConfigureAwait(false);
             return null;
@@ -137,7 +137,7 @@ public sealed class AsportRelay : IAsyncDisposable
                 continue;
             }
             await ReplyAsync(conn, ServerHelloCode.Success, (ushort)session.Port).ConfigureAwait(false);
-            _log.LogInformation("asport {Peer}: {User} bound port {Port} ({Mode})", conn.RemoteEndPoint, hello.User, session.Port, hello.Mode);
+            _log.Bound(conn.RemoteEndPoint, hello.User, session.Port, hello.Mode);
             return session;
         }
         return await DenyAsync(conn, ServerHelloCode.BindFailed, "no port could be bound").ConfigureAwait(false);
@@ -162,7 +162,7 @@ public sealed class AsportRelay : IAsyncDisposable
     private AsportRelaySession? Refuse(QuicConnection conn, string why)
     {
         Interlocked.Increment(ref Rejected);
-        _log.LogWarning("asport {Peer}: {Why}; closing", conn.RemoteEndPoint, why);
+        _log.Closing(conn.RemoteEndPoint, why);
         _ = conn.CloseAsync(1, "");
         return null;
     }
@@ -170,7 +170,7 @@ public sealed class AsportRelay : IAsyncDisposable
     private async Task<AsportRelaySession?> DenyAsync(QuicConnection conn, ServerHelloCode code, string why)
     {
         Interlocked.Increment(ref Rejected);
-        _log.LogWarning("asport {Peer}: {Code}: {Why}", conn.RemoteEndPoint, code, why);
+        _log.Denied(conn.RemoteEndPoint, code, why);
         await ReplyAsync(conn, code, 0).ConfigureAwait(false);
         await conn.CloseAsync(0, "").ConfigureAwait(false);
         return null;

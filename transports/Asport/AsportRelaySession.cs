@@ -118,7 +118,7 @@ internal sealed class AsportRelaySession : IAsyncDisposable
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
         {
-            _log.LogDebug("asport port {Port}: TCP forward ended: {Error}", Port, e.Message);
+            _log.ForwardEnded(Port, e.Message);
         }
     }
 
@@ -157,7 +157,7 @@ internal sealed class AsportRelaySession : IAsyncDisposable
                 _ = AsportPackets.SendOverStreamAsync(_conn, a.Id, pktId, copy, source, ct).ContinueWith(t => _ = t.Exception, TaskScheduler.Default);
             }
             else if (!AsportPackets.SendNative(_conn, a.Id, pktId, buf.AsSpan(0, n), source))
-                _log.LogDebug("asport port {Port}: UDP packet of {Length} bytes not sent", Port, n);
+                _log.PacketNotSent(Port, n);
         }
     }
 
@@ -237,9 +237,9 @@ internal sealed class AsportRelaySession : IAsyncDisposable
                         _byId.TryGetValue(h.AssocId, out a);
                         if (a is not null) a.LastActive = Environment.TickCount64;
                     }
-                    if (a is null) { _log.LogDebug("asport port {Port}: Packet for unknown association {Id}", Port, h.AssocId); return; }
+                    if (a is null) { _log.UnknownAssociation(Port, h.AssocId); return; }
                     try { _udp!.SendTo(payload.AsSpan(0, length), SocketFlags.None, a.Source); }
-                    catch (SocketException e) { _log.LogDebug("asport port {Port}: UDP send failed: {Error}", Port, e.SocketErrorCode); }
+                    catch (SocketException e) { _log.UdpSendFailed(Port, e.SocketErrorCode); }
                 }
                 finally { AsportReassembly.ReturnBuffer(payload!); }
                 return;
@@ -254,7 +254,7 @@ internal sealed class AsportRelaySession : IAsyncDisposable
     private void Malformed(string what)
     {
         var n = Interlocked.Increment(ref _malformed);
-        if (n <= 10) _log.LogWarning("asport port {Port}: dropped malformed command from {Peer}: {What}", Port, _conn.RemoteEndPoint, what);
+        if (n <= 10) _log.Malformed(Port, _conn.RemoteEndPoint, what);
     }
 
     /// <summary>Associations idle longer than the timeout end with a Dissociate (§4.3).</summary>

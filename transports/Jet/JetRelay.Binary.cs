@@ -66,21 +66,21 @@ public sealed partial class JetRelay
                 catch (OperationCanceledException) when (!_stop.IsCancellationRequested)
                 {
                     Interlocked.Increment(ref _errors);
-                    _log.LogInformation("{Kind} {Remote}: no complete JET request within {Seconds}s; 408 and close", Lower(kind), remote, _options.HandshakeTimeout.TotalSeconds);
+                    _log.RequestTimeout(Lower(kind), remote, _options.HandshakeTimeout.TotalSeconds);
                     await RespondAndCloseAsync(stream, 408).ConfigureAwait(false);
                     return;
                 }
                 catch (AuthenticationException e)
                 {
                     Interlocked.Increment(ref _errors);
-                    _log.LogInformation("tls {Remote}: handshake failed: {Error}", remote, e.Message);
+                    _log.TlsFailed(remote, e.Message);
                     return;
                 }
             }
             if (request is null)
             {
                 Interlocked.Increment(ref _errors);
-                _log.LogInformation("{Kind} {Remote}: {Status}: {Problem}", Lower(kind), remote, status, problem);
+                _log.RequestRefused(Lower(kind), remote, status, problem);
                 await RespondAndCloseAsync(stream, status).ConfigureAwait(false);
                 return;
             }
@@ -90,7 +90,7 @@ public sealed partial class JetRelay
                 case JetMethod.Test:
                     {
                         int s = TryTest(request, out string why);
-                        if (s != 200) _log.LogInformation("{Kind} {Remote}: test {Aid}/{Cid}: {Status}: {Problem}", Lower(kind), remote, request.Association, request.Candidate, s, why);
+                        if (s != 200) _log.TestRefused(Lower(kind), remote, request.Association, request.Candidate, s, why);
                         await RespondAndCloseAsync(stream, s).ConfigureAwait(false);
                         return;
                     }
@@ -101,7 +101,7 @@ public sealed partial class JetRelay
                         if (s != 0)
                         {
                             Interlocked.Increment(ref _errors);
-                            _log.LogInformation("{Kind} {Remote}: accept {Aid}/{Cid}: {Status}: {Problem}", Lower(kind), remote, request.Association, request.Candidate, s, why);
+                            _log.AcceptRefused(Lower(kind), remote, request.Association, request.Candidate, s, why);
                             await RespondAndCloseAsync(stream, s).ConfigureAwait(false);
                             return;
                         }
@@ -113,7 +113,7 @@ public sealed partial class JetRelay
                             using var limit = new CancellationTokenSource(ResponseLimit);
                             await stream.WriteAsync(JetWire.BuildPacket(text), limit.Token).ConfigureAwait(false);
                         }
-                        _log.LogDebug("{Kind} {Remote}: accepted {Aid}/{Cid}", Lower(kind), remote, a!.Id, c!.Id);
+                        _log.Accepted(Lower(kind), remote, a!.Id, c!.Id);
                         await WaitAsAcceptorAsync(a, c, waiter).ConfigureAwait(false);
                         return;
                     }
@@ -123,7 +123,7 @@ public sealed partial class JetRelay
                         if (s != 0)
                         {
                             Interlocked.Increment(ref _errors);
-                            _log.LogInformation("{Kind} {Remote}: connect {Aid}/{Cid}: {Status}: {Problem}", Lower(kind), remote, request.Association, request.Candidate, s, why);
+                            _log.ConnectRefused(Lower(kind), remote, request.Association, request.Candidate, s, why);
                             await RespondAndCloseAsync(stream, s).ConfigureAwait(false);
                             return;
                         }
@@ -148,7 +148,7 @@ public sealed partial class JetRelay
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException or EndOfStreamException)
         {
-            _log.LogDebug("{Kind} {Remote}: {Error}", Lower(kind), remote, e.Message);
+            _log.ConnectionEnded(Lower(kind), remote, e.Message);
         }
         finally
         {
@@ -242,5 +242,5 @@ public sealed partial class JetRelay
         }
     }
 
-    private static string Lower(CandidateKind kind) => kind.ToString().ToLowerInvariant();
+    private static string Lower(CandidateKind kind) => kind switch { CandidateKind.Tcp => "tcp", CandidateKind.Tls => "tls", CandidateKind.Ws => "ws", _ => "wss" };
 }

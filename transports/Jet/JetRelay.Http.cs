@@ -73,7 +73,7 @@ public sealed partial class JetRelay
                         await ErrorAsync(ctx, 503, "association limit reached").ConfigureAwait(false);
                         return;
                     }
-                    _log.LogDebug("association {Aid} created", id);
+                    _log.AssociationCreated(id);
                     await JsonAsync(ctx, 200, Describe(a)).ConfigureAwait(false);
                     return;
                 }
@@ -102,7 +102,7 @@ public sealed partial class JetRelay
                     }
                     // Waiting acceptors are closed; sessions already relaying run to their end.
                     foreach (var w in waiting) w.Cut();
-                    _log.LogDebug("association {Aid} deleted ({Waiting} waiting acceptors closed)", id, waiting.Count);
+                    _log.AssociationDeleted(id, waiting.Count);
                     await JsonAsync(ctx, 200, new JObject { ["id"] = id.ToString("D"), ["deleted"] = true }).ConfigureAwait(false);
                     return;
                 }
@@ -181,7 +181,7 @@ public sealed partial class JetRelay
 
     private Task ErrorAsync(HttpContext ctx, int status, string problem)
     {
-        if (status >= 500 || status == 401) _log.LogInformation("{Method} {Path}: {Status}: {Problem}", ctx.Request.Method, ctx.Request.Path.Value, status, problem);
+        if (status >= 500 || status == 401) _log.RestRefused(ctx.Request.Method, ctx.Request.Path.Value, status, problem);
         return JsonAsync(ctx, status, new JObject { ["error"] = problem });
     }
 
@@ -226,7 +226,7 @@ public sealed partial class JetRelay
         }
         catch (Exception e) when (e is IOException or OperationCanceledException or ObjectDisposedException or System.Net.WebSockets.WebSocketException)
         {
-            _log.LogDebug("{Kind} {Remote}: {Error}", Lower(kind), remote, e.Message);
+            _log.ConnectionEnded(Lower(kind), remote, e.Message);
         }
         finally
         {
@@ -243,7 +243,7 @@ public sealed partial class JetRelay
         if (s != 0)
         {
             Interlocked.Increment(ref _errors);
-            _log.LogInformation("{Kind} {Remote}: accept {Aid}/{Cid}: 403: {Problem}", Lower(kind), ctx.Connection.RemoteIpAddress, request.Association, request.Candidate, why);
+            _log.AcceptRefused(Lower(kind), ctx.Connection.RemoteIpAddress, request.Association, request.Candidate, 403, why);
             await ErrorAsync(ctx, 403, why).ConfigureAwait(false);
             return;
         }
@@ -271,7 +271,7 @@ public sealed partial class JetRelay
         if (s != 0)
         {
             Interlocked.Increment(ref _errors);
-            _log.LogInformation("{Kind} {Remote}: connect {Aid}/{Cid}: 400: {Problem}", Lower(kind), ctx.Connection.RemoteIpAddress, request.Association, request.Candidate, why);
+            _log.ConnectRefused(Lower(kind), ctx.Connection.RemoteIpAddress, request.Association, request.Candidate, 400, why);
             await ErrorAsync(ctx, 400, why).ConfigureAwait(false);
             return;
         }

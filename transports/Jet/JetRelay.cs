@@ -247,7 +247,7 @@ public sealed partial class JetRelay : IAsyncDisposable
                 if (now - a.LastUsed > limit && a.Candidates.Values.All(c => c.State == CandidateState.Gathered)) expired.Add(a.Id);
             foreach (var id in expired) _associations.Remove(id);
         }
-        foreach (var id in expired) _log.LogDebug("association {Aid} expired after {Seconds}s unused", id, _options.AssociationTimeout.TotalSeconds);
+        foreach (var id in expired) _log.AssociationExpired(id, _options.AssociationTimeout.TotalSeconds);
     }
 
     /// <summary>§5.5: a finished session removes its candidate; an association left without candidates goes too.</summary>
@@ -387,7 +387,7 @@ public sealed partial class JetRelay : IAsyncDisposable
         }
         if (!paired)
         {
-            _log.LogDebug("association {Aid} candidate {Cid}: acceptor {Why} before a connector came", a.Id, c.Id,
+            _log.AcceptorGone(a.Id, c.Id,
                 first == gone ? "hung up" : first == limit ? "timed out" : "was cut (DELETE or shutdown)");
             return;
         }
@@ -430,7 +430,7 @@ public sealed partial class JetRelay : IAsyncDisposable
     {
         Interlocked.Increment(ref _sessions);
         acceptor.Paired.TrySetResult(true);
-        _log.LogDebug("association {Aid} candidate {Cid}: paired", a.Id, c.Id);
+        _log.Paired(a.Id, c.Id);
         try
         {
             using var limit = new CancellationTokenSource(_options.HandshakeTimeout);
@@ -441,13 +441,13 @@ public sealed partial class JetRelay : IAsyncDisposable
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
         {
-            _log.LogDebug("association {Aid} candidate {Cid}: session ended: {Error}", a.Id, c.Id, e.Message);
+            _log.SessionEnded(a.Id, c.Id, e.Message);
         }
         finally
         {
             Finish(a, c);
             acceptor.SessionDone.TrySetResult();
-            _log.LogDebug("association {Aid} candidate {Cid}: session finished, candidate removed", a.Id, c.Id);
+            _log.SessionFinished(a.Id, c.Id);
         }
     }
 

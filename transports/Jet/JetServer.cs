@@ -57,10 +57,8 @@ internal sealed class JetServerManager : IServerManager
     private readonly JetSession _session;
     private readonly CancellationTokenSource _stopping = new();
     private readonly CancellationTokenSource _abort = new();
-    // Every nonce seen (for resent offers): for the session's life and signalTimeout + 5 s after it.
-    private readonly ConcurrentDictionary<string, Offer> _offers = new(StringComparer.Ordinal);
-    // Offers not yet settled (no session chosen, not ended): the ones MaxPendingOffers bounds.
-    private int _pending;
+    // Offers (resent copies answered alike); those not yet settled (no session chosen, not ended) are bounded by MaxPendingOffers.
+    private readonly SignalAnswers _offers;
     private readonly ConcurrentDictionary<Guid, Offer> _direct = new();
     private readonly ConcurrentDictionary<long, Task> _tasks = new();
     private readonly ISessionListener? _listener;
@@ -88,7 +86,8 @@ internal sealed class JetServerManager : IServerManager
         Args = new Dictionary<string, string> { ["pin"] = pin };
         _log.LogInformation("jet server: certificate pin {Pin}; relay {Relay}; candidates {Kinds}{Direct}", pin, options.Relay?.ToString() ?? "none",
             string.Join(",", options.Kinds.Order()), options.Direct ? $" (direct on {LocalEndPoint})" : "");
-        _signalLoop = AnswerOffersAsync();
+        _offers = new SignalAnswers(context.Signals, "jet", JetSignals.Offer, JetSignals.Answer, options.SignalTimeout, MaxPendingOffers, _log);
+        _signalLoop = _offers.RunAsync<bool>(_ => (true, null), (received, _) => ServeOfferAsync(new Offer(received)), _stopping.Token);
     }
 
     public IPEndPoint LocalEndPoint { get; }
@@ -98,61 +97,19 @@ internal sealed class JetServerManager : IServerManager
     /// <summary>How long an offer's candidates wait for the client: its race may start a signal timeout late and take a TLS timeout.</summary>
     private TimeSpan OfferLifetime => _options.SignalTimeout + _options.TlsTimeout + _options.TlsTimeout;
 
-    /// <summary>One client offer: its association, the answer, and its candidate connections.</summary>
-    private sealed class Offer(string nonce, long id)
+    /// <summary>One client offer: its association and its candidate connections.</summary>
+    private sealed class Offer(SignalAnswers.ReceivedOffer received)
     {
-        public string Nonce { get; } = nonce;
-        public long Id { get; } = id;
+        public SignalAnswers.ReceivedOffer Received { get; } = received;
+        public long Id => Received.Id;
         public Guid Association { get; set; }
         public Guid DirectCandidate { get; set; }
         public int DirectUsed;
         public int Claimed;
-        public int Settled;
-        public TaskCompletionSource<JObject> Answer { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public ConcurrentDictionary<int, CancellationTokenSource> Candidates { get; } = new();
         private int _next;
         public int NextCandidate() => Interlocked.Increment(ref _next);
-    }
-
-    private async Task AnswerOffersAsync()
-    {
-        try
-        {
-            await foreach (var s in _context.Signals.Incoming.ReadAllAsync(_stopping.Token).ConfigureAwait(false))
-            {
-                if (s.Kind != JetSignals.Offer || s.ClientId is null) continue;
-                if (s.Body is not JObject body || body["nonce"] is not { Type: JTokenType.String } n || ((string)n!).Length is 0 or > SignalOffers.MaxNonceLength)
-                {
-                    _log.LogWarning("jet: offer {Id} from {Client} dropped: no valid \"nonce\"", s.MessageId, s.ClientId);
-                    continue;
-                }
-                string nonce = (string)n!;
-                if (_offers.TryGetValue(nonce, out var known))
-                {
-                    // The client sent the same offer again: answer this copy too, with the same candidates.
-                    Track(AnswerAgainAsync(s, known));
-                    continue;
-                }
-                if (Volatile.Read(ref _pending) >= MaxPendingOffers)
-                {
-                    _log.LogWarning("jet: offer {Id} dropped: {Max} offers in progress", s.MessageId, MaxPendingOffers);
-                    continue;
-                }
-                var offer = new Offer(nonce, Interlocked.Increment(ref s_ids));
-                Interlocked.Increment(ref _pending);
-                _offers[nonce] = offer;
-                Track(ServeOfferAsync(s, offer));
-            }
-        }
-        catch (OperationCanceledException) { }
-        catch (System.Threading.Channels.ChannelClosedException) { }
-    }
-
-    /// <summary>The offer is no longer in progress (its session was chosen, or it ended): once per offer.</summary>
-    private void Settle(Offer offer)
-    {
-        if (Interlocked.Exchange(ref offer.Settled, 1) == 0) Interlocked.Decrement(ref _pending);
     }
 
     private void Track(Task task)
@@ -162,13 +119,8 @@ internal sealed class JetServerManager : IServerManager
         _ = task.ContinueWith(_ => _tasks.TryRemove(key, out Task? _), TaskScheduler.Default);
     }
 
-    private async Task AnswerAgainAsync(Signal s, Offer offer) => Answer(s, await offer.Answer.Task.ConfigureAwait(false));
-
-    private void Answer(Signal offer, JObject body) =>
-        SignalOffers.Answer(_context.Signals, JetSignals.Answer, offer, body, _options.SignalTimeout, _log);
-
     /// <summary>§7.3 server steps 1–4 for one offer, then waits for its session (or the offer's lifetime) and cleans up.</summary>
-    private async Task ServeOfferAsync(Signal signal, Offer offer)
+    private async Task ServeOfferAsync(Offer offer)
     {
         var abort = _abort.Token;
         offer.Association = Guid.NewGuid();
@@ -223,10 +175,9 @@ internal sealed class JetServerManager : IServerManager
                 listed.Add(new JObject { ["id"] = offer.DirectCandidate.ToString("D"), ["url"] = $"tcp://{advertised}", ["direct"] = true });
             }
             var answer = listed.Count > 0
-                ? new JObject { ["nonce"] = offer.Nonce, ["association"] = offer.Association.ToString("D"), ["candidates"] = listed }
-                : new JObject { ["nonce"] = offer.Nonce, ["error"] = "server has no usable candidate (" + string.Join("; ", problems) + ")" };
-            offer.Answer.TrySetResult(answer);
-            Answer(signal, answer);
+                ? new JObject { ["association"] = offer.Association.ToString("D"), ["candidates"] = listed }
+                : new JObject { ["error"] = "server has no usable candidate (" + string.Join("; ", problems) + ")" };
+            offer.Received.Answer(answer);
             if (listed.Count == 0)
             {
                 _binding.Handler.SessionFailed(null, $"jet offer {offer.Id}: {answer["error"]}");
@@ -249,13 +200,9 @@ internal sealed class JetServerManager : IServerManager
         catch (OperationCanceledException) { }
         finally
         {
-            offer.Answer.TrySetResult(new JObject { ["nonce"] = offer.Nonce, ["error"] = "server stopping" });
-            Settle(offer);
             CutCandidates(offer, keep: -1);
             _direct.TryRemove(offer.Association, out _);
             if (created) await DeleteAssociationAsync(offer.Association).ConfigureAwait(false);
-            // Copies of the offer may still arrive until it expires: remember the nonce that long.
-            _ = Task.Delay(_options.SignalTimeout + TimeSpan.FromSeconds(5)).ContinueWith(_ => _offers.TryRemove(offer.Nonce, out Offer? _), TaskScheduler.Default);
         }
     }
 
@@ -372,7 +319,7 @@ internal sealed class JetServerManager : IServerManager
                 _log.LogWarning("jet offer {Id}: a second preamble on the {Kind} candidate; closed", offer.Id, kind);
                 return;
             }
-            Settle(offer);
+            offer.Received.Settle();
             CutCandidates(offer, keep: key);
             _log.LogDebug("jet offer {Id}: session on the {Kind} candidate", offer.Id, kind);
             handedOver = true;
@@ -446,10 +393,11 @@ internal sealed class JetServerManager : IServerManager
         await _signalLoop.ConfigureAwait(false);
         // Direct connections are the listener's to drain; the session each one carries watches _abort.
         var direct = _listener?.StopAsync(cancellationToken) ?? Task.CompletedTask;
-        try { await Task.WhenAll(Task.WhenAll(_tasks.Values), direct).WaitAsync(cancellationToken).ConfigureAwait(false); }
+        try { await Task.WhenAll(Task.WhenAll(_offers.Serving), Task.WhenAll(_tasks.Values), direct).WaitAsync(cancellationToken).ConfigureAwait(false); }
         catch (OperationCanceledException)
         {
             _abort.Cancel();
+            await Task.WhenAll(_offers.Serving).ConfigureAwait(false);
             await Task.WhenAll(_tasks.Values).ConfigureAwait(false);
             await direct.ConfigureAwait(false);
         }

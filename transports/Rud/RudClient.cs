@@ -104,7 +104,7 @@ internal sealed class RudClient : IClientFactory, IDatagramClientFactory, IStrea
                 // §12.1): a connection with nothing else left on it is closed here.
                 if (!c.IsClosed && c.OpenStreams == 0 && _liveAssociations.GetValueOrDefault(c) == 0)
                 {
-                    _log.LogInformation("rud: closing a connection to {Server}: its 256 datagram streams are used and nothing is open on it", server);
+                    _log.DatagramStreamsUsed(server);
                     c.Close("every datagram stream used");
                 }
                 return null;
@@ -121,7 +121,7 @@ internal sealed class RudClient : IClientFactory, IDatagramClientFactory, IStrea
             SessionEnded(conn);
             throw;
         }
-        _log.LogInformation("rud: UDP association on datagram stream {Stream} to {Server}, relayed address {Relayed}", session.StreamId, server, session.RelayedAddress);
+        _log.AssociationOpened(session.StreamId, server, session.RelayedAddress);
         return session;
     }
 
@@ -170,7 +170,7 @@ internal sealed class RudClient : IClientFactory, IDatagramClientFactory, IStrea
                 throw new TransportConnectException(ConnectFailure.TimedOut, $"rud server {server}: no handshake within {_options.HandshakeTimeout.TotalSeconds:0.#} s (wrong serverKey, or the server is unreachable)", e);
             }
             link.Connections.Add(conn);
-            _log.LogInformation("rud: connected to {Server} ({Mode} exchange, connection {Count}, congestion {Congestion})", server, conn.Mode, link.Connections.Count, RudOptionText.CongestionName(endpoint.Options.CongestionControl));
+            _log.ConnectedTo(server, conn.Mode, link.Connections.Count, RudOptionText.CongestionName(endpoint.Options.CongestionControl));
             return tryOpen(conn) ?? throw new TransportConnectException(ConnectFailure.General, $"rud server {server}: the new connection {(conn.IsClosed ? "closed: " + conn.CloseReason : "refused a stream")}");
         }
         finally { link.Gate.Release(); }
@@ -260,14 +260,13 @@ internal sealed class RudAssociation : DatagramCarrierAssociation
     }
 
     protected override void LogEnded(string why) =>
-        Log.LogInformation("rud UDP association on datagram stream {Stream} to {Server} ended: {Why}", _channel.Id, _server, why);
+        Log.AssociationEnded(_channel.Id, _server, why);
 
     protected override void OnClosed()
     {
         _channel.Complete(null); // datagrams still arriving for this stream are dropped, not queued
         var (sent, received, tooLarge, notQueued, malformed) = Counts;
-        Log.LogInformation("rud UDP association on datagram stream {Stream} to {Server}: {Sent} datagrams sent, {Received} received, {TooLarge} too large for a RUD datagram, {NotQueued} not queued (send queue full), {Malformed} malformed",
-            _channel.Id, _server, sent, received, tooLarge, notQueued, malformed);
+        Log.AssociationCounts(_channel.Id, _server, sent, received, tooLarge, notQueued, malformed);
         if (Interlocked.Exchange(ref _endedCalled, 1) == 0) _onEnded?.Invoke();
     }
 }

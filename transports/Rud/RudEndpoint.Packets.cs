@@ -38,7 +38,7 @@ public sealed partial class RudEndpoint
                     catch (Exception e) when (e is not OutOfMemoryException)
                     {
                         Counters.Increment(ref Counters.InternalErrors);
-                        _log.LogWarning(e, "rud: packet from {From} dropped after an internal error", from);
+                        _log.PacketFailed(e, from);
                     }
                 }
                 FlushTouched(now);
@@ -65,7 +65,7 @@ public sealed partial class RudEndpoint
             catch (Exception e) when (e is not OutOfMemoryException)
             {
                 Counters.Increment(ref Counters.InternalErrors);
-                _log.LogError(e, "rud: connection {Id} failed", conn.LocalId);
+                _log.ConnectionFailed(e, conn.LocalId);
                 conn.CloseLocked(1, "internal error", sendClose: true);
             }
         }
@@ -174,7 +174,7 @@ public sealed partial class RudEndpoint
                     catch (Exception e) when (e is not OutOfMemoryException)
                     {
                         Counters.Increment(ref Counters.InternalErrors);
-                        _log.LogError(e, "rud: connection {Id} failed", conn.LocalId);
+                        _log.ConnectionFailed(e, conn.LocalId);
                         conn.CloseLocked(1, "internal error", sendClose: true);
                     }
                 }

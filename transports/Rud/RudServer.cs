@@ -103,7 +103,7 @@ internal sealed class RudServerManager : IServerManager
             while (true)
             {
                 var conn = await _endpoint.AcceptConnectionAsync(_stopping.Token).ConfigureAwait(false);
-                _log.LogInformation("rud: connection from {Remote} ({Mode} exchange, congestion {Congestion})", conn.RemoteEndPoint, conn.Mode, RudOptionText.CongestionName(_endpoint.Options.CongestionControl));
+                _log.ConnectionFrom(conn.RemoteEndPoint, conn.Mode, RudOptionText.CongestionName(_endpoint.Options.CongestionControl));
                 _ = AcceptStreamsAsync(conn);
                 _ = AcceptDatagramStreamsAsync(conn);
             }

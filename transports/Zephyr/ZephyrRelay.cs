@@ -132,7 +132,7 @@ public sealed class ZephyrRelay : IAsyncDisposable
         long now = Environment.TickCount64;
         long last = Interlocked.Read(ref _lastLimitLog);
         if (now - last < 10_000 || Interlocked.CompareExchange(ref _lastLimitLog, now, last) != last) return;
-        _log.LogWarning("connection limit hit ({Limit}): refused a connection from {Address}; {Refused} refused by limits so far", limit, address, refused);
+        _log.LimitHit(limit, address, refused);
     }
 
     private async Task ServeAsync(Connection c)
@@ -143,7 +143,7 @@ public sealed class ZephyrRelay : IAsyncDisposable
             c.Socket.NoDelay = true; // §4.1
             if (!Register(c))
             {
-                _log.LogWarning("no free zid after {Tries} tries; closing {Remote}", MaxZidTries, c.Remote);
+                _log.NoFreeZid(MaxZidTries, c.Remote);
                 return;
             }
             // §4.1: the assignment, then exactly 12 bytes of bind request. Nothing past them is read
@@ -157,7 +157,7 @@ public sealed class ZephyrRelay : IAsyncDisposable
                 int n = await c.Socket.ReceiveAsync(message.AsMemory(got), SocketFlags.None).ConfigureAwait(false);
                 if (n == 0)
                 {
-                    _log.LogDebug("zid {Zid}: closed by {Remote} before a bind request ({Got} of 12 bytes)", c.Zid, c.Remote, got);
+                    _log.ClosedBeforeBind(c.Zid, c.Remote, got);
                     return;
                 }
                 got += n;
@@ -166,7 +166,7 @@ public sealed class ZephyrRelay : IAsyncDisposable
             if (error != BindRequestError.None)
             {
                 Interlocked.Increment(ref _bindFailures);
-                _log.LogDebug("zid {Zid}: bad bind request from {Remote} ({Error}); closing", c.Zid, c.Remote, error);
+                _log.BadBindRequest(c.Zid, c.Remote, error);
                 return;
             }
             var (outcome, peer, evicted) = Bind(c, target);
@@ -180,23 +180,23 @@ public sealed class ZephyrRelay : IAsyncDisposable
                     return;
                 case BindOutcome.Waiting:
                     if (await c.Matched!.Task.ConfigureAwait(false)) handedOff = true; // the peer's task relays the pair
-                    else _log.LogDebug("zid {Zid}: no matching bind from {Peer}: {Reason}; closing", c.Zid, target, c.Unmatched);
+                    else _log.NoMatchingBind(c.Zid, target, c.Unmatched);
                     return;
                 case BindOutcome.Closed:
                     return;
                 default:
                     Interlocked.Increment(ref _bindFailures);
-                    _log.LogDebug("zid {Zid}: bind to {Peer} refused ({Reason}); closing", c.Zid, target, outcome);
+                    _log.BindRefused(c.Zid, target, outcome);
                     return;
             }
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException or OperationCanceledException)
         {
-            _log.LogTrace("zid {Zid}: {Message}", c.Zid, e.Message);
+            _log.ConnectionEnded(c.Zid, e.Message);
         }
         catch (Exception e)
         {
-            _log.LogError(e, "zid {Zid}: unexpected failure", c.Zid);
+            _log.ConnectionFailed(e, c.Zid);
         }
         finally
         {
@@ -227,7 +227,7 @@ public sealed class ZephyrRelay : IAsyncDisposable
         return false;
     }
 
-    private enum BindOutcome { Matched, Waiting, Closed, SelfBind, UnknownPeer, PeerBoundElsewhere }
+    internal enum BindOutcome { Matched, Waiting, Closed, SelfBind, UnknownPeer, PeerBoundElsewhere }
 
     /// <summary>
     /// §4.3: the bind rules, decided atomically for both sides. Also returns the connections
@@ -320,7 +320,7 @@ public sealed class ZephyrRelay : IAsyncDisposable
             if (state == ConnectionState.Waiting) c.Matched!.TrySetResult(false); // its task closes it
             else
             {
-                _log.LogDebug("zid {Zid}: no bind request from {Remote} within {Timeout}s; closing", c.Zid, c.Remote, _options.BindTimeout.TotalSeconds);
+                _log.BindTimeout(c.Zid, c.Remote, _options.BindTimeout.TotalSeconds);
                 Close(c, abort: false); // fails the pending receive
             }
         }
@@ -334,7 +334,7 @@ public sealed class ZephyrRelay : IAsyncDisposable
     /// </summary>
     private async Task RunPairAsync(Connection a, Connection b)
     {
-        _log.LogDebug("bound zid {A} ({RemoteA}) <-> zid {B} ({RemoteB})", a.Zid, a.Remote, b.Zid, b.Remote);
+        _log.Bound(a.Zid, a.Remote, b.Zid, b.Remote);
         var activity = new Activity();
         using var cancel = new CancellationTokenSource();
         bool clean = false;
@@ -368,7 +368,7 @@ public sealed class ZephyrRelay : IAsyncDisposable
                 await Task.WhenAny(other, Task.Delay(check, CancellationToken.None)).ConfigureAwait(false);
                 if (!other.IsCompleted && Environment.TickCount64 - Volatile.Read(ref activity.Last) >= idle)
                 {
-                    _log.LogDebug("zid {A} <-> {B}: half-closed and idle for {Idle}s; closing", a.Zid, b.Zid, _options.HalfCloseIdleTimeout.TotalSeconds);
+                    _log.HalfClosedIdle(a.Zid, b.Zid, _options.HalfCloseIdleTimeout.TotalSeconds);
                     await cancel.CancelAsync().ConfigureAwait(false);
                 }
             }
@@ -376,7 +376,7 @@ public sealed class ZephyrRelay : IAsyncDisposable
         }
         catch (Exception e)
         {
-            _log.LogError(e, "zid {A} <-> {B}: unexpected failure", a.Zid, b.Zid);
+            _log.PairFailed(e, a.Zid, b.Zid);
         }
         finally
         {
@@ -384,7 +384,7 @@ public sealed class ZephyrRelay : IAsyncDisposable
             Close(a, abort: !clean);
             Close(b, abort: !clean);
             lock (_lock) _pairs--;
-            _log.LogDebug("zid {A} <-> {B}: {How}", a.Zid, b.Zid, clean ? "closed" : "aborted");
+            _log.PairEnded(a.Zid, b.Zid, clean ? "closed" : "aborted");
         }
     }
 

@@ -44,13 +44,8 @@ internal sealed class ZephyrServer(TransportEnvironment context, ZephyrServerOpt
 /// </summary>
 internal sealed class ZephyrServerManager : IServerManager
 {
-    /// <summary>
-    /// Offers in progress at once (joining the relay, binding, TLS); further offers are dropped (and logged). Sessions
-    /// that have finished TLS no longer count (spec/zephyr.md §7.3): they were counted until they ended, which capped a
-    /// server at 4,096 concurrent sessions (issue 24: 9,000 sessions through the relay).
-    /// </summary>
+    /// <summary>Offers in progress at once; further offers are dropped (and logged).</summary>
     public const int MaxPendingSessions = 4096;
-    private int _settingUp;
     private readonly TransportEnvironment _context;
     private readonly ZephyrServerOptions _options;
     private readonly X509Certificate2 _certificate;
@@ -59,10 +54,8 @@ internal sealed class ZephyrServerManager : IServerManager
     private readonly ILogger _log;
     private readonly CancellationTokenSource _stopping = new();
     private readonly CancellationTokenSource _abort = new();
-    private readonly ConcurrentDictionary<string, Task<uint?>> _offers = new(StringComparer.Ordinal);
-    private readonly ConcurrentDictionary<long, Task> _sessions = new();
+    private readonly SignalAnswers _offers;
     private readonly Task _signalLoop;
-    private static long s_ids;
 
     public ZephyrServerManager(TransportEnvironment context, ZephyrServerOptions options, X509Certificate2 certificate, ServerBinding binding)
     {
@@ -76,7 +69,9 @@ internal sealed class ZephyrServerManager : IServerManager
         string pin = PinnedTls.FormatPin(PinnedTls.Pin(certificate));
         Args = new Dictionary<string, string> { ["pin"] = pin };
         _log.LogInformation("zephyr server: certificate pin {Pin}; waiting for offers", pin);
-        _signalLoop = AnswerOffersAsync();
+        // §7.3 server step 1: resent offers, at most MaxPendingSessions sessions in progress.
+        _offers = new SignalAnswers(context.Signals, "zephyr", ZephyrSignals.Offer, ZephyrSignals.Answer, options.SignalTimeout, MaxPendingSessions, _log);
+        _signalLoop = _offers.RunAsync<(uint, Destination)>(ReadOffer, (offer, read) => ServeAsync(offer, read.Item2, read.Item1), _stopping.Token);
     }
 
     public IPEndPoint LocalEndPoint { get; }
@@ -86,103 +81,35 @@ internal sealed class ZephyrServerManager : IServerManager
     /// <summary>How long a session may wait for its client's bind and TLS handshake: the relay's peer timeout plus the TLS timeout.</summary>
     private TimeSpan HandshakeLimit => ZephyrDefaults.RelayPeerTimeout + _options.TlsTimeout;
 
-    private async Task AnswerOffersAsync()
+    /// <summary>The client's zid and the relay an offer names (§7.2: {"nonce", "zid", "relay"}), or the problem, naming the key ("body.zid: ...").</summary>
+    private ((uint Zid, Destination Relay) Value, string? Problem) ReadOffer(Signal s)
     {
+        uint zid;
+        Destination relay;
         try
         {
-            await foreach (var s in _context.Signals.Incoming.ReadAllAsync(_stopping.Token).ConfigureAwait(false))
-            {
-                if (s.Kind != ZephyrSignals.Offer || s.ClientId is null) continue;
-                if (!TryReadOffer(s, out uint clientZid, out var relay, out string nonce, out string? problem))
-                {
-                    _log.LogWarning("zephyr: offer {Id} from {Client} dropped: {Problem}", s.MessageId, s.ClientId, problem);
-                    if (nonce.Length > 0) Answer(s, new JObject { ["nonce"] = nonce, ["error"] = problem });
-                    continue;
-                }
-                if (_offers.TryGetValue(nonce, out var known))
-                {
-                    // The client sent the same offer again: answer this copy too, with the same zid.
-                    _ = AnswerAgainAsync(s, nonce, known);
-                    continue;
-                }
-                if (Volatile.Read(ref _settingUp) >= MaxPendingSessions)
-                {
-                    _log.LogWarning("zephyr: offer {Id} dropped: {Max} sessions in progress", s.MessageId, MaxPendingSessions);
-                    continue;
-                }
-                long id = Interlocked.Increment(ref s_ids);
-                var joined = new TaskCompletionSource<uint?>(TaskCreationOptions.RunContinuationsAsynchronously);
-                _offers[nonce] = joined.Task;
-                Interlocked.Increment(ref _settingUp);
-                var session = Task.Run(() => ServeAsync(id, s, relay!, clientZid, nonce, joined));
-                _sessions[id] = session;
-                _ = session.ContinueWith(_ =>
-                {
-                    _sessions.TryRemove(id, out Task? _);
-                    // Copies of the offer may still arrive until it expires: remember the nonce that long.
-                    _ = Task.Delay(_options.SignalTimeout + TimeSpan.FromSeconds(5)).ContinueWith(__ => _offers.TryRemove(nonce, out Task<uint?>? _), TaskScheduler.Default);
-                }, TaskScheduler.Default);
-            }
-        }
-        catch (OperationCanceledException) { }
-        catch (System.Threading.Channels.ChannelClosedException) { }
-    }
-
-    private bool TryReadOffer(Signal s, out uint zid, out Destination? relay, out string nonce, out string? problem)
-    {
-        zid = 0;
-        relay = null;
-        nonce = "";
-        problem = null;
-        try
-        {
-            // spec/zephyr.md §7.2: {"nonce", "zid", "relay"}; the problem names the key ("body.zid: ...").
             var body = OptionsReader.For(s.Body, "body");
-            if (body.IsAbsent) throw body.Fail("is required");
-            string n = body.Require("nonce").String("nonce")!;
-            if (n.Length is 0 or > SignalOffers.MaxNonceLength) throw body.Fail("nonce", $"must be 1 to {SignalOffers.MaxNonceLength} characters");
-            nonce = n;
             zid = (uint)body.Require("zid").Integer("zid", 0, ZephyrWire.MaxZid)!.Value;
             relay = body.Require("relay").Destination("relay")!;
         }
         catch (OptionsException e)
         {
-            problem = e.Message;
-            return false;
+            return (default, e.Message);
         }
         string named = relay.ToString();
         if (_options.Relays is { } allowed && !allowed.Any(a => string.Equals(a.ToString(), named, StringComparison.OrdinalIgnoreCase)))
-        {
-            problem = $"relay {named} is not one of this server's \"relays\"";
-            return false;
-        }
-        return true;
-    }
-
-    private void Answer(Signal offer, JObject body) =>
-        SignalOffers.Answer(_context.Signals, ZephyrSignals.Answer, offer, body, _options.SignalTimeout, _log);
-
-    private async Task AnswerAgainAsync(Signal offer, string nonce, Task<uint?> joined)
-    {
-        if (await joined.ConfigureAwait(false) is uint zid) Answer(offer, new JObject { ["zid"] = zid, ["nonce"] = nonce });
+            return (default, $"relay {named} is not one of this server's \"relays\"");
+        return ((zid, relay), null);
     }
 
     /// <summary>
     /// One offer (§7.3 server steps): join the relay, bind to the client's zid, answer, run TLS as the
     /// server; the stream then goes to the host, which reads the preamble and serves the session.
     /// </summary>
-    private async Task ServeAsync(long id, Signal offer, Destination relay, uint clientZid, string nonce, TaskCompletionSource<uint?> joined)
-    {
-        HalfClosableTlsStream? established;
-        try { established = await SetUpAsync(id, offer, relay, clientZid, nonce, joined).ConfigureAwait(false); }
-        finally { Interlocked.Decrement(ref _settingUp); }
-        if (established is not null) await _binding.Handler.ServeAsync(established, new DnsEndPoint(relay.Host, relay.Port), _abort.Token).ConfigureAwait(false);
-    }
-
-    /// <summary>Steps 2–4 of §7.3 for one offer: the TLS stream once established, or null after answering or logging the failure.</summary>
-    private async Task<HalfClosableTlsStream?> SetUpAsync(long id, Signal offer, Destination relay, uint clientZid, string nonce, TaskCompletionSource<uint?> joined)
+    private async Task ServeAsync(SignalAnswers.ReceivedOffer offer, Destination relay, uint clientZid)
     {
         var abort = _abort.Token;
+        long id = offer.Id;
         var remote = new DnsEndPoint(relay.Host, relay.Port);
         Stream? stream = null;
         HalfClosableTlsStream? tlsStream = null;
@@ -196,13 +123,11 @@ internal sealed class ZephyrServerManager : IServerManager
             }
             catch (Exception e) when (e is TransportConnectException or IOException or SocketException)
             {
-                joined.TrySetResult(null);
                 _binding.Handler.SessionFailed(remote, $"zephyr session {id}: relay {relay}: {e.Message}");
-                Answer(offer, new JObject { ["nonce"] = nonce, ["error"] = $"server cannot use relay {relay}" });
-                return null;
+                offer.Answer(new JObject { ["error"] = $"server cannot use relay {relay}" });
+                return;
             }
-            joined.TrySetResult(zid);
-            Answer(offer, new JObject { ["zid"] = zid, ["nonce"] = nonce });
+            offer.Answer(new JObject { ["zid"] = zid });
             _log.LogDebug("zephyr session {Id}: relay {Relay} zid {Zid} waits for client zid {Client}", id, relay, zid, clientZid);
 
             var tls = new SslStream(stream, leaveInnerStreamOpen: true);
@@ -217,25 +142,27 @@ internal sealed class ZephyrServerManager : IServerManager
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or EndOfStreamException
             or ObjectDisposedException or AuthenticationException)
         {
-            joined.TrySetResult(null);
             if (e is AuthenticationException) _log.LogWarning("zephyr session {Id}: TLS refused: {Error}", id, e.Message);
             _binding.Handler.SessionFailed(remote, $"zephyr session {id}: {(e is AuthenticationException ? "TLS refused" : "ended before TLS")}: {e.Message}");
             if (tlsStream is not null) await tlsStream.DisposeAsync().ConfigureAwait(false);
             else if (stream is not null) await stream.DisposeAsync().ConfigureAwait(false);
-            return null;
+            return;
         }
-        return tlsStream;
+        // Established: no longer "in progress" (spec/zephyr.md §7.3). Counting it until it ended capped a server at
+        // 4,096 concurrent sessions (issue 24: 9,000 sessions through the relay).
+        offer.Settle();
+        await _binding.Handler.ServeAsync(tlsStream, remote, abort).ConfigureAwait(false);
     }
 
     public async Task StopAsync(CancellationToken cancellationToken)
     {
         if (!_stopping.IsCancellationRequested) _stopping.Cancel();
         await _signalLoop.ConfigureAwait(false);
-        try { await Task.WhenAll(_sessions.Values).WaitAsync(cancellationToken).ConfigureAwait(false); }
+        try { await Task.WhenAll(_offers.Serving).WaitAsync(cancellationToken).ConfigureAwait(false); }
         catch (OperationCanceledException)
         {
             _abort.Cancel();
-            await Task.WhenAll(_sessions.Values).ConfigureAwait(false);
+            await Task.WhenAll(_offers.Serving).ConfigureAwait(false);
         }
     }
 

@@ -52,7 +52,7 @@ public sealed class ServerAssociations
                 target = new IPEndPoint(address, t.Port);
             }
             var association = new ServerAssociation(target, _policy, _log, session, () => Interlocked.Decrement(ref _open));
-            _log.LogDebug("UDP association {Id}: relayed address {Relayed}", session, association.Relayed);
+            _log.RelayedAddress(session, association.Relayed);
             return association;
         }
         catch
@@ -196,7 +196,7 @@ internal sealed class ServerAssociation : Stream, IHalfClosable
             if (_peers.TryGetValue(peer, out var known)) return known;
             if (_peers.Count >= MaxPeers)
             {
-                _log.LogInformation("UDP association {Id}: peer {Peer} refused: {Max} peers already", _id, peer, MaxPeers);
+                _log.PeerLimit(_id, peer, MaxPeers);
                 return new PeerState(false, null, null); // not remembered
             }
             PeerState state;
@@ -214,7 +214,7 @@ internal sealed class ServerAssociation : Stream, IHalfClosable
                 var address = peer.Unmapped().ToIPAddress();
                 bool dual = _shared!.AddressFamily == AddressFamily.InterNetworkV6;
                 if (refused is null && !dual && address.AddressFamily == AddressFamily.InterNetworkV6) refused = "this host has no IPv6";
-                if (refused is not null) _log.LogInformation("UDP association {Id}: peer {Peer} refused: {Reason}", _id, peer, refused);
+                if (refused is not null) _log.PeerRefused(_id, peer, refused);
                 var endPoint = new IPEndPoint(dual && address.AddressFamily == AddressFamily.InterNetwork ? address.MapToIPv6() : address, peer.Port);
                 state = new PeerState(refused is null, refused is null ? endPoint.Serialize() : null, null);
             }
@@ -239,7 +239,7 @@ internal sealed class ServerAssociation : Stream, IHalfClosable
         catch (SocketException e)
         {
             // ICMP errors (refused, unreachable) surface here on Linux; UDP goes on.
-            _log.LogDebug("UDP association {Id}: sending to {Peer}: {Error}", _id, peer, e.SocketErrorCode);
+            _log.PeerSendFailed(_id, peer, e.SocketErrorCode);
         }
     }
 
@@ -330,7 +330,7 @@ internal sealed class ServerAssociation : Stream, IHalfClosable
     {
         if (Interlocked.Exchange(ref _ended, 1) != 0) return;
         if (Interlocked.Read(ref _dropped) > 0)
-            _log.LogInformation("UDP association {Id}: {Dropped} datagrams from peers dropped because the transport was congested", _id, _dropped);
+            _log.PeerDatagramsDropped(_id, Interlocked.Read(ref _dropped));
         _stop.Cancel();
         _toClient.Writer.TryComplete();
         _shared?.Dispose();

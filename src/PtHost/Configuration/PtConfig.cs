@@ -21,7 +21,7 @@ public sealed partial class PtConfig
     public static readonly string[] Keys =
     [
         "ptversion", "role", "transports", "proxylistenaddr", "bindaddr", "target", "options", "allow",
-        "plugindir", "state", "exit-on-stdin-close", "loglevel", "proxy", "turn", "public-frontends",
+        "plugindir", "state", "exit-on-stdin-close", "loglevel", "unsafe-logging", "proxy", "turn", "public-frontends",
     ];
 
     public string PtVersion { get; private init; } = "2";
@@ -40,14 +40,16 @@ public sealed partial class PtConfig
     public string StateDirectory { get; private init; } = Directory.GetCurrentDirectory();
     public bool ExitOnStdinClose { get; private init; }
     public Microsoft.Extensions.Logging.LogLevel LogLevel { get; private init; } = Microsoft.Extensions.Logging.LogLevel.Information;
+    /// <summary><c>unsafe-logging</c>: logs keep the addresses of clients, peers and destinations (spec/ipc.md §4.11).</summary>
+    public bool UnsafeLogging { get; private init; }
 
-    /// <summary>A copy with another log level (PTHOST_LOGLEVEL in PT 1.0 managed mode).</summary>
-    public PtConfig WithLogLevel(Microsoft.Extensions.Logging.LogLevel level) => new()
+    /// <summary>A copy with other logging settings (PTHOST_LOGLEVEL and PTHOST_UNSAFE_LOGGING in PT 1.0 managed mode).</summary>
+    public PtConfig WithLogging(Microsoft.Extensions.Logging.LogLevel level, bool unsafeLogging) => new()
     {
         IpcVersion = IpcVersion, PtVersion = PtVersion, Role = Role, Transports = Transports,
         ProxyListenAddresses = ProxyListenAddresses, BindAddresses = BindAddresses, Target = Target, Options = Options,
         Allow = Allow, PluginDirectory = PluginDirectory, StateDirectory = StateDirectory, ExitOnStdinClose = ExitOnStdinClose,
-        LogLevel = level, PublicFrontEnds = PublicFrontEnds, Turn = Turn, ExtendedOrPort = ExtendedOrPort, AuthCookieFile = AuthCookieFile, UpstreamProxy = UpstreamProxy,
+        LogLevel = level, UnsafeLogging = unsafeLogging, PublicFrontEnds = PublicFrontEnds, Turn = Turn, ExtendedOrPort = ExtendedOrPort, AuthCookieFile = AuthCookieFile, UpstreamProxy = UpstreamProxy,
         OutboundBindV4 = OutboundBindV4, OutboundBindV6 = OutboundBindV6,
     };
 
@@ -100,6 +102,7 @@ public sealed partial class PtConfig
             ExitOnStdinClose = r.Bool("exit-on-stdin-close", false),
             PublicFrontEnds = role == Role.Client ? r.Bool("public-frontends", false) : RejectFor(r, "public-frontends", "client", false),
             LogLevel = ParseLogLevel(r),
+            UnsafeLogging = r.Bool("unsafe-logging", false),
             ProxyListenAddresses = role == Role.Client ? ParseProxyListen(r, transports) : RejectFor(r, "proxylistenaddr", "client", new Dictionary<string, IPEndPoint>()),
             BindAddresses = role == Role.Server ? ParseBindAddresses(r, transports) : RejectFor(r, "bindaddr", "server", new Dictionary<string, IPEndPoint>()),
             Target = role == Role.Server ? ParseTarget(r) : RejectFor<Destination?>(r, "target", "server", null),

@@ -16,8 +16,17 @@ public sealed class IpcWriter
     public IpcWriter(TextWriter output) => _out = output;
 
     /// <summary>A writer over the process's real stdout (UTF-8, no BOM, "\n" line ends).</summary>
-    public static IpcWriter ForStdout() =>
-        new(new StreamWriter(Console.OpenStandardOutput(), new UTF8Encoding(false)) { NewLine = "\n", AutoFlush = false });
+    public static IpcWriter ForStdout() => new(Stdout());
+
+    /// <summary>The process's real stdout as the IPC writes it.</summary>
+    public static TextWriter Stdout() =>
+        new StreamWriter(Console.OpenStandardOutput(), new UTF8Encoding(false)) { NewLine = "\n", AutoFlush = false };
+
+    /// <summary>
+    /// When false (the default), <see cref="Log"/> lines have their addresses scrubbed (spec/ipc.md
+    /// §4.6, §4.11); the configuration's <c>unsafe-logging</c> sets it before the first line.
+    /// </summary>
+    public bool UnsafeLogging { get; set; }
 
     public void Version(string version) => Line($"VERSION {version}");
     public void VersionError() => Line("VERSION-ERROR no-version");
@@ -53,8 +62,9 @@ public sealed class IpcWriter
     public void SmethodError(string transport, string message) => Line($"SMETHOD-ERROR {transport} {OneLine(message)}");
     public void SmethodsDone() => Line("SMETHODS DONE");
 
-    /// <summary><c>LOG SEVERITY=… MESSAGE=…</c>; the message is quoted as in pt-spec (C-style escapes).</summary>
-    public void Log(string severity, string message) => Line($"LOG SEVERITY={severity} MESSAGE={Quote(message)}");
+    /// <summary><c>LOG SEVERITY=… MESSAGE=…</c>; the message scrubbed (§4.11) and quoted as in pt-spec (C-style escapes).</summary>
+    public void Log(string severity, string message) =>
+        Line($"LOG SEVERITY={severity} MESSAGE={Quote(UnsafeLogging ? message : Logging.AddressScrubber.Scrub(message))}");
 
     public void Status(string transport, TransportStats s) =>
         Line($"STATUS TRANSPORT={transport} CONNECTIONS={s.SessionsActive} OPENED={s.SessionsOpened} FAILED={s.SessionsFailed} BYTES-IN={s.BytesIn} BYTES-OUT={s.BytesOut} SPLICE-FALLBACKS={s.SpliceFallbacks}");

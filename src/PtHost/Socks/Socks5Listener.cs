@@ -79,11 +79,11 @@ public sealed class Socks5Listener : IAsyncDisposable
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
         {
-            _log.LogDebug("SOCKS {Transport} session {Id} ended: {Error}", Transport, id, e.Message);
+            _log.SessionEnded(Transport, id, e.Message);
         }
         catch (Exception e)
         {
-            _log.LogError(e, "SOCKS {Transport} session {Id} failed", Transport, id);
+            _log.SessionFailed(e, Transport, id);
         }
         finally
         {
@@ -122,7 +122,7 @@ public sealed class Socks5Listener : IAsyncDisposable
             if (method == Socks5.MethodNoneAcceptable)
             {
                 _counters.SessionFailed();
-                _log.LogInformation("SOCKS {Transport} session {Id}: no acceptable method offered", Transport, id);
+                _log.NoAcceptableMethod(Transport, id);
                 await LingerCloseAsync(client, reader).ConfigureAwait(false);
                 return null;
             }
@@ -168,7 +168,7 @@ public sealed class Socks5Listener : IAsyncDisposable
                 if (problem is not null)
                 {
                     _counters.SessionFailed();
-                    _log.LogInformation("SOCKS {Transport} session {Id}: {Problem}", Transport, id, problem);
+                    _log.SessionProblem(Transport, id, problem);
                     await LingerCloseAsync(client, reader).ConfigureAwait(false);
                     return null;
                 }
@@ -187,12 +187,12 @@ public sealed class Socks5Listener : IAsyncDisposable
         catch (OperationCanceledException) when (!abort.IsCancellationRequested)
         {
             _counters.SessionFailed();
-            _log.LogInformation("SOCKS {Transport} session {Id}: handshake not finished within {Seconds} s", Transport, id, _limits.HandshakeTimeout.TotalSeconds);
+            _log.HandshakeTimeout(Transport, id, _limits.HandshakeTimeout.TotalSeconds);
             return null;
         }
         catch (EndOfStreamException)
         {
-            _log.LogDebug("SOCKS {Transport} session {Id}: client closed during the handshake", Transport, id);
+            _log.ClosedInHandshake(Transport, id);
             return null;
         }
     }
@@ -280,14 +280,14 @@ public sealed class Socks5Listener : IAsyncDisposable
                 await upstream.DisposeAsync().ConfigureAwait(false);
                 throw;
             }
-            _log.LogDebug("SOCKS {Transport} session {Id} connected to {Destination}", Transport, id, destination);
+            _log.Connected(Transport, id, destination);
             return (upstream, leftover);
     }
 
     private async Task<(Stream, byte[]?)?> RefuseAsync(NetworkStream client, PipeReader reader, Socks5Error error, long id, bool socks4 = false)
     {
         _counters.SessionFailed();
-        _log.LogInformation("SOCKS{Version} {Transport} session {Id} refused (reply 0x{Reply:x2}): {Message}", socks4 ? "4" : "5", Transport, id, error.Reply, error.Message);
+        _log.Refused(socks4 ? "4" : "5", Transport, id, error.Reply, error.Message);
         byte[] reply = new byte[22];
         // A refused greeting is answered with "no acceptable methods" (05 FF); every later message with a reply.
         // SOCKS4 has one failure code (91) for everything.

@@ -14,17 +14,22 @@ public static class Hostile
     public static async Task<List<(Socket Socket, TimeSpan Started)>> OpenAsync(IPEndPoint target, int count, byte[] first, Stopwatch clock)
     {
         using var gate = new SemaphoreSlim(64);
-        return [.. await Task.WhenAll(Enumerable.Range(0, count).Select(async _ =>
+        return [.. await Task.WhenAll(Enumerable.Range(0, count).Select(async i =>
         {
             await gate.WaitAsync();
+            var s = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+            var started = clock.Elapsed;
             try
             {
-                var s = new Socket(target.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-                var started = clock.Elapsed;
                 using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
                 await s.ConnectAsync(target, cts.Token);
                 if (first.Length > 0) await s.SendAsync(first, SocketFlags.None);
                 return (s, started);
+            }
+            catch (SocketException e)
+            {
+                s.Dispose();
+                throw new IOException($"connection {i + 1} of {count} to {target}: {e.SocketErrorCode} {(clock.Elapsed - started).TotalSeconds:0.00} s after it started", e);
             }
             finally { gate.Release(); }
         }))];
@@ -32,6 +37,28 @@ public static class Hostile
 
     /// <summary>What one attacking connection saw: whether the far end ended it, after how long, and the first bytes it got.</summary>
     public readonly record struct Cut(bool Ended, double HeldSeconds, byte[] Received);
+
+    /// <summary>
+    /// Opens <paramref name="count"/> connections that the listener is expected to cut at once (over a
+    /// limit), and waits for each cut. A reset that arrives before the connect or the first send has
+    /// completed is that cut, seen early: on a fast machine the listener's RST can beat the client.
+    /// </summary>
+    public static async Task<List<Cut>> OpenOverLimitAsync(IPEndPoint target, int count, byte[] first, Stopwatch clock, TimeSpan within)
+    {
+        return [.. await Task.WhenAll(Enumerable.Range(0, count).Select(async _ =>
+        {
+            var started = clock.Elapsed;
+            try
+            {
+                var opened = await OpenAsync(target, 1, first, clock);
+                return (await AwaitCutsAsync(opened, clock, within))[0];
+            }
+            catch (IOException e) when (e.InnerException is SocketException { SocketErrorCode: SocketError.ConnectionReset or SocketError.ConnectionAborted or SocketError.Shutdown })
+            {
+                return new Cut(true, (clock.Elapsed - started).TotalSeconds, []);
+            }
+        }))];
+    }
 
     /// <summary>Reads each connection until the far end ends it (EOF or reset) or <paramref name="within"/> passes; disposes it.</summary>
     public static async Task<List<Cut>> AwaitCutsAsync(IEnumerable<(Socket Socket, TimeSpan Started)> attackers, Stopwatch clock, TimeSpan within)

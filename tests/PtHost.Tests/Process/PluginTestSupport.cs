@@ -17,9 +17,22 @@ internal static class PluginBuild
 
     private static string RepoRoot => PtHostExecutable.RepoRoot;
 
-    /// <summary><c>dotnet build tests/fixtures/XorTransport -c Release -o &lt;temp&gt;</c>, once, after pthost is published
-    /// (both build src/PtHost.Contract in Release; running them one after the other keeps them off each other's files).</summary>
+    /// <summary>
+    /// The fixture plugin built as a plugin written elsewhere would be: <c>dotnet pack src/PtHost.Contract</c>
+    /// into a folder, then <c>dotnet build tests/fixtures/XorTransport -c Release -o &lt;temp&gt;</c> against that
+    /// package (docs/writing-a-transport.md); once, after pthost is published (all three build
+    /// src/PtHost.Contract in Release; one after the other keeps them off each other's files).
+    /// </summary>
     private static readonly Lazy<Task<string>> s_plugin = new(BuildPluginAsync);
+
+    /// <summary>The package version this run packs the contract as: unique, so no package cache can hand back an older contract.</summary>
+    public static readonly string ContractVersion = "0.0.0-plugintest." + Guid.NewGuid().ToString("N")[..12];
+
+    /// <summary>The folder the contract package is packed into (the plugin build's package source).</summary>
+    public static readonly string ContractFeed = NewTempDirectory("feed");
+
+    /// <summary>The plugin build's intermediate directory (its <c>project.assets.json</c> names what it compiled against).</summary>
+    public static readonly string PluginIntermediates = NewTempDirectory("obj");
 
     public static Task<string> PluginDirectory => s_plugin.Value;
 
@@ -65,9 +78,34 @@ internal static class PluginBuild
     private static async Task<string> BuildPluginAsync()
     {
         _ = PtHostExecutable.Path;
+        await DotnetCommand.RunAsync("pack", Path.Combine(RepoRoot, "src", "PtHost.Contract"), ContractFeed, "PackageVersion=" + ContractVersion).ConfigureAwait(false);
         string output = NewTempDirectory("plugins");
-        await DotnetCommand.RunAsync("build", Path.Combine(RepoRoot, "tests", "fixtures", "XorTransport"), output).ConfigureAwait(false);
+        // Packages restored for this build, and its obj/, go to the scratch directory (the run's unique contract
+        // version would otherwise pile up in the user's package cache); the other packages come from that cache.
+        await DotnetCommand.RunAsync("build", Path.Combine(RepoRoot, "tests", "fixtures", "XorTransport"), output,
+            [.. PackageProperties(), "BaseIntermediateOutputPath=" + PluginIntermediates + Path.DirectorySeparatorChar]).ConfigureAwait(false);
         return output;
+    }
+
+    /// <summary>
+    /// <c>dotnet test tests/fixtures/XorTransport.Tests</c>: the plugin's own tests, built against the contract
+    /// package this run packed (after <see cref="PluginDirectory"/>, which packs it); throws with their output when any fails.
+    /// </summary>
+    public static async Task RunPluginOwnTestsAsync()
+    {
+        await PluginDirectory.ConfigureAwait(false);
+        await DotnetCommand.RunAsync("test", Path.Combine(RepoRoot, "tests", "fixtures", "XorTransport.Tests"), NewTempDirectory("plugin-tests"),
+            PackageProperties()).ConfigureAwait(false);
+    }
+
+    /// <summary>The contract package of this run, as the fixtures' project files take it; other packages from the user's cache.</summary>
+    private static string[] PackageProperties()
+    {
+        string cache = Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } set
+            ? set
+            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
+        return ["PtHostContractFeed=" + ContractFeed, "PtHostContractVersion=" + ContractVersion,
+            "RestorePackagesPath=" + Path.Combine(Scratch, "packages"), "RestoreFallbackFolders=" + cache];
     }
 }
 

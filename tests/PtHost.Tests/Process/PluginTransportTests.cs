@@ -28,6 +28,24 @@ public class PluginTransportTests
     }
 
     [Fact]
+    public async Task The_plugin_is_built_against_the_contract_package_packed_from_src_PtHost_Contract()
+    {
+        string dir = await PluginBuild.PluginDirectory;
+        Assert.Single(Directory.GetFiles(PluginBuild.ContractFeed, "PtHost.Contract." + PluginBuild.ContractVersion + ".nupkg"));
+        Assert.Contains("PtHost.Fixtures.XorTransport.dll", Directory.GetFiles(dir).Select(Path.GetFileName));
+        // The restore's assets file names what the plugin compiled against: the package this run packed, not a project.
+        var libraries = (JObject)JObject.Parse(await File.ReadAllTextAsync(Path.Combine(PluginBuild.PluginIntermediates, "project.assets.json")))["libraries"]!;
+        var contract = Assert.Single(libraries.Properties(), p => p.Name.StartsWith("PtHost.Contract/", StringComparison.Ordinal));
+        Assert.Equal("PtHost.Contract/" + PluginBuild.ContractVersion, contract.Name);
+        Assert.Equal("package", (string?)contract.Value["type"]);
+    }
+
+    [Fact]
+    public async Task The_plugins_own_tests_pass_against_the_contract_package() =>
+        // tests/fixtures/XorTransport.Tests (docs/writing-a-transport.md §9): dotnet test fails this test with their output.
+        await PluginBuild.RunPluginOwnTestsAsync();
+
+    [Fact]
     public async Task One_MiB_echoes_through_client_and_server_processes()
     {
         await using var pair = await XorPair.StartAsync(Key);

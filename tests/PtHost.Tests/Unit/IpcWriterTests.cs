@@ -101,8 +101,18 @@ public class IpcWriterTests
     [Fact]
     public void Log_line_quotes_the_message()
     {
-        _writer.Log("notice", "connected to 192.0.2.1:443");
-        Assert.Equal("LOG SEVERITY=notice MESSAGE=\"connected to 192.0.2.1:443\"\n", Written);
+        _writer.Log("notice", "connected to the relay");
+        Assert.Equal("LOG SEVERITY=notice MESSAGE=\"connected to the relay\"\n", Written);
+    }
+
+    [Fact]
+    public void Log_line_scrubs_addresses_unless_unsafe_logging_is_on()
+    {
+        _writer.Log("notice", "connected to 192.0.2.1:443 via [2001:db8::1]:80");
+        _writer.UnsafeLogging = true;
+        _writer.Log("notice", "connected to 192.0.2.1:443 via [2001:db8::1]:80");
+        Assert.Equal("LOG SEVERITY=notice MESSAGE=\"connected to [scrubbed] via [scrubbed]\"\n" +
+                     "LOG SEVERITY=notice MESSAGE=\"connected to 192.0.2.1:443 via [2001:db8::1]:80\"\n", Written);
     }
 
     [Fact]

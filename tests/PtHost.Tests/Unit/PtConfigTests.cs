@@ -204,6 +204,15 @@ public class PtConfigTests
     public void Loglevel_other_than_the_listed_names_is_refused(string fragment) =>
         Assert.Equal("loglevel", Refused("{" + Client + "," + fragment + "}").Key);
 
+    [Fact]
+    public void Unsafe_logging_is_off_unless_set_true()
+    {
+        Assert.False(Parse("{" + Client + "}").UnsafeLogging);
+        Assert.True(Parse("{" + Client + ",'unsafe-logging':true}").UnsafeLogging);
+        Assert.False(Parse("{" + Client + ",'unsafe-logging':false}").UnsafeLogging);
+        Assert.Equal("unsafe-logging", Refused("{" + Client + ",'unsafe-logging':'yes'}").Key);
+    }
+
     [Theory]
     [InlineData("true", true)]
     [InlineData("false", false)]
@@ -454,13 +463,13 @@ public class PtConfigTests
         string dir = Directory.CreateTempSubdirectory("pthost-unit-").FullName;
         try
         {
-            var client = JObject.Parse("{\"ptversion\":\"2\",\"role\":\"client\",\"transports\":[\"plain\"],\"proxylistenaddr\":\"127.0.0.1:0\",\"options\":{\"plain\":{}},\"state\":\"s\",\"exit-on-stdin-close\":true,\"loglevel\":\"debug\",\"proxy\":\"socks5://127.0.0.1:1080\",\"public-frontends\":false}");
+            var client = JObject.Parse("{\"ptversion\":\"2\",\"role\":\"client\",\"transports\":[\"plain\"],\"proxylistenaddr\":\"127.0.0.1:0\",\"options\":{\"plain\":{}},\"state\":\"s\",\"exit-on-stdin-close\":true,\"loglevel\":\"debug\",\"unsafe-logging\":false,\"proxy\":\"socks5://127.0.0.1:1080\",\"public-frontends\":false}");
             client["plugindir"] = dir;
             client["turn"] = JObject.Parse("{\"realm\":\"r\",\"users\":{\"u\":\"p\"}}");
             PtConfig.FromObject(client);
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"bindaddr\":{},\"target\":\"a.example:1\"}"));
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"allow\":[]}"));
-            Assert.Equal(15, PtConfig.Keys.Length);
+            Assert.Equal(16, PtConfig.Keys.Length);
         }
         finally { Directory.Delete(dir, true); }
     }
