@@ -18,7 +18,11 @@ packages=(curl ca-certificates
   # RUD: X25519 through the system OpenSSL (libcrypto.so.3)
   libssl3
   # Python adapter (src/adapters/python): Debian's python3 with venv, and an offline pip build backend
-  python3 python3-venv python3-setuptools python3-wheel)
+  python3 python3-venv python3-setuptools python3-wheel
+  # NativeAOT pthost: the native linker (gcc, above) and Debian's zlib (UseSystemZlib)
+  zlib1g-dev
+  # Debian package (packaging/deb): dpkg-shlibdeps and objcopy, lintian, systemd-analyze, man for its Documentation check
+  dpkg-dev binutils lintian systemd man-db)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,8 +35,16 @@ if ((${#missing[@]})); then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Two builds (packaging/README.md): the framework-dependent out/pthost (plugins, the shape of the dotnet
+# tool) and the NativeAOT out-aot/pthost (the Debian package). Every process test runs the NativeAOT one,
+# except the plugin tests, which need the framework-dependent one (spec/ipc.md §8.5); the adapters too.
 dotnet publish src/PtHost -c Release -o out --nologo -v q
-export PTHOST_EXE="$PWD/out/pthost"
+dotnet publish src/PtHost -c Release -r linux-x64 -p:PublishAot=true -o out-aot --nologo -v q
+export PTHOST_EXE="$PWD/out-aot/pthost" PTHOST_FD_EXE="$PWD/out/pthost"
+# The dotnet tool package, installed offline by tests/PtHost.Tests/Process/DotnetToolTests.cs.
+rm -rf artifacts/tool
+dotnet pack src/PtHost -c Release -p:PackAsTool=true -o artifacts/tool --nologo -v q
+export PTHOST_TOOL_SOURCE="$PWD/artifacts/tool"
 
 dotnet build PtHost.sln -c Release --nologo -v q
 

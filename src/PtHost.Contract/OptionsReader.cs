@@ -93,7 +93,7 @@ public sealed class OptionsReader
     public static string Child(string path, string key) =>
         key.Length > 0 && key.All(c => char.IsAsciiLetterOrDigit(c) || c is '_' or '-')
             ? (path.Length == 0 ? key : $"{path}.{key}")
-            : $"{path}[{new JValue(key).ToString(Newtonsoft.Json.Formatting.None)}]";
+            : $"{path}[{StrictJson.Write(new JValue(key))}]";
 
     /// <summary>Whether <paramref name="key"/> is present (with any value, null included).</summary>
     public bool Has(string key) => _object.ContainsKey(key);
@@ -242,7 +242,7 @@ public sealed class OptionsReader
         JTokenType.String => "a string",
         JTokenType.Null => "null",
         JTokenType.Boolean => (bool)token ? "true" : "false",
-        JTokenType.Integer or JTokenType.Float => "the number " + token.ToString(Newtonsoft.Json.Formatting.None),
+        JTokenType.Integer or JTokenType.Float => "the number " + StrictJson.Write(token),
         _ => token.Type.ToString(),
     };
 

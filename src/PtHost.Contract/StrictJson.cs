@@ -74,6 +74,59 @@ public static class StrictJson
     public static JObject ParseObject(string text) =>
         Parse(text) as JObject ?? throw new StrictJsonException("", "not a JSON object");
 
+    /// <summary>
+    /// The JSON text of <paramref name="token"/>, exactly as Newtonsoft's <c>JToken.ToString(Formatting)</c>
+    /// writes it (same escaping, same numbers; indented: two spaces, <c>"name": value</c>). Use this,
+    /// not <c>ToString</c>: <c>JToken.WriteTo</c> can hand values to Newtonsoft's reflection-based
+    /// serializer, which a NativeAOT build cannot carry (packaging/README.md); this walk writes every
+    /// token through <see cref="Newtonsoft.Json.JsonTextWriter"/>'s primitive writers only.
+    /// </summary>
+    public static string Write(JToken token, bool indented = false)
+    {
+        using var text = new StringWriter(CultureInfo.InvariantCulture);
+        using (var writer = new Newtonsoft.Json.JsonTextWriter(text) { Formatting = indented ? Newtonsoft.Json.Formatting.Indented : Newtonsoft.Json.Formatting.None })
+            WriteToken(writer, token);
+        return text.ToString();
+    }
+
+    private static void WriteToken(Newtonsoft.Json.JsonTextWriter writer, JToken token)
+    {
+        switch (token)
+        {
+            case JObject o:
+                writer.WriteStartObject();
+                foreach (var p in o.Properties())
+                {
+                    writer.WritePropertyName(p.Name);
+                    WriteToken(writer, p.Value);
+                }
+                writer.WriteEndObject();
+                break;
+            case JArray a:
+                writer.WriteStartArray();
+                foreach (var item in a) WriteToken(writer, item);
+                writer.WriteEndArray();
+                break;
+            case JValue v:
+                switch (v.Value)
+                {
+                    case null: writer.WriteNull(); break;
+                    case string s: writer.WriteValue(s); break;
+                    case bool b: writer.WriteValue(b); break;
+                    case long l: writer.WriteValue(l); break;
+                    case int i: writer.WriteValue(i); break;
+                    case double d: writer.WriteValue(d); break;
+                    case BigInteger n: writer.WriteRawValue(n.ToString(CultureInfo.InvariantCulture)); break;
+                    // Tokens built in code from other CLR values (dates, GUIDs, ...): their invariant text, as a string.
+                    case IFormattable f: writer.WriteValue(f.ToString(null, CultureInfo.InvariantCulture)); break;
+                    case var other: writer.WriteValue(other.ToString()); break;
+                }
+                break;
+            default:
+                throw new ArgumentException($"cannot write a {token.Type} token as JSON", nameof(token));
+        }
+    }
+
     /// <summary>The token's value when it is an integer that fits in 64 bits.</summary>
     public static bool TryGetInt64(JToken? token, out long value)
     {

@@ -1,8 +1,8 @@
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Hosting.Systemd;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Console;
-using Newtonsoft.Json;
 using Newtonsoft.Json.Linq;
 using PtHost.Configuration;
 using PtHost.Contract;
@@ -194,8 +194,12 @@ public static class Program
     {
         var builder = CreateHostBuilder(level, unsafeLogging);
         builder.Services.AddSingleton(new IpcWriter(IpcWriter.Stdout()) { UnsafeLogging = unsafeLogging });
+        // Under systemd (Type=notify: NOTIFY_SOCKET set), READY=1 once every listener is bound and logs with
+        // journald priorities (packaging/deb/systemd, spec/ipc.md §2.4).
+        var notifier = new SystemdNotifier();
+        if (notifier.IsEnabled) builder.Logging.AddSystemdConsole(o => o.UseUtcTimestamp = false);
         builder.Services.AddSingleton(sp => new RelayHost(service, arguments, sp.GetRequiredService<IpcWriter>(),
-            sp.GetRequiredService<IHostApplicationLifetime>(), sp.GetRequiredService<ILoggerFactory>()));
+            sp.GetRequiredService<IHostApplicationLifetime>(), sp.GetRequiredService<ILoggerFactory>(), notifier.IsEnabled ? notifier : null));
         builder.Services.AddHostedService(sp => sp.GetRequiredService<RelayHost>());
         using var host = builder.Build();
         var relay = host.Services.GetRequiredService<RelayHost>();
@@ -237,7 +241,12 @@ public static class Program
     {
         using var loggers = LoggerFactory.Create(b => ConfigureLogging(b, LogLevel.Warning));
         var registry = new TransportRegistry();
-        if (pluginDirectory is not null)
+        if (pluginDirectory is not null && !PluginSupport.IsSupported)
+        {
+            Console.Error.WriteLine($"pthost: generate-config: --plugindir: {PluginSupport.Unsupported}");
+            return ExitCodes.Config;
+        }
+        if (pluginDirectory is not null && PluginSupport.IsSupported)
         {
             if (!Directory.Exists(pluginDirectory)) return CommandLine.UsageError("generate-config", $"--plugindir \"{pluginDirectory}\" is not a directory");
             if (Plugins.PluginDirectory.Problem(pluginDirectory) is { } unsafeDirectory) return CommandLine.UsageError("generate-config", $"--plugindir: {unsafeDirectory}");
@@ -255,7 +264,7 @@ public static class Program
             var server = transport.CreateServerFactory(context);
             var generated = server.GenerateConfiguration();
             var result = new JObject { ["client"] = generated.Client, ["server"] = generated.Server };
-            Console.Out.WriteLine(result.ToString(Formatting.Indented));
+            Console.Out.WriteLine(StrictJson.Write(result, indented: true));
             return ExitCodes.Ok;
         }
         catch (Exception e) when (e is not OutOfMemoryException)

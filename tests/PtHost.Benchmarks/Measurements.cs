@@ -24,6 +24,17 @@ public sealed class Context
     public int ConnConcurrency { get; init; }
     public int IdleSessions { get; init; }
     public int StartupRuns { get; init; }
+    /// <summary>The NativeAOT pthost (<c>--pthost-aot PATH</c>); published into artifacts/bench/pthost-aot on first use when not given.</summary>
+    public string? PtHostAot { get; set; }
+    public string? RepoRoot { get; init; }
+
+    public async Task<string> NativeAotPtHostAsync()
+    {
+        if (PtHostAot is not null) return PtHostAot;
+        if (RepoRoot is null) throw new InvalidOperationException("no NativeAOT pthost: give --pthost-aot PATH (cannot find PtHost.sln to publish one)");
+        PtHostAot = await Sys.PublishPtHostAsync(RepoRoot, Path.Combine(RepoRoot, "artifacts", "bench", "pthost-aot"), Say, "-r", "linux-x64", "-p:PublishAot=true").ConfigureAwait(false);
+        return PtHostAot;
+    }
 
     private int _stateCounter;
     public string NewStateDir()
@@ -300,23 +311,54 @@ public static class Measurements
         return r.ExitCode == 0 ? ms : throw new InvalidOperationException($"pthost --version exited {r.ExitCode}: {r.StderrTail}");
     }
 
-    /// <summary>Process start → <c>CMETHODS DONE</c> (client) or <c>SMETHODS DONE</c> (server) read on stdout, in ms.</summary>
-    public static async Task<double> StartupOnceAsync(Context ctx, bool server)
+    /// <summary>
+    /// Process start → <c>CMETHODS DONE</c> (client) or <c>SMETHODS DONE</c> (server) read on stdout, in ms,
+    /// of <paramref name="pthost"/> (either build), and its VmRSS at that moment in MB.
+    /// </summary>
+    public static async Task<(double Ms, double RssMb)> StartupOnceAsync(Context ctx, string pthost, bool server)
     {
         string state = ctx.NewStateDir();
         if (server)
         {
-            var (child, _, t) = await Chain.StartServerAsync(ctx.PtHost, state, "127.0.0.1:9", null).ConfigureAwait(false);
+            var (child, _, t) = await Chain.StartServerAsync(pthost, state, "127.0.0.1:9", null).ConfigureAwait(false);
+            double rss = Sys.StatusKiB(child.Pid, "VmRSS") / 1024.0;
             await child.DisposeAsync().ConfigureAwait(false);
-            return t.TotalMilliseconds;
+            return (t.TotalMilliseconds, rss);
         }
         else
         {
             // Nothing listens on the server address (a port held but refusing); the client does not dial it until a SOCKS request.
             using var nowhere = new RefusingPort();
-            var (child, _, t) = await Chain.StartClientAsync(ctx.PtHost, state, nowhere.Port, null).ConfigureAwait(false);
+            var (child, _, t) = await Chain.StartClientAsync(pthost, state, nowhere.Port, null).ConfigureAwait(false);
+            double rss = Sys.StatusKiB(child.Pid, "VmRSS") / 1024.0;
             await child.DisposeAsync().ConfigureAwait(false);
-            return t.TotalMilliseconds;
+            return (t.TotalMilliseconds, rss);
+        }
+    }
+
+    /// <summary>
+    /// The reference: obfs4proxy as Tor starts it (PT 1.0 managed mode, client, obfs4), process start →
+    /// <c>CMETHODS DONE</c> on its stdout, in ms.
+    /// </summary>
+    public static async Task<double> Obfs4proxyStartupAsync(Context ctx, string obfs4proxy)
+    {
+        var env = new Dictionary<string, string?>
+        {
+            ["TOR_PT_MANAGED_TRANSPORT_VER"] = "1",
+            ["TOR_PT_CLIENT_TRANSPORTS"] = "obfs4",
+            ["TOR_PT_STATE_LOCATION"] = ctx.NewStateDir(),
+            ["TOR_PT_EXIT_ON_STDIN_CLOSE"] = "1",
+        };
+        var child = Child.Start("obfs4proxy", obfs4proxy, [], env);
+        try
+        {
+            var (done, _) = await child.WaitForLineAsync(l => l == "CMETHODS DONE", Chain.StartTimeout,
+                l => l.StartsWith("CMETHOD-ERROR", StringComparison.Ordinal) || l.StartsWith("ENV-ERROR", StringComparison.Ordinal)).ConfigureAwait(false);
+            return Stopwatch.GetElapsedTime(child.StartTimestamp, done).TotalMilliseconds;
+        }
+        finally
+        {
+            await child.DisposeAsync().ConfigureAwait(false);
         }
     }
 }

@@ -15,6 +15,7 @@ public static class Program
           --svg FILE       where to write the chart (default: the JSON file's name with .svg)
           --reps N         repetitions of each measurement (default 3, --quick 1); medians are reported
           --pthost PATH    use this pthost executable instead of publishing src/PtHost
+          --pthost-aot PATH the NativeAOT pthost for the startup scenario (default: publish one with -p:PublishAot=true)
           --only LIST      comma-separated scenario names (see below; default all)
           --strict         exit 3 when a target is missed
           --pthost-env K=V add an environment variable to every pthost started (repeatable; for experiments)
@@ -30,7 +31,7 @@ public static class Program
         int? reps = null;
         string jsonPath = "bench-results.json";
         string? svgPath = null;
-        string? pthost = null;
+        string? pthost = null, pthostAot = null;
         HashSet<string>? only = null;
         for (int i = 0; i < args.Length; i++)
         {
@@ -47,6 +48,7 @@ public static class Program
                     i++;
                     break;
                 case "--pthost" when i + 1 < args.Length: pthost = Path.GetFullPath(args[++i]); break;
+                case "--pthost-aot" when i + 1 < args.Length: pthostAot = Path.GetFullPath(args[++i]); break;
                 case "--only" when i + 1 < args.Length: only = [.. args[++i].Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)]; break;
                 case "--pthost-env" when i + 1 < args.Length && args[i + 1].Contains('='):
                     var kv = args[++i].Split('=', 2);
@@ -107,10 +109,13 @@ public static class Program
                 pthost = await Sys.PublishPtHostAsync(repo, Path.Combine(repo, "artifacts", "bench", "pthost"), Say).ConfigureAwait(false);
             }
             else if (!File.Exists(pthost)) { Console.Error.WriteLine($"bench: {pthost} does not exist"); return 66; }
+            if (pthostAot is not null && !File.Exists(pthostAot)) { Console.Error.WriteLine($"bench: {pthostAot} does not exist"); return 66; }
 
             var ctx = new Context
             {
                 PtHost = pthost,
+                PtHostAot = pthostAot,
+                RepoRoot = repo,
                 WorkDir = work,
                 Say = Say,
                 Repetitions = reps ?? (quick ? 1 : 3),

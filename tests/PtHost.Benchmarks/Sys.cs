@@ -105,14 +105,14 @@ public static partial class Sys
     }
 
     /// <summary>dotnet publish src/PtHost -c Release -o OUT; returns OUT/pthost.</summary>
-    public static async Task<string> PublishPtHostAsync(string repo, string outDir, Action<string> say)
+    public static async Task<string> PublishPtHostAsync(string repo, string outDir, Action<string> say, params string[] extra)
     {
         string dotnet = Which("dotnet")
             ?? (Environment.GetEnvironmentVariable("DOTNET_ROOT") is { } root && File.Exists(Path.Combine(root, "dotnet")) ? Path.Combine(root, "dotnet") : null)
             ?? throw new InvalidOperationException("dotnet not found on PATH (or give --pthost PATH)");
         say($"publishing pthost to {outDir}");
-        var r = await Child.RunAsync(dotnet, ["publish", Path.Combine(repo, "src", "PtHost"), "-c", "Release", "-o", outDir, "--nologo", "-v", "quiet"],
-            TimeSpan.FromMinutes(10)).ConfigureAwait(false);
+        var r = await Child.RunAsync(dotnet, ["publish", Path.Combine(repo, "src", "PtHost"), "-c", "Release", "-o", outDir, "--nologo", "-v", "quiet", .. extra],
+            TimeSpan.FromMinutes(15)).ConfigureAwait(false);
         if (r.ExitCode != 0)
             throw new InvalidOperationException($"dotnet publish exited {r.ExitCode}: {Tail(r.Stdout, 2000)} {r.StderrTail}");
         string exe = Path.Combine(outDir, "pthost");

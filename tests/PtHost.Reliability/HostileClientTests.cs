@@ -469,10 +469,12 @@ public class HostileClientTests(ITestOutputHelper output)
     /// <summary>
     /// Floods on the rud server process's UDP port from 100 source ports: Hellos (first contact is off
     /// in PtHost, §12), Exchanges with random keys (the mezzanine fails) and Completes with forged
-    /// tokens. The server answers none (probe resistance, §4.3) and keeps no state; then 200 valid
-    /// Exchanges that are never confirmed: beyond 128 unconfirmed connections the server answers with a
-    /// stateless Defer instead of creating state (§4.4). SOCKS sessions through rud work meanwhile;
-    /// memory stays bounded and the sockets are those of the baseline.
+    /// tokens. The server answers no Hello and no Complete (probe resistance, §4.3) and keeps no state;
+    /// the flood's rate (and the unconfirmed connections before it) make it answer Exchanges with a
+    /// 35-byte stateless Defer (§4.4), never with anything else. Before the flood, 200 valid Exchanges
+    /// that are never confirmed: beyond 128 unconfirmed connections the server answers with a Defer
+    /// instead of creating state (§4.4). SOCKS sessions through rud work meanwhile; memory stays
+    /// bounded and the sockets are those of the baseline.
     /// </summary>
     [Fact]
     public async Task Rud_hello_and_exchange_floods_get_no_state_and_the_stateless_challenge_bounds_unconfirmed_connections()
@@ -487,48 +489,6 @@ public class HostileClientTests(ITestOutputHelper output)
         var target = chain.ServerEndPoint;
         byte[] serverKey = Convert.FromBase64String(chain.ServerStartup.Single(l => l.StartsWith("SMETHOD rud ", StringComparison.Ordinal)).Split("key=")[1].Split([' ', ','])[0].Replace("\\", "", StringComparison.Ordinal)); // PT args escape '='
 
-        // The flood.
-        const int Sources = 100, PerSource = 150;
-        long answers = 0;
-        var flood = Enumerable.Range(0, Sources).Select(i => Task.Run(async () =>
-        {
-            using var s = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
-            s.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-            s.Connect(target);
-            var packet = new byte[RudWire.HandshakeSize];
-            var rng = new Random(i);
-            for (int k = 0; k < PerSource; k++)
-            {
-                switch (k % 3)
-                {
-                    case 0: RudWire.WriteHello(packet, (ulong)rng.NextInt64(1, long.MaxValue)); break;
-                    case 1:
-                    case 2:
-                        {
-                            var eph = new byte[X25519.KeySize];
-                            rng.NextBytes(eph);
-                            var token = new byte[24];
-                            rng.NextBytes(token);
-                            int at = RudWire.WriteExchangePlaintext(packet, k % 3 == 2, (ulong)rng.NextInt64(1, long.MaxValue), eph, k % 3 == 2 ? token : []);
-                            rng.NextBytes(packet.AsSpan(at, RudWire.MezzanineSize));
-                            break;
-                        }
-                }
-                await s.SendAsync(packet, SocketFlags.None);
-                if (k % 50 == 49) await Task.Delay(5); // the flood's pace (a pause every 50 packets lets 100 senders share the machine with the server), not a wait for anything
-            }
-            // Whatever came back (nothing is expected).
-            var buf = new byte[2048];
-            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(1));
-            try { while (true) { await s.ReceiveAsync(buf, SocketFlags.None, cts.Token); Interlocked.Increment(ref answers); } }
-            catch (OperationCanceledException) { }
-        })).ToList();
-        var during = Task.Run(async () => { for (int i = 0; i < 3; i++) await Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 256 * 1024); });
-        await Task.WhenAll([.. flood, during]);
-        long rssFlood = ProcStats.RssBytes(pid);
-        output.WriteLine($"{Sources * PerSource} Hello/Exchange/Complete packets from {Sources} ports with unusable keys or tokens: {answers} answers; server RSS {rss0 >> 20} → {rssFlood >> 20} MiB");
-        Assert.Equal(0, answers);
-
         // Valid Exchanges (a real initiator's, each forwarded once from its own port) that are never confirmed.
         const int Unconfirmed = 200;
         await using var initiator = RudEndpoint.Bind(new IPEndPoint(IPAddress.Loopback, 0), new RudEndpointOptions { HandshakeTimeout = TimeSpan.FromSeconds(30) });
@@ -542,7 +502,8 @@ public class HostileClientTests(ITestOutputHelper output)
             {
                 var f = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
                 forwarders.Add(f);
-                f.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+                // Each from its own loopback address: a source prefix may hold 64 connections (§11).
+                f.Bind(new IPEndPoint(IPAddress.Parse($"127.3.{i / 200}.{i % 200 + 1}"), 0));
                 _ = initiator.ConnectAsync((IPEndPoint)f.LocalEndPoint!, serverKey, stop.Token).ContinueWith(t => t.Exception, TaskScheduler.Default);
                 var buf = new byte[2048];
                 using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20));
@@ -575,6 +536,60 @@ public class HostileClientTests(ITestOutputHelper output)
         Assert.Equal(Unconfirmed, completes + defers);
         Assert.InRange(completes, 120, exchanging.Elapsed < TimeSpan.FromSeconds(25) ? 130 : Unconfirmed - 1);
         Assert.True(defers > 0, "no Defer: the stateless challenge never engaged");
+        // The flood.
+        const int Sources = 100, PerSource = 150;
+        long answers = 0, defers0 = 0, answerBytes = 0, exchangesSent = 0;
+        var flood = Enumerable.Range(0, Sources).Select(i => Task.Run(async () =>
+        {
+            using var s = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+            s.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            s.Connect(target);
+            var packet = new byte[RudWire.HandshakeSize];
+            var rng = new Random(i);
+            for (int k = 0; k < PerSource; k++)
+            {
+                switch (k % 3)
+                {
+                    case 0: RudWire.WriteHello(packet, (ulong)rng.NextInt64(1, long.MaxValue)); break;
+                    case 1:
+                    case 2:
+                        {
+                            var eph = new byte[X25519.KeySize];
+                            rng.NextBytes(eph);
+                            var token = new byte[24];
+                            rng.NextBytes(token);
+                            int at = RudWire.WriteExchangePlaintext(packet, k % 3 == 2, (ulong)rng.NextInt64(1, long.MaxValue), eph, k % 3 == 2 ? token : []);
+                            rng.NextBytes(packet.AsSpan(at, RudWire.MezzanineSize));
+                            break;
+                        }
+                }
+                await s.SendAsync(packet, SocketFlags.None);
+                if (k % 3 == 1) Interlocked.Increment(ref exchangesSent);
+                if (k % 50 == 49) await Task.Delay(5); // the flood's pace (a pause every 50 packets lets 100 senders share the machine with the server), not a wait for anything
+            }
+            // Whatever came back (nothing is expected).
+            var buf = new byte[2048];
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(1));
+            try
+            {
+                while (true)
+                {
+                    int n = await s.ReceiveAsync(buf, SocketFlags.None, cts.Token);
+                    Interlocked.Add(ref answerBytes, n);
+                    if (n > RudWire.IdSize && buf[RudWire.IdSize] == PacketType.Defer) Interlocked.Increment(ref defers0);
+                    else Interlocked.Increment(ref answers);
+                }
+            }
+            catch (OperationCanceledException) { }
+        })).ToList();
+        var during = Task.Run(async () => { for (int i = 0; i < 3; i++) await Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 256 * 1024); });
+        await Task.WhenAll([.. flood, during]);
+        long rssFlood = ProcStats.RssBytes(pid);
+        output.WriteLine($"{Sources * PerSource} Hello/Exchange/Complete packets from {Sources} ports with unusable keys or tokens: {defers0} Defers ({answerBytes} bytes) to {exchangesSent} Exchanges, {answers} other answers; server RSS {rss0 >> 20} → {rssFlood >> 20} MiB");
+        Assert.Equal(0, answers);
+        Assert.InRange(defers0, 0, exchangesSent);
+        Assert.True(answerBytes <= defers0 * 35, $"{answerBytes} bytes in {defers0} Defers");
+
         int sock1 = await ProcStats.WaitForSocketsAtMostAsync(pid, sock0 + 2, TimeSpan.FromSeconds(15));
         output.WriteLine($"rud server: sockets/pipes {sock0} → {sock1}");
         Assert.True(sock1 <= sock0 + 2, ProcStats.FdSummary(pid));

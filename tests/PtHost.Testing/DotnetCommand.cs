@@ -2,13 +2,13 @@ using System.Diagnostics;
 
 namespace PtHost.Testing;
 
-/// <summary><c>dotnet build|publish|pack PROJECT -c Release -o OUTPUT [-p:NAME=VALUE ...]</c> from a test run (pthost itself, the contract package, the fixture plugin).</summary>
+/// <summary><c>dotnet build|publish|pack|test PROJECT -c Release -o OUTPUT [EXTRA...]</c> from a test run (pthost itself, the contract package, the fixture plugin, the tool package).</summary>
 public static class DotnetCommand
 {
-    public static readonly TimeSpan Timeout = TimeSpan.FromMinutes(5);
+    public static readonly TimeSpan Timeout = TimeSpan.FromMinutes(10); // a NativeAOT publish on a busy 2-core machine takes 3-4
 
-    /// <param name="properties">MSBuild properties, each as <c>NAME=VALUE</c>.</param>
-    public static async Task RunAsync(string verb, string project, string output, params string[] properties)
+    /// <param name="extra">Further arguments as given, e.g. <c>-p:NAME=VALUE</c>.</param>
+    public static async Task RunAsync(string verb, string project, string output, params string[] extra)
     {
         var psi = new ProcessStartInfo(DotnetExecutable())
         {
@@ -20,7 +20,7 @@ public static class DotnetCommand
         };
         foreach (string a in new[] { verb, project, "-c", "Release", "-o", output, "--disable-build-servers", "-nologo", "-clp:NoSummary" })
             psi.ArgumentList.Add(a);
-        foreach (string property in properties) psi.ArgumentList.Add("-p:" + property);
+        foreach (string a in extra) psi.ArgumentList.Add(a);
         // The test host may run under MSBuild-set variables; a nested build must not inherit them.
         foreach (string key in psi.Environment.Keys.Where(k => k.StartsWith("MSBuild", StringComparison.OrdinalIgnoreCase)).ToList())
             psi.Environment.Remove(key);
@@ -47,7 +47,7 @@ public static class DotnetCommand
         if (p.ExitCode != 0) throw new InvalidOperationException($"dotnet {verb} {project} exited {p.ExitCode}:\n{text}");
     }
 
-    private static string DotnetExecutable()
+    public static string DotnetExecutable()
     {
         string? host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH");
         return !string.IsNullOrEmpty(host) && File.Exists(host) ? host : "dotnet";

@@ -54,6 +54,9 @@ public sealed class PtProcess : IAsyncDisposable
     public static PtProcess StartPthostWithFdLimit(ulong fdLimit, params string[] args) =>
         Start(DebianPrograms.Require("/usr/bin/prlimit"), [$"--nofile={fdLimit}:{fdLimit}", "--", PtHostExecutable.Path, .. args], null);
 
+    /// <summary>The framework-dependent build: the one that loads managed plugins (spec/ipc.md §8.5).</summary>
+    public static PtProcess StartFrameworkDependent(params string[] args) => Start(PtHostExecutable.FrameworkDependentPath, args, null);
+
     public static PtProcess Start(string file, IEnumerable<string> args, IDictionary<string, string>? env, string? workingDirectory = null)
     {
         var psi = new ProcessStartInfo(file)

@@ -190,7 +190,7 @@ internal static class Pt1Wire
             string value = p.Value.Type switch
             {
                 Newtonsoft.Json.Linq.JTokenType.String => (string)p.Value!,
-                Newtonsoft.Json.Linq.JTokenType.Integer or Newtonsoft.Json.Linq.JTokenType.Float => p.Value.ToString(Newtonsoft.Json.Formatting.None),
+                Newtonsoft.Json.Linq.JTokenType.Integer or Newtonsoft.Json.Linq.JTokenType.Float => StrictJson.Write(p.Value),
                 Newtonsoft.Json.Linq.JTokenType.Boolean => (bool)p.Value ? "true" : "false",
                 _ => throw new SettingsException(p.Name, "must be a string, a number or a boolean (PT 1.0 arguments are text)"),
             };

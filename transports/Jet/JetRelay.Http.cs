@@ -2,7 +2,6 @@ using System.Security.Cryptography;
 using System.Text;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
-using Newtonsoft.Json;
 using Newtonsoft.Json.Linq;
 
 namespace PtHost.Transports.Jet;
@@ -176,7 +175,7 @@ public sealed partial class JetRelay
     {
         ctx.Response.StatusCode = status;
         ctx.Response.ContentType = "application/json";
-        return ctx.Response.WriteAsync(body.ToString(Formatting.None), ctx.RequestAborted);
+        return ctx.Response.WriteAsync(PtHost.Contract.StrictJson.Write(body), ctx.RequestAborted);
     }
 
     private Task ErrorAsync(HttpContext ctx, int status, string problem)

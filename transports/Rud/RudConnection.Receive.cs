@@ -32,6 +32,12 @@ public sealed partial class RudConnection
             _counters.Increment(ref _counters.Malformed);
             return;
         }
+        if (!CanTakeFrames(payload[hbLength..]))
+        {
+            // Reassembly limits (§8.3): not acknowledged, so the peer sends it again once there is room.
+            _counters.Increment(ref _counters.ReassemblyRefused);
+            return;
+        }
         if (switched)
         {
             _recvPrev?.Dispose();
@@ -43,28 +49,15 @@ public sealed partial class RudConnection
         }
         bool newLargest = !_rx.Any || n > _rx.Largest;
         bool outOfOrder = _rx.Any && n != _rx.Largest + 1;
-        if (newLargest && !from.Equals(Peer))
-        {
-            // Network agility (§7.1): follow the newest authenticated packet.
-            Peer = RudEndpoint.Copy(from);
-            _counters.Increment(ref _counters.Migrations);
-            // A new path may not carry what the old one did (§9.5).
-            _maxPacket = RudWire.MaxPacketSize;
-            _mtuProbing = false;
-            _mtuProbeAttempts = 0;
-            _mtuDone = !_ep.ProbesPathMtu;
-            _mtuNextProbe = now;
-            // What went to the old address is gone: probe at once instead of after a backed-off PTO.
-            _ptoCount = 0;
-            if (_bytesInFlight > 0) _lastAckElicitingSent = now - PtoDuration;
-        }
+        // Network agility (§7.1): another address is challenged first; the connection moves when it answers.
+        if (!from.Equals(Peer)) OnPacketFromOtherAddress(from, packet.Length, newLargest, now);
         _rx.Mark(n);
         if (newLargest) _largestRxTime = now;
         _lastReceive = now;
         if (!IsInitiator && !Confirmed) _ep.OnConfirmed(this);
         if (header.HasRetransmit) _counters.Increment(ref _counters.RetransmissionsReceived);
         if (header.HasAck) OnAck(header, payload.Slice(header.BitfieldOffset, header.BitfieldLength), now);
-        bool eliciting = ApplyFrames(payload, hbLength, now);
+        bool eliciting = ApplyFrames(payload, hbLength, from, now);
         if (IsClosed) return;
         if (eliciting)
         {
@@ -95,7 +88,40 @@ public sealed partial class RudConnection
         return true;
     }
 
-    private bool ApplyFrames(ReadOnlySpan<byte> payload, int start, long now)
+    /// <summary>Per stream a packet names: the highest end of its STREAM frames and the ranges they may add.</summary>
+    private readonly List<(ulong Id, ulong End, int Ranges)> _taking = [];
+
+    /// <summary>Whether every STREAM frame of a payload fits the reassembly limits (§8.3).</summary>
+    private bool CanTakeFrames(ReadOnlySpan<byte> frames)
+    {
+        _taking.Clear();
+        int pos = 0;
+        while (pos < frames.Length)
+        {
+            RudWire.TryReadFrame(frames, ref pos, out var f);
+            if (f.Type is not (FrameType.Stream or FrameType.StreamFinal) || f.DataLength == 0) continue;
+            ulong end = f.Offset + (ulong)f.DataLength;
+            int ranges = _streams.TryGetValue(f.StreamId, out var s) ? s.NewRanges(f.Offset, end) : 1;
+            int i = 0;
+            while (i < _taking.Count && _taking[i].Id != f.StreamId) i++;
+            if (i == _taking.Count) _taking.Add((f.StreamId, end, ranges));
+            else _taking[i] = (f.StreamId, Math.Max(end, _taking[i].End), _taking[i].Ranges + ranges);
+        }
+        long planned = 0;
+        foreach (var (id, end, ranges) in _taking)
+        {
+            if (_streams.TryGetValue(id, out var s))
+            {
+                if (!s.CanTake(end, ranges, ref planned)) return false;
+            }
+            else if (RudWire.StreamSide(id) != (IsInitiator ? 0 : 1) && end <= RudStream.Window
+                && (ranges > RudStream.MaxReceiveRanges || !RudStream.CanGrow(Rings, 0, 0, end, ref planned)))
+                return false; // a stream these frames would open
+        }
+        return true;
+    }
+
+    private bool ApplyFrames(ReadOnlySpan<byte> payload, int start, SocketAddress from, long now)
     {
         bool eliciting = false;
         int pos = start;
@@ -132,6 +158,12 @@ public sealed partial class RudConnection
                 case FrameType.Datagram:
                     DatagramStreamFor(f.StreamId)?.Deliver(payload.Slice(f.DataOffset, f.DataLength));
                     break;
+                case FrameType.PathChallenge:
+                    OnPathChallenge(payload.Slice(f.DataOffset, 8), from, now);
+                    break;
+                case FrameType.PathResponse:
+                    OnPathResponse(payload.Slice(f.DataOffset, 8), now);
+                    break;
             }
         }
         return eliciting;
@@ -147,6 +179,14 @@ public sealed partial class RudConnection
         ulong seq = RudWire.StreamSequence(id);
         var seen = _peerSeen[kind];
         if (seen.ContiguousFrom(seq) > seq) return null; // opened before and closed since
+        if (seq >= seen.ContiguousFrom(0) + MaxPeerStreams)
+        {
+            // A peer with at most 256 streams open never names one 256 above the lowest it has not opened
+            // (§8.1): refused without a trace, so the set of seen sequences stays small.
+            _control.Enqueue(new ControlFrame { Type = FrameType.ResetStream, StreamId = id, Code = 4 });
+            _counters.Increment(ref _counters.StreamsRefused);
+            return null;
+        }
         seen.Add(seq, seq + 1);
         if (_peerOpen >= MaxPeerStreams)
         {

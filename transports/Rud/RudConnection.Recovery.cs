@@ -238,6 +238,7 @@ public sealed partial class RudConnection
             if (++_mtuProbeAttempts >= MtuProbeAttempts) _mtuDone = true;
             else _mtuNextProbe = now + MtuRetryUs;
         }
+        OnPathTimer(now);
         if (_lossTime != 0 && now >= _lossTime) DetectLoss(now);
         else if (PtoAt is long pto && now >= pto)
         {
@@ -277,6 +278,7 @@ public sealed partial class RudConnection
         if (!IsEstablished) return IsInitiator ? Math.Min(HandshakeResendAt, HandshakeDeadline) : long.MaxValue;
         long t = _lastReceive + _ep.Options.IdleTimeout.Ticks / 10;
         if (_ackDeadline != 0) t = Math.Min(t, _ackDeadline);
+        t = Math.Min(t, PathWake);
         if (_mtuProbing) t = Math.Min(t, _mtuProbeDeadline);
         else if (!_mtuDone) t = Math.Min(t, Math.Max(_mtuNextProbe, now));
         if (_lossTime != 0) t = Math.Min(t, _lossTime);

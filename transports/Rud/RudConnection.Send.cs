@@ -200,4 +200,38 @@ public sealed partial class RudConnection
         _sendPhaseAcked = false;
         KeyUpdatesSent++;
     }
+
+    /// <summary>
+    /// Test hook (tests/PtHost.Reliability's attack tests forge what a key holder can send): a Data
+    /// packet whose payload is a header block without ACK followed by exactly <paramref name="frames"/>,
+    /// sealed with the next sent index into <paramref name="packet"/>; returns its length (§7.1's
+    /// <see cref="SealFrames"/>).
+    /// </summary>
+    internal int SealRawPacket(ReadOnlySpan<byte> frames, Span<byte> packet)
+    {
+        lock (Gate)
+        {
+            if (!IsEstablished || IsClosed) throw new InvalidOperationException("not established");
+            return SealFrames(frames, packet, _ep.Now());
+        }
+    }
+
+    /// <summary>Test hook: <see cref="SealRawPacket"/> sent to the peer's address; returns the packet's sent index.</summary>
+    internal ulong SendRawPacket(ReadOnlySpan<byte> frames)
+    {
+        var packet = new byte[RudWire.MaxReceiveSize];
+        lock (Gate)
+        {
+            ulong index = _nextSent;
+            int n = SealRawPacket(frames, packet);
+            _ep.SendTo(packet.AsSpan(0, n), Peer);
+            return index;
+        }
+    }
+
+    /// <summary>Test hook: whether the peer has acknowledged a packet with sent index at least <paramref name="index"/>.</summary>
+    internal bool AcknowledgedUpTo(ulong index)
+    {
+        lock (Gate) return _anyAcked && _largestAcked >= index;
+    }
 }

@@ -71,9 +71,10 @@ public sealed partial class RudConnection
     private readonly TaskCompletionSource _closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     internal readonly TaskCompletionSource Established = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    internal RudConnection(RudEndpoint endpoint, bool initiator, ulong localId, SocketAddress peer, long now)
+    internal RudConnection(RudEndpoint endpoint, bool initiator, ulong localId, SocketAddress peer, long now, RingAccount? sourceRings = null)
     {
         _ep = endpoint;
+        Rings = new RingAccount(RudEndpoint.ConnectionRingLimit, sourceRings ?? endpoint.Rings);
         Gate = endpoint.Gate;
         _counters = endpoint.Counters;
         IsInitiator = initiator;
@@ -84,6 +85,14 @@ public sealed partial class RudConnection
     }
 
     private readonly Bbr? _bbr;
+
+    /// <summary>The ring memory of this connection's streams (§8.3).</summary>
+    internal RingAccount Rings { get; }
+
+    /// <summary>Completes when some stream of the endpoint returns a ring (a writer held back by ring memory waits for it).</summary>
+    internal Task RingsReleased => _ep.RingsReleased;
+
+    internal void OnRingsReleased() => _ep.OnRingsReleased();
 
     // Path MTU probing (§9.5): the packet size in use, and the probe in flight (0: none).
     private int _maxPacket = RudWire.MaxPacketSize;
@@ -131,6 +140,8 @@ public sealed partial class RudConnection
     internal byte[]? Es;
     internal byte[]? ResponderCompleteBytes;
     internal EphemeralKeyId ReplayKey;
+    /// <summary>The source prefix state of a connection a peer opened (§11); null for initiators.</summary>
+    internal RudEndpoint.SourceState? Source;
 
     /// <summary>Installs the traffic keys (§5.3) and marks the connection established.</summary>
     internal void Establish(byte[] initiatorSecret, byte[] responderSecret, long now, long handshakeRtt = 0)

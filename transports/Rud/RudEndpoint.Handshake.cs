@@ -155,35 +155,46 @@ public sealed partial class RudEndpoint
         Counters.Increment(ref Counters.DefersSent);
     }
 
-    private void OnExchange(ReadOnlySpan<byte> p, SocketAddress from, long now)
+    /// <summary>
+    /// An Exchange or initiator Complete (§4.3). Runs on the receive thread without the endpoint's lock:
+    /// the lock is taken for the state checks (steps 3, 4 and the rate limits) and to create the connection
+    /// (steps 7, 8), never around the key agreements, so data packets and timers of every other connection
+    /// do not wait for them.
+    /// </summary>
+    private void OnExchange(ReadOnlySpan<byte> p, SocketAddress from)
     {
         if (!RudWire.TryParseExchange(p, out bool complete, out ulong initiatorId, out int ephAt, out int tokenAt, out int tokenLength, out int mezzAt))
         { Counters.Increment(ref Counters.HandshakeDropped); return; }
-        if (complete)
-        {
-            switch (_tokens.Check(p.Slice(tokenAt, tokenLength), ToEndPoint(from), initiatorId, WallMs()))
-            {
-                case TokenCheck.Invalid: Counters.Increment(ref Counters.TokenInvalid); return;
-                case TokenCheck.Expired:
-                    Counters.Increment(ref Counters.TokenExpired);
-                    SendDefer(initiatorId, from);
-                    return;
-            }
-        }
         var eph = p.Slice(ephAt, X25519.KeySize);
         var keyId = EphemeralKeyId.From(eph);
-        // A repeated Exchange of a live, unconfirmed connection: our Complete was lost (step 6).
-        if (_unconfirmedByKey.TryGetValue(keyId, out var existing) && !existing.IsClosed && existing.ResponderCompleteBytes is { } again)
+        var prefix = SourcePrefix.From(from);
+        lock (Gate)
         {
-            SendTo(again, from);
-            Counters.Increment(ref Counters.CompletesResent);
-            return;
+            long now = Now();
+            _handshakeLoad.OnExchange(now);
+            if (complete)
+            {
+                switch (_tokens.Check(p.Slice(tokenAt, tokenLength), ToEndPoint(from), initiatorId, WallMs()))
+                {
+                    case TokenCheck.Invalid: Counters.Increment(ref Counters.TokenInvalid); return;
+                    case TokenCheck.Expired:
+                        Counters.Increment(ref Counters.TokenExpired);
+                        SendDefer(initiatorId, from);
+                        return;
+                }
+            }
+            // A repeated Exchange of a live, unconfirmed connection: our Complete was lost (step 3).
+            if (ResendComplete(keyId, from)) return;
+            if (!complete && (Options.Challenge == ChallengePolicy.Always
+                || (Options.Challenge == ChallengePolicy.Load && (_unconfirmed > Options.LoadThreshold || _handshakeLoad.Raised(now)))))
+            {
+                SendDefer(initiatorId, from);
+                return;
+            }
+            if (!_handshakeLoad.TryTake(prefix, now)) { Counters.Increment(ref Counters.HandshakeRateLimited); return; }
         }
-        if (!complete && (Options.Challenge == ChallengePolicy.Always || (Options.Challenge == ChallengePolicy.Load && _unconfirmed > Options.LoadThreshold)))
-        {
-            SendDefer(initiatorId, from);
-            return;
-        }
+
+        // Steps 5 and 6, and the responder's half of §5.3, outside the lock.
         Span<byte> es = stackalloc byte[X25519.KeySize];
         if (!X25519.Agree(Options.StaticPrivateKey, eph, es)) { Counters.Increment(ref Counters.HandshakeDropped); return; }
         var km = RudKeys.MezzanineKey(es, eph, _staticPublic);
@@ -195,44 +206,68 @@ public sealed partial class RudEndpoint
             using var aead = new AesGcm(km, RudKeys.TagSize);
             aead.Decrypt(nonce, p.Slice(mezzAt, RudWire.MezzaninePlainSize), p.Slice(mezzAt + RudWire.MezzaninePlainSize, RudKeys.TagSize), mezz, p[..50]);
         }
-        catch (AuthenticationTagMismatchException) { Counters.Increment(ref Counters.AuthFailed); return; }
+        catch (AuthenticationTagMismatchException)
+        {
+            Counters.Increment(ref Counters.AuthFailed);
+            lock (Gate) _handshakeLoad.OnFailure(Now());
+            return;
+        }
         long stamp = BinaryPrimitives.ReadInt64BigEndian(mezz);
         if (Math.Abs(WallMs() - stamp) > (long)ReplayWindow.TotalMilliseconds || mezz[8] != 0) { Counters.Increment(ref Counters.HandshakeDropped); return; }
-        if (_replayCache.ContainsKey(keyId)) { Counters.Increment(ref Counters.Replayed); return; }
-        if (_replayCache.Count >= ReplayCacheLimit || _connections.Count >= Options.MaxConnections) { Counters.Increment(ref Counters.HandshakeDropped); return; }
-
-        var conn = new RudConnection(this, initiator: false, NewLocalId(), Copy(from), now)
-        {
-            RemoteId = initiatorId,
-            Mode = complete ? ExchangeMode.Deferred : ExchangeMode.Immediate,
-            RekeyInterval = Options.RekeyInterval,
-            ReplayKey = keyId,
-        };
         var sePrivate = X25519.GeneratePrivateKey();
         Span<byte> sePublic = stackalloc byte[X25519.KeySize];
         X25519.PublicKey(sePrivate, sePublic);
         Span<byte> ee = stackalloc byte[X25519.KeySize];
         if (!X25519.Agree(sePrivate, eph, ee)) { Counters.Increment(ref Counters.HandshakeDropped); return; }
         var (i, r) = RudKeys.TrafficSecrets(es, ee, eph, sePublic, _staticPublic);
-        conn.Establish(i, r, now);
-        var reply = new byte[RudWire.ResponderCompleteSize];
-        RudWire.WriteId(reply, initiatorId);
-        reply[RudWire.IdSize] = PacketType.ResponderComplete;
-        reply[RudWire.IdSize + 1] = RudWire.Version;
-        sePublic.CopyTo(reply.AsSpan(RudWire.IdSize + 2));
-        int aad = RudWire.IdSize + 2 + X25519.KeySize;
-        Span<byte> plain = stackalloc byte[RudWire.ResponderCompletePlainSize];
-        RudWire.WriteId(plain, conn.LocalId);
-        plain[RudWire.IdSize] = 0; // ticket length (§7.5)
-        conn.SealResponderComplete(reply.AsSpan(0, aad), plain, reply.AsSpan(aad));
-        conn.ResponderCompleteBytes = reply;
-        _connections.Add(conn.LocalId, conn);
-        _replayCache[keyId] = now + 2 * ReplayWindow.Ticks / 10;
-        _unconfirmedByKey[keyId] = conn;
-        _unconfirmed++;
-        Counters.Increment(ref Counters.HandshakesAccepted);
-        SendTo(reply, from);
-        if (!_incoming.Writer.TryWrite(conn)) conn.CloseLocked(1, "accept queue full", sendClose: true);
+
+        lock (Gate)
+        {
+            long now = Now();
+            if (ResendComplete(keyId, from)) return; // a copy of this Exchange was accepted meanwhile
+            if (_replay.Refuses(keyId, stamp)) { Counters.Increment(ref Counters.Replayed); return; }
+            if (_connections.Count >= Options.MaxConnections || (_sources.TryGetValue(prefix, out var known) && known.Connections >= ConnectionsPerSource))
+            { Counters.Increment(ref Counters.HandshakeDropped); return; }
+            var source = Source(from);
+
+            var conn = new RudConnection(this, initiator: false, NewLocalId(), Copy(from), now, source.Rings)
+            {
+                Source = source,
+                RemoteId = initiatorId,
+                Mode = complete ? ExchangeMode.Deferred : ExchangeMode.Immediate,
+                RekeyInterval = Options.RekeyInterval,
+                ReplayKey = keyId,
+            };
+            conn.Establish(i, r, now);
+            var reply = new byte[RudWire.ResponderCompleteSize];
+            RudWire.WriteId(reply, initiatorId);
+            reply[RudWire.IdSize] = PacketType.ResponderComplete;
+            reply[RudWire.IdSize + 1] = RudWire.Version;
+            sePublic.CopyTo(reply.AsSpan(RudWire.IdSize + 2));
+            int aad = RudWire.IdSize + 2 + X25519.KeySize;
+            Span<byte> plain = stackalloc byte[RudWire.ResponderCompletePlainSize];
+            RudWire.WriteId(plain, conn.LocalId);
+            plain[RudWire.IdSize] = 0; // ticket length (§7.5)
+            conn.SealResponderComplete(reply.AsSpan(0, aad), plain, reply.AsSpan(aad));
+            conn.ResponderCompleteBytes = reply;
+            _connections.Add(conn.LocalId, conn);
+            source.Connections++;
+            _replay.Add(keyId, stamp);
+            _unconfirmedByKey[keyId] = conn;
+            _unconfirmed++;
+            Counters.Increment(ref Counters.HandshakesAccepted);
+            SendTo(reply, from);
+            if (!_incoming.Writer.TryWrite(conn)) conn.CloseLocked(1, "accept queue full", sendClose: true);
+        }
+    }
+
+    /// <summary>Sends the stored Complete again when <paramref name="keyId"/> is that of a live, unconfirmed connection (§4.3 step 3). Caller holds <see cref="Gate"/>.</summary>
+    private bool ResendComplete(EphemeralKeyId keyId, SocketAddress from)
+    {
+        if (!_unconfirmedByKey.TryGetValue(keyId, out var existing) || existing.IsClosed || existing.ResponderCompleteBytes is not { } again) return false;
+        SendTo(again, from);
+        Counters.Increment(ref Counters.CompletesResent);
+        return true;
     }
 
     internal void OnConfirmed(RudConnection conn)
@@ -245,10 +280,13 @@ public sealed partial class RudEndpoint
 
     internal void Forget(RudConnection conn)
     {
-        if (_connections.Remove(conn.LocalId) && !conn.IsInitiator && !conn.Confirmed)
+        if (!_connections.Remove(conn.LocalId)) return;
+        if (!conn.IsInitiator && !conn.Confirmed)
         {
             _unconfirmed--;
             _unconfirmedByKey.Remove(conn.ReplayKey);
         }
+        if (conn.Source is { } source && --source.Connections == 0 && source.Rings.Used == 0)
+            _sources.Remove(source.Prefix);
     }
 }

@@ -26,6 +26,19 @@ public sealed partial class RudEndpoint
             int n = receiver.Receive(socket, 100);
             if (n < 0) return;
             if (n == 0) continue;
+            // Exchanges first, outside the lock (their key agreements must not hold up data packets, §4.3).
+            for (int i = 0; i < n; i++)
+            {
+                var packet = receiver.Packet(i);
+                if (!IsExchange(packet)) continue;
+                receiver.Source(i, from);
+                try { OnExchange(packet, from); }
+                catch (Exception e) when (e is not OutOfMemoryException)
+                {
+                    Counters.Increment(ref Counters.InternalErrors);
+                    _log.PacketFailed(e, from);
+                }
+            }
             lock (Gate)
             {
                 long now = Now();
@@ -33,6 +46,7 @@ public sealed partial class RudEndpoint
                 {
                     var packet = receiver.Packet(i);
                     if (packet.Length > RudWire.MaxReceiveSize) { Counters.Increment(ref Counters.Malformed); continue; }
+                    if (IsExchange(packet)) continue;
                     receiver.Source(i, from);
                     try { OnPacket(packet, from, now); }
                     catch (Exception e) when (e is not OutOfMemoryException)
@@ -72,6 +86,11 @@ public sealed partial class RudEndpoint
         _touched.Clear();
     }
 
+    /// <summary>Whether the receive loop hands <paramref name="p"/> to <see cref="OnExchange"/> (a responder's Exchange or initiator Complete).</summary>
+    private bool IsExchange(ReadOnlySpan<byte> p) =>
+        _staticPublic is not null && p.Length >= RudWire.IdSize + 2 && p.Length <= RudWire.MaxReceiveSize && RudWire.ReadId(p) == 0
+        && p[RudWire.IdSize] is PacketType.Exchange or PacketType.InitiatorComplete;
+
     /// <summary>Routes one packet (§3); everything unusable is dropped and counted (§10).</summary>
     internal void OnPacket(ReadOnlySpan<byte> p, SocketAddress from, long now)
     {
@@ -84,7 +103,7 @@ public sealed partial class RudEndpoint
             {
                 case PacketType.Hello: OnHello(p, from, now); break;
                 case PacketType.Exchange:
-                case PacketType.InitiatorComplete: OnExchange(p, from, now); break;
+                case PacketType.InitiatorComplete: OnExchange(p, from); break;
                 default: Counters.Increment(ref Counters.Malformed); break;
             }
             return;
@@ -181,8 +200,8 @@ public sealed partial class RudEndpoint
                 if (now >= _nextPrune)
                 {
                     _nextPrune = now + 1_000_000;
-                    foreach (var (k, expiry) in _replayCache)
-                        if (expiry <= now) _replayCache.Remove(k);
+                    _replay.Prune(WallMs());
+                    _handshakeLoad.Prune(now);
                 }
                 wait = next - now;
             }

@@ -48,12 +48,17 @@ internal readonly record struct EphemeralKeyId(ulong A, ulong B, ulong C, ulong 
 /// </summary>
 public sealed partial class RudEndpoint : IAsyncDisposable
 {
+    /// <summary>Ring memory per connection, per source prefix (connections peers opened) and per endpoint (§8.3, §11).</summary>
+    public const long ConnectionRingLimit = 64L << 20, SourceRingLimit = 128L << 20, EndpointRingLimit = 256L << 20;
+    /// <summary>Connections peers of one source prefix may hold open at once (§11).</summary>
+    public const int ConnectionsPerSource = 64;
     private const int ReplayCacheLimit = 65_536;
     private static readonly TimeSpan ReplayWindow = TimeSpan.FromSeconds(120);
     private readonly ILogger _log;
     private readonly Dictionary<ulong, RudConnection> _connections = [];
     private readonly List<RudConnection> _iteration = [];
-    private readonly Dictionary<EphemeralKeyId, long> _replayCache = [];
+    private readonly ReplayCache _replay = new(ReplayCacheLimit, (long)ReplayWindow.TotalMilliseconds);
+    private readonly HandshakeLoad _handshakeLoad = new();
     private readonly Dictionary<EphemeralKeyId, RudConnection> _unconfirmedByKey = [];
     private readonly Channel<RudConnection> _incoming = Channel.CreateBounded<RudConnection>(new BoundedChannelOptions(256) { FullMode = BoundedChannelFullMode.DropWrite });
     private readonly SemaphoreSlim _wake = new(0, 1);
@@ -70,6 +75,43 @@ public sealed partial class RudEndpoint : IAsyncDisposable
     private long _nextPrune;
 
     internal readonly object Gate = new();
+
+    /// <summary>Ring memory of every stream of this endpoint (§8.3).</summary>
+    internal readonly RingAccount Rings = new(EndpointRingLimit, null);
+
+    /// <summary>Per source prefix: its connections and their ring memory (responders, §11).</summary>
+    private readonly Dictionary<SourcePrefix, SourceState> _sources = [];
+
+    internal sealed class SourceState(SourcePrefix prefix, RingAccount rings)
+    {
+        public SourcePrefix Prefix { get; } = prefix;
+        public RingAccount Rings { get; } = rings;
+        public int Connections;
+    }
+
+    private TaskCompletionSource? _ringsReleased;
+
+    /// <summary>Completes at the next return of a ring to the pool. Caller holds <see cref="Gate"/>.</summary>
+    internal Task RingsReleased => (_ringsReleased ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
+
+    internal void OnRingsReleased()
+    {
+        var w = _ringsReleased;
+        _ringsReleased = null;
+        w?.TrySetResult();
+    }
+
+    /// <summary>The state of <paramref name="source"/>'s prefix, made on first use. Caller holds <see cref="Gate"/>.</summary>
+    private SourceState Source(SocketAddress source)
+    {
+        var prefix = SourcePrefix.From(source);
+        if (!_sources.TryGetValue(prefix, out var state))
+        {
+            state = new SourceState(prefix, new RingAccount(SourceRingLimit, Rings));
+            _sources.Add(prefix, state);
+        }
+        return state;
+    }
     internal readonly byte[] ReceivePlain = new byte[RudWire.MaxReceiveSize];
     internal readonly byte[] SendPlain = new byte[RudWire.MaxReceiveSize];
     internal readonly byte[] SendPacketBuffer = new byte[RudWire.MaxReceiveSize];

@@ -121,11 +121,15 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
                 if (_error is not null) throw new IOException(_error.Message, _error);
                 if (_finRequested) throw new InvalidOperationException("the write side is shut down");
                 ulong space = Window - (_writeOffset - _sendBase);
-                if (space > 0)
+                int n = (int)Math.Min(space, (ulong)buffer.Length);
+                if (n > 0 && !TryEnsureRing(ref _sendRing, _sendBase, _writeOffset, _writeOffset + (ulong)n, force: false))
                 {
-                    int n = (int)Math.Min(space, (ulong)buffer.Length);
-                    _sendRing = EnsureRing(_sendRing, _sendBase, _writeOffset, _writeOffset + (ulong)n);
-                    CopyIn(_sendRing, _writeOffset, buffer.Span[..n]);
+                    // No room to grow (§8.3): write what the ring holds; more when acknowledgements free it.
+                    n = (int)Math.Min((ulong)n, (ulong)(_sendRing?.Length ?? 0) - (_writeOffset - _sendBase));
+                }
+                if (n > 0)
+                {
+                    CopyIn(_sendRing!, _writeOffset, buffer.Span[..n]);
                     _writeOffset += (ulong)n;
                     buffer = buffer[n..];
                     _conn.ScheduleSend(this);
@@ -133,7 +137,8 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
                     continue;
                 }
                 _writeWaiter ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                wait = _writeWaiter.Task;
+                // Held back by ring memory rather than the window: rings other streams return count too.
+                wait = space > 0 ? Task.WhenAny(_writeWaiter.Task, _conn.RingsReleased) : _writeWaiter.Task;
             }
             await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
         }
@@ -172,13 +177,20 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
                 if (!_appClosed)
                 {
                     _appClosed = true;
-                    // A graceful end of what was written; what still arrives is consumed and dropped.
-                    if (_error is null && !_finRequested) { _finRequested = true; _conn.ScheduleSend(this); }
-                    if (_error is null)
+                    if (_error is null && !ReceiveDone)
                     {
+                        // Closed while the peer may still send (§8.4): both directions are reset, as TCP answers
+                        // unread data with RST. The host closes so at its preamble limit (spec/session.md §3).
+                        _conn.QueueReset(this, 1);
+                        Fail(new IOException($"stream {Id} closed before the peer finished"));
+                    }
+                    else if (_error is null)
+                    {
+                        // A graceful end of what was written.
+                        if (!_finRequested) { _finRequested = true; _conn.ScheduleSend(this); }
                         _readOffset = _contiguous;
                         _received.Remove(0, _readOffset);
-                        MaybeOpenWindow();
+                        ReturnReceiveRing();
                     }
                     _conn.StreamMaybeFinished(this);
                 }
@@ -275,8 +287,9 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
         if (_error is not null) return;
         if (length > 0 && offset + (ulong)length > _sendBase)
         {
-            _lost.Add(Math.Max(offset, _sendBase), offset + (ulong)length);
-            for (int i = 0; i < _ackedAbove.Count; i++) _lost.Remove(_ackedAbove[i].Start, _ackedAbove[i].End);
+            ulong from = Math.Max(offset, _sendBase), to = offset + (ulong)length;
+            _lost.Add(from, to);
+            _lost.Subtract(_ackedAbove, from, to);
         }
         if (fin && !_finAcked) _finLost = true;
         if (HasSendWork) _conn.ScheduleSend(this);
@@ -304,8 +317,9 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
             if (_appClosed) { /* consumed and dropped */ }
             else
             {
-                _recvRing = EnsureRing(_recvRing, _readOffset, _readOffset + (ulong)(_recvRing?.Length ?? 0), end);
-                CopyIn(_recvRing, from, slice);
+                // CanTake allowed the growth before the packet was acknowledged (§8.3).
+                TryEnsureRing(ref _recvRing, _readOffset, _readOffset + (ulong)(_recvRing?.Length ?? 0), end, force: true);
+                CopyIn(_recvRing!, from, slice);
             }
             _received.Add(from, end);
             _contiguous = _received.ContiguousFrom(_readOffset);
@@ -355,8 +369,59 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
 
     internal void ReturnBuffers()
     {
-        if (_sendRing is not null) { RingPool.Return(_sendRing); _sendRing = null; }
-        if (_recvRing is not null) { RingPool.Return(_recvRing); _recvRing = null; }
+        if (_sendRing is not null)
+        {
+            _conn.Rings.Release(_sendRing.Length);
+            RingPool.Return(_sendRing);
+            _sendRing = null;
+            _conn.OnRingsReleased();
+        }
+        ReturnReceiveRing();
+    }
+
+    /// <summary>The receive ring goes back once nothing in it will be read (the application closed, the stream ended).</summary>
+    private void ReturnReceiveRing()
+    {
+        if (_recvRing is null) return;
+        _conn.Rings.Release(_recvRing.Length);
+        RingPool.Return(_recvRing);
+        _recvRing = null;
+        _conn.OnRingsReleased();
+    }
+
+    /// <summary>Most disjoint ranges of received data above the read offset a stream keeps (§8.3, §11).</summary>
+    public const int MaxReceiveRanges = 1024;
+
+    /// <summary>How many ranges a STREAM frame's bytes [offset, end) add to those kept (0 when they touch kept ones or are not kept).</summary>
+    internal int NewRanges(ulong offset, ulong end)
+    {
+        if (_error is not null || _appClosed || end <= _readOffset) return 0;
+        return Math.Max(0, _received.CountAfterAdd(Math.Max(offset, _readOffset), end) - _received.Count);
+    }
+
+    /// <summary>
+    /// Whether the STREAM frames of one packet, reaching <paramref name="end"/> and adding at most
+    /// <paramref name="newRanges"/> ranges, can be taken without breaking a limit of §8.3: the number of
+    /// disjoint ranges, and ring memory (<paramref name="planned"/> adds up the growth other streams of the
+    /// same packet need). A packet with frames that cannot be taken is dropped unacknowledged, so the peer
+    /// sends it again later. Frames that break flow control pass here and close the connection when applied.
+    /// </summary>
+    internal bool CanTake(ulong end, int newRanges, ref long planned)
+    {
+        if (_error is not null || _appClosed || end <= _readOffset || end > _advertisedMax) return true;
+        if (_received.Count + newRanges > MaxReceiveRanges) return false;
+        return CanGrow(_conn.Rings, _recvRing?.Length ?? 0, _readOffset, end, ref planned);
+    }
+
+    /// <summary>Whether a ring of <paramref name="capacity"/> bytes can grow to hold [readFrom, end); adds the growth to <paramref name="planned"/>.</summary>
+    internal static bool CanGrow(RingAccount account, int capacity, ulong readFrom, ulong end, ref long planned)
+    {
+        ulong need = end - readFrom;
+        if (need <= (ulong)capacity) return true;
+        long growth = RingPool.SizeFor((int)Math.Min(need, Window)) - capacity;
+        if (!account.CanCharge(planned + growth)) return false;
+        planned += growth;
+        return true;
     }
 
     private void MaybeOpenWindow()
@@ -376,19 +441,22 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
     }
 
     /// <summary>
-    /// A ring that holds stream offsets up to <paramref name="needEnd"/> from <paramref name="liveFrom"/>
-    /// (at most <see cref="Window"/> bytes, by flow control). Rings start at 64 KiB and double as a
+    /// Makes <paramref name="ring"/> hold stream offsets up to <paramref name="needEnd"/> from <paramref name="liveFrom"/>
+    /// (at most <see cref="Window"/> bytes, by flow control). Rings start at 16 KiB and double as a
     /// stream's data in flight grows, so an idle or slow stream holds little and only busy ones reach
     /// the full window; the bytes in [<paramref name="liveFrom"/>, <paramref name="liveTo"/>) move over.
+    /// Growth is charged to the connection's <see cref="RingAccount"/> (§8.3): false, and the ring as it
+    /// was, when it does not fit (unless <paramref name="force"/>: growth a check allowed earlier).
     /// </summary>
-    private static byte[] EnsureRing(byte[]? ring, ulong liveFrom, ulong liveTo, ulong needEnd)
+    private bool TryEnsureRing(ref byte[]? ring, ulong liveFrom, ulong liveTo, ulong needEnd, bool force)
     {
         ulong need = needEnd - liveFrom;
         int cap = ring?.Length ?? 0;
-        if (ring is not null && need <= (ulong)cap) return ring;
-        int size = Math.Max(InitialRing, cap);
-        while ((ulong)size < need) size *= 2;
-        var bigger = RingPool.Rent(Math.Min(size, Window));
+        if (ring is not null && need <= (ulong)cap) return true;
+        int size = RingPool.SizeFor((int)Math.Min(need, Window));
+        if (force) _conn.Rings.Charge(size - cap);
+        else if (!_conn.Rings.TryCharge(size - cap)) return false;
+        var bigger = RingPool.Rent(size);
         if (ring is not null)
         {
             int live = (int)Math.Min(liveTo - liveFrom, (ulong)cap);
@@ -396,12 +464,12 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
             int first = Math.Min(live, cap - at);
             CopyIn(bigger, liveFrom, ring.AsSpan(at, first));
             if (first < live) CopyIn(bigger, liveFrom + (ulong)first, ring.AsSpan(0, live - first));
-            RingPool.Return(ring);
-        }
-        return bigger;
-    }
+            RingPool.Return(ring); // its bytes stay charged: they are part of the bigger ring's
 
-    private const int InitialRing = 64 * 1024;
+        }
+        ring = bigger;
+        return true;
+    }
 
     private static void CopyIn(byte[] ring, ulong offset, ReadOnlySpan<byte> data)
     {

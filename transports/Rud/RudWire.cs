@@ -28,6 +28,8 @@ public static class FrameType
     public const byte Close = 0x07;
     public const byte Stream = 0x08;
     public const byte StreamFinal = 0x09;
+    public const byte PathChallenge = 0x0a;
+    public const byte PathResponse = 0x0b;
 }
 
 /// <summary>
@@ -162,6 +164,13 @@ public static class RudWire
                 return true;
             }
             case FrameType.Ping:
+                return true;
+            case FrameType.PathChallenge:
+            case FrameType.PathResponse:
+                if (payload.Length - pos < 8) return false;
+                frame.DataOffset = pos;
+                frame.DataLength = 8;
+                pos += 8;
                 return true;
             case FrameType.ResetStream:
                 return TryReadVarint(payload, ref pos, out frame.StreamId) && TryReadVarint(payload, ref pos, out frame.Code)

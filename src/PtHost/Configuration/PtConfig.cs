@@ -115,6 +115,8 @@ public sealed partial class PtConfig
             throw r.Fail("allow", "a free server (no \"target\") requires an explicit \"allow\" list of destinations");
         if (config.Role == Role.Server && config.Target is not null && config.Allow is not null)
             throw r.Fail("allow", "only a free server (no \"target\") takes an \"allow\" list");
+        if (config.PluginDirectory is not null && !Plugins.PluginSupport.IsSupported)
+            throw r.Fail("plugindir", Plugins.PluginSupport.Unsupported);
         if (config.PluginDirectory is not null && !Directory.Exists(config.PluginDirectory))
             throw r.Fail("plugindir", $"\"{config.PluginDirectory}\" is not a directory");
         if (config.PluginDirectory is not null && Plugins.PluginDirectory.Problem(config.PluginDirectory) is { } unsafeDirectory)

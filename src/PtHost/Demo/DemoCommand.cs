@@ -97,7 +97,7 @@ public static class DemoCommand
 
     private static System.Diagnostics.Process Spawn(string self, JObject config, string name)
     {
-        string json = config.ToString(Newtonsoft.Json.Formatting.None);
+        string json = PtHost.Contract.StrictJson.Write(config);
         Say($"starting {name}: pthost '{json}'");
         var psi = new ProcessStartInfo(self) { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         psi.ArgumentList.Add(json);

@@ -68,7 +68,7 @@ public sealed class HostRuntime : IHostedService
             if (_config.Role == Role.Client && _config.UpstreamProxy is not null) _ipc.ProxyDone();
         }
         WarnAboutCatchAlls();
-        if (_config.PluginDirectory is { } dir) _registry.LoadPlugins(dir, _log);
+        if (_config.PluginDirectory is { } dir && PluginSupport.IsSupported) _registry.LoadPlugins(dir, _log); // PtConfig refused plugindir otherwise
         var dialer = OutboundDialer.Create(_config);
         int started = 0;
         foreach (string name in _config.Transports)

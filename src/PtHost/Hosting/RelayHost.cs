@@ -1,5 +1,6 @@
 using System.Net.Sockets;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Hosting.Systemd;
 using Microsoft.Extensions.Logging;
 using PtHost.Contract;
 using PtHost.Ipc;
@@ -10,9 +11,11 @@ namespace PtHost.Hosting;
 /// One relay (<c>pthost relay NAME</c>, spec/ipc.md §2.4) as the host's service: creates and starts
 /// it, writes <c>LISTEN NAME ...</c> and then its <c>STATUS</c> lines on stdout, and closes it when
 /// the host stops (SIGTERM, SIGINT). A configuration it refuses ends the run with 78; a relay that
-/// cannot run here or cannot listen, with 69.
+/// cannot run here or cannot listen, with 69. Under systemd (<paramref name="systemd"/>) it sends
+/// READY=1 right after <c>LISTEN</c> (never when it fails to start) and STOPPING=1 when it stops.
 /// </summary>
-internal sealed class RelayHost(IRelayService service, RelayArguments arguments, IpcWriter ipc, IHostApplicationLifetime lifetime, ILoggerFactory loggers)
+internal sealed class RelayHost(IRelayService service, RelayArguments arguments, IpcWriter ipc, IHostApplicationLifetime lifetime, ILoggerFactory loggers,
+    ISystemdNotifier? systemd = null)
     : IHostedService
 {
     private readonly ILogger _log = loggers.CreateLogger("PtHost.Relay");
@@ -47,12 +50,14 @@ internal sealed class RelayHost(IRelayService service, RelayArguments arguments,
         }
         _listening = true;
         ipc.Listen(service.Name, _relay.ListenText);
+        systemd?.Notify(ServiceState.Ready);
         if (_relay.StatusInterval is { } every) _status = new Timer(_ => ipc.RelayStatus(_relay.StatusText()), null, every, every);
     }
 
     public async Task StopAsync(CancellationToken cancellationToken)
     {
         if (_listening) _log.LogInformation("stopping: closing the listeners");
+        if (_listening) systemd?.Notify(ServiceState.Stopping);
         if (_status is not null) await _status.DisposeAsync().ConfigureAwait(false);
         if (_relay is null) return;
         await _relay.DisposeAsync().ConfigureAwait(false);

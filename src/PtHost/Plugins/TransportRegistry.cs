@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Reflection;
 using System.Reflection.Metadata;
 using System.Reflection.PortableExecutable;
@@ -51,6 +52,8 @@ public sealed class TransportRegistry
         : null;
 
     /// <summary>Loads every assembly in <paramref name="directory"/> that references the contract and registers its transports.</summary>
+    /// <remarks>Only where <see cref="PluginSupport.IsSupported"/>: a plugin's types are found by reflection, which needs its metadata whole.</remarks>
+    [RequiresUnreferencedCode("Plugins are loaded from files and their transport types found by reflection (spec/ipc.md §8.2).")]
     public IReadOnlyList<string> LoadPlugins(string directory, ILogger log)
     {
         var loaded = new List<string>();
@@ -112,6 +115,7 @@ public sealed class TransportRegistry
         catch (Exception e) when (e is BadImageFormatException or IOException or UnauthorizedAccessException) { return false; }
     }
 
+    [RequiresUnreferencedCode("Loads plugin assemblies from files (spec/ipc.md §8.2).")]
     private sealed class PluginLoadContext(string directory) : AssemblyLoadContext("pthost-plugins:" + directory)
     {
         private static readonly HashSet<string> Shared = new(StringComparer.Ordinal)

@@ -8,7 +8,7 @@ using System.Threading.Channels;
 namespace PtHost.Tests.Process;
 
 /// <summary>
-/// Builds what the plugin process tests need, once per test run: a published pthost and the
+/// Builds what the plugin process tests need, once per test run: a published framework-dependent pthost and the
 /// XorTransport fixture plugin (tests/fixtures/XorTransport), built outside the solution.
 /// </summary>
 internal static class PluginBuild
@@ -77,13 +77,13 @@ internal static class PluginBuild
 
     private static async Task<string> BuildPluginAsync()
     {
-        _ = PtHostExecutable.Path;
-        await DotnetCommand.RunAsync("pack", Path.Combine(RepoRoot, "src", "PtHost.Contract"), ContractFeed, "PackageVersion=" + ContractVersion).ConfigureAwait(false);
+        _ = PtHostExecutable.FrameworkDependentPath;
+        await DotnetCommand.RunAsync("pack", Path.Combine(RepoRoot, "src", "PtHost.Contract"), ContractFeed, "-p:PackageVersion=" + ContractVersion).ConfigureAwait(false);
         string output = NewTempDirectory("plugins");
         // Packages restored for this build, and its obj/, go to the scratch directory (the run's unique contract
         // version would otherwise pile up in the user's package cache); the other packages come from that cache.
         await DotnetCommand.RunAsync("build", Path.Combine(RepoRoot, "tests", "fixtures", "XorTransport"), output,
-            [.. PackageProperties(), "BaseIntermediateOutputPath=" + PluginIntermediates + Path.DirectorySeparatorChar]).ConfigureAwait(false);
+            [.. PackageProperties(), "-p:BaseIntermediateOutputPath=" + PluginIntermediates + Path.DirectorySeparatorChar]).ConfigureAwait(false);
         return output;
     }
 
@@ -104,8 +104,8 @@ internal static class PluginBuild
         string cache = Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } set
             ? set
             : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
-        return ["PtHostContractFeed=" + ContractFeed, "PtHostContractVersion=" + ContractVersion,
-            "RestorePackagesPath=" + Path.Combine(Scratch, "packages"), "RestoreFallbackFolders=" + cache];
+        return ["-p:PtHostContractFeed=" + ContractFeed, "-p:PtHostContractVersion=" + ContractVersion,
+            "-p:RestorePackagesPath=" + Path.Combine(Scratch, "packages"), "-p:RestoreFallbackFolders=" + cache];
     }
 }
 

@@ -7,7 +7,8 @@ namespace PtHost.Tests.Process;
 /// <summary>
 /// End to end through real processes: a transport plugin built outside the solution
 /// (tests/fixtures/XorTransport) is loaded from <c>plugindir</c> by a published pthost, client and
-/// server, and carries traffic between them.
+/// server, and carries traffic between them. They run the framework-dependent build, the one that
+/// loads plugins (spec/ipc.md §8.5); the NativeAOT build's refusal is in NativeBuildTests.
 /// </summary>
 [Collection("process")]
 public class PluginTransportTests
@@ -118,7 +119,7 @@ public class PluginTransportTests
             ["exit-on-stdin-close"] = true,
         };
         if (options is not null) config["options"] = new JObject { ["xor"] = JToken.Parse(options) };
-        await using var client = PtProcess.StartPthost(config.ToString(Newtonsoft.Json.Formatting.None));
+        await using var client = PtProcess.StartFrameworkDependent(config.ToString(Newtonsoft.Json.Formatting.None));
         var lines = await client.ReadUntilDoneAsync();
         Assert.Equal("VERSION 2", lines[0]);
         Assert.Contains(lines, l => l.StartsWith("CMETHOD-ERROR xor ", StringComparison.Ordinal));
@@ -145,7 +146,7 @@ public class PluginTransportTests
             ["state"] = PluginBuild.NewTempDirectory("state"),
             ["exit-on-stdin-close"] = true,
         };
-        await using var server = PtProcess.StartPthost(config.ToString(Newtonsoft.Json.Formatting.None));
+        await using var server = PtProcess.StartFrameworkDependent(config.ToString(Newtonsoft.Json.Formatting.None));
         var lines = await server.ReadUntilDoneAsync();
         Assert.Contains(lines, l => l.StartsWith("SMETHOD-ERROR xor ", StringComparison.Ordinal) && l.Contains("key", StringComparison.Ordinal));
         Assert.DoesNotContain(lines, l => l.StartsWith("SMETHOD xor ", StringComparison.Ordinal));
@@ -164,7 +165,7 @@ public class PluginTransportTests
             ["state"] = PluginBuild.NewTempDirectory("state"),
             ["exit-on-stdin-close"] = true,
         };
-        await using var client = PtProcess.StartPthost(config.ToString(Newtonsoft.Json.Formatting.None));
+        await using var client = PtProcess.StartFrameworkDependent(config.ToString(Newtonsoft.Json.Formatting.None));
         var lines = await client.ReadUntilDoneAsync();
         Assert.Contains(lines, l => l.StartsWith("CMETHOD-ERROR xor ", StringComparison.Ordinal));
         Assert.Equal(69, await client.WaitForExitAsync());
@@ -211,7 +212,7 @@ public class PluginTransportTests
             try
             {
                 var options = new JObject { ["xor"] = new JObject { ["key"] = key } };
-                pair.Server = PtProcess.StartPthost(new JObject
+                pair.Server = PtProcess.StartFrameworkDependent(new JObject
                 {
                     ["role"] = "server",
                     ["transports"] = new JArray("xor"),
@@ -225,7 +226,7 @@ public class PluginTransportTests
                 string smethod = Assert.Single(serverLines, l => l.StartsWith("SMETHOD xor ", StringComparison.Ordinal));
                 pair.ServerEndPoint = IPEndPoint.Parse(smethod.Split(' ')[2]);
 
-                pair.Client = PtProcess.StartPthost(new JObject
+                pair.Client = PtProcess.StartFrameworkDependent(new JObject
                 {
                     ["role"] = "client",
                     ["transports"] = new JArray("xor"),

@@ -316,6 +316,39 @@ public class RudEndpointTests(ITestOutputHelper output)
         Assert.Equal(pair.Client.LocalEndPoint.Port, s.RemoteEndPoint.Port);
     }
 
+    /// <summary>
+    /// §7.1: an authenticated packet from another address (the client's own keys, sent from a third
+    /// socket) does not move the server's side; that address gets a PATH_CHALLENGE, within 3 × what it
+    /// sent, and the connection moves only when the challenge is answered: here the third socket passes
+    /// the challenge to the client, whose PATH_RESPONSE validates it.
+    /// </summary>
+    [Fact]
+    public async Task A_packet_from_another_address_moves_the_connection_only_after_the_challenge_is_answered()
+    {
+        await using var pair = Pair.Start(new RudEndpointOptions { PathMtuProbe = false }, new RudEndpointOptions { PathMtuProbe = false });
+        var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
+        var home = s.RemoteEndPoint;
+        using var other = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Dgram, System.Net.Sockets.ProtocolType.Udp);
+        other.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        var packet = new byte[RudWire.MaxReceiveSize];
+        int n = c.SealRawPacket([FrameType.Ping], packet);
+        other.SendTo(packet.AsSpan(0, n), pair.Server.LocalEndPoint);
+
+        using var cts = new CancellationTokenSource(Generous);
+        var buf = new byte[2048];
+        int got = await other.ReceiveAsync(buf, System.Net.Sockets.SocketFlags.None, cts.Token);
+        Assert.InRange(got, 1, 3 * n);
+        Assert.Equal(home, s.RemoteEndPoint); // not moved
+        Assert.Equal(1, pair.Server.Counters.PathChallengesSent);
+
+        // The challenge reaches the client (as if its path had changed to the other socket): it answers.
+        var serverAddress = pair.Server.LocalEndPoint.Serialize();
+        lock (pair.Client.Gate) pair.Client.OnPacket(buf.AsSpan(0, got), serverAddress, pair.Client.Now());
+        var moved = (IPEndPoint)other.LocalEndPoint!;
+        await Eventually.TrueAsync(() => s.RemoteEndPoint.Equals(moved), "the server following the validated address", Generous);
+        Assert.Equal(1, pair.Server.Counters.Migrations);
+    }
+
     [Fact]
     public async Task Keys_are_updated_during_a_transfer_and_the_bytes_survive()
     {

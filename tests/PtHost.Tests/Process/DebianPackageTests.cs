@@ -1,0 +1,246 @@
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Text.RegularExpressions;
+
+namespace PtHost.Tests.Process;
+
+/// <summary>
+/// packaging/deb/build.sh around the NativeAOT pthost: the package's contents, lintian, the units
+/// (systemd-analyze verify and security), a real dpkg install into a scratch root (dpkg --root), pthost
+/// demo from it, the relays started exactly as their units start them, and dpkg --purge leaving nothing.
+/// systemd is not PID 1 where these tests run (packaging/README.md), so no unit is started by systemd.
+/// </summary>
+[Collection("process")]
+public partial class DebianPackageTests
+{
+    private static readonly Lazy<Task<string>> s_deb = new(BuildAsync, LazyThreadSafetyMode.ExecutionAndPublication);
+    private static readonly string[] Relays = ["zephyr", "jet", "asport"];
+
+    private static async Task<string> BuildAsync()
+    {
+        string native = PtHostExecutable.NativeAotPath;
+        string output = Directory.CreateTempSubdirectory("pthost-deb-").FullName;
+        var r = await PtProcess.RunAsync("bash", [Path.Combine(PtHostExecutable.RepoRoot, "packaging", "deb", "build.sh"), "--binary", native, "--out", output], TimeSpan.FromMinutes(2));
+        Assert.True(r.Exit == 0, "build.sh: " + r.Stderr);
+        string deb = r.Stdout.Trim().Split('\n')[^1];
+        Assert.Matches(@"/pthost_\d+\.\d+\.\d+_amd64\.deb$", deb);
+        return deb;
+    }
+
+    [Fact]
+    public async Task The_package_holds_the_native_binary_the_man_page_completion_and_the_units()
+    {
+        string deb = await s_deb.Value;
+        var contents = await RunOkAsync("dpkg-deb", "--contents", deb);
+        var files = contents.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+            .Where(l => l.StartsWith('-'))
+            .Select(l => l[(l.IndexOf("./", StringComparison.Ordinal) + 1)..])
+            .Order(StringComparer.Ordinal).ToArray();
+        Assert.Equal(
+        [
+            "/etc/default/pthost-asport", "/etc/default/pthost-jet", "/etc/default/pthost-zephyr", "/etc/pthost/jet.json",
+            "/lib/systemd/system/pthost-asport.service", "/lib/systemd/system/pthost-jet.service", "/lib/systemd/system/pthost-zephyr.service",
+            "/usr/bin/pthost", "/usr/share/bash-completion/completions/pthost", "/usr/share/doc/pthost/changelog.gz",
+            "/usr/share/doc/pthost/copyright", "/usr/share/man/man1/pthost.1.gz",
+        ], files);
+        string depends = await RunOkAsync("dpkg-deb", "--field", deb, "Depends");
+        foreach (string library in new[] { "libc6", "zlib1g", "libngtcp2-9", "libngtcp2-crypto-gnutls2", "libgnutls30", "libssl3" })
+            Assert.Contains(library, depends, StringComparison.Ordinal);
+        Assert.DoesNotContain("dotnet", depends, StringComparison.Ordinal);
+        Assert.Equal("/etc/default/pthost-asport\n/etc/default/pthost-jet\n/etc/default/pthost-zephyr\n/etc/pthost/jet.json",
+            (await RunOkAsync("dpkg-deb", "--info", deb, "conffiles")).Trim());
+    }
+
+    [Fact]
+    public async Task The_man_page_names_every_command_relay_option_configuration_key_and_exit_code()
+    {
+        string man = (await File.ReadAllTextAsync(Path.Combine(PtHostExecutable.RepoRoot, "packaging", "deb", "pthost.1"))).Replace("\\-", "-", StringComparison.Ordinal);
+        string pthost = PtHostExecutable.NativeAotPath;
+        // Commands and relay options, from the executable's own --help.
+        foreach (string command in new[] { "generate-config", "demo", "relay", "--config", "--version", "--help" })
+            Assert.Contains(command, man, StringComparison.Ordinal);
+        foreach (string relay in Relays)
+        {
+            var help = await PtProcess.RunAsync(pthost, "relay", relay, "--help");
+            Assert.Equal(0, help.Exit);
+            var options = OptionName().Matches(help.Stdout).Select(m => m.Groups[1].Value).Distinct().ToList();
+            Assert.Contains("--listen", options);
+            foreach (string option in options) Assert.Contains(option, man, StringComparison.Ordinal);
+        }
+        // Configuration keys: the list pthost gives for an unknown key (spec/ipc.md §3.3).
+        await using (var p = PtProcess.Start(pthost, ["{\"role\":\"client\",\"transports\":[\"plain\"],\"bogus\":1}"], null))
+        {
+            Assert.Equal(78, await p.WaitForExitAsync());
+            string line = Assert.Single(p.StdoutLines);
+            string known = line[(line.IndexOf("(known: ", StringComparison.Ordinal) + "(known: ".Length)..^1];
+            foreach (string key in known.Split(", "))
+                Assert.Matches(@"(?m)^\.B " + Regex.Escape(key) + "$", man);
+        }
+        // Exit codes (spec/ipc.md §2.5).
+        foreach (string code in new[] { "0", "64", "69", "70", "73", "78" })
+            Assert.Matches(@"(?m)^\.TP\n\.B " + code + "$", man);
+    }
+
+    [GeneratedRegex(@"^\s+(--[a-z-]+)", RegexOptions.Multiline)]
+    private static partial Regex OptionName();
+
+    [Fact]
+    public async Task Lintian_reports_no_errors_and_no_warnings()
+    {
+        string deb = await s_deb.Value;
+        var r = await PtProcess.RunAsync("lintian", ["--pedantic", "--fail-on", "error,warning", deb], TimeSpan.FromMinutes(5));
+        var tags = r.Stdout.Split('\n').Where(l => l.StartsWith("E: ", StringComparison.Ordinal) || l.StartsWith("W: ", StringComparison.Ordinal)).ToList();
+        Assert.True(r.Exit == 0 && tags.Count == 0, $"lintian exit {r.Exit}:\n{r.Stdout}\n{r.Stderr}");
+    }
+
+    [Fact]
+    public async Task Each_unit_verifies_and_is_rated_at_most_2_0_by_systemd_analyze_security()
+    {
+        using var root = await ScratchRoot.InstallAsync(await s_deb.Value);
+        await root.AddSystemdOwnUnitsAsync();
+        foreach (string relay in Relays)
+        {
+            string unit = $"/lib/systemd/system/pthost-{relay}.service";
+            // verify resolves the unit's dependencies in the root (systemd's own targets beside ours), checks
+            // ExecStart's binary and the Documentation man page (MANPATH into the root). Parse problems are
+            // warnings with exit 0: stderr must stay empty.
+            var verify = await RunWithEnvironmentAsync("systemd-analyze", ["verify", "--root=" + root.Path, unit],
+                new Dictionary<string, string> { ["MANPATH"] = root.Path + "/usr/share/man" });
+            Assert.True(verify.Exit == 0 && verify.Stderr.Trim().Length == 0, $"verify {unit}: exit {verify.Exit}: {verify.Stderr}");
+
+            var security = await PtProcess.RunAsync("systemd-analyze", ["security", "--offline=true", "--no-pager", root.Path + unit], TimeSpan.FromMinutes(1));
+            var m = ExposureLine().Match(security.Stdout);
+            Assert.True(m.Success, security.Stdout + security.Stderr);
+            double exposure = double.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture);
+            Assert.True(exposure <= 2.0, $"pthost-{relay}.service exposure {exposure}");
+        }
+    }
+
+    [Fact]
+    public async Task Dpkg_installs_it_pthost_demo_runs_from_usr_bin_and_purge_leaves_no_file()
+    {
+        using var root = await ScratchRoot.InstallAsync(await s_deb.Value);
+        Assert.Contains("ii  pthost", await RunOkAsync("dpkg", "--root=" + root.Path, "-l", "pthost"), StringComparison.Ordinal);
+
+        var version = await PtProcess.RunAsync(root.Path + "/usr/bin/pthost", "--version");
+        Assert.Matches(@"^pthost \d+\.\d+\.\d+ \(commit ([0-9a-f]{12}|unknown)\)$", version.Stdout.Trim());
+        var demo = await PtProcess.RunAsync(root.Path + "/usr/bin/pthost", ["demo"], TimeSpan.FromMinutes(1));
+        Assert.True(demo.Exit == 0, demo.Stdout + demo.Stderr);
+        Assert.EndsWith("demo: demo OK", demo.Stdout.Trim(), StringComparison.Ordinal);
+
+        await RunOkAsync("dpkg", "--root=" + root.Path, "--force-script-chrootless", "--purge", "pthost");
+        Assert.Empty(root.FilesOutsideDpkg());
+    }
+
+    [Fact]
+    public async Task The_zephyr_and_jet_relays_serve_when_started_as_their_units_start_them()
+    {
+        using var root = await ScratchRoot.InstallAsync(await s_deb.Value);
+        // The operator's knob, /etc/default/pthost-RELAY: port 0 instead of the defaults (8888, 8080), which may be taken here.
+        await File.WriteAllTextAsync(root.Path + "/etc/default/pthost-zephyr", "PTHOST_ZEPHYR_OPTIONS=\"--listen 127.0.0.1:0\"\n");
+        await File.WriteAllTextAsync(root.Path + "/etc/default/pthost-jet", "PTHOST_JET_OPTIONS=\"--listen 127.0.0.1:0\"\n");
+
+        {
+            using var notify = new SystemdNotifyTests.NotifySocket();
+            await using var zephyr = root.StartUnit("zephyr", notify.Environment);
+            Assert.Equal("READY=1", await notify.ReceiveAsync(TimeSpan.FromSeconds(20)));
+            var listen = IPEndPoint.Parse((await zephyr.WaitForLineAsync("LISTEN zephyr ")).Split(' ')[2]);
+            using (var tcp = new TcpClient()) await tcp.ConnectAsync(listen);
+            zephyr.Signal(15);
+            Assert.Equal(0, await zephyr.WaitForExitAsync());
+            Assert.Contains(zephyr.StdoutLines, l => l.StartsWith("STATUS TRANSPORT=zephyr ", StringComparison.Ordinal) && l.Contains(" ACCEPTED=1 ", StringComparison.Ordinal));
+        }
+        {
+            using var notify = new SystemdNotifyTests.NotifySocket();
+            await using var jet = root.StartUnit("jet", notify.Environment);
+            Assert.Equal("READY=1", await notify.ReceiveAsync(TimeSpan.FromSeconds(20)));
+            string http = (await jet.WaitForLineAsync("LISTEN jet ")).Split(' ')[2];
+            using var client = new HttpClient();
+            string id = Guid.NewGuid().ToString();
+            using var response = await client.PostAsync($"http://{http}/jet/association/{id}", null);
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            Assert.Contains(id, await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+            jet.Signal(15);
+            Assert.Equal(0, await jet.WaitForExitAsync());
+        }
+    }
+
+    [GeneratedRegex(@"Overall exposure level for \S+: (\d+\.\d+) ")]
+    private static partial Regex ExposureLine();
+
+    private static async Task<string> RunOkAsync(string file, params string[] args)
+    {
+        var r = await PtProcess.RunAsync(file, args, TimeSpan.FromMinutes(2));
+        Assert.True(r.Exit == 0, $"{file} {string.Join(' ', args)}: exit {r.Exit}: {r.Stderr}");
+        return r.Stdout;
+    }
+
+    private static async Task<(int Exit, string Stdout, string Stderr)> RunWithEnvironmentAsync(string file, string[] args, Dictionary<string, string> env)
+    {
+        await using var p = PtProcess.Start(file, args, env);
+        int exit = await p.WaitForExitAsync(TimeSpan.FromMinutes(1));
+        return (exit, string.Join('\n', p.StdoutLines), p.Stderr);
+    }
+
+    /// <summary>
+    /// An empty root with its own dpkg database; the package is installed into it with
+    /// <c>dpkg --root</c> (maintainer scripts run on the host: --force-script-chrootless; the
+    /// root has no libraries, hence --force-depends). systemd's own units are copied beside ours
+    /// so that <c>systemd-analyze verify --root</c> can resolve the dependencies.
+    /// </summary>
+    private sealed class ScratchRoot : IDisposable
+    {
+        private ScratchRoot(string path) => Path = path;
+
+        public string Path { get; }
+
+        public static async Task<ScratchRoot> InstallAsync(string deb)
+        {
+            var root = new ScratchRoot(Directory.CreateTempSubdirectory("pthost-root-").FullName);
+            Directory.CreateDirectory(root.Path + "/var/lib/dpkg/info");
+            Directory.CreateDirectory(root.Path + "/var/lib/dpkg/updates");
+            await File.WriteAllTextAsync(root.Path + "/var/lib/dpkg/status", "");
+            await RunOkAsync("dpkg", "--root=" + root.Path, "--force-script-chrootless", "--force-depends", "--install", deb);
+            return root;
+        }
+
+        /// <summary>systemd's targets and slices (from the host's /lib/systemd/system), which our units depend on.</summary>
+        public Task AddSystemdOwnUnitsAsync() =>
+            RunOkAsync("sh", "-c", "cp -a /lib/systemd/system/*.target /lib/systemd/system/*.slice \"$1\"", "sh", Path + "/lib/systemd/system/");
+
+        /// <summary>Every file and directory left outside dpkg's own database.</summary>
+        public List<string> FilesOutsideDpkg() =>
+            Directory.EnumerateFileSystemEntries(Path, "*", SearchOption.AllDirectories)
+                .Select(f => f[Path.Length..])
+                .Where(f => f != "/var" && f != "/var/lib" && !f.StartsWith("/var/lib/dpkg", StringComparison.Ordinal))
+                .ToList();
+
+        /// <summary>
+        /// What systemd does with the unit's ExecStart (systemd.service(5), "Command lines"): the
+        /// EnvironmentFile's assignments, <c>$VAR</c> split into words, <c>${VAR}</c> one word; absolute
+        /// paths of the package taken inside the root. The unit's own file is the one installed.
+        /// </summary>
+        public PtProcess StartUnit(string relay, Dictionary<string, string> env)
+        {
+            var unit = File.ReadAllLines($"{Path}/lib/systemd/system/pthost-{relay}.service");
+            string execStart = Assert.Single(unit, l => l.StartsWith("ExecStart=", StringComparison.Ordinal))["ExecStart=".Length..];
+            string environmentFile = Assert.Single(unit, l => l.StartsWith("EnvironmentFile=-", StringComparison.Ordinal))["EnvironmentFile=-".Length..];
+            var variables = File.ReadAllLines(Path + environmentFile)
+                .Where(l => l.Length > 0 && l[0] != '#')
+                .Select(l => l.Split('=', 2))
+                .ToDictionary(kv => kv[0], kv => kv[1].Trim('"'));
+            var words = new List<string>();
+            foreach (string word in execStart.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            {
+                if (word.StartsWith("${", StringComparison.Ordinal)) words.Add(variables.GetValueOrDefault(word[2..^1], ""));
+                else if (word.StartsWith('$')) words.AddRange(variables.GetValueOrDefault(word[1..], "").Split(' ', StringSplitOptions.RemoveEmptyEntries));
+                else words.Add(word.StartsWith("/usr/", StringComparison.Ordinal) || word.StartsWith("/etc/", StringComparison.Ordinal) ? Path + word : word);
+            }
+            Assert.Equal(Path + "/usr/bin/pthost", words[0]);
+            return PtProcess.Start(words[0], words.Skip(1), env);
+        }
+
+        public void Dispose() => Directory.Delete(Path, true);
+    }
+}
