@@ -3,7 +3,7 @@ namespace PtHost.Contract;
 /// <summary>Thread-safe counters for one transport in one process.</summary>
 public sealed class TransportCounters
 {
-    private long _opened, _active, _failed, _bytesIn, _bytesOut;
+    private long _opened, _active, _failed, _bytesIn, _bytesOut, _spliceFallbacks;
 
     /// <summary>A session started (and is now active).</summary>
     public void SessionOpened() { Interlocked.Increment(ref _opened); Interlocked.Increment(ref _active); }
@@ -20,9 +20,18 @@ public sealed class TransportCounters
     /// <summary>Bytes sent towards the application side (client) or towards the transport (server).</summary>
     public void AddBytesOut(long n) => Interlocked.Add(ref _bytesOut, n);
 
+    /// <summary>
+    /// A session relayed bytes through pooled buffers because no pipe for splice(2) could be had
+    /// (counted once per session; spec/ipc.md §4.7 <c>SPLICE-FALLBACKS</c>).
+    /// </summary>
+    public void SpliceFallback() => Interlocked.Increment(ref _spliceFallbacks);
+
     /// <summary>A consistent-enough snapshot.</summary>
     public TransportStats Snapshot() => new(Volatile.Read(ref _opened), Volatile.Read(ref _active),
-        Volatile.Read(ref _failed), Volatile.Read(ref _bytesIn), Volatile.Read(ref _bytesOut));
+        Volatile.Read(ref _failed), Volatile.Read(ref _bytesIn), Volatile.Read(ref _bytesOut))
+    {
+        SpliceFallbacks = Volatile.Read(ref _spliceFallbacks),
+    };
 }
 
 /// <summary>A snapshot of a transport's counters.</summary>
@@ -31,4 +40,8 @@ public sealed class TransportCounters
 /// <param name="SessionsFailed">Sessions that could not be set up.</param>
 /// <param name="BytesIn">Bytes received (see <see cref="TransportCounters.AddBytesIn"/>).</param>
 /// <param name="BytesOut">Bytes sent.</param>
-public sealed record TransportStats(long SessionsOpened, long SessionsActive, long SessionsFailed, long BytesIn, long BytesOut);
+public sealed record TransportStats(long SessionsOpened, long SessionsActive, long SessionsFailed, long BytesIn, long BytesOut)
+{
+    /// <summary>Sessions that relayed through pooled buffers for want of a splice(2) pipe (see <see cref="TransportCounters.SpliceFallback"/>).</summary>
+    public long SpliceFallbacks { get; init; }
+}

@@ -7,18 +7,82 @@ namespace PtHost.Net;
 /// <summary>
 /// The destinations a free server may reach (spec/ipc.md §3.4): entries <c>ip</c>, <c>ip/prefix</c>,
 /// each optionally with <c>:port</c> (IPv6 in brackets: <c>[2001:db8::/32]:443</c>). IPv4-mapped IPv6
-/// addresses are compared as IPv4. An empty list allows nothing.
+/// addresses are compared as IPv4. An empty list allows nothing. <see cref="Refuse"/> is the rule
+/// every onward TCP connection and every UDP peer of a free server passes: an address in a
+/// special-purpose range is reached only through an entry inside that range, never a catch-all.
 /// </summary>
 public sealed class AllowList
 {
+    /// <summary>
+    /// Special-purpose ranges (RFC 6890 and the IANA registries), most specific first: a catch-all
+    /// never opens them (spec/ipc.md §3.4, spec/turn.md §6.1).
+    /// </summary>
+    public static readonly IReadOnlyList<(IPAddress Network, int Prefix, string Name)> SpecialRanges =
+    [
+        (IPAddress.Parse("0.0.0.0"), 8, "unspecified (\"this network\")"),
+        (IPAddress.Parse("10.0.0.0"), 8, "private"),
+        (IPAddress.Parse("100.64.0.0"), 10, "shared address space (CGN)"),
+        (IPAddress.Parse("127.0.0.0"), 8, "loopback"),
+        (IPAddress.Parse("169.254.0.0"), 16, "link-local"),
+        (IPAddress.Parse("172.16.0.0"), 12, "private"),
+        (IPAddress.Parse("192.0.0.0"), 24, "IETF protocol assignments"),
+        (IPAddress.Parse("192.168.0.0"), 16, "private"),
+        (IPAddress.Parse("198.18.0.0"), 15, "benchmarking"),
+        (IPAddress.Parse("224.0.0.0"), 4, "multicast"),
+        (IPAddress.Parse("240.0.0.0"), 4, "reserved or broadcast"),
+        (IPAddress.Parse("::"), 128, "unspecified"),
+        (IPAddress.Parse("::1"), 128, "loopback"),
+        (IPAddress.Parse("::"), 96, "IPv4-compatible"),
+        (IPAddress.Parse("::ffff:0:0:0"), 96, "IPv4-translated"),
+        (IPAddress.Parse("64:ff9b::"), 96, "NAT64"),
+        (IPAddress.Parse("64:ff9b:1::"), 48, "local-use NAT64"),
+        (IPAddress.Parse("fc00::"), 7, "unique local (private)"),
+        (IPAddress.Parse("fe80::"), 10, "link-local"),
+        (IPAddress.Parse("fec0::"), 10, "site-local (deprecated, private)"),
+        (IPAddress.Parse("ff00::"), 8, "multicast"),
+    ];
+
     private readonly Entry[] _entries;
 
-    private AllowList(Entry[] entries) => _entries = entries;
+    private AllowList(Entry[] entries, string[] texts)
+    {
+        _entries = entries;
+        CatchAlls = [.. texts.Where((_, i) => entries[i].Prefix == 0)];
+    }
 
     public int Count => _entries.Length;
 
-    public static AllowList Parse(IEnumerable<string> entries) => new(entries.Select(ParseEntry).ToArray());
+    /// <summary>The entries with prefix length 0 (<c>0.0.0.0/0</c>, <c>::/0</c>, with or without a port), as written.</summary>
+    public IReadOnlyList<string> CatchAlls { get; }
 
+    public static AllowList Parse(IEnumerable<string> entries)
+    {
+        var texts = entries.ToArray();
+        return new(texts.Select(ParseEntry).ToArray(), texts);
+    }
+
+    /// <summary>
+    /// Null when a free server may reach <paramref name="address"/>:<paramref name="port"/>; otherwise
+    /// why not (for logs and the refusal's message). IPv4-mapped addresses are judged as IPv4; an
+    /// address in one of <see cref="SpecialRanges"/> needs an entry inside that range (spec/ipc.md §3.4).
+    /// </summary>
+    public string? Refuse(IPAddress address, int port)
+    {
+        if (address.IsIPv4MappedToIPv6) address = address.MapToIPv4();
+        foreach (var (network, prefix, name) in SpecialRanges)
+        {
+            if (!InRange(address, network, prefix)) continue;
+            return AllowsWithin(address, port, network, prefix)
+                ? null : $"{address} is a {name} address, and no allow entry inside {network}/{prefix} names it";
+        }
+        return Allows(address, port) ? null : $"{address} port {port} is not in the allow list";
+    }
+
+    /// <summary>
+    /// True when any entry contains the address and port, special ranges not considered: for lists of
+    /// source networks (the ASPORT relay's <c>allowed_networks</c>). A free server's destinations go
+    /// through <see cref="Refuse"/>.
+    /// </summary>
     public bool Allows(IPAddress address, int port)
     {
         if (address.IsIPv4MappedToIPv6) address = address.MapToIPv4();
@@ -29,8 +93,7 @@ public sealed class AllowList
 
     /// <summary>
     /// True when an entry that lies wholly inside <paramref name="network"/>/<paramref name="prefix"/>
-    /// allows the address and port: a catch-all such as <c>0.0.0.0/0</c> does not count. Used for
-    /// UDP peers in special-purpose ranges (spec/turn.md §6.1).
+    /// allows the address and port: a catch-all such as <c>0.0.0.0/0</c> does not count.
     /// </summary>
     public bool AllowsWithin(IPAddress address, int port, IPAddress network, int prefix)
     {
@@ -40,6 +103,20 @@ public sealed class AllowList
             if ((e.Port == 0 || e.Port == port) && e.Prefix >= prefix && e.Network.Length == range.Network.Length
                 && range.Contains(new IPAddress(e.Network)) && e.Contains(address)) return true;
         return false;
+    }
+
+    /// <summary>True when <paramref name="address"/> lies in <paramref name="network"/>/<paramref name="prefix"/> (same family).</summary>
+    public static bool InRange(IPAddress address, IPAddress network, int prefix)
+    {
+        if (address.AddressFamily != network.AddressFamily) return false;
+        Span<byte> a = stackalloc byte[16], n = stackalloc byte[16];
+        address.TryWriteBytes(a, out int len);
+        network.TryWriteBytes(n, out _);
+        int full = prefix / 8, rem = prefix % 8;
+        if (!a[..full].SequenceEqual(n[..full])) return false;
+        if (rem == 0 || full >= len) return true;
+        int mask = 0xff << (8 - rem) & 0xff;
+        return (a[full] & mask) == (n[full] & mask);
     }
 
     private static Entry ParseEntry(string text)

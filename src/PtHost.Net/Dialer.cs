@@ -30,19 +30,30 @@ public sealed class DirectDialer : INetworkDialer
     public ValueTask<Stream> ConnectTcpAsync(Destination destination, CancellationToken cancellationToken) =>
         ConnectAsync(destination, null, cancellationToken);
 
-    /// <summary>Connects to the first reachable address of <paramref name="destination"/> that <paramref name="filter"/> accepts.</summary>
-    public async ValueTask<Stream> ConnectAsync(Destination destination, Func<IPAddress, bool>? filter, CancellationToken cancellationToken)
+    /// <summary>
+    /// Connects to the first reachable address of <paramref name="destination"/> that <paramref name="refuse"/>
+    /// does not refuse (it returns null for an address that may be reached, else why not). Every resolved
+    /// address is judged before any connect, so a name cannot lead to a refused address (spec/ipc.md §3.4).
+    /// </summary>
+    public async ValueTask<Stream> ConnectAsync(Destination destination, Func<IPAddress, string?>? refuse, CancellationToken cancellationToken)
     {
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeout.CancelAfter(_timeout);
         try
         {
             IPAddress[] addresses = destination.Address is { } a ? [a] : await ResolveAsync(destination.Host, timeout.Token);
-            if (filter is not null)
+            if (refuse is not null)
             {
-                addresses = Array.FindAll(addresses, a => filter(a));
-                if (addresses.Length == 0)
-                    throw new TransportConnectException(ConnectFailure.NotAllowed, $"{destination} is not in the allow list");
+                var admitted = new List<IPAddress>(addresses.Length);
+                string? why = null;
+                foreach (var candidate in addresses)
+                {
+                    if (refuse(candidate) is { } reason) why ??= reason;
+                    else admitted.Add(candidate);
+                }
+                if (admitted.Count == 0)
+                    throw new TransportConnectException(ConnectFailure.NotAllowed, $"{destination} refused: {why}");
+                addresses = [.. admitted];
             }
             SocketException? last = null;
             foreach (var address in addresses)

@@ -113,7 +113,7 @@ public sealed class InboundSessions : IInboundHandler
             _counters.SessionOpened();
             if (request.Kind == SessionKind.Datagram)
                 _log.AssociationInStream(_transport, id, remote);
-            await Relay.RunAsync(stream, onward, _counters.AddBytesIn, _counters.AddBytesOut, ct).ConfigureAwait(false);
+            await Relay.RunAsync(stream, onward, _counters.AddBytesIn, _counters.AddBytesOut, _counters.SpliceFallback, ct).ConfigureAwait(false);
         }
         catch (Exception e) when (IsSessionEnd(e))
         {
@@ -174,7 +174,7 @@ public sealed class InboundSessions : IInboundHandler
             }
             opened = true;
             _counters.SessionOpened();
-            await Relay.RunAsync(stream, onward, _counters.AddBytesIn, _counters.AddBytesOut, cancellationToken).ConfigureAwait(false);
+            await Relay.RunAsync(stream, onward, _counters.AddBytesIn, _counters.AddBytesOut, _counters.SpliceFallback, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e) when (IsSessionEnd(e))
         {

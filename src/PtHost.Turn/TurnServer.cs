@@ -69,6 +69,23 @@ public sealed partial class TurnServer : IAsyncDisposable
         _log = log;
         _time = time ?? TimeProvider.System;
         _credentials = new TurnCredentials(options, _time);
+        _unauthenticated = new UnauthenticatedReplyBudget(_time);
+    }
+
+    private readonly UnauthenticatedReplyBudget _unauthenticated;
+
+    /// <summary>Replies without MESSAGE-INTEGRITY not sent over UDP for want of a token (spec/turn.md §4).</summary>
+    public long UnauthenticatedRepliesRefused => _unauthenticated.Refused;
+
+    /// <summary>
+    /// spec/turn.md §4: a UDP reply without MESSAGE-INTEGRITY (its request's source may be forged) is sent only
+    /// within the per-prefix and per-listener budgets; over TCP every reply goes.
+    /// </summary>
+    private bool MayAnswerUnauthenticated(TurnClient client)
+    {
+        if (client.IsStream || _unauthenticated.TryTake(client.Remote)) return true;
+        Interlocked.Increment(ref _dropped);
+        return false;
     }
 
     /// <summary>The address reported in XOR-RELAYED-ADDRESS when the server process's socket has the wildcard address.</summary>
@@ -129,6 +146,7 @@ public sealed partial class TurnServer : IAsyncDisposable
         if (request.Method == StunMethod.Binding)
         {
             if (RejectUnknown(client, request, null)) return;
+            if (!MayAnswerUnauthenticated(client)) return;
             Span<byte> buffer = stackalloc byte[ResponseBuffer];
             var w = new StunWriter(buffer, StunMethod.Binding, StunClass.Success, request.TransactionId);
             w.AddXorAddress(StunAttribute.XorMappedAddress, client.Remote);
@@ -158,6 +176,7 @@ public sealed partial class TurnServer : IAsyncDisposable
         Span<ushort> unknown = stackalloc ushort[16];
         int n = request.UnknownRequired(unknown);
         if (n == 0) return false;
+        if (key is null && !MayAnswerUnauthenticated(client)) return true;
         _log.UnknownAttributes(client.Remote, request.Method, string.Join(", ", unknown[..n].ToArray().Select(t => $"0x{t:x4}")));
         Span<byte> buffer = stackalloc byte[ResponseBuffer];
         var w = new StunWriter(buffer, request.Method, StunClass.Error, request.TransactionId);
@@ -207,6 +226,7 @@ public sealed partial class TurnServer : IAsyncDisposable
     /// <summary>401 or 438 with REALM and a fresh NONCE, without MESSAGE-INTEGRITY.</summary>
     private void SendChallenge(TurnClient client, StunMessage request, int code)
     {
+        if (!MayAnswerUnauthenticated(client)) return;
         Span<byte> buffer = stackalloc byte[ResponseBuffer];
         var w = new StunWriter(buffer, request.Method, StunClass.Error, request.TransactionId);
         w.AddErrorCode(code);
@@ -227,6 +247,7 @@ public sealed partial class TurnServer : IAsyncDisposable
 
     private void SendError(TurnClient client, StunMessage request, int code, byte[]? key, string? reason = null)
     {
+        if (key is null && !MayAnswerUnauthenticated(client)) return;
         Span<byte> buffer = stackalloc byte[ResponseBuffer];
         var w = new StunWriter(buffer, request.Method, StunClass.Error, request.TransactionId);
         w.AddErrorCode(code, reason);

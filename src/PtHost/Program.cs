@@ -19,7 +19,12 @@ namespace PtHost;
 /// </summary>
 public static class Program
 {
-    public static Task<int> Main(string[] args) => CommandLine.InvokeAsync(args);
+    public static Task<int> Main(string[] args)
+    {
+        // Every process (client, server, each relay) takes the descriptors it may have (spec/ipc.md §7).
+        Net.DescriptorLimit.RaiseToHard();
+        return CommandLine.InvokeAsync(args);
+    }
 
     /// <summary>Forms 5 and 6 of spec/ipc.md §2.1: the configuration document from argv or from FILE.</summary>
     internal static async Task<int> RunConfigAsync(string? json, string? file)
@@ -244,6 +249,7 @@ public static class Program
         if (pluginDirectory is not null && PluginSupport.IsSupported)
         {
             if (!Directory.Exists(pluginDirectory)) return CommandLine.UsageError("generate-config", $"--plugindir \"{pluginDirectory}\" is not a directory");
+            if (Plugins.PluginDirectory.Problem(pluginDirectory) is { } unsafeDirectory) return CommandLine.UsageError("generate-config", $"--plugindir: {unsafeDirectory}");
             registry.LoadPlugins(pluginDirectory, loggers.CreateLogger("PtHost"));
         }
         var transport = registry.Create(name);

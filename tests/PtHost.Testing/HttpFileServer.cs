@@ -12,6 +12,9 @@ public sealed class HttpFileServer : IAsyncDisposable
 
     public int Port => _server.Port;
 
+    /// <summary>Connections accepted so far.</summary>
+    public int Accepted => _server.Accepted;
+
     private static async Task ServeAsync(Socket socket, byte[] body, CancellationToken ct)
     {
         using var s = new NetworkStream(socket, ownsSocket: false);

@@ -90,6 +90,19 @@ public static class ProcStats
         static int Port(string hexAddr) => Convert.ToInt32(hexAddr.Split(':')[1], 16);
     }
 
+    /// <summary>The soft and hard RLIMIT_NOFILE of a process ("Max open files" in /proc/PID/limits; "unlimited" as ulong.MaxValue).</summary>
+    public static (ulong Soft, ulong Hard) FdLimits(int pid)
+    {
+        foreach (var line in File.ReadLines($"/proc/{pid}/limits"))
+        {
+            if (!line.StartsWith("Max open files", StringComparison.Ordinal)) continue;
+            var f = line["Max open files".Length..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            static ulong Value(string v) => v == "unlimited" ? ulong.MaxValue : ulong.Parse(v, System.Globalization.CultureInfo.InvariantCulture);
+            return (Value(f[0]), Value(f[1]));
+        }
+        throw new InvalidOperationException("no \"Max open files\" for " + pid);
+    }
+
     [StructLayout(LayoutKind.Sequential)]
     private struct RLimit { public ulong Cur; public ulong Max; }
 

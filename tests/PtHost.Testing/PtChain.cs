@@ -24,17 +24,23 @@ public sealed class PtChain : IAsyncDisposable
         Client = client;
     }
 
-    /// <summary>Starts the server, then the client (with <c>serverAddress</c> pointing at it unless <paramref name="clientOptions"/> says otherwise).</summary>
-    public static async Task<PtChain> StartAsync(JObject serverConfig, Func<IPEndPoint, JObject> clientConfig, bool relayMessages = true)
+    /// <summary>
+    /// Starts the server, then the client (with <c>serverAddress</c> pointing at it unless <paramref name="clientConfig"/>
+    /// says otherwise). With <paramref name="fdLimit"/>, both run with that RLIMIT_NOFILE (soft and hard).
+    /// </summary>
+    public static async Task<PtChain> StartAsync(JObject serverConfig, Func<IPEndPoint, JObject> clientConfig, bool relayMessages = true, ulong? fdLimit = null)
     {
-        var server = PtProcess.StartPthost(serverConfig.ToString(Newtonsoft.Json.Formatting.None));
+        PtProcess Start(JObject config) => fdLimit is { } limit
+            ? PtProcess.StartPthostWithFdLimit(limit, config.ToString(Newtonsoft.Json.Formatting.None))
+            : PtProcess.StartPthost(config.ToString(Newtonsoft.Json.Formatting.None));
+        var server = Start(serverConfig);
         PtProcess? client = null;
         try
         {
             var serverLines = await server.ReadUntilDoneAsync();
             var smethod = serverLines.Single(l => l.StartsWith("SMETHOD ", StringComparison.Ordinal));
             var serverEp = IPEndPoint.Parse(smethod.Split(' ')[2]);
-            client = PtProcess.StartPthost(clientConfig(serverEp).ToString(Newtonsoft.Json.Formatting.None));
+            client = Start(clientConfig(serverEp));
             var clientLines = await client.ReadUntilDoneAsync();
             var cmethod = clientLines.Single(l => l.StartsWith("CMETHOD ", StringComparison.Ordinal) && l.Split(' ')[2] == "socks5");
             var chain = new PtChain(server, client)

@@ -46,6 +46,14 @@ public sealed class PtProcess : IAsyncDisposable
 
     public static PtProcess StartPthost(params string[] args) => Start(PtHostExecutable.Path, args, null);
 
+    /// <summary>
+    /// Starts pthost with RLIMIT_NOFILE set to <paramref name="fdLimit"/> for both the soft and the hard limit
+    /// (util-linux <c>prlimit</c> sets them and then execs pthost in the same process, so <see cref="Pid"/> is
+    /// pthost's): a descriptor budget that does not depend on the machine the test runs on.
+    /// </summary>
+    public static PtProcess StartPthostWithFdLimit(ulong fdLimit, params string[] args) =>
+        Start(DebianPrograms.Require("/usr/bin/prlimit"), [$"--nofile={fdLimit}:{fdLimit}", "--", PtHostExecutable.Path, .. args], null);
+
     /// <summary>The framework-dependent build: the one that loads managed plugins (spec/ipc.md §8.5).</summary>
     public static PtProcess StartFrameworkDependent(params string[] args) => Start(PtHostExecutable.FrameworkDependentPath, args, null);
 

@@ -17,9 +17,13 @@ public sealed class ZephyrRelayProcess : IAsyncDisposable
     public PtProcess Process { get; }
     public IPEndPoint EndPoint { get; }
 
-    public static async Task<ZephyrRelayProcess> StartAsync(params string[] options)
+    public static Task<ZephyrRelayProcess> StartAsync(params string[] options) => StartAsync(null, options);
+
+    /// <summary>With <paramref name="fdLimit"/>, the relay runs with that RLIMIT_NOFILE (soft and hard).</summary>
+    public static async Task<ZephyrRelayProcess> StartAsync(ulong? fdLimit, params string[] options)
     {
-        var process = PtProcess.StartPthost(["relay", "zephyr", "--listen", "127.0.0.1:0", "--loglevel", "debug", .. options]);
+        string[] args = ["relay", "zephyr", "--listen", "127.0.0.1:0", "--loglevel", "debug", .. options];
+        var process = fdLimit is { } limit ? PtProcess.StartPthostWithFdLimit(limit, args) : PtProcess.StartPthost(args);
         try
         {
             string line = await process.ReadLineAsync();
@@ -111,7 +115,7 @@ public static class ZephyrChain
     public static Task<JObject> GenerateAsync() => PtChain.GenerateConfigAsync("zephyr");
 
     public static async Task<PtChain> StartAsync(JToken relays, double? signalTimeout = null, bool relayMessages = true,
-        Action<JObject>? editClient = null, Action<JObject>? editServer = null)
+        Action<JObject>? editClient = null, Action<JObject>? editServer = null, ulong? fdLimit = null)
     {
         var generated = await GenerateAsync();
         var client = (JObject)generated["client"]!;
@@ -134,6 +138,6 @@ public static class ZephyrChain
         }
         editClient?.Invoke(client);
         editServer?.Invoke(server);
-        return await PtChain.StartAsync(PtChain.FreeServerOf("zephyr", server), _ => PtChain.ClientOf("zephyr", client), relayMessages);
+        return await PtChain.StartAsync(PtChain.FreeServerOf("zephyr", server), _ => PtChain.ClientOf("zephyr", client), relayMessages, fdLimit);
     }
 }

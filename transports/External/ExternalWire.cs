@@ -100,6 +100,36 @@ internal static class Pt1Wire
         return (level, message);
     }
 
+    /// <summary>
+    /// spec/external.md §4.7: the child's text as one log line. Control characters (C0, DEL, C1) and the Unicode
+    /// line and paragraph separators become <c>\n</c>, <c>\r</c>, <c>\t</c>, <c>\xHH</c> or <c>\uHHHH</c>, and a
+    /// backslash becomes <c>\\</c>, so nothing a child writes can end our line or start one that looks like ours.
+    /// </summary>
+    public static string EscapeControl(string text)
+    {
+        int i = 0;
+        while (i < text.Length && !NeedsEscape(text[i])) i++;
+        if (i == text.Length) return text;
+        var sb = new StringBuilder(text.Length + 16).Append(text, 0, i);
+        for (; i < text.Length; i++)
+        {
+            char c = text[i];
+            if (!NeedsEscape(c)) { sb.Append(c); continue; }
+            sb.Append(c switch
+            {
+                '\n' => "\\n",
+                '\r' => "\\r",
+                '\t' => "\\t",
+                '\\' => "\\\\",
+                < '\u0100' => $"\\x{(int)c:X2}",
+                _ => $"\\u{(int)c:X4}",
+            });
+        }
+        return sb.ToString();
+
+        static bool NeedsEscape(char c) => c < ' ' || c is '\\' or (>= '\u007F' and <= '\u009F') or '\u2028' or '\u2029';
+    }
+
     private static string Unquote(string s)
     {
         var sb = new StringBuilder(s.Length);

@@ -205,7 +205,7 @@ internal sealed class Pt1Child : IAsyncDisposable
                 if (line.Keyword == "LOG")
                 {
                     var (level, message) = Pt1Wire.ParseLog(line.Rest);
-                    _log.Log(level, "{Name}: {Method}: {Message}", _name, _options.Method, message);
+                    _log.Log(level, "{Name}: {Method}: {Message}", _name, _options.Method, Pt1Wire.EscapeControl(message));
                     continue;
                 }
                 if (startup.Task.IsCompleted)
@@ -273,7 +273,7 @@ internal sealed class Pt1Child : IAsyncDisposable
         try
         {
             while (await process.StandardError.ReadLineAsync().ConfigureAwait(false) is { } line)
-                _log.LogInformation("{Name}: [{Method} stderr] {Line}", _name, _options.Method, line);
+                _log.LogInformation("{Name}: [{Method} stderr] {Line}", _name, _options.Method, Pt1Wire.EscapeControl(line));
         }
         catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException) { }
     }

@@ -40,7 +40,7 @@ internal sealed class RudServer(TransportEnvironment context, RudServerOptions o
         {
             try
             {
-                var k = Convert.FromBase64String(File.ReadAllText(path).Trim());
+                var k = Convert.FromBase64String(PtHost.Net.PrivateFile.ReadAllText(path).Trim());
                 if (k.Length == X25519.KeySize) return k;
             }
             catch (FormatException) { }
@@ -48,9 +48,7 @@ internal sealed class RudServer(TransportEnvironment context, RudServerOptions o
         }
         var key = X25519.GeneratePrivateKey();
         Directory.CreateDirectory(context.StateDirectory);
-        var fileOptions = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
-        if (!OperatingSystem.IsWindows()) fileOptions.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
-        using (var w = new StreamWriter(path, fileOptions)) w.Write(Convert.ToBase64String(key));
+        PtHost.Net.PrivateFile.WriteNew(path, Convert.ToBase64String(key));
         return key;
     }
 

@@ -148,6 +148,9 @@ internal sealed class ZephyrServerManager : IServerManager
             else if (stream is not null) await stream.DisposeAsync().ConfigureAwait(false);
             return;
         }
+        // Established: no longer "in progress" (spec/zephyr.md §7.3). Counting it until it ended capped a server at
+        // 4,096 concurrent sessions (issue 24: 9,000 sessions through the relay).
+        offer.Settle();
         await _binding.Handler.ServeAsync(tlsStream, remote, abort).ConfigureAwait(false);
     }
 

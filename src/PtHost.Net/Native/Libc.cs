@@ -5,7 +5,8 @@ namespace PtHost.Net.Native;
 /// <summary>
 /// Every libc call of the tree, in one place: the batched UDP I/O of QUIC (src/PtHost.Quic) and RUD
 /// (recvmsg/sendmsg with UDP GSO and GRO, recvmmsg, poll, ppoll, an eventfd), the splice relay
-/// (splice, pipe2, fcntl), and a few process and socket queries. Linux LP64 layouts (x86-64 and
+/// (splice, pipe2, fcntl), the descriptor limit (getrlimit, setrlimit), file checks (statx, geteuid),
+/// and a few process and socket queries. Linux LP64 layouts (x86-64 and
 /// arm64 share them): <c>struct msghdr</c> 56 bytes, <c>struct mmsghdr</c> 64, <c>struct cmsghdr</c>
 /// 16, <c>struct pollfd</c> 8, <c>struct iovec</c> 16. The structs are for typed callers; the
 /// offset classes (<see cref="MsgHdrLayout"/>, <see cref="CmsgHdrLayout"/>, <see cref="PollFdLayout"/>)
@@ -27,7 +28,18 @@ public static unsafe partial class Libc
     public const short PollIn = 0x1, PollOut = 0x4, PollNval = 0x20;
 
     /// <summary>errno values (asm-generic).</summary>
-    public const int EIntr = 4, EIo = 5, EBadF = 9, EAgain = 11, EInval = 22, ENotSock = 88, EMsgSize = 90, ENoProtoOpt = 92, EOpNotSupp = 95;
+    public const int EPerm = 1, EIntr = 4, EIo = 5, EBadF = 9, EAgain = 11, ENoMem = 12, EInval = 22, ENFile = 23, EMFile = 24,
+        ENotSock = 88, EMsgSize = 90, ENoProtoOpt = 92, EOpNotSupp = 95;
+
+    /// <summary>getrlimit(2)/setrlimit(2): the descriptor limit.</summary>
+    public const int RLimitNoFile = 7;
+
+    /// <summary>statx(2): the current directory, flags, and the fields asked for.</summary>
+    public const int AtFdCwd = -100, AtSymlinkNoFollow = 0x100, AtEmptyPath = 0x1000;
+    public const uint StatxType = 0x1, StatxMode = 0x2, StatxUid = 0x8, StatxIno = 0x100;
+
+    /// <summary>File type bits of <c>st_mode</c>.</summary>
+    public const int SIfMt = 0xF000, SIfReg = 0x8000, SIfDir = 0x4000, SIfLnk = 0xA000;
 
     /// <summary>eventfd(2) and open(2) flags.</summary>
     public const int EfdNonBlock = 0x800, EfdCloexec = 0x80000, ONonBlock = 0x800, OCloexec = 0x80000;
@@ -93,6 +105,31 @@ public static unsafe partial class Libc
         private readonly uint _pad2;
     }
 
+    /// <summary><c>struct rlimit</c> (16 bytes).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct RLimit
+    {
+        public ulong Current;
+        public ulong Maximum;
+    }
+
+    /// <summary>
+    /// <c>struct statx</c> (256 bytes, the same on every architecture): the fields read here at their
+    /// offsets (mask 0, nlink 16, uid 20, gid 24, mode 28, ino 32, dev major/minor 136/140).
+    /// </summary>
+    [StructLayout(LayoutKind.Explicit, Size = 256)]
+    public struct Statx
+    {
+        [FieldOffset(0)] public uint Mask;
+        [FieldOffset(16)] public uint Links;
+        [FieldOffset(20)] public uint Uid;
+        [FieldOffset(24)] public uint Gid;
+        [FieldOffset(28)] public ushort Mode;
+        [FieldOffset(32)] public ulong Inode;
+        [FieldOffset(136)] public uint DeviceMajor;
+        [FieldOffset(140)] public uint DeviceMinor;
+    }
+
     /// <summary>Offsets of <see cref="MsgHdr"/>.</summary>
     public static class MsgHdrLayout { public const int Size = 56, Name = 0, NameLen = 8, Iov = 16, IovLen = 24, Control = 32, ControlLen = 40, Flags = 48; }
 
@@ -154,4 +191,16 @@ public static unsafe partial class Libc
 
     [LibraryImport(Lib, EntryPoint = "getppid")]
     public static partial int GetParentProcessId();
+
+    [LibraryImport(Lib, EntryPoint = "geteuid")]
+    public static partial uint GetEffectiveUserId();
+
+    [LibraryImport(Lib, EntryPoint = "getrlimit", SetLastError = true)]
+    public static partial int GetRLimit(int resource, out RLimit limit);
+
+    [LibraryImport(Lib, EntryPoint = "setrlimit", SetLastError = true)]
+    public static partial int SetRLimit(int resource, in RLimit limit);
+
+    [LibraryImport(Lib, EntryPoint = "statx", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int StatX(int dirFd, string path, int flags, uint mask, out Statx result);
 }

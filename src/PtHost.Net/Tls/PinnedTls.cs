@@ -176,13 +176,12 @@ public static class PinnedTls
     {
         string certPath = Path.Combine(stateDirectory, CertificateFile), keyPath = Path.Combine(stateDirectory, KeyFile);
         if (File.Exists(certPath) && File.Exists(keyPath))
-            return FromPem(File.ReadAllText(certPath), File.ReadAllText(keyPath), $"{transport} server (state directory {stateDirectory})");
+            return FromPem(File.ReadAllText(certPath), PrivateFile.ReadAllText(keyPath), $"{transport} server (state directory {stateDirectory})");
         using var cert = Generate($"{transport} server");
         Directory.CreateDirectory(stateDirectory);
-        var keyOptions = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write };
-        if (!OperatingSystem.IsWindows()) keyOptions.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
-        using (var w = new StreamWriter(keyPath, keyOptions)) w.Write(KeyPem(cert));
-        File.WriteAllText(certPath, CertificatePem(cert));
+        // Both new, never through a link (PrivateFile): a key or link left alone at either path is an error to resolve by hand.
+        PrivateFile.WriteNew(keyPath, KeyPem(cert));
+        PrivateFile.WriteNew(certPath, CertificatePem(cert));
         return X509CertificateLoader.LoadPkcs12(cert.Export(X509ContentType.Pkcs12), null);
     }
 }

@@ -21,7 +21,7 @@ public sealed partial class PtConfig
     public static readonly string[] Keys =
     [
         "ptversion", "role", "transports", "proxylistenaddr", "bindaddr", "target", "options", "allow",
-        "plugindir", "state", "exit-on-stdin-close", "loglevel", "unsafe-logging", "proxy", "turn",
+        "plugindir", "state", "exit-on-stdin-close", "loglevel", "unsafe-logging", "proxy", "turn", "public-frontends",
     ];
 
     public string PtVersion { get; private init; } = "2";
@@ -35,6 +35,8 @@ public sealed partial class PtConfig
     /// <summary>The TURN front end (client role; spec/turn.md §2); null for none.</summary>
     public PtHost.Turn.TurnOptions? Turn { get; private init; }
     public string? PluginDirectory { get; private init; }
+    /// <summary><c>public-frontends</c>: SOCKS5 and TURN listeners may have a non-loopback address (spec/ipc.md §3.2).</summary>
+    public bool PublicFrontEnds { get; private init; }
     public string StateDirectory { get; private init; } = Directory.GetCurrentDirectory();
     public bool ExitOnStdinClose { get; private init; }
     public Microsoft.Extensions.Logging.LogLevel LogLevel { get; private init; } = Microsoft.Extensions.Logging.LogLevel.Information;
@@ -47,7 +49,7 @@ public sealed partial class PtConfig
         IpcVersion = IpcVersion, PtVersion = PtVersion, Role = Role, Transports = Transports,
         ProxyListenAddresses = ProxyListenAddresses, BindAddresses = BindAddresses, Target = Target, Options = Options,
         Allow = Allow, PluginDirectory = PluginDirectory, StateDirectory = StateDirectory, ExitOnStdinClose = ExitOnStdinClose,
-        LogLevel = level, UnsafeLogging = unsafeLogging, ExtendedOrPort = ExtendedOrPort, AuthCookieFile = AuthCookieFile, UpstreamProxy = UpstreamProxy,
+        LogLevel = level, UnsafeLogging = unsafeLogging, PublicFrontEnds = PublicFrontEnds, Turn = Turn, ExtendedOrPort = ExtendedOrPort, AuthCookieFile = AuthCookieFile, UpstreamProxy = UpstreamProxy,
         OutboundBindV4 = OutboundBindV4, OutboundBindV6 = OutboundBindV6,
     };
 
@@ -98,6 +100,7 @@ public sealed partial class PtConfig
             PluginDirectory = r.String("plugindir"),
             StateDirectory = ParseState(r),
             ExitOnStdinClose = r.Bool("exit-on-stdin-close", false),
+            PublicFrontEnds = role == Role.Client ? r.Bool("public-frontends", false) : RejectFor(r, "public-frontends", "client", false),
             LogLevel = ParseLogLevel(r),
             UnsafeLogging = r.Bool("unsafe-logging", false),
             ProxyListenAddresses = role == Role.Client ? ParseProxyListen(r, transports) : RejectFor(r, "proxylistenaddr", "client", new Dictionary<string, IPEndPoint>()),
@@ -107,6 +110,7 @@ public sealed partial class PtConfig
             UpstreamProxy = role == Role.Client ? ParseProxy(r) : RejectFor<string?>(r, "proxy", "client", null),
             Turn = role == Role.Client ? TurnConfig.Read(r.Object("turn"), transports.Count) : RejectFor<PtHost.Turn.TurnOptions?>(r, "turn", "client", null),
         };
+        if (config.Role == Role.Client && !config.PublicFrontEnds) RejectPublicFrontEnds(r, config);
         if (config.Role == Role.Server && config.Target is null && config.Allow is null)
             throw r.Fail("allow", "a free server (no \"target\") requires an explicit \"allow\" list of destinations");
         if (config.Role == Role.Server && config.Target is not null && config.Allow is not null)
@@ -115,8 +119,30 @@ public sealed partial class PtConfig
             throw r.Fail("plugindir", Plugins.PluginSupport.Unsupported);
         if (config.PluginDirectory is not null && !Directory.Exists(config.PluginDirectory))
             throw r.Fail("plugindir", $"\"{config.PluginDirectory}\" is not a directory");
+        if (config.PluginDirectory is not null && Plugins.PluginDirectory.Problem(config.PluginDirectory) is { } unsafeDirectory)
+            throw r.Fail("plugindir", unsafeDirectory);
         return config;
     }
+
+    /// <summary>
+    /// spec/ipc.md §3.2 <c>public-frontends</c>: a SOCKS5 port on a non-loopback address is an open proxy into the
+    /// transport, a TURN port an amplifier for spoofed UDP; either needs the explicit opt-in.
+    /// </summary>
+    private static void RejectPublicFrontEnds(OptionsReader r, PtConfig config)
+    {
+        const string OptIn = "set \"public-frontends\": true to listen there on purpose";
+        foreach (var (name, address) in config.ProxyListenAddresses)
+            if (!IsLoopback(address.Address))
+                throw r.Token("proxylistenaddr") is JObject
+                    ? r.Object("proxylistenaddr").Fail(name, $"{address} is not a loopback address: a SOCKS5 front end there is an open proxy into the transport for anyone who reaches it; {OptIn}")
+                    : r.Fail("proxylistenaddr", $"{address} is not a loopback address: a SOCKS5 front end there is an open proxy into the transport for anyone who reaches it; {OptIn}");
+        if (config.Turn is { } turn && !IsLoopback(turn.ListenAddress.Address))
+            throw r.Object("turn").Fail("listenaddr", $"{turn.ListenAddress} is not a loopback address: a TURN listener there answers anyone, and its unauthenticated replies amplify spoofed traffic; {OptIn}");
+    }
+
+    /// <summary>127.0.0.0/8, ::1, and their IPv4-mapped forms.</summary>
+    public static bool IsLoopback(IPAddress address) =>
+        IPAddress.IsLoopback(address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address);
 
     /// <summary><c>proxy</c>: the upstream proxy URI, TOR_PT_PROXY's syntax (spec/external.md §2.1).</summary>
     private static string? ParseProxy(OptionsReader r)

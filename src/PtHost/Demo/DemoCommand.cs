@@ -54,7 +54,10 @@ public static class DemoCommand
 
             if (File.Exists("/usr/bin/curl"))
             {
-                string file = Path.Combine(Path.GetTempPath(), $"pthost-demo-{Environment.ProcessId}.bin");
+                // A private directory (random name, mode 0700): a predictable /tmp name could be a link planted to make
+                // curl overwrite another file (spec/ipc.md §2.4).
+                string directory = Directory.CreateTempSubdirectory("pthost-demo-").FullName;
+                string file = Path.Combine(directory, "demo.bin");
                 try
                 {
                     var (exit, output) = await RunCurlAsync(proxy, webPort, file).ConfigureAwait(false);
@@ -62,7 +65,7 @@ public static class DemoCommand
                     Say($"curl --socks5-hostname {proxy} http://localhost:{webPort}/demo.bin -> exit {exit}, {output}, sha256 {(curlHash == expected ? "matches" : "DIFFERS")}");
                     ok &= exit == 0 && curlHash == expected;
                 }
-                finally { File.Delete(file); }
+                finally { Directory.Delete(directory, true); }
             }
             else Say("curl is not installed; skipped the curl fetch (apt-get install curl)");
 

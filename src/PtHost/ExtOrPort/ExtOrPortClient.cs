@@ -66,7 +66,9 @@ public sealed class ExtOrPortClient(IPEndPoint extOrPort, string cookieFile, str
         }
         if (!safeCookie) throw new ExtOrPortException("the relay does not offer SAFE_COOKIE authentication");
 
-        byte[] buffer = ArrayPool<byte>.Shared.Rent(1024);
+        // One buffer for the handshake (offsets 0–255), our commands (256 on) and each reply body, which may be as long
+        // as the parser accepts (MaxBodyLength, spec/ipc.md §10.4): a smaller one broke sessions on a long CONTROL reply.
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(ExtOrPortWire.MaxBodyLength);
         try
         {
             buffer[0] = ExtOrPortWire.AuthSafeCookie;

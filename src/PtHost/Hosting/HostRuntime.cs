@@ -67,6 +67,7 @@ public sealed class HostRuntime : IHostedService
             _ipc.Version("2");
             if (_config.Role == Role.Client && _config.UpstreamProxy is not null) _ipc.ProxyDone();
         }
+        WarnAboutCatchAlls();
         if (_config.PluginDirectory is { } dir && PluginSupport.IsSupported) _registry.LoadPlugins(dir, _log); // PtConfig refused plugindir otherwise
         var dialer = OutboundDialer.Create(_config);
         int started = 0;
@@ -114,6 +115,21 @@ public sealed class HostRuntime : IHostedService
         _statusTimer = new Timer(_ => ReportStatus(), null, StatusInterval, StatusInterval);
     }
 
+    /// <summary>
+    /// spec/ipc.md §3.4: an <c>allow</c> entry with prefix 0 makes a free server an open proxy to every
+    /// public address for whoever reaches its transport; said once at start-up on stderr and in a LOG line.
+    /// </summary>
+    private void WarnAboutCatchAlls()
+    {
+        if (_config.Allow is not { } allow) return;
+        foreach (string entry in allow.CatchAlls)
+        {
+            string message = $"allow entry \"{entry}\" is a catch-all: anyone who reaches this server's transport can reach every public address through it (special-purpose ranges stay refused unless an entry inside them names them)";
+            _log.LogWarning("{Message}", message);
+            _ipc.Log("warning", message);
+        }
+    }
+
     private void ReportError(string name, string message)
     {
         _log.LogError("transport {Name} not started: {Message}", name, message);
@@ -130,6 +146,7 @@ public sealed class HostRuntime : IHostedService
         _frontEnds.Add(listener);
         listener.Start();
         _ipc.Cmethod(name, "socks5", listener.LocalEndPoint);
+        WarnIfPublic(name, "SOCKS5 front end", listener.LocalEndPoint, "anyone who reaches it can use the transport");
         StartTurn(name, factory, context.Counters);
     }
 
@@ -155,6 +172,16 @@ public sealed class HostRuntime : IHostedService
         _turnListeners.Add(listener);
         listener.Start();
         _ipc.Cmethod(name, "turn", listener.LocalEndPoint);
+        WarnIfPublic(name, "TURN listener", listener.LocalEndPoint, "anyone who reaches it gets its unauthenticated replies (rate-limited, spec/turn.md §4)");
+    }
+
+    /// <summary>spec/ipc.md §3.2 <c>public-frontends</c>: a front end on a non-loopback address is said once, on stderr and in a LOG line.</summary>
+    private void WarnIfPublic(string name, string what, System.Net.IPEndPoint address, string consequence)
+    {
+        if (PtConfig.IsLoopback(address.Address)) return;
+        string message = $"transport {name}: {what} listens on {address}, not a loopback address (\"public-frontends\": true): {consequence}";
+        _log.LogWarning("{Message}", message);
+        _ipc.Log("warning", message);
     }
 
     private async Task StartServerAsync(string name, IPluggableTransport transport, TransportEnvironment context, INetworkDialer dialer, CancellationToken ct)
@@ -186,7 +213,7 @@ public sealed class HostRuntime : IHostedService
         var allow = _config.Allow!;
         return (destination, _, ct) => destination is null
             ? throw new TransportConnectException(ConnectFailure.NotAllowed, "this server is free (no target) and the session names no destination")
-            : OutboundDialer.ConnectAllowedAsync(dialer, destination, a => allow.Allows(a, destination.Port), ct);
+            : OutboundDialer.ConnectAllowedAsync(dialer, destination, allow, ct);
     }
 
     private void ReportStatus()

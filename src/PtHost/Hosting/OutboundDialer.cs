@@ -1,4 +1,3 @@
-using System.Net;
 using PtHost.Configuration;
 using PtHost.Contract;
 using PtHost.Net;
@@ -26,9 +25,12 @@ internal static class OutboundDialer
     /// <summary>Why a TOR_PT_PROXY value cannot be used (the PROXY-ERROR text, spec/external.md §2.1), or null when it can.</summary>
     public static string? ValidateProxy(string uri) => UpstreamProxy.TryParse(uri, out _, out string? error) ? null : error;
 
-    /// <summary>A free server's onward connection: only to addresses the allow list accepts.</summary>
-    public static ValueTask<Stream> ConnectAllowedAsync(INetworkDialer dialer, Destination destination, Func<IPAddress, bool> filter, CancellationToken ct) =>
+    /// <summary>
+    /// A free server's onward connection: only to addresses <see cref="AllowList.Refuse"/> admits, each
+    /// resolved address judged before it is connected (spec/ipc.md §3.4).
+    /// </summary>
+    public static ValueTask<Stream> ConnectAllowedAsync(INetworkDialer dialer, Destination destination, AllowList allow, CancellationToken ct) =>
         dialer is DirectDialer direct
-            ? direct.ConnectAsync(destination, filter, ct)
+            ? direct.ConnectAsync(destination, a => allow.Refuse(a, destination.Port), ct)
             : throw new InvalidOperationException("a free server dials directly");
 }

@@ -75,7 +75,7 @@ public sealed class Socks5Listener : IAsyncDisposable
                 await upstream.WriteAsync(leftover, abort).ConfigureAwait(false);
                 _counters.AddBytesIn(leftover.Length);
             }
-            await Relay.RunAsync(clientStream, upstream, _counters.AddBytesIn, _counters.AddBytesOut, abort).ConfigureAwait(false);
+            await Relay.RunAsync(clientStream, upstream, _counters.AddBytesIn, _counters.AddBytesOut, _counters.SpliceFallback, abort).ConfigureAwait(false);
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
         {

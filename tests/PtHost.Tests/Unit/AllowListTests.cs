@@ -140,4 +140,71 @@ public class AllowListTests
         var e = Assert.Throws<FormatException>(() => AllowList.Parse(["10.0.0.0/8", "nonsense:1"]));
         Assert.Contains("nonsense:1", e.Message);
     }
+
+    // ---- the free server's rule (spec/ipc.md §3.4): special-purpose ranges need an entry inside them ----
+
+    [Theory]
+    [InlineData("127.0.0.1")]
+    [InlineData("127.255.0.1")]
+    [InlineData("0.0.0.0")]
+    [InlineData("::ffff:127.0.0.1")]
+    [InlineData("::ffff:0:127.0.0.1")]   // IPv4-translated
+    [InlineData("::127.0.0.1")]          // IPv4-compatible
+    [InlineData("::1")]
+    [InlineData("::")]
+    [InlineData("169.254.169.254")]      // cloud metadata
+    [InlineData("10.1.2.3")]
+    [InlineData("172.20.0.1")]
+    [InlineData("192.168.1.1")]
+    [InlineData("100.64.0.1")]
+    [InlineData("192.0.0.170")]
+    [InlineData("198.18.0.1")]
+    [InlineData("224.0.0.1")]
+    [InlineData("255.255.255.255")]
+    [InlineData("64:ff9b::7f00:1")]      // NAT64 of 127.0.0.1
+    [InlineData("64:ff9b:1::a00:1")]     // local-use NAT64
+    [InlineData("fd00::1")]
+    [InlineData("fe80::1")]
+    [InlineData("fec0::1")]
+    [InlineData("ff02::1")]
+    public void A_catch_all_never_reaches_a_special_purpose_address(string address)
+    {
+        foreach (var list in new[] { ["0.0.0.0/0"], ["::/0", "0.0.0.0/0"], ["0.0.0.0/0:80", "[::/0]:80"], new[] { "0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1" } })
+            Assert.NotNull(AllowList.Parse(list).Refuse(IPAddress.Parse(address), 80));
+    }
+
+    [Theory]
+    [InlineData("203.0.113.9")]
+    [InlineData("8.8.8.8")]
+    [InlineData("::ffff:8.8.8.8")]
+    [InlineData("172.32.0.1")]
+    [InlineData("2001:4860::8888")]
+    [InlineData("2002:7f00:1::1")]       // 6to4: public (spec/ipc.md §3.4)
+    public void A_catch_all_reaches_public_addresses(string address) =>
+        Assert.Null(AllowList.Parse(["0.0.0.0/0", "::/0"]).Refuse(IPAddress.Parse(address), 443));
+
+    [Theory]
+    [InlineData("127.0.0.1", "127.0.0.1", true)]
+    [InlineData("127.0.0.1", "::ffff:127.0.0.1", true)]
+    [InlineData("127.0.0.1", "127.0.0.2", false)]
+    [InlineData("127.0.0.0/8", "127.9.9.9", true)]
+    [InlineData("::1", "::1", true)]
+    [InlineData("169.254.169.254:80", "169.254.169.254", true)]
+    [InlineData("169.254.0.0/16:443", "169.254.169.254", false)]
+    [InlineData("10.0.0.0/8", "10.1.1.1", true)]
+    [InlineData("10.0.0.0/7", "10.1.1.1", false)]       // wider than the range: does not open it
+    [InlineData("64:ff9b::/96", "64:ff9b::a00:1", true)]
+    public void An_entry_inside_the_range_opens_it(string entry, string address, bool admitted) =>
+        Assert.Equal(admitted, AllowList.Parse([entry, "0.0.0.0/0", "::/0"]).Refuse(IPAddress.Parse(address), 80) is null);
+
+    [Fact]
+    public void The_refusal_says_which_range_and_the_catch_alls_are_listed()
+    {
+        var list = AllowList.Parse(["0.0.0.0/0", "192.0.2.1", "[::/0]:443"]);
+        Assert.Equal(["0.0.0.0/0", "[::/0]:443"], list.CatchAlls);
+        Assert.Contains("loopback", list.Refuse(IPAddress.Loopback, 80));
+        Assert.Contains("link-local", list.Refuse(IPAddress.Parse("169.254.169.254"), 80));
+        Assert.Contains("not in the allow list", AllowList.Parse(["192.0.2.1"]).Refuse(IPAddress.Parse("192.0.2.2"), 80));
+        Assert.Empty(AllowList.Parse(["127.0.0.1", "10.0.0.0/8"]).CatchAlls);
+    }
 }

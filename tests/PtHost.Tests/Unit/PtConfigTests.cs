@@ -305,7 +305,7 @@ public class PtConfigTests
     [Fact]
     public void Proxylistenaddr_string_is_shared_by_all_transports_when_the_port_is_0()
     {
-        var c = Parse("{'role':'client','transports':['a','b'],'proxylistenaddr':'0.0.0.0:0'}");
+        var c = Parse("{'role':'client','transports':['a','b'],'proxylistenaddr':'0.0.0.0:0','public-frontends':true}");
         Assert.Equal(new IPEndPoint(IPAddress.Any, 0), c.ProxyListenAddresses["a"]);
         Assert.Equal(new IPEndPoint(IPAddress.Any, 0), c.ProxyListenAddresses["b"]);
     }
@@ -403,7 +403,39 @@ public class PtConfigTests
     [InlineData("127.0.0.1:0", "127.0.0.1", 0)]
     [InlineData("[::]:9", "::", 9)]
     public void Proxylistenaddr_reads_ip_port(string text, string ip, int port) =>
-        Assert.Equal(new IPEndPoint(IPAddress.Parse(ip), port), Parse("{" + Client + ",'proxylistenaddr':'" + text + "'}").ProxyListenAddresses["plain"]);
+        Assert.Equal(new IPEndPoint(IPAddress.Parse(ip), port), Parse("{" + Client + ",'proxylistenaddr':'" + text + "','public-frontends':true}").ProxyListenAddresses["plain"]);
+
+    /// <summary>spec/ipc.md §3.2 <c>public-frontends</c>: non-loopback front-end addresses need the opt-in.</summary>
+    [Theory]
+    [InlineData("'proxylistenaddr':'0.0.0.0:0'", "proxylistenaddr")]
+    [InlineData("'proxylistenaddr':'[::]:0'", "proxylistenaddr")]
+    [InlineData("'proxylistenaddr':'192.0.2.1:0'", "proxylistenaddr")]
+    [InlineData("'proxylistenaddr':{'plain':'[::ffff:192.0.2.1]:1080'}", "proxylistenaddr.plain")]
+    [InlineData("'turn':{'listenaddr':'0.0.0.0:0','realm':'r','users':{'u':'p'}}", "turn.listenaddr")]
+    [InlineData("'public-frontends':false,'turn':{'listenaddr':'[2001:db8::1]:3478','realm':'r','users':{'u':'p'}}", "turn.listenaddr")]
+    public void A_non_loopback_front_end_is_refused_without_public_frontends(string fragment, string key)
+    {
+        var e = Refused("{" + Client + "," + fragment + "}");
+        Assert.Equal(key, e.Key);
+        Assert.Contains("not a loopback address", e.Message);
+        Assert.Contains("\"public-frontends\": true", e.Message);
+        Assert.NotNull(Parse("{" + Client + "," + fragment.Replace("'public-frontends':false,", "") + ",'public-frontends':true}"));
+    }
+
+    [Theory]
+    [InlineData("127.0.0.1:0")]
+    [InlineData("127.5.6.7:1080")]
+    [InlineData("[::1]:0")]
+    [InlineData("[::ffff:127.0.0.1]:0")]
+    public void Loopback_front_ends_need_no_opt_in(string address)
+    {
+        Assert.NotNull(Parse("{" + Client + ",'proxylistenaddr':'" + address + "'}"));
+        Assert.NotNull(Parse("{" + Client + ",'turn':{'listenaddr':'" + address + "','realm':'r','users':{'u':'p'}}}"));
+    }
+
+    [Fact]
+    public void Public_frontends_is_a_client_key() =>
+        Assert.Equal("public-frontends", Refused("{" + BoundServer + ",'public-frontends':true}").Key);
 
     [Theory]
     [InlineData("'proxylistenaddr':'example.org:1'", "proxylistenaddr")]
@@ -431,13 +463,13 @@ public class PtConfigTests
         string dir = Directory.CreateTempSubdirectory("pthost-unit-").FullName;
         try
         {
-            var client = JObject.Parse("{\"ptversion\":\"2\",\"role\":\"client\",\"transports\":[\"plain\"],\"proxylistenaddr\":\"127.0.0.1:0\",\"options\":{\"plain\":{}},\"state\":\"s\",\"exit-on-stdin-close\":true,\"loglevel\":\"debug\",\"unsafe-logging\":false,\"proxy\":\"socks5://127.0.0.1:1080\"}");
+            var client = JObject.Parse("{\"ptversion\":\"2\",\"role\":\"client\",\"transports\":[\"plain\"],\"proxylistenaddr\":\"127.0.0.1:0\",\"options\":{\"plain\":{}},\"state\":\"s\",\"exit-on-stdin-close\":true,\"loglevel\":\"debug\",\"unsafe-logging\":false,\"proxy\":\"socks5://127.0.0.1:1080\",\"public-frontends\":false}");
             client["plugindir"] = dir;
             client["turn"] = JObject.Parse("{\"realm\":\"r\",\"users\":{\"u\":\"p\"}}");
             PtConfig.FromObject(client);
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"bindaddr\":{},\"target\":\"a.example:1\"}"));
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"allow\":[]}"));
-            Assert.Equal(15, PtConfig.Keys.Length);
+            Assert.Equal(16, PtConfig.Keys.Length);
         }
         finally { Directory.Delete(dir, true); }
     }
