@@ -24,7 +24,7 @@ public sealed partial class PackageTests
         {
             string feed = Path.Combine(scratch, "feed");
             string version = $"0.1.0-test.{Environment.ProcessId}";
-            await DotnetCommand.RunAsync("pack", Path.Combine(PtHostExecutable.RepoRoot, "src", "PtHost.Client"), feed, "PackageVersion=" + version);
+            await DotnetCommand.RunAsync("pack", Path.Combine(PtHostExecutable.RepoRoot, "src", "PtHost.Client"), feed, "-p:PackageVersion=" + version);
             Assert.True(File.Exists(Path.Combine(feed, $"PtHost.Client.{version}.nupkg")));
 
             string app = Path.Combine(scratch, "app");

@@ -112,7 +112,7 @@ public sealed class AbortPropagationTests
         {
             "plain" => await PtChain.StartAsync(PtChain.FreeServer(), ep => PtChain.ClientWith(new JObject { ["serverAddress"] = ep.ToString() })),
             "rud" => await RudChain.StartAsync(),
-            _ => await PtChain.StartAsync(AsportTransportTests.ServerConfig(relay!.EndPoint, $"127.0.0.1:{target.Port}"), _ => AsportTransportTests.ClientConfig()),
+            _ => await AsportTransportTests.StartChainAsync(relay!.EndPoint, $"127.0.0.1:{target.Port}"),
         };
         AssertReset(await ReadUntilEndAsync(chain, target), transport);
         // The hosts go on serving: a second session is reset the same way, not refused.

@@ -38,13 +38,33 @@ public sealed class AsportTransportTests
         ["exit-on-stdin-close"] = true,
     };
 
+    /// <summary>
+    /// A bound asport server for <paramref name="target"/> and a client, once the client has learned the
+    /// public address from the server's <c>asport.address</c> signal (the chain carries it asynchronously;
+    /// a session started before would take its SOCKS destination as the server address, spec/asport.md §6.2).
+    /// </summary>
+    internal static async Task<PtChain> StartChainAsync(IPEndPoint relay, string target)
+    {
+        var chain = await PtChain.StartAsync(ServerConfig(relay, target), _ => ClientConfig());
+        try
+        {
+            await chain.Client.WaitForStderrAsync("learned from SMESSAGE");
+            return chain;
+        }
+        catch
+        {
+            await chain.DisposeAsync();
+            throw;
+        }
+    }
+
     [Fact]
     public async Task Curl_through_the_asport_transport_reaches_the_bound_target()
     {
         var body = RandomNumberGenerator.GetBytes(4 << 20);
         await using var web = new HttpFileServer(body);
         await using var relay = await AsportRelayProcess.StartAsync();
-        await using var chain = await PtChain.StartAsync(ServerConfig(relay.EndPoint, $"127.0.0.1:{web.Port}"), _ => ClientConfig());
+        await using var chain = await StartChainAsync(relay.EndPoint, $"127.0.0.1:{web.Port}");
         // SMETHOD names the relay's address with the public port it assigned.
         Assert.Equal(relay.EndPoint.Address, chain.ServerEndPoint.Address);
         Assert.InRange(chain.ServerEndPoint.Port, 20000, 60000);
