@@ -146,7 +146,14 @@ public partial class DebianPackageTests
             await using var zephyr = root.StartUnit("zephyr", notify.Environment);
             Assert.Equal("READY=1", await notify.ReceiveAsync(TimeSpan.FromSeconds(20)));
             var listen = IPEndPoint.Parse((await zephyr.WaitForLineAsync("LISTEN zephyr ")).Split(' ')[2]);
-            using (var tcp = new TcpClient()) await tcp.ConnectAsync(listen);
+            using (var tcp = new TcpClient())
+            {
+                await tcp.ConnectAsync(listen);
+                // The relay writes the new connection its assignment once it has accepted it (spec/zephyr.md):
+                // read it, so the SIGTERM below cannot overtake the accept.
+                using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+                Assert.True(await tcp.GetStream().ReadAsync(new byte[64], cts.Token) > 0, "the relay sent no assignment");
+            }
             zephyr.Signal(15);
             Assert.Equal(0, await zephyr.WaitForExitAsync());
             Assert.Contains(zephyr.StdoutLines, l => l.StartsWith("STATUS TRANSPORT=zephyr ", StringComparison.Ordinal) && l.Contains(" ACCEPTED=1 ", StringComparison.Ordinal));
