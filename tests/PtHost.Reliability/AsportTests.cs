@@ -37,26 +37,13 @@ public class AsportTests(ITestOutputHelper output)
     /// signal: the test carries that SMESSAGE asynchronously, and a session started before it arrives
     /// would take its SOCKS destination as the server address (spec/asport.md §6.2).
     /// </summary>
-    internal static async Task<PtChain> StartChainAsync(IPEndPoint relay)
+    internal static Task<PtChain> StartChainAsync(IPEndPoint relay) => PtChain.AnnouncedAsync(PtChain.StartAsync(ServerConfig(relay), _ => new JObject
     {
-        var chain = await PtChain.StartAsync(ServerConfig(relay), _ => new JObject
-        {
-            ["role"] = "client",
-            ["transports"] = new JArray("asport"),
-            ["exit-on-stdin-close"] = true,
-            ["loglevel"] = "info",
-        });
-        try
-        {
-            await chain.Client.WaitForStderrAsync("learned from SMESSAGE");
-            return chain;
-        }
-        catch
-        {
-            await chain.DisposeAsync();
-            throw;
-        }
-    }
+        ["role"] = "client",
+        ["transports"] = new JArray("asport"),
+        ["exit-on-stdin-close"] = true,
+        ["loglevel"] = "info",
+    }));
 
     [Fact]
     public async Task Two_rounds_of_2000_concurrent_sessions_through_asport_lose_no_byte_leak_nothing_and_do_not_grow_memory()

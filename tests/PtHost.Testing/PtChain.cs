@@ -61,6 +61,27 @@ public sealed class PtChain : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// The chain once the client has learned the server's announced address (an asport client logs
+    /// "learned from SMESSAGE"): the chain carries SMESSAGE lines asynchronously, and a session started
+    /// before would take its SOCKS destination as the server address (spec/asport.md §6.2). Disposes the
+    /// chain when the line never comes.
+    /// </summary>
+    public static async Task<PtChain> AnnouncedAsync(Task<PtChain> starting)
+    {
+        var chain = await starting;
+        try
+        {
+            await chain.Client.WaitForStderrAsync("learned from SMESSAGE");
+            return chain;
+        }
+        catch
+        {
+            await chain.DisposeAsync();
+            throw;
+        }
+    }
+
     public static JObject FreeServer(string transport = "plain", params string[] allow) => new()
     {
         ["role"] = "server",

@@ -43,20 +43,8 @@ public sealed class AsportTransportTests
     /// public address from the server's <c>asport.address</c> signal (the chain carries it asynchronously;
     /// a session started before would take its SOCKS destination as the server address, spec/asport.md §6.2).
     /// </summary>
-    internal static async Task<PtChain> StartChainAsync(IPEndPoint relay, string target)
-    {
-        var chain = await PtChain.StartAsync(ServerConfig(relay, target), _ => ClientConfig());
-        try
-        {
-            await chain.Client.WaitForStderrAsync("learned from SMESSAGE");
-            return chain;
-        }
-        catch
-        {
-            await chain.DisposeAsync();
-            throw;
-        }
-    }
+    internal static Task<PtChain> StartChainAsync(IPEndPoint relay, string target) =>
+        PtChain.AnnouncedAsync(PtChain.StartAsync(ServerConfig(relay, target), _ => ClientConfig()));
 
     [Fact]
     public async Task Curl_through_the_asport_transport_reaches_the_bound_target()
