@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Net;
 using Microsoft.Extensions.Logging;
+using Newtonsoft.Json.Linq;
 
 namespace PtHost.Contract;
 
@@ -130,6 +131,37 @@ public sealed class RelayArguments
             r._values[o.Name] = value;
         }
         return r;
+    }
+
+    /// <summary>
+    /// Reads the options file of a relay that has no configuration file of its own
+    /// (<c>pthost relay NAME --config FILE</c>, spec/ipc.md §2.4): a JSON object whose keys are the
+    /// option names; a string or a number for any option, read and checked by its kind as on the
+    /// command line. Returns option name → text. Throws <see cref="OptionsException"/> naming the key.
+    /// </summary>
+    public static IReadOnlyDictionary<string, string> ReadFile(IReadOnlyList<RelayOption> options, string json)
+    {
+        var r = OptionsReader.Parse(json);
+        r.RejectUnknown(options.Select(o => o.Name).ToArray());
+        var values = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (string key in r.Keys)
+        {
+            var option = options.First(o => o.Name == key);
+            var token = r.Token(key)!;
+            string text = token.Type switch
+            {
+                JTokenType.String => (string)token!,
+                JTokenType.Integer or JTokenType.Float when option.Kind is RelayOptionKind.Seconds or RelayOptionKind.Count
+                    => StrictJson.Write(token),
+                _ => throw r.Fail(key, option.Kind is RelayOptionKind.Seconds or RelayOptionKind.Count
+                    ? $"must be a number or a string, not {OptionsReader.Describe(token)}"
+                    : $"must be a string, not {OptionsReader.Describe(token)}"),
+            };
+            // The command line's wording without its "--name ": the path already names the key.
+            if (!option.TryRead(text, out _, out string? problem)) throw r.Fail(key, problem![(option.Name.Length + 3)..]);
+            values[key] = text;
+        }
+        return values;
     }
 
     /// <summary>Whether the option was on the command line (not just its default).</summary>

@@ -123,9 +123,29 @@ internal static class CommandLine
             Description = "Keep the addresses of clients and peers in the logs (by default they are [scrubbed], spec/ipc.md §4.11).",
         };
         command.Options.Add(unsafeLogging);
+        // A relay without a configuration file of its own reads its options from one (a systemd unit's
+        // /etc/pthost/NAME.json): the executable's, keys named as the options (spec/ipc.md §2.4).
+        Option<string>? file = null;
+        if (!service.Options.Any(o => o.Name == "config"))
+        {
+            file = new Option<string>("--config") { Description = "Read the options from a JSON object FILE, keys named as the options; the command line wins.", HelpName = "FILE" };
+            command.Options.Add(file);
+        }
         command.SetAction((parse, _) =>
         {
             var given = new Dictionary<string, string>(StringComparer.Ordinal);
+            if (file is not null && parse.GetValue(file) is { } path)
+            {
+                try
+                {
+                    foreach (var (name, text) in RelayArguments.ReadFile(service.Options, File.ReadAllText(path))) given[name] = text;
+                }
+                catch (Exception e) when (e is OptionsException or IOException or UnauthorizedAccessException)
+                {
+                    Console.Error.WriteLine($"pthost: relay {service.Name}: configuration {path}: {e.Message}");
+                    return Task.FromResult(ExitCodes.Config);
+                }
+            }
             foreach (var (o, option) in options)
                 if (parse.GetResult(option) is { Implicit: false } r) given[o.Name] = r.Tokens[^1].Value;
             RelayArguments arguments;

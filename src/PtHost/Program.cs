@@ -164,12 +164,25 @@ public static class Program
         {
             await host.RunAsync().ConfigureAwait(false);
         }
+        catch (OperationCanceledException) when (lifetime.ApplicationStopping.IsCancellationRequested)
+        {
+            // Told to stop (stdin closed, a signal) before the host had started: a clean shutdown (spec/ipc.md §9).
+            await StopQuietlyAsync(host, log).ConfigureAwait(false);
+        }
         catch (Exception e)
         {
             log.LogCritical(e, "pthost failed");
             return ExitCodes.Software;
         }
         return runtime.FailureExitCode ?? ExitCodes.Ok;
+    }
+
+    /// <summary>Stops a host whose start was cancelled: whatever did start is closed.</summary>
+    private static async Task StopQuietlyAsync(IHost host, ILogger log)
+    {
+        log.LogInformation("stopped while starting");
+        try { await host.StopAsync(CancellationToken.None).ConfigureAwait(false); }
+        catch (Exception e) when (e is OperationCanceledException or AggregateException) { log.LogDebug(e, "stopping after a cancelled start"); }
     }
 
     /// <summary>
@@ -203,9 +216,15 @@ public static class Program
         builder.Services.AddHostedService(sp => sp.GetRequiredService<RelayHost>());
         using var host = builder.Build();
         var relay = host.Services.GetRequiredService<RelayHost>();
+        var lifetime = host.Services.GetRequiredService<IHostApplicationLifetime>();
         try
         {
             await host.RunAsync().ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (lifetime.ApplicationStopping.IsCancellationRequested)
+        {
+            // SIGTERM/SIGINT before every listener was bound: a clean stop (spec/ipc.md §2.4).
+            await StopQuietlyAsync(host, host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("PtHost.Relay")).ConfigureAwait(false);
         }
         catch (Exception e)
         {

@@ -38,6 +38,12 @@ internal sealed class RelayHost(IRelayService service, RelayArguments arguments,
             Fail(ExitCodes.Config, e.Message);
             return;
         }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // Stopped (SIGTERM, SIGINT) before it listened: exit 0, no LISTEN line, no READY=1.
+            _log.LogInformation("stopped before listening");
+            return;
+        }
         catch (PlatformNotSupportedException e)
         {
             Fail(ExitCodes.Unavailable, e.Message);
