@@ -1,0 +1,223 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using Microsoft.Extensions.Logging.Abstractions;
+using PtHost.Quic;
+using PtHost.Transports.Asport;
+using Xunit.Abstractions;
+
+namespace PtHost.Reliability.Attacks;
+
+/// <summary>
+/// Issue 24's QUIC and ASPORT attacks against the real relay process (`pthost relay asport`,
+/// spec/asport.md §2, §5.1). The legitimate ASPORT client is an in-process <see cref="AsportRelayClient"/>
+/// whose QUIC packets pass an on-path observer (<see cref="UdpTap"/>): it forwards both ways and hands
+/// the attacker the connection id of the client's latest short-header packet, as anyone who sees the
+/// traffic has it. The attacker sends from its own UDP socket. Each test states what the attack did to
+/// the code before the fix (tests/PtHost.Reliability/README.md).
+/// </summary>
+[Collection("asport attacks")]
+public class AsportAttackTests(ITestOutputHelper output)
+{
+    /// <summary>
+    /// 3 s of garbage short-header packets carrying the connection's current id, from a third socket,
+    /// while a TCP upload through the public port keeps the relay sending to its client. Before the fix
+    /// the relay's endpoint moved the connection to the source of any packet that reached it (ngtcp2
+    /// returns 0 for packets it drops as undecryptable), so its datagrams went to the attacker until the
+    /// next genuine packet. Now a connection only follows the path ngtcp2 itself chose after an
+    /// authenticated packet, and every packet leaves on the path ngtcp2 wrote it for.
+    /// </summary>
+    [Fact]
+    public async Task Forged_packets_with_a_seen_connection_id_draw_no_relay_datagram_to_a_third_address()
+    {
+        await using var relay = await AsportRelayProcess.StartAsync();
+        using var tap = new UdpTap(relay.EndPoint);
+        await using var sink = new HashingSink();
+        await using var client = new AsportRelayClient(new AsportRelayClientOptions
+        {
+            Server = tap.EndPoint,
+            Verification = QuicPeerVerification.Pinned(AsportRelayProcess.Cert.Sha256),
+            User = AsportRelayProcess.User,
+            Password = AsportRelayProcess.Password,
+            Mode = ForwardMode.Tcp,
+            PortStart = 20000,
+            PortEnd = 60000,
+            LocalTarget = sink.EndPoint,
+        }, NullLogger.Instance);
+        client.Start();
+        var port = await client.Registered.WaitAsync(TimeSpan.FromSeconds(30));
+
+        using var attacker = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        attacker.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        long drawn = 0, forged = 0;
+        using var stop = new CancellationTokenSource();
+        var listen = Task.Run(async () =>
+        {
+            var buf = new byte[65536];
+            while (!stop.IsCancellationRequested)
+            {
+                try { await attacker.ReceiveAsync(buf, stop.Token); }
+                catch (Exception e) when (e is OperationCanceledException or SocketException) { if (stop.IsCancellationRequested) return; continue; }
+                Interlocked.Increment(ref drawn);
+            }
+        });
+
+        // The upload runs until the attack is over, then ends with FIN; the sink hashes what arrives.
+        using var upload = new TcpClient();
+        await upload.ConnectAsync(IPAddress.Loopback, port);
+        var attackOver = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var sent = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        long uploaded = 0;
+        var writer = Task.Run(async () =>
+        {
+            var chunk = new byte[64 * 1024];
+            var net = upload.GetStream();
+            while (!attackOver.Task.IsCompleted || uploaded < (8 << 20))
+            {
+                RandomNumberGenerator.Fill(chunk);
+                await net.WriteAsync(chunk);
+                sent.AppendData(chunk);
+                uploaded += chunk.Length;
+            }
+            upload.Client.Shutdown(SocketShutdown.Send);
+        });
+        await Eventually.TrueAsync(() => sink.Received > (1 << 20), "the upload to start", TimeSpan.FromSeconds(30));
+
+        var packet = new byte[64];
+        var until = DateTime.UtcNow.AddSeconds(3);
+        while (DateTime.UtcNow < until)
+        {
+            if (tap.ClientDcid is { } dcid)
+            {
+                for (var i = 0; i < 10; i++)
+                {
+                    RandomNumberGenerator.Fill(packet);
+                    packet[0] = (byte)(0x40 | (packet[0] & 0x3f)); // short header, fixed bit set
+                    dcid.CopyTo(packet.AsSpan(1));
+                    attacker.SendTo(packet, relay.EndPoint);
+                    forged++;
+                }
+            }
+            await Task.Delay(1); // a pace, not a wait for anything
+        }
+        attackOver.TrySetResult();
+        await writer.WaitAsync(TimeSpan.FromSeconds(60));
+        await Eventually.TrueAsync(() => sink.Completed, "the upload to arrive whole", TimeSpan.FromSeconds(60));
+        await stop.CancelAsync();
+        await listen;
+        output.WriteLine($"{forged} forged packets in 3 s during a {uploaded >> 20} MiB upload: the third socket received {drawn} of the relay's datagrams");
+        Assert.Equal(uploaded, sink.Received);
+        Assert.Equal(Convert.ToHexString(sent.GetHashAndReset()), sink.Hash);
+        Assert.Equal(0, drawn);
+    }
+
+    /// <summary>Accepts one TCP connection and hashes everything it carries.</summary>
+    internal sealed class HashingSink : IAsyncDisposable
+    {
+        private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+        private readonly Task _run;
+        private long _received;
+        private volatile bool _completed;
+
+        public HashingSink()
+        {
+            _listener.Start();
+            _run = Task.Run(RunAsync);
+        }
+
+        public IPEndPoint EndPoint => (IPEndPoint)_listener.LocalEndpoint;
+        public long Received => Interlocked.Read(ref _received);
+        public bool Completed => _completed;
+        public string? Hash { get; private set; }
+
+        private async Task RunAsync()
+        {
+            try
+            {
+                using var c = await _listener.AcceptTcpClientAsync();
+                using var h = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+                var buf = new byte[256 * 1024];
+                var s = c.GetStream();
+                int n;
+                while ((n = await s.ReadAsync(buf)) > 0)
+                {
+                    h.AppendData(buf, 0, n);
+                    Interlocked.Add(ref _received, n);
+                }
+                Hash = Convert.ToHexString(h.GetHashAndReset());
+                _completed = true;
+            }
+            catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException) { }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            _listener.Stop();
+            await _run;
+        }
+    }
+}
+
+/// <summary>An on-path observer between one QUIC client and its server: forwards datagrams both ways and
+/// keeps the destination connection id (16 bytes, spec/asport.md §2) of the client's latest short-header packet.</summary>
+internal sealed class UdpTap : IDisposable
+{
+    private readonly Socket _front = new(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+    private readonly Socket _back = new(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+    private readonly IPEndPoint _server;
+    private readonly CancellationTokenSource _stop = new();
+    private EndPoint? _client;
+    private byte[]? _dcid;
+
+    public UdpTap(IPEndPoint server)
+    {
+        _server = server;
+        _front.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        _back.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        _front.ReceiveBufferSize = _back.ReceiveBufferSize = 4 << 20;
+        _ = Task.Run(FromClientAsync);
+        _ = Task.Run(FromServerAsync);
+    }
+
+    public IPEndPoint EndPoint => (IPEndPoint)_front.LocalEndPoint!;
+    public byte[]? ClientDcid => Volatile.Read(ref _dcid);
+
+    private async Task FromClientAsync()
+    {
+        var buf = new byte[65536];
+        EndPoint any = new IPEndPoint(IPAddress.Any, 0);
+        while (!_stop.IsCancellationRequested)
+        {
+            SocketReceiveFromResult r;
+            try { r = await _front.ReceiveFromAsync(buf, any, _stop.Token); }
+            catch (SocketException) { continue; }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { return; }
+            _client = r.RemoteEndPoint;
+            if (r.ReceivedBytes >= 17 && (buf[0] & 0x80) == 0) Volatile.Write(ref _dcid, buf.AsSpan(1, 16).ToArray());
+            try { _back.SendTo(buf.AsSpan(0, r.ReceivedBytes), SocketFlags.None, _server); } catch (SocketException) { }
+        }
+    }
+
+    private async Task FromServerAsync()
+    {
+        var buf = new byte[65536];
+        EndPoint any = new IPEndPoint(IPAddress.Any, 0);
+        while (!_stop.IsCancellationRequested)
+        {
+            SocketReceiveFromResult r;
+            try { r = await _back.ReceiveFromAsync(buf, any, _stop.Token); }
+            catch (SocketException) { continue; }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { return; }
+            if (_client is { } c)
+                try { _front.SendTo(buf.AsSpan(0, r.ReceivedBytes), SocketFlags.None, c); } catch (SocketException) { }
+        }
+    }
+
+    public void Dispose()
+    {
+        _stop.Cancel();
+        _front.Dispose();
+        _back.Dispose();
+        _stop.Dispose();
+    }
+}
