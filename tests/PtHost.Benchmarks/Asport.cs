@@ -68,7 +68,7 @@ public static class AsportBench
         string state = ctx.NewStateDir();
         var (certPem, keyPem, pin) = NewCertificate();
         await File.WriteAllTextAsync(Path.Combine(state, "cert.pem"), certPem).ConfigureAwait(false);
-        await File.WriteAllTextAsync(Path.Combine(state, "key.pem"), keyPem).ConfigureAwait(false);
+        PtHost.Net.PrivateFile.WriteNew(Path.Combine(state, "key.pem"), keyPem); // 0600 (spec/asport.md §5)
         var config = new JsonObject
         {
             ["certificate"] = "cert.pem",
