@@ -352,6 +352,7 @@ public sealed class AsportRelayTests
     /// <summary>Issue 24 point 8: the private key is read through PrivateFile (spec/asport.md §5): a key open to
     /// group or others, or a symbolic link to one, is a configuration error naming "key", exit 78.</summary>
     [Fact]
+    [System.Runtime.Versioning.SupportedOSPlatform("linux")]
     public async Task A_key_file_open_to_others_or_behind_a_link_is_refused_with_exit_78()
     {
         var dir = Directory.CreateTempSubdirectory("pthost-asport-key-").FullName;
