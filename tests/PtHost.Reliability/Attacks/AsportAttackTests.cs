@@ -111,6 +111,104 @@ public class AsportAttackTests(ITestOutputHelper output)
         Assert.Equal(0, drawn);
     }
 
+    /// <summary>
+    /// 6,000 distinct QUIC Initials from 200 loopback addresses at 3,000 a second while a registered client
+    /// carries a 32 MiB upload. Before the fix the relay started a TLS handshake for every one of them and
+    /// answered each with its first flight (up to 3× the Initial's bytes); now it answers with Retry packets
+    /// once 32 handshakes are under way or 64 started this second (spec/asport.md §2.1), so the flood gets
+    /// a fraction of its own bytes back, and the upload completes.
+    /// </summary>
+    [Fact]
+    public async Task An_initial_flood_from_many_addresses_gets_retries_and_the_upload_completes()
+    {
+        await using var relay = await AsportRelayProcess.StartAsync();
+        await using var sink = new HashingSink();
+        await using var client = Legitimate(relay.EndPoint, sink.EndPoint);
+        client.Start();
+        var port = await client.Registered.WaitAsync(TimeSpan.FromSeconds(30));
+        var initials = await QuicInitialFlood.CaptureAsync(6000, AsportRelay.Alpn, TimeSpan.FromSeconds(120));
+        long rss0 = ProcStats.RssBytes(relay.Process.Pid), rssPeak = rss0;
+
+        await using var flood = QuicInitialFlood.Create(200);
+        using var stop = new CancellationTokenSource();
+        var flooding = flood.RunAsync(relay.EndPoint, initials, 3000, stop.Token);
+        var data = RandomNumberGenerator.GetBytes(32 << 20);
+        using (var upload = new TcpClient())
+        {
+            await upload.ConnectAsync(IPAddress.Loopback, port);
+            var net = upload.GetStream();
+            for (int off = 0; off < data.Length; off += 1 << 20)
+            {
+                await net.WriteAsync(data.AsMemory(off, 1 << 20));
+                rssPeak = Math.Max(rssPeak, ProcStats.RssBytes(relay.Process.Pid));
+            }
+            upload.Client.Shutdown(SocketShutdown.Send);
+            await Eventually.TrueAsync(() => sink.Completed, "the upload to arrive whole", TimeSpan.FromSeconds(120));
+        }
+        await flooding;
+        rssPeak = Math.Max(rssPeak, ProcStats.RssBytes(relay.Process.Pid));
+        long floodBytes = initials.Take((int)flood.Sent).Sum(i => (long)i.Length);
+        output.WriteLine($"{flood.Sent} Initials ({floodBytes >> 10} KiB) from 200 addresses: the relay answered with {flood.Answers} datagrams, " +
+            $"{flood.AnswerBytes >> 10} KiB ({(double)flood.AnswerBytes / floodBytes:0.00} of the flood's bytes); relay RSS {rss0 >> 20} → {rssPeak >> 20} MiB; upload {sink.Received >> 20} MiB whole");
+        Assert.Equal(Convert.ToHexString(SHA256.HashData(data)), sink.Hash);
+        Assert.True(flood.AnswerBytes < floodBytes / 2, $"the relay answered {flood.AnswerBytes} bytes to {floodBytes} bytes of Initials");
+        Assert.True(rssPeak < 512L << 20, $"relay RSS {rssPeak >> 20} MiB");
+    }
+
+    /// <summary>
+    /// 40 QUIC handshakes at once from one address (127.0.0.3) while a client from 127.0.0.1 is registered.
+    /// Before the fix all 40 were accepted (no per-source cap); now the 17th and later get no answer
+    /// (`max_connections_per_source` 16, spec/asport.md §2.1) and the registered client still forwards.
+    /// </summary>
+    [Fact]
+    public async Task One_source_gets_at_most_16_connections()
+    {
+        await using var relay = await AsportRelayProcess.StartAsync();
+        await using var sink = new HashingSink();
+        await using var client = Legitimate(relay.EndPoint, sink.EndPoint);
+        client.Start();
+        var port = await client.Registered.WaitAsync(TimeSpan.FromSeconds(30));
+        await using var endpoint = QuicEndpoint.CreateClient(new IPEndPoint(IPAddress.Parse("127.0.0.3"), 0));
+        var options = new QuicClientOptions
+        {
+            Verification = QuicPeerVerification.Pinned(AsportRelayProcess.Cert.Sha256),
+            ApplicationProtocols = [AsportRelay.Alpn],
+            HandshakeTimeout = TimeSpan.FromSeconds(2),
+        };
+        // All at once: the relay closes a connection without a ClientHello after 3 s (§4.1), which must not
+        // free places while the test is still connecting.
+        var attempts = await Task.WhenAll(Enumerable.Range(0, 40).Select(async _ =>
+        {
+            try { return await endpoint.ConnectAsync(relay.EndPoint, options); }
+            catch (QuicConnectionException) { return null; }
+        }));
+        var held = attempts.OfType<QuicConnection>().ToList();
+        int refused = attempts.Length - held.Count;
+        output.WriteLine($"40 handshakes from one address: {held.Count} connections, {refused} got no answer");
+        using (var tcp = new TcpClient())
+        {
+            await tcp.ConnectAsync(IPAddress.Loopback, port);
+            await tcp.GetStream().WriteAsync(new byte[1000]);
+            tcp.Client.Shutdown(SocketShutdown.Send);
+            await Eventually.TrueAsync(() => sink.Completed, "the registered client to forward", TimeSpan.FromSeconds(30));
+        }
+        foreach (var c in held) await c.DisposeAsync();
+        Assert.Equal(16, held.Count);
+        Assert.Equal(1000, sink.Received);
+    }
+
+    private static AsportRelayClient Legitimate(IPEndPoint relay, IPEndPoint local) => new(new AsportRelayClientOptions
+    {
+        Server = relay,
+        Verification = QuicPeerVerification.Pinned(AsportRelayProcess.Cert.Sha256),
+        User = AsportRelayProcess.User,
+        Password = AsportRelayProcess.Password,
+        Mode = ForwardMode.Tcp,
+        PortStart = 20000,
+        PortEnd = 60000,
+        LocalTarget = local,
+    }, NullLogger.Instance);
+
     /// <summary>Accepts one TCP connection and hashes everything it carries.</summary>
     internal sealed class HashingSink : IAsyncDisposable
     {
