@@ -33,17 +33,7 @@ public class AsportAttackTests(ITestOutputHelper output)
         await using var relay = await AsportRelayProcess.StartAsync();
         using var tap = new UdpTap(relay.EndPoint);
         await using var sink = new HashingSink();
-        await using var client = new AsportRelayClient(new AsportRelayClientOptions
-        {
-            Server = tap.EndPoint,
-            Verification = QuicPeerVerification.Pinned(AsportRelayProcess.Cert.Sha256),
-            User = AsportRelayProcess.User,
-            Password = AsportRelayProcess.Password,
-            Mode = ForwardMode.Tcp,
-            PortStart = 20000,
-            PortEnd = 60000,
-            LocalTarget = sink.EndPoint,
-        }, NullLogger.Instance);
+        await using var client = Legitimate(tap.EndPoint, sink.EndPoint);
         client.Start();
         var port = await client.Registered.WaitAsync(TimeSpan.FromSeconds(30));
 
@@ -197,8 +187,61 @@ public class AsportAttackTests(ITestOutputHelper output)
         Assert.Equal(1000, sink.Received);
     }
 
-    private static AsportRelayClient Legitimate(IPEndPoint relay, IPEndPoint local) => new(new AsportRelayClientOptions
+    /// <summary>
+    /// 1,200 TCP connections to the public port of a client that grants 8 streams at a time and whose local
+    /// service accepts and never answers, so no stream ends and no credit comes back. Before the fix the relay
+    /// kept every connection with a task waiting for stream credit without limit; now at most 1,024 wait
+    /// (spec/asport.md §5.1) and the rest are reset at once.
+    /// </summary>
+    [Fact]
+    public async Task Public_connections_waiting_for_stream_credit_are_bounded()
     {
+        await using var relay = await AsportRelayProcess.StartAsync();
+        var holder = new TcpListener(IPAddress.Loopback, 0);
+        holder.Start(2048);
+        var held = new List<TcpClient>();
+        var accepting = Task.Run(async () =>
+        {
+            try { while (true) held.Add(await holder.AcceptTcpClientAsync()); }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+        });
+        await using var client = Legitimate(relay.EndPoint, (IPEndPoint)holder.LocalEndpoint, maxForwardedStreams: 8);
+        client.Start();
+        var port = await client.Registered.WaitAsync(TimeSpan.FromSeconds(30));
+        const int Total = 1200, Waiting = 1024, Streams = 8;
+        var sockets = new List<Socket>();
+        int ended = 0;
+        try
+        {
+            for (int i = 0; i < Total; i++)
+            {
+                var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+                sockets.Add(s);
+                await s.ConnectAsync(IPAddress.Loopback, port);
+                _ = Task.Run(async () =>
+                {
+                    try { await s.ReceiveAsync(new byte[1], SocketFlags.None); }
+                    catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+                    Interlocked.Increment(ref ended);
+                });
+            }
+            bool bounded = await Eventually.HoldsWithinAsync(() => Volatile.Read(ref ended) >= Total - Waiting - Streams, TimeSpan.FromSeconds(20));
+            output.WriteLine($"{Total} public connections, 8 streams granted: {Volatile.Read(ref ended)} reset by the relay, {client.TcpForwarded} forwarded");
+            Assert.True(bounded, $"only {ended} of {Total} connections were reset: the rest wait for stream credit without a bound");
+            Assert.InRange(Volatile.Read(ref ended), Total - Waiting - Streams, Total - Waiting);
+        }
+        finally
+        {
+            foreach (var s in sockets) s.Dispose();
+            holder.Stop();
+            await accepting;
+            foreach (var c in held) c.Dispose();
+        }
+    }
+
+    private static AsportRelayClient Legitimate(IPEndPoint relay, IPEndPoint local, int maxForwardedStreams = AsportRelayClient.MaxForwardedStreams) => new(new AsportRelayClientOptions
+    {
+        MaxForwardedStreams = maxForwardedStreams,
         Server = relay,
         Verification = QuicPeerVerification.Pinned(AsportRelayProcess.Cert.Sha256),
         User = AsportRelayProcess.User,
@@ -273,41 +316,33 @@ internal sealed class UdpTap : IDisposable
         _front.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         _back.Bind(new IPEndPoint(IPAddress.Loopback, 0));
         _front.ReceiveBufferSize = _back.ReceiveBufferSize = 4 << 20;
-        _ = Task.Run(FromClientAsync);
-        _ = Task.Run(FromServerAsync);
+        _ = Task.Run(() => ForwardAsync(fromClient: true));
+        _ = Task.Run(() => ForwardAsync(fromClient: false));
     }
 
     public IPEndPoint EndPoint => (IPEndPoint)_front.LocalEndPoint!;
     public byte[]? ClientDcid => Volatile.Read(ref _dcid);
 
-    private async Task FromClientAsync()
+    /// <summary>One direction: client → server (noting the DCID of short-header packets), or server → client.</summary>
+    private async Task ForwardAsync(bool fromClient)
     {
         var buf = new byte[65536];
         EndPoint any = new IPEndPoint(IPAddress.Any, 0);
+        var (from, to) = fromClient ? (_front, _back) : (_back, _front);
         while (!_stop.IsCancellationRequested)
         {
             SocketReceiveFromResult r;
-            try { r = await _front.ReceiveFromAsync(buf, any, _stop.Token); }
+            try { r = await from.ReceiveFromAsync(buf, any, _stop.Token); }
             catch (SocketException) { continue; }
             catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { return; }
-            _client = r.RemoteEndPoint;
-            if (r.ReceivedBytes >= 17 && (buf[0] & 0x80) == 0) Volatile.Write(ref _dcid, buf.AsSpan(1, 16).ToArray());
-            try { _back.SendTo(buf.AsSpan(0, r.ReceivedBytes), SocketFlags.None, _server); } catch (SocketException) { }
-        }
-    }
-
-    private async Task FromServerAsync()
-    {
-        var buf = new byte[65536];
-        EndPoint any = new IPEndPoint(IPAddress.Any, 0);
-        while (!_stop.IsCancellationRequested)
-        {
-            SocketReceiveFromResult r;
-            try { r = await _back.ReceiveFromAsync(buf, any, _stop.Token); }
-            catch (SocketException) { continue; }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { return; }
-            if (_client is { } c)
-                try { _front.SendTo(buf.AsSpan(0, r.ReceivedBytes), SocketFlags.None, c); } catch (SocketException) { }
+            if (fromClient)
+            {
+                _client = r.RemoteEndPoint;
+                if (r.ReceivedBytes >= 17 && (buf[0] & 0x80) == 0) Volatile.Write(ref _dcid, buf.AsSpan(1, 16).ToArray());
+            }
+            var destination = fromClient ? _server : _client;
+            if (destination is not null)
+                try { to.SendTo(buf.AsSpan(0, r.ReceivedBytes), SocketFlags.None, destination); } catch (SocketException) { }
         }
     }
 
