@@ -203,8 +203,10 @@ public static class Program
     /// <c>pthost relay NAME</c> (spec/ipc.md §2.4): the relay runs as the host's service. Exit 0 after
     /// SIGTERM/SIGINT, 78 for a bad configuration, 69 when it cannot run here or cannot listen.
     /// </summary>
-    internal static async Task<int> RunRelayAsync(IRelayService service, RelayArguments arguments, LogLevel level, bool unsafeLogging)
+    /// <param name="command">How errors name the command: <c>relay NAME</c>, or a transport command's name (spec/ipc.md §2.4).</param>
+    internal static async Task<int> RunRelayAsync(IRelayService service, RelayArguments arguments, LogLevel level, bool unsafeLogging, string? command = null)
     {
+        command ??= "relay " + service.Name;
         var builder = CreateHostBuilder(level, unsafeLogging);
         builder.Services.AddSingleton(new IpcWriter(IpcWriter.Stdout()) { UnsafeLogging = unsafeLogging });
         // Under systemd (Type=notify: NOTIFY_SOCKET set), READY=1 once every listener is bound and logs with
@@ -212,7 +214,7 @@ public static class Program
         var notifier = new SystemdNotifier();
         if (notifier.IsEnabled) builder.Logging.AddSystemdConsole(o => o.UseUtcTimestamp = false);
         builder.Services.AddSingleton(sp => new RelayHost(service, arguments, sp.GetRequiredService<IpcWriter>(),
-            sp.GetRequiredService<IHostApplicationLifetime>(), sp.GetRequiredService<ILoggerFactory>(), notifier.IsEnabled ? notifier : null));
+            sp.GetRequiredService<IHostApplicationLifetime>(), sp.GetRequiredService<ILoggerFactory>(), notifier.IsEnabled ? notifier : null, command));
         builder.Services.AddHostedService(sp => sp.GetRequiredService<RelayHost>());
         using var host = builder.Build();
         var relay = host.Services.GetRequiredService<RelayHost>();
@@ -229,7 +231,7 @@ public static class Program
         catch (Exception e)
         {
             string text = e.ToString();
-            Console.Error.WriteLine($"pthost: relay {service.Name} failed: {(unsafeLogging ? text : AddressScrubber.Scrub(text))}");
+            Console.Error.WriteLine($"pthost: {command} failed: {(unsafeLogging ? text : AddressScrubber.Scrub(text))}");
             return ExitCodes.Software;
         }
         return relay.ExitCode;

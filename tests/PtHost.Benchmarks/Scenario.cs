@@ -33,6 +33,7 @@ public static class Scenarios
         new ZephyrEndToEndScenario(),
         new ZephyrIdleScenario(),
         new AsportScenario(),
+        new AsportAttackScenario(),
         new TurnScenario(),
         new JetScenario(),
         new RudScenario(),

@@ -373,7 +373,8 @@ public class HostileClientTests(ITestOutputHelper output)
     public async Task Asport_silent_quic_connections_and_abandoned_initials_are_cut_while_a_client_forwards()
     {
         await using var echo = new EchoServer();
-        await using var relay = await AsportRelayProcess.StartAsync();
+        // 150 connections from one address: above the default per-source cap of 16 (spec/asport.md §5.1).
+        await using var relay = await AsportRelayProcess.StartAsync(extra: new Newtonsoft.Json.Linq.JObject { ["max_connections_per_source"] = 256 });
         int pid = relay.Process.Pid;
         await using var legit = new AsportRelayClient(new AsportRelayClientOptions
         {
