@@ -139,15 +139,15 @@ internal static class CommandLine
         command.SetAction((parse, _) =>
         {
             var given = new Dictionary<string, string>(StringComparer.Ordinal);
-            if (file is not null && parse.GetValue(file) is { } path)
+            if (file is not null && parse.GetValue(file) is { } configFile)
             {
                 try
                 {
-                    foreach (var (name, text) in RelayArguments.ReadFile(service.Options, File.ReadAllText(path))) given[name] = text;
+                    foreach (var (name, text) in RelayArguments.ReadFile(service.Options, File.ReadAllText(configFile))) given[name] = text;
                 }
                 catch (Exception e) when (e is OptionsException or IOException or UnauthorizedAccessException)
                 {
-                    Console.Error.WriteLine($"pthost: relay {service.Name}: configuration {path}: {e.Message}");
+                    Console.Error.WriteLine($"pthost: {path}: configuration {configFile}: {e.Message}");
                     return Task.FromResult(ExitCodes.Config);
                 }
             }
