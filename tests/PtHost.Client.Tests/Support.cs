@@ -47,4 +47,17 @@ internal static class Support
         byte[] body = await response.Content.ReadAsByteArrayAsync();
         return ((int)response.StatusCode, Convert.ToHexStringLower(SHA256.HashData(body)), body.Length);
     }
+
+    /// <summary>curl through a SOCKS5 front end (the host name goes to the proxy); fails the test unless curl exits 0; returns stdout.</summary>
+    public static async Task<string> CurlAsync(IPEndPoint socks, string url, params string[] extra)
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo("curl") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in (string[])["-sS", "--max-time", "60", "--socks5-hostname", socks.ToString(), url, .. extra]) psi.ArgumentList.Add(a);
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        await p.WaitForExitAsync();
+        Assert.True(p.ExitCode == 0, $"curl exited {p.ExitCode}: {await stderr}");
+        return await stdout;
+    }
 }
