@@ -60,4 +60,40 @@ internal static class Support
         Assert.True(p.ExitCode == 0, $"curl exited {p.ExitCode}: {await stderr}");
         return await stdout;
     }
+
+    /// <summary>
+    /// Echoes <paramref name="count"/> numbered datagrams (200 bytes, the number in the first four) off
+    /// <paramref name="echo"/>: each sent once, then those still missing again (UDP may lose some), up to 20 rounds;
+    /// every answer must come from <paramref name="echo"/>. Returns how many distinct numbers came back.
+    /// </summary>
+    public static async Task<int> EchoDatagramsAsync(int count, IPEndPoint echo,
+        Func<ReadOnlyMemory<byte>, ValueTask> send, Func<CancellationToken, ValueTask<System.Net.Sockets.UdpReceiveResult>> receive)
+    {
+        var seen = new HashSet<int>();
+        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        var receiving = Task.Run(async () =>
+        {
+            while (true)
+            {
+                lock (seen) if (seen.Count == count) return;
+                var r = await receive(stop.Token);
+                Assert.Equal(echo, r.RemoteEndPoint);
+                lock (seen) seen.Add(System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(r.Buffer));
+            }
+        });
+        byte[] datagram = new byte[200];
+        for (int round = 0; round < 20 && !receiving.IsCompleted; round++)
+        {
+            for (int i = 0; i < count; i++)
+            {
+                lock (seen) if (seen.Contains(i)) continue;
+                System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(datagram, i);
+                await send(datagram);
+                if (i % 100 == 99) await Task.Yield();
+            }
+            await Task.WhenAny(receiving, Task.Delay(500));
+        }
+        await receiving;
+        lock (seen) return seen.Count;
+    }
 }
