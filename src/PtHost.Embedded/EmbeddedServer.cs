@@ -5,6 +5,7 @@ using Nerdbank.Streams;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 using PtHost.Net;
+using PtHost.Net.Udp;
 
 namespace PtHost.Embedded;
 
@@ -42,20 +43,51 @@ public sealed class EmbeddedServer : EmbeddedInstance
     /// <paramref name="bindAddress"/> (default 127.0.0.1:0). Sessions of every destination are accepted: the
     /// application decides what to do with each (it is its own target).
     /// </summary>
-    public static async Task<EmbeddedServer> StartAsync(string transport, JObject? options, IPEndPoint? bindAddress = null,
+    public static Task<EmbeddedServer> StartAsync(string transport, JObject? options, IPEndPoint? bindAddress = null,
+        string? state = null, ILoggerFactory? loggers = null, CancellationToken ct = default) =>
+        StartCoreAsync(transport, options, null, bindAddress, state, loggers, ct);
+
+    /// <summary>
+    /// Starts <paramref name="transport"/>'s server bound to <paramref name="target"/> (pthost's <c>listen</c> with a
+    /// <c>target</c>, spec/ipc.md §3.6): every session, and every UDP association, goes to the target as in a pthost
+    /// server process, and the application sees none (<see cref="AcceptAsync"/> refuses). A target that does not
+    /// answer fails that session only, with the SOCKS reply pthost would send.
+    /// </summary>
+    public static Task<EmbeddedServer> ListenAsync(string transport, JObject? options, Destination target, IPEndPoint? bindAddress = null,
         string? state = null, ILoggerFactory? loggers = null, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(target);
+        return StartCoreAsync(transport, options, target, bindAddress, state, loggers, ct);
+    }
+
+    private static async Task<EmbeddedServer> StartCoreAsync(string transport, JObject? options, Destination? target, IPEndPoint? bindAddress,
+        string? state, ILoggerFactory? loggers, CancellationToken ct)
     {
         var config = new JObject { ["options"] = new JObject { [transport] = options } };
         if (state is not null) config["state"] = state;
-        var server = new EmbeddedServer(config, loggers);
+        var server = new EmbeddedServer(config, loggers) { Target = target };
         try
         {
             var counters = new TransportCounters();
             var factory = Create(transport).CreateServerFactory(server.Environment(transport, counters));
             server.Owned.Add(factory);
-            var sessions = new InboundSessions(transport, server.HandOverAsync, null, counters, server.Loggers.CreateLogger("PtHost.Sessions"));
-            // A free server: the session's destination is the application's to read, not a host to dial.
-            server._manager = await factory.ProxyAsync(new ServerBinding(bindAddress ?? new IPEndPoint(IPAddress.Loopback, 0), null, sessions), ct).ConfigureAwait(false);
+            var log = server.Loggers.CreateLogger("PtHost.Sessions");
+            var bind = bindAddress ?? new IPEndPoint(IPAddress.Loopback, 0);
+            if (target is null)
+            {
+                // A free server: the session's destination is the application's to read, not a host to dial.
+                var sessions = new InboundSessions(transport, server.HandOverAsync, null, counters, log);
+                server._manager = await factory.ProxyAsync(new ServerBinding(bind, null, sessions), ct).ConfigureAwait(false);
+            }
+            else
+            {
+                // Bound: the executable's onward path (spec/ipc.md §3.6), streams and UDP associations to the target.
+                server._accepted.Writer.TryComplete();
+                var dialer = new DirectDialer();
+                var associations = new ServerAssociations(target, null, server.Loggers.CreateLogger("PtHost.Turn"));
+                var sessions = new InboundSessions(transport, (_, _, c) => dialer.ConnectTcpAsync(target, c), associations, counters, log);
+                server._manager = await factory.ListenAsync(new ServerBinding(bind, target, sessions), ct).ConfigureAwait(false);
+            }
             server.Owned.Add(server._manager);
             server._transports = [transport];
             return server;
@@ -66,6 +98,9 @@ public sealed class EmbeddedServer : EmbeddedInstance
             throw;
         }
     }
+
+    /// <summary>The bound target (<see cref="ListenAsync"/>), or null for a server whose sessions go to the application.</summary>
+    public Destination? Target { get; private init; }
 
     /// <summary>
     /// The host's onward connection for one session (InboundSessions relays the transport's stream to it): an
@@ -90,7 +125,9 @@ public sealed class EmbeddedServer : EmbeddedInstance
     }
 
     /// <summary>The next accepted session; ends (<see cref="ChannelClosedException"/>) once the server is disposed.</summary>
-    public ValueTask<EmbeddedSession> AcceptAsync(CancellationToken ct = default) => _accepted.Reader.ReadAsync(ct);
+    public ValueTask<EmbeddedSession> AcceptAsync(CancellationToken ct = default) => Target is null
+        ? _accepted.Reader.ReadAsync(ct)
+        : throw new InvalidOperationException($"this server is bound to {Target}: its sessions go there, not to the application");
 
     private int _disposed;
 

@@ -157,6 +157,47 @@ public sealed class EmbeddedTests
     }
 
     [Fact]
+    public async Task BoundServerInProcessForwardsCurlThroughAPthostClientToItsTarget()
+    {
+        await using var web = new HttpFileServer(Support.Body);
+        await using var server = await EmbeddedServer.ListenAsync("plain", null, new Destination("127.0.0.1", web.Port));
+        Assert.Throws<InvalidOperationException>(() => server.AcceptAsync());
+        await using var client = await PtHostClient.StartAsync(Support.PlainClient(server.EndPoint), Support.Options());
+        string file = Path.GetTempFileName();
+        try
+        {
+            // The URL's host is not where the session goes: a bound server sends every session to its target.
+            await Support.CurlAsync(client.GetSocksEndPoint("plain"), "http://elsewhere.example:81/file", "-o", file);
+            Assert.Equal(Support.BodySha, Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(await File.ReadAllBytesAsync(file))));
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+        Assert.Equal(1, web.Accepted);
+        var stats = server.GetStats("plain");
+        Assert.True(stats.SessionsOpened == 1 && stats.BytesOut >= Support.Body.Length, stats.ToString());
+    }
+
+    [Fact]
+    public async Task BoundServerWhoseTargetRefusesFailsThatSessionAndKeepsServing()
+    {
+        // A bound socket that does not listen: connecting to it is refused.
+        using var closed = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+        closed.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        await using var server = await EmbeddedServer.ListenAsync("plain", null, new Destination((IPEndPoint)closed.LocalEndPoint!));
+        await using var client = await PtHostClient.StartAsync(Support.PlainClient(server.EndPoint), Support.Options());
+
+        for (int i = 1; i <= 2; i++)
+        {
+            var (exit, _, stderr) = await Support.RunCurlAsync(client.GetSocksEndPoint("plain"), "http://any.example/");
+            Assert.True(exit == 97, $"curl exited {exit} (97: the proxy refused): {stderr}");
+            int failed = i;
+            await Eventually.TrueAsync(() => server.GetStats("plain").SessionsFailed == failed, $"{failed} failed sessions counted");
+        }
+    }
+
+    [Fact]
     public async Task ExternalTransportsAreRefusedInProcess()
     {
         var e = await Assert.ThrowsAsync<TransportOptionsException>(() => EmbeddedClient.StartAsync(new JObject

@@ -51,14 +51,21 @@ internal static class Support
     /// <summary>curl through a SOCKS5 front end (the host name goes to the proxy); fails the test unless curl exits 0; returns stdout.</summary>
     public static async Task<string> CurlAsync(IPEndPoint socks, string url, params string[] extra)
     {
+        var (exit, stdout, stderr) = await RunCurlAsync(socks, url, extra);
+        Assert.True(exit == 0, $"curl exited {exit}: {stderr}");
+        return stdout;
+    }
+
+    /// <summary>curl through a SOCKS5 front end: its exit code, stdout and stderr.</summary>
+    public static async Task<(int Exit, string Stdout, string Stderr)> RunCurlAsync(IPEndPoint socks, string url, params string[] extra)
+    {
         var psi = new System.Diagnostics.ProcessStartInfo("curl") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in (string[])["-sS", "--max-time", "60", "--socks5-hostname", socks.ToString(), url, .. extra]) psi.ArgumentList.Add(a);
         using var p = System.Diagnostics.Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
         await p.WaitForExitAsync();
-        Assert.True(p.ExitCode == 0, $"curl exited {p.ExitCode}: {await stderr}");
-        return await stdout;
+        return (p.ExitCode, await stdout, await stderr);
     }
 
     /// <summary>
