@@ -16,9 +16,20 @@ internal sealed class CountedStream(Stream inner, TransportCounters counters) : 
     public override long Length => throw new NotSupportedException();
     public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
 
-    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    // Reads and writes that the socket completes at once (most of them) return without an async state machine:
+    // no box per call on the hot path, only the inner stream's own work.
+    public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
-        int n = await inner.ReadAsync(buffer, cancellationToken).ConfigureAwait(false);
+        var read = inner.ReadAsync(buffer, cancellationToken);
+        if (!read.IsCompletedSuccessfully) return CountAsync(read);
+        int n = read.Result;
+        counters.AddBytesIn(n);
+        return new ValueTask<int>(n);
+    }
+
+    private async ValueTask<int> CountAsync(ValueTask<int> read)
+    {
+        int n = await read.ConfigureAwait(false);
         counters.AddBytesIn(n);
         return n;
     }
@@ -33,10 +44,19 @@ internal sealed class CountedStream(Stream inner, TransportCounters counters) : 
         return n;
     }
 
-    public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+    public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
-        await inner.WriteAsync(buffer, cancellationToken).ConfigureAwait(false);
+        var write = inner.WriteAsync(buffer, cancellationToken);
+        if (!write.IsCompletedSuccessfully) return CountAsync(write, buffer.Length);
+        write.GetAwaiter().GetResult(); // releases a pooled IValueTaskSource, as an await would
         counters.AddBytesOut(buffer.Length);
+        return default;
+    }
+
+    private async ValueTask CountAsync(ValueTask write, int length)
+    {
+        await write.ConfigureAwait(false);
+        counters.AddBytesOut(length);
     }
 
     public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
