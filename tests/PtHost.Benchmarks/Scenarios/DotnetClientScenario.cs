@@ -13,7 +13,9 @@ namespace PtHost.Benchmarks;
 /// (PtHost.Client launching a pthost client process), in the same repetition, alternating which goes first, both
 /// through one bound plain server process in front of an acknowledging sink. Throughput: one stream of
 /// StreamBytes / 4, timed to the sink's acknowledgement of the last byte. Sessions per second: sequential
-/// sessions, each connect, one request to the sink, its acknowledgement, close.
+/// sessions, each connect, one request to the sink, its acknowledgement, close. CPU per GiB: the CPU time that the
+/// harness (writer and sink), the pthost server and, on the SOCKS path, the pthost client spent during each timed
+/// stream, per GiB carried; it shows the hop saved even when the machine's other work makes Gbit/s unsteady.
 /// </summary>
 public sealed class DotnetClientScenario : IScenario
 {
@@ -29,7 +31,10 @@ public sealed class DotnetClientScenario : IScenario
         var socksRate = new Figure { Key = "dotnet_socks_sessions_per_s", Label = $"PtHost.Client sessions/s via a pthost client ({sessions} sequential)", Unit = "/s", Format = "0" };
         var embeddedRate = new Figure { Key = "dotnet_embedded_sessions_per_s", Label = $"PtHost.Embedded sessions/s in process ({sessions} sequential)", Unit = "/s", Format = "0" };
         var rateRatio = new Figure { Key = "dotnet_sessions_ratio", Label = "in process / SOCKS chain", Unit = "", Indent = 1, Goal = Goal.AtLeast, Target = 1.5 };
-        run.Add(socksGbps, embeddedGbps, gbpsRatio, socksRate, embeddedRate, rateRatio);
+        var socksCpu = new Figure { Key = "dotnet_socks_cpu_s_per_gib", Label = "CPU per GiB streamed via the SOCKS chain (harness + pthost client + server)", Unit = "s/GiB" };
+        var embeddedCpu = new Figure { Key = "dotnet_embedded_cpu_s_per_gib", Label = "CPU per GiB streamed in process (harness + pthost server)", Unit = "s/GiB" };
+        var cpuRatio = new Figure { Key = "dotnet_cpu_ratio", Label = "SOCKS chain / in process", Unit = "", Indent = 1 };
+        run.Add(socksGbps, embeddedGbps, gbpsRatio, socksCpu, embeddedCpu, cpuRatio, socksRate, embeddedRate, rateRatio);
         var records = run.Raw("dotnet-client");
 
         long bytes = ctx.StreamBytes / 4;
@@ -58,12 +63,17 @@ public sealed class DotnetClientScenario : IScenario
                 await InterleavedRatesAsync(viaSocks, inProcess, 2 * Block, 0).ConfigureAwait(false);
 
                 ctx.Say($"{step}: throughput, in process and through SOCKS");
-                Task<double> S() => ScenarioRun.AttemptAsync(socksGbps, () => StreamAsync(viaSocks, bytes));
-                Task<double> E() => ScenarioRun.AttemptAsync(embeddedGbps, () => StreamAsync(inProcess, bytes));
+                int[] socksPids = [Environment.ProcessId, server.Pid, socks.ProcessId], embeddedPids = [Environment.ProcessId, server.Pid];
+                double sCpu = double.NaN, eCpu = double.NaN;
+                Task<double> S() => ScenarioRun.AttemptAsync(socksGbps, () => CpuPerGibAsync(socksPids, bytes, () => StreamAsync(viaSocks, bytes), c => sCpu = c));
+                Task<double> E() => ScenarioRun.AttemptAsync(embeddedGbps, () => CpuPerGibAsync(embeddedPids, bytes, () => StreamAsync(inProcess, bytes), c => eCpu = c));
                 double s, e;
                 if (rep % 2 == 0) { s = await S().ConfigureAwait(false); e = await E().ConfigureAwait(false); }
                 else { e = await E().ConfigureAwait(false); s = await S().ConfigureAwait(false); }
                 ScenarioRun.AddRatio(gbpsRatio, e, s, embeddedGbps, socksGbps);
+                if (!double.IsNaN(sCpu)) socksCpu.Samples.Add(sCpu);
+                if (!double.IsNaN(eCpu)) embeddedCpu.Samples.Add(eCpu);
+                ScenarioRun.AddRatio(cpuRatio, sCpu, eCpu, socksCpu, embeddedCpu);
 
                 ctx.Say($"{step}: sessions per second, in process and through SOCKS, interleaved in blocks of {Block}");
                 double sr = double.NaN, er = double.NaN;
@@ -75,9 +85,18 @@ public sealed class DotnetClientScenario : IScenario
                 if (!double.IsNaN(er)) embeddedRate.Samples.Add(er);
                 else embeddedRate.Error ??= socksRate.Error;
                 ScenarioRun.AddRatio(rateRatio, er, sr, embeddedRate, socksRate);
-                records.Add(new JsonObject { ["rep"] = rep, ["socks_gbps"] = s, ["embedded_gbps"] = e, ["socks_per_s"] = sr, ["embedded_per_s"] = er });
+                records.Add(new JsonObject { ["rep"] = rep, ["socks_gbps"] = s, ["embedded_gbps"] = e, ["socks_cpu_s_per_gib"] = sCpu, ["embedded_cpu_s_per_gib"] = eCpu, ["socks_per_s"] = sr, ["embedded_per_s"] = er });
             }
         }
+    }
+
+    /// <summary>Runs <paramref name="stream"/> and reports, through <paramref name="cpu"/>, the CPU seconds <paramref name="pids"/> spent on it per GiB.</summary>
+    private static async Task<double> CpuPerGibAsync(int[] pids, long bytes, Func<Task<double>> stream, Action<double> cpu)
+    {
+        double before = pids.Sum(Sys.CpuSeconds);
+        double gbps = await stream().ConfigureAwait(false);
+        cpu((pids.Sum(Sys.CpuSeconds) - before) / (bytes / (double)(1L << 30)));
+        return gbps;
     }
 
     /// <summary>One stream: an 8-byte length, that many bytes, then the sink's 1-byte acknowledgement. Gbit/s.</summary>
