@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net;
 using PtHost.Net.Udp;
 
 namespace PtHost.Embedded;
@@ -70,7 +71,7 @@ public sealed class EmbeddedClient : EmbeddedInstance
         {
             var stream = await factory.ConnectAsync(new ConnectRequest(destination, parsed, Interlocked.Increment(ref _session)), ct).ConfigureAwait(false);
             counters.SessionOpened();
-            return new CountedStream(stream, counters);
+            return new CountedStream(stream, counters, counters.SessionClosed);
         }
         catch
         {

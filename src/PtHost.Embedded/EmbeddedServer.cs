@@ -1,7 +1,6 @@
 using System.Net;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
-using Nerdbank.Streams;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
 using PtHost.Net;
@@ -10,7 +9,8 @@ using PtHost.Net.Udp;
 namespace PtHost.Embedded;
 
 /// <summary>One session a server transport accepted: the application's end of it, and what the client asked for.</summary>
-/// <param name="Stream">The session's bytes (the transport's data after the session preamble).</param>
+/// <param name="Stream">The transport's own stream after the session preamble and its reply (counted in the
+/// transport's statistics); disposing it ends the session.</param>
 /// <param name="Destination">The destination the client named (spec/session.md §2); null when it named none.</param>
 /// <param name="Remote">The transport-level peer (client process or relay).</param>
 public sealed record EmbeddedSession(Stream Stream, Destination? Destination, EndPoint? Remote);
@@ -76,7 +76,7 @@ public sealed class EmbeddedServer : EmbeddedInstance
             if (target is null)
             {
                 // A free server: the session's destination is the application's to read, not a host to dial.
-                var sessions = new InboundSessions(transport, server.HandOverAsync, null, counters, log);
+                var sessions = new InboundSessions(transport, server.DeliverAsync, counters, log);
                 server._manager = await factory.ProxyAsync(new ServerBinding(bind, null, sessions), ct).ConfigureAwait(false);
             }
             else
@@ -103,25 +103,19 @@ public sealed class EmbeddedServer : EmbeddedInstance
     public Destination? Target { get; private init; }
 
     /// <summary>
-    /// The host's onward connection for one session (InboundSessions relays the transport's stream to it): an
-    /// in-memory duplex pair, one end to the application. Nerdbank.Streams' FullDuplexStream.CreatePair fits:
-    /// two connected streams over pipes, with backpressure, and disposing one end is an end of stream at the other,
-    /// so the relay and the application see each other's close as a socket pair would.
+    /// One session for the application (InboundSessions has replied): the transport's own stream, counted, with no
+    /// onward connection, relay or in-memory pipe between the transport and the application.
     /// </summary>
-    private async ValueTask<Stream> HandOverAsync(Destination? destination, EndPoint? remote, CancellationToken ct)
+    private async ValueTask DeliverAsync(Stream session, Destination? destination, EndPoint? remote, CancellationToken ct)
     {
-        var (host, application) = FullDuplexStream.CreatePair();
         try
         {
-            await _accepted.Writer.WriteAsync(new EmbeddedSession(application, destination, remote), ct).ConfigureAwait(false);
+            await _accepted.Writer.WriteAsync(new EmbeddedSession(session, destination, remote), ct).ConfigureAwait(false);
         }
         catch (ChannelClosedException)
         {
-            await host.DisposeAsync().ConfigureAwait(false);
-            await application.DisposeAsync().ConfigureAwait(false);
             throw new TransportConnectException(ConnectFailure.General, "the in-process server is stopping");
         }
-        return host;
     }
 
     /// <summary>The next accepted session; ends (<see cref="ChannelClosedException"/>) once the server is disposed.</summary>

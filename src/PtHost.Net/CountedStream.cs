@@ -1,12 +1,14 @@
 using PtHost.Contract;
 
-namespace PtHost.Embedded;
+namespace PtHost.Net;
 
 /// <summary>
-/// The transport's stream handed to the application, counting bytes and the session's end in the transport's
-/// counters (spec/ipc.md §4.7) as the SOCKS front end's relay does for a pthost process.
+/// A transport's stream handed to an application in process (spec/adapters.md §5.8), counting its bytes in the
+/// transport's counters (spec/ipc.md §4.7) as the host's relay does: what the application reads is
+/// <c>BYTES-IN</c>, what it writes <c>BYTES-OUT</c>. The first dispose disposes the inner stream and then calls
+/// <paramref name="closed"/> (the session's end).
 /// </summary>
-internal sealed class CountedStream(Stream inner, TransportCounters counters) : Stream
+public sealed class CountedStream(Stream inner, TransportCounters counters, Action closed) : Stream
 {
     private int _closed;
 
@@ -77,8 +79,8 @@ internal sealed class CountedStream(Stream inner, TransportCounters counters) : 
     {
         if (disposing && Interlocked.Exchange(ref _closed, 1) == 0)
         {
-            counters.SessionClosed();
-            inner.Dispose();
+            try { inner.Dispose(); }
+            finally { closed(); }
         }
         base.Dispose(disposing);
     }
@@ -87,8 +89,8 @@ internal sealed class CountedStream(Stream inner, TransportCounters counters) : 
     {
         if (Interlocked.Exchange(ref _closed, 1) == 0)
         {
-            counters.SessionClosed();
-            await inner.DisposeAsync().ConfigureAwait(false);
+            try { await inner.DisposeAsync().ConfigureAwait(false); }
+            finally { closed(); }
         }
         await base.DisposeAsync().ConfigureAwait(false);
     }
