@@ -179,7 +179,7 @@ public sealed class HostRuntime : IHostedService
     private void StartTurn(string name, IClientFactory factory, TransportCounters counters)
     {
         if (_config.Turn is not { } turn) return;
-        if (factory is not (IDatagramClientFactory or IStreamCarrier))
+        if (!PtHost.Net.Udp.UdpCarrier.CanCarry(factory))
         {
             _log.LogWarning("transport {Name} cannot carry UDP: no TURN listener", name);
             _ipc.Log("warning", $"transport {name} cannot carry UDP: no TURN listener");
