@@ -71,6 +71,17 @@ public sealed class JetRelayProcess : IAsyncDisposable
         }
     }
 
+    /// <summary>The SHA-256 pin (64 hex digits) of the certificate on the tls (else wss) listener; null without either.</summary>
+    public async Task<string?> CertificatePinAsync()
+    {
+        if ((Tls ?? Wss) is not { } ep) return null;
+        using var tcp = new System.Net.Sockets.TcpClient();
+        await tcp.ConnectAsync(ep);
+        await using var ssl = new SslStream(tcp.GetStream(), false, (_, _, _, _) => true);
+        await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions { TargetHost = ep.Address.ToString() });
+        return PtHost.Net.Tls.PinnedTls.FormatPin(PtHost.Net.Tls.PinnedTls.Pin(ssl.RemoteCertificate!));
+    }
+
     /// <summary>POST /jet/association/{new id}, then POST /jet/gather/{id}: the id and candidates by scheme.</summary>
     public async Task<(Guid Aid, Dictionary<string, (Guid Id, Uri Url)> Candidates)> CreateAndGatherAsync()
     {
@@ -234,6 +245,8 @@ public static class JetChain
         var client = (JObject)generated["client"]!;
         var server = (JObject)generated["server"]!;
         server["relay"] = $"http://{relay.Http}";
+        // The relay's self-signed certificate, pinned for its host (spec/jet.md §7.4): tls and wss candidates are checked.
+        if (await relay.CertificatePinAsync() is { } pin) server["relayPins"] = new JObject { [relay.Http.Address.ToString()] = pin };
         client["signalTimeout"] = 10;
         server["signalTimeout"] = 10;
         editClient?.Invoke(client);

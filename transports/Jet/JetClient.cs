@@ -27,7 +27,7 @@ internal sealed class JetClient : IClientFactory, IStreamCarrier
         _options = options;
         _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Jet");
         _certificateContext = SslStreamCertificateContext.Create(options.Certificate, null, offline: true);
-        _session = new JetSession(context.Dialer);
+        _session = new JetSession(context.Dialer, RelayTrust.Any); // §7.4: the pinned end-to-end TLS is the client's trust decision
         _offers = new SignalOffers(context.Signals, "jet", JetSignals.Offer, JetSignals.Answer, options.SignalTimeout, _log);
     }
 

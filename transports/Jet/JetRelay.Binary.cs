@@ -97,7 +97,7 @@ public sealed partial class JetRelay
                 case JetMethod.Accept:
                     {
                         var waiter = new Waiter(stream, early, socket);
-                        int s = TryAccept(request, kind, waiter, out var a, out var c, out string why);
+                        int s = TryAccept(request, kind, waiter, source, out var a, out var c, out string why);
                         if (s != 0)
                         {
                             Interlocked.Increment(ref _errors);

@@ -73,7 +73,7 @@ internal sealed class JetServerManager : IServerManager
         _certificateContext = SslStreamCertificateContext.Create(certificate, null, offline: true);
         _binding = binding;
         _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Jet");
-        _session = new JetSession(context.Dialer);
+        _session = new JetSession(context.Dialer, new RelayTrust(options.RelayPins));
         if (options.Relay?.Scheme is not null && options.ApiKey is not null)
             _session.Http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", options.ApiKey);
         LocalEndPoint = binding.BindAddress;
@@ -135,6 +135,14 @@ internal sealed class JetServerManager : IServerManager
                 {
                     var gathered = await CreateAndGatherAsync(relay, offer.Association, abort).ConfigureAwait(false);
                     created = true;
+                    // §7.3 step 2: a candidate on another host than the relay's (or one of candidateHosts) is never dialled.
+                    foreach (var c in gathered.Where(c => !OnRelayHost(relay, c.Url)))
+                    {
+                        problems.Add($"{c.Kind} {c.Url.Authority}: not the relay's host");
+                        _log.LogWarning("jet offer {Id}: the relay listed a {Kind} candidate on {Host}, not the relay's host {Relay} nor one of candidateHosts; left out",
+                            offer.Id, c.Kind, c.Url.Authority, relay.Authority);
+                    }
+                    gathered.RemoveAll(c => !OnRelayHost(relay, c.Url));
                     var accepts = gathered.Where(c => _options.Kinds.Contains(c.Kind)).Select(async c =>
                     {
                         using var limit = CancellationTokenSource.CreateLinkedTokenSource(abort);
@@ -204,6 +212,20 @@ internal sealed class JetServerManager : IServerManager
             _direct.TryRemove(offer.Association, out _);
             if (created) await DeleteAssociationAsync(offer.Association).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>§7.3: whether <paramref name="candidate"/> names the relay's own host or one of <c>candidateHosts</c>.</summary>
+    private bool OnRelayHost(Uri relay, Uri candidate) =>
+        SameHost(relay.IdnHost, candidate.IdnHost) || _options.CandidateHosts.Any(h => SameHost(h, candidate.IdnHost));
+
+    /// <summary>Host names compared without case (and a trailing dot); IP literals by address (IPv4-mapped as IPv4).</summary>
+    internal static bool SameHost(string a, string b)
+    {
+        a = a.Trim('[', ']').TrimEnd('.');
+        b = b.Trim('[', ']').TrimEnd('.');
+        if (IPAddress.TryParse(a, out var ia) && IPAddress.TryParse(b, out var ib))
+            return (ia.IsIPv4MappedToIPv6 ? ia.MapToIPv4() : ia).Equals(ib.IsIPv4MappedToIPv6 ? ib.MapToIPv4() : ib);
+        return string.Equals(a, b, StringComparison.OrdinalIgnoreCase);
     }
 
     private static string AdvertisedHost(IPAddress address)

@@ -75,6 +75,7 @@ public class JetRelayTests
         string dir = Directory.CreateTempSubdirectory("pthost-jet-cert-").FullName;
         await File.WriteAllTextAsync(Path.Combine(dir, "relay.pem"), Net.Tls.PinnedTls.CertificatePem(cert));
         await File.WriteAllTextAsync(Path.Combine(dir, "relay.key"), Net.Tls.PinnedTls.KeyPem(cert));
+        if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(Path.Combine(dir, "relay.key"), UnixFileMode.UserRead | UnixFileMode.UserWrite); // spec/ipc.md §3.7: key files are private
         string config = Path.Combine(dir, "relay.json");
         await File.WriteAllTextAsync(config, """{"listen": "127.0.0.1:0", "certificateFile": "relay.pem", "keyFile": "relay.key"}""");
         await using var p = PtProcess.StartPthost("relay", "jet", "--config", config);
