@@ -146,6 +146,16 @@ public sealed class JetPeer : IAsyncDisposable
 
     public Task SendRequestAsync(string text, params byte[] after) => SendAsync([.. JetWire.BuildPacket(text), .. after]);
 
+    /// <summary>Sends a v2 accept (with <paramref name="after"/> in the same write) and requires the relay's 200 with <c>Jet-Version: 2</c> (spec/jet.md §4).</summary>
+    public async Task<JetResponse> AcceptAsync(Guid aid, Guid cid, string host, params byte[] after)
+    {
+        await SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, host), after);
+        var response = await ReadResponseAsync();
+        Assert.Equal(200, response.Status);
+        Assert.Equal("2", response.Header("Jet-Version"));
+        return response;
+    }
+
     /// <summary>Reads exactly one JET packet and parses the response in it.</summary>
     public async Task<JetResponse> ReadResponseAsync()
     {

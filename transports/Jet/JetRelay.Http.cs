@@ -233,6 +233,7 @@ public sealed partial class JetRelay
         // Register first (so the 403 can be a plain HTTP answer), with a stream that becomes usable after the 101.
         var ready = new DeferredStream();
         var waiter = new Waiter(ready, ReadOnlyMemory<byte>.Empty, null, ctx.RequestAborted);
+        waiter.Answered.TrySetResult(true); // §6: the 101 is the WebSocket acceptor's answer
         int s = TryAccept(request, kind, waiter, ctx.Connection.RemoteIpAddress, out var a, out var c, out string why);
         if (s != 0)
         {

@@ -237,6 +237,11 @@ public sealed partial class JetRelay : IAsyncDisposable
         public Socket? Socket { get; } = socket;
         public TaskCompletionSource<bool> Paired { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public TaskCompletionSource SessionDone { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        /// <summary>
+        /// True once the accept response (§4) is written — a connector that pairs first waits, so relayed bytes never
+        /// overtake it; false when it could not be written. WebSocket acceptors have none (the 101 is their answer).
+        /// </summary>
+        public TaskCompletionSource<bool> Answered { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public void Cut() => Paired.TrySetResult(false);
     }
 
@@ -522,6 +527,7 @@ public sealed partial class JetRelay : IAsyncDisposable
         {
             using var stop = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token, watched.Cut.Token);
             using var limit = new CancellationTokenSource(_options.HandshakeTimeout);
+            if (!await acceptor.Answered.Task.WaitAsync(limit.Token).ConfigureAwait(false)) throw new IOException("the acceptor's accept response could not be written");
             if (!connectorEarly.IsEmpty) await acceptor.Stream.WriteAsync(connectorEarly, limit.Token).ConfigureAwait(false);
             if (!acceptor.Early.IsEmpty) await connector.WriteAsync(acceptor.Early, limit.Token).ConfigureAwait(false);
             Interlocked.Add(ref _bytes, connectorEarly.Length + acceptor.Early.Length);

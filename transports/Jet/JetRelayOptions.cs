@@ -88,13 +88,19 @@ public sealed record JetRelayOptions
     /// <summary>A relayed session is closed this long after it was paired, busy or not.</summary>
     public TimeSpan SessionLifetime { get; init; } = TimeSpan.FromHours(24);
 
+    /// <summary>
+    /// Whether a v2 acceptor gets its 200 (the seed, §4); false: none, as this relay did before (for jet servers of
+    /// earlier builds, which took any JET packet on an accepted candidate for a refusal).
+    /// </summary>
+    public bool AnswerV2Accept { get; init; } = true;
+
     /// <summary>Interval of the stats log line.</summary>
     public TimeSpan StatsInterval { get; init; } = TimeSpan.FromSeconds(60);
 
     private static readonly string[] Known =
         ["listen", "tcp", "tls", "wss", "certificateFile", "keyFile", "instance", "externalHost", "external", "apiKey", "policy",
          "associationTimeout", "handshakeTimeout", "maxConnections", "maxPerSource", "maxAssociations", "statsInterval",
-         "maxAssociationsPerSource", "ipv6SourcePrefix", "sessionIdleTimeout", "sessionLifetime"];
+         "maxAssociationsPerSource", "ipv6SourcePrefix", "sessionIdleTimeout", "sessionLifetime", "answerV2Accept"];
 
     /// <summary>"jet-" and 16 random hex digits (spec/jet.md §5.1).</summary>
     public static string RandomInstance() => "jet-" + Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
@@ -201,6 +207,7 @@ public sealed record JetRelayOptions
             Ipv6SourcePrefix = (int)o.Integer("ipv6SourcePrefix", r.Ipv6SourcePrefix, 32, 128),
             SessionIdleTimeout = o.Seconds("sessionIdleTimeout", r.SessionIdleTimeout, 604_800),
             SessionLifetime = o.Seconds("sessionLifetime", r.SessionLifetime, 31_536_000),
+            AnswerV2Accept = o.Bool("answerV2Accept", r.AnswerV2Accept),
         };
     }
 

@@ -314,10 +314,22 @@ internal sealed class JetServerManager : IServerManager
                 if (await stream.ReadAsync(first, limit.Token).ConfigureAwait(false) == 0) return;
                 if (first[0] == JetWire.Signature[0])
                 {
-                    // The relay refused our accept after all: one JET packet with the status, then a close.
+                    // A JET packet before the client's TLS (whose first byte is 0x16) is the relay's answer to our accept
+                    // (§7.3 step 5): 200 (the seed's §2.2.3.1.1), after which the client's bytes follow, or a refusal and a close.
                     var response = await JetSession.ReadResponseAsync(new PrefixedStream(first, stream), limit.Token).ConfigureAwait(false);
-                    _log.LogInformation("jet offer {Id}: relay refused the {Kind} accept with {Status}", offer.Id, kind, response.Status);
-                    return;
+                    if (response.Status != 200)
+                    {
+                        _log.LogInformation("jet offer {Id}: relay refused the {Kind} accept with {Status}", offer.Id, kind, response.Status);
+                        return;
+                    }
+                    _log.LogDebug("jet offer {Id}: the {Kind} accept answered 200 by relay instance {Instance}", offer.Id, kind, response.Header("Jet-Instance") ?? "(none named)");
+                    first = new byte[1];
+                    if (await stream.ReadAsync(first, limit.Token).ConfigureAwait(false) == 0) return;
+                    if (first[0] == JetWire.Signature[0])
+                    {
+                        _log.LogInformation("jet offer {Id}: a second JET packet on the {Kind} candidate; closed", offer.Id, kind);
+                        return;
+                    }
                 }
                 var inner = new PrefixedStream(first, stream);
                 var tls = new SslStream(inner, leaveInnerStreamOpen: true);

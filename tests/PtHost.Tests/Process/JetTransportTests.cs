@@ -15,6 +15,27 @@ public class JetTransportTests(ITestOutputHelper output)
 {
     private static string Curl => DebianPrograms.Curl;
 
+    /// <summary>
+    /// spec/jet.md §4, §7.3 step 5: a relay that answers the v2 accept with the seed's 200 (reading its Jet-Instance) and
+    /// one that sends nothing (answerV2Accept false, as earlier builds) both carry the session, on tcp and tls candidates.
+    /// </summary>
+    [Theory]
+    [InlineData(true, "tcp")]
+    [InlineData(true, "tls")]
+    [InlineData(false, "tcp")]
+    [InlineData(false, "tls")]
+    public async Task A_relay_that_answers_the_v2_accept_and_one_that_does_not_both_carry_the_session(bool answers, string kind)
+    {
+        var body = RandomNumberGenerator.GetBytes(300_000);
+        await using var http = new HttpFileServer(body);
+        await using var relay = await JetRelayProcess.StartAsync(new JObject { ["answerV2Accept"] = answers, ["instance"] = "relay-answering" });
+        await using var chain = await JetChain.StartAsync(relay, editServer: o => o["kinds"] = new JArray(kind));
+        await AssertCurlAsync(chain, http, body);
+        await chain.Client.WaitForStderrAsync($"through the {kind} candidate");
+        if (answers) await chain.Server.WaitForStderrAsync($"the {kind} accept answered 200 by relay instance relay-answering");
+        else Assert.DoesNotContain("accept answered 200", chain.Server.Stderr, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("tcp")]
     [InlineData("tls")]
