@@ -27,7 +27,7 @@ internal sealed class JetClient : IClientFactory, IStreamCarrier
         _options = options;
         _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Jet");
         _certificateContext = SslStreamCertificateContext.Create(options.Certificate, null, offline: true);
-        _session = new JetSession(context.Dialer, RelayTrust.Any); // §7.4: the pinned end-to-end TLS is the client's trust decision
+        _session = new JetSession(context.Dialer, RelayTrust.Any, options.ServerPin); // §7.4: the pinned end-to-end TLS is the client's trust decision
         _offers = new SignalOffers(context.Signals, "jet", JetSignals.Offer, JetSignals.Answer, options.SignalTimeout, _log);
     }
 
@@ -173,7 +173,7 @@ internal sealed class JetClient : IClientFactory, IStreamCarrier
                 || url.Scheme is not ("tcp" or "tls" or "ws" or "wss") || url.Port <= 0)
                 throw new TransportConnectException(ConnectFailure.General, "jet answer has a malformed candidate");
             bool direct = c["direct"] is { Type: JTokenType.Boolean } d && (bool)d!;
-            if (direct && url.Scheme != "tcp") throw new TransportConnectException(ConnectFailure.General, "jet answer has a direct candidate that is not tcp://");
+            if (direct && url.Scheme is not ("tcp" or "tls")) throw new TransportConnectException(ConnectFailure.General, "jet answer has a direct candidate that is not tcp:// or tls://");
             result.Add(new JetCandidate(cid, url, direct));
         }
         return (association, result);

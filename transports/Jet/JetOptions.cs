@@ -25,25 +25,36 @@ internal sealed record JetClientOptions(byte[] ServerPin, X509Certificate2 Certi
 /// besides the relay's own that gathered candidates may name.
 /// </summary>
 internal sealed record JetServerOptions(
-    Uri? Relay, string? ApiKey, IReadOnlySet<string> Kinds, Destination? DirectAddress, IReadOnlyList<byte[]> ClientPins,
+    IReadOnlyList<Uri> Relays, string? ApiKey, IReadOnlySet<string> Kinds, Destination? DirectAddress, IReadOnlyList<byte[]> ClientPins,
     X509Certificate2? Certificate, TimeSpan SignalTimeout, TimeSpan TlsTimeout,
-    IReadOnlyDictionary<string, byte[]> RelayPins, IReadOnlyList<string> CandidateHosts)
+    IReadOnlyDictionary<string, byte[]> RelayPins, IReadOnlyList<string> CandidateHosts, bool DirectInterfaces)
 {
-    public static readonly string[] AllKinds = ["tcp", "tls", "ws", "wss", "direct"];
+    public static readonly string[] AllKinds = ["tcp", "tls", "ws", "wss", "direct", "direct-tls"];
     public static readonly string[] RelayKinds = ["tcp", "tls", "ws", "wss"];
 
-    public bool Direct => Kinds.Contains("direct");
+    /// <summary>The plain direct candidate (tcp://) is offered.</summary>
+    public bool DirectTcp => Kinds.Contains("direct");
+
+    /// <summary>The TLS direct candidate (tls://, the server's own certificate) is offered.</summary>
+    public bool DirectTls => Kinds.Contains("direct-tls");
+
+    /// <summary>The server listens for direct candidates (either kind).</summary>
+    public bool Direct => DirectTcp || DirectTls;
 
     public static JetServerOptions Parse(JToken? options)
     {
         var r = OptionsReader.For(options, JetOptions.Path);
-        r.RejectUnknown("relay", "apiKey", "kinds", "directAddress", "clientPins", "certificate", "key", "signalTimeout", "tlsTimeout", "relayPins", "candidateHosts");
-        var relay = r.Parse("relay", t => Uri.TryCreate(t, UriKind.Absolute, out var u) && u.Scheme is "http" or "https" && u.AbsolutePath == "/" && u.Query.Length == 0 ? u : null,
-            "must be the relay's REST base URL, http(s)://host:port");
+        r.RejectUnknown("relay", "relays", "apiKey", "kinds", "directAddress", "clientPins", "certificate", "key", "signalTimeout", "tlsTimeout", "relayPins", "candidateHosts", "directInterfaces");
+        static Uri? RelayUrl(string t) => Uri.TryCreate(t, UriKind.Absolute, out var u) && u.Scheme is "http" or "https" && u.AbsolutePath == "/" && u.Query.Length == 0 ? u : null;
+        var relay = r.Parse("relay", RelayUrl, "must be the relay's REST base URL, http(s)://host:port");
+        var relays = r.List("relays", RelayUrl, "must be relay REST base URLs, http(s)://host:port", nonEmpty: true);
+        if (relay is not null && relays is not null) throw r.Fail("relays", "goes without \"relay\" (list that relay here too)");
+        IReadOnlyList<Uri> all = relays ?? (relay is null ? [] : [relay]);
+        if (all.Count > 4) throw r.Fail("relays", "lists at most 4 relays (a client reads at most 16 candidates)");
         string? apiKey = r.String("apiKey");
         // §7.1: the key is a bearer secret; over http anyone on the path reads it.
-        if (apiKey is not null && relay is not null && relay.Scheme != "https")
-            throw r.Fail("apiKey", "needs an https \"relay\": over http the key would travel in clear");
+        if (apiKey is not null && all.Any(u => u.Scheme != "https"))
+            throw r.Fail("apiKey", "needs https relays: over http the key would travel in clear");
         var relayPins = new Dictionary<string, byte[]>(StringComparer.OrdinalIgnoreCase);
         if (r.Has("relayPins"))
         {
@@ -53,10 +64,10 @@ internal sealed record JetServerOptions(
                 relayPins[host] = po.Parse(host, PinnedTls.ParsePin, "must be the SHA-256 pin (64 hex digits) of the relay's certificate") ?? throw po.Fail(host, "must be a pin");
         }
         var candidateHosts = r.List("candidateHosts", t => Destination.IsValidHostName(t) || Destination.ParseLiteral(t) is not null ? t : null, "must be host names or IP literals") ?? [];
-        var kinds = r.List("kinds", t => AllKinds.Contains(t) ? t : null, "must be \"tcp\", \"tls\", \"ws\", \"wss\" or \"direct\"", nonEmpty: true) ?? RelayKinds;
+        var kinds = r.List("kinds", t => AllKinds.Contains(t) ? t : null, "must be \"tcp\", \"tls\", \"ws\", \"wss\", \"direct\" or \"direct-tls\"", nonEmpty: true) ?? RelayKinds;
         var pins = PinnedTlsOptions.ReadClientPins(r);
-        return new(relay, apiKey, new HashSet<string>(kinds, StringComparer.Ordinal), r.Destination("directAddress"), pins, JetOptions.Certificate(r),
-            JetOptions.Seconds(r, "signalTimeout", JetDefaults.SignalTimeout), JetOptions.Seconds(r, "tlsTimeout", JetDefaults.TlsTimeout), relayPins, candidateHosts);
+        return new(all, apiKey, new HashSet<string>(kinds, StringComparer.Ordinal), r.Destination("directAddress"), pins, JetOptions.Certificate(r),
+            JetOptions.Seconds(r, "signalTimeout", JetDefaults.SignalTimeout), JetOptions.Seconds(r, "tlsTimeout", JetDefaults.TlsTimeout), relayPins, candidateHosts, r.Bool("directInterfaces", false));
     }
 }
 

@@ -12,7 +12,7 @@ namespace PtHost.Transports.Jet;
 /// <summary>One candidate as the answer lists it (spec/jet.md §7.2).</summary>
 internal sealed record JetCandidate(Guid Id, Uri Url, bool Direct)
 {
-    public string Kind => Direct ? "direct" : Url.Scheme;
+    public string Kind => Direct ? (Url.Scheme == "tls" ? "direct-tls" : "direct") : Url.Scheme;
 }
 
 /// <summary>
@@ -54,11 +54,14 @@ internal sealed class JetSession : IDisposable
     private readonly HttpMessageInvoker _invoker;
 
     private readonly RelayTrust _trust;
+    private readonly byte[]? _serverPin;
 
-    public JetSession(INetworkDialer dialer, RelayTrust trust)
+    /// <param name="serverPin">The client's: a TLS direct candidate (§7.3) must present the pinned server certificate.</param>
+    public JetSession(INetworkDialer dialer, RelayTrust trust, byte[]? serverPin = null)
     {
         _dialer = dialer;
         _trust = trust;
+        _serverPin = serverPin;
         _handler = new SocketsHttpHandler
         {
             // Every connection, REST and WebSocket alike, goes through the host's dialer (upstream proxy, bind address).
@@ -135,7 +138,8 @@ internal sealed class JetSession : IDisposable
                 await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
                 {
                     TargetHost = url.IdnHost,
-                    RemoteCertificateValidationCallback = _trust.For(url.IdnHost),
+                    // A TLS direct candidate is the server itself: its pinned certificate (§7.3); a relay: the relay trust (§7.4).
+                    RemoteCertificateValidationCallback = candidate.Direct && _serverPin is { } pin ? (_, cert, _, _) => PinnedTls.Matches(cert, [pin]) : _trust.For(url.IdnHost),
                     EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
                 }, ct).ConfigureAwait(false);
             }
