@@ -5,17 +5,18 @@ using PtHost.Net.Tls;
 
 namespace PtHost.Transports.Jet;
 
-/// <summary>Client options (spec/jet.md §7.1).</summary>
-internal sealed record JetClientOptions(byte[] ServerPin, X509Certificate2 Certificate, TimeSpan SignalTimeout, TimeSpan TlsTimeout)
+/// <summary>Client options (spec/jet.md §7.1). <see cref="RelayPins"/> null: relay certificates are not checked (§7.4).</summary>
+internal sealed record JetClientOptions(byte[] ServerPin, X509Certificate2 Certificate, TimeSpan SignalTimeout, TimeSpan TlsTimeout, IReadOnlyDictionary<string, byte[]>? RelayPins)
 {
     public static JetClientOptions Parse(JToken? options)
     {
         var r = OptionsReader.For(options, JetOptions.Path);
         if (r.IsAbsent) throw r.Fail("is required: an object with \"serverPin\", \"certificate\" and \"key\" (pthost generate-config jet)");
-        r.RejectUnknown("serverPin", "certificate", "key", "signalTimeout", "tlsTimeout");
+        r.RejectUnknown("serverPin", "certificate", "key", "signalTimeout", "tlsTimeout", "relayPins");
         byte[] pin = PinnedTlsOptions.ReadServerPin(r);
         var cert = JetOptions.Certificate(r) ?? throw r.Fail("certificate", "is required with \"key\" (PEM)");
-        return new(pin, cert, JetOptions.Seconds(r, "signalTimeout", JetDefaults.SignalTimeout), JetOptions.Seconds(r, "tlsTimeout", JetDefaults.TlsTimeout));
+        return new(pin, cert, JetOptions.Seconds(r, "signalTimeout", JetDefaults.SignalTimeout), JetOptions.Seconds(r, "tlsTimeout", JetDefaults.TlsTimeout),
+            r.Has("relayPins") ? JetOptions.RelayPins(r) : null);
     }
 }
 
@@ -55,14 +56,7 @@ internal sealed record JetServerOptions(
         // §7.1: the key is a bearer secret; over http anyone on the path reads it.
         if (apiKey is not null && all.Any(u => u.Scheme != "https"))
             throw r.Fail("apiKey", "needs https relays: over http the key would travel in clear");
-        var relayPins = new Dictionary<string, byte[]>(StringComparer.OrdinalIgnoreCase);
-        if (r.Has("relayPins"))
-        {
-            var po = r.Object("relayPins");
-            if (po.IsAbsent) throw r.Fail("relayPins", "must be an object of host name → SHA-256 pin (64 hex digits)");
-            foreach (string host in po.Keys)
-                relayPins[host] = po.Parse(host, PinnedTls.ParsePin, "must be the SHA-256 pin (64 hex digits) of the relay's certificate") ?? throw po.Fail(host, "must be a pin");
-        }
+        var relayPins = JetOptions.RelayPins(r);
         var candidateHosts = r.List("candidateHosts", t => Destination.IsValidHostName(t) || Destination.ParseLiteral(t) is not null ? t : null, "must be host names or IP literals") ?? [];
         var kinds = r.List("kinds", t => AllKinds.Contains(t) ? t : null, "must be \"tcp\", \"tls\", \"ws\", \"wss\", \"direct\" or \"direct-tls\"", nonEmpty: true) ?? RelayKinds;
         var pins = PinnedTlsOptions.ReadClientPins(r);
@@ -83,6 +77,18 @@ internal static class JetOptions
     public const string Path = "options.jet";
 
     public static TimeSpan Seconds(OptionsReader r, string key, TimeSpan fallback) => r.Seconds(key, fallback, max: 3600);
+
+    /// <summary><c>relayPins</c> (§7.1): host name or IP → the SHA-256 pin of that relay's certificate; empty when absent.</summary>
+    public static Dictionary<string, byte[]> RelayPins(OptionsReader r)
+    {
+        var pins = new Dictionary<string, byte[]>(StringComparer.OrdinalIgnoreCase);
+        if (!r.Has("relayPins")) return pins;
+        var po = r.Object("relayPins");
+        if (po.IsAbsent) throw r.Fail("relayPins", "must be an object of host name → SHA-256 pin (64 hex digits)");
+        foreach (string host in po.Keys)
+            pins[host.Trim('[', ']')] = po.Parse(host, PinnedTls.ParsePin, "must be the SHA-256 pin (64 hex digits) of the relay's certificate") ?? throw po.Fail(host, "must be a pin");
+        return pins;
+    }
 
     /// <summary><c>certificate</c> and <c>key</c> (PEM); null when neither is given.</summary>
     public static X509Certificate2? Certificate(OptionsReader r) => PinnedTlsOptions.ReadCertificate(r, "jet", allowPkcs12: false);

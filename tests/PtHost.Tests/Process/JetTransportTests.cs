@@ -48,6 +48,33 @@ public class JetTransportTests(ITestOutputHelper output)
     }
 
     /// <summary>
+    /// spec/jet.md §7.1, §7.4: a client given <c>relayPins</c> checks the relay's certificate on tls candidates: the
+    /// relay's own pin carries the session; a wrong pin makes the candidate fail (skipped, the request refused).
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task A_client_with_relayPins_checks_the_relay_certificate(bool rightPin)
+    {
+        var body = RandomNumberGenerator.GetBytes(100_000);
+        await using var http = new HttpFileServer(body);
+        await using var relay = await JetRelayProcess.StartAsync();
+        string pin = rightPin ? (await relay.CertificatePinAsync())! : new string('0', 64);
+        await using var chain = await JetChain.StartAsync(relay,
+            editClient: o => o["relayPins"] = new JObject { [relay.Http.Address.ToString()] = pin },
+            editServer: o => o["kinds"] = new JArray("tls"));
+        if (rightPin)
+        {
+            await AssertCurlAsync(chain, http, body);
+            return;
+        }
+        var (exit, _, _) = await PtProcess.RunAsync(Curl, "-sS", "--max-time", "60", "--socks5-hostname", chain.SocksEndPoint.ToString(), "-o", "/dev/null", $"http://localhost:{http.Port}/file.bin");
+        Assert.NotEqual(0, exit);
+        await chain.Client.WaitForStderrAsync("candidate");
+        Assert.Contains("skipped", chain.Client.Stderr, StringComparison.Ordinal);
+    }
+
+    /// <summary>
     /// spec/jet.md §7.1, §7.3: with <c>relays</c> the server creates the same association at each relay at once and offers
     /// every relay's candidates; the client races them all. A relay that is down leaves only its candidates out.
     /// </summary>
