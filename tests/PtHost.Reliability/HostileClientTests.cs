@@ -193,7 +193,7 @@ public class HostileClientTests(ITestOutputHelper output)
         var (aid, candidates) = await relay.CreateAndGatherAsync();
         var (cid, url) = candidates["tcp"];
         await using var acceptor = await JetPeer.ConnectAsync(relay.Tcp!);
-        await acceptor.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, url.Authority));
+        await acceptor.AcceptAsync(aid, cid, url.Authority);
         await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
         await using var connector = await JetPeer.ConnectAsync(relay.Tcp!);
         await connector.SendRequestAsync(JetWire.BuildRequest(JetMethod.Connect, aid, cid, url.Authority));
