@@ -33,7 +33,7 @@ public partial class CommandLineTests
     }
 
     [Theory]
-    [InlineData("zephyr", "--listen", "--bind-timeout", "--peer-timeout", "--max-connections", "--max-per-source", "--stats-interval", "--loglevel")]
+    [InlineData("zephyr", "--listen", "--bind-timeout", "--peer-timeout", "--idle-timeout", "--max-lifetime", "--max-connections", "--max-per-source", "--ipv6-source-prefix", "--stats-interval", "--loglevel")]
     [InlineData("jet", "--listen", "--config", "--loglevel")]
     [InlineData("asport", "--listen", "--config", "--loglevel")]
     public async Task A_relay_help_lists_every_option_the_relay_describes(string relay, params string[] options)
