@@ -56,6 +56,8 @@ public enum RelayOptionKind
     Count,
     /// <summary>A file path, relative to the working directory; the relay reads it.</summary>
     File,
+    /// <summary>A switch without a value: given or not.</summary>
+    Flag,
 }
 
 /// <summary>One option of <c>pthost relay NAME</c>: <c>--&lt;Name&gt; VALUE</c>.</summary>
@@ -72,6 +74,7 @@ public sealed record RelayOption(string Name, RelayOptionKind Kind, string Help,
         RelayOptionKind.EndPoint => "IP:PORT",
         RelayOptionKind.Seconds => "SECONDS",
         RelayOptionKind.Count => "N",
+        RelayOptionKind.Flag => "",
         _ => "FILE",
     };
 
@@ -93,6 +96,10 @@ public sealed record RelayOption(string Name, RelayOptionKind Kind, string Help,
             case RelayOptionKind.Count:
                 if (int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out int n) && n > 0) value = n;
                 else problem = $"--{Name} \"{text}\" is not a positive integer";
+                break;
+            case RelayOptionKind.Flag:
+                if (bool.TryParse(text, out bool on)) value = on;
+                else problem = $"--{Name} takes no value";
                 break;
             default:
                 if (text.Length > 0 && !text.Contains('\0', StringComparison.Ordinal)) value = text;
@@ -143,6 +150,9 @@ public sealed class RelayArguments
 
     /// <summary>A <see cref="RelayOptionKind.Count"/> option's value.</summary>
     public int Count(string name) => Get<int?>(name) ?? throw Missing(name);
+
+    /// <summary>A <see cref="RelayOptionKind.Flag"/> option: true when given.</summary>
+    public bool Flag(string name) => Get<bool?>(name) ?? false;
 
     /// <summary>A <see cref="RelayOptionKind.File"/> option's path as given; null when absent.</summary>
     public string? File(string name) => Get<string>(name);

@@ -108,8 +108,16 @@ internal static class CommandLine
     {
         var command = new Command(service.Name, service.Description);
         var options = new List<(RelayOption Relay, Option<string[]> Option)>();
+        var flags = new List<(RelayOption Relay, Option<bool> Option)>();
         foreach (var o in service.Options)
         {
+            if (o.Kind == RelayOptionKind.Flag)
+            {
+                var flag = new Option<bool>("--" + o.Name) { Description = o.Help };
+                command.Options.Add(flag);
+                flags.Add((o, flag));
+                continue;
+            }
             var option = Repeatable("--" + o.Name, o.Help, o.ValueName, o.Default, text => o.TryRead(text, out _, out string? problem) ? null : problem);
             option.Required = o.Required;
             command.Options.Add(option);
@@ -128,6 +136,8 @@ internal static class CommandLine
             var given = new Dictionary<string, string>(StringComparer.Ordinal);
             foreach (var (o, option) in options)
                 if (parse.GetResult(option) is { Implicit: false } r) given[o.Name] = r.Tokens[^1].Value;
+            foreach (var (o, flag) in flags)
+                if (parse.GetValue(flag)) given[o.Name] = "true";
             RelayArguments arguments;
             try { arguments = RelayArguments.Read(service.Options, given); }
             catch (FormatException e) { return Task.FromResult(UsageError("relay " + service.Name, e.Message)); }

@@ -69,6 +69,7 @@ public sealed class ZephyrRelay : IAsyncDisposable
         _sweeper = new Timer(_ => Sweep(), null, tick, tick);
         _statsTimer = new Timer(_ => LogStats(), null, _options.StatsInterval, _options.StatsInterval);
         _listener.Start();
+        if (_options.StrictClose) _log.LogWarning("strict-close test mode: the first FIN of a pair resets both peers and discards what is queued (spec/zephyr.md §4.8)");
         _log.LogInformation("zephyr relay listening on {EndPoint} (bind timeout {Bind}s, peer timeout {Peer}s, idle timeout {Idle}s, max lifetime {Lifetime}s, max {Max} connections, {PerSource} per source, IPv6 sources per /{Prefix})",
             LocalEndPoint, _options.BindTimeout.TotalSeconds, _options.PeerTimeout.TotalSeconds, _options.IdleTimeout.TotalSeconds, _options.MaxLifetime.TotalSeconds,
             _options.MaxConnections, _options.MaxPerSource, _options.IPv6SourcePrefix);
@@ -385,12 +386,21 @@ public sealed class ZephyrRelay : IAsyncDisposable
                 Interlocked.Add(ref _bytes, n);
                 Volatile.Write(ref pair.Last, Environment.TickCount64);
             };
-            var ab = PumpAsync(sa, sb, count, pair.Cancel.Token);
-            var ba = PumpAsync(sb, sa, count, pair.Cancel.Token);
+            bool passFin = !_options.StrictClose;
+            var ab = PumpAsync(sa, sb, count, passFin, pair.Cancel.Token);
+            var ba = PumpAsync(sb, sa, count, passFin, pair.Cancel.Token);
             var first = await Task.WhenAny(ab, ba).ConfigureAwait(false);
             var other = first == ab ? ba : ab;
             if (!await first.ConfigureAwait(false))
             {
+                await pair.Cancel.CancelAsync().ConfigureAwait(false);
+                await other.ConfigureAwait(false);
+                return;
+            }
+            if (_options.StrictClose)
+            {
+                // §4.8 test mode: the first FIN ends the pair at once; both sockets are reset below.
+                _log.StrictClose(a.Zid, b.Zid);
                 await pair.Cancel.CancelAsync().ConfigureAwait(false);
                 await other.ConfigureAwait(false);
                 return;
@@ -436,8 +446,8 @@ public sealed class ZephyrRelay : IAsyncDisposable
         public PairLimit? Expired;
     }
 
-    /// <summary>Copies one direction; on its end of stream passes FIN on. False on an error or cancellation.</summary>
-    private static async Task<bool> PumpAsync(NetworkStream from, NetworkStream to, Action<long> count, CancellationToken ct)
+    /// <summary>Copies one direction; on its end of stream passes FIN on (unless <paramref name="passFin"/> is false). False on an error or cancellation.</summary>
+    private static async Task<bool> PumpAsync(NetworkStream from, NetworkStream to, Action<long> count, bool passFin, CancellationToken ct)
     {
         try
         {
@@ -447,7 +457,7 @@ public sealed class ZephyrRelay : IAsyncDisposable
         {
             return false;
         }
-        Relay.ShutdownWrite(to);
+        if (passFin) Relay.ShutdownWrite(to);
         return true;
     }
 

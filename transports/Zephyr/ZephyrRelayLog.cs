@@ -49,6 +49,9 @@ internal static partial class ZephyrRelayLog
     [LoggerMessage(2014, LogLevel.Debug, "zid {A} <-> {B}: bound for {Lifetime}s, the maximum lifetime; closing")]
     public static partial void PairLifetime(this ILogger log, uint a, uint b, double lifetime);
 
+    [LoggerMessage(2015, LogLevel.Debug, "zid {A} <-> {B}: end of stream with --strict-close; resetting both")]
+    public static partial void StrictClose(this ILogger log, uint a, uint b);
+
     [LoggerMessage(2011, LogLevel.Error, "zid {A} <-> {B}: unexpected failure")]
     public static partial void PairFailed(this ILogger log, Exception e, uint a, uint b);
 

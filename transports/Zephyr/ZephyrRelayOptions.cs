@@ -36,6 +36,12 @@ public sealed record ZephyrRelayOptions
     /// <summary>IPv6 sources count per network of this many bits for <see cref="MaxPerSource"/> (§4.6).</summary>
     public int IPv6SourcePrefix { get; init; } = PtHost.Net.SourceAddress.DefaultIPv6Prefix;
 
+    /// <summary>
+    /// Test mode (§4.8): on the first end of stream from either peer of a pair, abort both sockets at once
+    /// (SO_LINGER 0), discarding whatever is still queued, as the seed's "MUST immediately close" read literally.
+    /// </summary>
+    public bool StrictClose { get; init; }
+
     /// <summary>Interval of the stats log line.</summary>
     public TimeSpan StatsInterval { get; init; } = TimeSpan.FromSeconds(60);
 }

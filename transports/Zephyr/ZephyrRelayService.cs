@@ -21,6 +21,7 @@ public sealed class ZephyrRelayService : IRelayService
         new("max-connections", RelayOptionKind.Count, "Connections held at once (§4.6).", "20000"),
         new("max-per-source", RelayOptionKind.Count, "Connections held at once from one source (§4.6).", "1000"),
         new("ipv6-source-prefix", RelayOptionKind.Count, "IPv6 sources count per network of this many bits, 1 to 128 (§4.6).", "64"),
+        new("strict-close", RelayOptionKind.Flag, "Test mode: on the first FIN of a pair, reset both peers at once and discard what is queued (§4.8)."),
         new("stats-interval", RelayOptionKind.Seconds, "Interval of the stats log line and the STATUS line (§4.7).", "60"),
     ];
 
@@ -39,6 +40,7 @@ public sealed class ZephyrRelayService : IRelayService
             IdleTimeout = arguments.Seconds("idle-timeout"),
             MaxLifetime = arguments.Seconds("max-lifetime"),
             StatsInterval = arguments.Seconds("stats-interval"),
+            StrictClose = arguments.Flag("strict-close"),
         };
         return new Running(new ZephyrRelay(options, loggerFactory.CreateLogger("PtHost.Relay.Zephyr")), options);
     }
