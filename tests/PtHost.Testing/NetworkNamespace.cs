@@ -82,7 +82,25 @@ public sealed partial class NetworkNamespace : IAsyncDisposable
     /// A TCP socket inside the namespace bound to <paramref name="source"/> (port 0), with IPV6_FREEBIND/IP_FREEBIND so
     /// that any address of a local route (<c>ip route add local PREFIX dev lo</c>) can be the source.
     /// </summary>
-    public Socket TcpSocketFrom(IPAddress source) => Run(() =>
+    public Socket TcpSocketFrom(IPAddress source) => Run(() => FreeBound(source));
+
+    /// <summary><see cref="TcpSocketFrom"/> for many sources, made on one thread.</summary>
+    public List<Socket> TcpSocketsFrom(IEnumerable<IPAddress> sources) => Run(() =>
+    {
+        var made = new List<Socket>();
+        try
+        {
+            foreach (var source in sources) made.Add(FreeBound(source));
+            return made;
+        }
+        catch
+        {
+            foreach (var s in made) s.Dispose();
+            throw;
+        }
+    });
+
+    private static Socket FreeBound(IPAddress source)
     {
         var s = new Socket(source.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
@@ -97,7 +115,7 @@ public sealed partial class NetworkNamespace : IAsyncDisposable
             s.Dispose();
             throw;
         }
-    });
+    }
 
     public async ValueTask DisposeAsync()
     {
