@@ -20,7 +20,7 @@ namespace PtHost.Benchmarks;
 /// </summary>
 public sealed class ZephyrSlotsScenario : IScenario
 {
-    private const int MaxConnections = 2000, PerSource = 200, AttackAddresses = 2000, SetupPairs = 100;
+    private const int MaxConnections = 2000, PerSource = 200, AttackAddresses = 2000, SetupPairs = 300;
     private static readonly IPAddress RelayAddress = IPAddress.Parse("2001:db8:24::1");
 
     public string Name => "zephyr-slots";
@@ -49,6 +49,9 @@ public sealed class ZephyrSlotsScenario : IScenario
             await using var relay = await ZephyrRelayChild.StartInAsync(ns.Name, ctx.PtHost, $"[{RelayAddress}]:0",
                 ["--max-connections", $"{MaxConnections}", "--max-per-source", $"{PerSource}"]).ConfigureAwait(false);
             var ep = relay.EndPoint;
+            // Warm-up (JIT, pools, splice pipes) on both sides, so that the first measurement is not the cold one.
+            await SetupRateAsync(ns, ep).ConfigureAwait(false);
+            await StreamAsync(ns, ep, 64L << 20).ConfigureAwait(false);
             double s0 = await ScenarioRun.AttemptAsync(setupClean, () => SetupRateAsync(ns, ep)).ConfigureAwait(false);
             double t0 = await ScenarioRun.AttemptAsync(streamClean, () => StreamAsync(ns, ep, streamBytes)).ConfigureAwait(false);
 
