@@ -113,8 +113,16 @@ internal static class CommandLine
         string path = topLevel ? service.Name : "relay " + service.Name;
         var command = new Command(service.Name, service.Description);
         var options = new List<(RelayOption Relay, Option<string[]> Option)>();
+        var flags = new List<(RelayOption Relay, Option<bool> Option)>();
         foreach (var o in service.Options)
         {
+            if (o.Kind == RelayOptionKind.Flag)
+            {
+                var flag = new Option<bool>("--" + o.Name) { Description = o.Help };
+                command.Options.Add(flag);
+                flags.Add((o, flag));
+                continue;
+            }
             var option = Repeatable("--" + o.Name, o.Help, o.ValueName, o.Default, text => o.TryRead(text, out _, out string? problem) ? null : problem);
             option.Required = o.Required;
             command.Options.Add(option);
@@ -153,6 +161,8 @@ internal static class CommandLine
             }
             foreach (var (o, option) in options)
                 if (parse.GetResult(option) is { Implicit: false } r) given[o.Name] = r.Tokens[^1].Value;
+            foreach (var (o, flag) in flags)
+                if (parse.GetValue(flag)) given[o.Name] = "true";
             RelayArguments arguments;
             try { arguments = RelayArguments.Read(service.Options, given); }
             catch (FormatException e) { return Task.FromResult(UsageError(path, e.Message)); }

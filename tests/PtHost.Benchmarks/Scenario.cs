@@ -32,6 +32,7 @@ public static class Scenarios
         new ZephyrRelayThroughputScenario(),
         new ZephyrEndToEndScenario(),
         new ZephyrIdleScenario(),
+        new ZephyrSlotsScenario(),
         new AsportScenario(),
         new AsportAttackScenario(),
         new TurnScenario(),

@@ -33,7 +33,7 @@ public partial class CommandLineTests
     }
 
     [Theory]
-    [InlineData("zephyr", "--listen", "--bind-timeout", "--peer-timeout", "--max-connections", "--max-per-source", "--stats-interval", "--loglevel", "--config")]
+    [InlineData("zephyr", "--listen", "--bind-timeout", "--peer-timeout", "--idle-timeout", "--max-lifetime", "--max-connections", "--max-per-source", "--ipv6-source-prefix", "--stats-interval", "--loglevel", "--config")]
     [InlineData("jet", "--listen", "--config", "--loglevel")]
     [InlineData("asport", "--listen", "--config", "--loglevel")]
     public async Task A_relay_help_lists_every_option_the_relay_describes(string relay, params string[] options)
@@ -144,6 +144,7 @@ public partial class CommandLineTests
     [InlineData("{\"listen\": 8888}", "listen: must be a string, not the number 8888")]
     [InlineData("{\"bind-timeout\": 0}", "bind-timeout: \"0\" is not a positive number of seconds (at most 86400)")]
     [InlineData("{\"max-connections\": true}", "max-connections: must be a number or a string, not true")]
+    [InlineData("{\"strict-close\": 1}", "strict-close: must be true or false, not the number 1")]
     [InlineData("{\"colour\": \"blue\"}", "colour: unknown key (known: listen, ")]
     [InlineData("{\"listen\": \"127.0.0.1:0\",}", "not valid JSON")]
     [InlineData("[]", "must be a JSON object")]
