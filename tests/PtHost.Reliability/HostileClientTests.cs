@@ -480,7 +480,8 @@ public class HostileClientTests(ITestOutputHelper output)
     public async Task Rud_hello_and_exchange_floods_get_no_state_and_the_stateless_challenge_bounds_unconfirmed_connections()
     {
         await using var echo = new EchoServer();
-        await using var chain = await RudChain.StartAsync();
+        // An open server (no authorizedKeys, spec/rud.md §5.5): the in-process initiator below proves no client key.
+        await using var chain = await RudChain.StartAsync(editServer: o => o.Remove("authorizedKeys"));
         int pid = chain.Server.Pid;
         await Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 64 * 1024);
         await chain.SessionsClosedAsync();

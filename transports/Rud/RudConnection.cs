@@ -138,6 +138,10 @@ public sealed partial class RudConnection
     internal byte[]? MezzanineKey;
     internal byte[]? Mezzanine;
     internal byte[]? Es;
+    /// <summary>The initiator's static agreement ss (§5.5); null when it proves no static key.</summary>
+    internal byte[]? Ss;
+    /// <summary>K_a (§5.5), with <see cref="Ss"/>.</summary>
+    internal byte[]? ProofKey;
     internal byte[]? ResponderCompleteBytes;
     internal EphemeralKeyId ReplayKey;
     /// <summary>The source prefix state of a connection a peer opened (§11); null for initiators.</summary>

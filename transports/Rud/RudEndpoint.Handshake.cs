@@ -29,6 +29,11 @@ public sealed partial class RudEndpoint
             conn.HandshakePacket = new byte[RudWire.HandshakeSize];
             conn.Mezzanine = new byte[RudWire.MezzaninePlainSize];
             BinaryPrimitives.WriteInt64BigEndian(conn.Mezzanine, WallMs());
+            if (_initiatorStaticPublic is not null)
+            {
+                conn.Mezzanine[8] = RudWire.MezzanineInitiatorKey;
+                _initiatorStaticPublic.CopyTo(conn.Mezzanine, 9);
+            }
             if (serverStaticKey is not null)
             {
                 if (serverStaticKey.Length != X25519.KeySize) throw new ArgumentException("the server key must be 32 bytes", nameof(serverStaticKey));
@@ -57,10 +62,18 @@ public sealed partial class RudEndpoint
         }
     }
 
-    private static bool SetServerKey(RudConnection conn, byte[] key)
+    private bool SetServerKey(RudConnection conn, byte[] key)
     {
         var es = new byte[X25519.KeySize];
         if (!X25519.Agree(conn.EphemeralPrivate, key, es)) return false;
+        if (Options.InitiatorStaticPrivateKey is { } mine)
+        {
+            // §5.5: ss = X25519(initiator static private, responder static public).
+            var ss = new byte[X25519.KeySize];
+            if (!X25519.Agree(mine, key, ss)) return false;
+            conn.Ss = ss;
+            conn.ProofKey = RudKeys.InitiatorProofKey(es, ss, conn.EphemeralPublic, key, _initiatorStaticPublic);
+        }
         conn.ServerStatic = key;
         conn.Es = es;
         conn.MezzanineKey = RudKeys.MezzanineKey(es, conn.EphemeralPublic, key);
@@ -68,7 +81,7 @@ public sealed partial class RudEndpoint
     }
 
     /// <summary>Builds the Exchange (no token) or initiator Complete into the connection's handshake packet (§4.1).</summary>
-    private static void BuildInitiatorMessage(RudConnection conn, bool complete, ReadOnlySpan<byte> token)
+    private void BuildInitiatorMessage(RudConnection conn, bool complete, ReadOnlySpan<byte> token)
     {
         var s = conn.HandshakePacket.AsSpan();
         int at = RudWire.WriteExchangePlaintext(s, complete, conn.LocalId, conn.EphemeralPublic, token);
@@ -76,6 +89,10 @@ public sealed partial class RudEndpoint
         RudKeys.MezzanineNonce(nonce, complete ? (byte)1 : (byte)0);
         using var aead = new AesGcm(conn.MezzanineKey!, RudKeys.TagSize);
         aead.Encrypt(nonce, conn.Mezzanine, s.Slice(at, RudWire.MezzaninePlainSize), s.Slice(at + RudWire.MezzaninePlainSize, RudKeys.TagSize), s[..50]);
+        // The initiator's proof (§5.5), or random bytes in its place.
+        var proof = s.Slice(at + RudWire.MezzanineSize, RudWire.InitiatorProofSize);
+        if (conn.ProofKey is { } k) RudKeys.InitiatorProof(k, complete ? (byte)1 : (byte)0, s.Slice(at, RudWire.MezzanineSize), proof);
+        else RandomNumberGenerator.Fill(proof);
         conn.HandshakeLength = RudWire.HandshakeSize;
     }
 
@@ -116,7 +133,7 @@ public sealed partial class RudEndpoint
             var responderEphemeral = p.Slice(RudWire.IdSize + 2, X25519.KeySize);
             Span<byte> ee = stackalloc byte[X25519.KeySize];
             if (!X25519.Agree(conn.EphemeralPrivate, responderEphemeral, ee)) { Counters.Increment(ref Counters.HandshakeDropped); return; }
-            var (i, r) = RudKeys.TrafficSecrets(conn.Es, ee, conn.EphemeralPublic, responderEphemeral, conn.ServerStatic);
+            var (i, r) = RudKeys.TrafficSecrets(conn.Es, ee, conn.EphemeralPublic, responderEphemeral, conn.ServerStatic, conn.Ss);
             int aad = RudWire.IdSize + 2 + X25519.KeySize;
             using (var check = new PacketProtection(r, 0))
             {
@@ -213,13 +230,27 @@ public sealed partial class RudEndpoint
             return;
         }
         long stamp = BinaryPrimitives.ReadInt64BigEndian(mezz);
-        if (Math.Abs(WallMs() - stamp) > (long)ReplayWindow.TotalMilliseconds || mezz[8] != 0) { Counters.Increment(ref Counters.HandshakeDropped); return; }
+        if (Math.Abs(WallMs() - stamp) > (long)ReplayWindow.TotalMilliseconds || (mezz[8] & ~RudWire.MezzanineInitiatorKey) != 0) { Counters.Increment(ref Counters.HandshakeDropped); return; }
+        // The initiator's static key (§5.5): an initiator that proves none, proves one not authorized, or fails its
+        // proof gets no answer, exactly as one that does not know our static key (step 6).
+        Span<byte> ss = stackalloc byte[X25519.KeySize];
+        bool withKey = (mezz[8] & RudWire.MezzanineInitiatorKey) != 0;
+        if (withKey)
+        {
+            var initiatorStatic = mezz.Slice(9, X25519.KeySize);
+            bool ok = (_authorized is null || _authorized.Contains(EphemeralKeyId.From(initiatorStatic)))
+                && X25519.Agree(Options.StaticPrivateKey, initiatorStatic, ss)
+                && RudKeys.CheckInitiatorProof(RudKeys.InitiatorProofKey(es, ss, eph, _staticPublic, initiatorStatic), complete ? (byte)1 : (byte)0,
+                    p.Slice(mezzAt, RudWire.MezzanineSize), p.Slice(mezzAt + RudWire.MezzanineSize, RudWire.InitiatorProofSize));
+            if (!ok) { Unauthorized(); return; }
+        }
+        else if (_authorized is not null) { Unauthorized(); return; }
         var sePrivate = X25519.GeneratePrivateKey();
         Span<byte> sePublic = stackalloc byte[X25519.KeySize];
         X25519.PublicKey(sePrivate, sePublic);
         Span<byte> ee = stackalloc byte[X25519.KeySize];
         if (!X25519.Agree(sePrivate, eph, ee)) { Counters.Increment(ref Counters.HandshakeDropped); return; }
-        var (i, r) = RudKeys.TrafficSecrets(es, ee, eph, sePublic, _staticPublic);
+        var (i, r) = RudKeys.TrafficSecrets(es, ee, eph, sePublic, _staticPublic, withKey ? ss : []);
 
         lock (Gate)
         {
@@ -259,6 +290,13 @@ public sealed partial class RudEndpoint
             SendTo(reply, from);
             if (!_incoming.Writer.TryWrite(conn)) conn.CloseLocked(1, "accept queue full", sendClose: true);
         }
+    }
+
+    /// <summary>An initiator refused by §5.5: counted, and counted as an authentication failure for the load policy (§4.4).</summary>
+    private void Unauthorized()
+    {
+        Counters.Increment(ref Counters.Unauthorized);
+        lock (Gate) _handshakeLoad.OnFailure(Now());
     }
 
     /// <summary>Sends the stored Complete again when <paramref name="keyId"/> is that of a live, unconfirmed connection (§4.3 step 3). Caller holds <see cref="Gate"/>.</summary>

@@ -39,7 +39,8 @@ public static class FrameType
 public static class RudWire
 {
     public const int IdSize = 8;
-    public const int Version = 0x01;
+    /// <summary>The wire version (§4.1): 0x02 since initiator authentication (§5.5); version 0x01 peers are not understood.</summary>
+    public const int Version = 0x02;
     public const int HandshakeSize = 1200;
     public const int MaxPacketSize = 1350;
     /// <summary>The larger packet size a connection uses once a probe of it was acknowledged (§9.5): a 1500-byte IPv6 path less its headers.</summary>
@@ -296,8 +297,13 @@ public static class RudWire
     /// <summary>Offset of the mezzanine in an Exchange (no token) or initiator Complete (with a token).</summary>
     public static int MezzanineOffset(int tokenLength, bool complete) => IdSize + 2 + IdSize + X25519.KeySize + (complete ? 1 + tokenLength : 0);
 
-    public const int MezzaninePlainSize = 9;
+    /// <summary>Mezzanine plaintext (§4.1): timestamp 8 | flags 1 | initiator static public key 32 (zeros without flag 0x01).</summary>
+    public const int MezzaninePlainSize = 8 + 1 + X25519.KeySize;
     public const int MezzanineSize = MezzaninePlainSize + RudKeys.TagSize;
+    /// <summary>Mezzanine flag: the initiator proves a static key (§5.5).</summary>
+    public const byte MezzanineInitiatorKey = 0x01;
+    /// <summary>The initiator's proof after the mezzanine (§5.5): a GCM tag, or random bytes without a static key.</summary>
+    public const int InitiatorProofSize = RudKeys.TagSize;
 
     /// <summary>
     /// Writes the plaintext part of an Exchange (<paramref name="token"/> empty) or an initiator
@@ -340,7 +346,7 @@ public static class RudWire
             pos += tokenLength;
         }
         mezzanineOffset = pos;
-        return initiatorId != 0 && pos + MezzanineSize <= s.Length;
+        return initiatorId != 0 && pos + MezzanineSize + InitiatorProofSize <= s.Length;
     }
 
     /// <summary>Challenge (static key and token) or Defer (token only).</summary>

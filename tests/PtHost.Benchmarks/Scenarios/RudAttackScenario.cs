@@ -45,7 +45,8 @@ public sealed class RudAttackScenario : IScenario
             try
             {
                 await using var echo = new EchoServer();
-                await using var chain = await RudChain.StartAsync().ConfigureAwait(false);
+                // An open server (no authorizedKeys, spec/rud.md §5.5): the sparse-frame attacker is any holder of the bridge line.
+                await using var chain = await RudChain.StartAsync(editServer: o => o.Remove("authorizedKeys")).ConfigureAwait(false);
                 string smethod = chain.ServerStartup.Single(l => l.StartsWith("SMETHOD rud ", StringComparison.Ordinal));
                 var key = Convert.FromBase64String(smethod.Split("key=")[1].Split([' ', ','])[0].Replace("\\", "", StringComparison.Ordinal));
                 int pid = chain.Server.Pid;

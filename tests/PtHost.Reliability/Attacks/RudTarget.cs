@@ -27,7 +27,12 @@ internal sealed class RudTarget : IAsyncDisposable
 
     public static async Task<RudTarget> StartAsync(Action<Newtonsoft.Json.Linq.JObject>? editServer = null, Action<Newtonsoft.Json.Linq.JObject>? editClient = null)
     {
-        var chain = await RudChain.StartAsync(editClient: editClient, editServer: editServer);
+        // The attacks are a key holder's: the server takes any initiator (no authorizedKeys, spec/rud.md §5.5).
+        var chain = await RudChain.StartAsync(editClient: editClient, editServer: o =>
+        {
+            o.Remove("authorizedKeys");
+            editServer?.Invoke(o);
+        });
         string args = chain.ServerStartup.Single(l => l.StartsWith("SMETHOD rud ", StringComparison.Ordinal));
         string key = args.Split("key=")[1].Split([' ', ','])[0].Replace("\\", "", StringComparison.Ordinal); // PT args escape '='
         return new RudTarget(chain, Convert.FromBase64String(key));

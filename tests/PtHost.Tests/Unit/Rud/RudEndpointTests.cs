@@ -25,7 +25,7 @@ public class RudEndpointTests(ITestOutputHelper output)
             {
                 StaticPrivateKey = key, Challenge = server.Challenge, AllowFirstContact = server.AllowFirstContact,
                 TokenLifetime = server.TokenLifetime, RekeyInterval = server.RekeyInterval, HandshakeTimeout = server.HandshakeTimeout,
-                PathMtuProbe = server.PathMtuProbe, CongestionControl = server.CongestionControl,
+                PathMtuProbe = server.PathMtuProbe, CongestionControl = server.CongestionControl, AuthorizedKeys = server.AuthorizedKeys,
             });
             var c = RudEndpoint.Bind(new IPEndPoint(IPAddress.Loopback, 0), client ?? new RudEndpointOptions());
             var pair = new Pair { Server = s, Client = c };
@@ -149,6 +149,99 @@ public class RudEndpointTests(ITestOutputHelper output)
         Assert.True(pair.Server.Counters.AuthFailed >= 1, "the server could not decrypt the mezzanine");
         Assert.Equal(0, pair.Server.Counters.HandshakesAccepted);
         Assert.Equal(1, pair.Client.Counters.HandshakesFailed);
+    }
+
+    private static (byte[] Private, byte[] Public) KeyPair()
+    {
+        var k = X25519.GeneratePrivateKey();
+        var pub = new byte[32];
+        X25519.PublicKey(k, pub);
+        return (k, pub);
+    }
+
+    [Theory]
+    [InlineData(ChallengePolicy.Never)]
+    [InlineData(ChallengePolicy.Always)]
+    public async Task An_authorized_initiator_proves_its_key_immediate_or_deferred(ChallengePolicy challenge)
+    {
+        var (priv, pub) = KeyPair();
+        await using var pair = Pair.Start(new RudEndpointOptions { Challenge = challenge, AuthorizedKeys = [KeyPair().Public, pub] },
+            new RudEndpointOptions { InitiatorStaticPrivateKey = priv });
+        var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
+        await TransferBothWaysAsync(c, s, RandomNumberGenerator.GetBytes(100_000), RandomNumberGenerator.GetBytes(100_000), Generous);
+        Assert.Equal(0, pair.Server.Counters.Unauthorized);
+        Assert.Equal(0, pair.Server.Counters.Dropped);
+    }
+
+    [Fact]
+    public async Task Unauthorized_and_anonymous_initiators_get_no_answer_and_are_counted()
+    {
+        var (_, pub) = KeyPair();
+        await using var server = Pair.Start(new RudEndpointOptions { AuthorizedKeys = [pub] });
+        var target = server.Server.LocalEndPoint;
+        foreach (var client in new[] { new RudEndpointOptions { HandshakeTimeout = TimeSpan.FromSeconds(2), InitiatorStaticPrivateKey = KeyPair().Private },
+                                       new RudEndpointOptions { HandshakeTimeout = TimeSpan.FromSeconds(2) } })
+        {
+            await using var c = RudEndpoint.Bind(new IPEndPoint(IPAddress.Loopback, 0), client);
+            await Assert.ThrowsAsync<TimeoutException>(() => c.ConnectAsync(target, server.ServerPublic, CancellationToken.None));
+            Assert.Equal(0, c.Counters.Dropped); // nothing came back to be dropped
+        }
+        Assert.True(server.Server.Counters.Unauthorized >= 2, $"unauthorized {server.Server.Counters.Unauthorized}");
+        Assert.Equal(0, server.Server.Counters.HandshakesAccepted);
+    }
+
+    /// <summary>
+    /// An Exchange that names an authorized public key in its mezzanine but proves the agreement of another
+    /// private key (what someone who knows the authorized public key, not its private key, can send) is
+    /// refused (§5.5); the same Exchange built with the authorized private key is accepted (the control).
+    /// </summary>
+    [Fact]
+    public async Task A_proof_by_another_private_key_under_an_authorized_public_key_is_refused()
+    {
+        var (authorizedPriv, authorizedPub) = KeyPair();
+        await using var pair = Pair.Start(new RudEndpointOptions { AuthorizedKeys = [authorizedPub], Challenge = ChallengePolicy.Never });
+        using var sock = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Dgram, System.Net.Sockets.ProtocolType.Udp);
+        sock.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+
+        byte[] Exchange(byte[] provingKey)
+        {
+            var (ephPriv, ephPub) = KeyPair();
+            var es = new byte[32];
+            Assert.True(X25519.Agree(ephPriv, pair.ServerPublic, es));
+            var packet = new byte[RudWire.HandshakeSize];
+            int at = RudWire.WriteExchangePlaintext(packet, complete: false, 7, ephPub, []);
+            var plain = new byte[RudWire.MezzaninePlainSize];
+            System.Buffers.Binary.BinaryPrimitives.WriteInt64BigEndian(plain, DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+            plain[8] = RudWire.MezzanineInitiatorKey;
+            authorizedPub.CopyTo(plain, 9);
+            using (var aead = new AesGcm(RudKeys.MezzanineKey(es, ephPub, pair.ServerPublic), 16))
+                aead.Encrypt(new byte[12], plain, packet.AsSpan(at, plain.Length), packet.AsSpan(at + plain.Length, 16), packet.AsSpan(0, 50));
+            var ss = new byte[32];
+            Assert.True(X25519.Agree(provingKey, pair.ServerPublic, ss));
+            RudKeys.InitiatorProof(RudKeys.InitiatorProofKey(es, ss, ephPub, pair.ServerPublic, authorizedPub), 0,
+                packet.AsSpan(at, RudWire.MezzanineSize), packet.AsSpan(at + RudWire.MezzanineSize, RudWire.InitiatorProofSize));
+            return packet;
+        }
+
+        sock.SendTo(Exchange(KeyPair().Private), pair.Server.LocalEndPoint);
+        await Eventually.TrueAsync(() => pair.Server.Counters.Unauthorized == 1, "the forged proof refused");
+        Assert.Equal(0, pair.Server.Counters.HandshakesAccepted);
+        sock.SendTo(Exchange(authorizedPriv), pair.Server.LocalEndPoint);
+        await Eventually.TrueAsync(() => pair.Server.Counters.HandshakesAccepted == 1, "the genuine proof accepted");
+        Assert.Equal(1, pair.Server.Counters.Unauthorized);
+    }
+
+    [Fact]
+    public async Task A_server_without_authorized_keys_takes_initiators_with_and_without_a_key()
+    {
+        await using var pair = Pair.Start(client: new RudEndpointOptions { InitiatorStaticPrivateKey = KeyPair().Private });
+        var (c, s) = await pair.ConnectAsync(pair.ServerPublic);
+        await TransferBothWaysAsync(c, s, RandomNumberGenerator.GetBytes(10_000), RandomNumberGenerator.GetBytes(10_000), Generous);
+        await using var anonymous = RudEndpoint.Bind(new IPEndPoint(IPAddress.Loopback, 0), new RudEndpointOptions());
+        using var cts = new CancellationTokenSource(Generous);
+        var c2 = await anonymous.ConnectAsync(pair.Server.LocalEndPoint, pair.ServerPublic, cts.Token);
+        var s2 = await pair.Server.AcceptConnectionAsync(cts.Token);
+        await TransferBothWaysAsync(c2, s2, RandomNumberGenerator.GetBytes(10_000), RandomNumberGenerator.GetBytes(10_000), Generous);
     }
 
     [Fact]
