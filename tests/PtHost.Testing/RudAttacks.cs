@@ -59,25 +59,30 @@ public static class RudAttacks
         return sent;
     }
 
-    /// <summary>An Exchange of valid form (spec/rud.md §4.1) whose ephemeral key and mezzanine are random: it fails only after the key agreement.</summary>
-    public static byte[] ForgedExchange(Random rng)
+    /// <summary>
+    /// An Exchange of valid form (spec/rud.md §4.1), protected with the server's key (§3.3: the bridge line
+    /// gives it), whose representative, mezzanine and proof are random: it fails only after the key agreement.
+    /// </summary>
+    public static byte[] ForgedExchange(Random rng, HeaderProtection protection)
     {
-        var packet = new byte[RudWire.HandshakeSize];
-        var eph = new byte[X25519.KeySize];
-        rng.NextBytes(eph);
-        int at = RudWire.WriteExchangePlaintext(packet, complete: false, (ulong)rng.NextInt64(1, long.MaxValue), eph, []);
-        rng.NextBytes(packet.AsSpan(at, RudWire.MezzanineSize));
+        var packet = new byte[RudWire.HandshakeSize + rng.Next(RudWire.MaxHandshakeSize - RudWire.HandshakeSize + 1)];
+        var representative = new byte[Elligator2.Size];
+        rng.NextBytes(representative);
+        int at = RudWire.WriteExchangePlaintext(packet, complete: false, (ulong)rng.NextInt64(1, long.MaxValue), representative, []);
+        rng.NextBytes(packet.AsSpan(at, RudWire.MezzanineSize + RudWire.InitiatorProofSize));
+        RudEndpoint.ProtectHandshake(protection, packet, fromInitiator: true);
         return packet;
     }
 
     /// <summary>
-    /// A flood of <see cref="ForgedExchange"/>s (what anyone can send, no key needed) from
+    /// A flood of <see cref="ForgedExchange"/>s (what any holder of the bridge line can send) from
     /// <paramref name="sources"/> loopback addresses 127.1.0.1, 127.1.0.2, … at <paramref name="perSecond"/>
     /// in all, until <paramref name="duration"/> passes or <paramref name="ct"/> is cancelled; returns the
     /// number sent.
     /// </summary>
-    public static async Task<long> ForgedExchangeFloodAsync(IPEndPoint server, int sources, int perSecond, TimeSpan duration, CancellationToken ct = default)
+    public static async Task<long> ForgedExchangeFloodAsync(IPEndPoint server, byte[] serverKey, int sources, int perSecond, TimeSpan duration, CancellationToken ct = default)
     {
+        using var protection = new HeaderProtection(serverKey);
         long forged = 0;
         int each = Math.Max(1, perSecond / sources);
         await Task.WhenAll(Enumerable.Range(1, sources).Select(i => Task.Run(async () =>
@@ -92,7 +97,7 @@ public static class RudAttacks
             {
                 while (!ct.IsCancellationRequested && tick.Elapsed < duration)
                 {
-                    s.Send(ForgedExchange(rng));
+                    s.Send(ForgedExchange(rng, protection));
                     Interlocked.Increment(ref forged);
                     if (++mine * 1000 / each > tick.ElapsedMilliseconds) await Task.Delay(5, ct).ConfigureAwait(false);
                 }

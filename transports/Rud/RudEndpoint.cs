@@ -70,6 +70,12 @@ public sealed partial class RudEndpoint : IAsyncDisposable
     private readonly TokenIssuer _tokens;
     private readonly byte[]? _staticPublic;
     private readonly byte[]? _initiatorStaticPublic;
+    /// <summary>This responder's packet obfuscation (§3.3); null for an initiator-only endpoint.</summary>
+    private readonly HeaderProtection? _hp;
+    /// <summary>The obfuscation of each responder key this endpoint initiated connections to (§3.3). Under <see cref="Gate"/>.</summary>
+    private readonly Dictionary<EphemeralKeyId, HeaderProtection> _initiatorProtections = [];
+    /// <summary>First contact's obfuscation (§4.2, §3.3): the key of 32 zero bytes, known to all.</summary>
+    internal static readonly HeaderProtection FirstContactProtection = new(new byte[X25519.KeySize]);
     private readonly HashSet<EphemeralKeyId>? _authorized;
     private readonly long _t0 = Stopwatch.GetTimestamp();
     private readonly Task _driver;
@@ -134,6 +140,7 @@ public sealed partial class RudEndpoint : IAsyncDisposable
         {
             _staticPublic = new byte[X25519.KeySize];
             X25519.PublicKey(key, _staticPublic);
+            _hp = new HeaderProtection(_staticPublic);
         }
         if (options.InitiatorStaticPrivateKey is { } mine)
         {
@@ -292,5 +299,8 @@ public sealed partial class RudEndpoint : IAsyncDisposable
         try { await Task.WhenAll(_receivers).ConfigureAwait(false); } catch (Exception) { }
         _wake.Dispose();
         _stop.Dispose();
+        _hp?.Dispose();
+        lock (Gate)
+            foreach (var hp in _initiatorProtections.Values) hp.Dispose();
     }
 }

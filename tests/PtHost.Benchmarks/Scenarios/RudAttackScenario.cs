@@ -97,7 +97,7 @@ public sealed class RudAttackScenario : IScenario
 
                 // (b) The forged-Exchange flood; its first second first (the server must see its rate).
                 using var stopFlood = new CancellationTokenSource();
-                var flooding = RudAttacks.ForgedExchangeFloodAsync(chain.ServerEndPoint, sources: 64, perSecond: 3000, TimeSpan.FromMinutes(5), stopFlood.Token);
+                var flooding = RudAttacks.ForgedExchangeFloodAsync(chain.ServerEndPoint, key, sources: 64, perSecond: 3000, TimeSpan.FromMinutes(5), stopFlood.Token);
                 await Task.Delay(1000).ConfigureAwait(false); // the flood's first second, not a wait for a condition
                 double f = await EchoForAsync(chain.SocksEndPoint, echo.Port).ConfigureAwait(false);
                 await stopFlood.CancelAsync().ConfigureAwait(false);

@@ -134,7 +134,7 @@ public class RudAttackTests(ITestOutputHelper output)
         double calmSeconds = calm.Elapsed.TotalSeconds;
         double cpu0 = RudTarget.CpuSeconds(t.Pid);
         // 64 sources, 3,000 a second in all, for 8 s.
-        var flood = RudAttacks.ForgedExchangeFloodAsync(t.Server, sources: 64, perSecond: 3000, TimeSpan.FromSeconds(8));
+        var flood = RudAttacks.ForgedExchangeFloodAsync(t.Server, t.ServerKey, sources: 64, perSecond: 3000, TimeSpan.FromSeconds(8));
         var modes = new List<ExchangeMode>();
         var prober = t.Endpoint(IPAddress.Parse("127.0.0.3"));
         await Task.Delay(1000); // the flood's first second (its rate must be seen), not a wait for a condition
