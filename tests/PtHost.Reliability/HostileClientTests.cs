@@ -488,7 +488,7 @@ public class HostileClientTests(ITestOutputHelper output)
         int sock0 = (await ProcStats.SocketsAtRestAsync(pid))[0];
         long rss0 = ProcStats.RssBytes(pid);
         var target = chain.ServerEndPoint;
-        byte[] serverKey = Convert.FromBase64String(chain.ServerStartup.Single(l => l.StartsWith("SMETHOD rud ", StringComparison.Ordinal)).Split("key=")[1].Split([' ', ','])[0].Replace("\\", "", StringComparison.Ordinal)); // PT args escape '='
+        byte[] serverKey = RudChain.ServerKey(chain);
 
         // Packets are protected with the server's key (spec/rud.md §3.3); the test holds it, as the bridge line gives it.
         using var hp = new HeaderProtection(serverKey);

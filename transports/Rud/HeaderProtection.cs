@@ -7,8 +7,9 @@ namespace PtHost.Transports.Rud;
 /// Packet obfuscation (spec/rud.md §3.3), after QUIC's header protection (RFC 9001 §5.4): every packet's
 /// first 13 bytes are XORed with AES-256(k_hp, its last 16 bytes), and a handshake packet's body with
 /// AES-256-CTR(k_hp) counting on from those 16 bytes. k_hp comes from the responder's static public key, so
-/// without that key every packet reads as random bytes. One instance per responder key; thread-safe (the
-/// one-shot ECB calls keep no state between calls).
+/// without that key every packet reads as random bytes. One instance per responder key; thread-safe: the
+/// mask goes through one reusable ECB transform (no native context per packet) under a lock that only the
+/// receive thread and the sender holding the endpoint's lock ever contend for.
 /// </summary>
 public sealed class HeaderProtection : IDisposable
 {
@@ -16,6 +17,8 @@ public sealed class HeaderProtection : IDisposable
     public const int HeaderSize = 13;
     public const int SampleSize = 16;
     private readonly Aes _aes;
+    private readonly ICryptoTransform _ecb;
+    private readonly byte[] _sample = new byte[SampleSize], _mask = new byte[SampleSize];
 
     public HeaderProtection(ReadOnlySpan<byte> responderStatic)
     {
@@ -24,6 +27,9 @@ public sealed class HeaderProtection : IDisposable
         _aes = Aes.Create();
         _aes.Key = key.ToArray();
         key.Clear();
+        _aes.Mode = CipherMode.ECB;
+        _aes.Padding = PaddingMode.None;
+        _ecb = _aes.CreateEncryptor();
         Key = EphemeralKeyId.From(responderStatic);
     }
 
@@ -34,7 +40,12 @@ public sealed class HeaderProtection : IDisposable
     public void Mask(Span<byte> packet)
     {
         Span<byte> mask = stackalloc byte[SampleSize];
-        _aes.EncryptEcb(packet[^SampleSize..], mask, PaddingMode.None);
+        lock (_ecb)
+        {
+            packet[^SampleSize..].CopyTo(_sample);
+            _ecb.TransformBlock(_sample, 0, SampleSize, _mask, 0);
+            _mask.CopyTo(mask);
+        }
         for (int i = 0; i < HeaderSize; i++) packet[i] ^= mask[i];
     }
 
@@ -60,5 +71,9 @@ public sealed class HeaderProtection : IDisposable
         for (int i = 0; i < body.Length; i++) body[i] ^= stream[i];
     }
 
-    public void Dispose() => _aes.Dispose();
+    public void Dispose()
+    {
+        _ecb.Dispose();
+        _aes.Dispose();
+    }
 }

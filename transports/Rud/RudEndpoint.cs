@@ -301,6 +301,7 @@ public sealed partial class RudEndpoint : IAsyncDisposable
         _stop.Dispose();
         _hp?.Dispose();
         lock (Gate)
-            foreach (var hp in _initiatorProtections.Values) hp.Dispose();
+            foreach (var hp in _initiatorProtections.Values)
+                if (hp != FirstContactProtection) hp.Dispose(); // shared by every endpoint
     }
 }

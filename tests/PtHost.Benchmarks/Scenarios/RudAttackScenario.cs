@@ -47,8 +47,7 @@ public sealed class RudAttackScenario : IScenario
                 await using var echo = new EchoServer();
                 // An open server (no authorizedKeys, spec/rud.md §5.5): the sparse-frame attacker is any holder of the bridge line.
                 await using var chain = await RudChain.StartAsync(editServer: o => o.Remove("authorizedKeys")).ConfigureAwait(false);
-                string smethod = chain.ServerStartup.Single(l => l.StartsWith("SMETHOD rud ", StringComparison.Ordinal));
-                var key = Convert.FromBase64String(smethod.Split("key=")[1].Split([' ', ','])[0].Replace("\\", "", StringComparison.Ordinal));
+                var key = RudChain.ServerKey(chain);
                 int pid = chain.Server.Pid;
                 using var sampling = new CancellationTokenSource();
                 long peak = 0;

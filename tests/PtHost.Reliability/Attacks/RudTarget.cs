@@ -33,9 +33,7 @@ internal sealed class RudTarget : IAsyncDisposable
             o.Remove("authorizedKeys");
             editServer?.Invoke(o);
         });
-        string args = chain.ServerStartup.Single(l => l.StartsWith("SMETHOD rud ", StringComparison.Ordinal));
-        string key = args.Split("key=")[1].Split([' ', ','])[0].Replace("\\", "", StringComparison.Ordinal); // PT args escape '='
-        return new RudTarget(chain, Convert.FromBase64String(key));
+        return new RudTarget(chain, RudChain.ServerKey(chain));
     }
 
     /// <summary>An initiator endpoint bound to <paramref name="source"/> (another loopback address: another source prefix).</summary>

@@ -35,8 +35,7 @@ public class RudIndistinguishabilityTests(ITestOutputHelper output)
             return relay.EndPoint;
         });
         await using var _ = relay!;
-        string smethod = chain.ServerStartup.Single(l => l.StartsWith("SMETHOD rud ", StringComparison.Ordinal));
-        var serverKey = Convert.FromBase64String(smethod.Split("key=")[1].Split([' ', ','])[0].Replace("\\", "", StringComparison.Ordinal));
+        var serverKey = RudChain.ServerKey(chain);
 
         // Handshakes: 500 exchanges of an initiator holding the client's key, through the forwarder.
         await using (var initiator = RudEndpoint.Bind(new IPEndPoint(IPAddress.Loopback, 0), new RudEndpointOptions

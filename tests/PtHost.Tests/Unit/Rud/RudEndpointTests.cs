@@ -126,7 +126,8 @@ public class RudEndpointTests(ITestOutputHelper output)
         await using var pair = Pair.Start(new RudEndpointOptions { AllowFirstContact = true });
         var (c, s) = await pair.ConnectAsync(null);
         Assert.Equal(ExchangeMode.FirstContact, c.Mode);
-        Assert.Equal(1, pair.Server.Counters.ChallengesSent);
+        // One Challenge per Hello: on a loaded machine a Hello repeated after 500 ms (§4.5) draws another.
+        Assert.InRange(pair.Server.Counters.ChallengesSent, 1, 3);
         await TransferBothWaysAsync(c, s, RandomNumberGenerator.GetBytes(100_000), RandomNumberGenerator.GetBytes(100_000), Generous);
     }
 
