@@ -113,7 +113,7 @@ public class RudAttackTests(ITestOutputHelper output)
     }
 
     /// <summary>
-    /// A flood of Exchanges with valid form but keys that fail (what anyone can send, from 64 spoofed
+    /// A flood of Exchanges with valid form but keys that fail (what any holder of the bridge line can send, from 64 spoofed
     /// loopback sources), 3,000 a second for 8 s, while a prober from its own address makes real
     /// handshakes and the legitimate user moves data through its established connection. Before the fix
     /// every forged Exchange cost X25519 + HKDF + AES-GCM on the receive thread under the endpoint's lock
