@@ -42,6 +42,7 @@ for relay in zephyr jet asport; do
   install -D -m 0644 "$here/etc/default-pthost-$relay" "$root/etc/default/pthost-$relay"
 done
 install -D -m 0644 "$here/etc/jet.json" "$root/etc/pthost/jet.json"
+install -D -m 0644 "$here/etc/zephyr.json" "$root/etc/pthost/zephyr.json"
 install -m 0644 "$here/copyright" "$root/usr/share/doc/pthost/copyright"
 date=$(git -C "$repo" log -1 --format=%aD 2>/dev/null || date -R)
 commit=$("$binary" --version | sed -n 's/.*(commit \([^)]*\)).*/\1/p')
@@ -76,7 +77,7 @@ Description: Pluggable Transports 2.0 host and relays
  This is the NativeAOT build: one native executable, no .NET runtime needed.
  It does not load managed plugins (the dotnet tool pthost does).
 CONTROL
-printf '/etc/default/pthost-asport\n/etc/default/pthost-jet\n/etc/default/pthost-zephyr\n/etc/pthost/jet.json\n' > "$root/DEBIAN/conffiles"
+printf '/etc/default/pthost-asport\n/etc/default/pthost-jet\n/etc/default/pthost-zephyr\n/etc/pthost/jet.json\n/etc/pthost/zephyr.json\n' > "$root/DEBIAN/conffiles"
 # systemd reads new or changed units only after a reload (what debhelper's snippets do).
 for script in postinst postrm; do
   cat > "$root/DEBIAN/$script" <<'SCRIPT'

@@ -33,7 +33,7 @@ public sealed class TurnUdpClient : IDisposable
     private readonly Task _reader;
     private Task? _refresher;
     private int _nextChannel = 0x4000;
-    private long _dropped;
+    private long _dropped, _allocationRefreshes, _channelRefreshes;
 
     internal TurnUdpClient(IPEndPoint turn, string user, string password)
     {
@@ -54,6 +54,18 @@ public sealed class TurnUdpClient : IDisposable
 
     /// <summary>Datagrams received and dropped because the application did not read them (queue of 4,096).</summary>
     public long Dropped => Interlocked.Read(ref _dropped);
+
+    /// <summary>Successful Refresh transactions of the allocation (§2.8 step 5).</summary>
+    public long AllocationRefreshes => Interlocked.Read(ref _allocationRefreshes);
+
+    /// <summary>Successful ChannelBind refreshes (§2.8 step 5), each also refreshing its peer's permission (RFC 5766 §11.1).</summary>
+    public long ChannelRefreshes => Interlocked.Read(ref _channelRefreshes);
+
+    /// <summary>
+    /// How often each channel (and with it its permission) is bound again: 240 s, inside RFC 5766's fixed permission
+    /// lifetime of 300 s. Tests shorten it against a TURN server whose lifetimes they shortened.
+    /// </summary>
+    internal TimeSpan ChannelRefreshInterval { get; init; } = TimeSpan.FromSeconds(240);
 
     internal async Task AllocateAsync(CancellationToken ct)
     {
@@ -226,7 +238,7 @@ public sealed class TurnUdpClient : IDisposable
     private async Task RefreshLoopAsync(uint lifetime)
     {
         var allocationEvery = TimeSpan.FromSeconds(Math.Max(lifetime - 60.0, lifetime / 2.0));
-        var channelEvery = TimeSpan.FromSeconds(240);
+        var channelEvery = ChannelRefreshInterval;
         var nextAllocation = DateTime.UtcNow + allocationEvery;
         var nextChannels = DateTime.UtcNow + channelEvery;
         try
@@ -239,11 +251,16 @@ public sealed class TurnUdpClient : IDisposable
                 if (DateTime.UtcNow >= nextAllocation)
                 {
                     await RequestAsync(Stun.Refresh, [(Stun.Lifetime, Stun.UInt32(RequestedLifetime))], _closing.Token).ConfigureAwait(false);
+                    Interlocked.Increment(ref _allocationRefreshes);
                     nextAllocation = DateTime.UtcNow + allocationEvery;
                 }
                 if (DateTime.UtcNow >= nextChannels)
                 {
-                    foreach (var (channel, peer) in _peers) await BindAsync(peer, channel).ConfigureAwait(false);
+                    foreach (var (channel, peer) in _peers)
+                    {
+                        await BindAsync(peer, channel).ConfigureAwait(false);
+                        Interlocked.Increment(ref _channelRefreshes);
+                    }
                     nextChannels = DateTime.UtcNow + channelEvery;
                 }
             }

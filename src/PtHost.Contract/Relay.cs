@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Net;
 using Microsoft.Extensions.Logging;
+using Newtonsoft.Json.Linq;
 
 namespace PtHost.Contract;
 
@@ -56,6 +57,8 @@ public enum RelayOptionKind
     Count,
     /// <summary>A file path, relative to the working directory; the relay reads it.</summary>
     File,
+    /// <summary>A switch without a value: given or not.</summary>
+    Flag,
 }
 
 /// <summary>One option of <c>pthost relay NAME</c>: <c>--&lt;Name&gt; VALUE</c>.</summary>
@@ -72,6 +75,7 @@ public sealed record RelayOption(string Name, RelayOptionKind Kind, string Help,
         RelayOptionKind.EndPoint => "IP:PORT",
         RelayOptionKind.Seconds => "SECONDS",
         RelayOptionKind.Count => "N",
+        RelayOptionKind.Flag => "",
         _ => "FILE",
     };
 
@@ -93,6 +97,10 @@ public sealed record RelayOption(string Name, RelayOptionKind Kind, string Help,
             case RelayOptionKind.Count:
                 if (int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out int n) && n > 0) value = n;
                 else problem = $"--{Name} \"{text}\" is not a positive integer";
+                break;
+            case RelayOptionKind.Flag:
+                if (bool.TryParse(text, out bool on)) value = on;
+                else problem = $"--{Name} takes no value";
                 break;
             default:
                 if (text.Length > 0 && !text.Contains('\0', StringComparison.Ordinal)) value = text;
@@ -132,6 +140,41 @@ public sealed class RelayArguments
         return r;
     }
 
+    /// <summary>
+    /// Reads the options file of a relay that has no configuration file of its own
+    /// (<c>pthost relay NAME --config FILE</c>, spec/ipc.md §2.4): a JSON object whose keys are the
+    /// option names; a string for any option, a number for seconds and counts, true or false for a
+    /// flag, read and checked by its kind as on the command line. Returns option name → text. Throws <see cref="OptionsException"/> naming the key.
+    /// </summary>
+    public static IReadOnlyDictionary<string, string> ReadFile(IReadOnlyList<RelayOption> options, string json)
+    {
+        var r = OptionsReader.Parse(json);
+        r.RejectUnknown(options.Select(o => o.Name).ToArray());
+        var values = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (string key in r.Keys)
+        {
+            var option = options.First(o => o.Name == key);
+            var token = r.Token(key)!;
+            string text = token.Type switch
+            {
+                JTokenType.String => (string)token!,
+                JTokenType.Integer or JTokenType.Float when option.Kind is RelayOptionKind.Seconds or RelayOptionKind.Count
+                    => StrictJson.Write(token),
+                JTokenType.Boolean when option.Kind is RelayOptionKind.Flag => (bool)token ? "true" : "false",
+                _ => throw r.Fail(key, option.Kind switch
+                {
+                    RelayOptionKind.Seconds or RelayOptionKind.Count => $"must be a number or a string, not {OptionsReader.Describe(token)}",
+                    RelayOptionKind.Flag => $"must be true or false, not {OptionsReader.Describe(token)}",
+                    _ => $"must be a string, not {OptionsReader.Describe(token)}",
+                }),
+            };
+            // The command line's wording without its "--name ": the path already names the key.
+            if (!option.TryRead(text, out _, out string? problem)) throw r.Fail(key, problem![(option.Name.Length + 3)..]);
+            values[key] = text;
+        }
+        return values;
+    }
+
     /// <summary>Whether the option was on the command line (not just its default).</summary>
     public bool IsGiven(string name) => _given.Contains(name);
 
@@ -143,6 +186,9 @@ public sealed class RelayArguments
 
     /// <summary>A <see cref="RelayOptionKind.Count"/> option's value.</summary>
     public int Count(string name) => Get<int?>(name) ?? throw Missing(name);
+
+    /// <summary>A <see cref="RelayOptionKind.Flag"/> option: true when given.</summary>
+    public bool Flag(string name) => Get<bool?>(name) ?? false;
 
     /// <summary>A <see cref="RelayOptionKind.File"/> option's path as given; null when absent.</summary>
     public string? File(string name) => Get<string>(name);

@@ -26,6 +26,15 @@ public static class BuiltInTransports
         new PtHost.Transports.Asport.AsportRelayService(),
     ];
 
+    /// <summary>
+    /// Commands of their own that the built-in transports contribute, in a relay service's shape: <c>pthost NAME</c>
+    /// (spec/ipc.md §2.4). Names first, so that the executable builds a command only when it is invoked.
+    /// </summary>
+    public static IReadOnlyList<(string Name, Func<IRelayService> Create)> Commands { get; } =
+    [
+        ("asport-client", () => new PtHost.Transports.Asport.AsportClientService()),
+    ];
+
     /// <summary><c>external</c> and <c>external_&lt;method&gt;</c>: a PT 1.0 program run as a child (spec/external.md §4.1).</summary>
     public static bool IsExternal(string name) => PtHost.Transports.External.ExternalTransport.IsExternalName(name);
 

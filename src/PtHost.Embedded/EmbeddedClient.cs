@@ -1,6 +1,8 @@
 using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Contract;
+using PtHost.Net;
+using PtHost.Net.Udp;
 
 namespace PtHost.Embedded;
 
@@ -62,17 +64,14 @@ public sealed class EmbeddedClient : EmbeddedInstance
     /// </summary>
     public async Task<Stream> ConnectAsync(string transport, JObject? settings, Destination destination, CancellationToken ct = default)
     {
-        if (!_factories.TryGetValue(transport, out var factory))
-            throw _errors.TryGetValue(transport, out var why)
-                ? new TransportOptionsException($"transport {transport} did not start: {why}")
-                : new ArgumentException($"no transport \"{transport}\" in this host", nameof(transport));
+        var factory = Factory(transport);
         var counters = Counters[transport];
         object? parsed = factory.ParseSettings(settings is null ? ConnectionSettings.Empty : new ConnectionSettings(settings, SettingsSource.Json));
         try
         {
             var stream = await factory.ConnectAsync(new ConnectRequest(destination, parsed, Interlocked.Increment(ref _session)), ct).ConfigureAwait(false);
             counters.SessionOpened();
-            return new CountedStream(stream, counters);
+            return new CountedStream(stream, counters, counters.SessionClosed);
         }
         catch
         {
@@ -83,4 +82,33 @@ public sealed class EmbeddedClient : EmbeddedInstance
 
     public Task<Stream> ConnectAsync(string transport, JObject? settings, string host, int port, CancellationToken ct = default) =>
         ConnectAsync(transport, settings, new Destination(host, port), ct);
+
+    /// <summary>
+    /// A UDP client over <paramref name="transport"/>'s own association (spec/turn.md §5.1: its datagram carrier, or
+    /// frames in one of its streams), with no TURN listener or loopback hop. <see cref="NotSupportedException"/> when
+    /// the transport cannot carry UDP; <see cref="TransportConnectException"/> when the association cannot be opened.
+    /// </summary>
+    public async Task<EmbeddedUdpClient> CreateUdpClientAsync(string transport, CancellationToken ct = default)
+    {
+        var factory = Factory(transport);
+        if (!UdpCarrier.CanCarry(factory)) throw new NotSupportedException($"transport {transport} cannot carry UDP (spec/turn.md §5.1)");
+        var counters = Counters[transport];
+        try
+        {
+            var association = await UdpCarrier.OpenAsync(factory, Interlocked.Increment(ref _session), ct).ConfigureAwait(false);
+            counters.SessionOpened();
+            return new EmbeddedUdpClient(association, counters);
+        }
+        catch
+        {
+            counters.SessionFailed();
+            throw;
+        }
+    }
+
+    private IClientFactory Factory(string transport) =>
+        _factories.TryGetValue(transport, out var factory) ? factory
+        : throw (_errors.TryGetValue(transport, out var why)
+            ? new TransportOptionsException($"transport {transport} did not start: {why}")
+            : new ArgumentException($"no transport \"{transport}\" in this host", nameof(transport)));
 }

@@ -12,6 +12,13 @@ namespace PtHost.Net;
 public delegate ValueTask<Stream> OnwardConnect(Destination? destination, EndPoint? remote, CancellationToken cancellationToken);
 
 /// <summary>
+/// Hands a stream session to an application in the same process (spec/adapters.md §5.8) after the success reply:
+/// <paramref name="session"/> is the transport's own stream (counted), which the application disposes when done.
+/// Throws <see cref="TransportConnectException"/> when the application takes no more sessions.
+/// </summary>
+public delegate ValueTask SessionDelivery(Stream session, Destination? destination, EndPoint? remote, CancellationToken cancellationToken);
+
+/// <summary>
 /// The host's side of one server transport's sessions (spec/session.md §3): reads the preamble,
 /// opens the onward connection or the UDP association, replies, relays with half-closes, counts the
 /// session and its bytes in the transport's counters, logs, and disposes both streams. It knows
@@ -26,6 +33,7 @@ public sealed class InboundSessions : IInboundHandler
     private static long s_ids;
     private readonly string _transport;
     private readonly OnwardConnect _onward;
+    private readonly SessionDelivery? _deliver;
     private readonly ServerAssociations? _associations;
     private readonly TransportCounters _counters;
     private readonly ILogger _log;
@@ -42,6 +50,15 @@ public sealed class InboundSessions : IInboundHandler
         _counters = counters;
         _log = log;
     }
+
+    /// <summary>
+    /// Sessions handed to the application itself (spec/adapters.md §5.8): after the reply, each stream session's
+    /// transport stream goes to <paramref name="deliver"/>, with no onward connection and no relay, and is served until
+    /// the application disposes it or the server stops. This server carries no UDP.
+    /// </summary>
+    public InboundSessions(string transport, SessionDelivery deliver, TransportCounters counters, ILogger log)
+        : this(transport, static (_, _, _) => throw new InvalidOperationException("sessions are delivered, not dialled"), null, counters, log) =>
+        _deliver = deliver;
 
     private static long NextId() => Interlocked.Increment(ref s_ids);
 
@@ -94,6 +111,14 @@ public sealed class InboundSessions : IInboundHandler
                 await RefuseAsync(stream, ConnectFailure.AddressTypeNotSupported, ct).ConfigureAwait(false);
                 return;
             }
+            if (_deliver is not null && request.Kind == SessionKind.Stream)
+            {
+                await ReplyAsync(stream, 0, ct).ConfigureAwait(false);
+                opened = true;
+                _counters.SessionOpened();
+                await DeliverAsync(stream, request.Destination, remote, ct).ConfigureAwait(false);
+                return;
+            }
             try
             {
                 onward = request.Kind == SessionKind.Datagram
@@ -126,6 +151,26 @@ public sealed class InboundSessions : IInboundHandler
             if (onward is not null) await onward.DisposeAsync().ConfigureAwait(false);
             await stream.DisposeAsync().ConfigureAwait(false);
         }
+    }
+
+    /// <summary>
+    /// The transport's stream to the application, counted; returns once the application disposed it (the transport
+    /// then ends the connection as after a relay) or the server stops (the stream is disposed under the application).
+    /// </summary>
+    private async Task DeliverAsync(Stream stream, Destination? destination, EndPoint? remote, CancellationToken ct)
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var session = new CountedStream(stream, _counters, () => done.TrySetResult());
+        try
+        {
+            await _deliver!(session, destination, remote, ct).ConfigureAwait(false);
+        }
+        catch (TransportConnectException)
+        {
+            await session.DisposeAsync().ConfigureAwait(false);
+            throw new OperationCanceledException("the application takes no more sessions");
+        }
+        await done.Task.WaitAsync(ct).ConfigureAwait(false);
     }
 
     private ValueTask<Stream> OpenAssociationAsync(long id, CancellationToken ct) =>
@@ -165,6 +210,13 @@ public sealed class InboundSessions : IInboundHandler
         bool opened = false;
         try
         {
+            if (_deliver is not null)
+            {
+                opened = true;
+                _counters.SessionOpened();
+                await DeliverAsync(stream, null, remote, cancellationToken).ConfigureAwait(false);
+                return;
+            }
             try { onward = await _onward(null, remote, cancellationToken).ConfigureAwait(false); }
             catch (TransportConnectException e)
             {

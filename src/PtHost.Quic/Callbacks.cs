@@ -51,6 +51,7 @@ internal static unsafe class Callbacks
         *(nint*)(t + Layout.Callbacks.RemoveConnectionId) = (nint)(delegate* unmanaged<nint, byte*, nint, int>)&RemoveConnectionId;
         *(nint*)(t + Layout.Callbacks.RecvDatagram) = (nint)(delegate* unmanaged<nint, uint, byte*, nuint, nint, int>)&RecvDatagram;
         *(nint*)(t + Layout.Callbacks.RecvStatelessReset) = (nint)(delegate* unmanaged<nint, nint, nint, int>)&RecvStatelessReset;
+        *(nint*)(t + Layout.Callbacks.PathValidation) = (nint)(delegate* unmanaged<nint, uint, byte*, int, nint, int>)&PathValidation;
         return t;
     }
 
@@ -197,6 +198,19 @@ internal static unsafe class Callbacks
     private static int RecvStatelessReset(nint conn, nint sr, nint userData)
     {
         try { Of(userData).StatelessResetReceived = true; return 0; }
+        catch (Exception e) { return Fail(userData, e); }
+    }
+
+    /// <summary>A path ngtcp2 validated with PATH_CHALLENGE/PATH_RESPONSE (RFC 9000 §8.2): its remote
+    /// address becomes the connection's validated address (spec/asport.md §2).</summary>
+    [UnmanagedCallersOnly]
+    private static int PathValidation(nint conn, uint flags, byte* path, int result, nint userData)
+    {
+        try
+        {
+            if (result == Ngtcp2.PathValidationResultSuccess) Of(userData).OnPathValidated(path);
+            return 0;
+        }
         catch (Exception e) { return Fail(userData, e); }
     }
 

@@ -40,6 +40,11 @@ public sealed unsafe partial class QuicConnection : IAsyncDisposable
     internal byte* Ccerr => Native + Layout.Path.Size + 256 + Layout.CryptoConnRef.Size;
 
     internal SocketAddress RemoteSocketAddress;
+    /// <summary>The endpoint's index key of <see cref="RemoteSocketAddress"/>.</summary>
+    internal QuicEndpoint.AddressKey RemoteKey;
+    /// <summary>Server connections: the source the connection counts against, and what it is counted in (QuicEndpoint.Admission).</summary>
+    internal UInt128 Source;
+    internal bool Admitted, CountedHandshaking;
     internal readonly List<UInt128> Cids = [];
     internal string? InitialDcidKey;
     internal readonly Dictionary<long, QuicStream> Streams = [];
@@ -75,7 +80,10 @@ public sealed unsafe partial class QuicConnection : IAsyncDisposable
         Options = options;
         IsServer = isServer;
         RemoteSocketAddress = remote;
+        RemoteKey = QuicEndpoint.AddressKey.Of(remote.Buffer.Span[..remote.Size]);
         RemoteEndPoint = (IPEndPoint)new IPEndPoint(IPAddress.Any, 0).Create(remote);
+        // A client chose its server's address; a server's peer address is validated when the handshake completes.
+        if (!isServer) ValidatedRemoteEndPoint = RemoteEndPoint;
         _datagramsIn = Channel.CreateBounded<(byte[], int)>(new BoundedChannelOptions(options.DatagramReceiveQueue)
         {
             FullMode = BoundedChannelFullMode.DropWrite, SingleWriter = true,
@@ -85,7 +93,14 @@ public sealed unsafe partial class QuicConnection : IAsyncDisposable
     }
 
     public bool IsServer { get; }
+    /// <summary>The peer address packets go to now: the remote address of ngtcp2's current path, which
+    /// moves only after an authenticated packet from another address (RFC 9000 §9), possibly before that
+    /// address is validated.</summary>
     public IPEndPoint RemoteEndPoint { get; private set; }
+    /// <summary>The latest peer address proven to reach the peer: the handshake's (a server's peer
+    /// completes it only by receiving our Handshake packets there) or a path ngtcp2 validated since
+    /// (RFC 9000 §8). Null on a server until the handshake completes. Use it for access decisions.</summary>
+    public IPEndPoint? ValidatedRemoteEndPoint { get; private set; }
     public IPEndPoint LocalEndPoint => Endpoint.LocalEndPoint;
     /// <summary>The ALPN protocol both sides agreed on (after the handshake).</summary>
     public string? NegotiatedApplicationProtocol { get; internal set; }
@@ -251,6 +266,7 @@ public sealed unsafe partial class QuicConnection : IAsyncDisposable
     internal void OnHandshakeCompleted()
     {
         State = ConnState.Established;
+        ValidatedRemoteEndPoint ??= RemoteEndPoint;
         var datum = stackalloc byte[Layout.GnutlsDatum.Size];
         if (GnuTls.AlpnGetSelectedProtocol(Session, datum) == 0)
         {
@@ -260,6 +276,7 @@ public sealed unsafe partial class QuicConnection : IAsyncDisposable
         }
         UpdateDatagramSize();
         _handshake.TrySetResult();
+        Endpoint.HandshakeOver(this);
         if (IsServer) Endpoint.OnAccepted(this);
     }
 
@@ -389,11 +406,23 @@ public sealed unsafe partial class QuicConnection : IAsyncDisposable
         return 0;
     }
 
-    internal void UpdateRemote(SocketAddress from)
+    /// <summary>Loop thread: the connection now sends to <paramref name="remote"/> (ngtcp2's current path).</summary>
+    internal void UpdateRemote(ReadOnlySpan<byte> remote)
     {
-        if (from.Equals(RemoteSocketAddress)) return;
-        RemoteSocketAddress = new SocketAddress(from.Family, from.Size);
-        from.Buffer.Span[..from.Size].CopyTo(RemoteSocketAddress.Buffer.Span);
+        RemoteSocketAddress = new SocketAddress(Endpoint.LocalEndPoint.AddressFamily, remote.Length);
+        remote.CopyTo(RemoteSocketAddress.Buffer.Span);
+        RemoteKey = QuicEndpoint.AddressKey.Of(remote);
         RemoteEndPoint = (IPEndPoint)new IPEndPoint(IPAddress.Any, 0).Create(RemoteSocketAddress);
+    }
+
+    /// <summary>Loop thread, path_validation callback: ngtcp2 validated <paramref name="path"/>.</summary>
+    internal void OnPathValidated(byte* path)
+    {
+        var addr = *(byte**)(path + Layout.Path.Remote + Layout.Addr.AddrPtr);
+        var len = (int)*(uint*)(path + Layout.Path.Remote + Layout.Addr.AddrLen);
+        if (addr == null || len <= 0 || len > 128) return;
+        var sa = new SocketAddress(Endpoint.LocalEndPoint.AddressFamily, len);
+        new ReadOnlySpan<byte>(addr, len).CopyTo(sa.Buffer.Span);
+        ValidatedRemoteEndPoint = (IPEndPoint)new IPEndPoint(IPAddress.Any, 0).Create(sa);
     }
 }

@@ -10,6 +10,18 @@ public sealed unsafe partial class QuicEndpoint
 {
     // ---- connection ids and stateless reset ----
 
+    /// <summary>A socket address (sockaddr_in or sockaddr_in6, at most 32 bytes) as a hash key.</summary>
+    internal readonly record struct AddressKey(UInt128 Low, UInt128 High)
+    {
+        public static AddressKey Of(ReadOnlySpan<byte> sockaddr)
+        {
+            Span<byte> b = stackalloc byte[32];
+            b.Clear();
+            sockaddr[..Math.Min(sockaddr.Length, 32)].CopyTo(b);
+            return new(BinaryPrimitives.ReadUInt128LittleEndian(b), BinaryPrimitives.ReadUInt128LittleEndian(b[16..]));
+        }
+    }
+
     private static UInt128 Key(ReadOnlySpan<byte> cid16) => BinaryPrimitives.ReadUInt128LittleEndian(cid16);
 
     private static void RandomCid(byte* cid, int len)
@@ -95,7 +107,9 @@ public sealed unsafe partial class QuicEndpoint
         c.Cids.Clear();
         if (c.InitialDcidKey is not null && _byInitialDcid.TryGetValue(c.InitialDcidKey, out var o) && o == c)
             _byInitialDcid.Remove(c.InitialDcidKey);
+        UnindexRemote(c);
         _connections.Remove(c);
+        Released(c);
         c.Delete();
     }
 }

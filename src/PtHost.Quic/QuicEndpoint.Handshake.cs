@@ -17,6 +17,7 @@ public sealed unsafe partial class QuicEndpoint
         if (_server is null || _stop.IsCancellationRequested) return null;
         var rv = Ngtcp2.Accept(PktHd, packet, (nuint)n);
         if (rv != 0) return null; // not an acceptable Initial (version negotiation is not offered)
+        if (!Admit(from, out var source, out var retried)) return null;
         var remote = new SocketAddress(LocalEndPoint.AddressFamily, from.Length);
         from.CopyTo(remote.Buffer.Span);
         var conn = new QuicConnection(this, _server, isServer: true, remote);
@@ -27,7 +28,18 @@ public sealed unsafe partial class QuicEndpoint
             var version = *(uint*)(PktHd + Layout.PktHd.Version);
             NewCid(CidA, out var scidKey);
             PrepareSettingsAndParams(_server, server: true);
-            Buffer.MemoryCopy(clientDcid, Params + Layout.TransportParams.OriginalDcid, Layout.Cid.Size, Layout.Cid.Size);
+            if (retried)
+            {
+                // RFC 9000 §7.3: original_destination_connection_id is the one the token carried (CidB),
+                // retry_source_connection_id the one our Retry chose (now the client's DCID); the token
+                // tells ngtcp2 the address is validated (no 3× limit).
+                Buffer.MemoryCopy(CidB, Params + Layout.TransportParams.OriginalDcid, Layout.Cid.Size, Layout.Cid.Size);
+                Buffer.MemoryCopy(clientDcid, Params + Layout.TransportParams.RetryScid, Layout.Cid.Size, Layout.Cid.Size);
+                *(Params + Layout.TransportParams.RetryScidPresent) = 1;
+                *(nint*)(SettingsBuf + Layout.Settings.Token + Layout.Vec.Base) = *(nint*)(PktHd + Layout.PktHd.Token + Layout.Vec.Base);
+                *(nuint*)(SettingsBuf + Layout.Settings.Token + Layout.Vec.Len) = *(nuint*)(PktHd + Layout.PktHd.Token + Layout.Vec.Len);
+            }
+            else Buffer.MemoryCopy(clientDcid, Params + Layout.TransportParams.OriginalDcid, Layout.Cid.Size, Layout.Cid.Size);
             *(byte*)(Params + Layout.TransportParams.StatelessResetTokenPresent) = 1;
             fixed (byte* secret = _resetSecret)
                 Ngtcp2Crypto.GenerateStatelessResetToken(Params + Layout.TransportParams.StatelessResetToken, secret, (nuint)_resetSecret.Length, CidA);
@@ -42,6 +54,8 @@ public sealed unsafe partial class QuicEndpoint
             conn.InitialDcidKey = Convert.ToHexString(new ReadOnlySpan<byte>(clientDcid + Layout.Cid.Data, dcidLen));
             _byInitialDcid[conn.InitialDcidKey] = conn;
             _connections.Add(conn);
+            IndexRemote(conn);
+            Admitted(conn, source);
             return conn;
         }
         catch (Exception e)
@@ -82,6 +96,7 @@ public sealed unsafe partial class QuicEndpoint
             SetUpTls(conn, server: false, options);
             Register(conn, scidKey);
             _connections.Add(conn);
+            IndexRemote(conn);
             MarkDirty(conn);
             return conn;
         }

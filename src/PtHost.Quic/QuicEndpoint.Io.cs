@@ -212,25 +212,24 @@ public sealed unsafe partial class QuicEndpoint
     }
 
     /// <summary>Sends <paramref name="length"/> bytes of equal-sized packets (the last may be
-    /// shorter) to <paramref name="to"/>, as one GSO send when there are several.</summary>
-    private void SendPackets(byte* data, int length, int segmentSize, SocketAddress to)
+    /// shorter) to the sockaddr <paramref name="name"/>, as one GSO send when there are several.</summary>
+    private void SendPackets(byte* data, int length, int segmentSize, byte* name, int nameLen)
     {
-        if (length <= 0) return;
+        if (length <= 0 || nameLen <= 0) return;
         if (length > segmentSize && _gsoDisabled)
         {
             for (var off = 0; off < length; off += segmentSize)
-                SendPackets(data + off, Math.Min(segmentSize, length - off), segmentSize, to);
+                SendPackets(data + off, Math.Min(segmentSize, length - off), segmentSize, name, nameLen);
             return;
         }
         var msg = SendMsg;
-        fixed (byte* name = to.Buffer.Span)
         {
             for (var attempt = 0; ; attempt++)
             {
                 *(nint*)(SendIov + Layout.Vec.Base) = (nint)data;
                 *(nuint*)(SendIov + Layout.Vec.Len) = (nuint)length;
                 *(nint*)(msg + Libc.MsgHdrLayout.Name) = (nint)name;
-                *(uint*)(msg + Libc.MsgHdrLayout.NameLen) = (uint)to.Size;
+                *(uint*)(msg + Libc.MsgHdrLayout.NameLen) = (uint)nameLen;
                 *(nint*)(msg + Libc.MsgHdrLayout.Iov) = (nint)SendIov;
                 *(nuint*)(msg + Libc.MsgHdrLayout.IovLen) = 1;
                 *(int*)(msg + Libc.MsgHdrLayout.Flags) = 0;
@@ -262,11 +261,11 @@ public sealed unsafe partial class QuicEndpoint
                     // The route's device cannot segment: fall back to one packet per call for good.
                     _log.NoGso(LocalEndPoint, errno);
                     _gsoDisabled = true;
-                    SendPackets(data, length, segmentSize, to);
+                    SendPackets(data, length, segmentSize, name, nameLen);
                     return;
                 }
                 // A full buffer or an ICMP error loses these packets; QUIC recovery resends.
-                _log.SendErrno(to, errno);
+                _log.SendErrno(errno);
                 return;
             }
         }

@@ -51,11 +51,25 @@ public sealed unsafe partial class QuicEndpoint
 
     private QuicConnection? FindByRemote(ReadOnlySpan<byte> from)
     {
-        foreach (var c in _connections)
-            if (c.State < QuicConnection.ConnState.Closing &&
-                from.SequenceEqual(c.RemoteSocketAddress.Buffer.Span[..c.RemoteSocketAddress.Size]))
-                return c;
+        if (!_byRemote.TryGetValue(AddressKey.Of(from), out var list)) return null;
+        foreach (var c in list)
+            if (c.State < QuicConnection.ConnState.Closing) return c;
         return null;
+    }
+
+    /// <summary>A connection reachable by its peer address (stateless resets, §2), indexed so that
+    /// unknown short-header packets cost a hash lookup, not a scan (spec/asport.md §5.1).</summary>
+    private void IndexRemote(QuicConnection c)
+    {
+        if (!_byRemote.TryGetValue(c.RemoteKey, out var list)) _byRemote[c.RemoteKey] = list = new List<QuicConnection>(1);
+        list.Add(c);
+    }
+
+    private void UnindexRemote(QuicConnection c)
+    {
+        if (!_byRemote.TryGetValue(c.RemoteKey, out var list)) return;
+        list.Remove(c);
+        if (list.Count == 0) _byRemote.Remove(c.RemoteKey);
     }
 
     private void ReadPacket(QuicConnection conn, byte* packet, int n, ReadOnlySpan<byte> from)
@@ -67,13 +81,26 @@ public sealed unsafe partial class QuicEndpoint
             OnFatal(conn, rv);
             return;
         }
-        if (!from.SequenceEqual(conn.RemoteSocketAddress.Buffer.Span[..conn.RemoteSocketAddress.Size]))
-        {
-            var sa = new SocketAddress(LocalEndPoint.AddressFamily, from.Length);
-            from.CopyTo(sa.Buffer.Span);
-            conn.UpdateRemote(sa);
-        }
+        // ngtcp2 returns 0 also for packets it dropped (undecryptable, from an unknown path on a client):
+        // never move on the packet's source, follow the path ngtcp2 chose (RFC 9000 §9: it migrates
+        // only on an authenticated non-probing packet, then validates the new path and limits what it
+        // sends there to 3× what it received until then).
+        FollowPath(conn);
         MarkDirty(conn);
+    }
+
+    private void FollowPath(QuicConnection conn)
+    {
+        var path = Ngtcp2.ConnGetPath(conn.Conn);
+        if (path == null) return;
+        var addr = *(byte**)(path + Layout.Path.Remote + Layout.Addr.AddrPtr);
+        var len = (int)*(uint*)(path + Layout.Path.Remote + Layout.Addr.AddrLen);
+        if (addr == null || len <= 0 || len > 128) return;
+        var remote = new ReadOnlySpan<byte>(addr, len);
+        if (remote.SequenceEqual(conn.RemoteSocketAddress.Buffer.Span[..conn.RemoteSocketAddress.Size])) return;
+        UnindexRemote(conn);
+        conn.UpdateRemote(remote);
+        IndexRemote(conn);
     }
 
     private void FillPath(byte* path, ReadOnlySpan<byte> remote)

@@ -12,7 +12,15 @@ public sealed unsafe partial class QuicEndpoint
 
     private void SendRaw(ReadOnlySpan<byte> packet, SocketAddress to)
     {
-        fixed (byte* p = packet) SendPackets(p, packet.Length, packet.Length, to);
+        fixed (byte* p = packet)
+        fixed (byte* name = to.Buffer.Span)
+            SendPackets(p, packet.Length, packet.Length, name, to.Size);
+    }
+
+    /// <summary>The batch so far leaves for its destination (the path ngtcp2 wrote it for).</summary>
+    private void SendBatchTo(int length, int segment)
+    {
+        if (length > 0) SendPackets(SendBatch, length, segment, BatchRemote, _batchRemoteLen);
     }
 
     /// <summary>Write every packet the connection has ready: stream data, datagrams, ACKs, control frames.</summary>
@@ -44,7 +52,7 @@ public sealed unsafe partial class QuicEndpoint
                 {
                     *(nint*)(Vecs + Layout.Vec.Base) = (nint)dp;
                     *(nuint*)(Vecs + Layout.Vec.Len) = (nuint)d.Length;
-                    written = Ngtcp2.ConnWritevDatagram(conn, null, 1, PktInfo, buf, MaxPacketSize, &accepted, Ngtcp2.WriteDatagramFlagMore, 0, Vecs, 1, ts);
+                    written = Ngtcp2.ConnWritevDatagram(conn, WritePath, 1, PktInfo, buf, MaxPacketSize, &accepted, Ngtcp2.WriteDatagramFlagMore, 0, Vecs, 1, ts);
                 }
                 // Not accepted into a packet that went out full of other frames: retry in the
                 // next packet, twice at most; unsendable (too large, peer has no datagrams): drop.
@@ -69,13 +77,13 @@ public sealed unsafe partial class QuicEndpoint
                 nint datalen = -1;
                 if (s is null)
                 {
-                    written = Ngtcp2.ConnWritevStream(conn, null, 1, PktInfo, buf, MaxPacketSize, &datalen, Ngtcp2.WriteStreamFlagMore, -1, null, 0, ts);
+                    written = Ngtcp2.ConnWritevStream(conn, WritePath, 1, PktInfo, buf, MaxPacketSize, &datalen, Ngtcp2.WriteStreamFlagMore, -1, null, 0, ts);
                 }
                 else
                 {
                     var cnt = s.BuildVecs(Vecs, MaxVecs, out var total, out var fin);
                     var flags = Ngtcp2.WriteStreamFlagMore | (fin ? Ngtcp2.WriteStreamFlagFin : 0);
-                    written = Ngtcp2.ConnWritevStream(conn, null, 1, PktInfo, buf, MaxPacketSize, &datalen, flags, s.Id, Vecs, (nuint)cnt, ts);
+                    written = Ngtcp2.ConnWritevStream(conn, WritePath, 1, PktInfo, buf, MaxPacketSize, &datalen, flags, s.Id, Vecs, (nuint)cnt, ts);
                     if (datalen >= 0) s.OnSent(datalen, fin, total);
                     switch (written)
                     {
@@ -107,29 +115,38 @@ public sealed unsafe partial class QuicEndpoint
             }
             if (written < 0)
             {
-                SendPackets(SendBatch, batchLen, segment, c.RemoteSocketAddress);
+                SendBatchTo(batchLen, segment);
                 OnFatal(c, (int)written);
                 return;
             }
             if (written == 0) break;
             var size = (int)written;
-            if (segments > 0 && size > segment)
+            // Each packet goes where ngtcp2 says (the path it filled in): a PATH_CHALLENGE or a
+            // packet limited by anti-amplification may be for another path than the batch's.
+            var toLen = (int)*(uint*)(WritePath + Layout.Path.Remote + Layout.Addr.AddrLen);
+            var to = new ReadOnlySpan<byte>(WriteRemote, Math.Clamp(toLen, 0, 128));
+            if (segments > 0 && (size > segment || !to.SequenceEqual(new ReadOnlySpan<byte>(BatchRemote, _batchRemoteLen))))
             {
-                // Larger than the run's segment size (a path MTU probe): the run leaves first.
-                SendPackets(SendBatch, batchLen, segment, c.RemoteSocketAddress);
+                // Larger than the run's segment size (a path MTU probe), or for another path: the run leaves first.
+                SendBatchTo(batchLen, segment);
                 Buffer.MemoryCopy(buf, SendBatch, SendBatchCapacity, size);
                 batchLen = segments = 0;
             }
-            if (segments == 0) segment = size;
+            if (segments == 0)
+            {
+                segment = size;
+                to.CopyTo(new Span<byte>(BatchRemote, 128));
+                _batchRemoteLen = to.Length;
+            }
             batchLen += size;
             segments++;
             if (size < segment || segments == MaxGsoSegments || batchLen + MaxPacketSize > MaxGsoBytes)
             {
-                SendPackets(SendBatch, batchLen, segment, c.RemoteSocketAddress);
+                SendBatchTo(batchLen, segment);
                 batchLen = segments = 0;
             }
         }
-        SendPackets(SendBatch, batchLen, segment, c.RemoteSocketAddress);
+        SendBatchTo(batchLen, segment);
         Ngtcp2.ConnUpdatePktTxTime(conn, ts);
     }
 }

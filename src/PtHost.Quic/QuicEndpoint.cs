@@ -37,6 +37,7 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
     private readonly Dictionary<UInt128, QuicConnection> _byCid = [];
     private readonly Dictionary<string, QuicConnection> _byInitialDcid = [];
     private readonly List<QuicConnection> _connections = [];
+    private readonly Dictionary<AddressKey, List<QuicConnection>> _byRemote = [];
     private readonly List<QuicConnection> _dirty = [];
     private readonly CancellationTokenSource _stop = new();
     private int _resetsThisSecond;
@@ -44,7 +45,8 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
 
     // Loop-owned native scratch.
     private readonly byte* _scratch;
-    private const int ScratchSize = MaxPacketSize + Layout.PktInfo.Size + MaxVecs * Layout.Vec.Size + Layout.Path.Size + 128 + 128 + Layout.PktHd.Size + Layout.Cid.Size * 2 + Layout.TransportParams.Size + Layout.Settings.Size;
+    private const int ScratchSize = MaxPacketSize + Layout.PktInfo.Size + MaxVecs * Layout.Vec.Size + Layout.Path.Size + 128 + 128 + Layout.PktHd.Size + Layout.Cid.Size * 2 + Layout.TransportParams.Size + Layout.Settings.Size
+        + Layout.Path.Size + 128 + 128 + 128;
     private byte* SendBuf => _scratch;
     internal byte* PktInfo => _scratch + MaxPacketSize;
     private byte* Vecs => PktInfo + Layout.PktInfo.Size;
@@ -56,6 +58,13 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
     private byte* CidB => CidA + Layout.Cid.Size;
     private byte* Params => CidB + Layout.Cid.Size;
     private byte* SettingsBuf => Params + Layout.TransportParams.Size;
+    // ngtcp2_path_storage the write calls fill with the path each packet is for, and the destination
+    // of the packets batched so far.
+    private byte* WritePath => SettingsBuf + Layout.Settings.Size;
+    private byte* WriteLocal => WritePath + Layout.Path.Size;
+    private byte* WriteRemote => WriteLocal + 128;
+    private byte* BatchRemote => WriteRemote + 128;
+    private int _batchRemoteLen;
     private readonly int _localSockaddrLen;
     private readonly SocketAddress _localSocketAddress;
 
@@ -83,9 +92,12 @@ public sealed unsafe partial class QuicEndpoint : IAsyncDisposable
         _localSocketAddress = LocalEndPoint.Serialize();
         _localSockaddrLen = _localSocketAddress.Size;
         _localSocketAddress.Buffer.Span[.._localSockaddrLen].CopyTo(new Span<byte>(LocalSockaddr, 128));
+        *(nint*)(WritePath + Layout.Path.Local + Layout.Addr.AddrPtr) = (nint)WriteLocal;
+        *(nint*)(WritePath + Layout.Path.Remote + Layout.Addr.AddrPtr) = (nint)WriteRemote;
         if (server is not null)
         {
             server.Validate();
+            server.ValidateLimits();
             if (server.Certificate is null) throw new ArgumentException("a QUIC server needs a certificate");
             _serverCredentials = LoadServerCredentials(server.Certificate);
             _accepted = Channel.CreateBounded<QuicConnection>(new BoundedChannelOptions(server.AcceptQueue) { FullMode = BoundedChannelFullMode.Wait });

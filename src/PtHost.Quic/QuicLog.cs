@@ -42,8 +42,8 @@ internal static partial class QuicLog
     [LoggerMessage(1410, LogLevel.Information, "QUIC endpoint {Local}: UDP GSO refused (errno {Errno}); sending packets one by one")]
     public static partial void NoGso(this ILogger log, IPEndPoint local, int errno);
 
-    [LoggerMessage(1411, LogLevel.Debug, "QUIC sendmsg to {To} failed: errno {Errno}")]
-    public static partial void SendErrno(this ILogger log, SocketAddress to, int errno);
+    [LoggerMessage(1411, LogLevel.Debug, "QUIC sendmsg failed: errno {Errno}")]
+    public static partial void SendErrno(this ILogger log, int errno);
 
     [LoggerMessage(1412, LogLevel.Error, "QUIC callback failed")]
     public static partial void CallbackFailed(this ILogger log, Exception e);

@@ -20,8 +20,10 @@ public sealed class QuicCertificate
     /// <summary>SHA-256 of the certificate's DER encoding: the value a client pins.</summary>
     public byte[] Sha256 { get; }
 
+    /// <summary>Reads both PEM files; the key through <see cref="PtHost.Net.PrivateFile"/>: a symbolic link, a
+    /// file of another user or one open to group or others is refused with <see cref="UnauthorizedAccessException"/>.</summary>
     public static QuicCertificate Load(string certificateFile, string keyFile) =>
-        new(File.ReadAllText(certificateFile), File.ReadAllText(keyFile));
+        new(File.ReadAllText(certificateFile), PtHost.Net.PrivateFile.ReadAllText(keyFile));
 
     /// <summary>A fresh ECDSA P-256 self-signed certificate (for tests and pinned deployments).</summary>
     public static QuicCertificate CreateSelfSigned(string commonName)
@@ -123,4 +125,36 @@ public sealed class QuicServerOptions : QuicConnectionOptions
     /// Keep it across restarts so a restarted server can reset connections it forgot.</summary>
     public byte[]? StatelessResetSecret { get; init; }
     public int AcceptQueue { get; init; } = 128;
+    /// <summary>Connections the endpoint holds at once (handshaking, established or closing); an Initial beyond it is dropped.</summary>
+    public int MaxConnections { get; init; } = 4096;
+    /// <summary>Connections one source holds at once: one IPv4 address, or one IPv6 prefix of <see cref="SourcePrefixV6"/> bits.</summary>
+    public int MaxConnectionsPerSource { get; init; } = 16;
+    public int SourcePrefixV6 { get; init; } = 64;
+    /// <summary>When a new connection must first prove its address with a Retry token (RFC 9000 §8.1.2).</summary>
+    public QuicRetryPolicy Retry { get; init; } = QuicRetryPolicy.UnderLoad;
+    /// <summary><see cref="QuicRetryPolicy.UnderLoad"/>: Retry while at least this many connections are in their handshake…</summary>
+    public int RetryHandshakingThreshold { get; init; } = 32;
+    /// <summary>…or while at least this many connections were accepted in the current second.</summary>
+    public int RetryRateThreshold { get; init; } = 64;
+    /// <summary>How long a Retry token is good for.</summary>
+    public TimeSpan RetryTokenLifetime { get; init; } = TimeSpan.FromSeconds(10);
+
+    internal void ValidateLimits()
+    {
+        if (MaxConnections < 1 || MaxConnectionsPerSource < 1) throw new ArgumentException("connection limits must be at least 1");
+        if (SourcePrefixV6 is < 1 or > 128) throw new ArgumentException("SourcePrefixV6 must be 1..128");
+        if (RetryHandshakingThreshold < 0 || RetryRateThreshold < 0) throw new ArgumentException("Retry thresholds must not be negative");
+        if (RetryTokenLifetime <= TimeSpan.Zero) throw new ArgumentException("RetryTokenLifetime must be positive");
+    }
+}
+
+/// <summary>When a server answers an Initial with a Retry (RFC 9000 §8.1.2) instead of a handshake.</summary>
+public enum QuicRetryPolicy
+{
+    /// <summary>Never: every acceptable Initial starts a handshake.</summary>
+    Never,
+    /// <summary>When <see cref="QuicServerOptions.RetryHandshakingThreshold"/> or <see cref="QuicServerOptions.RetryRateThreshold"/> is reached.</summary>
+    UnderLoad,
+    /// <summary>Every new connection.</summary>
+    Always,
 }

@@ -34,7 +34,7 @@ public sealed class TurnListener : IAsyncDisposable
         _transport = transport;
         _options = options;
         _log = log;
-        if (factory is not (IDatagramClientFactory or IStreamCarrier))
+        if (!UdpCarrier.CanCarry(factory))
             throw new TransportOptionsException($"transport {transport} cannot carry UDP (spec/turn.md §5.1)");
         Server = new TurnServer(options, (id, ct) => OpenSessionAsync(factory, id, ct), log, time, counters);
         var (udp, tcp) = Bind(options.ListenAddress);
@@ -95,14 +95,8 @@ public sealed class TurnListener : IAsyncDisposable
         _loops.Add(ExpiryLoopAsync(_stop.Token));
     }
 
-    private async ValueTask<IAssociation> OpenSessionAsync(IClientFactory factory, long allocation, CancellationToken ct)
-    {
-        long id = Interlocked.Increment(ref _sessions);
-        var request = new ConnectRequest(new Destination("0.0.0.0", 0), factory.ParseSettings(ConnectionSettings.Empty), id, SessionKind.Datagram);
-        if (factory is IDatagramClientFactory native) return await native.OpenAssociationAsync(request, ct).ConfigureAwait(false);
-        var stream = await factory.ConnectAsync(request, ct).ConfigureAwait(false);
-        return await StreamAssociation.StartAsync(stream, ct).ConfigureAwait(false);
-    }
+    private ValueTask<IAssociation> OpenSessionAsync(IClientFactory factory, long allocation, CancellationToken ct) =>
+        UdpCarrier.OpenAsync(factory, Interlocked.Increment(ref _sessions), ct);
 
     // ---- UDP ---------------------------------------------------------------------------------
 

@@ -25,13 +25,14 @@ internal static class CommandLine
           pthost generate-config TRANSPORT   print the options a server and its clients need
           pthost demo                        run a server and a client on loopback and fetch through them
           pthost relay NAME --help           the relay services
+          pthost asport-client --config FILE expose a local service through a pthost relay asport (spec/asport.md §4.4)
         """;
 
     /// <summary>Parses <paramref name="args"/> and runs the command; returns the exit code.</summary>
     public static async Task<int> InvokeAsync(string[] args)
     {
         // The relay subcommands load three transport assemblies: built only for "pthost relay ..." (start-up of the other forms).
-        var root = Build(relays: args.Length > 0 && args[0] == "relay");
+        var root = Build(relays: args.Length > 0 && (args[0] == "relay" || TransportRegistry.Commands.Any(c => c.Name == args[0])));
         // No response files: an argument is never replaced by a file's contents (a JSON document starting with '@' is just text).
         var result = root.Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
         if (result.Action is ParseErrorAction)
@@ -97,6 +98,9 @@ internal static class CommandLine
         if (relays)
             foreach (var service in TransportRegistry.Relays) relay.Subcommands.Add(RelayCommand(service));
         root.Subcommands.Add(relay);
+        // Transport commands (spec/ipc.md §2.4): run as relays are, under their own name.
+        if (relays)
+            foreach (var (_, create) in TransportRegistry.Commands) root.Subcommands.Add(RelayCommand(create(), topLevel: true));
         return root;
     }
 
@@ -104,12 +108,21 @@ internal static class CommandLine
     /// <c>pthost relay NAME</c>: the relay's own options, plus <c>--loglevel</c> and <c>--unsafe-logging</c>. An option may be given
     /// more than once; every value must be valid and the last one counts (as the hand-written parsers did).
     /// </summary>
-    private static Command RelayCommand(IRelayService service)
+    private static Command RelayCommand(IRelayService service, bool topLevel = false)
     {
+        string path = topLevel ? service.Name : "relay " + service.Name;
         var command = new Command(service.Name, service.Description);
         var options = new List<(RelayOption Relay, Option<string[]> Option)>();
+        var flags = new List<(RelayOption Relay, Option<bool> Option)>();
         foreach (var o in service.Options)
         {
+            if (o.Kind == RelayOptionKind.Flag)
+            {
+                var flag = new Option<bool>("--" + o.Name) { Description = o.Help };
+                command.Options.Add(flag);
+                flags.Add((o, flag));
+                continue;
+            }
             var option = Repeatable("--" + o.Name, o.Help, o.ValueName, o.Default, text => o.TryRead(text, out _, out string? problem) ? null : problem);
             option.Required = o.Required;
             command.Options.Add(option);
@@ -123,16 +136,38 @@ internal static class CommandLine
             Description = "Keep the addresses of clients and peers in the logs (by default they are [scrubbed], spec/ipc.md §4.11).",
         };
         command.Options.Add(unsafeLogging);
+        // A relay without a configuration file of its own reads its options from one (a systemd unit's
+        // /etc/pthost/NAME.json): the executable's, keys named as the options (spec/ipc.md §2.4).
+        Option<string>? file = null;
+        if (!service.Options.Any(o => o.Name == "config"))
+        {
+            file = new Option<string>("--config") { Description = "Read the options from a JSON object FILE, keys named as the options; the command line wins.", HelpName = "FILE" };
+            command.Options.Add(file);
+        }
         command.SetAction((parse, _) =>
         {
             var given = new Dictionary<string, string>(StringComparer.Ordinal);
+            if (file is not null && parse.GetValue(file) is { } configFile)
+            {
+                try
+                {
+                    foreach (var (name, text) in RelayArguments.ReadFile(service.Options, File.ReadAllText(configFile))) given[name] = text;
+                }
+                catch (Exception e) when (e is OptionsException or IOException or UnauthorizedAccessException)
+                {
+                    Console.Error.WriteLine($"pthost: {path}: configuration {configFile}: {e.Message}");
+                    return Task.FromResult(ExitCodes.Config);
+                }
+            }
             foreach (var (o, option) in options)
                 if (parse.GetResult(option) is { Implicit: false } r) given[o.Name] = r.Tokens[^1].Value;
+            foreach (var (o, flag) in flags)
+                if (parse.GetValue(flag)) given[o.Name] = "true";
             RelayArguments arguments;
             try { arguments = RelayArguments.Read(service.Options, given); }
-            catch (FormatException e) { return Task.FromResult(UsageError("relay " + service.Name, e.Message)); }
+            catch (FormatException e) { return Task.FromResult(UsageError(path, e.Message)); }
             string levelText = parse.GetResult(level) is { Implicit: false } l ? l.Tokens[^1].Value : "info";
-            return Program.RunRelayAsync(service, arguments, PtConfig.TryParseLogLevel(levelText)!.Value, parse.GetValue(unsafeLogging));
+            return Program.RunRelayAsync(service, arguments, PtConfig.TryParseLogLevel(levelText)!.Value, parse.GetValue(unsafeLogging), path);
         });
         return command;
     }

@@ -164,12 +164,25 @@ public static class Program
         {
             await host.RunAsync().ConfigureAwait(false);
         }
+        catch (OperationCanceledException) when (lifetime.ApplicationStopping.IsCancellationRequested)
+        {
+            // Told to stop (stdin closed, a signal) before the host had started: a clean shutdown (spec/ipc.md §9).
+            await StopQuietlyAsync(host, log).ConfigureAwait(false);
+        }
         catch (Exception e)
         {
             log.LogCritical(e, "pthost failed");
             return ExitCodes.Software;
         }
         return runtime.FailureExitCode ?? ExitCodes.Ok;
+    }
+
+    /// <summary>Stops a host whose start was cancelled: whatever did start is closed.</summary>
+    private static async Task StopQuietlyAsync(IHost host, ILogger log)
+    {
+        log.LogInformation("stopped while starting");
+        try { await host.StopAsync(CancellationToken.None).ConfigureAwait(false); }
+        catch (Exception e) when (e is OperationCanceledException or AggregateException) { log.LogDebug(e, "stopping after a cancelled start"); }
     }
 
     /// <summary>
@@ -190,8 +203,10 @@ public static class Program
     /// <c>pthost relay NAME</c> (spec/ipc.md §2.4): the relay runs as the host's service. Exit 0 after
     /// SIGTERM/SIGINT, 78 for a bad configuration, 69 when it cannot run here or cannot listen.
     /// </summary>
-    internal static async Task<int> RunRelayAsync(IRelayService service, RelayArguments arguments, LogLevel level, bool unsafeLogging)
+    /// <param name="command">How errors name the command: <c>relay NAME</c>, or a transport command's name (spec/ipc.md §2.4).</param>
+    internal static async Task<int> RunRelayAsync(IRelayService service, RelayArguments arguments, LogLevel level, bool unsafeLogging, string? command = null)
     {
+        command ??= "relay " + service.Name;
         var builder = CreateHostBuilder(level, unsafeLogging);
         builder.Services.AddSingleton(new IpcWriter(IpcWriter.Stdout()) { UnsafeLogging = unsafeLogging });
         // Under systemd (Type=notify: NOTIFY_SOCKET set), READY=1 once every listener is bound and logs with
@@ -199,18 +214,24 @@ public static class Program
         var notifier = new SystemdNotifier();
         if (notifier.IsEnabled) builder.Logging.AddSystemdConsole(o => o.UseUtcTimestamp = false);
         builder.Services.AddSingleton(sp => new RelayHost(service, arguments, sp.GetRequiredService<IpcWriter>(),
-            sp.GetRequiredService<IHostApplicationLifetime>(), sp.GetRequiredService<ILoggerFactory>(), notifier.IsEnabled ? notifier : null));
+            sp.GetRequiredService<IHostApplicationLifetime>(), sp.GetRequiredService<ILoggerFactory>(), notifier.IsEnabled ? notifier : null, command));
         builder.Services.AddHostedService(sp => sp.GetRequiredService<RelayHost>());
         using var host = builder.Build();
         var relay = host.Services.GetRequiredService<RelayHost>();
+        var lifetime = host.Services.GetRequiredService<IHostApplicationLifetime>();
         try
         {
             await host.RunAsync().ConfigureAwait(false);
         }
+        catch (OperationCanceledException) when (lifetime.ApplicationStopping.IsCancellationRequested)
+        {
+            // SIGTERM/SIGINT before every listener was bound: a clean stop (spec/ipc.md §2.4).
+            await StopQuietlyAsync(host, host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("PtHost.Relay")).ConfigureAwait(false);
+        }
         catch (Exception e)
         {
             string text = e.ToString();
-            Console.Error.WriteLine($"pthost: relay {service.Name} failed: {(unsafeLogging ? text : AddressScrubber.Scrub(text))}");
+            Console.Error.WriteLine($"pthost: {command} failed: {(unsafeLogging ? text : AddressScrubber.Scrub(text))}");
             return ExitCodes.Software;
         }
         return relay.ExitCode;

@@ -62,13 +62,14 @@ public static class AsportBench
 
     public sealed record Result(double Gbps, double HandshakeP50Ms, JsonObject Raw);
 
-    public static async Task<Result> ThroughputAsync(Context ctx)
+    public const string UserId = User, UserPassword = Password;
+
+    /// <summary>A <c>pthost relay asport</c> with a fresh certificate (key 0600, spec/asport.md §5) in <paramref name="state"/>; returns it, its address and the pin.</summary>
+    public static async Task<(Child Relay, IPEndPoint EndPoint, byte[] Pin)> StartRelayAsync(Context ctx, string state)
     {
-        string proxychains = ctx.Proxychains ?? throw new InvalidOperationException("proxychains4 is not available");
-        string state = ctx.NewStateDir();
         var (certPem, keyPem, pin) = NewCertificate();
         await File.WriteAllTextAsync(Path.Combine(state, "cert.pem"), certPem).ConfigureAwait(false);
-        await File.WriteAllTextAsync(Path.Combine(state, "key.pem"), keyPem).ConfigureAwait(false);
+        PtHost.Net.PrivateFile.WriteNew(Path.Combine(state, "key.pem"), keyPem);
         var config = new JsonObject
         {
             ["certificate"] = "cert.pem",
@@ -79,9 +80,25 @@ public static class AsportBench
         };
         string configPath = Path.Combine(state, "asport.json");
         await File.WriteAllTextAsync(configPath, config.ToJsonString()).ConfigureAwait(false);
-        await using var relay = Child.Start("pthost relay asport", ctx.PtHost, ["relay", "asport", "--listen", "127.0.0.1:0", "--config", configPath, "--loglevel", "warning"]);
-        var (_, listen) = await relay.WaitForLineAsync(l => l.StartsWith("LISTEN asport ", StringComparison.Ordinal), Chain.StartTimeout).ConfigureAwait(false);
-        var relayEp = IPEndPoint.Parse(listen.Split(' ')[2]);
+        var relay = Child.Start("pthost relay asport", ctx.PtHost, ["relay", "asport", "--listen", "127.0.0.1:0", "--config", configPath, "--loglevel", "warning"]);
+        try
+        {
+            var (_, listen) = await relay.WaitForLineAsync(l => l.StartsWith("LISTEN asport ", StringComparison.Ordinal), Chain.StartTimeout).ConfigureAwait(false);
+            return (relay, IPEndPoint.Parse(listen.Split(' ')[2]), pin);
+        }
+        catch
+        {
+            await relay.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    public static async Task<Result> ThroughputAsync(Context ctx)
+    {
+        string proxychains = ctx.Proxychains ?? throw new InvalidOperationException("proxychains4 is not available");
+        string state = ctx.NewStateDir();
+        var (relay, relayEp, pin) = await StartRelayAsync(ctx, state).ConfigureAwait(false);
+        await using var relayProcess = relay;
 
         // Handshake p50: QUIC handshakes (ALPN asport, pinned) to the relay from this process.
         var handshakes = new List<double>();

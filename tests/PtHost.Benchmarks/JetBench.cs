@@ -118,15 +118,22 @@ public static class JetBench
         await acceptor.ConnectAsync(relay.Tcp).ConfigureAwait(false);
         await acceptor.SendAsync(JetWire.BuildPacket(JetWire.BuildRequest(JetMethod.Accept, aid, cid, host)), SocketFlags.None).ConfigureAwait(false);
         await relay.WaitAcceptedAsync(aid, cid).ConfigureAwait(false);
+        // spec/jet.md §4: the relay answers the v2 accept with a 200 before any relayed byte.
+        using (var accepted = new NetworkStream(acceptor, ownsSocket: false)) await ReadPacketAsync(accepted).ConfigureAwait(false);
         using var connector = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         await connector.ConnectAsync(relay.Tcp).ConfigureAwait(false);
         await connector.SendAsync(JetWire.BuildPacket(JetWire.BuildRequest(JetMethod.Connect, aid, cid, host)), SocketFlags.None).ConfigureAwait(false);
-        using var stream = new NetworkStream(connector, ownsSocket: false);
+        using (var stream = new NetworkStream(connector, ownsSocket: false)) await ReadPacketAsync(stream).ConfigureAwait(false);
+        return await BlastAsync(connector, acceptor, seconds).ConfigureAwait(false);
+    }
+
+    /// <summary>Reads one JET packet (a response) and nothing past it.</summary>
+    private static async Task ReadPacketAsync(NetworkStream stream)
+    {
         byte[] header = new byte[JetWire.HeaderLength];
         await stream.ReadExactlyAsync(header).ConfigureAwait(false);
         if (JetWire.ParseHeader(header, out int size, out _) != JetPacketError.None) throw new InvalidOperationException("relay sent no JET packet");
         await stream.ReadExactlyAsync(new byte[size - JetWire.HeaderLength]).ConfigureAwait(false);
-        return await BlastAsync(connector, acceptor, seconds).ConfigureAwait(false);
     }
 
     // ---------------------------------------------------------------- jet end to end

@@ -109,7 +109,7 @@ public static class RudPathBench
             var req = new CertificateRequest("CN=asport.bench", ecdsa, HashAlgorithmName.SHA256);
             using var cert = req.CreateSelfSigned(DateTimeOffset.UtcNow.AddDays(-1), DateTimeOffset.UtcNow.AddDays(7));
             await File.WriteAllTextAsync(Path.Combine(state, "cert.pem"), cert.ExportCertificatePem()).ConfigureAwait(false);
-            await File.WriteAllTextAsync(Path.Combine(state, "key.pem"), ecdsa.ExportPkcs8PrivateKeyPem()).ConfigureAwait(false);
+            PtHost.Net.PrivateFile.WriteNew(Path.Combine(state, "key.pem"), ecdsa.ExportPkcs8PrivateKeyPem()); // 0600 (spec/asport.md §5)
             pin = SHA256.HashData(cert.RawData);
         }
         var config = new JsonObject

@@ -9,9 +9,16 @@ public sealed class ZephyrRelayChild : IAsyncDisposable
     public required Child Child { get; init; }
     public required IPEndPoint EndPoint { get; init; }
 
-    public static async Task<ZephyrRelayChild> StartAsync(string pthost, string[]? options = null, IReadOnlyDictionary<string, string?>? env = null)
+    public static Task<ZephyrRelayChild> StartAsync(string pthost, string[]? options = null, IReadOnlyDictionary<string, string?>? env = null) =>
+        LaunchAsync("pthost relay zephyr", pthost, ["relay", "zephyr", "--listen", "127.0.0.1:0", "--loglevel", "warning", .. options ?? []], env);
+
+    /// <summary>The relay inside network namespace <paramref name="ns"/> (<c>ip netns exec</c>, which execs: the pid is the relay's), listening on <paramref name="listen"/>.</summary>
+    public static Task<ZephyrRelayChild> StartInAsync(string ns, string pthost, string listen, string[] options) =>
+        LaunchAsync("pthost relay zephyr (netns)", "ip", ["netns", "exec", ns, pthost, "relay", "zephyr", "--listen", listen, "--loglevel", "warning", .. options], null);
+
+    private static async Task<ZephyrRelayChild> LaunchAsync(string name, string file, string[] args, IReadOnlyDictionary<string, string?>? env)
     {
-        var child = Child.Start("pthost relay zephyr", pthost, ["relay", "zephyr", "--listen", "127.0.0.1:0", "--loglevel", "warning", .. options ?? []], Chain.ExtraEnvFor(env));
+        var child = Child.Start(name, file, args, Chain.ExtraEnvFor(env));
         try
         {
             var (_, line) = await child.WaitForLineAsync(l => l.StartsWith("LISTEN zephyr ", StringComparison.Ordinal), Chain.StartTimeout).ConfigureAwait(false);

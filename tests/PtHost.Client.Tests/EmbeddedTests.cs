@@ -10,8 +10,14 @@ namespace PtHost.Client.Tests;
 /// <summary>The in-process host (spec/adapters.md §5.8): HttpClient over the transports' own streams, with no SOCKS listener.</summary>
 public sealed class EmbeddedTests
 {
-    /// <summary>The local ports of this process's listening TCP sockets: /proc/self/net/tcp* rows in state 0A whose inode is one of /proc/self/fd.</summary>
-    private static HashSet<int> ListeningPorts()
+    /// <summary>The local ports of this process's listening TCP sockets (state 0A).</summary>
+    private static HashSet<int> ListeningPorts() => SocketPorts(["/proc/self/net/tcp", "/proc/self/net/tcp6"], "0A");
+
+    /// <summary>The local ports of this process's UDP sockets, bound or connected.</summary>
+    private static HashSet<int> UdpPorts() => SocketPorts(["/proc/self/net/udp", "/proc/self/net/udp6"], null);
+
+    /// <summary>The local ports of <paramref name="tables"/>' rows (in <paramref name="state"/> if given) whose inode is one of /proc/self/fd.</summary>
+    private static HashSet<int> SocketPorts(string[] tables, string? state)
     {
         var inodes = new HashSet<string>();
         foreach (var fd in Directory.EnumerateFileSystemEntries("/proc/self/fd"))
@@ -23,13 +29,52 @@ public sealed class EmbeddedTests
             catch (IOException) { }
         }
         var ports = new HashSet<int>();
-        foreach (var table in new[] { "/proc/self/net/tcp", "/proc/self/net/tcp6" })
+        foreach (var table in tables)
             foreach (var row in File.ReadLines(table).Skip(1))
             {
                 var f = row.Split(' ', StringSplitOptions.RemoveEmptyEntries);
-                if (f[3] == "0A" && inodes.Contains(f[9])) ports.Add(int.Parse(f[1].Split(':')[1], NumberStyles.HexNumber, CultureInfo.InvariantCulture));
+                if ((state is null || f[3] == state) && inodes.Contains(f[9])) ports.Add(int.Parse(f[1].Split(':')[1], NumberStyles.HexNumber, CultureInfo.InvariantCulture));
             }
         return ports;
+    }
+
+    private static JObject PlainClient(IPEndPoint server) => new()
+    {
+        ["transports"] = new JArray("plain"),
+        ["options"] = new JObject { ["plain"] = new JObject { ["serverAddress"] = server.ToString() } },
+    };
+
+    [Fact]
+    public async Task OneThousandDatagramsEchoInProcessWithNoSocketOfTheHost()
+    {
+        await using var echo = new UdpEcho();
+        await using var server = await Support.FreePlainServerAsync(); // a pthost process: its sockets are not ours
+        await using var client = await EmbeddedClient.StartAsync(PlainClient(server.EndPoint));
+        await using var udp = await client.CreateUdpClientAsync("plain");
+        Assert.NotEqual(0, udp.RelayedEndPoint.Port); // the server process's UDP socket (spec/turn.md §5.4)
+
+        int echoed = await Support.EchoDatagramsAsync(1000, echo.EndPoint, d => udp.SendAsync(d, echo.EndPoint), ct => udp.ReceiveAsync(ct));
+
+        Assert.Equal(1000, echoed);
+        // No TURN listener, no UDP socket of the host: the only UDP socket here is the echo peer's, and nothing listens.
+        Assert.Equal([echo.Port], UdpPorts());
+        Assert.Empty(ListeningPorts());
+        var stats = client.GetStats("plain");
+        Assert.True(stats.SessionsOpened == 1 && stats.BytesIn >= 1000 * 200 && stats.BytesOut >= 1000 * 200, stats.ToString());
+    }
+
+    [Fact]
+    public async Task APeerTheServerRefusesIsNotAllowedInProcess()
+    {
+        await using var echo = new UdpEcho();
+        await using var server = await PtHostServer.ProxyAsync("plain", null, ["127.0.0.2"], options: Support.Options());
+        await using var client = await EmbeddedClient.StartAsync(PlainClient(server.EndPoint));
+        await using var udp = await client.CreateUdpClientAsync("plain");
+
+        var e = await Assert.ThrowsAsync<TransportConnectException>(async () => await udp.SendAsync(new byte[] { 1 }, echo.EndPoint));
+
+        Assert.Equal(ConnectFailure.NotAllowed, e.Failure);
+        Assert.Equal(0, echo.Received);
     }
 
     [Fact]
@@ -38,11 +83,7 @@ public sealed class EmbeddedTests
         await using var web = new HttpFileServer(Support.Body);
         await using var server = await Support.FreePlainServerAsync(); // a pthost process: its listener is not ours
         Assert.Equal([web.Port], ListeningPorts());
-        await using var client = await EmbeddedClient.StartAsync(new JObject
-        {
-            ["transports"] = new JArray("plain"),
-            ["options"] = new JObject { ["plain"] = new JObject { ["serverAddress"] = server.EndPoint.ToString() } },
-        });
+        await using var client = await EmbeddedClient.StartAsync(PlainClient(server.EndPoint));
         using var http = new HttpClient(new SocketsHttpHandler().UsePluggableTransport(client, "plain"));
 
         var got = await Support.FetchAsync(http, $"http://127.0.0.1:{web.Port}/file");
@@ -113,6 +154,47 @@ public sealed class EmbeddedTests
         }
         catch (OperationCanceledException) { }
         await Task.WhenAll(sessions).ContinueWith(_ => { }, TaskScheduler.Default);
+    }
+
+    [Fact]
+    public async Task BoundServerInProcessForwardsCurlThroughAPthostClientToItsTarget()
+    {
+        await using var web = new HttpFileServer(Support.Body);
+        await using var server = await EmbeddedServer.ListenAsync("plain", null, new Destination("127.0.0.1", web.Port));
+        Assert.Throws<InvalidOperationException>(() => server.AcceptAsync());
+        await using var client = await PtHostClient.StartAsync(Support.PlainClient(server.EndPoint), Support.Options());
+        string file = Path.GetTempFileName();
+        try
+        {
+            // The URL's host is not where the session goes: a bound server sends every session to its target.
+            await Support.CurlAsync(client.GetSocksEndPoint("plain"), "http://elsewhere.example:81/file", "-o", file);
+            Assert.Equal(Support.BodySha, Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(await File.ReadAllBytesAsync(file))));
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+        Assert.Equal(1, web.Accepted);
+        var stats = server.GetStats("plain");
+        Assert.True(stats.SessionsOpened == 1 && stats.BytesOut >= Support.Body.Length, stats.ToString());
+    }
+
+    [Fact]
+    public async Task BoundServerWhoseTargetRefusesFailsThatSessionAndKeepsServing()
+    {
+        // A bound socket that does not listen: connecting to it is refused.
+        using var closed = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+        closed.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        await using var server = await EmbeddedServer.ListenAsync("plain", null, new Destination((IPEndPoint)closed.LocalEndPoint!));
+        await using var client = await PtHostClient.StartAsync(Support.PlainClient(server.EndPoint), Support.Options());
+
+        for (int i = 1; i <= 2; i++)
+        {
+            var (exit, _, stderr) = await Support.RunCurlAsync(client.GetSocksEndPoint("plain"), "http://any.example/");
+            Assert.True(exit == 97, $"curl exited {exit} (97: the proxy refused): {stderr}");
+            int failed = i;
+            await Eventually.TrueAsync(() => server.GetStats("plain").SessionsFailed == failed, $"{failed} failed sessions counted");
+        }
     }
 
     [Fact]

@@ -47,4 +47,60 @@ internal static class Support
         byte[] body = await response.Content.ReadAsByteArrayAsync();
         return ((int)response.StatusCode, Convert.ToHexStringLower(SHA256.HashData(body)), body.Length);
     }
+
+    /// <summary>curl through a SOCKS5 front end (the host name goes to the proxy); fails the test unless curl exits 0; returns stdout.</summary>
+    public static async Task<string> CurlAsync(IPEndPoint socks, string url, params string[] extra)
+    {
+        var (exit, stdout, stderr) = await RunCurlAsync(socks, url, extra);
+        Assert.True(exit == 0, $"curl exited {exit}: {stderr}");
+        return stdout;
+    }
+
+    /// <summary>curl through a SOCKS5 front end: its exit code, stdout and stderr.</summary>
+    public static async Task<(int Exit, string Stdout, string Stderr)> RunCurlAsync(IPEndPoint socks, string url, params string[] extra)
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo("curl") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in (string[])["-sS", "--max-time", "60", "--socks5-hostname", socks.ToString(), url, .. extra]) psi.ArgumentList.Add(a);
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        await p.WaitForExitAsync();
+        return (p.ExitCode, await stdout, await stderr);
+    }
+
+    /// <summary>
+    /// Echoes <paramref name="count"/> numbered datagrams (200 bytes, the number in the first four) off
+    /// <paramref name="echo"/>: each sent once, then those still missing again (UDP may lose some), up to 20 rounds;
+    /// every answer must come from <paramref name="echo"/>. Returns how many distinct numbers came back.
+    /// </summary>
+    public static async Task<int> EchoDatagramsAsync(int count, IPEndPoint echo,
+        Func<ReadOnlyMemory<byte>, ValueTask> send, Func<CancellationToken, ValueTask<System.Net.Sockets.UdpReceiveResult>> receive)
+    {
+        var seen = new HashSet<int>();
+        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        var receiving = Task.Run(async () =>
+        {
+            while (true)
+            {
+                lock (seen) if (seen.Count == count) return;
+                var r = await receive(stop.Token);
+                Assert.Equal(echo, r.RemoteEndPoint);
+                lock (seen) seen.Add(System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(r.Buffer));
+            }
+        });
+        byte[] datagram = new byte[200];
+        for (int round = 0; round < 20 && !receiving.IsCompleted; round++)
+        {
+            for (int i = 0; i < count; i++)
+            {
+                lock (seen) if (seen.Contains(i)) continue;
+                System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(datagram, i);
+                await send(datagram);
+                if (i % 100 == 99) await Task.Yield();
+            }
+            await Task.WhenAny(receiving, Task.Delay(500));
+        }
+        await receiving;
+        lock (seen) return seen.Count;
+    }
 }

@@ -1,5 +1,3 @@
-using System.Buffers.Binary;
-
 namespace PtHost.Client.Tests;
 
 /// <summary>UDP through a transport: the package's RFC 5766 client on pthost's TURN front end (spec/adapters.md §2.8).</summary>
@@ -16,32 +14,9 @@ public sealed class UdpTests
         using var udp = await client.CreateUdpClientAsync("plain");
         Assert.NotNull(udp.RelayedEndPoint);
 
-        var seen = new HashSet<int>();
-        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        var receiving = Task.Run(async () =>
-        {
-            while (seen.Count < Count)
-            {
-                var r = await udp.ReceiveAsync(stop.Token);
-                Assert.Equal(echo.EndPoint, r.RemoteEndPoint);
-                lock (seen) seen.Add(BinaryPrimitives.ReadInt32BigEndian(r.Buffer));
-            }
-        });
-        // UDP may lose datagrams: send each once, then resend those still missing until all came back.
-        byte[] datagram = new byte[200];
-        for (int round = 0; round < 20 && !receiving.IsCompleted; round++)
-        {
-            for (int i = 0; i < Count; i++)
-            {
-                lock (seen) if (seen.Contains(i)) continue;
-                BinaryPrimitives.WriteInt32BigEndian(datagram, i);
-                await udp.SendAsync(datagram, echo.EndPoint);
-                if (i % 100 == 99) await Task.Yield();
-            }
-            await Task.WhenAny(receiving, Task.Delay(500));
-        }
-        await receiving;
-        Assert.Equal(Count, seen.Count);
+        int echoed = await Support.EchoDatagramsAsync(Count, echo.EndPoint, async d => await udp.SendAsync(d, echo.EndPoint), ct => udp.ReceiveAsync(ct));
+
+        Assert.Equal(Count, echoed);
         Assert.True(echo.Received >= Count);
     }
 

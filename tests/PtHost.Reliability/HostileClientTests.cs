@@ -193,7 +193,7 @@ public class HostileClientTests(ITestOutputHelper output)
         var (aid, candidates) = await relay.CreateAndGatherAsync();
         var (cid, url) = candidates["tcp"];
         await using var acceptor = await JetPeer.ConnectAsync(relay.Tcp!);
-        await acceptor.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, url.Authority));
+        await acceptor.AcceptAsync(aid, cid, url.Authority);
         await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
         await using var connector = await JetPeer.ConnectAsync(relay.Tcp!);
         await connector.SendRequestAsync(JetWire.BuildRequest(JetMethod.Connect, aid, cid, url.Authority));
@@ -373,7 +373,8 @@ public class HostileClientTests(ITestOutputHelper output)
     public async Task Asport_silent_quic_connections_and_abandoned_initials_are_cut_while_a_client_forwards()
     {
         await using var echo = new EchoServer();
-        await using var relay = await AsportRelayProcess.StartAsync();
+        // 150 connections from one address: above the default per-source cap of 16 (spec/asport.md §5.1).
+        await using var relay = await AsportRelayProcess.StartAsync(extra: new Newtonsoft.Json.Linq.JObject { ["max_connections_per_source"] = 256 });
         int pid = relay.Process.Pid;
         await using var legit = new AsportRelayClient(new AsportRelayClientOptions
         {

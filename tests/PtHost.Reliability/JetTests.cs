@@ -13,7 +13,7 @@ public class JetTests(ITestOutputHelper output)
     private const int SIGKILL = 9;
 
     // Each session holds two relay connections from 127.0.0.1 (acceptor and connector): above the default limits.
-    private static JObject RelayConfig() => new() { ["maxPerSource"] = 20000, ["maxConnections"] = 20000 };
+    private static JObject RelayConfig() => new() { ["maxPerSource"] = 20000, ["maxConnections"] = 20000, ["maxAssociationsPerSource"] = 20000 };
 
     /// <summary>A jet server (free, allow 127.0.0.1, offering only the relay's tcp candidate) and client, from <c>generate-config jet</c>.</summary>
     internal static async Task<PtChain> StartChainAsync(JetRelayProcess relay)

@@ -92,7 +92,7 @@ public class RelayWireFuzzTests(ITestOutputHelper output)
             var payload = r[JetWire.HeaderLength..];
             JetWire.ApplyMask(payload, mask);
             Assert.True(JetWire.TryParseResponse(payload, out var response, out _));
-            // 200 only for a v1 accept (answered with its new association, §3.3); errors otherwise.
+            // 200 only for an accept (v1 with its new association, §3.3; v2, §4); errors otherwise.
             Assert.True(response!.Status is 200 or (>= 400 and <= 599), $"status {response.Status}");
             statuses[response.Status] = statuses.GetValueOrDefault(response.Status) + 1;
         }

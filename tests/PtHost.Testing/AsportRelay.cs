@@ -20,10 +20,13 @@ public sealed class AsportRelayProcess : IAsyncDisposable
     public required string Directory { get; init; }
 
     /// <summary>Writes the certificate, key and asport.json into <paramref name="dir"/>; returns the config's path.</summary>
-    public static string WriteConfig(string dir, bool replyAuthFailed = true, string ports = "20000-60000", string network = "127.0.0.0/8", int? associationTimeout = null)
+    /// <param name="extra">Further keys of the configuration (spec/asport.md §5), e.g. the connection caps.</param>
+    public static string WriteConfig(string dir, bool replyAuthFailed = true, string ports = "20000-60000", string network = "127.0.0.0/8", int? associationTimeout = null, JObject? extra = null)
     {
         File.WriteAllText(Path.Combine(dir, "cert.pem"), Cert.CertificatePem);
-        File.WriteAllText(Path.Combine(dir, "key.pem"), Cert.PrivateKeyPem);
+        var key = Path.Combine(dir, "key.pem");
+        File.Delete(key);
+        PtHost.Net.PrivateFile.WriteNew(key, Cert.PrivateKeyPem); // 0600: the relay refuses a key open to others
         var config = new JObject
         {
             ["certificate"] = "cert.pem",
@@ -34,16 +37,17 @@ public sealed class AsportRelayProcess : IAsyncDisposable
             ["reply_auth_failed"] = replyAuthFailed,
         };
         if (associationTimeout is { } t) config["association_timeout"] = t;
+        if (extra is not null) config.Merge(extra);
         var path = Path.Combine(dir, "asport.json");
         File.WriteAllText(path, config.ToString());
         return path;
     }
 
     /// <param name="listen">127.0.0.1:0 unless a test restarts a relay on the port an earlier one reported.</param>
-    public static async Task<AsportRelayProcess> StartAsync(string listen = "127.0.0.1:0", bool replyAuthFailed = true, string ports = "20000-60000", string network = "127.0.0.0/8", int? associationTimeout = null)
+    public static async Task<AsportRelayProcess> StartAsync(string listen = "127.0.0.1:0", bool replyAuthFailed = true, string ports = "20000-60000", string network = "127.0.0.0/8", int? associationTimeout = null, JObject? extra = null)
     {
         var dir = System.IO.Directory.CreateTempSubdirectory("pthost-asport-").FullName;
-        var config = WriteConfig(dir, replyAuthFailed, ports, network, associationTimeout);
+        var config = WriteConfig(dir, replyAuthFailed, ports, network, associationTimeout, extra);
         var p = PtProcess.StartPthost("relay", "asport", "--listen", listen, "--config", config, "--loglevel", "debug");
         try
         {

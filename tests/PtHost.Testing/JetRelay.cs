@@ -71,6 +71,17 @@ public sealed class JetRelayProcess : IAsyncDisposable
         }
     }
 
+    /// <summary>The SHA-256 pin (64 hex digits) of the certificate on the tls (else wss) listener; null without either.</summary>
+    public async Task<string?> CertificatePinAsync()
+    {
+        if ((Tls ?? Wss) is not { } ep) return null;
+        using var tcp = new System.Net.Sockets.TcpClient();
+        await tcp.ConnectAsync(ep);
+        await using var ssl = new SslStream(tcp.GetStream(), false, (_, _, _, _) => true);
+        await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions { TargetHost = ep.Address.ToString() });
+        return PtHost.Net.Tls.PinnedTls.FormatPin(PtHost.Net.Tls.PinnedTls.Pin(ssl.RemoteCertificate!));
+    }
+
     /// <summary>POST /jet/association/{new id}, then POST /jet/gather/{id}: the id and candidates by scheme.</summary>
     public async Task<(Guid Aid, Dictionary<string, (Guid Id, Uri Url)> Candidates)> CreateAndGatherAsync()
     {
@@ -134,6 +145,16 @@ public sealed class JetPeer : IAsyncDisposable
     public Task SendAsync(params byte[] bytes) => Stream.WriteAsync(bytes).AsTask();
 
     public Task SendRequestAsync(string text, params byte[] after) => SendAsync([.. JetWire.BuildPacket(text), .. after]);
+
+    /// <summary>Sends a v2 accept (with <paramref name="after"/> in the same write) and requires the relay's 200 with <c>Jet-Version: 2</c> (spec/jet.md §4).</summary>
+    public async Task<JetResponse> AcceptAsync(Guid aid, Guid cid, string host, params byte[] after)
+    {
+        await SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, host), after);
+        var response = await ReadResponseAsync();
+        Assert.Equal(200, response.Status);
+        Assert.Equal("2", response.Header("Jet-Version"));
+        return response;
+    }
 
     /// <summary>Reads exactly one JET packet and parses the response in it.</summary>
     public async Task<JetResponse> ReadResponseAsync()
@@ -234,6 +255,8 @@ public static class JetChain
         var client = (JObject)generated["client"]!;
         var server = (JObject)generated["server"]!;
         server["relay"] = $"http://{relay.Http}";
+        // The relay's self-signed certificate, pinned for its host (spec/jet.md §7.4): tls and wss candidates are checked.
+        if (await relay.CertificatePinAsync() is { } pin) server["relayPins"] = new JObject { [relay.Http.Address.ToString()] = pin };
         client["signalTimeout"] = 10;
         server["signalTimeout"] = 10;
         editClient?.Invoke(client);

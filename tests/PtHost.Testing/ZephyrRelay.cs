@@ -20,10 +20,18 @@ public sealed class ZephyrRelayProcess : IAsyncDisposable
     public static Task<ZephyrRelayProcess> StartAsync(params string[] options) => StartAsync(null, options);
 
     /// <summary>With <paramref name="fdLimit"/>, the relay runs with that RLIMIT_NOFILE (soft and hard).</summary>
-    public static async Task<ZephyrRelayProcess> StartAsync(ulong? fdLimit, params string[] options)
+    public static Task<ZephyrRelayProcess> StartAsync(ulong? fdLimit, params string[] options)
     {
         string[] args = ["relay", "zephyr", "--listen", "127.0.0.1:0", "--loglevel", "debug", .. options];
-        var process = fdLimit is { } limit ? PtProcess.StartPthostWithFdLimit(limit, args) : PtProcess.StartPthost(args);
+        return ReadListenAsync(fdLimit is { } limit ? PtProcess.StartPthostWithFdLimit(limit, args) : PtProcess.StartPthost(args));
+    }
+
+    /// <summary>The relay inside <paramref name="ns"/>, listening on <paramref name="listen"/>.</summary>
+    public static Task<ZephyrRelayProcess> StartInAsync(NetworkNamespace ns, string listen, params string[] options) =>
+        ReadListenAsync(ns.Start(PtHostExecutable.Path, ["relay", "zephyr", "--listen", listen, "--loglevel", "debug", .. options]));
+
+    private static async Task<ZephyrRelayProcess> ReadListenAsync(PtProcess process)
+    {
         try
         {
             string line = await process.ReadLineAsync();

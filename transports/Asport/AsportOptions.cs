@@ -11,7 +11,17 @@ internal sealed record AsportServerOptions(IPEndPoint Server, byte[] Pin, Guid U
     {
         var r = OptionsReader.For(options, "options.asport");
         if (r.IsAbsent) throw r.Fail("is required: an object with \"server\", \"pin\", \"user\" and \"password\"");
-        r.RejectUnknown("server", "pin", "user", "password", "mode", "ports");
+        r.RejectUnknown(Keys);
+        return Read(r);
+    }
+
+    /// <summary>The keys <see cref="Read"/> takes.</summary>
+    public static readonly string[] Keys = ["server", "pin", "user", "password", "mode", "ports"];
+
+    /// <summary>Reads <see cref="Keys"/> from <paramref name="r"/> (the caller rejects unknown keys): also the
+    /// configuration of <c>pthost asport-client</c> (spec/asport.md §4.4).</summary>
+    public static AsportServerOptions Read(OptionsReader r)
+    {
         var server = r.Require("server").Parse("server", t => Destination.TryParse(t, out var d) && d.Address is not null && d.Port != 0 ? new IPEndPoint(d.Address, d.Port) : null,
             "must be \"ip:port\" of an ASPORT server")!;
         byte[] pin = r.Require("pin").Parse("pin", t => t.Length == 64 && t.All(char.IsAsciiHexDigit) ? Convert.FromHexString(t) : null,

@@ -23,7 +23,7 @@ public sealed class AsportRelay : IAsyncDisposable
     private readonly HashSet<Task> _sessions = [];
     private readonly HashSet<int> _portsInUse = [];
 
-    public long Accepted, Authenticated, AuthFailures, Rejected, TcpForwarded, UdpForwarded;
+    public long Accepted, Authenticated, AuthFailures, Rejected, TcpForwarded, UdpForwarded, TcpDropped, UdpDropped;
 
     public AsportRelay(AsportRelayOptions options, ILogger log)
     {
@@ -41,6 +41,10 @@ public sealed class AsportRelay : IAsyncDisposable
             ApplicationProtocols = [Alpn],
             IdleTimeout = _options.IdleTimeout,
             HandshakeTimeout = _options.HandshakeTimeout,
+            MaxConnections = _options.MaxConnections,
+            MaxConnectionsPerSource = _options.MaxConnectionsPerSource,
+            SourcePrefixV6 = _options.SourcePrefixV6,
+            Retry = _options.Retry,
         }, _log);
         _acceptLoop = Task.Run(AcceptLoopAsync);
     }
@@ -121,7 +125,8 @@ public sealed class AsportRelay : IAsyncDisposable
             return null;
         }
         Interlocked.Increment(ref Authenticated);
-        if (!_options.AllowedNetworks.Allows(conn.RemoteEndPoint.Address, conn.RemoteEndPoint.Port))
+        // §4.1 step 3 reads the validated peer address, never one a forged or unvalidated packet moved to (§2).
+        if (conn.ValidatedRemoteEndPoint is not { } validated || !_options.AllowedNetworks.Allows(validated.Address, validated.Port))
             return await DenyAsync(conn, ServerHelloCode.NetworkDenied, "network not allowed").ConfigureAwait(false);
 
         var candidates = Candidates(hello.PortStart, hello.PortEnd);
@@ -204,6 +209,9 @@ public sealed class AsportRelay : IAsyncDisposable
     }
 
     public void LogStats() => _log.LogInformation(
-        "asport: {Accepted} connections, {Auth} authenticated, {Fail} auth failures, {Rejected} rejected, {Tcp} TCP forwarded, {Udp} UDP packets forwarded",
-        Accepted, Authenticated, AuthFailures, Rejected, TcpForwarded, UdpForwarded);
+        "asport: {Accepted} connections, {Auth} authenticated, {Fail} auth failures, {Rejected} rejected, {Tcp} TCP forwarded, {Udp} UDP packets forwarded, " +
+        "{TcpDropped} TCP connections and {UdpDropped} UDP packets dropped at the forwarding bounds, {Refused} Initials refused at the connection caps, " +
+        "{Retries} Retries sent, {BadTokens} bad Retry tokens",
+        Accepted, Authenticated, AuthFailures, Rejected, TcpForwarded, UdpForwarded, TcpDropped, UdpDropped,
+        _endpoint?.InitialsRefused ?? 0, _endpoint?.RetriesSent ?? 0, _endpoint?.RetryTokensRejected ?? 0);
 }

@@ -32,6 +32,8 @@ public sealed record AsportRelayClientOptions
     public TimeSpan UdpIdleTimeout { get; init; } = TimeSpan.FromSeconds(60);
     public TimeSpan ReconnectMin { get; init; } = TimeSpan.FromMilliseconds(500);
     public TimeSpan ReconnectMax { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>Bidirectional streams (forwarded TCP connections) the server may have open at once (§6.1).</summary>
+    public int MaxForwardedStreams { get; init; } = AsportRelayClient.MaxForwardedStreams;
 }
 
 /// <summary>
@@ -147,7 +149,7 @@ public sealed class AsportRelayClient : IAsyncDisposable
             IdleTimeout = _options.IdleTimeout,
             // Each forwarded TCP connection is a bidirectional stream the server opens (§3.3): allow as
             // many at once as the host holds SOCKS sessions, not QUIC's default of 256 (the 257th waited).
-            MaxIncomingBidirectionalStreams = MaxForwardedStreams,
+            MaxIncomingBidirectionalStreams = _options.MaxForwardedStreams,
         }, ct).ConfigureAwait(false);
         Interlocked.Increment(ref Connections);
         await using var _ = conn.ConfigureAwait(false);

@@ -15,7 +15,8 @@ namespace PtHost.Transports.Asport;
 ///   "allowed_networks": ["127.0.0.0/8", "::1"],
 ///   "bind_address": "0.0.0.0",
 ///   "reply_auth_failed": false,
-///   "handshake_timeout": 3, "idle_timeout": 10, "association_timeout": 300 }
+///   "handshake_timeout": 3, "idle_timeout": 10, "association_timeout": 300,
+///   "max_connections": 4096, "max_connections_per_source": 16, "source_prefix_v6": 64, "retry": "load" }
 /// </code>
 /// Relative paths are relative to the configuration file.
 /// </summary>
@@ -32,10 +33,21 @@ public sealed record AsportRelayOptions
     public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromSeconds(10);
     public TimeSpan AssociationTimeout { get; init; } = TimeSpan.FromMinutes(5);
     public TimeSpan ReassemblyTimeout { get; init; } = TimeSpan.FromSeconds(15);
+    /// <summary>§5.1: QUIC connections held at once, in total and per source (IPv4 address or IPv6 /<see cref="SourcePrefixV6"/>).</summary>
+    public int MaxConnections { get; init; } = 4096;
+    public int MaxConnectionsPerSource { get; init; } = 16;
+    public int SourcePrefixV6 { get; init; } = 64;
+    /// <summary>§5.1: Retry policy (RFC 9000 §8.1.2).</summary>
+    public QuicRetryPolicy Retry { get; init; } = QuicRetryPolicy.UnderLoad;
+    /// <summary>§5.1: public TCP connections per client that wait for a stream, and UDP packets per client waiting
+    /// for a unidirectional stream (QUIC mode); beyond them the excess is dropped and counted.</summary>
+    public int MaxPendingTcp { get; init; } = 1024;
+    public int MaxPendingPackets { get; init; } = 2048;
 
     private static readonly string[] Keys =
         ["certificate", "key", "users", "allowed_ports", "allowed_networks", "bind_address", "reply_auth_failed",
-         "handshake_timeout", "idle_timeout", "association_timeout"];
+         "handshake_timeout", "idle_timeout", "association_timeout",
+         "max_connections", "max_connections_per_source", "source_prefix_v6", "retry"];
 
     /// <summary>Reads the file; throws <see cref="OptionsException"/> naming the offending key, or an I/O exception.</summary>
     public static AsportRelayOptions Load(string path)
@@ -48,6 +60,7 @@ public sealed record AsportRelayOptions
         string certificate = o.Require("certificate").String("certificate")!, key = o.Require("key").String("key")!;
         QuicCertificate cert;
         try { cert = QuicCertificate.Load(Path.Combine(dir, certificate), Path.Combine(dir, key)); }
+        catch (UnauthorizedAccessException e) { throw o.Fail("key", e.Message, e); } // spec/asport.md §5: a private file
         catch (Exception e) when (e is IOException or System.Security.Cryptography.CryptographicException or ArgumentException)
         { throw o.Fail("certificate", "unusable with \"key\": " + e.Message, e); }
 
@@ -80,11 +93,22 @@ public sealed record AsportRelayOptions
             ReplyAuthFailed = o.Bool("reply_auth_failed", false),
         };
         TimeSpan Seconds(string k, TimeSpan fallback) => o.Integer(k, 1, 86_400) is { } s ? TimeSpan.FromSeconds(s) : fallback;
+        var retry = o.String("retry") switch
+        {
+            null or "load" => QuicRetryPolicy.UnderLoad,
+            "always" => QuicRetryPolicy.Always,
+            "never" => QuicRetryPolicy.Never,
+            _ => throw o.Fail("retry", "must be \"load\", \"always\" or \"never\""),
+        };
         return options with
         {
             HandshakeTimeout = Seconds("handshake_timeout", options.HandshakeTimeout),
             IdleTimeout = Seconds("idle_timeout", options.IdleTimeout),
             AssociationTimeout = Seconds("association_timeout", options.AssociationTimeout),
+            MaxConnections = (int)o.Integer("max_connections", options.MaxConnections, 1, 1_000_000),
+            MaxConnectionsPerSource = (int)o.Integer("max_connections_per_source", options.MaxConnectionsPerSource, 1, 1_000_000),
+            SourcePrefixV6 = (int)o.Integer("source_prefix_v6", options.SourcePrefixV6, 1, 128),
+            Retry = retry,
         };
     }
 

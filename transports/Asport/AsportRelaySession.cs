@@ -34,6 +34,8 @@ internal sealed class AsportRelaySession : IAsyncDisposable
     private readonly AsportReassembly _reassembly;
     private readonly object _reassemblyLock = new();
     private readonly CancellationTokenSource _cts = new();
+    // §5.1 forwarding bounds: TCP connections waiting for a stream, QUIC-mode packets waiting for one.
+    private int _pendingTcp, _pendingPackets;
 
     public int Port { get; }
 
@@ -103,10 +105,20 @@ internal sealed class AsportRelaySession : IAsyncDisposable
     private async Task ForwardTcpAsync(Socket socket, CancellationToken ct)
     {
         using var net = new NetworkStream(socket, ownsSocket: true);
+        if (Interlocked.Increment(ref _pendingTcp) > _options.MaxPendingTcp)
+        {
+            // §5.1: beyond the bound a connection is reset at once instead of waiting for stream credit.
+            Interlocked.Decrement(ref _pendingTcp);
+            Interlocked.Increment(ref _server.TcpDropped);
+            socket.LingerState = new LingerOption(true, 0);
+            return;
+        }
         try
         {
             socket.NoDelay = true;
-            var stream = await _conn.OpenBidirectionalStreamAsync(ct).ConfigureAwait(false);
+            QuicStream stream;
+            try { stream = await _conn.OpenBidirectionalStreamAsync(ct).ConfigureAwait(false); }
+            finally { Interlocked.Decrement(ref _pendingTcp); }
             await using (stream.ConfigureAwait(false))
             {
                 var header = new byte[AsportWire.HeaderSize + AsportWire.MaxAddressSize];
@@ -153,8 +165,19 @@ internal sealed class AsportRelaySession : IAsyncDisposable
             Interlocked.Increment(ref _server.UdpForwarded);
             if (overStreams)
             {
+                // §5.1: at most MaxPendingPackets packets wait for a unidirectional stream; the excess is dropped.
+                if (Interlocked.Increment(ref _pendingPackets) > _options.MaxPendingPackets)
+                {
+                    Interlocked.Decrement(ref _pendingPackets);
+                    Interlocked.Increment(ref _server.UdpDropped);
+                    continue;
+                }
                 var copy = buf.AsSpan(0, n).ToArray();
-                _ = AsportPackets.SendOverStreamAsync(_conn, a.Id, pktId, copy, source, ct).ContinueWith(t => _ = t.Exception, TaskScheduler.Default);
+                _ = AsportPackets.SendOverStreamAsync(_conn, a.Id, pktId, copy, source, ct).ContinueWith(t =>
+                {
+                    Interlocked.Decrement(ref _pendingPackets);
+                    _ = t.Exception;
+                }, TaskScheduler.Default);
             }
             else if (!AsportPackets.SendNative(_conn, a.Id, pktId, buf.AsSpan(0, n), source))
                 _log.PacketNotSent(Port, n);
@@ -226,7 +249,8 @@ internal sealed class AsportRelaySession : IAsyncDisposable
                 byte[]? payload;
                 int length;
                 AsportReassembly.Result r;
-                lock (_reassemblyLock) r = _reassembly.Offer(h, data, Environment.TickCount64, out payload, out length, out _);
+                IPEndPoint? address;
+                lock (_reassemblyLock) r = _reassembly.Offer(h, data, Environment.TickCount64, out payload, out length, out address);
                 if (r == AsportReassembly.Result.Rejected) { Malformed("bad fragment"); return; }
                 if (r == AsportReassembly.Result.Incomplete) return;
                 try
@@ -238,6 +262,8 @@ internal sealed class AsportRelaySession : IAsyncDisposable
                         if (a is not null) a.LastActive = Environment.TickCount64;
                     }
                     if (a is null) { _log.UnknownAssociation(Port, h.AssocId); return; }
+                    // §3.4 (the seed's rule): the address must be the association's source, else the Packet is dropped.
+                    if (address is null || !Normalize(address).Equals(a.Source)) { Malformed("Packet address is not its association's source"); return; }
                     try { _udp!.SendTo(payload.AsSpan(0, length), SocketFlags.None, a.Source); }
                     catch (SocketException e) { _log.UdpSendFailed(Port, e.SocketErrorCode); }
                 }

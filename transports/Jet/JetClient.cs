@@ -27,7 +27,8 @@ internal sealed class JetClient : IClientFactory, IStreamCarrier
         _options = options;
         _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Jet");
         _certificateContext = SslStreamCertificateContext.Create(options.Certificate, null, offline: true);
-        _session = new JetSession(context.Dialer);
+        // §7.4: without relayPins the pinned end-to-end TLS is the client's whole trust decision; with them relays are checked as the server checks them.
+        _session = new JetSession(context.Dialer, options.RelayPins is { } pins ? new RelayTrust(pins) : RelayTrust.Any, options.ServerPin);
         _offers = new SignalOffers(context.Signals, "jet", JetSignals.Offer, JetSignals.Answer, options.SignalTimeout, _log);
     }
 
@@ -173,7 +174,7 @@ internal sealed class JetClient : IClientFactory, IStreamCarrier
                 || url.Scheme is not ("tcp" or "tls" or "ws" or "wss") || url.Port <= 0)
                 throw new TransportConnectException(ConnectFailure.General, "jet answer has a malformed candidate");
             bool direct = c["direct"] is { Type: JTokenType.Boolean } d && (bool)d!;
-            if (direct && url.Scheme != "tcp") throw new TransportConnectException(ConnectFailure.General, "jet answer has a direct candidate that is not tcp://");
+            if (direct && url.Scheme is not ("tcp" or "tls")) throw new TransportConnectException(ConnectFailure.General, "jet answer has a direct candidate that is not tcp:// or tls://");
             result.Add(new JetCandidate(cid, url, direct));
         }
         return (association, result);

@@ -97,7 +97,7 @@ public sealed partial class JetRelay
                 case JetMethod.Accept:
                     {
                         var waiter = new Waiter(stream, early, socket);
-                        int s = TryAccept(request, kind, waiter, out var a, out var c, out string why);
+                        int s = TryAccept(request, kind, waiter, source, out var a, out var c, out string why);
                         if (s != 0)
                         {
                             Interlocked.Increment(ref _errors);
@@ -105,13 +105,23 @@ public sealed partial class JetRelay
                             await RespondAndCloseAsync(stream, s).ConfigureAwait(false);
                             return;
                         }
-                        if (request.IsV1)
+                        // §4: the acceptor's 200 — v1 names its new association (§3.3); v2 carries Jet-Version and
+                        // Jet-Instance (the seed's §2.2.3.1.1). A connector that pairs meanwhile waits for it (Waiter.Answered).
+                        string text = request.IsV1
+                            ? JetWire.BuildResponse(200, new("Jet-Version", "1"), new("Jet-Instance", _options.Instance),
+                                new("Jet-Association", a!.Id.ToString("D")), new("Jet-Timeout", ((int)_options.AssociationTimeout.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture)))
+                            : JetWire.BuildResponse(200, new("Jet-Version", request.Version.ToString(System.Globalization.CultureInfo.InvariantCulture)), new("Jet-Instance", _options.Instance));
+                        try
                         {
-                            // §3.3: only the v1 acceptor gets a response, naming its new association.
-                            string text = JetWire.BuildResponse(200, new("Jet-Version", "1"), new("Jet-Instance", _options.Instance),
-                                new("Jet-Association", a!.Id.ToString("D")), new("Jet-Timeout", ((int)_options.AssociationTimeout.TotalSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture)));
                             using var limit = new CancellationTokenSource(ResponseLimit);
-                            await stream.WriteAsync(JetWire.BuildPacket(text), limit.Token).ConfigureAwait(false);
+                            if (request.IsV1 || _options.AnswerV2Accept) await stream.WriteAsync(JetWire.BuildPacket(text), limit.Token).ConfigureAwait(false);
+                            waiter.Answered.TrySetResult(true);
+                        }
+                        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException)
+                        {
+                            // The candidate is freed again (or its connector, if one came, ends) by the wait below.
+                            waiter.Answered.TrySetResult(false);
+                            waiter.Cut();
                         }
                         _log.Accepted(Lower(kind), remote, a!.Id, c!.Id);
                         await WaitAsAcceptorAsync(a, c, waiter).ConfigureAwait(false);

@@ -60,20 +60,16 @@ public sealed partial class JetRelay
         {
             case "POST":
                 {
-                    bool exists;
-                    lock (_lock) exists = _associations.ContainsKey(id);
-                    if (exists)
+                    int status = CreateAssociation(id, ctx.Connection.RemoteIpAddress, out var a, out string problem);
+                    if (status != 0)
                     {
-                        await ErrorAsync(ctx, 400, $"association {id} exists").ConfigureAwait(false);
-                        return;
-                    }
-                    if (CreateAssociation(id, viaApi: true, v1: false) is not { } a)
-                    {
-                        await ErrorAsync(ctx, 503, "association limit reached").ConfigureAwait(false);
+                        await ErrorAsync(ctx, status, problem).ConfigureAwait(false);
                         return;
                     }
                     _log.AssociationCreated(id);
-                    await JsonAsync(ctx, 200, Describe(a)).ConfigureAwait(false);
+                    JObject created;
+                    lock (_lock) created = Describe(a!);
+                    await JsonAsync(ctx, 200, created).ConfigureAwait(false);
                     return;
                 }
             case "GET":
@@ -90,7 +86,7 @@ public sealed partial class JetRelay
                     List<Waiter> waiting = [];
                     lock (_lock)
                     {
-                        if (_associations.Remove(id, out removed))
+                        if (_associations.TryGetValue(id, out removed) && RemoveAssociationLocked(removed))
                             foreach (var c in removed.Candidates.Values)
                                 if (c.State == CandidateState.Accepted && c.Waiter is { } w) waiting.Add(w);
                     }
@@ -119,8 +115,7 @@ public sealed partial class JetRelay
             if (!_associations.TryGetValue(id, out var a))
             {
                 if (_options.Policy != AssociationPolicy.Any) { status = 404; problem = $"no association {id} (create it with POST /jet/association/{id})"; }
-                else if (_associations.Count >= _options.MaxAssociations) { status = 503; problem = "association limit reached"; }
-                else _associations[id] = a = new Association(id, viaApi: true, v1: false);
+                else status = AddAssociationLocked(id, viaApi: true, v1: false, ctx.Connection.RemoteIpAddress, out a, out problem);
             }
             if (a is not null)
             {
@@ -180,7 +175,7 @@ public sealed partial class JetRelay
 
     private Task ErrorAsync(HttpContext ctx, int status, string problem)
     {
-        if (status >= 500 || status == 401) _log.RestRefused(ctx.Request.Method, ctx.Request.Path.Value, status, problem);
+        if (status >= 500 || status is 401 or 429) _log.RestRefused(ctx.Request.Method, ctx.Request.Path.Value, status, problem);
         return JsonAsync(ctx, status, new JObject { ["error"] = problem });
     }
 
@@ -194,7 +189,7 @@ public sealed partial class JetRelay
     {
         var kind = ctx.Request.IsHttps ? CandidateKind.Wss : CandidateKind.Ws;
         var remote = ctx.Connection.RemoteIpAddress;
-        var request = new JetRequest(method, 2, aid, cid, IsV1: false);
+        var request = new JetRequest(method, 2, aid, cid, IsV1: false, ctx.Request.Headers.Authorization.Count > 0 ? ctx.Request.Headers.Authorization.ToString() : null);
         if (ctx.Request.Method != "GET")
         {
             await ErrorAsync(ctx, 405, "GET only").ConfigureAwait(false);
@@ -238,7 +233,8 @@ public sealed partial class JetRelay
         // Register first (so the 403 can be a plain HTTP answer), with a stream that becomes usable after the 101.
         var ready = new DeferredStream();
         var waiter = new Waiter(ready, ReadOnlyMemory<byte>.Empty, null, ctx.RequestAborted);
-        int s = TryAccept(request, kind, waiter, out var a, out var c, out string why);
+        waiter.Answered.TrySetResult(true); // §6: the 101 is the WebSocket acceptor's answer
+        int s = TryAccept(request, kind, waiter, ctx.Connection.RemoteIpAddress, out var a, out var c, out string why);
         if (s != 0)
         {
             Interlocked.Increment(ref _errors);

@@ -15,7 +15,7 @@ using PtHost.Net.Tls;
 namespace PtHost.Transports.Jet;
 
 /// <summary>Counters of a running relay, for the stats line (spec/jet.md §5.7).</summary>
-public readonly record struct JetRelayStats(int Connections, int Associations, long Accepted, long RefusedByLimits, long Sessions, long Errors, long Bytes);
+public readonly record struct JetRelayStats(int Connections, int Associations, long Accepted, long RefusedByLimits, long Sessions, long SessionsCut, long Errors, long Bytes);
 
 /// <summary>
 /// The JET relay service (spec/jet.md §5). Kestrel serves the REST API and the WebSocket paths
@@ -35,6 +35,9 @@ public sealed partial class JetRelay : IAsyncDisposable
     private readonly Lock _lock = new();
     private readonly Dictionary<Guid, Association> _associations = [];
     private readonly Dictionary<IPAddress, int> _perSource = [];
+    // Under _lock: associations held per source (§5.5), and the relayed sessions the sweep watches.
+    private readonly Dictionary<IPAddress, int> _associationsPerSource = [];
+    private readonly HashSet<RelayedSession> _relayed = [];
     private readonly CancellationTokenSource _stop = new();
     private readonly List<TcpSessionListener> _listeners = [];
     private readonly byte[]? _apiKey;
@@ -43,7 +46,7 @@ public sealed partial class JetRelay : IAsyncDisposable
     private WebApplication? _web;
     private Timer? _sweeper, _statsTimer;
     private int _connections;
-    private long _accepted, _refusedByLimits, _sessions, _errors, _bytes;
+    private long _accepted, _refusedByLimits, _sessions, _sessionsCut, _errors, _bytes;
 
     public JetRelay(JetRelayOptions options, ILoggerFactory loggers)
     {
@@ -107,7 +110,9 @@ public sealed partial class JetRelay : IAsyncDisposable
             else HttpEndPoint = ep;
         }
 
-        var tick = TimeSpan.FromMilliseconds(Math.Clamp(_options.AssociationTimeout.TotalMilliseconds / 10, 100, 5000));
+        // §5.5: the sweep runs every tenth of the shortest of the association, idle and lifetime limits (0.1–5 s).
+        double shortest = Math.Min(_options.AssociationTimeout.TotalMilliseconds, Math.Min(_options.SessionIdleTimeout.TotalMilliseconds, _options.SessionLifetime.TotalMilliseconds));
+        var tick = TimeSpan.FromMilliseconds(Math.Clamp(shortest / 10, 100, 5000));
         _sweeper = new Timer(_ => Sweep(), null, tick, tick);
         _statsTimer = new Timer(_ => LogStats(), null, _options.StatsInterval, _options.StatsInterval);
         _log.LogInformation("jet relay \"{Instance}\": REST and ws on {Http}, tcp {Tcp}, tls {Tls}, wss {Wss}; policy {Policy}, association timeout {Timeout}s{Key}{Pin}",
@@ -121,14 +126,14 @@ public sealed partial class JetRelay : IAsyncDisposable
         int associations;
         lock (_lock) associations = _associations.Count;
         return new JetRelayStats(Volatile.Read(ref _connections), associations, Interlocked.Read(ref _accepted), Interlocked.Read(ref _refusedByLimits),
-            Interlocked.Read(ref _sessions), Interlocked.Read(ref _errors), Interlocked.Read(ref _bytes));
+            Interlocked.Read(ref _sessions), Interlocked.Read(ref _sessionsCut), Interlocked.Read(ref _errors), Interlocked.Read(ref _bytes));
     }
 
     public void LogStats()
     {
         var s = GetStats();
-        _log.LogInformation("stats: connections={Connections} associations={Associations} accepted={Accepted} refused-by-limits={Refused} sessions={Sessions} errors={Errors} bytes={Bytes}",
-            s.Connections, s.Associations, s.Accepted, s.RefusedByLimits, s.Sessions, s.Errors, s.Bytes);
+        _log.LogInformation("stats: connections={Connections} associations={Associations} accepted={Accepted} refused-by-limits={Refused} sessions={Sessions} sessions-cut={Cut} errors={Errors} bytes={Bytes}",
+            s.Connections, s.Associations, s.Accepted, s.RefusedByLimits, s.Sessions, s.SessionsCut, s.Errors, s.Bytes);
     }
 
     public async ValueTask DisposeAsync()
@@ -199,9 +204,11 @@ public sealed partial class JetRelay : IAsyncDisposable
         Connected,
     }
 
-    private sealed class Association(Guid id, bool viaApi, bool v1)
+    private sealed class Association(Guid id, bool viaApi, bool v1, IPAddress source)
     {
         public Guid Id { get; } = id;
+        /// <summary>The source (per-source key, §5.5) that created it: its association quota is charged.</summary>
+        public IPAddress Source { get; } = source;
         public bool ViaApi { get; } = viaApi;
         public bool V1 { get; } = v1;
         public bool Gathered { get; set; }
@@ -230,24 +237,103 @@ public sealed partial class JetRelay : IAsyncDisposable
         public Socket? Socket { get; } = socket;
         public TaskCompletionSource<bool> Paired { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public TaskCompletionSource SessionDone { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        /// <summary>
+        /// True once the accept response (§4) is written — a connector that pairs first waits, so relayed bytes never
+        /// overtake it; false when it could not be written. WebSocket acceptors have none (the 101 is their answer).
+        /// </summary>
+        public TaskCompletionSource<bool> Answered { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public void Cut() => Paired.TrySetResult(false);
+    }
+
+    /// <summary>A relayed pair, watched by the sweep for its idle and lifetime limits (§5.5).</summary>
+    private sealed class RelayedSession
+    {
+        public CancellationTokenSource Cut { get; } = new();
+        public long Paired { get; } = Environment.TickCount64;
+        public long LastActive = Environment.TickCount64;
+        public void Active() => Volatile.Write(ref LastActive, Environment.TickCount64);
     }
 
     private void Touch(Association a) => a.LastUsed = Environment.TickCount64;
 
-    /// <summary>§5.5: removes associations unused for the association timeout (no waiting or relayed connection).</summary>
+    /// <summary>
+    /// §5.5: the per-source key. An IPv4 address (IPv4-mapped ones as IPv4) counts alone; IPv6 addresses count
+    /// per <c>ipv6SourcePrefix</c> (/64 by default), since one host commonly holds a whole /64.
+    /// </summary>
+    private IPAddress SourceKey(IPAddress? source)
+    {
+        var address = source ?? IPAddress.None;
+        if (address.IsIPv4MappedToIPv6) return address.MapToIPv4();
+        if (address.AddressFamily != AddressFamily.InterNetworkV6 || _options.Ipv6SourcePrefix >= 128) return address;
+        Span<byte> bytes = stackalloc byte[16];
+        address.TryWriteBytes(bytes, out _);
+        int prefix = _options.Ipv6SourcePrefix;
+        if (prefix % 8 != 0) bytes[prefix / 8] &= (byte)(0xFF << (8 - prefix % 8));
+        bytes[((prefix + 7) / 8)..].Clear();
+        return new IPAddress(bytes);
+    }
+
+    /// <summary>Registers a new association charged to <paramref name="source"/>; 0, or 503 (total) / 429 (this source) with the problem. Under _lock.</summary>
+    private int AddAssociationLocked(Guid id, bool viaApi, bool v1, IPAddress? source, out Association? association, out string problem)
+    {
+        association = null;
+        problem = "";
+        var key = SourceKey(source);
+        if (_associations.Count >= _options.MaxAssociations) { problem = "association limit reached"; return 503; }
+        int held = _associationsPerSource.GetValueOrDefault(key);
+        if (held >= _options.MaxAssociationsPerSource)
+        {
+            Interlocked.Increment(ref _refusedByLimits);
+            problem = $"this source holds {held} associations (maxAssociationsPerSource)";
+            return 429;
+        }
+        association = new Association(id, viaApi, v1, key);
+        _associations[id] = association;
+        _associationsPerSource[key] = held + 1;
+        return 0;
+    }
+
+    /// <summary>Removes <paramref name="a"/> if it is still the association held under its id, and gives its source's quota back. Under _lock.</summary>
+    private bool RemoveAssociationLocked(Association a)
+    {
+        if (!_associations.TryGetValue(a.Id, out var held) || held != a) return false;
+        _associations.Remove(a.Id);
+        if (_associationsPerSource.TryGetValue(a.Source, out int n) && n > 1) _associationsPerSource[a.Source] = n - 1;
+        else _associationsPerSource.Remove(a.Source);
+        return true;
+    }
+
+    /// <summary>
+    /// §5.5: removes associations unused for the association timeout (no waiting or relayed connection), and
+    /// cuts relayed sessions idle for <c>sessionIdleTimeout</c> or older than <c>sessionLifetime</c>.
+    /// </summary>
     private void Sweep()
     {
         long now = Environment.TickCount64;
         long limit = (long)_options.AssociationTimeout.TotalMilliseconds;
-        List<Guid> expired = [];
+        long idle = (long)_options.SessionIdleTimeout.TotalMilliseconds, lifetime = (long)_options.SessionLifetime.TotalMilliseconds;
+        List<Association> expired = [];
+        List<(RelayedSession, bool)> cut = [];
         lock (_lock)
         {
             foreach (var a in _associations.Values)
-                if (now - a.LastUsed > limit && a.Candidates.Values.All(c => c.State == CandidateState.Gathered)) expired.Add(a.Id);
-            foreach (var id in expired) _associations.Remove(id);
+                if (now - a.LastUsed > limit && a.Candidates.Values.All(c => c.State == CandidateState.Gathered)) expired.Add(a);
+            foreach (var a in expired) RemoveAssociationLocked(a);
+            foreach (var r in _relayed)
+            {
+                if (now - r.Paired > lifetime) cut.Add((r, false));
+                else if (now - Volatile.Read(ref r.LastActive) > idle) cut.Add((r, true));
+            }
+            foreach (var (r, _) in cut) _relayed.Remove(r);
         }
-        foreach (var id in expired) _log.AssociationExpired(id, _options.AssociationTimeout.TotalSeconds);
+        foreach (var a in expired) _log.AssociationExpired(a.Id, _options.AssociationTimeout.TotalSeconds);
+        foreach (var (r, wasIdle) in cut)
+        {
+            Interlocked.Increment(ref _sessionsCut);
+            _log.SessionCut(wasIdle ? "idle" : "lifetime", wasIdle ? _options.SessionIdleTimeout.TotalSeconds : _options.SessionLifetime.TotalSeconds);
+            try { r.Cut.Cancel(); }
+            catch (ObjectDisposedException) { }
+        }
     }
 
     /// <summary>§5.5: a finished session removes its candidate; an association left without candidates goes too.</summary>
@@ -257,25 +343,29 @@ public sealed partial class JetRelay : IAsyncDisposable
         {
             a.Candidates.Remove(c.Id);
             Touch(a);
-            if (a.Candidates.Count == 0 && _associations.TryGetValue(a.Id, out var held) && held == a) _associations.Remove(a.Id);
+            if (a.Candidates.Count == 0) RemoveAssociationLocked(a);
         }
     }
 
-    private Association? CreateAssociation(Guid id, bool viaApi, bool v1)
+    /// <summary>POST /jet/association (§5.2): 0 and the new association, 400 when it exists, or the limit's status.</summary>
+    private int CreateAssociation(Guid id, IPAddress? source, out Association? association, out string problem)
     {
         lock (_lock)
         {
-            if (_associations.Count >= _options.MaxAssociations || _associations.ContainsKey(id)) return null;
-            var a = new Association(id, viaApi, v1);
-            _associations[id] = a;
-            return a;
+            association = null;
+            problem = $"association {id} exists";
+            return _associations.ContainsKey(id) ? 400 : AddAssociationLocked(id, viaApi: true, v1: false, source, out association, out problem);
         }
     }
 
+    /// <summary>§3.3, §5.5: a binary request that would create an association carries the API key when one is set.</summary>
+    private bool KeyAllowsCreation(JetRequest r) => _apiKey is null || (r.Authorization is { } header && Authorized(header));
+
     /// <summary>
-    /// The accept rules (§5.4): returns 0 and registers <paramref name="waiter"/>, or the status.
+    /// The accept rules (§5.4): returns 0 and registers <paramref name="waiter"/>, or the status. An accept that
+    /// creates an association (v1, or policy any) is charged to <paramref name="source"/> and needs the key (§5.5).
     /// </summary>
-    private int TryAccept(JetRequest r, CandidateKind arrivedOn, Waiter waiter, out Association? association, out Candidate? candidate, out string problem)
+    private int TryAccept(JetRequest r, CandidateKind arrivedOn, Waiter waiter, IPAddress? source, out Association? association, out Candidate? candidate, out string problem)
     {
         association = null;
         candidate = null;
@@ -284,22 +374,21 @@ public sealed partial class JetRelay : IAsyncDisposable
         {
             if (r.IsV1)
             {
-                var aid = Guid.NewGuid();
-                if (_associations.Count >= _options.MaxAssociations) { problem = "association limit reached"; return 503; }
-                association = new Association(aid, viaApi: false, v1: true);
-                _associations[aid] = association;
+                if (!KeyAllowsCreation(r)) { problem = "a v1 accept creates an association: it needs \"Authorization: Bearer {apiKey}\""; return 401; }
+                int status = AddAssociationLocked(Guid.NewGuid(), viaApi: false, v1: true, source, out association, out problem);
+                if (status != 0) return status;
                 candidate = new Candidate(Guid.Empty, arrivedOn, "") { State = CandidateState.Accepted, Waiter = waiter, Version = r.Version };
-                association.Candidates[Guid.Empty] = candidate;
+                association!.Candidates[Guid.Empty] = candidate;
                 return 0;
             }
             if (!_associations.TryGetValue(r.Association, out association))
             {
                 if (_options.Policy != AssociationPolicy.Any) { problem = $"unknown association {r.Association}"; return 400; }
-                if (_associations.Count >= _options.MaxAssociations) { problem = "association limit reached"; return 503; }
-                association = new Association(r.Association, viaApi: false, v1: false);
-                _associations[r.Association] = association;
+                if (!KeyAllowsCreation(r)) { problem = "this accept would create an association: it needs \"Authorization: Bearer {apiKey}\""; return 401; }
+                int status = AddAssociationLocked(r.Association, viaApi: false, v1: false, source, out association, out problem);
+                if (status != 0) return status;
             }
-            if (association.V1) { problem = "a v1 association takes no v2 accept"; return 400; }
+            if (association!.V1) { problem = "a v1 association takes no v2 accept"; return 400; }
             if (!association.Candidates.TryGetValue(r.Candidate, out candidate))
             {
                 if (_options.Policy != AssociationPolicy.Any || association.Gathered)
@@ -381,7 +470,7 @@ public sealed partial class JetRelay : IAsyncDisposable
             {
                 c.State = CandidateState.Gathered;
                 c.Waiter = null;
-                if (a.V1) _associations.Remove(a.Id);
+                if (a.V1) RemoveAssociationLocked(a);
                 Touch(a);
             }
         }
@@ -431,13 +520,23 @@ public sealed partial class JetRelay : IAsyncDisposable
         Interlocked.Increment(ref _sessions);
         acceptor.Paired.TrySetResult(true);
         _log.Paired(a.Id, c.Id);
+        // §5.5: the sweep cuts the session when it idles or outlives its limit.
+        var watched = new RelayedSession();
+        lock (_lock) _relayed.Add(watched);
         try
         {
+            using var stop = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token, watched.Cut.Token);
             using var limit = new CancellationTokenSource(_options.HandshakeTimeout);
+            if (!await acceptor.Answered.Task.WaitAsync(limit.Token).ConfigureAwait(false)) throw new IOException("the acceptor's accept response could not be written");
             if (!connectorEarly.IsEmpty) await acceptor.Stream.WriteAsync(connectorEarly, limit.Token).ConfigureAwait(false);
             if (!acceptor.Early.IsEmpty) await connector.WriteAsync(acceptor.Early, limit.Token).ConfigureAwait(false);
             Interlocked.Add(ref _bytes, connectorEarly.Length + acceptor.Early.Length);
-            await PtHost.Net.Relay.RunAsync(connector, acceptor.Stream, Count, Count, _stop.Token).ConfigureAwait(false);
+            Action<long> count = n =>
+            {
+                Interlocked.Add(ref _bytes, n);
+                watched.Active();
+            };
+            await PtHost.Net.Relay.RunAsync(connector, acceptor.Stream, count, count, stop.Token).ConfigureAwait(false);
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
         {
@@ -445,19 +544,18 @@ public sealed partial class JetRelay : IAsyncDisposable
         }
         finally
         {
+            lock (_lock) _relayed.Remove(watched);
+            watched.Cut.Dispose();
             Finish(a, c);
             acceptor.SessionDone.TrySetResult();
             _log.SessionFinished(a.Id, c.Id);
         }
     }
 
-    private void Count(long n) => Interlocked.Add(ref _bytes, n);
-
     /// <summary>§5.5: takes a connection slot (total and per source), or refuses.</summary>
     private bool Admit(IPAddress? source)
     {
-        var address = source ?? IPAddress.None;
-        if (address.IsIPv4MappedToIPv6) address = address.MapToIPv4();
+        var address = SourceKey(source);
         lock (_perSource)
         {
             int from = _perSource.GetValueOrDefault(address);
@@ -474,8 +572,7 @@ public sealed partial class JetRelay : IAsyncDisposable
 
     private void Release(IPAddress? source)
     {
-        var address = source ?? IPAddress.None;
-        if (address.IsIPv4MappedToIPv6) address = address.MapToIPv4();
+        var address = SourceKey(source);
         lock (_perSource)
         {
             _connections--;

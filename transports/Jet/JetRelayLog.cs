@@ -57,4 +57,7 @@ internal static partial class JetRelayLog
 
     [LoggerMessage(2115, LogLevel.Debug, "{Kind} {Remote}: accepted {Aid}/{Cid}")]
     public static partial void Accepted(this ILogger log, string kind, EndPoint? remote, Guid aid, Guid cid);
+
+    [LoggerMessage(2116, LogLevel.Information, "relayed session cut: {Limit} limit of {Seconds}s reached")]
+    public static partial void SessionCut(this ILogger log, string limit, double seconds);
 }

@@ -44,8 +44,11 @@ public sealed record JetRelayOptions
     /// <summary>The certificate of the tls and wss listeners; null: a self-signed one made at start-up.</summary>
     public X509Certificate2? Certificate { get; init; }
 
-    /// <summary>The name in the <c>Jet-Instance</c> header and v1 accept responses.</summary>
-    public string Instance { get; init; } = Environment.MachineName;
+    /// <summary>
+    /// The name in the <c>Jet-Instance</c> header and accept responses, and the self-signed certificate's
+    /// subject: random per start unless configured (spec/jet.md §5.1), never the machine's host name.
+    /// </summary>
+    public string Instance { get; init; } = RandomInstance();
 
     /// <summary>The host name candidate URLs carry; null: each listener's own address (loopback for a wildcard).</summary>
     public string? ExternalHost { get; init; }
@@ -73,12 +76,34 @@ public sealed record JetRelayOptions
     /// <summary>Associations held at once; creating one more answers 503.</summary>
     public int MaxAssociations { get; init; } = 10_000;
 
+    /// <summary>Associations held at once that one source created (REST, v1 accept, policy any); one more answers 429.</summary>
+    public int MaxAssociationsPerSource { get; init; } = 1_000;
+
+    /// <summary>The prefix length under which IPv6 sources count as one for the per-source limits (IPv4: the address).</summary>
+    public int Ipv6SourcePrefix { get; init; } = 64;
+
+    /// <summary>A relayed session with no byte in either direction for this long is closed.</summary>
+    public TimeSpan SessionIdleTimeout { get; init; } = TimeSpan.FromSeconds(900);
+
+    /// <summary>A relayed session is closed this long after it was paired, busy or not.</summary>
+    public TimeSpan SessionLifetime { get; init; } = TimeSpan.FromHours(24);
+
+    /// <summary>
+    /// Whether a v2 acceptor gets its 200 (the seed, §4); false: none, as this relay did before (for jet servers of
+    /// earlier builds, which took any JET packet on an accepted candidate for a refusal).
+    /// </summary>
+    public bool AnswerV2Accept { get; init; } = true;
+
     /// <summary>Interval of the stats log line.</summary>
     public TimeSpan StatsInterval { get; init; } = TimeSpan.FromSeconds(60);
 
     private static readonly string[] Known =
         ["listen", "tcp", "tls", "wss", "certificateFile", "keyFile", "instance", "externalHost", "external", "apiKey", "policy",
-         "associationTimeout", "handshakeTimeout", "maxConnections", "maxPerSource", "maxAssociations", "statsInterval"];
+         "associationTimeout", "handshakeTimeout", "maxConnections", "maxPerSource", "maxAssociations", "statsInterval",
+         "maxAssociationsPerSource", "ipv6SourcePrefix", "sessionIdleTimeout", "sessionLifetime", "answerV2Accept"];
+
+    /// <summary>"jet-" and 16 random hex digits (spec/jet.md §5.1).</summary>
+    public static string RandomInstance() => "jet-" + Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
 
     /// <summary>
     /// The defaults for <c>--listen</c> alone: tcp, tls and wss listeners on the same address with
@@ -116,9 +141,16 @@ public sealed record JetRelayOptions
         if ((certFile is null) != (keyFile is null)) throw o.Fail(certFile is null ? "certificateFile" : "keyFile", "goes together with \"" + (certFile is null ? "keyFile" : "certificateFile") + "\"");
         if (certFile is not null)
         {
+            // The key goes through the shared key-file rules (spec/ipc.md §3.7): a regular file of ours, mode 0600 or tighter.
+            string keyPem;
+            try { keyPem = PtHost.Net.PrivateFile.ReadAllText(Path.Combine(baseDirectory, keyFile!)); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw o.Fail("keyFile", "unusable: " + e.Message, e);
+            }
             try
             {
-                string certPem = File.ReadAllText(Path.Combine(baseDirectory, certFile)), keyPem = File.ReadAllText(Path.Combine(baseDirectory, keyFile!));
+                string certPem = File.ReadAllText(Path.Combine(baseDirectory, certFile));
                 r = r with { Certificate = LoadPem(certPem, keyPem) };
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or TransportOptionsException)
@@ -171,6 +203,11 @@ public sealed record JetRelayOptions
             MaxConnections = (int)o.Integer("maxConnections", r.MaxConnections, 1, 1_000_000),
             MaxPerSource = (int)o.Integer("maxPerSource", r.MaxPerSource, 1, 1_000_000),
             MaxAssociations = (int)o.Integer("maxAssociations", r.MaxAssociations, 1, 1_000_000),
+            MaxAssociationsPerSource = (int)o.Integer("maxAssociationsPerSource", r.MaxAssociationsPerSource, 1, 1_000_000),
+            Ipv6SourcePrefix = (int)o.Integer("ipv6SourcePrefix", r.Ipv6SourcePrefix, 32, 128),
+            SessionIdleTimeout = o.Seconds("sessionIdleTimeout", r.SessionIdleTimeout, 604_800),
+            SessionLifetime = o.Seconds("sessionLifetime", r.SessionLifetime, 31_536_000),
+            AnswerV2Accept = o.Bool("answerV2Accept", r.AnswerV2Accept),
         };
     }
 

@@ -27,9 +27,9 @@ internal sealed class JetServer(TransportEnvironment context, JetServerOptions o
     {
         if (options.ClientPins.Count == 0)
             throw new TransportOptionsException("jet server option \"clientPins\" is required: the pins of the client certificates allowed in (pthost generate-config jet)");
-        if (options.Relay is null && !options.Direct)
+        if (options.Relays.Count == 0 && !options.Direct)
             throw new TransportOptionsException("jet server needs \"relay\" (the relay's REST base URL) or \"direct\" in \"kinds\"");
-        if (options.Relay is null && options.Kinds.Any(k => k != "direct"))
+        if (options.Relays.Count == 0 && options.Kinds.Any(k => k is not ("direct" or "direct-tls")))
             throw new TransportOptionsException("jet server: \"kinds\" names relay candidates but \"relay\" is not set");
         // §7.4: without a configured certificate, the one kept in the state directory.
         var cert = options.Certificate ?? PinnedTls.LoadOrCreateServerCertificate(context.StateDirectory, "jet");
@@ -73,8 +73,8 @@ internal sealed class JetServerManager : IServerManager
         _certificateContext = SslStreamCertificateContext.Create(certificate, null, offline: true);
         _binding = binding;
         _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Jet");
-        _session = new JetSession(context.Dialer);
-        if (options.Relay?.Scheme is not null && options.ApiKey is not null)
+        _session = new JetSession(context.Dialer, new RelayTrust(options.RelayPins));
+        if (options.ApiKey is not null)
             _session.Http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", options.ApiKey);
         LocalEndPoint = binding.BindAddress;
         if (options.Direct)
@@ -84,7 +84,7 @@ internal sealed class JetServerManager : IServerManager
         }
         string pin = PinnedTls.FormatPin(PinnedTls.Pin(certificate));
         Args = new Dictionary<string, string> { ["pin"] = pin };
-        _log.LogInformation("jet server: certificate pin {Pin}; relay {Relay}; candidates {Kinds}{Direct}", pin, options.Relay?.ToString() ?? "none",
+        _log.LogInformation("jet server: certificate pin {Pin}; relay {Relay}; candidates {Kinds}{Direct}", pin, options.Relays.Count == 0 ? "none" : string.Join(", ", options.Relays),
             string.Join(",", options.Kinds.Order()), options.Direct ? $" (direct on {LocalEndPoint})" : "");
         _offers = new SignalAnswers(context.Signals, "jet", JetSignals.Offer, JetSignals.Answer, options.SignalTimeout, MaxPendingOffers, _log);
         _signalLoop = _offers.RunAsync<bool>(_ => (true, null), (received, _) => ServeOfferAsync(new Offer(received)), _stopping.Token);
@@ -103,7 +103,8 @@ internal sealed class JetServerManager : IServerManager
         public SignalAnswers.ReceivedOffer Received { get; } = received;
         public long Id => Received.Id;
         public Guid Association { get; set; }
-        public Guid DirectCandidate { get; set; }
+        /// <summary>The offer's direct candidate ids (§7.3 step 3), each true when it is a tls:// one. Written before the answer, read after.</summary>
+        public Dictionary<Guid, bool> DirectCandidates { get; } = [];
         public int DirectUsed;
         public int Claimed;
         public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -126,53 +127,35 @@ internal sealed class JetServerManager : IServerManager
         offer.Association = Guid.NewGuid();
         var listed = new JArray();
         var problems = new List<string>();
-        bool created = false;
+        var created = new List<Uri>();
         try
         {
-            if (_options.Relay is { } relay)
+            // §7.3 steps 1–2 at every relay at once, the same association id at each; all their candidates are raced by the client.
+            var relays = await Task.WhenAll(_options.Relays.Select(relay => AcceptAtRelayAsync(offer, relay, abort))).ConfigureAwait(false);
+            foreach (var (relay, wasCreated, accepted, relayProblems) in relays)
             {
-                try
+                if (wasCreated) created.Add(relay);
+                problems.AddRange(relayProblems);
+                foreach (var (c, stream) in accepted)
                 {
-                    var gathered = await CreateAndGatherAsync(relay, offer.Association, abort).ConfigureAwait(false);
-                    created = true;
-                    var accepts = gathered.Where(c => _options.Kinds.Contains(c.Kind)).Select(async c =>
-                    {
-                        using var limit = CancellationTokenSource.CreateLinkedTokenSource(abort);
-                        limit.CancelAfter(_options.TlsTimeout);
-                        try
-                        {
-                            var stream = await _session.OpenAsync(c, JetMethod.Accept, offer.Association, limit.Token).ConfigureAwait(false);
-                            return (c, stream, (string?)null);
-                        }
-                        catch (Exception e) when (e is TransportConnectException or OperationCanceledException)
-                        {
-                            return (c, (Stream?)null, (string?)$"{c.Kind} {c.Url.Authority}: {e.Message}");
-                        }
-                    }).ToList();
-                    foreach (var (c, stream, problem) in await Task.WhenAll(accepts).ConfigureAwait(false))
-                    {
-                        if (stream is null)
-                        {
-                            problems.Add(problem!);
-                            _log.LogInformation("jet offer {Id}: accept on {Problem}; candidate left out", offer.Id, problem);
-                            continue;
-                        }
-                        listed.Add(new JObject { ["id"] = c.Id.ToString("D"), ["url"] = c.Url.ToString().TrimEnd('/') });
-                        Track(ServeCandidateAsync(offer, stream, c.Kind, new DnsEndPoint(c.Url.IdnHost, c.Url.Port)));
-                    }
-                }
-                catch (Exception e) when (e is HttpRequestException or TransportConnectException or InvalidDataException or TaskCanceledException)
-                {
-                    problems.Add($"relay {relay.Authority}: {e.Message}");
-                    _log.LogWarning("jet offer {Id}: relay {Relay}: {Error}", offer.Id, relay, e.Message);
+                    listed.Add(new JObject { ["id"] = c.Id.ToString("D"), ["url"] = c.Url.ToString().TrimEnd('/') });
+                    Track(ServeCandidateAsync(offer, stream, c.Kind, new DnsEndPoint(c.Url.IdnHost, c.Url.Port)));
                 }
             }
             if (_options.Direct)
             {
-                offer.DirectCandidate = Guid.NewGuid();
+                // §7.3 step 3: one listener serves both direct kinds; each has its own candidate id.
+                foreach (var advertised in DirectAddresses())
+                {
+                    foreach (bool tls in new[] { false, true })
+                    {
+                        if (!(tls ? _options.DirectTls : _options.DirectTcp) || listed.Count >= MaxCandidates) continue;
+                        var cid = Guid.NewGuid();
+                        offer.DirectCandidates[cid] = tls;
+                        listed.Add(new JObject { ["id"] = cid.ToString("D"), ["url"] = $"{(tls ? "tls" : "tcp")}://{advertised}", ["direct"] = true });
+                    }
+                }
                 _direct[offer.Association] = offer;
-                var advertised = _options.DirectAddress ?? new Destination(AdvertisedHost(LocalEndPoint.Address), LocalEndPoint.Port);
-                listed.Add(new JObject { ["id"] = offer.DirectCandidate.ToString("D"), ["url"] = $"tcp://{advertised}", ["direct"] = true });
             }
             var answer = listed.Count > 0
                 ? new JObject { ["association"] = offer.Association.ToString("D"), ["candidates"] = listed }
@@ -202,8 +185,102 @@ internal sealed class JetServerManager : IServerManager
         {
             CutCandidates(offer, keep: -1);
             _direct.TryRemove(offer.Association, out _);
-            if (created) await DeleteAssociationAsync(offer.Association).ConfigureAwait(false);
+            await Task.WhenAll(created.Select(relay => DeleteAssociationAsync(relay, offer.Association))).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>
+    /// §7.3 steps 1–2 at one relay: create the association, gather, leave out candidates off the relay's host, and accept
+    /// on each remaining candidate of a kind in <c>kinds</c>. Never throws for the relay's failures: they are problems.
+    /// </summary>
+    private async Task<(Uri Relay, bool Created, List<(JetCandidate, Stream)> Accepted, List<string> Problems)> AcceptAtRelayAsync(Offer offer, Uri relay, CancellationToken abort)
+    {
+        var accepted = new List<(JetCandidate, Stream)>();
+        var problems = new List<string>();
+        bool created = false;
+        try
+        {
+            var gathered = await CreateAndGatherAsync(relay, offer.Association, abort).ConfigureAwait(false);
+            created = true;
+            // §7.3 step 1: a candidate on another host than the relay's (or one of candidateHosts) is never dialled.
+            foreach (var c in gathered.Where(c => !OnRelayHost(relay, c.Url)))
+            {
+                problems.Add($"{c.Kind} {c.Url.Authority}: not the relay's host");
+                _log.LogWarning("jet offer {Id}: the relay {Relay} listed a {Kind} candidate on {Host}, not the relay's host nor one of candidateHosts; left out",
+                    offer.Id, relay.Authority, c.Kind, c.Url.Authority);
+            }
+            gathered.RemoveAll(c => !OnRelayHost(relay, c.Url));
+            var accepts = gathered.Where(c => _options.Kinds.Contains(c.Kind)).Select(async c =>
+            {
+                using var limit = CancellationTokenSource.CreateLinkedTokenSource(abort);
+                limit.CancelAfter(_options.TlsTimeout);
+                try
+                {
+                    var stream = await _session.OpenAsync(c, JetMethod.Accept, offer.Association, limit.Token).ConfigureAwait(false);
+                    return (c, stream, (string?)null);
+                }
+                catch (Exception e) when (e is TransportConnectException or OperationCanceledException)
+                {
+                    return (c, (Stream?)null, (string?)$"{c.Kind} {c.Url.Authority}: {e.Message}");
+                }
+            }).ToList();
+            foreach (var (c, stream, problem) in await Task.WhenAll(accepts).ConfigureAwait(false))
+            {
+                if (stream is null)
+                {
+                    problems.Add(problem!);
+                    _log.LogInformation("jet offer {Id}: accept on {Problem}; candidate left out", offer.Id, problem);
+                }
+                else accepted.Add((c, stream));
+            }
+        }
+        catch (Exception e) when (e is HttpRequestException or TransportConnectException or InvalidDataException or TaskCanceledException)
+        {
+            problems.Add($"relay {relay.Authority}: {e.Message}");
+            _log.LogWarning("jet offer {Id}: relay {Relay}: {Error}", offer.Id, relay, e.Message);
+        }
+        return (relay, created, accepted, problems);
+    }
+
+    /// <summary>§7.3: whether <paramref name="candidate"/> names the relay's own host or one of <c>candidateHosts</c>.</summary>
+    private bool OnRelayHost(Uri relay, Uri candidate) =>
+        SameHost(relay.IdnHost, candidate.IdnHost) || _options.CandidateHosts.Any(h => SameHost(h, candidate.IdnHost));
+
+    /// <summary>Host names compared without case (and a trailing dot); IP literals by address (IPv4-mapped as IPv4).</summary>
+    internal static bool SameHost(string a, string b)
+    {
+        a = a.Trim('[', ']').TrimEnd('.');
+        b = b.Trim('[', ']').TrimEnd('.');
+        if (IPAddress.TryParse(a, out var ia) && IPAddress.TryParse(b, out var ib))
+            return (ia.IsIPv4MappedToIPv6 ? ia.MapToIPv4() : ia).Equals(ib.IsIPv4MappedToIPv6 ? ib.MapToIPv4() : ib);
+        return string.Equals(a, b, StringComparison.OrdinalIgnoreCase);
+    }
+
+    /// <summary>The most candidates an answer lists: what a client reads (§7.2).</summary>
+    private const int MaxCandidates = 16;
+
+    /// <summary>
+    /// §7.3 step 3: where the direct candidates point — <c>directAddress</c>, else the listener's address; with
+    /// <c>directInterfaces</c> and a wildcard listener, also every address of the up, non-loopback interfaces
+    /// (IPv4 for 0.0.0.0, IPv4 and IPv6 for [::]; IPv6 link-local left out: it needs a scope).
+    /// </summary>
+    private List<Destination> DirectAddresses()
+    {
+        var result = new List<Destination> { _options.DirectAddress ?? new Destination(AdvertisedHost(LocalEndPoint.Address), LocalEndPoint.Port) };
+        bool any4 = LocalEndPoint.Address.Equals(IPAddress.Any), any6 = LocalEndPoint.Address.Equals(IPAddress.IPv6Any);
+        if (!_options.DirectInterfaces || !(any4 || any6)) return result;
+        foreach (var nic in System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces())
+        {
+            if (nic.OperationalStatus != System.Net.NetworkInformation.OperationalStatus.Up || nic.NetworkInterfaceType == System.Net.NetworkInformation.NetworkInterfaceType.Loopback) continue;
+            foreach (var u in nic.GetIPProperties().UnicastAddresses)
+            {
+                var a = u.Address;
+                if (IPAddress.IsLoopback(a) || a.IsIPv6LinkLocal || (a.AddressFamily == AddressFamily.InterNetworkV6 && !any6)) continue;
+                var d = new Destination(a.ToString(), LocalEndPoint.Port);
+                if (!result.Contains(d)) result.Add(d);
+            }
+        }
+        return result;
     }
 
     private static string AdvertisedHost(IPAddress address)
@@ -247,12 +324,12 @@ internal sealed class JetServerManager : IServerManager
         return result;
     }
 
-    private async Task DeleteAssociationAsync(Guid association)
+    private async Task DeleteAssociationAsync(Uri relay, Guid association)
     {
         try
         {
             using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(5));
-            using var _ = await _session.Http.DeleteAsync(new Uri(_options.Relay!, $"/jet/association/{association:D}"), limit.Token).ConfigureAwait(false);
+            using var _ = await _session.Http.DeleteAsync(new Uri(relay, $"/jet/association/{association:D}"), limit.Token).ConfigureAwait(false);
         }
         catch (Exception e) when (e is HttpRequestException or OperationCanceledException)
         {
@@ -292,10 +369,22 @@ internal sealed class JetServerManager : IServerManager
                 if (await stream.ReadAsync(first, limit.Token).ConfigureAwait(false) == 0) return;
                 if (first[0] == JetWire.Signature[0])
                 {
-                    // The relay refused our accept after all: one JET packet with the status, then a close.
+                    // A JET packet before the client's TLS (whose first byte is 0x16) is the relay's answer to our accept
+                    // (§7.3 step 5): 200 (the seed's §2.2.3.1.1), after which the client's bytes follow, or a refusal and a close.
                     var response = await JetSession.ReadResponseAsync(new PrefixedStream(first, stream), limit.Token).ConfigureAwait(false);
-                    _log.LogInformation("jet offer {Id}: relay refused the {Kind} accept with {Status}", offer.Id, kind, response.Status);
-                    return;
+                    if (response.Status != 200)
+                    {
+                        _log.LogInformation("jet offer {Id}: relay refused the {Kind} accept with {Status}", offer.Id, kind, response.Status);
+                        return;
+                    }
+                    _log.LogDebug("jet offer {Id}: the {Kind} accept answered 200 by relay instance {Instance}", offer.Id, kind, response.Header("Jet-Instance") ?? "(none named)");
+                    first = new byte[1];
+                    if (await stream.ReadAsync(first, limit.Token).ConfigureAwait(false) == 0) return;
+                    if (first[0] == JetWire.Signature[0])
+                    {
+                        _log.LogInformation("jet offer {Id}: a second JET packet on the {Kind} candidate; closed", offer.Id, kind);
+                        return;
+                    }
                 }
                 var inner = new PrefixedStream(first, stream);
                 var tls = new SslStream(inner, leaveInnerStreamOpen: true);
@@ -344,22 +433,41 @@ internal sealed class JetServerManager : IServerManager
 
     // ---- §7.3 direct candidates ----
 
-    /// <summary>A client's connect on the direct listener: only a live offer's association and its direct candidate are accepted (404 otherwise).</summary>
+    /// <summary>
+    /// A client's connect on the direct listener: only a live offer's association and its direct candidate of the
+    /// connection's kind are accepted (404 otherwise). A first byte 0x16 is a TLS direct candidate (§7.3): TLS with the
+    /// server's own certificate first, the JET connect inside.
+    /// </summary>
     private async Task ServeDirectAsync(Socket socket)
     {
         var remote = socket.RemoteEndPoint!;
-        var stream = new NetworkStream(socket, ownsSocket: true);
+        Stream stream = new NetworkStream(socket, ownsSocket: true);
         bool handedOver = false;
         try
         {
             using var limit = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
             limit.CancelAfter(_options.TlsTimeout);
+            byte[] first = new byte[1];
+            if (await stream.ReadAsync(first, limit.Token).ConfigureAwait(false) == 0) return;
+            bool tls = first[0] == 0x16 && _options.DirectTls;
+            stream = new PrefixedStream(first, stream);
+            if (tls)
+            {
+                var ssl = new SslStream(stream, leaveInnerStreamOpen: false);
+                var outer = new HalfClosableTlsStream(ssl, stream);
+                stream = outer;
+                await ssl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions
+                {
+                    ServerCertificateContext = _certificateContext,
+                    EnabledSslProtocols = SslProtocols.Tls13,
+                }, limit.Token).ConfigureAwait(false);
+            }
             var (status, request, problem, early) = await JetRelay.ReadRequestAsync(stream, limit.Token).ConfigureAwait(false);
             Offer? offer = null;
             if (request is not null)
             {
                 if (request.Method != JetMethod.Connect || request.IsV1) (status, problem) = (400, "the direct candidate takes v2 connect only");
-                else if (!_direct.TryGetValue(request.Association, out offer) || offer.DirectCandidate != request.Candidate)
+                else if (!_direct.TryGetValue(request.Association, out offer) || !offer.DirectCandidates.TryGetValue(request.Candidate, out bool isTls) || isTls != tls)
                     (status, problem) = (404, $"unknown association {request.Association} or candidate {request.Candidate}");
                 else if (Interlocked.Exchange(ref offer.DirectUsed, 1) != 0) (status, problem) = (400, "the direct candidate is already connected");
                 else status = 200;
@@ -368,16 +476,16 @@ internal sealed class JetServerManager : IServerManager
             {
                 _log.LogInformation("jet direct {Remote}: {Status}: {Problem}", remote, status, problem);
                 await stream.WriteAsync(JetWire.BuildPacket(JetWire.BuildResponse(status, new KeyValuePair<string, string>("Connection", "Close"))), limit.Token).ConfigureAwait(false);
-                socket.Shutdown(SocketShutdown.Send);
+                PtHost.Net.Relay.ShutdownWrite(stream);
                 return;
             }
             await stream.WriteAsync(JetWire.BuildPacket(JetWire.BuildResponse(200, new("Jet-Version", "2"),
                 new("Jet-Association", request!.Association.ToString("D")), new("Jet-Candidate", request.Candidate.ToString("D")))), limit.Token).ConfigureAwait(false);
             handedOver = true;
             Stream s = early.Length > 0 ? new PrefixedStream(early, stream) : stream;
-            await ServeCandidateAsync(offer!, s, "direct", remote).ConfigureAwait(false);
+            await ServeCandidateAsync(offer!, s, tls ? "direct-tls" : "direct", remote).ConfigureAwait(false);
         }
-        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
+        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException or AuthenticationException)
         {
             _log.LogDebug("jet direct {Remote}: {Error}", remote, e.Message);
         }

@@ -1,16 +1,46 @@
 using System.Net.Security;
+using System.Security.Cryptography.X509Certificates;
 using System.Net.Sockets;
 using System.Net.WebSockets;
 using System.Security.Authentication;
 using PtHost.Contract;
 using PtHost.Net;
+using PtHost.Net.Tls;
 
 namespace PtHost.Transports.Jet;
 
 /// <summary>One candidate as the answer lists it (spec/jet.md §7.2).</summary>
 internal sealed record JetCandidate(Guid Id, Uri Url, bool Direct)
 {
-    public string Kind => Direct ? "direct" : Url.Scheme;
+    public string Kind => Direct ? (Url.Scheme == "tls" ? "direct-tls" : "direct") : Url.Scheme;
+}
+
+/// <summary>
+/// How a relay's own certificate is checked (spec/jet.md §7.4): a host named in the pins must present the pinned
+/// certificate; any other host a certificate that the system's CAs vouch for under that name (SNI). <see cref="Any"/>
+/// takes every certificate (the client's relay connections: the end-to-end TLS inside is the trust decision).
+/// </summary>
+internal sealed class RelayTrust(IReadOnlyDictionary<string, byte[]>? pins)
+{
+    public static readonly RelayTrust Any = new(null);
+
+    public bool Accepts(string host, X509Certificate? certificate, SslPolicyErrors errors)
+    {
+        if (pins is null) return true;
+        if (pins.TryGetValue(host.Trim('[', ']'), out var pin)) return PinnedTls.Matches(certificate, [pin]);
+        return errors == SslPolicyErrors.None;
+    }
+
+    /// <summary>The callback for a TLS connection to <paramref name="host"/>.</summary>
+    public RemoteCertificateValidationCallback For(string host) => (_, cert, _, errors) => Accepts(host, cert, errors);
+
+    /// <summary>The callback for SocketsHttpHandler (REST, ws, wss): the host is the stream's SNI name or the request's host.</summary>
+    public bool AcceptsHttp(object sender, X509Certificate? certificate, X509Chain? chain, SslPolicyErrors errors) => Accepts(sender switch
+    {
+        SslStream ssl => ssl.TargetHostName,
+        HttpRequestMessage m => m.RequestUri?.IdnHost ?? "",
+        _ => "",
+    }, certificate, errors);
 }
 
 /// <summary>
@@ -23,15 +53,21 @@ internal sealed class JetSession : IDisposable
     private readonly SocketsHttpHandler _handler;
     private readonly HttpMessageInvoker _invoker;
 
-    public JetSession(INetworkDialer dialer)
+    private readonly RelayTrust _trust;
+    private readonly byte[]? _serverPin;
+
+    /// <param name="serverPin">The client's: a TLS direct candidate (§7.3) must present the pinned server certificate.</param>
+    public JetSession(INetworkDialer dialer, RelayTrust trust, byte[]? serverPin = null)
     {
         _dialer = dialer;
+        _trust = trust;
+        _serverPin = serverPin;
         _handler = new SocketsHttpHandler
         {
             // Every connection, REST and WebSocket alike, goes through the host's dialer (upstream proxy, bind address).
             ConnectCallback = async (ctx, ct) => await dialer.ConnectTcpAsync(new Destination(ctx.DnsEndPoint.Host, ctx.DnsEndPoint.Port), ct).ConfigureAwait(false),
-            // The relay's certificate is not what protects the session: the end-to-end TLS inside is (§7.4).
-            SslOptions = new SslClientAuthenticationOptions { RemoteCertificateValidationCallback = (_, _, _, _) => true },
+            // §7.4: the relay's certificate is checked by the trust given (pins per host, else system CAs), or not at all (the client).
+            SslOptions = new SslClientAuthenticationOptions { RemoteCertificateValidationCallback = trust.AcceptsHttp },
             PooledConnectionIdleTimeout = TimeSpan.FromSeconds(30),
         };
         _invoker = new HttpMessageInvoker(_handler, disposeHandler: false);
@@ -102,7 +138,8 @@ internal sealed class JetSession : IDisposable
                 await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
                 {
                     TargetHost = url.IdnHost,
-                    RemoteCertificateValidationCallback = (_, _, _, _) => true,
+                    // A TLS direct candidate is the server itself: its pinned certificate (§7.3); a relay: the relay trust (§7.4).
+                    RemoteCertificateValidationCallback = candidate.Direct && _serverPin is { } pin ? (_, cert, _, _) => PinnedTls.Matches(cert, [pin]) : _trust.For(url.IdnHost),
                     EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
                 }, ct).ConfigureAwait(false);
             }

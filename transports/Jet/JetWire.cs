@@ -24,8 +24,11 @@ public enum JetMethod
     Test,
 }
 
-/// <summary>A parsed JET request (spec/jet.md §3). <see cref="Association"/> is empty for a v1 accept, which gets a new one.</summary>
-public sealed record JetRequest(JetMethod Method, int Version, Guid Association, Guid Candidate, bool IsV1);
+/// <summary>
+/// A parsed JET request (spec/jet.md §3). <see cref="Association"/> is empty for a v1 accept, which gets a new one.
+/// <see cref="Authorization"/>: the <c>Authorization</c> header, which an accept that creates an association needs when the relay has an API key (§5.5).
+/// </summary>
+public sealed record JetRequest(JetMethod Method, int Version, Guid Association, Guid Candidate, bool IsV1, string? Authorization = null);
 
 /// <summary>A parsed JET response (spec/jet.md §4): the status code and the headers, names as sent.</summary>
 public sealed record JetResponse(int Status, IReadOnlyList<KeyValuePair<string, string>> Headers)
@@ -131,6 +134,7 @@ public static class JetWire
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         409 => "Conflict",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Status",
@@ -177,7 +181,7 @@ public static class JetWire
             if (versionText is null) version = 1;
             if (method.Equals("accept", StringComparison.OrdinalIgnoreCase))
             {
-                request = new JetRequest(JetMethod.Accept, version, Guid.Empty, Guid.Empty, IsV1: true);
+                request = new JetRequest(JetMethod.Accept, version, Guid.Empty, Guid.Empty, IsV1: true, Find(headers, "Authorization"));
                 return 0;
             }
             if (!Guid.TryParse(Find(headers, "Jet-Association"), out var aid))
@@ -200,7 +204,7 @@ public static class JetWire
             problem = "no Jet-Version header";
             return 400;
         }
-        request = new JetRequest(op, version, association, candidate, IsV1: false);
+        request = new JetRequest(op, version, association, candidate, IsV1: false, Find(headers, "Authorization"));
         return 0;
     }
 

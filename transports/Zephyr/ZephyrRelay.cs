@@ -11,7 +11,7 @@ namespace PtHost.Transports.Zephyr;
 /// <summary>Counters of a running relay, for the stats line (spec/zephyr.md §4.7).</summary>
 public readonly record struct ZephyrRelayStats(
     int Connections, int BoundPairs, long Accepted, long RefusedByLimits, long Bindings,
-    long BindFailures, long Timeouts, long Bytes);
+    long BindFailures, long Timeouts, long Bytes, long IdleClosed, long LifetimeClosed);
 
 /// <summary>
 /// The Zephyr relay service (spec/zephyr.md §4): assigns each accepted connection a zid, waits
@@ -35,7 +35,7 @@ public sealed class ZephyrRelay : IAsyncDisposable
     private Timer? _sweeper;
     private Timer? _statsTimer;
     private int _connections, _pairs;
-    private long _accepted, _refusedByLimits, _bindings, _bindFailures, _timeouts, _bytes;
+    private long _accepted, _refusedByLimits, _bindings, _bindFailures, _timeouts, _bytes, _idleClosed, _lifetimeClosed;
     private long _lastLimitLog = long.MinValue / 2; // "long ago", without overflow in now - last
 
     public ZephyrRelay(ZephyrRelayOptions options, ILogger logger)
@@ -44,6 +44,11 @@ public sealed class ZephyrRelay : IAsyncDisposable
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(options.PeerTimeout, TimeSpan.Zero);
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxConnections, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxPerSource, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(options.IdleTimeout, TimeSpan.Zero);
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(options.MaxLifetime, TimeSpan.Zero);
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(options.HalfCloseIdleTimeout, TimeSpan.Zero);
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.IPv6SourcePrefix, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(options.IPv6SourcePrefix, 128);
         _options = options;
         _log = logger;
     }
@@ -58,27 +63,31 @@ public sealed class ZephyrRelay : IAsyncDisposable
         var socket = TcpSessionListener.Listen(listen, reuseAddress: true, dualMode: true);
         // The relay keeps its own limits (§4.6), applied in accept order: the shared loop runs Admit inline.
         _listener = new TcpSessionListener("zephyr relay", socket, Admit, _log, int.MaxValue, inline: true);
-        var shortest = _options.BindTimeout < _options.PeerTimeout ? _options.BindTimeout : _options.PeerTimeout;
+        // One sweep checks every timeout of §4.2, §4.3 and §4.5: a limit is enforced within 1/8 of it (at most 1 s) after it passed.
+        var shortest = new[] { _options.BindTimeout, _options.PeerTimeout, _options.IdleTimeout, _options.HalfCloseIdleTimeout, _options.MaxLifetime }.Min();
         var tick = TimeSpan.FromMilliseconds(Math.Clamp(shortest.TotalMilliseconds / 8, 50, 1000));
         _sweeper = new Timer(_ => Sweep(), null, tick, tick);
         _statsTimer = new Timer(_ => LogStats(), null, _options.StatsInterval, _options.StatsInterval);
         _listener.Start();
-        _log.LogInformation("zephyr relay listening on {EndPoint} (bind timeout {Bind}s, peer timeout {Peer}s, max {Max} connections, {PerSource} per source)",
-            LocalEndPoint, _options.BindTimeout.TotalSeconds, _options.PeerTimeout.TotalSeconds, _options.MaxConnections, _options.MaxPerSource);
+        if (_options.StrictClose) _log.LogWarning("strict-close test mode: the first FIN of a pair resets both peers and discards what is queued (spec/zephyr.md §4.8)");
+        _log.LogInformation("zephyr relay listening on {EndPoint} (bind timeout {Bind}s, peer timeout {Peer}s, idle timeout {Idle}s, max lifetime {Lifetime}s, max {Max} connections, {PerSource} per source, IPv6 sources per /{Prefix})",
+            LocalEndPoint, _options.BindTimeout.TotalSeconds, _options.PeerTimeout.TotalSeconds, _options.IdleTimeout.TotalSeconds, _options.MaxLifetime.TotalSeconds,
+            _options.MaxConnections, _options.MaxPerSource, _options.IPv6SourcePrefix);
     }
 
     public ZephyrRelayStats GetStats()
     {
         lock (_lock)
             return new ZephyrRelayStats(_connections, _pairs, Interlocked.Read(ref _accepted), Interlocked.Read(ref _refusedByLimits),
-                Interlocked.Read(ref _bindings), Interlocked.Read(ref _bindFailures), Interlocked.Read(ref _timeouts), Interlocked.Read(ref _bytes));
+                Interlocked.Read(ref _bindings), Interlocked.Read(ref _bindFailures), Interlocked.Read(ref _timeouts), Interlocked.Read(ref _bytes),
+                Interlocked.Read(ref _idleClosed), Interlocked.Read(ref _lifetimeClosed));
     }
 
     public void LogStats()
     {
         var s = GetStats();
-        _log.LogInformation("stats: connections={Connections} bound-pairs={Pairs} accepted={Accepted} refused-by-limits={Refused} bindings={Bindings} bind-failures={Failures} timeouts={Timeouts} bytes={Bytes}",
-            s.Connections, s.BoundPairs, s.Accepted, s.RefusedByLimits, s.Bindings, s.BindFailures, s.Timeouts, s.Bytes);
+        _log.LogInformation("stats: connections={Connections} bound-pairs={Pairs} accepted={Accepted} refused-by-limits={Refused} bindings={Bindings} bind-failures={Failures} timeouts={Timeouts} bytes={Bytes} idle-closed={IdleClosed} lifetime-closed={LifetimeClosed}",
+            s.Connections, s.BoundPairs, s.Accepted, s.RefusedByLimits, s.Bindings, s.BindFailures, s.Timeouts, s.Bytes, s.IdleClosed, s.LifetimeClosed);
     }
 
     /// <summary>Closes the listener, then every connection still held.</summary>
@@ -102,8 +111,8 @@ public sealed class ZephyrRelay : IAsyncDisposable
     private Task Admit(Socket socket, CancellationToken abort)
     {
         Interlocked.Increment(ref _accepted);
-        var address = (socket.RemoteEndPoint as IPEndPoint)?.Address ?? IPAddress.None;
-        if (address.IsIPv4MappedToIPv6) address = address.MapToIPv4();
+        // IPv4-mapped as IPv4; IPv6 per network of --ipv6-source-prefix bits (/64 by default).
+        var address = SourceAddress.Key((socket.RemoteEndPoint as IPEndPoint)?.Address ?? IPAddress.None, _options.IPv6SourcePrefix);
         string? limit = null;
         lock (_lock)
         {
@@ -299,10 +308,16 @@ public sealed class ZephyrRelay : IAsyncDisposable
     {
         long now = Environment.TickCount64;
         List<(Connection, ConnectionState)>? expired = null;
+        List<Pair>? ended = null;
         lock (_lock)
         {
             foreach (var c in _byZid.Values)
             {
+                if (c.State == ConnectionState.Bound && c.Pair is { } pair && pair.First == c)
+                {
+                    if (PairExpired(pair, now)) (ended ??= []).Add(pair);
+                    continue;
+                }
                 if (c.State is not (ConnectionState.Registered or ConnectionState.Waiting) || c.Deadline > now) continue;
                 (expired ??= []).Add((c, c.State));
                 if (c.State == ConnectionState.Waiting)
@@ -313,6 +328,8 @@ public sealed class ZephyrRelay : IAsyncDisposable
                 c.State = ConnectionState.Closed; // nobody can bind to it any more
             }
         }
+        // Outside the lock: cancelling ends the pair's pumps; its task aborts both sockets (§4.5).
+        if (ended is not null) foreach (var p in ended) p.Cancel.Cancel();
         if (expired is null) return;
         foreach (var (c, state) in expired)
         {
@@ -326,6 +343,27 @@ public sealed class ZephyrRelay : IAsyncDisposable
         }
     }
 
+    /// <summary>Under the lock: §4.5's idle, half-close idle and lifetime limits of a bound pair; true (once) when one is reached.</summary>
+    private bool PairExpired(Pair pair, long now)
+    {
+        if (pair.Expired is not null) return false;
+        bool half = Volatile.Read(ref pair.HalfClosed);
+        var idle = half ? _options.HalfCloseIdleTimeout : _options.IdleTimeout;
+        if (now - Volatile.Read(ref pair.Last) >= (long)idle.TotalMilliseconds)
+        {
+            pair.Expired = half ? PairLimit.HalfClosedIdle : PairLimit.Idle;
+            if (!half) Interlocked.Increment(ref _idleClosed);
+            return true;
+        }
+        if (now - pair.Started >= (long)_options.MaxLifetime.TotalMilliseconds)
+        {
+            pair.Expired = PairLimit.Lifetime;
+            Interlocked.Increment(ref _lifetimeClosed);
+            return true;
+        }
+        return false;
+    }
+
     /// <summary>
     /// §4.4, §4.5: relays a bound pair. An end of stream is passed on as FIN after every byte read
     /// before it was written; once both directions ended both sockets close normally. A reset
@@ -335,8 +373,8 @@ public sealed class ZephyrRelay : IAsyncDisposable
     private async Task RunPairAsync(Connection a, Connection b)
     {
         _log.Bound(a.Zid, a.Remote, b.Zid, b.Remote);
-        var activity = new Activity();
-        using var cancel = new CancellationTokenSource();
+        var pair = new Pair(a, Environment.TickCount64);
+        lock (_lock) a.Pair = b.Pair = pair; // from now on the sweeper applies the limits of §4.5
         bool clean = false;
         Connection? drained = null;
         try
@@ -346,32 +384,32 @@ public sealed class ZephyrRelay : IAsyncDisposable
             Action<long> count = n =>
             {
                 Interlocked.Add(ref _bytes, n);
-                Volatile.Write(ref activity.Last, Environment.TickCount64);
+                Volatile.Write(ref pair.Last, Environment.TickCount64);
             };
-            var ab = PumpAsync(sa, sb, count, cancel.Token);
-            var ba = PumpAsync(sb, sa, count, cancel.Token);
+            bool passFin = !_options.StrictClose;
+            var ab = PumpAsync(sa, sb, count, passFin, pair.Cancel.Token);
+            var ba = PumpAsync(sb, sa, count, passFin, pair.Cancel.Token);
             var first = await Task.WhenAny(ab, ba).ConfigureAwait(false);
             var other = first == ab ? ba : ab;
             if (!await first.ConfigureAwait(false))
             {
-                await cancel.CancelAsync().ConfigureAwait(false);
+                await pair.Cancel.CancelAsync().ConfigureAwait(false);
                 await other.ConfigureAwait(false);
                 return;
             }
-            // One side ended and its FIN was passed on. The other direction may go on while it moves bytes.
-            drained = first == ab ? b : a;
-            Volatile.Write(ref activity.Last, Environment.TickCount64);
-            long idle = (long)_options.HalfCloseIdleTimeout.TotalMilliseconds;
-            var check = TimeSpan.FromMilliseconds(Math.Clamp(idle / 4, 10, 1000));
-            while (!other.IsCompleted)
+            if (_options.StrictClose)
             {
-                await Task.WhenAny(other, Task.Delay(check, CancellationToken.None)).ConfigureAwait(false);
-                if (!other.IsCompleted && Environment.TickCount64 - Volatile.Read(ref activity.Last) >= idle)
-                {
-                    _log.HalfClosedIdle(a.Zid, b.Zid, _options.HalfCloseIdleTimeout.TotalSeconds);
-                    await cancel.CancelAsync().ConfigureAwait(false);
-                }
+                // §4.8 test mode: the first FIN ends the pair at once; both sockets are reset below.
+                _log.StrictClose(a.Zid, b.Zid);
+                await pair.Cancel.CancelAsync().ConfigureAwait(false);
+                await other.ConfigureAwait(false);
+                return;
             }
+            // One side ended and its FIN was passed on. The other direction may go on while it moves
+            // bytes: the sweeper now holds it to the half-close idle limit.
+            drained = first == ab ? b : a;
+            Volatile.Write(ref pair.Last, Environment.TickCount64);
+            Volatile.Write(ref pair.HalfClosed, true);
             clean = await other.ConfigureAwait(false);
         }
         catch (Exception e)
@@ -380,6 +418,12 @@ public sealed class ZephyrRelay : IAsyncDisposable
         }
         finally
         {
+            switch (pair.Expired)
+            {
+                case PairLimit.HalfClosedIdle: _log.HalfClosedIdle(a.Zid, b.Zid, _options.HalfCloseIdleTimeout.TotalSeconds); break;
+                case PairLimit.Idle: _log.PairIdle(a.Zid, b.Zid, _options.IdleTimeout.TotalSeconds); break;
+                case PairLimit.Lifetime: _log.PairLifetime(a.Zid, b.Zid, _options.MaxLifetime.TotalSeconds); break;
+            }
             if (!clean && drained is not null) await WaitAcknowledgedAsync(drained.Socket, DrainLimit).ConfigureAwait(false);
             Close(a, abort: !clean);
             Close(b, abort: !clean);
@@ -388,13 +432,22 @@ public sealed class ZephyrRelay : IAsyncDisposable
         }
     }
 
-    private sealed class Activity
+    private enum PairLimit { Idle, HalfClosedIdle, Lifetime }
+
+    /// <summary>A bound pair's clock (§4.5): when it was bound, when it last moved a byte, whether one direction ended.</summary>
+    private sealed class Pair(Connection first, long started)
     {
-        public long Last;
+        public readonly Connection First = first;
+        public readonly long Started = started;
+        public readonly CancellationTokenSource Cancel = new();
+        public long Last = started;
+        public bool HalfClosed;
+        /// <summary>Set under the relay's lock by the sweeper: the limit that ended the pair.</summary>
+        public PairLimit? Expired;
     }
 
-    /// <summary>Copies one direction; on its end of stream passes FIN on. False on an error or cancellation.</summary>
-    private static async Task<bool> PumpAsync(NetworkStream from, NetworkStream to, Action<long> count, CancellationToken ct)
+    /// <summary>Copies one direction; on its end of stream passes FIN on (unless <paramref name="passFin"/> is false). False on an error or cancellation.</summary>
+    private static async Task<bool> PumpAsync(NetworkStream from, NetworkStream to, Action<long> count, bool passFin, CancellationToken ct)
     {
         try
         {
@@ -404,7 +457,7 @@ public sealed class ZephyrRelay : IAsyncDisposable
         {
             return false;
         }
-        Relay.ShutdownWrite(to);
+        if (passFin) Relay.ShutdownWrite(to);
         return true;
     }
 
@@ -468,6 +521,7 @@ public sealed class ZephyrRelay : IAsyncDisposable
         public TaskCompletionSource<bool>? Matched;
         public bool InWaiters;
         public string? Unmatched;
+        public Pair? Pair;
 
         public EndPoint? Remote
         {

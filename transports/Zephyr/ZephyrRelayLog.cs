@@ -43,6 +43,15 @@ internal static partial class ZephyrRelayLog
     [LoggerMessage(2010, LogLevel.Debug, "zid {A} <-> {B}: half-closed and idle for {Idle}s; closing")]
     public static partial void HalfClosedIdle(this ILogger log, uint a, uint b, double idle);
 
+    [LoggerMessage(2013, LogLevel.Debug, "zid {A} <-> {B}: no byte either way for {Idle}s; closing")]
+    public static partial void PairIdle(this ILogger log, uint a, uint b, double idle);
+
+    [LoggerMessage(2014, LogLevel.Debug, "zid {A} <-> {B}: bound for {Lifetime}s, the maximum lifetime; closing")]
+    public static partial void PairLifetime(this ILogger log, uint a, uint b, double lifetime);
+
+    [LoggerMessage(2015, LogLevel.Debug, "zid {A} <-> {B}: end of stream with --strict-close; resetting both")]
+    public static partial void StrictClose(this ILogger log, uint a, uint b);
+
     [LoggerMessage(2011, LogLevel.Error, "zid {A} <-> {B}: unexpected failure")]
     public static partial void PairFailed(this ILogger log, Exception e, uint a, uint b);
 

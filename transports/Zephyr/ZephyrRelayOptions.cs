@@ -21,11 +21,26 @@ public sealed record ZephyrRelayOptions
     /// </summary>
     public TimeSpan HalfCloseIdleTimeout { get; init; } = TimeSpan.FromSeconds(5);
 
+    /// <summary>A bound pair that moved no byte either way for this long is closed (§4.5).</summary>
+    public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromSeconds(600);
+
+    /// <summary>A bound pair is closed this long after it was bound, whatever it carries (§4.5).</summary>
+    public TimeSpan MaxLifetime { get; init; } = TimeSpan.FromHours(24);
+
     /// <summary>Connections held at once, in any state (§4.6).</summary>
     public int MaxConnections { get; init; } = 20_000;
 
     /// <summary>Connections held at once from one source address (§4.6).</summary>
     public int MaxPerSource { get; init; } = 1_000;
+
+    /// <summary>IPv6 sources count per network of this many bits for <see cref="MaxPerSource"/> (§4.6).</summary>
+    public int IPv6SourcePrefix { get; init; } = PtHost.Net.SourceAddress.DefaultIPv6Prefix;
+
+    /// <summary>
+    /// Test mode (§4.8): on the first end of stream from either peer of a pair, abort both sockets at once
+    /// (SO_LINGER 0), discarding whatever is still queued, as the seed's "MUST immediately close" read literally.
+    /// </summary>
+    public bool StrictClose { get; init; }
 
     /// <summary>Interval of the stats log line.</summary>
     public TimeSpan StatsInterval { get; init; } = TimeSpan.FromSeconds(60);

@@ -20,12 +20,12 @@ internal static class Layout
     public static class Addr { public const int Size = 16, AddrPtr = 0, AddrLen = 8; }
     public static class Path { public const int Size = 40, Local = 0, Remote = 16, UserData = 32; }
     public static class PktInfo { public const int Size = 8; }
-    public static class PktHd { public const int Size = 112, Dcid = 0, Scid = 32, Version = 104, Type = 108; }
+    public static class PktHd { public const int Size = 112, Dcid = 0, Scid = 32, Token = 72, Version = 104, Type = 108; }
 
     public static class Settings
     {
         public const int Size = 184, CcAlgo = 40, InitialTs = 48, LogPrintf = 64, MaxTxUdpPayloadSize = 72,
-            MaxWindow = 104, MaxStreamWindow = 112, HandshakeTimeout = 136, NoPmtud = 180;
+            Token = 80, MaxWindow = 104, MaxStreamWindow = 112, HandshakeTimeout = 136, NoPmtud = 180;
     }
 
     public static class TransportParams
@@ -33,6 +33,7 @@ internal static class Layout
         public const int Size = 344, OriginalDcid = 96,
             InitialMaxStreamDataBidiLocal = 192, InitialMaxStreamDataBidiRemote = 200,
             InitialMaxStreamDataUni = 208, InitialMaxData = 216,
+            RetryScid = 160, RetryScidPresent = 290,
             InitialMaxStreamsBidi = 224, InitialMaxStreamsUni = 232, MaxIdleTimeout = 240,
             MaxUdpPayloadSize = 248, ActiveConnectionIdLimit = 256, AckDelayExponent = 264,
             MaxAckDelay = 272, MaxDatagramFrameSize = 280, StatelessResetTokenPresent = 288,
@@ -47,7 +48,7 @@ internal static class Layout
             HandshakeCompleted = 24, Encrypt = 40, Decrypt = 48, HpMask = 56,
             RecvStreamData = 64, AckedStreamDataOffset = 72, StreamOpen = 80, StreamClose = 88, RecvStatelessReset = 96,
             RecvRetry = 104, ExtendMaxLocalStreamsBidi = 112, ExtendMaxLocalStreamsUni = 120,
-            Rand = 128, GetNewConnectionId = 136, RemoveConnectionId = 144, UpdateKey = 152,
+            Rand = 128, GetNewConnectionId = 136, RemoveConnectionId = 144, UpdateKey = 152, PathValidation = 160,
             StreamReset = 176, ExtendMaxStreamData = 200, DeleteCryptoAeadCtx = 232,
             DeleteCryptoCipherCtx = 240, RecvDatagram = 248, GetPathChallengeData = 272,
             StreamStopSending = 280, VersionNegotiation = 288;
@@ -73,14 +74,16 @@ internal static class Layout
         ["ngtcp2_path.user_data"] = Path.UserData,
         ["ngtcp2_pkt_info.size"] = PktInfo.Size,
         ["ngtcp2_pkt_hd.size"] = PktHd.Size, ["ngtcp2_pkt_hd.dcid"] = PktHd.Dcid, ["ngtcp2_pkt_hd.scid"] = PktHd.Scid,
-        ["ngtcp2_pkt_hd.version"] = PktHd.Version, ["ngtcp2_pkt_hd.type"] = PktHd.Type,
+        ["ngtcp2_pkt_hd.token"] = PktHd.Token, ["ngtcp2_pkt_hd.version"] = PktHd.Version, ["ngtcp2_pkt_hd.type"] = PktHd.Type,
         ["ngtcp2_settings.size"] = Settings.Size, ["ngtcp2_settings.initial_ts"] = Settings.InitialTs,
-        ["ngtcp2_settings.log_printf"] = Settings.LogPrintf,
+        ["ngtcp2_settings.log_printf"] = Settings.LogPrintf, ["ngtcp2_settings.token"] = Settings.Token,
         ["ngtcp2_settings.max_tx_udp_payload_size"] = Settings.MaxTxUdpPayloadSize,
         ["ngtcp2_settings.max_window"] = Settings.MaxWindow, ["ngtcp2_settings.max_stream_window"] = Settings.MaxStreamWindow,
         ["ngtcp2_settings.handshake_timeout"] = Settings.HandshakeTimeout, ["ngtcp2_settings.no_pmtud"] = Settings.NoPmtud,
         ["ngtcp2_transport_params.size"] = TransportParams.Size,
         ["ngtcp2_transport_params.original_dcid"] = TransportParams.OriginalDcid,
+        ["ngtcp2_transport_params.retry_scid"] = TransportParams.RetryScid,
+        ["ngtcp2_transport_params.retry_scid_present"] = TransportParams.RetryScidPresent,
         ["ngtcp2_transport_params.initial_max_stream_data_bidi_local"] = TransportParams.InitialMaxStreamDataBidiLocal,
         ["ngtcp2_transport_params.initial_max_stream_data_bidi_remote"] = TransportParams.InitialMaxStreamDataBidiRemote,
         ["ngtcp2_transport_params.initial_max_stream_data_uni"] = TransportParams.InitialMaxStreamDataUni,
@@ -106,7 +109,7 @@ internal static class Layout
         ["ngtcp2_callbacks.acked_stream_data_offset"] = Callbacks.AckedStreamDataOffset,
         ["ngtcp2_callbacks.stream_open"] = Callbacks.StreamOpen, ["ngtcp2_callbacks.stream_close"] = Callbacks.StreamClose,
         ["ngtcp2_callbacks.recv_stateless_reset"] = Callbacks.RecvStatelessReset,
-        ["ngtcp2_callbacks.recv_retry"] = Callbacks.RecvRetry,
+        ["ngtcp2_callbacks.recv_retry"] = Callbacks.RecvRetry, ["ngtcp2_callbacks.path_validation"] = Callbacks.PathValidation,
         ["ngtcp2_callbacks.extend_max_local_streams_bidi"] = Callbacks.ExtendMaxLocalStreamsBidi,
         ["ngtcp2_callbacks.extend_max_local_streams_uni"] = Callbacks.ExtendMaxLocalStreamsUni,
         ["ngtcp2_callbacks.rand"] = Callbacks.Rand,

@@ -23,6 +23,9 @@ internal static unsafe partial class Ngtcp2
     public const uint ProtoVerV1 = 0x00000001;
     public const int CcerrTypeApplication = 1;
 
+    /// <summary>ngtcp2_path_validation_result.</summary>
+    public const int PathValidationResultSuccess = 0;
+
     [LibraryImport(Lib, EntryPoint = "ngtcp2_version")] public static partial nint Version(int least);
     [LibraryImport(Lib, EntryPoint = "ngtcp2_strerror")] public static partial nint StrError(int err);
     [LibraryImport(Lib, EntryPoint = "ngtcp2_err_is_fatal")] public static partial int ErrIsFatal(int err);
@@ -78,6 +81,7 @@ internal static unsafe partial class Ngtcp2
     [LibraryImport(Lib, EntryPoint = "ngtcp2_conn_get_remote_transport_params")] public static partial byte* ConnGetRemoteTransportParams(nint conn);
     [LibraryImport(Lib, EntryPoint = "ngtcp2_conn_get_tls_alert")] public static partial byte ConnGetTlsAlert(nint conn);
     [LibraryImport(Lib, EntryPoint = "ngtcp2_conn_set_tls_native_handle")] public static partial void ConnSetTlsNativeHandle(nint conn, nint tls);
+    [LibraryImport(Lib, EntryPoint = "ngtcp2_conn_get_path")] public static partial byte* ConnGetPath(nint conn);
     [LibraryImport(Lib, EntryPoint = "ngtcp2_conn_get_num_scid")] public static partial nuint ConnGetNumScid(nint conn);
     [LibraryImport(Lib, EntryPoint = "ngtcp2_conn_get_scid")] public static partial nuint ConnGetScid(nint conn, byte* dest);
 
@@ -111,6 +115,17 @@ internal static unsafe partial class Ngtcp2Crypto
     public static partial int ConfigureClientSession(nint session);
     [LibraryImport(Lib, EntryPoint = "ngtcp2_crypto_gnutls_configure_server_session")]
     public static partial int ConfigureServerSession(nint session);
+    [LibraryImport(Lib, EntryPoint = "ngtcp2_crypto_generate_retry_token")]
+    public static partial nint GenerateRetryToken(byte* token, byte* secret, nuint secretLen, uint version, byte* remoteAddr, uint remoteAddrLen,
+        byte* retryScid, byte* odcid, ulong ts);
+    [LibraryImport(Lib, EntryPoint = "ngtcp2_crypto_verify_retry_token")]
+    public static partial int VerifyRetryToken(byte* odcid, byte* token, nuint tokenLen, byte* secret, nuint secretLen, uint version,
+        byte* remoteAddr, uint remoteAddrLen, byte* dcid, ulong timeout, ulong ts);
+    [LibraryImport(Lib, EntryPoint = "ngtcp2_crypto_write_retry")]
+    public static partial nint WriteRetry(byte* dest, nuint destLen, uint version, byte* dcid, byte* scid, byte* odcid, byte* token, nuint tokenLen);
+    /// <summary>NGTCP2_CRYPTO_MAX_RETRY_TOKENLEN and NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY (ngtcp2_crypto.h, 0.12.1).</summary>
+    public const int MaxRetryTokenLen = 78, RetryTokenMagic = 0xb6;
+
     [LibraryImport(Lib, EntryPoint = "ngtcp2_crypto_generate_stateless_reset_token")]
     public static partial int GenerateStatelessResetToken(byte* token, byte* secret, nuint secretLen, byte* cid);
 }

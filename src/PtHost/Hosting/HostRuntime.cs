@@ -50,6 +50,9 @@ public sealed class HostRuntime : IHostedService
         _hostOptions = hostOptions.Value;
     }
 
+    /// <summary>The METHOD-ERROR text of a transport not started because the host was told to stop while starting.</summary>
+    public const string StoppedWhileStarting = "pthost is shutting down: stopped before this transport started";
+
     /// <summary>Set when no transport could start: the process exits with this code.</summary>
     public int? FailureExitCode { get; private set; }
 
@@ -73,6 +76,12 @@ public sealed class HostRuntime : IHostedService
         int started = 0;
         foreach (string name in _config.Transports)
         {
+            if (cancellationToken.IsCancellationRequested)
+            {
+                // Stopped while starting (stdin closed, SIGTERM): the rest are not started, and that is no failure (spec/ipc.md §9).
+                ReportStopped(name);
+                continue;
+            }
             var transport = _registry.Create(name);
             if (transport is null && _config.IpcVersion == 1)
             {
@@ -95,6 +104,10 @@ public sealed class HostRuntime : IHostedService
                 lock (_counters) _counters[name] = counters; // STATUS lines report transports that started
                 started++;
             }
+            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+            {
+                ReportStopped(name);
+            }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
                 // A transport (perhaps a plugin) failing in any way costs that transport only.
@@ -105,6 +118,11 @@ public sealed class HostRuntime : IHostedService
         }
         if (_config.Role == Role.Client) _ipc.CmethodsDone(); else _ipc.SmethodsDone();
         Volatile.Write(ref _methodsDone, started > 0);
+        if (cancellationToken.IsCancellationRequested)
+        {
+            _log.LogInformation("stopped while starting: {Started} of {Count} transports started", started, _config.Transports.Count);
+            return;
+        }
         if (started == 0)
         {
             _log.LogError("no transport started; exiting");
@@ -128,6 +146,13 @@ public sealed class HostRuntime : IHostedService
             _log.LogWarning("{Message}", message);
             _ipc.Log("warning", message);
         }
+    }
+
+    /// <summary>A transport not started because the host is stopping: the METHOD-ERROR the parent expects, and no error in the log.</summary>
+    private void ReportStopped(string name)
+    {
+        _log.LogInformation("transport {Name} not started: {Message}", name, StoppedWhileStarting);
+        if (_config.Role == Role.Client) _ipc.CmethodError(name, StoppedWhileStarting); else _ipc.SmethodError(name, StoppedWhileStarting);
     }
 
     private void ReportError(string name, string message)
@@ -154,7 +179,7 @@ public sealed class HostRuntime : IHostedService
     private void StartTurn(string name, IClientFactory factory, TransportCounters counters)
     {
         if (_config.Turn is not { } turn) return;
-        if (factory is not (IDatagramClientFactory or IStreamCarrier))
+        if (!PtHost.Net.Udp.UdpCarrier.CanCarry(factory))
         {
             _log.LogWarning("transport {Name} cannot carry UDP: no TURN listener", name);
             _ipc.Log("warning", $"transport {name} cannot carry UDP: no TURN listener");

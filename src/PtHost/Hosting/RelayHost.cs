@@ -15,7 +15,7 @@ namespace PtHost.Hosting;
 /// READY=1 right after <c>LISTEN</c> (never when it fails to start) and STOPPING=1 when it stops.
 /// </summary>
 internal sealed class RelayHost(IRelayService service, RelayArguments arguments, IpcWriter ipc, IHostApplicationLifetime lifetime, ILoggerFactory loggers,
-    ISystemdNotifier? systemd = null)
+    ISystemdNotifier? systemd = null, string? command = null)
     : IHostedService
 {
     private readonly ILogger _log = loggers.CreateLogger("PtHost.Relay");
@@ -36,6 +36,12 @@ internal sealed class RelayHost(IRelayService service, RelayArguments arguments,
         catch (Exception e) when (e is TransportOptionsException or OptionsException)
         {
             Fail(ExitCodes.Config, e.Message);
+            return;
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // Stopped (SIGTERM, SIGINT) before it listened: exit 0, no LISTEN line, no READY=1.
+            _log.LogInformation("stopped before listening");
             return;
         }
         catch (PlatformNotSupportedException e)
@@ -67,7 +73,7 @@ internal sealed class RelayHost(IRelayService service, RelayArguments arguments,
 
     private void Fail(int exitCode, string message)
     {
-        Console.Error.WriteLine($"pthost: relay {service.Name}: {message}");
+        Console.Error.WriteLine($"pthost: {command ?? "relay " + service.Name}: {message}");
         ExitCode = exitCode;
         lifetime.StopApplication();
     }

@@ -27,6 +27,9 @@ public sealed class TransportRegistry
     /// <summary>The relay services the built-in transports contribute: <c>pthost relay NAME</c> (spec/ipc.md §2.4).</summary>
     public static IReadOnlyList<IRelayService> Relays => PtHost.Embedded.BuiltInTransports.Relays;
 
+    /// <summary>Top-level commands the built-in transports contribute (<c>pthost asport-client</c>, spec/ipc.md §2.4).</summary>
+    public static IReadOnlyList<(string Name, Func<IRelayService> Create)> Commands => PtHost.Embedded.BuiltInTransports.Commands;
+
     public void Register(string name, Func<IPluggableTransport> factory)
     {
         if (!_factories.TryAdd(name, factory)) throw new InvalidOperationException($"transport \"{name}\" is registered twice");

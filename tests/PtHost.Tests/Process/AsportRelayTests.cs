@@ -348,4 +348,40 @@ public sealed class AsportRelayTests
             Directory.Delete(dir, true);
         }
     }
+
+    /// <summary>Issue 24 point 8: the private key is read through PrivateFile (spec/asport.md §5): a key open to
+    /// group or others, or a symbolic link to one, is a configuration error naming "key", exit 78.</summary>
+    [Fact]
+    [System.Runtime.Versioning.SupportedOSPlatform("linux")]
+    public async Task A_key_file_open_to_others_or_behind_a_link_is_refused_with_exit_78()
+    {
+        var dir = Directory.CreateTempSubdirectory("pthost-asport-key-").FullName;
+        try
+        {
+            var path = AsportRelayProcess.WriteConfig(dir);
+            var key = Path.Combine(dir, "key.pem");
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(key));
+            File.SetUnixFileMode(key, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
+            await using (var p = PtProcess.StartPthost("relay", "asport", "--listen", "127.0.0.1:0", "--config", path))
+            {
+                Assert.Equal(78, await p.WaitForExitAsync());
+                Assert.Empty(p.StdoutLines);
+                Assert.Contains("key: ", p.Stderr);
+                Assert.Contains("mode 0644", p.Stderr);
+            }
+
+            File.SetUnixFileMode(key, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            File.Move(key, Path.Combine(dir, "real.pem"));
+            File.CreateSymbolicLink(key, Path.Combine(dir, "real.pem"));
+            await using (var p = PtProcess.StartPthost("relay", "asport", "--listen", "127.0.0.1:0", "--config", path))
+            {
+                Assert.Equal(78, await p.WaitForExitAsync());
+                Assert.Contains("symbolic link", p.Stderr);
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
 }

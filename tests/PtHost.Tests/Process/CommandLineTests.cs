@@ -33,7 +33,7 @@ public partial class CommandLineTests
     }
 
     [Theory]
-    [InlineData("zephyr", "--listen", "--bind-timeout", "--peer-timeout", "--max-connections", "--max-per-source", "--stats-interval", "--loglevel")]
+    [InlineData("zephyr", "--listen", "--bind-timeout", "--peer-timeout", "--idle-timeout", "--max-lifetime", "--max-connections", "--max-per-source", "--ipv6-source-prefix", "--stats-interval", "--loglevel", "--config")]
     [InlineData("jet", "--listen", "--config", "--loglevel")]
     [InlineData("asport", "--listen", "--config", "--loglevel")]
     public async Task A_relay_help_lists_every_option_the_relay_describes(string relay, params string[] options)
@@ -109,6 +109,61 @@ public partial class CommandLineTests
         p.Signal(15);
         Assert.Equal(0, await p.WaitForExitAsync());
         Assert.DoesNotContain("info:", p.Stderr, StringComparison.Ordinal); // --loglevel warning counted
+    }
+
+    [Fact]
+    public async Task A_relay_without_its_own_file_reads_its_options_from_config_and_the_command_line_wins()
+    {
+        // spec/ipc.md §2.4: /etc/pthost/zephyr.json in the unit; numbers or strings, checked by kind.
+        string file = Path.Combine(Directory.CreateTempSubdirectory("pthost-relay-config-").FullName, "zephyr.json");
+        await File.WriteAllTextAsync(file, "{\"listen\": \"127.0.0.1:1\", \"bind-timeout\": 7.5, \"max-per-source\": \"12\"}");
+        try
+        {
+            await using (var p = PtProcess.StartPthost("relay", "zephyr", "--config", file, "--listen", "127.0.0.1:0"))
+            {
+                Assert.Matches(@"^LISTEN zephyr 127\.0\.0\.1:\d+$", await p.ReadLineAsync());
+                await p.WaitForStderrAsync("listening");
+                p.Signal(15);
+                Assert.Equal(0, await p.WaitForExitAsync());
+                Assert.Contains("(bind timeout 7.5s, peer timeout 30s, max 20000 connections, 12 per source)", p.Stderr, StringComparison.Ordinal);
+            }
+            await File.WriteAllTextAsync(file, "{\"listen\": \"127.0.0.1:0\", \"stats-interval\": 1}");
+            await using (var p = PtProcess.StartPthost("relay", "zephyr", "--config", file))
+            {
+                Assert.Matches(@"^LISTEN zephyr 127\.0\.0\.1:\d+$", await p.ReadLineAsync());
+                Assert.StartsWith("STATUS TRANSPORT=zephyr ", await p.ReadLineAsync(), StringComparison.Ordinal);
+                p.Signal(15);
+                Assert.Equal(0, await p.WaitForExitAsync());
+            }
+        }
+        finally { Directory.Delete(Path.GetDirectoryName(file)!, true); }
+    }
+
+    [Theory]
+    [InlineData("{\"listen\": \"x\"}", "listen: \"x\" is not IP:PORT")]
+    [InlineData("{\"listen\": 8888}", "listen: must be a string, not the number 8888")]
+    [InlineData("{\"bind-timeout\": 0}", "bind-timeout: \"0\" is not a positive number of seconds (at most 86400)")]
+    [InlineData("{\"max-connections\": true}", "max-connections: must be a number or a string, not true")]
+    [InlineData("{\"strict-close\": 1}", "strict-close: must be true or false, not the number 1")]
+    [InlineData("{\"colour\": \"blue\"}", "colour: unknown key (known: listen, ")]
+    [InlineData("{\"listen\": \"127.0.0.1:0\",}", "not valid JSON")]
+    [InlineData("[]", "must be a JSON object")]
+    [InlineData(null, "configuration ")]
+    public async Task A_bad_relay_options_file_is_one_stderr_line_naming_the_key_and_exit_78(string? json, string problem)
+    {
+        string dir = Directory.CreateTempSubdirectory("pthost-relay-config-").FullName;
+        string file = Path.Combine(dir, "zephyr.json");
+        if (json is not null) await File.WriteAllTextAsync(file, json);
+        try
+        {
+            await using var p = PtProcess.StartPthost("relay", "zephyr", "--config", file);
+            Assert.Equal(78, await p.WaitForExitAsync());
+            Assert.Empty(p.StdoutLines);
+            string line = Assert.Single(p.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+            Assert.StartsWith($"pthost: relay zephyr: configuration {file}: ", line, StringComparison.Ordinal);
+            Assert.Contains(problem, line, StringComparison.Ordinal);
+        }
+        finally { Directory.Delete(dir, true); }
     }
 
     [Theory]

@@ -1,15 +1,20 @@
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
+using System.Security.Cryptography;
 using System.Text.RegularExpressions;
+using Microsoft.Extensions.Logging.Abstractions;
+using PtHost.Quic;
+using PtHost.Transports.Asport;
 
 namespace PtHost.Tests.Process;
 
 /// <summary>
 /// packaging/deb/build.sh around the NativeAOT pthost: the package's contents, lintian, the units
-/// (systemd-analyze verify and security), a real dpkg install into a scratch root (dpkg --root), pthost
-/// demo from it, the relays started exactly as their units start them, and dpkg --purge leaving nothing.
-/// systemd is not PID 1 where these tests run (packaging/README.md), so no unit is started by systemd.
+/// (systemd-analyze verify and security), a system-wide <c>dpkg -i</c> and one into a scratch root
+/// (dpkg --root), pthost demo from /usr/bin, the three relays started exactly as their units start them,
+/// and dpkg --purge leaving nothing. systemd is not PID 1 where these tests run (packaging/README.md),
+/// so no unit is started by systemd itself.
 /// </summary>
 [Collection("process")]
 public partial class DebianPackageTests
@@ -39,7 +44,7 @@ public partial class DebianPackageTests
             .Order(StringComparer.Ordinal).ToArray();
         Assert.Equal(
         [
-            "/etc/default/pthost-asport", "/etc/default/pthost-jet", "/etc/default/pthost-zephyr", "/etc/pthost/jet.json",
+            "/etc/default/pthost-asport", "/etc/default/pthost-jet", "/etc/default/pthost-zephyr", "/etc/pthost/jet.json", "/etc/pthost/zephyr.json",
             "/lib/systemd/system/pthost-asport.service", "/lib/systemd/system/pthost-jet.service", "/lib/systemd/system/pthost-zephyr.service",
             "/usr/bin/pthost", "/usr/share/bash-completion/completions/pthost", "/usr/share/doc/pthost/changelog.gz",
             "/usr/share/doc/pthost/copyright", "/usr/share/man/man1/pthost.1.gz",
@@ -48,7 +53,7 @@ public partial class DebianPackageTests
         foreach (string library in new[] { "libc6", "zlib1g", "libngtcp2-9", "libngtcp2-crypto-gnutls2", "libgnutls30", "libssl3" })
             Assert.Contains(library, depends, StringComparison.Ordinal);
         Assert.DoesNotContain("dotnet", depends, StringComparison.Ordinal);
-        Assert.Equal("/etc/default/pthost-asport\n/etc/default/pthost-jet\n/etc/default/pthost-zephyr\n/etc/pthost/jet.json",
+        Assert.Equal("/etc/default/pthost-asport\n/etc/default/pthost-jet\n/etc/default/pthost-zephyr\n/etc/pthost/jet.json\n/etc/pthost/zephyr.json",
             (await RunOkAsync("dpkg-deb", "--info", deb, "conffiles")).Trim());
     }
 
@@ -118,32 +123,68 @@ public partial class DebianPackageTests
     }
 
     [Fact]
-    public async Task Dpkg_installs_it_pthost_demo_runs_from_usr_bin_and_purge_leaves_no_file()
+    public async Task Dpkg_i_installs_it_demo_runs_from_usr_bin_each_relay_serves_as_its_unit_starts_it_and_purge_leaves_no_file()
     {
+        // The real thing, system-wide (CI runs as root on a throw-away machine): dpkg -i, then each relay
+        // started from /usr/bin with the unit's own command line and /etc/pthost files, then dpkg --purge.
+        string deb = await s_deb.Value;
+        await RunOkAsync(Sudo("dpkg"), [.. SudoArgs, "--install", deb]);
+        string[] packaged = [];
+        try
+        {
+            Assert.Contains("ii  pthost", await RunOkAsync("dpkg", "-l", "pthost"), StringComparison.Ordinal);
+            packaged = (await RunOkAsync("dpkg", "-L", "pthost")).Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            Assert.Contains("/usr/bin/pthost", packaged);
+            Assert.Contains("/etc/pthost/zephyr.json", packaged);
+
+            var version = await PtProcess.RunAsync("/usr/bin/pthost", "--version");
+            Assert.Matches(@"^pthost \d+\.\d+\.\d+ \(commit ([0-9a-f]{12}|unknown)\)$", version.Stdout.Trim());
+            var demo = await PtProcess.RunAsync("/usr/bin/pthost", ["demo"], TimeSpan.FromMinutes(1));
+            Assert.True(demo.Exit == 0, demo.Stdout + demo.Stderr);
+            Assert.EndsWith("demo: demo OK", demo.Stdout.Trim(), StringComparison.Ordinal);
+
+            foreach (string relay in Relays)
+            {
+                // Where systemd is not PID 1, verify still checks the unit against the installed system.
+                var verify = await PtProcess.RunAsync("systemd-analyze", ["verify", $"/lib/systemd/system/pthost-{relay}.service"], TimeSpan.FromMinutes(1));
+                Assert.True(verify.Exit == 0 && verify.Stderr.Trim().Length == 0, $"verify pthost-{relay}: exit {verify.Exit}: {verify.Stderr}");
+            }
+            await ServeAsUnitsAsync("");
+        }
+        finally
+        {
+            await RunOkAsync(Sudo("dpkg"), [.. SudoArgs, "--purge", "pthost"]);
+        }
+        Assert.Equal("", (await PtProcess.RunAsync("dpkg-query", "-W", "-f=${Status}", "pthost")).Stdout.Trim());
+        var left = packaged.Where(f => f != "/." && (File.Exists(f) || (Directory.Exists(f) && f.StartsWith("/etc/pthost", StringComparison.Ordinal)))).ToList();
+        Assert.True(left.Count == 0, "left behind: " + string.Join(", ", left));
+        Assert.False(Directory.Exists("/etc/pthost"), "/etc/pthost is left behind");
+    }
+
+    [Fact]
+    public async Task A_scratch_root_install_serves_too_and_purge_leaves_no_file()
+    {
+        // The same package installed with dpkg --root, for machines where the test may not own /usr/bin.
         using var root = await ScratchRoot.InstallAsync(await s_deb.Value);
         Assert.Contains("ii  pthost", await RunOkAsync("dpkg", "--root=" + root.Path, "-l", "pthost"), StringComparison.Ordinal);
-
-        var version = await PtProcess.RunAsync(root.Path + "/usr/bin/pthost", "--version");
-        Assert.Matches(@"^pthost \d+\.\d+\.\d+ \(commit ([0-9a-f]{12}|unknown)\)$", version.Stdout.Trim());
-        var demo = await PtProcess.RunAsync(root.Path + "/usr/bin/pthost", ["demo"], TimeSpan.FromMinutes(1));
-        Assert.True(demo.Exit == 0, demo.Stdout + demo.Stderr);
-        Assert.EndsWith("demo: demo OK", demo.Stdout.Trim(), StringComparison.Ordinal);
-
+        await ServeAsUnitsAsync(root.Path);
         await RunOkAsync("dpkg", "--root=" + root.Path, "--force-script-chrootless", "--purge", "pthost");
         Assert.Empty(root.FilesOutsideDpkg());
     }
 
-    [Fact]
-    public async Task The_zephyr_and_jet_relays_serve_when_started_as_their_units_start_them()
+    /// <summary>
+    /// Starts the zephyr, jet and asport relays installed under <paramref name="root"/> ("" for /) as their units
+    /// start them, each with a NOTIFY_SOCKET of the test's, and checks READY=1 and that each serves. The operator's
+    /// edits: port 0 instead of the defaults (8888, 8080, 4433), which may be taken here, and asport's own
+    /// certificate, key and users (not shipped); the asport files are removed again, as an operator would before purge.
+    /// </summary>
+    private static async Task ServeAsUnitsAsync(string root)
     {
-        using var root = await ScratchRoot.InstallAsync(await s_deb.Value);
-        // The operator's knob, /etc/default/pthost-RELAY: port 0 instead of the defaults (8888, 8080), which may be taken here.
-        await File.WriteAllTextAsync(root.Path + "/etc/default/pthost-zephyr", "PTHOST_ZEPHYR_OPTIONS=\"--listen 127.0.0.1:0\"\n");
-        await File.WriteAllTextAsync(root.Path + "/etc/default/pthost-jet", "PTHOST_JET_OPTIONS=\"--listen 127.0.0.1:0\"\n");
-
+        await File.WriteAllTextAsync(root + "/etc/pthost/zephyr.json", "{\"listen\": \"127.0.0.1:0\", \"stats-interval\": 3600}\n");
+        await File.WriteAllTextAsync(root + "/etc/pthost/jet.json", "{\"listen\": \"127.0.0.1:0\"}\n");
         {
             using var notify = new SystemdNotifyTests.NotifySocket();
-            await using var zephyr = root.StartUnit("zephyr", notify.Environment);
+            await using var zephyr = StartUnit(root, "zephyr", notify.Environment);
             Assert.Equal("READY=1", await notify.ReceiveAsync(TimeSpan.FromSeconds(20)));
             var listen = IPEndPoint.Parse((await zephyr.WaitForLineAsync("LISTEN zephyr ")).Split(' ')[2]);
             using (var tcp = new TcpClient())
@@ -160,7 +201,7 @@ public partial class DebianPackageTests
         }
         {
             using var notify = new SystemdNotifyTests.NotifySocket();
-            await using var jet = root.StartUnit("jet", notify.Environment);
+            await using var jet = StartUnit(root, "jet", notify.Environment);
             Assert.Equal("READY=1", await notify.ReceiveAsync(TimeSpan.FromSeconds(20)));
             string http = (await jet.WaitForLineAsync("LISTEN jet ")).Split(' ')[2];
             using var client = new HttpClient();
@@ -171,6 +212,75 @@ public partial class DebianPackageTests
             jet.Signal(15);
             Assert.Equal(0, await jet.WaitForExitAsync());
         }
+        string defaults = await File.ReadAllTextAsync(root + "/etc/default/pthost-asport");
+        string[] asportFiles = ["asport.json", "cert.pem", "key.pem"];
+        try
+        {
+            AsportRelayProcess.WriteConfig(root + "/etc/pthost");
+            await File.WriteAllTextAsync(root + "/etc/default/pthost-asport", "PTHOST_ASPORT_LISTEN=\"127.0.0.1:0\"\nPTHOST_ASPORT_OPTIONS=\"\"\n");
+            using var notify = new SystemdNotifyTests.NotifySocket();
+            await using var asport = StartUnit(root, "asport", notify.Environment);
+            Assert.Equal("READY=1", await notify.ReceiveAsync(TimeSpan.FromSeconds(20)));
+            var listen = IPEndPoint.Parse((await asport.WaitForLineAsync("LISTEN asport ")).Split(' ')[2]);
+            // It serves: an ASPORT client registers over QUIC, and a TCP connection to its public port reaches the client's service.
+            var body = RandomNumberGenerator.GetBytes(256 << 10);
+            await using var web = new HttpFileServer(body);
+            await using var registered = new AsportRelayClient(new AsportRelayClientOptions
+            {
+                Server = listen,
+                Verification = QuicPeerVerification.Pinned(AsportRelayProcess.Cert.Sha256),
+                User = AsportRelayProcess.User,
+                Password = AsportRelayProcess.Password,
+                Mode = ForwardMode.Tcp,
+                PortStart = 20000,
+                PortEnd = 60000,
+                LocalTarget = new IPEndPoint(IPAddress.Loopback, web.Port),
+            }, NullLogger.Instance);
+            registered.Start();
+            int port = await registered.Registered.WaitAsync(TimeSpan.FromSeconds(30));
+            using var http = new HttpClient();
+            Assert.Equal(SHA256.HashData(body), SHA256.HashData(await http.GetByteArrayAsync($"http://127.0.0.1:{port}/f")));
+            asport.Signal(15);
+            Assert.Equal(0, await asport.WaitForExitAsync());
+        }
+        finally
+        {
+            foreach (string f in asportFiles) File.Delete(root + "/etc/pthost/" + f);
+            await File.WriteAllTextAsync(root + "/etc/default/pthost-asport", defaults);
+        }
+    }
+
+    /// <summary>dpkg needs root: CI runs as root; elsewhere the test asks sudo, without a password prompt.</summary>
+    private static string Sudo(string file) => Environment.UserName == "root" ? file : "sudo";
+
+    private static string[] SudoArgs => Environment.UserName == "root" ? [] : ["-n", "dpkg"];
+
+    /// <summary>
+    /// What systemd does with the unit's ExecStart (systemd.service(5), "Command lines"): the
+    /// EnvironmentFile's assignments, <c>$VAR</c> split into words, <c>${VAR}</c> one word; absolute
+    /// paths of the package taken inside <paramref name="root"/> ("" for /). The unit's own file is the one installed.
+    /// </summary>
+    private static PtProcess StartUnit(string root, string relay, Dictionary<string, string> env)
+    {
+        var unit = File.ReadAllLines($"{root}/lib/systemd/system/pthost-{relay}.service");
+        string condition = Assert.Single(unit, l => l.StartsWith("ConditionPathExists=", StringComparison.Ordinal))["ConditionPathExists=".Length..];
+        Assert.True(File.Exists(root + condition), $"pthost-{relay}.service would not start: {condition} is missing");
+        string execStart = Assert.Single(unit, l => l.StartsWith("ExecStart=", StringComparison.Ordinal))["ExecStart=".Length..];
+        string environmentFile = Assert.Single(unit, l => l.StartsWith("EnvironmentFile=-", StringComparison.Ordinal))["EnvironmentFile=-".Length..];
+        var variables = File.ReadAllLines(root + environmentFile)
+            .Where(l => l.Length > 0 && l[0] != '#')
+            .Select(l => l.Split('=', 2))
+            .ToDictionary(kv => kv[0], kv => kv[1].Trim('"'));
+        var words = new List<string>();
+        foreach (string word in execStart.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (word.StartsWith("${", StringComparison.Ordinal)) words.Add(variables.GetValueOrDefault(word[2..^1], ""));
+            else if (word.StartsWith('$')) words.AddRange(variables.GetValueOrDefault(word[1..], "").Split(' ', StringSplitOptions.RemoveEmptyEntries));
+            else words.Add(word.StartsWith("/usr/", StringComparison.Ordinal) || word.StartsWith("/etc/", StringComparison.Ordinal) ? root + word : word);
+        }
+        Assert.Equal(root + "/usr/bin/pthost", words[0]);
+        Assert.Contains($"{root}/etc/pthost/{relay}.json", words);
+        return PtProcess.Start(words[0], words.Skip(1), env);
     }
 
     [GeneratedRegex(@"Overall exposure level for \S+: (\d+\.\d+) ")]
@@ -222,31 +332,6 @@ public partial class DebianPackageTests
                 .Select(f => f[Path.Length..])
                 .Where(f => f != "/var" && f != "/var/lib" && !f.StartsWith("/var/lib/dpkg", StringComparison.Ordinal))
                 .ToList();
-
-        /// <summary>
-        /// What systemd does with the unit's ExecStart (systemd.service(5), "Command lines"): the
-        /// EnvironmentFile's assignments, <c>$VAR</c> split into words, <c>${VAR}</c> one word; absolute
-        /// paths of the package taken inside the root. The unit's own file is the one installed.
-        /// </summary>
-        public PtProcess StartUnit(string relay, Dictionary<string, string> env)
-        {
-            var unit = File.ReadAllLines($"{Path}/lib/systemd/system/pthost-{relay}.service");
-            string execStart = Assert.Single(unit, l => l.StartsWith("ExecStart=", StringComparison.Ordinal))["ExecStart=".Length..];
-            string environmentFile = Assert.Single(unit, l => l.StartsWith("EnvironmentFile=-", StringComparison.Ordinal))["EnvironmentFile=-".Length..];
-            var variables = File.ReadAllLines(Path + environmentFile)
-                .Where(l => l.Length > 0 && l[0] != '#')
-                .Select(l => l.Split('=', 2))
-                .ToDictionary(kv => kv[0], kv => kv[1].Trim('"'));
-            var words = new List<string>();
-            foreach (string word in execStart.Split(' ', StringSplitOptions.RemoveEmptyEntries))
-            {
-                if (word.StartsWith("${", StringComparison.Ordinal)) words.Add(variables.GetValueOrDefault(word[2..^1], ""));
-                else if (word.StartsWith('$')) words.AddRange(variables.GetValueOrDefault(word[1..], "").Split(' ', StringSplitOptions.RemoveEmptyEntries));
-                else words.Add(word.StartsWith("/usr/", StringComparison.Ordinal) || word.StartsWith("/etc/", StringComparison.Ordinal) ? Path + word : word);
-            }
-            Assert.Equal(Path + "/usr/bin/pthost", words[0]);
-            return PtProcess.Start(words[0], words.Skip(1), env);
-        }
 
         public void Dispose() => Directory.Delete(Path, true);
     }

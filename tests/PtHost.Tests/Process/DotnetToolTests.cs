@@ -2,8 +2,9 @@ namespace PtHost.Tests.Process;
 
 /// <summary>
 /// The dotnet tool (packaging/README.md): <c>dotnet pack src/PtHost -p:PackAsTool=true</c> (done by test.sh
-/// into <c>$PTHOST_TOOL_SOURCE</c>, else here once), installed offline from that folder alone with
-/// <c>dotnet tool install --tool-path</c>, runs the demo and loads plugins (the framework-dependent build).
+/// into <c>$PTHOST_TOOL_SOURCE</c>, else here once), installed with <c>dotnet tool install --global pthost
+/// --add-source DIR</c> in a network namespace with no network (truly offline), run from the global tool
+/// folder, and uninstalled; it runs the demo and loads plugins (the framework-dependent build).
 /// </summary>
 [Collection("process")]
 public class DotnetToolTests
@@ -27,18 +28,17 @@ public class DotnetToolTests
         string work = Directory.CreateTempSubdirectory("pthost-tool-").FullName;
         try
         {
-            // Offline: a NuGet configuration naming the folder and nothing else.
-            string config = Path.Combine(work, "nuget.config");
-            await File.WriteAllTextAsync(config, $"""
-                <?xml version="1.0" encoding="utf-8"?>
-                <configuration>
-                  <packageSources><clear /><add key="local" value="{source}" /></packageSources>
-                </configuration>
-                """);
-            string tools = Path.Combine(work, "tools");
-            var install = await PtProcess.RunAsync(DotnetCommand.DotnetExecutable(),
-                ["tool", "install", "pthost", "--tool-path", tools, "--configfile", config], TimeSpan.FromMinutes(3));
-            Assert.True(install.Exit == 0, install.Stdout + install.Stderr);
+            // --global installs under $DOTNET_CLI_HOME/.dotnet/tools: a home of the test's own, so the machine's is untouched.
+            // Offline for real: a network namespace with loopback only (unshare -n; -r as a user). The default source,
+            // nuget.org, cannot be reached there, hence --ignore-failed-sources (packaging/README.md).
+            var env = new Dictionary<string, string> { ["HOME"] = work, ["DOTNET_CLI_HOME"] = work, ["DOTNET_NOLOGO"] = "1", ["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1" };
+            string[] offline = Environment.UserName == "root" ? ["-n"] : ["-rn"];
+            string tools = Path.Combine(work, ".dotnet", "tools");
+            var install = await RunAsync("unshare", [.. offline, DotnetCommand.DotnetExecutable(), "tool", "install", "--global", "pthost", "--add-source", source, "--ignore-failed-sources"], env);
+            Assert.True(install.Exit == 0, install.Output);
+            Assert.Contains("was successfully installed", install.Output, StringComparison.Ordinal);
+            var list = await RunAsync(DotnetCommand.DotnetExecutable(), ["tool", "list", "--global"], env);
+            Assert.Matches(@"(?m)^pthost\s+\d+\.\d+\.\d+\s+pthost\s*$", list.Output);
 
             string pthost = Path.Combine(tools, "pthost");
             var version = await PtProcess.RunAsync(pthost, "--version");
@@ -53,7 +53,18 @@ public class DotnetToolTests
             string plugins = Directory.CreateDirectory(Path.Combine(work, "plugins")).FullName;
             var generate = await PtProcess.RunAsync(pthost, ["generate-config", "plain", "--plugindir", plugins], TimeSpan.FromMinutes(1));
             Assert.True(generate.Exit == 0, generate.Stderr);
+
+            var uninstall = await RunAsync(DotnetCommand.DotnetExecutable(), ["tool", "uninstall", "--global", "pthost"], env);
+            Assert.True(uninstall.Exit == 0, uninstall.Output);
+            Assert.False(File.Exists(pthost), "the tool's command is left behind");
         }
         finally { Directory.Delete(work, true); }
+    }
+
+    private static async Task<(int Exit, string Output)> RunAsync(string file, string[] args, Dictionary<string, string> env)
+    {
+        await using var p = PtProcess.Start(file, args, env);
+        int exit = await p.WaitForExitAsync(TimeSpan.FromMinutes(3));
+        return (exit, string.Join('\n', p.StdoutLines) + "\n" + p.Stderr);
     }
 }

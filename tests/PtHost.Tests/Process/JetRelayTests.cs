@@ -75,6 +75,7 @@ public class JetRelayTests
         string dir = Directory.CreateTempSubdirectory("pthost-jet-cert-").FullName;
         await File.WriteAllTextAsync(Path.Combine(dir, "relay.pem"), Net.Tls.PinnedTls.CertificatePem(cert));
         await File.WriteAllTextAsync(Path.Combine(dir, "relay.key"), Net.Tls.PinnedTls.KeyPem(cert));
+        if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(Path.Combine(dir, "relay.key"), UnixFileMode.UserRead | UnixFileMode.UserWrite); // spec/ipc.md §3.7: key files are private
         string config = Path.Combine(dir, "relay.json");
         await File.WriteAllTextAsync(config, """{"listen": "127.0.0.1:0", "certificateFile": "relay.pem", "keyFile": "relay.key"}""");
         await using var p = PtProcess.StartPthost("relay", "jet", "--config", config);
@@ -200,7 +201,7 @@ public class JetRelayTests
         var (cid, url) = candidates[tls ? "tls" : "tcp"];
         var ep = tls ? relay.Tls! : relay.Tcp!;
         await using var acceptor = await JetPeer.ConnectAsync(ep, tls);
-        await acceptor.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, url.Authority), "early-from-acceptor"u8.ToArray());
+        await acceptor.AcceptAsync(aid, cid, url.Authority, "early-from-acceptor"u8.ToArray());
         await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
         await using var connector = await JetPeer.ConnectAsync(ep, tls);
         await connector.SendRequestAsync(JetWire.BuildRequest(JetMethod.Connect, aid, cid, url.Authority), "early-from-connector"u8.ToArray());
@@ -473,7 +474,7 @@ public class JetRelayTests
         await relay.WaitForCandidateStateAsync(aid, cid, "gathered");
         // Accepted again, by someone who stays: it pairs.
         await using var acceptor = await JetPeer.ConnectAsync(ep, tls);
-        await acceptor.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, url.Authority));
+        await acceptor.AcceptAsync(aid, cid, url.Authority);
         await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
         await using var connector = await JetPeer.ConnectAsync(ep, tls);
         await connector.SendRequestAsync(JetWire.BuildRequest(JetMethod.Connect, aid, cid, url.Authority), "ping"u8.ToArray());
@@ -534,7 +535,7 @@ public class JetRelayTests
         var (aid, candidates) = await relay.CreateAndGatherAsync();
         var (cid, url) = candidates["tcp"];
         await using var acceptor = await JetPeer.ConnectAsync(relay.Tcp!);
-        await acceptor.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, url.Authority));
+        await acceptor.AcceptAsync(aid, cid, url.Authority);
         await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
         using var connector = await JetWebSockets.ConnectAsync(candidates["ws"].Url, JetMethod.Connect, aid, cid);
         await JetWebSockets.SendAsync(connector, "mixed"u8.ToArray());
@@ -563,12 +564,81 @@ public class JetRelayTests
         Assert.Equal("x", JetWebSockets.Text(await JetWebSockets.ReceiveAsync(acceptor, 1)));
     }
 
+    // ---- the seed's v2 accept response (§4), as Devolutions' jetsocat reads it ----
+
+    /// <summary>
+    /// A client that behaves as jetsocat does (jetsocat/src/jet.rs): it writes the seed's v2 accept (Host "jetsocat",
+    /// Connection: Keep-Alive, Jet-Version: 2, mask 0x73), does one read of at most 1,024 bytes and requires a JET packet
+    /// holding a 200 with <c>Jet-Version: 2</c> (jet-proto's JetAcceptRsp); its connector does the same with the connect.
+    /// Then the pair relays 1 MiB each way. The packets are built here from the seed's bytes, not with JetWire.
+    /// </summary>
+    [Fact]
+    public async Task A_jetsocat_like_acceptor_gets_the_seeds_200_and_relays()
+    {
+        await using var relay = await JetRelayProcess.StartAsync(new JObject { ["instance"] = "relay-seed" });
+        var (aid, candidates) = await relay.CreateAndGatherAsync();
+        var (cid, _) = candidates["tcp"];
+
+        static byte[] SeedPacket(string text)
+        {
+            byte[] payload = System.Text.Encoding.ASCII.GetBytes(text);
+            byte[] packet = new byte[8 + payload.Length];
+            "JET\0"u8.CopyTo(packet); // 4A 45 54 00
+            packet[4] = (byte)(packet.Length >> 8);
+            packet[5] = (byte)packet.Length;
+            packet[6] = 0x00; // flags
+            packet[7] = 0x73; // jet-proto's default mask
+            for (int i = 0; i < payload.Length; i++) packet[8 + i] = (byte)(payload[i] ^ 0x73);
+            return packet;
+        }
+
+        // jetsocat's read_jet_accept_response: one read, then the packet must be a 200 carrying Jet-Version 2.
+        static async Task<Dictionary<string, string>> ReadOnceAsync(Socket s)
+        {
+            byte[] buffer = new byte[1024];
+            using var cts = new CancellationTokenSource(JetPeer.Wait);
+            int n = await s.ReceiveAsync(buffer, SocketFlags.None, cts.Token);
+            Assert.True(n >= 8, $"read {n} bytes");
+            Assert.Equal("JET\0"u8.ToArray(), buffer[..4]);
+            int size = (buffer[4] << 8) | buffer[5];
+            Assert.Equal(n, size); // nothing but the response in that read
+            string text = System.Text.Encoding.ASCII.GetString([.. buffer[8..size].Select(b => (byte)(b ^ buffer[7]))]);
+            string[] lines = text.Split("\r\n");
+            Assert.StartsWith("HTTP/1.1 200 ", lines[0], StringComparison.Ordinal);
+            return lines.Skip(1).Where(l => l.Contains(':', StringComparison.Ordinal))
+                .ToDictionary(l => l[..l.IndexOf(':')], l => l[(l.IndexOf(':') + 1)..].Trim(), StringComparer.OrdinalIgnoreCase);
+        }
+
+        using var acceptor = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        await acceptor.ConnectAsync(relay.Tcp!);
+        await acceptor.SendAsync(SeedPacket($"GET /jet/accept/{aid}/{cid} HTTP/1.1\r\nHost: jetsocat\r\nConnection: Keep-Alive\r\nJet-Version: 2\r\n\r\n"), SocketFlags.None);
+        var accepted = await ReadOnceAsync(acceptor);
+        Assert.Equal("2", accepted["Jet-Version"]);
+        Assert.Equal("relay-seed", accepted["Jet-Instance"]);
+
+        using var connector = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        await connector.ConnectAsync(relay.Tcp!);
+        await connector.SendAsync(SeedPacket($"GET /jet/connect/{aid}/{cid} HTTP/1.1\r\nHost: jetsocat\r\nConnection: Keep-Alive\r\nJet-Version: 2\r\n\r\n"), SocketFlags.None);
+        Assert.Equal("2", (await ReadOnceAsync(connector))["Jet-Version"]);
+
+        await using var a = new NetworkStream(acceptor, ownsSocket: false);
+        await using var c = new NetworkStream(connector, ownsSocket: false);
+        byte[] there = RandomNumberGenerator.GetBytes(1 << 20), back = RandomNumberGenerator.GetBytes(1 << 20);
+        var s1 = c.WriteAsync(there).AsTask();
+        var s2 = a.WriteAsync(back).AsTask();
+        byte[] gotThere = new byte[there.Length], gotBack = new byte[back.Length];
+        using var wait = new CancellationTokenSource(JetPeer.Wait);
+        await Task.WhenAll(a.ReadExactlyAsync(gotThere, wait.Token).AsTask(), c.ReadExactlyAsync(gotBack, wait.Token).AsTask(), s1, s2);
+        Assert.Equal(SHA256.HashData(there), SHA256.HashData(gotThere));
+        Assert.Equal(SHA256.HashData(back), SHA256.HashData(gotBack));
+    }
+
     // ---- helpers ----
 
     private static async Task AssertPairsAsync(JetRelayProcess relay, Guid aid, Guid cid, string host)
     {
         await using var acceptor = await JetPeer.ConnectAsync(relay.Tcp!);
-        await acceptor.SendRequestAsync(JetWire.BuildRequest(JetMethod.Accept, aid, cid, host));
+        await acceptor.AcceptAsync(aid, cid, host);
         await relay.WaitForCandidateStateAsync(aid, cid, "accepted");
         await using var connector = await JetPeer.ConnectAsync(relay.Tcp!);
         await connector.SendRequestAsync(JetWire.BuildRequest(JetMethod.Connect, aid, cid, host), "ping"u8.ToArray());

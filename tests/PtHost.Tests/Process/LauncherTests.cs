@@ -123,6 +123,46 @@ public class LauncherTests
     }
 
     [Fact]
+    public async Task A_stdin_close_while_a_transport_is_still_starting_is_a_clean_shutdown_with_exit_0()
+    {
+        // An asport server waits up to 30 s for its ASPORT server's ServerHello (spec/asport.md §6.1); here none
+        // answers (a UDP socket of the test's that reads and says nothing), so the transport is still starting
+        // when stdin closes. Before: SMETHOD-ERROR "A task was canceled." and exit 69 (or 70 when the host itself
+        // had not started). After: the transport is reported as stopped before it started, and exit 0.
+        using var silent = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Dgram, System.Net.Sockets.ProtocolType.Udp);
+        silent.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
+        var config = new JObject
+        {
+            ["role"] = "server",
+            ["transports"] = new JArray("asport"),
+            ["target"] = "127.0.0.1:9",
+            ["exit-on-stdin-close"] = true,
+            ["options"] = new JObject
+            {
+                ["asport"] = new JObject
+                {
+                    ["server"] = silent.LocalEndPoint!.ToString(),
+                    ["pin"] = new string('a', 64),
+                    ["user"] = Guid.NewGuid().ToString(),
+                    ["password"] = "p",
+                },
+            },
+        };
+        await using var p = PtProcess.StartPthost(config.ToString(Newtonsoft.Json.Formatting.None));
+        Assert.Equal("VERSION 2", await p.ReadLineAsync());
+        // The first QUIC Initial reached the silent socket: the transport is starting.
+        using (var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30)))
+            await silent.ReceiveAsync(new byte[2048], System.Net.Sockets.SocketFlags.None, cts.Token);
+        p.CloseStdin();
+        Assert.Equal(0, await p.WaitForExitAsync(TimeSpan.FromSeconds(20)));
+        var lines = p.StdoutLines.ToList();
+        int error = lines.IndexOf($"SMETHOD-ERROR asport {PtHost.Hosting.HostRuntime.StoppedWhileStarting}");
+        Assert.True(error > 0, string.Join('\n', lines));
+        Assert.True(lines.IndexOf("SMETHODS DONE") > error, string.Join('\n', lines));
+        Assert.DoesNotContain("fail:", p.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Generate_config_prints_one_JSON_object_with_client_and_server()
     {
         await using var p = PtProcess.StartPthost("generate-config", "plain");

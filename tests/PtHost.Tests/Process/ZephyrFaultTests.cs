@@ -146,7 +146,7 @@ public class ZephyrFaultTests(ITestOutputHelper output)
         Assert.Equal(1, last["BINDINGS"]);
         Assert.Equal(1500, last["BYTES"]);
         Assert.Equal(
-            ["TRANSPORT", "CONNECTIONS", "BOUND-PAIRS", "ACCEPTED", "REFUSED-BY-LIMITS", "BINDINGS", "BIND-FAILURES", "TIMEOUTS", "BYTES"],
+            ["TRANSPORT", "CONNECTIONS", "BOUND-PAIRS", "ACCEPTED", "REFUSED-BY-LIMITS", "BINDINGS", "BIND-FAILURES", "TIMEOUTS", "BYTES", "IDLE-CLOSED", "LIFETIME-CLOSED"],
             lines[^1].Split(' ').Skip(1).Select(kv => kv.Split('=')[0]));
     }
 

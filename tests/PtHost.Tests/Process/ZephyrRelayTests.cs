@@ -47,6 +47,9 @@ public class ZephyrRelayTests
     [InlineData("--peer-timeout", "soon")]
     [InlineData("--max-connections", "-1")]
     [InlineData("--max-per-source", "0")]
+    [InlineData("--idle-timeout", "0")]
+    [InlineData("--max-lifetime", "forever")]
+    [InlineData("--ipv6-source-prefix", "0")]
     [InlineData("--loglevel", "loud")]
     [InlineData("--colour", "blue")]
     [InlineData("--listen")]
@@ -56,6 +59,16 @@ public class ZephyrRelayTests
         Assert.Equal(64, await p.WaitForExitAsync());
         Assert.Empty(p.StdoutLines);
         Assert.Single(p.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+    }
+
+    /// <summary>§5: a prefix length above 128 is a count the executable accepts but the relay cannot use: a configuration error.</summary>
+    [Fact]
+    public async Task An_ipv6_source_prefix_above_128_exits_78_naming_the_option()
+    {
+        await using var p = PtProcess.StartPthost("relay", "zephyr", "--listen", "127.0.0.1:0", "--ipv6-source-prefix", "129");
+        Assert.Equal(78, await p.WaitForExitAsync());
+        Assert.Empty(p.StdoutLines);
+        Assert.Contains("--ipv6-source-prefix", p.Stderr, StringComparison.Ordinal);
     }
 
     [Fact]

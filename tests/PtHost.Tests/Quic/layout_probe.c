@@ -18,13 +18,13 @@ int main(void) {
   SZ(ngtcp2_addr); OFF(ngtcp2_addr, addr); OFF(ngtcp2_addr, addrlen);
   SZ(ngtcp2_path); OFF(ngtcp2_path, local); OFF(ngtcp2_path, remote); OFF(ngtcp2_path, user_data);
   SZ(ngtcp2_pkt_info);
-  SZ(ngtcp2_pkt_hd); OFF(ngtcp2_pkt_hd, dcid); OFF(ngtcp2_pkt_hd, scid); OFF(ngtcp2_pkt_hd, version); OFF(ngtcp2_pkt_hd, type);
+  SZ(ngtcp2_pkt_hd); OFF(ngtcp2_pkt_hd, dcid); OFF(ngtcp2_pkt_hd, scid); OFF(ngtcp2_pkt_hd, token); OFF(ngtcp2_pkt_hd, version); OFF(ngtcp2_pkt_hd, type);
   SZ(ngtcp2_settings);
-  OFF(ngtcp2_settings, initial_ts); OFF(ngtcp2_settings, log_printf); OFF(ngtcp2_settings, max_tx_udp_payload_size);
+  OFF(ngtcp2_settings, initial_ts); OFF(ngtcp2_settings, log_printf); OFF(ngtcp2_settings, token); OFF(ngtcp2_settings, max_tx_udp_payload_size);
   OFF(ngtcp2_settings, max_window); OFF(ngtcp2_settings, max_stream_window); OFF(ngtcp2_settings, handshake_timeout);
   OFF(ngtcp2_settings, no_pmtud);
   SZ(ngtcp2_transport_params);
-  OFF(ngtcp2_transport_params, original_dcid);
+  OFF(ngtcp2_transport_params, original_dcid); OFF(ngtcp2_transport_params, retry_scid); OFF(ngtcp2_transport_params, retry_scid_present);
   OFF(ngtcp2_transport_params, initial_max_stream_data_bidi_local);
   OFF(ngtcp2_transport_params, initial_max_stream_data_bidi_remote);
   OFF(ngtcp2_transport_params, initial_max_stream_data_uni);
@@ -48,7 +48,7 @@ int main(void) {
   OFF(ngtcp2_callbacks, recv_stateless_reset); OFF(ngtcp2_callbacks, recv_retry); OFF(ngtcp2_callbacks, extend_max_local_streams_bidi);
   OFF(ngtcp2_callbacks, extend_max_local_streams_uni); OFF(ngtcp2_callbacks, rand);
   OFF(ngtcp2_callbacks, get_new_connection_id); OFF(ngtcp2_callbacks, remove_connection_id);
-  OFF(ngtcp2_callbacks, update_key); OFF(ngtcp2_callbacks, stream_reset);
+  OFF(ngtcp2_callbacks, update_key); OFF(ngtcp2_callbacks, path_validation); OFF(ngtcp2_callbacks, stream_reset);
   OFF(ngtcp2_callbacks, extend_max_stream_data);
   OFF(ngtcp2_callbacks, delete_crypto_aead_ctx); OFF(ngtcp2_callbacks, delete_crypto_cipher_ctx);
   OFF(ngtcp2_callbacks, recv_datagram); OFF(ngtcp2_callbacks, get_path_challenge_data);

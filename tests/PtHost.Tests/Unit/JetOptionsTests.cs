@@ -60,7 +60,7 @@ public class JetOptionsTests
     [InlineData("""{"listen": false}""", "listen")]
     [InlineData("""{"tcp": "relay:1"}""", "tcp")]
     [InlineData("""{"certificateFile": "c.pem"}""", "keyFile")]
-    [InlineData("""{"certificateFile": "missing.pem", "keyFile": "missing.key"}""", "certificateFile")]
+    [InlineData("""{"certificateFile": "missing.pem", "keyFile": "missing.key"}""", "keyFile")]
     [InlineData("""{"instance": "two words"}""", "instance")]
     [InlineData("""{"externalHost": "127.1"}""", "externalHost")]
     [InlineData("""{"external": {"TCP": "h:1"}}""", "external.TCP")]

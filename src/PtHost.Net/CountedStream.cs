@@ -1,12 +1,14 @@
 using PtHost.Contract;
 
-namespace PtHost.Embedded;
+namespace PtHost.Net;
 
 /// <summary>
-/// The transport's stream handed to the application, counting bytes and the session's end in the transport's
-/// counters (spec/ipc.md §4.7) as the SOCKS front end's relay does for a pthost process.
+/// A transport's stream handed to an application in process (spec/adapters.md §5.8), counting its bytes in the
+/// transport's counters (spec/ipc.md §4.7) as the host's relay does: what the application reads is
+/// <c>BYTES-IN</c>, what it writes <c>BYTES-OUT</c>. The first dispose disposes the inner stream and then calls
+/// <paramref name="closed"/> (the session's end).
 /// </summary>
-internal sealed class CountedStream(Stream inner, TransportCounters counters) : Stream
+public sealed class CountedStream(Stream inner, TransportCounters counters, Action closed) : Stream
 {
     private int _closed;
 
@@ -16,9 +18,20 @@ internal sealed class CountedStream(Stream inner, TransportCounters counters) : 
     public override long Length => throw new NotSupportedException();
     public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
 
-    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    // Reads and writes that the socket completes at once (most of them) return without an async state machine:
+    // no box per call on the hot path, only the inner stream's own work.
+    public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
-        int n = await inner.ReadAsync(buffer, cancellationToken).ConfigureAwait(false);
+        var read = inner.ReadAsync(buffer, cancellationToken);
+        if (!read.IsCompletedSuccessfully) return CountAsync(read);
+        int n = read.Result;
+        counters.AddBytesIn(n);
+        return new ValueTask<int>(n);
+    }
+
+    private async ValueTask<int> CountAsync(ValueTask<int> read)
+    {
+        int n = await read.ConfigureAwait(false);
         counters.AddBytesIn(n);
         return n;
     }
@@ -33,10 +46,19 @@ internal sealed class CountedStream(Stream inner, TransportCounters counters) : 
         return n;
     }
 
-    public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+    public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
-        await inner.WriteAsync(buffer, cancellationToken).ConfigureAwait(false);
+        var write = inner.WriteAsync(buffer, cancellationToken);
+        if (!write.IsCompletedSuccessfully) return CountAsync(write, buffer.Length);
+        write.GetAwaiter().GetResult(); // releases a pooled IValueTaskSource, as an await would
         counters.AddBytesOut(buffer.Length);
+        return default;
+    }
+
+    private async ValueTask CountAsync(ValueTask write, int length)
+    {
+        await write.ConfigureAwait(false);
+        counters.AddBytesOut(length);
     }
 
     public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
@@ -57,8 +79,8 @@ internal sealed class CountedStream(Stream inner, TransportCounters counters) : 
     {
         if (disposing && Interlocked.Exchange(ref _closed, 1) == 0)
         {
-            counters.SessionClosed();
-            inner.Dispose();
+            try { inner.Dispose(); }
+            finally { closed(); }
         }
         base.Dispose(disposing);
     }
@@ -67,8 +89,8 @@ internal sealed class CountedStream(Stream inner, TransportCounters counters) : 
     {
         if (Interlocked.Exchange(ref _closed, 1) == 0)
         {
-            counters.SessionClosed();
-            await inner.DisposeAsync().ConfigureAwait(false);
+            try { await inner.DisposeAsync().ConfigureAwait(false); }
+            finally { closed(); }
         }
         await base.DisposeAsync().ConfigureAwait(false);
     }
