@@ -38,6 +38,7 @@ public static class Scenarios
         new TurnScenario(),
         new JetScenario(),
         new RudScenario(),
+        new RudAttackScenario(),
         new NodeAdapterScenario(),
         new PythonAdapterScenario(),
         new DotnetClientScenario(),

@@ -472,7 +472,7 @@ public class HostileClientTests(ITestOutputHelper output)
     /// in PtHost, §12), Exchanges with random keys (the mezzanine fails) and Completes with forged
     /// tokens. The server answers no Hello and no Complete (probe resistance, §4.3) and keeps no state;
     /// the flood's rate (and the unconfirmed connections before it) make it answer Exchanges with a
-    /// 35-byte stateless Defer (§4.4), never with anything else. Before the flood, 200 valid Exchanges
+    /// stateless Defer of at most 309 bytes (§4.4), never with anything else. Before the flood, 200 valid Exchanges
     /// that are never confirmed: beyond 128 unconfirmed connections the server answers with a Defer
     /// instead of creating state (§4.4). SOCKS sessions through rud work meanwhile; memory stays
     /// bounded and the sockets are those of the baseline.
@@ -481,14 +481,24 @@ public class HostileClientTests(ITestOutputHelper output)
     public async Task Rud_hello_and_exchange_floods_get_no_state_and_the_stateless_challenge_bounds_unconfirmed_connections()
     {
         await using var echo = new EchoServer();
-        await using var chain = await RudChain.StartAsync();
+        // An open server (no authorizedKeys, spec/rud.md §5.5): the in-process initiator below proves no client key.
+        await using var chain = await RudChain.StartAsync(editServer: o => o.Remove("authorizedKeys"));
         int pid = chain.Server.Pid;
         await Sessions.EchoRoundTripAsync(chain.SocksEndPoint, echo.Port, 64 * 1024);
         await chain.SessionsClosedAsync();
         int sock0 = (await ProcStats.SocketsAtRestAsync(pid))[0];
         long rss0 = ProcStats.RssBytes(pid);
         var target = chain.ServerEndPoint;
-        byte[] serverKey = Convert.FromBase64String(chain.ServerStartup.Single(l => l.StartsWith("SMETHOD rud ", StringComparison.Ordinal)).Split("key=")[1].Split([' ', ','])[0].Replace("\\", "", StringComparison.Ordinal)); // PT args escape '='
+        byte[] serverKey = RudChain.ServerKey(chain);
+
+        // Packets are protected with the server's key (spec/rud.md §3.3); the test holds it, as the bridge line gives it.
+        using var hp = new HeaderProtection(serverKey);
+        byte TypeOf(byte[] packet, int length)
+        {
+            var copy = packet.AsSpan(0, length).ToArray();
+            hp.Mask(copy);
+            return RudWire.TryReadHandshakeHeader(copy, out _, out byte type) ? type : (byte)0xff;
+        }
 
         // Valid Exchanges (a real initiator's, each forwarded once from its own port) that are never confirmed.
         const int Unconfirmed = 200;
@@ -509,7 +519,7 @@ public class HostileClientTests(ITestOutputHelper output)
                 var buf = new byte[2048];
                 using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20));
                 int n = await f.ReceiveAsync(buf, SocketFlags.None, cts.Token);
-                Assert.True(RudWire.TryParseExchange(buf.AsSpan(0, n), out bool complete, out _, out _, out _, out _, out _) && !complete);
+                Assert.Equal(PacketType.Exchange, TypeOf(buf, n));
                 await f.SendToAsync(buf.AsMemory(0, n), SocketFlags.None, target);
                 // The server's answer comes to the forwarder: a Complete (state created) or a Defer (none).
                 var from = new IPEndPoint(IPAddress.Any, 0);
@@ -517,7 +527,7 @@ public class HostileClientTests(ITestOutputHelper output)
                 {
                     var r = await f.ReceiveFromAsync(buf, SocketFlags.None, from, cts.Token);
                     if (!((IPEndPoint)r.RemoteEndPoint).Equals(target)) continue; // the initiator's retransmission
-                    replies.Add(buf[RudWire.IdSize]);
+                    replies.Add(TypeOf(buf, r.ReceivedBytes));
                     break;
                 }
             }
@@ -551,16 +561,20 @@ public class HostileClientTests(ITestOutputHelper output)
             {
                 switch (k % 3)
                 {
-                    case 0: RudWire.WriteHello(packet, (ulong)rng.NextInt64(1, long.MaxValue)); break;
+                    case 0:
+                        RudWire.WriteHello(packet, (ulong)rng.NextInt64(1, long.MaxValue));
+                        RudEndpoint.ProtectHandshake(RudEndpoint.FirstContactProtection, packet, fromInitiator: true);
+                        break;
                     case 1:
                     case 2:
                         {
-                            var eph = new byte[X25519.KeySize];
-                            rng.NextBytes(eph);
+                            var representative = new byte[Elligator2.Size];
+                            rng.NextBytes(representative);
                             var token = new byte[24];
                             rng.NextBytes(token);
-                            int at = RudWire.WriteExchangePlaintext(packet, k % 3 == 2, (ulong)rng.NextInt64(1, long.MaxValue), eph, k % 3 == 2 ? token : []);
-                            rng.NextBytes(packet.AsSpan(at, RudWire.MezzanineSize));
+                            int at = RudWire.WriteExchangePlaintext(packet, k % 3 == 2, (ulong)rng.NextInt64(1, long.MaxValue), representative, k % 3 == 2 ? token : []);
+                            rng.NextBytes(packet.AsSpan(at, RudWire.MezzanineSize + RudWire.InitiatorProofSize));
+                            RudEndpoint.ProtectHandshake(hp, packet, fromInitiator: true);
                             break;
                         }
                 }
@@ -577,7 +591,7 @@ public class HostileClientTests(ITestOutputHelper output)
                 {
                     int n = await s.ReceiveAsync(buf, SocketFlags.None, cts.Token);
                     Interlocked.Add(ref answerBytes, n);
-                    if (n > RudWire.IdSize && buf[RudWire.IdSize] == PacketType.Defer) Interlocked.Increment(ref defers0);
+                    if (n > RudWire.HandshakeHeaderSize + RudWire.RandomTail && TypeOf(buf, n) == PacketType.Defer) Interlocked.Increment(ref defers0);
                     else Interlocked.Increment(ref answers);
                 }
             }
@@ -589,7 +603,8 @@ public class HostileClientTests(ITestOutputHelper output)
         output.WriteLine($"{Sources * PerSource} Hello/Exchange/Complete packets from {Sources} ports with unusable keys or tokens: {defers0} Defers ({answerBytes} bytes) to {exchangesSent} Exchanges, {answers} other answers; server RSS {rss0 >> 20} → {rssFlood >> 20} MiB");
         Assert.Equal(0, answers);
         Assert.InRange(defers0, 0, exchangesSent);
-        Assert.True(answerBytes <= defers0 * 35, $"{answerBytes} bytes in {defers0} Defers");
+        // A Defer is header 13 | token length 1 | token 24 | padding 0–255 | 16 random bytes (spec/rud.md §4.1): at most 309 bytes, far below the 1,200 that asked.
+        Assert.True(answerBytes <= defers0 * 309, $"{answerBytes} bytes in {defers0} Defers");
 
         int sock1 = await ProcStats.WaitForSocketsAtMostAsync(pid, sock0 + 2, TimeSpan.FromSeconds(15));
         output.WriteLine($"rud server: sockets/pipes {sock0} → {sock1}");

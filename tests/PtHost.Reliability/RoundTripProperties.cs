@@ -359,13 +359,13 @@ public class TransportRoundTripProperties
             foreach (bool complete in new[] { false, true })
             {
                 int at = RudWire.WriteExchangePlaintext(s, complete, id, key, complete ? token : []);
-                if (!RudWire.TryParseExchange(s, out bool isComplete, out var initiator, out int eph, out int tokenAt, out int tokenLength, out int mezz)
-                    || isComplete != complete || initiator != id || !s.AsSpan(eph, 32).SequenceEqual(key) || mezz != at
+                if (!RudWire.TryParseExchange(s, out bool isComplete, out var initiator, out int tokenAt, out int tokenLength, out int mezz)
+                    || isComplete != complete || initiator != id || !s.AsSpan(s.Length - 32, 32).SequenceEqual(key) || mezz != at
                     || (complete && !s.AsSpan(tokenAt, tokenLength).SequenceEqual(token))) return false;
             }
             foreach (bool challenge in new[] { true, false })
             {
-                int n = RudWire.WriteChallengeOrDefer(s, id, challenge ? key : [], token);
+                int n = RudWire.WriteChallengeOrDefer(s.AsSpan(0, RudWire.ChallengeOrDeferLength(challenge, token.Length, token.Length % 7)), id, challenge ? key : [], token);
                 if (!RudWire.TryParseChallengeOrDefer(s.AsSpan(0, n), challenge, out int k, out int t, out int l)
                     || (challenge && !s.AsSpan(k, 32).SequenceEqual(key)) || !s.AsSpan(t, l).SequenceEqual(token)) return false;
             }

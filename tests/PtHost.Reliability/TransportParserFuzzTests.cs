@@ -640,9 +640,9 @@ public class TransportParserFuzzTests(ITestOutputHelper output)
         seeds.Add(s.ToArray());
         RudWire.WriteExchangePlaintext(s, true, 42, eph, new byte[24]);
         seeds.Add(s.ToArray());
-        int n = RudWire.WriteChallengeOrDefer(s, 42, eph, new byte[24]);
+        int n = RudWire.WriteChallengeOrDefer(s.AsSpan(0, RudWire.ChallengeOrDeferLength(true, 24, 3)), 42, eph, new byte[24]);
         seeds.Add(s[..n]);
-        n = RudWire.WriteChallengeOrDefer(s, 42, [], new byte[24]);
+        n = RudWire.WriteChallengeOrDefer(s.AsSpan(0, RudWire.ChallengeOrDeferLength(false, 24, 0)), 42, [], new byte[24]);
         seeds.Add(s[..n]);
         // A data packet: header, then a header block (ack + retransmit) and frames, then a tag.
         var p = new byte[400];
@@ -670,7 +670,8 @@ public class TransportParserFuzzTests(ITestOutputHelper output)
         var verdicts = new List<string>();
         if (RudWire.TryParseDataHeader(input, out _, out int headerLength))
         {
-            Assert.InRange(headerLength, RudWire.IdSize + 2, input.Length - RudKeys.TagSize);
+            Assert.Equal(RudWire.DataHeaderSize, headerLength);
+            Assert.InRange(headerLength, 0, input.Length - RudKeys.TagSize);
             verdicts.Add("data");
             // The plaintext the receiver would see after decryption: header block, then frames.
             var plain = input.AsSpan(headerLength, input.Length - headerLength - RudKeys.TagSize);
@@ -691,10 +692,9 @@ public class TransportParserFuzzTests(ITestOutputHelper output)
             }
         }
         if (RudWire.TryParseHello(input, out ulong id)) { Assert.NotEqual(0UL, id); verdicts.Add("hello"); }
-        if (RudWire.TryParseExchange(input, out bool complete, out _, out int eph, out int tokenAt, out int tokenLength, out int mezz))
+        if (RudWire.TryParseExchange(input, out bool complete, out _, out int tokenAt, out int tokenLength, out int mezz))
         {
-            Assert.InRange(mezz + RudWire.MezzanineSize, 0, input.Length);
-            Assert.InRange(eph + X25519.KeySize, 0, mezz);
+            Assert.InRange(mezz + RudWire.MezzanineSize + RudWire.InitiatorProofSize, 0, input.Length - RudWire.RepresentativeTail);
             if (complete) Assert.InRange(tokenAt + tokenLength, 0, mezz);
             verdicts.Add(complete ? "complete" : "exchange");
         }
@@ -737,8 +737,19 @@ public class TransportParserFuzzTests(ITestOutputHelper output)
             exchange = buffer[..n];
             try { await connecting; } catch (Exception) { /* the sink never answers: the attempt fails, as intended */ }
         }
-        Assert.True(RudWire.TryParseExchange(exchange, out bool complete, out _, out _, out _, out _, out _) && !complete);
-        var seeds = RudSeeds().Append(exchange).ToArray();
+        // Seeds as the wire carries them: protected with the server's key (§3.3), so mutations reach past the header check.
+        using var hp = new HeaderProtection(server.StaticPublicKey!);
+        var plainExchange = exchange.ToArray();
+        hp.Mask(plainExchange);
+        Assert.True(RudWire.TryReadHandshakeHeader(plainExchange, out _, out byte type) && type == PacketType.Exchange);
+        var seeds = RudSeeds().Select(seed =>
+        {
+            var p = seed.ToArray();
+            if (p.Length < HeaderProtection.HeaderSize + HeaderProtection.SampleSize + 1) return p;
+            if (RudWire.TryReadHandshakeHeader(p, out _, out _)) RudEndpoint.ProtectHandshake(hp, p, fromInitiator: RudWire.ReadId(p) == 0);
+            else hp.Mask(p);
+            return p;
+        }).Append(exchange).ToArray();
         var from = new IPEndPoint(IPAddress.Loopback, ((IPEndPoint)sink.LocalEndPoint!).Port).Serialize();
         int iterations = Iterations;
         await Task.Run(() =>
@@ -748,11 +759,8 @@ public class TransportParserFuzzTests(ITestOutputHelper output)
             {
                 var input = m.Next(seeds);
                 if (input.Length > RudWire.MaxReceiveSize) input = input[..RudWire.MaxReceiveSize];
-                lock (server.Gate)
-                {
-                    try { server.OnPacket(input, from, server.Now()); }
-                    catch (Exception e) { throw new Xunit.Sdk.XunitException($"rud endpoint: input {Convert.ToHexString(input)}: {e}"); }
-                }
+                try { server.HandlePacket(input, from); }
+                catch (Exception e) { throw new Xunit.Sdk.XunitException($"rud endpoint: input {Convert.ToHexString(input)}: {e}"); }
             }
         }).WaitAsync(Budget);
         var c = server.Counters;

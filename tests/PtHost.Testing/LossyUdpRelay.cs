@@ -46,6 +46,8 @@ public sealed class LossyUdpRelay : IAsyncDisposable
     public Func<byte[], bool, bool>? Tamper { get; set; }
     /// <summary>Every packet the client sent, in order (kept when set).</summary>
     public List<byte[]>? FromClient { get; set; }
+    /// <summary>Every packet the server sent, in order (kept when set).</summary>
+    public List<byte[]>? FromServer { get; set; }
 
     public long Forwarded => Interlocked.Read(ref _forwarded);
     public long Dropped => Interlocked.Read(ref _dropped);
@@ -56,6 +58,12 @@ public sealed class LossyUdpRelay : IAsyncDisposable
     public byte[][] ClientPackets()
     {
         lock (_queue) return FromClient is null ? [] : [.. FromClient];
+    }
+
+    /// <summary>A copy of <see cref="FromServer"/> taken under the relay's lock.</summary>
+    public byte[][] ServerPackets()
+    {
+        lock (_queue) return FromServer is null ? [] : [.. FromServer];
     }
 
     /// <summary>Sends <paramref name="data"/> to the server as if the client had sent it again.</summary>
@@ -82,6 +90,7 @@ public sealed class LossyUdpRelay : IAsyncDisposable
                     _client = from;
                     FromClient?.Add(data);
                 }
+                else FromServer?.Add(data);
                 if (MaxDatagram > 0 && data.Length > MaxDatagram) { _tooBig++; continue; }
                 if (_random.NextDouble() < Loss) { _dropped++; continue; }
                 int copies = _random.NextDouble() < Duplicate ? 2 : 1;

@@ -22,4 +22,11 @@ public static class RudChain
             return PtChain.ClientOf("rud", client);
         });
     }
+
+    /// <summary>The server's static public key from its SMETHOD line (<c>ARGS:key=…</c>, PT escaping removed): what the bridge line gives anyone.</summary>
+    public static byte[] ServerKey(PtChain chain)
+    {
+        string smethod = chain.ServerStartup.Single(l => l.StartsWith("SMETHOD rud ", StringComparison.Ordinal));
+        return Convert.FromBase64String(smethod.Split("key=")[1].Split([' ', ','])[0].Replace("\\", "", StringComparison.Ordinal));
+    }
 }

@@ -167,7 +167,7 @@ internal sealed class RudClient : IClientFactory, IDatagramClientFactory, IStrea
             }
             catch (TimeoutException e)
             {
-                throw new TransportConnectException(ConnectFailure.TimedOut, $"rud server {server}: no handshake within {_options.HandshakeTimeout.TotalSeconds:0.#} s (wrong serverKey, or the server is unreachable)", e);
+                throw new TransportConnectException(ConnectFailure.TimedOut, $"rud server {server}: no handshake within {_options.HandshakeTimeout.TotalSeconds:0.#} s (wrong serverKey, a clientKey the server does not authorize, or the server is unreachable)", e);
             }
             link.Connections.Add(conn);
             _log.ConnectedTo(server, conn.Mode, link.Connections.Count, RudOptionText.CongestionName(endpoint.Options.CongestionControl));
@@ -189,7 +189,7 @@ internal sealed class RudClient : IClientFactory, IDatagramClientFactory, IStrea
     {
         lock (_endpointGate)
         {
-            var options = new RudEndpointOptions { HandshakeTimeout = _options.HandshakeTimeout, CongestionControl = _options.Congestion };
+            var options = new RudEndpointOptions { HandshakeTimeout = _options.HandshakeTimeout, CongestionControl = _options.Congestion, InitiatorStaticPrivateKey = _options.ClientKey };
             var log = _context.LoggerFactory.CreateLogger("PtHost.Transports.Rud");
             if (family == AddressFamily.InterNetworkV6) return _v6 ??= RudEndpoint.Bind(new IPEndPoint(IPAddress.IPv6Any, 0), options, log);
             return _v4 ??= RudEndpoint.Bind(new IPEndPoint(IPAddress.Any, 0), options, log);

@@ -53,7 +53,7 @@ public sealed partial class RudConnection
         Span<byte> frame = stackalloc byte[9];
         frame[0] = FrameType.PathChallenge;
         BinaryPrimitives.WriteUInt64BigEndian(frame[1..], _probeData);
-        int size = RudWire.IdSize + 1 + RudWire.VarintLength(_nextSent) + 1 + frame.Length + RudKeys.TagSize;
+        int size = RudWire.DataHeaderSize + 1 + frame.Length + RudKeys.TagSize;
         if (_probeSent + size > 3 * _probeReceived)
         {
             // Anti-amplification (§7.1): nothing more to this address until more arrives from it.
@@ -135,6 +135,7 @@ public sealed partial class RudConnection
         frames.CopyTo(plain[1..]);
         int h = RudWire.WriteDataHeader(packet, RemoteId, _send!.Phase, _nextSent);
         _send.Seal(_nextSent, packet[..h], plain, packet[h..]);
+        Hp.Mask(packet[..(h + plain.Length + RudKeys.TagSize)]);
         _sent.Add(new SentPacket { Number = _nextSent, SentTime = now, Size = h + plain.Length + RudKeys.TagSize, Done = true });
         _nextSent++;
         return h + plain.Length + RudKeys.TagSize;

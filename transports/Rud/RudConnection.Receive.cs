@@ -8,7 +8,8 @@ public sealed partial class RudConnection
     internal void OnDataPacket(ReadOnlySpan<byte> packet, SocketAddress from, long now)
     {
         if (!IsEstablished || IsClosed) { _counters.Increment(ref _counters.NoKeys); return; }
-        if (!RudWire.TryParseDataHeader(packet, out ulong n, out int headerLength)) { _counters.Increment(ref _counters.Malformed); return; }
+        if (!RudWire.TryParseDataHeader(packet, out uint truncated, out int headerLength)) { _counters.Increment(ref _counters.Malformed); return; }
+        ulong n = RudWire.ExpandSentIndex(_rx.Any ? _rx.Largest + 1 : 1, truncated);
         if (_rx.IsReplay(n)) { _counters.Increment(ref _counters.Replayed); return; }
         int phase = packet[RudWire.IdSize] == PacketType.DataPhase1 ? 1 : 0;
         var plain = _ep.ReceivePlain;

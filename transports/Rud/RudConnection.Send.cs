@@ -53,7 +53,7 @@ public sealed partial class RudConnection
         // A retransmitted packet's index is below the next one, so its varint is never longer;
         // unused, the reserved bytes are zeros: PADDING frames (§3.2).
         int framesAt = ackEnd + RudWire.VarintLength(_nextSent);
-        int h = RudWire.IdSize + 1 + RudWire.VarintLength(_nextSent);
+        const int h = RudWire.DataHeaderSize;
         int plainRoom = _maxPacket - h - RudKeys.TagSize;
         var frames = plain[framesAt..plainRoom];
         int room = frames.Length;
@@ -133,6 +133,7 @@ public sealed partial class RudConnection
         var packet = _ep.ReservePacket(Peer);
         RudWire.WriteDataHeader(packet, RemoteId, _send!.Phase, _nextSent);
         _send.Seal(_nextSent, packet[..h], plain[..pos], packet[h..]);
+        Hp.Mask(packet[..size]); // §3.3: one AES block
         _ep.CommitPacket(size);
         _nextSent++;
         _lastSend = now;
@@ -163,7 +164,7 @@ public sealed partial class RudConnection
     {
         MaybeRekey();
         var plain = _ep.SendPlain.AsSpan();
-        int h = RudWire.IdSize + 1 + RudWire.VarintLength(_nextSent);
+        const int h = RudWire.DataHeaderSize;
         int length = RudWire.ProbedPacketSize - h - RudKeys.TagSize;
         plain[0] = 0; // no ACK block
         plain[1] = FrameType.Ping;
@@ -171,6 +172,7 @@ public sealed partial class RudConnection
         var packet = _ep.SendPacketBuffer.AsSpan(0, RudWire.ProbedPacketSize);
         RudWire.WriteDataHeader(packet, RemoteId, _send!.Phase, _nextSent);
         _send.Seal(_nextSent, packet[..h], plain[..length], packet[h..]);
+        Hp.Mask(packet);
         _ep.SendProbe(packet, Peer);
         _sent.Add(new SentPacket { Number = _nextSent, SentTime = now, Size = RudWire.ProbedPacketSize, Done = true });
         _mtuProbe = _nextSent;

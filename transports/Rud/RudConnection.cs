@@ -138,6 +138,14 @@ public sealed partial class RudConnection
     internal byte[]? MezzanineKey;
     internal byte[]? Mezzanine;
     internal byte[]? Es;
+    /// <summary>The packet obfuscation of this connection's responder key (§3.3); first contact's until the Challenge names the key.</summary>
+    internal HeaderProtection Hp = null!;
+    /// <summary>The initiator's Elligator 2 representative of <see cref="EphemeralPublic"/> (§4.6).</summary>
+    internal byte[]? Representative;
+    /// <summary>The initiator's static agreement ss (§5.5); null when it proves no static key.</summary>
+    internal byte[]? Ss;
+    /// <summary>K_a (§5.5), with <see cref="Ss"/>.</summary>
+    internal byte[]? ProofKey;
     internal byte[]? ResponderCompleteBytes;
     internal EphemeralKeyId ReplayKey;
     /// <summary>The source prefix state of a connection a peer opened (§11); null for initiators.</summary>
@@ -281,6 +289,7 @@ public sealed partial class RudConnection
                 var packet = _ep.SendPacketBuffer.AsSpan();
                 int h = RudWire.WriteDataHeader(packet, RemoteId, _send.Phase, _nextSent);
                 _send.Seal(_nextSent, packet[..h], plain[..pos], packet[h..]);
+                Hp.Mask(packet[..(h + pos + RudKeys.TagSize)]);
                 _ep.SendTo(packet[..(h + pos + RudKeys.TagSize)], Peer);
                 _nextSent++;
             }

@@ -6,7 +6,7 @@ public sealed class RudCounters
     public long Malformed, UnknownId, AuthFailed, Replayed, TokenInvalid, TokenExpired, HandshakeDropped, NoKeys, InternalErrors;
     public long ChallengesSent, DefersSent, HandshakesAccepted, HandshakesFailed, CompletesResent;
     public long PacketsLost, ProbeTimeouts, CongestionEvents, LossesTolerated, SpuriousLosses, RetransmissionsReceived, Migrations, StreamsRefused, DatagramsDropped, SendErrors;
-    public long PathMtuProbes, PathMtuRaised, ReassemblyRefused, HandshakeRateLimited, PathChallengesSent, PathChallengesLimited, PathValidationsFailed;
+    public long PathMtuProbes, PathMtuRaised, ReassemblyRefused, HandshakeRateLimited, PathChallengesSent, PathChallengesLimited, PathValidationsFailed, Unauthorized;
 
     public void Increment(ref long field) => Interlocked.Increment(ref field);
 
@@ -44,9 +44,10 @@ public sealed class RudCounters
         ["pathChallengesSent"] = Volatile.Read(ref PathChallengesSent),
         ["pathChallengesLimited"] = Volatile.Read(ref PathChallengesLimited),
         ["pathValidationsFailed"] = Volatile.Read(ref PathValidationsFailed),
+        ["unauthorized"] = Volatile.Read(ref Unauthorized),
     };
 
     /// <summary>Packets dropped because of what they contained (every reason of §10).</summary>
     public long Dropped => Volatile.Read(ref Malformed) + Volatile.Read(ref UnknownId) + Volatile.Read(ref AuthFailed) + Volatile.Read(ref Replayed)
-        + Volatile.Read(ref TokenInvalid) + Volatile.Read(ref TokenExpired) + Volatile.Read(ref HandshakeDropped) + Volatile.Read(ref NoKeys) + Volatile.Read(ref HandshakeRateLimited);
+        + Volatile.Read(ref TokenInvalid) + Volatile.Read(ref TokenExpired) + Volatile.Read(ref HandshakeDropped) + Volatile.Read(ref NoKeys) + Volatile.Read(ref HandshakeRateLimited) + Volatile.Read(ref Unauthorized);
 }

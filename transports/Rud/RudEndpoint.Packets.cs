@@ -26,11 +26,13 @@ public sealed partial class RudEndpoint
             int n = receiver.Receive(socket, 100);
             if (n < 0) return;
             if (n == 0) continue;
-            // Exchanges first, outside the lock (their key agreements must not hold up data packets, §4.3).
+            // Headers unprotected (§3.3), and Exchanges handled first, outside the lock (their key agreements
+            // must not hold up data packets, §4.3).
             for (int i = 0; i < n; i++)
             {
                 var packet = receiver.Packet(i);
-                if (!IsExchange(packet)) continue;
+                _kinds[i] = Classify(packet);
+                if (_kinds[i] != Inbound.Exchange) continue;
                 receiver.Source(i, from);
                 try { OnExchange(packet, from); }
                 catch (Exception e) when (e is not OutOfMemoryException)
@@ -45,10 +47,10 @@ public sealed partial class RudEndpoint
                 for (int i = 0; i < n; i++)
                 {
                     var packet = receiver.Packet(i);
-                    if (packet.Length > RudWire.MaxReceiveSize) { Counters.Increment(ref Counters.Malformed); continue; }
-                    if (IsExchange(packet)) continue;
+                    if (_kinds[i] == Inbound.Malformed) { Counters.Increment(ref Counters.Malformed); continue; }
+                    if (_kinds[i] == Inbound.Exchange) continue;
                     receiver.Source(i, from);
-                    try { OnPacket(packet, from, now); }
+                    try { OnPacket(packet, from, now, _kinds[i] == Inbound.Unprotected); }
                     catch (Exception e) when (e is not OutOfMemoryException)
                     {
                         Counters.Increment(ref Counters.InternalErrors);
@@ -57,6 +59,19 @@ public sealed partial class RudEndpoint
                 }
                 FlushTouched(now);
             }
+        }
+    }
+
+    /// <summary>One packet through the receive loop's path (§3.3, §4.3): the fuzz tests' entry. Takes <see cref="Gate"/> itself.</summary>
+    internal void HandlePacket(Span<byte> packet, SocketAddress from)
+    {
+        var kind = Classify(packet);
+        if (kind == Inbound.Exchange) { OnExchange(packet, from); return; }
+        lock (Gate)
+        {
+            if (kind == Inbound.Malformed) Counters.Increment(ref Counters.Malformed);
+            else OnPacket(packet, from, Now(), kind == Inbound.Unprotected);
+            FlushTouched(Now());
         }
     }
 
@@ -86,32 +101,88 @@ public sealed partial class RudEndpoint
         _touched.Clear();
     }
 
-    /// <summary>Whether the receive loop hands <paramref name="p"/> to <see cref="OnExchange"/> (a responder's Exchange or initiator Complete).</summary>
-    private bool IsExchange(ReadOnlySpan<byte> p) =>
-        _staticPublic is not null && p.Length >= RudWire.IdSize + 2 && p.Length <= RudWire.MaxReceiveSize && RudWire.ReadId(p) == 0
-        && p[RudWire.IdSize] is PacketType.Exchange or PacketType.InitiatorComplete;
+    private enum Inbound : byte { Malformed, Exchange, Unprotected, Protected }
 
-    /// <summary>Routes one packet (§3); everything unusable is dropped and counted (§10).</summary>
-    internal void OnPacket(ReadOnlySpan<byte> p, SocketAddress from, long now)
+    private readonly Inbound[] _kinds = new Inbound[UdpReceiver.Batch];
+
+    /// <summary>
+    /// The receive loop's first look at a packet (§3.3), without the lock: a responder unprotects the header
+    /// with its own key; an Exchange or initiator Complete (stream identifier 0, a valid handshake header) is
+    /// unprotected whole and goes to <see cref="OnExchange"/>; anything else is routed under the lock.
+    /// </summary>
+    private Inbound Classify(Span<byte> p)
     {
-        if (p.Length < RudWire.IdSize + 2) { Counters.Increment(ref Counters.Malformed); return; }
-        ulong id = RudWire.ReadId(p);
-        if (id == 0)
+        if (p.Length < HeaderProtection.HeaderSize + HeaderProtection.SampleSize + 1 || p.Length > RudWire.MaxReceiveSize) return Inbound.Malformed;
+        if (_hp is null) return Inbound.Protected;
+        _hp.Mask(p);
+        if (RudWire.ReadId(p) == 0 && RudWire.TryReadHandshakeHeader(p, out _, out byte type) && type is PacketType.Exchange or PacketType.InitiatorComplete
+            && p.Length >= RudWire.HandshakeSize)
         {
-            if (_staticPublic is null) { Counters.Increment(ref Counters.HandshakeDropped); return; }
-            switch (p[RudWire.IdSize])
+            _hp.Crypt(p[^HeaderProtection.SampleSize..], p[RudWire.HandshakeHeaderSize..^RudWire.RepresentativeTail]);
+            return Inbound.Exchange;
+        }
+        return Inbound.Unprotected;
+    }
+
+    /// <summary>Unprotects a handshake packet's body (§3.3) whose header is already unprotected; false when the header is not a handshake header.</summary>
+    private static bool UnprotectHandshakeBody(HeaderProtection hp, Span<byte> p, bool fromInitiator)
+    {
+        if (!RudWire.TryReadHandshakeHeader(p, out _, out byte type)) return false;
+        int tail = RudWire.TailSize(type, fromInitiator);
+        if (p.Length < RudWire.HandshakeHeaderSize + tail) return false;
+        hp.Crypt(p[^HeaderProtection.SampleSize..], p[RudWire.HandshakeHeaderSize..^tail]);
+        return true;
+    }
+
+    /// <summary>Protects a handshake packet built in the clear (§3.3): the body, then the header.</summary>
+    internal static void ProtectHandshake(HeaderProtection hp, Span<byte> p, bool fromInitiator)
+    {
+        int tail = RudWire.TailSize(p[RudWire.IdSize], fromInitiator);
+        hp.Crypt(p[^HeaderProtection.SampleSize..], p[RudWire.HandshakeHeaderSize..^tail]);
+        hp.Mask(p);
+    }
+
+    /// <summary>
+    /// Routes one packet (§3); everything unusable is dropped and counted (§10). <paramref name="unprotected"/>:
+    /// the receive loop already unprotected its header with this responder's key (§3.3).
+    /// </summary>
+    internal void OnPacket(Span<byte> p, SocketAddress from, long now, bool unprotected)
+    {
+        RudConnection? conn = null;
+        if (unprotected)
+        {
+            if (_connections.TryGetValue(RudWire.ReadId(p), out var c) && !c.IsInitiator) conn = c;
+            else _hp!.Mask(p); // not ours under this key: protected again, for the other keys
+        }
+        if (conn is null)
+        {
+            // Connections this endpoint initiated: each responder key in use (usually one).
+            foreach (var hp in _initiatorProtections.Values)
             {
-                case PacketType.Hello: OnHello(p, from, now); break;
-                case PacketType.Exchange:
-                case PacketType.InitiatorComplete: OnExchange(p, from); break;
-                default: Counters.Increment(ref Counters.Malformed); break;
+                hp.Mask(p);
+                if (_connections.TryGetValue(RudWire.ReadId(p), out var c) && c.IsInitiator && c.Hp == hp) { conn = c; break; }
+                hp.Mask(p);
             }
+        }
+        if (conn is null)
+        {
+            // First contact (§4.2): a Hello under the well-known key.
+            if (Options.AllowFirstContact && _staticPublic is not null)
+            {
+                FirstContactProtection.Mask(p);
+                if (RudWire.ReadId(p) == 0 && UnprotectHandshakeBody(FirstContactProtection, p, fromInitiator: true) && p[RudWire.IdSize] == PacketType.Hello)
+                {
+                    OnHello(p, from, now);
+                    return;
+                }
+            }
+            Counters.Increment(ref Counters.UnknownId);
             return;
         }
-        if (!_connections.TryGetValue(id, out var conn)) { Counters.Increment(ref Counters.UnknownId); return; }
         if (conn.IsInitiator && !conn.IsEstablished)
         {
             if (p[RudWire.IdSize] is PacketType.Data or PacketType.DataPhase1) Counters.Increment(ref Counters.NoKeys);
+            else if (!UnprotectHandshakeBody(conn.Hp, p, fromInitiator: false)) Counters.Increment(ref Counters.Malformed);
             else OnInitiatorHandshake(conn, p, now);
             return;
         }

@@ -31,11 +31,15 @@ public sealed class RudEndpointOptions
     public bool PathMtuProbe { get; init; } = true;
     /// <summary>Congestion control of the connections (§9.3).</summary>
     public CongestionControl CongestionControl { get; init; } = CongestionControl.Bbr;
+    /// <summary>The initiator's static X25519 private key (§5.5): proved in every exchange this endpoint initiates; null: anonymous.</summary>
+    public byte[]? InitiatorStaticPrivateKey { get; init; }
+    /// <summary>The responder accepts only initiators proving one of these static public keys (§5.5); null: any initiator.</summary>
+    public IReadOnlyCollection<byte[]>? AuthorizedKeys { get; init; }
     /// <summary>Wall clock for timestamps and tokens.</summary>
     public TimeProvider Clock { get; init; } = TimeProvider.System;
 }
 
-/// <summary>A 32-byte ephemeral public key as a dictionary key (replay cache, §6.1).</summary>
+/// <summary>A 32-byte public key as a dictionary key (the replay cache's ephemeral keys, §6.1; authorized initiator keys, §5.5).</summary>
 internal readonly record struct EphemeralKeyId(ulong A, ulong B, ulong C, ulong D)
 {
     public static EphemeralKeyId From(ReadOnlySpan<byte> k) => new(BinaryPrimitives.ReadUInt64LittleEndian(k),
@@ -65,6 +69,14 @@ public sealed partial class RudEndpoint : IAsyncDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly TokenIssuer _tokens;
     private readonly byte[]? _staticPublic;
+    private readonly byte[]? _initiatorStaticPublic;
+    /// <summary>This responder's packet obfuscation (§3.3); null for an initiator-only endpoint.</summary>
+    private readonly HeaderProtection? _hp;
+    /// <summary>The obfuscation of each responder key this endpoint initiated connections to (§3.3). Under <see cref="Gate"/>.</summary>
+    private readonly Dictionary<EphemeralKeyId, HeaderProtection> _initiatorProtections = [];
+    /// <summary>First contact's obfuscation (§4.2, §3.3): the key of 32 zero bytes, known to all.</summary>
+    internal static readonly HeaderProtection FirstContactProtection = new(new byte[X25519.KeySize]);
+    private readonly HashSet<EphemeralKeyId>? _authorized;
     private readonly long _t0 = Stopwatch.GetTimestamp();
     private readonly Task _driver;
     private readonly List<Task> _receivers = [];
@@ -128,7 +140,14 @@ public sealed partial class RudEndpoint : IAsyncDisposable
         {
             _staticPublic = new byte[X25519.KeySize];
             X25519.PublicKey(key, _staticPublic);
+            _hp = new HeaderProtection(_staticPublic);
         }
+        if (options.InitiatorStaticPrivateKey is { } mine)
+        {
+            _initiatorStaticPublic = new byte[X25519.KeySize];
+            X25519.PublicKey(mine, _initiatorStaticPublic);
+        }
+        if (options.AuthorizedKeys is { } authorized) _authorized = [.. authorized.Select(k => EphemeralKeyId.From(k))];
         _receivers.Add(ReceiveLoopAsync(socket));
         _driver = DriveAsync();
     }
@@ -280,5 +299,9 @@ public sealed partial class RudEndpoint : IAsyncDisposable
         try { await Task.WhenAll(_receivers).ConfigureAwait(false); } catch (Exception) { }
         _wake.Dispose();
         _stop.Dispose();
+        _hp?.Dispose();
+        lock (Gate)
+            foreach (var hp in _initiatorProtections.Values)
+                if (hp != FirstContactProtection) hp.Dispose(); // shared by every endpoint
     }
 }

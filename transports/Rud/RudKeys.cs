@@ -23,13 +23,57 @@ public static class RudKeys
         return key;
     }
 
-    /// <summary>The two directional secrets (§5.3): initiator→responder, responder→initiator.</summary>
-    public static (byte[] InitiatorSecret, byte[] ResponderSecret) TrafficSecrets(ReadOnlySpan<byte> es, ReadOnlySpan<byte> ee,
-        ReadOnlySpan<byte> initiatorEphemeral, ReadOnlySpan<byte> responderEphemeral, ReadOnlySpan<byte> responderStatic)
+    /// <summary>
+    /// K_a = HKDF-SHA-512(salt "RUD2 initiator", IKM = es | ss, info = initiator ephemeral | responder static |
+    /// initiator static, L = 32): the key of the initiator's proof (§5.5).
+    /// </summary>
+    public static byte[] InitiatorProofKey(ReadOnlySpan<byte> es, ReadOnlySpan<byte> ss, ReadOnlySpan<byte> initiatorEphemeral,
+        ReadOnlySpan<byte> responderStatic, ReadOnlySpan<byte> initiatorStatic)
     {
         Span<byte> ikm = stackalloc byte[64];
         es.CopyTo(ikm);
+        ss.CopyTo(ikm[32..]);
+        Span<byte> info = stackalloc byte[96];
+        initiatorEphemeral.CopyTo(info);
+        responderStatic.CopyTo(info[32..]);
+        initiatorStatic.CopyTo(info[64..]);
+        var key = new byte[32];
+        HKDF.DeriveKey(HashAlgorithmName.SHA512, ikm, key, "RUD2 initiator"u8, info);
+        return key;
+    }
+
+    /// <summary>
+    /// The initiator's proof (§5.5): the GCM tag of an empty plaintext under K_a with the mezzanine's nonce and
+    /// the sealed mezzanine (ciphertext and tag) as associated data.
+    /// </summary>
+    public static void InitiatorProof(ReadOnlySpan<byte> proofKey, byte nonceLast, ReadOnlySpan<byte> sealedMezzanine, Span<byte> proof)
+    {
+        Span<byte> nonce = stackalloc byte[NonceSize];
+        MezzanineNonce(nonce, nonceLast);
+        using var aead = new AesGcm(proofKey, TagSize);
+        aead.Encrypt(nonce, [], [], proof[..TagSize], sealedMezzanine);
+    }
+
+    /// <summary>Whether <paramref name="proof"/> is the initiator's proof (<see cref="InitiatorProof"/>); constant time.</summary>
+    public static bool CheckInitiatorProof(ReadOnlySpan<byte> proofKey, byte nonceLast, ReadOnlySpan<byte> sealedMezzanine, ReadOnlySpan<byte> proof)
+    {
+        Span<byte> expected = stackalloc byte[TagSize];
+        InitiatorProof(proofKey, nonceLast, sealedMezzanine, expected);
+        return CryptographicOperations.FixedTimeEquals(expected, proof[..TagSize]);
+    }
+
+    /// <summary>
+    /// The two directional secrets (§5.3): initiator→responder, responder→initiator. <paramref name="ss"/> is
+    /// the initiator's static agreement (§5.5), empty when the initiator proved no static key.
+    /// </summary>
+    public static (byte[] InitiatorSecret, byte[] ResponderSecret) TrafficSecrets(ReadOnlySpan<byte> es, ReadOnlySpan<byte> ee,
+        ReadOnlySpan<byte> initiatorEphemeral, ReadOnlySpan<byte> responderEphemeral, ReadOnlySpan<byte> responderStatic, ReadOnlySpan<byte> ss = default)
+    {
+        Span<byte> ikm = stackalloc byte[96];
+        es.CopyTo(ikm);
         ee.CopyTo(ikm[32..]);
+        ss.CopyTo(ikm[64..]);
+        ikm = ikm[..(64 + ss.Length)];
         Span<byte> prk = stackalloc byte[64];
         HKDF.Extract(HashAlgorithmName.SHA512, ikm, TrafficSalt, prk);
         Span<byte> info = stackalloc byte[96];

@@ -13,13 +13,20 @@ internal sealed class RudServer(TransportEnvironment context, RudServerOptions o
 {
     public const string KeyFile = "rud-key";
 
-    /// <summary>A fresh static key pair: the private key for the server, the public key for clients (§12).</summary>
+    /// <summary>
+    /// A fresh server key pair and a fresh client key pair (§12): the server gets its private key and the
+    /// client's public key in <c>authorizedKeys</c>, the client the server's public key and its own private key.
+    /// </summary>
     public GeneratedConfiguration GenerateConfiguration()
     {
         var key = X25519.GeneratePrivateKey();
         var pub = new byte[X25519.KeySize];
         X25519.PublicKey(key, pub);
-        return new(new JObject { ["serverKey"] = Convert.ToBase64String(pub) }, new JObject { ["key"] = Convert.ToBase64String(key) });
+        var clientKey = X25519.GeneratePrivateKey();
+        var clientPub = new byte[X25519.KeySize];
+        X25519.PublicKey(clientKey, clientPub);
+        return new(new JObject { ["serverKey"] = Convert.ToBase64String(pub), ["clientKey"] = Convert.ToBase64String(clientKey) },
+            new JObject { ["key"] = Convert.ToBase64String(key), ["authorizedKeys"] = new JArray(Convert.ToBase64String(clientPub)) });
     }
 
     public ValueTask<IServerManager> ListenAsync(ServerBinding binding, CancellationToken cancellationToken) => Start(binding);
@@ -77,7 +84,7 @@ internal sealed class RudServerManager : IServerManager
         {
             _endpoint = RudEndpoint.Bind(binding.BindAddress, new RudEndpointOptions
             {
-                StaticPrivateKey = key, Challenge = options.Challenge, AllowFirstContact = options.FirstContact,
+                StaticPrivateKey = key, Challenge = options.Challenge, AllowFirstContact = options.FirstContact, AuthorizedKeys = options.AuthorizedKeys,
                 CongestionControl = options.Congestion,
             }, _log);
         }

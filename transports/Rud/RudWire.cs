@@ -39,8 +39,8 @@ public static class FrameType
 public static class RudWire
 {
     public const int IdSize = 8;
-    public const int Version = 0x01;
-    public const int HandshakeSize = 1200;
+    /// <summary>The wire version (§4.1): 0x02 since initiator authentication (§5.5); version 0x01 peers are not understood.</summary>
+    public const int Version = 0x02;
     public const int MaxPacketSize = 1350;
     /// <summary>The larger packet size a connection uses once a probe of it was acknowledged (§9.5): a 1500-byte IPv6 path less its headers.</summary>
     public const int ProbedPacketSize = 1452;
@@ -84,25 +84,38 @@ public static class RudWire
 
     // ---- data packet (§3.1) ----
 
-    /// <summary>Parses a Data packet's plaintext part: the header length (= AAD length) and the sent index.</summary>
-    public static bool TryParseDataHeader(ReadOnlySpan<byte> packet, out ulong sentIndex, out int headerLength)
+    /// <summary>Data header (§3.1): stream identifier 8 | type 1 | sent index, low 32 bits.</summary>
+    public const int DataHeaderSize = HeaderProtection.HeaderSize;
+
+    /// <summary>Parses an unprotected Data packet's header: the truncated sent index (expand with <see cref="ExpandSentIndex"/>).</summary>
+    public static bool TryParseDataHeader(ReadOnlySpan<byte> packet, out uint truncatedIndex, out int headerLength)
     {
-        sentIndex = 0;
+        truncatedIndex = 0;
         headerLength = 0;
-        if (packet.Length < IdSize + 1 + 1 + RudKeys.TagSize) return false;
+        if (packet.Length < DataHeaderSize + 1 + RudKeys.TagSize) return false;
         if (packet[IdSize] is not (PacketType.Data or PacketType.DataPhase1)) return false;
-        int pos = IdSize + 1;
-        if (!TryReadVarint(packet, ref pos, out sentIndex)) return false;
-        headerLength = pos;
-        return packet.Length - pos >= RudKeys.TagSize;
+        truncatedIndex = BinaryPrimitives.ReadUInt32BigEndian(packet[(IdSize + 1)..]);
+        headerLength = DataHeaderSize;
+        return true;
     }
 
-    /// <summary>Writes stream identifier, type and sent index; returns the header length.</summary>
+    /// <summary>The full sent index nearest to the next expected one (RFC 9000 §A.3 with 32 bits, §3.1).</summary>
+    public static ulong ExpandSentIndex(ulong expected, uint truncated)
+    {
+        const ulong Window = 1UL << 32, Half = Window / 2, Mask = Window - 1;
+        ulong candidate = (expected & ~Mask) | truncated;
+        if (candidate + Half <= expected && candidate < (1UL << 62) - Window) return candidate + Window;
+        if (candidate > expected + Half && candidate >= Window) return candidate - Window;
+        return candidate;
+    }
+
+    /// <summary>Writes stream identifier, type and the sent index's low 32 bits; returns the header length (13).</summary>
     public static int WriteDataHeader(Span<byte> packet, ulong streamIdentifier, int phase, ulong sentIndex)
     {
         WriteId(packet, streamIdentifier);
         packet[IdSize] = phase == 0 ? PacketType.Data : PacketType.DataPhase1;
-        return IdSize + 1 + WriteVarint(packet[(IdSize + 1)..], sentIndex);
+        BinaryPrimitives.WriteUInt32BigEndian(packet[(IdSize + 1)..], (uint)sentIndex);
+        return DataHeaderSize;
     }
 
     // ---- header block (§3.1) ----
@@ -275,63 +288,115 @@ public static class RudWire
 
     // ---- handshake messages (§4.1) ----
 
-    /// <summary>Hello: 0×8 | 0x02 | version | initiator id | zero padding to 1200.</summary>
+    /// <summary>Handshake header (§4.1): stream identifier 8 | type 1 | version 1 | reserved 3 (zeros); protected as every header (§3.3).</summary>
+    public const int HandshakeHeaderSize = HeaderProtection.HeaderSize;
+    /// <summary>Initiator handshake packets are padded to a length drawn uniformly from [1200, 1350] (§4.1).</summary>
+    public const int HandshakeSize = 1200;
+    public const int MaxHandshakeSize = MaxPacketSize;
+    /// <summary>Responder handshake packets carry 0–255 bytes of padding, drawn uniformly (§4.1).</summary>
+    public const int MaxResponderPadding = 255;
+    /// <summary>The tail: an Elligator 2 representative (messages with an ephemeral key) or 16 random bytes (§4.1).</summary>
+    public const int RepresentativeTail = Elligator2.Size, RandomTail = HeaderProtection.SampleSize;
+
+    /// <summary>The tail size of a handshake packet of <paramref name="type"/> from the initiator (<paramref name="fromInitiator"/>) or the responder.</summary>
+    public static int TailSize(byte type, bool fromInitiator) =>
+        fromInitiator ? (type == PacketType.Hello ? RandomTail : RepresentativeTail) : (type == PacketType.ResponderComplete ? RepresentativeTail : RandomTail);
+
+    /// <summary>A random length for an initiator handshake packet: uniform in [1200, 1350].</summary>
+    public static int InitiatorHandshakeLength() => HandshakeSize + System.Security.Cryptography.RandomNumberGenerator.GetInt32(MaxHandshakeSize - HandshakeSize + 1);
+
+    /// <summary>Random padding for a responder handshake packet: uniform in [0, 255].</summary>
+    public static int ResponderPadding() => System.Security.Cryptography.RandomNumberGenerator.GetInt32(MaxResponderPadding + 1);
+
+    public static void WriteHandshakeHeader(Span<byte> s, ulong streamIdentifier, byte type)
+    {
+        WriteId(s, streamIdentifier);
+        s[IdSize] = type;
+        s[IdSize + 1] = Version;
+        s.Slice(IdSize + 2, 3).Clear();
+    }
+
+    /// <summary>Reads an unprotected handshake header: false unless the version is ours and the reserved bytes are zero.</summary>
+    public static bool TryReadHandshakeHeader(ReadOnlySpan<byte> s, out ulong streamIdentifier, out byte type)
+    {
+        streamIdentifier = 0;
+        type = 0;
+        if (s.Length < HandshakeHeaderSize + RandomTail || s[IdSize + 1] != Version || s[(IdSize + 2)] != 0 || s[IdSize + 3] != 0 || s[IdSize + 4] != 0) return false;
+        streamIdentifier = ReadId(s);
+        type = s[IdSize];
+        return true;
+    }
+
+    /// <summary>Hello: header (0, 0x02) | initiator id | zero padding | 16 random bytes; <paramref name="s"/> is the whole packet.</summary>
     public static int WriteHello(Span<byte> s, ulong initiatorId)
     {
-        s[..HandshakeSize].Clear();
-        s[IdSize] = PacketType.Hello;
-        s[IdSize + 1] = Version;
-        WriteId(s[(IdSize + 2)..], initiatorId);
-        return HandshakeSize;
+        s.Clear();
+        WriteHandshakeHeader(s, 0, PacketType.Hello);
+        WriteId(s[HandshakeHeaderSize..], initiatorId);
+        System.Security.Cryptography.RandomNumberGenerator.Fill(s[^RandomTail..]);
+        return s.Length;
     }
 
     public static bool TryParseHello(ReadOnlySpan<byte> s, out ulong initiatorId)
     {
         initiatorId = 0;
-        if (s.Length < HandshakeSize || ReadId(s) != 0 || s[IdSize] != PacketType.Hello || s[IdSize + 1] != Version) return false;
-        initiatorId = ReadId(s[(IdSize + 2)..]);
+        if (s.Length < HandshakeSize || !TryReadHandshakeHeader(s, out ulong id, out byte type) || id != 0 || type != PacketType.Hello) return false;
+        initiatorId = ReadId(s[HandshakeHeaderSize..]);
         return initiatorId != 0;
     }
 
     /// <summary>Offset of the mezzanine in an Exchange (no token) or initiator Complete (with a token).</summary>
-    public static int MezzanineOffset(int tokenLength, bool complete) => IdSize + 2 + IdSize + X25519.KeySize + (complete ? 1 + tokenLength : 0);
+    public static int MezzanineOffset(int tokenLength, bool complete) => HandshakeHeaderSize + IdSize + (complete ? 1 + tokenLength : 0);
 
-    public const int MezzaninePlainSize = 9;
+    /// <summary>Mezzanine plaintext (§4.1): timestamp 8 | flags 1 | initiator static public key 32 (zeros without flag 0x01).</summary>
+    public const int MezzaninePlainSize = 8 + 1 + X25519.KeySize;
     public const int MezzanineSize = MezzaninePlainSize + RudKeys.TagSize;
+    /// <summary>Mezzanine flag: the initiator proves a static key (§5.5).</summary>
+    public const byte MezzanineInitiatorKey = 0x01;
+    /// <summary>The initiator's proof after the mezzanine (§5.5): a GCM tag, or random bytes without a static key.</summary>
+    public const int InitiatorProofSize = RudKeys.TagSize;
+    /// <summary>The mezzanine's associated data: the handshake header, the initiator id and the representative (§4.1).</summary>
+    public const int MezzanineAadSize = HandshakeHeaderSize + IdSize + RepresentativeTail;
+
+    /// <summary>The mezzanine's associated data of the Exchange or Complete <paramref name="s"/> (the whole unprotected packet).</summary>
+    public static void MezzanineAad(ReadOnlySpan<byte> s, Span<byte> aad)
+    {
+        s[..(HandshakeHeaderSize + IdSize)].CopyTo(aad);
+        s[^RepresentativeTail..].CopyTo(aad[(HandshakeHeaderSize + IdSize)..]);
+    }
 
     /// <summary>
-    /// Writes the plaintext part of an Exchange (<paramref name="token"/> empty) or an initiator
-    /// Complete; the caller seals the mezzanine at <see cref="MezzanineOffset"/>. Zero-fills to 1200.
+    /// Writes the plaintext part of an Exchange (<paramref name="token"/> empty) or an initiator Complete
+    /// into the whole packet <paramref name="s"/> (its length is the packet's): header, initiator id, token,
+    /// zero padding, the representative last; the caller seals the mezzanine at the returned offset.
     /// </summary>
-    public static int WriteExchangePlaintext(Span<byte> s, bool complete, ulong initiatorId, ReadOnlySpan<byte> ephemeral, ReadOnlySpan<byte> token)
+    public static int WriteExchangePlaintext(Span<byte> s, bool complete, ulong initiatorId, ReadOnlySpan<byte> representative, ReadOnlySpan<byte> token)
     {
-        s[..HandshakeSize].Clear();
-        s[IdSize] = complete ? PacketType.InitiatorComplete : PacketType.Exchange;
-        s[IdSize + 1] = Version;
-        WriteId(s[(IdSize + 2)..], initiatorId);
-        ephemeral.CopyTo(s[(IdSize + 2 + IdSize)..]);
-        int pos = IdSize + 2 + IdSize + X25519.KeySize;
+        s.Clear();
+        WriteHandshakeHeader(s, 0, complete ? PacketType.InitiatorComplete : PacketType.Exchange);
+        WriteId(s[HandshakeHeaderSize..], initiatorId);
+        int pos = HandshakeHeaderSize + IdSize;
         if (complete)
         {
             s[pos++] = (byte)token.Length;
             token.CopyTo(s[pos..]);
             pos += token.Length;
         }
+        representative.CopyTo(s[^RepresentativeTail..]);
         return pos;
     }
 
-    /// <summary>Parses an Exchange or initiator Complete; the spans are slices of <paramref name="s"/>.</summary>
-    public static bool TryParseExchange(ReadOnlySpan<byte> s, out bool complete, out ulong initiatorId, out int ephemeralOffset, out int tokenOffset, out int tokenLength, out int mezzanineOffset)
+    /// <summary>Parses an unprotected Exchange or initiator Complete; the offsets index <paramref name="s"/>; the representative is its last 32 bytes.</summary>
+    public static bool TryParseExchange(ReadOnlySpan<byte> s, out bool complete, out ulong initiatorId, out int tokenOffset, out int tokenLength, out int mezzanineOffset)
     {
         complete = false;
         initiatorId = 0;
-        ephemeralOffset = tokenOffset = tokenLength = mezzanineOffset = 0;
-        if (s.Length < HandshakeSize || ReadId(s) != 0 || s[IdSize + 1] != Version) return false;
-        if (s[IdSize] == PacketType.InitiatorComplete) complete = true;
-        else if (s[IdSize] != PacketType.Exchange) return false;
-        initiatorId = ReadId(s[(IdSize + 2)..]);
-        ephemeralOffset = IdSize + 2 + IdSize;
-        int pos = ephemeralOffset + X25519.KeySize;
+        tokenOffset = tokenLength = mezzanineOffset = 0;
+        if (s.Length < HandshakeSize || !TryReadHandshakeHeader(s, out ulong id, out byte type) || id != 0) return false;
+        if (type == PacketType.InitiatorComplete) complete = true;
+        else if (type != PacketType.Exchange) return false;
+        initiatorId = ReadId(s[HandshakeHeaderSize..]);
+        int pos = HandshakeHeaderSize + IdSize;
         if (complete)
         {
             tokenLength = s[pos++];
@@ -340,17 +405,20 @@ public static class RudWire
             pos += tokenLength;
         }
         mezzanineOffset = pos;
-        return initiatorId != 0 && pos + MezzanineSize <= s.Length;
+        return initiatorId != 0 && pos + MezzanineSize + InitiatorProofSize <= s.Length - RepresentativeTail;
     }
 
-    /// <summary>Challenge (static key and token) or Defer (token only).</summary>
+    /// <summary>The length of a Challenge or Defer with <paramref name="padding"/> bytes of padding.</summary>
+    public static int ChallengeOrDeferLength(bool challenge, int tokenLength, int padding) =>
+        HandshakeHeaderSize + (challenge ? X25519.KeySize : 0) + 1 + tokenLength + padding + RandomTail;
+
+    /// <summary>Challenge (static key and token) or Defer (token only) into the whole packet <paramref name="s"/> (<see cref="ChallengeOrDeferLength"/>).</summary>
     public static int WriteChallengeOrDefer(Span<byte> s, ulong initiatorId, ReadOnlySpan<byte> staticKey, ReadOnlySpan<byte> token)
     {
         bool challenge = !staticKey.IsEmpty;
-        WriteId(s, initiatorId);
-        s[IdSize] = challenge ? PacketType.Challenge : PacketType.Defer;
-        s[IdSize + 1] = Version;
-        int pos = IdSize + 2;
+        s.Clear();
+        WriteHandshakeHeader(s, initiatorId, challenge ? PacketType.Challenge : PacketType.Defer);
+        int pos = HandshakeHeaderSize;
         if (challenge)
         {
             staticKey.CopyTo(s[pos..]);
@@ -358,28 +426,32 @@ public static class RudWire
         }
         s[pos++] = (byte)token.Length;
         token.CopyTo(s[pos..]);
-        return pos + token.Length;
+        System.Security.Cryptography.RandomNumberGenerator.Fill(s[^RandomTail..]);
+        return s.Length;
     }
 
-    /// <summary>Parses a Challenge (<paramref name="challenge"/> true: a static key precedes the token) or Defer.</summary>
+    /// <summary>Parses an unprotected Challenge (<paramref name="challenge"/> true: a static key precedes the token) or Defer.</summary>
     public static bool TryParseChallengeOrDefer(ReadOnlySpan<byte> s, bool challenge, out int staticKeyOffset, out int tokenOffset, out int tokenLength)
     {
         staticKeyOffset = tokenOffset = tokenLength = 0;
-        if (s.Length < IdSize + 3 || s[IdSize + 1] != Version) return false;
-        int pos = IdSize + 2;
+        if (!TryReadHandshakeHeader(s, out _, out _)) return false;
+        int pos = HandshakeHeaderSize;
         if (challenge)
         {
-            if (s.Length < pos + X25519.KeySize + 1) return false;
             staticKeyOffset = pos;
             pos += X25519.KeySize;
         }
+        if (s.Length < pos + 1 + RandomTail) return false;
         tokenLength = s[pos++];
         tokenOffset = pos;
-        return tokenLength > 0 && s.Length >= pos + tokenLength;
+        return tokenLength > 0 && s.Length - RandomTail >= pos + tokenLength;
     }
 
     public const int ResponderCompletePlainSize = IdSize + 1; // responder id | ticket length 0
-    public const int ResponderCompleteSize = IdSize + 2 + X25519.KeySize + ResponderCompletePlainSize + RudKeys.TagSize;
+    /// <summary>The responder Complete without padding: header | sealed (9 + 16) | representative 32.</summary>
+    public const int ResponderCompleteSize = HandshakeHeaderSize + ResponderCompletePlainSize + RudKeys.TagSize + RepresentativeTail;
+    /// <summary>The responder Complete's associated data: header | representative (§4.1).</summary>
+    public const int ResponderCompleteAadSize = HandshakeHeaderSize + RepresentativeTail;
 }
 
 /// <summary>Stream kinds (spec/rud.md §8.2).</summary>

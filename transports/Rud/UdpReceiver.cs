@@ -32,7 +32,7 @@ internal sealed unsafe class UdpReceiver
     }
 
     /// <summary>The datagram <paramref name="i"/> of the last <see cref="Receive"/>.</summary>
-    public ReadOnlySpan<byte> Packet(int i) => _data.AsSpan(i * SlotSize, (int)Math.Min(_headers[i].Length, SlotSize));
+    public Span<byte> Packet(int i) => _data.AsSpan(i * SlotSize, (int)Math.Min(_headers[i].Length, SlotSize));
 
     /// <summary>Writes datagram <paramref name="i"/>'s source address into <paramref name="into"/> (same address family as the socket).</summary>
     public void Source(int i, SocketAddress into)

@@ -34,24 +34,7 @@ public class RudAttackTests(ITestOutputHelper output)
         const int Connections = 2;
         long sent = 0;
         for (int c = 0; c < Connections; c++)
-        {
-            var conn = await t.ConnectAsync(Attacker);
-            ulong last = 0;
-            for (ulong s = 0; s < RudConnection.MaxPeerStreams; s++)
-            {
-                ulong id = RudWire.MakeStreamId(s, StreamKind.Asynchronous, 0);
-                foreach (var frames in RudTarget.OneByteFrames(id, Enumerable.Range(0, 1024).Select(j => (ulong)j * 4096 + 4095)))
-                {
-                    last = conn.SendRawPacket(frames);
-                    sent += frames.Length;
-                }
-                await Task.Delay(1); // a pace the server's socket buffer absorbs, not a wait for anything
-            }
-            // Packets are handled in order: the acknowledgement of a PING after them says all were (refused
-            // packets are not acknowledged, §8.3).
-            last = conn.SendRawPacket([FrameType.Ping]);
-            await Eventually.TrueAsync(() => conn.AcknowledgedUpTo(last), "the server handling the sparse frames", TimeSpan.FromSeconds(90));
-        }
+            sent += await RudAttacks.SparseFramesAsync(await t.ConnectAsync(Attacker));
         long rss1 = ProcStats.RssBytes(t.Pid);
         output.WriteLine($"{Connections} connections × 256 streams × 1,024 one-byte frames ({sent >> 10} KiB of frames): server RSS {rss0 >> 20} → {rss1 >> 20} MiB");
         await Sessions.EchoRoundTripAsync(t.Chain.SocksEndPoint, echo.Port, 256 * 1024);
@@ -72,7 +55,7 @@ public class RudAttackTests(ITestOutputHelper output)
         await Sessions.EchoRoundTripAsync(t.Chain.SocksEndPoint, echo.Port, 64 * 1024);
         var conn = await t.ConnectAsync(Attacker);
         const int Frames = 150_000;
-        var packets = RudTarget.OneByteFrames(RudWire.MakeStreamId(0, StreamKind.Asynchronous, 0), Enumerable.Range(0, Frames).Select(i => 2UL * (ulong)i + 1));
+        var packets = RudAttacks.OneByteFrames(RudWire.MakeStreamId(0, StreamKind.Asynchronous, 0), Enumerable.Range(0, Frames).Select(i => 2UL * (ulong)i + 1));
         double cpu0 = RudTarget.CpuSeconds(t.Pid);
         var clock = Stopwatch.StartNew();
         ulong last = 0;
@@ -130,7 +113,7 @@ public class RudAttackTests(ITestOutputHelper output)
     }
 
     /// <summary>
-    /// A flood of Exchanges with valid form but keys that fail (what anyone can send, from 64 spoofed
+    /// A flood of Exchanges with valid form but keys that fail (what any holder of the bridge line can send, from 64 spoofed
     /// loopback sources), 3,000 a second for 8 s, while a prober from its own address makes real
     /// handshakes and the legitimate user moves data through its established connection. Before the fix
     /// every forged Exchange cost X25519 + HKDF + AES-GCM on the receive thread under the endpoint's lock
@@ -149,40 +132,23 @@ public class RudAttackTests(ITestOutputHelper output)
         var calm = Stopwatch.StartNew();
         await Sessions.EchoRoundTripAsync(t.Chain.SocksEndPoint, echo.Port, Transfer);
         double calmSeconds = calm.Elapsed.TotalSeconds;
-        using var stop = new CancellationTokenSource();
-        long forged = 0;
         double cpu0 = RudTarget.CpuSeconds(t.Pid);
-        var flood = Enumerable.Range(1, 64).Select(i => Task.Run(async () =>
-        {
-            using var s = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
-            s.Bind(new IPEndPoint(IPAddress.Parse($"127.1.0.{i}"), 0));
-            s.Connect(t.Server);
-            var rng = new Random(i);
-            var tick = Stopwatch.StartNew();
-            long mine = 0;
-            while (!stop.IsCancellationRequested && tick.Elapsed < TimeSpan.FromSeconds(8))
-            {
-                var packet = RudForgery.ForgedExchange(rng);
-                s.Send(packet);
-                Interlocked.Increment(ref forged);
-                // 64 senders × 47/s ≈ 3,000 a second.
-                if (++mine * 1000 / 47 > tick.ElapsedMilliseconds) await Task.Delay(5);
-            }
-        })).ToList();
+        // 64 sources, 3,000 a second in all, for 8 s.
+        var flood = RudAttacks.ForgedExchangeFloodAsync(t.Server, t.ServerKey, sources: 64, perSecond: 3000, TimeSpan.FromSeconds(8));
         var modes = new List<ExchangeMode>();
         var prober = t.Endpoint(IPAddress.Parse("127.0.0.3"));
         await Task.Delay(1000); // the flood's first second (its rate must be seen), not a wait for a condition
         var attacked = Stopwatch.StartNew();
         await Sessions.EchoRoundTripAsync(t.Chain.SocksEndPoint, echo.Port, Transfer);
         double attackedSeconds = attacked.Elapsed.TotalSeconds;
-        bool floodStillRunning = flood.Any(f => !f.IsCompleted);
+        bool floodStillRunning = !flood.IsCompleted;
         for (int i = 0; i < 8; i++)
         {
             var conn = await prober.ConnectAsync(t.Server, t.ServerKey, CancellationToken.None);
             modes.Add(conn.Mode);
             conn.Close();
         }
-        await Task.WhenAll(flood);
+        long forged = await flood;
         double cpu = RudTarget.CpuSeconds(t.Pid) - cpu0;
         output.WriteLine($"{forged:N0} forged Exchanges from 64 sources; server CPU {cpu:0.00} s ({cpu * 1e6 / forged:0.0} µs each); probe handshakes meanwhile: {string.Join(", ", modes)}");
         output.WriteLine($"legitimate echo of {Transfer >> 20} MiB: {calmSeconds:0.00} s before the flood, {attackedSeconds:0.00} s during it{(floodStillRunning ? "" : " (the flood ended first)")}: {calmSeconds / attackedSeconds:0.00} of the unattacked rate");

@@ -27,10 +27,13 @@ internal sealed class RudTarget : IAsyncDisposable
 
     public static async Task<RudTarget> StartAsync(Action<Newtonsoft.Json.Linq.JObject>? editServer = null, Action<Newtonsoft.Json.Linq.JObject>? editClient = null)
     {
-        var chain = await RudChain.StartAsync(editClient: editClient, editServer: editServer);
-        string args = chain.ServerStartup.Single(l => l.StartsWith("SMETHOD rud ", StringComparison.Ordinal));
-        string key = args.Split("key=")[1].Split([' ', ','])[0].Replace("\\", "", StringComparison.Ordinal); // PT args escape '='
-        return new RudTarget(chain, Convert.FromBase64String(key));
+        // The attacks are a key holder's: the server takes any initiator (no authorizedKeys, spec/rud.md §5.5).
+        var chain = await RudChain.StartAsync(editClient: editClient, editServer: o =>
+        {
+            o.Remove("authorizedKeys");
+            editServer?.Invoke(o);
+        });
+        return new RudTarget(chain, RudChain.ServerKey(chain));
     }
 
     /// <summary>An initiator endpoint bound to <paramref name="source"/> (another loopback address: another source prefix).</summary>
@@ -51,28 +54,6 @@ internal sealed class RudTarget : IAsyncDisposable
         var s = conn.OpenStream();
         await SessionPreamble.RequestAsync(s, new Destination("127.0.0.1", port), "rud server", ct);
         return s;
-    }
-
-    /// <summary>
-    /// Packs STREAM frames of one byte each (stream <paramref name="streamId"/>, the given offsets) into
-    /// payloads of at most 1,300 bytes: what one forged Data packet carries.
-    /// </summary>
-    public static List<byte[]> OneByteFrames(ulong streamId, IEnumerable<ulong> offsets)
-    {
-        var packets = new List<byte[]>();
-        var buf = new byte[1300];
-        int n = 0;
-        foreach (ulong off in offsets)
-        {
-            if (n + RudWire.StreamFrameOverhead(streamId, off, 1) + 1 > buf.Length)
-            {
-                packets.Add(buf[..n]);
-                n = 0;
-            }
-            n += RudWire.WriteStreamFrame(buf.AsSpan(n), streamId, off, "x"u8, final: false);
-        }
-        if (n > 0) packets.Add(buf[..n]);
-        return packets;
     }
 
     /// <summary>CPU seconds (user + system) the process has used, from /proc/PID/stat.</summary>
@@ -125,20 +106,5 @@ internal sealed class RudTarget : IAsyncDisposable
             try { await ep.DisposeAsync(); } catch (Exception) { }
         }
         await Chain.DisposeAsync();
-    }
-}
-
-/// <summary>Packets anyone can forge (no key needed).</summary>
-internal static class RudForgery
-{
-    /// <summary>An Exchange of valid form (spec/rud.md §4.1) whose ephemeral key and mezzanine are random: it fails only after the key agreement.</summary>
-    public static byte[] ForgedExchange(Random rng)
-    {
-        var packet = new byte[RudWire.HandshakeSize];
-        var eph = new byte[X25519.KeySize];
-        rng.NextBytes(eph);
-        int at = RudWire.WriteExchangePlaintext(packet, complete: false, (ulong)rng.NextInt64(1, long.MaxValue), eph, []);
-        rng.NextBytes(packet.AsSpan(at, RudWire.MezzanineSize));
-        return packet;
     }
 }

@@ -126,6 +126,73 @@ public class RudTransportTests(ITestOutputHelper output)
         Assert.Equal(0, echo.Accepted);
     }
 
+    /// <summary>
+    /// Initiator authentication (spec/rud.md §5.5, issue 23): generate-config gives the server
+    /// <c>authorizedKeys</c> with the client's public key and the client its <c>clientKey</c>. The authorised
+    /// client fetches with curl; a client with another clientKey and a client without one get no datagram at
+    /// all from the server (counted on the UDP forwarder between them), as with a wrong serverKey, and fail
+    /// with 0x06. Without authorizedKeys the server takes any initiator, as before.
+    /// </summary>
+    [Fact]
+    public async Task Only_a_client_whose_key_is_in_authorizedKeys_gets_any_answer()
+    {
+        var body = RandomNumberGenerator.GetBytes(1 << 20);
+        await using var http = new HttpFileServer(body);
+        await using var echo = new EchoServer();
+        var generated = await PtChain.GenerateConfigAsync("rud");
+        Assert.Equal(32, Convert.FromBase64String((string)generated["client"]!["clientKey"]!).Length);
+        Assert.Single((JArray)generated["server"]!["authorizedKeys"]!);
+
+        async Task<(PtChain Chain, LossyUdpRelay Relay)> Start(Action<JObject>? editClient, Action<JObject>? editServer = null)
+        {
+            LossyUdpRelay? relay = null;
+            var chain = await RudChain.StartAsync(editClient: editClient, relayFor: server =>
+            {
+                relay = new LossyUdpRelay(server, seed: 1) { FromClient = [], FromServer = [] };
+                return relay.EndPoint;
+            }, editServer: editServer);
+            return (chain, relay!);
+        }
+
+        var (authorized, relay) = await Start(null);
+        await using (authorized)
+        await using (relay)
+        {
+            await FetchAsync(authorized, http, body, "1 MB, authorised client");
+            Assert.NotEmpty(relay.ServerPackets());
+        }
+
+        var other = Convert.ToBase64String(PtHost.Transports.Rud.X25519.GeneratePrivateKey());
+        foreach (var (what, edit) in new (string, Action<JObject>)[]
+        {
+            // A short handshake timeout: these clients are never answered.
+            ("another clientKey", o => { o["clientKey"] = other; o["handshakeTimeout"] = 2; }),
+            ("no clientKey", o => { o.Remove("clientKey"); o["handshakeTimeout"] = 2; }),
+        })
+        {
+            var (chain, r) = await Start(edit);
+            await using (chain)
+            await using (r)
+            {
+                Assert.Equal(0x06, await ConnectReply(chain, SocksClient.ConnectIPv4(IPAddress.Loopback, echo.Port)));
+                int sent = r.ClientPackets().Length, answered = r.ServerPackets().Length;
+                output.WriteLine($"{what}: the client sent {sent} datagrams, the server answered {answered}");
+                Assert.True(sent >= 3, $"{what}: the client sent only {sent} datagrams"); // the Exchange and its repeats (§4.5)
+                Assert.Equal(0, answered);
+            }
+        }
+        Assert.Equal(0, echo.Accepted);
+
+        // Without authorizedKeys: any initiator, with or without a clientKey.
+        foreach (var (what, edit) in new (string, Action<JObject>)[] { ("a clientKey", _ => { }), ("no clientKey", o => o.Remove("clientKey")) })
+        {
+            var (open, r) = await Start(edit, o => o.Remove("authorizedKeys"));
+            await using (open)
+            await using (r)
+                await FetchAsync(open, http, body, $"1 MB, server without authorizedKeys, client with {what}");
+        }
+    }
+
     [Fact]
     public async Task A_destination_outside_the_allow_list_gets_0x02_through_the_stream()
     {

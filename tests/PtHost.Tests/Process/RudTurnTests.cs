@@ -22,6 +22,8 @@ public partial class TurnTests
         Assert.Equal(0, await keys.WaitForExitAsync());
         var generated = JObject.Parse(string.Join("\n", keys.StdoutLines));
         serverKey?.Invoke(Convert.FromBase64String((string)generated["client"]!["serverKey"]!));
+        // A test that takes the key talks to the server from an anonymous in-process initiator: no authorizedKeys (spec/rud.md §5.5).
+        if (serverKey is not null) ((JObject)generated["server"]!).Remove("authorizedKeys");
         serverConfig["options"] = new JObject { ["rud"] = generated["server"] };
         var ptChain = await PtChain.StartAsync(serverConfig, serverEp =>
         {

@@ -72,13 +72,13 @@ public class RudTransportOptionsTests
     [InlineData("{\"congestion\": 1}", "options.rud.congestion: must be \"bbr\" or \"newreno\", not the number 1")]
     [InlineData("{\"congestion\": null}", "options.rud.congestion: must be \"bbr\" or \"newreno\", not null")]
     [InlineData("{\"congestion\": [\"bbr\"]}", "options.rud.congestion: must be \"bbr\" or \"newreno\", not an array")]
-    [InlineData("{\"congestoin\": \"bbr\"}", "known: key, challenge, firstContact, congestion")]
+    [InlineData("{\"congestoin\": \"bbr\"}", "known: key, challenge, firstContact, congestion, authorizedKeys")]
     public void Bad_congestion_options_are_refused_on_both_sides_naming_the_allowed_values(string json, string reason)
     {
         Assert.Contains(reason, Assert.Throws<OptionsException>(() => RudServerOptions.Parse(JObject.Parse(json))).Message);
         var client = JObject.Parse(json);
         client["serverKey"] = PublicKey();
-        string clientReason = reason.Replace("key, challenge, firstContact, congestion", "serverAddress, serverKey, handshakeTimeout, congestion", StringComparison.Ordinal);
+        string clientReason = reason.Replace("key, challenge, firstContact, congestion, authorizedKeys", "serverAddress, serverKey, handshakeTimeout, congestion, clientKey", StringComparison.Ordinal);
         Assert.Contains(clientReason, Assert.Throws<OptionsException>(() => RudClientOptions.Parse(client)).Message);
     }
 
@@ -91,8 +91,27 @@ public class RudTransportOptionsTests
         var pub = new byte[32];
         X25519.PublicKey(priv, pub);
         Assert.Equal(Convert.ToBase64String(pub), (string)generated.Client["serverKey"]!);
-        Assert.NotNull(RudClientOptions.Parse(generated.Client));
-        Assert.NotNull(RudServerOptions.Parse(generated.Server));
+        // The client's key pair (spec/rud.md §5.5): its private key for the client, its public key authorized by the server.
+        var clientPriv = Convert.FromBase64String((string)generated.Client["clientKey"]!);
+        X25519.PublicKey(clientPriv, pub);
+        Assert.Equal([Convert.ToBase64String(pub)], ((JArray)generated.Server["authorizedKeys"]!).Select(k => (string)k!));
+        Assert.Equal(clientPriv, RudClientOptions.Parse(generated.Client).ClientKey);
+        Assert.Equal(pub, Assert.Single(RudServerOptions.Parse(generated.Server).AuthorizedKeys!));
+    }
+
+    [Theory]
+    [InlineData("{\"authorizedKeys\": \"x\"}", "options.rud.authorizedKeys: must be an array of strings")]
+    [InlineData("{\"authorizedKeys\": [\"not base64!\"]}", "options.rud.authorizedKeys[0]: must be a usable X25519 public key of 32 bytes (base64)")]
+    [InlineData("{\"authorizedKeys\": [\"AAAA\"]}", "options.rud.authorizedKeys[0]: must be a usable X25519 public key")]
+    [InlineData("{\"authorizedKeys\": [\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]}", "options.rud.authorizedKeys[0]: must be a usable X25519 public key")]
+    public void Bad_authorized_keys_are_refused_naming_the_entry(string json, string reason) =>
+        Assert.Contains(reason, Assert.Throws<OptionsException>(() => RudServerOptions.Parse(JObject.Parse(json))).Message);
+
+    [Fact]
+    public void A_bad_client_key_is_refused()
+    {
+        Assert.Contains("options.rud.clientKey: must be 32 bytes", Assert.Throws<OptionsException>(() => RudClientOptions.Parse(new JObject { ["serverKey"] = PublicKey(), ["clientKey"] = "AAAA" })).Message);
+        Assert.Null(RudClientOptions.Parse(new JObject { ["serverKey"] = PublicKey() }).ClientKey);
     }
 }
 

@@ -249,7 +249,7 @@ public class RudWireTests
         var secret = System.Security.Cryptography.RandomNumberGenerator.GetBytes(64);
         using var a = new PacketProtection(secret, 0);
         using var b = new PacketProtection(secret, 0);
-        var header = new byte[12];
+        var header = new byte[RudWire.DataHeaderSize];
         int h = RudWire.WriteDataHeader(header, 42, 0, 7);
         var plain = "hello"u8.ToArray();
         var sealedData = new byte[plain.Length + 16];
