@@ -376,16 +376,7 @@ public class HostileClientTests(ITestOutputHelper output)
         // 150 connections from one address: above the default per-source cap of 16 (spec/asport.md §5.1).
         await using var relay = await AsportRelayProcess.StartAsync(extra: new Newtonsoft.Json.Linq.JObject { ["max_connections_per_source"] = 256 });
         int pid = relay.Process.Pid;
-        await using var legit = new AsportRelayClient(new AsportRelayClientOptions
-        {
-            Server = relay.EndPoint,
-            Verification = QuicPeerVerification.Pinned(AsportRelayProcess.Cert.Sha256),
-            User = Guid.Parse("6f0d0f5e-2b4c-4d6a-9c11-0123456789ab"),
-            Password = "correct horse",
-            PortStart = 20000,
-            PortEnd = 60000,
-            LocalTarget = new IPEndPoint(IPAddress.Loopback, echo.Port),
-        }, NullLogger.Instance);
+        await using var legit = new AsportRelayClient(AsportRelayProcess.ClientOptions(relay.EndPoint, new IPEndPoint(IPAddress.Loopback, echo.Port)), NullLogger.Instance);
         legit.Start();
         int port = await legit.Registered.WaitAsync(TimeSpan.FromSeconds(30));
         await AsportEchoAsync(port);

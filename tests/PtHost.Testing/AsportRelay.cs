@@ -1,6 +1,7 @@
 using System.Net;
 using Newtonsoft.Json.Linq;
 using PtHost.Quic;
+using PtHost.Transports.Asport;
 
 namespace PtHost.Testing;
 
@@ -18,6 +19,22 @@ public sealed class AsportRelayProcess : IAsyncDisposable
     public required PtProcess Process { get; init; }
     public required IPEndPoint EndPoint { get; init; }
     public required string Directory { get; init; }
+
+    /// <summary>
+    /// Options of an ASPORT client (<see cref="AsportRelayClient"/>) of a relay started with <see cref="WriteConfig"/>: this
+    /// certificate pinned, the test user, TCP mode, public ports 20000–60000, forwarding to <paramref name="target"/>.
+    /// </summary>
+    public static AsportRelayClientOptions ClientOptions(IPEndPoint server, IPEndPoint target) => new()
+    {
+        Server = server,
+        Verification = QuicPeerVerification.Pinned(Cert.Sha256),
+        User = User,
+        Password = Password,
+        Mode = ForwardMode.Tcp,
+        PortStart = 20000,
+        PortEnd = 60000,
+        LocalTarget = target,
+    };
 
     /// <summary>Writes the certificate, key and asport.json into <paramref name="dir"/>; returns the config's path.</summary>
     /// <param name="extra">Further keys of the configuration (spec/asport.md §5), e.g. the connection caps.</param>

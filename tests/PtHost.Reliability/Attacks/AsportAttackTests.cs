@@ -239,18 +239,8 @@ public class AsportAttackTests(ITestOutputHelper output)
         }
     }
 
-    private static AsportRelayClient Legitimate(IPEndPoint relay, IPEndPoint local, int maxForwardedStreams = AsportRelayClient.MaxForwardedStreams) => new(new AsportRelayClientOptions
-    {
-        MaxForwardedStreams = maxForwardedStreams,
-        Server = relay,
-        Verification = QuicPeerVerification.Pinned(AsportRelayProcess.Cert.Sha256),
-        User = AsportRelayProcess.User,
-        Password = AsportRelayProcess.Password,
-        Mode = ForwardMode.Tcp,
-        PortStart = 20000,
-        PortEnd = 60000,
-        LocalTarget = local,
-    }, NullLogger.Instance);
+    private static AsportRelayClient Legitimate(IPEndPoint relay, IPEndPoint local, int maxForwardedStreams = AsportRelayClient.MaxForwardedStreams) =>
+        new(AsportRelayProcess.ClientOptions(relay, local) with { MaxForwardedStreams = maxForwardedStreams }, NullLogger.Instance);
 
     /// <summary>Accepts one TCP connection and hashes everything it carries.</summary>
     internal sealed class HashingSink : IAsyncDisposable

@@ -26,16 +26,12 @@ public sealed class AsportRelayTests
 
     private static AsportRelayClient Client(IPEndPoint server, IPEndPoint target, ForwardMode mode = ForwardMode.Tcp,
         string password = Password, ushort lo = PortLo, ushort hi = PortHi) =>
-        new(new AsportRelayClientOptions
+        new(AsportRelayProcess.ClientOptions(server, target) with
         {
-            Server = server,
-            Verification = QuicPeerVerification.Pinned(Cert.Sha256),
-            User = User,
             Password = password,
             Mode = mode,
             PortStart = lo,
             PortEnd = hi,
-            LocalTarget = target,
             ReconnectMin = TimeSpan.FromMilliseconds(200),
             ReconnectMax = TimeSpan.FromSeconds(1),
         }, NullLogger.Instance);

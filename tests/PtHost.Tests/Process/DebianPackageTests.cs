@@ -225,17 +225,7 @@ public partial class DebianPackageTests
             // It serves: an ASPORT client registers over QUIC, and a TCP connection to its public port reaches the client's service.
             var body = RandomNumberGenerator.GetBytes(256 << 10);
             await using var web = new HttpFileServer(body);
-            await using var registered = new AsportRelayClient(new AsportRelayClientOptions
-            {
-                Server = listen,
-                Verification = QuicPeerVerification.Pinned(AsportRelayProcess.Cert.Sha256),
-                User = AsportRelayProcess.User,
-                Password = AsportRelayProcess.Password,
-                Mode = ForwardMode.Tcp,
-                PortStart = 20000,
-                PortEnd = 60000,
-                LocalTarget = new IPEndPoint(IPAddress.Loopback, web.Port),
-            }, NullLogger.Instance);
+            await using var registered = new AsportRelayClient(AsportRelayProcess.ClientOptions(listen, new IPEndPoint(IPAddress.Loopback, web.Port)), NullLogger.Instance);
             registered.Start();
             int port = await registered.Registered.WaitAsync(TimeSpan.FromSeconds(30));
             using var http = new HttpClient();
