@@ -162,12 +162,7 @@ public static class Program
         using var parentWatch = config.IpcVersion == 1 ? ParentWatch.Start(lifetime, log) : null;
         try
         {
-            await host.RunAsync().ConfigureAwait(false);
-        }
-        catch (OperationCanceledException) when (lifetime.ApplicationStopping.IsCancellationRequested)
-        {
-            // Told to stop (stdin closed, a signal) before the host had started: a clean shutdown (spec/ipc.md §9).
-            await StopQuietlyAsync(host, log).ConfigureAwait(false);
+            await RunHostAsync(host, log).ConfigureAwait(false);
         }
         catch (Exception e)
         {
@@ -177,12 +172,22 @@ public static class Program
         return runtime.FailureExitCode ?? ExitCodes.Ok;
     }
 
-    /// <summary>Stops a host whose start was cancelled: whatever did start is closed.</summary>
-    private static async Task StopQuietlyAsync(IHost host, ILogger log)
+    /// <summary>
+    /// Runs the host until it stops. Told to stop (stdin closed, a signal) before it had started is a clean
+    /// shutdown (spec/ipc.md §9.1, §2.4): the start's cancellation is not an error, and the host is still
+    /// stopped (whatever did start is closed) before it is disposed — unlike <c>RunAsync</c>, which disposes
+    /// it without stopping when the start throws.
+    /// </summary>
+    private static async Task RunHostAsync(IHost host, ILogger log)
     {
-        log.LogInformation("stopped while starting");
-        try { await host.StopAsync(CancellationToken.None).ConfigureAwait(false); }
-        catch (Exception e) when (e is OperationCanceledException or AggregateException) { log.LogDebug(e, "stopping after a cancelled start"); }
+        var lifetime = host.Services.GetRequiredService<IHostApplicationLifetime>();
+        try { await host.StartAsync().ConfigureAwait(false); }
+        catch (OperationCanceledException) when (lifetime.ApplicationStopping.IsCancellationRequested)
+        {
+            log.LogInformation("stopped while starting");
+        }
+        // Returns once stopping was requested (at once, after a cancelled start), having stopped the host.
+        await host.WaitForShutdownAsync().ConfigureAwait(false);
     }
 
     /// <summary>
@@ -218,15 +223,9 @@ public static class Program
         builder.Services.AddHostedService(sp => sp.GetRequiredService<RelayHost>());
         using var host = builder.Build();
         var relay = host.Services.GetRequiredService<RelayHost>();
-        var lifetime = host.Services.GetRequiredService<IHostApplicationLifetime>();
         try
         {
-            await host.RunAsync().ConfigureAwait(false);
-        }
-        catch (OperationCanceledException) when (lifetime.ApplicationStopping.IsCancellationRequested)
-        {
-            // SIGTERM/SIGINT before every listener was bound: a clean stop (spec/ipc.md §2.4).
-            await StopQuietlyAsync(host, host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("PtHost.Relay")).ConfigureAwait(false);
+            await RunHostAsync(host, host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("PtHost.Relay")).ConfigureAwait(false);
         }
         catch (Exception e)
         {
