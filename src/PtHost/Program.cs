@@ -124,7 +124,16 @@ public static class Program
         var builder = CreateHostBuilder(config.LogLevel, config.UnsafeLogging);
         builder.Services.AddSingleton(config);
         builder.Services.AddSingleton(ipc);
-        builder.Services.AddSingleton(sp => new SignalRouter(config.Role, ipc, sp.GetRequiredService<ILogger<SignalRouter>>(), available: config.IpcVersion != 1));
+        // spec/rendezvous.md §7: transports with a configured rendezvous signal through it; stdin lines for them are dropped.
+        builder.Services.AddSingleton(sp => new SignalRoutes(config, OutboundDialer.Create(config), sp.GetRequiredService<ILoggerFactory>()));
+        builder.Services.AddSingleton(sp =>
+        {
+            var routes = sp.GetRequiredService<SignalRoutes>();
+            return new SignalRouter(config.Role, ipc, sp.GetRequiredService<ILogger<SignalRouter>>(), available: config.IpcVersion != 1)
+            {
+                RoutedElsewhere = t => routes.IsRouted(t) ? "this transport's signals go through the rendezvous (spec/rendezvous.md §7)" : null,
+            };
+        });
         builder.Services.AddSingleton<TransportRegistry>();
         builder.Services.AddSingleton<HostRuntime>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<HostRuntime>());
@@ -135,6 +144,7 @@ public static class Program
         var router = host.Services.GetRequiredService<SignalRouter>();
         // Open every transport's signal queue before stdin is read: a message may arrive before the transport starts.
         foreach (string t in config.Transports) router.For(t);
+        var routes = host.Services.GetRequiredService<SignalRoutes>();
         var runtime = host.Services.GetRequiredService<HostRuntime>();
         var stdin = new StdinReader(Console.OpenStandardInput(), router, host.Services.GetRequiredService<ILogger<StdinReader>>())
         {
@@ -168,6 +178,10 @@ public static class Program
         {
             log.LogCritical(e, "pthost failed");
             return ExitCodes.Software;
+        }
+        finally
+        {
+            await routes.DisposeAsync().ConfigureAwait(false);
         }
         return runtime.FailureExitCode ?? ExitCodes.Ok;
     }

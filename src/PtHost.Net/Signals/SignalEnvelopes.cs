@@ -51,6 +51,9 @@ public class SignalEnvelopes
     /// <summary>This process's id: <c>cid</c> of a client, <c>sid</c> of a server.</summary>
     public string InstanceId { get; }
 
+    /// <summary>Returns why a transport's lines are not taken here (its signals go another way, spec/rendezvous.md §7), or null.</summary>
+    public Func<string, string?>? RoutedElsewhere { get; init; }
+
     /// <summary>The keyword this process reads on stdin.</summary>
     public string IncomingKeyword => _server ? "CMESSAGE" : "SMESSAGE";
 
@@ -68,6 +71,7 @@ public class SignalEnvelopes
     {
         TransportSignals? ch;
         lock (_channels) _channels.TryGetValue(transport, out ch);
+        if (RoutedElsewhere?.Invoke(transport) is { } elsewhere) return Drop(elsewhere);
         if (!Available) return Drop("PT 1.0 managed mode has no signal channel");
         if (ch is null) return Drop($"no transport \"{transport}\" in this process");
         if (System.Text.Encoding.UTF8.GetByteCount(payload) > MaxPayloadBytes) return Drop($"payload longer than {MaxPayloadBytes} bytes");

@@ -22,6 +22,7 @@ public sealed partial class PtConfig
     [
         "ptversion", "role", "transports", "proxylistenaddr", "bindaddr", "target", "options", "allow",
         "plugindir", "state", "exit-on-stdin-close", "loglevel", "unsafe-logging", "proxy", "turn", "public-frontends",
+        "signals",
     ];
 
     public string PtVersion { get; private init; } = "2";
@@ -42,6 +43,11 @@ public sealed partial class PtConfig
     public Microsoft.Extensions.Logging.LogLevel LogLevel { get; private init; } = Microsoft.Extensions.Logging.LogLevel.Information;
     /// <summary><c>unsafe-logging</c>: logs keep the addresses of clients, peers and destinations (spec/ipc.md §4.11).</summary>
     public bool UnsafeLogging { get; private init; }
+    /// <summary>
+    /// Transports whose signals go through a rendezvous instead of CMESSAGE/SMESSAGE lines (spec/rendezvous.md §7):
+    /// every transport with <c>"signals"</c> (PT 2.0), or the server transports whose TOR_PT_SERVER_TRANSPORT_OPTIONS name one (PT 1.0).
+    /// </summary>
+    public IReadOnlyDictionary<string, PtHost.Net.Signals.RendezvousEndpoint> SignalRoutes { get; private init; } = new Dictionary<string, PtHost.Net.Signals.RendezvousEndpoint>();
 
     /// <summary>A copy with other logging settings (PTHOST_LOGLEVEL and PTHOST_UNSAFE_LOGGING in PT 1.0 managed mode).</summary>
     public PtConfig WithLogging(Microsoft.Extensions.Logging.LogLevel level, bool unsafeLogging) => new()
@@ -50,7 +56,7 @@ public sealed partial class PtConfig
         ProxyListenAddresses = ProxyListenAddresses, BindAddresses = BindAddresses, Target = Target, Options = Options,
         Allow = Allow, PluginDirectory = PluginDirectory, StateDirectory = StateDirectory, ExitOnStdinClose = ExitOnStdinClose,
         LogLevel = level, UnsafeLogging = unsafeLogging, PublicFrontEnds = PublicFrontEnds, Turn = Turn, ExtendedOrPort = ExtendedOrPort, AuthCookieFile = AuthCookieFile, UpstreamProxy = UpstreamProxy,
-        OutboundBindV4 = OutboundBindV4, OutboundBindV6 = OutboundBindV6,
+        OutboundBindV4 = OutboundBindV4, OutboundBindV6 = OutboundBindV6, SignalRoutes = SignalRoutes,
     };
 
     /// <summary>The versions of the IPC this host speaks; "2" is printed as <c>VERSION 2</c>.</summary>
@@ -109,6 +115,7 @@ public sealed partial class PtConfig
             Allow = role == Role.Server ? ParseAllow(r) : RejectFor<AllowList?>(r, "allow", "server", null),
             UpstreamProxy = role == Role.Client ? ParseProxy(r) : RejectFor<string?>(r, "proxy", "client", null),
             Turn = role == Role.Client ? TurnConfig.Read(r.Object("turn"), transports.Count) : RejectFor<PtHost.Turn.TurnOptions?>(r, "turn", "client", null),
+            SignalRoutes = ParseSignals(r, transports),
         };
         if (config.Role == Role.Client && !config.PublicFrontEnds) RejectPublicFrontEnds(r, config);
         if (config.Role == Role.Server && config.Target is null && config.Allow is null)
@@ -141,6 +148,26 @@ public sealed partial class PtConfig
     }
 
     /// <summary>127.0.0.0/8, ::1, and their IPv4-mapped forms.</summary>
+    /// <summary>spec/rendezvous.md §7.1: <c>"signals": {"rendezvous": URL, "secret": B64URL, "pin": HEX?}</c>, for every transport.</summary>
+    private static Dictionary<string, PtHost.Net.Signals.RendezvousEndpoint> ParseSignals(OptionsReader r, IReadOnlyList<string> transports)
+    {
+        if (!r.Has("signals")) return [];
+        var s = r.Object("signals");
+        s.RejectUnknown("rendezvous", "secret", "pin");
+        string url = s.Require("rendezvous", "an http:// or https:// URL").String("rendezvous")!;
+        string secret = s.Require("secret", "16 to 64 bytes in base64url (pthost generate-secret)").String("secret")!;
+        try
+        {
+            var endpoint = PtHost.Net.Signals.RendezvousEndpoint.Parse(url, secret, s.String("pin"));
+            return transports.ToDictionary(t => t, _ => endpoint);
+        }
+        catch (FormatException e)
+        {
+            string key = e.Message.StartsWith("secret", StringComparison.Ordinal) ? "secret" : e.Message.StartsWith("rendezvous-pin", StringComparison.Ordinal) ? "pin" : "rendezvous";
+            throw s.Fail(key, e.Message[(e.Message.IndexOf(':', StringComparison.Ordinal) + 2)..]);
+        }
+    }
+
     public static bool IsLoopback(IPAddress address) =>
         IPAddress.IsLoopback(address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address);
 

@@ -102,6 +102,7 @@ public sealed partial class PtConfig
 
         var bindAddresses = ParseServerBindAddresses(Get("TOR_PT_SERVER_BINDADDR"), wanted);
         var options = ParseServerTransportOptions(Get("TOR_PT_SERVER_TRANSPORT_OPTIONS"), wanted);
+        var routes = TakeSignalRoutes(options);
         IPEndPoint? orPort = ParseOptionalEndPoint("TOR_PT_ORPORT", Get("TOR_PT_ORPORT"));
         IPEndPoint? extOrPort = ParseOptionalEndPoint("TOR_PT_EXTENDED_SERVER_PORT", Get("TOR_PT_EXTENDED_SERVER_PORT"));
         string? cookie = Get("TOR_PT_AUTH_COOKIE_FILE") is { Length: > 0 } c ? c : null;
@@ -123,7 +124,31 @@ public sealed partial class PtConfig
             Target = new Destination(target.Address.ToString(), (ushort)target.Port),
             ExtendedOrPort = extOrPort,
             AuthCookieFile = extOrPort is null ? null : cookie,
+            SignalRoutes = routes,
         };
+    }
+
+    /// <summary>The option keys a bridge line's signal route takes (spec/rendezvous.md §7.1): the host's, never the transport's.</summary>
+    public static readonly string[] RouteKeys = ["rendezvous", "secret", "rendezvous-pin"];
+
+    /// <summary>
+    /// spec/rendezvous.md §7.1: <c>t:rendezvous=URL;t:secret=S[;t:rendezvous-pin=P]</c> in TOR_PT_SERVER_TRANSPORT_OPTIONS route
+    /// transport t's signals; the keys are removed from its options. A half-given route is an ENV-ERROR.
+    /// </summary>
+    private static Dictionary<string, PtHost.Net.Signals.RendezvousEndpoint> TakeSignalRoutes(Dictionary<string, JToken> options)
+    {
+        var routes = new Dictionary<string, PtHost.Net.Signals.RendezvousEndpoint>();
+        foreach (var (name, token) in options)
+        {
+            if (token is not JObject o || !RouteKeys.Any(o.ContainsKey)) continue;
+            string? url = (string?)o["rendezvous"], secret = (string?)o["secret"], pin = (string?)o["rendezvous-pin"];
+            if (url is null || secret is null)
+                throw new EnvironmentException($"TOR_PT_SERVER_TRANSPORT_OPTIONS: {name}:rendezvous and {name}:secret go together");
+            try { routes[name] = PtHost.Net.Signals.RendezvousEndpoint.Parse(url, secret, pin); }
+            catch (FormatException e) { throw new EnvironmentException($"TOR_PT_SERVER_TRANSPORT_OPTIONS: {name}:{e.Message}"); }
+            foreach (string k in RouteKeys) o.Remove(k);
+        }
+        return routes;
     }
 
     private static IPAddress? ParseBindAddress(string variable, string? text, AddressFamily family)

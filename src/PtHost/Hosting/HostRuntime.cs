@@ -19,6 +19,7 @@ public sealed class HostRuntime : IHostedService
     private readonly PtConfig _config;
     private readonly IpcWriter _ipc;
     private readonly SignalRouter _signals;
+    private readonly SignalRoutes _routes;
     private readonly TransportRegistry _registry;
     private readonly ILoggerFactory _loggers;
     private readonly ILogger _log;
@@ -37,9 +38,10 @@ public sealed class HostRuntime : IHostedService
     /// <summary>Ends open sessions now instead of letting them drain (a second SIGINT).</summary>
     public void AbortSessions() => _abort.Cancel();
 
-    public HostRuntime(PtConfig config, IpcWriter ipc, SignalRouter signals, TransportRegistry registry,
+    public HostRuntime(PtConfig config, IpcWriter ipc, SignalRouter signals, SignalRoutes routes, TransportRegistry registry,
         ILoggerFactory loggers, IHostApplicationLifetime lifetime, Microsoft.Extensions.Options.IOptions<HostOptions> hostOptions)
     {
+        _routes = routes;
         _config = config;
         _ipc = ipc;
         _signals = signals;
@@ -98,9 +100,18 @@ public sealed class HostRuntime : IHostedService
             {
                 string state = Path.Combine(_config.StateDirectory, name);
                 Directory.CreateDirectory(state);
-                var context = new TransportEnvironment(name, _config.Options.GetValueOrDefault(name), state, _signals.For(name), dialer, _loggers, counters);
-                if (_config.Role == Role.Client) await StartClientAsync(name, transport, context, cancellationToken).ConfigureAwait(false);
-                else await StartServerAsync(name, transport, context, dialer, cancellationToken).ConfigureAwait(false);
+                var options = _config.Options.GetValueOrDefault(name);
+                var endpoint = _routes.EndpointOf(name);
+                if (_config.Role == Role.Server && endpoint is not null) options = BridgeLine.ServerOptions(name, options, endpoint);
+                var context = new TransportEnvironment(name, options, state, _routes.For(name) ?? _signals.For(name), dialer, _loggers, counters);
+                if (_config.Role == Role.Client && _config.IpcVersion == 1)
+                {
+                    // spec/rendezvous.md §7.4: a PT 1.0 client takes its route from each bridge line.
+                    var bridged = new BridgeLineClientFactory(name, transport, context, _routes, dialer, _loggers);
+                    await StartClientAsync(name, bridged, context, cancellationToken).ConfigureAwait(false);
+                }
+                else if (_config.Role == Role.Client) await StartClientAsync(name, transport.CreateClientFactory(context), context, cancellationToken).ConfigureAwait(false);
+                else await StartServerAsync(name, transport, context, dialer, endpoint, cancellationToken).ConfigureAwait(false);
                 lock (_counters) _counters[name] = counters; // STATUS lines report transports that started
                 started++;
             }
@@ -162,9 +173,8 @@ public sealed class HostRuntime : IHostedService
         if (_config.Role == Role.Client) _ipc.CmethodError(name, message); else _ipc.SmethodError(name, message);
     }
 
-    private async Task StartClientAsync(string name, IPluggableTransport transport, TransportEnvironment context, CancellationToken ct)
+    private async Task StartClientAsync(string name, IClientFactory factory, TransportEnvironment context, CancellationToken ct)
     {
-        var factory = transport.CreateClientFactory(context);
         _factories.Add(factory);
         if (factory is IStartableClientFactory startable) await startable.StartAsync(ct).ConfigureAwait(false);
         var listener = new Socks5Listener(name, _config.ProxyListenAddresses[name], factory, context.Counters, new Socks5Limits(), _loggers.CreateLogger("PtHost.Socks"));
@@ -209,7 +219,8 @@ public sealed class HostRuntime : IHostedService
         _ipc.Log("warning", message);
     }
 
-    private async Task StartServerAsync(string name, IPluggableTransport transport, TransportEnvironment context, INetworkDialer dialer, CancellationToken ct)
+    private async Task StartServerAsync(string name, IPluggableTransport transport, TransportEnvironment context, INetworkDialer dialer,
+        PtHost.Net.Signals.RendezvousEndpoint? endpoint, CancellationToken ct)
     {
         var factory = transport.CreateServerFactory(context);
         _factories.Add(factory);
@@ -223,7 +234,8 @@ public sealed class HostRuntime : IHostedService
             ? await factory.ProxyAsync(binding, ct).ConfigureAwait(false)
             : await factory.ListenAsync(binding, ct).ConfigureAwait(false);
         _servers.Add((name, manager));
-        _ipc.Smethod(name, manager.LocalEndPoint, manager.Args);
+        // spec/rendezvous.md §7.3: with a route, ARGS carries everything a bridge line needs.
+        _ipc.Smethod(name, manager.LocalEndPoint, endpoint is null ? manager.Args : BridgeLine.ServerArgs(name, manager.Args, context.Options, endpoint));
     }
 
     /// <summary>

@@ -25,7 +25,7 @@ public sealed class TransportRegistry
     public IEnumerable<string> Names => _factories.Keys;
 
     /// <summary>The relay services the built-in transports contribute: <c>pthost relay NAME</c> (spec/ipc.md §2.4).</summary>
-    public static IReadOnlyList<IRelayService> Relays => PtHost.Embedded.BuiltInTransports.Relays;
+    public static IReadOnlyList<IRelayService> Relays { get; } = [.. PtHost.Embedded.BuiltInTransports.Relays, new PtHost.Rendezvous.RendezvousRelayService()];
 
     /// <summary>Top-level commands the built-in transports contribute (<c>pthost asport-client</c>, spec/ipc.md §2.4).</summary>
     public static IReadOnlyList<(string Name, Func<IRelayService> Create)> Commands => PtHost.Embedded.BuiltInTransports.Commands;
