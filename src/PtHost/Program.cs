@@ -144,7 +144,7 @@ public static class Program
         var router = host.Services.GetRequiredService<SignalRouter>();
         // Open every transport's signal queue before stdin is read: a message may arrive before the transport starts.
         foreach (string t in config.Transports) router.For(t);
-        var routes = host.Services.GetRequiredService<SignalRoutes>();
+        _ = host.Services.GetRequiredService<SignalRoutes>(); // routes open (and receive) before the transports start; the container disposes them
         var runtime = host.Services.GetRequiredService<HostRuntime>();
         var stdin = new StdinReader(Console.OpenStandardInput(), router, host.Services.GetRequiredService<ILogger<StdinReader>>())
         {
@@ -178,10 +178,6 @@ public static class Program
         {
             log.LogCritical(e, "pthost failed");
             return ExitCodes.Software;
-        }
-        finally
-        {
-            await routes.DisposeAsync().ConfigureAwait(false);
         }
         return runtime.FailureExitCode ?? ExitCodes.Ok;
     }

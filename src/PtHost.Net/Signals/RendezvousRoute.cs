@@ -54,6 +54,7 @@ public sealed class RendezvousRoute : IAsyncDisposable
     private SignalEnvelopes? _envelopes;
     private Task? _poller;
     private int _postsInFlight;
+    private int _disposed;
 
     public RendezvousRoute(RendezvousEndpoint endpoint, bool server, INetworkDialer? dialer, ILogger log)
     {
@@ -139,6 +140,7 @@ public sealed class RendezvousRoute : IAsyncDisposable
             }
         }
         catch (OperationCanceledException) { }
+        catch (ObjectDisposedException) { } // the route closed meanwhile
         finally { Interlocked.Decrement(ref _postsInFlight); }
     }
 
@@ -200,13 +202,13 @@ public sealed class RendezvousRoute : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         await _stop.CancelAsync().ConfigureAwait(false);
         if (_poller is not null)
         {
             try { await _poller.ConfigureAwait(false); }
             catch (OperationCanceledException) { }
         }
-        _http.Dispose();
-        _stop.Dispose();
+        _http.Dispose(); // _stop stays undisposed: posts in flight may still read its token
     }
 }
