@@ -97,9 +97,10 @@ public class ManagedModeTests
         Assert.Equal("VERSION 1", lines[0]);
         Assert.StartsWith("STATUS TYPE=version IMPLEMENTATION=pthost VERSION=", lines[1]);
         Assert.Matches(@"^CMETHOD plain socks5 127\.0\.0\.1:\d+$", lines[2]);
-        // zephyr cannot work without signals: it says why, and the others run.
-        Assert.Contains(lines, l => l.StartsWith("CMETHOD-ERROR zephyr ", StringComparison.Ordinal) && l.Contains("signal channel"));
-        Assert.Contains(lines, l => l.StartsWith("CMETHOD-ERROR jet ", StringComparison.Ordinal) && l.Contains("signal channel"));
+        // zephyr and jet signal through the rendezvous a bridge line names (spec/rendezvous.md §7.4): their SOCKS
+        // front ends open; a connection whose bridge line names none is refused, saying why (RendezvousTorTests).
+        Assert.Contains(lines, l => l.StartsWith("CMETHOD zephyr socks5 ", StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.StartsWith("CMETHOD jet socks5 ", StringComparison.Ordinal));
         Assert.DoesNotContain(lines, l => l.Contains("obfs4") || l.Contains("meek_lite"));
         Assert.Equal("CMETHODS DONE", lines[^1]);
         p.CloseStdin();
