@@ -52,7 +52,8 @@ public sealed class ZephyrChain : IAsyncDisposable
     public required Child Client { get; init; }
     public required IPEndPoint Socks { get; init; }
 
-    public static async Task<ZephyrChain> StartAsync(string pthost, string stateRoot, IPEndPoint relay)
+    /// <param name="signals">A <c>"signals"</c> object (spec/rendezvous.md §7.1): both processes signal through that rendezvous and the harness carries no line.</param>
+    public static async Task<ZephyrChain> StartAsync(string pthost, string stateRoot, IPEndPoint relay, JsonObject? signals = null)
     {
         var gen = await Child.RunAsync(pthost, ["generate-config", "zephyr"], TimeSpan.FromSeconds(30), Chain.ExtraEnvFor(null)).ConfigureAwait(false);
         if (gen.ExitCode != 0) throw new InvalidOperationException($"pthost generate-config zephyr exited {gen.ExitCode}: {gen.StderrTail}");
@@ -78,6 +79,11 @@ public sealed class ZephyrChain : IAsyncDisposable
             ["state"] = Path.Combine(stateRoot, "client"),
             ["exit-on-stdin-close"] = true,
         };
+        if (signals is not null)
+        {
+            serverConfig["signals"] = signals.DeepClone();
+            clientConfig["signals"] = signals.DeepClone();
+        }
         Child? server = null, client = null;
         server = Child.Start("pthost zephyr server", pthost, [serverConfig.ToJsonString()], Chain.ExtraEnvFor(null),
             observer: l => { if (l.StartsWith("SMESSAGE ", StringComparison.Ordinal) && client is { } c) _ = c.WriteLineAsync(l); });

@@ -179,7 +179,9 @@ public sealed class RendezvousTorTests(ITestOutputHelper output)
             // The signals crossed the rendezvous only: neither pthost wrote a CMESSAGE or SMESSAGE line.
             string clientOut = await File.ReadAllTextAsync(Path.Combine(dir, $"client-{name}.stdout"));
             string serverOut = await File.ReadAllTextAsync(Path.Combine(dir, $"server-{name}.stdout"));
-            Assert.DoesNotContain("MESSAGE", clientOut + serverOut, StringComparison.Ordinal);
+            Assert.DoesNotContain((clientOut + serverOut).Split('\n'), l => l.StartsWith("CMESSAGE", StringComparison.Ordinal) || l.StartsWith("SMESSAGE", StringComparison.Ordinal));
+            Assert.Contains($"SMETHOD {name} ", serverOut, StringComparison.Ordinal);
+            Assert.Contains($"CMETHOD {name} socks5 ", clientOut, StringComparison.Ordinal);
             // The client's route is the bridge line's: its channel is the one the bridge's secret opens.
             Assert.Contains(RendezvousKeys.Parse(secrets[name]).Channel, await File.ReadAllTextAsync(Path.Combine(dir, $"client-{name}.stderr")), StringComparison.Ordinal);
         }
