@@ -2,6 +2,7 @@ using System.Net;
 using Microsoft.Extensions.Logging;
 using Newtonsoft.Json.Linq;
 using PtHost.Configuration;
+using PtHost.Contract;
 
 namespace PtHost.Tests.Unit;
 
@@ -469,9 +470,44 @@ public class PtConfigTests
             PtConfig.FromObject(client);
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"bindaddr\":{},\"target\":\"a.example:1\"}"));
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"allow\":[]}"));
-            Assert.Equal(16, PtConfig.Keys.Length);
+            var routed = PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"allow\":[],\"signals\":{\"rendezvous\":\"https://127.0.0.1:7520\",\"secret\":\"n6G4ZgWPVrBdW_7V9iskzg\",\"pin\":\"" + new string('a', 64) + "\"}}"));
+            Assert.Equal("https://127.0.0.1:7520/", routed.SignalRoutes["plain"].Url.AbsoluteUri);
+            Assert.Equal(17, PtConfig.Keys.Length);
         }
         finally { Directory.Delete(dir, true); }
+    }
+}
+
+public class PtConfigSignalsTests
+{
+    [Theory]
+    [InlineData("{\"rendezvous\":\"ftp://x:1\",\"secret\":\"n6G4ZgWPVrBdW_7V9iskzg\"}", "signals.rendezvous")]
+    [InlineData("{\"rendezvous\":\"http://127.0.0.1:1\",\"secret\":\"AAAA\"}", "signals.secret")]
+    [InlineData("{\"rendezvous\":\"http://127.0.0.1:1\"}", "signals.secret")]
+    [InlineData("{\"rendezvous\":\"http://127.0.0.1:1\",\"secret\":\"n6G4ZgWPVrBdW_7V9iskzg\",\"pin\":\"00\"}", "signals.pin")]
+    [InlineData("{\"rendezvous\":\"http://127.0.0.1:1\",\"secret\":\"n6G4ZgWPVrBdW_7V9iskzg\",\"channel\":\"x\"}", "signals.channel")]
+    public void A_bad_signals_object_names_the_key(string signals, string key)
+    {
+        var e = Assert.Throws<ConfigException>(() => PtConfig.Parse("{\"role\":\"client\",\"transports\":[\"plain\"],\"signals\":" + signals + "}"));
+        Assert.Equal(key, e.Key);
+    }
+
+    [Fact]
+    public void Tor_server_options_with_a_route_lose_its_keys_and_route_the_transport()
+    {
+        var env = new System.Collections.Hashtable
+        {
+            ["TOR_PT_MANAGED_TRANSPORT_VER"] = "1",
+            ["TOR_PT_STATE_LOCATION"] = "/tmp/pthost-state",
+            ["TOR_PT_SERVER_TRANSPORTS"] = "zephyr",
+            ["TOR_PT_ORPORT"] = "127.0.0.1:9001",
+            ["TOR_PT_SERVER_TRANSPORT_OPTIONS"] = "zephyr:rendezvous=http\\://127.0.0.1\\:7520;zephyr:secret=n6G4ZgWPVrBdW_7V9iskzg;zephyr:relay=127.0.0.1\\:7600",
+        };
+        var config = PtConfig.FromTorEnvironment(env, ["zephyr"], out _);
+        Assert.Equal("http://127.0.0.1:7520/", config.SignalRoutes["zephyr"].Url.AbsoluteUri);
+        Assert.Equal("{\"relay\":\"127.0.0.1:7600\"}", StrictJson.Write(config.Options["zephyr"]));
+        env["TOR_PT_SERVER_TRANSPORT_OPTIONS"] = "zephyr:secret=n6G4ZgWPVrBdW_7V9iskzg";
+        Assert.Throws<EnvironmentException>(() => PtConfig.FromTorEnvironment(env, ["zephyr"], out _));
     }
 }
 
