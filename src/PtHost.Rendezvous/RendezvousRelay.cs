@@ -82,7 +82,9 @@ public sealed class RendezvousRelay : IAsyncDisposable
             k.Limits.MaxConcurrentConnections = _options.MaxPolls + 1024L;
             k.Limits.RequestHeadersTimeout = TimeSpan.FromSeconds(10);
             k.Limits.KeepAliveTimeout = TimeSpan.FromSeconds(60);
-            k.Limits.MaxRequestBodySize = _options.MaxMessageBytes;
+            // 64 KiB of slack: a body a little over the limit is drained and answered 413 on a connection kept alive;
+            // one far over it (or sent without Content-Length) ends its connection (spec/rendezvous.md §5).
+            k.Limits.MaxRequestBodySize = _options.MaxMessageBytes + 65536L;
             k.Limits.MaxRequestHeaderCount = 32;
             k.Limits.MaxRequestHeadersTotalSize = 8 * 1024;
             k.Limits.MaxRequestLineSize = 1024;
@@ -168,9 +170,10 @@ public sealed class RendezvousRelay : IAsyncDisposable
             await ErrorAsync(ctx, 413, $"a message is at most {_options.MaxMessageBytes} bytes").ConfigureAwait(false);
             return;
         }
-        byte[] body;
+        byte[]? body;
         try { body = await ReadBodyAsync(ctx).ConfigureAwait(false); }
-        catch (Microsoft.AspNetCore.Http.BadHttpRequestException e) when (e.StatusCode == 413)
+        catch (Microsoft.AspNetCore.Http.BadHttpRequestException e) when (e.StatusCode == 413) { body = null; }
+        if (body is null)
         {
             Interlocked.Increment(ref _refused);
             await ErrorAsync(ctx, 413, $"a message is at most {_options.MaxMessageBytes} bytes").ConfigureAwait(false);
@@ -402,10 +405,17 @@ public sealed class RendezvousRelay : IAsyncDisposable
 
     private static bool IsClientId(string s) => s.Length == 16 && s.All(char.IsAsciiHexDigitLower);
 
-    private async Task<byte[]> ReadBodyAsync(HttpContext ctx)
+    /// <summary>The body, or null when it is longer than <see cref="RendezvousOptions.MaxMessageBytes"/> (a chunked body has no Content-Length to check first).</summary>
+    private async Task<byte[]?> ReadBodyAsync(HttpContext ctx)
     {
         using var buffer = new MemoryStream();
-        await ctx.Request.Body.CopyToAsync(buffer, ctx.RequestAborted).ConfigureAwait(false);
+        byte[] chunk = new byte[16384];
+        int n;
+        while ((n = await ctx.Request.Body.ReadAsync(chunk, ctx.RequestAborted).ConfigureAwait(false)) > 0)
+        {
+            if (buffer.Length + n > _options.MaxMessageBytes) return null;
+            buffer.Write(chunk, 0, n);
+        }
         return buffer.ToArray();
     }
 
