@@ -170,6 +170,31 @@ public class ManagedModeTests
     }
 
     [Fact]
+    public async Task A_zephyr_bridge_line_without_a_rendezvous_is_refused_saying_so_and_a_bad_one_names_its_key()
+    {
+        // spec/rendezvous.md §7.4: zephyr needs a route; the SOCKS5 username carries the bridge line's arguments (§5.4).
+        await using var client = Start(ClientEnv(("TOR_PT_CLIENT_TRANSPORTS", "zephyr")));
+        var lines = await client.ReadUntilDoneAsync();
+        var socks = IPEndPoint.Parse(lines.Single(l => l.StartsWith("CMETHOD zephyr", StringComparison.Ordinal)).Split(' ')[3]);
+        async Task<byte> ReplyToAsync(string args)
+        {
+            await using var s = await SocksClient.ConnectAsync(socks);
+            await s.SendAsync(SocksClient.Greeting(0x02));
+            Assert.Equal(new byte[] { 5, 2 }, await s.ReadExactlyAsync(2));
+            await s.SendAsync(SocksClient.UserPass(args, "\0"));
+            Assert.Equal(new byte[] { 1, 0 }, await s.ReadExactlyAsync(2));
+            await s.SendAsync(SocksClient.ConnectIPv4(IPAddress.Loopback, 9));
+            return await s.ReadReplyAsync();
+        }
+        Assert.NotEqual(0, await ReplyToAsync("relay=127.0.0.1:7600"));
+        await client.WaitForStderrAsync("setting 'rendezvous' is required");
+        Assert.NotEqual(0, await ReplyToAsync("rendezvous=http://127.0.0.1:7520;secret=AAAA"));
+        await client.WaitForStderrAsync("setting 'secret' must be 16 to 64 bytes");
+        client.CloseStdin();
+        Assert.Equal(0, await client.WaitForExitAsync());
+    }
+
+    [Fact]
     public async Task SOCKS4_requests_that_cannot_be_served_get_reply_91()
     {
         await using var client = Start(ClientEnv());
