@@ -3,6 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
+using PtHost.Contract;
 using PtHost.Net;
 using PtHost.Net.Native;
 
@@ -37,6 +38,9 @@ public sealed class ZephyrRelay : IAsyncDisposable
     private int _connections, _pairs;
     private long _accepted, _refusedByLimits, _bindings, _bindFailures, _timeouts, _bytes, _idleClosed, _lifetimeClosed;
     private long _lastLimitLog = long.MinValue / 2; // "long ago", without overflow in now - last
+    // spec/zephyr.md §4.9 (metrics): per connection or per pair, never per packet.
+    private long _badRequests, _selfBinds, _unknownPeers, _boundElsewhere, _bindTimeouts, _peerTimeouts, _bytesFromWaiter, _bytesFromJoiner;
+    private readonly LatencyHistogram _bindLatency = new(), _pairSetup = new();
 
     public ZephyrRelay(ZephyrRelayOptions options, ILogger logger)
     {
@@ -82,6 +86,39 @@ public sealed class ZephyrRelay : IAsyncDisposable
                 Interlocked.Read(ref _bindings), Interlocked.Read(ref _bindFailures), Interlocked.Read(ref _timeouts), Interlocked.Read(ref _bytes),
                 Interlocked.Read(ref _idleClosed), Interlocked.Read(ref _lifetimeClosed));
     }
+
+    /// <summary>spec/zephyr.md §4.9: the relay's metrics under instance <paramref name="id"/>.</summary>
+    public void WriteMetrics(MetricsWriter m, string id)
+    {
+        var s = GetStats();
+        int waiting;
+        lock (_lock) waiting = _byZid.Values.Count(c => c.State == ConnectionState.Waiting);
+        (string, string) t = ("transport", "zephyr"), r = ("role", "relay");
+        m.Gauge("pthost_instance_info", "The process's instance id (constant 1).", 1, ("id", id), ("process", "relay zephyr"), ("version", Version));
+        m.Gauge("pthost_relay_connections", "Connections held now, in any state.", s.Connections, t);
+        m.Gauge("pthost_relay_pairs", "Pairs now: waiting (a connection named its peer, the peer has not named it back) and bound.", waiting, t, ("state", "waiting"));
+        m.Gauge("pthost_relay_pairs", "Pairs now: waiting (a connection named its peer, the peer has not named it back) and bound.", s.BoundPairs, t, ("state", "bound"));
+        m.Counter("pthost_relay_accepted_total", "Connections accepted.", s.Accepted, t);
+        m.Gauge("pthost_sessions_open", "Sessions open now.", s.BoundPairs, t, r);
+        m.Counter("pthost_sessions_opened_total", "Sessions opened since start.", s.Bindings, t, r);
+        const string failed = "pthost_sessions_failed_total", failedHelp = "Sessions that could not be set up, by reason.";
+        m.Counter(failed, failedHelp, s.RefusedByLimits, t, r, ("reason", "limit"));
+        m.Counter(failed, failedHelp, Interlocked.Read(ref _badRequests), t, r, ("reason", "bad-request"));
+        m.Counter(failed, failedHelp, Interlocked.Read(ref _selfBinds), t, r, ("reason", "self-bind"));
+        m.Counter(failed, failedHelp, Interlocked.Read(ref _unknownPeers), t, r, ("reason", "unknown-peer"));
+        m.Counter(failed, failedHelp, Interlocked.Read(ref _boundElsewhere), t, r, ("reason", "peer-bound-elsewhere"));
+        m.Counter(failed, failedHelp, Interlocked.Read(ref _bindTimeouts), t, r, ("reason", "bind-timeout"));
+        m.Counter(failed, failedHelp, Interlocked.Read(ref _peerTimeouts), t, r, ("reason", "peer-timeout"));
+        const string bytes = "pthost_bytes_total", bytesHelp = "Bytes relayed, by direction.";
+        m.Counter(bytes, bytesHelp, Interlocked.Read(ref _bytesFromWaiter), t, r, ("direction", "waiter-to-joiner"));
+        m.Counter(bytes, bytesHelp, Interlocked.Read(ref _bytesFromJoiner), t, r, ("direction", "joiner-to-waiter"));
+        m.Counter("pthost_relay_closed_total", "Bound pairs cut at a limit.", s.IdleClosed, t, ("limit", "idle"));
+        m.Counter("pthost_relay_closed_total", "Bound pairs cut at a limit.", s.LifetimeClosed, t, ("limit", "lifetime"));
+        m.Histogram("pthost_handshake_seconds", "Time from accepting a connection to its whole bind request.", _bindLatency, t, r);
+        m.Histogram("pthost_relay_pair_setup_seconds", "Time from accepting the earlier connection of a pair to binding the pair.", _pairSetup, t);
+    }
+
+    private static readonly string Version = typeof(ZephyrRelay).Assembly.GetName().Version?.ToString() ?? "0";
 
     public void LogStats()
     {
@@ -175,9 +212,11 @@ public sealed class ZephyrRelay : IAsyncDisposable
             if (error != BindRequestError.None)
             {
                 Interlocked.Increment(ref _bindFailures);
+                Interlocked.Increment(ref _badRequests);
                 _log.BadBindRequest(c.Zid, c.Remote, error);
                 return;
             }
+            _bindLatency.ObserveSince(c.AcceptedAt);
             var (outcome, peer, evicted) = Bind(c, target);
             Evict(evicted);
             switch (outcome)
@@ -195,6 +234,9 @@ public sealed class ZephyrRelay : IAsyncDisposable
                     return;
                 default:
                     Interlocked.Increment(ref _bindFailures);
+                    if (outcome == BindOutcome.SelfBind) Interlocked.Increment(ref _selfBinds);
+                    else if (outcome == BindOutcome.UnknownPeer) Interlocked.Increment(ref _unknownPeers);
+                    else Interlocked.Increment(ref _boundElsewhere);
                     _log.BindRefused(c.Zid, target, outcome);
                     return;
             }
@@ -334,6 +376,8 @@ public sealed class ZephyrRelay : IAsyncDisposable
         foreach (var (c, state) in expired)
         {
             Interlocked.Increment(ref _timeouts);
+            if (state == ConnectionState.Waiting) Interlocked.Increment(ref _peerTimeouts);
+            else Interlocked.Increment(ref _bindTimeouts);
             if (state == ConnectionState.Waiting) c.Matched!.TrySetResult(false); // its task closes it
             else
             {
@@ -373,6 +417,7 @@ public sealed class ZephyrRelay : IAsyncDisposable
     private async Task RunPairAsync(Connection a, Connection b)
     {
         _log.Bound(a.Zid, a.Remote, b.Zid, b.Remote);
+        _pairSetup.ObserveSince(Math.Min(a.AcceptedAt, b.AcceptedAt));
         var pair = new Pair(a, Environment.TickCount64);
         lock (_lock) a.Pair = b.Pair = pair; // from now on the sweeper applies the limits of §4.5
         bool clean = false;
@@ -381,14 +426,22 @@ public sealed class ZephyrRelay : IAsyncDisposable
         {
             using var sa = new NetworkStream(a.Socket, ownsSocket: false);
             using var sb = new NetworkStream(b.Socket, ownsSocket: false);
-            Action<long> count = n =>
+            // a waited (named its peer first), b joined it: bytes are counted per direction (§4.9).
+            Action<long> countAb = n =>
             {
                 Interlocked.Add(ref _bytes, n);
+                Interlocked.Add(ref _bytesFromWaiter, n);
+                Volatile.Write(ref pair.Last, Environment.TickCount64);
+            };
+            Action<long> countBa = n =>
+            {
+                Interlocked.Add(ref _bytes, n);
+                Interlocked.Add(ref _bytesFromJoiner, n);
                 Volatile.Write(ref pair.Last, Environment.TickCount64);
             };
             bool passFin = !_options.StrictClose;
-            var ab = PumpAsync(sa, sb, count, passFin, pair.Cancel.Token);
-            var ba = PumpAsync(sb, sa, count, passFin, pair.Cancel.Token);
+            var ab = PumpAsync(sa, sb, countAb, passFin, pair.Cancel.Token);
+            var ba = PumpAsync(sb, sa, countBa, passFin, pair.Cancel.Token);
             var first = await Task.WhenAny(ab, ba).ConfigureAwait(false);
             var other = first == ab ? ba : ab;
             if (!await first.ConfigureAwait(false))
@@ -512,6 +565,7 @@ public sealed class ZephyrRelay : IAsyncDisposable
     {
         public readonly Socket Socket = socket;
         public readonly IPAddress Source = source;
+        public readonly long AcceptedAt = System.Diagnostics.Stopwatch.GetTimestamp();
         public uint Zid;
         public bool Registered;
         public bool Released;

@@ -42,6 +42,9 @@ public sealed record ZephyrRelayOptions
     /// </summary>
     public bool StrictClose { get; init; }
 
+    /// <summary>The instance id in the metrics (§4.9): <c>--instance</c>, else "zephyr-" and 16 random hex digits per start.</summary>
+    public string Instance { get; init; } = "zephyr-" + Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
+
     /// <summary>Interval of the stats log line.</summary>
     public TimeSpan StatsInterval { get; init; } = TimeSpan.FromSeconds(60);
 }

@@ -23,6 +23,7 @@ public sealed class ZephyrRelayService : IRelayService
         new("ipv6-source-prefix", RelayOptionKind.Count, "IPv6 sources count per network of this many bits, 1 to 128 (§4.6).", "64"),
         new("strict-close", RelayOptionKind.Flag, "Test mode: on the first FIN of a pair, reset both peers at once and discard what is queued (§4.8)."),
         new("stats-interval", RelayOptionKind.Seconds, "Interval of the stats log line and the STATUS line (§4.7).", "60"),
+        new("instance", RelayOptionKind.Name, "The instance id in the metrics (§4.9); default: zephyr- and 16 random hex digits."),
     ];
 
     public IRelay Create(RelayArguments arguments, ILoggerFactory loggerFactory)
@@ -42,11 +43,15 @@ public sealed class ZephyrRelayService : IRelayService
             StatsInterval = arguments.Seconds("stats-interval"),
             StrictClose = arguments.Flag("strict-close"),
         };
+        if (arguments.Name("instance") is { } instance) options = options with { Instance = instance };
         return new Running(new ZephyrRelay(options, loggerFactory.CreateLogger("PtHost.Relay.Zephyr")), options);
     }
 
-    private sealed class Running(ZephyrRelay relay, ZephyrRelayOptions options) : IRelay
+    private sealed class Running(ZephyrRelay relay, ZephyrRelayOptions options) : IRelay, IMetricsSource
     {
+        /// <summary>spec/zephyr.md §4.9.</summary>
+        public void WriteMetrics(MetricsWriter metrics) => relay.WriteMetrics(metrics, options.Instance);
+
         public Task StartAsync(CancellationToken cancellationToken)
         {
             try { relay.Start(); }
