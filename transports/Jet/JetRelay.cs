@@ -48,7 +48,7 @@ public sealed partial class JetRelay : IAsyncDisposable
     private Timer? _sweeper, _statsTimer;
     private int _connections;
     private long _accepted, _refusedByLimits, _sessions, _sessionsCut, _errors, _bytes;
-    // spec/jet.md §5.7 (metrics): per connection or session, never per packet.
+    // spec/jet.md §5.8 (metrics): per connection or session, never per packet.
     private long _bytesFromConnector, _bytesFromAcceptor;
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> _failures = new(StringComparer.Ordinal);
     private readonly LatencyHistogram _handshake = new(), _pairSetup = new();
@@ -138,7 +138,7 @@ public sealed partial class JetRelay : IAsyncDisposable
     private void CountFailure(string what, int status) =>
         _failures.AddOrUpdate(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{what}-{status}"), 1, static (_, n) => n + 1);
 
-    /// <summary>spec/jet.md §5.7: the relay's metrics.</summary>
+    /// <summary>spec/jet.md §5.8: the relay's metrics.</summary>
     public void WriteMetrics(MetricsWriter m)
     {
         var s = GetStats();

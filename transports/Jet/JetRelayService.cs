@@ -39,7 +39,7 @@ public sealed class JetRelayService : IRelayService
 
     private sealed class Running(JetRelay relay) : IRelay, IMetricsSource
     {
-        /// <summary>spec/jet.md §5.7.</summary>
+        /// <summary>spec/jet.md §5.8.</summary>
         public void WriteMetrics(MetricsWriter metrics) => relay.WriteMetrics(metrics);
 
         public Task StartAsync(CancellationToken cancellationToken) => relay.StartAsync(cancellationToken);
