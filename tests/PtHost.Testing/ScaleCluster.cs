@@ -201,7 +201,8 @@ public sealed class HaproxyProcess : IAsyncDisposable
             Assert.StartsWith("PORTS ", line, StringComparison.Ordinal);
             var ports = line[6..].Split(' ').Select(p => new IPEndPoint(IPAddress.Loopback, int.Parse(p, CultureInfo.InvariantCulture))).ToArray();
             var h = new HaproxyProcess(process, ports, stats, await File.ReadAllTextAsync(config));
-            await Eventually.TrueAsync(() => File.Exists(stats), "haproxy's stats socket");
+            await Eventually.TrueAsync(() => File.Exists(stats) || process.HasExited, "haproxy's stats socket");
+            if (!File.Exists(stats)) throw new InvalidOperationException("haproxy did not start:\n" + process.Stderr);
             return h;
         }
         catch

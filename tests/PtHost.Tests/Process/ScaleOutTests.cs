@@ -25,7 +25,7 @@ public class ScaleOutTests(ITestOutputHelper output)
     /// <summary>The configuration docs/deploy.md shows (servers filled in): JET REST hashed by the association id, Zephyr round-robin.</summary>
     public static string HaproxyConfig(IEnumerable<(string Name, IPEndPoint Address)> jet, IEnumerable<(string Name, IPEndPoint Address)> zephyr) => $"""
         global
-            maxconn 100000
+            maxconn 8000
             stats socket @STATS@ mode 600 level admin
         defaults
             timeout connect 2s
