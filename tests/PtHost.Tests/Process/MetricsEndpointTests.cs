@@ -96,6 +96,38 @@ public class MetricsEndpointTests
         Assert.Contains("cannot listen: metrics", stderr, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("zephyr", "--metrics", "--instance", "--instance-number", "--link", "--link-secret", "--peers")]
+    [InlineData("jet", "--metrics")]
+    [InlineData("asport", "--metrics")]
+    public async Task Every_relay_help_lists_metrics_and_zephyr_its_cluster_options(string relay, params string[] options)
+    {
+        await using var p = PtProcess.StartPthost("relay", relay, "--help");
+        Assert.Equal(0, await p.WaitForExitAsync());
+        string stdout = string.Join('\n', p.StdoutLines);
+        Assert.All(options, o => Assert.Contains(o + " <", stdout, StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task The_options_file_takes_metrics_and_a_partial_cluster_exits_78_naming_the_missing_option()
+    {
+        string dir = Directory.CreateTempSubdirectory("pthost-metrics-config-").FullName;
+        string file = Path.Combine(dir, "zephyr.json");
+        await File.WriteAllTextAsync(file, "{\"listen\": \"127.0.0.1:0\", \"metrics\": \"127.0.0.1:0\", \"instance\": \"from-file\"}");
+        var relay = PtProcess.StartPthost("relay", "zephyr", "--config", file);
+        await using (relay)
+        {
+            string line = await relay.ReadLineAsync();
+            Assert.Matches(@"^LISTEN zephyr 127\.0\.0\.1:\d+ metrics=127\.0\.0\.1:\d+$", line);
+            string text = await CurlAsync($"http://{line[(line.IndexOf("metrics=", StringComparison.Ordinal) + 8)..]}/metrics");
+            Assert.Contains("id=\"from-file\"", text, StringComparison.Ordinal);
+        }
+        var (exit, stdout, stderr) = await PtProcess.RunAsync(PtHostExecutable.Path, ["relay", "zephyr", "--listen", "127.0.0.1:0", "--instance-number", "1", "--link", "127.0.0.1:0"], TimeSpan.FromSeconds(30));
+        Assert.Equal(78, exit);
+        Assert.Empty(stdout);
+        Assert.Contains("--link-secret", stderr, StringComparison.Ordinal);
+    }
+
     private static async Task<string> CurlAsync(string url, params string[] options)
     {
         var (exit, stdout, stderr) = await PtProcess.RunAsync(DebianPrograms.Curl, [.. (options.Length == 0 ? ["-sf"] : options), url], TimeSpan.FromSeconds(20));
