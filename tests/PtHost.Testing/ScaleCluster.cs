@@ -47,24 +47,8 @@ public sealed class JetInstance : IAsyncDisposable
         (Process, _) = await StartProcessAsync(ConfigFile, Http.ToString(), Metrics.ToString());
     }
 
-    private static async Task<(PtProcess, Dictionary<string, IPEndPoint>)> StartProcessAsync(string config, string listen, string metrics)
-    {
-        var process = PtProcess.StartPthost("relay", "jet", "--listen", listen, "--config", config, "--metrics", metrics, "--loglevel", "warning");
-        try
-        {
-            string line = await process.ReadLineAsync();
-            Assert.StartsWith("LISTEN jet ", line, StringComparison.Ordinal);
-            var parts = line.Split(' ');
-            var fields = new Dictionary<string, IPEndPoint> { ["http"] = IPEndPoint.Parse(parts[2]) };
-            foreach (var f in parts.Skip(3)) fields[f[..f.IndexOf('=')]] = IPEndPoint.Parse(f[(f.IndexOf('=') + 1)..]);
-            return (process, fields);
-        }
-        catch
-        {
-            await process.DisposeAsync();
-            throw;
-        }
-    }
+    private static Task<(PtProcess, Dictionary<string, IPEndPoint>)> StartProcessAsync(string config, string listen, string metrics) =>
+        RelayListen.StartAsync("jet", ["relay", "jet", "--listen", listen, "--config", config, "--metrics", metrics, "--loglevel", "warning"]);
 
     public ValueTask DisposeAsync() => Process.DisposeAsync();
 }
@@ -124,15 +108,23 @@ public sealed class ZephyrInstance : IAsyncDisposable
         (Process, _) = await StartProcessAsync([.. _args, "--listen", EndPoint.ToString(), "--link", Link.ToString(), "--metrics", Metrics.ToString()]);
     }
 
-    private static async Task<(PtProcess, Dictionary<string, IPEndPoint>)> StartProcessAsync(string[] args)
+    private static Task<(PtProcess, Dictionary<string, IPEndPoint>)> StartProcessAsync(string[] args) => RelayListen.StartAsync("zephyr", args);
+
+    public ValueTask DisposeAsync() => Process.DisposeAsync();
+}
+
+/// <summary>Starts a relay and reads its LISTEN line: the address as <c>http</c> (jet) or <c>listen</c> (zephyr), then every <c>key=IP:PORT</c> field.</summary>
+internal static class RelayListen
+{
+    public static async Task<(PtProcess, Dictionary<string, IPEndPoint>)> StartAsync(string relay, string[] args)
     {
         var process = PtProcess.StartPthost(args);
         try
         {
             string line = await process.ReadLineAsync();
-            Assert.StartsWith("LISTEN zephyr ", line, StringComparison.Ordinal);
+            Assert.StartsWith($"LISTEN {relay} ", line, StringComparison.Ordinal);
             var parts = line.Split(' ');
-            var fields = new Dictionary<string, IPEndPoint> { ["listen"] = IPEndPoint.Parse(parts[2]) };
+            var fields = new Dictionary<string, IPEndPoint> { [relay == "jet" ? "http" : "listen"] = IPEndPoint.Parse(parts[2]) };
             foreach (var f in parts.Skip(3)) fields[f[..f.IndexOf('=')]] = IPEndPoint.Parse(f[(f.IndexOf('=') + 1)..]);
             return (process, fields);
         }
@@ -142,8 +134,6 @@ public sealed class ZephyrInstance : IAsyncDisposable
             throw;
         }
     }
-
-    public ValueTask DisposeAsync() => Process.DisposeAsync();
 }
 
 /// <summary>

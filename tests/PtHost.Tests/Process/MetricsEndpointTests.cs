@@ -96,18 +96,6 @@ public class MetricsEndpointTests
         Assert.Contains("cannot listen: metrics", stderr, StringComparison.Ordinal);
     }
 
-    [Theory]
-    [InlineData("zephyr", "--metrics", "--instance", "--instance-number", "--link", "--link-secret", "--peers")]
-    [InlineData("jet", "--metrics")]
-    [InlineData("asport", "--metrics")]
-    public async Task Every_relay_help_lists_metrics_and_zephyr_its_cluster_options(string relay, params string[] options)
-    {
-        await using var p = PtProcess.StartPthost("relay", relay, "--help");
-        Assert.Equal(0, await p.WaitForExitAsync());
-        string stdout = string.Join('\n', p.StdoutLines);
-        Assert.All(options, o => Assert.Contains(o + " <", stdout, StringComparison.Ordinal));
-    }
-
     [Fact]
     public async Task The_options_file_takes_metrics_and_a_partial_cluster_exits_78_naming_the_missing_option()
     {

@@ -217,23 +217,7 @@ public class ScaleOutTests(ITestOutputHelper output)
 
     private sealed record HeldJet(Guid Aid, string Instance, JetPeer Acceptor, JetPeer Connector, bool WrongInstanceRefused) : IAsyncDisposable
     {
-        /// <summary>32 random bytes each way, checked; false when the relay is gone (end of stream or reset).</summary>
-        public async Task<bool> StillRelaysAsync()
-        {
-            try
-            {
-                byte[] there = RandomNumberGenerator.GetBytes(32), back = RandomNumberGenerator.GetBytes(32);
-                await Connector.SendAsync(there);
-                Assert.Equal(there, await Acceptor.ReadExactlyAsync(32));
-                await Acceptor.SendAsync(back);
-                Assert.Equal(back, await Connector.ReadExactlyAsync(32));
-                return true;
-            }
-            catch (Exception e) when (e is IOException or SocketException or EndOfStreamException)
-            {
-                return false;
-            }
-        }
+        public Task<bool> StillRelaysAsync() => RoundTripAsync(b => Connector.SendAsync(b), Acceptor.ReadExactlyAsync, b => Acceptor.SendAsync(b), Connector.ReadExactlyAsync);
 
         public async ValueTask DisposeAsync()
         {
@@ -356,22 +340,7 @@ public class ScaleOutTests(ITestOutputHelper output)
         /// <summary>Binds forwarded over the internal link for this pair.</summary>
         public int Forwards => (ZephyrLink.Tag(a.Zid) != _meeting ? 1 : 0) + (ZephyrLink.Tag(b.Zid) != _meeting ? 1 : 0);
 
-        public async Task<bool> StillRelaysAsync()
-        {
-            try
-            {
-                byte[] there = RandomNumberGenerator.GetBytes(32), back = RandomNumberGenerator.GetBytes(32);
-                await a.SendAsync(there);
-                Assert.Equal(there, await b.ReadExactlyAsync(32));
-                await b.SendAsync(back);
-                Assert.Equal(back, await a.ReadExactlyAsync(32));
-                return true;
-            }
-            catch (Exception e) when (e is IOException or SocketException or EndOfStreamException)
-            {
-                return false;
-            }
-        }
+        public Task<bool> StillRelaysAsync() => RoundTripAsync(a.SendAsync, b.ReadExactlyAsync, b.SendAsync, a.ReadExactlyAsync);
 
         public void Dispose()
         {
@@ -458,6 +427,24 @@ public class ScaleOutTests(ITestOutputHelper output)
     }
 
     // ---- helpers ----
+
+    /// <summary>32 random bytes there and 32 back, checked; false when the relay is gone (end of stream or reset).</summary>
+    private static async Task<bool> RoundTripAsync(Func<byte[], Task> sendThere, Func<int, Task<byte[]>> readThere, Func<byte[], Task> sendBack, Func<int, Task<byte[]>> readBack)
+    {
+        try
+        {
+            byte[] there = RandomNumberGenerator.GetBytes(32), back = RandomNumberGenerator.GetBytes(32);
+            await sendThere(there);
+            Assert.Equal(there, await readThere(32));
+            await sendBack(back);
+            Assert.Equal(back, await readBack(32));
+            return true;
+        }
+        catch (Exception e) when (e is IOException or SocketException or EndOfStreamException)
+        {
+            return false;
+        }
+    }
 
     /// <summary>Runs <paramref name="count"/> jobs on <see cref="Workers"/> workers; the first failure fails the test with its index.</summary>
     private static async Task RunAsync(int count, Func<int, Task> job)
