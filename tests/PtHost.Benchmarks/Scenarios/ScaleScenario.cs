@@ -19,7 +19,7 @@ public sealed class ScaleScenario : IScenario
     private const int InFlight = 32;
 
     public string Name => "scale";
-    public string Title => "Relays at scale: three Zephyr instances behind HAProxy, the cross-instance hop, metrics on vs off";
+    public string Title => "Relays at scale: three Zephyr instances behind HAProxy, the cross-instance hop, metrics on vs off (relay and plain chain)";
 
     public async Task RunAsync(Context ctx, ScenarioRun run)
     {
@@ -40,6 +40,10 @@ public sealed class ScaleScenario : IScenario
         var offGbps = new Figure { Key = "scale_zephyr_metrics_off_gbps", Label = "Stream through the lone relay, metrics off", Unit = "Gbit/s" };
         var onGbps = new Figure { Key = "scale_zephyr_metrics_on_gbps", Label = "the same with --metrics, scraped every second", Unit = "Gbit/s" };
         var onGbpsRatio = new Figure { Key = "scale_zephyr_metrics_gbps_ratio", Label = "on / off", Unit = "", Indent = 1, Goal = Goal.AtLeast, Target = 0.9 };
+        var chainOff = new Figure { Key = "scale_chain_metrics_off_per_second", Label = $"SOCKS sessions per second through the plain chain, metrics off ({ctx.ConnTotal}, {ctx.ConnConcurrency} in flight)", Unit = "conn/s", Format = "0" };
+        var chainOn = new Figure { Key = "scale_chain_metrics_on_per_second", Label = "the same with \"metrics\" on client and server, each scraped every second", Unit = "conn/s", Format = "0" };
+        var chainRatio = new Figure { Key = "scale_chain_metrics_ratio", Label = "on / off", Unit = "", Indent = 1, Goal = Goal.AtLeast, Target = 0.9 };
+        run.Add(chainOff, chainOn, chainRatio);
         run.Add(lone, cluster, clusterRatio, sameSetup, crossSetup, crossSetupRatio, same, cross, crossRatio, metricsOff, metricsOn, metricsRatio, offGbps, onGbps, onGbpsRatio);
         var raw = run.Raw("scale");
         try
@@ -124,6 +128,34 @@ public sealed class ScaleScenario : IScenario
                     double go = await Stream(offGbps, "metrics_off_stream", off.EndPoint, off.EndPoint).ConfigureAwait(false);
                     double gn = await Stream(onGbps, "metrics_on_stream", on.EndPoint, on.EndPoint).ConfigureAwait(false);
                     ScenarioRun.AddRatio(onGbpsRatio, gn, go, onGbps, offGbps);
+                    async Task<double> ChainRate(Figure f, string kind, bool metrics)
+                    {
+                        ctx.Say($"{step}: {kind}");
+                        return await ScenarioRun.AttemptAsync(f, async () =>
+                        {
+                            await using var echo = new EchoServer(recordLimit: 0);
+                            await using var chain = await Chain.StartAsync(ctx.PtHost, ctx.NewStateDir(), echo.EndPoint.Port, noSplice: false, metrics).ConfigureAwait(false);
+                            using var stop = new CancellationTokenSource();
+                            var scrapes = chain.Metrics.Select(ep => Task.Run(async () =>
+                            {
+                                while (!stop.IsCancellationRequested)
+                                {
+                                    try { await scraper.GetStringAsync($"http://{ep}/metrics", stop.Token).ConfigureAwait(false); }
+                                    catch (Exception e) when (e is HttpRequestException or OperationCanceledException) { }
+                                    try { await Task.Delay(1000, stop.Token).ConfigureAwait(false); } catch (OperationCanceledException) { }
+                                }
+                            })).ToArray();
+                            var r = await Measurements.ConnRateAsync(chain.Socks, echo.EndPoint, [chain.Client.Pid, chain.Server.Pid], ctx.ConnTotal, ctx.ConnConcurrency, Math.Min(500, ctx.ConnTotal)).ConfigureAwait(false);
+                            await stop.CancelAsync().ConfigureAwait(false);
+                            await Task.WhenAll(scrapes).ConfigureAwait(false);
+                            raw.Add(ScenarioRun.Tag(r.Raw, kind, rep));
+                            if (r.Failures > 0) f.Note = $"{r.Failures} failed: {r.FirstError}";
+                            return r.PerSecond;
+                        }).ConfigureAwait(false);
+                    }
+                    double co = await ChainRate(chainOff, "chain_metrics_off", false).ConfigureAwait(false);
+                    double cn = await ChainRate(chainOn, "chain_metrics_on", true).ConfigureAwait(false);
+                    ScenarioRun.AddRatio(chainRatio, cn, co, chainOn, chainOff);
                 }
                 await stopScraping.CancelAsync().ConfigureAwait(false);
                 await scraping.ConfigureAwait(false);
