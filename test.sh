@@ -22,7 +22,9 @@ packages=(curl ca-certificates
   # NativeAOT pthost: the native linker (gcc, above) and Debian's zlib (UseSystemZlib)
   zlib1g-dev
   # Debian package (packaging/deb): dpkg-shlibdeps and objcopy, lintian, systemd-analyze, man for its Documentation check
-  dpkg-dev binutils lintian systemd man-db)
+  dpkg-dev binutils lintian systemd man-db
+  # Relays at scale (docs/deploy.md): HAProxy in front of several instances, Prometheus scraping them
+  haproxy prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

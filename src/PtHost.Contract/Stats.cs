@@ -11,8 +11,38 @@ public sealed class TransportCounters
     /// <summary>An active session ended.</summary>
     public void SessionClosed() => Interlocked.Decrement(ref _active);
 
-    /// <summary>A session could not be set up.</summary>
-    public void SessionFailed() => Interlocked.Increment(ref _failed);
+    /// <summary>A session could not be set up (reason <c>other</c> in the metrics).</summary>
+    public void SessionFailed() => SessionFailed("other");
+
+    /// <summary>A session could not be set up, for <paramref name="reason"/>: one word from a small fixed set (spec/ipc.md §4.12).</summary>
+    public void SessionFailed(string reason)
+    {
+        Interlocked.Increment(ref _failed);
+        _failures.AddOrUpdate(reason, 1, static (_, n) => n + 1);
+    }
+
+    /// <summary>Time from a session's first byte to its being open (handshake and transport connect), per session.</summary>
+    public LatencyHistogram Handshake { get; } = new();
+
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> _failures = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// Adds this transport's sessions, failures by reason, bytes each way and handshake latency to a scrape
+    /// (spec/ipc.md §4.12); <paramref name="role"/> is client, server or relay.
+    /// </summary>
+    public void WriteMetrics(MetricsWriter metrics, string transport, string role)
+    {
+        var s = Snapshot();
+        metrics.Gauge("pthost_sessions_open", "Sessions open now.", s.SessionsActive, ("transport", transport), ("role", role));
+        metrics.Counter("pthost_sessions_opened_total", "Sessions opened since start.", s.SessionsOpened, ("transport", transport), ("role", role));
+        foreach (var (reason, n) in _failures)
+            metrics.Counter("pthost_sessions_failed_total", "Sessions that could not be set up, by reason.", n, ("transport", transport), ("role", role), ("reason", reason));
+        metrics.Counter("pthost_bytes_total", "Bytes relayed: in = from the application (client) or from the transport (server), out = the other way.",
+            s.BytesIn, ("transport", transport), ("role", role), ("direction", "in"));
+        metrics.Counter("pthost_bytes_total", "Bytes relayed: in = from the application (client) or from the transport (server), out = the other way.",
+            s.BytesOut, ("transport", transport), ("role", role), ("direction", "out"));
+        metrics.Histogram("pthost_handshake_seconds", "Time from a session's first byte to its being open.", Handshake, ("transport", transport), ("role", role));
+    }
 
     /// <summary>Bytes received from the application side (client) or from the transport (server).</summary>
     public void AddBytesIn(long n) => Interlocked.Add(ref _bytesIn, n);

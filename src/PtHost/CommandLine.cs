@@ -114,7 +114,9 @@ internal static class CommandLine
         var command = new Command(service.Name, service.Description);
         var options = new List<(RelayOption Relay, Option<string[]> Option)>();
         var flags = new List<(RelayOption Relay, Option<bool> Option)>();
-        foreach (var o in service.Options)
+        // The executable's own relay options (spec/ipc.md §4.12): --metrics, unless the relay has one.
+        IReadOnlyList<RelayOption> relayOptions = service.Options.Any(o => o.Name == RelayHost.MetricsOption.Name) ? service.Options : [.. service.Options, RelayHost.MetricsOption];
+        foreach (var o in relayOptions)
         {
             if (o.Kind == RelayOptionKind.Flag)
             {
@@ -151,7 +153,7 @@ internal static class CommandLine
             {
                 try
                 {
-                    foreach (var (name, text) in RelayArguments.ReadFile(service.Options, File.ReadAllText(configFile))) given[name] = text;
+                    foreach (var (name, text) in RelayArguments.ReadFile(relayOptions, File.ReadAllText(configFile))) given[name] = text;
                 }
                 catch (Exception e) when (e is OptionsException or IOException or UnauthorizedAccessException)
                 {
@@ -164,7 +166,7 @@ internal static class CommandLine
             foreach (var (o, flag) in flags)
                 if (parse.GetValue(flag)) given[o.Name] = "true";
             RelayArguments arguments;
-            try { arguments = RelayArguments.Read(service.Options, given); }
+            try { arguments = RelayArguments.Read(relayOptions, given); }
             catch (FormatException e) { return Task.FromResult(UsageError(path, e.Message)); }
             string levelText = parse.GetResult(level) is { Implicit: false } l ? l.Tokens[^1].Value : "info";
             return Program.RunRelayAsync(service, arguments, PtConfig.TryParseLogLevel(levelText)!.Value, parse.GetValue(unsafeLogging), path);

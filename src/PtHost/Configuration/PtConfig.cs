@@ -22,6 +22,7 @@ public sealed partial class PtConfig
     [
         "ptversion", "role", "transports", "proxylistenaddr", "bindaddr", "target", "options", "allow",
         "plugindir", "state", "exit-on-stdin-close", "loglevel", "unsafe-logging", "proxy", "turn", "public-frontends",
+        "metrics", "instance", // spec/ipc.md §4.12
     ];
 
     public string PtVersion { get; private init; } = "2";
@@ -42,6 +43,10 @@ public sealed partial class PtConfig
     public Microsoft.Extensions.Logging.LogLevel LogLevel { get; private init; } = Microsoft.Extensions.Logging.LogLevel.Information;
     /// <summary><c>unsafe-logging</c>: logs keep the addresses of clients, peers and destinations (spec/ipc.md §4.11).</summary>
     public bool UnsafeLogging { get; private init; }
+    /// <summary><c>metrics</c>: where the Prometheus endpoint listens (spec/ipc.md §4.12); null: off.</summary>
+    public IPEndPoint? Metrics { get; private init; }
+    /// <summary><c>instance</c>: the id in <c>pthost_instance_info</c> (spec/ipc.md §4.12).</summary>
+    public string Instance { get; private set; } = "pthost-" + Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
 
     /// <summary>A copy with other logging settings (PTHOST_LOGLEVEL and PTHOST_UNSAFE_LOGGING in PT 1.0 managed mode).</summary>
     public PtConfig WithLogging(Microsoft.Extensions.Logging.LogLevel level, bool unsafeLogging) => new()
@@ -50,8 +55,10 @@ public sealed partial class PtConfig
         ProxyListenAddresses = ProxyListenAddresses, BindAddresses = BindAddresses, Target = Target, Options = Options,
         Allow = Allow, PluginDirectory = PluginDirectory, StateDirectory = StateDirectory, ExitOnStdinClose = ExitOnStdinClose,
         LogLevel = level, UnsafeLogging = unsafeLogging, PublicFrontEnds = PublicFrontEnds, Turn = Turn, ExtendedOrPort = ExtendedOrPort, AuthCookieFile = AuthCookieFile, UpstreamProxy = UpstreamProxy,
-        OutboundBindV4 = OutboundBindV4, OutboundBindV6 = OutboundBindV6,
+        OutboundBindV4 = OutboundBindV4, OutboundBindV6 = OutboundBindV6, Metrics = Metrics, Instance = Instance,
     };
+
+    private static bool RelayOptionKindName(string text) => new RelayOption("instance", RelayOptionKind.Name, "").TryRead(text, out _, out _);
 
     /// <summary>The versions of the IPC this host speaks; "2" is printed as <c>VERSION 2</c>.</summary>
     public static bool IsSupportedVersion(string v) =>
@@ -109,7 +116,13 @@ public sealed partial class PtConfig
             Allow = role == Role.Server ? ParseAllow(r) : RejectFor<AllowList?>(r, "allow", "server", null),
             UpstreamProxy = role == Role.Client ? ParseProxy(r) : RejectFor<string?>(r, "proxy", "client", null),
             Turn = role == Role.Client ? TurnConfig.Read(r.Object("turn"), transports.Count) : RejectFor<PtHost.Turn.TurnOptions?>(r, "turn", "client", null),
+            Metrics = r.EndPoint("metrics"),
         };
+        if (r.String("instance") is { } instance)
+        {
+            if (!RelayOptionKindName(instance)) throw r.Fail("instance", $"\"{instance}\" is not a name (1 to 64 of A-Z a-z 0-9 . _ -)");
+            config.Instance = instance;
+        }
         if (config.Role == Role.Client && !config.PublicFrontEnds) RejectPublicFrontEnds(r, config);
         if (config.Role == Role.Server && config.Target is null && config.Allow is null)
             throw r.Fail("allow", "a free server (no \"target\") requires an explicit \"allow\" list of destinations");

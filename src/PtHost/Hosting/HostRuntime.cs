@@ -13,7 +13,7 @@ namespace PtHost.Hosting;
 /// Runs the configured role: creates each transport, opens its front end or server, prints the
 /// CMETHOD/SMETHOD lines, and on stop drains sessions (spec/ipc.md §4, §9).
 /// </summary>
-public sealed class HostRuntime : IHostedService
+public sealed class HostRuntime : IHostedService, IMetricsSource
 {
     public static readonly TimeSpan StatusInterval = TimeSpan.FromSeconds(60);
     private readonly PtConfig _config;
@@ -32,6 +32,7 @@ public sealed class HostRuntime : IHostedService
     private readonly Dictionary<string, TransportCounters> _counters = [];
     private readonly CancellationTokenSource _abort = new();
     private Timer? _statusTimer;
+    private MetricsEndpoint? _metrics;
     private bool _methodsDone;
 
     /// <summary>Ends open sessions now instead of letting them drain (a second SIGINT).</summary>
@@ -131,6 +132,30 @@ public sealed class HostRuntime : IHostedService
             return;
         }
         _statusTimer = new Timer(_ => ReportStatus(), null, StatusInterval, StatusInterval);
+        if (_config.Metrics is { } metrics)
+        {
+            // spec/ipc.md §4.12: a metrics address that cannot be bound costs the metrics only, never the transports.
+            try
+            {
+                _metrics = MetricsEndpoint.Start(metrics, () => [this], _log);
+                _ipc.MetricsAddress(_metrics.LocalEndPoint);
+            }
+            catch (System.Net.Sockets.SocketException e)
+            {
+                _log.LogError("metrics endpoint not started: cannot listen on {Address}: {Error}", metrics, e.SocketErrorCode);
+                _ipc.Log("error", $"metrics endpoint not started: cannot listen on {metrics}: {e.SocketErrorCode}");
+            }
+        }
+    }
+
+    /// <summary>spec/ipc.md §4.12: the instance, then every started transport's counters.</summary>
+    public void WriteMetrics(MetricsWriter metrics)
+    {
+        string role = _config.Role == Role.Client ? "client" : "server";
+        metrics.Gauge("pthost_instance_info", "The process's instance id (constant 1).", 1, ("id", _config.Instance), ("process", role), ("version", Program.VersionText));
+        KeyValuePair<string, TransportCounters>[] all;
+        lock (_counters) all = [.. _counters];
+        foreach (var (name, counters) in all) counters.WriteMetrics(metrics, name, role);
     }
 
     /// <summary>
@@ -258,6 +283,7 @@ public sealed class HostRuntime : IHostedService
     public async Task StopAsync(CancellationToken cancellationToken)
     {
         _statusTimer?.Dispose();
+        if (_metrics is not null) await _metrics.DisposeAsync().ConfigureAwait(false);
         _ipc.Log("notice", "shutting down: no new sessions; open sessions drain");
         // Stop accepting everywhere first, then let sessions drain until the host's shutdown timeout.
         using var drain = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _abort.Token);

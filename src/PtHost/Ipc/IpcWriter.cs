@@ -66,6 +66,9 @@ public sealed class IpcWriter
     public void Log(string severity, string message) =>
         Line($"LOG SEVERITY={severity} MESSAGE={Quote(UnsafeLogging ? message : Logging.AddressScrubber.Scrub(message))}");
 
+    /// <summary><c>STATUS TYPE=metrics ADDRESS=IP:PORT</c>: where the Prometheus endpoint listens (spec/ipc.md §4.12), once, when configured.</summary>
+    public void MetricsAddress(System.Net.IPEndPoint address) => Line($"STATUS TYPE=metrics ADDRESS={address}");
+
     public void Status(string transport, TransportStats s) =>
         Line($"STATUS TRANSPORT={transport} CONNECTIONS={s.SessionsActive} OPENED={s.SessionsOpened} FAILED={s.SessionsFailed} BYTES-IN={s.BytesIn} BYTES-OUT={s.BytesOut} SPLICE-FALLBACKS={s.SpliceFallbacks}");
 

@@ -457,6 +457,27 @@ public class PtConfigTests
         Assert.Equal("proxy", server.Key);
     }
 
+    [Theory]
+    [InlineData("metrics", "\"localhost:9100\"", "metrics")]
+    [InlineData("instance", "\"has space\"", "instance")]
+    [InlineData("instance", "\"\"", "instance")]
+    public void A_bad_metrics_address_or_instance_id_names_its_key(string key, string value, string named)
+    {
+        var e = Assert.Throws<ConfigException>(() => PtConfig.FromObject(JObject.Parse($"{{\"role\":\"client\",\"transports\":[\"plain\"],\"{key}\":{value}}}")));
+        Assert.Equal(named, e.Key);
+    }
+
+    [Fact]
+    public void Metrics_are_off_unless_asked_for_and_the_instance_id_is_kept()
+    {
+        var off = PtConfig.FromObject(JObject.Parse("{\"role\":\"client\",\"transports\":[\"plain\"]}"));
+        Assert.Null(off.Metrics);
+        Assert.StartsWith("pthost-", off.Instance, StringComparison.Ordinal);
+        var on = PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"target\":\"a.example:1\",\"metrics\":\"127.0.0.1:9100\",\"instance\":\"edge-2\"}"));
+        Assert.Equal("127.0.0.1:9100", on.Metrics!.ToString());
+        Assert.Equal("edge-2", on.Instance);
+    }
+
     [Fact]
     public void Every_documented_key_is_accepted_somewhere()
     {
@@ -466,10 +487,12 @@ public class PtConfigTests
             var client = JObject.Parse("{\"ptversion\":\"2\",\"role\":\"client\",\"transports\":[\"plain\"],\"proxylistenaddr\":\"127.0.0.1:0\",\"options\":{\"plain\":{}},\"state\":\"s\",\"exit-on-stdin-close\":true,\"loglevel\":\"debug\",\"unsafe-logging\":false,\"proxy\":\"socks5://127.0.0.1:1080\",\"public-frontends\":false}");
             client["plugindir"] = dir;
             client["turn"] = JObject.Parse("{\"realm\":\"r\",\"users\":{\"u\":\"p\"}}");
+            client["metrics"] = "127.0.0.1:0"; // spec/ipc.md §4.12
+            client["instance"] = "edge-1";
             PtConfig.FromObject(client);
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"bindaddr\":{},\"target\":\"a.example:1\"}"));
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"allow\":[]}"));
-            Assert.Equal(16, PtConfig.Keys.Length);
+            Assert.Equal(18, PtConfig.Keys.Length);
         }
         finally { Directory.Delete(dir, true); }
     }
