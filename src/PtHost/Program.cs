@@ -69,6 +69,31 @@ public static class Program
     }
 
     /// <summary>
+    /// The dispatcher command line (spec/ipc.md §12.1), mapped to <paramref name="document"/>: validated as any
+    /// configuration (§3, errors as §3.3, exit 78), then run as forms 6 and 7 are.
+    /// </summary>
+    internal static async Task<int> RunDispatcherAsync(JObject document, string announcedVersion, System.Net.IPEndPoint? extOrPort, string? authCookie)
+    {
+        var ipc = IpcWriter.ForStdout();
+        PtConfig config;
+        try { config = PtConfig.FromObject(document).WithDispatcher(announcedVersion, extOrPort, authCookie); }
+        catch (ConfigException e)
+        {
+            ipc.EnvError(e.Message);
+            Console.Error.WriteLine("pthost: " + e.Message);
+            return ExitCodes.Config;
+        }
+        try { Directory.CreateDirectory(config.StateDirectory); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            ipc.EnvError($"-state: cannot create {config.StateDirectory}");
+            Console.Error.WriteLine($"pthost: -state: cannot create {config.StateDirectory}: {e.Message}");
+            return ExitCodes.CantCreate;
+        }
+        return await RunAsync(config, ipc).ConfigureAwait(false);
+    }
+
+    /// <summary>
     /// PT 1.0 managed mode (spec/ipc.md §10): started by tor with TOR_PT_* variables and no arguments.
     /// Errors are the pt-spec lines (VERSION-ERROR, ENV-ERROR, PROXY-ERROR) and exit 78.
     /// </summary>
@@ -257,7 +282,7 @@ public static class Program
     }
 
     /// <summary><c>pthost generate-config TRANSPORT [--plugindir DIR]</c> (spec/ipc.md §2.3).</summary>
-    internal static int GenerateConfig(string name, string? pluginDirectory)
+    internal static int GenerateConfig(string name, string? pluginDirectory, string? serverAddress = null)
     {
         using var loggers = LoggerFactory.Create(b => ConfigureLogging(b, LogLevel.Warning));
         var registry = new TransportRegistry();
@@ -284,6 +309,12 @@ public static class Program
             var server = transport.CreateServerFactory(context);
             var generated = server.GenerateConfiguration();
             var result = new JObject { ["client"] = generated.Client, ["server"] = generated.Server };
+            // The dispatcher's -serverIP (spec/ipc.md §12.1): where the client finds the server.
+            if (serverAddress is not null)
+            {
+                if (result["client"] is not JObject client) return CommandLine.UsageError("", $"-serverIP: transport {name} has no client options to put it in");
+                client["serverAddress"] = serverAddress;
+            }
             Console.Out.WriteLine(StrictJson.Write(result, indented: true));
             return ExitCodes.Ok;
         }
