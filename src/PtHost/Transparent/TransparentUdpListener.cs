@@ -125,6 +125,7 @@ public sealed class TransparentUdpListener : IFrontEnd
             if (_stunOnly && !IsStunMessage(datagram.Span))
             {
                 Interlocked.Increment(ref _notStun);
+                _counters.DatagramDropped();
                 continue;
             }
             var source = PeerAddress.From(from);
@@ -136,6 +137,7 @@ public sealed class TransparentUdpListener : IFrontEnd
                     if (_flows.Count >= MaxAssociations)
                     {
                         Interlocked.Increment(ref _dropped);
+                        _counters.DatagramDropped();
                         continue;
                     }
                     var copy = new SocketAddress(from.Family, from.Size);
@@ -203,7 +205,11 @@ public sealed class TransparentUdpListener : IFrontEnd
                 if (association is null)
                 {
                     if (_pending is { Count: < PendingDatagrams } pending) pending.Add(datagram.ToArray());
-                    else Interlocked.Increment(ref owner._dropped);
+                    else
+                    {
+                        Interlocked.Increment(ref owner._dropped);
+                        owner._counters.DatagramDropped();
+                    }
                     return;
                 }
             }
