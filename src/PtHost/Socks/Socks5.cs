@@ -219,7 +219,9 @@ public static class Socks5Parser
                 reader.Advance(len);
                 try { host = Strict.GetString(name); }
                 catch (DecoderFallbackException) { host = ""; }
-                if (!Destination.IsValidHostName(host))
+                // UDP ASSOCIATE's DST.ADDR only hints at the client's source (RFC 1928 §7; PySocks sends "0"): never refused.
+                if (!Destination.IsValidHostName(host) && udpAssociate && cmd == Socks5.CmdUdpAssociate) host = "0.0.0.0";
+                else if (!Destination.IsValidHostName(host))
                 {
                     buffer = buffer.Slice(reader.Position).Slice(2);
                     error = new(0x04, "domain name is empty or has characters a host name cannot have");
