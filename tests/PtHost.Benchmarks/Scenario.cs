@@ -42,6 +42,7 @@ public static class Scenarios
         new NodeAdapterScenario(),
         new PythonAdapterScenario(),
         new DotnetClientScenario(),
+        new OpenVpnScenario(),
     ];
 }
 
