@@ -58,14 +58,20 @@ public static class Program
             Console.Error.WriteLine("pthost: " + e.Message);
             return ExitCodes.Config;
         }
+        return CreateStateDirectory(config, ipc, "config key 'state'") ?? await RunAsync(config, ipc).ConfigureAwait(false);
+    }
+
+    /// <summary>§2.2 step 3: the state directory; on failure ENV-ERROR naming <paramref name="what"/> and exit 73, else null.</summary>
+    private static int? CreateStateDirectory(PtConfig config, IpcWriter ipc, string what)
+    {
         try { Directory.CreateDirectory(config.StateDirectory); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            ipc.EnvError($"config key 'state': cannot create {config.StateDirectory}");
-            Console.Error.WriteLine($"pthost: config key 'state': cannot create {config.StateDirectory}: {e.Message}");
+            ipc.EnvError($"{what}: cannot create {config.StateDirectory}");
+            Console.Error.WriteLine($"pthost: {what}: cannot create {config.StateDirectory}: {e.Message}");
             return ExitCodes.CantCreate;
         }
-        return await RunAsync(config, ipc).ConfigureAwait(false);
+        return null;
     }
 
     /// <summary>
@@ -83,14 +89,7 @@ public static class Program
             Console.Error.WriteLine("pthost: " + e.Message);
             return ExitCodes.Config;
         }
-        try { Directory.CreateDirectory(config.StateDirectory); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            ipc.EnvError($"-state: cannot create {config.StateDirectory}");
-            Console.Error.WriteLine($"pthost: -state: cannot create {config.StateDirectory}: {e.Message}");
-            return ExitCodes.CantCreate;
-        }
-        return await RunAsync(config, ipc).ConfigureAwait(false);
+        return CreateStateDirectory(config, ipc, "-state") ?? await RunAsync(config, ipc).ConfigureAwait(false);
     }
 
     /// <summary>

@@ -333,13 +333,7 @@ internal sealed class TransparentPeers : IAsyncDisposable
             case "jet":
             {
                 var relay = await JetRelayProcess.StartAsync();
-                var g = await JetChain.GenerateAsync();
-                var client = (JObject)g["client"]!;
-                var server = (JObject)g["server"]!;
-                server["relay"] = $"http://{relay.Http}";
-                if (await relay.CertificatePinAsync() is { } pin) server["relayPins"] = new JObject { [relay.Http.Address.ToString()] = pin };
-                client["signalTimeout"] = 10;
-                server["signalTimeout"] = 10;
+                var (client, server) = await JetChain.OptionsAsync(relay);
                 return new TransparentPeers(transport, relay, client, server);
             }
             case "asport":
