@@ -202,7 +202,7 @@ public class ChainTests
         Assert.Equal(0x05, await ConnectReply(chain, SocksClient.ConnectIPv4(IPAddress.Loopback, closedPort)));           // refused
         Assert.Equal(0x02, await ConnectReply(chain, SocksClient.ConnectIPv4(IPAddress.Parse("127.0.0.2"), echo.Port)));   // not in allow
         Assert.Equal(0x04, await ConnectReply(chain, SocksClient.ConnectDomain("does-not-exist.invalid", 80)));              // no such name
-        Assert.Equal(0x07, await ConnectReply(chain, SocksClient.ConnectDomain("localhost", echo.Port, command: 3)));        // UDP ASSOCIATE
+        Assert.Equal(0x07, await ConnectReply(chain, SocksClient.ConnectDomain("localhost", echo.Port, command: 2)));        // BIND (UDP ASSOCIATE: DispatcherTests)
         Assert.Equal(0x08, await ConnectReply(chain, [5, 1, 0, 9, 1, 2, 3, 4, 0, 80]));                                      // ATYP 9
         Assert.Equal(0, echo.Accepted);
         await AssertStillServes(chain, echo);

@@ -82,3 +82,32 @@ public class DispatcherCommandLineTests
     public void Combinations_the_mapping_cannot_honour_are_usage_errors(params string[] args) =>
         Assert.Throws<FormatException>(() => Map(args));
 }
+
+/// <summary>SOCKS5 UDP ASSOCIATE's request (spec/ipc.md §5.12) and the STUN mode's message check (§12.5).</summary>
+public class UdpFrontEndParsingTests
+{
+    [Fact]
+    public void Udp_associate_is_read_where_the_transport_carries_udp_and_its_address_is_a_hint()
+    {
+        byte[] request = [0x05, 0x03, 0x00, 0x03, 0x01, (byte)'0', 0x1F, 0x90];
+        var buffer = new System.Buffers.ReadOnlySequence<byte>(request);
+        Assert.Equal(PtHost.Socks.ParseStatus.Done, PtHost.Socks.Socks5Parser.TryParseRequest(ref buffer, out var destination, out byte command, udpAssociate: true, out _));
+        Assert.Equal(PtHost.Socks.Socks5.CmdUdpAssociate, command);
+        Assert.Equal("0.0.0.0:8080", destination!.ToString());
+        // Without UDP (the transport cannot carry it): 07, as any command PtHost does not serve.
+        var refused = new System.Buffers.ReadOnlySequence<byte>(new byte[] { 0x05, 0x03, 0x00, 0x01, 0, 0, 0, 0, 0x1F, 0x90 });
+        Assert.Equal(PtHost.Socks.ParseStatus.Invalid, PtHost.Socks.Socks5Parser.TryParseRequest(ref refused, out _, out var error));
+        Assert.Equal(0x07, error.Reply);
+    }
+
+    [Theory]
+    [InlineData("000100002112A442000102030405060708090A0B", true)]
+    [InlineData("000100042112A442000102030405060708090A0B00000000", true)]
+    [InlineData("000100002112A443000102030405060708090A0B", false)] // not the magic cookie
+    [InlineData("400100002112A442000102030405060708090A0B", false)] // top bits set (ChannelData)
+    [InlineData("000100082112A442000102030405060708090A0B00000000", false)] // length beyond the datagram
+    [InlineData("000100022112A442000102030405060708090A0B0000", false)] // length not a multiple of 4
+    [InlineData("0001", false)]
+    public void Stun_mode_carries_whole_stun_messages_only(string hex, bool stun) =>
+        Assert.Equal(stun, PtHost.Transparent.TransparentUdpListener.IsStunMessage(Convert.FromHexString(hex)));
+}
