@@ -31,6 +31,7 @@ public sealed class TransparentUdpListener : IFrontEnd
     private readonly TransportCounters _counters;
     private readonly ILogger _log;
     private readonly bool _stunOnly;
+    private readonly TimeSpan _idleTimeout, _sweepInterval;
     private readonly Socket _udp;
     private readonly Dictionary<PeerAddress, Flow> _flows = [];
     private readonly CancellationTokenSource _stop = new();
@@ -39,8 +40,12 @@ public sealed class TransparentUdpListener : IFrontEnd
     private static long s_ids;
 
     /// <param name="server">The PT server (<c>target</c>); null: the transport finds it (its <c>serverAddress</c> option).</param>
-    public TransparentUdpListener(string transport, IPEndPoint bind, Destination? server, IClientFactory factory, TransportCounters counters, ILogger log, bool stunOnly)
+    /// <param name="idleTimeout">Default <see cref="IdleTimeout"/> (spec/ipc.md §12.4); shorter only in tests, with <paramref name="sweepInterval"/>.</param>
+    public TransparentUdpListener(string transport, IPEndPoint bind, Destination? server, IClientFactory factory, TransportCounters counters, ILogger log, bool stunOnly,
+        TimeSpan? idleTimeout = null, TimeSpan? sweepInterval = null)
     {
+        _idleTimeout = idleTimeout ?? IdleTimeout;
+        _sweepInterval = sweepInterval ?? SweepInterval;
         _transport = transport;
         _factory = factory;
         _server = server;
@@ -154,12 +159,12 @@ public sealed class TransparentUdpListener : IFrontEnd
     /// <summary>Ends associations idle for <see cref="IdleTimeout"/> (spec/ipc.md §12.4).</summary>
     private async Task SweepLoopAsync()
     {
-        using var timer = new PeriodicTimer(SweepInterval);
+        using var timer = new PeriodicTimer(_sweepInterval);
         try
         {
             while (await timer.WaitForNextTickAsync(_stop.Token).ConfigureAwait(false))
             {
-                long limit = Environment.TickCount64 - (long)IdleTimeout.TotalMilliseconds;
+                long limit = Environment.TickCount64 - (long)_idleTimeout.TotalMilliseconds;
                 List<Flow>? idle = null;
                 lock (_flows)
                     foreach (var f in _flows.Values)
@@ -167,7 +172,7 @@ public sealed class TransparentUdpListener : IFrontEnd
                 if (idle is null) continue;
                 foreach (var f in idle)
                 {
-                    _log.LogDebug("transparent UDP {Transport} association {Id}: idle for {Seconds} s; ended", _transport, f.Id, IdleTimeout.TotalSeconds);
+                    _log.LogDebug("transparent UDP {Transport} association {Id}: idle for {Seconds} s; ended", _transport, f.Id, _idleTimeout.TotalSeconds);
                     Remove(f);
                     await f.EndAsync().ConfigureAwait(false);
                 }
