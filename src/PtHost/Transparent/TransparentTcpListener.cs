@@ -63,7 +63,7 @@ public sealed class TransparentTcpListener : IFrontEnd
                     _counters.SessionFailed();
                     _log.LogInformation("transparent TCP {Transport} session {Id}: transport connect failed: {Error}", _transport, id,
                         e is OperationCanceledException ? $"took longer than {ConnectTimeout.TotalSeconds:0} s" : e.Message);
-                    socket.LingerState = new LingerOption(true, 0);
+                    socket.Close(0); // linger 0: RST (NetworkStream's own close would shut down with a FIN first)
                     return;
                 }
             }

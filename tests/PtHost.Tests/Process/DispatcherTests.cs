@@ -138,6 +138,31 @@ public class DispatcherTests(ITestOutputHelper output)
         Assert.True(status["OPENED"] >= 2, $"OPENED={status["OPENED"]}");
     }
 
+    /// <summary>spec/ipc.md §12.3: a session the transport cannot open is reset at once and counted in FAILED; the listener serves on.</summary>
+    [Fact]
+    public async Task Transparent_tcp_resets_a_connection_the_transport_cannot_open()
+    {
+        using var closed = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        closed.Bind(new IPEndPoint(IPAddress.Loopback, 0)); // bound, never listening: connections to it are refused
+        await using var client = PtProcess.StartPthost("-transparent", "-client", "-transports", "plain", "-target", closed.LocalEndPoint!.ToString()!,
+            "-state", Directory.CreateTempSubdirectory("pthost-reset-").FullName, "-proxylistenaddr", "127.0.0.1:0");
+        var lines = await client.ReadUntilDoneAsync();
+        var listen = IPEndPoint.Parse(lines.Single(l => l.StartsWith("CMETHOD plain transparent-TCP ", StringComparison.Ordinal)).Split(' ')[3]);
+        for (int i = 1; i <= 2; i++)
+        {
+            using var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+            // On loopback the reset can come before the connect's completion is seen: either step may report it.
+            var e = await Assert.ThrowsAsync<SocketException>(async () =>
+            {
+                await s.ConnectAsync(listen, cts.Token);
+                await s.ReceiveAsync(new byte[1], cts.Token);
+            });
+            Assert.Equal(SocketError.ConnectionReset, e.SocketErrorCode);
+            Assert.Equal(i, (await client.QueryStatusAsync("plain"))["FAILED"]);
+        }
+    }
+
     /// <summary>
     /// Transparent UDP (spec/ipc.md §12.4): two sources each get their own association; 200 datagrams each reach the
     /// target's echo and every answer returns to the source that sent it.
