@@ -3,7 +3,7 @@ namespace PtHost.Contract;
 /// <summary>Thread-safe counters for one transport in one process.</summary>
 public sealed class TransportCounters
 {
-    private long _opened, _active, _failed, _bytesIn, _bytesOut, _spliceFallbacks;
+    private long _opened, _active, _failed, _bytesIn, _bytesOut, _spliceFallbacks, _datagramsDropped;
 
     /// <summary>A session started (and is now active).</summary>
     public void SessionOpened() { Interlocked.Increment(ref _opened); Interlocked.Increment(ref _active); }
@@ -56,11 +56,18 @@ public sealed class TransportCounters
     /// </summary>
     public void SpliceFallback() => Interlocked.Increment(ref _spliceFallbacks);
 
+    /// <summary>
+    /// A datagram a client front end dropped on purpose (spec/ipc.md §4.7 <c>DATAGRAMS-DROPPED</c>): a SOCKS5 UDP datagram
+    /// with FRAG ≠ 0, a domain name or from a stranger (§5.12), or one a transparent association could not take (§12.4).
+    /// </summary>
+    public void DatagramDropped() => Interlocked.Increment(ref _datagramsDropped);
+
     /// <summary>A consistent-enough snapshot.</summary>
     public TransportStats Snapshot() => new(Volatile.Read(ref _opened), Volatile.Read(ref _active),
         Volatile.Read(ref _failed), Volatile.Read(ref _bytesIn), Volatile.Read(ref _bytesOut))
     {
         SpliceFallbacks = Volatile.Read(ref _spliceFallbacks),
+        DatagramsDropped = Volatile.Read(ref _datagramsDropped),
     };
 }
 
@@ -74,4 +81,7 @@ public sealed record TransportStats(long SessionsOpened, long SessionsActive, lo
 {
     /// <summary>Sessions that relayed through pooled buffers for want of a splice(2) pipe (see <see cref="TransportCounters.SpliceFallback"/>).</summary>
     public long SpliceFallbacks { get; init; }
+
+    /// <summary>Datagrams a client front end dropped on purpose (see <see cref="TransportCounters.DatagramDropped"/>).</summary>
+    public long DatagramsDropped { get; init; }
 }

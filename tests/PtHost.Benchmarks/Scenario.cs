@@ -43,6 +43,7 @@ public static class Scenarios
         new PythonAdapterScenario(),
         new DotnetClientScenario(),
         new ScaleScenario(), // issue 20: relays at scale
+        new OpenVpnScenario(),
     ];
 }
 

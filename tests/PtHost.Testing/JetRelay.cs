@@ -249,8 +249,8 @@ public static class JetChain
 {
     public static Task<JObject> GenerateAsync() => PtChain.GenerateConfigAsync("jet");
 
-    public static async Task<PtChain> StartAsync(JetRelayProcess relay, Action<JObject>? editClient = null, Action<JObject>? editServer = null,
-        IDictionary<string, string>? clientEnvironment = null)
+    /// <summary>Generated client and server options for <paramref name="relay"/>: its address, its pinned certificate, 10 s signal timeouts.</summary>
+    public static async Task<(JObject Client, JObject Server)> OptionsAsync(JetRelayProcess relay)
     {
         var generated = await GenerateAsync();
         var client = (JObject)generated["client"]!;
@@ -264,6 +264,13 @@ public static class JetChain
         }
         client["signalTimeout"] = 10;
         server["signalTimeout"] = 10;
+        return (client, server);
+    }
+
+    public static async Task<PtChain> StartAsync(JetRelayProcess relay, Action<JObject>? editClient = null, Action<JObject>? editServer = null,
+        IDictionary<string, string>? clientEnvironment = null)
+    {
+        var (client, server) = await OptionsAsync(relay);
         editClient?.Invoke(client);
         editServer?.Invoke(server);
         var serverConfig = PtChain.FreeServerOf("jet", server);

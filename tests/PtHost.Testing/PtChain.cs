@@ -12,6 +12,7 @@ public sealed class PtChain : IAsyncDisposable
     public PtProcess Server { get; }
     public PtProcess Client { get; }
     public IPEndPoint ServerEndPoint { get; private set; } = null!;
+    /// <summary>The client's front end: SOCKS5, or in a transparent mode its listener (spec/ipc.md §12).</summary>
     public IPEndPoint SocksEndPoint { get; private set; } = null!;
     public List<string> ServerStartup { get; private set; } = [];
     public List<string> ClientStartup { get; private set; } = [];
@@ -45,7 +46,7 @@ public sealed class PtChain : IAsyncDisposable
             var serverEp = IPEndPoint.Parse(smethod.Split(' ')[2]);
             client = Start(clientConfig(serverEp), clientEnvironment);
             var clientLines = await client.ReadUntilDoneAsync();
-            var cmethod = clientLines.Single(l => l.StartsWith("CMETHOD ", StringComparison.Ordinal) && l.Split(' ')[2] == "socks5");
+            var cmethod = clientLines.Single(l => l.StartsWith("CMETHOD ", StringComparison.Ordinal) && l.Split(' ')[2] is "socks5" or "transparent-TCP" or "transparent-UDP" or "STUN");
             var chain = new PtChain(server, client)
             {
                 ServerEndPoint = serverEp,

@@ -25,6 +25,7 @@ public sealed class HostRuntime : IHostedService, IMetricsSource
     private readonly IHostApplicationLifetime _lifetime;
     private readonly HostOptions _hostOptions;
     private readonly List<Socks5Listener> _frontEnds = [];
+    private readonly List<Transparent.IFrontEnd> _transparent = []; // spec/ipc.md §12
     private readonly List<PtHost.Turn.TurnListener> _turnListeners = []; // spec/turn.md
     private PtHost.Net.Udp.ServerAssociations? _udp; // spec/turn.md §5.4
     private readonly List<(string Name, IServerManager Manager)> _servers = [];
@@ -68,7 +69,7 @@ public sealed class HostRuntime : IHostedService, IMetricsSource
         }
         else
         {
-            _ipc.Version("2");
+            _ipc.Version(_config.AnnouncedVersion);
             if (_config.Role == Role.Client && _config.UpstreamProxy is not null) _ipc.ProxyDone();
         }
         WarnAboutCatchAlls();
@@ -192,12 +193,43 @@ public sealed class HostRuntime : IHostedService, IMetricsSource
         var factory = transport.CreateClientFactory(context);
         _factories.Add(factory);
         if (factory is IStartableClientFactory startable) await startable.StartAsync(ct).ConfigureAwait(false);
+        if (_config.Mode != ClientMode.Socks5)
+        {
+            StartTransparent(name, factory, context.Counters);
+            return;
+        }
         var listener = new Socks5Listener(name, _config.ProxyListenAddresses[name], factory, context.Counters, new Socks5Limits(), _loggers.CreateLogger("PtHost.Socks"));
         _frontEnds.Add(listener);
         listener.Start();
         _ipc.Cmethod(name, "socks5", listener.LocalEndPoint);
         WarnIfPublic(name, "SOCKS5 front end", listener.LocalEndPoint, "anyone who reaches it can use the transport");
         StartTurn(name, factory, context.Counters);
+    }
+
+    /// <summary>
+    /// A transparent front end (spec/ipc.md §12.3–§12.5) and its CMETHOD line, whose protocol word names the mode:
+    /// <c>transparent-TCP</c>, <c>transparent-UDP</c> or <c>STUN</c> (the dispatcher's mode names).
+    /// </summary>
+    private void StartTransparent(string name, IClientFactory factory, TransportCounters counters)
+    {
+        var bind = _config.ProxyListenAddresses[name];
+        Transparent.IFrontEnd frontEnd;
+        string protocol;
+        if (_config.Mode == ClientMode.TransparentTcp)
+        {
+            frontEnd = new Transparent.TransparentTcpListener(name, bind, _config.Target, factory, counters, _loggers.CreateLogger("PtHost.Transparent"));
+            protocol = "transparent-TCP";
+        }
+        else
+        {
+            if (!PtHost.Net.Udp.UdpCarrier.CanCarry(factory)) throw new TransportOptionsException($"transport {name} cannot carry UDP (spec/turn.md §5.1): no {(_config.Mode == ClientMode.Stun ? "STUN" : "transparent UDP")} mode");
+            frontEnd = new Transparent.TransparentUdpListener(name, bind, _config.Target, factory, counters, _loggers.CreateLogger("PtHost.Transparent"), stunOnly: _config.Mode == ClientMode.Stun);
+            protocol = _config.Mode == ClientMode.Stun ? "STUN" : "transparent-UDP";
+        }
+        _transparent.Add(frontEnd);
+        frontEnd.Start();
+        _ipc.Cmethod(name, protocol, frontEnd.LocalEndPoint);
+        WarnIfPublic(name, protocol + " front end", frontEnd.LocalEndPoint, "anyone who reaches it can use the transport");
     }
 
     /// <summary>The transport's TURN listener and its CMETHOD line (spec/turn.md §2), when "turn" is configured.</summary>
@@ -289,10 +321,11 @@ public sealed class HostRuntime : IHostedService, IMetricsSource
         using var drain = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _abort.Token);
         drain.CancelAfter(_hostOptions.ShutdownTimeout - TimeSpan.FromMilliseconds(250));
         var stops = _frontEnds.Select(f => f.StopAsync(drain.Token)).Concat(_servers.Select(s => s.Manager.StopAsync(drain.Token)))
-            .Concat(_turnListeners.Select(t => t.StopAsync(drain.Token)));
+            .Concat(_turnListeners.Select(t => t.StopAsync(drain.Token))).Concat(_transparent.Select(t => t.StopAsync(drain.Token)));
         await Task.WhenAll(stops).ConfigureAwait(false);
         foreach (var f in _frontEnds) await f.DisposeAsync().ConfigureAwait(false);
         foreach (var t in _turnListeners) await t.DisposeAsync().ConfigureAwait(false);
+        foreach (var t in _transparent) await t.DisposeAsync().ConfigureAwait(false);
         foreach (var (_, m) in _servers) await m.DisposeAsync().ConfigureAwait(false);
         foreach (var f in _factories) await f.DisposeAsync().ConfigureAwait(false);
         if (_counters.Count > 0) ReportStatus();

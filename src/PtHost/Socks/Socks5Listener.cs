@@ -178,8 +178,19 @@ public sealed class Socks5Listener : IAsyncDisposable
 
             // RFC 1928 §4: the request.
             Destination? destination = null;
-            var requestStatus = await ReadMessageAsync(reader, (ref ReadOnlySequence<byte> b) => Socks5Parser.TryParseRequest(ref b, out destination, out error), ct).ConfigureAwait(false);
+            byte command = 0;
+            bool udp = PtHost.Net.Udp.UdpCarrier.CanCarry(_factory);
+            var requestStatus = await ReadMessageAsync(reader, (ref ReadOnlySequence<byte> b) => Socks5Parser.TryParseRequest(ref b, out destination, out command, udp, out error), ct).ConfigureAwait(false);
             if (requestStatus == ParseStatus.Invalid) return await RefuseAsync(client, reader, error, id).ConfigureAwait(false);
+            if (command == Socks5.CmdUdpAssociate)
+            {
+                // RFC 1928 §7 (spec/ipc.md §5.12): the TCP connection stays as the association's control connection.
+                handshake.CancelAfter(Timeout.InfiniteTimeSpan);
+                if (settingsError is { } se) return await RefuseAsync(client, reader, se, id).ConfigureAwait(false);
+                await reader.CompleteAsync().ConfigureAwait(false);
+                await Socks5UdpAssociation.RunAsync(Transport, client, destination!, _factory, _counters, id, _log, abort).ConfigureAwait(false);
+                return null;
+            }
             return await ConnectAsync(client, reader, destination!, settings, settingsError, id, handshake, abort, socks4: false).ConfigureAwait(false);
         }
         catch (InvalidMessageException e)

@@ -281,15 +281,41 @@ public class PtConfigTests
 
     [Theory]
     [InlineData("'bindaddr':{'plain':'127.0.0.1:1'}", "bindaddr")]
-    [InlineData("'target':'127.0.0.1:1'", "target")]
     [InlineData("'allow':['10.0.0.0/8']", "allow")]
     [InlineData("'allow':[]", "allow")]
-    [InlineData("'target':null", "target")]
     public void Server_only_keys_are_refused_for_a_client(string fragment, string key)
     {
         var e = Refused("{" + Client + "," + fragment + "}");
         Assert.Equal(key, e.Key);
         Assert.Contains("role \"server\" only", e.Message);
+    }
+
+    /// <summary>spec/ipc.md §3.2, §12.2: a client takes <c>target</c> (its PT server) only in a transparent mode.</summary>
+    [Theory]
+    [InlineData("'target':'127.0.0.1:1'", "a client takes a \"target\" only in a transparent mode")]
+    [InlineData("'target':null", "")]
+    [InlineData("'mode':'transparent-tcp','target':'127.0.0.1:0'", "non-zero port")]
+    [InlineData("'mode':'sideways'", "is not one of socks5, transparent-tcp, transparent-udp, stun")]
+    [InlineData("'mode':'stun','turn':{'listenaddr':'127.0.0.1:0','realm':'r','users':{'u':'p'}}", "needs \"mode\": \"socks5\"")]
+    public void A_client_s_target_and_mode_are_checked(string fragment, string problem)
+    {
+        var e = Refused("{" + Client + "," + fragment + "}");
+        Assert.Contains(e.Key, new[] { "target", "mode", "turn" });
+        Assert.Contains(problem, e.Message);
+    }
+
+    [Theory]
+    [InlineData("transparent-tcp", ClientMode.TransparentTcp)]
+    [InlineData("transparent-udp", ClientMode.TransparentUdp)]
+    [InlineData("stun", ClientMode.Stun)]
+    [InlineData("socks5", ClientMode.Socks5)]
+    public void A_transparent_client_takes_its_server_as_target(string mode, ClientMode expected)
+    {
+        string target = mode == "socks5" ? "" : ",'target':'192.0.2.1:443'";
+        var config = Parse("{" + Client + ",'mode':'" + mode + "'" + target + "}");
+        Assert.Equal(expected, config.Mode);
+        Assert.Equal(mode == "socks5" ? null : "192.0.2.1:443", config.Target?.ToString());
+        Assert.Equal("mode", Refused("{" + BoundServer + ",'mode':'" + (mode == "socks5" ? "stun" : mode) + "'}").Key);
     }
 
     [Theory]
@@ -492,7 +518,8 @@ public class PtConfigTests
             PtConfig.FromObject(client);
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"bindaddr\":{},\"target\":\"a.example:1\"}"));
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"allow\":[]}"));
-            Assert.Equal(18, PtConfig.Keys.Length);
+            PtConfig.FromObject(JObject.Parse("{\"role\":\"client\",\"transports\":[\"plain\"],\"mode\":\"transparent-udp\",\"target\":\"a.example:1\"}"));
+            Assert.Equal(19, PtConfig.Keys.Length);
         }
         finally { Directory.Delete(dir, true); }
     }
