@@ -21,8 +21,12 @@ packages=(curl ca-certificates
   python3 python3-venv python3-setuptools python3-wheel
   # NativeAOT pthost: the native linker (gcc, above) and Debian's zlib (UseSystemZlib)
   zlib1g-dev
+  # shapeshifter-dispatcher drop-in (spec/ipc.md §12): OpenVPN through the transparent modes, ping, PySocks' UDP socksocket
+  openvpn iputils-ping python3-socks
   # Debian package (packaging/deb): dpkg-shlibdeps and objcopy, lintian, systemd-analyze, man for its Documentation check
-  dpkg-dev binutils lintian systemd man-db)
+  dpkg-dev binutils lintian systemd man-db
+  # Relays at scale (docs/deploy.md): HAProxy in front of several instances, Prometheus scraping them
+  haproxy prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -80,4 +80,7 @@ public sealed class SocksException(byte reply) : SocketException((int)ErrorFor(r
 public sealed class TurnException(int code, string reason) : PtHostException($"TURN error {code}: {reason}")
 {
     public int Code { get; } = code;
+
+    /// <summary>The error response's reason phrase.</summary>
+    public string Reason { get; } = reason;
 }

@@ -34,6 +34,7 @@ public sealed class TurnUdpClient : IDisposable
     private Task? _refresher;
     private int _nextChannel = 0x4000;
     private long _dropped, _allocationRefreshes, _channelRefreshes;
+    private volatile RefreshFailure? _failure;
 
     internal TurnUdpClient(IPEndPoint turn, string user, string password)
     {
@@ -67,6 +68,14 @@ public sealed class TurnUdpClient : IDisposable
     /// </summary>
     internal TimeSpan ChannelRefreshInterval { get; init; } = TimeSpan.FromSeconds(240);
 
+    /// <summary>
+    /// Why the allocation was lost, or null while it lives (§5.5): a refresh answered with an error (437 once the
+    /// server process's association ended), or unanswered until the allocation's lifetime ran out. After that,
+    /// <see cref="SendAsync(ReadOnlyMemory{byte}, IPEndPoint, CancellationToken)"/> and <see cref="ReceiveAsync"/>
+    /// (once the datagrams already received are read) throw it.
+    /// </summary>
+    public Exception? Failure => _failure?.Create();
+
     internal async Task AllocateAsync(CancellationToken ct)
     {
         var m = await RequestAsync(Stun.Allocate, [(Stun.RequestedTransport, Stun.UInt32(17u << 24)), (Stun.Lifetime, Stun.UInt32(RequestedLifetime))], ct).ConfigureAwait(false);
@@ -80,6 +89,7 @@ public sealed class TurnUdpClient : IDisposable
     public async ValueTask<int> SendAsync(ReadOnlyMemory<byte> datagram, IPEndPoint peer, CancellationToken ct = default)
     {
         ObjectDisposedException.ThrowIf(_closing.IsCancellationRequested, this);
+        if (_failure is { } failure) throw failure.Create();
         if (datagram.Length > 65527) throw new ArgumentException("a datagram is at most 65,527 bytes (spec/turn.md §5.2)", nameof(datagram));
         peer = Normalize(peer);
         var bind = _channels.GetOrAdd(peer, p => BindAsync(p, 0));
@@ -110,6 +120,7 @@ public sealed class TurnUdpClient : IDisposable
         }
         catch (ChannelClosedException) when (!ct.IsCancellationRequested)
         {
+            if (_failure is { } failure) throw failure.Create();
             throw new ObjectDisposedException(nameof(TurnUdpClient));
         }
     }
@@ -234,11 +245,16 @@ public sealed class TurnUdpClient : IDisposable
         _received.Writer.TryWrite(datagram);
     }
 
-    /// <summary>§2.8 step 5: the allocation at max(lifetime − 60 s, lifetime / 2), each channel every 240 s.</summary>
+    /// <summary>
+    /// §2.8 step 5: the allocation at max(lifetime − 60 s, lifetime / 2), each channel every 240 s. A refresh that went
+    /// unanswered (39.5 s of retransmissions) is tried again while the allocation can still be alive; an error answer,
+    /// or an allocation whose lifetime ran out unrefreshed, ends the client (<see cref="Failure"/>, spec/adapters.md §5.5).
+    /// </summary>
     private async Task RefreshLoopAsync(uint lifetime)
     {
         var allocationEvery = TimeSpan.FromSeconds(Math.Max(lifetime - 60.0, lifetime / 2.0));
         var channelEvery = ChannelRefreshInterval;
+        var expires = DateTime.UtcNow + TimeSpan.FromSeconds(lifetime);
         var nextAllocation = DateTime.UtcNow + allocationEvery;
         var nextChannels = DateTime.UtcNow + channelEvery;
         try
@@ -248,26 +264,47 @@ public sealed class TurnUdpClient : IDisposable
                 var next = nextAllocation < nextChannels ? nextAllocation : nextChannels;
                 var delay = next - DateTime.UtcNow;
                 if (delay > TimeSpan.Zero) await Task.Delay(delay, _closing.Token).ConfigureAwait(false);
-                if (DateTime.UtcNow >= nextAllocation)
+                try
                 {
-                    await RequestAsync(Stun.Refresh, [(Stun.Lifetime, Stun.UInt32(RequestedLifetime))], _closing.Token).ConfigureAwait(false);
-                    Interlocked.Increment(ref _allocationRefreshes);
-                    nextAllocation = DateTime.UtcNow + allocationEvery;
-                }
-                if (DateTime.UtcNow >= nextChannels)
-                {
-                    foreach (var (channel, peer) in _peers)
+                    if (DateTime.UtcNow >= nextAllocation)
                     {
-                        await BindAsync(peer, channel).ConfigureAwait(false);
-                        Interlocked.Increment(ref _channelRefreshes);
+                        var m = await RequestAsync(Stun.Refresh, [(Stun.Lifetime, Stun.UInt32(RequestedLifetime))], _closing.Token).ConfigureAwait(false);
+                        uint granted = m.TryGet(Stun.Lifetime, out var l) && l.Count == 4 ? BinaryPrimitives.ReadUInt32BigEndian(l) : lifetime;
+                        Interlocked.Increment(ref _allocationRefreshes);
+                        expires = DateTime.UtcNow + TimeSpan.FromSeconds(granted);
+                        nextAllocation = DateTime.UtcNow + allocationEvery;
                     }
-                    nextChannels = DateTime.UtcNow + channelEvery;
+                    if (DateTime.UtcNow >= nextChannels)
+                    {
+                        foreach (var (channel, peer) in _peers)
+                        {
+                            await BindAsync(peer, channel).ConfigureAwait(false);
+                            Interlocked.Increment(ref _channelRefreshes);
+                        }
+                        nextChannels = DateTime.UtcNow + channelEvery;
+                    }
+                }
+                catch (TimeoutException) when (DateTime.UtcNow < expires)
+                {
+                    // Unanswered, but the allocation may still be alive: the loop tries again at once.
                 }
             }
         }
         catch (OperationCanceledException) { }
-        catch (TurnException) { }
-        catch (TimeoutException) { }
+        catch (TurnException e) { Fail(new RefreshFailure(e.Code, e.Reason, TimedOut: false)); }
+        catch (TimeoutException) { Fail(new RefreshFailure(0, $"pthost's TURN front end left every refresh unanswered until the allocation's lifetime ran out at {expires:O}", TimedOut: true)); }
+    }
+
+    private void Fail(RefreshFailure failure)
+    {
+        _failure = failure;
+        _received.Writer.TryComplete();
+    }
+
+    /// <summary>What <see cref="Failure"/> and the calls after it throw: a new exception each time, so each has its own stack.</summary>
+    private sealed record RefreshFailure(int Code, string Message, bool TimedOut)
+    {
+        public Exception Create() => TimedOut ? new TimeoutException(Message) : new TurnException(Code, Message);
     }
 
     /// <summary>§2.8 step 6: Refresh with LIFETIME 0 (sent once, not awaited), then the socket is closed.</summary>

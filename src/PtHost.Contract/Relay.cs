@@ -59,6 +59,8 @@ public enum RelayOptionKind
     File,
     /// <summary>A switch without a value: given or not.</summary>
     Flag,
+    /// <summary>A name: 1 to 64 characters from A–Z, a–z, 0–9, <c>.</c>, <c>_</c> and <c>-</c> (an instance id, spec/ipc.md §4.12).</summary>
+    Name,
 }
 
 /// <summary>One option of <c>pthost relay NAME</c>: <c>--&lt;Name&gt; VALUE</c>.</summary>
@@ -76,6 +78,7 @@ public sealed record RelayOption(string Name, RelayOptionKind Kind, string Help,
         RelayOptionKind.Seconds => "SECONDS",
         RelayOptionKind.Count => "N",
         RelayOptionKind.Flag => "",
+        RelayOptionKind.Name => "NAME",
         _ => "FILE",
     };
 
@@ -101,6 +104,10 @@ public sealed record RelayOption(string Name, RelayOptionKind Kind, string Help,
             case RelayOptionKind.Flag:
                 if (bool.TryParse(text, out bool on)) value = on;
                 else problem = $"--{Name} takes no value";
+                break;
+            case RelayOptionKind.Name:
+                if (text.Length is > 0 and <= 64 && text.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or '-')) value = text;
+                else problem = $"--{Name} \"{text}\" is not a name (1 to 64 of A-Z a-z 0-9 . _ -)";
                 break;
             default:
                 if (text.Length > 0 && !text.Contains('\0', StringComparison.Ordinal)) value = text;
@@ -189,6 +196,9 @@ public sealed class RelayArguments
 
     /// <summary>A <see cref="RelayOptionKind.Flag"/> option: true when given.</summary>
     public bool Flag(string name) => Get<bool?>(name) ?? false;
+
+    /// <summary>A <see cref="RelayOptionKind.Name"/> option's value; null when absent.</summary>
+    public string? Name(string name) => Get<string>(name);
 
     /// <summary>A <see cref="RelayOptionKind.File"/> option's path as given; null when absent.</summary>
     public string? File(string name) => Get<string>(name);

@@ -79,17 +79,27 @@ public sealed class HalfClosableTlsStream(SslStream tls, Stream transport) : Str
     private async Task WaitPeerCloseNotifyAsync()
     {
         long limit = (long)CloseTimeout.TotalMilliseconds;
-        while (!_peerEnded.Task.IsCompleted)
+        // The bound's timer is cancelled as soon as the wait ends: left running, every closed session kept a 30 s
+        // timer (and this stream) in the runtime's timer queue after the peer's close_notify had long arrived.
+        using var wake = CancellationTokenSource.CreateLinkedTokenSource(_aborted.Token);
+        try
         {
-            long left = limit - (Environment.TickCount64 - Volatile.Read(ref _lastRead));
-            if (left <= 0) return;
-            if (_disposing.Task.IsCompleted)
+            while (!_peerEnded.Task.IsCompleted)
             {
-                await DrainAsync().ConfigureAwait(false);
-                return;
+                long left = limit - (Environment.TickCount64 - Volatile.Read(ref _lastRead));
+                if (left <= 0) return;
+                if (_disposing.Task.IsCompleted)
+                {
+                    await DrainAsync().ConfigureAwait(false);
+                    return;
+                }
+                await Task.WhenAny(_peerEnded.Task, _disposing.Task, Task.Delay(TimeSpan.FromMilliseconds(left), wake.Token)).ConfigureAwait(false);
+                _aborted.Token.ThrowIfCancellationRequested();
             }
-            await Task.WhenAny(_peerEnded.Task, _disposing.Task, Task.Delay(TimeSpan.FromMilliseconds(left), _aborted.Token)).ConfigureAwait(false);
-            _aborted.Token.ThrowIfCancellationRequested();
+        }
+        finally
+        {
+            await wake.CancelAsync().ConfigureAwait(false);
         }
     }
 

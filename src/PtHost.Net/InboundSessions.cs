@@ -76,7 +76,7 @@ public sealed class InboundSessions : IInboundHandler
         catch (InvalidDataException)
         {
             // Not a PtHost client: no reply; a stream that can end with an error does (spec/session.md §3.1).
-            _counters.SessionFailed();
+            _counters.SessionFailed("preamble");
             _log.NotAPreamble(_transport, id, remote);
             if (stream is IAbortable abortable) abortable.Abort();
             await stream.DisposeAsync().ConfigureAwait(false);
@@ -85,7 +85,7 @@ public sealed class InboundSessions : IInboundHandler
         catch (Exception e) when (IsSessionEnd(e))
         {
             // A preamble that did not arrive within 10 s, or a peer that vanished.
-            _counters.SessionFailed();
+            _counters.SessionFailed("timeout");
             _log.EndedBeforePreamble(_transport, id, remote, e.Message);
             await stream.DisposeAsync().ConfigureAwait(false);
             return;
@@ -99,6 +99,7 @@ public sealed class InboundSessions : IInboundHandler
 
     private async Task ServeRequestAsync(long id, Stream stream, EndPoint? remote, SessionRequest request, CancellationToken ct)
     {
+        long started = System.Diagnostics.Stopwatch.GetTimestamp(); // spec/ipc.md §4.12 pthost_handshake_seconds
         Stream? onward = null;
         bool opened = false, failed = false;
         try
@@ -106,7 +107,7 @@ public sealed class InboundSessions : IInboundHandler
             if (request.Error is { } error)
             {
                 failed = true;
-                _counters.SessionFailed();
+                _counters.SessionFailed("refused");
                 _log.SessionRefused(_transport, id, remote, error);
                 await RefuseAsync(stream, ConnectFailure.AddressTypeNotSupported, ct).ConfigureAwait(false);
                 return;
@@ -128,7 +129,7 @@ public sealed class InboundSessions : IInboundHandler
             catch (TransportConnectException e)
             {
                 failed = true;
-                _counters.SessionFailed();
+                _counters.SessionFailed("connect");
                 _log.SessionRefused(_transport, id, remote, e.Message);
                 await RefuseAsync(stream, e.Failure, ct).ConfigureAwait(false);
                 return;
@@ -136,13 +137,14 @@ public sealed class InboundSessions : IInboundHandler
             await ReplyAsync(stream, 0, ct).ConfigureAwait(false);
             opened = true;
             _counters.SessionOpened();
+            _counters.Handshake.ObserveSince(started);
             if (request.Kind == SessionKind.Datagram)
                 _log.AssociationInStream(_transport, id, remote);
             await Relay.RunAsync(stream, onward, _counters.AddBytesIn, _counters.AddBytesOut, _counters.SpliceFallback, ct).ConfigureAwait(false);
         }
         catch (Exception e) when (IsSessionEnd(e))
         {
-            if (!opened && !failed) _counters.SessionFailed(); // the peer vanished, or shutdown aborted it, before the reply
+            if (!opened && !failed) _counters.SessionFailed("aborted"); // the peer vanished, or shutdown aborted it, before the reply
             _log.SessionEnded(_transport, id, e.Message);
         }
         finally

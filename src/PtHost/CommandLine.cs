@@ -26,11 +26,15 @@ internal static class CommandLine
           pthost demo                        run a server and a client on loopback and fetch through them
           pthost relay NAME --help           the relay services
           pthost asport-client --config FILE expose a local service through a pthost relay asport (spec/asport.md §4.4)
+          pthost -FLAG ...                   shapeshifter-dispatcher's command line (spec/ipc.md §12), e.g.
+                                             pthost -transparent -client -state DIR -transports plain -target HOST:PORT -proxylistenaddr 127.0.0.1:1443
         """;
 
     /// <summary>Parses <paramref name="args"/> and runs the command; returns the exit code.</summary>
     public static async Task<int> InvokeAsync(string[] args)
     {
+        // shapeshifter-dispatcher's flags (spec/ipc.md §12.1): a first argument "-NAME" naming one of its flags.
+        if (DispatcherCommandLine.IsDispatcherForm(args)) return await DispatcherCommandLine.InvokeAsync(args).ConfigureAwait(false);
         // The relay subcommands load three transport assemblies: built only for "pthost relay ..." (start-up of the other forms).
         var root = Build(relays: args.Length > 0 && (args[0] == "relay" || TransportRegistry.Commands.Any(c => c.Name == args[0])));
         // No response files: an argument is never replaced by a file's contents (a JSON document starting with '@' is just text).
@@ -56,7 +60,7 @@ internal static class CommandLine
             Hidden = true, // the forms are in the description; subcommands would show it in their usage lines
         };
         var config = new Option<string>("--config") { Description = "Read the configuration document from FILE.", HelpName = "FILE" };
-        var root = new RootCommand(Forms) { json, config };
+        var root = new RootCommand(Forms + Environment.NewLine + DispatcherCommandLine.Usage()) { json, config };
         foreach (var option in root.Options)
             if (option is VersionOption version) version.Action = new PrintVersion();
         root.Validators.Add(r =>
@@ -114,7 +118,9 @@ internal static class CommandLine
         var command = new Command(service.Name, service.Description);
         var options = new List<(RelayOption Relay, Option<string[]> Option)>();
         var flags = new List<(RelayOption Relay, Option<bool> Option)>();
-        foreach (var o in service.Options)
+        // The executable's own relay options (spec/ipc.md §4.12): --metrics, unless the relay has one.
+        IReadOnlyList<RelayOption> relayOptions = service.Options.Any(o => o.Name == RelayHost.MetricsOption.Name) ? service.Options : [.. service.Options, RelayHost.MetricsOption];
+        foreach (var o in relayOptions)
         {
             if (o.Kind == RelayOptionKind.Flag)
             {
@@ -151,7 +157,7 @@ internal static class CommandLine
             {
                 try
                 {
-                    foreach (var (name, text) in RelayArguments.ReadFile(service.Options, File.ReadAllText(configFile))) given[name] = text;
+                    foreach (var (name, text) in RelayArguments.ReadFile(relayOptions, File.ReadAllText(configFile))) given[name] = text;
                 }
                 catch (Exception e) when (e is OptionsException or IOException or UnauthorizedAccessException)
                 {
@@ -164,7 +170,7 @@ internal static class CommandLine
             foreach (var (o, flag) in flags)
                 if (parse.GetValue(flag)) given[o.Name] = "true";
             RelayArguments arguments;
-            try { arguments = RelayArguments.Read(service.Options, given); }
+            try { arguments = RelayArguments.Read(relayOptions, given); }
             catch (FormatException e) { return Task.FromResult(UsageError(path, e.Message)); }
             string levelText = parse.GetResult(level) is { Implicit: false } l ? l.Tokens[^1].Value : "info";
             return Program.RunRelayAsync(service, arguments, PtConfig.TryParseLogLevel(levelText)!.Value, parse.GetValue(unsafeLogging), path);

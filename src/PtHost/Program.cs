@@ -58,14 +58,38 @@ public static class Program
             Console.Error.WriteLine("pthost: " + e.Message);
             return ExitCodes.Config;
         }
+        return CreateStateDirectory(config, ipc, "config key 'state'") ?? await RunAsync(config, ipc).ConfigureAwait(false);
+    }
+
+    /// <summary>§2.2 step 3: the state directory; on failure ENV-ERROR naming <paramref name="what"/> and exit 73, else null.</summary>
+    private static int? CreateStateDirectory(PtConfig config, IpcWriter ipc, string what)
+    {
         try { Directory.CreateDirectory(config.StateDirectory); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            ipc.EnvError($"config key 'state': cannot create {config.StateDirectory}");
-            Console.Error.WriteLine($"pthost: config key 'state': cannot create {config.StateDirectory}: {e.Message}");
+            ipc.EnvError($"{what}: cannot create {config.StateDirectory}");
+            Console.Error.WriteLine($"pthost: {what}: cannot create {config.StateDirectory}: {e.Message}");
             return ExitCodes.CantCreate;
         }
-        return await RunAsync(config, ipc).ConfigureAwait(false);
+        return null;
+    }
+
+    /// <summary>
+    /// The dispatcher command line (spec/ipc.md §12.1), mapped to <paramref name="document"/>: validated as any
+    /// configuration (§3, errors as §3.3, exit 78), then run as forms 6 and 7 are.
+    /// </summary>
+    internal static async Task<int> RunDispatcherAsync(JObject document, string announcedVersion, System.Net.IPEndPoint? extOrPort, string? authCookie)
+    {
+        var ipc = IpcWriter.ForStdout();
+        PtConfig config;
+        try { config = PtConfig.FromObject(document).WithDispatcher(announcedVersion, extOrPort, authCookie); }
+        catch (ConfigException e)
+        {
+            ipc.EnvError(e.Message);
+            Console.Error.WriteLine("pthost: " + e.Message);
+            return ExitCodes.Config;
+        }
+        return CreateStateDirectory(config, ipc, "-state") ?? await RunAsync(config, ipc).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -267,7 +291,7 @@ public static class Program
     }
 
     /// <summary><c>pthost generate-config TRANSPORT [--plugindir DIR]</c> (spec/ipc.md §2.3).</summary>
-    internal static int GenerateConfig(string name, string? pluginDirectory)
+    internal static int GenerateConfig(string name, string? pluginDirectory, string? serverAddress = null)
     {
         using var loggers = LoggerFactory.Create(b => ConfigureLogging(b, LogLevel.Warning));
         var registry = new TransportRegistry();
@@ -294,6 +318,12 @@ public static class Program
             var server = transport.CreateServerFactory(context);
             var generated = server.GenerateConfiguration();
             var result = new JObject { ["client"] = generated.Client, ["server"] = generated.Server };
+            // The dispatcher's -serverIP (spec/ipc.md §12.1): where the client finds the server.
+            if (serverAddress is not null)
+            {
+                if (result["client"] is not JObject client) return CommandLine.UsageError("", $"-serverIP: transport {name} has no client options to put it in");
+                client["serverAddress"] = serverAddress;
+            }
             Console.Out.WriteLine(StrictJson.Write(result, indented: true));
             return ExitCodes.Ok;
         }

@@ -30,15 +30,25 @@ public sealed class Chain : IAsyncDisposable
     public required Child Client { get; init; }
     public required IPEndPoint Socks { get; init; }
     public required int ServerPort { get; init; }
+    /// <summary>The client's and server's Prometheus endpoints (spec/ipc.md §4.12) when started with metrics.</summary>
+    public IPEndPoint[] Metrics { get; init; } = [];
 
-    public static async Task<Chain> StartAsync(string pthost, string stateRoot, int targetPort, bool noSplice)
+    public static async Task<Chain> StartAsync(string pthost, string stateRoot, int targetPort, bool noSplice, bool metrics = false)
     {
         var env = new Dictionary<string, string?> { ["PTHOST_NO_SPLICE"] = noSplice ? "1" : null };
-        var (server, serverPort, _) = await StartServerAsync(pthost, stateRoot, $"127.0.0.1:{targetPort}", env).ConfigureAwait(false);
+        JsonObject? extra = metrics ? new JsonObject { ["metrics"] = "127.0.0.1:0" } : null;
+        var (server, serverPort, _) = await StartServerAsync(pthost, stateRoot, "target", JsonValue.Create($"127.0.0.1:{targetPort}"), env, extra).ConfigureAwait(false);
         try
         {
-            var (client, socksPort, _) = await StartClientAsync(pthost, stateRoot, serverPort, env).ConfigureAwait(false);
-            return new Chain { Server = server, Client = client, Socks = new IPEndPoint(IPAddress.Loopback, socksPort), ServerPort = serverPort };
+            var (client, socksPort, _) = await StartClientAsync(pthost, stateRoot, serverPort, env, extra: extra?.DeepClone().AsObject()).ConfigureAwait(false);
+            IPEndPoint[] endpoints = [];
+            if (metrics)
+            {
+                static async Task<IPEndPoint> MetricsOf(Child c) =>
+                    IPEndPoint.Parse((await c.WaitForLineAsync(l => l.StartsWith("STATUS TYPE=metrics ADDRESS=", StringComparison.Ordinal), StartTimeout).ConfigureAwait(false)).Line["STATUS TYPE=metrics ADDRESS=".Length..]);
+                endpoints = [await MetricsOf(client).ConfigureAwait(false), await MetricsOf(server).ConfigureAwait(false)];
+            }
+            return new Chain { Server = server, Client = client, Socks = new IPEndPoint(IPAddress.Loopback, socksPort), ServerPort = serverPort, Metrics = endpoints };
         }
         catch
         {
@@ -59,7 +69,8 @@ public sealed class Chain : IAsyncDisposable
     public static Task<(Child Child, int Port, TimeSpan Startup)> StartFreeServerAsync(string pthost, string stateRoot, string[] allow, IReadOnlyDictionary<string, string?>? env) =>
         StartServerAsync(pthost, stateRoot, "allow", new JsonArray([.. allow.Select(a => (JsonNode)JsonValue.Create(a))]), env);
 
-    private static async Task<(Child Child, int Port, TimeSpan Startup)> StartServerAsync(string pthost, string stateRoot, string destinationKey, JsonNode destination, IReadOnlyDictionary<string, string?>? env)
+    private static async Task<(Child Child, int Port, TimeSpan Startup)> StartServerAsync(string pthost, string stateRoot, string destinationKey, JsonNode destination, IReadOnlyDictionary<string, string?>? env,
+        JsonObject? extra = null)
     {
         var config = new JsonObject
         {
@@ -69,6 +80,7 @@ public sealed class Chain : IAsyncDisposable
             ["state"] = Path.Combine(stateRoot, "server"),
             ["exit-on-stdin-close"] = true,
         };
+        foreach (var (k, v) in extra ?? []) config[k] = v?.DeepClone();
         var child = Child.Start("pthost server", pthost, [config.ToJsonString()], Env(env));
         try
         {
@@ -91,7 +103,7 @@ public sealed class Chain : IAsyncDisposable
     /// adapter's pthost must put both in sessions of their own.
     /// </summary>
     public static async Task<(Child Child, int SocksPort, TimeSpan Startup)> StartClientAsync(string pthost, string stateRoot, int serverPort,
-        IReadOnlyDictionary<string, string?>? env, bool ownSession = false)
+        IReadOnlyDictionary<string, string?>? env, bool ownSession = false, JsonObject? extra = null)
     {
         var config = new JsonObject
         {
@@ -101,6 +113,7 @@ public sealed class Chain : IAsyncDisposable
             ["state"] = Path.Combine(stateRoot, "client"),
             ["exit-on-stdin-close"] = true,
         };
+        foreach (var (k, v) in extra ?? []) config[k] = v?.DeepClone();
         // setsid(1) execs in place (the child is no group leader), so the pid is pthost's.
         var child = ownSession
             ? Child.Start("pthost client", Sys.Which("setsid") ?? throw new InvalidOperationException("setsid (util-linux) not found"),

@@ -26,7 +26,9 @@ public static class RudPathBench
     private const string AsportUser = "6f0d0f5e-2b4c-4d6a-9c11-0123456789ab";
     private const string AsportPassword = "bench";
 
-    public sealed record Result(double Mbps, JsonObject Raw);
+    /// <param name="CpuNsPerByte">CPU time (user + system) of the transport's pthost processes (client, server, and the relay
+    /// for asport) per byte iperf3 received, in nanoseconds: what the transport costs per byte, steadier than Mbit/s on a busy machine.</param>
+    public sealed record Result(double Mbps, JsonObject Raw, double CpuNsPerByte = double.NaN);
 
     private static int s_port = 30000;
     /// <summary>Ports inside the fresh namespaces are all free; a new one per run avoids TIME_WAIT left-overs.</summary>
@@ -190,6 +192,8 @@ public static class RudPathBench
         if (json["error"] is { } err) throw new InvalidOperationException($"iperf3: {err}");
         double bps = json["end"]?["sum_received"]?["bits_per_second"]?.GetValue<double>()
                      ?? throw new InvalidOperationException("iperf3 JSON has no end.sum_received.bits_per_second");
+        double received = json["end"]?["sum_received"]?["bytes"]?.GetValue<double>() ?? double.NaN;
+        double cpuNsPerByte = received > 0 ? cpu.Sum() * 1e9 / received : double.NaN;
         try { await server.WaitExitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false); }
         catch (TimeoutException) { server.Kill(); }
         var raw = new JsonObject
@@ -207,8 +211,10 @@ public static class RudPathBench
             ["link_bytes_forwarded"] = counters.Bytes,
             ["link_seconds"] = seconds,
             ["cpu_seconds_client_server_relay"] = new JsonArray([.. cpu.Select(c => (JsonNode?)c)]),
+            ["bytes_received"] = double.IsNaN(received) ? null : received,
+            ["cpu_ns_per_byte"] = double.IsNaN(cpuNsPerByte) ? null : cpuNsPerByte,
         };
-        return new Result(bps / 1e6, raw);
+        return new Result(bps / 1e6, raw, cpuNsPerByte);
     }
 
     /// <summary>

@@ -42,6 +42,8 @@ public static class Scenarios
         new NodeAdapterScenario(),
         new PythonAdapterScenario(),
         new DotnetClientScenario(),
+        new ScaleScenario(), // issue 20: relays at scale
+        new OpenVpnScenario(),
         new RendezvousScenario(), // issue 19
     ];
 }

@@ -8,6 +8,8 @@ public sealed class ZephyrRelayChild : IAsyncDisposable
 {
     public required Child Child { get; init; }
     public required IPEndPoint EndPoint { get; init; }
+    /// <summary>The whole LISTEN line (fields after the address: <c>metrics=</c>, <c>link=</c>).</summary>
+    public string ListenLine { get; init; } = "";
 
     public static Task<ZephyrRelayChild> StartAsync(string pthost, string[]? options = null, IReadOnlyDictionary<string, string?>? env = null) =>
         LaunchAsync("pthost relay zephyr", pthost, ["relay", "zephyr", "--listen", "127.0.0.1:0", "--loglevel", "warning", .. options ?? []], env);
@@ -22,7 +24,8 @@ public sealed class ZephyrRelayChild : IAsyncDisposable
         try
         {
             var (_, line) = await child.WaitForLineAsync(l => l.StartsWith("LISTEN zephyr ", StringComparison.Ordinal), Chain.StartTimeout).ConfigureAwait(false);
-            return new ZephyrRelayChild { Child = child, EndPoint = IPEndPoint.Parse(line["LISTEN zephyr ".Length..]) };
+            // The address is the first field; a relay with --metrics or a cluster link adds fields after it (spec/zephyr.md §5, §8.3).
+            return new ZephyrRelayChild { Child = child, EndPoint = IPEndPoint.Parse(line["LISTEN zephyr ".Length..].Split(' ')[0]), ListenLine = line };
         }
         catch
         {

@@ -70,6 +70,42 @@ public sealed class TurnRefreshTests
         Assert.Equal(1, listener.Server.AllocationCount);
     }
 
+    /// <summary>
+    /// The allocation is lost when the server process behind it exits (its association ends, spec/turn.md §3.4): the next
+    /// Refresh is answered 437, and the client says so (spec/adapters.md §5.5) instead of waiting in ReceiveAsync for
+    /// datagrams that can never come, as it did when its refresh loop ended silently.
+    /// </summary>
+    [Fact]
+    public async Task LostAllocationEndsTheClientWithTheRefreshError()
+    {
+        await using var echo = new UdpEcho();
+        var server = await Support.FreePlainServerAsync();
+        string state = Directory.CreateTempSubdirectory("pthost-turn-lost-").FullName;
+        var signals = new SignalEnvelopes(server: false, (_, _) => { }, NullLogger.Instance).For("plain");
+        var plain = BuiltInTransports.All.Single(t => t.Name == "plain").Create();
+        await using var factory = plain.CreateClientFactory(new TransportEnvironment("plain", new JObject { ["serverAddress"] = server.EndPoint.ToString() },
+            state, signals, new DirectDialer(), NullLoggerFactory.Instance, new TransportCounters()));
+        var limits = new TurnLimits { DefaultLifetime = TimeSpan.FromSeconds(4), MaxLifetime = TimeSpan.FromSeconds(4) };
+        await using var listener = new TurnListener("plain", new TurnOptions(new IPEndPoint(IPAddress.Loopback, 0), Realm,
+            new Dictionary<string, string> { [User] = Password }, limits), factory, NullLogger.Instance);
+        listener.Start();
+        using var udp = new TurnUdpClient(listener.LocalEndPoint, User, Password);
+        await udp.AllocateAsync(CancellationToken.None);
+        using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await udp.SendAsync(new byte[] { 0, 0, 0, 7 }, echo.EndPoint, limit.Token);
+        AssertEchoed(await ReceiveOrNullAsync(udp, limit.Token), 7, echo.EndPoint, "before the server process exited");
+        Assert.Null(udp.Failure);
+
+        await server.DisposeAsync();
+        // ReceiveAsync ends with the refresh's error (within a refresh interval of 2 s), not at the test's limit.
+        var error = await Assert.ThrowsAsync<TurnException>(async () => await udp.ReceiveAsync(limit.Token));
+        Assert.Equal(437, error.Code);
+        Assert.False(limit.IsCancellationRequested);
+        Assert.Equal(0, listener.Server.AllocationCount);
+        Assert.Equal(437, Assert.IsType<TurnException>(udp.Failure).Code);
+        Assert.Equal(437, (await Assert.ThrowsAsync<TurnException>(async () => await udp.SendAsync(new byte[4], echo.EndPoint, limit.Token))).Code);
+    }
+
     private static async Task<System.Net.Sockets.UdpReceiveResult?> ReceiveOrNullAsync(TurnUdpClient udp, CancellationToken ct)
     {
         try { return await udp.ReceiveAsync(ct); }

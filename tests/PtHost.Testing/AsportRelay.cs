@@ -81,6 +81,17 @@ public sealed class AsportRelayProcess : IAsyncDisposable
         }
     }
 
+    /// <summary>A relay inside <paramref name="ns"/>, listening on <paramref name="listen"/>, for clients from <paramref name="network"/>.</summary>
+    public static async Task<AsportRelayProcess> StartInAsync(NetworkNamespace ns, string listen, string network)
+    {
+        var dir = System.IO.Directory.CreateTempSubdirectory("pthost-asport-").FullName;
+        var config = WriteConfig(dir, network: network);
+        var p = ns.Start(PtHostExecutable.Path, ["relay", "asport", "--listen", listen, "--config", config, "--loglevel", "debug"]);
+        var line = await p.ReadLineAsync(Wait);
+        Assert.StartsWith("LISTEN asport ", line, StringComparison.Ordinal);
+        return new AsportRelayProcess { Process = p, EndPoint = IPEndPoint.Parse(line.Split(' ')[2]), Directory = dir };
+    }
+
     public async ValueTask DisposeAsync()
     {
         await Process.DisposeAsync();

@@ -249,22 +249,34 @@ public static class JetChain
 {
     public static Task<JObject> GenerateAsync() => PtChain.GenerateConfigAsync("jet");
 
-    public static async Task<PtChain> StartAsync(JetRelayProcess relay, Action<JObject>? editClient = null, Action<JObject>? editServer = null)
+    /// <summary>Generated client and server options for <paramref name="relay"/>: its address, its pinned certificate, 10 s signal timeouts.</summary>
+    public static async Task<(JObject Client, JObject Server)> OptionsAsync(JetRelayProcess relay)
     {
         var generated = await GenerateAsync();
         var client = (JObject)generated["client"]!;
         var server = (JObject)generated["server"]!;
         server["relay"] = $"http://{relay.Http}";
-        // The relay's self-signed certificate, pinned for its host (spec/jet.md §7.4): tls and wss candidates are checked.
-        if (await relay.CertificatePinAsync() is { } pin) server["relayPins"] = new JObject { [relay.Http.Address.ToString()] = pin };
+        // The relay's self-signed certificate, pinned for its host on both sides (spec/jet.md §7.4): tls and wss candidates are checked.
+        if (await relay.CertificatePinAsync() is { } pin)
+        {
+            server["relayPins"] = new JObject { [relay.Http.Address.ToString()] = pin };
+            client["relayPins"] = new JObject { [relay.Http.Address.ToString()] = pin };
+        }
         client["signalTimeout"] = 10;
         server["signalTimeout"] = 10;
+        return (client, server);
+    }
+
+    public static async Task<PtChain> StartAsync(JetRelayProcess relay, Action<JObject>? editClient = null, Action<JObject>? editServer = null,
+        IDictionary<string, string>? clientEnvironment = null)
+    {
+        var (client, server) = await OptionsAsync(relay);
         editClient?.Invoke(client);
         editServer?.Invoke(server);
         var serverConfig = PtChain.FreeServerOf("jet", server);
         serverConfig["loglevel"] = "debug";
         var clientConfig = PtChain.ClientOf("jet", client);
         clientConfig["loglevel"] = "debug";
-        return await PtChain.StartAsync(serverConfig, _ => clientConfig);
+        return await PtChain.StartAsync(serverConfig, _ => clientConfig, clientEnvironment: clientEnvironment);
     }
 }

@@ -12,6 +12,7 @@ public sealed class PtChain : IAsyncDisposable
     public PtProcess Server { get; }
     public PtProcess Client { get; }
     public IPEndPoint ServerEndPoint { get; private set; } = null!;
+    /// <summary>The client's front end: SOCKS5, or in a transparent mode its listener (spec/ipc.md §12).</summary>
     public IPEndPoint SocksEndPoint { get; private set; } = null!;
     public List<string> ServerStartup { get; private set; } = [];
     public List<string> ClientStartup { get; private set; } = [];
@@ -26,13 +27,16 @@ public sealed class PtChain : IAsyncDisposable
 
     /// <summary>
     /// Starts the server, then the client (with <c>serverAddress</c> pointing at it unless <paramref name="clientConfig"/>
-    /// says otherwise). With <paramref name="fdLimit"/>, both run with that RLIMIT_NOFILE (soft and hard).
+    /// says otherwise). With <paramref name="fdLimit"/>, both run with that RLIMIT_NOFILE (soft and hard). <paramref name="clientEnvironment"/>:
+    /// variables set for the client process only (e.g. <c>SSL_CERT_FILE</c>).
     /// </summary>
-    public static async Task<PtChain> StartAsync(JObject serverConfig, Func<IPEndPoint, JObject> clientConfig, bool relayMessages = true, ulong? fdLimit = null)
+    public static async Task<PtChain> StartAsync(JObject serverConfig, Func<IPEndPoint, JObject> clientConfig, bool relayMessages = true, ulong? fdLimit = null,
+        IDictionary<string, string>? clientEnvironment = null)
     {
-        PtProcess Start(JObject config) => fdLimit is { } limit
+        PtProcess Start(JObject config, IDictionary<string, string>? env = null) => fdLimit is { } limit
             ? PtProcess.StartPthostWithFdLimit(limit, config.ToString(Newtonsoft.Json.Formatting.None))
-            : PtProcess.StartPthost(config.ToString(Newtonsoft.Json.Formatting.None));
+            : env is null ? PtProcess.StartPthost(config.ToString(Newtonsoft.Json.Formatting.None))
+            : PtProcess.Start(PtHostExecutable.Path, [config.ToString(Newtonsoft.Json.Formatting.None)], env);
         var server = Start(serverConfig);
         PtProcess? client = null;
         try
@@ -40,9 +44,9 @@ public sealed class PtChain : IAsyncDisposable
             var serverLines = await server.ReadUntilDoneAsync();
             var smethod = serverLines.Single(l => l.StartsWith("SMETHOD ", StringComparison.Ordinal));
             var serverEp = IPEndPoint.Parse(smethod.Split(' ')[2]);
-            client = Start(clientConfig(serverEp));
+            client = Start(clientConfig(serverEp), clientEnvironment);
             var clientLines = await client.ReadUntilDoneAsync();
-            var cmethod = clientLines.Single(l => l.StartsWith("CMETHOD ", StringComparison.Ordinal) && l.Split(' ')[2] == "socks5");
+            var cmethod = clientLines.Single(l => l.StartsWith("CMETHOD ", StringComparison.Ordinal) && l.Split(' ')[2] is "socks5" or "transparent-TCP" or "transparent-UDP" or "STUN");
             var chain = new PtChain(server, client)
             {
                 ServerEndPoint = serverEp,

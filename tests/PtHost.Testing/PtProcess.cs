@@ -44,6 +44,9 @@ public sealed class PtProcess : IAsyncDisposable
 
     public int Pid => _process.Id;
 
+    /// <summary>Whether the process has ended.</summary>
+    public bool HasExited => _process.HasExited;
+
     public static PtProcess StartPthost(params string[] args) => Start(PtHostExecutable.Path, args, null);
 
     /// <summary>

@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
 using Microsoft.Extensions.Logging;
+using PtHost.Contract;
 using PtHost.Quic;
 
 namespace PtHost.Transports.Asport;
@@ -24,6 +25,29 @@ public sealed class AsportRelay : IAsyncDisposable
     private readonly HashSet<int> _portsInUse = [];
 
     public long Accepted, Authenticated, AuthFailures, Rejected, TcpForwarded, UdpForwarded, TcpDropped, UdpDropped;
+
+    /// <summary>Time from a QUIC connection's acceptance to its authenticated ClientHello (spec/asport.md §5, metrics).</summary>
+    public LatencyHistogram Handshake { get; } = new();
+
+    /// <summary>spec/asport.md §5: the relay's metrics under instance <paramref name="id"/>.</summary>
+    public void WriteMetrics(MetricsWriter m, string id)
+    {
+        int open;
+        lock (_sessions) open = _sessions.Count;
+        (string, string) t = ("transport", "asport"), r = ("role", "relay");
+        m.Gauge("pthost_instance_info", "The process's instance id (constant 1).", 1, ("id", id), ("process", "relay asport"),
+            ("version", typeof(AsportRelay).Assembly.GetName().Version?.ToString() ?? "0"));
+        m.Counter("pthost_relay_accepted_total", "Connections accepted.", Interlocked.Read(ref Accepted), t);
+        m.Gauge("pthost_sessions_open", "Sessions open now.", open, t, r);
+        m.Counter("pthost_sessions_opened_total", "Sessions opened since start.", Interlocked.Read(ref Authenticated), t, r);
+        m.Counter("pthost_sessions_failed_total", "Sessions that could not be set up, by reason.", Interlocked.Read(ref AuthFailures), t, r, ("reason", "auth"));
+        m.Counter("pthost_sessions_failed_total", "Sessions that could not be set up, by reason.", Interlocked.Read(ref Rejected), t, r, ("reason", "refused"));
+        m.Counter("pthost_relay_forwarded_total", "Forwarded TCP connections and UDP packets.", Interlocked.Read(ref TcpForwarded), t, ("kind", "tcp"));
+        m.Counter("pthost_relay_forwarded_total", "Forwarded TCP connections and UDP packets.", Interlocked.Read(ref UdpForwarded), t, ("kind", "udp"));
+        m.Counter("pthost_relay_dropped_total", "TCP connections and UDP packets dropped at the forwarding bounds.", Interlocked.Read(ref TcpDropped), t, ("kind", "tcp"));
+        m.Counter("pthost_relay_dropped_total", "TCP connections and UDP packets dropped at the forwarding bounds.", Interlocked.Read(ref UdpDropped), t, ("kind", "udp"));
+        m.Histogram("pthost_handshake_seconds", "Time from accepting a QUIC connection to its authenticated ClientHello.", Handshake, t, r);
+    }
 
     public AsportRelay(AsportRelayOptions options, ILogger log)
     {
@@ -90,6 +114,7 @@ public sealed class AsportRelay : IAsyncDisposable
     /// <summary>§4.1: ClientHello within the handshake timeout on the first (unidirectional) stream.</summary>
     private async Task<AsportRelaySession?> AuthenticateAsync(QuicConnection conn)
     {
+        long started = System.Diagnostics.Stopwatch.GetTimestamp();
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
         timeout.CancelAfter(_options.HandshakeTimeout);
         ClientHello hello;
@@ -125,6 +150,7 @@ public sealed class AsportRelay : IAsyncDisposable
             return null;
         }
         Interlocked.Increment(ref Authenticated);
+        Handshake.ObserveSince(started);
         // §4.1 step 3 reads the validated peer address, never one a forged or unvalidated packet moved to (§2).
         if (conn.ValidatedRemoteEndPoint is not { } validated || !_options.AllowedNetworks.Allows(validated.Address, validated.Port))
             return await DenyAsync(conn, ServerHelloCode.NetworkDenied, "network not allowed").ConfigureAwait(false);

@@ -30,8 +30,13 @@ public sealed class AsportRelayService : IRelayService
         return new Running(new AsportRelay(options, loggerFactory.CreateLogger("PtHost.Relay.Asport")), options);
     }
 
-    private sealed class Running(AsportRelay server, AsportRelayOptions options) : IRelay
+    private sealed class Running(AsportRelay server, AsportRelayOptions options) : IRelay, IMetricsSource
     {
+        private readonly string _instance = "asport-" + Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
+
+        /// <summary>spec/asport.md §5 (metrics).</summary>
+        public void WriteMetrics(MetricsWriter metrics) => server.WriteMetrics(metrics, _instance);
+
         public Task StartAsync(CancellationToken cancellationToken)
         {
             try { server.Start(); }

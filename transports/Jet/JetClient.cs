@@ -27,8 +27,8 @@ internal sealed class JetClient : IClientFactory, IStreamCarrier
         _options = options;
         _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Jet");
         _certificateContext = SslStreamCertificateContext.Create(options.Certificate, null, offline: true);
-        // §7.4: without relayPins the pinned end-to-end TLS is the client's whole trust decision; with them relays are checked as the server checks them.
-        _session = new JetSession(context.Dialer, options.RelayPins is { } pins ? new RelayTrust(pins) : RelayTrust.Any, options.ServerPin);
+        // §7.4: relay certificates are checked as the server checks them: relayPins per host, else the system's CAs with SNI.
+        _session = new JetSession(context.Dialer, new RelayTrust(options.RelayPins, _log), options.ServerPin);
         _offers = new SignalOffers(context.Signals, "jet", JetSignals.Offer, JetSignals.Answer, options.SignalTimeout, _log);
     }
 

@@ -5,8 +5,8 @@ using PtHost.Net.Tls;
 
 namespace PtHost.Transports.Jet;
 
-/// <summary>Client options (spec/jet.md §7.1). <see cref="RelayPins"/> null: relay certificates are not checked (§7.4).</summary>
-internal sealed record JetClientOptions(byte[] ServerPin, X509Certificate2 Certificate, TimeSpan SignalTimeout, TimeSpan TlsTimeout, IReadOnlyDictionary<string, byte[]>? RelayPins)
+/// <summary>Client options (spec/jet.md §7.1). <see cref="RelayPins"/>: per host, the relay certificate's pin; hosts not named: system CAs, SNI the host (§7.4).</summary>
+internal sealed record JetClientOptions(byte[] ServerPin, X509Certificate2 Certificate, TimeSpan SignalTimeout, TimeSpan TlsTimeout, IReadOnlyDictionary<string, byte[]> RelayPins)
 {
     public static JetClientOptions Parse(JToken? options)
     {
@@ -16,7 +16,7 @@ internal sealed record JetClientOptions(byte[] ServerPin, X509Certificate2 Certi
         byte[] pin = PinnedTlsOptions.ReadServerPin(r);
         var cert = JetOptions.Certificate(r) ?? throw r.Fail("certificate", "is required with \"key\" (PEM)");
         return new(pin, cert, JetOptions.Seconds(r, "signalTimeout", JetDefaults.SignalTimeout), JetOptions.Seconds(r, "tlsTimeout", JetDefaults.TlsTimeout),
-            r.Has("relayPins") ? JetOptions.RelayPins(r) : null);
+            JetOptions.RelayPins(r));
     }
 }
 

@@ -34,6 +34,7 @@ public sealed partial class JetRelay
 
     private async Task ServeBinaryAsync(Socket socket, CandidateKind kind)
     {
+        long started = System.Diagnostics.Stopwatch.GetTimestamp();
         var remote = socket.RemoteEndPoint;
         var source = (remote as IPEndPoint)?.Address;
         Stream stream = new NetworkStream(socket, ownsSocket: true);
@@ -85,6 +86,7 @@ public sealed partial class JetRelay
                 return;
             }
 
+            _handshake.ObserveSince(started);
             switch (request.Method)
             {
                 case JetMethod.Test:
@@ -101,6 +103,7 @@ public sealed partial class JetRelay
                         if (s != 0)
                         {
                             Interlocked.Increment(ref _errors);
+                            CountFailure("accept", s);
                             _log.AcceptRefused(Lower(kind), remote, request.Association, request.Candidate, s, why);
                             await RespondAndCloseAsync(stream, s).ConfigureAwait(false);
                             return;
@@ -133,6 +136,7 @@ public sealed partial class JetRelay
                         if (s != 0)
                         {
                             Interlocked.Increment(ref _errors);
+                            CountFailure("connect", s);
                             _log.ConnectRefused(Lower(kind), remote, request.Association, request.Candidate, s, why);
                             await RespondAndCloseAsync(stream, s).ConfigureAwait(false);
                             return;

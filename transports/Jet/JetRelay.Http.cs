@@ -238,6 +238,7 @@ public sealed partial class JetRelay
         if (s != 0)
         {
             Interlocked.Increment(ref _errors);
+            CountFailure("accept", 403);
             _log.AcceptRefused(Lower(kind), ctx.Connection.RemoteIpAddress, request.Association, request.Candidate, 403, why);
             await ErrorAsync(ctx, 403, why).ConfigureAwait(false);
             return;
@@ -266,6 +267,7 @@ public sealed partial class JetRelay
         if (s != 0)
         {
             Interlocked.Increment(ref _errors);
+            CountFailure("connect", 400);
             _log.ConnectRefused(Lower(kind), ctx.Connection.RemoteIpAddress, request.Association, request.Candidate, 400, why);
             await ErrorAsync(ctx, 400, why).ConfigureAwait(false);
             return;

@@ -9,6 +9,7 @@ using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using PtHost.Contract;
 using PtHost.Net;
 using PtHost.Net.Tls;
 
@@ -47,6 +48,10 @@ public sealed partial class JetRelay : IAsyncDisposable
     private Timer? _sweeper, _statsTimer;
     private int _connections;
     private long _accepted, _refusedByLimits, _sessions, _sessionsCut, _errors, _bytes;
+    // spec/jet.md §5.8 (metrics): per connection or session, never per packet.
+    private long _bytesFromConnector, _bytesFromAcceptor;
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> _failures = new(StringComparer.Ordinal);
+    private readonly LatencyHistogram _handshake = new(), _pairSetup = new();
 
     public JetRelay(JetRelayOptions options, ILoggerFactory loggers)
     {
@@ -127,6 +132,44 @@ public sealed partial class JetRelay : IAsyncDisposable
         lock (_lock) associations = _associations.Count;
         return new JetRelayStats(Volatile.Read(ref _connections), associations, Interlocked.Read(ref _accepted), Interlocked.Read(ref _refusedByLimits),
             Interlocked.Read(ref _sessions), Interlocked.Read(ref _sessionsCut), Interlocked.Read(ref _errors), Interlocked.Read(ref _bytes));
+    }
+
+    /// <summary>A refused accept or connect, for the metrics: <c>accept-404</c>, <c>connect-400</c>, ...</summary>
+    private void CountFailure(string what, int status) =>
+        _failures.AddOrUpdate(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{what}-{status}"), 1, static (_, n) => n + 1);
+
+    /// <summary>spec/jet.md §5.8: the relay's metrics.</summary>
+    public void WriteMetrics(MetricsWriter m)
+    {
+        var s = GetStats();
+        int waiting, bound;
+        lock (_lock)
+        {
+            waiting = 0;
+            foreach (var a in _associations.Values)
+                foreach (var c in a.Candidates.Values)
+                    if (c.State == CandidateState.Accepted) waiting++;
+            bound = _relayed.Count;
+        }
+        (string, string) t = ("transport", "jet"), r = ("role", "relay");
+        m.Gauge("pthost_instance_info", "The process's instance id (constant 1).", 1, ("id", _options.Instance), ("process", "relay jet"),
+            ("version", typeof(JetRelay).Assembly.GetName().Version?.ToString() ?? "0"));
+        m.Gauge("pthost_relay_connections", "Connections held now, in any state.", s.Connections, t);
+        m.Gauge("pthost_relay_associations", "Associations held now.", s.Associations, t);
+        m.Gauge("pthost_relay_pairs", "Pairs now: waiting (an acceptor waits for its connector) and bound.", waiting, t, ("state", "waiting"));
+        m.Gauge("pthost_relay_pairs", "Pairs now: waiting (an acceptor waits for its connector) and bound.", bound, t, ("state", "bound"));
+        m.Counter("pthost_relay_accepted_total", "Connections accepted.", s.Accepted, t);
+        m.Gauge("pthost_sessions_open", "Sessions open now.", bound, t, r);
+        m.Counter("pthost_sessions_opened_total", "Sessions opened since start.", s.Sessions, t, r);
+        const string failed = "pthost_sessions_failed_total", failedHelp = "Sessions that could not be set up, by reason.";
+        m.Counter(failed, failedHelp, s.RefusedByLimits, t, r, ("reason", "limit"));
+        foreach (var (reason, n) in _failures) m.Counter(failed, failedHelp, n, t, r, ("reason", reason));
+        const string bytes = "pthost_bytes_total", bytesHelp = "Bytes relayed, by direction.";
+        m.Counter(bytes, bytesHelp, Interlocked.Read(ref _bytesFromConnector), t, r, ("direction", "connector-to-acceptor"));
+        m.Counter(bytes, bytesHelp, Interlocked.Read(ref _bytesFromAcceptor), t, r, ("direction", "acceptor-to-connector"));
+        m.Counter("pthost_relay_closed_total", "Relayed sessions cut at the idle or lifetime limit.", s.SessionsCut, t, ("limit", "idle-or-lifetime"));
+        m.Histogram("pthost_handshake_seconds", "Time from accepting a binary connection to its whole JET request.", _handshake, t, r);
+        m.Histogram("pthost_relay_pair_setup_seconds", "Time from an acceptor's request to its connector's pairing.", _pairSetup, t);
     }
 
     public void LogStats()
@@ -235,6 +278,8 @@ public sealed partial class JetRelay : IAsyncDisposable
         /// <summary>Bytes that followed the accept request in the same read: relayed first (§5.4).</summary>
         public ReadOnlyMemory<byte> Early { get; } = early;
         public Socket? Socket { get; } = socket;
+        /// <summary>When the acceptor's request was read (<c>pthost_relay_pair_setup_seconds</c>).</summary>
+        public long Created { get; } = System.Diagnostics.Stopwatch.GetTimestamp();
         public TaskCompletionSource<bool> Paired { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public TaskCompletionSource SessionDone { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
         /// <summary>
@@ -518,6 +563,7 @@ public sealed partial class JetRelay : IAsyncDisposable
     private async Task RelayAsync(Association a, Candidate c, Waiter acceptor, Stream connector, ReadOnlyMemory<byte> connectorEarly)
     {
         Interlocked.Increment(ref _sessions);
+        _pairSetup.ObserveSince(acceptor.Created);
         acceptor.Paired.TrySetResult(true);
         _log.Paired(a.Id, c.Id);
         // §5.5: the sweep cuts the session when it idles or outlives its limit.
@@ -531,12 +577,21 @@ public sealed partial class JetRelay : IAsyncDisposable
             if (!connectorEarly.IsEmpty) await acceptor.Stream.WriteAsync(connectorEarly, limit.Token).ConfigureAwait(false);
             if (!acceptor.Early.IsEmpty) await connector.WriteAsync(acceptor.Early, limit.Token).ConfigureAwait(false);
             Interlocked.Add(ref _bytes, connectorEarly.Length + acceptor.Early.Length);
-            Action<long> count = n =>
+            Interlocked.Add(ref _bytesFromConnector, connectorEarly.Length);
+            Interlocked.Add(ref _bytesFromAcceptor, acceptor.Early.Length);
+            Action<long> fromConnector = n =>
             {
                 Interlocked.Add(ref _bytes, n);
+                Interlocked.Add(ref _bytesFromConnector, n);
                 watched.Active();
             };
-            await PtHost.Net.Relay.RunAsync(connector, acceptor.Stream, count, count, stop.Token).ConfigureAwait(false);
+            Action<long> fromAcceptor = n =>
+            {
+                Interlocked.Add(ref _bytes, n);
+                Interlocked.Add(ref _bytesFromAcceptor, n);
+                watched.Active();
+            };
+            await PtHost.Net.Relay.RunAsync(connector, acceptor.Stream, fromConnector, fromAcceptor, stop.Token).ConfigureAwait(false);
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
         {

@@ -37,8 +37,11 @@ public sealed class JetRelayService : IRelayService
         return new Running(new JetRelay(options, loggerFactory));
     }
 
-    private sealed class Running(JetRelay relay) : IRelay
+    private sealed class Running(JetRelay relay) : IRelay, IMetricsSource
     {
+        /// <summary>spec/jet.md §5.8.</summary>
+        public void WriteMetrics(MetricsWriter metrics) => relay.WriteMetrics(metrics);
+
         public Task StartAsync(CancellationToken cancellationToken) => relay.StartAsync(cancellationToken);
 
         /// <summary>spec/jet.md §5.1: the HTTP listener, then the listeners that are on.</summary>

@@ -73,7 +73,7 @@ internal sealed class JetServerManager : IServerManager
         _certificateContext = SslStreamCertificateContext.Create(certificate, null, offline: true);
         _binding = binding;
         _log = context.LoggerFactory.CreateLogger("PtHost.Transports.Jet");
-        _session = new JetSession(context.Dialer, new RelayTrust(options.RelayPins));
+        _session = new JetSession(context.Dialer, new RelayTrust(options.RelayPins, _log));
         if (options.ApiKey is not null)
             _session.Http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", options.ApiKey);
         LocalEndPoint = binding.BindAddress;

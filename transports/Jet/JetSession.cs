@@ -3,6 +3,7 @@ using System.Security.Cryptography.X509Certificates;
 using System.Net.Sockets;
 using System.Net.WebSockets;
 using System.Security.Authentication;
+using Microsoft.Extensions.Logging;
 using PtHost.Contract;
 using PtHost.Net;
 using PtHost.Net.Tls;
@@ -16,31 +17,58 @@ internal sealed record JetCandidate(Guid Id, Uri Url, bool Direct)
 }
 
 /// <summary>
-/// How a relay's own certificate is checked (spec/jet.md §7.4): a host named in the pins must present the pinned
-/// certificate; any other host a certificate that the system's CAs vouch for under that name (SNI). <see cref="Any"/>
-/// takes every certificate (the client's relay connections: the end-to-end TLS inside is the trust decision).
+/// How a relay's own certificate is checked (spec/jet.md §7.4), by server and client alike: a host named in the pins must
+/// present the pinned certificate; any other host a certificate that the system's CAs vouch for under that name (SNI = the
+/// host; on Linux the OpenSSL store, which <c>SSL_CERT_FILE</c> / <c>SSL_CERT_DIR</c> redirect). A refusal says why.
 /// </summary>
-internal sealed class RelayTrust(IReadOnlyDictionary<string, byte[]>? pins)
+internal sealed class RelayTrust(IReadOnlyDictionary<string, byte[]> pins, ILogger? log = null)
 {
-    public static readonly RelayTrust Any = new(null);
-
-    public bool Accepts(string host, X509Certificate? certificate, SslPolicyErrors errors)
+    /// <summary>Null when <paramref name="certificate"/> is acceptable for <paramref name="host"/>; else why not, in words.</summary>
+    public string? Refusal(string host, X509Certificate? certificate, X509Chain? chain, SslPolicyErrors errors)
     {
-        if (pins is null) return true;
-        if (pins.TryGetValue(host.Trim('[', ']'), out var pin)) return PinnedTls.Matches(certificate, [pin]);
-        return errors == SslPolicyErrors.None;
+        host = host.Trim('[', ']');
+        if (certificate is null) return $"relay {host} presented no certificate";
+        if (pins.TryGetValue(host, out var pin))
+            return PinnedTls.Matches(certificate, [pin]) ? null : $"relay certificate of {host} does not match its pin in relayPins";
+        if (errors == SslPolicyErrors.None) return null;
+        var reasons = new List<string>();
+        if (errors.HasFlag(SslPolicyErrors.RemoteCertificateNameMismatch)) reasons.Add($"it is not issued for the name {host}");
+        if (errors.HasFlag(SslPolicyErrors.RemoteCertificateChainErrors))
+        {
+            var status = chain?.ChainStatus.Aggregate(X509ChainStatusFlags.NoError, (a, s) => a | s.Status) ?? X509ChainStatusFlags.NoError;
+            var c2 = certificate as X509Certificate2;
+            if (status.HasFlag(X509ChainStatusFlags.NotTimeValid))
+                reasons.Add(c2 is null ? "it has expired or is not valid yet" : $"it is valid only from {c2.NotBefore.ToUniversalTime():yyyy-MM-dd HH:mm} to {c2.NotAfter.ToUniversalTime():yyyy-MM-dd HH:mm} UTC (expired or not valid yet)");
+            if ((status & (X509ChainStatusFlags.UntrustedRoot | X509ChainStatusFlags.PartialChain)) != 0)
+                reasons.Add("no CA this system trusts issued it (the system's CA store, or SSL_CERT_FILE / SSL_CERT_DIR; or pin it in relayPins)");
+            var other = status & ~(X509ChainStatusFlags.NotTimeValid | X509ChainStatusFlags.UntrustedRoot | X509ChainStatusFlags.PartialChain);
+            if (other != X509ChainStatusFlags.NoError || reasons.Count == 0) reasons.Add($"its chain does not verify ({other})");
+        }
+        if (reasons.Count == 0) reasons.Add(errors.ToString());
+        return $"relay certificate of {host} refused: {string.Join("; ", reasons)}";
     }
 
-    /// <summary>The callback for a TLS connection to <paramref name="host"/>.</summary>
-    public RemoteCertificateValidationCallback For(string host) => (_, cert, _, errors) => Accepts(host, cert, errors);
-
-    /// <summary>The callback for SocketsHttpHandler (REST, ws, wss): the host is the stream's SNI name or the request's host.</summary>
-    public bool AcceptsHttp(object sender, X509Certificate? certificate, X509Chain? chain, SslPolicyErrors errors) => Accepts(sender switch
+    /// <summary>The callback for a TLS connection to <paramref name="host"/>; a refusal goes to <paramref name="refused"/>.</summary>
+    public RemoteCertificateValidationCallback For(string host, Action<string> refused) => (_, cert, chain, errors) =>
     {
-        SslStream ssl => ssl.TargetHostName,
-        HttpRequestMessage m => m.RequestUri?.IdnHost ?? "",
-        _ => "",
-    }, certificate, errors);
+        if (Refusal(host, cert, chain, errors) is not { } why) return true;
+        refused(why);
+        return false;
+    };
+
+    /// <summary>The callback for SocketsHttpHandler (REST, ws, wss): the host is the stream's SNI name or the request's host; refusals are logged.</summary>
+    public bool AcceptsHttp(object sender, X509Certificate? certificate, X509Chain? chain, SslPolicyErrors errors)
+    {
+        string host = sender switch
+        {
+            SslStream ssl => ssl.TargetHostName,
+            HttpRequestMessage m => m.RequestUri?.IdnHost ?? "",
+            _ => "",
+        };
+        if (Refusal(host, certificate, chain, errors) is not { } why) return true;
+        log?.LogWarning("jet: {Reason}", why);
+        return false;
+    }
 }
 
 /// <summary>
@@ -66,7 +94,7 @@ internal sealed class JetSession : IDisposable
         {
             // Every connection, REST and WebSocket alike, goes through the host's dialer (upstream proxy, bind address).
             ConnectCallback = async (ctx, ct) => await dialer.ConnectTcpAsync(new Destination(ctx.DnsEndPoint.Host, ctx.DnsEndPoint.Port), ct).ConfigureAwait(false),
-            // §7.4: the relay's certificate is checked by the trust given (pins per host, else system CAs), or not at all (the client).
+            // §7.4: the relay's certificate is checked by the trust given (pins per host, else system CAs with SNI).
             SslOptions = new SslClientAuthenticationOptions { RemoteCertificateValidationCallback = trust.AcceptsHttp },
             PooledConnectionIdleTimeout = TimeSpan.FromSeconds(30),
         };
@@ -135,13 +163,28 @@ internal sealed class JetSession : IDisposable
             {
                 var ssl = new SslStream(tcp, leaveInnerStreamOpen: false);
                 stream = new HalfClosableTlsStream(ssl, tcp);
-                await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
+                string? refusal = null;
+                try
                 {
-                    TargetHost = url.IdnHost,
-                    // A TLS direct candidate is the server itself: its pinned certificate (§7.3); a relay: the relay trust (§7.4).
-                    RemoteCertificateValidationCallback = candidate.Direct && _serverPin is { } pin ? (_, cert, _, _) => PinnedTls.Matches(cert, [pin]) : _trust.For(url.IdnHost),
-                    EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
-                }, ct).ConfigureAwait(false);
+                    await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
+                    {
+                        TargetHost = url.IdnHost,
+                        // A TLS direct candidate is the server itself: its pinned certificate (§7.3); a relay: the relay trust (§7.4).
+                        RemoteCertificateValidationCallback = candidate.Direct && _serverPin is { } pin
+                            ? (_, cert, _, _) =>
+                            {
+                                if (PinnedTls.Matches(cert, [pin])) return true;
+                                refusal = "the direct candidate's certificate is not the pinned server's (serverPin)";
+                                return false;
+                            }
+                            : _trust.For(url.IdnHost, why => refusal = why),
+                        EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
+                    }, ct).ConfigureAwait(false);
+                }
+                catch (AuthenticationException e) when (refusal is not null)
+                {
+                    throw new AuthenticationException(refusal, e);
+                }
             }
             await stream.WriteAsync(JetWire.BuildPacket(JetWire.BuildRequest(method, association, candidate.Id, url.Authority)), ct).ConfigureAwait(false);
             if (method == JetMethod.Connect)

@@ -1,29 +1,21 @@
-using System.Numerics;
 using System.Security.Cryptography;
 
 namespace PtHost.Transports.Rud;
 
 /// <summary>
 /// Elligator 2 for Curve25519 (Bernstein, Hamburg, Krasnova, Lange 2013; spec/rud.md §4.6): X25519 public
-/// keys encoded as 32 bytes indistinguishable from random. Field arithmetic with <see cref="BigInteger"/>:
-/// handshakes only, speed secondary. As obfs4's fixed encoder does, a key is made "dirty" (a random
-/// low-order component added, which X25519 with a clamped scalar ignores) so that representatives cover
-/// every curve point, not only the prime-order subgroup, and the two padding bits above the 254-bit
-/// representative are random.
+/// keys encoded as 32 bytes indistinguishable from random. As obfs4's fixed encoder does, a key is made "dirty"
+/// (a random low-order component added, which X25519 with a clamped scalar ignores) so that representatives
+/// cover every curve point, not only the prime-order subgroup, and the two padding bits above the 254-bit
+/// representative are random. Field arithmetic is <see cref="Field25519"/>: constant time, no allocation.
 /// </summary>
 public static class Elligator2
 {
     public const int Size = 32;
-    private static readonly BigInteger P = BigInteger.Pow(2, 255) - 19;
-    private static readonly BigInteger A = 486662;
-    /// <summary>The order of the prime subgroup (RFC 7748 §4.1).</summary>
-    private static readonly BigInteger L = BigInteger.Pow(2, 252) + BigInteger.Parse("27742317777372353535851937790883648493", System.Globalization.CultureInfo.InvariantCulture);
-    private static readonly BigInteger SqrtM1 = BigInteger.ModPow(2, (P - 1) / 4, P);
-    private static readonly BigInteger HalfP = (P - 1) / 2;
-    /// <summary>The multiples 0..7 of a point of order 8 (null: the point at infinity).</summary>
-    private static readonly Lazy<Point?[]> s_lowOrder = new(LowOrderMultiples);
+    private static readonly Field25519 A = Field25519.From(486662);
 
-    private readonly record struct Point(BigInteger U, BigInteger V);
+    /// <summary>T, 2T, …, 7T for the point T of order 8 with u = LE e0eb7a7c…5f49b800 (index 0 unused).</summary>
+    private static readonly (Field25519 U, Field25519 V)[] s_lowOrder = LowOrderMultiples();
 
     /// <summary>
     /// A fresh key pair whose public key has a representative: <paramref name="privateKey"/> (32 bytes, for
@@ -33,24 +25,68 @@ public static class Elligator2
     public static void GenerateKey(Span<byte> privateKey, Span<byte> publicKey, Span<byte> representative)
     {
         Span<byte> u0 = stackalloc byte[X25519.KeySize];
-        Span<byte> random = stackalloc byte[2];
+        Span<byte> tweak = stackalloc byte[2];
         while (true)
         {
             RandomNumberGenerator.Fill(privateKey);
             X25519.PublicKey(privateKey, u0);
-            RandomNumberGenerator.Fill(random);
-            var u = Load(u0);
-            var v = Sqrt(Curve(u));
-            if (v is not { } y) continue; // cannot happen for a public key; defensive
-            if ((random[0] & 1) != 0) y = Mod(-y);
-            // The low-order component: k × T, k from the random byte (0..7).
-            var point = Add(new Point(u, y), s_lowOrder.Value[(random[0] >> 1) & 7]);
-            if (point is not { } q || !TryRepresent(q.U, (random[0] & 0x10) != 0, out var r)) continue;
-            Store(q.U, publicKey);
-            Store(r, representative);
-            representative[31] |= (byte)(random[1] & 0xC0); // the two padding bits (r < 2^254)
-            return;
+            RandomNumberGenerator.Fill(tweak);
+            // About half the keys have a representative; a failure says only that a discarded key had none.
+            if (TryRepresent(u0, tweak, publicKey, representative)) return;
         }
+    }
+
+    /// <summary>
+    /// The dirty key and its representative for the clean public key <paramref name="cleanPublicKey"/> (§4.6), the
+    /// random choices taken from <paramref name="tweak"/> (2 bytes): bit 0 of byte 0 the sign of v, bits 1–3 the
+    /// multiple j of T, bit 4 which of the two representatives; bits 6–7 of byte 1 the padding bits. False when the
+    /// dirty point has no representative (the outputs are then meaningless).
+    /// </summary>
+    internal static bool TryRepresent(ReadOnlySpan<byte> cleanPublicKey, ReadOnlySpan<byte> tweak, Span<byte> dirtyPublicKey, Span<byte> representative)
+    {
+        var u = Field25519.FromBytes(cleanPublicKey);
+        var (v, onCurve) = Curve(u).Sqrt();
+        v = Field25519.Select(v, -v, 0UL - (ulong)(tweak[0] & 1));
+        // j · T by a scan of the whole table (no secret index), then the affine sum P + jT: P has prime order and
+        // jT order 2, 4 or 8, so their u differ and the chord formula applies; j = 0 keeps P.
+        int j = (tweak[0] >> 1) & 7;
+        var (tu, tv) = s_lowOrder[1];
+        for (int i = 2; i < 8; i++)
+        {
+            ulong pick = 0UL - (ulong)(((uint)(i ^ j) - 1) >> 31); // all ones when i == j
+            tu = Field25519.Select(tu, s_lowOrder[i].U, pick);
+            tv = Field25519.Select(tv, s_lowOrder[i].V, pick);
+        }
+        var lambda = (tv - v) * (tu - u).Invert();
+        var dirty = Field25519.Select(lambda.Square() - A - u - tu, u, 0UL - (ulong)(((uint)j - 1) >> 31));
+
+        ulong ok = onCurve & Encode(dirty, 0UL - (ulong)((tweak[0] >> 4) & 1), out var r);
+        dirty.ToBytes(dirtyPublicKey);
+        r.ToBytes(representative);
+        representative[31] |= (byte)(tweak[1] & 0xC0); // the two padding bits
+        return ok != 0;
+    }
+
+    /// <summary>
+    /// The representative r ≤ (p − 1)/2 of u (§4.6), branch <paramref name="second"/> (a mask): r² = −(u + A) / (2u), or
+    /// −u / (2(u + A)) for the second. The mask returned is all ones when it exists (u ≠ 0, u ≠ −A, −2u(u + A) a square).
+    /// </summary>
+    private static ulong Encode(in Field25519 u, ulong second, out Field25519 r)
+    {
+        var uPlusA = u + A;
+        var numerator = Field25519.Select(-uPlusA, -u, second);
+        var denominator = Field25519.Select(u + u, uPlusA + uPlusA, second);
+        var (root, isSquare) = (numerator * denominator.Invert()).Sqrt();
+        r = Field25519.Select(root, -root, root.IsNegativeMask()); // the root ≤ (p − 1)/2: r < 2^254
+        return isSquare & ~u.IsZeroMask() & ~uPlusA.IsZeroMask();
+    }
+
+    /// <summary>§4.6's encoding of a u-coordinate without the dirty step (tests: representative → point → representative).</summary>
+    internal static bool TryEncode(ReadOnlySpan<byte> u, bool second, Span<byte> representative)
+    {
+        ulong ok = Encode(Field25519.FromBytes(u), second ? ulong.MaxValue : 0, out var r);
+        r.ToBytes(representative);
+        return ok != 0;
     }
 
     /// <summary>The u-coordinate (public key, 32 bytes little-endian) that <paramref name="representative"/> encodes.</summary>
@@ -59,96 +95,39 @@ public static class Elligator2
         Span<byte> masked = stackalloc byte[Size];
         representative[..Size].CopyTo(masked);
         masked[31] &= 0x3F;
-        var r = Load(masked);
-        // w = -A / (1 + 2 r²); u = w when w³ + A w² + w is a square, else -w - A.
-        var w = Mod(-A * Inverse(Mod(1 + 2 * r * r)));
-        var u = IsSquare(Curve(w)) ? w : Mod(-w - A);
-        Store(u, publicKey);
+        var r = Field25519.FromBytes(masked);
+        // w = −A / (1 + 2r²); u = w when w³ + A w² + w is a square, else −w − A. 1 + 2r² is never 0 (−1/2 is a non-square).
+        var w = -A * (Field25519.One + r.Square() + r.Square()).Invert();
+        var u = Field25519.Select(w, -w - A, Curve(w).NonSquareMask());
+        u.ToBytes(publicKey);
     }
 
-    /// <summary>r with the map taking r to u: branch <paramref name="second"/> picks one of u's two representatives.</summary>
-    private static bool TryRepresent(BigInteger u, bool second, out BigInteger r)
+    /// <summary>u³ + A u² + u.</summary>
+    private static Field25519 Curve(in Field25519 u) => ((u + A) * u + Field25519.One) * u;
+
+    /// <summary>The multiples of T (start-up only, public constants: not constant time), checked: 7T = −T.</summary>
+    private static (Field25519, Field25519)[] LowOrderMultiples()
     {
-        r = default;
-        var uPlusA = Mod(u + A);
-        if (u.IsZero || uPlusA.IsZero || !IsSquare(Mod(-2 * u * uPlusA))) return false;
-        var square = second ? Mod(-u * Inverse(Mod(2 * uPlusA))) : Mod(-uPlusA * Inverse(Mod(2 * u)));
-        if (Sqrt(square) is not { } root) return false;
-        r = root > HalfP ? P - root : root;
-        return true;
-    }
-
-    private static BigInteger Curve(BigInteger u) => Mod(((u + A) * u + 1) * u);
-
-    private static BigInteger Mod(BigInteger x)
-    {
-        var m = x % P;
-        return m.Sign < 0 ? m + P : m;
-    }
-
-    private static BigInteger Inverse(BigInteger x) => BigInteger.ModPow(x, P - 2, P);
-
-    private static bool IsSquare(BigInteger x) => x.IsZero || BigInteger.ModPow(x, HalfP, P).IsOne;
-
-    /// <summary>A square root mod p (p ≡ 5 mod 8), or null for a non-square.</summary>
-    private static BigInteger? Sqrt(BigInteger a)
-    {
-        var x = BigInteger.ModPow(a, (P + 3) / 8, P);
-        if (Mod(x * x) == a) return x;
-        x = Mod(x * SqrtM1);
-        return Mod(x * x) == a ? x : null;
-    }
-
-    /// <summary>Affine addition on v² = u³ + A u² + u; null is the point at infinity.</summary>
-    private static Point? Add(Point? p, Point? q)
-    {
-        if (p is not { } a) return q;
-        if (q is not { } b) return p;
-        BigInteger lambda;
-        if (a.U == b.U)
+        Span<byte> le = stackalloc byte[32];
+        Convert.FromHexString("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800").CopyTo(le);
+        var u = Field25519.FromBytes(le);
+        var (v, ok) = Curve(u).Sqrt();
+        if (ok == 0) throw new InvalidOperationException("Elligator2: the order-8 point is not on the curve");
+        var m = new (Field25519 U, Field25519 V)[8];
+        m[1] = (u, Field25519.Select(v, -v, v.IsNegativeMask()));
+        // 2T by the tangent, then kT = (k − 1)T + T by the chord (their u differ for k = 3…7).
+        var l2 = (Field25519.From(3) * m[1].U.Square() + Field25519.From(2) * A * m[1].U + Field25519.One) * (m[1].V + m[1].V).Invert();
+        var u2 = l2.Square() - A - m[1].U - m[1].U;
+        m[2] = (u2, l2 * (m[1].U - u2) - m[1].V);
+        for (int k = 3; k < 8; k++)
         {
-            if (Mod(a.V + b.V).IsZero) return null; // P + (-P), and doubling a point of order 2
-            lambda = Mod((3 * a.U * a.U + 2 * A * a.U + 1) * Inverse(Mod(2 * a.V)));
+            var (pu, pv) = m[k - 1];
+            var l = (m[1].V - pv) * (m[1].U - pu).Invert();
+            var uk = l.Square() - A - pu - m[1].U;
+            m[k] = (uk, l * (pu - uk) - pv);
         }
-        else lambda = Mod((b.V - a.V) * Inverse(Mod(b.U - a.U)));
-        var u = Mod(lambda * lambda - A - a.U - b.U);
-        return new Point(u, Mod(lambda * (a.U - u) - a.V));
-    }
-
-    private static Point? Multiply(BigInteger k, Point? p)
-    {
-        Point? result = null;
-        for (int bit = (int)k.GetBitLength() - 1; bit >= 0; bit--)
-        {
-            result = Add(result, result);
-            if (!(k >> bit).IsEven) result = Add(result, p);
-        }
-        return result;
-    }
-
-    /// <summary>0, T, 2T, …, 7T for a point T of order 8: ℓ × a random curve point until the result has order 8.</summary>
-    private static Point?[] LowOrderMultiples()
-    {
-        Span<byte> b = stackalloc byte[32];
-        while (true)
-        {
-            RandomNumberGenerator.Fill(b);
-            b[31] &= 0x7F;
-            var u = Mod(Load(b));
-            if (Sqrt(Curve(u)) is not { } v) continue;
-            var t = Multiply(L, new Point(u, v));
-            if (Multiply(4, t) is null) continue; // order 1, 2 or 4
-            var multiples = new Point?[8];
-            for (int k = 1; k < 8; k++) multiples[k] = Add(multiples[k - 1], t);
-            return multiples;
-        }
-    }
-
-    private static BigInteger Load(ReadOnlySpan<byte> le) => new(le, isUnsigned: true, isBigEndian: false);
-
-    private static void Store(BigInteger x, Span<byte> le)
-    {
-        le[..32].Clear();
-        x.TryWriteBytes(le, out _, isUnsigned: true, isBigEndian: false);
+        if (Field25519.Equal(m[7].U, m[1].U) == 0 || Field25519.Equal(m[7].V, -m[1].V) == 0 || m[4].V.IsZeroMask() == 0)
+            throw new InvalidOperationException("Elligator2: T is not of order 8");
+        return m;
     }
 }

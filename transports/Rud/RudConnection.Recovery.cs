@@ -145,13 +145,23 @@ public sealed partial class RudConnection
         _lossTime = 0;
         long largestLostSent = -1, firstLostSent = long.MaxValue;
         ulong cause = 0;
-        for (int i = 0; i < _sent.Count; i++)
+        // The walk starts at the first packet that may not be done: the done ones before it (declared-lost packets
+        // linger 4 RTTs at the ring's front, §9.2) would only be skipped, once per acknowledgement.
+        int start = _sent.Count > 0 && _lossScanFrom > _sent.FirstNumber ? (int)Math.Min((ulong)_sent.Count, _lossScanFrom - _sent.FirstNumber) : 0;
+        bool prefixDone = true;
+        for (int i = start; i < _sent.Count; i++)
         {
             ref var p = ref _sent[i];
             if (p.Number > _largestAcked) break;
-            if (p.Done || !p.InFlight) { if (!p.InFlight) p.Done = true; continue; }
+            if (p.Done || !p.InFlight)
+            {
+                if (!p.InFlight) p.Done = true;
+                if (prefixDone) _lossScanFrom = p.Number + 1;
+                continue;
+            }
             if (p.Number + (ulong)_packetThreshold <= _largestAcked || p.SentTime <= lostSendTime)
             {
+                if (prefixDone) _lossScanFrom = p.Number + 1;
                 p.Done = true;
                 p.Lost = true;
                 cause = p.Number;
@@ -165,6 +175,7 @@ public sealed partial class RudConnection
             }
             else
             {
+                prefixDone = false;
                 long t = p.SentTime + lossDelay;
                 if (_lossTime == 0 || t < _lossTime) _lossTime = t;
             }
@@ -191,6 +202,9 @@ public sealed partial class RudConnection
     }
 
     private ulong _retransmitOf;
+
+    /// <summary>Every kept packet numbered below this is done (acknowledged or declared lost; done never reverts): where <see cref="DetectLoss"/> starts.</summary>
+    private ulong _lossScanFrom;
     private long _ackedBytes, _newestElicitingSent;
     private bool _rekeyProbeSent;
 

@@ -3,6 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Security.Cryptography;
 using Microsoft.Extensions.Logging;
+using PtHost.Contract;
 using PtHost.Net;
 using PtHost.Net.Native;
 
@@ -37,6 +38,14 @@ public sealed class ZephyrRelay : IAsyncDisposable
     private int _connections, _pairs;
     private long _accepted, _refusedByLimits, _bindings, _bindFailures, _timeouts, _bytes, _idleClosed, _lifetimeClosed;
     private long _lastLimitLog = long.MinValue / 2; // "long ago", without overflow in now - last
+    // spec/zephyr.md §4.9 (metrics): per connection or per pair, never per packet.
+    private long _badRequests, _selfBinds, _unknownPeers, _boundElsewhere, _bindTimeouts, _peerTimeouts, _bytesFromWaiter, _bytesFromJoiner;
+    private readonly LatencyHistogram _bindLatency = new(), _pairSetup = new();
+    // §8: the cluster's internal link.
+    private TcpSessionListener? _linkListener;
+    private int _linkPending, _forwardedOpen;
+    private long _forwarded, _forwardFailures, _linked, _bytesForwarded, _lastNonceSweep;
+    private readonly long[] _linkRefused = new long[Enum.GetValues<LinkRefusal>().Length];
 
     public ZephyrRelay(ZephyrRelayOptions options, ILogger logger)
     {
@@ -56,6 +65,9 @@ public sealed class ZephyrRelay : IAsyncDisposable
     /// <summary>The address actually bound (port 0 resolved). Valid after <see cref="Start"/>.</summary>
     public IPEndPoint LocalEndPoint => (IPEndPoint)(_listener ?? throw new InvalidOperationException("not started")).LocalEndPoint!;
 
+    /// <summary>The internal link's bound address (§8.3); null without a cluster.</summary>
+    public IPEndPoint? LinkEndPoint => _linkListener?.LocalEndPoint;
+
     /// <summary>Binds the listener and starts accepting. Throws <see cref="SocketException"/> when the address cannot be bound.</summary>
     public void Start()
     {
@@ -68,6 +80,12 @@ public sealed class ZephyrRelay : IAsyncDisposable
         var tick = TimeSpan.FromMilliseconds(Math.Clamp(shortest.TotalMilliseconds / 8, 50, 1000));
         _sweeper = new Timer(_ => Sweep(), null, tick, tick);
         _statsTimer = new Timer(_ => LogStats(), null, _options.StatsInterval, _options.StatsInterval);
+        if (_options.Cluster is not null && _options.LinkListen is { } linkListen)
+        {
+            var linkSocket = TcpSessionListener.Listen(linkListen, reuseAddress: true, dualMode: true);
+            _linkListener = new TcpSessionListener("zephyr link", linkSocket, AdmitLink, _log, int.MaxValue, inline: true);
+            _linkListener.Start();
+        }
         _listener.Start();
         if (_options.StrictClose) _log.LogWarning("strict-close test mode: the first FIN of a pair resets both peers and discards what is queued (spec/zephyr.md §4.8)");
         _log.LogInformation("zephyr relay listening on {EndPoint} (bind timeout {Bind}s, peer timeout {Peer}s, idle timeout {Idle}s, max lifetime {Lifetime}s, max {Max} connections, {PerSource} per source, IPv6 sources per /{Prefix})",
@@ -83,6 +101,51 @@ public sealed class ZephyrRelay : IAsyncDisposable
                 Interlocked.Read(ref _idleClosed), Interlocked.Read(ref _lifetimeClosed));
     }
 
+    /// <summary>spec/zephyr.md §4.9: the relay's metrics under instance <paramref name="id"/>.</summary>
+    public void WriteMetrics(MetricsWriter m, string id)
+    {
+        var s = GetStats();
+        int waiting;
+        lock (_lock) waiting = _byZid.Values.Count(c => c.State == ConnectionState.Waiting);
+        (string, string) t = ("transport", "zephyr"), r = ("role", "relay");
+        m.Gauge("pthost_instance_info", "The process's instance id (constant 1).", 1, ("id", id), ("process", "relay zephyr"), ("version", Version));
+        m.Gauge("pthost_relay_connections", "Connections held now, in any state.", s.Connections, t);
+        m.Gauge("pthost_relay_pairs", "Pairs now: waiting (a connection named its peer, the peer has not named it back) and bound.", waiting, t, ("state", "waiting"));
+        m.Gauge("pthost_relay_pairs", "Pairs now: waiting (a connection named its peer, the peer has not named it back) and bound.", s.BoundPairs, t, ("state", "bound"));
+        m.Counter("pthost_relay_accepted_total", "Connections accepted.", s.Accepted, t);
+        m.Gauge("pthost_sessions_open", "Sessions open now.", s.BoundPairs, t, r);
+        m.Counter("pthost_sessions_opened_total", "Sessions opened since start.", s.Bindings, t, r);
+        const string failed = "pthost_sessions_failed_total", failedHelp = "Sessions that could not be set up, by reason.";
+        m.Counter(failed, failedHelp, s.RefusedByLimits, t, r, ("reason", "limit"));
+        m.Counter(failed, failedHelp, Interlocked.Read(ref _badRequests), t, r, ("reason", "bad-request"));
+        m.Counter(failed, failedHelp, Interlocked.Read(ref _selfBinds), t, r, ("reason", "self-bind"));
+        m.Counter(failed, failedHelp, Interlocked.Read(ref _unknownPeers), t, r, ("reason", "unknown-peer"));
+        m.Counter(failed, failedHelp, Interlocked.Read(ref _boundElsewhere), t, r, ("reason", "peer-bound-elsewhere"));
+        m.Counter(failed, failedHelp, Interlocked.Read(ref _bindTimeouts), t, r, ("reason", "bind-timeout"));
+        m.Counter(failed, failedHelp, Interlocked.Read(ref _peerTimeouts), t, r, ("reason", "peer-timeout"));
+        const string bytes = "pthost_bytes_total", bytesHelp = "Bytes relayed, by direction.";
+        m.Counter(bytes, bytesHelp, Interlocked.Read(ref _bytesFromWaiter), t, r, ("direction", "waiter-to-joiner"));
+        m.Counter(bytes, bytesHelp, Interlocked.Read(ref _bytesFromJoiner), t, r, ("direction", "joiner-to-waiter"));
+        m.Counter("pthost_relay_closed_total", "Bound pairs cut at a limit.", s.IdleClosed, t, ("limit", "idle"));
+        m.Counter("pthost_relay_closed_total", "Bound pairs cut at a limit.", s.LifetimeClosed, t, ("limit", "lifetime"));
+        if (_options.Cluster is not null)
+        {
+            m.Counter("pthost_zephyr_forwarded_total", "Binds forwarded to their meeting instance over the internal link (§8).", Interlocked.Read(ref _forwarded), t);
+            m.Counter("pthost_zephyr_forward_failures_total", "Forwards that could not reach their meeting instance.", Interlocked.Read(ref _forwardFailures), t);
+            m.Gauge("pthost_zephyr_forwarded_open", "Forwarded connections being carried now.", Volatile.Read(ref _forwardedOpen), t);
+            m.Counter("pthost_zephyr_linked_total", "Forwarded connections received from other instances.", Interlocked.Read(ref _linked), t);
+            m.Counter("pthost_bytes_total", "Bytes relayed, by direction.", Interlocked.Read(ref _bytesForwarded), t, r, ("direction", "forwarded"));
+            foreach (var why in Enum.GetValues<LinkRefusal>())
+                if (why != LinkRefusal.None)
+                    m.Counter("pthost_zephyr_link_refused_total", "Internal link connections refused, by reason (§8.4).", Interlocked.Read(ref _linkRefused[(int)why]), t,
+                        ("reason", why.ToString().ToLowerInvariant()));
+        }
+        m.Histogram("pthost_handshake_seconds", "Time from accepting a connection to its whole bind request.", _bindLatency, t, r);
+        m.Histogram("pthost_relay_pair_setup_seconds", "Time from accepting the earlier connection of a pair to binding the pair.", _pairSetup, t);
+    }
+
+    private static readonly string Version = typeof(ZephyrRelay).Assembly.GetName().Version?.ToString() ?? "0";
+
     public void LogStats()
     {
         var s = GetStats();
@@ -96,13 +159,14 @@ public sealed class ZephyrRelay : IAsyncDisposable
         await _stop.CancelAsync().ConfigureAwait(false);
         // Stop accepting; the connections still held are closed below, which ends their tasks.
         var stopped = _listener?.StopAsync(new CancellationToken(true)) ?? Task.CompletedTask;
+        var linkStopped = _linkListener?.StopAsync(new CancellationToken(true)) ?? Task.CompletedTask;
         if (_sweeper is not null) await _sweeper.DisposeAsync().ConfigureAwait(false);
         if (_statsTimer is not null) await _statsTimer.DisposeAsync().ConfigureAwait(false);
         List<Connection> all;
         lock (_lock) all = [.. _byZid.Values];
         foreach (var c in all) Close(c, abort: true);
         // A connection accepted during the stop may not be registered yet: it is not waited for long.
-        try { await stopped.WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false); }
+        try { await Task.WhenAll(stopped, linkStopped).WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false); }
         catch (TimeoutException) { }
         _stop.Dispose();
     }
@@ -175,29 +239,25 @@ public sealed class ZephyrRelay : IAsyncDisposable
             if (error != BindRequestError.None)
             {
                 Interlocked.Increment(ref _bindFailures);
+                Interlocked.Increment(ref _badRequests);
                 _log.BadBindRequest(c.Zid, c.Remote, error);
                 return;
             }
-            var (outcome, peer, evicted) = Bind(c, target);
-            Evict(evicted);
-            switch (outcome)
+            _bindLatency.ObserveSince(c.AcceptedAt);
+            bool mayArrive = false;
+            if (_options.Cluster is { } cluster && target != c.Zid && ZephyrLink.Tag(target) is int owner && owner != 0 && owner != cluster.Instance)
             {
-                case BindOutcome.Matched:
+                // §8.2: the pair is joined at its meeting instance; a bind that belongs elsewhere goes there over the link.
+                int meeting = ZephyrLink.Meeting(c.Zid, target);
+                if (meeting != cluster.Instance)
+                {
                     handedOff = true;
-                    peer!.Matched!.TrySetResult(true);
-                    await RunPairAsync(peer, c).ConfigureAwait(false);
+                    await ForwardAsync(c, target, meeting, cluster).ConfigureAwait(false);
                     return;
-                case BindOutcome.Waiting:
-                    if (await c.Matched!.Task.ConfigureAwait(false)) handedOff = true; // the peer's task relays the pair
-                    else _log.NoMatchingBind(c.Zid, target, c.Unmatched);
-                    return;
-                case BindOutcome.Closed:
-                    return;
-                default:
-                    Interlocked.Increment(ref _bindFailures);
-                    _log.BindRefused(c.Zid, target, outcome);
-                    return;
+                }
+                mayArrive = true; // the named peer comes over the link
             }
+            handedOff = await BindAndRelayAsync(c, target, mayArrive).ConfigureAwait(false);
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException or OperationCanceledException)
         {
@@ -213,6 +273,174 @@ public sealed class ZephyrRelay : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// §4.3: applies the bind rules to <paramref name="c"/> naming <paramref name="target"/> and relays the pair once matched;
+    /// true when the pair's task owns <paramref name="c"/> (its caller must not close it). <paramref name="mayArrive"/>: the
+    /// target is another instance's zid whose connection will be forwarded here (§8.2), so its absence is no refusal yet.
+    /// </summary>
+    private async Task<bool> BindAndRelayAsync(Connection c, uint target, bool mayArrive)
+    {
+        var (outcome, peer, evicted) = Bind(c, target, mayArrive);
+        Evict(evicted);
+        switch (outcome)
+        {
+            case BindOutcome.Matched:
+                peer!.Matched!.TrySetResult(true);
+                await RunPairAsync(peer, c).ConfigureAwait(false);
+                return true;
+            case BindOutcome.Waiting:
+                if (await c.Matched!.Task.ConfigureAwait(false)) return true; // the peer's task relays the pair
+                _log.NoMatchingBind(c.Zid, target, c.Unmatched);
+                return false;
+            case BindOutcome.Closed:
+                return false;
+            default:
+                Interlocked.Increment(ref _bindFailures);
+                if (outcome == BindOutcome.SelfBind) Interlocked.Increment(ref _selfBinds);
+                else if (outcome == BindOutcome.UnknownPeer) Interlocked.Increment(ref _unknownPeers);
+                else Interlocked.Increment(ref _boundElsewhere);
+                _log.BindRefused(c.Zid, target, outcome);
+                return false;
+        }
+    }
+
+    /// <summary>
+    /// §8.3: carries <paramref name="c"/> to the meeting instance: the forward header, then its bytes both ways, untouched,
+    /// until either side ends. The meeting instance applies the bind rules; a refusal there closes the link, and so <paramref name="c"/>.
+    /// </summary>
+    private async Task ForwardAsync(Connection c, uint target, int meeting, ZephyrLink cluster)
+    {
+        lock (_lock)
+        {
+            if (c.State != ConnectionState.Registered)
+            {
+                Close(c, abort: false);
+                return; // timed out meanwhile
+            }
+            c.State = ConnectionState.Bound; // nobody binds to a forwarded connection here; its pair lives at the meeting instance
+            c.Target = target;
+        }
+        Interlocked.Increment(ref _forwarded);
+        var peer = cluster.Peer(meeting);
+        Socket? link = null;
+        try
+        {
+            if (peer is null) throw new IOException($"no link address for instance {meeting}");
+            link = new Socket(peer.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+            using (var connect = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token))
+            {
+                connect.CancelAfter(ZephyrLink.HeaderTimeout);
+                await link.ConnectAsync(peer, connect.Token).ConfigureAwait(false);
+                await link.SendAsync(cluster.BuildHeader(c.Zid, target), SocketFlags.None, connect.Token).ConfigureAwait(false);
+            }
+        }
+        catch (Exception e) when (e is SocketException or IOException or OperationCanceledException or ObjectDisposedException)
+        {
+            link?.Dispose();
+            Interlocked.Increment(ref _forwardFailures);
+            Interlocked.Increment(ref _bindFailures);
+            _log.ForwardFailed(c.Zid, target, meeting, e.Message);
+            Close(c, abort: false);
+            return;
+        }
+        var far = new Connection(link, IPAddress.None) { Zid = target, Released = true, State = ConnectionState.Bound };
+        await RunPairAsync(c, far, forwarded: true).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// §8.4: a connection on the internal link. Nothing is sent until its 72-byte header proves it comes from an instance
+    /// (HMAC under the shared secret, fresh time, unseen nonce, a route that ends here); anything else is reset at once.
+    /// A forwarded connection then takes its original zid here and follows the bind rules like any other.
+    /// </summary>
+    private Task AdmitLink(Socket socket, CancellationToken abort)
+    {
+        if (Interlocked.Increment(ref _linkPending) > ZephyrLink.MaxPending)
+        {
+            Interlocked.Decrement(ref _linkPending);
+            RefuseLink(socket, LinkRefusal.Limit);
+            return Task.CompletedTask;
+        }
+        return ServeLinkAsync(socket);
+    }
+
+    private async Task ServeLinkAsync(Socket socket)
+    {
+        var cluster = _options.Cluster!;
+        var header = new byte[ZephyrLink.HeaderLength];
+        LinkRefusal refusal = LinkRefusal.None;
+        uint origin = 0, target = 0;
+        try
+        {
+            socket.NoDelay = true;
+            using var limit = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+            limit.CancelAfter(ZephyrLink.HeaderTimeout);
+            int got = 0;
+            while (got < header.Length)
+            {
+                int n = await socket.ReceiveAsync(header.AsMemory(got), SocketFlags.None, limit.Token).ConfigureAwait(false);
+                if (n == 0)
+                {
+                    refusal = LinkRefusal.Closed;
+                    break;
+                }
+                got += n;
+            }
+            if (refusal == LinkRefusal.None) refusal = cluster.Verify(header, out origin, out target);
+        }
+        catch (Exception e) when (e is SocketException or OperationCanceledException or ObjectDisposedException)
+        {
+            refusal = LinkRefusal.Timeout;
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _linkPending);
+        }
+        if (refusal != LinkRefusal.None)
+        {
+            RefuseLink(socket, refusal);
+            return;
+        }
+        var c = new Connection(socket, IPAddress.None) { Linked = true };
+        lock (_lock)
+        {
+            if (_connections >= _options.MaxConnections) refusal = LinkRefusal.Limit;
+            else if (!_byZid.TryAdd(origin, c)) refusal = LinkRefusal.Duplicate;
+            else
+            {
+                c.Zid = origin;
+                c.Registered = true;
+                c.Deadline = Environment.TickCount64 + (long)_options.BindTimeout.TotalMilliseconds;
+                _connections++;
+            }
+        }
+        if (refusal != LinkRefusal.None)
+        {
+            RefuseLink(socket, refusal);
+            return;
+        }
+        Interlocked.Increment(ref _linked);
+        bool handedOff = false;
+        try { handedOff = await BindAndRelayAsync(c, target, mayArrive: false).ConfigureAwait(false); }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException or OperationCanceledException)
+        {
+            _log.ConnectionEnded(c.Zid, e.Message);
+        }
+        finally
+        {
+            if (!handedOff) Close(c, abort: false);
+        }
+    }
+
+    /// <summary>§8.4: a refused link connection is reset (SO_LINGER 0) with nothing written.</summary>
+    private void RefuseLink(Socket socket, LinkRefusal why)
+    {
+        Interlocked.Increment(ref _linkRefused[(int)why]);
+        _log.LinkRefused(why);
+        try { socket.Close(0); }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+        socket.Dispose();
+    }
+
     /// <summary>§4.1: a random non-negative 32-bit zid from the CSPRNG, unused by any held connection.</summary>
     private bool Register(Connection c)
     {
@@ -223,7 +451,8 @@ public sealed class ZephyrRelay : IAsyncDisposable
             for (int i = 0; i < MaxZidTries; i++)
             {
                 RandomNumberGenerator.Fill(random);
-                uint zid = BinaryPrimitives.ReadUInt32BigEndian(random) & ZephyrWire.MaxZid;
+                // §8.1: in a cluster the zid carries this instance's number in bits 27-30.
+                uint zid = _options.Cluster is { } cluster ? cluster.Draw(random) : BinaryPrimitives.ReadUInt32BigEndian(random) & ZephyrWire.MaxZid;
                 if (_byZid.TryAdd(zid, c))
                 {
                     c.Zid = zid;
@@ -243,26 +472,31 @@ public sealed class ZephyrRelay : IAsyncDisposable
     /// waiting for <paramref name="c"/> that can no longer be matched: <paramref name="c"/> just
     /// named someone else (or was joined), so they are closed at once rather than at their timeout.
     /// </summary>
-    private (BindOutcome, Connection?, List<Connection>?) Bind(Connection c, uint target)
+    private (BindOutcome, Connection?, List<Connection>?) Bind(Connection c, uint target, bool mayArrive)
     {
         lock (_lock)
         {
             if (c.State != ConnectionState.Registered) return (BindOutcome.Closed, null, null); // timed out meanwhile
             if (target == c.Zid) return (BindOutcome.SelfBind, null, null);
-            if (!_byZid.TryGetValue(target, out var peer) || peer.State == ConnectionState.Closed) return (BindOutcome.UnknownPeer, null, null);
-            if (peer.State == ConnectionState.Bound || (peer.State == ConnectionState.Waiting && peer.Target != c.Zid))
-                return (BindOutcome.PeerBoundElsewhere, null, null);
-            if (peer.State == ConnectionState.Waiting)
+            // §8.2: a peer of another instance that is not here yet will come over the link: it is waited for.
+            bool absent = !_byZid.TryGetValue(target, out var peer) || peer.State == ConnectionState.Closed;
+            if (absent && !mayArrive) return (BindOutcome.UnknownPeer, null, null);
+            if (!absent)
             {
-                RemoveWaiter(peer);
-                peer.State = c.State = ConnectionState.Bound;
-                c.Target = target;
-                _pairs++;
-                _bindings++;
-                var evicted = TakeWaiters(c.Zid, "peer bound to another");
-                var more = TakeWaiters(peer.Zid, "peer bound to another");
-                if (more is not null) (evicted ??= []).AddRange(more);
-                return (BindOutcome.Matched, peer, evicted);
+                if (peer!.State == ConnectionState.Bound || (peer.State == ConnectionState.Waiting && peer.Target != c.Zid))
+                    return (BindOutcome.PeerBoundElsewhere, null, null);
+                if (peer.State == ConnectionState.Waiting)
+                {
+                    RemoveWaiter(peer);
+                    peer.State = c.State = ConnectionState.Bound;
+                    c.Target = target;
+                    _pairs++;
+                    _bindings++;
+                    var evicted = TakeWaiters(c.Zid, "peer bound to another");
+                    var more = TakeWaiters(peer.Zid, "peer bound to another");
+                    if (more is not null) (evicted ??= []).AddRange(more);
+                    return (BindOutcome.Matched, peer, evicted);
+                }
             }
             // The peer has not sent its bind request yet: wait for it to name us.
             c.State = ConnectionState.Waiting;
@@ -307,6 +541,11 @@ public sealed class ZephyrRelay : IAsyncDisposable
     private void Sweep()
     {
         long now = Environment.TickCount64;
+        if (_options.Cluster is { } cluster && now - Interlocked.Read(ref _lastNonceSweep) >= 5_000)
+        {
+            Interlocked.Exchange(ref _lastNonceSweep, now);
+            cluster.ForgetOldNonces();
+        }
         List<(Connection, ConnectionState)>? expired = null;
         List<Pair>? ended = null;
         lock (_lock)
@@ -334,6 +573,8 @@ public sealed class ZephyrRelay : IAsyncDisposable
         foreach (var (c, state) in expired)
         {
             Interlocked.Increment(ref _timeouts);
+            if (state == ConnectionState.Waiting) Interlocked.Increment(ref _peerTimeouts);
+            else Interlocked.Increment(ref _bindTimeouts);
             if (state == ConnectionState.Waiting) c.Matched!.TrySetResult(false); // its task closes it
             else
             {
@@ -370,9 +611,14 @@ public sealed class ZephyrRelay : IAsyncDisposable
     /// aborts both. Before aborting a socket that a finished direction wrote to, the relay waits
     /// until the peer acknowledged every byte, so an abort never discards a delivered tail.
     /// </summary>
-    private async Task RunPairAsync(Connection a, Connection b)
+    private async Task RunPairAsync(Connection a, Connection b, bool forwarded = false)
     {
-        _log.Bound(a.Zid, a.Remote, b.Zid, b.Remote);
+        if (forwarded) Interlocked.Increment(ref _forwardedOpen);
+        else
+        {
+            _log.Bound(a.Zid, a.Remote, b.Zid, b.Remote);
+            _pairSetup.ObserveSince(Math.Min(a.AcceptedAt, b.AcceptedAt));
+        }
         var pair = new Pair(a, Environment.TickCount64);
         lock (_lock) a.Pair = b.Pair = pair; // from now on the sweeper applies the limits of §4.5
         bool clean = false;
@@ -381,14 +627,23 @@ public sealed class ZephyrRelay : IAsyncDisposable
         {
             using var sa = new NetworkStream(a.Socket, ownsSocket: false);
             using var sb = new NetworkStream(b.Socket, ownsSocket: false);
-            Action<long> count = n =>
+            // a waited (named its peer first), b joined it: bytes are counted per direction (§4.9).
+            // A forwarded connection's bytes (§8.3) are counted apart: the meeting instance counts the pair's.
+            Action<long> countAb = forwarded ? CountForwarded(pair) : n =>
             {
                 Interlocked.Add(ref _bytes, n);
+                Interlocked.Add(ref _bytesFromWaiter, n);
+                Volatile.Write(ref pair.Last, Environment.TickCount64);
+            };
+            Action<long> countBa = forwarded ? countAb : n =>
+            {
+                Interlocked.Add(ref _bytes, n);
+                Interlocked.Add(ref _bytesFromJoiner, n);
                 Volatile.Write(ref pair.Last, Environment.TickCount64);
             };
             bool passFin = !_options.StrictClose;
-            var ab = PumpAsync(sa, sb, count, passFin, pair.Cancel.Token);
-            var ba = PumpAsync(sb, sa, count, passFin, pair.Cancel.Token);
+            var ab = PumpAsync(sa, sb, countAb, passFin, pair.Cancel.Token);
+            var ba = PumpAsync(sb, sa, countBa, passFin, pair.Cancel.Token);
             var first = await Task.WhenAny(ab, ba).ConfigureAwait(false);
             var other = first == ab ? ba : ab;
             if (!await first.ConfigureAwait(false))
@@ -427,10 +682,17 @@ public sealed class ZephyrRelay : IAsyncDisposable
             if (!clean && drained is not null) await WaitAcknowledgedAsync(drained.Socket, DrainLimit).ConfigureAwait(false);
             Close(a, abort: !clean);
             Close(b, abort: !clean);
-            lock (_lock) _pairs--;
+            if (forwarded) Interlocked.Decrement(ref _forwardedOpen);
+            else lock (_lock) _pairs--;
             _log.PairEnded(a.Zid, b.Zid, clean ? "closed" : "aborted");
         }
     }
+
+    private Action<long> CountForwarded(Pair pair) => n =>
+    {
+        Interlocked.Add(ref _bytesForwarded, n);
+        Volatile.Write(ref pair.Last, Environment.TickCount64);
+    };
 
     private enum PairLimit { Idle, HalfClosedIdle, Lifetime }
 
@@ -475,8 +737,11 @@ public sealed class ZephyrRelay : IAsyncDisposable
                 c.Released = true;
                 if (c.Registered && _byZid.TryGetValue(c.Zid, out var held) && held == c) _byZid.Remove(c.Zid);
                 _connections--;
-                int left = _perSource.GetValueOrDefault(c.Source) - 1;
-                if (left <= 0) _perSource.Remove(c.Source); else _perSource[c.Source] = left;
+                if (!c.Linked)
+                {
+                    int left = _perSource.GetValueOrDefault(c.Source) - 1;
+                    if (left <= 0) _perSource.Remove(c.Source); else _perSource[c.Source] = left;
+                }
             }
         }
         Evict(evicted);
@@ -512,9 +777,12 @@ public sealed class ZephyrRelay : IAsyncDisposable
     {
         public readonly Socket Socket = socket;
         public readonly IPAddress Source = source;
+        public readonly long AcceptedAt = System.Diagnostics.Stopwatch.GetTimestamp();
         public uint Zid;
         public bool Registered;
         public bool Released;
+        /// <summary>Came over the internal link (§8.4): counts against no source.</summary>
+        public bool Linked;
         public ConnectionState State;
         public uint Target;
         public long Deadline;

@@ -57,4 +57,10 @@ internal static partial class ZephyrRelayLog
 
     [LoggerMessage(2012, LogLevel.Debug, "zid {A} <-> {B}: {How}")]
     public static partial void PairEnded(this ILogger log, uint a, uint b, string how);
+
+    [LoggerMessage(2016, LogLevel.Debug, "zid {Zid}: cannot forward its bind to {Target} to instance {Meeting}: {Reason}; closing")]
+    public static partial void ForwardFailed(this ILogger log, uint zid, uint target, int meeting, string reason);
+
+    [LoggerMessage(2017, LogLevel.Debug, "internal link: refused a connection ({Why})")]
+    public static partial void LinkRefused(this ILogger log, LinkRefusal why);
 }

@@ -42,6 +42,15 @@ public sealed record ZephyrRelayOptions
     /// </summary>
     public bool StrictClose { get; init; }
 
+    /// <summary>The instance id in the metrics (§4.9): <c>--instance</c>, else "zephyr-" and 16 random hex digits per start.</summary>
+    public string Instance { get; init; } = "zephyr-" + Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
+
+    /// <summary>The cluster's internal link (§8); null: a lone relay, untagged zids.</summary>
+    public ZephyrLink? Cluster { get; init; }
+
+    /// <summary>Where the internal link listens (§8.3); with <see cref="Cluster"/> only.</summary>
+    public IPEndPoint? LinkListen { get; init; }
+
     /// <summary>Interval of the stats log line.</summary>
     public TimeSpan StatsInterval { get; init; } = TimeSpan.FromSeconds(60);
 }

@@ -23,6 +23,11 @@ public sealed class ZephyrRelayService : IRelayService
         new("ipv6-source-prefix", RelayOptionKind.Count, "IPv6 sources count per network of this many bits, 1 to 128 (§4.6).", "64"),
         new("strict-close", RelayOptionKind.Flag, "Test mode: on the first FIN of a pair, reset both peers at once and discard what is queued (§4.8)."),
         new("stats-interval", RelayOptionKind.Seconds, "Interval of the stats log line and the STATUS line (§4.7).", "60"),
+        new("instance", RelayOptionKind.Name, "The instance id in the metrics (§4.9); default: zephyr- and 16 random hex digits."),
+        new("instance-number", RelayOptionKind.Count, "Cluster: this instance's number, 1 to 15, the tag in its zids (§8.1)."),
+        new("link", RelayOptionKind.EndPoint, "Cluster: where the internal link listens (§8.3)."),
+        new("link-secret", RelayOptionKind.File, "Cluster: the shared secret of the internal link, at least 32 bytes, mode 0600 (§8.4)."),
+        new("peers", RelayOptionKind.File, "Cluster: JSON object instance number -> link IP:PORT of every instance, re-read when it changes (§8.5)."),
     ];
 
     public IRelay Create(RelayArguments arguments, ILoggerFactory loggerFactory)
@@ -42,11 +47,35 @@ public sealed class ZephyrRelayService : IRelayService
             StatsInterval = arguments.Seconds("stats-interval"),
             StrictClose = arguments.Flag("strict-close"),
         };
+        if (arguments.Name("instance") is { } instance) options = options with { Instance = instance };
+        // §8: the four cluster options go together.
+        string[] cluster = ["instance-number", "link", "link-secret", "peers"];
+        int given = cluster.Count(arguments.IsGiven);
+        if (given is > 0 and < 4)
+            throw new OptionsException("--" + cluster.First(o => !arguments.IsGiven(o)), "is required with " + string.Join(", ", cluster.Where(arguments.IsGiven).Select(o => "--" + o)) + " (a cluster needs all four)");
+        if (given == 4)
+        {
+            int number = arguments.Count("instance-number");
+            if (number > ZephyrLink.MaxInstance) throw new OptionsException("--instance-number", $"{number} is not an instance number from 1 to 15");
+            byte[] secret;
+            try { secret = System.Text.Encoding.UTF8.GetBytes(PtHost.Net.PrivateFile.ReadAllText(arguments.File("link-secret")!).Trim()); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new OptionsException("--link-secret", "unusable: " + e.Message); }
+            if (secret.Length < 32) throw new OptionsException("--link-secret", $"holds {secret.Length} bytes; at least 32 are required");
+            ZephyrLink link;
+            try { link = new ZephyrLink(number, secret, arguments.File("peers")!); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new OptionsException("--peers", "unusable: " + e.Message); }
+            catch (OptionsException e) { throw new OptionsException("--peers", e.Message); }
+            options = options with { Cluster = link, LinkListen = arguments.EndPoint("link") };
+            if (arguments.Name("instance") is null) options = options with { Instance = $"zephyr-{number}" };
+        }
         return new Running(new ZephyrRelay(options, loggerFactory.CreateLogger("PtHost.Relay.Zephyr")), options);
     }
 
-    private sealed class Running(ZephyrRelay relay, ZephyrRelayOptions options) : IRelay
+    private sealed class Running(ZephyrRelay relay, ZephyrRelayOptions options) : IRelay, IMetricsSource
     {
+        /// <summary>spec/zephyr.md §4.9.</summary>
+        public void WriteMetrics(MetricsWriter metrics) => relay.WriteMetrics(metrics, options.Instance);
+
         public Task StartAsync(CancellationToken cancellationToken)
         {
             try { relay.Start(); }
@@ -54,7 +83,8 @@ public sealed class ZephyrRelayService : IRelayService
             return Task.CompletedTask;
         }
 
-        public string ListenText => relay.LocalEndPoint.ToString();
+        /// <summary>spec/zephyr.md §5; a cluster instance adds <c>link=IP:PORT</c> (§8.3).</summary>
+        public string ListenText => relay.LocalEndPoint + (relay.LinkEndPoint is { } link ? $" link={link}" : "");
 
         public TimeSpan? StatusInterval => options.StatsInterval;
 

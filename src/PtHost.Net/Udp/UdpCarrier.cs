@@ -14,10 +14,17 @@ public static class UdpCarrier
     public static bool CanCarry(IClientFactory factory) => factory is IDatagramClientFactory or IStreamCarrier;
 
     /// <summary>Opens association <paramref name="session"/> towards the server process; throws <see cref="TransportConnectException"/>.</summary>
-    public static async ValueTask<IAssociation> OpenAsync(IClientFactory factory, long session, CancellationToken ct)
+    public static ValueTask<IAssociation> OpenAsync(IClientFactory factory, long session, CancellationToken ct) =>
+        OpenAsync(factory, session, server: null, ct);
+
+    /// <summary>
+    /// Opens association <paramref name="session"/> towards <paramref name="server"/> (the transparent modes' <c>target</c>,
+    /// spec/ipc.md §12.4), or, when null, wherever the transport finds its server; throws <see cref="TransportConnectException"/>.
+    /// </summary>
+    public static async ValueTask<IAssociation> OpenAsync(IClientFactory factory, long session, Destination? server, CancellationToken ct)
     {
         if (!CanCarry(factory)) throw new InvalidOperationException("the transport cannot carry UDP (spec/turn.md §5.1)");
-        var request = new ConnectRequest(new Destination("0.0.0.0", 0), factory.ParseSettings(ConnectionSettings.Empty), session, SessionKind.Datagram);
+        var request = new ConnectRequest(server ?? new Destination("0.0.0.0", 0), factory.ParseSettings(ConnectionSettings.Empty), session, SessionKind.Datagram);
         if (factory is IDatagramClientFactory native) return await native.OpenAssociationAsync(request, ct).ConfigureAwait(false);
         var stream = await factory.ConnectAsync(request, ct).ConfigureAwait(false);
         return await StreamAssociation.StartAsync(stream, ct).ConfigureAwait(false);

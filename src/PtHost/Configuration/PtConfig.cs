@@ -9,6 +9,12 @@ namespace PtHost.Configuration;
 /// <summary>The process role (spec/ipc.md §3).</summary>
 public enum Role { Client, Server }
 
+/// <summary>
+/// How a client process's front end takes traffic (spec/ipc.md §3.2 <c>mode</c>, §12): SOCKS5, or one of the
+/// shapeshifter-dispatcher's transparent modes that send everything to one server.
+/// </summary>
+public enum ClientMode { Socks5, TransparentTcp, TransparentUdp, Stun }
+
 /// <summary>A configuration error: names the key; exit 78 (EX_CONFIG).</summary>
 public sealed class ConfigException(string key, string problem) : Exception($"config key '{key}': {problem}")
 {
@@ -21,8 +27,9 @@ public sealed partial class PtConfig
     public static readonly string[] Keys =
     [
         "ptversion", "role", "transports", "proxylistenaddr", "bindaddr", "target", "options", "allow",
-        "plugindir", "state", "exit-on-stdin-close", "loglevel", "unsafe-logging", "proxy", "turn", "public-frontends",
-        "signals",
+        "plugindir", "state", "exit-on-stdin-close", "loglevel", "unsafe-logging", "proxy", "turn", "public-frontends", "mode",
+        "metrics", "instance", // spec/ipc.md §4.12
+        "signals", // spec/rendezvous.md §7.1
     ];
 
     public string PtVersion { get; private init; } = "2";
@@ -30,7 +37,12 @@ public sealed partial class PtConfig
     public IReadOnlyList<string> Transports { get; private init; } = [];
     public IReadOnlyDictionary<string, IPEndPoint> ProxyListenAddresses { get; private init; } = new Dictionary<string, IPEndPoint>();
     public IReadOnlyDictionary<string, IPEndPoint> BindAddresses { get; private init; } = new Dictionary<string, IPEndPoint>();
+    /// <summary>Server: the bound target (§3.6). Client in a transparent mode: the PT server every session goes to (§12.2).</summary>
     public Destination? Target { get; private init; }
+    /// <summary><c>mode</c> (spec/ipc.md §3.2, §12): the client's front end; a server serves every mode alike.</summary>
+    public ClientMode Mode { get; private init; }
+    /// <summary>The version the <c>VERSION</c> line announces: "2", or "3.0" when the dispatcher command line asked for it (§12.1).</summary>
+    public string AnnouncedVersion { get; private init; } = "2";
     public IReadOnlyDictionary<string, JToken> Options { get; private init; } = new Dictionary<string, JToken>();
     public AllowList? Allow { get; private init; }
     /// <summary>The TURN front end (client role; spec/turn.md §2); null for none.</summary>
@@ -43,6 +55,10 @@ public sealed partial class PtConfig
     public Microsoft.Extensions.Logging.LogLevel LogLevel { get; private init; } = Microsoft.Extensions.Logging.LogLevel.Information;
     /// <summary><c>unsafe-logging</c>: logs keep the addresses of clients, peers and destinations (spec/ipc.md §4.11).</summary>
     public bool UnsafeLogging { get; private init; }
+    /// <summary><c>metrics</c>: where the Prometheus endpoint listens (spec/ipc.md §4.12); null: off.</summary>
+    public IPEndPoint? Metrics { get; private init; }
+    /// <summary><c>instance</c>: the id in <c>pthost_instance_info</c> (spec/ipc.md §4.12).</summary>
+    public string Instance { get; private set; } = "pthost-" + Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
     /// <summary>
     /// Transports whose signals go through a rendezvous instead of CMESSAGE/SMESSAGE lines (spec/rendezvous.md §7):
     /// every transport with <c>"signals"</c> (PT 2.0), or the server transports whose TOR_PT_SERVER_TRANSPORT_OPTIONS name one (PT 1.0).
@@ -56,8 +72,23 @@ public sealed partial class PtConfig
         ProxyListenAddresses = ProxyListenAddresses, BindAddresses = BindAddresses, Target = Target, Options = Options,
         Allow = Allow, PluginDirectory = PluginDirectory, StateDirectory = StateDirectory, ExitOnStdinClose = ExitOnStdinClose,
         LogLevel = level, UnsafeLogging = unsafeLogging, PublicFrontEnds = PublicFrontEnds, Turn = Turn, ExtendedOrPort = ExtendedOrPort, AuthCookieFile = AuthCookieFile, UpstreamProxy = UpstreamProxy,
-        OutboundBindV4 = OutboundBindV4, OutboundBindV6 = OutboundBindV6, SignalRoutes = SignalRoutes,
+        OutboundBindV4 = OutboundBindV4, OutboundBindV6 = OutboundBindV6, Metrics = Metrics, Instance = Instance, Mode = Mode, AnnouncedVersion = AnnouncedVersion, SignalRoutes = SignalRoutes,
     };
+
+    /// <summary>
+    /// A copy with what only the dispatcher command line sets (spec/ipc.md §12.1): the announced version and an
+    /// ExtORPort with its cookie file.
+    /// </summary>
+    internal PtConfig WithDispatcher(string announcedVersion, IPEndPoint? extOrPort, string? authCookieFile) => new()
+    {
+        IpcVersion = IpcVersion, PtVersion = PtVersion, Role = Role, Transports = Transports,
+        ProxyListenAddresses = ProxyListenAddresses, BindAddresses = BindAddresses, Target = Target, Options = Options,
+        Allow = Allow, PluginDirectory = PluginDirectory, StateDirectory = StateDirectory, ExitOnStdinClose = ExitOnStdinClose,
+        LogLevel = LogLevel, UnsafeLogging = UnsafeLogging, PublicFrontEnds = PublicFrontEnds, Turn = Turn, ExtendedOrPort = extOrPort, AuthCookieFile = authCookieFile, UpstreamProxy = UpstreamProxy,
+        OutboundBindV4 = OutboundBindV4, OutboundBindV6 = OutboundBindV6, Metrics = Metrics, Instance = Instance, Mode = Mode, AnnouncedVersion = announcedVersion,
+    };
+
+    private static bool RelayOptionKindName(string text) => new RelayOption("instance", RelayOptionKind.Name, "").TryRead(text, out _, out _);
 
     /// <summary>The versions of the IPC this host speaks; "2" is printed as <c>VERSION 2</c>.</summary>
     public static bool IsSupportedVersion(string v) =>
@@ -111,13 +142,26 @@ public sealed partial class PtConfig
             UnsafeLogging = r.Bool("unsafe-logging", false),
             ProxyListenAddresses = role == Role.Client ? ParseProxyListen(r, transports) : RejectFor(r, "proxylistenaddr", "client", new Dictionary<string, IPEndPoint>()),
             BindAddresses = role == Role.Server ? ParseBindAddresses(r, transports) : RejectFor(r, "bindaddr", "server", new Dictionary<string, IPEndPoint>()),
-            Target = role == Role.Server ? ParseTarget(r) : RejectFor<Destination?>(r, "target", "server", null),
+            Mode = ParseMode(r),
+            Target = ParseTarget(r),
             Allow = role == Role.Server ? ParseAllow(r) : RejectFor<AllowList?>(r, "allow", "server", null),
             UpstreamProxy = role == Role.Client ? ParseProxy(r) : RejectFor<string?>(r, "proxy", "client", null),
             Turn = role == Role.Client ? TurnConfig.Read(r.Object("turn"), transports.Count) : RejectFor<PtHost.Turn.TurnOptions?>(r, "turn", "client", null),
+            Metrics = r.EndPoint("metrics"),
             SignalRoutes = ParseSignals(r, transports),
         };
+        if (r.String("instance") is { } instance)
+        {
+            if (!RelayOptionKindName(instance)) throw r.Fail("instance", $"\"{instance}\" is not a name (1 to 64 of A-Z a-z 0-9 . _ -)");
+            config.Instance = instance;
+        }
         if (config.Role == Role.Client && !config.PublicFrontEnds) RejectPublicFrontEnds(r, config);
+        if (config.Role == Role.Client && config.Mode == ClientMode.Socks5 && config.Target is not null)
+            throw r.Fail("target", "a client takes a \"target\" only in a transparent mode (\"mode\": \"transparent-tcp\", \"transparent-udp\" or \"stun\"); a SOCKS5 client names its server per session");
+        if (config.Role == Role.Server && config.Mode != ClientMode.Socks5)
+            throw r.Fail("mode", "applies to role \"client\" only (a server serves every mode, spec/ipc.md §12)");
+        if (config.Role == Role.Client && config.Mode != ClientMode.Socks5 && config.Turn is not null)
+            throw r.Fail("turn", "a TURN front end needs \"mode\": \"socks5\"");
         if (config.Role == Role.Server && config.Target is null && config.Allow is null)
             throw r.Fail("allow", "a free server (no \"target\") requires an explicit \"allow\" list of destinations");
         if (config.Role == Role.Server && config.Target is not null && config.Allow is not null)
@@ -246,6 +290,16 @@ public sealed partial class PtConfig
 
     private static Destination? ParseTarget(OptionsReader r) =>
         r.Parse("target", t => Destination.TryParse(t, out var d) && d.Port != 0 ? d : null, "must be host:port with a non-zero port");
+
+    /// <summary><c>mode</c>: <c>socks5</c> (default), <c>transparent-tcp</c>, <c>transparent-udp</c> or <c>stun</c> (spec/ipc.md §3.2).</summary>
+    private static ClientMode ParseMode(OptionsReader r) => r.String("mode") switch
+    {
+        null or "socks5" => ClientMode.Socks5,
+        "transparent-tcp" => ClientMode.TransparentTcp,
+        "transparent-udp" => ClientMode.TransparentUdp,
+        "stun" => ClientMode.Stun,
+        string other => throw r.Fail("mode", $"\"{other}\" is not one of socks5, transparent-tcp, transparent-udp, stun"),
+    };
 
     private static AllowList? ParseAllow(OptionsReader r)
     {

@@ -13,7 +13,7 @@ namespace PtHost.Hosting;
 /// Runs the configured role: creates each transport, opens its front end or server, prints the
 /// CMETHOD/SMETHOD lines, and on stop drains sessions (spec/ipc.md §4, §9).
 /// </summary>
-public sealed class HostRuntime : IHostedService
+public sealed class HostRuntime : IHostedService, IMetricsSource
 {
     public static readonly TimeSpan StatusInterval = TimeSpan.FromSeconds(60);
     private readonly PtConfig _config;
@@ -26,6 +26,7 @@ public sealed class HostRuntime : IHostedService
     private readonly IHostApplicationLifetime _lifetime;
     private readonly HostOptions _hostOptions;
     private readonly List<Socks5Listener> _frontEnds = [];
+    private readonly List<Transparent.IFrontEnd> _transparent = []; // spec/ipc.md §12
     private readonly List<PtHost.Turn.TurnListener> _turnListeners = []; // spec/turn.md
     private PtHost.Net.Udp.ServerAssociations? _udp; // spec/turn.md §5.4
     private readonly List<(string Name, IServerManager Manager)> _servers = [];
@@ -33,6 +34,7 @@ public sealed class HostRuntime : IHostedService
     private readonly Dictionary<string, TransportCounters> _counters = [];
     private readonly CancellationTokenSource _abort = new();
     private Timer? _statusTimer;
+    private MetricsEndpoint? _metrics;
     private bool _methodsDone;
 
     /// <summary>Ends open sessions now instead of letting them drain (a second SIGINT).</summary>
@@ -69,7 +71,7 @@ public sealed class HostRuntime : IHostedService
         }
         else
         {
-            _ipc.Version("2");
+            _ipc.Version(_config.AnnouncedVersion);
             if (_config.Role == Role.Client && _config.UpstreamProxy is not null) _ipc.ProxyDone();
         }
         WarnAboutCatchAlls();
@@ -142,6 +144,30 @@ public sealed class HostRuntime : IHostedService
             return;
         }
         _statusTimer = new Timer(_ => ReportStatus(), null, StatusInterval, StatusInterval);
+        if (_config.Metrics is { } metrics)
+        {
+            // spec/ipc.md §4.12: a metrics address that cannot be bound costs the metrics only, never the transports.
+            try
+            {
+                _metrics = MetricsEndpoint.Start(metrics, () => [this], _log);
+                _ipc.MetricsAddress(_metrics.LocalEndPoint);
+            }
+            catch (System.Net.Sockets.SocketException e)
+            {
+                _log.LogError("metrics endpoint not started: cannot listen on {Address}: {Error}", metrics, e.SocketErrorCode);
+                _ipc.Log("error", $"metrics endpoint not started: cannot listen on {metrics}: {e.SocketErrorCode}");
+            }
+        }
+    }
+
+    /// <summary>spec/ipc.md §4.12: the instance, then every started transport's counters.</summary>
+    public void WriteMetrics(MetricsWriter metrics)
+    {
+        string role = _config.Role == Role.Client ? "client" : "server";
+        metrics.Gauge("pthost_instance_info", "The process's instance id (constant 1).", 1, ("id", _config.Instance), ("process", role), ("version", Program.VersionText));
+        KeyValuePair<string, TransportCounters>[] all;
+        lock (_counters) all = [.. _counters];
+        foreach (var (name, counters) in all) counters.WriteMetrics(metrics, name, role);
     }
 
     /// <summary>
@@ -177,12 +203,43 @@ public sealed class HostRuntime : IHostedService
     {
         _factories.Add(factory);
         if (factory is IStartableClientFactory startable) await startable.StartAsync(ct).ConfigureAwait(false);
+        if (_config.Mode != ClientMode.Socks5)
+        {
+            StartTransparent(name, factory, context.Counters);
+            return;
+        }
         var listener = new Socks5Listener(name, _config.ProxyListenAddresses[name], factory, context.Counters, new Socks5Limits(), _loggers.CreateLogger("PtHost.Socks"));
         _frontEnds.Add(listener);
         listener.Start();
         _ipc.Cmethod(name, "socks5", listener.LocalEndPoint);
         WarnIfPublic(name, "SOCKS5 front end", listener.LocalEndPoint, "anyone who reaches it can use the transport");
         StartTurn(name, factory, context.Counters);
+    }
+
+    /// <summary>
+    /// A transparent front end (spec/ipc.md §12.3–§12.5) and its CMETHOD line, whose protocol word names the mode:
+    /// <c>transparent-TCP</c>, <c>transparent-UDP</c> or <c>STUN</c> (the dispatcher's mode names).
+    /// </summary>
+    private void StartTransparent(string name, IClientFactory factory, TransportCounters counters)
+    {
+        var bind = _config.ProxyListenAddresses[name];
+        Transparent.IFrontEnd frontEnd;
+        string protocol;
+        if (_config.Mode == ClientMode.TransparentTcp)
+        {
+            frontEnd = new Transparent.TransparentTcpListener(name, bind, _config.Target, factory, counters, _loggers.CreateLogger("PtHost.Transparent"));
+            protocol = "transparent-TCP";
+        }
+        else
+        {
+            if (!PtHost.Net.Udp.UdpCarrier.CanCarry(factory)) throw new TransportOptionsException($"transport {name} cannot carry UDP (spec/turn.md §5.1): no {(_config.Mode == ClientMode.Stun ? "STUN" : "transparent UDP")} mode");
+            frontEnd = new Transparent.TransparentUdpListener(name, bind, _config.Target, factory, counters, _loggers.CreateLogger("PtHost.Transparent"), stunOnly: _config.Mode == ClientMode.Stun);
+            protocol = _config.Mode == ClientMode.Stun ? "STUN" : "transparent-UDP";
+        }
+        _transparent.Add(frontEnd);
+        frontEnd.Start();
+        _ipc.Cmethod(name, protocol, frontEnd.LocalEndPoint);
+        WarnIfPublic(name, protocol + " front end", frontEnd.LocalEndPoint, "anyone who reaches it can use the transport");
     }
 
     /// <summary>The transport's TURN listener and its CMETHOD line (spec/turn.md §2), when "turn" is configured.</summary>
@@ -270,15 +327,17 @@ public sealed class HostRuntime : IHostedService
     public async Task StopAsync(CancellationToken cancellationToken)
     {
         _statusTimer?.Dispose();
+        if (_metrics is not null) await _metrics.DisposeAsync().ConfigureAwait(false);
         _ipc.Log("notice", "shutting down: no new sessions; open sessions drain");
         // Stop accepting everywhere first, then let sessions drain until the host's shutdown timeout.
         using var drain = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _abort.Token);
         drain.CancelAfter(_hostOptions.ShutdownTimeout - TimeSpan.FromMilliseconds(250));
         var stops = _frontEnds.Select(f => f.StopAsync(drain.Token)).Concat(_servers.Select(s => s.Manager.StopAsync(drain.Token)))
-            .Concat(_turnListeners.Select(t => t.StopAsync(drain.Token)));
+            .Concat(_turnListeners.Select(t => t.StopAsync(drain.Token))).Concat(_transparent.Select(t => t.StopAsync(drain.Token)));
         await Task.WhenAll(stops).ConfigureAwait(false);
         foreach (var f in _frontEnds) await f.DisposeAsync().ConfigureAwait(false);
         foreach (var t in _turnListeners) await t.DisposeAsync().ConfigureAwait(false);
+        foreach (var t in _transparent) await t.DisposeAsync().ConfigureAwait(false);
         foreach (var (_, m) in _servers) await m.DisposeAsync().ConfigureAwait(false);
         foreach (var f in _factories) await f.DisposeAsync().ConfigureAwait(false);
         if (_counters.Count > 0) ReportStatus();

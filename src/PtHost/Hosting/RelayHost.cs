@@ -20,7 +20,15 @@ internal sealed class RelayHost(IRelayService service, RelayArguments arguments,
 {
     private readonly ILogger _log = loggers.CreateLogger("PtHost.Relay");
     private IRelay? _relay;
+    private MetricsEndpoint? _metrics;
     private Timer? _status;
+
+    /// <summary>
+    /// <c>--metrics IP:PORT</c> (spec/ipc.md §4.12): the executable adds it to every relay; the Prometheus endpoint
+    /// starts after the relay's listeners and the <c>LISTEN</c> line ends with <c>metrics=IP:PORT</c>.
+    /// </summary>
+    public static readonly RelayOption MetricsOption = new("metrics", RelayOptionKind.EndPoint,
+        "Serve Prometheus metrics (GET /metrics) on this address; off unless given (spec/ipc.md §4.12).");
     private bool _listening;
 
     /// <summary>The process's exit code once the host has stopped.</summary>
@@ -54,8 +62,25 @@ internal sealed class RelayHost(IRelayService service, RelayArguments arguments,
             Fail(ExitCodes.Unavailable, "cannot listen: " + e.Message);
             return;
         }
+        string listen = _relay.ListenText;
+        if (arguments.EndPoint(MetricsOption.Name) is { } metricsAddress)
+        {
+            try
+            {
+                var relay = _relay;
+                _metrics = MetricsEndpoint.Start(metricsAddress, () => relay is IMetricsSource m ? [m] : [], _log);
+            }
+            catch (SocketException e)
+            {
+                await _relay.DisposeAsync().ConfigureAwait(false);
+                _relay = null;
+                Fail(ExitCodes.Unavailable, "cannot listen: metrics: " + e.Message);
+                return;
+            }
+            listen += " metrics=" + _metrics.LocalEndPoint;
+        }
         _listening = true;
-        ipc.Listen(service.Name, _relay.ListenText);
+        ipc.Listen(service.Name, listen);
         systemd?.Notify(ServiceState.Ready);
         if (_relay.StatusInterval is { } every) _status = new Timer(_ => ipc.RelayStatus(_relay.StatusText()), null, every, every);
     }
@@ -65,6 +90,7 @@ internal sealed class RelayHost(IRelayService service, RelayArguments arguments,
         if (_listening) _log.LogInformation("stopping: closing the listeners");
         if (_listening) systemd?.Notify(ServiceState.Stopping);
         if (_status is not null) await _status.DisposeAsync().ConfigureAwait(false);
+        if (_metrics is not null) await _metrics.DisposeAsync().ConfigureAwait(false);
         if (_relay is null) return;
         await _relay.DisposeAsync().ConfigureAwait(false);
         // The last STATUS line, after every held connection was closed (e.g. spec/zephyr.md §4.7).

@@ -66,8 +66,11 @@ public sealed class IpcWriter
     public void Log(string severity, string message) =>
         Line($"LOG SEVERITY={severity} MESSAGE={Quote(UnsafeLogging ? message : Logging.AddressScrubber.Scrub(message))}");
 
+    /// <summary><c>STATUS TYPE=metrics ADDRESS=IP:PORT</c>: where the Prometheus endpoint listens (spec/ipc.md §4.12), once, when configured.</summary>
+    public void MetricsAddress(System.Net.IPEndPoint address) => Line($"STATUS TYPE=metrics ADDRESS={address}");
+
     public void Status(string transport, TransportStats s) =>
-        Line($"STATUS TRANSPORT={transport} CONNECTIONS={s.SessionsActive} OPENED={s.SessionsOpened} FAILED={s.SessionsFailed} BYTES-IN={s.BytesIn} BYTES-OUT={s.BytesOut} SPLICE-FALLBACKS={s.SpliceFallbacks}");
+        Line($"STATUS TRANSPORT={transport} CONNECTIONS={s.SessionsActive} OPENED={s.SessionsOpened} FAILED={s.SessionsFailed} BYTES-IN={s.BytesIn} BYTES-OUT={s.BytesOut} SPLICE-FALLBACKS={s.SpliceFallbacks} DATAGRAMS-DROPPED={s.DatagramsDropped}");
 
     /// <summary><c>LISTEN &lt;relay&gt; &lt;text&gt;</c>: a relay is listening (spec/ipc.md §2.4).</summary>
     public void Listen(string relay, string text) => Line($"LISTEN {relay} {OneLine(text)}");

@@ -18,6 +18,7 @@ public static class Socks5
     public const byte MethodNoneAcceptable = 0xFF;
     public const byte UserPassVersion = 0x01;
     public const byte CmdConnect = 0x01;
+    public const byte CmdUdpAssociate = 0x03;
     public const byte AtypIPv4 = 0x01;
     public const byte AtypDomain = 0x03;
     public const byte AtypIPv6 = 0x04;
@@ -174,9 +175,17 @@ public static class Socks5Parser
     /// RFC 1928 §4: VER CMD RSV ATYP DST.ADDR DST.PORT. Commands other than CONNECT are invalid with
     /// reply 0x07 once the whole request is read; an unknown ATYP with 0x08 at once (its length is unknown).
     /// </summary>
-    public static ParseStatus TryParseRequest(ref ReadOnlySequence<byte> buffer, out Destination? destination, out Socks5Error error)
+    public static ParseStatus TryParseRequest(ref ReadOnlySequence<byte> buffer, out Destination? destination, out Socks5Error error) =>
+        TryParseRequest(ref buffer, out destination, out _, udpAssociate: false, out error);
+
+    /// <summary>
+    /// As above; with <paramref name="udpAssociate"/> UDP ASSOCIATE (RFC 1928 §7) is accepted too, and
+    /// <paramref name="command"/> says which was asked (spec/ipc.md §5.12).
+    /// </summary>
+    public static ParseStatus TryParseRequest(ref ReadOnlySequence<byte> buffer, out Destination? destination, out byte command, bool udpAssociate, out Socks5Error error)
     {
         destination = null;
+        command = 0;
         error = default;
         var reader = new SequenceReader<byte>(buffer);
         if (reader.TryPeek(out byte first) && first != Socks5.Version) { error = new(0x01, $"request version {first}, expected 5"); return ParseStatus.Invalid; }
@@ -210,7 +219,9 @@ public static class Socks5Parser
                 reader.Advance(len);
                 try { host = Strict.GetString(name); }
                 catch (DecoderFallbackException) { host = ""; }
-                if (!Destination.IsValidHostName(host))
+                // UDP ASSOCIATE's DST.ADDR only hints at the client's source (RFC 1928 §7; PySocks sends "0"): never refused.
+                if (!Destination.IsValidHostName(host) && udpAssociate && cmd == Socks5.CmdUdpAssociate) host = "0.0.0.0";
+                else if (!Destination.IsValidHostName(host))
                 {
                     buffer = buffer.Slice(reader.Position).Slice(2);
                     error = new(0x04, "domain name is empty or has characters a host name cannot have");
@@ -223,9 +234,10 @@ public static class Socks5Parser
         }
         reader.TryReadBigEndian(out short port);
         buffer = buffer.Slice(reader.Position);
-        if (cmd != Socks5.CmdConnect)
+        command = cmd;
+        if (cmd != Socks5.CmdConnect && !(udpAssociate && cmd == Socks5.CmdUdpAssociate))
         {
-            error = new(0x07, cmd switch { 2 => "BIND is not supported", 3 => "UDP ASSOCIATE is not supported (use the TURN front end)", _ => $"command {cmd} is not supported" });
+            error = new(0x07, cmd switch { 2 => "BIND is not supported", 3 => "UDP ASSOCIATE is not supported: the transport cannot carry UDP", _ => $"command {cmd} is not supported" });
             return ParseStatus.Invalid;
         }
         destination = new Destination(host, (ushort)port);

@@ -56,6 +56,7 @@ public sealed class Socks5Listener : IAsyncDisposable
 
     private async Task RunSessionAsync(Socket socket, CancellationToken abort)
     {
+        long started = System.Diagnostics.Stopwatch.GetTimestamp(); // spec/ipc.md §4.12 pthost_handshake_seconds
         long id = Interlocked.Increment(ref s_sessionIds);
         var clientStream = new NetworkStream(socket, ownsSocket: true);
         Stream? upstream = null;
@@ -70,6 +71,7 @@ public sealed class Socks5Listener : IAsyncDisposable
             (upstream, var leftover) = outcome.Value;
             opened = true;
             _counters.SessionOpened();
+            _counters.Handshake.ObserveSince(started);
             if (leftover is not null)
             {
                 await upstream.WriteAsync(leftover, abort).ConfigureAwait(false);
@@ -121,7 +123,7 @@ public sealed class Socks5Listener : IAsyncDisposable
             await client.WriteAsync(reply.AsMemory(0, 2), ct).ConfigureAwait(false);
             if (method == Socks5.MethodNoneAcceptable)
             {
-                _counters.SessionFailed();
+                _counters.SessionFailed("auth");
                 _log.NoAcceptableMethod(Transport, id);
                 await LingerCloseAsync(client, reader).ConfigureAwait(false);
                 return null;
@@ -167,7 +169,7 @@ public sealed class Socks5Listener : IAsyncDisposable
                 await client.WriteAsync(reply.AsMemory(0, 2), ct).ConfigureAwait(false);
                 if (problem is not null)
                 {
-                    _counters.SessionFailed();
+                    _counters.SessionFailed("auth");
                     _log.SessionProblem(Transport, id, problem);
                     await LingerCloseAsync(client, reader).ConfigureAwait(false);
                     return null;
@@ -176,8 +178,19 @@ public sealed class Socks5Listener : IAsyncDisposable
 
             // RFC 1928 §4: the request.
             Destination? destination = null;
-            var requestStatus = await ReadMessageAsync(reader, (ref ReadOnlySequence<byte> b) => Socks5Parser.TryParseRequest(ref b, out destination, out error), ct).ConfigureAwait(false);
+            byte command = 0;
+            bool udp = PtHost.Net.Udp.UdpCarrier.CanCarry(_factory);
+            var requestStatus = await ReadMessageAsync(reader, (ref ReadOnlySequence<byte> b) => Socks5Parser.TryParseRequest(ref b, out destination, out command, udp, out error), ct).ConfigureAwait(false);
             if (requestStatus == ParseStatus.Invalid) return await RefuseAsync(client, reader, error, id).ConfigureAwait(false);
+            if (command == Socks5.CmdUdpAssociate)
+            {
+                // RFC 1928 §7 (spec/ipc.md §5.12): the TCP connection stays as the association's control connection.
+                handshake.CancelAfter(Timeout.InfiniteTimeSpan);
+                if (settingsError is { } se) return await RefuseAsync(client, reader, se, id).ConfigureAwait(false);
+                await reader.CompleteAsync().ConfigureAwait(false);
+                await Socks5UdpAssociation.RunAsync(Transport, client, destination!, _factory, _counters, id, _log, abort).ConfigureAwait(false);
+                return null;
+            }
             return await ConnectAsync(client, reader, destination!, settings, settingsError, id, handshake, abort, socks4: false).ConfigureAwait(false);
         }
         catch (InvalidMessageException e)
@@ -186,7 +199,7 @@ public sealed class Socks5Listener : IAsyncDisposable
         }
         catch (OperationCanceledException) when (!abort.IsCancellationRequested)
         {
-            _counters.SessionFailed();
+            _counters.SessionFailed("timeout");
             _log.HandshakeTimeout(Transport, id, _limits.HandshakeTimeout.TotalSeconds);
             return null;
         }
@@ -286,7 +299,7 @@ public sealed class Socks5Listener : IAsyncDisposable
 
     private async Task<(Stream, byte[]?)?> RefuseAsync(NetworkStream client, PipeReader reader, Socks5Error error, long id, bool socks4 = false)
     {
-        _counters.SessionFailed();
+        _counters.SessionFailed("refused");
         _log.Refused(socks4 ? "4" : "5", Transport, id, error.Reply, error.Message);
         byte[] reply = new byte[22];
         // A refused greeting is answered with "no acceptable methods" (05 FF); every later message with a reply.

@@ -20,7 +20,8 @@ public sealed class RudScenario : IScenario
     public string Name => "rud";
     public string Title => $"RUD vs plain (TCP) and asport (QUIC) over one lossy link (0/1/5 % loss, RTT {2 * OneWayDelayMs} ms)";
 
-    private sealed record PerLoss(double Loss, Figure Plain, Figure Asport, Figure Rud, Figure ToAsport, Figure ToPlain, Figure Applied);
+    private sealed record PerLoss(double Loss, Figure Plain, Figure Asport, Figure Rud, Figure ToAsport, Figure ToPlain, Figure Applied,
+        Figure PlainCpu, Figure AsportCpu, Figure RudCpu);
 
     public async Task RunAsync(Context ctx, ScenarioRun run)
     {
@@ -34,9 +35,13 @@ public sealed class RudScenario : IScenario
                 new Figure { Key = $"rud_loss{pct}_rud_mbps", Label = $"{pct} % loss: rud over the link", Unit = "Mbit/s", Format = "0.0" },
                 new Figure { Key = $"rud_loss{pct}_ratio_to_asport", Label = "rud / asport", Unit = "", Indent = 1, Goal = Goal.AtLeast, Target = 1.0 },
                 new Figure { Key = $"rud_loss{pct}_ratio_to_plain", Label = "rud / plain", Unit = "", Indent = 1 },
-                new Figure { Key = $"rud_loss{pct}_applied_loss_pct", Label = "loss applied by the link (all runs, both ways)", Unit = "%", Indent = 1, Format = "0.00" });
+                new Figure { Key = $"rud_loss{pct}_applied_loss_pct", Label = "loss applied by the link (all runs, both ways)", Unit = "%", Indent = 1, Format = "0.00" },
+                // CPU per byte (issue 22): the pthost processes' user + system time per byte iperf3 received.
+                new Figure { Key = $"rud_loss{pct}_plain_cpu_ns_per_byte", Label = "CPU per byte: plain (client + server)", Unit = "ns/B", Indent = 1, Format = "0.0" },
+                new Figure { Key = $"rud_loss{pct}_asport_cpu_ns_per_byte", Label = "CPU per byte: asport (client + server + relay)", Unit = "ns/B", Indent = 1, Format = "0.0" },
+                new Figure { Key = $"rud_loss{pct}_rud_cpu_ns_per_byte", Label = "CPU per byte: rud (client + server)", Unit = "ns/B", Indent = 1, Format = "0.0" });
             rows.Add(row);
-            run.Add(row.Plain, row.Asport, row.Rud, row.ToAsport, row.ToPlain, row.Applied);
+            run.Add(row.Plain, row.Asport, row.Rud, row.ToAsport, row.ToPlain, row.Applied, row.PlainCpu, row.AsportCpu, row.RudCpu);
         }
         var handshakes = s_modes.ToDictionary(m => m, m => new Figure
         {
@@ -99,6 +104,8 @@ public sealed class RudScenario : IScenario
                     async Task<double> Measure(string transport, Func<Task<RudPathBench.Result>> run1)
                     {
                         var result = await run1().ConfigureAwait(false);
+                        var cpuFigure = transport switch { "plain" => row.PlainCpu, "asport" => row.AsportCpu, _ => row.RudCpu };
+                        if (!double.IsNaN(result.CpuNsPerByte)) cpuFigure.Samples.Add(result.CpuNsPerByte);
                         result.Raw["transport"] = transport;
                         result.Raw["loss"] = row.Loss;
                         raw.Add(ScenarioRun.Tag(result.Raw, "rud_throughput", r));
@@ -121,6 +128,8 @@ public sealed class RudScenario : IScenario
                     double u = await ScenarioRun.AttemptAsync(row.Rud, () => Measure("rud", () => RudPathBench.RudAsync(ctx, link))).ConfigureAwait(false);
                     ScenarioRun.AddRatio(row.ToAsport, u, a, row.Rud, row.Asport);
                     ScenarioRun.AddRatio(row.ToPlain, u, p, row.Rud, row.Plain);
+                    foreach (var (cpuFigure, value) in new[] { (row.PlainCpu, row.Plain), (row.AsportCpu, row.Asport), (row.RudCpu, row.Rud) })
+                        if (cpuFigure.Samples.Count == 0) cpuFigure.Error ??= value.Error ?? "not measured";
                     if (offered > 0) row.Applied.Samples.Add(100.0 * dropped / offered);
                     else row.Applied.Error ??= "no packets crossed the link";
                     ctx.Say(string.Create(CultureInfo.InvariantCulture, $"rud {rep + 1}/{ctx.Repetitions}: {pct} % loss: plain {p:0.0}, asport {a:0.0}, rud {u:0.0} Mbit/s"));

@@ -56,11 +56,11 @@ public class ChainTests
             Assert.Equal("12345"u8.ToArray(), await socks.ReadExactlyAsync(5));
             // spec/ipc.md §4.7: the counters are read when the line is written; the session is open now.
             // The relay counts a chunk once it is written on, so the echo may reach us a moment before its count.
-            Assert.Equal("STATUS TRANSPORT=plain CONNECTIONS=1 OPENED=1 FAILED=0 BYTES-IN=5 BYTES-OUT=5 SPLICE-FALLBACKS=0",
+            Assert.Equal("STATUS TRANSPORT=plain CONNECTIONS=1 OPENED=1 FAILED=0 BYTES-IN=5 BYTES-OUT=5 SPLICE-FALLBACKS=0 DATAGRAMS-DROPPED=0",
                 await RequestStatusUntilAsync(chain.Client, l => l.Contains(" BYTES-OUT=5 ", StringComparison.Ordinal)));
         }
         string server = await RequestStatusUntilAsync(chain.Server, l => l.Contains(" CONNECTIONS=0 ", StringComparison.Ordinal));
-        Assert.Equal("STATUS TRANSPORT=plain CONNECTIONS=0 OPENED=1 FAILED=0 BYTES-IN=5 BYTES-OUT=5 SPLICE-FALLBACKS=0", server);
+        Assert.Equal("STATUS TRANSPORT=plain CONNECTIONS=0 OPENED=1 FAILED=0 BYTES-IN=5 BYTES-OUT=5 SPLICE-FALLBACKS=0 DATAGRAMS-DROPPED=0", server);
         chain.Client.AssertOnlyProtocolLinesOnStdout();
         Assert.DoesNotContain("stdin line ignored", chain.Client.Stderr);
     }
@@ -202,7 +202,7 @@ public class ChainTests
         Assert.Equal(0x05, await ConnectReply(chain, SocksClient.ConnectIPv4(IPAddress.Loopback, closedPort)));           // refused
         Assert.Equal(0x02, await ConnectReply(chain, SocksClient.ConnectIPv4(IPAddress.Parse("127.0.0.2"), echo.Port)));   // not in allow
         Assert.Equal(0x04, await ConnectReply(chain, SocksClient.ConnectDomain("does-not-exist.invalid", 80)));              // no such name
-        Assert.Equal(0x07, await ConnectReply(chain, SocksClient.ConnectDomain("localhost", echo.Port, command: 3)));        // UDP ASSOCIATE
+        Assert.Equal(0x07, await ConnectReply(chain, SocksClient.ConnectDomain("localhost", echo.Port, command: 2)));        // BIND (UDP ASSOCIATE: DispatcherTests)
         Assert.Equal(0x08, await ConnectReply(chain, [5, 1, 0, 9, 1, 2, 3, 4, 0, 80]));                                      // ATYP 9
         Assert.Equal(0, echo.Accepted);
         await AssertStillServes(chain, echo);

@@ -33,9 +33,10 @@ public partial class CommandLineTests
     }
 
     [Theory]
-    [InlineData("zephyr", "--listen", "--bind-timeout", "--peer-timeout", "--idle-timeout", "--max-lifetime", "--max-connections", "--max-per-source", "--ipv6-source-prefix", "--stats-interval", "--loglevel", "--config")]
-    [InlineData("jet", "--listen", "--config", "--loglevel")]
-    [InlineData("asport", "--listen", "--config", "--loglevel")]
+    [InlineData("zephyr", "--listen", "--bind-timeout", "--peer-timeout", "--idle-timeout", "--max-lifetime", "--max-connections", "--max-per-source", "--ipv6-source-prefix", "--stats-interval", "--loglevel", "--config",
+        "--metrics", "--instance", "--instance-number", "--link", "--link-secret", "--peers")]
+    [InlineData("jet", "--listen", "--config", "--loglevel", "--metrics")]
+    [InlineData("asport", "--listen", "--config", "--loglevel", "--metrics")]
     public async Task A_relay_help_lists_every_option_the_relay_describes(string relay, params string[] options)
     {
         await using var p = PtProcess.StartPthost("relay", relay, "--help");

@@ -136,7 +136,7 @@ public class IpcWriterTests
     {
         var stats = new TransportStats(SessionsOpened: 10, SessionsActive: 2, SessionsFailed: 3, BytesIn: 1234, BytesOut: 5678);
         _writer.Status("plain", stats);
-        Assert.Equal("STATUS TRANSPORT=plain CONNECTIONS=2 OPENED=10 FAILED=3 BYTES-IN=1234 BYTES-OUT=5678 SPLICE-FALLBACKS=0\n", Written);
+        Assert.Equal("STATUS TRANSPORT=plain CONNECTIONS=2 OPENED=10 FAILED=3 BYTES-IN=1234 BYTES-OUT=5678 SPLICE-FALLBACKS=0 DATAGRAMS-DROPPED=0\n", Written);
     }
 
     [Fact]

@@ -282,15 +282,41 @@ public class PtConfigTests
 
     [Theory]
     [InlineData("'bindaddr':{'plain':'127.0.0.1:1'}", "bindaddr")]
-    [InlineData("'target':'127.0.0.1:1'", "target")]
     [InlineData("'allow':['10.0.0.0/8']", "allow")]
     [InlineData("'allow':[]", "allow")]
-    [InlineData("'target':null", "target")]
     public void Server_only_keys_are_refused_for_a_client(string fragment, string key)
     {
         var e = Refused("{" + Client + "," + fragment + "}");
         Assert.Equal(key, e.Key);
         Assert.Contains("role \"server\" only", e.Message);
+    }
+
+    /// <summary>spec/ipc.md §3.2, §12.2: a client takes <c>target</c> (its PT server) only in a transparent mode.</summary>
+    [Theory]
+    [InlineData("'target':'127.0.0.1:1'", "a client takes a \"target\" only in a transparent mode")]
+    [InlineData("'target':null", "")]
+    [InlineData("'mode':'transparent-tcp','target':'127.0.0.1:0'", "non-zero port")]
+    [InlineData("'mode':'sideways'", "is not one of socks5, transparent-tcp, transparent-udp, stun")]
+    [InlineData("'mode':'stun','turn':{'listenaddr':'127.0.0.1:0','realm':'r','users':{'u':'p'}}", "needs \"mode\": \"socks5\"")]
+    public void A_client_s_target_and_mode_are_checked(string fragment, string problem)
+    {
+        var e = Refused("{" + Client + "," + fragment + "}");
+        Assert.Contains(e.Key, new[] { "target", "mode", "turn" });
+        Assert.Contains(problem, e.Message);
+    }
+
+    [Theory]
+    [InlineData("transparent-tcp", ClientMode.TransparentTcp)]
+    [InlineData("transparent-udp", ClientMode.TransparentUdp)]
+    [InlineData("stun", ClientMode.Stun)]
+    [InlineData("socks5", ClientMode.Socks5)]
+    public void A_transparent_client_takes_its_server_as_target(string mode, ClientMode expected)
+    {
+        string target = mode == "socks5" ? "" : ",'target':'192.0.2.1:443'";
+        var config = Parse("{" + Client + ",'mode':'" + mode + "'" + target + "}");
+        Assert.Equal(expected, config.Mode);
+        Assert.Equal(mode == "socks5" ? null : "192.0.2.1:443", config.Target?.ToString());
+        Assert.Equal("mode", Refused("{" + BoundServer + ",'mode':'" + (mode == "socks5" ? "stun" : mode) + "'}").Key);
     }
 
     [Theory]
@@ -458,6 +484,27 @@ public class PtConfigTests
         Assert.Equal("proxy", server.Key);
     }
 
+    [Theory]
+    [InlineData("metrics", "\"localhost:9100\"", "metrics")]
+    [InlineData("instance", "\"has space\"", "instance")]
+    [InlineData("instance", "\"\"", "instance")]
+    public void A_bad_metrics_address_or_instance_id_names_its_key(string key, string value, string named)
+    {
+        var e = Assert.Throws<ConfigException>(() => PtConfig.FromObject(JObject.Parse($"{{\"role\":\"client\",\"transports\":[\"plain\"],\"{key}\":{value}}}")));
+        Assert.Equal(named, e.Key);
+    }
+
+    [Fact]
+    public void Metrics_are_off_unless_asked_for_and_the_instance_id_is_kept()
+    {
+        var off = PtConfig.FromObject(JObject.Parse("{\"role\":\"client\",\"transports\":[\"plain\"]}"));
+        Assert.Null(off.Metrics);
+        Assert.StartsWith("pthost-", off.Instance, StringComparison.Ordinal);
+        var on = PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"target\":\"a.example:1\",\"metrics\":\"127.0.0.1:9100\",\"instance\":\"edge-2\"}"));
+        Assert.Equal("127.0.0.1:9100", on.Metrics!.ToString());
+        Assert.Equal("edge-2", on.Instance);
+    }
+
     [Fact]
     public void Every_documented_key_is_accepted_somewhere()
     {
@@ -467,12 +514,15 @@ public class PtConfigTests
             var client = JObject.Parse("{\"ptversion\":\"2\",\"role\":\"client\",\"transports\":[\"plain\"],\"proxylistenaddr\":\"127.0.0.1:0\",\"options\":{\"plain\":{}},\"state\":\"s\",\"exit-on-stdin-close\":true,\"loglevel\":\"debug\",\"unsafe-logging\":false,\"proxy\":\"socks5://127.0.0.1:1080\",\"public-frontends\":false}");
             client["plugindir"] = dir;
             client["turn"] = JObject.Parse("{\"realm\":\"r\",\"users\":{\"u\":\"p\"}}");
+            client["metrics"] = "127.0.0.1:0"; // spec/ipc.md §4.12
+            client["instance"] = "edge-1";
             PtConfig.FromObject(client);
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"bindaddr\":{},\"target\":\"a.example:1\"}"));
             PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"allow\":[]}"));
             var routed = PtConfig.FromObject(JObject.Parse("{\"role\":\"server\",\"transports\":[\"plain\"],\"allow\":[],\"signals\":{\"rendezvous\":\"https://127.0.0.1:7520\",\"secret\":\"n6G4ZgWPVrBdW_7V9iskzg\",\"pin\":\"" + new string('a', 64) + "\"}}"));
             Assert.Equal("https://127.0.0.1:7520/", routed.SignalRoutes["plain"].Url.AbsoluteUri);
-            Assert.Equal(17, PtConfig.Keys.Length);
+                        PtConfig.FromObject(JObject.Parse("{\"role\":\"client\",\"transports\":[\"plain\"],\"mode\":\"transparent-udp\",\"target\":\"a.example:1\"}"));
+            Assert.Equal(20, PtConfig.Keys.Length);
         }
         finally { Directory.Delete(dir, true); }
     }

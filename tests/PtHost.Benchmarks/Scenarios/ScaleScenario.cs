@@ -1,0 +1,243 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json.Nodes;
+using PtHost.Testing;
+
+namespace PtHost.Benchmarks;
+
+/// <summary>
+/// Relays at scale (issue 20, docs/deploy.md), all in one run and interleaved per repetition:
+/// Zephyr pair set-up rate through three cluster instances behind HAProxy against one lone instance
+/// directly; one stream through a pair that meets on one instance against one that crosses the
+/// internal link (spec/zephyr.md §8.3: the cost of the hop); and a lone relay with metrics on
+/// (scraped every second) against one with metrics off.
+/// </summary>
+public sealed class ScaleScenario : IScenario
+{
+    private const int InFlight = 32;
+
+    public string Name => "scale";
+    public string Title => "Relays at scale: three Zephyr instances behind HAProxy, the cross-instance hop, metrics on vs off (relay and plain chain)";
+
+    public async Task RunAsync(Context ctx, ScenarioRun run)
+    {
+        int pairs = ctx.ConnTotal;
+        long bytes = Math.Min(ctx.StreamBytes, 1L << 30);
+        var lone = new Figure { Key = "scale_zephyr_lone_pairs_per_second", Label = $"Zephyr pairs set up per second, one instance directly ({pairs}, {InFlight} in flight)", Unit = "pairs/s", Format = "0" };
+        var cluster = new Figure { Key = "scale_zephyr_cluster_pairs_per_second", Label = "the same through HAProxy to three cluster instances (2 of 3 pairs cross)", Unit = "pairs/s", Format = "0" };
+        var clusterRatio = new Figure { Key = "scale_zephyr_cluster_ratio", Label = "ratio to one instance (2 cores shared by all)", Unit = "", Indent = 1 };
+        var same = new Figure { Key = "scale_zephyr_same_gbps", Label = $"Stream through a pair on one cluster instance ({bytes >> 20} MiB)", Unit = "Gbit/s" };
+        var cross = new Figure { Key = "scale_zephyr_cross_gbps", Label = "Stream through a pair across two instances (internal link hop)", Unit = "Gbit/s" };
+        var crossRatio = new Figure { Key = "scale_zephyr_cross_ratio", Label = "cross / same: the cost of the hop", Unit = "", Indent = 1 };
+        var crossSetup = new Figure { Key = "scale_zephyr_cross_pairs_per_second", Label = "Pairs set up per second, every pair across two instances (direct, no HAProxy)", Unit = "pairs/s", Format = "0" };
+        var sameSetup = new Figure { Key = "scale_zephyr_same_pairs_per_second", Label = "Pairs set up per second, every pair on one cluster instance", Unit = "pairs/s", Format = "0" };
+        var crossSetupRatio = new Figure { Key = "scale_zephyr_cross_setup_ratio", Label = "cross / same", Unit = "", Indent = 1 };
+        var metricsOff = new Figure { Key = "scale_zephyr_metrics_off_pairs_per_second", Label = "Pairs set up per second, lone relay, metrics off", Unit = "pairs/s", Format = "0" };
+        var metricsOn = new Figure { Key = "scale_zephyr_metrics_on_pairs_per_second", Label = "the same with --metrics, scraped every second", Unit = "pairs/s", Format = "0" };
+        var metricsRatio = new Figure { Key = "scale_zephyr_metrics_ratio", Label = "on / off", Unit = "", Indent = 1, Goal = Goal.AtLeast, Target = 0.9 };
+        var offGbps = new Figure { Key = "scale_zephyr_metrics_off_gbps", Label = "Stream through the lone relay, metrics off", Unit = "Gbit/s" };
+        var onGbps = new Figure { Key = "scale_zephyr_metrics_on_gbps", Label = "the same with --metrics, scraped every second", Unit = "Gbit/s" };
+        var onGbpsRatio = new Figure { Key = "scale_zephyr_metrics_gbps_ratio", Label = "on / off", Unit = "", Indent = 1, Goal = Goal.AtLeast, Target = 0.9 };
+        var chainOff = new Figure { Key = "scale_chain_metrics_off_per_second", Label = $"SOCKS sessions per second through the plain chain, metrics off ({ctx.ConnTotal}, {ctx.ConnConcurrency} in flight)", Unit = "conn/s", Format = "0" };
+        var chainOn = new Figure { Key = "scale_chain_metrics_on_per_second", Label = "the same with \"metrics\" on client and server, each scraped every second", Unit = "conn/s", Format = "0" };
+        var chainRatio = new Figure { Key = "scale_chain_metrics_ratio", Label = "on / off", Unit = "", Indent = 1, Goal = Goal.AtLeast, Target = 0.9 };
+        run.Add(chainOff, chainOn, chainRatio);
+        run.Add(lone, cluster, clusterRatio, sameSetup, crossSetup, crossSetupRatio, same, cross, crossRatio, metricsOff, metricsOn, metricsRatio, offGbps, onGbps, onGbpsRatio);
+        var raw = run.Raw("scale");
+        try
+        {
+            if (Environment.GetEnvironmentVariable("PTHOST_EXE") is null) Environment.SetEnvironmentVariable("PTHOST_EXE", ctx.PtHost); // PtHost.Testing's instances
+            string dir = Directory.CreateTempSubdirectory("pthost-bench-scale-").FullName;
+            var instances = await ZephyrInstance.StartClusterAsync(3, dir).ConfigureAwait(false);
+            try
+            {
+                string servers = string.Join("\n", instances.Select(i => $"    server zephyr{i.Number} {i.EndPoint} check inter 1s"));
+                await using var haproxy = await HaproxyProcess.StartAsync($"""
+                    global
+                        maxconn 8000
+                        stats socket @STATS@ mode 600 level admin
+                    defaults
+                        mode tcp
+                        timeout connect 2s
+                        timeout client 60s
+                        timeout server 60s
+                    frontend zephyr
+                        bind @LISTENER0@
+                        default_backend zephyr
+                    backend zephyr
+                        balance roundrobin
+                    {servers}
+
+                    """, 1).ConfigureAwait(false);
+                await using var off = await ZephyrRelayChild.StartAsync(ctx.PtHost, ["--max-per-source", "100000"]).ConfigureAwait(false);
+                await using var on = await ZephyrRelayChild.StartAsync(ctx.PtHost, ["--max-per-source", "100000", "--metrics", "127.0.0.1:0"]).ConfigureAwait(false);
+                string onLine = on.ListenLine;
+                string scrapeUrl = $"http://{onLine[(onLine.IndexOf("metrics=", StringComparison.Ordinal) + 8)..]}/metrics";
+                using var scraper = new HttpClient();
+                using var stopScraping = new CancellationTokenSource();
+                var scraping = Task.Run(async () =>
+                {
+                    while (!stopScraping.IsCancellationRequested)
+                    {
+                        try { await scraper.GetStringAsync(scrapeUrl, stopScraping.Token).ConfigureAwait(false); }
+                        catch (Exception e) when (e is HttpRequestException or OperationCanceledException) { }
+                        try { await Task.Delay(1000, stopScraping.Token).ConfigureAwait(false); } catch (OperationCanceledException) { }
+                    }
+                });
+                var timeout = TimeSpan.FromSeconds(120);
+                for (int rep = 0; rep < ctx.Repetitions; rep++)
+                {
+                    string step = $"scale {rep + 1}/{ctx.Repetitions}";
+                    async Task<double> Rate(Figure f, string kind, IPEndPoint a, IPEndPoint b)
+                    {
+                        ctx.Say($"{step}: {kind}");
+                        return await ScenarioRun.AttemptAsync(f, async () =>
+                        {
+                            var r = await PairRateAsync(a, b, pairs).ConfigureAwait(false);
+                            raw.Add(ScenarioRun.Tag(new JsonObject { ["pairs_per_second"] = r }, kind, rep));
+                            return r;
+                        }).ConfigureAwait(false);
+                    }
+                    async Task<double> Stream(Figure f, string kind, IPEndPoint a, IPEndPoint b)
+                    {
+                        ctx.Say($"{step}: {kind}");
+                        return await ScenarioRun.AttemptAsync(f, async () =>
+                        {
+                            var (x, y) = await PairAsync(a, b).ConfigureAwait(false);
+                            using var _x = x;
+                            using var _y = y;
+                            var r = await StreamPump.RunAsync(x, y, bytes, timeout).ConfigureAwait(false);
+                            raw.Add(ScenarioRun.Tag(new JsonObject { ["gbps"] = r.Gbps, ["bytes"] = r.Received }, kind, rep));
+                            return r.Gbps;
+                        }).ConfigureAwait(false);
+                    }
+                    double l = await Rate(lone, "lone", off.EndPoint, off.EndPoint).ConfigureAwait(false);
+                    double c = await Rate(cluster, "cluster_haproxy", haproxy.Listeners[0], haproxy.Listeners[0]).ConfigureAwait(false);
+                    ScenarioRun.AddRatio(clusterRatio, c, l, cluster, lone);
+                    double ss = await Rate(sameSetup, "same_instance", instances[0].EndPoint, instances[0].EndPoint).ConfigureAwait(false);
+                    double cs = await Rate(crossSetup, "cross_instance", instances[0].EndPoint, instances[1].EndPoint).ConfigureAwait(false);
+                    ScenarioRun.AddRatio(crossSetupRatio, cs, ss, crossSetup, sameSetup);
+                    double sg = await Stream(same, "same_stream", instances[0].EndPoint, instances[0].EndPoint).ConfigureAwait(false);
+                    double cg = await Stream(cross, "cross_stream", instances[0].EndPoint, instances[1].EndPoint).ConfigureAwait(false);
+                    ScenarioRun.AddRatio(crossRatio, cg, sg, cross, same);
+                    double mo = await Rate(metricsOff, "metrics_off", off.EndPoint, off.EndPoint).ConfigureAwait(false);
+                    double mn = await Rate(metricsOn, "metrics_on", on.EndPoint, on.EndPoint).ConfigureAwait(false);
+                    ScenarioRun.AddRatio(metricsRatio, mn, mo, metricsOn, metricsOff);
+                    double go = await Stream(offGbps, "metrics_off_stream", off.EndPoint, off.EndPoint).ConfigureAwait(false);
+                    double gn = await Stream(onGbps, "metrics_on_stream", on.EndPoint, on.EndPoint).ConfigureAwait(false);
+                    ScenarioRun.AddRatio(onGbpsRatio, gn, go, onGbps, offGbps);
+                    async Task<double> ChainRate(Figure f, string kind, bool metrics)
+                    {
+                        ctx.Say($"{step}: {kind}");
+                        return await ScenarioRun.AttemptAsync(f, async () =>
+                        {
+                            await using var echo = new EchoServer(recordLimit: 0);
+                            await using var chain = await Chain.StartAsync(ctx.PtHost, ctx.NewStateDir(), echo.EndPoint.Port, noSplice: false, metrics).ConfigureAwait(false);
+                            using var stop = new CancellationTokenSource();
+                            var scrapes = chain.Metrics.Select(ep => Task.Run(async () =>
+                            {
+                                while (!stop.IsCancellationRequested)
+                                {
+                                    try { await scraper.GetStringAsync($"http://{ep}/metrics", stop.Token).ConfigureAwait(false); }
+                                    catch (Exception e) when (e is HttpRequestException or OperationCanceledException) { }
+                                    try { await Task.Delay(1000, stop.Token).ConfigureAwait(false); } catch (OperationCanceledException) { }
+                                }
+                            })).ToArray();
+                            var r = await Measurements.ConnRateAsync(chain.Socks, echo.EndPoint, [chain.Client.Pid, chain.Server.Pid], ctx.ConnTotal, ctx.ConnConcurrency, Math.Min(500, ctx.ConnTotal)).ConfigureAwait(false);
+                            await stop.CancelAsync().ConfigureAwait(false);
+                            await Task.WhenAll(scrapes).ConfigureAwait(false);
+                            raw.Add(ScenarioRun.Tag(r.Raw, kind, rep));
+                            if (r.Failures > 0) f.Note = $"{r.Failures} failed: {r.FirstError}";
+                            return r.PerSecond;
+                        }).ConfigureAwait(false);
+                    }
+                    double co = await ChainRate(chainOff, "chain_metrics_off", false).ConfigureAwait(false);
+                    double cn = await ChainRate(chainOn, "chain_metrics_on", true).ConfigureAwait(false);
+                    ScenarioRun.AddRatio(chainRatio, cn, co, chainOn, chainOff);
+                }
+                await stopScraping.CancelAsync().ConfigureAwait(false);
+                await scraping.ConfigureAwait(false);
+            }
+            finally
+            {
+                foreach (var i in instances) await i.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+        catch (Exception e) when (ScenarioRun.IsMeasurementFailure(e))
+        {
+            run.FailRemaining(e);
+        }
+    }
+
+    /// <summary><paramref name="count"/> pairs, <see cref="InFlight"/> at once: one peer joins at <paramref name="a"/>, the other at <paramref name="b"/>, 32 bytes checked across, both closed.</summary>
+    private static async Task<double> PairRateAsync(IPEndPoint a, IPEndPoint b, int count)
+    {
+        int next = -1;
+        var clock = Stopwatch.StartNew();
+        await Task.WhenAll(Enumerable.Range(0, InFlight).Select(_ => Task.Run(async () =>
+        {
+            var payload = new byte[32];
+            var got = new byte[32];
+            while (Interlocked.Increment(ref next) < count)
+            {
+                var (x, y) = await PairAsync(a, b).ConfigureAwait(false);
+                using var _x = x;
+                using var _y = y;
+                Random.Shared.NextBytes(payload);
+                await x.SendAsync(payload, SocketFlags.None).ConfigureAwait(false);
+                await ReadExactlyAsync(y, got).ConfigureAwait(false);
+                if (!got.AsSpan().SequenceEqual(payload)) throw new IOException("a pair delivered other bytes");
+            }
+        }))).ConfigureAwait(false);
+        return count / clock.Elapsed.TotalSeconds;
+    }
+
+    private static async Task<(Socket, Socket)> PairAsync(IPEndPoint a, IPEndPoint b)
+    {
+        var (x, zx) = await JoinAsync(a).ConfigureAwait(false);
+        try
+        {
+            var (y, zy) = await JoinAsync(b).ConfigureAwait(false);
+            await x.SendAsync(StreamPump.ZephyrMessage(zy), SocketFlags.None).ConfigureAwait(false);
+            await y.SendAsync(StreamPump.ZephyrMessage(zx), SocketFlags.None).ConfigureAwait(false);
+            return (x, y);
+        }
+        catch
+        {
+            x.Dispose();
+            throw;
+        }
+    }
+
+    private static async Task<(Socket, uint)> JoinAsync(IPEndPoint relay)
+    {
+        var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        try
+        {
+            using var limit = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+            await s.ConnectAsync(relay, limit.Token).ConfigureAwait(false);
+            var m = new byte[12];
+            await ReadExactlyAsync(s, m, limit.Token).ConfigureAwait(false);
+            return (s, BinaryPrimitives.ReadUInt32BigEndian(m.AsSpan(8)));
+        }
+        catch
+        {
+            s.Dispose();
+            throw;
+        }
+    }
+
+    private static async Task ReadExactlyAsync(Socket s, byte[] buffer, CancellationToken ct = default)
+    {
+        using var limit = ct.CanBeCanceled ? null : new CancellationTokenSource(TimeSpan.FromSeconds(20));
+        int got = 0;
+        while (got < buffer.Length)
+        {
+            int n = await s.ReceiveAsync(buffer.AsMemory(got), SocketFlags.None, limit?.Token ?? ct).ConfigureAwait(false);
+            if (n == 0) throw new IOException($"closed after {got} of {buffer.Length} bytes");
+            got += n;
+        }
+    }
+}
