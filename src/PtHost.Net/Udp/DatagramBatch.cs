@@ -7,32 +7,44 @@ namespace PtHost.Net.Udp;
 
 /// <summary>
 /// Reads up to <see cref="Batch"/> datagrams per system call (recvmmsg(2), non-blocking) from a
-/// .NET socket, and waits for the next ones with a zero-byte peek (the socket's own readiness
-/// wait, no thread of its own). Slots hold the largest UDP payload, so nothing is truncated.
-/// Buffers are allocated once, pinned; one reader at a time.
+/// .NET socket into pinned slots allocated once. <see cref="ReceiveAsync"/> waits for the next
+/// ones with a zero-byte peek (the socket's own readiness wait, no thread of its own); a caller
+/// with a receive thread of its own polls and calls <see cref="TryReceive"/> (RUD, spec/rud.md
+/// §9.4). With the default slot size, the largest UDP payload, nothing is truncated. One reader at
+/// a time.
 /// </summary>
 public sealed class DatagramBatchReceiver
 {
-    public const int Batch = 32;
-    public const int SlotSize = 65536;
+    public const int DefaultBatch = 32;
+    public const int DefaultSlotSize = 65536;
     private const int NameSize = 128; // sockaddr_storage
 
-    private readonly byte[] _data = GC.AllocateUninitializedArray<byte>(Batch * SlotSize, pinned: true);
-    private readonly byte[] _names = GC.AllocateUninitializedArray<byte>(Batch * NameSize, pinned: true);
-    private readonly MMsgHdr[] _headers = GC.AllocateArray<MMsgHdr>(Batch, pinned: true);
-    private readonly IoVec[] _iov = GC.AllocateArray<IoVec>(Batch, pinned: true);
+    private readonly int _slotSize;
+    private readonly byte[] _data;
+    private readonly byte[] _names;
+    private readonly MMsgHdr[] _headers;
+    private readonly IoVec[] _iov;
 
-    public unsafe DatagramBatchReceiver()
+    public unsafe DatagramBatchReceiver(int batch = DefaultBatch, int slotSize = DefaultSlotSize)
     {
-        for (int i = 0; i < Batch; i++)
+        Batch = batch;
+        _slotSize = slotSize;
+        _data = GC.AllocateUninitializedArray<byte>(batch * slotSize, pinned: true);
+        _names = GC.AllocateUninitializedArray<byte>(batch * NameSize, pinned: true);
+        _headers = GC.AllocateArray<MMsgHdr>(batch, pinned: true);
+        _iov = GC.AllocateArray<IoVec>(batch, pinned: true);
+        for (int i = 0; i < batch; i++)
         {
-            _iov[i].Base = (byte*)Marshal.UnsafeAddrOfPinnedArrayElement(_data, 0) + i * SlotSize;
-            _iov[i].Length = SlotSize;
+            _iov[i].Base = (byte*)Marshal.UnsafeAddrOfPinnedArrayElement(_data, 0) + i * slotSize;
+            _iov[i].Length = (nuint)slotSize;
         }
     }
 
+    /// <summary>Datagrams read at most per call.</summary>
+    public int Batch { get; }
+
     /// <summary>Datagram <paramref name="i"/> of the last receive; valid until the next one.</summary>
-    public Memory<byte> Packet(int i) => _data.AsMemory(i * SlotSize, (int)Math.Min(_headers[i].Length, SlotSize));
+    public Memory<byte> Packet(int i) => _data.AsMemory(i * _slotSize, (int)Math.Min(_headers[i].Length, (uint)_slotSize));
 
     /// <summary>Writes datagram <paramref name="i"/>'s source address into <paramref name="into"/> (the socket's address family).</summary>
     public void Source(int i, SocketAddress into)
@@ -63,7 +75,7 @@ public sealed class DatagramBatchReceiver
     }
 
     /// <summary>recvmmsg(2) without waiting: how many were read, 0 when none is queued (or a transient error), -1 when the socket is closed.</summary>
-    private unsafe int TryReceive(Socket socket)
+    public unsafe int TryReceive(Socket socket)
     {
         bool added = false;
         var handle = socket.SafeHandle;
@@ -79,7 +91,7 @@ public sealed class DatagramBatchReceiver
                     headers[i].Header = new MsgHdr { Name = names + i * NameSize, NameLength = NameSize, Iov = iov + i, IovLength = 1 };
                     headers[i].Length = 0;
                 }
-                int n = RecvMMsg((int)handle.DangerousGetHandle(), headers, Batch, MsgDontWait, null);
+                int n = RecvMMsg((int)handle.DangerousGetHandle(), headers, (uint)Batch, MsgDontWait, null);
                 if (n >= 0) return n;
                 int errno = Marshal.GetLastPInvokeError();
                 return errno is EBadF or ENotSock ? -1 : 0;
