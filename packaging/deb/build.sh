@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds pthost_<version>_amd64.deb around the NativeAOT pthost (packaging/README.md): the binary,
-# pthost(1), bash completion, hardened systemd units for the three relays and their configuration.
+# pthost(1), bash completion, hardened systemd units for the three relays (and template units for
+# several zephyr and jet instances on one machine) and their configuration.
 # usage: packaging/deb/build.sh [--binary PATH] [--out DIR]
 #   --binary PATH  an already published NativeAOT pthost (default: publish one into artifacts/aot)
 #   --out DIR      where the .deb goes (default artifacts/deb); its path is the last line on stdout
@@ -40,6 +41,10 @@ install -D -m 0644 "$here/pthost.bash-completion" "$root/usr/share/bash-completi
 for relay in zephyr jet asport; do
   install -D -m 0644 "$here/systemd/pthost-$relay.service" "$root/lib/systemd/system/pthost-$relay.service"
   install -D -m 0644 "$here/etc/default-pthost-$relay" "$root/etc/default/pthost-$relay"
+done
+# Template units for several instances on one machine (docs/deploy.md §2): pthost-zephyr@N, pthost-jet@N.
+for relay in zephyr jet; do
+  install -D -m 0644 "$here/systemd/pthost-$relay@.service" "$root/lib/systemd/system/pthost-$relay@.service"
 done
 install -D -m 0644 "$here/etc/jet.json" "$root/etc/pthost/jet.json"
 install -D -m 0644 "$here/etc/zephyr.json" "$root/etc/pthost/zephyr.json"

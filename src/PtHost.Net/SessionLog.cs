@@ -69,6 +69,6 @@ internal static partial class SessionLog
     [LoggerMessage(1033, LogLevel.Debug, "UDP association {Id}: sending to {Peer}: {Error}")]
     public static partial void PeerSendFailed(this ILogger log, long id, PeerAddress peer, SocketError error);
 
-    [LoggerMessage(1034, LogLevel.Information, "UDP association {Id}: {Dropped} datagrams from peers dropped because the transport was congested")]
-    public static partial void PeerDatagramsDropped(this ILogger log, long id, long dropped);
+    [LoggerMessage(1035, LogLevel.Information, "UDP association {Id} ended: {Sent} datagrams sent to peers, {Failed} refused by the socket, {Refused} for refused peers; {FromPeers} from peers, {Dropped} of them dropped at the queue")]
+    public static partial void AssociationCounts(this ILogger log, long id, long sent, long failed, long refused, long fromPeers, long dropped);
 }

@@ -18,6 +18,8 @@ namespace PtHost.Turn;
 public sealed class TurnListener : IAsyncDisposable
 {
     public const int BindAttempts = 16;
+    /// <summary>SO_RCVBUF and SO_SNDBUF asked for the UDP socket (the kernel grants at most its rmem_max/wmem_max).</summary>
+    public const int SocketBufferBytes = 16 << 20;
     private readonly string _transport;
     private readonly TurnOptions _options;
     private readonly ILogger _log;
@@ -60,8 +62,10 @@ public sealed class TurnListener : IAsyncDisposable
             try
             {
                 udp.Bind(address);
-                udp.ReceiveBufferSize = 4 << 20;
-                udp.SendBufferSize = 4 << 20;
+                // Room for bursts while the transport catches up; the kernel caps both at
+                // net.core.rmem_max / wmem_max (4 MiB on the reference machine; it doubles what it grants).
+                udp.ReceiveBufferSize = SocketBufferBytes;
+                udp.SendBufferSize = SocketBufferBytes;
                 var tcp = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
                 try
                 {
@@ -111,33 +115,54 @@ public sealed class TurnListener : IAsyncDisposable
         }
     }
 
+    /// <summary>How long the UDP loop waits for a congested association before it reads on (its later datagrams may then be dropped there, counted).</summary>
+    public static readonly TimeSpan MaxPause = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>
+    /// Reads the UDP socket a batch at a time (recvmmsg(2)); a datagram whose association is
+    /// congested makes the loop wait (at most <see cref="MaxPause"/>), so a burst waits in the
+    /// socket's receive buffer, where the kernel counts what it drops, instead of being dropped
+    /// inside the host (spec/turn.md §5.2).
+    /// </summary>
     private async Task UdpLoopAsync(CancellationToken ct)
     {
-        byte[] buffer = GC.AllocateUninitializedArray<byte>(65536, pinned: true);
+        var batch = new DatagramBatchReceiver();
         var from = new SocketAddress(_udp.AddressFamily);
         var clients = new Dictionary<PeerAddress, UdpTurnClient>();
+        long handled = 0;
         while (!ct.IsCancellationRequested)
         {
-            int n;
-            try { n = await _udp.ReceiveFromAsync(buffer, SocketFlags.None, from, ct).ConfigureAwait(false); }
-            catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionReset or SocketError.ConnectionRefused or SocketError.MessageSize) { continue; }
+            int count;
+            try { count = await batch.ReceiveAsync(_udp, ct).ConfigureAwait(false); }
             catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { return; }
-            var remote = PeerAddress.From(from);
-            // One client object per source address while it has an allocation; a transient one otherwise.
-            if (!clients.TryGetValue(remote, out var client))
+            for (int i = 0; i < count; i++)
             {
-                var copy = new SocketAddress(from.Family, from.Size);
-                from.Buffer.CopyTo(copy.Buffer);
-                client = new UdpTurnClient(_udp, copy, remote);
-                if (clients.Count > 4 * _options.Limits.MaxAllocations) clients.Clear();
-                clients[remote] = client;
+                batch.Source(i, from);
+                var remote = PeerAddress.From(from);
+                // One client object per source address while it has an allocation; a transient one otherwise.
+                if (!clients.TryGetValue(remote, out var client))
+                {
+                    var copy = new SocketAddress(from.Family, from.Size);
+                    from.Buffer.CopyTo(copy.Buffer);
+                    client = new UdpTurnClient(_udp, copy, remote);
+                    if (clients.Count > 4 * _options.Limits.MaxAllocations) clients.Clear();
+                    clients[remote] = client;
+                }
+                ValueTask pending;
+                try { pending = Server.HandleAsync(client, batch.Packet(i)); }
+                catch (Exception e) when (e is not OutOfMemoryException)
+                {
+                    _log.MessageThrew(e, _transport, remote);
+                    pending = ValueTask.CompletedTask;
+                }
+                if (!pending.IsCompleted)
+                {
+                    try { await pending.AsTask().WaitAsync(MaxPause, ct).ConfigureAwait(false); }
+                    catch (TimeoutException) { }
+                    catch (OperationCanceledException) { return; }
+                }
+                if ((++handled & 0xff) == 0) Prune(clients);
             }
-            try { Server.Handle(client, buffer.AsMemory(0, n)); }
-            catch (Exception e) when (e is not OutOfMemoryException)
-            {
-                _log.MessageThrew(e, _transport, remote);
-            }
-            if ((n & 0xff) == 0) Prune(clients);
         }
     }
 

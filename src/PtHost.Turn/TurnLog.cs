@@ -49,8 +49,8 @@ internal static partial class TurnLog
     [LoggerMessage(1226, LogLevel.Debug, "TURN allocation {Id} expired")]
     public static partial void Expired(this ILogger log, long id);
 
-    [LoggerMessage(1227, LogLevel.Information, "TURN allocation {Id}: {Dropped} datagrams dropped because the transport was congested")]
-    public static partial void Congested(this ILogger log, long id, long dropped);
+    [LoggerMessage(1227, LogLevel.Information, "TURN allocation {Id} ended: {Sent} datagrams queued to the transport, {Dropped} dropped at the association queue, {TooLarge} too large for a frame")]
+    public static partial void AllocationCounts(this ILogger log, long id, long sent, long dropped, long tooLarge);
 
     [LoggerMessage(1228, LogLevel.Information, "TURN allocation {Id}: the transport ended the UDP association; allocation deleted")]
     public static partial void AssociationEnded(this ILogger log, long id);

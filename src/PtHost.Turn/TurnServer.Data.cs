@@ -11,7 +11,7 @@ public sealed partial class TurnServer
 {
     // ---- data: client → peer -------------------------------------------------------------------
 
-    private void HandleSend(TurnClient client, ReadOnlyMemory<byte> packet, StunMessage message)
+    private ValueTask HandleSend(TurnClient client, ReadOnlyMemory<byte> packet, StunMessage message)
     {
         Allocation? allocation;
         lock (_lock) _allocations.TryGetValue(client.Key, out allocation);
@@ -21,19 +21,19 @@ public sealed partial class TurnServer
             || !message.TryGet(StunAttribute.Data, out var data))
         {
             Drop(client, "Send indication without allocation, XOR-PEER-ADDRESS or DATA");
-            return;
+            return ValueTask.CompletedTask;
         }
         if (!HasPermission(allocation, peer))
         {
             Drop(client, $"Send indication to {peer} without permission");
-            return;
+            return ValueTask.CompletedTask;
         }
         packet.Span.Overlaps(data, out int offset);
         _counters?.AddBytesIn(data.Length);
-        _ = session.SendAsync(peer, packet.Slice(offset, data.Length), _stop.Token); // copies before returning (IAssociation)
+        return session.SendAsync(peer, packet.Slice(offset, data.Length), _stop.Token); // copies before returning (IAssociation)
     }
 
-    private void HandleChannelData(TurnClient client, ReadOnlyMemory<byte> packet)
+    private ValueTask HandleChannelData(TurnClient client, ReadOnlyMemory<byte> packet)
     {
         var span = packet.Span;
         ushort channel = BinaryPrimitives.ReadUInt16BigEndian(span);
@@ -41,14 +41,14 @@ public sealed partial class TurnServer
         if (4 + length > span.Length)
         {
             Drop(client, "ChannelData length runs past the message");
-            return;
+            return ValueTask.CompletedTask;
         }
         Allocation? allocation;
         lock (_lock) _allocations.TryGetValue(client.Key, out allocation);
         if (allocation?.Association is not { } session)
         {
             Drop(client, "ChannelData without allocation");
-            return;
+            return ValueTask.CompletedTask;
         }
         PeerAddress peer;
         var now = _time.GetUtcNow();
@@ -57,17 +57,17 @@ public sealed partial class TurnServer
             if (!allocation.Channels.TryGetValue(channel, out var binding) || binding.Expires < now)
             {
                 Drop(client, $"ChannelData on unbound channel 0x{channel:x4}");
-                return;
+                return ValueTask.CompletedTask;
             }
             peer = binding.Peer;
         }
         if (!HasPermission(allocation, peer))
         {
             Drop(client, $"ChannelData to {peer} without permission");
-            return;
+            return ValueTask.CompletedTask;
         }
         _counters?.AddBytesIn(length);
-        _ = session.SendAsync(peer, packet.Slice(4, length), _stop.Token); // copies before returning (IAssociation)
+        return session.SendAsync(peer, packet.Slice(4, length), _stop.Token); // copies before returning (IAssociation)
     }
 
     private bool HasPermission(Allocation allocation, PeerAddress peer)

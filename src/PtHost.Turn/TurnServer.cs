@@ -107,19 +107,23 @@ public sealed partial class TurnServer : IAsyncDisposable
     /// Handles one message from <paramref name="client"/>: a STUN message or ChannelData, exactly
     /// (TCP listeners split the stream first). Never throws for bad input; answers or drops.
     /// </summary>
-    public void Handle(TurnClient client, ReadOnlyMemory<byte> packet)
+    public void Handle(TurnClient client, ReadOnlyMemory<byte> packet) => _ = HandleAsync(client, packet);
+
+    /// <summary>
+    /// As <see cref="Handle"/>; the task is complete unless the message's datagram found its
+    /// association congested: then it completes once the association has room again. A listener
+    /// that waits for it (bounded) lets its socket's receive buffer, not the host, absorb the burst.
+    /// The message's bytes may be reused as soon as this returns.
+    /// </summary>
+    public ValueTask HandleAsync(TurnClient client, ReadOnlyMemory<byte> packet)
     {
         var span = packet.Span;
-        if (span.Length >= 4 && (span[0] & 0xC0) == 0x40)
-        {
-            HandleChannelData(client, packet);
-            return;
-        }
+        if (span.Length >= 4 && (span[0] & 0xC0) == 0x40) return HandleChannelData(client, packet);
         var error = Stun.TryParse(span, out var message);
         if (error != StunParseError.None)
         {
             Drop(client, $"malformed STUN message ({error})");
-            return;
+            return ValueTask.CompletedTask;
         }
         switch (message.Class)
         {
@@ -127,12 +131,12 @@ public sealed partial class TurnServer : IAsyncDisposable
                 HandleRequest(client, message);
                 break;
             case StunClass.Indication when message.Method == StunMethod.Send:
-                HandleSend(client, packet, message);
-                break;
+                return HandleSend(client, packet, message);
             default:
                 Drop(client, $"STUN {message.Class} of method 0x{message.Method:x3} is not for a server");
                 break;
         }
+        return ValueTask.CompletedTask;
     }
 
     private void Drop(TurnClient client, string why)
@@ -312,8 +316,8 @@ public sealed partial class TurnServer : IAsyncDisposable
             if (_perUser.TryGetValue(allocation.User, out int n)) { if (n <= 1) _perUser.Remove(allocation.User); else _perUser[allocation.User] = n - 1; }
             session = allocation.Association;
         }
-        if (session is StreamAssociation framed && framed.Dropped > 0)
-            _log.Congested(allocation.Id, framed.Dropped);
+        if (session is StreamAssociation framed)
+            _log.AllocationCounts(allocation.Id, framed.Sent, framed.Dropped, framed.TooLarge);
         if (session is not null)
         {
             _counters?.SessionClosed();

@@ -109,6 +109,7 @@ public sealed class Child : IAsyncDisposable
             while (await _process.StandardError.ReadLineAsync().ConfigureAwait(false) is { } line)
                 lock (_stderrTail)
                 {
+                    _stderrLines++;
                     _stderrTail.Enqueue(line);
                     while (_stderrTail.Count > StderrTailLines) _stderrTail.Dequeue();
                 }
@@ -123,6 +124,20 @@ public sealed class Child : IAsyncDisposable
             if (_allStdout is null) return "";
             lock (_allStdout) return _allStdout.ToString();
         }
+    }
+
+    /// <summary>How many stderr lines the child has printed so far.</summary>
+    public int StderrLines
+    {
+        get { lock (_stderrTail) return _stderrLines; }
+    }
+
+    private int _stderrLines;
+
+    /// <summary>The stderr lines printed after the first <paramref name="after"/> (as far as the kept tail reaches).</summary>
+    public IReadOnlyList<string> StderrSince(int after)
+    {
+        lock (_stderrTail) return [.. _stderrTail.Skip(Math.Max(0, _stderrTail.Count - (_stderrLines - after)))];
     }
 
     public string StderrTail

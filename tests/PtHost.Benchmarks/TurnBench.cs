@@ -4,6 +4,7 @@ using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
 using PtHost.Contract;
 using PtHost.Turn;
 using PtHost.Testing;
@@ -25,13 +26,16 @@ public static class TurnBench
         var direct = new Figure { Key = "udp_direct_datagrams_per_second", Label = $"UDP {DatagramBytes} B datagrams/s received, iperf3 -u -b 0 direct (reference)", Unit = "dgram/s", Format = "0" };
         var directLoss = new Figure { Key = "udp_direct_loss_percent", Label = "loss", Unit = "%", Format = "0.0", Indent = 1 };
         var turn = new Figure { Key = "turn_plain_datagrams_per_second", Label = $"UDP {DatagramBytes} B datagrams/s received, TURN channel + plain, unpaced sender", Unit = "dgram/s", Format = "0" };
-        var turnLoss = new Figure { Key = "turn_plain_loss_percent", Label = "loss", Unit = "%", Format = "0.0", Indent = 1 };
-        var ratio = new Figure { Key = "turn_plain_ratio", Label = "ratio to direct (received datagrams/s)", Unit = "", Indent = 1 };
+        var turnLoss = new Figure { Key = "turn_plain_loss_percent", Label = "loss", Unit = "%", Format = "0.0", Indent = 1, Goal = Goal.AtMost, Target = 5 };
+        var ratio = new Figure { Key = "turn_plain_ratio", Label = "ratio to direct (received datagrams/s)", Unit = "", Indent = 1, Goal = Goal.AtLeast, Target = 0.5 };
+        var paced = new Figure { Key = "turn_plain_paced_datagrams_per_second", Label = "TURN channel + plain, sender paced at 90 % of the unpaced rate received", Unit = "dgram/s", Format = "0" };
+        var pacedLoss = new Figure { Key = "turn_plain_paced_loss_percent", Label = "loss", Unit = "%", Format = "0.00", Indent = 1, Goal = Goal.AtMost, Target = 1 };
         var directP50 = new Figure { Key = "udp_direct_rtt_p50_ms", Label = $"RTT {PingBytes} B, direct UDP echo, p50", Unit = "ms", Format = "0.000" };
         var directP99 = new Figure { Key = "udp_direct_rtt_p99_ms", Label = "p99", Unit = "ms", Format = "0.000", Indent = 1 };
         var turnP50 = new Figure { Key = "turn_plain_rtt_p50_ms", Label = $"RTT {PingBytes} B, TURN channel + plain, p50", Unit = "ms", Format = "0.000" };
         var turnP99 = new Figure { Key = "turn_plain_rtt_p99_ms", Label = "p99", Unit = "ms", Format = "0.000", Indent = 1 };
-        figures.AddRange([direct, directLoss, turn, turnLoss, ratio, directP50, directP99, turnP50, turnP99]);
+        var rttRatio = new Figure { Key = "turn_plain_rtt_p50_ratio", Label = "p50 ratio to direct", Unit = "", Indent = 1, Goal = Goal.AtMost, Target = 2 };
+        figures.AddRange([direct, directLoss, turn, turnLoss, ratio, paced, pacedLoss, directP50, directP99, turnP50, turnP99, rttRatio]);
         var raw = new JsonArray();
         details["turn"] = raw;
         try
@@ -50,7 +54,7 @@ public static class TurnBench
 
                 ctx.Say($"turn {rep + 1}/{ctx.Repetitions}: TURN + plain flood and ping");
                 await using var chain = await TurnChain.StartAsync(ctx).ConfigureAwait(false);
-                var (t, tLoss, tRaw) = await FloodAsync(chain, ctx.IperfSeconds).ConfigureAwait(false);
+                var (t, tLoss, tRaw) = await FloodAsync(chain, ctx.IperfSeconds, null).ConfigureAwait(false);
                 turn.Samples.Add(t);
                 turnLoss.Samples.Add(tLoss);
                 if (d > 0) ratio.Samples.Add(t / d);
@@ -58,19 +62,28 @@ public static class TurnBench
                 tRaw["rep"] = rep;
                 raw.Add(tRaw);
 
+                ctx.Say($"turn {rep + 1}/{ctx.Repetitions}: TURN + plain paced at {0.9 * t:0} datagrams/s");
+                var (p, pLoss, pRaw) = await FloodAsync(chain, ctx.IperfSeconds, 0.9 * t).ConfigureAwait(false);
+                paced.Samples.Add(p);
+                pacedLoss.Samples.Add(pLoss);
+                pRaw["kind"] = "turn_plain_paced";
+                pRaw["rep"] = rep;
+                raw.Add(pRaw);
+
                 var (dp50, dp99, _) = await PingAsync(null).ConfigureAwait(false);
                 directP50.Samples.Add(dp50);
                 directP99.Samples.Add(dp99);
                 var (tp50, tp99, lost) = await PingAsync(chain).ConfigureAwait(false);
                 turnP50.Samples.Add(tp50);
                 turnP99.Samples.Add(tp99);
+                if (dp50 > 0) rttRatio.Samples.Add(tp50 / dp50);
                 if (lost > 0) turnP50.Note = $"{lost} of {Pings} pings unanswered within 1 s";
             }
         }
         catch (Exception e) when (e is InvalidOperationException or TimeoutException or IOException or SocketException or FormatException)
         {
             ctx.Say("turn: " + e.Message);
-            foreach (var f in new[] { direct, directLoss, turn, turnLoss, ratio, directP50, directP99, turnP50, turnP99 })
+            foreach (var f in new[] { direct, directLoss, turn, turnLoss, ratio, paced, pacedLoss, directP50, directP99, turnP50, turnP99, rttRatio })
                 if (f.Samples.Count == 0) f.Error ??= e.Message;
         }
     }
@@ -90,11 +103,19 @@ public static class TurnBench
             new JsonObject { ["packets"] = packets, ["lost_packets"] = lost, ["seconds"] = secs });
     }
 
-    /// <summary>Sends ChannelData of <see cref="DatagramBytes"/> as fast as one thread can for <paramref name="seconds"/>; counts what a sink behind the server process gets.</summary>
-    private static async Task<(double PerSecond, double LossPercent, JsonObject Raw)> FloodAsync(TurnChain chain, int seconds)
+    /// <summary>
+    /// Sends ChannelData of <see cref="DatagramBytes"/> from one thread for <paramref name="seconds"/>, as
+    /// fast as it can or at <paramref name="rate"/> datagrams/s; counts what a sink behind the server
+    /// process gets. Then reads where the lost ones died, stage by stage: the kernel's drop counters
+    /// of the TURN listener's socket (client process), the server process's UDP socket and the sink
+    /// (/proc/net/udp), and the counters both processes log when the allocation is deleted
+    /// (association queue, frames too large, datagrams the server's socket refused).
+    /// </summary>
+    private static async Task<(double PerSecond, double LossPercent, JsonObject Raw)> FloodAsync(TurnChain chain, int seconds, double? rate)
     {
         using var sink = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp) { ReceiveBufferSize = 8 << 20 };
         sink.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        int sinkPort = ((IPEndPoint)sink.LocalEndPoint!).Port;
         long received = 0;
         using var stop = new CancellationTokenSource();
         var counter = Task.Run(async () =>
@@ -115,26 +136,103 @@ public static class TurnBench
         byte[] frame = new byte[4 + DatagramBytes];
         BinaryPrimitives.WriteUInt16BigEndian(frame, 0x4000);
         BinaryPrimitives.WriteUInt16BigEndian(frame.AsSpan(2), DatagramBytes);
-        long sent = 0;
+        long sent = 0, sendErrors = 0;
+        var listenerDropsBefore = UdpDrops(chain.Client.Pid, chain.Turn.Port);
         double cpuBefore = Sys.CpuSeconds(chain.Client.Pid) + Sys.CpuSeconds(chain.Server.Pid);
         var sw = Stopwatch.StartNew();
         await Task.Run(() =>
         {
-            while (sw.Elapsed.TotalSeconds < seconds)
+            while (true)
             {
+                double now = sw.Elapsed.TotalSeconds;
+                if (now >= seconds) break;
+                if (rate is { } r && sent >= r * now)
+                {
+                    Thread.Sleep(1); // ahead of the pace: bursts of at most about a millisecond's worth
+                    continue;
+                }
                 try { client.Socket.Send(frame); sent++; }
-                catch (SocketException) { }
+                catch (SocketException) { sendErrors++; }
             }
         }).ConfigureAwait(false);
         double elapsed = sw.Elapsed.TotalSeconds;
         // Let what is in flight arrive: until the count stops growing for 500 ms (at most 10 s).
         await Eventually.StableAsync(() => Interlocked.Read(ref received), TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(10), "datagrams arriving at the sink").ConfigureAwait(false);
         double cpu = Sys.CpuSeconds(chain.Client.Pid) + Sys.CpuSeconds(chain.Server.Pid) - cpuBefore;
+        var stages = new JsonObject
+        {
+            ["listener_socket_kernel_drops"] = UdpDrops(chain.Client.Pid, chain.Turn.Port) - listenerDropsBefore,
+            ["server_udp_sockets_kernel_drops"] = UdpDrops(chain.Server.Pid, null),
+            ["sink_socket_kernel_drops"] = UdpDrops(Environment.ProcessId, sinkPort),
+        };
         stop.Cancel();
         await counter.ConfigureAwait(false);
         long got = Interlocked.Read(ref received);
+        // Deleting the allocation makes both processes log their counters for it.
+        int clientLines = chain.Client.StderrLines, serverLines = chain.Server.StderrLines;
+        await client.DeleteAsync().ConfigureAwait(false);
+        try
+        {
+            var allocation = await WaitForCountsAsync(chain.Client, clientLines, AllocationCounts).ConfigureAwait(false);
+            stages["client_queued_to_transport"] = long.Parse(allocation.Groups[1].Value, CultureInfo.InvariantCulture);
+            stages["client_association_queue_drops"] = long.Parse(allocation.Groups[2].Value, CultureInfo.InvariantCulture);
+            stages["client_frame_too_large_drops"] = long.Parse(allocation.Groups[3].Value, CultureInfo.InvariantCulture);
+            var association = await WaitForCountsAsync(chain.Server, serverLines, AssociationCounts).ConfigureAwait(false);
+            stages["server_sent_to_peers"] = long.Parse(association.Groups[1].Value, CultureInfo.InvariantCulture);
+            stages["server_socket_refused"] = long.Parse(association.Groups[2].Value, CultureInfo.InvariantCulture);
+            stages["server_refused_peer_drops"] = long.Parse(association.Groups[3].Value, CultureInfo.InvariantCulture);
+        }
+        catch (TimeoutException e)
+        {
+            stages["error"] = e.Message;
+        }
         return (got / elapsed, sent > 0 ? (sent - got) * 100.0 / sent : 0,
-            new JsonObject { ["sent"] = sent, ["received"] = got, ["seconds"] = elapsed, ["pthost_cpu_seconds"] = cpu });
+            new JsonObject
+            {
+                ["sent"] = sent, ["send_errors"] = sendErrors, ["received"] = got, ["seconds"] = elapsed, ["pthost_cpu_seconds"] = cpu,
+                ["paced_rate"] = rate, ["drops_per_stage"] = stages,
+            });
+    }
+
+    // The lines TurnLog.AllocationCounts (client) and SessionLog.AssociationCounts (server) print.
+    private static readonly Regex AllocationCounts = new(@"TURN allocation \d+ ended: (\d+) datagrams queued to the transport, (\d+) dropped at the association queue, (\d+) too large", RegexOptions.CultureInvariant);
+    private static readonly Regex AssociationCounts = new(@"UDP association \d+ ended: (\d+) datagrams sent to peers, (\d+) refused by the socket, (\d+) for refused peers", RegexOptions.CultureInvariant);
+
+    private static async Task<Match> WaitForCountsAsync(Child child, int after, Regex pattern)
+    {
+        Match? found = null;
+        await Eventually.TrueAsync(() => (found = child.StderrSince(after).Select(l => pattern.Match(l)).FirstOrDefault(m => m.Success)) is not null,
+            $"{child.Name} logging its counters", TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+        return found!;
+    }
+
+    /// <summary>
+    /// The kernel's drop counter (the last column of /proc/net/udp and udp6) summed over the UDP
+    /// sockets process <paramref name="pid"/> holds, or only the one bound to <paramref name="port"/>.
+    /// </summary>
+    private static long UdpDrops(int pid, int? port)
+    {
+        var inodes = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var fd in Directory.EnumerateFileSystemEntries($"/proc/{pid}/fd"))
+        {
+            try
+            {
+                if (new FileInfo(fd).LinkTarget is { } target && target.StartsWith("socket:[", StringComparison.Ordinal)) inodes.Add(target[8..^1]);
+            }
+            catch (IOException) { } // closed meanwhile
+        }
+        long drops = 0;
+        foreach (var table in new[] { $"/proc/{pid}/net/udp", $"/proc/{pid}/net/udp6" })
+        {
+            foreach (var line in File.ReadLines(table).Skip(1))
+            {
+                var f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                if (f.Length < 13 || !inodes.Contains(f[9])) continue;
+                if (port is { } p && int.Parse(f[1][(f[1].IndexOf(':', StringComparison.Ordinal) + 1)..], NumberStyles.HexNumber, CultureInfo.InvariantCulture) != p) continue;
+                drops += long.Parse(f[12], CultureInfo.InvariantCulture);
+            }
+        }
+        return drops;
     }
 
     /// <summary>One <see cref="PingBytes"/>-byte datagram at a time to an echo socket, directly or through a TURN channel; RTT percentiles in ms.</summary>
@@ -281,6 +379,13 @@ public static class TurnBench
             return c;
         }
 
+        /// <summary>Refresh with LIFETIME 0: the server deletes the allocation (RFC 5766 §7.2).</summary>
+        public async Task DeleteAsync()
+        {
+            int code = await RequestAsync(StunMethod.Refresh, 0, default, signed: true).ConfigureAwait(false);
+            if (code != 0) throw new InvalidOperationException($"TURN Refresh (lifetime 0) failed with {code}");
+        }
+
         public async Task BindAsync(ushort channel, IPEndPoint peer)
         {
             int code = await RequestAsync(StunMethod.ChannelBind, channel, PeerAddress.From(peer), signed: true).ConfigureAwait(false);
@@ -317,6 +422,7 @@ public static class TurnBench
         {
             var w = new StunWriter(buffer, method, StunClass.Request, tid);
             if (method == StunMethod.Allocate) w.AddUInt32(StunAttribute.RequestedTransport, 17u << 24);
+            if (method == StunMethod.Refresh) w.AddUInt32(StunAttribute.Lifetime, 0);
             if (method == StunMethod.ChannelBind)
             {
                 w.AddUInt32(StunAttribute.ChannelNumber, (uint)channel << 16);

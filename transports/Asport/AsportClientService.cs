@@ -23,6 +23,7 @@ public sealed class AsportClientService : IRelayService
     public IReadOnlyList<RelayOption> Options { get; } =
     [
         new("config", RelayOptionKind.File, "The JSON configuration file (spec/asport.md §4.4).", Required: true),
+        new("instance", RelayOptionKind.Name, "The instance id in the metrics (spec/asport.md §4.4); default: asport-client- and 16 random hex digits."),
     ];
 
     public IRelay Create(RelayArguments arguments, ILoggerFactory loggerFactory)
@@ -35,10 +36,11 @@ public sealed class AsportClientService : IRelayService
         {
             throw new TransportOptionsException($"{file}: {e.Message}", e);
         }
-        return new Running(options, loggerFactory.CreateLogger("PtHost.AsportClient"));
+        string instance = arguments.Name("instance") ?? "asport-client-" + Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
+        return new Running(options, instance, loggerFactory.CreateLogger("PtHost.AsportClient"));
     }
 
-    private sealed class Running(AsportClientCommandOptions options, ILogger log) : IRelay
+    private sealed class Running(AsportClientCommandOptions options, string instance, ILogger log) : IRelay, IMetricsSource
     {
         private readonly AsportRelayClient _client = new(new AsportRelayClientOptions
         {
@@ -79,6 +81,23 @@ public sealed class AsportClientService : IRelayService
 
         /// <summary>spec/asport.md §4.4: the public address (the relay's IP, the port it bound), then the mode.</summary>
         public string ListenText => $"{new IPEndPoint(options.Registration.Server.Address, Volatile.Read(ref _port))} mode={(int)options.Registration.Mode}";
+
+        /// <summary>
+        /// spec/asport.md §4.4 (metrics, <c>--metrics</c>): the forwarded TCP connections as sessions (role
+        /// asport-client), the UDP packets forwarded, and the client's own link to the relay: QUIC connections,
+        /// registrations, reconnects and whether a public port serves now.
+        /// </summary>
+        public void WriteMetrics(MetricsWriter m)
+        {
+            m.Gauge("pthost_instance_info", "The process's instance id (constant 1).", 1, ("id", instance), ("process", "asport-client"),
+                ("version", typeof(AsportClientService).Assembly.GetName().Version?.ToString() ?? "0"));
+            _client.Sessions.WriteMetrics(m, "asport", "asport-client");
+            m.Counter("pthost_asport_client_udp_packets_total", "UDP packets forwarded to the local service.", Interlocked.Read(ref _client.UdpForwarded));
+            m.Counter("pthost_asport_client_connections_total", "QUIC connections to the relay that completed their handshake.", Interlocked.Read(ref _client.Connections));
+            m.Counter("pthost_asport_client_registrations_total", "Registrations the relay accepted.", Interlocked.Read(ref _client.Registrations));
+            m.Counter("pthost_asport_client_reconnects_total", "New connections started after one was lost or failed.", Interlocked.Read(ref _client.Reconnects));
+            m.Gauge("pthost_asport_client_registered", "1 while registered (the public port serves), else 0.", Volatile.Read(ref _client.IsRegistered));
+        }
 
         public TimeSpan? StatusInterval => null;
 

@@ -4,6 +4,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text;
 using Microsoft.Extensions.Logging;
+using PtHost.Contract;
 using PtHost.Net;
 using PtHost.Quic;
 
@@ -75,6 +76,20 @@ public sealed class AsportRelayClient : IAsyncDisposable
 
     public long Connections, TcpForwarded, UdpForwarded, Malformed;
 
+    /// <summary>Registrations the server accepted, and new connections started after one was lost or failed (spec/asport.md §4.3).</summary>
+    public long Registrations, Reconnects;
+
+    /// <summary>1 while registered (a public port serves), else 0.</summary>
+    public int IsRegistered;
+
+    /// <summary>
+    /// The forwarded TCP connections as sessions (spec/asport.md §4.4, metrics): opened once the local service
+    /// answered, failed with reason <c>local-connect</c> when it did not; in = from the public side, out = from the local service.
+    /// </summary>
+    public TransportCounters Sessions { get; } = new();
+
+    private Action<long>? _countIn, _countOut;
+
     /// <param name="openLocal">Opens the onward stream for a Connect (default: TCP to LocalTarget).</param>
     /// <param name="serveConnect">Serves a whole Connect stream after its header instead (the transport's sessions).</param>
     /// <param name="udp">Takes every association's packets instead of a UDP socket towards LocalTarget (the transport, spec/asport.md §6.2).</param>
@@ -135,6 +150,7 @@ public sealed class AsportRelayClient : IAsyncDisposable
             try { await Task.Delay(delay, ct).ConfigureAwait(false); }
             catch (OperationCanceledException) { return; }
             delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, _options.ReconnectMax.Ticks));
+            Interlocked.Increment(ref Reconnects);
         }
     }
 
@@ -185,6 +201,8 @@ public sealed class AsportRelayClient : IAsyncDisposable
             }
             _log.LogInformation("asport client: registered, public port {Port}", port);
             resetBackoff();
+            Interlocked.Increment(ref Registrations);
+            Volatile.Write(ref IsRegistered, 1);
             OnRegistered?.Invoke(port);
             _registered.TrySetResult(port);
 
@@ -204,6 +222,7 @@ public sealed class AsportRelayClient : IAsyncDisposable
         }
         finally
         {
+            Volatile.Write(ref IsRegistered, 0);
             life.Cancel();
             lock (associations)
             {
@@ -265,10 +284,24 @@ public sealed class AsportRelayClient : IAsyncDisposable
                 await _serveConnect(s, source, ct).ConfigureAwait(false);
                 return;
             }
-            var local = await _openLocal(source, ct).ConfigureAwait(false);
-            await using (local.ConfigureAwait(false))
+            Stream local;
+            try { local = await _openLocal(source, ct).ConfigureAwait(false); }
+            catch (Exception e) when (e is IOException or SocketException or PtHost.Contract.TransportConnectException)
             {
-                await Relay.RunAsync(s, local, null, null, ct).ConfigureAwait(false);
+                Sessions.SessionFailed("local-connect");
+                throw;
+            }
+            Sessions.SessionOpened();
+            try
+            {
+                await using (local.ConfigureAwait(false))
+                {
+                    await Relay.RunAsync(s, local, _countIn ??= Sessions.AddBytesIn, _countOut ??= Sessions.AddBytesOut, ct).ConfigureAwait(false);
+                }
+            }
+            finally
+            {
+                Sessions.SessionClosed();
             }
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException or PtHost.Contract.TransportConnectException)

@@ -21,8 +21,8 @@ public static unsafe partial class Libc
     /// <summary>Socket option level and names of UDP (udp(7)): GSO on send, GRO on receive.</summary>
     public const int SolUdp = 17, UdpSegment = 103, UdpGro = 104;
 
-    /// <summary><c>MSG_DONTWAIT</c>.</summary>
-    public const int MsgDontWait = 0x40;
+    /// <summary><c>MSG_DONTWAIT</c>; <c>MSG_TRUNC</c> in a received message's flags: it did not fit.</summary>
+    public const int MsgDontWait = 0x40, MsgTrunc = 0x20;
 
     /// <summary>poll(2) events.</summary>
     public const short PollIn = 0x1, PollOut = 0x4, PollNval = 0x20;
@@ -152,6 +152,9 @@ public static unsafe partial class Libc
 
     [LibraryImport(Lib, EntryPoint = "recvmmsg", SetLastError = true)]
     public static partial int RecvMMsg(int fd, MMsgHdr* msgvec, uint vlen, int flags, void* timeout);
+
+    [LibraryImport(Lib, EntryPoint = "sendmmsg", SetLastError = true)]
+    public static partial int SendMMsg(int fd, MMsgHdr* msgvec, uint vlen, int flags);
 
     [LibraryImport(Lib, EntryPoint = "poll", SetLastError = true)]
     public static partial int Poll(PollFd* fds, nuint count, int timeoutMs);

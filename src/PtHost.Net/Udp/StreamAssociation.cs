@@ -7,25 +7,43 @@ namespace PtHost.Net.Udp;
 
 /// <summary>
 /// The client process's end of a UDP association over a stream carrier (spec/turn.md §5.2):
-/// frames out through a bounded queue and one writer that batches them; frames in through one
-/// reader. A datagram that finds the queue full is dropped (UDP semantics), a control frame waits.
+/// frames out are written straight into pooled blocks of <see cref="BatchBytes"/> (one copy, no
+/// allocation per datagram) that one writer sends, a block per write; frames in through one reader.
+/// Over <see cref="PauseBytes"/> queued, <see cref="SendAsync"/> returns a task that completes
+/// once the writer has brought the queue under <see cref="ResumeBytes"/> (backpressure for callers
+/// that wait); a datagram that would take the queue over <see cref="QueueBytes"/> is dropped and
+/// counted (UDP semantics, for callers that do not wait). A control frame is always queued.
 /// </summary>
 public sealed class StreamAssociation : IAssociation
 {
     public const int QueueFrames = 2048;
     public const int BatchBytes = 64 * 1024;
+    /// <summary>Bytes queued towards the server process over which a datagram is dropped.</summary>
+    public const int QueueBytes = 2 << 20;
+    /// <summary>From this many bytes queued, <see cref="SendAsync"/> asks its caller to wait.</summary>
+    public const int PauseBytes = QueueBytes / 2;
+    /// <summary>Waiting callers go on once the queue is under this many bytes.</summary>
+    public const int ResumeBytes = QueueBytes / 4;
     public static readonly TimeSpan RelayedTimeout = TimeSpan.FromSeconds(10);
     public static readonly TimeSpan CheckTimeout = TimeSpan.FromSeconds(10);
 
     private readonly Stream _stream;
-    private readonly Channel<(byte[] Buffer, int Length)> _out =
-        Channel.CreateBounded<(byte[], int)>(new BoundedChannelOptions(QueueFrames) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
+    // The send queue: full blocks in order, then the block being filled; guarded by _sendLock.
+    private readonly Lock _sendLock = new();
+    private readonly Queue<(byte[] Block, int Used)> _full = new();
+    private byte[]? _current;
+    private int _currentUsed, _queuedBytes;
+    private bool _writerIdle, _closed;
+    private TaskCompletionSource? _room;
+    // Rung (once per idle period) when the writer sleeps and a frame arrives.
+    private readonly Channel<bool> _doorbell =
+        Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { SingleReader = true, FullMode = BoundedChannelFullMode.DropWrite });
     private readonly ConcurrentDictionary<PeerAddress, TaskCompletionSource<bool>> _checks = new();
     private readonly CancellationTokenSource _stop = new();
     private readonly byte[] _in = ArrayPool<byte>.Shared.Rent(2 * DatagramFrame.MaxFrameLength);
     private int _start, _end;
     private Task _writer = Task.CompletedTask;
-    private long _dropped;
+    private long _dropped, _tooLarge, _sent;
     private int _disposed;
 
     private StreamAssociation(Stream stream) => _stream = stream;
@@ -36,6 +54,12 @@ public sealed class StreamAssociation : IAssociation
 
     /// <summary>Datagrams dropped because the queue towards the server process was full.</summary>
     public long Dropped => Interlocked.Read(ref _dropped);
+
+    /// <summary>Datagrams dropped because no frame can carry them (spec/turn.md §5.2).</summary>
+    public long TooLarge => Interlocked.Read(ref _tooLarge);
+
+    /// <summary>Datagrams queued towards the server process.</summary>
+    public long Sent => Interlocked.Read(ref _sent);
 
     /// <summary>
     /// Wraps the stream a transport returned for a <see cref="SessionKind.Datagram"/> request: reads
@@ -73,43 +97,71 @@ public sealed class StreamAssociation : IAssociation
         }
     }
 
+    /// <summary>
+    /// Queues one DATA frame (the payload is copied before this returns). The task is complete
+    /// unless the queue is over <see cref="PauseBytes"/>: then it completes once the writer has
+    /// caught up; callers that wait give backpressure, callers that do not lose datagrams only over
+    /// <see cref="QueueBytes"/>.
+    /// </summary>
     public ValueTask SendAsync(PeerAddress peer, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
     {
         if (payload.Length > MaxDatagramSize)
         {
             // Larger than a frame can carry (spec/turn.md §5.2): lost like any UDP datagram, and counted.
-            Interlocked.Increment(ref _dropped);
+            Interlocked.Increment(ref _tooLarge);
             return ValueTask.CompletedTask;
         }
-        byte[] frame = ArrayPool<byte>.Shared.Rent(DatagramFrame.HeaderLength(peer) + payload.Length);
-        int n = DatagramFrame.Write(frame, DatagramFrameType.Data, peer, payload.Span);
-        if (!_out.Writer.TryWrite((frame, n)))
+        return Enqueue(DatagramFrameType.Data, peer, payload.Span, control: false);
+    }
+
+    private ValueTask Enqueue(DatagramFrameType type, PeerAddress peer, ReadOnlySpan<byte> payload, bool control)
+    {
+        int need = DatagramFrame.HeaderLength(peer) + payload.Length;
+        bool ring = false;
+        Task? wait = null;
+        lock (_sendLock)
         {
-            ArrayPool<byte>.Shared.Return(frame);
-            Interlocked.Increment(ref _dropped);
+            if (_closed) return ValueTask.CompletedTask;
+            if (!control && _queuedBytes + need > QueueBytes)
+            {
+                _dropped++;
+                return ValueTask.CompletedTask;
+            }
+            if (_current is null || _current.Length - _currentUsed < need)
+            {
+                if (_current is not null) _full.Enqueue((_current, _currentUsed));
+                _current = ArrayPool<byte>.Shared.Rent(Math.Max(BatchBytes, need));
+                _currentUsed = 0;
+            }
+            _currentUsed += DatagramFrame.Write(_current.AsSpan(_currentUsed), type, peer, payload);
+            _queuedBytes += need;
+            if (type == DatagramFrameType.Data) _sent++;
+            if (_writerIdle)
+            {
+                _writerIdle = false;
+                ring = true;
+            }
+            if (!control && _queuedBytes >= PauseBytes)
+                wait = (_room ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
         }
-        return ValueTask.CompletedTask;
+        if (ring) _doorbell.Writer.TryWrite(true);
+        return wait is null ? ValueTask.CompletedTask : new ValueTask(wait);
     }
 
     public async ValueTask<bool> CheckPeerAsync(PeerAddress peer, CancellationToken cancellationToken)
     {
         var answer = _checks.GetOrAdd(peer, _ => new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously));
-        byte[] frame = ArrayPool<byte>.Shared.Rent(DatagramFrame.MaxHeaderLength);
-        int n = DatagramFrame.Write(frame, DatagramFrameType.Check, peer, default);
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         limit.CancelAfter(CheckTimeout);
         try
         {
-            await _out.Writer.WriteAsync((frame, n), limit.Token).ConfigureAwait(false);
+            await Enqueue(DatagramFrameType.Check, peer, default, control: true).ConfigureAwait(false);
+            if (Volatile.Read(ref _disposed) != 0) return false;
             return await answer.Task.WaitAsync(limit.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {
             return false; // no answer in time: treated as refused
-        }
-        catch (ChannelClosedException)
-        {
-            return false;
         }
         finally
         {
@@ -178,49 +230,81 @@ public sealed class StreamAssociation : IAssociation
         }
     }
 
+    /// <summary>Sends the queue a block per write: full blocks first, then the one being filled (no waiting for it to fill).</summary>
     private async Task WriteLoopAsync(CancellationToken ct)
     {
-        byte[] batch = ArrayPool<byte>.Shared.Rent(BatchBytes);
         try
         {
-            var reader = _out.Reader;
-            while (await reader.WaitToReadAsync(ct).ConfigureAwait(false))
+            while (true)
             {
-                int used = 0;
-                while (reader.TryPeek(out var f) && (used == 0 || used + f.Length <= batch.Length))
+                (byte[]? Block, int Used) next = default;
+                lock (_sendLock)
                 {
-                    reader.TryRead(out f);
-                    if (f.Length > batch.Length - used)
+                    if (_full.Count > 0) next = _full.Dequeue();
+                    else if (_currentUsed > 0)
                     {
-                        // A frame larger than the batch goes alone.
-                        await _stream.WriteAsync(f.Buffer.AsMemory(0, f.Length), ct).ConfigureAwait(false);
-                        ArrayPool<byte>.Shared.Return(f.Buffer);
-                        continue;
+                        next = (_current, _currentUsed);
+                        _current = null;
+                        _currentUsed = 0;
                     }
-                    Buffer.BlockCopy(f.Buffer, 0, batch, used, f.Length);
-                    used += f.Length;
-                    ArrayPool<byte>.Shared.Return(f.Buffer);
+                    else if (_closed) return;
+                    else _writerIdle = true;
                 }
-                if (used > 0) await _stream.WriteAsync(batch.AsMemory(0, used), ct).ConfigureAwait(false);
+                if (next.Block is null)
+                {
+                    if (!await _doorbell.Reader.WaitToReadAsync(ct).ConfigureAwait(false)) return;
+                    _doorbell.Reader.TryRead(out _);
+                    continue;
+                }
+                try { await _stream.WriteAsync(next.Block.AsMemory(0, next.Used), ct).ConfigureAwait(false); }
+                finally { ArrayPool<byte>.Shared.Return(next.Block); }
+                TaskCompletionSource? resume = null;
+                lock (_sendLock)
+                {
+                    _queuedBytes -= next.Used;
+                    if (_room is not null && _queuedBytes < ResumeBytes)
+                    {
+                        resume = _room;
+                        _room = null;
+                    }
+                }
+                resume?.TrySetResult();
             }
         }
-        catch (Exception e) when (e is OperationCanceledException or IOException or ObjectDisposedException or System.Net.Sockets.SocketException)
+        catch (Exception e) when (e is OperationCanceledException or IOException or ObjectDisposedException or System.Net.Sockets.SocketException or ChannelClosedException)
         {
             // The association is over; the reader sees the end.
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(batch);
+            ReleaseQueue();
         }
+    }
+
+    /// <summary>Closes the queue: later frames are not queued, queued blocks go back to the pool, waiting senders go on.</summary>
+    private void ReleaseQueue()
+    {
+        TaskCompletionSource? resume;
+        lock (_sendLock)
+        {
+            _closed = true;
+            while (_full.TryDequeue(out var b)) ArrayPool<byte>.Shared.Return(b.Block);
+            if (_current is not null) ArrayPool<byte>.Shared.Return(_current);
+            _current = null;
+            _currentUsed = _queuedBytes = 0;
+            resume = _room;
+            _room = null;
+        }
+        resume?.TrySetResult();
     }
 
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
-        _out.Writer.TryComplete();
+        _doorbell.Writer.TryComplete();
         _stop.Cancel();
         await _writer.ConfigureAwait(false);
-        while (_out.Reader.TryRead(out var f)) ArrayPool<byte>.Shared.Return(f.Buffer);
+        ReleaseQueue();
         foreach (var c in _checks.Values) c.TrySetResult(false);
         await _stream.DisposeAsync().ConfigureAwait(false);
         _stop.Dispose();

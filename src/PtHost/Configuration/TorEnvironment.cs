@@ -82,10 +82,23 @@ public sealed partial class PtConfig
 
         IPAddress? bind4 = ParseBindAddress("TOR_PT_OUTBOUND_BIND_ADDRESS_V4", Get("TOR_PT_OUTBOUND_BIND_ADDRESS_V4"), AddressFamily.InterNetwork);
         IPAddress? bind6 = ParseBindAddress("TOR_PT_OUTBOUND_BIND_ADDRESS_V6", Get("TOR_PT_OUTBOUND_BIND_ADDRESS_V6"), AddressFamily.InterNetworkV6);
+        // spec/ipc.md §10.2, §4.12: PtHost's own knobs for the metrics endpoint, both roles (tor passes its environment on),
+        // read after tor's variables: errors come in the order of the table.
+        (IPEndPoint? Metrics, string? Instance) Own()
+        {
+            IPEndPoint? metrics = Get("PTHOST_METRICS") is { Length: > 0 } metricsText
+                ? (Destination.TryParse(metricsText, out var m) && m.Address is not null ? new IPEndPoint(m.Address, m.Port) : throw new EnvironmentException($"PTHOST_METRICS=\"{metricsText}\" is not ip:port"))
+                : null;
+            string? instance = Get("PTHOST_INSTANCE") is { Length: > 0 } instanceText
+                ? (RelayOptionKindName(instanceText) ? instanceText : throw new EnvironmentException($"PTHOST_INSTANCE=\"{instanceText}\" is not a name (1 to 64 of A-Z a-z 0-9 . _ -)"))
+                : null;
+            return (metrics, instance);
+        }
 
         if (role == Role.Client)
         {
-            return new PtConfig
+            var (metrics, instance) = Own();
+            var client = new PtConfig
             {
                 IpcVersion = 1,
                 PtVersion = "1",
@@ -97,7 +110,10 @@ public sealed partial class PtConfig
                 OutboundBindV4 = bind4,
                 OutboundBindV6 = bind6,
                 ProxyListenAddresses = wanted.ToDictionary(t => t, _ => new IPEndPoint(IPAddress.Loopback, 0)),
+                Metrics = metrics,
             };
+            if (instance is not null) client.Instance = instance;
+            return client;
         }
 
         var bindAddresses = ParseServerBindAddresses(Get("TOR_PT_SERVER_BINDADDR"), wanted);
@@ -109,7 +125,8 @@ public sealed partial class PtConfig
         if (extOrPort is not null && cookie is null)
             throw new EnvironmentException("TOR_PT_EXTENDED_SERVER_PORT is set but TOR_PT_AUTH_COOKIE_FILE is not");
         var target = extOrPort ?? orPort ?? throw new EnvironmentException("neither TOR_PT_ORPORT nor TOR_PT_EXTENDED_SERVER_PORT is set");
-        return new PtConfig
+        var (serverMetrics, serverInstance) = Own();
+        var server = new PtConfig
         {
             IpcVersion = 1,
             PtVersion = "1",
@@ -124,8 +141,11 @@ public sealed partial class PtConfig
             Target = new Destination(target.Address.ToString(), (ushort)target.Port),
             ExtendedOrPort = extOrPort,
             AuthCookieFile = extOrPort is null ? null : cookie,
+            Metrics = serverMetrics,
             SignalRoutes = routes,
         };
+        if (serverInstance is not null) server.Instance = serverInstance;
+        return server;
     }
 
     /// <summary>The option keys a bridge line's signal route takes (spec/rendezvous.md §7.1): the host's, never the transport's.</summary>

@@ -63,10 +63,14 @@ public sealed class Socks5Listener : IAsyncDisposable
         bool opened = false;
         try
         {
-            using var handshake = CancellationTokenSource.CreateLinkedTokenSource(abort);
-            handshake.CancelAfter(_limits.HandshakeTimeout);
-            var reader = PipeReader.Create(clientStream, new StreamPipeReaderOptions(bufferSize: 512, minimumReadSize: 256, leaveOpen: true, useZeroByteReads: true));
-            var outcome = await NegotiateAsync(reader, clientStream, id, handshake, abort).ConfigureAwait(false);
+            (Stream, byte[]?)? outcome;
+            // The handshake's timer and token live only as long as the handshake: an idle session holds neither.
+            using (var handshake = CancellationTokenSource.CreateLinkedTokenSource(abort))
+            {
+                handshake.CancelAfter(_limits.HandshakeTimeout);
+                var reader = PipeReader.Create(clientStream, new StreamPipeReaderOptions(bufferSize: 512, minimumReadSize: 256, leaveOpen: true, useZeroByteReads: true));
+                outcome = await NegotiateAsync(reader, clientStream, id, handshake, abort).ConfigureAwait(false);
+            }
             if (outcome is null) return;
             (upstream, var leftover) = outcome.Value;
             opened = true;

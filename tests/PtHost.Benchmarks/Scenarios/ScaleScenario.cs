@@ -4,6 +4,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text.Json.Nodes;
 using PtHost.Testing;
+using PtHost.Transports.Jet;
 
 namespace PtHost.Benchmarks;
 
@@ -12,11 +13,17 @@ namespace PtHost.Benchmarks;
 /// Zephyr pair set-up rate through three cluster instances behind HAProxy against one lone instance
 /// directly; one stream through a pair that meets on one instance against one that crosses the
 /// internal link (spec/zephyr.md §8.3: the cost of the hop); and a lone relay with metrics on
-/// (scraped every second) against one with metrics off.
+/// (scraped every second) against one with metrics off; aggregate throughput of <see cref="Streams"/> concurrent
+/// bulk streams through HAProxy to the three instances against one instance directly; and the same for JET
+/// (three instances behind HAProxy hashing the association id, docs/deploy.md §1): associations set up per
+/// second and the aggregate of concurrent streams, against one instance directly.
 /// </summary>
 public sealed class ScaleScenario : IScenario
 {
     private const int InFlight = 32;
+
+    /// <summary>Concurrent bulk streams in the aggregate throughput figures.</summary>
+    private const int Streams = 6;
 
     public string Name => "scale";
     public string Title => "Relays at scale: three Zephyr instances behind HAProxy, the cross-instance hop, metrics on vs off (relay and plain chain)";
@@ -43,7 +50,18 @@ public sealed class ScaleScenario : IScenario
         var chainOff = new Figure { Key = "scale_chain_metrics_off_per_second", Label = $"SOCKS sessions per second through the plain chain, metrics off ({ctx.ConnTotal}, {ctx.ConnConcurrency} in flight)", Unit = "conn/s", Format = "0" };
         var chainOn = new Figure { Key = "scale_chain_metrics_on_per_second", Label = "the same with \"metrics\" on client and server, each scraped every second", Unit = "conn/s", Format = "0" };
         var chainRatio = new Figure { Key = "scale_chain_metrics_ratio", Label = "on / off", Unit = "", Indent = 1, Goal = Goal.AtLeast, Target = 0.9 };
+        long each = Math.Max(bytes / Streams, 16L << 20);
+        var multiLone = new Figure { Key = "scale_zephyr_lone_multi_gbps", Label = $"{Streams} concurrent streams through one Zephyr instance directly ({each >> 20} MiB each), aggregate", Unit = "Gbit/s" };
+        var multiCluster = new Figure { Key = "scale_zephyr_cluster_multi_gbps", Label = $"the same through HAProxy to three cluster instances", Unit = "Gbit/s" };
+        var multiRatio = new Figure { Key = "scale_zephyr_multi_ratio", Label = "ratio to one instance (2 cores shared by all)", Unit = "", Indent = 1 };
+        var jetLone = new Figure { Key = "scale_jet_lone_associations_per_second", Label = $"JET associations set up per second, one instance directly ({pairs}, {InFlight} in flight; create, gather, accept, connect, 32 B checked, delete)", Unit = "assoc/s", Format = "0" };
+        var jetCluster = new Figure { Key = "scale_jet_cluster_associations_per_second", Label = "the same, REST through HAProxy (hash of the association id) to three instances", Unit = "assoc/s", Format = "0" };
+        var jetRatio = new Figure { Key = "scale_jet_cluster_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
+        var jetMultiLone = new Figure { Key = "scale_jet_lone_multi_gbps", Label = $"{Streams} concurrent streams through JET associations on one instance ({each >> 20} MiB each), aggregate", Unit = "Gbit/s" };
+        var jetMultiCluster = new Figure { Key = "scale_jet_cluster_multi_gbps", Label = "the same, associations made through HAProxy (spread over three instances)", Unit = "Gbit/s" };
+        var jetMultiRatio = new Figure { Key = "scale_jet_multi_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
         run.Add(chainOff, chainOn, chainRatio);
+        run.Add(multiLone, multiCluster, multiRatio, jetLone, jetCluster, jetRatio, jetMultiLone, jetMultiCluster, jetMultiRatio);
         run.Add(lone, cluster, clusterRatio, sameSetup, crossSetup, crossSetupRatio, same, cross, crossRatio, metricsOff, metricsOn, metricsRatio, offGbps, onGbps, onGbpsRatio);
         var raw = run.Raw("scale");
         try
@@ -71,6 +89,31 @@ public sealed class ScaleScenario : IScenario
                     {servers}
 
                     """, 1).ConfigureAwait(false);
+                // JET: three instances behind HAProxy hashing the association id (docs/deploy.md §1), and a lone instance.
+                var jets = new List<JetInstance>();
+                for (int n = 1; n <= 4; n++) jets.Add(await JetInstance.StartAsync(n <= 3 ? $"jet{n}" : "jet-lone").ConfigureAwait(false));
+                await using var jetsGone = new AsyncDisposables(jets);
+                string jetServers = string.Join("\n", jets.Take(3).Select(j => $"    server {j.Id} {j.Http} check inter 1s"));
+                await using var jetProxy = await HaproxyProcess.StartAsync($"""
+                    global
+                        maxconn 8000
+                        stats socket @STATS@ mode 600 level admin
+                    defaults
+                        mode http
+                        timeout connect 2s
+                        timeout client 60s
+                        timeout server 60s
+                    frontend jet_rest
+                        bind @LISTENER0@
+                        default_backend jet
+                    backend jet
+                        balance hash path,field(4,/)
+                        hash-type consistent
+                    {jetServers}
+
+                    """, 1).ConfigureAwait(false);
+                using var jetLoneRest = JetRest(jets[3].Http);
+                using var jetClusterRest = JetRest(jetProxy.Listeners[0]);
                 await using var off = await ZephyrRelayChild.StartAsync(ctx.PtHost, ["--max-per-source", "100000"]).ConfigureAwait(false);
                 await using var on = await ZephyrRelayChild.StartAsync(ctx.PtHost, ["--max-per-source", "100000", "--metrics", "127.0.0.1:0"]).ConfigureAwait(false);
                 string onLine = on.ListenLine;
@@ -153,6 +196,45 @@ public sealed class ScaleScenario : IScenario
                             return r.PerSecond;
                         }).ConfigureAwait(false);
                     }
+                    async Task<double> Multi(Figure f, string kind, Func<Task<(Socket A, Socket B, IAsyncDisposable Held)>> open)
+                    {
+                        ctx.Say($"{step}: {kind}");
+                        return await ScenarioRun.AttemptAsync(f, async () =>
+                        {
+                            var r = await MultiStreamAsync(open, each, timeout).ConfigureAwait(false);
+                            raw.Add(ScenarioRun.Tag(new JsonObject { ["gbps"] = r, ["streams"] = Streams, ["bytes_each"] = each }, kind, rep));
+                            return r;
+                        }).ConfigureAwait(false);
+                    }
+                    async Task<(Socket, Socket, IAsyncDisposable)> ZephyrStream(IPEndPoint relay)
+                    {
+                        var (x, y) = await PairAsync(relay, relay).ConfigureAwait(false);
+                        return (x, y, new AsyncDisposables([x, y]));
+                    }
+                    double ml = await Multi(multiLone, "multi_lone", () => ZephyrStream(off.EndPoint)).ConfigureAwait(false);
+                    double mc = await Multi(multiCluster, "multi_cluster_haproxy", () => ZephyrStream(haproxy.Listeners[0])).ConfigureAwait(false);
+                    ScenarioRun.AddRatio(multiRatio, mc, ml, multiCluster, multiLone);
+                    async Task<double> JetRate(Figure f, string kind, HttpClient rest)
+                    {
+                        ctx.Say($"{step}: {kind}");
+                        return await ScenarioRun.AttemptAsync(f, async () =>
+                        {
+                            var r = await JetAssociationRateAsync(rest, pairs).ConfigureAwait(false);
+                            raw.Add(ScenarioRun.Tag(new JsonObject { ["associations_per_second"] = r }, kind, rep));
+                            return r;
+                        }).ConfigureAwait(false);
+                    }
+                    async Task<(Socket, Socket, IAsyncDisposable)> JetStream(HttpClient rest)
+                    {
+                        var h = await OpenJetAsync(rest).ConfigureAwait(false);
+                        return (h.Connector.Socket, h.Acceptor.Socket, h);
+                    }
+                    double jl = await JetRate(jetLone, "jet_lone", jetLoneRest).ConfigureAwait(false);
+                    double jc = await JetRate(jetCluster, "jet_cluster_haproxy", jetClusterRest).ConfigureAwait(false);
+                    ScenarioRun.AddRatio(jetRatio, jc, jl, jetCluster, jetLone);
+                    double jml = await Multi(jetMultiLone, "jet_multi_lone", () => JetStream(jetLoneRest)).ConfigureAwait(false);
+                    double jmc = await Multi(jetMultiCluster, "jet_multi_cluster_haproxy", () => JetStream(jetClusterRest)).ConfigureAwait(false);
+                    ScenarioRun.AddRatio(jetMultiRatio, jmc, jml, jetMultiCluster, jetMultiLone);
                     double co = await ChainRate(chainOff, "chain_metrics_off", false).ConfigureAwait(false);
                     double cn = await ChainRate(chainOn, "chain_metrics_on", true).ConfigureAwait(false);
                     ScenarioRun.AddRatio(chainRatio, cn, co, chainOn, chainOff);
@@ -168,6 +250,113 @@ public sealed class ScaleScenario : IScenario
         catch (Exception e) when (ScenarioRun.IsMeasurementFailure(e))
         {
             run.FailRemaining(e);
+        }
+    }
+
+    /// <summary>
+    /// <see cref="Streams"/> streams opened with <paramref name="open"/>, then <paramref name="each"/> bytes through every one
+    /// at once; the aggregate in Gbit/s (all bytes over the wall time of the slowest).
+    /// </summary>
+    private static async Task<double> MultiStreamAsync(Func<Task<(Socket A, Socket B, IAsyncDisposable Held)>> open, long each, TimeSpan timeout)
+    {
+        var held = new List<(Socket A, Socket B, IAsyncDisposable Held)>();
+        try
+        {
+            for (int i = 0; i < Streams; i++) held.Add(await open().ConfigureAwait(false));
+            var clock = Stopwatch.StartNew();
+            var results = await Task.WhenAll(held.Select(h => StreamPump.RunAsync(h.A, h.B, each, timeout))).ConfigureAwait(false);
+            return results.Sum(r => r.Received) * 8 / clock.Elapsed.TotalSeconds / 1e9;
+        }
+        finally
+        {
+            foreach (var h in held) await h.Held.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    private static HttpClient JetRest(IPEndPoint http) =>
+        new(new SocketsHttpHandler { MaxConnectionsPerServer = InFlight }) { BaseAddress = new Uri($"http://{http}"), Timeout = TimeSpan.FromSeconds(20) };
+
+    /// <summary><paramref name="count"/> JET associations, <see cref="InFlight"/> at once: each set up, 32 bytes checked across, deleted.</summary>
+    private static async Task<double> JetAssociationRateAsync(HttpClient rest, int count)
+    {
+        int next = -1;
+        var clock = Stopwatch.StartNew();
+        await Task.WhenAll(Enumerable.Range(0, InFlight).Select(_ => Task.Run(async () =>
+        {
+            var payload = new byte[32];
+            while (Interlocked.Increment(ref next) < count)
+            {
+                var h = await OpenJetAsync(rest).ConfigureAwait(false);
+                await using (h.ConfigureAwait(false))
+                {
+                    Random.Shared.NextBytes(payload);
+                    await h.Connector.SendAsync(payload).ConfigureAwait(false);
+                    if (!(await h.Acceptor.ReadExactlyAsync(payload.Length).ConfigureAwait(false)).AsSpan().SequenceEqual(payload))
+                        throw new IOException("an association delivered other bytes");
+                }
+                using var deleted = await rest.DeleteAsync($"/jet/association/{h.Aid}").ConfigureAwait(false);
+                deleted.EnsureSuccessStatusCode();
+            }
+        }))).ConfigureAwait(false);
+        return count / clock.Elapsed.TotalSeconds;
+    }
+
+    private sealed record JetHeld(Guid Aid, JetPeer Acceptor, JetPeer Connector) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync()
+        {
+            await Connector.DisposeAsync().ConfigureAwait(false);
+            await Acceptor.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>spec/jet.md §5: create and gather over REST (through whatever <paramref name="rest"/> points at), then accept and connect on the tcp candidate the owner named.</summary>
+    private static async Task<JetHeld> OpenJetAsync(HttpClient rest)
+    {
+        var aid = Guid.NewGuid();
+        using (var created = await rest.PostAsync($"/jet/association/{aid}", null).ConfigureAwait(false)) created.EnsureSuccessStatusCode();
+        using var gathered = await rest.PostAsync($"/jet/gather/{aid}", null).ConfigureAwait(false);
+        gathered.EnsureSuccessStatusCode();
+        var candidates = JsonNode.Parse(await gathered.Content.ReadAsStringAsync().ConfigureAwait(false))!["candidates"]!.AsArray();
+        var tcp = candidates.First(c => ((string)c!["url"]!).StartsWith("tcp://", StringComparison.Ordinal))!;
+        var cid = Guid.Parse((string)tcp["id"]!);
+        var url = new Uri((string)tcp["url"]!);
+        var owner = new IPEndPoint(IPAddress.Parse(url.Host), url.Port);
+        var acceptor = await JetPeer.ConnectAsync(owner).ConfigureAwait(false);
+        try
+        {
+            await acceptor.AcceptAsync(aid, cid, owner.ToString()).ConfigureAwait(false);
+            var connector = await JetPeer.ConnectAsync(owner).ConfigureAwait(false);
+            try
+            {
+                await connector.SendRequestAsync(JetWire.BuildRequest(JetMethod.Connect, aid, cid, owner.ToString())).ConfigureAwait(false);
+                var response = await connector.ReadResponseAsync().ConfigureAwait(false);
+                if (response.Status != 200) throw new IOException($"JET connect answered {response.Status}");
+                return new JetHeld(aid, acceptor, connector);
+            }
+            catch
+            {
+                await connector.DisposeAsync().ConfigureAwait(false);
+                throw;
+            }
+        }
+        catch
+        {
+            await acceptor.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>Disposes what it holds, in order.</summary>
+    private sealed class AsyncDisposables(IEnumerable<object> items) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync()
+        {
+            foreach (var item in items)
+            {
+                if (item is IAsyncDisposable a) await a.DisposeAsync().ConfigureAwait(false);
+                else if (item is IDisposable d) d.Dispose();
+            }
         }
     }
 

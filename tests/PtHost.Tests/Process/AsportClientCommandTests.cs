@@ -35,9 +35,9 @@ public sealed partial class AsportClientCommandTests
     }
 
     /// <summary>Starts the command; returns it with the public address of its LISTEN line.</summary>
-    private static async Task<(PtProcess Process, IPEndPoint Public)> StartAsync(string config)
+    private static async Task<(PtProcess Process, IPEndPoint Public)> StartAsync(string config, params string[] more)
     {
-        var p = PtProcess.StartPthost("asport-client", "--config", config, "--loglevel", "info");
+        var p = PtProcess.StartPthost(["asport-client", "--config", config, "--loglevel", "info", .. more]);
         try
         {
             var line = await p.ReadLineAsync(Wait);
@@ -52,7 +52,7 @@ public sealed partial class AsportClientCommandTests
         }
     }
 
-    [GeneratedRegex(@"^LISTEN asport-client (\S+) mode=\d$")]
+    [GeneratedRegex(@"^LISTEN asport-client (\S+) mode=\d( metrics=\S+)?$")]
     private static partial Regex ListenLine();
 
     [GeneratedRegex(@"registered; public port (\d+)")]
@@ -131,6 +131,83 @@ public sealed partial class AsportClientCommandTests
                     break;
                 }
             }
+        }
+    }
+
+    /// <summary>
+    /// spec/asport.md §4.4: <c>--metrics</c> serves what an operator of the client watches: the forwarded
+    /// connections as sessions with their bytes, a local service that refused (reason local-connect), and the
+    /// link to the relay (registrations, reconnects, registered now) across a relay's kill -9 and restart.
+    /// </summary>
+    [Fact]
+    public async Task Metrics_count_forwarded_sessions_bytes_local_refusals_and_reconnects()
+    {
+        var echo = new EchoServer();
+        var relay = await AsportRelayProcess.StartAsync();
+        AsportRelayProcess? again = null;
+        try
+        {
+            var config = WriteConfig(relay.Directory, relay.EndPoint, echo.EndPoint, ForwardMode.Tcp);
+            var (client, pub) = await StartAsync(config, "--metrics", "127.0.0.1:0", "--instance", "edge-asport");
+            await using (client)
+            {
+                string listen = client.StdoutLines[0];
+                string metrics = listen[(listen.IndexOf(" metrics=", StringComparison.Ordinal) + 9)..];
+                using var http = new HttpClient();
+                async Task<string> ScrapeAsync() => await http.GetStringAsync($"http://{metrics}/metrics");
+                async Task WaitForAsync(string line) => await Eventually.TrueAsync(async () => (await ScrapeAsync()).Contains(line + "\n", StringComparison.Ordinal),
+                    $"metrics line {line}", Wait);
+
+                var payload = RandomNumberGenerator.GetBytes(1000);
+                for (int i = 0; i < 3; i++)
+                {
+                    using var tcp = new TcpClient();
+                    await tcp.ConnectAsync(pub);
+                    await tcp.GetStream().WriteAsync(payload);
+                    var back = new byte[payload.Length];
+                    await tcp.GetStream().ReadExactlyAsync(back);
+                    Assert.Equal(payload, back);
+                }
+                const string S = "{transport=\"asport\",role=\"asport-client\"";
+                await WaitForAsync($"pthost_sessions_open{S}}} 0");
+                string page = await ScrapeAsync();
+                Assert.Contains("pthost_instance_info{id=\"edge-asport\",process=\"asport-client\",", page, StringComparison.Ordinal);
+                Assert.Contains($"pthost_sessions_opened_total{S}}} 3\n", page, StringComparison.Ordinal);
+                Assert.Contains($"pthost_bytes_total{S},direction=\"in\"}} 3000\n", page, StringComparison.Ordinal);
+                Assert.Contains($"pthost_bytes_total{S},direction=\"out\"}} 3000\n", page, StringComparison.Ordinal);
+                Assert.Contains("pthost_asport_client_registrations_total 1\n", page, StringComparison.Ordinal);
+                Assert.Contains("pthost_asport_client_reconnects_total 0\n", page, StringComparison.Ordinal);
+                Assert.Contains("pthost_asport_client_registered 1\n", page, StringComparison.Ordinal);
+
+                // The local service is gone: the relay still accepts on the public port, the client's connect is refused.
+                await echo.DisposeAsync();
+                using (var tcp = new TcpClient())
+                {
+                    await tcp.ConnectAsync(pub);
+                    using var cts = new CancellationTokenSource(Wait);
+                    try { Assert.Equal(0, await tcp.GetStream().ReadAsync(new byte[1], cts.Token)); }
+                    catch (IOException) { } // reset rather than closed: refused all the same
+                }
+                await WaitForAsync($"pthost_sessions_failed_total{S},reason=\"local-connect\"}} 1");
+
+                // The relay dies and comes back: the client registers again after a reconnect.
+                relay.Process.Signal(9);
+                Assert.NotEqual(0, await relay.Process.WaitForExitAsync(Wait));
+                again = await AsportRelayProcess.StartAsync(relay.EndPoint.ToString());
+                await client.WaitForStderrAsync("registered; public port", count: 2, within: TimeSpan.FromSeconds(90));
+                await WaitForAsync("pthost_asport_client_registrations_total 2");
+                await WaitForAsync("pthost_asport_client_registered 1");
+                page = await ScrapeAsync();
+                var reconnects = Regex.Match(page, @"pthost_asport_client_reconnects_total (\d+)\n");
+                Assert.True(reconnects.Success && int.Parse(reconnects.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) >= 1, page);
+                Assert.Contains($"pthost_sessions_opened_total{S}}} 3\n", page, StringComparison.Ordinal);
+            }
+        }
+        finally
+        {
+            await echo.DisposeAsync();
+            await relay.DisposeAsync();
+            if (again is not null) await again.DisposeAsync();
         }
     }
 

@@ -22,6 +22,9 @@ public partial class DebianPackageTests
     private static readonly Lazy<Task<string>> s_deb = new(BuildAsync, LazyThreadSafetyMode.ExecutionAndPublication);
     private static readonly string[] Relays = ["zephyr", "jet", "asport"];
 
+    /// <summary>Every unit the package ships: one per relay, and the template units for several instances on one machine (docs/deploy.md §2).</summary>
+    private static readonly string[] Units = [.. Relays.Select(r => $"pthost-{r}.service"), "pthost-zephyr@.service", "pthost-jet@.service"];
+
     private static async Task<string> BuildAsync()
     {
         string native = PtHostExecutable.NativeAotPath;
@@ -45,7 +48,8 @@ public partial class DebianPackageTests
         Assert.Equal(
         [
             "/etc/default/pthost-asport", "/etc/default/pthost-jet", "/etc/default/pthost-zephyr", "/etc/pthost/jet.json", "/etc/pthost/zephyr.json",
-            "/lib/systemd/system/pthost-asport.service", "/lib/systemd/system/pthost-jet.service", "/lib/systemd/system/pthost-zephyr.service",
+            "/lib/systemd/system/pthost-asport.service", "/lib/systemd/system/pthost-jet.service", "/lib/systemd/system/pthost-jet@.service",
+            "/lib/systemd/system/pthost-zephyr.service", "/lib/systemd/system/pthost-zephyr@.service",
             "/usr/bin/pthost", "/usr/share/bash-completion/completions/pthost", "/usr/share/doc/pthost/changelog.gz",
             "/usr/share/doc/pthost/copyright", "/usr/share/man/man1/pthost.1.gz",
         ], files);
@@ -104,9 +108,9 @@ public partial class DebianPackageTests
     {
         using var root = await ScratchRoot.InstallAsync(await s_deb.Value);
         await root.AddSystemdOwnUnitsAsync();
-        foreach (string relay in Relays)
+        foreach (string name in Units)
         {
-            string unit = $"/lib/systemd/system/pthost-{relay}.service";
+            string unit = $"/lib/systemd/system/{name}";
             // verify resolves the unit's dependencies in the root (systemd's own targets beside ours), checks
             // ExecStart's binary and the Documentation man page (MANPATH into the root). Parse problems are
             // warnings with exit 0: stderr must stay empty.
@@ -118,7 +122,7 @@ public partial class DebianPackageTests
             var m = ExposureLine().Match(security.Stdout);
             Assert.True(m.Success, security.Stdout + security.Stderr);
             double exposure = double.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture);
-            Assert.True(exposure <= 2.0, $"pthost-{relay}.service exposure {exposure}");
+            Assert.True(exposure <= 2.0, $"{name} exposure {exposure}");
         }
     }
 
@@ -143,11 +147,11 @@ public partial class DebianPackageTests
             Assert.True(demo.Exit == 0, demo.Stdout + demo.Stderr);
             Assert.EndsWith("demo: demo OK", demo.Stdout.Trim(), StringComparison.Ordinal);
 
-            foreach (string relay in Relays)
+            foreach (string name in Units)
             {
-                // Where systemd is not PID 1, verify still checks the unit against the installed system.
-                var verify = await PtProcess.RunAsync("systemd-analyze", ["verify", $"/lib/systemd/system/pthost-{relay}.service"], TimeSpan.FromMinutes(1));
-                Assert.True(verify.Exit == 0 && verify.Stderr.Trim().Length == 0, $"verify pthost-{relay}: exit {verify.Exit}: {verify.Stderr}");
+                // Where systemd is not PID 1, verify still checks the unit against the installed system (a template as its instance "i").
+                var verify = await PtProcess.RunAsync("systemd-analyze", ["verify", $"/lib/systemd/system/{name}"], TimeSpan.FromMinutes(1));
+                Assert.True(verify.Exit == 0 && verify.Stderr.Trim().Length == 0, $"verify {name}: exit {verify.Exit}: {verify.Stderr}");
             }
             await ServeAsUnitsAsync("");
         }
@@ -212,6 +216,7 @@ public partial class DebianPackageTests
             jet.Signal(15);
             Assert.Equal(0, await jet.WaitForExitAsync());
         }
+        await ServeAsTemplateUnitsAsync(root);
         string defaults = await File.ReadAllTextAsync(root + "/etc/default/pthost-asport");
         string[] asportFiles = ["asport.json", "cert.pem", "key.pem"];
         try
@@ -240,6 +245,62 @@ public partial class DebianPackageTests
         }
     }
 
+    /// <summary>
+    /// The template units (docs/deploy.md §2): pthost-zephyr@1 and pthost-zephyr@2 side by side, each with its own
+    /// /etc/pthost/zephyr-N.json, and pthost-jet@1 with its own /etc/default/pthost-jet-1 giving it a metrics address.
+    /// The operator's files are removed again, so that purge leaves nothing.
+    /// </summary>
+    private static async Task ServeAsTemplateUnitsAsync(string root)
+    {
+        string[] files = ["/etc/pthost/zephyr-1.json", "/etc/pthost/zephyr-2.json", "/etc/pthost/jet-1.json", "/etc/default/pthost-jet-1"];
+        try
+        {
+            foreach (int n in new[] { 1, 2 })
+                await File.WriteAllTextAsync($"{root}/etc/pthost/zephyr-{n}.json", $"{{\"listen\": \"127.0.0.1:0\", \"instance\": \"zephyr-{n}\", \"stats-interval\": 3600}}\n");
+            using var notify1 = new SystemdNotifyTests.NotifySocket();
+            using var notify2 = new SystemdNotifyTests.NotifySocket();
+            await using var zephyr1 = StartUnit(root, "zephyr", notify1.Environment, "1");
+            await using var zephyr2 = StartUnit(root, "zephyr", notify2.Environment, "2");
+            Assert.Equal("READY=1", await notify1.ReceiveAsync(TimeSpan.FromSeconds(20)));
+            Assert.Equal("READY=1", await notify2.ReceiveAsync(TimeSpan.FromSeconds(20)));
+            var listens = new List<IPEndPoint>();
+            foreach (var zephyr in new[] { zephyr1, zephyr2 })
+            {
+                var listen = IPEndPoint.Parse((await zephyr.WaitForLineAsync("LISTEN zephyr ")).Split(' ')[2]);
+                listens.Add(listen);
+                using var tcp = new TcpClient();
+                await tcp.ConnectAsync(listen);
+                using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+                Assert.True(await tcp.GetStream().ReadAsync(new byte[64], cts.Token) > 0, "the relay sent no assignment");
+            }
+            Assert.NotEqual(listens[0], listens[1]);
+
+            await File.WriteAllTextAsync(root + "/etc/pthost/jet-1.json", "{\"listen\": \"127.0.0.1:0\", \"instance\": \"jet-1\"}\n");
+            await File.WriteAllTextAsync(root + "/etc/default/pthost-jet-1", "PTHOST_JET_OPTIONS=\"--metrics 127.0.0.1:0\"\n");
+            using var notify = new SystemdNotifyTests.NotifySocket();
+            await using var jet = StartUnit(root, "jet", notify.Environment, "1");
+            Assert.Equal("READY=1", await notify.ReceiveAsync(TimeSpan.FromSeconds(20)));
+            string line = await jet.WaitForLineAsync("LISTEN jet ");
+            string http = line.Split(' ')[2];
+            using var client = new HttpClient();
+            using var response = await client.PostAsync($"http://{http}/jet/association/{Guid.NewGuid()}", null);
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            Assert.Equal("jet-1", response.Headers.GetValues("Jet-Instance").Single());
+            // The per-instance environment file reached the command line: the instance serves metrics.
+            string metrics = Assert.Single(line.Split(' '), w => w.StartsWith("metrics=", StringComparison.Ordinal))["metrics=".Length..];
+            Assert.Contains("pthost_instance_info{id=\"jet-1\"", await client.GetStringAsync($"http://{metrics}/metrics"), StringComparison.Ordinal);
+            foreach (var p in new[] { zephyr1, zephyr2, jet })
+            {
+                p.Signal(15);
+                Assert.Equal(0, await p.WaitForExitAsync());
+            }
+        }
+        finally
+        {
+            foreach (string f in files) File.Delete(root + f);
+        }
+    }
+
     /// <summary>dpkg needs root: CI runs as root; elsewhere the test asks sudo, without a password prompt.</summary>
     private static string Sudo(string file) => Environment.UserName == "root" ? file : "sudo";
 
@@ -250,14 +311,18 @@ public partial class DebianPackageTests
     /// EnvironmentFile's assignments, <c>$VAR</c> split into words, <c>${VAR}</c> one word; absolute
     /// paths of the package taken inside <paramref name="root"/> ("" for /). The unit's own file is the one installed.
     /// </summary>
-    private static PtProcess StartUnit(string root, string relay, Dictionary<string, string> env)
+    private static PtProcess StartUnit(string root, string relay, Dictionary<string, string> env, string? instance = null)
     {
-        var unit = File.ReadAllLines($"{root}/lib/systemd/system/pthost-{relay}.service");
+        // A template unit (pthost-RELAY@.service) started as pthost-RELAY@INSTANCE: systemd puts the instance where %i stands.
+        string name = instance is null ? $"pthost-{relay}.service" : $"pthost-{relay}@{instance}.service";
+        var unit = File.ReadAllLines(instance is null ? $"{root}/lib/systemd/system/{name}" : $"{root}/lib/systemd/system/pthost-{relay}@.service")
+            .Select(l => instance is null ? l : l.Replace("%i", instance, StringComparison.Ordinal)).ToArray();
         string condition = Assert.Single(unit, l => l.StartsWith("ConditionPathExists=", StringComparison.Ordinal))["ConditionPathExists=".Length..];
-        Assert.True(File.Exists(root + condition), $"pthost-{relay}.service would not start: {condition} is missing");
+        Assert.True(File.Exists(root + condition), $"{name} would not start: {condition} is missing");
         string execStart = Assert.Single(unit, l => l.StartsWith("ExecStart=", StringComparison.Ordinal))["ExecStart=".Length..];
         string environmentFile = Assert.Single(unit, l => l.StartsWith("EnvironmentFile=-", StringComparison.Ordinal))["EnvironmentFile=-".Length..];
-        var variables = File.ReadAllLines(root + environmentFile)
+        // "-": a missing file is no error (systemd.exec(5)).
+        var variables = (File.Exists(root + environmentFile) ? File.ReadAllLines(root + environmentFile) : [])
             .Where(l => l.Length > 0 && l[0] != '#')
             .Select(l => l.Split('=', 2))
             .ToDictionary(kv => kv[0], kv => kv[1].Trim('"'));
@@ -269,7 +334,7 @@ public partial class DebianPackageTests
             else words.Add(word.StartsWith("/usr/", StringComparison.Ordinal) || word.StartsWith("/etc/", StringComparison.Ordinal) ? root + word : word);
         }
         Assert.Equal(root + "/usr/bin/pthost", words[0]);
-        Assert.Contains($"{root}/etc/pthost/{relay}.json", words);
+        Assert.Contains(instance is null ? $"{root}/etc/pthost/{relay}.json" : $"{root}/etc/pthost/{relay}-{instance}.json", words);
         return PtProcess.Start(words[0], words.Skip(1), env);
     }
 

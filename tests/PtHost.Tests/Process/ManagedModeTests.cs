@@ -53,6 +53,8 @@ public class ManagedModeTests
         { "server", "TOR_PT_SERVER_BINDADDR", "plain:127.0.0.1:80", ["ENV-ERROR TOR_PT_SERVER_BINDADDR entry \"plain:127.0.0.1:80\" is not name-ip:port"] },
         { "server", "TOR_PT_ORPORT", "nowhere", ["ENV-ERROR TOR_PT_ORPORT=\"nowhere\" is not ip:port"] },
         { "server", "TOR_PT_EXTENDED_SERVER_PORT", "127.0.0.1:4200", ["ENV-ERROR TOR_PT_EXTENDED_SERVER_PORT is set but TOR_PT_AUTH_COOKIE_FILE is not"] },
+        { "client", "PTHOST_METRICS", "localhost:9101", ["ENV-ERROR PTHOST_METRICS=\"localhost:9101\" is not ip:port"] },
+        { "server", "PTHOST_INSTANCE", "two words", ["ENV-ERROR PTHOST_INSTANCE=\"two words\" is not a name (1 to 64 of A-Z a-z 0-9 . _ -)"] },
     };
 
     [Theory]
@@ -143,6 +145,39 @@ public class ManagedModeTests
         Assert.Equal(0x00, await socks.ReadReplyAsync());
         Assert.Equal("OR cells"u8.ToArray(), await socks.ReadExactlyAsync(8));
         Assert.Equal(1, echo.Accepted);
+    }
+
+    /// <summary>
+    /// spec/ipc.md §10.2, §4.12: PTHOST_METRICS and PTHOST_INSTANCE turn the metrics endpoint on under tor, which can only
+    /// pass environment variables; the endpoint counts the sessions tor's SOCKS connections make.
+    /// </summary>
+    [Fact]
+    public async Task PTHOST_METRICS_serves_the_sessions_of_a_managed_client_and_server()
+    {
+        await using var echo = new EchoServer();
+        await using var server = Start(ServerEnv(("TOR_PT_ORPORT", $"127.0.0.1:{echo.Port}"), ("PTHOST_METRICS", "127.0.0.1:0"), ("PTHOST_INSTANCE", "bridge-1")));
+        var serverEp = IPEndPoint.Parse((await server.ReadUntilDoneAsync()).Single(l => l.StartsWith("SMETHOD plain", StringComparison.Ordinal)).Split(' ')[2]);
+        string serverMetrics = (await server.WaitForLineAsync("STATUS TYPE=metrics ADDRESS="))["STATUS TYPE=metrics ADDRESS=".Length..];
+        await using var client = Start(ClientEnv(("PTHOST_METRICS", "127.0.0.1:0")));
+        var socksEp = IPEndPoint.Parse((await client.ReadUntilDoneAsync()).Single(l => l.StartsWith("CMETHOD plain", StringComparison.Ordinal)).Split(' ')[3]);
+        string clientMetrics = (await client.WaitForLineAsync("STATUS TYPE=metrics ADDRESS="))["STATUS TYPE=metrics ADDRESS=".Length..];
+        for (int i = 0; i < 3; i++)
+        {
+            await using var socks = await SocksClient.ConnectAsync(socksEp);
+            await socks.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(serverEp.Address, serverEp.Port), .. "OR cells"u8.ToArray()]);
+            Assert.Equal([5, 0], await socks.ReadExactlyAsync(2));
+            Assert.Equal(0x00, await socks.ReadReplyAsync());
+            Assert.Equal("OR cells"u8.ToArray(), await socks.ReadExactlyAsync(8));
+        }
+        using var http = new HttpClient();
+        await Eventually.TrueAsync(async () => (await http.GetStringAsync($"http://{clientMetrics}/metrics")).Contains("pthost_sessions_open{transport=\"plain\",role=\"client\"} 0\n", StringComparison.Ordinal), "client sessions closed");
+        string c = await http.GetStringAsync($"http://{clientMetrics}/metrics");
+        Assert.Contains("pthost_instance_info{id=\"pthost-", c, StringComparison.Ordinal); // the default id
+        Assert.Contains("pthost_sessions_opened_total{transport=\"plain\",role=\"client\"} 3\n", c, StringComparison.Ordinal);
+        Assert.Contains("pthost_bytes_total{transport=\"plain\",role=\"client\",direction=\"in\"} 24\n", c, StringComparison.Ordinal);
+        string s = await http.GetStringAsync($"http://{serverMetrics}/metrics");
+        Assert.Contains("pthost_instance_info{id=\"bridge-1\",process=\"server\",", s, StringComparison.Ordinal);
+        Assert.Contains("pthost_sessions_opened_total{transport=\"plain\",role=\"server\"} 3\n", s, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -311,6 +311,78 @@ public class ScaleOutTests(ITestOutputHelper output)
         Assert.True(involving > 0);
     }
 
+    /// <summary>
+    /// Issue 20: Prometheus scrapes the pthost client and server processes too (their <c>metrics</c> key, spec/ipc.md §4.12),
+    /// beside the relays they use: a zephyr client and server whose relay is the three-instance cluster behind HAProxy.
+    /// </summary>
+    [Fact]
+    public async Task Prometheus_scrapes_a_pthost_client_and_server_beside_the_zephyr_instances_and_counts_their_sessions()
+    {
+        const int Sessions = 40;
+        string dir = Directory.CreateTempSubdirectory("pthost-zephyr-cluster-").FullName;
+        var zephyrs = await ZephyrInstance.StartClusterAsync(3, dir);
+        await using var _ = new Disposer(zephyrs);
+        await using var haproxy = await HaproxyProcess.StartAsync(HaproxyConfig([], zephyrs.Select(z => ($"zephyr{z.Number}", z.EndPoint))), 2);
+        await using var echo = new EchoServer();
+        var generated = await ZephyrChain.GenerateAsync();
+        var clientOptions = (JObject)generated["client"]!;
+        var serverOptions = (JObject)generated["server"]!;
+        clientOptions["relay"] = haproxy.Listeners[1].ToString();
+        serverOptions["relay"] = haproxy.Listeners[1].ToString();
+        var serverConfig = PtChain.FreeServerOf("zephyr", serverOptions);
+        serverConfig["metrics"] = "127.0.0.1:0";
+        serverConfig["instance"] = "edge-server";
+        await using var chain = await PtChain.StartAsync(serverConfig, ep =>
+        {
+            var client = PtChain.ClientOf("zephyr", clientOptions);
+            client["metrics"] = "127.0.0.1:0";
+            client["instance"] = "edge-client";
+            return client;
+        });
+        // The chain's pump reads both processes' stdout (it carries CMESSAGE/SMESSAGE lines): look for the line among those seen.
+        const string MetricsLine = "STATUS TYPE=metrics ADDRESS=";
+        static async Task<IPEndPoint> MetricsAddressAsync(PtProcess p) => IPEndPoint.Parse((await Eventually.ValueAsync(
+            () => p.StdoutLines.FirstOrDefault(l => l.StartsWith(MetricsLine, StringComparison.Ordinal)), l => l is not null, TimeSpan.FromSeconds(30))
+            ?? throw new TimeoutException("no metrics line:\n" + string.Join('\n', p.StdoutLines)))[MetricsLine.Length..]);
+        var clientMetrics = await MetricsAddressAsync(chain.Client);
+        var serverMetrics = await MetricsAddressAsync(chain.Server);
+        await using var prometheus = await PrometheusProcess.StartAsync(new Dictionary<string, IPEndPoint[]>
+        {
+            ["zephyr"] = [.. zephyrs.Select(z => z.Metrics)],
+            ["client"] = [clientMetrics],
+            ["server"] = [serverMetrics],
+        });
+
+        byte[] payload = RandomNumberGenerator.GetBytes(1000);
+        int relayed = 0;
+        for (int i = 0; i < Sessions; i++)
+        {
+            await using var socks = await SocksClient.ConnectAsync(chain.SocksEndPoint);
+            await socks.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(IPAddress.Loopback, echo.Port)]);
+            Assert.Equal(new byte[] { 5, 0 }, await socks.ReadExactlyAsync(2));
+            Assert.Equal(0x00, await socks.ReadReplyAsync());
+            await socks.SendAsync(payload);
+            Assert.Equal(payload, await socks.ReadExactlyAsync(payload.Length));
+            relayed++;
+        }
+        await chain.SessionsClosedAsync();
+        output.WriteLine($"{relayed} SOCKS sessions through a zephyr client and server over the 3-instance cluster");
+
+        // The test's own count, as each process reports it to Prometheus.
+        await prometheus.WaitForValueAsync("sum(pthost_sessions_opened_total{job=\"client\",transport=\"zephyr\",role=\"client\"})", relayed);
+        await prometheus.WaitForValueAsync("sum(pthost_sessions_opened_total{job=\"server\",transport=\"zephyr\",role=\"server\"})", relayed);
+        await prometheus.WaitForValueAsync("sum(pthost_sessions_open{job=~\"client|server\"})", 0);
+        await prometheus.WaitForValueAsync("sum(pthost_bytes_total{job=\"client\",direction=\"in\"})", relayed * (double)payload.Length);
+        await prometheus.WaitForValueAsync("sum(pthost_bytes_total{job=\"server\",direction=\"out\"})", relayed * (double)payload.Length);
+        await prometheus.WaitForValueAsync("sum(pthost_handshake_seconds_count{job=\"client\"})", relayed);
+        await prometheus.WaitForValueAsync("count(pthost_instance_info{job=\"client\",id=\"edge-client\",process=\"client\"})", 1);
+        await prometheus.WaitForValueAsync("count(pthost_instance_info{job=\"server\",id=\"edge-server\",process=\"server\"})", 1);
+        // Every session was one zephyr pair on the cluster: the relays opened as many as the client did.
+        await prometheus.WaitForValueAsync("sum(pthost_sessions_opened_total{job=\"zephyr\"})", relayed);
+        await prometheus.WaitForValueAsync("sum(pthost_relay_pairs{job=\"zephyr\",state=\"bound\"})", 0);
+        await prometheus.WaitForValueAsync("count(up{job=~\"client|server|zephyr\"} == 1)", 5);
+    }
+
     private static async Task<ZephyrPair> OpenPairAsync(IPEndPoint relay)
     {
         var a = await ZephyrPeer.ConnectAsync(relay);

@@ -203,6 +203,49 @@ public class DatagramAssociationTests
     }
 
     [Fact]
+    public async Task Congested_association_makes_a_waiting_sender_wait_and_drops_only_over_its_byte_limit()
+    {
+        using var cts = new CancellationTokenSource(Wait);
+        var (clientSide, serverSide) = DuplexPair(); // the pipe stops taking writes once 64 KiB are unread
+        byte[] relayed = new byte[DatagramFrame.MaxHeaderLength];
+        await serverSide.WriteAsync(relayed.AsMemory(0, DatagramFrame.Write(relayed, DatagramFrameType.Relayed, P("127.0.0.1", 1), default)), cts.Token);
+        await using var session = await StreamAssociation.StartAsync(clientSide, cts.Token);
+        var peer = P("127.0.0.1", 9);
+        byte[] payload = new byte[1200];
+        int frame = DatagramFrame.HeaderLength(peer) + payload.Length;
+
+        // Nobody reads the server side: the queue grows until the sender is asked to wait, nothing dropped.
+        int accepted = 0;
+        ValueTask pending;
+        while ((pending = session.SendAsync(peer, payload, cts.Token)).IsCompleted)
+            Assert.True(++accepted * frame < StreamAssociation.QueueBytes, "SendAsync never asked its caller to wait");
+        Assert.Equal(0, session.Dropped);
+        Assert.True((accepted + 1) * frame >= StreamAssociation.PauseBytes);
+
+        // A sender that does not wait loses datagrams only once the queue is over its byte limit, and they are counted.
+        int more = StreamAssociation.QueueBytes / frame;
+        for (int i = 0; i < more; i++) _ = session.SendAsync(peer, payload, cts.Token);
+        Assert.InRange(session.Dropped, 1, more);
+        Assert.False(pending.IsCompleted);
+
+        // The server process reads again: the waiting sender goes on, and every queued frame arrives.
+        long bytes = 0;
+        var drain = Task.Run(async () =>
+        {
+            byte[] b = new byte[65536];
+            int n;
+            while ((n = await serverSide.ReadAsync(b, cts.Token)) > 0) Interlocked.Add(ref bytes, n);
+        });
+        await pending.AsTask().WaitAsync(cts.Token);
+        await Eventually.TrueAsync(() => Interlocked.Read(ref bytes) == session.Sent * frame, "every queued frame at the server side");
+        Assert.Equal(accepted + 1 + more - session.Dropped, session.Sent);
+        await session.DisposeAsync();
+        cts.Cancel();
+        try { await drain; }
+        catch (OperationCanceledException) { } // the drain ends with the stream or with the token
+    }
+
+    [Fact]
     public async Task Association_limit_refuses_the_next_one()
     {
         var host = new ServerAssociations(null, AllowList.Parse(["127.0.0.1"]), NullLogger.Instance, maxAssociations: 1);
