@@ -19,6 +19,14 @@ internal static class Socks5UdpAssociation
 {
     public static readonly TimeSpan OpenTimeout = TimeSpan.FromSeconds(30);
     private const int MaxHeader = 3 + 1 + 16 + 2;
+    /// <summary>Datagrams read per recvmmsg(2): each slot holds the largest UDP payload, so a batch is 512 KiB per association.</summary>
+    private const int ReceiveBatch = 8;
+    /// <summary>Answers go to the client a batch per sendmmsg(2) from a pooled buffer of this size.</summary>
+    private const int ReplyBuffer = 2 * 65536 + MaxHeader;
+    /// <summary>SO_RCVBUF and SO_SNDBUF asked for (capped by net.core.rmem_max / wmem_max).</summary>
+    private const int SocketBuffer = 4 << 20;
+    /// <summary>Longest the client's reader waits for a congested carrier before it reads on.</summary>
+    private static readonly TimeSpan MaxPause = TimeSpan.FromMilliseconds(100);
 
     public static async Task RunAsync(string transport, NetworkStream control, Destination expected, IClientFactory factory, TransportCounters counters,
         long id, ILogger log, CancellationToken abort)
@@ -46,6 +54,8 @@ internal static class Socks5UdpAssociation
         using var end = CancellationTokenSource.CreateLinkedTokenSource(abort);
         try
         {
+            udp.ReceiveBufferSize = SocketBuffer;
+            udp.SendBufferSize = SocketBuffer;
             udp.Bind(new IPEndPoint(local.Address, 0));
             int n = Socks5.WriteReply(reply, Socks5.ReplySucceeded, (IPEndPoint)udp.LocalEndPoint!);
             await control.WriteAsync(reply.AsMemory(0, n), abort).ConfigureAwait(false);
@@ -92,31 +102,44 @@ internal static class Socks5UdpAssociation
         finally { ArrayPool<byte>.Shared.Return(sink); }
     }
 
+    /// <summary>
+    /// Reads the client's datagrams a batch at a time (recvmmsg(2)); a congested carrier makes the loop wait (at most
+    /// <see cref="MaxPause"/>) so a burst waits in the socket's buffer instead of being dropped inside the host.
+    /// </summary>
     private static async Task ClientToPeersAsync(State s, CancellationToken ct)
     {
-        byte[] buffer = GC.AllocateUninitializedArray<byte>(65536, pinned: true);
+        var batch = new DatagramBatchReceiver(ReceiveBatch);
         var from = new SocketAddress(s.Udp.AddressFamily);
         try
         {
             while (!ct.IsCancellationRequested)
             {
-                int n;
-                try { n = await s.Udp.ReceiveFromAsync(buffer, SocketFlags.None, from, ct).ConfigureAwait(false); }
-                catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionReset or SocketError.MessageSize) { continue; }
-                if (!FromClient(s, from))
+                int count = await batch.ReceiveAsync(s.Udp, ct).ConfigureAwait(false);
+                for (int i = 0; i < count; i++)
                 {
-                    s.Counters.DatagramDropped();
-                    continue;
+                    batch.Source(i, from);
+                    if (!FromClient(s, from))
+                    {
+                        s.Counters.DatagramDropped();
+                        continue;
+                    }
+                    var datagram = batch.Packet(i);
+                    var span = datagram.Span;
+                    int n = span.Length;
+                    // RSV RSV FRAG ATYP: a fragment (FRAG ≠ 0) is dropped (RFC 1928 §7 lets a server without reassembly do so).
+                    if (n < 4 || span[2] != 0 || !TryReadPeer(span, out var peer, out int header))
+                    {
+                        s.Counters.DatagramDropped();
+                        continue;
+                    }
+                    s.Counters.AddBytesIn(n - header);
+                    var pending = s.Association.SendAsync(peer, datagram[header..], ct); // copies before returning (IAssociation)
+                    if (!pending.IsCompleted)
+                    {
+                        try { await pending.AsTask().WaitAsync(MaxPause, ct).ConfigureAwait(false); }
+                        catch (TimeoutException) { }
+                    }
                 }
-                var span = buffer.AsSpan(0, n);
-                // RSV RSV FRAG ATYP: a fragment (FRAG ≠ 0) is dropped (RFC 1928 §7 lets a server without reassembly do so).
-                if (n < 4 || span[2] != 0 || !TryReadPeer(span, out var peer, out int header))
-                {
-                    s.Counters.DatagramDropped();
-                    continue;
-                }
-                s.Counters.AddBytesIn(n - header);
-                _ = s.Association.SendAsync(peer, buffer.AsMemory(header, n - header), ct); // copies before returning (IAssociation)
             }
         }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { }
@@ -150,28 +173,43 @@ internal static class Socks5UdpAssociation
         return true;
     }
 
+    /// <summary>Answers go back a batch per sendmmsg(2): while the association has more at hand they join the batch, sent before the loop waits.</summary>
     private static async Task PeersToClientAsync(State s, CancellationToken ct)
     {
-        byte[] buffer = ArrayPool<byte>.Shared.Rent(65536 + MaxHeader);
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(ReplyBuffer);
+        var send = new DatagramBatchSender();
+        int max = Math.Min(s.Association.MaxDatagramSize, 65536 - MaxHeader), used = 0;
         try
         {
             while (!ct.IsCancellationRequested)
             {
-                var (peer, n) = await s.Association.ReceiveAsync(buffer.AsMemory(MaxHeader, 65536 - MaxHeader), ct).ConfigureAwait(false);
+                var receive = s.Association.ReceiveAsync(buffer.AsMemory(used + MaxHeader, max), ct);
+                if (!receive.IsCompleted && send.Count > 0)
+                {
+                    try { await send.FlushAsync(ct).ConfigureAwait(false); }
+                    catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { } // the receive below ends too
+                }
+                var (peer, n) = await receive.ConfigureAwait(false);
                 if (n < 0) return; // the server process ended the association
                 SocketAddress? client;
                 lock (s.Lock) client = s.Client;
                 if (client is null) continue; // nobody to send it to yet
                 int header = 4 + peer.AddressLength + 2;
-                int start = MaxHeader - header;
+                int start = used + MaxHeader - header;
                 var h = buffer.AsSpan(start, header);
                 h[0] = h[1] = h[2] = 0;
                 h[3] = peer.IsIPv4 ? Socks5.AtypIPv4 : Socks5.AtypIPv6;
                 peer.WriteAddress(h[4..]);
                 BinaryPrimitives.WriteUInt16BigEndian(h[(4 + peer.AddressLength)..], (ushort)peer.Port);
                 s.Counters.AddBytesOut(n);
-                try { await s.Udp.SendToAsync(buffer.AsMemory(start, header + n), SocketFlags.None, client, ct).ConfigureAwait(false); }
-                catch (SocketException) { } // lost like any datagram
+                if (!send.CanAdd(s.Udp, buffer)) await send.FlushAsync(ct).ConfigureAwait(false);
+                send.Add(s.Udp, buffer, start, header + n, client);
+                used += MaxHeader + n;
+                if (buffer.Length - used < MaxHeader + max)
+                {
+                    await send.FlushAsync(ct).ConfigureAwait(false);
+                    used = 0;
+                }
             }
         }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or IOException or SocketException) { }

@@ -22,6 +22,12 @@ public sealed class TransparentUdpListener : IFrontEnd
     public const int MaxAssociations = 1024;
     /// <summary>Datagrams a source may send while its association opens; more are dropped (counted).</summary>
     public const int PendingDatagrams = 64;
+    /// <summary>Longest the receive loop waits for one congested association before it reads on (spec/ipc.md §12.4).</summary>
+    public static readonly TimeSpan MaxPause = TimeSpan.FromMilliseconds(100);
+    /// <summary>SO_RCVBUF and SO_SNDBUF asked for (the kernel caps them at net.core.rmem_max / wmem_max): room for a burst while the carrier catches up.</summary>
+    public const int SocketBuffer = 4 << 20;
+    /// <summary>Replies to one source are sent a batch per sendmmsg(2) from a pooled buffer of this size.</summary>
+    private const int ReplyBuffer = 2 * 65536;
     private const uint StunMagicCookie = 0x2112A442;
 
     private readonly string _transport;
@@ -36,7 +42,7 @@ public sealed class TransparentUdpListener : IFrontEnd
     private readonly Dictionary<PeerAddress, Flow> _flows = [];
     private readonly CancellationTokenSource _stop = new();
     private Task? _receive, _sweep;
-    private long _dropped, _notStun;
+    private long _dropped, _notStun, _paused;
     private static long s_ids;
 
     /// <param name="server">The PT server (<c>target</c>); null: the transport finds it (its <c>serverAddress</c> option).</param>
@@ -57,7 +63,8 @@ public sealed class TransparentUdpListener : IFrontEnd
         _udp = new Socket(bind.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
         try
         {
-            _udp.ReceiveBufferSize = 1 << 20;
+            _udp.ReceiveBufferSize = SocketBuffer;
+            _udp.SendBufferSize = SocketBuffer;
             _udp.Bind(bind);
         }
         catch
@@ -75,6 +82,9 @@ public sealed class TransparentUdpListener : IFrontEnd
 
     /// <summary>Datagrams dropped: while an association opened (beyond <see cref="PendingDatagrams"/>), over the limit, or its open failed.</summary>
     public long Dropped => Interlocked.Read(ref _dropped);
+
+    /// <summary>Times the receive loop waited for a congested association (backpressure, not loss).</summary>
+    public long Paused => Interlocked.Read(ref _paused);
 
     /// <summary>STUN mode: datagrams that were not STUN messages.</summary>
     public long NotStun => Interlocked.Read(ref _notStun);
@@ -113,46 +123,60 @@ public sealed class TransparentUdpListener : IFrontEnd
         && BinaryPrimitives.ReadUInt32BigEndian(datagram[4..]) == StunMagicCookie
         && BinaryPrimitives.ReadUInt16BigEndian(datagram[2..]) is var length && length % 4 == 0 && length + 20 == datagram.Length;
 
+    /// <summary>
+    /// Reads the socket a batch at a time (recvmmsg(2)). A datagram whose association is congested
+    /// makes the loop wait (at most <see cref="MaxPause"/>), so a burst waits in the socket's receive
+    /// buffer, where the kernel counts what it drops, instead of being dropped inside the host
+    /// (spec/ipc.md §12.4, as TURN does: spec/turn.md §5.2).
+    /// </summary>
     private async Task ReceiveLoopAsync()
     {
-        byte[] buffer = GC.AllocateUninitializedArray<byte>(65536, pinned: true);
+        var batch = new DatagramBatchReceiver();
         var from = new SocketAddress(_udp.AddressFamily);
         var ct = _stop.Token;
         while (!ct.IsCancellationRequested)
         {
-            int n;
-            try { n = await _udp.ReceiveFromAsync(buffer, SocketFlags.None, from, ct).ConfigureAwait(false); }
-            catch (OperationCanceledException) { return; }
-            catch (ObjectDisposedException) { return; }
-            catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionReset or SocketError.MessageSize) { continue; }
-            catch (SocketException) when (ct.IsCancellationRequested) { return; }
-            var datagram = buffer.AsMemory(0, n);
-            if (_stunOnly && !IsStunMessage(datagram.Span))
+            int count;
+            try { count = await batch.ReceiveAsync(_udp, ct).ConfigureAwait(false); }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { return; }
+            for (int i = 0; i < count; i++)
             {
-                Interlocked.Increment(ref _notStun);
-                _counters.DatagramDropped();
-                continue;
-            }
-            var source = PeerAddress.From(from);
-            Flow? flow;
-            lock (_flows)
-            {
-                if (!_flows.TryGetValue(source, out flow))
+                var datagram = batch.Packet(i);
+                if (_stunOnly && !IsStunMessage(datagram.Span))
                 {
-                    if (_flows.Count >= MaxAssociations)
+                    Interlocked.Increment(ref _notStun);
+                    _counters.DatagramDropped();
+                    continue;
+                }
+                batch.Source(i, from);
+                var source = PeerAddress.From(from);
+                Flow? flow;
+                lock (_flows)
+                {
+                    if (!_flows.TryGetValue(source, out flow))
                     {
-                        Interlocked.Increment(ref _dropped);
-                        _counters.DatagramDropped();
-                        continue;
+                        if (_flows.Count >= MaxAssociations)
+                        {
+                            Interlocked.Increment(ref _dropped);
+                            _counters.DatagramDropped();
+                            continue;
+                        }
+                        var copy = new SocketAddress(from.Family, from.Size);
+                        from.Buffer.Span[..from.Size].CopyTo(copy.Buffer.Span);
+                        flow = new Flow(this, source, copy, Interlocked.Increment(ref s_ids));
+                        _flows[source] = flow;
+                        flow.Open();
                     }
-                    var copy = new SocketAddress(from.Family, from.Size);
-                    from.Buffer.Span[..from.Size].CopyTo(copy.Buffer.Span);
-                    flow = new Flow(this, source, copy, Interlocked.Increment(ref s_ids));
-                    _flows[source] = flow;
-                    flow.Open();
+                }
+                var pending = flow.Send(datagram);
+                if (!pending.IsCompleted)
+                {
+                    Interlocked.Increment(ref _paused);
+                    try { await pending.AsTask().WaitAsync(MaxPause, ct).ConfigureAwait(false); }
+                    catch (TimeoutException) { }
+                    catch (OperationCanceledException) { return; }
                 }
             }
-            flow.Send(datagram);
         }
     }
 
@@ -199,8 +223,11 @@ public sealed class TransparentUdpListener : IFrontEnd
 
         public void Open() => _ = RunAsync();
 
-        /// <summary>Carries one datagram; while the association opens, up to <see cref="PendingDatagrams"/> wait (copied).</summary>
-        public void Send(ReadOnlyMemory<byte> datagram)
+        /// <summary>
+        /// Carries one datagram (copied before this returns); while the association opens, up to <see cref="PendingDatagrams"/>
+        /// wait. The task is not complete while the association's queue is congested: the caller waits before reading on.
+        /// </summary>
+        public ValueTask Send(ReadOnlyMemory<byte> datagram)
         {
             Volatile.Write(ref LastActive, Environment.TickCount64);
             IAssociation? association;
@@ -215,11 +242,11 @@ public sealed class TransparentUdpListener : IFrontEnd
                         Interlocked.Increment(ref owner._dropped);
                         owner._counters.DatagramDropped();
                     }
-                    return;
+                    return ValueTask.CompletedTask;
                 }
             }
             owner._counters.AddBytesIn(datagram.Length);
-            _ = association.SendAsync(owner._peer, datagram, _end.Token); // copies before returning (IAssociation)
+            return association.SendAsync(owner._peer, datagram, _end.Token); // copies before returning (IAssociation)
         }
 
         private async Task RunAsync()
@@ -257,18 +284,35 @@ public sealed class TransparentUdpListener : IFrontEnd
                 owner._counters.AddBytesIn(d.Length);
                 _ = association.SendAsync(owner._peer, d, ct);
             }
-            byte[] buffer = ArrayPool<byte>.Shared.Rent(65536);
+            // Replies go back a batch per sendmmsg(2): while the association has more frames at hand they join the batch,
+            // which is sent before the loop waits for the carrier (spec/ipc.md §12.4).
+            byte[] buffer = ArrayPool<byte>.Shared.Rent(ReplyBuffer);
+            var send = new DatagramBatchSender();
+            int max = Math.Min(association.MaxDatagramSize, 65536), used = 0;
             try
             {
                 while (!ct.IsCancellationRequested)
                 {
-                    var (_, n) = await association.ReceiveAsync(buffer, ct).ConfigureAwait(false);
+                    var receive = association.ReceiveAsync(buffer.AsMemory(used, max), ct);
+                    if (!receive.IsCompleted && send.Count > 0)
+                    {
+                        try { await send.FlushAsync(ct).ConfigureAwait(false); }
+                        catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { } // the receive below ends too
+                    }
+                    var (_, n) = await receive.ConfigureAwait(false);
                     if (n < 0) break; // the server process ended it
                     Volatile.Write(ref LastActive, Environment.TickCount64);
                     owner._counters.AddBytesOut(n);
-                    try { await owner._udp.SendToAsync(buffer.AsMemory(0, n), SocketFlags.None, address, ct).ConfigureAwait(false); }
-                    catch (SocketException) { } // a UDP send that fails is a lost datagram
+                    if (!send.CanAdd(owner._udp, buffer)) await send.FlushAsync(ct).ConfigureAwait(false);
+                    send.Add(owner._udp, buffer, used, n, address);
+                    used += n;
+                    if (buffer.Length - used < max)
+                    {
+                        await send.FlushAsync(ct).ConfigureAwait(false);
+                        used = 0;
+                    }
                 }
+                if (send.Count > 0) await send.FlushAsync(ct).ConfigureAwait(false);
             }
             catch (Exception e) when (e is OperationCanceledException or IOException or SocketException or ObjectDisposedException) { }
             finally

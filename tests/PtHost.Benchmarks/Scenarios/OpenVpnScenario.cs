@@ -64,24 +64,28 @@ public sealed class OpenVpnScenario : IScenario
             if (gen != 0) throw new InvalidOperationException("openvpn --genkey: " + genErr);
             string remote = VethB;
             int remotePort = OpenVpnPort;
+            PtProcess? clientHost = null, serverHost = null;
             if (throughPthost)
             {
                 string server = $$"""{"role":"server","transports":["plain"],"target":"127.0.0.1:{{OpenVpnPort}}","bindaddr":{"plain":"{{VethB}}:0"},"state":"{{Path.Combine(dir, "s")}}","exit-on-stdin-close":true,"loglevel":"warning"}""";
-                var s = b.Start(ctx.PtHost, [server]);
+                var s = serverHost = b.Start(ctx.PtHost, [server]);
                 var serverEp = (await s.ReadUntilDoneAsync().ConfigureAwait(false)).Single(l => l.StartsWith("SMETHOD plain ", StringComparison.Ordinal)).Split(' ')[2];
                 string client = $$"""{"role":"client","transports":["plain"],"mode":"transparent-udp","target":"{{serverEp}}","state":"{{Path.Combine(dir, "c")}}","exit-on-stdin-close":true,"loglevel":"warning"}""";
-                var c = a.Start(ctx.PtHost, [client]);
+                var c = clientHost = a.Start(ctx.PtHost, [client]);
                 var listen = IPEndPoint.Parse((await c.ReadUntilDoneAsync().ConfigureAwait(false)).Single(l => l.StartsWith("CMETHOD plain transparent-UDP ", StringComparison.Ordinal)).Split(' ')[3]);
                 (remote, remotePort) = ("127.0.0.1", listen.Port);
             }
             string[] common = ["--dev", "tun", "--cipher", "AES-256-CBC", "--data-ciphers", "AES-256-CBC", "--verb", "1", "--proto", "udp"];
-            b.Start(openvpn, [.. common, "--ifconfig", TunnelB, TunnelA, "--secret", key, "1", "--lport", OpenVpnPort.ToString(CultureInfo.InvariantCulture)]);
-            a.Start(openvpn, [.. common, "--ifconfig", TunnelA, TunnelB, "--secret", key, "0", "--remote", remote, remotePort.ToString(CultureInfo.InvariantCulture), "--nobind"]);
+            var ovpnB = b.Start(openvpn, [.. common, "--ifconfig", TunnelB, TunnelA, "--secret", key, "1", "--lport", OpenVpnPort.ToString(CultureInfo.InvariantCulture)]);
+            var ovpnA = a.Start(openvpn, [.. common, "--ifconfig", TunnelA, TunnelB, "--secret", key, "0", "--remote", remote, remotePort.ToString(CultureInfo.InvariantCulture), "--nobind"]);
             var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
             while ((await PtProcess.RunAsync("/usr/sbin/ip", ["netns", "exec", a.Name, "ping", "-c", "1", "-W", "1", TunnelB]).ConfigureAwait(false)).Exit != 0)
                 if (DateTime.UtcNow > deadline) throw new TimeoutException("no ping through the OpenVPN tunnel within 60 s");
             b.Start(iperf3, ["-s", "-1", "-B", TunnelB, "-p", IperfPort.ToString(CultureInfo.InvariantCulture)]);
             JsonNode? result = null;
+            PtProcess?[] processes = [clientHost, serverHost, ovpnA, ovpnB];
+            double[] cpuBefore = [.. processes.Select(CpuSeconds)];
+            long[] switchesBefore = [.. processes.Select(ContextSwitches)];
             for (int attempt = 0; attempt < 50 && result is null; attempt++)
             {
                 var (exit, stdout, _) = await PtProcess.RunAsync("/usr/sbin/ip", ["netns", "exec", a.Name, iperf3, "-c", TunnelB, "-p", IperfPort.ToString(CultureInfo.InvariantCulture),
@@ -92,12 +96,67 @@ public sealed class OpenVpnScenario : IScenario
             }
             if (result is null) throw new InvalidOperationException("iperf3 through the tunnel failed 50 times");
             double bps = result.GetValue<double>();
-            raw.Add(new JsonObject { ["kind"] = throughPthost ? "transparent_udp_plain" : "direct", ["rep"] = rep, ["mbps"] = bps / 1e6 });
+            // CPU seconds each process spent during the iperf3 runs, and what each UDP socket's receive queue dropped
+            // (/proc/net/udp; in A: pthost's listener and openvpn's client socket, in B: openvpn's server socket and
+            // pthost's sockets towards it): where a datagram was lost, per stage.
+            double[] cpu = [.. processes.Select((p, i) => Math.Round(CpuSeconds(p) - cpuBefore[i], 2))];
+            long[] switches = [.. processes.Select((p, i) => ContextSwitches(p) - switchesBefore[i])];
+            raw.Add(new JsonObject
+            {
+                ["kind"] = throughPthost ? "transparent_udp_plain" : "direct", ["rep"] = rep, ["mbps"] = bps / 1e6,
+                ["cpu_s"] = new JsonObject { ["pthost_client"] = cpu[0], ["pthost_server"] = cpu[1], ["openvpn_a"] = cpu[2], ["openvpn_b"] = cpu[3] },
+                ["context_switches"] = new JsonObject { ["pthost_client"] = switches[0], ["pthost_server"] = switches[1], ["openvpn_a"] = switches[2], ["openvpn_b"] = switches[3] },
+                ["udp_drops"] = new JsonObject { ["a"] = await UdpDropsAsync(a.Name).ConfigureAwait(false), ["b"] = await UdpDropsAsync(b.Name).ConfigureAwait(false) },
+            });
             return bps / 1e6;
         }
         catch (Exception e) when (!ScenarioRun.IsMeasurementFailure(e) && e is not OutOfMemoryException)
         {
             throw new InvalidOperationException(e.Message, e); // an assertion of the test library: a failed measurement, not a crash
         }
+    }
+
+    /// <summary>utime + stime of a running process (/proc/PID/stat fields 14 and 15, in clock ticks of 1/100 s); 0 when gone or null.</summary>
+    private static double CpuSeconds(PtProcess? p)
+    {
+        if (p is null) return 0;
+        try
+        {
+            string stat = File.ReadAllText($"/proc/{p.Pid}/stat");
+            string[] f = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            return (long.Parse(f[11], CultureInfo.InvariantCulture) + long.Parse(f[12], CultureInfo.InvariantCulture)) / 100.0;
+        }
+        catch (IOException) { return 0; }
+    }
+
+    /// <summary>Voluntary and involuntary context switches of all a process's threads (/proc/PID/task/*/status); 0 when gone or null.</summary>
+    private static long ContextSwitches(PtProcess? p)
+    {
+        if (p is null) return 0;
+        long sum = 0;
+        try
+        {
+            foreach (string task in Directory.GetDirectories($"/proc/{p.Pid}/task"))
+                foreach (string line in File.ReadLines(Path.Combine(task, "status")))
+                    if (line.Contains("ctxt_switches:", StringComparison.Ordinal)) sum += long.Parse(line[(line.IndexOf(':') + 1)..].Trim(), CultureInfo.InvariantCulture);
+        }
+        catch (IOException) { }
+        return sum;
+    }
+
+    /// <summary>The drops column of /proc/net/udp in namespace <paramref name="ns"/>, per local port that dropped any.</summary>
+    private static async Task<JsonObject> UdpDropsAsync(string ns)
+    {
+        var drops = new JsonObject();
+        var (exit, stdout, _) = await PtProcess.RunAsync("/usr/sbin/ip", ["netns", "exec", ns, "cat", "/proc/net/udp", "/proc/net/udp6"]).ConfigureAwait(false);
+        if (exit != 0) return drops;
+        foreach (string line in stdout.Split('\n'))
+        {
+            string[] f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            if (f.Length < 13 || !f[0].EndsWith(':') || !long.TryParse(f[^1], CultureInfo.InvariantCulture, out long d)) continue;
+            int port = int.Parse(f[1][(f[1].IndexOf(':') + 1)..], NumberStyles.HexNumber, CultureInfo.InvariantCulture);
+            if (d > 0) drops[port.ToString(CultureInfo.InvariantCulture)] = d;
+        }
+        return drops;
     }
 }
