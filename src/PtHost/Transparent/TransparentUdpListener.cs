@@ -80,7 +80,7 @@ public sealed class TransparentUdpListener : IFrontEnd
     /// <summary>Open associations (one per source address).</summary>
     public int Associations { get { lock (_flows) return _flows.Count; } }
 
-    /// <summary>Datagrams dropped: while an association opened (beyond <see cref="PendingDatagrams"/>), over the limit, or its open failed.</summary>
+    /// <summary>Datagrams dropped: while an association opened (beyond <see cref="PendingDatagrams"/>), over the limit, its open failed, or its queue was full.</summary>
     public long Dropped => Interlocked.Read(ref _dropped);
 
     /// <summary>Times the receive loop waited for a congested association (backpressure, not loss).</summary>
@@ -246,7 +246,16 @@ public sealed class TransparentUdpListener : IFrontEnd
                 }
             }
             owner._counters.AddBytesIn(datagram.Length);
-            return association.SendAsync(owner._peer, datagram, _end.Token); // copies before returning (IAssociation)
+            if (association is not StreamAssociation queue) return association.SendAsync(owner._peer, datagram, _end.Token); // copies before returning (IAssociation)
+            // A datagram the association's queue could not take (spec/turn.md §5.2) counts in DATAGRAMS-DROPPED (spec/ipc.md §12.4).
+            long before = queue.Dropped;
+            var sent = queue.SendAsync(owner._peer, datagram, _end.Token);
+            if (queue.Dropped != before)
+            {
+                Interlocked.Increment(ref owner._dropped);
+                owner._counters.DatagramDropped();
+            }
+            return sent;
         }
 
         private async Task RunAsync()

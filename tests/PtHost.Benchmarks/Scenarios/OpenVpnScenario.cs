@@ -100,12 +100,16 @@ public sealed class OpenVpnScenario : IScenario
             // (/proc/net/udp; in A: pthost's listener and openvpn's client socket, in B: openvpn's server socket and
             // pthost's sockets towards it): where a datagram was lost, per stage.
             double[] cpu = [.. processes.Select((p, i) => Math.Round(CpuSeconds(p) - cpuBefore[i], 2))];
+            // What the client dropped inside the host (spec/ipc.md §12.4: association queue full, too many sources, open failed).
+            long? hostDropped = null;
+            if (clientHost is not null) hostDropped = (await clientHost.QueryStatusAsync("plain").ConfigureAwait(false))["DATAGRAMS-DROPPED"];
             long[] switches = [.. processes.Select((p, i) => ContextSwitches(p) - switchesBefore[i])];
             raw.Add(new JsonObject
             {
                 ["kind"] = throughPthost ? "transparent_udp_plain" : "direct", ["rep"] = rep, ["mbps"] = bps / 1e6,
                 ["cpu_s"] = new JsonObject { ["pthost_client"] = cpu[0], ["pthost_server"] = cpu[1], ["openvpn_a"] = cpu[2], ["openvpn_b"] = cpu[3] },
                 ["context_switches"] = new JsonObject { ["pthost_client"] = switches[0], ["pthost_server"] = switches[1], ["openvpn_a"] = switches[2], ["openvpn_b"] = switches[3] },
+                ["pthost_client_datagrams_dropped"] = hostDropped,
                 ["udp_drops"] = new JsonObject { ["a"] = await UdpDropsAsync(a.Name).ConfigureAwait(false), ["b"] = await UdpDropsAsync(b.Name).ConfigureAwait(false) },
             });
             return bps / 1e6;
