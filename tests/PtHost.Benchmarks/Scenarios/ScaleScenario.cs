@@ -62,6 +62,7 @@ public sealed class ScaleScenario : IScenario
         var cpuLone = new Figure { Key = "scale_zephyr_lone_cpu_per_gib", Label = $"Relay-tier CPU per GiB relayed, {Streams} streams: one instance (user+system, /proc/PID/stat)", Unit = "CPU s/GiB" };
         var cpuCluster = new Figure { Key = "scale_zephyr_cluster_cpu_per_gib", Label = "three instances + HAProxy, link-only cluster", Unit = "CPU s/GiB" };
         var cpuDirect = new Figure { Key = "scale_zephyr_direct_cpu_per_gib", Label = "three instances + HAProxy, direct joins", Unit = "CPU s/GiB" };
+        var cpuDirectHaproxy = new Figure { Key = "scale_zephyr_direct_haproxy_cpu_per_gib", Label = "of which HAProxy", Unit = "CPU s/GiB", Indent = 1 };
         var jetLone = new Figure { Key = "scale_jet_lone_associations_per_second", Label = $"JET associations set up per second, one instance directly ({pairs}, {InFlight} in flight; create, gather, accept, connect, 32 B checked, delete)", Unit = "assoc/s", Format = "0" };
         var jetCluster = new Figure { Key = "scale_jet_cluster_associations_per_second", Label = "the same, REST through HAProxy (hash of the association id) to three instances", Unit = "assoc/s", Format = "0" };
         var jetRatio = new Figure { Key = "scale_jet_cluster_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
@@ -69,7 +70,7 @@ public sealed class ScaleScenario : IScenario
         var jetMultiCluster = new Figure { Key = "scale_jet_cluster_multi_gbps", Label = "the same, associations made through HAProxy (spread over three instances)", Unit = "Gbit/s" };
         var jetMultiRatio = new Figure { Key = "scale_jet_multi_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
         run.Add(chainOff, chainOn, chainRatio);
-        run.Add(multiLone, multiCluster, multiRatio, multiDirect, multiDirectRatio, cpuLone, cpuCluster, cpuDirect, jetLone, jetCluster, jetRatio, jetMultiLone, jetMultiCluster, jetMultiRatio);
+        run.Add(multiLone, multiCluster, multiRatio, multiDirect, multiDirectRatio, cpuLone, cpuCluster, cpuDirect, cpuDirectHaproxy, jetLone, jetCluster, jetRatio, jetMultiLone, jetMultiCluster, jetMultiRatio);
         run.Add(lone, cluster, clusterRatio, direct, directRatio, sameSetup, crossSetup, crossSetupRatio, same, cross, crossRatio, metricsOff, metricsOn, metricsRatio, offGbps, onGbps, onGbpsRatio);
         var raw = run.Raw("scale");
         try
@@ -213,8 +214,14 @@ public sealed class ScaleScenario : IScenario
                         return await ScenarioRun.AttemptAsync(f, async () =>
                         {
                             var (r, cpu) = await MultiStreamAsync(open, each, timeout, tier ?? []).ConfigureAwait(false);
-                            raw.Add(ScenarioRun.Tag(new JsonObject { ["gbps"] = r, ["streams"] = Streams, ["bytes_each"] = each, ["tier_cpu_seconds_per_gib"] = cpu }, kind, rep));
-                            if (cpuFigure is not null) cpuFigure.Samples.Add(cpu);
+                            raw.Add(ScenarioRun.Tag(new JsonObject
+                            {
+                                ["gbps"] = r, ["streams"] = Streams, ["bytes_each"] = each, ["tier_cpu_seconds_per_gib"] = cpu.Sum(),
+                                ["cpu_seconds_per_gib_by_pid"] = new JsonArray([.. cpu.Select(c => JsonValue.Create(c))]),
+                            }, kind, rep));
+                            cpuFigure?.Samples.Add(cpu.Sum());
+                            // The last pid of a cluster tier is HAProxy.
+                            if (cpuFigure == cpuDirect) cpuDirectHaproxy.Samples.Add(cpu[^1]);
                             return r;
                         }).ConfigureAwait(false);
                     }
@@ -270,20 +277,22 @@ public sealed class ScaleScenario : IScenario
 
     /// <summary>
     /// <see cref="Streams"/> streams opened with <paramref name="open"/>, then <paramref name="each"/> bytes through every one
-    /// at once; the aggregate in Gbit/s (all bytes over the wall time of the slowest).
+    /// at once; the aggregate in Gbit/s (all bytes over the wall time of the slowest), and the CPU seconds per GiB each
+    /// process of <paramref name="tier"/> spent meanwhile.
     /// </summary>
-    private static async Task<(double Gbps, double CpuPerGiB)> MultiStreamAsync(Func<Task<(Socket A, Socket B, IAsyncDisposable Held)>> open, long each, TimeSpan timeout, int[] tier)
+    private static async Task<(double Gbps, double[] CpuPerGiB)> MultiStreamAsync(Func<Task<(Socket A, Socket B, IAsyncDisposable Held)>> open, long each, TimeSpan timeout, int[] tier)
     {
         var held = new List<(Socket A, Socket B, IAsyncDisposable Held)>();
         try
         {
             for (int i = 0; i < Streams; i++) held.Add(await open().ConfigureAwait(false));
-            double cpu0 = tier.Sum(Sys.CpuSeconds);
+            double[] cpu0 = [.. tier.Select(Sys.CpuSeconds)];
             var clock = Stopwatch.StartNew();
             var results = await Task.WhenAll(held.Select(h => StreamPump.RunAsync(h.A, h.B, each, timeout))).ConfigureAwait(false);
             double seconds = clock.Elapsed.TotalSeconds;
             long received = results.Sum(r => r.Received);
-            return (received * 8 / seconds / 1e9, (tier.Sum(Sys.CpuSeconds) - cpu0) / (received / (double)(1L << 30)));
+            double gib = received / (double)(1L << 30);
+            return (received * 8 / seconds / 1e9, [.. tier.Select((pid, i) => (Sys.CpuSeconds(pid) - cpu0[i]) / gib)]);
         }
         finally
         {
