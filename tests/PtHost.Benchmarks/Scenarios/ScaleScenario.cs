@@ -63,6 +63,11 @@ public sealed class ScaleScenario : IScenario
         var cpuCluster = new Figure { Key = "scale_zephyr_cluster_cpu_per_gib", Label = "three instances + HAProxy, link-only cluster", Unit = "CPU s/GiB" };
         var cpuDirect = new Figure { Key = "scale_zephyr_direct_cpu_per_gib", Label = "three instances + HAProxy, direct joins", Unit = "CPU s/GiB" };
         var cpuDirectHaproxy = new Figure { Key = "scale_zephyr_direct_haproxy_cpu_per_gib", Label = "of which HAProxy", Unit = "CPU s/GiB", Indent = 1 };
+        // The same direct joins with HAProxy splicing both ways (option splice-request/-response, tune.pipesize 512 KiB).
+        var multiSplice = new Figure { Key = "scale_zephyr_direct_splice_multi_gbps", Label = $"{Streams} streams, direct joins, HAProxy splicing (splice-request/-response, pipesize 512 KiB)", Unit = "Gbit/s" };
+        var multiSpliceRatio = new Figure { Key = "scale_zephyr_direct_splice_multi_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
+        var cpuSplice = new Figure { Key = "scale_zephyr_direct_splice_cpu_per_gib", Label = "relay-tier CPU per GiB, direct joins, HAProxy splicing", Unit = "CPU s/GiB" };
+        var cpuSpliceHaproxy = new Figure { Key = "scale_zephyr_direct_splice_haproxy_cpu_per_gib", Label = "of which HAProxy", Unit = "CPU s/GiB", Indent = 1 };
         var jetLone = new Figure { Key = "scale_jet_lone_associations_per_second", Label = $"JET associations set up per second, one instance directly ({pairs}, {InFlight} in flight; create, gather, accept, connect, 32 B checked, delete)", Unit = "assoc/s", Format = "0" };
         var jetCluster = new Figure { Key = "scale_jet_cluster_associations_per_second", Label = "the same, REST through HAProxy (hash of the association id) to three instances", Unit = "assoc/s", Format = "0" };
         var jetRatio = new Figure { Key = "scale_jet_cluster_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
@@ -70,7 +75,7 @@ public sealed class ScaleScenario : IScenario
         var jetMultiCluster = new Figure { Key = "scale_jet_cluster_multi_gbps", Label = "the same, associations made through HAProxy (spread over three instances)", Unit = "Gbit/s" };
         var jetMultiRatio = new Figure { Key = "scale_jet_multi_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
         run.Add(chainOff, chainOn, chainRatio);
-        run.Add(multiLone, multiCluster, multiRatio, multiDirect, multiDirectRatio, cpuLone, cpuCluster, cpuDirect, cpuDirectHaproxy, jetLone, jetCluster, jetRatio, jetMultiLone, jetMultiCluster, jetMultiRatio);
+        run.Add(multiLone, multiCluster, multiRatio, multiDirect, multiDirectRatio, cpuLone, cpuCluster, cpuDirect, cpuDirectHaproxy, multiSplice, multiSpliceRatio, cpuSplice, cpuSpliceHaproxy, jetLone, jetCluster, jetRatio, jetMultiLone, jetMultiCluster, jetMultiRatio);
         run.Add(lone, cluster, clusterRatio, direct, directRatio, sameSetup, crossSetup, crossSetupRatio, same, cross, crossRatio, metricsOff, metricsOn, metricsRatio, offGbps, onGbps, onGbpsRatio);
         var raw = run.Raw("scale");
         try
@@ -87,6 +92,27 @@ public sealed class ScaleScenario : IScenario
                         stats socket @STATS@ mode 600 level admin
                     defaults
                         mode tcp
+                        timeout connect 2s
+                        timeout client 60s
+                        timeout server 60s
+                    frontend zephyr
+                        bind @LISTENER0@
+                        default_backend zephyr
+                    backend zephyr
+                        balance roundrobin
+                    {servers}
+
+                    """, 1).ConfigureAwait(false);
+                // The same backends behind a splicing HAProxy (fewer connections: each spliced one holds a pipe, 2 more descriptors).
+                await using var splicing = await HaproxyProcess.StartAsync($"""
+                    global
+                        maxconn 4000
+                        tune.pipesize 524288
+                        stats socket @STATS@ mode 600 level admin
+                    defaults
+                        mode tcp
+                        option splice-request
+                        option splice-response
                         timeout connect 2s
                         timeout client 60s
                         timeout server 60s
@@ -222,6 +248,7 @@ public sealed class ScaleScenario : IScenario
                             cpuFigure?.Samples.Add(cpu.Sum());
                             // The last pid of a cluster tier is HAProxy.
                             if (cpuFigure == cpuDirect) cpuDirectHaproxy.Samples.Add(cpu[^1]);
+                            if (cpuFigure == cpuSplice) cpuSpliceHaproxy.Samples.Add(cpu[^1]);
                             return r;
                         }).ConfigureAwait(false);
                     }
@@ -236,6 +263,9 @@ public sealed class ScaleScenario : IScenario
                     ScenarioRun.AddRatio(multiRatio, mc, ml, multiCluster, multiLone);
                     double md = await Multi(multiDirect, "multi_direct_haproxy", () => ZephyrStream(haproxy.Listeners[0], InstanceOf), clusterTier, cpuDirect).ConfigureAwait(false);
                     ScenarioRun.AddRatio(multiDirectRatio, md, ml, multiDirect, multiLone);
+                    int[] splicingTier = [.. instances.Select(i => i.Process.Pid), splicing.Process.Pid];
+                    double msp = await Multi(multiSplice, "multi_direct_haproxy_splice", () => ZephyrStream(splicing.Listeners[0], InstanceOf), splicingTier, cpuSplice).ConfigureAwait(false);
+                    ScenarioRun.AddRatio(multiSpliceRatio, msp, ml, multiSplice, multiLone);
                     async Task<double> JetRate(Figure f, string kind, HttpClient rest)
                     {
                         ctx.Say($"{step}: {kind}");
