@@ -86,44 +86,9 @@ public sealed class ScaleScenario : IScenario
             try
             {
                 string servers = string.Join("\n", instances.Select(i => $"    server zephyr{i.Number} {i.EndPoint} check inter 1s"));
-                await using var haproxy = await HaproxyProcess.StartAsync($"""
-                    global
-                        maxconn 8000
-                        stats socket @STATS@ mode 600 level admin
-                    defaults
-                        mode tcp
-                        timeout connect 2s
-                        timeout client 60s
-                        timeout server 60s
-                    frontend zephyr
-                        bind @LISTENER0@
-                        default_backend zephyr
-                    backend zephyr
-                        balance roundrobin
-                    {servers}
-
-                    """, 1).ConfigureAwait(false);
+                await using var haproxy = await HaproxyProcess.StartAsync(ZephyrHaproxyConfig(servers, 8000, splice: false), 1).ConfigureAwait(false);
                 // The same backends behind a splicing HAProxy (fewer connections: each spliced one holds a pipe, 2 more descriptors).
-                await using var splicing = await HaproxyProcess.StartAsync($"""
-                    global
-                        maxconn 4000
-                        tune.pipesize 524288
-                        stats socket @STATS@ mode 600 level admin
-                    defaults
-                        mode tcp
-                        option splice-request
-                        option splice-response
-                        timeout connect 2s
-                        timeout client 60s
-                        timeout server 60s
-                    frontend zephyr
-                        bind @LISTENER0@
-                        default_backend zephyr
-                    backend zephyr
-                        balance roundrobin
-                    {servers}
-
-                    """, 1).ConfigureAwait(false);
+                await using var splicing = await HaproxyProcess.StartAsync(ZephyrHaproxyConfig(servers, 4000, splice: true), 1).ConfigureAwait(false);
                 // JET: three instances behind HAProxy hashing the association id (docs/deploy.md §1), and a lone instance.
                 var jets = new List<JetInstance>();
                 for (int n = 1; n <= 4; n++) jets.Add(await JetInstance.StartAsync(n <= 3 ? $"jet{n}" : "jet-lone").ConfigureAwait(false));
@@ -304,6 +269,25 @@ public sealed class ScaleScenario : IScenario
             run.FailRemaining(e);
         }
     }
+
+    /// <summary>HAProxy in front of the Zephyr instances, round-robin; <paramref name="splice"/>: the kernel moves the bytes both ways (docs/deploy.md §1).</summary>
+    private static string ZephyrHaproxyConfig(string servers, int maxconn, bool splice) => $"""
+        global
+            maxconn {maxconn}
+            stats socket @STATS@ mode 600 level admin
+        {(splice ? "    tune.pipesize 524288\n" : "")}defaults
+            mode tcp
+        {(splice ? "    option splice-request\n    option splice-response\n" : "")}    timeout connect 2s
+            timeout client 60s
+            timeout server 60s
+        frontend zephyr
+            bind @LISTENER0@
+            default_backend zephyr
+        backend zephyr
+            balance roundrobin
+        {servers}
+
+        """;
 
     /// <summary>
     /// <see cref="Streams"/> streams opened with <paramref name="open"/>, then <paramref name="each"/> bytes through every one

@@ -363,12 +363,7 @@ public class ScaleOutTests(ITestOutputHelper output)
         int relayed = 0;
         for (int i = 0; i < Sessions; i++)
         {
-            await using var socks = await SocksClient.ConnectAsync(chain.SocksEndPoint);
-            await socks.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(IPAddress.Loopback, echo.Port)]);
-            Assert.Equal(new byte[] { 5, 0 }, await socks.ReadExactlyAsync(2));
-            Assert.Equal(0x00, await socks.ReadReplyAsync());
-            await socks.SendAsync(payload);
-            Assert.Equal(payload, await socks.ReadExactlyAsync(payload.Length));
+            await EchoThroughSocksAsync(chain.SocksEndPoint, echo.Port, payload);
             relayed++;
         }
         await chain.SessionsClosedAsync();
@@ -399,10 +394,8 @@ public class ScaleOutTests(ITestOutputHelper output)
     public async Task With_relayInstances_the_server_joins_its_clients_instance_directly_and_no_bind_is_forwarded()
     {
         const int Sessions = 60;
-        string dir = Directory.CreateTempSubdirectory("pthost-zephyr-cluster-").FullName;
-        var zephyrs = await ZephyrInstance.StartClusterAsync(3, dir);
-        await using var _ = new Disposer(zephyrs);
-        await using var haproxy = await HaproxyProcess.StartAsync(HaproxyConfig([], zephyrs.Select(z => ($"zephyr{z.Number}", z.EndPoint))), 2);
+        await using var cluster = await ZephyrCluster.StartAsync();
+        var (zephyrs, haproxy) = (cluster.Instances, cluster.Haproxy);
         var map = new JObject();
         foreach (var z in zephyrs) map[z.Number.ToString(CultureInfo.InvariantCulture)] = z.EndPoint.ToString();
         int relayed = await DirectJoinSessionsAsync(haproxy.Listeners[1], map, Sessions);
@@ -422,10 +415,8 @@ public class ScaleOutTests(ITestOutputHelper output)
     public async Task A_relayInstances_entry_that_cannot_be_joined_falls_back_to_the_balancer_and_the_pair_still_meets()
     {
         const int Sessions = 30;
-        string dir = Directory.CreateTempSubdirectory("pthost-zephyr-cluster-").FullName;
-        var zephyrs = await ZephyrInstance.StartClusterAsync(3, dir);
-        await using var _ = new Disposer(zephyrs);
-        await using var haproxy = await HaproxyProcess.StartAsync(HaproxyConfig([], zephyrs.Select(z => ($"zephyr{z.Number}", z.EndPoint))), 2);
+        await using var cluster = await ZephyrCluster.StartAsync();
+        var (zephyrs, haproxy) = (cluster.Instances, cluster.Haproxy);
         // Instance 1's entry names a port that is bound but not listening: connecting is refused, as with a dead instance.
         using var dead = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         dead.Bind(new IPEndPoint(IPAddress.Loopback, 0));
@@ -475,17 +466,47 @@ public class ScaleOutTests(ITestOutputHelper output)
             byte[] payload = RandomNumberGenerator.GetBytes(1000);
             while (Interlocked.Increment(ref next) < sessions)
             {
-                await using var socks = await SocksClient.ConnectAsync(chain.SocksEndPoint);
-                await socks.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(IPAddress.Loopback, echo.Port)]);
-                Assert.Equal(new byte[] { 5, 0 }, await socks.ReadExactlyAsync(2));
-                Assert.Equal(0x00, await socks.ReadReplyAsync());
-                await socks.SendAsync(payload);
-                Assert.Equal(payload, await socks.ReadExactlyAsync(payload.Length));
+                await EchoThroughSocksAsync(chain.SocksEndPoint, echo.Port, payload);
                 Interlocked.Increment(ref relayed);
             }
         })));
         await chain.SessionsClosedAsync();
         return relayed;
+    }
+
+    /// <summary>One SOCKS CONNECT to the echo server through <paramref name="socks"/>, <paramref name="payload"/> echoed and checked.</summary>
+    private static async Task EchoThroughSocksAsync(IPEndPoint socks, int echoPort, byte[] payload)
+    {
+        await using var c = await SocksClient.ConnectAsync(socks);
+        await c.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(IPAddress.Loopback, echoPort)]);
+        Assert.Equal(new byte[] { 5, 0 }, await c.ReadExactlyAsync(2));
+        Assert.Equal(0x00, await c.ReadReplyAsync());
+        await c.SendAsync(payload);
+        Assert.Equal(payload, await c.ReadExactlyAsync(payload.Length));
+    }
+
+    /// <summary>Three Zephyr cluster instances behind HAProxy (<see cref="HaproxyConfig"/>; the Zephyr frontend is listener 1).</summary>
+    private sealed record ZephyrCluster(ZephyrInstance[] Instances, HaproxyProcess Haproxy) : IAsyncDisposable
+    {
+        public static async Task<ZephyrCluster> StartAsync()
+        {
+            var zephyrs = await ZephyrInstance.StartClusterAsync(3, Directory.CreateTempSubdirectory("pthost-zephyr-cluster-").FullName);
+            try
+            {
+                return new(zephyrs, await HaproxyProcess.StartAsync(HaproxyConfig([], zephyrs.Select(z => ($"zephyr{z.Number}", z.EndPoint))), 2));
+            }
+            catch
+            {
+                await new Disposer(zephyrs).DisposeAsync();
+                throw;
+            }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await Haproxy.DisposeAsync();
+            await new Disposer(Instances).DisposeAsync();
+        }
     }
 
     /// <summary>The sum of every sample of <paramref name="metric"/> on each instance's metrics endpoint, in instance order.</summary>
