@@ -97,7 +97,9 @@ internal sealed class ZephyrServerManager : IServerManager
             return (default, e.Message);
         }
         string named = relay.ToString();
-        if (_options.Relays is { } allowed && !allowed.Any(a => string.Equals(a.ToString(), named, StringComparison.OrdinalIgnoreCase)))
+        // §8.6: an instance's direct address listed in relayInstances is allowed too (a client that skips the balancer).
+        if (_options.Relays is { } allowed && !allowed.Any(a => string.Equals(a.ToString(), named, StringComparison.OrdinalIgnoreCase))
+            && _options.RelayInstances?.Lists(relay) != true)
             return (default, $"relay {named} is not one of this server's \"relays\"");
         return ((zid, relay), null);
     }
@@ -118,7 +120,7 @@ internal sealed class ZephyrServerManager : IServerManager
             uint zid;
             try
             {
-                (stream, zid) = await ZephyrSession.JoinRelayAsync(_context.Dialer, relay, _options.TlsTimeout, abort).ConfigureAwait(false);
+                (stream, zid) = await JoinAsync(id, relay, clientZid, abort).ConfigureAwait(false);
                 await stream.WriteAsync(ZephyrWire.BuildBindRequest(clientZid), abort).ConfigureAwait(false);
             }
             catch (Exception e) when (e is TransportConnectException or IOException or SocketException)
@@ -152,6 +154,32 @@ internal sealed class ZephyrServerManager : IServerManager
         // 4,096 concurrent sessions (issue 24: 9,000 sessions through the relay).
         offer.Settle();
         await _binding.Handler.ServeAsync(tlsStream, remote, abort).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// §7.3 server step 2 with §8.6 (direct joins): when <c>relayInstances</c> names the instance whose tag the client's zid
+    /// carries, join that instance directly so the pair meets there without the link; if it cannot be joined within
+    /// <c>tlsTimeout</c>, the relay the offer named (the balancer).
+    /// </summary>
+    private async Task<(Stream, uint)> JoinAsync(long id, Destination relay, uint clientZid, CancellationToken abort)
+    {
+        int tag = ZephyrLink.Tag(clientZid);
+        if (_options.RelayInstances?.Direct(relay, tag) is { } direct)
+        {
+            try
+            {
+                var joined = await ZephyrSession.JoinRelayAsync(_context.Dialer, direct, _options.TlsTimeout, abort).ConfigureAwait(false);
+                if (ZephyrLink.Tag(joined.Zid) != tag)
+                    _log.LogDebug("zephyr session {Id}: relayInstances lists instance {Tag} at {Direct}, but it assigned a zid of instance {Got}", id, tag, direct, ZephyrLink.Tag(joined.Zid));
+                return joined;
+            }
+            catch (Exception e) when (e is TransportConnectException or IOException or SocketException
+                || (e is OperationCanceledException && !abort.IsCancellationRequested))
+            {
+                _log.LogDebug("zephyr session {Id}: instance {Tag} at {Direct} not joined ({Error}); through {Relay}", id, tag, direct, e.Message, relay);
+            }
+        }
+        return await ZephyrSession.JoinRelayAsync(_context.Dialer, relay, _options.TlsTimeout, abort).ConfigureAwait(false);
     }
 
     public async Task StopAsync(CancellationToken cancellationToken)

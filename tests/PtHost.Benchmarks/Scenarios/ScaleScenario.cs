@@ -26,7 +26,7 @@ public sealed class ScaleScenario : IScenario
     private const int Streams = 6;
 
     public string Name => "scale";
-    public string Title => "Relays at scale: three Zephyr instances behind HAProxy, the cross-instance hop, metrics on vs off (relay and plain chain)";
+    public string Title => "Relays at scale: three Zephyr instances behind HAProxy (link-only and direct joins), the cross-instance hop, metrics on vs off (relay and plain chain)";
 
     public async Task RunAsync(Context ctx, ScenarioRun run)
     {
@@ -54,6 +54,20 @@ public sealed class ScaleScenario : IScenario
         var multiLone = new Figure { Key = "scale_zephyr_lone_multi_gbps", Label = $"{Streams} concurrent streams through one Zephyr instance directly ({each >> 20} MiB each), aggregate", Unit = "Gbit/s" };
         var multiCluster = new Figure { Key = "scale_zephyr_cluster_multi_gbps", Label = $"the same through HAProxy to three cluster instances", Unit = "Gbit/s" };
         var multiRatio = new Figure { Key = "scale_zephyr_multi_ratio", Label = "ratio to one instance (2 cores shared by all)", Unit = "", Indent = 1 };
+        // spec/zephyr.md §8.6 (direct joins): the client's peer through HAProxy, the server's at the instance the client's zid names.
+        var direct = new Figure { Key = "scale_zephyr_direct_pairs_per_second", Label = "the same with direct joins (§8.6): one peer through HAProxy, the other at the instance its zid names (no link)", Unit = "pairs/s", Format = "0" };
+        var directRatio = new Figure { Key = "scale_zephyr_direct_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
+        var multiDirect = new Figure { Key = "scale_zephyr_direct_multi_gbps", Label = "the same with direct joins (client side through HAProxy, server side at its instance)", Unit = "Gbit/s" };
+        var multiDirectRatio = new Figure { Key = "scale_zephyr_direct_multi_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
+        var cpuLone = new Figure { Key = "scale_zephyr_lone_cpu_per_gib", Label = $"Relay-tier CPU per GiB relayed, {Streams} streams: one instance (user+system, /proc/PID/stat)", Unit = "CPU s/GiB" };
+        var cpuCluster = new Figure { Key = "scale_zephyr_cluster_cpu_per_gib", Label = "three instances + HAProxy, link-only cluster", Unit = "CPU s/GiB" };
+        var cpuDirect = new Figure { Key = "scale_zephyr_direct_cpu_per_gib", Label = "three instances + HAProxy, direct joins", Unit = "CPU s/GiB" };
+        var cpuDirectHaproxy = new Figure { Key = "scale_zephyr_direct_haproxy_cpu_per_gib", Label = "of which HAProxy", Unit = "CPU s/GiB", Indent = 1 };
+        // The same direct joins with HAProxy splicing both ways (option splice-request/-response, tune.pipesize 512 KiB).
+        var multiSplice = new Figure { Key = "scale_zephyr_direct_splice_multi_gbps", Label = $"{Streams} streams, direct joins, HAProxy splicing (splice-request/-response, pipesize 512 KiB)", Unit = "Gbit/s" };
+        var multiSpliceRatio = new Figure { Key = "scale_zephyr_direct_splice_multi_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
+        var cpuSplice = new Figure { Key = "scale_zephyr_direct_splice_cpu_per_gib", Label = "relay-tier CPU per GiB, direct joins, HAProxy splicing", Unit = "CPU s/GiB" };
+        var cpuSpliceHaproxy = new Figure { Key = "scale_zephyr_direct_splice_haproxy_cpu_per_gib", Label = "of which HAProxy", Unit = "CPU s/GiB", Indent = 1 };
         var jetLone = new Figure { Key = "scale_jet_lone_associations_per_second", Label = $"JET associations set up per second, one instance directly ({pairs}, {InFlight} in flight; create, gather, accept, connect, 32 B checked, delete)", Unit = "assoc/s", Format = "0" };
         var jetCluster = new Figure { Key = "scale_jet_cluster_associations_per_second", Label = "the same, REST through HAProxy (hash of the association id) to three instances", Unit = "assoc/s", Format = "0" };
         var jetRatio = new Figure { Key = "scale_jet_cluster_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
@@ -61,8 +75,8 @@ public sealed class ScaleScenario : IScenario
         var jetMultiCluster = new Figure { Key = "scale_jet_cluster_multi_gbps", Label = "the same, associations made through HAProxy (spread over three instances)", Unit = "Gbit/s" };
         var jetMultiRatio = new Figure { Key = "scale_jet_multi_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
         run.Add(chainOff, chainOn, chainRatio);
-        run.Add(multiLone, multiCluster, multiRatio, jetLone, jetCluster, jetRatio, jetMultiLone, jetMultiCluster, jetMultiRatio);
-        run.Add(lone, cluster, clusterRatio, sameSetup, crossSetup, crossSetupRatio, same, cross, crossRatio, metricsOff, metricsOn, metricsRatio, offGbps, onGbps, onGbpsRatio);
+        run.Add(multiLone, multiCluster, multiRatio, multiDirect, multiDirectRatio, cpuLone, cpuCluster, cpuDirect, cpuDirectHaproxy, multiSplice, multiSpliceRatio, cpuSplice, cpuSpliceHaproxy, jetLone, jetCluster, jetRatio, jetMultiLone, jetMultiCluster, jetMultiRatio);
+        run.Add(lone, cluster, clusterRatio, direct, directRatio, sameSetup, crossSetup, crossSetupRatio, same, cross, crossRatio, metricsOff, metricsOn, metricsRatio, offGbps, onGbps, onGbpsRatio);
         var raw = run.Raw("scale");
         try
         {
@@ -72,23 +86,9 @@ public sealed class ScaleScenario : IScenario
             try
             {
                 string servers = string.Join("\n", instances.Select(i => $"    server zephyr{i.Number} {i.EndPoint} check inter 1s"));
-                await using var haproxy = await HaproxyProcess.StartAsync($"""
-                    global
-                        maxconn 8000
-                        stats socket @STATS@ mode 600 level admin
-                    defaults
-                        mode tcp
-                        timeout connect 2s
-                        timeout client 60s
-                        timeout server 60s
-                    frontend zephyr
-                        bind @LISTENER0@
-                        default_backend zephyr
-                    backend zephyr
-                        balance roundrobin
-                    {servers}
-
-                    """, 1).ConfigureAwait(false);
+                await using var haproxy = await HaproxyProcess.StartAsync(ZephyrHaproxyConfig(servers, 8000, splice: false), 1).ConfigureAwait(false);
+                // The same backends behind a splicing HAProxy (fewer connections: each spliced one holds a pipe, 2 more descriptors).
+                await using var splicing = await HaproxyProcess.StartAsync(ZephyrHaproxyConfig(servers, 4000, splice: true), 1).ConfigureAwait(false);
                 // JET: three instances behind HAProxy hashing the association id (docs/deploy.md §1), and a lone instance.
                 var jets = new List<JetInstance>();
                 for (int n = 1; n <= 4; n++) jets.Add(await JetInstance.StartAsync(n <= 3 ? $"jet{n}" : "jet-lone").ConfigureAwait(false));
@@ -133,12 +133,12 @@ public sealed class ScaleScenario : IScenario
                 for (int rep = 0; rep < ctx.Repetitions; rep++)
                 {
                     string step = $"scale {rep + 1}/{ctx.Repetitions}";
-                    async Task<double> Rate(Figure f, string kind, IPEndPoint a, IPEndPoint b)
+                    async Task<double> Rate(Figure f, string kind, IPEndPoint a, IPEndPoint? b, Func<uint, IPEndPoint>? direct = null)
                     {
                         ctx.Say($"{step}: {kind}");
                         return await ScenarioRun.AttemptAsync(f, async () =>
                         {
-                            var r = await PairRateAsync(a, b, pairs).ConfigureAwait(false);
+                            var r = await PairRateAsync(a, direct ?? (_ => b!), pairs).ConfigureAwait(false);
                             raw.Add(ScenarioRun.Tag(new JsonObject { ["pairs_per_second"] = r }, kind, rep));
                             return r;
                         }).ConfigureAwait(false);
@@ -159,6 +159,9 @@ public sealed class ScaleScenario : IScenario
                     double l = await Rate(lone, "lone", off.EndPoint, off.EndPoint).ConfigureAwait(false);
                     double c = await Rate(cluster, "cluster_haproxy", haproxy.Listeners[0], haproxy.Listeners[0]).ConfigureAwait(false);
                     ScenarioRun.AddRatio(clusterRatio, c, l, cluster, lone);
+                    IPEndPoint InstanceOf(uint zid) => instances[Tag(zid) - 1].EndPoint;
+                    double d = await Rate(direct, "direct_haproxy", haproxy.Listeners[0], null, InstanceOf).ConfigureAwait(false);
+                    ScenarioRun.AddRatio(directRatio, d, l, direct, lone);
                     double ss = await Rate(sameSetup, "same_instance", instances[0].EndPoint, instances[0].EndPoint).ConfigureAwait(false);
                     double cs = await Rate(crossSetup, "cross_instance", instances[0].EndPoint, instances[1].EndPoint).ConfigureAwait(false);
                     ScenarioRun.AddRatio(crossSetupRatio, cs, ss, crossSetup, sameSetup);
@@ -196,24 +199,38 @@ public sealed class ScaleScenario : IScenario
                             return r.PerSecond;
                         }).ConfigureAwait(false);
                     }
-                    async Task<double> Multi(Figure f, string kind, Func<Task<(Socket A, Socket B, IAsyncDisposable Held)>> open)
+                    async Task<double> Multi(Figure f, string kind, Func<Task<(Socket A, Socket B, IAsyncDisposable Held)>> open, int[]? tier = null, Figure? cpuFigure = null)
                     {
                         ctx.Say($"{step}: {kind}");
                         return await ScenarioRun.AttemptAsync(f, async () =>
                         {
-                            var r = await MultiStreamAsync(open, each, timeout).ConfigureAwait(false);
-                            raw.Add(ScenarioRun.Tag(new JsonObject { ["gbps"] = r, ["streams"] = Streams, ["bytes_each"] = each }, kind, rep));
+                            var (r, cpu) = await MultiStreamAsync(open, each, timeout, tier ?? []).ConfigureAwait(false);
+                            raw.Add(ScenarioRun.Tag(new JsonObject
+                            {
+                                ["gbps"] = r, ["streams"] = Streams, ["bytes_each"] = each, ["tier_cpu_seconds_per_gib"] = cpu.Sum(),
+                                ["cpu_seconds_per_gib_by_pid"] = new JsonArray([.. cpu.Select(c => JsonValue.Create(c))]),
+                            }, kind, rep));
+                            cpuFigure?.Samples.Add(cpu.Sum());
+                            // The last pid of a cluster tier is HAProxy.
+                            if (cpuFigure == cpuDirect) cpuDirectHaproxy.Samples.Add(cpu[^1]);
+                            if (cpuFigure == cpuSplice) cpuSpliceHaproxy.Samples.Add(cpu[^1]);
                             return r;
                         }).ConfigureAwait(false);
                     }
-                    async Task<(Socket, Socket, IAsyncDisposable)> ZephyrStream(IPEndPoint relay)
+                    async Task<(Socket, Socket, IAsyncDisposable)> ZephyrStream(IPEndPoint relay, Func<uint, IPEndPoint>? other = null)
                     {
-                        var (x, y) = await PairAsync(relay, relay).ConfigureAwait(false);
+                        var (x, y) = await PairAsync(relay, other ?? (_ => relay)).ConfigureAwait(false);
                         return (x, y, new AsyncDisposables([x, y]));
                     }
-                    double ml = await Multi(multiLone, "multi_lone", () => ZephyrStream(off.EndPoint)).ConfigureAwait(false);
-                    double mc = await Multi(multiCluster, "multi_cluster_haproxy", () => ZephyrStream(haproxy.Listeners[0])).ConfigureAwait(false);
+                    int[] clusterTier = [.. instances.Select(i => i.Process.Pid), haproxy.Process.Pid];
+                    double ml = await Multi(multiLone, "multi_lone", () => ZephyrStream(off.EndPoint), [off.Child.Pid], cpuLone).ConfigureAwait(false);
+                    double mc = await Multi(multiCluster, "multi_cluster_haproxy", () => ZephyrStream(haproxy.Listeners[0]), clusterTier, cpuCluster).ConfigureAwait(false);
                     ScenarioRun.AddRatio(multiRatio, mc, ml, multiCluster, multiLone);
+                    double md = await Multi(multiDirect, "multi_direct_haproxy", () => ZephyrStream(haproxy.Listeners[0], InstanceOf), clusterTier, cpuDirect).ConfigureAwait(false);
+                    ScenarioRun.AddRatio(multiDirectRatio, md, ml, multiDirect, multiLone);
+                    int[] splicingTier = [.. instances.Select(i => i.Process.Pid), splicing.Process.Pid];
+                    double msp = await Multi(multiSplice, "multi_direct_haproxy_splice", () => ZephyrStream(splicing.Listeners[0], InstanceOf), splicingTier, cpuSplice).ConfigureAwait(false);
+                    ScenarioRun.AddRatio(multiSpliceRatio, msp, ml, multiSplice, multiLone);
                     async Task<double> JetRate(Figure f, string kind, HttpClient rest)
                     {
                         ctx.Say($"{step}: {kind}");
@@ -253,19 +270,43 @@ public sealed class ScaleScenario : IScenario
         }
     }
 
+    /// <summary>HAProxy in front of the Zephyr instances, round-robin; <paramref name="splice"/>: the kernel moves the bytes both ways (docs/deploy.md §1).</summary>
+    private static string ZephyrHaproxyConfig(string servers, int maxconn, bool splice) => $"""
+        global
+            maxconn {maxconn}
+            stats socket @STATS@ mode 600 level admin
+        {(splice ? "    tune.pipesize 524288\n" : "")}defaults
+            mode tcp
+        {(splice ? "    option splice-request\n    option splice-response\n" : "")}    timeout connect 2s
+            timeout client 60s
+            timeout server 60s
+        frontend zephyr
+            bind @LISTENER0@
+            default_backend zephyr
+        backend zephyr
+            balance roundrobin
+        {servers}
+
+        """;
+
     /// <summary>
     /// <see cref="Streams"/> streams opened with <paramref name="open"/>, then <paramref name="each"/> bytes through every one
-    /// at once; the aggregate in Gbit/s (all bytes over the wall time of the slowest).
+    /// at once; the aggregate in Gbit/s (all bytes over the wall time of the slowest), and the CPU seconds per GiB each
+    /// process of <paramref name="tier"/> spent meanwhile.
     /// </summary>
-    private static async Task<double> MultiStreamAsync(Func<Task<(Socket A, Socket B, IAsyncDisposable Held)>> open, long each, TimeSpan timeout)
+    private static async Task<(double Gbps, double[] CpuPerGiB)> MultiStreamAsync(Func<Task<(Socket A, Socket B, IAsyncDisposable Held)>> open, long each, TimeSpan timeout, int[] tier)
     {
         var held = new List<(Socket A, Socket B, IAsyncDisposable Held)>();
         try
         {
             for (int i = 0; i < Streams; i++) held.Add(await open().ConfigureAwait(false));
+            double[] cpu0 = [.. tier.Select(Sys.CpuSeconds)];
             var clock = Stopwatch.StartNew();
             var results = await Task.WhenAll(held.Select(h => StreamPump.RunAsync(h.A, h.B, each, timeout))).ConfigureAwait(false);
-            return results.Sum(r => r.Received) * 8 / clock.Elapsed.TotalSeconds / 1e9;
+            double seconds = clock.Elapsed.TotalSeconds;
+            long received = results.Sum(r => r.Received);
+            double gib = received / (double)(1L << 30);
+            return (received * 8 / seconds / 1e9, [.. tier.Select((pid, i) => (Sys.CpuSeconds(pid) - cpu0[i]) / gib)]);
         }
         finally
         {
@@ -361,7 +402,7 @@ public sealed class ScaleScenario : IScenario
     }
 
     /// <summary><paramref name="count"/> pairs, <see cref="InFlight"/> at once: one peer joins at <paramref name="a"/>, the other at <paramref name="b"/>, 32 bytes checked across, both closed.</summary>
-    private static async Task<double> PairRateAsync(IPEndPoint a, IPEndPoint b, int count)
+    private static async Task<double> PairRateAsync(IPEndPoint a, Func<uint, IPEndPoint> b, int count)
     {
         int next = -1;
         var clock = Stopwatch.StartNew();
@@ -383,12 +424,18 @@ public sealed class ScaleScenario : IScenario
         return count / clock.Elapsed.TotalSeconds;
     }
 
-    private static async Task<(Socket, Socket)> PairAsync(IPEndPoint a, IPEndPoint b)
+    /// <summary>spec/zephyr.md §8.1: the instance number a cluster zid carries.</summary>
+    private static int Tag(uint zid) => (int)(zid >> 27) & 15;
+
+    private static Task<(Socket, Socket)> PairAsync(IPEndPoint a, IPEndPoint b) => PairAsync(a, _ => b);
+
+    /// <summary>One peer joins at <paramref name="a"/>; the other where <paramref name="b"/> says for the first one's zid (a direct join, §8.6).</summary>
+    private static async Task<(Socket, Socket)> PairAsync(IPEndPoint a, Func<uint, IPEndPoint> b)
     {
         var (x, zx) = await JoinAsync(a).ConfigureAwait(false);
         try
         {
-            var (y, zy) = await JoinAsync(b).ConfigureAwait(false);
+            var (y, zy) = await JoinAsync(b(zx)).ConfigureAwait(false);
             await x.SendAsync(StreamPump.ZephyrMessage(zy), SocketFlags.None).ConfigureAwait(false);
             await y.SendAsync(StreamPump.ZephyrMessage(zx), SocketFlags.None).ConfigureAwait(false);
             return (x, y);

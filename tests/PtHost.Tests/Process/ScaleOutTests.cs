@@ -26,6 +26,9 @@ public class ScaleOutTests(ITestOutputHelper output)
     public static string HaproxyConfig(IEnumerable<(string Name, IPEndPoint Address)> jet, IEnumerable<(string Name, IPEndPoint Address)> zephyr) => $"""
         global
             maxconn 8000
+            # Zephyr's backend splices (below): each spliced connection holds a pipe (2 descriptors); bound them.
+            maxpipes 1000
+            tune.pipesize 524288
             stats socket @STATS@ mode 600 level admin
         defaults
             timeout connect 2s
@@ -53,6 +56,9 @@ public class ScaleOutTests(ITestOutputHelper output)
             mode tcp
             # A zid is not visible before the instance is picked: the instances forward binds among themselves (spec/zephyr.md §8).
             balance roundrobin
+            # Zephyr bytes are opaque: let the kernel move them (a third of the CPU per byte of copying them, docs/deploy.md §5).
+            option splice-request
+            option splice-response
             default-server check inter 300ms fall 2 rise 2
         {string.Join("\n", zephyr.Select(s => $"    server {s.Name} {s.Address}"))}
 
@@ -357,12 +363,7 @@ public class ScaleOutTests(ITestOutputHelper output)
         int relayed = 0;
         for (int i = 0; i < Sessions; i++)
         {
-            await using var socks = await SocksClient.ConnectAsync(chain.SocksEndPoint);
-            await socks.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(IPAddress.Loopback, echo.Port)]);
-            Assert.Equal(new byte[] { 5, 0 }, await socks.ReadExactlyAsync(2));
-            Assert.Equal(0x00, await socks.ReadReplyAsync());
-            await socks.SendAsync(payload);
-            Assert.Equal(payload, await socks.ReadExactlyAsync(payload.Length));
+            await EchoThroughSocksAsync(chain.SocksEndPoint, echo.Port, payload);
             relayed++;
         }
         await chain.SessionsClosedAsync();
@@ -381,6 +382,146 @@ public class ScaleOutTests(ITestOutputHelper output)
         await prometheus.WaitForValueAsync("sum(pthost_sessions_opened_total{job=\"zephyr\"})", relayed);
         await prometheus.WaitForValueAsync("sum(pthost_relay_pairs{job=\"zephyr\",state=\"bound\"})", 0);
         await prometheus.WaitForValueAsync("count(up{job=~\"client|server|zephyr\"} == 1)", 5);
+    }
+
+    // ---- spec/zephyr.md §8.6: direct joins ----
+
+    /// <summary>
+    /// §8.6: the server joins the instance its client landed on (the zid's tag) directly, so no bind is forwarded: the
+    /// client's connection still passes HAProxy, the server's does not, and every pair meets locally.
+    /// </summary>
+    [Fact]
+    public async Task With_relayInstances_the_server_joins_its_clients_instance_directly_and_no_bind_is_forwarded()
+    {
+        const int Sessions = 60;
+        await using var cluster = await ZephyrCluster.StartAsync();
+        var (zephyrs, haproxy) = (cluster.Instances, cluster.Haproxy);
+        var map = new JObject();
+        foreach (var z in zephyrs) map[z.Number.ToString(CultureInfo.InvariantCulture)] = z.EndPoint.ToString();
+        int relayed = await DirectJoinSessionsAsync(haproxy.Listeners[1], map, Sessions);
+
+        var opened = await SumPerInstanceAsync(zephyrs, "pthost_sessions_opened_total");
+        output.WriteLine($"{relayed} sessions through HAProxy with direct joins; pairs per instance {string.Join(", ", opened)}; " +
+            $"forwarded binds {(await SumPerInstanceAsync(zephyrs, "pthost_zephyr_forwarded_total")).Sum()}");
+        Assert.Equal(Sessions, relayed);
+        Assert.Equal(Sessions, opened.Sum());
+        Assert.All(opened, n => Assert.True(n > 0, "an instance met no pair: the client's connections did not pass the balancer"));
+        Assert.Equal(0, (await SumPerInstanceAsync(zephyrs, "pthost_zephyr_forwarded_total")).Sum());
+        Assert.Equal(0, (await SumPerInstanceAsync(zephyrs, "pthost_zephyr_linked_total")).Sum());
+    }
+
+    /// <summary>§8.6: an entry whose instance cannot be joined falls back to the balancer, and the link carries those pairs.</summary>
+    [Fact]
+    public async Task A_relayInstances_entry_that_cannot_be_joined_falls_back_to_the_balancer_and_the_pair_still_meets()
+    {
+        const int Sessions = 30;
+        await using var cluster = await ZephyrCluster.StartAsync();
+        var (zephyrs, haproxy) = (cluster.Instances, cluster.Haproxy);
+        // Instance 1's entry names a port that is bound but not listening: connecting is refused, as with a dead instance.
+        using var dead = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        dead.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        var map = new JObject { ["1"] = dead.LocalEndPoint!.ToString(), ["2"] = zephyrs[1].EndPoint.ToString(), ["3"] = zephyrs[2].EndPoint.ToString() };
+        int relayed = await DirectJoinSessionsAsync(haproxy.Listeners[1], map, Sessions);
+
+        long forwarded = (await SumPerInstanceAsync(zephyrs, "pthost_zephyr_forwarded_total")).Sum();
+        var opened = await SumPerInstanceAsync(zephyrs, "pthost_sessions_opened_total");
+        output.WriteLine($"{relayed} sessions; pairs per instance {string.Join(", ", opened)}; forwarded binds {forwarded}");
+        Assert.Equal(Sessions, relayed);
+        Assert.Equal(Sessions, opened.Sum());
+        // The clients that landed on instance 1 were joined through HAProxy; those that met elsewhere crossed the link.
+        Assert.True(forwarded > 0, "no fallback pair was forwarded: the dead entry was not tried through the balancer");
+        Assert.True(forwarded < Sessions, $"{forwarded} forwards: the live entries were not joined directly");
+    }
+
+    [Fact]
+    public async Task A_bad_relayInstances_map_fails_with_SMETHOD_ERROR_naming_the_key()
+    {
+        var generated = await ZephyrChain.GenerateAsync();
+        var options = (JObject)generated["server"]!;
+        options["relay"] = "127.0.0.1:7000";
+        options["relayInstances"] = JObject.Parse("""{"127.0.0.1:7000": {"16": "127.0.0.1:7001"}}""");
+        await using var server = PtProcess.StartPthost(PtChain.FreeServerOf("zephyr", options).ToString(Newtonsoft.Json.Formatting.None));
+        var lines = await server.ReadUntilDoneAsync();
+        var error = Assert.Single(lines, l => l.StartsWith("SMETHOD-ERROR zephyr ", StringComparison.Ordinal));
+        Assert.Contains("relayInstances", error, StringComparison.Ordinal);
+        Assert.Contains("16", error, StringComparison.Ordinal);
+        Assert.DoesNotContain(lines, l => l.StartsWith("SMETHOD zephyr ", StringComparison.Ordinal));
+    }
+
+    /// <summary><paramref name="sessions"/> SOCKS sessions, 8 at once, through a zephyr client and server whose relay is <paramref name="balancer"/> and whose server maps it with <paramref name="map"/>; 1000 random bytes echoed and checked in each.</summary>
+    private async Task<int> DirectJoinSessionsAsync(IPEndPoint balancer, JObject map, int sessions)
+    {
+        await using var echo = new EchoServer();
+        var generated = await ZephyrChain.GenerateAsync();
+        var clientOptions = (JObject)generated["client"]!;
+        var serverOptions = (JObject)generated["server"]!;
+        clientOptions["relay"] = balancer.ToString();
+        serverOptions["relay"] = balancer.ToString();
+        serverOptions["relayInstances"] = new JObject { [balancer.ToString()] = map };
+        await using var chain = await PtChain.StartAsync(PtChain.FreeServerOf("zephyr", serverOptions), ep => PtChain.ClientOf("zephyr", clientOptions));
+        int relayed = 0;
+        int next = -1;
+        await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Task.Run(async () =>
+        {
+            byte[] payload = RandomNumberGenerator.GetBytes(1000);
+            while (Interlocked.Increment(ref next) < sessions)
+            {
+                await EchoThroughSocksAsync(chain.SocksEndPoint, echo.Port, payload);
+                Interlocked.Increment(ref relayed);
+            }
+        })));
+        await chain.SessionsClosedAsync();
+        return relayed;
+    }
+
+    /// <summary>One SOCKS CONNECT to the echo server through <paramref name="socks"/>, <paramref name="payload"/> echoed and checked.</summary>
+    private static async Task EchoThroughSocksAsync(IPEndPoint socks, int echoPort, byte[] payload)
+    {
+        await using var c = await SocksClient.ConnectAsync(socks);
+        await c.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(IPAddress.Loopback, echoPort)]);
+        Assert.Equal(new byte[] { 5, 0 }, await c.ReadExactlyAsync(2));
+        Assert.Equal(0x00, await c.ReadReplyAsync());
+        await c.SendAsync(payload);
+        Assert.Equal(payload, await c.ReadExactlyAsync(payload.Length));
+    }
+
+    /// <summary>Three Zephyr cluster instances behind HAProxy (<see cref="HaproxyConfig"/>; the Zephyr frontend is listener 1).</summary>
+    private sealed record ZephyrCluster(ZephyrInstance[] Instances, HaproxyProcess Haproxy) : IAsyncDisposable
+    {
+        public static async Task<ZephyrCluster> StartAsync()
+        {
+            var zephyrs = await ZephyrInstance.StartClusterAsync(3, Directory.CreateTempSubdirectory("pthost-zephyr-cluster-").FullName);
+            try
+            {
+                return new(zephyrs, await HaproxyProcess.StartAsync(HaproxyConfig([], zephyrs.Select(z => ($"zephyr{z.Number}", z.EndPoint))), 2));
+            }
+            catch
+            {
+                await new Disposer(zephyrs).DisposeAsync();
+                throw;
+            }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await Haproxy.DisposeAsync();
+            await new Disposer(Instances).DisposeAsync();
+        }
+    }
+
+    /// <summary>The sum of every sample of <paramref name="metric"/> on each instance's metrics endpoint, in instance order.</summary>
+    private static async Task<long[]> SumPerInstanceAsync(ZephyrInstance[] instances, string metric)
+    {
+        using var http = new HttpClient();
+        var sums = new long[instances.Length];
+        for (int i = 0; i < instances.Length; i++)
+        {
+            string text = await http.GetStringAsync($"http://{instances[i].Metrics}/metrics");
+            foreach (string line in text.Split('\n'))
+                if (line.StartsWith(metric, StringComparison.Ordinal) && (line.Length > metric.Length && line[metric.Length] is ' ' or '{'))
+                    sums[i] += (long)double.Parse(line[(line.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture);
+        }
+        return sums;
     }
 
     private static async Task<ZephyrPair> OpenPairAsync(IPEndPoint relay)

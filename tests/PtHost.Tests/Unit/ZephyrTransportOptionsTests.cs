@@ -137,6 +137,57 @@ public class ZephyrTransportOptionsTests
         Assert.Equal(2, listed.Relays!.Count);
     }
 
+    // ---- §8.6 direct joins: relayInstances ----
+
+    [Fact]
+    public void RelayInstances_maps_a_listed_relay_to_instance_addresses_which_count_as_allowed()
+    {
+        var o = ZephyrServerOptions.Parse(Server(s =>
+        {
+            s["relay"] = "Balancer.example:7000";
+            s["relayInstances"] = JObject.Parse("""{"balancer.example:7000": {"1": "10.0.0.1:8888", "15": "10.0.0.15:8888"}}""");
+        }));
+        var balancer = Destination.Parse("balancer.example:7000");
+        Assert.Equal("10.0.0.1:8888", o.RelayInstances!.Direct(balancer, 1)!.ToString());
+        Assert.Equal("10.0.0.15:8888", o.RelayInstances.Direct(balancer, 15)!.ToString());
+        Assert.Null(o.RelayInstances.Direct(balancer, 2));
+        Assert.Null(o.RelayInstances.Direct(balancer, 0));
+        Assert.Null(o.RelayInstances.Direct(Destination.Parse("other.example:7000"), 1));
+        Assert.True(o.RelayInstances.Lists(Destination.Parse("10.0.0.1:8888")));
+        Assert.False(o.RelayInstances.Lists(Destination.Parse("10.0.0.2:8888")));
+        Assert.Null(ZephyrServerOptions.Parse(Server(s => s["relay"] = "127.0.0.1:1")).RelayInstances);
+    }
+
+    [Theory]
+    [InlineData("""{"127.0.0.1:7000": {"0": "10.0.0.1:1"}}""", "options.zephyr.relayInstances[\"127.0.0.1:7000\"].0")]
+    [InlineData("""{"127.0.0.1:7000": {"16": "10.0.0.1:1"}}""", "options.zephyr.relayInstances[\"127.0.0.1:7000\"].16")]
+    [InlineData("""{"127.0.0.1:7000": {"01": "10.0.0.1:1"}}""", "options.zephyr.relayInstances[\"127.0.0.1:7000\"].01")]
+    [InlineData("""{"127.0.0.1:7000": {"one": "10.0.0.1:1"}}""", "options.zephyr.relayInstances[\"127.0.0.1:7000\"].one")]
+    [InlineData("""{"127.0.0.1:7000": {"1": "10.0.0.1"}}""", "options.zephyr.relayInstances[\"127.0.0.1:7000\"].1")]
+    [InlineData("""{"127.0.0.1:7000": {"1": 8888}}""", "options.zephyr.relayInstances[\"127.0.0.1:7000\"].1")]
+    [InlineData("""{"127.0.0.1:7000": {}}""", "options.zephyr.relayInstances[\"127.0.0.1:7000\"]")]
+    [InlineData("""{"127.0.0.1:7000": ["10.0.0.1:1"]}""", "options.zephyr.relayInstances[\"127.0.0.1:7000\"]")]
+    [InlineData("""{"127.0.0.1:7001": {"1": "10.0.0.1:1"}}""", "options.zephyr.relayInstances[\"127.0.0.1:7001\"]")]
+    [InlineData("""{"nonsense": {"1": "10.0.0.1:1"}}""", "options.zephyr.relayInstances.nonsense")]
+    [InlineData("""["127.0.0.1:7000"]""", "options.zephyr.relayInstances")]
+    public void A_bad_relayInstances_map_fails_naming_the_key(string json, string path)
+    {
+        var e = Assert.Throws<OptionsException>(() => ZephyrServerOptions.Parse(Server(s =>
+        {
+            s["relay"] = "127.0.0.1:7000";
+            s["relayInstances"] = JToken.Parse(json);
+        })));
+        Assert.Equal(path, e.Path);
+    }
+
+    [Fact]
+    public void RelayInstances_with_anyRelay_may_name_any_balancer() =>
+        Assert.NotNull(ZephyrServerOptions.Parse(Server(s =>
+        {
+            s["anyRelay"] = true;
+            s["relayInstances"] = JObject.Parse("""{"lb.example:7000": {"1": "10.0.0.1:8888"}}""");
+        })).RelayInstances!.Direct(Destination.Parse("lb.example:7000"), 1));
+
     [Theory]
     [InlineData("anyRelay", "\"yes\"")]
     [InlineData("anyRelay", "1")]
