@@ -8,8 +8,9 @@ namespace PtHost.Transports.Rud;
 /// first 13 bytes are XORed with AES-256(k_hp, its last 16 bytes), and a handshake packet's body with
 /// AES-256-CTR(k_hp) counting on from those 16 bytes. k_hp comes from the responder's static public key, so
 /// without that key every packet reads as random bytes. One instance per responder key; thread-safe: the
-/// mask goes through one reusable ECB transform (no native context per packet) under a lock that only the
-/// receive thread and the sender holding the endpoint's lock ever contend for.
+/// mask is one AES block through the processor's AES instructions (<see cref="Aes256Block"/>, no native call
+/// and no lock), or where those are missing through one reusable ECB transform (no native context per
+/// packet) under a lock that only the receive thread and the sender holding the endpoint's lock contend for.
 /// </summary>
 public sealed class HeaderProtection : IDisposable
 {
@@ -18,6 +19,7 @@ public sealed class HeaderProtection : IDisposable
     public const int SampleSize = 16;
     private readonly Aes _aes;
     private readonly ICryptoTransform _ecb;
+    private readonly Aes256Block? _block;
     private readonly byte[] _sample = new byte[SampleSize], _mask = new byte[SampleSize];
 
     public HeaderProtection(ReadOnlySpan<byte> responderStatic)
@@ -26,6 +28,7 @@ public sealed class HeaderProtection : IDisposable
         HKDF.DeriveKey(HashAlgorithmName.SHA512, responderStatic, key, "RUD2 obfuscation"u8, []);
         _aes = Aes.Create();
         _aes.Key = key.ToArray();
+        if (Aes256Block.IsSupported) _block = new Aes256Block(key);
         key.Clear();
         _aes.Mode = CipherMode.ECB;
         _aes.Padding = PaddingMode.None;
@@ -40,11 +43,15 @@ public sealed class HeaderProtection : IDisposable
     public void Mask(Span<byte> packet)
     {
         Span<byte> mask = stackalloc byte[SampleSize];
-        lock (_ecb)
+        if (_block is not null) _block.Encrypt(packet[^SampleSize..], mask);
+        else
         {
-            packet[^SampleSize..].CopyTo(_sample);
-            _ecb.TransformBlock(_sample, 0, SampleSize, _mask, 0);
-            _mask.CopyTo(mask);
+            lock (_ecb)
+            {
+                packet[^SampleSize..].CopyTo(_sample);
+                _ecb.TransformBlock(_sample, 0, SampleSize, _mask, 0);
+                _mask.CopyTo(mask);
+            }
         }
         for (int i = 0; i < HeaderSize; i++) packet[i] ^= mask[i];
     }

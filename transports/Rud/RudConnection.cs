@@ -26,6 +26,9 @@ public sealed partial class RudConnection
     private const long MinWindow = 2 * MaxPacket;
 
     private readonly RudEndpoint _ep;
+
+    /// <summary>The endpoint this connection lives on.</summary>
+    internal RudEndpoint Endpoint => _ep;
     internal readonly object Gate;
     private readonly RudCounters _counters;
 

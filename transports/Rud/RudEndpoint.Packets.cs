@@ -21,6 +21,7 @@ public sealed partial class RudEndpoint
         Thread.CurrentThread.Name = "rud receive";
         var receiver = new UdpReceiver();
         var from = new SocketAddress(socket.AddressFamily);
+        var wakes = new List<TaskCompletionSource>();
         while (!_stop.IsCancellationRequested)
         {
             int n = receiver.Receive(socket, 100);
@@ -43,6 +44,7 @@ public sealed partial class RudEndpoint
             }
             lock (Gate)
             {
+                _inBatch = true;
                 long now = Now();
                 for (int i = 0; i < n; i++)
                 {
@@ -58,7 +60,9 @@ public sealed partial class RudEndpoint
                     }
                 }
                 FlushTouched(now);
+                TakeWakes(wakes);
             }
+            Wake(wakes);
         }
     }
 
@@ -67,12 +71,50 @@ public sealed partial class RudEndpoint
     {
         var kind = Classify(packet);
         if (kind == Inbound.Exchange) { OnExchange(packet, from); return; }
+        var wakes = new List<TaskCompletionSource>();
         lock (Gate)
         {
-            if (kind == Inbound.Malformed) Counters.Increment(ref Counters.Malformed);
-            else OnPacket(packet, from, Now(), kind == Inbound.Unprotected);
-            FlushTouched(Now());
+            _inBatch = true;
+            try
+            {
+                if (kind == Inbound.Malformed) Counters.Increment(ref Counters.Malformed);
+                else OnPacket(packet, from, Now(), kind == Inbound.Unprotected);
+                FlushTouched(Now());
+            }
+            finally { TakeWakes(wakes); }
         }
+        Wake(wakes);
+    }
+
+    /// <summary>Stream readers and writers that a receive batch made ready, woken once it is handled; guarded by <see cref="Gate"/>.</summary>
+    private readonly List<TaskCompletionSource> _wakes = [];
+    private bool _inBatch;
+
+    /// <summary>
+    /// Wakes <paramref name="waiter"/> (and clears it) after the receive batch being handled, outside the lock;
+    /// at once when no batch is being handled. Caller holds <see cref="Gate"/>.
+    /// </summary>
+    internal void WakeAfterBatch(ref TaskCompletionSource? waiter)
+    {
+        var w = waiter;
+        if (w is null) return;
+        waiter = null;
+        if (_inBatch) _wakes.Add(w);
+        else w.TrySetResult();
+    }
+
+    /// <summary>Moves the batch's wakes to <paramref name="into"/>. Caller holds <see cref="Gate"/>.</summary>
+    private void TakeWakes(List<TaskCompletionSource> into)
+    {
+        _inBatch = false;
+        into.AddRange(_wakes);
+        _wakes.Clear();
+    }
+
+    private static void Wake(List<TaskCompletionSource> wakes)
+    {
+        foreach (var w in wakes) w.TrySetResult();
+        wakes.Clear();
     }
 
     private readonly List<RudConnection> _touched = [];
@@ -192,8 +234,9 @@ public sealed partial class RudEndpoint
             Counters.Increment(ref Counters.HandshakeDropped);
             return;
         }
+        // What the packet made due goes out once the whole batch is handled (FlushTouched, §9.4):
+        // one acknowledgement and one segmented send per batch, not per packet.
         conn.OnDataPacket(p, from, now);
-        conn.Flush(now);
     }
 
     // ---- packets out ----

@@ -276,7 +276,7 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
             {
                 _sendBase = newBase;
                 _ackedAbove.Remove(0, _sendBase);
-                Release(ref _writeWaiter);
+                _conn.Endpoint.WakeAfterBatch(ref _writeWaiter);
             }
         }
         if (SendDone) _conn.StreamMaybeFinished(this);
@@ -331,7 +331,9 @@ public sealed class RudStream : Stream, IHalfClosable, IAbortable
                 MaybeOpenWindow();
             }
         }
-        Release(ref _readWaiter);
+        // The reader wakes once the receive batch is handled (§9.4): not a thread-pool hop per packet,
+        // and not a reader that contends for the lock with the rest of the batch.
+        _conn.Endpoint.WakeAfterBatch(ref _readWaiter);
         if (ReceiveDone) _conn.StreamMaybeFinished(this);
         return true;
     }

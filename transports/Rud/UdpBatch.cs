@@ -70,7 +70,9 @@ internal sealed unsafe class UdpBatch
         if (_count == 0) return;
         try
         {
-            if (_count == 1 || !_gso || !TrySendSegmented(socket)) SendEach(socket);
+            // A lone packet (an acknowledgement, most often) takes the same raw sendmsg without the
+            // UDP_SEGMENT cmsg: the managed Socket.SendTo path costs more per call.
+            if ((_count > 1 && !_gso) || !TrySend(socket, segmented: _count > 1)) SendEach(socket);
         }
         finally
         {
@@ -92,8 +94,8 @@ internal sealed unsafe class UdpBatch
         }
     }
 
-    /// <summary>One sendmsg with UDP_SEGMENT; false when it did not go out (the caller sends packet by packet).</summary>
-    private bool TrySendSegmented(Socket socket)
+    /// <summary>One sendmsg, with UDP_SEGMENT when <paramref name="segmented"/>; false when it did not go out (the caller sends packet by packet).</summary>
+    private bool TrySend(Socket socket, bool segmented)
     {
         bool added = false;
         var handle = socket.SafeHandle;
@@ -106,7 +108,12 @@ internal sealed unsafe class UdpBatch
             fixed (byte* name = _peer!.Buffer.Span)
             {
                 var iov = new IoVec { Base = data, Length = (nuint)_bytes };
-                var msg = new MsgHdr { Name = name, NameLength = (uint)_peer.Size, Iov = &iov, IovLength = 1, Control = (byte*)&cmsg, ControlLength = (nuint)sizeof(SegmentCmsg) };
+                var msg = new MsgHdr { Name = name, NameLength = (uint)_peer.Size, Iov = &iov, IovLength = 1 };
+                if (segmented)
+                {
+                    msg.Control = (byte*)&cmsg;
+                    msg.ControlLength = (nuint)sizeof(SegmentCmsg);
+                }
                 for (int attempt = 0; attempt < 3; attempt++)
                 {
                     nint sent = SendMsg(fd, &msg, 0);
@@ -117,7 +124,7 @@ internal sealed unsafe class UdpBatch
                     if (errno == EAgain) return false;
                     // No GSO here: per packet from now on. Other errors (a route, an ICMP report) are
                     // left to the per-packet path, which counts them.
-                    if (errno is EIo or EInval or ENoProtoOpt or EOpNotSupp) _gso = false;
+                    if (segmented && errno is EIo or EInval or ENoProtoOpt or EOpNotSupp) _gso = false;
                     return false;
                 }
                 return false;

@@ -315,7 +315,10 @@ public class RudEndpointTests(ITestOutputHelper output)
         await TransferBothWaysAsync(c, s, up, down, TimeSpan.FromMinutes(8));
         output.WriteLine($"10 MB each way in {watch.Elapsed.TotalSeconds:0.0} s; relay dropped {pair.Relay.Dropped}, duplicated {pair.Relay.Duplicated}; " +
             $"client lost {pair.Client.Counters.PacketsLost}, server lost {pair.Server.Counters.PacketsLost}, replays dropped {pair.Server.Counters.Replayed + pair.Client.Counters.Replayed}");
-        Assert.True(pair.Relay.Dropped > 1000);
+        // The loss was applied: 5 % of what crossed (acknowledgements go once per receive batch, §9.4, so the
+        // count of packets, and of drops, depends on batching; ≥ 15,000 data packets cross in all).
+        Assert.True(pair.Relay.Dropped > 500 && pair.Relay.Dropped > 0.03 * (pair.Relay.Forwarded + pair.Relay.Dropped),
+            $"relay dropped {pair.Relay.Dropped} of {pair.Relay.Forwarded + pair.Relay.Dropped}");
         Assert.True(pair.Server.Counters.Replayed + pair.Client.Counters.Replayed > 500, "duplicates are dropped as replays");
         Assert.True(pair.Client.Counters.PacketsLost > 0 && pair.Server.Counters.PacketsLost > 0);
     }
