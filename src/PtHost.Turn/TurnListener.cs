@@ -160,7 +160,7 @@ public sealed class TurnListener : IAsyncDisposable
                 if (!pending.IsCompleted)
                 {
                     // Congested: what this batch queued goes out before the wait (no await inside a batch).
-                    StreamAssociation.EndBatch();
+                    StreamAssociation.EndBatch(writeInline: false);
                     try { await pending.AsTask().WaitAsync(MaxPause, ct).ConfigureAwait(false); }
                     catch (TimeoutException) { }
                     catch (OperationCanceledException) { return; }
@@ -168,7 +168,8 @@ public sealed class TurnListener : IAsyncDisposable
                 }
                 if ((++handled & 0xff) == 0) Prune(clients);
             }
-            StreamAssociation.EndBatch();
+            // A short batch drained the socket: this thread would only wait, so it writes; after a full one it reads on.
+            StreamAssociation.EndBatch(writeInline: count < batch.Batch);
         }
     }
 

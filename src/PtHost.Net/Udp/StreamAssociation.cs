@@ -166,17 +166,23 @@ public sealed class StreamAssociation : IAssociation
     public static void BeginBatch() => t_batching = true;
 
     /// <summary>
-    /// Ends this thread's batch: every association it queued frames on writes them now, on this
-    /// thread while its stream takes them at once; a write that has to wait goes on in the
-    /// association's writer.
+    /// Ends this thread's batch. With <paramref name="writeInline"/> (the caller's socket had nothing
+    /// more queued, so it would only wait), every association the batch queued frames on writes them
+    /// now, on this thread, while its stream takes them at once; a write that has to wait goes on in
+    /// the association's writer. Without it (more datagrams wait: the caller reads on at once), the
+    /// writers are woken and write in parallel with the caller.
     /// </summary>
-    public static void EndBatch()
+    public static void EndBatch(bool writeInline = true)
     {
         t_batching = false;
         if (t_deferred is not { Count: > 0 } deferred) return;
         try
         {
-            foreach (var association in deferred) association.WriteDeferred();
+            foreach (var association in deferred)
+            {
+                if (writeInline) association.WriteDeferred();
+                else association._doorbell.Writer.TryWrite(true);
+            }
         }
         finally
         {

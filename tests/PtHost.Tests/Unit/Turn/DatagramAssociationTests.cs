@@ -246,6 +246,46 @@ public class DatagramAssociationTests
     }
 
     [Fact]
+    public async Task Frames_queued_in_a_batch_are_written_when_it_ends_before_it_returns()
+    {
+        using var cts = new CancellationTokenSource(Wait);
+        var (clientSide, serverSide) = DuplexPair(); // writes under 64 KiB unread complete at once
+        byte[] relayed = new byte[DatagramFrame.MaxHeaderLength];
+        await serverSide.WriteAsync(relayed.AsMemory(0, DatagramFrame.Write(relayed, DatagramFrameType.Relayed, P("127.0.0.1", 1), default)), cts.Token);
+        await using var session = await StreamAssociation.StartAsync(clientSide, cts.Token);
+        var peer = P("127.0.0.1", 9);
+        byte[] payload = new byte[100];
+        int frame = DatagramFrame.HeaderLength(peer) + payload.Length;
+        byte[] b = new byte[65536];
+
+        // The writer takes frames sent outside a batch; once it is parked, a batch's frames are
+        // written by EndBatch itself: all three, in one write, readable before anything awaits.
+        bool inline = false;
+        for (int attempt = 0; attempt < 100 && !inline; attempt++)
+        {
+            Assert.True(session.SendAsync(peer, payload, cts.Token).IsCompleted);
+            Assert.Equal(frame, await serverSide.ReadAsync(b, cts.Token));
+            StreamAssociation.BeginBatch();
+            try
+            {
+                for (int i = 0; i < 3; i++) Assert.True(session.SendAsync(peer, payload, cts.Token).IsCompleted);
+            }
+            finally
+            {
+                StreamAssociation.EndBatch();
+            }
+            var read = serverSide.ReadAsync(b, cts.Token);
+            bool ready = read.IsCompleted; // before any await: only EndBatch can have written
+            int got = await read;
+            inline = ready && got == 3 * frame;
+            while (got < 3 * frame) got += await serverSide.ReadAsync(b, cts.Token);
+            Assert.Equal(3 * frame, got);
+        }
+        Assert.True(inline, "no batch was written by EndBatch");
+        Assert.Equal(0, session.Dropped);
+    }
+
+    [Fact]
     public async Task Association_limit_refuses_the_next_one()
     {
         var host = new ServerAssociations(null, AllowList.Parse(["127.0.0.1"]), NullLogger.Instance, maxAssociations: 1);
