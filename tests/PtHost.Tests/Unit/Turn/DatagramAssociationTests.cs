@@ -206,10 +206,8 @@ public class DatagramAssociationTests
     public async Task Congested_association_makes_a_waiting_sender_wait_and_drops_only_over_its_byte_limit()
     {
         using var cts = new CancellationTokenSource(Wait);
-        var (clientSide, serverSide) = DuplexPair(); // the pipe stops taking writes once 64 KiB are unread
-        byte[] relayed = new byte[DatagramFrame.MaxHeaderLength];
-        await serverSide.WriteAsync(relayed.AsMemory(0, DatagramFrame.Write(relayed, DatagramFrameType.Relayed, P("127.0.0.1", 1), default)), cts.Token);
-        await using var session = await StreamAssociation.StartAsync(clientSide, cts.Token);
+        var (session, serverSide) = await StartOverPipeAsync(cts.Token); // the pipe stops taking writes once 64 KiB are unread
+        await using var owned = session;
         var peer = P("127.0.0.1", 9);
         byte[] payload = new byte[1200];
         int frame = DatagramFrame.HeaderLength(peer) + payload.Length;
@@ -249,10 +247,8 @@ public class DatagramAssociationTests
     public async Task Frames_queued_in_a_batch_are_written_when_it_ends_before_it_returns()
     {
         using var cts = new CancellationTokenSource(Wait);
-        var (clientSide, serverSide) = DuplexPair(); // writes under 64 KiB unread complete at once
-        byte[] relayed = new byte[DatagramFrame.MaxHeaderLength];
-        await serverSide.WriteAsync(relayed.AsMemory(0, DatagramFrame.Write(relayed, DatagramFrameType.Relayed, P("127.0.0.1", 1), default)), cts.Token);
-        await using var session = await StreamAssociation.StartAsync(clientSide, cts.Token);
+        var (session, serverSide) = await StartOverPipeAsync(cts.Token); // writes under 64 KiB unread complete at once
+        await using var owned = session;
         var peer = P("127.0.0.1", 9);
         byte[] payload = new byte[100];
         int frame = DatagramFrame.HeaderLength(peer) + payload.Length;
@@ -292,6 +288,15 @@ public class DatagramAssociationTests
         await using var first = await host.OpenAsync(1, CancellationToken.None);
         var e = await Assert.ThrowsAsync<TransportConnectException>(async () => await host.OpenAsync(2, CancellationToken.None));
         Assert.Equal(ConnectFailure.General, e.Failure);
+    }
+
+    /// <summary>A client association over an in-memory pipe whose server side has sent RELAYED.</summary>
+    private static async Task<(StreamAssociation Session, Stream ServerSide)> StartOverPipeAsync(CancellationToken ct)
+    {
+        var (clientSide, serverSide) = DuplexPair();
+        byte[] relayed = new byte[DatagramFrame.MaxHeaderLength];
+        await serverSide.WriteAsync(relayed.AsMemory(0, DatagramFrame.Write(relayed, DatagramFrameType.Relayed, P("127.0.0.1", 1), default)), ct);
+        return (await StreamAssociation.StartAsync(clientSide, ct), serverSide);
     }
 
     /// <summary>Two connected in-memory duplex streams.</summary>
