@@ -135,6 +135,8 @@ public sealed class TurnListener : IAsyncDisposable
             int count;
             try { count = await batch.ReceiveAsync(_udp, ct).ConfigureAwait(false); }
             catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { return; }
+            // Frames for the transport's streams are written when the batch ends (spec/turn.md §5.2).
+            StreamAssociation.BeginBatch();
             for (int i = 0; i < count; i++)
             {
                 batch.Source(i, from);
@@ -157,12 +159,17 @@ public sealed class TurnListener : IAsyncDisposable
                 }
                 if (!pending.IsCompleted)
                 {
+                    // Congested: what this batch queued goes out before the wait (no await inside a batch).
+                    StreamAssociation.EndBatch(writeInline: false);
                     try { await pending.AsTask().WaitAsync(MaxPause, ct).ConfigureAwait(false); }
                     catch (TimeoutException) { }
                     catch (OperationCanceledException) { return; }
+                    StreamAssociation.BeginBatch();
                 }
                 if ((++handled & 0xff) == 0) Prune(clients);
             }
+            // A short batch drained the socket: this thread would only wait, so it writes; after a full one it reads on.
+            StreamAssociation.EndBatch(writeInline: count < batch.Batch);
         }
     }
 

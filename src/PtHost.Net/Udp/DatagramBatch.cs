@@ -109,12 +109,19 @@ public sealed class DatagramBatchReceiver
 /// Collects datagrams for one socket and sends them with one sendmmsg(2) each
 /// <see cref="Batch"/> (non-blocking; what the socket cannot take now goes through the socket's
 /// own asynchronous send). Payloads stay where they are (pointers into the caller's array, pinned
-/// only for the call); addresses are copied into pinned slots. One sender at a time.
+/// only for the call); addresses are copied into pinned slots. Consecutive datagrams of one size
+/// (the last of a run may be shorter) to one address go as one message with UDP_SEGMENT (UDP GSO,
+/// udp(7)): the kernel routes and builds the run once. One sender at a time.
 /// </summary>
 public sealed class DatagramBatchSender
 {
     public const int Batch = 32;
+    /// <summary>Bytes of one GSO message at most (under the 65,507 an IPv4 datagram can carry).</summary>
+    public const int MaxSegmentedBytes = 65000;
     private const int NameSize = 28; // sockaddr_in6
+    private readonly SegmentCmsg[] _control = GC.AllocateArray<SegmentCmsg>(Batch, pinned: true);
+    private readonly int[] _messageEnd = new int[Batch];
+    private bool _segmentation = true;
 
     private readonly byte[] _names = GC.AllocateUninitializedArray<byte>(Batch * NameSize, pinned: true);
     private readonly MMsgHdr[] _headers = GC.AllocateArray<MMsgHdr>(Batch, pinned: true);
@@ -132,6 +139,9 @@ public sealed class DatagramBatchSender
 
     /// <summary>Datagrams handed to the kernel.</summary>
     public long Sent { get; private set; }
+
+    /// <summary>Messages sent with UDP_SEGMENT, each a run of datagrams (0 where the kernel has no UDP GSO).</summary>
+    public long SegmentedMessages { get; private set; }
 
     /// <summary>
     /// True when a datagram for <paramref name="socket"/> whose payload lies in <paramref name="array"/>
@@ -207,17 +217,49 @@ public sealed class DatagramBatchSender
             fixed (byte* names = _names)
             fixed (MMsgHdr* headers = _headers)
             fixed (IoVec* iov = _iov)
+            fixed (SegmentCmsg* control = _control)
             {
-                int n = Count - first;
-                for (int i = 0; i < n; i++)
+                int n = Count - first, messages = 0;
+                for (int i = 0; i < n;)
                 {
                     var (offset, length, nameLength) = _items[first + i];
-                    iov[i] = new IoVec { Base = data + offset, Length = (nuint)length };
-                    headers[i].Header = new MsgHdr { Name = nameLength > 0 ? names + (first + i) * NameSize : null, NameLength = (uint)nameLength, Iov = iov + i, IovLength = 1 };
-                    headers[i].Length = 0;
+                    byte* name = nameLength > 0 ? names + (first + i) * NameSize : null;
+                    // A run for one GSO message: same address, same size; a shorter datagram ends it.
+                    int end = i + 1, total = length;
+                    while (_segmentation && end < n)
+                    {
+                        var next = _items[first + end];
+                        if (next.Length > length || next.Length == 0 || total + next.Length > MaxSegmentedBytes || next.NameLength != nameLength
+                            || !_names.AsSpan((first + end) * NameSize, nameLength).SequenceEqual(_names.AsSpan((first + i) * NameSize, nameLength)))
+                            break;
+                        total += next.Length;
+                        end++;
+                        if (next.Length < length) break;
+                    }
+                    for (int k = i; k < end; k++)
+                        iov[k] = new IoVec { Base = data + _items[first + k].Offset, Length = (nuint)_items[first + k].Length };
+                    var header = new MsgHdr { Name = name, NameLength = (uint)nameLength, Iov = iov + i, IovLength = (nuint)(end - i) };
+                    if (end - i > 1)
+                    {
+                        control[messages] = new SegmentCmsg { Length = (nuint)(CmsgHdrLayout.Size + sizeof(ushort)), Level = SolUdp, Type = UdpSegment, Segment = (ushort)length };
+                        header.Control = (byte*)(control + messages);
+                        header.ControlLength = (nuint)CmsgSpace(sizeof(ushort));
+                    }
+                    headers[messages].Header = header;
+                    headers[messages].Length = 0;
+                    _messageEnd[messages++] = end;
+                    i = end;
                 }
-                int sent = SendMMsg((int)handle.DangerousGetHandle(), headers, (uint)n, MsgDontWait);
-                return Math.Max(sent, 0);
+                int sent = SendMMsg((int)handle.DangerousGetHandle(), headers, (uint)messages, MsgDontWait);
+                if (sent > 0)
+                {
+                    for (int m = 0, start = 0; m < sent; start = _messageEnd[m++])
+                        if (_messageEnd[m] - start > 1) SegmentedMessages++;
+                    return _messageEnd[sent - 1];
+                }
+                if (sent < 0 && _messageEnd[0] > 1 && Marshal.GetLastPInvokeError() is EInval or EIo or ENoProtoOpt or EOpNotSupp)
+                    _segmentation = false; // no UDP GSO here: datagrams go one per message from now on
+                return 0;
             }
         }
         catch (ObjectDisposedException) { return 0; }

@@ -94,8 +94,10 @@ internal sealed class ServerAssociation : Stream, IHalfClosable
     private readonly ILogger _log;
     private readonly long _id;
     private readonly Action _closed;
+    // The reader (the relay towards the transport) goes on on the receiving thread: no hop per
+    // datagram back to the client process (spec/turn.md §5.4).
     private readonly Channel<(byte[] Buffer, int Offset, int Length)> _toClient =
-        Channel.CreateBounded<(byte[], int, int)>(new BoundedChannelOptions(QueueFrames) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
+        Channel.CreateBounded<(byte[], int, int)>(new BoundedChannelOptions(QueueFrames) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait, AllowSynchronousContinuations = true });
     private readonly CancellationTokenSource _stop = new();
     private readonly Socket? _shared;
     private readonly Dictionary<PeerAddress, PeerState> _peers = [];

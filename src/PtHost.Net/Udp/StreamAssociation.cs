@@ -13,6 +13,10 @@ namespace PtHost.Net.Udp;
 /// once the writer has brought the queue under <see cref="ResumeBytes"/> (backpressure for callers
 /// that wait); a datagram that would take the queue over <see cref="QueueBytes"/> is dropped and
 /// counted (UDP semantics, for callers that do not wait). A control frame is always queued.
+/// A receive loop that takes datagrams a batch at a time brackets each batch with
+/// <see cref="BeginBatch"/> and <see cref="EndBatch"/>: frames queued inside are written when the
+/// batch ends, on that thread when the stream takes them at once (no hop to the writer, and a batch
+/// never waits for more datagrams than were queued).
 /// </summary>
 public sealed class StreamAssociation : IAssociation
 {
@@ -43,6 +47,11 @@ public sealed class StreamAssociation : IAssociation
     private readonly byte[] _in = ArrayPool<byte>.Shared.Rent(2 * DatagramFrame.MaxFrameLength);
     private int _start, _end;
     private Task _writer = Task.CompletedTask;
+    // A write begun by EndBatch that did not complete at once: the writer task finishes it first.
+    private (Task Write, byte[] Block, int Used)? _handover;
+    // The associations whose writes this thread's batch deferred (spec/turn.md §5.2).
+    [ThreadStatic] private static bool t_batching;
+    [ThreadStatic] private static List<StreamAssociation>? t_deferred;
     private long _dropped, _tooLarge, _sent;
     private int _disposed;
 
@@ -138,14 +147,118 @@ public sealed class StreamAssociation : IAssociation
             if (type == DatagramFrameType.Data) _sent++;
             if (_writerIdle)
             {
+                // The writer is parked: inside a batch this thread takes its role at EndBatch.
                 _writerIdle = false;
-                ring = true;
+                if (t_batching) (t_deferred ??= []).Add(this);
+                else ring = true;
             }
             if (!control && _queuedBytes >= PauseBytes)
                 wait = (_room ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
         }
         if (ring) _doorbell.Writer.TryWrite(true);
         return wait is null ? ValueTask.CompletedTask : new ValueTask(wait);
+    }
+
+    /// <summary>
+    /// Starts a batch on this thread: frames queued from now on wait for <see cref="EndBatch"/>
+    /// (on the same thread, before any await) instead of waking the writer one by one.
+    /// </summary>
+    public static void BeginBatch() => t_batching = true;
+
+    /// <summary>
+    /// Ends this thread's batch. With <paramref name="writeInline"/> (the caller's socket had nothing
+    /// more queued, so it would only wait), every association the batch queued frames on writes them
+    /// now, on this thread, while its stream takes them at once; a write that has to wait goes on in
+    /// the association's writer. Without it (more datagrams wait: the caller reads on at once), the
+    /// writers are woken and write in parallel with the caller.
+    /// </summary>
+    public static void EndBatch(bool writeInline = true)
+    {
+        t_batching = false;
+        if (t_deferred is not { Count: > 0 } deferred) return;
+        try
+        {
+            foreach (var association in deferred)
+            {
+                if (writeInline) association.WriteDeferred();
+                else association._doorbell.Writer.TryWrite(true);
+            }
+        }
+        finally
+        {
+            deferred.Clear();
+        }
+    }
+
+    /// <summary>Writes the queue inline (this thread holds the writer's role, taken in <see cref="Enqueue"/>; the writer task is parked).</summary>
+    private void WriteDeferred()
+    {
+        while (true)
+        {
+            (byte[] Block, int Used) next;
+            lock (_sendLock)
+            {
+                if (_closed) return;
+                if (_full.Count > 0) next = _full.Dequeue();
+                else if (_currentUsed > 0)
+                {
+                    next = (_current!, _currentUsed);
+                    _current = null;
+                    _currentUsed = 0;
+                }
+                else
+                {
+                    _writerIdle = true; // nothing left: the role goes back to the parked writer
+                    return;
+                }
+            }
+            ValueTask write;
+            try
+            {
+                write = Volatile.Read(ref _disposed) != 0 ? ValueTask.FromException(new ObjectDisposedException(nameof(StreamAssociation)))
+                    : _stream.WriteAsync(next.Block.AsMemory(0, next.Used), _stop.Token);
+            }
+            catch (Exception e) when (IsEnd(e))
+            {
+                write = ValueTask.FromException(e);
+            }
+            if (!write.IsCompleted)
+            {
+                // The stream is busy: the writer finishes this write, then goes on with the queue.
+                _handover = (write.AsTask(), next.Block, next.Used);
+                _doorbell.Writer.TryWrite(true);
+                return;
+            }
+            try { write.GetAwaiter().GetResult(); }
+            catch (Exception e) when (IsEnd(e))
+            {
+                ArrayPool<byte>.Shared.Return(next.Block);
+                ReleaseQueue();
+                _doorbell.Writer.TryComplete(); // the parked writer ends too
+                return;
+            }
+            ArrayPool<byte>.Shared.Return(next.Block);
+            Written(next.Used);
+        }
+    }
+
+    private static bool IsEnd(Exception e) =>
+        e is OperationCanceledException or IOException or ObjectDisposedException or System.Net.Sockets.SocketException or ChannelClosedException;
+
+    /// <summary>A block left the queue: waiting senders go on once it is under <see cref="ResumeBytes"/>.</summary>
+    private void Written(int used)
+    {
+        TaskCompletionSource? resume = null;
+        lock (_sendLock)
+        {
+            _queuedBytes -= used;
+            if (_room is not null && _queuedBytes < ResumeBytes)
+            {
+                resume = _room;
+                _room = null;
+            }
+        }
+        resume?.TrySetResult();
     }
 
     public async ValueTask<bool> CheckPeerAsync(PeerAddress peer, CancellationToken cancellationToken)
@@ -237,6 +350,13 @@ public sealed class StreamAssociation : IAssociation
         {
             while (true)
             {
+                if (_handover is { } begun)
+                {
+                    _handover = null;
+                    try { await begun.Write.ConfigureAwait(false); }
+                    finally { ArrayPool<byte>.Shared.Return(begun.Block); }
+                    Written(begun.Used);
+                }
                 (byte[]? Block, int Used) next = default;
                 lock (_sendLock)
                 {
@@ -258,25 +378,23 @@ public sealed class StreamAssociation : IAssociation
                 }
                 try { await _stream.WriteAsync(next.Block.AsMemory(0, next.Used), ct).ConfigureAwait(false); }
                 finally { ArrayPool<byte>.Shared.Return(next.Block); }
-                TaskCompletionSource? resume = null;
-                lock (_sendLock)
-                {
-                    _queuedBytes -= next.Used;
-                    if (_room is not null && _queuedBytes < ResumeBytes)
-                    {
-                        resume = _room;
-                        _room = null;
-                    }
-                }
-                resume?.TrySetResult();
+                Written(next.Used);
             }
         }
-        catch (Exception e) when (e is OperationCanceledException or IOException or ObjectDisposedException or System.Net.Sockets.SocketException or ChannelClosedException)
+        catch (Exception e) when (IsEnd(e))
         {
             // The association is over; the reader sees the end.
         }
         finally
         {
+            if (_handover is { } begun)
+            {
+                // Disposal woke the writer while a write begun at a batch's end was still running.
+                _handover = null;
+                try { await begun.Write.ConfigureAwait(false); }
+                catch (Exception e) when (IsEnd(e)) { }
+                ArrayPool<byte>.Shared.Return(begun.Block);
+            }
             ReleaseQueue();
         }
     }

@@ -206,10 +206,8 @@ public class DatagramAssociationTests
     public async Task Congested_association_makes_a_waiting_sender_wait_and_drops_only_over_its_byte_limit()
     {
         using var cts = new CancellationTokenSource(Wait);
-        var (clientSide, serverSide) = DuplexPair(); // the pipe stops taking writes once 64 KiB are unread
-        byte[] relayed = new byte[DatagramFrame.MaxHeaderLength];
-        await serverSide.WriteAsync(relayed.AsMemory(0, DatagramFrame.Write(relayed, DatagramFrameType.Relayed, P("127.0.0.1", 1), default)), cts.Token);
-        await using var session = await StreamAssociation.StartAsync(clientSide, cts.Token);
+        var (session, serverSide) = await StartOverPipeAsync(cts.Token); // the pipe stops taking writes once 64 KiB are unread
+        await using var owned = session;
         var peer = P("127.0.0.1", 9);
         byte[] payload = new byte[1200];
         int frame = DatagramFrame.HeaderLength(peer) + payload.Length;
@@ -246,12 +244,59 @@ public class DatagramAssociationTests
     }
 
     [Fact]
+    public async Task Frames_queued_in_a_batch_are_written_when_it_ends_before_it_returns()
+    {
+        using var cts = new CancellationTokenSource(Wait);
+        var (session, serverSide) = await StartOverPipeAsync(cts.Token); // writes under 64 KiB unread complete at once
+        await using var owned = session;
+        var peer = P("127.0.0.1", 9);
+        byte[] payload = new byte[100];
+        int frame = DatagramFrame.HeaderLength(peer) + payload.Length;
+        byte[] b = new byte[65536];
+
+        // The writer takes frames sent outside a batch; once it is parked, a batch's frames are
+        // written by EndBatch itself: all three, in one write, readable before anything awaits.
+        bool inline = false;
+        for (int attempt = 0; attempt < 100 && !inline; attempt++)
+        {
+            Assert.True(session.SendAsync(peer, payload, cts.Token).IsCompleted);
+            Assert.Equal(frame, await serverSide.ReadAsync(b, cts.Token));
+            StreamAssociation.BeginBatch();
+            try
+            {
+                for (int i = 0; i < 3; i++) Assert.True(session.SendAsync(peer, payload, cts.Token).IsCompleted);
+            }
+            finally
+            {
+                StreamAssociation.EndBatch();
+            }
+            var read = serverSide.ReadAsync(b, cts.Token);
+            bool ready = read.IsCompleted; // before any await: only EndBatch can have written
+            int got = await read;
+            inline = ready && got == 3 * frame;
+            while (got < 3 * frame) got += await serverSide.ReadAsync(b, cts.Token);
+            Assert.Equal(3 * frame, got);
+        }
+        Assert.True(inline, "no batch was written by EndBatch");
+        Assert.Equal(0, session.Dropped);
+    }
+
+    [Fact]
     public async Task Association_limit_refuses_the_next_one()
     {
         var host = new ServerAssociations(null, AllowList.Parse(["127.0.0.1"]), NullLogger.Instance, maxAssociations: 1);
         await using var first = await host.OpenAsync(1, CancellationToken.None);
         var e = await Assert.ThrowsAsync<TransportConnectException>(async () => await host.OpenAsync(2, CancellationToken.None));
         Assert.Equal(ConnectFailure.General, e.Failure);
+    }
+
+    /// <summary>A client association over an in-memory pipe whose server side has sent RELAYED.</summary>
+    private static async Task<(StreamAssociation Session, Stream ServerSide)> StartOverPipeAsync(CancellationToken ct)
+    {
+        var (clientSide, serverSide) = DuplexPair();
+        byte[] relayed = new byte[DatagramFrame.MaxHeaderLength];
+        await serverSide.WriteAsync(relayed.AsMemory(0, DatagramFrame.Write(relayed, DatagramFrameType.Relayed, P("127.0.0.1", 1), default)), ct);
+        return (await StreamAssociation.StartAsync(clientSide, ct), serverSide);
     }
 
     /// <summary>Two connected in-memory duplex streams.</summary>
