@@ -115,30 +115,41 @@ internal static class Socks5UdpAssociation
             while (!ct.IsCancellationRequested)
             {
                 int count = await batch.ReceiveAsync(s.Udp, ct).ConfigureAwait(false);
-                for (int i = 0; i < count; i++)
+                // Frames for the association's stream are written when the batch ends (spec/turn.md §5.5); no await inside a batch.
+                StreamAssociation.BeginBatch();
+                try
                 {
-                    batch.Source(i, from);
-                    if (!FromClient(s, from))
+                    for (int i = 0; i < count; i++)
                     {
-                        s.Counters.DatagramDropped();
-                        continue;
+                        batch.Source(i, from);
+                        if (!FromClient(s, from))
+                        {
+                            s.Counters.DatagramDropped();
+                            continue;
+                        }
+                        var datagram = batch.Packet(i);
+                        var span = datagram.Span;
+                        int n = span.Length;
+                        // RSV RSV FRAG ATYP: a fragment (FRAG ≠ 0) is dropped (RFC 1928 §7 lets a server without reassembly do so).
+                        if (n < 4 || span[2] != 0 || !TryReadPeer(span, out var peer, out int header))
+                        {
+                            s.Counters.DatagramDropped();
+                            continue;
+                        }
+                        s.Counters.AddBytesIn(n - header);
+                        var pending = s.Association.SendAsync(peer, datagram[header..], ct); // copies before returning (IAssociation)
+                        if (!pending.IsCompleted)
+                        {
+                            StreamAssociation.EndBatch(writeInline: false);
+                            try { await pending.AsTask().WaitAsync(MaxPause, ct).ConfigureAwait(false); }
+                            catch (TimeoutException) { }
+                            StreamAssociation.BeginBatch();
+                        }
                     }
-                    var datagram = batch.Packet(i);
-                    var span = datagram.Span;
-                    int n = span.Length;
-                    // RSV RSV FRAG ATYP: a fragment (FRAG ≠ 0) is dropped (RFC 1928 §7 lets a server without reassembly do so).
-                    if (n < 4 || span[2] != 0 || !TryReadPeer(span, out var peer, out int header))
-                    {
-                        s.Counters.DatagramDropped();
-                        continue;
-                    }
-                    s.Counters.AddBytesIn(n - header);
-                    var pending = s.Association.SendAsync(peer, datagram[header..], ct); // copies before returning (IAssociation)
-                    if (!pending.IsCompleted)
-                    {
-                        try { await pending.AsTask().WaitAsync(MaxPause, ct).ConfigureAwait(false); }
-                        catch (TimeoutException) { }
-                    }
+                }
+                finally
+                {
+                    StreamAssociation.EndBatch(writeInline: count < batch.Batch);
                 }
             }
         }

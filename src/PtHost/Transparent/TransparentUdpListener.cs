@@ -139,43 +139,56 @@ public sealed class TransparentUdpListener : IFrontEnd
             int count;
             try { count = await batch.ReceiveAsync(_udp, ct).ConfigureAwait(false); }
             catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { return; }
-            for (int i = 0; i < count; i++)
+            // Frames for the associations' streams are written when the batch ends (spec/turn.md §5.5); no await inside a batch.
+            StreamAssociation.BeginBatch();
+            try
             {
-                var datagram = batch.Packet(i);
-                if (_stunOnly && !IsStunMessage(datagram.Span))
+                for (int i = 0; i < count; i++)
                 {
-                    Interlocked.Increment(ref _notStun);
-                    _counters.DatagramDropped();
-                    continue;
-                }
-                batch.Source(i, from);
-                var source = PeerAddress.From(from);
-                Flow? flow;
-                lock (_flows)
-                {
-                    if (!_flows.TryGetValue(source, out flow))
+                    var datagram = batch.Packet(i);
+                    if (_stunOnly && !IsStunMessage(datagram.Span))
                     {
-                        if (_flows.Count >= MaxAssociations)
+                        Interlocked.Increment(ref _notStun);
+                        _counters.DatagramDropped();
+                        continue;
+                    }
+                    batch.Source(i, from);
+                    var source = PeerAddress.From(from);
+                    Flow? flow;
+                    lock (_flows)
+                    {
+                        if (!_flows.TryGetValue(source, out flow))
                         {
-                            Interlocked.Increment(ref _dropped);
-                            _counters.DatagramDropped();
-                            continue;
+                            if (_flows.Count >= MaxAssociations)
+                            {
+                                Interlocked.Increment(ref _dropped);
+                                _counters.DatagramDropped();
+                                continue;
+                            }
+                            var copy = new SocketAddress(from.Family, from.Size);
+                            from.Buffer.Span[..from.Size].CopyTo(copy.Buffer.Span);
+                            flow = new Flow(this, source, copy, Interlocked.Increment(ref s_ids));
+                            _flows[source] = flow;
+                            flow.Open();
                         }
-                        var copy = new SocketAddress(from.Family, from.Size);
-                        from.Buffer.Span[..from.Size].CopyTo(copy.Buffer.Span);
-                        flow = new Flow(this, source, copy, Interlocked.Increment(ref s_ids));
-                        _flows[source] = flow;
-                        flow.Open();
+                    }
+                    var pending = flow.Send(datagram);
+                    if (!pending.IsCompleted)
+                    {
+                        Interlocked.Increment(ref _paused);
+                        // Congested: what this batch queued goes out before the wait.
+                        StreamAssociation.EndBatch(writeInline: false);
+                        try { await pending.AsTask().WaitAsync(MaxPause, ct).ConfigureAwait(false); }
+                        catch (TimeoutException) { }
+                        catch (OperationCanceledException) { return; }
+                        StreamAssociation.BeginBatch();
                     }
                 }
-                var pending = flow.Send(datagram);
-                if (!pending.IsCompleted)
-                {
-                    Interlocked.Increment(ref _paused);
-                    try { await pending.AsTask().WaitAsync(MaxPause, ct).ConfigureAwait(false); }
-                    catch (TimeoutException) { }
-                    catch (OperationCanceledException) { return; }
-                }
+            }
+            finally
+            {
+                // A short batch drained the socket: this thread would only wait, so it writes; after a full one it reads on.
+                StreamAssociation.EndBatch(writeInline: count < batch.Batch);
             }
         }
     }
