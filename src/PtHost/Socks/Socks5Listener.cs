@@ -81,7 +81,7 @@ public sealed class Socks5Listener : IAsyncDisposable
                 await upstream.WriteAsync(leftover, abort).ConfigureAwait(false);
                 _counters.AddBytesIn(leftover.Length);
             }
-            await Relay.RunAsync(clientStream, upstream, _counters.AddBytesIn, _counters.AddBytesOut, _counters.SpliceFallback, abort).ConfigureAwait(false);
+            await Relay.RunAsync(clientStream, upstream, _counters, abort).ConfigureAwait(false);
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
         {
@@ -124,7 +124,7 @@ public sealed class Socks5Listener : IAsyncDisposable
                 .ThrowIfInvalid(() => error);
             reply[0] = Socks5.Version;
             reply[1] = method;
-            await client.WriteAsync(reply.AsMemory(0, 2), ct).ConfigureAwait(false);
+            await HandshakeWrite.WriteAsync(client, reply.AsMemory(0, 2), ct).ConfigureAwait(false);
             if (method == Socks5.MethodNoneAcceptable)
             {
                 _counters.SessionFailed("auth");
@@ -170,7 +170,7 @@ public sealed class Socks5Listener : IAsyncDisposable
                 // RFC 1929 §2: a non-zero status, then the server MUST close the connection.
                 reply[0] = Socks5.UserPassVersion;
                 reply[1] = problem is null ? (byte)0 : (byte)1;
-                await client.WriteAsync(reply.AsMemory(0, 2), ct).ConfigureAwait(false);
+                await HandshakeWrite.WriteAsync(client, reply.AsMemory(0, 2), ct).ConfigureAwait(false);
                 if (problem is not null)
                 {
                     _counters.SessionFailed("auth");
@@ -283,7 +283,7 @@ public sealed class Socks5Listener : IAsyncDisposable
             {
                 var bound = (upstream as NetworkStream)?.Socket.LocalEndPoint as IPEndPoint;
                 int n = socks4 ? Socks4.WriteReply(reply, Socks4.ReplyGranted, bound) : Socks5.WriteReply(reply, Socks5.ReplySucceeded, bound);
-                await client.WriteAsync(reply.AsMemory(0, n), ct).ConfigureAwait(false);
+                await HandshakeWrite.WriteAsync(client, reply.AsMemory(0, n), ct).ConfigureAwait(false);
                 // Bytes the client pipelined after its request are already buffered: pass them on, lose none.
                 if (reader.TryRead(out var rest))
                 {
