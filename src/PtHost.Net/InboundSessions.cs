@@ -78,9 +78,7 @@ public sealed class InboundSessions : IInboundHandler
         {
             try
             {
-                using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
-                limit.CancelAfter(SessionPreamble.Timeout);
-                request = await SessionPreamble.ReadAsync(stream, limit.Token).ConfigureAwait(false);
+                request = await ReadPreambleAsync(stream, ct).ConfigureAwait(false);
             }
             catch (InvalidDataException)
             {
@@ -154,6 +152,14 @@ public sealed class InboundSessions : IInboundHandler
             if (onward is not null) await onward.DisposeAsync().ConfigureAwait(false);
             await stream.DisposeAsync().ConfigureAwait(false);
         }
+    }
+
+    /// <summary>The preamble within <see cref="SessionPreamble.Timeout"/>; its timer lives only as long as this call.</summary>
+    private static async Task<SessionRequest> ReadPreambleAsync(Stream stream, CancellationToken ct)
+    {
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        limit.CancelAfter(SessionPreamble.Timeout);
+        return await SessionPreamble.ReadAsync(stream, limit.Token).ConfigureAwait(false);
     }
 
     /// <summary>

@@ -63,14 +63,7 @@ public sealed class Socks5Listener : IAsyncDisposable
         bool opened = false;
         try
         {
-            (Stream, byte[]?)? outcome;
-            // The handshake's timer and token live only as long as the handshake: an idle session holds neither.
-            using (var handshake = CancellationTokenSource.CreateLinkedTokenSource(abort))
-            {
-                handshake.CancelAfter(_limits.HandshakeTimeout);
-                var reader = PipeReader.Create(clientStream, new StreamPipeReaderOptions(bufferSize: 512, minimumReadSize: 256, leaveOpen: true, useZeroByteReads: true));
-                outcome = await NegotiateAsync(reader, clientStream, id, handshake, abort).ConfigureAwait(false);
-            }
+            var outcome = await HandshakeAsync(clientStream, id, abort).ConfigureAwait(false);
             if (outcome is null) return;
             (upstream, var leftover) = outcome.Value;
             opened = true;
@@ -97,6 +90,18 @@ public sealed class Socks5Listener : IAsyncDisposable
             if (upstream is not null) await upstream.DisposeAsync().ConfigureAwait(false);
             await clientStream.DisposeAsync().ConfigureAwait(false);
         }
+    }
+
+    /// <summary>
+    /// The handshake under its time limit. Its timer, token and reader live in this method's state only, which ends
+    /// with the handshake: an idle session holds none of them.
+    /// </summary>
+    private async Task<(Stream, byte[]?)?> HandshakeAsync(NetworkStream clientStream, long id, CancellationToken abort)
+    {
+        using var handshake = CancellationTokenSource.CreateLinkedTokenSource(abort);
+        handshake.CancelAfter(_limits.HandshakeTimeout);
+        var reader = PipeReader.Create(clientStream, new StreamPipeReaderOptions(bufferSize: 512, minimumReadSize: 256, leaveOpen: true, useZeroByteReads: true));
+        return await NegotiateAsync(reader, clientStream, id, handshake, abort).ConfigureAwait(false);
     }
 
     /// <summary>Runs the handshake; returns the upstream stream and any bytes the client sent after its request, or null when the session was refused (reply already sent).</summary>
