@@ -299,6 +299,12 @@ public static class Measurements
                 (afterSecondClient, afterSecondServer, settledClient, settledServer) = (second.ClientRss, second.ServerRss, first.ClientRss, first.ServerRss);
                 secondJson = new JsonObject { ["settled_before"] = first.Json, ["after"] = second.Json };
             }
+            // For a heap dump of the idle sessions (dotnet-gcdump collect -p PID): PTHOST_BENCH_MEMORY_HOLD=SECONDS holds them.
+            if (int.TryParse(Environment.GetEnvironmentVariable("PTHOST_BENCH_MEMORY_HOLD"), out int hold) && hold > 0)
+            {
+                Console.Error.WriteLine($"memory: holding {kept.Count} sessions for {hold} s: client pid {cpid}, server pid {spid}");
+                await Task.Delay(TimeSpan.FromSeconds(hold)).ConfigureAwait(false);
+            }
             var raw = new JsonObject
             {
                 ["sessions"] = sessions,
