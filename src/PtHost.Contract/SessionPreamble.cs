@@ -60,12 +60,14 @@ public static class SessionPreamble
         return length <= MaxDestinationLength ? length : -1;
     }
 
+    private static readonly UTF8Encoding s_strictUtf8 = new(false, true);
+
     /// <summary>Parses the destination bytes; null for an empty one. Throws <see cref="FormatException"/>.</summary>
     public static Destination? ParseDestination(ReadOnlySpan<byte> bytes)
     {
         if (bytes.IsEmpty) return null;
         string text;
-        try { text = new UTF8Encoding(false, true).GetString(bytes); }
+        try { text = s_strictUtf8.GetString(bytes); }
         catch (DecoderFallbackException) { throw new FormatException("destination is not UTF-8"); }
         return Destination.TryParse(text, out var d) && d.Port != 0 ? d : throw new FormatException($"destination \"{text}\" is not host:port");
     }
@@ -78,7 +80,7 @@ public static class SessionPreamble
     public static async Task RequestAsync(Stream stream, Destination? far, string server, CancellationToken ct, SessionKind kind = SessionKind.Stream)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        await stream.WriteAsync(BuildRequest(kind == SessionKind.Datagram ? null : far, kind), ct).ConfigureAwait(false);
+        await HandshakeWrite.WriteAsync(stream, BuildRequest(kind == SessionKind.Datagram ? null : far, kind), ct).ConfigureAwait(false);
         byte[] reply = new byte[1];
         if (await stream.ReadAsync(reply, ct).ConfigureAwait(false) != 1)
             throw new TransportConnectException(ConnectFailure.General, $"{server} closed before replying");

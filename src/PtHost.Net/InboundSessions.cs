@@ -31,6 +31,7 @@ public sealed class InboundSessions : IInboundHandler
     public const int MaxTcpSessions = 16384;
 
     private static long s_ids;
+    private static readonly byte[] s_succeeded = [0];
     private readonly string _transport;
     private readonly OnwardConnect _onward;
     private readonly SessionDelivery? _deliver;
@@ -63,42 +64,40 @@ public sealed class InboundSessions : IInboundHandler
     private static long NextId() => Interlocked.Increment(ref s_ids);
 
     /// <inheritdoc/>
-    public async Task ServeAsync(Stream stream, EndPoint? remote, CancellationToken cancellationToken)
-    {
-        long id = NextId();
-        SessionRequest request;
-        try
-        {
-            using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            limit.CancelAfter(SessionPreamble.Timeout);
-            request = await SessionPreamble.ReadAsync(stream, limit.Token).ConfigureAwait(false);
-        }
-        catch (InvalidDataException)
-        {
-            // Not a PtHost client: no reply; a stream that can end with an error does (spec/session.md §3.1).
-            _counters.SessionFailed("preamble");
-            _log.NotAPreamble(_transport, id, remote);
-            if (stream is IAbortable abortable) abortable.Abort();
-            await stream.DisposeAsync().ConfigureAwait(false);
-            return;
-        }
-        catch (Exception e) when (IsSessionEnd(e))
-        {
-            // A preamble that did not arrive within 10 s, or a peer that vanished.
-            _counters.SessionFailed("timeout");
-            _log.EndedBeforePreamble(_transport, id, remote, e.Message);
-            await stream.DisposeAsync().ConfigureAwait(false);
-            return;
-        }
-        await ServeRequestAsync(id, stream, remote, request, cancellationToken).ConfigureAwait(false);
-    }
+    public Task ServeAsync(Stream stream, EndPoint? remote, CancellationToken cancellationToken) =>
+        ServeRequestAsync(NextId(), stream, remote, null, cancellationToken);
 
     /// <inheritdoc/>
     public Task ServeAsync(Stream stream, EndPoint? remote, SessionRequest request, CancellationToken cancellationToken) =>
         ServeRequestAsync(NextId(), stream, remote, request, cancellationToken);
 
-    private async Task ServeRequestAsync(long id, Stream stream, EndPoint? remote, SessionRequest request, CancellationToken ct)
+    /// <summary>One stream session; its preamble is read first when <paramref name="request"/> is null (one state machine for the whole session).</summary>
+    private async Task ServeRequestAsync(long id, Stream stream, EndPoint? remote, SessionRequest? request, CancellationToken ct)
     {
+        if (request is null)
+        {
+            try
+            {
+                request = await ReadPreambleAsync(stream, ct).ConfigureAwait(false);
+            }
+            catch (InvalidDataException)
+            {
+                // Not a PtHost client: no reply; a stream that can end with an error does (spec/session.md §3.1).
+                _counters.SessionFailed("preamble");
+                _log.NotAPreamble(_transport, id, remote);
+                if (stream is IAbortable abortable) abortable.Abort();
+                await stream.DisposeAsync().ConfigureAwait(false);
+                return;
+            }
+            catch (Exception e) when (IsSessionEnd(e))
+            {
+                // A preamble that did not arrive within 10 s, or a peer that vanished.
+                _counters.SessionFailed("timeout");
+                _log.EndedBeforePreamble(_transport, id, remote, e.Message);
+                await stream.DisposeAsync().ConfigureAwait(false);
+                return;
+            }
+        }
         long started = System.Diagnostics.Stopwatch.GetTimestamp(); // spec/ipc.md §4.12 pthost_handshake_seconds
         Stream? onward = null;
         bool opened = false, failed = false;
@@ -140,7 +139,7 @@ public sealed class InboundSessions : IInboundHandler
             _counters.Handshake.ObserveSince(started);
             if (request.Kind == SessionKind.Datagram)
                 _log.AssociationInStream(_transport, id, remote);
-            await Relay.RunAsync(stream, onward, _counters.AddBytesIn, _counters.AddBytesOut, _counters.SpliceFallback, ct).ConfigureAwait(false);
+            await Relay.RunAsync(stream, onward, _counters, ct).ConfigureAwait(false);
         }
         catch (Exception e) when (IsSessionEnd(e))
         {
@@ -153,6 +152,14 @@ public sealed class InboundSessions : IInboundHandler
             if (onward is not null) await onward.DisposeAsync().ConfigureAwait(false);
             await stream.DisposeAsync().ConfigureAwait(false);
         }
+    }
+
+    /// <summary>The preamble within <see cref="SessionPreamble.Timeout"/>; its timer lives only as long as this call.</summary>
+    private static async Task<SessionRequest> ReadPreambleAsync(Stream stream, CancellationToken ct)
+    {
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        limit.CancelAfter(SessionPreamble.Timeout);
+        return await SessionPreamble.ReadAsync(stream, limit.Token).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -180,12 +187,18 @@ public sealed class InboundSessions : IInboundHandler
             ? throw new TransportConnectException(ConnectFailure.CommandNotSupported, "this server carries no UDP")
             : _associations.OpenAsync(id, ct);
 
-    /// <summary>The reply byte, written within <see cref="SessionPreamble.Timeout"/>.</summary>
+    /// <summary>The reply byte, written within <see cref="SessionPreamble.Timeout"/> (on a socket: at once, <see cref="HandshakeWrite"/>).</summary>
     private static async Task ReplyAsync(Stream stream, byte code, CancellationToken ct)
     {
+        ReadOnlyMemory<byte> reply = code == 0 ? s_succeeded : new[] { code };
+        if (stream is System.Net.Sockets.NetworkStream)
+        {
+            await HandshakeWrite.WriteAsync(stream, reply, ct).ConfigureAwait(false);
+            return;
+        }
         using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
         limit.CancelAfter(SessionPreamble.Timeout);
-        await stream.WriteAsync(new[] { code }, limit.Token).ConfigureAwait(false);
+        await stream.WriteAsync(reply, limit.Token).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -228,7 +241,7 @@ public sealed class InboundSessions : IInboundHandler
             }
             opened = true;
             _counters.SessionOpened();
-            await Relay.RunAsync(stream, onward, _counters.AddBytesIn, _counters.AddBytesOut, _counters.SpliceFallback, cancellationToken).ConfigureAwait(false);
+            await Relay.RunAsync(stream, onward, _counters, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e) when (IsSessionEnd(e))
         {

@@ -32,41 +32,60 @@ public static class Relay
     /// <paramref name="pipeUnavailable"/> is called at most once per session, when a direction first relays
     /// through pooled buffers for want of a pipe (STATUS <c>SPLICE-FALLBACKS</c>, spec/ipc.md §4.7).
     /// </summary>
-    public static async Task RunAsync(Stream a, Stream b, Action<long>? aToB, Action<long>? bToA, Action? pipeUnavailable, CancellationToken cancellationToken)
-    {
-        using var abort = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        Action? once = pipeUnavailable is null ? null : new Once(pipeUnavailable).Invoke;
-        var t1 = PumpAsync(a, b, aToB, once, abort);
-        var t2 = PumpAsync(b, a, bToA, once, abort);
-        await Task.WhenAll(t1, t2).ConfigureAwait(false);
-    }
+    public static Task RunAsync(Stream a, Stream b, Action<long>? aToB, Action<long>? bToA, Action? pipeUnavailable, CancellationToken cancellationToken) =>
+        RunAsync(new RelaySession(a, b, null, aToB, bToA, pipeUnavailable, cancellationToken));
 
-    /// <summary>Calls an action the first time only (from either direction).</summary>
-    private sealed class Once(Action action)
-    {
-        private int _done;
+    /// <summary>
+    /// Relays until both directions end, counting into <paramref name="counters"/>: bytes from <paramref name="a"/>
+    /// as in, from <paramref name="b"/> as out, and a session that fell back to pooled buffers once
+    /// (<see cref="TransportCounters.SpliceFallback"/>). What an idle session holds is one <see cref="RelaySession"/>,
+    /// this method's state and one state per direction (no delegates, no linked token source).
+    /// </summary>
+    public static Task RunAsync(Stream a, Stream b, TransportCounters counters, CancellationToken cancellationToken) =>
+        RunAsync(new RelaySession(a, b, counters, null, null, null, cancellationToken));
 
-        public void Invoke()
-        {
-            if (Interlocked.Exchange(ref _done, 1) == 0) action();
-        }
-    }
-
-    private static async Task PumpAsync(Stream from, Stream to, Action<long>? count, Action? pipeUnavailable, CancellationTokenSource abort)
+    private static async Task RunAsync(RelaySession session)
     {
         try
         {
-            await CopyAsync(from, to, count, pipeUnavailable, abort.Token).ConfigureAwait(false);
-            ShutdownWrite(to);
+            var t1 = PumpAsync(session, aToB: true);
+            await PumpAsync(session, aToB: false).ConfigureAwait(false);
+            await t1.ConfigureAwait(false);
         }
-        catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
+        finally
         {
-            // One direction failed: the session is over. Abort the other direction too.
-            abort.Cancel();
-            Abort(from);
-            Abort(to);
+            session.Dispose();
         }
     }
+
+    /// <summary>
+    /// One direction until it ends (then a half-close) or fails (then the whole session is aborted). Between two
+    /// sockets the splice loop is the direction's only state machine.
+    /// </summary>
+    private static Task PumpAsync(RelaySession session, bool aToB)
+    {
+        Stream from = aToB ? session.A : session.B, to = aToB ? session.B : session.A;
+        if (Splice.Available && from is NetworkStream fs && to is NetworkStream ts)
+            return Splice.CopyAsync(fs.Socket, ts.Socket, new RelayCount(session, aToB), session.Token);
+        return BufferedPumpAsync(session, aToB, from, to);
+    }
+
+    private static async Task BufferedPumpAsync(RelaySession session, bool aToB, Stream from, Stream to)
+    {
+        try
+        {
+            await BufferedCopyAsync(from, to, session.Counts ? n => session.Count(aToB, n) : null, session.Token).ConfigureAwait(false);
+            session.Ended(aToB);
+        }
+        catch (Exception e) when (IsSessionEnd(e))
+        {
+            session.Failed();
+        }
+    }
+
+    /// <summary>How a direction's I/O ends when the peer or the session's abort ends it.</summary>
+    internal static bool IsSessionEnd(Exception e) =>
+        e is IOException or SocketException or OperationCanceledException or ObjectDisposedException;
 
     /// <summary>Copies until <paramref name="from"/> ends. Does not half-close <paramref name="to"/>.</summary>
     public static Task CopyAsync(Stream from, Stream to, Action<long>? count, CancellationToken ct) =>
@@ -79,7 +98,7 @@ public static class Relay
     public static Task CopyAsync(Stream from, Stream to, Action<long>? count, Action? pipeUnavailable, CancellationToken ct)
     {
         if (Splice.Available && from is NetworkStream fs && to is NetworkStream ts)
-            return Splice.CopyAsync(fs.Socket, ts.Socket, count, pipeUnavailable, ct);
+            return Splice.CopyAsync(fs.Socket, ts.Socket, new RelayCount(count, pipeUnavailable), ct);
         return BufferedCopyAsync(from, to, count, ct);
     }
 
@@ -148,7 +167,11 @@ internal static class Splice
     public static bool Available { get; } = OperatingSystem.IsLinux() &&
         Environment.GetEnvironmentVariable("PTHOST_NO_SPLICE") is null or "" or "0";
 
-    public static async Task CopyAsync(Socket from, Socket to, Action<long>? count, Action? pipeUnavailable, CancellationToken ct)
+    /// <summary>
+    /// Copies until <paramref name="from"/> ends. For a relay session (<see cref="RelayCount.Session"/>) it also finishes
+    /// the direction: a half-close at the end, the session aborted on failure (nothing thrown).
+    /// </summary>
+    public static async Task CopyAsync(Socket from, Socket to, RelayCount count, CancellationToken ct)
     {
         SplicePipe pipe = default;
         bool holding = false, fellBack = false;
@@ -161,7 +184,7 @@ internal static class Splice
                     // Wait until readable (zero-byte receive consumes nothing), holding no pipe. A session that ends
                     // without data (or is only readable because of its FIN) takes no pipe: nothing buffered means end of stream.
                     await from.ReceiveAsync(Memory<byte>.Empty, SocketFlags.None, ct).ConfigureAwait(false);
-                    if (from.Available == 0 && await IsEndOfStreamAsync(from, to, count, ct).ConfigureAwait(false)) return;
+                    if (from.Available == 0 && await IsEndOfStreamAsync(from, to, count, ct).ConfigureAwait(false)) break;
                     if (!SplicePipes.TryRent(out pipe))
                     {
                         // No pipe (the pool's cap, EMFILE, ENFILE, pipe-user-pages): this burst goes through a pooled buffer.
@@ -170,14 +193,14 @@ internal static class Splice
                             fellBack = true;
                             Relay.CountFallback();
                         }
-                        pipeUnavailable?.Invoke();
-                        if (await CopyChunkAsync(from, to, count, ct).ConfigureAwait(false) == 0) return;
+                        count.PipeUnavailable();
+                        if (await CopyChunkAsync(from, to, count, ct).ConfigureAwait(false) == 0) break;
                         continue;
                     }
                     holding = true;
                 }
                 nint n = SpliceSocket(from, pipe.Write, SplicePipes.PipeSize, fromSocket: true);
-                if (n == 0) return;
+                if (n == 0) break;
                 if (n < 0)
                 {
                     int errno = Marshal.GetLastPInvokeError();
@@ -188,16 +211,20 @@ internal static class Splice
                     SplicePipes.Return(pipe);
                     continue;
                 }
-                count?.Invoke(n);
+                count.Add(n);
                 await DrainAsync(pipe.Read, to, n, ct).ConfigureAwait(false);
             }
+            if (holding) SplicePipes.Return(pipe);
+            holding = false;
+            count.Session?.Ended(count.AToB);
         }
-        catch
+        catch (Exception e)
         {
             // The pipe may still hold bytes that will never be sent: it is closed, not pooled.
             if (holding) SplicePipes.Close(pipe);
             holding = false;
-            throw;
+            if (count.Session is { } session && Relay.IsSessionEnd(e)) session.Failed();
+            else throw;
         }
         finally
         {
@@ -206,14 +233,14 @@ internal static class Splice
     }
 
     /// <summary>Reads one byte: true at end of stream; otherwise passes the byte on and returns false.</summary>
-    private static async ValueTask<bool> IsEndOfStreamAsync(Socket from, Socket to, Action<long>? count, CancellationToken ct)
+    private static async ValueTask<bool> IsEndOfStreamAsync(Socket from, Socket to, RelayCount count, CancellationToken ct)
     {
         byte[] one = ArrayPool<byte>.Shared.Rent(1);
         try
         {
             if (await from.ReceiveAsync(one.AsMemory(0, 1), SocketFlags.None, ct).ConfigureAwait(false) == 0) return true;
             await to.SendAsync(one.AsMemory(0, 1), SocketFlags.None, ct).ConfigureAwait(false);
-            count?.Invoke(1);
+            count.Add(1);
             return false;
         }
         finally
@@ -223,7 +250,7 @@ internal static class Splice
     }
 
     /// <summary>One read and its write through a pooled buffer; returns the bytes moved (0 at end of stream).</summary>
-    private static async ValueTask<int> CopyChunkAsync(Socket from, Socket to, Action<long>? count, CancellationToken ct)
+    private static async ValueTask<int> CopyChunkAsync(Socket from, Socket to, RelayCount count, CancellationToken ct)
     {
         byte[] buffer = ArrayPool<byte>.Shared.Rent(Relay.BufferSize);
         try
@@ -231,7 +258,7 @@ internal static class Splice
             int n = await from.ReceiveAsync(buffer.AsMemory(0, Relay.BufferSize), SocketFlags.None, ct).ConfigureAwait(false);
             if (n == 0) return 0;
             await to.SendAsync(buffer.AsMemory(0, n), SocketFlags.None, ct).ConfigureAwait(false);
-            count?.Invoke(n);
+            count.Add(n);
             return n;
         }
         finally
@@ -300,6 +327,113 @@ internal static class Splice
                 throw new IOException($"pipe read failed (errno {errno})");
             }
         }
+    }
+}
+
+/// <summary>
+/// One session's shared state: both streams, where counts go, the "fell back once" flag, and the abort token
+/// (cancelled when either direction fails, or when the caller's token fires).
+/// </summary>
+internal sealed class RelaySession : CancellationTokenSource
+{
+    private readonly TransportCounters? _counters;
+    private readonly Action<long>? _aToB, _bToA;
+    private readonly Action? _pipeUnavailable;
+    private readonly CancellationTokenRegistration _link;
+    private int _fellBack;
+
+    public RelaySession(Stream a, Stream b, TransportCounters? counters, Action<long>? aToB, Action<long>? bToA, Action? pipeUnavailable, CancellationToken outer)
+    {
+        A = a;
+        B = b;
+        _counters = counters;
+        _aToB = aToB;
+        _bToA = bToA;
+        _pipeUnavailable = pipeUnavailable;
+        if (outer.CanBeCanceled) _link = outer.UnsafeRegister(static s => ((RelaySession)s!).Abort(), this);
+    }
+
+    public Stream A { get; }
+    public Stream B { get; }
+
+    public void Count(bool aToB, long n)
+    {
+        if (_counters is { } c)
+        {
+            if (aToB) c.AddBytesIn(n);
+            else c.AddBytesOut(n);
+        }
+        else (aToB ? _aToB : _bToA)?.Invoke(n);
+    }
+
+    /// <summary>No pipe for a burst: counted once per session.</summary>
+    public void PipeUnavailable()
+    {
+        if (Interlocked.Exchange(ref _fellBack, 1) != 0) return;
+        if (_counters is { } c) c.SpliceFallback();
+        else _pipeUnavailable?.Invoke();
+    }
+
+    public bool Counts => _counters is not null || _aToB is not null || _bToA is not null;
+
+    /// <summary>A direction ended cleanly: the end is passed on as a half-close.</summary>
+    public void Ended(bool aToB) => Relay.ShutdownWrite(aToB ? B : A);
+
+    /// <summary>A direction failed: the session is over, the other direction is aborted too.</summary>
+    public void Failed()
+    {
+        Abort();
+        Relay.Abort(A);
+        Relay.Abort(B);
+    }
+
+    /// <summary>Ends the session now: both directions' pending I/O fails.</summary>
+    public void Abort()
+    {
+        try { Cancel(); }
+        catch (ObjectDisposedException) { }
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _link.Dispose();
+        base.Dispose(disposing);
+    }
+}
+
+/// <summary>Where a splice direction's counts go: a relay session's counters, or a caller's delegates.</summary>
+internal readonly struct RelayCount
+{
+    private readonly Action<long>? _count;
+    private readonly Action? _pipeUnavailable;
+
+    public RelayCount(RelaySession session, bool aToB)
+    {
+        Session = session;
+        AToB = aToB;
+    }
+
+    public RelayCount(Action<long>? count, Action? pipeUnavailable)
+    {
+        _count = count;
+        _pipeUnavailable = pipeUnavailable;
+    }
+
+    /// <summary>The relay session this direction belongs to (it finishes the direction), or null.</summary>
+    public RelaySession? Session { get; }
+
+    public bool AToB { get; }
+
+    public void Add(long n)
+    {
+        if (Session is { } s) s.Count(AToB, n);
+        else _count?.Invoke(n);
+    }
+
+    public void PipeUnavailable()
+    {
+        if (Session is { } s) s.PipeUnavailable();
+        else _pipeUnavailable?.Invoke();
     }
 }
 

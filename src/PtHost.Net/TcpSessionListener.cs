@@ -23,7 +23,11 @@ public sealed class TcpSessionListener : ISessionListener
     private readonly bool _inline;
     private readonly CancellationTokenSource _stopping = new();
     private readonly CancellationTokenSource _abort = new();
-    private readonly HashSet<Task> _sessions = [];
+    // Open sessions by number. A session removes itself when it ends (no continuation per session); one that ends
+    // before the accept loop has recorded it is noted in _endedEarly instead, and never recorded.
+    private readonly Dictionary<long, Task> _sessions = [];
+    private readonly HashSet<long> _endedEarly = [];
+    private long _lastSession;
     private Task? _acceptLoop;
 
     /// <param name="serve">Serves one connection; owns the socket. Its token fires when the session must end now.</param>
@@ -109,18 +113,26 @@ public sealed class TcpSessionListener : ISessionListener
                 continue;
             }
             socket.NoDelay = true;
-            var task = RunAsync(socket);
+            long number = ++_lastSession;
+            var task = RunAsync(socket, number);
             lock (_sessions)
-                if (!task.IsCompleted) _sessions.Add(task);
-            _ = task.ContinueWith(t => { lock (_sessions) _sessions.Remove(t); }, TaskScheduler.Default);
+                if (!_endedEarly.Remove(number)) _sessions.Add(number, task);
         }
     }
 
-    private async Task RunAsync(Socket socket)
+    private async Task RunAsync(Socket socket, long number)
     {
-        if (!_inline) await Task.Yield(); // leave the accept loop at once
-        try { await _serve(socket, _abort.Token).ConfigureAwait(false); }
+        try
+        {
+            if (!_inline) await Task.Yield(); // leave the accept loop at once
+            await _serve(socket, _abort.Token).ConfigureAwait(false);
+        }
         catch (Exception e) { _log.SessionFailed(e, _name); }
+        finally
+        {
+            lock (_sessions)
+                if (!_sessions.Remove(number)) _endedEarly.Add(number);
+        }
     }
 
     /// <summary>Stops accepting; sessions finish until <paramref name="drain"/> fires, then are aborted.</summary>
@@ -130,7 +142,7 @@ public sealed class TcpSessionListener : ISessionListener
         _listener.Dispose();
         if (_acceptLoop is not null) await _acceptLoop.ConfigureAwait(false);
         Task[] open;
-        lock (_sessions) open = [.. _sessions];
+        lock (_sessions) open = [.. _sessions.Values];
         try { await Task.WhenAll(open).WaitAsync(drain).ConfigureAwait(false); }
         catch (OperationCanceledException)
         {

@@ -243,9 +243,19 @@ public static class Measurements
         public double ClientPerSession => (ClientAfterKiB - ClientBeforeKiB) / (double)Sessions;
         public double ServerPerSession => (ServerAfterKiB - ServerBeforeKiB) / (double)Sessions;
         public double TotalPerSession => ClientPerSession + ServerPerSession;
+
+        /// <summary>VmRSS with the first batch held, after a settling pause, and after a second batch of <see cref="Sessions"/> on top (0 when not measured).</summary>
+        public long ClientSettledKiB { get; init; }
+        public long ServerSettledKiB { get; init; }
+        public long ClientAfterSecondKiB { get; init; }
+        public long ServerAfterSecondKiB { get; init; }
+        public double ClientPerSessionSecond => (ClientAfterSecondKiB - ClientSettledKiB) / (double)Sessions;
+        public double ServerPerSessionSecond => (ServerAfterSecondKiB - ServerSettledKiB) / (double)Sessions;
+        public double TotalPerSessionSecond => ClientPerSessionSecond + ServerPerSessionSecond;
     }
 
-    public static async Task<MemoryResult> IdleMemoryAsync(Context ctx, int sessions)
+    /// <param name="secondBatch">Also open a second batch of <paramref name="sessions"/> on top and read its delta.</param>
+    public static async Task<MemoryResult> IdleMemoryAsync(Context ctx, int sessions, bool secondBatch = false)
     {
         await using var echo = new EchoServer(recordLimit: 0);
         await using var chain = await Chain.StartAsync(ctx.PtHost, ctx.NewStateDir(), echo.EndPoint.Port, noSplice: false).ConfigureAwait(false);
@@ -260,7 +270,7 @@ public static class Measurements
         await ProcStats.SocketsAtRestAsync(cpid, spid).ConfigureAwait(false);
         var before = Snapshot(cpid, spid);
 
-        var kept = new List<Socket>(sessions);
+        var kept = new List<Socket>(2 * sessions);
         try
         {
             var r = await OpenManyAsync(chain.Socks, echo.EndPoint, sessions, ctx.ConnConcurrency, kept, timeout).ConfigureAwait(false);
@@ -270,14 +280,46 @@ public static class Measurements
             await ProcStats.SocketsAtRestAsync(cpid, spid).ConfigureAwait(false);
             var after = Snapshot(cpid, spid);
             if (echo.Live < sessions) throw new InvalidOperationException($"only {echo.Live} of {sessions} sessions still open at the target after settling");
+
+            // A second batch on top (the first still held): its delta is the marginal cost of a session once the
+            // processes have settled. The first window also carries one-time costs of each process: the tiered JIT
+            // recompiles the session path at tier 1 while the first batch opens (100 ms after start-up's last
+            // tier-0 compile, then 30 calls), which DOTNET_TC_CallCountingDelayMs=0 moves into the warm-up.
+            long afterSecondClient = 0, afterSecondServer = 0, settledClient = 0, settledServer = 0;
+            JsonObject? secondJson = null;
+            if (secondBatch)
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(500)).ConfigureAwait(false); // background tier-1 compiles finish
+                var first = Snapshot(cpid, spid);
+                var r2 = await OpenManyAsync(chain.Socks, echo.EndPoint, sessions, ctx.ConnConcurrency, kept, timeout).ConfigureAwait(false);
+                if (r2.Failures > 0) throw new InvalidOperationException($"second batch: {r2.Failures} of {sessions} sessions failed: {r2.FirstError}");
+                await Eventually.HoldsWithinAsync(() => echo.Live >= 2 * sessions, TimeSpan.FromSeconds(15)).ConfigureAwait(false);
+                await ProcStats.SocketsAtRestAsync(cpid, spid).ConfigureAwait(false);
+                var second = Snapshot(cpid, spid);
+                (afterSecondClient, afterSecondServer, settledClient, settledServer) = (second.ClientRss, second.ServerRss, first.ClientRss, first.ServerRss);
+                secondJson = new JsonObject { ["settled_before"] = first.Json, ["after"] = second.Json };
+            }
+            // For a heap dump of the idle sessions (dotnet-gcdump collect -p PID): PTHOST_BENCH_MEMORY_HOLD=SECONDS holds them.
+            if (int.TryParse(Environment.GetEnvironmentVariable("PTHOST_BENCH_MEMORY_HOLD"), out int hold) && hold > 0)
+            {
+                Console.Error.WriteLine($"memory: holding {kept.Count} sessions for {hold} s: client pid {cpid}, server pid {spid}");
+                await Task.Delay(TimeSpan.FromSeconds(hold)).ConfigureAwait(false);
+            }
             var raw = new JsonObject
             {
                 ["sessions"] = sessions,
                 ["before"] = before.Json,
                 ["after"] = after.Json,
                 ["live_at_target"] = echo.Live,
+                ["second_batch"] = secondJson,
             };
-            return new MemoryResult(sessions, before.ClientRss, after.ClientRss, before.ServerRss, after.ServerRss, raw);
+            return new MemoryResult(sessions, before.ClientRss, after.ClientRss, before.ServerRss, after.ServerRss, raw)
+            {
+                ClientSettledKiB = settledClient,
+                ServerSettledKiB = settledServer,
+                ClientAfterSecondKiB = afterSecondClient,
+                ServerAfterSecondKiB = afterSecondServer,
+            };
         }
         finally
         {

@@ -63,14 +63,7 @@ public sealed class Socks5Listener : IAsyncDisposable
         bool opened = false;
         try
         {
-            (Stream, byte[]?)? outcome;
-            // The handshake's timer and token live only as long as the handshake: an idle session holds neither.
-            using (var handshake = CancellationTokenSource.CreateLinkedTokenSource(abort))
-            {
-                handshake.CancelAfter(_limits.HandshakeTimeout);
-                var reader = PipeReader.Create(clientStream, new StreamPipeReaderOptions(bufferSize: 512, minimumReadSize: 256, leaveOpen: true, useZeroByteReads: true));
-                outcome = await NegotiateAsync(reader, clientStream, id, handshake, abort).ConfigureAwait(false);
-            }
+            var outcome = await HandshakeAsync(clientStream, id, abort).ConfigureAwait(false);
             if (outcome is null) return;
             (upstream, var leftover) = outcome.Value;
             opened = true;
@@ -81,7 +74,7 @@ public sealed class Socks5Listener : IAsyncDisposable
                 await upstream.WriteAsync(leftover, abort).ConfigureAwait(false);
                 _counters.AddBytesIn(leftover.Length);
             }
-            await Relay.RunAsync(clientStream, upstream, _counters.AddBytesIn, _counters.AddBytesOut, _counters.SpliceFallback, abort).ConfigureAwait(false);
+            await Relay.RunAsync(clientStream, upstream, _counters, abort).ConfigureAwait(false);
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
         {
@@ -97,6 +90,18 @@ public sealed class Socks5Listener : IAsyncDisposable
             if (upstream is not null) await upstream.DisposeAsync().ConfigureAwait(false);
             await clientStream.DisposeAsync().ConfigureAwait(false);
         }
+    }
+
+    /// <summary>
+    /// The handshake under its time limit. Its timer, token and reader live in this method's state only, which ends
+    /// with the handshake: an idle session holds none of them.
+    /// </summary>
+    private async Task<(Stream, byte[]?)?> HandshakeAsync(NetworkStream clientStream, long id, CancellationToken abort)
+    {
+        using var handshake = CancellationTokenSource.CreateLinkedTokenSource(abort);
+        handshake.CancelAfter(_limits.HandshakeTimeout);
+        var reader = PipeReader.Create(clientStream, new StreamPipeReaderOptions(bufferSize: 512, minimumReadSize: 256, leaveOpen: true, useZeroByteReads: true));
+        return await NegotiateAsync(reader, clientStream, id, handshake, abort).ConfigureAwait(false);
     }
 
     /// <summary>Runs the handshake; returns the upstream stream and any bytes the client sent after its request, or null when the session was refused (reply already sent).</summary>
@@ -124,7 +129,7 @@ public sealed class Socks5Listener : IAsyncDisposable
                 .ThrowIfInvalid(() => error);
             reply[0] = Socks5.Version;
             reply[1] = method;
-            await client.WriteAsync(reply.AsMemory(0, 2), ct).ConfigureAwait(false);
+            await HandshakeWrite.WriteAsync(client, reply.AsMemory(0, 2), ct).ConfigureAwait(false);
             if (method == Socks5.MethodNoneAcceptable)
             {
                 _counters.SessionFailed("auth");
@@ -170,7 +175,7 @@ public sealed class Socks5Listener : IAsyncDisposable
                 // RFC 1929 §2: a non-zero status, then the server MUST close the connection.
                 reply[0] = Socks5.UserPassVersion;
                 reply[1] = problem is null ? (byte)0 : (byte)1;
-                await client.WriteAsync(reply.AsMemory(0, 2), ct).ConfigureAwait(false);
+                await HandshakeWrite.WriteAsync(client, reply.AsMemory(0, 2), ct).ConfigureAwait(false);
                 if (problem is not null)
                 {
                     _counters.SessionFailed("auth");
@@ -283,7 +288,7 @@ public sealed class Socks5Listener : IAsyncDisposable
             {
                 var bound = (upstream as NetworkStream)?.Socket.LocalEndPoint as IPEndPoint;
                 int n = socks4 ? Socks4.WriteReply(reply, Socks4.ReplyGranted, bound) : Socks5.WriteReply(reply, Socks5.ReplySucceeded, bound);
-                await client.WriteAsync(reply.AsMemory(0, n), ct).ConfigureAwait(false);
+                await HandshakeWrite.WriteAsync(client, reply.AsMemory(0, n), ct).ConfigureAwait(false);
                 // Bytes the client pipelined after its request are already buffered: pass them on, lose none.
                 if (reader.TryRead(out var rest))
                 {
