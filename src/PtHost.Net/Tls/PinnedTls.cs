@@ -126,10 +126,24 @@ public static class PinnedTls
             EnabledSslProtocols = SslProtocols.Tls13,
             CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
             ClientCertificateContext = own,
+            CertificateChainPolicy = PinOnlyChainPolicy(),
             // The pin is the whole trust decision: chain and name errors of a self-signed certificate are expected.
             RemoteCertificateValidationCallback = (_, cert, _, _) => Matches(cert, pins),
         };
     }
+
+    /// <summary>
+    /// The chain .NET builds before the validation callback, with no store behind it: the pin is the whole
+    /// trust decision, so the system's roots are neither loaded nor searched (with the default policy each
+    /// handshake's chain build sorted and compared the system store's names: most of a pinned handshake's
+    /// libcrypto time, docs/benchmarks.md "Pinned TLS handshakes"). No downloads, no revocation.
+    /// </summary>
+    public static X509ChainPolicy PinOnlyChainPolicy() => new()
+    {
+        TrustMode = X509ChainTrustMode.CustomRootTrust,
+        RevocationMode = X509RevocationMode.NoCheck,
+        DisableCertificateDownloads = true,
+    };
 
     /// <summary>The server's side: TLS 1.3, our certificate, a client certificate required and accepted only by its pin.</summary>
     public static SslServerAuthenticationOptions ServerOptions(X509Certificate2 own, IReadOnlyList<byte[]> clientPins) =>
@@ -142,6 +156,7 @@ public static class PinnedTls
         CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
         ServerCertificateContext = own,
         ClientCertificateRequired = true,
+        CertificateChainPolicy = PinOnlyChainPolicy(),
         RemoteCertificateValidationCallback = (_, cert, _, _) => Matches(cert, clientPins),
     };
 

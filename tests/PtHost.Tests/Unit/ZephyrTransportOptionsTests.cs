@@ -114,6 +114,27 @@ public class ZephyrTransportOptionsTests
     }
 
     [Fact]
+    public void Pinned_tls_builds_the_peer_chain_against_no_store_and_trusts_the_pin_alone()
+    {
+        var server = ZephyrServerOptions.Parse(Server());
+        var client = ZephyrClientOptions.Parse(Client());
+        var c = PinnedTls.ClientOptions(client.Certificate, client.ServerPin);
+        var s = PinnedTls.ServerOptions(server.Certificate!, server.ClientPins);
+        foreach (var policy in new[] { c.CertificateChainPolicy, s.CertificateChainPolicy })
+        {
+            Assert.NotNull(policy);
+            Assert.Equal(X509ChainTrustMode.CustomRootTrust, policy.TrustMode);
+            Assert.Empty(policy.CustomTrustStore);
+            Assert.Empty(policy.ExtraStore);
+            Assert.True(policy.DisableCertificateDownloads);
+            Assert.Equal(X509RevocationMode.NoCheck, policy.RevocationMode);
+        }
+        Assert.NotSame(c.CertificateChainPolicy, PinnedTls.ClientOptions(client.Certificate, client.ServerPin).CertificateChainPolicy);
+        Assert.True(c.RemoteCertificateValidationCallback!(this, server.Certificate, null, SslPolicyErrors.RemoteCertificateChainErrors));
+        Assert.False(s.RemoteCertificateValidationCallback!(this, server.Certificate, null, SslPolicyErrors.None));
+    }
+
+    [Fact]
     public void Server_options_may_be_absent_but_listening_then_needs_client_pins()
     {
         var o = ZephyrServerOptions.Parse(null);
