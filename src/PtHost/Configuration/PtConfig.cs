@@ -57,8 +57,20 @@ public sealed partial class PtConfig
     public bool UnsafeLogging { get; private init; }
     /// <summary><c>metrics</c>: where the Prometheus endpoint listens (spec/ipc.md §4.12); null: off.</summary>
     public IPEndPoint? Metrics { get; private init; }
-    /// <summary><c>instance</c>: the id in <c>pthost_instance_info</c> (spec/ipc.md §4.12).</summary>
-    public string Instance { get; private set; } = "pthost-" + Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
+    /// <summary>
+    /// <c>instance</c>: the id in <c>pthost_instance_info</c> (spec/ipc.md §4.12). The default's 64 bits are a label,
+    /// not a secret: Random.Shared, since RandomNumberGenerator would load OpenSSL while the configuration is read
+    /// (6.7 MB more RSS at CMETHODS DONE and a slower start for a plain process, docs/benchmarks.md).
+    /// </summary>
+    public string Instance { get; private set; } = NewInstanceId();
+
+    private static string NewInstanceId()
+    {
+        Span<byte> id = stackalloc byte[8];
+        Random.Shared.NextBytes(id);
+        return "pthost-" + Convert.ToHexStringLower(id);
+    }
+
     /// <summary>
     /// Transports whose signals go through a rendezvous instead of CMESSAGE/SMESSAGE lines (spec/rendezvous.md §7):
     /// every transport with <c>"signals"</c> (PT 2.0), or the server transports whose TOR_PT_SERVER_TRANSPORT_OPTIONS name one (PT 1.0).
