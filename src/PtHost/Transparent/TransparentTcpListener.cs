@@ -69,7 +69,7 @@ public sealed class TransparentTcpListener : IFrontEnd
             }
             opened = true;
             _counters.SessionOpened();
-            await Relay.RunAsync(client, upstream, _counters.AddBytesIn, _counters.AddBytesOut, _counters.SpliceFallback, abort).ConfigureAwait(false);
+            await Relay.RunAsync(client, upstream, _counters, abort).ConfigureAwait(false);
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
         {
