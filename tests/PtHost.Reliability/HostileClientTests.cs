@@ -23,10 +23,15 @@ public class HostileClientTests(ITestOutputHelper output)
 {
     // ---- TURN (spec/turn.md §3.6, §4) ----------------------------------------------------------------
 
-    /// <summary>A UDP allocation to an in-process echo peer, a datagram there and back: the legitimate session.</summary>
-    private static async Task TurnRoundTripAsync(IPEndPoint turn, UdpEcho echo)
+    /// <summary>
+    /// A UDP allocation to an in-process echo peer, a datagram there and back: the legitimate session.
+    /// The client joins <paramref name="held"/> and stays open until the test ends: its allocation
+    /// lives 600 s, and a later client given the same source port again would find that 5-tuple in use
+    /// and get a 437 (RFC 5766 §6.2; seen twice in CI).
+    /// </summary>
+    private static async Task TurnRoundTripAsync(IPEndPoint turn, UdpEcho echo, HeldClients held)
     {
-        await using var client = await UdpTurnClient.ConnectAsync(turn);
+        var client = held.Add(await UdpTurnClient.ConnectAsync(turn));
         Assert.Equal(0, await client.AllocateAsync());
         var peer = PeerAddress.From(echo.EndPoint);
         Assert.Equal(0, await client.CreatePermissionAsync(peer));
@@ -46,6 +51,23 @@ public class HostileClientTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>The TURN clients of one test, closed when it ends.</summary>
+    private sealed class HeldClients : IDisposable
+    {
+        private readonly List<UdpTurnClient> _clients = [];
+
+        public UdpTurnClient Add(UdpTurnClient client)
+        {
+            lock (_clients) _clients.Add(client);
+            return client;
+        }
+
+        public void Dispose()
+        {
+            lock (_clients) foreach (var c in _clients) c.Dispose();
+        }
+    }
+
     /// <summary>
     /// TCP side: 1,024 connections (the listener's limit, §4) each send half a STUN header and stop.
     /// More connections are closed at accept; the held ones are closed by the 60 s rule for TCP
@@ -57,10 +79,11 @@ public class HostileClientTests(ITestOutputHelper output)
         const int Limit = 1024;
         ulong fdLimit = ProcStats.RaiseFdLimit();
         Assert.True(fdLimit >= 4 * Limit, $"RLIMIT_NOFILE {fdLimit}");
+        using var turnClients = new HeldClients();
         await using var echo = new UdpEcho();
         await using var turn = await TurnChain.StartAsync(PtChain.FreeServer("plain", "127.0.0.1"));
         int pid = turn.Chain.Client.Pid;
-        await TurnRoundTripAsync(turn.TurnEndPoint, echo); // warm-up: the allocation's association stays (600 s lifetime)
+        await TurnRoundTripAsync(turn.TurnEndPoint, echo, turnClients); // warm-up: the allocation's association stays (600 s lifetime)
         int sock0 = (await ProcStats.SocketsAtRestAsync(pid))[0];
         long rss0 = ProcStats.RssBytes(pid);
 
@@ -76,14 +99,14 @@ public class HostileClientTests(ITestOutputHelper output)
         var cutting = Hostile.AwaitCutsAsync(attackers, clock, TimeSpan.FromSeconds(120));
 
         // Meanwhile UDP allocations carry datagrams.
-        for (int i = 0; i < 3; i++) await TurnRoundTripAsync(turn.TurnEndPoint, echo);
+        for (int i = 0; i < 3; i++) await TurnRoundTripAsync(turn.TurnEndPoint, echo, turnClients);
         long rssPeak = ProcStats.RssBytes(pid);
         Assert.False(cutting.IsCompleted, "the legitimate sessions are meant to run while the attackers are held");
 
         var cuts = await cutting;
         Hostile.Check(cuts, 59, 100, "TCP connections holding 10 bytes of a STUN header", output);
         Assert.All(cuts, c => Assert.Empty(c.Received));
-        await TurnRoundTripAsync(turn.TurnEndPoint, echo);
+        await TurnRoundTripAsync(turn.TurnEndPoint, echo, turnClients);
         // Two allocations more than at the baseline hold one association socket each (their lifetime is 600 s).
         int sock1 = await ProcStats.WaitForSocketsAtMostAsync(pid, sock0 + 4 + 2, TimeSpan.FromSeconds(15));
         long rss1 = ProcStats.RssBytes(pid);
@@ -102,6 +125,7 @@ public class HostileClientTests(ITestOutputHelper output)
     [Fact]
     public async Task Turn_udp_unauthenticated_floods_keep_no_state_and_the_user_quota_holds()
     {
+        using var turnClients = new HeldClients();
         await using var echo = new UdpEcho();
         // A second user for the quota, so that the legitimate allocations (user "test") do not count against it.
         await using var chain = await PtChain.StartAsync(PtChain.FreeServer("plain", "127.0.0.1"), ep =>
@@ -145,7 +169,7 @@ public class HostileClientTests(ITestOutputHelper output)
                 catch (OperationCanceledException) { }
             }
         })));
-        var during = Task.Run(async () => { for (int i = 0; i < 3; i++) await TurnRoundTripAsync(turn.TurnEndPoint, echo); });
+        var during = Task.Run(async () => { for (int i = 0; i < 3; i++) await TurnRoundTripAsync(turn.TurnEndPoint, echo, turnClients); });
         await Task.WhenAll(flood, during);
         long rssFlood = ProcStats.RssBytes(client);
         output.WriteLine($"{Sources * PerSource} unauthenticated Allocates from {Sources} ports: {answered} answers read, {unauthorized} of them 401; RSS {rss0 >> 20} → {rssFlood >> 20} MiB");
@@ -163,7 +187,7 @@ public class HostileClientTests(ITestOutputHelper output)
             output.WriteLine($"130 allocations of one user: {codes.Count(c => c == 0)} granted, {codes.Count(c => c == 486)} refused with 486, others: {string.Join(",", codes.Where(c => c is not 0 and not 486))}");
             Assert.Equal(128, codes.Count(c => c == 0));
             Assert.Equal(2, codes.Count(c => c == 486));
-            await TurnRoundTripAsync(turn.TurnEndPoint, echo); // another user is not affected by this one's quota
+            await TurnRoundTripAsync(turn.TurnEndPoint, echo, turnClients); // another user is not affected by this one's quota
             long rssQuota = ProcStats.RssBytes(client);
             int cPeak = ProcStats.SocketCount(client), sPeak = ProcStats.SocketCount(server);
             var deleted = new List<int>();
