@@ -55,6 +55,15 @@ internal static class RudBench
                 for (int at = 0; at < data.Length; at += 64 << 10) await stream.WriteAsync(data.AsMemory(at, Math.Min(64 << 10, data.Length - at)), cts.Token);
                 stream.ShutdownWrite();
             });
+            using var traceStop = new CancellationTokenSource();
+            var trace = Environment.GetEnvironmentVariable("PTHOST_BENCH_RUD_TRACE") is null ? Task.CompletedTask : Task.Run(async () =>
+            {
+                while (!traceStop.IsCancellationRequested)
+                {
+                    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  t {watch.Elapsed.TotalMilliseconds:0} ms: {cc.DebugState}"));
+                    try { await Task.Delay(50, traceStop.Token); } catch (OperationCanceledException) { }
+                }
+            });
             var peer = await sc.AcceptStreamAsync(cts.Token);
             long total = 0;
             var buffer = new byte[64 << 10];
@@ -63,6 +72,8 @@ internal static class RudBench
             await send;
             if (total != data.Length) throw new InvalidOperationException($"received {total} of {data.Length} bytes");
             double seconds = watch.Elapsed.TotalSeconds;
+            traceStop.Cancel();
+            await trace;
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"rud throughput loss {loss * 100,3:0}%  rtt 10 ms  {size >> 20} MB in {seconds:0.00} s = {size / seconds / 1e6 * 8:0.0} Mbit/s  (relay dropped {relay.Dropped}, sender lost {c.Counters.PacketsLost}, congestion events {c.Counters.CongestionEvents}, tolerated {c.Counters.LossesTolerated}, spurious {c.Counters.SpuriousLosses}, PTOs {c.Counters.ProbeTimeouts}; {cc.DebugState})"));
         }
