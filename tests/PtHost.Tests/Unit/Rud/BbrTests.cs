@@ -23,7 +23,7 @@ internal sealed class BbrPath
 
     private enum Kind { SenderWake, Arrive, AckArrive, AckTimer }
 
-    private readonly double _rate;                 // bottleneck, bytes per µs
+    private double _rate;                          // bottleneck, bytes per µs
     private readonly int _queueLimit;              // packets the bottleneck holds (waiting and in service)
     private readonly Random _random;
     private readonly PriorityQueue<(Kind Kind, long A, int Ack), (long Time, long Seq)> _events = new();
@@ -88,6 +88,9 @@ internal sealed class BbrPath
 
     /// <summary>The bottleneck's rate in the unit of <see cref="Bbr.BottleneckBandwidth"/> (bytes per µs).</summary>
     public double Rate => _rate;
+
+    /// <summary>Sets the bottleneck's rate while running (Mbit/s): a path, or the cores forwarding it, slowed down for a while.</summary>
+    public void SetRate(double mbitPerSecond) => _rate = mbitPerSecond / 8;
 
     public string Mode => Bbr.State.Split(' ')[1];
 
@@ -319,6 +322,26 @@ public class BbrTests(ITestOutputHelper output)
         Assert.True(path.RandomDrops > path.Sent / 40, "the path lost less than it should");
         Assert.True(delivered >= 0.8 * path.Rate, $"delivered {Mbit(delivered):0.0} Mbit/s of {mbit}");
         Assert.InRange(path.Bbr.BottleneckBandwidth, 0.8 * path.Rate, 1.15 * path.Rate);
+    }
+
+    [Theory]
+    [InlineData(400, 10, 0.0)]
+    [InlineData(400, 10, 0.01)]
+    [InlineData(400, 10, 0.05)]
+    public void A_startup_ended_by_a_slow_first_half_second_climbs_to_the_path_rate_in_ProbeBW(int mbit, int rttMs, double loss)
+    {
+        // Issue 22's rud "collapse" under load: starved cores forwarded 25 Mbit/s while startup ran; it ended there.
+        long bdpPackets = (long)(mbit / 8.0 * rttMs * Ms / BbrPath.Mss);
+        var path = new BbrPath(25, rttMs * Ms, queueLimit: (int)(bdpPackets + 100), randomLoss: loss, seed: 3);
+        path.RunUntil(500 * Ms);
+        string after = path.Bbr.State;
+        path.SetRate(mbit);
+        path.RunUntil(2 * S);
+        long rx = path.ReceivedBytes;
+        path.RunUntil(3 * S);
+        double delivered = (path.ReceivedBytes - rx) / (1.0 * S);
+        output.WriteLine($"{mbit} Mbit/s {rttMs} ms {loss:P0} loss after 500 ms at 25 Mbit/s ({after}): delivered {Mbit(delivered):0.0} Mbit/s over 2-3 s, {path.Bbr.State}, window {path.Bbr.Window}");
+        Assert.True(delivered >= 0.8 * path.Rate, $"delivered {Mbit(delivered):0.0} Mbit/s of {mbit}");
     }
 
     [Fact]
