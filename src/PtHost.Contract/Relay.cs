@@ -32,7 +32,7 @@ public interface IRelayService
     /// <summary>
     /// True when every socket continuation of the relay is short and never blocks (a splice loop, a bind lookup):
     /// the executable then runs them on the socket event threads instead of handing each to the thread pool
-    /// (spec/ipc.md §7). False by default.
+    /// (spec/zephyr.md §8.7). False by default.
     /// </summary>
     bool InlineSocketCompletions => false;
 }

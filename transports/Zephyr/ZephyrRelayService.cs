@@ -11,7 +11,7 @@ public sealed class ZephyrRelayService : IRelayService
 
     public string Description => "Run the Zephyr relay service (spec/zephyr.md §4, §5).";
 
-    /// <summary>spec/zephyr.md §4.4: a pair's continuations are splice loops and bind lookups; none blocks.</summary>
+    /// <summary>spec/zephyr.md §8.7: a pair's continuations are splice steps and bind lookups; none blocks.</summary>
     public bool InlineSocketCompletions => true;
 
     public IReadOnlyList<RelayOption> Options { get; } =
