@@ -28,6 +28,13 @@ public interface IRelayService
     /// <see cref="PlatformNotSupportedException"/> when the relay cannot run here (exit 69).
     /// </summary>
     IRelay Create(RelayArguments arguments, ILoggerFactory loggerFactory);
+
+    /// <summary>
+    /// True when every socket continuation of the relay is short and never blocks (a splice loop, a bind lookup):
+    /// the executable then runs them on the socket event threads instead of handing each to the thread pool
+    /// (spec/zephyr.md §8.7). False by default.
+    /// </summary>
+    bool InlineSocketCompletions => false;
 }
 
 /// <summary>A relay created by <see cref="IRelayService.Create"/>. Disposing it closes every listener and connection and logs its final counters.</summary>

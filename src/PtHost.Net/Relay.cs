@@ -164,6 +164,9 @@ public static class Relay
 /// <summary>splice(2) from socket to socket through a pooled pipe (Linux only).</summary>
 internal static class Splice
 {
+    /// <summary>Bytes a direction moves without waiting before it lets other work run on its thread.</summary>
+    public const int FairShare = 4 << 20;
+
     public static bool Available { get; } = OperatingSystem.IsLinux() &&
         Environment.GetEnvironmentVariable("PTHOST_NO_SPLICE") is null or "" or "0";
 
@@ -175,6 +178,7 @@ internal static class Splice
     {
         SplicePipe pipe = default;
         bool holding = false, fellBack = false;
+        long sinceWait = 0;
         try
         {
             while (true)
@@ -208,11 +212,19 @@ internal static class Splice
                     if (errno != Libc.EAgain) throw new SocketException(errno);
                     // Nothing more to read now: the pipe (empty) goes back while this direction waits.
                     holding = false;
+                    sinceWait = 0;
                     SplicePipes.Return(pipe);
                     continue;
                 }
                 count.Add(n);
                 await DrainAsync(pipe.Read, to, n, ct).ConfigureAwait(false);
+                // A direction that is never short of bytes would keep its thread: with completions run inline on a
+                // socket event thread (IRelayService.InlineSocketCompletions), the other sockets of that thread would wait.
+                if ((sinceWait += n) >= FairShare)
+                {
+                    sinceWait = 0;
+                    await Task.Yield();
+                }
             }
             if (holding) SplicePipes.Return(pipe);
             holding = false;

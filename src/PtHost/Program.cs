@@ -246,6 +246,7 @@ public static class Program
     internal static async Task<int> RunRelayAsync(IRelayService service, RelayArguments arguments, LogLevel level, bool unsafeLogging, string? command = null)
     {
         command ??= "relay " + service.Name;
+        if (service.InlineSocketCompletions) InlineSocketCompletions.Prefer();
         var builder = CreateHostBuilder(level, unsafeLogging);
         builder.Services.AddSingleton(new IpcWriter(IpcWriter.Stdout()) { UnsafeLogging = unsafeLogging });
         // Under systemd (Type=notify: NOTIFY_SOCKET set), READY=1 once every listener is bound and logs with
@@ -332,5 +333,22 @@ public static class Program
             Console.Error.WriteLine($"pthost: {name}: cannot generate a configuration: {e.Message}");
             return ExitCodes.Software;
         }
+    }
+}
+
+/// <summary>
+/// .NET on Linux hands every socket completion from its epoll threads to the thread pool: a futex wake, a
+/// context switch and a worker's spinning per wake-up. A relay whose continuations never block
+/// (<see cref="IRelayService.InlineSocketCompletions"/>) runs them on the epoll threads instead
+/// (DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS, one epoll thread per core). An operator's own value of the
+/// variable wins. Must run before the process's first asynchronous socket operation.
+/// </summary>
+internal static class InlineSocketCompletions
+{
+    public const string Variable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
+
+    public static void Prefer()
+    {
+        if (Environment.GetEnvironmentVariable(Variable) is null) Environment.SetEnvironmentVariable(Variable, "1");
     }
 }

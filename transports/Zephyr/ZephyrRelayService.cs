@@ -11,6 +11,9 @@ public sealed class ZephyrRelayService : IRelayService
 
     public string Description => "Run the Zephyr relay service (spec/zephyr.md §4, §5).";
 
+    /// <summary>spec/zephyr.md §8.7: a pair's continuations are splice steps and bind lookups; none blocks.</summary>
+    public bool InlineSocketCompletions => true;
+
     public IReadOnlyList<RelayOption> Options { get; } =
     [
         new("listen", RelayOptionKind.EndPoint, "Where to listen; [::]:PORT listens on IPv6 and IPv4, port 0 picks a free port.", $"0.0.0.0:{ZephyrRelayOptions.DefaultPort}"),

@@ -68,6 +68,16 @@ public sealed class ScaleScenario : IScenario
         var multiSpliceRatio = new Figure { Key = "scale_zephyr_direct_splice_multi_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
         var cpuSplice = new Figure { Key = "scale_zephyr_direct_splice_cpu_per_gib", Label = "relay-tier CPU per GiB, direct joins, HAProxy splicing", Unit = "CPU s/GiB" };
         var cpuSpliceHaproxy = new Figure { Key = "scale_zephyr_direct_splice_haproxy_cpu_per_gib", Label = "of which HAProxy", Unit = "CPU s/GiB", Indent = 1 };
+        // Issue 20's "no regression per core": aggregate Gbit/s over the relay tier's cores busy (its CPU seconds / wall seconds).
+        var coreLone = new Figure { Key = "scale_zephyr_lone_gbps_per_core", Label = $"Throughput per relay-tier core, {Streams} streams: one instance (aggregate / (tier CPU s / wall s); clients, servers and HAProxy share the 2 cores)", Unit = "Gbit/s/core" };
+        var coreCluster = new Figure { Key = "scale_zephyr_cluster_gbps_per_core", Label = "three instances + HAProxy, link-only cluster", Unit = "Gbit/s/core" };
+        var coreClusterRatio = new Figure { Key = "scale_zephyr_cluster_per_core_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
+        var coreDirect = new Figure { Key = "scale_zephyr_direct_gbps_per_core", Label = "three instances + HAProxy, direct joins", Unit = "Gbit/s/core" };
+        var coreDirectRatio = new Figure { Key = "scale_zephyr_direct_per_core_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
+        var coreSplice = new Figure { Key = "scale_zephyr_direct_splice_gbps_per_core", Label = "three instances + HAProxy, direct joins, HAProxy splicing", Unit = "Gbit/s/core" };
+        var coreSpliceRatio = new Figure { Key = "scale_zephyr_direct_splice_per_core_ratio", Label = "ratio to one instance (issue 20: no regression per core)", Unit = "", Indent = 1, Goal = Goal.AtLeast, Target = 1.0 };
+        var coreSpliceInstances = new Figure { Key = "scale_zephyr_direct_splice_instances_gbps_per_core", Label = "the instances alone (HAProxy's CPU left out)", Unit = "Gbit/s/core", Indent = 1 };
+        var coreSpliceInstancesRatio = new Figure { Key = "scale_zephyr_direct_splice_instances_per_core_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
         var jetLone = new Figure { Key = "scale_jet_lone_associations_per_second", Label = $"JET associations set up per second, one instance directly ({pairs}, {InFlight} in flight; create, gather, accept, connect, 32 B checked, delete)", Unit = "assoc/s", Format = "0" };
         var jetCluster = new Figure { Key = "scale_jet_cluster_associations_per_second", Label = "the same, REST through HAProxy (hash of the association id) to three instances", Unit = "assoc/s", Format = "0" };
         var jetRatio = new Figure { Key = "scale_jet_cluster_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
@@ -75,7 +85,8 @@ public sealed class ScaleScenario : IScenario
         var jetMultiCluster = new Figure { Key = "scale_jet_cluster_multi_gbps", Label = "the same, associations made through HAProxy (spread over three instances)", Unit = "Gbit/s" };
         var jetMultiRatio = new Figure { Key = "scale_jet_multi_ratio", Label = "ratio to one instance", Unit = "", Indent = 1 };
         run.Add(chainOff, chainOn, chainRatio);
-        run.Add(multiLone, multiCluster, multiRatio, multiDirect, multiDirectRatio, cpuLone, cpuCluster, cpuDirect, cpuDirectHaproxy, multiSplice, multiSpliceRatio, cpuSplice, cpuSpliceHaproxy, jetLone, jetCluster, jetRatio, jetMultiLone, jetMultiCluster, jetMultiRatio);
+        run.Add(multiLone, multiCluster, multiRatio, multiDirect, multiDirectRatio, cpuLone, cpuCluster, cpuDirect, cpuDirectHaproxy, multiSplice, multiSpliceRatio, cpuSplice, cpuSpliceHaproxy,
+            coreLone, coreCluster, coreClusterRatio, coreDirect, coreDirectRatio, coreSplice, coreSpliceRatio, coreSpliceInstances, coreSpliceInstancesRatio, jetLone, jetCluster, jetRatio, jetMultiLone, jetMultiCluster, jetMultiRatio);
         run.Add(lone, cluster, clusterRatio, direct, directRatio, sameSetup, crossSetup, crossSetupRatio, same, cross, crossRatio, metricsOff, metricsOn, metricsRatio, offGbps, onGbps, onGbpsRatio);
         var raw = run.Raw("scale");
         try
@@ -199,17 +210,24 @@ public sealed class ScaleScenario : IScenario
                             return r.PerSecond;
                         }).ConfigureAwait(false);
                     }
-                    async Task<double> Multi(Figure f, string kind, Func<Task<(Socket A, Socket B, IAsyncDisposable Held)>> open, int[]? tier = null, Figure? cpuFigure = null)
+                    var perCoreNow = new Dictionary<Figure, double>();
+                    async Task<double> Multi(Figure f, string kind, Func<Task<(Socket A, Socket B, IAsyncDisposable Held)>> open, int[]? tier = null, Figure? cpuFigure = null, Figure? perCore = null)
                     {
                         ctx.Say($"{step}: {kind}");
                         return await ScenarioRun.AttemptAsync(f, async () =>
                         {
-                            var (r, cpu) = await MultiStreamAsync(open, each, timeout, tier ?? []).ConfigureAwait(false);
+                            var (r, cpu, seconds) = await MultiStreamAsync(open, each, timeout, tier ?? []).ConfigureAwait(false);
+                            // Cores the tier kept busy on average; the aggregate per such core (= 8.59 / tier CPU s per GiB).
+                            double gib = r * 1e9 / 8 * seconds / (1L << 30), cores = cpu.Sum() * gib / seconds;
                             raw.Add(ScenarioRun.Tag(new JsonObject
                             {
                                 ["gbps"] = r, ["streams"] = Streams, ["bytes_each"] = each, ["tier_cpu_seconds_per_gib"] = cpu.Sum(),
                                 ["cpu_seconds_per_gib_by_pid"] = new JsonArray([.. cpu.Select(c => JsonValue.Create(c))]),
+                                ["wall_seconds"] = seconds, ["tier_cores_busy"] = cores, ["gbps_per_tier_core"] = cores > 0 ? r / cores : null,
                             }, kind, rep));
+                            if (perCore is not null && cores > 0) perCoreNow[perCore] = r / cores;
+                            // The instances alone: every pid of the splicing tier but the last (HAProxy).
+                            if (perCore == coreSplice && cpu[..^1].Sum() > 0) perCoreNow[coreSpliceInstances] = r / (cpu[..^1].Sum() * gib / seconds);
                             cpuFigure?.Samples.Add(cpu.Sum());
                             // The last pid of a cluster tier is HAProxy.
                             if (cpuFigure == cpuDirect) cpuDirectHaproxy.Samples.Add(cpu[^1]);
@@ -223,14 +241,25 @@ public sealed class ScaleScenario : IScenario
                         return (x, y, new AsyncDisposables([x, y]));
                     }
                     int[] clusterTier = [.. instances.Select(i => i.Process.Pid), haproxy.Process.Pid];
-                    double ml = await Multi(multiLone, "multi_lone", () => ZephyrStream(off.EndPoint), [off.Child.Pid], cpuLone).ConfigureAwait(false);
-                    double mc = await Multi(multiCluster, "multi_cluster_haproxy", () => ZephyrStream(haproxy.Listeners[0]), clusterTier, cpuCluster).ConfigureAwait(false);
+                    double ml = await Multi(multiLone, "multi_lone", () => ZephyrStream(off.EndPoint), [off.Child.Pid], cpuLone, coreLone).ConfigureAwait(false);
+                    double mc = await Multi(multiCluster, "multi_cluster_haproxy", () => ZephyrStream(haproxy.Listeners[0]), clusterTier, cpuCluster, coreCluster).ConfigureAwait(false);
                     ScenarioRun.AddRatio(multiRatio, mc, ml, multiCluster, multiLone);
-                    double md = await Multi(multiDirect, "multi_direct_haproxy", () => ZephyrStream(haproxy.Listeners[0], InstanceOf), clusterTier, cpuDirect).ConfigureAwait(false);
+                    double md = await Multi(multiDirect, "multi_direct_haproxy", () => ZephyrStream(haproxy.Listeners[0], InstanceOf), clusterTier, cpuDirect, coreDirect).ConfigureAwait(false);
                     ScenarioRun.AddRatio(multiDirectRatio, md, ml, multiDirect, multiLone);
                     int[] splicingTier = [.. instances.Select(i => i.Process.Pid), splicing.Process.Pid];
-                    double msp = await Multi(multiSplice, "multi_direct_haproxy_splice", () => ZephyrStream(splicing.Listeners[0], InstanceOf), splicingTier, cpuSplice).ConfigureAwait(false);
+                    double msp = await Multi(multiSplice, "multi_direct_haproxy_splice", () => ZephyrStream(splicing.Listeners[0], InstanceOf), splicingTier, cpuSplice, coreSplice).ConfigureAwait(false);
                     ScenarioRun.AddRatio(multiSpliceRatio, msp, ml, multiSplice, multiLone);
+                    double LastOf(Figure f)
+                    {
+                        if (!perCoreNow.TryGetValue(f, out double v)) return double.NaN;
+                        f.Samples.Add(v);
+                        return v;
+                    }
+                    double perCoreLone = LastOf(coreLone);
+                    ScenarioRun.AddRatio(coreClusterRatio, LastOf(coreCluster), perCoreLone, coreCluster, coreLone);
+                    ScenarioRun.AddRatio(coreDirectRatio, LastOf(coreDirect), perCoreLone, coreDirect, coreLone);
+                    ScenarioRun.AddRatio(coreSpliceRatio, LastOf(coreSplice), perCoreLone, coreSplice, coreLone);
+                    ScenarioRun.AddRatio(coreSpliceInstancesRatio, LastOf(coreSpliceInstances), perCoreLone, coreSpliceInstances, coreLone);
                     async Task<double> JetRate(Figure f, string kind, HttpClient rest)
                     {
                         ctx.Say($"{step}: {kind}");
@@ -294,7 +323,7 @@ public sealed class ScaleScenario : IScenario
     /// at once; the aggregate in Gbit/s (all bytes over the wall time of the slowest), and the CPU seconds per GiB each
     /// process of <paramref name="tier"/> spent meanwhile.
     /// </summary>
-    private static async Task<(double Gbps, double[] CpuPerGiB)> MultiStreamAsync(Func<Task<(Socket A, Socket B, IAsyncDisposable Held)>> open, long each, TimeSpan timeout, int[] tier)
+    private static async Task<(double Gbps, double[] CpuPerGiB, double Seconds)> MultiStreamAsync(Func<Task<(Socket A, Socket B, IAsyncDisposable Held)>> open, long each, TimeSpan timeout, int[] tier)
     {
         var held = new List<(Socket A, Socket B, IAsyncDisposable Held)>();
         try
@@ -306,7 +335,7 @@ public sealed class ScaleScenario : IScenario
             double seconds = clock.Elapsed.TotalSeconds;
             long received = results.Sum(r => r.Received);
             double gib = received / (double)(1L << 30);
-            return (received * 8 / seconds / 1e9, [.. tier.Select((pid, i) => (Sys.CpuSeconds(pid) - cpu0[i]) / gib)]);
+            return (received * 8 / seconds / 1e9, [.. tier.Select((pid, i) => (Sys.CpuSeconds(pid) - cpu0[i]) / gib)], seconds);
         }
         finally
         {

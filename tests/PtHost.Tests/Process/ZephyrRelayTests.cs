@@ -357,6 +357,55 @@ public class ZephyrRelayTests
         Console.WriteLine($"{Transfers} x {Size / 1024} KiB through the relay in {clock.Elapsed.TotalSeconds:F1} s");
     }
 
+    /// <summary>
+    /// spec/zephyr.md §4.4 (how the relay waits): a pair whose bytes come in bursts makes the relay wait for readability
+    /// after each burst. The wake-up continues on the socket event thread that saw it (socket completions inline),
+    /// not on a thread-pool worker it would have to wake first: the event threads do the splicing.
+    /// </summary>
+    [Fact]
+    public async Task Bursts_are_spliced_on_the_socket_event_threads_not_handed_to_thread_pool_workers()
+    {
+        if (!OperatingSystem.IsLinux()) return; // splice(2) and /proc: Linux only
+        const int Bursts = 16000, Burst = 64 * 1024;
+        await using var relay = await ZephyrRelayProcess.StartAsync();
+        var (a, b) = await BindPairAsync(relay.EndPoint);
+        using (a)
+        using (b)
+        {
+            var data = new byte[Burst];
+            Random.Shared.NextBytes(data);
+            var before = CpuTicksByThreadName(relay.Process.Pid);
+            // One burst at a time: the relay has drained each before the next is sent, so it waits between bursts.
+            for (int i = 0; i < Bursts; i++)
+            {
+                await a.SendAsync(data);
+                Assert.True((await b.ReadExactlyAsync(Burst)).AsSpan().SequenceEqual(data));
+            }
+            var after = CpuTicksByThreadName(relay.Process.Pid);
+            long Used(string name) => after.GetValueOrDefault(name) - before.GetValueOrDefault(name);
+            long events = Used(".NET Sockets"), workers = Used(".NET TP Worker");
+            Assert.True(events > workers, $"{Bursts} bursts: socket event threads used {events} ticks, thread-pool workers {workers}");
+        }
+    }
+
+    /// <summary>CPU ticks (user + system) of a process's threads, summed by thread name (/proc/PID/task/TID/stat).</summary>
+    private static Dictionary<string, long> CpuTicksByThreadName(int pid)
+    {
+        var ticks = new Dictionary<string, long>(StringComparer.Ordinal);
+        foreach (var task in Directory.EnumerateDirectories($"/proc/{pid}/task"))
+        {
+            string stat;
+            try { stat = File.ReadAllText(Path.Combine(task, "stat")); }
+            catch (IOException) { continue; } // the thread ended meanwhile
+            int open = stat.IndexOf('('), close = stat.LastIndexOf(')');
+            string name = stat[(open + 1)..close];
+            var fields = stat[(close + 2)..].Split(' ');
+            // Fields 14 and 15 of stat(5) (utime, stime): 12 and 13 after the name.
+            ticks[name] = ticks.GetValueOrDefault(name) + long.Parse(fields[11], System.Globalization.CultureInfo.InvariantCulture) + long.Parse(fields[12], System.Globalization.CultureInfo.InvariantCulture);
+        }
+        return ticks;
+    }
+
     // ---- §4.6 limits ----
 
     [Fact]
