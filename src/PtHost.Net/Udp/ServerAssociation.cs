@@ -93,6 +93,9 @@ internal sealed class ServerAssociation : Stream, IHalfClosable
     public const int BoundBatch = 8;
     /// <summary>A busy socket's frames are queued in segments of up to this many bytes, so the queue's bound in bytes stays what one frame per entry gives.</summary>
     public const int SegmentBytes = 65536;
+    /// <summary>Bound sockets read in batches at once, process-wide (each holds <see cref="BoundBatch"/> pinned slots of the largest payload); busy sockets beyond them are read one datagram at a time.</summary>
+    public const int MaxBatchedSockets = 64;
+    private static int s_batchedSockets;
     private readonly IPEndPoint? _target;
     private readonly UdpPeerPolicy? _policy;
     private readonly ILogger _log;
@@ -316,14 +319,23 @@ internal sealed class ServerAssociation : Stream, IHalfClosable
                 catch (SocketException e) when (IsTransient(e)) { continue; }
                 Interlocked.Increment(ref _fromPeers);
                 Enqueue(datagram.AsSpan(0, n), peer);
-                if (socket.Available > 0) batch = new DatagramBatchReceiver(BoundBatch, DatagramFrame.MaxPayload);
+                if (socket.Available > 0 && TakeBatchedSocket()) batch = new DatagramBatchReceiver(BoundBatch, DatagramFrame.MaxPayload);
             }
         }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { }
         finally
         {
             ArrayPool<byte>.Shared.Return(datagram);
+            if (batch is not null) Interlocked.Decrement(ref s_batchedSockets);
         }
+    }
+
+    /// <summary>One of the process's <see cref="MaxBatchedSockets"/> batched sockets, if one is free.</summary>
+    private static bool TakeBatchedSocket()
+    {
+        if (Interlocked.Increment(ref s_batchedSockets) <= MaxBatchedSockets) return true;
+        Interlocked.Decrement(ref s_batchedSockets);
+        return false;
     }
 
     /// <summary>Frames a batch's datagrams back to back into pooled segments of up to <see cref="SegmentBytes"/> (a longer frame gets one of its own) and queues each; a segment the queue refuses drops its datagrams.</summary>
