@@ -1,7 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
 using PtHost.Net.Udp;
-using static PtHost.Net.Native.Libc;
 
 namespace PtHost.Transports.Rud;
 
@@ -30,23 +29,5 @@ internal sealed unsafe class UdpReceiver
     /// <see cref="Batch"/>). Returns how many; 0 on timeout or a transient error; -1 when the
     /// socket is closed.
     /// </summary>
-    public int Receive(Socket socket, int timeoutMs)
-    {
-        bool added = false;
-        var handle = socket.SafeHandle;
-        try
-        {
-            handle.DangerousAddRef(ref added);
-            var pfd = new PollFd { Fd = (int)handle.DangerousGetHandle(), Events = PollIn };
-            int ready = Poll(&pfd, 1, timeoutMs);
-            if (ready <= 0) return 0;
-            if ((pfd.Revents & PollNval) != 0) return -1;
-        }
-        catch (ObjectDisposedException) { return -1; }
-        finally
-        {
-            if (added) handle.DangerousRelease();
-        }
-        return _batch.TryReceive(socket);
-    }
+    public int Receive(Socket socket, int timeoutMs) => _batch.Receive(socket, timeoutMs);
 }

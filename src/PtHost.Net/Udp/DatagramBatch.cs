@@ -74,6 +74,31 @@ public sealed class DatagramBatchReceiver
         }
     }
 
+    /// <summary>
+    /// For a receive thread of its own: waits up to <paramref name="timeoutMs"/> in poll(2) (blocking this thread, no
+    /// thread-pool hop), then reads what is queued, at most <see cref="Batch"/>. Returns how many; 0 on timeout or a
+    /// transient error; -1 when the socket is closed. A short timeout lets the thread notice a stop.
+    /// </summary>
+    public unsafe int Receive(Socket socket, int timeoutMs)
+    {
+        bool added = false;
+        var handle = socket.SafeHandle;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            var pfd = new PollFd { Fd = (int)handle.DangerousGetHandle(), Events = PollIn };
+            int ready = Poll(&pfd, 1, timeoutMs);
+            if (ready <= 0) return 0;
+            if ((pfd.Revents & PollNval) != 0) return -1;
+        }
+        catch (ObjectDisposedException) { return -1; }
+        finally
+        {
+            if (added) handle.DangerousRelease();
+        }
+        return TryReceive(socket);
+    }
+
     /// <summary>recvmmsg(2) without waiting: how many were read, 0 when none is queued (or a transient error), -1 when the socket is closed.</summary>
     public unsafe int TryReceive(Socket socket)
     {

@@ -89,6 +89,13 @@ internal sealed class ServerAssociation : Stream, IHalfClosable
     public const int MaxPeers = 256;
     /// <summary>SO_RCVBUF of each UDP socket: room for bursts while the transport is busy.</summary>
     public const int ReceiveBuffer = 1 << 20;
+    /// <summary>Datagrams a busy bound socket reads per recvmmsg(2) (spec/turn.md §5.4): its slots are this many largest payloads.</summary>
+    public const int BoundBatch = 8;
+    /// <summary>A busy socket's frames are queued in segments of up to this many bytes, so the queue's bound in bytes stays what one frame per entry gives.</summary>
+    public const int SegmentBytes = 65536;
+    /// <summary>Bound sockets read in batches at once, process-wide (each holds <see cref="BoundBatch"/> pinned slots of the largest payload); busy sockets beyond them are read one datagram at a time.</summary>
+    public const int MaxBatchedSockets = 64;
+    private static int s_batchedSockets;
     private readonly IPEndPoint? _target;
     private readonly UdpPeerPolicy? _policy;
     private readonly ILogger _log;
@@ -285,25 +292,83 @@ internal sealed class ServerAssociation : Stream, IHalfClosable
         }
     }
 
+    /// <summary>
+    /// Reads a bound socket. While it is quiet, one datagram per receive, with no buffers beyond one datagram's; once a
+    /// receive finds more queued behind it, the socket is busy for the rest of its life and is read up to
+    /// <see cref="BoundBatch"/> at a time (recvmmsg(2)), the batch's frames queued as segments of up to
+    /// <see cref="SegmentBytes"/>: one wake of the reader and one write towards the client process per batch, not per
+    /// datagram (spec/turn.md §5.4).
+    /// </summary>
     private async Task ReceiveBoundAsync(Socket socket, PeerAddress peer, CancellationToken ct)
     {
         byte[] datagram = ArrayPool<byte>.Shared.Rent(DatagramFrame.MaxPayload);
+        DatagramBatchReceiver? batch = null;
         try
         {
             while (!ct.IsCancellationRequested)
             {
+                if (batch is not null)
+                {
+                    int count = await batch.ReceiveAsync(socket, ct).ConfigureAwait(false);
+                    Interlocked.Add(ref _fromPeers, count);
+                    EnqueueBatch(batch, count, peer);
+                    continue;
+                }
                 int n;
                 try { n = await socket.ReceiveAsync(datagram.AsMemory(0, DatagramFrame.MaxPayload), SocketFlags.None, ct).ConfigureAwait(false); }
                 catch (SocketException e) when (IsTransient(e)) { continue; }
                 Interlocked.Increment(ref _fromPeers);
                 Enqueue(datagram.AsSpan(0, n), peer);
+                if (socket.Available > 0 && TakeBatchedSocket()) batch = new DatagramBatchReceiver(BoundBatch, DatagramFrame.MaxPayload);
             }
         }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { }
         finally
         {
             ArrayPool<byte>.Shared.Return(datagram);
+            if (batch is not null) Interlocked.Decrement(ref s_batchedSockets);
         }
+    }
+
+    /// <summary>One of the process's <see cref="MaxBatchedSockets"/> batched sockets, if one is free.</summary>
+    private static bool TakeBatchedSocket()
+    {
+        if (Interlocked.Increment(ref s_batchedSockets) <= MaxBatchedSockets) return true;
+        Interlocked.Decrement(ref s_batchedSockets);
+        return false;
+    }
+
+    /// <summary>Frames a batch's datagrams back to back into pooled segments of up to <see cref="SegmentBytes"/> (a longer frame gets one of its own) and queues each; a segment the queue refuses drops its datagrams.</summary>
+    private void EnqueueBatch(DatagramBatchReceiver batch, int count, PeerAddress peer)
+    {
+        int header = DatagramFrame.HeaderLength(peer);
+        byte[]? segment = null;
+        int used = 0, frames = 0;
+        for (int i = 0; i < count; i++)
+        {
+            var payload = batch.Packet(i).Span;
+            int length = header + payload.Length;
+            if (segment is not null && segment.Length - used < length)
+            {
+                Queue(segment, used, frames);
+                segment = null;
+            }
+            if (segment is null)
+            {
+                segment = ArrayPool<byte>.Shared.Rent(Math.Max(length, SegmentBytes));
+                used = frames = 0;
+            }
+            used += DatagramFrame.Write(segment.AsSpan(used), DatagramFrameType.Data, peer, payload);
+            frames++;
+        }
+        if (segment is not null) Queue(segment, used, frames);
+    }
+
+    private void Queue(byte[] segment, int length, int datagrams)
+    {
+        if (_toClient.Writer.TryWrite((segment, 0, length))) return;
+        ArrayPool<byte>.Shared.Return(segment);
+        Interlocked.Add(ref _dropped, datagrams);
     }
 
     /// <summary>ICMP errors reported on a UDP socket (Linux); the association goes on.</summary>

@@ -29,6 +29,8 @@ public sealed class TransparentUdpListener : IFrontEnd
     /// <summary>Replies to one source are sent a batch per sendmmsg(2) from a pooled buffer of this size.</summary>
     private const int ReplyBuffer = 2 * 65536;
     private const uint StunMagicCookie = 0x2112A442;
+    /// <summary>The receive thread's longest wait in poll(2): how soon it notices a stop.</summary>
+    private const int PollTimeoutMs = 200;
 
     private readonly string _transport;
     private readonly IClientFactory _factory;
@@ -91,7 +93,26 @@ public sealed class TransparentUdpListener : IFrontEnd
 
     public void Start()
     {
-        _receive ??= ReceiveLoopAsync();
+        if (_receive is null)
+        {
+            // One thread of its own for the listener's socket (spec/ipc.md §12.4): it blocks in poll(2) and carries each batch to
+            // the streams itself, with no hop to the thread pool per batch.
+            var ended = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _receive = ended.Task;
+            new Thread(() =>
+            {
+                try
+                {
+                    ReceiveLoop();
+                    ended.TrySetResult();
+                }
+                catch (Exception e)
+                {
+                    ended.TrySetException(e);
+                }
+            })
+            { IsBackground = true, Name = "transparent UDP receive" }.Start();
+        }
         _sweep ??= SweepLoopAsync();
     }
 
@@ -124,22 +145,22 @@ public sealed class TransparentUdpListener : IFrontEnd
         && BinaryPrimitives.ReadUInt16BigEndian(datagram[2..]) is var length && length % 4 == 0 && length + 20 == datagram.Length;
 
     /// <summary>
-    /// Reads the socket a batch at a time (recvmmsg(2)). A datagram whose association is congested
-    /// makes the loop wait (at most <see cref="MaxPause"/>), so a burst waits in the socket's receive
-    /// buffer, where the kernel counts what it drops, instead of being dropped inside the host
+    /// Reads the socket a batch at a time (poll(2), then recvmmsg(2)) on the listener's own thread. A datagram whose
+    /// association is congested makes the loop wait (at most <see cref="MaxPause"/>), so a burst waits in the socket's
+    /// receive buffer, where the kernel counts what it drops, instead of being dropped inside the host
     /// (spec/ipc.md §12.4, as TURN does: spec/turn.md §5.2).
     /// </summary>
-    private async Task ReceiveLoopAsync()
+    private void ReceiveLoop()
     {
         var batch = new DatagramBatchReceiver();
         var from = new SocketAddress(_udp.AddressFamily);
         var ct = _stop.Token;
         while (!ct.IsCancellationRequested)
         {
-            int count;
-            try { count = await batch.ReceiveAsync(_udp, ct).ConfigureAwait(false); }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { return; }
-            // Frames for the associations' streams are written when the batch ends (spec/turn.md §5.5); no await inside a batch.
+            int count = batch.Receive(_udp, PollTimeoutMs);
+            if (count < 0) return; // closed
+            if (count == 0) continue;
+            // Frames for the associations' streams are written when the batch ends (spec/turn.md §5.5).
             StreamAssociation.BeginBatch();
             try
             {
@@ -176,11 +197,11 @@ public sealed class TransparentUdpListener : IFrontEnd
                     if (!pending.IsCompleted)
                     {
                         Interlocked.Increment(ref _paused);
-                        // Congested: what this batch queued goes out before the wait.
+                        // Congested: what this batch queued goes out before the wait, which blocks this thread only (its own).
                         StreamAssociation.EndBatch(writeInline: false);
-                        try { await pending.AsTask().WaitAsync(MaxPause, ct).ConfigureAwait(false); }
-                        catch (TimeoutException) { }
+                        try { pending.AsTask().Wait(MaxPause, ct); }
                         catch (OperationCanceledException) { return; }
+                        catch (AggregateException) { } // the association ended; its flow goes with it
                         StreamAssociation.BeginBatch();
                     }
                 }

@@ -282,6 +282,62 @@ public class DatagramAssociationTests
     }
 
     [Fact]
+    public async Task Bound_server_burst_from_the_target_arrives_whole_and_in_order_as_frames_for_that_peer()
+    {
+        // spec/turn.md §5.4/§5.5: a burst queued on a bound socket is read in recvmmsg batches whose frames share a
+        // queue entry (at most 64 KiB, a longer frame alone); every datagram still arrives as its own frame, in order.
+        using var target = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        target.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        target.SendBufferSize = 4 << 20;
+        using var cts = new CancellationTokenSource(Wait);
+        var host = new ServerAssociations(new Destination((IPEndPoint)target.LocalEndPoint!), null, NullLogger.Instance);
+        await using var onward = await host.OpenAsync(1, cts.Token);
+        var peer = P("192.0.2.7", 4000);
+        byte[] hello = new byte[64];
+        await onward.WriteAsync(hello.AsMemory(0, DatagramFrame.Write(hello, DatagramFrameType.Data, peer, "hello"u8)), cts.Token);
+        byte[] b = new byte[65536];
+        var r = await target.ReceiveFromAsync(b, new IPEndPoint(IPAddress.Any, 0), cts.Token);
+        Assert.Equal("hello"u8.ToArray(), b[..r.ReceivedBytes]);
+
+        // Sizes that fill 64 KiB entries unevenly, and two datagrams longer than half an entry.
+        int[] sizes = [.. Enumerable.Range(0, 300).Select(i => i == 100 ? 40000 : i == 101 ? 60000 : 1 + (i * 97) % 1400)];
+        for (int i = 0; i < sizes.Length; i++)
+        {
+            byte[] d = new byte[sizes[i]];
+            d.AsSpan().Fill((byte)i);
+            d[0] = (byte)(i >> 8);
+            await target.SendToAsync(d, r.RemoteEndPoint, cts.Token);
+        }
+
+        byte[] stream = new byte[1 << 22];
+        int end = 0, start = 0, seen = -1; // -1: RELAYED first
+        while (seen < sizes.Length)
+        {
+            int n = DatagramFrame.TryParse(stream.AsSpan(start, end - start), out var type, out var from, out var payload);
+            Assert.True(n >= 0);
+            if (n == 0)
+            {
+                int read = await onward.ReadAsync(stream.AsMemory(end), cts.Token);
+                Assert.NotEqual(0, read);
+                end += read;
+                continue;
+            }
+            var bytes = stream.AsSpan(start, n)[payload];
+            if (seen < 0) Assert.Equal(DatagramFrameType.Relayed, type);
+            else
+            {
+                Assert.Equal(DatagramFrameType.Data, type);
+                Assert.Equal(peer, from);
+                Assert.Equal(sizes[seen], bytes.Length);
+                Assert.Equal((byte)(seen >> 8), bytes[0]);
+                if (bytes.Length > 1) Assert.Equal((byte)seen, bytes[^1]);
+            }
+            seen++;
+            start += n;
+        }
+    }
+
+    [Fact]
     public async Task Association_limit_refuses_the_next_one()
     {
         var host = new ServerAssociations(null, AllowList.Parse(["127.0.0.1"]), NullLogger.Instance, maxAssociations: 1);
