@@ -10,7 +10,10 @@ using PtHost.Net.Tls;
 // (the same SslStreamCertificateContext each time, as a zephyr/jet factory holds them), in several variants.
 // A handshake counts as resumed when the ClientHello offers pre_shared_key (extension 41, RFC 8446 §4.2.11)
 // and the ServerHello selects it; both are read from the bytes on the wire (the first flight each way).
-// Usage: PtHost.TlsProbe [handshakes per variant, default 50]
+// Usage: PtHost.TlsProbe [handshakes per variant, default 50] [keylog]
+// "keylog" sets the System.Net.EnableSslKeyLogging switch, so that SSLKEYLOGFILE (when set) receives the traffic
+// secrets: the only route .NET offers to them (docs/benchmarks.md, "kTLS").
+if (args.Length > 1 && args[1] == "keylog") AppContext.SetSwitch("System.Net.EnableSslKeyLogging", true);
 int count = args.Length > 0 ? int.Parse(args[0], CultureInfo.InvariantCulture) : 50;
 using var serverCert = PinnedTls.Generate("probe server");
 using var clientCert = PinnedTls.Generate("probe client");
@@ -35,7 +38,8 @@ var endPoint = (IPEndPoint)listener.LocalEndPoint!;
 Console.WriteLine($"{count} sequential handshakes per variant, TLS 1.3, loopback; .NET {Environment.Version}");
 foreach (var (name, client, server) in variants)
 {
-    int offered = 0, accepted = 0;
+    int offered = 0, accepted = 0, clientChecks = 0, serverChecks = 0, resumedWithCertificates = 0;
+    string suite = "";
     var times = new List<double>();
     var cpu = TimeSpan.Zero;
     long serverBytes = 0, serverBytesResumed = 0;
@@ -52,9 +56,18 @@ foreach (var (name, client, server) in variants)
         var serverWire = new Recording(new NetworkStream(s, ownsSocket: false));
         await using var clientTls = new SslStream(clientWire);
         await using var serverTls = new SslStream(serverWire);
+        var clientOptions = client();
+        var serverOptions = server();
+        var clientCheck = clientOptions.RemoteCertificateValidationCallback;
+        var serverCheck = serverOptions.RemoteCertificateValidationCallback;
+        // Counts the pin checks: does a resumed handshake still run them?
+        clientOptions.RemoteCertificateValidationCallback = (o, cert, chain, errors) => { clientChecks++; return clientCheck!(o, cert, chain, errors); };
+        if (serverCheck is not null)
+            serverOptions.RemoteCertificateValidationCallback = (o, cert, chain, errors) => { serverChecks++; return serverCheck(o, cert, chain, errors); };
         await Task.WhenAll(
-            clientTls.AuthenticateAsClientAsync(client()),
-            serverTls.AuthenticateAsServerAsync(server())).ConfigureAwait(false);
+            clientTls.AuthenticateAsClientAsync(clientOptions),
+            serverTls.AuthenticateAsServerAsync(serverOptions)).ConfigureAwait(false);
+        suite = clientTls.NegotiatedCipherSuite.ToString();
         // One byte each way: the server's NewSessionTicket (sent after the handshake) reaches the client.
         await serverTls.WriteAsync(new byte[] { 1 }).ConfigureAwait(false);
         await clientTls.ReadExactlyAsync(new byte[1]).ConfigureAwait(false);
@@ -66,12 +79,18 @@ foreach (var (name, client, server) in variants)
         bool o = Hello.HasExtension(clientWire.First(), Hello.ClientHello, 41);
         bool a = Hello.HasExtension(serverWire.First(), Hello.ServerHello, 41);
         if (o) offered++;
-        if (a) { accepted++; serverBytesResumed += serverWire.HandshakeBytes; }
+        if (a)
+        {
+            accepted++;
+            serverBytesResumed += serverWire.HandshakeBytes;
+            if (clientTls.RemoteCertificate is not null && (serverOptions.ClientCertificateRequired == false || serverTls.RemoteCertificate is not null)) resumedWithCertificates++;
+        }
         else serverBytes += serverWire.HandshakeBytes;
         if (clientTls.SslProtocol != SslProtocols.Tls13) throw new InvalidOperationException("not TLS 1.3");
     }
     times.Sort();
-    Console.WriteLine($"{name}:");
+    Console.WriteLine($"{name}: {suite}");
+    Console.WriteLine($"  pin checks: client {clientChecks}, server {serverChecks}; resumed handshakes with the peer certificates still visible: {resumedWithCertificates}/{accepted}");
     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
         $"  ClientHello with pre_shared_key: {offered}/{count}; ServerHello selecting it: {accepted}/{count}; " +
         $"handshake + 1 byte each way p50 {times[times.Count / 2]:0.00} ms; CPU (both sides, one process) {cpu.TotalMilliseconds / count:0.00} ms per handshake; " +
