@@ -158,34 +158,9 @@ public sealed class HalfClosableTlsStream(SslStream tls, Stream transport) : Str
     public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
         ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
 
-    /// <summary>
-    /// The plaintext of one full TLS record (RFC 8446 §5.1: at most 2^14 bytes). <see cref="SslStream"/> returns at
-    /// most one record per read, so a read of this size means the sender is streaming.
-    /// </summary>
-    public const int FullRecord = 16 * 1024;
-
-    // The last read returned a full record: the next zero-byte read (Relay's "wait without a buffer") answers at once.
-    private bool _streaming;
-
-    /// <summary>
-    /// A zero-byte read waits for data (on the socket under the TLS: a 1-byte MSG_PEEK receive) unless the previous
-    /// read returned a full record: then the caller reads at once, as <see cref="Relay"/> does after a read that filled
-    /// its buffer. SslStream never fills a 64 KiB buffer (one record per read), so without this every 16 KiB record
-    /// cost a zero-byte read too (docs/benchmarks.md, "Encrypted transports: where the CPU goes").
-    /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
-    {
-        if (buffer.Length == 0 && _streaming)
-        {
-            _streaming = false;
-            cancellationToken.ThrowIfCancellationRequested();
-            return 0;
-        }
-        int n = Observe(await tls.ReadAsync(buffer, cancellationToken).ConfigureAwait(false), buffer.Length);
-        _streaming = n >= FullRecord;
-        return n;
-    }
+    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) =>
+        Observe(await tls.ReadAsync(buffer, cancellationToken).ConfigureAwait(false), buffer.Length);
 
     public override void Write(byte[] buffer, int offset, int count) => tls.Write(buffer, offset, count);
     public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default) => tls.WriteAsync(buffer, cancellationToken);
