@@ -379,12 +379,7 @@ internal sealed class ServerAssociation : Stream, IHalfClosable
     private void Enqueue(ReadOnlySpan<byte> datagram, PeerAddress peer)
     {
         byte[] frame = ArrayPool<byte>.Shared.Rent(DatagramFrame.HeaderLength(peer) + datagram.Length);
-        int n = DatagramFrame.Write(frame, DatagramFrameType.Data, peer, datagram);
-        if (!_toClient.Writer.TryWrite((frame, 0, n)))
-        {
-            ArrayPool<byte>.Shared.Return(frame);
-            Interlocked.Increment(ref _dropped);
-        }
+        Queue(frame, DatagramFrame.Write(frame, DatagramFrameType.Data, peer, datagram), 1);
     }
 
     private long _dropped;
