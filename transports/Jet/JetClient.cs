@@ -97,14 +97,24 @@ internal sealed class JetClient : IClientFactory, IStreamCarrier
         }
         await race.CancelAsync().ConfigureAwait(false);
         // Close the losers: those still running end by the cancellation, those that also succeeded are closed.
+        // A loser that had already failed is reported like any skipped candidate: which one is dead must not
+        // depend on which finished first. One cut short by the cancellation is not news.
         foreach (var t in pending)
         {
+            int index = attempts.IndexOf(t);
             try
             {
                 var loser = await t.ConfigureAwait(false);
                 await loser.DisposeAsync().ConfigureAwait(false);
             }
-            catch (Exception e) when (e is not OutOfMemoryException) { } // a loser's failure is no news
+            catch (OperationCanceledException)
+            {
+                _log.LogDebug("jet session {Id}: {Kind} candidate {Url} not needed", session, candidates[index].Kind, candidates[index].Url.Authority);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                _log.LogInformation("jet session {Id}: {Kind} candidate {Url} skipped: {Error}", session, candidates[index].Kind, candidates[index].Url.Authority, e.Message);
+            }
         }
         if (winner is { } w) return w;
         ct.ThrowIfCancellationRequested();
