@@ -42,9 +42,9 @@ public sealed partial class NetworkNamespace : IAsyncDisposable
     }
 
     /// <summary>Starts a program inside the namespace (<c>ip netns exec</c> execs it: the pid is the program's).</summary>
-    public PtProcess Start(string file, IEnumerable<string> args)
+    public PtProcess Start(string file, IEnumerable<string> args, IDictionary<string, string>? env = null)
     {
-        var p = PtProcess.Start(Ip, ["netns", "exec", Name, file, .. args], null);
+        var p = PtProcess.Start(Ip, ["netns", "exec", Name, file, .. args], env);
         lock (_processes) _processes.Add(p);
         return p;
     }

@@ -169,6 +169,19 @@ public sealed class DatagramBatchSender
     public long SegmentedMessages { get; private set; }
 
     /// <summary>
+    /// A flush that handed at least this many datagrams to the kernel ends with sched_yield(2) (spec/turn.md §5.4).
+    /// A burst towards a receiver on this machine (loopback, a veth peer) is queued on its socket inside the send
+    /// call and wakes it, usually on this CPU; a sender that goes straight on to its next read and burst keeps the
+    /// CPU while the receiver's buffer (212,992 bytes by default, some 50 to 90 datagrams) overflows. Measured with
+    /// OpenVPN through transparent UDP: drops at OpenVPN's socket 22,000 → 6,000 per run, throughput 0.6 → 0.85 of
+    /// direct. A yield with nothing else runnable returns at once.
+    /// </summary>
+    public const int YieldAfter = 4;
+
+    /// <summary>Flushes that ended by yielding the CPU (<see cref="YieldAfter"/>).</summary>
+    public long Yields { get; private set; }
+
+    /// <summary>
     /// True when a datagram for <paramref name="socket"/> whose payload lies in <paramref name="array"/>
     /// can join the batch; otherwise flush first.
     /// </summary>
@@ -194,6 +207,7 @@ public sealed class DatagramBatchSender
     public async ValueTask FlushAsync(CancellationToken cancellationToken)
     {
         int done = 0;
+        long sentBefore = Sent;
         try
         {
             while (done < Count)
@@ -219,6 +233,11 @@ public sealed class DatagramBatchSender
                     Failed++; // ICMP errors (refused, unreachable) surface here on Linux; UDP goes on
                 }
                 done++;
+            }
+            if (Sent - sentBefore >= YieldAfter)
+            {
+                Thread.Yield();
+                Yields++;
             }
         }
         finally

@@ -68,14 +68,14 @@ public sealed class OpenVpnScenario : IScenario
             if (throughPthost)
             {
                 string server = $$"""{"role":"server","transports":["plain"],"target":"127.0.0.1:{{OpenVpnPort}}","bindaddr":{"plain":"{{VethB}}:0"},"state":"{{Path.Combine(dir, "s")}}","exit-on-stdin-close":true,"loglevel":"warning"}""";
-                var s = serverHost = b.Start(ctx.PtHost, [server]);
+                var s = serverHost = b.Start(ctx.PtHost, [server], PthostEnv());
                 var serverEp = (await s.ReadUntilDoneAsync().ConfigureAwait(false)).Single(l => l.StartsWith("SMETHOD plain ", StringComparison.Ordinal)).Split(' ')[2];
                 string client = $$"""{"role":"client","transports":["plain"],"mode":"transparent-udp","target":"{{serverEp}}","state":"{{Path.Combine(dir, "c")}}","exit-on-stdin-close":true,"loglevel":"warning"}""";
-                var c = clientHost = a.Start(ctx.PtHost, [client]);
+                var c = clientHost = a.Start(ctx.PtHost, [client], PthostEnv());
                 var listen = IPEndPoint.Parse((await c.ReadUntilDoneAsync().ConfigureAwait(false)).Single(l => l.StartsWith("CMETHOD plain transparent-UDP ", StringComparison.Ordinal)).Split(' ')[3]);
                 (remote, remotePort) = ("127.0.0.1", listen.Port);
             }
-            string[] common = ["--dev", "tun", "--cipher", "AES-256-CBC", "--data-ciphers", "AES-256-CBC", "--verb", "1", "--proto", "udp"];
+            string[] common = ["--dev", "tun", "--cipher", "AES-256-CBC", "--data-ciphers", "AES-256-CBC", "--verb", "1", "--proto", "udp", .. (Environment.GetEnvironmentVariable("XOVPN") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries)];
             var ovpnB = b.Start(openvpn, [.. common, "--ifconfig", TunnelB, TunnelA, "--secret", key, "1", "--lport", OpenVpnPort.ToString(CultureInfo.InvariantCulture)]);
             var ovpnA = a.Start(openvpn, [.. common, "--ifconfig", TunnelA, TunnelB, "--secret", key, "0", "--remote", remote, remotePort.ToString(CultureInfo.InvariantCulture), "--nobind"]);
             var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
@@ -119,6 +119,10 @@ public sealed class OpenVpnScenario : IScenario
             throw new InvalidOperationException(e.Message, e); // an assertion of the test library: a failed measurement, not a crash
         }
     }
+
+    /// <summary>What --pthost-env adds, for the pthost children started in a namespace.</summary>
+    private static Dictionary<string, string> PthostEnv() =>
+        Chain.ExtraEnvFor(null).Where(kv => kv.Value is not null).ToDictionary(kv => kv.Key, kv => kv.Value!);
 
     /// <summary>utime + stime of a running process (/proc/PID/stat fields 14 and 15, in clock ticks of 1/100 s); 0 when gone or null.</summary>
     private static double CpuSeconds(PtProcess? p)
