@@ -75,7 +75,7 @@ public sealed class OpenVpnScenario : IScenario
                 var listen = IPEndPoint.Parse((await c.ReadUntilDoneAsync().ConfigureAwait(false)).Single(l => l.StartsWith("CMETHOD plain transparent-UDP ", StringComparison.Ordinal)).Split(' ')[3]);
                 (remote, remotePort) = ("127.0.0.1", listen.Port);
             }
-            string[] common = ["--dev", "tun", "--cipher", "AES-256-CBC", "--data-ciphers", "AES-256-CBC", "--verb", "1", "--proto", "udp", .. (Environment.GetEnvironmentVariable("XOVPN") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries)];
+            string[] common = ["--dev", "tun", "--cipher", "AES-256-CBC", "--data-ciphers", "AES-256-CBC", "--verb", "1", "--proto", "udp", .. (Environment.GetEnvironmentVariable("PTHOST_BENCH_OPENVPN_ARGS") ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries)];
             var ovpnB = b.Start(openvpn, [.. common, "--ifconfig", TunnelB, TunnelA, "--secret", key, "1", "--lport", OpenVpnPort.ToString(CultureInfo.InvariantCulture)]);
             var ovpnA = a.Start(openvpn, [.. common, "--ifconfig", TunnelA, TunnelB, "--secret", key, "0", "--remote", remote, remotePort.ToString(CultureInfo.InvariantCulture), "--nobind"]);
             var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
