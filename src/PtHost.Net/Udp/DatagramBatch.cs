@@ -168,14 +168,22 @@ public sealed class DatagramBatchSender
     /// <summary>Messages sent with UDP_SEGMENT, each a run of datagrams (0 where the kernel has no UDP GSO).</summary>
     public long SegmentedMessages { get; private set; }
 
-    /// <summary>
-    /// A flush that handed at least this many datagrams to the kernel ends with sched_yield(2) (spec/turn.md §5.4).
-    /// A burst towards a receiver on this machine (loopback, a veth peer) is queued on its socket inside the send
-    /// call and wakes it, usually on this CPU; a sender that goes straight on to its next read and burst keeps the
-    /// CPU while the receiver's buffer (212,992 bytes by default, some 50 to 90 datagrams) overflows. Measured with
-    /// OpenVPN through transparent UDP: drops at OpenVPN's socket 22,000 → 6,000 per run, throughput 0.6 → 0.85 of
-    /// direct. A yield with nothing else runnable returns at once.
-    /// </summary>
+    private readonly bool _yieldAfterBursts;
+
+    /// <param name="yieldAfterBursts">
+    /// True for a sender whose datagrams go to the one application the host fronts (a bound server's target, the
+    /// client's answers to its application): a flush that handed at least <see cref="YieldAfter"/> datagrams to the
+    /// kernel then ends with sched_yield(2) (spec/turn.md §5.4). Such an application usually runs on this machine:
+    /// the burst is queued on its socket inside the send call and wakes it, often on this CPU, and a sender that goes
+    /// straight on to its next read and burst keeps the CPU while the application's buffer (212,992 bytes by default,
+    /// some 50 to 90 datagrams) overflows. Measured with OpenVPN behind a transparent UDP server: drops at OpenVPN's
+    /// socket 25,000 → 7,000 per run, throughput 0.58 → 0.82 of direct. Not for a free server's peers: they are
+    /// elsewhere, and a relay flooded by an open-loop sender gives the CPU to the flood (TURN at full rate fell from
+    /// 0.42 to 0.28 of direct with the yield). A yield with nothing else runnable returns at once.
+    /// </param>
+    public DatagramBatchSender(bool yieldAfterBursts = false) => _yieldAfterBursts = yieldAfterBursts;
+
+    /// <summary>The fewest datagrams one flush hands to the kernel for it to yield (when the sender yields at all).</summary>
     public const int YieldAfter = 4;
 
     /// <summary>Flushes that ended by yielding the CPU (<see cref="YieldAfter"/>).</summary>
@@ -234,7 +242,7 @@ public sealed class DatagramBatchSender
                 }
                 done++;
             }
-            if (Sent - sentBefore >= YieldAfter)
+            if (_yieldAfterBursts && Sent - sentBefore >= YieldAfter)
             {
                 Thread.Yield();
                 Yields++;

@@ -113,7 +113,7 @@ internal sealed class ServerAssociation : Stream, IHalfClosable
     // Never released: the relay may abort (and dispose) this stream while a write is still in it.
     private readonly FrameBuffer _in = new("the client process");
     private readonly PooledSegmentReader _reader;
-    private readonly DatagramBatchSender _send = new();
+    private readonly DatagramBatchSender _send;
     private long _refusedDatagrams, _fromPeers;
     private int _ended;
 
@@ -127,6 +127,7 @@ internal sealed class ServerAssociation : Stream, IHalfClosable
     public ServerAssociation(IPEndPoint? target, UdpPeerPolicy? policy, ILogger log, long id, Action closed)
     {
         _reader = new PooledSegmentReader(_toClient.Reader);
+        _send = new DatagramBatchSender(yieldAfterBursts: target is not null); // a bound server's target: the application it fronts
         _target = target;
         _policy = policy;
         _log = log;

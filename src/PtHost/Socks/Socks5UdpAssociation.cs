@@ -188,7 +188,7 @@ internal static class Socks5UdpAssociation
     private static async Task PeersToClientAsync(State s, CancellationToken ct)
     {
         byte[] buffer = ArrayPool<byte>.Shared.Rent(ReplyBuffer);
-        var send = new DatagramBatchSender();
+        var send = new DatagramBatchSender(yieldAfterBursts: true); // answers to the application (spec/turn.md §5.4)
         int max = Math.Min(s.Association.MaxDatagramSize, 65536 - MaxHeader), used = 0;
         try
         {

@@ -330,7 +330,7 @@ public sealed class TransparentUdpListener : IFrontEnd
             // Replies go back a batch per sendmmsg(2): while the association has more frames at hand they join the batch,
             // which is sent before the loop waits for the carrier (spec/ipc.md §12.4).
             byte[] buffer = ArrayPool<byte>.Shared.Rent(ReplyBuffer);
-            var send = new DatagramBatchSender();
+            var send = new DatagramBatchSender(yieldAfterBursts: true); // answers to the application (spec/turn.md §5.4)
             int max = Math.Min(association.MaxDatagramSize, 65536), used = 0;
             try
             {
