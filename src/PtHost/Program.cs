@@ -275,6 +275,9 @@ public static class Program
     /// Logs go to stderr only, one line each (stdout belongs to the IPC), with addresses scrubbed
     /// unless <paramref name="unsafeLogging"/> (spec/ipc.md §4.11).
     /// </summary>
+    /// <summary>Log lines waiting for stderr at most (spec/ipc.md §4.11).</summary>
+    public const int LogQueueLines = 2500;
+
     public static void ConfigureLogging(ILoggingBuilder logging, LogLevel level, bool unsafeLogging = false)
     {
         logging.ClearProviders();
@@ -285,7 +288,15 @@ public static class Program
             o.TimestampFormat = "HH:mm:ss.fff ";
             o.ColorBehavior = LoggerColorBehavior.Disabled;
         });
-        logging.Services.Configure<ConsoleLoggerOptions>(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
+        logging.Services.Configure<ConsoleLoggerOptions>(o =>
+        {
+            o.LogToStandardErrorThreshold = LogLevel.Trace;
+            // A parent that stops reading stderr must not stop the sessions (spec/ipc.md §4.11): once the pipe and
+            // this queue are full, lines are dropped and counted in a later line, never waited for. Waiting blocked
+            // every thread that logged, the socket event threads among them: the whole process stood still.
+            o.MaxQueueLength = LogQueueLines;
+            o.QueueFullMode = ConsoleLoggerQueueFullMode.DropWrite;
+        });
         // ASP.NET Core and hosting chatter (Kestrel in the JET relay): warnings and errors only.
         logging.AddFilter("Microsoft", LogLevel.Warning);
         if (!unsafeLogging) logging.ScrubAddresses();
