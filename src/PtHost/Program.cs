@@ -275,8 +275,8 @@ public static class Program
     /// Logs go to stderr only, one line each (stdout belongs to the IPC), with addresses scrubbed
     /// unless <paramref name="unsafeLogging"/> (spec/ipc.md §4.11).
     /// </summary>
-    /// <summary>Log lines waiting for stderr at most (spec/ipc.md §4.11).</summary>
-    public const int LogQueueLines = 2500;
+    /// <summary>Log lines waiting for stderr at most (spec/ipc.md §4.11): some 2 MB at worst.</summary>
+    public const int LogQueueLines = 10_000;
 
     public static void ConfigureLogging(ILoggingBuilder logging, LogLevel level, bool unsafeLogging = false)
     {

@@ -15,6 +15,8 @@ namespace PtHost.Tests.Process;
 [Collection("process")]
 public sealed class UnreadStderrTests(ITestOutputHelper output)
 {
+    private const int Flood = 12_000;
+
     [Fact]
     public async Task A_server_whose_stderr_nobody_reads_keeps_serving_and_counts_the_lines_it_dropped()
     {
@@ -26,14 +28,14 @@ public sealed class UnreadStderrTests(ITestOutputHelper output)
             Assert.True(made == 0, mkfifoError);
             // Open for reading and writing, so pthost's open for writing does not wait for a reader; read only at the end.
             await using var pipe = new FileStream(fifo, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite, 1, FileOptions.None);
-            var config = PtChain.FreeServer();
-            config["loglevel"] = "debug";
+            var config = PtChain.FreeServer(); // the default loglevel, info
             await using var server = PtProcess.Start("/bin/sh", ["-c", "exec \"$0\" \"$1\" 2>\"$2\"", PtHostExecutable.Path, config.ToString(Formatting.None), fifo], null);
             var lines = await server.ReadUntilDoneAsync();
             var serverEndPoint = IPEndPoint.Parse(lines.Single(l => l.StartsWith("SMETHOD plain ", StringComparison.Ordinal)).Split(' ')[2]);
 
-            // Connections that send garbage: each is a failed session the server logs. 5,000 write far more than the
-            // pipe (64 KiB) and the queue (2,500 lines) hold. Before the fix the server stopped accepting part-way.
+            // Connections that send garbage: the server logs each at info ("not a session preamble"). 12,000 lines are
+            // more than the pipe (64 KiB, some 600 lines) and the queue (10,000 lines) hold. Before the fix the server
+            // stopped serving once both were full.
             byte[] garbage = new byte[64];
             garbage.AsSpan().Fill(0xff);
             int sent = 0;
@@ -41,7 +43,7 @@ public sealed class UnreadStderrTests(ITestOutputHelper output)
             {
                 try
                 {
-                    for (; sent < 5000; sent++)
+                    for (; sent < Flood; sent++)
                     {
                         using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
                         await socket.ConnectAsync(serverEndPoint, flood.Token);
@@ -51,7 +53,7 @@ public sealed class UnreadStderrTests(ITestOutputHelper output)
                 catch (OperationCanceledException) { }
             }
             output.WriteLine($"{sent} garbage connections made");
-            Assert.Equal(5000, sent);
+            Assert.Equal(Flood, sent);
 
             // A real session through a client: the server still accepts, reads the preamble, dials and relays.
             await using var echo = new EchoServer();
