@@ -271,13 +271,13 @@ public static class Program
         return relay.ExitCode;
     }
 
+    /// <summary>Log lines waiting for stderr at most (spec/ipc.md §4.11): some 2 MB at worst.</summary>
+    public const int LogQueueLines = 10_000;
+
     /// <summary>
     /// Logs go to stderr only, one line each (stdout belongs to the IPC), with addresses scrubbed
     /// unless <paramref name="unsafeLogging"/> (spec/ipc.md §4.11).
     /// </summary>
-    /// <summary>Log lines waiting for stderr at most (spec/ipc.md §4.11): some 2 MB at worst.</summary>
-    public const int LogQueueLines = 10_000;
-
     public static void ConfigureLogging(ILoggingBuilder logging, LogLevel level, bool unsafeLogging = false)
     {
         logging.ClearProviders();

@@ -3,7 +3,6 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
 using Newtonsoft.Json;
-using PtHost.Contract;
 using Xunit.Abstractions;
 
 namespace PtHost.Tests.Process;
