@@ -248,7 +248,7 @@ public static class Program
         command ??= "relay " + service.Name;
         if (service.InlineSocketCompletions) InlineSocketCompletions.Prefer();
         var builder = CreateHostBuilder(level, unsafeLogging);
-        builder.Services.AddSingleton(new IpcWriter(IpcWriter.Stdout()) { UnsafeLogging = unsafeLogging });
+        builder.Services.AddSingleton(new IpcWriter(IpcWriter.Stdout(), IpcWriter.StdoutWritable) { UnsafeLogging = unsafeLogging });
         // Under systemd (Type=notify: NOTIFY_SOCKET set), READY=1 once every listener is bound and logs with
         // journald priorities (packaging/deb/systemd, spec/ipc.md §2.4).
         var notifier = new SystemdNotifier();

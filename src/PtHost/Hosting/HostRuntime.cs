@@ -310,9 +310,17 @@ public sealed class HostRuntime : IHostedService, IMetricsSource
             : OutboundDialer.ConnectAllowedAsync(dialer, destination, allow, ct);
     }
 
-    private void ReportStatus()
+    /// <summary>
+    /// One STATUS line per started transport (spec/ipc.md §4.7). The counters are read under the lock and written
+    /// outside it, so a stdout that waits cannot hold up the metrics endpoint. <paramref name="requested"/>: the
+    /// parent asked (stdin), and its answer waits for stdout; the periodic and the shutdown lines are dropped when
+    /// stdout does not take them within <see cref="IpcWriter.DroppableWait"/> (§4.1).
+    /// </summary>
+    private void ReportStatus(bool requested = false)
     {
-        lock (_counters) foreach (var (name, c) in _counters) _ipc.Status(name, c.Snapshot());
+        KeyValuePair<string, TransportCounters>[] all;
+        lock (_counters) all = [.. _counters];
+        foreach (var (name, c) in all) _ipc.Status(name, c.Snapshot(), droppable: !requested);
     }
 
     /// <summary>
@@ -321,14 +329,14 @@ public sealed class HostRuntime : IHostedService, IMetricsSource
     /// </summary>
     public void ReportStatusNow()
     {
-        if (Volatile.Read(ref _methodsDone)) ReportStatus();
+        if (Volatile.Read(ref _methodsDone)) ReportStatus(requested: true);
     }
 
     public async Task StopAsync(CancellationToken cancellationToken)
     {
         _statusTimer?.Dispose();
         if (_metrics is not null) await _metrics.DisposeAsync().ConfigureAwait(false);
-        _ipc.Log("notice", "shutting down: no new sessions; open sessions drain");
+        _ipc.Log("notice", "shutting down: no new sessions; open sessions drain", droppable: true);
         // Stop accepting everywhere first, then let sessions drain until the host's shutdown timeout.
         using var drain = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _abort.Token);
         drain.CancelAfter(_hostOptions.ShutdownTimeout - TimeSpan.FromMilliseconds(250));

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Text;
 using PtHost.Contract;
+using PtHost.Net.Native;
 
 namespace PtHost.Ipc;
 
@@ -10,13 +11,41 @@ namespace PtHost.Ipc;
 /// </summary>
 public sealed class IpcWriter
 {
+    /// <summary>How long a line that may be dropped (periodic and shutdown STATUS, the shutdown LOG) waits for stdout (spec/ipc.md §4.1).</summary>
+    public static readonly TimeSpan DroppableWait = TimeSpan.FromSeconds(1);
     private readonly TextWriter _out;
+    private readonly Func<TimeSpan, bool>? _writable;
     private readonly Lock _lock = new();
+    private long _dropped;
 
-    public IpcWriter(TextWriter output) => _out = output;
+    /// <param name="output">Where the lines go.</param>
+    /// <param name="writable">
+    /// Whether <paramref name="output"/> takes a line within the given time without waiting longer (poll(2) for
+    /// stdout, <see cref="StdoutWritable"/>); null: it always does (a file, a test's writer).
+    /// </param>
+    public IpcWriter(TextWriter output, Func<TimeSpan, bool>? writable = null)
+    {
+        _out = output;
+        _writable = writable;
+    }
 
     /// <summary>A writer over the process's real stdout (UTF-8, no BOM, "\n" line ends).</summary>
-    public static IpcWriter ForStdout() => new(Stdout());
+    public static IpcWriter ForStdout() => new(Stdout(), StdoutWritable);
+
+    /// <summary>Lines dropped because stdout did not take them within <see cref="DroppableWait"/> (spec/ipc.md §4.1).</summary>
+    public long DroppedLines => Interlocked.Read(ref _dropped);
+
+    /// <summary>
+    /// True when stdout (descriptor 1) can take a line without waiting, or becomes able to within
+    /// <paramref name="wait"/>: poll(2) for POLLOUT (a pipe with a free buffer takes any write of up to
+    /// PIPE_BUF bytes whole). An error or a closed reader counts as writable: the write then fails at once.
+    /// </summary>
+    public static unsafe bool StdoutWritable(TimeSpan wait)
+    {
+        var fd = new Libc.PollFd { Fd = 1, Events = Libc.PollOut };
+        int ready = Libc.Poll(&fd, 1, (int)Math.Min(int.MaxValue, wait.TotalMilliseconds));
+        return ready != 0; // 0: still full when the time ran out; 1 and -1 (an error): write, and a failure shows there
+    }
 
     /// <summary>The process's real stdout as the IPC writes it.</summary>
     public static TextWriter Stdout() =>
@@ -62,21 +91,36 @@ public sealed class IpcWriter
     public void SmethodError(string transport, string message) => Line($"SMETHOD-ERROR {transport} {OneLine(message)}");
     public void SmethodsDone() => Line("SMETHODS DONE");
 
-    /// <summary><c>LOG SEVERITY=… MESSAGE=…</c>; the message scrubbed (§4.11) and quoted as in pt-spec (C-style escapes).</summary>
-    public void Log(string severity, string message) =>
-        Line($"LOG SEVERITY={severity} MESSAGE={Quote(UnsafeLogging ? message : Logging.AddressScrubber.Scrub(message))}");
+    /// <summary>
+    /// <c>LOG SEVERITY=… MESSAGE=…</c>; the message scrubbed (§4.11) and quoted as in pt-spec (C-style escapes).
+    /// <paramref name="droppable"/>: dropped when stdout does not take it within <see cref="DroppableWait"/> (§4.1).
+    /// </summary>
+    public void Log(string severity, string message, bool droppable = false)
+    {
+        string line = $"LOG SEVERITY={severity} MESSAGE={Quote(UnsafeLogging ? message : Logging.AddressScrubber.Scrub(message))}";
+        if (droppable) TryLine(line);
+        else Line(line);
+    }
 
     /// <summary><c>STATUS TYPE=metrics ADDRESS=IP:PORT</c>: where the Prometheus endpoint listens (spec/ipc.md §4.12), once, when configured.</summary>
     public void MetricsAddress(System.Net.IPEndPoint address) => Line($"STATUS TYPE=metrics ADDRESS={address}");
 
-    public void Status(string transport, TransportStats s) =>
-        Line($"STATUS TRANSPORT={transport} CONNECTIONS={s.SessionsActive} OPENED={s.SessionsOpened} FAILED={s.SessionsFailed} BYTES-IN={s.BytesIn} BYTES-OUT={s.BytesOut} SPLICE-FALLBACKS={s.SpliceFallbacks} DATAGRAMS-DROPPED={s.DatagramsDropped}");
+    /// <summary>
+    /// A transport's counters (§4.7). <paramref name="droppable"/> (the periodic and the shutdown lines, not an
+    /// answer to the parent's request): dropped when stdout does not take it within <see cref="DroppableWait"/>.
+    /// </summary>
+    public void Status(string transport, TransportStats s, bool droppable = false)
+    {
+        string line = $"STATUS TRANSPORT={transport} CONNECTIONS={s.SessionsActive} OPENED={s.SessionsOpened} FAILED={s.SessionsFailed} BYTES-IN={s.BytesIn} BYTES-OUT={s.BytesOut} SPLICE-FALLBACKS={s.SpliceFallbacks} DATAGRAMS-DROPPED={s.DatagramsDropped}";
+        if (droppable) TryLine(line);
+        else Line(line);
+    }
 
     /// <summary><c>LISTEN &lt;relay&gt; &lt;text&gt;</c>: a relay is listening (spec/ipc.md §2.4).</summary>
     public void Listen(string relay, string text) => Line($"LISTEN {relay} {OneLine(text)}");
 
-    /// <summary><c>STATUS &lt;fields&gt;</c> of a relay (e.g. spec/zephyr.md §4.7).</summary>
-    public void RelayStatus(string fields) => Line($"STATUS {OneLine(fields)}");
+    /// <summary><c>STATUS &lt;fields&gt;</c> of a relay (e.g. spec/zephyr.md §4.7), periodic: dropped when stdout does not take it within <see cref="DroppableWait"/> (§4.1).</summary>
+    public void RelayStatus(string fields) => TryLine($"STATUS {OneLine(fields)}");
 
     public void Cmessage(string transport, string payload) => Line($"CMESSAGE {transport} {OneLine(payload)}");
     public void Smessage(string transport, string payload) => Line($"SMESSAGE {transport} {OneLine(payload)}");
@@ -112,6 +156,39 @@ public sealed class IpcWriter
     }
 
     private static string OneLine(string s) => s.Contains('\n') || s.Contains('\r') ? s.Replace('\r', ' ').Replace('\n', ' ') : s;
+
+    /// <summary>
+    /// Writes <paramref name="line"/> if the writer's lock and stdout are free within <see cref="DroppableWait"/>
+    /// each; else drops it and counts it. A parent that stops reading stdout then stops nothing but these lines.
+    /// </summary>
+    private bool TryLine(string line)
+    {
+        if (!_lock.TryEnter(DroppableWait))
+        {
+            Interlocked.Increment(ref _dropped); // another line waits for stdout
+            return false;
+        }
+        try
+        {
+            if (_writable is { } writable && !writable(DroppableWait))
+            {
+                Interlocked.Increment(ref _dropped);
+                return false;
+            }
+            _out.Write(line);
+            _out.Write('\n');
+            _out.Flush();
+            return true;
+        }
+        catch (IOException)
+        {
+            return false; // the parent closed our stdout
+        }
+        finally
+        {
+            _lock.Exit();
+        }
+    }
 
     private void Line(string line)
     {
