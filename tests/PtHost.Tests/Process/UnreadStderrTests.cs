@@ -19,91 +19,80 @@ public sealed class UnreadStderrTests(ITestOutputHelper output)
     [Fact]
     public async Task A_server_whose_stderr_nobody_reads_keeps_serving_and_counts_the_lines_it_dropped()
     {
-        string dir = Directory.CreateTempSubdirectory("pthost-stderr-").FullName;
-        try
+        await using var fifo = await HeldFifo.CreateAsync();
+        var pipe = fifo.Stream;
+        var config = PtChain.FreeServer(); // the default loglevel, info
+        await using var server = fifo.StartPthost(2, config.ToString(Formatting.None));
+        var lines = await server.ReadUntilDoneAsync();
+        var serverEndPoint = IPEndPoint.Parse(lines.Single(l => l.StartsWith("SMETHOD plain ", StringComparison.Ordinal)).Split(' ')[2]);
+
+        // Connections that send garbage: the server logs each at info ("not a session preamble"). 12,000 lines are
+        // more than the pipe (64 KiB, some 600 lines) and the queue (10,000 lines) hold. Before the fix the server
+        // stopped serving once both were full.
+        byte[] garbage = new byte[64];
+        garbage.AsSpan().Fill(0xff);
+        int sent = 0;
+        using (var flood = new CancellationTokenSource(TimeSpan.FromSeconds(30)))
         {
-            string fifo = Path.Combine(dir, "stderr");
-            var (made, _, mkfifoError) = await PtProcess.RunAsync(DebianPrograms.Require("/usr/bin/mkfifo"), fifo);
-            Assert.True(made == 0, mkfifoError);
-            // Open for reading and writing, so pthost's open for writing does not wait for a reader; read only at the end.
-            await using var pipe = new FileStream(fifo, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite, 1, FileOptions.None);
-            var config = PtChain.FreeServer(); // the default loglevel, info
-            await using var server = PtProcess.Start("/bin/sh", ["-c", "exec \"$0\" \"$1\" 2>\"$2\"", PtHostExecutable.Path, config.ToString(Formatting.None), fifo], null);
-            var lines = await server.ReadUntilDoneAsync();
-            var serverEndPoint = IPEndPoint.Parse(lines.Single(l => l.StartsWith("SMETHOD plain ", StringComparison.Ordinal)).Split(' ')[2]);
-
-            // Connections that send garbage: the server logs each at info ("not a session preamble"). 12,000 lines are
-            // more than the pipe (64 KiB, some 600 lines) and the queue (10,000 lines) hold. Before the fix the server
-            // stopped serving once both were full.
-            byte[] garbage = new byte[64];
-            garbage.AsSpan().Fill(0xff);
-            int sent = 0;
-            using (var flood = new CancellationTokenSource(TimeSpan.FromSeconds(30)))
-            {
-                try
-                {
-                    for (; sent < Flood; sent++)
-                    {
-                        using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-                        await socket.ConnectAsync(serverEndPoint, flood.Token);
-                        await socket.SendAsync(garbage, SocketFlags.None, flood.Token);
-                    }
-                }
-                catch (OperationCanceledException) { }
-            }
-            output.WriteLine($"{sent} garbage connections made");
-            Assert.Equal(Flood, sent);
-
-            // A real session through a client: the server still accepts, reads the preamble, dials and relays.
-            await using var echo = new EchoServer();
-            await using var client = PtProcess.StartPthost(PtChain.ClientWith(new Newtonsoft.Json.Linq.JObject { ["serverAddress"] = serverEndPoint.ToString() }).ToString(Formatting.None));
-            var clientLines = await client.ReadUntilDoneAsync();
-            var socks = IPEndPoint.Parse(clientLines.Single(l => l.StartsWith("CMETHOD plain socks5 ", StringComparison.Ordinal)).Split(' ')[3]);
-            await using (var session = await SocksClient.ConnectAsync(socks))
-            {
-                await session.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(IPAddress.Loopback, echo.Port)]);
-                Assert.Equal(new byte[] { 5, 0 }, await session.ReadExactlyAsync(2));
-                Assert.Equal(0x00, await session.ReadReplyAsync());
-                byte[] data = RandomNumberGenerator.GetBytes(10_000);
-                await session.SendAsync(data);
-                Assert.Equal(data, await session.ReadExactlyAsync(data.Length));
-            }
-            Assert.False(server.HasExited);
-
-            // Read the pipe now: the queued lines come out; once the queue has room, the next line logged (another
-            // garbage connection) is preceded by the count of those dropped.
-            var text = new StringBuilder();
-            bool stop = false;
-            var reader = Task.Run(async () =>
-            {
-                byte[] buffer = new byte[65536];
-                while (!Volatile.Read(ref stop))
-                {
-                    int n = await pipe.ReadAsync(buffer);
-                    lock (text) text.Append(Encoding.UTF8.GetString(buffer, 0, n));
-                }
-            });
             try
             {
-                await Eventually.TrueAsync(async () =>
+                for (; sent < Flood; sent++)
                 {
-                    await GarbageAsync(serverEndPoint, garbage);
-                    lock (text) return text.ToString().Contains("message(s) dropped because of queue size limit", StringComparison.Ordinal);
-                }, "the count of dropped log lines on stderr", TimeSpan.FromSeconds(30));
+                    using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+                    await socket.ConnectAsync(serverEndPoint, flood.Token);
+                    await socket.SendAsync(garbage, SocketFlags.None, flood.Token);
+                }
             }
-            finally
+            catch (OperationCanceledException) { }
+        }
+        output.WriteLine($"{sent} garbage connections made");
+        Assert.Equal(Flood, sent);
+
+        // A real session through a client: the server still accepts, reads the preamble, dials and relays.
+        await using var echo = new EchoServer();
+        await using var client = PtProcess.StartPthost(PtChain.ClientWith(new Newtonsoft.Json.Linq.JObject { ["serverAddress"] = serverEndPoint.ToString() }).ToString(Formatting.None));
+        var clientLines = await client.ReadUntilDoneAsync();
+        var socks = IPEndPoint.Parse(clientLines.Single(l => l.StartsWith("CMETHOD plain socks5 ", StringComparison.Ordinal)).Split(' ')[3]);
+        await using (var session = await SocksClient.ConnectAsync(socks))
+        {
+            await session.SendAsync([.. SocksClient.Greeting(0x00), .. SocksClient.ConnectIPv4(IPAddress.Loopback, echo.Port)]);
+            Assert.Equal(new byte[] { 5, 0 }, await session.ReadExactlyAsync(2));
+            Assert.Equal(0x00, await session.ReadReplyAsync());
+            byte[] data = RandomNumberGenerator.GetBytes(10_000);
+            await session.SendAsync(data);
+            Assert.Equal(data, await session.ReadExactlyAsync(data.Length));
+        }
+        Assert.False(server.HasExited);
+
+        // Read the pipe now: the queued lines come out; once the queue has room, the next line logged (another
+        // garbage connection) is preceded by the count of those dropped.
+        var text = new StringBuilder();
+        bool stop = false;
+        var reader = Task.Run(async () =>
+        {
+            byte[] buffer = new byte[65536];
+            while (!Volatile.Read(ref stop))
             {
-                // The reader waits in read(2) on the FIFO: one more byte through a handle of our own ends it.
-                Volatile.Write(ref stop, true);
-                await using (var nudge = new FileStream(fifo, FileMode.Open, FileAccess.Write)) await nudge.WriteAsync("\n"u8.ToArray());
-                Assert.True(await Eventually.CompletesWithinAsync(reader, TimeSpan.FromSeconds(10)), "the FIFO reader did not end");
+                int n = await pipe.ReadAsync(buffer);
+                lock (text) text.Append(Encoding.UTF8.GetString(buffer, 0, n));
             }
-            lock (text) output.WriteLine($"{text.Length} bytes of stderr read after the session");
+        });
+        try
+        {
+            await Eventually.TrueAsync(async () =>
+            {
+                await GarbageAsync(serverEndPoint, garbage);
+                lock (text) return text.ToString().Contains("message(s) dropped because of queue size limit", StringComparison.Ordinal);
+            }, "the count of dropped log lines on stderr", TimeSpan.FromSeconds(30));
         }
         finally
         {
-            Directory.Delete(dir, recursive: true);
+            // The reader waits in read(2) on the FIFO: one more byte through a handle of our own ends it.
+            Volatile.Write(ref stop, true);
+            await using (var nudge = new FileStream(fifo.Path, FileMode.Open, FileAccess.Write)) await nudge.WriteAsync("\n"u8.ToArray());
+            Assert.True(await Eventually.CompletesWithinAsync(reader, TimeSpan.FromSeconds(10)), "the FIFO reader did not end");
         }
+        lock (text) output.WriteLine($"{text.Length} bytes of stderr read after the session");
     }
 
     private static async Task GarbageAsync(IPEndPoint server, byte[] garbage)
