@@ -79,6 +79,8 @@ internal sealed class JetClient : IClientFactory, IStreamCarrier
         using var race = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var attempts = candidates.Select(c => AttemptAsync(c, association, race.Token)).ToList();
         var errors = new List<string>();
+        void Skipped(int index, string error) =>
+            _log.LogInformation("jet session {Id}: {Kind} candidate {Url} skipped: {Error}", session, candidates[index].Kind, candidates[index].Url.Authority, error);
         var pending = attempts.ToList();
         (JetCandidate, HalfClosableTlsStream)? winner = null;
         while (pending.Count > 0)
@@ -92,7 +94,7 @@ internal sealed class JetClient : IClientFactory, IStreamCarrier
                 break;
             }
             string error = done.Exception?.InnerException?.Message ?? "cancelled";
-            _log.LogInformation("jet session {Id}: {Kind} candidate {Url} skipped: {Error}", session, candidates[index].Kind, candidates[index].Url.Authority, error);
+            Skipped(index, error);
             errors.Add($"{candidates[index].Kind} {candidates[index].Url.Authority}: {error}");
         }
         await race.CancelAsync().ConfigureAwait(false);
@@ -113,7 +115,7 @@ internal sealed class JetClient : IClientFactory, IStreamCarrier
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
-                _log.LogInformation("jet session {Id}: {Kind} candidate {Url} skipped: {Error}", session, candidates[index].Kind, candidates[index].Url.Authority, e.Message);
+                Skipped(index, e.Message);
             }
         }
         if (winner is { } w) return w;

@@ -16,7 +16,6 @@ public sealed class IpcWriter
     private readonly TextWriter _out;
     private readonly Func<TimeSpan, bool>? _writable;
     private readonly Lock _lock = new();
-    private long _dropped;
 
     /// <param name="output">Where the lines go.</param>
     /// <param name="writable">
@@ -31,9 +30,6 @@ public sealed class IpcWriter
 
     /// <summary>A writer over the process's real stdout (UTF-8, no BOM, "\n" line ends).</summary>
     public static IpcWriter ForStdout() => new(Stdout(), StdoutWritable);
-
-    /// <summary>Lines dropped because stdout did not take them within <see cref="DroppableWait"/> (spec/ipc.md §4.1).</summary>
-    public long DroppedLines => Interlocked.Read(ref _dropped);
 
     /// <summary>
     /// True when stdout (descriptor 1) can take a line without waiting, or becomes able to within
@@ -159,30 +155,14 @@ public sealed class IpcWriter
 
     /// <summary>
     /// Writes <paramref name="line"/> if the writer's lock and stdout are free within <see cref="DroppableWait"/>
-    /// each; else drops it and counts it. A parent that stops reading stdout then stops nothing but these lines.
+    /// each; else drops it. A parent that stops reading stdout then stops nothing but these lines.
     /// </summary>
-    private bool TryLine(string line)
+    private void TryLine(string line)
     {
-        if (!_lock.TryEnter(DroppableWait))
-        {
-            Interlocked.Increment(ref _dropped); // another line waits for stdout
-            return false;
-        }
+        if (!_lock.TryEnter(DroppableWait)) return; // another line waits for stdout
         try
         {
-            if (_writable is { } writable && !writable(DroppableWait))
-            {
-                Interlocked.Increment(ref _dropped);
-                return false;
-            }
-            _out.Write(line);
-            _out.Write('\n');
-            _out.Flush();
-            return true;
-        }
-        catch (IOException)
-        {
-            return false; // the parent closed our stdout
+            if (_writable is null || _writable(DroppableWait)) Write(line);
         }
         finally
         {
@@ -192,18 +172,21 @@ public sealed class IpcWriter
 
     private void Line(string line)
     {
-        lock (_lock)
+        lock (_lock) Write(line);
+    }
+
+    /// <summary>One line and its flush; the caller holds <see cref="_lock"/>.</summary>
+    private void Write(string line)
+    {
+        try
         {
-            try
-            {
-                _out.Write(line);
-                _out.Write('\n');
-                _out.Flush();
-            }
-            catch (IOException)
-            {
-                // The parent closed our stdout; nothing more can be said. Logged by the caller's shutdown path.
-            }
+            _out.Write(line);
+            _out.Write('\n');
+            _out.Flush();
+        }
+        catch (IOException)
+        {
+            // The parent closed our stdout; nothing more can be said. Logged by the caller's shutdown path.
         }
     }
 }
