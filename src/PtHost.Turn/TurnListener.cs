@@ -94,7 +94,23 @@ public sealed class TurnListener : IAsyncDisposable
 
     public void Start()
     {
-        _loops.Add(UdpLoopAsync(_stop.Token));
+        // One thread of its own for the UDP socket (spec/turn.md §5.2): it blocks in poll(2) and carries each batch to the
+        // transport's streams itself, with no hop from the socket engine's epoll thread to the thread pool per batch.
+        var ended = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _loops.Add(ended.Task);
+        new Thread(() =>
+        {
+            try
+            {
+                UdpLoop(_stop.Token);
+                ended.TrySetResult();
+            }
+            catch (Exception e)
+            {
+                ended.TrySetException(e);
+            }
+        })
+        { IsBackground = true, Name = $"TURN {_transport} udp receive" }.Start();
         _tcp.Start();
         _loops.Add(ExpiryLoopAsync(_stop.Token));
     }
@@ -118,13 +134,16 @@ public sealed class TurnListener : IAsyncDisposable
     /// <summary>How long the UDP loop waits for a congested association before it reads on (its later datagrams may then be dropped there, counted).</summary>
     public static readonly TimeSpan MaxPause = TimeSpan.FromMilliseconds(100);
 
+    /// <summary>How long the receive thread blocks in poll(2) before it looks for a stop.</summary>
+    private const int PollTimeoutMs = 200;
+
     /// <summary>
-    /// Reads the UDP socket a batch at a time (recvmmsg(2)); a datagram whose association is
-    /// congested makes the loop wait (at most <see cref="MaxPause"/>), so a burst waits in the
-    /// socket's receive buffer, where the kernel counts what it drops, instead of being dropped
-    /// inside the host (spec/turn.md §5.2).
+    /// Reads the UDP socket a batch at a time (poll(2), then recvmmsg(2)) on the listener's own thread; a
+    /// datagram whose association is congested makes the loop wait (at most <see cref="MaxPause"/>, blocking
+    /// this thread only), so a burst waits in the socket's receive buffer, where the kernel counts what it
+    /// drops, instead of being dropped inside the host (spec/turn.md §5.2).
     /// </summary>
-    private async Task UdpLoopAsync(CancellationToken ct)
+    private void UdpLoop(CancellationToken ct)
     {
         var batch = new DatagramBatchReceiver();
         var from = new SocketAddress(_udp.AddressFamily);
@@ -132,44 +151,50 @@ public sealed class TurnListener : IAsyncDisposable
         long handled = 0;
         while (!ct.IsCancellationRequested)
         {
-            int count;
-            try { count = await batch.ReceiveAsync(_udp, ct).ConfigureAwait(false); }
-            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException) { return; }
+            int count = batch.Receive(_udp, PollTimeoutMs);
+            if (count < 0) return; // closed
+            if (count == 0) continue;
             // Frames for the transport's streams are written when the batch ends (spec/turn.md §5.2).
             StreamAssociation.BeginBatch();
-            for (int i = 0; i < count; i++)
+            try
             {
-                batch.Source(i, from);
-                var remote = PeerAddress.From(from);
-                // One client object per source address while it has an allocation; a transient one otherwise.
-                if (!clients.TryGetValue(remote, out var client))
+                for (int i = 0; i < count; i++)
                 {
-                    var copy = new SocketAddress(from.Family, from.Size);
-                    from.Buffer.CopyTo(copy.Buffer);
-                    client = new UdpTurnClient(_udp, copy, remote);
-                    if (clients.Count > 4 * _options.Limits.MaxAllocations) clients.Clear();
-                    clients[remote] = client;
+                    batch.Source(i, from);
+                    var remote = PeerAddress.From(from);
+                    // One client object per source address while it has an allocation; a transient one otherwise.
+                    if (!clients.TryGetValue(remote, out var client))
+                    {
+                        var copy = new SocketAddress(from.Family, from.Size);
+                        from.Buffer.CopyTo(copy.Buffer);
+                        client = new UdpTurnClient(_udp, copy, remote);
+                        if (clients.Count > 4 * _options.Limits.MaxAllocations) clients.Clear();
+                        clients[remote] = client;
+                    }
+                    ValueTask pending;
+                    try { pending = Server.HandleAsync(client, batch.Packet(i)); }
+                    catch (Exception e) when (e is not OutOfMemoryException)
+                    {
+                        _log.MessageThrew(e, _transport, remote);
+                        pending = ValueTask.CompletedTask;
+                    }
+                    if (!pending.IsCompleted)
+                    {
+                        // Congested: what this batch queued goes out before the wait, which blocks this thread only (its own).
+                        StreamAssociation.EndBatch(writeInline: false);
+                        try { pending.AsTask().Wait(MaxPause, ct); }
+                        catch (OperationCanceledException) { return; }
+                        catch (AggregateException) { } // the association ended; the server answers its client
+                        StreamAssociation.BeginBatch();
+                    }
+                    if ((++handled & 0xff) == 0) Prune(clients);
                 }
-                ValueTask pending;
-                try { pending = Server.HandleAsync(client, batch.Packet(i)); }
-                catch (Exception e) when (e is not OutOfMemoryException)
-                {
-                    _log.MessageThrew(e, _transport, remote);
-                    pending = ValueTask.CompletedTask;
-                }
-                if (!pending.IsCompleted)
-                {
-                    // Congested: what this batch queued goes out before the wait (no await inside a batch).
-                    StreamAssociation.EndBatch(writeInline: false);
-                    try { await pending.AsTask().WaitAsync(MaxPause, ct).ConfigureAwait(false); }
-                    catch (TimeoutException) { }
-                    catch (OperationCanceledException) { return; }
-                    StreamAssociation.BeginBatch();
-                }
-                if ((++handled & 0xff) == 0) Prune(clients);
             }
-            // A short batch drained the socket: this thread would only wait, so it writes; after a full one it reads on.
-            StreamAssociation.EndBatch(writeInline: count < batch.Batch);
+            finally
+            {
+                // A short batch drained the socket: this thread would only wait, so it writes; after a full one it reads on.
+                StreamAssociation.EndBatch(writeInline: count < batch.Batch);
+            }
         }
     }
 
