@@ -108,10 +108,21 @@ public static class Relay
     private static async Task BufferedCopyAsync(Stream from, Stream to, Action<long>? count, CancellationToken ct)
     {
         bool hot = false;
+        long sinceWait = 0;
         while (true)
         {
             // Wait for data without holding a buffer (zero-byte read), unless the last read filled one.
-            if (!hot) await from.ReadAsync(Memory<byte>.Empty, ct).ConfigureAwait(false);
+            if (!hot)
+            {
+                await from.ReadAsync(Memory<byte>.Empty, ct).ConfigureAwait(false);
+                sinceWait = 0;
+            }
+            else if (sinceWait >= Splice.FairShare)
+            {
+                // As splice does: a direction never short of bytes gives its thread up now and then (spec/ipc.md §7, "Threads").
+                sinceWait = 0;
+                await Task.Yield();
+            }
             byte[] buffer = ArrayPool<byte>.Shared.Rent(BufferSize);
             try
             {
@@ -120,6 +131,7 @@ public static class Relay
                 await to.WriteAsync(buffer.AsMemory(0, n), ct).ConfigureAwait(false);
                 count?.Invoke(n);
                 hot = n == BufferSize;
+                sinceWait += n;
             }
             finally
             {
