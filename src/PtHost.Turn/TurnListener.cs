@@ -94,7 +94,7 @@ public sealed class TurnListener : IAsyncDisposable
 
     public void Start()
     {
-        // One thread of its own for the UDP socket (spec/turn.md §5.2): it blocks in poll(2) and carries each batch to the
+        // One thread of its own for the UDP socket (spec/turn.md §2): it blocks in poll(2) and carries each batch to the
         // transport's streams itself, with no hop from the socket engine's epoll thread to the thread pool per batch.
         var ended = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _loops.Add(ended.Task);
