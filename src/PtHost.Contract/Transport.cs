@@ -25,14 +25,6 @@ public interface IPluggableTransport
     /// listener needs are then checked by Listen/Proxy, still before SMETHODS DONE.
     /// </summary>
     IServerFactory CreateServerFactory(TransportEnvironment context);
-
-    /// <summary>
-    /// True when every socket continuation of this transport's client and server is short and never blocks: no
-    /// handshake cryptography, no signal line sent from one (a CMESSAGE/SMESSAGE write waits for stdout), no synchronous waits.
-    /// When every transport a client or server process runs says so, the host runs socket continuations on the
-    /// socket event threads instead of handing each to the thread pool (spec/ipc.md §7, "Threads"). False by default.
-    /// </summary>
-    bool InlineSocketCompletions => false;
 }
 
 /// <summary>What the host hands a transport factory.</summary>

@@ -119,7 +119,7 @@ public static class Relay
             }
             else if (sinceWait >= Splice.FairShare)
             {
-                // As splice does: a direction never short of bytes gives its thread up now and then (spec/ipc.md §7, "Threads").
+                // As splice does: a direction never short of bytes gives its thread up now and then (an inline event thread, spec/zephyr.md §8.7).
                 sinceWait = 0;
                 await Task.Yield();
             }

@@ -145,8 +145,6 @@ public static class Program
     private static async Task<int> RunAsync(PtConfig config, IpcWriter ipc)
     {
         ipc.UnsafeLogging = config.UnsafeLogging;
-        bool inlineSafe = InlineSocketCompletions.SafeFor(config.Transports, new TransportRegistry());
-        bool inlineSet = inlineSafe && InlineSocketCompletions.Prefer();
         var builder = CreateHostBuilder(config.LogLevel, config.UnsafeLogging);
         builder.Services.AddSingleton(config);
         builder.Services.AddSingleton(ipc);
@@ -167,8 +165,6 @@ public static class Program
 
         var lifetime = host.Services.GetRequiredService<IHostApplicationLifetime>();
         var log = host.Services.GetRequiredService<ILoggerFactory>().CreateLogger("PtHost");
-        if (inlineSet) log.LogInformation("socket continuations run on the socket event threads: every transport declares them short and non-blocking (spec/ipc.md §7)");
-        else if (inlineSafe) log.LogInformation("{Variable}={Value} kept: set by the operator", InlineSocketCompletions.Variable, Environment.GetEnvironmentVariable(InlineSocketCompletions.Variable));
         var router = host.Services.GetRequiredService<SignalRouter>();
         // Open every transport's signal queue before stdin is read: a message may arrive before the transport starts.
         foreach (string t in config.Transports) router.For(t);
@@ -354,27 +350,16 @@ public static class Program
 /// <summary>
 /// .NET on Linux hands every socket completion from its epoll threads to the thread pool: a futex wake, a
 /// context switch and a worker's spinning per wake-up. A relay whose continuations never block
-/// (<see cref="IRelayService.InlineSocketCompletions"/>), and a client or server process whose transports all
-/// say the same (<see cref="IPluggableTransport.InlineSocketCompletions"/>, spec/ipc.md §7), run them on the epoll
-/// threads instead (DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS, one epoll thread per core). An operator's own
-/// value of the variable wins. Must run before the process's first asynchronous socket operation.
+/// (<see cref="IRelayService.InlineSocketCompletions"/>) runs them on the epoll threads instead
+/// (DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS, one epoll thread per core). An operator's own value of the
+/// variable wins. Must run before the process's first asynchronous socket operation.
 /// </summary>
 internal static class InlineSocketCompletions
 {
     public const string Variable = "DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS";
 
-    /// <summary>
-    /// True when every configured transport is a built-in one that declares its continuations short and non-blocking.
-    /// A plugin (loaded later, spec/ipc.md §8.2), an unknown name or an empty list keeps the thread pool.
-    /// </summary>
-    public static bool SafeFor(IReadOnlyCollection<string> transports, TransportRegistry builtIn) =>
-        transports.Count > 0 && transports.All(name => builtIn.Create(name) is { InlineSocketCompletions: true });
-
-    /// <summary>Sets the variable to 1 unless the operator set it; true when this call set it.</summary>
-    public static bool Prefer()
+    public static void Prefer()
     {
-        if (Environment.GetEnvironmentVariable(Variable) is not null) return false;
-        Environment.SetEnvironmentVariable(Variable, "1");
-        return true;
+        if (Environment.GetEnvironmentVariable(Variable) is null) Environment.SetEnvironmentVariable(Variable, "1");
     }
 }

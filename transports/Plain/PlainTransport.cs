@@ -10,9 +10,6 @@ public sealed class PlainTransport : IPluggableTransport
 {
     public string Name => "plain";
 
-    /// <summary>A session's socket work is a preamble, a dial and splice(2) (spec/ipc.md §7, "Threads").</summary>
-    public bool InlineSocketCompletions => true;
-
     public IClientFactory CreateClientFactory(TransportEnvironment context)
     {
         var options = PlainClientOptions.Parse(context.Options);

@@ -3,8 +3,9 @@ using PtHost.Net;
 namespace PtHost.Tests.Unit;
 
 /// <summary>
-/// spec/ipc.md §7, "Threads": a direction that is never short of bytes gives its thread up after every
-/// <c>Splice.FairShare</c> (4 MiB) moved without a wait, so with socket continuations inline it cannot hold an event thread.
+/// spec/ipc.md §7 (Buffers): a direction that is never short of bytes gives its thread up after every <c>Splice.FairShare</c>
+/// (4 MiB) moved without a wait, through the buffered copy as through splice, so where socket continuations run inline
+/// (the zephyr relay, spec/zephyr.md §8.7) one busy session cannot hold an event thread.
 /// </summary>
 public class RelayFairShareTests
 {
