@@ -96,21 +96,7 @@ public sealed class TurnListener : IAsyncDisposable
     {
         // One thread of its own for the UDP socket (spec/turn.md §2): it blocks in poll(2) and carries each batch to the
         // transport's streams itself, with no hop from the socket engine's epoll thread to the thread pool per batch.
-        var ended = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _loops.Add(ended.Task);
-        new Thread(() =>
-        {
-            try
-            {
-                UdpLoop(_stop.Token);
-                ended.TrySetResult();
-            }
-            catch (Exception e)
-            {
-                ended.TrySetException(e);
-            }
-        })
-        { IsBackground = true, Name = $"TURN {_transport} udp receive" }.Start();
+        _loops.Add(OwnThread.Start($"TURN {_transport} udp receive", () => UdpLoop(_stop.Token)));
         _tcp.Start();
         _loops.Add(ExpiryLoopAsync(_stop.Token));
     }
@@ -178,15 +164,8 @@ public sealed class TurnListener : IAsyncDisposable
                         _log.MessageThrew(e, _transport, remote);
                         pending = ValueTask.CompletedTask;
                     }
-                    if (!pending.IsCompleted)
-                    {
-                        // Congested: what this batch queued goes out before the wait, which blocks this thread only (its own).
-                        StreamAssociation.EndBatch(writeInline: false);
-                        try { pending.AsTask().Wait(MaxPause, ct); }
-                        catch (OperationCanceledException) { return; }
-                        catch (AggregateException) { } // the association ended; the server answers its client
-                        StreamAssociation.BeginBatch();
-                    }
+                    // Congested: the wait blocks this thread only (its own).
+                    if (!pending.IsCompleted && !StreamAssociation.WaitBetweenBatches(pending, MaxPause, ct)) return;
                     if ((++handled & 0xff) == 0) Prune(clients);
                 }
             }

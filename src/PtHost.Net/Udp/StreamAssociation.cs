@@ -166,6 +166,22 @@ public sealed class StreamAssociation : IAssociation
     public static void BeginBatch() => t_batching = true;
 
     /// <summary>
+    /// For a receive loop on a thread of its own whose association asked it to wait (spec/turn.md §5.2): what this
+    /// thread's batch queued goes out first (<see cref="EndBatch"/> without writing inline), then the thread blocks until
+    /// <paramref name="pending"/> completes, at most <paramref name="max"/>, and a new batch begins. A send that failed
+    /// (the association ended) ends the wait too. False when <paramref name="ct"/> was cancelled: the loop ends.
+    /// </summary>
+    public static bool WaitBetweenBatches(ValueTask pending, TimeSpan max, CancellationToken ct)
+    {
+        EndBatch(writeInline: false);
+        try { pending.AsTask().Wait(max, ct); }
+        catch (OperationCanceledException) { return false; }
+        catch (AggregateException) { }
+        BeginBatch();
+        return true;
+    }
+
+    /// <summary>
     /// Ends this thread's batch. With <paramref name="writeInline"/> (the caller's socket had nothing
     /// more queued, so it would only wait), every association the batch queued frames on writes them
     /// now, on this thread, while its stream takes them at once; a write that has to wait goes on in

@@ -4,6 +4,7 @@ using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using PtHost.Contract;
+using PtHost.Net;
 using PtHost.Net.Udp;
 
 namespace PtHost.Transparent;
@@ -93,26 +94,9 @@ public sealed class TransparentUdpListener : IFrontEnd
 
     public void Start()
     {
-        if (_receive is null)
-        {
-            // One thread of its own for the listener's socket (spec/ipc.md §12.4): it blocks in poll(2) and carries each batch to
-            // the streams itself, with no hop to the thread pool per batch.
-            var ended = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            _receive = ended.Task;
-            new Thread(() =>
-            {
-                try
-                {
-                    ReceiveLoop();
-                    ended.TrySetResult();
-                }
-                catch (Exception e)
-                {
-                    ended.TrySetException(e);
-                }
-            })
-            { IsBackground = true, Name = "transparent UDP receive" }.Start();
-        }
+        // One thread of its own for the listener's socket (spec/ipc.md §12.4): it blocks in poll(2) and carries each batch to
+        // the streams itself, with no hop to the thread pool per batch.
+        _receive ??= OwnThread.Start("transparent UDP receive", ReceiveLoop);
         _sweep ??= SweepLoopAsync();
     }
 
@@ -197,12 +181,8 @@ public sealed class TransparentUdpListener : IFrontEnd
                     if (!pending.IsCompleted)
                     {
                         Interlocked.Increment(ref _paused);
-                        // Congested: what this batch queued goes out before the wait, which blocks this thread only (its own).
-                        StreamAssociation.EndBatch(writeInline: false);
-                        try { pending.AsTask().Wait(MaxPause, ct); }
-                        catch (OperationCanceledException) { return; }
-                        catch (AggregateException) { } // the association ended; its flow goes with it
-                        StreamAssociation.BeginBatch();
+                        // Congested: the wait blocks this thread only (its own); an ended association's flow goes with it.
+                        if (!StreamAssociation.WaitBetweenBatches(pending, MaxPause, ct)) return;
                     }
                 }
             }
