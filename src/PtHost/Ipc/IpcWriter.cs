@@ -91,12 +91,8 @@ public sealed class IpcWriter
     /// <c>LOG SEVERITY=… MESSAGE=…</c>; the message scrubbed (§4.11) and quoted as in pt-spec (C-style escapes).
     /// <paramref name="droppable"/>: dropped when stdout does not take it within <see cref="DroppableWait"/> (§4.1).
     /// </summary>
-    public void Log(string severity, string message, bool droppable = false)
-    {
-        string line = $"LOG SEVERITY={severity} MESSAGE={Quote(UnsafeLogging ? message : Logging.AddressScrubber.Scrub(message))}";
-        if (droppable) TryLine(line);
-        else Line(line);
-    }
+    public void Log(string severity, string message, bool droppable = false) =>
+        Line($"LOG SEVERITY={severity} MESSAGE={Quote(UnsafeLogging ? message : Logging.AddressScrubber.Scrub(message))}", droppable);
 
     /// <summary><c>STATUS TYPE=metrics ADDRESS=IP:PORT</c>: where the Prometheus endpoint listens (spec/ipc.md §4.12), once, when configured.</summary>
     public void MetricsAddress(System.Net.IPEndPoint address) => Line($"STATUS TYPE=metrics ADDRESS={address}");
@@ -105,12 +101,8 @@ public sealed class IpcWriter
     /// A transport's counters (§4.7). <paramref name="droppable"/> (the periodic and the shutdown lines, not an
     /// answer to the parent's request): dropped when stdout does not take it within <see cref="DroppableWait"/>.
     /// </summary>
-    public void Status(string transport, TransportStats s, bool droppable = false)
-    {
-        string line = $"STATUS TRANSPORT={transport} CONNECTIONS={s.SessionsActive} OPENED={s.SessionsOpened} FAILED={s.SessionsFailed} BYTES-IN={s.BytesIn} BYTES-OUT={s.BytesOut} SPLICE-FALLBACKS={s.SpliceFallbacks} DATAGRAMS-DROPPED={s.DatagramsDropped}";
-        if (droppable) TryLine(line);
-        else Line(line);
-    }
+    public void Status(string transport, TransportStats s, bool droppable = false) =>
+        Line($"STATUS TRANSPORT={transport} CONNECTIONS={s.SessionsActive} OPENED={s.SessionsOpened} FAILED={s.SessionsFailed} BYTES-IN={s.BytesIn} BYTES-OUT={s.BytesOut} SPLICE-FALLBACKS={s.SpliceFallbacks} DATAGRAMS-DROPPED={s.DatagramsDropped}", droppable);
 
     /// <summary><c>LISTEN &lt;relay&gt; &lt;text&gt;</c>: a relay is listening (spec/ipc.md §2.4).</summary>
     public void Listen(string relay, string text) => Line($"LISTEN {relay} {OneLine(text)}");
@@ -170,9 +162,11 @@ public sealed class IpcWriter
         }
     }
 
-    private void Line(string line)
+    /// <summary>Writes <paramref name="line"/>, waiting for stdout; a <paramref name="droppable"/> one goes through <see cref="TryLine"/>.</summary>
+    private void Line(string line, bool droppable = false)
     {
-        lock (_lock) Write(line);
+        if (droppable) TryLine(line);
+        else lock (_lock) Write(line);
     }
 
     /// <summary>One line and its flush; the caller holds <see cref="_lock"/>.</summary>
